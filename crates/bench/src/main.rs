@@ -1,0 +1,420 @@
+//! `skiff-bench`: Skiff's benchmarks, each printed next to its raw baseline
+//! measured in the same run on the same machine.
+//!
+//! - `api`: Pod creates/s and p50/p99 latency at 1, 16 and 128 concurrent
+//!   clients, through the API server on each store backend, beside raw
+//!   etcd puts of the same bytes at the same concurrency.
+//! - `watch`: 1,000 watchers of one kind; p50/p99 delivery latency of a
+//!   change to every watcher.
+//!
+//! Each prints a table and, as its last line, one JSON object of figures.
+//! Runs are bounded in time and count and stop by themselves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use prost::Message as _;
+use serde_json::json;
+use skiff::pb::api::v1::{EventType, WatchRequest};
+use skiff::pb::core::v1::{
+    ConfigMap, Container, ContainerPort, Pod, PodSpec, ResourceRequirements,
+    config_maps_client::ConfigMapsClient, pods_client::PodsClient,
+};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff_apiserver::StoreConfig;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "skiff-bench", about = "Skiff benchmarks against raw baselines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API create throughput and latency vs raw etcd puts.
+    Api {
+        /// Seconds per measurement (per backend and concurrency level).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
+        concurrency: Vec<usize>,
+    },
+    /// Watch fan-out: delivery latency of changes to many watchers.
+    Watch {
+        /// Number of watchers.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Number of changes to time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+    },
+}
+
+/// Figures of one measurement.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    ops: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn figures(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+    latencies.sort();
+    Figures {
+        ops: latencies.len(),
+        per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+/// Runs `op(worker, i)` on `concurrency` workers for `seconds`; returns the
+/// latencies of successful ops and the elapsed time.
+async fn drive<F, Fut>(concurrency: usize, seconds: f64, op: F) -> anyhow::Result<Figures>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let op = Arc::clone(&op);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op(w, i).await?;
+                latencies.push(t.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(figures(all, start.elapsed()))
+}
+
+/// The Pod every create benchmark writes: a typical small manifest.
+fn bench_pod(name: String) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name,
+            namespace: "default".into(),
+            labels: [("app".to_string(), "bench".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                image: "busybox:1.36".into(),
+                command: vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()],
+                ports: vec![ContainerPort {
+                    container_port: 8080,
+                    name: "http".into(),
+                    ..Default::default()
+                }],
+                resources: Some(ResourceRequirements {
+                    limits: [("cpu".to_string(), "500m".to_string())]
+                        .into_iter()
+                        .collect(),
+                    requests: [("memory".to_string(), "64Mi".to_string())]
+                        .into_iter()
+                        .collect(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An in-process API server with production defaults on a free port.
+async fn start_server(store: StoreConfig) -> anyhow::Result<skiff_apiserver::ApiServer> {
+    let config = skiff_apiserver::Config::new("127.0.0.1:0".parse()?, store);
+    Ok(skiff_apiserver::ApiServer::start(config).await?)
+}
+
+/// Connections per measurement: clients share a few HTTP/2 connections.
+fn connections(concurrency: usize) -> usize {
+    concurrency.clamp(1, 8)
+}
+
+async fn channels(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(skiff_e2e::channel(addr).await?);
+    }
+    Ok(out)
+}
+
+async fn api_creates(
+    store: StoreConfig,
+    label: &str,
+    concurrency: usize,
+    seconds: f64,
+) -> anyhow::Result<Figures> {
+    let server = start_server(store).await?;
+    let chans = channels(server.addr, connections(concurrency)).await?;
+    let clients: Vec<PodsClient<Channel>> = chans.into_iter().map(PodsClient::new).collect();
+    let clients = Arc::new(clients);
+    let label = label.to_string();
+    let result = drive(concurrency, seconds, move |w, i| {
+        let mut client = clients[w % clients.len()].clone();
+        let pod = bench_pod(format!("{label}-c{concurrency}-w{w}-{i}"));
+        async move {
+            client.create(pod).await.context("create")?;
+            Ok(())
+        }
+    })
+    .await;
+    server.stop().await?;
+    result
+}
+
+async fn raw_etcd_puts(
+    endpoint: &str,
+    concurrency: usize,
+    seconds: f64,
+) -> anyhow::Result<Figures> {
+    let mut clients = Vec::new();
+    for _ in 0..connections(concurrency) {
+        clients.push(etcd_client::Client::connect([endpoint], None).await?);
+    }
+    // The same bytes the API server stores for a bench Pod.
+    let value = bench_pod("raw".into()).encode_to_vec();
+    let clients = Arc::new(clients);
+    drive(concurrency, seconds, move |w, i| {
+        let mut kv = clients[w % clients.len()].kv_client();
+        let key = format!("/raw/c{concurrency}/w{w}/{i}");
+        let value = value.clone();
+        async move {
+            kv.put(key, value, None).await.context("etcd put")?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn bench_api(seconds: f64, levels: Vec<usize>) -> anyhow::Result<()> {
+    let etcd = skiff_e2e::Etcd::start()?;
+    let dir = tempfile::tempdir()?;
+    println!(
+        "{:<12} {:>15} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "concurrency", "target", "ops", "ops/s", "p50 ms", "p99 ms", "vs raw"
+    );
+    let mut rows = Vec::new();
+    for &c in &levels {
+        eprintln!("measuring concurrency {c} ({seconds}s each)...");
+        let raw = raw_etcd_puts(&etcd.endpoint, c, seconds).await?;
+        let on_etcd = api_creates(
+            StoreConfig::Etcd(vec![etcd.endpoint.clone()]),
+            "etcd",
+            c,
+            seconds,
+        )
+        .await?;
+        let embedded = api_creates(
+            StoreConfig::Embedded(dir.path().join(format!("bench-{c}.redb"))),
+            "emb",
+            c,
+            seconds,
+        )
+        .await?;
+        for (name, f) in [
+            ("raw etcd put", raw),
+            ("api (etcd)", on_etcd),
+            ("api (embedded)", embedded),
+        ] {
+            println!(
+                "{:<12} {:>15} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7.2}x",
+                c,
+                name,
+                f.ops,
+                f.per_sec,
+                f.p50_ms,
+                f.p99_ms,
+                f.per_sec / raw.per_sec
+            );
+        }
+        rows.push(json!({
+            "concurrency": c,
+            "raw_etcd_puts_per_sec": raw.per_sec,
+            "raw_etcd_p50_ms": raw.p50_ms,
+            "raw_etcd_p99_ms": raw.p99_ms,
+            "api_etcd_creates_per_sec": on_etcd.per_sec,
+            "api_etcd_p50_ms": on_etcd.p50_ms,
+            "api_etcd_p99_ms": on_etcd.p99_ms,
+            "api_embedded_creates_per_sec": embedded.per_sec,
+            "api_embedded_p50_ms": embedded.p50_ms,
+            "api_embedded_p99_ms": embedded.p99_ms,
+            "ratio_api_etcd_vs_raw": on_etcd.per_sec / raw.per_sec,
+            "ratio_api_embedded_vs_raw": embedded.per_sec / raw.per_sec,
+        }));
+    }
+    println!(
+        "{}",
+        json!({"bench": "api", "seconds": seconds, "results": rows})
+    );
+    Ok(())
+}
+
+async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
+    let mut cm = ConfigMapsClient::new(skiff_e2e::channel(server.addr).await?);
+    let created = cm
+        .create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: "watched".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let rv = created
+        .metadata
+        .as_ref()
+        .map(|m| m.resource_version.clone())
+        .unwrap_or_default();
+
+    // Watchers spread over connections (HTTP/2 caps streams per connection).
+    let per_conn = 100;
+    let chans = channels(server.addr, watchers.div_ceil(per_conn)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
+    for w in 0..watchers {
+        let mut client = ConfigMapsClient::new(chans[w / per_conn].clone());
+        let tx = tx.clone();
+        let rv = rv.clone();
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch(WatchRequest {
+                    resource_version: rv,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            ready.send(()).await.ok();
+            let mut seen = 0;
+            while seen < changes {
+                let Some(event) = stream.next().await else {
+                    break;
+                };
+                let event = event?;
+                if event.r#type == EventType::Modified as i32 {
+                    let n: usize = event
+                        .object
+                        .as_ref()
+                        .and_then(|o| o.data.get("n"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let _ = tx.send((n, Instant::now()));
+                    seen += 1;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(tx);
+    for _ in 0..watchers {
+        ready_rx.recv().await.context("watcher failed to start")?;
+    }
+    eprintln!("{watchers} watchers ready; making {changes} changes...");
+    let mut sent_at = Vec::new();
+    let mut current = created;
+    for n in 0..changes {
+        current.data = [("n".to_string(), n.to_string())].into_iter().collect();
+        let t = Instant::now();
+        current = cm.update(current.clone()).await?.into_inner();
+        sent_at.push(t);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::new();
+    let mut to_all = vec![Duration::ZERO; changes];
+    let collect = async {
+        while let Some((n, at)) = rx.recv().await {
+            if let Some(sent) = sent_at.get(n) {
+                let d = at.saturating_duration_since(*sent);
+                latencies.push(d);
+                to_all[n] = to_all[n].max(d);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .context("watchers did not receive every change within 60 s")?;
+    for t in tasks {
+        t.await??;
+    }
+    server.stop().await?;
+    let delivered = latencies.len();
+    latencies.sort();
+    to_all.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (all50, all99) = (percentile(&to_all, 0.5), percentile(&to_all, 0.99));
+    println!(
+        "{:<40} {:>10} {:>10}",
+        "watch delivery latency", "p50 ms", "p99 ms"
+    );
+    println!(
+        "{:<40} {:>10.2} {:>10.2}",
+        "per watcher and change", p50, p99
+    );
+    println!(
+        "{:<40} {:>10.2} {:>10.2}",
+        "change reaching all watchers", all50, all99
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "watch",
+            "watchers": watchers,
+            "changes": changes,
+            "deliveries": delivered,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "to_all_p50_ms": all50,
+            "to_all_p99_ms": all99,
+        })
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Api {
+            seconds,
+            concurrency,
+        } => bench_api(seconds, concurrency).await,
+        Command::Watch { watchers, changes } => bench_watch(watchers, changes).await,
+    }
+}

@@ -1,0 +1,674 @@
+//! The embedded store: one redb file, durable on every acknowledged write.
+//!
+//! Three tables: `kv` (key → current record), `log` (revision → the change
+//! made at that revision, with the previous record, for watches and reads
+//! at a past revision) and `meta` (current and compacted revisions).
+//!
+//! All writes go through one writer thread that commits them in groups:
+//! every request waiting when a commit starts joins the same transaction,
+//! so one fsync acknowledges many writes (etcd's batching, without a
+//! network hop). A write is acknowledged only after its transaction has
+//! committed with `Durability::Immediate`, so it survives kill -9.
+//! Committed changes are then published to live watchers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::{
+    Error, Event, EventKind, KeyValue, ListOptions, ListResult, Result, Store, WatchStream,
+    prefix_end,
+};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_REVISION: &str = "revision";
+const META_COMPACTED: &str = "compacted";
+
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Committed batches kept for live watchers; a watcher that falls further
+/// behind re-reads the log instead.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Events buffered per watch stream.
+const WATCH_BUFFER: usize = 1024;
+
+/// A key's current state, as stored in `kv`.
+#[derive(Clone, PartialEq, Message)]
+struct Record {
+    #[prost(int64, tag = "1")]
+    create_revision: i64,
+    #[prost(int64, tag = "2")]
+    mod_revision: i64,
+    #[prost(bytes = "bytes", tag = "3")]
+    value: Bytes,
+}
+
+/// One change, as stored in `log` under its revision.
+#[derive(Clone, PartialEq, Message)]
+struct LogEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bool, tag = "2")]
+    delete: bool,
+    /// The record after a put (unset for a delete).
+    #[prost(message, optional, tag = "3")]
+    record: Option<Record>,
+    /// The record before the change, if the key existed.
+    #[prost(message, optional, tag = "4")]
+    prev: Option<Record>,
+}
+
+impl LogEntry {
+    fn into_event(self, revision: i64) -> Event {
+        let kind = if self.delete {
+            EventKind::Delete
+        } else {
+            EventKind::Put
+        };
+        let record = self.record.unwrap_or_default();
+        let create_revision = if self.delete {
+            self.prev.as_ref().map_or(0, |p| p.create_revision)
+        } else {
+            record.create_revision
+        };
+        Event {
+            kind,
+            kv: KeyValue {
+                key: self.key.clone(),
+                value: record.value,
+                create_revision,
+                mod_revision: revision,
+            },
+            prev: self.prev.map(|p| p.into_kv(self.key)),
+        }
+    }
+}
+
+impl Record {
+    fn into_kv(self, key: String) -> KeyValue {
+        KeyValue {
+            key,
+            value: self.value,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
+fn emb(e: impl Into<redb::Error>) -> Error {
+    Error::Embedded(Box::new(e.into()))
+}
+
+fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|source| Error::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// A write waiting for the writer thread.
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<i64>,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+    Compact {
+        revision: i64,
+    },
+}
+
+/// What a write did: the revision it got and, for deletes, the old value.
+type OpResult = Result<(i64, Option<KeyValue>)>;
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<OpResult>,
+}
+
+/// The single-file embedded store. Cheap to clone; the writer thread stops
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    /// The writer thread's inbox.
+    writes: mpsc::UnboundedSender<Pending>,
+    /// Committed batches of events, in revision order.
+    events: broadcast::Sender<Arc<[Event]>>,
+}
+
+// === impl EmbeddedStore ===
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or is not a Skiff store (for instance
+    /// because another process holds it).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let db = Database::create(path.as_ref()).map_err(emb)?;
+        let txn = db.begin_write().map_err(emb)?;
+        {
+            txn.open_table(KV).map_err(emb)?;
+            txn.open_table(LOG).map_err(emb)?;
+            txn.open_table(META).map_err(emb)?;
+        }
+        txn.commit().map_err(emb)?;
+        let db = Arc::new(db);
+        let (writes, inbox) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let writer = Writer {
+            db: db.clone(),
+            inbox,
+            events: events.clone(),
+        };
+        std::thread::Builder::new()
+            .name("skiff-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::Embedded(Box::new(e)))?;
+        Ok(Self {
+            inner: Arc::new(Inner { db, writes, events }),
+        })
+    }
+
+    async fn write(&self, op: Op) -> OpResult {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Pending { op, reply })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// (current revision, compacted revision) as committed.
+    fn revisions(&self) -> Result<(i64, i64)> {
+        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let meta = txn.open_table(META).map_err(emb)?;
+        read_revisions(&meta)
+    }
+
+    /// Log entries with revision in `from..=to` whose key starts with
+    /// `prefix`, as events.
+    fn read_log(&self, prefix: &str, from: i64, to: i64) -> Result<Vec<Event>> {
+        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let meta = txn.open_table(META).map_err(emb)?;
+        let (_, compacted) = read_revisions(&meta)?;
+        if from < compacted {
+            return Err(Error::Compacted {
+                requested: from,
+                compacted,
+            });
+        }
+        let log = txn.open_table(LOG).map_err(emb)?;
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        for item in log.range(from as u64..=to as u64).map_err(emb)? {
+            let (rev, bytes) = item.map_err(emb)?;
+            let entry: LogEntry = decode("log", bytes.value())?;
+            if entry.key.starts_with(prefix) {
+                out.push(entry.into_event(rev.value() as i64));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, i64)> {
+    let get =
+        |k: &str| -> Result<i64> { Ok(meta.get(k).map_err(emb)?.map_or(0, |v| v.value() as i64)) };
+    Ok((get(META_REVISION)?, get(META_COMPACTED)?))
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let kv = txn.open_table(KV).map_err(emb)?;
+        match kv.get(key).map_err(emb)? {
+            Some(bytes) => {
+                let record: Record = decode(key, bytes.value())?;
+                Ok(Some(record.into_kv(key.to_string())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<ListResult> {
+        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let meta = txn.open_table(META).map_err(emb)?;
+        let (current, compacted) = read_revisions(&meta)?;
+        let at = if options.revision == 0 {
+            current
+        } else {
+            options.revision
+        };
+        if at > current {
+            return Err(Error::FutureRevision {
+                requested: at,
+                current,
+            });
+        }
+        if at < compacted {
+            return Err(Error::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        let kv = txn.open_table(KV).map_err(emb)?;
+        let end = String::from_utf8(prefix_end(&options.prefix)).ok();
+        let start = options
+            .start_after
+            .as_deref()
+            .filter(|s| *s >= options.prefix.as_str())
+            .unwrap_or(&options.prefix);
+        let range = match &end {
+            Some(end) => kv.range::<&str>(start..end.as_str()).map_err(emb)?,
+            None => kv.range::<&str>(start..).map_err(emb)?,
+        };
+        let limit = if options.limit == 0 {
+            usize::MAX
+        } else {
+            options.limit
+        };
+        let skip = |k: &str| options.start_after.as_deref().is_some_and(|s| k <= s);
+        let mut kvs = Vec::new();
+        let mut more = false;
+        if at == current {
+            for item in range {
+                let (k, v) = item.map_err(emb)?;
+                let k = k.value();
+                if skip(k) {
+                    continue;
+                }
+                if kvs.len() == limit {
+                    more = true;
+                    break;
+                }
+                let record: Record = decode(k, v.value())?;
+                kvs.push(record.into_kv(k.to_string()));
+            }
+            return Ok(ListResult {
+                kvs,
+                revision: at,
+                more,
+            });
+        }
+        // A past revision: start from the current state and undo every
+        // later change in range, using each change's previous record.
+        let mut state: BTreeMap<String, Option<Record>> = BTreeMap::new();
+        for item in range {
+            let (k, v) = item.map_err(emb)?;
+            let k = k.value();
+            if !skip(k) {
+                state.insert(k.to_string(), Some(decode(k, v.value())?));
+            }
+        }
+        let log = txn.open_table(LOG).map_err(emb)?;
+        let mut undone = std::collections::HashSet::new();
+        for item in log.range((at + 1) as u64..=current as u64).map_err(emb)? {
+            let (_, bytes) = item.map_err(emb)?;
+            let entry: LogEntry = decode("log", bytes.value())?;
+            let in_range = entry.key.starts_with(&options.prefix) && !skip(&entry.key);
+            // The earliest change after `at` holds the state at `at`.
+            if in_range && undone.insert(entry.key.clone()) {
+                state.insert(entry.key, entry.prev);
+            }
+        }
+        for (k, record) in state {
+            let Some(record) = record else { continue };
+            if kvs.len() == limit {
+                more = true;
+                break;
+            }
+            kvs.push(record.into_kv(k));
+        }
+        Ok(ListResult {
+            kvs,
+            revision: at,
+            more,
+        })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<i64> {
+        let op = Op::Create {
+            key: key.to_string(),
+            value,
+        };
+        Ok(self.write(op).await?.0)
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Option<i64>) -> Result<i64> {
+        let op = Op::Update {
+            key: key.to_string(),
+            value,
+            expected,
+        };
+        Ok(self.write(op).await?.0)
+    }
+
+    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(i64, KeyValue)> {
+        let op = Op::Delete {
+            key: key.to_string(),
+            expected,
+        };
+        let (rev, prev) = self.write(op).await?;
+        let prev = prev.ok_or_else(|| Error::NotFound {
+            key: key.to_string(),
+        })?;
+        Ok((rev, prev))
+    }
+
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
+        // Subscribe before reading the log: every batch committed after the
+        // read is then in the channel, so nothing falls between the two.
+        let mut live = self.inner.events.subscribe();
+        let (current, compacted) = self.revisions()?;
+        let start = if start_revision == 0 {
+            current + 1
+        } else {
+            start_revision
+        };
+        if start < compacted {
+            return Err(Error::Compacted {
+                requested: start,
+                compacted,
+            });
+        }
+        if start > current + 1 {
+            return Err(Error::FutureRevision {
+                requested: start,
+                current,
+            });
+        }
+        let backlog = self.read_log(prefix, start, current)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let store = self.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            // The last revision delivered (or known to be before `start`).
+            let mut sent = start - 1;
+            for event in backlog {
+                sent = event.revision();
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            sent = sent.max(current);
+            loop {
+                let batch = tokio::select! {
+                    batch = live.recv() => batch,
+                    () = tx.closed() => return,
+                };
+                let events: Vec<Event> = match batch {
+                    Ok(batch) => batch
+                        .iter()
+                        .filter(|e| e.revision() > sent && e.kv.key.starts_with(&prefix))
+                        .cloned()
+                        .collect(),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell behind the channel: catch up from the log.
+                        let now = match store.revisions() {
+                            Ok((now, _)) => now,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        };
+                        match store.read_log(&prefix, sent + 1, now) {
+                            Ok(events) => {
+                                sent = sent.max(now);
+                                for event in events {
+                                    if tx.send(Ok(event)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        let _ = tx.send(Err(Error::Closed)).await;
+                        return;
+                    }
+                };
+                if let Some(last) = events.last() {
+                    sent = sent.max(last.revision());
+                }
+                for event in events {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        Ok(self.revisions()?.0)
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        self.write(Op::Compact { revision }).await.map(|_| ())
+    }
+}
+
+/// The writer thread: owns every write transaction.
+struct Writer {
+    db: Arc<Database>,
+    inbox: mpsc::UnboundedReceiver<Pending>,
+    events: broadcast::Sender<Arc<[Event]>>,
+}
+
+// === impl Writer ===
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(first) = self.inbox.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.inbox.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    /// Applies a batch in one transaction. Each write's outcome is decided
+    /// in order against the state left by the writes before it; nobody is
+    /// answered until the transaction is durable.
+    fn commit(&self, batch: Vec<Pending>) {
+        let mut outcomes: Vec<OpResult> = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        let result = (|| -> Result<()> {
+            let txn = self.db.begin_write().map_err(emb)?;
+            {
+                let mut kv = txn.open_table(KV).map_err(emb)?;
+                let mut log = txn.open_table(LOG).map_err(emb)?;
+                let mut meta = txn.open_table(META).map_err(emb)?;
+                let (mut revision, mut compacted) = read_revisions(&meta)?;
+                for pending in &batch {
+                    let outcome = apply(
+                        &pending.op,
+                        &mut kv,
+                        &mut log,
+                        &mut revision,
+                        &mut compacted,
+                        &mut events,
+                    );
+                    outcomes.push(outcome);
+                }
+                meta.insert(META_REVISION, revision as u64).map_err(emb)?;
+                meta.insert(META_COMPACTED, compacted as u64).map_err(emb)?;
+            }
+            txn.commit().map_err(emb)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if !events.is_empty() {
+                    // No receivers is fine: nobody is watching.
+                    let _ = self.events.send(events.into());
+                }
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = pending.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "embedded store commit failed");
+                let message = e.to_string();
+                for pending in batch {
+                    let _ = pending
+                        .reply
+                        .send(Err(Error::Embedded(message.clone().into())));
+                }
+                // Give a failing disk a moment instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Applies one write inside the writer's transaction.
+fn apply(
+    op: &Op,
+    kv: &mut redb::Table<&str, &[u8]>,
+    log: &mut redb::Table<u64, &[u8]>,
+    revision: &mut i64,
+    compacted: &mut i64,
+    events: &mut Vec<Event>,
+) -> OpResult {
+    let current = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<Record>> {
+        match kv.get(key).map_err(emb)? {
+            Some(v) => Ok(Some(decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    };
+    let check = |key: &str, prev: &Option<Record>, expected: Option<i64>| -> Result<()> {
+        let Some(prev) = prev else {
+            return Err(Error::NotFound {
+                key: key.to_string(),
+            });
+        };
+        match expected {
+            Some(expected) if expected != prev.mod_revision => Err(Error::Conflict {
+                key: key.to_string(),
+                expected,
+                current: prev.mod_revision,
+            }),
+            _ => Ok(()),
+        }
+    };
+    let (key, entry) = match op {
+        Op::Create { key, value } => {
+            if current(kv, key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.clone() });
+            }
+            let rev = *revision + 1;
+            let record = Record {
+                create_revision: rev,
+                mod_revision: rev,
+                value: value.clone(),
+            };
+            (
+                key,
+                LogEntry {
+                    key: key.clone(),
+                    delete: false,
+                    record: Some(record),
+                    prev: None,
+                },
+            )
+        }
+        Op::Update {
+            key,
+            value,
+            expected,
+        } => {
+            let prev = current(kv, key)?;
+            check(key, &prev, *expected)?;
+            let rev = *revision + 1;
+            let record = Record {
+                create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+                mod_revision: rev,
+                value: value.clone(),
+            };
+            (
+                key,
+                LogEntry {
+                    key: key.clone(),
+                    delete: false,
+                    record: Some(record),
+                    prev,
+                },
+            )
+        }
+        Op::Delete { key, expected } => {
+            let prev = current(kv, key)?;
+            check(key, &prev, *expected)?;
+            (
+                key,
+                LogEntry {
+                    key: key.clone(),
+                    delete: true,
+                    record: None,
+                    prev,
+                },
+            )
+        }
+        Op::Compact { revision: to } => {
+            if *to > *revision {
+                return Err(Error::FutureRevision {
+                    requested: *to,
+                    current: *revision,
+                });
+            }
+            if *to > *compacted {
+                log.retain_in(0..(*to as u64), |_, _| false).map_err(emb)?;
+                *compacted = *to;
+            }
+            return Ok((*revision, None));
+        }
+    };
+    *revision += 1;
+    let rev = *revision;
+    match &entry.record {
+        Some(record) => kv
+            .insert(key.as_str(), record.encode_to_vec().as_slice())
+            .map_err(emb)?,
+        None => kv.remove(key.as_str()).map_err(emb)?,
+    };
+    log.insert(rev as u64, entry.encode_to_vec().as_slice())
+        .map_err(emb)?;
+    let prev_kv = entry.prev.clone().map(|p| p.into_kv(key.clone()));
+    events.push(entry.into_event(rev));
+    Ok((rev, prev_kv))
+}

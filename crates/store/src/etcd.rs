@@ -1,0 +1,304 @@
+//! The etcd store, through etcd-client.
+//!
+//! Skiff's revisions are etcd's: a key's `mod_revision` is the object's
+//! resourceVersion. Conditional writes are single transactions comparing
+//! `create_revision` (create) or `mod_revision` (update/delete), so two
+//! writers racing on a key have exactly one winner.
+
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::{
+    Error, Event, EventKind, KeyValue, ListOptions, ListResult, Result, Store, WatchStream,
+    prefix_end,
+};
+
+/// Events buffered per watch stream.
+const WATCH_BUFFER: usize = 1024;
+
+/// A store backed by an etcd cluster. Cheap to clone (one shared channel).
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+// === impl EtcdStore ===
+
+impl EtcdStore {
+    /// Connects to etcd at `endpoints` (`http://127.0.0.1:2379`, ...).
+    ///
+    /// # Errors
+    /// When no endpoint answers.
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let client = Client::connect(endpoints, None)
+            .await
+            .map_err(Error::Etcd)?;
+        let store = Self { client };
+        // Fail now, not on the first request, if nothing answers.
+        store.current_revision().await?;
+        Ok(store)
+    }
+
+    /// Reads `key` inside a failed transaction to tell a missing key from a
+    /// conflicting one.
+    fn missing_or_conflict(
+        key: &str,
+        expected: Option<i64>,
+        responses: Vec<TxnOpResponse>,
+    ) -> Error {
+        let current = responses.into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+            _ => None,
+        });
+        match (current, expected) {
+            (Some(current), Some(expected)) => Error::Conflict {
+                key: key.to_string(),
+                expected,
+                current,
+            },
+            _ => Error::NotFound {
+                key: key.to_string(),
+            },
+        }
+    }
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: Bytes::copy_from_slice(kv.value()),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// Maps etcd's "compacted" / "future revision" refusals to ours.
+fn map_revision_error(err: etcd_client::Error, requested: i64) -> Error {
+    if let etcd_client::Error::GRpcStatus(status) = &err {
+        let message = status.message();
+        if message.contains("compacted") {
+            return Error::Compacted {
+                requested,
+                compacted: 0,
+            };
+        }
+        if message.contains("future revision") {
+            return Error::FutureRevision {
+                requested,
+                current: 0,
+            };
+        }
+    }
+    Error::Etcd(err)
+}
+
+/// The guard for a conditional write: the key exists, and with `expected`
+/// it was last modified at exactly that revision.
+fn guard(key: &str, expected: Option<i64>) -> Compare {
+    match expected {
+        Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+        None => Compare::create_revision(key, CompareOp::Greater, 0),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let mut kv = self.client.kv_client();
+        let resp = kv.get(key, None).await.map_err(Error::Etcd)?;
+        Ok(resp.kvs().first().map(to_kv))
+    }
+
+    async fn list(&self, options: ListOptions) -> Result<ListResult> {
+        let mut kv = self.client.kv_client();
+        let start = match &options.start_after {
+            // The smallest key after `after`.
+            Some(after) if after.as_str() >= options.prefix.as_str() => {
+                let mut k = after.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            _ => options.prefix.as_bytes().to_vec(),
+        };
+        let mut get = GetOptions::new().with_range(prefix_end(&options.prefix));
+        if options.limit > 0 {
+            get = get.with_limit(options.limit as i64);
+        }
+        if options.revision > 0 {
+            get = get.with_revision(options.revision);
+        }
+        let resp = kv
+            .get(start, Some(get))
+            .await
+            .map_err(|e| map_revision_error(e, options.revision))?;
+        let revision = if options.revision > 0 {
+            options.revision
+        } else {
+            resp.header().map_or(0, |h| h.revision())
+        };
+        Ok(ListResult {
+            kvs: resp.kvs().iter().map(to_kv).collect(),
+            revision,
+            more: resp.more(),
+        })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<i64> {
+        let mut kv = self.client.kv_client();
+        let txn = etcd_client::Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.to_vec(), None)]);
+        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
+        if !resp.succeeded() {
+            return Err(Error::AlreadyExists {
+                key: key.to_string(),
+            });
+        }
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: Option<i64>) -> Result<i64> {
+        let mut kv = self.client.kv_client();
+        let txn = etcd_client::Txn::new()
+            .when([guard(key, expected)])
+            .and_then([TxnOp::put(key, value.to_vec(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
+        if !resp.succeeded() {
+            return Err(Self::missing_or_conflict(
+                key,
+                expected,
+                resp.op_responses(),
+            ));
+        }
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(i64, KeyValue)> {
+        let mut kv = self.client.kv_client();
+        let txn = etcd_client::Txn::new()
+            .when([guard(key, expected)])
+            .and_then([TxnOp::delete(
+                key,
+                Some(DeleteOptions::new().with_prev_key()),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
+        if !resp.succeeded() {
+            return Err(Self::missing_or_conflict(
+                key,
+                expected,
+                resp.op_responses(),
+            ));
+        }
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let prev = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Delete(d) => d.prev_kvs().first().map(to_kv),
+                _ => None,
+            })
+            .ok_or_else(|| Error::NotFound {
+                key: key.to_string(),
+            })?;
+        Ok((revision, prev))
+    }
+
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
+        let mut options = WatchOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_prev_key()
+            .with_progress_notify();
+        if start_revision > 0 {
+            options = options.with_start_revision(start_revision);
+        }
+        let mut client = self.client.watch_client();
+        let stream = client
+            .watch(prefix, Some(options))
+            .await
+            .map_err(|e| map_revision_error(e, start_revision))?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(async move {
+            let (_sender, mut responses) = stream.split();
+            loop {
+                let next = tokio::select! {
+                    next = responses.next() => next,
+                    () = tx.closed() => return,
+                };
+                let resp = match next {
+                    Some(Ok(resp)) => resp,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(Error::Etcd(e))).await;
+                        return;
+                    }
+                    None => {
+                        let _ = tx.send(Err(Error::Closed)).await;
+                        return;
+                    }
+                };
+                if resp.compact_revision() > 0 {
+                    let _ = tx
+                        .send(Err(Error::Compacted {
+                            requested: start_revision,
+                            compacted: resp.compact_revision(),
+                        }))
+                        .await;
+                    return;
+                }
+                if resp.canceled() {
+                    let reason = resp.cancel_reason().to_string();
+                    let _ = tx
+                        .send(Err(Error::Etcd(etcd_client::Error::WatchError(reason))))
+                        .await;
+                    return;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let kind = match event.event_type() {
+                        EventType::Put => EventKind::Put,
+                        EventType::Delete => EventKind::Delete,
+                    };
+                    let mut kv = to_kv(kv);
+                    let prev = event.prev_kv().map(to_kv);
+                    if kind == EventKind::Delete {
+                        kv.create_revision = prev.as_ref().map_or(0, |p| p.create_revision);
+                    }
+                    if tx.send(Ok(Event { kind, kv, prev })).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        let mut kv = self.client.kv_client();
+        // A one-key read of a key that never exists: cheap, and its header
+        // carries the store's revision.
+        let resp = kv
+            .get(
+                "\0skiff-revision-probe",
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(Error::Etcd)?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    async fn compact(&self, revision: i64) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        match kv.compact(revision, None).await {
+            Ok(_) => Ok(()),
+            // Already compacted past it: the goal is met.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => Ok(()),
+            Err(e) => Err(map_revision_error(e, revision)),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Skiff's store: keys, values and global revisions, the way etcd keeps them.
+//!
+//! The store holds bytes, not typed objects: only the API server reads and
+//! writes it, and it alone knows what the bytes mean.
+//!
+//! # Layout
+//!
+//! - [`Store`]: the trait every backend implements, with its semantics.
+//! - [`embedded`]: a single-file store (redb), the default for one machine.
+//! - [`etcd`]: etcd through etcd-client, for real clusters and HA masters.
+//!
+//! Both pass the same conformance suite (`tests/store_conformance.rs`).
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+
+pub mod embedded;
+pub mod etcd;
+
+pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+
+/// What can go wrong in a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The key does not exist.
+    #[error("key {key} not found")]
+    NotFound {
+        /// The missing key.
+        key: String,
+    },
+    /// A create found the key already present.
+    #[error("key {key} already exists")]
+    AlreadyExists {
+        /// The existing key.
+        key: String,
+    },
+    /// The key changed since the revision the caller expected.
+    #[error("key {key} was modified: expected revision {expected}, current is {current}")]
+    Conflict {
+        /// The contested key.
+        key: String,
+        /// The revision the caller based its change on.
+        expected: i64,
+        /// The key's current modification revision.
+        current: i64,
+    },
+    /// The requested revision has been compacted away.
+    #[error("revision {requested} has been compacted; the oldest kept revision is {compacted}")]
+    Compacted {
+        /// The revision asked for.
+        requested: i64,
+        /// The oldest revision still kept.
+        compacted: i64,
+    },
+    /// The requested revision is newer than the store's.
+    #[error("revision {requested} is in the future; the current revision is {current}")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: i64,
+        /// The store's current revision.
+        current: i64,
+    },
+    /// The store has shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// The embedded database failed.
+    #[error("embedded store: {0}")]
+    Embedded(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// etcd failed or could not be reached.
+    #[error("etcd: {0}")]
+    Etcd(#[source] etcd_client::Error),
+    /// Stored bytes could not be decoded (corruption or a foreign key space).
+    #[error("corrupt record under {key}: {source}")]
+    Corrupt {
+        /// Where the bad record lives.
+        key: String,
+        /// The decode failure.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Store results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One key's current value and the revisions that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value (empty for a delete event's object).
+    pub value: Bytes,
+    /// The revision that created the key.
+    pub create_revision: i64,
+    /// The revision that last changed the key: the resourceVersion.
+    pub mod_revision: i64,
+}
+
+/// A list request: a key prefix, a page, and the revision to read at.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only keys starting with this.
+    pub prefix: String,
+    /// Only keys strictly greater than this (the previous page's last key).
+    pub start_after: Option<String>,
+    /// At most this many keys; 0 means all.
+    pub limit: usize,
+    /// Read as of this revision; 0 means the current one.
+    pub revision: i64,
+}
+
+/// A page of keys read at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct ListResult {
+    /// The keys, sorted.
+    pub kvs: Vec<KeyValue>,
+    /// The revision the page was read at.
+    pub revision: i64,
+    /// Whether keys remain after this page.
+    pub more: bool,
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created or updated.
+    Put,
+    /// Deleted.
+    Delete,
+}
+
+/// One change, as delivered by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The key after the change; `mod_revision` is the change's revision.
+    /// For a delete, `value` is empty.
+    pub kv: KeyValue,
+    /// The key before the change, if it existed.
+    pub prev: Option<KeyValue>,
+}
+
+impl Event {
+    /// The revision of the change.
+    pub fn revision(&self) -> i64 {
+        self.kv.mod_revision
+    }
+}
+
+/// An ordered stream of changes, ending with an error if the store can no
+/// longer deliver (e.g. [`Error::Compacted`]).
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<Event>> + Send>>;
+
+/// A key-value store with global, monotonic revisions, as etcd keeps them.
+///
+/// Every successful write gets the next revision. Reads and watches see
+/// writes in revision order. Conflicting writes are detected with
+/// revisions, never with locks held across calls.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    ///
+    /// # Errors
+    /// Backend failures only; a missing key is `Ok(None)`.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Reads keys under a prefix, sorted, a page at a time, at one revision.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] when `options.revision` is no longer kept,
+    /// [`Error::FutureRevision`] when it is ahead of the store.
+    async fn list(&self, options: ListOptions) -> Result<ListResult>;
+
+    /// Creates a key; returns the revision of the write.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] when the key is present.
+    async fn create(&self, key: &str, value: Bytes) -> Result<i64>;
+
+    /// Replaces an existing key's value; returns the revision of the write.
+    /// With `expected`, the write only happens if the key's mod revision
+    /// still equals it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the key is absent, [`Error::Conflict`] when
+    /// it changed since `expected`.
+    async fn update(&self, key: &str, value: Bytes, expected: Option<i64>) -> Result<i64>;
+
+    /// Deletes a key; returns the revision of the delete and the value it
+    /// had. With `expected`, only if the mod revision still equals it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] as for [`Store::update`].
+    async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(i64, KeyValue)>;
+
+    /// Streams every change under `prefix` with revision ≥ `start_revision`,
+    /// in order, with no gaps and no repeats. `start_revision` 0 means
+    /// changes after the current revision.
+    ///
+    /// # Errors
+    /// [`Error::Compacted`] (now or later in the stream) when the history
+    /// from `start_revision` is gone: the caller must list again.
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream>;
+
+    /// The revision of the latest write.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn current_revision(&self) -> Result<i64>;
+
+    /// Discards history before `revision`: later watches and lists from an
+    /// older revision get [`Error::Compacted`].
+    ///
+    /// # Errors
+    /// [`Error::FutureRevision`] when `revision` is ahead of the store.
+    async fn compact(&self, revision: i64) -> Result<()>;
+}
+
+/// The smallest key greater than every key starting with `prefix` (etcd's
+/// range end for a prefix).
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,165 @@
+//! The API actor: the one door to the registry.
+//!
+//! gRPC handlers never touch the registry themselves: they send a [`Call`]
+//! to an [`ApiActor`] and await its reply. Several actors, each on its own
+//! arbiter (thread), share the registry so that the API uses every core.
+//! A panic while serving a call is caught and answered with INTERNAL, so
+//! one bad request cannot take an actor down; the actors run under a
+//! supervisor that restarts one that stops.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised, Supervisor};
+use futures::FutureExt as _;
+use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
+use tracing::Instrument as _;
+
+use crate::error::{ApiError, Result};
+use crate::registry::{Registry, WatchStream};
+use crate::strategy::Strategy;
+
+/// One API operation on kind `K`.
+pub enum Op<K: Strategy> {
+    /// Create an object.
+    Create(K),
+    /// Read an object.
+    Get(GetRequest),
+    /// List objects.
+    List(ListRequest),
+    /// Replace an object's spec and metadata.
+    Update(K),
+    /// Replace an object's status.
+    UpdateStatus(K),
+    /// Delete an object.
+    Delete(DeleteRequest),
+    /// Watch objects.
+    Watch(WatchRequest),
+}
+
+/// What an operation returns.
+pub enum Reply<K: Strategy> {
+    /// One object.
+    Object(K),
+    /// A page of objects.
+    List(K::List),
+    /// A stream of changes.
+    Watch(WatchStream<K>),
+}
+
+/// A message to the API actor: an operation and the caller's tracing span
+/// (spans do not follow `Addr::send` by themselves).
+pub struct Call<K: Strategy> {
+    /// What to do.
+    pub op: Op<K>,
+    /// The gRPC request's span.
+    pub span: tracing::Span,
+}
+
+impl<K: Strategy> Message for Call<K> {
+    type Result = Result<Reply<K>>;
+}
+
+/// Serves calls against the shared registry.
+pub struct ApiActor {
+    registry: Arc<Registry>,
+}
+
+impl Actor for ApiActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ApiActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!("API actor restarting");
+    }
+}
+
+impl<K: Strategy> Handler<Call<K>> for ApiActor {
+    type Result = ResponseFuture<Result<Reply<K>>>;
+
+    fn handle(&mut self, call: Call<K>, _ctx: &mut Self::Context) -> Self::Result {
+        let registry = Arc::clone(&self.registry);
+        let span = call.span;
+        let work = async move {
+            match call.op {
+                Op::Create(obj) => registry.create(obj).await.map(Reply::Object),
+                Op::Get(req) => registry.get(req).await.map(Reply::Object),
+                Op::List(req) => registry.list::<K>(req).await.map(Reply::List),
+                Op::Update(obj) => registry.update(obj).await.map(Reply::Object),
+                Op::UpdateStatus(obj) => registry.update_status(obj).await.map(Reply::Object),
+                Op::Delete(req) => registry.delete(req).await.map(Reply::Object),
+                Op::Watch(req) => registry.watch::<K>(req).await.map(Reply::Watch),
+            }
+        };
+        Box::pin(
+            AssertUnwindSafe(work.instrument(span))
+                .catch_unwind()
+                .map(|outcome| {
+                    outcome.unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(panic = %what, "API call panicked");
+                        Err(ApiError::Internal(format!(
+                            "the server failed serving this call: {what}"
+                        )))
+                    })
+                }),
+        )
+    }
+}
+
+/// The API actors, one per arbiter, called round-robin.
+pub struct ActorPool {
+    addrs: Vec<Addr<ApiActor>>,
+    next: AtomicUsize,
+    /// Keeps the arbiters' threads alive.
+    _arbiters: Vec<actix::Arbiter>,
+}
+
+impl ActorPool {
+    /// Starts `count` supervised actors, each on a new arbiter. Must run
+    /// inside an actix `System`.
+    pub fn start(registry: Arc<Registry>, count: usize) -> Self {
+        let mut addrs = Vec::new();
+        let mut arbiters = Vec::new();
+        for _ in 0..count.max(1) {
+            let arbiter = actix::Arbiter::new();
+            let registry = Arc::clone(&registry);
+            let addr =
+                Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ApiActor { registry });
+            addrs.push(addr);
+            arbiters.push(arbiter);
+        }
+        Self {
+            addrs,
+            next: AtomicUsize::new(0),
+            _arbiters: arbiters,
+        }
+    }
+
+    /// Whether every actor is alive (for the health service).
+    pub fn healthy(&self) -> bool {
+        self.addrs.iter().all(Addr::connected)
+    }
+
+    /// Sends one operation to the next actor.
+    ///
+    /// # Errors
+    /// The operation's own errors; UNAVAILABLE if the actor is gone.
+    pub async fn call<K: Strategy>(&self, op: Op<K>) -> Result<Reply<K>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        let call = Call {
+            op,
+            span: tracing::Span::current(),
+        };
+        self.addrs[i]
+            .send(call)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("API actor unavailable: {e}")))?
+    }
+}

@@ -1,0 +1,225 @@
+//! The watch cache: one store watch per kind, fanned out to every client.
+//!
+//! A background task follows the store from the revision the cache was
+//! created at, decodes each change once, keeps the most recent changes in
+//! a window, and broadcasts them. A client watching from a revision inside
+//! the window is served from memory; N watchers of a kind cost one store
+//! watch. A client asking for an older revision is answered by the store
+//! directly (or told the revision has expired).
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use skiff_store::{EventKind, Store};
+use tokio::sync::broadcast;
+
+use crate::strategy::Strategy;
+
+/// Changes kept per kind for watchers that resume from a recent revision.
+const WINDOW: usize = 16 * 1024;
+/// Changes buffered per live watcher before it is cut off as too slow.
+const FANOUT_BUFFER: usize = 8 * 1024;
+
+/// One change to an object of kind `K`, decoded once for every watcher.
+#[derive(Debug)]
+pub struct Change<K> {
+    /// The change's revision.
+    pub revision: i64,
+    /// Put or delete.
+    pub kind: EventKind,
+    /// The object after a put; for a delete, its last state. Its
+    /// resourceVersion is `revision`.
+    pub object: Arc<K>,
+    /// The object before the change, if it existed.
+    pub prev: Option<Arc<K>>,
+    /// The store key (namespace filtering without decoding).
+    pub key: String,
+}
+
+impl<K: Strategy> Change<K> {
+    /// Decodes a store event; None (logged) if the stored bytes are not a
+    /// `K`, which only a corrupt store or a foreign writer can cause.
+    pub fn from_event(event: skiff_store::Event) -> Option<Self> {
+        let revision = event.revision();
+        let prev = event
+            .prev
+            .as_ref()
+            .and_then(|p| decode::<K>(&p.value, p.mod_revision))
+            .map(Arc::new);
+        let object = match event.kind {
+            EventKind::Put => decode::<K>(&event.kv.value, revision).map(Arc::new),
+            EventKind::Delete => prev.as_ref().map(|p| {
+                let mut last = (**p).clone();
+                last.metadata_mut().resource_version = revision.to_string();
+                Arc::new(last)
+            }),
+        };
+        let Some(object) = object else {
+            tracing::error!(kind = K::KIND, key = %event.kv.key, "undecodable object in store; skipped");
+            return None;
+        };
+        Some(Self {
+            revision,
+            kind: event.kind,
+            object,
+            prev,
+            key: event.kv.key,
+        })
+    }
+}
+
+/// What the cache knows, behind one lock so that reading the window and
+/// subscribing happen together.
+struct State<K> {
+    /// Recent changes, oldest first.
+    window: VecDeque<Arc<Change<K>>>,
+    /// Every change after this revision is in `window` (or still coming).
+    window_start: i64,
+    /// The latest revision the cache has seen for this kind.
+    latest: i64,
+    /// Live fan-out.
+    tx: broadcast::Sender<Arc<Change<K>>>,
+}
+
+/// The watch cache of one kind.
+pub struct WatchCache<K> {
+    state: Mutex<State<K>>,
+    _kind: PhantomData<K>,
+}
+
+/// A live subscription: the backlog to replay, then the channel.
+pub struct Subscription<K> {
+    /// Changes after the requested revision already in the window.
+    pub backlog: Vec<Arc<Change<K>>>,
+    /// Changes still to come.
+    pub live: broadcast::Receiver<Arc<Change<K>>>,
+}
+
+/// Decodes a stored object and stamps its resourceVersion.
+pub fn decode<K: Strategy>(bytes: &[u8], revision: i64) -> Option<K> {
+    let mut obj = K::decode(bytes).ok()?;
+    obj.metadata_mut().resource_version = revision.to_string();
+    obj.set_type_meta();
+    Some(obj)
+}
+
+// === impl WatchCache ===
+
+impl<K: Strategy> WatchCache<K> {
+    /// Starts following the store from its current revision.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn start(store: Arc<dyn Store>) -> skiff_store::Result<Arc<Self>> {
+        let from = store.current_revision().await?;
+        let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+        let cache = Arc::new(Self {
+            state: Mutex::new(State {
+                window: VecDeque::new(),
+                window_start: from,
+                latest: from,
+                tx,
+            }),
+            _kind: PhantomData,
+        });
+        tokio::spawn(Arc::clone(&cache).follow(store, from));
+        Ok(cache)
+    }
+
+    /// Follows the store forever, reconnecting on errors. If the store lost
+    /// the history the cache needs (compaction), the cache restarts from
+    /// the present and cuts off its live watchers so they resume.
+    async fn follow(self: Arc<Self>, store: Arc<dyn Store>, mut from: i64) {
+        let prefix = skiff::keys::kind::<K>();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut stream = match store.watch(&prefix, from + 1).await {
+                Ok(s) => s,
+                Err(e) => {
+                    from = self.recover(&*store, &e, from).await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        delay = Duration::from_millis(100);
+                        from = event.revision();
+                        self.push(event);
+                    }
+                    Err(e) => {
+                        from = self.recover(&*store, &e, from).await;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn recover(&self, store: &dyn Store, err: &skiff_store::Error, from: i64) -> i64 {
+        tracing::warn!(kind = K::KIND, error = %err, "watch cache lost its store watch; resuming");
+        if !matches!(err, skiff_store::Error::Compacted { .. }) {
+            return from;
+        }
+        let Ok(now) = store.current_revision().await else {
+            return from;
+        };
+        let mut state = self.state.lock().expect("watch cache lock");
+        state.window.clear();
+        state.window_start = now;
+        state.latest = now;
+        // Dropping the sender ends every live watcher; they resume from
+        // their last revision and, if it is gone, are told to relist.
+        state.tx = broadcast::channel(FANOUT_BUFFER).0;
+        now
+    }
+
+    fn push(&self, event: skiff_store::Event) {
+        let Some(change) = Change::from_event(event) else {
+            return;
+        };
+        let change = Arc::new(change);
+        let revision = change.revision;
+        let mut state = self.state.lock().expect("watch cache lock");
+        if state.window.len() == WINDOW
+            && let Some(old) = state.window.pop_front()
+        {
+            state.window_start = old.revision;
+        }
+        state.latest = revision;
+        state.window.push_back(Arc::clone(&change));
+        let _ = state.tx.send(change);
+    }
+
+    /// Subscribes to changes after `revision`, or None when the window no
+    /// longer reaches back that far.
+    pub fn subscribe(&self, revision: i64) -> Option<Subscription<K>> {
+        let state = self.state.lock().expect("watch cache lock");
+        if revision < state.window_start {
+            return None;
+        }
+        let backlog = state
+            .window
+            .iter()
+            .filter(|c| c.revision > revision)
+            .cloned()
+            .collect();
+        Some(Subscription {
+            backlog,
+            live: state.tx.subscribe(),
+        })
+    }
+
+    /// The latest revision the cache has seen, if `live` has nothing
+    /// pending (so a bookmark at that revision skips nothing).
+    pub fn progress(&self, live: &broadcast::Receiver<Arc<Change<K>>>) -> Option<i64> {
+        let state = self.state.lock().expect("watch cache lock");
+        live.is_empty().then_some(state.latest)
+    }
+}

@@ -1,0 +1,918 @@
+//! The generic registry: Create / Get / List / Update / UpdateStatus /
+//! Delete / Watch for every kind, with Kubernetes' semantics.
+//!
+//! Every write is a conditional store write on the revision the registry
+//! read, so a concurrent writer can never be overwritten silently: a client
+//! that sent a resourceVersion gets ABORTED, one that did not is retried
+//! against the new state (last write wins).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use skiff::pb::api::v1::{DeleteRequest, EventType, GetRequest, ListRequest, WatchRequest};
+use skiff::pb::core::v1::Namespace;
+use skiff::pb::meta::v1::ListMeta;
+use skiff::selector::{FieldSelector, LabelSelector};
+use skiff::validation::FieldErrors;
+use skiff::wkt::Timestamp;
+use skiff::{Resource as _, keys};
+use skiff_store::{EventKind, ListOptions, Store};
+use tokio::sync::mpsc;
+
+use crate::cache::{Change, WatchCache, decode};
+use crate::error::{ApiError, Result};
+use crate::strategy::{self, Strategy};
+
+/// The largest object the API stores (etcd's default request limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// Attempts of an unconditional update that keeps losing races.
+const MAX_RETRIES: usize = 16;
+/// Events buffered per watch response stream.
+const WATCH_STREAM_BUFFER: usize = 256;
+/// Namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// A watch response stream of kind `K`.
+pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
+    Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,
+>;
+
+/// The registry shared by the API actors.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    /// One watch cache per kind, created on first watch.
+    caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// How often watchers that asked for them get BOOKMARK events.
+    bookmark_interval: Duration,
+}
+
+/// The Kubernetes name of a kind in messages: `pods`.
+fn kind_name<K: Strategy>() -> String {
+    K::PLURAL.to_string()
+}
+
+fn object_name(namespace: &str, name: &str) -> String {
+    skiff::ObjectRef::new(namespace, name).to_string()
+}
+
+fn not_found<K: Strategy>(namespace: &str, name: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: kind_name::<K>(),
+        name: object_name(namespace, name),
+    }
+}
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // Kubernetes timestamps have second precision.
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+/// Parses a resourceVersion the client sent; "" means none.
+fn parse_rv(rv: &str, field: &str) -> Result<Option<i64>> {
+    if rv.is_empty() {
+        return Ok(None);
+    }
+    rv.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "{field}: Invalid value: {rv:?}: must be a resourceVersion returned by the server"
+            ))
+        })
+}
+
+/// apiVersion and kind, if the client sent them, must be this kind's.
+fn check_type_meta<K: Strategy>(obj: &K) -> Result<()> {
+    let (api_version, kind) = obj.type_meta();
+    if !kind.is_empty() && kind != K::KIND {
+        return Err(ApiError::Invalid(format!(
+            "kind: Invalid value: {kind:?}: this is the {} service, which takes kind {:?}; send {kind} objects to its own service",
+            K::SERVICE,
+            K::KIND
+        )));
+    }
+    if !api_version.is_empty() && api_version != K::API_VERSION {
+        return Err(ApiError::Invalid(format!(
+            "apiVersion: Invalid value: {api_version:?}: {} is served as {:?}",
+            K::KIND,
+            K::API_VERSION
+        )));
+    }
+    Ok(())
+}
+
+/// Sets the namespace a request addresses: "default" when a namespaced
+/// object names none; nothing for cluster-scoped kinds.
+fn effective_namespace<K: Strategy>(namespace: &str) -> String {
+    match (K::NAMESPACED, namespace.is_empty()) {
+        (true, true) => "default".to_string(),
+        (true, false) => namespace.to_string(),
+        (false, _) => String::new(),
+    }
+}
+
+/// Checks an object before it is written; returns its encoded form.
+fn admit<K: Strategy>(obj: &K) -> Result<Bytes> {
+    let mut errors = FieldErrors::default();
+    match obj.metadata() {
+        Some(meta) => strategy::validate_metadata::<K>(meta, &mut errors),
+        None => errors.required("metadata"),
+    }
+    obj.validate(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "{} {:?} is invalid: {errors}",
+            K::KIND,
+            obj.name()
+        )));
+    }
+    let mut stored = obj.clone();
+    stored.clear_type_meta();
+    stored.metadata_mut().resource_version.clear();
+    let bytes = stored.encode_to_vec();
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "{} {:?} is invalid: object is {} bytes, more than the limit of {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
+            K::KIND,
+            obj.name(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes.into())
+}
+
+fn random_suffix() -> String {
+    // Kubernetes' alphabet: no vowels (no words), no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A position in a paged list: the revision of the first page and the
+/// last key returned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: i64,
+    start: String,
+}
+
+impl ContinueToken {
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    fn decode(token: &str) -> Result<Self> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .ok_or_else(|| {
+                ApiError::Invalid(
+                    "continue: Invalid value: not a token returned by this server's List".into(),
+                )
+            })
+    }
+}
+
+/// What a list or watch selects.
+struct Filter {
+    /// Only keys under this prefix (the namespace).
+    prefix: String,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Filter {
+    fn new<K: Strategy>(namespace: &str, labels: &str, fields: &str) -> Result<Self> {
+        if K::NAMESPACED
+            && !namespace.is_empty()
+            && let Err(reason) = skiff::validation::is_dns1123_label(namespace)
+        {
+            return Err(ApiError::Invalid(format!(
+                "namespace: Invalid value: {namespace:?}: {reason}"
+            )));
+        }
+        let labels = LabelSelector::parse(labels)
+            .map_err(|e| ApiError::Invalid(format!("labelSelector: {e}")))?;
+        let allowed = strategy::selectable_fields::<K>();
+        let fields = FieldSelector::parse_with(fields, &allowed)
+            .map_err(|e| ApiError::Invalid(format!("fieldSelector: {e}")))?;
+        Ok(Self {
+            prefix: keys::list::<K>(namespace),
+            labels,
+            fields,
+        })
+    }
+
+    fn matches<K: Strategy>(&self, key: &str, obj: &K) -> bool {
+        key.starts_with(&self.prefix)
+            && self
+                .labels
+                .matches(&obj.metadata().map(|m| m.labels.clone()).unwrap_or_default())
+            && self.fields.matches(|f| strategy::field_value(obj, f))
+    }
+
+    /// What a change means to this watcher: a change that makes an object
+    /// start (stop) matching is an ADDED (DELETED) event for it.
+    fn classify<K: Strategy>(&self, change: &Change<K>) -> Option<EventType> {
+        let old = change
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.matches(&change.key, &**p));
+        let new = change.kind == EventKind::Put && self.matches(&change.key, &*change.object);
+        match (old, new) {
+            (false, true) => Some(EventType::Added),
+            (true, true) => Some(EventType::Modified),
+            (true, false) => Some(EventType::Deleted),
+            (false, false) => None,
+        }
+    }
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration) -> Self {
+        Self {
+            store,
+            caches: tokio::sync::Mutex::new(HashMap::new()),
+            bookmark_interval,
+        }
+    }
+
+    /// Creates the namespaces that always exist.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn bootstrap(&self) -> Result<()> {
+        for name in SYSTEM_NAMESPACES {
+            let mut ns = Namespace::default();
+            ns.metadata_mut().name = (*name).to_string();
+            match self.create(ns).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
+        let Some(kv) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        let obj = decode::<K>(&kv.value, kv.mod_revision)
+            .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
+        Ok(Some((obj, kv.mod_revision)))
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        match self
+            .read::<Namespace>(&keys::object::<Namespace>("", namespace))
+            .await?
+        {
+            None => Err(ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: namespace.to_string(),
+            }),
+            Some((ns, _))
+                if ns
+                    .metadata()
+                    .is_some_and(|m| m.deletion_timestamp.is_some()) =>
+            {
+                Err(ApiError::Forbidden(format!(
+                    "unable to create new content in namespace {namespace} because it is being terminated"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Creates an object.
+    ///
+    /// # Errors
+    /// Invalid objects, a missing namespace, an existing name.
+    pub async fn create<K: Strategy>(&self, mut obj: K) -> Result<K> {
+        check_type_meta(&obj)?;
+        let meta = obj.metadata_mut();
+        if !meta.resource_version.is_empty() {
+            return Err(ApiError::Invalid(
+                "metadata.resourceVersion: Invalid value: must be empty when creating an object"
+                    .into(),
+            ));
+        }
+        meta.namespace = effective_namespace::<K>(&meta.namespace);
+        let generated = meta.name.is_empty() && !meta.generate_name.is_empty();
+        meta.uid = uuid::Uuid::new_v4().to_string();
+        meta.creation_timestamp = Some(now());
+        meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
+        meta.generation = 1;
+        obj.default_fields();
+        obj.prepare_create();
+        if K::NAMESPACED {
+            self.ensure_namespace(obj.namespace()).await?;
+        }
+        for _ in 0..MAX_RETRIES {
+            if generated {
+                let meta = obj.metadata_mut();
+                meta.name = format!("{}{}", meta.generate_name, random_suffix());
+            }
+            let bytes = admit(&obj)?;
+            let key = keys::object::<K>(obj.namespace(), obj.name());
+            match self.store.create(&key, bytes).await {
+                Ok(rev) => {
+                    obj.metadata_mut().resource_version = rev.to_string();
+                    obj.set_type_meta();
+                    return Ok(obj);
+                }
+                Err(skiff_store::Error::AlreadyExists { .. }) if generated => continue,
+                Err(skiff_store::Error::AlreadyExists { .. }) => {
+                    return Err(ApiError::AlreadyExists {
+                        kind: kind_name::<K>(),
+                        name: object_name(obj.namespace(), obj.name()),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::AlreadyExists {
+            kind: kind_name::<K>(),
+            name: format!(
+                "generated names for {:?}",
+                obj.metadata().map(|m| &m.generate_name)
+            ),
+        })
+    }
+
+    /// Reads one object.
+    ///
+    /// # Errors
+    /// NotFound.
+    pub async fn get<K: Strategy>(&self, req: GetRequest) -> Result<K> {
+        let namespace = effective_namespace::<K>(&req.namespace);
+        let key = keys::object::<K>(&namespace, &req.name);
+        match self.read::<K>(&key).await? {
+            Some((obj, _)) => Ok(obj),
+            None => Err(not_found::<K>(&namespace, &req.name)),
+        }
+    }
+
+    /// Lists objects, filtered and paged.
+    ///
+    /// # Errors
+    /// Bad selectors or continue tokens; an expired continue token.
+    pub async fn list<K: Strategy>(&self, req: ListRequest) -> Result<K::List> {
+        let filter = Filter::new::<K>(&req.namespace, &req.label_selector, &req.field_selector)?;
+        let limit = usize::try_from(req.limit.max(0)).unwrap_or(usize::MAX);
+        let (mut revision, mut start_after) = if req.r#continue.is_empty() {
+            (0, None)
+        } else {
+            let token = ContinueToken::decode(&req.r#continue)?;
+            (token.rv, Some(token.start))
+        };
+        let mut items = Vec::new();
+        let mut next = None;
+        loop {
+            let want = if limit == 0 { 0 } else { limit - items.len() };
+            let page = self
+                .store
+                .list(ListOptions {
+                    prefix: filter.prefix.clone(),
+                    start_after: start_after.clone(),
+                    limit: want,
+                    revision,
+                })
+                .await
+                .map_err(|e| match e {
+                    skiff_store::Error::Compacted { .. } => ApiError::Expired(
+                        "continue: the list's resourceVersion has been compacted; start the list again without a continue token".into(),
+                    ),
+                    other => other.into(),
+                })?;
+            revision = page.revision;
+            let last_key = page.kvs.last().map(|kv| kv.key.clone());
+            for kv in page.kvs {
+                let Some(obj) = decode::<K>(&kv.value, kv.mod_revision) else {
+                    return Err(ApiError::Internal(format!(
+                        "undecodable {} at {}",
+                        K::KIND,
+                        kv.key
+                    )));
+                };
+                if filter.matches(&kv.key, &obj) {
+                    items.push(obj);
+                }
+            }
+            if !page.more {
+                break;
+            }
+            start_after = last_key;
+            if limit > 0 && items.len() >= limit {
+                next = start_after.clone();
+                break;
+            }
+        }
+        let metadata = ListMeta {
+            resource_version: revision.to_string(),
+            r#continue: next
+                .map(|start| {
+                    ContinueToken {
+                        rv: revision,
+                        start,
+                    }
+                    .encode()
+                })
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        Ok(K::into_list(metadata, items))
+    }
+
+    /// Replaces an object's spec and metadata (not its status).
+    ///
+    /// # Errors
+    /// NotFound, a stale resourceVersion (Conflict), invalid objects.
+    pub async fn update<K: Strategy>(&self, obj: K) -> Result<K> {
+        self.write(obj, false).await
+    }
+
+    /// Replaces an object's status only.
+    ///
+    /// # Errors
+    /// As [`Registry::update`]; Unsupported for kinds without status.
+    pub async fn update_status<K: Strategy>(&self, obj: K) -> Result<K> {
+        if !K::HAS_STATUS {
+            return Err(ApiError::Unsupported(format!("{} has no status", K::KIND)));
+        }
+        self.write(obj, true).await
+    }
+
+    async fn write<K: Strategy>(&self, mut obj: K, status_only: bool) -> Result<K> {
+        check_type_meta(&obj)?;
+        let namespace = effective_namespace::<K>(obj.namespace());
+        obj.metadata_mut().namespace = namespace.clone();
+        let name = obj.name().to_string();
+        if name.is_empty() {
+            return Err(ApiError::Invalid("metadata.name: Required value".into()));
+        }
+        let requested = parse_rv(obj.resource_version(), "metadata.resourceVersion")?;
+        let key = keys::object::<K>(&namespace, &name);
+        for _ in 0..MAX_RETRIES {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(not_found::<K>(&namespace, &name));
+            };
+            let conflict = || ApiError::Conflict {
+                kind: kind_name::<K>(),
+                name: object_name(&namespace, &name),
+                requested: obj.resource_version().to_string(),
+                current: kv.mod_revision,
+            };
+            if requested.is_some_and(|rv| rv != kv.mod_revision) {
+                return Err(conflict());
+            }
+            let current = decode::<K>(&kv.value, kv.mod_revision)
+                .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
+            let next = if status_only {
+                let mut next = current.clone();
+                next.copy_status_from(&obj);
+                next
+            } else {
+                self.merge_update(&current, &obj)?
+            };
+            let cur_meta = current.metadata().cloned().unwrap_or_default();
+            let next_meta = next.metadata().cloned().unwrap_or_default();
+            let result = if cur_meta.deletion_timestamp.is_some() && next_meta.finalizers.is_empty()
+            {
+                // The last finalizer is gone: the object goes.
+                admit(&next)?;
+                self.store
+                    .delete(&key, Some(kv.mod_revision))
+                    .await
+                    .map(|(rev, _)| rev)
+            } else {
+                let bytes = admit(&next)?;
+                if bytes == kv.value {
+                    // Nothing changed: no write, no new resourceVersion.
+                    return Ok(current);
+                }
+                self.store.update(&key, bytes, Some(kv.mod_revision)).await
+            };
+            match result {
+                Ok(rev) => {
+                    let mut next = next;
+                    next.metadata_mut().resource_version = rev.to_string();
+                    next.set_type_meta();
+                    return Ok(next);
+                }
+                Err(skiff_store::Error::Conflict { .. }) if requested.is_none() => continue,
+                Err(skiff_store::Error::Conflict { current, .. }) => {
+                    return Err(ApiError::Conflict {
+                        kind: kind_name::<K>(),
+                        name: object_name(&namespace, &name),
+                        requested: obj.resource_version().to_string(),
+                        current,
+                    });
+                }
+                Err(skiff_store::Error::NotFound { .. }) => {
+                    return Err(not_found::<K>(&namespace, &name));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "{} {:?} is changing too fast to update; try again",
+            K::KIND,
+            object_name(&namespace, &name)
+        )))
+    }
+
+    /// The object an Update produces: the client's spec and metadata, with
+    /// the fields only the server sets kept from `current`.
+    fn merge_update<K: Strategy>(&self, current: &K, obj: &K) -> Result<K> {
+        let cur = current.metadata().cloned().unwrap_or_default();
+        if obj.status_set() && !obj.same_status(current) {
+            return Err(ApiError::Invalid(format!(
+                "status: Forbidden: the status of {} {:?} can only be changed through UpdateStatus; send the status you read, or none",
+                K::KIND,
+                obj.name()
+            )));
+        }
+        let mut next = obj.clone();
+        next.copy_status_from(current);
+        next.default_fields();
+        let meta = next.metadata_mut();
+        if !meta.uid.is_empty() && meta.uid != cur.uid {
+            return Err(ApiError::Precondition(format!(
+                "metadata.uid: Invalid value: {:?}: the object's uid is {:?} (it was deleted and re-created?)",
+                meta.uid, cur.uid
+            )));
+        }
+        meta.uid = cur.uid.clone();
+        meta.creation_timestamp = cur.creation_timestamp;
+        meta.deletion_timestamp = cur.deletion_timestamp;
+        meta.deletion_grace_period_seconds = cur.deletion_grace_period_seconds;
+        meta.generate_name = if meta.generate_name.is_empty() {
+            cur.generate_name.clone()
+        } else {
+            meta.generate_name.clone()
+        };
+        meta.generation = cur.generation;
+        if cur.deletion_timestamp.is_some() {
+            let added: Vec<&String> = meta
+                .finalizers
+                .iter()
+                .filter(|f| !cur.finalizers.contains(f))
+                .collect();
+            if !added.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                )));
+            }
+        }
+        if next.spec_fingerprint() != current.spec_fingerprint() {
+            next.metadata_mut().generation = cur.generation + 1;
+        }
+        Ok(next)
+    }
+
+    /// Deletes an object, or marks it deleted while finalizers remain.
+    ///
+    /// # Errors
+    /// NotFound, failed preconditions, protected namespaces.
+    pub async fn delete<K: Strategy>(&self, req: DeleteRequest) -> Result<K> {
+        let namespace = effective_namespace::<K>(&req.namespace);
+        let name = req.name.clone();
+        match req.propagation_policy.as_str() {
+            "" | "Background" => {}
+            "Foreground" | "Orphan" => {
+                return Err(ApiError::Unsupported(format!(
+                    "propagationPolicy {:?} needs the garbage collector, which this server does not run yet; use \"Background\"",
+                    req.propagation_policy
+                )));
+            }
+            other => {
+                return Err(ApiError::Invalid(format!(
+                    "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
+                )));
+            }
+        }
+        if K::KIND == "Namespace" && SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            return Err(ApiError::Forbidden(format!(
+                "namespace {name:?} may not be deleted: it is a system namespace"
+            )));
+        }
+        let expected_rv = match &req.preconditions {
+            Some(p) => parse_rv(&p.resource_version, "preconditions.resourceVersion")?,
+            None => None,
+        };
+        let key = keys::object::<K>(&namespace, &name);
+        for _ in 0..MAX_RETRIES {
+            let Some((current, mod_rev)) = self.read::<K>(&key).await? else {
+                return Err(not_found::<K>(&namespace, &name));
+            };
+            let meta = current.metadata().cloned().unwrap_or_default();
+            if let Some(p) = &req.preconditions
+                && !p.uid.is_empty()
+                && p.uid != meta.uid
+            {
+                return Err(ApiError::Precondition(format!(
+                    "precondition failed: uid in precondition is {:?}, the object's uid is {:?}",
+                    p.uid, meta.uid
+                )));
+            }
+            if let Some(rv) = expected_rv
+                && rv != mod_rev
+            {
+                return Err(ApiError::Conflict {
+                    kind: kind_name::<K>(),
+                    name: object_name(&namespace, &name),
+                    requested: rv.to_string(),
+                    current: mod_rev,
+                });
+            }
+            if !meta.finalizers.is_empty() {
+                if meta.deletion_timestamp.is_some() {
+                    return Ok(current);
+                }
+                let mut marked = current.clone();
+                let m = marked.metadata_mut();
+                m.deletion_timestamp = Some(now());
+                m.deletion_grace_period_seconds = Some(req.grace_period_seconds.unwrap_or(0));
+                let bytes = admit(&marked)?;
+                match self.store.update(&key, bytes, Some(mod_rev)).await {
+                    Ok(rev) => {
+                        marked.metadata_mut().resource_version = rev.to_string();
+                        return Ok(marked);
+                    }
+                    Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
+                    Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+                }
+            }
+            match self.store.delete(&key, Some(mod_rev)).await {
+                Ok((rev, _)) => {
+                    let mut gone = current;
+                    gone.metadata_mut().resource_version = rev.to_string();
+                    return Ok(gone);
+                }
+                Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
+                Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "{} {:?} is changing too fast to delete; try again",
+            K::KIND,
+            object_name(&namespace, &name)
+        )))
+    }
+
+    fn write_error<K: Strategy>(
+        &self,
+        e: skiff_store::Error,
+        namespace: &str,
+        name: &str,
+    ) -> ApiError {
+        match e {
+            skiff_store::Error::NotFound { .. } => not_found::<K>(namespace, name),
+            skiff_store::Error::Conflict {
+                expected, current, ..
+            } => ApiError::Conflict {
+                kind: kind_name::<K>(),
+                name: object_name(namespace, name),
+                requested: expected.to_string(),
+                current,
+            },
+            other => other.into(),
+        }
+    }
+
+    async fn cache<K: Strategy>(&self) -> Result<Arc<WatchCache<K>>> {
+        let mut caches = self.caches.lock().await;
+        if let Some(cache) = caches.get(&TypeId::of::<K>())
+            && let Ok(cache) = Arc::clone(cache).downcast::<WatchCache<K>>()
+        {
+            return Ok(cache);
+        }
+        let cache = WatchCache::<K>::start(Arc::clone(&self.store)).await?;
+        caches.insert(
+            TypeId::of::<K>(),
+            cache.clone() as Arc<dyn Any + Send + Sync>,
+        );
+        Ok(cache)
+    }
+
+    /// Starts a watch. Changes come from the kind's watch cache when the
+    /// requested version is recent, from the store otherwise.
+    ///
+    /// # Errors
+    /// Bad selectors or versions; OUT_OF_RANGE when the version is gone.
+    pub async fn watch<K: Strategy>(&self, req: WatchRequest) -> Result<WatchStream<K>> {
+        let filter = Filter::new::<K>(&req.namespace, &req.label_selector, &req.field_selector)?;
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
+        let requested = parse_rv(&req.resource_version, "resourceVersion")?.unwrap_or(0);
+        // Without a version: the current state as ADDED events, then changes.
+        let mut initial = Vec::new();
+        let start = if requested == 0 {
+            let page = self
+                .store
+                .list(ListOptions {
+                    prefix: filter.prefix.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            for kv in page.kvs {
+                if let Some(obj) = decode::<K>(&kv.value, kv.mod_revision)
+                    && filter.matches(&kv.key, &obj)
+                {
+                    initial.push(obj);
+                }
+            }
+            page.revision
+        } else {
+            requested
+        };
+        let cache = self.cache::<K>().await?;
+        let source = match cache.subscribe(start) {
+            Some(sub) => Source::Cache {
+                backlog: sub.backlog.into(),
+                live: sub.live,
+                cache,
+            },
+            None => {
+                let stream =
+                    self.store
+                        .watch(&filter.prefix, start + 1)
+                        .await
+                        .map_err(|e| match e {
+                            skiff_store::Error::Compacted { .. } => expired(start),
+                            other => other.into(),
+                        })?;
+                Source::Store(stream)
+            }
+        };
+        let watcher = Watcher::<K> {
+            filter,
+            source,
+            tx,
+            sent: start,
+            bookmarks: req.allow_bookmarks.then_some(self.bookmark_interval),
+        };
+        tokio::spawn(watcher.run(initial));
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
+fn expired(rv: i64) -> ApiError {
+    ApiError::Expired(format!(
+        "resourceVersion {rv} is too old: the history after it has been compacted; list again and watch from the list's resourceVersion"
+    ))
+}
+
+/// Where a watcher's changes come from.
+enum Source<K> {
+    /// The kind's watch cache: its backlog, then its live channel.
+    Cache {
+        backlog: std::collections::VecDeque<Arc<Change<K>>>,
+        live: tokio::sync::broadcast::Receiver<Arc<Change<K>>>,
+        cache: Arc<WatchCache<K>>,
+    },
+    /// A store watch of its own (the version predates the cache window).
+    Store(skiff_store::WatchStream),
+}
+
+/// One client's watch: filters changes and sends them down its stream.
+struct Watcher<K: Strategy> {
+    filter: Filter,
+    source: Source<K>,
+    tx: mpsc::Sender<Result<K::WatchEvent, tonic::Status>>,
+    /// The last revision sent (or the watch's starting revision).
+    sent: i64,
+    /// Bookmark period, if the client asked for bookmarks.
+    bookmarks: Option<Duration>,
+}
+
+impl<K: Strategy> Watcher<K> {
+    async fn run(mut self, initial: Vec<K>) {
+        for obj in initial {
+            if self
+                .tx
+                .send(Ok(K::into_event(EventType::Added, obj)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let period = self.bookmarks.unwrap_or(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let bookmarks = self.bookmarks.is_some();
+        loop {
+            let step = tokio::select! {
+                () = self.tx.closed() => return,
+                _ = tick.tick(), if bookmarks => None,
+                next = next_change(&mut self.source, self.sent) => Some(next),
+            };
+            let Some(next) = step else {
+                self.bookmark().await;
+                continue;
+            };
+            let change = match next {
+                Ok(change) => change,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if change.revision <= self.sent {
+                continue;
+            }
+            self.sent = change.revision;
+            if let Some(kind) = self.filter.classify(&change) {
+                let event = K::into_event(kind, (*change.object).clone());
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn bookmark(&mut self) {
+        let progress = match &self.source {
+            Source::Cache {
+                backlog,
+                live,
+                cache,
+            } if backlog.is_empty() => cache.progress(live),
+            _ => None,
+        };
+        let rv = progress.unwrap_or(self.sent).max(self.sent);
+        self.sent = rv;
+        let mut obj = K::default();
+        obj.set_type_meta();
+        obj.metadata_mut().resource_version = rv.to_string();
+        let _ = self
+            .tx
+            .send(Ok(K::into_event(EventType::Bookmark, obj)))
+            .await;
+    }
+}
+
+/// The next change from a watcher's source.
+async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<Arc<Change<K>>> {
+    match source {
+        Source::Cache { backlog, live, .. } => {
+            if let Some(change) = backlog.pop_front() {
+                return Ok(change);
+            }
+            match live.recv().await {
+                Ok(change) => Ok(change),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Err(ApiError::Unavailable(format!(
+                        "watch fell too far behind; resume from resourceVersion {sent}"
+                    )))
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    Err(ApiError::Unavailable(format!(
+                        "watch cache restarted; resume from resourceVersion {sent}"
+                    )))
+                }
+            }
+        }
+        Source::Store(stream) => {
+            use futures::StreamExt as _;
+            loop {
+                match stream.next().await {
+                    Some(Ok(event)) => {
+                        if let Some(change) = Change::<K>::from_event(event) {
+                            return Ok(Arc::new(change));
+                        }
+                    }
+                    Some(Err(skiff_store::Error::Compacted { .. })) => return Err(expired(sent)),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => {
+                        return Err(ApiError::Unavailable(format!(
+                            "store watch ended; resume from resourceVersion {sent}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}

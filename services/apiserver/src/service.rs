@@ -1,0 +1,133 @@
+//! The gRPC face of the API: one tonic service per kind, all generated
+//! from `for_each_kind!`, each forwarding to the API actors.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
+use tonic::{Request, Response, Status};
+
+use crate::actor::{ActorPool, Op, Reply};
+use crate::registry::WatchStream;
+use crate::strategy::Strategy;
+
+/// The service of kind `K`.
+pub struct KindService<K> {
+    pool: Arc<ActorPool>,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K: Strategy> KindService<K> {
+    /// A service forwarding to `pool`.
+    pub fn new(pool: Arc<ActorPool>) -> Self {
+        Self {
+            pool,
+            _kind: PhantomData,
+        }
+    }
+
+    async fn object(&self, op: Op<K>) -> Result<Response<K>, Status> {
+        match self.pool.call(op).await? {
+            Reply::Object(obj) => Ok(Response::new(obj)),
+            _ => Err(Status::internal("unexpected reply kind")),
+        }
+    }
+
+    async fn create(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        self.object(Op::Create(req.into_inner())).await
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<K>, Status> {
+        self.object(Op::Get(req.into_inner())).await
+    }
+
+    async fn update(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        self.object(Op::Update(req.into_inner())).await
+    }
+
+    async fn update_status(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        self.object(Op::UpdateStatus(req.into_inner())).await
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<K>, Status> {
+        self.object(Op::Delete(req.into_inner())).await
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<K::List>, Status> {
+        match self.pool.call(Op::<K>::List(req.into_inner())).await? {
+            Reply::List(list) => Ok(Response::new(list)),
+            _ => Err(Status::internal("unexpected reply kind")),
+        }
+    }
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream<K>>, Status> {
+        match self.pool.call(Op::<K>::Watch(req.into_inner())).await? {
+            Reply::Watch(stream) => Ok(Response::new(stream)),
+            _ => Err(Status::internal("unexpected reply kind")),
+        }
+    }
+}
+
+/// Implements a kind's generated service trait by delegating to
+/// [`KindService`]; `status` kinds also get UpdateStatus.
+macro_rules! kind_service {
+    (status $ty:path, $tr:path) => {
+        kind_service!(@impl $ty, $tr, {
+            async fn update_status(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {
+                KindService::update_status(self, req).await
+            }
+        });
+    };
+    (plain $ty:path, $tr:path) => {
+        kind_service!(@impl $ty, $tr, {});
+    };
+    (@impl $ty:path, $tr:path, { $($extra:tt)* }) => {
+        #[tonic::async_trait]
+        impl $tr for KindService<$ty> {
+            async fn create(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {
+                KindService::create(self, req).await
+            }
+            async fn get(&self, req: Request<GetRequest>) -> Result<Response<$ty>, Status> {
+                KindService::get(self, req).await
+            }
+            async fn list(
+                &self,
+                req: Request<ListRequest>,
+            ) -> Result<Response<<$ty as skiff::Resource>::List>, Status> {
+                KindService::list(self, req).await
+            }
+            async fn update(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {
+                KindService::update(self, req).await
+            }
+            async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<$ty>, Status> {
+                KindService::delete(self, req).await
+            }
+            type WatchStream = WatchStream<$ty>;
+            async fn watch(
+                &self,
+                req: Request<WatchRequest>,
+            ) -> Result<Response<Self::WatchStream>, Status> {
+                KindService::watch(self, req).await
+            }
+            $($extra)*
+        }
+    };
+}
+
+macro_rules! all_kinds {
+    ($($st:ident $kind:ident, $ty:path, $tr:path, $srv:ty;)*) => {
+        $( kind_service!($st $ty, $tr); )*
+
+        /// Every kind's service, forwarding to `pool`.
+        pub fn routes(pool: &Arc<ActorPool>) -> tonic::service::Routes {
+            let mut routes = tonic::service::RoutesBuilder::default();
+            $( routes.add_service(<$srv>::new(KindService::<$ty>::new(Arc::clone(pool)))); )*
+            routes.routes()
+        }
+
+        /// Fully qualified names of every kind's service.
+        pub const SERVICE_NAMES: &[&str] = &[$( <$ty as skiff::Resource>::SERVICE, )*];
+    };
+}
+
+skiff::for_each_kind!(all_kinds);

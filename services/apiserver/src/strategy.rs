@@ -1,0 +1,872 @@
+//! Per-kind rules: defaults, what a create resets, validation, and the
+//! fields a field selector may name (Kubernetes' "strategy" per registry).
+
+use std::collections::BTreeMap;
+
+use skiff::Resource;
+use skiff::pb::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use skiff::pb::coordination::v1::Lease;
+use skiff::pb::core::v1::{
+    ConfigMap, Container, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Pod,
+    PodSpec, PodStatus, PodTemplateSpec, ReplicationController, Secret, Service, ServiceAccount,
+};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::quantity::Quantity;
+use skiff::selector::LabelSelector;
+use skiff::validation::{self, FieldErrors};
+use skiff::wkt::{Value, value::Kind as ValueKind};
+
+/// What the API does differently per kind. Every method has the common
+/// behaviour as its default, so most kinds need only a line.
+pub trait Strategy: Resource {
+    /// Whether names must be DNS-1123 labels (63 chars, no dots) rather
+    /// than subdomains.
+    const NAME_IS_LABEL: bool = false;
+    /// Fields a field selector may name besides metadata.name and
+    /// metadata.namespace.
+    const FIELDS: &'static [&'static str] = &[];
+
+    /// The value of a kind-specific selectable field.
+    fn field(&self, _path: &str) -> Option<String> {
+        None
+    }
+
+    /// Fills in defaults, as Kubernetes' defaulting does on every write.
+    fn default_fields(&mut self) {}
+
+    /// Resets what a client may not set on create (the status, usually).
+    fn prepare_create(&mut self) {
+        self.clear_status();
+    }
+
+    /// Checks the kind's own fields (metadata is checked for every kind).
+    fn validate(&self, _errors: &mut FieldErrors) {}
+}
+
+/// The value of any selectable field of `obj`, or None if it is not one.
+pub fn field_value<K: Strategy>(obj: &K, path: &str) -> Option<String> {
+    match path {
+        "metadata.name" => Some(obj.name().to_string()),
+        "metadata.namespace" => Some(obj.namespace().to_string()),
+        _ => obj.field(path),
+    }
+}
+
+/// Every field a selector may name for kind `K`.
+pub fn selectable_fields<K: Strategy>() -> Vec<&'static str> {
+    let mut fields = vec!["metadata.name", "metadata.namespace"];
+    fields.extend_from_slice(K::FIELDS);
+    fields
+}
+
+/// Checks the metadata every kind shares.
+pub fn validate_metadata<K: Strategy>(meta: &ObjectMeta, errors: &mut FieldErrors) {
+    if meta.name.is_empty() {
+        errors.required("metadata.name");
+    } else {
+        let check = if K::NAME_IS_LABEL {
+            validation::is_dns1123_label(&meta.name)
+        } else {
+            validation::is_dns1123_subdomain(&meta.name)
+        };
+        if let Err(reason) = check {
+            errors.invalid("metadata.name", &meta.name, &reason);
+        }
+    }
+    if K::NAMESPACED
+        && let Err(reason) = validation::is_dns1123_label(&meta.namespace)
+    {
+        errors.invalid("metadata.namespace", &meta.namespace, &reason);
+    }
+    validation::validate_labels("metadata.labels", &meta.labels, errors);
+    validation::validate_annotations("metadata.annotations", &meta.annotations, errors);
+    for (i, owner) in meta.owner_references.iter().enumerate() {
+        let path = format!("metadata.ownerReferences[{i}]");
+        for (field, value) in [
+            ("apiVersion", &owner.api_version),
+            ("kind", &owner.kind),
+            ("name", &owner.name),
+            ("uid", &owner.uid),
+        ] {
+            if value.is_empty() {
+                errors.required(format!("{path}.{field}"));
+            }
+        }
+    }
+    if meta
+        .owner_references
+        .iter()
+        .filter(|o| o.controller == Some(true))
+        .count()
+        > 1
+    {
+        errors.push(
+            "metadata.ownerReferences",
+            "Invalid value: only one reference can have controller set to true",
+        );
+    }
+}
+
+// === pods ===
+
+fn default_pod_spec(spec: &mut PodSpec) {
+    if spec.restart_policy.is_empty() {
+        spec.restart_policy = "Always".into();
+    }
+    if spec.dns_policy.is_empty() {
+        spec.dns_policy = "ClusterFirst".into();
+    }
+    if spec.scheduler_name.is_empty() {
+        spec.scheduler_name = "default-scheduler".into();
+    }
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    for c in spec
+        .init_containers
+        .iter_mut()
+        .chain(spec.containers.iter_mut())
+    {
+        default_container(c);
+    }
+}
+
+fn default_container(c: &mut Container) {
+    if c.image_pull_policy.is_empty() {
+        // Kubernetes: an untagged or :latest image is re-pulled every time.
+        let tag = c
+            .image
+            .rsplit('/')
+            .next()
+            .and_then(|last| last.split_once(':'));
+        c.image_pull_policy = match tag {
+            Some((_, "latest")) | None => "Always",
+            Some(_) => "IfNotPresent",
+        }
+        .into();
+    }
+    if c.termination_message_path.is_empty() {
+        c.termination_message_path = "/dev/termination-log".into();
+    }
+    if c.termination_message_policy.is_empty() {
+        c.termination_message_policy = "File".into();
+    }
+    for p in &mut c.ports {
+        if p.protocol.is_empty() {
+            p.protocol = "TCP".into();
+        }
+    }
+}
+
+fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
+    if spec.containers.is_empty() {
+        errors.required(format!("{path}.containers"));
+    }
+    let mut names = std::collections::HashSet::new();
+    let volumes: std::collections::HashSet<&str> =
+        spec.volumes.iter().map(|v| v.name.as_str()).collect();
+    for (i, v) in spec.volumes.iter().enumerate() {
+        if let Err(reason) = validation::is_dns1123_label(&v.name) {
+            errors.invalid(format!("{path}.volumes[{i}].name"), &v.name, &reason);
+        }
+    }
+    for (list, containers) in [
+        ("initContainers", &spec.init_containers),
+        ("containers", &spec.containers),
+    ] {
+        for (i, c) in containers.iter().enumerate() {
+            let cpath = format!("{path}.{list}[{i}]");
+            validate_container(&cpath, c, &volumes, errors);
+            if !c.name.is_empty() && !names.insert(c.name.as_str()) {
+                errors.push(
+                    format!("{cpath}.name"),
+                    format!("Duplicate value: {:?}", c.name),
+                );
+            }
+        }
+    }
+    if !matches!(
+        spec.restart_policy.as_str(),
+        "Always" | "OnFailure" | "Never"
+    ) {
+        errors.push(
+            format!("{path}.restartPolicy"),
+            format!(
+                "Unsupported value: {:?}: supported values: \"Always\", \"OnFailure\", \"Never\"",
+                spec.restart_policy
+            ),
+        );
+    }
+    if spec.termination_grace_period_seconds.is_some_and(|s| s < 0) {
+        errors.push(
+            format!("{path}.terminationGracePeriodSeconds"),
+            "Invalid value: must be >= 0",
+        );
+    }
+    validation::validate_labels(&format!("{path}.nodeSelector"), &spec.node_selector, errors);
+    if !spec.node_name.is_empty()
+        && let Err(reason) = validation::is_dns1123_subdomain(&spec.node_name)
+    {
+        errors.invalid(format!("{path}.nodeName"), &spec.node_name, &reason);
+    }
+}
+
+fn validate_container(
+    path: &str,
+    c: &Container,
+    volumes: &std::collections::HashSet<&str>,
+    errors: &mut FieldErrors,
+) {
+    if c.name.is_empty() {
+        errors.required(format!("{path}.name"));
+    } else if let Err(reason) = validation::is_dns1123_label(&c.name) {
+        errors.invalid(format!("{path}.name"), &c.name, &reason);
+    }
+    if c.image.trim().is_empty() {
+        errors.required(format!("{path}.image"));
+    }
+    for (i, p) in c.ports.iter().enumerate() {
+        let ppath = format!("{path}.ports[{i}]");
+        if validation::is_valid_port_num(p.container_port).is_err() {
+            errors.invalid(
+                format!("{ppath}.containerPort"),
+                p.container_port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            );
+        }
+        if p.host_port != 0 && validation::is_valid_port_num(p.host_port).is_err() {
+            errors.invalid(
+                format!("{ppath}.hostPort"),
+                p.host_port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            );
+        }
+        if !p.name.is_empty()
+            && let Err(reason) = validation::is_port_name(&p.name)
+        {
+            errors.invalid(format!("{ppath}.name"), &p.name, &reason);
+        }
+        validate_protocol(&format!("{ppath}.protocol"), &p.protocol, errors);
+    }
+    for (i, e) in c.env.iter().enumerate() {
+        if let Err(reason) = validation::is_env_var_name(&e.name) {
+            errors.invalid(format!("{path}.env[{i}].name"), &e.name, &reason);
+        }
+    }
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        if !volumes.contains(m.name.as_str()) {
+            errors.push(
+                format!("{path}.volumeMounts[{i}].name"),
+                format!("Not found: {:?}", m.name),
+            );
+        }
+        if m.mount_path.is_empty() {
+            errors.required(format!("{path}.volumeMounts[{i}].mountPath"));
+        }
+    }
+    if let Some(r) = &c.resources {
+        for (which, map) in [("limits", &r.limits), ("requests", &r.requests)] {
+            for (name, value) in map {
+                let qpath = format!("{path}.resources.{which}[{name}]");
+                match value.parse::<Quantity>() {
+                    Ok(q) if q.milli_value() < 0 => {
+                        errors.invalid(&qpath, value, "must be greater than or equal to 0")
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.invalid(&qpath, value, e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn validate_protocol(path: &str, protocol: &str, errors: &mut FieldErrors) {
+    if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+        errors.push(
+            path,
+            format!(
+                "Unsupported value: {protocol:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
+            ),
+        );
+    }
+}
+
+impl Strategy for Pod {
+    const FIELDS: &'static [&'static str] = &["spec.nodeName", "status.phase"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        match path {
+            "spec.nodeName" => Some(self.spec.as_ref().map_or("", |s| &s.node_name).to_string()),
+            "status.phase" => Some(self.status.as_ref().map_or("", |s| &s.phase).to_string()),
+            _ => None,
+        }
+    }
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            default_pod_spec(spec);
+        }
+    }
+
+    fn prepare_create(&mut self) {
+        self.status = Some(PodStatus {
+            phase: "Pending".into(),
+            ..Default::default()
+        });
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        match &self.spec {
+            Some(spec) => validate_pod_spec("spec", spec, errors),
+            None => errors.required("spec"),
+        }
+    }
+}
+
+// === workloads ===
+
+fn default_template(template: &mut Option<PodTemplateSpec>) {
+    if let Some(spec) = template.as_mut().and_then(|t| t.spec.as_mut()) {
+        default_pod_spec(spec);
+    }
+}
+
+/// Checks a workload's template against its selector: the template must
+/// exist and its labels must match, or the controller would never see the
+/// pods it creates.
+fn validate_template(
+    template: Option<&PodTemplateSpec>,
+    selector: Result<Option<LabelSelector>, String>,
+    errors: &mut FieldErrors,
+) {
+    let selector = match selector {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            errors.required("spec.selector");
+            None
+        }
+        Err(reason) => {
+            errors.push("spec.selector", format!("Invalid value: {reason}"));
+            None
+        }
+    };
+    let Some(template) = template else {
+        errors.required("spec.template");
+        return;
+    };
+    let labels = template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    validation::validate_labels("spec.template.metadata.labels", &labels, errors);
+    if let Some(selector) = selector {
+        if selector.is_empty() {
+            errors.push("spec.selector", "Invalid value: empty selector is invalid");
+        } else if !selector.matches(&labels) {
+            errors.push(
+                "spec.template.metadata.labels",
+                format!("Invalid value: selector {selector} does not match template labels"),
+            );
+        }
+    }
+    match &template.spec {
+        Some(spec) => validate_pod_spec("spec.template.spec", spec, errors),
+        None => errors.required("spec.template.spec"),
+    }
+}
+
+fn meta_selector(
+    selector: Option<&skiff::pb::meta::v1::LabelSelector>,
+) -> Result<Option<LabelSelector>, String> {
+    let Some(s) = selector else { return Ok(None) };
+    let expressions: Vec<(String, String, Vec<String>)> = s
+        .match_expressions
+        .iter()
+        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
+        .collect();
+    LabelSelector::from_parts(&s.match_labels, &expressions)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
+    if let Some(r) = replicas.filter(|r| *r < 0) {
+        errors.invalid(
+            "spec.replicas",
+            r.to_string(),
+            "must be greater than or equal to 0",
+        );
+    }
+}
+
+impl Strategy for ReplicationController {
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            // Kubernetes: an empty selector defaults to the template's labels.
+            if spec.selector.is_empty()
+                && let Some(labels) = spec
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.metadata.as_ref())
+                    .map(|m| m.labels.clone())
+            {
+                spec.selector = labels;
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_replicas(spec.replicas, errors);
+        let selector = if spec.selector.is_empty() {
+            Ok(None)
+        } else {
+            LabelSelector::from_parts(&spec.selector, &[])
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        validate_template(spec.template.as_ref(), selector, errors);
+    }
+}
+
+impl Strategy for ReplicaSet {
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_replicas(spec.replicas, errors);
+        validate_template(
+            spec.template.as_ref(),
+            meta_selector(spec.selector.as_ref()),
+            errors,
+        );
+    }
+}
+
+/// An int-or-string that is a count or a percentage ("25%").
+fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
+    match value.and_then(|v| v.kind.as_ref()) {
+        None => {}
+        Some(ValueKind::NumberValue(n)) if *n >= 0.0 && n.fract() == 0.0 => {}
+        Some(ValueKind::StringValue(s))
+            if s.strip_suffix('%')
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some() => {}
+        Some(_) => errors.push(
+            path,
+            "Invalid value: must be a non-negative integer or a percentage like \"25%\"",
+        ),
+    }
+}
+
+impl Strategy for Deployment {
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            spec.revision_history_limit.get_or_insert(10);
+            spec.progress_deadline_seconds.get_or_insert(600);
+            let strategy = spec
+                .strategy
+                .get_or_insert_with(DeploymentStrategy::default);
+            if strategy.r#type.is_empty() {
+                strategy.r#type = "RollingUpdate".into();
+            }
+            if strategy.r#type == "RollingUpdate" {
+                let percent = |p: &str| Value {
+                    kind: Some(ValueKind::StringValue(p.into())),
+                };
+                let ru = strategy
+                    .rolling_update
+                    .get_or_insert_with(RollingUpdateDeployment::default);
+                ru.max_unavailable.get_or_insert_with(|| percent("25%"));
+                ru.max_surge.get_or_insert_with(|| percent("25%"));
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_replicas(spec.replicas, errors);
+        validate_template(
+            spec.template.as_ref(),
+            meta_selector(spec.selector.as_ref()),
+            errors,
+        );
+        if let Some(strategy) = &spec.strategy {
+            match strategy.r#type.as_str() {
+                "RollingUpdate" => {
+                    if let Some(ru) = &strategy.rolling_update {
+                        validate_int_or_percent(
+                            "spec.strategy.rollingUpdate.maxUnavailable",
+                            ru.max_unavailable.as_ref(),
+                            errors,
+                        );
+                        validate_int_or_percent(
+                            "spec.strategy.rollingUpdate.maxSurge",
+                            ru.max_surge.as_ref(),
+                            errors,
+                        );
+                    }
+                }
+                "Recreate" => {
+                    if strategy.rolling_update.is_some() {
+                        errors.push(
+                            "spec.strategy.rollingUpdate",
+                            "Forbidden: may not be specified when strategy `type` is 'Recreate'",
+                        );
+                    }
+                }
+                other => errors.push(
+                    "spec.strategy.type",
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Recreate\", \"RollingUpdate\""
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+// === services ===
+
+impl Strategy for Service {
+    const NAME_IS_LABEL: bool = true;
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            if spec.r#type.is_empty() {
+                spec.r#type = "ClusterIP".into();
+            }
+            if spec.session_affinity.is_empty() {
+                spec.session_affinity = "None".into();
+            }
+            for p in &mut spec.ports {
+                if p.protocol.is_empty() {
+                    p.protocol = "TCP".into();
+                }
+                if p.target_port.is_none() {
+                    p.target_port = Some(Value {
+                        kind: Some(ValueKind::NumberValue(f64::from(p.port))),
+                    });
+                }
+            }
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        let supported = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+        if !supported.contains(&spec.r#type.as_str()) {
+            errors.push(
+                "spec.type",
+                format!(
+                    "Unsupported value: {:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+                    spec.r#type
+                ),
+            );
+        }
+        if spec.r#type != "ExternalName" && spec.ports.is_empty() {
+            errors.required("spec.ports");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in spec.ports.iter().enumerate() {
+            let path = format!("spec.ports[{i}]");
+            if spec.ports.len() > 1 && p.name.is_empty() {
+                errors.required(format!("{path}.name"));
+            }
+            if !p.name.is_empty() && !names.insert(p.name.as_str()) {
+                errors.push(
+                    format!("{path}.name"),
+                    format!("Duplicate value: {:?}", p.name),
+                );
+            }
+            if validation::is_valid_port_num(p.port).is_err() {
+                errors.invalid(
+                    format!("{path}.port"),
+                    p.port.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                );
+            }
+            validate_protocol(&format!("{path}.protocol"), &p.protocol, errors);
+            match p.target_port.as_ref().and_then(|v| v.kind.as_ref()) {
+                Some(ValueKind::NumberValue(n))
+                    if n.fract() == 0.0 && (1.0..=65535.0).contains(n) => {}
+                Some(ValueKind::StringValue(s)) if validation::is_port_name(s).is_ok() => {}
+                Some(ValueKind::StringValue(s))
+                    if s.parse::<i32>()
+                        .is_ok_and(|n| validation::is_valid_port_num(n).is_ok()) => {}
+                None => {}
+                Some(_) => errors.push(
+                    format!("{path}.targetPort"),
+                    "Invalid value: must be a port number (1-65535) or a port name",
+                ),
+            }
+        }
+        validation::validate_labels("spec.selector", &spec.selector, errors);
+        if !matches!(spec.session_affinity.as_str(), "None" | "ClientIP") {
+            errors.push(
+                "spec.sessionAffinity",
+                format!(
+                    "Unsupported value: {:?}: supported values: \"ClientIP\", \"None\"",
+                    spec.session_affinity
+                ),
+            );
+        }
+    }
+}
+
+impl Strategy for Endpoints {}
+
+// === cluster objects ===
+
+impl Strategy for Namespace {
+    const NAME_IS_LABEL: bool = true;
+    const FIELDS: &'static [&'static str] = &["status.phase"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "status.phase").then(|| self.status.as_ref().map_or("", |s| &s.phase).to_string())
+    }
+
+    fn default_fields(&mut self) {
+        self.spec.get_or_insert_with(NamespaceSpec::default);
+    }
+
+    fn prepare_create(&mut self) {
+        self.status = Some(NamespaceStatus {
+            phase: "Active".into(),
+            ..Default::default()
+        });
+    }
+}
+
+impl Strategy for Node {
+    const FIELDS: &'static [&'static str] = &["spec.unschedulable"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "spec.unschedulable").then(|| {
+            self.spec
+                .as_ref()
+                .is_some_and(|s| s.unschedulable)
+                .to_string()
+        })
+    }
+}
+
+impl Strategy for Event {
+    const FIELDS: &'static [&'static str] = &[
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "reason",
+        "type",
+    ];
+
+    fn field(&self, path: &str) -> Option<String> {
+        let obj = self.involved_object.as_ref();
+        let from = |f: fn(&skiff::pb::core::v1::ObjectReference) -> &String| {
+            obj.map_or(String::new(), |o| f(o).clone())
+        };
+        match path {
+            "involvedObject.kind" => Some(from(|o| &o.kind)),
+            "involvedObject.namespace" => Some(from(|o| &o.namespace)),
+            "involvedObject.name" => Some(from(|o| &o.name)),
+            "involvedObject.uid" => Some(from(|o| &o.uid)),
+            "reason" => Some(self.reason.clone()),
+            "type" => Some(self.r#type.clone()),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if self.involved_object.is_none() {
+            errors.required("involvedObject");
+        }
+    }
+}
+
+fn validate_data_keys<V>(path: &str, data: &BTreeMap<String, V>, errors: &mut FieldErrors) {
+    for key in data.keys() {
+        let ok = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            errors.invalid(
+                format!("{path}[{key}]"),
+                key,
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+            );
+        }
+    }
+}
+
+impl Strategy for Secret {
+    const FIELDS: &'static [&'static str] = &["type"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "type").then(|| self.r#type.clone())
+    }
+
+    fn default_fields(&mut self) {
+        if self.r#type.is_empty() {
+            self.r#type = "Opaque".into();
+        }
+        // Kubernetes: stringData is write-only, merged into data.
+        for (k, v) in std::mem::take(&mut self.string_data) {
+            self.data.insert(k, v.into_bytes());
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_data_keys("data", &self.data, errors);
+    }
+}
+
+impl Strategy for ConfigMap {
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_data_keys("data", &self.data, errors);
+        validate_data_keys("binaryData", &self.binary_data, errors);
+        for key in self.data.keys() {
+            if self.binary_data.contains_key(key) {
+                errors.push(
+                    format!("data[{key}]"),
+                    "Invalid value: duplicate of key present in binaryData",
+                );
+            }
+        }
+    }
+}
+
+impl Strategy for ServiceAccount {}
+
+impl Strategy for Lease {
+    fn validate(&self, errors: &mut FieldErrors) {
+        if let Some(spec) = &self.spec
+            && spec.lease_duration_seconds.is_some_and(|d| d <= 0)
+        {
+            errors.push(
+                "spec.leaseDurationSeconds",
+                "Invalid value: must be greater than 0",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::core::v1::{ContainerPort, PodSpec};
+
+    fn pod(spec: PodSpec) -> Pod {
+        let mut p = Pod {
+            spec: Some(spec),
+            ..Default::default()
+        };
+        p.default_fields();
+        p
+    }
+
+    fn errors_of<K: Strategy>(obj: &K) -> String {
+        let mut errors = FieldErrors::default();
+        obj.validate(&mut errors);
+        errors.to_string()
+    }
+
+    #[test]
+    fn pod_defaults_follow_kubernetes() {
+        let p = pod(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                image: "busybox:1.36".into(),
+                ports: vec![ContainerPort {
+                    container_port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.restart_policy, "Always");
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        assert_eq!(spec.containers[0].image_pull_policy, "IfNotPresent");
+        assert_eq!(spec.containers[0].ports[0].protocol, "TCP");
+    }
+
+    #[test]
+    fn pod_without_containers_names_the_field() {
+        let p = pod(PodSpec::default());
+        assert!(errors_of(&p).contains("spec.containers: Required value"));
+    }
+
+    #[test]
+    fn pod_with_duplicate_container_names_is_rejected() {
+        let c = Container {
+            name: "a".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        let p = pod(PodSpec {
+            containers: vec![c.clone(), c],
+            ..Default::default()
+        });
+        assert!(errors_of(&p).contains("spec.containers[1].name: Duplicate value"));
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_string(), "web".to_string());
+        let mut other = BTreeMap::new();
+        other.insert("app".to_string(), "db".to_string());
+        let mut d = Deployment {
+            spec: Some(skiff::pb::apps::v1::DeploymentSpec {
+                selector: Some(skiff::pb::meta::v1::LabelSelector {
+                    match_labels: other,
+                    ..Default::default()
+                }),
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels,
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "web".into(),
+                            image: "x".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        d.default_fields();
+        let errors = errors_of(&d);
+        assert!(
+            errors.contains("does not match template labels"),
+            "{errors}"
+        );
+    }
+}

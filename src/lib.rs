@@ -1,0 +1,72 @@
+//! Skiff's API contract.
+//!
+//! Every object and every RPC is defined in `proto/`; this crate compiles
+//! it (build.rs) and adds the helpers every component shares.
+//!
+//! # Layout
+//!
+//! - [`pb`]: the generated protobuf types, gRPC clients and servers, and
+//!   their proto3 JSON (serde) forms.
+//! - [`Resource`]: what the API knows about each kind (generated from
+//!   `proto/kinds.tsv`), and [`for_each_kind!`] to act on every kind.
+//! - [`keys`]: where objects live in the store.
+//! - [`selector`]: label and field selectors.
+//! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
+//! - [`validation`]: names, labels and the field errors they produce.
+
+pub mod keys;
+pub mod quantity;
+mod resource;
+pub mod selector;
+pub mod validation;
+
+pub use resource::{ObjectRef, Resource};
+
+/// The generated protobuf code, one module per protobuf package.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    /// Shared object metadata (`skiff.meta.v1`).
+    pub mod meta {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.meta.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.meta.v1.serde.rs"));
+        }
+    }
+    /// Requests shared by every kind's service (`skiff.api.v1`).
+    pub mod api {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.api.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.api.v1.serde.rs"));
+        }
+    }
+    /// Kubernetes core/v1 (`skiff.core.v1`).
+    pub mod core {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.core.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.core.v1.serde.rs"));
+        }
+    }
+    /// Kubernetes apps/v1 (`skiff.apps.v1`).
+    pub mod apps {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.apps.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.apps.v1.serde.rs"));
+        }
+    }
+    /// Kubernetes coordination.k8s.io/v1 (`skiff.coordination.v1`).
+    pub mod coordination {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.serde.rs"));
+        }
+    }
+
+    /// The encoded `FileDescriptorSet` of every proto, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/skiff_descriptor.bin"));
+}
+
+/// Well-known protobuf types (Timestamp, Value, ...) with proto3 JSON forms.
+pub use pbjson_types as wkt;
+
+include!(concat!(env!("OUT_DIR"), "/kinds.rs"));

@@ -1,0 +1,622 @@
+//! The API server end to end over gRPC: object semantics, bad input, and
+//! watches — each check against both store backends.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use skiff::pb::api::v1::{
+    DeleteRequest, EventType, GetRequest, ListRequest, Preconditions, WatchRequest,
+};
+use skiff::pb::core::v1::{
+    ConfigMap, Container, Pod, PodSpec, PodStatus, config_maps_client::ConfigMapsClient,
+    pods_client::PodsClient,
+};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff_apiserver::StoreConfig;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A running server and what keeps its store alive.
+struct Cluster {
+    _server: skiff_apiserver::ApiServer,
+    channel: Channel,
+    _etcd: Option<skiff_e2e::Etcd>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreConfig::Embedded(dir.path().join("state.redb"));
+        Self::start(store, None, dir).await
+    }
+
+    async fn etcd() -> Self {
+        let etcd = skiff_e2e::Etcd::start().unwrap();
+        let store = StoreConfig::Etcd(vec![etcd.endpoint.clone()]);
+        Self::start(store, Some(etcd), tempfile::tempdir().unwrap()).await
+    }
+
+    async fn start(
+        store: StoreConfig,
+        etcd: Option<skiff_e2e::Etcd>,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let server = skiff_e2e::api_server(store).await.unwrap();
+        let channel = skiff_e2e::channel(server.addr).await.unwrap();
+        Self {
+            _server: server,
+            channel,
+            _etcd: etcd,
+            _dir: dir,
+        }
+    }
+
+    fn pods(&self) -> PodsClient<Channel> {
+        PodsClient::new(self.channel.clone())
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn pod(name: &str, pairs: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels(pairs),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "main".into(),
+                image: "busybox:1.36".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn get(name: &str) -> GetRequest {
+    GetRequest {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn meta(p: &Pod) -> &ObjectMeta {
+    p.metadata.as_ref().unwrap()
+}
+
+async fn pod_count(c: &Cluster) -> usize {
+    c.pods()
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len()
+}
+
+async fn create_sets_server_fields_and_defaults(c: Cluster) {
+    let created = c
+        .pods()
+        .create(pod("web", &[("app", "web")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = meta(&created);
+    assert!(!m.uid.is_empty());
+    assert!(m.resource_version.parse::<i64>().unwrap() > 0);
+    assert!(m.creation_timestamp.is_some());
+    assert_eq!(m.generation, 1);
+    assert_eq!(
+        (created.api_version.as_str(), created.kind.as_str()),
+        ("v1", "Pod")
+    );
+    assert_eq!(created.status.as_ref().unwrap().phase, "Pending");
+    assert_eq!(created.spec.as_ref().unwrap().restart_policy, "Always");
+    let read = c.pods().get(get("web")).await.unwrap().into_inner();
+    assert_eq!(read, created);
+
+    let mut generated = pod("", &[]);
+    generated.metadata.as_mut().unwrap().generate_name = "web-".into();
+    let g = c.pods().create(generated).await.unwrap().into_inner();
+    assert!(
+        meta(&g).name.starts_with("web-") && meta(&g).name.len() == 9,
+        "{}",
+        meta(&g).name
+    );
+}
+
+async fn bad_input_is_refused_precisely_and_writes_nothing(c: Cluster) {
+    let before = pod_count(&c).await;
+    let expect = |r: Result<tonic::Response<Pod>, tonic::Status>, code: Code, needle: &str| {
+        let status = r.expect_err("must be refused");
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(
+            status.message().contains(needle),
+            "{:?} should mention {needle:?}",
+            status.message()
+        );
+    };
+    expect(
+        c.pods().create(pod("Bad_Name", &[])).await,
+        Code::InvalidArgument,
+        "metadata.name",
+    );
+    expect(
+        c.pods().create(pod("ok", &[("bad key!", "v")])).await,
+        Code::InvalidArgument,
+        "metadata.labels",
+    );
+    let mut wrong_kind = pod("ok", &[]);
+    wrong_kind.kind = "Deployment".into();
+    expect(
+        c.pods().create(wrong_kind).await,
+        Code::InvalidArgument,
+        "kind",
+    );
+    let mut no_ns = pod("ok", &[]);
+    no_ns.metadata.as_mut().unwrap().namespace = "nowhere".into();
+    expect(c.pods().create(no_ns).await, Code::NotFound, "nowhere");
+    let mut huge = pod("ok", &[]);
+    huge.metadata.as_mut().unwrap().annotations = labels(&[("big", &"x".repeat(200 * 1024))]);
+    huge.spec.as_mut().unwrap().containers[0].args = vec!["y".repeat(1600 * 1024)];
+    expect(c.pods().create(huge).await, Code::InvalidArgument, "limit");
+    let mut no_containers = pod("ok", &[]);
+    no_containers.spec.as_mut().unwrap().containers.clear();
+    expect(
+        c.pods().create(no_containers).await,
+        Code::InvalidArgument,
+        "spec.containers",
+    );
+    assert_eq!(pod_count(&c).await, before, "nothing was written");
+
+    let selector = c
+        .pods()
+        .list(ListRequest {
+            label_selector: "app in (web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad selector");
+    assert_eq!(selector.code(), Code::InvalidArgument);
+    assert!(
+        selector.message().contains("labelSelector"),
+        "{}",
+        selector.message()
+    );
+    let field = c
+        .pods()
+        .list(ListRequest {
+            field_selector: "spec.image=x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unsupported field");
+    assert_eq!(field.code(), Code::InvalidArgument);
+    assert!(
+        field.message().contains("spec.image"),
+        "{}",
+        field.message()
+    );
+
+    // Stale resourceVersion: ABORTED naming the current version; no write.
+    let created = c.pods().create(pod("web", &[])).await.unwrap().into_inner();
+    let mut first = created.clone();
+    first.metadata.as_mut().unwrap().labels = labels(&[("v", "1")]);
+    let updated = c.pods().update(first).await.unwrap().into_inner();
+    let mut stale = created.clone();
+    stale.metadata.as_mut().unwrap().labels = labels(&[("v", "2")]);
+    let status = c.pods().update(stale).await.expect_err("stale");
+    assert_eq!(status.code(), Code::Aborted);
+    assert!(
+        status.message().contains(&meta(&updated).resource_version),
+        "{}",
+        status.message()
+    );
+    let now = c.pods().get(get("web")).await.unwrap().into_inner();
+    assert_eq!(meta(&now).labels, labels(&[("v", "1")]));
+
+    // Status through Update: refused, nothing written.
+    let mut sneaky = now.clone();
+    sneaky.status = Some(PodStatus {
+        phase: "Running".into(),
+        ..Default::default()
+    });
+    let status = c
+        .pods()
+        .update(sneaky)
+        .await
+        .expect_err("status via update");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("UpdateStatus"),
+        "{}",
+        status.message()
+    );
+    let after = c.pods().get(get("web")).await.unwrap().into_inner();
+    assert_eq!(after, now);
+
+    // Duplicate create.
+    let dup = c
+        .pods()
+        .create(pod("web", &[]))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    // Missing object.
+    let missing = c.pods().get(get("nope")).await.expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().contains("default/nope"),
+        "{}",
+        missing.message()
+    );
+}
+
+async fn generation_moves_with_spec_and_status_only_through_update_status(c: Cluster) {
+    let created = c.pods().create(pod("web", &[])).await.unwrap().into_inner();
+    let mut relabel = created.clone();
+    relabel.metadata.as_mut().unwrap().labels = labels(&[("a", "b")]);
+    let relabeled = c.pods().update(relabel).await.unwrap().into_inner();
+    assert_eq!(
+        meta(&relabeled).generation,
+        1,
+        "metadata change keeps generation"
+    );
+    assert_ne!(
+        meta(&relabeled).resource_version,
+        meta(&created).resource_version
+    );
+
+    let mut respec = relabeled.clone();
+    respec.spec.as_mut().unwrap().containers[0].image = "busybox:1.37".into();
+    let respecced = c.pods().update(respec).await.unwrap().into_inner();
+    assert_eq!(
+        meta(&respecced).generation,
+        2,
+        "spec change bumps generation"
+    );
+
+    let mut status = respecced.clone();
+    status.status = Some(PodStatus {
+        phase: "Running".into(),
+        pod_ip: "10.0.0.7".into(),
+        ..Default::default()
+    });
+    status.spec.as_mut().unwrap().containers[0].image = "ignored:1".into();
+    let running = c.pods().update_status(status).await.unwrap().into_inner();
+    assert_eq!(running.status.as_ref().unwrap().phase, "Running");
+    assert_eq!(
+        running.spec.as_ref().unwrap().containers[0].image,
+        "busybox:1.37"
+    );
+    assert_eq!(meta(&running).generation, 2);
+
+    // An unchanged update writes nothing.
+    let same = c.pods().update(running.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        meta(&same).resource_version,
+        meta(&running).resource_version
+    );
+}
+
+async fn finalizers_hold_deletion_until_removed(c: Cluster) {
+    let mut p = pod("held", &[]);
+    p.metadata.as_mut().unwrap().finalizers = vec!["example.com/hold".into()];
+    c.pods().create(p).await.unwrap();
+    let marked = c
+        .pods()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "held".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(meta(&marked).deletion_timestamp.is_some());
+    let still = c.pods().get(get("held")).await.unwrap().into_inner();
+    assert!(meta(&still).deletion_timestamp.is_some());
+    let mut release = still.clone();
+    release.metadata.as_mut().unwrap().finalizers.clear();
+    c.pods().update(release).await.unwrap();
+    let gone = c.pods().get(get("held")).await.expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+
+    // Preconditions.
+    let p = c.pods().create(pod("pre", &[])).await.unwrap().into_inner();
+    let wrong = c
+        .pods()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "pre".into(),
+            preconditions: Some(Preconditions {
+                uid: "not-the-uid".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("uid precondition");
+    assert_eq!(wrong.code(), Code::Aborted);
+    c.pods()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "pre".into(),
+            preconditions: Some(Preconditions {
+                uid: meta(&p).uid.clone(),
+                resource_version: meta(&p).resource_version.clone(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn list_filters_and_pages_consistently(c: Cluster) {
+    for i in 0..7 {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        c.pods()
+            .create(pod(&format!("p{i}"), &[("tier", tier)]))
+            .await
+            .unwrap();
+    }
+    let list = |sel: &str, fields: &str| {
+        let mut client = c.pods();
+        let req = ListRequest {
+            label_selector: sel.into(),
+            field_selector: fields.into(),
+            ..Default::default()
+        };
+        async move { client.list(req).await.unwrap().into_inner().items.len() }
+    };
+    assert_eq!(list("tier=web", "").await, 4);
+    assert_eq!(list("tier!=web", "").await, 3);
+    assert_eq!(list("tier in (web,db)", "").await, 7);
+    assert_eq!(list("!tier", "").await, 0);
+    assert_eq!(list("", "metadata.name=p3").await, 1);
+    assert_eq!(list("", "status.phase=Pending").await, 7);
+
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut version = None;
+    loop {
+        let page = c
+            .pods()
+            .list(ListRequest {
+                limit: 3,
+                r#continue: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let lm = page.metadata.unwrap();
+        version.get_or_insert(lm.resource_version.clone());
+        assert_eq!(
+            Some(&lm.resource_version),
+            version.as_ref(),
+            "one version for all pages"
+        );
+        names.extend(page.items.iter().map(|p| meta(p).name.clone()));
+        if names.len() == 3 {
+            // Created after the first page: not part of this list.
+            c.pods().create(pod("p9-late", &[])).await.unwrap();
+        }
+        if lm.r#continue.is_empty() {
+            break;
+        }
+        token = lm.r#continue;
+    }
+    assert_eq!(names, (0..7).map(|i| format!("p{i}")).collect::<Vec<_>>());
+}
+
+async fn next_event(
+    w: &mut tonic::Streaming<skiff::pb::core::v1::PodWatchEvent>,
+) -> skiff::pb::core::v1::PodWatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("watch stalled")
+        .expect("watch ended")
+        .expect("watch error")
+}
+
+async fn watch_streams_changes_from_a_version(c: Cluster) {
+    let created = c
+        .pods()
+        .create(pod("w1", &[("app", "a")]))
+        .await
+        .unwrap()
+        .into_inner();
+    let rv = meta(&created).resource_version.clone();
+    let mut all = c
+        .pods()
+        .watch(WatchRequest {
+            namespace: "default".into(),
+            resource_version: rv.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut selected = c
+        .pods()
+        .watch(WatchRequest {
+            label_selector: "app=a".into(),
+            resource_version: rv,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut relabel = created.clone();
+    relabel.metadata.as_mut().unwrap().labels = labels(&[("app", "b")]);
+    c.pods().update(relabel).await.unwrap();
+    c.pods()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "w1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e1 = next_event(&mut all).await;
+    let e2 = next_event(&mut all).await;
+    assert_eq!(
+        (e1.r#type, e2.r#type),
+        (EventType::Modified as i32, EventType::Deleted as i32)
+    );
+    // For the app=a watcher the relabel is the object leaving: DELETED.
+    let s1 = next_event(&mut selected).await;
+    assert_eq!(s1.r#type, EventType::Deleted as i32);
+    assert_eq!(
+        meta(s1.object.as_ref().unwrap()).labels,
+        labels(&[("app", "b")])
+    );
+
+    // Without a version: the present state as ADDED, then changes.
+    c.pods().create(pod("w2", &[])).await.unwrap();
+    let mut fresh = c
+        .pods()
+        .watch(WatchRequest {
+            allow_bookmarks: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let added = next_event(&mut fresh).await;
+    assert_eq!(added.r#type, EventType::Added as i32);
+    assert_eq!(meta(added.object.as_ref().unwrap()).name, "w2");
+    let bookmark = next_event(&mut fresh).await;
+    assert_eq!(bookmark.r#type, EventType::Bookmark as i32);
+    assert!(
+        !meta(bookmark.object.as_ref().unwrap())
+            .resource_version
+            .is_empty()
+    );
+}
+
+async fn watch_from_a_compacted_version_is_out_of_range(c: Cluster) {
+    let mut cm = ConfigMapsClient::new(c.channel.clone());
+    let first = cm
+        .create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: "c0".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let old = first.metadata.unwrap().resource_version;
+    // The test server compacts every 2 s, keeping one interval.
+    for i in 1..4 {
+        cm.create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: format!("c{i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let result = cm
+            .watch(WatchRequest {
+                resource_version: old.clone(),
+                ..Default::default()
+            })
+            .await;
+        let status = match result {
+            Err(status) => Some(status),
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                match tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                    Ok(Some(Err(status))) => Some(status),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(status) = status {
+            assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+            assert!(
+                status.message().contains("list again"),
+                "{}",
+                status.message()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history was never compacted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+macro_rules! on_both_stores {
+    ($($check:ident),* $(,)?) => {
+        mod embedded_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(super::Cluster::embedded().await).await;
+                }
+            )*
+        }
+        mod etcd_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(super::Cluster::etcd().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    create_sets_server_fields_and_defaults,
+    bad_input_is_refused_precisely_and_writes_nothing,
+    generation_moves_with_spec_and_status_only_through_update_status,
+    finalizers_hold_deletion_until_removed,
+    list_filters_and_pages_consistently,
+    watch_streams_changes_from_a_version,
+    watch_from_a_compacted_version_is_out_of_range,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_namespaces_exist_and_cannot_be_deleted() {
+    let c = Cluster::embedded().await;
+    let mut ns = skiff::pb::core::v1::namespaces_client::NamespacesClient::new(c.channel.clone());
+    let list = ns.list(ListRequest::default()).await.unwrap().into_inner();
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .map(|n| n.metadata.as_ref().unwrap().name.clone())
+        .collect();
+    assert!(names.contains(&"default".to_string()), "{names:?}");
+    let status = ns
+        .delete(DeleteRequest {
+            name: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("protected");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+}

