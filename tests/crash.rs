@@ -98,3 +98,45 @@ async fn acknowledged_writes_survive_kill_9_on_etcd() {
     let etcd = skiff_e2e::Etcd::start().unwrap();
     check(vec!["--etcd".into(), etcd.endpoint.clone()]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_cleanly_and_a_restart_resumes_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
+    let mut server = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let mut client = ConfigMapsClient::connect(server.url()).await.unwrap();
+    client
+        .create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: "kept".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // An open watch must not hold the shutdown up.
+    let _watch = client
+        .watch(skiff::pb::api::v1::WatchRequest::default())
+        .await
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.process.terminate(Duration::from_secs(10));
+        (status, server)
+    })
+    .await
+    .unwrap();
+    let exit = status.0.expect("exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+    let restarted = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let mut client = ConfigMapsClient::connect(restarted.url()).await.unwrap();
+    let kept = client
+        .get(skiff::pb::api::v1::GetRequest {
+            namespace: "default".into(),
+            name: "kept".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.metadata.unwrap().name, "kept");
+}

@@ -44,6 +44,9 @@ enum Command {
         /// Concurrency levels.
         #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
         concurrency: Vec<usize>,
+        /// Skip the API-on-etcd measurement (raw etcd is always measured).
+        #[arg(long)]
+        no_etcd_api: bool,
     },
     /// Watch fan-out: delivery latency of changes to many watchers.
     Watch {
@@ -57,7 +60,7 @@ enum Command {
 }
 
 /// Figures of one measurement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Figures {
     ops: usize,
     per_sec: f64,
@@ -219,7 +222,7 @@ async fn raw_etcd_puts(
     .await
 }
 
-async fn bench_api(seconds: f64, levels: Vec<usize>) -> anyhow::Result<()> {
+async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> anyhow::Result<()> {
     let etcd = skiff_e2e::Etcd::start()?;
     let dir = tempfile::tempdir()?;
     println!(
@@ -230,13 +233,17 @@ async fn bench_api(seconds: f64, levels: Vec<usize>) -> anyhow::Result<()> {
     for &c in &levels {
         eprintln!("measuring concurrency {c} ({seconds}s each)...");
         let raw = raw_etcd_puts(&etcd.endpoint, c, seconds).await?;
-        let on_etcd = api_creates(
-            StoreConfig::Etcd(vec![etcd.endpoint.clone()]),
-            "etcd",
-            c,
-            seconds,
-        )
-        .await?;
+        let on_etcd = if with_etcd_api {
+            api_creates(
+                StoreConfig::Etcd(vec![etcd.endpoint.clone()]),
+                "etcd",
+                c,
+                seconds,
+            )
+            .await?
+        } else {
+            Figures::default()
+        };
         let embedded = api_creates(
             StoreConfig::Embedded(dir.path().join(format!("bench-{c}.redb"))),
             "emb",
@@ -414,7 +421,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Api {
             seconds,
             concurrency,
-        } => bench_api(seconds, concurrency).await,
+            no_etcd_api,
+        } => bench_api(seconds, concurrency, !no_etcd_api).await,
         Command::Watch { watchers, changes } => bench_watch(watchers, changes).await,
     }
 }

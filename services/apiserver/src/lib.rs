@@ -35,6 +35,9 @@ pub mod strategy;
 pub use error::ApiError;
 pub use registry::Registry;
 
+/// How long a stopping server waits for calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Where the state lives.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
@@ -202,10 +205,20 @@ impl ApiServer {
 
         let (shutdown, stopped) = oneshot::channel::<()>();
         let routes = service::routes(&pool);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Our own listener: tonic's tcp_nodelay only covers sockets it binds,
+        // and without it small replies wait for delayed ACKs (~40 ms).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |conn| {
+                conn.inspect(|s| {
+                    if let Err(e) = s.set_nodelay(true) {
+                        tracing::debug!(error = %e, "setting TCP_NODELAY");
+                    }
+                })
+            },
+        );
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_routes(routes)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
@@ -234,9 +247,15 @@ impl ApiServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let result = match (&mut self.task).await {
-            Ok(r) => r,
-            Err(e) => Err(ServeError::Actors(format!("server task failed: {e}"))),
+        // Open watches never finish by themselves: give calls in flight a
+        // moment, then close what is left.
+        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(ServeError::Actors(format!("server task failed: {e}"))),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
         };
         for task in &self.background {
             task.abort();

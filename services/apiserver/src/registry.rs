@@ -42,9 +42,100 @@ pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
     Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,
 >;
 
+/// The namespaces that exist, kept current by a store watch, so that a
+/// create needs no store read to check its namespace (Kubernetes'
+/// NamespaceLifecycle admission does the same with an informer). A name
+/// the index does not know yet is looked up in the store.
+struct NamespaceIndex {
+    /// Namespace name → whether it is terminating.
+    known: std::sync::RwLock<HashMap<String, bool>>,
+}
+
+impl NamespaceIndex {
+    fn start(store: Arc<dyn Store>) -> Arc<Self> {
+        let index = Arc::new(Self {
+            known: std::sync::RwLock::new(HashMap::new()),
+        });
+        tokio::spawn(Arc::clone(&index).follow(store));
+        index
+    }
+
+    fn lookup(&self, name: &str) -> Option<bool> {
+        self.known.read().ok()?.get(name).copied()
+    }
+
+    fn apply(&self, key: &str, obj: Option<&Namespace>) {
+        let Some((_, name)) = keys::parse::<Namespace>(key) else {
+            return;
+        };
+        let Ok(mut known) = self.known.write() else {
+            return;
+        };
+        match obj {
+            Some(ns) => {
+                let terminating = ns
+                    .metadata()
+                    .is_some_and(|m| m.deletion_timestamp.is_some());
+                known.insert(name.to_string(), terminating);
+            }
+            None => {
+                known.remove(name);
+            }
+        }
+    }
+
+    /// List, then watch from the list's revision; on any error, again.
+    async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
+        use futures::StreamExt as _;
+        let prefix = keys::kind::<Namespace>();
+        loop {
+            let listed = store
+                .list(ListOptions {
+                    prefix: prefix.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let revision = match listed {
+                Ok(page) => {
+                    if let Ok(mut known) = self.known.write() {
+                        known.clear();
+                    }
+                    for kv in &page.kvs {
+                        let ns = decode::<Namespace>(&kv.value, kv.mod_revision);
+                        self.apply(&kv.key, ns.as_ref());
+                    }
+                    page.revision
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing namespaces");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match store.watch(&prefix, revision + 1).await {
+                Ok(mut stream) => {
+                    while let Some(Ok(event)) = stream.next().await {
+                        let ns = match event.kind {
+                            EventKind::Put => {
+                                decode::<Namespace>(&event.kv.value, event.revision())
+                            }
+                            EventKind::Delete => None,
+                        };
+                        self.apply(&event.kv.key, ns.as_ref());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching namespaces"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// The registry shared by the API actors.
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Which namespaces exist, for admission without a store read.
+    namespaces: Arc<NamespaceIndex>,
     /// One watch cache per kind, created on first watch.
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
@@ -249,9 +340,11 @@ impl Filter {
 // === impl Registry ===
 
 impl Registry {
-    /// A registry over `store`.
+    /// A registry over `store`. Must be called inside a tokio runtime: it
+    /// starts the namespace index.
     pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration) -> Self {
         Self {
+            namespaces: NamespaceIndex::start(Arc::clone(&store)),
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,
@@ -284,10 +377,18 @@ impl Registry {
     }
 
     async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
-        match self
-            .read::<Namespace>(&keys::object::<Namespace>("", namespace))
-            .await?
-        {
+        let terminating = |namespace: &str| {
+            ApiError::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            ))
+        };
+        match self.namespaces.lookup(namespace) {
+            Some(false) => return Ok(()),
+            Some(true) => return Err(terminating(namespace)),
+            None => {}
+        }
+        let key = keys::object::<Namespace>("", namespace);
+        match self.read::<Namespace>(&key).await? {
             None => Err(ApiError::NotFound {
                 kind: "namespaces".into(),
                 name: namespace.to_string(),
@@ -297,9 +398,7 @@ impl Registry {
                     .metadata()
                     .is_some_and(|m| m.deletion_timestamp.is_some()) =>
             {
-                Err(ApiError::Forbidden(format!(
-                    "unable to create new content in namespace {namespace} because it is being terminated"
-                )))
+                Err(terminating(namespace))
             }
             Some(_) => Ok(()),
         }
@@ -727,6 +826,8 @@ impl Registry {
         let filter = Filter::new::<K>(&req.namespace, &req.label_selector, &req.field_selector)?;
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let requested = parse_rv(&req.resource_version, "resourceVersion")?.unwrap_or(0);
+        // The cache first: a list read after it starts is inside its window.
+        let cache = self.cache::<K>().await?;
         // Without a version: the current state as ADDED events, then changes.
         let mut initial = Vec::new();
         let start = if requested == 0 {
@@ -748,7 +849,6 @@ impl Registry {
         } else {
             requested
         };
-        let cache = self.cache::<K>().await?;
         let source = match cache.subscribe(start) {
             Some(sub) => Source::Cache {
                 backlog: sub.backlog.into(),
