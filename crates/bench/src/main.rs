@@ -27,6 +27,11 @@ use skiff::pb::meta::v1::ObjectMeta;
 use skiff_apiserver::StoreConfig;
 use tonic::transport::Channel;
 
+/// mimalloc: the API path allocates many short-lived buffers, and glibc's
+/// malloc spent a sixth of the CPU on them in `skiff-bench api`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "skiff-bench", about = "Skiff benchmarks against raw baselines")]
 struct Cli {

@@ -9,7 +9,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised, Supervisor};
 use futures::FutureExt as _;
@@ -113,10 +112,12 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
     }
 }
 
-/// The API actors, one per arbiter, called round-robin.
+/// The API actors, one per arbiter (thread). Each arbiter also serves its
+/// share of the gRPC connections (see `ApiServer::start`), so a call goes
+/// from its connection to the actor on the same thread: no cross-thread
+/// hop on the hot path.
 pub struct ActorPool {
-    addrs: Vec<Addr<ApiActor>>,
-    next: AtomicUsize,
+    actors: Vec<(Addr<ApiActor>, actix::ArbiterHandle)>,
     /// Keeps the arbiters' threads alive.
     _arbiters: Vec<actix::Arbiter>,
 }
@@ -125,39 +126,61 @@ impl ActorPool {
     /// Starts `count` supervised actors, each on a new arbiter. Must run
     /// inside an actix `System`.
     pub fn start(registry: Arc<Registry>, count: usize) -> Self {
-        let mut addrs = Vec::new();
+        let mut actors = Vec::new();
         let mut arbiters = Vec::new();
         for _ in 0..count.max(1) {
             let arbiter = actix::Arbiter::new();
             let registry = Arc::clone(&registry);
-            let addr =
-                Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ApiActor { registry });
-            addrs.push(addr);
+            let handle = arbiter.handle();
+            let addr = Supervisor::start_in_arbiter(&handle, move |_| ApiActor { registry });
+            actors.push((addr, handle));
             arbiters.push(arbiter);
         }
         Self {
-            addrs,
-            next: AtomicUsize::new(0),
+            actors,
             _arbiters: arbiters,
         }
     }
 
     /// Whether every actor is alive (for the health service).
     pub fn healthy(&self) -> bool {
-        self.addrs.iter().all(Addr::connected)
+        self.actors.iter().all(|(addr, _)| addr.connected())
     }
 
-    /// Sends one operation to the next actor.
+    /// Number of actors (and arbiters).
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// Whether the pool is empty (never: `start` makes at least one).
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+
+    /// The handle of actor `i` and the arbiter it runs on.
+    pub fn get(&self, i: usize) -> (ActorHandle, actix::ArbiterHandle) {
+        let (addr, arbiter) = &self.actors[i % self.actors.len()];
+        (ActorHandle { addr: addr.clone() }, arbiter.clone())
+    }
+}
+
+/// A way to call one API actor.
+#[derive(Clone)]
+pub struct ActorHandle {
+    addr: Addr<ApiActor>,
+}
+
+impl ActorHandle {
+    /// Sends one operation to the actor and awaits its reply.
     ///
     /// # Errors
     /// The operation's own errors; UNAVAILABLE if the actor is gone.
     pub async fn call<K: Strategy>(&self, op: Op<K>) -> Result<Reply<K>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
         let call = Call {
             op,
             span: tracing::Span::current(),
         };
-        self.addrs[i]
+        self.addr
             .send(call)
             .await
             .map_err(|e| ApiError::Unavailable(format!("API actor unavailable: {e}")))?

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use skiff_store::{EmbeddedStore, EtcdStore, Store};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub mod actor;
@@ -110,10 +110,14 @@ pub enum ServeError {
 pub struct ApiServer {
     /// The address it listens on.
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
+    /// Tells every arbiter's gRPC server to stop.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// One message per arbiter's gRPC server when it ends.
+    ended: mpsc::UnboundedReceiver<Result<(), ServeError>>,
+    /// Servers still running.
+    running: usize,
     system: actix::System,
-    /// Health reporting and compaction; aborted on stop.
+    /// The accept loop, health reporting and compaction; aborted on stop.
     background: Vec<JoinHandle<()>>,
 }
 
@@ -157,11 +161,44 @@ fn start_actors(
         .map_err(|_| ServeError::Actors("the actor system did not start".into()))
 }
 
+/// Accepts connections and deals them out to the arbiters round-robin.
+/// Each socket moves as a std socket and is registered with its arbiter's
+/// own reactor there, so all its I/O stays on that thread.
+async fn accept_loop(
+    listener: TcpListener,
+    arbiters: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+) {
+    let mut next = 0usize;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Without it small replies wait for delayed ACKs (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        if arbiters[next % arbiters.len()].send(stream).is_err() {
+            return;
+        }
+        next = next.wrapping_add(1);
+    }
+}
+
 // === impl ApiServer ===
 
 impl ApiServer {
     /// Opens the store, creates the system namespaces, starts the actors
-    /// and serves gRPC in the background.
+    /// and serves gRPC in the background: one gRPC server per actor
+    /// arbiter, each serving the connections dealt to it.
     ///
     /// # Errors
     /// See [`ServeError`].
@@ -188,52 +225,55 @@ impl ApiServer {
             source,
         })?;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // grpcurl 1.8 speaks only v1alpha reflection.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
         let (health, health_service) = tonic_health::server::health_reporter();
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let mut inboxes = Vec::new();
+        for i in 0..pool.len() {
+            let (actor, arbiter) = pool.get(i);
+            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            inboxes.push(tx);
+            let routes = service::routes(&actor);
+            let reflection_v1 = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?;
+            // grpcurl 1.8 speaks only v1alpha reflection.
+            let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()?;
+            let health_service = health_service.clone();
+            let mut stop = shutdown.subscribe();
+            let ended_tx = ended_tx.clone();
+            arbiter.spawn(async move {
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                    tokio::net::TcpStream::from_std,
+                );
+                let result = tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .add_service(reflection_v1)
+                    .add_service(reflection_v1alpha)
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    })
+                    .await;
+                let _ = ended_tx.send(result.map_err(ServeError::from));
+            });
+        }
         let background = vec![
+            tokio::spawn(accept_loop(listener, inboxes)),
             tokio::spawn(report_health(health, Arc::clone(&pool))),
             tokio::spawn(compact_periodically(store, config.compaction_interval)),
         ];
-
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let routes = service::routes(&pool);
-        // Our own listener: tonic's tcp_nodelay only covers sockets it binds,
-        // and without it small replies wait for delayed ACKs (~40 ms).
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |conn| {
-                conn.inspect(|s| {
-                    if let Err(e) = s.set_nodelay(true) {
-                        tracing::debug!(error = %e, "setting TCP_NODELAY");
-                    }
-                })
-            },
-        );
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await?;
-            Ok(())
-        });
         tracing::info!(%addr, actors, "API server listening");
         Ok(Self {
             addr,
-            shutdown: Some(shutdown),
-            task,
+            shutdown,
+            ended,
+            running: pool.len(),
             system,
             background,
         })
@@ -242,21 +282,27 @@ impl ApiServer {
     /// Stops accepting calls, finishes the ones in flight, stops the actors.
     ///
     /// # Errors
-    /// When the server had failed.
+    /// When a server had failed.
     pub async fn stop(mut self) -> Result<(), ServeError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.background[0].abort();
+        let _ = self.shutdown.send(true);
         // Open watches never finish by themselves: give calls in flight a
-        // moment, then close what is left.
-        let result = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(ServeError::Actors(format!("server task failed: {e}"))),
-            Err(_) => {
-                self.task.abort();
-                Ok(())
+        // moment, then close what is left with the actor system.
+        let mut result = Ok(());
+        let drain = async {
+            while self.running > 0 {
+                match self.ended.recv().await {
+                    Some(r) => {
+                        self.running -= 1;
+                        if r.is_err() && result.is_ok() {
+                            result = r;
+                        }
+                    }
+                    None => break,
+                }
             }
         };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
         for task in &self.background {
             task.abort();
         }
@@ -264,14 +310,17 @@ impl ApiServer {
         result
     }
 
-    /// Waits until the server stops by itself (it only does on failure).
+    /// Waits until a server stops by itself (it only does on failure).
     ///
     /// # Errors
     /// The failure.
     pub async fn wait(&mut self) -> Result<(), ServeError> {
-        match (&mut self.task).await {
-            Ok(r) => r,
-            Err(e) => Err(ServeError::Actors(format!("server task failed: {e}"))),
+        match self.ended.recv().await {
+            Some(result) => {
+                self.running -= 1;
+                result.and(Err(ServeError::Actors("a gRPC server stopped".into())))
+            }
+            None => Err(ServeError::Actors("every gRPC server stopped".into())),
         }
     }
 }

@@ -2,32 +2,31 @@
 //! from `for_each_kind!`, each forwarding to the API actors.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
 use tonic::{Request, Response, Status};
 
-use crate::actor::{ActorPool, Op, Reply};
+use crate::actor::{ActorHandle, Op, Reply};
 use crate::registry::WatchStream;
 use crate::strategy::Strategy;
 
 /// The service of kind `K`.
 pub struct KindService<K> {
-    pool: Arc<ActorPool>,
+    actor: ActorHandle,
     _kind: PhantomData<fn() -> K>,
 }
 
 impl<K: Strategy> KindService<K> {
-    /// A service forwarding to `pool`.
-    pub fn new(pool: Arc<ActorPool>) -> Self {
+    /// A service forwarding to `actor`.
+    pub fn new(actor: ActorHandle) -> Self {
         Self {
-            pool,
+            actor,
             _kind: PhantomData,
         }
     }
 
     async fn object(&self, op: Op<K>) -> Result<Response<K>, Status> {
-        match self.pool.call(op).await? {
+        match self.actor.call(op).await? {
             Reply::Object(obj) => Ok(Response::new(obj)),
             _ => Err(Status::internal("unexpected reply kind")),
         }
@@ -54,14 +53,14 @@ impl<K: Strategy> KindService<K> {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<K::List>, Status> {
-        match self.pool.call(Op::<K>::List(req.into_inner())).await? {
+        match self.actor.call(Op::<K>::List(req.into_inner())).await? {
             Reply::List(list) => Ok(Response::new(list)),
             _ => Err(Status::internal("unexpected reply kind")),
         }
     }
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream<K>>, Status> {
-        match self.pool.call(Op::<K>::Watch(req.into_inner())).await? {
+        match self.actor.call(Op::<K>::Watch(req.into_inner())).await? {
             Reply::Watch(stream) => Ok(Response::new(stream)),
             _ => Err(Status::internal("unexpected reply kind")),
         }
@@ -118,10 +117,10 @@ macro_rules! all_kinds {
     ($($st:ident $kind:ident, $ty:path, $tr:path, $srv:ty;)*) => {
         $( kind_service!($st $ty, $tr); )*
 
-        /// Every kind's service, forwarding to `pool`.
-        pub fn routes(pool: &Arc<ActorPool>) -> tonic::service::Routes {
+        /// Every kind's service, forwarding to `actor`.
+        pub fn routes(actor: &ActorHandle) -> tonic::service::Routes {
             let mut routes = tonic::service::RoutesBuilder::default();
-            $( routes.add_service(<$srv>::new(KindService::<$ty>::new(Arc::clone(pool)))); )*
+            $( routes.add_service(<$srv>::new(KindService::<$ty>::new(actor.clone()))); )*
             routes.routes()
         }
 
