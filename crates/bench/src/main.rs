@@ -3,7 +3,8 @@
 //!
 //! - `api`: Pod creates/s and p50/p99 latency at 1, 16 and 128 concurrent
 //!   clients, through the API server on each store backend, beside raw
-//!   etcd puts of the same bytes at the same concurrency.
+//!   etcd puts of the same bytes at the same concurrency, and raw etcd
+//!   create-if-absent transactions (the write a create makes).
 //! - `watch`: 1,000 watchers of one kind; p50/p99 delivery latency of a
 //!   change to every watcher.
 //!
@@ -203,8 +204,19 @@ async fn api_creates(
     result
 }
 
-async fn raw_etcd_puts(
+/// What a raw etcd baseline writes per op.
+#[derive(Clone, Copy)]
+enum RawOp {
+    /// A plain put.
+    Put,
+    /// A create-if-absent transaction (compare create_revision = 0, then
+    /// put): the write the API server itself makes for a create.
+    Txn,
+}
+
+async fn raw_etcd(
     endpoint: &str,
+    op: RawOp,
     concurrency: usize,
     seconds: f64,
 ) -> anyhow::Result<Figures> {
@@ -215,12 +227,30 @@ async fn raw_etcd_puts(
     // The same bytes the API server stores for a bench Pod.
     let value = bench_pod("raw".into()).encode_to_vec();
     let clients = Arc::new(clients);
+    let tag = match op {
+        RawOp::Put => "put",
+        RawOp::Txn => "txn",
+    };
     drive(concurrency, seconds, move |w, i| {
         let mut kv = clients[w % clients.len()].kv_client();
-        let key = format!("/raw/c{concurrency}/w{w}/{i}");
+        let key = format!("/raw/{tag}/c{concurrency}/w{w}/{i}");
         let value = value.clone();
         async move {
-            kv.put(key, value, None).await.context("etcd put")?;
+            match op {
+                RawOp::Put => {
+                    kv.put(key, value, None).await.context("etcd put")?;
+                }
+                RawOp::Txn => {
+                    let txn = etcd_client::Txn::new()
+                        .when([etcd_client::Compare::create_revision(
+                            key.clone(),
+                            etcd_client::CompareOp::Equal,
+                            0,
+                        )])
+                        .and_then([etcd_client::TxnOp::put(key, value, None)]);
+                    kv.txn(txn).await.context("etcd txn")?;
+                }
+            }
             Ok(())
         }
     })
@@ -237,7 +267,8 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
     let mut rows = Vec::new();
     for &c in &levels {
         eprintln!("measuring concurrency {c} ({seconds}s each)...");
-        let raw = raw_etcd_puts(&etcd.endpoint, c, seconds).await?;
+        let raw = raw_etcd(&etcd.endpoint, RawOp::Put, c, seconds).await?;
+        let raw_txn = raw_etcd(&etcd.endpoint, RawOp::Txn, c, seconds).await?;
         let on_etcd = if with_etcd_api {
             api_creates(
                 StoreConfig::Etcd(vec![etcd.endpoint.clone()]),
@@ -258,6 +289,7 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
         .await?;
         for (name, f) in [
             ("raw etcd put", raw),
+            ("raw etcd txn", raw_txn),
             ("api (etcd)", on_etcd),
             ("api (embedded)", embedded),
         ] {
@@ -277,6 +309,10 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
             "raw_etcd_puts_per_sec": raw.per_sec,
             "raw_etcd_p50_ms": raw.p50_ms,
             "raw_etcd_p99_ms": raw.p99_ms,
+            "raw_etcd_txns_per_sec": raw_txn.per_sec,
+            "raw_etcd_txn_p50_ms": raw_txn.p50_ms,
+            "raw_etcd_txn_p99_ms": raw_txn.p99_ms,
+            "ratio_api_etcd_vs_raw_txn": on_etcd.per_sec / raw_txn.per_sec,
             "api_etcd_creates_per_sec": on_etcd.per_sec,
             "api_etcd_p50_ms": on_etcd.p50_ms,
             "api_etcd_p99_ms": on_etcd.p99_ms,

@@ -21,15 +21,23 @@ use crate::{
 /// Events buffered per watch stream.
 const WATCH_BUFFER: usize = 1024;
 
-/// Connections to etcd. One HTTP/2 connection serializes every request
-/// through one connection task; a few spread the load over the cores.
-const CONNECTIONS: usize = 4;
+/// Every store's id, to key the per-thread client cache.
+static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// A store backed by an etcd cluster. Cheap to clone (shared connections).
+thread_local! {
+    /// Per-thread etcd clients, by store id. A client's connection task
+    /// runs on the runtime that created it; a client per thread keeps each
+    /// API arbiter's etcd traffic on its own thread instead of hopping to
+    /// a shared connection on another one.
+    static CLIENTS: std::cell::RefCell<std::collections::HashMap<u64, Client>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A store backed by an etcd cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct EtcdStore {
-    clients: std::sync::Arc<[Client]>,
-    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    id: u64,
+    endpoints: std::sync::Arc<[String]>,
 }
 
 // === impl EtcdStore ===
@@ -40,27 +48,25 @@ impl EtcdStore {
     /// # Errors
     /// When no endpoint answers.
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let mut clients = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            clients.push(
-                Client::connect(endpoints, None)
-                    .await
-                    .map_err(Error::Etcd)?,
-            );
-        }
         let store = Self {
-            clients: clients.into(),
-            next: Default::default(),
+            id: NEXT_STORE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            endpoints: endpoints.into(),
         };
         // Fail now, not on the first request, if nothing answers.
         store.current_revision().await?;
         Ok(store)
     }
 
-    /// The next connection, round-robin.
-    fn client(&self) -> &Client {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.clients[i % self.clients.len()]
+    /// This thread's client, connected on first use.
+    async fn client(&self) -> Result<Client> {
+        if let Some(client) = CLIENTS.with(|c| c.borrow().get(&self.id).cloned()) {
+            return Ok(client);
+        }
+        let client = Client::connect(&*self.endpoints, None)
+            .await
+            .map_err(Error::Etcd)?;
+        CLIENTS.with(|c| c.borrow_mut().insert(self.id, client.clone()));
+        Ok(client)
     }
 
     /// Reads `key` inside a failed transaction to tell a missing key from a
@@ -128,13 +134,13 @@ fn guard(key: &str, expected: Option<i64>) -> Compare {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         let resp = kv.get(key, None).await.map_err(Error::Etcd)?;
         Ok(resp.kvs().first().map(to_kv))
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResult> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         let start = match &options.start_after {
             // The smallest key after `after`.
             Some(after) if after.as_str() >= options.prefix.as_str() => {
@@ -168,7 +174,7 @@ impl Store for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<i64> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         let txn = etcd_client::Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.to_vec(), None)]);
@@ -182,7 +188,7 @@ impl Store for EtcdStore {
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Option<i64>) -> Result<i64> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         let txn = etcd_client::Txn::new()
             .when([guard(key, expected)])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
@@ -199,7 +205,7 @@ impl Store for EtcdStore {
     }
 
     async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(i64, KeyValue)> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         let txn = etcd_client::Txn::new()
             .when([guard(key, expected)])
             .and_then([TxnOp::delete(
@@ -237,7 +243,7 @@ impl Store for EtcdStore {
         if start_revision > 0 {
             options = options.with_start_revision(start_revision);
         }
-        let mut client = self.client().watch_client();
+        let mut client = self.client().await?.watch_client();
         let stream = client
             .watch(prefix, Some(options))
             .await
@@ -298,7 +304,7 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<i64> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         // A one-key read of a key that never exists: cheap, and its header
         // carries the store's revision.
         let resp = kv
@@ -312,7 +318,7 @@ impl Store for EtcdStore {
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {
-        let mut kv = self.client().kv_client();
+        let mut kv = self.client().await?.kv_client();
         match kv.compact(revision, None).await {
             Ok(_) => Ok(()),
             // Already compacted past it: the goal is met.
