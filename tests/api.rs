@@ -620,3 +620,17 @@ async fn system_namespaces_exist_and_cannot_be_deleted() {
         .expect_err("protected");
     assert_eq!(status.code(), Code::FailedPrecondition);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_kind_is_unimplemented_and_names_the_service() {
+    let c = Cluster::embedded().await;
+    let mut grpc = tonic::client::Grpc::new(c.channel.clone());
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/skiff.core.v1.Widgets/Create");
+    let codec = tonic_prost::ProstCodec::<Pod, Pod>::default();
+    let status = grpc
+        .unary(tonic::Request::new(pod("w", &[])), path, codec)
+        .await
+        .expect_err("no such kind");
+    assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
+}

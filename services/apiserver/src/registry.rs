@@ -7,7 +7,7 @@
 //! against the new state (last write wins).
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,11 +313,11 @@ impl Filter {
     }
 
     fn matches<K: Strategy>(&self, key: &str, obj: &K) -> bool {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        let labels = obj.metadata().map_or(&NO_LABELS, |m| &m.labels);
         key.starts_with(&self.prefix)
-            && self
-                .labels
-                .matches(&obj.metadata().map(|m| m.labels.clone()).unwrap_or_default())
-            && self.fields.matches(|f| strategy::field_value(obj, f))
+            && (self.labels.is_empty() || self.labels.matches(labels))
+            && (self.fields.is_empty() || self.fields.matches(|f| strategy::field_value(obj, f)))
     }
 
     /// What a change means to this watcher: a change that makes an object
