@@ -366,6 +366,17 @@ impl LabelSelector {
     }
 }
 
+/// Writes `items` separated by commas (a selector's canonical form).
+fn write_joined<T: fmt::Display>(f: &mut fmt::Formatter<'_>, items: &[T]) -> fmt::Result {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        write!(f, "{item}")?;
+    }
+    Ok(())
+}
+
 impl FromStr for LabelSelector {
     type Err = Error;
 
@@ -378,13 +389,7 @@ impl FromStr for LabelSelector {
 /// selector: requirements sorted by key, joined with `,`.
 impl fmt::Display for LabelSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, requirement) in self.requirements.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{requirement}")?;
-        }
-        Ok(())
+        write_joined(f, &self.requirements)
     }
 }
 
@@ -790,13 +795,7 @@ impl FromStr for FieldSelector {
 /// selector.
 impl fmt::Display for FieldSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, requirement) in self.requirements.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{requirement}")?;
-        }
-        Ok(())
+        write_joined(f, &self.requirements)
     }
 }
 

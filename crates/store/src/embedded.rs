@@ -588,33 +588,15 @@ fn apply(
         }
     };
     let (key, entry) = match op {
-        Op::Create { key, value } => {
-            if current(kv, key)?.is_some() {
-                return Err(Error::AlreadyExists { key: key.clone() });
-            }
-            let rev = *revision + 1;
-            let record = Record {
-                create_revision: rev,
-                mod_revision: rev,
-                value: value.clone(),
-            };
-            (
-                key,
-                LogEntry {
-                    key: key.clone(),
-                    delete: false,
-                    record: Some(record),
-                    prev: None,
-                },
-            )
-        }
-        Op::Update {
-            key,
-            value,
-            expected,
-        } => {
+        Op::Create { key, value } | Op::Update { key, value, .. } => {
             let prev = current(kv, key)?;
-            check(key, &prev, *expected)?;
+            match op {
+                Op::Create { .. } if prev.is_some() => {
+                    return Err(Error::AlreadyExists { key: key.clone() });
+                }
+                Op::Update { expected, .. } => check(key, &prev, *expected)?,
+                _ => {}
+            }
             let rev = *revision + 1;
             let record = Record {
                 create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),

@@ -69,6 +69,30 @@ impl EtcdStore {
         Ok(client)
     }
 
+    /// Runs `op` on `key` if it exists (and, with `expected`, was last
+    /// modified at that revision), in one transaction.
+    async fn guarded(
+        &self,
+        key: &str,
+        expected: Option<i64>,
+        op: TxnOp,
+    ) -> Result<etcd_client::TxnResponse> {
+        let mut kv = self.client().await?.kv_client();
+        let txn = etcd_client::Txn::new()
+            .when([guard(key, expected)])
+            .and_then([op])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
+        if !resp.succeeded() {
+            return Err(Self::missing_or_conflict(
+                key,
+                expected,
+                resp.op_responses(),
+            ));
+        }
+        Ok(resp)
+    }
+
     /// Reads `key` inside a failed transaction to tell a missing key from a
     /// conflicting one.
     fn missing_or_conflict(
@@ -188,39 +212,15 @@ impl Store for EtcdStore {
     }
 
     async fn update(&self, key: &str, value: Bytes, expected: Option<i64>) -> Result<i64> {
-        let mut kv = self.client().await?.kv_client();
-        let txn = etcd_client::Txn::new()
-            .when([guard(key, expected)])
-            .and_then([TxnOp::put(key, value.to_vec(), None)])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
-        if !resp.succeeded() {
-            return Err(Self::missing_or_conflict(
-                key,
-                expected,
-                resp.op_responses(),
-            ));
-        }
+        let resp = self
+            .guarded(key, expected, TxnOp::put(key, value.to_vec(), None))
+            .await?;
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
     async fn delete(&self, key: &str, expected: Option<i64>) -> Result<(i64, KeyValue)> {
-        let mut kv = self.client().await?.kv_client();
-        let txn = etcd_client::Txn::new()
-            .when([guard(key, expected)])
-            .and_then([TxnOp::delete(
-                key,
-                Some(DeleteOptions::new().with_prev_key()),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
-        if !resp.succeeded() {
-            return Err(Self::missing_or_conflict(
-                key,
-                expected,
-                resp.op_responses(),
-            ));
-        }
+        let delete = TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()));
+        let resp = self.guarded(key, expected, delete).await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let prev = resp
             .op_responses()

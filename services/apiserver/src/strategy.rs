@@ -388,6 +388,17 @@ fn meta_selector(
         .map_err(|e| e.to_string())
 }
 
+/// A ReplicaSet's or Deployment's replicas, selector and template.
+fn validate_workload(
+    replicas: Option<i32>,
+    selector: Option<&skiff::pb::meta::v1::LabelSelector>,
+    template: Option<&PodTemplateSpec>,
+    errors: &mut FieldErrors,
+) {
+    validate_replicas(replicas, errors);
+    validate_template(template, meta_selector(selector), errors);
+}
+
 fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
     if let Some(r) = replicas.filter(|r| *r < 0) {
         errors.invalid(
@@ -444,10 +455,10 @@ impl Strategy for ReplicaSet {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
-        validate_replicas(spec.replicas, errors);
-        validate_template(
+        validate_workload(
+            spec.replicas,
+            spec.selector.as_ref(),
             spec.template.as_ref(),
-            meta_selector(spec.selector.as_ref()),
             errors,
         );
     }
@@ -499,10 +510,10 @@ impl Strategy for Deployment {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
-        validate_replicas(spec.replicas, errors);
-        validate_template(
+        validate_workload(
+            spec.replicas,
+            spec.selector.as_ref(),
             spec.template.as_ref(),
-            meta_selector(spec.selector.as_ref()),
             errors,
         );
         if let Some(strategy) = &spec.strategy {
