@@ -388,6 +388,30 @@ async fn list_filters_and_pages_consistently(c: Cluster) {
     assert_eq!(list("", "metadata.name=p3").await, 1);
     assert_eq!(list("", "status.phase=Pending").await, 7);
 
+    // A sparse selector with a small page size still pages correctly.
+    let mut db = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .pods()
+            .list(ListRequest {
+                label_selector: "tier=db".into(),
+                limit: 2,
+                r#continue: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.items.len() <= 2);
+        db.extend(page.items.iter().map(|p| meta(p).name.clone()));
+        token = page.metadata.unwrap().r#continue;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(db, vec!["p1", "p3", "p5"]);
+
     let mut names = Vec::new();
     let mut token = String::new();
     let mut version = None;
@@ -633,4 +657,53 @@ async fn an_unknown_kind_is_unimplemented_and_names_the_service() {
         .await
         .expect_err("no such kind");
     assert_eq!(status.code(), Code::Unimplemented, "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_future_version_is_refused() {
+    let c = Cluster::embedded().await;
+    let status = c
+        .pods()
+        .watch(WatchRequest {
+            resource_version: "999999999".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("future version");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("newest version"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_releases_its_store_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let first = skiff_e2e::api_server(StoreConfig::Embedded(path.clone()))
+        .await
+        .unwrap();
+    let mut client = PodsClient::new(skiff_e2e::channel(first.addr).await.unwrap());
+    client.create(pod("kept", &[])).await.unwrap();
+    let _watch = client.watch(WatchRequest::default()).await.unwrap();
+    first.stop().await.unwrap();
+    // Background tasks let go of the file shortly after the stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        match skiff_e2e::api_server(StoreConfig::Embedded(path.clone())).await {
+            Ok(server) => break server,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "store still held: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut client = PodsClient::new(skiff_e2e::channel(second.addr).await.unwrap());
+    client.get(get("kept")).await.unwrap();
+    second.stop().await.unwrap();
 }

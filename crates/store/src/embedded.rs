@@ -524,6 +524,12 @@ impl Writer {
                         &mut compacted,
                         &mut events,
                     );
+                    // A storage failure may have left this write half
+                    // applied: abort the whole transaction (everyone in the
+                    // batch gets the error; nothing is committed).
+                    if let Err(e @ (Error::Embedded(_) | Error::Corrupt { .. })) = outcome {
+                        return Err(e);
+                    }
                     outcomes.push(outcome);
                 }
                 meta.insert(META_REVISION, revision as u64).map_err(emb)?;

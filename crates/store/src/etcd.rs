@@ -79,7 +79,7 @@ impl EtcdStore {
     ) -> Result<etcd_client::TxnResponse> {
         let mut kv = self.client().await?.kv_client();
         let txn = etcd_client::Txn::new()
-            .when([guard(key, expected)])
+            .when(guard(key, expected))
             .and_then([op])
             .or_else([TxnOp::get(key, None)]);
         let resp = kv.txn(txn).await.map_err(Error::Etcd)?;
@@ -148,10 +148,11 @@ fn map_revision_error(err: etcd_client::Error, requested: i64) -> Error {
 
 /// The guard for a conditional write: the key exists, and with `expected`
 /// it was last modified at exactly that revision.
-fn guard(key: &str, expected: Option<i64>) -> Compare {
+fn guard(key: &str, expected: Option<i64>) -> Vec<Compare> {
+    let exists = Compare::create_revision(key, CompareOp::Greater, 0);
     match expected {
-        Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
-        None => Compare::create_revision(key, CompareOp::Greater, 0),
+        Some(rev) => vec![exists, Compare::mod_revision(key, CompareOp::Equal, rev)],
+        None => vec![exists],
     }
 }
 

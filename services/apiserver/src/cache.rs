@@ -51,11 +51,26 @@ impl<K: Strategy> Change<K> {
             .map(Arc::new);
         let object = match event.kind {
             EventKind::Put => decode::<K>(&event.kv.value, revision).map(Arc::new),
-            EventKind::Delete => prev.as_ref().map(|p| {
-                let mut last = (**p).clone();
-                last.metadata_mut().resource_version = revision.to_string();
-                Arc::new(last)
-            }),
+            EventKind::Delete => Some(Arc::new(match prev.as_ref() {
+                Some(p) => {
+                    let mut last = (**p).clone();
+                    last.metadata_mut().resource_version = revision.to_string();
+                    last
+                }
+                // etcd omits the previous value when its revision has been
+                // compacted: name the deleted object from its key.
+                None => {
+                    let mut gone = K::default();
+                    gone.set_type_meta();
+                    let (namespace, name) =
+                        skiff::keys::parse::<K>(&event.kv.key).unwrap_or_default();
+                    let meta = gone.metadata_mut();
+                    meta.namespace = namespace.to_string();
+                    meta.name = name.to_string();
+                    meta.resource_version = revision.to_string();
+                    gone
+                }
+            })),
         };
         let Some(object) = object else {
             tracing::error!(kind = K::KIND, key = %event.kv.key, "undecodable object in store; skipped");
@@ -82,6 +97,9 @@ struct State<K> {
     latest: i64,
     /// Live fan-out.
     tx: broadcast::Sender<Arc<Change<K>>>,
+    /// Bumped whenever the cache restarts (and replaces `tx`): a receiver
+    /// of an older generation has missed changes.
+    generation: u64,
 }
 
 /// The watch cache of one kind.
@@ -96,6 +114,8 @@ pub struct Subscription<K> {
     pub backlog: Vec<Arc<Change<K>>>,
     /// Changes still to come.
     pub live: broadcast::Receiver<Arc<Change<K>>>,
+    /// The cache generation `live` belongs to.
+    pub generation: u64,
 }
 
 /// Decodes a stored object and stamps its resourceVersion.
@@ -122,6 +142,7 @@ impl<K: Strategy> WatchCache<K> {
                 window_start: from,
                 latest: from,
                 tx,
+                generation: 0,
             }),
             _kind: PhantomData,
         });
@@ -177,6 +198,7 @@ impl<K: Strategy> WatchCache<K> {
         // Dropping the sender ends every live watcher; they resume from
         // their last revision and, if it is gone, are told to relist.
         state.tx = broadcast::channel(FANOUT_BUFFER).0;
+        state.generation += 1;
         now
     }
 
@@ -213,13 +235,20 @@ impl<K: Strategy> WatchCache<K> {
         Some(Subscription {
             backlog,
             live: state.tx.subscribe(),
+            generation: state.generation,
         })
     }
 
-    /// The latest revision the cache has seen, if `live` has nothing
-    /// pending (so a bookmark at that revision skips nothing).
-    pub fn progress(&self, live: &broadcast::Receiver<Arc<Change<K>>>) -> Option<i64> {
+    /// The latest revision the cache has seen, if `live` (of cache
+    /// generation `generation`) has nothing pending, so that a bookmark at
+    /// that revision skips nothing. None for a receiver of a restarted
+    /// cache: it has missed changes and must not claim progress.
+    pub fn progress(
+        &self,
+        live: &broadcast::Receiver<Arc<Change<K>>>,
+        generation: u64,
+    ) -> Option<i64> {
         let state = self.state.lock().expect("watch cache lock");
-        live.is_empty().then_some(state.latest)
+        (state.generation == generation && live.is_empty()).then_some(state.latest)
     }
 }

@@ -117,6 +117,10 @@ pub struct ApiServer {
     /// Servers still running.
     running: usize,
     system: actix::System,
+    /// The actor system's thread, joined on stop.
+    actor_thread: Option<std::thread::JoinHandle<()>>,
+    /// Kept to stop its background work on stop.
+    registry: Arc<Registry>,
     /// The accept loop, health reporting and compaction; aborted on stop.
     background: Vec<JoinHandle<()>>,
 }
@@ -142,9 +146,16 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, skiff_st
 fn start_actors(
     registry: Arc<Registry>,
     count: usize,
-) -> Result<(Arc<actor::ActorPool>, actix::System), ServeError> {
+) -> Result<
+    (
+        Arc<actor::ActorPool>,
+        actix::System,
+        std::thread::JoinHandle<()>,
+    ),
+    ServeError,
+> {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("skiff-actors".into())
         .spawn(move || {
             let system = actix::System::new();
@@ -157,8 +168,10 @@ fn start_actors(
             }
         })
         .map_err(|e| ServeError::Actors(e.to_string()))?;
-    rx.recv()
-        .map_err(|_| ServeError::Actors("the actor system did not start".into()))
+    let (pool, system) = rx
+        .recv()
+        .map_err(|_| ServeError::Actors("the actor system did not start".into()))?;
+    Ok((pool, system, thread))
 }
 
 /// Accepts connections and deals them out to the arbiters round-robin.
@@ -203,16 +216,6 @@ impl ApiServer {
     /// # Errors
     /// See [`ServeError`].
     pub async fn start(config: Config) -> Result<Self, ServeError> {
-        let store = open_store(&config.store).await?;
-        let registry = Arc::new(Registry::new(Arc::clone(&store), config.bookmark_interval));
-        registry.bootstrap().await?;
-        let actors = if config.actors == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            config.actors
-        };
-        let (pool, system) = start_actors(registry, actors)?;
-
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -224,6 +227,21 @@ impl ApiServer {
             addr: config.listen,
             source,
         })?;
+        let store = open_store(&config.store).await?;
+        let registry = Arc::new(Registry::new(Arc::clone(&store), config.bookmark_interval));
+        registry.bootstrap().await?;
+        let actors = if config.actors == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.actors
+        };
+        let (pool, system, actor_thread) = match start_actors(Arc::clone(&registry), actors) {
+            Ok(started) => started,
+            Err(e) => {
+                registry.close();
+                return Err(e);
+            }
+        };
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let (shutdown, _) = tokio::sync::watch::channel(false);
@@ -275,6 +293,8 @@ impl ApiServer {
             ended,
             running: pool.len(),
             system,
+            actor_thread: Some(actor_thread),
+            registry,
             background,
         })
     }
@@ -306,7 +326,11 @@ impl ApiServer {
         for task in &self.background {
             task.abort();
         }
+        self.registry.close();
         self.system.stop();
+        if let Some(thread) = self.actor_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         result
     }
 

@@ -29,6 +29,8 @@ use crate::strategy::{self, Strategy};
 
 /// The largest object the API stores (etcd's default request limit).
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// Keys read per store call while listing with a limit.
+const LIST_CHUNK: usize = 500;
 /// Attempts of an unconditional update that keeps losing races.
 const MAX_RETRIES: usize = 16;
 /// Events buffered per watch response stream.
@@ -52,12 +54,12 @@ struct NamespaceIndex {
 }
 
 impl NamespaceIndex {
-    fn start(store: Arc<dyn Store>) -> Arc<Self> {
+    fn start(store: Arc<dyn Store>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let index = Arc::new(Self {
             known: std::sync::RwLock::new(HashMap::new()),
         });
-        tokio::spawn(Arc::clone(&index).follow(store));
-        index
+        let task = tokio::spawn(Arc::clone(&index).follow(store));
+        (index, task)
     }
 
     fn lookup(&self, name: &str) -> Option<bool> {
@@ -136,6 +138,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     /// Which namespaces exist, for admission without a store read.
     namespaces: Arc<NamespaceIndex>,
+    /// The index's watch loop; stopped by [`Registry::close`].
+    index_task: tokio::task::JoinHandle<()>,
     /// One watch cache per kind, created on first watch.
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
@@ -327,6 +331,14 @@ impl Filter {
             .prev
             .as_ref()
             .is_some_and(|p| self.matches(&change.key, &**p));
+        if change.kind == EventKind::Delete && change.prev.is_none() {
+            // The deleted object's last state is unknown (compacted): every
+            // watcher of its namespace hears of the delete.
+            return change
+                .key
+                .starts_with(&self.prefix)
+                .then_some(EventType::Deleted);
+        }
         let new = change.kind == EventKind::Put && self.matches(&change.key, &*change.object);
         match (old, new) {
             (false, true) => Some(EventType::Added),
@@ -343,12 +355,20 @@ impl Registry {
     /// A registry over `store`. Must be called inside a tokio runtime: it
     /// starts the namespace index.
     pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration) -> Self {
+        let (namespaces, index_task) = NamespaceIndex::start(Arc::clone(&store));
         Self {
-            namespaces: NamespaceIndex::start(Arc::clone(&store)),
+            namespaces,
+            index_task,
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,
         }
+    }
+
+    /// Stops the registry's own background work (the namespace index), so
+    /// that the store can be released once the last call is gone.
+    pub fn close(&self) {
+        self.index_task.abort();
     }
 
     /// Creates the namespaces that always exist.
@@ -489,8 +509,14 @@ impl Registry {
         };
         let mut items = Vec::new();
         let mut next = None;
-        loop {
-            let want = if limit == 0 { 0 } else { limit - items.len() };
+        'pages: loop {
+            // Read in chunks: a selector matching few objects must not cost
+            // one store read per object.
+            let want = if limit == 0 {
+                0
+            } else {
+                (limit - items.len()).max(LIST_CHUNK)
+            };
             let page = self
                 .store
                 .list(ListOptions {
@@ -507,8 +533,8 @@ impl Registry {
                     other => other.into(),
                 })?;
             revision = page.revision;
-            let last_key = page.kvs.last().map(|kv| kv.key.clone());
-            for kv in page.kvs {
+            let count = page.kvs.len();
+            for (i, kv) in page.kvs.into_iter().enumerate() {
                 let Some(obj) = decode::<K>(&kv.value, kv.mod_revision) else {
                     return Err(ApiError::Internal(format!(
                         "undecodable {} at {}",
@@ -519,13 +545,16 @@ impl Registry {
                 if filter.matches(&kv.key, &obj) {
                     items.push(obj);
                 }
+                start_after = Some(kv.key);
+                if limit > 0 && items.len() == limit {
+                    // Full: continue after this key if anything follows.
+                    if i + 1 < count || page.more {
+                        next = start_after.clone();
+                    }
+                    break 'pages;
+                }
             }
             if !page.more {
-                break;
-            }
-            start_after = last_key;
-            if limit > 0 && items.len() >= limit {
-                next = start_after.clone();
                 break;
             }
         }
@@ -826,6 +855,14 @@ impl Registry {
         let filter = Filter::new::<K>(&req.namespace, &req.label_selector, &req.field_selector)?;
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let requested = parse_rv(&req.resource_version, "resourceVersion")?.unwrap_or(0);
+        if requested > 0 {
+            let current = self.store.current_revision().await?;
+            if requested > current {
+                return Err(ApiError::Invalid(format!(
+                    "resourceVersion: Invalid value: {requested}: the newest version is {current}; watch from a version a read returned"
+                )));
+            }
+        }
         // The cache first: a list read after it starts is inside its window.
         let cache = self.cache::<K>().await?;
         // Without a version: the current state as ADDED events, then changes.
@@ -853,6 +890,7 @@ impl Registry {
             Some(sub) => Source::Cache {
                 backlog: sub.backlog.into(),
                 live: sub.live,
+                generation: sub.generation,
                 cache,
             },
             None => {
@@ -891,6 +929,7 @@ enum Source<K> {
     Cache {
         backlog: std::collections::VecDeque<Arc<Change<K>>>,
         live: tokio::sync::broadcast::Receiver<Arc<Change<K>>>,
+        generation: u64,
         cache: Arc<WatchCache<K>>,
     },
     /// A store watch of its own (the version predates the cache window).
@@ -920,7 +959,10 @@ impl<K: Strategy> Watcher<K> {
                 return;
             }
         }
-        let period = self.bookmarks.unwrap_or(Duration::from_secs(3600));
+        let period = self
+            .bookmarks
+            .unwrap_or(Duration::from_secs(3600))
+            .max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let bookmarks = self.bookmarks.is_some();
         loop {
@@ -958,8 +1000,9 @@ impl<K: Strategy> Watcher<K> {
             Source::Cache {
                 backlog,
                 live,
+                generation,
                 cache,
-            } if backlog.is_empty() => cache.progress(live),
+            } if backlog.is_empty() => cache.progress(live, *generation),
             _ => None,
         };
         let rv = progress.unwrap_or(self.sent).max(self.sent);
