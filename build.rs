@@ -228,6 +228,14 @@ fn kinds_rs(kinds: &[Kind]) -> String {
     fn into_event(kind: crate::pb::api::v1::EventType, object: Self) -> Self::WatchEvent {{
         crate::pb::{m}::{kind}WatchEvent {{ r#type: kind as i32, object: Some(object) }}
     }}
+    fn list_parts(list: Self::List) -> (crate::pb::meta::v1::ListMeta, Vec<Self>) {{
+        (list.metadata.unwrap_or_default(), list.items)
+    }}
+    fn event_parts(event: Self::WatchEvent) -> (crate::pb::api::v1::EventType, Option<Self>) {{
+        let kind = crate::pb::api::v1::EventType::try_from(event.r#type)
+            .unwrap_or(crate::pb::api::v1::EventType::Unspecified);
+        (kind, event.object)
+    }}
 }}\n",
             av = k.api_version(),
             plural = k.plural,

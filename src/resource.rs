@@ -50,6 +50,10 @@ pub trait Resource:
     fn into_list(metadata: ListMeta, items: Vec<Self>) -> Self::List;
     /// Wraps one watch event.
     fn into_event(kind: EventType, object: Self) -> Self::WatchEvent;
+    /// Unwraps a page of objects.
+    fn list_parts(list: Self::List) -> (ListMeta, Vec<Self>);
+    /// Unwraps one watch event (an unknown type reads as unspecified).
+    fn event_parts(event: Self::WatchEvent) -> (EventType, Option<Self>);
 
     /// `metadata.name`, or "" when unset.
     fn name(&self) -> &str {

@@ -1,0 +1,74 @@
+//! Informers: a watcher feeding a cache, with change notifications for
+//! whoever (a controller's queue, a scheduler) must react.
+
+use std::sync::Arc;
+
+use skiff::Resource;
+use tokio::sync::broadcast;
+
+use crate::api::Api;
+use crate::store::{Store, store};
+use crate::watcher::{self, Event, Params};
+
+/// A change, as notified to subscribers: the object after it (or its last
+/// state for deletes).
+#[derive(Debug, Clone)]
+pub enum Change<K> {
+    /// Created or updated (also sent for every object after a relist).
+    Applied(Arc<K>),
+    /// Deleted.
+    Deleted(Arc<K>),
+}
+
+/// A running informer of kind `K`.
+pub struct Informer<K> {
+    /// The cache.
+    pub store: Store<K>,
+    changes: broadcast::Sender<Change<K>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for Informer<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<K: Resource> Informer<K> {
+    /// Starts listing and watching `params` through `api`.
+    pub fn start(api: Api<K>, params: Params) -> Self {
+        let (writer, reader) = store::<K>();
+        let (changes, _) = broadcast::channel(16 * 1024);
+        let notify = changes.clone();
+        let mut events = watcher::watch(api, params);
+        let task = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                writer.apply(&event);
+                match event {
+                    Event::Restarted(items) => {
+                        for obj in items {
+                            let _ = notify.send(Change::Applied(Arc::new(obj)));
+                        }
+                    }
+                    Event::Applied(obj) => {
+                        let _ = notify.send(Change::Applied(Arc::new(obj)));
+                    }
+                    Event::Deleted(obj) => {
+                        let _ = notify.send(Change::Deleted(Arc::new(obj)));
+                    }
+                }
+            }
+        });
+        Self {
+            store: reader,
+            changes,
+            task,
+        }
+    }
+
+    /// Subscribes to changes from now on. A subscriber that falls behind
+    /// gets `Lagged` and should resync from the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change<K>> {
+        self.changes.subscribe()
+    }
+}
