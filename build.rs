@@ -20,6 +20,8 @@ struct Kind {
     service: String,
     namespaced: bool,
     status: bool,
+    /// Has the binding subresource (Pods): a `Bind` RPC.
+    binding: bool,
     short_names: Vec<String>,
 }
 
@@ -79,7 +81,8 @@ fn read_kinds(path: &Path) -> Vec<Kind> {
                 "cluster" => false,
                 other => panic!("scope must be namespaced or cluster, got {other}"),
             },
-            status: cols[5] == "status",
+            status: cols[5].split(',').any(|s| s == "status"),
+            binding: cols[5].split(',').any(|s| s == "binding"),
             short_names: if cols[6] == "-" {
                 Vec::new()
             } else {
@@ -147,6 +150,14 @@ fn package_proto(package: &str, kinds: &[&Kind]) -> String {
         if k.status {
             writeln!(p, "  // Replaces only the status (the status subresource).").unwrap();
             writeln!(p, "  rpc UpdateStatus({kind}) returns ({kind});").unwrap();
+        }
+        if k.binding {
+            writeln!(
+                p,
+                "  // Binds the object to a node (the binding subresource): one write."
+            )
+            .unwrap();
+            writeln!(p, "  rpc Bind(Binding) returns ({kind});").unwrap();
         }
         writeln!(
             p,
@@ -253,7 +264,7 @@ fn kinds_rs(kinds: &[Kind]) -> String {
     writeln!(
         r,
         "/// Calls `$m!` with every kind the API serves, as\n\
-         /// `status|plain Kind, path::to::Kind, path::to::ServiceTrait, path::to::ServiceServer;`.\n\
+         /// `binding|status|plain Kind, path::to::Kind, path::to::ServiceTrait, path::to::ServiceServer;`.\n\
          #[macro_export]\nmacro_rules! for_each_kind {{\n    ($m:ident) => {{\n        $m! {{"
     )
     .unwrap();
@@ -262,7 +273,13 @@ fn kinds_rs(kinds: &[Kind]) -> String {
         writeln!(
             r,
             "            {st} {kind}, $crate::pb::{m}::{kind}, $crate::pb::{m}::{sm}::{svc}, $crate::pb::{m}::{sm}::{svc}Server<_>;",
-            st = if k.status { "status" } else { "plain" },
+            st = if k.binding {
+                "binding"
+            } else if k.status {
+                "status"
+            } else {
+                "plain"
+            },
             kind = k.kind,
             sm = k.server_module(),
             svc = k.service,

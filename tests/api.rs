@@ -707,3 +707,48 @@ async fn a_stopped_server_releases_its_store_for_the_next_one() {
     client.get(get("kept")).await.unwrap();
     second.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binding_assigns_a_pod_to_a_node_once() {
+    use skiff::pb::core::v1::{Binding, ObjectReference};
+    let c = Cluster::embedded().await;
+    c.pods().create(pod("web", &[])).await.unwrap();
+    let binding = |node: &str| Binding {
+        metadata: Some(ObjectMeta {
+            name: "web".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        target: Some(ObjectReference {
+            kind: "Node".into(),
+            name: node.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bound = c.pods().bind(binding("n1")).await.unwrap().into_inner();
+    assert_eq!(bound.spec.as_ref().unwrap().node_name, "n1");
+    let scheduled = bound
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "PodScheduled");
+    assert_eq!(scheduled.map(|c| c.status.as_str()), Some("True"));
+    let again = c
+        .pods()
+        .bind(binding("n2"))
+        .await
+        .expect_err("already bound");
+    assert_eq!(again.code(), Code::Aborted);
+    assert!(
+        again.message().contains("already assigned to node \"n1\""),
+        "{}",
+        again.message()
+    );
+    let no_target = c.pods().bind(binding("")).await.expect_err("no node");
+    assert_eq!(no_target.code(), Code::InvalidArgument);
+    let read = c.pods().get(get("web")).await.unwrap().into_inner();
+    assert_eq!(read.spec.unwrap().node_name, "n1");
+}

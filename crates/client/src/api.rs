@@ -112,6 +112,15 @@ impl<K: Resource> Api<K> {
         self.unary("Delete", req).await
     }
 
+    /// Binds an object (a pod) to a node: the binding subresource.
+    ///
+    /// # Errors
+    /// ABORTED when it is bound already; UNIMPLEMENTED for kinds without
+    /// a binding subresource.
+    pub async fn bind(&self, binding: skiff::pb::core::v1::Binding) -> Result<K, tonic::Status> {
+        self.unary("Bind", binding).await
+    }
+
     /// Opens a watch stream.
     ///
     /// # Errors

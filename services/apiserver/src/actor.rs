@@ -13,6 +13,7 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised, Supervisor};
 use futures::FutureExt as _;
 use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
+use skiff::pb::core::v1::Binding;
 use tracing::Instrument as _;
 
 use crate::error::{ApiError, Result};
@@ -35,6 +36,8 @@ pub enum Op<K: Strategy> {
     Delete(DeleteRequest),
     /// Watch objects.
     Watch(WatchRequest),
+    /// Bind an object to a node (pods).
+    Bind(Box<Binding>),
 }
 
 /// What an operation returns.
@@ -90,6 +93,7 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
                 Op::UpdateStatus(obj) => registry.update_status(obj).await.map(Reply::Object),
                 Op::Delete(req) => registry.delete(req).await.map(Reply::Object),
                 Op::Watch(req) => registry.watch::<K>(req).await.map(Reply::Watch),
+                Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::Object),
             }
         };
         Box::pin(

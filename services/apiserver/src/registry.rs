@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use skiff::pb::api::v1::{DeleteRequest, EventType, GetRequest, ListRequest, WatchRequest};
-use skiff::pb::core::v1::Namespace;
+use skiff::pb::core::v1::{Binding, Namespace};
 use skiff::pb::meta::v1::ListMeta;
 use skiff::selector::{FieldSelector, LabelSelector};
 use skiff::validation::FieldErrors;
@@ -162,7 +162,8 @@ fn not_found<K: Strategy>(namespace: &str, name: &str) -> ApiError {
     }
 }
 
-fn now() -> Timestamp {
+/// Now, at Kubernetes' timestamp precision (seconds).
+pub fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -829,6 +830,59 @@ impl Registry {
             },
             other => other.into(),
         }
+    }
+
+    /// Binds an object (a pod) to a node: sets spec.nodeName and the
+    /// PodScheduled condition in one write.
+    ///
+    /// # Errors
+    /// NotFound; ABORTED when it is bound already or its uid differs;
+    /// INVALID_ARGUMENT without a target node.
+    pub async fn bind<K: Strategy>(&self, binding: Binding) -> Result<K> {
+        let meta = binding.metadata.unwrap_or_default();
+        let namespace = effective_namespace::<K>(&meta.namespace);
+        let name = meta.name;
+        let node = binding.target.map(|t| (t.kind, t.name)).unwrap_or_default();
+        if !(node.0.is_empty() || node.0 == "Node") {
+            return Err(ApiError::Invalid(format!(
+                "target.kind: Unsupported value: {:?}: a binding's target is a Node",
+                node.0
+            )));
+        }
+        if node.1.is_empty() {
+            return Err(ApiError::Invalid(
+                "target.name: Required value: the node to bind to".into(),
+            ));
+        }
+        let key = keys::object::<K>(&namespace, &name);
+        for _ in 0..MAX_RETRIES {
+            let Some((mut obj, mod_rev)) = self.read::<K>(&key).await? else {
+                return Err(not_found::<K>(&namespace, &name));
+            };
+            let uid = obj.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+            if !meta.uid.is_empty() && meta.uid != uid {
+                return Err(ApiError::Precondition(format!(
+                    "precondition failed: binding is for uid {:?}, the object's uid is {uid:?}",
+                    meta.uid
+                )));
+            }
+            obj.bind(&node.1).map_err(ApiError::Precondition)?;
+            let bytes = admit(&obj)?;
+            match self.store.update(&key, bytes, Some(mod_rev)).await {
+                Ok(rev) => {
+                    obj.metadata_mut().resource_version = rev.to_string();
+                    return Ok(obj);
+                }
+                // Changed meanwhile: read again (and fail if now bound).
+                Err(skiff_store::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "{} {:?} is changing too fast to bind; try again",
+            K::KIND,
+            object_name(&namespace, &name)
+        )))
     }
 
     async fn cache<K: Strategy>(&self) -> Result<Arc<WatchCache<K>>> {

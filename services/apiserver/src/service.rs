@@ -4,6 +4,7 @@
 use std::marker::PhantomData;
 
 use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
+use skiff::pb::core::v1::Binding;
 use tonic::{Request, Response, Status};
 
 use crate::actor::{ActorHandle, Op, Reply};
@@ -52,6 +53,10 @@ impl<K: Strategy> KindService<K> {
         self.object(Op::Delete(req.into_inner())).await
     }
 
+    async fn bind(&self, req: Request<Binding>) -> Result<Response<K>, Status> {
+        self.object(Op::Bind(Box::new(req.into_inner()))).await
+    }
+
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<K::List>, Status> {
         match self.actor.call(Op::<K>::List(req.into_inner())).await? {
             Reply::List(list) => Ok(Response::new(list)),
@@ -70,6 +75,16 @@ impl<K: Strategy> KindService<K> {
 /// Implements a kind's generated service trait by delegating to
 /// [`KindService`]; `status` kinds also get UpdateStatus.
 macro_rules! kind_service {
+    (binding $ty:path, $tr:path) => {
+        kind_service!(@impl $ty, $tr, {
+            async fn update_status(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {
+                KindService::update_status(self, req).await
+            }
+            async fn bind(&self, req: Request<Binding>) -> Result<Response<$ty>, Status> {
+                KindService::bind(self, req).await
+            }
+        });
+    };
     (status $ty:path, $tr:path) => {
         kind_service!(@impl $ty, $tr, {
             async fn update_status(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {

@@ -8,7 +8,8 @@ use skiff::pb::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpd
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, Container, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Pod,
-    PodSpec, PodStatus, PodTemplateSpec, ReplicationController, Secret, Service, ServiceAccount,
+    PodCondition, PodSpec, PodStatus, PodTemplateSpec, ReplicationController, Secret, Service,
+    ServiceAccount,
 };
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff::quantity::Quantity;
@@ -41,6 +42,16 @@ pub trait Strategy: Resource {
 
     /// Checks the kind's own fields (metadata is checked for every kind).
     fn validate(&self, _errors: &mut FieldErrors) {}
+
+    /// Binds the object to `node` (the binding subresource).
+    ///
+    /// # Errors
+    /// Why it cannot be bound: the kind has no binding, or it is bound
+    /// already.
+    fn bind(&mut self, node: &str) -> Result<(), String> {
+        let _ = node;
+        Err(format!("{} has no binding subresource", Self::KIND))
+    }
 }
 
 /// The value of any selectable field of `obj`, or None if it is not one.
@@ -318,6 +329,27 @@ impl Strategy for Pod {
             Some(spec) => validate_pod_spec("spec", spec, errors),
             None => errors.required("spec"),
         }
+    }
+
+    fn bind(&mut self, node: &str) -> Result<(), String> {
+        let pod = self.object_ref();
+        let spec = self.spec.get_or_insert_with(PodSpec::default);
+        if !spec.node_name.is_empty() {
+            return Err(format!(
+                "pod {pod} is already assigned to node {:?}",
+                spec.node_name
+            ));
+        }
+        spec.node_name = node.to_string();
+        let status = self.status.get_or_insert_with(PodStatus::default);
+        status.conditions.retain(|c| c.r#type != "PodScheduled");
+        status.conditions.push(PodCondition {
+            r#type: "PodScheduled".into(),
+            status: "True".into(),
+            last_transition_time: Some(crate::registry::now()),
+            ..Default::default()
+        });
+        Ok(())
     }
 }
 
