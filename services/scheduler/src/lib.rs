@@ -1,0 +1,172 @@
+//! Skiff's scheduler: binds pending pods to nodes.
+//!
+//! It is an API client like any other: informers mirror pods and nodes,
+//! and each decision is one write, through the pods' binding subresource.
+//! With leader election, several schedulers may run and one schedules.
+//!
+//! # Layout
+//!
+//! - [`framework`]: the Filter and Score plugin traits, the registry of
+//!   plugins by name, and profiles (which plugins, what weights).
+//! - [`plugins`]: one module per plugin.
+//! - [`scheduler`]: the loop, the cache of assumed pods, the retry queue.
+//! - [`SchedulerActor`]: the supervised actor that runs it all.
+
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, Context, Supervised,
+    WrapFuture as _,
+};
+use skiff_client::leader::{self, LeaderConfig};
+
+pub mod framework;
+pub mod plugins;
+pub mod scheduler;
+
+pub use framework::{Profile, ProfileConfig};
+
+/// Skiff's scheduler name (pods' spec.schedulerName), as Kubernetes'.
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
+/// How to run the scheduler.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The API server, `http://127.0.0.1:6443`.
+    pub server: String,
+    /// Pods with this spec.schedulerName are ours.
+    pub scheduler_name: String,
+    /// Plugins and weights.
+    pub profile: ProfileConfig,
+    /// Campaign for the `kube-system/<scheduler name>` lease and schedule
+    /// only while holding it.
+    pub leader_elect: bool,
+    /// This process's identity in the election.
+    pub identity: String,
+    /// How long the lease lasts unrenewed; the leader renews every
+    /// fifth of it and steps down after two thirds without renewal.
+    pub lease_duration: Duration,
+}
+
+impl Config {
+    /// The default profile, with leader election, against `server`.
+    pub fn new(server: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            scheduler_name: DEFAULT_SCHEDULER.to_string(),
+            profile: ProfileConfig::default(),
+            leader_elect: true,
+            identity: format!(
+                "{}_{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "skiff".into()),
+                uuid::Uuid::new_v4().simple()
+            ),
+            lease_duration: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why the scheduler cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The profile names unknown or misplaced plugins.
+    #[error(transparent)]
+    Profile(#[from] framework::ProfileError),
+    /// The server address is malformed.
+    #[error("API server address {0:?}: {1}")]
+    Address(String, #[source] tonic::transport::Error),
+}
+
+/// Runs the scheduler until `shutdown` resolves: while leading (or always,
+/// without leader election).
+///
+/// # Errors
+/// A bad profile or server address; everything else is retried.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    Profile::build(&config.profile)?;
+    let channel = skiff_client::connect_lazy(&config.server)
+        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    let settings = scheduler::Settings {
+        scheduler_name: config.scheduler_name.clone(),
+    };
+    tokio::pin!(shutdown);
+    if !config.leader_elect {
+        let s = scheduler::Scheduler::new(channel, settings, Profile::build(&config.profile)?);
+        s.run(shutdown).await;
+        return Ok(());
+    }
+    let mut lease = LeaderConfig::new("kube-system", &config.scheduler_name, &config.identity);
+    lease.lease_duration = config.lease_duration;
+    lease.renew_deadline = config.lease_duration * 2 / 3;
+    lease.retry_period = config.lease_duration / 5;
+    let mut leading = leader::elect(skiff_client::Api::new(channel.clone()), lease);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            changed = leading.wait_for(|l| *l) => if changed.is_err() { return Ok(()) },
+        }
+        tracing::info!(identity = %config.identity, "leading: scheduling");
+        let s = scheduler::Scheduler::new(
+            channel.clone(),
+            settings.clone(),
+            Profile::build(&config.profile)?,
+        );
+        let mut lost = leading.clone();
+        tokio::select! {
+            () = s.run(std::future::pending()) => {}
+            _ = lost.wait_for(|l| !*l) => tracing::warn!("lost leadership: scheduling stopped"),
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+/// The scheduler as a supervised actor: it runs [`run`] in its context;
+/// if that ends in an error the actor stops and its supervisor starts it
+/// again after a pause.
+pub struct SchedulerActor {
+    config: Config,
+    /// Restarts so far (in the log, and a pause that grows with them).
+    pub restarts: u32,
+}
+
+impl SchedulerActor {
+    /// An actor that will run `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            restarts: 0,
+        }
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let config = self.config.clone();
+        let pause = Duration::from_secs(u64::from(self.restarts.min(30)));
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(pause).await;
+                run(config, std::future::pending()).await
+            }
+            .into_actor(self)
+            .map(|result, _actor, ctx| {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "scheduler failed");
+                }
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+impl Supervised for SchedulerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.restarts += 1;
+        tracing::warn!(restarts = self.restarts, "restarting the scheduler");
+    }
+}

@@ -1,0 +1,565 @@
+//! The scheduling loop: pending pods in, bindings out.
+//!
+//! Informers mirror nodes and pods. The cache counts every bound pod, and
+//! every *assumed* pod (chosen, binding in flight) against its node, so
+//! that the next decision sees it before the API confirms it. A pod that
+//! fits nowhere gets a FailedScheduling event counting the reasons, the
+//! PodScheduled=False condition, and a retry with backoff — sooner when a
+//! node or pod changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::pb::core::v1::{
+    Binding, Event, EventSource, Node, ObjectReference, Pod, PodCondition, PodStatus,
+};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::{ObjectRef, Resource as _};
+use skiff_client::{Api, Change, Informer, WorkQueue};
+use tokio::sync::mpsc;
+
+use crate::framework::{NodeInfo, Profile};
+
+/// First retry of an unschedulable pod, doubling to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait before retrying an unschedulable pod.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Filtering stops once this many nodes fit (Kubernetes' minimum of
+/// feasible nodes to find); scoring more rarely changes the choice.
+const MIN_FEASIBLE: usize = 100;
+/// ... or this share of the nodes, if larger.
+const FEASIBLE_PERCENT: usize = 10;
+
+/// What the loop needs to know about one decision's outcome.
+enum Outcome {
+    /// The binding failed: forget the assumption and retry the pod.
+    BindFailed(ObjectRef, tonic::Status),
+}
+
+/// The scheduler's view of the cluster.
+#[derive(Default)]
+struct Cache {
+    /// Every node, with the pods counted against it.
+    nodes: HashMap<String, NodeInfo>,
+    /// Where each counted pod is (bound or assumed).
+    placed: HashMap<ObjectRef, String>,
+    /// Pods chosen for a node whose binding has not been seen yet.
+    assumed: HashSet<ObjectRef>,
+}
+
+impl Cache {
+    fn set_node(&mut self, node: Arc<Node>) {
+        let name = node.name().to_string();
+        let mut info = NodeInfo::new(node);
+        if let Some(old) = self.nodes.remove(&name) {
+            for pod in old.pods {
+                info.add_pod(pod);
+            }
+        }
+        self.nodes.insert(name, info);
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        // Its pods stay placed: if the node comes back they count again.
+        self.nodes.remove(name);
+    }
+
+    fn place(&mut self, pod: Arc<Pod>, node: &str) {
+        let key = pod.object_ref();
+        if let Some(prev) = self.placed.get(&key) {
+            if prev == node {
+                // Refresh the stored copy (the assumed one becomes bound).
+                if let Some(info) = self.nodes.get_mut(node)
+                    && let Some(slot) = info.pods.iter_mut().find(|p| p.object_ref() == key)
+                {
+                    *slot = pod;
+                }
+                return;
+            }
+            self.unplace(&key);
+        }
+        self.placed.insert(key, node.to_string());
+        if let Some(info) = self.nodes.get_mut(node) {
+            info.add_pod(pod);
+        }
+    }
+
+    fn unplace(&mut self, key: &ObjectRef) {
+        self.assumed.remove(key);
+        let Some(node) = self.placed.remove(key) else {
+            return;
+        };
+        if let Some(info) = self.nodes.get_mut(&node) {
+            let before = std::mem::take(&mut info.pods);
+            let mut rebuilt = NodeInfo::new(Arc::clone(&info.node));
+            for pod in before.into_iter().filter(|p| &p.object_ref() != key) {
+                rebuilt.add_pod(pod);
+            }
+            *info = rebuilt;
+        }
+    }
+
+    /// Rebuilds everything from the informers' stores (after a relist).
+    fn rebuild(&mut self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
+        let assumed: Vec<(ObjectRef, String)> = self
+            .assumed
+            .iter()
+            .filter_map(|k| self.placed.get(k).map(|n| (k.clone(), n.clone())))
+            .collect();
+        let keep: HashMap<ObjectRef, Arc<Pod>> = assumed
+            .iter()
+            .filter_map(|(k, n)| {
+                self.nodes
+                    .get(n)
+                    .and_then(|info| info.pods.iter().find(|p| &p.object_ref() == k).cloned())
+                    .map(|p| (k.clone(), p))
+            })
+            .collect();
+        *self = Cache::default();
+        for node in nodes {
+            self.set_node(Arc::clone(node));
+        }
+        for pod in pods {
+            if let Some(node) = bound_node(pod) {
+                self.place(Arc::clone(pod), node);
+            }
+        }
+        for (key, node) in assumed {
+            if !self.placed.contains_key(&key)
+                && let Some(pod) = keep.get(&key)
+            {
+                self.place(Arc::clone(pod), &node);
+                self.assumed.insert(key);
+            }
+        }
+    }
+}
+
+fn bound_node(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .map(|s| s.node_name.as_str())
+        .filter(|n| !n.is_empty())
+}
+
+fn finished(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.phase == "Succeeded" || s.phase == "Failed")
+}
+
+/// How the scheduler is set up.
+#[derive(Clone)]
+pub struct Settings {
+    /// Pods whose spec.schedulerName is this are ours.
+    pub scheduler_name: String,
+}
+
+/// The scheduler: informers, cache, queue and profile.
+pub struct Scheduler {
+    settings: Settings,
+    profile: Profile,
+    pods: Api<Pod>,
+    events: Api<Event>,
+    pod_informer: Informer<Pod>,
+    node_informer: Informer<Node>,
+    cache: Cache,
+    queue: WorkQueue<ObjectRef>,
+    /// Pods that fit nowhere at their last attempt.
+    unschedulable: HashSet<ObjectRef>,
+    /// Consecutive failed attempts per pod (for backoff).
+    attempts: HashMap<ObjectRef, u32>,
+    /// FailedScheduling event names per pod (updated, not duplicated).
+    failure_events: HashMap<ObjectRef, String>,
+    /// Where filtering starts, rotated so that ties spread.
+    next_start: usize,
+    /// Bind tasks report failures here.
+    outcomes_tx: mpsc::UnboundedSender<Outcome>,
+    /// Taken by `run`.
+    outcomes_rx: Option<mpsc::UnboundedReceiver<Outcome>>,
+}
+
+/// What woke the loop.
+enum Step {
+    Pod(Result<Change<Pod>, tokio::sync::broadcast::error::RecvError>),
+    Node(Result<Change<Node>, tokio::sync::broadcast::error::RecvError>),
+    Outcome(Outcome),
+    Next(ObjectRef),
+    Stop,
+}
+
+// === impl Scheduler ===
+
+impl Scheduler {
+    /// A scheduler talking to the API over `channel`.
+    pub fn new(channel: tonic::transport::Channel, settings: Settings, profile: Profile) -> Self {
+        let pods = Api::<Pod>::new(channel.clone());
+        let nodes = Api::<Node>::new(channel.clone());
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        Self {
+            settings,
+            profile,
+            pod_informer: Informer::start(pods.clone(), Default::default()),
+            node_informer: Informer::start(nodes, Default::default()),
+            pods,
+            events: Api::new(channel),
+            cache: Cache::default(),
+            queue: WorkQueue::new(),
+            unschedulable: HashSet::new(),
+            attempts: HashMap::new(),
+            failure_events: HashMap::new(),
+            next_start: 0,
+            outcomes_tx,
+            outcomes_rx: Some(outcomes_rx),
+        }
+    }
+
+    fn is_ours(&self, pod: &Pod) -> bool {
+        let name = pod.spec.as_ref().map_or("", |s| s.scheduler_name.as_str());
+        (name.is_empty() || name == self.settings.scheduler_name)
+            && bound_node(pod).is_none()
+            && pod
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_none())
+            && !finished(pod)
+    }
+
+    /// Lets every unschedulable pod try again: the cluster changed.
+    fn retry_unschedulable(&mut self) {
+        for key in self.unschedulable.drain() {
+            self.queue.add(key);
+        }
+    }
+
+    fn on_pod(&mut self, change: Change<Pod>) {
+        match change {
+            Change::Applied(pod) => {
+                let key = pod.object_ref();
+                if let Some(node) = bound_node(&pod) {
+                    let node = node.to_string();
+                    self.cache.assumed.remove(&key);
+                    if finished(&pod) {
+                        self.cache.unplace(&key);
+                        self.retry_unschedulable();
+                    } else {
+                        self.cache.place(pod, &node);
+                    }
+                    self.attempts.remove(&key);
+                    self.failure_events.remove(&key);
+                } else if self.is_ours(&pod) && !self.unschedulable.contains(&key) {
+                    self.queue.add(key);
+                }
+            }
+            Change::Deleted(pod) => {
+                let key = pod.object_ref();
+                self.cache.unplace(&key);
+                self.unschedulable.remove(&key);
+                self.attempts.remove(&key);
+                self.failure_events.remove(&key);
+                self.retry_unschedulable();
+            }
+        }
+    }
+
+    fn on_node(&mut self, change: Change<Node>) {
+        match change {
+            Change::Applied(node) => self.cache.set_node(node),
+            Change::Deleted(node) => self.cache.remove_node(node.name()),
+        }
+        self.retry_unschedulable();
+    }
+
+    /// Runs until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut pod_changes = self.pod_informer.subscribe();
+        let mut node_changes = self.node_informer.subscribe();
+        tokio::select! {
+            () = async {
+                self.pod_informer.store.wait_synced().await;
+                self.node_informer.store.wait_synced().await;
+            } => {}
+            () = &mut shutdown => return,
+        }
+        self.resync();
+        tracing::info!(
+            nodes = self.cache.nodes.len(),
+            pending = self.queue.len(),
+            "scheduler caches synced"
+        );
+        let Some(mut outcomes) = self.outcomes_rx.take() else {
+            return;
+        };
+        let queue = self.queue.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = &mut shutdown => Step::Stop,
+                change = pod_changes.recv() => Step::Pod(change),
+                change = node_changes.recv() => Step::Node(change),
+                Some(outcome) = outcomes.recv() => Step::Outcome(outcome),
+                Some(key) = queue.next() => Step::Next(key),
+            };
+            use tokio::sync::broadcast::error::RecvError;
+            match step {
+                Step::Stop
+                | Step::Pod(Err(RecvError::Closed))
+                | Step::Node(Err(RecvError::Closed)) => return,
+                Step::Pod(Err(RecvError::Lagged(_))) | Step::Node(Err(RecvError::Lagged(_))) => {
+                    self.resync();
+                }
+                Step::Pod(Ok(change)) => self.on_pod(change),
+                Step::Node(Ok(change)) => self.on_node(change),
+                Step::Outcome(outcome) => self.on_outcome(outcome),
+                Step::Next(key) => {
+                    self.schedule_one(&key).await;
+                    queue.done(&key);
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the cache and the queue from the informers' stores.
+    fn resync(&mut self) {
+        let nodes = self.node_informer.store.list();
+        let pods = self.pod_informer.store.list();
+        self.cache.rebuild(&nodes, &pods);
+        for pod in &pods {
+            if self.is_ours(pod) && !self.cache.assumed.contains(&pod.object_ref()) {
+                self.queue.add(pod.object_ref());
+            }
+        }
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::BindFailed(key, status) => {
+                tracing::warn!(pod = %key, %status, "binding failed; retrying");
+                self.cache.unplace(&key);
+                self.backoff(&key);
+            }
+        }
+    }
+
+    fn backoff(&mut self, key: &ObjectRef) {
+        let n = self.attempts.entry(key.clone()).or_insert(0);
+        *n += 1;
+        let delay = INITIAL_BACKOFF
+            .saturating_mul(1 << (*n - 1).min(8))
+            .min(MAX_BACKOFF);
+        self.queue.add_after(key.clone(), delay);
+    }
+
+    /// Decides where one pod goes, assumes it there and binds it in the
+    /// background.
+    async fn schedule_one(&mut self, key: &ObjectRef) {
+        let Some(pod) = self.pod_informer.store.get(&key.namespace, &key.name) else {
+            return;
+        };
+        if !self.is_ours(&pod) || self.cache.assumed.contains(key) {
+            return;
+        }
+        match self.pick(&pod) {
+            Ok(node) => {
+                self.unschedulable.remove(key);
+                self.cache.place(Arc::clone(&pod), &node);
+                self.cache.assumed.insert(key.clone());
+                let binding = Binding {
+                    metadata: Some(ObjectMeta {
+                        name: key.name.clone(),
+                        namespace: key.namespace.clone(),
+                        uid: pod
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.uid.clone())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                    target: Some(ObjectReference {
+                        kind: "Node".into(),
+                        name: node,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let api = self.pods.clone();
+                let outcomes = self.outcomes_tx.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    if let Err(status) = api.bind(binding).await {
+                        let _ = outcomes.send(Outcome::BindFailed(key, status));
+                    }
+                });
+            }
+            Err(message) => {
+                tracing::debug!(pod = %key, %message, "unschedulable");
+                self.unschedulable.insert(key.clone());
+                self.backoff(key);
+                self.report_unschedulable(&pod, &message).await;
+            }
+        }
+    }
+
+    /// The best node for `pod`, or the FailedScheduling message.
+    fn pick(&mut self, pod: &Pod) -> Result<String, String> {
+        let total = self.cache.nodes.len();
+        if total == 0 {
+            return Err("0/0 nodes are available: no nodes registered.".into());
+        }
+        let enough = MIN_FEASIBLE.max(total * FEASIBLE_PERCENT / 100);
+        let mut names: Vec<&String> = self.cache.nodes.keys().collect();
+        names.sort_unstable();
+        let start = self.next_start % total;
+        let mut feasible: Vec<&NodeInfo> = Vec::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut examined = 0;
+        for i in 0..total {
+            let info = &self.cache.nodes[names[(start + i) % total]];
+            examined += 1;
+            match self.profile.filter(pod, info) {
+                Ok(()) => {
+                    feasible.push(info);
+                    if feasible.len() >= enough {
+                        break;
+                    }
+                }
+                Err(reason) => *reasons.entry(reason).or_insert(0) += 1,
+            }
+        }
+        self.next_start = (start + examined) % total;
+        if feasible.is_empty() {
+            let mut parts: Vec<(usize, String)> =
+                reasons.into_iter().map(|(r, n)| (n, r)).collect();
+            parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let detail: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {r}")).collect();
+            return Err(format!(
+                "0/{total} nodes are available: {}.",
+                detail.join(", ")
+            ));
+        }
+        let scores = self.profile.score(pod, &feasible);
+        let best = scores
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
+            .map_or(0, |(i, _)| i);
+        Ok(feasible[best].name().to_string())
+    }
+
+    /// Records why a pod waits: the PodScheduled=False condition (if it
+    /// changed) and a FailedScheduling event (counted, not duplicated).
+    async fn report_unschedulable(&mut self, pod: &Pod, message: &str) {
+        let key = pod.object_ref();
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "PodScheduled"));
+        if current.is_none_or(|c| c.status != "False" || c.message != message) {
+            let mut updated = pod.clone();
+            let status = updated.status.get_or_insert_with(PodStatus::default);
+            status.conditions.retain(|c| c.r#type != "PodScheduled");
+            status.conditions.push(PodCondition {
+                r#type: "PodScheduled".into(),
+                status: "False".into(),
+                reason: "Unschedulable".into(),
+                message: message.to_string(),
+                last_transition_time: Some(now()),
+                ..Default::default()
+            });
+            if let Err(status) = self.pods.update_status(updated).await {
+                tracing::debug!(pod = %key, %status, "recording PodScheduled=False");
+            }
+        }
+        self.record_event(pod, message).await;
+    }
+
+    async fn record_event(&mut self, pod: &Pod, message: &str) {
+        let key = pod.object_ref();
+        let now = now();
+        if let Some(name) = self.failure_events.get(&key)
+            && let Ok(mut event) = self.events.get(&key.namespace, name).await
+        {
+            event.count += 1;
+            event.message = message.to_string();
+            event.last_timestamp = Some(now);
+            if self.events.update(event).await.is_ok() {
+                return;
+            }
+        }
+        let meta = pod.metadata.clone().unwrap_or_default();
+        let name = format!(
+            "{}.{}",
+            key.name,
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
+        let event = Event {
+            metadata: Some(ObjectMeta {
+                name: name.clone(),
+                namespace: key.namespace.clone(),
+                ..Default::default()
+            }),
+            involved_object: Some(ObjectReference {
+                kind: "Pod".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                uid: meta.uid,
+                api_version: "v1".into(),
+                resource_version: meta.resource_version,
+                ..Default::default()
+            }),
+            reason: "FailedScheduling".into(),
+            message: message.to_string(),
+            source: Some(EventSource {
+                component: self.settings.scheduler_name.clone(),
+                ..Default::default()
+            }),
+            first_timestamp: Some(now),
+            last_timestamp: Some(now),
+            count: 1,
+            r#type: "Warning".into(),
+            reporting_component: self.settings.scheduler_name.clone(),
+            ..Default::default()
+        };
+        match self.events.create(event).await {
+            Ok(_) => {
+                self.failure_events.insert(key, name);
+            }
+            Err(status) => tracing::debug!(pod = %key, %status, "recording FailedScheduling"),
+        }
+    }
+}
+
+/// Now, at second precision (Kubernetes timestamps).
+fn now() -> skiff::wkt::Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    skiff::wkt::Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::{node, pod};
+
+    #[test]
+    fn assumed_pods_count_until_unplaced() {
+        let mut cache = Cache::default();
+        cache.set_node(Arc::new(node("a", "2", "4Gi")));
+        let p = Arc::new(pod("p", "1", "1Gi"));
+        cache.place(Arc::clone(&p), "a");
+        cache.assumed.insert(p.object_ref());
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
+        // The node changes (a status update): its pods stay counted.
+        cache.set_node(Arc::new(node("a", "4", "8Gi")));
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 1000);
+        cache.unplace(&p.object_ref());
+        assert_eq!(cache.nodes["a"].requested.milli_cpu, 0);
+        assert!(cache.assumed.is_empty());
+    }
+}

@@ -1,0 +1,251 @@
+//! The scheduler end to end: real `skiff scheduler` processes against an
+//! in-process API server; nodes are registered through the API as an
+//! agent would.
+
+use std::time::{Duration, Instant};
+
+use skiff::pb::api::v1::ListRequest;
+use skiff::pb::coordination::v1::Lease;
+use skiff::pb::core::v1::{
+    Container, Event, Node, NodeCondition, NodeStatus, Pod, PodSpec, ResourceRequirements,
+};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff_apiserver::StoreConfig;
+use skiff_client::Api;
+
+struct Env {
+    server: skiff_apiserver::ApiServer,
+    url: String,
+    nodes: Api<Node>,
+    pods: Api<Pod>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let channel = skiff_client::connect_lazy(&url).unwrap();
+    Env {
+        server,
+        url,
+        nodes: Api::new(channel.clone()),
+        pods: Api::new(channel),
+        _dir: dir,
+    }
+}
+
+/// Registers a Ready node with `cpu` and `memory` allocatable.
+async fn add_node(env: &Env, name: &str, cpu: &str, labels: &[(&str, &str)]) {
+    let node = env
+        .nodes
+        .create(Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut node = node;
+    node.status = Some(NodeStatus {
+        allocatable: [("cpu", cpu), ("memory", "8Gi"), ("pods", "110")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        conditions: vec![NodeCondition {
+            r#type: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    env.nodes.update_status(node).await.unwrap();
+}
+
+fn pod(name: &str, cpu: &str) -> Pod {
+    Pod {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "c".into(),
+                image: "busybox:1.36".into(),
+                resources: Some(ResourceRequirements {
+                    requests: [("cpu".to_string(), cpu.to_string())].into_iter().collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn node_of(env: &Env, name: &str) -> String {
+    let p = env.pods.get("default", name).await.unwrap();
+    p.spec.map(|s| s.node_name).unwrap_or_default()
+}
+
+async fn wait_bound(env: &Env, name: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let node = node_of(env, name).await;
+        if !node.is_empty() {
+            return node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {name} was not bound within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn failed_scheduling(env: &Env, pod: &str) -> Option<Event> {
+    let events = Api::<Event>::new(skiff_client::connect_lazy(&env.url).unwrap());
+    let list = events
+        .list(ListRequest {
+            namespace: "default".into(),
+            field_selector: format!("involvedObject.name={pod},reason=FailedScheduling"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    list.items.into_iter().next()
+}
+
+async fn wait_failed_scheduling(env: &Env, pod: &str) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(e) = failed_scheduling(env, pod).await {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no FailedScheduling event for {pod}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_land_only_on_nodes_where_they_fit() {
+    let env = env().await;
+    add_node(&env, "big", "4", &[]).await;
+    add_node(&env, "small", "1", &[]).await;
+    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    env.pods.create(pod("p3", "3")).await.unwrap();
+    assert_eq!(wait_bound(&env, "p3", Duration::from_secs(20)).await, "big");
+    env.pods.create(pod("p1", "1")).await.unwrap();
+    wait_bound(&env, "p1", Duration::from_secs(20)).await;
+    // 3 + 1 + 1 of 5 CPUs are gone: 2 more fit nowhere.
+    env.pods.create(pod("p2", "2")).await.unwrap();
+    let event = wait_failed_scheduling(&env, "p2").await;
+    assert!(
+        event.message.starts_with("0/2 nodes are available"),
+        "{}",
+        event.message
+    );
+    assert!(
+        event.message.contains("Insufficient cpu"),
+        "{}",
+        event.message
+    );
+    assert_eq!(event.r#type, "Warning");
+    let pending = env.pods.get("default", "p2").await.unwrap();
+    assert_eq!(node_of(&env, "p2").await, "");
+    let cond = pending
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "PodScheduled")
+        .expect("PodScheduled condition");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "Unschedulable")
+    );
+    // A new node with room: the pod binds promptly.
+    add_node(&env, "extra", "2", &[]).await;
+    assert_eq!(
+        wait_bound(&env, "p2", Duration::from_secs(20)).await,
+        "extra"
+    );
+    drop(env.server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_selector_waits_for_a_matching_node() {
+    let env = env().await;
+    add_node(&env, "hdd-1", "4", &[("disk", "hdd")]).await;
+    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    let mut p = pod("db", "100m");
+    p.spec
+        .as_mut()
+        .unwrap()
+        .node_selector
+        .insert("disk".into(), "ssd".into());
+    env.pods.create(p).await.unwrap();
+    let event = wait_failed_scheduling(&env, "db").await;
+    assert!(
+        event
+            .message
+            .contains("1 node(s) didn't match Pod's node affinity/selector"),
+        "{}",
+        event.message
+    );
+    add_node(&env, "ssd-1", "4", &[("disk", "ssd")]).await;
+    assert_eq!(
+        wait_bound(&env, "db", Duration::from_secs(20)).await,
+        "ssd-1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
+    let env = env().await;
+    add_node(&env, "n1", "8", &[]).await;
+    let mut a = skiff_e2e::SchedulerProcess::start(&env.url, "sched-a", 2).unwrap();
+    let mut b = skiff_e2e::SchedulerProcess::start(&env.url, "sched-b", 2).unwrap();
+    env.pods.create(pod("first", "100m")).await.unwrap();
+    wait_bound(&env, "first", Duration::from_secs(20)).await;
+    let leases = Api::<Lease>::new(skiff_client::connect_lazy(&env.url).unwrap());
+    let lease = leases
+        .get("kube-system", "default-scheduler")
+        .await
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap_or_default();
+    assert!(
+        holder == "sched-a" || holder == "sched-b",
+        "holder {holder:?}"
+    );
+    let (leader, follower) = if holder == a.identity {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    leader.process.kill9();
+    env.pods.create(pod("second", "100m")).await.unwrap();
+    // The lease (2 s) must expire before the other takes over.
+    wait_bound(&env, "second", Duration::from_secs(20)).await;
+    let lease = leases
+        .get("kube-system", "default-scheduler")
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some(follower.identity.as_str())
+    );
+}
