@@ -297,3 +297,21 @@ impl SchedulerProcess {
         })
     }
 }
+
+/// `skiff hollow-nodes` running as a real process.
+///
+/// # Errors
+/// When the binary is missing.
+pub fn hollow_nodes(server_url: &str, count: usize) -> anyhow::Result<ChildGuard> {
+    let child = Command::new(skiff_binary()?)
+        .arg("hollow-nodes")
+        .args(["--server", server_url])
+        .arg(format!("--count={count}"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting skiff hollow-nodes")?;
+    Ok(ChildGuard::new(child))
+}

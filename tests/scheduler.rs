@@ -249,3 +249,55 @@ async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
         Some(follower.identity.as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hollow_nodes_register_renew_and_run_their_pods() {
+    let env = env().await;
+    let _hollow = skiff_e2e::hollow_nodes(&env.url, 20).unwrap();
+    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    for i in 0..50 {
+        env.pods
+            .create(pod(&format!("w{i}"), "100m"))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        let list = env.pods.list(ListRequest::default()).await.unwrap();
+        let running: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
+            .collect();
+        if running.len() == 50 {
+            break running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 50 pods Running",
+            running.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let used: std::collections::HashSet<String> = running
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone())
+        .collect();
+    assert!(
+        used.len() >= 10,
+        "50 pods spread over only {} of 20 nodes",
+        used.len()
+    );
+    assert!(used.iter().all(|n| n.starts_with("hollow-node-")));
+    let nodes = env.nodes.list(ListRequest::default()).await.unwrap();
+    assert_eq!(nodes.items.len(), 20);
+    let leases = Api::<Lease>::new(skiff_client::connect_lazy(&env.url).unwrap());
+    let list = leases
+        .list(ListRequest {
+            namespace: "kube-node-lease".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list.items.len(), 20, "one lease per node");
+}

@@ -30,6 +30,27 @@ enum Command {
     Up(UpArgs),
     /// Run the scheduler in the foreground.
     Scheduler(SchedulerArgs),
+    /// Run simulated (hollow) nodes in one process, for scale tests.
+    HollowNodes(HollowArgs),
+}
+
+#[derive(clap::Args)]
+struct HollowArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    server: String,
+    /// How many nodes.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Node names are this plus an index.
+    #[arg(long, default_value = "hollow-node-")]
+    prefix: String,
+    /// Each node's CPU capacity.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Each node's memory capacity.
+    #[arg(long, default_value = "16Gi")]
+    memory: String,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +173,15 @@ async fn main() -> anyhow::Result<()> {
             skiff_scheduler::run(config, shutdown_signal())
                 .await
                 .context("running the scheduler")?;
+        }
+        Command::HollowNodes(args) => {
+            let mut config = skiff_agent::hollow::Config::new(&args.server, args.count);
+            config.prefix = args.prefix;
+            config.cpu = args.cpu;
+            config.memory = args.memory;
+            skiff_agent::hollow::run(config, shutdown_signal())
+                .await
+                .context("running hollow nodes")?;
         }
         Command::Up(args) => {
             let data_dir = match args.data_dir {
