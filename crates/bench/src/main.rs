@@ -8,6 +8,10 @@
 //! - `watch`: 1,000 watchers of one kind; p50/p99 delivery latency of a
 //!   change to every watcher.
 //!
+//! - `schedule`: hollow nodes and the scheduler: pods bound per second and
+//!   create→bound latency, beside the API's raw create rate measured in
+//!   the same run (a bind is one more write per pod).
+//!
 //! Each prints a table and, as its last line, one JSON object of figures.
 //! Runs are bounded in time and count and stop by themselves.
 
@@ -53,6 +57,18 @@ enum Command {
         /// Skip the API-on-etcd measurement (raw etcd is always measured).
         #[arg(long)]
         no_etcd_api: bool,
+    },
+    /// Scheduling throughput and latency on hollow nodes.
+    Schedule {
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pods to create and schedule.
+        #[arg(long, default_value_t = 10000)]
+        pods: usize,
+        /// Concurrent creating clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Watch fan-out: delivery latency of changes to many watchers.
     Watch {
@@ -455,6 +471,190 @@ async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates `count` pods in `namespace` from `concurrency` clients; returns
+/// each pod's acknowledgement time and the elapsed time.
+async fn create_pods(
+    api: &skiff_client::Api<Pod>,
+    namespace: &str,
+    scheduler_name: &str,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(std::collections::HashMap<String, Instant>, Duration)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (api, next) = (api.clone(), Arc::clone(&next));
+        let (namespace, scheduler_name) = (namespace.to_string(), scheduler_name.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(acked);
+                }
+                let name = format!("pod-{i}");
+                let mut pod = bench_pod(name.clone());
+                let meta = pod.metadata.get_or_insert_with(Default::default);
+                meta.namespace.clone_from(&namespace);
+                if let Some(spec) = pod.spec.as_mut() {
+                    spec.scheduler_name.clone_from(&scheduler_name);
+                    // Small requests: 10,000 pods fit on 1,000 nodes.
+                    spec.containers[0].resources = Some(ResourceRequirements {
+                        requests: [("cpu".to_string(), "100m".to_string())]
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    });
+                }
+                api.create(pod).await.context("create")?;
+                acked.push((name, Instant::now()));
+            }
+        }));
+    }
+    let mut all = std::collections::HashMap::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow::Result<()> {
+    use skiff::pb::core::v1::{Namespace, Node};
+    let dir = tempfile::tempdir()?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("schedule.redb"))).await?;
+    let url = format!("http://{}", server.addr);
+    let channel = skiff_client::connect_lazy(&url)?;
+    let pod_api = skiff_client::Api::<Pod>::new(channel.clone());
+    let ns_api = skiff_client::Api::<Namespace>::new(channel.clone());
+    for ns in ["bench-raw", "bench"] {
+        let mut n = Namespace::default();
+        n.metadata.get_or_insert_with(Default::default).name = ns.into();
+        ns_api.create(n).await?;
+    }
+
+    eprintln!("registering {nodes} hollow nodes...");
+    let started = Instant::now();
+    let hollow = tokio::spawn(skiff_agent::hollow::run(
+        skiff_agent::hollow::Config::new(&url, nodes),
+        std::future::pending(),
+    ));
+    let node_api = skiff_client::Api::<Node>::new(channel.clone());
+    loop {
+        let list = node_api.list(Default::default()).await?;
+        if list.items.len() >= nodes {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "hollow nodes did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let registration = started.elapsed();
+
+    eprintln!("raw API creates ({pods} pods no scheduler takes)...");
+    let (_, raw_elapsed) =
+        create_pods(&pod_api, "bench-raw", "bench-none", pods, concurrency).await?;
+    let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
+
+    let mut config = skiff_scheduler::Config::new(&url);
+    config.leader_elect = false;
+    let scheduler = tokio::spawn(skiff_scheduler::run(config, std::future::pending()));
+    // Bound pods of the measured namespace, as they are seen.
+    let mut bound_watch = pod_api
+        .watch(WatchRequest {
+            namespace: "bench".into(),
+            field_selector: "spec.nodeName!=".into(),
+            resource_version: "0".into(),
+            ..Default::default()
+        })
+        .await?;
+    let (bound_tx, mut bound_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let collector = tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(Ok(event)) = bound_watch.next().await {
+            if let Some(pod) = event.object {
+                let name = pod.metadata.map(|m| m.name).unwrap_or_default();
+                if seen.insert(name.clone()) {
+                    let _ = bound_tx.send((name, Instant::now()));
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    eprintln!("scheduling {pods} pods on {nodes} nodes...");
+    let first_create = Instant::now();
+    let (acked, create_elapsed) = create_pods(&pod_api, "bench", "", pods, concurrency).await?;
+    let mut bound = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while bound.len() < pods {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, bound_rx.recv()).await {
+            Ok(Some((name, at))) => {
+                bound.insert(name, at);
+            }
+            _ => anyhow::bail!("only {} of {pods} pods bound within 300 s", bound.len()),
+        }
+    }
+    let last_bound = bound.values().max().copied().unwrap_or(first_create);
+    let bind_rate = pods as f64 / last_bound.duration_since(first_create).as_secs_f64();
+    let mut latencies: Vec<Duration> = bound
+        .iter()
+        .filter_map(|(name, at)| acked.get(name).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    latencies.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    collector.abort();
+    scheduler.abort();
+    hollow.abort();
+    server.stop().await?;
+
+    println!("{:<44} {:>12}", "measure", "value");
+    println!(
+        "{:<44} {:>12.1}",
+        "hollow node registration (s)",
+        registration.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "raw API pod creates/s (no scheduling)", raw_rate
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "pod creates/s while scheduling",
+        pods as f64 / create_elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "pods bound/s (first create to last bind)", bind_rate
+    );
+    println!(
+        "{:<44} {:>12.2}",
+        "bound/s vs raw creates/s",
+        bind_rate / raw_rate
+    );
+    println!("{:<44} {:>12.1}", "create→bound p50 (ms)", p50);
+    println!("{:<44} {:>12.1}", "create→bound p99 (ms)", p99);
+    println!(
+        "{}",
+        json!({
+            "bench": "schedule",
+            "nodes": nodes,
+            "pods": pods,
+            "concurrency": concurrency,
+            "registration_secs": registration.as_secs_f64(),
+            "raw_creates_per_sec": raw_rate,
+            "pods_bound_per_sec": bind_rate,
+            "ratio_bound_vs_raw_creates": bind_rate / raw_rate,
+            "create_to_bound_p50_ms": p50,
+            "create_to_bound_p99_ms": p99,
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -465,5 +665,10 @@ async fn main() -> anyhow::Result<()> {
             no_etcd_api,
         } => bench_api(seconds, concurrency, !no_etcd_api).await,
         Command::Watch { watchers, changes } => bench_watch(watchers, changes).await,
+        Command::Schedule {
+            nodes,
+            pods,
+            concurrency,
+        } => bench_schedule(nodes, pods, concurrency).await,
     }
 }
