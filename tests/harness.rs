@@ -167,6 +167,12 @@ pub fn target_dir() -> PathBuf {
 /// When it has not been built (`cargo build --bins` first; `scripts/test`
 /// does).
 pub fn skiff_binary() -> anyhow::Result<PathBuf> {
+    // Beside a binary (skiff-bench), or one level up from a test binary.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let beside = exe.parent().map(|d| d.join("skiff")).unwrap_or_default();
+    if beside.is_file() {
+        return Ok(beside);
+    }
     let bin = target_dir().join("skiff");
     if bin.is_file() {
         Ok(bin)
@@ -267,6 +273,14 @@ pub fn grpcurl_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Resident memory of a process, in bytes (Linux `VmRSS`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// `skiff scheduler` running as a real process.
 pub struct SchedulerProcess {
     /// The process (kill9 to crash it).
@@ -281,10 +295,24 @@ impl SchedulerProcess {
     /// # Errors
     /// When the binary is missing.
     pub fn start(server_url: &str, identity: &str, lease_secs: u64) -> anyhow::Result<Self> {
+        Self::start_with(server_url, identity, lease_secs, true)
+    }
+
+    /// As [`SchedulerProcess::start`], choosing whether to elect a leader.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start_with(
+        server_url: &str,
+        identity: &str,
+        lease_secs: u64,
+        leader_elect: bool,
+    ) -> anyhow::Result<Self> {
         let child = Command::new(skiff_binary()?)
             .arg("scheduler")
             .args(["--server", server_url, "--identity", identity])
             .arg(format!("--lease-duration-secs={lease_secs}"))
+            .arg(format!("--leader-elect={leader_elect}"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -521,9 +521,12 @@ async fn create_pods(
 
 async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow::Result<()> {
     use skiff::pb::core::v1::{Namespace, Node};
+    // Each part as its own process, as deployed, so that each one's
+    // memory can be read.
     let dir = tempfile::tempdir()?;
-    let server = start_server(StoreConfig::Embedded(dir.path().join("schedule.redb"))).await?;
-    let url = format!("http://{}", server.addr);
+    let server =
+        skiff_e2e::ServerProcess::start(&["--data-dir".into(), dir.path().display().to_string()])?;
+    let url = server.url();
     let channel = skiff_client::connect_lazy(&url)?;
     let pod_api = skiff_client::Api::<Pod>::new(channel.clone());
     let ns_api = skiff_client::Api::<Namespace>::new(channel.clone());
@@ -535,10 +538,7 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
 
     eprintln!("registering {nodes} hollow nodes...");
     let started = Instant::now();
-    let hollow = tokio::spawn(skiff_agent::hollow::run(
-        skiff_agent::hollow::Config::new(&url, nodes),
-        std::future::pending(),
-    ));
+    let hollow = skiff_e2e::hollow_nodes(&url, nodes)?;
     let node_api = skiff_client::Api::<Node>::new(channel.clone());
     loop {
         let list = node_api.list(Default::default()).await?;
@@ -558,9 +558,7 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
         create_pods(&pod_api, "bench-raw", "bench-none", pods, concurrency).await?;
     let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
 
-    let mut config = skiff_scheduler::Config::new(&url);
-    config.leader_elect = false;
-    let scheduler = tokio::spawn(skiff_scheduler::run(config, std::future::pending()));
+    let scheduler = skiff_e2e::SchedulerProcess::start_with(&url, "bench", 15, false)?;
     // Bound pods of the measured namespace, as they are seen.
     let mut bound_watch = pod_api
         .watch(WatchRequest {
@@ -607,9 +605,13 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
     latencies.sort();
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     collector.abort();
-    scheduler.abort();
-    hollow.abort();
-    server.stop().await?;
+    let mib = |pid: u32| skiff_e2e::rss_bytes(pid).map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
+    let (server_rss, scheduler_rss, hollow_rss) = (
+        mib(server.process.pid()),
+        mib(scheduler.process.pid()),
+        mib(hollow.pid()),
+    );
+    drop((scheduler, hollow, server));
 
     println!("{:<44} {:>12}", "measure", "value");
     println!(
@@ -637,6 +639,12 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
     );
     println!("{:<44} {:>12.1}", "create→bound p50 (ms)", p50);
     println!("{:<44} {:>12.1}", "create→bound p99 (ms)", p99);
+    println!("{:<44} {:>12.1}", "API server RSS (MiB)", server_rss);
+    println!("{:<44} {:>12.1}", "scheduler RSS (MiB)", scheduler_rss);
+    println!(
+        "{:<44} {:>12.1}",
+        "hollow nodes process RSS (MiB)", hollow_rss
+    );
     println!(
         "{}",
         json!({
@@ -650,6 +658,9 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
             "ratio_bound_vs_raw_creates": bind_rate / raw_rate,
             "create_to_bound_p50_ms": p50,
             "create_to_bound_p99_ms": p99,
+            "apiserver_rss_mib": server_rss,
+            "scheduler_rss_mib": scheduler_rss,
+            "hollow_nodes_rss_mib": hollow_rss,
         })
     );
     Ok(())

@@ -42,18 +42,24 @@ impl<K: Resource> Informer<K> {
         let notify = changes.clone();
         let mut events = watcher::watch(api, params);
         let task = tokio::spawn(async move {
+            // One allocation per object, shared by the cache and every
+            // subscriber.
             while let Some(event) = events.recv().await {
-                writer.apply(&event);
                 match event {
                     Event::Restarted(items) => {
+                        let items: Vec<Arc<K>> = items.into_iter().map(Arc::new).collect();
+                        writer.replace(items.clone());
                         for obj in items {
-                            let _ = notify.send(Change::Applied(Arc::new(obj)));
+                            let _ = notify.send(Change::Applied(obj));
                         }
                     }
                     Event::Applied(obj) => {
-                        let _ = notify.send(Change::Applied(Arc::new(obj)));
+                        let obj = Arc::new(obj);
+                        writer.insert(Arc::clone(&obj));
+                        let _ = notify.send(Change::Applied(obj));
                     }
                     Event::Deleted(obj) => {
+                        writer.remove(&obj.object_ref());
                         let _ = notify.send(Change::Deleted(Arc::new(obj)));
                     }
                 }

@@ -52,23 +52,35 @@ impl<K: Resource> Writer<K> {
     /// Applies one watcher event. The first `Restarted` marks the cache
     /// synced.
     pub fn apply(&self, event: &Event<K>) {
-        let Ok(mut objects) = self.objects.write() else {
-            return;
-        };
         match event {
-            Event::Restarted(items) => {
-                objects.clear();
-                for obj in items {
-                    objects.insert(obj.object_ref(), Arc::new(obj.clone()));
-                }
-                let _ = self.synced.send(true);
+            Event::Restarted(items) => self.replace(items.iter().cloned().map(Arc::new).collect()),
+            Event::Applied(obj) => self.insert(Arc::new(obj.clone())),
+            Event::Deleted(obj) => self.remove(&obj.object_ref()),
+        }
+    }
+
+    /// Replaces the whole content (a relist) and marks the cache synced.
+    pub fn replace(&self, items: Vec<Arc<K>>) {
+        if let Ok(mut objects) = self.objects.write() {
+            objects.clear();
+            for obj in items {
+                objects.insert(obj.object_ref(), obj);
             }
-            Event::Applied(obj) => {
-                objects.insert(obj.object_ref(), Arc::new(obj.clone()));
-            }
-            Event::Deleted(obj) => {
-                objects.remove(&obj.object_ref());
-            }
+        }
+        let _ = self.synced.send(true);
+    }
+
+    /// Adds or replaces one object.
+    pub fn insert(&self, obj: Arc<K>) {
+        if let Ok(mut objects) = self.objects.write() {
+            objects.insert(obj.object_ref(), obj);
+        }
+    }
+
+    /// Removes one object.
+    pub fn remove(&self, key: &ObjectRef) {
+        if let Ok(mut objects) = self.objects.write() {
+            objects.remove(key);
         }
     }
 }

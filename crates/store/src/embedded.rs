@@ -32,6 +32,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 
+/// redb's page cache. Its default (1 GiB) lets a busy server's memory grow
+/// far past its working set; the kernel's page cache backs misses.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Committed batches kept for live watchers; a watcher that falls further
@@ -166,7 +169,10 @@ impl EmbeddedStore {
     /// When the file cannot be opened or is not a Skiff store (for instance
     /// because another process holds it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let db = Database::create(path.as_ref()).map_err(emb)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path.as_ref())
+            .map_err(emb)?;
         let txn = db.begin_write().map_err(emb)?;
         {
             txn.open_table(KV).map_err(emb)?;

@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::strategy::Strategy;
 
 /// Changes kept per kind for watchers that resume from a recent revision.
-const WINDOW: usize = 16 * 1024;
+const WINDOW: usize = 4 * 1024;
 /// Changes buffered per live watcher before it is cut off as too slow.
 const FANOUT_BUFFER: usize = 8 * 1024;
 
