@@ -170,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
                 config.profile =
                     skiff_scheduler::Profile::load(path).context("loading the profile")?;
             }
-            skiff_scheduler::run(config, shutdown_signal())
+            skiff_scheduler::run_supervised(config, shutdown_signal())
                 .await
                 .context("running the scheduler")?;
         }
@@ -198,9 +198,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the API server")?;
             let scheduler_config = skiff_scheduler::Config::new(&format!("http://{}", server.addr));
+            let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
             let scheduler = tokio::spawn(async move {
-                if let Err(e) = skiff_scheduler::run(scheduler_config, std::future::pending()).await
-                {
+                let stopped = async {
+                    let _ = scheduler_stopped.await;
+                };
+                if let Err(e) = skiff_scheduler::run_supervised(scheduler_config, stopped).await {
                     tracing::error!(error = %e, "scheduler stopped");
                 }
             });
@@ -209,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
                 "  API server:  {} (gRPC; reflection and health on)",
                 server.addr
             );
+            println!("  scheduler:   running (binds pending pods to Ready nodes)");
             println!("  state:       {}", data_dir.display());
             println!("Try:");
             println!("  grpcurl -plaintext {} list", server.addr);
@@ -219,7 +223,8 @@ async fn main() -> anyhow::Result<()> {
             println!("Press Ctrl-C to stop.");
             shutdown_signal().await;
             tracing::info!("shutting down");
-            scheduler.abort();
+            let _ = stop_scheduler.send(());
+            let _ = scheduler.await;
             server.stop().await.context("stopping the API server")?;
         }
     }

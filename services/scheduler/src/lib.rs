@@ -75,6 +75,9 @@ pub enum Error {
     /// The server address is malformed.
     #[error("API server address {0:?}: {1}")]
     Address(String, #[source] tonic::transport::Error),
+    /// The actor system's thread could not start.
+    #[error("starting the scheduler actor: {0}")]
+    Thread(String),
 }
 
 /// Runs the scheduler until `shutdown` resolves: while leading (or always,
@@ -162,6 +165,46 @@ impl Actor for SchedulerActor {
             }),
         );
     }
+}
+
+/// Runs the scheduler as a supervised actor in its own actor system until
+/// `shutdown` resolves (the `skiff scheduler` command).
+///
+/// # Errors
+/// A bad profile or server address (checked before starting).
+pub async fn run_supervised(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    Profile::build(&config.profile)?;
+    skiff_client::connect_lazy(&config.server)
+        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("skiff-scheduler".into())
+        .spawn(move || {
+            // The actor lives on the system's thread; what it spawns (informers,
+            // bindings) runs on a multi-threaded runtime.
+            let system = actix::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building the scheduler runtime")
+            });
+            system.block_on(async move {
+                actix::Supervisor::start(move |_| SchedulerActor::new(config));
+                let _ = tx.send(actix::System::current());
+            });
+            let _ = system.run();
+        })
+        .map_err(|e| Error::Thread(e.to_string()))?;
+    let system = rx
+        .await
+        .map_err(|_| Error::Thread("the actor system did not start".into()))?;
+    shutdown.await;
+    system.stop();
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    Ok(())
 }
 
 impl Supervised for SchedulerActor {
