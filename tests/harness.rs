@@ -343,3 +343,22 @@ pub fn hollow_nodes(server_url: &str, count: usize) -> anyhow::Result<ChildGuard
         .context("starting skiff hollow-nodes")?;
     Ok(ChildGuard::new(child))
 }
+
+/// `skiff controller-manager` running as a real process, with extra
+/// environment (e.g. the panic test hook).
+///
+/// # Errors
+/// When the binary is missing.
+pub fn controller_manager(server_url: &str, env: &[(&str, &str)]) -> anyhow::Result<ChildGuard> {
+    let child = Command::new(skiff_binary()?)
+        .arg("controller-manager")
+        .args(["--server", server_url, "--lease-duration-secs=2"])
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting skiff controller-manager")?;
+    Ok(ChildGuard::new(child))
+}

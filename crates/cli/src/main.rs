@@ -32,6 +32,24 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Run simulated (hollow) nodes in one process, for scale tests.
     HollowNodes(HollowArgs),
+    /// Run the controller manager in the foreground.
+    ControllerManager(ControllerArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    server: String,
+    /// Reconcile workers per controller.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Take part in leader election (so several managers can run).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Seconds a leader's lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +192,15 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("running the scheduler")?;
         }
+        Command::ControllerManager(args) => {
+            let mut config = skiff_controllers::Config::new(&args.server);
+            config.workers = args.workers;
+            config.leader_elect = args.leader_elect;
+            config.lease_duration = std::time::Duration::from_secs(args.lease_duration_secs.max(1));
+            skiff_controllers::run(config, shutdown_signal())
+                .await
+                .context("running the controller manager")?;
+        }
         Command::HollowNodes(args) => {
             let mut config = skiff_agent::hollow::Config::new(&args.server, args.count);
             config.prefix = args.prefix;
@@ -198,6 +225,17 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the API server")?;
             let scheduler_config = skiff_scheduler::Config::new(&format!("http://{}", server.addr));
+            let (stop_controllers, controllers_stopped) = tokio::sync::oneshot::channel::<()>();
+            let controllers_config =
+                skiff_controllers::Config::new(&format!("http://{}", server.addr));
+            let controllers = tokio::spawn(async move {
+                let stopped = async {
+                    let _ = controllers_stopped.await;
+                };
+                if let Err(e) = skiff_controllers::run(controllers_config, stopped).await {
+                    tracing::error!(error = %e, "controller manager stopped");
+                }
+            });
             let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
             let scheduler = tokio::spawn(async move {
                 let stopped = async {
@@ -213,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
                 server.addr
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
+            println!("  controllers: replicasets, replicationcontrollers, serviceaccounts");
             println!("  state:       {}", data_dir.display());
             println!("Try:");
             println!("  grpcurl -plaintext {} list", server.addr);
@@ -224,7 +263,9 @@ async fn main() -> anyhow::Result<()> {
             shutdown_signal().await;
             tracing::info!("shutting down");
             let _ = stop_scheduler.send(());
+            let _ = stop_controllers.send(());
             let _ = scheduler.await;
+            let _ = controllers.await;
             server.stop().await.context("stopping the API server")?;
         }
     }

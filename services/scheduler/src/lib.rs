@@ -192,16 +192,19 @@ pub async fn run_supervised(
                     .expect("building the scheduler runtime")
             });
             system.block_on(async move {
-                actix::Supervisor::start(move |_| SchedulerActor::new(config));
-                let _ = tx.send(actix::System::current());
+                // A supervisor restarts its actor only while someone holds
+                // its address: we hold it until shutdown.
+                let addr = actix::Supervisor::start(move |_| SchedulerActor::new(config));
+                let _ = tx.send((actix::System::current(), addr));
             });
             let _ = system.run();
         })
         .map_err(|e| Error::Thread(e.to_string()))?;
-    let system = rx
+    let (system, addr) = rx
         .await
         .map_err(|_| Error::Thread("the actor system did not start".into()))?;
     shutdown.await;
+    drop(addr);
     system.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     Ok(())

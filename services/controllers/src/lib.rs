@@ -1,0 +1,439 @@
+//! Skiff's controller manager: each controller a supervised actor over
+//! informers the whole manager shares (one watch per kind).
+//!
+//! # Layout
+//!
+//! - [`runtime`]: the controller pattern (queue → idempotent reconcile →
+//!   requeue with backoff).
+//! - [`replicaset`]: ReplicaSet and ReplicationController.
+//! - [`serviceaccount`]: a `default` service account per namespace.
+//! - [`ControllerActor`]: runs one controller; a controller that panics or
+//!   fails stops the actor, and its supervisor starts it again (with a
+//!   growing pause), resuming from the shared caches.
+//!
+//! Controllers are registered by descriptor ([`descriptors`]): a name and
+//! a constructor receiving the shared informers.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, Context, Supervised,
+    WrapFuture as _,
+};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use skiff::pb::apps::v1::ReplicaSet;
+use skiff::pb::core::v1::{Namespace, Pod, ReplicationController, ServiceAccount};
+use skiff::{ObjectRef, Resource as _};
+use skiff_client::leader::{self, LeaderConfig};
+use skiff_client::{Api, Change, Informer, WorkQueue};
+
+pub mod replicaset;
+pub mod runtime;
+pub mod serviceaccount;
+
+use replicaset::{ReplicaController, ReplicaOwner};
+use runtime::{ReconcileFuture, Reconciler};
+
+/// Informers shared by every controller of the manager.
+pub struct Shared {
+    /// The API channel.
+    pub channel: tonic::transport::Channel,
+    /// All pods.
+    pub pods: Informer<Pod>,
+    /// All ReplicaSets.
+    pub replicasets: Informer<ReplicaSet>,
+    /// All ReplicationControllers.
+    pub replicationcontrollers: Informer<ReplicationController>,
+    /// All namespaces.
+    pub namespaces: Informer<Namespace>,
+    /// All service accounts.
+    pub serviceaccounts: Informer<ServiceAccount>,
+}
+
+impl Shared {
+    /// Starts the informers.
+    pub fn start(channel: tonic::transport::Channel) -> Self {
+        Self {
+            pods: Informer::start(Api::new(channel.clone()), Default::default()),
+            replicasets: Informer::start(Api::new(channel.clone()), Default::default()),
+            replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
+            namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
+            serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
+            channel,
+        }
+    }
+}
+
+/// Builds a controller's run future from the shared informers.
+pub type Constructor = fn(Arc<Shared>, usize) -> BoxFuture<'static, ()>;
+
+/// A controller as registered: its name and how to start it.
+#[derive(Clone, Copy)]
+pub struct Descriptor {
+    /// Name (`replicasets`), as in `--controllers`.
+    pub name: &'static str,
+    /// Starts it.
+    pub start: Constructor,
+}
+
+/// Every controller the manager runs.
+pub fn descriptors() -> Vec<Descriptor> {
+    vec![
+        Descriptor {
+            name: "replicasets",
+            start: |shared, workers| {
+                let s = Arc::clone(&shared);
+                replica_controller(
+                    shared,
+                    workers,
+                    s.replicasets.store.clone(),
+                    s.replicasets.subscribe(),
+                )
+            },
+        },
+        Descriptor {
+            name: "replicationcontrollers",
+            start: |shared, workers| {
+                let s = Arc::clone(&shared);
+                replica_controller(
+                    shared,
+                    workers,
+                    s.replicationcontrollers.store.clone(),
+                    s.replicationcontrollers.subscribe(),
+                )
+            },
+        },
+        Descriptor {
+            name: "serviceaccounts",
+            start: serviceaccount_controller,
+        },
+    ]
+}
+
+/// Test hook: `SKIFF_TEST_PANIC_CONTROLLER=<name>` makes that controller's
+/// first reconcile panic, to exercise the supervisor.
+struct PanicOnce {
+    inner: Arc<dyn Reconciler>,
+}
+
+static PANICKED: AtomicUsize = AtomicUsize::new(0);
+
+impl Reconciler for PanicOnce {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        if PANICKED.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("test hook: {} panics once", self.inner.name());
+        }
+        self.inner.reconcile(key)
+    }
+}
+
+fn with_test_hook(reconciler: Arc<dyn Reconciler>) -> Arc<dyn Reconciler> {
+    match std::env::var("SKIFF_TEST_PANIC_CONTROLLER") {
+        Ok(name) if name == reconciler.name() => Arc::new(PanicOnce { inner: reconciler }),
+        _ => reconciler,
+    }
+}
+
+fn replica_controller<K: ReplicaOwner>(
+    shared: Arc<Shared>,
+    workers: usize,
+    owner_store: skiff_client::Store<K>,
+    mut owner_changes: tokio::sync::broadcast::Receiver<Change<K>>,
+) -> BoxFuture<'static, ()> {
+    async move {
+        let mut pod_changes = shared.pods.subscribe();
+        shared.pods.store.wait_synced().await;
+        owner_store.wait_synced().await;
+        let controller = Arc::new(ReplicaController::new(
+            Api::<K>::new(shared.channel.clone()),
+            owner_store.clone(),
+            Api::new(shared.channel.clone()),
+            shared.pods.store.clone(),
+        ));
+        let queue = WorkQueue::new();
+        // Resume: every owner the cache holds is reconciled once.
+        for owner in owner_store.list() {
+            queue.add(owner.object_ref());
+        }
+        let feeder = {
+            let (queue, controller) = (queue.clone(), Arc::clone(&controller));
+            let owner_store = owner_store.clone();
+            let pod_store = shared.pods.store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        change = owner_changes.recv() => match change {
+                            Ok(Change::Applied(o) | Change::Deleted(o)) => queue.add(o.object_ref()),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                owner_store.list().iter().for_each(|o| queue.add(o.object_ref()));
+                            }
+                            Err(_) => return,
+                        },
+                        change = pod_changes.recv() => match change {
+                            Ok(Change::Applied(p) | Change::Deleted(p)) => {
+                                controller.owners_of(&p).into_iter().for_each(|k| queue.add(k));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                let _ = &pod_store;
+                                owner_store.list().iter().for_each(|o| queue.add(o.object_ref()));
+                            }
+                            Err(_) => return,
+                        },
+                    }
+                }
+            })
+        };
+        let reconciler = with_test_hook(controller as Arc<dyn Reconciler>);
+        let result = AssertUnwindSafe(runtime::run_workers(reconciler, queue.clone(), workers))
+            .catch_unwind()
+            .await;
+        feeder.abort();
+        queue.shut_down();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+    .boxed()
+}
+
+fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut ns_changes = shared.namespaces.subscribe();
+        let mut sa_changes = shared.serviceaccounts.subscribe();
+        shared.namespaces.store.wait_synced().await;
+        shared.serviceaccounts.store.wait_synced().await;
+        let controller = Arc::new(serviceaccount::ServiceAccountController::new(
+            Api::new(shared.channel.clone()),
+            shared.serviceaccounts.store.clone(),
+            shared.namespaces.store.clone(),
+        ));
+        let queue = WorkQueue::new();
+        for ns in shared.namespaces.store.list() {
+            queue.add(ObjectRef::new("", ns.name()));
+        }
+        let feeder = {
+            let queue = queue.clone();
+            let namespaces = shared.namespaces.store.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        change = ns_changes.recv() => match change {
+                            Ok(Change::Applied(n) | Change::Deleted(n)) => queue.add(ObjectRef::new("", n.name())),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                namespaces.list().iter().for_each(|n| queue.add(ObjectRef::new("", n.name())));
+                            }
+                            Err(_) => return,
+                        },
+                        change = sa_changes.recv() => match change {
+                            Ok(Change::Applied(a) | Change::Deleted(a)) => {
+                                queue.add(serviceaccount::ServiceAccountController::key_of(&a));
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                namespaces.list().iter().for_each(|n| queue.add(ObjectRef::new("", n.name())));
+                            }
+                            Err(_) => return,
+                        },
+                    }
+                }
+            })
+        };
+        let reconciler = with_test_hook(controller as Arc<dyn Reconciler>);
+        let result = AssertUnwindSafe(runtime::run_workers(reconciler, queue.clone(), workers))
+            .catch_unwind()
+            .await;
+        feeder.abort();
+        queue.shut_down();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+    .boxed()
+}
+
+/// One controller as a supervised actor.
+pub struct ControllerActor {
+    descriptor: Descriptor,
+    shared: Arc<Shared>,
+    workers: usize,
+    /// Restarts of this controller so far (shared with the manager).
+    restarts: Arc<AtomicU64>,
+}
+
+impl Actor for ControllerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let run = (self.descriptor.start)(Arc::clone(&self.shared), self.workers);
+        let restarts = self.restarts.load(Ordering::Relaxed);
+        // Backoff between restarts: 0, 1, 2, 4 ... 30 s.
+        let pause = if restarts == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs((1u64 << (restarts - 1).min(5)).min(30))
+        };
+        let name = self.descriptor.name;
+        ctx.spawn(
+            async move {
+                tokio::time::sleep(pause).await;
+                AssertUnwindSafe(run).catch_unwind().await
+            }
+            .into_actor(self)
+            .map(move |result, _actor, ctx| {
+                match result {
+                    Ok(()) => tracing::warn!(controller = name, "controller stopped"),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(controller = name, panic = %what, "controller panicked");
+                    }
+                }
+                ctx.stop();
+            }),
+        );
+    }
+}
+
+impl Supervised for ControllerActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            controller = self.descriptor.name,
+            restarts = n,
+            "restarting controller"
+        );
+    }
+}
+
+/// How to run the controller manager.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The API server, `http://127.0.0.1:6443`.
+    pub server: String,
+    /// Reconcile workers per controller.
+    pub workers: usize,
+    /// Campaign for `kube-system/kube-controller-manager` and run the
+    /// controllers only while leading.
+    pub leader_elect: bool,
+    /// This process's identity in the election.
+    pub identity: String,
+    /// How long the lease lasts unrenewed.
+    pub lease_duration: Duration,
+}
+
+impl Config {
+    /// Defaults: 4 workers per controller, leader election, 15 s lease.
+    pub fn new(server: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            workers: 4,
+            leader_elect: true,
+            identity: format!("controller-manager_{}", uuid::Uuid::new_v4().simple()),
+            lease_duration: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why the manager cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server address is malformed.
+    #[error("API server address {0:?}: {1}")]
+    Address(String, #[source] tonic::transport::Error),
+    /// The actor system's thread could not start.
+    #[error("starting the controller actors: {0}")]
+    Thread(String),
+}
+
+/// Runs the controller manager until `shutdown` resolves: an actor system
+/// with one supervised actor per controller (while leading, with leader
+/// election).
+///
+/// # Errors
+/// A bad server address, or the actor system not starting.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let channel = skiff_client::connect_lazy(&config.server)
+        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    tokio::pin!(shutdown);
+    let mut leading = if config.leader_elect {
+        let mut lease =
+            LeaderConfig::new("kube-system", "kube-controller-manager", &config.identity);
+        lease.lease_duration = config.lease_duration;
+        lease.renew_deadline = config.lease_duration * 2 / 3;
+        lease.retry_period = config.lease_duration / 5;
+        leader::elect(Api::new(channel.clone()), lease)
+    } else {
+        tokio::sync::watch::channel(true).1
+    };
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            changed = leading.wait_for(|l| *l) => if changed.is_err() && config.leader_elect { return Ok(()) },
+        }
+        tracing::info!(identity = %config.identity, "leading: starting controllers");
+        let (system, addrs) = start_system(channel.clone(), config.workers)?;
+        let mut lost = leading.clone();
+        let stop = tokio::select! {
+            _ = lost.wait_for(|l| !*l), if config.leader_elect => false,
+            () = &mut shutdown => true,
+        };
+        drop(addrs);
+        system.stop();
+        if stop {
+            return Ok(());
+        }
+        tracing::warn!("lost leadership: controllers stopped");
+    }
+}
+
+/// The running controllers: their actor system and their addresses.
+type Running = (actix::System, Vec<actix::Addr<ControllerActor>>);
+
+/// Starts an actor system running every controller.
+fn start_system(channel: tonic::transport::Channel, workers: usize) -> Result<Running, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("skiff-controllers".into())
+        .spawn(move || {
+            let system = actix::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building the controller runtime")
+            });
+            system.block_on(async move {
+                let shared = Arc::new(Shared::start(channel));
+                let mut addrs = Vec::new();
+                for descriptor in descriptors() {
+                    let shared = Arc::clone(&shared);
+                    let restarts = Arc::new(AtomicU64::new(0));
+                    addrs.push(actix::Supervisor::start(move |_| ControllerActor {
+                        descriptor,
+                        shared,
+                        workers,
+                        restarts,
+                    }));
+                }
+                // A supervisor restarts its actor only while someone holds
+                // its address: the manager holds them until it stops.
+                let _ = tx.send((actix::System::current(), addrs));
+            });
+            let _ = system.run();
+        })
+        .map_err(|e| Error::Thread(e.to_string()))?;
+    rx.recv()
+        .map_err(|_| Error::Thread("the actor system did not start".into()))
+}

@@ -1,0 +1,81 @@
+//! The controller pattern: informers → a work queue of keys → an
+//! idempotent `reconcile(key)`; errors requeue with backoff, successes
+//! reset it, and a reconcile may ask to run again later.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::ObjectRef;
+use skiff_client::WorkQueue;
+
+/// What to do after a reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until something changes.
+    AwaitChange,
+    /// Run again after this long (e.g. waiting for caches to catch up).
+    Requeue(Duration),
+}
+
+/// Why a reconcile failed (requeued with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API refused or failed a call.
+    #[error("{0}")]
+    Api(#[from] tonic::Status),
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A boxed reconcile future.
+pub type ReconcileFuture<'a> = Pin<Box<dyn Future<Output = Result<Action, Error>> + Send + 'a>>;
+
+/// One controller's logic.
+pub trait Reconciler: Send + Sync + 'static {
+    /// The controller's name (logs, metrics, leases).
+    fn name(&self) -> &'static str;
+    /// Makes the world match the desired state of `key`. Must be
+    /// idempotent: it is never told why it runs.
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_>;
+}
+
+/// Runs `workers` reconcile loops over `queue` until it shuts down. Each
+/// key is processed by one worker at a time (the queue guarantees it).
+pub async fn run_workers(
+    reconciler: Arc<dyn Reconciler>,
+    queue: WorkQueue<ObjectRef>,
+    workers: usize,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (reconciler, queue) = (Arc::clone(&reconciler), queue.clone());
+        tasks.spawn(async move {
+            while let Some(key) = queue.next().await {
+                match reconciler.reconcile(key.clone()).await {
+                    Ok(Action::AwaitChange) => queue.forget(&key),
+                    Ok(Action::Requeue(after)) => {
+                        queue.forget(&key);
+                        queue.add_after(key.clone(), after);
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = reconciler.name(), key = %key, error = %e, "reconcile failed; requeued");
+                        queue.add_rate_limited(key.clone());
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+    // A panicking reconcile takes the controller down (the other workers
+    // are aborted with the set): its supervisor restarts it.
+    while let Some(result) = tasks.join_next().await {
+        if let Err(e) = result
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}

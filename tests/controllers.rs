@@ -1,0 +1,284 @@
+//! The controller manager end to end, on hollow nodes: real `skiff
+//! controller-manager`, `skiff scheduler` and `skiff hollow-nodes`
+//! processes against an in-process API server.
+
+use std::time::{Duration, Instant};
+
+use skiff::pb::api::v1::{DeleteRequest, ListRequest};
+use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use skiff::pb::core::v1::{
+    Container, Namespace, Pod, PodSpec, PodTemplateSpec, ReplicationController,
+    ReplicationControllerSpec, ServiceAccount,
+};
+use skiff::pb::meta::v1::{LabelSelector, ObjectMeta};
+use skiff_apiserver::StoreConfig;
+use skiff_client::Api;
+
+struct Env {
+    _server: skiff_apiserver::ApiServer,
+    url: String,
+    channel: tonic::transport::Channel,
+    _processes: Vec<skiff_e2e::ChildGuard>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(panic_hook: Option<&str>) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let hook: Vec<(&str, &str)> = panic_hook
+        .map(|c| vec![("SKIFF_TEST_PANIC_CONTROLLER", c)])
+        .unwrap_or_default();
+    let processes = vec![
+        skiff_e2e::hollow_nodes(&url, 5).unwrap(),
+        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
+        skiff_e2e::controller_manager(&url, &hook).unwrap(),
+    ];
+    Env {
+        channel: skiff_client::connect_lazy(&url).unwrap(),
+        _server: server,
+        url,
+        _processes: processes,
+        _dir: dir,
+    }
+}
+
+fn template(app: &str) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                image: "busybox:1.36".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn replicaset(name: &str, replicas: i32) -> ReplicaSet {
+    ReplicaSet {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            selector: Some(LabelSelector {
+                match_labels: [("app".to_string(), name.to_string())]
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            template: Some(template(name)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Running pods labelled app=`app`.
+async fn running(env: &Env, app: &str) -> Vec<Pod> {
+    let pods = Api::<Pod>::new(env.channel.clone());
+    pods.list(ListRequest {
+        namespace: "default".into(),
+        label_selector: format!("app={app}"),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
+    .collect()
+}
+
+async fn wait_running(env: &Env, app: &str, n: usize) -> Vec<Pod> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = running(env, app).await;
+        if pods.len() == n {
+            return pods;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} Running pods of {app}, want {n}",
+            pods.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn scale(env: &Env, name: &str, replicas: i32) {
+    let api = Api::<ReplicaSet>::new(env.channel.clone());
+    for _ in 0..10 {
+        let mut rs = api.get("default", name).await.unwrap();
+        rs.spec.as_mut().unwrap().replicas = Some(replicas);
+        // The status is the controller's: send none.
+        rs.status = None;
+        match api.update(rs).await {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("scaling: {s}"),
+        }
+    }
+    panic!("could not scale {name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicaset_keeps_its_pods_and_scales() {
+    let env = env(None).await;
+    let rs_api = Api::<ReplicaSet>::new(env.channel.clone());
+    rs_api.create(replicaset("web", 3)).await.unwrap();
+    let pods = wait_running(&env, "web", 3).await;
+    for p in &pods {
+        let owner = &p.metadata.as_ref().unwrap().owner_references[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("ReplicaSet", "web", Some(true))
+        );
+    }
+    // A deleted pod is replaced.
+    let victim = pods[0].metadata.as_ref().unwrap().name.clone();
+    Api::<Pod>::new(env.channel.clone())
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: victim.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pods = wait_running(&env, "web", 3).await;
+    assert!(
+        pods.iter()
+            .all(|p| p.metadata.as_ref().unwrap().name != victim)
+    );
+    scale(&env, "web", 5).await;
+    wait_running(&env, "web", 5).await;
+    scale(&env, "web", 1).await;
+    wait_running(&env, "web", 1).await;
+    // The status follows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rs = rs_api.get("default", "web").await.unwrap();
+        let s = rs.status.clone().unwrap_or_default();
+        if s.replicas == 1
+            && s.ready_replicas == 1
+            && s.observed_generation == rs.metadata.unwrap().generation
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_controller_adopts_orphans_and_fills_up() {
+    let env = env(None).await;
+    // An orphan that matches: adopted, not duplicated.
+    let orphan = Pod {
+        metadata: Some(ObjectMeta {
+            name: "orphan".into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "legacy".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }),
+        spec: template("legacy").spec,
+        ..Default::default()
+    };
+    Api::<Pod>::new(env.channel.clone())
+        .create(orphan)
+        .await
+        .unwrap();
+    let rc = ReplicationController {
+        metadata: Some(ObjectMeta {
+            name: "legacy".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(ReplicationControllerSpec {
+            replicas: Some(3),
+            selector: [("app".to_string(), "legacy".to_string())]
+                .into_iter()
+                .collect(),
+            template: Some(template("legacy")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ReplicationController>::new(env.channel.clone())
+        .create(rc)
+        .await
+        .unwrap();
+    let pods = wait_running(&env, "legacy", 3).await;
+    let adopted = pods
+        .iter()
+        .find(|p| p.metadata.as_ref().unwrap().name == "orphan")
+        .expect("orphan kept");
+    assert_eq!(
+        adopted.metadata.as_ref().unwrap().owner_references[0].kind,
+        "ReplicationController"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account() {
+    let env = env(None).await;
+    let mut ns = Namespace::default();
+    ns.metadata.get_or_insert_with(Default::default).name = "team-a".into();
+    Api::<Namespace>::new(env.channel.clone())
+        .create(ns)
+        .await
+        .unwrap();
+    let accounts = Api::<ServiceAccount>::new(env.channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accounts.get("team-a", "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no default service account in team-a"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Deleted: it comes back.
+    accounts
+        .delete(DeleteRequest {
+            namespace: "team-a".into(),
+            name: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accounts.get("team-a", "default").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "default service account not recreated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = &env.url;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_controller_is_restarted_and_then_reconciles_correctly() {
+    let env = env(Some("replicasets")).await;
+    Api::<ReplicaSet>::new(env.channel.clone())
+        .create(replicaset("api", 2))
+        .await
+        .unwrap();
+    // The first reconcile panics; the supervisor restarts the controller
+    // (after a 1 s pause) and the next reconcile creates the pods.
+    wait_running(&env, "api", 2).await;
+}
