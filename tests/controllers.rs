@@ -180,6 +180,37 @@ async fn a_replicaset_keeps_its_pods_and_scales() {
         assert!(Instant::now() < deadline, "status {s:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Deleting the ReplicaSet deletes its pods (background propagation).
+    rs_api
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = pods
+            .list(ListRequest {
+                namespace: "default".into(),
+                label_selector: "app=web".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} pods outlived their ReplicaSet"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,10 @@
 //!   create→bound latency, beside the API's raw create rate measured in
 //!   the same run (a bind is one more write per pod).
 //!
+//! - `scale`: a ReplicaSet scaled 0 → N on hollow nodes, with the
+//!   controller manager and scheduler as processes: seconds until N pods
+//!   run, and the API writes per second it took.
+//!
 //! Each prints a table and, as its last line, one JSON object of figures.
 //! Runs are bounded in time and count and stop by themselves.
 
@@ -69,6 +73,16 @@ enum Command {
         /// Concurrent creating clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// A ReplicaSet scaled from 0 on hollow nodes: time until every pod
+    /// runs, and the API write rate that took.
+    Scale {
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Replicas to scale to.
+        #[arg(long, default_value_t = 1000)]
+        replicas: i32,
     },
     /// Watch fan-out: delivery latency of changes to many watchers.
     Watch {
@@ -666,6 +680,144 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
     Ok(())
 }
 
+async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
+    use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetSpec};
+    use skiff::pb::core::v1::{Node, PodTemplateSpec};
+    use skiff::pb::meta::v1::LabelSelector;
+    let dir = tempfile::tempdir()?;
+    let server =
+        skiff_e2e::ServerProcess::start(&["--data-dir".into(), dir.path().display().to_string()])?;
+    let url = server.url();
+    let channel = skiff_client::connect_lazy(&url)?;
+    let hollow = skiff_e2e::hollow_nodes(&url, nodes)?;
+    let node_api = skiff_client::Api::<Node>::new(channel.clone());
+    let started = Instant::now();
+    while node_api.list(Default::default()).await?.items.len() < nodes {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "hollow nodes did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scheduler = skiff_e2e::SchedulerProcess::start_with(&url, "bench", 15, false)?;
+    let controllers = skiff_e2e::controller_manager(&url, &[])?;
+    let labels: std::collections::BTreeMap<String, String> =
+        [("app".to_string(), "scale".to_string())]
+            .into_iter()
+            .collect();
+    let mut template_pod = bench_pod("template".into());
+    if let Some(spec) = template_pod.spec.as_mut() {
+        spec.containers[0].resources = None;
+    }
+    let rs = ReplicaSet {
+        metadata: Some(ObjectMeta {
+            name: "scale".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(0),
+            selector: Some(LabelSelector {
+                match_labels: labels.clone(),
+                ..Default::default()
+            }),
+            template: Some(PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels,
+                    ..Default::default()
+                }),
+                spec: template_pod.spec,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let rs_api = skiff_client::Api::<ReplicaSet>::new(channel.clone());
+    let mut rs = rs_api.create(rs).await?;
+    // Let the controllers' caches sync before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod_api = skiff_client::Api::<Pod>::new(channel.clone());
+    let revision = |list: &skiff::pb::core::v1::PodList| {
+        list.metadata
+            .as_ref()
+            .and_then(|m| m.resource_version.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let before = revision(
+        &pod_api
+            .list(skiff::pb::api::v1::ListRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await?,
+    );
+    eprintln!("scaling to {replicas} on {nodes} hollow nodes...");
+    let start = Instant::now();
+    if let Some(spec) = rs.spec.as_mut() {
+        spec.replicas = Some(replicas);
+    }
+    rs.status = None;
+    rs_api.update(rs).await?;
+    let mut running = 0;
+    while running < replicas as usize {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "only {running} pods Running after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        running = pod_api
+            .list(skiff::pb::api::v1::ListRequest {
+                namespace: "default".into(),
+                label_selector: "app=scale".into(),
+                field_selector: "status.phase=Running".into(),
+                ..Default::default()
+            })
+            .await?
+            .items
+            .len();
+    }
+    let elapsed = start.elapsed();
+    let after = revision(
+        &pod_api
+            .list(skiff::pb::api::v1::ListRequest {
+                limit: 1,
+                ..Default::default()
+            })
+            .await?,
+    );
+    let writes = after - before;
+    drop((controllers, scheduler, hollow, server));
+    println!("{:<44} {:>12}", "measure", "value");
+    println!(
+        "{:<44} {:>12.2}",
+        "seconds until all pods Running",
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>12.0}",
+        "pods Running per second",
+        f64::from(replicas) / elapsed.as_secs_f64()
+    );
+    println!("{:<44} {:>12}", "API writes meanwhile (revisions)", writes);
+    println!(
+        "{:<44} {:>12.0}",
+        "API writes per second",
+        writes as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "scale",
+            "nodes": nodes,
+            "replicas": replicas,
+            "seconds_to_running": elapsed.as_secs_f64(),
+            "api_writes": writes,
+            "api_writes_per_sec": writes as f64 / elapsed.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -681,5 +833,6 @@ async fn main() -> anyhow::Result<()> {
             pods,
             concurrency,
         } => bench_schedule(nodes, pods, concurrency).await,
+        Command::Scale { nodes, replicas } => bench_scale(nodes, replicas).await,
     }
 }

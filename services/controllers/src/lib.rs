@@ -7,6 +7,7 @@
 //!   requeue with backoff).
 //! - [`replicaset`]: ReplicaSet and ReplicationController.
 //! - [`serviceaccount`]: a `default` service account per namespace.
+//! - [`garbage`]: the garbage collector (pods whose owners are gone).
 //! - [`ControllerActor`]: runs one controller; a controller that panics or
 //!   fails stops the actor, and its supervisor starts it again (with a
 //!   growing pause), resuming from the shared caches.
@@ -31,6 +32,7 @@ use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 
+pub mod garbage;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
@@ -111,6 +113,10 @@ pub fn descriptors() -> Vec<Descriptor> {
             name: "serviceaccounts",
             start: serviceaccount_controller,
         },
+        Descriptor {
+            name: "garbagecollector",
+            start: garbage_collector,
+        },
     ]
 }
 
@@ -139,6 +145,25 @@ fn with_test_hook(reconciler: Arc<dyn Reconciler>) -> Arc<dyn Reconciler> {
     match std::env::var("SKIFF_TEST_PANIC_CONTROLLER") {
         Ok(name) if name == reconciler.name() => Arc::new(PanicOnce { inner: reconciler }),
         _ => reconciler,
+    }
+}
+
+/// Runs a controller's workers until one panics (then re-raises it for
+/// the supervisor), stopping its feeder and queue on the way out.
+async fn work<R: Reconciler>(
+    reconciler: Arc<R>,
+    queue: WorkQueue<ObjectRef>,
+    workers: usize,
+    feeder: tokio::task::JoinHandle<()>,
+) {
+    let reconciler = with_test_hook(reconciler as Arc<dyn Reconciler>);
+    let result = AssertUnwindSafe(runtime::run_workers(reconciler, queue.clone(), workers))
+        .catch_unwind()
+        .await;
+    feeder.abort();
+    queue.shut_down();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -191,15 +216,7 @@ fn replica_controller<K: ReplicaOwner>(
                 }
             })
         };
-        let reconciler = with_test_hook(controller as Arc<dyn Reconciler>);
-        let result = AssertUnwindSafe(runtime::run_workers(reconciler, queue.clone(), workers))
-            .catch_unwind()
-            .await;
-        feeder.abort();
-        queue.shut_down();
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
+        work(controller, queue, workers, feeder).await;
     }
     .boxed()
 }
@@ -245,15 +262,68 @@ fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'
                 }
             })
         };
-        let reconciler = with_test_hook(controller as Arc<dyn Reconciler>);
-        let result = AssertUnwindSafe(runtime::run_workers(reconciler, queue.clone(), workers))
-            .catch_unwind()
-            .await;
-        feeder.abort();
-        queue.shut_down();
-        if let Err(panic) = result {
-            std::panic::resume_unwind(panic);
-        }
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
+fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut pod_changes = shared.pods.subscribe();
+        let mut rs_changes = shared.replicasets.subscribe();
+        let mut rc_changes = shared.replicationcontrollers.subscribe();
+        shared.pods.store.wait_synced().await;
+        shared.replicasets.store.wait_synced().await;
+        shared.replicationcontrollers.store.wait_synced().await;
+        let gc = Arc::new(garbage::GarbageCollector::new(
+            Api::new(shared.channel.clone()),
+            shared.pods.store.clone(),
+            (Api::new(shared.channel.clone()), shared.replicasets.store.clone()),
+            (
+                Api::new(shared.channel.clone()),
+                shared.replicationcontrollers.store.clone(),
+            ),
+        ));
+        let queue = WorkQueue::new();
+        let everything = {
+            let (queue, pods) = (queue.clone(), shared.pods.store.clone());
+            move || pods.list().iter().for_each(|p| queue.add(p.object_ref()))
+        };
+        everything();
+        let feeder = {
+            let (queue, gc) = (queue.clone(), Arc::clone(&gc));
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    // An owner deleted: check its dependents.
+                    let gone_uid = |meta: Option<&skiff::pb::meta::v1::ObjectMeta>| {
+                        meta.map(|m| m.uid.clone()).unwrap_or_default()
+                    };
+                    let dependents = tokio::select! {
+                        change = pod_changes.recv() => match change {
+                            Ok(Change::Applied(p)) => vec![p.object_ref()],
+                            Ok(Change::Deleted(_)) => continue,
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                        change = rs_changes.recv() => match change {
+                            Ok(Change::Deleted(o)) => gc.dependents_of(&gone_uid(o.metadata.as_ref())),
+                            Ok(Change::Applied(_)) => continue,
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                        change = rc_changes.recv() => match change {
+                            Ok(Change::Deleted(o)) => gc.dependents_of(&gone_uid(o.metadata.as_ref())),
+                            Ok(Change::Applied(_)) => continue,
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                    };
+                    dependents.into_iter().for_each(|k| queue.add(k));
+                }
+            })
+        };
+        work(gc, queue, workers, feeder).await;
     }
     .boxed()
 }
