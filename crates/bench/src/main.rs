@@ -733,7 +733,7 @@ async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
         ..Default::default()
     };
     let rs_api = skiff_client::Api::<ReplicaSet>::new(channel.clone());
-    let mut rs = rs_api.create(rs).await?;
+    rs_api.create(rs).await?;
     // Let the controllers' caches sync before the clock starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pod_api = skiff_client::Api::<Pod>::new(channel.clone());
@@ -753,11 +753,19 @@ async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
     );
     eprintln!("scaling to {replicas} on {nodes} hollow nodes...");
     let start = Instant::now();
-    if let Some(spec) = rs.spec.as_mut() {
-        spec.replicas = Some(replicas);
+    // The controller writes the status meanwhile: read, change, retry.
+    loop {
+        let mut rs = rs_api.get("default", "scale").await?;
+        if let Some(spec) = rs.spec.as_mut() {
+            spec.replicas = Some(replicas);
+        }
+        rs.status = None;
+        match rs_api.update(rs).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => return Err(s.into()),
+        }
     }
-    rs.status = None;
-    rs_api.update(rs).await?;
     let mut running = 0;
     while running < replicas as usize {
         anyhow::ensure!(
