@@ -13,11 +13,14 @@
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
 //! - [`validation`]: names, labels and the field errors they produce.
+//! - [`time`]: timestamps; [`pods`]: shared facts about pods.
 
 pub mod keys;
+pub mod pods;
 pub mod quantity;
 mod resource;
 pub mod selector;
+pub mod time;
 pub mod validation;
 
 pub use resource::{ObjectRef, Resource};

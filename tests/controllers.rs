@@ -313,3 +313,114 @@ async fn a_panicking_controller_is_restarted_and_then_reconciles_correctly() {
     // (after a 1 s pause) and the next reconcile creates the pods.
     wait_running(&env, "api", 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_the_ready_pods_of_a_service() {
+    use skiff::pb::core::v1::{
+        ContainerPort, Endpoints, PodCondition, PodStatus, Service, ServicePort, ServiceSpec,
+    };
+    use skiff::wkt::{Value, value::Kind};
+    let env = env(None).await;
+    let services = Api::<Service>::new(env.channel.clone());
+    services
+        .create(Service {
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            spec: Some(ServiceSpec {
+                selector: [("app".to_string(), "web-ep".to_string())]
+                    .into_iter()
+                    .collect(),
+                ports: vec![ServicePort {
+                    port: 80,
+                    target_port: Some(Value {
+                        kind: Some(Kind::StringValue("http".into())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Pods with no scheduler or agent in the way: their status (IP,
+    // readiness) is written here as an agent would. The names keep the
+    // hollow nodes' hands off: they are not bound to a node.
+    let pods = Api::<Pod>::new(env.channel.clone());
+    for (name, ip, ready) in [("a", "10.244.0.2", true), ("b", "10.244.0.3", false)] {
+        let mut spec = template("web-ep").spec.unwrap();
+        spec.scheduler_name = "nobody".into();
+        spec.containers[0].ports.push(ContainerPort {
+            name: "http".into(),
+            container_port: 8080,
+            ..Default::default()
+        });
+        let mut pod = pods
+            .create(Pod {
+                metadata: Some(ObjectMeta {
+                    name: name.into(),
+                    namespace: "default".into(),
+                    labels: [("app".to_string(), "web-ep".to_string())]
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                spec: Some(spec),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        pod.status = Some(PodStatus {
+            phase: "Running".into(),
+            pod_ip: ip.into(),
+            conditions: vec![PodCondition {
+                r#type: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        pods.update_status(pod).await.unwrap();
+    }
+    let endpoints = Api::<Endpoints>::new(env.channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ep = loop {
+        if let Ok(ep) = endpoints.get("default", "web").await {
+            let ready: usize = ep.subsets.iter().map(|s| s.addresses.len()).sum();
+            let not_ready: usize = ep.subsets.iter().map(|s| s.not_ready_addresses.len()).sum();
+            if ready == 1 && not_ready == 1 {
+                break ep;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoints never listed 1 ready + 1 not ready pod"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ep.subsets[0].addresses[0].ip, "10.244.0.2");
+    assert_eq!(
+        ep.subsets[0].ports[0].port, 8080,
+        "named target port resolved"
+    );
+    // Deleting the service removes its endpoints.
+    services
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while endpoints.get("default", "web").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "endpoints outlived their service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -80,16 +80,6 @@ pub enum Error {
     },
 }
 
-fn now() -> skiff::wkt::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    skiff::wkt::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 fn quantities(config: &Config) -> std::collections::BTreeMap<String, String> {
     [
         ("cpu", &config.cpu),
@@ -123,7 +113,7 @@ async fn register(api: &Api<Node>, config: &Config, name: &str) -> Result<(), to
         Err(s) if s.code() == tonic::Code::AlreadyExists => api.get("", name).await?,
         Err(s) => return Err(s),
     };
-    let at = now();
+    let at = skiff::time::now();
     node.status = Some(NodeStatus {
         capacity: quantities(config),
         allocatable: quantities(config),
@@ -152,7 +142,7 @@ async fn renew(api: &Api<Lease>, config: &Config, name: &str) -> Result<(), toni
     let spec = LeaseSpec {
         holder_identity: Some(name.to_string()),
         lease_duration_seconds: Some((config.lease_renew.as_secs() * 4).max(1) as i32),
-        renew_time: Some(now()),
+        renew_time: Some(skiff::time::now()),
         ..Default::default()
     };
     match api.get(NODE_LEASE_NAMESPACE, name).await {
@@ -178,7 +168,7 @@ async fn renew(api: &Api<Lease>, config: &Config, name: &str) -> Result<(), toni
 
 /// The status a hollow node reports for a pod it "runs".
 fn running(pod: &Pod) -> PodStatus {
-    let at = now();
+    let at = skiff::time::now();
     let condition = |kind: &str| PodCondition {
         r#type: kind.into(),
         status: "True".into(),

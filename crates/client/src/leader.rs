@@ -43,16 +43,6 @@ impl LeaderConfig {
     }
 }
 
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
 fn expired(spec: &LeaseSpec, at: &Timestamp) -> bool {
     let Some(renew) = &spec.renew_time else {
         return true;
@@ -65,7 +55,7 @@ fn expired(spec: &LeaseSpec, at: &Timestamp) -> bool {
 
 /// Tries once to acquire or renew; Ok(true) when we hold the lease now.
 async fn try_acquire(api: &Api<Lease>, config: &LeaderConfig) -> Result<bool, tonic::Status> {
-    let at = now();
+    let at = skiff::time::now();
     let mine = |spec: &mut LeaseSpec, transitions: i32| {
         spec.holder_identity = Some(config.identity.clone());
         spec.lease_duration_seconds = Some(config.lease_duration.as_secs().max(1) as i32);

@@ -164,14 +164,7 @@ fn not_found<K: Strategy>(namespace: &str, name: &str) -> ApiError {
 
 /// Now, at Kubernetes' timestamp precision (seconds).
 pub fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // Kubernetes timestamps have second precision.
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: 0,
-    }
+    skiff::time::now_seconds()
 }
 
 /// Parses a resourceVersion the client sent; "" means none.

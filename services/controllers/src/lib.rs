@@ -8,6 +8,7 @@
 //! - [`replicaset`]: ReplicaSet and ReplicationController.
 //! - [`serviceaccount`]: a `default` service account per namespace.
 //! - [`garbage`]: the garbage collector (pods whose owners are gone).
+//! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`ControllerActor`]: runs one controller; a controller that panics or
 //!   fails stops the actor, and its supervisor starts it again (with a
 //!   growing pause), resuming from the shared caches.
@@ -27,11 +28,14 @@ use actix::{
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::ReplicaSet;
-use skiff::pb::core::v1::{Namespace, Pod, ReplicationController, ServiceAccount};
+use skiff::pb::core::v1::{
+    Endpoints, Namespace, Pod, ReplicationController, Service, ServiceAccount,
+};
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 
+pub mod endpoints;
 pub mod garbage;
 pub mod replicaset;
 pub mod runtime;
@@ -54,6 +58,10 @@ pub struct Shared {
     pub namespaces: Informer<Namespace>,
     /// All service accounts.
     pub serviceaccounts: Informer<ServiceAccount>,
+    /// All services.
+    pub services: Informer<Service>,
+    /// All endpoints.
+    pub endpoints: Informer<Endpoints>,
 }
 
 impl Shared {
@@ -65,6 +73,8 @@ impl Shared {
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
+            services: Informer::start(Api::new(channel.clone()), Default::default()),
+            endpoints: Informer::start(Api::new(channel.clone()), Default::default()),
             channel,
         }
     }
@@ -116,6 +126,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "garbagecollector",
             start: garbage_collector,
+        },
+        Descriptor {
+            name: "endpoints",
+            start: endpoints_controller,
         },
     ]
 }
@@ -324,6 +338,65 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
             })
         };
         work(gc, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
+fn endpoints_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut svc_changes = shared.services.subscribe();
+        let mut ep_changes = shared.endpoints.subscribe();
+        let mut pod_changes = shared.pods.subscribe();
+        shared.services.store.wait_synced().await;
+        shared.endpoints.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        let controller = Arc::new(endpoints::EndpointsController::new(
+            Api::new(shared.channel.clone()),
+            shared.endpoints.store.clone(),
+            shared.services.store.clone(),
+            shared.pods.store.clone(),
+        ));
+        let queue = WorkQueue::new();
+        let everything = {
+            let (queue, services, eps) = (
+                queue.clone(),
+                shared.services.store.clone(),
+                shared.endpoints.store.clone(),
+            );
+            // Orphaned endpoints too: their service may be gone.
+            move || {
+                services.list().iter().for_each(|s| queue.add(s.object_ref()));
+                eps.list().iter().for_each(|e| queue.add(e.object_ref()));
+            }
+        };
+        everything();
+        let feeder = {
+            let (queue, controller) = (queue.clone(), Arc::clone(&controller));
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let keys = tokio::select! {
+                        change = svc_changes.recv() => match change {
+                            Ok(Change::Applied(s) | Change::Deleted(s)) => vec![s.object_ref()],
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                        change = ep_changes.recv() => match change {
+                            Ok(Change::Applied(e) | Change::Deleted(e)) => vec![e.object_ref()],
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                        change = pod_changes.recv() => match change {
+                            Ok(Change::Applied(p) | Change::Deleted(p)) => controller.services_in(p.namespace()),
+                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Err(RecvError::Closed) => return,
+                        },
+                    };
+                    keys.into_iter().for_each(|k| queue.add(k));
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
     }
     .boxed()
 }

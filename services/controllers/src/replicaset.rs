@@ -169,17 +169,9 @@ fn is_active(pod: &Pod) -> bool {
             .is_some_and(|m| m.deletion_timestamp.is_none())
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.r#type == "Ready" && c.status == "True")
-    })
-}
-
 /// Ready for at least `min_ready` seconds.
 fn is_available(pod: &Pod, min_ready: i32) -> bool {
-    if !is_ready(pod) {
+    if !skiff::pods::is_ready(pod) {
         return false;
     }
     if min_ready <= 0 {
@@ -211,7 +203,12 @@ fn deletion_rank(pod: &Pod) -> (bool, u8, bool, std::cmp::Reverse<i64>) {
         .as_ref()
         .and_then(|m| m.creation_timestamp.as_ref())
         .map_or(0, |t| t.seconds);
-    (scheduled, phase, is_ready(pod), std::cmp::Reverse(created))
+    (
+        scheduled,
+        phase,
+        skiff::pods::is_ready(pod),
+        std::cmp::Reverse(created),
+    )
 }
 
 // === impl ReplicaController ===
@@ -486,7 +483,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                         .all(|(k, v)| l.and_then(|l| l.get(k)) == Some(v))
                 })
                 .count() as i32,
-            ready: active.iter().filter(|p| is_ready(p)).count() as i32,
+            ready: active.iter().filter(|p| skiff::pods::is_ready(p)).count() as i32,
             available: active.iter().filter(|p| is_available(p, min_ready)).count() as i32,
             observed_generation: owner.metadata().map_or(0, |m| m.generation),
         };
@@ -570,7 +567,7 @@ mod tests {
                 (
                     p.spec.as_ref().unwrap().node_name.clone(),
                     p.status.as_ref().unwrap().phase.clone(),
-                    is_ready(p),
+                    skiff::pods::is_ready(p),
                     p.metadata
                         .as_ref()
                         .unwrap()

@@ -465,7 +465,7 @@ impl Scheduler {
                 status: "False".into(),
                 reason: "Unschedulable".into(),
                 message: message.to_string(),
-                last_transition_time: Some(now()),
+                last_transition_time: Some(skiff::time::now_seconds()),
                 ..Default::default()
             });
             if let Err(status) = self.pods.update_status(updated).await {
@@ -477,7 +477,7 @@ impl Scheduler {
 
     async fn record_event(&mut self, pod: &Pod, message: &str) {
         let key = pod.object_ref();
-        let now = now();
+        let now = skiff::time::now_seconds();
         if let Some(name) = self.failure_events.get(&key)
             && let Ok(mut event) = self.events.get(&key.namespace, name).await
         {
@@ -528,17 +528,6 @@ impl Scheduler {
             }
             Err(status) => tracing::debug!(pod = %key, %status, "recording FailedScheduling"),
         }
-    }
-}
-
-/// Now, at second precision (Kubernetes timestamps).
-fn now() -> skiff::wkt::Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    skiff::wkt::Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: 0,
     }
 }
 
