@@ -424,3 +424,86 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_silent_node_are_recreated_elsewhere() {
+    use skiff::pb::core::v1::Node;
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let mut doomed = skiff_e2e::hollow_nodes_named(&url, 2, "doomed-").unwrap();
+    let _scheduler = skiff_e2e::SchedulerProcess::start(&url, "s1", 2).unwrap();
+    let _cm = skiff_e2e::controller_manager_with(
+        &url,
+        &[],
+        &[
+            "--node-monitor-grace-period-secs=3",
+            "--pod-eviction-timeout-secs=2",
+        ],
+    )
+    .unwrap();
+    let env = Env {
+        _server: server,
+        url: url.clone(),
+        channel: channel.clone(),
+        _processes: Vec::new(),
+        _dir: dir,
+    };
+    Api::<ReplicaSet>::new(channel.clone())
+        .create(replicaset("moving", 4))
+        .await
+        .unwrap();
+    let pods = wait_running(&env, "moving", 4).await;
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.as_ref().unwrap().node_name.starts_with("doomed-"))
+    );
+    // Healthy nodes arrive, then the first ones fall silent.
+    let _healthy = skiff_e2e::hollow_nodes_named(&url, 2, "healthy-").unwrap();
+    doomed.kill9();
+    let nodes = Api::<Node>::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let node = nodes.get("", "doomed-0").await.unwrap();
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
+            .map(|c| c.status.clone());
+        let tainted = node.spec.as_ref().is_some_and(|s| {
+            s.taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+        });
+        if ready.as_deref() == Some("Unknown") && tainted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "silent node still {ready:?}, tainted {tainted}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = running(&env, "moving").await;
+        if pods.len() == 4
+            && pods
+                .iter()
+                .all(|p| p.spec.as_ref().unwrap().node_name.starts_with("healthy-"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not moved: {:?}",
+            pods.iter()
+                .map(|p| p.spec.as_ref().unwrap().node_name.clone())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -331,10 +331,25 @@ impl SchedulerProcess {
 /// # Errors
 /// When the binary is missing.
 pub fn hollow_nodes(server_url: &str, count: usize) -> anyhow::Result<ChildGuard> {
+    hollow_nodes_named(server_url, count, "hollow-node-")
+}
+
+/// `skiff hollow-nodes` with its own node name prefix (for several
+/// independent groups of nodes).
+///
+/// # Errors
+/// When the binary is missing.
+pub fn hollow_nodes_named(
+    server_url: &str,
+    count: usize,
+    prefix: &str,
+) -> anyhow::Result<ChildGuard> {
     let child = Command::new(skiff_binary()?)
         .arg("hollow-nodes")
-        .args(["--server", server_url])
+        .args(["--server", server_url, "--prefix", prefix])
         .arg(format!("--count={count}"))
+        // Renew often: tests shorten the node grace period to seconds.
+        .arg("--lease-renew-secs=1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -350,9 +365,22 @@ pub fn hollow_nodes(server_url: &str, count: usize) -> anyhow::Result<ChildGuard
 /// # Errors
 /// When the binary is missing.
 pub fn controller_manager(server_url: &str, env: &[(&str, &str)]) -> anyhow::Result<ChildGuard> {
+    controller_manager_with(server_url, env, &[])
+}
+
+/// `skiff controller-manager` with extra flags.
+///
+/// # Errors
+/// When the binary is missing.
+pub fn controller_manager_with(
+    server_url: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<ChildGuard> {
     let child = Command::new(skiff_binary()?)
         .arg("controller-manager")
         .args(["--server", server_url, "--lease-duration-secs=2"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
         .stdin(Stdio::null())

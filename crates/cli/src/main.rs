@@ -50,6 +50,13 @@ struct ControllerArgs {
     /// Seconds a leader's lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
     lease_duration_secs: u64,
+    /// Seconds a node may go without renewing its lease before it is
+    /// marked NotReady.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period_secs: u64,
+    /// Seconds a NotReady node keeps its pods before they are evicted.
+    #[arg(long, default_value_t = 300)]
+    pod_eviction_timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +76,9 @@ struct HollowArgs {
     /// Each node's memory capacity.
     #[arg(long, default_value = "16Gi")]
     memory: String,
+    /// Seconds between each node's lease renewals.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -197,6 +207,10 @@ async fn main() -> anyhow::Result<()> {
             config.workers = args.workers;
             config.leader_elect = args.leader_elect;
             config.lease_duration = std::time::Duration::from_secs(args.lease_duration_secs.max(1));
+            config.node_timing = skiff_controllers::nodelifecycle::Timing {
+                grace: std::time::Duration::from_secs(args.node_monitor_grace_period_secs),
+                eviction: std::time::Duration::from_secs(args.pod_eviction_timeout_secs),
+            };
             skiff_controllers::run(config, shutdown_signal())
                 .await
                 .context("running the controller manager")?;
@@ -206,6 +220,7 @@ async fn main() -> anyhow::Result<()> {
             config.prefix = args.prefix;
             config.cpu = args.cpu;
             config.memory = args.memory;
+            config.lease_renew = std::time::Duration::from_secs(args.lease_renew_secs.max(1));
             skiff_agent::hollow::run(config, shutdown_signal())
                 .await
                 .context("running hollow nodes")?;

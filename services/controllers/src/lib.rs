@@ -9,6 +9,7 @@
 //! - [`serviceaccount`]: a `default` service account per namespace.
 //! - [`garbage`]: the garbage collector (pods whose owners are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
+//! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
 //! - [`ControllerActor`]: runs one controller; a controller that panics or
 //!   fails stops the actor, and its supervisor starts it again (with a
 //!   growing pause), resuming from the shared caches.
@@ -28,8 +29,9 @@ use actix::{
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::ReplicaSet;
+use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
-    Endpoints, Namespace, Pod, ReplicationController, Service, ServiceAccount,
+    Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
 };
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
@@ -37,6 +39,7 @@ use skiff_client::{Api, Change, Informer, WorkQueue};
 
 pub mod endpoints;
 pub mod garbage;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
@@ -62,12 +65,27 @@ pub struct Shared {
     pub services: Informer<Service>,
     /// All endpoints.
     pub endpoints: Informer<Endpoints>,
+    /// All nodes.
+    pub nodes: Informer<Node>,
+    /// Node leases (`kube-node-lease`).
+    pub leases: Informer<Lease>,
+    /// Node lifecycle timings.
+    pub timing: nodelifecycle::Timing,
 }
 
 impl Shared {
     /// Starts the informers.
-    pub fn start(channel: tonic::transport::Channel) -> Self {
+    pub fn start(channel: tonic::transport::Channel, timing: nodelifecycle::Timing) -> Self {
         Self {
+            nodes: Informer::start(Api::new(channel.clone()), Default::default()),
+            leases: Informer::start(
+                Api::new(channel.clone()),
+                skiff_client::watcher::Params {
+                    namespace: nodelifecycle::LEASE_NAMESPACE.into(),
+                    ..Default::default()
+                },
+            ),
+            timing,
             pods: Informer::start(Api::new(channel.clone()), Default::default()),
             replicasets: Informer::start(Api::new(channel.clone()), Default::default()),
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -130,6 +148,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "endpoints",
             start: endpoints_controller,
+        },
+        Descriptor {
+            name: "nodelifecycle",
+            start: node_lifecycle_controller,
         },
     ]
 }
@@ -401,6 +423,44 @@ fn endpoints_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'stati
     .boxed()
 }
 
+fn node_lifecycle_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut node_changes = shared.nodes.subscribe();
+        shared.nodes.store.wait_synced().await;
+        shared.leases.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        let controller = Arc::new(nodelifecycle::NodeLifecycleController::new(
+            (Api::new(shared.channel.clone()), shared.nodes.store.clone()),
+            shared.leases.store.clone(),
+            (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+            shared.timing,
+        ));
+        let queue = WorkQueue::new();
+        for node in shared.nodes.store.list() {
+            queue.add(node.object_ref());
+        }
+        // Each reconcile requeues itself every period; new nodes come in
+        // through their changes.
+        let feeder = {
+            let (queue, nodes) = (queue.clone(), shared.nodes.store.clone());
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match node_changes.recv().await {
+                        Ok(Change::Applied(n) | Change::Deleted(n)) => queue.add(n.object_ref()),
+                        Err(RecvError::Lagged(_)) => {
+                            nodes.list().iter().for_each(|n| queue.add(n.object_ref()));
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
 /// One controller as a supervised actor.
 pub struct ControllerActor {
     descriptor: Descriptor,
@@ -472,6 +532,8 @@ pub struct Config {
     pub identity: String,
     /// How long the lease lasts unrenewed.
     pub lease_duration: Duration,
+    /// Node lifecycle: grace before NotReady, and before eviction.
+    pub node_timing: nodelifecycle::Timing,
 }
 
 impl Config {
@@ -483,6 +545,7 @@ impl Config {
             leader_elect: true,
             identity: format!("controller-manager_{}", uuid::Uuid::new_v4().simple()),
             lease_duration: Duration::from_secs(15),
+            node_timing: nodelifecycle::Timing::default(),
         }
     }
 }
@@ -527,7 +590,7 @@ pub async fn run(
             changed = leading.wait_for(|l| *l) => if changed.is_err() && config.leader_elect { return Ok(()) },
         }
         tracing::info!(identity = %config.identity, "leading: starting controllers");
-        let (system, addrs) = start_system(channel.clone(), config.workers)?;
+        let (system, addrs) = start_system(channel.clone(), config.workers, config.node_timing)?;
         let mut lost = leading.clone();
         let stop = tokio::select! {
             _ = lost.wait_for(|l| !*l), if config.leader_elect => false,
@@ -546,7 +609,11 @@ pub async fn run(
 type Running = (actix::System, Vec<actix::Addr<ControllerActor>>);
 
 /// Starts an actor system running every controller.
-fn start_system(channel: tonic::transport::Channel, workers: usize) -> Result<Running, Error> {
+fn start_system(
+    channel: tonic::transport::Channel,
+    workers: usize,
+    timing: nodelifecycle::Timing,
+) -> Result<Running, Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("skiff-controllers".into())
@@ -558,7 +625,7 @@ fn start_system(channel: tonic::transport::Channel, workers: usize) -> Result<Ru
                     .expect("building the controller runtime")
             });
             system.block_on(async move {
-                let shared = Arc::new(Shared::start(channel));
+                let shared = Arc::new(Shared::start(channel, timing));
                 let mut addrs = Vec::new();
                 for descriptor in descriptors() {
                     let shared = Arc::clone(&shared);

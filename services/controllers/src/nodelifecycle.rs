@@ -1,0 +1,242 @@
+//! The node lifecycle controller: a node whose lease has not been renewed
+//! for the grace period gets Ready=Unknown and the
+//! `node.kubernetes.io/unreachable:NoExecute` taint; once it has been
+//! unreachable for the eviction timeout, its pods are deleted so that their
+//! controllers replace them elsewhere. A node that renews again loses the
+//! taint.
+//!
+//! Staleness is measured with this process's own clock: when a lease's
+//! renewTime last *changed*, as observed here, not the time it names
+//! (clocks of other machines may be off).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use skiff::ObjectRef;
+use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::coordination::v1::Lease;
+use skiff::pb::core::v1::{Node, NodeCondition, NodeStatus, Pod, Taint};
+use skiff_client::{Api, Store};
+
+use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+
+/// The taint an unreachable node gets.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+/// Namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// The controller's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A node silent this long is NotReady (Unknown).
+    pub grace: Duration,
+    /// An unreachable node's pods are evicted after this long.
+    pub eviction: Duration,
+}
+
+impl Default for Timing {
+    /// Kubernetes' defaults: 40 s and 5 min.
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(40),
+            eviction: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What this process has seen of a node.
+struct Seen {
+    /// The lease's renewTime when it last changed (seconds, nanos).
+    renew: Option<(i64, i32)>,
+    /// When it changed, on our clock.
+    at: Instant,
+    /// When we first saw the node unreachable.
+    unreachable_since: Option<Instant>,
+}
+
+/// See the module doc. Keys are nodes.
+pub struct NodeLifecycleController {
+    nodes: Api<Node>,
+    node_store: Store<Node>,
+    lease_store: Store<Lease>,
+    pods: Api<Pod>,
+    pod_store: Store<Pod>,
+    timing: Timing,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+fn ready_status(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == "Ready"))
+        .map_or("", |c| c.status.as_str())
+}
+
+fn has_unreachable_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .is_some_and(|s| s.taints.iter().any(|t| t.key == UNREACHABLE_TAINT))
+}
+
+impl NodeLifecycleController {
+    /// A controller over the shared caches.
+    pub fn new(
+        nodes: (Api<Node>, Store<Node>),
+        lease_store: Store<Lease>,
+        pods: (Api<Pod>, Store<Pod>),
+        timing: Timing,
+    ) -> Self {
+        Self {
+            nodes: nodes.0,
+            node_store: nodes.1,
+            lease_store,
+            pods: pods.0,
+            pod_store: pods.1,
+            timing,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How often nodes are looked at.
+    pub fn period(&self) -> Duration {
+        (self.timing.grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    /// (silent for, unreachable for) of a node, updating what we saw.
+    fn observe(&self, name: &str, unreachable: bool) -> (Duration, Option<Duration>) {
+        let renew = self
+            .lease_store
+            .get(LEASE_NAMESPACE, name)
+            .and_then(|l| l.spec.as_ref().and_then(|s| s.renew_time))
+            .map(|t| (t.seconds, t.nanos));
+        let Ok(mut seen) = self.seen.lock() else {
+            return (Duration::ZERO, None);
+        };
+        let entry = seen.entry(name.to_string()).or_insert(Seen {
+            renew,
+            // A node we just met gets a full grace period.
+            at: Instant::now(),
+            unreachable_since: None,
+        });
+        if entry.renew != renew {
+            entry.renew = renew;
+            entry.at = Instant::now();
+        }
+        if unreachable {
+            entry.unreachable_since.get_or_insert_with(Instant::now);
+        } else {
+            entry.unreachable_since = None;
+        }
+        (
+            entry.at.elapsed(),
+            entry.unreachable_since.map(|t| t.elapsed()),
+        )
+    }
+
+    async fn mark_unreachable(&self, node: &Node) -> Result<(), Error> {
+        let mut updated = node.clone();
+        let status = updated.status.get_or_insert_with(NodeStatus::default);
+        let now = skiff::time::now_seconds();
+        status.conditions.retain(|c| c.r#type != "Ready");
+        status.conditions.push(NodeCondition {
+            r#type: "Ready".into(),
+            status: "Unknown".into(),
+            reason: "NodeStatusUnknown".into(),
+            message: "Kubelet stopped posting node status.".into(),
+            last_transition_time: Some(now),
+            ..Default::default()
+        });
+        let updated = self.nodes.update_status(updated).await?;
+        self.set_taint(updated, true).await
+    }
+
+    async fn set_taint(&self, mut node: Node, on: bool) -> Result<(), Error> {
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.taints.retain(|t| t.key != UNREACHABLE_TAINT);
+        if on {
+            spec.taints.push(Taint {
+                key: UNREACHABLE_TAINT.into(),
+                effect: "NoExecute".into(),
+                time_added: Some(skiff::time::now_seconds()),
+                ..Default::default()
+            });
+        }
+        node.status = None;
+        self.nodes.update(node).await?;
+        Ok(())
+    }
+
+    async fn evict(&self, node: &str) -> Result<usize, Error> {
+        let victims: Vec<_> = self
+            .pod_store
+            .list()
+            .into_iter()
+            .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name == node))
+            .filter(|p| {
+                p.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.deletion_timestamp.is_none())
+            })
+            .collect();
+        for pod in &victims {
+            let meta = pod.metadata.clone().unwrap_or_default();
+            match self
+                .pods
+                .delete(DeleteRequest {
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    preconditions: Some(Preconditions {
+                        uid: meta.uid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::Aborted => {
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Ok(victims.len())
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let period = self.period();
+        let Some(node) = self.node_store.get("", &key.name) else {
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.remove(&key.name);
+            }
+            return Ok(Action::AwaitChange);
+        };
+        let unknown = ready_status(&node) == "Unknown";
+        let (silent, unreachable_for) = self.observe(&key.name, unknown);
+        if silent > self.timing.grace {
+            if !unknown {
+                tracing::warn!(node = %key.name, silent = ?silent, "node stopped renewing its lease: NotReady");
+                self.mark_unreachable(&node).await?;
+            } else if unreachable_for.is_some_and(|d| d > self.timing.eviction) {
+                let n = self.evict(&key.name).await?;
+                if n > 0 {
+                    tracing::warn!(node = %key.name, pods = n, "evicted the pods of an unreachable node");
+                }
+            }
+        } else if has_unreachable_taint(&node) && ready_status(&node) == "True" {
+            // Back: the agent reported Ready again.
+            self.set_taint((*node).clone(), false).await?;
+        }
+        Ok(Action::Requeue(period))
+    }
+}
+
+impl Reconciler for NodeLifecycleController {
+    fn name(&self) -> &'static str {
+        "nodelifecycle"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+}
