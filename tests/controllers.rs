@@ -507,3 +507,68 @@ async fn pods_of_a_silent_node_are_recreated_elsewhere() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_removes_everything_in_it() {
+    use skiff::pb::core::v1::ConfigMap;
+    let env = env(None).await;
+    let namespaces = Api::<Namespace>::new(env.channel.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.get_or_insert_with(Default::default).name = "doomed".into();
+    let created = namespaces.create(ns).await.unwrap();
+    assert_eq!(
+        created.metadata.unwrap().finalizers,
+        vec!["kubernetes".to_string()]
+    );
+    let mut rs = replicaset("in-ns", 2);
+    rs.metadata.as_mut().unwrap().namespace = "doomed".into();
+    Api::<ReplicaSet>::new(env.channel.clone())
+        .create(rs)
+        .await
+        .unwrap();
+    Api::<ConfigMap>::new(env.channel.clone())
+        .create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: "settings".into(),
+                namespace: "doomed".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let in_ns = || ListRequest {
+        namespace: "doomed".into(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pods.list(in_ns()).await.unwrap().items.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the ReplicaSet's pods never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let marked = namespaces
+        .delete(DeleteRequest {
+            name: "doomed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(marked.status.unwrap().phase, "Terminating");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while namespaces.get("", "doomed").await.is_ok() {
+        assert!(Instant::now() < deadline, "the namespace never went away");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(pods.list(in_ns()).await.unwrap().items.is_empty());
+    let configmaps = Api::<ConfigMap>::new(env.channel.clone());
+    assert!(configmaps.list(in_ns()).await.unwrap().items.is_empty());
+    let sas = Api::<ServiceAccount>::new(env.channel.clone());
+    assert!(
+        sas.list(in_ns()).await.unwrap().items.is_empty(),
+        "no default account comes back"
+    );
+}

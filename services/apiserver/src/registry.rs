@@ -778,6 +778,7 @@ impl Registry {
                 let m = marked.metadata_mut();
                 m.deletion_timestamp = Some(now());
                 m.deletion_grace_period_seconds = Some(req.grace_period_seconds.unwrap_or(0));
+                marked.mark_deleting();
                 let bytes = admit(&marked)?;
                 match self.store.update(&key, bytes, Some(mod_rev)).await {
                     Ok(rev) => {

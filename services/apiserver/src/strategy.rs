@@ -17,6 +17,9 @@ use skiff::selector::LabelSelector;
 use skiff::validation::{self, FieldErrors};
 use skiff::wkt::{Value, value::Kind as ValueKind};
 
+/// The finalizer that keeps a deleted namespace until its content is gone.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
 /// What the API does differently per kind. Every method has the common
 /// behaviour as its default, so most kinds need only a line.
 pub trait Strategy: Resource {
@@ -42,6 +45,10 @@ pub trait Strategy: Resource {
 
     /// Checks the kind's own fields (metadata is checked for every kind).
     fn validate(&self, _errors: &mut FieldErrors) {}
+
+    /// Called when a delete marks the object (finalizers remain): e.g. a
+    /// namespace's phase becomes Terminating.
+    fn mark_deleting(&mut self) {}
 
     /// Binds the object to `node` (the binding subresource).
     ///
@@ -687,6 +694,21 @@ impl Strategy for Namespace {
 
     fn default_fields(&mut self) {
         self.spec.get_or_insert_with(NamespaceSpec::default);
+        // The namespace controller removes this once a deleted namespace
+        // is empty; until then it stays, Terminating. Live namespaces
+        // always carry it, whatever an update sends.
+        let meta = self.metadata_mut();
+        if meta.deletion_timestamp.is_none()
+            && !meta.finalizers.iter().any(|f| f == NAMESPACE_FINALIZER)
+        {
+            meta.finalizers.push(NAMESPACE_FINALIZER.into());
+        }
+    }
+
+    fn mark_deleting(&mut self) {
+        self.status
+            .get_or_insert_with(NamespaceStatus::default)
+            .phase = "Terminating".into();
     }
 
     fn prepare_create(&mut self) {

@@ -10,6 +10,7 @@
 //! - [`garbage`]: the garbage collector (pods whose owners are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
+//! - [`namespace`]: a deleted namespace is emptied, then goes.
 //! - [`ControllerActor`]: runs one controller; a controller that panics or
 //!   fails stops the actor, and its supervisor starts it again (with a
 //!   growing pause), resuming from the shared caches.
@@ -39,6 +40,7 @@ use skiff_client::{Api, Change, Informer, WorkQueue};
 
 pub mod endpoints;
 pub mod garbage;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
@@ -152,6 +154,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "nodelifecycle",
             start: node_lifecycle_controller,
+        },
+        Descriptor {
+            name: "namespace",
+            start: namespace_controller,
         },
     ]
 }
@@ -451,6 +457,43 @@ fn node_lifecycle_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'
                         Err(RecvError::Lagged(_)) => {
                             nodes.list().iter().for_each(|n| queue.add(n.object_ref()));
                         }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
+fn namespace_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut ns_changes = shared.namespaces.subscribe();
+        shared.namespaces.store.wait_synced().await;
+        let controller = Arc::new(namespace::NamespaceController::new(
+            shared.channel.clone(),
+            shared.namespaces.store.clone(),
+        ));
+        let queue = WorkQueue::new();
+        let everything = {
+            let (queue, namespaces) = (queue.clone(), shared.namespaces.store.clone());
+            move || {
+                namespaces
+                    .list()
+                    .iter()
+                    .for_each(|n| queue.add(n.object_ref()))
+            }
+        };
+        everything();
+        let feeder = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match ns_changes.recv().await {
+                        Ok(Change::Applied(n) | Change::Deleted(n)) => queue.add(n.object_ref()),
+                        Err(RecvError::Lagged(_)) => everything(),
                         Err(RecvError::Closed) => return,
                     }
                 }
