@@ -147,6 +147,34 @@ async fn a_replicaset_keeps_its_pods_and_scales() {
             ("ReplicaSet", "web", Some(true))
         );
     }
+    // What the controller did shows as events on the ReplicaSet.
+    let events = Api::<skiff::pb::core::v1::Event>::new(env.channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let created = events
+            .list(ListRequest {
+                namespace: "default".into(),
+                field_selector: "involvedObject.name=web,reason=SuccessfulCreate".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items;
+        if created.len() == 3 {
+            assert!(
+                created
+                    .iter()
+                    .all(|e| e.message.starts_with("Created pod: web-"))
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} SuccessfulCreate events",
+            created.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A deleted pod is replaced.
     let victim = pods[0].metadata.as_ref().unwrap().name.clone();
     Api::<Pod>::new(env.channel.clone())
@@ -486,6 +514,25 @@ async fn pods_of_a_silent_node_are_recreated_elsewhere() {
             "silent node still {ready:?}, tainted {tainted}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = Api::<skiff::pb::core::v1::Event>::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let not_ready = events
+            .list(ListRequest {
+                namespace: "default".into(),
+                field_selector: "involvedObject.name=doomed-0,reason=NodeNotReady".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items;
+        if let Some(event) = not_ready.first() {
+            assert_eq!(event.r#type, "Warning");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NodeNotReady event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -11,9 +11,11 @@
 //! - [`WorkQueue`]: the deduplicating, rate-limited controller queue.
 //! - [`Backoff`]: exponential backoff with jitter.
 //! - [`leader`]: leader election through a Lease.
+//! - [`events`]: recording deduplicated Events.
 
 pub mod api;
 pub mod backoff;
+pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod queue;

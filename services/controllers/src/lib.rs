@@ -73,6 +73,8 @@ pub struct Shared {
     pub leases: Informer<Lease>,
     /// Node lifecycle timings.
     pub timing: nodelifecycle::Timing,
+    /// Events of every controller (deduplicated with a count).
+    pub recorder: Arc<skiff_client::events::Recorder>,
 }
 
 impl Shared {
@@ -88,6 +90,10 @@ impl Shared {
                 },
             ),
             timing,
+            recorder: Arc::new(skiff_client::events::Recorder::new(
+                channel.clone(),
+                "controller-manager",
+            )),
             pods: Informer::start(Api::new(channel.clone()), Default::default()),
             replicasets: Informer::start(Api::new(channel.clone()), Default::default()),
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -220,6 +226,7 @@ fn replica_controller<K: ReplicaOwner>(
         shared.pods.store.wait_synced().await;
         owner_store.wait_synced().await;
         let controller = Arc::new(ReplicaController::new(
+            Arc::clone(&shared.recorder),
             Api::<K>::new(shared.channel.clone()),
             owner_store.clone(),
             Api::new(shared.channel.clone()),
@@ -436,6 +443,7 @@ fn node_lifecycle_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'
         shared.leases.store.wait_synced().await;
         shared.pods.store.wait_synced().await;
         let controller = Arc::new(nodelifecycle::NodeLifecycleController::new(
+            Arc::clone(&shared.recorder),
             (Api::new(shared.channel.clone()), shared.nodes.store.clone()),
             shared.leases.store.clone(),
             (Api::new(shared.channel.clone()), shared.pods.store.clone()),

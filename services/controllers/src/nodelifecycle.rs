@@ -17,6 +17,7 @@ use skiff::ObjectRef;
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{Node, NodeCondition, NodeStatus, Pod, Taint};
+use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
@@ -57,6 +58,8 @@ struct Seen {
 
 /// See the module doc. Keys are nodes.
 pub struct NodeLifecycleController {
+    /// NodeNotReady events.
+    recorder: std::sync::Arc<Recorder>,
     nodes: Api<Node>,
     node_store: Store<Node>,
     lease_store: Store<Lease>,
@@ -82,12 +85,14 @@ fn has_unreachable_taint(node: &Node) -> bool {
 impl NodeLifecycleController {
     /// A controller over the shared caches.
     pub fn new(
+        recorder: std::sync::Arc<Recorder>,
         nodes: (Api<Node>, Store<Node>),
         lease_store: Store<Lease>,
         pods: (Api<Pod>, Store<Pod>),
         timing: Timing,
     ) -> Self {
         Self {
+            recorder,
             nodes: nodes.0,
             node_store: nodes.1,
             lease_store,
@@ -217,6 +222,10 @@ impl NodeLifecycleController {
             if !unknown {
                 tracing::warn!(node = %key.name, silent = ?silent, "node stopped renewing its lease: NotReady");
                 self.mark_unreachable(&node).await?;
+                let message = format!("Node {} status is now: NodeNotReady", key.name);
+                self.recorder
+                    .record(&*node, EventType::Warning, "NodeNotReady", &message)
+                    .await;
             } else if unreachable_for.is_some_and(|d| d > self.timing.eviction) {
                 let n = self.evict(&key.name).await?;
                 if n > 0 {

@@ -19,6 +19,7 @@ use skiff::pb::core::v1::{
 use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
 use skiff::selector::LabelSelector;
 use skiff::{ObjectRef, Resource};
+use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
@@ -144,6 +145,8 @@ struct Expectations {
 
 /// The controller for one owner kind.
 pub struct ReplicaController<K> {
+    /// SuccessfulCreate / SuccessfulDelete events.
+    recorder: Arc<Recorder>,
     owners: Api<K>,
     owner_store: Store<K>,
     pods: Api<Pod>,
@@ -216,12 +219,14 @@ fn deletion_rank(pod: &Pod) -> (bool, u8, bool, std::cmp::Reverse<i64>) {
 impl<K: ReplicaOwner> ReplicaController<K> {
     /// A controller over the shared caches.
     pub fn new(
+        recorder: Arc<Recorder>,
         owners: Api<K>,
         owner_store: Store<K>,
         pods: Api<Pod>,
         pod_store: Store<Pod>,
     ) -> Self {
         Self {
+            recorder,
             owners,
             owner_store,
             pods,
@@ -304,6 +309,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 match result {
                     Ok(created) => {
                         let name = created.name().to_string();
+                        self.event(owner, "SuccessfulCreate", format!("Created pod: {name}"));
                         self.expect(key, |e| {
                             e.creates.insert(name, Instant::now());
                         });
@@ -321,6 +327,16 @@ impl<K: ReplicaOwner> ReplicaController<K> {
         }
         tracing::info!(kind = K::KIND, owner = %key, created = count, "created pods");
         Ok(())
+    }
+
+    /// Records an event in the background: never slows the work down.
+    fn event(&self, owner: &K, reason: &'static str, message: String) {
+        let (recorder, owner) = (Arc::clone(&self.recorder), owner.clone());
+        tokio::spawn(async move {
+            recorder
+                .record(&owner, EventType::Normal, reason, &message)
+                .await;
+        });
     }
 
     fn expect(&self, key: &ObjectRef, f: impl FnOnce(&mut Expectations)) {
@@ -347,6 +363,9 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             match result {
                 Ok(_) => {
                     let name = pod.name().to_string();
+                    if let Some(owner) = self.owner_store.get(&key.namespace, &key.name) {
+                        self.event(&*owner, "SuccessfulDelete", format!("Deleted pod: {name}"));
+                    }
                     self.expect(key, |e| {
                         e.deletes.insert(name, Instant::now());
                     });

@@ -11,11 +11,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff::pb::core::v1::{
-    Binding, Event, EventSource, Node, ObjectReference, Pod, PodCondition, PodStatus,
-};
+use skiff::pb::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, PodStatus};
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource as _};
+use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 use tokio::sync::mpsc;
 
@@ -161,7 +160,6 @@ pub struct Scheduler {
     settings: Settings,
     profile: Profile,
     pods: Api<Pod>,
-    events: Api<Event>,
     pod_informer: Informer<Pod>,
     node_informer: Informer<Node>,
     cache: Cache,
@@ -170,8 +168,8 @@ pub struct Scheduler {
     unschedulable: HashSet<ObjectRef>,
     /// Consecutive failed attempts per pod (for backoff).
     attempts: HashMap<ObjectRef, u32>,
-    /// FailedScheduling event names per pod (updated, not duplicated).
-    failure_events: HashMap<ObjectRef, String>,
+    /// Writes FailedScheduling events (deduplicated with a count).
+    recorder: Recorder,
     /// Where filtering starts, rotated so that ties spread.
     next_start: usize,
     /// Bind tasks report failures here.
@@ -197,18 +195,18 @@ impl Scheduler {
         let pods = Api::<Pod>::new(channel.clone());
         let nodes = Api::<Node>::new(channel.clone());
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        let recorder = Recorder::new(channel.clone(), &settings.scheduler_name);
         Self {
             settings,
             profile,
             pod_informer: Informer::start(pods.clone(), Default::default()),
             node_informer: Informer::start(nodes, Default::default()),
             pods,
-            events: Api::new(channel),
             cache: Cache::default(),
             queue: WorkQueue::new(),
             unschedulable: HashSet::new(),
             attempts: HashMap::new(),
-            failure_events: HashMap::new(),
+            recorder,
             next_start: 0,
             outcomes_tx,
             outcomes_rx: Some(outcomes_rx),
@@ -247,7 +245,6 @@ impl Scheduler {
                         self.cache.place(pod, &node);
                     }
                     self.attempts.remove(&key);
-                    self.failure_events.remove(&key);
                 } else if self.is_ours(&pod) && !self.unschedulable.contains(&key) {
                     self.queue.add(key);
                 }
@@ -257,7 +254,6 @@ impl Scheduler {
                 self.cache.unplace(&key);
                 self.unschedulable.remove(&key);
                 self.attempts.remove(&key);
-                self.failure_events.remove(&key);
                 self.retry_unschedulable();
             }
         }
@@ -476,58 +472,9 @@ impl Scheduler {
     }
 
     async fn record_event(&mut self, pod: &Pod, message: &str) {
-        let key = pod.object_ref();
-        let now = skiff::time::now_seconds();
-        if let Some(name) = self.failure_events.get(&key)
-            && let Ok(mut event) = self.events.get(&key.namespace, name).await
-        {
-            event.count += 1;
-            event.message = message.to_string();
-            event.last_timestamp = Some(now);
-            if self.events.update(event).await.is_ok() {
-                return;
-            }
-        }
-        let meta = pod.metadata.clone().unwrap_or_default();
-        let name = format!(
-            "{}.{}",
-            key.name,
-            &uuid::Uuid::new_v4().simple().to_string()[..16]
-        );
-        let event = Event {
-            metadata: Some(ObjectMeta {
-                name: name.clone(),
-                namespace: key.namespace.clone(),
-                ..Default::default()
-            }),
-            involved_object: Some(ObjectReference {
-                kind: "Pod".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                uid: meta.uid,
-                api_version: "v1".into(),
-                resource_version: meta.resource_version,
-                ..Default::default()
-            }),
-            reason: "FailedScheduling".into(),
-            message: message.to_string(),
-            source: Some(EventSource {
-                component: self.settings.scheduler_name.clone(),
-                ..Default::default()
-            }),
-            first_timestamp: Some(now),
-            last_timestamp: Some(now),
-            count: 1,
-            r#type: "Warning".into(),
-            reporting_component: self.settings.scheduler_name.clone(),
-            ..Default::default()
-        };
-        match self.events.create(event).await {
-            Ok(_) => {
-                self.failure_events.insert(key, name);
-            }
-            Err(status) => tracing::debug!(pod = %key, %status, "recording FailedScheduling"),
-        }
+        self.recorder
+            .record(pod, EventType::Warning, "FailedScheduling", message)
+            .await;
     }
 }
 
