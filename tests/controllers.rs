@@ -302,14 +302,12 @@ async fn every_namespace_gets_a_default_service_account() {
         .await
         .unwrap();
     let accounts = Api::<ServiceAccount>::new(env.channel.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while accounts.get("team-a", "default").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "no default service account in team-a"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    skiff_e2e::wait_until(
+        "no default service account in team-a",
+        Duration::from_secs(20),
+        async || accounts.get("team-a", "default").await.is_ok(),
+    )
+    .await;
     // Deleted: it comes back.
     accounts
         .delete(DeleteRequest {
@@ -319,14 +317,12 @@ async fn every_namespace_gets_a_default_service_account() {
         })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while accounts.get("team-a", "default").await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "default service account not recreated"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    skiff_e2e::wait_until(
+        "default service account not recreated",
+        Duration::from_secs(20),
+        async || accounts.get("team-a", "default").await.is_ok(),
+    )
+    .await;
     let _ = &env.url;
 }
 
@@ -443,14 +439,12 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
         })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while endpoints.get("default", "web").await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "endpoints outlived their service"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    skiff_e2e::wait_until(
+        "endpoints outlived their service",
+        Duration::from_secs(20),
+        async || endpoints.get("default", "web").await.is_err(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,14 +583,12 @@ async fn deleting_a_namespace_removes_everything_in_it() {
         namespace: "doomed".into(),
         ..Default::default()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pods.list(in_ns()).await.unwrap().items.len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the ReplicaSet's pods never appeared"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    skiff_e2e::wait_until(
+        "the ReplicaSet's pods never appeared",
+        Duration::from_secs(30),
+        async || pods.list(in_ns()).await.unwrap().items.len() >= 2,
+    )
+    .await;
     let marked = namespaces
         .delete(DeleteRequest {
             name: "doomed".into(),

@@ -390,3 +390,16 @@ pub fn controller_manager_with(
         .context("starting skiff controller-manager")?;
     Ok(ChildGuard::new(child))
 }
+
+/// Polls `check` every 100 ms until it is true; panics naming `what`
+/// after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
