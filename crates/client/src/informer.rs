@@ -48,7 +48,10 @@ impl<K: Resource> Informer<K> {
                 match event {
                     Event::Restarted(items) => {
                         let items: Vec<Arc<K>> = items.into_iter().map(Arc::new).collect();
-                        writer.replace(items.clone());
+                        // Deleted while the watch was down: say so.
+                        for gone in writer.replace(items.clone()) {
+                            let _ = notify.send(Change::Deleted(gone));
+                        }
                         for obj in items {
                             let _ = notify.send(Change::Applied(obj));
                         }

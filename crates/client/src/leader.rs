@@ -119,9 +119,17 @@ pub fn elect(api: Api<Lease>, config: LeaderConfig) -> watch::Receiver<bool> {
                 return;
             }
             let leading = *tx.borrow();
-            match try_acquire(&api, &config).await {
+            let attempt = tokio::time::Instant::now();
+            // A call that hangs must not keep a leader leading past its
+            // deadline.
+            let result =
+                match tokio::time::timeout(config.retry_period, try_acquire(&api, &config)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(tonic::Status::deadline_exceeded("lease call timed out")),
+                };
+            match result {
                 Ok(true) => {
-                    last_renew = tokio::time::Instant::now();
+                    last_renew = attempt;
                     if !leading {
                         tracing::info!(lease = %config.name, identity = %config.identity, "became leader");
                         let _ = tx.send(true);

@@ -53,21 +53,30 @@ impl<K: Resource> Writer<K> {
     /// synced.
     pub fn apply(&self, event: &Event<K>) {
         match event {
-            Event::Restarted(items) => self.replace(items.iter().cloned().map(Arc::new).collect()),
+            Event::Restarted(items) => {
+                self.replace(items.iter().cloned().map(Arc::new).collect());
+            }
             Event::Applied(obj) => self.insert(Arc::new(obj.clone())),
             Event::Deleted(obj) => self.remove(&obj.object_ref()),
         }
     }
 
-    /// Replaces the whole content (a relist) and marks the cache synced.
-    pub fn replace(&self, items: Vec<Arc<K>>) {
+    /// Replaces the whole content (a relist) and marks the cache synced;
+    /// returns the objects the new content no longer has (deleted while
+    /// nobody watched).
+    pub fn replace(&self, items: Vec<Arc<K>>) -> Vec<Arc<K>> {
+        let mut gone = Vec::new();
         if let Ok(mut objects) = self.objects.write() {
-            objects.clear();
+            let mut old = std::mem::take(&mut *objects);
             for obj in items {
-                objects.insert(obj.object_ref(), obj);
+                let key = obj.object_ref();
+                old.remove(&key);
+                objects.insert(key, obj);
             }
+            gone.extend(old.into_values());
         }
         let _ = self.synced.send(true);
+        gone
     }
 
     /// Adds or replaces one object.
@@ -153,5 +162,18 @@ mod tests {
         w.apply(&Event::Deleted(cm("a")));
         assert!(s.get("default", "a").is_none());
         assert!(s.get("default", "b").is_some());
+    }
+
+    #[test]
+    fn a_relist_reports_what_was_deleted_meanwhile() {
+        let (w, s) = store::<ConfigMap>();
+        w.replace(vec![Arc::new(cm("a")), Arc::new(cm("b"))]);
+        let gone = w.replace(vec![Arc::new(cm("b")), Arc::new(cm("c"))]);
+        let names: Vec<&str> = gone
+            .iter()
+            .map(|c| c.metadata.as_ref().unwrap().name.as_str())
+            .collect();
+        assert_eq!(names, vec!["a"]);
+        assert_eq!(s.len(), 2);
     }
 }

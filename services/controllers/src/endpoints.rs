@@ -195,7 +195,7 @@ impl EndpointsController {
                 match self.endpoints.update(updated).await {
                     Ok(_) => Ok(Action::AwaitChange),
                     Err(s) if s.code() == tonic::Code::Aborted => {
-                        Ok(Action::Requeue(std::time::Duration::ZERO))
+                        Ok(Action::Requeue(std::time::Duration::from_millis(100)))
                     }
                     Err(s) => Err(s.into()),
                 }

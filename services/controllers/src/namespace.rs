@@ -107,7 +107,7 @@ impl NamespaceController {
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(Action::AwaitChange),
             Err(s) if s.code() == tonic::Code::Aborted => {
-                Ok(Action::Requeue(std::time::Duration::ZERO))
+                Ok(Action::Requeue(std::time::Duration::from_millis(100)))
             }
             Err(s) => Err(s.into()),
         }

@@ -226,6 +226,9 @@ impl NodeLifecycleController {
                 self.recorder
                     .record(&*node, EventType::Warning, "NodeNotReady", &message)
                     .await;
+            } else if !has_unreachable_taint(&node) {
+                // Marked, but the taint did not land: add it now.
+                self.set_taint((*node).clone(), true).await?;
             } else if unreachable_for.is_some_and(|d| d > self.timing.eviction) {
                 let n = self.evict(&key.name).await?;
                 if n > 0 {

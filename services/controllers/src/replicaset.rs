@@ -359,6 +359,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             })
         }))
         .await;
+        let mut first_error = None;
         for (pod, result) in victims.iter().zip(results) {
             match result {
                 Ok(_) => {
@@ -371,8 +372,15 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                     });
                 }
                 Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(s.into()),
+                // Keep recording the others' deletes: forgetting one would
+                // make the retry delete a replacement too.
+                Err(s) => {
+                    first_error.get_or_insert(s);
+                }
             }
+        }
+        if let Some(s) = first_error {
+            return Err(s.into());
         }
         tracing::info!(kind = K::KIND, owner = %key, deleted = victims.len(), "deleted pods");
         Ok(())

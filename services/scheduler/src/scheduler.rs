@@ -41,8 +41,9 @@ enum Outcome {
 struct Cache {
     /// Every node, with the pods counted against it.
     nodes: HashMap<String, NodeInfo>,
-    /// Where each counted pod is (bound or assumed).
-    placed: HashMap<ObjectRef, String>,
+    /// Where each counted pod is (bound or assumed), even on a node the
+    /// cache does not know yet (it is counted when the node arrives).
+    placed: HashMap<ObjectRef, (String, Arc<Pod>)>,
     /// Pods chosen for a node whose binding has not been seen yet.
     assumed: HashSet<ObjectRef>,
 }
@@ -51,9 +52,9 @@ impl Cache {
     fn set_node(&mut self, node: Arc<Node>) {
         let name = node.name().to_string();
         let mut info = NodeInfo::new(node);
-        if let Some(old) = self.nodes.remove(&name) {
-            for pod in old.pods {
-                info.add_pod(pod);
+        for (node_name, pod) in self.placed.values() {
+            if *node_name == name {
+                info.add_pod(Arc::clone(pod));
             }
         }
         self.nodes.insert(name, info);
@@ -66,27 +67,23 @@ impl Cache {
 
     fn place(&mut self, pod: Arc<Pod>, node: &str) {
         let key = pod.object_ref();
-        if let Some(prev) = self.placed.get(&key) {
-            if prev == node {
-                // Refresh the stored copy (the assumed one becomes bound).
-                if let Some(info) = self.nodes.get_mut(node)
-                    && let Some(slot) = info.pods.iter_mut().find(|p| p.object_ref() == key)
-                {
-                    *slot = pod;
-                }
-                return;
-            }
+        if self.placed.get(&key).is_some_and(|(n, _)| n != node) {
             self.unplace(&key);
         }
-        self.placed.insert(key, node.to_string());
+        self.placed
+            .insert(key.clone(), (node.to_string(), Arc::clone(&pod)));
         if let Some(info) = self.nodes.get_mut(node) {
-            info.add_pod(pod);
+            match info.pods.iter_mut().find(|p| p.object_ref() == key) {
+                // Refresh the stored copy (the assumed one becomes bound).
+                Some(slot) => *slot = pod,
+                None => info.add_pod(pod),
+            }
         }
     }
 
     fn unplace(&mut self, key: &ObjectRef) {
         self.assumed.remove(key);
-        let Some(node) = self.placed.remove(key) else {
+        let Some((node, _)) = self.placed.remove(key) else {
             return;
         };
         if let Some(info) = self.nodes.get_mut(&node) {
@@ -100,34 +97,26 @@ impl Cache {
     }
 
     /// Rebuilds everything from the informers' stores (after a relist).
+    /// Assumed pods stay assumed while they exist unbound.
     fn rebuild(&mut self, nodes: &[Arc<Node>], pods: &[Arc<Pod>]) {
         let assumed: Vec<(ObjectRef, String)> = self
             .assumed
             .iter()
-            .filter_map(|k| self.placed.get(k).map(|n| (k.clone(), n.clone())))
+            .filter_map(|k| self.placed.get(k).map(|(n, _)| (k.clone(), n.clone())))
             .collect();
-        let keep: HashMap<ObjectRef, Arc<Pod>> = assumed
-            .iter()
-            .filter_map(|(k, n)| {
-                self.nodes
-                    .get(n)
-                    .and_then(|info| info.pods.iter().find(|p| &p.object_ref() == k).cloned())
-                    .map(|p| (k.clone(), p))
-            })
-            .collect();
+        let by_key: HashMap<ObjectRef, &Arc<Pod>> =
+            pods.iter().map(|p| (p.object_ref(), p)).collect();
         *self = Cache::default();
         for node in nodes {
             self.set_node(Arc::clone(node));
         }
         for pod in pods {
-            if let Some(node) = bound_node(pod) {
+            if let Some(node) = bound_node(pod).filter(|_| !finished(pod)) {
                 self.place(Arc::clone(pod), node);
             }
         }
         for (key, node) in assumed {
-            if !self.placed.contains_key(&key)
-                && let Some(pod) = keep.get(&key)
-            {
+            if let Some(pod) = by_key.get(&key).filter(|p| bound_node(p).is_none()) {
                 self.place(Arc::clone(pod), &node);
                 self.assumed.insert(key);
             }
@@ -497,5 +486,18 @@ mod tests {
         cache.unplace(&p.object_ref());
         assert_eq!(cache.nodes["a"].requested.milli_cpu, 0);
         assert!(cache.assumed.is_empty());
+    }
+
+    #[test]
+    fn a_pod_bound_before_its_node_arrives_counts_once_it_does() {
+        let mut cache = Cache::default();
+        let p = Arc::new(pod("p", "1", "1Gi"));
+        cache.place(Arc::clone(&p), "late");
+        cache.set_node(Arc::new(node("late", "2", "4Gi")));
+        assert_eq!(cache.nodes["late"].requested.milli_cpu, 1000);
+        // The bound copy replaces it without counting it twice.
+        cache.place(Arc::clone(&p), "late");
+        assert_eq!(cache.nodes["late"].requested.milli_cpu, 1000);
+        assert_eq!(cache.nodes["late"].pods.len(), 1);
     }
 }
