@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use skiff::pb::coordination::v1::{Lease, LeaseSpec};
 use skiff::pb::meta::v1::ObjectMeta;
-use skiff::wkt::Timestamp;
 use tokio::sync::watch;
 
 use crate::api::Api;
@@ -43,18 +42,41 @@ impl LeaderConfig {
     }
 }
 
-fn expired(spec: &LeaseSpec, at: &Timestamp) -> bool {
-    let Some(renew) = &spec.renew_time else {
-        return true;
-    };
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let renewed_ns = i128::from(renew.seconds) * 1_000_000_000 + i128::from(renew.nanos);
-    let now_ns = i128::from(at.seconds) * 1_000_000_000 + i128::from(at.nanos);
-    now_ns > renewed_ns + i128::from(duration) * 1_000_000_000
+/// A lease record as this candidate last saw it, and when (on its own
+/// clock): a lease counts as expired once its record has not changed for
+/// its duration *as observed here*, whatever the holder's clock says (as
+/// client-go does).
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    /// Holder and renewTime.
+    record: (String, Option<(i64, i32)>),
+    /// When this record was first seen.
+    at: tokio::time::Instant,
+}
+
+/// Whether `record` has stood unchanged for `duration` by `now`, updating
+/// what was observed.
+fn expired_locally(
+    observed: &mut Option<Observed>,
+    record: (String, Option<(i64, i32)>),
+    duration: Duration,
+    now: tokio::time::Instant,
+) -> bool {
+    match observed {
+        Some(o) if o.record == record => now.duration_since(o.at) >= duration,
+        _ => {
+            *observed = Some(Observed { record, at: now });
+            false
+        }
+    }
 }
 
 /// Tries once to acquire or renew; Ok(true) when we hold the lease now.
-async fn try_acquire(api: &Api<Lease>, config: &LeaderConfig) -> Result<bool, tonic::Status> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    config: &LeaderConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, tonic::Status> {
     let at = skiff::time::now();
     let mine = |spec: &mut LeaseSpec, transitions: i32| {
         spec.holder_identity = Some(config.identity.clone());
@@ -89,7 +111,18 @@ async fn try_acquire(api: &Api<Lease>, config: &LeaderConfig) -> Result<bool, to
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             let holder = spec.holder_identity.clone().unwrap_or_default();
             let ours = holder == config.identity;
-            if !ours && !holder.is_empty() && !expired(spec, &at) {
+            let record = (
+                holder.clone(),
+                spec.renew_time.map(|t| (t.seconds, t.nanos)),
+            );
+            let duration = Duration::from_secs(u64::from(
+                spec.lease_duration_seconds
+                    .unwrap_or(15)
+                    .max(1)
+                    .unsigned_abs(),
+            ));
+            let stale = expired_locally(observed, record, duration, tokio::time::Instant::now());
+            if !ours && !holder.is_empty() && !stale {
                 return Ok(false);
             }
             let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
@@ -114,6 +147,7 @@ pub fn elect(api: Api<Lease>, config: LeaderConfig) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut last_renew = tokio::time::Instant::now();
+        let mut observed = None;
         loop {
             if tx.is_closed() {
                 return;
@@ -122,11 +156,15 @@ pub fn elect(api: Api<Lease>, config: LeaderConfig) -> watch::Receiver<bool> {
             let attempt = tokio::time::Instant::now();
             // A call that hangs must not keep a leader leading past its
             // deadline.
-            let result =
-                match tokio::time::timeout(config.retry_period, try_acquire(&api, &config)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(tonic::Status::deadline_exceeded("lease call timed out")),
-                };
+            let result = match tokio::time::timeout(
+                config.retry_period,
+                try_acquire(&api, &config, &mut observed),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(tonic::Status::deadline_exceeded("lease call timed out")),
+            };
             match result {
                 Ok(true) => {
                     last_renew = attempt;
@@ -159,35 +197,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_expires_after_its_duration() {
-        let spec = LeaseSpec {
-            renew_time: Some(Timestamp {
-                seconds: 100,
-                nanos: 0,
-            }),
-            lease_duration_seconds: Some(15),
-            ..Default::default()
-        };
-        assert!(!expired(
-            &spec,
-            &Timestamp {
-                seconds: 114,
-                nanos: 0
-            }
+    fn a_lease_expires_after_standing_still_for_its_duration_on_our_clock() {
+        let start = tokio::time::Instant::now();
+        let mut observed = None;
+        let record = |renew: i64| ("other".to_string(), Some((renew, 0)));
+        let d = Duration::from_secs(15);
+        assert!(
+            !expired_locally(&mut observed, record(100), d, start),
+            "first sight"
+        );
+        assert!(!expired_locally(
+            &mut observed,
+            record(100),
+            d,
+            start + Duration::from_secs(14)
         ));
-        assert!(expired(
-            &spec,
-            &Timestamp {
-                seconds: 116,
-                nanos: 0
-            }
+        // Renewed: the clock starts again.
+        assert!(!expired_locally(
+            &mut observed,
+            record(110),
+            d,
+            start + Duration::from_secs(14)
         ));
-        assert!(expired(
-            &LeaseSpec::default(),
-            &Timestamp {
-                seconds: 0,
-                nanos: 0
-            }
+        assert!(!expired_locally(
+            &mut observed,
+            record(110),
+            d,
+            start + Duration::from_secs(28)
+        ));
+        assert!(expired_locally(
+            &mut observed,
+            record(110),
+            d,
+            start + Duration::from_secs(29)
         ));
     }
 }

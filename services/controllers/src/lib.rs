@@ -252,7 +252,11 @@ fn replica_controller<K: ReplicaOwner>(
                             Err(_) => return,
                         },
                         change = pod_changes.recv() => match change {
-                            Ok(Change::Applied(p) | Change::Deleted(p)) => {
+                            Ok(Change::Applied(p)) => {
+                                controller.owners_of(&p).into_iter().for_each(|k| queue.add(k));
+                            }
+                            Ok(Change::Deleted(p)) => {
+                                controller.observe_deleted(&p);
                                 controller.owners_of(&p).into_iter().for_each(|k| queue.add(k));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

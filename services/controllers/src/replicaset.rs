@@ -264,6 +264,16 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             .collect()
     }
 
+    /// A pod is gone: a create still expected for it will never be seen
+    /// present, so stop waiting for it.
+    pub fn observe_deleted(&self, pod: &Pod) {
+        for key in self.owners_of(pod) {
+            self.expect(&key, |e| {
+                e.creates.remove(pod.name());
+            });
+        }
+    }
+
     fn owner_ref(owner: &K) -> OwnerReference {
         let meta = owner.metadata().cloned().unwrap_or_default();
         OwnerReference {
