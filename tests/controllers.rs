@@ -16,7 +16,6 @@ use skiff_client::Api;
 
 struct Env {
     _server: skiff_apiserver::ApiServer,
-    url: String,
     channel: tonic::transport::Channel,
     _processes: Vec<skiff_e2e::ChildGuard>,
     _dir: tempfile::TempDir,
@@ -41,7 +40,6 @@ async fn env(panic_hook: Option<&str>) -> Env {
     Env {
         channel: skiff_client::connect_lazy(&url).unwrap(),
         _server: server,
-        url,
         _processes: processes,
         _dir: dir,
     }
@@ -323,7 +321,6 @@ async fn every_namespace_gets_a_default_service_account() {
         async || accounts.get("team-a", "default").await.is_ok(),
     )
     .await;
-    let _ = &env.url;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,7 +466,6 @@ async fn pods_of_a_silent_node_are_recreated_elsewhere() {
     .unwrap();
     let env = Env {
         _server: server,
-        url: url.clone(),
         channel: channel.clone(),
         _processes: Vec::new(),
         _dir: dir,

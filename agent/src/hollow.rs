@@ -68,8 +68,8 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server address is malformed.
-    #[error("API server address {0:?}: {1}")]
-    Address(String, #[source] tonic::transport::Error),
+    #[error(transparent)]
+    Address(#[from] skiff_client::AddressError),
     /// A node could not be registered.
     #[error("registering node {node}: {status}")]
     Register {
@@ -214,8 +214,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let channel = skiff_client::connect_lazy(&config.server)
-        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    let channel = skiff_client::connect_lazy(&config.server)?;
     let nodes = Api::<Node>::new(channel.clone());
     let leases = Api::<Lease>::new(channel.clone());
     let pods = Api::<Pod>::new(channel);

@@ -28,13 +28,28 @@ pub use informer::{Change, Informer};
 pub use queue::WorkQueue;
 pub use store::Store;
 
+/// The API server address could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("API server address {address:?}: {source}")]
+pub struct AddressError {
+    /// The address as given.
+    pub address: String,
+    /// Why it is unusable.
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
 /// Connects a channel to the API server at `url` (`http://127.0.0.1:6443`).
 ///
 /// # Errors
 /// When the address is malformed. The connection itself is made lazily
 /// and retried, so a server that starts later is fine.
-pub fn connect_lazy(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())?
-        .tcp_nodelay(true)
-        .connect_lazy())
+pub fn connect_lazy(url: &str) -> Result<tonic::transport::Channel, AddressError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|source| {
+        AddressError {
+            address: url.to_string(),
+            source,
+        }
+    })?;
+    Ok(endpoint.tcp_nodelay(true).connect_lazy())
 }

@@ -240,7 +240,6 @@ fn replica_controller<K: ReplicaOwner>(
         let feeder = {
             let (queue, controller) = (queue.clone(), Arc::clone(&controller));
             let owner_store = owner_store.clone();
-            let pod_store = shared.pods.store.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -260,7 +259,6 @@ fn replica_controller<K: ReplicaOwner>(
                                 controller.owners_of(&p).into_iter().for_each(|k| queue.add(k));
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                let _ = &pod_store;
                                 owner_store.list().iter().for_each(|o| queue.add(o.object_ref()));
                             }
                             Err(_) => return,
@@ -609,8 +607,8 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server address is malformed.
-    #[error("API server address {0:?}: {1}")]
-    Address(String, #[source] tonic::transport::Error),
+    #[error(transparent)]
+    Address(#[from] skiff_client::AddressError),
     /// The actor system's thread could not start.
     #[error("starting the controller actors: {0}")]
     Thread(String),
@@ -626,8 +624,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let channel = skiff_client::connect_lazy(&config.server)
-        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    let channel = skiff_client::connect_lazy(&config.server)?;
     tokio::pin!(shutdown);
     let mut leading = if config.leader_elect {
         let mut lease =

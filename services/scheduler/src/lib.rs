@@ -73,8 +73,8 @@ pub enum Error {
     #[error(transparent)]
     Profile(#[from] framework::ProfileError),
     /// The server address is malformed.
-    #[error("API server address {0:?}: {1}")]
-    Address(String, #[source] tonic::transport::Error),
+    #[error(transparent)]
+    Address(#[from] skiff_client::AddressError),
     /// The actor system's thread could not start.
     #[error("starting the scheduler actor: {0}")]
     Thread(String),
@@ -90,8 +90,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     Profile::build(&config.profile)?;
-    let channel = skiff_client::connect_lazy(&config.server)
-        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    let channel = skiff_client::connect_lazy(&config.server)?;
     let settings = scheduler::Settings {
         scheduler_name: config.scheduler_name.clone(),
     };
@@ -177,8 +176,7 @@ pub async fn run_supervised(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     Profile::build(&config.profile)?;
-    skiff_client::connect_lazy(&config.server)
-        .map_err(|e| Error::Address(config.server.clone(), e))?;
+    skiff_client::connect_lazy(&config.server)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("skiff-scheduler".into())
