@@ -1,0 +1,589 @@
+//! The Docker Engine runtime (bollard).
+//!
+//! A pod sandbox is a container of Skiff's own `pause` image (built here
+//! from `FROM scratch` plus a freestanding static binary, since no
+//! registry is assumed) attached to Skiff's bridge network; it owns the
+//! pod's IP and its IPC namespace (`shareable`). App containers join it
+//! with `network_mode`/`ipc_mode` `container:<sandbox>`, so they share one
+//! IP, localhost and System V IPC.
+//!
+//! `list` is the agent's relist: one `GET /containers/json` filtered by
+//! labels, plus an inspect only for containers whose state changed since
+//! the last call (containers move created → running → exited once; a
+//! restart is a new container), so polling every second stays cheap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest,
+};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::{StreamExt as _, TryStreamExt as _};
+
+use crate::{
+    Container, ContainerSpec, Error, ExecOutput, LogOptions, LogStream, PullPolicy, Result,
+    Runtime, RuntimeInfo, SandboxSpec, State, labels,
+};
+
+/// The sandbox program, compiled by build.rs.
+const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
+
+/// How long one image pull may take before the pod is told it failed.
+const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A Docker Engine, as one node's runtime.
+pub struct DockerRuntime {
+    /// The engine's API, at the version negotiated with it.
+    docker: Docker,
+    /// The node whose containers these are ([`labels::NODE`]).
+    node: String,
+    /// The bridge network sandboxes attach to.
+    network: String,
+    /// The sandbox image's tag (content-addressed: one per pause build).
+    pause_image: String,
+    /// Inspected containers by id, with the summary state they were
+    /// inspected in: re-inspected only when that changes.
+    inspected: Mutex<HashMap<String, (String, Container)>>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("node", &self.node)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+fn docker_error(e: DockerError) -> Error {
+    match e {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => Error::NotFound(message),
+        other => Error::Runtime(other.to_string()),
+    }
+}
+
+fn is_status(e: &DockerError, code: u16) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// The Docker time format (RFC 3339 with nanoseconds); the zero time
+/// (`0001-01-01T00:00:00Z`, "never") is `None`.
+fn parse_time(s: Option<&str>) -> Option<SystemTime> {
+    let s = s?;
+    if s.starts_with("0001-") {
+        return None;
+    }
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
+}
+
+/// A tar archive of `files` (path, mode, content), for a build context.
+fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, *content)
+            .map_err(|e| Error::Runtime(format!("building an image context: {e}")))?;
+    }
+    builder
+        .into_inner()
+        .map_err(|e| Error::Runtime(format!("building an image context: {e}")))
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket),
+    /// negotiates the API version (older engines refuse newer clients),
+    /// and makes sure the pod network and the sandbox image exist.
+    ///
+    /// # Errors
+    /// The engine does not answer, or refuses to create either.
+    pub async fn connect(node: &str, network: &str) -> Result<Self> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(docker_error)?
+            .negotiate_version()
+            .await
+            .map_err(docker_error)?;
+        let digest = PAUSE
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        let runtime = Self {
+            docker,
+            node: node.to_string(),
+            network: network.to_string(),
+            pause_image: format!("skiff/pause:{digest:016x}"),
+            inspected: Mutex::default(),
+        };
+        runtime.ensure_network().await?;
+        let pause = runtime.pause_image.clone();
+        if runtime.image_id(&pause).await?.is_none() {
+            let dockerfile = b"FROM scratch\nCOPY pause /pause\nENTRYPOINT [\"/pause\"]\n";
+            runtime
+                .build_image(&pause, &[("Dockerfile", 0o644, dockerfile), ("pause", 0o755, PAUSE)])
+                .await?;
+        }
+        Ok(runtime)
+    }
+
+    /// Builds an image tagged `tag` from a context of `files` (which must
+    /// include a `Dockerfile`), labelled [`labels::MANAGED`].
+    ///
+    /// # Errors
+    /// The build failed; the message is the engine's.
+    pub async fn build_image(&self, tag: &str, files: &[(&str, u32, &[u8])]) -> Result<()> {
+        let context = tar_of(files)?;
+        let options = BuildImageOptionsBuilder::default()
+            .t(tag)
+            .rm(true)
+            .labels(&HashMap::from([(labels::MANAGED, "true")]))
+            .build();
+        let mut stream = self.docker.build_image(
+            options,
+            None,
+            Some(bollard::body_full(context.into())),
+        );
+        while let Some(step) = stream.next().await {
+            let step = step.map_err(docker_error)?;
+            if let Some(detail) = step.error_detail {
+                return Err(Error::Runtime(format!(
+                    "building image {tag}: {}",
+                    detail.message.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's client, for what the trait does not cover.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn ensure_network(&self) -> Result<()> {
+        match self.docker.inspect_network(&self.network, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(docker_error(e)),
+        }
+        let request = NetworkCreateRequest {
+            name: self.network.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Another agent on this engine created it meanwhile.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(image).await {
+            Ok(found) => Ok(Some(found.id.unwrap_or_default())),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let (repo, tag) = match image.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (image, "latest"),
+        };
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(repo)
+            .tag(tag)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = stream.next().await {
+                let step = step.map_err(|e| e.to_string())?;
+                if let Some(detail) = step.error_detail {
+                    return Err(detail.message.unwrap_or_default());
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(Error::ImagePull {
+                image: image.to_string(),
+                message,
+            }),
+            Err(_) => Err(Error::ImagePull {
+                image: image.to_string(),
+                message: format!("no answer from the registry in {PULL_TIMEOUT:?}"),
+            }),
+        }
+    }
+
+    fn node_labels(&self, mut labels: BTreeMap<String, String>) -> HashMap<String, String> {
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::NODE.into(), self.node.clone());
+        labels.into_iter().collect()
+    }
+
+    async fn inspect(&self, id: &str, ip: Option<String>) -> Result<Container> {
+        let found = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker_error)?;
+        let config = found.config.unwrap_or_default();
+        let state = found.state.unwrap_or_default();
+        let started_at = parse_time(state.started_at.as_deref());
+        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
+        let state = match status.as_str() {
+            "created" => State::Created,
+            "running" => State::Running { started_at },
+            "exited" => State::Exited {
+                exit_code: state.exit_code.unwrap_or_default(),
+                started_at,
+                finished_at: parse_time(state.finished_at.as_deref()),
+                oom_killed: state.oom_killed.unwrap_or_default(),
+            },
+            other => State::Unknown(other.to_string()),
+        };
+        Ok(Container {
+            id: found.id.unwrap_or_default(),
+            name: found
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.unwrap_or_default(),
+            image_id: found.image.unwrap_or_default(),
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            state,
+            ip,
+            created: found
+                .created
+                .and_then(|c| parse_time(Some(&c.to_string())))
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    async fn info(&self) -> Result<RuntimeInfo> {
+        let version = self.docker.version().await.map_err(docker_error)?;
+        let info = self.docker.info().await.map_err(docker_error)?;
+        Ok(RuntimeInfo {
+            version: format!("docker://{}", version.version.unwrap_or_default()),
+            kernel_version: info.kernel_version.unwrap_or_default(),
+            os_image: info.operating_system.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or_default(),
+            memory_bytes: info.mem_total.unwrap_or_default(),
+        })
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String> {
+        let local = self.image_id(image).await?;
+        match (policy, local) {
+            (PullPolicy::IfNotPresent, Some(id)) => Ok(id),
+            (PullPolicy::Never, Some(id)) => Ok(id),
+            (PullPolicy::Never, None) => Err(Error::ImageNeverPull(image.to_string())),
+            (PullPolicy::Always, local) => match (self.pull(image).await, local) {
+                (Ok(()), _) => self.image_id(image).await?.ok_or_else(|| {
+                    Error::NotFound(format!("image {image:?} after pulling it"))
+                }),
+                // No registry reachable, but a copy is here: run it, as a
+                // node that cannot reach its registry should.
+                (Err(e), Some(id)) => {
+                    tracing::warn!(%image, error = %e, "pull failed; using the local copy");
+                    Ok(id)
+                }
+                (Err(e), None) => Err(e),
+            },
+            (PullPolicy::IfNotPresent, None) => {
+                self.pull(image).await?;
+                self.image_id(image)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("image {image:?} after pulling it")))
+            }
+        }
+    }
+
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        let host_config = HostConfig {
+            network_mode: Some(self.network.clone()),
+            ipc_mode: Some("shareable".into()),
+            dns: (!spec.dns_servers.is_empty()).then(|| spec.dns_servers.clone()),
+            dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(self.pause_image.clone()),
+            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
+            labels: Some(self.node_labels(spec.labels.clone())),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_error)?;
+        self.start(&created.id).await?;
+        Ok(created.id)
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let sandbox = format!("container:{}", spec.sandbox_id);
+        let binds = spec
+            .mounts
+            .iter()
+            .map(|m| {
+                let mode = if m.read_only { ":ro" } else { "" };
+                format!("{}:{}{mode}", m.host_path.display(), m.container_path)
+            })
+            .collect();
+        let host_config = HostConfig {
+            network_mode: Some(sandbox.clone()),
+            ipc_mode: Some(sandbox.clone()),
+            pid_mode: spec.share_pid.then_some(sandbox),
+            binds: Some(binds),
+            memory: spec.memory_limit,
+            nano_cpus: spec.nano_cpus,
+            cpu_shares: spec.cpu_shares,
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.command.clone(),
+            cmd: spec.args.clone(),
+            env: Some(spec.env.clone()),
+            working_dir: spec.working_dir.clone(),
+            labels: Some(self.node_labels(spec.labels.clone())),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_error)?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(docker_error)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let options = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs().min(i32::MAX as u64) as i32)
+            .build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 404) => {}
+            // 409: removal already in progress.
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(docker_error(e)),
+        }
+        if let Ok(mut cache) = self.inspected.lock() {
+            cache.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Container>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={}", labels::NODE, self.node),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error)?;
+        let mut out = Vec::with_capacity(summaries.len());
+        let mut seen = HashMap::new();
+        for summary in summaries {
+            let Some(id) = summary.id.clone() else { continue };
+            let state = summary
+                .state
+                .unwrap_or(ContainerSummaryStateEnum::EMPTY)
+                .to_string();
+            let ip = summary
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&self.network))
+                .and_then(|e| e.ip_address)
+                .filter(|ip| !ip.is_empty());
+            let cached = self
+                .inspected
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&id).cloned())
+                .filter(|(s, c)| *s == state && c.ip == ip);
+            let container = match cached {
+                Some((_, c)) => c,
+                None => match self.inspect(&id, ip).await {
+                    Ok(c) => c,
+                    // Removed between the list and the inspect.
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                },
+            };
+            seen.insert(id, (state, container.clone()));
+            out.push(container);
+        }
+        if let Ok(mut cache) = self.inspected.lock() {
+            *cache = seen;
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let run = async {
+            let created = self
+                .docker
+                .create_exec(
+                    id,
+                    CreateExecOptions {
+                        cmd: Some(command.to_vec()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(docker_error)?;
+            let mut out = ExecOutput::default();
+            let started = self
+                .docker
+                .start_exec(&created.id, Some(StartExecOptions::default()))
+                .await
+                .map_err(docker_error)?;
+            if let StartExecResults::Attached { mut output, .. } = started {
+                while let Some(chunk) = output.next().await {
+                    match chunk.map_err(docker_error)? {
+                        bollard::container::LogOutput::StdErr { message } => {
+                            out.stderr.extend_from_slice(&message)
+                        }
+                        other => out.stdout.extend_from_slice(&other.into_bytes()),
+                    }
+                }
+            }
+            let inspected = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(docker_error)?;
+            out.exit_code = inspected.exit_code.unwrap_or(-1);
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
+        // Fail now (NotFound) rather than as the stream's first item.
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .map_err(docker_error)?;
+        let mut builder = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(options.follow)
+            .timestamps(options.timestamps);
+        if let Some(tail) = options.tail {
+            builder = builder.tail(&tail.to_string());
+        }
+        if let Some(since) = options.since {
+            builder = builder.since(since.clamp(0, i64::from(i32::MAX)) as i32);
+        }
+        let stream = self
+            .docker
+            .logs(id, Some(builder.build()))
+            .map_ok(|chunk| chunk.into_bytes())
+            .map_err(docker_error);
+        Ok(stream.boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_times_parse_and_the_zero_time_is_none() {
+        let t = parse_time(Some("2026-11-26T14:12:00.123456789Z")).expect("parses");
+        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs, 1_795_702_320);
+        assert_eq!(parse_time(Some("0001-01-01T00:00:00Z")), None);
+        assert_eq!(parse_time(None), None);
+    }
+
+    #[test]
+    fn build_contexts_are_tar_archives_with_modes() {
+        let bytes = tar_of(&[("Dockerfile", 0o644, b"FROM scratch\n"), ("pause", 0o755, PAUSE)])
+            .unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries: Vec<(String, u32)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().mode().unwrap())
+            })
+            .collect();
+        assert_eq!(entries, [("Dockerfile".into(), 0o644), ("pause".into(), 0o755)]);
+    }
+
+    #[test]
+    fn the_pause_program_is_a_static_executable() {
+        assert_eq!(&PAUSE[..4], b"\x7fELF");
+    }
+}

@@ -1,0 +1,24 @@
+//! The labels on every runtime object Skiff creates. They are the agent's
+//! memory across restarts: a restarted agent lists by [`MANAGED`] and
+//! [`NODE`] and knows each container's pod, name and attempt from the
+//! rest, so it adopts instead of recreating.
+
+/// `true` on everything Skiff created (tests and cleanup select on it).
+pub const MANAGED: &str = "io.skiff.managed";
+/// The node whose agent created it (several agents may share one engine).
+pub const NODE: &str = "io.skiff.node";
+/// The pod's uid.
+pub const POD_UID: &str = "io.skiff.pod.uid";
+/// The pod's namespace.
+pub const POD_NAMESPACE: &str = "io.skiff.pod.namespace";
+/// The pod's name.
+pub const POD_NAME: &str = "io.skiff.pod.name";
+/// The container's name in the pod spec; [`SANDBOX`] for the sandbox.
+pub const CONTAINER_NAME: &str = "io.skiff.container.name";
+/// Which start of that container this is: 0, then 1 after one restart...
+/// (the pod's restartCount survives an agent restart through it).
+pub const ATTEMPT: &str = "io.skiff.container.attempt";
+/// `init` for init containers, `app` for the others, `sandbox`.
+pub const ROLE: &str = "io.skiff.container.role";
+/// The container's value of [`CONTAINER_NAME`] for a pod sandbox.
+pub const SANDBOX: &str = "POD";

@@ -1,0 +1,283 @@
+//! Skiff's container runtime seam: what the node agent asks of whatever
+//! runs its containers. It knows nothing of the cluster (no pods, no API):
+//! sandboxes, containers, images, exec and logs, found again by labels.
+//!
+//! # Layout
+//!
+//! - [`Runtime`]: the trait, and its value types ([`ContainerSpec`],
+//!   [`Container`], [`State`], ...).
+//! - [`docker`]: the Docker Engine implementation (bollard). A pod's
+//!   sandbox is a `pause` container that owns the network and IPC
+//!   namespaces; the pod's containers join it.
+//! - [`fake`]: in memory, recording calls; for unit tests and simulated
+//!   nodes.
+//! - [`labels`]: the labels every object the agent creates carries, which
+//!   is how a restarted agent finds its containers again.
+
+pub mod docker;
+pub mod fake;
+pub mod labels;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+pub use docker::DockerRuntime;
+pub use fake::FakeRuntime;
+
+/// What can go wrong talking to a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No container (or image) by that id or name.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The image is not on the node and could not be pulled.
+    #[error("pulling image {image:?}: {message}")]
+    ImagePull {
+        /// The image as the pod named it.
+        image: String,
+        /// Why the pull failed.
+        message: String,
+    },
+    /// The image is not on the node and the pull policy is Never.
+    #[error("image {0:?} is not present and the pull policy is Never")]
+    ImageNeverPull(String),
+    /// The runtime refused or failed the call.
+    #[error("container runtime: {0}")]
+    Runtime(String),
+    /// An exec did not finish in time.
+    #[error("command timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Results of runtime calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// When to pull an image (a container's `imagePullPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Pull every time; a failed pull falls back to a local copy.
+    Always,
+    /// Pull only when the node has no copy.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// Kubernetes' rule: the policy named, else `Always` for `:latest` or
+    /// untagged images and `IfNotPresent` otherwise.
+    pub fn for_image(policy: &str, image: &str) -> Self {
+        match policy {
+            "Always" => Self::Always,
+            "Never" => Self::Never,
+            "IfNotPresent" => Self::IfNotPresent,
+            _ => {
+                let last = image.rsplit('/').next().unwrap_or(image);
+                if image.contains('@') || last.contains(':') && !last.ends_with(":latest") {
+                    Self::IfNotPresent
+                } else {
+                    Self::Always
+                }
+            }
+        }
+    }
+}
+
+/// A directory (or file) of the host mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is on the host.
+    pub host_path: PathBuf,
+    /// Where the container sees it.
+    pub container_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// A pod sandbox: the holder of the pod's network and IPC namespaces.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxSpec {
+    /// The runtime's name for it (unique on the node).
+    pub name: String,
+    /// The pod's hostname.
+    pub hostname: String,
+    /// Labels, including [`labels::MANAGED`].
+    pub labels: BTreeMap<String, String>,
+    /// Nameservers for the pod's resolv.conf (empty: the runtime's).
+    pub dns_servers: Vec<String>,
+    /// Search domains for the pod's resolv.conf.
+    pub dns_search: Vec<String>,
+}
+
+/// One container to create inside a sandbox.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// The runtime's name for it (unique on the node).
+    pub name: String,
+    /// The image reference.
+    pub image: String,
+    /// Replaces the image's entrypoint (Kubernetes `command`).
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's cmd (Kubernetes `args`).
+    pub args: Option<Vec<String>>,
+    /// `NAME=value` pairs.
+    pub env: Vec<String>,
+    /// The process's working directory.
+    pub working_dir: Option<String>,
+    /// Host paths mounted in.
+    pub mounts: Vec<Mount>,
+    /// Labels, including [`labels::MANAGED`].
+    pub labels: BTreeMap<String, String>,
+    /// The sandbox whose namespaces it joins.
+    pub sandbox_id: String,
+    /// Share the sandbox's PID namespace too (`shareProcessNamespace`).
+    pub share_pid: bool,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
+    /// Relative CPU weight (from the CPU request).
+    pub cpu_shares: Option<i64>,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Created, never started.
+    Created,
+    /// Running since `started_at`.
+    Running {
+        /// When its process started.
+        started_at: Option<SystemTime>,
+    },
+    /// Its process ended.
+    Exited {
+        /// The exit code (128 + signal for a signal).
+        exit_code: i64,
+        /// When its process started.
+        started_at: Option<SystemTime>,
+        /// When it ended.
+        finished_at: Option<SystemTime>,
+        /// Killed for exceeding its memory limit.
+        oom_killed: bool,
+    },
+    /// The runtime reports something else (paused, dead, removing).
+    Unknown(String),
+}
+
+/// A container as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// The runtime's id.
+    pub id: String,
+    /// The runtime's name.
+    pub name: String,
+    /// The image as it was asked for.
+    pub image: String,
+    /// The image's id (digest).
+    pub image_id: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its state.
+    pub state: State,
+    /// Its IP address on the pod network (sandboxes only).
+    pub ip: Option<String>,
+    /// When it was created (seconds since the epoch).
+    pub created: i64,
+}
+
+impl Container {
+    /// The value of one of its labels, or "".
+    pub fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map_or("", String::as_str)
+    }
+}
+
+/// What an exec printed and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The command's exit code.
+    pub exit_code: i64,
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+/// Which part of a container's log to read.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Keep the stream open for new lines.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail: Option<u64>,
+    /// Only lines written at or after this time (seconds since the epoch).
+    pub since: Option<i64>,
+    /// Prefix each line with its RFC 3339 timestamp.
+    pub timestamps: bool,
+}
+
+/// A container's log, stdout and stderr interleaved, in chunks.
+pub type LogStream = BoxStream<'static, Result<Bytes>>;
+
+/// What the runtime says about itself and its host, for the Node object.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeInfo {
+    /// `docker://20.10.24`, `fake://0`.
+    pub version: String,
+    /// Host kernel version.
+    pub kernel_version: String,
+    /// Host operating system, as the runtime names it.
+    pub os_image: String,
+    /// Host CPUs.
+    pub cpus: i64,
+    /// Host memory in bytes.
+    pub memory_bytes: i64,
+}
+
+/// The operations the node agent needs from a container runtime. Every
+/// object it creates carries the labels given; `list` finds them again.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// The runtime's version and its host's resources.
+    async fn info(&self) -> Result<RuntimeInfo>;
+
+    /// Makes `image` present according to `policy`; returns its id.
+    ///
+    /// # Errors
+    /// [`Error::ImagePull`] or [`Error::ImageNeverPull`] when it is absent
+    /// and cannot be had.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String>;
+
+    /// Creates and starts a pod sandbox; returns its id.
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String>;
+
+    /// Creates a container in a sandbox (not started); returns its id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String>;
+
+    /// Starts a created container.
+    async fn start(&self, id: &str) -> Result<()>;
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`. Stopping a
+    /// stopped container is not an error.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Removes a container (stopped or not). Removing a missing container
+    /// is not an error.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Every container (sandboxes included) this node's agent created,
+    /// running or not.
+    async fn list(&self) -> Result<Vec<Container>>;
+
+    /// Runs a command in a running container and waits for it, at most
+    /// `timeout`.
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
+
+    /// A container's log.
+    async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream>;
+}
