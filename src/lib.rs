@@ -56,6 +56,12 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.apps.v1.serde.rs"));
         }
     }
+    /// The node agent's own service (`skiff.agent.v1`).
+    pub mod agent {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.agent.v1.rs"));
+        }
+    }
     /// Kubernetes coordination.k8s.io/v1 (`skiff.coordination.v1`).
     pub mod coordination {
         pub mod v1 {

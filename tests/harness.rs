@@ -403,3 +403,128 @@ pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The busybox test image: `FROM scratch` plus Debian's busybox-static
+/// (sh, httpd, wget, nc, sleep ...), built through the Docker API once per
+/// engine and reused by every test.
+pub const TEST_IMAGE: &str = "skiff-test/busybox:1";
+
+/// Builds [`TEST_IMAGE`] unless the engine has it.
+///
+/// # Errors
+/// No Docker engine, or no static busybox on this machine (`scripts/deps`
+/// installs Debian's busybox-static).
+pub async fn test_image() -> anyhow::Result<&'static str> {
+    let docker = skiff_runtime::docker::engine().await?;
+    if skiff_runtime::docker::image_exists(&docker, TEST_IMAGE).await? {
+        return Ok(TEST_IMAGE);
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .context("no busybox binary: install Debian's busybox-static (scripts/deps does)")?;
+    let dockerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n";
+    let files: [(&str, u32, &[u8]); 2] = [("Dockerfile", 0o644, dockerfile), ("busybox", 0o755, &busybox)];
+    skiff_runtime::docker::build_image(&docker, TEST_IMAGE, &files).await?;
+    Ok(TEST_IMAGE)
+}
+
+/// A node of the test cluster: a `skiff agent` process on the Docker
+/// engine, with its own name, data dir and pod network. Dropping it kills
+/// the agent and removes every container it made (selected by the node's
+/// label, never by name) and its network.
+pub struct DockerNode {
+    /// The node's name (unique per test).
+    pub name: String,
+    /// Its Docker network.
+    pub network: String,
+    /// The API server it joins.
+    server_url: String,
+    /// Its data dir, kept across agent restarts.
+    pub data_dir: tempfile::TempDir,
+    /// The running agent.
+    agent: Option<ChildGuard>,
+}
+
+impl DockerNode {
+    /// Starts an agent for a new node named `prefix-<pid>`.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{}", std::process::id());
+        let mut node = Self {
+            network: format!("skiff-e2e-{name}"),
+            name,
+            server_url: server_url.to_string(),
+            data_dir: tempfile::tempdir()?,
+            agent: None,
+        };
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// (Re)starts the agent process.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(skiff_binary()?)
+            .arg("agent")
+            .args(["--server", &self.server_url, "--node-name", &self.name])
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--listen", "127.0.0.1:0", "--network", &self.network])
+            // Tests shorten every period to seconds.
+            .args(["--crash-backoff-secs=1", "--crash-backoff-max-secs=4"])
+            .args(["--lease-renew-secs=1", "--status-every-secs=1", "--resync-secs=1"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting skiff agent")?;
+        self.agent = Some(ChildGuard::new(child));
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill9();
+        }
+    }
+
+    /// The ids of every container of this node, running or not.
+    pub fn container_ids(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter"])
+            .arg(format!("label=io.skiff.node={}", self.name))
+            .output();
+        let mut ids: Vec<String> = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for DockerNode {
+    fn drop(&mut self) {
+        self.kill9();
+        let ids = self.container_ids();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

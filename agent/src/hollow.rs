@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff::pb::coordination::v1::{Lease, LeaseSpec};
+use crate::NODE_LEASE_NAMESPACE;
 use skiff::pb::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, Node, NodeCondition, NodeStatus,
     NodeSystemInfo, Pod, PodCondition, PodStatus,
@@ -20,8 +21,8 @@ use skiff::{ObjectRef, Resource as _};
 use skiff_client::watcher::{self, Event, Params};
 use skiff_client::{Api, WorkQueue};
 
-/// Namespace of node leases, as Kubernetes'.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+
 
 /// How to simulate the nodes.
 #[derive(Debug, Clone)]

@@ -1,13 +1,290 @@
-//! Skiff's node agent.
+//! Skiff's node agent (its kubelet): makes the node's containers match the
+//! pods bound to it, and reports what is true.
 //!
 //! # Layout
 //!
-//! - [`hollow`]: simulated ("hollow") nodes: many agents in one process
-//!   with a fake runtime, for scale tests and benchmarks. Each registers
-//!   its Node, renews its Lease and reports the pods bound to it as
-//!   Running, without running anything.
+//! - [`node`]: registers the Node, renews its Lease, posts its status.
+//! - [`manager`]: the pod manager actor: one [`worker`] per pod, woken by
+//!   the pod watch and by a relist of the runtime every second.
+//! - [`worker`]: the pod worker actor: sandbox, volumes, init containers,
+//!   containers, restarts with crash backoff, graceful stop, status.
+//! - [`containers`]: pod container → runtime spec (env, mounts, limits).
+//! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
+//! - [`status`]: the pod status from what the runtime shows.
+//! - [`prober`]: liveness, readiness and startup probes.
+//! - [`server`]: the agent's gRPC service (logs), which the API server
+//!   proxies to.
+//! - [`hollow`]: simulated nodes for scale tests.
 //!
-//! The real agent (Docker runtime, pod workers, probes) is built on the
-//! same API client.
+//! Restart safety: the agent keeps nothing on disk about its pods; every
+//! container carries labels naming its pod, container and attempt, so a
+//! restarted agent adopts what runs (same ids, same restart counts) and
+//! removes what belongs to pods deleted meanwhile.
 
+pub mod containers;
 pub mod hollow;
+pub mod manager;
+pub mod node;
+pub mod prober;
+pub mod server;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor as _;
+use skiff::pb::agent::v1::agent_server::AgentServer;
+use skiff::pb::coordination::v1::Lease;
+use skiff::pb::core::v1::{ConfigMap, Node, Pod, Secret};
+use skiff_client::watcher::Params;
+use skiff_client::{Api, Informer};
+use skiff_runtime::{DockerRuntime, FakeRuntime, Runtime};
+
+/// Namespace of node leases, as Kubernetes'.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Which runtime runs the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// The Docker Engine on this machine.
+    Docker,
+    /// Nothing runs: containers are records (a simulated node).
+    Fake,
+}
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The API server, `http://127.0.0.1:6443`.
+    pub server: String,
+    /// This node's name.
+    pub node_name: String,
+    /// Where pod volumes live.
+    pub data_dir: PathBuf,
+    /// Which runtime.
+    pub runtime: RuntimeKind,
+    /// Extra node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where the agent's gRPC service listens (port 0: any free port).
+    pub listen: SocketAddr,
+    /// The address the API server reaches this node at (default: the
+    /// listen address, or 127.0.0.1 when that is unspecified).
+    pub node_ip: Option<String>,
+    /// How often the lease is renewed (Kubernetes: 10 s).
+    pub lease_renew: Duration,
+    /// How often the node status is posted.
+    pub status_every: Duration,
+    /// How often the runtime is relisted to notice containers that died.
+    pub relist_every: Duration,
+    /// How often every pod is synced anyway (configMap and secret
+    /// volumes follow their sources at this pace).
+    pub resync_every: Duration,
+    /// Crash backoff: first delay and cap (Kubernetes: 10 s, 5 min).
+    pub backoff: (Duration, Duration),
+    /// The Docker network pods attach to.
+    pub network: String,
+    /// How many pods the node takes.
+    pub max_pods: u32,
+}
+
+impl Config {
+    /// Defaults as the kubelet's, for node `node_name`.
+    pub fn new(server: &str, node_name: &str, data_dir: PathBuf) -> Self {
+        Self {
+            server: server.to_string(),
+            node_name: node_name.to_string(),
+            data_dir,
+            runtime: RuntimeKind::Docker,
+            labels: BTreeMap::new(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            node_ip: None,
+            lease_renew: Duration::from_secs(10),
+            status_every: Duration::from_secs(10),
+            relist_every: Duration::from_secs(1),
+            resync_every: Duration::from_secs(10),
+            backoff: (Duration::from_secs(10), Duration::from_secs(300)),
+            network: "skiff".into(),
+            max_pods: 110,
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server address is malformed.
+    #[error(transparent)]
+    Address(#[from] skiff_client::AddressError),
+    /// The container runtime did not answer or refused to set up.
+    #[error("container runtime: {0}")]
+    Runtime(#[from] skiff_runtime::Error),
+    /// The data dir or the listen address is unusable.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the agent was doing.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The actor system did not start.
+    #[error("starting the pod workers: {0}")]
+    Thread(String),
+}
+
+/// Runs the agent until `shutdown` resolves. Pods keep running when the
+/// agent stops (as with the kubelet); a restarted agent adopts them.
+///
+/// # Errors
+/// A bad address, an unusable data dir or listen address, or a runtime
+/// that does not answer.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let runtime: Arc<dyn Runtime> = match config.runtime {
+        RuntimeKind::Docker => Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?),
+        RuntimeKind::Fake => Arc::new(FakeRuntime::default()),
+    };
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Io { what, source }
+    };
+    std::fs::create_dir_all(config.data_dir.join("pods")).map_err(io("creating the data dir"))?;
+    let channel = skiff_client::connect_lazy(&config.server)?;
+    let pods = Api::<Pod>::new(channel.clone());
+
+    let informer = Informer::start(
+        pods.clone(),
+        Params {
+            field_selector: format!("spec.nodeName={}", config.node_name),
+            ..Default::default()
+        },
+    );
+    let mut changes = informer.subscribe();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(&format!("listening on {}", config.listen)))?;
+    let bound = listener.local_addr().map_err(io("reading the listen address"))?;
+    let node_ip = config.node_ip.clone().unwrap_or_else(|| {
+        if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() }
+    });
+    let service = server::AgentService {
+        pods: informer.store.clone(),
+        runtime: Arc::clone(&runtime),
+    };
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tracing::info!(node = %config.node_name, address = %bound, "agent service listening");
+
+    let facts = Arc::new(node::NodeFacts {
+        name: config.node_name.clone(),
+        labels: config.labels.clone(),
+        ip: node_ip.clone(),
+        port: bound.port(),
+        runtime: runtime.info().await?,
+        max_pods: config.max_pods,
+        lease_renew: config.lease_renew,
+    });
+    let heartbeat = tokio::spawn(node::run(
+        Api::<Node>::new(channel.clone()),
+        Api::<Lease>::new(channel.clone()),
+        facts,
+        config.status_every,
+    ));
+
+    let shared = Arc::new(worker::Shared {
+        runtime: Arc::clone(&runtime),
+        pods,
+        sources: volumes::Sources {
+            configmaps: Api::<ConfigMap>::new(channel.clone()),
+            secrets: Api::<Secret>::new(channel.clone()),
+        },
+        recorder: skiff_client::events::Recorder::new(channel, "kubelet"),
+        node_name: config.node_name.clone(),
+        node_ip,
+        data_dir: config.data_dir.clone(),
+        backoff: config.backoff,
+    });
+    let (system, manager) = start_system(shared, informer.store.clone(), config.resync_every)?;
+
+    // Feed the manager: pod changes, and a relist of the runtime.
+    let store = informer.store.clone();
+    let feed_addr = manager.clone();
+    let feed = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match changes.recv().await {
+                Ok(change) => feed_addr.do_send(manager::PodChanged(change)),
+                Err(RecvError::Lagged(_)) => {
+                    for pod in store.list() {
+                        feed_addr.do_send(manager::PodChanged(skiff_client::Change::Applied(pod)));
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let relist_addr = manager.clone();
+    let relist_runtime = Arc::clone(&runtime);
+    let relist_every = config.relist_every;
+    let relist = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(relist_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match relist_runtime.list(None).await {
+                Ok(containers) => relist_addr.do_send(manager::Relisted(containers)),
+                Err(e) => tracing::warn!(error = %e, "relisting containers"),
+            }
+        }
+    });
+
+    shutdown.await;
+    tracing::info!(node = %config.node_name, "agent stopping; pods keep running");
+    for task in [feed, relist] {
+        task.abort();
+    }
+    heartbeat.abort();
+    grpc.abort();
+    drop(manager);
+    system.stop();
+    drop(informer);
+    Ok(())
+}
+
+/// Starts the actor system of the pod manager and its workers on its own
+/// thread (actix needs its own runtime; tonic and bollard calls run fine
+/// inside it).
+fn start_system(
+    shared: Arc<worker::Shared>,
+    pods: skiff_client::Store<Pod>,
+    resync: Duration,
+) -> Result<(actix::System, actix::Addr<manager::PodManager>), Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("skiff-pods".into())
+        .spawn(move || {
+            let system = actix::System::with_tokio_rt(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("building the pod worker runtime")
+            });
+            system.block_on(async move {
+                let addr = manager::PodManager::new(shared, pods, resync).start();
+                let _ = tx.send((actix::System::current(), addr));
+            });
+            let _ = system.run();
+        })
+        .map_err(|e| Error::Thread(e.to_string()))?;
+    rx.recv()
+        .map_err(|_| Error::Thread("the actor system did not start".into()))
+}

@@ -32,6 +32,8 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Run simulated (hollow) nodes in one process, for scale tests.
     HollowNodes(HollowArgs),
+    /// Run the node agent: the pods bound to this node, on Docker.
+    Agent(AgentArgs),
     /// Run the controller manager in the foreground.
     ControllerManager(ControllerArgs),
 }
@@ -102,6 +104,89 @@ struct SchedulerArgs {
     /// a random suffix).
     #[arg(long)]
     identity: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The API server.
+    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    server: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where pod volumes live.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    data_dir: PathBuf,
+    /// The container runtime: docker, or fake (nothing runs; for tests).
+    #[arg(long, default_value = "docker", value_parser = ["docker", "fake"])]
+    runtime: String,
+    /// Node labels, `k=v,k2=v2`.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Where the agent's own gRPC service (logs) listens; port 0 picks one.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen: SocketAddr,
+    /// The address the API server reaches this node at.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Seconds between lease renewals.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_secs: u64,
+    /// Seconds between node status posts.
+    #[arg(long, default_value_t = 10)]
+    status_every_secs: u64,
+    /// First crash-restart backoff, in seconds (doubles up to the max).
+    #[arg(long, default_value_t = 10)]
+    crash_backoff_secs: u64,
+    /// Longest crash-restart backoff, in seconds.
+    #[arg(long, default_value_t = 300)]
+    crash_backoff_max_secs: u64,
+    /// The Docker network pods attach to (created if missing).
+    #[arg(long, default_value = "skiff")]
+    network: String,
+    /// How many pods the node takes.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// Seconds between syncs of every pod (configMap and secret volumes
+    /// follow their sources at this pace).
+    #[arg(long, default_value_t = 10)]
+    resync_secs: u64,
+}
+
+/// The host's name, as a node name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
+    let node = args.node_name.unwrap_or_else(host_name);
+    let mut config = skiff_agent::Config::new(&args.server, &node, args.data_dir);
+    config.runtime = match args.runtime.as_str() {
+        "fake" => skiff_agent::RuntimeKind::Fake,
+        _ => skiff_agent::RuntimeKind::Docker,
+    };
+    for label in args.labels.iter().filter(|l| !l.is_empty()) {
+        let (k, v) = label
+            .split_once('=')
+            .with_context(|| format!("--labels: {label:?} is not key=value"))?;
+        config.labels.insert(k.to_string(), v.to_string());
+    }
+    config.listen = args.listen;
+    config.node_ip = args.node_ip;
+    config.lease_renew = std::time::Duration::from_secs(args.lease_renew_secs.max(1));
+    config.status_every = std::time::Duration::from_secs(args.status_every_secs.max(1));
+    config.backoff = (
+        std::time::Duration::from_secs(args.crash_backoff_secs),
+        std::time::Duration::from_secs(args.crash_backoff_max_secs.max(args.crash_backoff_secs)),
+    );
+    config.network = args.network;
+    config.max_pods = args.max_pods;
+    config.resync_every = std::time::Duration::from_secs(args.resync_secs.max(1));
+    Ok(config)
 }
 
 #[derive(clap::Args)]
@@ -225,6 +310,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("running hollow nodes")?;
         }
+        Command::Agent(args) => {
+            let config = agent_config(args)?;
+            skiff_agent::run(config, shutdown_signal())
+                .await
+                .context("running the agent")?;
+        }
         Command::Up(args) => {
             let data_dir = match args.data_dir {
                 Some(dir) => dir,
@@ -260,13 +351,29 @@ async fn main() -> anyhow::Result<()> {
                     tracing::error!(error = %e, "scheduler stopped");
                 }
             });
+            let mut agent_config = skiff_agent::Config::new(
+                &format!("http://{}", server.addr),
+                &host_name(),
+                data_dir.join("agent"),
+            );
+            agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+            let agent = tokio::spawn(async move {
+                let stopped = async {
+                    let _ = agent_stopped.await;
+                };
+                if let Err(e) = skiff_agent::run(agent_config, stopped).await {
+                    tracing::error!(error = %e, "the local agent is not running: pods will stay Pending");
+                }
+            });
             println!("Skiff is up.");
             println!(
                 "  API server:  {} (gRPC; reflection and health on)",
                 server.addr
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
-            println!("  controllers: replicasets, replicationcontrollers, serviceaccounts");
+            println!("  controllers: replicasets, replicationcontrollers, endpoints, namespaces, nodes, garbage collector, serviceaccounts");
+            println!("  agent:       node {:?} (Docker; pods in the `skiff` network)", host_name());
             println!("  state:       {}", data_dir.display());
             println!("Try:");
             println!("  grpcurl -plaintext {} list", server.addr);
@@ -277,6 +384,8 @@ async fn main() -> anyhow::Result<()> {
             println!("Press Ctrl-C to stop.");
             shutdown_signal().await;
             tracing::info!("shutting down");
+            let _ = stop_agent.send(());
+            let _ = agent.await;
             let _ = stop_scheduler.send(());
             let _ = stop_controllers.send(());
             let _ = scheduler.await;

@@ -106,6 +106,58 @@ fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
         .map_err(|e| Error::Runtime(format!("building an image context: {e}")))
 }
 
+/// Connects to the local engine (`DOCKER_HOST` or the default socket) at
+/// the API version it speaks: bollard asks for a newer version than older
+/// engines (20.10 speaks 1.41) accept, so it is negotiated.
+///
+/// # Errors
+/// The engine does not answer.
+pub async fn engine() -> Result<Docker> {
+    Docker::connect_with_local_defaults()
+        .map_err(docker_error)?
+        .negotiate_version()
+        .await
+        .map_err(docker_error)
+}
+
+/// Builds an image tagged `tag` from a context of `files` (path, mode,
+/// content; it must include a `Dockerfile`), labelled
+/// [`labels::MANAGED`]. Tests build their `FROM scratch` images with it.
+///
+/// # Errors
+/// The build failed; the message is the engine's.
+pub async fn build_image(docker: &Docker, tag: &str, files: &[(&str, u32, &[u8])]) -> Result<()> {
+    let context = tar_of(files)?;
+    let options = BuildImageOptionsBuilder::default()
+        .t(tag)
+        .rm(true)
+        .labels(&HashMap::from([(labels::MANAGED, "true")]))
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(step) = stream.next().await {
+        let step = step.map_err(docker_error)?;
+        if let Some(detail) = step.error_detail {
+            return Err(Error::Runtime(format!(
+                "building image {tag}: {}",
+                detail.message.unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the engine has an image by that reference.
+///
+/// # Errors
+/// The engine does not answer.
+pub async fn image_exists(docker: &Docker, image: &str) -> Result<bool> {
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 404) => Ok(false),
+        Err(e) => Err(docker_error(e)),
+    }
+}
+
 impl DockerRuntime {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket),
     /// negotiates the API version (older engines refuse newer clients),
@@ -114,11 +166,7 @@ impl DockerRuntime {
     /// # Errors
     /// The engine does not answer, or refuses to create either.
     pub async fn connect(node: &str, network: &str) -> Result<Self> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(docker_error)?
-            .negotiate_version()
-            .await
-            .map_err(docker_error)?;
+        let docker = engine().await?;
         let digest = PAUSE
             .iter()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
@@ -133,40 +181,10 @@ impl DockerRuntime {
         let pause = runtime.pause_image.clone();
         if runtime.image_id(&pause).await?.is_none() {
             let dockerfile = b"FROM scratch\nCOPY pause /pause\nENTRYPOINT [\"/pause\"]\n";
-            runtime
-                .build_image(&pause, &[("Dockerfile", 0o644, dockerfile), ("pause", 0o755, PAUSE)])
-                .await?;
+            let files: [(&str, u32, &[u8]); 2] = [("Dockerfile", 0o644, dockerfile), ("pause", 0o755, PAUSE)];
+            build_image(&runtime.docker, &pause, &files).await?;
         }
         Ok(runtime)
-    }
-
-    /// Builds an image tagged `tag` from a context of `files` (which must
-    /// include a `Dockerfile`), labelled [`labels::MANAGED`].
-    ///
-    /// # Errors
-    /// The build failed; the message is the engine's.
-    pub async fn build_image(&self, tag: &str, files: &[(&str, u32, &[u8])]) -> Result<()> {
-        let context = tar_of(files)?;
-        let options = BuildImageOptionsBuilder::default()
-            .t(tag)
-            .rm(true)
-            .labels(&HashMap::from([(labels::MANAGED, "true")]))
-            .build();
-        let mut stream = self.docker.build_image(
-            options,
-            None,
-            Some(bollard::body_full(context.into())),
-        );
-        while let Some(step) = stream.next().await {
-            let step = step.map_err(docker_error)?;
-            if let Some(detail) = step.error_detail {
-                return Err(Error::Runtime(format!(
-                    "building image {tag}: {}",
-                    detail.message.unwrap_or_default()
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// The engine's client, for what the trait does not cover.
@@ -428,14 +446,15 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Container>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{}=true", labels::MANAGED),
-                format!("{}={}", labels::NODE, self.node),
-            ],
-        )]);
+    async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>> {
+        let mut wanted = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::NODE, self.node),
+        ];
+        if let Some(uid) = pod_uid {
+            wanted.push(format!("{}={uid}", labels::POD_UID));
+        }
+        let filters = HashMap::from([("label".to_string(), wanted)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -478,7 +497,12 @@ impl Runtime for DockerRuntime {
             out.push(container);
         }
         if let Ok(mut cache) = self.inspected.lock() {
-            *cache = seen;
+            if pod_uid.is_none() {
+                // A full list: forget containers that are gone.
+                *cache = seen;
+            } else {
+                cache.extend(seen);
+            }
         }
         Ok(out)
     }

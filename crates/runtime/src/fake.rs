@@ -185,8 +185,13 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<Container>> {
-        Ok(self.lock().containers.values().cloned().collect())
+    async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>> {
+        let inner = self.lock();
+        let all = inner.containers.values();
+        Ok(all
+            .filter(|c| pod_uid.is_none_or(|uid| c.label(labels::POD_UID) == uid))
+            .cloned()
+            .collect())
     }
 
     async fn exec(&self, id: &str, command: &[String], _timeout: Duration) -> Result<ExecOutput> {

@@ -18,6 +18,10 @@ pub const CONTAINER_NAME: &str = "io.skiff.container.name";
 /// Which start of that container this is: 0, then 1 after one restart...
 /// (the pod's restartCount survives an agent restart through it).
 pub const ATTEMPT: &str = "io.skiff.container.attempt";
+/// The pod's terminationGracePeriodSeconds when the container was made:
+/// how long to wait for it when its pod is gone from the API (after an
+/// agent restart).
+pub const GRACE_SECONDS: &str = "io.skiff.pod.termination-grace-seconds";
 /// `init` for init containers, `app` for the others, `sandbox`.
 pub const ROLE: &str = "io.skiff.container.role";
 /// The container's value of [`CONTAINER_NAME`] for a pod sandbox.

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
+pub use bollard;
 pub use docker::DockerRuntime;
 pub use fake::FakeRuntime;
 
@@ -271,8 +272,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<()>;
 
     /// Every container (sandboxes included) this node's agent created,
-    /// running or not.
-    async fn list(&self) -> Result<Vec<Container>>;
+    /// running or not; only those of one pod when `pod_uid` is given.
+    async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>>;
 
     /// Runs a command in a running container and waits for it, at most
     /// `timeout`.

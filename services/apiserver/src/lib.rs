@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 pub mod actor;
 pub mod cache;
 pub mod error;
+pub mod logs;
 pub mod registry;
 pub mod service;
 pub mod strategy;
@@ -251,6 +252,9 @@ impl ApiServer {
             let (actor, arbiter) = pool.get(i);
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
             inboxes.push(tx);
+            let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::new(
+                logs::PodLogsService::new(actor.clone()),
+            );
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
@@ -271,6 +275,7 @@ impl ApiServer {
                 );
                 let result = tonic::transport::Server::builder()
                     .add_routes(routes)
+                    .add_service(logs)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
                     .add_service(health_service)

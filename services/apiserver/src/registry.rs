@@ -613,6 +613,13 @@ impl Registry {
             let current = decode::<K>(&kv.value, kv.mod_revision)
                 .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
             let next = if status_only {
+                let sent_uid = obj.metadata().map_or("", |m| m.uid.as_str());
+                let cur_uid = current.metadata().map_or("", |m| m.uid.as_str());
+                if !sent_uid.is_empty() && sent_uid != cur_uid {
+                    return Err(ApiError::Precondition(format!(
+                        "metadata.uid: Invalid value: {sent_uid:?}: the object's uid is {cur_uid:?} (it was deleted and re-created?)"
+                    )));
+                }
                 let mut next = current.clone();
                 next.copy_status_from(&obj);
                 next

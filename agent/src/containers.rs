@@ -1,0 +1,366 @@
+//! From a pod's container to the runtime's [`ContainerSpec`]: names and
+//! labels, env (values, `$(VAR)` references, configMap/secret/field refs,
+//! envFrom), command and args, mounts and resource limits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use skiff::pb::core::v1::{Container, EnvVar, Pod};
+use skiff::quantity::Quantity;
+use skiff_runtime::{ContainerSpec, Mount, SandboxSpec, labels};
+
+use crate::volumes::{self, Error, Sources};
+
+/// `init`, `app` or `sandbox` (the [`labels::ROLE`] label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An init container.
+    Init,
+    /// An app container.
+    App,
+}
+
+impl Role {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Init => "init",
+            Self::App => "app",
+        }
+    }
+}
+
+/// The labels that tie a runtime object to its pod.
+fn pod_labels(pod: &Pod, container: &str, role: &str, attempt: u32) -> BTreeMap<String, String> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    BTreeMap::from([
+        (labels::GRACE_SECONDS.to_string(), grace.to_string()),
+        (labels::POD_UID.to_string(), meta.uid),
+        (labels::POD_NAMESPACE.to_string(), meta.namespace),
+        (labels::POD_NAME.to_string(), meta.name),
+        (labels::CONTAINER_NAME.to_string(), container.to_string()),
+        (labels::ROLE.to_string(), role.to_string()),
+        (labels::ATTEMPT.to_string(), attempt.to_string()),
+    ])
+}
+
+/// A runtime name unique on the node: `skiff_<container>_<pod>_<ns>_<uid8>_<attempt>`.
+fn runtime_name(pod: &Pod, container: &str, attempt: u32) -> String {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let uid: String = meta.uid.chars().take(8).collect();
+    format!("skiff_{container}_{}_{}_{uid}_{attempt}", meta.name, meta.namespace)
+}
+
+/// The sandbox of a pod, `attempt` counting sandbox re-creations.
+pub fn sandbox_spec(pod: &Pod, attempt: u32) -> SandboxSpec {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let hostname = if spec.hostname.is_empty() { meta.name.clone() } else { spec.hostname };
+    SandboxSpec {
+        name: runtime_name(pod, labels::SANDBOX, attempt),
+        // A hostname is a DNS label: at most 63 characters.
+        hostname: hostname.chars().take(63).collect(),
+        labels: pod_labels(pod, labels::SANDBOX, "sandbox", attempt),
+        dns_servers: Vec::new(),
+        dns_search: Vec::new(),
+    }
+}
+
+/// What the agent knows about the pod's place, for fieldRef env.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The pod's IP (its sandbox's).
+    pub pod_ip: String,
+    /// The node's IP.
+    pub host_ip: String,
+    /// The node's name.
+    pub node_name: String,
+}
+
+/// The runtime spec of one of the pod's containers.
+///
+/// # Errors
+/// A missing configMap/secret (key) the env needs, or a bad fieldRef:
+/// shown as `CreateContainerConfigError`.
+#[allow(clippy::too_many_arguments)]
+pub async fn container_spec(
+    pod: &Pod,
+    container: &Container,
+    role: Role,
+    attempt: u32,
+    sandbox_id: &str,
+    placement: &Placement,
+    data_dir: &Path,
+    sources: &Sources,
+) -> Result<ContainerSpec, Error> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let env = resolve_env(pod, container, placement, sources).await?;
+    let expand_all = |v: &[String]| v.iter().map(|s| expand(s, &env)).collect::<Vec<_>>();
+    let mut mounts = Vec::new();
+    for m in &container.volume_mounts {
+        let Some(volume) = spec.volumes.iter().find(|v| v.name == m.name) else {
+            return Err(Error::Missing(format!(
+                "container {:?}: volumeMount {:?} names no volume of the pod",
+                container.name, m.name
+            )));
+        };
+        let mut host_path = volumes::volume_path(data_dir, &meta.uid, volume);
+        if !m.sub_path.is_empty() {
+            host_path = host_path.join(&m.sub_path);
+            if !host_path.exists() {
+                std::fs::create_dir_all(&host_path).map_err(|source| Error::Io {
+                    name: m.name.clone(),
+                    source,
+                })?;
+            }
+        }
+        mounts.push(Mount {
+            host_path,
+            container_path: m.mount_path.clone(),
+            read_only: m.read_only || volumes::forced_read_only(volume),
+        });
+    }
+    let resources = container.resources.clone().unwrap_or_default();
+    let quantity = |map: &BTreeMap<String, String>, key: &str| {
+        map.get(key).and_then(|q| q.parse::<Quantity>().ok())
+    };
+    let memory_limit = quantity(&resources.limits, "memory").map(|q| q.value());
+    let nano_cpus = quantity(&resources.limits, "cpu").map(|q| q.milli_value() * 1_000_000);
+    // The kubelet's mapping of a CPU request to cgroup shares.
+    let cpu_shares = quantity(&resources.requests, "cpu")
+        .or_else(|| quantity(&resources.limits, "cpu"))
+        .map(|q| (q.milli_value() * 1024 / 1000).max(2));
+    Ok(ContainerSpec {
+        name: runtime_name(pod, &container.name, attempt),
+        image: container.image.clone(),
+        command: (!container.command.is_empty()).then(|| expand_all(&container.command)),
+        args: (!container.args.is_empty() || !container.command.is_empty())
+            .then(|| expand_all(&container.args)),
+        env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        working_dir: (!container.working_dir.is_empty()).then(|| container.working_dir.clone()),
+        mounts,
+        labels: pod_labels(pod, &container.name, role.as_str(), attempt),
+        sandbox_id: sandbox_id.to_string(),
+        share_pid: spec.share_process_namespace.unwrap_or(false),
+        memory_limit,
+        nano_cpus,
+        cpu_shares,
+    })
+}
+
+/// The container's environment, in order: envFrom sources, then env
+/// entries (later names win, as in Kubernetes).
+async fn resolve_env(
+    pod: &Pod,
+    container: &Container,
+    placement: &Placement,
+    sources: &Sources,
+) -> Result<Vec<(String, String)>, Error> {
+    let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
+        match env.iter_mut().find(|(name, _)| *name == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k, v)),
+        }
+    };
+    for from in &container.env_from {
+        let (data, what, optional) = if let Some(cm) = &from.config_map_ref {
+            (sources.configmap(ns, &cm.name).await?, format!("configmap {:?}", cm.name), cm.optional.unwrap_or(false))
+        } else if let Some(s) = &from.secret_ref {
+            (sources.secret(ns, &s.name).await?, format!("secret {:?}", s.name), s.optional.unwrap_or(false))
+        } else {
+            continue;
+        };
+        match data {
+            Some(data) => {
+                for (k, v) in data {
+                    set(&mut env, format!("{}{k}", from.prefix), String::from_utf8_lossy(&v).into_owned());
+                }
+            }
+            None if optional => {}
+            None => return Err(Error::Missing(format!("{what} not found"))),
+        }
+    }
+    for var in &container.env {
+        let value = env_value(pod, container, var, placement, sources, &env).await?;
+        if let Some(value) = value {
+            set(&mut env, var.name.clone(), value);
+        }
+    }
+    Ok(env)
+}
+
+async fn env_value(
+    pod: &Pod,
+    container: &Container,
+    var: &EnvVar,
+    placement: &Placement,
+    sources: &Sources,
+    earlier: &[(String, String)],
+) -> Result<Option<String>, Error> {
+    let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+    let Some(from) = &var.value_from else {
+        return Ok(Some(expand(&var.value, earlier)));
+    };
+    let missing = |what: String| Error::Missing(format!("env {:?}: {what}", var.name));
+    if let Some(r) = &from.config_map_key_ref {
+        let optional = r.optional.unwrap_or(false);
+        return match sources.configmap(ns, &r.name).await? {
+            Some(data) => match data.get(&r.key) {
+                Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+                None if optional => Ok(None),
+                None => Err(missing(format!("key {:?} not found in configmap {:?}", r.key, r.name))),
+            },
+            None if optional => Ok(None),
+            None => Err(missing(format!("configmap {:?} not found", r.name))),
+        };
+    }
+    if let Some(r) = &from.secret_key_ref {
+        let optional = r.optional.unwrap_or(false);
+        return match sources.secret(ns, &r.name).await? {
+            Some(data) => match data.get(&r.key) {
+                Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+                None if optional => Ok(None),
+                None => Err(missing(format!("key {:?} not found in secret {:?}", r.key, r.name))),
+            },
+            None if optional => Ok(None),
+            None => Err(missing(format!("secret {:?} not found", r.name))),
+        };
+    }
+    if let Some(f) = &from.field_ref {
+        return field_value(pod, &f.field_path, placement).map(Some).ok_or_else(|| {
+            missing(format!("unsupported fieldRef fieldPath {:?}", f.field_path))
+        });
+    }
+    if let Some(r) = &from.resource_field_ref {
+        return resource_value(container, &r.resource, &r.divisor)
+            .map(Some)
+            .ok_or_else(|| missing(format!("unsupported resourceFieldRef resource {:?}", r.resource)));
+    }
+    Ok(Some(String::new()))
+}
+
+/// The downward API's fields.
+fn field_value(pod: &Pod, path: &str, placement: &Placement) -> Option<String> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let keyed = |prefix: &str, map: &BTreeMap<String, String>| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.get(key).cloned().unwrap_or_default())
+    };
+    Some(match path {
+        "metadata.name" => meta.name,
+        "metadata.namespace" => meta.namespace,
+        "metadata.uid" => meta.uid,
+        "spec.nodeName" => placement.node_name.clone(),
+        "spec.serviceAccountName" => spec.service_account_name,
+        "status.podIP" | "status.podIPs" => placement.pod_ip.clone(),
+        "status.hostIP" | "status.hostIPs" => placement.host_ip.clone(),
+        _ => {
+            return keyed("metadata.labels['", &meta.labels)
+                .or_else(|| keyed("metadata.annotations['", &meta.annotations));
+        }
+    })
+}
+
+/// `limits.cpu`, `requests.memory`, ... divided by the divisor (rounded
+/// up, as Kubernetes does); an unset limit is the node's (unknown here:
+/// 0 is never right, so the request or "0" is reported).
+fn resource_value(container: &Container, resource: &str, divisor: &str) -> Option<String> {
+    let resources = container.resources.clone().unwrap_or_default();
+    let (map, key) = match resource.split_once('.')? {
+        ("limits", key) => (&resources.limits, key),
+        ("requests", key) => (&resources.requests, key),
+        _ => return None,
+    };
+    let value: Quantity = map.get(key).map_or("0", String::as_str).parse().ok()?;
+    let divisor: Quantity = if divisor.is_empty() { "1" } else { divisor }.parse().ok()?;
+    let (v, d) = (value.milli_value(), divisor.milli_value().max(1));
+    Some(((v + d - 1) / d).to_string())
+}
+
+/// Kubernetes' `$(VAR)` expansion: references to defined variables are
+/// replaced, `$$` is a literal `$`, anything else stays as written.
+pub fn expand(input: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+            && let Some((_, value)) = env.iter().find(|(k, _)| k == &body[..end])
+        {
+            out.push_str(value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::meta::v1::ObjectMeta;
+
+    #[test]
+    fn expansion_replaces_known_references_only() {
+        let env = vec![("A".to_string(), "1".to_string())];
+        assert_eq!(expand("x$(A)y", &env), "x1y");
+        assert_eq!(expand("$(B)", &env), "$(B)");
+        assert_eq!(expand("$$(A)", &env), "$(A)");
+        assert_eq!(expand("cost $5", &env), "cost $5");
+    }
+
+    #[test]
+    fn field_refs_read_the_pod_and_its_placement() {
+        let pod = Pod {
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "prod".into(),
+                labels: [("app".to_string(), "w".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let placement = Placement {
+            pod_ip: "10.0.0.2".into(),
+            host_ip: "127.0.0.1".into(),
+            node_name: "n1".into(),
+        };
+        assert_eq!(field_value(&pod, "metadata.name", &placement).unwrap(), "web");
+        assert_eq!(field_value(&pod, "metadata.namespace", &placement).unwrap(), "prod");
+        assert_eq!(field_value(&pod, "status.podIP", &placement).unwrap(), "10.0.0.2");
+        assert_eq!(field_value(&pod, "spec.nodeName", &placement).unwrap(), "n1");
+        assert_eq!(field_value(&pod, "metadata.labels['app']", &placement).unwrap(), "w");
+        assert_eq!(field_value(&pod, "status.phase", &placement), None);
+    }
+
+    #[test]
+    fn resource_refs_round_up_by_the_divisor() {
+        let container = Container {
+            resources: Some(skiff::pb::core::v1::ResourceRequirements {
+                limits: [("cpu".to_string(), "1500m".to_string()), ("memory".to_string(), "64Mi".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(resource_value(&container, "limits.cpu", "").unwrap(), "2");
+        assert_eq!(resource_value(&container, "limits.cpu", "1m").unwrap(), "1500");
+        assert_eq!(resource_value(&container, "limits.memory", "1Mi").unwrap(), "64");
+    }
+}

@@ -1,0 +1,123 @@
+//! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs.
+//!
+//! Users never call it directly: `skiff.core.v1.PodLogs/Logs` on the API
+//! server looks up the pod's node and proxies to the node's agent (its
+//! InternalIP and `daemonEndpoints.kubeletEndpoint` port), the way the
+//! Kubernetes API server reaches the kubelet. We chose the proxy over a
+//! tunnel held open by the agent because it keeps the agent stateless
+//! towards the master and the API server's path short; a node behind NAT
+//! needs its agent port reachable (a tunnel would lift that, later).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::{Stream, StreamExt as _};
+use skiff::pb::agent::v1::agent_server::Agent;
+use skiff::pb::core::v1::{LogChunk, Pod, PodLogsRequest};
+use skiff_client::Store;
+use skiff_runtime::{LogOptions, Runtime, State};
+use tonic::{Request, Response, Status};
+
+use crate::containers::Role;
+use crate::status;
+
+/// The service.
+pub struct AgentService {
+    /// The pods bound to this node.
+    pub pods: Store<Pod>,
+    /// The runtime holding their containers.
+    pub runtime: Arc<dyn Runtime>,
+}
+
+/// A stream of log chunks.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = request.into_inner();
+        let pod = self.pods.get(&req.namespace, &req.name).ok_or_else(|| {
+            Status::not_found(format!("pod {:?} in namespace {:?} is not on this node", req.name, req.namespace))
+        })?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let uid = pod.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+        let name = if req.container.is_empty() {
+            match spec.containers.as_slice() {
+                [only] => only.name.clone(),
+                many => {
+                    let names: Vec<&str> = many.iter().map(|c| c.name.as_str()).collect();
+                    return Err(Status::invalid_argument(format!(
+                        "a container name must be specified for pod {}, choose one of: [{}]",
+                        req.name,
+                        names.join(" ")
+                    )));
+                }
+            }
+        } else {
+            req.container.clone()
+        };
+        let role = if spec.containers.iter().any(|c| c.name == name) {
+            Role::App
+        } else if spec.init_containers.iter().any(|c| c.name == name) {
+            Role::Init
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "container {name} is not valid for pod {}",
+                req.name
+            )));
+        };
+        let containers = self
+            .runtime
+            .list(Some(&uid))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let found = status::instances(&containers, role, &name);
+        let chosen = if req.previous {
+            // As the container's lastState: the newest instance that has
+            // ended (the running one, if any, is newer).
+            found
+                .iter()
+                .find(|c| matches!(c.state, State::Exited { .. }))
+                .copied()
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "previous terminated container {name:?} in pod {:?} not found",
+                        req.name
+                    ))
+                })?
+        } else {
+            found.first().copied().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "container {name:?} in pod {:?} is waiting to start",
+                    req.name
+                ))
+            })?
+        };
+        let since = req.since_seconds.map(|s| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+                - s
+        });
+        let options = LogOptions {
+            follow: req.follow,
+            tail: req.tail_lines.map(|t| t.max(0) as u64),
+            since,
+            timestamps: req.timestamps,
+        };
+        let stream = self
+            .runtime
+            .logs(&chosen.id, &options)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let stream = stream.map(|chunk| {
+            chunk
+                .map(|data| LogChunk { data: data.to_vec() })
+                .map_err(|e| Status::unavailable(e.to_string()))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

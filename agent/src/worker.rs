@@ -1,0 +1,699 @@
+//! The pod worker: one actix actor per pod on the node, making the pod's
+//! containers match its spec and reporting its status.
+//!
+//! The actor owns the pod's inputs (the pod as the API has it, probe
+//! results) and a [`SyncState`] (backoffs, waiting reasons). Every input
+//! change marks it dirty and starts a sync unless one is running; a sync
+//! takes the state out of the actor, works against the runtime (always
+//! listing the pod's containers afresh: the runtime is the truth, so a
+//! repeated sync never duplicates a container), and hands the state back.
+//! Syncs of one pod never overlap; syncs of different pods do.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::core::v1::{Container as PodContainer, Pod};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::wkt::Timestamp;
+use skiff_client::Api;
+use skiff_client::events::{EventType, Recorder};
+use skiff_runtime::{Container, Error as RuntimeError, PullPolicy, Runtime, State, labels};
+
+use crate::containers::{self, Placement, Role};
+use crate::prober;
+use crate::status::{self, Observed, ProbeState};
+use crate::volumes::{self, Sources};
+
+/// What every worker of the node shares.
+pub struct Shared {
+    /// The container runtime.
+    pub runtime: Arc<dyn Runtime>,
+    /// Pods, for status and final deletion.
+    pub pods: Api<Pod>,
+    /// ConfigMaps and Secrets, for volumes and env.
+    pub sources: Sources,
+    /// Events about pods.
+    pub recorder: Recorder,
+    /// This node's name.
+    pub node_name: String,
+    /// This node's IP (the pods' hostIP).
+    pub node_ip: String,
+    /// Where pod volumes live.
+    pub data_dir: PathBuf,
+    /// Crash backoff: first delay and cap (Kubernetes: 10 s, 5 min).
+    pub backoff: (Duration, Duration),
+}
+
+/// Restarts that keep failing back off from `backoff.0` doubling to
+/// `backoff.1`; a container that ran this many times the cap resets it
+/// (10 minutes for the kubelet's 5-minute cap).
+const BACKOFF_RESET_FACTOR: u32 = 2;
+
+/// One backoff window (crash restarts or image pulls of one container).
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// The current window.
+    delay: Duration,
+    /// When the event that opened it happened.
+    since: SystemTime,
+}
+
+/// What a sync carries from one run to the next.
+#[derive(Debug, Default)]
+pub struct SyncState {
+    /// Crash and pull backoffs by `crash/NAME` and `pull/NAME`.
+    backoff: HashMap<String, Backoff>,
+    /// Why each container is waiting, for its status.
+    waiting: HashMap<String, (String, String)>,
+    /// The last failed pull of each container's image, for the backoff
+    /// message.
+    pull_errors: HashMap<String, String>,
+    /// When the agent took the pod on (its startTime).
+    start_time: Option<Timestamp>,
+    /// The pod reached Succeeded or Failed: nothing starts again.
+    terminal: bool,
+}
+
+/// A snapshot of the worker's inputs for one sync.
+struct Inputs {
+    /// The pod; None once the API has deleted it.
+    pod: Option<Arc<Pod>>,
+    /// The last pod seen (for the grace period after deletion).
+    last: Arc<Pod>,
+    /// Probe results by container id.
+    probes: HashMap<String, ProbeState>,
+}
+
+/// What a sync tells the actor.
+#[derive(Default)]
+struct Outcome {
+    /// Everything is gone: stop the worker.
+    finished: bool,
+    /// Running app containers with probes: (id, spec, pod IP).
+    probe_targets: Vec<(String, PodContainer, String)>,
+    /// Sync again after this long (a backoff ends).
+    requeue: Option<Duration>,
+}
+
+// === messages ===
+
+/// The pod as the API has it now; None when it was deleted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Desired(pub Option<Arc<Pod>>);
+
+/// Something about the pod's containers may have changed: sync.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// A prober's new conclusion about a container.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Probed {
+    container_id: String,
+    state: ProbeState,
+}
+
+/// Sent to the manager when a worker has torn its pod down.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Finished {
+    /// The pod's uid.
+    pub uid: String,
+}
+
+/// The actor.
+pub struct PodWorker {
+    shared: Arc<Shared>,
+    uid: String,
+    pod: Option<Arc<Pod>>,
+    last: Arc<Pod>,
+    probes: HashMap<String, ProbeState>,
+    /// The probers running, by container id.
+    probers: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Taken by a running sync.
+    state: Option<SyncState>,
+    /// An input changed since the running sync started.
+    dirty: bool,
+    /// The pending requeue.
+    requeue: Option<SpawnHandle>,
+    manager: Recipient<Finished>,
+}
+
+impl PodWorker {
+    /// A worker for `pod` (None: only containers are left, the pod is
+    /// gone: `last` names it).
+    pub fn new(shared: Arc<Shared>, pod: Option<Arc<Pod>>, last: Arc<Pod>, manager: Recipient<Finished>) -> Self {
+        let uid = last.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+        Self {
+            shared,
+            uid,
+            pod,
+            last,
+            probes: HashMap::new(),
+            probers: HashMap::new(),
+            state: Some(SyncState::default()),
+            dirty: false,
+            requeue: None,
+            manager,
+        }
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.take() else {
+            self.dirty = true;
+            return;
+        };
+        self.dirty = false;
+        let inputs = Inputs {
+            pod: self.pod.clone(),
+            last: Arc::clone(&self.last),
+            probes: self.probes.clone(),
+        };
+        let shared = Arc::clone(&self.shared);
+        let uid = self.uid.clone();
+        let work = async move {
+            let mut state = state;
+            let outcome = match sync(&shared, &uid, inputs, &mut state).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "syncing the pod; retrying");
+                    Outcome {
+                        requeue: Some(Duration::from_secs(2)),
+                        ..Default::default()
+                    }
+                }
+            };
+            (state, outcome)
+        };
+        ctx.spawn(work.into_actor(self).map(|(state, outcome), act, ctx| {
+            act.state = Some(state);
+            act.apply(outcome, ctx);
+            if act.dirty {
+                act.kick(ctx);
+            }
+        }));
+    }
+
+    fn apply(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        if outcome.finished {
+            for (_, prober) in self.probers.drain() {
+                prober.abort();
+            }
+            self.manager.do_send(Finished { uid: self.uid.clone() });
+            ctx.stop();
+            return;
+        }
+        // Probers follow the running containers.
+        let running: HashMap<String, (PodContainer, String)> = outcome
+            .probe_targets
+            .into_iter()
+            .map(|(id, spec, ip)| (id, (spec, ip)))
+            .collect();
+        self.probers.retain(|id, task| {
+            let keep = running.contains_key(id) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.probes.retain(|id, _| running.contains_key(id));
+        for (id, (spec, pod_ip)) in running {
+            if self.probers.contains_key(&id) || self.probes.get(&id).is_some_and(|p| p.failed) {
+                continue;
+            }
+            self.probes.entry(id.clone()).or_insert_with(|| prober::initial_state(&spec));
+            let addr = ctx.address();
+            let target = prober::Target {
+                runtime: Arc::clone(&self.shared.runtime),
+                container_id: id.clone(),
+                spec,
+                pod_ip,
+            };
+            let container_id = id.clone();
+            let task = tokio::spawn(prober::run(target, move |state| {
+                addr.do_send(Probed {
+                    container_id: container_id.clone(),
+                    state,
+                });
+            }));
+            self.probers.insert(id, task);
+        }
+        if let Some(handle) = self.requeue.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(after) = outcome.requeue {
+            self.requeue = Some(ctx.run_later(after, |act, ctx| {
+                act.requeue = None;
+                act.kick(ctx);
+            }));
+        }
+    }
+}
+
+impl Actor for PodWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.kick(ctx);
+    }
+}
+
+impl Handler<Desired> for PodWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Desired, ctx: &mut Self::Context) {
+        if let Some(pod) = &msg.0 {
+            self.last = Arc::clone(pod);
+        }
+        self.pod = msg.0;
+        self.kick(ctx);
+    }
+}
+
+impl Handler<Wake> for PodWorker {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.kick(ctx);
+    }
+}
+
+impl Handler<Probed> for PodWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Probed, ctx: &mut Self::Context) {
+        if self.probers.contains_key(&msg.container_id) {
+            self.probes.insert(msg.container_id, msg.state);
+            self.kick(ctx);
+        }
+    }
+}
+
+// === the sync ===
+
+/// Why a sync failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("writing pod status: {0}")]
+    Status(tonic::Status),
+}
+
+fn meta(pod: &Pod) -> ObjectMeta {
+    pod.metadata.clone().unwrap_or_default()
+}
+
+fn is_running(c: &Container) -> bool {
+    matches!(c.state, State::Running { .. })
+}
+
+/// Seconds the pod's containers get between SIGTERM and SIGKILL.
+fn grace_period(pod: &Pod) -> Duration {
+    let m = meta(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let secs = m
+        .deletion_grace_period_seconds
+        .or(spec.termination_grace_period_seconds)
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+/// One pass over the pod: tear it down when it is gone, else sandbox,
+/// volumes, init containers in order, app containers, then status.
+async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState) -> Result<Outcome, SyncError> {
+    let containers = shared.runtime.list(Some(uid)).await?;
+    let deleting = inputs.pod.as_ref().is_none_or(|p| meta(p).deletion_timestamp.is_some());
+    if deleting {
+        teardown(shared, &inputs, &containers).await?;
+        return Ok(Outcome {
+            finished: true,
+            ..Default::default()
+        });
+    }
+    let pod = inputs.pod.clone().expect("not deleting, so present");
+    let spec = pod.spec.clone().unwrap_or_default();
+    let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
+    state.terminal |= phase == "Succeeded" || phase == "Failed";
+    state.start_time.get_or_insert_with(skiff::time::now_seconds);
+    let mut requeue: Option<Duration> = None;
+    let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
+
+    if state.terminal {
+        // Kubernetes stops what is left of a finished pod, sandbox included,
+        // and keeps the containers for their logs.
+        for c in containers.iter().filter(|c| is_running(c)) {
+            let grace = if c.label(labels::CONTAINER_NAME) == labels::SANDBOX { Duration::ZERO } else { grace_period(&pod) };
+            shared.runtime.stop(&c.id, grace).await?;
+        }
+        let containers = shared.runtime.list(Some(uid)).await?;
+        report(shared, &pod, &containers, &inputs.probes, state, None).await?;
+        return Ok(Outcome::default());
+    }
+
+    // The sandbox.
+    let sandboxes: Vec<&Container> = containers
+        .iter()
+        .filter(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX)
+        .collect();
+    let live_sandbox = sandboxes.iter().filter(|c| is_running(c)).max_by_key(|c| status::attempt(c));
+    let sandbox = match live_sandbox {
+        Some(s) => (*s).clone(),
+        None => {
+            // A dead sandbox takes the pod's network with it: what ran in it
+            // is stopped and everything starts again in a new one.
+            for c in containers.iter().filter(|c| is_running(c)) {
+                shared.runtime.stop(&c.id, grace_period(&pod)).await?;
+            }
+            for c in &sandboxes {
+                shared.runtime.remove(&c.id).await?;
+            }
+            let attempt = sandboxes.iter().map(|c| status::attempt(c) + 1).max().unwrap_or(0);
+            shared.runtime.run_sandbox(&containers::sandbox_spec(&pod, attempt)).await?;
+            let fresh = shared.runtime.list(Some(uid)).await?;
+            fresh
+                .into_iter()
+                .filter(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX && is_running(c))
+                .max_by_key(status::attempt)
+                .ok_or_else(|| RuntimeError::Runtime("the new sandbox is not running".into()))?
+        }
+    };
+    let placement = Placement {
+        pod_ip: sandbox.ip.clone().unwrap_or_default(),
+        host_ip: shared.node_ip.clone(),
+        node_name: shared.node_name.clone(),
+    };
+    // The sandbox's own attempt is part of every container's identity: a
+    // new sandbox means new containers.
+    let containers: Vec<Container> = containers
+        .into_iter()
+        .filter(|c| c.label(labels::CONTAINER_NAME) != labels::SANDBOX)
+        .collect();
+
+    state.waiting.clear();
+    if let Err(e) = volumes::prepare(&shared.data_dir, &pod, &shared.sources).await {
+        for c in spec.init_containers.iter().chain(&spec.containers) {
+            state.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.to_string()));
+        }
+        shared.recorder.record(&*pod, EventType::Warning, "FailedMount", &e.to_string()).await;
+        let containers = shared.runtime.list(Some(uid)).await?;
+        report(shared, &pod, &containers, &inputs.probes, state, Some(&sandbox)).await?;
+        return Ok(Outcome {
+            requeue: Some(shared.backoff.0),
+            ..Default::default()
+        });
+    }
+
+    // Init containers, one at a time, in order.
+    let mut initialized = true;
+    for c in &spec.init_containers {
+        let found = status::instances(&containers, Role::Init, &c.name);
+        match found.first().map(|i| &i.state) {
+            Some(State::Exited { exit_code: 0, .. }) => continue,
+            Some(State::Running { .. } | State::Created | State::Unknown(_)) => {
+                if let Some(i) = found.first().filter(|i| i.state == State::Created) {
+                    shared.runtime.start(&i.id).await?;
+                }
+            }
+            Some(State::Exited { exit_code, finished_at, .. }) => {
+                if status::restarts(&spec.restart_policy, *exit_code) {
+                    let next = found.first().map_or(0, |i| status::attempt(i) + 1);
+                    if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at) {
+                        soonest(wait);
+                    } else {
+                        start(shared, &pod, c, Role::Init, next, &sandbox, &placement, &found, state, &mut soonest).await?;
+                    }
+                }
+            }
+            None => {
+                start(shared, &pod, c, Role::Init, 0, &sandbox, &placement, &found, state, &mut soonest).await?;
+            }
+        }
+        initialized = false;
+        break;
+    }
+
+    let mut probe_targets = Vec::new();
+    if initialized {
+        for c in &spec.containers {
+            let found = status::instances(&containers, Role::App, &c.name);
+            match found.first() {
+                None => {
+                    start(shared, &pod, c, Role::App, 0, &sandbox, &placement, &found, state, &mut soonest).await?;
+                }
+                Some(latest) => match &latest.state {
+                    State::Created => shared.runtime.start(&latest.id).await?,
+                    State::Running { .. } => {
+                        if inputs.probes.get(&latest.id).is_some_and(|p| p.failed) {
+                            let why = format!("container {} failed its liveness probe, will be restarted", c.name);
+                            shared.recorder.record(&*pod, EventType::Normal, "Killing", &why).await;
+                            shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
+                            soonest(Duration::ZERO);
+                        } else if prober::has_probes(c) {
+                            probe_targets.push((latest.id.clone(), c.clone(), placement.pod_ip.clone()));
+                        }
+                    }
+                    State::Exited { exit_code, finished_at, .. } => {
+                        if status::restarts(&spec.restart_policy, *exit_code) {
+                            if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at) {
+                                let message = format!(
+                                    "back-off {}s restarting failed container={} pod={}_{}",
+                                    state.backoff.get(&format!("crash/{}", c.name)).map_or(0, |b| b.delay.as_secs()),
+                                    c.name,
+                                    meta(&pod).name,
+                                    meta(&pod).namespace
+                                );
+                                shared.recorder.record(&*pod, EventType::Warning, "BackOff", &message).await;
+                                state.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+                                soonest(wait);
+                            } else {
+                                let next = status::attempt(latest) + 1;
+                                start(shared, &pod, c, Role::App, next, &sandbox, &placement, &found, state, &mut soonest).await?;
+                            }
+                        }
+                    }
+                    State::Unknown(_) => {}
+                },
+            }
+        }
+    } else {
+        for c in &spec.containers {
+            state.waiting.insert(c.name.clone(), ("PodInitializing".into(), String::new()));
+        }
+    }
+
+    let containers = shared.runtime.list(Some(uid)).await?;
+    report(shared, &pod, &containers, &inputs.probes, state, Some(&sandbox)).await?;
+    Ok(Outcome {
+        finished: false,
+        probe_targets,
+        requeue,
+    })
+}
+
+/// `Some(time left)` while a crashed container must wait; None when it
+/// may start again now (and the next window is opened).
+fn crash_backoff(shared: &Shared, state: &mut SyncState, name: &str, finished_at: Option<SystemTime>) -> Option<Duration> {
+    let key = format!("crash/{name}");
+    let finished = finished_at.unwrap_or_else(SystemTime::now);
+    let (initial, max) = shared.backoff;
+    let current = state.backoff.get(&key).copied().filter(|b| {
+        finished.duration_since(b.since).unwrap_or_default() <= max * BACKOFF_RESET_FACTOR
+    });
+    if let Some(b) = current {
+        let elapsed = SystemTime::now().duration_since(finished).unwrap_or_default();
+        if elapsed < b.delay {
+            return Some(b.delay - elapsed);
+        }
+    }
+    let delay = current.map_or(initial, |b| (b.delay * 2).min(max));
+    state.backoff.insert(key, Backoff { delay, since: finished });
+    None
+}
+
+/// Starts a new instance of a container: image, spec, create, start. A
+/// failure becomes the container's waiting reason, not an error of the
+/// sync, so the other containers go on.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    shared: &Shared,
+    pod: &Arc<Pod>,
+    c: &PodContainer,
+    role: Role,
+    attempt: u32,
+    sandbox: &Container,
+    placement: &Placement,
+    older: &[&Container],
+    state: &mut SyncState,
+    soonest: &mut impl FnMut(Duration),
+) -> Result<(), SyncError> {
+    let pull_key = format!("pull/{}", c.name);
+    if let Some(b) = state.backoff.get(&pull_key).copied() {
+        let elapsed = SystemTime::now().duration_since(b.since).unwrap_or_default();
+        if elapsed < b.delay {
+            let last = state.pull_errors.get(&c.name).map_or(String::new(), |e| format!(": {e}"));
+            let message = format!("Back-off pulling image {:?}{last}", c.image);
+            state.waiting.insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+            soonest(b.delay - elapsed);
+            return Ok(());
+        }
+    }
+    let policy = PullPolicy::for_image(&c.image_pull_policy, &c.image);
+    match shared.runtime.ensure_image(&c.image, policy).await {
+        Ok(_) => {
+            state.backoff.remove(&pull_key);
+            state.pull_errors.remove(&c.name);
+        }
+        Err(e @ (RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull(_))) => {
+            let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) { "ErrImageNeverPull" } else { "ErrImagePull" };
+            let (initial, max) = shared.backoff;
+            let delay = state.backoff.get(&pull_key).map_or(initial, |b| (b.delay * 2).min(max));
+            state.backoff.insert(pull_key, Backoff { delay, since: SystemTime::now() });
+            shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
+            state.waiting.insert(c.name.clone(), (reason.into(), e.to_string()));
+            state.pull_errors.insert(c.name.clone(), e.to_string());
+            soonest(delay);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let spec = match containers::container_spec(
+        pod,
+        c,
+        role,
+        attempt,
+        &sandbox.id,
+        placement,
+        &shared.data_dir,
+        &shared.sources,
+    )
+    .await
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
+            state.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.to_string()));
+            soonest(shared.backoff.0);
+            return Ok(());
+        }
+    };
+    // Keep one dead instance (for `logs --previous`), remove the rest.
+    for old in older.iter().skip(1) {
+        shared.runtime.remove(&old.id).await?;
+    }
+    let id = shared.runtime.create(&spec).await?;
+    if let Err(e) = shared.runtime.start(&id).await {
+        shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
+        state.waiting.insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+        soonest(shared.backoff.0);
+        return Ok(());
+    }
+    let message = format!("Started container {}", c.name);
+    shared.recorder.record(&**pod, EventType::Normal, "Started", &message).await;
+    Ok(())
+}
+
+/// Writes the pod's status when it differs from what the API has.
+async fn report(
+    shared: &Shared,
+    pod: &Pod,
+    containers: &[Container],
+    probes: &HashMap<String, ProbeState>,
+    state: &mut SyncState,
+    sandbox: Option<&Container>,
+) -> Result<(), SyncError> {
+    let status = status::compute(&Observed {
+        pod,
+        containers,
+        probes,
+        waiting: &state.waiting,
+        pod_ip: sandbox.and_then(|s| s.ip.as_deref()).or(pod.status.as_ref().map(|s| s.pod_ip.as_str())).filter(|ip| !ip.is_empty()),
+        host_ip: &shared.node_ip,
+        start_time: state.start_time.unwrap_or_else(skiff::time::now_seconds),
+    });
+    if status.phase == "Succeeded" || status.phase == "Failed" {
+        state.terminal = true;
+    }
+    if pod.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let m = meta(pod);
+    let update = Pod {
+        metadata: Some(ObjectMeta {
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            uid: m.uid.clone(),
+            ..Default::default()
+        }),
+        status: Some(status),
+        ..Default::default()
+    };
+    match shared.pods.update_status(update).await {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: the watch says so next.
+        Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => Ok(()),
+        Err(s) => Err(SyncError::Status(s)),
+    }
+}
+
+/// Stops every container of a deleted pod within its grace period, removes
+/// them, the sandbox and the pod's directory, and finishes the deletion in
+/// the API when the pod is still there (marked for deletion).
+async fn teardown(shared: &Shared, inputs: &Inputs, containers: &[Container]) -> Result<(), SyncError> {
+    let known = inputs.pod.as_deref().or(Some(&*inputs.last).filter(|p| p.spec.is_some()));
+    let grace = match known {
+        Some(pod) => grace_period(pod),
+        // Only the containers are left (the agent restarted after the pod
+        // was deleted): they remember the grace period they were made with.
+        None => containers
+            .iter()
+            .filter_map(|c| c.label(labels::GRACE_SECONDS).parse::<u64>().ok())
+            .max()
+            .map_or(Duration::from_secs(30), Duration::from_secs),
+    };
+    let (sandboxes, apps): (Vec<&Container>, Vec<&Container>) = containers
+        .iter()
+        .partition(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX);
+    let pod = &inputs.last;
+    let running: Vec<&Container> = apps.iter().copied().filter(|c| is_running(c)).collect();
+    if !running.is_empty() {
+        let names: Vec<&str> = running.iter().map(|c| c.label(labels::CONTAINER_NAME)).collect();
+        let message = format!("Stopping container(s) {}", names.join(", "));
+        shared.recorder.record(&**pod, EventType::Normal, "Killing", &message).await;
+    }
+    let stops = running.iter().map(|c| shared.runtime.stop(&c.id, grace));
+    for result in futures::future::join_all(stops).await {
+        result?;
+    }
+    for c in apps.iter().chain(&sandboxes) {
+        shared.runtime.remove(&c.id).await?;
+    }
+    let uid = meta(pod).uid;
+    volumes::remove_pod_dir(&shared.data_dir, &uid);
+    if let Some(p) = &inputs.pod {
+        let m = meta(p);
+        let request = DeleteRequest {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: m.uid.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match shared.pods.delete(request).await {
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {}
+            Err(s) => return Err(SyncError::Status(s)),
+        }
+    }
+    tracing::info!(pod = %format!("{}/{}", meta(pod).namespace, meta(pod).name), %uid, "pod torn down");
+    Ok(())
+}

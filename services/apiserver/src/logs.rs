@@ -1,0 +1,111 @@
+//! `skiff.core.v1.PodLogs`: the pods/log subresource. The API server finds
+//! the pod's node and proxies the stream from that node's agent
+//! (`skiff.agent.v1.Agent/Logs` at the Node's InternalIP and
+//! `daemonEndpoints.kubeletEndpoint` port), like the Kubernetes API server
+//! reaches the kubelet; see the agent's `server` module for why a proxy.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use skiff::pb::agent::v1::agent_client::AgentClient;
+use skiff::pb::api::v1::GetRequest;
+use skiff::pb::core::v1::pod_logs_server::PodLogs;
+use skiff::pb::core::v1::{LogChunk, Node, Pod, PodLogsRequest};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::actor::{ActorHandle, Op, Reply};
+
+/// The service.
+pub struct PodLogsService {
+    actor: ActorHandle,
+    /// One channel per agent address, reused across requests.
+    agents: Mutex<HashMap<String, Channel>>,
+}
+
+impl PodLogsService {
+    /// A service reading pods and nodes through `actor`.
+    pub fn new(actor: ActorHandle) -> Self {
+        Self {
+            actor,
+            agents: Mutex::default(),
+        }
+    }
+
+    async fn get<K: crate::strategy::Strategy>(&self, namespace: &str, name: &str) -> Result<K, Status> {
+        let op = Op::<K>::Get(GetRequest {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        });
+        match self.actor.call(op).await? {
+            Reply::Object(obj) => Ok(obj),
+            _ => Err(Status::internal("unexpected reply kind")),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut agents = self.agents.lock().map_err(|_| Status::internal("agent channel cache poisoned"))?;
+        if let Some(channel) = agents.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::internal(format!("agent address {address:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        agents.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The stream of a pod's log.
+pub type LogStream = tonic::Streaming<LogChunk>;
+
+#[tonic::async_trait]
+impl PodLogs for PodLogsService {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let mut req = request.into_inner();
+        if req.namespace.is_empty() {
+            req.namespace = "default".into();
+        }
+        let pod: Pod = self.get(&req.namespace, &req.name).await?;
+        let node_name = pod.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        if node_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {:?} in namespace {:?} is not scheduled to a node yet: it has no logs",
+                req.name, req.namespace
+            )));
+        }
+        let node: Node = self.get("", &node_name).await.map_err(|s| {
+            Status::unavailable(format!("node {node_name:?} of pod {:?}: {}", req.name, s.message()))
+        })?;
+        let status = node.status.unwrap_or_default();
+        let ip = status
+            .addresses
+            .iter()
+            .find(|a| a.r#type == "InternalIP")
+            .map(|a| a.address.clone());
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            .filter(|p| *p > 0);
+        let (Some(ip), Some(port)) = (ip, port) else {
+            return Err(Status::unavailable(format!(
+                "node {node_name:?} does not say where its agent listens (no InternalIP or kubelet port): is it a hollow node?"
+            )));
+        };
+        let address = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+        let mut client = AgentClient::new(self.channel(&address)?);
+        match client.logs(req).await {
+            Ok(stream) => Ok(stream),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(Status::unavailable(format!(
+                "the agent of node {node_name:?} at {address} does not answer: {}",
+                s.message()
+            ))),
+            Err(s) => Err(s),
+        }
+    }
+}

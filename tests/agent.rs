@@ -1,0 +1,497 @@
+//! The node agent end to end on real Docker: an in-process API server, a
+//! real `skiff agent` process per test (its own node name and pod
+//! network), and pods bound to that node directly (spec.nodeName), so no
+//! scheduler is involved. Images are built from `FROM scratch` + busybox.
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde_json::json;
+use skiff::pb::api::v1::DeleteRequest;
+use skiff::pb::core::v1::pod_logs_client::PodLogsClient;
+use skiff::pb::core::v1::{ConfigMap, ContainerStatus, Pod, PodLogsRequest, Secret};
+use skiff_apiserver::StoreConfig;
+use skiff_client::Api;
+use skiff_e2e::{DockerNode, wait_until};
+
+struct Env {
+    server: skiff_apiserver::ApiServer,
+    channel: tonic::transport::Channel,
+    node: DockerNode,
+    image: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(prefix: &str) -> Env {
+    let image = skiff_e2e::test_image().await.expect("building the test image");
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let node = DockerNode::start(&format!("http://{}", server.addr), prefix).unwrap();
+    let nodes = Api::<skiff::pb::core::v1::Node>::new(channel.clone());
+    let name = node.name.clone();
+    wait_until("the node registers Ready", Duration::from_secs(30), async || {
+        nodes.get("", &name).await.is_ok_and(|n| {
+            n.status
+                .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
+        })
+    })
+    .await;
+    Env {
+        server,
+        channel,
+        node,
+        image,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    fn pods(&self) -> Api<Pod> {
+        Api::new(self.channel.clone())
+    }
+
+    /// Creates a pod bound to this env's node from a JSON manifest.
+    async fn create(&self, mut manifest: serde_json::Value) -> Pod {
+        manifest["spec"]["nodeName"] = json!(self.node.name);
+        let pod: Pod = serde_json::from_value(manifest).expect("a valid pod manifest");
+        self.pods().create(pod).await.expect("creating the pod")
+    }
+
+    async fn get(&self, name: &str) -> Pod {
+        self.pods().get("default", name).await.expect("reading the pod")
+    }
+
+    async fn wait_for(&self, name: &str, what: &str, within: Duration, check: impl Fn(&Pod) -> bool) -> Pod {
+        let pods = self.pods();
+        wait_until(what, within, async || pods.get("default", name).await.is_ok_and(|p| check(&p))).await;
+        self.get(name).await
+    }
+
+    async fn logs(&self, pod: &str, container: &str, previous: bool) -> Result<String, tonic::Status> {
+        let mut client = PodLogsClient::new(self.channel.clone());
+        let mut stream = client
+            .logs(PodLogsRequest {
+                namespace: "default".into(),
+                name: pod.into(),
+                container: container.into(),
+                previous,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?.data);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    async fn delete(&self, name: &str) {
+        self.pods()
+            .delete(DeleteRequest {
+                namespace: "default".into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("deleting the pod");
+    }
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().map_or("", |s| s.phase.as_str())
+}
+
+fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    p.status.as_ref()?.container_statuses.iter().find(|c| c.name == name)
+}
+
+fn running(p: &Pod, name: &str) -> bool {
+    container(p, name).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+fn ready(p: &Pod) -> bool {
+    skiff::pods::is_ready(p)
+}
+
+fn docker_id(p: &Pod, name: &str) -> String {
+    container(p, name)
+        .map(|c| c.container_id.trim_start_matches("docker://").to_string())
+        .unwrap_or_default()
+}
+
+fn docker(args: &[&str]) {
+    let status = Command::new("docker").args(args).status().expect("running docker");
+    assert!(status.success(), "docker {args:?} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_localhost_an_empty_dir_and_run_after_their_init_containers() {
+    let env = env("share").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "duo"},
+        "spec": {
+            "initContainers": [{
+                "name": "prepare", "image": image,
+                "command": ["sh", "-c", "echo prepared-by-init > /shared/init"],
+                "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]
+            }],
+            "containers": [
+                {
+                    "name": "server", "image": image,
+                    "command": ["sh", "-c", "mkdir -p /www && echo hello-from-server > /www/index.html && httpd -p 8080 -h /www && cat /shared/init && while [ ! -f /shared/fetched ]; do sleep 0.2; done; echo server-read: $(cat /shared/fetched); exec sleep 3600"],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]
+                },
+                {
+                    "name": "client", "image": image,
+                    "command": ["sh", "-c", "until wget -q -O /shared/fetched http://127.0.0.1:8080/; do sleep 0.2; done; echo fetched; exec sleep 3600"],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]
+                }
+            ],
+            "volumes": [{"name": "shared", "emptyDir": {}}]
+        }
+    }))
+    .await;
+    let pod = env
+        .wait_for("duo", "both containers run", Duration::from_secs(60), |p| {
+            running(p, "server") && running(p, "client") && ready(p)
+        })
+        .await;
+    let status = pod.status.clone().unwrap();
+    assert_eq!(status.phase, "Running");
+    assert!(!status.pod_ip.is_empty(), "the pod has an IP");
+    assert_eq!(status.host_ip, "127.0.0.1");
+    let init = &status.init_container_statuses[0];
+    assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 0);
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            status.conditions.iter().any(|c| c.r#type == kind && c.status == "True"),
+            "{kind} is True: {:?}",
+            status.conditions
+        );
+    }
+    // The server read, from the emptyDir, what the client fetched from it
+    // over localhost; and the init container ran first.
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = env.logs("duo", "server", false).await.unwrap();
+        if log.contains("server-read") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("prepared-by-init"), "server log: {log:?}");
+    assert!(log.contains("server-read: hello-from-server"), "server log: {log:?}");
+    // Several containers: the logs call must name one.
+    let err = env.logs("duo", "", false).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("server client"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_restarts_unless_the_policy_is_never() {
+    let env = env("restart").await;
+    let image = env.image;
+    for (name, policy) in [("always", "Always"), ("never", "Never")] {
+        env.create(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": policy,
+                "containers": [{"name": "main", "image": image, "command": ["sh", "-c", "echo started-once; exec sleep 3600"]}]
+            }
+        }))
+        .await;
+    }
+    for name in ["always", "never"] {
+        let pod = env
+            .wait_for(name, "the container runs", Duration::from_secs(60), |p| running(p, "main"))
+            .await;
+        docker(&["kill", &docker_id(&pod, "main")]);
+    }
+    let pod = env
+        .wait_for("always", "restarted once", Duration::from_secs(30), |p| {
+            running(p, "main") && container(p, "main").is_some_and(|c| c.restart_count == 1)
+        })
+        .await;
+    let main = container(&pod, "main").unwrap();
+    let last = main.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    assert_eq!(last.exit_code, 137, "SIGKILL: 128 + 9");
+    assert_eq!(phase(&pod), "Running");
+    // The dead instance's log is the previous log.
+    let previous = env.logs("always", "main", true).await.unwrap();
+    assert!(previous.contains("started-once"), "previous log: {previous:?}");
+
+    let pod = env
+        .wait_for("never", "the pod ends Failed", Duration::from_secs(30), |p| phase(p) == "Failed")
+        .await;
+    let main = container(&pod, "main").unwrap();
+    assert_eq!(main.restart_count, 0);
+    assert_eq!(main.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 137);
+    // Not restarted later either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = env.get("never").await;
+    assert_eq!(container(&pod, "main").unwrap().restart_count, 0);
+    assert_eq!(phase(&pod), "Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_failures_restart_and_readiness_drives_ready() {
+    let env = env("probes").await;
+    let image = env.image;
+    // The test controls both probes through files in a hostPath dir.
+    let ctl = tempfile::tempdir().unwrap();
+    let ctl_path = ctl.path().to_str().unwrap().to_string();
+    std::fs::write(ctl.path().join("alive"), "1").unwrap();
+    std::fs::write(ctl.path().join("ready"), "1").unwrap();
+    let probe = |p: serde_json::Value| {
+        let mut p = p;
+        p["periodSeconds"] = json!(1);
+        p["failureThreshold"] = json!(1);
+        p
+    };
+    env.create(json!({
+        "metadata": {"name": "probed"},
+        "spec": {
+            // httpd as PID 1 ignores SIGTERM: the liveness restart waits
+            // out the grace period.
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "web", "image": image,
+                "command": ["httpd", "-f", "-p", "8080", "-h", "/ctl"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "livenessProbe": probe(json!({"exec": {"command": ["test", "-f", "/ctl/alive"]}})),
+                "readinessProbe": probe(json!({"httpGet": {"path": "/ready", "port": "http"}})),
+                "volumeMounts": [{"name": "ctl", "mountPath": "/ctl"}]
+            }],
+            "volumes": [{"name": "ctl", "hostPath": {"path": ctl_path}}]
+        }
+    }))
+    .await;
+    env.wait_for("probed", "Ready", Duration::from_secs(60), ready).await;
+
+    std::fs::remove_file(ctl.path().join("ready")).unwrap();
+    let pod = env
+        .wait_for("probed", "not Ready once readiness fails", Duration::from_secs(20), |p| !ready(p))
+        .await;
+    assert!(running(&pod, "web"), "readiness never restarts");
+    assert_eq!(container(&pod, "web").unwrap().restart_count, 0);
+    std::fs::write(ctl.path().join("ready"), "1").unwrap();
+    env.wait_for("probed", "Ready again", Duration::from_secs(20), ready).await;
+
+    std::fs::remove_file(ctl.path().join("alive")).unwrap();
+    env.wait_for("probed", "restarted by liveness", Duration::from_secs(40), |p| {
+        container(p, "web").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    std::fs::write(ctl.path().join("alive"), "1").unwrap();
+    env.wait_for("probed", "running and Ready after the restart", Duration::from_secs(40), |p| {
+        running(p, "web") && ready(p)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pod_stops_it_within_its_grace_period_and_removes_everything() {
+    let env = env("delete").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "doomed"},
+        "spec": {
+            // `sleep` as PID 1 ignores SIGTERM: only SIGKILL after the
+            // grace period stops it.
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"],
+                            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+            "volumes": [{"name": "scratch", "emptyDir": {}}]
+        }
+    }))
+    .await;
+    let pod = env
+        .wait_for("doomed", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .await;
+    let uid = pod.metadata.as_ref().unwrap().uid.clone();
+    let pod_dir = env.node.data_dir.path().join("pods").join(&uid);
+    assert!(pod_dir.join("volumes/scratch").is_dir(), "the emptyDir exists");
+    assert_eq!(env.node.container_ids().len(), 2, "a sandbox and the container");
+    let started = std::time::Instant::now();
+    env.delete("doomed").await;
+    wait_until("every container is removed", Duration::from_secs(20), async || {
+        env.node.container_ids().is_empty()
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "the grace period was honoured ({took:?})");
+    assert!(!pod_dir.exists(), "the pod's directory is removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_adopts_its_containers_and_cleans_up_deleted_pods() {
+    let mut env = env("adopt").await;
+    let image = env.image;
+    for name in ["kept", "gone"] {
+        env.create(json!({
+            "metadata": {"name": name},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]}
+        }))
+        .await;
+    }
+    let pod = env
+        .wait_for("kept", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .await;
+    env.wait_for("gone", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .await;
+    docker(&["kill", &docker_id(&pod, "main")]);
+    let pod = env
+        .wait_for("kept", "restarted once", Duration::from_secs(30), |p| {
+            running(p, "main") && container(p, "main").is_some_and(|c| c.restart_count == 1)
+        })
+        .await;
+    let gone_uid = env.get("gone").await.metadata.unwrap().uid;
+    let before: Vec<String> = env.node.container_ids();
+
+    env.node.kill9();
+    env.delete("gone").await;
+    env.node.start_agent().unwrap();
+
+    // The deleted pod's containers go; the kept pod's stay as they were.
+    let node = &env.node;
+    wait_until("the deleted pod's containers are removed", Duration::from_secs(30), async || {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.skiff.pod.uid={gone_uid}")])
+            .output()
+            .unwrap();
+        out.stdout.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = node.container_ids();
+    let kept: Vec<&String> = before.iter().filter(|id| after.contains(id)).collect();
+    assert_eq!(after.len(), kept.len(), "nothing new was created: before {before:?}, after {after:?}");
+    let again = env.get("kept").await;
+    assert_eq!(docker_id(&again, "main"), docker_id(&pod, "main"), "the same container");
+    assert_eq!(container(&again, "main").unwrap().restart_count, 1, "the same restart count");
+    assert!(running(&again, "main"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absent_image_is_a_pull_error_and_other_pods_run_on() {
+    let env = env("pull").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "ghost"},
+        "spec": {"containers": [{"name": "main", "image": "skiff-test/absent:1"}]}
+    }))
+    .await;
+    env.create(json!({
+        "metadata": {"name": "fine"},
+        "spec": {"containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]}
+    }))
+    .await;
+    let pod = env
+        .wait_for("ghost", "a pull error", Duration::from_secs(60), |p| {
+            container(p, "main")
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+                .is_some_and(|w| w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff")
+        })
+        .await;
+    let waiting = container(&pod, "main").unwrap().state.clone().unwrap().waiting.unwrap();
+    assert!(waiting.message.contains("skiff-test/absent:1"), "{waiting:?}");
+    assert_eq!(phase(&pod), "Pending");
+    env.wait_for("fine", "the other pod runs", Duration::from_secs(60), |p| running(p, "main"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmaps_and_secrets_reach_env_and_files_and_files_follow_updates() {
+    let env = env("config").await;
+    let image = env.image;
+    let configmaps = Api::<ConfigMap>::new(env.channel.clone());
+    let secrets = Api::<Secret>::new(env.channel.clone());
+    configmaps
+        .create(serde_json::from_value(json!({"metadata": {"name": "settings", "namespace": "default"}, "data": {"greeting": "hello", "file.txt": "v1"}})).unwrap())
+        .await
+        .unwrap();
+    secrets
+        .create(serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": "default"}, "stringData": {"password": "s3cret"}})).unwrap())
+        .await
+        .unwrap();
+    env.create(json!({
+        "metadata": {"name": "configured", "labels": {"app": "cfg"}},
+        "spec": {
+            "containers": [{
+                "name": "main", "image": image,
+                "command": ["sh", "-c", "echo env: $GREETING $PASSWORD $POD_NAME $POD_NAMESPACE $NODE $APP $(echo $POD_IP | cut -d. -f1-2 | grep -c .); while true; do echo file: $(cat /config/file.txt) $(cat /secret/password); sleep 0.5; done"],
+                "env": [
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "APP", "value": "app-$(GREETING)"}
+                ],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/config"},
+                    {"name": "secret", "mountPath": "/secret"}
+                ]
+            }],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "settings"}},
+                {"name": "secret", "secret": {"secretName": "creds"}}
+            ]
+        }
+    }))
+    .await;
+    env.wait_for("configured", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .await;
+    let expected_env = format!("env: hello s3cret configured default {} app-hello 1", env.node.name);
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = env.logs("configured", "main", false).await.unwrap();
+        if log.contains("file:") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.contains(&expected_env), "log: {log:?}");
+    assert!(log.contains("file: v1 s3cret"), "log: {log:?}");
+
+    let mut cm = configmaps.get("default", "settings").await.unwrap();
+    cm.data.insert("file.txt".into(), "v2".into());
+    configmaps.update(cm).await.unwrap();
+    let pods_log = async || env.logs("configured", "main", false).await.unwrap_or_default();
+    wait_until("the projected file follows the configmap", Duration::from_secs(30), async || {
+        pods_log().await.contains("file: v2 s3cret")
+    })
+    .await;
+    let _ = &env.server;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
+    let env = env("cfgerr").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "unconfigured"},
+        "spec": {"containers": [{
+            "name": "main", "image": image, "command": ["sleep", "3600"],
+            "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nowhere", "key": "k"}}}]
+        }]}
+    }))
+    .await;
+    let pod = env
+        .wait_for("unconfigured", "CreateContainerConfigError", Duration::from_secs(60), |p| {
+            container(p, "main")
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+                .is_some_and(|w| w.reason == "CreateContainerConfigError")
+        })
+        .await;
+    let waiting = container(&pod, "main").unwrap().state.clone().unwrap().waiting.unwrap();
+    assert!(waiting.message.contains("configmap \"nowhere\" not found"), "{waiting:?}");
+}
