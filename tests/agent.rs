@@ -24,7 +24,9 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
-    let image = skiff_e2e::test_image().await.expect("building the test image");
+    let image = skiff_e2e::test_image()
+        .await
+        .expect("building the test image");
     let dir = tempfile::tempdir().unwrap();
     let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
@@ -33,12 +35,19 @@ async fn env(prefix: &str) -> Env {
     let node = DockerNode::start(&format!("http://{}", server.addr), prefix).unwrap();
     let nodes = Api::<skiff::pb::core::v1::Node>::new(channel.clone());
     let name = node.name.clone();
-    wait_until("the node registers Ready", Duration::from_secs(30), async || {
-        nodes.get("", &name).await.is_ok_and(|n| {
-            n.status
-                .is_some_and(|s| s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
-        })
-    })
+    wait_until(
+        "the node registers Ready",
+        Duration::from_secs(30),
+        async || {
+            nodes.get("", &name).await.is_ok_and(|n| {
+                n.status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "Ready" && c.status == "True")
+                })
+            })
+        },
+    )
     .await;
     Env {
         server,
@@ -62,16 +71,33 @@ impl Env {
     }
 
     async fn get(&self, name: &str) -> Pod {
-        self.pods().get("default", name).await.expect("reading the pod")
+        self.pods()
+            .get("default", name)
+            .await
+            .expect("reading the pod")
     }
 
-    async fn wait_for(&self, name: &str, what: &str, within: Duration, check: impl Fn(&Pod) -> bool) -> Pod {
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Pod) -> bool,
+    ) -> Pod {
         let pods = self.pods();
-        wait_until(what, within, async || pods.get("default", name).await.is_ok_and(|p| check(&p))).await;
+        wait_until(what, within, async || {
+            pods.get("default", name).await.is_ok_and(|p| check(&p))
+        })
+        .await;
         self.get(name).await
     }
 
-    async fn logs(&self, pod: &str, container: &str, previous: bool) -> Result<String, tonic::Status> {
+    async fn logs(
+        &self,
+        pod: &str,
+        container: &str,
+        previous: bool,
+    ) -> Result<String, tonic::Status> {
         let mut client = PodLogsClient::new(self.channel.clone());
         let mut stream = client
             .logs(PodLogsRequest {
@@ -107,7 +133,11 @@ fn phase(p: &Pod) -> &str {
 }
 
 fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
-    p.status.as_ref()?.container_statuses.iter().find(|c| c.name == name)
+    p.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .find(|c| c.name == name)
 }
 
 fn running(p: &Pod, name: &str) -> bool {
@@ -125,7 +155,10 @@ fn docker_id(p: &Pod, name: &str) -> String {
 }
 
 fn docker(args: &[&str]) {
-    let status = Command::new("docker").args(args).status().expect("running docker");
+    let status = Command::new("docker")
+        .args(args)
+        .status()
+        .expect("running docker");
     assert!(status.success(), "docker {args:?} failed");
 }
 
@@ -167,10 +200,22 @@ async fn containers_of_a_pod_share_localhost_an_empty_dir_and_run_after_their_in
     assert!(!status.pod_ip.is_empty(), "the pod has an IP");
     assert_eq!(status.host_ip, "127.0.0.1");
     let init = &status.init_container_statuses[0];
-    assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 0);
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
     for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
         assert!(
-            status.conditions.iter().any(|c| c.r#type == kind && c.status == "True"),
+            status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == kind && c.status == "True"),
             "{kind} is True: {:?}",
             status.conditions
         );
@@ -186,7 +231,10 @@ async fn containers_of_a_pod_share_localhost_an_empty_dir_and_run_after_their_in
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(log.contains("prepared-by-init"), "server log: {log:?}");
-    assert!(log.contains("server-read: hello-from-server"), "server log: {log:?}");
+    assert!(
+        log.contains("server-read: hello-from-server"),
+        "server log: {log:?}"
+    );
     // Several containers: the logs call must name one.
     let err = env.logs("duo", "", false).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -209,7 +257,9 @@ async fn a_killed_container_restarts_unless_the_policy_is_never() {
     }
     for name in ["always", "never"] {
         let pod = env
-            .wait_for(name, "the container runs", Duration::from_secs(60), |p| running(p, "main"))
+            .wait_for(name, "the container runs", Duration::from_secs(60), |p| {
+                running(p, "main")
+            })
             .await;
         docker(&["kill", &docker_id(&pod, "main")]);
     }
@@ -219,19 +269,42 @@ async fn a_killed_container_restarts_unless_the_policy_is_never() {
         })
         .await;
     let main = container(&pod, "main").unwrap();
-    let last = main.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+    let last = main
+        .last_state
+        .as_ref()
+        .unwrap()
+        .terminated
+        .as_ref()
+        .unwrap();
     assert_eq!(last.exit_code, 137, "SIGKILL: 128 + 9");
     assert_eq!(phase(&pod), "Running");
     // The dead instance's log is the previous log.
     let previous = env.logs("always", "main", true).await.unwrap();
-    assert!(previous.contains("started-once"), "previous log: {previous:?}");
+    assert!(
+        previous.contains("started-once"),
+        "previous log: {previous:?}"
+    );
 
     let pod = env
-        .wait_for("never", "the pod ends Failed", Duration::from_secs(30), |p| phase(p) == "Failed")
+        .wait_for(
+            "never",
+            "the pod ends Failed",
+            Duration::from_secs(30),
+            |p| phase(p) == "Failed",
+        )
         .await;
     let main = container(&pod, "main").unwrap();
     assert_eq!(main.restart_count, 0);
-    assert_eq!(main.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 137);
+    assert_eq!(
+        main.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        137
+    );
     // Not restarted later either.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pod = env.get("never").await;
@@ -272,26 +345,39 @@ async fn liveness_failures_restart_and_readiness_drives_ready() {
         }
     }))
     .await;
-    env.wait_for("probed", "Ready", Duration::from_secs(60), ready).await;
+    env.wait_for("probed", "Ready", Duration::from_secs(60), ready)
+        .await;
 
     std::fs::remove_file(ctl.path().join("ready")).unwrap();
     let pod = env
-        .wait_for("probed", "not Ready once readiness fails", Duration::from_secs(20), |p| !ready(p))
+        .wait_for(
+            "probed",
+            "not Ready once readiness fails",
+            Duration::from_secs(20),
+            |p| !ready(p),
+        )
         .await;
     assert!(running(&pod, "web"), "readiness never restarts");
     assert_eq!(container(&pod, "web").unwrap().restart_count, 0);
     std::fs::write(ctl.path().join("ready"), "1").unwrap();
-    env.wait_for("probed", "Ready again", Duration::from_secs(20), ready).await;
+    env.wait_for("probed", "Ready again", Duration::from_secs(20), ready)
+        .await;
 
     std::fs::remove_file(ctl.path().join("alive")).unwrap();
-    env.wait_for("probed", "restarted by liveness", Duration::from_secs(40), |p| {
-        container(p, "web").is_some_and(|c| c.restart_count >= 1)
-    })
+    env.wait_for(
+        "probed",
+        "restarted by liveness",
+        Duration::from_secs(40),
+        |p| container(p, "web").is_some_and(|c| c.restart_count >= 1),
+    )
     .await;
     std::fs::write(ctl.path().join("alive"), "1").unwrap();
-    env.wait_for("probed", "running and Ready after the restart", Duration::from_secs(40), |p| {
-        running(p, "web") && ready(p)
-    })
+    env.wait_for(
+        "probed",
+        "running and Ready after the restart",
+        Duration::from_secs(40),
+        |p| running(p, "web") && ready(p),
+    )
     .await;
 }
 
@@ -312,20 +398,34 @@ async fn deleting_a_pod_stops_it_within_its_grace_period_and_removes_everything(
     }))
     .await;
     let pod = env
-        .wait_for("doomed", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .wait_for("doomed", "running", Duration::from_secs(60), |p| {
+            running(p, "main")
+        })
         .await;
     let uid = pod.metadata.as_ref().unwrap().uid.clone();
     let pod_dir = env.node.data_dir.path().join("pods").join(&uid);
-    assert!(pod_dir.join("volumes/scratch").is_dir(), "the emptyDir exists");
-    assert_eq!(env.node.container_ids().len(), 2, "a sandbox and the container");
+    assert!(
+        pod_dir.join("volumes/scratch").is_dir(),
+        "the emptyDir exists"
+    );
+    assert_eq!(
+        env.node.container_ids().len(),
+        2,
+        "a sandbox and the container"
+    );
     let started = std::time::Instant::now();
     env.delete("doomed").await;
-    wait_until("every container is removed", Duration::from_secs(20), async || {
-        env.node.container_ids().is_empty()
-    })
+    wait_until(
+        "every container is removed",
+        Duration::from_secs(20),
+        async || env.node.container_ids().is_empty(),
+    )
     .await;
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(2), "the grace period was honoured ({took:?})");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the grace period was honoured ({took:?})"
+    );
     assert!(!pod_dir.exists(), "the pod's directory is removed");
 }
 
@@ -342,10 +442,14 @@ async fn a_restarted_agent_adopts_its_containers_and_cleans_up_deleted_pods() {
         .await;
     }
     let pod = env
-        .wait_for("kept", "running", Duration::from_secs(60), |p| running(p, "main"))
+        .wait_for("kept", "running", Duration::from_secs(60), |p| {
+            running(p, "main")
+        })
         .await;
-    env.wait_for("gone", "running", Duration::from_secs(60), |p| running(p, "main"))
-        .await;
+    env.wait_for("gone", "running", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
     docker(&["kill", &docker_id(&pod, "main")]);
     let pod = env
         .wait_for("kept", "restarted once", Duration::from_secs(30), |p| {
@@ -361,21 +465,42 @@ async fn a_restarted_agent_adopts_its_containers_and_cleans_up_deleted_pods() {
 
     // The deleted pod's containers go; the kept pod's stay as they were.
     let node = &env.node;
-    wait_until("the deleted pod's containers are removed", Duration::from_secs(30), async || {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=io.skiff.pod.uid={gone_uid}")])
-            .output()
-            .unwrap();
-        out.stdout.is_empty()
-    })
+    wait_until(
+        "the deleted pod's containers are removed",
+        Duration::from_secs(30),
+        async || {
+            let out = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=io.skiff.pod.uid={gone_uid}"),
+                ])
+                .output()
+                .unwrap();
+            out.stdout.is_empty()
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = node.container_ids();
     let kept: Vec<&String> = before.iter().filter(|id| after.contains(id)).collect();
-    assert_eq!(after.len(), kept.len(), "nothing new was created: before {before:?}, after {after:?}");
+    assert_eq!(
+        after.len(),
+        kept.len(),
+        "nothing new was created: before {before:?}, after {after:?}"
+    );
     let again = env.get("kept").await;
-    assert_eq!(docker_id(&again, "main"), docker_id(&pod, "main"), "the same container");
-    assert_eq!(container(&again, "main").unwrap().restart_count, 1, "the same restart count");
+    assert_eq!(
+        docker_id(&again, "main"),
+        docker_id(&pod, "main"),
+        "the same container"
+    );
+    assert_eq!(
+        container(&again, "main").unwrap().restart_count,
+        1,
+        "the same restart count"
+    );
     assert!(running(&again, "main"));
 }
 
@@ -400,11 +525,22 @@ async fn an_absent_image_is_a_pull_error_and_other_pods_run_on() {
                 .is_some_and(|w| w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff")
         })
         .await;
-    let waiting = container(&pod, "main").unwrap().state.clone().unwrap().waiting.unwrap();
-    assert!(waiting.message.contains("skiff-test/absent:1"), "{waiting:?}");
+    let waiting = container(&pod, "main")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(
+        waiting.message.contains("skiff-test/absent:1"),
+        "{waiting:?}"
+    );
     assert_eq!(phase(&pod), "Pending");
-    env.wait_for("fine", "the other pod runs", Duration::from_secs(60), |p| running(p, "main"))
-        .await;
+    env.wait_for("fine", "the other pod runs", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,9 +584,14 @@ async fn configmaps_and_secrets_reach_env_and_files_and_files_follow_updates() {
         }
     }))
     .await;
-    env.wait_for("configured", "running", Duration::from_secs(60), |p| running(p, "main"))
-        .await;
-    let expected_env = format!("env: hello s3cret configured default {} app-hello 1", env.node.name);
+    env.wait_for("configured", "running", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
+    let expected_env = format!(
+        "env: hello s3cret configured default {} app-hello 1",
+        env.node.name
+    );
     let mut log = String::new();
     for _ in 0..50 {
         log = env.logs("configured", "main", false).await.unwrap();
@@ -465,10 +606,16 @@ async fn configmaps_and_secrets_reach_env_and_files_and_files_follow_updates() {
     let mut cm = configmaps.get("default", "settings").await.unwrap();
     cm.data.insert("file.txt".into(), "v2".into());
     configmaps.update(cm).await.unwrap();
-    let pods_log = async || env.logs("configured", "main", false).await.unwrap_or_default();
-    wait_until("the projected file follows the configmap", Duration::from_secs(30), async || {
-        pods_log().await.contains("file: v2 s3cret")
-    })
+    let pods_log = async || {
+        env.logs("configured", "main", false)
+            .await
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the projected file follows the configmap",
+        Duration::from_secs(30),
+        async || pods_log().await.contains("file: v2 s3cret"),
+    )
     .await;
     let _ = &env.server;
 }
@@ -486,12 +633,26 @@ async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
     }))
     .await;
     let pod = env
-        .wait_for("unconfigured", "CreateContainerConfigError", Duration::from_secs(60), |p| {
-            container(p, "main")
-                .and_then(|c| c.state.as_ref()?.waiting.as_ref())
-                .is_some_and(|w| w.reason == "CreateContainerConfigError")
-        })
+        .wait_for(
+            "unconfigured",
+            "CreateContainerConfigError",
+            Duration::from_secs(60),
+            |p| {
+                container(p, "main")
+                    .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+                    .is_some_and(|w| w.reason == "CreateContainerConfigError")
+            },
+        )
         .await;
-    let waiting = container(&pod, "main").unwrap().state.clone().unwrap().waiting.unwrap();
-    assert!(waiting.message.contains("configmap \"nowhere\" not found"), "{waiting:?}");
+    let waiting = container(&pod, "main")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(
+        waiting.message.contains("configmap \"nowhere\" not found"),
+        "{waiting:?}"
+    );
 }

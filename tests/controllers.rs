@@ -96,7 +96,14 @@ async fn running(env: &Env, app: &str) -> Vec<Pod> {
     .unwrap()
     .items
     .into_iter()
+    // A terminating pod (deletionTimestamp set) is on its way out, as
+    // kubectl's "Terminating" says.
     .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
+    .filter(|p| {
+        p.metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_timestamp.is_none())
+    })
     .collect()
 }
 

@@ -424,7 +424,10 @@ pub async fn test_image() -> anyhow::Result<&'static str> {
         .find_map(|p| std::fs::read(p).ok())
         .context("no busybox binary: install Debian's busybox-static (scripts/deps does)")?;
     let dockerfile = b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n";
-    let files: [(&str, u32, &[u8]); 2] = [("Dockerfile", 0o644, dockerfile), ("busybox", 0o755, &busybox)];
+    let files: [(&str, u32, &[u8]); 2] = [
+        ("Dockerfile", 0o644, dockerfile),
+        ("busybox", 0o755, &busybox),
+    ];
     skiff_runtime::docker::build_image(&docker, TEST_IMAGE, &files).await?;
     Ok(TEST_IMAGE)
 }
@@ -477,7 +480,11 @@ impl DockerNode {
             .args(["--listen", "127.0.0.1:0", "--network", &self.network])
             // Tests shorten every period to seconds.
             .args(["--crash-backoff-secs=1", "--crash-backoff-max-secs=4"])
-            .args(["--lease-renew-secs=1", "--status-every-secs=1", "--resync-secs=1"])
+            .args([
+                "--lease-renew-secs=1",
+                "--status-every-secs=1",
+                "--resync-secs=1",
+            ])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -502,7 +509,12 @@ impl DockerNode {
             .arg(format!("label=io.skiff.node={}", self.name))
             .output();
         let mut ids: Vec<String> = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         ids.sort();
         ids

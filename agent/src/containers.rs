@@ -53,14 +53,21 @@ fn pod_labels(pod: &Pod, container: &str, role: &str, attempt: u32) -> BTreeMap<
 fn runtime_name(pod: &Pod, container: &str, attempt: u32) -> String {
     let meta = pod.metadata.clone().unwrap_or_default();
     let uid: String = meta.uid.chars().take(8).collect();
-    format!("skiff_{container}_{}_{}_{uid}_{attempt}", meta.name, meta.namespace)
+    format!(
+        "skiff_{container}_{}_{}_{uid}_{attempt}",
+        meta.name, meta.namespace
+    )
 }
 
 /// The sandbox of a pod, `attempt` counting sandbox re-creations.
 pub fn sandbox_spec(pod: &Pod, attempt: u32) -> SandboxSpec {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let hostname = if spec.hostname.is_empty() { meta.name.clone() } else { spec.hostname };
+    let hostname = if spec.hostname.is_empty() {
+        meta.name.clone()
+    } else {
+        spec.hostname
+    };
     SandboxSpec {
         name: runtime_name(pod, labels::SANDBOX, attempt),
         // A hostname is a DNS label: at most 63 characters.
@@ -164,24 +171,37 @@ async fn resolve_env(
 ) -> Result<Vec<(String, String)>, Error> {
     let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
     let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
-        match env.iter_mut().find(|(name, _)| *name == k) {
-            Some(slot) => slot.1 = v,
-            None => env.push((k, v)),
-        }
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
+        .iter_mut()
+        .find(|(name, _)| *name == k)
+    {
+        Some(slot) => slot.1 = v,
+        None => env.push((k, v)),
     };
     for from in &container.env_from {
         let (data, what, optional) = if let Some(cm) = &from.config_map_ref {
-            (sources.configmap(ns, &cm.name).await?, format!("configmap {:?}", cm.name), cm.optional.unwrap_or(false))
+            (
+                sources.configmap(ns, &cm.name).await?,
+                format!("configmap {:?}", cm.name),
+                cm.optional.unwrap_or(false),
+            )
         } else if let Some(s) = &from.secret_ref {
-            (sources.secret(ns, &s.name).await?, format!("secret {:?}", s.name), s.optional.unwrap_or(false))
+            (
+                sources.secret(ns, &s.name).await?,
+                format!("secret {:?}", s.name),
+                s.optional.unwrap_or(false),
+            )
         } else {
             continue;
         };
         match data {
             Some(data) => {
                 for (k, v) in data {
-                    set(&mut env, format!("{}{k}", from.prefix), String::from_utf8_lossy(&v).into_owned());
+                    set(
+                        &mut env,
+                        format!("{}{k}", from.prefix),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
                 }
             }
             None if optional => {}
@@ -216,7 +236,10 @@ async fn env_value(
             Some(data) => match data.get(&r.key) {
                 Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
                 None if optional => Ok(None),
-                None => Err(missing(format!("key {:?} not found in configmap {:?}", r.key, r.name))),
+                None => Err(missing(format!(
+                    "key {:?} not found in configmap {:?}",
+                    r.key, r.name
+                ))),
             },
             None if optional => Ok(None),
             None => Err(missing(format!("configmap {:?} not found", r.name))),
@@ -228,21 +251,29 @@ async fn env_value(
             Some(data) => match data.get(&r.key) {
                 Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
                 None if optional => Ok(None),
-                None => Err(missing(format!("key {:?} not found in secret {:?}", r.key, r.name))),
+                None => Err(missing(format!(
+                    "key {:?} not found in secret {:?}",
+                    r.key, r.name
+                ))),
             },
             None if optional => Ok(None),
             None => Err(missing(format!("secret {:?} not found", r.name))),
         };
     }
     if let Some(f) = &from.field_ref {
-        return field_value(pod, &f.field_path, placement).map(Some).ok_or_else(|| {
-            missing(format!("unsupported fieldRef fieldPath {:?}", f.field_path))
-        });
+        return field_value(pod, &f.field_path, placement)
+            .map(Some)
+            .ok_or_else(|| missing(format!("unsupported fieldRef fieldPath {:?}", f.field_path)));
     }
     if let Some(r) = &from.resource_field_ref {
         return resource_value(container, &r.resource, &r.divisor)
             .map(Some)
-            .ok_or_else(|| missing(format!("unsupported resourceFieldRef resource {:?}", r.resource)));
+            .ok_or_else(|| {
+                missing(format!(
+                    "unsupported resourceFieldRef resource {:?}",
+                    r.resource
+                ))
+            });
     }
     Ok(Some(String::new()))
 }
@@ -281,7 +312,9 @@ fn resource_value(container: &Container, resource: &str, divisor: &str) -> Optio
         _ => return None,
     };
     let value: Quantity = map.get(key).map_or("0", String::as_str).parse().ok()?;
-    let divisor: Quantity = if divisor.is_empty() { "1" } else { divisor }.parse().ok()?;
+    let divisor: Quantity = if divisor.is_empty() { "1" } else { divisor }
+        .parse()
+        .ok()?;
     let (v, d) = (value.milli_value(), divisor.milli_value().max(1));
     Some(((v + d - 1) / d).to_string())
 }
@@ -342,11 +375,26 @@ mod tests {
             host_ip: "127.0.0.1".into(),
             node_name: "n1".into(),
         };
-        assert_eq!(field_value(&pod, "metadata.name", &placement).unwrap(), "web");
-        assert_eq!(field_value(&pod, "metadata.namespace", &placement).unwrap(), "prod");
-        assert_eq!(field_value(&pod, "status.podIP", &placement).unwrap(), "10.0.0.2");
-        assert_eq!(field_value(&pod, "spec.nodeName", &placement).unwrap(), "n1");
-        assert_eq!(field_value(&pod, "metadata.labels['app']", &placement).unwrap(), "w");
+        assert_eq!(
+            field_value(&pod, "metadata.name", &placement).unwrap(),
+            "web"
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.namespace", &placement).unwrap(),
+            "prod"
+        );
+        assert_eq!(
+            field_value(&pod, "status.podIP", &placement).unwrap(),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            field_value(&pod, "spec.nodeName", &placement).unwrap(),
+            "n1"
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.labels['app']", &placement).unwrap(),
+            "w"
+        );
         assert_eq!(field_value(&pod, "status.phase", &placement), None);
     }
 
@@ -354,13 +402,23 @@ mod tests {
     fn resource_refs_round_up_by_the_divisor() {
         let container = Container {
             resources: Some(skiff::pb::core::v1::ResourceRequirements {
-                limits: [("cpu".to_string(), "1500m".to_string()), ("memory".to_string(), "64Mi".to_string())].into(),
+                limits: [
+                    ("cpu".to_string(), "1500m".to_string()),
+                    ("memory".to_string(), "64Mi".to_string()),
+                ]
+                .into(),
                 ..Default::default()
             }),
             ..Default::default()
         };
         assert_eq!(resource_value(&container, "limits.cpu", "").unwrap(), "2");
-        assert_eq!(resource_value(&container, "limits.cpu", "1m").unwrap(), "1500");
-        assert_eq!(resource_value(&container, "limits.memory", "1Mi").unwrap(), "64");
+        assert_eq!(
+            resource_value(&container, "limits.cpu", "1m").unwrap(),
+            "1500"
+        );
+        assert_eq!(
+            resource_value(&container, "limits.memory", "1Mi").unwrap(),
+            "64"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Each node registers (Node with capacity, Ready condition and system
 //! info), renews its Lease in `kube-node-lease`, and marks the pods bound
-//! to it Running. One pod watch serves every hollow node of the process
+//! to it Running, and finishes their graceful deletion. One pod watch serves every hollow node of the process
 //! (the field selector `spec.nodeName!=` sends only bound pods), and a
 //! bounded pool of workers writes their status.
 
@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff::pb::coordination::v1::{Lease, LeaseSpec};
 use crate::NODE_LEASE_NAMESPACE;
+use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::coordination::v1::{Lease, LeaseSpec};
 use skiff::pb::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, Node, NodeCondition, NodeStatus,
     NodeSystemInfo, Pod, PodCondition, PodStatus,
@@ -20,9 +21,6 @@ use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::watcher::{self, Event, Params};
 use skiff_client::{Api, WorkQueue};
-
-
-
 
 /// How to simulate the nodes.
 #[derive(Debug, Clone)]
@@ -253,10 +251,33 @@ pub async fn run(
             while let Some(key) = queue.next().await {
                 let pod = latest.lock().ok().and_then(|mut m| m.remove(&key));
                 if let Some(mut pod) = pod {
-                    pod.status = Some(running(&pod));
-                    match pods.update_status(pod).await {
+                    let meta = pod.metadata.clone().unwrap_or_default();
+                    let result = if meta.deletion_timestamp.is_some() {
+                        // Nothing runs, so nothing to stop: finish the
+                        // graceful deletion at once, as an agent would.
+                        pods.delete(DeleteRequest {
+                            namespace: meta.namespace,
+                            name: meta.name,
+                            grace_period_seconds: Some(0),
+                            preconditions: Some(Preconditions {
+                                uid: meta.uid,
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                    } else {
+                        pod.status = Some(running(&pod));
+                        pods.update_status(pod).await.map(|_| ())
+                    };
+                    match result {
                         Ok(_) => queue.forget(&key),
-                        Err(s) if s.code() == tonic::Code::NotFound => queue.forget(&key),
+                        Err(s)
+                            if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) =>
+                        {
+                            queue.forget(&key)
+                        }
                         Err(s) => {
                             tracing::debug!(pod = %key, status = %s, "reporting Running; retrying");
                             queue.add_rate_limited(key.clone());
@@ -281,7 +302,7 @@ pub async fn run(
             .metadata
             .as_ref()
             .is_some_and(|m| m.deletion_timestamp.is_some());
-        if ours.contains(node) && phase == "Pending" && !deleting {
+        if ours.contains(node) && (phase == "Pending" || deleting) {
             let key = pod.object_ref();
             if let Ok(mut m) = latest.lock() {
                 m.insert(key.clone(), pod);

@@ -143,9 +143,14 @@ pub enum Error {
 /// # Errors
 /// A bad address, an unusable data dir or listen address, or a runtime
 /// that does not answer.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     let runtime: Arc<dyn Runtime> = match config.runtime {
-        RuntimeKind::Docker => Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?),
+        RuntimeKind::Docker => {
+            Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?)
+        }
         RuntimeKind::Fake => Arc::new(FakeRuntime::default()),
     };
     let io = |what: &str| {
@@ -168,9 +173,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(&format!("listening on {}", config.listen)))?;
-    let bound = listener.local_addr().map_err(io("reading the listen address"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io("reading the listen address"))?;
     let node_ip = config.node_ip.clone().unwrap_or_else(|| {
-        if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() }
+        if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        }
     });
     let service = server::AgentService {
         pods: informer.store.clone(),

@@ -45,8 +45,17 @@ impl PodManager {
     }
 
     fn start_worker(&mut self, pod: Option<Arc<Pod>>, last: Arc<Pod>, ctx: &mut Context<Self>) {
-        let uid = last.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
-        let worker = PodWorker::new(Arc::clone(&self.shared), pod, last, ctx.address().recipient());
+        let uid = last
+            .metadata
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default();
+        let worker = PodWorker::new(
+            Arc::clone(&self.shared),
+            pod,
+            last,
+            ctx.address().recipient(),
+        );
         self.workers.insert(uid, worker.start());
     }
 }
@@ -84,8 +93,15 @@ impl Handler<PodChanged> for PodManager {
     fn handle(&mut self, msg: PodChanged, ctx: &mut Self::Context) {
         match msg.0 {
             Change::Applied(pod) => {
-                let uid = pod.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
-                let ours = pod.spec.as_ref().is_some_and(|s| s.node_name == self.shared.node_name);
+                let uid = pod
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.uid.clone())
+                    .unwrap_or_default();
+                let ours = pod
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.node_name == self.shared.node_name);
                 if !ours || uid.is_empty() {
                     return;
                 }
@@ -95,7 +111,11 @@ impl Handler<PodChanged> for PodManager {
                 }
             }
             Change::Deleted(pod) => {
-                let uid = pod.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+                let uid = pod
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.uid.clone())
+                    .unwrap_or_default();
                 if let Some(worker) = self.workers.get(&uid) {
                     worker.do_send(Desired(None));
                 }
@@ -110,7 +130,10 @@ impl Handler<Relisted> for PodManager {
     fn handle(&mut self, msg: Relisted, ctx: &mut Self::Context) {
         let mut by_pod: BTreeMap<String, Vec<Container>> = BTreeMap::new();
         for c in msg.0 {
-            by_pod.entry(c.label(labels::POD_UID).to_string()).or_default().push(c);
+            by_pod
+                .entry(c.label(labels::POD_UID).to_string())
+                .or_default()
+                .push(c);
         }
         // Pods that lost every container (removed from outside) wake too.
         for uid in self.workers.keys() {

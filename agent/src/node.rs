@@ -63,9 +63,7 @@ impl NodeFacts {
                 reason: "KubeletReady".into(),
                 message: "skiff agent is posting ready status".into(),
                 last_heartbeat_time: Some(now),
-                last_transition_time: was_ready
-                    .and_then(|c| c.last_transition_time)
-                    .or(Some(now)),
+                last_transition_time: was_ready.and_then(|c| c.last_transition_time).or(Some(now)),
             }],
             addresses: vec![
                 NodeAddress {
@@ -108,7 +106,10 @@ impl NodeFacts {
 pub async fn register(api: &Api<Node>, facts: &NodeFacts) -> Result<(), tonic::Status> {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_string(), facts.name.clone()),
-        ("kubernetes.io/os".to_string(), std::env::consts::OS.to_string()),
+        (
+            "kubernetes.io/os".to_string(),
+            std::env::consts::OS.to_string(),
+        ),
         (
             "kubernetes.io/arch".to_string(),
             facts
@@ -146,7 +147,11 @@ pub async fn register(api: &Api<Node>, facts: &NodeFacts) -> Result<(), tonic::S
     post_status(api, facts, node).await
 }
 
-async fn post_status(api: &Api<Node>, facts: &NodeFacts, mut node: Node) -> Result<(), tonic::Status> {
+async fn post_status(
+    api: &Api<Node>,
+    facts: &NodeFacts,
+    mut node: Node,
+) -> Result<(), tonic::Status> {
     node.status = Some(facts.status(node.status.as_ref()));
     api.update_status(node).await.map(|_| ())
 }
@@ -183,7 +188,12 @@ async fn renew(api: &Api<Lease>, facts: &NodeFacts) -> Result<(), tonic::Status>
 /// Registers the node, retrying until the API answers, then renews the
 /// lease every `lease_renew` and posts status every `status_every`.
 /// Runs until dropped.
-pub async fn run(nodes: Api<Node>, leases: Api<Lease>, facts: Arc<NodeFacts>, status_every: Duration) {
+pub async fn run(
+    nodes: Api<Node>,
+    leases: Api<Lease>,
+    facts: Arc<NodeFacts>,
+    status_every: Duration,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     while let Err(s) = register(&nodes, &facts).await {
         let delay = backoff.next_delay();

@@ -44,7 +44,11 @@ impl Runner {
     }
 
     fn period(&self) -> Duration {
-        Duration::from_secs(if self.probe.period_seconds > 0 { self.probe.period_seconds as u64 } else { 10 })
+        Duration::from_secs(if self.probe.period_seconds > 0 {
+            self.probe.period_seconds as u64
+        } else {
+            10
+        })
     }
 
     /// Counts one result; `Some(verdict)` once a threshold is reached.
@@ -56,7 +60,11 @@ impl Runner {
         } else {
             self.failures += 1;
             self.successes = 0;
-            let threshold = if self.probe.failure_threshold > 0 { self.probe.failure_threshold } else { 3 };
+            let threshold = if self.probe.failure_threshold > 0 {
+                self.probe.failure_threshold
+            } else {
+                3
+            };
             (self.failures >= threshold).then_some(false)
         }
     }
@@ -166,11 +174,19 @@ async fn check(target: &Target, probe: &Probe) -> bool {
         );
     }
     if let Some(http) = &probe.http_get {
-        let host = if http.host.is_empty() { target.pod_ip.clone() } else { http.host.clone() };
+        let host = if http.host.is_empty() {
+            target.pod_ip.clone()
+        } else {
+            http.host.clone()
+        };
         let Some(port) = port(&target.spec, http.port.as_ref()) else {
             return false;
         };
-        let path = if http.path.is_empty() { "/".to_string() } else { http.path.clone() };
+        let path = if http.path.is_empty() {
+            "/".to_string()
+        } else {
+            http.path.clone()
+        };
         let headers: String = http
             .http_headers
             .iter()
@@ -179,12 +195,18 @@ async fn check(target: &Target, probe: &Probe) -> bool {
         return within(timeout, http_get(host, port, path, headers)).await;
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = if tcp.host.is_empty() { target.pod_ip.clone() } else { tcp.host.clone() };
+        let host = if tcp.host.is_empty() {
+            target.pod_ip.clone()
+        } else {
+            tcp.host.clone()
+        };
         let Some(port) = port(&target.spec, tcp.port.as_ref()) else {
             return false;
         };
         return within(timeout, async move {
-            tokio::net::TcpStream::connect((host.as_str(), port)).await.is_ok()
+            tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .is_ok()
         })
         .await;
     }
@@ -291,7 +313,9 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
         assert!(http_get("127.0.0.1".into(), port, "/".into(), String::new()).await);

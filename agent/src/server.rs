@@ -40,10 +40,17 @@ impl Agent for AgentService {
     async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
         let req = request.into_inner();
         let pod = self.pods.get(&req.namespace, &req.name).ok_or_else(|| {
-            Status::not_found(format!("pod {:?} in namespace {:?} is not on this node", req.name, req.namespace))
+            Status::not_found(format!(
+                "pod {:?} in namespace {:?} is not on this node",
+                req.name, req.namespace
+            ))
         })?;
         let spec = pod.spec.clone().unwrap_or_default();
-        let uid = pod.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+        let uid = pod
+            .metadata
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default();
         let name = if req.container.is_empty() {
             match spec.containers.as_slice() {
                 [only] => only.name.clone(),
@@ -115,7 +122,9 @@ impl Agent for AgentService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let stream = stream.map(|chunk| {
             chunk
-                .map(|data| LogChunk { data: data.to_vec() })
+                .map(|data| LogChunk {
+                    data: data.to_vec(),
+                })
                 .map_err(|e| Status::unavailable(e.to_string()))
         });
         Ok(Response::new(Box::pin(stream)))

@@ -30,7 +30,9 @@ pub struct ProbeState {
 pub fn instances<'a>(containers: &'a [Container], role: Role, name: &str) -> Vec<&'a Container> {
     let mut found: Vec<&Container> = containers
         .iter()
-        .filter(|c| c.label(labels::ROLE) == role.as_str() && c.label(labels::CONTAINER_NAME) == name)
+        .filter(|c| {
+            c.label(labels::ROLE) == role.as_str() && c.label(labels::CONTAINER_NAME) == name
+        })
         .collect();
     found.sort_by_key(|c| std::cmp::Reverse(attempt(c)));
     found
@@ -76,7 +78,11 @@ fn state_of(c: &Container) -> ContainerState {
         } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *exit_code as i32,
-                signal: if *exit_code > 128 { (*exit_code - 128) as i32 } else { 0 },
+                signal: if *exit_code > 128 {
+                    (*exit_code - 128) as i32
+                } else {
+                    0
+                },
                 reason: terminated_reason(*exit_code, *oom_killed).into(),
                 started_at: timestamp(*started_at),
                 finished_at: timestamp(*finished_at),
@@ -149,15 +155,15 @@ fn container_status(o: &Observed<'_>, spec: &PodContainer, role: Role) -> Contai
         let probe = o.probes.get(&c.id).copied().unwrap_or_default();
         let started = running && (spec.startup_probe.is_none() || probe.started);
         status.started = Some(started);
-        status.ready = role == Role::App
-            && started
-            && (spec.readiness_probe.is_none() || probe.ready);
+        status.ready =
+            role == Role::App && started && (spec.readiness_probe.is_none() || probe.ready);
         // The instance before this one, when it ended.
-        let previous = if matches!(c.state, State::Exited { .. }) && o.waiting.contains_key(&spec.name) {
-            Some(c)
-        } else {
-            found.get(1).copied()
-        };
+        let previous =
+            if matches!(c.state, State::Exited { .. }) && o.waiting.contains_key(&spec.name) {
+                Some(c)
+            } else {
+                found.get(1).copied()
+            };
         if let Some(p) = previous.filter(|p| matches!(p.state, State::Exited { .. })) {
             status.last_state = Some(state_of(p));
         }
@@ -195,22 +201,41 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
         .map(|c| container_status(o, c, Role::App))
         .collect();
 
-    let exited = |s: &ContainerStatus| s.state.as_ref().and_then(|st| st.terminated.as_ref()).map(|t| t.exit_code);
-    let init_failed = spec.init_containers.iter().zip(&init_statuses).any(|(_, s)| {
-        exited(s).is_some_and(|code| code != 0 && !restarts(policy, i64::from(code)))
-    });
+    let exited = |s: &ContainerStatus| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .map(|t| t.exit_code)
+    };
+    let init_failed = spec
+        .init_containers
+        .iter()
+        .zip(&init_statuses)
+        .any(|(_, s)| {
+            exited(s).is_some_and(|code| code != 0 && !restarts(policy, i64::from(code)))
+        });
     let initialized = init_statuses.iter().all(|s| exited(s) == Some(0));
     let any_running = statuses
         .iter()
         .any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()));
-    let all_done = !statuses.is_empty() && statuses.iter().all(|s| exited(s).is_some_and(|code| !restarts(policy, i64::from(code))));
+    let all_done = !statuses.is_empty()
+        && statuses
+            .iter()
+            .all(|s| exited(s).is_some_and(|code| !restarts(policy, i64::from(code))));
     let restarting = statuses.iter().any(|s| {
-        s.restart_count > 0 || s.last_state.as_ref().is_some_and(|l| l.terminated.is_some())
+        s.restart_count > 0
+            || s.last_state
+                .as_ref()
+                .is_some_and(|l| l.terminated.is_some())
     });
     let phase = if init_failed {
         "Failed"
     } else if all_done {
-        if statuses.iter().all(|s| exited(s) == Some(0)) { "Succeeded" } else { "Failed" }
+        if statuses.iter().all(|s| exited(s) == Some(0)) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
     } else if initialized && (any_running || restarting) {
         "Running"
     } else {
@@ -238,7 +263,11 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
         .find(|c| c.r#type == "PodScheduled")
         .cloned()
         .unwrap_or_else(|| condition("PodScheduled", true, ""));
-    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let conditions = vec![
         scheduled,
         condition("Initialized", initialized, "ContainersNotInitialized"),
@@ -253,7 +282,11 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
         host_ips: vec![HostIp {
             ip: o.host_ip.to_string(),
         }],
-        pod_ips: if pod_ip.is_empty() { vec![] } else { vec![PodIp { ip: pod_ip.clone() }] },
+        pod_ips: if pod_ip.is_empty() {
+            vec![]
+        } else {
+            vec![PodIp { ip: pod_ip.clone() }]
+        },
         pod_ip,
         start_time: previous.start_time.or(Some(o.start_time)),
         init_container_statuses: init_statuses,
@@ -320,7 +353,11 @@ mod tests {
         State::Running { started_at: None }
     }
 
-    fn compute_for(pod: &Pod, containers: &[Container], waiting: &HashMap<String, (String, String)>) -> PodStatus {
+    fn compute_for(
+        pod: &Pod,
+        containers: &[Container],
+        waiting: &HashMap<String, (String, String)>,
+    ) -> PodStatus {
         compute(&Observed {
             pod,
             containers,
@@ -345,15 +382,27 @@ mod tests {
         assert_eq!(a.container_id, "docker://a-1");
         let last = a.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
         assert_eq!((last.exit_code, last.reason.as_str()), (137, "Error"));
-        assert!(s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"));
+        assert!(
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        );
     }
 
     #[test]
     fn never_restarted_failures_end_the_pod_failed_and_successes_succeeded() {
         let p = pod("Never", &["a", "b"]);
-        let failed = compute_for(&p, &[container("a", 0, exited(0)), container("b", 0, exited(1))], &HashMap::new());
+        let failed = compute_for(
+            &p,
+            &[container("a", 0, exited(0)), container("b", 0, exited(1))],
+            &HashMap::new(),
+        );
         assert_eq!(failed.phase, "Failed");
-        let ok = compute_for(&p, &[container("a", 0, exited(0)), container("b", 0, exited(0))], &HashMap::new());
+        let ok = compute_for(
+            &p,
+            &[container("a", 0, exited(0)), container("b", 0, exited(0))],
+            &HashMap::new(),
+        );
         assert_eq!(ok.phase, "Succeeded");
         let p = pod("OnFailure", &["a"]);
         let retrying = compute_for(&p, &[container("a", 0, exited(1))], &HashMap::new());
@@ -363,11 +412,26 @@ mod tests {
     #[test]
     fn a_waiting_reason_shows_and_the_dead_instance_is_the_last_state() {
         let p = pod("Always", &["a"]);
-        let waiting = HashMap::from([("a".to_string(), ("CrashLoopBackOff".to_string(), "back-off 10s".to_string()))]);
+        let waiting = HashMap::from([(
+            "a".to_string(),
+            ("CrashLoopBackOff".to_string(), "back-off 10s".to_string()),
+        )]);
         let s = compute_for(&p, &[container("a", 2, exited(1))], &waiting);
         let a = &s.container_statuses[0];
-        assert_eq!(a.state.as_ref().unwrap().waiting.as_ref().unwrap().reason, "CrashLoopBackOff");
-        assert_eq!(a.last_state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 1);
+        assert_eq!(
+            a.state.as_ref().unwrap().waiting.as_ref().unwrap().reason,
+            "CrashLoopBackOff"
+        );
+        assert_eq!(
+            a.last_state
+                .as_ref()
+                .unwrap()
+                .terminated
+                .as_ref()
+                .unwrap()
+                .exit_code,
+            1
+        );
         assert_eq!(a.restart_count, 2);
         assert!(!a.ready);
     }
@@ -377,7 +441,13 @@ mod tests {
         let p = pod("Always", &["a"]);
         let s = compute_for(&p, &[], &HashMap::new());
         assert_eq!(s.phase, "Pending");
-        let w = s.container_statuses[0].state.as_ref().unwrap().waiting.as_ref().unwrap();
+        let w = s.container_statuses[0]
+            .state
+            .as_ref()
+            .unwrap()
+            .waiting
+            .as_ref()
+            .unwrap();
         assert_eq!(w.reason, "ContainerCreating");
     }
 
@@ -388,10 +458,18 @@ mod tests {
         let first = compute_for(&p, &cs, &HashMap::new());
         let mut old = first.clone();
         for c in &mut old.conditions {
-            c.last_transition_time = Some(Timestamp { seconds: 5, nanos: 0 });
+            c.last_transition_time = Some(Timestamp {
+                seconds: 5,
+                nanos: 0,
+            });
         }
         p.status = Some(old);
         let second = compute_for(&p, &cs, &HashMap::new());
-        assert!(second.conditions.iter().all(|c| c.last_transition_time.unwrap().seconds == 5));
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time.unwrap().seconds == 5)
+        );
     }
 }

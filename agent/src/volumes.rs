@@ -66,11 +66,18 @@ pub struct Sources {
 impl Sources {
     /// A ConfigMap's data (binaryData included), or None when it does not
     /// exist.
-    pub async fn configmap(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+    pub async fn configmap(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
         match self.configmaps.get(ns, name).await {
             Ok(cm) => {
-                let mut data: BTreeMap<String, Vec<u8>> =
-                    cm.data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+                let mut data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
                 data.extend(cm.binary_data.into_iter().map(|(k, v)| (k, v.to_vec())));
                 Ok(Some(data))
             }
@@ -83,9 +90,15 @@ impl Sources {
     }
 
     /// A Secret's data, or None when it does not exist.
-    pub async fn secret(&self, ns: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+    pub async fn secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
         match self.secrets.get(ns, name).await {
-            Ok(s) => Ok(Some(s.data.into_iter().map(|(k, v)| (k, v.to_vec())).collect())),
+            Ok(s) => Ok(Some(
+                s.data.into_iter().map(|(k, v)| (k, v.to_vec())).collect(),
+            )),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(Error::Api {
                 what: format!("secret {ns}/{name}"),
@@ -130,20 +143,34 @@ pub async fn prepare(data_dir: &Path, pod: &Pod, sources: &Sources) -> Result<()
         if volume.empty_dir.is_some() {
             std::fs::create_dir_all(&path).map_err(io)?;
         } else if let Some(host) = &volume.host_path {
-            check_host_path(&volume.name, &host.path, host.r#type.as_deref().unwrap_or(""))?;
+            check_host_path(
+                &volume.name,
+                &host.path,
+                host.r#type.as_deref().unwrap_or(""),
+            )?;
         } else if let Some(cm) = &volume.config_map {
             let data = sources.configmap(&meta.namespace, &cm.name).await?;
-            let Some(data) = data.or_else(|| cm.optional.unwrap_or(false).then(BTreeMap::new)) else {
+            let Some(data) = data.or_else(|| cm.optional.unwrap_or(false).then(BTreeMap::new))
+            else {
                 return Err(Error::Missing(format!("configmap {:?} not found", cm.name)));
             };
             let files = select(&volume.name, &data, &cm.items, cm.optional.unwrap_or(false))?;
             project(&path, &files, cm.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else if let Some(secret) = &volume.secret {
             let data = sources.secret(&meta.namespace, &secret.secret_name).await?;
-            let Some(data) = data.or_else(|| secret.optional.unwrap_or(false).then(BTreeMap::new)) else {
-                return Err(Error::Missing(format!("secret {:?} not found", secret.secret_name)));
+            let Some(data) = data.or_else(|| secret.optional.unwrap_or(false).then(BTreeMap::new))
+            else {
+                return Err(Error::Missing(format!(
+                    "secret {:?} not found",
+                    secret.secret_name
+                )));
             };
-            let files = select(&volume.name, &data, &secret.items, secret.optional.unwrap_or(false))?;
+            let files = select(
+                &volume.name,
+                &data,
+                &secret.items,
+                secret.optional.unwrap_or(false),
+            )?;
             project(&path, &files, secret.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else {
             let kind = if volume.persistent_volume_claim.is_some() {
@@ -212,7 +239,10 @@ fn select(
     optional: bool,
 ) -> Result<Vec<(String, Vec<u8>, Option<i32>)>, Error> {
     if items.is_empty() {
-        return Ok(data.iter().map(|(k, v)| (k.clone(), v.clone(), None)).collect());
+        return Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone(), None))
+            .collect());
     }
     let mut files = Vec::new();
     for item in items {
@@ -232,12 +262,20 @@ fn select(
 
 /// Writes `files` under `dir`, each atomically, and removes files that are
 /// no longer part of the projection.
-fn project(dir: &Path, files: &[(String, Vec<u8>, Option<i32>)], default_mode: i32) -> std::io::Result<()> {
+fn project(
+    dir: &Path,
+    files: &[(String, Vec<u8>, Option<i32>)],
+    default_mode: i32,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut keep = BTreeSet::new();
     for (rel, content, mode) in files {
         let rel = Path::new(rel);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             continue;
         }
         let target = dir.join(rel);
@@ -276,7 +314,10 @@ mod tests {
         ];
         project(dir.path(), &files, 0o644).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"1");
-        let mode = std::fs::metadata(dir.path().join("b")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("b"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         project(dir.path(), &[("a".to_string(), b"3".to_vec(), None)], 0o644).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"3");
@@ -287,7 +328,12 @@ mod tests {
     fn projection_refuses_paths_outside_the_volume() {
         let dir = tempfile::tempdir().unwrap();
         let inner = dir.path().join("vol");
-        project(&inner, &[("../escape".to_string(), b"x".to_vec(), None)], 0o644).unwrap();
+        project(
+            &inner,
+            &[("../escape".to_string(), b"x".to_vec(), None)],
+            0o644,
+        )
+        .unwrap();
         assert!(!dir.path().join("escape").exists());
     }
 
@@ -299,7 +345,10 @@ mod tests {
             path: "p".into(),
             mode: None,
         }];
-        assert!(matches!(select("v", &data, &items, false), Err(Error::Missing(_))));
+        assert!(matches!(
+            select("v", &data, &items, false),
+            Err(Error::Missing(_))
+        ));
         assert!(select("v", &data, &items, true).unwrap().is_empty());
     }
 

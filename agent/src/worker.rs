@@ -148,8 +148,17 @@ pub struct PodWorker {
 impl PodWorker {
     /// A worker for `pod` (None: only containers are left, the pod is
     /// gone: `last` names it).
-    pub fn new(shared: Arc<Shared>, pod: Option<Arc<Pod>>, last: Arc<Pod>, manager: Recipient<Finished>) -> Self {
-        let uid = last.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+    pub fn new(
+        shared: Arc<Shared>,
+        pod: Option<Arc<Pod>>,
+        last: Arc<Pod>,
+        manager: Recipient<Finished>,
+    ) -> Self {
+        let uid = last
+            .metadata
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default();
         Self {
             shared,
             uid,
@@ -205,7 +214,9 @@ impl PodWorker {
             for (_, prober) in self.probers.drain() {
                 prober.abort();
             }
-            self.manager.do_send(Finished { uid: self.uid.clone() });
+            self.manager.do_send(Finished {
+                uid: self.uid.clone(),
+            });
             ctx.stop();
             return;
         }
@@ -227,7 +238,9 @@ impl PodWorker {
             if self.probers.contains_key(&id) || self.probes.get(&id).is_some_and(|p| p.failed) {
                 continue;
             }
-            self.probes.entry(id.clone()).or_insert_with(|| prober::initial_state(&spec));
+            self.probes
+                .entry(id.clone())
+                .or_insert_with(|| prober::initial_state(&spec));
             let addr = ctx.address();
             let target = prober::Target {
                 runtime: Arc::clone(&self.shared.runtime),
@@ -327,9 +340,17 @@ fn grace_period(pod: &Pod) -> Duration {
 
 /// One pass over the pod: tear it down when it is gone, else sandbox,
 /// volumes, init containers in order, app containers, then status.
-async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState) -> Result<Outcome, SyncError> {
+async fn sync(
+    shared: &Shared,
+    uid: &str,
+    inputs: Inputs,
+    state: &mut SyncState,
+) -> Result<Outcome, SyncError> {
     let containers = shared.runtime.list(Some(uid)).await?;
-    let deleting = inputs.pod.as_ref().is_none_or(|p| meta(p).deletion_timestamp.is_some());
+    let deleting = inputs
+        .pod
+        .as_ref()
+        .is_none_or(|p| meta(p).deletion_timestamp.is_some());
     if deleting {
         teardown(shared, &inputs, &containers).await?;
         return Ok(Outcome {
@@ -341,7 +362,9 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
     let spec = pod.spec.clone().unwrap_or_default();
     let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
     state.terminal |= phase == "Succeeded" || phase == "Failed";
-    state.start_time.get_or_insert_with(skiff::time::now_seconds);
+    state
+        .start_time
+        .get_or_insert_with(skiff::time::now_seconds);
     let mut requeue: Option<Duration> = None;
     let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
 
@@ -349,7 +372,11 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
         // Kubernetes stops what is left of a finished pod, sandbox included,
         // and keeps the containers for their logs.
         for c in containers.iter().filter(|c| is_running(c)) {
-            let grace = if c.label(labels::CONTAINER_NAME) == labels::SANDBOX { Duration::ZERO } else { grace_period(&pod) };
+            let grace = if c.label(labels::CONTAINER_NAME) == labels::SANDBOX {
+                Duration::ZERO
+            } else {
+                grace_period(&pod)
+            };
             shared.runtime.stop(&c.id, grace).await?;
         }
         let containers = shared.runtime.list(Some(uid)).await?;
@@ -362,7 +389,10 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
         .iter()
         .filter(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX)
         .collect();
-    let live_sandbox = sandboxes.iter().filter(|c| is_running(c)).max_by_key(|c| status::attempt(c));
+    let live_sandbox = sandboxes
+        .iter()
+        .filter(|c| is_running(c))
+        .max_by_key(|c| status::attempt(c));
     let sandbox = match live_sandbox {
         Some(s) => (*s).clone(),
         None => {
@@ -374,8 +404,15 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
             for c in &sandboxes {
                 shared.runtime.remove(&c.id).await?;
             }
-            let attempt = sandboxes.iter().map(|c| status::attempt(c) + 1).max().unwrap_or(0);
-            shared.runtime.run_sandbox(&containers::sandbox_spec(&pod, attempt)).await?;
+            let attempt = sandboxes
+                .iter()
+                .map(|c| status::attempt(c) + 1)
+                .max()
+                .unwrap_or(0);
+            shared
+                .runtime
+                .run_sandbox(&containers::sandbox_spec(&pod, attempt))
+                .await?;
             let fresh = shared.runtime.list(Some(uid)).await?;
             fresh
                 .into_iter()
@@ -399,11 +436,25 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
     state.waiting.clear();
     if let Err(e) = volumes::prepare(&shared.data_dir, &pod, &shared.sources).await {
         for c in spec.init_containers.iter().chain(&spec.containers) {
-            state.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.to_string()));
+            state.waiting.insert(
+                c.name.clone(),
+                ("CreateContainerConfigError".into(), e.to_string()),
+            );
         }
-        shared.recorder.record(&*pod, EventType::Warning, "FailedMount", &e.to_string()).await;
+        shared
+            .recorder
+            .record(&*pod, EventType::Warning, "FailedMount", &e.to_string())
+            .await;
         let containers = shared.runtime.list(Some(uid)).await?;
-        report(shared, &pod, &containers, &inputs.probes, state, Some(&sandbox)).await?;
+        report(
+            shared,
+            &pod,
+            &containers,
+            &inputs.probes,
+            state,
+            Some(&sandbox),
+        )
+        .await?;
         return Ok(Outcome {
             requeue: Some(shared.backoff.0),
             ..Default::default()
@@ -421,18 +472,46 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
                     shared.runtime.start(&i.id).await?;
                 }
             }
-            Some(State::Exited { exit_code, finished_at, .. }) => {
+            Some(State::Exited {
+                exit_code,
+                finished_at,
+                ..
+            }) => {
                 if status::restarts(&spec.restart_policy, *exit_code) {
                     let next = found.first().map_or(0, |i| status::attempt(i) + 1);
                     if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at) {
                         soonest(wait);
                     } else {
-                        start(shared, &pod, c, Role::Init, next, &sandbox, &placement, &found, state, &mut soonest).await?;
+                        start(
+                            shared,
+                            &pod,
+                            c,
+                            Role::Init,
+                            next,
+                            &sandbox,
+                            &placement,
+                            &found,
+                            state,
+                            &mut soonest,
+                        )
+                        .await?;
                     }
                 }
             }
             None => {
-                start(shared, &pod, c, Role::Init, 0, &sandbox, &placement, &found, state, &mut soonest).await?;
+                start(
+                    shared,
+                    &pod,
+                    c,
+                    Role::Init,
+                    0,
+                    &sandbox,
+                    &placement,
+                    &found,
+                    state,
+                    &mut soonest,
+                )
+                .await?;
             }
         }
         initialized = false;
@@ -445,36 +524,83 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
             let found = status::instances(&containers, Role::App, &c.name);
             match found.first() {
                 None => {
-                    start(shared, &pod, c, Role::App, 0, &sandbox, &placement, &found, state, &mut soonest).await?;
+                    start(
+                        shared,
+                        &pod,
+                        c,
+                        Role::App,
+                        0,
+                        &sandbox,
+                        &placement,
+                        &found,
+                        state,
+                        &mut soonest,
+                    )
+                    .await?;
                 }
                 Some(latest) => match &latest.state {
                     State::Created => shared.runtime.start(&latest.id).await?,
                     State::Running { .. } => {
                         if inputs.probes.get(&latest.id).is_some_and(|p| p.failed) {
-                            let why = format!("container {} failed its liveness probe, will be restarted", c.name);
-                            shared.recorder.record(&*pod, EventType::Normal, "Killing", &why).await;
+                            let why = format!(
+                                "container {} failed its liveness probe, will be restarted",
+                                c.name
+                            );
+                            shared
+                                .recorder
+                                .record(&*pod, EventType::Normal, "Killing", &why)
+                                .await;
                             shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
                             soonest(Duration::ZERO);
                         } else if prober::has_probes(c) {
-                            probe_targets.push((latest.id.clone(), c.clone(), placement.pod_ip.clone()));
+                            probe_targets.push((
+                                latest.id.clone(),
+                                c.clone(),
+                                placement.pod_ip.clone(),
+                            ));
                         }
                     }
-                    State::Exited { exit_code, finished_at, .. } => {
+                    State::Exited {
+                        exit_code,
+                        finished_at,
+                        ..
+                    } => {
                         if status::restarts(&spec.restart_policy, *exit_code) {
-                            if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at) {
+                            if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at)
+                            {
                                 let message = format!(
                                     "back-off {}s restarting failed container={} pod={}_{}",
-                                    state.backoff.get(&format!("crash/{}", c.name)).map_or(0, |b| b.delay.as_secs()),
+                                    state
+                                        .backoff
+                                        .get(&format!("crash/{}", c.name))
+                                        .map_or(0, |b| b.delay.as_secs()),
                                     c.name,
                                     meta(&pod).name,
                                     meta(&pod).namespace
                                 );
-                                shared.recorder.record(&*pod, EventType::Warning, "BackOff", &message).await;
-                                state.waiting.insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+                                shared
+                                    .recorder
+                                    .record(&*pod, EventType::Warning, "BackOff", &message)
+                                    .await;
+                                state
+                                    .waiting
+                                    .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
                                 soonest(wait);
                             } else {
                                 let next = status::attempt(latest) + 1;
-                                start(shared, &pod, c, Role::App, next, &sandbox, &placement, &found, state, &mut soonest).await?;
+                                start(
+                                    shared,
+                                    &pod,
+                                    c,
+                                    Role::App,
+                                    next,
+                                    &sandbox,
+                                    &placement,
+                                    &found,
+                                    state,
+                                    &mut soonest,
+                                )
+                                .await?;
                             }
                         }
                     }
@@ -484,12 +610,22 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
         }
     } else {
         for c in &spec.containers {
-            state.waiting.insert(c.name.clone(), ("PodInitializing".into(), String::new()));
+            state
+                .waiting
+                .insert(c.name.clone(), ("PodInitializing".into(), String::new()));
         }
     }
 
     let containers = shared.runtime.list(Some(uid)).await?;
-    report(shared, &pod, &containers, &inputs.probes, state, Some(&sandbox)).await?;
+    report(
+        shared,
+        &pod,
+        &containers,
+        &inputs.probes,
+        state,
+        Some(&sandbox),
+    )
+    .await?;
     Ok(Outcome {
         finished: false,
         probe_targets,
@@ -499,7 +635,12 @@ async fn sync(shared: &Shared, uid: &str, inputs: Inputs, state: &mut SyncState)
 
 /// `Some(time left)` while a crashed container must wait; None when it
 /// may start again now (and the next window is opened).
-fn crash_backoff(shared: &Shared, state: &mut SyncState, name: &str, finished_at: Option<SystemTime>) -> Option<Duration> {
+fn crash_backoff(
+    shared: &Shared,
+    state: &mut SyncState,
+    name: &str,
+    finished_at: Option<SystemTime>,
+) -> Option<Duration> {
     let key = format!("crash/{name}");
     let finished = finished_at.unwrap_or_else(SystemTime::now);
     let (initial, max) = shared.backoff;
@@ -507,13 +648,21 @@ fn crash_backoff(shared: &Shared, state: &mut SyncState, name: &str, finished_at
         finished.duration_since(b.since).unwrap_or_default() <= max * BACKOFF_RESET_FACTOR
     });
     if let Some(b) = current {
-        let elapsed = SystemTime::now().duration_since(finished).unwrap_or_default();
+        let elapsed = SystemTime::now()
+            .duration_since(finished)
+            .unwrap_or_default();
         if elapsed < b.delay {
             return Some(b.delay - elapsed);
         }
     }
     let delay = current.map_or(initial, |b| (b.delay * 2).min(max));
-    state.backoff.insert(key, Backoff { delay, since: finished });
+    state.backoff.insert(
+        key,
+        Backoff {
+            delay,
+            since: finished,
+        },
+    );
     None
 }
 
@@ -535,11 +684,18 @@ async fn start(
 ) -> Result<(), SyncError> {
     let pull_key = format!("pull/{}", c.name);
     if let Some(b) = state.backoff.get(&pull_key).copied() {
-        let elapsed = SystemTime::now().duration_since(b.since).unwrap_or_default();
+        let elapsed = SystemTime::now()
+            .duration_since(b.since)
+            .unwrap_or_default();
         if elapsed < b.delay {
-            let last = state.pull_errors.get(&c.name).map_or(String::new(), |e| format!(": {e}"));
+            let last = state
+                .pull_errors
+                .get(&c.name)
+                .map_or(String::new(), |e| format!(": {e}"));
             let message = format!("Back-off pulling image {:?}{last}", c.image);
-            state.waiting.insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+            state
+                .waiting
+                .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
             soonest(b.delay - elapsed);
             return Ok(());
         }
@@ -551,12 +707,30 @@ async fn start(
             state.pull_errors.remove(&c.name);
         }
         Err(e @ (RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull(_))) => {
-            let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) { "ErrImageNeverPull" } else { "ErrImagePull" };
+            let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) {
+                "ErrImageNeverPull"
+            } else {
+                "ErrImagePull"
+            };
             let (initial, max) = shared.backoff;
-            let delay = state.backoff.get(&pull_key).map_or(initial, |b| (b.delay * 2).min(max));
-            state.backoff.insert(pull_key, Backoff { delay, since: SystemTime::now() });
-            shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
-            state.waiting.insert(c.name.clone(), (reason.into(), e.to_string()));
+            let delay = state
+                .backoff
+                .get(&pull_key)
+                .map_or(initial, |b| (b.delay * 2).min(max));
+            state.backoff.insert(
+                pull_key,
+                Backoff {
+                    delay,
+                    since: SystemTime::now(),
+                },
+            );
+            shared
+                .recorder
+                .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+                .await;
+            state
+                .waiting
+                .insert(c.name.clone(), (reason.into(), e.to_string()));
             state.pull_errors.insert(c.name.clone(), e.to_string());
             soonest(delay);
             return Ok(());
@@ -577,8 +751,14 @@ async fn start(
     {
         Ok(spec) => spec,
         Err(e) => {
-            shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
-            state.waiting.insert(c.name.clone(), ("CreateContainerConfigError".into(), e.to_string()));
+            shared
+                .recorder
+                .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+                .await;
+            state.waiting.insert(
+                c.name.clone(),
+                ("CreateContainerConfigError".into(), e.to_string()),
+            );
             soonest(shared.backoff.0);
             return Ok(());
         }
@@ -589,13 +769,21 @@ async fn start(
     }
     let id = shared.runtime.create(&spec).await?;
     if let Err(e) = shared.runtime.start(&id).await {
-        shared.recorder.record(&**pod, EventType::Warning, "Failed", &e.to_string()).await;
-        state.waiting.insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
+        shared
+            .recorder
+            .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+            .await;
+        state
+            .waiting
+            .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
         soonest(shared.backoff.0);
         return Ok(());
     }
     let message = format!("Started container {}", c.name);
-    shared.recorder.record(&**pod, EventType::Normal, "Started", &message).await;
+    shared
+        .recorder
+        .record(&**pod, EventType::Normal, "Started", &message)
+        .await;
     Ok(())
 }
 
@@ -613,7 +801,10 @@ async fn report(
         containers,
         probes,
         waiting: &state.waiting,
-        pod_ip: sandbox.and_then(|s| s.ip.as_deref()).or(pod.status.as_ref().map(|s| s.pod_ip.as_str())).filter(|ip| !ip.is_empty()),
+        pod_ip: sandbox
+            .and_then(|s| s.ip.as_deref())
+            .or(pod.status.as_ref().map(|s| s.pod_ip.as_str()))
+            .filter(|ip| !ip.is_empty()),
         host_ip: &shared.node_ip,
         start_time: state.start_time.unwrap_or_else(skiff::time::now_seconds),
     });
@@ -645,8 +836,15 @@ async fn report(
 /// Stops every container of a deleted pod within its grace period, removes
 /// them, the sandbox and the pod's directory, and finishes the deletion in
 /// the API when the pod is still there (marked for deletion).
-async fn teardown(shared: &Shared, inputs: &Inputs, containers: &[Container]) -> Result<(), SyncError> {
-    let known = inputs.pod.as_deref().or(Some(&*inputs.last).filter(|p| p.spec.is_some()));
+async fn teardown(
+    shared: &Shared,
+    inputs: &Inputs,
+    containers: &[Container],
+) -> Result<(), SyncError> {
+    let known = inputs
+        .pod
+        .as_deref()
+        .or(Some(&*inputs.last).filter(|p| p.spec.is_some()));
     let grace = match known {
         Some(pod) => grace_period(pod),
         // Only the containers are left (the agent restarted after the pod
@@ -663,9 +861,15 @@ async fn teardown(shared: &Shared, inputs: &Inputs, containers: &[Container]) ->
     let pod = &inputs.last;
     let running: Vec<&Container> = apps.iter().copied().filter(|c| is_running(c)).collect();
     if !running.is_empty() {
-        let names: Vec<&str> = running.iter().map(|c| c.label(labels::CONTAINER_NAME)).collect();
+        let names: Vec<&str> = running
+            .iter()
+            .map(|c| c.label(labels::CONTAINER_NAME))
+            .collect();
         let message = format!("Stopping container(s) {}", names.join(", "));
-        shared.recorder.record(&**pod, EventType::Normal, "Killing", &message).await;
+        shared
+            .recorder
+            .record(&**pod, EventType::Normal, "Killing", &message)
+            .await;
     }
     let stops = running.iter().map(|c| shared.runtime.stop(&c.id, grace));
     for result in futures::future::join_all(stops).await {

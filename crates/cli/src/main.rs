@@ -372,8 +372,13 @@ async fn main() -> anyhow::Result<()> {
                 server.addr
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
-            println!("  controllers: replicasets, replicationcontrollers, endpoints, namespaces, nodes, garbage collector, serviceaccounts");
-            println!("  agent:       node {:?} (Docker; pods in the `skiff` network)", host_name());
+            println!(
+                "  controllers: replicasets, replicationcontrollers, endpoints, namespaces, nodes, garbage collector, serviceaccounts"
+            );
+            println!(
+                "  agent:       node {:?} (Docker; pods in the `skiff` network)",
+                host_name()
+            );
             println!("  state:       {}", data_dir.display());
             println!("Try:");
             println!("  grpcurl -plaintext {} list", server.addr);

@@ -167,9 +167,9 @@ impl DockerRuntime {
     /// The engine does not answer, or refuses to create either.
     pub async fn connect(node: &str, network: &str) -> Result<Self> {
         let docker = engine().await?;
-        let digest = PAUSE
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        let digest = PAUSE.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
         let runtime = Self {
             docker,
             node: node.to_string(),
@@ -181,7 +181,8 @@ impl DockerRuntime {
         let pause = runtime.pause_image.clone();
         if runtime.image_id(&pause).await?.is_none() {
             let dockerfile = b"FROM scratch\nCOPY pause /pause\nENTRYPOINT [\"/pause\"]\n";
-            let files: [(&str, u32, &[u8]); 2] = [("Dockerfile", 0o644, dockerfile), ("pause", 0o755, PAUSE)];
+            let files: [(&str, u32, &[u8]); 2] =
+                [("Dockerfile", 0o644, dockerfile), ("pause", 0o755, PAUSE)];
             build_image(&runtime.docker, &pause, &files).await?;
         }
         Ok(runtime)
@@ -201,7 +202,10 @@ impl DockerRuntime {
         let request = NetworkCreateRequest {
             name: self.network.clone(),
             driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(labels::MANAGED.to_string(), "true".to_string())])),
+            labels: Some(HashMap::from([(
+                labels::MANAGED.to_string(),
+                "true".to_string(),
+            )])),
             ..Default::default()
         };
         match self.docker.create_network(request).await {
@@ -321,9 +325,10 @@ impl Runtime for DockerRuntime {
             (PullPolicy::Never, Some(id)) => Ok(id),
             (PullPolicy::Never, None) => Err(Error::ImageNeverPull(image.to_string())),
             (PullPolicy::Always, local) => match (self.pull(image).await, local) {
-                (Ok(()), _) => self.image_id(image).await?.ok_or_else(|| {
-                    Error::NotFound(format!("image {image:?} after pulling it"))
-                }),
+                (Ok(()), _) => self
+                    .image_id(image)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("image {image:?} after pulling it"))),
                 // No registry reachable, but a copy is here: run it, as a
                 // node that cannot reach its registry should.
                 (Err(e), Some(id)) => {
@@ -467,7 +472,9 @@ impl Runtime for DockerRuntime {
         let mut out = Vec::with_capacity(summaries.len());
         let mut seen = HashMap::new();
         for summary in summaries {
-            let Some(id) = summary.id.clone() else { continue };
+            let Some(id) = summary.id.clone() else {
+                continue;
+            };
             let state = summary
                 .state
                 .unwrap_or(ContainerSummaryStateEnum::EMPTY)
@@ -592,18 +599,27 @@ mod tests {
 
     #[test]
     fn build_contexts_are_tar_archives_with_modes() {
-        let bytes = tar_of(&[("Dockerfile", 0o644, b"FROM scratch\n"), ("pause", 0o755, PAUSE)])
-            .unwrap();
+        let bytes = tar_of(&[
+            ("Dockerfile", 0o644, b"FROM scratch\n"),
+            ("pause", 0o755, PAUSE),
+        ])
+        .unwrap();
         let mut archive = tar::Archive::new(&bytes[..]);
         let entries: Vec<(String, u32)> = archive
             .entries()
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.path().unwrap().display().to_string(), e.header().mode().unwrap())
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().mode().unwrap(),
+                )
             })
             .collect();
-        assert_eq!(entries, [("Dockerfile".into(), 0o644), ("pause".into(), 0o755)]);
+        assert_eq!(
+            entries,
+            [("Dockerfile".into(), 0o644), ("pause".into(), 0o755)]
+        );
     }
 
     #[test]

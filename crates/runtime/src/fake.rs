@@ -84,7 +84,13 @@ impl FakeRuntime {
             .extend_from_slice(text.as_bytes());
     }
 
-    fn add(&self, name: &str, image: &str, labels: &BTreeMap<String, String>, state: State) -> String {
+    fn add(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+        state: State,
+    ) -> String {
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = format!("fake{:08}", inner.next_id);
@@ -172,7 +178,10 @@ impl Runtime for FakeRuntime {
 
     async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
         self.record(format!("stop {id}"));
-        if matches!(self.lock().containers.get(id).map(|c| &c.state), Some(State::Running { .. })) {
+        if matches!(
+            self.lock().containers.get(id).map(|c| &c.state),
+            Some(State::Running { .. })
+        ) {
             // SIGTERM: 128 + 15.
             self.exit(id, 143);
         }

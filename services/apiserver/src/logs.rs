@@ -33,7 +33,11 @@ impl PodLogsService {
         }
     }
 
-    async fn get<K: crate::strategy::Strategy>(&self, namespace: &str, name: &str) -> Result<K, Status> {
+    async fn get<K: crate::strategy::Strategy>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<K, Status> {
         let op = Op::<K>::Get(GetRequest {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -45,7 +49,10 @@ impl PodLogsService {
     }
 
     fn channel(&self, address: &str) -> Result<Channel, Status> {
-        let mut agents = self.agents.lock().map_err(|_| Status::internal("agent channel cache poisoned"))?;
+        let mut agents = self
+            .agents
+            .lock()
+            .map_err(|_| Status::internal("agent channel cache poisoned"))?;
         if let Some(channel) = agents.get(address) {
             return Ok(channel.clone());
         }
@@ -71,7 +78,11 @@ impl PodLogs for PodLogsService {
             req.namespace = "default".into();
         }
         let pod: Pod = self.get(&req.namespace, &req.name).await?;
-        let node_name = pod.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        let node_name = pod
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
         if node_name.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "pod {:?} in namespace {:?} is not scheduled to a node yet: it has no logs",
@@ -79,7 +90,11 @@ impl PodLogs for PodLogsService {
             )));
         }
         let node: Node = self.get("", &node_name).await.map_err(|s| {
-            Status::unavailable(format!("node {node_name:?} of pod {:?}: {}", req.name, s.message()))
+            Status::unavailable(format!(
+                "node {node_name:?} of pod {:?}: {}",
+                req.name,
+                s.message()
+            ))
         })?;
         let status = node.status.unwrap_or_default();
         let ip = status
@@ -97,7 +112,11 @@ impl PodLogs for PodLogsService {
                 "node {node_name:?} does not say where its agent listens (no InternalIP or kubelet port): is it a hollow node?"
             )));
         };
-        let address = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+        let address = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
         let mut client = AgentClient::new(self.channel(&address)?);
         match client.logs(req).await {
             Ok(stream) => Ok(stream),

@@ -628,7 +628,11 @@ impl Registry {
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();
             let next_meta = next.metadata().cloned().unwrap_or_default();
-            let result = if cur_meta.deletion_timestamp.is_some() && next_meta.finalizers.is_empty()
+            // The last finalizer is gone from an object whose deletion is
+            // not waiting out a grace period: it goes.
+            let result = if cur_meta.deletion_timestamp.is_some()
+                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && next_meta.finalizers.is_empty()
             {
                 // The last finalizer is gone: the object goes.
                 admit(&next)?;
@@ -777,8 +781,36 @@ impl Registry {
                     current: mod_rev,
                 });
             }
+            if let Some(grace) = current.graceful_delete_seconds(req.grace_period_seconds) {
+                // Already terminating with as short a grace: nothing to do.
+                if meta.deletion_timestamp.is_some()
+                    && meta
+                        .deletion_grace_period_seconds
+                        .is_some_and(|g| g <= grace)
+                {
+                    return Ok(current);
+                }
+                let mut marked = current.clone();
+                let m = marked.metadata_mut();
+                let mut at = now();
+                at.seconds += grace;
+                m.deletion_timestamp = Some(at);
+                m.deletion_grace_period_seconds = Some(grace);
+                marked.mark_deleting();
+                let bytes = admit(&marked)?;
+                match self.store.update(&key, bytes, Some(mod_rev)).await {
+                    Ok(rev) => {
+                        marked.metadata_mut().resource_version = rev.to_string();
+                        return Ok(marked);
+                    }
+                    Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
+                    Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+                }
+            }
             if !meta.finalizers.is_empty() {
-                if meta.deletion_timestamp.is_some() {
+                if meta.deletion_timestamp.is_some()
+                    && meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                {
                     return Ok(current);
                 }
                 let mut marked = current.clone();

@@ -50,6 +50,14 @@ pub trait Strategy: Resource {
     /// namespace's phase becomes Terminating.
     fn mark_deleting(&mut self) {}
 
+    /// Kubernetes' graceful deletion: `Some(seconds)` when a Delete only
+    /// marks the object (deletionTimestamp, deletionGracePeriodSeconds) and
+    /// whoever runs it removes it once stopped; None deletes it now.
+    /// `requested` is the Delete's gracePeriodSeconds.
+    fn graceful_delete_seconds(&self, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
     /// Binds the object to `node` (the binding subresource).
     ///
     /// # Errors
@@ -336,6 +344,22 @@ impl Strategy for Pod {
             Some(spec) => validate_pod_spec("spec", spec, errors),
             None => errors.required("spec"),
         }
+    }
+
+    /// A pod bound to a node and not finished gets its grace period (the
+    /// request's, else terminationGracePeriodSeconds): its agent stops the
+    /// containers, then deletes it for good with a grace of 0. Pods no
+    /// agent runs go at once.
+    fn graceful_delete_seconds(&self, requested: Option<i64>) -> Option<i64> {
+        let spec = self.spec.as_ref()?;
+        let phase = self.status.as_ref().map_or("", |s| s.phase.as_str());
+        if spec.node_name.is_empty() || phase == "Succeeded" || phase == "Failed" {
+            return None;
+        }
+        let grace = requested
+            .or(spec.termination_grace_period_seconds)
+            .unwrap_or(30);
+        (grace > 0).then_some(grace)
     }
 
     fn bind(&mut self, node: &str) -> Result<(), String> {

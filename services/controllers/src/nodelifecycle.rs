@@ -172,7 +172,10 @@ impl NodeLifecycleController {
         Ok(())
     }
 
-    async fn evict(&self, node: &str) -> Result<usize, Error> {
+    /// Deletes the pods bound to `node`: gracefully (they show as
+    /// terminating until their agent, if it comes back, finishes them; their
+    /// controllers replace them meanwhile), or with `grace` 0, at once.
+    async fn evict(&self, node: &str, grace: Option<i64>) -> Result<usize, Error> {
         let victims: Vec<_> = self
             .pod_store
             .list()
@@ -181,7 +184,7 @@ impl NodeLifecycleController {
             .filter(|p| {
                 p.metadata
                     .as_ref()
-                    .is_some_and(|m| m.deletion_timestamp.is_none())
+                    .is_some_and(|m| m.deletion_timestamp.is_none() || grace == Some(0))
             })
             .collect();
         for pod in &victims {
@@ -195,6 +198,7 @@ impl NodeLifecycleController {
                         uid: meta.uid,
                         ..Default::default()
                     }),
+                    grace_period_seconds: grace,
                     ..Default::default()
                 })
                 .await
@@ -214,6 +218,12 @@ impl NodeLifecycleController {
             if let Ok(mut seen) = self.seen.lock() {
                 seen.remove(&key.name);
             }
+            // Kubernetes' pod GC: pods bound to a node that no longer
+            // exists have no agent to finish them; they go at once.
+            let n = self.evict(&key.name, Some(0)).await?;
+            if n > 0 {
+                tracing::warn!(node = %key.name, pods = n, "deleted the pods of a deleted node");
+            }
             return Ok(Action::AwaitChange);
         };
         let unknown = ready_status(&node) == "Unknown";
@@ -230,7 +240,7 @@ impl NodeLifecycleController {
                 // Marked, but the taint did not land: add it now.
                 self.set_taint((*node).clone(), true).await?;
             } else if unreachable_for.is_some_and(|d| d > self.timing.eviction) {
-                let n = self.evict(&key.name).await?;
+                let n = self.evict(&key.name, None).await?;
                 if n > 0 {
                     tracing::warn!(node = %key.name, pods = n, "evicted the pods of an unreachable node");
                 }
