@@ -13,26 +13,36 @@ use skiff::pb::core::v1::pod_logs_client::PodLogsClient;
 use skiff::pb::core::v1::{ConfigMap, ContainerStatus, Pod, PodLogsRequest, Secret};
 use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
-use skiff_e2e::{DockerNode, wait_until};
+use skiff_e2e::{AgentNode, wait_until};
 
 struct Env {
     server: skiff_apiserver::ApiServer,
     channel: tonic::transport::Channel,
-    node: DockerNode,
+    node: AgentNode,
     image: &'static str,
     _dir: tempfile::TempDir,
 }
 
 async fn env(prefix: &str) -> Env {
-    let image = skiff_e2e::test_image()
-        .await
-        .expect("building the test image");
+    env_on(prefix, "docker").await
+}
+
+async fn env_on(prefix: &str, runtime: &'static str) -> Env {
+    let image = if runtime == "docker" {
+        skiff_e2e::test_image()
+            .await
+            .expect("building the test image")
+    } else {
+        // The process runtime runs host commands; the image is a label.
+        "host"
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let channel = skiff_e2e::channel(server.addr).await.unwrap();
-    let node = DockerNode::start(&format!("http://{}", server.addr), prefix).unwrap();
+    let node =
+        AgentNode::start_with_runtime(&format!("http://{}", server.addr), prefix, runtime).unwrap();
     let nodes = Api::<skiff::pb::core::v1::Node>::new(channel.clone());
     let name = node.name.clone();
     wait_until(
@@ -151,6 +161,12 @@ fn ready(p: &Pod) -> bool {
 fn docker_id(p: &Pod, name: &str) -> String {
     container(p, name)
         .map(|c| c.container_id.trim_start_matches("docker://").to_string())
+        .unwrap_or_default()
+}
+
+fn process_id(p: &Pod, name: &str) -> String {
+    container(p, name)
+        .map(|c| c.container_id.trim_start_matches("process://").to_string())
         .unwrap_or_default()
 }
 
@@ -655,4 +671,192 @@ async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
         waiting.message.contains("configmap \"nowhere\" not found"),
         "{waiting:?}"
     );
+}
+
+/// The same pod semantics on the process runtime, where the host allows
+/// them: pods share the host network, so "localhost" is the host's.
+mod process_runtime {
+    use super::*;
+
+    fn kill9(env: &Env, pod: &Pod, name: &str) {
+        let pid =
+            skiff_e2e::process_pid(&env.node, &process_id(pod, name)).expect("the container's pid");
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_processes_restart_unless_the_policy_is_never() {
+        let env = env_on("proc-restart", "process").await;
+        for (name, policy) in [("always", "Always"), ("never", "Never")] {
+            env.create(json!({
+                "metadata": {"name": name},
+                "spec": {"restartPolicy": policy,
+                         "containers": [{"name": "main", "image": "host", "command": ["sh", "-c", "echo started-once; exec sleep 3600"]}]}
+            }))
+            .await;
+        }
+        for name in ["always", "never"] {
+            let pod = env
+                .wait_for(name, "running", Duration::from_secs(30), |p| {
+                    running(p, "main")
+                })
+                .await;
+            assert!(
+                container(&pod, "main")
+                    .unwrap()
+                    .container_id
+                    .starts_with("process://")
+            );
+            kill9(&env, &pod, "main");
+        }
+        let pod = env
+            .wait_for("always", "restarted once", Duration::from_secs(30), |p| {
+                running(p, "main") && container(p, "main").is_some_and(|c| c.restart_count == 1)
+            })
+            .await;
+        let last = container(&pod, "main")
+            .unwrap()
+            .last_state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap();
+        assert_eq!(last.exit_code, 137);
+        let previous = env.logs("always", "main", true).await.unwrap();
+        assert!(previous.contains("started-once"), "{previous:?}");
+        env.wait_for("never", "Failed", Duration::from_secs(30), |p| {
+            phase(p) == "Failed"
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn localhost_probes_and_deletion_work_with_host_processes() {
+        let env = env_on("proc-probes", "process").await;
+        let port = skiff_e2e::free_port().unwrap();
+        let ctl = tempfile::tempdir().unwrap();
+        let ctl_path = ctl.path().to_str().unwrap().to_string();
+        std::fs::write(ctl.path().join("alive"), "1").unwrap();
+        std::fs::write(ctl.path().join("ready"), "1").unwrap();
+        std::fs::write(ctl.path().join("hello"), "hello-over-localhost").unwrap();
+        let alive = format!("{ctl_path}/alive");
+        env.create(json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [
+                    {
+                        "name": "server", "image": "host",
+                        "command": ["busybox", "httpd", "-f", "-p", format!("127.0.0.1:{port}"), "-h", ctl_path],
+                        "livenessProbe": {"exec": {"command": ["test", "-f", alive]}, "periodSeconds": 1, "failureThreshold": 1},
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": port}, "periodSeconds": 1, "failureThreshold": 1}
+                    },
+                    {
+                        "name": "client", "image": "host",
+                        "command": ["sh", "-c", format!("until busybox wget -q -O - http://127.0.0.1:{port}/hello; do sleep 0.2; done; echo; exec sleep 3600")]
+                    }
+                ]
+            }
+        }))
+        .await;
+        env.wait_for("web", "Ready", Duration::from_secs(30), ready)
+            .await;
+        let mut log = String::new();
+        for _ in 0..50 {
+            log = env.logs("web", "client", false).await.unwrap();
+            if log.contains("hello-over-localhost") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(log.contains("hello-over-localhost"), "{log:?}");
+
+        std::fs::remove_file(ctl.path().join("ready")).unwrap();
+        env.wait_for("web", "not Ready", Duration::from_secs(20), |p| !ready(p))
+            .await;
+        std::fs::write(ctl.path().join("ready"), "1").unwrap();
+        env.wait_for("web", "Ready again", Duration::from_secs(20), ready)
+            .await;
+        std::fs::remove_file(ctl.path().join("alive")).unwrap();
+        env.wait_for(
+            "web",
+            "restarted by liveness",
+            Duration::from_secs(30),
+            |p| container(p, "server").is_some_and(|c| c.restart_count >= 1),
+        )
+        .await;
+        std::fs::write(ctl.path().join("alive"), "1").unwrap();
+        env.wait_for(
+            "web",
+            "Ready after the restart",
+            Duration::from_secs(30),
+            ready,
+        )
+        .await;
+
+        // httpd and sleep end on SIGTERM: well within the grace period.
+        let started = std::time::Instant::now();
+        env.delete("web").await;
+        wait_until(
+            "every process is gone",
+            Duration::from_secs(20),
+            async || env.node.container_ids().is_empty(),
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped by SIGTERM, not by the deadline"
+        );
+        let pods = env.pods();
+        wait_until("the pod is deleted", Duration::from_secs(10), async || {
+            pods.get("default", "web")
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::NotFound)
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_agent_adopts_its_processes() {
+        let mut env = env_on("proc-adopt", "process").await;
+        env.create(json!({
+            "metadata": {"name": "kept"},
+            "spec": {"containers": [{"name": "main", "image": "host", "command": ["sleep", "3600"]}]}
+        }))
+        .await;
+        let pod = env
+            .wait_for("kept", "running", Duration::from_secs(30), |p| {
+                running(p, "main")
+            })
+            .await;
+        kill9(&env, &pod, "main");
+        let pod = env
+            .wait_for("kept", "restarted once", Duration::from_secs(30), |p| {
+                running(p, "main") && container(p, "main").is_some_and(|c| c.restart_count == 1)
+            })
+            .await;
+        let before = env.node.container_ids();
+        let pid = skiff_e2e::process_pid(&env.node, &process_id(&pod, "main")).unwrap();
+        env.node.kill9();
+        env.node.start_agent().unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(
+            env.node.container_ids(),
+            before,
+            "nothing created, nothing removed"
+        );
+        let again = env.get("kept").await;
+        assert_eq!(process_id(&again, "main"), process_id(&pod, "main"));
+        assert_eq!(container(&again, "main").unwrap().restart_count, 1);
+        assert_eq!(
+            skiff_e2e::process_pid(&env.node, &process_id(&again, "main")),
+            Some(pid),
+            "the same process"
+        );
+        assert!(running(&again, "main"));
+    }
 }

@@ -433,10 +433,11 @@ pub async fn test_image() -> anyhow::Result<&'static str> {
 }
 
 /// A node of the test cluster: a `skiff agent` process on the Docker
-/// engine, with its own name, data dir and pod network. Dropping it kills
-/// the agent and removes every container it made (selected by the node's
-/// label, never by name) and its network.
-pub struct DockerNode {
+/// engine (or the process runtime), with its own name, data dir and pod
+/// network. Dropping it kills the agent and removes every container it
+/// made (selected by the node's label, never by name) and its network;
+/// with the process runtime, it kills the pods' processes by PID.
+pub struct AgentNode {
     /// The node's name (unique per test).
     pub name: String,
     /// Its Docker network.
@@ -447,14 +448,28 @@ pub struct DockerNode {
     pub data_dir: tempfile::TempDir,
     /// The running agent.
     agent: Option<ChildGuard>,
+    /// `docker` or `process`.
+    pub runtime: &'static str,
 }
 
-impl DockerNode {
-    /// Starts an agent for a new node named `prefix-<pid>`.
+impl AgentNode {
+    /// Starts an agent on Docker for a new node named `prefix-<pid>`.
     ///
     /// # Errors
     /// When the binary is missing.
     pub fn start(server_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        Self::start_with_runtime(server_url, prefix, "docker")
+    }
+
+    /// Starts an agent on `runtime` (`docker` or `process`).
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start_with_runtime(
+        server_url: &str,
+        prefix: &str,
+        runtime: &'static str,
+    ) -> anyhow::Result<Self> {
         let name = format!("{prefix}-{}", std::process::id());
         let mut node = Self {
             network: format!("skiff-e2e-{name}"),
@@ -462,6 +477,7 @@ impl DockerNode {
             server_url: server_url.to_string(),
             data_dir: tempfile::tempdir()?,
             agent: None,
+            runtime,
         };
         node.start_agent()?;
         Ok(node)
@@ -478,6 +494,7 @@ impl DockerNode {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(["--listen", "127.0.0.1:0", "--network", &self.network])
+            .args(["--runtime", self.runtime])
             // Tests shorten every period to seconds.
             .args(["--crash-backoff-secs=1", "--crash-backoff-max-secs=4"])
             .args([
@@ -504,6 +521,17 @@ impl DockerNode {
 
     /// The ids of every container of this node, running or not.
     pub fn container_ids(&self) -> Vec<String> {
+        if self.runtime == "process" {
+            let mut ids: Vec<String> = std::fs::read_dir(self.data_dir.path().join("process"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.sort();
+            return ids;
+        }
         let out = Command::new("docker")
             .args(["ps", "-aq", "--no-trunc", "--filter"])
             .arg(format!("label=io.skiff.node={}", self.name))
@@ -521,9 +549,27 @@ impl DockerNode {
     }
 }
 
-impl Drop for DockerNode {
+/// The host PID of a process-runtime container.
+pub fn process_pid(node: &AgentNode, id: &str) -> Option<u32> {
+    let pid =
+        std::fs::read_to_string(node.data_dir.path().join("process").join(id).join("pid")).ok()?;
+    pid.trim().parse().ok()
+}
+
+impl Drop for AgentNode {
     fn drop(&mut self) {
         self.kill9();
+        if self.runtime == "process" {
+            for id in self.container_ids() {
+                if let Some(pid) = process_pid(self, &id) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            return;
+        }
         let ids = self.container_ids();
         if !ids.is_empty() {
             let _ = Command::new("docker")

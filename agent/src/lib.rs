@@ -43,7 +43,7 @@ use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{ConfigMap, Node, Pod, Secret};
 use skiff_client::watcher::Params;
 use skiff_client::{Api, Informer};
-use skiff_runtime::{DockerRuntime, FakeRuntime, Runtime};
+use skiff_runtime::{DockerRuntime, FakeRuntime, ProcessRuntime, Runtime};
 
 /// Namespace of node leases, as Kubernetes'.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -53,6 +53,10 @@ pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 pub enum RuntimeKind {
     /// The Docker Engine on this machine.
     Docker,
+    /// Host processes, for machines with no Docker engine.
+    Process,
+    /// Docker when an engine answers, else host processes (`skiff up`).
+    Auto,
     /// Nothing runs: containers are records (a simulated node).
     Fake,
 }
@@ -90,6 +94,9 @@ pub struct Config {
     pub network: String,
     /// How many pods the node takes.
     pub max_pods: u32,
+    /// The program the process runtime starts its shims with (the `skiff`
+    /// binary, run as `skiff shim DIR -- ARGV`).
+    pub shim: Option<PathBuf>,
 }
 
 impl Config {
@@ -110,6 +117,7 @@ impl Config {
             backoff: (Duration::from_secs(10), Duration::from_secs(300)),
             network: "skiff".into(),
             max_pods: 110,
+            shim: std::env::current_exe().ok(),
         }
     }
 }
@@ -147,12 +155,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let runtime: Arc<dyn Runtime> = match config.runtime {
-        RuntimeKind::Docker => {
-            Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?)
-        }
-        RuntimeKind::Fake => Arc::new(FakeRuntime::default()),
-    };
+    let runtime = open_runtime(&config).await?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| Error::Io { what, source }
@@ -268,6 +271,50 @@ pub async fn run(
     system.stop();
     drop(informer);
     Ok(())
+}
+
+/// The runtime the config names; `Auto` says in the log which it chose.
+async fn open_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
+    let process = || -> Result<Arc<dyn Runtime>, Error> {
+        let shim = config.shim.clone().ok_or_else(|| {
+            skiff_runtime::Error::Runtime(
+                "the process runtime needs the skiff binary to run its shims".into(),
+            )
+        })?;
+        // Pods share the host network: their IP is the node's.
+        let ip = config.node_ip.clone().unwrap_or_else(|| {
+            if config.listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                config.listen.ip().to_string()
+            }
+        });
+        let root = config.data_dir.join("process");
+        Ok(Arc::new(ProcessRuntime::new(
+            root,
+            &config.node_name,
+            shim,
+            &ip,
+        )?))
+    };
+    Ok(match config.runtime {
+        RuntimeKind::Docker => {
+            Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?)
+        }
+        RuntimeKind::Fake => Arc::new(FakeRuntime::default()),
+        RuntimeKind::Process => process()?,
+        RuntimeKind::Auto => match DockerRuntime::connect(&config.node_name, &config.network).await
+        {
+            Ok(docker) => {
+                tracing::info!(network = %config.network, "runtime: Docker");
+                Arc::new(docker)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Docker engine answers: pods run as host processes (no isolation, no images)");
+                process()?
+            }
+        },
+    })
 }
 
 /// Starts the actor system of the pod manager and its workers on its own

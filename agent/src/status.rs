@@ -62,7 +62,7 @@ fn terminated_reason(exit_code: i64, oom_killed: bool) -> &'static str {
     }
 }
 
-fn state_of(c: &Container) -> ContainerState {
+fn state_of(c: &Container, scheme: &str) -> ContainerState {
     match &c.state {
         State::Running { started_at } => ContainerState {
             running: Some(ContainerStateRunning {
@@ -86,7 +86,7 @@ fn state_of(c: &Container) -> ContainerState {
                 reason: terminated_reason(*exit_code, *oom_killed).into(),
                 started_at: timestamp(*started_at),
                 finished_at: timestamp(*finished_at),
-                container_id: format!("docker://{}", c.id),
+                container_id: format!("{scheme}://{}", c.id),
                 ..Default::default()
             }),
             ..Default::default()
@@ -128,6 +128,8 @@ pub struct Observed<'a> {
     pub host_ip: &'a str,
     /// When the agent first took the pod on.
     pub start_time: Timestamp,
+    /// The runtime's scheme for container ids (`docker`).
+    pub scheme: &'a str,
 }
 
 /// One container's status.
@@ -147,10 +149,10 @@ fn container_status(o: &Observed<'_>, spec: &PodContainer, role: Role) -> Contai
         ..Default::default()
     };
     if let Some(c) = latest {
-        status.state = Some(state_of(c));
+        status.state = Some(state_of(c, o.scheme));
         status.restart_count = attempt(c) as i32;
         status.image_id = c.image_id.clone();
-        status.container_id = format!("docker://{}", c.id);
+        status.container_id = format!("{}://{}", o.scheme, c.id);
         let running = matches!(c.state, State::Running { .. });
         let probe = o.probes.get(&c.id).copied().unwrap_or_default();
         let started = running && (spec.startup_probe.is_none() || probe.started);
@@ -165,7 +167,7 @@ fn container_status(o: &Observed<'_>, spec: &PodContainer, role: Role) -> Contai
                 found.get(1).copied()
             };
         if let Some(p) = previous.filter(|p| matches!(p.state, State::Exited { .. })) {
-            status.last_state = Some(state_of(p));
+            status.last_state = Some(state_of(p, o.scheme));
         }
     }
     if let Some((reason, message)) = o.waiting.get(&spec.name) {
@@ -366,6 +368,7 @@ mod tests {
             pod_ip: Some("10.0.0.2"),
             host_ip: "127.0.0.1",
             start_time: skiff::time::now_seconds(),
+            scheme: "docker",
         })
     }
 

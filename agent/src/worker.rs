@@ -807,6 +807,7 @@ async fn report(
             .filter(|ip| !ip.is_empty()),
         host_ip: &shared.node_ip,
         start_time: state.start_time.unwrap_or_else(skiff::time::now_seconds),
+        scheme: shared.runtime.scheme(),
     });
     if status.phase == "Succeeded" || status.phase == "Failed" {
         state.terminal = true;

@@ -34,6 +34,15 @@ enum Command {
     HollowNodes(HollowArgs),
     /// Run the node agent: the pods bound to this node, on Docker.
     Agent(AgentArgs),
+    /// The process runtime's per-container shim (started by the agent).
+    #[command(hide = true)]
+    Shim {
+        /// The container's directory.
+        dir: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
     /// Run the controller manager in the foreground.
     ControllerManager(ControllerArgs),
 }
@@ -117,8 +126,9 @@ struct AgentArgs {
     /// Where pod volumes live.
     #[arg(long, default_value = "/var/lib/skiff/agent")]
     data_dir: PathBuf,
-    /// The container runtime: docker, or fake (nothing runs; for tests).
-    #[arg(long, default_value = "docker", value_parser = ["docker", "fake"])]
+    /// The container runtime: docker; process (host processes, for
+    /// machines without Docker); or fake (nothing runs; for tests).
+    #[arg(long, default_value = "docker", value_parser = ["docker", "process", "fake"])]
     runtime: String,
     /// Node labels, `k=v,k2=v2`.
     #[arg(long, value_delimiter = ',')]
@@ -167,6 +177,7 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     let mut config = skiff_agent::Config::new(&args.server, &node, args.data_dir);
     config.runtime = match args.runtime.as_str() {
         "fake" => skiff_agent::RuntimeKind::Fake,
+        "process" => skiff_agent::RuntimeKind::Process,
         _ => skiff_agent::RuntimeKind::Docker,
     };
     for label in args.labels.iter().filter(|l| !l.is_empty()) {
@@ -310,6 +321,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("running hollow nodes")?;
         }
+        Command::Shim { dir, argv } => {
+            let code = skiff_runtime::process::shim(&dir, &argv).context("running the shim")?;
+            std::process::exit(code);
+        }
         Command::Agent(args) => {
             let config = agent_config(args)?;
             skiff_agent::run(config, shutdown_signal())
@@ -357,6 +372,7 @@ async fn main() -> anyhow::Result<()> {
                 data_dir.join("agent"),
             );
             agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            agent_config.runtime = skiff_agent::RuntimeKind::Auto;
             let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
             let agent = tokio::spawn(async move {
                 let stopped = async {

@@ -306,6 +306,10 @@ impl DockerRuntime {
 
 #[async_trait::async_trait]
 impl Runtime for DockerRuntime {
+    fn scheme(&self) -> &'static str {
+        "docker"
+    }
+
     async fn info(&self) -> Result<RuntimeInfo> {
         let version = self.docker.version().await.map_err(docker_error)?;
         let info = self.docker.info().await.map_err(docker_error)?;

@@ -123,6 +123,10 @@ impl FakeRuntime {
 
 #[async_trait::async_trait]
 impl Runtime for FakeRuntime {
+    fn scheme(&self) -> &'static str {
+        "fake"
+    }
+
     async fn info(&self) -> Result<RuntimeInfo> {
         Ok(RuntimeInfo {
             version: "fake://0".into(),

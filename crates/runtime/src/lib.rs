@@ -9,6 +9,8 @@
 //! - [`docker`]: the Docker Engine implementation (bollard). A pod's
 //!   sandbox is a `pause` container that owns the network and IPC
 //!   namespaces; the pod's containers join it.
+//! - [`process`]: host processes, for machines with no Docker engine (a
+//!   shim per container keeps its pid, log and exit code on disk).
 //! - [`fake`]: in memory, recording calls; for unit tests and simulated
 //!   nodes.
 //! - [`labels`]: the labels every object the agent creates carries, which
@@ -17,6 +19,7 @@
 pub mod docker;
 pub mod fake;
 pub mod labels;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +31,7 @@ use futures::stream::BoxStream;
 pub use bollard;
 pub use docker::DockerRuntime;
 pub use fake::FakeRuntime;
+pub use process::ProcessRuntime;
 
 /// What can go wrong talking to a runtime.
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +248,10 @@ pub struct RuntimeInfo {
 /// object it creates carries the labels given; `list` finds them again.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
+    /// The scheme of container ids in pod status: `docker`, `process`,
+    /// `fake` (as in `docker://<id>`).
+    fn scheme(&self) -> &'static str;
+
     /// The runtime's version and its host's resources.
     async fn info(&self) -> Result<RuntimeInfo>;
 

@@ -1,0 +1,623 @@
+//! The process runtime: runs a container's command as a host process, for
+//! machines without a Docker engine.
+//!
+//! Each container is a directory under the runtime's root holding its
+//! record (`record.json`: name, image, labels, argv, env, cwd), its log
+//! (`log`), and, once started, the `pid` of its process and, once ended,
+//! its `exit` (code and time). A small shim (`skiff shim DIR -- ARGV`)
+//! starts the process in its own process group, writes `pid`, waits for
+//! it and writes `exit`; shims outlive the agent, so a restarted agent
+//! finds every container's state on disk and adopts it.
+//!
+//! What the host does not allow without isolation: the image is not used
+//! (the command must be given), every pod shares the host network (pod IP
+//! = the node's IP, so containers of a pod reach each other on localhost,
+//! and so do different pods), volumes are not mounted (their host paths
+//! are given to the process as `SKIFF_VOLUME_<PATH>` variables instead),
+//! and resource limits are not applied.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Seek as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Container, ContainerSpec, Error, ExecOutput, LogOptions, LogStream, PullPolicy, Result,
+    Runtime, RuntimeInfo, SandboxSpec, State, labels,
+};
+
+/// What a container directory's `record.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    image: String,
+    labels: BTreeMap<String, String>,
+    argv: Vec<String>,
+    env: Vec<String>,
+    working_dir: Option<String>,
+    created: i64,
+    /// A sandbox has no process: it is "running" until removed.
+    sandbox: bool,
+}
+
+/// What the shim writes when the process ends.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Exit {
+    code: i64,
+    started_at: u64,
+    finished_at: u64,
+}
+
+/// Containers as host processes.
+#[derive(Debug)]
+pub struct ProcessRuntime {
+    /// One directory per container.
+    root: PathBuf,
+    /// The node whose containers these are.
+    node: String,
+    /// The program run as `PROGRAM shim DIR -- ARGV`.
+    shim: PathBuf,
+    /// The pods' IP (the host's).
+    ip: String,
+    /// Makes ids unique within this process's lifetime.
+    counter: AtomicU64,
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn io_error(what: &str, e: std::io::Error) -> Error {
+    Error::Runtime(format!("{what}: {e}"))
+}
+
+/// Writes `content` to `path` atomically (temp file, then rename).
+fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether a process is alive (and not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+impl ProcessRuntime {
+    /// A runtime keeping its containers under `root`, started through
+    /// `shim` (the `skiff` binary), giving pods the address `ip`.
+    ///
+    /// # Errors
+    /// The root cannot be created.
+    pub fn new(root: PathBuf, node: &str, shim: PathBuf, ip: &str) -> Result<Self> {
+        std::fs::create_dir_all(&root).map_err(|e| io_error("creating the runtime dir", e))?;
+        Ok(Self {
+            root,
+            node: node.to_string(),
+            shim,
+            ip: ip.to_string(),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    fn dir(&self, id: &str) -> Result<PathBuf> {
+        // Ids are ours: refuse anything that could leave the root.
+        if id.is_empty() || id.contains('/') || id.contains("..") {
+            return Err(Error::NotFound(format!("container {id:?}")));
+        }
+        let dir = self.root.join(id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(Error::NotFound(format!("container {id}")))
+        }
+    }
+
+    fn new_id(&self, name: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        // Unique across restarts (time) and within one (counter), and
+        // readable in `ls`.
+        let short: String = name
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(24)
+            .collect();
+        format!("{}{:09}{n:04}-{short}", now.as_secs(), now.subsec_nanos())
+    }
+
+    fn add(&self, record: &Record) -> Result<String> {
+        let id = self.new_id(&record.name);
+        let dir = self.root.join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("creating a container dir", e))?;
+        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Runtime(e.to_string()))?;
+        write_atomic(&dir.join("record.json"), &json)
+            .map_err(|e| io_error("writing a container record", e))?;
+        Ok(id)
+    }
+
+    fn record(dir: &Path) -> Option<Record> {
+        serde_json::from_slice(&std::fs::read(dir.join("record.json")).ok()?).ok()
+    }
+
+    fn pid(dir: &Path) -> Option<u32> {
+        std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn exit(dir: &Path) -> Option<Exit> {
+        serde_json::from_slice(&std::fs::read(dir.join("exit")).ok()?).ok()
+    }
+
+    fn state(dir: &Path, record: &Record) -> State {
+        if record.sandbox {
+            return State::Running { started_at: None };
+        }
+        let at = |s: u64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        if let Some(exit) = Self::exit(dir) {
+            return State::Exited {
+                exit_code: exit.code,
+                started_at: at(exit.started_at),
+                finished_at: at(exit.finished_at),
+                oom_killed: false,
+            };
+        }
+        let started = std::fs::metadata(dir.join("pid"))
+            .and_then(|m| m.modified())
+            .ok();
+        match Self::pid(dir) {
+            Some(pid) if alive(pid) => State::Running {
+                started_at: started,
+            },
+            // The shim died with its process (both killed): the exit code
+            // is lost; report a kill.
+            Some(_) => State::Exited {
+                exit_code: 137,
+                started_at: started,
+                finished_at: None,
+                oom_killed: false,
+            },
+            None => State::Created,
+        }
+    }
+
+    fn container(&self, id: &str, dir: &Path) -> Option<Container> {
+        let record = Self::record(dir)?;
+        let state = Self::state(dir, &record);
+        Some(Container {
+            id: id.to_string(),
+            name: record.name.clone(),
+            image: record.image.clone(),
+            image_id: format!("process://{}", record.image),
+            state,
+            ip: record.sandbox.then(|| self.ip.clone()),
+            created: record.created,
+            labels: record.labels,
+        })
+    }
+
+    fn with_labels(&self, mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        labels.insert(labels::MANAGED.into(), "true".into());
+        labels.insert(labels::NODE.into(), self.node.clone());
+        labels
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn scheme(&self) -> &'static str {
+        "process"
+    }
+
+    async fn info(&self) -> Result<RuntimeInfo> {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let memory_kib: i64 = read("/proc/meminfo")
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let os_image = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| std::env::consts::OS.to_string());
+        Ok(RuntimeInfo {
+            version: concat!("process://", env!("CARGO_PKG_VERSION")).into(),
+            kernel_version: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            os_image,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
+            memory_bytes: memory_kib * 1024,
+        })
+    }
+
+    async fn ensure_image(&self, image: &str, _policy: PullPolicy) -> Result<String> {
+        // Nothing to pull: the command runs from the host.
+        Ok(format!("process://{image}"))
+    }
+
+    async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        self.add(&Record {
+            name: spec.name.clone(),
+            image: String::new(),
+            labels: self.with_labels(spec.labels.clone()),
+            argv: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            created: secs(SystemTime::now()) as i64,
+            sandbox: true,
+        })
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        self.dir(&spec.sandbox_id)?;
+        let mut argv: Vec<String> = spec.command.clone().unwrap_or_default();
+        argv.extend(spec.args.clone().unwrap_or_default());
+        if argv.is_empty() {
+            return Err(Error::Runtime(format!(
+                "container {}: the process runtime runs the container's command, and it has none (images are not used)",
+                spec.name
+            )));
+        }
+        let mut env = spec.env.clone();
+        for m in &spec.mounts {
+            let key: String = m
+                .container_path
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            env.push(format!("SKIFF_VOLUME{key}={}", m.host_path.display()));
+        }
+        self.add(&Record {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            labels: self.with_labels(spec.labels.clone()),
+            argv,
+            env,
+            working_dir: spec.working_dir.clone(),
+            created: secs(SystemTime::now()) as i64,
+            sandbox: false,
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        let dir = self.dir(id)?;
+        let record =
+            Self::record(&dir).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        if record.sandbox || Self::pid(&dir).is_some() {
+            return Ok(());
+        }
+        let cwd = record
+            .working_dir
+            .clone()
+            .map_or_else(|| dir.clone(), PathBuf::from);
+        let mut command = tokio::process::Command::new(&self.shim);
+        command
+            .arg("shim")
+            .arg(&dir)
+            .arg("--")
+            .args(&record.argv)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+            )
+            .envs(record.env.iter().filter_map(|kv| kv.split_once('=')))
+            .current_dir(&cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            // Its own process group: a signal to the agent does not reach
+            // the pods, and the shim outlives the agent.
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| io_error(&format!("starting {}", self.shim.display()), e))?;
+        // Reap the shim when it ends (it is the agent's child).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        // The shim writes `pid` once the process runs.
+        for _ in 0..200 {
+            if Self::pid(&dir).is_some() || Self::exit(&dir).is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(Error::Runtime(format!(
+            "container {id}: the shim did not start the process"
+        )))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let dir = match self.dir(id) {
+            Ok(dir) => dir,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(pid) = Self::pid(&dir) else {
+            return Ok(());
+        };
+        if Self::exit(&dir).is_some() || !alive(pid) {
+            return Ok(());
+        }
+        signal(pid, rustix::process::Signal::TERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline && alive(pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if alive(pid) {
+            signal(pid, rustix::process::Signal::KILL);
+        }
+        // Let the shim record the exit.
+        for _ in 0..100 {
+            if Self::exit(&dir).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let dir = match self.dir(id) {
+            Ok(dir) => dir,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(id, Duration::ZERO).await?;
+        std::fs::remove_dir_all(&dir).map_err(|e| io_error("removing a container dir", e))
+    }
+
+    async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>> {
+        let entries =
+            std::fs::read_dir(&self.root).map_err(|e| io_error("listing containers", e))?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let Some(c) = self.container(&id, &entry.path()) else {
+                continue;
+            };
+            if c.label(labels::NODE) == self.node
+                && pod_uid.is_none_or(|uid| c.label(labels::POD_UID) == uid)
+            {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let dir = self.dir(id)?;
+        let record =
+            Self::record(&dir).ok_or_else(|| Error::NotFound(format!("container {id}")))?;
+        let Some((program, args)) = command.split_first() else {
+            return Err(Error::Runtime("exec of an empty command".into()));
+        };
+        let cwd = record
+            .working_dir
+            .clone()
+            .map_or_else(|| dir.clone(), PathBuf::from);
+        let run = tokio::process::Command::new(program)
+            .args(args)
+            .envs(record.env.iter().filter_map(|kv| kv.split_once('=')))
+            .current_dir(cwd)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|e| io_error(&format!("running {program}"), e))?;
+        Ok(ExecOutput {
+            exit_code: i64::from(out.status.code().unwrap_or(-1)),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
+        let dir = self.dir(id)?;
+        let path = dir.join("log");
+        let mut file = std::fs::File::open(&path).map_err(|e| io_error("opening the log", e))?;
+        let mut start = 0u64;
+        if let Some(tail) = options.tail {
+            let mut all = Vec::new();
+            file.read_to_end(&mut all)
+                .map_err(|e| io_error("reading the log", e))?;
+            start = tail_offset(&all, tail) as u64;
+        }
+        file.seek(std::io::SeekFrom::Start(start))
+            .map_err(|e| io_error("reading the log", e))?;
+        let follow = options.follow;
+        let stream = futures::stream::unfold(
+            (file, dir, false),
+            move |(mut file, dir, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    match file.read(&mut buf) {
+                        Ok(0) => {
+                            let ended = !follow || Self::exit(&dir).is_some() || !dir.exists();
+                            if ended {
+                                // One more read: output written before the exit.
+                                let mut rest = Vec::new();
+                                let _ = file.read_to_end(&mut rest);
+                                return (!rest.is_empty())
+                                    .then(|| (Ok(bytes::Bytes::from(rest)), (file, dir, true)));
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Ok(n) => {
+                            buf.truncate(n);
+                            return Some((Ok(bytes::Bytes::from(buf)), (file, dir, false)));
+                        }
+                        Err(e) => {
+                            return Some((Err(io_error("reading the log", e)), (file, dir, true)));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream.boxed())
+    }
+}
+
+/// Where the last `lines` lines of `log` start.
+fn tail_offset(log: &[u8], lines: u64) -> usize {
+    if lines == 0 {
+        return log.len();
+    }
+    let body = log.strip_suffix(b"\n").unwrap_or(log);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// The shim: `skiff shim DIR -- ARGV`. Runs ARGV with stdout and stderr
+/// appended to DIR/log, writes DIR/pid, waits, writes DIR/exit. Returns
+/// the process's exit code.
+///
+/// # Errors
+/// The log cannot be opened or the program not started (written to the
+/// log as well, and recorded as exit code 127, as a shell does).
+pub fn shim(dir: &Path, argv: &[String]) -> Result<i32> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let started_at = secs(SystemTime::now());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .map_err(|e| io_error("opening the log", e))?;
+    let record_exit = |code: i64| {
+        let exit = Exit {
+            code,
+            started_at,
+            finished_at: secs(SystemTime::now()),
+        };
+        let json = serde_json::to_vec(&exit).unwrap_or_default();
+        write_atomic(&dir.join("exit"), &json).map_err(|e| io_error("writing the exit", e))
+    };
+    let Some((program, args)) = argv.split_first() else {
+        record_exit(127)?;
+        return Err(Error::Runtime("shim: no command".into()));
+    };
+    let stderr = log
+        .try_clone()
+        .map_err(|e| io_error("opening the log", e))?;
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("log"))
+                .ok();
+            if let Some(log) = log.as_mut() {
+                use std::io::Write as _;
+                let _ = writeln!(log, "skiff shim: starting {program:?}: {e}");
+            }
+            record_exit(127)?;
+            return Ok(127);
+        }
+    };
+    write_atomic(&dir.join("pid"), child.id().to_string().as_bytes())
+        .map_err(|e| io_error("writing the pid", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| io_error("waiting for the process", e))?;
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(sig)) => 128 + i64::from(sig),
+        _ => 255,
+    };
+    record_exit(code)?;
+    Ok(code as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_finds_the_last_lines() {
+        let log = b"a\nb\nc\n";
+        assert_eq!(&log[tail_offset(log, 2)..], b"b\nc\n");
+        assert_eq!(&log[tail_offset(log, 5)..], b"a\nb\nc\n");
+        assert_eq!(&log[tail_offset(log, 0)..], b"");
+    }
+
+    #[test]
+    fn the_shim_records_the_pid_the_output_and_the_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let code = shim(dir.path(), &argv).unwrap();
+        assert_eq!(code, 3);
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(log.contains("out") && log.contains("err"), "{log:?}");
+        assert!(ProcessRuntime::pid(dir.path()).is_some());
+        assert_eq!(ProcessRuntime::exit(dir.path()).unwrap().code, 3);
+    }
+
+    #[test]
+    fn a_missing_program_exits_127_with_the_reason_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = shim(dir.path(), &["/nonexistent/program".to_string()]).unwrap();
+        assert_eq!(code, 127);
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(log.contains("/nonexistent/program"), "{log:?}");
+    }
+
+    #[test]
+    fn dead_processes_are_not_alive() {
+        assert!(alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
+}
