@@ -106,6 +106,15 @@ fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
         .map_err(|e| Error::Runtime(format!("building an image context: {e}")))
 }
 
+/// The sandbox image's tag: content-addressed, one per build of the pause
+/// program. The runtime builds it on first use.
+pub fn pause_image() -> String {
+    let digest = PAUSE.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("skiff/pause:{digest:016x}")
+}
+
 /// Connects to the local engine (`DOCKER_HOST` or the default socket) at
 /// the API version it speaks: bollard asks for a newer version than older
 /// engines (20.10 speaks 1.41) accept, so it is negotiated.
@@ -167,14 +176,11 @@ impl DockerRuntime {
     /// The engine does not answer, or refuses to create either.
     pub async fn connect(node: &str, network: &str) -> Result<Self> {
         let docker = engine().await?;
-        let digest = PAUSE.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-        });
         let runtime = Self {
             docker,
             node: node.to_string(),
             network: network.to_string(),
-            pause_image: format!("skiff/pause:{digest:016x}"),
+            pause_image: pause_image(),
             inspected: Mutex::default(),
         };
         runtime.ensure_network().await?;
