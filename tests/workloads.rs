@@ -21,7 +21,9 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
-    let image = skiff_e2e::test_image().await.expect("building the test image");
+    let image = skiff_e2e::test_image()
+        .await
+        .expect("building the test image");
     let dir = tempfile::tempdir().unwrap();
     let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
@@ -30,7 +32,9 @@ async fn env(prefix: &str) -> Env {
     let channel = skiff_e2e::channel(server.addr).await.unwrap();
     let node = AgentNode::start(&url, prefix).unwrap();
     let processes = vec![
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2).unwrap().process,
+        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
         skiff_e2e::controller_manager(&url, &[]).unwrap(),
     ];
     Env {
@@ -75,14 +79,20 @@ impl Env {
         .items
         .into_iter()
         .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
-        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.deletion_timestamp.is_none()))
+        .filter(|p| {
+            p.metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_none())
+        })
         .collect()
     }
 
     async fn wait_running(&self, namespace: &str, app: &str, n: usize) -> Vec<Pod> {
-        wait_until(&format!("{n} running pods of {app}"), Duration::from_secs(90), async || {
-            self.running(namespace, app).await.len() == n
-        })
+        wait_until(
+            &format!("{n} running pods of {app}"),
+            Duration::from_secs(90),
+            async || self.running(namespace, app).await.len() == n,
+        )
         .await;
         self.running(namespace, app).await
     }
@@ -105,8 +115,14 @@ async fn a_replication_controller_keeps_its_pods_running_on_docker_and_scales() 
     let rcs = Api::<ReplicationController>::new(env.channel.clone());
     rcs.create(env.rc("default", "web", 3)).await.unwrap();
     let pods = env.wait_running("default", "web", 3).await;
-    assert!(pods.iter().all(|p| p.spec.as_ref().unwrap().node_name == env.node.name));
-    wait_until("3 containers run", Duration::from_secs(30), async || env.app_containers() == 3).await;
+    assert!(
+        pods.iter()
+            .all(|p| p.spec.as_ref().unwrap().node_name == env.node.name)
+    );
+    wait_until("3 containers run", Duration::from_secs(30), async || {
+        env.app_containers() == 3
+    })
+    .await;
 
     // A deleted pod is replaced.
     let victim = pods[0].metadata.clone().unwrap();
@@ -118,10 +134,17 @@ async fn a_replication_controller_keeps_its_pods_running_on_docker_and_scales() 
         })
         .await
         .unwrap();
-    wait_until("the deleted pod is replaced", Duration::from_secs(60), async || {
-        let now = env.running("default", "web").await;
-        now.len() == 3 && now.iter().all(|p| p.metadata.as_ref().unwrap().uid != victim.uid)
-    })
+    wait_until(
+        "the deleted pod is replaced",
+        Duration::from_secs(60),
+        async || {
+            let now = env.running("default", "web").await;
+            now.len() == 3
+                && now
+                    .iter()
+                    .all(|p| p.metadata.as_ref().unwrap().uid != victim.uid)
+        },
+    )
     .await;
 
     for replicas in [5, 1] {
@@ -130,9 +153,11 @@ async fn a_replication_controller_keeps_its_pods_running_on_docker_and_scales() 
         rc.status = None;
         rcs.update(rc).await.unwrap();
         env.wait_running("default", "web", replicas as usize).await;
-        wait_until(&format!("{replicas} containers run"), Duration::from_secs(60), async || {
-            env.app_containers() == replicas as usize
-        })
+        wait_until(
+            &format!("{replicas} containers run"),
+            Duration::from_secs(60),
+            async || env.app_containers() == replicas as usize,
+        )
         .await;
     }
 }
@@ -157,12 +182,21 @@ async fn deleting_a_namespace_stops_and_removes_its_pods_on_docker() {
         })
         .await
         .unwrap();
-    wait_until("the namespace is gone", Duration::from_secs(60), async || {
-        namespaces.get("", "doomed").await.is_err_and(|s| s.code() == tonic::Code::NotFound)
-    })
+    wait_until(
+        "the namespace is gone",
+        Duration::from_secs(60),
+        async || {
+            namespaces
+                .get("", "doomed")
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::NotFound)
+        },
+    )
     .await;
-    wait_until("its containers are gone", Duration::from_secs(30), async || {
-        env.node.container_ids().is_empty()
-    })
+    wait_until(
+        "its containers are gone",
+        Duration::from_secs(30),
+        async || env.node.container_ids().is_empty(),
+    )
     .await;
 }

@@ -398,7 +398,9 @@ async fn main() -> anyhow::Result<()> {
             println!("  state:       {}", data_dir.display());
             println!("Try:");
             println!("  grpcurl -plaintext {} list", server.addr);
-            println!("  scripts/busybox-image   # an image to run, built from scratch (no registry needed)");
+            println!(
+                "  scripts/busybox-image   # an image to run, built from scratch (no registry needed)"
+            );
             println!(
                 "  grpcurl -plaintext -d '{{\"metadata\":{{\"name\":\"web\"}},\"spec\":{{\"containers\":[{{\"name\":\"web\",\"image\":\"skiff-test/busybox:1\",\"command\":[\"httpd\",\"-f\",\"-p\",\"8080\"]}}]}}}}' {} skiff.core.v1.Pods/Create",
                 server.addr
