@@ -200,3 +200,234 @@ async fn deleting_a_namespace_stops_and_removes_its_pods_on_docker() {
     )
     .await;
 }
+
+/// What the sampler saw during a rollout: the most pods at once and the
+/// fewest ready ones (terminating pods count for neither, as in
+/// Kubernetes).
+#[derive(Debug, Default, Clone, Copy)]
+struct Extremes {
+    most_pods: usize,
+    fewest_ready: usize,
+    samples: usize,
+}
+
+async fn sample_until_rolled_out(env: &Env, name: &str, template_env: &str) -> Extremes {
+    use skiff::pb::apps::v1::Deployment;
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let mut seen = Extremes {
+        fewest_ready: usize::MAX,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let live: Vec<Pod> = pods
+            .list(ListRequest {
+                namespace: "default".into(),
+                label_selector: format!("app={name}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.deletion_timestamp.is_none())
+            })
+            .collect();
+        let ready = live.iter().filter(|p| skiff::pods::is_ready(p)).count();
+        seen.most_pods = seen.most_pods.max(live.len());
+        seen.fewest_ready = seen.fewest_ready.min(ready);
+        seen.samples += 1;
+        let d = deployments.get("default", name).await.unwrap();
+        let status = d.status.clone().unwrap_or_default();
+        let generation = d.metadata.as_ref().unwrap().generation;
+        let all_new = live.len() == 3
+            && live.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0]
+                    .env
+                    .iter()
+                    .any(|e| e.name == "VERSION" && e.value == template_env)
+            });
+        if status.observed_generation == generation
+            && status.updated_replicas == 3
+            && status.available_replicas == 3
+            && status.replicas == 3
+            && ready == 3
+            && all_new
+        {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout to {template_env} not done: {status:?}, {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its_sets() {
+    use skiff::pb::apps::v1::{Deployment, ReplicaSet};
+    let env = env("deploy").await;
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    let manifest = |version: &str| -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": env.image, "command": ["sleep", "3600"],
+                                        "env": [{"name": "VERSION", "value": version}]}]
+                    }
+                }
+            }
+        }))
+        .unwrap()
+    };
+    deployments.create(manifest("one")).await.unwrap();
+    sample_until_rolled_out(&env, "web", "one").await;
+    let d = deployments.get("default", "web").await.unwrap();
+    let annotations = &d.metadata.as_ref().unwrap().annotations;
+    assert_eq!(
+        annotations
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("1")
+    );
+    let conditions = d.status.unwrap().conditions;
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.r#type == "Available" && c.status == "True"),
+        "{conditions:?}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.r#type == "Progressing" && c.reason == "NewReplicaSetAvailable"),
+        "{conditions:?}"
+    );
+
+    // Roll to a new template, sampling all along.
+    let mut d = deployments.get("default", "web").await.unwrap();
+    d.spec.as_mut().unwrap().template = manifest("two").spec.unwrap().template;
+    d.status = None;
+    deployments.update(d).await.unwrap();
+    let seen = sample_until_rolled_out(&env, "web", "two").await;
+    assert!(seen.samples > 3, "the rollout was sampled: {seen:?}");
+    assert!(
+        seen.most_pods <= 4,
+        "never more than replicas + maxSurge pods: {seen:?}"
+    );
+    assert!(
+        seen.fewest_ready >= 2,
+        "never fewer than replicas - maxUnavailable ready: {seen:?}"
+    );
+    let sets = Api::<ReplicaSet>::new(env.channel.clone());
+    let all_sets = sets
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all_sets.len(), 2, "one set per template");
+    let events = Api::<skiff::pb::core::v1::Event>::new(env.channel.clone())
+        .list(ListRequest {
+            namespace: "default".into(),
+            field_selector: "involvedObject.name=web,reason=ScalingReplicaSet".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.starts_with("Scaled down replica set web-")),
+        "{events:?}"
+    );
+
+    // Roll back to revision 1: the first template, in its old set.
+    let mut d = deployments.get("default", "web").await.unwrap();
+    d.metadata
+        .as_mut()
+        .unwrap()
+        .annotations
+        .insert("skiff.dev/rollback-to-revision".into(), "1".into());
+    d.status = None;
+    deployments.update(d).await.unwrap();
+    sample_until_rolled_out(&env, "web", "one").await;
+    let d = deployments.get("default", "web").await.unwrap();
+    let annotations = &d.metadata.as_ref().unwrap().annotations;
+    assert_eq!(
+        annotations
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("3")
+    );
+    assert!(!annotations.contains_key("skiff.dev/rollback-to-revision"));
+    let count = sets
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .len();
+    assert_eq!(count, 2, "the first template's set is used again");
+
+    // Deleting the Deployment takes its sets, their pods and containers.
+    deployments
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::new(env.channel.clone());
+    wait_until(
+        "its sets and pods are gone",
+        Duration::from_secs(60),
+        async || {
+            let sets_left = sets
+                .list(ListRequest {
+                    namespace: "default".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .items
+                .len();
+            let pods_left = pods
+                .list(ListRequest {
+                    namespace: "default".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .items
+                .len();
+            sets_left == 0 && pods_left == 0
+        },
+    )
+    .await;
+    wait_until(
+        "its containers are gone",
+        Duration::from_secs(30),
+        async || env.node.container_ids().is_empty(),
+    )
+    .await;
+}

@@ -230,6 +230,9 @@ fn check_host_path(name: &str, path: &str, kind: &str) -> Result<(), Error> {
     }
 }
 
+/// One projected file: its path in the volume, content and mode.
+type Projected = (String, Vec<u8>, Option<i32>);
+
 /// The files a configMap/secret volume shows: every key, or the items
 /// named (each key must exist unless the volume is optional).
 fn select(
@@ -237,7 +240,7 @@ fn select(
     data: &BTreeMap<String, Vec<u8>>,
     items: &[KeyToPath],
     optional: bool,
-) -> Result<Vec<(String, Vec<u8>, Option<i32>)>, Error> {
+) -> Result<Vec<Projected>, Error> {
     if items.is_empty() {
         return Ok(data
             .iter()
@@ -262,11 +265,7 @@ fn select(
 
 /// Writes `files` under `dir`, each atomically, and removes files that are
 /// no longer part of the projection.
-fn project(
-    dir: &Path,
-    files: &[(String, Vec<u8>, Option<i32>)],
-    default_mode: i32,
-) -> std::io::Result<()> {
+fn project(dir: &Path, files: &[Projected], default_mode: i32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut keep = BTreeSet::new();
     for (rel, content, mode) in files {

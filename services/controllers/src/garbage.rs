@@ -1,5 +1,7 @@
-//! The garbage collector (background propagation): a pod whose every
-//! owner is gone is deleted.
+//! The garbage collector (background propagation): a dependent whose
+//! every owner is gone is deleted. One collector runs per dependent kind
+//! (pods, whose owners are ReplicaSets and ReplicationControllers;
+//! ReplicaSets, whose owners are Deployments).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
 //! owner is confirmed gone with a live read (a cache may not have seen a
@@ -8,20 +10,30 @@
 use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
-use skiff::pb::apps::v1::ReplicaSet;
-use skiff::pb::core::v1::{Pod, ReplicationController};
+use skiff::pb::apps::v1::{Deployment, ReplicaSet};
+use skiff::pb::core::v1::ReplicationController;
 use skiff::pb::meta::v1::OwnerReference;
 use skiff::{ObjectRef, Resource};
 use skiff_client::{Api, Store};
 
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
-/// See the module doc. Keys are pods.
-pub struct GarbageCollector {
-    pods: Api<Pod>,
-    pod_store: Store<Pod>,
-    replicasets: (Api<ReplicaSet>, Store<ReplicaSet>),
-    replicationcontrollers: (Api<ReplicationController>, Store<ReplicationController>),
+/// See the module doc. Keys are dependents of kind `K`.
+pub struct GarbageCollector<K> {
+    dependents: Api<K>,
+    dependent_store: Store<K>,
+    owners: Owners,
+}
+
+/// The kinds that own others, to look owners up in.
+#[derive(Clone)]
+pub struct Owners {
+    /// ReplicaSets (own pods).
+    pub replicasets: (Api<ReplicaSet>, Store<ReplicaSet>),
+    /// ReplicationControllers (own pods).
+    pub replicationcontrollers: (Api<ReplicationController>, Store<ReplicationController>),
+    /// Deployments (own ReplicaSets).
+    pub deployments: (Api<Deployment>, Store<Deployment>),
 }
 
 /// Whether `owner` (in `namespace`) still exists with its uid: first the
@@ -44,30 +56,23 @@ async fn exists<K: Resource>(
     }
 }
 
-impl GarbageCollector {
-    /// A collector over the shared caches.
-    pub fn new(
-        pods: Api<Pod>,
-        pod_store: Store<Pod>,
-        replicasets: (Api<ReplicaSet>, Store<ReplicaSet>),
-        replicationcontrollers: (Api<ReplicationController>, Store<ReplicationController>),
-    ) -> Self {
+impl<K: Resource> GarbageCollector<K> {
+    /// A collector of `K` over the shared caches.
+    pub fn new(dependents: Api<K>, dependent_store: Store<K>, owners: Owners) -> Self {
         Self {
-            pods,
-            pod_store,
-            replicasets,
-            replicationcontrollers,
+            dependents,
+            dependent_store,
+            owners,
         }
     }
 
-    /// The pods that name `uid` as an owner (to check when it goes).
+    /// The dependents that name `uid` as an owner (to check when it goes).
     pub fn dependents_of(&self, uid: &str) -> Vec<ObjectRef> {
-        self.pod_store
+        self.dependent_store
             .list()
             .iter()
             .filter(|p| {
-                p.metadata
-                    .as_ref()
+                p.metadata()
                     .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
             })
             .map(|p| p.object_ref())
@@ -77,10 +82,15 @@ impl GarbageCollector {
     async fn owner_exists(&self, namespace: &str, owner: &OwnerReference) -> Result<bool, Error> {
         match owner.kind.as_str() {
             "ReplicaSet" => {
-                exists(&self.replicasets.0, &self.replicasets.1, namespace, owner).await
+                let (api, store) = &self.owners.replicasets;
+                exists(api, store, namespace, owner).await
             }
             "ReplicationController" => {
-                let (api, store) = &self.replicationcontrollers;
+                let (api, store) = &self.owners.replicationcontrollers;
+                exists(api, store, namespace, owner).await
+            }
+            "Deployment" => {
+                let (api, store) = &self.owners.deployments;
                 exists(api, store, namespace, owner).await
             }
             _ => Ok(true),
@@ -88,10 +98,11 @@ impl GarbageCollector {
     }
 
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
-        let Some(pod): Option<Arc<Pod>> = self.pod_store.get(&key.namespace, &key.name) else {
+        let Some(dependent): Option<Arc<K>> = self.dependent_store.get(&key.namespace, &key.name)
+        else {
             return Ok(Action::AwaitChange);
         };
-        let Some(meta) = pod.metadata.as_ref() else {
+        let Some(meta) = dependent.metadata() else {
             return Ok(Action::AwaitChange);
         };
         if meta.owner_references.is_empty() || meta.deletion_timestamp.is_some() {
@@ -103,7 +114,7 @@ impl GarbageCollector {
             }
         }
         match self
-            .pods
+            .dependents
             .delete(DeleteRequest {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -116,7 +127,7 @@ impl GarbageCollector {
             .await
         {
             Ok(_) => {
-                tracing::info!(pod = %key, "deleted: its owners are gone");
+                tracing::info!(kind = K::KIND, object = %key, "deleted: its owners are gone");
                 Ok(Action::AwaitChange)
             }
             Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::Aborted => {
@@ -127,7 +138,7 @@ impl GarbageCollector {
     }
 }
 
-impl Reconciler for GarbageCollector {
+impl<K: Resource> Reconciler for GarbageCollector<K> {
     fn name(&self) -> &'static str {
         "garbagecollector"
     }

@@ -6,8 +6,11 @@
 //! - [`runtime`]: the controller pattern (queue → idempotent reconcile →
 //!   requeue with backoff).
 //! - [`replicaset`]: ReplicaSet and ReplicationController.
+//! - [`deployment`]: Deployments: rolling update, Recreate, rollback,
+//!   pause, revision history, progress conditions.
 //! - [`serviceaccount`]: a `default` service account per namespace.
-//! - [`garbage`]: the garbage collector (pods whose owners are gone).
+//! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
+//!   are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
@@ -29,7 +32,7 @@ use actix::{
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use skiff::pb::apps::v1::ReplicaSet;
+use skiff::pb::apps::v1::{Deployment, ReplicaSet};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
@@ -38,6 +41,7 @@ use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 
+pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
 pub mod namespace;
@@ -59,6 +63,8 @@ pub struct Shared {
     pub replicasets: Informer<ReplicaSet>,
     /// All ReplicationControllers.
     pub replicationcontrollers: Informer<ReplicationController>,
+    /// All Deployments.
+    pub deployments: Informer<Deployment>,
     /// All namespaces.
     pub namespaces: Informer<Namespace>,
     /// All service accounts.
@@ -97,6 +103,7 @@ impl Shared {
             pods: Informer::start(Api::new(channel.clone()), Default::default()),
             replicasets: Informer::start(Api::new(channel.clone()), Default::default()),
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
+            deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
             services: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -144,6 +151,10 @@ pub fn descriptors() -> Vec<Descriptor> {
                     s.replicationcontrollers.subscribe(),
                 )
             },
+        },
+        Descriptor {
+            name: "deployment",
+            start: deployment_controller,
         },
         Descriptor {
             name: "serviceaccounts",
@@ -320,61 +331,172 @@ fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'
 
 fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
     async move {
-        let mut pod_changes = shared.pods.subscribe();
-        let mut rs_changes = shared.replicasets.subscribe();
-        let mut rc_changes = shared.replicationcontrollers.subscribe();
+        // Owner deletions of every kind, as uids (None: a lagged
+        // subscription, so every dependent is checked again).
+        let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+        let (rs_gone_tx, rs_gone_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
+        let forwarders = vec![
+            forward_deletions(shared.replicasets.subscribe(), gone_tx.clone()),
+            forward_deletions(shared.replicationcontrollers.subscribe(), gone_tx),
+            forward_deletions(shared.deployments.subscribe(), rs_gone_tx),
+        ];
+        let pod_changes = shared.pods.subscribe();
+        let rs_changes = shared.replicasets.subscribe();
         shared.pods.store.wait_synced().await;
         shared.replicasets.store.wait_synced().await;
         shared.replicationcontrollers.store.wait_synced().await;
-        let gc = Arc::new(garbage::GarbageCollector::new(
-            Api::new(shared.channel.clone()),
-            shared.pods.store.clone(),
-            (Api::new(shared.channel.clone()), shared.replicasets.store.clone()),
-            (
+        shared.deployments.store.wait_synced().await;
+        let owners = garbage::Owners {
+            replicasets: (
+                Api::new(shared.channel.clone()),
+                shared.replicasets.store.clone(),
+            ),
+            replicationcontrollers: (
                 Api::new(shared.channel.clone()),
                 shared.replicationcontrollers.store.clone(),
             ),
+            deployments: (
+                Api::new(shared.channel.clone()),
+                shared.deployments.store.clone(),
+            ),
+        };
+        let pods = collect(
+            Arc::new(garbage::GarbageCollector::new(
+                Api::<Pod>::new(shared.channel.clone()),
+                shared.pods.store.clone(),
+                owners.clone(),
+            )),
+            shared.pods.store.clone(),
+            pod_changes,
+            gone_rx,
+            workers,
+        );
+        let replicasets = collect(
+            Arc::new(garbage::GarbageCollector::new(
+                Api::<ReplicaSet>::new(shared.channel.clone()),
+                shared.replicasets.store.clone(),
+                owners,
+            )),
+            shared.replicasets.store.clone(),
+            rs_changes,
+            rs_gone_rx,
+            workers,
+        );
+        futures::future::join(pods, replicasets).await;
+        forwarders.iter().for_each(|f| f.abort());
+    }
+    .boxed()
+}
+
+/// Forwards the uids of deleted objects (None when the subscription
+/// lagged and deletions may have been missed).
+fn forward_deletions<O: skiff::Resource>(
+    mut changes: tokio::sync::broadcast::Receiver<Change<O>>,
+    gone: tokio::sync::mpsc::UnboundedSender<Option<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let uid = match changes.recv().await {
+                Ok(Change::Deleted(o)) => {
+                    Some(o.metadata().map(|m| m.uid.clone()).unwrap_or_default())
+                }
+                Ok(Change::Applied(_)) => continue,
+                Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return,
+            };
+            if gone.send(uid).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Runs one collector: every dependent that changes, and the dependents
+/// of every owner deleted, are checked.
+async fn collect<K: skiff::Resource>(
+    gc: Arc<garbage::GarbageCollector<K>>,
+    store: skiff_client::Store<K>,
+    mut changes: tokio::sync::broadcast::Receiver<Change<K>>,
+    mut gone: tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+    workers: usize,
+) {
+    let queue = WorkQueue::new();
+    let everything = {
+        let (queue, store) = (queue.clone(), store.clone());
+        move || store.list().iter().for_each(|o| queue.add(o.object_ref()))
+    };
+    everything();
+    let feeder = {
+        let (queue, gc) = (queue.clone(), Arc::clone(&gc));
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let dependents = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(Change::Applied(o)) => vec![o.object_ref()],
+                        Ok(Change::Deleted(_)) => continue,
+                        Err(RecvError::Lagged(_)) => { everything(); continue }
+                        Err(RecvError::Closed) => return,
+                    },
+                    uid = gone.recv() => match uid {
+                        Some(Some(uid)) => gc.dependents_of(&uid),
+                        Some(None) => { everything(); continue }
+                        None => return,
+                    },
+                };
+                dependents.into_iter().for_each(|k| queue.add(k));
+            }
+        })
+    };
+    work(gc, queue, workers, feeder).await;
+}
+
+fn deployment_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut d_changes = shared.deployments.subscribe();
+        let mut rs_changes = shared.replicasets.subscribe();
+        shared.deployments.store.wait_synced().await;
+        shared.replicasets.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        let controller = Arc::new(deployment::DeploymentController::new(
+            Arc::clone(&shared.recorder),
+            (Api::new(shared.channel.clone()), shared.deployments.store.clone()),
+            (Api::new(shared.channel.clone()), shared.replicasets.store.clone()),
+            shared.pods.store.clone(),
         ));
         let queue = WorkQueue::new();
-        let everything = {
-            let (queue, pods) = (queue.clone(), shared.pods.store.clone());
-            move || pods.list().iter().for_each(|p| queue.add(p.object_ref()))
-        };
-        everything();
+        let deployments = shared.deployments.store.clone();
+        deployments.list().iter().for_each(|d| queue.add(d.object_ref()));
         let feeder = {
-            let (queue, gc) = (queue.clone(), Arc::clone(&gc));
+            let queue = queue.clone();
             tokio::spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
-                    // An owner deleted: check its dependents.
-                    let gone_uid = |meta: Option<&skiff::pb::meta::v1::ObjectMeta>| {
-                        meta.map(|m| m.uid.clone()).unwrap_or_default()
-                    };
-                    let dependents = tokio::select! {
-                        change = pod_changes.recv() => match change {
-                            Ok(Change::Applied(p)) => vec![p.object_ref()],
-                            Ok(Change::Deleted(_)) => continue,
-                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                    tokio::select! {
+                        change = d_changes.recv() => match change {
+                            Ok(Change::Applied(d) | Change::Deleted(d)) => queue.add(d.object_ref()),
+                            Err(RecvError::Lagged(_)) => deployments.list().iter().for_each(|d| queue.add(d.object_ref())),
                             Err(RecvError::Closed) => return,
                         },
                         change = rs_changes.recv() => match change {
-                            Ok(Change::Deleted(o)) => gc.dependents_of(&gone_uid(o.metadata.as_ref())),
-                            Ok(Change::Applied(_)) => continue,
-                            Err(RecvError::Lagged(_)) => { everything(); continue }
+                            Ok(Change::Applied(rs) | Change::Deleted(rs)) => {
+                                if let Some(key) = deployment::DeploymentController::owner_of(&rs) {
+                                    queue.add(key);
+                                } else {
+                                    // An orphan: a deployment may adopt it.
+                                    let ns = rs.namespace().to_string();
+                                    deployments.list().iter().filter(|d| d.namespace() == ns).for_each(|d| queue.add(d.object_ref()));
+                                }
+                            }
+                            Err(RecvError::Lagged(_)) => deployments.list().iter().for_each(|d| queue.add(d.object_ref())),
                             Err(RecvError::Closed) => return,
                         },
-                        change = rc_changes.recv() => match change {
-                            Ok(Change::Deleted(o)) => gc.dependents_of(&gone_uid(o.metadata.as_ref())),
-                            Ok(Change::Applied(_)) => continue,
-                            Err(RecvError::Lagged(_)) => { everything(); continue }
-                            Err(RecvError::Closed) => return,
-                        },
-                    };
-                    dependents.into_iter().for_each(|k| queue.add(k));
+                    }
                 }
             })
         };
-        work(gc, queue, workers, feeder).await;
+        work(controller, queue, workers, feeder).await;
     }
     .boxed()
 }

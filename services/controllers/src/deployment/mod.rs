@@ -1,0 +1,785 @@
+//! The Deployment controller: one ReplicaSet per pod template, rolled
+//! from the old ones to the new one as Kubernetes does.
+//!
+//! - The new ReplicaSet is the one whose `pod-template-hash` label is the
+//!   hash of the Deployment's template; it is created (`NAME-HASH`, with
+//!   the next revision) when missing, and an old one whose template comes
+//!   back (a rollback) gets the next revision again.
+//! - RollingUpdate ([`rolling`]): the new set grows while the total stays
+//!   within replicas + maxSurge; old sets shrink while at least replicas −
+//!   maxUnavailable stay available (unavailable old replicas first, oldest
+//!   sets first). Recreate: the old sets go to 0, and once their pods are
+//!   gone the new set goes to replicas.
+//! - Paused: only scaling, no rollout. Rollback: the annotation
+//!   `skiff.dev/rollback-to-revision: N` (0: the previous revision) copies
+//!   that revision's template back, like `kubectl rollout undo`.
+//! - Old sets scaled to 0 beyond revisionHistoryLimit are deleted.
+//! - Status: replicas, updated, ready, available, unavailable; conditions
+//!   Available and Progressing (ProgressDeadlineExceeded when no step was
+//!   made for progressDeadlineSeconds). Events: ScalingReplicaSet,
+//!   DeploymentRollback.
+
+pub mod rolling;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
+use skiff::pb::core::v1::{Pod, PodTemplateSpec};
+use skiff::pb::meta::v1::{LabelSelector as WireSelector, ObjectMeta, OwnerReference};
+use skiff::selector::LabelSelector;
+use skiff::{ObjectRef, Resource};
+use skiff_client::events::{EventType, Recorder};
+use skiff_client::{Api, Store};
+
+use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+
+/// The label that ties a ReplicaSet and its pods to one template.
+pub const HASH_LABEL: &str = "pod-template-hash";
+/// A ReplicaSet's revision (and the Deployment's current one).
+pub const REVISION: &str = "deployment.kubernetes.io/revision";
+/// Set on a Deployment to roll back to a revision (0: the previous one).
+pub const ROLLBACK_TO: &str = "skiff.dev/rollback-to-revision";
+
+/// The hash of a pod template, as the `pod-template-hash` label: FNV-1a
+/// over the template's encoding without that label.
+pub fn template_hash(template: Option<&PodTemplateSpec>) -> String {
+    let mut template = template.cloned().unwrap_or_default();
+    if let Some(m) = template.metadata.as_mut() {
+        m.labels.remove(HASH_LABEL);
+    }
+    let bytes = prost::Message::encode_to_vec(&template);
+    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+fn revision(rs: &ReplicaSet) -> i64 {
+    rs.metadata
+        .as_ref()
+        .and_then(|m| m.annotations.get(REVISION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn replicas(rs: &ReplicaSet) -> i32 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+}
+
+fn status(rs: &ReplicaSet) -> skiff::pb::apps::v1::ReplicaSetStatus {
+    rs.status.clone().unwrap_or_default()
+}
+
+fn selector(sel: Option<&WireSelector>) -> Result<LabelSelector, Error> {
+    let Some(sel) = sel else {
+        return Err(Error::Other("deployment has no selector".into()));
+    };
+    let expressions: Vec<(String, String, Vec<String>)> = sel
+        .match_expressions
+        .iter()
+        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
+        .collect();
+    LabelSelector::from_parts(&sel.match_labels, &expressions)
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
+fn now_seconds() -> i64 {
+    skiff::time::now_seconds().seconds
+}
+
+/// See the module doc.
+pub struct DeploymentController {
+    recorder: Arc<Recorder>,
+    deployments: Api<Deployment>,
+    deployment_store: Store<Deployment>,
+    replicasets: Api<ReplicaSet>,
+    replicaset_store: Store<ReplicaSet>,
+    pod_store: Store<Pod>,
+}
+
+/// What one reconcile changed, for the Progressing condition.
+#[derive(Default)]
+struct Step {
+    /// A ReplicaSet was created or scaled.
+    progressed: bool,
+    /// Why, for the condition.
+    reason: &'static str,
+}
+
+impl DeploymentController {
+    /// A controller over the shared caches.
+    pub fn new(
+        recorder: Arc<Recorder>,
+        deployments: (Api<Deployment>, Store<Deployment>),
+        replicasets: (Api<ReplicaSet>, Store<ReplicaSet>),
+        pod_store: Store<Pod>,
+    ) -> Self {
+        Self {
+            recorder,
+            deployments: deployments.0,
+            deployment_store: deployments.1,
+            replicasets: replicasets.0,
+            replicaset_store: replicasets.1,
+            pod_store,
+        }
+    }
+
+    /// The Deployment a ReplicaSet change concerns: its controller.
+    pub fn owner_of(rs: &ReplicaSet) -> Option<ObjectRef> {
+        let meta = rs.metadata.as_ref()?;
+        let owner = meta
+            .owner_references
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Deployment")?;
+        Some(ObjectRef::new(meta.namespace.clone(), owner.name.clone()))
+    }
+
+    /// The Deployment's ReplicaSets: those it controls, plus orphans its
+    /// selector matches (adopted here).
+    async fn owned(&self, d: &Deployment, sel: &LabelSelector) -> Result<Vec<ReplicaSet>, Error> {
+        let meta = d.metadata.clone().unwrap_or_default();
+        let mut owned = Vec::new();
+        for rs in self.replicaset_store.list() {
+            let rs_meta = rs.metadata.clone().unwrap_or_default();
+            if rs_meta.namespace != meta.namespace || rs_meta.deletion_timestamp.is_some() {
+                continue;
+            }
+            let controller = rs_meta
+                .owner_references
+                .iter()
+                .find(|o| o.controller == Some(true));
+            match controller {
+                Some(o) if o.uid == meta.uid => owned.push((*rs).clone()),
+                Some(_) => {}
+                None => {
+                    let labels = rs
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.as_ref())
+                        .and_then(|t| t.metadata.as_ref())
+                        .map(|m| m.labels.clone())
+                        .unwrap_or_default();
+                    if !sel.is_empty() && sel.matches(&labels) {
+                        let mut adopted = (*rs).clone();
+                        adopted
+                            .metadata
+                            .get_or_insert_with(Default::default)
+                            .owner_references
+                            .push(owner_reference(d));
+                        match self.replicasets.update(adopted).await {
+                            Ok(rs) => owned.push(rs),
+                            Err(s) if s.code() == tonic::Code::NotFound => {}
+                            Err(s) => return Err(s.into()),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(owned)
+    }
+
+    async fn scale(&self, d: &Deployment, rs: &mut ReplicaSet, to: i32) -> Result<(), Error> {
+        let from = replicas(rs);
+        if from == to {
+            return Ok(());
+        }
+        let mut next = rs.clone();
+        next.spec.get_or_insert_with(Default::default).replicas = Some(to);
+        let d_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        next.metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .insert(
+                "deployment.kubernetes.io/desired-replicas".into(),
+                d_replicas.to_string(),
+            );
+        next.status = None;
+        *rs = self.replicasets.update(next).await?;
+        let direction = if to > from { "up" } else { "down" };
+        let message = format!(
+            "Scaled {direction} replica set {} from {from} to {to}",
+            rs.name()
+        );
+        self.recorder
+            .record(d, EventType::Normal, "ScalingReplicaSet", &message)
+            .await;
+        Ok(())
+    }
+
+    async fn create_new(
+        &self,
+        d: &Deployment,
+        hash: &str,
+        revision: i64,
+    ) -> Result<ReplicaSet, Error> {
+        let meta = d.metadata.clone().unwrap_or_default();
+        let spec = d.spec.clone().unwrap_or_default();
+        let mut template = spec.template.clone().unwrap_or_default();
+        template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .insert(HASH_LABEL.into(), hash.into());
+        let mut rs_selector = spec.selector.clone().unwrap_or_default();
+        rs_selector
+            .match_labels
+            .insert(HASH_LABEL.into(), hash.into());
+        let mut labels = template
+            .metadata
+            .as_ref()
+            .map(|m| m.labels.clone())
+            .unwrap_or_default();
+        labels.insert(HASH_LABEL.into(), hash.into());
+        let rs = ReplicaSet {
+            metadata: Some(ObjectMeta {
+                name: format!("{}-{hash}", meta.name),
+                namespace: meta.namespace.clone(),
+                labels,
+                annotations: BTreeMap::from([
+                    (REVISION.to_string(), revision.to_string()),
+                    (
+                        "deployment.kubernetes.io/desired-replicas".to_string(),
+                        spec.replicas.unwrap_or(1).to_string(),
+                    ),
+                ]),
+                owner_references: vec![owner_reference(d)],
+                ..Default::default()
+            }),
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(0),
+                min_ready_seconds: spec.min_ready_seconds,
+                selector: Some(rs_selector),
+                template: Some(template),
+            }),
+            ..Default::default()
+        };
+        match self.replicasets.create(rs).await {
+            Ok(rs) => {
+                let message = format!(
+                    "Created new replica set {} (revision {revision})",
+                    rs.name()
+                );
+                tracing::info!(deployment = %d.object_ref(), replicaset = rs.name(), revision, "new replica set");
+                self.recorder
+                    .record(d, EventType::Normal, "ScalingReplicaSet", &message)
+                    .await;
+                Ok(rs)
+            }
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// `kubectl rollout undo`, server side: the revision's template goes
+    /// back into the Deployment.
+    async fn rollback(
+        &self,
+        d: &Deployment,
+        wanted: &str,
+        owned: &[ReplicaSet],
+    ) -> Result<Action, Error> {
+        let mut by_revision: Vec<&ReplicaSet> = owned.iter().collect();
+        by_revision.sort_by_key(|rs| std::cmp::Reverse(revision(rs)));
+        let target = match wanted.parse::<i64>() {
+            Ok(0) => by_revision.get(1).copied(),
+            Ok(n) => by_revision.iter().copied().find(|rs| revision(rs) == n),
+            Err(_) => None,
+        };
+        let mut next = d.clone();
+        let meta = next.metadata.get_or_insert_with(Default::default);
+        meta.annotations.remove(ROLLBACK_TO);
+        next.status = None;
+        match target {
+            Some(rs) => {
+                let mut template = rs
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.clone())
+                    .unwrap_or_default();
+                if let Some(m) = template.metadata.as_mut() {
+                    m.labels.remove(HASH_LABEL);
+                }
+                next.spec.get_or_insert_with(Default::default).template = Some(template);
+                self.deployments.update(next).await?;
+                let message = format!(
+                    "Rolled back deployment {:?} to revision {}",
+                    d.name(),
+                    revision(rs)
+                );
+                self.recorder
+                    .record(d, EventType::Normal, "DeploymentRollback", &message)
+                    .await;
+            }
+            None => {
+                self.deployments.update(next).await?;
+                let message = format!("Unable to find the revision {wanted:?} to roll back to");
+                self.recorder
+                    .record(
+                        d,
+                        EventType::Warning,
+                        "DeploymentRollbackRevisionNotFound",
+                        &message,
+                    )
+                    .await;
+            }
+        }
+        Ok(Action::AwaitChange)
+    }
+
+    /// Pods still alive of the given ReplicaSets (Recreate waits for none).
+    fn live_pods_of(&self, sets: &[ReplicaSet]) -> usize {
+        let uids: Vec<&str> = sets
+            .iter()
+            .filter_map(|rs| rs.metadata.as_ref().map(|m| m.uid.as_str()))
+            .collect();
+        self.pod_store
+            .list()
+            .iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().map_or("", |s| s.phase.as_str());
+                phase != "Succeeded"
+                    && phase != "Failed"
+                    && p.metadata.as_ref().is_some_and(|m| {
+                        m.owner_references
+                            .iter()
+                            .any(|o| uids.contains(&o.uid.as_str()))
+                    })
+            })
+            .count()
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let Some(d) = self.deployment_store.get(&key.namespace, &key.name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let d: Deployment = (*d).clone();
+        let meta = d.metadata.clone().unwrap_or_default();
+        if meta.deletion_timestamp.is_some() {
+            return Ok(Action::AwaitChange);
+        }
+        let spec = d.spec.clone().unwrap_or_default();
+        let sel = selector(spec.selector.as_ref())?;
+        let mut owned = self.owned(&d, &sel).await?;
+        if let Some(wanted) = meta.annotations.get(ROLLBACK_TO) {
+            return self.rollback(&d, wanted, &owned).await;
+        }
+        let want = spec.replicas.unwrap_or(1);
+        let hash = template_hash(spec.template.as_ref());
+        let max_revision = owned.iter().map(revision).max().unwrap_or(0);
+        let mut step = Step::default();
+
+        let position = owned.iter().position(|rs| {
+            rs.metadata.as_ref().and_then(|m| m.labels.get(HASH_LABEL)) == Some(&hash)
+        });
+        let mut new = match position {
+            Some(i) => Some(owned.remove(i)),
+            None if spec.paused => None,
+            None => {
+                step = Step {
+                    progressed: true,
+                    reason: "NewReplicaSetCreated",
+                };
+                Some(self.create_new(&d, &hash, max_revision + 1).await?)
+            }
+        };
+        // Oldest first: they shrink first.
+        owned.sort_by_key(revision);
+        let mut olds = owned;
+
+        // A template that comes back (rollback) is the newest revision again.
+        if let Some(rs) = new.as_mut()
+            && revision(rs) < max_revision
+            && !spec.paused
+        {
+            let mut next = rs.clone();
+            next.metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .insert(REVISION.into(), (max_revision + 1).to_string());
+            next.status = None;
+            *rs = self.replicasets.update(next).await?;
+        }
+
+        let strategy = spec.strategy.clone().unwrap_or_default();
+        let mut requeue = None;
+        if spec.paused {
+            // Scaling only: the newest set (or the largest) takes the
+            // difference.
+            let total: i32 = new.iter().chain(olds.iter()).map(replicas).sum();
+            if total != want {
+                let target = match new.as_mut() {
+                    Some(rs) => Some(rs),
+                    None => olds.iter_mut().max_by_key(|rs| revision(rs)),
+                };
+                if let Some(rs) = target {
+                    let to = (replicas(rs) + want - total).max(0);
+                    self.scale(&d, rs, to).await?;
+                }
+            }
+        } else if let Some(new_rs) = new.as_mut() {
+            if strategy.r#type == "Recreate" {
+                let mut scaled_old = false;
+                for old in olds.iter_mut().filter(|rs| replicas(rs) > 0) {
+                    self.scale(&d, old, 0).await?;
+                    scaled_old = true;
+                }
+                if scaled_old {
+                    step = Step {
+                        progressed: true,
+                        reason: "ReplicaSetUpdated",
+                    };
+                } else if self.live_pods_of(&olds) > 0 {
+                    // The old pods must be gone before new ones start.
+                    requeue = Some(Duration::from_secs(1));
+                } else if replicas(new_rs) != want {
+                    self.scale(&d, new_rs, want).await?;
+                    step = Step {
+                        progressed: true,
+                        reason: "ReplicaSetUpdated",
+                    };
+                }
+            } else {
+                let ru = strategy.rolling_update.clone().unwrap_or_default();
+                let (surge, unavailable) =
+                    rolling::fenceposts(ru.max_surge.as_ref(), ru.max_unavailable.as_ref(), want)
+                        .map_err(Error::Other)?;
+                let all: i32 = replicas(new_rs) + olds.iter().map(replicas).sum::<i32>();
+                let target = rolling::new_replicas(want, surge, all, replicas(new_rs));
+                if target != replicas(new_rs) {
+                    self.scale(&d, new_rs, target).await?;
+                    step = Step {
+                        progressed: true,
+                        reason: "ReplicaSetUpdated",
+                    };
+                }
+                let new_counts = rolling::Counts {
+                    replicas: replicas(new_rs),
+                    available: status(new_rs).available_replicas,
+                };
+                let old_counts: Vec<rolling::Counts> = olds
+                    .iter()
+                    .map(|rs| rolling::Counts {
+                        replicas: replicas(rs),
+                        available: status(rs).available_replicas,
+                    })
+                    .collect();
+                let next = rolling::old_replicas(want, unavailable, new_counts, &old_counts);
+                for (old, to) in olds.iter_mut().zip(next) {
+                    if to != replicas(old) {
+                        self.scale(&d, old, to).await?;
+                        step = Step {
+                            progressed: true,
+                            reason: "ReplicaSetUpdated",
+                        };
+                    }
+                }
+            }
+        }
+
+        self.cleanup_history(&d, &mut olds).await?;
+        let deadline_requeue = self.write_status(&d, new.as_ref(), &olds, step).await?;
+        Ok(match (requeue, deadline_requeue) {
+            (Some(a), Some(b)) => Action::Requeue(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Action::Requeue(a),
+            (None, None) => Action::AwaitChange,
+        })
+    }
+
+    /// Deletes old sets at 0 replicas beyond revisionHistoryLimit, oldest
+    /// first.
+    async fn cleanup_history(
+        &self,
+        d: &Deployment,
+        olds: &mut Vec<ReplicaSet>,
+    ) -> Result<(), Error> {
+        let limit = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10)
+            .max(0) as usize;
+        let idle: Vec<&ReplicaSet> = olds
+            .iter()
+            .filter(|rs| replicas(rs) == 0 && status(rs).replicas == 0)
+            .collect();
+        if idle.len() <= limit {
+            return Ok(());
+        }
+        let doomed: Vec<(String, String)> = idle[..idle.len() - limit]
+            .iter()
+            .map(|rs| {
+                let m = rs.metadata.clone().unwrap_or_default();
+                (m.name, m.uid)
+            })
+            .collect();
+        for (name, uid) in &doomed {
+            let request = DeleteRequest {
+                namespace: d.namespace().to_string(),
+                name: name.clone(),
+                preconditions: Some(Preconditions {
+                    uid: uid.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match self.replicasets.delete(request).await {
+                Ok(_) => {}
+                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {}
+                Err(s) => return Err(s.into()),
+            }
+        }
+        olds.retain(|rs| !doomed.iter().any(|(n, _)| n == rs.name()));
+        Ok(())
+    }
+
+    /// Writes the status; returns when to look again for the progress
+    /// deadline.
+    async fn write_status(
+        &self,
+        d: &Deployment,
+        new: Option<&ReplicaSet>,
+        olds: &[ReplicaSet],
+        step: Step,
+    ) -> Result<Option<Duration>, Error> {
+        let spec = d.spec.clone().unwrap_or_default();
+        let want = spec.replicas.unwrap_or(1);
+        let all: Vec<&ReplicaSet> = new.into_iter().chain(olds.iter()).collect();
+        let sum = |f: fn(&skiff::pb::apps::v1::ReplicaSetStatus) -> i32| {
+            all.iter().map(|rs| f(&status(rs))).sum::<i32>()
+        };
+        let total_spec: i32 = all.iter().map(|rs| replicas(rs)).sum();
+        let available = sum(|s| s.available_replicas);
+        let updated = new.map_or(0, |rs| status(rs).replicas);
+        let old_pods: i32 = olds.iter().map(|rs| status(rs).replicas).sum();
+        let previous = d.status.clone().unwrap_or_default();
+        let ru = spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.rolling_update.clone())
+            .unwrap_or_default();
+        let max_unavailable = if spec
+            .strategy
+            .as_ref()
+            .is_some_and(|s| s.r#type == "Recreate")
+        {
+            0
+        } else {
+            rolling::fenceposts(ru.max_surge.as_ref(), ru.max_unavailable.as_ref(), want)
+                .map(|(_, u)| u)
+                .unwrap_or(0)
+        };
+        let now = skiff::time::now_seconds();
+        let condition = |kind: &str, ok: &str, reason: &str, message: String, touch: bool| {
+            let before = previous.conditions.iter().find(|c| c.r#type == kind);
+            let same = before.is_some_and(|c| c.status == ok);
+            DeploymentCondition {
+                r#type: kind.into(),
+                status: ok.into(),
+                last_update_time: if touch || !same || before.is_some_and(|c| c.reason != reason) {
+                    Some(now)
+                } else {
+                    before.and_then(|c| c.last_update_time)
+                },
+                last_transition_time: if same {
+                    before.and_then(|c| c.last_transition_time)
+                } else {
+                    Some(now)
+                },
+                reason: reason.into(),
+                message,
+            }
+        };
+        let available_ok = available >= want - max_unavailable;
+        let available_condition = if available_ok {
+            condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                false,
+            )
+        } else {
+            condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                false,
+            )
+        };
+        let complete = new.is_some()
+            && updated == want
+            && total_spec == want
+            && available >= want
+            && old_pods == 0;
+        let new_name = new.map_or(String::new(), |rs| rs.name().to_string());
+        let deadline = spec.progress_deadline_seconds.unwrap_or(600);
+        let mut requeue = None;
+        let progressing = if spec.paused {
+            condition(
+                "Progressing",
+                "Unknown",
+                "DeploymentPaused",
+                "Deployment is paused".into(),
+                false,
+            )
+        } else if complete {
+            condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet {new_name:?} has successfully progressed."),
+                false,
+            )
+        } else if step.progressed {
+            let message = format!("ReplicaSet {new_name:?} is progressing.");
+            condition("Progressing", "True", step.reason, message, true)
+        } else {
+            let before = previous
+                .conditions
+                .iter()
+                .find(|c| c.r#type == "Progressing");
+            let since = before
+                .and_then(|c| c.last_update_time)
+                .map_or(now.seconds, |t| t.seconds);
+            let waited = now_seconds() - since;
+            if before.is_some_and(|c| c.reason == "ProgressDeadlineExceeded")
+                || waited > i64::from(deadline)
+            {
+                let message = format!("ReplicaSet {new_name:?} has timed out progressing.");
+                condition(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    message,
+                    false,
+                )
+            } else {
+                requeue = Some(Duration::from_secs(
+                    (i64::from(deadline) - waited).max(1) as u64
+                ));
+                match before {
+                    Some(c) => c.clone(),
+                    None => condition(
+                        "Progressing",
+                        "True",
+                        "ReplicaSetUpdated",
+                        format!("ReplicaSet {new_name:?} is progressing."),
+                        true,
+                    ),
+                }
+            }
+        };
+        let next = DeploymentStatus {
+            observed_generation: d.metadata.as_ref().map_or(0, |m| m.generation),
+            replicas: sum(|s| s.replicas),
+            updated_replicas: updated,
+            ready_replicas: sum(|s| s.ready_replicas),
+            available_replicas: available,
+            unavailable_replicas: (total_spec.max(want) - available).max(0),
+            conditions: vec![available_condition, progressing],
+            collision_count: previous.collision_count,
+        };
+        let revision_now = new.map(revision).filter(|r| *r > 0);
+        let annotation_stale = revision_now.is_some_and(|r| {
+            d.metadata
+                .as_ref()
+                .and_then(|m| m.annotations.get(REVISION))
+                != Some(&r.to_string())
+        });
+        if annotation_stale {
+            let mut annotated = d.clone();
+            annotated
+                .metadata
+                .get_or_insert_with(Default::default)
+                .annotations
+                .insert(REVISION.into(), revision_now.unwrap_or(0).to_string());
+            annotated.status = None;
+            self.deployments.update(annotated).await?;
+            // The update comes back through the informer: the status is
+            // written by that reconcile.
+            return Ok(Some(Duration::from_millis(10)));
+        }
+        if d.status.as_ref() != Some(&next) {
+            let mut d = d.clone();
+            d.status = Some(next);
+            match self.deployments.update_status(d).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
+        }
+        // Rollouts are watched through ReplicaSet changes; the deadline
+        // needs a clock.
+        Ok(requeue)
+    }
+}
+
+fn owner_reference(d: &Deployment) -> OwnerReference {
+    let meta = d.metadata.clone().unwrap_or_default();
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        name: meta.name,
+        uid: meta.uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+impl Reconciler for DeploymentController {
+    fn name(&self) -> &'static str {
+        "deployment"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::core::v1::{Container, PodSpec};
+
+    fn template(env: &str) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: [("app".to_string(), "web".to_string())].into(),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: env.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_hash_ignores_its_own_label_and_follows_the_template() {
+        let a = template("one");
+        let mut labelled = a.clone();
+        let h = template_hash(Some(&a));
+        labelled
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert(HASH_LABEL.into(), h.clone());
+        assert_eq!(
+            template_hash(Some(&labelled)),
+            h,
+            "a set's template hashes as its deployment's"
+        );
+        assert_ne!(template_hash(Some(&template("two"))), h);
+        assert_eq!(h.len(), 8);
+    }
+}
