@@ -673,6 +673,55 @@ async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_that_cannot_start_wait_with_a_reason_while_the_others_run() {
+    let env = env("nostart").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "mixed"},
+        "spec": {
+            "containers": [
+                {"name": "good", "image": image, "command": ["sleep", "3600"]},
+                {"name": "missing", "image": image, "command": ["/no/such/program"]},
+                {"name": "escape", "image": image, "command": ["sleep", "3600"],
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "../../etc"}]}
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}]
+        }
+    }))
+    .await;
+    let waiting = |p: &Pod, name: &str, reason: &str| {
+        container(p, name)
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+            .is_some_and(|w| w.reason == reason)
+    };
+    let pod = env
+        .wait_for(
+            "mixed",
+            "each container in its state",
+            Duration::from_secs(60),
+            |p| {
+                running(p, "good")
+                    && waiting(p, "missing", "RunContainerError")
+                    && waiting(p, "escape", "CreateContainerConfigError")
+            },
+        )
+        .await;
+    let escape = container(&pod, "escape")
+        .unwrap()
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
+    assert!(escape.message.contains("subPath"), "{escape:?}");
+    assert!(!ready(&pod));
+    // The failing ones do not disturb the running one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pod = env.get("mixed").await;
+    assert!(running(&pod, "good"));
+}
+
 /// The same pod semantics on the process runtime, where the host allows
 /// them: pods share the host network, so "localhost" is the host's.
 mod process_runtime {

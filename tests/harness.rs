@@ -551,9 +551,10 @@ impl AgentNode {
 
 /// The host PID of a process-runtime container.
 pub fn process_pid(node: &AgentNode, id: &str) -> Option<u32> {
+    // `pid` holds the pid and the process's start time.
     let pid =
         std::fs::read_to_string(node.data_dir.path().join("process").join(id).join("pid")).ok()?;
-    pid.trim().parse().ok()
+    pid.split_whitespace().next()?.parse().ok()
 }
 
 impl Drop for AgentNode {

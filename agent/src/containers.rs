@@ -119,7 +119,18 @@ pub async fn container_spec(
         };
         let mut host_path = volumes::volume_path(data_dir, &meta.uid, volume);
         if !m.sub_path.is_empty() {
-            host_path = host_path.join(&m.sub_path);
+            let sub = Path::new(&m.sub_path);
+            let escapes = sub.is_absolute()
+                || sub
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if escapes {
+                return Err(Error::Missing(format!(
+                    "container {:?}: volumeMount {:?}: subPath {:?} must be a relative path inside the volume",
+                    container.name, m.name, m.sub_path
+                )));
+            }
+            host_path = host_path.join(sub);
             if !host_path.exists() {
                 std::fs::create_dir_all(&host_path).map_err(|source| Error::Io {
                     name: m.name.clone(),

@@ -149,6 +149,14 @@ impl Handler<Relisted> for PodManager {
         } else {
             Default::default()
         };
+        if synced {
+            // Deleted while the pod feed lagged: the worker was not told.
+            for (uid, worker) in &self.workers {
+                if !known.contains(uid) {
+                    worker.do_send(Desired(None));
+                }
+            }
+        }
         for (uid, containers) in by_pod {
             let mut fingerprint: Vec<(String, String)> = containers
                 .iter()
@@ -184,8 +192,10 @@ impl Handler<Finished> for PodManager {
     type Result = ();
 
     fn handle(&mut self, msg: Finished, _: &mut Self::Context) {
-        self.workers.remove(&msg.uid);
-        self.seen.remove(&msg.uid);
+        if self.workers.get(&msg.uid) == Some(&msg.worker) {
+            self.workers.remove(&msg.uid);
+            self.seen.remove(&msg.uid);
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub async fn run(target: Target, report: impl Fn(ProbeState)) {
     }
     loop {
         let Some(i) = (0..runners.len()).min_by_key(|i| runners[*i].next) else {
+            // Nothing left to probe (a startup probe passed and there is no
+            // other): stay, so the worker does not start this over.
+            std::future::pending::<()>().await;
             return;
         };
         tokio::time::sleep_until(runners[i].next).await;

@@ -74,6 +74,12 @@ pub struct SyncState {
     pull_errors: HashMap<String, String>,
     /// When the agent took the pod on (its startTime).
     start_time: Option<Timestamp>,
+    /// When an exit with no recorded time was first seen, by container id
+    /// (the backoff counts from then).
+    exits_seen: HashMap<String, SystemTime>,
+    /// The last failure to create or start each container, shown while it
+    /// backs off.
+    start_errors: HashMap<String, (String, String)>,
     /// The pod reached Succeeded or Failed: nothing starts again.
     terminal: bool,
 }
@@ -93,6 +99,9 @@ struct Inputs {
 struct Outcome {
     /// Everything is gone: stop the worker.
     finished: bool,
+    /// The sync failed midway: what it saw is incomplete, so the probers
+    /// are left as they are.
+    failed: bool,
     /// Running app containers with probes: (id, spec, pod IP).
     probe_targets: Vec<(String, PodContainer, String)>,
     /// Sync again after this long (a backoff ends).
@@ -125,6 +134,8 @@ struct Probed {
 pub struct Finished {
     /// The pod's uid.
     pub uid: String,
+    /// The worker (a newer worker of the same uid must not be forgotten).
+    pub worker: Addr<PodWorker>,
 }
 
 /// The actor.
@@ -193,6 +204,7 @@ impl PodWorker {
                 Err(e) => {
                     tracing::warn!(pod = %uid, error = %e, "syncing the pod; retrying");
                     Outcome {
+                        failed: true,
                         requeue: Some(Duration::from_secs(2)),
                         ..Default::default()
                     }
@@ -216,8 +228,13 @@ impl PodWorker {
             }
             self.manager.do_send(Finished {
                 uid: self.uid.clone(),
+                worker: ctx.address(),
             });
             ctx.stop();
+            return;
+        }
+        if outcome.failed {
+            self.schedule(outcome.requeue, ctx);
             return;
         }
         // Probers follow the running containers.
@@ -257,10 +274,15 @@ impl PodWorker {
             }));
             self.probers.insert(id, task);
         }
+        self.schedule(outcome.requeue, ctx);
+    }
+
+    /// Replaces the pending requeue with one after `after` (or none).
+    fn schedule(&mut self, after: Option<Duration>, ctx: &mut Context<Self>) {
         if let Some(handle) = self.requeue.take() {
             ctx.cancel_future(handle);
         }
-        if let Some(after) = outcome.requeue {
+        if let Some(after) = after {
             self.requeue = Some(ctx.run_later(after, |act, ctx| {
                 act.requeue = None;
                 act.kick(ctx);
@@ -385,19 +407,23 @@ async fn sync(
     }
 
     // The sandbox.
-    let sandboxes: Vec<&Container> = containers
+    let mut containers = containers;
+    let sandboxes: Vec<Container> = containers
         .iter()
         .filter(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX)
+        .cloned()
         .collect();
     let live_sandbox = sandboxes
         .iter()
         .filter(|c| is_running(c))
-        .max_by_key(|c| status::attempt(c));
+        .max_by_key(|c| status::attempt(c))
+        .cloned();
     let sandbox = match live_sandbox {
-        Some(s) => (*s).clone(),
+        Some(s) => s,
         None => {
             // A dead sandbox takes the pod's network with it: what ran in it
-            // is stopped and everything starts again in a new one.
+            // is stopped and everything (init containers included) starts
+            // again in a new one.
             for c in containers.iter().filter(|c| is_running(c)) {
                 shared.runtime.stop(&c.id, grace_period(&pod)).await?;
             }
@@ -413,105 +439,88 @@ async fn sync(
                 .runtime
                 .run_sandbox(&containers::sandbox_spec(&pod, attempt))
                 .await?;
-            let fresh = shared.runtime.list(Some(uid)).await?;
-            fresh
-                .into_iter()
+            // Afresh: the containers just stopped are no longer running.
+            containers = shared.runtime.list(Some(uid)).await?;
+            containers
+                .iter()
                 .filter(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX && is_running(c))
-                .max_by_key(status::attempt)
+                .max_by_key(|c| status::attempt(c))
+                .cloned()
                 .ok_or_else(|| RuntimeError::Runtime("the new sandbox is not running".into()))?
         }
     };
+    let sandbox_attempt = status::attempt(&sandbox).to_string();
     let placement = Placement {
         pod_ip: sandbox.ip.clone().unwrap_or_default(),
         host_ip: shared.node_ip.clone(),
         node_name: shared.node_name.clone(),
     };
-    // The sandbox's own attempt is part of every container's identity: a
-    // new sandbox means new containers.
     let containers: Vec<Container> = containers
         .into_iter()
         .filter(|c| c.label(labels::CONTAINER_NAME) != labels::SANDBOX)
         .collect();
 
     state.waiting.clear();
-    if let Err(e) = volumes::prepare(&shared.data_dir, &pod, &shared.sources).await {
-        for c in spec.init_containers.iter().chain(&spec.containers) {
-            state.waiting.insert(
-                c.name.clone(),
-                ("CreateContainerConfigError".into(), e.to_string()),
-            );
+    // A volume that cannot be prepared blocks only the containers that
+    // must start; running ones carry on.
+    let config_error = match volumes::prepare(&shared.data_dir, &pod, &shared.sources).await {
+        Ok(()) => None,
+        Err(e) => {
+            shared
+                .recorder
+                .record(&*pod, EventType::Warning, "FailedMount", &e.to_string())
+                .await;
+            Some(e.to_string())
         }
-        shared
-            .recorder
-            .record(&*pod, EventType::Warning, "FailedMount", &e.to_string())
-            .await;
-        let containers = shared.runtime.list(Some(uid)).await?;
-        report(
-            shared,
-            &pod,
-            &containers,
-            &inputs.probes,
-            state,
-            Some(&sandbox),
-        )
-        .await?;
-        return Ok(Outcome {
-            requeue: Some(shared.backoff.0),
-            ..Default::default()
-        });
-    }
+    };
+    let starter = Starter {
+        shared,
+        pod: &pod,
+        sandbox: &sandbox,
+        placement: &placement,
+        config_error: config_error.as_deref(),
+    };
 
-    // Init containers, one at a time, in order.
+    // Init containers, one at a time, in order; only those of the current
+    // sandbox count.
     let mut initialized = true;
     for c in &spec.init_containers {
-        let found = status::instances(&containers, Role::Init, &c.name);
-        match found.first().map(|i| &i.state) {
-            Some(State::Exited { exit_code: 0, .. }) => continue,
-            Some(State::Running { .. } | State::Created | State::Unknown(_)) => {
-                if let Some(i) = found.first().filter(|i| i.state == State::Created) {
-                    shared.runtime.start(&i.id).await?;
-                }
+        let all = status::instances(&containers, Role::Init, &c.name);
+        let current: Vec<&Container> = all
+            .iter()
+            .copied()
+            .filter(|i| i.label(labels::SANDBOX_ATTEMPT) == sandbox_attempt)
+            .collect();
+        let next = all.first().map_or(0, |i| status::attempt(i) + 1);
+        match current.first().map(|i| (*i, &i.state)) {
+            Some((_, State::Exited { exit_code: 0, .. })) => continue,
+            Some((i, State::Created)) => {
+                starter.start_created(c, i, state, &mut soonest).await?;
             }
-            Some(State::Exited {
-                exit_code,
-                finished_at,
-                ..
-            }) => {
+            Some((
+                i,
+                State::Exited {
+                    exit_code,
+                    finished_at,
+                    ..
+                },
+            )) => {
                 if status::restarts(&spec.restart_policy, *exit_code) {
-                    let next = found.first().map_or(0, |i| status::attempt(i) + 1);
-                    if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at) {
-                        soonest(wait);
-                    } else {
-                        start(
-                            shared,
-                            &pod,
-                            c,
-                            Role::Init,
-                            next,
-                            &sandbox,
-                            &placement,
-                            &found,
-                            state,
-                            &mut soonest,
-                        )
-                        .await?;
+                    match crash_backoff(shared, state, &c.name, &i.id, *finished_at) {
+                        Some(wait) => back_off(shared, &pod, c, state, wait, &mut soonest).await,
+                        None => {
+                            starter
+                                .start(c, Role::Init, next, &all, state, &mut soonest)
+                                .await?;
+                        }
                     }
                 }
             }
+            Some(_) => {}
             None => {
-                start(
-                    shared,
-                    &pod,
-                    c,
-                    Role::Init,
-                    0,
-                    &sandbox,
-                    &placement,
-                    &found,
-                    state,
-                    &mut soonest,
-                )
-                .await?;
+                starter
+                    .start(c, Role::Init, next, &all, state, &mut soonest)
+                    .await?;
             }
         }
         initialized = false;
@@ -522,90 +531,65 @@ async fn sync(
     if initialized {
         for c in &spec.containers {
             let found = status::instances(&containers, Role::App, &c.name);
-            match found.first() {
-                None => {
-                    start(
-                        shared,
-                        &pod,
-                        c,
-                        Role::App,
-                        0,
-                        &sandbox,
-                        &placement,
-                        &found,
-                        state,
-                        &mut soonest,
-                    )
+            let Some(latest) = found.first().copied() else {
+                starter
+                    .start(c, Role::App, 0, &found, state, &mut soonest)
                     .await?;
+                continue;
+            };
+            match &latest.state {
+                State::Created => {
+                    starter
+                        .start_created(c, latest, state, &mut soonest)
+                        .await?
                 }
-                Some(latest) => match &latest.state {
-                    State::Created => shared.runtime.start(&latest.id).await?,
-                    State::Running { .. } => {
-                        if inputs.probes.get(&latest.id).is_some_and(|p| p.failed) {
-                            let why = format!(
-                                "container {} failed its liveness probe, will be restarted",
-                                c.name
-                            );
-                            shared
-                                .recorder
-                                .record(&*pod, EventType::Normal, "Killing", &why)
-                                .await;
-                            shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
-                            soonest(Duration::ZERO);
-                        } else if prober::has_probes(c) {
-                            probe_targets.push((
-                                latest.id.clone(),
-                                c.clone(),
-                                placement.pod_ip.clone(),
-                            ));
-                        }
+                State::Running { .. }
+                    if latest.label(labels::SANDBOX_ATTEMPT) != sandbox_attempt =>
+                {
+                    // Still in a sandbox that is gone: it has no network.
+                    shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
+                    soonest(Duration::ZERO);
+                }
+                State::Running { .. } => {
+                    if inputs.probes.get(&latest.id).is_some_and(|p| p.failed) {
+                        let why = format!(
+                            "container {} failed its liveness probe, will be restarted",
+                            c.name
+                        );
+                        shared
+                            .recorder
+                            .record(&*pod, EventType::Normal, "Killing", &why)
+                            .await;
+                        shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
+                        soonest(Duration::ZERO);
+                    } else if prober::has_probes(c) {
+                        probe_targets.push((
+                            latest.id.clone(),
+                            c.clone(),
+                            placement.pod_ip.clone(),
+                        ));
                     }
-                    State::Exited {
-                        exit_code,
-                        finished_at,
-                        ..
-                    } => {
-                        if status::restarts(&spec.restart_policy, *exit_code) {
-                            if let Some(wait) = crash_backoff(shared, state, &c.name, *finished_at)
-                            {
-                                let message = format!(
-                                    "back-off {}s restarting failed container={} pod={}_{}",
-                                    state
-                                        .backoff
-                                        .get(&format!("crash/{}", c.name))
-                                        .map_or(0, |b| b.delay.as_secs()),
-                                    c.name,
-                                    meta(&pod).name,
-                                    meta(&pod).namespace
-                                );
-                                shared
-                                    .recorder
-                                    .record(&*pod, EventType::Warning, "BackOff", &message)
-                                    .await;
-                                state
-                                    .waiting
-                                    .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
-                                soonest(wait);
-                            } else {
+                }
+                State::Exited {
+                    exit_code,
+                    finished_at,
+                    ..
+                } => {
+                    if status::restarts(&spec.restart_policy, *exit_code) {
+                        match crash_backoff(shared, state, &c.name, &latest.id, *finished_at) {
+                            Some(wait) => {
+                                back_off(shared, &pod, c, state, wait, &mut soonest).await
+                            }
+                            None => {
                                 let next = status::attempt(latest) + 1;
-                                start(
-                                    shared,
-                                    &pod,
-                                    c,
-                                    Role::App,
-                                    next,
-                                    &sandbox,
-                                    &placement,
-                                    &found,
-                                    state,
-                                    &mut soonest,
-                                )
-                                .await?;
+                                starter
+                                    .start(c, Role::App, next, &found, state, &mut soonest)
+                                    .await?;
                             }
                         }
                     }
-                    State::Unknown(_) => {}
-                },
+                }
+                State::Unknown(_) => {}
             }
         }
     } else {
@@ -627,22 +611,57 @@ async fn sync(
     )
     .await?;
     Ok(Outcome {
-        finished: false,
         probe_targets,
         requeue,
+        ..Default::default()
     })
 }
 
+/// Reports CrashLoopBackOff for a container waiting out its backoff.
+async fn back_off(
+    shared: &Shared,
+    pod: &Pod,
+    c: &PodContainer,
+    state: &mut SyncState,
+    wait: Duration,
+    soonest: &mut impl FnMut(Duration),
+) {
+    let delay = state
+        .backoff
+        .get(&format!("crash/{}", c.name))
+        .map_or(0, |b| b.delay.as_secs());
+    let m = meta(pod);
+    let message = format!(
+        "back-off {delay}s restarting failed container={} pod={}_{}",
+        c.name, m.name, m.namespace
+    );
+    shared
+        .recorder
+        .record(pod, EventType::Warning, "BackOff", &message)
+        .await;
+    state
+        .waiting
+        .insert(c.name.clone(), ("CrashLoopBackOff".into(), message));
+    soonest(wait);
+}
+
 /// `Some(time left)` while a crashed container must wait; None when it
-/// may start again now (and the next window is opened).
+/// may start again now (and the next window is opened). An exit whose time
+/// the runtime lost counts from when it was first seen.
 fn crash_backoff(
     shared: &Shared,
     state: &mut SyncState,
     name: &str,
+    container_id: &str,
     finished_at: Option<SystemTime>,
 ) -> Option<Duration> {
     let key = format!("crash/{name}");
-    let finished = finished_at.unwrap_or_else(SystemTime::now);
+    let finished = finished_at.unwrap_or_else(|| {
+        *state
+            .exits_seen
+            .entry(container_id.to_string())
+            .or_insert_with(SystemTime::now)
+    });
     let (initial, max) = shared.backoff;
     let current = state.backoff.get(&key).copied().filter(|b| {
         finished.duration_since(b.since).unwrap_or_default() <= max * BACKOFF_RESET_FACTOR
@@ -663,128 +682,222 @@ fn crash_backoff(
             since: finished,
         },
     );
+    state.exits_seen.remove(container_id);
     None
 }
 
-/// Starts a new instance of a container: image, spec, create, start. A
-/// failure becomes the container's waiting reason, not an error of the
-/// sync, so the other containers go on.
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    shared: &Shared,
-    pod: &Arc<Pod>,
-    c: &PodContainer,
-    role: Role,
-    attempt: u32,
-    sandbox: &Container,
-    placement: &Placement,
-    older: &[&Container],
-    state: &mut SyncState,
-    soonest: &mut impl FnMut(Duration),
-) -> Result<(), SyncError> {
-    let pull_key = format!("pull/{}", c.name);
-    if let Some(b) = state.backoff.get(&pull_key).copied() {
-        let elapsed = SystemTime::now()
-            .duration_since(b.since)
-            .unwrap_or_default();
-        if elapsed < b.delay {
-            let last = state
-                .pull_errors
-                .get(&c.name)
-                .map_or(String::new(), |e| format!(": {e}"));
-            let message = format!("Back-off pulling image {:?}{last}", c.image);
-            state
-                .waiting
-                .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
-            soonest(b.delay - elapsed);
-            return Ok(());
-        }
+/// What starting a container of the pod needs.
+struct Starter<'a> {
+    shared: &'a Shared,
+    pod: &'a Arc<Pod>,
+    sandbox: &'a Container,
+    placement: &'a Placement,
+    /// Why the pod's volumes are not ready, if they are not.
+    config_error: Option<&'a str>,
+}
+
+impl Starter<'_> {
+    /// Records a failure to create or start a container as its waiting
+    /// reason, and backs off before the next try.
+    async fn failed(
+        &self,
+        c: &PodContainer,
+        reason: &str,
+        message: String,
+        state: &mut SyncState,
+        soonest: &mut impl FnMut(Duration),
+    ) {
+        let key = format!("start/{}", c.name);
+        let (initial, max) = self.shared.backoff;
+        let delay = state
+            .backoff
+            .get(&key)
+            .map_or(initial, |b| (b.delay * 2).min(max));
+        state.backoff.insert(
+            key,
+            Backoff {
+                delay,
+                since: SystemTime::now(),
+            },
+        );
+        self.shared
+            .recorder
+            .record(&**self.pod, EventType::Warning, "Failed", &message)
+            .await;
+        state
+            .start_errors
+            .insert(c.name.clone(), (reason.to_string(), message.clone()));
+        state
+            .waiting
+            .insert(c.name.clone(), (reason.into(), message));
+        soonest(delay);
     }
-    let policy = PullPolicy::for_image(&c.image_pull_policy, &c.image);
-    match shared.runtime.ensure_image(&c.image, policy).await {
-        Ok(_) => {
-            state.backoff.remove(&pull_key);
-            state.pull_errors.remove(&c.name);
-        }
-        Err(e @ (RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull(_))) => {
-            let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) {
-                "ErrImageNeverPull"
-            } else {
-                "ErrImagePull"
-            };
-            let (initial, max) = shared.backoff;
-            let delay = state
-                .backoff
-                .get(&pull_key)
-                .map_or(initial, |b| (b.delay * 2).min(max));
-            state.backoff.insert(
-                pull_key,
-                Backoff {
-                    delay,
-                    since: SystemTime::now(),
-                },
-            );
-            shared
-                .recorder
-                .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+
+    /// Starts a container that was created but never started (the agent
+    /// stopped in between); one that will not start is removed, so that a
+    /// new attempt follows.
+    async fn start_created(
+        &self,
+        c: &PodContainer,
+        instance: &Container,
+        state: &mut SyncState,
+        soonest: &mut impl FnMut(Duration),
+    ) -> Result<(), SyncError> {
+        if let Err(e) = self.shared.runtime.start(&instance.id).await {
+            self.shared.runtime.remove(&instance.id).await?;
+            self.failed(c, "RunContainerError", e.to_string(), state, soonest)
                 .await;
-            state
-                .waiting
-                .insert(c.name.clone(), (reason.into(), e.to_string()));
-            state.pull_errors.insert(c.name.clone(), e.to_string());
-            soonest(delay);
-            return Ok(());
         }
-        Err(e) => return Err(e.into()),
+        Ok(())
     }
-    let spec = match containers::container_spec(
-        pod,
-        c,
-        role,
-        attempt,
-        &sandbox.id,
-        placement,
-        &shared.data_dir,
-        &shared.sources,
-    )
-    .await
-    {
-        Ok(spec) => spec,
-        Err(e) => {
-            shared
-                .recorder
-                .record(&**pod, EventType::Warning, "Failed", &e.to_string())
-                .await;
+
+    /// Starts a new instance of a container: image, spec, create, start.
+    /// A failure becomes the container's waiting reason (with a backoff),
+    /// not an error of the sync, so the other containers go on.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        c: &PodContainer,
+        role: Role,
+        attempt: u32,
+        older: &[&Container],
+        state: &mut SyncState,
+        soonest: &mut impl FnMut(Duration),
+    ) -> Result<(), SyncError> {
+        let (shared, pod) = (self.shared, self.pod);
+        if let Some(error) = self.config_error {
             state.waiting.insert(
                 c.name.clone(),
-                ("CreateContainerConfigError".into(), e.to_string()),
+                ("CreateContainerConfigError".into(), error.to_string()),
             );
             soonest(shared.backoff.0);
             return Ok(());
         }
-    };
-    // Keep one dead instance (for `logs --previous`), remove the rest.
-    for old in older.iter().skip(1) {
-        shared.runtime.remove(&old.id).await?;
-    }
-    let id = shared.runtime.create(&spec).await?;
-    if let Err(e) = shared.runtime.start(&id).await {
+        // A recent failure to create or start: wait out its backoff.
+        if let Some(b) = state.backoff.get(&format!("start/{}", c.name)).copied() {
+            let elapsed = SystemTime::now()
+                .duration_since(b.since)
+                .unwrap_or_default();
+            if elapsed < b.delay {
+                if let Some(why) = state.start_errors.get(&c.name).cloned() {
+                    state.waiting.insert(c.name.clone(), why);
+                }
+                soonest(b.delay - elapsed);
+                return Ok(());
+            }
+        }
+        let pull_key = format!("pull/{}", c.name);
+        if let Some(b) = state.backoff.get(&pull_key).copied() {
+            let elapsed = SystemTime::now()
+                .duration_since(b.since)
+                .unwrap_or_default();
+            if elapsed < b.delay {
+                let last = state
+                    .pull_errors
+                    .get(&c.name)
+                    .map_or(String::new(), |e| format!(": {e}"));
+                let message = format!("Back-off pulling image {:?}{last}", c.image);
+                state
+                    .waiting
+                    .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+                soonest(b.delay - elapsed);
+                return Ok(());
+            }
+        }
+        let policy = PullPolicy::for_image(&c.image_pull_policy, &c.image);
+        match shared.runtime.ensure_image(&c.image, policy).await {
+            Ok(_) => {
+                state.backoff.remove(&pull_key);
+                state.pull_errors.remove(&c.name);
+            }
+            Err(e @ (RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull(_))) => {
+                let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) {
+                    "ErrImageNeverPull"
+                } else {
+                    "ErrImagePull"
+                };
+                let (initial, max) = shared.backoff;
+                let delay = state
+                    .backoff
+                    .get(&pull_key)
+                    .map_or(initial, |b| (b.delay * 2).min(max));
+                state.backoff.insert(
+                    pull_key,
+                    Backoff {
+                        delay,
+                        since: SystemTime::now(),
+                    },
+                );
+                shared
+                    .recorder
+                    .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+                    .await;
+                state
+                    .waiting
+                    .insert(c.name.clone(), (reason.into(), e.to_string()));
+                state.pull_errors.insert(c.name.clone(), e.to_string());
+                soonest(delay);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut spec = match containers::container_spec(
+            pod,
+            c,
+            role,
+            attempt,
+            &self.sandbox.id,
+            self.placement,
+            &shared.data_dir,
+            &shared.sources,
+        )
+        .await
+        {
+            Ok(spec) => spec,
+            Err(e) => {
+                shared
+                    .recorder
+                    .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+                    .await;
+                state.waiting.insert(
+                    c.name.clone(),
+                    ("CreateContainerConfigError".into(), e.to_string()),
+                );
+                soonest(shared.backoff.0);
+                return Ok(());
+            }
+        };
+        spec.labels.insert(
+            labels::SANDBOX_ATTEMPT.into(),
+            status::attempt(self.sandbox).to_string(),
+        );
+        // Keep one dead instance (for `logs --previous`), remove the rest.
+        for old in older.iter().skip(1) {
+            shared.runtime.remove(&old.id).await?;
+        }
+        let id = match shared.runtime.create(&spec).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.failed(c, "CreateContainerError", e.to_string(), state, soonest)
+                    .await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = shared.runtime.start(&id).await {
+            shared.runtime.remove(&id).await?;
+            self.failed(c, "RunContainerError", e.to_string(), state, soonest)
+                .await;
+            return Ok(());
+        }
+        state.backoff.remove(&format!("start/{}", c.name));
+        state.start_errors.remove(&c.name);
+        let message = format!("Started container {}", c.name);
         shared
             .recorder
-            .record(&**pod, EventType::Warning, "Failed", &e.to_string())
+            .record(&**pod, EventType::Normal, "Started", &message)
             .await;
-        state
-            .waiting
-            .insert(c.name.clone(), ("RunContainerError".into(), e.to_string()));
-        soonest(shared.backoff.0);
-        return Ok(());
+        Ok(())
     }
-    let message = format!("Started container {}", c.name);
-    shared
-        .recorder
-        .record(&**pod, EventType::Normal, "Started", &message)
-        .await;
-    Ok(())
 }
 
 /// Writes the pod's status when it differs from what the API has.

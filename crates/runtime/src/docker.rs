@@ -231,14 +231,21 @@ impl DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<()> {
-        let (repo, tag) = match image.rsplit_once(':') {
-            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-            _ => (image, "latest"),
+        // A digest names the image whole; else repository and tag.
+        let options = if image.contains('@') {
+            CreateImageOptionsBuilder::default()
+                .from_image(image)
+                .build()
+        } else {
+            let (repo, tag) = match image.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+                _ => (image, "latest"),
+            };
+            CreateImageOptionsBuilder::default()
+                .from_image(repo)
+                .tag(tag)
+                .build()
         };
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(repo)
-            .tag(tag)
-            .build();
         let pull = async {
             let mut stream = self.docker.create_image(Some(options), None, None);
             while let Some(step) = stream.next().await {
@@ -435,7 +442,13 @@ impl Runtime for DockerRuntime {
         let options = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
-        match self.docker.stop_container(id, Some(options)).await {
+        // The engine answers once the container is gone: allow the whole
+        // grace period (bollard's default request timeout is 2 minutes).
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(grace + Duration::from_secs(30));
+        match docker.stop_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             // 304: already stopped.
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),

@@ -22,6 +22,9 @@ pub const ATTEMPT: &str = "io.skiff.container.attempt";
 /// how long to wait for it when its pod is gone from the API (after an
 /// agent restart).
 pub const GRACE_SECONDS: &str = "io.skiff.pod.termination-grace-seconds";
+/// Which sandbox (its attempt) a container was made for: containers of
+/// a sandbox that is gone are stale, and init containers run again.
+pub const SANDBOX_ATTEMPT: &str = "io.skiff.sandbox.attempt";
 /// `init` for init containers, `app` for the others, `sandbox`.
 pub const ROLE: &str = "io.skiff.container.role";
 /// The container's value of [`CONTAINER_NAME`] for a pod sandbox.

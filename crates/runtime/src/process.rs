@@ -83,20 +83,36 @@ fn write_atomic(path: &Path, content: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Whether a process is alive (and not a zombie).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the field after the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+/// The fields of /proc/PID/stat after the parenthesised command name
+/// (the first is the state, field 3).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// When a process started (clock ticks since boot, field 22): with the pid
+/// it names one process, even after the pid is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether the process is alive (not a zombie) and, when its start time
+/// was recorded, is still the same process.
+fn alive(pid: u32, started: Option<u64>) -> bool {
+    let Some(fields) = stat_fields(pid) else {
+        return false;
+    };
+    let running = fields.first().is_some_and(|s| s != "Z" && s != "X");
+    running && started.is_none_or(|t| fields.get(19).and_then(|f| f.parse().ok()) == Some(t))
+}
+
+/// Signals the container's process group (the process leads it, so its
+/// children get the signal too).
 fn signal(pid: u32, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+        && rustix::process::kill_process_group(pid, signal).is_err()
+    {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
@@ -160,12 +176,18 @@ impl ProcessRuntime {
         serde_json::from_slice(&std::fs::read(dir.join("record.json")).ok()?).ok()
     }
 
-    fn pid(dir: &Path) -> Option<u32> {
-        std::fs::read_to_string(dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// The container process's pid and start time (`pid` holds both).
+    fn pid(dir: &Path) -> Option<(u32, Option<u64>)> {
+        let text = std::fs::read_to_string(dir.join("pid")).ok()?;
+        let mut parts = text.split_whitespace();
+        let pid = parts.next()?.parse().ok()?;
+        Some((pid, parts.next().and_then(|t| t.parse().ok())))
+    }
+
+    /// The container's process, if it is alive.
+    fn running(dir: &Path) -> Option<u32> {
+        let (pid, started) = Self::pid(dir)?;
+        alive(pid, started).then_some(pid)
     }
 
     fn exit(dir: &Path) -> Option<Exit> {
@@ -189,7 +211,7 @@ impl ProcessRuntime {
             .and_then(|m| m.modified())
             .ok();
         match Self::pid(dir) {
-            Some(pid) if alive(pid) => State::Running {
+            Some(_) if Self::running(dir).is_some() => State::Running {
                 started_at: started,
             },
             // The shim died with its process (both killed): the exit code
@@ -363,18 +385,18 @@ impl Runtime for ProcessRuntime {
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let Some(pid) = Self::pid(&dir) else {
+        if Self::exit(&dir).is_some() {
+            return Ok(());
+        }
+        let Some(pid) = Self::running(&dir) else {
             return Ok(());
         };
-        if Self::exit(&dir).is_some() || !alive(pid) {
-            return Ok(());
-        }
         signal(pid, rustix::process::Signal::TERM);
         let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline && alive(pid) {
+        while tokio::time::Instant::now() < deadline && Self::running(&dir).is_some() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if alive(pid) {
+        if Self::running(&dir).is_some() {
             signal(pid, rustix::process::Signal::KILL);
         }
         // Let the shim record the exit.
@@ -541,11 +563,15 @@ pub fn shim(dir: &Path, argv: &[String]) -> Result<i32> {
     let stderr = log
         .try_clone()
         .map_err(|e| io_error("opening the log", e))?;
+    use std::os::unix::process::CommandExt as _;
     let child = std::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(stderr)
+        // Its own process group: stopping the container signals the group,
+        // so whatever it started stops too.
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(child) => child,
@@ -562,7 +588,12 @@ pub fn shim(dir: &Path, argv: &[String]) -> Result<i32> {
             return Ok(127);
         }
     };
-    write_atomic(&dir.join("pid"), child.id().to_string().as_bytes())
+    let pid = child.id();
+    let record = match start_time(pid) {
+        Some(t) => format!("{pid} {t}"),
+        None => pid.to_string(),
+    };
+    write_atomic(&dir.join("pid"), record.as_bytes())
         .map_err(|e| io_error("writing the pid", e))?;
     let status = child
         .wait()
@@ -613,11 +644,16 @@ mod tests {
     }
 
     #[test]
-    fn dead_processes_are_not_alive() {
-        assert!(alive(std::process::id()));
+    fn dead_or_other_processes_are_not_alive() {
+        let me = std::process::id();
+        assert!(alive(me, start_time(me)));
+        assert!(
+            !alive(me, start_time(me).map(|t| t + 1)),
+            "a reused pid is another process"
+        );
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(!alive(pid));
+        assert!(!alive(pid, None));
     }
 }

@@ -335,7 +335,7 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
         // subscription, so every dependent is checked again).
         let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
         let (rs_gone_tx, rs_gone_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
-        let forwarders = vec![
+        let forwarders = [
             forward_deletions(shared.replicasets.subscribe(), gone_tx.clone()),
             forward_deletions(shared.replicationcontrollers.subscribe(), gone_tx),
             forward_deletions(shared.deployments.subscribe(), rs_gone_tx),
