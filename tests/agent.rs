@@ -722,6 +722,55 @@ async fn containers_that_cannot_start_wait_with_a_reason_while_the_others_run() 
     assert!(running(&pod, "good"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rides_out_an_api_server_restart() {
+    let image = skiff_e2e::test_image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
+    let mut server = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let addr = server.addr;
+    let node = AgentNode::start(&server.url(), "apirestart").unwrap();
+    let channel = skiff_client::connect_lazy(&server.url()).unwrap();
+    let pods = Api::<Pod>::new(channel);
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]}
+        }))
+        .unwrap()
+    };
+    let is_running = async |name: &str| {
+        pods.get("default", name)
+            .await
+            .is_ok_and(|p| running(&p, "main"))
+    };
+    pods.create(pod("before")).await.unwrap();
+    wait_until("the first pod runs", Duration::from_secs(60), async || {
+        is_running("before").await
+    })
+    .await;
+    let first_id = docker_id(&pods.get("default", "before").await.unwrap(), "main");
+
+    server.process.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _restarted = skiff_e2e::ServerProcess::start_at(addr, &args).unwrap();
+    pods.create(pod("after")).await.unwrap();
+    wait_until(
+        "a pod created after the restart runs",
+        Duration::from_secs(60),
+        async || is_running("after").await,
+    )
+    .await;
+    let before = pods.get("default", "before").await.unwrap();
+    assert_eq!(
+        docker_id(&before, "main"),
+        first_id,
+        "the first pod was left alone"
+    );
+    assert_eq!(container(&before, "main").unwrap().restart_count, 0);
+}
+
 /// The same pod semantics on the process runtime, where the host allows
 /// them: pods share the host network, so "localhost" is the host's.
 mod process_runtime {

@@ -614,3 +614,147 @@ async fn deleting_a_namespace_removes_everything_in_it() {
         "no default account comes back"
     );
 }
+
+async fn pods_of(env: &Env, app: &str) -> Vec<Pod> {
+    Api::<Pod>::new(env.channel.clone())
+        .list(ListRequest {
+            namespace: "default".into(),
+            label_selector: format!("app={app}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_deletion_releases_the_pods_and_foreground_waits_for_them() {
+    let env = env(None).await;
+    let sets = Api::<ReplicaSet>::new(env.channel.clone());
+    sets.create(replicaset("kept", 2)).await.unwrap();
+    sets.create(replicaset("awaited", 2)).await.unwrap();
+    wait_running(&env, "kept", 2).await;
+    wait_running(&env, "awaited", 2).await;
+
+    // Orphan: the set goes, its pods stay, owned by nobody.
+    sets.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "kept".into(),
+        propagation_policy: "Orphan".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sets.get("default", "kept").await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaning set is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pods = pods_of(&env, "kept").await;
+    assert_eq!(pods.len(), 2, "the pods stay");
+    assert!(
+        pods.iter()
+            .all(|p| p.metadata.as_ref().unwrap().owner_references.is_empty()),
+        "and belong to nobody"
+    );
+
+    // Foreground: the set is marked, its pods go first, then it goes.
+    let marked = sets
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "awaited".into(),
+            propagation_policy: "Foreground".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let meta = marked.metadata.unwrap();
+    assert!(meta.deletion_timestamp.is_some());
+    assert_eq!(meta.finalizers, vec!["foregroundDeletion".to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let set_there = sets.get("default", "awaited").await.is_ok();
+        let pods_left = pods_of(&env, "awaited").await.len();
+        assert!(
+            set_there || pods_left == 0,
+            "the set went before its {pods_left} pods"
+        );
+        if !set_there {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the foreground deletion did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_deleted_in_the_foreground_goes_after_its_sets_and_pods() {
+    use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
+    let env = env(None).await;
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    let sets = Api::<ReplicaSet>::new(env.channel.clone());
+    deployments
+        .create(Deployment {
+            metadata: Some(ObjectMeta {
+                name: "fg".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                selector: Some(LabelSelector {
+                    match_labels: [("app".to_string(), "fg".to_string())].into(),
+                    ..Default::default()
+                }),
+                template: Some(template("fg")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_running(&env, "fg", 3).await;
+    deployments
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "fg".into(),
+            propagation_policy: "Foreground".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let deployment_there = deployments.get("default", "fg").await.is_ok();
+        let sets_left = sets
+            .list(ListRequest {
+                namespace: "default".into(),
+                label_selector: "app=fg".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .len();
+        let pods_left = pods_of(&env, "fg").await.len();
+        assert!(
+            deployment_there || sets_left + pods_left == 0,
+            "the deployment went before its {sets_left} sets and {pods_left} pods"
+        );
+        if !deployment_there {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the foreground deletion did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -200,7 +200,14 @@ impl ServerProcess {
     /// When the binary is missing or the server does not come up.
     pub fn start(store_args: &[String]) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        Self::start_at(format!("127.0.0.1:{port}").parse()?, store_args)
+    }
+
+    /// Starts `skiff server` on `addr` (a restart on the same address).
+    ///
+    /// # Errors
+    /// When the binary is missing or the server does not come up.
+    pub fn start_at(addr: SocketAddr, store_args: &[String]) -> anyhow::Result<Self> {
         let child = Command::new(skiff_binary()?)
             .arg("server")
             .arg("--listen")

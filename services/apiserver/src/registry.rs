@@ -33,6 +33,13 @@ pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 const LIST_CHUNK: usize = 500;
 /// Attempts of an unconditional update that keeps losing races.
 const MAX_RETRIES: usize = 16;
+/// Kinds whose deletion may wait for their dependents (Foreground) or
+/// release them (Orphan): the owners the garbage collector knows.
+pub const OWNER_KINDS: &[&str] = &["ReplicaSet", "ReplicationController", "Deployment"];
+/// The finalizer of a Foreground deletion.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of an Orphan deletion.
+pub const ORPHAN_FINALIZER: &str = "orphan";
 /// Events buffered per watch response stream.
 const WATCH_STREAM_BUFFER: usize = 256;
 /// Namespaces that exist from the start and cannot be deleted.
@@ -733,20 +740,20 @@ impl Registry {
     pub async fn delete<K: Strategy>(&self, req: DeleteRequest) -> Result<K> {
         let namespace = effective_namespace::<K>(&req.namespace);
         let name = req.name.clone();
-        match req.propagation_policy.as_str() {
-            "" | "Background" => {}
-            "Foreground" | "Orphan" => {
-                return Err(ApiError::Unsupported(format!(
-                    "propagationPolicy {:?} needs the garbage collector, which this server does not run yet; use \"Background\"",
-                    req.propagation_policy
-                )));
-            }
+        // Foreground and Orphan are finalizers the garbage collector acts
+        // on (deleting, or releasing, the dependents first). Only kinds
+        // that own others take them; for the rest they mean Background.
+        let propagation = match req.propagation_policy.as_str() {
+            "" | "Background" => None,
+            "Foreground" | "Orphan" if !OWNER_KINDS.contains(&K::KIND) => None,
+            "Foreground" => Some(FOREGROUND_FINALIZER),
+            "Orphan" => Some(ORPHAN_FINALIZER),
             other => {
                 return Err(ApiError::Invalid(format!(
                     "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
                 )));
             }
-        }
+        };
         if K::KIND == "Namespace" && SYSTEM_NAMESPACES.contains(&name.as_str()) {
             return Err(ApiError::Forbidden(format!(
                 "namespace {name:?} may not be deleted: it is a system namespace"
@@ -806,6 +813,15 @@ impl Registry {
                     Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
                     Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
                 }
+            }
+            let mut current = current;
+            let mut meta = meta;
+            if let Some(finalizer) = propagation
+                && meta.deletion_timestamp.is_none()
+                && !meta.finalizers.iter().any(|f| f == finalizer)
+            {
+                meta.finalizers.push(finalizer.to_string());
+                current.metadata_mut().finalizers = meta.finalizers.clone();
             }
             if !meta.finalizers.is_empty() {
                 if meta.deletion_timestamp.is_some()

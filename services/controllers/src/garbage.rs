@@ -147,3 +147,155 @@ impl<K: Resource> Reconciler for GarbageCollector<K> {
         Box::pin(self.sync(key))
     }
 }
+
+/// The finalizer of a Foreground deletion (the API server's).
+pub const FOREGROUND: &str = "foregroundDeletion";
+/// The finalizer of an Orphan deletion.
+pub const ORPHAN: &str = "orphan";
+
+/// Foreground and Orphan deletions of owners of kind `O` with dependents
+/// of kind `D`. An owner deleted with the `foregroundDeletion` finalizer
+/// has its dependents deleted first (themselves in the foreground, so a
+/// Deployment waits for its ReplicaSets' pods too) and goes once none is
+/// left; with `orphan`, its dependents lose their ownerReference to it
+/// and stay. Then the finalizer is removed, and the API server deletes the
+/// owner.
+pub struct Propagation<O, D> {
+    owners: (Api<O>, Store<O>),
+    dependents: (Api<D>, Store<D>),
+}
+
+impl<O: Resource, D: Resource> Propagation<O, D> {
+    /// Propagation over the shared caches.
+    pub fn new(owners: (Api<O>, Store<O>), dependents: (Api<D>, Store<D>)) -> Self {
+        Self { owners, dependents }
+    }
+
+    /// The owners of kind `O` a dependent names (to look at when it goes).
+    pub fn owners_of(dependent: &D) -> Vec<ObjectRef> {
+        let Some(meta) = dependent.metadata() else {
+            return Vec::new();
+        };
+        meta.owner_references
+            .iter()
+            .filter(|o| o.kind == O::KIND)
+            .map(|o| ObjectRef::new(meta.namespace.clone(), o.name.clone()))
+            .collect()
+    }
+
+    fn dependents_of(&self, namespace: &str, uid: &str) -> Vec<Arc<D>> {
+        self.dependents
+            .1
+            .list()
+            .into_iter()
+            .filter(|d| d.namespace() == namespace)
+            .filter(|d| {
+                d.metadata()
+                    .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
+            })
+            .collect()
+    }
+
+    /// Removes `finalizer` from the owner (which then goes, when it was
+    /// the last).
+    async fn finish(&self, key: &ObjectRef, uid: &str, finalizer: &str) -> Result<(), Error> {
+        let mut owner = match self.owners.0.get(&key.namespace, &key.name).await {
+            Ok(o) => o,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+            Err(s) => return Err(s.into()),
+        };
+        let meta = owner.metadata_mut();
+        if meta.uid != uid {
+            return Ok(());
+        }
+        meta.finalizers.retain(|f| f != finalizer);
+        owner.clear_status();
+        match self.owners.0.update(owner).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let Some(owner) = self.owners.1.get(&key.namespace, &key.name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let Some(meta) = owner.metadata().cloned() else {
+            return Ok(Action::AwaitChange);
+        };
+        if meta.deletion_timestamp.is_none() {
+            return Ok(Action::AwaitChange);
+        }
+        let dependents = self.dependents_of(&key.namespace, &meta.uid);
+        if meta.finalizers.iter().any(|f| f == ORPHAN) {
+            for dependent in &dependents {
+                let mut fresh = match self
+                    .dependents
+                    .0
+                    .get(&key.namespace, dependent.name())
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(s) if s.code() == tonic::Code::NotFound => continue,
+                    Err(s) => return Err(s.into()),
+                };
+                fresh
+                    .metadata_mut()
+                    .owner_references
+                    .retain(|o| o.uid != meta.uid);
+                fresh.clear_status();
+                match self.dependents.0.update(fresh).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            tracing::info!(kind = O::KIND, owner = %key, released = dependents.len(), "orphaned the dependents");
+            self.finish(&key, &meta.uid, ORPHAN).await?;
+            return Ok(Action::AwaitChange);
+        }
+        if meta.finalizers.iter().any(|f| f == FOREGROUND) {
+            for dependent in dependents
+                .iter()
+                .filter(|d| d.metadata().is_some_and(|m| m.deletion_timestamp.is_none()))
+            {
+                let request = DeleteRequest {
+                    namespace: key.namespace.clone(),
+                    name: dependent.name().to_string(),
+                    propagation_policy: "Foreground".into(),
+                    preconditions: Some(Preconditions {
+                        uid: dependent
+                            .metadata()
+                            .map(|m| m.uid.clone())
+                            .unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                match self.dependents.0.delete(request).await {
+                    Ok(_) => {}
+                    Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {}
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            if !dependents.is_empty() {
+                // Their deletions bring this owner back; the requeue is a
+                // safety net.
+                return Ok(Action::Requeue(std::time::Duration::from_secs(2)));
+            }
+            self.finish(&key, &meta.uid, FOREGROUND).await?;
+        }
+        Ok(Action::AwaitChange)
+    }
+}
+
+impl<O: Resource, D: Resource> Reconciler for Propagation<O, D> {
+    fn name(&self) -> &'static str {
+        "garbagecollector"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+}

@@ -382,7 +382,55 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
             rs_gone_rx,
             workers,
         );
-        futures::future::join(pods, replicasets).await;
+        let rs_pods = propagate(
+            garbage::Propagation::new(
+                (
+                    Api::<ReplicaSet>::new(shared.channel.clone()),
+                    shared.replicasets.store.clone(),
+                ),
+                (
+                    Api::<Pod>::new(shared.channel.clone()),
+                    shared.pods.store.clone(),
+                ),
+            ),
+            shared.replicasets.store.clone(),
+            shared.replicasets.subscribe(),
+            shared.pods.subscribe(),
+            workers,
+        );
+        let rc_pods = propagate(
+            garbage::Propagation::new(
+                (
+                    Api::<ReplicationController>::new(shared.channel.clone()),
+                    shared.replicationcontrollers.store.clone(),
+                ),
+                (
+                    Api::<Pod>::new(shared.channel.clone()),
+                    shared.pods.store.clone(),
+                ),
+            ),
+            shared.replicationcontrollers.store.clone(),
+            shared.replicationcontrollers.subscribe(),
+            shared.pods.subscribe(),
+            workers,
+        );
+        let deployment_sets = propagate(
+            garbage::Propagation::new(
+                (
+                    Api::<Deployment>::new(shared.channel.clone()),
+                    shared.deployments.store.clone(),
+                ),
+                (
+                    Api::<ReplicaSet>::new(shared.channel.clone()),
+                    shared.replicasets.store.clone(),
+                ),
+            ),
+            shared.deployments.store.clone(),
+            shared.deployments.subscribe(),
+            shared.replicasets.subscribe(),
+            workers,
+        );
+        futures::join!(pods, replicasets, rs_pods, rc_pods, deployment_sets);
         forwarders.iter().for_each(|f| f.abort());
     }
     .boxed()
@@ -450,6 +498,54 @@ async fn collect<K: skiff::Resource>(
         })
     };
     work(gc, queue, workers, feeder).await;
+}
+
+/// Runs Foreground/Orphan propagation for owners of kind `O`: an owner
+/// that changes, and the owners of every dependent that changes, are
+/// looked at.
+async fn propagate<O: skiff::Resource, D: skiff::Resource>(
+    propagation: garbage::Propagation<O, D>,
+    owners: skiff_client::Store<O>,
+    mut owner_changes: tokio::sync::broadcast::Receiver<Change<O>>,
+    mut dependent_changes: tokio::sync::broadcast::Receiver<Change<D>>,
+    workers: usize,
+) {
+    let queue = WorkQueue::new();
+    let deleting = {
+        let (queue, owners) = (queue.clone(), owners.clone());
+        move || {
+            owners
+                .list()
+                .iter()
+                .filter(|o| o.metadata().is_some_and(|m| m.deletion_timestamp.is_some()))
+                .for_each(|o| queue.add(o.object_ref()))
+        }
+    };
+    deleting();
+    let feeder = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                tokio::select! {
+                    change = owner_changes.recv() => match change {
+                        Ok(Change::Applied(o)) => queue.add(o.object_ref()),
+                        Ok(Change::Deleted(_)) => {}
+                        Err(RecvError::Lagged(_)) => deleting(),
+                        Err(RecvError::Closed) => return,
+                    },
+                    change = dependent_changes.recv() => match change {
+                        Ok(Change::Applied(d) | Change::Deleted(d)) => {
+                            garbage::Propagation::<O, D>::owners_of(&d).into_iter().for_each(|k| queue.add(k));
+                        }
+                        Err(RecvError::Lagged(_)) => deleting(),
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        })
+    };
+    work(Arc::new(propagation), queue, workers, feeder).await;
 }
 
 fn deployment_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
