@@ -431,3 +431,109 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_stopped_agent_are_recreated_on_the_other_node() {
+    let image = skiff_e2e::test_image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let mut doomed = AgentNode::start(&url, "doomed").unwrap();
+    let survivor = AgentNode::start(&url, "survivor").unwrap();
+    let _scheduler = skiff_e2e::SchedulerProcess::start(&url, "s1", 2).unwrap();
+    let _cm = skiff_e2e::controller_manager_with(
+        &url,
+        &[],
+        &[
+            "--node-monitor-grace-period-secs=3",
+            "--pod-eviction-timeout-secs=2",
+        ],
+    )
+    .unwrap();
+    let nodes = Api::<skiff::pb::core::v1::Node>::new(channel.clone());
+    wait_until(
+        "both nodes are Ready",
+        Duration::from_secs(30),
+        async || {
+            let mut ready = 0;
+            for name in [&doomed.name, &survivor.name] {
+                if nodes.get("", name).await.is_ok_and(|n| {
+                    n.status.is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.r#type == "Ready" && c.status == "True")
+                    })
+                }) {
+                    ready += 1;
+                }
+            }
+            ready == 2
+        },
+    )
+    .await;
+    let rc: ReplicationController = serde_json::from_value(json!({
+        "metadata": {"name": "spread", "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"app": "spread"},
+            "template": {
+                "metadata": {"labels": {"app": "spread"}},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}]}
+            }
+        }
+    }))
+    .unwrap();
+    Api::<ReplicationController>::new(channel.clone())
+        .create(rc)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::new(channel.clone());
+    let live_on = async |node: &str| -> usize {
+        pods.list(ListRequest {
+            namespace: "default".into(),
+            label_selector: "app=spread".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.spec.as_ref().unwrap().node_name == node)
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
+        .filter(|p| p.metadata.as_ref().unwrap().deletion_timestamp.is_none())
+        .count()
+    };
+    wait_until(
+        "one pod runs on each node",
+        Duration::from_secs(60),
+        async || live_on(&doomed.name).await == 1 && live_on(&survivor.name).await == 1,
+    )
+    .await;
+
+    doomed.kill9();
+    wait_until(
+        "the stopped node goes NotReady",
+        Duration::from_secs(30),
+        async || {
+            nodes.get("", &doomed.name).await.is_ok_and(|n| {
+                n.status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "Ready" && c.status == "Unknown")
+                })
+            })
+        },
+    )
+    .await;
+    wait_until(
+        "both pods run on the survivor",
+        Duration::from_secs(60),
+        async || live_on(&survivor.name).await == 2,
+    )
+    .await;
+    assert_eq!(live_on(&doomed.name).await, 0);
+}
