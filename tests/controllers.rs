@@ -84,27 +84,9 @@ fn replicaset(name: &str, replicas: i32) -> ReplicaSet {
     }
 }
 
-/// Running pods labelled app=`app`.
+/// Running (not terminating) pods labelled app=`app`.
 async fn running(env: &Env, app: &str) -> Vec<Pod> {
-    let pods = Api::<Pod>::new(env.channel.clone());
-    pods.list(ListRequest {
-        namespace: "default".into(),
-        label_selector: format!("app={app}"),
-        ..Default::default()
-    })
-    .await
-    .unwrap()
-    .items
-    .into_iter()
-    // A terminating pod (deletionTimestamp set) is on its way out, as
-    // kubectl's "Terminating" says.
-    .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
-    .filter(|p| {
-        p.metadata
-            .as_ref()
-            .is_some_and(|m| m.deletion_timestamp.is_none())
-    })
-    .collect()
+    skiff_e2e::live_pods(&env.channel, "default", &format!("app={app}")).await
 }
 
 async fn wait_running(env: &Env, app: &str, n: usize) -> Vec<Pod> {
@@ -616,15 +598,7 @@ async fn deleting_a_namespace_removes_everything_in_it() {
 }
 
 async fn pods_of(env: &Env, app: &str) -> Vec<Pod> {
-    Api::<Pod>::new(env.channel.clone())
-        .list(ListRequest {
-            namespace: "default".into(),
-            label_selector: format!("app={app}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .items
+    skiff_e2e::list(&env.channel, "default", &format!("app={app}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -594,3 +594,43 @@ impl Drop for AgentNode {
             .status();
     }
 }
+
+/// The objects of kind `K` in `namespace` that `selector` picks.
+///
+/// # Panics
+/// When the API does not answer (a test failure).
+pub async fn list<K: skiff::Resource>(
+    channel: &tonic::transport::Channel,
+    namespace: &str,
+    selector: &str,
+) -> Vec<K> {
+    let list = skiff_client::Api::<K>::new(channel.clone())
+        .list(skiff::pb::api::v1::ListRequest {
+            namespace: namespace.into(),
+            label_selector: selector.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("listing");
+    let (_, items) = K::list_parts(list);
+    items
+}
+
+/// The pods `selector` picks that run and are not terminating (what
+/// kubectl shows as Running).
+pub async fn live_pods(
+    channel: &tonic::transport::Channel,
+    namespace: &str,
+    selector: &str,
+) -> Vec<skiff::pb::core::v1::Pod> {
+    list::<skiff::pb::core::v1::Pod>(channel, namespace, selector)
+        .await
+        .into_iter()
+        .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
+        .filter(|p| {
+            p.metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_none())
+        })
+        .collect()
+}

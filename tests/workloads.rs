@@ -68,23 +68,7 @@ impl Env {
 
     /// Pods of `app` in `namespace` that run (not terminating), on Docker.
     async fn running(&self, namespace: &str, app: &str) -> Vec<Pod> {
-        let pods = Api::<Pod>::new(self.channel.clone());
-        pods.list(ListRequest {
-            namespace: namespace.into(),
-            label_selector: format!("app={app}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.status.as_ref().is_some_and(|s| s.phase == "Running"))
-        .filter(|p| {
-            p.metadata
-                .as_ref()
-                .is_some_and(|m| m.deletion_timestamp.is_none())
-        })
-        .collect()
+        skiff_e2e::live_pods(&self.channel, namespace, &format!("app={app}")).await
     }
 
     async fn wait_running(&self, namespace: &str, app: &str, n: usize) -> Vec<Pod> {
@@ -332,15 +316,7 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         seen.fewest_ready >= 2,
         "never fewer than replicas - maxUnavailable ready: {seen:?}"
     );
-    let sets = Api::<ReplicaSet>::new(env.channel.clone());
-    let all_sets = sets
-        .list(ListRequest {
-            namespace: "default".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .items;
+    let all_sets = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "").await;
     assert_eq!(all_sets.len(), 2, "one set per template");
     let events = Api::<skiff::pb::core::v1::Event>::new(env.channel.clone())
         .list(ListRequest {
@@ -377,14 +353,8 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         Some("3")
     );
     assert!(!annotations.contains_key("skiff.dev/rollback-to-revision"));
-    let count = sets
-        .list(ListRequest {
-            namespace: "default".into(),
-            ..Default::default()
-        })
+    let count = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "")
         .await
-        .unwrap()
-        .items
         .len();
     assert_eq!(count, 2, "the first template's set is used again");
 
@@ -397,28 +367,15 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         })
         .await
         .unwrap();
-    let pods = Api::<Pod>::new(env.channel.clone());
     wait_until(
         "its sets and pods are gone",
         Duration::from_secs(60),
         async || {
-            let sets_left = sets
-                .list(ListRequest {
-                    namespace: "default".into(),
-                    ..Default::default()
-                })
+            let sets_left = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "")
                 .await
-                .unwrap()
-                .items
                 .len();
-            let pods_left = pods
-                .list(ListRequest {
-                    namespace: "default".into(),
-                    ..Default::default()
-                })
+            let pods_left = skiff_e2e::list::<Pod>(&env.channel, "default", "")
                 .await
-                .unwrap()
-                .items
                 .len();
             sets_left == 0 && pods_left == 0
         },

@@ -10,9 +10,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::NODE_LEASE_NAMESPACE;
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
-use skiff::pb::coordination::v1::{Lease, LeaseSpec};
+use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStatus, Node, NodeCondition, NodeStatus,
     NodeSystemInfo, Pod, PodCondition, PodStatus,
@@ -138,31 +137,7 @@ async fn register(api: &Api<Node>, config: &Config, name: &str) -> Result<(), to
 
 /// Creates or renews one node's lease.
 async fn renew(api: &Api<Lease>, config: &Config, name: &str) -> Result<(), tonic::Status> {
-    let spec = LeaseSpec {
-        holder_identity: Some(name.to_string()),
-        lease_duration_seconds: Some((config.lease_renew.as_secs() * 4).max(1) as i32),
-        renew_time: Some(skiff::time::now()),
-        ..Default::default()
-    };
-    match api.get(NODE_LEASE_NAMESPACE, name).await {
-        Ok(mut lease) => {
-            lease.spec = Some(spec);
-            api.update(lease).await.map(|_| ())
-        }
-        Err(s) if s.code() == tonic::Code::NotFound => api
-            .create(Lease {
-                metadata: Some(ObjectMeta {
-                    name: name.to_string(),
-                    namespace: NODE_LEASE_NAMESPACE.into(),
-                    ..Default::default()
-                }),
-                spec: Some(spec),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ()),
-        Err(s) => Err(s),
-    }
+    crate::node::renew_lease(api, name, config.lease_renew).await
 }
 
 /// The status a hollow node reports for a pod it "runs".

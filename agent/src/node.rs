@@ -156,15 +156,23 @@ async fn post_status(
     api.update_status(node).await.map(|_| ())
 }
 
-/// Creates or renews the node's lease.
-async fn renew(api: &Api<Lease>, facts: &NodeFacts) -> Result<(), tonic::Status> {
+/// Creates or renews the lease of node `name` in `kube-node-lease`,
+/// valid for 4 renewal periods (the kubelet's 40 s for 10 s renewals).
+///
+/// # Errors
+/// What the API said.
+pub async fn renew_lease(
+    api: &Api<Lease>,
+    name: &str,
+    period: Duration,
+) -> Result<(), tonic::Status> {
     let spec = LeaseSpec {
-        holder_identity: Some(facts.name.clone()),
-        lease_duration_seconds: Some((facts.lease_renew.as_secs() * 4).max(1) as i32),
+        holder_identity: Some(name.to_string()),
+        lease_duration_seconds: Some((period.as_secs() * 4).max(1) as i32),
         renew_time: Some(skiff::time::now()),
         ..Default::default()
     };
-    match api.get(NODE_LEASE_NAMESPACE, &facts.name).await {
+    match api.get(NODE_LEASE_NAMESPACE, name).await {
         Ok(mut lease) => {
             lease.spec = Some(spec);
             api.update(lease).await.map(|_| ())
@@ -172,7 +180,7 @@ async fn renew(api: &Api<Lease>, facts: &NodeFacts) -> Result<(), tonic::Status>
         Err(s) if s.code() == tonic::Code::NotFound => api
             .create(Lease {
                 metadata: Some(ObjectMeta {
-                    name: facts.name.clone(),
+                    name: name.to_string(),
                     namespace: NODE_LEASE_NAMESPACE.into(),
                     ..Default::default()
                 }),
@@ -208,7 +216,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = lease_tick.tick() => {
-                if let Err(s) = renew(&leases, &facts).await {
+                if let Err(s) = renew_lease(&leases, &facts.name, facts.lease_renew).await {
                     tracing::warn!(node = %facts.name, status = %s, "renewing the node lease");
                 }
             }

@@ -275,6 +275,17 @@ impl DockerRuntime {
         labels.into_iter().collect()
     }
 
+    /// Creates a container named `name`; returns its id.
+    async fn create_named(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_error)?;
+        Ok(created.id)
+    }
+
     async fn inspect(&self, id: &str, ip: Option<String>) -> Result<Container> {
         let found = self
             .docker
@@ -378,16 +389,9 @@ impl Runtime for DockerRuntime {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(docker_error)?;
-        self.start(&created.id).await?;
-        Ok(created.id)
+        let id = self.create_named(&spec.name, body).await?;
+        self.start(&id).await?;
+        Ok(id)
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
@@ -420,15 +424,7 @@ impl Runtime for DockerRuntime {
             host_config: Some(host_config),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(docker_error)?;
-        Ok(created.id)
+        self.create_named(&spec.name, body).await
     }
 
     async fn start(&self, id: &str) -> Result<()> {

@@ -797,21 +797,11 @@ impl Registry {
                 {
                     return Ok(current);
                 }
-                let mut marked = current.clone();
-                let m = marked.metadata_mut();
-                let mut at = now();
-                at.seconds += grace;
-                m.deletion_timestamp = Some(at);
-                m.deletion_grace_period_seconds = Some(grace);
-                marked.mark_deleting();
-                let bytes = admit(&marked)?;
-                match self.store.update(&key, bytes, Some(mod_rev)).await {
-                    Ok(rev) => {
-                        marked.metadata_mut().resource_version = rev.to_string();
-                        return Ok(marked);
-                    }
+                match self.mark_deleted(&current, &key, mod_rev, grace).await {
                     Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
-                    Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+                    result => {
+                        return result.map_err(|e| self.write_error::<K>(e, &namespace, &name))?;
+                    }
                 }
             }
             let mut current = current;
@@ -829,19 +819,12 @@ impl Registry {
                 {
                     return Ok(current);
                 }
-                let mut marked = current.clone();
-                let m = marked.metadata_mut();
-                m.deletion_timestamp = Some(now());
-                m.deletion_grace_period_seconds = Some(req.grace_period_seconds.unwrap_or(0));
-                marked.mark_deleting();
-                let bytes = admit(&marked)?;
-                match self.store.update(&key, bytes, Some(mod_rev)).await {
-                    Ok(rev) => {
-                        marked.metadata_mut().resource_version = rev.to_string();
-                        return Ok(marked);
-                    }
+                let grace = req.grace_period_seconds.unwrap_or(0);
+                match self.mark_deleted(&current, &key, mod_rev, grace).await {
                     Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
-                    Err(e) => return Err(self.write_error::<K>(e, &namespace, &name)),
+                    result => {
+                        return result.map_err(|e| self.write_error::<K>(e, &namespace, &name))?;
+                    }
                 }
             }
             match self.store.delete(&key, Some(mod_rev)).await {
@@ -859,6 +842,32 @@ impl Registry {
             K::KIND,
             object_name(&namespace, &name)
         )))
+    }
+
+    /// Marks an object deleted (deletionTimestamp `grace` seconds ahead,
+    /// deletionGracePeriodSeconds) at `mod_rev`; it stays until its
+    /// finalizers are gone or its agent finishes it.
+    async fn mark_deleted<K: Strategy>(
+        &self,
+        current: &K,
+        key: &str,
+        mod_rev: i64,
+        grace: i64,
+    ) -> Result<Result<K>, skiff_store::Error> {
+        let mut marked = current.clone();
+        let m = marked.metadata_mut();
+        let mut at = now();
+        at.seconds += grace;
+        m.deletion_timestamp = Some(at);
+        m.deletion_grace_period_seconds = Some(grace);
+        marked.mark_deleting();
+        let bytes = match admit(&marked) {
+            Ok(bytes) => bytes,
+            Err(e) => return Ok(Err(e)),
+        };
+        let rev = self.store.update(key, bytes, Some(mod_rev)).await?;
+        marked.metadata_mut().resource_version = rev.to_string();
+        Ok(Ok(marked))
     }
 
     fn write_error<K: Strategy>(
