@@ -732,3 +732,142 @@ async fn a_deployment_deleted_in_the_foreground_goes_after_its_sets_and_pods() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Deployment {
+    use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
+    Deployment {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: Some(LabelSelector {
+                match_labels: [("app".to_string(), name.to_string())].into(),
+                ..Default::default()
+            }),
+            template: Some(template(name)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn sets_of(env: &Env, app: &str) -> Vec<ReplicaSet> {
+    skiff_e2e::list(&env.channel, "default", &format!("app={app}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_deployments_wait_recreate_replaces_all_and_stuck_rollouts_time_out() {
+    use skiff::pb::apps::v1::{Deployment, DeploymentStrategy};
+    let env = env(None).await;
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    let update = async |name: &str, change: &dyn Fn(&mut Deployment)| {
+        for _ in 0..10 {
+            let mut d = deployments.get("default", name).await.unwrap();
+            change(&mut d);
+            d.status = None;
+            match deployments.update(d).await {
+                Ok(_) => return,
+                Err(s) if s.code() == tonic::Code::Aborted => continue,
+                Err(s) => panic!("updating {name}: {s}"),
+            }
+        }
+    };
+    let set_image = |image: &'static str| {
+        move |d: &mut Deployment| {
+            let spec = d.spec.as_mut().unwrap();
+            spec.template
+                .as_mut()
+                .unwrap()
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0]
+                .image = image.into();
+        }
+    };
+
+    // Paused: a template change makes no new set until resumed.
+    let mut paused = deployment("paused", 2);
+    paused.spec.as_mut().unwrap().paused = true;
+    deployments.create(paused).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sets_of(&env, "paused").await.is_empty(),
+        "a paused deployment rolls nothing out"
+    );
+    update("paused", &|d| d.spec.as_mut().unwrap().paused = false).await;
+    wait_running(&env, "paused", 2).await;
+    update("paused", &|d| d.spec.as_mut().unwrap().paused = true).await;
+    update("paused", &set_image("busybox:2")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sets_of(&env, "paused").await.len(),
+        1,
+        "no rollout while paused"
+    );
+    update("paused", &|d| d.spec.as_mut().unwrap().paused = false).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sets_of(&env, "paused").await.len() != 2 {
+        assert!(Instant::now() < deadline, "resuming did not roll out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Recreate: every old pod goes before a new one exists.
+    let mut recreate = deployment("recreate", 3);
+    recreate.spec.as_mut().unwrap().strategy = Some(DeploymentStrategy {
+        r#type: "Recreate".into(),
+        rolling_update: None,
+    });
+    deployments.create(recreate).await.unwrap();
+    wait_running(&env, "recreate", 3).await;
+    update("recreate", &set_image("busybox:2")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = pods_of(&env, "recreate").await;
+        let image = |p: &Pod| p.spec.as_ref().unwrap().containers[0].image.clone();
+        let old = pods.iter().filter(|p| image(p) != "busybox:2").count();
+        let new = pods.iter().filter(|p| image(p) == "busybox:2").count();
+        assert!(
+            old == 0 || new == 0,
+            "old and new pods at once: {old} old, {new} new"
+        );
+        if new == 3 && running(&env, "recreate").await.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recreate did not finish: {old} old, {new} new"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A rollout that cannot progress (its pods fit no node) times out.
+    let mut stuck = deployment("stuck", 1);
+    let spec = stuck.spec.as_mut().unwrap();
+    spec.progress_deadline_seconds = Some(2);
+    spec.template
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .node_selector = [("disk".to_string(), "none-has-it".to_string())].into();
+    deployments.create(stuck).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = deployments.get("default", "stuck").await.unwrap();
+        let timed_out = d.status.unwrap_or_default().conditions.iter().any(|c| {
+            c.r#type == "Progressing"
+                && c.status == "False"
+                && c.reason == "ProgressDeadlineExceeded"
+        });
+        if timed_out {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no ProgressDeadlineExceeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

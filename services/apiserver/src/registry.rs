@@ -819,7 +819,9 @@ impl Registry {
                 {
                     return Ok(current);
                 }
-                let grace = req.grace_period_seconds.unwrap_or(0);
+                // Kinds without graceful deletion have no grace period: the
+                // object goes as soon as its finalizers do.
+                let grace = 0;
                 match self.mark_deleted(&current, &key, mod_rev, grace).await {
                     Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,
                     result => {

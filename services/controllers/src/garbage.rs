@@ -118,9 +118,11 @@ impl<K: Resource> GarbageCollector<K> {
             .delete(DeleteRequest {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
+                // The version the decision was made on: a dependent released
+                // meanwhile (an Orphan deletion) is not deleted.
                 preconditions: Some(Preconditions {
                     uid: meta.uid.clone(),
-                    ..Default::default()
+                    resource_version: meta.resource_version.clone(),
                 }),
                 ..Default::default()
             })
@@ -217,6 +219,25 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
         }
     }
 
+    /// Removes a dependent's ownerReference to `uid`.
+    async fn release(&self, namespace: &str, name: &str, uid: &str) -> Result<(), Error> {
+        let mut fresh = match self.dependents.0.get(namespace, name).await {
+            Ok(d) => d,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+            Err(s) => return Err(s.into()),
+        };
+        fresh
+            .metadata_mut()
+            .owner_references
+            .retain(|o| o.uid != uid);
+        fresh.clear_status();
+        match self.dependents.0.update(fresh).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(s.into()),
+        }
+    }
+
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(owner) = self.owners.1.get(&key.namespace, &key.name) else {
             return Ok(Action::AwaitChange);
@@ -230,32 +251,24 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
         let dependents = self.dependents_of(&key.namespace, &meta.uid);
         if meta.finalizers.iter().any(|f| f == ORPHAN) {
             for dependent in &dependents {
-                let mut fresh = match self
-                    .dependents
-                    .0
-                    .get(&key.namespace, dependent.name())
-                    .await
-                {
-                    Ok(d) => d,
-                    Err(s) if s.code() == tonic::Code::NotFound => continue,
-                    Err(s) => return Err(s.into()),
-                };
-                fresh
-                    .metadata_mut()
-                    .owner_references
-                    .retain(|o| o.uid != meta.uid);
-                fresh.clear_status();
-                match self.dependents.0.update(fresh).await {
-                    Ok(_) => {}
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => return Err(s.into()),
-                }
+                self.release(&key.namespace, dependent.name(), &meta.uid)
+                    .await?;
             }
             tracing::info!(kind = O::KIND, owner = %key, released = dependents.len(), "orphaned the dependents");
             self.finish(&key, &meta.uid, ORPHAN).await?;
             return Ok(Action::AwaitChange);
         }
         if meta.finalizers.iter().any(|f| f == FOREGROUND) {
+            // A dependent with other owners is only released from this one.
+            let (shared, dependents): (Vec<Arc<D>>, Vec<Arc<D>>) =
+                dependents.into_iter().partition(|d| {
+                    d.metadata()
+                        .is_some_and(|m| m.owner_references.iter().any(|o| o.uid != meta.uid))
+                });
+            for dependent in &shared {
+                self.release(&key.namespace, dependent.name(), &meta.uid)
+                    .await?;
+            }
             for dependent in dependents
                 .iter()
                 .filter(|d| d.metadata().is_some_and(|m| m.deletion_timestamp.is_none()))

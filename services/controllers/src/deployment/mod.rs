@@ -42,17 +42,24 @@ use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 pub const HASH_LABEL: &str = "pod-template-hash";
 /// A ReplicaSet's revision (and the Deployment's current one).
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
+/// The Deployment's replicas a ReplicaSet was last sized for.
+pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 /// Set on a Deployment to roll back to a revision (0: the previous one).
 pub const ROLLBACK_TO: &str = "skiff.dev/rollback-to-revision";
 
 /// The hash of a pod template, as the `pod-template-hash` label: FNV-1a
 /// over the template's encoding without that label.
-pub fn template_hash(template: Option<&PodTemplateSpec>) -> String {
+pub fn template_hash(template: Option<&PodTemplateSpec>, collisions: i32) -> String {
     let mut template = template.cloned().unwrap_or_default();
     if let Some(m) = template.metadata.as_mut() {
         m.labels.remove(HASH_LABEL);
     }
-    let bytes = prost::Message::encode_to_vec(&template);
+    let mut bytes = prost::Message::encode_to_vec(&template);
+    // After a name collision (a set by that name that is not ours), the
+    // count changes the hash, as Kubernetes' collisionCount does.
+    if collisions > 0 {
+        bytes.extend_from_slice(&collisions.to_le_bytes());
+    }
     let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     });
@@ -194,10 +201,7 @@ impl DeploymentController {
         next.metadata
             .get_or_insert_with(Default::default)
             .annotations
-            .insert(
-                "deployment.kubernetes.io/desired-replicas".into(),
-                d_replicas.to_string(),
-            );
+            .insert(DESIRED_REPLICAS.into(), d_replicas.to_string());
         next.status = None;
         *rs = self.replicasets.update(next).await?;
         let direction = if to > from { "up" } else { "down" };
@@ -243,7 +247,7 @@ impl DeploymentController {
                 annotations: BTreeMap::from([
                     (REVISION.to_string(), revision.to_string()),
                     (
-                        "deployment.kubernetes.io/desired-replicas".to_string(),
+                        DESIRED_REPLICAS.to_string(),
                         spec.replicas.unwrap_or(1).to_string(),
                     ),
                 ]),
@@ -259,6 +263,26 @@ impl DeploymentController {
             ..Default::default()
         };
         match self.replicasets.create(rs).await {
+            // The cache had not seen it yet: ours, if we control it.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                let name = format!("{}-{hash}", meta.name);
+                let existing = self.replicasets.get(&meta.namespace, &name).await?;
+                let ours = existing.metadata.as_ref().is_some_and(|m| {
+                    m.owner_references
+                        .iter()
+                        .any(|o| o.controller == Some(true) && o.uid == meta.uid)
+                });
+                if ours {
+                    return Ok(existing);
+                }
+                let mut bumped = d.clone();
+                let status = bumped.status.get_or_insert_with(Default::default);
+                status.collision_count = Some(status.collision_count.unwrap_or(0) + 1);
+                self.deployments.update_status(bumped).await?;
+                Err(Error::Other(format!(
+                    "replica set {name:?} exists and is not this deployment's: trying another name"
+                )))
+            }
             Ok(rs) => {
                 let message = format!(
                     "Created new replica set {} (revision {revision})",
@@ -364,11 +388,19 @@ impl DeploymentController {
         let spec = d.spec.clone().unwrap_or_default();
         let sel = selector(spec.selector.as_ref())?;
         let mut owned = self.owned(&d, &sel).await?;
-        if let Some(wanted) = meta.annotations.get(ROLLBACK_TO) {
+        // A paused Deployment keeps the request until it is resumed.
+        if let Some(wanted) = meta.annotations.get(ROLLBACK_TO)
+            && !spec.paused
+        {
             return self.rollback(&d, wanted, &owned).await;
         }
         let want = spec.replicas.unwrap_or(1);
-        let hash = template_hash(spec.template.as_ref());
+        let collisions = d
+            .status
+            .as_ref()
+            .and_then(|s| s.collision_count)
+            .unwrap_or(0);
+        let hash = template_hash(spec.template.as_ref(), collisions);
         let max_revision = owned.iter().map(revision).max().unwrap_or(0);
         let mut step = Step::default();
 
@@ -390,34 +422,68 @@ impl DeploymentController {
         owned.sort_by_key(revision);
         let mut olds = owned;
 
-        // A template that comes back (rollback) is the newest revision again.
-        if let Some(rs) = new.as_mut()
-            && revision(rs) < max_revision
-            && !spec.paused
-        {
-            let mut next = rs.clone();
-            next.metadata
-                .get_or_insert_with(Default::default)
-                .annotations
-                .insert(REVISION.into(), (max_revision + 1).to_string());
-            next.status = None;
-            *rs = self.replicasets.update(next).await?;
+        // A template that comes back (rollback) is the newest revision
+        // again; minReadySeconds is not part of the template, so it follows.
+        if let Some(rs) = new.as_mut() {
+            let stale_revision = revision(rs) < max_revision && !spec.paused;
+            let stale_min_ready =
+                rs.spec.as_ref().map_or(0, |s| s.min_ready_seconds) != spec.min_ready_seconds;
+            if stale_revision || stale_min_ready {
+                let mut next = rs.clone();
+                if stale_revision {
+                    next.metadata
+                        .get_or_insert_with(Default::default)
+                        .annotations
+                        .insert(REVISION.into(), (max_revision + 1).to_string());
+                }
+                next.spec
+                    .get_or_insert_with(Default::default)
+                    .min_ready_seconds = spec.min_ready_seconds;
+                next.status = None;
+                *rs = self.replicasets.update(next).await?;
+            }
         }
 
         let strategy = spec.strategy.clone().unwrap_or_default();
         let mut requeue = None;
         if spec.paused {
-            // Scaling only: the newest set (or the largest) takes the
-            // difference.
+            // Scaling only, and only for a real scaling event (the sets
+            // were sized for another replica count): a pause mid-rollout
+            // keeps the surge. Growth goes to the newest set; shrinking
+            // takes from the oldest first.
             let total: i32 = new.iter().chain(olds.iter()).map(replicas).sum();
-            if total != want {
-                let target = match new.as_mut() {
-                    Some(rs) => Some(rs),
-                    None => olds.iter_mut().max_by_key(|rs| revision(rs)),
-                };
-                if let Some(rs) = target {
-                    let to = (replicas(rs) + want - total).max(0);
-                    self.scale(&d, rs, to).await?;
+            let sized_for = new
+                .as_ref()
+                .or_else(|| olds.iter().max_by_key(|rs| revision(rs)))
+                .and_then(|rs| {
+                    rs.metadata
+                        .as_ref()?
+                        .annotations
+                        .get(DESIRED_REPLICAS)
+                        .cloned()
+                });
+            if total != want && sized_for.as_deref() != Some(want.to_string().as_str()) {
+                if want > total {
+                    let target = match new.as_mut() {
+                        Some(rs) => Some(rs),
+                        None => olds.iter_mut().max_by_key(|rs| revision(rs)),
+                    };
+                    if let Some(rs) = target {
+                        let to = replicas(rs) + want - total;
+                        self.scale(&d, rs, to).await?;
+                    }
+                } else {
+                    let mut excess = total - want;
+                    for rs in olds.iter_mut().chain(new.as_mut()) {
+                        if excess == 0 {
+                            break;
+                        }
+                        let down = replicas(rs).min(excess);
+                        if down > 0 {
+                            self.scale(&d, rs, replicas(rs) - down).await?;
+                            excess -= down;
+                        }
+                    }
                 }
             }
         } else if let Some(new_rs) = new.as_mut() {
@@ -619,6 +685,16 @@ impl DeploymentController {
         let new_name = new.map_or(String::new(), |rs| rs.name().to_string());
         let deadline = spec.progress_deadline_seconds.unwrap_or(600);
         let mut requeue = None;
+        // More pods updated, ready or available is progress too.
+        let progressed = step.progressed
+            || updated > previous.updated_replicas
+            || available > previous.available_replicas
+            || sum(|s| s.ready_replicas) > previous.ready_replicas;
+        let step_reason = if step.progressed {
+            step.reason
+        } else {
+            "ReplicaSetUpdated"
+        };
         let progressing = if spec.paused {
             condition(
                 "Progressing",
@@ -635,9 +711,9 @@ impl DeploymentController {
                 format!("ReplicaSet {new_name:?} has successfully progressed."),
                 false,
             )
-        } else if step.progressed {
+        } else if progressed {
             let message = format!("ReplicaSet {new_name:?} is progressing.");
-            condition("Progressing", "True", step.reason, message, true)
+            condition("Progressing", "True", step_reason, message, true)
         } else {
             let before = previous
                 .conditions
@@ -647,7 +723,18 @@ impl DeploymentController {
                 .and_then(|c| c.last_update_time)
                 .map_or(now.seconds, |t| t.seconds);
             let waited = now_seconds() - since;
-            if before.is_some_and(|c| c.reason == "ProgressDeadlineExceeded")
+            // A finished or paused rollout has no deadline running: its
+            // clock starts now.
+            let idle = before.is_none_or(|c| {
+                c.reason == "NewReplicaSetAvailable" || c.reason == "DeploymentPaused"
+            });
+            if idle {
+                requeue = Some(Duration::from_secs(
+                    u64::try_from(deadline.max(1)).unwrap_or(1),
+                ));
+                let message = format!("ReplicaSet {new_name:?} is progressing.");
+                condition("Progressing", "True", "ReplicaSetUpdated", message, true)
+            } else if before.is_some_and(|c| c.reason == "ProgressDeadlineExceeded")
                 || waited > i64::from(deadline)
             {
                 let message = format!("ReplicaSet {new_name:?} has timed out progressing.");
@@ -702,7 +789,7 @@ impl DeploymentController {
             self.deployments.update(annotated).await?;
             // The update comes back through the informer: the status is
             // written by that reconcile.
-            return Ok(Some(Duration::from_millis(10)));
+            return Ok(None);
         }
         if d.status.as_ref() != Some(&next) {
             let mut d = d.clone();
@@ -767,7 +854,7 @@ mod tests {
     fn the_hash_ignores_its_own_label_and_follows_the_template() {
         let a = template("one");
         let mut labelled = a.clone();
-        let h = template_hash(Some(&a));
+        let h = template_hash(Some(&a), 0);
         labelled
             .metadata
             .as_mut()
@@ -775,11 +862,11 @@ mod tests {
             .labels
             .insert(HASH_LABEL.into(), h.clone());
         assert_eq!(
-            template_hash(Some(&labelled)),
+            template_hash(Some(&labelled), 0),
             h,
             "a set's template hashes as its deployment's"
         );
-        assert_ne!(template_hash(Some(&template("two"))), h);
+        assert_ne!(template_hash(Some(&template("two")), 0), h);
         assert_eq!(h.len(), 8);
     }
 }

@@ -14,7 +14,8 @@ pub fn int_or_percent(value: Option<&Value>, replicas: i32, round_up: bool) -> R
         return Ok(0);
     };
     match kind {
-        Kind::NumberValue(n) => Ok(*n as i32),
+        // `as` saturates: a huge number is i32::MAX, never a wrap.
+        Kind::NumberValue(n) => Ok(n.max(0.0) as i32),
         Kind::StringValue(s) => {
             let Some(p) = s.strip_suffix('%') else {
                 return s
@@ -25,11 +26,12 @@ pub fn int_or_percent(value: Option<&Value>, replicas: i32, round_up: bool) -> R
                 .parse()
                 .map_err(|_| format!("{s:?} is not a percentage"))?;
             let scaled = p * i64::from(replicas);
-            Ok(if round_up {
+            let count = if round_up {
                 (scaled + 99) / 100
             } else {
                 scaled / 100
-            } as i32)
+            };
+            Ok(count.clamp(0, i64::from(i32::MAX)) as i32)
         }
         _ => Err("maxSurge/maxUnavailable must be a number or a percentage".into()),
     }
@@ -56,7 +58,7 @@ pub fn new_replicas(replicas: i32, max_surge: i32, all_replicas: i32, new_replic
     if new_replicas >= replicas {
         return replicas;
     }
-    let max_total = replicas + max_surge;
+    let max_total = replicas.saturating_add(max_surge);
     if all_replicas >= max_total {
         return new_replicas;
     }
@@ -143,6 +145,13 @@ mod tests {
             "never both 0"
         );
         assert_eq!(fenceposts(Some(&s("10%")), Some(&s("10%")), 3), Ok((1, 0)));
+    }
+
+    #[test]
+    fn huge_surges_do_not_overflow() {
+        let (surge, _) = fenceposts(Some(&n(1e10)), Some(&n(0.0)), 3).unwrap();
+        assert_eq!(surge, i32::MAX);
+        assert_eq!(new_replicas(3, surge, 3, 0), 3);
     }
 
     #[test]
