@@ -771,6 +771,94 @@ async fn the_agent_rides_out_an_api_server_restart() {
     assert_eq!(container(&before, "main").unwrap().restart_count, 0);
 }
 
+/// One HTTP/1.0 GET from the host; the body, or None.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ports_reach_the_pod_and_logs_tail_and_follow() {
+    let env = env("ports").await;
+    let image = env.image;
+    let port = skiff_e2e::free_port().unwrap();
+    env.create(json!({
+        "metadata": {"name": "served"},
+        "spec": {"containers": [
+            {"name": "web", "image": image,
+             "command": ["sh", "-c", "mkdir -p /www && echo via-host-port > /www/index.html && exec httpd -f -p 8080 -h /www"],
+             "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]},
+            {"name": "ticker", "image": image,
+             "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line-$i; done; while true; do sleep 0.3; echo tick; done"]}
+        ]}
+    }))
+    .await;
+    env.wait_for("served", "running", Duration::from_secs(60), |p| {
+        running(p, "web") && running(p, "ticker")
+    })
+    .await;
+    let addr = format!("127.0.0.1:{port}");
+    let mut body = None;
+    for _ in 0..50 {
+        let a = addr.clone();
+        body = tokio::task::spawn_blocking(move || http_get(&a, "/"))
+            .await
+            .unwrap();
+        if body.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(body.as_deref().map(str::trim), Some("via-host-port"));
+
+    // tailLines: only the last lines.
+    let mut client = PodLogsClient::new(env.channel.clone());
+    let request = |tail: Option<i64>, follow: bool| PodLogsRequest {
+        namespace: "default".into(),
+        name: "served".into(),
+        container: "ticker".into(),
+        tail_lines: tail,
+        follow,
+        ..Default::default()
+    };
+    let mut stream = client
+        .logs(request(Some(2), false))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        tail.extend_from_slice(&chunk.unwrap().data);
+    }
+    let tail = String::from_utf8_lossy(&tail).into_owned();
+    assert_eq!(tail.lines().count(), 2, "{tail:?}");
+
+    // follow: new lines arrive on the open stream.
+    let mut stream = client
+        .logs(request(Some(0), true))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = String::new();
+    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().data));
+            if seen.matches("tick").count() >= 3 {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "followed only {seen:?}");
+}
+
 /// The same pod semantics on the process runtime, where the host allows
 /// them: pods share the host network, so "localhost" is the host's.
 mod process_runtime {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use skiff::pb::core::v1::{Container, EnvVar, Pod};
 use skiff::quantity::Quantity;
-use skiff_runtime::{ContainerSpec, Mount, SandboxSpec, labels};
+use skiff_runtime::{ContainerSpec, Mount, PortMapping, SandboxSpec, labels};
 
 use crate::volumes::{self, Error, Sources};
 
@@ -75,6 +75,25 @@ pub fn sandbox_spec(pod: &Pod, attempt: u32) -> SandboxSpec {
         labels: pod_labels(pod, labels::SANDBOX, "sandbox", attempt),
         dns_servers: Vec::new(),
         dns_search: Vec::new(),
+        port_mappings: spec
+            .init_containers
+            .iter()
+            .chain(&spec.containers)
+            .flat_map(|c| &c.ports)
+            .filter(|p| p.host_port > 0)
+            .filter_map(|p| {
+                Some(PortMapping {
+                    host_ip: p.host_ip.clone(),
+                    host_port: u16::try_from(p.host_port).ok()?,
+                    container_port: u16::try_from(p.container_port).ok()?,
+                    protocol: if p.protocol.is_empty() {
+                        "tcp".into()
+                    } else {
+                        p.protocol.to_lowercase()
+                    },
+                })
+            })
+            .collect(),
     }
 }
 

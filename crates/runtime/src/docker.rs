@@ -88,6 +88,21 @@ fn parse_time(s: Option<&str>) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
 }
 
+/// Docker's port bindings for a sandbox's host ports.
+fn port_bindings(mappings: &[crate::PortMapping]) -> bollard::models::PortMap {
+    let mut map = bollard::models::PortMap::new();
+    for m in mappings {
+        map.entry(format!("{}/{}", m.container_port, m.protocol))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(bollard::models::PortBinding {
+                host_ip: (!m.host_ip.is_empty()).then(|| m.host_ip.clone()),
+                host_port: Some(m.host_port.to_string()),
+            });
+    }
+    map
+}
+
 /// A tar archive of `files` (path, mode, content), for a build context.
 fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
@@ -380,9 +395,17 @@ impl Runtime for DockerRuntime {
             ipc_mode: Some("shareable".into()),
             dns: (!spec.dns_servers.is_empty()).then(|| spec.dns_servers.clone()),
             dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
+            port_bindings: (!spec.port_mappings.is_empty())
+                .then(|| port_bindings(&spec.port_mappings)),
             ..Default::default()
         };
         let body = ContainerCreateBody {
+            exposed_ports: (!spec.port_mappings.is_empty()).then(|| {
+                spec.port_mappings
+                    .iter()
+                    .map(|m| format!("{}/{}", m.container_port, m.protocol))
+                    .collect()
+            }),
             image: Some(self.pause_image.clone()),
             hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
             labels: Some(self.node_labels(spec.labels.clone())),

@@ -116,6 +116,21 @@ pub struct SandboxSpec {
     pub dns_servers: Vec<String>,
     /// Search domains for the pod's resolv.conf.
     pub dns_search: Vec<String>,
+    /// Host ports forwarded to the pod (containers' `hostPort`s).
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// A host port forwarded to a pod port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The host address to bind ("" for all).
+    pub host_ip: String,
+    /// The host port.
+    pub host_port: u16,
+    /// The pod's port.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
 }
 
 /// One container to create inside a sandbox.
