@@ -34,6 +34,33 @@ enum Command {
     HollowNodes(HollowArgs),
     /// Run the node agent: the pods bound to this node, on Docker.
     Agent(AgentArgs),
+    /// Create or update objects from manifests (YAML or JSON; files,
+    /// directories, `-` for stdin).
+    Apply(ApplyArgs),
+    /// Create objects from manifests (existing ones are an error).
+    Create(ApplyArgs),
+    /// List objects as a table (or -o yaml|json|name|wide).
+    Get(GetArgs),
+    /// Show an object's fields, conditions and Events.
+    Describe(TargetArgs),
+    /// Delete objects by name or by manifest.
+    Delete(DeleteArgs),
+    /// Set the replicas of a Deployment, ReplicaSet or ReplicationController.
+    Scale(ScaleArgs),
+    /// Watch, list, undo, pause or resume a Deployment's rollouts.
+    Rollout(RolloutArgs),
+    /// Print a container's log.
+    Logs(LogsArgs),
+    /// Add, change (--overwrite) or remove (`key-`) labels.
+    Label(MetadataArgs),
+    /// Add, change (--overwrite) or remove (`key-`) annotations.
+    Annotate(MetadataArgs),
+    /// The kinds the server serves.
+    ApiResources,
+    /// Where the cluster is and whether it answers.
+    ClusterInfo(ClientArgs),
+    /// The client's version (and the server's address).
+    Version(ClientArgs),
     /// The process runtime's per-container shim (started by the agent).
     #[command(hide = true)]
     Shim {
@@ -113,6 +140,170 @@ struct SchedulerArgs {
     /// a random suffix).
     #[arg(long)]
     identity: Option<String>,
+}
+
+/// Where the cluster is: flags, else `~/.skiff/config`, else 127.0.0.1:6443.
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// The API server (default: from ~/.skiff/config or $SKIFF_CONFIG).
+    #[arg(long, env = "SKIFF_SERVER", global = true)]
+    server: Option<String>,
+    /// The namespace (default: the config's, else `default`).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+}
+
+impl ClientArgs {
+    fn ctl(&self) -> anyhow::Result<skiff_ctl::Ctl> {
+        let config = skiff_ctl::config::load()
+            .map_err(|e| anyhow::anyhow!("error: reading the client config: {e}"))?;
+        let server = self.server.clone().unwrap_or(config.server);
+        let server = if server.contains("://") {
+            server
+        } else {
+            format!("http://{server}")
+        };
+        let namespace = self.namespace.clone().unwrap_or(config.namespace);
+        Ok(skiff_ctl::Ctl::new(&server, &namespace)?)
+    }
+}
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Manifest files or directories (`-` for stdin).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+    /// `client`: only check and print what would be done.
+    #[arg(long, value_parser = ["none", "client"], default_value = "none")]
+    dry_run: String,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The kind (`pods`, `po`, `deployment`, ...).
+    kind: String,
+    /// Names (default: all).
+    names: Vec<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Label selector (`app=web,tier!=db`).
+    #[arg(short = 'l', long, default_value = "")]
+    selector: String,
+    /// Field selector (`status.phase=Running`).
+    #[arg(long, default_value = "")]
+    field_selector: String,
+    /// Output: wide, yaml, json or name.
+    #[arg(short = 'o', long, default_value = "")]
+    output: String,
+}
+
+#[derive(clap::Args)]
+struct TargetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// KIND NAME or KIND/NAME.
+    #[arg(required = true, num_args = 1..=2)]
+    target: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// KIND NAME..., or KIND/NAME.
+    target: Vec<String>,
+    /// Delete what these manifests name.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<String>,
+    /// background, foreground or orphan.
+    #[arg(long, default_value = "background")]
+    cascade: String,
+}
+
+#[derive(clap::Args)]
+struct ScaleArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// KIND NAME or KIND/NAME.
+    #[arg(required = true, num_args = 1..=2)]
+    target: Vec<String>,
+    /// The new number of replicas.
+    #[arg(long)]
+    replicas: i32,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// status, history, undo, pause or resume.
+    #[arg(value_parser = ["status", "history", "undo", "pause", "resume"])]
+    action: String,
+    /// deployment/NAME (or deployment NAME).
+    #[arg(required = true, num_args = 1..=2)]
+    target: Vec<String>,
+    /// undo: the revision to go back to (default: the previous one).
+    #[arg(long, default_value_t = 0)]
+    to_revision: i64,
+    /// status: how long to wait, in seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct LogsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The pod.
+    pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long, default_value = "")]
+    container: String,
+    /// Keep streaming new output.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<i64>,
+    /// The previous, terminated instance of the container.
+    #[arg(short = 'p', long)]
+    previous: bool,
+}
+
+#[derive(clap::Args)]
+struct MetadataArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// KIND NAME (or KIND/NAME), then key=value or key- pairs.
+    #[arg(required = true, num_args = 2..)]
+    args: Vec<String>,
+    /// Replace existing values.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+/// The deployment a rollout command names.
+fn deployment_name(target: &[String]) -> anyhow::Result<String> {
+    let name = match target {
+        [one] => one
+            .split_once('/')
+            .map(|(kind, name)| (kind, name.to_string())),
+        [kind, name] => Some((kind.as_str(), name.clone())),
+        _ => None,
+    };
+    match name {
+        Some((kind, name))
+            if skiff_ctl::kinds::find(kind).is_some_and(|k| k.info().kind == "Deployment") =>
+        {
+            Ok(name)
+        }
+        _ => anyhow::bail!("error: rollout works on deployments: deployment/NAME"),
+    }
 }
 
 #[derive(clap::Args)]
@@ -272,7 +463,16 @@ fn init_tracing() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    // Errors print as kubectl's do (one message, no "Error:" debug dump)
+    // and exit non-zero.
+    if let Err(e) = run().await {
+        eprintln!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
@@ -320,6 +520,87 @@ async fn main() -> anyhow::Result<()> {
             skiff_agent::hollow::run(config, shutdown_signal())
                 .await
                 .context("running hollow nodes")?;
+        }
+        Command::Apply(args) => {
+            let ctl = args.client.ctl()?;
+            ctl.apply(&args.files, args.dry_run == "client", false)
+                .await?;
+        }
+        Command::Create(args) => {
+            let ctl = args.client.ctl()?;
+            ctl.apply(&args.files, args.dry_run == "client", true)
+                .await?;
+        }
+        Command::Get(args) => {
+            let output: skiff_ctl::Output = args
+                .output
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("error: {e}"))?;
+            let ctl = args.client.ctl()?;
+            ctl.get(
+                &args.kind,
+                &args.names,
+                args.all_namespaces,
+                &args.selector,
+                &args.field_selector,
+                output,
+            )
+            .await?;
+        }
+        Command::Describe(args) => args.client.ctl()?.describe(&args.target).await?,
+        Command::Delete(args) => {
+            let ctl = args.client.ctl()?;
+            ctl.delete(&args.target, &args.files, &args.cascade).await?;
+        }
+        Command::Scale(args) => {
+            args.client
+                .ctl()?
+                .scale(&args.target, args.replicas)
+                .await?
+        }
+        Command::Rollout(args) => {
+            let ctl = args.client.ctl()?;
+            let name = deployment_name(&args.target)?;
+            match args.action.as_str() {
+                "status" => {
+                    ctl.rollout_status(&name, std::time::Duration::from_secs(args.timeout))
+                        .await?
+                }
+                "history" => ctl.rollout_history(&name).await?,
+                "undo" => ctl.rollout_undo(&name, args.to_revision).await?,
+                "pause" => ctl.rollout_pause(&name, true).await?,
+                _ => ctl.rollout_pause(&name, false).await?,
+            }
+        }
+        Command::Logs(args) => {
+            let ctl = args.client.ctl()?;
+            ctl.logs(
+                &args.pod,
+                &args.container,
+                args.follow,
+                args.tail,
+                args.previous,
+            )
+            .await?;
+        }
+        Command::Label(args) => {
+            args.client
+                .ctl()?
+                .set_metadata("labels", &args.args, args.overwrite)
+                .await?
+        }
+        Command::Annotate(args) => {
+            args.client
+                .ctl()?
+                .set_metadata("annotations", &args.args, args.overwrite)
+                .await?;
+        }
+        Command::ApiResources => print!("{}", skiff_ctl::api_resources()),
+        Command::ClusterInfo(client) => client.ctl()?.cluster_info().await?,
+        Command::Version(client) => {
+            println!("Client Version: skiff {}", env!("CARGO_PKG_VERSION"));
+            let config = skiff_ctl::config::load().unwrap_or_default();
+            println!("Server: {}", client.server.unwrap_or(config.server));
         }
         Command::Shim { dir, argv } => {
             let code = skiff_runtime::process::shim(&dir, &argv).context("running the shim")?;
@@ -382,6 +663,13 @@ async fn main() -> anyhow::Result<()> {
                     tracing::error!(error = %e, "the local agent is not running: pods will stay Pending");
                 }
             });
+            let client_config = skiff_ctl::config::ClientConfig {
+                server: format!("http://{}", server.addr),
+                namespace: "default".into(),
+            };
+            let config_path = skiff_ctl::config::save(&client_config)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|e| format!("(not written: {e})"));
             println!("Skiff is up.");
             println!(
                 "  API server:  {} (gRPC; reflection and health on)",
@@ -396,7 +684,9 @@ async fn main() -> anyhow::Result<()> {
                 host_name()
             );
             println!("  state:       {}", data_dir.display());
+            println!("  client:      {config_path} (skiff get, apply, logs ... use it)");
             println!("Try:");
+            println!("  skiff get nodes");
             println!("  grpcurl -plaintext {} list", server.addr);
             println!(
                 "  scripts/busybox-image   # an image to run, built from scratch (no registry needed)"

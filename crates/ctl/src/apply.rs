@@ -1,0 +1,230 @@
+//! `apply` and `create`: manifests into the cluster.
+//!
+//! Apply creates what does not exist and otherwise replaces what the
+//! manifest says (every top-level field but metadata and status), merging
+//! labels and annotations the way kubectl does through the
+//! `kubectl.kubernetes.io/last-applied-configuration` annotation: keys the
+//! previous apply set and this one drops are removed, keys others set are
+//! kept. The update carries the object's resourceVersion, so a concurrent
+//! change makes it fail (ABORTED) instead of being overwritten; a write that
+//! changes nothing is `unchanged`.
+
+use serde_json::{Map, Value};
+use tonic::transport::Channel;
+
+use crate::kinds::Ops;
+use crate::manifest::Document;
+
+/// The annotation holding the last applied manifest.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// What apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did not exist.
+    Created,
+    /// It changed.
+    Configured,
+    /// It already was so.
+    Unchanged,
+}
+
+impl Outcome {
+    /// kubectl's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// `deployment.apps/web`, as kubectl names objects.
+pub fn object_name(ops: &dyn Ops, name: &str) -> String {
+    let info = ops.info();
+    let group = info.group();
+    let kind = info.kind.to_lowercase();
+    if group.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}.{group}/{name}")
+    }
+}
+
+/// The namespace a document goes to: its own, else `default_ns`; none for
+/// cluster-scoped kinds.
+pub fn namespace_of(doc: &Document, default_ns: &str) -> String {
+    if !doc.ops.info().namespaced {
+        return String::new();
+    }
+    match doc.value["metadata"]["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => ns.to_string(),
+        _ => default_ns.to_string(),
+    }
+}
+
+fn metadata_mut(value: &mut Value) -> &mut Map<String, Value> {
+    if !value["metadata"].is_object() {
+        value["metadata"] = Value::Object(Map::new());
+    }
+    value["metadata"]
+        .as_object_mut()
+        .expect("just made an object")
+}
+
+fn string_map(value: &Value) -> Map<String, Value> {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// Merges one metadata map (labels or annotations): the manifest's keys,
+/// plus the live object's keys the last apply did not set.
+fn merge_map(live: &Value, last: &Value, desired: &Value) -> Value {
+    let mut merged = string_map(live);
+    for key in string_map(last).keys() {
+        if desired.get(key).is_none() {
+            merged.remove(key);
+        }
+    }
+    for (k, v) in string_map(desired) {
+        merged.insert(k, v);
+    }
+    Value::Object(merged)
+}
+
+/// The manifest as sent: its namespace set, status dropped, and the
+/// last-applied annotation recording it.
+fn prepared(doc: &Document, namespace: &str) -> Value {
+    let mut value = doc.value.clone();
+    crate::kinds::numbers(&mut value);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    if !namespace.is_empty() {
+        metadata_mut(&mut value).insert("namespace".into(), Value::String(namespace.into()));
+    }
+    let record = value.to_string();
+    let meta = metadata_mut(&mut value);
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(a) = annotations.as_object_mut() {
+        a.insert(LAST_APPLIED.into(), Value::String(record));
+    }
+    value
+}
+
+/// Applies one document.
+///
+/// # Errors
+/// What the API said (invalid, conflict, not reachable ...).
+pub async fn apply(
+    channel: &Channel,
+    doc: &Document,
+    default_ns: &str,
+    dry_run: bool,
+) -> Result<Outcome, tonic::Status> {
+    let namespace = namespace_of(doc, default_ns);
+    let desired = prepared(doc, &namespace);
+    let live = match doc.ops.get(channel, &namespace, doc.name()).await {
+        Ok(live) => Some(live),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => return Err(s),
+    };
+    let Some(live) = live else {
+        if !dry_run {
+            doc.ops.create(channel, desired).await?;
+        }
+        return Ok(Outcome::Created);
+    };
+    let last: Value = live["metadata"]["annotations"][LAST_APPLIED]
+        .as_str()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    let mut next = desired.clone();
+    let meta = metadata_mut(&mut next);
+    for field in ["labels", "annotations"] {
+        let merged = merge_map(
+            &live["metadata"][field],
+            &last["metadata"][field],
+            &desired["metadata"][field],
+        );
+        meta.insert(field.into(), merged);
+    }
+    for field in ["resourceVersion", "uid"] {
+        if let Some(v) = live["metadata"].get(field) {
+            meta.insert(field.into(), v.clone());
+        }
+    }
+    if dry_run {
+        return Ok(if changed(&live, &next) {
+            Outcome::Configured
+        } else {
+            Outcome::Unchanged
+        });
+    }
+    let written = doc.ops.update(channel, next).await?;
+    let before = live["metadata"]["resourceVersion"].as_str();
+    let after = written["metadata"]["resourceVersion"].as_str();
+    Ok(if before == after {
+        Outcome::Unchanged
+    } else {
+        Outcome::Configured
+    })
+}
+
+/// Whether `next` would change `live` in what apply sets (for a client-side
+/// dry run: defaults the server adds make this an estimate).
+fn changed(live: &Value, next: &Value) -> bool {
+    let Some(fields) = next.as_object() else {
+        return true;
+    };
+    fields.iter().any(|(k, v)| match k.as_str() {
+        "metadata" => ["labels", "annotations"]
+            .iter()
+            .any(|f| live["metadata"][*f] != v[*f]),
+        "apiVersion" | "kind" => false,
+        _ => live.get(k) != Some(v),
+    })
+}
+
+/// Creates one document (an existing object is an error).
+///
+/// # Errors
+/// What the API said: ALREADY_EXISTS, INVALID_ARGUMENT ...
+pub async fn create(
+    channel: &Channel,
+    doc: &Document,
+    default_ns: &str,
+    dry_run: bool,
+) -> Result<(), tonic::Status> {
+    let namespace = namespace_of(doc, default_ns);
+    let mut value = doc.value.clone();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    if !namespace.is_empty() {
+        metadata_mut(&mut value).insert("namespace".into(), Value::String(namespace));
+    }
+    if !dry_run {
+        doc.ops.create(channel, value).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn labels_dropped_from_the_manifest_go_and_others_stay() {
+        let live = json!({"a": "1", "b": "2", "by-controller": "x"});
+        let last = json!({"a": "1", "b": "2"});
+        let desired = json!({"a": "10"});
+        assert_eq!(
+            merge_map(&live, &last, &desired),
+            json!({"a": "10", "by-controller": "x"})
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! kubectl's tables: columns per kind read from the objects' JSON, aligned
+//! with three spaces between columns; `wide` adds columns; `-A` adds
+//! NAMESPACE first.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// kubectl's age: `45s`, `3m12s`, `5h`, `2d3h`, `12d`.
+pub fn age(timestamp: &Value, now: SystemTime) -> String {
+    let Some(t) = timestamp
+        .as_str()
+        .and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok())
+    else {
+        return "<unknown>".into();
+    };
+    human(now.duration_since(t).unwrap_or(Duration::ZERO))
+}
+
+/// A duration as kubectl shows ages.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10_799 => format!("{}m", s / 60),
+        10_800..=86_399 => format!("{}h", s / 3600),
+        86_400..=691_199 => {
+            let h = (s % 86_400) / 3600;
+            if h == 0 {
+                format!("{}d", s / 86_400)
+            } else {
+                format!("{}d{h}h", s / 86_400)
+            }
+        }
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int_at(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn none_if_empty(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// A pod's STATUS column, as kubectl computes it: a terminating pod is
+/// `Terminating`; else the waiting or terminated reason of a container
+/// (init containers as `Init:…`), else the phase.
+pub fn pod_status(pod: &Value) -> String {
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        return "Terminating".into();
+    }
+    let status = &pod["status"];
+    let mut reason = str_at(status, "/phase").to_string();
+    if let Some(inits) = status["initContainerStatuses"].as_array() {
+        let total = pod["spec"]["initContainers"].as_array().map_or(0, Vec::len);
+        for (i, c) in inits.iter().enumerate() {
+            let waiting = str_at(c, "/state/waiting/reason");
+            let exit = c
+                .pointer("/state/terminated/exitCode")
+                .and_then(Value::as_i64);
+            if exit == Some(0) {
+                continue;
+            }
+            return match (waiting, exit) {
+                (w, _) if !w.is_empty() && w != "PodInitializing" => format!("Init:{w}"),
+                (_, Some(code)) => format!("Init:ExitCode:{code}"),
+                _ => format!("Init:{i}/{total}"),
+            };
+        }
+    }
+    if let Some(containers) = status["containerStatuses"].as_array() {
+        for c in containers.iter().rev() {
+            let waiting = str_at(c, "/state/waiting/reason");
+            let terminated = str_at(c, "/state/terminated/reason");
+            if !waiting.is_empty() {
+                reason = waiting.to_string();
+            } else if !terminated.is_empty() && reason != "Succeeded" && reason != "Failed" {
+                reason = terminated.to_string();
+            }
+        }
+    }
+    none_if_empty(&reason)
+}
+
+/// The header and rows for `kind`.
+pub fn rows(
+    kind: &str,
+    items: &[Value],
+    wide: bool,
+    all_namespaces: bool,
+    now: SystemTime,
+) -> Vec<Vec<String>> {
+    let mut header: Vec<&str> = match kind {
+        "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "ReplicaSet" | "ReplicationController" => {
+            vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+        }
+        "Service" => vec![
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ],
+        "Node" => vec!["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "Namespace" => vec!["NAME", "STATUS", "AGE"],
+        "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
+        "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
+        "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        _ => vec!["NAME", "AGE"],
+    };
+    if wide {
+        match kind {
+            "Pod" => header.extend(["IP", "NODE"]),
+            "Node" => header.extend([
+                "INTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME",
+            ]),
+            "Deployment" | "ReplicaSet" | "ReplicationController" => {
+                header.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
+            }
+            _ => {}
+        }
+    }
+    let mut table = Vec::with_capacity(items.len() + 1);
+    let mut head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    if all_namespaces {
+        head.insert(0, "NAMESPACE".into());
+    }
+    table.push(head);
+    for item in items {
+        let name = str_at(item, "/metadata/name").to_string();
+        let created = age(&item["metadata"]["creationTimestamp"], now);
+        let mut row: Vec<String> = match kind {
+            "Pod" => {
+                let statuses = item["status"]["containerStatuses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let total = item["spec"]["containers"].as_array().map_or(0, Vec::len);
+                let ready = statuses
+                    .iter()
+                    .filter(|c| c["ready"].as_bool() == Some(true))
+                    .count();
+                let restarts: i64 = statuses.iter().map(|c| int_at(c, "/restartCount")).sum();
+                vec![
+                    name,
+                    format!("{ready}/{total}"),
+                    pod_status(item),
+                    restarts.to_string(),
+                    created,
+                ]
+            }
+            "Deployment" => {
+                let want = item
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                vec![
+                    name,
+                    format!("{}/{want}", int_at(item, "/status/readyReplicas")),
+                    int_at(item, "/status/updatedReplicas").to_string(),
+                    int_at(item, "/status/availableReplicas").to_string(),
+                    created,
+                ]
+            }
+            "ReplicaSet" | "ReplicationController" => vec![
+                name,
+                item.pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+                    .to_string(),
+                int_at(item, "/status/replicas").to_string(),
+                int_at(item, "/status/readyReplicas").to_string(),
+                created,
+            ],
+            "Service" => {
+                let ports: Vec<String> = item["spec"]["ports"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                let port = int_at(p, "/port");
+                                let node = int_at(p, "/nodePort");
+                                let proto = p["protocol"].as_str().unwrap_or("TCP");
+                                if node > 0 {
+                                    format!("{port}:{node}/{proto}")
+                                } else {
+                                    format!("{port}/{proto}")
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let external: Vec<&str> = item["status"]["loadBalancer"]["ingress"]
+                    .as_array()
+                    .map(|i| i.iter().filter_map(|x| x["ip"].as_str()).collect())
+                    .unwrap_or_default();
+                vec![
+                    name,
+                    none_if_empty(str_at(item, "/spec/type")).replace("<none>", "ClusterIP"),
+                    none_if_empty(str_at(item, "/spec/clusterIP")),
+                    none_if_empty(&external.join(",")),
+                    none_if_empty(&ports.join(",")),
+                    created,
+                ]
+            }
+            "Node" => {
+                let ready = item["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .map(|c| c["status"].as_str().unwrap_or("").to_string());
+                let mut status = match ready.as_deref() {
+                    Some("True") => "Ready".to_string(),
+                    _ => "NotReady".to_string(),
+                };
+                if item.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                    status.push_str(",SchedulingDisabled");
+                }
+                let roles: Vec<String> = item["metadata"]["labels"]
+                    .as_object()
+                    .map(|l| {
+                        l.keys()
+                            .filter_map(|k| {
+                                k.strip_prefix("node-role.kubernetes.io/")
+                                    .map(str::to_string)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vec![
+                    name,
+                    status,
+                    none_if_empty(&roles.join(",")),
+                    created,
+                    none_if_empty(str_at(item, "/status/nodeInfo/kubeletVersion")),
+                ]
+            }
+            "Namespace" => vec![name, none_if_empty(str_at(item, "/status/phase")), created],
+            "Endpoints" => {
+                let mut eps = Vec::new();
+                for subset in item["subsets"].as_array().cloned().unwrap_or_default() {
+                    let ports: Vec<i64> = subset["ports"]
+                        .as_array()
+                        .map(|p| p.iter().map(|x| int_at(x, "/port")).collect())
+                        .unwrap_or_default();
+                    for a in subset["addresses"].as_array().cloned().unwrap_or_default() {
+                        let ip = a["ip"].as_str().unwrap_or("");
+                        if ports.is_empty() {
+                            eps.push(ip.to_string());
+                        }
+                        for p in &ports {
+                            eps.push(format!("{ip}:{p}"));
+                        }
+                    }
+                }
+                vec![name, none_if_empty(&eps.join(",")), created]
+            }
+            "ConfigMap" | "Secret" => {
+                let n = item["data"].as_object().map_or(0, |d| d.len())
+                    + item["binaryData"].as_object().map_or(0, |d| d.len());
+                vec![name, n.to_string(), created]
+            }
+            "Event" => {
+                let last = if item["lastTimestamp"].is_null() {
+                    &item["metadata"]["creationTimestamp"]
+                } else {
+                    &item["lastTimestamp"]
+                };
+                let object = format!(
+                    "{}/{}",
+                    str_at(item, "/involvedObject/kind").to_lowercase(),
+                    str_at(item, "/involvedObject/name")
+                );
+                vec![
+                    age(last, now),
+                    str_at(item, "/type").to_string(),
+                    str_at(item, "/reason").to_string(),
+                    object,
+                    str_at(item, "/message").to_string(),
+                ]
+            }
+            _ => vec![name, created],
+        };
+        if wide {
+            match kind {
+                "Pod" => {
+                    row.push(none_if_empty(str_at(item, "/status/podIP")));
+                    row.push(none_if_empty(str_at(item, "/spec/nodeName")));
+                }
+                "Node" => {
+                    let ip = item["status"]["addresses"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+                        .and_then(|x| x["address"].as_str())
+                        .unwrap_or("");
+                    row.push(none_if_empty(ip));
+                    row.push(none_if_empty(str_at(item, "/status/nodeInfo/osImage")));
+                    row.push(none_if_empty(str_at(
+                        item,
+                        "/status/nodeInfo/kernelVersion",
+                    )));
+                    row.push(none_if_empty(str_at(
+                        item,
+                        "/status/nodeInfo/containerRuntimeVersion",
+                    )));
+                }
+                "Deployment" | "ReplicaSet" | "ReplicationController" => {
+                    let containers = item
+                        .pointer("/spec/template/spec/containers")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let names: Vec<&str> = containers
+                        .iter()
+                        .filter_map(|c| c["name"].as_str())
+                        .collect();
+                    let images: Vec<&str> = containers
+                        .iter()
+                        .filter_map(|c| c["image"].as_str())
+                        .collect();
+                    let selector = item["spec"]["selector"]
+                        .get("matchLabels")
+                        .unwrap_or(&item["spec"]["selector"])
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default();
+                    row.extend([names.join(","), images.join(","), none_if_empty(&selector)]);
+                }
+                _ => {}
+            }
+        }
+        if all_namespaces {
+            row.insert(0, str_at(item, "/metadata/namespace").to_string());
+        }
+        table.push(row);
+    }
+    table
+}
+
+/// Renders rows as kubectl does: columns padded to their widest cell,
+/// three spaces apart, the last column unpadded.
+pub fn render(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(human(Duration::from_secs(45)), "45s");
+        assert_eq!(human(Duration::from_secs(192)), "3m12s");
+        assert_eq!(human(Duration::from_secs(5 * 3600 + 10)), "5h");
+        assert_eq!(human(Duration::from_secs(2 * 86_400 + 3 * 3600)), "2d3h");
+        assert_eq!(human(Duration::from_secs(12 * 86_400)), "12d");
+    }
+
+    #[test]
+    fn pod_rows_show_readiness_status_and_restarts() {
+        let pod = json!({
+            "metadata": {"name": "web-1", "namespace": "prod", "creationTimestamp": "2026-11-26T10:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.2", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let now = humantime::parse_rfc3339("2026-11-26T10:05:00Z").unwrap();
+        let table = rows("Pod", &[pod], true, true, now);
+        assert_eq!(
+            table[0],
+            [
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "STATUS",
+                "RESTARTS",
+                "AGE",
+                "IP",
+                "NODE"
+            ]
+        );
+        assert_eq!(
+            table[1],
+            [
+                "prod",
+                "web-1",
+                "1/2",
+                "CrashLoopBackOff",
+                "3",
+                "5m0s",
+                "10.0.0.2",
+                "n1"
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_align_with_three_spaces() {
+        let out = render(&[
+            vec!["NAME".into(), "AGE".into()],
+            vec!["a-long-name".into(), "5s".into()],
+        ]);
+        assert_eq!(out, "NAME          AGE\na-long-name   5s\n");
+    }
+
+    #[test]
+    fn terminating_and_init_states_show_as_kubectl_does() {
+        let terminating = json!({"metadata": {"deletionTimestamp": "2026-11-26T10:00:00Z"}, "status": {"phase": "Running"}});
+        assert_eq!(pod_status(&terminating), "Terminating");
+        let init = json!({"spec": {"initContainers": [{"name": "i"}]}, "status": {"phase": "Pending",
+            "initContainerStatuses": [{"state": {"running": {}}}]}});
+        assert_eq!(pod_status(&init), "Init:0/1");
+    }
+}

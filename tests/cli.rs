@@ -1,0 +1,521 @@
+//! The `skiff` client commands against a real cluster: an in-process API
+//! server, `skiff scheduler`, `skiff controller-manager` and a `skiff agent`
+//! on Docker. Every command runs as the real binary, as a user would.
+
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_apiserver::StoreConfig;
+use skiff_e2e::{AgentNode, wait_until};
+
+struct Cluster {
+    server: skiff_apiserver::ApiServer,
+    _node: AgentNode,
+    _processes: Vec<skiff_e2e::ChildGuard>,
+    dir: tempfile::TempDir,
+    image: &'static str,
+}
+
+/// What a command printed and how it ended.
+struct Run {
+    stdout: String,
+    stderr: String,
+    ok: bool,
+}
+
+async fn cluster(prefix: &str) -> Cluster {
+    let image = skiff_e2e::test_image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let node = AgentNode::start(&url, prefix).unwrap();
+    let processes = vec![
+        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
+        skiff_e2e::controller_manager(&url, &[]).unwrap(),
+    ];
+    Cluster {
+        server,
+        _node: node,
+        _processes: processes,
+        dir,
+        image,
+    }
+}
+
+impl Cluster {
+    /// Runs `skiff ARGS` against this cluster (its own client config, so
+    /// the user's ~/.skiff is never touched).
+    fn skiff(&self, args: &[&str]) -> Run {
+        let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+            .args(args)
+            .env("SKIFF_CONFIG", self.dir.path().join("config"))
+            .env("SKIFF_SERVER", format!("http://{}", self.server.addr))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.status.success(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let run = self.skiff(args);
+        assert!(
+            run.ok,
+            "skiff {args:?} failed: {}{}",
+            run.stdout, run.stderr
+        );
+        run.stdout
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// An app as the Kubernetes documentation writes one.
+fn app(image: &str, greeting: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-content
+data:
+  index.html: |
+    hello from skiff
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+type: Opaque
+stringData:
+  token: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 25%
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {image}
+        command: ["sh", "-c", "echo $GREETING; exec httpd -f -p 8080 -h /www"]
+        env:
+        - name: GREETING
+          value: "{greeting}"
+        ports:
+        - name: http
+          containerPort: 8080
+        resources:
+          requests:
+            cpu: 100m
+            memory: 16Mi
+          limits:
+            cpu: 500m
+            memory: 64Mi
+        readinessProbe:
+          httpGet:
+            path: /
+            port: http
+          periodSeconds: 1
+        volumeMounts:
+        - name: content
+          mountPath: /www
+      volumes:
+      - name: content
+        configMap:
+          name: web-content
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
+    let c = cluster("cli").await;
+    let dir = c.dir.path().join("app");
+    let manifest = c.write("app/app.yaml", &app(c.image, "hello-one"));
+    let applied = c.ok(&["apply", "-f", dir.to_str().unwrap()]);
+    assert_eq!(
+        applied,
+        "configmap/web-content created\nsecret/web-secret created\ndeployment.apps/web created\n"
+    );
+    let again = c.ok(&["apply", "-f", &manifest]);
+    assert_eq!(
+        again,
+        "configmap/web-content unchanged\nsecret/web-secret unchanged\ndeployment.apps/web unchanged\n"
+    );
+    let status = c.ok(&["rollout", "status", "deployment/web", "--timeout", "90"]);
+    assert!(
+        status.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{status}"
+    );
+
+    let pods = c.ok(&["get", "pods"]);
+    let mut lines = pods.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{pods}");
+    assert!(
+        rows.iter()
+            .all(|r| r[1] == "1/1" && r[2] == "Running" && r[3] == "0"),
+        "{pods}"
+    );
+    let wide = c.ok(&["get", "po", "-o", "wide", "-l", "app=web"]);
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap()
+            .ends_with("IP              NODE")
+            || wide.contains("NODE"),
+        "{wide}"
+    );
+    let names = c.ok(&["get", "pods", "-o", "name"]);
+    assert!(names.lines().all(|l| l.starts_with("pod/web-")), "{names}");
+    let json: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "deploy", "web", "-o", "json"])).unwrap();
+    assert_eq!(json["kind"], "Deployment");
+    assert_eq!(json["status"]["readyReplicas"], 2);
+    let deployments = c.ok(&["get", "deployments"]);
+    assert!(
+        deployments.contains("web    2/2     2            2"),
+        "{deployments}"
+    );
+
+    // Logs of one of the pods.
+    let pod = names.lines().next().unwrap().to_string();
+    let logs = c.ok(&["logs", &pod]);
+    assert!(logs.contains("hello-one"), "{logs:?}");
+
+    // A changed template rolls out; history and undo.
+    std::fs::write(&manifest, app(c.image, "hello-two")).unwrap();
+    let configured = c.ok(&["apply", "-f", &manifest]);
+    assert!(
+        configured.contains("deployment.apps/web configured"),
+        "{configured}"
+    );
+    c.ok(&["rollout", "status", "deployment/web", "--timeout", "90"]);
+    let history = c.ok(&["rollout", "history", "deployment/web"]);
+    assert!(
+        history.contains("REVISION") && history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    c.ok(&["rollout", "undo", "deployment/web"]);
+    c.ok(&["rollout", "status", "deployment/web", "--timeout", "90"]);
+    let back: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "deployment", "web", "-o", "json"])).unwrap();
+    let env = &back["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
+    assert_eq!(env, "hello-one", "undo restored the first template");
+
+    // Scale, label, annotate, describe.
+    assert_eq!(
+        c.ok(&["scale", "deployment/web", "--replicas", "1"]),
+        "deployment.apps/web scaled\n"
+    );
+    wait_until("one pod left", Duration::from_secs(60), async || {
+        c.ok(&["get", "deploy", "web"]).contains("1/1")
+    })
+    .await;
+    assert_eq!(
+        c.ok(&["label", "deployment", "web", "tier=front"]),
+        "deployment.apps/web labeled\n"
+    );
+    let clash = c.skiff(&["label", "deployment", "web", "tier=back"]);
+    assert!(
+        !clash.ok && clash.stderr.contains("--overwrite"),
+        "{}",
+        clash.stderr
+    );
+    c.ok(&["label", "deployment", "web", "tier=back", "--overwrite"]);
+    assert!(
+        c.ok(&["get", "deploy", "-l", "tier=back", "-o", "name"])
+            .contains("deployment.apps/web")
+    );
+    c.ok(&["annotate", "deployment/web", "team=blue"]);
+    let described = c.ok(&["describe", "deployment", "web"]);
+    assert!(
+        described.contains("Annotations:") && described.contains("team=blue"),
+        "{described}"
+    );
+    assert!(described.contains("ScalingReplicaSet"), "{described}");
+    assert!(
+        described.contains("Conditions:") && described.contains("Available"),
+        "{described}"
+    );
+
+    // Delete by manifest; nothing left.
+    let deleted = c.ok(&["delete", "-f", &manifest]);
+    assert!(deleted.contains("deployment \"web\" deleted"), "{deleted}");
+    let empty = c.skiff(&["get", "configmaps", "web-content"]);
+    assert!(
+        !empty.ok && empty.stderr.contains("NotFound"),
+        "{}",
+        empty.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_name_the_file_document_and_field_and_apply_nothing_of_them() {
+    let c = cluster("badyaml").await;
+    let file = c.write(
+        "bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: good}\ndata: {a: b}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndatta: {a: b}\n---\n\
+         apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {labels: {a: b}}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: many}\n",
+    );
+    let broken = c.write("broken.yaml", "apiVersion: v1\nkind: [ConfigMap\n");
+    let run = c.skiff(&["apply", "-f", &file, "-f", &broken]);
+    assert!(!run.ok, "a bad manifest fails the command");
+    assert_eq!(
+        run.stdout, "configmap/good created\n",
+        "only the good document is applied"
+    );
+    let err = &run.stderr;
+    assert!(
+        err.contains(&format!("{file} (document 2)")) && err.contains("datta"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(document 3)") && err.contains("Widget"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(document 4)") && err.contains("metadata.name: Required value"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(document 5)") && err.contains("spec.replicas"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&broken) && err.contains("invalid YAML"),
+        "{err}"
+    );
+    let typo = c.skiff(&["get", "cm", "typo"]);
+    assert!(!typo.ok, "nothing of a bad document is applied");
+
+    // Errors as kubectl words them, with a non-zero exit.
+    let unknown = c.skiff(&["get", "widgets"]);
+    assert!(
+        !unknown.ok
+            && unknown
+                .stderr
+                .contains("doesn't have a resource type \"widgets\""),
+        "{}",
+        unknown.stderr
+    );
+    let missing = c.skiff(&["get", "pod", "nope"]);
+    assert!(!missing.ok);
+    assert_eq!(
+        missing.stderr.trim(),
+        "Error from server (NotFound): pods \"nope\" not found"
+    );
+    let exists = c.skiff(&["create", "-f", &file]);
+    assert!(
+        !exists.ok && exists.stderr.contains("AlreadyExists"),
+        "{}",
+        exists.stderr
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_named_with_what_to_check() {
+    let port = skiff_e2e::free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+        .args(["get", "pods", "--server", &format!("127.0.0.1:{port}")])
+        .env("SKIFF_CONFIG", dir.path().join("config"))
+        .env_remove("SKIFF_SERVER")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("skiff up"),
+        "{err}"
+    );
+}
+
+/// Writes `skiff get KIND NAME -o yaml` to a file and runs
+/// kubernetes-validate (strict) on it.
+fn validates(c: &Cluster, kind: &str, name: &str, namespace: &str) -> Result<(), String> {
+    let yaml = c.ok(&["get", kind, name, "-n", namespace, "-o", "yaml"]);
+    let file = c.dir.path().join(format!("{kind}-{name}.yaml"));
+    std::fs::write(&file, &yaml).unwrap();
+    let validator = skiff_e2e::find_program("kubernetes-validate", &[])
+        .expect("kubernetes-validate (scripts/deps installs it)");
+    let out = Command::new(validator)
+        .args(["--strict", "--quiet"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind}/{name}: {}{}\n{yaml}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_o_yaml_of_every_kind_is_a_valid_kubernetes_manifest() {
+    let c = cluster("validate").await;
+    let every_kind = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg, namespace: shop}}
+data: {{a: b}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: sec, namespace: shop}}
+stringData: {{token: t}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: robot, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: solo, namespace: shop, labels: {{app: solo}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: {image}, command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: ReplicationController
+metadata: {{name: rc, namespace: shop}}
+spec:
+  replicas: 1
+  selector: {{app: rc}}
+  template:
+    metadata: {{labels: {{app: rc}}}}
+    spec: {{terminationGracePeriodSeconds: 1, containers: [{{name: main, image: {image}, command: [sleep, "3600"]}}]}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: dep, namespace: shop}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: dep}}}}
+  template:
+    metadata: {{labels: {{app: dep}}}}
+    spec: {{terminationGracePeriodSeconds: 1, containers: [{{name: main, image: {image}, command: [sleep, "3600"]}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: shop}}
+spec:
+  selector: {{app: dep}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {{name: lock, namespace: shop}}
+spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
+"#,
+        image = c.image
+    );
+    let file = c.write("every.yaml", &every_kind);
+    c.ok(&["apply", "-f", &file]);
+    c.ok(&[
+        "rollout",
+        "status",
+        "deployment/dep",
+        "-n",
+        "shop",
+        "--timeout",
+        "90",
+    ]);
+    let pods = c.ok(&["get", "pods", "-n", "shop", "-o", "name"]);
+    wait_until("the solo pod runs", Duration::from_secs(60), async || {
+        c.ok(&["get", "pod", "solo", "-n", "shop"])
+            .contains("Running")
+    })
+    .await;
+    let first = |kind: &str| -> String {
+        c.ok(&["get", kind, "-n", "shop", "-o", "name"])
+            .lines()
+            .next()
+            .and_then(|l| l.split_once('/'))
+            .map(|(_, n)| n.to_string())
+            .unwrap_or_default()
+    };
+    let node = c
+        .ok(&["get", "nodes", "-o", "name"])
+        .lines()
+        .next()
+        .unwrap()
+        .split_once('/')
+        .unwrap()
+        .1
+        .to_string();
+    let mut checks: Vec<(String, String, String)> = vec![
+        ("namespace".into(), "shop".into(), "".into()),
+        ("node".into(), node, "".into()),
+        ("configmap".into(), "cfg".into(), "shop".into()),
+        ("secret".into(), "sec".into(), "shop".into()),
+        ("serviceaccount".into(), "robot".into(), "shop".into()),
+        ("pod".into(), "solo".into(), "shop".into()),
+        ("replicationcontroller".into(), "rc".into(), "shop".into()),
+        ("deployment".into(), "dep".into(), "shop".into()),
+        ("replicaset".into(), first("replicasets"), "shop".into()),
+        ("service".into(), "svc".into(), "shop".into()),
+        ("lease".into(), "lock".into(), "shop".into()),
+        ("event".into(), first("events"), "shop".into()),
+    ];
+    // Endpoints come from the controller once the service exists.
+    wait_until(
+        "the service's endpoints exist",
+        Duration::from_secs(30),
+        async || c.skiff(&["get", "ep", "svc", "-n", "shop"]).ok,
+    )
+    .await;
+    checks.push(("endpoints".into(), "svc".into(), "shop".into()));
+    assert!(pods.contains("pod/solo"));
+    let failures: Vec<String> = checks
+        .iter()
+        .filter_map(|(kind, name, ns)| {
+            validates(&c, kind, name, if ns.is_empty() { "default" } else { ns }).err()
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
