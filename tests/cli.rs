@@ -216,6 +216,25 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
     let logs = c.ok(&["logs", &pod]);
     assert!(logs.contains("hello-one"), "{logs:?}");
 
+    // exec: output and exit code come back.
+    let exec = c.skiff(&[
+        "exec",
+        &pod,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        (exec.stdout.as_str(), exec.stderr.as_str()),
+        ("out\n", "err\n")
+    );
+    assert!(!exec.ok, "exit code 3 comes back");
+    assert_eq!(
+        c.ok(&["exec", &pod, "--", "cat", "/www/index.html"]),
+        "hello from skiff\n"
+    );
+
     // A changed template rolls out; history and undo.
     std::fs::write(&manifest, app(c.image, "hello-two")).unwrap();
     let configured = c.ok(&["apply", "-f", &manifest]);
@@ -236,10 +255,45 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
     let env = &back["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"];
     assert_eq!(env, "hello-one", "undo restored the first template");
 
-    // Scale, label, annotate, describe.
+    // Scale, watching the pods go (get -w prints each change as a row).
+    let mut watcher = Command::new(skiff_e2e::skiff_binary().unwrap())
+        .args(["get", "pods", "-w"])
+        .env("SKIFF_CONFIG", c.dir.path().join("config"))
+        .env("SKIFF_SERVER", format!("http://{}", c.server.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = watcher.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     assert_eq!(
         c.ok(&["scale", "deployment/web", "--replicas", "1"]),
         "deployment.apps/web scaled\n"
+    );
+    let mut watched = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !watched.iter().any(|l: &String| l.contains("Terminating")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "get -w showed no Terminating pod: {watched:?}"
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            watched.push(line);
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        watched[0].starts_with("NAME"),
+        "the list comes first: {watched:?}"
     );
     wait_until("one pod left", Duration::from_secs(60), async || {
         c.ok(&["get", "deploy", "web"]).contains("1/1")

@@ -1,4 +1,5 @@
-//! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs.
+//! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs and
+//! exec.
 //!
 //! Users never call it directly: `skiff.core.v1.PodLogs/Logs` on the API
 //! server looks up the pod's node and proxies to the node's agent (its
@@ -14,9 +15,9 @@ use std::time::SystemTime;
 
 use futures::{Stream, StreamExt as _};
 use skiff::pb::agent::v1::agent_server::Agent;
-use skiff::pb::core::v1::{LogChunk, Pod, PodLogsRequest};
+use skiff::pb::core::v1::{LogChunk, Pod, PodExecRequest, PodExecResponse, PodLogsRequest};
 use skiff_client::Store;
-use skiff_runtime::{LogOptions, Runtime, State};
+use skiff_runtime::{Container, LogOptions, Runtime, State};
 use tonic::{Request, Response, Status};
 
 use crate::containers::Role;
@@ -33,16 +34,18 @@ pub struct AgentService {
 /// A stream of log chunks.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogChunk, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Agent for AgentService {
-    type LogsStream = LogStream;
-
-    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
-        let req = request.into_inner();
-        let pod = self.pods.get(&req.namespace, &req.name).ok_or_else(|| {
+impl AgentService {
+    /// The instances (newest first) of a pod's container, the container
+    /// named or the pod's only one.
+    async fn instances(
+        &self,
+        namespace: &str,
+        pod_name: &str,
+        container: &str,
+    ) -> Result<(String, Vec<Container>), Status> {
+        let pod = self.pods.get(namespace, pod_name).ok_or_else(|| {
             Status::not_found(format!(
-                "pod {:?} in namespace {:?} is not on this node",
-                req.name, req.namespace
+                "pod {pod_name:?} in namespace {namespace:?} is not on this node"
             ))
         })?;
         let spec = pod.spec.clone().unwrap_or_default();
@@ -51,20 +54,19 @@ impl Agent for AgentService {
             .as_ref()
             .map(|m| m.uid.clone())
             .unwrap_or_default();
-        let name = if req.container.is_empty() {
+        let name = if container.is_empty() {
             match spec.containers.as_slice() {
                 [only] => only.name.clone(),
                 many => {
                     let names: Vec<&str> = many.iter().map(|c| c.name.as_str()).collect();
                     return Err(Status::invalid_argument(format!(
-                        "a container name must be specified for pod {}, choose one of: [{}]",
-                        req.name,
+                        "a container name must be specified for pod {pod_name}, choose one of: [{}]",
                         names.join(" ")
                     )));
                 }
             }
         } else {
-            req.container.clone()
+            container.to_string()
         };
         let role = if spec.containers.iter().any(|c| c.name == name) {
             Role::App
@@ -72,8 +74,7 @@ impl Agent for AgentService {
             Role::Init
         } else {
             return Err(Status::invalid_argument(format!(
-                "container {name} is not valid for pod {}",
-                req.name
+                "container {name} is not valid for pod {pod_name}"
             )));
         };
         let containers = self
@@ -81,7 +82,65 @@ impl Agent for AgentService {
             .list(Some(&uid))
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let found = status::instances(&containers, role, &name);
+        let found = status::instances(&containers, role, &name)
+            .into_iter()
+            .cloned()
+            .collect();
+        Ok((name, found))
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn exec(
+        &self,
+        request: Request<PodExecRequest>,
+    ) -> Result<Response<PodExecResponse>, Status> {
+        let req = request.into_inner();
+        if req.command.is_empty() {
+            return Err(Status::invalid_argument(
+                "command: Required value: what to run",
+            ));
+        }
+        let (name, found) = self
+            .instances(&req.namespace, &req.name, &req.container)
+            .await?;
+        let running = found
+            .iter()
+            .find(|c| matches!(c.state, State::Running { .. }))
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "container {name:?} in pod {:?} is not running",
+                    req.name
+                ))
+            })?;
+        let timeout = std::time::Duration::from_secs(
+            req.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64,
+        );
+        let out = self
+            .runtime
+            .exec(&running.id, &req.command, timeout)
+            .await
+            .map_err(|e| match e {
+                skiff_runtime::Error::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+                other => Status::unavailable(other.to_string()),
+            })?;
+        Ok(Response::new(PodExecResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code as i32,
+        }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let req = request.into_inner();
+        let (name, found) = self
+            .instances(&req.namespace, &req.name, &req.container)
+            .await?;
+        let found: Vec<&Container> = found.iter().collect();
+
         let chosen = if req.previous {
             // As the container's lastState: the newest instance that has
             // ended (the running one, if any, is newer).

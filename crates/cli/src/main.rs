@@ -51,6 +51,8 @@ enum Command {
     Rollout(RolloutArgs),
     /// Print a container's log.
     Logs(LogsArgs),
+    /// Run a command in a container (`skiff exec POD -- CMD ARGS`).
+    Exec(ExecArgs),
     /// Add, change (--overwrite) or remove (`key-`) labels.
     Label(MetadataArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations.
@@ -200,6 +202,9 @@ struct GetArgs {
     /// Output: wide, yaml, json or name.
     #[arg(short = 'o', long, default_value = "")]
     output: String,
+    /// After listing, print changes as they happen.
+    #[arg(short = 'w', long)]
+    watch: bool,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +278,20 @@ struct LogsArgs {
     /// The previous, terminated instance of the container.
     #[arg(short = 'p', long)]
     previous: bool,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The pod.
+    pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long, default_value = "")]
+    container: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -537,15 +556,22 @@ async fn run() -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("error: {e}"))?;
             let ctl = args.client.ctl()?;
-            ctl.get(
-                &args.kind,
-                &args.names,
-                args.all_namespaces,
-                &args.selector,
-                &args.field_selector,
-                output,
-            )
-            .await?;
+            let kinds: Vec<&str> = args.kind.split(',').filter(|k| !k.is_empty()).collect();
+            for (i, kind) in kinds.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                ctl.get(
+                    kind,
+                    &args.names,
+                    args.all_namespaces,
+                    &args.selector,
+                    &args.field_selector,
+                    output,
+                    args.watch && kinds.len() == 1,
+                )
+                .await?;
+            }
         }
         Command::Describe(args) => args.client.ctl()?.describe(&args.target).await?,
         Command::Delete(args) => {
@@ -582,6 +608,14 @@ async fn run() -> anyhow::Result<()> {
                 args.previous,
             )
             .await?;
+        }
+        Command::Exec(args) => {
+            let code = args
+                .client
+                .ctl()?
+                .exec(&args.pod, &args.container, &args.command)
+                .await?;
+            std::process::exit(code);
         }
         Command::Label(args) => {
             args.client

@@ -81,6 +81,18 @@ pub trait Ops: Send + Sync {
     async fn create(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status>;
     /// Replaces the object's spec and metadata.
     async fn update(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status>;
+    /// Changes from `version` on: (ADDED|MODIFIED|DELETED, object).
+    async fn watch(
+        &self,
+        channel: &Channel,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+        version: &str,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<(String, Value), tonic::Status>>,
+        tonic::Status,
+    >;
     /// Deletes the object.
     async fn delete(
         &self,
@@ -329,6 +341,41 @@ where
             token = meta.r#continue;
         }
         Ok((items, version))
+    }
+
+    async fn watch(
+        &self,
+        channel: &Channel,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+        version: &str,
+    ) -> Result<
+        futures::stream::BoxStream<'static, Result<(String, Value), tonic::Status>>,
+        tonic::Status,
+    > {
+        use futures::StreamExt as _;
+        let stream = Api::<K>::new(channel.clone())
+            .watch(skiff::pb::api::v1::WatchRequest {
+                namespace: namespace.to_string(),
+                label_selector: labels.to_string(),
+                field_selector: fields.to_string(),
+                resource_version: version.to_string(),
+                allow_bookmarks: false,
+            })
+            .await?;
+        let events = stream.filter_map(|event| async move {
+            match event {
+                Err(s) => Some(Err(s)),
+                Ok(event) => {
+                    let (kind, obj) = K::event_parts(event);
+                    let obj = obj?;
+                    let value = to_value(&obj).map(with_type::<K>);
+                    Some(value.map(|v| (kind.as_str_name().to_string(), v)))
+                }
+            }
+        });
+        Ok(events.boxed())
     }
 
     async fn create(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status> {

@@ -9,7 +9,7 @@
 //! - [`apply`]: apply and create.
 //! - [`table`]: kubectl's tables.
 //! - [`Ctl`]: the commands (get, describe, delete, scale, rollout, logs,
-//!   label, annotate, api-resources, cluster-info).
+//!   exec, label, annotate, api-resources, cluster-info).
 
 pub mod apply;
 pub mod config;
@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt as _;
 use serde_json::Value;
-use skiff::pb::core::v1::PodLogsRequest;
+use skiff::pb::core::v1::pod_exec_client::PodExecClient;
 use skiff::pb::core::v1::pod_logs_client::PodLogsClient;
+use skiff::pb::core::v1::{PodExecRequest, PodLogsRequest};
 use tonic::transport::Channel;
 
 use crate::kinds::Ops;
@@ -231,6 +232,7 @@ impl Ctl {
     ///
     /// # Errors
     /// An unknown kind, a missing object, an unreachable server.
+    #[allow(clippy::too_many_arguments)]
     pub async fn get(
         &self,
         kind: &str,
@@ -239,16 +241,19 @@ impl Ctl {
         labels: &str,
         fields: &str,
         output: Output,
+        watch: bool,
     ) -> Result<()> {
         let ops = kind_of(kind)?;
         let namespace = self.namespace_for(&*ops, all_namespaces);
         let mut items = Vec::new();
+        let mut version = String::new();
         if names.is_empty() {
-            let (list, _) = ops
+            let (list, rv) = ops
                 .list(&self.channel, &namespace, labels, fields)
                 .await
                 .map_err(|s| self.server_error(s, kind, ""))?;
             items = list;
+            version = rv;
         } else {
             for name in names {
                 let item = ops
@@ -258,20 +263,91 @@ impl Ctl {
                 items.push(item);
             }
         }
-        self.print(
-            &*ops,
-            &items,
-            names.len() == 1,
-            all_namespaces && ops.info().namespaced,
-            output,
-        );
-        if items.is_empty() && matches!(output, Output::Table | Output::Wide) {
+        let all = all_namespaces && ops.info().namespaced;
+        self.print(&*ops, &items, names.len() == 1, all, output);
+        if items.is_empty() && matches!(output, Output::Table | Output::Wide) && !watch {
             let place = if namespace.is_empty() {
                 String::new()
             } else {
                 format!(" in {namespace} namespace")
             };
             eprintln!("No resources found{place}.");
+        }
+        if watch {
+            self.watch(
+                &*ops, &namespace, labels, fields, &version, names, &items, all, output,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// `get -w`: after the list, one line (or document) per change, as
+    /// it happens, until interrupted.
+    #[allow(clippy::too_many_arguments)]
+    async fn watch(
+        &self,
+        ops: &dyn Ops,
+        namespace: &str,
+        labels: &str,
+        fields: &str,
+        version: &str,
+        names: &[String],
+        listed: &[Value],
+        all: bool,
+        output: Output,
+    ) -> Result<()> {
+        let kind = ops.info().kind;
+        let mut events = ops
+            .watch(&self.channel, namespace, labels, fields, version)
+            .await
+            .map_err(|s| self.server_error(s, kind, ""))?;
+        let wide = output == Output::Wide;
+        // Rows line up under the list's header.
+        let mut widths: Vec<usize> = Vec::new();
+        for row in table::rows(kind, listed, wide, all, SystemTime::now()) {
+            for (i, cell) in row.iter().enumerate() {
+                let w = cell.chars().count();
+                if widths.len() <= i {
+                    widths.push(w);
+                } else {
+                    widths[i] = widths[i].max(w);
+                }
+            }
+        }
+        while let Some(event) = events.next().await {
+            let (_, object) = event.map_err(|s| self.server_error(s, kind, ""))?;
+            let name = object["metadata"]["name"].as_str().unwrap_or("");
+            if !names.is_empty() && !names.iter().any(|n| n == name) {
+                continue;
+            }
+            match output {
+                Output::Table | Output::Wide => {
+                    let table = table::rows(
+                        kind,
+                        std::slice::from_ref(&object),
+                        wide,
+                        all,
+                        SystemTime::now(),
+                    );
+                    let row = &table[1];
+                    let mut line = String::new();
+                    for (i, cell) in row.iter().enumerate() {
+                        line.push_str(cell);
+                        if i + 1 < row.len() {
+                            let w = widths
+                                .get(i)
+                                .copied()
+                                .unwrap_or(0)
+                                .max(cell.chars().count());
+                            line.push_str(&" ".repeat(w - cell.chars().count() + 3));
+                        }
+                    }
+                    println!("{}", line.trim_end());
+                }
+                _ => self.print(ops, std::slice::from_ref(&object), true, all, output),
+            }
+            let _ = std::io::stdout().flush();
         }
         Ok(())
     }
@@ -520,6 +596,35 @@ impl Ctl {
             let _ = stdout.flush();
         }
         Ok(())
+    }
+
+    /// `exec POD [-c C] -- CMD ARGS`: runs the command in the container,
+    /// prints its stdout and stderr; returns its exit code.
+    ///
+    /// # Errors
+    /// A missing pod or container, a container not running, a node that
+    /// does not answer.
+    pub async fn exec(&self, pod: &str, container: &str, command: &[String]) -> Result<i32> {
+        let pod = pod
+            .strip_prefix("pod/")
+            .or_else(|| pod.strip_prefix("pods/"))
+            .unwrap_or(pod);
+        let mut client = PodExecClient::new(self.channel.clone());
+        let out = client
+            .exec(PodExecRequest {
+                namespace: self.namespace.clone(),
+                name: pod.to_string(),
+                container: container.to_string(),
+                command: command.to_vec(),
+                timeout_seconds: None,
+            })
+            .await
+            .map_err(|s| self.server_error(s, "Pod", pod))?
+            .into_inner();
+        let _ = std::io::stdout().write_all(&out.stdout);
+        let _ = std::io::stderr().write_all(&out.stderr);
+        let _ = std::io::stdout().flush();
+        Ok(out.exit_code)
     }
 
     /// `rollout status deployment/NAME`: progress lines until done.

@@ -252,9 +252,11 @@ impl ApiServer {
             let (actor, arbiter) = pool.get(i);
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
             inboxes.push(tx);
-            let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::new(
-                logs::PodLogsService::new(actor.clone()),
+            let proxy = std::sync::Arc::new(logs::PodLogsService::new(actor.clone()));
+            let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::from_arc(
+                std::sync::Arc::clone(&proxy),
             );
+            let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
@@ -276,6 +278,7 @@ impl ApiServer {
                 let result = tonic::transport::Server::builder()
                     .add_routes(routes)
                     .add_service(logs)
+                    .add_service(exec)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
                     .add_service(health_service)

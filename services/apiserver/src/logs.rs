@@ -1,4 +1,5 @@
-//! `skiff.core.v1.PodLogs`: the pods/log subresource. The API server finds
+//! `skiff.core.v1.PodLogs` and `PodExec`: the pods/log and pods/exec
+//! subresources. The API server finds
 //! the pod's node and proxies the stream from that node's agent
 //! (`skiff.agent.v1.Agent/Logs` at the Node's InternalIP and
 //! `daemonEndpoints.kubeletEndpoint` port), like the Kubernetes API server
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use skiff::pb::agent::v1::agent_client::AgentClient;
 use skiff::pb::api::v1::GetRequest;
+use skiff::pb::core::v1::pod_exec_server::PodExec;
 use skiff::pb::core::v1::pod_logs_server::PodLogs;
-use skiff::pb::core::v1::{LogChunk, Node, Pod, PodLogsRequest};
+use skiff::pb::core::v1::{LogChunk, Node, Pod, PodExecRequest, PodExecResponse, PodLogsRequest};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -68,16 +70,15 @@ impl PodLogsService {
 /// The stream of a pod's log.
 pub type LogStream = tonic::Streaming<LogChunk>;
 
-#[tonic::async_trait]
-impl PodLogs for PodLogsService {
-    type LogsStream = LogStream;
-
-    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
-        let mut req = request.into_inner();
-        if req.namespace.is_empty() {
-            req.namespace = "default".into();
-        }
-        let pod: Pod = self.get(&req.namespace, &req.name).await?;
+impl PodLogsService {
+    /// The agent of the node running `namespace/name`, and how to name it
+    /// in messages.
+    async fn agent(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(AgentClient<Channel>, String), Status> {
+        let pod: Pod = self.get(namespace, name).await?;
         let node_name = pod
             .spec
             .as_ref()
@@ -85,14 +86,12 @@ impl PodLogs for PodLogsService {
             .unwrap_or_default();
         if node_name.is_empty() {
             return Err(Status::failed_precondition(format!(
-                "pod {:?} in namespace {:?} is not scheduled to a node yet: it has no logs",
-                req.name, req.namespace
+                "pod {name:?} in namespace {namespace:?} is not scheduled to a node yet"
             )));
         }
         let node: Node = self.get("", &node_name).await.map_err(|s| {
             Status::unavailable(format!(
-                "node {node_name:?} of pod {:?}: {}",
-                req.name,
+                "node {node_name:?} of pod {name:?}: {}",
                 s.message()
             ))
         })?;
@@ -117,14 +116,50 @@ impl PodLogs for PodLogsService {
         } else {
             format!("{ip}:{port}")
         };
-        let mut client = AgentClient::new(self.channel(&address)?);
-        match client.logs(req).await {
-            Ok(stream) => Ok(stream),
-            Err(s) if s.code() == tonic::Code::Unavailable => Err(Status::unavailable(format!(
-                "the agent of node {node_name:?} at {address} does not answer: {}",
-                s.message()
-            ))),
-            Err(s) => Err(s),
-        }
+        let client = AgentClient::new(self.channel(&address)?);
+        Ok((
+            client,
+            format!("the agent of node {node_name:?} at {address}"),
+        ))
+    }
+}
+
+/// An agent's UNAVAILABLE, naming the agent.
+fn unreachable(agent: &str, status: Status) -> Status {
+    if status.code() == tonic::Code::Unavailable {
+        Status::unavailable(format!("{agent} does not answer: {}", status.message()))
+    } else {
+        status
+    }
+}
+
+fn default_namespace(namespace: &mut String) {
+    if namespace.is_empty() {
+        *namespace = "default".into();
+    }
+}
+
+#[tonic::async_trait]
+impl PodLogs for PodLogsService {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let mut req = request.into_inner();
+        default_namespace(&mut req.namespace);
+        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
+        client.logs(req).await.map_err(|s| unreachable(&agent, s))
+    }
+}
+
+#[tonic::async_trait]
+impl PodExec for PodLogsService {
+    async fn exec(
+        &self,
+        request: Request<PodExecRequest>,
+    ) -> Result<Response<PodExecResponse>, Status> {
+        let mut req = request.into_inner();
+        default_namespace(&mut req.namespace);
+        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
+        client.exec(req).await.map_err(|s| unreachable(&agent, s))
     }
 }
