@@ -435,6 +435,10 @@ struct UpArgs {
     /// Address to serve the API on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// etcd endpoints (comma-separated): the state goes there instead of
+    /// the embedded store.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
 }
 
 fn server_config(args: &ServerArgs) -> skiff_apiserver::Config {
@@ -655,7 +659,11 @@ async fn run() -> anyhow::Result<()> {
                     .join(".skiff")
                     .join("data"),
             };
-            let store = skiff_apiserver::StoreConfig::Embedded(data_dir.join("state.redb"));
+            let store = if args.etcd.is_empty() {
+                skiff_apiserver::StoreConfig::Embedded(data_dir.join("state.redb"))
+            } else {
+                skiff_apiserver::StoreConfig::Etcd(args.etcd.clone())
+            };
             let config = skiff_apiserver::Config::new(args.listen, store);
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
@@ -717,7 +725,11 @@ async fn run() -> anyhow::Result<()> {
                 "  agent:       node {:?} (Docker; pods in the `skiff` network)",
                 host_name()
             );
-            println!("  state:       {}", data_dir.display());
+            if args.etcd.is_empty() {
+                println!("  state:       {} (embedded store)", data_dir.display());
+            } else {
+                println!("  state:       etcd at {}", args.etcd.join(","));
+            }
             println!("  client:      {config_path} (skiff get, apply, logs ... use it)");
             println!("Try:");
             println!("  skiff get nodes");
