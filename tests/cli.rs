@@ -379,6 +379,36 @@ async fn bad_manifests_name_the_file_document_and_field_and_apply_nothing_of_the
     let typo = c.skiff(&["get", "cm", "typo"]);
     assert!(!typo.ok, "nothing of a bad document is applied");
 
+    // Server-side dry run: the server checks, nothing is written.
+    let dry = c.write(
+        "dry.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dry}\ndata: {a: b}\n",
+    );
+    assert_eq!(
+        c.ok(&["apply", "--dry-run=server", "-f", &dry]),
+        "configmap/dry created (server dry run)\n"
+    );
+    assert!(
+        !c.skiff(&["get", "cm", "dry"]).ok,
+        "a dry run writes nothing"
+    );
+    let invalid = c.write(
+        "invalid.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, image: i}]}\n",
+    );
+    let refused = c.skiff(&["apply", "--dry-run=server", "-f", &invalid]);
+    assert!(
+        !refused.ok && refused.stderr.contains("Invalid") && refused.stderr.contains("Bad_Name"),
+        "{}",
+        refused.stderr
+    );
+    let client_only = c.skiff(&["apply", "--dry-run=client", "-f", &invalid]);
+    assert!(
+        client_only.ok,
+        "a client dry run checks only the schema: {}",
+        client_only.stderr
+    );
+
     // Errors as kubectl words them, with a non-zero exit.
     let unknown = c.skiff(&["get", "widgets"]);
     assert!(

@@ -177,8 +177,9 @@ struct ApplyArgs {
     /// Manifest files or directories (`-` for stdin).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<String>,
-    /// `client`: only check and print what would be done.
-    #[arg(long, value_parser = ["none", "client"], default_value = "none")]
+    /// `client`: check the manifests and compare, send nothing; `server`:
+    /// the server checks and admits everything, and writes nothing.
+    #[arg(long, value_parser = ["none", "client", "server"], default_value = "none")]
     dry_run: String,
 }
 
@@ -304,6 +305,14 @@ struct MetadataArgs {
     /// Replace existing values.
     #[arg(long)]
     overwrite: bool,
+}
+
+fn dry_run(flag: &str) -> skiff_ctl::apply::DryRun {
+    match flag {
+        "client" => skiff_ctl::apply::DryRun::Client,
+        "server" => skiff_ctl::apply::DryRun::Server,
+        _ => skiff_ctl::apply::DryRun::None,
+    }
 }
 
 /// The deployment a rollout command names.
@@ -546,13 +555,12 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Apply(args) => {
             let ctl = args.client.ctl()?;
-            ctl.apply(&args.files, args.dry_run == "client", false)
+            ctl.apply(&args.files, dry_run(&args.dry_run), false)
                 .await?;
         }
         Command::Create(args) => {
             let ctl = args.client.ctl()?;
-            ctl.apply(&args.files, args.dry_run == "client", true)
-                .await?;
+            ctl.apply(&args.files, dry_run(&args.dry_run), true).await?;
         }
         Command::Get(args) => {
             let output: skiff_ctl::Output = args

@@ -13,6 +13,8 @@ use tonic_prost::ProstCodec;
 /// A typed client for kind `K`. Cheap to clone (the channel is shared).
 pub struct Api<K> {
     grpc: tonic::client::Grpc<Channel>,
+    /// Ask the server to check writes without making them.
+    dry_run: bool,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -20,6 +22,7 @@ impl<K> Clone for Api<K> {
     fn clone(&self) -> Self {
         Self {
             grpc: self.grpc.clone(),
+            dry_run: self.dry_run,
             _kind: PhantomData,
         }
     }
@@ -32,8 +35,16 @@ impl<K: Resource> Api<K> {
     pub fn new(channel: Channel) -> Self {
         Self {
             grpc: tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            dry_run: false,
             _kind: PhantomData,
         }
+    }
+
+    /// The same client, asking the server to check Create and Update
+    /// without writing (server-side dry run).
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
     }
 
     fn path(method: &str) -> Result<http::uri::PathAndQuery, tonic::Status> {
@@ -53,10 +64,14 @@ impl<K: Resource> Api<K> {
             .map_err(|e| tonic::Status::unavailable(format!("API server unavailable: {e}")))?;
         let path = Self::path(method)?;
         let codec = ProstCodec::<Req, Resp>::default();
-        Ok(grpc
-            .unary(tonic::Request::new(req), path, codec)
-            .await?
-            .into_inner())
+        let mut request = tonic::Request::new(req);
+        if self.dry_run {
+            request.metadata_mut().insert(
+                "x-skiff-dry-run",
+                tonic::metadata::MetadataValue::from_static("All"),
+            );
+        }
+        Ok(grpc.unary(request, path, codec).await?.into_inner())
     }
 
     /// Creates an object.

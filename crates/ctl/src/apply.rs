@@ -114,6 +114,17 @@ fn prepared(doc: &Document, namespace: &str) -> Value {
     value
 }
 
+/// How a dry run is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Not: the change is made.
+    None,
+    /// The client checks the manifest and compares; nothing is sent.
+    Client,
+    /// The server defaults, validates and admits, and writes nothing.
+    Server,
+}
+
 /// Applies one document.
 ///
 /// # Errors
@@ -122,7 +133,7 @@ pub async fn apply(
     channel: &Channel,
     doc: &Document,
     default_ns: &str,
-    dry_run: bool,
+    dry_run: DryRun,
 ) -> Result<Outcome, tonic::Status> {
     let namespace = namespace_of(doc, default_ns);
     let desired = prepared(doc, &namespace);
@@ -132,8 +143,10 @@ pub async fn apply(
         Err(s) => return Err(s),
     };
     let Some(live) = live else {
-        if !dry_run {
-            doc.ops.create(channel, desired).await?;
+        if dry_run != DryRun::Client {
+            doc.ops
+                .create(channel, desired, dry_run == DryRun::Server)
+                .await?;
         }
         return Ok(Outcome::Created);
     };
@@ -156,14 +169,17 @@ pub async fn apply(
             meta.insert(field.into(), v.clone());
         }
     }
-    if dry_run {
+    if dry_run == DryRun::Client {
         return Ok(if changed(&live, &next) {
             Outcome::Configured
         } else {
             Outcome::Unchanged
         });
     }
-    let written = doc.ops.update(channel, next).await?;
+    let written = doc
+        .ops
+        .update(channel, next, dry_run == DryRun::Server)
+        .await?;
     let before = live["metadata"]["resourceVersion"].as_str();
     let after = written["metadata"]["resourceVersion"].as_str();
     Ok(if before == after {
@@ -196,7 +212,7 @@ pub async fn create(
     channel: &Channel,
     doc: &Document,
     default_ns: &str,
-    dry_run: bool,
+    dry_run: DryRun,
 ) -> Result<(), tonic::Status> {
     let namespace = namespace_of(doc, default_ns);
     let mut value = doc.value.clone();
@@ -206,8 +222,10 @@ pub async fn create(
     if !namespace.is_empty() {
         metadata_mut(&mut value).insert("namespace".into(), Value::String(namespace));
     }
-    if !dry_run {
-        doc.ops.create(channel, value).await?;
+    if dry_run != DryRun::Client {
+        doc.ops
+            .create(channel, value, dry_run == DryRun::Server)
+            .await?;
     }
     Ok(())
 }

@@ -77,10 +77,21 @@ pub trait Ops: Send + Sync {
         labels: &str,
         fields: &str,
     ) -> Result<(Vec<Value>, String), tonic::Status>;
-    /// Creates the object.
-    async fn create(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status>;
-    /// Replaces the object's spec and metadata.
-    async fn update(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status>;
+    /// Creates the object (with `dry_run`, the server only checks).
+    async fn create(
+        &self,
+        channel: &Channel,
+        value: Value,
+        dry_run: bool,
+    ) -> Result<Value, tonic::Status>;
+    /// Replaces the object's spec and metadata (with `dry_run`, the server
+    /// only checks).
+    async fn update(
+        &self,
+        channel: &Channel,
+        value: Value,
+        dry_run: bool,
+    ) -> Result<Value, tonic::Status>;
     /// Changes from `version` on: (ADDED|MODIFIED|DELETED, object).
     async fn watch(
         &self,
@@ -101,6 +112,11 @@ pub trait Ops: Send + Sync {
         name: &str,
         propagation: &str,
     ) -> Result<Value, tonic::Status>;
+}
+
+fn api<K: Resource>(channel: &Channel, dry_run: bool) -> Api<K> {
+    let api = Api::<K>::new(channel.clone());
+    if dry_run { api.dry_run() } else { api }
 }
 
 /// [`Ops`] for kind `K`.
@@ -378,15 +394,25 @@ where
         Ok(events.boxed())
     }
 
-    async fn create(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status> {
+    async fn create(
+        &self,
+        channel: &Channel,
+        value: Value,
+        dry_run: bool,
+    ) -> Result<Value, tonic::Status> {
         let obj: K = from_value(value).map_err(tonic::Status::invalid_argument)?;
-        let created = Api::<K>::new(channel.clone()).create(obj).await?;
+        let created = api::<K>(channel, dry_run).create(obj).await?;
         Ok(with_type::<K>(to_value(&created)?))
     }
 
-    async fn update(&self, channel: &Channel, value: Value) -> Result<Value, tonic::Status> {
+    async fn update(
+        &self,
+        channel: &Channel,
+        value: Value,
+        dry_run: bool,
+    ) -> Result<Value, tonic::Status> {
         let obj: K = from_value(value).map_err(tonic::Status::invalid_argument)?;
-        let updated = Api::<K>::new(channel.clone()).update(obj).await?;
+        let updated = api::<K>(channel, dry_run).update(obj).await?;
         Ok(with_type::<K>(to_value(&updated)?))
     }
 

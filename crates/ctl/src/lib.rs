@@ -196,10 +196,19 @@ impl Ctl {
     ///
     /// # Errors
     /// Any invalid document or failed apply (after doing the rest).
-    pub async fn apply(&self, files: &[String], dry_run: bool, create_only: bool) -> Result<()> {
+    pub async fn apply(
+        &self,
+        files: &[String],
+        dry_run: apply::DryRun,
+        create_only: bool,
+    ) -> Result<()> {
         let (documents, invalid) = manifest::read(files);
         let mut failures: Vec<String> = invalid.iter().map(|e| e.to_string()).collect();
-        let suffix = if dry_run { " (dry run)" } else { "" };
+        let suffix = match dry_run {
+            apply::DryRun::None => "",
+            apply::DryRun::Client => " (dry run)",
+            apply::DryRun::Server => " (server dry run)",
+        };
         for doc in &documents {
             let label = apply::object_name(&*doc.ops, doc.name());
             let result = if create_only {
@@ -477,7 +486,7 @@ impl Ctl {
             if let Some(map) = obj.as_object_mut() {
                 map.remove("status");
             }
-            match ops.update(&self.channel, obj).await {
+            match ops.update(&self.channel, obj, false).await {
                 Ok(v) => return Ok(v),
                 Err(s) if s.code() == tonic::Code::Aborted => continue,
                 Err(s) => return Err(self.server_error(s, ops.info().kind, name)),

@@ -30,6 +30,10 @@ pub enum Op<K: Strategy> {
     List(ListRequest),
     /// Replace an object's spec and metadata.
     Update(K),
+    /// Everything Create does but the write (`x-skiff-dry-run: All`).
+    CreateDryRun(K),
+    /// Everything Update does but the write.
+    UpdateDryRun(K),
     /// Replace an object's status.
     UpdateStatus(K),
     /// Delete an object.
@@ -87,6 +91,8 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
         let work = async move {
             match call.op {
                 Op::Create(obj) => registry.create(obj).await.map(Reply::Object),
+                Op::CreateDryRun(obj) => registry.create_with(obj, true).await.map(Reply::Object),
+                Op::UpdateDryRun(obj) => registry.update_dry_run(obj).await.map(Reply::Object),
                 Op::Get(req) => registry.get(req).await.map(Reply::Object),
                 Op::List(req) => registry.list::<K>(req).await.map(Reply::List),
                 Op::Update(obj) => registry.update(obj).await.map(Reply::Object),

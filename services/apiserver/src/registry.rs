@@ -429,7 +429,17 @@ impl Registry {
     ///
     /// # Errors
     /// Invalid objects, a missing namespace, an existing name.
-    pub async fn create<K: Strategy>(&self, mut obj: K) -> Result<K> {
+    pub async fn create<K: Strategy>(&self, obj: K) -> Result<K> {
+        self.create_with(obj, false).await
+    }
+
+    /// Create, or with `dry_run` everything create does (defaults,
+    /// validation, admission, the name check) but the write: the object is
+    /// returned as it would be stored, without a resourceVersion.
+    ///
+    /// # Errors
+    /// As [`Registry::create`].
+    pub async fn create_with<K: Strategy>(&self, mut obj: K, dry_run: bool) -> Result<K> {
         check_type_meta(&obj)?;
         let meta = obj.metadata_mut();
         if !meta.resource_version.is_empty() {
@@ -457,6 +467,16 @@ impl Registry {
             }
             let bytes = admit(&obj)?;
             let key = keys::object::<K>(obj.namespace(), obj.name());
+            if dry_run {
+                if !generated && self.read::<K>(&key).await?.is_some() {
+                    return Err(ApiError::AlreadyExists {
+                        kind: kind_name::<K>(),
+                        name: object_name(obj.namespace(), obj.name()),
+                    });
+                }
+                obj.set_type_meta();
+                return Ok(obj);
+            }
             match self.store.create(&key, bytes).await {
                 Ok(rev) => {
                     obj.metadata_mut().resource_version = rev.to_string();
@@ -580,7 +600,15 @@ impl Registry {
     /// # Errors
     /// NotFound, a stale resourceVersion (Conflict), invalid objects.
     pub async fn update<K: Strategy>(&self, obj: K) -> Result<K> {
-        self.write(obj, false).await
+        self.write(obj, false, false).await
+    }
+
+    /// Update without writing (`dry_run`): the object as it would be.
+    ///
+    /// # Errors
+    /// As [`Registry::update`].
+    pub async fn update_dry_run<K: Strategy>(&self, obj: K) -> Result<K> {
+        self.write(obj, false, true).await
     }
 
     /// Replaces an object's status only.
@@ -591,10 +619,10 @@ impl Registry {
         if !K::HAS_STATUS {
             return Err(ApiError::Unsupported(format!("{} has no status", K::KIND)));
         }
-        self.write(obj, true).await
+        self.write(obj, true, false).await
     }
 
-    async fn write<K: Strategy>(&self, mut obj: K, status_only: bool) -> Result<K> {
+    async fn write<K: Strategy>(&self, mut obj: K, status_only: bool, dry_run: bool) -> Result<K> {
         check_type_meta(&obj)?;
         let namespace = effective_namespace::<K>(obj.namespace());
         obj.metadata_mut().namespace = namespace.clone();
@@ -637,6 +665,14 @@ impl Registry {
             let next_meta = next.metadata().cloned().unwrap_or_default();
             // The last finalizer is gone from an object whose deletion is
             // not waiting out a grace period: it goes.
+            if dry_run {
+                // Checked and admitted; nothing is written (not even a
+                // finalizer's last removal).
+                admit(&next)?;
+                let mut next = next;
+                next.set_type_meta();
+                return Ok(next);
+            }
             let result = if cur_meta.deletion_timestamp.is_some()
                 && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
                 && next_meta.finalizers.is_empty()
@@ -653,6 +689,7 @@ impl Registry {
                     // Nothing changed: no write, no new resourceVersion.
                     return Ok(current);
                 }
+
                 self.store.update(&key, bytes, Some(kv.mod_revision)).await
             };
             match result {

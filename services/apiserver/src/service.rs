@@ -11,6 +11,21 @@ use crate::actor::{ActorHandle, Op, Reply};
 use crate::registry::WatchStream;
 use crate::strategy::Strategy;
 
+/// The metadata key of a server-side dry run (Kubernetes' `dryRun=All`):
+/// Create and Update check and return the object but write nothing.
+pub const DRY_RUN_HEADER: &str = "x-skiff-dry-run";
+
+/// Whether the request asks for a dry run.
+fn dry_run<T>(req: &Request<T>) -> Result<bool, Status> {
+    match req.metadata().get(DRY_RUN_HEADER).map(|v| v.to_str()) {
+        None => Ok(false),
+        Some(Ok("All")) => Ok(true),
+        Some(other) => Err(Status::invalid_argument(format!(
+            "{DRY_RUN_HEADER}: Unsupported value: {other:?}: supported values: \"All\""
+        ))),
+    }
+}
+
 /// The service of kind `K`.
 pub struct KindService<K> {
     actor: ActorHandle,
@@ -34,6 +49,9 @@ impl<K: Strategy> KindService<K> {
     }
 
     async fn create(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        if dry_run(&req)? {
+            return self.object(Op::CreateDryRun(req.into_inner())).await;
+        }
         self.object(Op::Create(req.into_inner())).await
     }
 
@@ -42,6 +60,9 @@ impl<K: Strategy> KindService<K> {
     }
 
     async fn update(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        if dry_run(&req)? {
+            return self.object(Op::UpdateDryRun(req.into_inner())).await;
+        }
         self.object(Op::Update(req.into_inner())).await
     }
 
