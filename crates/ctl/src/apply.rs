@@ -73,25 +73,6 @@ fn metadata_mut(value: &mut Value) -> &mut Map<String, Value> {
         .expect("just made an object")
 }
 
-fn string_map(value: &Value) -> Map<String, Value> {
-    value.as_object().cloned().unwrap_or_default()
-}
-
-/// Merges one metadata map (labels or annotations): the manifest's keys,
-/// plus the live object's keys the last apply did not set.
-fn merge_map(live: &Value, last: &Value, desired: &Value) -> Value {
-    let mut merged = string_map(live);
-    for key in string_map(last).keys() {
-        if desired.get(key).is_none() {
-            merged.remove(key);
-        }
-    }
-    for (k, v) in string_map(desired) {
-        merged.insert(k, v);
-    }
-    Value::Object(merged)
-}
-
 /// The manifest as sent: its namespace set, status dropped, and the
 /// last-applied annotation recording it.
 fn prepared(doc: &Document, namespace: &str) -> Value {
@@ -150,58 +131,87 @@ pub async fn apply(
         }
         return Ok(Outcome::Created);
     };
-    let last: Value = live["metadata"]["annotations"][LAST_APPLIED]
-        .as_str()
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or(Value::Null);
-    let mut next = desired.clone();
-    let meta = metadata_mut(&mut next);
-    for field in ["labels", "annotations"] {
-        let merged = merge_map(
-            &live["metadata"][field],
-            &last["metadata"][field],
-            &desired["metadata"][field],
-        );
-        meta.insert(field.into(), merged);
-    }
-    for field in ["resourceVersion", "uid"] {
-        if let Some(v) = live["metadata"].get(field) {
-            meta.insert(field.into(), v.clone());
+    let mut live = live;
+    for _ in 0..5 {
+        let last: Value = live["metadata"]["annotations"][LAST_APPLIED]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null);
+        let mut next = merge(&live, &last, &desired);
+        if let Some(map) = next.as_object_mut() {
+            // The status is the server's; sending the one read is allowed,
+            // but none is simpler.
+            map.remove("status");
+        }
+        if dry_run == DryRun::Client {
+            return Ok(if next == strip_status(&live) {
+                Outcome::Unchanged
+            } else {
+                Outcome::Configured
+            });
+        }
+        match doc
+            .ops
+            .update(channel, next, dry_run == DryRun::Server)
+            .await
+        {
+            Ok(written) => {
+                let before = live["metadata"]["resourceVersion"].as_str();
+                let after = written["metadata"]["resourceVersion"].as_str();
+                return Ok(if before == after {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Configured
+                });
+            }
+            // Changed meanwhile (a controller wrote its status): merge again.
+            Err(s) if s.code() == tonic::Code::Aborted => {
+                live = doc.ops.get(channel, &namespace, doc.name()).await?;
+            }
+            Err(s) => return Err(s),
         }
     }
-    if dry_run == DryRun::Client {
-        return Ok(if changed(&live, &next) {
-            Outcome::Configured
-        } else {
-            Outcome::Unchanged
-        });
-    }
-    let written = doc
-        .ops
-        .update(channel, next, dry_run == DryRun::Server)
-        .await?;
-    let before = live["metadata"]["resourceVersion"].as_str();
-    let after = written["metadata"]["resourceVersion"].as_str();
-    Ok(if before == after {
-        Outcome::Unchanged
-    } else {
-        Outcome::Configured
-    })
+    Err(tonic::Status::aborted(format!(
+        "{} keeps changing; try again",
+        object_name(&*doc.ops, doc.name())
+    )))
 }
 
-/// Whether `next` would change `live` in what apply sets (for a client-side
-/// dry run: defaults the server adds make this an estimate).
-fn changed(live: &Value, next: &Value) -> bool {
-    let Some(fields) = next.as_object() else {
-        return true;
-    };
-    fields.iter().any(|(k, v)| match k.as_str() {
-        "metadata" => ["labels", "annotations"]
-            .iter()
-            .any(|f| live["metadata"][*f] != v[*f]),
-        "apiVersion" | "kind" => false,
-        _ => live.get(k) != Some(v),
-    })
+fn strip_status(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    value
+}
+
+/// kubectl apply's three-way merge, over JSON: the live object, with every
+/// field the manifest sets overlaid (objects merged key by key, lists and
+/// values replaced), and every field the previous apply set but this one
+/// dropped removed. Fields others set (replicas after a scale, nodeName,
+/// ownerReferences, finalizers, controller annotations) stay.
+pub fn merge(live: &Value, last: &Value, desired: &Value) -> Value {
+    match (live, desired) {
+        (Value::Object(live_map), Value::Object(desired_map)) => {
+            let mut merged = live_map.clone();
+            if let Value::Object(last_map) = last {
+                for key in last_map.keys() {
+                    if !desired_map.contains_key(key) {
+                        merged.remove(key);
+                    }
+                }
+            }
+            for (key, want) in desired_map {
+                let value = match merged.get(key) {
+                    Some(have) => merge(have, last.get(key).unwrap_or(&Value::Null), want),
+                    None => want.clone(),
+                };
+                merged.insert(key.clone(), value);
+            }
+            Value::Object(merged)
+        }
+        _ => desired.clone(),
+    }
 }
 
 /// Creates one document (an existing object is an error).
@@ -241,8 +251,34 @@ mod tests {
         let last = json!({"a": "1", "b": "2"});
         let desired = json!({"a": "10"});
         assert_eq!(
-            merge_map(&live, &last, &desired),
+            merge(&live, &last, &desired),
             json!({"a": "10", "by-controller": "x"})
+        );
+    }
+
+    #[test]
+    fn fields_others_set_survive_a_reapply() {
+        let live = json!({
+            "metadata": {"name": "web", "resourceVersion": "7", "ownerReferences": [{"uid": "u"}]},
+            "spec": {"replicas": 5, "nodeName": "n1", "template": {"image": "a"}}
+        });
+        let last = json!({"metadata": {"name": "web"}, "spec": {"template": {"image": "a"}}});
+        let desired = json!({"metadata": {"name": "web"}, "spec": {"template": {"image": "b"}}});
+        let merged = merge(&live, &last, &desired);
+        assert_eq!(merged["spec"]["replicas"], 5, "scaled by someone else");
+        assert_eq!(merged["spec"]["nodeName"], "n1");
+        assert_eq!(merged["spec"]["template"]["image"], "b");
+        assert_eq!(merged["metadata"]["resourceVersion"], "7");
+        assert_eq!(merged["metadata"]["ownerReferences"][0]["uid"], "u");
+        let dropped = json!({"metadata": {"name": "web"}, "spec": {"replicas": 2}});
+        let after = merge(
+            &merged,
+            &dropped,
+            &json!({"metadata": {"name": "web"}, "spec": {}}),
+        );
+        assert!(
+            after["spec"].get("replicas").is_none(),
+            "a field the last apply set and this one dropped goes"
         );
     }
 }

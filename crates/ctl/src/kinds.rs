@@ -199,6 +199,7 @@ fn required_defaults(value: &mut Value) {
 /// manifests as numbers.
 const INT64_FIELDS: &[&str] = &[
     "activeDeadlineSeconds",
+    "capacity",
     "deletionGracePeriodSeconds",
     "expirationSeconds",
     "fsGroup",
@@ -213,6 +214,40 @@ const INT64_FIELDS: &[&str] = &[
     "terminationGracePeriodSeconds",
     "tolerationSeconds",
 ];
+
+/// Fields that hold a protobuf Timestamp.
+fn is_time_key(key: &str) -> bool {
+    key.ends_with("Timestamp")
+        || key.ends_with("Time")
+        || matches!(key, "startedAt" | "finishedAt" | "timeAdded")
+}
+
+/// Quantities written as numbers (`cpu: 1`, `memory: 1000`), which
+/// manifests allow and the protobuf maps of strings do not: made strings
+/// before a manifest is read.
+pub fn quantities_as_strings(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if matches!(
+                    key.as_str(),
+                    "limits" | "requests" | "overhead" | "capacity" | "allocatable" | "hard"
+                ) && let Value::Object(q) = v
+                {
+                    for amount in q.values_mut() {
+                        if let Value::Number(n) = amount {
+                            *amount = Value::String(n.to_string());
+                        }
+                    }
+                } else {
+                    quantities_as_strings(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(quantities_as_strings),
+        _ => {}
+    }
+}
 
 /// Turns the int64 fields' strings back into numbers, so that objects
 /// print as valid Kubernetes manifests. Maps of user data (labels,
@@ -232,7 +267,18 @@ pub fn numbers(value: &mut Value) {
                 ) {
                     continue;
                 }
-                if INT64_FIELDS.contains(&key.as_str()) {
+                if is_time_key(key) {
+                    // RFC 3339 in UTC as Kubernetes writes it: `Z`, not
+                    // `+00:00` (only at timestamp fields: user data is left
+                    // as written).
+                    if let Value::String(text) = v
+                        && text.len() >= 20
+                        && text.ends_with("+00:00")
+                    {
+                        let trimmed = text.trim_end_matches("+00:00").to_string();
+                        *text = format!("{trimmed}Z");
+                    }
+                } else if INT64_FIELDS.contains(&key.as_str()) {
                     match v {
                         Value::String(s) => {
                             if let Ok(n) = s.parse::<i64>() {
@@ -262,13 +308,6 @@ pub fn numbers(value: &mut Value) {
             {
                 *value = Value::from(f as i64);
             }
-        }
-        // RFC 3339 in UTC as Kubernetes writes it: `Z`, not `+00:00`.
-        Value::String(text)
-            if text.len() >= 20 && text.as_bytes()[10] == b'T' && text.ends_with("+00:00") =>
-        {
-            let trimmed = text.trim_end_matches("+00:00").to_string();
-            *text = format!("{trimmed}Z");
         }
         _ => {}
     }
@@ -311,7 +350,9 @@ where
     }
 
     fn check(&self, value: &Value) -> Result<Value, String> {
-        let obj: K = from_value(value.clone())?;
+        let mut value = value.clone();
+        quantities_as_strings(&mut value);
+        let obj: K = from_value(value)?;
         to_value(&obj).map_err(|s| s.message().to_string())
     }
 
@@ -471,6 +512,30 @@ mod tests {
         assert_eq!(find("svc").unwrap().info().kind, "Service");
         assert!(find("deployments.batch").is_none());
         assert!(find("widgets").is_none());
+    }
+
+    #[test]
+    fn user_data_keeps_its_form_and_numeric_quantities_read() {
+        let mut v = serde_json::json!({
+            "metadata": {"creationTimestamp": "2026-11-26T10:00:00+00:00", "generation": "3"},
+            "spec": {"containers": [{"env": [{"name": "T", "value": "2024-01-01T00:00:00+00:00"}]}]}
+        });
+        numbers(&mut v);
+        assert_eq!(v["metadata"]["creationTimestamp"], "2026-11-26T10:00:00Z");
+        assert_eq!(v["metadata"]["generation"], 3);
+        assert_eq!(
+            v["spec"]["containers"][0]["env"][0]["value"],
+            "2024-01-01T00:00:00+00:00"
+        );
+        let pod = serde_json::json!({
+            "metadata": {"name": "q"},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {"limits": {"cpu": 1, "memory": 1000}}}]}
+        });
+        let checked = find("pods").unwrap().check(&pod).unwrap();
+        assert_eq!(
+            checked["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "1"
+        );
     }
 
     #[test]

@@ -107,7 +107,28 @@ fn target(args: &[String]) -> Result<(Box<dyn Ops>, String)> {
 pub fn to_yaml(value: &Value) -> String {
     let text = serde_yaml::to_string(value).unwrap_or_default();
     let mut out = String::with_capacity(text.len() + 64);
+    // Inside a block scalar (`key: |`), lines are data: left alone.
+    let mut block_indent: Option<usize> = None;
     for line in text.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(b) = block_indent {
+            if line.trim().is_empty() || indent > b {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block_indent = None;
+        }
+        let trimmed = line.trim_end();
+        let opens_block = ["|", "|-", "|+", ">", ">-", ">+"]
+            .iter()
+            .any(|m| trimmed.ends_with(&format!(": {m}")) || trimmed.ends_with(&format!("- {m}")));
+        if opens_block {
+            block_indent = Some(indent);
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
         match line.rsplit_once(": ") {
             Some((key, v)) if looks_like_timestamp(v) => {
                 out.push_str(&format!("{key}: '{v}'\n"));
@@ -150,17 +171,22 @@ impl Ctl {
         use tonic::Code;
         let reason = match status.code() {
             Code::NotFound => {
+                // A missing namespace (or other cause) is the server's to say.
+                if name.is_empty() || status.message().contains("namespace") {
+                    return CtlError(format!(
+                        "Error from server (NotFound): {}",
+                        status.message()
+                    ));
+                }
                 return CtlError(format!(
-                    "Error from server (NotFound): {} {name:?} not found{}",
+                    "Error from server (NotFound): {} {name:?} not found",
                     kinds::find(kind).map_or(kind.to_string(), |k| k.info().plural.to_string()),
-                    if status.message().contains("namespace") {
-                        format!(" ({})", status.message())
-                    } else {
-                        String::new()
-                    }
                 ));
             }
-            Code::Unavailable => {
+            Code::Unavailable
+                if status.message().contains("API server unavailable")
+                    || status.message().contains("connect") =>
+            {
                 return CtlError(format!(
                     "The connection to the server {} was refused - is the cluster running (`skiff up`)? Check the address with --server or in {} ({})",
                     self.server,
@@ -168,6 +194,7 @@ impl Ctl {
                     status.message()
                 ));
             }
+            Code::Unavailable => "ServiceUnavailable",
             Code::AlreadyExists => "AlreadyExists",
             Code::InvalidArgument => "Invalid",
             Code::Aborted => "Conflict",
@@ -543,9 +570,7 @@ impl Ctl {
             }
             let map = obj["metadata"][field].as_object_mut().expect("an object");
             for pair in &pairs {
-                if let Some(key) = pair.strip_suffix('-') {
-                    map.remove(key);
-                } else if let Some((k, v)) = pair.split_once('=') {
+                if let Some((k, v)) = pair.split_once('=') {
                     if !overwrite && map.get(k).is_some_and(|old| old != v) {
                         return Err(CtlError(format!(
                             "error: '{k}' already has a value ({}), and --overwrite is false",
@@ -553,6 +578,8 @@ impl Ctl {
                         )));
                     }
                     map.insert(k.to_string(), Value::String(v.to_string()));
+                } else if let Some(key) = pair.strip_suffix('-') {
+                    map.remove(key);
                 }
             }
             Ok(())
@@ -591,7 +618,8 @@ impl Ctl {
                 name: pod.to_string(),
                 container: container.to_string(),
                 follow,
-                tail_lines: tail,
+                // kubectl's --tail=-1: everything.
+                tail_lines: tail.filter(|t| *t >= 0),
                 previous,
                 ..Default::default()
             })
@@ -979,4 +1007,29 @@ pub fn api_resources() -> String {
         ]);
     }
     table::render(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn yaml_quotes_timestamps_but_not_block_scalar_data() {
+        let value = json!({
+            "metadata": {"creationTimestamp": "2026-11-26T10:00:00Z"},
+            "data": {"notes": "updated: 2024-01-01T00:00:00Z\nsecond line\n"}
+        });
+        let yaml = to_yaml(&value);
+        assert!(
+            yaml.contains("creationTimestamp: '2026-11-26T10:00:00Z'"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("  updated: 2024-01-01T00:00:00Z\n"),
+            "block data untouched: {yaml}"
+        );
+        let back: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back, value, "round-trips");
+    }
 }

@@ -667,9 +667,14 @@ impl Registry {
             // not waiting out a grace period: it goes.
             if dry_run {
                 // Checked and admitted; nothing is written (not even a
-                // finalizer's last removal).
-                admit(&next)?;
+                // finalizer's last removal). An unchanged object comes back
+                // as it is; a changed one without a resourceVersion, since it
+                // has none yet.
+                if admit(&next)? == kv.value {
+                    return Ok(current);
+                }
                 let mut next = next;
+                next.metadata_mut().resource_version.clear();
                 next.set_type_meta();
                 return Ok(next);
             }

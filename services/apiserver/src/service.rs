@@ -26,6 +26,17 @@ fn dry_run<T>(req: &Request<T>) -> Result<bool, Status> {
     }
 }
 
+/// A dry run only Create and Update honour: elsewhere it is refused
+/// rather than ignored (which would write).
+fn refuse_dry_run<T>(req: &Request<T>, method: &str) -> Result<(), Status> {
+    if req.metadata().contains_key(DRY_RUN_HEADER) {
+        return Err(Status::invalid_argument(format!(
+            "{DRY_RUN_HEADER}: a dry run is supported on Create and Update, not on {method}"
+        )));
+    }
+    Ok(())
+}
+
 /// The service of kind `K`.
 pub struct KindService<K> {
     actor: ActorHandle,
@@ -67,14 +78,17 @@ impl<K: Strategy> KindService<K> {
     }
 
     async fn update_status(&self, req: Request<K>) -> Result<Response<K>, Status> {
+        refuse_dry_run(&req, "UpdateStatus")?;
         self.object(Op::UpdateStatus(req.into_inner())).await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<K>, Status> {
+        refuse_dry_run(&req, "Delete")?;
         self.object(Op::Delete(req.into_inner())).await
     }
 
     async fn bind(&self, req: Request<Binding>) -> Result<Response<K>, Status> {
+        refuse_dry_run(&req, "Bind")?;
         self.object(Op::Bind(Box::new(req.into_inner()))).await
     }
 
