@@ -364,35 +364,38 @@ async fn liveness_failures_restart_and_readiness_drives_ready() {
     env.wait_for("probed", "Ready", Duration::from_secs(60), ready)
         .await;
 
-    std::fs::remove_file(ctl.path().join("ready")).unwrap();
-    let pod = env
+    toggle_probes(&env, "probed", "web", ctl.path()).await;
+}
+
+/// Flips a pod's probes through files in `ctl` (a hostPath its probes
+/// read): readiness off and on (no restart), then liveness off (a
+/// restart) and on (Ready again).
+async fn toggle_probes(env: &Env, pod: &str, container_name: &str, ctl: &std::path::Path) {
+    std::fs::remove_file(ctl.join("ready")).unwrap();
+    let seen = env
         .wait_for(
-            "probed",
+            pod,
             "not Ready once readiness fails",
             Duration::from_secs(20),
             |p| !ready(p),
         )
         .await;
-    assert!(running(&pod, "web"), "readiness never restarts");
-    assert_eq!(container(&pod, "web").unwrap().restart_count, 0);
-    std::fs::write(ctl.path().join("ready"), "1").unwrap();
-    env.wait_for("probed", "Ready again", Duration::from_secs(20), ready)
+    assert!(running(&seen, container_name), "readiness never restarts");
+    assert_eq!(container(&seen, container_name).unwrap().restart_count, 0);
+    std::fs::write(ctl.join("ready"), "1").unwrap();
+    env.wait_for(pod, "Ready again", Duration::from_secs(20), ready)
         .await;
-
-    std::fs::remove_file(ctl.path().join("alive")).unwrap();
-    env.wait_for(
-        "probed",
-        "restarted by liveness",
-        Duration::from_secs(40),
-        |p| container(p, "web").is_some_and(|c| c.restart_count >= 1),
-    )
+    std::fs::remove_file(ctl.join("alive")).unwrap();
+    env.wait_for(pod, "restarted by liveness", Duration::from_secs(40), |p| {
+        container(p, container_name).is_some_and(|c| c.restart_count >= 1)
+    })
     .await;
-    std::fs::write(ctl.path().join("alive"), "1").unwrap();
+    std::fs::write(ctl.join("alive"), "1").unwrap();
     env.wait_for(
-        "probed",
+        pod,
         "running and Ready after the restart",
         Duration::from_secs(40),
-        |p| running(p, "web") && ready(p),
+        |p| running(p, container_name) && ready(p),
     )
     .await;
 }
@@ -961,28 +964,7 @@ mod process_runtime {
         }
         assert!(log.contains("hello-over-localhost"), "{log:?}");
 
-        std::fs::remove_file(ctl.path().join("ready")).unwrap();
-        env.wait_for("web", "not Ready", Duration::from_secs(20), |p| !ready(p))
-            .await;
-        std::fs::write(ctl.path().join("ready"), "1").unwrap();
-        env.wait_for("web", "Ready again", Duration::from_secs(20), ready)
-            .await;
-        std::fs::remove_file(ctl.path().join("alive")).unwrap();
-        env.wait_for(
-            "web",
-            "restarted by liveness",
-            Duration::from_secs(30),
-            |p| container(p, "server").is_some_and(|c| c.restart_count >= 1),
-        )
-        .await;
-        std::fs::write(ctl.path().join("alive"), "1").unwrap();
-        env.wait_for(
-            "web",
-            "Ready after the restart",
-            Duration::from_secs(30),
-            ready,
-        )
-        .await;
+        toggle_probes(&env, "web", "server", ctl.path()).await;
 
         // httpd and sleep end on SIGTERM: well within the grace period.
         let started = std::time::Instant::now();

@@ -174,10 +174,16 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
         "configmap/web-content unchanged\nsecret/web-secret unchanged\ndeployment.apps/web unchanged\n"
     );
     let dry = c.ok(&["apply", "--dry-run=server", "-f", &manifest]);
-    assert!(dry.contains("deployment.apps/web unchanged (server dry run)"), "{dry}");
+    assert!(
+        dry.contains("deployment.apps/web unchanged (server dry run)"),
+        "{dry}"
+    );
     let changed = c.write("app/changed.yaml.txt", &app(c.image, "hello-dry"));
     let dry = c.ok(&["apply", "--dry-run=server", "-f", &changed]);
-    assert!(dry.contains("deployment.apps/web configured (server dry run)"), "{dry}");
+    assert!(
+        dry.contains("deployment.apps/web configured (server dry run)"),
+        "{dry}"
+    );
     let status = c.ok(&["rollout", "status", "deployment/web", "--timeout", "90"]);
     assert!(
         status.ends_with("deployment \"web\" successfully rolled out\n"),
@@ -217,7 +223,10 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
     );
 
     let live = c.ok(&["get", "deploy", "web", "-o", "yaml"]);
-    assert!(!live.contains("hello-dry"), "a server dry run changed nothing");
+    assert!(
+        !live.contains("hello-dry"),
+        "a server dry run changed nothing"
+    );
 
     // Logs of one of the pods.
     let pod = names.lines().next().unwrap().to_string();
