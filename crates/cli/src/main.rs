@@ -434,6 +434,9 @@ struct ServerArgs {
     /// API actor threads; 0 means one per core.
     #[arg(long, default_value_t = 0)]
     actors: usize,
+    /// The range Services' cluster IPs come from.
+    #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
+    service_cidr: String,
 }
 
 #[derive(clap::Args)]
@@ -448,9 +451,12 @@ struct UpArgs {
     /// the embedded store.
     #[arg(long, value_delimiter = ',')]
     etcd: Vec<String>,
+    /// The range Services' cluster IPs come from.
+    #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
+    service_cidr: String,
 }
 
-fn server_config(args: &ServerArgs) -> skiff_apiserver::Config {
+fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
     let store = if args.etcd.is_empty() {
         skiff_apiserver::StoreConfig::Embedded(args.data_dir.join("state.redb"))
     } else {
@@ -458,7 +464,11 @@ fn server_config(args: &ServerArgs) -> skiff_apiserver::Config {
     };
     let mut config = skiff_apiserver::Config::new(args.listen, store);
     config.actors = args.actors;
-    config
+    config.service_cidr = args
+        .service_cidr
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
+    Ok(config)
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -509,7 +519,7 @@ async fn run() -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Server(args) => {
-            let config = server_config(&args);
+            let config = server_config(&args)?;
             skiff_apiserver::run(config, shutdown_signal())
                 .await
                 .context("running the API server")?;
@@ -672,7 +682,11 @@ async fn run() -> anyhow::Result<()> {
             } else {
                 skiff_apiserver::StoreConfig::Etcd(args.etcd.clone())
             };
-            let config = skiff_apiserver::Config::new(args.listen, store);
+            let mut config = skiff_apiserver::Config::new(args.listen, store);
+            config.service_cidr = args
+                .service_cidr
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub mod actor;
+pub mod allocator;
 pub mod cache;
 pub mod error;
 pub mod logs;
@@ -63,7 +64,12 @@ pub struct Config {
     /// the history older than the revision seen at the previous one, so
     /// watchers can resume from versions up to two intervals old.
     pub compaction_interval: Duration,
+    /// Where Services' cluster IPs come from.
+    pub service_cidr: allocator::Cidr,
 }
+
+/// The default service range (k3s's).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
 
 impl Config {
     /// Defaults: one actor per core, bookmarks every 10 s.
@@ -74,6 +80,7 @@ impl Config {
             actors: 0,
             bookmark_interval: Duration::from_secs(10),
             compaction_interval: Duration::from_secs(300),
+            service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("a valid default CIDR"),
         }
     }
 }
@@ -229,7 +236,11 @@ impl ApiServer {
             source,
         })?;
         let store = open_store(&config.store).await?;
-        let registry = Arc::new(Registry::new(Arc::clone(&store), config.bookmark_interval));
+        let registry = Arc::new(Registry::new(
+            Arc::clone(&store),
+            config.bookmark_interval,
+            config.service_cidr,
+        ));
         registry.bootstrap().await?;
         let actors = if config.actors == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use skiff::pb::api::v1::{DeleteRequest, EventType, GetRequest, ListRequest, WatchRequest};
-use skiff::pb::core::v1::{Binding, Namespace};
+use skiff::pb::core::v1::{Binding, Namespace, Service};
 use skiff::pb::meta::v1::ListMeta;
 use skiff::selector::{FieldSelector, LabelSelector};
 use skiff::validation::FieldErrors;
@@ -23,6 +23,7 @@ use skiff::{Resource as _, keys};
 use skiff_store::{EventKind, ListOptions, Store};
 use tokio::sync::mpsc;
 
+use crate::allocator::{Allocator, Cidr};
 use crate::cache::{Change, WatchCache, decode};
 use crate::error::{ApiError, Result};
 use crate::strategy::{self, Strategy};
@@ -151,6 +152,33 @@ pub struct Registry {
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
     bookmark_interval: Duration,
+    /// Services' cluster IPs.
+    allocator: Allocator,
+}
+
+/// A Service's cluster IP cannot change: an update without one keeps the
+/// one it has.
+///
+/// # Errors
+/// INVALID_ARGUMENT when the update changes or drops it.
+fn keep_cluster_ip<K: Strategy>(current: &K, next: &mut K) -> Result<()> {
+    let held = current.cluster_ip();
+    match next.cluster_ip_request() {
+        Some(Some(ip)) if !held.is_empty() && ip != held => Err(ApiError::Invalid(format!(
+            "spec.clusterIP: Invalid value: {ip:?}: field is immutable (it is {held:?})"
+        ))),
+        Some(None) if !held.is_empty() => {
+            next.set_cluster_ip(&held);
+            Ok(())
+        }
+        None if !held.is_empty() => Err(ApiError::Invalid(format!(
+            "spec.clusterIP: Invalid value: \"None\": field is immutable (it is {held:?}); delete and re-create the service"
+        ))),
+        Some(_) if held.is_empty() && current.cluster_ip_request().is_none() => Err(ApiError::Invalid(
+            "spec.type: a service without a cluster IP (headless or ExternalName) cannot get one by an update; delete and re-create it".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The Kubernetes name of a kind in messages: `pods`.
@@ -355,9 +383,10 @@ impl Filter {
 impl Registry {
     /// A registry over `store`. Must be called inside a tokio runtime: it
     /// starts the namespace index.
-    pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration, service_cidr: Cidr) -> Self {
         let (namespaces, index_task) = NamespaceIndex::start(Arc::clone(&store));
         Self {
+            allocator: Allocator::new(Arc::clone(&store), service_cidr),
             namespaces,
             index_task,
             store,
@@ -385,7 +414,39 @@ impl Registry {
                 Err(e) => return Err(e),
             }
         }
+        // Claims no Service holds (a crash between claim and write) go.
+        let services = self.list::<Service>(ListRequest::default()).await?;
+        let held: std::collections::HashSet<String> = services
+            .items
+            .iter()
+            .map(|s| s.cluster_ip())
+            .filter(|ip| !ip.is_empty())
+            .collect();
+        let released = self.allocator.repair(&held).await?;
+        if released > 0 {
+            tracing::info!(released, "released cluster IPs no service holds");
+        }
         Ok(())
+    }
+
+    /// Claims the cluster IP `obj` asks for (and records it in `obj`);
+    /// returns what to release if the write then fails.
+    async fn claim_cluster_ip<K: Strategy>(&self, obj: &mut K) -> Result<Option<String>> {
+        let Some(wanted) = obj.cluster_ip_request() else {
+            return Ok(None);
+        };
+        let wanted = match wanted {
+            Some(text) => Some(text.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                ApiError::Invalid(format!(
+                    "spec.clusterIP: Invalid value: {text:?}: must be a valid IPv4 address, \"None\", or empty"
+                ))
+            })?),
+            None => None,
+        };
+        let owner = object_name(obj.namespace(), obj.name());
+        let ip = self.allocator.claim(wanted, &owner).await?.to_string();
+        obj.set_cluster_ip(&ip);
+        Ok(Some(ip))
     }
 
     async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
@@ -460,6 +521,26 @@ impl Registry {
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
         }
+        let claimed = if dry_run {
+            None
+        } else {
+            self.claim_cluster_ip(&mut obj).await?
+        };
+        let result = self.create_claimed(obj, generated, dry_run).await;
+        if result.is_err()
+            && let Some(ip) = claimed
+        {
+            self.allocator.release(&ip).await;
+        }
+        result
+    }
+
+    async fn create_claimed<K: Strategy>(
+        &self,
+        mut obj: K,
+        generated: bool,
+        dry_run: bool,
+    ) -> Result<K> {
         for _ in 0..MAX_RETRIES {
             if generated {
                 let meta = obj.metadata_mut();
@@ -659,7 +740,9 @@ impl Registry {
                 next.copy_status_from(&obj);
                 next
             } else {
-                self.merge_update(&current, &obj)?
+                let mut next = self.merge_update(&current, &obj)?;
+                keep_cluster_ip(&current, &mut next)?;
+                next
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();
             let next_meta = next.metadata().cloned().unwrap_or_default();
@@ -684,10 +767,16 @@ impl Registry {
             {
                 // The last finalizer is gone: the object goes.
                 admit(&next)?;
-                self.store
+                let deleted = self
+                    .store
                     .delete(&key, Some(kv.mod_revision))
                     .await
-                    .map(|(rev, _)| rev)
+                    .map(|(rev, _)| rev);
+                let ip = current.cluster_ip();
+                if deleted.is_ok() && !ip.is_empty() {
+                    self.allocator.release(&ip).await;
+                }
+                deleted
             } else {
                 let bytes = admit(&next)?;
                 if bytes == kv.value {
@@ -875,6 +964,10 @@ impl Registry {
                 Ok((rev, _)) => {
                     let mut gone = current;
                     gone.metadata_mut().resource_version = rev.to_string();
+                    let ip = gone.cluster_ip();
+                    if !ip.is_empty() {
+                        self.allocator.release(&ip).await;
+                    }
                     return Ok(gone);
                 }
                 Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,

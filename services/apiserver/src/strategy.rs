@@ -50,6 +50,21 @@ pub trait Strategy: Resource {
     /// namespace's phase becomes Terminating.
     fn mark_deleting(&mut self) {}
 
+    /// The cluster IP the object needs: None when it needs none (other
+    /// kinds, headless and ExternalName Services); `Some(None)` for any
+    /// free one; `Some(Some(ip))` for that one.
+    fn cluster_ip_request(&self) -> Option<Option<String>> {
+        None
+    }
+
+    /// Records the cluster IP it was given.
+    fn set_cluster_ip(&mut self, _ip: &str) {}
+
+    /// The cluster IP it holds ("" for none).
+    fn cluster_ip(&self) -> String {
+        String::new()
+    }
+
     /// Kubernetes' graceful deletion: `Some(seconds)` when a Delete only
     /// marks the object (deletionTimestamp, deletionGracePeriodSeconds) and
     /// whoever runs it removes it once stopped; None deletes it now.
@@ -618,6 +633,28 @@ impl Strategy for Deployment {
 
 impl Strategy for Service {
     const NAME_IS_LABEL: bool = true;
+
+    fn cluster_ip_request(&self) -> Option<Option<String>> {
+        let spec = self.spec.as_ref()?;
+        match (spec.r#type.as_str(), spec.cluster_ip.as_str()) {
+            ("ExternalName", _) | (_, "None") => None,
+            (_, "") => Some(None),
+            (_, ip) => Some(Some(ip.to_string())),
+        }
+    }
+
+    fn set_cluster_ip(&mut self, ip: &str) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.cluster_ip = ip.to_string();
+        spec.cluster_ips = vec![ip.to_string()];
+    }
+
+    fn cluster_ip(&self) -> String {
+        match self.spec.as_ref().map(|s| s.cluster_ip.as_str()) {
+            Some("None") | None => String::new(),
+            Some(ip) => ip.to_string(),
+        }
+    }
 
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {

@@ -1,0 +1,204 @@
+//! Service cluster IPs from a configured range. Each allocated address is a
+//! key of its own in the store (`/registry/allocations/serviceips/<ip>`,
+//! holding the owner `namespace/name`), claimed with a create-if-absent:
+//! two API servers can never hand out the same address, allocations
+//! survive restarts, and a Service's deletion releases its key. A claim
+//! left by a crash between the claim and the Service's write is repaired
+//! at startup (keys no Service holds are released).
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use skiff_store::{ListOptions, Store};
+
+use crate::error::ApiError;
+
+/// Where allocation keys live (no kind's objects are under it).
+const PREFIX: &str = "/registry/allocations/serviceips/";
+
+/// How many random tries before a sequential scan.
+const RANDOM_TRIES: usize = 32;
+
+/// An IPv4 range in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub base: Ipv4Addr,
+    /// The prefix length.
+    pub bits: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, bits) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (like 10.43.0.0/16)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let bits: u8 = bits.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if !(8..=30).contains(&bits) {
+            return Err(format!("{s:?}: the prefix must be between /8 and /30"));
+        }
+        let mask = u32::MAX << (32 - bits);
+        Ok(Self {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            bits,
+        })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.bits)
+    }
+}
+
+impl Cidr {
+    /// Addresses that may be handed out: all but the network and broadcast
+    /// addresses.
+    fn usable(&self) -> u32 {
+        (1u32 << (32 - self.bits)) - 2
+    }
+
+    fn nth(&self, i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1 + i)
+    }
+
+    /// Whether `ip` may be handed out.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
+        (1..=self.usable()).contains(&offset)
+    }
+}
+
+/// Hands out cluster IPs.
+pub struct Allocator {
+    store: Arc<dyn Store>,
+    /// The service range.
+    pub range: Cidr,
+}
+
+fn key(ip: Ipv4Addr) -> String {
+    format!("{PREFIX}{ip}")
+}
+
+impl Allocator {
+    /// An allocator over `range`, keeping its claims in `store`.
+    pub fn new(store: Arc<dyn Store>, range: Cidr) -> Self {
+        Self { store, range }
+    }
+
+    /// Claims `wanted`, or a free address when None, for `owner`.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming the address when it is outside the range or
+    /// taken; UNAVAILABLE when the range is full.
+    pub async fn claim(&self, wanted: Option<Ipv4Addr>, owner: &str) -> Result<Ipv4Addr, ApiError> {
+        let value = Bytes::from(owner.to_string());
+        if let Some(ip) = wanted {
+            if !self.range.contains(ip) {
+                return Err(ApiError::Invalid(format!(
+                    "spec.clusterIP: Invalid value: {ip:?}: provided IP is not in the valid range. The range of valid IPs is {}",
+                    self.range
+                )));
+            }
+            return match self.store.create(&key(ip), value).await {
+                Ok(_) => Ok(ip),
+                Err(skiff_store::Error::AlreadyExists { .. }) => Err(ApiError::Invalid(format!(
+                    "spec.clusterIP: Invalid value: {ip:?}: provided IP is already allocated"
+                ))),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let size = self.range.usable();
+        let start = uuid::Uuid::new_v4().as_u128() as u32 % size;
+        let candidates = (0..RANDOM_TRIES as u32)
+            .map(|_| uuid::Uuid::new_v4().as_u128() as u32 % size)
+            .chain((0..size).map(|i| (start + i) % size));
+        for i in candidates {
+            let ip = self.range.nth(i);
+            match self.store.create(&key(ip), value.clone()).await {
+                Ok(_) => return Ok(ip),
+                Err(skiff_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "no cluster IP is free in {}: delete services or widen --service-cidr",
+            self.range
+        )))
+    }
+
+    /// Releases an address (a missing claim is fine).
+    pub async fn release(&self, ip: &str) {
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+            return;
+        };
+        match self.store.delete(&key(ip), None).await {
+            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(%ip, error = %e, "releasing a cluster IP"),
+        }
+    }
+
+    /// Releases every claim whose address no Service holds (left by a crash
+    /// between a claim and the Service's write). `held` are the addresses
+    /// the Services have.
+    ///
+    /// # Errors
+    /// The store could not be listed.
+    pub async fn repair(
+        &self,
+        held: &std::collections::HashSet<String>,
+    ) -> Result<usize, ApiError> {
+        let mut released = 0;
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .list(ListOptions {
+                    prefix: PREFIX.to_string(),
+                    start_after: after.clone(),
+                    limit: 500,
+                    revision: 0,
+                })
+                .await?;
+            for kv in &page.kvs {
+                let ip = kv.key.trim_start_matches(PREFIX);
+                if !held.contains(ip) {
+                    self.release(ip).await;
+                    released += 1;
+                }
+            }
+            if !page.more {
+                return Ok(released);
+            }
+            after = page.kvs.last().map(|kv| kv.key.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_bound_their_addresses() {
+        let c: Cidr = "10.43.7.9/16".parse().unwrap();
+        assert_eq!(c.to_string(), "10.43.0.0/16");
+        assert!(c.contains("10.43.0.1".parse().unwrap()));
+        assert!(
+            !c.contains("10.43.0.0".parse().unwrap()),
+            "the network address"
+        );
+        assert!(
+            !c.contains("10.43.255.255".parse().unwrap()),
+            "the broadcast address"
+        );
+        assert!(!c.contains("10.44.0.1".parse().unwrap()));
+        assert_eq!(c.nth(0), "10.43.0.1".parse::<Ipv4Addr>().unwrap());
+        assert!("10.0.0.0/31".parse::<Cidr>().is_err());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+    }
+}

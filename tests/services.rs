@@ -1,0 +1,177 @@
+//! Services' cluster IPs, allocated by the API server from its range:
+//! unique, honoured or refused when requested, released on delete,
+//! immutable, and consistent across restarts (leaked claims repaired).
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use skiff::pb::api::v1::DeleteRequest;
+use skiff::pb::core::v1::Service;
+use skiff_apiserver::StoreConfig;
+use skiff_client::Api;
+
+fn service(name: &str, cluster_ip: &str) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80}], "clusterIP": cluster_ip}
+    }))
+    .unwrap()
+}
+
+fn ip_of(s: &Service) -> String {
+    s.spec.as_ref().unwrap().cluster_ip.clone()
+}
+
+async fn start_server(
+    dir: &std::path::Path,
+    cidr: &str,
+) -> (skiff_apiserver::ApiServer, Api<Service>) {
+    let mut config = skiff_apiserver::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        StoreConfig::Embedded(dir.join("state.redb")),
+    );
+    config.actors = 1;
+    config.service_cidr = cidr.parse().unwrap();
+    // A store just closed in this process may take a moment to let go of
+    // the file.
+    let mut started = skiff_apiserver::ApiServer::start(config.clone()).await;
+    for _ in 0..100 {
+        if started.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        started = skiff_apiserver::ApiServer::start(config.clone()).await;
+    }
+    let server = started.expect("the API server starts");
+    let api = Api::new(skiff_e2e::channel(server.addr).await.unwrap());
+    (server, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ips_are_unique_requested_released_and_immutable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, api) = start_server(dir.path(), "10.96.0.0/24").await;
+    let mut seen = HashSet::new();
+    for i in 0..20 {
+        let created = api.create(service(&format!("s{i}"), "")).await.unwrap();
+        let ip = ip_of(&created);
+        assert!(ip.starts_with("10.96.0."), "{ip} is in the range");
+        assert_eq!(created.spec.as_ref().unwrap().cluster_ips, vec![ip.clone()]);
+        assert!(seen.insert(ip), "no address twice");
+    }
+
+    // A requested address is honoured, and then taken.
+    let wanted = api.create(service("wanted", "10.96.0.250")).await.unwrap();
+    assert_eq!(ip_of(&wanted), "10.96.0.250");
+    let taken = api
+        .create(service("again", "10.96.0.250"))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), tonic::Code::InvalidArgument);
+    assert!(
+        taken.message().contains("10.96.0.250") && taken.message().contains("already allocated"),
+        "{}",
+        taken.message()
+    );
+    let outside = api
+        .create(service("outside", "10.97.0.1"))
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), tonic::Code::InvalidArgument);
+    assert!(
+        outside.message().contains("10.96.0.0/24"),
+        "the range is named: {}",
+        outside.message()
+    );
+    let garbage = api
+        .create(service("garbage", "not-an-ip"))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+
+    // Headless services get none.
+    let headless = api.create(service("headless", "None")).await.unwrap();
+    assert_eq!(ip_of(&headless), "None");
+
+    // Immutable: an update without it keeps it; another one is refused.
+    let mut update = api.get("default", "wanted").await.unwrap();
+    update.spec.as_mut().unwrap().cluster_ip.clear();
+    update.spec.as_mut().unwrap().cluster_ips.clear();
+    update
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .insert("v".into(), "2".into());
+    let kept = api.update(update).await.unwrap();
+    assert_eq!(ip_of(&kept), "10.96.0.250");
+    let mut change = kept.clone();
+    change.spec.as_mut().unwrap().cluster_ip = "10.96.0.251".into();
+    let refused = api.update(change).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("immutable"),
+        "{}",
+        refused.message()
+    );
+
+    // Released on delete: the address can be had again.
+    api.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "wanted".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let reused = api.create(service("reuse", "10.96.0.250")).await.unwrap();
+    assert_eq!(ip_of(&reused), "10.96.0.250");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_survive_restarts_and_leaked_claims_are_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api) = start_server(dir.path(), "10.96.1.0/24").await;
+    let kept = api.create(service("kept", "10.96.1.10")).await.unwrap();
+    assert_eq!(ip_of(&kept), "10.96.1.10");
+    server.stop().await.unwrap();
+
+    // A claim left behind by a crash between the claim and the write.
+    {
+        use skiff_store::Store as _;
+        // The stopped server lets go of the file once its last task ends.
+        let path = dir.path().join("state.redb");
+        let mut store = skiff_store::EmbeddedStore::open(&path);
+        for _ in 0..100 {
+            if store.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            store = skiff_store::EmbeddedStore::open(&path);
+        }
+        let store = store.expect("the store file is free after the server stopped");
+        store
+            .create(
+                "/registry/allocations/serviceips/10.96.1.20",
+                "default/ghost".into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    let (_server, api) = start_server(dir.path(), "10.96.1.0/24").await;
+    let taken = api
+        .create(service("thief", "10.96.1.10"))
+        .await
+        .unwrap_err();
+    assert!(
+        taken.message().contains("already allocated"),
+        "still held after a restart: {}",
+        taken.message()
+    );
+    let repaired = api.create(service("heir", "10.96.1.20")).await.unwrap();
+    assert_eq!(
+        ip_of(&repaired),
+        "10.96.1.20",
+        "the leaked claim was released at startup"
+    );
+}
