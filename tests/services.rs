@@ -175,3 +175,83 @@ async fn allocations_survive_restarts_and_leaked_claims_are_repaired() {
         "the leaked claim was released at startup"
     );
 }
+
+fn node_port_service(name: &str, node_port: i32) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "NodePort", "selector": {"app": name},
+                 "ports": [{"name": "http", "port": 80, "nodePort": node_port}, {"name": "admin", "port": 81}]}
+    }))
+    .unwrap()
+}
+
+fn node_ports(s: &Service) -> Vec<i32> {
+    s.spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .map(|p| p.node_port)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_are_allocated_kept_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, api) = start_server(dir.path(), "10.96.2.0/24").await;
+    let a = api.create(node_port_service("a", 30080)).await.unwrap();
+    let ports = node_ports(&a);
+    assert_eq!(ports[0], 30080, "the asked-for port");
+    assert!((30000..=32767).contains(&ports[1]), "a free one: {ports:?}");
+    let clash = api.create(node_port_service("b", 30080)).await.unwrap_err();
+    assert_eq!(clash.code(), tonic::Code::InvalidArgument);
+    assert!(
+        clash.message().contains("spec.ports[0].nodePort")
+            && clash.message().contains("already allocated"),
+        "{}",
+        clash.message()
+    );
+    let outside = api.create(node_port_service("c", 80)).await.unwrap_err();
+    assert!(
+        outside.message().contains("30000-32767"),
+        "{}",
+        outside.message()
+    );
+    // A failed create leaves nothing claimed: its cluster IP is free again.
+    let b = api.create(node_port_service("b", 0)).await.unwrap();
+    assert!(
+        node_ports(&b)
+            .iter()
+            .all(|p| *p >= 30000 && !ports.contains(p))
+    );
+
+    // An update keeps the ports; turning it into a ClusterIP service
+    // releases them.
+    let mut update = api.get("default", "a").await.unwrap();
+    for p in &mut update.spec.as_mut().unwrap().ports {
+        p.node_port = 0;
+    }
+    let kept = api.update(update).await.unwrap();
+    assert_eq!(
+        node_ports(&kept),
+        ports,
+        "the same ports after an update without them"
+    );
+    let mut cluster = kept.clone();
+    cluster.spec.as_mut().unwrap().r#type = "ClusterIP".into();
+    let cluster = api.update(cluster).await.unwrap();
+    assert_eq!(node_ports(&cluster), vec![0, 0]);
+    let reuse = api.create(node_port_service("d", 30080)).await.unwrap();
+    assert_eq!(node_ports(&reuse)[0], 30080, "released by the type change");
+
+    // Deleted: released.
+    api.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "d".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let again = api.create(node_port_service("e", 30080)).await.unwrap();
+    assert_eq!(node_ports(&again)[0], 30080);
+}

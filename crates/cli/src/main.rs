@@ -307,6 +307,20 @@ struct MetadataArgs {
     overwrite: bool,
 }
 
+/// `30000-32767`.
+fn port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let parsed = text.split_once('-').and_then(|(lo, hi)| {
+        Some((
+            lo.trim().parse::<u16>().ok()?,
+            hi.trim().parse::<u16>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((lo, hi)) if lo > 0 && lo <= hi => Ok(lo..=hi),
+        _ => anyhow::bail!("--service-node-port-range: {text:?} is not a range like 30000-32767"),
+    }
+}
+
 fn dry_run(flag: &str) -> skiff_ctl::apply::DryRun {
     match flag {
         "client" => skiff_ctl::apply::DryRun::Client,
@@ -437,6 +451,9 @@ struct ServerArgs {
     /// The range Services' cluster IPs come from.
     #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
     service_cidr: String,
+    /// The range NodePort Services' node ports come from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 #[derive(clap::Args)]
@@ -454,6 +471,9 @@ struct UpArgs {
     /// The range Services' cluster IPs come from.
     #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
     service_cidr: String,
+    /// The range NodePort Services' node ports come from.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
@@ -468,6 +488,7 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
         .service_cidr
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
+    config.node_ports = port_range(&args.service_node_port_range)?;
     Ok(config)
 }
 
@@ -687,6 +708,7 @@ async fn run() -> anyhow::Result<()> {
                 .service_cidr
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
+            config.node_ports = port_range(&args.service_node_port_range)?;
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;

@@ -1,6 +1,8 @@
-//! Service cluster IPs from a configured range. Each allocated address is a
-//! key of its own in the store (`/registry/allocations/serviceips/<ip>`,
-//! holding the owner `namespace/name`), claimed with a create-if-absent:
+//! Service cluster IPs and node ports from configured ranges. Each
+//! allocated address or port is a key of its own in the store
+//! (`/registry/allocations/serviceips/<ip>`,
+//! `/registry/allocations/nodeports/<port>`, holding the owner
+//! `namespace/name`), claimed with a create-if-absent:
 //! two API servers can never hand out the same address, allocations
 //! survive restarts, and a Service's deletion releases its key. A claim
 //! left by a crash between the claim and the Service's write is repaired
@@ -14,8 +16,13 @@ use skiff_store::{ListOptions, Store};
 
 use crate::error::ApiError;
 
-/// Where allocation keys live (no kind's objects are under it).
+/// Where address claims live (no kind's objects are under it).
 const PREFIX: &str = "/registry/allocations/serviceips/";
+/// Where node port claims live.
+const PORTS_PREFIX: &str = "/registry/allocations/nodeports/";
+
+/// Kubernetes' default node port range.
+pub const DEFAULT_NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
 /// How many random tries before a sequential scan.
 const RANDOM_TRIES: usize = 32;
@@ -73,11 +80,13 @@ impl Cidr {
     }
 }
 
-/// Hands out cluster IPs.
+/// Hands out cluster IPs and node ports.
 pub struct Allocator {
     store: Arc<dyn Store>,
     /// The service range.
     pub range: Cidr,
+    /// The node port range.
+    pub ports: std::ops::RangeInclusive<u16>,
 }
 
 fn key(ip: Ipv4Addr) -> String {
@@ -85,9 +94,80 @@ fn key(ip: Ipv4Addr) -> String {
 }
 
 impl Allocator {
-    /// An allocator over `range`, keeping its claims in `store`.
-    pub fn new(store: Arc<dyn Store>, range: Cidr) -> Self {
-        Self { store, range }
+    /// An allocator over `range` and `ports`, keeping its claims in
+    /// `store`.
+    pub fn new(store: Arc<dyn Store>, range: Cidr, ports: std::ops::RangeInclusive<u16>) -> Self {
+        Self {
+            store,
+            range,
+            ports,
+        }
+    }
+
+    /// Claims node port `wanted`, or a free one when None, for `owner`
+    /// (`field` names the port in messages: `spec.ports[0].nodePort`).
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming the port when it is outside the range or
+    /// taken; UNAVAILABLE when the range is full.
+    pub async fn claim_port(
+        &self,
+        wanted: Option<u16>,
+        owner: &str,
+        field: &str,
+    ) -> Result<u16, ApiError> {
+        let value = Bytes::from(owner.to_string());
+        let (lo, hi) = (*self.ports.start(), *self.ports.end());
+        if let Some(port) = wanted {
+            if !self.ports.contains(&port) {
+                return Err(ApiError::Invalid(format!(
+                    "{field}: Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                )));
+            }
+            return match self
+                .store
+                .create(&format!("{PORTS_PREFIX}{port}"), value)
+                .await
+            {
+                Ok(_) => Ok(port),
+                Err(skiff_store::Error::AlreadyExists { .. }) => Err(ApiError::Invalid(format!(
+                    "{field}: Invalid value: {port}: provided port is already allocated"
+                ))),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let size = u32::from(hi - lo) + 1;
+        let start = uuid::Uuid::new_v4().as_u128() as u32 % size;
+        let candidates = (0..RANDOM_TRIES as u32)
+            .map(|_| uuid::Uuid::new_v4().as_u128() as u32 % size)
+            .chain((0..size).map(|i| (start + i) % size));
+        for i in candidates {
+            let port = lo + i as u16;
+            match self
+                .store
+                .create(&format!("{PORTS_PREFIX}{port}"), value.clone())
+                .await
+            {
+                Ok(_) => return Ok(port),
+                Err(skiff_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "no node port is free in {lo}-{hi}: delete NodePort services or widen the range"
+        )))
+    }
+
+    /// Releases a node port (a missing claim is fine).
+    pub async fn release_port(&self, port: u16) {
+        match self
+            .store
+            .delete(&format!("{PORTS_PREFIX}{port}"), None)
+            .await
+        {
+            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(%port, error = %e, "releasing a node port"),
+        }
     }
 
     /// Claims `wanted`, or a free address when None, for `owner`.
@@ -142,9 +222,9 @@ impl Allocator {
         }
     }
 
-    /// Releases every claim whose address no Service holds (left by a crash
-    /// between a claim and the Service's write). `held` are the addresses
-    /// the Services have.
+    /// Releases every claim no Service holds (left by a crash between a
+    /// claim and the Service's write). `held` are the addresses and node
+    /// ports (as text) the Services have.
     ///
     /// # Errors
     /// The store could not be listed.
@@ -153,29 +233,33 @@ impl Allocator {
         held: &std::collections::HashSet<String>,
     ) -> Result<usize, ApiError> {
         let mut released = 0;
-        let mut after = None;
-        loop {
-            let page = self
-                .store
-                .list(ListOptions {
-                    prefix: PREFIX.to_string(),
-                    start_after: after.clone(),
-                    limit: 500,
-                    revision: 0,
-                })
-                .await?;
-            for kv in &page.kvs {
-                let ip = kv.key.trim_start_matches(PREFIX);
-                if !held.contains(ip) {
-                    self.release(ip).await;
-                    released += 1;
+        for prefix in [PREFIX, PORTS_PREFIX] {
+            let mut after = None;
+            loop {
+                let page = self
+                    .store
+                    .list(ListOptions {
+                        prefix: prefix.to_string(),
+                        start_after: after.clone(),
+                        limit: 500,
+                        revision: 0,
+                    })
+                    .await?;
+                for kv in &page.kvs {
+                    if !held.contains(kv.key.trim_start_matches(prefix)) {
+                        match self.store.delete(&kv.key, None).await {
+                            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => released += 1,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                 }
+                if !page.more {
+                    break;
+                }
+                after = page.kvs.last().map(|kv| kv.key.clone());
             }
-            if !page.more {
-                return Ok(released);
-            }
-            after = page.kvs.last().map(|kv| kv.key.clone());
         }
+        Ok(released)
     }
 }
 

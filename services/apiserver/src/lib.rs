@@ -66,6 +66,8 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// Where Services' cluster IPs come from.
     pub service_cidr: allocator::Cidr,
+    /// Where NodePort and LoadBalancer Services' node ports come from.
+    pub node_ports: std::ops::RangeInclusive<u16>,
 }
 
 /// The default service range (k3s's).
@@ -81,6 +83,7 @@ impl Config {
             bookmark_interval: Duration::from_secs(10),
             compaction_interval: Duration::from_secs(300),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("a valid default CIDR"),
+            node_ports: allocator::DEFAULT_NODE_PORTS,
         }
     }
 }
@@ -240,6 +243,7 @@ impl ApiServer {
             Arc::clone(&store),
             config.bookmark_interval,
             config.service_cidr,
+            config.node_ports.clone(),
         ));
         registry.bootstrap().await?;
         let actors = if config.actors == 0 {

@@ -181,6 +181,14 @@ fn keep_cluster_ip<K: Strategy>(current: &K, next: &mut K) -> Result<()> {
     }
 }
 
+/// The node ports an object holds.
+fn node_ports_of<K: Strategy>(obj: &K) -> Vec<u16> {
+    obj.node_port_requests()
+        .into_iter()
+        .filter_map(|(_, np, _, _)| np)
+        .collect()
+}
+
 /// The Kubernetes name of a kind in messages: `pods`.
 fn kind_name<K: Strategy>() -> String {
     K::PLURAL.to_string()
@@ -383,10 +391,15 @@ impl Filter {
 impl Registry {
     /// A registry over `store`. Must be called inside a tokio runtime: it
     /// starts the namespace index.
-    pub fn new(store: Arc<dyn Store>, bookmark_interval: Duration, service_cidr: Cidr) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        bookmark_interval: Duration,
+        service_cidr: Cidr,
+        node_ports: std::ops::RangeInclusive<u16>,
+    ) -> Self {
         let (namespaces, index_task) = NamespaceIndex::start(Arc::clone(&store));
         Self {
-            allocator: Allocator::new(Arc::clone(&store), service_cidr),
+            allocator: Allocator::new(Arc::clone(&store), service_cidr, node_ports),
             namespaces,
             index_task,
             store,
@@ -419,8 +432,11 @@ impl Registry {
         let held: std::collections::HashSet<String> = services
             .items
             .iter()
-            .map(|s| s.cluster_ip())
-            .filter(|ip| !ip.is_empty())
+            .flat_map(|s| {
+                let ports = node_ports_of(s).into_iter().map(|p| p.to_string());
+                std::iter::once(s.cluster_ip()).chain(ports)
+            })
+            .filter(|claim| !claim.is_empty())
             .collect();
         let released = self.allocator.repair(&held).await?;
         if released > 0 {
@@ -447,6 +463,69 @@ impl Registry {
         let ip = self.allocator.claim(wanted, &owner).await?.to_string();
         obj.set_cluster_ip(&ip);
         Ok(Some(ip))
+    }
+
+    /// Gives `obj`'s ports their node ports: the ones asked for (claimed
+    /// unless `current` holds them), the ones `current` gave the same port,
+    /// or free ones. Returns the ports newly claimed (to release if the
+    /// write fails).
+    async fn claim_node_ports<K: Strategy>(
+        &self,
+        current: Option<&K>,
+        obj: &mut K,
+    ) -> Result<Vec<u16>> {
+        let held: Vec<(i32, String, u16)> = current
+            .map(|c| {
+                c.node_port_requests()
+                    .into_iter()
+                    .filter_map(|(_, np, port, proto)| np.map(|n| (port, proto, n)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let owner = object_name(obj.namespace(), obj.name());
+        let mut newly = Vec::new();
+        for (i, wanted, port, proto) in obj.node_port_requests() {
+            let field = format!("spec.ports[{i}].nodePort");
+            let given = match wanted {
+                Some(np) if held.iter().any(|(_, _, h)| *h == np) => Ok(np),
+                Some(np) => self
+                    .allocator
+                    .claim_port(Some(np), &owner, &field)
+                    .await
+                    .inspect(|p| newly.push(*p)),
+                None => match held.iter().find(|(p, pr, _)| *p == port && *pr == proto) {
+                    Some((_, _, np)) => Ok(*np),
+                    None => self
+                        .allocator
+                        .claim_port(None, &owner, &field)
+                        .await
+                        .inspect(|p| newly.push(*p)),
+                },
+            };
+            match given {
+                Ok(np) => obj.set_node_port(i, np),
+                Err(e) => {
+                    self.release_ports(&newly).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(newly)
+    }
+
+    async fn release_ports(&self, ports: &[u16]) {
+        for port in ports {
+            self.allocator.release_port(*port).await;
+        }
+    }
+
+    /// Releases what a deleted object held (a Service's address and ports).
+    async fn release_claims<K: Strategy>(&self, gone: &K) {
+        let ip = gone.cluster_ip();
+        if !ip.is_empty() {
+            self.allocator.release(&ip).await;
+        }
+        self.release_ports(&node_ports_of(gone)).await;
     }
 
     async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
@@ -526,7 +605,21 @@ impl Registry {
         } else {
             self.claim_cluster_ip(&mut obj).await?
         };
-        let result = self.create_claimed(obj, generated, dry_run).await;
+        let ports = if dry_run {
+            Ok(Vec::new())
+        } else {
+            self.claim_node_ports(None, &mut obj).await
+        };
+        let result = match ports {
+            Ok(ports) => {
+                let result = self.create_claimed(obj, generated, dry_run).await;
+                if result.is_err() {
+                    self.release_ports(&ports).await;
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err()
             && let Some(ip) = claimed
         {
@@ -761,6 +854,12 @@ impl Registry {
                 next.set_type_meta();
                 return Ok(next);
             }
+            let mut next = next;
+            let newly = if status_only {
+                Vec::new()
+            } else {
+                self.claim_node_ports(Some(&current), &mut next).await?
+            };
             let result = if cur_meta.deletion_timestamp.is_some()
                 && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
                 && next_meta.finalizers.is_empty()
@@ -772,13 +871,18 @@ impl Registry {
                     .delete(&key, Some(kv.mod_revision))
                     .await
                     .map(|(rev, _)| rev);
-                let ip = current.cluster_ip();
-                if deleted.is_ok() && !ip.is_empty() {
-                    self.allocator.release(&ip).await;
+                if deleted.is_ok() {
+                    self.release_claims(&current).await;
                 }
                 deleted
             } else {
-                let bytes = admit(&next)?;
+                let bytes = match admit(&next) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.release_ports(&newly).await;
+                        return Err(e);
+                    }
+                };
                 if bytes == kv.value {
                     // Nothing changed: no write, no new resourceVersion.
                     return Ok(current);
@@ -786,9 +890,18 @@ impl Registry {
 
                 self.store.update(&key, bytes, Some(kv.mod_revision)).await
             };
+            if result.is_err() {
+                self.release_ports(&newly).await;
+            }
             match result {
                 Ok(rev) => {
-                    let mut next = next;
+                    // Ports the update no longer uses go back to the range.
+                    let kept: Vec<u16> = node_ports_of(&next);
+                    let stale: Vec<u16> = node_ports_of(&current)
+                        .into_iter()
+                        .filter(|p| !kept.contains(p))
+                        .collect();
+                    self.release_ports(&stale).await;
                     next.metadata_mut().resource_version = rev.to_string();
                     next.set_type_meta();
                     return Ok(next);
@@ -964,10 +1077,7 @@ impl Registry {
                 Ok((rev, _)) => {
                     let mut gone = current;
                     gone.metadata_mut().resource_version = rev.to_string();
-                    let ip = gone.cluster_ip();
-                    if !ip.is_empty() {
-                        self.allocator.release(&ip).await;
-                    }
+                    self.release_claims(&gone).await;
                     return Ok(gone);
                 }
                 Err(skiff_store::Error::Conflict { .. }) if expected_rv.is_none() => continue,

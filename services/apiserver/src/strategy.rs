@@ -65,6 +65,16 @@ pub trait Strategy: Resource {
         String::new()
     }
 
+    /// The node ports it needs (NodePort and LoadBalancer Services): per
+    /// port, its index, the node port asked for (None: any), its port and
+    /// protocol.
+    fn node_port_requests(&self) -> Vec<(usize, Option<u16>, i32, String)> {
+        Vec::new()
+    }
+
+    /// Records the node port given to port `index`.
+    fn set_node_port(&mut self, _index: usize, _port: u16) {}
+
     /// Kubernetes' graceful deletion: `Some(seconds)` when a Delete only
     /// marks the object (deletionTimestamp, deletionGracePeriodSeconds) and
     /// whoever runs it removes it once stopped; None deletes it now.
@@ -656,6 +666,29 @@ impl Strategy for Service {
         }
     }
 
+    fn node_port_requests(&self) -> Vec<(usize, Option<u16>, i32, String)> {
+        let Some(spec) = self.spec.as_ref() else {
+            return Vec::new();
+        };
+        if !matches!(spec.r#type.as_str(), "NodePort" | "LoadBalancer") {
+            return Vec::new();
+        }
+        spec.ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let wanted = u16::try_from(p.node_port).ok().filter(|n| *n > 0);
+                (i, wanted, p.port, p.protocol.clone())
+            })
+            .collect()
+    }
+
+    fn set_node_port(&mut self, index: usize, port: u16) {
+        if let Some(p) = self.spec.as_mut().and_then(|s| s.ports.get_mut(index)) {
+            p.node_port = i32::from(port);
+        }
+    }
+
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             if spec.r#type.is_empty() {
@@ -663,6 +696,12 @@ impl Strategy for Service {
             }
             if spec.session_affinity.is_empty() {
                 spec.session_affinity = "None".into();
+            }
+            // Only NodePort and LoadBalancer Services hold node ports.
+            if !matches!(spec.r#type.as_str(), "NodePort" | "LoadBalancer") {
+                for p in &mut spec.ports {
+                    p.node_port = 0;
+                }
             }
             for p in &mut spec.ports {
                 if p.protocol.is_empty() {
