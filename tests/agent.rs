@@ -1028,3 +1028,41 @@ mod process_runtime {
         assert!(running(&again, "main"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_see_the_services_that_exist_when_they_start() {
+    let env = env("svcenv").await;
+    let image = env.image;
+    let services = Api::<skiff::pb::core::v1::Service>::new(env.channel.clone());
+    let svc = services
+        .create(
+            serde_json::from_value(json!({
+                "metadata": {"name": "db-main", "namespace": "default"},
+                "spec": {"selector": {"app": "db"}, "ports": [{"name": "pg", "port": 5432}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let ip = svc.spec.unwrap().cluster_ip;
+    env.create(json!({
+        "metadata": {"name": "client"},
+        "spec": {"containers": [{"name": "main", "image": image,
+            "command": ["sh", "-c", "echo $DB_MAIN_SERVICE_HOST $DB_MAIN_SERVICE_PORT $DB_MAIN_SERVICE_PORT_PG $DB_MAIN_PORT; exec sleep 3600"]}]}
+    }))
+    .await;
+    env.wait_for("client", "running", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
+    let want = format!("{ip} 5432 5432 tcp://{ip}:5432");
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = env.logs("client", "main", false).await.unwrap();
+        if !log.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(log.trim(), want);
+}

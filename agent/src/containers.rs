@@ -200,7 +200,17 @@ async fn resolve_env(
     sources: &Sources,
 ) -> Result<Vec<(String, String)>, Error> {
     let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
-    let mut env: Vec<(String, String)> = Vec::new();
+    // Kubernetes' service links come first: the pod's own env wins.
+    let links = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.enable_service_links)
+        .unwrap_or(true);
+    let mut env: Vec<(String, String)> = if links {
+        service_env(&sources.services(ns).await?)
+    } else {
+        Vec::new()
+    };
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
         .iter_mut()
         .find(|(name, _)| *name == k)
@@ -308,6 +318,69 @@ async fn env_value(
     Ok(Some(String::new()))
 }
 
+/// Kubernetes' environment variables for the Services of the pod's
+/// namespace (those with a cluster IP): `WEB_SERVICE_HOST`,
+/// `WEB_SERVICE_PORT`, `WEB_SERVICE_PORT_HTTP`, and the Docker-link style
+/// `WEB_PORT`, `WEB_PORT_80_TCP`, `..._PROTO`, `..._PORT`, `..._ADDR`.
+pub fn service_env(services: &[skiff::pb::core::v1::Service]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let mut sorted: Vec<&skiff::pb::core::v1::Service> = services.iter().collect();
+    sorted.sort_by_key(|s| {
+        s.metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    });
+    for svc in sorted {
+        let name = svc.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let ip = spec.cluster_ip.as_str();
+        if ip.is_empty() || ip == "None" || spec.ports.is_empty() {
+            continue;
+        }
+        let prefix = name.to_uppercase().replace('-', "_");
+        env.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+        env.push((
+            format!("{prefix}_SERVICE_PORT"),
+            spec.ports[0].port.to_string(),
+        ));
+        for p in &spec.ports {
+            if !p.name.is_empty() {
+                env.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        p.name.to_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let first = &spec.ports[0];
+        let proto = |p: &str| {
+            if p.is_empty() {
+                "tcp".to_string()
+            } else {
+                p.to_lowercase()
+            }
+        };
+        env.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{ip}:{}", proto(&first.protocol), first.port),
+        ));
+        for p in &spec.ports {
+            let proto = proto(&p.protocol);
+            let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            env.push((base.clone(), format!("{proto}://{ip}:{}", p.port)));
+            env.push((format!("{base}_PROTO"), proto.clone()));
+            env.push((format!("{base}_PORT"), p.port.to_string()));
+            env.push((format!("{base}_ADDR"), ip.to_string()));
+        }
+    }
+    env
+}
+
 /// The downward API's fields.
 fn field_value(pod: &Pod, path: &str, placement: &Placement) -> Option<String> {
     let meta = pod.metadata.clone().unwrap_or_default();
@@ -379,6 +452,31 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
 mod tests {
     use super::*;
     use skiff::pb::meta::v1::ObjectMeta;
+
+    #[test]
+    fn services_become_kubernetes_environment_variables() {
+        let svc: skiff::pb::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-main"},
+            "spec": {"clusterIP": "10.43.0.9", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let headless: skiff::pb::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "peers"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 1}]}
+        }))
+        .unwrap();
+        let env: std::collections::BTreeMap<String, String> =
+            service_env(&[svc, headless]).into_iter().collect();
+        assert_eq!(env["DB_MAIN_SERVICE_HOST"], "10.43.0.9");
+        assert_eq!(env["DB_MAIN_SERVICE_PORT"], "5432");
+        assert_eq!(env["DB_MAIN_SERVICE_PORT_PG"], "5432");
+        assert_eq!(env["DB_MAIN_PORT"], "tcp://10.43.0.9:5432");
+        assert_eq!(env["DB_MAIN_PORT_5432_TCP_ADDR"], "10.43.0.9");
+        assert!(
+            !env.keys().any(|k| k.starts_with("PEERS_")),
+            "headless services have no address"
+        );
+    }
 
     #[test]
     fn expansion_replaces_known_references_only() {

@@ -219,6 +219,7 @@ pub async fn run(
         sources: volumes::Sources {
             configmaps: Api::<ConfigMap>::new(channel.clone()),
             secrets: Api::<Secret>::new(channel.clone()),
+            services: Api::new(channel.clone()),
         },
         recorder: skiff_client::events::Recorder::new(channel, "kubelet"),
         node_name: config.node_name.clone(),

@@ -61,9 +61,30 @@ pub struct Sources {
     pub configmaps: Api<ConfigMap>,
     /// Secrets.
     pub secrets: Api<Secret>,
+    /// Services, for the service environment variables.
+    pub services: Api<skiff::pb::core::v1::Service>,
 }
 
 impl Sources {
+    /// The Services of a namespace.
+    ///
+    /// # Errors
+    /// The API could not be asked.
+    pub async fn services(&self, ns: &str) -> Result<Vec<skiff::pb::core::v1::Service>, Error> {
+        let list = self
+            .services
+            .list(skiff::pb::api::v1::ListRequest {
+                namespace: ns.to_string(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| Error::Api {
+                what: format!("services in {ns}"),
+                status,
+            })?;
+        Ok(list.items)
+    }
+
     /// A ConfigMap's data (binaryData included), or None when it does not
     /// exist.
     pub async fn configmap(
