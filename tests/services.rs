@@ -51,7 +51,10 @@ async fn start_server(
 async fn cluster_ips_are_unique_requested_released_and_immutable() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, api) = start_server(dir.path(), "10.96.0.0/24").await;
-    let mut seen = HashSet::new();
+    // Asked for before any random one, so none can have taken it.
+    let wanted = api.create(service("wanted", "10.96.0.250")).await.unwrap();
+    assert_eq!(ip_of(&wanted), "10.96.0.250");
+    let mut seen = HashSet::from([ip_of(&wanted)]);
     for i in 0..20 {
         let created = api.create(service(&format!("s{i}"), "")).await.unwrap();
         let ip = ip_of(&created);
@@ -61,8 +64,6 @@ async fn cluster_ips_are_unique_requested_released_and_immutable() {
     }
 
     // A requested address is honoured, and then taken.
-    let wanted = api.create(service("wanted", "10.96.0.250")).await.unwrap();
-    assert_eq!(ip_of(&wanted), "10.96.0.250");
     let taken = api
         .create(service("again", "10.96.0.250"))
         .await
@@ -199,6 +200,9 @@ fn node_ports(s: &Service) -> Vec<i32> {
 async fn node_ports_are_allocated_kept_and_released() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, api) = start_server(dir.path(), "10.96.2.0/24").await;
+    // Asked-for addresses first, before random ones could take them.
+    let holder = api.create(service("holder", "10.96.2.77")).await.unwrap();
+    assert_eq!(ip_of(&holder), "10.96.2.77");
     let a = api.create(node_port_service("a", 30080)).await.unwrap();
     let ports = node_ports(&a);
     assert_eq!(ports[0], 30080, "the asked-for port");
@@ -243,6 +247,51 @@ async fn node_ports_are_allocated_kept_and_released() {
     assert_eq!(node_ports(&cluster), vec![0, 0]);
     let reuse = api.create(node_port_service("d", 30080)).await.unwrap();
     assert_eq!(node_ports(&reuse)[0], 30080, "released by the type change");
+
+    // One port twice in a service, or a port out of any range: refused.
+    let mut twice = node_port_service("twice", 31000);
+    twice.spec.as_mut().unwrap().ports[1].node_port = 31000;
+    let dup = api.create(twice).await.unwrap_err();
+    assert!(
+        dup.message().contains("Duplicate value"),
+        "{}",
+        dup.message()
+    );
+    let huge = api
+        .create(node_port_service("huge", 70000))
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    assert!(
+        huge.message().contains("spec.ports[0].nodePort"),
+        "{}",
+        huge.message()
+    );
+
+    // An ExternalName service naming an address claims nothing, so its
+    // deletion frees nothing another service holds.
+    let external: Service = serde_json::from_value(json!({
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "example.invalid", "clusterIP": "10.96.2.77"}
+    }))
+    .unwrap();
+    api.create(external).await.unwrap();
+    api.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "ext".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let thief = api
+        .create(service("thief", "10.96.2.77"))
+        .await
+        .unwrap_err();
+    assert!(
+        thief.message().contains("already allocated"),
+        "{}",
+        thief.message()
+    );
 
     // Deleted: released.
     api.delete(DeleteRequest {

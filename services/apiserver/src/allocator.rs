@@ -96,7 +96,11 @@ fn key(ip: Ipv4Addr) -> String {
 impl Allocator {
     /// An allocator over `range` and `ports`, keeping its claims in
     /// `store`.
+    ///
+    /// # Panics
+    /// An empty port range (the CLI refuses one).
     pub fn new(store: Arc<dyn Store>, range: Cidr, ports: std::ops::RangeInclusive<u16>) -> Self {
+        assert!(!ports.is_empty(), "an empty node port range");
         Self {
             store,
             range,
@@ -158,15 +162,31 @@ impl Allocator {
         )))
     }
 
-    /// Releases a node port (a missing claim is fine).
-    pub async fn release_port(&self, port: u16) {
-        match self
-            .store
-            .delete(&format!("{PORTS_PREFIX}{port}"), None)
-            .await
-        {
-            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(%port, error = %e, "releasing a node port"),
+    /// Releases a node port `owner` holds (a missing claim, or one that
+    /// is someone else's, is left alone).
+    pub async fn release_port(&self, port: u16, owner: &str) {
+        self.release_key(&format!("{PORTS_PREFIX}{port}"), owner)
+            .await;
+    }
+
+    /// Deletes a claim if `owner` holds it, at the version read (so a claim
+    /// taken by someone else meanwhile stays).
+    async fn release_key(&self, key: &str, owner: &str) {
+        let held = match self.store.get(key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "reading a claim to release it");
+                return;
+            }
+        };
+        if held.value.as_ref() != owner.as_bytes() {
+            return;
+        }
+        match self.store.delete(key, Some(held.mod_revision)).await {
+            Ok(_)
+            | Err(skiff_store::Error::NotFound { .. } | skiff_store::Error::Conflict { .. }) => {}
+            Err(e) => tracing::warn!(%key, error = %e, "releasing a claim"),
         }
     }
 
@@ -211,15 +231,13 @@ impl Allocator {
         )))
     }
 
-    /// Releases an address (a missing claim is fine).
-    pub async fn release(&self, ip: &str) {
+    /// Releases an address `owner` holds (a missing claim, or one that is
+    /// someone else's, is left alone).
+    pub async fn release(&self, ip: &str, owner: &str) {
         let Ok(ip) = ip.parse::<Ipv4Addr>() else {
             return;
         };
-        match self.store.delete(&key(ip), None).await {
-            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => {}
-            Err(e) => tracing::warn!(%ip, error = %e, "releasing a cluster IP"),
-        }
+        self.release_key(&key(ip), owner).await;
     }
 
     /// Releases every claim no Service holds (left by a crash between a
@@ -231,6 +249,7 @@ impl Allocator {
     pub async fn repair(
         &self,
         held: &std::collections::HashSet<String>,
+        as_of: i64,
     ) -> Result<usize, ApiError> {
         let mut released = 0;
         for prefix in [PREFIX, PORTS_PREFIX] {
@@ -246,9 +265,17 @@ impl Allocator {
                     })
                     .await?;
                 for kv in &page.kvs {
-                    if !held.contains(kv.key.trim_start_matches(prefix)) {
-                        match self.store.delete(&kv.key, None).await {
-                            Ok(_) | Err(skiff_store::Error::NotFound { .. }) => released += 1,
+                    // Claims newer than the Services read may belong to a
+                    // create in flight (on another API server): left alone.
+                    if kv.create_revision <= as_of
+                        && !held.contains(kv.key.trim_start_matches(prefix))
+                    {
+                        match self.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                            Ok(_) => released += 1,
+                            Err(
+                                skiff_store::Error::NotFound { .. }
+                                | skiff_store::Error::Conflict { .. },
+                            ) => {}
                             Err(e) => return Err(e.into()),
                         }
                     }

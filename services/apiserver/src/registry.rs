@@ -181,6 +181,21 @@ fn keep_cluster_ip<K: Strategy>(current: &K, next: &mut K) -> Result<()> {
     }
 }
 
+/// Whether a failed write surely did not happen (so its claims may go).
+fn definite(e: &skiff_store::Error) -> bool {
+    matches!(
+        e,
+        skiff_store::Error::Conflict { .. }
+            | skiff_store::Error::NotFound { .. }
+            | skiff_store::Error::AlreadyExists { .. }
+    )
+}
+
+/// As [`definite`], for the API's errors.
+fn definite_api(e: &ApiError) -> bool {
+    !matches!(e, ApiError::Unavailable(_) | ApiError::Internal(_))
+}
+
 /// The node ports an object holds.
 fn node_ports_of<K: Strategy>(obj: &K) -> Vec<u16> {
     obj.node_port_requests()
@@ -429,6 +444,11 @@ impl Registry {
         }
         // Claims no Service holds (a crash between claim and write) go.
         let services = self.list::<Service>(ListRequest::default()).await?;
+        let as_of: i64 = services
+            .metadata
+            .as_ref()
+            .and_then(|m| m.resource_version.parse().ok())
+            .unwrap_or(0);
         let held: std::collections::HashSet<String> = services
             .items
             .iter()
@@ -438,7 +458,7 @@ impl Registry {
             })
             .filter(|claim| !claim.is_empty())
             .collect();
-        let released = self.allocator.repair(&held).await?;
+        let released = self.allocator.repair(&held, as_of).await?;
         if released > 0 {
             tracing::info!(released, "released cluster IPs no service holds");
         }
@@ -483,9 +503,33 @@ impl Registry {
             })
             .unwrap_or_default();
         let owner = object_name(obj.namespace(), obj.name());
+        let requests = obj.node_port_requests();
+        // The same node port asked for twice is refused before anything is
+        // claimed.
+        for (i, wanted, _, _) in &requests {
+            if let Some(np) = wanted
+                && requests[..*i].iter().any(|(_, w, _, _)| w == &Some(*np))
+            {
+                return Err(ApiError::Invalid(format!(
+                    "spec.ports[{i}].nodePort: Duplicate value: {np}"
+                )));
+            }
+        }
         let mut newly = Vec::new();
-        for (i, wanted, port, proto) in obj.node_port_requests() {
+        let mut used: Vec<u16> = Vec::new();
+        for (i, wanted, port, proto) in requests {
             let field = format!("spec.ports[{i}].nodePort");
+            if let Some(np) = wanted
+                && used.contains(&np)
+            {
+                self.release_ports(&newly, &owner).await;
+                return Err(ApiError::Invalid(format!("{field}: Duplicate value: {np}")));
+            }
+            let wanted = wanted.or_else(|| {
+                held.iter()
+                    .find(|(p, pr, np)| *p == port && *pr == proto && !used.contains(np))
+                    .map(|(_, _, np)| *np)
+            });
             let given = match wanted {
                 Some(np) if held.iter().any(|(_, _, h)| *h == np) => Ok(np),
                 Some(np) => self
@@ -503,9 +547,12 @@ impl Registry {
                 },
             };
             match given {
-                Ok(np) => obj.set_node_port(i, np),
+                Ok(np) => {
+                    used.push(np);
+                    obj.set_node_port(i, np);
+                }
                 Err(e) => {
-                    self.release_ports(&newly).await;
+                    self.release_ports(&newly, &owner).await;
                     return Err(e);
                 }
             }
@@ -513,19 +560,20 @@ impl Registry {
         Ok(newly)
     }
 
-    async fn release_ports(&self, ports: &[u16]) {
+    async fn release_ports(&self, ports: &[u16], owner: &str) {
         for port in ports {
-            self.allocator.release_port(*port).await;
+            self.allocator.release_port(*port, owner).await;
         }
     }
 
     /// Releases what a deleted object held (a Service's address and ports).
     async fn release_claims<K: Strategy>(&self, gone: &K) {
+        let owner = object_name(gone.namespace(), gone.name());
         let ip = gone.cluster_ip();
         if !ip.is_empty() {
-            self.allocator.release(&ip).await;
+            self.allocator.release(&ip, &owner).await;
         }
-        self.release_ports(&node_ports_of(gone)).await;
+        self.release_ports(&node_ports_of(gone), &owner).await;
     }
 
     async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
@@ -600,6 +648,12 @@ impl Registry {
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
         }
+        let owner = object_name(obj.namespace(), obj.name());
+        // An object that claims addresses or ports is checked first: nothing
+        // is claimed for one that will be refused.
+        if obj.cluster_ip_request().is_some() || !obj.node_port_requests().is_empty() {
+            admit(&obj)?;
+        }
         let claimed = if dry_run {
             None
         } else {
@@ -613,17 +667,17 @@ impl Registry {
         let result = match ports {
             Ok(ports) => {
                 let result = self.create_claimed(obj, generated, dry_run).await;
-                if result.is_err() {
-                    self.release_ports(&ports).await;
+                if matches!(&result, Err(e) if definite_api(e)) {
+                    self.release_ports(&ports, &owner).await;
                 }
                 result
             }
             Err(e) => Err(e),
         };
-        if result.is_err()
+        if matches!(&result, Err(e) if definite_api(e))
             && let Some(ip) = claimed
         {
-            self.allocator.release(&ip).await;
+            self.allocator.release(&ip, &owner).await;
         }
         result
     }
@@ -855,15 +909,20 @@ impl Registry {
                 return Ok(next);
             }
             let mut next = next;
-            let newly = if status_only {
+            let deleting = cur_meta.deletion_timestamp.is_some()
+                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && next_meta.finalizers.is_empty();
+            // An object about to go claims nothing new.
+            let newly = if status_only || deleting {
                 Vec::new()
             } else {
+                if !next.node_port_requests().is_empty() {
+                    admit(&next)?;
+                }
                 self.claim_node_ports(Some(&current), &mut next).await?
             };
-            let result = if cur_meta.deletion_timestamp.is_some()
-                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
-                && next_meta.finalizers.is_empty()
-            {
+            let owner = object_name(&namespace, &name);
+            let result = if deleting {
                 // The last finalizer is gone: the object goes.
                 admit(&next)?;
                 let deleted = self
@@ -871,15 +930,18 @@ impl Registry {
                     .delete(&key, Some(kv.mod_revision))
                     .await
                     .map(|(rev, _)| rev);
-                if deleted.is_ok() {
+                if let Ok(rev) = deleted {
                     self.release_claims(&current).await;
+                    next.metadata_mut().resource_version = rev.to_string();
+                    next.set_type_meta();
+                    return Ok(next);
                 }
                 deleted
             } else {
                 let bytes = match admit(&next) {
                     Ok(bytes) => bytes,
                     Err(e) => {
-                        self.release_ports(&newly).await;
+                        self.release_ports(&newly, &owner).await;
                         return Err(e);
                     }
                 };
@@ -890,8 +952,12 @@ impl Registry {
 
                 self.store.update(&key, bytes, Some(kv.mod_revision)).await
             };
-            if result.is_err() {
-                self.release_ports(&newly).await;
+            // Release only when the write surely did not happen (a timeout
+            // may have committed it; the startup repair settles that case).
+            if let Err(e) = &result
+                && definite(e)
+            {
+                self.release_ports(&newly, &owner).await;
             }
             match result {
                 Ok(rev) => {
@@ -901,7 +967,7 @@ impl Registry {
                         .into_iter()
                         .filter(|p| !kept.contains(p))
                         .collect();
-                    self.release_ports(&stale).await;
+                    self.release_ports(&stale, &owner).await;
                     next.metadata_mut().resource_version = rev.to_string();
                     next.set_type_meta();
                     return Ok(next);

@@ -660,9 +660,11 @@ impl Strategy for Service {
     }
 
     fn cluster_ip(&self) -> String {
-        match self.spec.as_ref().map(|s| s.cluster_ip.as_str()) {
-            Some("None") | None => String::new(),
-            Some(ip) => ip.to_string(),
+        // Only a Service that needs an address holds one (an ExternalName
+        // Service's clusterIP field claims nothing).
+        match self.cluster_ip_request() {
+            Some(Some(ip)) => ip,
+            _ => String::new(),
         }
     }
 
@@ -732,6 +734,17 @@ impl Strategy for Service {
         }
         if spec.r#type != "ExternalName" && spec.ports.is_empty() {
             errors.required("spec.ports");
+        }
+        for (i, p) in spec.ports.iter().enumerate() {
+            if !(0..=65535).contains(&p.node_port) {
+                errors.push(
+                    format!("spec.ports[{i}].nodePort"),
+                    format!(
+                        "Invalid value: {}: must be between 1 and 65535",
+                        p.node_port
+                    ),
+                );
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in spec.ports.iter().enumerate() {
