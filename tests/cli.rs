@@ -620,3 +620,46 @@ spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_app_applies_and_serves_its_page() {
+    let c = cluster("example").await;
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/web");
+    let applied = c.ok(&["apply", "-f", examples]);
+    assert!(
+        applied.contains("deployment.apps/web created") && applied.contains("service/web created"),
+        "{applied}"
+    );
+    c.ok(&["rollout", "status", "deployment/web", "--timeout", "120"]);
+    wait_until(
+        "the service's endpoints list the 3 pods",
+        Duration::from_secs(30),
+        async || {
+            let ep = c.ok(&["get", "endpoints", "web", "-o", "json"]);
+            let ep: serde_json::Value = serde_json::from_str(&ep).unwrap();
+            ep["subsets"][0]["addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 3)
+        },
+    )
+    .await;
+    let pods: serde_json::Value =
+        serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+    let ip = pods["items"][0]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect((ip.as_str(), 8080)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .await
+    .unwrap();
+    assert!(page.contains("Hello from Skiff"), "{page}");
+    c.ok(&["delete", "-f", examples]);
+}
