@@ -150,6 +150,10 @@ fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|c| c.name == name)
 }
 
+fn waiting_of(p: &Pod, name: &str) -> Option<skiff::pb::core::v1::ContainerStateWaiting> {
+    container(p, name)?.state.clone()?.waiting
+}
+
 fn running(p: &Pod, name: &str) -> bool {
     container(p, name).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
@@ -544,13 +548,7 @@ async fn an_absent_image_is_a_pull_error_and_other_pods_run_on() {
                 .is_some_and(|w| w.reason == "ErrImagePull" || w.reason == "ImagePullBackOff")
         })
         .await;
-    let waiting = container(&pod, "main")
-        .unwrap()
-        .state
-        .clone()
-        .unwrap()
-        .waiting
-        .unwrap();
+    let waiting = waiting_of(&pod, "main").unwrap();
     assert!(
         waiting.message.contains("skiff-test/absent:1"),
         "{waiting:?}"
@@ -663,13 +661,7 @@ async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
             },
         )
         .await;
-    let waiting = container(&pod, "main")
-        .unwrap()
-        .state
-        .clone()
-        .unwrap()
-        .waiting
-        .unwrap();
+    let waiting = waiting_of(&pod, "main").unwrap();
     assert!(
         waiting.message.contains("configmap \"nowhere\" not found"),
         "{waiting:?}"
@@ -710,13 +702,7 @@ async fn containers_that_cannot_start_wait_with_a_reason_while_the_others_run() 
             },
         )
         .await;
-    let escape = container(&pod, "escape")
-        .unwrap()
-        .state
-        .clone()
-        .unwrap()
-        .waiting
-        .unwrap();
+    let escape = waiting_of(&pod, "escape").unwrap();
     assert!(escape.message.contains("subPath"), "{escape:?}");
     assert!(!ready(&pod));
     // The failing ones do not disturb the running one.

@@ -84,6 +84,34 @@ pub struct SyncState {
     terminal: bool,
 }
 
+impl SyncState {
+    /// Time left in `key`'s backoff window, while one is open.
+    fn remaining(&self, key: &str) -> Option<Duration> {
+        let b = self.backoff.get(key)?;
+        let elapsed = SystemTime::now()
+            .duration_since(b.since)
+            .unwrap_or_default();
+        b.delay.checked_sub(elapsed).filter(|d| !d.is_zero())
+    }
+
+    /// Opens `key`'s next window from now: `initial` at first, then
+    /// doubling up to `max`; returns its length.
+    fn open_window(&mut self, key: String, (initial, max): (Duration, Duration)) -> Duration {
+        let delay = self
+            .backoff
+            .get(&key)
+            .map_or(initial, |b| (b.delay * 2).min(max));
+        self.backoff.insert(
+            key,
+            Backoff {
+                delay,
+                since: SystemTime::now(),
+            },
+        );
+        delay
+    }
+}
+
 /// A snapshot of the worker's inputs for one sync.
 struct Inputs {
     /// The pod; None once the API has deleted it.
@@ -707,19 +735,7 @@ impl Starter<'_> {
         state: &mut SyncState,
         soonest: &mut impl FnMut(Duration),
     ) {
-        let key = format!("start/{}", c.name);
-        let (initial, max) = self.shared.backoff;
-        let delay = state
-            .backoff
-            .get(&key)
-            .map_or(initial, |b| (b.delay * 2).min(max));
-        state.backoff.insert(
-            key,
-            Backoff {
-                delay,
-                since: SystemTime::now(),
-            },
-        );
+        let delay = state.open_window(format!("start/{}", c.name), self.shared.backoff);
         self.shared
             .recorder
             .record(&**self.pod, EventType::Warning, "Failed", &message)
@@ -774,35 +790,25 @@ impl Starter<'_> {
             return Ok(());
         }
         // A recent failure to create or start: wait out its backoff.
-        if let Some(b) = state.backoff.get(&format!("start/{}", c.name)).copied() {
-            let elapsed = SystemTime::now()
-                .duration_since(b.since)
-                .unwrap_or_default();
-            if elapsed < b.delay {
-                if let Some(why) = state.start_errors.get(&c.name).cloned() {
-                    state.waiting.insert(c.name.clone(), why);
-                }
-                soonest(b.delay - elapsed);
-                return Ok(());
+        if let Some(left) = state.remaining(&format!("start/{}", c.name)) {
+            if let Some(why) = state.start_errors.get(&c.name).cloned() {
+                state.waiting.insert(c.name.clone(), why);
             }
+            soonest(left);
+            return Ok(());
         }
         let pull_key = format!("pull/{}", c.name);
-        if let Some(b) = state.backoff.get(&pull_key).copied() {
-            let elapsed = SystemTime::now()
-                .duration_since(b.since)
-                .unwrap_or_default();
-            if elapsed < b.delay {
-                let last = state
-                    .pull_errors
-                    .get(&c.name)
-                    .map_or(String::new(), |e| format!(": {e}"));
-                let message = format!("Back-off pulling image {:?}{last}", c.image);
-                state
-                    .waiting
-                    .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
-                soonest(b.delay - elapsed);
-                return Ok(());
-            }
+        if let Some(left) = state.remaining(&pull_key) {
+            let last = state
+                .pull_errors
+                .get(&c.name)
+                .map_or(String::new(), |e| format!(": {e}"));
+            let message = format!("Back-off pulling image {:?}{last}", c.image);
+            state
+                .waiting
+                .insert(c.name.clone(), ("ImagePullBackOff".into(), message));
+            soonest(left);
+            return Ok(());
         }
         let policy = PullPolicy::for_image(&c.image_pull_policy, &c.image);
         match shared.runtime.ensure_image(&c.image, policy).await {
@@ -816,18 +822,7 @@ impl Starter<'_> {
                 } else {
                     "ErrImagePull"
                 };
-                let (initial, max) = shared.backoff;
-                let delay = state
-                    .backoff
-                    .get(&pull_key)
-                    .map_or(initial, |b| (b.delay * 2).min(max));
-                state.backoff.insert(
-                    pull_key,
-                    Backoff {
-                        delay,
-                        since: SystemTime::now(),
-                    },
-                );
+                let delay = state.open_window(pull_key, shared.backoff);
                 shared
                     .recorder
                     .record(&**pod, EventType::Warning, "Failed", &e.to_string())
