@@ -457,6 +457,9 @@ pub struct AgentNode {
     agent: Option<ChildGuard>,
     /// `docker` or `process`.
     pub runtime: &'static str,
+    /// Extra `skiff agent` flags. Without `--proxy-mode`, the agent runs
+    /// no service proxy (tests share the host's iptables).
+    args: Vec<String>,
 }
 
 impl AgentNode {
@@ -477,6 +480,24 @@ impl AgentNode {
         prefix: &str,
         runtime: &'static str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(server_url, prefix, runtime, &[])
+    }
+
+    /// Starts an agent on `runtime` with extra flags (`--proxy-mode`
+    /// turns the service proxy on; its rules are removed on drop).
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start_with(
+        server_url: &str,
+        prefix: &str,
+        runtime: &'static str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+        if !args.iter().any(|a| a.starts_with("--proxy-mode")) {
+            args.push("--proxy-mode=none".into());
+        }
         let name = format!("{prefix}-{}", std::process::id());
         let mut node = Self {
             network: format!("skiff-e2e-{name}"),
@@ -485,6 +506,7 @@ impl AgentNode {
             data_dir: tempfile::tempdir()?,
             agent: None,
             runtime,
+            args,
         };
         node.start_agent()?;
         Ok(node)
@@ -509,6 +531,7 @@ impl AgentNode {
                 "--status-every-secs=1",
                 "--resync-secs=1",
             ])
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -567,6 +590,17 @@ pub fn process_pid(node: &AgentNode, id: &str) -> Option<u32> {
 impl Drop for AgentNode {
     fn drop(&mut self) {
         self.kill9();
+        if self
+            .args
+            .iter()
+            .any(|a| a.starts_with("--proxy-mode") && !a.ends_with("none"))
+            && let Ok(skiff) = skiff_binary()
+        {
+            let _ = Command::new(skiff)
+                .args(["agent", "--cleanup-proxy", "--node-name", &self.name])
+                .stdout(Stdio::null())
+                .status();
+        }
         if self.runtime == "process" {
             for id in self.container_ids() {
                 if let Some(pid) = process_pid(self, &id) {

@@ -59,10 +59,13 @@ fn runtime_name(pod: &Pod, container: &str, attempt: u32) -> String {
     )
 }
 
-/// The sandbox of a pod, `attempt` counting sandbox re-creations.
-pub fn sandbox_spec(pod: &Pod, attempt: u32) -> SandboxSpec {
+/// The sandbox of a pod, `attempt` counting sandbox re-creations;
+/// `cluster_dns` is the node's DNS for its pods, if it serves one.
+pub fn sandbox_spec(pod: &Pod, attempt: u32, cluster_dns: Option<std::net::IpAddr>) -> SandboxSpec {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
+    let (dns_servers, dns_search, dns_options) =
+        crate::dns::pod_resolv_conf(&spec, &meta.namespace, cluster_dns);
     let hostname = if spec.hostname.is_empty() {
         meta.name.clone()
     } else {
@@ -73,8 +76,9 @@ pub fn sandbox_spec(pod: &Pod, attempt: u32) -> SandboxSpec {
         // A hostname is a DNS label: at most 63 characters.
         hostname: hostname.chars().take(63).collect(),
         labels: pod_labels(pod, labels::SANDBOX, "sandbox", attempt),
-        dns_servers: Vec::new(),
-        dns_search: Vec::new(),
+        dns_servers,
+        dns_search,
+        dns_options,
         port_mappings: spec
             .init_containers
             .iter()

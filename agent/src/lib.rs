@@ -22,10 +22,12 @@
 //! removes what belongs to pods deleted meanwhile.
 
 pub mod containers;
+pub mod dns;
 pub mod hollow;
 pub mod manager;
 pub mod node;
 pub mod prober;
+pub mod proxy;
 pub mod server;
 pub mod status;
 pub mod volumes;
@@ -40,10 +42,13 @@ use std::time::Duration;
 use actix::Actor as _;
 use skiff::pb::agent::v1::agent_server::AgentServer;
 use skiff::pb::coordination::v1::Lease;
-use skiff::pb::core::v1::{ConfigMap, Node, Pod, Secret};
+use skiff::pb::core::v1::{ConfigMap, Endpoints, Node, Pod, Secret, Service};
 use skiff_client::watcher::Params;
 use skiff_client::{Api, Informer};
 use skiff_runtime::{DockerRuntime, FakeRuntime, ProcessRuntime, Runtime};
+
+/// The service CIDR of a cluster started with the defaults (k3s's).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
 
 /// Namespace of node leases, as Kubernetes'.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -97,6 +102,19 @@ pub struct Config {
     /// The program the process runtime starts its shims with (the `skiff`
     /// binary, run as `skiff shim DIR -- ARGV`).
     pub shim: Option<PathBuf>,
+    /// How the service proxy programs this node.
+    pub proxy: proxy::Mode,
+    /// The service CIDR: its addresses no Service claims are refused by
+    /// the proxy, so they never leave the machine.
+    pub service_cidr: Option<String>,
+    /// Whether the agent serves the cluster DNS to its pods (on the pod
+    /// network's gateway, port [`Config::dns_port`]).
+    pub cluster_dns: bool,
+    /// The cluster DNS port (53; pods' resolv.conf cannot name another).
+    pub dns_port: u16,
+    /// How often the proxy rewrites its rules even with nothing changed
+    /// (repairing drift).
+    pub proxy_resync: Duration,
 }
 
 impl Config {
@@ -118,6 +136,11 @@ impl Config {
             network: "skiff".into(),
             max_pods: 110,
             shim: std::env::current_exe().ok(),
+            proxy: proxy::Mode::Auto,
+            service_cidr: Some(DEFAULT_SERVICE_CIDR.to_string()),
+            cluster_dns: true,
+            dns_port: 53,
+            proxy_resync: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +166,9 @@ pub enum Error {
     /// The actor system did not start.
     #[error("starting the pod workers: {0}")]
     Thread(String),
+    /// The service proxy cannot run in the mode asked.
+    #[error("service proxy: {0}")]
+    Proxy(String),
 }
 
 /// Runs the agent until `shutdown` resolves. Pods keep running when the
@@ -213,6 +239,10 @@ pub async fn run(
         config.status_every,
     ));
 
+    let services = ServiceFeeds::start(&config, &channel);
+    let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
+    let proxy = start_proxy(&config, runtime.scheme(), services.as_ref()).await?;
+
     let shared = Arc::new(worker::Shared {
         runtime: Arc::clone(&runtime),
         pods,
@@ -226,6 +256,7 @@ pub async fn run(
         node_ip,
         data_dir: config.data_dir.clone(),
         backoff: config.backoff,
+        cluster_dns,
     });
     let (system, manager) = start_system(shared, informer.store.clone(), config.resync_every)?;
 
@@ -268,10 +299,118 @@ pub async fn run(
     }
     heartbeat.abort();
     grpc.abort();
+    // The proxy's rules stay: connections through Services outlive the
+    // agent, and the next agent takes the rules over.
+    for task in [dns, proxy].into_iter().flatten() {
+        task.abort();
+    }
+    drop(services);
     drop(manager);
     system.stop();
     drop(informer);
     Ok(())
+}
+
+/// The Service and Endpoints caches the proxy and the cluster DNS read.
+struct ServiceFeeds {
+    services: Informer<Service>,
+    endpoints: Informer<Endpoints>,
+}
+
+impl ServiceFeeds {
+    /// Watches Services and Endpoints when the proxy or the DNS needs them.
+    fn start(config: &Config, channel: &tonic::transport::Channel) -> Option<Self> {
+        let needed = config.runtime != RuntimeKind::Fake
+            && (config.proxy != proxy::Mode::None || config.cluster_dns);
+        needed.then(|| Self {
+            services: Informer::start(Api::new(channel.clone()), Params::default()),
+            endpoints: Informer::start(Api::new(channel.clone()), Params::default()),
+        })
+    }
+}
+
+/// Serves the cluster DNS on the pod network's gateway, when the runtime
+/// gives pods a network of their own; returns its task and address.
+async fn start_dns(
+    config: &Config,
+    runtime: &dyn Runtime,
+    feeds: Option<&ServiceFeeds>,
+) -> Result<
+    (
+        Option<tokio::task::JoinHandle<()>>,
+        Option<std::net::IpAddr>,
+    ),
+    Error,
+> {
+    let Some(feeds) = feeds.filter(|_| config.cluster_dns) else {
+        return Ok((None, None));
+    };
+    let Some(gateway) = runtime.pod_gateway().await? else {
+        tracing::info!("pods share the host's network: they use the host's DNS");
+        return Ok((None, None));
+    };
+    let dns = dns::ClusterDns::new(
+        feeds.services.store.clone(),
+        feeds.endpoints.store.clone(),
+        dns::CLUSTER_DOMAIN,
+    );
+    let address = SocketAddr::new(gateway, config.dns_port);
+    match dns::serve(dns, address).await {
+        Ok(task) => {
+            tracing::info!(%address, "cluster DNS serving this node's pods");
+            Ok((Some(task), Some(gateway)))
+        }
+        Err(e) => {
+            tracing::warn!(%address, error = %e, "cluster DNS cannot listen: pods use the runtime's DNS");
+            Ok((None, None))
+        }
+    }
+}
+
+/// Starts the service proxy in the mode the config asks (`Auto`: kernel
+/// rules when iptables answers and pods have a network of their own, else
+/// the userspace relay), said in the log.
+async fn start_proxy(
+    config: &Config,
+    scheme: &str,
+    feeds: Option<&ServiceFeeds>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let Some(feeds) = feeds.filter(|_| config.proxy != proxy::Mode::None) else {
+        return Ok(None);
+    };
+    let mode = match config.proxy {
+        proxy::Mode::Auto if scheme == "docker" && proxy::iptables::available().await => {
+            proxy::Mode::Iptables
+        }
+        proxy::Mode::Auto => proxy::Mode::Userspace,
+        proxy::Mode::Iptables if !proxy::iptables::available().await => {
+            return Err(Error::Proxy(
+                "--proxy-mode iptables: iptables-save does not answer (not root, or iptables not installed)".into(),
+            ));
+        }
+        other => other,
+    };
+    let backend: Box<dyn proxy::Backend> = if mode == proxy::Mode::Iptables {
+        tracing::info!(chains = %proxy::iptables::prefix(&config.node_name), "service proxy: iptables");
+        Box::new(proxy::iptables::Iptables::new(
+            &config.node_name,
+            proxy::iptables::Ranges {
+                service_cidr: config.service_cidr.clone(),
+                lb_pool: None,
+            },
+        ))
+    } else {
+        tracing::info!(
+            "service proxy: userspace (NodePorts and local LoadBalancer addresses; ClusterIPs need the iptables mode)"
+        );
+        Box::new(proxy::userspace::Userspace::new())
+    };
+    Ok(Some(tokio::spawn(proxy::run(
+        (feeds.services.store.clone(), feeds.services.subscribe()),
+        (feeds.endpoints.store.clone(), feeds.endpoints.subscribe()),
+        backend,
+        config.proxy_resync,
+    ))))
 }
 
 /// The runtime the config names; `Auto` says in the log which it chose.

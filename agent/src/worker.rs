@@ -46,6 +46,8 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// Crash backoff: first delay and cap (Kubernetes: 10 s, 5 min).
     pub backoff: (Duration, Duration),
+    /// The cluster DNS pods of this node use, when the agent serves it.
+    pub cluster_dns: Option<std::net::IpAddr>,
 }
 
 /// Restarts that keep failing back off from `backoff.0` doubling to
@@ -465,7 +467,7 @@ async fn sync(
                 .unwrap_or(0);
             shared
                 .runtime
-                .run_sandbox(&containers::sandbox_spec(&pod, attempt))
+                .run_sandbox(&containers::sandbox_spec(&pod, attempt, shared.cluster_dns))
                 .await?;
             // Afresh: the containers just stopped are no longer running.
             containers = shared.runtime.list(Some(uid)).await?;

@@ -97,6 +97,11 @@ struct ControllerArgs {
     /// Seconds a NotReady node keeps its pods before they are evicted.
     #[arg(long, default_value_t = 300)]
     pod_eviction_timeout_secs: u64,
+    /// Where LoadBalancer Services' addresses come from: a CIDR or a
+    /// range FIRST-LAST ("" leaves them pending). The default is on
+    /// loopback: the addresses answer on this machine only.
+    #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
+    lb_pool: String,
 }
 
 #[derive(clap::Args)]
@@ -394,6 +399,23 @@ struct AgentArgs {
     /// follow their sources at this pace).
     #[arg(long, default_value_t = 10)]
     resync_secs: u64,
+    /// The service proxy: auto (kernel NAT rules when root beside
+    /// Docker, else a userspace relay), iptables, userspace or none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
+    proxy_mode: String,
+    /// The cluster's service CIDR (as the API server's): addresses in it
+    /// that no Service holds are refused on this node.
+    #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
+    service_cidr: String,
+    /// Serve the cluster DNS (cluster.local) to this node's pods, on the
+    /// pod network's gateway, port 53.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_dns: bool,
+    /// Remove this node's service proxy rules (which stay when the agent
+    /// stops, so connections survive restarts) and exit: for a node taken
+    /// out of service.
+    #[arg(long)]
+    cleanup_proxy: bool,
 }
 
 /// The host's name, as a node name.
@@ -430,7 +452,20 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     config.network = args.network;
     config.max_pods = args.max_pods;
     config.resync_every = std::time::Duration::from_secs(args.resync_secs.max(1));
+    config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
+    config.service_cidr = Some(args.service_cidr);
+    config.cluster_dns = args.cluster_dns;
     Ok(config)
+}
+
+/// `--lb-pool`: a pool, or none when empty.
+fn lb_pool(pool: &str) -> anyhow::Result<Option<skiff_controllers::service::Pool>> {
+    if pool.is_empty() {
+        return Ok(None);
+    }
+    pool.parse()
+        .map(Some)
+        .map_err(|e: String| anyhow::anyhow!("--lb-pool: {e}"))
 }
 
 #[derive(clap::Args)]
@@ -474,6 +509,15 @@ struct UpArgs {
     /// The range NodePort Services' node ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Where LoadBalancer Services' addresses come from: a CIDR or a
+    /// range FIRST-LAST ("" leaves them pending). The default is on
+    /// loopback: the addresses answer on this machine only.
+    #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
+    lb_pool: String,
+    /// The service proxy: auto (kernel NAT rules when root beside
+    /// Docker, else a userspace relay), iptables, userspace or none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
+    proxy_mode: String,
 }
 
 fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
@@ -570,6 +614,7 @@ async fn run() -> anyhow::Result<()> {
                 grace: std::time::Duration::from_secs(args.node_monitor_grace_period_secs),
                 eviction: std::time::Duration::from_secs(args.pod_eviction_timeout_secs),
             };
+            config.lb_pool = lb_pool(&args.lb_pool)?;
             skiff_controllers::run(config, shutdown_signal())
                 .await
                 .context("running the controller manager")?;
@@ -683,6 +728,17 @@ async fn run() -> anyhow::Result<()> {
             let code = skiff_runtime::process::shim(&dir, &argv).context("running the shim")?;
             std::process::exit(code);
         }
+        Command::Agent(args) if args.cleanup_proxy => {
+            let node = args.node_name.unwrap_or_else(host_name);
+            skiff_agent::proxy::iptables::cleanup(&node)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("removing the service proxy rules")?;
+            println!(
+                "removed the service proxy rules of node {node:?} (chains {}-*)",
+                skiff_agent::proxy::iptables::prefix(&node)
+            );
+        }
         Command::Agent(args) => {
             let config = agent_config(args)?;
             skiff_agent::run(config, shutdown_signal())
@@ -714,8 +770,9 @@ async fn run() -> anyhow::Result<()> {
                 .context("starting the API server")?;
             let scheduler_config = skiff_scheduler::Config::new(&format!("http://{}", server.addr));
             let (stop_controllers, controllers_stopped) = tokio::sync::oneshot::channel::<()>();
-            let controllers_config =
+            let mut controllers_config =
                 skiff_controllers::Config::new(&format!("http://{}", server.addr));
+            controllers_config.lb_pool = lb_pool(&args.lb_pool)?;
             let controllers = tokio::spawn(async move {
                 let stopped = async {
                     let _ = controllers_stopped.await;
@@ -740,6 +797,8 @@ async fn run() -> anyhow::Result<()> {
             );
             agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
             agent_config.runtime = skiff_agent::RuntimeKind::Auto;
+            agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
+            agent_config.service_cidr = Some(args.service_cidr.clone());
             let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
             let agent = tokio::spawn(async move {
                 let stopped = async {
@@ -763,7 +822,12 @@ async fn run() -> anyhow::Result<()> {
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
             println!(
-                "  controllers: replicasets, replicationcontrollers, endpoints, namespaces, nodes, garbage collector, serviceaccounts"
+                "  controllers: replicasets, replicationcontrollers, deployments, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts",
+                if args.lb_pool.is_empty() {
+                    "none"
+                } else {
+                    &args.lb_pool
+                }
             );
             println!(
                 "  agent:       node {:?} (Docker; pods in the `skiff` network)",

@@ -361,6 +361,21 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn pod_gateway(&self) -> Result<Option<std::net::IpAddr>> {
+        let network = self
+            .docker
+            .inspect_network(&self.network, None)
+            .await
+            .map_err(docker_error)?;
+        Ok(network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.gateway?.parse().ok())
+            .find(std::net::IpAddr::is_ipv4))
+    }
+
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String> {
         let local = self.image_id(image).await?;
         match (policy, local) {
@@ -395,6 +410,7 @@ impl Runtime for DockerRuntime {
             ipc_mode: Some("shareable".into()),
             dns: (!spec.dns_servers.is_empty()).then(|| spec.dns_servers.clone()),
             dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
+            dns_options: (!spec.dns_options.is_empty()).then(|| spec.dns_options.clone()),
             port_bindings: (!spec.port_mappings.is_empty())
                 .then(|| port_bindings(&spec.port_mappings)),
             ..Default::default()

@@ -116,6 +116,8 @@ pub struct SandboxSpec {
     pub dns_servers: Vec<String>,
     /// Search domains for the pod's resolv.conf.
     pub dns_search: Vec<String>,
+    /// Resolver options (`ndots:5`).
+    pub dns_options: Vec<String>,
     /// Host ports forwarded to the pod (containers' `hostPort`s).
     pub port_mappings: Vec<PortMapping>,
 }
@@ -269,6 +271,13 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The runtime's version and its host's resources.
     async fn info(&self) -> Result<RuntimeInfo>;
+
+    /// The host's address on the pods' network (the bridge gateway),
+    /// where node services such as the cluster DNS listen for pods; none
+    /// when pods share the host's network.
+    async fn pod_gateway(&self) -> Result<Option<std::net::IpAddr>> {
+        Ok(None)
+    }
 
     /// Makes `image` present according to `policy`; returns its id.
     ///

@@ -48,6 +48,7 @@ pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
+pub mod service;
 pub mod serviceaccount;
 
 use replicaset::{ReplicaController, ReplicaOwner};
@@ -79,14 +80,21 @@ pub struct Shared {
     pub leases: Informer<Lease>,
     /// Node lifecycle timings.
     pub timing: nodelifecycle::Timing,
+    /// The LoadBalancer address pool.
+    pub lb_pool: Option<service::Pool>,
     /// Events of every controller (deduplicated with a count).
     pub recorder: Arc<skiff_client::events::Recorder>,
 }
 
 impl Shared {
     /// Starts the informers.
-    pub fn start(channel: tonic::transport::Channel, timing: nodelifecycle::Timing) -> Self {
+    pub fn start(
+        channel: tonic::transport::Channel,
+        timing: nodelifecycle::Timing,
+        lb_pool: Option<service::Pool>,
+    ) -> Self {
         Self {
+            lb_pool,
             nodes: Informer::start(Api::new(channel.clone()), Default::default()),
             leases: Informer::start(
                 Api::new(channel.clone()),
@@ -167,6 +175,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "endpoints",
             start: endpoints_controller,
+        },
+        Descriptor {
+            name: "service",
+            start: service_controller,
         },
         Descriptor {
             name: "nodelifecycle",
@@ -656,6 +668,45 @@ fn endpoints_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'stati
     .boxed()
 }
 
+fn service_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut changes = shared.services.subscribe();
+        shared.services.store.wait_synced().await;
+        let controller = Arc::new(service::ServiceController::new(
+            Api::new(shared.channel.clone()),
+            shared.services.store.clone(),
+            shared.lb_pool,
+            Arc::clone(&shared.recorder),
+        ));
+        let queue = WorkQueue::new();
+        let everything = {
+            let (queue, services) = (queue.clone(), shared.services.store.clone());
+            move || {
+                services
+                    .list()
+                    .iter()
+                    .for_each(|s| queue.add(s.object_ref()))
+            }
+        };
+        everything();
+        let feeder = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Applied(s) | Change::Deleted(s)) => queue.add(s.object_ref()),
+                        Err(RecvError::Lagged(_)) => everything(),
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
 fn node_lifecycle_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
     async move {
         let mut node_changes = shared.nodes.subscribe();
@@ -789,6 +840,10 @@ impl Supervised for ControllerActor {
     }
 }
 
+/// The LoadBalancer pool of a cluster started with the defaults: on
+/// loopback, so load balancer addresses answer on this machine only.
+pub const DEFAULT_LB_POOL: &str = "127.0.100.1-127.0.100.254";
+
 /// How to run the controller manager.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -805,6 +860,9 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Node lifecycle: grace before NotReady, and before eviction.
     pub node_timing: nodelifecycle::Timing,
+    /// Where LoadBalancer Services' addresses come from (none: they stay
+    /// pending).
+    pub lb_pool: Option<service::Pool>,
 }
 
 impl Config {
@@ -817,6 +875,7 @@ impl Config {
             identity: format!("controller-manager_{}", uuid::Uuid::new_v4().simple()),
             lease_duration: Duration::from_secs(15),
             node_timing: nodelifecycle::Timing::default(),
+            lb_pool: DEFAULT_LB_POOL.parse().ok(),
         }
     }
 }
@@ -860,7 +919,12 @@ pub async fn run(
             changed = leading.wait_for(|l| *l) => if changed.is_err() && config.leader_elect { return Ok(()) },
         }
         tracing::info!(identity = %config.identity, "leading: starting controllers");
-        let (system, addrs) = start_system(channel.clone(), config.workers, config.node_timing)?;
+        let (system, addrs) = start_system(
+            channel.clone(),
+            config.workers,
+            config.node_timing,
+            config.lb_pool,
+        )?;
         let mut lost = leading.clone();
         let stop = tokio::select! {
             _ = lost.wait_for(|l| !*l), if config.leader_elect => false,
@@ -883,6 +947,7 @@ fn start_system(
     channel: tonic::transport::Channel,
     workers: usize,
     timing: nodelifecycle::Timing,
+    lb_pool: Option<service::Pool>,
 ) -> Result<Running, Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -895,7 +960,7 @@ fn start_system(
                     .expect("building the controller runtime")
             });
             system.block_on(async move {
-                let shared = Arc::new(Shared::start(channel, timing));
+                let shared = Arc::new(Shared::start(channel, timing, lb_pool));
                 let mut addrs = Vec::new();
                 for descriptor in descriptors() {
                     let shared = Arc::clone(&shared);

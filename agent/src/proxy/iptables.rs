@@ -1,0 +1,421 @@
+//! The iptables backend: kube-proxy's iptables mode, in chains of the
+//! agent's own.
+//!
+//! Every chain is named `SKF-<node tag>-…` (the tag is a hash of the node
+//! name, so several agents on one host, as in the tests, never touch each
+//! other's rules). A sync reads the current rules (`iptables-save`),
+//! renders the whole ruleset ([`render`], pure), and writes it with one
+//! `iptables-restore --noflush`: declaring a chain flushes it, so the
+//! result is exactly the rendered rules; chains of ours that are no longer
+//! rendered are flushed and deleted; jumps from the built-in chains are
+//! added when missing.
+//!
+//! The shape, per service port with ready endpoints (nat table):
+//!
+//! ```text
+//! PREROUTING, OUTPUT ─► SERVICES ─ -d clusterIP --dport P ─► SVC-h
+//!                                ─ -d lbIP --dport P ───────► EXT-h ─► MARK-MASQ, SVC-h
+//!                                ─ dst local ─► NODEPORTS ─ --dport NP ─► EXT-h
+//! SVC-h: host-originated → MARK-MASQ; ClientIP affinity (recent);
+//!        one SEP per endpoint, chosen at random with equal odds
+//! SEP-h: from itself (hairpin) → MARK-MASQ; DNAT to ip:port
+//! POSTROUTING ─► POSTROUTING: marked → MASQUERADE
+//! ```
+//!
+//! In the filter table, a service port with no ready endpoint is rejected
+//! (connection refused at once, as kube-proxy does), and so is anything
+//! else sent to the service range or the LoadBalancer pool, so traffic to
+//! an address no rule claims never leaves the machine. NodePort traffic
+//! is accepted in FORWARD ahead of Docker's isolation rules.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use super::{Backend, ServicePort};
+
+/// The mark of connections to masquerade (a bit Docker does not use).
+pub const MASQ_MARK: &str = "0x40000/0x40000";
+
+/// The chain prefix of a node: `SKF-` and 6 hex digits of its name's hash.
+pub fn prefix(node: &str) -> String {
+    format!("SKF-{:06x}", fnv1a(node.as_bytes()) & 0xff_ffff)
+}
+
+/// FNV-1a, 64 bits: stable across builds and processes (chain names must
+/// be the same after a restart, so no randomly keyed hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Chain names fit iptables' limit (28 characters): prefix (10) + `-SVC-`
+/// + 12 hex digits.
+fn chain(prefix: &str, kind: &str, key: &str) -> String {
+    format!(
+        "{prefix}-{kind}-{:012X}",
+        fnv1a(key.as_bytes()) & 0xffff_ffff_ffff
+    )
+}
+
+/// The ranges whose unclaimed addresses are refused.
+#[derive(Debug, Clone, Default)]
+pub struct Ranges {
+    /// The service CIDR (`10.43.0.0/16`).
+    pub service_cidr: Option<String>,
+    /// The LoadBalancer pool (a CIDR).
+    pub lb_pool: Option<String>,
+}
+
+/// The chains of ours that exist now, per table, and the jumps to them
+/// from the built-in chains (as `iptables-save` prints them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// nat chains with our prefix.
+    pub nat: BTreeSet<String>,
+    /// filter chains with our prefix.
+    pub filter: BTreeSet<String>,
+    /// `-A BUILTIN … -j OURS` lines, as `table:line`.
+    pub jumps: BTreeSet<String>,
+}
+
+/// The jumps from built-in chains: (table, built-in chain, our chain).
+fn jumps(prefix: &str) -> [(&'static str, &'static str, String); 7] {
+    [
+        ("nat", "PREROUTING", format!("{prefix}-SERVICES")),
+        ("nat", "OUTPUT", format!("{prefix}-SERVICES")),
+        ("nat", "POSTROUTING", format!("{prefix}-POSTROUTING")),
+        ("filter", "FORWARD", format!("{prefix}-FORWARD")),
+        ("filter", "FORWARD", format!("{prefix}-SERVICES")),
+        ("filter", "OUTPUT", format!("{prefix}-SERVICES")),
+        ("filter", "INPUT", format!("{prefix}-EXTERNAL")),
+    ]
+}
+
+/// The rule line of a jump, as `iptables-save` prints it.
+fn jump_rule(prefix: &str, builtin: &str, target: &str) -> String {
+    format!("-A {builtin} -m comment --comment \"skiff {prefix}\" -j {target}")
+}
+
+/// Reads our chains and jumps out of `iptables-save` output.
+pub fn parse_existing(prefix: &str, save: &str) -> Existing {
+    let mut existing = Existing::default();
+    let mut table = "";
+    let ours = format!("{prefix}-");
+    for line in save.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = if name == "nat" {
+                "nat"
+            } else if name == "filter" {
+                "filter"
+            } else {
+                ""
+            };
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let name = decl.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(&ours) {
+                match table {
+                    "nat" => existing.nat.insert(name.to_string()),
+                    "filter" => existing.filter.insert(name.to_string()),
+                    _ => false,
+                };
+            }
+        } else if !table.is_empty()
+            && line.starts_with("-A ")
+            && !line.starts_with(&format!("-A {ours}"))
+            && line.contains(&format!("--comment \"skiff {prefix}\" -j {ours}"))
+        {
+            existing.jumps.insert(format!("{table}:{line}"));
+        }
+    }
+    existing
+}
+
+/// The `iptables-restore --noflush` input that makes the node serve
+/// exactly `ports`.
+pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &Existing) -> String {
+    let mut nat_chains = BTreeSet::new();
+    let mut nat = String::new();
+    let mut filter = String::new();
+    let services = format!("{prefix}-SERVICES");
+    let nodeports = format!("{prefix}-NODEPORTS");
+    let masq = format!("{prefix}-MARK-MASQ");
+    let postrouting = format!("{prefix}-POSTROUTING");
+    for name in [&services, &nodeports, &masq, &postrouting] {
+        nat_chains.insert(name.clone());
+    }
+    let _ = writeln!(nat, "-A {masq} -j MARK --set-xmark {MASQ_MARK}");
+    let _ = writeln!(
+        nat,
+        "-A {postrouting} -m mark --mark {MASQ_MARK} -j MASQUERADE"
+    );
+
+    let filter_services = format!("{prefix}-SERVICES");
+    let external = format!("{prefix}-EXTERNAL");
+    let forward = format!("{prefix}-FORWARD");
+    let filter_chains: BTreeSet<String> = [&filter_services, &external, &forward]
+        .into_iter()
+        .cloned()
+        .collect();
+    let _ = writeln!(filter, "-A {forward} -m mark --mark {MASQ_MARK} -j ACCEPT");
+
+    for port in ports {
+        let key = port.key();
+        let proto = &port.protocol;
+        let comment = format!("-m comment --comment \"{key}\"");
+        if port.endpoints.is_empty() {
+            let reject = format!("{comment} -j REJECT");
+            if let Some(ip) = port.cluster_ip {
+                let _ = writeln!(
+                    filter,
+                    "-A {filter_services} -d {ip}/32 -p {proto} -m {proto} --dport {} {reject}",
+                    port.port
+                );
+            }
+            for ip in &port.external_ips {
+                let _ = writeln!(
+                    filter,
+                    "-A {filter_services} -d {ip}/32 -p {proto} -m {proto} --dport {} {reject}",
+                    port.port
+                );
+                let _ = writeln!(
+                    filter,
+                    "-A {external} -d {ip}/32 -p {proto} -m {proto} --dport {} {reject}",
+                    port.port
+                );
+            }
+            if let Some(node_port) = port.node_port {
+                let _ = writeln!(
+                    filter,
+                    "-A {external} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {node_port} {reject}"
+                );
+            }
+            continue;
+        }
+        let svc = chain(prefix, "SVC", &key);
+        let ext = chain(prefix, "EXT", &key);
+        nat_chains.insert(svc.clone());
+        if let Some(ip) = port.cluster_ip {
+            let _ = writeln!(
+                nat,
+                "-A {services} -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {svc}",
+                port.port
+            );
+        }
+        if !port.external_ips.is_empty() || port.node_port.is_some() {
+            nat_chains.insert(ext.clone());
+            let _ = writeln!(nat, "-A {ext} -j {masq}");
+            let _ = writeln!(nat, "-A {ext} -j {svc}");
+        }
+        for ip in &port.external_ips {
+            let _ = writeln!(
+                nat,
+                "-A {services} -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {ext}",
+                port.port
+            );
+        }
+        if let Some(node_port) = port.node_port {
+            let _ = writeln!(
+                nat,
+                "-A {nodeports} -p {proto} -m {proto} --dport {node_port} {comment} -j {ext}"
+            );
+        }
+        let _ = writeln!(nat, "-A {svc} -m addrtype --src-type LOCAL -j {masq}");
+        let seps: Vec<String> = port
+            .endpoints
+            .iter()
+            .map(|ep| chain(prefix, "SEP", &format!("{key}@{ep}")))
+            .collect();
+        if let Some(seconds) = port.affinity {
+            for sep in &seps {
+                let _ = writeln!(
+                    nat,
+                    "-A {svc} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {seconds} --reap -j {sep}"
+                );
+            }
+        }
+        let n = seps.len();
+        for (i, (sep, ep)) in seps.iter().zip(&port.endpoints).enumerate() {
+            nat_chains.insert(sep.clone());
+            if i + 1 < n {
+                #[allow(clippy::cast_precision_loss)]
+                let probability = 1.0 / (n - i) as f64;
+                let _ = writeln!(
+                    nat,
+                    "-A {svc} -m statistic --mode random --probability {probability:.10} -j {sep}"
+                );
+            } else {
+                let _ = writeln!(nat, "-A {svc} -j {sep}");
+            }
+            let _ = writeln!(nat, "-A {sep} -s {}/32 -j {masq}", ep.ip());
+            let recent = if port.affinity.is_some() {
+                format!("-m recent --name {sep} --mask 255.255.255.255 --rsource --set ")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                nat,
+                "-A {sep} -p {proto} {recent}-m {proto} -j DNAT --to-destination {ep}"
+            );
+        }
+    }
+    let _ = writeln!(
+        nat,
+        "-A {services} -m addrtype --dst-type LOCAL -j {nodeports}"
+    );
+    for cidr in [&ranges.service_cidr, &ranges.lb_pool]
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(
+            filter,
+            "-A {filter_services} -d {cidr} -m comment --comment \"no service at this address\" -j REJECT"
+        );
+    }
+
+    let mut out = String::new();
+    for (table, chains, existing_chains, rules) in [
+        ("nat", &nat_chains, &existing.nat, nat),
+        ("filter", &filter_chains, &existing.filter, filter),
+    ] {
+        let _ = writeln!(out, "*{table}");
+        let stale: Vec<&String> = existing_chains.difference(chains).collect();
+        for name in chains.iter().chain(stale.iter().copied()) {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        out.push_str(&rules);
+        for (jump_table, builtin, target) in jumps(prefix) {
+            let line = jump_rule(prefix, builtin, &target);
+            if jump_table == table && !existing.jumps.contains(&format!("{table}:{line}")) {
+                let _ = writeln!(
+                    out,
+                    "-I {builtin} 1 -m comment --comment \"skiff {prefix}\" -j {target}"
+                );
+            }
+        }
+        for name in stale {
+            let _ = writeln!(out, "-X {name}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The `iptables-restore --noflush` input that removes the rules and
+/// chains in `existing`.
+pub fn render_cleanup(existing: &Existing) -> String {
+    let mut out = String::new();
+    for (table, chains) in [("nat", &existing.nat), ("filter", &existing.filter)] {
+        let _ = writeln!(out, "*{table}");
+        for line in &existing.jumps {
+            if let Some(rule) = line.strip_prefix(&format!("{table}:")) {
+                let _ = writeln!(out, "{}", rule.replacen("-A ", "-D ", 1));
+            }
+        }
+        for name in chains {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        for name in chains {
+            let _ = writeln!(out, "-X {name}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// Whether iptables can be used here: the binaries answer and we may
+/// read the nat table.
+pub async fn available() -> bool {
+    save().await.is_ok()
+}
+
+async fn save() -> Result<String, String> {
+    let mut out = String::new();
+    for table in ["nat", "filter"] {
+        let output = tokio::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .await
+            .map_err(|e| format!("running iptables-save: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "iptables-save -t {table}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        out.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    Ok(out)
+}
+
+async fn restore(input: &str) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new("iptables-restore")
+        .args(["-w", "5", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running iptables-restore: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .map_err(|e| format!("writing to iptables-restore: {e}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("waiting for iptables-restore: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables-restore refused the rules: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Removes every rule and chain of the agent of node `node` (for a node
+/// taken out of service, and for tests that started agents).
+///
+/// # Errors
+/// iptables is not usable or refuses.
+pub async fn cleanup(node: &str) -> Result<(), String> {
+    let prefix = prefix(node);
+    let existing = parse_existing(&prefix, &save().await?);
+    if existing == Existing::default() {
+        return Ok(());
+    }
+    restore(&render_cleanup(&existing)).await
+}
+
+/// The iptables backend of one node.
+pub struct Iptables {
+    prefix: String,
+    ranges: Ranges,
+}
+
+impl Iptables {
+    /// The backend of node `node`. Lets packets from 127.0.0.1 be sent to
+    /// pods once NATed (`route_localnet`, as kube-proxy sets it), so
+    /// `localhost:NODEPORT` works.
+    pub fn new(node: &str, ranges: Ranges) -> Self {
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1") {
+            tracing::warn!(error = %e, "cannot set route_localnet: localhost:NODEPORT will not answer");
+        }
+        Self {
+            prefix: prefix(node),
+            ranges,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Iptables {
+    async fn sync(&mut self, ports: &[ServicePort]) -> Result<(), String> {
+        let existing = parse_existing(&self.prefix, &save().await?);
+        restore(&render(&self.prefix, ports, &self.ranges, &existing)).await
+    }
+}

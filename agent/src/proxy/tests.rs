@@ -1,0 +1,206 @@
+use std::net::SocketAddrV4;
+
+use serde_json::json;
+use skiff::pb::core::v1::{Endpoints, Service};
+
+use super::iptables::{self, Existing, Ranges};
+use super::{DEFAULT_AFFINITY_SECONDS, ServicePort, service_ports};
+
+fn service(value: serde_json::Value) -> Service {
+    serde_json::from_value(value).expect("service")
+}
+
+fn endpoints(value: serde_json::Value) -> Endpoints {
+    serde_json::from_value(value).expect("endpoints")
+}
+
+fn web() -> (Service, Endpoints) {
+    (
+        service(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.43.0.10", "type": "NodePort",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.44.0.1"}]}}
+        })),
+        endpoints(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "subsets": [{
+                "addresses": [{"ip": "172.28.0.3"}, {"ip": "172.28.0.2"}],
+                "notReadyAddresses": [{"ip": "172.28.0.9"}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                          {"name": "dns", "port": 5353, "protocol": "UDP"}]
+            }]
+        })),
+    )
+}
+
+#[test]
+fn ports_keep_ready_endpoints_matched_by_name_and_protocol() {
+    let (svc, eps) = web();
+    let ports = service_ports(&[svc], &[eps]);
+    assert_eq!(ports.len(), 2);
+    let http = ports.iter().find(|p| p.port_name == "http").expect("http");
+    assert_eq!(http.protocol, "tcp");
+    assert_eq!(http.node_port, Some(30080));
+    assert_eq!(
+        http.external_ips,
+        vec!["10.44.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        http.endpoints,
+        vec![
+            "172.28.0.2:8080".parse::<SocketAddrV4>().unwrap(),
+            "172.28.0.3:8080".parse().unwrap()
+        ],
+        "ready addresses only, sorted, with the target port"
+    );
+    let dns = ports.iter().find(|p| p.port_name == "dns").expect("dns");
+    assert_eq!(dns.protocol, "udp");
+    assert_eq!(dns.endpoints[0].port(), 5353);
+}
+
+#[test]
+fn headless_external_name_and_missing_endpoints() {
+    let headless = service(json!({
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}
+    }));
+    let external = service(json!({
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "example.org"}
+    }));
+    let lonely = service(json!({
+        "metadata": {"name": "lonely", "namespace": "default"},
+        "spec": {"clusterIP": "10.43.0.20", "ports": [{"port": 80}],
+                 "sessionAffinity": "ClientIP"}
+    }));
+    let ports = service_ports(&[headless, external, lonely], &[] as &[Endpoints]);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].name, "lonely");
+    assert!(ports[0].endpoints.is_empty());
+    assert_eq!(ports[0].affinity, Some(DEFAULT_AFFINITY_SECONDS));
+}
+
+fn render(ports: &[ServicePort], existing: &Existing) -> String {
+    let ranges = Ranges {
+        service_cidr: Some("10.43.0.0/16".into()),
+        lb_pool: Some("10.44.0.0/24".into()),
+    };
+    iptables::render(&iptables::prefix("node-a"), ports, &ranges, existing)
+}
+
+#[test]
+fn rules_balance_over_endpoints_and_reject_the_rest() {
+    let (svc, eps) = web();
+    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    let prefix = iptables::prefix("node-a");
+    assert!(prefix.starts_with("SKF-") && prefix.len() == 10, "{prefix}");
+    // Every chain name fits iptables' 28 characters.
+    for line in rules.lines().filter(|l| l.starts_with(':')) {
+        let name = line[1..].split_whitespace().next().unwrap();
+        assert!(name.len() <= 28, "{name} too long");
+    }
+    assert!(
+        rules.contains("-d 10.43.0.10/32 -p tcp -m tcp --dport 80"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("-d 10.44.0.1/32 -p tcp -m tcp --dport 80"),
+        "{rules}"
+    );
+    assert!(rules.contains("--dport 30080"), "{rules}");
+    assert!(
+        rules.contains("-j DNAT --to-destination 172.28.0.2:8080"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("-j DNAT --to-destination 172.28.0.3:8080"),
+        "{rules}"
+    );
+    assert!(rules.contains("--probability 0.5000000000"), "{rules}");
+    assert!(
+        rules.contains("-p udp -m udp -j DNAT --to-destination 172.28.0.2:5353"),
+        "{rules}"
+    );
+    assert!(
+        !rules.contains("172.28.0.9"),
+        "a not-ready address gets no traffic"
+    );
+    // Unclaimed addresses of the ranges are refused, never routed away.
+    assert!(
+        rules.contains(
+            "-d 10.43.0.0/16 -m comment --comment \"no service at this address\" -j REJECT"
+        )
+    );
+    assert!(rules.contains("-d 10.44.0.0/24 -m comment"));
+    // Jumps from the built-in chains are inserted first in line.
+    assert!(rules.contains(&format!(
+        "-I PREROUTING 1 -m comment --comment \"skiff {prefix}\" -j {prefix}-SERVICES"
+    )));
+    assert_eq!(rules.matches("COMMIT").count(), 2);
+}
+
+#[test]
+fn a_port_without_endpoints_is_refused_not_natted() {
+    let lonely = service(json!({
+        "metadata": {"name": "lonely", "namespace": "default"},
+        "spec": {"clusterIP": "10.43.0.20", "type": "NodePort",
+                 "ports": [{"port": 80, "nodePort": 30001}]}
+    }));
+    let rules = render(
+        &service_ports(&[lonely], &[] as &[Endpoints]),
+        &Existing::default(),
+    );
+    assert!(!rules.contains("DNAT"), "{rules}");
+    assert!(rules.contains("-d 10.43.0.20/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/lonely:/tcp\" -j REJECT"), "{rules}");
+    assert!(
+        rules.contains("--dst-type LOCAL -p tcp -m tcp --dport 30001"),
+        "{rules}"
+    );
+}
+
+#[test]
+fn stale_chains_are_deleted_and_present_jumps_not_repeated() {
+    let prefix = iptables::prefix("node-a");
+    let save = format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:{prefix}-SERVICES - [0:0]\n:{prefix}-SVC-0123456789AB - [0:0]\n\
+         -A PREROUTING -m comment --comment \"skiff {prefix}\" -j {prefix}-SERVICES\n\
+         -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
+         :SKF-ffffff-SERVICES - [0:0]\nCOMMIT\n*filter\n:{prefix}-FORWARD - [0:0]\nCOMMIT\n"
+    );
+    let existing = iptables::parse_existing(&prefix, &save);
+    assert!(existing.nat.contains(&format!("{prefix}-SVC-0123456789AB")));
+    assert!(
+        !existing.nat.contains("SKF-ffffff-SERVICES"),
+        "another agent's chains are not ours"
+    );
+    assert_eq!(existing.jumps.len(), 1);
+    let rules = render(&[], &existing);
+    assert!(
+        rules.contains(&format!("-X {prefix}-SVC-0123456789AB")),
+        "{rules}"
+    );
+    assert!(!rules.contains("-I PREROUTING"), "{rules}");
+    assert!(rules.contains("-I OUTPUT 1"), "{rules}");
+    let cleanup = iptables::render_cleanup(&existing);
+    assert!(cleanup.contains(&format!(
+        "-D PREROUTING -m comment --comment \"skiff {prefix}\" -j {prefix}-SERVICES"
+    )));
+    assert!(cleanup.contains(&format!("-X {prefix}-FORWARD")));
+    assert!(!cleanup.contains("SKF-ffffff"));
+}
+
+#[test]
+fn affinity_sends_a_client_back_to_its_endpoint() {
+    let (mut svc, eps) = web();
+    svc.spec.as_mut().unwrap().session_affinity = "ClientIP".into();
+    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    assert!(
+        rules.contains(&format!(
+            "--rcheck --seconds {DEFAULT_AFFINITY_SECONDS} --reap"
+        )),
+        "{rules}"
+    );
+    assert!(rules.contains("--rsource --set -m tcp -j DNAT"), "{rules}");
+}

@@ -1,0 +1,302 @@
+//! The Service controller (the cloud provider's part of Kubernetes, as
+//! k3s's ServiceLB or MetalLB in layer-2 mode do it on bare metal): every
+//! Service of type LoadBalancer gets an address from the configured pool
+//! in `status.loadBalancer.ingress`; the agents' proxies serve it.
+//!
+//! The addresses in use are those in the Services' status, so nothing
+//! else needs keeping: a restarted controller reads them back, and an
+//! address is free again once its Service is deleted or changes type (the
+//! controller clears the status of a Service that is no longer a
+//! LoadBalancer). `spec.loadBalancerIP` asks for one address: honoured
+//! when it is in the pool and free, else the Service gets no address and
+//! a Warning event says why. Allocations are serialized (one at a time),
+//! so two Services never get the same address.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use skiff::pb::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service};
+use skiff::{ObjectRef, Resource as _};
+use skiff_client::events::{EventType, Recorder};
+use skiff_client::{Api, Store};
+
+use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+
+/// A pool of addresses: a CIDR (`10.44.0.0/24`) or a range
+/// (`127.0.100.1-127.0.100.50`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    first: u32,
+    last: u32,
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ip = |part: &str| {
+            part.trim()
+                .parse::<Ipv4Addr>()
+                .map(u32::from)
+                .map_err(|_| format!("{part:?} is not an IPv4 address"))
+        };
+        let (first, last) = if let Some((from, to)) = s.split_once('-') {
+            (ip(from)?, ip(to)?)
+        } else if let Some((base, bits)) = s.split_once('/') {
+            let bits: u32 = bits
+                .parse()
+                .ok()
+                .filter(|b| *b <= 32)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            let network = ip(base)? & mask;
+            let broadcast = network | !mask;
+            // A subnet's network and broadcast addresses are not hosts.
+            if bits <= 30 {
+                (network + 1, broadcast - 1)
+            } else {
+                (network, broadcast)
+            }
+        } else {
+            let one = ip(s)?;
+            (one, one)
+        };
+        if first > last {
+            return Err(format!("{s:?}: the range ends before it starts"));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl Pool {
+    /// Whether `ip` is in the pool.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip))
+    }
+
+    /// The lowest address of the pool not in `used`.
+    pub fn first_free(&self, used: &BTreeMap<Ipv4Addr, ObjectRef>) -> Option<Ipv4Addr> {
+        (self.first..=self.last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !used.contains_key(ip))
+    }
+}
+
+/// See the module doc.
+pub struct ServiceController {
+    services: Api<Service>,
+    store: Store<Service>,
+    pool: Option<Pool>,
+    recorder: std::sync::Arc<Recorder>,
+    /// Held across choosing an address and writing it.
+    allocating: tokio::sync::Mutex<()>,
+}
+
+/// The ingress addresses a Service holds.
+fn held(service: &Service) -> Vec<Ipv4Addr> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .map(|lb| {
+            lb.ingress
+                .iter()
+                .filter_map(|i| i.ip.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl ServiceController {
+    /// A controller handing out addresses from `pool` (none: LoadBalancer
+    /// Services stay pending, as on a cluster without a load balancer).
+    pub fn new(
+        services: Api<Service>,
+        store: Store<Service>,
+        pool: Option<Pool>,
+        recorder: std::sync::Arc<Recorder>,
+    ) -> Self {
+        Self {
+            services,
+            store,
+            pool,
+            recorder,
+            allocating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn write(&self, service: &Service, ips: Vec<Ipv4Addr>) -> Result<(), Error> {
+        let mut updated = service.clone();
+        let status = updated.status.get_or_insert_with(Default::default);
+        status.load_balancer = Some(LoadBalancerStatus {
+            ingress: ips
+                .into_iter()
+                .map(|ip| LoadBalancerIngress {
+                    ip: ip.to_string(),
+                    ip_mode: Some("VIP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        self.services.update_status(updated).await?;
+        Ok(())
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let Some(service) = self.store.get(&key.namespace, &key.name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let spec = service.spec.clone().unwrap_or_default();
+        let deleting = service
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_timestamp.is_some());
+        let current = held(&service);
+        if spec.r#type != "LoadBalancer" || deleting {
+            if !current.is_empty() {
+                self.write(&service, Vec::new()).await?;
+                tracing::info!(service = %key, "released its load balancer address");
+            }
+            return Ok(Action::AwaitChange);
+        }
+        let Some(pool) = self.pool else {
+            return Ok(Action::AwaitChange);
+        };
+        let requested = spec.load_balancer_ip.parse::<Ipv4Addr>().ok();
+        let _one_at_a_time = self.allocating.lock().await;
+        // Every address held by another Service, from the cache (the
+        // lock makes sure our own last write is in it before the next).
+        let used: BTreeMap<Ipv4Addr, ObjectRef> = self
+            .store
+            .list()
+            .iter()
+            .filter(|s| s.object_ref() != key)
+            .flat_map(|s| held(s).into_iter().map(|ip| (ip, s.object_ref())))
+            .collect();
+        let keep = current
+            .first()
+            .copied()
+            .filter(|ip| pool.contains(*ip) && !used.contains_key(ip))
+            .filter(|ip| requested.is_none_or(|r| r == *ip));
+        if keep.is_some() && current.len() == 1 {
+            return Ok(Action::AwaitChange);
+        }
+        let chosen = match requested {
+            Some(ip) if !pool.contains(ip) => {
+                self.recorder
+                    .record(
+                        &*service,
+                        EventType::Warning,
+                        "LoadBalancerIPNotInPool",
+                        &format!("loadBalancerIP {ip} is not in the load balancer pool"),
+                    )
+                    .await;
+                None
+            }
+            Some(ip) => match used.get(&ip) {
+                Some(owner) => {
+                    self.recorder
+                        .record(
+                            &*service,
+                            EventType::Warning,
+                            "LoadBalancerIPInUse",
+                            &format!("loadBalancerIP {ip} is used by service {owner}"),
+                        )
+                        .await;
+                    None
+                }
+                None => Some(ip),
+            },
+            None => keep.or_else(|| pool.first_free(&used)),
+        };
+        let Some(ip) = chosen else {
+            if requested.is_none() {
+                self.recorder
+                    .record(
+                        &*service,
+                        EventType::Warning,
+                        "AllocationFailed",
+                        "the load balancer pool is exhausted",
+                    )
+                    .await;
+            }
+            if !current.is_empty() {
+                self.write(&service, Vec::new()).await?;
+            }
+            return Ok(Action::AwaitChange);
+        };
+        self.write(&service, vec![ip]).await?;
+        // Until the cache shows it, later allocations must not reuse it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline
+            && !self
+                .store
+                .get(&key.namespace, &key.name)
+                .is_some_and(|s| held(&s).contains(&ip))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::info!(service = %key, %ip, "assigned a load balancer address");
+        self.recorder
+            .record(
+                &*service,
+                EventType::Normal,
+                "IPAllocated",
+                &format!("Assigned IP {ip}"),
+            )
+            .await;
+        Ok(Action::AwaitChange)
+    }
+}
+
+impl Reconciler for ServiceController {
+    fn name(&self) -> &'static str {
+        "service"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse_as_cidr_range_or_one_address() {
+        let pool: Pool = "10.44.0.0/24".parse().unwrap();
+        assert!(!pool.contains("10.44.0.0".parse().unwrap()));
+        assert!(pool.contains("10.44.0.1".parse().unwrap()));
+        assert!(pool.contains("10.44.0.254".parse().unwrap()));
+        assert!(!pool.contains("10.44.0.255".parse().unwrap()));
+        let range: Pool = "127.0.100.1-127.0.100.3".parse().unwrap();
+        let mut used = BTreeMap::new();
+        assert_eq!(
+            range.first_free(&used),
+            Some("127.0.100.1".parse().unwrap())
+        );
+        used.insert("127.0.100.1".parse().unwrap(), ObjectRef::new("a", "b"));
+        used.insert("127.0.100.2".parse().unwrap(), ObjectRef::new("a", "c"));
+        assert_eq!(
+            range.first_free(&used),
+            Some("127.0.100.3".parse().unwrap())
+        );
+        used.insert("127.0.100.3".parse().unwrap(), ObjectRef::new("a", "d"));
+        assert_eq!(range.first_free(&used), None);
+        let one: Pool = "127.0.100.7/32".parse().unwrap();
+        assert!(one.contains("127.0.100.7".parse().unwrap()));
+        assert!(
+            "10.0.0.5-10.0.0.1"
+                .parse::<Pool>()
+                .unwrap_err()
+                .contains("ends before")
+        );
+        assert!(
+            "10.0.0.0/33"
+                .parse::<Pool>()
+                .unwrap_err()
+                .contains("prefix")
+        );
+        assert!("nope".parse::<Pool>().unwrap_err().contains("not an IPv4"));
+    }
+}
