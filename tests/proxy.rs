@@ -460,3 +460,96 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_ready_pods() {
+    let ranges = Ranges {
+        service_cidr: "10.203.0.0/24",
+        node_ports: 31221..=31230,
+        lb_pool: "127.0.203.1-127.0.203.9",
+    };
+    // Host processes: pods share the host's network, each on its own port
+    // (the Service's named targetPort finds each pod's number).
+    let c = cluster("proxy-user", "process", "userspace", &ranges).await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (name, dir) in ["a", "b"].iter().zip(&dirs) {
+        std::fs::write(dir.path().join("index.html"), name).unwrap();
+        std::fs::write(dir.path().join("ready"), "1").unwrap();
+        let port = skiff_e2e::free_port().unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "who"}},
+            "spec": {"terminationGracePeriodSeconds": 2, "containers": [{
+                "name": "httpd", "image": "host",
+                "command": ["busybox", "httpd", "-f", "-p", format!("127.0.0.1:{port}"), "-h", dir.path()],
+                "ports": [{"name": "http", "containerPort": port}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"},
+                                   "periodSeconds": 1, "failureThreshold": 1}
+            }]}
+        }))
+        .unwrap();
+        c.api::<Pod>().create(pod).await.unwrap();
+    }
+    let created = c
+        .create_service(json!({"type": "LoadBalancer", "selector": {"app": "who"},
+                               "ports": [{"name": "web", "port": 18080, "targetPort": "http"}]}))
+        .await;
+    let node_port = created.spec.as_ref().unwrap().ports[0].node_port;
+    wait_until(
+        "both pods are endpoints",
+        Duration::from_secs(30),
+        async || {
+            c.api::<Endpoints>()
+                .get("default", "who")
+                .await
+                .is_ok_and(|e| e.subsets.iter().map(|s| s.addresses.len()).sum::<usize>() == 2)
+        },
+    )
+    .await;
+    let node_port_addr: SocketAddr = format!("127.0.0.1:{node_port}").parse().unwrap();
+    let lb_addr: SocketAddr = "127.0.203.1:18080".parse().unwrap();
+    wait_until("the relays answer", Duration::from_secs(30), async || {
+        http_get(node_port_addr).is_ok() && http_get(lb_addr).is_ok()
+    })
+    .await;
+    for addr in [node_port_addr, lb_addr] {
+        let answers: std::collections::BTreeSet<String> =
+            (0..6).map(|_| http_get(addr).unwrap()).collect();
+        assert_eq!(
+            answers.into_iter().collect::<Vec<_>>(),
+            ["a", "b"],
+            "{addr}"
+        );
+    }
+
+    // b stops being ready: only a answers.
+    std::fs::remove_file(dirs[1].path().join("ready")).unwrap();
+    wait_until(
+        "b leaves the endpoints",
+        Duration::from_secs(30),
+        async || {
+            c.api::<Endpoints>()
+                .get("default", "who")
+                .await
+                .is_ok_and(|e| e.subsets.iter().map(|s| s.addresses.len()).sum::<usize>() == 1)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..6 {
+        assert_eq!(http_get(node_port_addr).unwrap(), "a");
+    }
+
+    // Deleted: the relays close.
+    c.api::<Service>()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "who".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until("the relays close", Duration::from_secs(30), async || {
+        http_get(node_port_addr).is_err() && http_get(lb_addr).is_err()
+    })
+    .await;
+}
