@@ -24,18 +24,44 @@ struct Run {
 }
 
 async fn cluster(prefix: &str) -> Cluster {
+    cluster_with(prefix, None).await
+}
+
+/// Address ranges of a cluster whose agent runs the service proxy: the
+/// service CIDR, node ports, and load balancer pool (each test its own).
+struct Proxied {
+    service_cidr: &'static str,
+    node_ports: std::ops::RangeInclusive<u16>,
+    lb_pool: &'static str,
+}
+
+async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
     let image = skiff_e2e::test_image().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
-        .await
-        .unwrap();
+    let mut config = skiff_apiserver::Config::new(
+        "127.0.0.1:0".parse().unwrap(),
+        StoreConfig::Embedded(dir.path().join("state.redb")),
+    );
+    config.actors = 2;
+    let mut agent_args = Vec::new();
+    let mut manager_args = Vec::new();
+    if let Some(p) = &proxied {
+        config.service_cidr = p.service_cidr.parse().unwrap();
+        config.node_ports = p.node_ports.clone();
+        agent_args.push("--proxy-mode=iptables".to_string());
+        agent_args.push(format!("--service-cidr={}", p.service_cidr));
+        manager_args.push(format!("--lb-pool={}", p.lb_pool));
+    }
+    let server = skiff_apiserver::ApiServer::start(config).await.unwrap();
     let url = format!("http://{}", server.addr);
-    let node = AgentNode::start(&url, prefix).unwrap();
+    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    let node = AgentNode::start_with(&url, prefix, "docker", &agent_args).unwrap();
+    let manager_args: Vec<&str> = manager_args.iter().map(String::as_str).collect();
     let processes = vec![
         skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager(&url, &[]).unwrap(),
+        skiff_e2e::controller_manager_with(&url, &[], &manager_args).unwrap(),
     ];
     Cluster {
         server,
@@ -621,9 +647,44 @@ spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
 
+/// `GET /` at `address` once it answers (the proxy's rules follow the
+/// Endpoints within moments).
+async fn wait_for_page(address: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = (|| {
+                let addr: std::net::SocketAddr = address.parse().unwrap();
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(s, "GET / HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                std::io::Result::Ok(out)
+            })();
+            match attempt {
+                Ok(page) => return page,
+                Err(e) if std::time::Instant::now() > deadline => return format!("{e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_app_applies_and_serves_its_page() {
-    let c = cluster("example").await;
+    let c = cluster_with(
+        "example",
+        Some(Proxied {
+            service_cidr: "10.204.0.0/24",
+            node_ports: 31241..=31250,
+            lb_pool: "127.0.204.1-127.0.204.9",
+        }),
+    )
+    .await;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/web");
     let applied = c.ok(&["apply", "-f", examples]);
     assert!(
@@ -643,23 +704,41 @@ async fn the_example_app_applies_and_serves_its_page() {
         },
     )
     .await;
+    // As the example's README says: a pod's address, the Service's
+    // cluster IP, its node port on localhost and its load balancer address.
     let pods: serde_json::Value =
         serde_json::from_str(&c.ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
-    let ip = pods["items"][0]["status"]["podIP"]
+    let pod_ip = pods["items"][0]["status"]["podIP"]
         .as_str()
         .unwrap()
         .to_string();
-    let page = tokio::task::spawn_blocking(move || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect((ip.as_str(), 8080)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET / HTTP/1.0\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    })
-    .await
-    .unwrap();
-    assert!(page.contains("Hello from Skiff"), "{page}");
+    let mut addresses = vec![format!("{pod_ip}:8080")];
+    wait_until(
+        "a load balancer address",
+        Duration::from_secs(30),
+        async || {
+            let svc: serde_json::Value =
+                serde_json::from_str(&c.ok(&["get", "svc", "web", "-o", "json"])).unwrap();
+            let Some(lb) = svc["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() else {
+                return false;
+            };
+            addresses.truncate(1);
+            addresses.push(format!("{}:80", svc["spec"]["clusterIP"].as_str().unwrap()));
+            addresses.push(format!("127.0.0.1:{}", svc["spec"]["ports"][0]["nodePort"]));
+            addresses.push(format!("{lb}:80"));
+            true
+        },
+    )
+    .await;
+    let table = c.ok(&["get", "svc", "web"]);
+    assert!(
+        table.contains("LoadBalancer") && table.contains("127.0.204.1"),
+        "{table}"
+    );
+    for address in addresses {
+        let fetched = address.clone();
+        let page = wait_for_page(fetched).await;
+        assert!(page.contains("Hello from Skiff"), "{address}: {page}");
+    }
     c.ok(&["delete", "-f", examples]);
 }

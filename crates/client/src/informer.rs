@@ -20,6 +20,11 @@ pub enum Change<K> {
     Deleted(Arc<K>),
 }
 
+/// Changes buffered per informer for its subscribers. A subscriber that
+/// falls further behind gets `Lagged` and resyncs from the store; a larger
+/// buffer costs memory in every informer of every component (preallocated).
+const CHANGES_BUFFER: usize = 1024;
+
 /// A running informer of kind `K`.
 pub struct Informer<K> {
     /// The cache.
@@ -38,7 +43,7 @@ impl<K: Resource> Informer<K> {
     /// Starts listing and watching `params` through `api`.
     pub fn start(api: Api<K>, params: Params) -> Self {
         let (writer, reader) = store::<K>();
-        let (changes, _) = broadcast::channel(16 * 1024);
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let notify = changes.clone();
         let mut events = watcher::watch(api, params);
         let task = tokio::spawn(async move {

@@ -21,7 +21,7 @@ use crate::strategy::Strategy;
 /// Changes kept per kind for watchers that resume from a recent revision.
 const WINDOW: usize = 4 * 1024;
 /// Changes buffered per live watcher before it is cut off as too slow.
-const FANOUT_BUFFER: usize = 8 * 1024;
+const FANOUT_BUFFER: usize = 1024;
 
 /// One change to an object of kind `K`, decoded once for every watcher.
 #[derive(Debug)]
