@@ -21,6 +21,7 @@ struct Run {
     stdout: String,
     stderr: String,
     ok: bool,
+    code: Option<i32>,
 }
 
 async fn cluster(prefix: &str) -> Cluster {
@@ -87,6 +88,35 @@ impl Cluster {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             ok: out.status.success(),
+            code: out.status.code(),
+        }
+    }
+
+    /// Runs `skiff ARGS` with `input` on its stdin.
+    fn skiff_with_stdin(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write as _;
+        let mut child = Command::new(skiff_e2e::skiff_binary().unwrap())
+            .args(args)
+            .env("SKIFF_CONFIG", self.dir.path().join("config"))
+            .env("SKIFF_SERVER", format!("http://{}", self.server.addr))
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: out.status.success(),
+            code: out.status.code(),
         }
     }
 
@@ -277,6 +307,36 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
         c.ok(&["exec", &pod, "--", "cat", "/www/index.html"]),
         "hello from skiff\n"
     );
+    // exec -i: stdin streams to the command until EOF, output streams
+    // back, and the exit code comes last.
+    let piped = c.skiff_with_stdin(
+        &[
+            "exec",
+            "-i",
+            &pod,
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done >&2; exit 4",
+        ],
+        "piped through\nthe pod\n",
+    );
+    assert_eq!(piped.stdout, "PIPED THROUGH\nTHE POD\n");
+    assert_eq!(piped.stderr, "done\n");
+    assert_eq!(piped.code, Some(4));
+    // -it with stdin that is not a terminal: a warning, then as -i (as
+    // kubectl does).
+    let shell = c.skiff_with_stdin(
+        &["exec", "-it", &pod, "--", "sh"],
+        "echo $((6*7)); exit 5\n",
+    );
+    assert_eq!(shell.stdout, "42\n");
+    assert!(
+        shell.stderr.contains("Unable to use a TTY"),
+        "{}",
+        shell.stderr
+    );
+    assert_eq!(shell.code, Some(5));
 
     // A changed template rolls out; history and undo.
     std::fs::write(&manifest, app(c.image, "hello-two")).unwrap();

@@ -284,6 +284,58 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
         assert!(seen.keys().all(|k| pods.contains(k)), "{url}: {seen:?}");
     }
 
+    // A headless Service's name resolves to the ready pods themselves.
+    let headless: Service = serde_json::from_value(json!({
+        "metadata": {"name": "who-pods", "namespace": "default"},
+        "spec": {"clusterIP": "None", "selector": {"app": "who"}, "ports": [{"port": 8080}]}
+    }))
+    .unwrap();
+    c.api::<Service>().create(headless).await.unwrap();
+    let pod_ips: Vec<String> = skiff_e2e::live_pods(&c.channel, "default", "app=who")
+        .await
+        .iter()
+        .map(|p| p.status.as_ref().unwrap().pod_ip.clone())
+        .collect();
+    let mut lookup = String::new();
+    wait_until(
+        "the headless name lists the pods",
+        Duration::from_secs(30),
+        async || {
+            lookup = c.in_client("nslookup who-pods.default.svc.cluster.local");
+            pod_ips.iter().all(|ip| lookup.contains(ip.as_str()))
+        },
+    )
+    .await;
+    assert!(!lookup.contains(&cluster_ip), "{lookup}");
+
+    // A Service with no ready endpoint refuses at once.
+    let empty: Service = serde_json::from_value(json!({
+        "metadata": {"name": "empty", "namespace": "default"},
+        "spec": {"selector": {"app": "nobody"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let empty = c.api::<Service>().create(empty).await.unwrap();
+    let empty_addr: SocketAddr = format!("{}:80", empty.spec.unwrap().cluster_ip)
+        .parse()
+        .unwrap();
+    wait_until(
+        "the empty service is refused",
+        Duration::from_secs(20),
+        async || !rules_mentioning("default/empty:").is_empty(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let refused = TcpStream::connect_timeout(&empty_addr, Duration::from_secs(3));
+    assert_eq!(
+        refused.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
     // A pod whose readiness fails gets no traffic.
     let unready = pods[0].clone();
     let httpd = c.container(&unready, "httpd");

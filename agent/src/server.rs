@@ -15,7 +15,11 @@ use std::time::SystemTime;
 
 use futures::{Stream, StreamExt as _};
 use skiff::pb::agent::v1::agent_server::Agent;
-use skiff::pb::core::v1::{LogChunk, Pod, PodExecRequest, PodExecResponse, PodLogsRequest};
+use skiff::pb::core::v1::pod_exec_input::Input;
+use skiff::pb::core::v1::pod_exec_output::Output;
+use skiff::pb::core::v1::{
+    LogChunk, Pod, PodExecInput, PodExecOutput, PodExecRequest, PodExecResponse, PodLogsRequest,
+};
 use skiff_client::Store;
 use skiff_runtime::{Container, LogOptions, Runtime, State};
 use tonic::{Request, Response, Status};
@@ -88,15 +92,9 @@ impl AgentService {
             .collect();
         Ok((name, found))
     }
-}
 
-#[tonic::async_trait]
-impl Agent for AgentService {
-    async fn exec(
-        &self,
-        request: Request<PodExecRequest>,
-    ) -> Result<Response<PodExecResponse>, Status> {
-        let req = request.into_inner();
+    /// The running instance of the container a request names.
+    async fn running(&self, req: &PodExecRequest) -> Result<Container, Status> {
         if req.command.is_empty() {
             return Err(Status::invalid_argument(
                 "command: Required value: what to run",
@@ -105,15 +103,114 @@ impl Agent for AgentService {
         let (name, found) = self
             .instances(&req.namespace, &req.name, &req.container)
             .await?;
-        let running = found
-            .iter()
+        found
+            .into_iter()
             .find(|c| matches!(c.state, State::Running { .. }))
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
                     "container {name:?} in pod {:?} is not running",
                     req.name
                 ))
-            })?;
+            })
+    }
+}
+
+/// A stream of an attached command's output.
+pub type AttachStream = Pin<Box<dyn Stream<Item = Result<PodExecOutput, Status>> + Send>>;
+
+/// Feeds an attached command from the client's messages: stdin bytes,
+/// terminal resizes, and the end of stdin (which closes the command's).
+async fn feed_attached(
+    runtime: Arc<dyn Runtime>,
+    exec: String,
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    mut messages: tonic::Streaming<PodExecInput>,
+    stdin: bool,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    while let Some(Ok(message)) = messages.next().await {
+        match message.input {
+            Some(Input::Stdin(bytes)) if stdin => {
+                let written = input.write_all(&bytes).await.and(input.flush().await);
+                if written.is_err() {
+                    break;
+                }
+            }
+            Some(Input::Resize(size)) => {
+                let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                let _ = runtime
+                    .exec_resize(&exec, clamp(size.width), clamp(size.height))
+                    .await;
+            }
+            Some(Input::CloseStdin(true)) => break,
+            _ => {}
+        }
+    }
+    // The end of stdin, or of the client: the command sees EOF.
+    let _ = input.shutdown().await;
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type AttachStream = AttachStream;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<PodExecInput>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let mut messages = request.into_inner();
+        let Some(Input::Start(req)) = messages.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: what to run and where",
+            ));
+        };
+        let running = self.running(&req).await?;
+        let attached = self
+            .runtime
+            .exec_attach(&running.id, &req.command, req.tty)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let runtime = Arc::clone(&self.runtime);
+        let exec = attached.exec.clone();
+        let feeder = tokio::spawn(feed_attached(
+            Arc::clone(&runtime),
+            exec.clone(),
+            attached.input,
+            messages,
+            req.stdin,
+        ));
+        let output = attached.output.map(|chunk| {
+            chunk
+                .map(|(stderr, bytes)| PodExecOutput {
+                    output: Some(if stderr {
+                        Output::Stderr(bytes.to_vec())
+                    } else {
+                        Output::Stdout(bytes.to_vec())
+                    }),
+                })
+                .map_err(|e| Status::unavailable(e.to_string()))
+        });
+        // When the output ends, the command has: its exit code closes the
+        // stream.
+        let exit = futures::stream::once(async move {
+            feeder.abort();
+            let code = runtime
+                .exec_exit_code(&exec)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok(PodExecOutput {
+                output: Some(Output::ExitCode(i32::try_from(code).unwrap_or(-1))),
+            })
+        });
+        Ok(Response::new(Box::pin(output.chain(exit))))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<PodExecRequest>,
+    ) -> Result<Response<PodExecResponse>, Status> {
+        let req = request.into_inner();
+        let running = self.running(&req).await?;
         let timeout = std::time::Duration::from_secs(
             req.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64,
         );

@@ -295,6 +295,12 @@ struct ExecArgs {
     /// The container (needed when the pod has several).
     #[arg(short = 'c', long, default_value = "")]
     container: String,
+    /// Pass stdin to the command.
+    #[arg(short = 'i', long)]
+    stdin: bool,
+    /// Give the command a terminal (with -i: an interactive shell).
+    #[arg(short = 't', long)]
+    tty: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -698,11 +704,19 @@ async fn run() -> anyhow::Result<()> {
             .await?;
         }
         Command::Exec(args) => {
-            let code = args
-                .client
-                .ctl()?
-                .exec(&args.pod, &args.container, &args.command)
-                .await?;
+            let ctl = args.client.ctl()?;
+            let code = if args.stdin || args.tty {
+                ctl.exec_attached(
+                    &args.pod,
+                    &args.container,
+                    &args.command,
+                    args.stdin,
+                    args.tty,
+                )
+                .await?
+            } else {
+                ctl.exec(&args.pod, &args.container, &args.command).await?
+            };
             std::process::exit(code);
         }
         Command::Label(args) => {

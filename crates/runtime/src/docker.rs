@@ -616,6 +616,81 @@ impl Runtime for DockerRuntime {
             .map_err(|_| Error::Timeout(timeout))?
     }
 
+    async fn exec_attach(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+    ) -> Result<crate::Attached> {
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(command.to_vec()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(tty),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(docker_error)?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    tty,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(docker_error)?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(Error::Runtime(
+                "the engine did not attach the command".into(),
+            ));
+        };
+        let output = output
+            .map_ok(|chunk| match chunk {
+                bollard::container::LogOutput::StdErr { message } => (true, message),
+                other => (false, other.into_bytes()),
+            })
+            .map_err(docker_error);
+        Ok(crate::Attached {
+            exec: created.id,
+            input,
+            output: Box::pin(output),
+        })
+    }
+
+    async fn exec_resize(&self, exec: &str, width: u16, height: u16) -> Result<()> {
+        let options = bollard::query_parameters::ResizeExecOptionsBuilder::new()
+            .w(i32::from(width))
+            .h(i32::from(height))
+            .build();
+        self.docker
+            .resize_exec(exec, options)
+            .await
+            .map_err(docker_error)
+    }
+
+    async fn exec_exit_code(&self, exec: &str) -> Result<i64> {
+        // The output may end a moment before the engine records the exit.
+        for _ in 0..50 {
+            let inspected = self.docker.inspect_exec(exec).await.map_err(docker_error)?;
+            if inspected.running != Some(true) {
+                return Ok(inspected.exit_code.unwrap_or(-1));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::Runtime(format!(
+            "exec {exec} still runs after its output ended"
+        )))
+    }
+
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
         // Fail now (NotFound) rather than as the stream's first item.
         self.docker

@@ -313,4 +313,51 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// A container's log.
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream>;
+
+    /// Starts a command in a running container with its standard input,
+    /// output and error attached (and a terminal when `tty`), for
+    /// interactive use.
+    ///
+    /// # Errors
+    /// The container is not running, or the runtime cannot attach.
+    async fn exec_attach(&self, id: &str, command: &[String], tty: bool) -> Result<Attached> {
+        let _ = (id, command, tty);
+        Err(Error::Runtime(format!(
+            "the {} runtime cannot attach to commands (exec -i/-t); run them without",
+            self.scheme()
+        )))
+    }
+
+    /// Resizes the terminal of an attached command.
+    ///
+    /// # Errors
+    /// The command is gone.
+    async fn exec_resize(&self, exec: &str, width: u16, height: u16) -> Result<()> {
+        let _ = (exec, width, height);
+        Ok(())
+    }
+
+    /// The exit code of an attached command that ended.
+    ///
+    /// # Errors
+    /// The runtime does not know it.
+    async fn exec_exit_code(&self, exec: &str) -> Result<i64> {
+        let _ = exec;
+        Err(Error::Runtime("no attached command".into()))
+    }
+}
+
+/// Output of an attached command: `(true, bytes)` for stderr.
+pub type AttachedOutput =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<(bool, bytes::Bytes)>> + Send>>;
+
+/// An attached command (see [`Runtime::exec_attach`]).
+pub struct Attached {
+    /// The runtime's id of the command (for resize and its exit code).
+    pub exec: String,
+    /// Its standard input.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// Its output, stderr and stdout as they come (one stream with a
+    /// terminal).
+    pub output: AttachedOutput,
 }

@@ -11,9 +11,13 @@ use std::time::Duration;
 
 use skiff::pb::agent::v1::agent_client::AgentClient;
 use skiff::pb::api::v1::GetRequest;
+use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_server::PodExec;
 use skiff::pb::core::v1::pod_logs_server::PodLogs;
-use skiff::pb::core::v1::{LogChunk, Node, Pod, PodExecRequest, PodExecResponse, PodLogsRequest};
+use skiff::pb::core::v1::{
+    LogChunk, Node, Pod, PodExecInput, PodExecOutput, PodExecRequest, PodExecResponse,
+    PodLogsRequest,
+};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -161,5 +165,35 @@ impl PodExec for PodLogsService {
         default_namespace(&mut req.namespace);
         let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
         client.exec(req).await.map_err(|s| unreachable(&agent, s))
+    }
+
+    type AttachStream = tonic::Streaming<PodExecOutput>;
+
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<PodExecInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        use futures::StreamExt as _;
+        let mut inputs = request.into_inner();
+        let Some(Input::Start(mut start)) = inputs.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: what to run and where",
+            ));
+        };
+        default_namespace(&mut start.namespace);
+        let (mut client, agent) = self.agent(&start.namespace, &start.name).await?;
+        // The client's messages go on to the agent as they come, the
+        // start first.
+        let first = PodExecInput {
+            input: Some(Input::Start(start)),
+        };
+        let rest = inputs
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()));
+        let forwarded = futures::stream::once(std::future::ready(first)).chain(rest);
+        client
+            .attach(forwarded)
+            .await
+            .map_err(|s| unreachable(&agent, s))
     }
 }
