@@ -13,7 +13,8 @@
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
 //! - [`validation`]: names, labels and the field errors they produce.
-//! - [`time`]: timestamps; [`pods`]: shared facts about pods.
+//! - [`time`]: timestamps; [`pods`]: shared facts about pods and
+//!   Services.
 
 pub mod keys;
 pub mod pods;

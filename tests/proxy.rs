@@ -133,6 +133,16 @@ impl Cluster {
         ips
     }
 
+    /// How many ready addresses Service `who` has (one per pod, even
+    /// pods sharing an IP on different ports).
+    async fn endpoint_count(&self) -> usize {
+        self.api::<Endpoints>()
+            .get("default", "who")
+            .await
+            .map(|e| e.subsets.iter().map(|s| s.addresses.len()).sum())
+            .unwrap_or(0)
+    }
+
     async fn wait_ready(&self, n: usize) {
         wait_until(
             &format!("{n} ready endpoints"),
@@ -549,12 +559,7 @@ async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_re
     wait_until(
         "both pods are endpoints",
         Duration::from_secs(30),
-        async || {
-            c.api::<Endpoints>()
-                .get("default", "who")
-                .await
-                .is_ok_and(|e| e.subsets.iter().map(|s| s.addresses.len()).sum::<usize>() == 2)
-        },
+        async || c.endpoint_count().await == 2,
     )
     .await;
     let node_port_addr: SocketAddr = format!("127.0.0.1:{node_port}").parse().unwrap();
@@ -578,12 +583,7 @@ async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_re
     wait_until(
         "b leaves the endpoints",
         Duration::from_secs(30),
-        async || {
-            c.api::<Endpoints>()
-                .get("default", "who")
-                .await
-                .is_ok_and(|e| e.subsets.iter().map(|s| s.addresses.len()).sum::<usize>() == 1)
-        },
+        async || c.endpoint_count().await == 1,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -126,17 +126,7 @@ pub fn service_ports(
             continue;
         }
         let cluster_ip = spec.cluster_ip.parse::<Ipv4Addr>().ok();
-        let mut external_ips: Vec<Ipv4Addr> = service
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .map(|lb| {
-                lb.ingress
-                    .iter()
-                    .filter_map(|i| i.ip.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut external_ips = skiff::pods::load_balancer_ips(service);
         external_ips.extend(
             spec.external_ips
                 .iter()

@@ -91,21 +91,6 @@ pub struct ServiceController {
     allocating: tokio::sync::Mutex<()>,
 }
 
-/// The ingress addresses a Service holds.
-fn held(service: &Service) -> Vec<Ipv4Addr> {
-    service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .map(|lb| {
-            lb.ingress
-                .iter()
-                .filter_map(|i| i.ip.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl ServiceController {
     /// A controller handing out addresses from `pool` (none: LoadBalancer
     /// Services stay pending, as on a cluster without a load balancer).
@@ -150,7 +135,7 @@ impl ServiceController {
             .metadata
             .as_ref()
             .is_some_and(|m| m.deletion_timestamp.is_some());
-        let current = held(&service);
+        let current = skiff::pods::load_balancer_ips(&service);
         if spec.r#type != "LoadBalancer" || deleting {
             if !current.is_empty() {
                 self.write(&service, Vec::new()).await?;
@@ -170,7 +155,11 @@ impl ServiceController {
             .list()
             .iter()
             .filter(|s| s.object_ref() != key)
-            .flat_map(|s| held(s).into_iter().map(|ip| (ip, s.object_ref())))
+            .flat_map(|s| {
+                skiff::pods::load_balancer_ips(s)
+                    .into_iter()
+                    .map(|ip| (ip, s.object_ref()))
+            })
             .collect();
         let keep = current
             .first()
@@ -231,7 +220,7 @@ impl ServiceController {
             && !self
                 .store
                 .get(&key.namespace, &key.name)
-                .is_some_and(|s| held(&s).contains(&ip))
+                .is_some_and(|s| skiff::pods::load_balancer_ips(&s).contains(&ip))
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
