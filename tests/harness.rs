@@ -668,3 +668,29 @@ pub async fn live_pods(
         })
         .collect()
 }
+
+/// Reads `namespace/name`, changes it with `change`, and writes it back;
+/// again while the write is refused as stale (ABORTED: a controller wrote
+/// the object meanwhile), as every client must.
+///
+/// # Panics
+/// When the read or the write fails otherwise.
+pub async fn modify<K: skiff::Resource>(
+    api: &skiff_client::Api<K>,
+    namespace: &str,
+    name: &str,
+    mut change: impl FnMut(&mut K),
+) -> K {
+    loop {
+        let mut obj = api
+            .get(namespace, name)
+            .await
+            .unwrap_or_else(|s| panic!("reading {namespace}/{name}: {s}"));
+        change(&mut obj);
+        match api.update(obj).await {
+            Ok(updated) => return updated,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("updating {namespace}/{name}: {s}"),
+        }
+    }
+}

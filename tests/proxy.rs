@@ -363,9 +363,10 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
     assert_eq!(seen.len(), 2, "{seen:?}");
 
     // Scaled to one: only that one answers.
-    let mut deployment = c.api::<Deployment>().get("default", "who").await.unwrap();
-    deployment.spec.as_mut().unwrap().replicas = Some(1);
-    c.api::<Deployment>().update(deployment).await.unwrap();
+    skiff_e2e::modify(&c.api::<Deployment>(), "default", "who", |d| {
+        d.spec.as_mut().unwrap().replicas = Some(1);
+    })
+    .await;
     wait_until("one pod left", Duration::from_secs(60), async || {
         c.pod_names().await.len() == 1
     })

@@ -132,10 +132,10 @@ async fn a_replication_controller_keeps_its_pods_running_on_docker_and_scales() 
     .await;
 
     for replicas in [5, 1] {
-        let mut rc = rcs.get("default", "web").await.unwrap();
-        rc.spec.as_mut().unwrap().replicas = Some(replicas);
-        rc.status = None;
-        rcs.update(rc).await.unwrap();
+        skiff_e2e::modify(&rcs, "default", "web", |rc| {
+            rc.spec.as_mut().unwrap().replicas = Some(replicas);
+        })
+        .await;
         env.wait_running("default", "web", replicas as usize).await;
         wait_until(
             &format!("{replicas} containers run"),
@@ -302,10 +302,10 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
     );
 
     // Roll to a new template, sampling all along.
-    let mut d = deployments.get("default", "web").await.unwrap();
-    d.spec.as_mut().unwrap().template = manifest("two").spec.unwrap().template;
-    d.status = None;
-    deployments.update(d).await.unwrap();
+    skiff_e2e::modify(&deployments, "default", "web", |d| {
+        d.spec.as_mut().unwrap().template = manifest("two").spec.unwrap().template;
+    })
+    .await;
     let seen = sample_until_rolled_out(&env, "web", "two").await;
     assert!(seen.samples > 3, "the rollout was sampled: {seen:?}");
     assert!(
@@ -335,14 +335,14 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
     );
 
     // Roll back to revision 1: the first template, in its old set.
-    let mut d = deployments.get("default", "web").await.unwrap();
-    d.metadata
-        .as_mut()
-        .unwrap()
-        .annotations
-        .insert("skiff.dev/rollback-to-revision".into(), "1".into());
-    d.status = None;
-    deployments.update(d).await.unwrap();
+    skiff_e2e::modify(&deployments, "default", "web", |d| {
+        d.metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .insert("skiff.dev/rollback-to-revision".into(), "1".into());
+    })
+    .await;
     sample_until_rolled_out(&env, "web", "one").await;
     let d = deployments.get("default", "web").await.unwrap();
     let annotations = &d.metadata.as_ref().unwrap().annotations;

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! PREROUTING, OUTPUT ─► SERVICES ─ -d clusterIP --dport P ─► SVC-h
-//!                                ─ -d lbIP --dport P ───────► EXT-h ─► SVC-h
+//!                                ─ -d lbIP --dport P ───────► EXT-h ─► MARK-MASQ, SVC-h
 //!                                ─ dst local ─► NODEPORTS ─ --dport NP ─► EXT-h
 //! SVC-h: from 127.0.0.0/8 → MARK-MASQ; ClientIP affinity (recent);
 //!        one SEP per endpoint, chosen at random with equal odds
@@ -22,13 +22,15 @@
 //! POSTROUTING ─► POSTROUTING: marked → MASQUERADE
 //! ```
 //!
-//! Only connections that could not come back otherwise are masqueraded:
-//! those from loopback (a pod cannot answer 127.0.0.1) and hairpin ones (a
-//! pod reaching itself through its Service). Everything else keeps its
-//! source address, so pods see their real clients, ClientIP affinity
-//! works, and the host's connections to a ClusterIP cost one DNAT only
-//! (masquerading them too halved the request rate in `skiff-bench proxy`,
-//! through port reuse against the pod's TIME_WAIT sockets).
+//! Connections to a ClusterIP are masqueraded only when they could not come
+//! back otherwise: from loopback (a pod cannot answer 127.0.0.1) and
+//! hairpin ones (a pod reaching itself through its Service). Everything
+//! else keeps its source address, so pods see their real clients and the
+//! host's connections to a ClusterIP cost one DNAT only (masquerading them
+//! too halved the request rate in `skiff-bench proxy`, through port reuse
+//! against the pod's TIME_WAIT sockets). NodePort and LoadBalancer
+//! traffic is always masqueraded, as kube-proxy does for
+//! `externalTrafficPolicy: Cluster`.
 //!
 //! In the filter table, a service port with no ready endpoint is rejected
 //! (connection refused at once, as kube-proxy does), and so is anything
@@ -212,7 +214,10 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         }
         if !port.external_ips.is_empty() || port.node_port.is_some() {
             nat_chains.insert(ext.clone());
-            let _ = writeln!(nat, "-A {ext} -s 127.0.0.0/8 -j {masq}");
+            // As kube-proxy with externalTrafficPolicy Cluster: traffic
+            // from outside is masqueraded (its reply must come back
+            // through this node), and the mark lets it pass FORWARD.
+            let _ = writeln!(nat, "-A {ext} -j {masq}");
             let _ = writeln!(nat, "-A {ext} -j {svc}");
         }
         for ip in &port.external_ips {

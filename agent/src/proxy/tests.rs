@@ -127,6 +127,23 @@ fn rules_balance_over_endpoints_and_reject_the_rest() {
         !rules.contains("172.28.0.9"),
         "a not-ready address gets no traffic"
     );
+    // ClusterIP traffic is masqueraded only from loopback; NodePort and
+    // load balancer traffic always (kube-proxy's Cluster policy).
+    let svc_masq: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains("-SVC-") && l.ends_with("-MARK-MASQ"))
+        .collect();
+    assert!(
+        !svc_masq.is_empty() && svc_masq.iter().all(|l| l.contains("-s 127.0.0.0/8")),
+        "{svc_masq:?}"
+    );
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with(&format!("-A {prefix}-EXT-"))
+                && l.ends_with(&format!("-j {prefix}-MARK-MASQ"))),
+        "{rules}"
+    );
     // Unclaimed addresses of the ranges are refused, never routed away.
     assert!(
         rules.contains(
