@@ -484,7 +484,29 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     let mut response = String::new();
     open.read_to_string(&mut response).unwrap();
     assert!(response.contains(" 200 OK"), "{response}");
+    // Drift while the agent is down: someone flushes its services chain;
+    // the ClusterIP stops answering.
+    let chain = rules_mentioning("default/who:web/tcp")
+        .iter()
+        .find_map(|rule| {
+            let rule = rule.strip_prefix("-A ")?;
+            let chain = rule.split_whitespace().next()?;
+            chain.ends_with("-SERVICES").then(|| chain.to_string())
+        })
+        .expect("the services chain of the agent");
+    let flushed = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-F", &chain])
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    assert!(http_get(cluster_addr).is_err(), "no rule, no answer");
     c.node.start_agent().unwrap();
+    wait_until(
+        "the restarted agent repairs the flushed chain",
+        Duration::from_secs(30),
+        async || http_get(cluster_addr).is_ok_and(|b| pods.contains(&b)),
+    )
+    .await;
     wait_until(
         "the restarted agent removes the deleted service's rules",
         Duration::from_secs(30),
