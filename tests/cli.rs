@@ -537,6 +537,44 @@ async fn bad_manifests_name_the_file_document_and_field_and_apply_nothing_of_the
 }
 
 #[test]
+fn log_format_json_writes_one_json_object_per_line_to_stderr() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let mut child = Command::new(skiff_e2e::skiff_binary().unwrap())
+        .args(["--log-format", "json", "server", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _guard = skiff_e2e::ChildGuard::new(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a log line");
+    let record: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(record["level"], "INFO", "{record}");
+    assert!(record["timestamp"].is_string(), "{record}");
+    assert!(record["fields"]["message"].is_string(), "{record}");
+}
+
+#[test]
 fn an_unreachable_server_is_named_with_what_to_check() {
     let port = skiff_e2e::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "skiff", version, about = "Skiff: a small, fast Kubernetes")]
 struct Cli {
+    /// How logs are written to stderr: text (for people) or json (one
+    /// object per line, for log collectors). The level comes from
+    /// RUST_LOG (default info).
+    #[arg(long, global = true, env = "SKIFF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -566,13 +571,17 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().with_current_span(true).init();
+    } else {
+        logs.with_target(false).init();
+    }
 }
 
 #[tokio::main]
@@ -587,7 +596,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(&cli.log_format);
     match cli.command {
         Command::Server(args) => {
             let config = server_config(&args)?;
