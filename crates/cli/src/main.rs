@@ -500,6 +500,9 @@ struct ServerArgs {
     /// The range NodePort Services' node ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -529,6 +532,9 @@ struct UpArgs {
     /// Docker, else a userspace relay), iptables, userspace or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
     proxy_mode: String,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
@@ -544,6 +550,7 @@ fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
     config.node_ports = port_range(&args.service_node_port_range)?;
+    config.metrics_addr = args.metrics_addr;
     Ok(config)
 }
 
@@ -788,6 +795,7 @@ async fn run() -> anyhow::Result<()> {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
             config.node_ports = port_range(&args.service_node_port_range)?;
+            config.metrics_addr = args.metrics_addr;
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;

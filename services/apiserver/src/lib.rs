@@ -68,6 +68,9 @@ pub struct Config {
     pub service_cidr: allocator::Cidr,
     /// Where NodePort and LoadBalancer Services' node ports come from.
     pub node_ports: std::ops::RangeInclusive<u16>,
+    /// Where Prometheus metrics are served (`/metrics`); none: not served
+    /// (they are still counted).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The default service range (k3s's).
@@ -84,6 +87,7 @@ impl Config {
             compaction_interval: Duration::from_secs(300),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("a valid default CIDR"),
             node_ports: allocator::DEFAULT_NODE_PORTS,
+            metrics_addr: None,
         }
     }
 }
@@ -121,6 +125,8 @@ pub enum ServeError {
 pub struct ApiServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where its metrics are served, when asked.
+    pub metrics_addr: Option<SocketAddr>,
     /// Tells every arbiter's gRPC server to stop.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// One message per arbiter's gRPC server when it ends.
@@ -259,6 +265,19 @@ impl ApiServer {
             }
         };
 
+        // Calls are counted by a layer around every route (handlers are
+        // not touched); the page is served when an address is given.
+        let grpc_metrics = skiff_metrics::GrpcMetricsLayer::new(skiff_metrics::GrpcMetrics::new(
+            "skiff_apiserver",
+        ));
+        let metrics = match config.metrics_addr {
+            Some(at) => Some(
+                skiff_metrics::serve(at)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: at, source })?,
+            ),
+            None => None,
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let (ended_tx, ended) = mpsc::unbounded_channel();
@@ -283,6 +302,7 @@ impl ApiServer {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1alpha()?;
             let health_service = health_service.clone();
+            let grpc_metrics = grpc_metrics.clone();
             let mut stop = shutdown.subscribe();
             let ended_tx = ended_tx.clone();
             arbiter.spawn(async move {
@@ -291,6 +311,7 @@ impl ApiServer {
                     tokio::net::TcpStream::from_std,
                 );
                 let result = tonic::transport::Server::builder()
+                    .layer(grpc_metrics)
                     .add_routes(routes)
                     .add_service(logs)
                     .add_service(exec)
@@ -304,14 +325,19 @@ impl ApiServer {
                 let _ = ended_tx.send(result.map_err(ServeError::from));
             });
         }
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(accept_loop(listener, inboxes)),
             tokio::spawn(report_health(health, Arc::clone(&pool))),
             tokio::spawn(compact_periodically(store, config.compaction_interval)),
         ];
+        let metrics_addr = metrics.map(|(at, task)| {
+            background.push(task);
+            at
+        });
         tracing::info!(%addr, actors, "API server listening");
         Ok(Self {
             addr,
+            metrics_addr,
             shutdown,
             ended,
             running: pool.len(),

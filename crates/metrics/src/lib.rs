@@ -1,0 +1,494 @@
+//! Prometheus metrics for Skiff's components.
+//!
+//! # Layout
+//!
+//! - [`registry`]: the process's registry (every component of `skiff up`
+//!   runs in one process and shares it; names carry the component).
+//! - [`serve`]: `GET /metrics` in Prometheus' text format, on the
+//!   component's `--metrics-addr`.
+//! - [`GrpcMetricsLayer`]: a tower layer for a tonic server that counts
+//!   calls and times them by kind (the gRPC service), method and code, and
+//!   tracks calls in flight and open watches. Handlers are not touched:
+//!   the code comes from the response's `grpc-status`, in its headers
+//!   (errors) or in the trailers that end its body (successes and streams).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The process's registry.
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::new)
+}
+
+/// Registers `collector` in the process's registry.
+///
+/// # Panics
+/// On a name registered twice (callers register each name once, see
+/// [`GrpcMetrics::new`]).
+fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
+    if let Err(e) = registry().register(Box::new(collector.clone())) {
+        panic!("registering a metric: {e}");
+    }
+    collector
+}
+
+/// The registry's metrics in Prometheus' text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&registry().gather(), &mut out) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Serves `GET /metrics` (anything else: 404) on `addr` until the task is
+/// dropped; returns the bound address (port 0 picks one) and the task.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(answer(stream));
+        }
+    });
+    tracing::info!(address = %bound, "serving metrics at /metrics");
+    Ok((bound, task))
+}
+
+/// One HTTP/1.x exchange: the request head, then the response, closed.
+async fn answer(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (parts.next(), parts.next());
+    let path = path.map(|p| p.split(|b| *b == b'?').next().unwrap_or(p));
+    let (status, content_type, body) = match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) => (
+            "200 OK",
+            TextEncoder::new().format_type().to_string(),
+            render(),
+        ),
+        _ => (
+            "404 Not Found",
+            "text/plain; charset=utf-8".to_string(),
+            "only /metrics is served here\n".to_string(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The gRPC server metrics of one component (`prefix`: `skiff_apiserver`).
+#[derive(Clone)]
+pub struct GrpcMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    in_flight: IntGaugeVec,
+    watchers: IntGauge,
+}
+
+impl GrpcMetrics {
+    /// The metrics named `{prefix}_…`, registered on first use (a
+    /// component started again in the same process, as in tests, keeps
+    /// counting in the same ones).
+    pub fn new(prefix: &str) -> Self {
+        static KNOWN: OnceLock<std::sync::Mutex<std::collections::HashMap<String, GrpcMetrics>>> =
+            OnceLock::new();
+        let mut known = KNOWN
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known
+            .entry(prefix.to_string())
+            .or_insert_with(|| Self::register(prefix))
+            .clone()
+    }
+
+    fn register(prefix: &str) -> Self {
+        let labels = ["kind", "method", "code"];
+        Self {
+            requests: register(
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{prefix}_requests_total"),
+                        "gRPC calls handled, by kind (service), method and code",
+                    ),
+                    &labels,
+                )
+                .expect("metric options"),
+            ),
+            latency: register(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        format!("{prefix}_request_duration_seconds"),
+                        "gRPC call duration until the last byte of the answer (a watch: its whole life)",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("buckets")),
+                    &labels,
+                )
+                .expect("metric options"),
+            ),
+            in_flight: register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        format!("{prefix}_requests_in_flight"),
+                        "gRPC calls being handled or streaming, by kind and method",
+                    ),
+                    &["kind", "method"],
+                )
+                .expect("metric options"),
+            ),
+            watchers: register(
+                IntGauge::new(format!("{prefix}_watchers"), "open Watch streams")
+                    .expect("metric options"),
+            ),
+        }
+    }
+}
+
+/// A tower layer recording [`GrpcMetrics`] for every call.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<GrpcMetrics>,
+}
+
+impl GrpcMetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: GrpcMetrics) -> Self {
+        Self {
+            metrics: Arc::new(metrics),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetricsService {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The service [`GrpcMetricsLayer`] wraps around a server's routes.
+#[derive(Clone)]
+pub struct GrpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<GrpcMetrics>,
+}
+
+/// `/pkg.Service/Method` → (`Service`, `Method`).
+fn kind_and_method(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    let kind = service.rsplit('.').next().unwrap_or(service);
+    (kind.to_string(), method.to_string())
+}
+
+/// The name of a gRPC status code (`"NotFound"`), from its number.
+fn code_name(code: &http::HeaderValue) -> String {
+    let number = code
+        .to_str()
+        .ok()
+        .and_then(|c| c.parse::<i32>().ok())
+        .unwrap_or(2);
+    format!("{:?}", tonic::Code::from_i32(number))
+}
+
+/// What one call records when its answer ends.
+struct Call {
+    metrics: Arc<GrpcMetrics>,
+    kind: String,
+    method: String,
+    started: Instant,
+    /// A code seen in the response headers (trailers-only errors).
+    code: Option<String>,
+    done: bool,
+}
+
+impl Call {
+    fn start(metrics: Arc<GrpcMetrics>, path: &str) -> Self {
+        let (kind, method) = kind_and_method(path);
+        metrics.in_flight.with_label_values(&[&kind, &method]).inc();
+        if method == "Watch" {
+            metrics.watchers.inc();
+        }
+        Self {
+            metrics,
+            kind,
+            method,
+            started: Instant::now(),
+            code: None,
+            done: false,
+        }
+    }
+
+    /// Records the call once, with `code` (else the headers' code, else
+    /// OK when the body simply ended).
+    fn finish(&mut self, code: Option<String>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = code
+            .or_else(|| self.code.take())
+            .unwrap_or_else(|| "Ok".to_string());
+        let labels = [self.kind.as_str(), self.method.as_str(), code.as_str()];
+        self.metrics.requests.with_label_values(&labels).inc();
+        self.metrics
+            .latency
+            .with_label_values(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics
+            .in_flight
+            .with_label_values(&[&self.kind, &self.method])
+            .dec();
+        if self.method == "Watch" {
+            self.metrics.watchers.dec();
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // An answer that was all headers (an error: its body is never
+        // polled), or a client that went away before the end (a watch
+        // closed, a deadline).
+        let code = self.code.take().unwrap_or_else(|| "Cancelled".to_string());
+        self.finish(Some(code));
+    }
+}
+
+/// A response body that records its call when it ends.
+pub struct TrackedBody<B> {
+    inner: Pin<Box<B>>,
+    call: Call,
+}
+
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
+                    let code = code_name(code);
+                    self.call.finish(Some(code));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.call.finish(Some("Unknown".to_string())),
+            Poll::Ready(None) => self.call.finish(None),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The future of a [`GrpcMetricsService`] call.
+pub type ResponseFuture<B, E> =
+    Pin<Box<dyn std::future::Future<Output = Result<http::Response<TrackedBody<B>>, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: http_body::Body + Send + 'static,
+{
+    type Response = http::Response<TrackedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut call = Call::start(Arc::clone(&self.metrics), request.uri().path());
+        Box::pin(async move {
+            let response = inner.call(request).await;
+            let response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    call.finish(Some("Unavailable".to_string()));
+                    return Err(e);
+                }
+            };
+            call.code = response.headers().get("grpc-status").map(code_name);
+            Ok(response.map(|body| TrackedBody {
+                inner: Box::pin(body),
+                call,
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_give_kind_and_method() {
+        assert_eq!(
+            kind_and_method("/skiff.core.v1.Pods/Create"),
+            ("Pods".to_string(), "Create".to_string())
+        );
+        assert_eq!(
+            code_name(&http::HeaderValue::from_static("5")),
+            "NotFound".to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_are_counted_with_the_code_of_their_trailers_or_headers() {
+        use http_body::Body as _;
+        use tower::{Layer as _, Service as _, ServiceExt as _};
+        let metrics = GrpcMetrics::new("skiff_test");
+        let layer = GrpcMetricsLayer::new(metrics);
+        // A service answering OK in trailers, or NotFound in the headers.
+        let inner = tower::service_fn(|request: http::Request<String>| async move {
+            let body = if request.uri().path().ends_with("/Get") {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                http_body_util_like::Full::with_trailers("payload", trailers)
+            } else {
+                http_body_util_like::Full::with_trailers("", http::HeaderMap::new())
+            };
+            let mut response = http::Response::new(body);
+            if request.uri().path().ends_with("/Delete") {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("5"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = layer.layer(inner);
+        for path in ["/skiff.core.v1.Pods/Get", "/skiff.core.v1.Pods/Delete"] {
+            let request = http::Request::builder()
+                .uri(path)
+                .body(String::new())
+                .unwrap();
+            let response = service.ready().await.unwrap().call(request).await.unwrap();
+            let mut body = response.into_body();
+            while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+                .await
+                .is_some()
+            {}
+        }
+        let scrape = render();
+        let lines: Vec<std::io::Result<String>> =
+            scrape.lines().map(|l| Ok(l.to_string())).collect();
+        let parsed = prometheus_parse::Scrape::parse(lines.into_iter()).expect("prometheus text");
+        let count = |method: &str, code: &str| {
+            parsed
+                .samples
+                .iter()
+                .filter(|s| s.metric == "skiff_test_requests_total")
+                .filter(|s| {
+                    s.labels.get("method") == Some(method) && s.labels.get("code") == Some(code)
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum::<f64>()
+        };
+        assert_eq!(count("Get", "Ok"), 1.0, "{scrape}");
+        assert_eq!(count("Delete", "NotFound"), 1.0, "{scrape}");
+        assert!(
+            scrape.contains("skiff_test_requests_in_flight{kind=\"Pods\",method=\"Get\"} 0"),
+            "{scrape}"
+        );
+    }
+
+    /// A body of one data frame and one trailers frame.
+    mod http_body_util_like {
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        pub struct Full {
+            data: Option<&'static str>,
+            trailers: Option<http::HeaderMap>,
+        }
+
+        impl Full {
+            pub fn with_trailers(data: &'static str, trailers: http::HeaderMap) -> Self {
+                Self {
+                    data: (!data.is_empty()).then_some(data),
+                    trailers: (!trailers.is_empty()).then_some(trailers),
+                }
+            }
+        }
+
+        impl http_body::Body for Full {
+            type Data = std::io::Cursor<&'static [u8]>;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+                if let Some(data) = self.data.take() {
+                    return Poll::Ready(Some(Ok(http_body::Frame::data(std::io::Cursor::new(
+                        data.as_bytes(),
+                    )))));
+                }
+                Poll::Ready(
+                    self.trailers
+                        .take()
+                        .map(|t| Ok(http_body::Frame::trailers(t))),
+                )
+            }
+        }
+    }
+}
