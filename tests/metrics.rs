@@ -105,3 +105,148 @@ async fn the_api_server_counts_calls_by_kind_method_and_code() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
 }
+
+/// Polls `scrape` of `addr` until `ok` holds; panics with the scrape.
+async fn wait_for_metric(
+    what: &str,
+    addr: SocketAddr,
+    ok: impl Fn(&prometheus_parse::Scrape) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let scraped = tokio::task::spawn_blocking(move || scrape(addr))
+            .await
+            .unwrap();
+        if ok(&scraped) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not seen in {:?}",
+            scraped
+                .samples
+                .iter()
+                .map(|s| format!("{}{:?}", s.metric, s.labels))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_component_serves_metrics_that_move_with_the_work() {
+    let image = skiff_e2e::test_image().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = || -> SocketAddr {
+        format!("127.0.0.1:{}", skiff_e2e::free_port().unwrap())
+            .parse()
+            .unwrap()
+    };
+    let (api_metrics, scheduler_metrics, manager_metrics, agent_metrics) =
+        (addr(), addr(), addr(), addr());
+    let server = skiff_e2e::ServerProcess::start(&[
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+        format!("--metrics-addr={api_metrics}"),
+    ])
+    .unwrap();
+    let url = server.url();
+    let _scheduler = skiff_e2e::ChildGuard::new(
+        std::process::Command::new(skiff_e2e::skiff_binary().unwrap())
+            .args(["scheduler", "--server", &url, "--lease-duration-secs=2"])
+            .arg(format!("--metrics-addr={scheduler_metrics}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _manager = skiff_e2e::controller_manager_with(
+        &url,
+        &[],
+        &[&format!("--metrics-addr={manager_metrics}")],
+    )
+    .unwrap();
+    let _node = skiff_e2e::AgentNode::start_with(
+        &url,
+        "metrics",
+        "docker",
+        &[&format!("--metrics-addr={agent_metrics}")],
+    )
+    .unwrap();
+    let rs: skiff::pb::apps::v1::ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "m", "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "m"}},
+            "template": {
+                "metadata": {"labels": {"app": "m"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "c", "image": image, "command": ["sleep", "3600"],
+                    "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}
+                }]}
+            }
+        }
+    }))
+    .unwrap();
+    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    Api::<skiff::pb::apps::v1::ReplicaSet>::new(channel.clone())
+        .create(rs)
+        .await
+        .unwrap();
+
+    let at_least =
+        |metric: &'static str, labels: &'static [(&'static str, &'static str)], n: f64| {
+            move |s: &prometheus_parse::Scrape| value(s, metric, labels) >= n
+        };
+    wait_for_metric(
+        "API server: the ReplicaSet's create",
+        api_metrics,
+        at_least(
+            "skiff_apiserver_requests_total",
+            &[
+                ("kind", "ReplicaSets"),
+                ("method", "Create"),
+                ("code", "Ok"),
+            ],
+            1.0,
+        ),
+    )
+    .await;
+    wait_for_metric(
+        "scheduler: two pods scheduled, timed",
+        scheduler_metrics,
+        |s| {
+            value(
+                s,
+                "skiff_scheduler_schedule_attempts_total",
+                &[("result", "scheduled")],
+            ) >= 2.0
+                && value(s, "skiff_scheduler_scheduling_duration_seconds_count", &[]) >= 2.0
+        },
+    )
+    .await;
+    wait_for_metric(
+        "controller manager: replicaset reconciles",
+        manager_metrics,
+        at_least(
+            "skiff_controller_reconcile_duration_seconds_count",
+            &[("controller", "replicasets")],
+            1.0,
+        ),
+    )
+    .await;
+    wait_for_metric(
+        "agent: two running pods, their start timed, readiness probed",
+        agent_metrics,
+        |s| {
+            value(s, "skiff_agent_running_pods", &[]) >= 2.0
+                && value(s, "skiff_agent_pod_start_duration_seconds_count", &[]) >= 2.0
+                && value(
+                    s,
+                    "skiff_agent_probe_results_total",
+                    &[("probe", "readiness"), ("result", "success")],
+                ) >= 1.0
+        },
+    )
+    .await;
+}

@@ -25,6 +25,7 @@ pub mod containers;
 pub mod dns;
 pub mod hollow;
 pub mod manager;
+pub mod metrics;
 pub mod node;
 pub mod prober;
 pub mod proxy;
@@ -286,7 +287,10 @@ pub async fn run(
         loop {
             tick.tick().await;
             match relist_runtime.list(None).await {
-                Ok(containers) => relist_addr.do_send(manager::Relisted(containers)),
+                Ok(containers) => {
+                    metrics::relisted(&containers);
+                    relist_addr.do_send(manager::Relisted(containers));
+                }
                 Err(e) => tracing::warn!(error = %e, "relisting containers"),
             }
         }

@@ -119,6 +119,12 @@ pub async fn run(target: Target, report: impl Fn(ProbeState)) {
         };
         tokio::time::sleep_until(runners[i].next).await;
         let ok = check(&target, &runners[i].probe).await;
+        let probe = match runners[i].kind {
+            Kind::Startup => "startup",
+            Kind::Liveness => "liveness",
+            Kind::Readiness => "readiness",
+        };
+        crate::metrics::probe(probe, ok);
         let runner = &mut runners[i];
         runner.next = Instant::now() + runner.period();
         let before = state;

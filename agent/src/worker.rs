@@ -888,6 +888,13 @@ impl Starter<'_> {
         }
         state.backoff.remove(&format!("start/{}", c.name));
         state.start_errors.remove(&c.name);
+        let first_of_pod = role == Role::App
+            && pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .is_some_and(|first| first.name == c.name);
+        crate::metrics::container_started(pod, attempt, first_of_pod);
         let message = format!("Started container {}", c.name);
         shared
             .recorder

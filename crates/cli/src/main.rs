@@ -107,6 +107,9 @@ struct ControllerArgs {
     /// loopback: the addresses answer on this machine only.
     #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
     lb_pool: String,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -152,6 +155,9 @@ struct SchedulerArgs {
     /// a random suffix).
     #[arg(long)]
     identity: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Where the cluster is: flags, else `~/.skiff/config`, else 127.0.0.1:6443.
@@ -427,6 +433,9 @@ struct AgentArgs {
     /// out of service.
     #[arg(long)]
     cleanup_proxy: bool,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// The host's name, as a node name.
@@ -467,6 +476,18 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     config.service_cidr = Some(args.service_cidr);
     config.cluster_dns = args.cluster_dns;
     Ok(config)
+}
+
+/// Serves `/metrics` on `--metrics-addr` when given (the task ends with
+/// the process).
+async fn serve_metrics(
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let (_, task) = skiff_metrics::serve(addr)
+        .await
+        .with_context(|| format!("--metrics-addr {addr}"))?;
+    Ok(Some(task))
 }
 
 /// `--lb-pool`: a pool, or none when empty.
@@ -612,6 +633,7 @@ async fn run() -> anyhow::Result<()> {
                 .context("running the API server")?;
         }
         Command::Scheduler(args) => {
+            let _metrics = serve_metrics(args.metrics_addr).await?;
             let mut config = skiff_scheduler::Config::new(&args.server);
             config.scheduler_name = args.scheduler_name;
             config.leader_elect = args.leader_elect;
@@ -628,6 +650,7 @@ async fn run() -> anyhow::Result<()> {
                 .context("running the scheduler")?;
         }
         Command::ControllerManager(args) => {
+            let _metrics = serve_metrics(args.metrics_addr).await?;
             let mut config = skiff_controllers::Config::new(&args.server);
             config.workers = args.workers;
             config.leader_elect = args.leader_elect;
@@ -770,6 +793,7 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         Command::Agent(args) => {
+            let _metrics = serve_metrics(args.metrics_addr).await?;
             let config = agent_config(args)?;
             skiff_agent::run(config, shutdown_signal())
                 .await

@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! - [`registry`]: the process's registry (every component of `skiff up`
-//!   runs in one process and shares it; names carry the component).
+//!   runs in one process and shares it; names carry the component);
+//!   [`counter_vec`], [`gauge_vec`], [`seconds_vec`] make (once) the
+//!   families components record into.
 //! - [`serve`]: `GET /metrics` in Prometheus' text format, on the
 //!   component's `--metrics-addr`.
 //! - [`GrpcMetricsLayer`]: a tower layer for a tonic server that counts
@@ -32,13 +34,62 @@ pub fn registry() -> &'static Registry {
 /// Registers `collector` in the process's registry.
 ///
 /// # Panics
-/// On a name registered twice (callers register each name once, see
-/// [`GrpcMetrics::new`]).
+/// On a name registered twice (callers go through [`shared`]).
 fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
     if let Err(e) = registry().register(Box::new(collector.clone())) {
         panic!("registering a metric: {e}");
     }
     collector
+}
+
+/// The collector named `name`, made by `make` and registered the first
+/// time, the same one afterwards (components started again in one
+/// process, as in tests, keep counting in it).
+///
+/// # Panics
+/// When `name` was first made as another type of collector (a
+/// programming error).
+pub fn shared<C>(name: &str, make: impl FnOnce() -> prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + Send + Sync + 'static,
+{
+    type Known = std::collections::HashMap<String, Box<dyn std::any::Any + Send + Sync>>;
+    static KNOWN: OnceLock<std::sync::Mutex<Known>> = OnceLock::new();
+    let mut known = KNOWN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(existing) = known.get(name) {
+        return existing
+            .downcast_ref::<C>()
+            .unwrap_or_else(|| panic!("metric {name} registered as another type"))
+            .clone();
+    }
+    let collector = register(make().unwrap_or_else(|e| panic!("metric {name}: {e}")));
+    known.insert(name.to_string(), Box::new(collector.clone()));
+    collector
+}
+
+/// A counter family, shared by name (see [`shared`]).
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    shared(name, || IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A gauge family, shared by name (see [`shared`]).
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    shared(name, || IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// A histogram family of durations in seconds (0.5 ms to 16 s), shared by
+/// name (see [`shared`]).
+pub fn seconds_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    shared(name, || {
+        HistogramVec::new(
+            HistogramOpts::new(name, help)
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+            labels,
+        )
+    })
 }
 
 /// The registry's metrics in Prometheus' text format.
@@ -119,56 +170,26 @@ impl GrpcMetrics {
     /// component started again in the same process, as in tests, keeps
     /// counting in the same ones).
     pub fn new(prefix: &str) -> Self {
-        static KNOWN: OnceLock<std::sync::Mutex<std::collections::HashMap<String, GrpcMetrics>>> =
-            OnceLock::new();
-        let mut known = KNOWN
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known
-            .entry(prefix.to_string())
-            .or_insert_with(|| Self::register(prefix))
-            .clone()
-    }
-
-    fn register(prefix: &str) -> Self {
         let labels = ["kind", "method", "code"];
         Self {
-            requests: register(
-                IntCounterVec::new(
-                    Opts::new(
-                        format!("{prefix}_requests_total"),
-                        "gRPC calls handled, by kind (service), method and code",
-                    ),
-                    &labels,
-                )
-                .expect("metric options"),
+            requests: counter_vec(
+                &format!("{prefix}_requests_total"),
+                "gRPC calls handled, by kind (service), method and code",
+                &labels,
             ),
-            latency: register(
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        format!("{prefix}_request_duration_seconds"),
-                        "gRPC call duration until the last byte of the answer (a watch: its whole life)",
-                    )
-                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("buckets")),
-                    &labels,
-                )
-                .expect("metric options"),
+            latency: seconds_vec(
+                &format!("{prefix}_request_duration_seconds"),
+                "gRPC call duration until the last byte of the answer (a watch: its whole life)",
+                &labels,
             ),
-            in_flight: register(
-                IntGaugeVec::new(
-                    Opts::new(
-                        format!("{prefix}_requests_in_flight"),
-                        "gRPC calls being handled or streaming, by kind and method",
-                    ),
-                    &["kind", "method"],
-                )
-                .expect("metric options"),
+            in_flight: gauge_vec(
+                &format!("{prefix}_requests_in_flight"),
+                "gRPC calls being handled or streaming, by kind and method",
+                &["kind", "method"],
             ),
-            watchers: register(
+            watchers: shared(&format!("{prefix}_watchers"), || {
                 IntGauge::new(format!("{prefix}_watchers"), "open Watch streams")
-                    .expect("metric options"),
-            ),
+            }),
         }
     }
 }

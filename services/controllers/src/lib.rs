@@ -832,6 +832,13 @@ impl Actor for ControllerActor {
 impl Supervised for ControllerActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        skiff_metrics::counter_vec(
+            "skiff_controller_restarts_total",
+            "times a controller's supervisor restarted it after a panic",
+            &["controller"],
+        )
+        .with_label_values(&[self.descriptor.name])
+        .inc();
         tracing::warn!(
             controller = self.descriptor.name,
             restarts = n,

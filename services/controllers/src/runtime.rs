@@ -49,12 +49,39 @@ pub async fn run_workers(
     queue: WorkQueue<ObjectRef>,
     workers: usize,
 ) {
+    let name = reconciler.name();
+    let latency = skiff_metrics::seconds_vec(
+        "skiff_controller_reconcile_duration_seconds",
+        "time of one reconcile, by controller",
+        &["controller"],
+    )
+    .with_label_values(&[name]);
+    let errors = skiff_metrics::counter_vec(
+        "skiff_controller_reconcile_errors_total",
+        "reconciles that failed and were requeued with backoff, by controller",
+        &["controller"],
+    )
+    .with_label_values(&[name]);
+    let depth = skiff_metrics::gauge_vec(
+        "skiff_controller_queue_depth",
+        "keys waiting in the controller's work queue",
+        &["controller"],
+    )
+    .with_label_values(&[name]);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {
         let (reconciler, queue) = (Arc::clone(&reconciler), queue.clone());
+        let (latency, errors, depth) = (latency.clone(), errors.clone(), depth.clone());
         tasks.spawn(async move {
             while let Some(key) = queue.next().await {
-                match reconciler.reconcile(key.clone()).await {
+                depth.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+                let timer = latency.start_timer();
+                let result = reconciler.reconcile(key.clone()).await;
+                timer.observe_duration();
+                if result.is_err() {
+                    errors.inc();
+                }
+                match result {
                     Ok(Action::AwaitChange) => queue.forget(&key),
                     Ok(Action::Requeue(after)) => {
                         queue.forget(&key);

@@ -301,6 +301,7 @@ impl Scheduler {
                 Step::Next(key) => {
                     self.schedule_one(&key).await;
                     queue.done(&key);
+                    metrics::pending().set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
                 }
             }
         }
@@ -321,6 +322,7 @@ impl Scheduler {
     fn on_outcome(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::BindFailed(key, status) => {
+                metrics::attempts("error").inc();
                 tracing::warn!(pod = %key, %status, "binding failed; retrying");
                 self.cache.unplace(&key);
                 self.backoff(&key);
@@ -346,8 +348,12 @@ impl Scheduler {
         if !self.is_ours(&pod) || self.cache.assumed.contains(key) {
             return;
         }
-        match self.pick(&pod) {
+        let timer = metrics::latency().start_timer();
+        let picked = self.pick(&pod);
+        timer.observe_duration();
+        match picked {
             Ok(node) => {
+                metrics::attempts("scheduled").inc();
                 self.unschedulable.remove(key);
                 self.cache.place(Arc::clone(&pod), &node);
                 self.cache.assumed.insert(key.clone());
@@ -379,6 +385,7 @@ impl Scheduler {
                 });
             }
             Err(message) => {
+                metrics::attempts("unschedulable").inc();
                 tracing::debug!(pod = %key, %message, "unschedulable");
                 self.unschedulable.insert(key.clone());
                 self.backoff(key);
@@ -464,6 +471,40 @@ impl Scheduler {
         self.recorder
             .record(pod, EventType::Warning, "FailedScheduling", message)
             .await;
+    }
+}
+
+/// The scheduler's Prometheus metrics.
+mod metrics {
+    /// Scheduling attempts by result: scheduled, unschedulable, error
+    /// (the binding failed).
+    pub fn attempts(result: &str) -> prometheus::IntCounter {
+        skiff_metrics::counter_vec(
+            "skiff_scheduler_schedule_attempts_total",
+            "scheduling attempts, by result (scheduled, unschedulable, error)",
+            &["result"],
+        )
+        .with_label_values(&[result])
+    }
+
+    /// Time to choose a node (filter and score) for one pod.
+    pub fn latency() -> prometheus::Histogram {
+        skiff_metrics::seconds_vec(
+            "skiff_scheduler_scheduling_duration_seconds",
+            "time to filter and score the nodes for one pod",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+    }
+
+    /// Pods waiting in the scheduling queue.
+    pub fn pending() -> prometheus::IntGauge {
+        skiff_metrics::gauge_vec(
+            "skiff_scheduler_pending_pods",
+            "pods waiting in the scheduling queue",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
     }
 }
 
