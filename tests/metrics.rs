@@ -85,12 +85,35 @@ async fn the_api_server_counts_calls_by_kind_method_and_code() {
         pods.get("default", "nope").await.unwrap_err().code(),
         tonic::Code::NotFound
     );
-    // A watch open while scraping is counted as a watcher.
-    let _watch = pods.watch(Default::default()).await.unwrap();
+    // A watch open while scraping is counted as a watcher; it gets the
+    // three pods first, counted as events sent.
+    let mut watch = pods.watch(Default::default()).await.unwrap();
+    for _ in 0..3 {
+        watch.message().await.unwrap().unwrap();
+    }
     let after = scrape(metrics);
+    assert!(
+        value(
+            &after,
+            "skiff_apiserver_watch_events_sent_total",
+            &[("kind", "Pod")]
+        ) >= 3.0
+    );
     assert_eq!(created(&after) - created(&before), 3.0);
     assert_eq!(missing(&after) - missing(&before), 1.0);
     assert_eq!(value(&after, "skiff_apiserver_watchers", &[]), 1.0);
+    // Store operations are timed under the API.
+    assert!(
+        value(
+            &after,
+            "skiff_store_operation_duration_seconds_count",
+            &[
+                ("backend", "embedded"),
+                ("operation", "create"),
+                ("result", "ok")
+            ]
+        ) >= 3.0
+    );
     assert!(
         value(
             &after,

@@ -8,6 +8,7 @@
 //! - [`Store`]: the trait every backend implements, with its semantics.
 //! - [`embedded`]: a single-file store (redb), the default for one machine.
 //! - [`etcd`]: etcd through etcd-client, for real clusters and HA masters.
+//! - [`metered`]: a wrapper timing every operation for Prometheus.
 //!
 //! Both pass the same conformance suite (`tests/store_conformance.rs`).
 
@@ -18,9 +19,11 @@ use futures::Stream;
 
 pub mod embedded;
 pub mod etcd;
+pub mod metered;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
+pub use metered::Metered;
 
 /// What can go wrong in a store operation.
 #[derive(Debug, thiserror::Error)]

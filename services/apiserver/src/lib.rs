@@ -153,9 +153,15 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, skiff_st
                 std::fs::create_dir_all(dir)
                     .map_err(|e| skiff_store::Error::Embedded(Box::new(e)))?;
             }
-            Arc::new(EmbeddedStore::open(path)?)
+            Arc::new(skiff_store::Metered::new(
+                Arc::new(EmbeddedStore::open(path)?),
+                "embedded",
+            ))
         }
-        StoreConfig::Etcd(endpoints) => Arc::new(EtcdStore::connect(endpoints).await?),
+        StoreConfig::Etcd(endpoints) => Arc::new(skiff_store::Metered::new(
+            Arc::new(EtcdStore::connect(endpoints).await?),
+            "etcd",
+        )),
     })
 }
 

@@ -1374,6 +1374,12 @@ struct Watcher<K: Strategy> {
 
 impl<K: Strategy> Watcher<K> {
     async fn run(mut self, initial: Vec<K>) {
+        let sent_events = skiff_metrics::counter_vec(
+            "skiff_apiserver_watch_events_sent_total",
+            "watch events sent to watchers, by kind",
+            &["kind"],
+        )
+        .with_label_values(&[K::KIND]);
         for obj in initial {
             if self
                 .tx
@@ -1383,6 +1389,7 @@ impl<K: Strategy> Watcher<K> {
             {
                 return;
             }
+            sent_events.inc();
         }
         let period = self
             .bookmarks
@@ -1416,6 +1423,7 @@ impl<K: Strategy> Watcher<K> {
                 if self.tx.send(Ok(event)).await.is_err() {
                     return;
                 }
+                sent_events.inc();
             }
         }
     }
