@@ -133,6 +133,17 @@ impl Cluster {
         ips
     }
 
+    async fn delete_service(&self, name: &str) {
+        self.api::<Service>()
+            .delete(DeleteRequest {
+                namespace: "default".into(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
     /// How many ready addresses Service `who` has (one per pod, even
     /// pods sharing an IP on different ports).
     async fn endpoint_count(&self) -> usize {
@@ -470,14 +481,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     let mut open = TcpStream::connect_timeout(&cluster_addr, Duration::from_secs(3)).unwrap();
     open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.node.kill9();
-    c.api::<Service>()
-        .delete(DeleteRequest {
-            namespace: "default".into(),
-            name: "other".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    c.delete_service("other").await;
     // Rules outlive the agent: the open connection and new ones work.
     assert!(pods.contains(&http_get(lb_addr).unwrap()));
     open.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -521,14 +525,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
 
     // Deleting the Service closes its node port and address and leaves no
     // rule naming it.
-    c.api::<Service>()
-        .delete(DeleteRequest {
-            namespace: "default".into(),
-            name: "who".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    c.delete_service("who").await;
     wait_until(
         "no rule names the service",
         Duration::from_secs(30),
@@ -615,14 +612,7 @@ async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_re
     }
 
     // Deleted: the relays close.
-    c.api::<Service>()
-        .delete(DeleteRequest {
-            namespace: "default".into(),
-            name: "who".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    c.delete_service("who").await;
     wait_until("the relays close", Duration::from_secs(30), async || {
         http_get(node_port_addr).is_err() && http_get(lb_addr).is_err()
     })
