@@ -144,6 +144,16 @@ impl Cluster {
             .unwrap();
     }
 
+    /// This cluster's agent's rules mentioning `text` (tests running at
+    /// the same time have Services of the same names).
+    fn rules(&self, text: &str) -> Vec<String> {
+        let chains = format!("{}-", skiff_agent::proxy::iptables::prefix(&self.node.name));
+        rules_mentioning(text)
+            .into_iter()
+            .filter(|rule| rule.contains(&chains))
+            .collect()
+    }
+
     /// How many ready addresses Service `who` has (one per pod, even
     /// pods sharing an IP on different ports).
     async fn endpoint_count(&self) -> usize {
@@ -245,7 +255,7 @@ fn http_get(addr: SocketAddr) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
-/// The host's nat and filter rules mentioning `text`.
+/// The host's nat and filter rules mentioning `text` (every agent's).
 fn rules_mentioning(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for table in ["nat", "filter"] {
@@ -342,7 +352,7 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
     wait_until(
         "the empty service is refused",
         Duration::from_secs(20),
-        async || !rules_mentioning("default/empty:").is_empty(),
+        async || !c.rules("default/empty:").is_empty(),
     )
     .await;
     let started = std::time::Instant::now();
@@ -395,7 +405,10 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
 
     // A name that is no Service does not resolve; a Service address no
     // rule claims is refused at once, not sent away.
-    let out = c.in_client("timeout 5 wget -q -O- http://nope/ 2>&1; echo rc=$?");
+    // (A cluster name: names outside the domain go on to the host's
+    // nameservers, which tests must not reach.)
+    let out = c
+        .in_client("timeout 5 wget -q -O- http://nope.default.svc.cluster.local/ 2>&1; echo rc=$?");
     assert!(!out.contains("rc=0"), "{out}");
     let started = std::time::Instant::now();
     let refused = http_get("10.201.0.250:80".parse().unwrap());
@@ -475,7 +488,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     wait_until(
         "the second service's rules",
         Duration::from_secs(20),
-        async || !rules_mentioning("default/other:web/tcp").is_empty(),
+        async || !c.rules("default/other:web/tcp").is_empty(),
     )
     .await;
     let mut open = TcpStream::connect_timeout(&cluster_addr, Duration::from_secs(3)).unwrap();
@@ -490,7 +503,8 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     assert!(response.contains(" 200 OK"), "{response}");
     // Drift while the agent is down: someone flushes its services chain;
     // the ClusterIP stops answering.
-    let chain = rules_mentioning("default/who:web/tcp")
+    let chain = c
+        .rules("default/who:web/tcp")
         .iter()
         .find_map(|rule| {
             let rule = rule.strip_prefix("-A ")?;
@@ -514,7 +528,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     wait_until(
         "the restarted agent removes the deleted service's rules",
         Duration::from_secs(30),
-        async || rules_mentioning("default/other:web/tcp").is_empty(),
+        async || c.rules("default/other:web/tcp").is_empty(),
     )
     .await;
     assert!(
@@ -529,7 +543,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     wait_until(
         "no rule names the service",
         Duration::from_secs(30),
-        async || rules_mentioning("default/who:").is_empty(),
+        async || c.rules("default/who:").is_empty(),
     )
     .await;
     for addr in [node_port_addr, lb_addr, cluster_addr] {

@@ -61,11 +61,16 @@ fn runtime_name(pod: &Pod, container: &str, attempt: u32) -> String {
 
 /// The sandbox of a pod, `attempt` counting sandbox re-creations;
 /// `cluster_dns` is the node's DNS for its pods, if it serves one.
-pub fn sandbox_spec(pod: &Pod, attempt: u32, cluster_dns: Option<std::net::IpAddr>) -> SandboxSpec {
+pub fn sandbox_spec(
+    pod: &Pod,
+    attempt: u32,
+    cluster_dns: Option<std::net::IpAddr>,
+    upstream_dns: &[String],
+) -> SandboxSpec {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let (dns_servers, dns_search, dns_options) =
-        crate::dns::pod_resolv_conf(&spec, &meta.namespace, cluster_dns);
+        crate::dns::pod_resolv_conf(&spec, &meta.namespace, cluster_dns, upstream_dns);
     let hostname = if spec.hostname.is_empty() {
         meta.name.clone()
     } else {

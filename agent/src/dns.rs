@@ -16,9 +16,13 @@
 //!   when they ask A and AAAA together.
 //!
 //! Names outside the cluster domain are refused (REFUSED): this DNS does
-//! not recurse. Pods' resolv.conf lists it first, with the search domains
+//! not recurse. Pods' resolv.conf lists it first and then the host's own
+//! nameservers (which answer outside names: Docker's resolver moves on to
+//! the next server on REFUSED), with the search domains
 //! `NS.svc.cluster.local svc.cluster.local cluster.local` and `ndots:5`,
-//! so short names (`web`, `web.other`) resolve as in Kubernetes.
+//! so short names (`web`, `web.other`) resolve as in Kubernetes. Until
+//! both caches have listed once (an agent just restarted, an API server
+//! down), every question gets SERVFAIL rather than a false NXDOMAIN.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -140,12 +144,10 @@ impl ClusterDns {
         match self.resolve(&name.to_ascii()) {
             Resolution::NotOurs => (ResponseCode::Refused, Vec::new()),
             Resolution::NoSuchName => (ResponseCode::NXDomain, Vec::new()),
+            // A CNAME answers every type; the resolver follows it.
             Resolution::Alias(target) => {
                 let records = Name::from_ascii(format!("{}.", target.trim_end_matches('.')))
                     .ok()
-                    .filter(|_| {
-                        matches!(qtype, RecordType::A | RecordType::CNAME | RecordType::ANY)
-                    })
                     .map(|target| {
                         Record::from_rdata(name.clone(), TTL, RData::CNAME(CNAME(target)))
                     })
@@ -178,7 +180,9 @@ impl RequestHandler for ClusterDns {
         let mut header = Header::response_from_request(request.header());
         header.set_authoritative(true);
         header.set_recursion_available(false);
+        let synced = self.services.is_synced() && self.endpoints.is_synced();
         let (code, records) = match request.request_info() {
+            Ok(_) if !synced => (ResponseCode::ServFail, Vec::new()),
             Ok(info)
                 if request.message_type() == MessageType::Query
                     && request.op_code() == OpCode::Query =>
@@ -205,6 +209,18 @@ impl RequestHandler for ClusterDns {
             }
         }
     }
+}
+
+/// The host's nameservers (`/etc/resolv.conf`), for names outside the
+/// cluster.
+pub fn host_nameservers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .map(|server| server.trim().to_string())
+        .filter(|server| server.parse::<IpAddr>().is_ok())
+        .collect()
 }
 
 /// Serves `dns` on UDP and TCP at `address` until the task is dropped.
@@ -234,6 +250,7 @@ pub fn pod_resolv_conf(
     pod: &skiff::pb::core::v1::PodSpec,
     namespace: &str,
     cluster: Option<IpAddr>,
+    upstream: &[String],
 ) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (mut servers, mut search, mut options) = (Vec::new(), Vec::new(), Vec::new());
     let policy = if pod.dns_policy.is_empty() {
@@ -248,6 +265,8 @@ pub fn pod_resolv_conf(
     };
     if let (true, Some(ip)) = (cluster_first, cluster) {
         servers.push(ip.to_string());
+        // resolv.conf takes three nameservers.
+        servers.extend(upstream.iter().take(2).cloned());
         search.extend([
             format!("{namespace}.svc.{CLUSTER_DOMAIN}"),
             format!("svc.{CLUSTER_DOMAIN}"),
@@ -393,9 +412,17 @@ mod tests {
     fn resolv_conf_follows_the_dns_policy() {
         use skiff::pb::core::v1::PodSpec;
         let gateway: IpAddr = "172.28.0.1".parse().unwrap();
-        let (servers, search, options) =
-            pod_resolv_conf(&PodSpec::default(), "team", Some(gateway));
-        assert_eq!(servers, vec!["172.28.0.1"]);
+        let (servers, search, options) = pod_resolv_conf(
+            &PodSpec::default(),
+            "team",
+            Some(gateway),
+            &["192.0.2.53".to_string()],
+        );
+        assert_eq!(
+            servers,
+            vec!["172.28.0.1", "192.0.2.53"],
+            "the cluster's first, then the host's"
+        );
         assert_eq!(
             search,
             vec![
@@ -407,7 +434,7 @@ mod tests {
         assert_eq!(options, vec!["ndots:5"]);
         let default: PodSpec = serde_json::from_value(json!({"dnsPolicy": "Default"})).unwrap();
         assert_eq!(
-            pod_resolv_conf(&default, "team", Some(gateway)).0,
+            pod_resolv_conf(&default, "team", Some(gateway), &[]).0,
             Vec::<String>::new()
         );
         let none: PodSpec = serde_json::from_value(json!({
@@ -417,7 +444,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            pod_resolv_conf(&none, "team", Some(gateway)),
+            pod_resolv_conf(&none, "team", Some(gateway), &[]),
             (
                 vec!["10.0.0.53".into()],
                 vec!["corp".into()],
@@ -429,7 +456,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            pod_resolv_conf(&merged, "team", Some(gateway)).2,
+            pod_resolv_conf(&merged, "team", Some(gateway), &[]).2,
             vec!["ndots:1"]
         );
     }

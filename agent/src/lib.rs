@@ -200,6 +200,17 @@ pub async fn run(
     );
     let mut changes = informer.subscribe();
 
+    // Services first: a proxy mode that cannot run ends the agent before
+    // it registers anything.
+    // Their tasks end with `service_tasks`, also on the error paths below.
+    let services = ServiceFeeds::start(&config, &channel);
+    let mut service_tasks = AbortOnDrop(Vec::new());
+    service_tasks
+        .0
+        .extend(start_proxy(&config, runtime.scheme(), services.as_ref()).await?);
+    let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
+    service_tasks.0.extend(dns);
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(io(&format!("listening on {}", config.listen)))?;
@@ -240,10 +251,6 @@ pub async fn run(
         config.status_every,
     ));
 
-    let services = ServiceFeeds::start(&config, &channel);
-    let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
-    let proxy = start_proxy(&config, runtime.scheme(), services.as_ref()).await?;
-
     let shared = Arc::new(worker::Shared {
         runtime: Arc::clone(&runtime),
         pods,
@@ -258,6 +265,7 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         backoff: config.backoff,
         cluster_dns,
+        upstream_dns: dns::host_nameservers(),
     });
     let (system, manager) = start_system(shared, informer.store.clone(), config.resync_every)?;
 
@@ -305,14 +313,23 @@ pub async fn run(
     grpc.abort();
     // The proxy's rules stay: connections through Services outlive the
     // agent, and the next agent takes the rules over.
-    for task in [dns, proxy].into_iter().flatten() {
-        task.abort();
-    }
+    drop(service_tasks);
     drop(services);
     drop(manager);
     system.stop();
     drop(informer);
     Ok(())
+}
+
+/// Tasks aborted when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// The Service and Endpoints caches the proxy and the cluster DNS read.

@@ -146,8 +146,11 @@ async fn feed_attached(
             _ => {}
         }
     }
-    // The end of stdin, or of the client: the command sees EOF.
-    let _ = input.shutdown().await;
+    // The end of stdin, or of the client: the command sees EOF (without
+    // stdin, the runtime did not attach one: nothing to close).
+    if stdin {
+        let _ = input.shutdown().await;
+    }
 }
 
 #[tonic::async_trait]
@@ -167,7 +170,7 @@ impl Agent for AgentService {
         let running = self.running(&req).await?;
         let attached = self
             .runtime
-            .exec_attach(&running.id, &req.command, req.tty)
+            .exec_attach(&running.id, &req.command, req.tty, req.stdin)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let runtime = Arc::clone(&self.runtime);

@@ -48,6 +48,8 @@ pub struct Shared {
     pub backoff: (Duration, Duration),
     /// The cluster DNS pods of this node use, when the agent serves it.
     pub cluster_dns: Option<std::net::IpAddr>,
+    /// The host's nameservers, listed after it (names outside the cluster).
+    pub upstream_dns: Vec<String>,
 }
 
 /// Restarts that keep failing back off from `backoff.0` doubling to
@@ -467,7 +469,12 @@ async fn sync(
                 .unwrap_or(0);
             shared
                 .runtime
-                .run_sandbox(&containers::sandbox_spec(&pod, attempt, shared.cluster_dns))
+                .run_sandbox(&containers::sandbox_spec(
+                    &pod,
+                    attempt,
+                    shared.cluster_dns,
+                    &shared.upstream_dns,
+                ))
                 .await?;
             // Afresh: the containers just stopped are no longer running.
             containers = shared.runtime.list(Some(uid)).await?;

@@ -36,7 +36,10 @@
 //! (connection refused at once, as kube-proxy does), and so is anything
 //! else sent to the service range or the LoadBalancer pool, so traffic to
 //! an address no rule claims never leaves the machine. NodePort traffic
-//! is accepted in FORWARD ahead of Docker's isolation rules.
+//! is accepted in FORWARD ahead of Docker's isolation rules. Traffic from
+//! other machines to loopback addresses (which `route_localnet` would
+//! otherwise let in) is neither NATed nor accepted, as kube-proxy blocks
+//! it, so loopback node ports and load balancer addresses stay local.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -154,6 +157,13 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
     for name in [&services, &nodeports, &masq, &postrouting] {
         nat_chains.insert(name.clone());
     }
+    // route_localnet lets NATed loopback traffic out, and would let other
+    // machines reach loopback addresses (CVE-2020-8558): traffic to
+    // 127.0.0.0/8 from elsewhere is never NATed, and dropped below.
+    let _ = writeln!(
+        nat,
+        "-A {services} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"loopback is for this host\" -j RETURN"
+    );
     let _ = writeln!(nat, "-A {masq} -j MARK --set-xmark {MASQ_MARK}");
     let _ = writeln!(
         nat,
@@ -168,6 +178,10 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         .cloned()
         .collect();
     let _ = writeln!(filter, "-A {forward} -m mark --mark {MASQ_MARK} -j ACCEPT");
+    let _ = writeln!(
+        filter,
+        "-A {external} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment \"loopback is for this host\" -j DROP"
+    );
 
     for port in ports {
         let key = port.key();

@@ -144,6 +144,9 @@ fn rules_balance_over_endpoints_and_reject_the_rest() {
                 && l.ends_with(&format!("-j {prefix}-MARK-MASQ"))),
         "{rules}"
     );
+    // Other machines never reach loopback addresses (CVE-2020-8558).
+    assert!(rules.contains("-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"loopback is for this host\" -j RETURN"), "{rules}");
+    assert!(rules.contains("! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment \"loopback is for this host\" -j DROP"), "{rules}");
     // Unclaimed addresses of the ranges are refused, never routed away.
     assert!(
         rules.contains(

@@ -112,6 +112,8 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             tokio::spawn(answer(stream));
@@ -163,6 +165,7 @@ pub struct GrpcMetrics {
     latency: HistogramVec,
     in_flight: IntGaugeVec,
     watchers: IntGauge,
+    paths: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl GrpcMetrics {
@@ -190,6 +193,7 @@ impl GrpcMetrics {
             watchers: shared(&format!("{prefix}_watchers"), || {
                 IntGauge::new(format!("{prefix}_watchers"), "open Watch streams")
             }),
+            paths: Arc::default(),
         }
     }
 }
@@ -226,6 +230,11 @@ pub struct GrpcMetricsService<S> {
     metrics: Arc<GrpcMetrics>,
 }
 
+/// Distinct (kind, method) label pairs kept per layer; calls to further
+/// paths (only a client making paths up gets there) are labelled
+/// `other`, so no client can grow the registry without bound.
+const MAX_PATHS: usize = 512;
+
 /// `/pkg.Service/Method` → (`Service`, `Method`).
 fn kind_and_method(path: &str) -> (String, String) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -233,6 +242,22 @@ fn kind_and_method(path: &str) -> (String, String) {
     let method = parts.next().unwrap_or_default();
     let kind = service.rsplit('.').next().unwrap_or(service);
     (kind.to_string(), method.to_string())
+}
+
+/// The labels of `path`, or `other` once [`MAX_PATHS`] pairs are known.
+fn labels_of(
+    seen: &std::sync::Mutex<std::collections::HashSet<String>>,
+    path: &str,
+) -> (String, String) {
+    let mut seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if seen.contains(path) || seen.len() < MAX_PATHS {
+        seen.insert(path.to_string());
+        kind_and_method(path)
+    } else {
+        ("other".to_string(), "other".to_string())
+    }
 }
 
 /// The name of a gRPC status code (`"NotFound"`), from its number.
@@ -258,7 +283,7 @@ struct Call {
 
 impl Call {
     fn start(metrics: Arc<GrpcMetrics>, path: &str) -> Self {
-        let (kind, method) = kind_and_method(path);
+        let (kind, method) = labels_of(&metrics.paths, path);
         metrics.in_flight.with_label_values(&[&kind, &method]).inc();
         if method == "Watch" {
             metrics.watchers.inc();

@@ -621,6 +621,7 @@ impl Runtime for DockerRuntime {
         id: &str,
         command: &[String],
         tty: bool,
+        stdin: bool,
     ) -> Result<crate::Attached> {
         let created = self
             .docker
@@ -628,7 +629,7 @@ impl Runtime for DockerRuntime {
                 id,
                 CreateExecOptions {
                     cmd: Some(command.to_vec()),
-                    attach_stdin: Some(true),
+                    attach_stdin: Some(stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     tty: Some(tty),

@@ -314,14 +314,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// A container's log.
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream>;
 
-    /// Starts a command in a running container with its standard input,
-    /// output and error attached (and a terminal when `tty`), for
-    /// interactive use.
+    /// Starts a command in a running container with its output and error
+    /// attached, its standard input too when `stdin` (else it reads
+    /// nothing), and a terminal when `tty`, for interactive use.
     ///
     /// # Errors
     /// The container is not running, or the runtime cannot attach.
-    async fn exec_attach(&self, id: &str, command: &[String], tty: bool) -> Result<Attached> {
-        let _ = (id, command, tty);
+    async fn exec_attach(
+        &self,
+        id: &str,
+        command: &[String],
+        tty: bool,
+        stdin: bool,
+    ) -> Result<Attached> {
+        let _ = (id, command, tty, stdin);
         Err(Error::Runtime(format!(
             "the {} runtime cannot attach to commands (exec -i/-t); run them without",
             self.scheme()

@@ -13,26 +13,33 @@ use crate::{KeyValue, ListOptions, ListResult, Result, Store, WatchStream};
 pub struct Metered {
     inner: Arc<dyn Store>,
     backend: &'static str,
+    /// Found once: the registry's lookup takes a process-wide lock.
+    seconds: prometheus::HistogramVec,
 }
 
 impl Metered {
     /// Times the operations of `inner`, labelled `backend` (`embedded`,
     /// `etcd`).
     pub fn new(inner: Arc<dyn Store>, backend: &'static str) -> Self {
-        Self { inner, backend }
+        let seconds = skiff_metrics::seconds_vec(
+            "skiff_store_operation_duration_seconds",
+            "store operations as the API server sees them, by backend, operation and result",
+            &["backend", "operation", "result"],
+        );
+        Self {
+            inner,
+            backend,
+            seconds,
+        }
     }
 
     async fn timed<T>(&self, operation: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
         let started = std::time::Instant::now();
         let result = work.await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        skiff_metrics::seconds_vec(
-            "skiff_store_operation_duration_seconds",
-            "store operations as the API server sees them, by backend, operation and result",
-            &["backend", "operation", "result"],
-        )
-        .with_label_values(&[self.backend, operation, outcome])
-        .observe(started.elapsed().as_secs_f64());
+        self.seconds
+            .with_label_values(&[self.backend, operation, outcome])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 }
