@@ -172,7 +172,7 @@ fn a_port_without_endpoints_is_refused_not_natted() {
         &service_ports(&[lonely], &[] as &[Endpoints]),
         &Existing::default(),
     );
-    assert!(!rules.contains("DNAT"), "{rules}");
+    assert!(!rules.contains("-j DNAT"), "{rules}");
     assert!(rules.contains("-d 10.43.0.20/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/lonely:/tcp\" -j REJECT"), "{rules}");
     assert!(
         rules.contains("--dst-type LOCAL -p tcp -m tcp --dport 30001"),
