@@ -51,6 +51,7 @@ async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
         config.node_ports = p.node_ports.clone();
         agent_args.push("--proxy-mode=iptables".to_string());
         agent_args.push(format!("--service-cidr={}", p.service_cidr));
+        agent_args.push(format!("--lb-pool={}", p.lb_pool));
         manager_args.push(format!("--lb-pool={}", p.lb_pool));
     }
     let server = skiff_apiserver::ApiServer::start(config).await.unwrap();

@@ -60,6 +60,7 @@ async fn cluster(prefix: &str, runtime: &'static str, proxy: &str, ranges: &Rang
         &[
             &format!("--proxy-mode={proxy}"),
             &format!("--service-cidr={}", ranges.service_cidr),
+            &format!("--lb-pool={}", ranges.lb_pool),
         ],
     )
     .unwrap();
@@ -454,6 +455,10 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     )
     .await;
     assert_eq!(lb, "127.0.202.1", "the first address of the pool");
+    assert!(
+        !c.rules("--dst-range 127.0.202.1-127.0.202.9 -m comment --comment \"no service at this address\" -j REJECT").is_empty(),
+        "unclaimed pool addresses are refused"
+    );
     let pods = c.pod_names().await;
 
     let node_port_addr: SocketAddr = format!("127.0.0.1:{node_port}").parse().unwrap();

@@ -108,6 +108,9 @@ pub struct Config {
     /// The service CIDR: its addresses no Service claims are refused by
     /// the proxy, so they never leave the machine.
     pub service_cidr: Option<String>,
+    /// The LoadBalancer pool (CIDR or FIRST-LAST), refused alike where no
+    /// Service holds the address (none: the pool is not known here).
+    pub lb_pool: Option<String>,
     /// Whether the agent serves the cluster DNS to its pods (on the pod
     /// network's gateway, port [`Config::dns_port`]).
     pub cluster_dns: bool,
@@ -139,6 +142,7 @@ impl Config {
             shim: std::env::current_exe().ok(),
             proxy: proxy::Mode::Auto,
             service_cidr: Some(DEFAULT_SERVICE_CIDR.to_string()),
+            lb_pool: None,
             cluster_dns: true,
             dns_port: 53,
             proxy_resync: Duration::from_secs(30),
@@ -417,7 +421,7 @@ async fn start_proxy(
             &config.node_name,
             proxy::iptables::Ranges {
                 service_cidr: config.service_cidr.clone(),
-                lb_pool: None,
+                lb_pool: config.lb_pool.clone(),
             },
         ))
     } else {

@@ -76,7 +76,7 @@ fn chain(prefix: &str, kind: &str, key: &str) -> String {
 pub struct Ranges {
     /// The service CIDR (`10.43.0.0/16`).
     pub service_cidr: Option<String>,
-    /// The LoadBalancer pool (a CIDR).
+    /// The LoadBalancer pool (a CIDR or a range FIRST-LAST).
     pub lb_pool: Option<String>,
 }
 
@@ -290,13 +290,19 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         nat,
         "-A {services} -m addrtype --dst-type LOCAL -j {nodeports}"
     );
-    for cidr in [&ranges.service_cidr, &ranges.lb_pool]
+    for range in [&ranges.service_cidr, &ranges.lb_pool]
         .into_iter()
         .flatten()
     {
+        // A CIDR, or a range FIRST-LAST (LB pools may be either).
+        let matches = if range.contains('-') {
+            format!("-m iprange --dst-range {range}")
+        } else {
+            format!("-d {range}")
+        };
         let _ = writeln!(
             filter,
-            "-A {filter_services} -d {cidr} -m comment --comment \"no service at this address\" -j REJECT"
+            "-A {filter_services} {matches} -m comment --comment \"no service at this address\" -j REJECT"
         );
     }
 

@@ -154,6 +154,19 @@ fn rules_balance_over_endpoints_and_reject_the_rest() {
         )
     );
     assert!(rules.contains("-d 10.44.0.0/24 -m comment"));
+    let pool_range = iptables::render(
+        &iptables::prefix("node-a"),
+        &[],
+        &Ranges {
+            service_cidr: None,
+            lb_pool: Some("10.44.0.1-10.44.0.9".into()),
+        },
+        &Existing::default(),
+    );
+    assert!(
+        pool_range.contains("-m iprange --dst-range 10.44.0.1-10.44.0.9 -m comment"),
+        "{pool_range}"
+    );
     // Jumps from the built-in chains are inserted first in line.
     assert!(rules.contains(&format!(
         "-I PREROUTING 1 -m comment --comment \"skiff {prefix}\" -j {prefix}-SERVICES"

@@ -424,6 +424,10 @@ struct AgentArgs {
     /// that no Service holds are refused on this node.
     #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
     service_cidr: String,
+    /// The cluster's LoadBalancer pool (as the controller manager's):
+    /// addresses in it that no Service holds are refused on this node.
+    #[arg(long)]
+    lb_pool: Option<String>,
     /// Serve the cluster DNS (cluster.local) to this node's pods, on the
     /// pod network's gateway, port 53.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -474,6 +478,13 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     config.resync_every = std::time::Duration::from_secs(args.resync_secs.max(1));
     config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
     config.service_cidr = Some(args.service_cidr);
+    config.lb_pool = match args.lb_pool.as_deref() {
+        None | Some("") => None,
+        Some(pool) => {
+            lb_pool(pool)?;
+            Some(pool.to_string())
+        }
+    };
     config.cluster_dns = args.cluster_dns;
     Ok(config)
 }
@@ -854,6 +865,7 @@ async fn run() -> anyhow::Result<()> {
             agent_config.runtime = skiff_agent::RuntimeKind::Auto;
             agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
             agent_config.service_cidr = Some(args.service_cidr.clone());
+            agent_config.lb_pool = (!args.lb_pool.is_empty()).then(|| args.lb_pool.clone());
             let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
             let agent = tokio::spawn(async move {
                 let stopped = async {
