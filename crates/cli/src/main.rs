@@ -511,38 +511,10 @@ fn lb_pool(pool: &str) -> anyhow::Result<Option<skiff_controllers::service::Pool
         .map_err(|e: String| anyhow::anyhow!("--lb-pool: {e}"))
 }
 
+/// The API server's flags, the same on `skiff server` and `skiff up`.
 #[derive(clap::Args)]
-struct ServerArgs {
-    /// Directory for the embedded store (ignored with --etcd).
-    #[arg(long, default_value = "/var/lib/skiff")]
-    data_dir: PathBuf,
-    /// Address to serve gRPC on.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: SocketAddr,
-    /// etcd endpoints (comma-separated); the state goes there instead of
-    /// the embedded store.
-    #[arg(long, value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// API actor threads; 0 means one per core.
-    #[arg(long, default_value_t = 0)]
-    actors: usize,
-    /// The range Services' cluster IPs come from.
-    #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
-    service_cidr: String,
-    /// The range NodePort Services' node ports come from.
-    #[arg(long, default_value = "30000-32767")]
-    service_node_port_range: String,
-    /// Serve Prometheus metrics (`/metrics`) on this address.
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
-}
-
-#[derive(clap::Args)]
-struct UpArgs {
-    /// Directory for the cluster's state.
-    #[arg(long, env = "SKIFF_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Address to serve the API on.
+struct ApiArgs {
+    /// Address to serve the API (gRPC) on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// etcd endpoints (comma-separated): the state goes there instead of
@@ -555,6 +527,30 @@ struct UpArgs {
     /// The range NodePort Services' node ports come from.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// Serve Prometheus metrics (`/metrics`) on this address.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Directory for the embedded store (ignored with --etcd).
+    #[arg(long, default_value = "/var/lib/skiff")]
+    data_dir: PathBuf,
+    /// API actor threads; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    actors: usize,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Directory for the cluster's state.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Where LoadBalancer Services' addresses come from: a CIDR or a
     /// range FIRST-LAST ("" leaves them pending). The default is on
     /// loopback: the addresses answer on this machine only.
@@ -564,19 +560,19 @@ struct UpArgs {
     /// Docker, else a userspace relay), iptables, userspace or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
     proxy_mode: String,
-    /// Serve Prometheus metrics (`/metrics`) on this address.
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
 }
 
-fn server_config(args: &ServerArgs) -> anyhow::Result<skiff_apiserver::Config> {
+/// The API server's config from its flags, the state under `data_dir`.
+fn api_config(
+    args: &ApiArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<skiff_apiserver::Config> {
     let store = if args.etcd.is_empty() {
-        skiff_apiserver::StoreConfig::Embedded(args.data_dir.join("state.redb"))
+        skiff_apiserver::StoreConfig::Embedded(data_dir.join("state.redb"))
     } else {
         skiff_apiserver::StoreConfig::Etcd(args.etcd.clone())
     };
     let mut config = skiff_apiserver::Config::new(args.listen, store);
-    config.actors = args.actors;
     config.service_cidr = args
         .service_cidr
         .parse()
@@ -638,7 +634,8 @@ async fn run() -> anyhow::Result<()> {
     init_tracing(&cli.log_format);
     match cli.command {
         Command::Server(args) => {
-            let config = server_config(&args)?;
+            let mut config = api_config(&args.api, &args.data_dir)?;
+            config.actors = args.actors;
             skiff_apiserver::run(config, shutdown_signal())
                 .await
                 .context("running the API server")?;
@@ -819,18 +816,7 @@ async fn run() -> anyhow::Result<()> {
                     .join(".skiff")
                     .join("data"),
             };
-            let store = if args.etcd.is_empty() {
-                skiff_apiserver::StoreConfig::Embedded(data_dir.join("state.redb"))
-            } else {
-                skiff_apiserver::StoreConfig::Etcd(args.etcd.clone())
-            };
-            let mut config = skiff_apiserver::Config::new(args.listen, store);
-            config.service_cidr = args
-                .service_cidr
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
-            config.node_ports = port_range(&args.service_node_port_range)?;
-            config.metrics_addr = args.metrics_addr;
+            let config = api_config(&args.api, &data_dir)?;
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;
@@ -864,7 +850,7 @@ async fn run() -> anyhow::Result<()> {
             agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
             agent_config.runtime = skiff_agent::RuntimeKind::Auto;
             agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
-            agent_config.service_cidr = Some(args.service_cidr.clone());
+            agent_config.service_cidr = Some(args.api.service_cidr.clone());
             agent_config.lb_pool = (!args.lb_pool.is_empty()).then(|| args.lb_pool.clone());
             let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
             let agent = tokio::spawn(async move {
@@ -900,10 +886,10 @@ async fn run() -> anyhow::Result<()> {
                 "  agent:       node {:?} (Docker; pods in the `skiff` network)",
                 host_name()
             );
-            if args.etcd.is_empty() {
+            if args.api.etcd.is_empty() {
                 println!("  state:       {} (embedded store)", data_dir.display());
             } else {
-                println!("  state:       etcd at {}", args.etcd.join(","));
+                println!("  state:       etcd at {}", args.api.etcd.join(","));
             }
             println!("  client:      {config_path} (skiff get, apply, logs ... use it)");
             println!("Try:");
