@@ -300,6 +300,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/meta/v1/meta.proto".to_string(),
         "skiff/api/v1/api.proto".to_string(),
         "skiff/core/v1/logs.proto".to_string(),
+        "skiff/metrics/v1/metrics.proto".to_string(),
         "skiff/agent/v1/agent.proto".to_string(),
     ];
     let mut packages: Vec<&str> = kinds.iter().map(|k| k.package.as_str()).collect();

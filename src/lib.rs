@@ -63,6 +63,14 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.agent.v1.rs"));
         }
     }
+    /// Resource usage, Kubernetes' metrics.k8s.io/v1beta1
+    /// (`skiff.metrics.v1`).
+    pub mod metrics {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.metrics.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.metrics.v1.serde.rs"));
+        }
+    }
     /// Kubernetes coordination.k8s.io/v1 (`skiff.coordination.v1`).
     pub mod coordination {
         pub mod v1 {

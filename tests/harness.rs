@@ -530,6 +530,7 @@ impl AgentNode {
                 "--lease-renew-secs=1",
                 "--status-every-secs=1",
                 "--resync-secs=1",
+                "--stats-interval-secs=1",
             ])
             .args(&self.args)
             .env("RUST_LOG", "warn")

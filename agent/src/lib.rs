@@ -12,8 +12,9 @@
 //! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
 //! - [`status`]: the pod status from what the runtime shows.
 //! - [`prober`]: liveness, readiness and startup probes.
-//! - [`server`]: the agent's gRPC service (logs), which the API server
-//!   proxies to.
+//! - [`server`]: the agent's gRPC service (logs, exec, stats), which the
+//!   API server proxies to.
+//! - [`stats`]: container and node resource usage sampling.
 //! - [`hollow`]: simulated nodes for scale tests.
 //!
 //! Restart safety: the agent keeps nothing on disk about its pods; every
@@ -30,6 +31,7 @@ pub mod node;
 pub mod prober;
 pub mod proxy;
 pub mod server;
+pub mod stats;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -119,6 +121,9 @@ pub struct Config {
     /// How often the proxy rewrites its rules even with nothing changed
     /// (repairing drift).
     pub proxy_resync: Duration,
+    /// How often container and node resource usage is sampled (usage is
+    /// the rate between two samples).
+    pub stats_every: Duration,
 }
 
 impl Config {
@@ -146,6 +151,7 @@ impl Config {
             cluster_dns: true,
             dns_port: 53,
             proxy_resync: Duration::from_secs(30),
+            stats_every: Duration::from_secs(10),
         }
     }
 }
@@ -228,9 +234,16 @@ pub async fn run(
             bound.ip().to_string()
         }
     });
+    let usage = stats::Latest::default();
+    let sampler = tokio::spawn(
+        stats::Sampler::new(Arc::clone(&runtime), &config.node_name, usage.clone())
+            .run(config.stats_every),
+    );
     let service = server::AgentService {
         pods: informer.store.clone(),
         runtime: Arc::clone(&runtime),
+        usage,
+        stats_every: config.stats_every,
     };
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -310,7 +323,7 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!(node = %config.node_name, "agent stopping; pods keep running");
-    for task in [feed, relist] {
+    for task in [feed, relist, sampler] {
         task.abort();
     }
     heartbeat.abort();

@@ -1,5 +1,5 @@
-//! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs and
-//! exec.
+//! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs,
+//! exec and resource usage.
 //!
 //! Users never call it directly: `skiff.core.v1.PodLogs/Logs` on the API
 //! server looks up the pod's node and proxies to the node's agent (its
@@ -33,6 +33,10 @@ pub struct AgentService {
     pub pods: Store<Pod>,
     /// The runtime holding their containers.
     pub runtime: Arc<dyn Runtime>,
+    /// The latest resource usage sample.
+    pub usage: crate::stats::Latest,
+    /// How often usage is sampled (for the message before the first).
+    pub stats_every: std::time::Duration,
 }
 
 /// A stream of log chunks.
@@ -156,6 +160,18 @@ async fn feed_attached(
 #[tonic::async_trait]
 impl Agent for AgentService {
     type AttachStream = AttachStream;
+
+    async fn stats(
+        &self,
+        _request: Request<skiff::pb::agent::v1::StatsRequest>,
+    ) -> Result<Response<skiff::pb::agent::v1::StatsSummary>, Status> {
+        self.usage.get().map(Response::new).ok_or_else(|| {
+            Status::unavailable(format!(
+                "no resource usage yet: usage is a rate between two samples, taken every {:?}",
+                self.stats_every
+            ))
+        })
+    }
 
     async fn attach(
         &self,

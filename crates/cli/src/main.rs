@@ -58,6 +58,9 @@ enum Command {
     Logs(LogsArgs),
     /// Run a command in a container (`skiff exec POD -- CMD ARGS`).
     Exec(ExecArgs),
+    /// Show the CPU and memory use of nodes or pods (sampled by the
+    /// agents every few seconds).
+    Top(TopArgs),
     /// Add, change (--overwrite) or remove (`key-`) labels.
     Label(MetadataArgs),
     /// Add, change (--overwrite) or remove (`key-`) annotations.
@@ -278,6 +281,29 @@ struct RolloutArgs {
 }
 
 #[derive(clap::Args)]
+struct TopArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// `nodes` (`node`, `no`) or `pods` (`pod`, `po`).
+    #[arg(value_parser = ["nodes", "node", "no", "pods", "pod", "po"])]
+    what: String,
+    /// Only this node or pod.
+    name: Option<String>,
+    /// Pods of every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Label selector (`app=web,tier!=db`).
+    #[arg(short = 'l', long, default_value = "")]
+    selector: String,
+    /// One line per container (pods).
+    #[arg(long)]
+    containers: bool,
+    /// Biggest first by `cpu` or `memory`.
+    #[arg(long)]
+    sort_by: Option<String>,
+}
+
+#[derive(clap::Args)]
 struct LogsArgs {
     #[command(flatten)]
     client: ClientArgs,
@@ -416,6 +442,10 @@ struct AgentArgs {
     /// follow their sources at this pace).
     #[arg(long, default_value_t = 10)]
     resync_secs: u64,
+    /// How often container and node resource usage is sampled, in seconds
+    /// (`skiff top` shows the rate between the last two samples).
+    #[arg(long, default_value_t = 10)]
+    stats_interval_secs: u64,
     /// The service proxy: auto (kernel NAT rules when root beside
     /// Docker, else a userspace relay), iptables, userspace or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
@@ -476,6 +506,7 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     config.network = args.network;
     config.max_pods = args.max_pods;
     config.resync_every = std::time::Duration::from_secs(args.resync_secs.max(1));
+    config.stats_every = std::time::Duration::from_secs(args.stats_interval_secs.max(1));
     config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
     config.service_cidr = Some(args.service_cidr);
     config.lb_pool = match args.lb_pool.as_deref() {
@@ -749,6 +780,27 @@ async fn run() -> anyhow::Result<()> {
                 args.previous,
             )
             .await?;
+        }
+        Command::Top(args) => {
+            let ctl = args.client.ctl()?;
+            let table = if matches!(args.what.as_str(), "nodes" | "node" | "no") {
+                ctl.top_nodes(
+                    args.name.as_deref(),
+                    &args.selector,
+                    args.sort_by.as_deref(),
+                )
+                .await?
+            } else {
+                ctl.top_pods(&skiff_ctl::top::TopPods {
+                    name: args.name,
+                    all_namespaces: args.all_namespaces,
+                    selector: args.selector,
+                    containers: args.containers,
+                    sort_by: args.sort_by,
+                })
+                .await?
+            };
+            print!("{table}");
         }
         Command::Exec(args) => {
             let ctl = args.client.ctl()?;

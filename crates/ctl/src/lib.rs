@@ -8,6 +8,7 @@
 //! - [`manifest`]: YAML/JSON manifests into checked documents.
 //! - [`apply`]: apply and create.
 //! - [`table`]: kubectl's tables.
+//! - [`top`]: `top nodes|pods`, resource usage.
 //! - [`Ctl`]: the commands (get, describe, delete, scale, rollout, logs,
 //!   exec, label, annotate, api-resources, cluster-info).
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod kinds;
 pub mod manifest;
 pub mod table;
+pub mod top;
 
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};

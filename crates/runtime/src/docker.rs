@@ -692,6 +692,38 @@ impl Runtime for DockerRuntime {
         )))
     }
 
+    async fn stats(&self, id: &str) -> Result<crate::ContainerStats> {
+        let options = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let sample = self
+            .docker
+            .stats(id, Some(options))
+            .next()
+            .await
+            .ok_or_else(|| Error::Runtime(format!("Docker sent no stats for {id}")))?
+            .map_err(docker_error)?;
+        let cpu_nanos = sample
+            .cpu_stats
+            .and_then(|c| c.cpu_usage)
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0);
+        let memory = sample.memory_stats.unwrap_or_default();
+        // The working set, as the kubelet computes it: usage less inactive
+        // file pages (cgroup v2 `inactive_file`, v1 `total_inactive_file`).
+        let inactive = memory.stats.as_ref().and_then(|s| {
+            s.get("inactive_file")
+                .or_else(|| s.get("total_inactive_file"))
+                .copied()
+        });
+        let usage = memory.usage.unwrap_or(0);
+        Ok(crate::ContainerStats {
+            cpu_nanos,
+            memory_bytes: usage.saturating_sub(inactive.unwrap_or(0)),
+        })
+    }
+
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
         // Fail now (NotFound) rather than as the stream's first item.
         self.docker

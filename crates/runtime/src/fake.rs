@@ -33,6 +33,8 @@ struct Inner {
     logs: BTreeMap<String, Vec<u8>>,
     /// Exit codes that exec of a command (joined by spaces) returns.
     exec_results: BTreeMap<String, i64>,
+    /// Usage counters by container id (zero when unset).
+    stats: BTreeMap<String, crate::ContainerStats>,
 }
 
 impl FakeRuntime {
@@ -73,6 +75,11 @@ impl FakeRuntime {
     /// What exec of `command` (joined by spaces) exits with from now on.
     pub fn set_exec_result(&self, command: &str, code: i64) {
         self.lock().exec_results.insert(command.to_string(), code);
+    }
+
+    /// Sets a container's usage counters (what `stats` returns).
+    pub fn set_stats(&self, id: &str, stats: crate::ContainerStats) {
+        self.lock().stats.insert(id.to_string(), stats);
     }
 
     /// Appends to a container's log.
@@ -216,6 +223,15 @@ impl Runtime for FakeRuntime {
                 exit_code: inner.exec_results.get(&joined).copied().unwrap_or(0),
                 ..Default::default()
             }),
+            Some(_) => Err(Error::Runtime(format!("container {id} is not running"))),
+            None => Err(Error::NotFound(id.to_string())),
+        }
+    }
+
+    async fn stats(&self, id: &str) -> Result<crate::ContainerStats> {
+        let inner = self.lock();
+        match inner.containers.get(id).map(|c| &c.state) {
+            Some(State::Running { .. }) => Ok(inner.stats.get(id).copied().unwrap_or_default()),
             Some(_) => Err(Error::Runtime(format!("container {id} is not running"))),
             None => Err(Error::NotFound(id.to_string())),
         }

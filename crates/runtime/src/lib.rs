@@ -219,6 +219,17 @@ impl Container {
     }
 }
 
+/// A container's resource usage counters at one moment (a rate is the
+/// difference of two).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerStats {
+    /// CPU time used since it started, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory working set in bytes: what it uses less the file cache the
+    /// kernel can drop (what the kubelet and metrics-server report).
+    pub memory_bytes: u64,
+}
+
 /// What an exec printed and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -342,6 +353,12 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = (exec, width, height);
         Ok(())
     }
+
+    /// A running container's resource usage counters.
+    ///
+    /// # Errors
+    /// NotFound; the runtime could not read them.
+    async fn stats(&self, id: &str) -> Result<ContainerStats>;
 
     /// The exit code of an attached command that ended.
     ///

@@ -97,6 +97,20 @@ fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
+/// A process's CPU time (utime + stime, fields 14 and 15, in clock ticks)
+/// in nanoseconds, and its resident memory in bytes (`statm`).
+fn usage(pid: u32) -> Option<crate::ContainerStats> {
+    let fields = stat_fields(pid)?;
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(crate::ContainerStats {
+        cpu_nanos: ticks.saturating_mul(1_000_000_000) / per_second,
+        memory_bytes: resident_pages * rustix::param::page_size() as u64,
+    })
+}
+
 /// Whether the process is alive (not a zombie) and, when its start time
 /// was recorded, is still the same process.
 fn alive(pid: u32, started: Option<u64>) -> bool {
@@ -463,6 +477,13 @@ impl Runtime for ProcessRuntime {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+
+    async fn stats(&self, id: &str) -> Result<crate::ContainerStats> {
+        let dir = self.dir(id)?;
+        let pid = Self::running(&dir)
+            .ok_or_else(|| Error::Runtime(format!("container {id} is not running")))?;
+        usage(pid).ok_or_else(|| Error::Runtime(format!("reading /proc/{pid} of container {id}")))
     }
 
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {

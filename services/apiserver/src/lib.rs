@@ -14,6 +14,7 @@
 //! - [`strategy`]: per-kind defaults, validation and selectable fields.
 //! - [`cache`]: the watch cache (one store watch per kind).
 //! - [`error`]: API errors and their gRPC codes.
+//! - [`usage`]: resource usage (metrics.k8s.io) gathered from the agents.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ pub mod logs;
 pub mod registry;
 pub mod service;
 pub mod strategy;
+pub mod usage;
 
 pub use error::ApiError;
 pub use registry::Registry;
@@ -297,6 +299,7 @@ impl ApiServer {
                 std::sync::Arc::clone(&proxy),
             );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
+            let usage = usage::server(actor.clone());
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
@@ -321,6 +324,7 @@ impl ApiServer {
                     .add_routes(routes)
                     .add_service(logs)
                     .add_service(exec)
+                    .add_service(usage)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
                     .add_service(health_service)

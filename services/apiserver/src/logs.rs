@@ -26,37 +26,18 @@ use crate::actor::{ActorHandle, Op, Reply};
 /// The service.
 pub struct PodLogsService {
     actor: ActorHandle,
-    /// One channel per agent address, reused across requests.
-    agents: Mutex<HashMap<String, Channel>>,
+    agents: Agents,
 }
 
-impl PodLogsService {
-    /// A service reading pods and nodes through `actor`.
-    pub fn new(actor: ActorHandle) -> Self {
-        Self {
-            actor,
-            agents: Mutex::default(),
-        }
-    }
+/// Clients of the nodes' agents: one channel per agent address, reused
+/// across requests.
+#[derive(Default)]
+pub struct Agents(Mutex<HashMap<String, Channel>>);
 
-    async fn get<K: crate::strategy::Strategy>(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<K, Status> {
-        let op = Op::<K>::Get(GetRequest {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        });
-        match self.actor.call(op).await? {
-            Reply::Object(obj) => Ok(obj),
-            _ => Err(Status::internal("unexpected reply kind")),
-        }
-    }
-
+impl Agents {
     fn channel(&self, address: &str) -> Result<Channel, Status> {
         let mut agents = self
-            .agents
+            .0
             .lock()
             .map_err(|_| Status::internal("agent channel cache poisoned"))?;
         if let Some(channel) = agents.get(address) {
@@ -69,37 +50,19 @@ impl PodLogsService {
         agents.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
-}
 
-/// The stream of a pod's log.
-pub type LogStream = tonic::Streaming<LogChunk>;
-
-impl PodLogsService {
-    /// The agent of the node running `namespace/name`, and how to name it
-    /// in messages.
-    async fn agent(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<(AgentClient<Channel>, String), Status> {
-        let pod: Pod = self.get(namespace, name).await?;
-        let node_name = pod
-            .spec
+    /// A client of `node`'s agent (its InternalIP and kubelet port), and
+    /// how to name it in messages.
+    ///
+    /// # Errors
+    /// UNAVAILABLE when the node does not say where its agent listens.
+    pub fn client(&self, node: &Node) -> Result<(AgentClient<Channel>, String), Status> {
+        let node_name = node
+            .metadata
             .as_ref()
-            .map(|s| s.node_name.clone())
+            .map(|m| m.name.as_str())
             .unwrap_or_default();
-        if node_name.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "pod {name:?} in namespace {namespace:?} is not scheduled to a node yet"
-            )));
-        }
-        let node: Node = self.get("", &node_name).await.map_err(|s| {
-            Status::unavailable(format!(
-                "node {node_name:?} of pod {name:?}: {}",
-                s.message()
-            ))
-        })?;
-        let status = node.status.unwrap_or_default();
+        let status = node.status.clone().unwrap_or_default();
         let ip = status
             .addresses
             .iter()
@@ -125,6 +88,64 @@ impl PodLogsService {
             client,
             format!("the agent of node {node_name:?} at {address}"),
         ))
+    }
+}
+
+/// Reads one object through the API actor.
+pub(crate) async fn get<K: crate::strategy::Strategy>(
+    actor: &ActorHandle,
+    namespace: &str,
+    name: &str,
+) -> Result<K, Status> {
+    let op = Op::<K>::Get(GetRequest {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    });
+    match actor.call(op).await? {
+        Reply::Object(obj) => Ok(obj),
+        _ => Err(Status::internal("unexpected reply kind")),
+    }
+}
+
+impl PodLogsService {
+    /// A service reading pods and nodes through `actor`.
+    pub fn new(actor: ActorHandle) -> Self {
+        Self {
+            actor,
+            agents: Agents::default(),
+        }
+    }
+}
+
+/// The stream of a pod's log.
+pub type LogStream = tonic::Streaming<LogChunk>;
+
+impl PodLogsService {
+    /// The agent of the node running `namespace/name`, and how to name it
+    /// in messages.
+    async fn agent(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(AgentClient<Channel>, String), Status> {
+        let pod: Pod = get(&self.actor, namespace, name).await?;
+        let node_name = pod
+            .spec
+            .as_ref()
+            .map(|s| s.node_name.clone())
+            .unwrap_or_default();
+        if node_name.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "pod {name:?} in namespace {namespace:?} is not scheduled to a node yet"
+            )));
+        }
+        let node: Node = get(&self.actor, "", &node_name).await.map_err(|s| {
+            Status::unavailable(format!(
+                "node {node_name:?} of pod {name:?}: {}",
+                s.message()
+            ))
+        })?;
+        self.agents.client(&node)
     }
 }
 

@@ -10,7 +10,7 @@ use skiff_e2e::{AgentNode, wait_until};
 
 struct Cluster {
     server: skiff_apiserver::ApiServer,
-    _node: AgentNode,
+    node: AgentNode,
     _processes: Vec<skiff_e2e::ChildGuard>,
     dir: tempfile::TempDir,
     image: &'static str,
@@ -67,7 +67,7 @@ async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
     ];
     Cluster {
         server,
-        _node: node,
+        node,
         _processes: processes,
         dir,
         image,
@@ -840,4 +840,131 @@ async fn the_example_app_applies_and_serves_its_page() {
         assert!(page.contains("Hello from Skiff"), "{address}: {page}");
     }
     c.ok(&["delete", "-f", examples]);
+}
+
+/// The CPU cell of a `top` row in millicores (`998m`).
+fn millicores(cell: &str) -> i64 {
+    cell.strip_suffix('m')
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("a CPU cell in millicores: {cell:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_cpu_a_busy_pod_burns_and_the_nodes_usage() {
+    let c = cluster("top").await;
+    let manifest = c.write(
+        "top.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: burn
+  labels:
+    app: burn
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: spin
+    image: {image}
+    command: ["sh", "-c", "while :; do :; done"]
+  - name: idle
+    image: {image}
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: quiet
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: idle
+    image: {image}
+    command: ["sleep", "3600"]
+"#,
+            image = c.image
+        ),
+    );
+    c.ok(&["apply", "-f", &manifest]);
+    // Usage needs two samples (1 s apart in tests) of a running container.
+    let mut table = String::new();
+    wait_until(
+        "top pods shows both pods",
+        Duration::from_secs(60),
+        async || {
+            let run = c.skiff(&["top", "pods"]);
+            table = run.stdout;
+            run.ok && table.contains("burn") && table.contains("quiet")
+        },
+    )
+    .await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "CPU(cores)", "MEMORY(bytes)"], "{table}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let burn = rows.iter().find(|r| r[0] == "burn").unwrap();
+    // A shell spinning on one core of two: far above an idle pod.
+    assert!(millicores(burn[1]) >= 200, "{table}");
+    assert!(burn[2].ends_with("Mi"), "{table}");
+
+    let sorted = c.ok(&["top", "pods", "--sort-by", "cpu"]);
+    assert!(
+        sorted.lines().nth(1).unwrap().starts_with("burn "),
+        "{sorted}"
+    );
+    // Each container shows from its own second sample.
+    let mut per_container = String::new();
+    wait_until(
+        "both containers of burn",
+        Duration::from_secs(30),
+        async || {
+            per_container = c.ok(&["top", "pods", "burn", "--containers"]);
+            per_container.lines().count() == 3
+        },
+    )
+    .await;
+    let rows: Vec<Vec<&str>> = per_container
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{per_container}");
+    let spin = rows.iter().find(|r| r[1] == "spin").unwrap();
+    let idle = rows.iter().find(|r| r[1] == "idle").unwrap();
+    assert!(millicores(spin[2]) > millicores(idle[2]), "{per_container}");
+    let selected = c.ok(&["top", "pods", "-l", "app=burn", "-A"]);
+    assert!(selected.starts_with("NAMESPACE "), "{selected}");
+    assert!(
+        selected.contains("burn") && !selected.contains("quiet"),
+        "{selected}"
+    );
+
+    let nodes = c.ok(&["top", "nodes"]);
+    let mut lines = nodes.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"],
+        "{nodes}"
+    );
+    let node: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(node[0], c.node.name, "{nodes}");
+    // The host runs the spinning pod, at least.
+    assert!(millicores(node[1]) >= 200, "{nodes}");
+    assert!(node[2].ends_with('%') && node[4].ends_with('%'), "{nodes}");
+
+    let missing = c.skiff(&["top", "pods", "nothere"]);
+    assert!(!missing.ok, "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("NotFound") && missing.stderr.contains("nothere"),
+        "{}",
+        missing.stderr
+    );
+    let bad = c.skiff(&["top", "pods", "--sort-by", "disk"]);
+    assert!(
+        !bad.ok && bad.stderr.contains("cpu or memory"),
+        "{}",
+        bad.stderr
+    );
+    c.ok(&["delete", "pod", "burn", "quiet"]);
 }

@@ -1,0 +1,17 @@
+//! Skiff's end-to-end tests, one module per area, in one test binary (one
+//! link of the whole system instead of one per area: a dozen debug
+//! binaries of it filled a CI machine's disk). Run one area with
+//! `cargo nextest run -p skiff-e2e -E 'test(/^proxy::/)'`.
+
+mod agent;
+mod api;
+mod cli;
+mod controllers;
+mod crash;
+mod grpcurl;
+mod metrics;
+mod proxy;
+mod scheduler;
+mod services;
+mod store_conformance;
+mod workloads;
