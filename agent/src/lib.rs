@@ -247,6 +247,7 @@ pub async fn run(
     };
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(skiff_telemetry::GrpcTraceLayer)
             .add_service(AgentServer::new(service))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );

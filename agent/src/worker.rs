@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument as _;
 
 use actix::prelude::*;
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
@@ -229,6 +230,7 @@ impl PodWorker {
         };
         let shared = Arc::clone(&self.shared);
         let uid = self.uid.clone();
+        let span = self.span();
         let work = async move {
             let mut state = state;
             let outcome = match sync(&shared, &uid, inputs, &mut state).await {
@@ -243,7 +245,8 @@ impl PodWorker {
                 }
             };
             (state, outcome)
-        };
+        }
+        .instrument(span);
         ctx.spawn(work.into_actor(self).map(|(state, outcome), act, ctx| {
             act.state = Some(state);
             act.apply(outcome, ctx);
@@ -251,6 +254,29 @@ impl PodWorker {
                 act.kick(ctx);
             }
         }));
+    }
+
+    /// The span of one sync. Until the pod runs, syncs are its start and
+    /// join the trace that created it (info: exported); stopping is a
+    /// trace of its own; the steady state's syncs are debug only.
+    fn span(&self) -> tracing::Span {
+        let meta = meta(&self.last);
+        let pod = format!("{}/{}", meta.namespace, meta.name);
+        let phase = self.last.status.as_ref().map_or("", |s| s.phase.as_str());
+        let stopping = self.pod.as_ref().is_none_or(|p| {
+            p.metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_some())
+        });
+        if stopping {
+            tracing::info_span!("pod stop", %pod)
+        } else if phase.is_empty() || phase == "Pending" {
+            let span = tracing::info_span!("pod start", %pod);
+            skiff_telemetry::join_object(&span, &meta.annotations);
+            span
+        } else {
+            tracing::debug_span!("pod sync", %pod)
+        }
     }
 
     fn apply(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {

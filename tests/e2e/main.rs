@@ -14,4 +14,5 @@ mod proxy;
 mod scheduler;
 mod services;
 mod store_conformance;
+mod traces;
 mod workloads;

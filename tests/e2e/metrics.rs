@@ -58,6 +58,8 @@ async fn the_api_server_counts_calls_by_kind_method_and_code() {
     ])
     .unwrap();
     let pods = Api::<Pod>::new(skiff_e2e::channel(server.addr).await.unwrap());
+    // The metrics page may open a moment after the gRPC port.
+    skiff_e2e::wait_for_port(metrics, Duration::from_secs(20)).unwrap();
     let before = scrape(metrics);
     let created = |s: &prometheus_parse::Scrape| {
         value(
@@ -136,6 +138,7 @@ async fn wait_for_metric(
     ok: impl Fn(&prometheus_parse::Scrape) -> bool,
 ) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    skiff_e2e::wait_for_port(addr, Duration::from_secs(60)).unwrap();
     loop {
         let scraped = tokio::task::spawn_blocking(move || scrape(addr))
             .await

@@ -23,8 +23,54 @@ struct Cli {
     /// RUST_LOG (default info).
     #[arg(long, global = true, env = "SKIFF_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Export traces by OTLP/gRPC to this collector (`http://HOST:4317`).
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Command {
+    /// The command's name for a client command (its one trace's root
+    /// span); None for the long-running components, whose spans are
+    /// their own roots.
+    fn client_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Apply(_) => "apply",
+            Self::Create(_) => "create",
+            Self::Get(_) => "get",
+            Self::Describe(_) => "describe",
+            Self::Delete(_) => "delete",
+            Self::Scale(_) => "scale",
+            Self::Rollout(_) => "rollout",
+            Self::Logs(_) => "logs",
+            Self::Exec(_) => "exec",
+            Self::Top(_) => "top",
+            Self::Label(_) => "label",
+            Self::Annotate(_) => "annotate",
+            Self::ClusterInfo(_) => "cluster-info",
+            Self::Version(_) | Self::ApiResources => return None,
+            Self::Server(_)
+            | Self::Up(_)
+            | Self::Scheduler(_)
+            | Self::HollowNodes(_)
+            | Self::Agent(_)
+            | Self::ControllerManager(_)
+            | Self::Shim { .. } => return None,
+        })
+    }
+
+    /// OpenTelemetry's service.name of this process.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Self::Server(_) => "skiff-apiserver",
+            Self::Up(_) => "skiff-up",
+            Self::Scheduler(_) => "skiff-scheduler",
+            Self::ControllerManager(_) => "skiff-controller-manager",
+            Self::Agent(_) | Self::HollowNodes(_) | Self::Shim { .. } => "skiff-agent",
+            _ => "skiff",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -637,32 +683,45 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        logs.json().with_current_span(true).init();
-    } else {
-        logs.with_target(false).init();
-    }
-}
-
 #[tokio::main]
 async fn main() {
+    use tracing::Instrument as _;
+    let cli = Cli::parse();
+    let telemetry = match skiff_telemetry::init(
+        cli.command.service_name(),
+        &cli.log_format,
+        cli.otlp_endpoint.as_deref(),
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    // A client command is one trace: its calls carry this span's context.
+    let span = match cli.command.client_name() {
+        Some(name) => tracing::info_span!(
+            "skiff",
+            otel.name = %format!("skiff {name}"),
+            otel.kind = "client",
+        ),
+        None => tracing::Span::none(),
+    };
+    let result = run(cli).instrument(span).await;
+    telemetry.shutdown();
     // Errors print as kubectl's do (one message, no "Error:" debug dump)
     // and exit non-zero.
-    if let Err(e) = run().await {
-        eprintln!("{e:#}");
-        std::process::exit(1);
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("{e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+/// Runs the command; its exit code.
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Server(args) => {
             let mut config = api_config(&args.api, &args.data_dir)?;
@@ -816,7 +875,7 @@ async fn run() -> anyhow::Result<()> {
             } else {
                 ctl.exec(&args.pod, &args.container, &args.command).await?
             };
-            std::process::exit(code);
+            return Ok(code);
         }
         Command::Label(args) => {
             args.client
@@ -839,7 +898,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Shim { dir, argv } => {
             let code = skiff_runtime::process::shim(&dir, &argv).context("running the shim")?;
-            std::process::exit(code);
+            return Ok(code);
         }
         Command::Agent(args) if args.cleanup_proxy => {
             let node = args.node_name.unwrap_or_else(host_name);
@@ -966,5 +1025,5 @@ async fn run() -> anyhow::Result<()> {
             server.stop().await.context("stopping the API server")?;
         }
     }
-    Ok(())
+    Ok(0)
 }

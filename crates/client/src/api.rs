@@ -65,6 +65,9 @@ impl<K: Resource> Api<K> {
         let path = Self::path(method)?;
         let codec = ProstCodec::<Req, Resp>::default();
         let mut request = tonic::Request::new(req);
+        // The caller's trace goes on to the server (and, through the
+        // objects it writes, to whoever acts on them).
+        skiff_telemetry::inject(request.metadata_mut());
         if self.dry_run {
             request.metadata_mut().insert(
                 "x-skiff-dry-run",

@@ -1,5 +1,5 @@
-//! A [`Store`] that times every operation of the store it wraps, for
-//! Prometheus (`skiff_store_operation_duration_seconds{backend, operation,
+//! A [`Store`] that traces (a span each) and times every operation of the
+//! store it wraps, for Prometheus (`skiff_store_operation_duration_seconds{backend, operation,
 //! result}`; a watch is timed until it is open).
 
 use std::future::Future;
@@ -34,8 +34,15 @@ impl Metered {
     }
 
     async fn timed<T>(&self, operation: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        use tracing::Instrument as _;
         let started = std::time::Instant::now();
-        let result = work.await;
+        // A span per operation, in the trace of the request it serves.
+        let span = tracing::info_span!(
+            "store",
+            otel.name = %format_args!("store {operation}"),
+            db.system = self.backend,
+        );
+        let result = work.instrument(span).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.seconds
             .with_label_values(&[self.backend, operation, outcome])

@@ -320,6 +320,7 @@ impl ApiServer {
                     tokio::net::TcpStream::from_std,
                 );
                 let result = tonic::transport::Server::builder()
+                    .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)
                     .add_routes(routes)
                     .add_service(logs)

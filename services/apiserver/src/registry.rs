@@ -643,6 +643,8 @@ impl Registry {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
         meta.generation = 1;
+        // Whoever acts on the object joins the trace that created it.
+        skiff_telemetry::annotate(&mut meta.annotations);
         obj.default_fields();
         obj.prepare_create();
         if K::NAMESPACED {
@@ -1038,7 +1040,18 @@ impl Registry {
             }
         }
         if next.spec_fingerprint() != current.spec_fingerprint() {
-            next.metadata_mut().generation = cur.generation + 1;
+            let meta = next.metadata_mut();
+            meta.generation = cur.generation + 1;
+            // A new spec is new work: its trace is this request's.
+            skiff_telemetry::annotate(&mut meta.annotations);
+        }
+        // Kept when a writer leaves it out (it is the server's to set).
+        let trace = skiff_telemetry::TRACE_ANNOTATION;
+        if let Some(value) = cur.annotations.get(trace) {
+            next.metadata_mut()
+                .annotations
+                .entry(trace.to_string())
+                .or_insert_with(|| value.clone());
         }
         Ok(next)
     }

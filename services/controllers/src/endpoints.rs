@@ -232,6 +232,10 @@ impl Reconciler for EndpointsController {
         "endpoints"
     }
 
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        crate::runtime::traceparent_in(&self.service_store, key)
+    }
+
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
         Box::pin(self.sync(key))
     }

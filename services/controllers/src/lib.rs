@@ -210,6 +210,10 @@ impl Reconciler for PanicOnce {
         }
         self.inner.reconcile(key)
     }
+
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        self.inner.traceparent(key)
+    }
 }
 
 fn with_test_hook(reconciler: Arc<dyn Reconciler>) -> Arc<dyn Reconciler> {

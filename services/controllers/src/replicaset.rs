@@ -554,6 +554,10 @@ impl<K: ReplicaOwner> Reconciler for ReplicaController<K> {
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
         Box::pin(self.sync(key))
     }
+
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        crate::runtime::traceparent_in(&self.owner_store, key)
+    }
 }
 
 #[cfg(test)]

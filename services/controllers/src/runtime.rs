@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use skiff::ObjectRef;
 use skiff_client::WorkQueue;
+use tracing::Instrument as _;
 
 /// What to do after a reconcile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,25 @@ pub trait Reconciler: Send + Sync + 'static {
     /// Makes the world match the desired state of `key`. Must be
     /// idempotent: it is never told why it runs.
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_>;
+    /// The trace recorded on the object behind `key` (its W3C
+    /// traceparent annotation), which the reconcile joins; None for
+    /// controllers whose reconciles start traces of their own.
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        let _ = key;
+        None
+    }
+}
+
+/// The trace recorded on the object behind `key` in `store`.
+pub fn traceparent_in<K: skiff::Resource>(
+    store: &skiff_client::Store<K>,
+    key: &ObjectRef,
+) -> Option<String> {
+    let obj = store.get(&key.namespace, &key.name)?;
+    obj.metadata()?
+        .annotations
+        .get(skiff_telemetry::TRACE_ANNOTATION)
+        .cloned()
 }
 
 /// Runs `workers` reconcile loops over `queue` until it shuts down. Each
@@ -76,7 +96,13 @@ pub async fn run_workers(
             while let Some(key) = queue.next().await {
                 depth.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
                 let timer = latency.start_timer();
-                let result = reconciler.reconcile(key.clone()).await;
+                let span = tracing::info_span!(
+                    "reconcile",
+                    otel.name = %format_args!("reconcile {}", reconciler.name()),
+                    key = %key,
+                );
+                skiff_telemetry::set_parent_from(&span, reconciler.traceparent(&key).as_deref());
+                let result = reconciler.reconcile(key.clone()).instrument(span).await;
                 timer.observe_duration();
                 if result.is_err() {
                     errors.inc();

@@ -242,6 +242,10 @@ impl Reconciler for ServiceController {
         "service"
     }
 
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        crate::runtime::traceparent_in(&self.store, key)
+    }
+
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
         Box::pin(self.sync(key))
     }

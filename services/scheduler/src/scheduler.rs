@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use skiff::pb::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, PodStatus};
 use skiff::pb::meta::v1::ObjectMeta;
@@ -348,11 +349,21 @@ impl Scheduler {
         if !self.is_ours(&pod) || self.cache.assumed.contains(key) {
             return;
         }
+        // The scheduling cycle joins the trace of whoever created the pod.
+        let span = tracing::info_span!(
+            "schedule",
+            pod = %key,
+            node = tracing::field::Empty,
+        );
+        if let Some(meta) = &pod.metadata {
+            skiff_telemetry::join_object(&span, &meta.annotations);
+        }
         let timer = metrics::latency().start_timer();
-        let picked = self.pick(&pod);
+        let picked = span.in_scope(|| self.pick(&pod));
         timer.observe_duration();
         match picked {
             Ok(node) => {
+                span.record("node", node.as_str());
                 metrics::attempts("scheduled").inc();
                 self.unschedulable.remove(key);
                 self.cache.place(Arc::clone(&pod), &node);
@@ -378,18 +389,23 @@ impl Scheduler {
                 let api = self.pods.clone();
                 let outcomes = self.outcomes_tx.clone();
                 let key = key.clone();
-                tokio::spawn(async move {
-                    if let Err(status) = api.bind(binding).await {
-                        let _ = outcomes.send(Outcome::BindFailed(key, status));
+                tokio::spawn(
+                    async move {
+                        if let Err(status) = api.bind(binding).await {
+                            let _ = outcomes.send(Outcome::BindFailed(key, status));
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
             Err(message) => {
                 metrics::attempts("unschedulable").inc();
                 tracing::debug!(pod = %key, %message, "unschedulable");
                 self.unschedulable.insert(key.clone());
                 self.backoff(key);
-                self.report_unschedulable(&pod, &message).await;
+                self.report_unschedulable(&pod, &message)
+                    .instrument(span)
+                    .await;
             }
         }
     }

@@ -823,6 +823,10 @@ impl Reconciler for DeploymentController {
         "deployment"
     }
 
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        crate::runtime::traceparent_in(&self.deployment_store, key)
+    }
+
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
         Box::pin(self.sync(key))
     }
