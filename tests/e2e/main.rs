@@ -12,6 +12,7 @@ mod grpcurl;
 mod metrics;
 mod proxy;
 mod scheduler;
+mod security;
 mod services;
 mod store_conformance;
 mod traces;

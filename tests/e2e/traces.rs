@@ -1,9 +1,11 @@
 //! OpenTelemetry traces end to end: an OTLP receiver (the collector's
 //! trace service, from the opentelemetry-proto definitions) gets the
-//! spans of `skiff server`, `skiff scheduler`, `skiff agent` and one
-//! `skiff apply`, and the apply's trace runs through all of them: the
-//! client's call, the API server's request and store write, the
-//! scheduling cycle and the agent's pod start.
+//! spans of `skiff server`, `skiff scheduler`, `skiff controller-manager`,
+//! `skiff agent` and one `skiff apply` of a Pod and a Deployment, and the
+//! apply's trace runs through all of them: the client's call, the API
+//! server's requests and store writes, the Deployment and ReplicaSet
+//! reconciles creating the pod, the scheduling cycle and the agent's pod
+//! start.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -93,7 +95,7 @@ fn component(args: &[&str], endpoint: &str) -> ChildGuard {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_apply_is_one_trace_through_api_server_scheduler_and_agent() {
+async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_agent() {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -117,13 +119,23 @@ async fn one_apply_is_one_trace_through_api_server_scheduler_and_agent() {
         &["scheduler", "--server", &url, "--leader-elect=false"],
         &endpoint,
     );
+    let _controllers = component(
+        &[
+            "controller-manager",
+            "--server",
+            &url,
+            "--leader-elect=false",
+        ],
+        &endpoint,
+    );
     let otlp = format!("--otlp-endpoint={endpoint}");
     let node = AgentNode::start_with(&url, "traces", "process", &[&otlp]).unwrap();
 
     let manifest = dir.path().join("pod.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: traced\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: host\n    command: [\"sleep\", \"300\"]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: traced\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: host\n    command: [\"sleep\", \"300\"]\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: traced-app\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: traced\n  template:\n    metadata:\n      labels:\n        app: traced\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: host\n        command: [\"sleep\", \"300\"]\n",
     )
     .unwrap();
     let applied = Command::new(skiff_e2e::skiff_binary().unwrap())
@@ -138,7 +150,8 @@ async fn one_apply_is_one_trace_through_api_server_scheduler_and_agent() {
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    let pods = Api::<Pod>::new(skiff_e2e::channel(addr.parse().unwrap()).await.unwrap());
+    let channel = skiff_e2e::channel(addr.parse().unwrap()).await.unwrap();
+    let pods = Api::<Pod>::new(channel.clone());
     wait_until("the pod runs", Duration::from_secs(60), async || {
         pods.get("default", "traced")
             .await
@@ -163,7 +176,27 @@ async fn one_apply_is_one_trace_through_api_server_scheduler_and_agent() {
         annotation.starts_with(&format!("00-{trace_hex}-")),
         "the pod records the apply's trace: {annotation}"
     );
+    // The Deployment's pod, created by the ReplicaSet controller, carries
+    // the same trace.
+    let mut deployed = Vec::new();
+    wait_until(
+        "the deployment's pod",
+        Duration::from_secs(60),
+        async || {
+            deployed = skiff_e2e::list::<Pod>(&channel, "default", "app=traced").await;
+            !deployed.is_empty()
+        },
+    )
+    .await;
+    let annotations = deployed[0].metadata.clone().unwrap().annotations;
+    assert!(
+        annotations[skiff_telemetry::TRACE_ANNOTATION].starts_with(&format!("00-{trace_hex}-")),
+        "{annotations:?}"
+    );
     let wanted = [
+        ("skiff-controller-manager", "reconcile deployment"),
+        ("skiff-controller-manager", "reconcile replicasets"),
+        ("skiff-apiserver", "skiff.apps.v1.ReplicaSets/Create"),
         ("skiff-apiserver", "skiff.core.v1.Pods/Create"),
         ("skiff-apiserver", "store create"),
         ("skiff-scheduler", "schedule"),

@@ -39,17 +39,57 @@ pub struct AddressError {
     pub source: tonic::transport::Error,
 }
 
+/// A client's TLS settings (PEM): the CA the server's certificate must
+/// chain to, and the client's own certificate and key (mTLS).
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The cluster CA.
+    pub ca_pem: String,
+    /// The client's certificate (its identity: CN user, O groups).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").finish_non_exhaustive()
+    }
+}
+
+/// Connects a channel to the API server at `url` over TLS with a client
+/// certificate (`https://127.0.0.1:6443`), or plaintext when `tls` is
+/// None.
+///
+/// # Errors
+/// A malformed address or TLS setting. The connection itself is made
+/// lazily and retried.
+pub fn connect_lazy_with(
+    url: &str,
+    tls: Option<&ClientTls>,
+) -> Result<tonic::transport::Channel, AddressError> {
+    let error = |source| AddressError {
+        address: url.to_string(),
+        source,
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(error)?;
+    if let Some(tls) = tls {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &tls.cert_pem,
+                &tls.key_pem,
+            ));
+        endpoint = endpoint.tls_config(config).map_err(error)?;
+    }
+    Ok(endpoint.tcp_nodelay(true).connect_lazy())
+}
+
 /// Connects a channel to the API server at `url` (`http://127.0.0.1:6443`).
 ///
 /// # Errors
 /// When the address is malformed. The connection itself is made lazily
 /// and retried, so a server that starts later is fine.
 pub fn connect_lazy(url: &str) -> Result<tonic::transport::Channel, AddressError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|source| {
-        AddressError {
-            address: url.to_string(),
-            source,
-        }
-    })?;
-    Ok(endpoint.tcp_nodelay(true).connect_lazy())
+    connect_lazy_with(url, None)
 }

@@ -73,6 +73,38 @@ pub struct Config {
     /// Where Prometheus metrics are served (`/metrics`); none: not served
     /// (they are still counted).
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS: the serving identity, and the CA client certificates must come
+    /// from (mTLS: a client without one is refused at the handshake).
+    /// None: plaintext.
+    pub tls: Option<Tls>,
+}
+
+/// The API server's TLS settings (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    /// Its certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The CA every client certificate must chain to.
+    pub client_ca_pem: String,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                &self.key_pem,
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.client_ca_pem))
+    }
 }
 
 /// The default service range (k3s's).
@@ -90,6 +122,7 @@ impl Config {
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("a valid default CIDR"),
             node_ports: allocator::DEFAULT_NODE_PORTS,
             metrics_addr: None,
+            tls: None,
         }
     }
 }
@@ -265,6 +298,14 @@ impl ApiServer {
         } else {
             config.actors
         };
+        // A bad certificate or key is an error now, not in every arbiter.
+        let tls = config.tls.as_ref().map(Tls::server_config);
+        if let Some(tls) = &tls
+            && let Err(e) = tonic::transport::Server::builder().tls_config(tls.clone())
+        {
+            registry.close();
+            return Err(e.into());
+        }
         let (pool, system, actor_thread) = match start_actors(Arc::clone(&registry), actors) {
             Ok(started) => started,
             Err(e) => {
@@ -312,6 +353,7 @@ impl ApiServer {
                 .build_v1alpha()?;
             let health_service = health_service.clone();
             let grpc_metrics = grpc_metrics.clone();
+            let tls = tls.clone();
             let mut stop = shutdown.subscribe();
             let ended_tx = ended_tx.clone();
             arbiter.spawn(async move {
@@ -319,7 +361,18 @@ impl ApiServer {
                     tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
                     tokio::net::TcpStream::from_std,
                 );
-                let result = tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    // Checked before the arbiters started.
+                    builder = match builder.tls_config(tls) {
+                        Ok(builder) => builder,
+                        Err(e) => {
+                            let _ = ended_tx.send(Err(ServeError::from(e)));
+                            return;
+                        }
+                    };
+                }
+                let result = builder
                     .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)
                     .add_routes(routes)
