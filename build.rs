@@ -35,6 +35,7 @@ impl Kind {
         match group {
             "core" => version.to_string(),
             "coordination" => format!("coordination.k8s.io/{version}"),
+            "rbac" => format!("rbac.authorization.k8s.io/{version}"),
             _ => format!("{group}/{version}"),
         }
     }
@@ -302,6 +303,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skiff/core/v1/logs.proto".to_string(),
         "skiff/metrics/v1/metrics.proto".to_string(),
         "skiff/agent/v1/agent.proto".to_string(),
+        "skiff/authentication/v1/authentication.proto".to_string(),
     ];
     let mut packages: Vec<&str> = kinds.iter().map(|k| k.package.as_str()).collect();
     packages.dedup();

@@ -78,6 +78,24 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.serde.rs"));
         }
     }
+    /// Kubernetes rbac.authorization.k8s.io/v1 (`skiff.rbac.v1`).
+    pub mod rbac {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.rbac.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.rbac.v1.serde.rs"));
+        }
+    }
+    /// Identities: node certificates, service-account tokens, who am I
+    /// (`skiff.authentication.v1`).
+    pub mod authentication {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.authentication.v1.rs"));
+            include!(concat!(
+                env!("OUT_DIR"),
+                "/skiff.authentication.v1.serde.rs"
+            ));
+        }
+    }
 
     /// The encoded `FileDescriptorSet` of every proto, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

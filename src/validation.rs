@@ -86,6 +86,30 @@ pub fn is_dns1123_subdomain(value: &str) -> Result<(), String> {
     join(&dns1123_subdomain_problems(value))
 }
 
+/// Checks a name that must only be usable as one path segment (RBAC
+/// names, like Kubernetes' `IsValidPathSegmentName`): not empty, not `.`
+/// or `..`, without `/` or `%`.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn is_path_segment_name(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value == "." || value == ".." {
+        return Err(format!("may not be '{value}'"));
+    }
+    for bad in ['/', '%'] {
+        if value.contains(bad) {
+            return Err(format!("may not contain '{bad}'"));
+        }
+    }
+    if value.len() > 253 {
+        return Err("must be no more than 253 characters".into());
+    }
+    Ok(())
+}
+
 /// Checks an RFC 1035 label (service names): at most 63 characters of lower
 /// case alphanumerics or `-`, starting with a letter and ending with an
 /// alphanumeric.

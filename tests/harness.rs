@@ -190,11 +190,14 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The process (kill9 to crash it).
     pub process: ChildGuard,
+    /// Its data dir when it serves TLS (where it wrote its client
+    /// configs); None for a plaintext (`--insecure`) server.
+    pub secure_dir: Option<PathBuf>,
 }
 
 impl ServerProcess {
-    /// Starts `skiff server` on a free port with the given store flags
-    /// (`--data-dir DIR` or `--etcd URL`).
+    /// Starts a plaintext (`--insecure`) `skiff server` on a free port
+    /// with the given store flags (`--data-dir DIR` or `--etcd URL`).
     ///
     /// # Errors
     /// When the binary is missing or the server does not come up.
@@ -203,16 +206,53 @@ impl ServerProcess {
         Self::start_at(format!("127.0.0.1:{port}").parse()?, store_args)
     }
 
-    /// Starts `skiff server` on `addr` (a restart on the same address).
+    /// Starts a plaintext `skiff server` on `addr` (a restart on the same
+    /// address).
     ///
     /// # Errors
     /// When the binary is missing or the server does not come up.
     pub fn start_at(addr: SocketAddr, store_args: &[String]) -> anyhow::Result<Self> {
+        let mut args = vec!["--insecure".to_string()];
+        args.extend_from_slice(store_args);
+        Self::spawn(addr, &args, None)
+    }
+
+    /// Starts `skiff server` with TLS (the default) and its state in
+    /// `data_dir`, with extra flags; waits until it has written its
+    /// client configs there.
+    ///
+    /// # Errors
+    /// When the binary is missing or the server does not come up.
+    pub fn start_secure(data_dir: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut all = vec!["--data-dir".to_string(), data_dir.display().to_string()];
+        all.extend(args.iter().map(|a| (*a).to_string()));
+        let server = Self::spawn(
+            format!("127.0.0.1:{port}").parse()?,
+            &all,
+            Some(data_dir.to_path_buf()),
+        )?;
+        let admin = data_dir.join("admin.config");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&admin).map_or(true, |t| !t.contains(&port.to_string())) {
+            if Instant::now() > deadline {
+                bail!("skiff server wrote no {}", admin.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        args: &[String],
+        secure_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let child = Command::new(skiff_binary()?)
             .arg("server")
             .arg("--listen")
             .arg(addr.to_string())
-            .args(store_args)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -221,13 +261,72 @@ impl ServerProcess {
             .context("starting skiff server")?;
         let process = ChildGuard::new(child);
         wait_for_port(addr, Duration::from_secs(20)).context("skiff server did not start")?;
-        Ok(Self { addr, process })
+        Ok(Self {
+            addr,
+            process,
+            secure_dir,
+        })
     }
 
     /// The URL clients connect to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.secure_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
+
+    /// The client config `skiff server` wrote for `who` (`admin`,
+    /// `scheduler`, `controller-manager`).
+    pub fn config(&self, who: &str) -> PathBuf {
+        self.secure_dir
+            .as_ref()
+            .map(|d| d.join(format!("{who}.config")))
+            .unwrap_or_default()
+    }
+
+    /// A channel to it: TLS with the admin's certificate, or plaintext.
+    ///
+    /// # Errors
+    /// A config that does not load.
+    pub fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let tls = match &self.secure_dir {
+            Some(_) => Some(client_tls(&self.config("admin"))?),
+            None => None,
+        };
+        Ok(skiff_client::connect_lazy_with(&self.url(), tls.as_ref())?)
+    }
+}
+
+/// The TLS settings of the client config at `path` (the CA, and the
+/// certificate and key in it).
+///
+/// # Errors
+/// A config without them.
+pub fn client_tls(path: &Path) -> anyhow::Result<skiff_client::ClientTls> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Config {
+        certificate_authority: String,
+        #[serde(default)]
+        client_certificate: String,
+        #[serde(default)]
+        client_key: String,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Config = serde_yaml::from_str(&text)?;
+    let identity = (!config.client_certificate.is_empty()).then_some(skiff_pki::Identity {
+        cert_pem: config.client_certificate,
+        key_pem: config.client_key,
+    });
+    Ok(skiff_client::ClientTls::new(
+        &config.certificate_authority,
+        identity.as_ref(),
+        skiff_pki::tls::ServerCheck::Name,
+    )?)
 }
 
 /// An in-process API server on a free loopback port.
@@ -541,6 +640,15 @@ impl AgentNode {
             .context("starting skiff agent")?;
         self.agent = Some(ChildGuard::new(child));
         Ok(())
+    }
+
+    /// Replaces the extra flags the next [`AgentNode::start_agent`] passes
+    /// (the service proxy stays off unless they say otherwise).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| (*a).to_string()).collect();
+        if !self.args.iter().any(|a| a.starts_with("--proxy-mode")) {
+            self.args.push("--proxy-mode=none".into());
+        }
     }
 
     /// Kills the agent with SIGKILL (its containers keep running).

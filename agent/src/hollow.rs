@@ -24,8 +24,11 @@ use skiff_client::{Api, WorkQueue};
 /// How to simulate the nodes.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The API server, `http://127.0.0.1:6443`.
+    /// The API server, `https://127.0.0.1:6443` (`http://` when it runs
+    /// `--insecure`).
     pub server: String,
+    /// The CA to trust and the certificate to present (None: plaintext).
+    pub tls: Option<skiff_client::ClientTls>,
     /// How many nodes.
     pub count: usize,
     /// Node names are this plus an index.
@@ -47,6 +50,7 @@ impl Config {
     pub fn new(server: &str, count: usize) -> Self {
         Self {
             server: server.to_string(),
+            tls: None,
             count,
             prefix: "hollow-node-".into(),
             cpu: "4".into(),
@@ -188,7 +192,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let channel = skiff_client::connect_lazy(&config.server)?;
+    let channel = skiff_client::connect_lazy_with(&config.server, config.tls.as_ref())?;
     let nodes = Api::<Node>::new(channel.clone());
     let leases = Api::<Lease>::new(channel.clone());
     let pods = Api::<Pod>::new(channel);

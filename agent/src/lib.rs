@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`credentials`]: the node's certificate: joining with a bootstrap
+//!   token, keeping it, rotating it.
 //! - [`node`]: registers the Node, renews its Lease, posts its status.
 //! - [`manager`]: the pod manager actor: one [`worker`] per pod, woken by
 //!   the pod watch and by a relist of the runtime every second.
@@ -23,6 +25,7 @@
 //! removes what belongs to pods deleted meanwhile.
 
 pub mod containers;
+pub mod credentials;
 pub mod dns;
 pub mod hollow;
 pub mod manager;
@@ -72,8 +75,12 @@ pub enum RuntimeKind {
 /// How to run the agent.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The API server, `http://127.0.0.1:6443`.
+    /// The API server, `https://127.0.0.1:6443` (`http://` when it runs
+    /// `--insecure`).
     pub server: String,
+    /// A bootstrap token and the CA's pin, to join when no certificate is
+    /// stored in the data dir yet.
+    pub join: Option<credentials::JoinToken>,
     /// This node's name.
     pub node_name: String,
     /// Where pod volumes live.
@@ -131,6 +138,7 @@ impl Config {
     pub fn new(server: &str, node_name: &str, data_dir: PathBuf) -> Self {
         Self {
             server: server.to_string(),
+            join: None,
             node_name: node_name.to_string(),
             data_dir,
             runtime: RuntimeKind::Docker,
@@ -180,6 +188,9 @@ pub enum Error {
     /// The service proxy cannot run in the mode asked.
     #[error("service proxy: {0}")]
     Proxy(String),
+    /// The node has no certificate and cannot get one.
+    #[error(transparent)]
+    Credentials(#[from] credentials::Error),
 }
 
 /// Runs the agent until `shutdown` resolves. Pods keep running when the
@@ -198,7 +209,28 @@ pub async fn run(
         move |source| Error::Io { what, source }
     };
     std::fs::create_dir_all(config.data_dir.join("pods")).map_err(io("creating the data dir"))?;
-    let channel = skiff_client::connect_lazy(&config.server)?;
+    let credentials = if config.server.starts_with("https://") {
+        Some(
+            credentials::Credentials::obtain(
+                &config.server,
+                &config.node_name,
+                &config.data_dir,
+                config.join.as_ref(),
+            )
+            .await?,
+        )
+    } else {
+        tracing::warn!(server = %config.server, "plaintext: the agent neither proves who it is nor checks the server (--insecure cluster)");
+        None
+    };
+    let client_tls = credentials
+        .as_ref()
+        .map(credentials::Credentials::client)
+        .transpose()?;
+    let channel = skiff_client::connect_lazy_with(&config.server, client_tls.as_ref())?;
+    let rotation = credentials
+        .clone()
+        .map(|c| AbortOnDrop(vec![tokio::spawn(c.rotate(channel.clone()))]));
     let pods = Api::<Pod>::new(channel.clone());
 
     let informer = Informer::start(
@@ -245,11 +277,31 @@ pub async fn run(
         usage,
         stats_every: config.stats_every,
     };
+    // Over TLS the agent serves with its own certificate and only the
+    // API server (or an admin) may call it.
+    let server_tls = credentials
+        .as_ref()
+        .map(|c| {
+            skiff_pki::tls::ServerTls::with_identity(
+                c.identity.clone(),
+                &c.ca_pem,
+                skiff_pki::tls::ClientCerts::Required,
+            )
+        })
+        .transpose()
+        .map_err(credentials::Error::from)?;
+    let sockets = tokio_stream::StreamExt::filter_map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        Result::ok,
+    );
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(skiff_telemetry::GrpcTraceLayer)
+            .layer(server::ApiServerOnly {
+                enforce: server_tls.is_some(),
+            })
             .add_service(AgentServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(skiff_pki::tls::handshakes(sockets, server_tls)),
     );
     tracing::info!(node = %config.node_name, address = %bound, "agent service listening");
 
@@ -329,6 +381,7 @@ pub async fn run(
     }
     heartbeat.abort();
     grpc.abort();
+    drop(rotation);
     // The proxy's rules stay: connections through Services outlive the
     // agent, and the next agent takes the rules over.
     drop(service_tasks);

@@ -305,3 +305,75 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+/// Lets only the API server (`system:apiserver`) or an admin
+/// (`system:masters`) call the agent, when it serves TLS; any other
+/// certificate of the cluster (another node, a service account's pod) gets
+/// PERMISSION_DENIED.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiServerOnly {
+    /// Off on a plaintext agent (an `--insecure` cluster).
+    pub enforce: bool,
+}
+
+impl<S> tower::Layer<S> for ApiServerOnly {
+    type Service = ApiServerOnlyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiServerOnlyService {
+            enforce: self.enforce,
+            inner,
+        }
+    }
+}
+
+/// The service [`ApiServerOnly`] makes.
+#[derive(Clone, Debug)]
+pub struct ApiServerOnlyService<S> {
+    enforce: bool,
+    inner: S,
+}
+
+/// The callers an agent answers.
+fn may_call(peer: Option<&skiff_pki::tls::PeerInfo>) -> Result<(), String> {
+    let cert = peer.and_then(skiff_pki::tls::PeerInfo::certificate);
+    match cert {
+        Some(c) if c.common_name == "system:apiserver" => Ok(()),
+        Some(c) if c.organizations.iter().any(|o| o == "system:masters") => Ok(()),
+        Some(c) => Err(format!(
+            "User {:?} cannot call the agent: only the API server may (use `skiff logs`, `skiff exec`, `skiff top`)",
+            c.common_name
+        )),
+        None => Err("the agent needs a client certificate".into()),
+    }
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ApiServerOnlyService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<Self::Response, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if self.enforce
+            && let Err(why) = may_call(request.extensions().get::<skiff_pki::tls::PeerInfo>())
+        {
+            return futures::future::Either::Right(futures::future::ready(Ok(
+                Status::permission_denied(why).into_http(),
+            )));
+        }
+        futures::future::Either::Left(self.inner.call(request))
+    }
+}

@@ -543,7 +543,7 @@ fn log_format_json_writes_one_json_object_per_line_to_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let port = skiff_e2e::free_port().unwrap();
     let mut child = Command::new(skiff_e2e::skiff_binary().unwrap())
-        .args(["--log-format", "json", "server", "--listen"])
+        .args(["--log-format", "json", "server", "--insecure", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(dir.path())
@@ -565,12 +565,19 @@ fn log_format_json_writes_one_json_object_per_line_to_stderr() {
             }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("a log line");
-    let record: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    assert_eq!(record["level"], "INFO", "{record}");
+    // Every line is a JSON object (the first is --insecure's warning);
+    // an INFO one follows.
+    let record = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a log line");
+        let record: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(record["level"].is_string(), "{record}");
+        if record["level"] == "INFO" {
+            break record;
+        }
+    };
     assert!(record["timestamp"].is_string(), "{record}");
     assert!(record["fields"]["message"].is_string(), "{record}");
 }

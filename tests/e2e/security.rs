@@ -1,150 +1,745 @@
-//! TLS and client certificates end to end: an API server with the
-//! cluster CA's serving certificate answers grpcurl and the Skiff client
-//! holding a certificate from that CA (mTLS), and refuses at the
-//! handshake a client without a certificate, with one from another CA,
-//! or speaking plaintext.
+//! Security end to end, against real `skiff server` processes with TLS
+//! (the default): client certificates (grpcurl and the skiff client),
+//! agents joining with bootstrap tokens and a CA pin, certificate
+//! rotation, the node restriction, RBAC for service-account tokens, and
+//! the agent's own server taking calls from the API server only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use skiff::pb::core::v1::Pod;
-use skiff_apiserver::StoreConfig;
-use skiff_client::{Api, ClientTls};
+use skiff::pb::api::v1::ListRequest;
+use skiff::pb::authentication::v1::service_account_tokens_client::ServiceAccountTokensClient;
+use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use skiff::pb::core::v1::{Node, Pod, PodSpec, Secret, ServiceAccount};
+use skiff::pb::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use skiff_client::Api;
+use skiff_e2e::{AgentNode, ServerProcess, wait_until};
+use tonic::Code;
+
+/// A TLS `skiff server` and what tests need to act as anyone.
+struct Secure {
+    server: ServerProcess,
+    dir: tempfile::TempDir,
+}
+
+impl Secure {
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProcess::start_secure(&dir.path().join("server"), args).unwrap();
+        Self { server, dir }
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir.path().join("server").join("pki")
+    }
+
+    /// The cluster CA, read from the server's data dir (to issue test
+    /// identities).
+    fn ca(&self) -> skiff_pki::Ca {
+        skiff_pki::Ca::load_or_create(&self.pki()).unwrap()
+    }
+
+    fn admin(&self) -> tonic::transport::Channel {
+        self.server.channel().unwrap()
+    }
+
+    /// A channel presenting a certificate for `user` in `groups`.
+    fn as_user(&self, user: &str, groups: &[&str]) -> tonic::transport::Channel {
+        let ca = self.ca();
+        let identity = ca.issue_client(user, groups).unwrap();
+        let tls = skiff_client::ClientTls::new(
+            &ca.cert_pem,
+            Some(&identity),
+            skiff_pki::tls::ServerCheck::Name,
+        )
+        .unwrap();
+        skiff_client::connect_lazy_with(&self.server.url(), Some(&tls)).unwrap()
+    }
+
+    /// A client of kind `K` sending `token` as its bearer token (no
+    /// certificate).
+    fn with_token<K: skiff::Resource>(&self, token: &str) -> Api<K> {
+        let ca = self.ca();
+        let tls =
+            skiff_client::ClientTls::new(&ca.cert_pem, None, skiff_pki::tls::ServerCheck::Name)
+                .unwrap();
+        let channel = skiff_client::connect_lazy_with(&self.server.url(), Some(&tls)).unwrap();
+        Api::<K>::new(channel).with_bearer_token(token)
+    }
+
+    /// `skiff ARGS` as the admin: (success, stdout, stderr).
+    fn skiff(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+            .args(args)
+            .env("SKIFF_CONFIG", self.server.config("admin"))
+            .env_remove("SKIFF_SERVER")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A fresh bootstrap token and the CA hash, from `skiff token create`.
+    fn token(&self, ttl: &str) -> (String, String) {
+        let (ok, out, err) = self.skiff(&["token", "create", "--ttl", ttl]);
+        assert!(ok, "token create: {err}");
+        let token = out.trim().to_string();
+        let hash = err
+            .lines()
+            .find_map(|l| l.strip_prefix("CA hash: "))
+            .expect("the CA hash is printed")
+            .trim()
+            .to_string();
+        assert!(
+            err.contains(&format!("--token {token} --ca-hash {hash}")),
+            "{err}"
+        );
+        (token, hash)
+    }
+}
 
 /// grpcurl against `addr` over TLS trusting `ca`, with `identity` (cert,
-/// key files) as its client certificate when given.
-fn grpcurl(addr: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> (bool, String, String) {
+/// key files) as its client certificate when given; `call` is the method
+/// (or `list`) last, flags before it.
+fn grpcurl(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    call: &[&str],
+) -> (bool, String) {
     let mut command = Command::new(skiff_e2e::grpcurl_binary().unwrap());
     command.arg("-cacert").arg(ca);
     if let Some((cert, key)) = identity {
         command.arg("-cert").arg(cert).arg("-key").arg(key);
     }
-    let out = command.arg(addr).arg("list").output().unwrap();
+    let (method, flags) = call.split_last().unwrap();
+    let out = command.args(flags).arg(addr).arg(method).output().unwrap();
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_admits_the_cluster_cas_clients_and_refuses_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = skiff_pki::Ca::load_or_create(&dir.path().join("pki")).unwrap();
-    let serving = skiff_pki::serving_identity(
-        &ca,
-        &dir.path().join("pki"),
-        &["localhost".to_string(), "127.0.0.1".to_string()],
-    )
-    .unwrap();
-    let mut config = skiff_apiserver::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        StoreConfig::Embedded(dir.path().join("state.redb")),
+async fn only_certificates_of_the_cluster_ca_get_in() {
+    let c = Secure::start(&[]);
+    let addr = c.server.addr.to_string();
+    let pki = c.pki();
+    let (ca, cert, key) = (
+        pki.join("ca.crt"),
+        pki.join("admin.crt"),
+        pki.join("admin.key"),
     );
-    config.actors = 2;
-    config.tls = Some(skiff_apiserver::Tls {
-        cert_pem: serving.cert_pem,
-        key_pem: serving.key_pem,
-        client_ca_pem: ca.cert_pem.clone(),
-    });
-    let server = skiff_apiserver::ApiServer::start(config).await.unwrap();
-    let addr = server.addr.to_string();
-
-    let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
-    let other_ca = skiff_pki::Ca::load_or_create(&dir.path().join("other")).unwrap();
-    let stranger = other_ca.issue_client("admin", &["system:masters"]).unwrap();
-    let ca_file = write(dir.path(), "ca.crt", &ca.cert_pem);
-    let admin_files = (
-        write(dir.path(), "admin.crt", &admin.cert_pem),
-        write(dir.path(), "admin.key", &admin.key_pem),
-    );
-    let stranger_files = (
-        write(dir.path(), "stranger.crt", &stranger.cert_pem),
-        write(dir.path(), "stranger.key", &stranger.key_pem),
-    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let stranger = skiff_pki::Ca::load_or_create(other_dir.path())
+        .unwrap()
+        .issue_client("admin", &["system:masters"])
+        .unwrap();
+    let s_cert = write(other_dir.path(), "s.crt", &stranger.cert_pem);
+    let s_key = write(other_dir.path(), "s.key", &stranger.key_pem);
 
     let grpc_addr = addr.clone();
-    let (ca_path, admin_paths, stranger_paths) =
-        (ca_file.clone(), admin_files.clone(), stranger_files.clone());
-    let (with_admin, without, with_stranger) = tokio::task::spawn_blocking(move || {
+    let results = tokio::task::spawn_blocking(move || {
+        let list = ["list"];
         (
-            grpcurl(&grpc_addr, &ca_path, Some((&admin_paths.0, &admin_paths.1))),
-            grpcurl(&grpc_addr, &ca_path, None),
+            grpcurl(&grpc_addr, &ca, Some((&cert, &key)), &list),
+            grpcurl(&grpc_addr, &ca, None, &list),
+            // grpcurl redials a refused handshake until its timeout.
             grpcurl(
                 &grpc_addr,
-                &ca_path,
-                Some((&stranger_paths.0, &stranger_paths.1)),
+                &ca,
+                Some((&s_cert, &s_key)),
+                &["-connect-timeout", "2", "list"],
+            ),
+            grpcurl(
+                &grpc_addr,
+                &ca,
+                None,
+                &["-d", "{}", "skiff.core.v1.Pods/List"],
             ),
         )
     })
     .await
     .unwrap();
+    let (admin, anonymous, other_ca, anonymous_call) = results;
+    assert!(admin.0, "grpcurl with the admin certificate: {}", admin.1);
+    assert!(admin.1.contains("skiff.core.v1.Pods"), "{}", admin.1);
+    assert!(!anonymous.0, "no certificate: {}", anonymous.1);
+    assert!(anonymous.1.contains("Unauthenticated"), "{}", anonymous.1);
     assert!(
-        with_admin.0,
-        "grpcurl with the admin certificate: {}",
-        with_admin.2
-    );
-    assert!(
-        with_admin.1.contains("skiff.core.v1.Pods"),
+        !anonymous_call.0 && anonymous_call.1.contains("Unauthenticated"),
         "{}",
-        with_admin.1
+        anonymous_call.1
     );
+    assert!(!other_ca.0, "another CA's certificate: {}", other_ca.1);
     assert!(
-        !without.0,
-        "no client certificate must be refused: {}",
-        without.1
+        other_ca.1.contains("Failed to dial")
+            || other_ca.1.contains("handshake")
+            || other_ca.1.contains("certificate"),
+        "refused in the handshake: {}",
+        other_ca.1
     );
-    assert!(
-        !with_stranger.0,
-        "a certificate of another CA must be refused: {}",
-        with_stranger.1
+    // Health checks need no identity (like Kubernetes' /healthz).
+    let anonymous_tls =
+        skiff_client::ClientTls::new(&c.ca().cert_pem, None, skiff_pki::tls::ServerCheck::Name)
+            .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(
+        skiff_client::connect_lazy_with(&c.server.url(), Some(&anonymous_tls)).unwrap(),
+    )
+    .check(tonic_health::pb::HealthCheckRequest::default())
+    .await
+    .expect("health is public")
+    .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    // The Skiff client with a certificate of the cluster CA.
-    let url = format!("https://{addr}");
-    let tls = ClientTls {
-        ca_pem: ca.cert_pem.clone(),
-        cert_pem: admin.cert_pem.clone(),
-        key_pem: admin.key_pem.clone(),
-    };
-    let pods = Api::<Pod>::new(skiff_client::connect_lazy_with(&url, Some(&tls)).unwrap());
-    pods.list(Default::default())
-        .await
-        .expect("listing over mTLS");
-    let stranger_tls = ClientTls {
-        cert_pem: stranger.cert_pem.clone(),
-        key_pem: stranger.key_pem.clone(),
-        ..tls.clone()
-    };
-    let refused =
-        Api::<Pod>::new(skiff_client::connect_lazy_with(&url, Some(&stranger_tls)).unwrap())
-            .list(Default::default())
-            .await
-            .expect_err("a certificate of another CA");
-    // Refused in the handshake: a transport error (the server's alert, or
-    // the connection closed, whichever the client reads first), never an
-    // answer.
-    let transport = |s: &tonic::Status| {
-        matches!(
-            s.code(),
-            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
-        ) && format!("{s:?}").contains("transport")
-    };
-    assert!(transport(&refused), "{refused:?}");
+    // The skiff client with the admin config; plaintext is refused.
+    let (ok, out, err) = c.skiff(&["get", "namespaces"]);
+    assert!(ok && out.contains("kube-system"), "{out}{err}");
+    let (ok, out, _) = c.skiff(&["auth", "whoami"]);
+    assert!(
+        ok && out.contains("admin") && out.contains("system:masters"),
+        "{out}"
+    );
     let plaintext = Api::<Pod>::new(skiff_client::connect_lazy(&format!("http://{addr}")).unwrap())
         .list(Default::default())
         .await
         .expect_err("plaintext to a TLS server");
-    // Plaintext HTTP/2 against TLS: the server reads garbage and hangs up.
+    assert_ne!(plaintext.code(), Code::Ok);
+    // The stranger's certificate through the skiff client: a transport
+    // error, never an answer.
+    let tls = skiff_client::ClientTls::new(
+        &c.ca().cert_pem,
+        Some(&stranger),
+        skiff_pki::tls::ServerCheck::Name,
+    )
+    .unwrap();
+    let refused =
+        Api::<Pod>::new(skiff_client::connect_lazy_with(&c.server.url(), Some(&tls)).unwrap())
+            .list(Default::default())
+            .await
+            .expect_err("another CA's certificate");
     assert!(
-        transport(&plaintext) || format!("{plaintext:?}").contains("h2 protocol error"),
-        "{plaintext:?}"
+        matches!(
+            refused.code(),
+            Code::Unknown | Code::Unavailable | Code::Cancelled | Code::Internal
+        ),
+        "{refused:?}"
     );
-    server.stop().await.unwrap();
+}
+
+/// `skiff agent` with the given join flags, expected to fail: its stderr.
+fn failed_join(c: &Secure, name: &str, token: &str, hash: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+        .args(["agent", "--server", &c.server.url(), "--node-name", name])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--runtime", "fake", "--listen", "127.0.0.1:0"])
+        .args(["--proxy-mode=none", "--cluster-dns=false"])
+        .args(["--token", token, "--ca-hash", hash])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the join of {name} must fail");
+    assert!(
+        !dir.path().join("pki").join("node.crt").exists(),
+        "nothing is stored"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
+    let c = Secure::start(&[]);
+    let (token, hash) = c.token("1h");
+    let node = AgentNode::start_with(
+        &c.server.url(),
+        "joined",
+        "process",
+        &["--token", &token, "--ca-hash", &hash],
+    )
+    .unwrap();
+    let nodes = Api::<Node>::new(c.admin());
+    let name = node.name.clone();
+    wait_until(
+        "the joined node is Ready",
+        Duration::from_secs(30),
+        async || nodes.get("", &name).await.is_ok_and(|n| node_ready(&n)),
+    )
+    .await;
+    let cert = std::fs::read_to_string(node.data_dir.path().join("pki").join("node.crt")).unwrap();
+    let parsed = skiff_pki::Parsed::from_pem(&cert).unwrap();
+    assert_eq!(parsed.common_name, format!("system:node:{name}"));
+    assert_eq!(parsed.organizations, ["system:nodes"]);
+
+    // The API server reaches the agent over TLS (logs of a pod on it).
+    let pods = Api::<Pod>::new(c.admin());
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "hello"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "host",
+                                 "command": ["sh", "-c", "echo hello from the node; exec sleep 300"]}]}
+    }))
+    .unwrap();
+    pods.create(pod).await.unwrap();
+    let mut logs = String::new();
+    wait_until(
+        "the pod's log through the API server",
+        Duration::from_secs(30),
+        async || {
+            let (ok, out, _) = c.skiff(&["logs", "hello"]);
+            logs = out;
+            ok && logs.contains("hello from the node")
+        },
+    )
+    .await;
+
+    // Only the API server may call the agent: another node's certificate
+    // gets PERMISSION_DENIED from it, in the API server's stead.
+    let node_obj = nodes.get("", &name).await.unwrap();
+    let port = node_obj
+        .status
+        .unwrap()
+        .daemon_endpoints
+        .unwrap()
+        .kubelet_endpoint
+        .unwrap()
+        .port;
+    let ca = c.ca();
+    let intruder = ca
+        .issue_client("system:node:other", &["system:nodes"])
+        .unwrap();
+    let tls = skiff_client::ClientTls::new(
+        &ca.cert_pem,
+        Some(&intruder),
+        skiff_pki::tls::ServerCheck::Identity(format!("system:node:{name}")),
+    )
+    .unwrap();
+    let agent =
+        skiff_client::connect_lazy_with(&format!("https://127.0.0.1:{port}"), Some(&tls)).unwrap();
+    let denied = skiff::pb::agent::v1::agent_client::AgentClient::new(agent)
+        .stats(skiff::pb::agent::v1::StatsRequest {})
+        .await
+        .expect_err("another node calling the agent");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("system:node:other"), "{denied:?}");
+
+    // A wrong pin: the token is never sent.
+    let err = failed_join(
+        &c,
+        "wrong-pin",
+        &token,
+        &format!("sha256:{}", "ab".repeat(32)),
+    );
+    assert!(
+        err.contains("no CA certificate the server presented"),
+        "{err}"
+    );
+    // An expired token.
+    let (short, _) = c.token("1s");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = failed_join(&c, "late", &short, &hash);
+    assert!(
+        err.contains("Unauthenticated") && err.contains("expired"),
+        "{err}"
+    );
+    // A deleted token.
+    let (gone, _) = c.token("1h");
+    let (ok, out, err) = c.skiff(&["token", "delete", &gone]);
+    assert!(ok, "{out}{err}");
+    let err = failed_join(&c, "deleted", &gone, &hash);
+    assert!(
+        err.contains("Unauthenticated") && err.contains("not known"),
+        "{err}"
+    );
+    // A made-up one.
+    let err = failed_join(&c, "madeup", "abcdef.0123456789abcdef", &hash);
+    assert!(err.contains("Unauthenticated"), "{err}");
+    // `token list` shows the live ones, never their secrets.
+    let (ok, out, _) = c.skiff(&["token", "list"]);
+    assert!(
+        ok && out.contains("TOKEN-ID") && out.contains(token.split('.').next().unwrap()),
+        "{out}"
+    );
+    assert!(!out.contains(token.split('.').nth(1).unwrap()), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_are_rotated_before_they_expire() {
+    let c = Secure::start(&["--node-cert-validity-secs", "20"]);
+    let (token, hash) = c.token("1h");
+    let mut node = AgentNode::start_with(
+        &c.server.url(),
+        "rotating",
+        "process",
+        &["--token", &token, "--ca-hash", &hash],
+    )
+    .unwrap();
+    let cert_file = node.data_dir.path().join("pki").join("node.crt");
+    let nodes = Api::<Node>::new(c.admin());
+    let name = node.name.clone();
+    wait_until("the node is Ready", Duration::from_secs(30), async || {
+        nodes.get("", &name).await.is_ok_and(|n| node_ready(&n))
+    })
+    .await;
+    let first = std::fs::read_to_string(&cert_file).unwrap();
+    let first_end = skiff_pki::Parsed::from_pem(&first).unwrap().not_after;
+    wait_until(
+        "the certificate is renewed (at 80 % of 20 s)",
+        Duration::from_secs(40),
+        async || std::fs::read_to_string(&cert_file).is_ok_and(|now| now != first),
+    )
+    .await;
+    let second =
+        skiff_pki::Parsed::from_pem(&std::fs::read_to_string(&cert_file).unwrap()).unwrap();
+    assert!(second.not_after > first_end);
+    assert_eq!(second.common_name, format!("system:node:{name}"));
+    // Past the first certificate's end, a restarted agent (no token this
+    // time) gets in with the renewed one.
+    let wait = first_end - time::OffsetDateTime::now_utc();
+    if let Ok(wait) = Duration::try_from(wait) {
+        tokio::time::sleep(wait + Duration::from_secs(1)).await;
+    }
+    node.kill9();
+    node.set_args(&[]);
+    node.start_agent().unwrap();
+    let lease_before = leases_renewed(&c, &name).await;
+    wait_until(
+        "the restarted agent renews its lease",
+        Duration::from_secs(20),
+        async || leases_renewed(&c, &name).await > lease_before,
+    )
+    .await;
+}
+
+/// The node's lease renew time, in seconds.
+async fn leases_renewed(c: &Secure, node: &str) -> i64 {
+    Api::<skiff::pb::coordination::v1::Lease>::new(c.admin())
+        .get("kube-node-lease", node)
+        .await
+        .ok()
+        .and_then(|l| l.spec?.renew_time)
+        .map_or(0, |t| t.seconds)
+}
+
+fn pod_on(name: &str, node: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "main", "image": "x"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_only_write_what_is_its_own() {
+    let c = Secure::start(&[]);
+    let admin = Api::<Pod>::new(c.admin());
+    admin.create(pod_on("on-b", "node-b")).await.unwrap();
+    let node_a = c.as_user("system:node:node-a", &["system:nodes"]);
+    let node_b = c.as_user("system:node:node-b", &["system:nodes"]);
+    let as_a = Api::<Pod>::new(node_a.clone());
+    let as_b = Api::<Pod>::new(node_b.clone());
+
+    // Node A updating the status of a pod bound to node B.
+    let mut pod = as_a.get("default", "on-b").await.expect("nodes read pods");
+    pod.status.get_or_insert_with(Default::default).phase = "Running".into();
+    let denied = as_a
+        .update_status(pod.clone())
+        .await
+        .expect_err("node A on B's pod");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    for part in [
+        "system:node:node-a",
+        "update",
+        "pods/status",
+        "bound to \"node-b\"",
+    ] {
+        assert!(
+            denied.message().contains(part),
+            "{part}: {}",
+            denied.message()
+        );
+    }
+    let err = as_a
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            namespace: "default".into(),
+            name: "on-b".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("node A deleting B's pod");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Nothing was written.
+    let stored = admin.get("default", "on-b").await.unwrap();
+    assert_ne!(stored.status.unwrap_or_default().phase, "Running");
+    // Node B may.
+    let updated = as_b
+        .update_status(pod)
+        .await
+        .expect("node B on its own pod");
+    assert_eq!(updated.status.unwrap().phase, "Running");
+
+    // Its own Node, yes; another's, no; and no pods of its own making.
+    let nodes_a = Api::<Node>::new(node_a.clone());
+    let mut own = Node::default();
+    skiff::Resource::metadata_mut(&mut own).name = "node-a".into();
+    nodes_a.create(own).await.expect("its own Node");
+    let mut other = Node::default();
+    skiff::Resource::metadata_mut(&mut other).name = "node-c".into();
+    let err = nodes_a.create(other).await.expect_err("another Node");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = as_a
+        .create(pod_on("mine", "node-a"))
+        .await
+        .expect_err("creating pods");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // And no reading of RBAC or writing of Secrets.
+    let err = Api::<Secret>::new(node_a)
+        .create(Secret::default())
+        .await
+        .expect_err("creating secrets");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}
+
+fn robot_meta() -> skiff::pb::meta::v1::ObjectMeta {
+    skiff::pb::meta::v1::ObjectMeta {
+        name: "robot".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    }
+}
+
+fn subject_sa(name: &str, namespace: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: name.into(),
+        namespace: namespace.into(),
+        api_group: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_has_exactly_its_rbac_rights() {
+    let c = Secure::start(&[]);
+    let admin = c.admin();
+    let mut account = ServiceAccount::default();
+    let meta = skiff::Resource::metadata_mut(&mut account);
+    meta.name = "robot".into();
+    meta.namespace = "default".into();
+    Api::<ServiceAccount>::new(admin.clone())
+        .create(account)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::new(admin.clone());
+    pods.create(pod_on("p1", "somewhere")).await.unwrap();
+    let request = TokenRequest {
+        metadata: Some(robot_meta()),
+        ..Default::default()
+    };
+    let token = ServiceAccountTokensClient::new(admin.clone())
+        .create(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .token;
+    let as_robot = c.with_token::<Pod>(&token);
+
+    // Before any binding: denied, naming the account and the action.
+    let denied = as_robot
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no binding yet");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("User \"system:serviceaccount:default:robot\" cannot list resource \"pods\""),
+        "{}",
+        denied.message()
+    );
+
+    // A Role allowing get/list of pods in default, bound to the account.
+    let mut role = Role {
+        rules: vec![PolicyRule {
+            verbs: vec!["get".into(), "list".into()],
+            api_groups: vec![String::new()],
+            resources: vec!["pods".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let meta = skiff::Resource::metadata_mut(&mut role);
+    meta.name = "pod-reader".into();
+    meta.namespace = "default".into();
+    Api::<Role>::new(admin.clone()).create(role).await.unwrap();
+    let mut binding = RoleBinding {
+        subjects: vec![subject_sa("robot", "default")],
+        role_ref: Some(RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "pod-reader".into(),
+        }),
+        ..Default::default()
+    };
+    let meta = skiff::Resource::metadata_mut(&mut binding);
+    meta.name = "robot-reads-pods".into();
+    meta.namespace = "default".into();
+    Api::<RoleBinding>::new(admin.clone())
+        .create(binding)
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    wait_until(
+        "the binding takes effect",
+        Duration::from_secs(10),
+        async || match as_robot
+            .list(ListRequest {
+                namespace: "default".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(list) => {
+                listed = list.items;
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    // Still nothing else: other verbs, namespaces, kinds.
+    let err = as_robot
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            namespace: "default".into(),
+            name: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("delete is not granted");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = as_robot
+        .list(ListRequest {
+            namespace: "kube-system".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another namespace");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = as_robot
+        .list(ListRequest::default())
+        .await
+        .expect_err("every namespace");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .with_token::<Secret>(&token)
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("secrets are not granted");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let (ok, out, _) = c.skiff(&["auth", "can-i", "list", "pods"]);
+    assert!(ok && out.trim() == "yes", "{out}");
+
+    // A token bound to a pod stops working when the pod goes; a tampered
+    // or foreign token never works.
+    let bound = TokenRequest {
+        metadata: Some(robot_meta()),
+        spec: Some(TokenRequestSpec {
+            bound_object_ref: Some(BoundObjectReference {
+                kind: "Pod".into(),
+                name: "p2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut p2 = pod_on("p2", "somewhere");
+    p2.spec
+        .get_or_insert_with(PodSpec::default)
+        .service_account_name = "robot".into();
+    pods.create(p2).await.unwrap();
+    let bound_token = ServiceAccountTokensClient::new(admin.clone())
+        .create(bound)
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .token;
+    let as_pod = c.with_token::<Pod>(&bound_token);
+    as_pod
+        .get("default", "p1")
+        .await
+        .expect("the bound token works while its pod lives");
+    pods.delete(skiff::pb::api::v1::DeleteRequest {
+        namespace: "default".into(),
+        name: "p2".into(),
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = as_pod
+        .get("default", "p1")
+        .await
+        .expect_err("its pod is gone");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let err = c
+        .with_token::<Pod>(&tampered)
+        .get("default", "p1")
+        .await
+        .expect_err("a tampered token");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // Deleting the account ends its tokens.
+    Api::<ServiceAccount>::new(admin)
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            namespace: "default".into(),
+            name: "robot".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = as_robot
+        .get("default", "p1")
+        .await
+        .expect_err("the account is gone");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }

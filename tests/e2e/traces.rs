@@ -111,7 +111,14 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
     let url = format!("http://{addr}");
     let data_dir = dir.path().join("server").display().to_string();
     let _server = component(
-        &["server", "--listen", &addr, "--data-dir", &data_dir],
+        &[
+            "server",
+            "--insecure",
+            "--listen",
+            &addr,
+            "--data-dir",
+            &data_dir,
+        ],
         &endpoint,
     );
     skiff_e2e::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();

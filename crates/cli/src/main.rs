@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod security;
+
 /// mimalloc: the API path allocates many short-lived buffers, and glibc's
 /// malloc spent a sixth of the CPU on them in `skiff-bench api`.
 #[global_allocator]
@@ -49,6 +51,8 @@ impl Command {
             Self::Label(_) => "label",
             Self::Annotate(_) => "annotate",
             Self::ClusterInfo(_) => "cluster-info",
+            Self::Token(_) => "token",
+            Self::Auth(_) => "auth",
             Self::Version(_) | Self::ApiResources => return None,
             Self::Server(_)
             | Self::Up(_)
@@ -128,13 +132,130 @@ enum Command {
     },
     /// Run the controller manager in the foreground.
     ControllerManager(ControllerArgs),
+    /// Bootstrap tokens for joining nodes (`create`, `list`, `delete`).
+    Token(TokenArgs),
+    /// Who the server takes you for (`whoami`), and what you may do
+    /// (`can-i VERB RESOURCE [NAME]`).
+    Auth(AuthArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Make a bootstrap token; prints it, the CA hash and the join command.
+    Create {
+        /// How long it works (`1h`, `30m`, `24h`; `0` never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What it is for (shown by `token list`).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// The bootstrap tokens and when they expire.
+    List,
+    /// Delete bootstrap tokens (by id or whole token): they stop working
+    /// at once.
+    Delete {
+        /// Token ids (`abcdef`) or tokens (`abcdef.0123456789abcdef`).
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct AuthArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: AuthAction,
+}
+
+#[derive(Subcommand)]
+enum AuthAction {
+    /// Your user name and groups, as the server sees them.
+    Whoami,
+    /// Whether you may VERB RESOURCE (`pods`, `pods/log`,
+    /// `deployments.apps`) [NAME]; prints yes or no (exit code 0 or 1).
+    CanI {
+        /// get, list, watch, create, update, delete, ...
+        verb: String,
+        /// `pods`, `pods/log`, `deployments.apps`, `nodes` ...
+        resource: String,
+        /// One object.
+        name: Option<String>,
+    },
+}
+
+/// Where a component finds the API server and its credentials: a client
+/// config (as `skiff server` writes one per component in its data dir,
+/// or `skiff up` in ~/.skiff/config), or just an address.
+#[derive(clap::Args, Clone)]
+struct ConnectArgs {
+    /// The API server (default: the config's; `http://` for a server
+    /// started --insecure).
+    #[arg(long)]
+    server: Option<String>,
+    /// A client config with the cluster CA and this component's
+    /// certificate (default: $SKIFF_CONFIG or ~/.skiff/config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    fn resolve(&self) -> anyhow::Result<(String, Option<skiff_client::ClientTls>)> {
+        let (server, tls, _) = connection(self.server.as_deref(), self.config.as_deref())?;
+        Ok((server, tls))
+    }
+}
+
+/// The server address and TLS settings from `--server` and a client
+/// config (`--config`, else $SKIFF_CONFIG or ~/.skiff/config): `https://`
+/// uses the config's CA and certificate, `http://` none.
+fn connection(
+    server: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(
+    String,
+    Option<skiff_client::ClientTls>,
+    skiff_ctl::config::ClientConfig,
+)> {
+    let path = config.map_or_else(skiff_ctl::config::path, std::path::Path::to_path_buf);
+    let loaded = skiff_ctl::config::load_from(&path)
+        .map_err(|e| anyhow::anyhow!("error: reading the client config: {e}"))?;
+    let server = server.map_or_else(|| loaded.server.clone(), str::to_string);
+    let server = if server.contains("://") {
+        server
+    } else if loaded.certificate_authority.is_empty() {
+        format!("http://{server}")
+    } else {
+        format!("https://{server}")
+    };
+    if !server.starts_with("https://") {
+        return Ok((server, None, loaded));
+    }
+    if loaded.certificate_authority.is_empty() {
+        anyhow::bail!(
+            "error: {server} speaks TLS, but {} holds no certificateAuthority: use the config `skiff up` wrote (~/.skiff/config) or the admin.config `skiff server` wrote in its data dir (--config, or $SKIFF_CONFIG); http:// is only for a server started --insecure",
+            path.display()
+        );
+    }
+    let tls = loaded
+        .tls()
+        .map_err(|e| anyhow::anyhow!("error: {}: {e}", path.display()))?;
+    Ok((server, tls, loaded))
 }
 
 #[derive(clap::Args)]
 struct ControllerArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
-    server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Reconcile workers per controller.
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -163,9 +284,8 @@ struct ControllerArgs {
 
 #[derive(clap::Args)]
 struct HollowArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
-    server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// How many nodes.
     #[arg(long, default_value_t = 100)]
     count: usize,
@@ -185,9 +305,8 @@ struct HollowArgs {
 
 #[derive(clap::Args)]
 struct SchedulerArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
-    server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// A JSON profile: {"filters": [...], "scores": [{"name": ..., "weight": ...}]}.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -218,20 +337,17 @@ struct ClientArgs {
     /// The namespace (default: the config's, else `default`).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// The client config: the server, the cluster CA and your certificate
+    /// (default: $SKIFF_CONFIG, else ~/.skiff/config).
+    #[arg(long = "config", global = true)]
+    config: Option<PathBuf>,
 }
 
 impl ClientArgs {
     fn ctl(&self) -> anyhow::Result<skiff_ctl::Ctl> {
-        let config = skiff_ctl::config::load()
-            .map_err(|e| anyhow::anyhow!("error: reading the client config: {e}"))?;
-        let server = self.server.clone().unwrap_or(config.server);
-        let server = if server.contains("://") {
-            server
-        } else {
-            format!("http://{server}")
-        };
+        let (server, tls, config) = connection(self.server.as_deref(), self.config.as_deref())?;
         let namespace = self.namespace.clone().unwrap_or(config.namespace);
-        Ok(skiff_ctl::Ctl::new(&server, &namespace)?)
+        Ok(skiff_ctl::Ctl::new(&server, tls.as_ref(), &namespace)?)
     }
 }
 
@@ -444,9 +560,18 @@ fn deployment_name(target: &[String]) -> anyhow::Result<String> {
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// The API server.
-    #[arg(long, default_value = "http://127.0.0.1:6443")]
+    /// The API server (`http://` for a server started --insecure).
+    #[arg(long, default_value = "https://127.0.0.1:6443")]
     server: String,
+    /// A bootstrap token (`skiff token create`) to join with when the data
+    /// dir holds no certificate yet.
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The cluster CA's public-key pin (`sha256:...`, printed by `skiff
+    /// token create`): the server must prove it has it before the token is
+    /// sent.
+    #[arg(long)]
+    ca_hash: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -530,6 +655,13 @@ fn host_name() -> String {
 fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Config> {
     let node = args.node_name.unwrap_or_else(host_name);
     let mut config = skiff_agent::Config::new(&args.server, &node, args.data_dir);
+    config.join = match (args.token, args.ca_hash) {
+        (Some(token), Some(ca_hash)) => {
+            Some(skiff_agent::credentials::JoinToken { token, ca_hash })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!("--token and --ca-hash go together (skiff token create prints both)"),
+    };
     config.runtime = match args.runtime.as_str() {
         "fake" => skiff_agent::RuntimeKind::Fake,
         "process" => skiff_agent::RuntimeKind::Process,
@@ -607,6 +739,18 @@ struct ApiArgs {
     /// Serve Prometheus metrics (`/metrics`) on this address.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Serve plaintext with no authentication: anyone who reaches the
+    /// port may do anything. For tests on a machine of your own only.
+    #[arg(long)]
+    insecure: bool,
+    /// More names or addresses clients reach the server by (for its
+    /// certificate), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// How long certificates issued to nodes are valid, in seconds
+    /// (agents renew theirs at 80 % of that).
+    #[arg(long, default_value_t = 365 * 24 * 3600)]
+    node_cert_validity_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -656,7 +800,34 @@ fn api_config(
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
     config.node_ports = port_range(&args.service_node_port_range)?;
     config.metrics_addr = args.metrics_addr;
+    if args.insecure {
+        tracing::warn!(
+            "--insecure: serving PLAINTEXT with NO authentication; anyone who can reach {} may do anything",
+            args.listen
+        );
+    } else {
+        let names = security::serving_names(args.listen, &config.service_cidr, &args.tls_san);
+        config.security = Some(security::load(
+            data_dir,
+            &names,
+            std::time::Duration::from_secs(args.node_cert_validity_secs.max(10)),
+        )?);
+    }
     Ok(config)
+}
+
+/// The address local clients reach a server bound to `addr` at.
+fn local_url(addr: SocketAddr, tls: bool) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match addr.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -726,13 +897,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Server(args) => {
             let mut config = api_config(&args.api, &args.data_dir)?;
             config.actors = args.actors;
-            skiff_apiserver::run(config, shutdown_signal())
+            let security = config.security.clone();
+            let server = skiff_apiserver::ApiServer::start(config)
+                .await
+                .context("starting the API server")?;
+            if let Some(security) = &security {
+                let url = local_url(server.addr, true);
+                let configs = security::write_configs(security, &args.data_dir, &url)?;
+                tracing::info!(
+                    admin = %configs.admin.display(),
+                    scheduler = %configs.scheduler.display(),
+                    controller_manager = %configs.controller_manager.display(),
+                    "client configs written (use --config FILE, or SKIFF_CONFIG=FILE for skiff commands)"
+                );
+            }
+            skiff_apiserver::serve_until(server, shutdown_signal())
                 .await
                 .context("running the API server")?;
         }
         Command::Scheduler(args) => {
             let _metrics = serve_metrics(args.metrics_addr).await?;
-            let mut config = skiff_scheduler::Config::new(&args.server);
+            let (server, tls) = args.connect.resolve()?;
+            let mut config = skiff_scheduler::Config::new(&server);
+            config.tls = tls;
             config.scheduler_name = args.scheduler_name;
             config.leader_elect = args.leader_elect;
             if let Some(identity) = args.identity {
@@ -749,7 +936,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::ControllerManager(args) => {
             let _metrics = serve_metrics(args.metrics_addr).await?;
-            let mut config = skiff_controllers::Config::new(&args.server);
+            let (server, tls, client) = connection(
+                args.connect.server.as_deref(),
+                args.connect.config.as_deref(),
+            )?;
+            let mut config = skiff_controllers::Config::new(&server);
+            config.tls = tls;
+            config.root_ca = (server.starts_with("https://")
+                && !client.certificate_authority.is_empty())
+            .then_some(client.certificate_authority);
             config.workers = args.workers;
             config.leader_elect = args.leader_elect;
             config.lease_duration = std::time::Duration::from_secs(args.lease_duration_secs.max(1));
@@ -763,7 +958,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("running the controller manager")?;
         }
         Command::HollowNodes(args) => {
-            let mut config = skiff_agent::hollow::Config::new(&args.server, args.count);
+            let (server, tls) = args.connect.resolve()?;
+            let mut config = skiff_agent::hollow::Config::new(&server, args.count);
+            config.tls = tls;
             config.prefix = args.prefix;
             config.cpu = args.cpu;
             config.memory = args.memory;
@@ -889,6 +1086,45 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .set_metadata("annotations", &args.args, args.overwrite)
                 .await?;
         }
+        Command::Token(args) => {
+            let ctl = args.client.ctl()?;
+            match args.action {
+                TokenAction::Create { ttl, description } => {
+                    let ttl = if ttl == "0" {
+                        None
+                    } else {
+                        Some(
+                            humantime::parse_duration(&ttl)
+                                .map_err(|e| anyhow::anyhow!("error: --ttl {ttl:?}: {e}"))?,
+                        )
+                    };
+                    let (_, _, config) =
+                        connection(args.client.server.as_deref(), args.client.config.as_deref())?;
+                    let ca_hash = config
+                        .ca_hash()
+                        .map_err(|e| anyhow::anyhow!("error: {e}"))?;
+                    ctl.token_create(ttl, &description, &ca_hash).await?;
+                }
+                TokenAction::List => ctl.token_list().await?,
+                TokenAction::Delete { tokens } => ctl.token_delete(&tokens).await?,
+            }
+        }
+        Command::Auth(args) => {
+            let ctl = args.client.ctl()?;
+            match args.action {
+                AuthAction::Whoami => ctl.whoami().await?,
+                AuthAction::CanI {
+                    verb,
+                    resource,
+                    name,
+                } => {
+                    let allowed = ctl
+                        .can_i(&verb, &resource, name.as_deref().unwrap_or(""))
+                        .await?;
+                    return Ok(if allowed { 0 } else { 1 });
+                }
+            }
+        }
         Command::ApiResources => print!("{}", skiff_ctl::api_resources()),
         Command::ClusterInfo(client) => client.ctl()?.cluster_info().await?,
         Command::Version(client) => {
@@ -928,13 +1164,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .join("data"),
             };
             let config = api_config(&args.api, &data_dir)?;
+            let security = config.security.clone();
             let server = skiff_apiserver::ApiServer::start(config)
                 .await
                 .context("starting the API server")?;
-            let scheduler_config = skiff_scheduler::Config::new(&format!("http://{}", server.addr));
+            let url = local_url(server.addr, security.is_some());
+            let configs = security
+                .as_ref()
+                .map(|s| security::write_configs(s, &data_dir, &url))
+                .transpose()?;
+            let component_tls = |pick: fn(&security::Configs) -> &std::path::Path| {
+                configs
+                    .as_ref()
+                    .map(|c| security::component_tls(pick(c)))
+                    .transpose()
+                    .map(Option::flatten)
+            };
+            let mut scheduler_config = skiff_scheduler::Config::new(&url);
+            scheduler_config.tls = component_tls(|c| &c.scheduler)?;
             let (stop_controllers, controllers_stopped) = tokio::sync::oneshot::channel::<()>();
-            let mut controllers_config =
-                skiff_controllers::Config::new(&format!("http://{}", server.addr));
+            let mut controllers_config = skiff_controllers::Config::new(&url);
+            controllers_config.tls = component_tls(|c| &c.controller_manager)?;
+            controllers_config.root_ca = security.as_ref().map(|s| s.ca.cert_pem.clone());
             controllers_config.lb_pool = lb_pool(&args.lb_pool)?;
             let controllers = tokio::spawn(async move {
                 let stopped = async {
@@ -953,11 +1204,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     tracing::error!(error = %e, "scheduler stopped");
                 }
             });
-            let mut agent_config = skiff_agent::Config::new(
-                &format!("http://{}", server.addr),
-                &host_name(),
-                data_dir.join("agent"),
-            );
+            let node = host_name();
+            let agent_dir = data_dir.join("agent");
+            if let Some(security) = &security {
+                // The local agent is on the server's machine: it gets its
+                // certificate from the CA directly, no join needed.
+                skiff_agent::credentials::Credentials::provision(
+                    &security.ca,
+                    &agent_dir,
+                    &node,
+                    security.node_cert_validity,
+                )
+                .context("issuing the local agent's certificate")?;
+            }
+            let mut agent_config = skiff_agent::Config::new(&url, &node, agent_dir);
             agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
             agent_config.runtime = skiff_agent::RuntimeKind::Auto;
             agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
@@ -972,17 +1232,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     tracing::error!(error = %e, "the local agent is not running: pods will stay Pending");
                 }
             });
-            let client_config = skiff_ctl::config::ClientConfig {
-                server: format!("http://{}", server.addr),
-                namespace: "default".into(),
+            let client_config = match &configs {
+                Some(c) => c.admin_config.clone(),
+                None => skiff_ctl::config::ClientConfig {
+                    server: url.clone(),
+                    ..Default::default()
+                },
             };
             let config_path = skiff_ctl::config::save(&client_config)
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|e| format!("(not written: {e})"));
             println!("Skiff is up.");
             println!(
-                "  API server:  {} (gRPC; reflection and health on)",
-                server.addr
+                "  API server:  {url} (gRPC; reflection and health on; {})",
+                if security.is_some() {
+                    "TLS, client certificates or tokens"
+                } else {
+                    "PLAINTEXT, no authentication: --insecure"
+                }
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
             println!(
@@ -993,25 +1260,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     &args.lb_pool
                 }
             );
-            println!(
-                "  agent:       node {:?} (Docker; pods in the `skiff` network)",
-                host_name()
-            );
+            println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
             if args.api.etcd.is_empty() {
                 println!("  state:       {} (embedded store)", data_dir.display());
             } else {
                 println!("  state:       etcd at {}", args.api.etcd.join(","));
             }
-            println!("  client:      {config_path} (skiff get, apply, logs ... use it)");
+            println!(
+                "  client:      {config_path} (skiff get, apply, logs ... use it; you are admin)"
+            );
+            let grpcurl = match &configs {
+                Some(c) => format!(
+                    "grpcurl -cacert {} -cert {} -key {}",
+                    c.admin_files.2.display(),
+                    c.admin_files.0.display(),
+                    c.admin_files.1.display()
+                ),
+                None => "grpcurl -plaintext".to_string(),
+            };
+            let target = url.split_once("://").map_or(url.as_str(), |(_, t)| t);
             println!("Try:");
             println!("  skiff get nodes");
-            println!("  grpcurl -plaintext {} list", server.addr);
+            println!("  {grpcurl} {target} list");
+            if security.is_some() {
+                println!(
+                    "  skiff token create      # a token for another machine to join: skiff agent --token ..."
+                );
+            }
             println!(
                 "  scripts/busybox-image   # an image to run, built from scratch (no registry needed)"
-            );
-            println!(
-                "  grpcurl -plaintext -d '{{\"metadata\":{{\"name\":\"web\"}},\"spec\":{{\"containers\":[{{\"name\":\"web\",\"image\":\"skiff-test/busybox:1\",\"command\":[\"httpd\",\"-f\",\"-p\",\"8080\"]}}]}}}}' {} skiff.core.v1.Pods/Create",
-                server.addr
             );
             println!("Press Ctrl-C to stop.");
             shutdown_signal().await;

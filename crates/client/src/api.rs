@@ -15,6 +15,9 @@ pub struct Api<K> {
     grpc: tonic::client::Grpc<Channel>,
     /// Ask the server to check writes without making them.
     dry_run: bool,
+    /// `Bearer TOKEN` sent with every call (a service account's token),
+    /// for clients without a certificate.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     _kind: PhantomData<fn() -> K>,
 }
 
@@ -23,6 +26,7 @@ impl<K> Clone for Api<K> {
         Self {
             grpc: self.grpc.clone(),
             dry_run: self.dry_run,
+            bearer: self.bearer.clone(),
             _kind: PhantomData,
         }
     }
@@ -36,8 +40,38 @@ impl<K: Resource> Api<K> {
         Self {
             grpc: tonic::client::Grpc::new(channel).max_decoding_message_size(64 * 1024 * 1024),
             dry_run: false,
+            bearer: None,
             _kind: PhantomData,
         }
+    }
+
+    /// The same client, authenticating every call with `token` (sent as
+    /// `authorization: Bearer TOKEN`); a token that is not printable
+    /// ASCII is sent as none, and the server says Unauthenticated.
+    pub fn with_bearer_token(mut self, token: &str) -> Self {
+        self.bearer = format!("Bearer {token}").parse().ok();
+        self
+    }
+
+    /// The metadata every call carries: the caller's trace, the dry run,
+    /// the bearer token.
+    fn request<Req>(&self, req: Req) -> tonic::Request<Req> {
+        let mut request = tonic::Request::new(req);
+        // The caller's trace goes on to the server (and, through the
+        // objects it writes, to whoever acts on them).
+        skiff_telemetry::inject(request.metadata_mut());
+        if self.dry_run {
+            request.metadata_mut().insert(
+                "x-skiff-dry-run",
+                tonic::metadata::MetadataValue::from_static("All"),
+            );
+        }
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        request
     }
 
     /// The same client, asking the server to check Create and Update
@@ -64,17 +98,10 @@ impl<K: Resource> Api<K> {
             .map_err(|e| tonic::Status::unavailable(format!("API server unavailable: {e}")))?;
         let path = Self::path(method)?;
         let codec = ProstCodec::<Req, Resp>::default();
-        let mut request = tonic::Request::new(req);
-        // The caller's trace goes on to the server (and, through the
-        // objects it writes, to whoever acts on them).
-        skiff_telemetry::inject(request.metadata_mut());
-        if self.dry_run {
-            request.metadata_mut().insert(
-                "x-skiff-dry-run",
-                tonic::metadata::MetadataValue::from_static("All"),
-            );
-        }
-        Ok(grpc.unary(request, path, codec).await?.into_inner())
+        Ok(grpc
+            .unary(self.request(req), path, codec)
+            .await?
+            .into_inner())
     }
 
     /// Creates an object.
@@ -154,7 +181,7 @@ impl<K: Resource> Api<K> {
         let path = Self::path("Watch")?;
         let codec = ProstCodec::<WatchRequest, K::WatchEvent>::default();
         Ok(grpc
-            .server_streaming(tonic::Request::new(req), path, codec)
+            .server_streaming(self.request(req), path, codec)
             .await?
             .into_inner())
     }

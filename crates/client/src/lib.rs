@@ -30,62 +30,64 @@ pub use store::Store;
 
 /// The API server address could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("API server address {address:?}: {source}")]
+#[error("API server address {address:?}: {reason}")]
 pub struct AddressError {
     /// The address as given.
     pub address: String,
     /// Why it is unusable.
-    #[source]
-    pub source: tonic::transport::Error,
+    pub reason: String,
 }
 
-/// A client's TLS settings (PEM): the CA the server's certificate must
-/// chain to, and the client's own certificate and key (mTLS).
-#[derive(Clone)]
-pub struct ClientTls {
-    /// The cluster CA.
-    pub ca_pem: String,
-    /// The client's certificate (its identity: CN user, O groups).
-    pub cert_pem: String,
-    /// Its private key.
-    pub key_pem: String,
-}
+pub use skiff_pki::tls::ClientTls;
 
-impl std::fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").finish_non_exhaustive()
-    }
-}
-
-/// Connects a channel to the API server at `url` over TLS with a client
-/// certificate (`https://127.0.0.1:6443`), or plaintext when `tls` is
-/// None.
+/// Connects a channel to the API server at `url`: `https://HOST:PORT`
+/// over TLS with `tls` (the CA to trust and the client's certificate), or
+/// `http://HOST:PORT` in plaintext (a server started `--insecure`).
 ///
 /// # Errors
-/// A malformed address or TLS setting. The connection itself is made
-/// lazily and retried.
+/// A malformed address, or a scheme that does not match `tls`. The
+/// connection itself is made lazily and retried, so a server that starts
+/// later is fine.
 pub fn connect_lazy_with(
     url: &str,
     tls: Option<&ClientTls>,
 ) -> Result<tonic::transport::Channel, AddressError> {
-    let error = |source| AddressError {
+    let error = |reason: String| AddressError {
         address: url.to_string(),
-        source,
+        reason,
     };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(error)?;
-    if let Some(tls) = tls {
-        let config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &tls.cert_pem,
-                &tls.key_pem,
-            ));
-        endpoint = endpoint.tls_config(config).map_err(error)?;
+    let uri: http::Uri = url.parse().map_err(|e| error(format!("{e}")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| error("no host".into()))?
+        .to_string();
+    match (uri.scheme_str(), tls) {
+        (Some("https"), Some(tls)) => {
+            let port = uri.port_u16().unwrap_or(443);
+            // TLS is ours (the connector), so tonic sees plain http.
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
+                .map_err(|e| error(e.to_string()))?;
+            let connector = tls.connector(&host).map_err(|e| error(e.to_string()))?;
+            Ok(endpoint.connect_with_connector_lazy(connector))
+        }
+        (Some("https"), None) => Err(error(
+            "https needs credentials (a client config with the cluster CA and a certificate)"
+                .into(),
+        )),
+        (Some("http"), None) => {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+                .map_err(|e| error(e.to_string()))?;
+            Ok(endpoint.tcp_nodelay(true).connect_lazy())
+        }
+        (Some("http"), Some(_)) => Err(error(
+            "credentials are for https://; http:// is for a server started with --insecure".into(),
+        )),
+        _ => Err(error("the scheme must be https:// or http://".into())),
     }
-    Ok(endpoint.tcp_nodelay(true).connect_lazy())
 }
 
-/// Connects a channel to the API server at `url` (`http://127.0.0.1:6443`).
+/// Connects a plaintext channel to the API server at `url`
+/// (`http://127.0.0.1:6443`, a server started `--insecure`).
 ///
 /// # Errors
 /// When the address is malformed. The connection itself is made lazily

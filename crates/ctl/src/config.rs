@@ -1,21 +1,44 @@
 //! The client config (`~/.skiff/config`, or `$SKIFF_CONFIG`): where the
-//! cluster is, like a kubeconfig. `skiff up` writes it.
+//! cluster is and who the client is, like a kubeconfig. `skiff up` writes
+//! it; `skiff server` writes one per component in its data dir.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skiff_client::ClientTls;
 
 /// The default API server address.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:6443";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:6443";
 
 /// What the config file holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientConfig {
-    /// The API server, `http://127.0.0.1:6443`.
+    /// The API server, `https://127.0.0.1:6443` (`http://` for a server
+    /// started `--insecure`).
     pub server: String,
     /// The namespace commands use when none is given.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// The cluster CA's certificate (PEM): the server must chain to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_authority: String,
+    /// The client's certificate (PEM): who it is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate: String,
+    /// The certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_key: String,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 fn default_namespace() -> String {
@@ -27,7 +50,59 @@ impl Default for ClientConfig {
         Self {
             server: DEFAULT_SERVER.into(),
             namespace: default_namespace(),
+            certificate_authority: String::new(),
+            client_certificate: String::new(),
+            client_key: String::new(),
         }
+    }
+}
+
+impl ClientConfig {
+    /// A config for `server` with a CA and a client identity.
+    pub fn with_identity(server: &str, ca_pem: &str, identity: &skiff_pki::Identity) -> Self {
+        Self {
+            server: server.to_string(),
+            certificate_authority: ca_pem.to_string(),
+            client_certificate: identity.cert_pem.clone(),
+            client_key: identity.key_pem.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// The TLS settings the config describes: None for `http://`.
+    ///
+    /// # Errors
+    /// `https://` without a CA, or PEM that does not parse.
+    pub fn tls(&self) -> Result<Option<ClientTls>, String> {
+        if !self.server.starts_with("https://") {
+            return Ok(None);
+        }
+        if self.certificate_authority.is_empty() {
+            return Err(format!(
+                "{} is https but the config has no certificateAuthority",
+                self.server
+            ));
+        }
+        let identity = (!self.client_certificate.is_empty()).then(|| skiff_pki::Identity {
+            cert_pem: self.client_certificate.clone(),
+            key_pem: self.client_key.clone(),
+        });
+        ClientTls::new(
+            &self.certificate_authority,
+            identity.as_ref(),
+            skiff_pki::tls::ServerCheck::Name,
+        )
+        .map(Some)
+        .map_err(|e| e.to_string())
+    }
+
+    /// The CA's public-key pin (`sha256:...`), for `skiff agent --ca-hash`.
+    ///
+    /// # Errors
+    /// No CA in the config.
+    pub fn ca_hash(&self) -> Result<String, String> {
+        skiff_pki::spki_hash(&self.certificate_authority)
+            .map_err(|e| format!("the client config's certificateAuthority: {e}"))
     }
 }
 
@@ -43,32 +118,76 @@ pub fn path() -> PathBuf {
         .join("config")
 }
 
-/// The config, or the defaults when there is none.
+/// The config at `path`, or the defaults when there is none.
 ///
 /// # Errors
 /// A config file that exists but does not parse (named in the message).
-pub fn load() -> Result<ClientConfig, String> {
-    let p = path();
-    match std::fs::read_to_string(&p) {
+pub fn load_from(p: &Path) -> Result<ClientConfig, String> {
+    match std::fs::read_to_string(p) {
         Ok(text) => serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", p.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientConfig::default()),
         Err(e) => Err(format!("{}: {e}", p.display())),
     }
 }
 
-/// Writes the config (creating its directory).
+/// The config at [`path`], or the defaults when there is none.
+///
+/// # Errors
+/// A config file that exists but does not parse (named in the message).
+pub fn load() -> Result<ClientConfig, String> {
+    load_from(&path())
+}
+
+/// Writes `config` to `path` (its owner only: it holds a key), creating
+/// its directory.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn save_to(config: &ClientConfig, p: &Path, written_by: &str) -> std::io::Result<()> {
+    let text = serde_yaml::to_string(config).map_err(std::io::Error::other)?;
+    skiff_pki::ca::write_atomic(
+        p,
+        &format!("# Written by `{written_by}`: where the cluster is and who you are.\n{text}"),
+        0o600,
+    )
+    .map_err(std::io::Error::other)
+}
+
+/// Writes the config to [`path`].
 ///
 /// # Errors
 /// The file cannot be written.
 pub fn save(config: &ClientConfig) -> std::io::Result<PathBuf> {
     let p = path();
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text = serde_yaml::to_string(config).map_err(std::io::Error::other)?;
-    std::fs::write(
-        &p,
-        format!("# Written by `skiff up`: where the cluster is.\n{text}"),
-    )?;
+    save_to(config, &p, "skiff up")?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_round_trips_and_its_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = skiff_pki::Ca::load_or_create(&dir.path().join("pki")).unwrap();
+        let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
+        let config = ClientConfig::with_identity("https://127.0.0.1:6443", &ca.cert_pem, &admin);
+        let file = dir.path().join("config");
+        save_to(&config, &file, "a test").unwrap();
+        assert_eq!(load_from(&file).unwrap(), config);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(config.tls().unwrap().is_some());
+        assert!(config.ca_hash().unwrap().starts_with("sha256:"));
+        assert!(!format!("{config:?}").contains("PRIVATE"));
+        let insecure = ClientConfig {
+            server: "http://127.0.0.1:6443".into(),
+            ..ClientConfig::default()
+        };
+        assert!(insecure.tls().unwrap().is_none());
+        let broken = ClientConfig::default();
+        assert!(broken.tls().unwrap_err().contains("certificateAuthority"));
+    }
 }

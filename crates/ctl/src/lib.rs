@@ -3,7 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the client config (`~/.skiff/config`).
+//! - [`auth`]: bootstrap tokens (`token create|list|delete`) and `auth
+//!   whoami|can-i`.
+//! - [`config`]: the client config (`~/.skiff/config`): the server, the
+//!   cluster CA and the client's certificate.
 //! - [`kinds`]: every kind behind one interface over JSON values.
 //! - [`manifest`]: YAML/JSON manifests into checked documents.
 //! - [`apply`]: apply and create.
@@ -13,6 +16,7 @@
 //!   exec, label, annotate, api-resources, cluster-info).
 
 pub mod apply;
+pub mod auth;
 pub mod config;
 pub mod kinds;
 pub mod manifest;
@@ -154,13 +158,18 @@ fn looks_like_timestamp(v: &str) -> bool {
 }
 
 impl Ctl {
-    /// Commands against `server` (`http://127.0.0.1:6443`).
+    /// Commands against `server` (`https://127.0.0.1:6443` with `tls`, or
+    /// `http://` for a server started `--insecure`).
     ///
     /// # Errors
-    /// A malformed address.
-    pub fn new(server: &str, namespace: &str) -> Result<Self> {
-        let channel =
-            skiff_client::connect_lazy(server).map_err(|e| CtlError(format!("error: {e}")))?;
+    /// A malformed address, or a scheme that does not fit `tls`.
+    pub fn new(
+        server: &str,
+        tls: Option<&skiff_client::ClientTls>,
+        namespace: &str,
+    ) -> Result<Self> {
+        let channel = skiff_client::connect_lazy_with(server, tls)
+            .map_err(|e| CtlError(format!("error: {e}")))?;
         Ok(Self {
             channel,
             server: server.to_string(),
@@ -183,6 +192,16 @@ impl Ctl {
                 return CtlError(format!(
                     "Error from server (NotFound): {} {name:?} not found",
                     kinds::find(kind).map_or(kind.to_string(), |k| k.info().plural.to_string()),
+                ));
+            }
+            Code::Unavailable | Code::Unknown
+                if format!("{status:?}").contains("certificate")
+                    || format!("{status:?}").contains("CertificateRequired") =>
+            {
+                return CtlError(format!(
+                    "Unable to connect to the server {}: the TLS handshake failed - is the client config's certificateAuthority this cluster's CA, and its certificate one the cluster issued? ({}: {status:?})",
+                    self.server,
+                    config::path().display()
                 ));
             }
             Code::Unavailable

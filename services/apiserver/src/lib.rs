@@ -13,7 +13,11 @@
 //!   finalizers, selectors, paging, watch).
 //! - [`strategy`]: per-kind defaults, validation and selectable fields.
 //! - [`cache`]: the watch cache (one store watch per kind).
+//! - [`auth`]: who is calling and may it (a tower layer), and the
+//!   identity services (join, renew, service-account tokens, who am I).
 //! - [`error`]: API errors and their gRPC codes.
+//! - [`index`]: in-memory copies of a kind kept current by a store watch
+//!   (namespaces for admission, RBAC objects for the authorizer).
 //! - [`usage`]: resource usage (metrics.k8s.io) gathered from the agents.
 
 use std::net::SocketAddr;
@@ -28,8 +32,10 @@ use tokio::task::JoinHandle;
 
 pub mod actor;
 pub mod allocator;
+pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod index;
 pub mod logs;
 pub mod registry;
 pub mod service;
@@ -73,38 +79,9 @@ pub struct Config {
     /// Where Prometheus metrics are served (`/metrics`); none: not served
     /// (they are still counted).
     pub metrics_addr: Option<SocketAddr>,
-    /// TLS: the serving identity, and the CA client certificates must come
-    /// from (mTLS: a client without one is refused at the handshake).
-    /// None: plaintext.
-    pub tls: Option<Tls>,
-}
-
-/// The API server's TLS settings (PEM).
-#[derive(Clone)]
-pub struct Tls {
-    /// Its certificate.
-    pub cert_pem: String,
-    /// Its private key.
-    pub key_pem: String,
-    /// The CA every client certificate must chain to.
-    pub client_ca_pem: String,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").finish_non_exhaustive()
-    }
-}
-
-impl Tls {
-    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
-        tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                &self.cert_pem,
-                &self.key_pem,
-            ))
-            .client_ca_root(tonic::transport::Certificate::from_pem(&self.client_ca_pem))
-    }
+    /// TLS, authentication and authorization (see [`auth`]). None:
+    /// plaintext, and every caller may do anything (`--insecure`).
+    pub security: Option<Arc<auth::Security>>,
 }
 
 /// The default service range (k3s's).
@@ -122,7 +99,7 @@ impl Config {
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("a valid default CIDR"),
             node_ports: allocator::DEFAULT_NODE_PORTS,
             metrics_addr: None,
-            tls: None,
+            security: None,
         }
     }
 }
@@ -298,14 +275,33 @@ impl ApiServer {
         } else {
             config.actors
         };
-        // A bad certificate or key is an error now, not in every arbiter.
-        let tls = config.tls.as_ref().map(Tls::server_config);
-        if let Some(tls) = &tls
-            && let Err(e) = tonic::transport::Server::builder().tls_config(tls.clone())
-        {
-            registry.close();
-            return Err(e.into());
-        }
+        auth::bootstrap_policy(&registry).await?;
+        let rbac = Arc::new(auth::rbac::Rbac::start(&store));
+        let authorizer = Arc::new(auth::authz::Authorizer {
+            registry: Arc::clone(&registry),
+            rbac,
+        });
+        let authenticator = config
+            .security
+            .as_ref()
+            .map(|security| auth::authn::Authenticator {
+                registry: Arc::clone(&registry),
+                token_key: Arc::clone(&security.token_key),
+                issuer: security.issuer.clone(),
+            });
+        let checker = Arc::new(auth::Checker::new(authenticator, Arc::clone(&authorizer)));
+        let identity = config.security.as_ref().map(|security| {
+            Arc::new(auth::services::IdentityServices {
+                security: Arc::clone(security),
+                registry: Arc::clone(&registry),
+                authorizer: Arc::clone(&authorizer),
+            })
+        });
+        let agent_tls = config.security.as_ref().map(|s| logs::AgentTls {
+            ca_pem: s.ca.cert_pem.clone(),
+            identity: s.agent_client.clone(),
+        });
+        let server_tls = config.security.as_ref().map(|s| s.tls.clone());
         let (pool, system, actor_thread) = match start_actors(Arc::clone(&registry), actors) {
             Ok(started) => started,
             Err(e) => {
@@ -335,12 +331,13 @@ impl ApiServer {
             let (actor, arbiter) = pool.get(i);
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
             inboxes.push(tx);
-            let proxy = std::sync::Arc::new(logs::PodLogsService::new(actor.clone()));
+            let proxy =
+                std::sync::Arc::new(logs::PodLogsService::new(actor.clone(), agent_tls.clone()));
             let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::from_arc(
                 std::sync::Arc::clone(&proxy),
             );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
-            let usage = usage::server(actor.clone());
+            let usage = usage::server(actor.clone(), agent_tls.clone());
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
@@ -353,29 +350,40 @@ impl ApiServer {
                 .build_v1alpha()?;
             let health_service = health_service.clone();
             let grpc_metrics = grpc_metrics.clone();
-            let tls = tls.clone();
+            let server_tls = server_tls.clone();
+            let auth_layer = auth::AuthLayer(Arc::clone(&checker));
+            let identity = identity.clone();
             let mut stop = shutdown.subscribe();
             let ended_tx = ended_tx.clone();
             arbiter.spawn(async move {
-                let incoming = tokio_stream::StreamExt::map(
+                let sockets = tokio_stream::StreamExt::filter_map(
                     tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
-                    tokio::net::TcpStream::from_std,
+                    |socket| tokio::net::TcpStream::from_std(socket).ok(),
                 );
-                let mut builder = tonic::transport::Server::builder();
-                if let Some(tls) = tls {
-                    // Checked before the arbiters started.
-                    builder = match builder.tls_config(tls) {
-                        Ok(builder) => builder,
-                        Err(e) => {
-                            let _ = ended_tx.send(Err(ServeError::from(e)));
-                            return;
-                        }
-                    };
-                }
-                let result = builder
+                let incoming = skiff_pki::tls::handshakes(sockets, server_tls);
+                let mut builder = tonic::transport::Server::builder()
                     .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)
-                    .add_routes(routes)
+                    .layer(auth_layer)
+                    .add_routes(routes);
+                if let Some(identity) = identity {
+                    use skiff::pb::authentication::v1 as authentication;
+                    builder = builder
+                        .add_service(
+                            authentication::certificates_server::CertificatesServer::from_arc(
+                                Arc::clone(&identity),
+                            ),
+                        )
+                        .add_service(
+                            authentication::service_account_tokens_server::ServiceAccountTokensServer::from_arc(
+                                Arc::clone(&identity),
+                            ),
+                        )
+                        .add_service(
+                            authentication::identity_server::IdentityServer::from_arc(identity),
+                        );
+                }
+                let result = builder
                     .add_service(logs)
                     .add_service(exec)
                     .add_service(usage)
@@ -515,7 +523,18 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let mut server = ApiServer::start(config).await?;
+    serve_until(ApiServer::start(config).await?, shutdown).await
+}
+
+/// Serves with a started `server` until `shutdown` resolves, then stops
+/// it.
+///
+/// # Errors
+/// When it fails while serving.
+pub async fn serve_until(
+    mut server: ApiServer,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     tokio::select! {
         () = shutdown => {
             tracing::info!("shutting down");

@@ -29,25 +29,70 @@ pub struct PodLogsService {
     agents: Agents,
 }
 
-/// Clients of the nodes' agents: one channel per agent address, reused
-/// across requests.
+/// How the API server reaches agents over TLS: the CA their certificates
+/// chain to, and the certificate it presents (`system:apiserver`).
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    /// The cluster CA.
+    pub ca_pem: String,
+    /// Its client certificate.
+    pub identity: skiff_pki::tls::SwappableIdentity,
+}
+
+/// Clients of the nodes' agents: one channel per agent address and node,
+/// reused across requests.
 #[derive(Default)]
-pub struct Agents(Mutex<HashMap<String, Channel>>);
+pub struct Agents {
+    channels: Mutex<HashMap<(String, String), Channel>>,
+    /// None: agents are reached in plaintext (an `--insecure` cluster).
+    tls: Option<AgentTls>,
+}
 
 impl Agents {
-    fn channel(&self, address: &str) -> Result<Channel, Status> {
-        let mut agents = self
-            .0
+    /// Clients reaching agents with `tls` (None: plaintext).
+    pub fn new(tls: Option<AgentTls>) -> Self {
+        Self {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+
+    /// A channel to the agent of `node` at `host:port`; over TLS, the
+    /// agent must prove it is `system:node:NODE`.
+    fn channel(&self, host: &str, port: i32, node: &str) -> Result<Channel, Status> {
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let key = (address.clone(), node.to_string());
+        let mut channels = self
+            .channels
             .lock()
             .map_err(|_| Status::internal("agent channel cache poisoned"))?;
-        if let Some(channel) = agents.get(address) {
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
+        let internal = |e: String| Status::internal(format!("agent address {address:?}: {e}"));
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("agent address {address:?}: {e}")))?
+            .map_err(|e| internal(e.to_string()))?
             .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
-        agents.insert(address.to_string(), channel.clone());
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => {
+                let client = skiff_pki::tls::ClientTls::with_identity(
+                    &tls.ca_pem,
+                    tls.identity.clone(),
+                    skiff_pki::tls::ServerCheck::Identity(format!("system:node:{node}")),
+                )
+                .map_err(|e| internal(e.to_string()))?;
+                let connector = client
+                    .connector(host)
+                    .map_err(|e| internal(e.to_string()))?;
+                endpoint.connect_with_connector_lazy(connector)
+            }
+        };
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -78,15 +123,10 @@ impl Agents {
                 "node {node_name:?} does not say where its agent listens (no InternalIP or kubelet port): is it a hollow node?"
             )));
         };
-        let address = if ip.contains(':') {
-            format!("[{ip}]:{port}")
-        } else {
-            format!("{ip}:{port}")
-        };
-        let client = AgentClient::new(self.channel(&address)?);
+        let client = AgentClient::new(self.channel(&ip, port, node_name)?);
         Ok((
             client,
-            format!("the agent of node {node_name:?} at {address}"),
+            format!("the agent of node {node_name:?} at {ip}:{port}"),
         ))
     }
 }
@@ -108,11 +148,12 @@ pub(crate) async fn get<K: crate::strategy::Strategy>(
 }
 
 impl PodLogsService {
-    /// A service reading pods and nodes through `actor`.
-    pub fn new(actor: ActorHandle) -> Self {
+    /// A service reading pods and nodes through `actor`, reaching agents
+    /// with `tls` (None: plaintext).
+    pub fn new(actor: ActorHandle, tls: Option<AgentTls>) -> Self {
         Self {
             actor,
-            agents: Agents::default(),
+            agents: Agents::new(tls),
         }
     }
 }

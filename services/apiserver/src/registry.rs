@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::allocator::{Allocator, Cidr};
 use crate::cache::{Change, WatchCache, decode};
 use crate::error::{ApiError, Result};
+use crate::index::Index;
 use crate::strategy::{self, Strategy};
 
 /// The largest object the API stores (etcd's default request limit).
@@ -43,6 +44,8 @@ pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 pub const ORPHAN_FINALIZER: &str = "orphan";
 /// Events buffered per watch response stream.
 const WATCH_STREAM_BUFFER: usize = 256;
+/// Where nodes' heartbeat Leases live.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Namespaces that exist from the start and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -52,100 +55,14 @@ pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
     Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,
 >;
 
-/// The namespaces that exist, kept current by a store watch, so that a
-/// create needs no store read to check its namespace (Kubernetes'
-/// NamespaceLifecycle admission does the same with an informer). A name
-/// the index does not know yet is looked up in the store.
-struct NamespaceIndex {
-    /// Namespace name → whether it is terminating.
-    known: std::sync::RwLock<HashMap<String, bool>>,
-}
-
-impl NamespaceIndex {
-    fn start(store: Arc<dyn Store>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let index = Arc::new(Self {
-            known: std::sync::RwLock::new(HashMap::new()),
-        });
-        let task = tokio::spawn(Arc::clone(&index).follow(store));
-        (index, task)
-    }
-
-    fn lookup(&self, name: &str) -> Option<bool> {
-        self.known.read().ok()?.get(name).copied()
-    }
-
-    fn apply(&self, key: &str, obj: Option<&Namespace>) {
-        let Some((_, name)) = keys::parse::<Namespace>(key) else {
-            return;
-        };
-        let Ok(mut known) = self.known.write() else {
-            return;
-        };
-        match obj {
-            Some(ns) => {
-                let terminating = ns
-                    .metadata()
-                    .is_some_and(|m| m.deletion_timestamp.is_some());
-                known.insert(name.to_string(), terminating);
-            }
-            None => {
-                known.remove(name);
-            }
-        }
-    }
-
-    /// List, then watch from the list's revision; on any error, again.
-    async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
-        use futures::StreamExt as _;
-        let prefix = keys::kind::<Namespace>();
-        loop {
-            let listed = store
-                .list(ListOptions {
-                    prefix: prefix.clone(),
-                    ..Default::default()
-                })
-                .await;
-            let revision = match listed {
-                Ok(page) => {
-                    if let Ok(mut known) = self.known.write() {
-                        known.clear();
-                    }
-                    for kv in &page.kvs {
-                        let ns = decode::<Namespace>(&kv.value, kv.mod_revision);
-                        self.apply(&kv.key, ns.as_ref());
-                    }
-                    page.revision
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing namespaces");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            match store.watch(&prefix, revision + 1).await {
-                Ok(mut stream) => {
-                    while let Some(Ok(event)) = stream.next().await {
-                        let ns = match event.kind {
-                            EventKind::Put => {
-                                decode::<Namespace>(&event.kv.value, event.revision())
-                            }
-                            EventKind::Delete => None,
-                        };
-                        self.apply(&event.kv.key, ns.as_ref());
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watching namespaces"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
 /// The registry shared by the API actors.
 pub struct Registry {
     store: Arc<dyn Store>,
-    /// Which namespaces exist, for admission without a store read.
-    namespaces: Arc<NamespaceIndex>,
+    /// Which namespaces exist, for admission without a store read
+    /// (Kubernetes' NamespaceLifecycle admission does the same with an
+    /// informer). A name the index does not know yet is looked up in the
+    /// store.
+    namespaces: Arc<Index<Namespace>>,
     /// The index's watch loop; stopped by [`Registry::close`].
     index_task: tokio::task::JoinHandle<()>,
     /// One watch cache per kind, created on first watch.
@@ -412,7 +329,7 @@ impl Registry {
         service_cidr: Cidr,
         node_ports: std::ops::RangeInclusive<u16>,
     ) -> Self {
-        let (namespaces, index_task) = NamespaceIndex::start(Arc::clone(&store));
+        let (namespaces, index_task) = Index::start(Arc::clone(&store));
         Self {
             allocator: Allocator::new(Arc::clone(&store), service_cidr, node_ports),
             namespaces,
@@ -591,7 +508,11 @@ impl Registry {
                 "unable to create new content in namespace {namespace} because it is being terminated"
             ))
         };
-        match self.namespaces.lookup(namespace) {
+        let terminating_now = self.namespaces.get("", namespace).map(|ns| {
+            ns.metadata()
+                .is_some_and(|m| m.deletion_timestamp.is_some())
+        });
+        match terminating_now {
             Some(false) => return Ok(()),
             Some(true) => return Err(terminating(namespace)),
             None => {}

@@ -12,6 +12,9 @@ use skiff::pb::core::v1::{
     ServiceAccount,
 };
 use skiff::pb::meta::v1::ObjectMeta;
+use skiff::pb::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use skiff::quantity::Quantity;
 use skiff::selector::LabelSelector;
 use skiff::validation::{self, FieldErrors};
@@ -20,12 +23,23 @@ use skiff::wkt::{Value, value::Kind as ValueKind};
 /// The finalizer that keeps a deleted namespace until its content is gone.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
+/// The shape names of a kind must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 label: 63 characters, no dots (Services, Namespaces).
+    Label,
+    /// A DNS-1123 subdomain: 253 characters, dots allowed (most kinds).
+    Subdomain,
+    /// Anything usable in a path but `.`, `..`, `/` and `%` (RBAC kinds,
+    /// whose names are like `system:kube-scheduler`).
+    PathSegment,
+}
+
 /// What the API does differently per kind. Every method has the common
 /// behaviour as its default, so most kinds need only a line.
 pub trait Strategy: Resource {
-    /// Whether names must be DNS-1123 labels (63 chars, no dots) rather
-    /// than subdomains.
-    const NAME_IS_LABEL: bool = false;
+    /// What a name must look like.
+    const NAME_RULE: NameRule = NameRule::Subdomain;
     /// Fields a field selector may name besides metadata.name and
     /// metadata.namespace.
     const FIELDS: &'static [&'static str] = &[];
@@ -115,10 +129,10 @@ pub fn validate_metadata<K: Strategy>(meta: &ObjectMeta, errors: &mut FieldError
     if meta.name.is_empty() {
         errors.required("metadata.name");
     } else {
-        let check = if K::NAME_IS_LABEL {
-            validation::is_dns1123_label(&meta.name)
-        } else {
-            validation::is_dns1123_subdomain(&meta.name)
+        let check = match K::NAME_RULE {
+            NameRule::Label => validation::is_dns1123_label(&meta.name),
+            NameRule::Subdomain => validation::is_dns1123_subdomain(&meta.name),
+            NameRule::PathSegment => validation::is_path_segment_name(&meta.name),
         };
         if let Err(reason) = check {
             errors.invalid("metadata.name", &meta.name, &reason);
@@ -642,7 +656,7 @@ impl Strategy for Deployment {
 // === services ===
 
 impl Strategy for Service {
-    const NAME_IS_LABEL: bool = true;
+    const NAME_RULE: NameRule = NameRule::Label;
 
     fn cluster_ip_request(&self) -> Option<Option<String>> {
         let spec = self.spec.as_ref()?;
@@ -798,7 +812,7 @@ impl Strategy for Endpoints {}
 // === cluster objects ===
 
 impl Strategy for Namespace {
-    const NAME_IS_LABEL: bool = true;
+    const NAME_RULE: NameRule = NameRule::Label;
     const FIELDS: &'static [&'static str] = &["status.phase"];
 
     fn field(&self, path: &str) -> Option<String> {
@@ -946,6 +960,160 @@ impl Strategy for Lease {
                 "Invalid value: must be greater than 0",
             );
         }
+    }
+}
+
+// === rbac ===
+
+/// The API group of RBAC's own kinds (users, groups and role refs name it).
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+fn validate_rules(rules: &[PolicyRule], cluster: bool, errors: &mut FieldErrors) {
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("rules[{i}]");
+        if rule.verbs.is_empty() {
+            errors.required(format!("{path}.verbs"));
+        }
+        if !rule.non_resource_urls.is_empty() {
+            if !cluster {
+                errors.push(
+                    format!("{path}.nonResourceURLs"),
+                    "Invalid value: namespaced rules cannot apply to non-resource URLs",
+                );
+            }
+            if !rule.resources.is_empty() || !rule.api_groups.is_empty() {
+                errors.push(
+                    format!("{path}.nonResourceURLs"),
+                    "Invalid value: rules cannot apply to both regular resources and non-resource URLs",
+                );
+            }
+            continue;
+        }
+        if rule.api_groups.is_empty() {
+            errors.required(format!("{path}.apiGroups"));
+        }
+        if rule.resources.is_empty() {
+            errors.required(format!("{path}.resources"));
+        }
+    }
+}
+
+fn validate_binding(
+    subjects: &[Subject],
+    role_ref: Option<&RoleRef>,
+    cluster: bool,
+    errors: &mut FieldErrors,
+) {
+    match role_ref {
+        None => errors.required("roleRef"),
+        Some(r) => {
+            if r.api_group != RBAC_GROUP {
+                errors.invalid(
+                    "roleRef.apiGroup",
+                    &r.api_group,
+                    format!("supported values: {RBAC_GROUP:?}"),
+                );
+            }
+            let kinds: &[&str] = if cluster {
+                &["ClusterRole"]
+            } else {
+                &["Role", "ClusterRole"]
+            };
+            if !kinds.contains(&r.kind.as_str()) {
+                errors.invalid(
+                    "roleRef.kind",
+                    &r.kind,
+                    format!("supported values: {kinds:?}"),
+                );
+            }
+            if r.name.is_empty() {
+                errors.required("roleRef.name");
+            }
+        }
+    }
+    for (i, subject) in subjects.iter().enumerate() {
+        let path = format!("subjects[{i}]");
+        if subject.name.is_empty() {
+            errors.required(format!("{path}.name"));
+        }
+        match subject.kind.as_str() {
+            "User" | "Group" => {
+                if subject.api_group != RBAC_GROUP {
+                    errors.invalid(
+                        format!("{path}.apiGroup"),
+                        &subject.api_group,
+                        format!("supported values: {RBAC_GROUP:?}"),
+                    );
+                }
+            }
+            "ServiceAccount" => {
+                if !subject.api_group.is_empty() {
+                    errors.invalid(
+                        format!("{path}.apiGroup"),
+                        &subject.api_group,
+                        "supported values: \"\"",
+                    );
+                }
+                if cluster && subject.namespace.is_empty() {
+                    errors.required(format!("{path}.namespace"));
+                }
+            }
+            other => errors.invalid(
+                format!("{path}.kind"),
+                other,
+                "supported values: \"User\", \"Group\", \"ServiceAccount\"",
+            ),
+        }
+    }
+}
+
+/// Subjects written without an apiGroup get RBAC's, as Kubernetes' v1
+/// defaulting does for users and groups.
+fn default_subjects(subjects: &mut [Subject]) {
+    for subject in subjects {
+        if subject.api_group.is_empty() && matches!(subject.kind.as_str(), "User" | "Group") {
+            subject.api_group = RBAC_GROUP.into();
+        }
+    }
+}
+
+impl Strategy for Role {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_rules(&self.rules, false, errors);
+    }
+}
+
+impl Strategy for ClusterRole {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_rules(&self.rules, true, errors);
+    }
+}
+
+impl Strategy for RoleBinding {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+
+    fn default_fields(&mut self) {
+        default_subjects(&mut self.subjects);
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_binding(&self.subjects, self.role_ref.as_ref(), false, errors);
+    }
+}
+
+impl Strategy for ClusterRoleBinding {
+    const NAME_RULE: NameRule = NameRule::PathSegment;
+
+    fn default_fields(&mut self) {
+        default_subjects(&mut self.subjects);
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_binding(&self.subjects, self.role_ref.as_ref(), true, errors);
     }
 }
 

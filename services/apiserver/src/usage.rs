@@ -28,11 +28,12 @@ pub struct UsageService {
 }
 
 impl UsageService {
-    /// A service reading pods and nodes through `actor`.
-    pub fn new(actor: ActorHandle) -> Self {
+    /// A service reading pods and nodes through `actor`, reaching agents
+    /// with `tls` (None: plaintext).
+    pub fn new(actor: ActorHandle, tls: Option<crate::logs::AgentTls>) -> Self {
         Self {
             actor,
-            agents: Agents::default(),
+            agents: Agents::new(tls),
         }
     }
 
@@ -171,8 +172,9 @@ impl Metrics for UsageService {
 /// The service as a tonic server.
 pub fn server(
     actor: ActorHandle,
+    tls: Option<crate::logs::AgentTls>,
 ) -> skiff::pb::metrics::v1::metrics_server::MetricsServer<UsageService> {
     skiff::pb::metrics::v1::metrics_server::MetricsServer::from_arc(Arc::new(UsageService::new(
-        actor,
+        actor, tls,
     )))
 }

@@ -9,6 +9,8 @@
 //! - [`deployment`]: Deployments: rolling update, Recreate, rollback,
 //!   pause, revision history, progress conditions.
 //! - [`serviceaccount`]: a `default` service account per namespace.
+//! - [`rootca`]: the cluster CA's `kube-root-ca.crt` ConfigMap per
+//!   namespace.
 //! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
 //!   are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
@@ -35,7 +37,7 @@ use futures::future::BoxFuture;
 use skiff::pb::apps::v1::{Deployment, ReplicaSet};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
-    Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
 };
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
@@ -49,6 +51,7 @@ pub mod nodelifecycle;
 pub mod replicaset;
 pub mod runtime;
 pub mod service;
+pub mod rootca;
 pub mod serviceaccount;
 
 use replicaset::{ReplicaController, ReplicaOwner};
@@ -84,6 +87,11 @@ pub struct Shared {
     pub lb_pool: Option<service::Pool>,
     /// Events of every controller (deduplicated with a count).
     pub recorder: Arc<skiff_client::events::Recorder>,
+    /// The cluster CA's certificate to publish in every namespace (a TLS
+    /// cluster).
+    pub root_ca: Option<String>,
+    /// The `kube-root-ca.crt` ConfigMaps, when there is a CA to publish.
+    pub root_ca_configmaps: Option<Informer<ConfigMap>>,
 }
 
 impl Shared {
@@ -92,9 +100,20 @@ impl Shared {
         channel: tonic::transport::Channel,
         timing: nodelifecycle::Timing,
         lb_pool: Option<service::Pool>,
+        root_ca: Option<String>,
     ) -> Self {
         Self {
             lb_pool,
+            root_ca_configmaps: root_ca.as_ref().map(|_| {
+                Informer::start(
+                    Api::new(channel.clone()),
+                    skiff_client::watcher::Params {
+                        field_selector: format!("metadata.name={}", rootca::NAME),
+                        ..Default::default()
+                    },
+                )
+            }),
+            root_ca,
             nodes: Informer::start(Api::new(channel.clone()), Default::default()),
             leases: Informer::start(
                 Api::new(channel.clone()),
@@ -167,6 +186,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "serviceaccounts",
             start: serviceaccount_controller,
+        },
+        Descriptor {
+            name: "root-ca-cert-publisher",
+            start: root_ca_publisher,
         },
         Descriptor {
             name: "garbagecollector",
@@ -300,16 +323,51 @@ fn replica_controller<K: ReplicaOwner>(
 }
 
 fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    let controller = Arc::new(serviceaccount::ServiceAccountController::new(
+        Api::new(shared.channel.clone()),
+        shared.serviceaccounts.store.clone(),
+        shared.namespaces.store.clone(),
+    ));
+    let children = (
+        shared.serviceaccounts.store.clone(),
+        shared.serviceaccounts.subscribe(),
+    );
+    per_namespace(shared, workers, controller, children)
+}
+
+fn root_ca_publisher(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    let (Some(ca), Some(published)) = (shared.root_ca.clone(), shared.root_ca_configmaps.as_ref())
+    else {
+        // A plaintext cluster has no CA to publish.
+        return futures::future::pending().boxed();
+    };
+    let controller = Arc::new(rootca::RootCaPublisher::new(
+        Api::new(shared.channel.clone()),
+        published.store.clone(),
+        shared.namespaces.store.clone(),
+        ca,
+    ));
+    let children = (published.store.clone(), published.subscribe());
+    per_namespace(shared, workers, controller, children)
+}
+
+/// Runs a controller keeping one object per namespace (keys are
+/// namespaces): woken by namespace changes and by changes of the objects
+/// it keeps (`children`).
+fn per_namespace<R: Reconciler + 'static, K: skiff::Resource>(
+    shared: Arc<Shared>,
+    workers: usize,
+    controller: Arc<R>,
+    children: (
+        skiff_client::Store<K>,
+        tokio::sync::broadcast::Receiver<Change<K>>,
+    ),
+) -> BoxFuture<'static, ()> {
     async move {
+        let (child_store, mut child_changes) = children;
         let mut ns_changes = shared.namespaces.subscribe();
-        let mut sa_changes = shared.serviceaccounts.subscribe();
         shared.namespaces.store.wait_synced().await;
-        shared.serviceaccounts.store.wait_synced().await;
-        let controller = Arc::new(serviceaccount::ServiceAccountController::new(
-            Api::new(shared.channel.clone()),
-            shared.serviceaccounts.store.clone(),
-            shared.namespaces.store.clone(),
-        ));
+        child_store.wait_synced().await;
         let queue = WorkQueue::new();
         for ns in shared.namespaces.store.list() {
             queue.add(ObjectRef::new("", ns.name()));
@@ -318,22 +376,24 @@ fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'
             let queue = queue.clone();
             let namespaces = shared.namespaces.store.clone();
             tokio::spawn(async move {
+                let everything = |queue: &WorkQueue<ObjectRef>| {
+                    namespaces
+                        .list()
+                        .iter()
+                        .for_each(|n| queue.add(ObjectRef::new("", n.name())));
+                };
                 loop {
                     tokio::select! {
                         change = ns_changes.recv() => match change {
                             Ok(Change::Applied(n) | Change::Deleted(n)) => queue.add(ObjectRef::new("", n.name())),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                namespaces.list().iter().for_each(|n| queue.add(ObjectRef::new("", n.name())));
-                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => everything(&queue),
                             Err(_) => return,
                         },
-                        change = sa_changes.recv() => match change {
-                            Ok(Change::Applied(a) | Change::Deleted(a)) => {
-                                queue.add(serviceaccount::ServiceAccountController::key_of(&a));
+                        change = child_changes.recv() => match change {
+                            Ok(Change::Applied(c) | Change::Deleted(c)) => {
+                                queue.add(ObjectRef::new("", c.namespace()));
                             }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                                namespaces.list().iter().for_each(|n| queue.add(ObjectRef::new("", n.name())));
-                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => everything(&queue),
                             Err(_) => return,
                         },
                     }
@@ -858,8 +918,11 @@ pub const DEFAULT_LB_POOL: &str = "127.0.100.1-127.0.100.254";
 /// How to run the controller manager.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The API server, `http://127.0.0.1:6443`.
+    /// The API server, `https://127.0.0.1:6443` (`http://` when it runs
+    /// `--insecure`).
     pub server: String,
+    /// The CA to trust and the certificate to present (None: plaintext).
+    pub tls: Option<skiff_client::ClientTls>,
     /// Reconcile workers per controller.
     pub workers: usize,
     /// Campaign for `kube-system/kube-controller-manager` and run the
@@ -874,6 +937,9 @@ pub struct Config {
     /// Where LoadBalancer Services' addresses come from (none: they stay
     /// pending).
     pub lb_pool: Option<service::Pool>,
+    /// The cluster CA's certificate, published in every namespace as
+    /// `kube-root-ca.crt` (None: a plaintext cluster publishes none).
+    pub root_ca: Option<String>,
 }
 
 impl Config {
@@ -881,12 +947,14 @@ impl Config {
     pub fn new(server: &str) -> Self {
         Self {
             server: server.to_string(),
+            tls: None,
             workers: 4,
             leader_elect: true,
             identity: format!("controller-manager_{}", uuid::Uuid::new_v4().simple()),
             lease_duration: Duration::from_secs(15),
             node_timing: nodelifecycle::Timing::default(),
             lb_pool: DEFAULT_LB_POOL.parse().ok(),
+            root_ca: None,
         }
     }
 }
@@ -912,7 +980,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let channel = skiff_client::connect_lazy(&config.server)?;
+    let channel = skiff_client::connect_lazy_with(&config.server, config.tls.as_ref())?;
     tokio::pin!(shutdown);
     let mut leading = if config.leader_elect {
         let mut lease =
@@ -935,6 +1003,7 @@ pub async fn run(
             config.workers,
             config.node_timing,
             config.lb_pool,
+            config.root_ca.clone(),
         )?;
         let mut lost = leading.clone();
         let stop = tokio::select! {
@@ -959,6 +1028,7 @@ fn start_system(
     workers: usize,
     timing: nodelifecycle::Timing,
     lb_pool: Option<service::Pool>,
+    root_ca: Option<String>,
 ) -> Result<Running, Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -971,7 +1041,7 @@ fn start_system(
                     .expect("building the controller runtime")
             });
             system.block_on(async move {
-                let shared = Arc::new(Shared::start(channel, timing, lb_pool));
+                let shared = Arc::new(Shared::start(channel, timing, lb_pool, root_ca));
                 let mut addrs = Vec::new();
                 for descriptor in descriptors() {
                     let shared = Arc::clone(&shared);

@@ -32,8 +32,11 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// How to run the scheduler.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The API server, `http://127.0.0.1:6443`.
+    /// The API server, `https://127.0.0.1:6443` (`http://` when it runs
+    /// `--insecure`).
     pub server: String,
+    /// The CA to trust and the certificate to present (None: plaintext).
+    pub tls: Option<skiff_client::ClientTls>,
     /// Pods with this spec.schedulerName are ours.
     pub scheduler_name: String,
     /// Plugins and weights.
@@ -53,6 +56,7 @@ impl Config {
     pub fn new(server: &str) -> Self {
         Self {
             server: server.to_string(),
+            tls: None,
             scheduler_name: DEFAULT_SCHEDULER.to_string(),
             profile: ProfileConfig::default(),
             leader_elect: true,
@@ -90,7 +94,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     Profile::build(&config.profile)?;
-    let channel = skiff_client::connect_lazy(&config.server)?;
+    let channel = skiff_client::connect_lazy_with(&config.server, config.tls.as_ref())?;
     let settings = scheduler::Settings {
         scheduler_name: config.scheduler_name.clone(),
     };
@@ -176,7 +180,7 @@ pub async fn run_supervised(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     Profile::build(&config.profile)?;
-    skiff_client::connect_lazy(&config.server)?;
+    skiff_client::connect_lazy_with(&config.server, config.tls.as_ref())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("skiff-scheduler".into())

@@ -1,0 +1,158 @@
+//! The server side of TLS for `skiff server` and `skiff up`: the API
+//! server's keys and certificates under `DATA_DIR/pki`, and the client
+//! configs it writes for the admin and the components (like kubeadm's
+//! `admin.conf`, `scheduler.conf`, `controller-manager.conf`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use skiff_apiserver::auth::Security;
+use skiff_ctl::config::ClientConfig;
+use skiff_pki::Identity;
+
+/// The names clients may reach the API server by: this host, loopback,
+/// the listen address, the in-cluster `kubernetes` names and first
+/// service address, and `extra` (`--tls-san`).
+pub fn serving_names(
+    listen: SocketAddr,
+    service_cidr: &skiff_apiserver::allocator::Cidr,
+    extra: &[String],
+) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect();
+    names.push(crate::host_name());
+    let ip = listen.ip();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let first_service = u32::from(service_cidr.base) + 1;
+    names.push(IpAddr::from(std::net::Ipv4Addr::from(first_service)).to_string());
+    names.extend(extra.iter().filter(|n| !n.is_empty()).cloned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The API server's security material under `data_dir/pki`, created on
+/// first start.
+///
+/// # Errors
+/// Files that cannot be read or written.
+pub fn load(
+    data_dir: &Path,
+    names: &[String],
+    node_cert_validity: std::time::Duration,
+) -> anyhow::Result<Arc<Security>> {
+    let dir = data_dir.join("pki");
+    let mut security = Security::load_or_create(&dir, names).with_context(|| {
+        format!(
+            "preparing the cluster CA and certificates in {}",
+            dir.display()
+        )
+    })?;
+    security.node_cert_validity = node_cert_validity;
+    Ok(Arc::new(security))
+}
+
+/// What [`write_configs`] wrote.
+pub struct Configs {
+    /// The admin's client config (`system:masters`).
+    pub admin: PathBuf,
+    /// Its certificate, key and the CA as files (for grpcurl).
+    pub admin_files: (PathBuf, PathBuf, PathBuf),
+    /// The admin config itself.
+    pub admin_config: ClientConfig,
+    /// The scheduler's.
+    pub scheduler: PathBuf,
+    /// The controller manager's.
+    pub controller_manager: PathBuf,
+}
+
+/// `name`'s identity from `dir`, reused while it is valid for a while
+/// and from this CA, else issued again.
+fn identity(
+    security: &Security,
+    dir: &Path,
+    name: &str,
+    user: &str,
+    groups: &[&str],
+) -> anyhow::Result<Identity> {
+    if let Some(id) = Identity::load(dir, name)?
+        && skiff_pki::Parsed::from_pem(&id.cert_pem).is_some_and(|p| {
+            p.common_name == user
+                && p.not_after > time::OffsetDateTime::now_utc() + skiff_pki::RENEW_BEFORE
+        })
+        && skiff_pki::ca::signed_by(&id.cert_pem, &security.ca.cert_pem)
+        && skiff_pki::tls::SwappableIdentity::new(Some(&id)).is_ok()
+    {
+        return Ok(id);
+    }
+    let id = security.ca.issue_client(user, groups)?;
+    id.save(dir, name)?;
+    Ok(id)
+}
+
+/// Writes the client configs of the admin, the scheduler and the
+/// controller manager into `data_dir` (owner only), for the server at
+/// `url`.
+///
+/// # Errors
+/// Files that cannot be written.
+pub fn write_configs(security: &Security, data_dir: &Path, url: &str) -> anyhow::Result<Configs> {
+    let pki = data_dir.join("pki");
+    let ca = &security.ca.cert_pem;
+    let admin = identity(security, &pki, "admin", "admin", &["system:masters"])?;
+    let admin_config = ClientConfig::with_identity(url, ca, &admin);
+    let scheduler = identity(security, &pki, "scheduler", "system:kube-scheduler", &[])?;
+    let controllers = identity(
+        security,
+        &pki,
+        "controller-manager",
+        "system:kube-controller-manager",
+        &[],
+    )?;
+    let write = |name: &str, config: &ClientConfig| -> anyhow::Result<PathBuf> {
+        let path = data_dir.join(name);
+        skiff_ctl::config::save_to(config, &path, "skiff server")
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    Ok(Configs {
+        admin: write("admin.config", &admin_config)?,
+        admin_files: (
+            pki.join("admin.crt"),
+            pki.join("admin.key"),
+            pki.join("ca.crt"),
+        ),
+        scheduler: write(
+            "scheduler.config",
+            &ClientConfig::with_identity(url, ca, &scheduler),
+        )?,
+        controller_manager: write(
+            "controller-manager.config",
+            &ClientConfig::with_identity(url, ca, &controllers),
+        )?,
+        admin_config,
+    })
+}
+
+/// The client TLS of a component whose config is at `path`.
+///
+/// # Errors
+/// A config that cannot be read or holds no usable credentials.
+pub fn component_tls(path: &Path) -> anyhow::Result<Option<skiff_client::ClientTls>> {
+    let config = skiff_ctl::config::load_from(path).map_err(anyhow::Error::msg)?;
+    config.tls().map_err(anyhow::Error::msg)
+}

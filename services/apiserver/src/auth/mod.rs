@@ -1,0 +1,227 @@
+//! Authentication and authorization, as one tower layer around every
+//! route (no handler checks anything itself), and the identity services.
+//!
+//! Every call: who is calling ([`authn`]: a client certificate of the
+//! cluster CA, a bootstrap token or a service account's token; nobody
+//! gets UNAUTHENTICATED except on health checks), what it asks to do
+//! ([`attributes`]: from the gRPC path and the first message's namespace
+//! and name), and may it ([`authz`]: `system:masters`, the node rules,
+//! then [`rbac`]; a refusal is PERMISSION_DENIED naming the identity and
+//! the action). The caller's [`UserInfo`] then rides in the request's
+//! extensions for the services that need it ([`services`]: join, renew,
+//! service-account tokens, who am I, can I).
+//!
+//! A server started `--insecure` (plaintext) has no authentication: every
+//! call is `system:unsecured` in `system:masters`, as Kubernetes' old
+//! insecure port was.
+
+pub mod attributes;
+pub mod authn;
+pub mod authz;
+pub mod rbac;
+pub mod services;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use skiff::pb::authentication::v1::UserInfo;
+use skiff_pki::Ca;
+use skiff_pki::tls::{ClientCerts, PeerInfo, ServerTls, SwappableIdentity};
+use tonic::Status;
+use tonic::body::Body;
+
+use authn::{Authenticator, MASTERS};
+use authz::{Authorizer, Decision};
+
+/// The issuer (and audience) of service-account tokens, Kubernetes'.
+pub const TOKEN_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// The API server's identity towards agents.
+pub const APISERVER_USER: &str = "system:apiserver";
+
+/// The API server's keys and certificates.
+pub struct Security {
+    /// What it serves, and the CA clients' certificates must chain to.
+    pub tls: ServerTls,
+    /// The cluster CA: signs nodes' certificates.
+    pub ca: Arc<Ca>,
+    /// Signs and checks service-account tokens.
+    pub token_key: Arc<skiff_pki::jwt::TokenKey>,
+    /// The tokens' issuer and accepted audience.
+    pub issuer: String,
+    /// How long node certificates from Join and Renew are valid.
+    pub node_cert_validity: Duration,
+    /// The certificate it presents to agents (logs, exec, stats).
+    pub agent_client: SwappableIdentity,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security").finish_non_exhaustive()
+    }
+}
+
+impl Security {
+    /// Loads the CA, keys and certificates from `dir` (the server's
+    /// `pki`), creating what is missing: the CA, a serving certificate
+    /// for `names` (host names and addresses clients reach it by), the
+    /// certificate it presents to agents, and the token signing key.
+    ///
+    /// # Errors
+    /// Unreadable or malformed files, or a directory that cannot be
+    /// written.
+    pub fn load_or_create(dir: &Path, names: &[String]) -> skiff_pki::Result<Self> {
+        let ca = Ca::load_or_create(dir)?;
+        let serving = skiff_pki::serving_identity(&ca, dir, names)?;
+        // Only held in memory: a fresh one at every start.
+        let agent_client = ca.issue_client(APISERVER_USER, &[])?;
+        let token_key = skiff_pki::jwt::TokenKey::load_or_create(&dir.join("sa.key"))?;
+        Ok(Self {
+            tls: ServerTls::new(&serving, &ca.cert_pem, ClientCerts::Optional)?,
+            agent_client: SwappableIdentity::new(Some(&agent_client))?,
+            ca: Arc::new(ca),
+            token_key: Arc::new(token_key),
+            issuer: TOKEN_ISSUER.into(),
+            node_cert_validity: skiff_pki::CERT_VALIDITY,
+        })
+    }
+}
+
+/// Authenticates and authorizes calls.
+pub struct Checker {
+    /// None on a plaintext server: every call is `system:unsecured`.
+    authn: Option<Authenticator>,
+    authz: Arc<Authorizer>,
+}
+
+impl Checker {
+    /// A checker; without `authn`, every caller is `system:masters`.
+    pub fn new(authn: Option<Authenticator>, authz: Arc<Authorizer>) -> Self {
+        Self { authn, authz }
+    }
+
+    /// Lets `request` through with its caller in its extensions, or
+    /// says why not.
+    async fn check(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+        let path = request.uri().path().to_string();
+        let user = match &self.authn {
+            None => Some(authn::unsecured()),
+            Some(authn) => {
+                authn
+                    .authenticate(request.headers(), request.extensions().get::<PeerInfo>())
+                    .await?
+            }
+        };
+        let Some(user) = user else {
+            if attributes::is_public(&path) {
+                return Ok(request);
+            }
+            return Err(Status::unauthenticated(
+                "Unauthorized: present a client certificate of the cluster CA (a client config from `skiff up`, or an agent's from `skiff agent --token`) or a token (authorization: Bearer TOKEN)",
+            ));
+        };
+        let mut request = if user.groups.iter().any(|g| g == MASTERS)
+            || attributes::is_public(&path)
+        {
+            request
+        } else {
+            let (attrs, request) = attributes::read(request).await;
+            if let Some(attrs) = attrs? {
+                match self.authz.authorize(&user, &attrs).await {
+                    Decision::Allow(why) => tracing::trace!(user = %user.username, %why, "allowed"),
+                    Decision::Deny(why) => {
+                        let message = attrs.forbidden(&user.username, &why);
+                        tracing::info!(user = %user.username, verb = %attrs.verb, resource = %attrs.full_resource(), namespace = %attrs.namespace, name = %attrs.name, "forbidden");
+                        return Err(Status::permission_denied(message));
+                    }
+                }
+            }
+            request
+        };
+        request.extensions_mut().insert(user);
+        Ok(request)
+    }
+}
+
+/// The tower layer putting a [`Checker`] in front of every route.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Checker>);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            checker: Arc::clone(&self.0),
+            inner,
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct Auth<S> {
+    checker: Arc<Checker>,
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S> tower::Service<http::Request<Body>> for Auth<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    S::Error: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone that was made ready serves this call (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let checker = Arc::clone(&self.checker);
+        Box::pin(async move {
+            match checker.check(request).await {
+                Ok(request) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// Who the caller of a request is (set by the layer).
+pub fn caller(extensions: &http::Extensions) -> Option<&UserInfo> {
+    extensions.get::<UserInfo>()
+}
+
+/// Creates the default RBAC policy objects that are missing.
+///
+/// # Errors
+/// The store cannot be written.
+pub async fn bootstrap_policy(registry: &crate::Registry) -> crate::error::Result<()> {
+    let (roles, bindings) = rbac::default_policy();
+    for role in roles {
+        match registry.create(role).await {
+            Ok(_) | Err(crate::ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for binding in bindings {
+        match registry.create(binding).await {
+            Ok(_) | Err(crate::ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

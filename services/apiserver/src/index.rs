@@ -1,0 +1,122 @@
+//! In-memory copies of one kind, kept current by a store watch: what the
+//! API server consults on every call without a store read (which
+//! namespaces exist, the RBAC roles and bindings), as Kubernetes' admission
+//! and authorizers do with informers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use skiff::keys;
+use skiff_store::{EventKind, ListOptions, Store};
+
+use crate::cache::decode;
+use crate::strategy::Strategy;
+
+/// The objects of kind `K`, by namespace and name.
+pub struct Index<K> {
+    /// (namespace, name) → object.
+    objects: RwLock<HashMap<(String, String), Arc<K>>>,
+    /// True once the first list is in.
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K: Strategy> Index<K> {
+    /// Starts following `store`; the task ends when aborted.
+    pub fn start(store: Arc<dyn Store>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let index = Arc::new(Self {
+            objects: RwLock::new(HashMap::new()),
+            synced: tokio::sync::watch::channel(false).0,
+        });
+        let task = tokio::spawn(Arc::clone(&index).follow(store));
+        (index, task)
+    }
+
+    /// One object.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = (namespace.to_string(), name.to_string());
+        self.objects.read().ok()?.get(&key).cloned()
+    }
+
+    /// Every object (of `namespace`, when given).
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<K>> {
+        let Ok(objects) = self.objects.read() else {
+            return Vec::new();
+        };
+        objects
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_none_or(|want| want == ns))
+            .map(|(_, obj)| Arc::clone(obj))
+            .collect()
+    }
+
+    /// Waits until the first list is in, at most `within`; whether it is.
+    pub async fn wait_synced(&self, within: Duration) -> bool {
+        let mut synced = self.synced.subscribe();
+        tokio::time::timeout(within, synced.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    fn apply(&self, key: &str, obj: Option<K>) {
+        let Some((namespace, name)) = keys::parse::<K>(key) else {
+            return;
+        };
+        let Ok(mut objects) = self.objects.write() else {
+            return;
+        };
+        let key = (namespace.to_string(), name.to_string());
+        match obj {
+            Some(obj) => {
+                objects.insert(key, Arc::new(obj));
+            }
+            None => {
+                objects.remove(&key);
+            }
+        }
+    }
+
+    /// List, then watch from the list's revision; on any error, again.
+    async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
+        use futures::StreamExt as _;
+        let prefix = keys::kind::<K>();
+        loop {
+            let listed = store
+                .list(ListOptions {
+                    prefix: prefix.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let revision = match listed {
+                Ok(page) => {
+                    if let Ok(mut objects) = self.objects.write() {
+                        objects.clear();
+                    }
+                    for kv in &page.kvs {
+                        self.apply(&kv.key, decode::<K>(&kv.value, kv.mod_revision));
+                    }
+                    self.synced.send_replace(true);
+                    page.revision
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = K::KIND, "listing for the index");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match store.watch(&prefix, revision + 1).await {
+                Ok(mut stream) => {
+                    while let Some(Ok(event)) = stream.next().await {
+                        let obj = match event.kind {
+                            EventKind::Put => decode::<K>(&event.kv.value, event.revision()),
+                            EventKind::Delete => None,
+                        };
+                        self.apply(&event.kv.key, obj);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, kind = K::KIND, "watching for the index"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
