@@ -843,6 +843,16 @@ fn parse_field_term(selector: &str, term: &str) -> Result<FieldRequirement> {
             "term {term:?} has no field name before the operator"
         )));
     }
+    // Field names are paths like `metadata.name`: anything else (a stray
+    // `!`, a space) would print as another selector than it parsed as.
+    if let Some(bad) = field
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    {
+        return Err(syntax(format!(
+            "field name {field:?} contains {bad:?}; a field is a path like metadata.name"
+        )));
+    }
     let value = unescape_field_value(raw_value.trim())
         .map_err(|problem| syntax(format!("in the value of field {field:?}: {problem}")))?;
     Ok(FieldRequirement {
@@ -1311,6 +1321,16 @@ mod tests {
         );
         assert!(message(r"a=b\").contains("trailing '\\'"));
         assert!(message("!=x").contains("has no field name"));
+    }
+
+    #[test]
+    fn field_names_are_paths_regression_fuzz_selectors() {
+        // Found by the selectors fuzz target: "!   =" parsed as the field
+        // "!" and printed as "!=", which means something else.
+        let err = FieldSelector::parse("!          =   ").unwrap_err();
+        assert!(err.to_string().contains("field name \"!\""), "{err}");
+        assert!(FieldSelector::parse("a b=c").is_err());
+        assert!(FieldSelector::parse("involvedObject.kind=Pod,spec.node-name_x/y=1").is_ok());
     }
 
     #[test]

@@ -300,6 +300,26 @@ impl ServerProcess {
     }
 }
 
+/// The token and CA hash `skiff token create` printed (its stdout and
+/// stderr); also checks the join command it suggests names both.
+///
+/// # Panics
+/// When they are not there.
+pub fn printed_token(stdout: &str, stderr: &str) -> (String, String) {
+    let token = stdout.trim().to_string();
+    let hash = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("CA hash: "))
+        .expect("the CA hash is printed")
+        .trim()
+        .to_string();
+    assert!(
+        stderr.contains(&format!("--token {token} --ca-hash {hash}")),
+        "{stderr}"
+    );
+    (token, hash)
+}
+
 /// The TLS settings of the client config at `path` (the CA, and the
 /// certificate and key in it).
 ///

@@ -416,7 +416,11 @@ fn field_value(pod: &Pod, path: &str, placement: &Placement) -> Option<String> {
 /// `limits.cpu`, `requests.memory`, ... divided by the divisor (rounded
 /// up, as Kubernetes does); an unset limit is the node's (unknown here:
 /// 0 is never right, so the request or "0" is reported).
-fn resource_value(container: &Container, resource: &str, divisor: &str) -> Option<String> {
+pub(crate) fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: &str,
+) -> Option<String> {
     let resources = container.resources.clone().unwrap_or_default();
     let (map, key) = match resource.split_once('.')? {
         ("limits", key) => (&resources.limits, key),

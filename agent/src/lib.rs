@@ -328,6 +328,7 @@ pub async fn run(
             configmaps: Api::<ConfigMap>::new(channel.clone()),
             secrets: Api::<Secret>::new(channel.clone()),
             services: Api::new(channel.clone()),
+            tokens: volumes::Tokens::new(channel.clone()),
         },
         recorder: skiff_client::events::Recorder::new(channel, "kubelet"),
         node_name: config.node_name.clone(),

@@ -1,13 +1,23 @@
 //! A pod's volumes on the node: emptyDir directories under the agent's
-//! data dir (removed with the pod), hostPath as given, and configMap and
-//! secret volumes as projected files, rewritten atomically (write, then
-//! rename) when their source changes, so a running container sees updates.
+//! data dir (removed with the pod), hostPath as given, and configMap,
+//! secret, downwardAPI and projected volumes as files, rewritten
+//! atomically (write, then rename) when their source changes, so a running
+//! container sees updates. A projected service-account token is requested
+//! from the API (bound to the pod) and renewed once 80 % of its life is
+//! gone, as the kubelet does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use skiff::pb::core::v1::{ConfigMap, KeyToPath, Pod, Secret, Volume};
+use skiff::pb::authentication::v1::service_account_tokens_client::ServiceAccountTokensClient;
+use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use skiff::pb::core::v1::{
+    ConfigMap, DownwardApiVolumeFile, KeyToPath, Pod, Secret, ServiceAccountTokenProjection, Volume,
+};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff_client::Api;
 
 /// Why a pod's volumes could not be prepared: shown to the user as the
@@ -63,6 +73,118 @@ pub struct Sources {
     pub secrets: Api<Secret>,
     /// Services, for the service environment variables.
     pub services: Api<skiff::pb::core::v1::Service>,
+    /// Service-account tokens for projected volumes.
+    pub tokens: Tokens,
+}
+
+/// Service-account tokens the pods' volumes hold, kept until due for
+/// renewal.
+#[derive(Clone)]
+pub struct Tokens {
+    client: ServiceAccountTokensClient<tonic::transport::Channel>,
+    cache: Arc<Mutex<HashMap<TokenKey, Issued>>>,
+}
+
+/// Which token: (pod uid, audience, lifetime in seconds).
+type TokenKey = (String, String, i64);
+/// A token, when it was issued and its lifetime.
+type Issued = (String, Instant, Duration);
+
+/// Kubernetes' default lifetime of a projected token.
+const TOKEN_SECS: i64 = 3600;
+/// A token older than this is renewed whatever its lifetime.
+const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl Tokens {
+    /// Tokens asked of the API over `channel`.
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        Self {
+            client: ServiceAccountTokensClient::new(channel),
+            cache: Arc::default(),
+        }
+    }
+
+    /// The token `projection` asks for, for `pod`: the cached one while
+    /// under 80 % of its life (and a day), else a new one bound to the pod.
+    ///
+    /// # Errors
+    /// The API refused (no such service account, or tokens are not issued:
+    /// a plaintext cluster).
+    pub async fn get(
+        &self,
+        pod: &Pod,
+        projection: &ServiceAccountTokenProjection,
+    ) -> Result<String, Error> {
+        let meta = pod.metadata.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let lifetime = projection.expiration_seconds.unwrap_or(TOKEN_SECS);
+        let key = (meta.uid.clone(), projection.audience.clone(), lifetime);
+        if let Ok(cache) = self.cache.lock()
+            && let Some((token, issued, ttl)) = cache.get(&key)
+            && issued.elapsed() < ttl.mul_f64(0.8).min(TOKEN_MAX_AGE)
+        {
+            return Ok(token.clone());
+        }
+        let account = if spec.service_account_name.is_empty() {
+            "default".to_string()
+        } else {
+            spec.service_account_name.clone()
+        };
+        let request = TokenRequest {
+            metadata: Some(ObjectMeta {
+                name: account.clone(),
+                namespace: meta.namespace.clone(),
+                ..Default::default()
+            }),
+            spec: Some(TokenRequestSpec {
+                audiences: if projection.audience.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![projection.audience.clone()]
+                },
+                expiration_seconds: Some(lifetime),
+                bound_object_ref: Some(BoundObjectReference {
+                    kind: "Pod".into(),
+                    api_version: "v1".into(),
+                    name: meta.name.clone(),
+                    uid: meta.uid.clone(),
+                }),
+            }),
+            ..Default::default()
+        };
+        let issued = Instant::now();
+        let token = self
+            .client
+            .clone()
+            .create(request)
+            .await
+            .map_err(|status| Error::Api {
+                what: format!("a token of service account {}/{account}", meta.namespace),
+                status,
+            })?
+            .into_inner()
+            .status
+            .map(|s| s.token)
+            .unwrap_or_default();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(
+                key,
+                (
+                    token.clone(),
+                    issued,
+                    Duration::from_secs(lifetime.unsigned_abs()),
+                ),
+            );
+        }
+        Ok(token)
+    }
+
+    /// Drops the tokens of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|(pod, _, _), _| pod != uid);
+        }
+    }
 }
 
 impl Sources {
@@ -145,7 +267,112 @@ pub fn volume_path(data_dir: &Path, uid: &str, volume: &Volume) -> PathBuf {
 /// Whether containers must see this volume read-only whatever the mount
 /// says (projected API data is read-only in Kubernetes).
 pub fn forced_read_only(volume: &Volume) -> bool {
-    volume.config_map.is_some() || volume.secret.is_some()
+    volume.config_map.is_some()
+        || volume.secret.is_some()
+        || volume.downward_api.is_some()
+        || volume.projected.is_some()
+}
+
+/// A downward API file's content: the pod's name, namespace, uid, labels
+/// or annotations (all, as `key="value"` lines, or one), or a container's
+/// resource.
+fn downward(pod: &Pod, item: &DownwardApiVolumeFile, volume: &str) -> Result<Vec<u8>, Error> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let unsupported = |what: &str| {
+        Error::Missing(format!(
+            "volume {volume:?}: downward API item {:?}: unsupported {what}",
+            item.path
+        ))
+    };
+    let lines = |map: &BTreeMap<String, String>| {
+        map.iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let keyed = |path: &str, prefix: &str, map: &BTreeMap<String, String>| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.get(key).cloned().unwrap_or_default())
+    };
+    if let Some(field) = &item.field_ref {
+        let path = field.field_path.as_str();
+        let value = match path {
+            "metadata.name" => meta.name,
+            "metadata.namespace" => meta.namespace,
+            "metadata.uid" => meta.uid,
+            "metadata.labels" => lines(&meta.labels),
+            "metadata.annotations" => lines(&meta.annotations),
+            _ => keyed(path, "metadata.labels['", &meta.labels)
+                .or_else(|| keyed(path, "metadata.annotations['", &meta.annotations))
+                .ok_or_else(|| unsupported(&format!("fieldRef {path:?}")))?,
+        };
+        return Ok(value.into_bytes());
+    }
+    if let Some(resource) = &item.resource_field_ref {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let container = spec
+            .containers
+            .iter()
+            .find(|c| c.name == resource.container_name)
+            .ok_or_else(|| unsupported(&format!("container {:?}", resource.container_name)))?;
+        let value =
+            crate::containers::resource_value(container, &resource.resource, &resource.divisor)
+                .ok_or_else(|| unsupported(&format!("resource {:?}", resource.resource)))?;
+        return Ok(value.into_bytes());
+    }
+    Err(unsupported("item without fieldRef or resourceFieldRef"))
+}
+
+/// The files of a projected volume, from every source in order.
+async fn projected(
+    pod: &Pod,
+    volume: &Volume,
+    source: &skiff::pb::core::v1::ProjectedVolumeSource,
+    sources: &Sources,
+) -> Result<Vec<Projected>, Error> {
+    let namespace = pod
+        .metadata
+        .as_ref()
+        .map(|m| m.namespace.clone())
+        .unwrap_or_default();
+    let mut files = Vec::new();
+    for part in &source.sources {
+        if let Some(cm) = &part.config_map {
+            let optional = cm.optional.unwrap_or(false);
+            match sources.configmap(&namespace, &cm.name).await? {
+                Some(data) => files.extend(select(&volume.name, &data, &cm.items, optional)?),
+                None if optional => {}
+                None => {
+                    return Err(Error::Missing(format!("configmap {:?} not found", cm.name)));
+                }
+            }
+        } else if let Some(secret) = &part.secret {
+            let optional = secret.optional.unwrap_or(false);
+            match sources.secret(&namespace, &secret.name).await? {
+                Some(data) => files.extend(select(&volume.name, &data, &secret.items, optional)?),
+                None if optional => {}
+                None => {
+                    return Err(Error::Missing(format!(
+                        "secret {:?} not found",
+                        secret.name
+                    )));
+                }
+            }
+        } else if let Some(api) = &part.downward_api {
+            for item in &api.items {
+                files.push((
+                    item.path.clone(),
+                    downward(pod, item, &volume.name)?,
+                    item.mode,
+                ));
+            }
+        } else if let Some(token) = &part.service_account_token {
+            let value = sources.tokens.get(pod, token).await?;
+            // The volume's mode (Kubernetes' admission asks 0644).
+            files.push((token.path.clone(), value.into_bytes(), None));
+        }
+    }
+    Ok(files)
 }
 
 /// Makes every volume of the pod exist with current content.
@@ -193,13 +420,25 @@ pub async fn prepare(data_dir: &Path, pod: &Pod, sources: &Sources) -> Result<()
                 secret.optional.unwrap_or(false),
             )?;
             project(&path, &files, secret.default_mode.unwrap_or(0o644)).map_err(io)?;
+        } else if let Some(api) = &volume.downward_api {
+            let files = api
+                .items
+                .iter()
+                .map(|item| {
+                    Ok((
+                        item.path.clone(),
+                        downward(pod, item, &volume.name)?,
+                        item.mode,
+                    ))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            project(&path, &files, api.default_mode.unwrap_or(0o644)).map_err(io)?;
+        } else if let Some(source) = &volume.projected {
+            let files = projected(pod, volume, source, sources).await?;
+            project(&path, &files, source.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else {
             let kind = if volume.persistent_volume_claim.is_some() {
                 "persistentVolumeClaim"
-            } else if volume.downward_api.is_some() {
-                "downwardAPI"
-            } else if volume.projected.is_some() {
-                "projected"
             } else {
                 "untyped"
             };

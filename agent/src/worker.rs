@@ -1031,6 +1031,7 @@ async fn teardown(
     }
     let uid = meta(pod).uid;
     volumes::remove_pod_dir(&shared.data_dir, &uid);
+    shared.sources.tokens.forget(&uid);
     if let Some(p) = &inputs.pod {
         let m = meta(p);
         let request = DeleteRequest {

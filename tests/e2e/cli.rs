@@ -684,6 +684,50 @@ apiVersion: coordination.k8s.io/v1
 kind: Lease
 metadata: {{name: lock, namespace: shop}}
 spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: pod-reader, namespace: shop}}
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log"]
+  verbs: ["get", "watch", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: read-pods, namespace: shop}}
+subjects:
+- kind: User
+  name: jane
+  apiGroup: rbac.authorization.k8s.io
+- kind: ServiceAccount
+  name: robot
+  namespace: shop
+roleRef:
+  kind: Role
+  name: pod-reader
+  apiGroup: rbac.authorization.k8s.io
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: secret-reader}}
+rules:
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: ["sec"]
+  verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: read-secrets-global}}
+subjects:
+- kind: Group
+  name: manager
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: ClusterRole
+  name: secret-reader
+  apiGroup: rbac.authorization.k8s.io
 "#,
         image = c.image
     );
@@ -734,6 +778,14 @@ spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
         ("service".into(), "svc".into(), "shop".into()),
         ("lease".into(), "lock".into(), "shop".into()),
         ("event".into(), first("events"), "shop".into()),
+        ("role".into(), "pod-reader".into(), "shop".into()),
+        ("rolebinding".into(), "read-pods".into(), "shop".into()),
+        ("clusterrole".into(), "secret-reader".into(), "".into()),
+        (
+            "clusterrolebinding".into(),
+            "read-secrets-global".into(),
+            "".into(),
+        ),
     ];
     // Endpoints come from the controller once the service exists.
     wait_until(

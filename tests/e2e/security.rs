@@ -84,6 +84,17 @@ impl Secure {
         )
     }
 
+    /// `skiff controller-manager` with its own identity.
+    fn controllers(&self) -> skiff_e2e::ChildGuard {
+        let config = self.server.config("controller-manager");
+        skiff_e2e::controller_manager_with(
+            &self.server.url(),
+            &[],
+            &["--config", config.to_str().unwrap(), "--leader-elect=false"],
+        )
+        .unwrap()
+    }
+
     /// A fresh bootstrap token and the CA hash, from `skiff token create`.
     fn token(&self, ttl: &str) -> (String, String) {
         let (ok, out, err) = self.skiff(&["token", "create", "--ttl", ttl]);
@@ -277,6 +288,9 @@ fn node_ready(node: &Node) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
     let c = Secure::start(&[]);
+    // Pods run as their namespace's `default` service account, made by
+    // the controller manager (with the CA ConfigMap their tokens need).
+    let _controllers = c.controllers();
     let (token, hash) = c.token("1h");
     let node = AgentNode::start_with(
         &c.server.url(),
@@ -448,6 +462,15 @@ async fn leases_renewed(c: &Secure, node: &str) -> i64 {
         .map_or(0, |t| t.seconds)
 }
 
+/// A plain delete of `default/name`.
+fn delete(name: &str) -> skiff::pb::api::v1::DeleteRequest {
+    skiff::pb::api::v1::DeleteRequest {
+        namespace: "default".into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
 fn pod_on(name: &str, node: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
@@ -459,6 +482,7 @@ fn pod_on(name: &str, node: &str) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_may_only_write_what_is_its_own() {
     let c = Secure::start(&[]);
+    let _controllers = c.controllers();
     let admin = Api::<Pod>::new(c.admin());
     admin.create(pod_on("on-b", "node-b")).await.unwrap();
     let node_a = c.as_user("system:node:node-a", &["system:nodes"]);
@@ -487,11 +511,7 @@ async fn a_node_may_only_write_what_is_its_own() {
         );
     }
     let err = as_a
-        .delete(skiff::pb::api::v1::DeleteRequest {
-            namespace: "default".into(),
-            name: "on-b".into(),
-            ..Default::default()
-        })
+        .delete(delete("on-b"))
         .await
         .expect_err("node A deleting B's pod");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -547,6 +567,7 @@ fn subject_sa(name: &str, namespace: &str) -> Subject {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_token_has_exactly_its_rbac_rights() {
     let c = Secure::start(&[]);
+    let _controllers = c.controllers();
     let admin = c.admin();
     let mut account = ServiceAccount::default();
     let meta = skiff::Resource::metadata_mut(&mut account);
@@ -558,6 +579,30 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         .unwrap();
     let pods = Api::<Pod>::new(admin.clone());
     pods.create(pod_on("p1", "somewhere")).await.unwrap();
+    // A pod runs as an account that exists, and may opt out of its token.
+    let mut ghost = pod_on("ghost", "somewhere");
+    ghost
+        .spec
+        .get_or_insert_with(PodSpec::default)
+        .service_account_name = "ghost".into();
+    let err = pods
+        .create(ghost)
+        .await
+        .expect_err("no such service account");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("service account default/ghost"),
+        "{err:?}"
+    );
+    let mut quiet = pod_on("quiet", "somewhere");
+    quiet
+        .spec
+        .get_or_insert_with(PodSpec::default)
+        .automount_service_account_token = Some(false);
+    let quiet = pods.create(quiet).await.unwrap();
+    let spec = quiet.spec.unwrap();
+    assert_eq!(spec.service_account_name, "default");
+    assert!(spec.volumes.is_empty(), "{:?}", spec.volumes);
     let request = TokenRequest {
         metadata: Some(robot_meta()),
         ..Default::default()
@@ -638,14 +683,10 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         },
     )
     .await;
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.len(), 2, "p1 and quiet");
     // Still nothing else: other verbs, namespaces, kinds.
     let err = as_robot
-        .delete(skiff::pb::api::v1::DeleteRequest {
-            namespace: "default".into(),
-            name: "p1".into(),
-            ..Default::default()
-        })
+        .delete(delete("p1"))
         .await
         .expect_err("delete is not granted");
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -730,11 +771,7 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     // Deleting the account ends its tokens.
     Api::<ServiceAccount>::new(admin)
-        .delete(skiff::pb::api::v1::DeleteRequest {
-            namespace: "default".into(),
-            name: "robot".into(),
-            ..Default::default()
-        })
+        .delete(delete("robot"))
         .await
         .unwrap();
     let err = as_robot
@@ -742,4 +779,108 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         .await
         .expect_err("the account is gone");
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+}
+
+/// Waits until pod `name`'s log (through `skiff logs`) contains `wanted`;
+/// returns the log.
+async fn log_shows(c: &Secure, name: &str, wanted: &str) -> String {
+    let mut log = String::new();
+    wait_until(
+        &format!("pod {name}'s log shows {wanted:?}"),
+        Duration::from_secs(60),
+        async || {
+            let (ok, out, err) = c.skiff(&["logs", name]);
+            log = format!("{out}{err}");
+            ok && out.contains(wanted)
+        },
+    )
+    .await;
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_calls_the_api_with_its_service_account_token() {
+    let image = skiff_e2e::test_image().await.unwrap();
+    let c = Secure::start(&[]);
+    let _controllers = c.controllers();
+    let (token, hash) = c.token("1h");
+    let join = ["--token", token.as_str(), "--ca-hash", hash.as_str()];
+    let host = AgentNode::start_with(&c.server.url(), "sa-host", "process", &join).unwrap();
+    let docker = AgentNode::start_with(&c.server.url(), "sa-docker", "docker", &join).unwrap();
+    let grpcurl = skiff_e2e::grpcurl_binary().unwrap();
+    // A host process (the process runtime gives volume paths as
+    // SKIFF_VOLUME_<PATH>) that lists its namespace's pods with grpcurl
+    // and its token until it may.
+    let script = format!(
+        r#"D=$SKIFF_VOLUME_VAR_RUN_SECRETS_KUBERNETES_IO_SERVICEACCOUNT
+until {g} -cacert $D/ca.crt -H "authorization: Bearer $(cat $D/token)" -d "{{\"namespace\": \"$(cat $D/namespace)\"}}" {addr} skiff.core.v1.Pods/List > $D/../out 2>&1; do cat $D/../out; sleep 1; done
+echo LISTED; cat $D/../out; exec sleep 300"#,
+        g = grpcurl.display(),
+        addr = c.server.addr,
+    );
+    let manifest = c.dir.path().join("pods.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: caller}}
+spec:
+  nodeName: {host}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: host
+    command: ["sh", "-c", {script:?}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  nodeName: {docker}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "cd /var/run/secrets/kubernetes.io/serviceaccount && ls && cat namespace && echo && head -c 7 token && echo && exec sleep 300"]
+"#,
+            host = host.name,
+            docker = docker.name,
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = c.skiff(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    // The pods run as `default`, with Kubernetes' projected volume.
+    let (_, yaml, _) = c.skiff(&["get", "pod", "caller", "-o", "yaml"]);
+    assert!(yaml.contains("serviceAccountName: default"), "{yaml}");
+    assert!(yaml.contains("kube-api-access-"), "{yaml}");
+    assert!(
+        yaml.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "{yaml}"
+    );
+
+    // In the container: the token, the CA and the namespace.
+    let log = log_shows(&c, "reader", "eyJhbGc").await;
+    for part in ["ca.crt", "namespace", "token", "default"] {
+        assert!(log.contains(part), "{part}: {log}");
+    }
+    // Without a binding the token authenticates but may not list.
+    let log = log_shows(&c, "caller", "PermissionDenied").await;
+    assert!(
+        log.contains("system:serviceaccount:default:default"),
+        "the call was made as the pod's service account: {log}"
+    );
+    // Bound to `view` in its namespace, it may.
+    let binding = c.dir.path().join("binding.yaml");
+    std::fs::write(
+        &binding,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: default-view, namespace: default}\nsubjects:\n- {kind: ServiceAccount, name: default, namespace: default}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.skiff(&["apply", "-f", binding.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let log = log_shows(&c, "caller", "LISTED").await;
+    let listed = log.rsplit("LISTED").next().unwrap();
+    assert!(listed.contains("\"name\": \"reader\""), "{log}");
 }

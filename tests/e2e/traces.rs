@@ -30,6 +30,8 @@ struct Received {
     trace: Vec<u8>,
     span: Vec<u8>,
     parent: Vec<u8>,
+    /// Everything it said (attributes, events), dumped.
+    dump: String,
 }
 
 #[derive(Clone, Default)]
@@ -64,7 +66,9 @@ impl TraceService for Receiver {
                 .unwrap_or_default();
             for scope in resource.scope_spans {
                 for span in scope.spans {
+                    let dump = format!("{span:?}");
                     spans.push(Received {
+                        dump,
                         service: service.clone(),
                         name: span.name,
                         trace: span.trace_id,
@@ -81,29 +85,44 @@ impl TraceService for Receiver {
 /// `skiff ARGS` as a child exporting to `endpoint`, batches sent every
 /// 200 ms.
 fn component(args: &[&str], endpoint: &str) -> ChildGuard {
-    let child = Command::new(skiff_e2e::skiff_binary().unwrap())
+    logged_component(args, endpoint, None)
+}
+
+/// As [`component`], logging at debug into `log` when given.
+fn logged_component(args: &[&str], endpoint: &str, log: Option<&std::path::Path>) -> ChildGuard {
+    let mut command = Command::new(skiff_e2e::skiff_binary().unwrap());
+    command
         .args(args)
         .arg(format!("--otlp-endpoint={endpoint}"))
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    ChildGuard::new(child)
+        .stdout(Stdio::null());
+    match log {
+        Some(path) => command
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(path).unwrap()),
+        None => command.env("RUST_LOG", "warn").stderr(Stdio::inherit()),
+    };
+    ChildGuard::new(command.spawn().unwrap())
+}
+
+/// An OTLP receiver on a loopback port: it and its endpoint URL.
+async fn collector() -> (Receiver, String, tokio::task::JoinHandle<()>) {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let task = tokio::spawn(async move {
+        let _ = server.await;
+    });
+    (receiver, endpoint, task)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_agent() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let collector = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (receiver, endpoint, collector) = collector().await;
 
     let dir = tempfile::tempdir().unwrap();
     let port = skiff_e2e::free_port().unwrap();
@@ -252,5 +271,215 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
     })
     .await;
     drop(node);
+    collector.abort();
+}
+
+/// `skiff ARGS` with the client config `config`, logging at debug:
+/// whether it succeeded, its stdout and stderr.
+fn try_skiff(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+        .args(args)
+        .env("SKIFF_CONFIG", config)
+        .env_remove("SKIFF_SERVER")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// As [`try_skiff`], which must succeed: its stdout and stderr.
+fn skiff_with(config: &std::path::Path, args: &[&str]) -> (String, String) {
+    let (ok, out, err) = try_skiff(config, args);
+    assert!(ok, "skiff {args:?}: {err}");
+    (out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_data_never_appears_in_logs_traces_or_events() {
+    // A TLS cluster whose every component logs at debug into a file and
+    // exports its spans; a Secret reaches a pod as env, envFrom and a
+    // volume, and one reference to a missing key fails (an error path).
+    const VALUE: &str = "s3cr3t-Value-that-must-never-leak";
+    const TOKEN_FILE_VALUE: &str = "another-Hidden-Value";
+    let (receiver, endpoint, collector) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let port = skiff_e2e::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}");
+    let data = dir.path().join("server");
+    let data_dir = data.display().to_string();
+    let _server = logged_component(
+        &["server", "--listen", &addr, "--data-dir", &data_dir],
+        &endpoint,
+        Some(&logs.join("server.log")),
+    );
+    skiff_e2e::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();
+    let admin = data.join("admin.config");
+    wait_until("the admin config", Duration::from_secs(20), async || {
+        std::fs::read_to_string(&admin).is_ok_and(|t| t.contains(&addr))
+    })
+    .await;
+    let scheduler_config = data.join("scheduler.config").display().to_string();
+    let _scheduler = logged_component(
+        &[
+            "scheduler",
+            "--config",
+            &scheduler_config,
+            "--leader-elect=false",
+        ],
+        &endpoint,
+        Some(&logs.join("scheduler.log")),
+    );
+    let controllers_config = data.join("controller-manager.config").display().to_string();
+    let _controllers = logged_component(
+        &[
+            "controller-manager",
+            "--config",
+            &controllers_config,
+            "--leader-elect=false",
+        ],
+        &endpoint,
+        Some(&logs.join("controllers.log")),
+    );
+    let (out, err) = skiff_with(&admin, &["token", "create"]);
+    let (token, hash) = skiff_e2e::printed_token(&out, &err);
+    let agent_dir = tempfile::tempdir().unwrap();
+    let node = format!("secretive-{}", std::process::id());
+    let agent_data = agent_dir.path().display().to_string();
+    let _agent = logged_component(
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--node-name",
+            &node,
+            "--data-dir",
+            &agent_data,
+            "--runtime",
+            "process",
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-mode=none",
+            "--cluster-dns=false",
+            "--resync-secs=1",
+            "--token",
+            &token,
+            "--ca-hash",
+            &hash,
+        ],
+        &endpoint,
+        Some(&logs.join("agent.log")),
+    );
+
+    let manifest = dir.path().join("app.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: {VALUE}, other: {TOKEN_FILE_VALUE}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: consumer}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: host
+    command: ["sh", "-c", "test \"$PASSWORD\" = {VALUE} && cat $SKIFF_VOLUME_CREDS/other >/dev/null && echo the secret arrived; exec sleep 300"]
+    env:
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+    envFrom:
+    - secretRef: {{name: creds}}
+    volumeMounts: [{{name: creds, mountPath: /creds}}]
+  volumes:
+  - name: creds
+    secret: {{secretName: creds}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: broken}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: host
+    command: ["sleep", "300"]
+    env:
+    - name: MISSING
+      valueFrom: {{secretKeyRef: {{name: creds, key: nope}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let otlp = format!("--otlp-endpoint={endpoint}");
+    let (_, apply_log) = skiff_with(&admin, &["apply", "-f", manifest.to_str().unwrap(), &otlp]);
+    let mut log = String::new();
+    wait_until(
+        "the secret reaches the pod",
+        Duration::from_secs(60),
+        async || {
+            log = skiff_with(&admin, &["logs", "consumer"]).0;
+            log.contains("the secret arrived")
+        },
+    )
+    .await;
+    let mut events = String::new();
+    wait_until(
+        "the broken pod's event",
+        Duration::from_secs(60),
+        async || {
+            events = skiff_with(&admin, &["get", "events", "-o", "yaml"]).0;
+            events.contains("nope")
+        },
+    )
+    .await;
+    // Spans and logs flush within their batch delay; a moment more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spans: Vec<String> = receiver.spans().into_iter().map(|s| s.dump).collect();
+    assert!(spans.len() > 10, "spans arrived: {}", spans.len());
+    let mut texts = vec![
+        ("the apply's log".to_string(), apply_log),
+        ("skiff logs, at debug".to_string(), log),
+        ("the events".to_string(), events),
+        (
+            "the pod's describe".to_string(),
+            skiff_with(&admin, &["describe", "pod", "broken"]).0,
+        ),
+        ("the spans".to_string(), spans.join("\n")),
+    ];
+    for entry in std::fs::read_dir(&logs).unwrap() {
+        let path = entry.unwrap().path();
+        texts.push((
+            path.display().to_string(),
+            std::fs::read_to_string(&path).unwrap(),
+        ));
+    }
+    // The bootstrap token's secret half is a secret too.
+    let token_secret = token.split('.').nth(1).unwrap().to_string();
+    for (what, text) in &texts {
+        assert!(
+            !text.is_empty() || what.contains("apply"),
+            "{what} is empty"
+        );
+        for secret in [VALUE, TOKEN_FILE_VALUE, token_secret.as_str()] {
+            assert!(
+                !text.contains(secret),
+                "{what} shows a secret ({secret}):\n{text}"
+            );
+        }
+    }
+    // The logs were written at debug (so the check means something).
+    let server_log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    assert!(server_log.contains("DEBUG"), "{server_log}");
     collector.abort();
 }

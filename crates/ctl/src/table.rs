@@ -123,10 +123,15 @@ pub fn rows(
         "Endpoints" => vec!["NAME", "ENDPOINTS", "AGE"],
         "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
+        "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
         match kind {
+            "RoleBinding" | "ClusterRoleBinding" => {
+                header.extend(["USERS", "GROUPS", "SERVICEACCOUNTS"])
+            }
             "Pod" => header.extend(["IP", "NODE"]),
             "Node" => header.extend([
                 "INTERNAL-IP",
@@ -298,10 +303,42 @@ pub fn rows(
                     str_at(item, "/message").to_string(),
                 ]
             }
+            "RoleBinding" | "ClusterRoleBinding" => vec![
+                name,
+                format!(
+                    "{}/{}",
+                    str_at(item, "/roleRef/kind"),
+                    str_at(item, "/roleRef/name")
+                ),
+                created,
+            ],
+            "Role" | "ClusterRole" => vec![
+                name,
+                str_at(item, "/metadata/creationTimestamp").to_string(),
+            ],
             _ => vec![name, created],
         };
         if wide {
             match kind {
+                "RoleBinding" | "ClusterRoleBinding" => {
+                    let subjects = item["subjects"].as_array().cloned().unwrap_or_default();
+                    let of = |kind: &str| -> String {
+                        subjects
+                            .iter()
+                            .filter(|s| s["kind"] == kind)
+                            .map(|s| match s["namespace"].as_str() {
+                                Some(ns) if kind == "ServiceAccount" => {
+                                    format!("{ns}/{}", str_at(s, "/name"))
+                                }
+                                _ => str_at(s, "/name").to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    row.push(of("User"));
+                    row.push(of("Group"));
+                    row.push(of("ServiceAccount"));
+                }
                 "Pod" => {
                     row.push(none_if_empty(str_at(item, "/status/podIP")));
                     row.push(none_if_empty(str_at(item, "/spec/nodeName")));
@@ -441,6 +478,33 @@ mod tests {
                 "5m0s",
                 "10.0.0.2",
                 "n1"
+            ]
+        );
+    }
+
+    #[test]
+    fn role_bindings_show_their_role_and_wide_their_subjects() {
+        let binding = json!({
+            "metadata": {"name": "read-pods", "creationTimestamp": "2026-11-26T10:00:00Z"},
+            "roleRef": {"kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "User", "name": "jane"}, {"kind": "Group", "name": "ops"},
+                         {"kind": "ServiceAccount", "name": "robot", "namespace": "shop"}]
+        });
+        let now = humantime::parse_rfc3339("2026-11-26T10:05:00Z").unwrap();
+        let table = rows("RoleBinding", &[binding], true, false, now);
+        assert_eq!(
+            table[0],
+            ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
+        );
+        assert_eq!(
+            table[1],
+            [
+                "read-pods",
+                "Role/pod-reader",
+                "5m0s",
+                "jane",
+                "ops",
+                "shop/robot"
             ]
         );
     }

@@ -263,12 +263,15 @@ impl ApiServer {
             source,
         })?;
         let store = open_store(&config.store).await?;
-        let registry = Arc::new(Registry::new(
-            Arc::clone(&store),
-            config.bookmark_interval,
-            config.service_cidr,
-            config.node_ports.clone(),
-        ));
+        let registry = Arc::new(
+            Registry::new(
+                Arc::clone(&store),
+                config.bookmark_interval,
+                config.service_cidr,
+                config.node_ports.clone(),
+            )
+            .with_service_account_tokens(config.security.is_some()),
+        );
         registry.bootstrap().await?;
         let actors = if config.actors == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use skiff::pb::api::v1::{DeleteRequest, EventType, GetRequest, ListRequest, WatchRequest};
-use skiff::pb::core::v1::{Binding, Namespace, Service};
+use skiff::pb::core::v1::{Binding, Namespace, Service, ServiceAccount};
 use skiff::pb::meta::v1::ListMeta;
 use skiff::selector::{FieldSelector, LabelSelector};
 use skiff::validation::FieldErrors;
@@ -71,6 +71,9 @@ pub struct Registry {
     bookmark_interval: Duration,
     /// Services' cluster IPs.
     allocator: Allocator,
+    /// Whether pods get their service account's token mounted (a cluster
+    /// that issues tokens: TLS).
+    service_account_tokens: bool,
 }
 
 /// A Service's cluster IP cannot change: an update without one keeps the
@@ -337,7 +340,15 @@ impl Registry {
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,
+            service_account_tokens: false,
         }
+    }
+
+    /// The registry, mounting service-account tokens into the pods it
+    /// creates (Kubernetes' ServiceAccount admission) when `on`.
+    pub fn with_service_account_tokens(mut self, on: bool) -> Self {
+        self.service_account_tokens = on;
+        self
     }
 
     /// Stops the registry's own background work (the namespace index), so
@@ -534,6 +545,34 @@ impl Registry {
         }
     }
 
+    /// The service account `namespace/name` an object will run as.
+    /// `default` may be moments from existing in a new namespace (its
+    /// controller makes it): it is waited for, up to two seconds, as
+    /// Kubernetes' admission does.
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION when it does not exist.
+    async fn service_account(&self, namespace: &str, name: &str) -> Result<ServiceAccount> {
+        let namespace = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let key = keys::object::<ServiceAccount>(namespace, name);
+        let tries = if name == "default" { 20 } else { 1 };
+        for i in 0..tries {
+            if let Some((account, _)) = self.read::<ServiceAccount>(&key).await? {
+                return Ok(account);
+            }
+            if i + 1 < tries {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(ApiError::Forbidden(format!(
+            "error looking up service account {namespace}/{name}: serviceaccount {name:?} not found"
+        )))
+    }
+
     /// Creates an object.
     ///
     /// # Errors
@@ -568,6 +607,12 @@ impl Registry {
         skiff_telemetry::annotate(&mut meta.annotations);
         obj.default_fields();
         obj.prepare_create();
+        if self.service_account_tokens
+            && let Some(account) = obj.service_account()
+        {
+            let found = self.service_account(obj.namespace(), &account).await?;
+            obj.admit_service_account(&found);
+        }
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
         }

@@ -7,9 +7,11 @@ use skiff::Resource;
 use skiff::pb::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
-    ConfigMap, Container, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Pod,
-    PodCondition, PodSpec, PodStatus, PodTemplateSpec, ReplicationController, Secret, Service,
-    ServiceAccount,
+    ConfigMap, ConfigMapProjection, Container, DownwardApiProjection, DownwardApiVolumeFile,
+    Endpoints, Event, KeyToPath, Namespace, NamespaceSpec, NamespaceStatus, Node,
+    ObjectFieldSelector, Pod, PodCondition, PodSpec, PodStatus, PodTemplateSpec,
+    ProjectedVolumeSource, ReplicationController, Secret, Service, ServiceAccount,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff::pb::rbac::v1::{
@@ -19,6 +21,9 @@ use skiff::quantity::Quantity;
 use skiff::selector::LabelSelector;
 use skiff::validation::{self, FieldErrors};
 use skiff::wkt::{Value, value::Kind as ValueKind};
+
+/// Where pods find their service account's token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The finalizer that keeps a deleted namespace until its content is gone.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
@@ -95,6 +100,20 @@ pub trait Strategy: Resource {
     /// `requested` is the Delete's gracePeriodSeconds.
     fn graceful_delete_seconds(&self, _requested: Option<i64>) -> Option<i64> {
         None
+    }
+
+    /// The service account the object runs as, for Kubernetes'
+    /// ServiceAccount admission (pods: `spec.serviceAccountName`, else
+    /// `default`); None for kinds that run nothing.
+    fn service_account(&self) -> Option<String> {
+        None
+    }
+
+    /// Kubernetes' ServiceAccount admission, on create in a cluster that
+    /// issues tokens, once `account` is known to exist: pods run as it and
+    /// get its token (see [`Pod`]'s). Other kinds: nothing.
+    fn admit_service_account(&mut self, account: &ServiceAccount) {
+        let _ = account;
     }
 
     /// Binds the object to `node` (the binding subresource).
@@ -376,6 +395,105 @@ impl Strategy for Pod {
             phase: "Pending".into(),
             ..Default::default()
         });
+    }
+
+    /// The pod runs as `spec.serviceAccountName` (default `default`) and,
+    /// unless `automountServiceAccountToken: false` (on the pod, else on
+    /// the account) or a container already mounts something there, gets Kubernetes' `kube-api-access-*`
+    /// projected volume at `/var/run/secrets/kubernetes.io/serviceaccount`
+    /// in every container: a token bound to the pod (`token`), the
+    /// cluster CA (`ca.crt`) and the namespace (`namespace`).
+    fn service_account(&self) -> Option<String> {
+        let spec = self.spec.clone().unwrap_or_default();
+        Some(if !spec.service_account_name.is_empty() {
+            spec.service_account_name
+        } else if !spec.service_account.is_empty() {
+            spec.service_account
+        } else {
+            "default".into()
+        })
+    }
+
+    fn admit_service_account(&mut self, account: &ServiceAccount) {
+        let name = self.service_account().unwrap_or_default();
+        let spec = self.spec.get_or_insert_with(PodSpec::default);
+        spec.service_account_name = name;
+        // The pod's own choice wins over its account's.
+        let automount = spec
+            .automount_service_account_token
+            .or(account.automount_service_account_token)
+            .unwrap_or(true);
+        if !automount {
+            return;
+        }
+        let mounted = spec
+            .containers
+            .iter()
+            .chain(&spec.init_containers)
+            .any(|c| {
+                c.volume_mounts
+                    .iter()
+                    .any(|m| m.mount_path == SERVICE_ACCOUNT_DIR)
+            });
+        if mounted {
+            return;
+        }
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
+        let name = format!("kube-api-access-{suffix}");
+        spec.volumes.push(Volume {
+            name: name.clone(),
+            projected: Some(ProjectedVolumeSource {
+                sources: vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: String::new(),
+                            expiration_seconds: Some(3607),
+                            path: "token".into(),
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".into(),
+                            items: vec![KeyToPath {
+                                key: "ca.crt".into(),
+                                path: "ca.crt".into(),
+                                mode: None,
+                            }],
+                            optional: None,
+                        }),
+                        ..Default::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardApiProjection {
+                            items: vec![DownwardApiVolumeFile {
+                                path: "namespace".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    api_version: "v1".into(),
+                                    field_path: "metadata.namespace".into(),
+                                }),
+                                ..Default::default()
+                            }],
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                default_mode: Some(0o644),
+            }),
+            ..Default::default()
+        });
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut())
+        {
+            c.volume_mounts.push(VolumeMount {
+                name: name.clone(),
+                read_only: true,
+                mount_path: SERVICE_ACCOUNT_DIR.into(),
+                ..Default::default()
+            });
+        }
     }
 
     fn validate(&self, errors: &mut FieldErrors) {

@@ -49,9 +49,9 @@ pub mod garbage;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod rootca;
 pub mod runtime;
 pub mod service;
-pub mod rootca;
 pub mod serviceaccount;
 
 use replicaset::{ReplicaController, ReplicaOwner};

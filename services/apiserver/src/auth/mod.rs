@@ -205,23 +205,68 @@ pub fn caller(extensions: &http::Extensions) -> Option<&UserInfo> {
     extensions.get::<UserInfo>()
 }
 
-/// Creates the default RBAC policy objects that are missing.
+/// Kubernetes' annotation that keeps a default role or binding as an
+/// administrator edited it.
+pub const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
+
+/// Creates the default RBAC policy objects, and brings back to the default
+/// the ones that drifted (a newer Skiff's policy) unless annotated
+/// `rbac.authorization.kubernetes.io/autoupdate: "false"`, as Kubernetes'
+/// bootstrap policy does.
 ///
 /// # Errors
 /// The store cannot be written.
 pub async fn bootstrap_policy(registry: &crate::Registry) -> crate::error::Result<()> {
     let (roles, bindings) = rbac::default_policy();
     for role in roles {
-        match registry.create(role).await {
-            Ok(_) | Err(crate::ApiError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        reconcile_default(registry, role, |current, wanted| {
+            current.rules = wanted.rules.clone();
+        })
+        .await?;
     }
     for binding in bindings {
-        match registry.create(binding).await {
-            Ok(_) | Err(crate::ApiError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
+        reconcile_default(registry, binding, |current, wanted| {
+            current.subjects = wanted.subjects.clone();
+            current.role_ref = wanted.role_ref.clone();
+        })
+        .await?;
     }
     Ok(())
+}
+
+async fn reconcile_default<K: crate::strategy::Strategy>(
+    registry: &crate::Registry,
+    wanted: K,
+    adopt: impl Fn(&mut K, &K),
+) -> crate::error::Result<()> {
+    let name = wanted.name().to_string();
+    match registry
+        .get::<K>(skiff::pb::api::v1::GetRequest {
+            namespace: String::new(),
+            name: name.clone(),
+        })
+        .await
+    {
+        Err(crate::ApiError::NotFound { .. }) => match registry.create(wanted).await {
+            Ok(_) | Err(crate::ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+        Ok(current) => {
+            let kept = current
+                .metadata()
+                .and_then(|m| m.annotations.get(AUTOUPDATE))
+                .is_some_and(|v| v == "false");
+            let mut next = current.clone();
+            adopt(&mut next, &wanted);
+            if kept || next == current {
+                return Ok(());
+            }
+            tracing::info!(kind = K::KIND, %name, "default RBAC policy updated");
+            match registry.update(next).await {
+                Ok(_) | Err(crate::ApiError::Conflict { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
 }

@@ -275,10 +275,19 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             ],
         ),
         // The controller manager acts for every controller (Kubernetes
-        // can split it into one service account per controller).
+        // can split it into one service account per controller). RBAC
+        // objects it may only read and delete (emptying a namespace), never
+        // write: it cannot grant itself more.
         role(
             "system:kube-controller-manager",
-            vec![rule(&["*"], &["", "apps", "coordination.k8s.io"], &["*"])],
+            vec![
+                rule(&["*"], &["", "apps", "coordination.k8s.io"], &["*"]),
+                rule(
+                    &["get", "list", "watch", "delete", "deletecollection"],
+                    &["rbac.authorization.k8s.io"],
+                    &["*"],
+                ),
+            ],
         ),
         role(
             "system:node-bootstrapper",
