@@ -7,7 +7,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prost::Message as _;
 use skiff::pb::apps::v1::Deployment;
 use skiff::pb::core::v1::{Pod, Service};
 
