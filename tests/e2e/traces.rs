@@ -428,8 +428,9 @@ spec:
         "the secret reaches the pod",
         Duration::from_secs(60),
         async || {
-            log = skiff_with(&admin, &["logs", "consumer"]).0;
-            log.contains("the secret arrived")
+            let (_, out, err) = try_skiff(&admin, &["logs", "consumer"]);
+            log = format!("{out}{err}");
+            out.contains("the secret arrived")
         },
     )
     .await;
@@ -438,7 +439,7 @@ spec:
         "the broken pod's event",
         Duration::from_secs(60),
         async || {
-            events = skiff_with(&admin, &["get", "events", "-o", "yaml"]).0;
+            events = try_skiff(&admin, &["get", "events", "-o", "yaml"]).1;
             events.contains("nope")
         },
     )

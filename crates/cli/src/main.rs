@@ -358,6 +358,9 @@ struct ApplyArgs {
     /// Manifest files or directories (`-` for stdin).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<String>,
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    recursive: bool,
     /// `client`: check the manifests and compare, send nothing; `server`:
     /// the server checks and admits everything, and writes nothing.
     #[arg(long, value_parser = ["none", "client", "server"], default_value = "none")]
@@ -407,6 +410,9 @@ struct DeleteArgs {
     /// Delete what these manifests name.
     #[arg(short = 'f', long = "filename")]
     files: Vec<String>,
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    recursive: bool,
     /// background, foreground or orphan.
     #[arg(long, default_value = "background")]
     cascade: String,
@@ -970,12 +976,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("running hollow nodes")?;
         }
         Command::Apply(args) => {
-            let ctl = args.client.ctl()?;
+            let ctl = args.client.ctl()?.recursive(args.recursive);
             ctl.apply(&args.files, dry_run(&args.dry_run), false)
                 .await?;
         }
         Command::Create(args) => {
-            let ctl = args.client.ctl()?;
+            let ctl = args.client.ctl()?.recursive(args.recursive);
             ctl.apply(&args.files, dry_run(&args.dry_run), true).await?;
         }
         Command::Get(args) => {
@@ -1003,7 +1009,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Describe(args) => args.client.ctl()?.describe(&args.target).await?,
         Command::Delete(args) => {
-            let ctl = args.client.ctl()?;
+            let ctl = args.client.ctl()?.recursive(args.recursive);
             ctl.delete(&args.target, &args.files, &args.cascade).await?;
         }
         Command::Scale(args) => {

@@ -84,6 +84,8 @@ pub struct Ctl {
     server: String,
     /// The namespace when none is named.
     pub namespace: String,
+    /// `-f` directories are read with their subdirectories (`-R`).
+    recursive: bool,
 }
 
 fn kind_of(name: &str) -> Result<Box<dyn Ops>> {
@@ -174,7 +176,15 @@ impl Ctl {
             channel,
             server: server.to_string(),
             namespace: namespace.to_string(),
+            recursive: false,
         })
+    }
+
+    /// The same commands, reading `-f` directories' subdirectories too
+    /// (kubectl's `-R`).
+    pub fn recursive(mut self, recursive: bool) -> Self {
+        self.recursive = recursive;
+        self
     }
 
     /// A gRPC error worded like kubectl's.
@@ -250,7 +260,7 @@ impl Ctl {
         dry_run: apply::DryRun,
         create_only: bool,
     ) -> Result<()> {
-        let (documents, invalid) = manifest::read(files);
+        let (documents, invalid) = manifest::read(files, self.recursive);
         let mut failures: Vec<String> = invalid.iter().map(|e| e.to_string()).collect();
         let suffix = match dry_run {
             apply::DryRun::None => "",
@@ -276,7 +286,17 @@ impl Ctl {
             }
         }
         if documents.is_empty() && failures.is_empty() {
-            failures.push("error: no objects passed to apply".into());
+            let nested = !self.recursive
+                && files.iter().any(|f| {
+                    std::fs::read_dir(f)
+                        .map(|mut d| d.any(|e| e.is_ok_and(|e| e.path().is_dir())))
+                        .unwrap_or(false)
+                });
+            failures.push(if nested {
+                "error: no objects passed to apply (the directory's manifests are in subdirectories: add -R)".into()
+            } else {
+                "error: no objects passed to apply".into()
+            });
         }
         if failures.is_empty() {
             Ok(())
@@ -476,7 +496,7 @@ impl Ctl {
         let mut targets: Vec<(Box<dyn Ops>, String, String)> = Vec::new();
         let mut failures = Vec::new();
         if !files.is_empty() {
-            let (documents, invalid) = manifest::read(files);
+            let (documents, invalid) = manifest::read(files, self.recursive);
             failures.extend(invalid.iter().map(|e| e.to_string()));
             for doc in documents {
                 let ns = apply::namespace_of(&doc, &self.namespace);

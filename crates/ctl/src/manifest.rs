@@ -46,20 +46,46 @@ pub struct Invalid {
 }
 
 /// Reads every manifest under `paths` (files, directories of `.yaml`,
-/// `.yml` and `.json` files, `-` for stdin): the documents that check, and
+/// `.yml` and `.json` files — with `recursive`, their subdirectories too,
+/// as kubectl's `-R` — and `-` for stdin): the documents that check, and
 /// an error for each that does not.
-pub fn read(paths: &[String]) -> (Vec<Document>, Vec<Invalid>) {
+pub fn read(paths: &[String], recursive: bool) -> (Vec<Document>, Vec<Invalid>) {
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        for (source, text) in sources(path, &mut errors) {
+        for (source, text) in sources(path, recursive, &mut errors) {
             parse(&source, &text, &mut documents, &mut errors);
         }
     }
     (documents, errors)
 }
 
-fn sources(path: &str, errors: &mut Vec<Invalid>) -> Vec<(String, String)> {
+/// The manifest files of directory `dir` (and of its subdirectories when
+/// `recursive`), sorted.
+fn manifest_files(dir: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            if recursive {
+                files.extend(manifest_files(&entry, true)?);
+            }
+        } else if entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(entry);
+        }
+    }
+    Ok(files)
+}
+
+fn sources(path: &str, recursive: bool, errors: &mut Vec<Invalid>) -> Vec<(String, String)> {
     let unreadable = |e: std::io::Error| Invalid {
         file: path.to_string(),
         index: 0,
@@ -77,22 +103,13 @@ fn sources(path: &str, errors: &mut Vec<Invalid>) -> Vec<(String, String)> {
     }
     let p = Path::new(path);
     if p.is_dir() {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(p) {
-            Ok(entries) => entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| {
-                    f.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-                })
-                .collect(),
+        let files = match manifest_files(p, recursive) {
+            Ok(files) => files,
             Err(e) => {
                 errors.push(unreadable(e));
                 return Vec::new();
             }
         };
-        files.sort();
         return files
             .into_iter()
             .filter_map(|f| match std::fs::read_to_string(&f) {
@@ -226,6 +243,24 @@ mod tests {
             messages[2].contains("(document 4)") && messages[2].contains("metadata.name"),
             "{messages:?}"
         );
+    }
+
+    #[test]
+    fn subdirectories_are_read_only_when_recursive() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("app");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(
+            sub.join("cm.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        std::fs::write(sub.join("README.md"), "not a manifest").unwrap();
+        let top = vec![dir.path().display().to_string()];
+        assert!(read(&top, false).0.is_empty());
+        let (docs, errs) = read(&top, true);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(docs.len(), 1);
     }
 
     #[test]
