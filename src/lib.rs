@@ -14,9 +14,11 @@
 //! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
 //! - [`validation`]: names, labels and the field errors they produce.
 //! - [`time`]: timestamps; [`pods`]: shared facts about pods and
-//!   Services.
+//!   Services; [`nodes`]: which nodes a pod may run on (selectors,
+//!   affinity, taints), for the scheduler and the DaemonSet controller.
 
 pub mod keys;
+pub mod nodes;
 pub mod pods;
 pub mod quantity;
 mod resource;

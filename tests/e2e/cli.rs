@@ -685,6 +685,19 @@ kind: Lease
 metadata: {{name: lock, namespace: shop}}
 spec: {{holderIdentity: me, leaseDurationSeconds: 15}}
 ---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: logs, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: logs}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {{maxUnavailable: 1}}}}
+  template:
+    metadata: {{labels: {{app: logs}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      tolerations: [{{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}]
+      containers: [{{name: main, image: {image}, command: [sleep, "3600"]}}]
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: pod-reader, namespace: shop}}
@@ -778,6 +791,7 @@ roleRef:
         ("service".into(), "svc".into(), "shop".into()),
         ("lease".into(), "lock".into(), "shop".into()),
         ("event".into(), first("events"), "shop".into()),
+        ("daemonset".into(), "logs".into(), "shop".into()),
         ("role".into(), "pod-reader".into(), "shop".into()),
         ("rolebinding".into(), "read-pods".into(), "shop".into()),
         ("clusterrole".into(), "secret-reader".into(), "".into()),

@@ -871,3 +871,214 @@ async fn paused_deployments_wait_recreate_replaces_all_and_stuck_rollouts_time_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn daemonset(name: &str, node_selector: &[(&str, &str)]) -> skiff::pb::apps::v1::DaemonSet {
+    let mut template = template(name);
+    template.spec.as_mut().unwrap().node_selector = node_selector
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    skiff::pb::apps::v1::DaemonSet {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(skiff::pb::apps::v1::DaemonSetSpec {
+            selector: Some(LabelSelector {
+                match_labels: [("app".to_string(), name.to_string())].into(),
+                ..Default::default()
+            }),
+            template: Some(template),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Read-modify-write of a Node, retried on stale versions.
+async fn edit_node(env: &Env, name: &str, change: impl Fn(&mut skiff::pb::core::v1::Node)) {
+    let api = Api::<skiff::pb::core::v1::Node>::new(env.channel.clone());
+    for _ in 0..10 {
+        let mut node = api.get("", name).await.unwrap();
+        change(&mut node);
+        match api.update(node).await {
+            Ok(_) => return,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("updating node {name}: {s}"),
+        }
+    }
+    panic!("node {name} kept changing");
+}
+
+/// The nodes the Running pods of `app` are on, sorted (one entry a pod).
+async fn nodes_of(env: &Env, app: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = running(env, app)
+        .await
+        .into_iter()
+        .map(|p| p.spec.unwrap_or_default().node_name)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_template() {
+    let env = env(None).await;
+    let nodes = Api::<skiff::pb::core::v1::Node>::new(env.channel.clone());
+    let mut all = Vec::new();
+    skiff_e2e::wait_until("5 hollow nodes", Duration::from_secs(30), async || {
+        all = nodes
+            .list(ListRequest::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        all.len() == 5
+    })
+    .await;
+    let mut names: Vec<String> = all
+        .iter()
+        .map(|n| n.metadata.clone().unwrap().name)
+        .collect();
+    names.sort();
+    let sets = Api::<skiff::pb::apps::v1::DaemonSet>::new(env.channel.clone());
+    sets.create(daemonset("agent", &[])).await.unwrap();
+    let mut placed = Vec::new();
+    skiff_e2e::wait_until("a pod on every node", Duration::from_secs(30), async || {
+        placed = nodes_of(&env, "agent").await;
+        placed == names
+    })
+    .await;
+    let mut status = Default::default();
+    skiff_e2e::wait_until("the status counts 5", Duration::from_secs(30), async || {
+        status = sets
+            .get("default", "agent")
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        status.desired_number_scheduled == 5
+            && status.current_number_scheduled == 5
+            && status.number_ready == 5
+            && status.updated_number_scheduled == 5
+    })
+    .await;
+
+    // Only nodes labelled disk=ssd: two of them. The template changes
+    // (a new revision) and the other three lose their pods.
+    for n in &names[..2] {
+        edit_node(&env, n, |node| {
+            node.metadata
+                .as_mut()
+                .unwrap()
+                .labels
+                .insert("disk".into(), "ssd".into());
+        })
+        .await;
+    }
+    for _ in 0..10 {
+        let mut ds = sets.get("default", "agent").await.unwrap();
+        ds.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .node_selector = [("disk".to_string(), "ssd".to_string())].into();
+        ds.status = None;
+        match sets.update(ds).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("{s}"),
+        }
+    }
+    let ssd: Vec<String> = names[..2].to_vec();
+    skiff_e2e::wait_until(
+        "pods on the ssd nodes only, of the new template",
+        Duration::from_secs(30),
+        async || {
+            let pods = running(&env, "agent").await;
+            let revisions: std::collections::BTreeSet<String> = pods
+                .iter()
+                .map(|p| p.metadata.clone().unwrap().labels["controller-revision-hash"].clone())
+                .collect();
+            nodes_of(&env, "agent").await == ssd && revisions.len() == 1
+        },
+    )
+    .await;
+
+    // A taint the template does not tolerate takes the pod off that node;
+    // a new ssd node gets one.
+    edit_node(&env, &names[0], |node| {
+        node.spec
+            .get_or_insert_with(Default::default)
+            .taints
+            .push(skiff::pb::core::v1::Taint {
+                key: "dedicated".into(),
+                value: "db".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+    })
+    .await;
+    edit_node(&env, &names[4], |node| {
+        node.metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("disk".into(), "ssd".into());
+    })
+    .await;
+    let want = vec![names[1].clone(), names[4].clone()];
+    skiff_e2e::wait_until(
+        "the taint and the new label are followed",
+        Duration::from_secs(30),
+        async || nodes_of(&env, "agent").await == want,
+    )
+    .await;
+
+    // A deleted daemon pod comes back; deleting the set deletes its pods.
+    let victim = running(&env, "agent").await[0].clone();
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let victim_uid = victim.metadata.clone().unwrap().uid;
+    pods.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: victim.metadata.unwrap().name,
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    skiff_e2e::wait_until(
+        "the deleted pod is replaced",
+        Duration::from_secs(30),
+        async || {
+            let now = running(&env, "agent").await;
+            now.len() == 2
+                && now
+                    .iter()
+                    .all(|p| p.metadata.as_ref().unwrap().uid != victim_uid)
+        },
+    )
+    .await;
+    sets.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "agent".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    skiff_e2e::wait_until(
+        "its pods are collected",
+        Duration::from_secs(30),
+        async || {
+            skiff_e2e::list::<Pod>(&env.channel, "default", "app=agent")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+}

@@ -174,10 +174,26 @@ const NODE_INFO: &[&str] = &[
     "architecture",
 ];
 
+/// A DaemonSet status's counts, all required.
+const DAEMONSET_COUNTS: &[&str] = &[
+    "currentNumberScheduled",
+    "desiredNumberScheduled",
+    "numberMisscheduled",
+    "numberReady",
+];
+
 fn required_defaults(value: &mut Value) {
+    let daemonset = value.get("kind").and_then(Value::as_str) == Some("DaemonSet");
     let Some(status) = value.get_mut("status").and_then(Value::as_object_mut) else {
         return;
     };
+    if daemonset {
+        for key in DAEMONSET_COUNTS {
+            status
+                .entry(key.to_string())
+                .or_insert_with(|| Value::from(0));
+        }
+    }
     for (field, defaults) in REQUIRED {
         if let Some(Value::Array(items)) = status.get_mut(*field) {
             for item in items.iter_mut().filter_map(Value::as_object_mut) {

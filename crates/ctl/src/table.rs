@@ -124,6 +124,16 @@ pub fn rows(
         "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
+        "DaemonSet" => vec![
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE SELECTOR",
+            "AGE",
+        ],
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         _ => vec!["NAME", "AGE"],
     };
@@ -139,7 +149,7 @@ pub fn rows(
                 "KERNEL-VERSION",
                 "CONTAINER-RUNTIME",
             ]),
-            "Deployment" | "ReplicaSet" | "ReplicationController" => {
+            "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" => {
                 header.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
             }
             _ => {}
@@ -303,6 +313,27 @@ pub fn rows(
                     str_at(item, "/message").to_string(),
                 ]
             }
+            "DaemonSet" => {
+                let selector: Vec<String> = item
+                    .pointer("/spec/template/spec/nodeSelector")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vec![
+                    name,
+                    int_at(item, "/status/desiredNumberScheduled").to_string(),
+                    int_at(item, "/status/currentNumberScheduled").to_string(),
+                    int_at(item, "/status/numberReady").to_string(),
+                    int_at(item, "/status/updatedNumberScheduled").to_string(),
+                    int_at(item, "/status/numberAvailable").to_string(),
+                    none_if_empty(&selector.join(",")),
+                    created,
+                ]
+            }
             "RoleBinding" | "ClusterRoleBinding" => vec![
                 name,
                 format!(
@@ -360,7 +391,7 @@ pub fn rows(
                         "/status/nodeInfo/containerRuntimeVersion",
                     )));
                 }
-                "Deployment" | "ReplicaSet" | "ReplicationController" => {
+                "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" => {
                     let containers = item
                         .pointer("/spec/template/spec/containers")
                         .and_then(Value::as_array)

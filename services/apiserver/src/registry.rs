@@ -37,7 +37,12 @@ const LIST_CHUNK: usize = 500;
 const MAX_RETRIES: usize = 16;
 /// Kinds whose deletion may wait for their dependents (Foreground) or
 /// release them (Orphan): the owners the garbage collector knows.
-pub const OWNER_KINDS: &[&str] = &["ReplicaSet", "ReplicationController", "Deployment"];
+pub const OWNER_KINDS: &[&str] = &[
+    "ReplicaSet",
+    "ReplicationController",
+    "Deployment",
+    "DaemonSet",
+];
 /// The finalizer of a Foreground deletion.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 /// The finalizer of an Orphan deletion.

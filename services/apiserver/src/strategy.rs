@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use skiff::Resource;
-use skiff::pb::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use skiff::pb::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment,
+};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, ConfigMapProjection, Container, DownwardApiProjection, DownwardApiVolumeFile,
@@ -1077,6 +1080,80 @@ impl Strategy for Lease {
                 "spec.leaseDurationSeconds",
                 "Invalid value: must be greater than 0",
             );
+        }
+    }
+}
+
+// === daemon sets ===
+
+impl Strategy for DaemonSet {
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.revision_history_limit.get_or_insert(10);
+            let strategy = spec
+                .update_strategy
+                .get_or_insert_with(DaemonSetUpdateStrategy::default);
+            if strategy.r#type.is_empty() {
+                strategy.r#type = "RollingUpdate".into();
+            }
+            if strategy.r#type == "RollingUpdate" {
+                let count = |n: f64| Value {
+                    kind: Some(ValueKind::NumberValue(n)),
+                };
+                let ru = strategy
+                    .rolling_update
+                    .get_or_insert_with(RollingUpdateDaemonSet::default);
+                ru.max_unavailable.get_or_insert_with(|| count(1.0));
+                ru.max_surge.get_or_insert_with(|| count(0.0));
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_template(
+            spec.template.as_ref(),
+            meta_selector(spec.selector.as_ref()),
+            errors,
+        );
+        let restart = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map_or("Always", |s| s.restart_policy.as_str());
+        if restart != "Always" {
+            errors.push(
+                "spec.template.spec.restartPolicy",
+                format!("Unsupported value: {restart:?}: supported values: \"Always\""),
+            );
+        }
+        if let Some(strategy) = &spec.update_strategy {
+            match strategy.r#type.as_str() {
+                "RollingUpdate" => {
+                    if let Some(ru) = &strategy.rolling_update {
+                        validate_int_or_percent(
+                            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                            ru.max_unavailable.as_ref(),
+                            errors,
+                        );
+                        validate_int_or_percent(
+                            "spec.updateStrategy.rollingUpdate.maxSurge",
+                            ru.max_surge.as_ref(),
+                            errors,
+                        );
+                    }
+                }
+                "OnDelete" => {}
+                other => errors.push(
+                    "spec.updateStrategy.type",
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+                    ),
+                ),
+            }
         }
     }
 }

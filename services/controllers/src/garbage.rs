@@ -1,6 +1,7 @@
 //! The garbage collector (background propagation): a dependent whose
 //! every owner is gone is deleted. One collector runs per dependent kind
-//! (pods, whose owners are ReplicaSets and ReplicationControllers;
+//! (pods, whose owners are ReplicaSets, ReplicationControllers and
+//! DaemonSets;
 //! ReplicaSets, whose owners are Deployments).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
-use skiff::pb::apps::v1::{Deployment, ReplicaSet};
+use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use skiff::pb::core::v1::ReplicationController;
 use skiff::pb::meta::v1::OwnerReference;
 use skiff::{ObjectRef, Resource};
@@ -34,6 +35,8 @@ pub struct Owners {
     pub replicationcontrollers: (Api<ReplicationController>, Store<ReplicationController>),
     /// Deployments (own ReplicaSets).
     pub deployments: (Api<Deployment>, Store<Deployment>),
+    /// DaemonSets (own pods).
+    pub daemonsets: (Api<DaemonSet>, Store<DaemonSet>),
 }
 
 /// Whether `owner` (in `namespace`) still exists with its uid: first the
@@ -91,6 +94,10 @@ impl<K: Resource> GarbageCollector<K> {
             }
             "Deployment" => {
                 let (api, store) = &self.owners.deployments;
+                exists(api, store, namespace, owner).await
+            }
+            "DaemonSet" => {
+                let (api, store) = &self.owners.daemonsets;
                 exists(api, store, namespace, owner).await
             }
             _ => Ok(true),

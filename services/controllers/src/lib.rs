@@ -9,6 +9,7 @@
 //! - [`deployment`]: Deployments: rolling update, Recreate, rollback,
 //!   pause, revision history, progress conditions.
 //! - [`serviceaccount`]: a `default` service account per namespace.
+//! - [`daemonset`]: one pod of a template per matching node.
 //! - [`rootca`]: the cluster CA's `kube-root-ca.crt` ConfigMap per
 //!   namespace.
 //! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
@@ -34,7 +35,7 @@ use actix::{
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use skiff::pb::apps::v1::{Deployment, ReplicaSet};
+use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
@@ -43,6 +44,7 @@ use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
@@ -69,6 +71,8 @@ pub struct Shared {
     pub replicationcontrollers: Informer<ReplicationController>,
     /// All Deployments.
     pub deployments: Informer<Deployment>,
+    /// All DaemonSets.
+    pub daemonsets: Informer<DaemonSet>,
     /// All namespaces.
     pub namespaces: Informer<Namespace>,
     /// All service accounts.
@@ -131,6 +135,7 @@ impl Shared {
             replicasets: Informer::start(Api::new(channel.clone()), Default::default()),
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
+            daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
             services: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -182,6 +187,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "deployment",
             start: deployment_controller,
+        },
+        Descriptor {
+            name: "daemonset",
+            start: daemonset_controller,
         },
         Descriptor {
             name: "serviceaccounts",
@@ -322,6 +331,63 @@ fn replica_controller<K: ReplicaOwner>(
     .boxed()
 }
 
+fn daemonset_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut ds_changes = shared.daemonsets.subscribe();
+        let mut pod_changes = shared.pods.subscribe();
+        let mut node_changes = shared.nodes.subscribe();
+        shared.daemonsets.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        shared.nodes.store.wait_synced().await;
+        let controller = Arc::new(daemonset::DaemonSetController::new(
+            Arc::clone(&shared.recorder),
+            (
+                Api::new(shared.channel.clone()),
+                shared.daemonsets.store.clone(),
+            ),
+            (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+            shared.nodes.store.clone(),
+        ));
+        let queue = WorkQueue::new();
+        controller.all().into_iter().for_each(|k| queue.add(k));
+        let feeder = {
+            let (queue, controller) = (queue.clone(), Arc::clone(&controller));
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                let everything = |queue: &WorkQueue<ObjectRef>| {
+                    controller.all().into_iter().for_each(|k| queue.add(k));
+                };
+                loop {
+                    tokio::select! {
+                        change = ds_changes.recv() => match change {
+                            Ok(Change::Applied(d) | Change::Deleted(d)) => queue.add(d.object_ref()),
+                            Err(RecvError::Lagged(_)) => everything(&queue),
+                            Err(_) => return,
+                        },
+                        change = pod_changes.recv() => match change {
+                            Ok(Change::Applied(p) | Change::Deleted(p)) => {
+                                if let Some(k) = daemonset::DaemonSetController::owner_of(&p) {
+                                    queue.add(k);
+                                }
+                            }
+                            Err(RecvError::Lagged(_)) => everything(&queue),
+                            Err(_) => return,
+                        },
+                        // A node that comes, goes or changes labels or
+                        // taints concerns every daemon set.
+                        change = node_changes.recv() => match change {
+                            Ok(_) | Err(RecvError::Lagged(_)) => everything(&queue),
+                            Err(_) => return,
+                        },
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
 fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
     let controller = Arc::new(serviceaccount::ServiceAccountController::new(
         Api::new(shared.channel.clone()),
@@ -413,7 +479,8 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
         let (rs_gone_tx, rs_gone_rx) = tokio::sync::mpsc::unbounded_channel::<Option<String>>();
         let forwarders = [
             forward_deletions(shared.replicasets.subscribe(), gone_tx.clone()),
-            forward_deletions(shared.replicationcontrollers.subscribe(), gone_tx),
+            forward_deletions(shared.replicationcontrollers.subscribe(), gone_tx.clone()),
+            forward_deletions(shared.daemonsets.subscribe(), gone_tx),
             forward_deletions(shared.deployments.subscribe(), rs_gone_tx),
         ];
         let pod_changes = shared.pods.subscribe();
@@ -422,7 +489,12 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
         shared.replicasets.store.wait_synced().await;
         shared.replicationcontrollers.store.wait_synced().await;
         shared.deployments.store.wait_synced().await;
+        shared.daemonsets.store.wait_synced().await;
         let owners = garbage::Owners {
+            daemonsets: (
+                Api::new(shared.channel.clone()),
+                shared.daemonsets.store.clone(),
+            ),
             replicasets: (
                 Api::new(shared.channel.clone()),
                 shared.replicasets.store.clone(),
@@ -506,7 +578,30 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
             shared.replicasets.subscribe(),
             workers,
         );
-        futures::join!(pods, replicasets, rs_pods, rc_pods, deployment_sets);
+        let ds_pods = propagate(
+            garbage::Propagation::new(
+                (
+                    Api::<DaemonSet>::new(shared.channel.clone()),
+                    shared.daemonsets.store.clone(),
+                ),
+                (
+                    Api::<Pod>::new(shared.channel.clone()),
+                    shared.pods.store.clone(),
+                ),
+            ),
+            shared.daemonsets.store.clone(),
+            shared.daemonsets.subscribe(),
+            shared.pods.subscribe(),
+            workers,
+        );
+        futures::join!(
+            pods,
+            replicasets,
+            rs_pods,
+            rc_pods,
+            deployment_sets,
+            ds_pods
+        );
         forwarders.iter().for_each(|f| f.abort());
     }
     .boxed()

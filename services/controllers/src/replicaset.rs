@@ -154,7 +154,8 @@ pub struct ReplicaController<K> {
     expectations: Mutex<HashMap<ObjectRef, Expectations>>,
 }
 
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+/// The owner reference with `controller: true`, if any.
+pub(crate) fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
     pod.metadata
         .as_ref()?
         .owner_references
@@ -162,7 +163,8 @@ fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
-fn is_active(pod: &Pod) -> bool {
+/// Neither finished nor being deleted.
+pub(crate) fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
     phase != "Succeeded"
         && phase != "Failed"
@@ -173,7 +175,7 @@ fn is_active(pod: &Pod) -> bool {
 }
 
 /// Ready for at least `min_ready` seconds.
-fn is_available(pod: &Pod, min_ready: i32) -> bool {
+pub(crate) fn is_available(pod: &Pod, min_ready: i32) -> bool {
     if !skiff::pods::is_ready(pod) {
         return false;
     }

@@ -2,7 +2,8 @@
 //! the node's labels (filter); preferred node affinity adds its terms'
 //! weights (score, as PreferredNodeAffinity).
 
-use skiff::pb::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use skiff::nodes::{affinity_allows, term_matches};
+use skiff::pb::core::v1::Pod;
 
 use crate::framework::{FilterPlugin, MAX_SCORE, NodeInfo, Reason, ScorePlugin, per_node};
 
@@ -14,83 +15,13 @@ pub const PREFERRED: &str = "PreferredNodeAffinity";
 /// See the module doc.
 pub struct NodeAffinity;
 
-/// Whether one requirement holds for the node (`match_fields` may only
-/// name `metadata.name`).
-fn requirement_matches(r: &NodeSelectorRequirement, node: &Node, field: bool) -> bool {
-    let value = if field {
-        (r.key == "metadata.name")
-            .then(|| node.metadata.as_ref().map(|m| m.name.clone()))
-            .flatten()
-    } else {
-        node.metadata
-            .as_ref()
-            .and_then(|m| m.labels.get(&r.key).cloned())
-    };
-    let as_int = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| r.values.contains(&v)),
-        "NotIn" => value.is_none_or(|v| !r.values.contains(&v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.as_deref().and_then(as_int),
-                r.values.first().and_then(|b| as_int(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// A term matches when all its requirements do (an empty term matches
-/// nothing, as in Kubernetes).
-fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    if term.match_expressions.is_empty() && term.match_fields.is_empty() {
-        return false;
-    }
-    term.match_expressions
-        .iter()
-        .all(|r| requirement_matches(r, node, false))
-        && term
-            .match_fields
-            .iter()
-            .all(|r| requirement_matches(r, node, true))
-}
-
 impl FilterPlugin for NodeAffinity {
     fn name(&self) -> &'static str {
         NAME
     }
 
     fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        let Some(spec) = &pod.spec else { return Ok(()) };
-        let labels = node.node.metadata.as_ref().map(|m| &m.labels);
-        let selector_ok = spec
-            .node_selector
-            .iter()
-            .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
-        // Terms are ORed.
-        let required_ok = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|na| {
-                na.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            })
-            .is_none_or(|sel| {
-                sel.node_selector_terms
-                    .iter()
-                    .any(|t| term_matches(t, &node.node))
-            });
-        if selector_ok && required_ok {
+        if affinity_allows(pod, &node.node) {
             Ok(())
         } else {
             Err("node(s) didn't match Pod's node affinity/selector".into())
@@ -142,6 +73,7 @@ mod tests {
     use skiff::pb::core::v1::{
         Affinity, NodeAffinity as Na, NodeSelector, PreferredSchedulingTerm,
     };
+    use skiff::pb::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm};
 
     fn labeled(name: &str, pairs: &[(&str, &str)]) -> Node {
         let mut n = node(name, "1", "1Gi");

@@ -14,18 +14,7 @@ pub const PREFER_NO_SCHEDULE: &str = "PreferNoScheduleTaints";
 /// See the module doc.
 pub struct TaintToleration;
 
-/// Whether `t` tolerates `taint`, with Kubernetes' rules: an empty key
-/// with Exists tolerates everything; an empty effect matches all effects.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if !t.effect.is_empty() && t.effect != taint.effect {
-        return false;
-    }
-    match t.operator.as_str() {
-        "Exists" => t.key.is_empty() || t.key == taint.key,
-        "" | "Equal" => t.key == taint.key && t.value == taint.value,
-        _ => false,
-    }
-}
+pub use skiff::nodes::tolerates;
 
 fn tolerations(pod: &Pod) -> &[Toleration] {
     pod.spec.as_ref().map_or(&[], |s| s.tolerations.as_slice())
@@ -41,11 +30,7 @@ impl FilterPlugin for TaintToleration {
     }
 
     fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        let untolerated = taints(node).iter().find(|taint| {
-            matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
-                && !tolerations(pod).iter().any(|t| tolerates(t, taint))
-        });
-        match untolerated {
+        match skiff::nodes::untolerated_taint(pod, &node.node) {
             Some(taint) => Err(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 taint.key, taint.value
