@@ -607,9 +607,19 @@ async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_re
         http_get(node_port_addr).is_ok() && http_get(lb_addr).is_ok()
     })
     .await;
+    // The relay's endpoints follow the Endpoints within moments of the
+    // count above: both pods answer, taking turns, once it has them.
     for addr in [node_port_addr, lb_addr] {
-        let answers: std::collections::BTreeSet<String> =
-            (0..6).map(|_| http_get(addr).unwrap()).collect();
+        let mut answers = std::collections::BTreeSet::new();
+        wait_until(
+            &format!("both pods answer on {addr}"),
+            Duration::from_secs(10),
+            async || {
+                answers = (0..6).map(|_| http_get(addr).unwrap()).collect();
+                answers.len() == 2
+            },
+        )
+        .await;
         assert_eq!(
             answers.into_iter().collect::<Vec<_>>(),
             ["a", "b"],

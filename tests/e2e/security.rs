@@ -392,6 +392,9 @@ async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
         err.contains("Unauthenticated") && err.contains("not known"),
         "{err}"
     );
+    // A token cannot take over the name of a live node.
+    let err = failed_join(&c, &name, &token, &hash);
+    assert!(err.contains("is alive"), "{err}");
     // A made-up one.
     let err = failed_join(&c, "madeup", "abcdef.0123456789abcdef", &hash);
     assert!(err.contains("Unauthenticated"), "{err}");
@@ -440,6 +443,15 @@ async fn node_certificates_are_rotated_before_they_expire() {
     if let Ok(wait) = Duration::try_from(wait) {
         tokio::time::sleep(wait + Duration::from_secs(1)).await;
     }
+    // Its connections made with the first certificate ended with it; it
+    // reconnected with the renewed one and goes on.
+    let renewed_at = leases_renewed(&c, &name).await;
+    wait_until(
+        "the agent renews its lease past its first certificate",
+        Duration::from_secs(20),
+        async || leases_renewed(&c, &name).await > renewed_at,
+    )
+    .await;
     node.kill9();
     node.set_args(&[]);
     node.start_agent().unwrap();
@@ -529,7 +541,28 @@ async fn a_node_may_only_write_what_is_its_own() {
     let nodes_a = Api::<Node>::new(node_a.clone());
     let mut own = Node::default();
     skiff::Resource::metadata_mut(&mut own).name = "node-a".into();
-    nodes_a.create(own).await.expect("its own Node");
+    let mut privileged = own.clone();
+    skiff::Resource::metadata_mut(&mut privileged)
+        .labels
+        .insert("node-restriction.kubernetes.io/pci".into(), "true".into());
+    let err = nodes_a
+        .create(privileged)
+        .await
+        .expect_err("a restricted label");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut own = nodes_a.create(own).await.expect("its own Node");
+    own.spec.get_or_insert_with(Default::default).taints.clear();
+    own.spec
+        .get_or_insert_with(Default::default)
+        .taints
+        .push(skiff::pb::core::v1::Taint {
+            key: "mine".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    let err = nodes_a.update(own).await.expect_err("changing its taints");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("taints"), "{err:?}");
     let mut other = Node::default();
     skiff::Resource::metadata_mut(&mut other).name = "node-c".into();
     let err = nodes_a.create(other).await.expect_err("another Node");
@@ -539,12 +572,148 @@ async fn a_node_may_only_write_what_is_its_own() {
         .await
         .expect_err("creating pods");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    // And no reading of RBAC or writing of Secrets.
-    let err = Api::<Secret>::new(node_a)
+    // And no writing of Secrets; reading only those its pods use.
+    let secrets_as_a = Api::<Secret>::new(node_a);
+    let err = secrets_as_a
         .create(Secret::default())
         .await
         .expect_err("creating secrets");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let secrets = Api::<Secret>::new(c.admin());
+    for name in ["used", "unused"] {
+        let mut secret = Secret::default();
+        let meta = skiff::Resource::metadata_mut(&mut secret);
+        meta.name = name.into();
+        meta.namespace = "default".into();
+        secrets.create(secret).await.unwrap();
+    }
+    let user: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "user"},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "main", "image": "x",
+            "env": [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "used", "key": "k"}}}]}]}
+    }))
+    .unwrap();
+    admin.create(user).await.unwrap();
+    secrets_as_a
+        .get("default", "used")
+        .await
+        .expect("a secret a pod of node A uses");
+    let err = secrets_as_a
+        .get("default", "unused")
+        .await
+        .expect_err("a secret no pod of node A uses");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("no pod bound to node"), "{err:?}");
+    let err = Api::<Secret>::new(node_b)
+        .get("default", "used")
+        .await
+        .expect_err("node B's pods do not use it");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_writers_cannot_grant_more_than_they_hold() {
+    let c = Secure::start(&[]);
+    let admin = c.admin();
+    let mut ns = skiff::pb::core::v1::Namespace::default();
+    skiff::Resource::metadata_mut(&mut ns).name = "team".into();
+    Api::<skiff::pb::core::v1::Namespace>::new(admin.clone())
+        .create(ns)
+        .await
+        .unwrap();
+    // Jane administers namespace team (the default `admin` role).
+    let mut binding = RoleBinding {
+        subjects: vec![Subject {
+            kind: "User".into(),
+            name: "jane".into(),
+            api_group: "rbac.authorization.k8s.io".into(),
+            namespace: String::new(),
+        }],
+        role_ref: Some(RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "admin".into(),
+        }),
+        ..Default::default()
+    };
+    let meta = skiff::Resource::metadata_mut(&mut binding);
+    meta.name = "jane-admin".into();
+    meta.namespace = "team".into();
+    Api::<RoleBinding>::new(admin)
+        .create(binding)
+        .await
+        .unwrap();
+    let jane = c.as_user("jane", &[]);
+    let roles = Api::<Role>::new(jane.clone());
+    let role = |name: &str, rule: PolicyRule| {
+        let mut role = Role {
+            rules: vec![rule],
+            ..Default::default()
+        };
+        let meta = skiff::Resource::metadata_mut(&mut role);
+        meta.name = name.into();
+        meta.namespace = "team".into();
+        role
+    };
+    let pods_rule = PolicyRule {
+        verbs: vec!["get".into()],
+        api_groups: vec![String::new()],
+        resources: vec!["pods".into()],
+        ..Default::default()
+    };
+    let mut made = Err(tonic::Status::unknown("not yet"));
+    wait_until(
+        "jane's binding takes effect",
+        Duration::from_secs(10),
+        async || {
+            made = roles.create(role("reader", pods_rule.clone())).await;
+            made.is_ok()
+        },
+    )
+    .await;
+    // A rule she does not hold (RBAC objects themselves are hers only
+    // for roles and bindings; nodes are cluster-scoped).
+    let err = roles
+        .create(role(
+            "too-much",
+            PolicyRule {
+                verbs: vec!["*".into()],
+                api_groups: vec!["*".into()],
+                resources: vec!["*".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a role granting everything");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("not currently held"), "{err:?}");
+    // Binding cluster-admin in her namespace: refused; binding her own
+    // reader role: fine.
+    let bind = |name: &str, kind: &str, role: &str| {
+        let mut b = RoleBinding {
+            subjects: vec![subject_sa("robot", "team")],
+            role_ref: Some(RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: kind.into(),
+                name: role.into(),
+            }),
+            ..Default::default()
+        };
+        let meta = skiff::Resource::metadata_mut(&mut b);
+        meta.name = name.into();
+        meta.namespace = "team".into();
+        b
+    };
+    let bindings = Api::<RoleBinding>::new(jane);
+    let err = bindings
+        .create(bind("escalate", "ClusterRole", "cluster-admin"))
+        .await
+        .expect_err("binding cluster-admin");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    bindings
+        .create(bind("read", "Role", "reader"))
+        .await
+        .expect("binding what she holds");
 }
 
 fn robot_meta() -> skiff::pb::meta::v1::ObjectMeta {
@@ -603,6 +772,22 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
     let spec = quiet.spec.unwrap();
     assert_eq!(spec.service_account_name, "default");
     assert!(spec.volumes.is_empty(), "{:?}", spec.volumes);
+    // Once created, a pod cannot be pointed at another account (its spec
+    // is fixed but for images and the like).
+    let mut swapped = pods.get("default", "p1").await.unwrap();
+    swapped.spec.as_mut().unwrap().service_account_name = "robot".into();
+    let err = pods
+        .update(swapped)
+        .await
+        .expect_err("a changed service account");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("pod updates may not change"),
+        "{err:?}"
+    );
+    let mut reimaged = pods.get("default", "p1").await.unwrap();
+    reimaged.spec.as_mut().unwrap().containers[0].image = "y".into();
+    pods.update(reimaged).await.expect("an image may change");
     let request = TokenRequest {
         metadata: Some(robot_meta()),
         ..Default::default()

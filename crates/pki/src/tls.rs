@@ -15,6 +15,7 @@
 //!   ([`PeerInfo`]) into every request's extensions, where the
 //!   authentication layer reads them.
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,6 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::{Error, Identity, Parsed, Result};
+
+/// Handshakes a server runs at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -524,14 +528,32 @@ impl ServerTls {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
-        let certs = tls
+        let certs: Option<Arc<Vec<CertificateDer<'static>>>> = tls
             .get_ref()
             .1
             .peer_certificates()
             .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+        let identity = certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|c| Parsed::from_der(c))
+            .map(Arc::new);
+        // The connection lives no longer than the certificate it was
+        // authenticated with: a client whose certificate was rotated
+        // reconnects with the new one by then at the latest.
+        let expires = identity.as_ref().map(|id| {
+            let left = id.not_after - time::OffsetDateTime::now_utc();
+            let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+            Box::pin(tokio::time::sleep(left))
+        });
         Ok(Conn::Tls {
             stream: Box::new(tls),
-            peer: PeerInfo { remote, certs },
+            peer: PeerInfo {
+                remote,
+                certs,
+                identity,
+            },
+            expires,
         })
     }
 }
@@ -545,6 +567,9 @@ pub fn handshakes(
     tls: Option<ServerTls>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // At most this many handshakes at once: silent clients cannot pile up
+    // tasks and sockets without bound (the accept loop waits instead).
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         let mut sockets = std::pin::pin!(sockets);
         while let Some(tcp) = tokio_stream::StreamExt::next(&mut sockets).await {
@@ -557,7 +582,11 @@ pub fn handshakes(
                 continue;
             };
             let tx = tx.clone();
+            let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
+                return;
+            };
             tokio::spawn(async move {
+                let _permit = permit;
                 match tls.accept(tcp).await {
                     Ok(conn) => {
                         let _ = tx.send(Ok(conn)).await;
@@ -579,15 +608,18 @@ pub struct PeerInfo {
     /// The certificate chain it presented (verified against the CA), if
     /// any.
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Its certificate, read back once at the handshake.
+    pub identity: Option<Arc<Parsed>>,
 }
 
 impl PeerInfo {
-    /// The caller's verified certificate, read back.
+    /// The caller's verified certificate, read back, while it is valid
+    /// (None once it has expired, on a connection that outlived it).
     pub fn certificate(&self) -> Option<Parsed> {
-        self.certs
-            .as_ref()
-            .and_then(|c| c.first())
-            .and_then(|c| Parsed::from_der(c))
+        self.identity
+            .as_deref()
+            .filter(|id| id.not_after > time::OffsetDateTime::now_utc())
+            .cloned()
     }
 }
 
@@ -601,7 +633,24 @@ pub enum Conn {
         stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
         /// The caller.
         peer: PeerInfo,
+        /// When the caller's certificate expires: the connection ends then.
+        expires: Option<Pin<Box<tokio::time::Sleep>>>,
     },
+}
+
+/// Whether a TLS connection has outlived its caller's certificate (the
+/// error that ends it), registering the wake-up when not yet.
+fn outlived(
+    expires: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Option<std::io::Error> {
+    let sleep = expires.as_mut()?;
+    sleep.as_mut().poll(cx).is_ready().then(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the peer's certificate expired",
+        )
+    })
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -611,7 +660,7 @@ impl tonic::transport::server::Connected for Conn {
         match self {
             Self::Plain(tcp) => PeerInfo {
                 remote: tcp.peer_addr().ok(),
-                certs: None,
+                ..Default::default()
             },
             Self::Tls { peer, .. } => peer.clone(),
         }
@@ -626,7 +675,12 @@ impl AsyncRead for Conn {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Self::Tls {
+                stream, expires, ..
+            } => match outlived(expires, cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            },
         }
     }
 }
@@ -639,7 +693,12 @@ impl AsyncWrite for Conn {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Self::Tls {
+                stream, expires, ..
+            } => match outlived(expires, cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            },
         }
     }
 
@@ -819,6 +878,47 @@ mod tests {
     }
 
     const CERT_VALIDITY_TEST: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn a_connection_ends_when_the_callers_certificate_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::Ca::load_or_create(dir.path()).unwrap();
+        let serving = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
+        let server = ServerTls::new(&serving, &ca.cert_pem, ClientCerts::Required).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = server.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 1];
+            // Echo until the connection ends.
+            while conn.read_exact(&mut buf).await.is_ok() {
+                if conn.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let short = ca
+            .issue_client_for("brief", &[], Duration::from_secs(2), false)
+            .unwrap();
+        let tls = ClientTls::new(&ca.cert_pem, Some(&short), ServerCheck::Name).unwrap();
+        let mut connector = tls.connector("127.0.0.1").unwrap();
+        let uri: http::Uri = format!("http://127.0.0.1:{}", addr.port()).parse().unwrap();
+        let mut stream = tower::Service::call(&mut connector, uri)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut buf = [0u8; 1];
+        stream.write_all(b"a").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let _ = stream.write_all(b"b").await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await;
+        assert!(
+            matches!(ended, Ok(Err(_))),
+            "the server closed the connection: {ended:?}"
+        );
+    }
 
     #[tokio::test]
     async fn the_pinned_ca_is_learned_and_a_wrong_pin_is_refused() {

@@ -13,19 +13,34 @@ use skiff_store::{EventKind, ListOptions, Store};
 use crate::cache::decode;
 use crate::strategy::Strategy;
 
-/// The objects of kind `K`, by namespace and name.
-pub struct Index<K> {
+/// The objects of kind `K` (or what `project` keeps of each, `V`), by
+/// namespace and name.
+pub struct Index<K, V = K> {
     /// (namespace, name) → object.
-    objects: RwLock<HashMap<(String, String), Arc<K>>>,
+    objects: RwLock<HashMap<(String, String), Arc<V>>>,
+    /// What is kept of an object.
+    project: fn(K) -> V,
     /// True once the first list is in.
     synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K: Strategy> Index<K> {
-    /// Starts following `store`; the task ends when aborted.
+    /// Starts following `store`, keeping whole objects; the task ends
+    /// when aborted.
     pub fn start(store: Arc<dyn Store>) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        Self::start_projected(store, |k| k)
+    }
+}
+
+impl<K: Strategy, V: Send + Sync + 'static> Index<K, V> {
+    /// Starts following `store`, keeping `project` of each object.
+    pub fn start_projected(
+        store: Arc<dyn Store>,
+        project: fn(K) -> V,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let index = Arc::new(Self {
             objects: RwLock::new(HashMap::new()),
+            project,
             synced: tokio::sync::watch::channel(false).0,
         });
         let task = tokio::spawn(Arc::clone(&index).follow(store));
@@ -33,13 +48,13 @@ impl<K: Strategy> Index<K> {
     }
 
     /// One object.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<V>> {
         let key = (namespace.to_string(), name.to_string());
         self.objects.read().ok()?.get(&key).cloned()
     }
 
     /// Every object (of `namespace`, when given).
-    pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<K>> {
+    pub fn list(&self, namespace: Option<&str>) -> Vec<Arc<V>> {
         let Ok(objects) = self.objects.read() else {
             return Vec::new();
         };
@@ -58,17 +73,14 @@ impl<K: Strategy> Index<K> {
             .is_ok_and(|r| r.is_ok())
     }
 
-    fn apply(&self, key: &str, obj: Option<K>) {
+    fn apply(&self, objects: &mut HashMap<(String, String), Arc<V>>, key: &str, obj: Option<K>) {
         let Some((namespace, name)) = keys::parse::<K>(key) else {
-            return;
-        };
-        let Ok(mut objects) = self.objects.write() else {
             return;
         };
         let key = (namespace.to_string(), name.to_string());
         match obj {
             Some(obj) => {
-                objects.insert(key, Arc::new(obj));
+                objects.insert(key, Arc::new((self.project)(obj)));
             }
             None => {
                 objects.remove(&key);
@@ -89,11 +101,14 @@ impl<K: Strategy> Index<K> {
                 .await;
             let revision = match listed {
                 Ok(page) => {
-                    if let Ok(mut objects) = self.objects.write() {
-                        objects.clear();
-                    }
+                    // Built aside and swapped in whole: a reader never
+                    // sees a half-listed index.
+                    let mut fresh = HashMap::new();
                     for kv in &page.kvs {
-                        self.apply(&kv.key, decode::<K>(&kv.value, kv.mod_revision));
+                        self.apply(&mut fresh, &kv.key, decode::<K>(&kv.value, kv.mod_revision));
+                    }
+                    if let Ok(mut objects) = self.objects.write() {
+                        *objects = fresh;
                     }
                     self.synced.send_replace(true);
                     page.revision
@@ -111,7 +126,9 @@ impl<K: Strategy> Index<K> {
                             EventKind::Put => decode::<K>(&event.kv.value, event.revision()),
                             EventKind::Delete => None,
                         };
-                        self.apply(&event.kv.key, obj);
+                        if let Ok(mut objects) = self.objects.write() {
+                            self.apply(&mut objects, &event.kv.key, obj);
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, kind = K::KIND, "watching for the index"),

@@ -280,9 +280,18 @@ impl ApiServer {
         };
         auth::bootstrap_policy(&registry).await?;
         let rbac = Arc::new(auth::rbac::Rbac::start(&store));
+        let (pod_refs, pod_refs_task) = match &config.security {
+            Some(_) => {
+                let (index, task) =
+                    index::Index::start_projected(Arc::clone(&store), auth::authz::PodRefs::of);
+                (Some(index), Some(task))
+            }
+            None => (None, None),
+        };
         let authorizer = Arc::new(auth::authz::Authorizer {
             registry: Arc::clone(&registry),
             rbac,
+            pod_refs,
         });
         let authenticator = config
             .security
@@ -405,6 +414,17 @@ impl ApiServer {
             tokio::spawn(report_health(health, Arc::clone(&pool))),
             tokio::spawn(compact_periodically(store, config.compaction_interval)),
         ];
+        background.extend(pod_refs_task);
+        if let Some(security) = config.security.clone() {
+            background.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    if let Err(e) = security.renew_if_due() {
+                        tracing::warn!(error = %e, "renewing the API server's certificates");
+                    }
+                }
+            }));
+        }
         let metrics_addr = metrics.map(|(at, task)| {
             background.push(task);
             at

@@ -981,6 +981,15 @@ impl Registry {
         let mut next = obj.clone();
         next.copy_status_from(current);
         next.default_fields();
+        let mut errors = FieldErrors::default();
+        next.validate_update(current, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Invalid(format!(
+                "{} {:?} is invalid: {errors}",
+                K::KIND,
+                obj.name()
+            )));
+        }
         let meta = next.metadata_mut();
         if !meta.uid.is_empty() && meta.uid != cur.uid {
             return Err(ApiError::Precondition(format!(

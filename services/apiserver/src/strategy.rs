@@ -68,6 +68,12 @@ pub trait Strategy: Resource {
     /// Checks the kind's own fields (metadata is checked for every kind).
     fn validate(&self, _errors: &mut FieldErrors) {}
 
+    /// Checks an update against the stored object (fields that may not
+    /// change once set).
+    fn validate_update(&self, old: &Self, _errors: &mut FieldErrors) {
+        let _ = old;
+    }
+
     /// Called when a delete marks the object (finalizers remain): e.g. a
     /// namespace's phase becomes Terminating.
     fn mark_deleting(&mut self) {}
@@ -415,6 +421,39 @@ impl Strategy for Pod {
         } else {
             "default".into()
         })
+    }
+
+    /// Kubernetes' rule: a pod's spec is fixed once created, but for its
+    /// containers' images, `activeDeadlineSeconds` and added tolerations
+    /// (so the account it runs as, its node and its volumes cannot be
+    /// swapped under it).
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        let mutable_cleared = |pod: &Pod| {
+            let mut spec = pod.spec.clone().unwrap_or_default();
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut())
+            {
+                c.image.clear();
+            }
+            spec.active_deadline_seconds = None;
+            spec
+        };
+        let (mut next, prev) = (mutable_cleared(self), mutable_cleared(old));
+        let added_only = prev
+            .tolerations
+            .iter()
+            .all(|t| next.tolerations.contains(t));
+        if added_only {
+            next.tolerations.clone_from(&prev.tolerations);
+        }
+        if next != prev {
+            errors.push(
+                "spec",
+                "Forbidden: pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations` (only additions to existing tolerations)",
+            );
+        }
     }
 
     fn admit_service_account(&mut self, account: &ServiceAccount) {

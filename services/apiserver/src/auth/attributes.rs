@@ -11,7 +11,9 @@ use tonic::body::Body;
 
 /// The largest first message read to authorize a call (the API refuses
 /// objects over 1.5 MiB anyway).
-const MAX_PEEK: usize = 8 * 1024 * 1024;
+const MAX_PEEK: usize = 2 * 1024 * 1024;
+/// How long a caller may take to send the first message.
+const PEEK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One action, as the authorizer sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +34,9 @@ pub struct Attributes {
     pub path: String,
     /// A service-account token request's bound pod (name, uid).
     pub bound_pod: Option<(String, String)>,
+    /// The call's first message, for rules that read the whole object
+    /// (RBAC's escalation check).
+    pub message: Option<Bytes>,
 }
 
 impl Attributes {
@@ -113,12 +118,6 @@ struct MetaHead {
 struct ObjectHead {
     #[prost(message, optional, tag = "3")]
     metadata: Option<MetaHead>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct AttachHead {
-    #[prost(message, optional, tag = "1")]
-    start: Option<NamespaceName>,
 }
 
 /// What a kind's service names: its API group, plural and scope.
@@ -267,7 +266,14 @@ pub async fn read(
         return (Ok(Some(attrs)), request);
     }
     let (parts, body) = request.into_parts();
-    let (first, body) = match peek(body).await {
+    let peeked = tokio::time::timeout(PEEK_TIMEOUT, peek(body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "the request's first message did not arrive in time",
+            ))
+        });
+    let (first, body) = match peeked {
         Ok(peeked) => peeked,
         Err(e) => return (Err(e), http::Request::from_parts(parts, Body::default())),
     };
@@ -278,6 +284,7 @@ pub async fn read(
         return (Ok(Some(attrs)), request);
     };
     let decoded = decode(&message, shape, &mut attrs);
+    attrs.message = Some(message);
     if let Err(e) = decoded {
         return (
             Err(Status::invalid_argument(format!(
@@ -296,28 +303,38 @@ pub async fn read(
     (Ok(Some(attrs)), request)
 }
 
-fn decode(message: &[u8], shape: Shape, attrs: &mut Attributes) -> Result<(), prost::DecodeError> {
-    use prost::Message as _;
+/// Decodes a message, its error as text.
+fn de<M: prost::Message + Default>(message: &[u8]) -> Result<M, String> {
+    M::decode(message).map_err(|e| e.to_string())
+}
+
+fn decode(message: &[u8], shape: Shape, attrs: &mut Attributes) -> Result<(), String> {
     match shape {
         Shape::Nothing => {}
-        Shape::Namespace => attrs.namespace = NamespaceName::decode(message)?.namespace,
+        Shape::Namespace => attrs.namespace = de::<NamespaceName>(message)?.namespace,
         Shape::NamespaceName => {
-            let head = NamespaceName::decode(message)?;
+            let head = de::<NamespaceName>(message)?;
             attrs.namespace = head.namespace;
             attrs.name = head.name;
         }
         Shape::Object => {
-            let meta = ObjectHead::decode(message)?.metadata.unwrap_or_default();
+            let meta = de::<ObjectHead>(message)?.metadata.unwrap_or_default();
             attrs.namespace = meta.namespace;
             attrs.name = meta.name;
         }
         Shape::AttachStart => {
-            let start = AttachHead::decode(message)?.start.unwrap_or_default();
+            // The real type: `start` is in a oneof, and a look-alike would
+            // merge repeated `start`s differently from the handler.
+            use skiff::pb::core::v1::pod_exec_input::Input;
+            let first = de::<skiff::pb::core::v1::PodExecInput>(message)?;
+            let Some(Input::Start(start)) = first.input else {
+                return Err("the first message of Attach must be `start`".into());
+            };
             attrs.namespace = start.namespace;
             attrs.name = start.name;
         }
         Shape::TokenRequest => {
-            let request = skiff::pb::authentication::v1::TokenRequest::decode(message)?;
+            let request = de::<skiff::pb::authentication::v1::TokenRequest>(message)?;
             let meta = request.metadata.unwrap_or_default();
             attrs.namespace = meta.namespace;
             attrs.name = meta.name;
@@ -460,6 +477,50 @@ mod tests {
         )
         .await;
         assert_eq!(attrs.unwrap().group, "rbac.authorization.k8s.io");
+    }
+
+    #[tokio::test]
+    async fn attach_is_judged_on_the_start_the_handler_will_use() {
+        use skiff::pb::core::v1::pod_exec_input::Input;
+        use skiff::pb::core::v1::{PodExecInput, PodExecRequest};
+        // Two `start`s around another input: the oneof keeps the last one
+        // whole, and so must the check.
+        let mut bytes = Vec::new();
+        for input in [
+            Input::Start(PodExecRequest {
+                namespace: "a".into(),
+                name: "web".into(),
+                ..Default::default()
+            }),
+            Input::CloseStdin(false),
+            Input::Start(PodExecRequest {
+                name: "web".into(),
+                ..Default::default()
+            }),
+        ] {
+            bytes.extend(prost::Message::encode_to_vec(&PodExecInput {
+                input: Some(input),
+            }));
+        }
+        let mut framed_bytes = vec![0u8];
+        framed_bytes.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        framed_bytes.extend(bytes);
+        let (attrs, _) =
+            attributes("/skiff.core.v1.PodExec/Attach", Bytes::from(framed_bytes)).await;
+        let attrs = attrs.unwrap();
+        assert_eq!(
+            (attrs.namespace.as_str(), attrs.name.as_str()),
+            ("default", "web")
+        );
+        // A first message that is not `start` is refused.
+        let stdin = PodExecInput {
+            input: Some(Input::Stdin(b"x".to_vec())),
+        };
+        let request = http::Request::builder()
+            .uri("http://x/skiff.core.v1.PodExec/Attach")
+            .body(Body::new(http_body_util::Full::new(framed(&stdin))))
+            .unwrap();
+        assert!(read(request).await.0.is_err());
     }
 
     #[tokio::test]

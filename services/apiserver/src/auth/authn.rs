@@ -221,10 +221,17 @@ impl Authenticator {
                 })
                 .await
                 .ok();
+            // A deleted pod's tokens keep working through its grace
+            // period's start only (Kubernetes allows 60 s).
+            let deleted_long_ago = |m: &skiff::pb::meta::v1::ObjectMeta| {
+                m.deletion_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.seconds + 60 < now_secs())
+            };
             let same = pod
                 .as_ref()
                 .and_then(skiff::Resource::metadata)
-                .is_some_and(|m| m.uid == bound.uid);
+                .is_some_and(|m| m.uid == bound.uid && !deleted_long_ago(m));
             if !same {
                 return Err(unauthenticated(&format!(
                     "the token's pod {}/{} is gone",

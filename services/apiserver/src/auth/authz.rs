@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use skiff::pb::api::v1::GetRequest;
 use skiff::pb::authentication::v1::UserInfo;
-use skiff::pb::core::v1::Pod;
+use skiff::pb::core::v1::{Node, Pod};
 
 use super::attributes::Attributes;
 use super::authn::{MASTERS, NODES};
@@ -23,12 +23,86 @@ pub enum Decision {
     Deny(String),
 }
 
+/// The label prefix nodes may not set on themselves.
+pub const RESTRICTED_LABELS: &str = "node-restriction.kubernetes.io/";
+
 /// Decides actions.
 pub struct Authorizer {
     /// Looks up pods (is it bound to the calling node?).
     pub registry: Arc<Registry>,
     /// Roles and bindings.
     pub rbac: Arc<Rbac>,
+    /// What each pod's node is and which secrets and configmaps it uses
+    /// (Kubernetes' node authorizer graph); None on a plaintext server.
+    pub pod_refs: Option<Arc<crate::index::Index<Pod, PodRefs>>>,
+}
+
+/// What the node authorizer keeps of a pod.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PodRefs {
+    /// The node it is bound to.
+    pub node: String,
+    /// The Secrets it uses (volumes, env, envFrom, image pull secrets).
+    pub secrets: Vec<String>,
+    /// The ConfigMaps it uses.
+    pub configmaps: Vec<String>,
+}
+
+impl PodRefs {
+    /// What `pod` refers to.
+    pub fn of(pod: Pod) -> Self {
+        let spec = pod.spec.unwrap_or_default();
+        let mut refs = Self {
+            node: spec.node_name.clone(),
+            ..Default::default()
+        };
+        for volume in &spec.volumes {
+            if let Some(s) = &volume.secret {
+                refs.secrets.push(s.secret_name.clone());
+            }
+            if let Some(c) = &volume.config_map {
+                refs.configmaps.push(c.name.clone());
+            }
+            for part in volume.projected.iter().flat_map(|p| &p.sources) {
+                if let Some(s) = &part.secret {
+                    refs.secrets.push(s.name.clone());
+                }
+                if let Some(c) = &part.config_map {
+                    refs.configmaps.push(c.name.clone());
+                }
+            }
+        }
+        for c in spec.containers.iter().chain(&spec.init_containers) {
+            for env in c.env.iter().filter_map(|e| e.value_from.as_ref()) {
+                if let Some(s) = &env.secret_key_ref {
+                    refs.secrets.push(s.name.clone());
+                }
+                if let Some(c) = &env.config_map_key_ref {
+                    refs.configmaps.push(c.name.clone());
+                }
+            }
+            for from in &c.env_from {
+                if let Some(s) = &from.secret_ref {
+                    refs.secrets.push(s.name.clone());
+                }
+                if let Some(c) = &from.config_map_ref {
+                    refs.configmaps.push(c.name.clone());
+                }
+            }
+        }
+        refs.secrets
+            .extend(spec.image_pull_secrets.iter().map(|s| s.name.clone()));
+        refs
+    }
+
+    fn uses(&self, resource: &str, name: &str) -> bool {
+        let names = if resource == "secrets" {
+            &self.secrets
+        } else {
+            &self.configmaps
+        };
+        names.iter().any(|n| n == name)
+    }
 }
 
 /// The node a caller is, when it is one.
@@ -54,6 +128,90 @@ impl Authorizer {
         }
     }
 
+    /// Kubernetes' escalation rule for RBAC writes: a Role or ClusterRole
+    /// may only grant what its writer holds (or the writer may `escalate`
+    /// it), and a binding may only grant a role whose every rule the writer
+    /// holds (or the writer may `bind` it).
+    ///
+    /// # Errors
+    /// What the writer would grant that it does not hold.
+    pub async fn no_escalation(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+        use prost::Message as _;
+        use skiff::pb::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+        if attrs.group != crate::strategy::RBAC_GROUP
+            || !matches!(attrs.verb.as_str(), "create" | "update")
+            || user.groups.iter().any(|g| g == MASTERS)
+        {
+            return Ok(());
+        }
+        let Some(message) = attrs.message.as_deref() else {
+            return Ok(());
+        };
+        let bad = |e: prost::DecodeError| e.to_string();
+        let may = async |verb: &str, resource: &str, name: &str| {
+            let asked = Attributes {
+                verb: verb.into(),
+                group: crate::strategy::RBAC_GROUP.into(),
+                resource: resource.into(),
+                namespace: attrs.namespace.clone(),
+                name: name.into(),
+                ..Default::default()
+            };
+            self.rbac.authorize(user, &asked).await.is_ok()
+        };
+        let (wanted, escape) = match attrs.resource.as_str() {
+            "roles" => (
+                Role::decode(message).map_err(bad)?.rules,
+                may("escalate", "roles", &attrs.name).await,
+            ),
+            "clusterroles" => (
+                ClusterRole::decode(message).map_err(bad)?.rules,
+                may("escalate", "clusterroles", &attrs.name).await,
+            ),
+            "rolebindings" | "clusterrolebindings" => {
+                let role_ref = if attrs.resource == "rolebindings" {
+                    RoleBinding::decode(message).map_err(bad)?.role_ref
+                } else {
+                    ClusterRoleBinding::decode(message).map_err(bad)?.role_ref
+                }
+                .unwrap_or_default();
+                let plural = if role_ref.kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                if may("bind", plural, &role_ref.name).await {
+                    return Ok(());
+                }
+                let rules = self
+                    .rbac
+                    .referenced_rules(&role_ref, &attrs.namespace)
+                    .ok_or_else(|| {
+                        format!(
+                            "{} {:?} not found (only a writer who may bind it can refer to it)",
+                            role_ref.kind, role_ref.name
+                        )
+                    })?;
+                (rules, false)
+            }
+            _ => return Ok(()),
+        };
+        if escape {
+            return Ok(());
+        }
+        let held = self.rbac.rules_for(user, &attrs.namespace);
+        let missing = super::rbac::uncovered(&held, &wanted);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "user {:?} is attempting to grant RBAC permissions not currently held: {}",
+                user.username,
+                missing.join(", ")
+            ))
+        }
+    }
+
     /// The stored pod `attrs` names, if any.
     async fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
         self.registry
@@ -76,11 +234,20 @@ impl Authorizer {
         let group = attrs.group.as_str();
         match (group, attrs.full_resource().as_str(), attrs.verb.as_str()) {
             ("", "nodes", _) | ("", "nodes/status", _) if read => allow("nodes are readable"),
-            ("", "nodes", "create" | "update") | ("", "nodes/status", "update") => {
+            ("", "nodes/status", "update") => {
                 if attrs.name == node {
-                    allow("its own Node")
+                    allow("its own Node's status")
                 } else {
                     deny(format!("node {node:?} may only change its own Node"))
+                }
+            }
+            ("", "nodes", "create" | "update") => {
+                if attrs.name != node {
+                    deny(format!("node {node:?} may only change its own Node"))
+                } else if let Err(why) = self.own_node_change(attrs).await {
+                    deny(format!("node {node:?}: {why}"))
+                } else {
+                    allow("its own Node")
                 }
             }
             ("coordination.k8s.io", "leases", "get" | "create" | "update") => {
@@ -114,7 +281,7 @@ impl Authorizer {
                 }
             }
             ("", "services" | "endpoints", _) if read => allow("services are readable"),
-            ("", "configmaps" | "secrets", "get") => allow("its pods' volumes and env"),
+            ("", "configmaps" | "secrets", "get") => self.referenced(node, attrs).await,
             ("", "events", "create" | "update" | "get" | "list") => allow("events"),
             ("", "serviceaccounts/token", "create") => self.token_for(node, attrs).await,
             ("certificates.k8s.io", "certificatesigningrequests/selfnodeclient", "create") => {
@@ -124,6 +291,93 @@ impl Authorizer {
                 "node {node:?} may not; nodes may read pods, nodes, services and endpoints, get configmaps and secrets, and write their own Node, Lease, events and their pods' status"
             )),
         }
+    }
+
+    /// A node may get a Secret or ConfigMap only when a pod bound to it
+    /// uses it. The index answers; a miss is confirmed with a live read of
+    /// the namespace's pods on the node (the index may be moments behind a
+    /// binding the agent has already seen).
+    async fn referenced(&self, node: &str, attrs: &Attributes) -> Decision {
+        let resource = attrs.resource.as_str();
+        let allow = || Decision::Allow(format!("node {node:?}: a pod bound to it uses it"));
+        let indexed = self.pod_refs.as_ref().is_some_and(|index| {
+            index
+                .list(Some(&attrs.namespace))
+                .iter()
+                .any(|p| p.node == node && p.uses(resource, &attrs.name))
+        });
+        if indexed {
+            return allow();
+        }
+        let live = self
+            .registry
+            .list::<Pod>(skiff::pb::api::v1::ListRequest {
+                namespace: attrs.namespace.clone(),
+                field_selector: format!("spec.nodeName={node}"),
+                ..Default::default()
+            })
+            .await;
+        let used = live.is_ok_and(|pods| {
+            pods.items
+                .into_iter()
+                .any(|p| PodRefs::of(p).uses(resource, &attrs.name))
+        });
+        if used {
+            allow()
+        } else {
+            Decision::Deny(format!(
+                "no pod bound to node {node:?} uses this {}",
+                resource.trim_end_matches('s')
+            ))
+        }
+    }
+
+    /// What a node may not do to its own Node (Kubernetes'
+    /// NodeRestriction): set or change `node-restriction.kubernetes.io/`
+    /// labels, or change its taints once registered (they are the cluster's
+    /// to set: the node lifecycle controller, an administrator).
+    async fn own_node_change(&self, attrs: &Attributes) -> Result<(), String> {
+        use prost::Message as _;
+        let Some(message) = attrs.message.as_deref() else {
+            return Ok(());
+        };
+        let next = Node::decode(message).map_err(|e| e.to_string())?;
+        let stored: Option<Node> = self
+            .registry
+            .get(GetRequest {
+                namespace: String::new(),
+                name: attrs.name.clone(),
+            })
+            .await
+            .ok();
+        let restricted = |n: Option<&Node>| -> Vec<(String, String)> {
+            n.and_then(|n| n.metadata.as_ref())
+                .map(|m| {
+                    m.labels
+                        .iter()
+                        .filter(|(k, _)| k.starts_with(RESTRICTED_LABELS))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if restricted(Some(&next)) != restricted(stored.as_ref()) {
+            return Err(format!(
+                "may not set or change {RESTRICTED_LABELS}* labels (they are for the cluster's administrators)"
+            ));
+        }
+        if let Some(stored) = &stored {
+            let taints = |n: &Node| {
+                n.spec
+                    .as_ref()
+                    .map(|s| s.taints.clone())
+                    .unwrap_or_default()
+            };
+            if taints(&next) != taints(stored) {
+                return Err("may not change its taints".into());
+            }
+        }
+        Ok(())
     }
 
     /// A node may have tokens made only for the service account of a pod

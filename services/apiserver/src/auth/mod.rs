@@ -55,6 +55,12 @@ pub struct Security {
     pub node_cert_validity: Duration,
     /// The certificate it presents to agents (logs, exec, stats).
     pub agent_client: SwappableIdentity,
+    /// Where the files are (for renewals while running).
+    dir: std::path::PathBuf,
+    /// The names the serving certificate must carry.
+    names: Vec<String>,
+    /// When the certificate towards agents ends.
+    agent_client_until: std::sync::Mutex<time::OffsetDateTime>,
 }
 
 impl std::fmt::Debug for Security {
@@ -77,6 +83,8 @@ impl Security {
         let serving = skiff_pki::serving_identity(&ca, dir, names)?;
         // Only held in memory: a fresh one at every start.
         let agent_client = ca.issue_client(APISERVER_USER, &[])?;
+        let agent_client_until = skiff_pki::Parsed::from_pem(&agent_client.cert_pem)
+            .map_or_else(time::OffsetDateTime::now_utc, |p| p.not_after);
         let token_key = skiff_pki::jwt::TokenKey::load_or_create(&dir.join("sa.key"))?;
         Ok(Self {
             tls: ServerTls::new(&serving, &ca.cert_pem, ClientCerts::Optional)?,
@@ -85,7 +93,33 @@ impl Security {
             token_key: Arc::new(token_key),
             issuer: TOKEN_ISSUER.into(),
             node_cert_validity: skiff_pki::CERT_VALIDITY,
+            dir: dir.to_path_buf(),
+            names: names.to_vec(),
+            agent_client_until: std::sync::Mutex::new(agent_client_until),
         })
+    }
+
+    /// Renews, while running, the serving certificate (rewritten in the
+    /// pki dir) and the certificate towards agents when they are within
+    /// [`skiff_pki::RENEW_BEFORE`] of their end; new connections get them.
+    ///
+    /// # Errors
+    /// Issuing or writing failed (the old ones stay in use).
+    pub fn renew_if_due(&self) -> skiff_pki::Result<()> {
+        let serving = skiff_pki::serving_identity(&self.ca, &self.dir, &self.names)?;
+        self.tls.identity().set(&serving)?;
+        let soon = time::OffsetDateTime::now_utc() + skiff_pki::RENEW_BEFORE;
+        if let Ok(mut until) = self.agent_client_until.lock()
+            && *until < soon
+        {
+            let fresh = self.ca.issue_client(APISERVER_USER, &[])?;
+            self.agent_client.set(&fresh)?;
+            if let Some(parsed) = skiff_pki::Parsed::from_pem(&fresh.cert_pem) {
+                *until = parsed.not_after;
+            }
+            tracing::info!("renewed the certificate the API server presents to agents");
+        }
+        Ok(())
     }
 }
 
@@ -129,7 +163,14 @@ impl Checker {
         } else {
             let (attrs, request) = attributes::read(request).await;
             if let Some(attrs) = attrs? {
-                match self.authz.authorize(&user, &attrs).await {
+                let decision = match self.authz.authorize(&user, &attrs).await {
+                    Decision::Allow(why) => match self.authz.no_escalation(&user, &attrs).await {
+                        Ok(()) => Decision::Allow(why),
+                        Err(why) => Decision::Deny(why),
+                    },
+                    denied => denied,
+                };
+                match decision {
                     Decision::Allow(why) => tracing::trace!(user = %user.username, %why, "allowed"),
                     Decision::Deny(why) => {
                         let message = attrs.forbidden(&user.username, &why);
@@ -268,5 +309,39 @@ async fn reconcile_default<K: crate::strategy::Strategy>(
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_near_their_end_are_renewed_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["127.0.0.1".to_string()];
+        let security = Security::load_or_create(dir.path(), &names).unwrap();
+        let served = std::fs::read_to_string(dir.path().join("server.crt")).unwrap();
+        // Nothing is due: nothing changes.
+        security.renew_if_due().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("server.crt")).unwrap(),
+            served
+        );
+        let before = *security.agent_client_until.lock().unwrap();
+        // The agent-facing certificate "ends now": it is issued again.
+        *security.agent_client_until.lock().unwrap() = time::OffsetDateTime::now_utc();
+        security.renew_if_due().unwrap();
+        assert!(*security.agent_client_until.lock().unwrap() >= before);
+        // A serving certificate missing a name is issued again.
+        let more = Security {
+            names: vec!["127.0.0.1".to_string(), "10.9.8.7".to_string()],
+            ..security
+        };
+        more.renew_if_due().unwrap();
+        assert_ne!(
+            std::fs::read_to_string(dir.path().join("server.crt")).unwrap(),
+            served
+        );
     }
 }

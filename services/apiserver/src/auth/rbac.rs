@@ -182,6 +182,94 @@ impl Rbac {
         }
         Err(String::new())
     }
+
+    /// Every rule `user` holds in `namespace` (cluster-wide ones only when
+    /// it is empty).
+    pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> Vec<PolicyRule> {
+        let mut rules = Vec::new();
+        for binding in self.cluster_role_bindings.list(None) {
+            if binding.subjects.iter().any(|s| names(s, user, "")) {
+                rules.extend(self.rules_of(binding.role_ref.as_ref(), ""));
+            }
+        }
+        if !namespace.is_empty() {
+            for binding in self.role_bindings.list(Some(namespace)) {
+                if binding.subjects.iter().any(|s| names(s, user, namespace)) {
+                    rules.extend(self.rules_of(binding.role_ref.as_ref(), namespace));
+                }
+            }
+        }
+        rules
+    }
+
+    /// The rules of the role a binding in `namespace` refers to; None when
+    /// there is no such role.
+    pub fn referenced_rules(&self, role_ref: &RoleRef, namespace: &str) -> Option<Vec<PolicyRule>> {
+        let exists = match role_ref.kind.as_str() {
+            "ClusterRole" => self.cluster_roles.get("", &role_ref.name).is_some(),
+            "Role" => self.roles.get(namespace, &role_ref.name).is_some(),
+            _ => false,
+        };
+        exists.then(|| self.rules_of(Some(role_ref), namespace))
+    }
+}
+
+/// The parts of `wanted` that `held` does not cover, as Kubernetes'
+/// escalation check reads rules: each verb × group × resource × name of a
+/// wanted rule must be allowed by one held rule (a `*` wanted must be held
+/// as `*`).
+pub fn uncovered(held: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<String> {
+    let has = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+    let mut missing = Vec::new();
+    for rule in wanted {
+        for verb in &rule.verbs {
+            for url in &rule.non_resource_urls {
+                let ok = held.iter().any(|h| {
+                    has(&h.verbs, verb)
+                        && h.non_resource_urls.iter().any(|u| {
+                            u == "*"
+                                || u == url
+                                || u.strip_suffix('*').is_some_and(|p| url.starts_with(p))
+                        })
+                });
+                if !ok {
+                    missing.push(format!("{verb} {url}"));
+                }
+            }
+            for group in &rule.api_groups {
+                for resource in &rule.resources {
+                    let names: Vec<&str> = if rule.resource_names.is_empty() {
+                        vec![""]
+                    } else {
+                        rule.resource_names.iter().map(String::as_str).collect()
+                    };
+                    for name in names {
+                        let ok = held.iter().any(|h| {
+                            let resource_ok = has(&h.resources, resource)
+                                || resource.split_once('/').is_some_and(|(_, sub)| {
+                                    h.resources.iter().any(|r| *r == format!("*/{sub}"))
+                                });
+                            has(&h.verbs, verb)
+                                && has(&h.api_groups, group)
+                                && resource_ok
+                                && (h.resource_names.is_empty()
+                                    || (!name.is_empty()
+                                        && h.resource_names.iter().any(|n| n == name)))
+                        });
+                        if !ok {
+                            let name = if name.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" {name:?}")
+                            };
+                            missing.push(format!("{verb} {group:?}/{resource}{name}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    missing
 }
 
 // === the default policy ===
@@ -230,8 +318,10 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "admin",
             vec![
                 rule(&["*"], &["", "apps", "coordination.k8s.io"], &["*"]),
+                // Not `*`: that would include `escalate` and `bind`, and
+                // so the right to grant what it does not hold.
                 rule(
-                    &["*"],
+                    &[READ, WRITE].concat(),
                     &["rbac.authorization.k8s.io"],
                     &["roles", "rolebindings"],
                 ),
@@ -428,6 +518,43 @@ mod tests {
             ..Default::default()
         };
         assert!(names(&group, &user, ""));
+    }
+
+    #[test]
+    fn a_grant_must_be_covered_by_what_the_writer_holds() {
+        let held = vec![
+            rule(&["get", "list"], &[""], &["pods", "pods/log"]),
+            rule(&["*"], &["apps"], &["deployments"]),
+        ];
+        assert!(uncovered(&held, &[rule(&["get"], &[""], &["pods"])]).is_empty());
+        assert!(
+            uncovered(
+                &held,
+                &[rule(&["delete", "update"], &["apps"], &["deployments"])]
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            uncovered(
+                &held,
+                &[rule(&["get", "delete"], &[""], &["pods", "secrets"])]
+            ),
+            [
+                "get \"\"/secrets",
+                "delete \"\"/pods",
+                "delete \"\"/secrets"
+            ]
+        );
+        // A wildcard wanted must be held as a wildcard.
+        assert!(!uncovered(&held, &[rule(&["*"], &[""], &["pods"])]).is_empty());
+        assert!(!uncovered(&held, &[rule(&["get"], &["*"], &["*"])]).is_empty());
+        // Named grants are covered by unnamed holdings, not the reverse.
+        let named = PolicyRule {
+            resource_names: vec!["web".into()],
+            ..rule(&["get"], &[""], &["pods"])
+        };
+        assert!(uncovered(&held, std::slice::from_ref(&named)).is_empty());
+        assert!(!uncovered(&[named], &[rule(&["get"], &[""], &["pods"])]).is_empty());
     }
 
     #[test]

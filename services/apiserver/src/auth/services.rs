@@ -25,6 +25,10 @@ use super::authn::{AUTHENTICATED, NODES};
 use super::authz::{Authorizer, Decision};
 use crate::registry::Registry;
 
+/// A node whose lease is younger than this is alive (the node lifecycle
+/// controller's default grace).
+const LIVE_NODE_SECS: i64 = 40;
+
 /// Token lifetimes: Kubernetes' default and bounds.
 const TOKEN_DEFAULT_SECS: i64 = 3600;
 const TOKEN_MIN_SECS: i64 = 600;
@@ -83,6 +87,27 @@ impl Certificates for IdentityServices {
                 join.node_name
             ))
         })?;
+        // A token may not take over the name of a node that is alive (its
+        // lease renewed lately): that would let it act as that node.
+        let lease: Option<skiff::pb::coordination::v1::Lease> = self
+            .registry
+            .get(GetRequest {
+                namespace: crate::registry::NODE_LEASE_NAMESPACE.into(),
+                name: join.node_name.clone(),
+            })
+            .await
+            .ok();
+        let renewed = lease
+            .and_then(|l| l.spec?.renew_time)
+            .map_or(0, |t| t.seconds);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if now - renewed < LIVE_NODE_SECS {
+            return Err(Status::already_exists(format!(
+                "node {:?} is alive (its lease was renewed {}s ago): join under another name, or stop that node first",
+                join.node_name,
+                now - renewed
+            )));
+        }
         let user = format!("system:node:{}", join.node_name);
         let cert = self
             .security
