@@ -99,18 +99,7 @@ impl Secure {
     fn token(&self, ttl: &str) -> (String, String) {
         let (ok, out, err) = self.skiff(&["token", "create", "--ttl", ttl]);
         assert!(ok, "token create: {err}");
-        let token = out.trim().to_string();
-        let hash = err
-            .lines()
-            .find_map(|l| l.strip_prefix("CA hash: "))
-            .expect("the CA hash is printed")
-            .trim()
-            .to_string();
-        assert!(
-            err.contains(&format!("--token {token} --ca-hash {hash}")),
-            "{err}"
-        );
-        (token, hash)
+        skiff_e2e::printed_token(&out, &err)
     }
 }
 
