@@ -80,6 +80,13 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.serde.rs"));
         }
     }
+    /// Kubernetes batch/v1 (`skiff.batch.v1`).
+    pub mod batch {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.batch.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.batch.v1.serde.rs"));
+        }
+    }
     /// Kubernetes rbac.authorization.k8s.io/v1 (`skiff.rbac.v1`).
     pub mod rbac {
         pub mod v1 {

@@ -698,6 +698,17 @@ spec:
       tolerations: [{{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}}]
       containers: [{{name: main, image: {image}, command: [sleep, "3600"]}}]
 ---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: once, namespace: shop}}
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers: [{{name: main, image: {image}, command: ["true"]}}]
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: pod-reader, namespace: shop}}
@@ -792,6 +803,7 @@ roleRef:
         ("lease".into(), "lock".into(), "shop".into()),
         ("event".into(), first("events"), "shop".into()),
         ("daemonset".into(), "logs".into(), "shop".into()),
+        ("job".into(), "once".into(), "shop".into()),
         ("role".into(), "pod-reader".into(), "shop".into()),
         ("rolebinding".into(), "read-pods".into(), "shop".into()),
         ("clusterrole".into(), "secret-reader".into(), "".into()),

@@ -1082,3 +1082,153 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     )
     .await;
 }
+
+/// A Job of `command` (a host process: the process runtime).
+fn job(name: &str, command: &str, spec: serde_json::Value) -> skiff::pb::batch::v1::Job {
+    let mut value = serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": "host", "command": ["sh", "-c", command]}]
+            }}
+        }
+    });
+    if let (Some(base), Some(more)) = (value["spec"].as_object_mut(), spec.as_object()) {
+        base.extend(more.clone());
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+async fn job_status(
+    jobs: &Api<skiff::pb::batch::v1::Job>,
+    name: &str,
+) -> skiff::pb::batch::v1::JobStatus {
+    jobs.get("default", name)
+        .await
+        .ok()
+        .and_then(|j| j.status)
+        .unwrap_or_default()
+}
+
+fn finished_with(status: &skiff::pb::batch::v1::JobStatus, kind: &str, reason: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.r#type == kind && c.status == "True" && c.reason == reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let _node = skiff_e2e::AgentNode::start_with_runtime(&url, "jobs", "process").unwrap();
+    let _processes = [
+        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
+        skiff_e2e::controller_manager(&url, &[]).unwrap(),
+    ];
+    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
+    jobs.create(job(
+        "three",
+        "echo done",
+        serde_json::json!({"completions": 3, "parallelism": 2}),
+    ))
+    .await
+    .unwrap();
+    jobs.create(job(
+        "failing",
+        "exit 3",
+        serde_json::json!({"backoffLimit": 0}),
+    ))
+    .await
+    .unwrap();
+    jobs.create(job(
+        "slow",
+        "sleep 300",
+        serde_json::json!({"activeDeadlineSeconds": 2}),
+    ))
+    .await
+    .unwrap();
+    jobs.create(job(
+        "brief",
+        "true",
+        serde_json::json!({"ttlSecondsAfterFinished": 1}),
+    ))
+    .await
+    .unwrap();
+
+    let mut status = Default::default();
+    skiff_e2e::wait_until("three completions", Duration::from_secs(60), async || {
+        status = job_status(&jobs, "three").await;
+        finished_with(&status, "Complete", "Completed")
+    })
+    .await;
+    assert_eq!((status.succeeded, status.active), (3, 0));
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    // The pods stay (their logs can be read), labelled with the job.
+    let pods = skiff_e2e::list::<Pod>(&channel, "default", "job-name=three").await;
+    assert_eq!(pods.len(), 3);
+    assert!(
+        pods.iter()
+            .all(|p| p.status.as_ref().unwrap().phase == "Succeeded")
+    );
+
+    skiff_e2e::wait_until(
+        "the failing job fails",
+        Duration::from_secs(60),
+        async || {
+            finished_with(
+                &job_status(&jobs, "failing").await,
+                "Failed",
+                "BackoffLimitExceeded",
+            )
+        },
+    )
+    .await;
+    skiff_e2e::wait_until(
+        "the slow job passes its deadline",
+        Duration::from_secs(60),
+        async || {
+            finished_with(
+                &job_status(&jobs, "slow").await,
+                "Failed",
+                "DeadlineExceeded",
+            )
+        },
+    )
+    .await;
+    skiff_e2e::wait_until(
+        "the slow job's pod is stopped",
+        Duration::from_secs(30),
+        async || {
+            skiff_e2e::live_pods(&channel, "default", "job-name=slow")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
+    skiff_e2e::wait_until(
+        "the brief job is deleted after its ttl",
+        Duration::from_secs(60),
+        async || {
+            jobs.get("default", "brief")
+                .await
+                .is_err_and(|s| s.code() == tonic::Code::NotFound)
+        },
+    )
+    .await;
+    skiff_e2e::wait_until("and its pod with it", Duration::from_secs(30), async || {
+        skiff_e2e::list::<Pod>(&channel, "default", "job-name=brief")
+            .await
+            .is_empty()
+    })
+    .await;
+    server.stop().await.unwrap();
+}

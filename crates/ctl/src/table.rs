@@ -124,6 +124,7 @@ pub fn rows(
         "ConfigMap" | "Secret" => vec!["NAME", "DATA", "AGE"],
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
+        "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
         "DaemonSet" => vec![
             "NAME",
             "DESIRED",
@@ -312,6 +313,45 @@ pub fn rows(
                     object,
                     str_at(item, "/message").to_string(),
                 ]
+            }
+            "Job" => {
+                let holds = |kind: &str| {
+                    item["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == kind && c["status"] == "True")
+                    })
+                };
+                let status = if holds("Failed") {
+                    "Failed"
+                } else if holds("Complete") {
+                    "Complete"
+                } else if holds("Suspended") {
+                    "Suspended"
+                } else {
+                    "Running"
+                };
+                let succeeded = int_at(item, "/status/succeeded");
+                let completions = match item.pointer("/spec/completions").and_then(Value::as_i64) {
+                    Some(c) => format!("{succeeded}/{c}"),
+                    None => format!(
+                        "{succeeded}/1 of {}",
+                        item.pointer("/spec/parallelism")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(1)
+                    ),
+                };
+                let at = |v: &Value| {
+                    v.as_str()
+                        .and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok())
+                };
+                let duration = match at(&item["status"]["startTime"]) {
+                    Some(start) => {
+                        let end = at(&item["status"]["completionTime"]).unwrap_or(now);
+                        human(end.duration_since(start).unwrap_or(Duration::ZERO))
+                    }
+                    None => "<none>".into(),
+                };
+                vec![name, status.into(), completions, duration, created]
             }
             "DaemonSet" => {
                 let selector: Vec<String> = item

@@ -42,6 +42,7 @@ pub const OWNER_KINDS: &[&str] = &[
     "ReplicationController",
     "Deployment",
     "DaemonSet",
+    "Job",
 ];
 /// The finalizer of a Foreground deletion.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";

@@ -1,7 +1,7 @@
 //! The garbage collector (background propagation): a dependent whose
 //! every owner is gone is deleted. One collector runs per dependent kind
-//! (pods, whose owners are ReplicaSets, ReplicationControllers and
-//! DaemonSets;
+//! (pods, whose owners are ReplicaSets, ReplicationControllers,
+//! DaemonSets and Jobs;
 //! ReplicaSets, whose owners are Deployments).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
 use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::batch::v1::Job;
 use skiff::pb::core::v1::ReplicationController;
 use skiff::pb::meta::v1::OwnerReference;
 use skiff::{ObjectRef, Resource};
@@ -37,6 +38,8 @@ pub struct Owners {
     pub deployments: (Api<Deployment>, Store<Deployment>),
     /// DaemonSets (own pods).
     pub daemonsets: (Api<DaemonSet>, Store<DaemonSet>),
+    /// Jobs (own pods).
+    pub jobs: (Api<Job>, Store<Job>),
 }
 
 /// Whether `owner` (in `namespace`) still exists with its uid: first the
@@ -98,6 +101,10 @@ impl<K: Resource> GarbageCollector<K> {
             }
             "DaemonSet" => {
                 let (api, store) = &self.owners.daemonsets;
+                exists(api, store, namespace, owner).await
+            }
+            "Job" => {
+                let (api, store) = &self.owners.jobs;
                 exists(api, store, namespace, owner).await
             }
             _ => Ok(true),

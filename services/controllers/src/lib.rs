@@ -10,6 +10,8 @@
 //!   pause, revision history, progress conditions.
 //! - [`serviceaccount`]: a `default` service account per namespace.
 //! - [`daemonset`]: one pod of a template per matching node.
+//! - [`job`]: pods run to completion, with parallelism, retries and
+//!   deadlines.
 //! - [`rootca`]: the cluster CA's `kube-root-ca.crt` ConfigMap per
 //!   namespace.
 //! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
@@ -36,6 +38,7 @@ use actix::{
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::batch::v1::Job;
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
@@ -48,6 +51,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -73,6 +77,8 @@ pub struct Shared {
     pub deployments: Informer<Deployment>,
     /// All DaemonSets.
     pub daemonsets: Informer<DaemonSet>,
+    /// All Jobs.
+    pub jobs: Informer<Job>,
     /// All namespaces.
     pub namespaces: Informer<Namespace>,
     /// All service accounts.
@@ -136,6 +142,7 @@ impl Shared {
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
+            jobs: Informer::start(Api::new(channel.clone()), Default::default()),
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
             services: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -191,6 +198,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "daemonset",
             start: daemonset_controller,
+        },
+        Descriptor {
+            name: "job",
+            start: job_controller,
         },
         Descriptor {
             name: "serviceaccounts",
@@ -388,6 +399,52 @@ fn daemonset_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'stati
     .boxed()
 }
 
+fn job_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut job_changes = shared.jobs.subscribe();
+        let mut pod_changes = shared.pods.subscribe();
+        shared.jobs.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        let controller = Arc::new(job::JobController::new(
+            Arc::clone(&shared.recorder),
+            (Api::new(shared.channel.clone()), shared.jobs.store.clone()),
+            (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+        ));
+        let queue = WorkQueue::new();
+        let jobs = shared.jobs.store.clone();
+        let everything = move |queue: &WorkQueue<ObjectRef>| {
+            jobs.list().iter().for_each(|j| queue.add(j.object_ref()));
+        };
+        everything(&queue);
+        let feeder = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    tokio::select! {
+                        change = job_changes.recv() => match change {
+                            Ok(Change::Applied(j) | Change::Deleted(j)) => queue.add(j.object_ref()),
+                            Err(RecvError::Lagged(_)) => everything(&queue),
+                            Err(_) => return,
+                        },
+                        change = pod_changes.recv() => match change {
+                            Ok(Change::Applied(p) | Change::Deleted(p)) => {
+                                if let Some(k) = job::JobController::owner_of(&p) {
+                                    queue.add(k);
+                                }
+                            }
+                            Err(RecvError::Lagged(_)) => everything(&queue),
+                            Err(_) => return,
+                        },
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
 fn serviceaccount_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
     let controller = Arc::new(serviceaccount::ServiceAccountController::new(
         Api::new(shared.channel.clone()),
@@ -480,7 +537,8 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
         let forwarders = [
             forward_deletions(shared.replicasets.subscribe(), gone_tx.clone()),
             forward_deletions(shared.replicationcontrollers.subscribe(), gone_tx.clone()),
-            forward_deletions(shared.daemonsets.subscribe(), gone_tx),
+            forward_deletions(shared.daemonsets.subscribe(), gone_tx.clone()),
+            forward_deletions(shared.jobs.subscribe(), gone_tx),
             forward_deletions(shared.deployments.subscribe(), rs_gone_tx),
         ];
         let pod_changes = shared.pods.subscribe();
@@ -490,7 +548,9 @@ fn garbage_collector(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, 
         shared.replicationcontrollers.store.wait_synced().await;
         shared.deployments.store.wait_synced().await;
         shared.daemonsets.store.wait_synced().await;
+        shared.jobs.store.wait_synced().await;
         let owners = garbage::Owners {
+            jobs: (Api::new(shared.channel.clone()), shared.jobs.store.clone()),
             daemonsets: (
                 Api::new(shared.channel.clone()),
                 shared.daemonsets.store.clone(),

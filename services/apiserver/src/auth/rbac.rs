@@ -317,7 +317,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         role(
             "admin",
             vec![
-                rule(&["*"], &["", "apps", "coordination.k8s.io"], &["*"]),
+                rule(
+                    &["*"],
+                    &["", "apps", "batch", "coordination.k8s.io"],
+                    &["*"],
+                ),
                 // Not `*`: that would include `escalate` and `bind`, and
                 // so the right to grant what it does not hold.
                 rule(
@@ -338,15 +342,21 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     &[READ, WRITE].concat(),
                     &["apps"],
-                    &["deployments", "replicasets"],
+                    &["deployments", "replicasets", "daemonsets"],
                 ),
+                rule(&[READ, WRITE].concat(), &["batch"], &["jobs"]),
             ],
         ),
         role(
             "view",
             vec![
                 rule(READ, &[""], &workloads_and_config),
-                rule(READ, &["apps"], &["deployments", "replicasets"]),
+                rule(
+                    READ,
+                    &["apps"],
+                    &["deployments", "replicasets", "daemonsets"],
+                ),
+                rule(READ, &["batch"], &["jobs"]),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],
         ),
@@ -371,7 +381,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         role(
             "system:kube-controller-manager",
             vec![
-                rule(&["*"], &["", "apps", "coordination.k8s.io"], &["*"]),
+                rule(
+                    &["*"],
+                    &["", "apps", "batch", "coordination.k8s.io"],
+                    &["*"],
+                ),
                 rule(
                     &["get", "list", "watch", "delete", "deletecollection"],
                     &["rbac.authorization.k8s.io"],
