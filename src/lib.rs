@@ -80,6 +80,13 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.coordination.v1.serde.rs"));
         }
     }
+    /// Kubernetes autoscaling/v2 (`skiff.autoscaling.v2`).
+    pub mod autoscaling {
+        pub mod v2 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.autoscaling.v2.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.autoscaling.v2.serde.rs"));
+        }
+    }
     /// Kubernetes batch/v1 (`skiff.batch.v1`).
     pub mod batch {
         pub mod v1 {

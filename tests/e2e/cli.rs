@@ -709,6 +709,17 @@ spec:
       terminationGracePeriodSeconds: 1
       containers: [{{name: main, image: {image}, command: ["true"]}}]
 ---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: dep, namespace: shop}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: dep}}
+  minReplicas: 1
+  maxReplicas: 2
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 80}}}}
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: pod-reader, namespace: shop}}
@@ -804,6 +815,7 @@ roleRef:
         ("event".into(), first("events"), "shop".into()),
         ("daemonset".into(), "logs".into(), "shop".into()),
         ("job".into(), "once".into(), "shop".into()),
+        ("hpa".into(), "dep".into(), "shop".into()),
         ("role".into(), "pod-reader".into(), "shop".into()),
         ("rolebinding".into(), "read-pods".into(), "shop".into()),
         ("clusterrole".into(), "secret-reader".into(), "".into()),

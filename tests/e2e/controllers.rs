@@ -1232,3 +1232,119 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
     .await;
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaler_follows_cpu_use_up_and_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let _node = skiff_e2e::AgentNode::start_with_runtime(&url, "hpa", "process").unwrap();
+    let _processes = [
+        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
+        skiff_e2e::controller_manager_with(
+            &url,
+            &[],
+            &["--horizontal-pod-autoscaler-sync-period-secs=1"],
+        )
+        .unwrap(),
+    ];
+    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let deployment = |command: &str| -> skiff::pb::apps::v1::Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "burn", "namespace": "default"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "burn"}},
+                "template": {
+                    "metadata": {"labels": {"app": "burn"}},
+                    "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                        "name": "main", "image": "host", "command": ["sh", "-c", command],
+                        "resources": {"requests": {"cpu": "100m"}}
+                    }]}
+                }
+            }
+        }))
+        .unwrap()
+    };
+    let deployments = Api::<skiff::pb::apps::v1::Deployment>::new(channel.clone());
+    deployments
+        .create(deployment("while :; do :; done"))
+        .await
+        .unwrap();
+    let hpa: skiff::pb::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "burn", "namespace": "default"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "burn"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}
+            }
+        }))
+        .unwrap();
+    let autoscalers =
+        Api::<skiff::pb::autoscaling::v2::HorizontalPodAutoscaler>::new(channel.clone());
+    autoscalers.create(hpa).await.unwrap();
+    let replicas = async || {
+        deployments
+            .get("default", "burn")
+            .await
+            .ok()
+            .and_then(|d| d.spec?.replicas)
+            .unwrap_or(0)
+    };
+    // A busy loop uses a whole core: ~1000 % of its 100m request.
+    skiff_e2e::wait_until(
+        "scaled up to the maximum",
+        Duration::from_secs(60),
+        async || replicas().await == 3,
+    )
+    .await;
+    // The status says why (a sync right after a scale may find no
+    // metrics for the new pods yet: wait for one that measured).
+    skiff_e2e::wait_until(
+        "the status shows the use measured",
+        Duration::from_secs(30),
+        async || {
+            let status = autoscalers
+                .get("default", "burn")
+                .await
+                .ok()
+                .and_then(|h| h.status)
+                .unwrap_or_default();
+            let measured = status
+                .current_metrics
+                .first()
+                .and_then(|m| m.resource.clone())
+                .and_then(|r| r.current)
+                .and_then(|c| c.average_utilization)
+                .unwrap_or(0);
+            status.last_scale_time.is_some() && measured > 100
+        },
+    )
+    .await;
+    // Idle pods: back to the minimum.
+    for _ in 0..10 {
+        let mut d = deployments.get("default", "burn").await.unwrap();
+        d.spec.as_mut().unwrap().template = deployment("exec sleep 300").spec.unwrap().template;
+        d.status = None;
+        match deployments.update(d).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("{s}"),
+        }
+    }
+    skiff_e2e::wait_until(
+        "scaled down to the minimum",
+        Duration::from_secs(90),
+        async || replicas().await == 1,
+    )
+    .await;
+    server.stop().await.unwrap();
+}

@@ -272,6 +272,10 @@ struct ControllerArgs {
     /// Seconds a NotReady node keeps its pods before they are evicted.
     #[arg(long, default_value_t = 300)]
     pod_eviction_timeout_secs: u64,
+    /// Seconds between each HorizontalPodAutoscaler's looks at its
+    /// metrics.
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period_secs: u64,
     /// Where LoadBalancer Services' addresses come from: a CIDR or a
     /// range FIRST-LAST ("" leaves them pending). The default is on
     /// loopback: the addresses answer on this machine only.
@@ -959,6 +963,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 eviction: std::time::Duration::from_secs(args.pod_eviction_timeout_secs),
             };
             config.lb_pool = lb_pool(&args.lb_pool)?;
+            config.autoscaler_sync = std::time::Duration::from_secs(
+                args.horizontal_pod_autoscaler_sync_period_secs.max(1),
+            );
             skiff_controllers::run(config, shutdown_signal())
                 .await
                 .context("running the controller manager")?;

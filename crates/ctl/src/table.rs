@@ -125,6 +125,15 @@ pub fn rows(
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
         "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "HorizontalPodAutoscaler" => vec![
+            "NAME",
+            "REFERENCE",
+            "TARGETS",
+            "MINPODS",
+            "MAXPODS",
+            "REPLICAS",
+            "AGE",
+        ],
         "DaemonSet" => vec![
             "NAME",
             "DESIRED",
@@ -312,6 +321,56 @@ pub fn rows(
                     str_at(item, "/reason").to_string(),
                     object,
                     str_at(item, "/message").to_string(),
+                ]
+            }
+            "HorizontalPodAutoscaler" => {
+                let reference = format!(
+                    "{}/{}",
+                    str_at(item, "/spec/scaleTargetRef/kind"),
+                    str_at(item, "/spec/scaleTargetRef/name")
+                );
+                let current = item["status"]["currentMetrics"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let targets: Vec<String> = item["spec"]["metrics"]
+                    .as_array()
+                    .map(|ms| {
+                        ms.iter()
+                            .map(|m| {
+                                let name = str_at(m, "/resource/name");
+                                let now = current
+                                    .iter()
+                                    .find(|c| str_at(c, "/resource/name") == name)
+                                    .map(|c| &c["resource"]["current"]);
+                                match m.pointer("/resource/target/averageUtilization") {
+                                    Some(want) => format!(
+                                        "{name}: {}/{want}%",
+                                        now.and_then(|n| n["averageUtilization"].as_i64())
+                                            .map_or("<unknown>".to_string(), |n| format!("{n}%"))
+                                    ),
+                                    None => format!(
+                                        "{name}: {}/{}",
+                                        now.and_then(|n| n["averageValue"].as_str())
+                                            .unwrap_or("<unknown>"),
+                                        str_at(m, "/resource/target/averageValue")
+                                    ),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vec![
+                    name,
+                    reference,
+                    none_if_empty(&targets.join(", ")),
+                    item.pointer("/spec/minReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                        .to_string(),
+                    int_at(item, "/spec/maxReplicas").to_string(),
+                    int_at(item, "/status/currentReplicas").to_string(),
+                    created,
                 ]
             }
             "Job" => {

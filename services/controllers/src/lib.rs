@@ -9,6 +9,7 @@
 //! - [`deployment`]: Deployments: rolling update, Recreate, rollback,
 //!   pause, revision history, progress conditions.
 //! - [`serviceaccount`]: a `default` service account per namespace.
+//! - [`autoscaler`]: replicas that follow the pods' resource use.
 //! - [`daemonset`]: one pod of a template per matching node.
 //! - [`job`]: pods run to completion, with parallelism, retries and
 //!   deadlines.
@@ -38,6 +39,7 @@ use actix::{
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
 use skiff::pb::batch::v1::Job;
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
@@ -47,6 +49,7 @@ use skiff::{ObjectRef, Resource as _};
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 
+pub mod autoscaler;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -62,6 +65,19 @@ pub mod serviceaccount;
 
 use replicaset::{ReplicaController, ReplicaOwner};
 use runtime::{ReconcileFuture, Reconciler};
+
+/// How the controllers are tuned (from the manager's config).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Node lifecycle timings.
+    pub timing: nodelifecycle::Timing,
+    /// The LoadBalancer address pool.
+    pub lb_pool: Option<service::Pool>,
+    /// The CA to publish in every namespace.
+    pub root_ca: Option<String>,
+    /// How often each autoscaler looks at its metrics.
+    pub autoscaler_sync: Duration,
+}
 
 /// Informers shared by every controller of the manager.
 pub struct Shared {
@@ -79,6 +95,10 @@ pub struct Shared {
     pub daemonsets: Informer<DaemonSet>,
     /// All Jobs.
     pub jobs: Informer<Job>,
+    /// All HorizontalPodAutoscalers.
+    pub autoscalers: Informer<HorizontalPodAutoscaler>,
+    /// How often each autoscaler looks at its metrics.
+    pub autoscaler_sync: Duration,
     /// All namespaces.
     pub namespaces: Informer<Namespace>,
     /// All service accounts.
@@ -106,13 +126,15 @@ pub struct Shared {
 
 impl Shared {
     /// Starts the informers.
-    pub fn start(
-        channel: tonic::transport::Channel,
-        timing: nodelifecycle::Timing,
-        lb_pool: Option<service::Pool>,
-        root_ca: Option<String>,
-    ) -> Self {
+    pub fn start(channel: tonic::transport::Channel, options: Options) -> Self {
+        let Options {
+            timing,
+            lb_pool,
+            root_ca,
+            autoscaler_sync,
+        } = options;
         Self {
+            autoscaler_sync,
             lb_pool,
             root_ca_configmaps: root_ca.as_ref().map(|_| {
                 Informer::start(
@@ -143,6 +165,8 @@ impl Shared {
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
             jobs: Informer::start(Api::new(channel.clone()), Default::default()),
+            autoscalers: Informer::start(Api::new(channel.clone()), Default::default()),
+
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
             services: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -202,6 +226,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "job",
             start: job_controller,
+        },
+        Descriptor {
+            name: "horizontalpodautoscaling",
+            start: autoscaler_controller,
         },
         Descriptor {
             name: "serviceaccounts",
@@ -390,6 +418,44 @@ fn daemonset_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'stati
                             Ok(_) | Err(RecvError::Lagged(_)) => everything(&queue),
                             Err(_) => return,
                         },
+                    }
+                }
+            })
+        };
+        work(controller, queue, workers, feeder).await;
+    }
+    .boxed()
+}
+
+fn autoscaler_controller(shared: Arc<Shared>, workers: usize) -> BoxFuture<'static, ()> {
+    async move {
+        let mut changes = shared.autoscalers.subscribe();
+        shared.autoscalers.store.wait_synced().await;
+        shared.pods.store.wait_synced().await;
+        let controller = Arc::new(autoscaler::Autoscaler::new(
+            Arc::clone(&shared.recorder),
+            shared.channel.clone(),
+            shared.autoscalers.store.clone(),
+            shared.pods.store.clone(),
+            shared.autoscaler_sync,
+        ));
+        let queue = WorkQueue::new();
+        let store = shared.autoscalers.store.clone();
+        let everything = move |queue: &WorkQueue<ObjectRef>| {
+            store.list().iter().for_each(|h| queue.add(h.object_ref()));
+        };
+        everything(&queue);
+        // Each autoscaler requeues itself every sync period; changes to
+        // one are looked at at once.
+        let feeder = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Applied(h) | Change::Deleted(h)) => queue.add(h.object_ref()),
+                        Err(RecvError::Lagged(_)) => everything(&queue),
+                        Err(_) => return,
                     }
                 }
             })
@@ -1095,6 +1161,9 @@ pub struct Config {
     /// The cluster CA's certificate, published in every namespace as
     /// `kube-root-ca.crt` (None: a plaintext cluster publishes none).
     pub root_ca: Option<String>,
+    /// How often each HorizontalPodAutoscaler looks at its metrics
+    /// (Kubernetes: 15 s).
+    pub autoscaler_sync: Duration,
 }
 
 impl Config {
@@ -1110,6 +1179,7 @@ impl Config {
             node_timing: nodelifecycle::Timing::default(),
             lb_pool: DEFAULT_LB_POOL.parse().ok(),
             root_ca: None,
+            autoscaler_sync: Duration::from_secs(15),
         }
     }
 }
@@ -1153,13 +1223,13 @@ pub async fn run(
             changed = leading.wait_for(|l| *l) => if changed.is_err() && config.leader_elect { return Ok(()) },
         }
         tracing::info!(identity = %config.identity, "leading: starting controllers");
-        let (system, addrs) = start_system(
-            channel.clone(),
-            config.workers,
-            config.node_timing,
-            config.lb_pool,
-            config.root_ca.clone(),
-        )?;
+        let options = Options {
+            timing: config.node_timing,
+            lb_pool: config.lb_pool,
+            root_ca: config.root_ca.clone(),
+            autoscaler_sync: config.autoscaler_sync,
+        };
+        let (system, addrs) = start_system(channel.clone(), config.workers, options)?;
         let mut lost = leading.clone();
         let stop = tokio::select! {
             _ = lost.wait_for(|l| !*l), if config.leader_elect => false,
@@ -1181,9 +1251,7 @@ type Running = (actix::System, Vec<actix::Addr<ControllerActor>>);
 fn start_system(
     channel: tonic::transport::Channel,
     workers: usize,
-    timing: nodelifecycle::Timing,
-    lb_pool: Option<service::Pool>,
-    root_ca: Option<String>,
+    options: Options,
 ) -> Result<Running, Error> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -1196,7 +1264,7 @@ fn start_system(
                     .expect("building the controller runtime")
             });
             system.block_on(async move {
-                let shared = Arc::new(Shared::start(channel, timing, lb_pool, root_ca));
+                let shared = Arc::new(Shared::start(channel, options));
                 let mut addrs = Vec::new();
                 for descriptor in descriptors() {
                     let shared = Arc::clone(&shared);

@@ -319,7 +319,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             vec![
                 rule(
                     &["*"],
-                    &["", "apps", "batch", "coordination.k8s.io"],
+                    &["", "apps", "batch", "autoscaling", "coordination.k8s.io"],
                     &["*"],
                 ),
                 // Not `*`: that would include `escalate` and `bind`, and
@@ -345,6 +345,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["deployments", "replicasets", "daemonsets"],
                 ),
                 rule(&[READ, WRITE].concat(), &["batch"], &["jobs"]),
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["autoscaling"],
+                    &["horizontalpodautoscalers"],
+                ),
             ],
         ),
         role(
@@ -357,6 +362,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["deployments", "replicasets", "daemonsets"],
                 ),
                 rule(READ, &["batch"], &["jobs"]),
+                rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],
         ),
@@ -383,9 +389,10 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             vec![
                 rule(
                     &["*"],
-                    &["", "apps", "batch", "coordination.k8s.io"],
+                    &["", "apps", "batch", "autoscaling", "coordination.k8s.io"],
                     &["*"],
                 ),
+                rule(&["list"], &["metrics.k8s.io"], &["pods"]),
                 rule(
                     &["get", "list", "watch", "delete", "deletecollection"],
                     &["rbac.authorization.k8s.io"],
