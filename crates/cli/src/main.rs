@@ -1266,7 +1266,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             println!("  scheduler:   running (binds pending pods to Ready nodes)");
             println!(
-                "  controllers: replicasets, replicationcontrollers, deployments, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts, root CA publisher",
+                "  controllers: replicasets, replicationcontrollers, deployments, daemonsets, jobs, horizontal pod autoscalers, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts, root CA publisher",
                 if args.lb_pool.is_empty() {
                     "none"
                 } else {
