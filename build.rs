@@ -325,6 +325,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.prost_types_path("::pbjson_types");
     config.btree_map(["."]);
     tonic_prost_build::configure()
+        // Prost's codec but for decode errors (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds_with_config(fds, config)?;

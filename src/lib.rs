@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! - [`pb`]: the generated protobuf types, gRPC clients and servers, and
-//!   their proto3 JSON (serde) forms.
+//!   their proto3 JSON (serde) forms; [`codec`]: their gRPC codec.
 //! - [`Resource`]: what the API knows about each kind (generated from
 //!   `proto/kinds.tsv`), and [`for_each_kind!`] to act on every kind.
 //! - [`keys`]: where objects live in the store.
@@ -16,10 +16,13 @@
 //! - [`time`]: timestamps; [`pods`]: shared facts about pods and
 //!   Services; [`nodes`]: which nodes a pod may run on (selectors,
 //!   affinity, taints), for the scheduler and the DaemonSet controller.
+//! - [`podsecurity`]: Pod Security Standards checks, for the API server's admission.
 
+pub mod codec;
 pub mod keys;
 pub mod nodes;
 pub mod pods;
+pub mod podsecurity;
 pub mod quantity;
 mod resource;
 pub mod selector;

@@ -823,3 +823,20 @@ pub async fn modify<K: skiff::Resource>(
         }
     }
 }
+
+/// Labels `namespace` for Pod Security's privileged level
+/// (`pod-security.kubernetes.io/enforce: privileged`), for tests whose
+/// pods use what the default level refuses (hostPath, host ports).
+///
+/// # Panics
+/// When the namespace cannot be read or written.
+pub async fn label_privileged(channel: &tonic::transport::Channel, namespace: &str) {
+    let namespaces = skiff_client::Api::<skiff::pb::core::v1::Namespace>::new(channel.clone());
+    modify(&namespaces, "", namespace, |ns| {
+        skiff::Resource::metadata_mut(ns).labels.insert(
+            skiff::podsecurity::ENFORCE_LABEL.to_string(),
+            "privileged".to_string(),
+        );
+    })
+    .await;
+}

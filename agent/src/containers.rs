@@ -9,6 +9,7 @@ use skiff::pb::core::v1::{Container, EnvVar, Pod};
 use skiff::quantity::Quantity;
 use skiff_runtime::{ContainerSpec, Mount, PortMapping, SandboxSpec, labels};
 
+use crate::subpath;
 use crate::volumes::{self, Error, Sources};
 
 /// `init`, `app` or `sandbox` (the [`labels::ROLE`] label).
@@ -138,7 +139,7 @@ pub async fn container_spec(
     let env = resolve_env(pod, container, placement, sources).await?;
     let expand_all = |v: &[String]| v.iter().map(|s| expand(s, &env)).collect::<Vec<_>>();
     let mut mounts = Vec::new();
-    for m in &container.volume_mounts {
+    for (index, m) in container.volume_mounts.iter().enumerate() {
         let Some(volume) = spec.volumes.iter().find(|v| v.name == m.name) else {
             return Err(Error::Missing(format!(
                 "container {:?}: volumeMount {:?} names no volume of the pod",
@@ -147,24 +148,18 @@ pub async fn container_spec(
         };
         let mut host_path = volumes::volume_path(data_dir, &meta.uid, volume);
         if !m.sub_path.is_empty() {
-            let sub = Path::new(&m.sub_path);
-            let escapes = sub.is_absolute()
-                || sub
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir));
-            if escapes {
-                return Err(Error::Missing(format!(
-                    "container {:?}: volumeMount {:?}: subPath {:?} must be a relative path inside the volume",
-                    container.name, m.name, m.sub_path
-                )));
-            }
-            host_path = host_path.join(sub);
-            if !host_path.exists() {
-                std::fs::create_dir_all(&host_path).map_err(|source| Error::Io {
-                    name: m.name.clone(),
-                    source,
-                })?;
-            }
+            let pin = subpath::pin_path(
+                &volumes::pod_dir(data_dir, &meta.uid),
+                &m.name,
+                &container.name,
+                index,
+            );
+            host_path = subpath::mount_source(&host_path, &m.sub_path, &pin).map_err(|e| {
+                Error::Missing(format!(
+                    "container {:?}: volumeMount {:?}: subPath {e}",
+                    container.name, m.name
+                ))
+            })?;
         }
         mounts.push(Mount {
             host_path,

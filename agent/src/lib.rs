@@ -12,6 +12,8 @@
 //!   containers, restarts with crash backoff, graceful stop, status.
 //! - [`containers`]: pod container → runtime spec (env, mounts, limits).
 //! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
+//! - [`subpath`]: paths under a volume a pod cannot redirect (subPath
+//!   mounts pinned by bind mounts, projected files written beneath).
 //! - [`status`]: the pod status from what the runtime shows.
 //! - [`prober`]: liveness, readiness and startup probes.
 //! - [`server`]: the agent's gRPC service (logs, exec, stats), which the
@@ -36,6 +38,7 @@ pub mod proxy;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod subpath;
 pub mod volumes;
 pub mod worker;
 

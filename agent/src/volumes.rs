@@ -7,7 +7,6 @@
 //! gone, as the kubelet does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,8 @@ use skiff::pb::core::v1::{
 };
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff_client::Api;
+
+use crate::subpath;
 
 /// Why a pod's volumes could not be prepared: shown to the user as the
 /// waiting reason `CreateContainerConfigError`.
@@ -455,6 +456,12 @@ pub async fn prepare(data_dir: &Path, pod: &Pod, sources: &Sources) -> Result<()
 /// projections; never hostPaths).
 pub fn remove_pod_dir(data_dir: &Path, uid: &str) {
     let dir = pod_dir(data_dir, uid);
+    // A removal through a subPath pin would reach into its volume (the
+    // host's own files for a hostPath): nothing goes while one holds.
+    if let Err(left) = subpath::unmount_all(&dir) {
+        tracing::error!(dir = %dir.display(), mount = %left.display(), "a subPath mount is still in place: the pod's directory is kept");
+        return;
+    }
     if let Err(e) = std::fs::remove_dir_all(&dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -523,33 +530,23 @@ fn select(
     Ok(files)
 }
 
-/// Writes `files` under `dir`, each atomically, and removes files that are
+/// Writes `files` under `dir`, each atomically and never through a
+/// symlink out of `dir` ([`subpath::write`]), and removes files that are
 /// no longer part of the projection.
 fn project(dir: &Path, files: &[Projected], default_mode: i32) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut keep = BTreeSet::new();
     for (rel, content, mode) in files {
-        let rel = Path::new(rel);
-        if rel.is_absolute()
-            || rel
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
+        // Validation refuses such paths; one stored before it did is skipped.
+        if subpath::check_relative(rel).is_err() {
             continue;
         }
-        let target = dir.join(rel);
-        keep.insert(target.clone());
-        if std::fs::read(&target).ok().as_deref() == Some(content.as_slice()) {
+        keep.insert(dir.join(rel));
+        if subpath::read(dir, rel).as_deref() == Some(content.as_slice()) {
             continue;
         }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let tmp = target.with_extension("skiff-tmp");
-        std::fs::write(&tmp, content)?;
         let mode = mode.unwrap_or(default_mode) as u32 & 0o777;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, &target)?;
+        subpath::write(dir, rel, content, mode).map_err(std::io::Error::other)?;
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -563,6 +560,7 @@ fn project(dir: &Path, files: &[Projected], default_mode: i32) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn projection_rewrites_changed_files_and_drops_removed_keys() {

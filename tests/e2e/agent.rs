@@ -15,15 +15,15 @@ use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
 use skiff_e2e::{AgentNode, wait_until};
 
-struct Env {
+pub(crate) struct Env {
     server: skiff_apiserver::ApiServer,
-    channel: tonic::transport::Channel,
+    pub(crate) channel: tonic::transport::Channel,
     node: AgentNode,
-    image: &'static str,
+    pub(crate) image: &'static str,
     _dir: tempfile::TempDir,
 }
 
-async fn env(prefix: &str) -> Env {
+pub(crate) async fn env(prefix: &str) -> Env {
     env_on(prefix, "docker").await
 }
 
@@ -69,25 +69,32 @@ async fn env_on(prefix: &str, runtime: &'static str) -> Env {
 }
 
 impl Env {
-    fn pods(&self) -> Api<Pod> {
+    pub(crate) fn pods(&self) -> Api<Pod> {
         Api::new(self.channel.clone())
     }
 
     /// Creates a pod bound to this env's node from a JSON manifest.
-    async fn create(&self, mut manifest: serde_json::Value) -> Pod {
+    pub(crate) async fn create(&self, mut manifest: serde_json::Value) -> Pod {
         manifest["spec"]["nodeName"] = json!(self.node.name);
         let pod: Pod = serde_json::from_value(manifest).expect("a valid pod manifest");
         self.pods().create(pod).await.expect("creating the pod")
     }
 
-    async fn get(&self, name: &str) -> Pod {
+    /// Labels `default` for Pod Security's privileged level: the test's
+    /// pods use hostPath or host ports, which the default (baseline)
+    /// refuses.
+    pub(crate) async fn allow_privileged(&self) {
+        skiff_e2e::label_privileged(&self.channel, "default").await;
+    }
+
+    pub(crate) async fn get(&self, name: &str) -> Pod {
         self.pods()
             .get("default", name)
             .await
             .expect("reading the pod")
     }
 
-    async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         name: &str,
         what: &str,
@@ -126,7 +133,7 @@ impl Env {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    async fn delete(&self, name: &str) {
+    pub(crate) async fn delete(&self, name: &str) {
         self.pods()
             .delete(DeleteRequest {
                 namespace: "default".into(),
@@ -138,11 +145,11 @@ impl Env {
     }
 }
 
-fn phase(p: &Pod) -> &str {
+pub(crate) fn phase(p: &Pod) -> &str {
     p.status.as_ref().map_or("", |s| s.phase.as_str())
 }
 
-fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+pub(crate) fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
     p.status
         .as_ref()?
         .container_statuses
@@ -150,11 +157,14 @@ fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
         .find(|c| c.name == name)
 }
 
-fn waiting_of(p: &Pod, name: &str) -> Option<skiff::pb::core::v1::ContainerStateWaiting> {
+pub(crate) fn waiting_of(
+    p: &Pod,
+    name: &str,
+) -> Option<skiff::pb::core::v1::ContainerStateWaiting> {
     container(p, name)?.state.clone()?.waiting
 }
 
-fn running(p: &Pod, name: &str) -> bool {
+pub(crate) fn running(p: &Pod, name: &str) -> bool {
     container(p, name).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
@@ -335,6 +345,7 @@ async fn a_killed_container_restarts_unless_the_policy_is_never() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_failures_restart_and_readiness_drives_ready() {
     let env = env("probes").await;
+    env.allow_privileged().await;
     let image = env.image;
     // The test controls both probes through files in a hostPath dir.
     let ctl = tempfile::tempdir().unwrap();
@@ -679,7 +690,13 @@ async fn containers_that_cannot_start_wait_with_a_reason_while_the_others_run() 
                 {"name": "good", "image": image, "command": ["sleep", "3600"]},
                 {"name": "missing", "image": image, "command": ["/no/such/program"]},
                 {"name": "escape", "image": image, "command": ["sleep", "3600"],
-                 "volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "../../etc"}]}
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "escape"}]}
+            ],
+            // A subPath through a symlink out of the volume (a `..` one
+            // is refused by the API itself).
+            "initContainers": [
+                {"name": "plant", "image": image, "command": ["ln", "-s", "/", "/x/escape"],
+                 "volumeMounts": [{"name": "scratch", "mountPath": "/x"}]}
             ],
             "volumes": [{"name": "scratch", "emptyDir": {}}]
         }
@@ -776,6 +793,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_ports_reach_the_pod_and_logs_tail_and_follow() {
     let env = env("ports").await;
+    env.allow_privileged().await;
     let image = env.image;
     let port = skiff_e2e::free_port().unwrap();
     env.create(json!({

@@ -5,6 +5,7 @@
 
 mod agent;
 mod api;
+mod attacks;
 mod cli;
 mod controllers;
 mod crash;

@@ -18,13 +18,13 @@ use skiff_e2e::{AgentNode, ServerProcess, wait_until};
 use tonic::Code;
 
 /// A TLS `skiff server` and what tests need to act as anyone.
-struct Secure {
-    server: ServerProcess,
+pub(crate) struct Secure {
+    pub(crate) server: ServerProcess,
     dir: tempfile::TempDir,
 }
 
 impl Secure {
-    fn start(args: &[&str]) -> Self {
+    pub(crate) fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server = ServerProcess::start_secure(&dir.path().join("server"), args).unwrap();
         Self { server, dir }
@@ -40,12 +40,12 @@ impl Secure {
         skiff_pki::Ca::load_or_create(&self.pki()).unwrap()
     }
 
-    fn admin(&self) -> tonic::transport::Channel {
+    pub(crate) fn admin(&self) -> tonic::transport::Channel {
         self.server.channel().unwrap()
     }
 
     /// A channel presenting a certificate for `user` in `groups`.
-    fn as_user(&self, user: &str, groups: &[&str]) -> tonic::transport::Channel {
+    pub(crate) fn as_user(&self, user: &str, groups: &[&str]) -> tonic::transport::Channel {
         let ca = self.ca();
         let identity = ca.issue_client(user, groups).unwrap();
         let tls = skiff_client::ClientTls::new(
@@ -69,7 +69,7 @@ impl Secure {
     }
 
     /// `skiff ARGS` as the admin: (success, stdout, stderr).
-    fn skiff(&self, args: &[&str]) -> (bool, String, String) {
+    pub(crate) fn skiff(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(skiff_e2e::skiff_binary().unwrap())
             .args(args)
             .env("SKIFF_CONFIG", self.server.config("admin"))

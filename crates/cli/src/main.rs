@@ -761,6 +761,15 @@ struct ApiArgs {
     /// (agents renew theirs at 80 % of that).
     #[arg(long, default_value_t = 365 * 24 * 3600)]
     node_cert_validity_secs: u64,
+    /// The Pod Security level enforced in namespaces without a
+    /// `pod-security.kubernetes.io/enforce` label: privileged, baseline
+    /// or restricted. Baseline refuses hostPath volumes, host namespaces,
+    /// privileged containers, added capabilities and host ports.
+    #[arg(long, default_value = "baseline")]
+    pod_security_default: skiff::podsecurity::Level,
+    /// Namespaces Pod Security admission does not judge, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "kube-system")]
+    pod_security_exempt_namespaces: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -810,6 +819,15 @@ fn api_config(
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
     config.node_ports = port_range(&args.service_node_port_range)?;
     config.metrics_addr = args.metrics_addr;
+    config.pod_security = skiff_apiserver::podsecurity::PodSecurity {
+        default: args.pod_security_default,
+        exempt_namespaces: args
+            .pod_security_exempt_namespaces
+            .iter()
+            .filter(|ns| !ns.is_empty())
+            .cloned()
+            .collect(),
+    };
     if args.insecure {
         tracing::warn!(
             "--insecure: serving PLAINTEXT with NO authentication; anyone who can reach {} may do anything",
@@ -864,9 +882,28 @@ async fn shutdown_signal() {
     }
 }
 
+/// As Go's runtime does for every server: the soft limit on open files
+/// raised to the hard one, so that a server's connections are bounded by
+/// its own limits (see `skiff_pki::tls::handshakes`), not by a shell's
+/// default of 1,024.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || limit.maximum.is_none() && limit.current.is_some() {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("warning: raising the open file limit: {e}");
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     use tracing::Instrument as _;
+    raise_open_file_limit();
     let cli = Cli::parse();
     let telemetry = match skiff_telemetry::init(
         cli.command.service_name(),
@@ -1271,6 +1308,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "none"
                 } else {
                     &args.lb_pool
+                }
+            );
+            println!(
+                "  pods:        Pod Security {:?} enforced where a namespace has no pod-security.kubernetes.io/enforce label{}",
+                args.api.pod_security_default.as_str(),
+                match args.api.pod_security_exempt_namespaces.join(",") {
+                    exempt if exempt.is_empty() => String::new(),
+                    exempt => format!(" ({exempt} exempt)"),
                 }
             );
             println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");

@@ -63,6 +63,14 @@ pub fn load(
         )
     })?;
     security.node_cert_validity = node_cert_validity;
+    // The keys are their owner's only (0600); their directory and the data
+    // dir (credentials, the store) are too, so that no other user of the
+    // machine can even list them.
+    for private in [data_dir, dir.as_path()] {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", private.display()))?;
+    }
     Ok(Arc::new(security))
 }
 

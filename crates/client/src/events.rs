@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use skiff::Resource;
 use skiff::pb::core::v1::{Event, EventSource, ObjectReference};
 use skiff::pb::meta::v1::ObjectMeta;
-use skiff::{ObjectRef, Resource};
 
 use crate::api::Api;
 
@@ -36,8 +36,11 @@ type Occurrence = (String, String, String);
 pub struct Recorder {
     api: Api<Event>,
     component: String,
-    /// Events written so far, to count repeats instead of writing anew.
-    seen: Mutex<HashMap<Occurrence, ObjectRef>>,
+    /// Events written so far, as last written, to count repeats instead of
+    /// writing anew. The Event itself is kept (not read back before an
+    /// update): a node may write Events but not read them, as in
+    /// Kubernetes.
+    seen: Mutex<HashMap<Occurrence, Event>>,
 }
 
 impl Recorder {
@@ -63,12 +66,12 @@ impl Recorder {
         let key = (meta.uid.clone(), reason.to_string(), message.to_string());
         let known = self.seen.lock().ok().and_then(|s| s.get(&key).cloned());
         let now = skiff::time::now_seconds();
-        if let Some(at) = known
-            && let Ok(mut event) = self.api.get(&at.namespace, &at.name).await
-        {
+        if let Some(mut event) = known {
             event.count += 1;
             event.last_timestamp = Some(now);
-            if self.api.update(event).await.is_ok() {
+            // Changed or deleted by someone else meanwhile: a new Event.
+            if let Ok(updated) = self.api.update(event).await {
+                self.remember(key, updated);
                 return;
             }
         }
@@ -109,16 +112,18 @@ impl Recorder {
             ..Default::default()
         };
         match self.api.create(event).await {
-            Ok(_) => {
-                if let Ok(mut seen) = self.seen.lock() {
-                    // Bounded: forget everything rather than grow forever.
-                    if seen.len() > 10_000 {
-                        seen.clear();
-                    }
-                    seen.insert(key, ObjectRef::new(namespace, name));
-                }
-            }
+            Ok(created) => self.remember(key, created),
             Err(status) => tracing::debug!(%status, reason, "recording an event"),
+        }
+    }
+
+    fn remember(&self, key: Occurrence, event: Event) {
+        if let Ok(mut seen) = self.seen.lock() {
+            // Bounded: forget everything rather than grow forever.
+            if seen.len() > 4_096 {
+                seen.clear();
+            }
+            seen.insert(key, event);
         }
     }
 }

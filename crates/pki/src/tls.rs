@@ -35,11 +35,23 @@ use tokio::net::TcpStream;
 
 use crate::{Error, Identity, Parsed, Result};
 
-/// Handshakes a server runs at once.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Unfinished handshakes a server keeps in all: past it, a new
+/// connection closes the oldest unfinished one.
+pub const MAX_PENDING_HANDSHAKES: usize = 8192;
 
-/// How long a TLS handshake may take before the connection is dropped.
+/// Unfinished handshakes a server keeps from one peer address: past it, a
+/// new connection from that address closes its oldest unfinished one. A
+/// client that opens sockets and sends nothing thus holds a bounded number
+/// of them, and cannot keep a new connection from its own address (or any
+/// other) from being served.
+pub const MAX_PENDING_PER_PEER: usize = 512;
+
+/// How long a client waits for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a server waits for a client to finish its TLS handshake: a
+/// silent or half-open connection is closed then.
+pub const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The crypto every config uses (ring; never a process-wide default,
 /// which panics when two providers are linked).
@@ -522,10 +534,11 @@ impl ServerTls {
     /// The TLS handshake on an accepted socket.
     ///
     /// # Errors
-    /// The handshake failed or took longer than [`HANDSHAKE_TIMEOUT`].
+    /// The handshake failed or took longer than
+    /// [`SERVER_HANDSHAKE_TIMEOUT`].
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Conn> {
         let remote = tcp.peer_addr().ok();
-        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
+        let tls = tokio::time::timeout(SERVER_HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
         let certs: Option<Arc<Vec<CertificateDer<'static>>>> = tls
@@ -561,15 +574,19 @@ impl ServerTls {
 /// The connections a server serves: each accepted socket, after its TLS
 /// handshake when `tls` is given (each handshake in its own task, so a slow
 /// or silent client holds up nobody). Failed handshakes (another CA's
-/// certificate, plaintext, a port scan) are logged at debug and dropped.
+/// certificate, plaintext, a port scan) are logged at debug and dropped;
+/// unfinished ones are bounded per peer address and in all
+/// ([`MAX_PENDING_PER_PEER`], [`MAX_PENDING_HANDSHAKES`]: the oldest goes)
+/// and in time ([`SERVER_HANDSHAKE_TIMEOUT`]).
 pub fn handshakes(
     sockets: impl tokio_stream::Stream<Item = TcpStream> + Send + 'static,
     tls: Option<ServerTls>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    // At most this many handshakes at once: silent clients cannot pile up
-    // tasks and sockets without bound (the accept loop waits instead).
-    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(std::sync::Mutex::new(Pending::new(
+        MAX_PENDING_PER_PEER,
+        MAX_PENDING_HANDSHAKES,
+    )));
     tokio::spawn(async move {
         let mut sockets = std::pin::pin!(sockets);
         while let Some(tcp) = tokio_stream::StreamExt::next(&mut sockets).await {
@@ -582,21 +599,96 @@ pub fn handshakes(
                 continue;
             };
             let tx = tx.clone();
-            let Ok(permit) = Arc::clone(&pending).acquire_owned().await else {
+            let peer = tcp
+                .peer_addr()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+            let (closed_tx, closed) = tokio::sync::oneshot::channel();
+            let Ok(id) = pending.lock().map(|mut p| p.add(peer, closed_tx)) else {
                 return;
             };
+            let pending = Arc::clone(&pending);
             tokio::spawn(async move {
-                let _permit = permit;
-                match tls.accept(tcp).await {
-                    Ok(conn) => {
+                let accepted = tokio::select! {
+                    accepted = tls.accept(tcp) => Some(accepted),
+                    _ = closed => None,
+                };
+                if let Ok(mut p) = pending.lock() {
+                    p.remove(id);
+                }
+                match accepted {
+                    Some(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Some(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    None => {
+                        tracing::debug!(%peer, "unfinished TLS handshake closed for a newer one")
+                    }
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The unfinished handshakes of a server, oldest first, by peer address
+/// and in all. Dropping an entry's sender closes its connection.
+struct Pending {
+    /// Most entries of one address.
+    per_peer: usize,
+    /// Most entries in all.
+    total: usize,
+    /// The id the next entry gets (ids grow: smaller is older).
+    next: u64,
+    /// Every entry: its address and what closes it.
+    all: std::collections::BTreeMap<u64, (std::net::IpAddr, tokio::sync::oneshot::Sender<()>)>,
+    /// The entries of each address.
+    by_peer: std::collections::HashMap<std::net::IpAddr, std::collections::BTreeSet<u64>>,
+}
+
+impl Pending {
+    fn new(per_peer: usize, total: usize) -> Self {
+        Self {
+            per_peer,
+            total,
+            next: 0,
+            all: Default::default(),
+            by_peer: Default::default(),
+        }
+    }
+
+    /// Adds a handshake from `peer`, closing the oldest of its address (or
+    /// of all) when over a bound.
+    fn add(&mut self, peer: std::net::IpAddr, close: tokio::sync::oneshot::Sender<()>) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.all.insert(id, (peer, close));
+        let mine = self.by_peer.entry(peer).or_default();
+        mine.insert(id);
+        if mine.len() > self.per_peer
+            && let Some(oldest) = mine.first().copied()
+        {
+            self.remove(oldest);
+        }
+        if self.all.len() > self.total
+            && let Some(oldest) = self.all.keys().next().copied()
+        {
+            self.remove(oldest);
+        }
+        id
+    }
+
+    /// Forgets a handshake (finished, or closed by dropping its sender).
+    fn remove(&mut self, id: u64) {
+        let Some((peer, _close)) = self.all.remove(&id) else {
+            return;
+        };
+        if let Some(mine) = self.by_peer.get_mut(&peer) {
+            mine.remove(&id);
+            if mine.is_empty() {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
 }
 
 /// Who is at the other end of a server connection: tonic puts it into
@@ -937,5 +1029,43 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn unfinished_handshakes_past_the_bounds_close_the_oldest() {
+        let mut pending = Pending::new(2, 3);
+        let a = std::net::IpAddr::from([127, 0, 0, 1]);
+        let b = std::net::IpAddr::from([127, 0, 0, 2]);
+        let mut closed = Vec::new();
+        let mut add = |pending: &mut Pending, peer| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            closed.push(rx);
+            pending.add(peer, tx)
+        };
+        let first = add(&mut pending, a);
+        add(&mut pending, a);
+        add(&mut pending, a);
+        // The third from one address closed its first.
+        assert!(!pending.all.contains_key(&first));
+        assert_eq!(pending.by_peer[&a].len(), 2);
+        add(&mut pending, b);
+        add(&mut pending, b);
+        // Four in all is over three: the oldest of all went.
+        assert_eq!(pending.all.len(), 3);
+        assert_eq!(pending.by_peer[&a].len(), 1);
+        assert!(matches!(
+            closed[0].try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(matches!(
+            closed[4].try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ));
+        // A finished handshake leaves no trace.
+        let ids: Vec<u64> = pending.all.keys().copied().collect();
+        for id in ids {
+            pending.remove(id);
+        }
+        assert!(pending.by_peer.is_empty());
     }
 }

@@ -50,6 +50,10 @@ pub enum ApiError {
     /// object): FAILED_PRECONDITION.
     #[error("{0}")]
     Forbidden(String),
+    /// An admission policy refuses the object (Pod Security):
+    /// PERMISSION_DENIED, as Kubernetes' 403.
+    #[error("{0}")]
+    Denied(String),
     /// A feature the server does not offer: UNIMPLEMENTED.
     #[error("{0}")]
     Unsupported(String),
@@ -74,6 +78,7 @@ impl From<ApiError> for Status {
             ApiError::Conflict { .. } | ApiError::Precondition(_) => Code::Aborted,
             ApiError::Expired(_) => Code::OutOfRange,
             ApiError::Forbidden(_) => Code::FailedPrecondition,
+            ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Unsupported(_) => Code::Unimplemented,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Internal(_) => Code::Internal,

@@ -12,6 +12,8 @@
 //! - [`registry`]: the generic object semantics (versions, generation,
 //!   finalizers, selectors, paging, watch).
 //! - [`strategy`]: per-kind defaults, validation and selectable fields.
+//! - [`podsecurity`]: Pod Security admission (namespace labels, the
+//!   cluster default, exemptions).
 //! - [`cache`]: the watch cache (one store watch per kind).
 //! - [`auth`]: who is calling and may it (a tower layer), and the
 //!   identity services (join, renew, service-account tokens, who am I).
@@ -37,6 +39,7 @@ pub mod cache;
 pub mod error;
 pub mod index;
 pub mod logs;
+pub mod podsecurity;
 pub mod registry;
 pub mod service;
 pub mod strategy;
@@ -82,6 +85,8 @@ pub struct Config {
     /// TLS, authentication and authorization (see [`auth`]). None:
     /// plaintext, and every caller may do anything (`--insecure`).
     pub security: Option<Arc<auth::Security>>,
+    /// Pod Security admission: the default level and exempt namespaces.
+    pub pod_security: podsecurity::PodSecurity,
 }
 
 /// The default service range (k3s's).
@@ -100,6 +105,7 @@ impl Config {
             node_ports: allocator::DEFAULT_NODE_PORTS,
             metrics_addr: None,
             security: None,
+            pod_security: podsecurity::PodSecurity::default(),
         }
     }
 }
@@ -270,7 +276,8 @@ impl ApiServer {
                 config.service_cidr,
                 config.node_ports.clone(),
             )
-            .with_service_account_tokens(config.security.is_some()),
+            .with_service_account_tokens(config.security.is_some())
+            .with_pod_security(config.pod_security.clone()),
         );
         registry.bootstrap().await?;
         let actors = if config.actors == 0 {

@@ -27,6 +27,7 @@ use crate::allocator::{Allocator, Cidr};
 use crate::cache::{Change, WatchCache, decode};
 use crate::error::{ApiError, Result};
 use crate::index::Index;
+use crate::podsecurity::PodSecurity;
 use crate::strategy::{self, Strategy};
 
 /// The largest object the API stores (etcd's default request limit).
@@ -80,6 +81,8 @@ pub struct Registry {
     /// Whether pods get their service account's token mounted (a cluster
     /// that issues tokens: TLS).
     service_account_tokens: bool,
+    /// Pod Security admission's settings.
+    pod_security: PodSecurity,
 }
 
 /// A Service's cluster IP cannot change: an update without one keeps the
@@ -347,7 +350,15 @@ impl Registry {
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,
             service_account_tokens: false,
+            pod_security: PodSecurity::default(),
         }
+    }
+
+    /// The registry, judging pods by `settings` (Pod Security admission;
+    /// by default `baseline` is enforced everywhere but `kube-system`).
+    pub fn with_pod_security(mut self, settings: PodSecurity) -> Self {
+        self.pod_security = settings;
+        self
     }
 
     /// The registry, mounting service-account tokens into the pods it
@@ -551,6 +562,45 @@ impl Registry {
         }
     }
 
+    /// Pod Security admission (see [`crate::podsecurity`]) by the
+    /// namespace's labels as the index has them; a refusal is judged again
+    /// against the stored namespace, which a label just written may be
+    /// ahead of the index with.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED with Kubernetes' words.
+    async fn admit_pod_security<K: Strategy>(&self, obj: &K) -> Result<()> {
+        let Some(judged) = obj.pod_security() else {
+            return Ok(());
+        };
+        let namespace = obj.namespace();
+        let name = match obj.name() {
+            "" => obj.metadata().map_or("", |m| m.generate_name.as_str()),
+            name => name,
+        };
+        let labels_of = |ns: &Namespace| {
+            ns.metadata
+                .as_ref()
+                .map(|m| m.labels.clone())
+                .unwrap_or_default()
+        };
+        let cached = self.namespaces.get("", namespace).map(|ns| labels_of(&ns));
+        let judge = |labels: &BTreeMap<String, String>| {
+            self.pod_security
+                .admit(namespace, labels, (K::PLURAL, name), judged)
+        };
+        match judge(&cached.clone().unwrap_or_default()) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let key = keys::object::<Namespace>("", namespace);
+                match self.read::<Namespace>(&key).await? {
+                    Some((ns, _)) if Some(labels_of(&ns)) != cached => judge(&labels_of(&ns)),
+                    _ => Err(refused),
+                }
+            }
+        }
+    }
+
     /// The service account `namespace/name` an object will run as.
     /// `default` may be moments from existing in a new namespace (its
     /// controller makes it): it is waited for, up to two seconds, as
@@ -621,6 +671,7 @@ impl Registry {
         }
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
+            self.admit_pod_security(&obj).await?;
         }
         let owner = object_name(obj.namespace(), obj.name());
         // An object that claims addresses or ports is checked first: nothing

@@ -129,6 +129,14 @@ pub trait Strategy: Resource {
         let _ = account;
     }
 
+    /// What Pod Security admission judges: the pod spec the object runs
+    /// and its metadata, and whether a violation refuses the write (a
+    /// pod's own spec) or is only warned about (a workload's template, as
+    /// Kubernetes does: its pods are refused when they are created).
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        None
+    }
+
     /// Binds the object to `node` (the binding subresource).
     ///
     /// # Errors
@@ -264,6 +272,7 @@ fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
         if let Err(reason) = validation::is_dns1123_label(&v.name) {
             errors.invalid(format!("{path}.volumes[{i}].name"), &v.name, &reason);
         }
+        validate_volume_paths(&format!("{path}.volumes[{i}]"), v, errors);
     }
     for (list, containers) in [
         ("initContainers", &spec.init_containers),
@@ -303,6 +312,78 @@ fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
         && let Err(reason) = validation::is_dns1123_subdomain(&spec.node_name)
     {
         errors.invalid(format!("{path}.nodeName"), &spec.node_name, &reason);
+    }
+}
+
+/// Kubernetes' rule for a path the agent joins under a volume (item
+/// paths, `subPath`): relative, no `..` component, and for files the
+/// agent writes, not starting with `..` (its own names).
+fn validate_local_path(path: &str, value: &str, written: bool, errors: &mut FieldErrors) {
+    let p = std::path::Path::new(value);
+    if p.is_absolute() {
+        errors.invalid(path, value, "must be a relative path");
+    }
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        errors.invalid(path, value, "must not contain '..'");
+    } else if written && value.starts_with("..") {
+        errors.invalid(path, value, "must not start with '..'");
+    }
+}
+
+/// The item paths of configMap, secret, downwardAPI and projected volumes.
+fn validate_volume_paths(path: &str, v: &Volume, errors: &mut FieldErrors) {
+    let items = |source: &str, items: &[KeyToPath], errors: &mut FieldErrors| {
+        for (j, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.{source}.items[{j}].path");
+            if item.path.is_empty() {
+                errors.required(ipath);
+            } else {
+                validate_local_path(&ipath, &item.path, true, errors);
+            }
+        }
+    };
+    let files = |source: &str, files: &[DownwardApiVolumeFile], errors: &mut FieldErrors| {
+        for (j, file) in files.iter().enumerate() {
+            let fpath = format!("{path}.{source}.items[{j}].path");
+            if file.path.is_empty() {
+                errors.required(fpath);
+            } else {
+                validate_local_path(&fpath, &file.path, true, errors);
+            }
+        }
+    };
+    if let Some(cm) = &v.config_map {
+        items("configMap", &cm.items, errors);
+    }
+    if let Some(secret) = &v.secret {
+        items("secret", &secret.items, errors);
+    }
+    if let Some(api) = &v.downward_api {
+        files("downwardAPI", &api.items, errors);
+    }
+    if let Some(projected) = &v.projected {
+        for (k, part) in projected.sources.iter().enumerate() {
+            let source = format!("projected.sources[{k}]");
+            if let Some(cm) = &part.config_map {
+                items(&format!("{source}.configMap"), &cm.items, errors);
+            }
+            if let Some(secret) = &part.secret {
+                items(&format!("{source}.secret"), &secret.items, errors);
+            }
+            if let Some(api) = &part.downward_api {
+                files(&format!("{source}.downwardAPI"), &api.items, errors);
+            }
+            if let Some(token) = &part.service_account_token {
+                let tpath = format!("{path}.{source}.serviceAccountToken.path");
+                if token.path.is_empty() {
+                    errors.required(tpath);
+                } else {
+                    validate_local_path(&tpath, &token.path, true, errors);
+                }
+            }
+        }
     }
 }
 
@@ -358,6 +439,14 @@ fn validate_container(
         if m.mount_path.is_empty() {
             errors.required(format!("{path}.volumeMounts[{i}].mountPath"));
         }
+        if !m.sub_path.is_empty() {
+            validate_local_path(
+                &format!("{path}.volumeMounts[{i}].subPath"),
+                &m.sub_path,
+                false,
+                errors,
+            );
+        }
     }
     if let Some(r) = &c.resources {
         for (which, map) in [("limits", &r.limits), ("requests", &r.requests)] {
@@ -387,6 +476,10 @@ fn validate_protocol(path: &str, protocol: &str, errors: &mut FieldErrors) {
 }
 
 impl Strategy for Pod {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        Some((self.metadata.as_ref(), self.spec.as_ref()?, true))
+    }
+
     const FIELDS: &'static [&'static str] = &["spec.nodeName", "status.phase"];
 
     fn field(&self, path: &str) -> Option<String> {
@@ -676,6 +769,11 @@ fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
 }
 
 impl Strategy for ReplicationController {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             spec.replicas.get_or_insert(1);
@@ -710,6 +808,11 @@ impl Strategy for ReplicationController {
 }
 
 impl Strategy for ReplicaSet {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             spec.replicas.get_or_insert(1);
@@ -747,6 +850,11 @@ fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut Field
 }
 
 impl Strategy for Deployment {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             spec.replicas.get_or_insert(1);
@@ -996,6 +1104,12 @@ impl Strategy for Namespace {
         }
     }
 
+    fn validate(&self, errors: &mut FieldErrors) {
+        if let Some(meta) = &self.metadata {
+            crate::podsecurity::validate_labels(&meta.labels, errors);
+        }
+    }
+
     fn mark_deleting(&mut self) {
         self.status
             .get_or_insert_with(NamespaceStatus::default)
@@ -1061,7 +1175,7 @@ fn validate_data_keys<V>(path: &str, data: &BTreeMap<String, V>, errors: &mut Fi
         let ok = !key.is_empty()
             && key.len() <= 253
             && key != "."
-            && key != ".."
+            && !key.starts_with("..")
             && key
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -1069,7 +1183,7 @@ fn validate_data_keys<V>(path: &str, data: &BTreeMap<String, V>, errors: &mut Fi
             errors.invalid(
                 format!("{path}[{key}]"),
                 key,
-                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.', and must not start with '..'",
             );
         }
     }
@@ -1236,6 +1350,11 @@ pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
 impl Strategy for Job {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
     fn default_fields(&mut self) {
         let (uid, name) = self
             .metadata
@@ -1327,6 +1446,11 @@ impl Strategy for Job {
 // === daemon sets ===
 
 impl Strategy for DaemonSet {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             spec.revision_history_limit.get_or_insert(10);

@@ -282,13 +282,15 @@ impl Authorizer {
             }
             ("", "services" | "endpoints", _) if read => allow("services are readable"),
             ("", "configmaps" | "secrets", "get") => self.referenced(node, attrs).await,
-            ("", "events", "create" | "update" | "get" | "list") => allow("events"),
+            // Kubernetes' system:node role: write Events, never read them
+            // (they tell of every namespace's objects).
+            ("", "events", "create" | "update" | "patch") => allow("writing events"),
             ("", "serviceaccounts/token", "create") => self.token_for(node, attrs).await,
             ("certificates.k8s.io", "certificatesigningrequests/selfnodeclient", "create") => {
                 allow("renewing its own certificate")
             }
             _ => deny(format!(
-                "node {node:?} may not; nodes may read pods, nodes, services and endpoints, get configmaps and secrets, and write their own Node, Lease, events and their pods' status"
+                "node {node:?} may not; nodes may read pods, nodes, services and endpoints, get configmaps and secrets, and write their own Node, Lease, their pods' status and events"
             )),
         }
     }
