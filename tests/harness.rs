@@ -719,6 +719,15 @@ pub fn process_pid(node: &AgentNode, id: &str) -> Option<u32> {
 impl Drop for AgentNode {
     fn drop(&mut self) {
         self.kill9();
+        // The agent's subPath pins: unmounted before the data dir goes
+        // (removing it through a mount would reach the volume).
+        for pod in std::fs::read_dir(self.data_dir.path().join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = skiff_agent::subpath::unmount_all(&pod.path());
+        }
         if self
             .args
             .iter()
@@ -756,6 +765,20 @@ impl Drop for AgentNode {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Raises this process's soft limit on open files to the hard one (tests
+/// that hold thousands of sockets).
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
 }
 
 /// The objects of kind `K` in `namespace` that `selector` picks.

@@ -154,12 +154,14 @@ pub async fn container_spec(
                 &container.name,
                 index,
             );
-            host_path = subpath::mount_source(&host_path, &m.sub_path, &pin).map_err(|e| {
-                Error::Missing(format!(
-                    "container {:?}: volumeMount {:?}: subPath {e}",
-                    container.name, m.name
-                ))
-            })?;
+            let read_only = volumes::forced_read_only(volume);
+            host_path =
+                subpath::mount_source(&host_path, &m.sub_path, &pin, read_only).map_err(|e| {
+                    Error::Missing(format!(
+                        "container {:?}: volumeMount {:?}: subPath {e}",
+                        container.name, m.name
+                    ))
+                })?;
         }
         mounts.push(Mount {
             host_path,

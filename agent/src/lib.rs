@@ -304,7 +304,11 @@ pub async fn run(
                 enforce: server_tls.is_some(),
             })
             .add_service(AgentServer::new(service))
-            .serve_with_incoming(skiff_pki::tls::handshakes(sockets, server_tls)),
+            .serve_with_incoming(skiff_pki::tls::handshakes(
+                sockets,
+                server_tls,
+                skiff_pki::tls::HandshakeLimits::default(),
+            )),
     );
     tracing::info!(node = %config.node_name, address = %bound, "agent service listening");
 

@@ -13,13 +13,20 @@
 //! (`pods/UID/volume-subpaths/VOLUME/CONTAINER/INDEX`): the container gets
 //! that mount, so swapping a component for a symlink after the check
 //! changes nothing. Without the privilege to mount (an agent not run as
-//! root), the checked path is handed on as it was resolved, which leaves a
-//! window for a pod racing the check; the agent says so in its log.
+//! root), a subPath of a volume the pod can write (emptyDir, hostPath) is
+//! refused: handing on the checked path as a string would leave a window
+//! for a pod racing the check. A read-only volume's (configMap, secret,
+//! downwardAPI, projected: only the agent writes them) is handed on as
+//! resolved.
 //!
-//! A pod's teardown unmounts these before anything under the pod's
-//! directory is removed, and removes nothing while one is still mounted
-//! (a removal would go through the mount into the volume, which for a
-//! hostPath is the host's).
+//! Kernels before 5.6 have no `openat2`: there the path is walked one
+//! component at a time with `O_NOFOLLOW`, and any symlink on it is
+//! refused.
+//!
+//! A pod's teardown unmounts the pins and removes them with `rmdir` and
+//! `unlink` only, which fail on a mount point, so nothing is ever removed
+//! through a mount into the volume (for a hostPath, the host's own files);
+//! the rest of the pod's directory goes only once no pin is left.
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +43,12 @@ pub enum Error {
     /// Resolving it left the volume (through a symlink or `..`).
     #[error("{0:?} leads outside the volume (through a symbolic link or \"..\")")]
     Escapes(String),
+    /// The agent may not mount, so it cannot pin a path of a volume the
+    /// pod may write (see the module doc).
+    #[error(
+        "{0:?} of a volume the pod may write needs the agent to run as root (to pin it with a bind mount); mount the whole volume instead"
+    )]
+    Unpinned(String),
     /// The file system refused.
     #[error("{path:?}: {source}")]
     Io {
@@ -74,9 +87,9 @@ pub fn check_relative(rel: &str) -> Result<&Path, Error> {
 
 fn io(path: &Path) -> impl Fn(rustix::io::Errno) -> Error + '_ {
     move |errno| {
-        if errno == rustix::io::Errno::XDEV || errno == rustix::io::Errno::LOOP {
-            // RESOLVE_BENEATH says EXDEV for an escape, ELOOP for an
-            // absolute symlink or a magic link.
+        if errno == rustix::io::Errno::XDEV {
+            // RESOLVE_BENEATH's word for a resolution that leaves the
+            // directory (an absolute symlink, a `..` too many).
             Error::Escapes(path.display().to_string())
         } else {
             Error::Io {
@@ -101,15 +114,63 @@ fn open_base(base: &Path) -> Result<OwnedFd, Error> {
 }
 
 /// Resolves `rel` beneath the directory `dir`: symlinks are followed only
-/// while they stay beneath it.
+/// while they stay beneath it. Without `openat2` (kernels before 5.6, or
+/// a seccomp filter that refuses it), one component at a time with no
+/// symlink followed at all.
 fn beneath(dir: impl AsFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        dir,
+    match rustix::fs::openat2(
+        dir.as_fd(),
         rel,
         flags | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-    )
+    ) {
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => walk(dir.as_fd(), rel, flags),
+        other => other,
+    }
+}
+
+/// [`beneath`] without `openat2`: each component opened with
+/// `O_NOFOLLOW` relative to the one before, a symlink anywhere refused.
+fn walk(
+    dir: std::os::fd::BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let names: Vec<_> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let mut current: Option<OwnedFd> = None;
+    for (i, name) in names.iter().enumerate() {
+        let at = current.as_ref().map_or(dir, |fd| fd.as_fd());
+        let last = i + 1 == names.len();
+        // Not O_DIRECTORY: with O_NOFOLLOW it would say ENOTDIR for a
+        // symlink, which must read as an escape.
+        let open_flags = if last { flags } else { OFlags::PATH };
+        let fd = rustix::fs::openat(
+            at,
+            *name,
+            open_flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // O_PATH | O_NOFOLLOW opens a symlink itself rather than failing.
+        let stat = rustix::fs::fstat(&fd)?;
+        match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::Symlink => return Err(rustix::io::Errno::XDEV),
+            rustix::fs::FileType::Directory => {}
+            _ if !last => return Err(rustix::io::Errno::NOTDIR),
+            _ => {}
+        }
+        current = Some(fd);
+    }
+    match current {
+        Some(fd) => Ok(fd),
+        None => rustix::fs::openat(dir, ".", flags | OFlags::CLOEXEC, Mode::empty()),
+    }
 }
 
 /// Opens `rel` beneath `base`, creating the missing directories on the way
@@ -159,11 +220,13 @@ pub fn pin_path(pod_dir: &Path, volume: &str, container: &str, index: usize) -> 
 
 /// The host path a container should mount for `rel` under `base`: the
 /// opened path pinned by a bind mount at `pin` (see the module doc), or,
-/// where the agent may not mount, the path as the kernel resolved it.
+/// where the agent may not mount and the volume is `read_only` to pods,
+/// the path as the kernel resolved it.
 ///
 /// # Errors
-/// As [`open`]; or the pin could not be made.
-pub fn mount_source(base: &Path, rel: &str, pin: &Path) -> Result<PathBuf, Error> {
+/// As [`open`]; the pin could not be made; or it could not and the pod
+/// may write the volume ([`Error::Unpinned`]).
+pub fn mount_source(base: &Path, rel: &str, pin: &Path, read_only: bool) -> Result<PathBuf, Error> {
     let opened = open(base, rel, true)?;
     let pin_err = |source: std::io::Error| Error::Io {
         path: pin.display().to_string(),
@@ -174,6 +237,13 @@ pub fn mount_source(base: &Path, rel: &str, pin: &Path) -> Result<PathBuf, Error
     unmount_if_mounted(pin);
     if let Some(parent) = pin.parent() {
         std::fs::create_dir_all(parent).map_err(pin_err)?;
+    }
+    // A pin of the other type (the subPath was a file and is now a
+    // directory, or the reverse) is made anew.
+    if let Ok(meta) = std::fs::symlink_metadata(pin)
+        && meta.is_dir() != opened.is_dir
+    {
+        let _ = std::fs::remove_dir(pin).or_else(|_| std::fs::remove_file(pin));
     }
     if opened.is_dir {
         match std::fs::create_dir(pin) {
@@ -186,13 +256,11 @@ pub fn mount_source(base: &Path, rel: &str, pin: &Path) -> Result<PathBuf, Error
     let source = PathBuf::from(format!("/proc/self/fd/{}", fd_number(&opened.fd)));
     match rustix::mount::mount_bind(&source, pin) {
         Ok(()) => Ok(pin.to_path_buf()),
+        Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) if read_only => {
+            std::fs::read_link(&source).map_err(pin_err)
+        }
         Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
-            let resolved = std::fs::read_link(&source).map_err(pin_err)?;
-            tracing::warn!(
-                path = %resolved.display(),
-                "no privilege to pin a subPath with a bind mount: the resolved path is used as is"
-            );
-            Ok(resolved)
+            Err(Error::Unpinned(rel.to_string()))
         }
         Err(errno) => Err(pin_err(errno.into())),
     }
@@ -210,20 +278,20 @@ fn unmount_if_mounted(path: &Path) {
 }
 
 /// The mount points at or below `dir` (deepest first), from
-/// `/proc/self/mountinfo`.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = info
+/// `/proc/self/mountinfo`, or None when it cannot be read.
+fn mounts_under(dir: &Path) -> Option<Vec<PathBuf>> {
+    // mountinfo holds canonical paths.
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let mut found: Vec<PathBuf> = String::from_utf8_lossy(&info)
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|point| PathBuf::from(unescape_mountinfo(point)))
-        .filter(|point| point.starts_with(dir))
+        .filter(|point| point.starts_with(&dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     found.dedup();
-    found
+    Some(found)
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
@@ -247,16 +315,63 @@ fn unescape_mountinfo(field: &str) -> String {
     out
 }
 
-/// Unmounts every pin under a pod's directory.
+/// The pins under a pod's directory (`volume-subpaths/VOL/CONTAINER/N`).
+fn pins(pod_dir: &Path) -> Vec<PathBuf> {
+    let children = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut found = Vec::new();
+    for volume in children(&pod_dir.join("volume-subpaths")) {
+        for container in children(&volume) {
+            found.extend(children(&container));
+        }
+    }
+    found
+}
+
+/// Unmounts and removes every pin under a pod's directory, never removing
+/// anything through a mount (see the module doc).
 ///
 /// # Errors
-/// A mount point under `pod_dir` that could not be unmounted: nothing
+/// A pin or mount under `pod_dir` that is still there: nothing more
 /// under it may be removed then.
 pub fn unmount_all(pod_dir: &Path) -> Result<(), PathBuf> {
-    for point in mounts_under(pod_dir) {
+    for pin in pins(pod_dir) {
+        unmount_if_mounted(&pin);
+        // rmdir and unlink refuse a mount point (EBUSY) and a directory
+        // that is not empty: a pin still mounted stays, and so does
+        // everything it shows.
+        if std::fs::remove_dir(&pin).is_err() && std::fs::remove_file(&pin).is_err() {
+            return Err(pin);
+        }
+    }
+    let subpaths = pod_dir.join("volume-subpaths");
+    for volume in std::fs::read_dir(&subpaths).into_iter().flatten().flatten() {
+        for container in std::fs::read_dir(volume.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(container.path());
+        }
+        let _ = std::fs::remove_dir(volume.path());
+    }
+    match std::fs::remove_dir(&subpaths) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(subpaths),
+        _ => {}
+    }
+    // Any other mount under the pod's directory (none is made there) also
+    // keeps it; so does a mount table that cannot be read.
+    for point in mounts_under(pod_dir).ok_or_else(|| pod_dir.to_path_buf())? {
         unmount_if_mounted(&point);
     }
-    match mounts_under(pod_dir).into_iter().next() {
+    match mounts_under(pod_dir)
+        .ok_or_else(|| pod_dir.to_path_buf())?
+        .into_iter()
+        .next()
+    {
         Some(left) => Err(left),
         None => Ok(()),
     }
@@ -389,5 +504,55 @@ mod tests {
     #[test]
     fn mountinfo_escapes_are_read_back() {
         assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+    }
+
+    #[test]
+    fn without_openat2_the_walk_refuses_every_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("a", dir.path().join("link")).unwrap();
+        let root = open_base(dir.path()).unwrap();
+        assert!(walk(root.as_fd(), Path::new("a/b"), OFlags::PATH).is_ok());
+        assert_eq!(
+            walk(root.as_fd(), Path::new("link/b"), OFlags::PATH).unwrap_err(),
+            rustix::io::Errno::XDEV
+        );
+        assert_eq!(
+            walk(root.as_fd(), Path::new("link"), OFlags::PATH).unwrap_err(),
+            rustix::io::Errno::XDEV
+        );
+    }
+
+    /// Needs the privilege to mount (CI runs as root).
+    #[test]
+    fn a_pin_shows_the_resolved_directory_and_teardown_leaves_the_volume_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        std::fs::create_dir_all(volume.join("data")).unwrap();
+        std::fs::write(volume.join("data/kept"), b"k").unwrap();
+        let pod = dir.path().join("pod");
+        let pin = pin_path(&pod, "v", "c", 0);
+        let source = match mount_source(&volume, "data", &pin, false) {
+            Err(Error::Unpinned(_)) => {
+                eprintln!("skipped: no privilege to mount");
+                return;
+            }
+            other => other.unwrap(),
+        };
+        assert_eq!(source, pin);
+        assert_eq!(std::fs::read(pin.join("kept")).unwrap(), b"k");
+        // Swapping the directory for a symlink changes nothing pinned.
+        std::fs::rename(volume.join("data"), volume.join("moved")).unwrap();
+        std::os::unix::fs::symlink("/", volume.join("data")).unwrap();
+        assert_eq!(std::fs::read(pin.join("kept")).unwrap(), b"k");
+        // A file pin where a directory one was is made anew.
+        std::fs::remove_file(volume.join("data")).unwrap();
+        std::fs::write(volume.join("data"), b"now a file").unwrap();
+        assert_eq!(mount_source(&volume, "data", &pin, false).unwrap(), pin);
+        assert_eq!(std::fs::read(&pin).unwrap(), b"now a file");
+        unmount_all(&pod).unwrap();
+        assert!(!pod.join("volume-subpaths").exists());
+        assert_eq!(std::fs::read(volume.join("moved/kept")).unwrap(), b"k");
+        assert_eq!(mounts_under(dir.path()).unwrap(), Vec::<PathBuf>::new());
     }
 }

@@ -186,7 +186,7 @@ async fn volume_paths_climbing_out_are_refused_by_the_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_access_is_refused_by_default_in_kubernetes_words() {
-    let (_server, channel, _dir) = api().await;
+    let (server, channel, _dir) = api().await;
     let pods = Api::<Pod>::new(channel.clone());
     let host_root = |ns: &str| {
         pod(json!({
@@ -318,6 +318,35 @@ async fn host_access_is_refused_by_default_in_kubernetes_words() {
         .create(deployment)
         .await
         .expect("templates are warned about, not refused");
+    // Its ReplicaSet's pods are refused, which the ReplicaSet's Events say
+    // in Kubernetes' words.
+    let _controllers =
+        skiff_e2e::controller_manager(&format!("http://{}", server.addr), &[]).unwrap();
+    let events = Api::<Event>::new(channel.clone());
+    skiff_e2e::wait_until(
+        "a FailedCreate event naming the policy",
+        Duration::from_secs(30),
+        async || {
+            events
+                .list(ListRequest {
+                    namespace: "default".into(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok_and(|list| {
+                    list.items.iter().any(|e| {
+                        e.reason == "FailedCreate"
+                            && e.r#type == "Warning"
+                            && e.involved_object.as_ref().is_some_and(|o| o.kind == "ReplicaSet")
+                            && e.message.starts_with("Error creating: pods \"hosty-")
+                            && e.message.contains(
+                                r#"violates PodSecurity "baseline:latest": hostPath volumes (volume "root")"#,
+                            )
+                    })
+                })
+        },
+    )
+    .await;
 
     // Labels that do not parse are refused on the namespace itself.
     let err = namespaces
@@ -336,6 +365,7 @@ const PARTIAL_HELLO: &[u8] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_open_tls_connections_do_not_stall_the_api() {
+    skiff_e2e::raise_open_file_limit();
     let c = Secure::start(&[]);
     let addr = c.server.addr;
     // 3,000 connections from one client that never finish a handshake:

@@ -63,13 +63,13 @@ pub fn load(
         )
     })?;
     security.node_cert_validity = node_cert_validity;
-    // The keys are their owner's only (0600); their directory and the data
-    // dir (credentials, the store) are too, so that no other user of the
-    // machine can even list them.
-    for private in [data_dir, dir.as_path()] {
+    // The keys are their owner's only (0600), and so is their directory
+    // (Skiff's own; the data dir around it may be one the user shares, and
+    // its credentials are 0600 files).
+    {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", private.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
     }
     Ok(Arc::new(security))
 }

@@ -39,8 +39,9 @@ use crate::{Error, Identity, Parsed, Result};
 /// connection closes the oldest unfinished one.
 pub const MAX_PENDING_HANDSHAKES: usize = 8192;
 
-/// Unfinished handshakes a server keeps from one peer address: past it, a
-/// new connection from that address closes its oldest unfinished one. A
+/// Unfinished handshakes a server keeps from one peer address (an IPv6
+/// /64): past it, a new connection from that address closes its oldest
+/// unfinished one. A
 /// client that opens sockets and sends nothing thus holds a bounded number
 /// of them, and cannot keep a new connection from its own address (or any
 /// other) from being served.
@@ -571,6 +572,46 @@ impl ServerTls {
     }
 }
 
+/// One server's bounds on unfinished handshakes, shared by every accept
+/// loop of that server (the API server runs one per actor).
+#[derive(Clone)]
+pub struct HandshakeLimits(Arc<std::sync::Mutex<Pending>>);
+
+impl Default for HandshakeLimits {
+    /// [`MAX_PENDING_PER_PEER`] and [`MAX_PENDING_HANDSHAKES`].
+    fn default() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Pending::new(
+            MAX_PENDING_PER_PEER,
+            MAX_PENDING_HANDSHAKES,
+        ))))
+    }
+}
+
+impl HandshakeLimits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // The table stays sound whatever panicked while holding it.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The address whose unfinished handshakes are counted together: an IPv4
+/// address (IPv4-mapped IPv6 ones as IPv4), or an IPv6 /64 (what one
+/// client usually holds whole).
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The connections a server serves: each accepted socket, after its TLS
 /// handshake when `tls` is given (each handshake in its own task, so a slow
 /// or silent client holds up nobody). Failed handshakes (another CA's
@@ -581,12 +622,10 @@ impl ServerTls {
 pub fn handshakes(
     sockets: impl tokio_stream::Stream<Item = TcpStream> + Send + 'static,
     tls: Option<ServerTls>,
+    limits: HandshakeLimits,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let pending = Arc::new(std::sync::Mutex::new(Pending::new(
-        MAX_PENDING_PER_PEER,
-        MAX_PENDING_HANDSHAKES,
-    )));
+    let pending = limits;
     tokio::spawn(async move {
         let mut sockets = std::pin::pin!(sockets);
         while let Some(tcp) = tokio_stream::StreamExt::next(&mut sockets).await {
@@ -603,18 +642,14 @@ pub fn handshakes(
                 .peer_addr()
                 .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
             let (closed_tx, closed) = tokio::sync::oneshot::channel();
-            let Ok(id) = pending.lock().map(|mut p| p.add(peer, closed_tx)) else {
-                return;
-            };
-            let pending = Arc::clone(&pending);
+            let id = pending.lock().add(peer_key(peer), closed_tx);
+            let pending = pending.clone();
             tokio::spawn(async move {
                 let accepted = tokio::select! {
                     accepted = tls.accept(tcp) => Some(accepted),
                     _ = closed => None,
                 };
-                if let Ok(mut p) = pending.lock() {
-                    p.remove(id);
-                }
+                pending.lock().remove(id);
                 match accepted {
                     Some(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
@@ -1029,6 +1064,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn peers_count_by_ipv4_address_or_ipv6_prefix() {
+        let key = |s: &str| peer_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8::1"), key("2001:db8::ffff:1"));
+        assert_ne!(key("2001:db8::1"), key("2001:db8:0:1::1"));
+        assert_eq!(key("::ffff:127.0.0.1"), key("127.0.0.1"));
+        assert_ne!(key("127.0.0.1"), key("127.0.0.2"));
     }
 
     #[test]

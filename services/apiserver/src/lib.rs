@@ -346,6 +346,8 @@ impl ApiServer {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut inboxes = Vec::new();
+        // One bound on unfinished handshakes for the whole server.
+        let handshake_limits = skiff_pki::tls::HandshakeLimits::default();
         for i in 0..pool.len() {
             let (actor, arbiter) = pool.get(i);
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
@@ -370,6 +372,7 @@ impl ApiServer {
             let health_service = health_service.clone();
             let grpc_metrics = grpc_metrics.clone();
             let server_tls = server_tls.clone();
+            let handshake_limits = handshake_limits.clone();
             let auth_layer = auth::AuthLayer(Arc::clone(&checker));
             let identity = identity.clone();
             let mut stop = shutdown.subscribe();
@@ -379,7 +382,7 @@ impl ApiServer {
                     tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
                     |socket| tokio::net::TcpStream::from_std(socket).ok(),
                 );
-                let incoming = skiff_pki::tls::handshakes(sockets, server_tls);
+                let incoming = skiff_pki::tls::handshakes(sockets, server_tls, handshake_limits);
                 let mut builder = tonic::transport::Server::builder()
                     .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)

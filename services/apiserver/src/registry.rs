@@ -574,10 +574,7 @@ impl Registry {
             return Ok(());
         };
         let namespace = obj.namespace();
-        let name = match obj.name() {
-            "" => obj.metadata().map_or("", |m| m.generate_name.as_str()),
-            name => name,
-        };
+        let name = obj.name();
         let labels_of = |ns: &Namespace| {
             ns.metadata
                 .as_ref()
@@ -654,6 +651,9 @@ impl Registry {
         }
         meta.namespace = effective_namespace::<K>(&meta.namespace);
         let generated = meta.name.is_empty() && !meta.generate_name.is_empty();
+        if generated {
+            meta.name = format!("{}{}", meta.generate_name, random_suffix());
+        }
         meta.uid = uuid::Uuid::new_v4().to_string();
         meta.creation_timestamp = Some(now());
         meta.deletion_timestamp = None;
@@ -713,8 +713,9 @@ impl Registry {
         generated: bool,
         dry_run: bool,
     ) -> Result<K> {
-        for _ in 0..MAX_RETRIES {
-            if generated {
+        for attempt in 0..MAX_RETRIES {
+            // The first name was drawn before admission (which names it).
+            if generated && attempt > 0 {
                 let meta = obj.metadata_mut();
                 meta.name = format!("{}{}", meta.generate_name, random_suffix());
             }

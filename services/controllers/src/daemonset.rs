@@ -294,11 +294,14 @@ impl DaemonSetController {
     }
 
     fn event(&self, ds: &DaemonSet, reason: &'static str, message: String) {
+        self.event_of(ds, EventType::Normal, reason, message);
+    }
+
+    /// As [`Self::event`], of type `kind`.
+    fn event_of(&self, ds: &DaemonSet, kind: EventType, reason: &'static str, message: String) {
         let (recorder, ds) = (Arc::clone(&self.recorder), ds.clone());
         tokio::spawn(async move {
-            recorder
-                .record(&ds, EventType::Normal, reason, &message)
-                .await;
+            recorder.record(&ds, kind, reason, &message).await;
         });
     }
 
@@ -367,7 +370,15 @@ impl DaemonSetController {
                             .insert(node.clone(), Instant::now());
                     }
                 }
-                Err(s) => return Err(s.into()),
+                Err(s) => {
+                    self.event_of(
+                        &ds,
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {}", s.message()),
+                    );
+                    return Err(s.into());
+                }
             }
         }
         for name in &plan.delete {

@@ -381,7 +381,15 @@ impl JobController {
                             .insert(pod.name().to_string(), Instant::now());
                     }
                 }
-                Err(s) => return Err(s.into()),
+                Err(s) => {
+                    self.event(
+                        &job,
+                        EventType::Warning,
+                        "FailedCreate",
+                        format!("Error creating: {}", s.message()),
+                    );
+                    return Err(s.into());
+                }
             }
         }
         for name in &plan.delete {

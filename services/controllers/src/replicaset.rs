@@ -332,6 +332,14 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 }
             }
             if let Some(status) = first_error {
+                // As Kubernetes': what refused the pod (a Pod Security
+                // level, a quota, a bad template) shows on its owner.
+                self.event_of(
+                    owner,
+                    EventType::Warning,
+                    "FailedCreate",
+                    format!("Error creating: {}", status.message()),
+                );
                 return Err(status.into());
             }
             done += n;
@@ -343,11 +351,14 @@ impl<K: ReplicaOwner> ReplicaController<K> {
 
     /// Records an event in the background: never slows the work down.
     fn event(&self, owner: &K, reason: &'static str, message: String) {
+        self.event_of(owner, EventType::Normal, reason, message);
+    }
+
+    /// As [`Self::event`], of type `kind`.
+    fn event_of(&self, owner: &K, kind: EventType, reason: &'static str, message: String) {
         let (recorder, owner) = (Arc::clone(&self.recorder), owner.clone());
         tokio::spawn(async move {
-            recorder
-                .record(&owner, EventType::Normal, reason, &message)
-                .await;
+            recorder.record(&owner, kind, reason, &message).await;
         });
     }
 
