@@ -583,6 +583,31 @@ impl Reconciler for Autoscaler {
     }
 }
 
+// === wiring ===
+
+/// Starts the autoscaler controller: each autoscaler requeues itself every
+/// sync period; a change to one is looked at at once.
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, keys_of};
+    use futures::FutureExt as _;
+    let controller = Arc::new(Autoscaler::new(
+        Arc::clone(&shared.recorder),
+        shared.channel.clone(),
+        shared.autoscalers.store.clone(),
+        shared.pods.store.clone(),
+        shared.autoscaler_sync,
+    ));
+    let store = shared.autoscalers.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.autoscalers)
+        .reads(&shared.pods.store)
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -449,6 +449,39 @@ impl Reconciler for DaemonSetController {
     }
 }
 
+// === wiring ===
+
+/// Starts the DaemonSet controller: woken by DaemonSets, their pods, and
+/// every node change (a node that comes, goes or changes labels or taints
+/// concerns every daemon set).
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed};
+    use futures::FutureExt as _;
+    let controller = Arc::new(DaemonSetController::new(
+        Arc::clone(&shared.recorder),
+        (
+            Api::new(shared.channel.clone()),
+            shared.daemonsets.store.clone(),
+        ),
+        (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+        shared.nodes.store.clone(),
+    ));
+    let (by_node, all) = (Arc::clone(&controller), Arc::clone(&controller));
+    Controller::new(controller)
+        .for_kind(&shared.daemonsets)
+        .watches(&shared.pods, |change| {
+            DaemonSetController::owner_of(changed(change))
+                .into_iter()
+                .collect()
+        })
+        .watches(&shared.nodes, move |_| by_node.all())
+        .run(move || all.all(), workers)
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,6 +241,44 @@ impl Reconciler for EndpointsController {
     }
 }
 
+// === wiring ===
+
+/// Starts the Endpoints controller: woken by Services, Endpoints (an
+/// orphan's service may be gone) and the pods of their namespace.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed, keys_of};
+    use futures::FutureExt as _;
+    let controller = std::sync::Arc::new(EndpointsController::new(
+        Api::new(shared.channel.clone()),
+        shared.endpoints.store.clone(),
+        shared.services.store.clone(),
+        shared.pods.store.clone(),
+    ));
+    let by_pod = std::sync::Arc::clone(&controller);
+    let (services, endpoints) = (
+        shared.services.store.clone(),
+        shared.endpoints.store.clone(),
+    );
+    Controller::new(controller)
+        .for_kind(&shared.services)
+        .for_kind(&shared.endpoints)
+        .watches(&shared.pods, move |change| {
+            by_pod.services_in(changed(change).namespace())
+        })
+        .run(
+            move || {
+                let mut keys = keys_of(&services);
+                keys.extend(keys_of(&endpoints));
+                keys
+            },
+            workers,
+        )
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

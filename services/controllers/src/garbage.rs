@@ -74,15 +74,7 @@ impl<K: Resource> GarbageCollector<K> {
 
     /// The dependents that name `uid` as an owner (to check when it goes).
     pub fn dependents_of(&self, uid: &str) -> Vec<ObjectRef> {
-        self.dependent_store
-            .list()
-            .iter()
-            .filter(|p| {
-                p.metadata()
-                    .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
-            })
-            .map(|p| p.object_ref())
-            .collect()
+        dependents_in(&self.dependent_store, uid)
     }
 
     async fn owner_exists(&self, namespace: &str, owner: &OwnerReference) -> Result<bool, Error> {
@@ -325,4 +317,126 @@ impl<O: Resource, D: Resource> Reconciler for Propagation<O, D> {
     fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
         Box::pin(self.sync(key))
     }
+}
+
+/// The objects in `store` whose owner references name `uid`.
+fn dependents_in<K: skiff::Resource>(store: &Store<K>, uid: &str) -> Vec<ObjectRef> {
+    store
+        .list()
+        .iter()
+        .filter(|p| {
+            p.metadata()
+                .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
+        })
+        .map(|p| p.object_ref())
+        .collect()
+}
+
+// === wiring ===
+
+/// Starts the garbage collector: collectors of pods (owned by ReplicaSets,
+/// ReplicationControllers, DaemonSets and Jobs) and of ReplicaSets (owned
+/// by Deployments), each woken by its dependents' changes and its owners'
+/// deletions; and Foreground/Orphan propagation for every owner kind.
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::keys_of;
+    use futures::FutureExt as _;
+    let s = &shared;
+    fn api<K: skiff::Resource>(shared: &crate::Shared) -> Api<K> {
+        Api::new(shared.channel.clone())
+    }
+    let owners = Owners {
+        jobs: (api(s), s.jobs.store.clone()),
+        daemonsets: (api(s), s.daemonsets.store.clone()),
+        replicasets: (api(s), s.replicasets.store.clone()),
+        replicationcontrollers: (api(s), s.replicationcontrollers.store.clone()),
+        deployments: (api(s), s.deployments.store.clone()),
+    };
+    let pod_gc = GarbageCollector::new(api(s), s.pods.store.clone(), owners.clone());
+    let pods = collect(pod_gc, &s.pods)
+        .watches(&s.replicasets, deletions(&s.pods))
+        .watches(&s.replicationcontrollers, deletions(&s.pods))
+        .watches(&s.daemonsets, deletions(&s.pods))
+        .watches(&s.jobs, deletions(&s.pods));
+    let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners);
+    let replicasets =
+        collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
+    let (pod_store, rs_store) = (s.pods.store.clone(), s.replicasets.store.clone());
+    futures::future::join_all([
+        pods.run(move || keys_of(&pod_store), workers).boxed(),
+        replicasets.run(move || keys_of(&rs_store), workers).boxed(),
+        propagate(s, &s.replicasets, &s.pods, workers),
+        propagate(s, &s.replicationcontrollers, &s.pods, workers),
+        propagate(s, &s.deployments, &s.replicasets, workers),
+        propagate(s, &s.daemonsets, &s.pods, workers),
+    ])
+    .map(|_| ())
+    .boxed()
+}
+
+/// A collector of `K`s woken by each dependent that changes (a deleted one
+/// needs nothing).
+fn collect<K: skiff::Resource>(
+    gc: GarbageCollector<K>,
+    dependents: &skiff_client::Informer<K>,
+) -> crate::runtime::Controller<GarbageCollector<K>> {
+    crate::runtime::Controller::new(Arc::new(gc)).watches(dependents, |change| match change {
+        skiff_client::Change::Applied(o) => vec![o.object_ref()],
+        skiff_client::Change::Deleted(_) => Vec::new(),
+    })
+}
+
+/// Maps an owner's deletion to the dependents (in `dependents`' cache)
+/// that named it.
+fn deletions<O: skiff::Resource, K: skiff::Resource>(
+    dependents: &skiff_client::Informer<K>,
+) -> impl Fn(&skiff_client::Change<O>) -> Vec<ObjectRef> + Send + 'static {
+    let store = dependents.store.clone();
+    move |change| match change {
+        skiff_client::Change::Deleted(owner) => {
+            let uid = owner.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+            dependents_in(&store, &uid)
+        }
+        skiff_client::Change::Applied(_) => Vec::new(),
+    }
+}
+
+/// Foreground/Orphan propagation for owners of kind `O`: an owner that
+/// changes, and the owners of every dependent that changes, are looked at;
+/// at the start (and after a lag), every owner being deleted.
+fn propagate<O: skiff::Resource, D: skiff::Resource>(
+    shared: &crate::Shared,
+    owners: &skiff_client::Informer<O>,
+    dependents: &skiff_client::Informer<D>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use futures::FutureExt as _;
+    let propagation = Propagation::new(
+        (Api::new(shared.channel.clone()), owners.store.clone()),
+        (Api::new(shared.channel.clone()), dependents.store.clone()),
+    );
+    let store = owners.store.clone();
+    crate::runtime::Controller::new(Arc::new(propagation))
+        .watches(owners, |change| match change {
+            skiff_client::Change::Applied(o) => vec![o.object_ref()],
+            skiff_client::Change::Deleted(_) => Vec::new(),
+        })
+        .watches(dependents, |change| {
+            Propagation::<O, D>::owners_of(crate::runtime::changed(change))
+        })
+        .run(
+            move || {
+                store
+                    .list()
+                    .iter()
+                    .filter(|o| o.metadata().is_some_and(|m| m.deletion_timestamp.is_some()))
+                    .map(|o| o.object_ref())
+                    .collect()
+            },
+            workers,
+        )
+        .boxed()
 }

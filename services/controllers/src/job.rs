@@ -460,6 +460,32 @@ impl Reconciler for JobController {
     }
 }
 
+// === wiring ===
+
+/// Starts the Job controller: woken by Jobs and their pods.
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed, keys_of};
+    use futures::FutureExt as _;
+    let controller = Arc::new(JobController::new(
+        Arc::clone(&shared.recorder),
+        (Api::new(shared.channel.clone()), shared.jobs.store.clone()),
+        (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+    ));
+    let store = shared.jobs.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.jobs)
+        .watches(&shared.pods, |change| {
+            JobController::owner_of(changed(change))
+                .into_iter()
+                .collect()
+        })
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,3 +123,23 @@ impl Reconciler for NamespaceController {
         Box::pin(self.sync(key))
     }
 }
+
+// === wiring ===
+
+/// Starts the Namespace controller: woken by namespaces.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, keys_of};
+    use futures::FutureExt as _;
+    let controller = std::sync::Arc::new(NamespaceController::new(
+        shared.channel.clone(),
+        shared.namespaces.store.clone(),
+    ));
+    let store = shared.namespaces.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.namespaces)
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}

@@ -262,3 +262,29 @@ impl Reconciler for NodeLifecycleController {
         Box::pin(self.sync(key))
     }
 }
+
+// === wiring ===
+
+/// Starts the node lifecycle controller: each reconcile requeues itself
+/// every period; new nodes come in through their changes.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, keys_of};
+    use futures::FutureExt as _;
+    let controller = std::sync::Arc::new(NodeLifecycleController::new(
+        std::sync::Arc::clone(&shared.recorder),
+        (Api::new(shared.channel.clone()), shared.nodes.store.clone()),
+        shared.leases.store.clone(),
+        (Api::new(shared.channel.clone()), shared.pods.store.clone()),
+        shared.timing,
+    ));
+    let store = shared.nodes.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.nodes)
+        .reads(&shared.leases.store)
+        .reads(&shared.pods.store)
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}

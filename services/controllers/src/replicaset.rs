@@ -573,6 +573,38 @@ impl<K: ReplicaOwner> Reconciler for ReplicaController<K> {
     }
 }
 
+// === wiring ===
+
+/// Starts the controller of `K`s (ReplicaSets or ReplicationControllers)
+/// kept in `owners`: woken by their changes and by their pods'.
+pub fn start<K: ReplicaOwner>(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+    owners: &skiff_client::Informer<K>,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed, keys_of};
+    use futures::FutureExt as _;
+    let controller = Arc::new(ReplicaController::new(
+        Arc::clone(&shared.recorder),
+        Api::<K>::new(shared.channel.clone()),
+        owners.store.clone(),
+        Api::new(shared.channel.clone()),
+        shared.pods.store.clone(),
+    ));
+    let by_pod = Arc::clone(&controller);
+    let store = owners.store.clone();
+    Controller::new(controller)
+        .for_kind(owners)
+        .watches(&shared.pods, move |change| {
+            if let skiff_client::Change::Deleted(pod) = change {
+                by_pod.observe_deleted(pod);
+            }
+            by_pod.owners_of(changed(change))
+        })
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,3 +102,26 @@ impl Reconciler for RootCaPublisher {
         Box::pin(self.sync(key))
     }
 }
+
+// === wiring ===
+
+/// Starts the root CA publisher: keys are namespaces, woken by namespaces
+/// and by the published ConfigMaps. A plaintext cluster has no CA to
+/// publish: it waits forever.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use futures::FutureExt as _;
+    let (Some(ca), Some(published)) = (shared.root_ca.clone(), shared.root_ca_configmaps.as_ref())
+    else {
+        return futures::future::pending().boxed();
+    };
+    let controller = std::sync::Arc::new(RootCaPublisher::new(
+        Api::new(shared.channel.clone()),
+        published.store.clone(),
+        shared.namespaces.store.clone(),
+        ca,
+    ));
+    crate::runtime::per_namespace(&shared, workers, controller, published)
+}

@@ -1,14 +1,25 @@
 //! The controller pattern: informers → a work queue of keys → an
 //! idempotent `reconcile(key)`; errors requeue with backoff, successes
 //! reset it, and a reconcile may ask to run again later.
+//!
+//! [`Controller`] declares what wakes a controller, as kube-runtime's
+//! `Controller::new(api).owns(..).watches(..)`: each informer it
+//! [`watches`](Controller::watches) with a mapper from a change to the keys
+//! to reconcile. Subscribing at declaration (nothing is missed), waiting
+//! for every cache to sync, reconciling every key once at the start (a
+//! restarted controller resumes from its caches), and falling back to
+//! every key when a subscription lags are written here once.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt as _, StreamExt as _};
 use skiff::ObjectRef;
-use skiff_client::WorkQueue;
+use skiff_client::{Change, Informer, WorkQueue};
 use tracing::Instrument as _;
 
 /// What to do after a reconcile.
@@ -130,5 +141,200 @@ pub async fn run_workers(
         {
             std::panic::resume_unwind(e.into_panic());
         }
+    }
+}
+
+// === impl Controller ===
+
+/// What woke a controller.
+enum Wake {
+    /// These keys changed (or depend on what changed).
+    Keys(Vec<ObjectRef>),
+    /// A subscription lagged: changes may have been missed.
+    Everything,
+}
+
+/// A controller's triggers and caches, declared before it runs.
+pub struct Controller<R: Reconciler> {
+    /// The logic.
+    reconciler: Arc<R>,
+    /// The changes that wake it, as keys.
+    wakes: Vec<BoxStream<'static, Wake>>,
+    /// The caches it reads, which must have listed before it runs.
+    synced: Vec<BoxFuture<'static, ()>>,
+}
+
+impl<R: Reconciler> Controller<R> {
+    /// A controller running `reconciler`, woken by nothing yet.
+    pub fn new(reconciler: Arc<R>) -> Self {
+        Self {
+            reconciler,
+            wakes: Vec::new(),
+            synced: Vec::new(),
+        }
+    }
+
+    /// Wakes it for the changes of `informer`'s kind, mapped to the keys
+    /// they concern (none: ignored); waits for that cache to sync.
+    pub fn watches<K: skiff::Resource>(
+        mut self,
+        informer: &Informer<K>,
+        keys: impl Fn(&Change<K>) -> Vec<ObjectRef> + Send + 'static,
+    ) -> Self {
+        let changes = informer.subscribe();
+        self.synced.push(wait_synced(informer.store.clone()));
+        let wakes = futures::stream::unfold(changes, |mut changes| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            match changes.recv().await {
+                Ok(change) => Some((Ok(change), changes)),
+                Err(RecvError::Lagged(_)) => Some((Err(()), changes)),
+                Err(RecvError::Closed) => None,
+            }
+        })
+        .map(move |change| match change {
+            Ok(change) => Wake::Keys(keys(&change)),
+            Err(()) => Wake::Everything,
+        });
+        self.wakes.push(wakes.boxed());
+        self
+    }
+
+    /// Wakes it for every change of its own kind (`informer`), by the
+    /// object's key.
+    pub fn for_kind<K: skiff::Resource>(self, informer: &Informer<K>) -> Self {
+        self.watches(informer, |change| vec![changed(change).object_ref()])
+    }
+
+    /// Waits for `store` to sync before running, without being woken by
+    /// its changes (a cache the reconcile only reads).
+    pub fn reads<K: skiff::Resource>(mut self, store: &skiff_client::Store<K>) -> Self {
+        self.synced.push(wait_synced(store.clone()));
+        self
+    }
+
+    /// Runs the controller: once its caches have synced, every key
+    /// `everything` names is reconciled, then each key its triggers name
+    /// (all of `everything` again when one lagged), by `workers` workers,
+    /// until a reconcile panics (re-raised for the supervisor).
+    pub async fn run(
+        self,
+        everything: impl Fn() -> Vec<ObjectRef> + Send + 'static,
+        workers: usize,
+    ) {
+        futures::future::join_all(self.synced).await;
+        let queue = WorkQueue::new();
+        everything().into_iter().for_each(|k| queue.add(k));
+        let mut wakes = futures::stream::select_all(self.wakes);
+        let feeder = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                while let Some(wake) = wakes.next().await {
+                    let keys = match wake {
+                        Wake::Keys(keys) => keys,
+                        Wake::Everything => everything(),
+                    };
+                    keys.into_iter().for_each(|k| queue.add(k));
+                }
+            })
+        };
+        work(self.reconciler, queue, workers, feeder).await;
+    }
+}
+
+fn wait_synced<K: skiff::Resource>(store: skiff_client::Store<K>) -> BoxFuture<'static, ()> {
+    async move { store.wait_synced().await }.boxed()
+}
+
+/// The object a change is about.
+pub fn changed<K>(change: &Change<K>) -> &Arc<K> {
+    match change {
+        Change::Applied(o) | Change::Deleted(o) => o,
+    }
+}
+
+/// The keys of every object `store` holds.
+pub fn keys_of<K: skiff::Resource>(store: &skiff_client::Store<K>) -> Vec<ObjectRef> {
+    store.list().iter().map(|o| o.object_ref()).collect()
+}
+
+/// Runs a controller keeping one object per namespace (its keys are
+/// namespaces, `ObjectRef::new("", NAME)`): woken by namespace changes and
+/// by changes of the objects it keeps (`children`).
+pub fn per_namespace<R: Reconciler, K: skiff::Resource>(
+    shared: &crate::Shared,
+    workers: usize,
+    controller: Arc<R>,
+    children: &Informer<K>,
+) -> BoxFuture<'static, ()> {
+    use skiff::Resource as _;
+    let namespaces = shared.namespaces.store.clone();
+    Controller::new(controller)
+        .watches(&shared.namespaces, |change| {
+            vec![ObjectRef::new("", changed(change).name())]
+        })
+        .watches(children, |change| {
+            vec![ObjectRef::new("", changed(change).namespace())]
+        })
+        .run(
+            move || {
+                namespaces
+                    .list()
+                    .iter()
+                    .map(|n| ObjectRef::new("", n.name()))
+                    .collect()
+            },
+            workers,
+        )
+        .boxed()
+}
+
+/// Test hook: `SKIFF_TEST_PANIC_CONTROLLER=<name>` makes that controller's
+/// first reconcile panic, to exercise the supervisor.
+struct PanicOnce {
+    inner: Arc<dyn Reconciler>,
+}
+
+static PANICKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Reconciler for PanicOnce {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        if PANICKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            panic!("test hook: {} panics once", self.inner.name());
+        }
+        self.inner.reconcile(key)
+    }
+
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        self.inner.traceparent(key)
+    }
+}
+
+fn with_test_hook(reconciler: Arc<dyn Reconciler>) -> Arc<dyn Reconciler> {
+    match std::env::var("SKIFF_TEST_PANIC_CONTROLLER") {
+        Ok(name) if name == reconciler.name() => Arc::new(PanicOnce { inner: reconciler }),
+        _ => reconciler,
+    }
+}
+
+/// Runs a controller's workers until one panics (then re-raises it for
+/// the supervisor), stopping its feeder and queue on the way out.
+async fn work<R: Reconciler>(
+    reconciler: Arc<R>,
+    queue: WorkQueue<ObjectRef>,
+    workers: usize,
+    feeder: tokio::task::JoinHandle<()>,
+) {
+    let reconciler = with_test_hook(reconciler as Arc<dyn Reconciler>);
+    let result = std::panic::AssertUnwindSafe(run_workers(reconciler, queue.clone(), workers))
+        .catch_unwind()
+        .await;
+    feeder.abort();
+    queue.shut_down();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }

@@ -251,6 +251,28 @@ impl Reconciler for ServiceController {
     }
 }
 
+// === wiring ===
+
+/// Starts the Service (load balancer) controller: woken by Services.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, keys_of};
+    use futures::FutureExt as _;
+    let controller = std::sync::Arc::new(ServiceController::new(
+        Api::new(shared.channel.clone()),
+        shared.services.store.clone(),
+        shared.lb_pool,
+        std::sync::Arc::clone(&shared.recorder),
+    ));
+    let store = shared.services.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.services)
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,3 +77,19 @@ impl Reconciler for ServiceAccountController {
         Box::pin(self.sync(key))
     }
 }
+
+// === wiring ===
+
+/// Starts the ServiceAccount controller: keys are namespaces, woken by
+/// namespaces and by the service accounts in them.
+pub fn start(
+    shared: std::sync::Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    let controller = std::sync::Arc::new(ServiceAccountController::new(
+        Api::new(shared.channel.clone()),
+        shared.serviceaccounts.store.clone(),
+        shared.namespaces.store.clone(),
+    ));
+    crate::runtime::per_namespace(&shared, workers, controller, &shared.serviceaccounts)
+}
