@@ -192,10 +192,19 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
     let spec = o.pod.spec.clone().unwrap_or_default();
     let previous = o.pod.status.clone().unwrap_or_default();
     let policy = spec.restart_policy.as_str();
+    // As the kubelet: an init container that completed is ready.
     let init_statuses: Vec<ContainerStatus> = spec
         .init_containers
         .iter()
-        .map(|c| container_status(o, c, Role::Init))
+        .map(|c| {
+            let mut status = container_status(o, c, Role::Init);
+            status.ready = status
+                .state
+                .as_ref()
+                .and_then(|st| st.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0);
+            status
+        })
         .collect();
     let statuses: Vec<ContainerStatus> = spec
         .containers

@@ -69,9 +69,11 @@ pub fn pod_status(pod: &Value) -> String {
         let total = pod["spec"]["initContainers"].as_array().map_or(0, Vec::len);
         for (i, c) in inits.iter().enumerate() {
             let waiting = str_at(c, "/state/waiting/reason");
+            // proto3 JSON leaves a zero exit code out.
             let exit = c
-                .pointer("/state/terminated/exitCode")
-                .and_then(Value::as_i64);
+                .pointer("/state/terminated")
+                .filter(|t| t.is_object())
+                .map(|t| t.get("exitCode").and_then(Value::as_i64).unwrap_or(0));
             if exit == Some(0) {
                 continue;
             }
@@ -655,5 +657,11 @@ mod tests {
         let init = json!({"spec": {"initContainers": [{"name": "i"}]}, "status": {"phase": "Pending",
             "initContainerStatuses": [{"state": {"running": {}}}]}});
         assert_eq!(pod_status(&init), "Init:0/1");
+        // A completed init container (proto3 JSON omits exitCode 0) lets
+        // the app containers' state show.
+        let config_error = json!({"spec": {"initContainers": [{"name": "i"}]}, "status": {"phase": "Pending",
+            "initContainerStatuses": [{"state": {"terminated": {"reason": "Completed"}}}],
+            "containerStatuses": [{"state": {"waiting": {"reason": "CreateContainerConfigError"}}}]}});
+        assert_eq!(pod_status(&config_error), "CreateContainerConfigError");
     }
 }

@@ -1,0 +1,174 @@
+//! Cluster objects: namespaces, nodes, events, secrets, configmaps,
+//! service accounts and leases.
+
+use std::collections::BTreeMap;
+
+use skiff::pb::coordination::v1::Lease;
+use skiff::pb::core::v1::{
+    ConfigMap, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Secret, ServiceAccount,
+};
+use skiff::validation::FieldErrors;
+
+use super::*;
+
+impl Strategy for Namespace {
+    const NAME_RULE: NameRule = NameRule::Label;
+    const FIELDS: &'static [&'static str] = &["status.phase"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "status.phase").then(|| self.status.as_ref().map_or("", |s| &s.phase).to_string())
+    }
+
+    fn default_fields(&mut self) {
+        self.spec.get_or_insert_with(NamespaceSpec::default);
+        // The namespace controller removes this once a deleted namespace
+        // is empty; until then it stays, Terminating. Live namespaces
+        // always carry it, whatever an update sends.
+        let meta = self.metadata_mut();
+        if meta.deletion_timestamp.is_none()
+            && !meta.finalizers.iter().any(|f| f == NAMESPACE_FINALIZER)
+        {
+            meta.finalizers.push(NAMESPACE_FINALIZER.into());
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if let Some(meta) = &self.metadata {
+            crate::podsecurity::validate_labels(&meta.labels, errors);
+        }
+    }
+
+    fn mark_deleting(&mut self) {
+        self.status
+            .get_or_insert_with(NamespaceStatus::default)
+            .phase = "Terminating".into();
+    }
+
+    fn prepare_create(&mut self) {
+        self.status = Some(NamespaceStatus {
+            phase: "Active".into(),
+            ..Default::default()
+        });
+    }
+}
+
+impl Strategy for Node {
+    const FIELDS: &'static [&'static str] = &["spec.unschedulable"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "spec.unschedulable").then(|| {
+            self.spec
+                .as_ref()
+                .is_some_and(|s| s.unschedulable)
+                .to_string()
+        })
+    }
+}
+
+impl Strategy for Event {
+    const FIELDS: &'static [&'static str] = &[
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "reason",
+        "type",
+    ];
+
+    fn field(&self, path: &str) -> Option<String> {
+        let obj = self.involved_object.as_ref();
+        let from = |f: fn(&skiff::pb::core::v1::ObjectReference) -> &String| {
+            obj.map_or(String::new(), |o| f(o).clone())
+        };
+        match path {
+            "involvedObject.kind" => Some(from(|o| &o.kind)),
+            "involvedObject.namespace" => Some(from(|o| &o.namespace)),
+            "involvedObject.name" => Some(from(|o| &o.name)),
+            "involvedObject.uid" => Some(from(|o| &o.uid)),
+            "reason" => Some(self.reason.clone()),
+            "type" => Some(self.r#type.clone()),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if self.involved_object.is_none() {
+            errors.required("involvedObject");
+        }
+    }
+}
+
+pub(super) fn validate_data_keys<V>(
+    path: &str,
+    data: &BTreeMap<String, V>,
+    errors: &mut FieldErrors,
+) {
+    for key in data.keys() {
+        let ok = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && !key.starts_with("..")
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            errors.invalid(
+                format!("{path}[{key}]"),
+                key,
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.', and must not start with '..'",
+            );
+        }
+    }
+}
+
+impl Strategy for Secret {
+    const FIELDS: &'static [&'static str] = &["type"];
+
+    fn field(&self, path: &str) -> Option<String> {
+        (path == "type").then(|| self.r#type.clone())
+    }
+
+    fn default_fields(&mut self) {
+        if self.r#type.is_empty() {
+            self.r#type = "Opaque".into();
+        }
+        // Kubernetes: stringData is write-only, merged into data.
+        for (k, v) in std::mem::take(&mut self.string_data) {
+            self.data.insert(k, v.into_bytes());
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_data_keys("data", &self.data, errors);
+    }
+}
+
+impl Strategy for ConfigMap {
+    fn validate(&self, errors: &mut FieldErrors) {
+        validate_data_keys("data", &self.data, errors);
+        validate_data_keys("binaryData", &self.binary_data, errors);
+        for key in self.data.keys() {
+            if self.binary_data.contains_key(key) {
+                errors.push(
+                    format!("data[{key}]"),
+                    "Invalid value: duplicate of key present in binaryData",
+                );
+            }
+        }
+    }
+}
+
+impl Strategy for ServiceAccount {}
+
+impl Strategy for Lease {
+    fn validate(&self, errors: &mut FieldErrors) {
+        if let Some(spec) = &self.spec
+            && spec.lease_duration_seconds.is_some_and(|d| d <= 0)
+        {
+            errors.push(
+                "spec.leaseDurationSeconds",
+                "Invalid value: must be greater than 0",
+            );
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Per-kind rules: defaults, what a create resets, validation, and the
+//! fields a field selector may name (Kubernetes' "strategy" per registry).
+//!
+//! The [`Strategy`] trait and the checks every kind shares are here; each
+//! kind family's rules sit in a file of their own: `pod`, `workloads`
+//! (ReplicationController, ReplicaSet, Deployment, DaemonSet), `service`,
+//! `cluster` (namespaces, nodes, events, secrets, configmaps, service
+//! accounts, leases), `autoscaling`, `batch`, `rbac`.
+
+use skiff::Resource;
+use skiff::pb::core::v1::{PodSpec, ServiceAccount};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::validation::{self, FieldErrors};
+
+mod autoscaling;
+mod batch;
+mod cluster;
+mod pod;
+mod rbac;
+mod service;
+mod workloads;
+
+pub use batch::{JOB_NAME_LABEL, JOB_UID_LABEL};
+pub use rbac::RBAC_GROUP;
+
+/// Where pods find their service account's token, CA and namespace.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The finalizer that keeps a deleted namespace until its content is gone.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// The shape names of a kind must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// A DNS-1123 label: 63 characters, no dots (Services, Namespaces).
+    Label,
+    /// A DNS-1123 subdomain: 253 characters, dots allowed (most kinds).
+    Subdomain,
+    /// Anything usable in a path but `.`, `..`, `/` and `%` (RBAC kinds,
+    /// whose names are like `system:kube-scheduler`).
+    PathSegment,
+}
+
+/// What the API does differently per kind. Every method has the common
+/// behaviour as its default, so most kinds need only a line.
+pub trait Strategy: Resource {
+    /// What a name must look like.
+    const NAME_RULE: NameRule = NameRule::Subdomain;
+    /// Fields a field selector may name besides metadata.name and
+    /// metadata.namespace.
+    const FIELDS: &'static [&'static str] = &[];
+
+    /// The value of a kind-specific selectable field.
+    fn field(&self, _path: &str) -> Option<String> {
+        None
+    }
+
+    /// Fills in defaults, as Kubernetes' defaulting does on every write.
+    fn default_fields(&mut self) {}
+
+    /// Resets what a client may not set on create (the status, usually).
+    fn prepare_create(&mut self) {
+        self.clear_status();
+    }
+
+    /// Checks the kind's own fields (metadata is checked for every kind).
+    fn validate(&self, _errors: &mut FieldErrors) {}
+
+    /// Checks an update against the stored object (fields that may not
+    /// change once set).
+    fn validate_update(&self, old: &Self, _errors: &mut FieldErrors) {
+        let _ = old;
+    }
+
+    /// Called when a delete marks the object (finalizers remain): e.g. a
+    /// namespace's phase becomes Terminating.
+    fn mark_deleting(&mut self) {}
+
+    /// The cluster IP the object needs: None when it needs none (other
+    /// kinds, headless and ExternalName Services); `Some(None)` for any
+    /// free one; `Some(Some(ip))` for that one.
+    fn cluster_ip_request(&self) -> Option<Option<String>> {
+        None
+    }
+
+    /// Records the cluster IP it was given.
+    fn set_cluster_ip(&mut self, _ip: &str) {}
+
+    /// The cluster IP it holds ("" for none).
+    fn cluster_ip(&self) -> String {
+        String::new()
+    }
+
+    /// The node ports it needs (NodePort and LoadBalancer Services): per
+    /// port, its index, the node port asked for (None: any), its port and
+    /// protocol.
+    fn node_port_requests(&self) -> Vec<(usize, Option<u16>, i32, String)> {
+        Vec::new()
+    }
+
+    /// Records the node port given to port `index`.
+    fn set_node_port(&mut self, _index: usize, _port: u16) {}
+
+    /// Kubernetes' graceful deletion: `Some(seconds)` when a Delete only
+    /// marks the object (deletionTimestamp, deletionGracePeriodSeconds) and
+    /// whoever runs it removes it once stopped; None deletes it now.
+    /// `requested` is the Delete's gracePeriodSeconds.
+    fn graceful_delete_seconds(&self, _requested: Option<i64>) -> Option<i64> {
+        None
+    }
+
+    /// The service account the object runs as, for Kubernetes'
+    /// ServiceAccount admission (pods: `spec.serviceAccountName`, else
+    /// `default`); None for kinds that run nothing.
+    fn service_account(&self) -> Option<String> {
+        None
+    }
+
+    /// Kubernetes' ServiceAccount admission, on create in a cluster that
+    /// issues tokens, once `account` is known to exist: pods run as it and
+    /// get its token (see [`Pod`]'s). Other kinds: nothing.
+    fn admit_service_account(&mut self, account: &ServiceAccount) {
+        let _ = account;
+    }
+
+    /// What Pod Security admission judges: the pod spec the object runs
+    /// and its metadata, and whether a violation refuses the write (a
+    /// pod's own spec) or is only warned about (a workload's template, as
+    /// Kubernetes does: its pods are refused when they are created).
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        None
+    }
+
+    /// Binds the object to `node` (the binding subresource).
+    ///
+    /// # Errors
+    /// Why it cannot be bound: the kind has no binding, or it is bound
+    /// already.
+    fn bind(&mut self, node: &str) -> Result<(), String> {
+        let _ = node;
+        Err(format!("{} has no binding subresource", Self::KIND))
+    }
+}
+
+/// The value of any selectable field of `obj`, or None if it is not one.
+pub fn field_value<K: Strategy>(obj: &K, path: &str) -> Option<String> {
+    match path {
+        "metadata.name" => Some(obj.name().to_string()),
+        "metadata.namespace" => Some(obj.namespace().to_string()),
+        _ => obj.field(path),
+    }
+}
+
+/// Every field a selector may name for kind `K`.
+pub fn selectable_fields<K: Strategy>() -> Vec<&'static str> {
+    let mut fields = vec!["metadata.name", "metadata.namespace"];
+    fields.extend_from_slice(K::FIELDS);
+    fields
+}
+
+/// Checks the metadata every kind shares.
+pub fn validate_metadata<K: Strategy>(meta: &ObjectMeta, errors: &mut FieldErrors) {
+    if meta.name.is_empty() {
+        errors.required("metadata.name");
+    } else {
+        let check = match K::NAME_RULE {
+            NameRule::Label => validation::is_dns1123_label(&meta.name),
+            NameRule::Subdomain => validation::is_dns1123_subdomain(&meta.name),
+            NameRule::PathSegment => validation::is_path_segment_name(&meta.name),
+        };
+        if let Err(reason) = check {
+            errors.invalid("metadata.name", &meta.name, &reason);
+        }
+    }
+    if K::NAMESPACED
+        && let Err(reason) = validation::is_dns1123_label(&meta.namespace)
+    {
+        errors.invalid("metadata.namespace", &meta.namespace, &reason);
+    }
+    validation::validate_labels("metadata.labels", &meta.labels, errors);
+    validation::validate_annotations("metadata.annotations", &meta.annotations, errors);
+    for (i, owner) in meta.owner_references.iter().enumerate() {
+        let path = format!("metadata.ownerReferences[{i}]");
+        for (field, value) in [
+            ("apiVersion", &owner.api_version),
+            ("kind", &owner.kind),
+            ("name", &owner.name),
+            ("uid", &owner.uid),
+        ] {
+            if value.is_empty() {
+                errors.required(format!("{path}.{field}"));
+            }
+        }
+    }
+    if meta
+        .owner_references
+        .iter()
+        .filter(|o| o.controller == Some(true))
+        .count()
+        > 1
+    {
+        errors.push(
+            "metadata.ownerReferences",
+            "Invalid value: only one reference can have controller set to true",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::apps::v1::Deployment;
+    use std::collections::BTreeMap;
+
+    use skiff::pb::core::v1::{Container, ContainerPort, Pod, PodSpec, PodTemplateSpec};
+
+    fn pod(spec: PodSpec) -> Pod {
+        let mut p = Pod {
+            spec: Some(spec),
+            ..Default::default()
+        };
+        p.default_fields();
+        p
+    }
+
+    fn errors_of<K: Strategy>(obj: &K) -> String {
+        let mut errors = FieldErrors::default();
+        obj.validate(&mut errors);
+        errors.to_string()
+    }
+
+    #[test]
+    fn pod_defaults_follow_kubernetes() {
+        let p = pod(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                image: "busybox:1.36".into(),
+                ports: vec![ContainerPort {
+                    container_port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.restart_policy, "Always");
+        assert_eq!(spec.termination_grace_period_seconds, Some(30));
+        assert_eq!(spec.containers[0].image_pull_policy, "IfNotPresent");
+        assert_eq!(spec.containers[0].ports[0].protocol, "TCP");
+    }
+
+    #[test]
+    fn pod_without_containers_names_the_field() {
+        let p = pod(PodSpec::default());
+        assert!(errors_of(&p).contains("spec.containers: Required value"));
+    }
+
+    #[test]
+    fn pod_with_duplicate_container_names_is_rejected() {
+        let c = Container {
+            name: "a".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        let p = pod(PodSpec {
+            containers: vec![c.clone(), c],
+            ..Default::default()
+        });
+        assert!(errors_of(&p).contains("spec.containers[1].name: Duplicate value"));
+    }
+
+    #[test]
+    fn deployment_selector_must_match_template() {
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_string(), "web".to_string());
+        let mut other = BTreeMap::new();
+        other.insert("app".to_string(), "db".to_string());
+        let mut d = Deployment {
+            spec: Some(skiff::pb::apps::v1::DeploymentSpec {
+                selector: Some(skiff::pb::meta::v1::LabelSelector {
+                    match_labels: other,
+                    ..Default::default()
+                }),
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels,
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "web".into(),
+                            image: "x".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        d.default_fields();
+        let errors = errors_of(&d);
+        assert!(
+            errors.contains("does not match template labels"),
+            "{errors}"
+        );
+    }
+}

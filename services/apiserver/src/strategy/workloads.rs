@@ -1,0 +1,335 @@
+//! Workloads: ReplicationControllers, ReplicaSets, Deployments and
+//! DaemonSets (templates, selectors, update strategies).
+
+use skiff::pb::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment,
+};
+use skiff::pb::core::v1::{PodSpec, PodTemplateSpec, ReplicationController};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::selector::LabelSelector;
+use skiff::validation::{self, FieldErrors};
+use skiff::wkt::{Value, value::Kind as ValueKind};
+
+use super::pod::{default_pod_spec, validate_pod_spec};
+use super::*;
+
+pub(super) fn default_template(template: &mut Option<PodTemplateSpec>) {
+    if let Some(spec) = template.as_mut().and_then(|t| t.spec.as_mut()) {
+        default_pod_spec(spec);
+    }
+}
+
+/// Checks a workload's template against its selector: the template must
+/// exist and its labels must match, or the controller would never see the
+/// pods it creates.
+pub(super) fn validate_template(
+    template: Option<&PodTemplateSpec>,
+    selector: Result<Option<LabelSelector>, String>,
+    errors: &mut FieldErrors,
+) {
+    let selector = match selector {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            errors.required("spec.selector");
+            None
+        }
+        Err(reason) => {
+            errors.push("spec.selector", format!("Invalid value: {reason}"));
+            None
+        }
+    };
+    let Some(template) = template else {
+        errors.required("spec.template");
+        return;
+    };
+    let labels = template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    validation::validate_labels("spec.template.metadata.labels", &labels, errors);
+    if let Some(selector) = selector {
+        if selector.is_empty() {
+            errors.push("spec.selector", "Invalid value: empty selector is invalid");
+        } else if !selector.matches(&labels) {
+            errors.push(
+                "spec.template.metadata.labels",
+                format!("Invalid value: selector {selector} does not match template labels"),
+            );
+        }
+    }
+    match &template.spec {
+        Some(spec) => validate_pod_spec("spec.template.spec", spec, errors),
+        None => errors.required("spec.template.spec"),
+    }
+}
+
+pub(super) fn meta_selector(
+    selector: Option<&skiff::pb::meta::v1::LabelSelector>,
+) -> Result<Option<LabelSelector>, String> {
+    let Some(s) = selector else { return Ok(None) };
+    let expressions: Vec<(String, String, Vec<String>)> = s
+        .match_expressions
+        .iter()
+        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
+        .collect();
+    LabelSelector::from_parts(&s.match_labels, &expressions)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// A ReplicaSet's or Deployment's replicas, selector and template.
+pub(super) fn validate_workload(
+    replicas: Option<i32>,
+    selector: Option<&skiff::pb::meta::v1::LabelSelector>,
+    template: Option<&PodTemplateSpec>,
+    errors: &mut FieldErrors,
+) {
+    validate_replicas(replicas, errors);
+    validate_template(template, meta_selector(selector), errors);
+}
+
+pub(super) fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
+    if let Some(r) = replicas.filter(|r| *r < 0) {
+        errors.invalid(
+            "spec.replicas",
+            r.to_string(),
+            "must be greater than or equal to 0",
+        );
+    }
+}
+
+impl Strategy for ReplicationController {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            // Kubernetes: an empty selector defaults to the template's labels.
+            if spec.selector.is_empty()
+                && let Some(labels) = spec
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.metadata.as_ref())
+                    .map(|m| m.labels.clone())
+            {
+                spec.selector = labels;
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_replicas(spec.replicas, errors);
+        let selector = if spec.selector.is_empty() {
+            Ok(None)
+        } else {
+            LabelSelector::from_parts(&spec.selector, &[])
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        validate_template(spec.template.as_ref(), selector, errors);
+    }
+}
+
+impl Strategy for ReplicaSet {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_workload(
+            spec.replicas,
+            spec.selector.as_ref(),
+            spec.template.as_ref(),
+            errors,
+        );
+    }
+}
+
+/// An int-or-string that is a count or a percentage ("25%").
+pub(super) fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
+    match value.and_then(|v| v.kind.as_ref()) {
+        None => {}
+        Some(ValueKind::NumberValue(n)) if *n >= 0.0 && n.fract() == 0.0 => {}
+        Some(ValueKind::StringValue(s))
+            if s.strip_suffix('%')
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some() => {}
+        Some(_) => errors.push(
+            path,
+            "Invalid value: must be a non-negative integer or a percentage like \"25%\"",
+        ),
+    }
+}
+
+impl Strategy for Deployment {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.replicas.get_or_insert(1);
+            spec.revision_history_limit.get_or_insert(10);
+            spec.progress_deadline_seconds.get_or_insert(600);
+            let strategy = spec
+                .strategy
+                .get_or_insert_with(DeploymentStrategy::default);
+            if strategy.r#type.is_empty() {
+                strategy.r#type = "RollingUpdate".into();
+            }
+            if strategy.r#type == "RollingUpdate" {
+                let percent = |p: &str| Value {
+                    kind: Some(ValueKind::StringValue(p.into())),
+                };
+                let ru = strategy
+                    .rolling_update
+                    .get_or_insert_with(RollingUpdateDeployment::default);
+                ru.max_unavailable.get_or_insert_with(|| percent("25%"));
+                ru.max_surge.get_or_insert_with(|| percent("25%"));
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_workload(
+            spec.replicas,
+            spec.selector.as_ref(),
+            spec.template.as_ref(),
+            errors,
+        );
+        if let Some(strategy) = &spec.strategy {
+            match strategy.r#type.as_str() {
+                "RollingUpdate" => {
+                    if let Some(ru) = &strategy.rolling_update {
+                        validate_int_or_percent(
+                            "spec.strategy.rollingUpdate.maxUnavailable",
+                            ru.max_unavailable.as_ref(),
+                            errors,
+                        );
+                        validate_int_or_percent(
+                            "spec.strategy.rollingUpdate.maxSurge",
+                            ru.max_surge.as_ref(),
+                            errors,
+                        );
+                    }
+                }
+                "Recreate" => {
+                    if strategy.rolling_update.is_some() {
+                        errors.push(
+                            "spec.strategy.rollingUpdate",
+                            "Forbidden: may not be specified when strategy `type` is 'Recreate'",
+                        );
+                    }
+                }
+                other => errors.push(
+                    "spec.strategy.type",
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Recreate\", \"RollingUpdate\""
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+impl Strategy for DaemonSet {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            spec.revision_history_limit.get_or_insert(10);
+            let strategy = spec
+                .update_strategy
+                .get_or_insert_with(DaemonSetUpdateStrategy::default);
+            if strategy.r#type.is_empty() {
+                strategy.r#type = "RollingUpdate".into();
+            }
+            if strategy.r#type == "RollingUpdate" {
+                let count = |n: f64| Value {
+                    kind: Some(ValueKind::NumberValue(n)),
+                };
+                let ru = strategy
+                    .rolling_update
+                    .get_or_insert_with(RollingUpdateDaemonSet::default);
+                ru.max_unavailable.get_or_insert_with(|| count(1.0));
+                ru.max_surge.get_or_insert_with(|| count(0.0));
+            }
+            default_template(&mut spec.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_template(
+            spec.template.as_ref(),
+            meta_selector(spec.selector.as_ref()),
+            errors,
+        );
+        let restart = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map_or("Always", |s| s.restart_policy.as_str());
+        if restart != "Always" {
+            errors.push(
+                "spec.template.spec.restartPolicy",
+                format!("Unsupported value: {restart:?}: supported values: \"Always\""),
+            );
+        }
+        if let Some(strategy) = &spec.update_strategy {
+            match strategy.r#type.as_str() {
+                "RollingUpdate" => {
+                    if let Some(ru) = &strategy.rolling_update {
+                        validate_int_or_percent(
+                            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                            ru.max_unavailable.as_ref(),
+                            errors,
+                        );
+                        validate_int_or_percent(
+                            "spec.updateStrategy.rollingUpdate.maxSurge",
+                            ru.max_surge.as_ref(),
+                            errors,
+                        );
+                    }
+                }
+                "OnDelete" => {}
+                other => errors.push(
+                    "spec.updateStrategy.type",
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+                    ),
+                ),
+            }
+        }
+    }
+}
