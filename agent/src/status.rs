@@ -402,6 +402,28 @@ mod tests {
     }
 
     #[test]
+    fn a_completed_init_container_is_ready_and_a_failed_one_is_not() {
+        let mut p = pod("Never", &["a"]);
+        p.spec.as_mut().unwrap().init_containers = vec![PodContainer {
+            name: "init".into(),
+            image: "img".into(),
+            ..Default::default()
+        }];
+        let mut init = container("init", 0, exited(0));
+        init.labels
+            .insert(labels::ROLE.to_string(), "init".to_string());
+        let s = compute_for(
+            &p,
+            &[init.clone(), container("a", 0, running())],
+            &HashMap::new(),
+        );
+        assert!(s.init_container_statuses[0].ready);
+        init.state = exited(1);
+        let s = compute_for(&p, &[init], &HashMap::new());
+        assert!(!s.init_container_statuses[0].ready);
+    }
+
+    #[test]
     fn never_restarted_failures_end_the_pod_failed_and_successes_succeeded() {
         let p = pod("Never", &["a", "b"]);
         let failed = compute_for(

@@ -32,7 +32,7 @@ pub fn serving_names(
     .iter()
     .map(|s| (*s).to_string())
     .collect();
-    names.push(crate::host_name());
+    names.push(crate::common::host_name());
     let ip = listen.ip();
     if !ip.is_unspecified() {
         names.push(ip.to_string());

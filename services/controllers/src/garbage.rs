@@ -360,7 +360,8 @@ pub fn start(
         .watches(&s.replicasets, deletions(&s.pods))
         .watches(&s.replicationcontrollers, deletions(&s.pods))
         .watches(&s.daemonsets, deletions(&s.pods))
-        .watches(&s.jobs, deletions(&s.pods));
+        .watches(&s.jobs, deletions(&s.pods))
+        .reads(&s.deployments.store);
     let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners);
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));

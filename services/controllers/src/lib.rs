@@ -261,7 +261,11 @@ impl Actor for ControllerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let run = (self.descriptor.start)(Arc::clone(&self.shared), self.workers);
+        let (start, shared, workers) = (
+            self.descriptor.start,
+            Arc::clone(&self.shared),
+            self.workers,
+        );
         let restarts = self.restarts.load(Ordering::Relaxed);
         // Backoff between restarts: 0, 1, 2, 4 ... 30 s.
         let pause = if restarts == 0 {
@@ -273,7 +277,11 @@ impl Actor for ControllerActor {
         ctx.spawn(
             async move {
                 tokio::time::sleep(pause).await;
-                AssertUnwindSafe(run).catch_unwind().await
+                // Started after the pause and inside the catch: a panic
+                // while declaring the controller restarts it too.
+                AssertUnwindSafe(async move { start(shared, workers).await })
+                    .catch_unwind()
+                    .await
             }
             .into_actor(self)
             .map(move |result, _actor, ctx| {

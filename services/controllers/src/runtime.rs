@@ -237,7 +237,20 @@ impl<R: Reconciler> Controller<R> {
                 }
             })
         };
+        // Dropped with this future too (a sibling controller joined with it
+        // panicked): no feeder outlives its controller.
+        let _stop = Stop(feeder.abort_handle(), queue.clone());
         work(self.reconciler, queue, workers, feeder).await;
+    }
+}
+
+/// Stops a controller's feeder and queue when dropped.
+struct Stop(tokio::task::AbortHandle, WorkQueue<ObjectRef>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.abort();
+        self.1.shut_down();
     }
 }
 

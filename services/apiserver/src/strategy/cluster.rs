@@ -98,11 +98,7 @@ impl Strategy for Event {
     }
 }
 
-pub(super) fn validate_data_keys<V>(
-    path: &str,
-    data: &BTreeMap<String, V>,
-    errors: &mut FieldErrors,
-) {
+fn validate_data_keys<V>(path: &str, data: &BTreeMap<String, V>, errors: &mut FieldErrors) {
     for key in data.keys() {
         let ok = !key.is_empty()
             && key.len() <= 253

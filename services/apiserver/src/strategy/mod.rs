@@ -118,7 +118,7 @@ pub trait Strategy: Resource {
 
     /// Kubernetes' ServiceAccount admission, on create in a cluster that
     /// issues tokens, once `account` is known to exist: pods run as it and
-    /// get its token (see [`Pod`]'s). Other kinds: nothing.
+    /// get its token (see [`Pod`](skiff::pb::core::v1::Pod)'s). Other kinds: nothing.
     fn admit_service_account(&mut self, account: &ServiceAccount) {
         let _ = account;
     }

@@ -32,7 +32,7 @@ pub(super) fn default_pod_spec(spec: &mut PodSpec) {
     }
 }
 
-pub(super) fn default_container(c: &mut Container) {
+fn default_container(c: &mut Container) {
     if c.image_pull_policy.is_empty() {
         // Kubernetes: an untagged or :latest image is re-pulled every time.
         let tag = c
@@ -116,12 +116,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
 /// Kubernetes' rule for a path the agent joins under a volume (item
 /// paths, `subPath`): relative, no `..` component, and for files the
 /// agent writes, not starting with `..` (its own names).
-pub(super) fn validate_local_path(
-    path: &str,
-    value: &str,
-    written: bool,
-    errors: &mut FieldErrors,
-) {
+fn validate_local_path(path: &str, value: &str, written: bool, errors: &mut FieldErrors) {
     let p = std::path::Path::new(value);
     if p.is_absolute() {
         errors.invalid(path, value, "must be a relative path");
@@ -136,7 +131,7 @@ pub(super) fn validate_local_path(
 }
 
 /// The item paths of configMap, secret, downwardAPI and projected volumes.
-pub(super) fn validate_volume_paths(path: &str, v: &Volume, errors: &mut FieldErrors) {
+fn validate_volume_paths(path: &str, v: &Volume, errors: &mut FieldErrors) {
     let items = |source: &str, items: &[KeyToPath], errors: &mut FieldErrors| {
         for (j, item) in items.iter().enumerate() {
             let ipath = format!("{path}.{source}.items[{j}].path");
@@ -190,7 +185,7 @@ pub(super) fn validate_volume_paths(path: &str, v: &Volume, errors: &mut FieldEr
     }
 }
 
-pub(super) fn validate_container(
+fn validate_container(
     path: &str,
     c: &Container,
     volumes: &std::collections::HashSet<&str>,

@@ -10,7 +10,7 @@ use super::*;
 /// The API group of RBAC's own kinds (users, groups and role refs name it).
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
-pub(super) fn validate_rules(rules: &[PolicyRule], cluster: bool, errors: &mut FieldErrors) {
+fn validate_rules(rules: &[PolicyRule], cluster: bool, errors: &mut FieldErrors) {
     for (i, rule) in rules.iter().enumerate() {
         let path = format!("rules[{i}]");
         if rule.verbs.is_empty() {
@@ -40,7 +40,7 @@ pub(super) fn validate_rules(rules: &[PolicyRule], cluster: bool, errors: &mut F
     }
 }
 
-pub(super) fn validate_binding(
+fn validate_binding(
     subjects: &[Subject],
     role_ref: Option<&RoleRef>,
     cluster: bool,
@@ -111,7 +111,7 @@ pub(super) fn validate_binding(
 
 /// Subjects written without an apiGroup get RBAC's, as Kubernetes' v1
 /// defaulting does for users and groups.
-pub(super) fn default_subjects(subjects: &mut [Subject]) {
+fn default_subjects(subjects: &mut [Subject]) {
     for subject in subjects {
         if subject.api_group.is_empty() && matches!(subject.kind.as_str(), "User" | "Group") {
             subject.api_group = RBAC_GROUP.into();

@@ -80,7 +80,7 @@ pub(super) fn meta_selector(
 }
 
 /// A ReplicaSet's or Deployment's replicas, selector and template.
-pub(super) fn validate_workload(
+fn validate_workload(
     replicas: Option<i32>,
     selector: Option<&skiff::pb::meta::v1::LabelSelector>,
     template: Option<&PodTemplateSpec>,
@@ -90,7 +90,7 @@ pub(super) fn validate_workload(
     validate_template(template, meta_selector(selector), errors);
 }
 
-pub(super) fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
+fn validate_replicas(replicas: Option<i32>, errors: &mut FieldErrors) {
     if let Some(r) = replicas.filter(|r| *r < 0) {
         errors.invalid(
             "spec.replicas",
@@ -166,7 +166,7 @@ impl Strategy for ReplicaSet {
 }
 
 /// An int-or-string that is a count or a percentage ("25%").
-pub(super) fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
+fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
     match value.and_then(|v| v.kind.as_ref()) {
         None => {}
         Some(ValueKind::NumberValue(n)) if *n >= 0.0 && n.fract() == 0.0 => {}

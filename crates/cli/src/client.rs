@@ -1,0 +1,523 @@
+//! The client commands (`apply`, `get`, `describe`, `delete`, `scale`,
+//! `rollout`, `logs`, `exec`, `top`, `label`, `annotate`, `token`, `auth`,
+//! `api-resources`, `cluster-info`, `version`): their flags, and each a
+//! call into `skiff_ctl`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::common::connection;
+
+/// The commands that talk to a cluster as a client.
+#[derive(Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Create or update objects from manifests (YAML or JSON; files,
+    /// directories, `-` for stdin).
+    Apply(ApplyArgs),
+    /// Create objects from manifests (existing ones are an error).
+    Create(ApplyArgs),
+    /// List objects as a table (or -o yaml|json|name|wide).
+    Get(GetArgs),
+    /// Show an object's fields, conditions and Events.
+    Describe(TargetArgs),
+    /// Delete objects by name or by manifest.
+    Delete(DeleteArgs),
+    /// Set the replicas of a Deployment, ReplicaSet or ReplicationController.
+    Scale(ScaleArgs),
+    /// Watch, list, undo, pause or resume a Deployment's rollouts.
+    Rollout(RolloutArgs),
+    /// Print a container's log.
+    Logs(LogsArgs),
+    /// Run a command in a container (`skiff exec POD -- CMD ARGS`).
+    Exec(ExecArgs),
+    /// Show the CPU and memory use of nodes or pods (sampled by the
+    /// agents every few seconds).
+    Top(TopArgs),
+    /// Add, change (--overwrite) or remove (`key-`) labels.
+    Label(MetadataArgs),
+    /// Add, change (--overwrite) or remove (`key-`) annotations.
+    Annotate(MetadataArgs),
+    /// The kinds the server serves.
+    ApiResources,
+    /// Where the cluster is and whether it answers.
+    ClusterInfo(ClientArgs),
+    /// The client's version (and the server's address).
+    Version(ClientArgs),
+    /// Bootstrap tokens for joining nodes (`create`, `list`, `delete`).
+    Token(TokenArgs),
+    /// Who the server takes you for (`whoami`), and what you may do
+    /// (`can-i VERB RESOURCE [NAME]`).
+    Auth(AuthArgs),
+}
+
+impl ClientCommand {
+    /// The command's name (its one trace's root span); None for those
+    /// that make no call.
+    pub(crate) fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Apply(_) => "apply",
+            Self::Create(_) => "create",
+            Self::Get(_) => "get",
+            Self::Describe(_) => "describe",
+            Self::Delete(_) => "delete",
+            Self::Scale(_) => "scale",
+            Self::Rollout(_) => "rollout",
+            Self::Logs(_) => "logs",
+            Self::Exec(_) => "exec",
+            Self::Top(_) => "top",
+            Self::Label(_) => "label",
+            Self::Annotate(_) => "annotate",
+            Self::ClusterInfo(_) => "cluster-info",
+            Self::Token(_) => "token",
+            Self::Auth(_) => "auth",
+            Self::Version(_) | Self::ApiResources => return None,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TokenArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    #[command(subcommand)]
+    pub(crate) action: TokenAction,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenAction {
+    /// Make a bootstrap token; prints it, the CA hash and the join command.
+    Create {
+        /// How long it works (`1h`, `30m`, `24h`; `0` never expires).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What it is for (shown by `token list`).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// The bootstrap tokens and when they expire.
+    List,
+    /// Delete bootstrap tokens (by id or whole token): they stop working
+    /// at once.
+    Delete {
+        /// Token ids (`abcdef`) or tokens (`abcdef.0123456789abcdef`).
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AuthArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    #[command(subcommand)]
+    pub(crate) action: AuthAction,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AuthAction {
+    /// Your user name and groups, as the server sees them.
+    Whoami,
+    /// Whether you may VERB RESOURCE (`pods`, `pods/log`,
+    /// `deployments.apps`) [NAME]; prints yes or no (exit code 0 or 1).
+    CanI {
+        /// get, list, watch, create, update, delete, ...
+        verb: String,
+        /// `pods`, `pods/log`, `deployments.apps`, `nodes` ...
+        resource: String,
+        /// One object.
+        name: Option<String>,
+    },
+}
+
+/// Where the cluster is: flags, else `~/.skiff/config`, else 127.0.0.1:6443.
+#[derive(clap::Args, Clone)]
+pub(crate) struct ClientArgs {
+    /// The API server (default: from ~/.skiff/config or $SKIFF_CONFIG).
+    #[arg(long, env = "SKIFF_SERVER", global = true)]
+    pub(crate) server: Option<String>,
+    /// The namespace (default: the config's, else `default`).
+    #[arg(short = 'n', long, global = true)]
+    pub(crate) namespace: Option<String>,
+    /// The client config: the server, the cluster CA and your certificate
+    /// (default: $SKIFF_CONFIG, else ~/.skiff/config).
+    #[arg(long = "config", global = true)]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub(crate) fn ctl(&self) -> anyhow::Result<skiff_ctl::Ctl> {
+        let (server, tls, config) = connection(self.server.as_deref(), self.config.as_deref())?;
+        let namespace = self.namespace.clone().unwrap_or(config.namespace);
+        Ok(skiff_ctl::Ctl::new(&server, tls.as_ref(), &namespace)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ApplyArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Manifest files or directories (`-` for stdin).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub(crate) files: Vec<String>,
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    pub(crate) recursive: bool,
+    /// `client`: check the manifests and compare, send nothing; `server`:
+    /// the server checks and admits everything, and writes nothing.
+    #[arg(long, value_parser = ["none", "client", "server"], default_value = "none")]
+    pub(crate) dry_run: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct GetArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The kind (`pods`, `po`, `deployment`, ...).
+    pub(crate) kind: String,
+    /// Names (default: all).
+    pub(crate) names: Vec<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub(crate) all_namespaces: bool,
+    /// Label selector (`app=web,tier!=db`).
+    #[arg(short = 'l', long, default_value = "")]
+    pub(crate) selector: String,
+    /// Field selector (`status.phase=Running`).
+    #[arg(long, default_value = "")]
+    pub(crate) field_selector: String,
+    /// Output: wide, yaml, json or name.
+    #[arg(short = 'o', long, default_value = "")]
+    pub(crate) output: String,
+    /// After listing, print changes as they happen.
+    #[arg(short = 'w', long)]
+    pub(crate) watch: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TargetArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// KIND NAME or KIND/NAME.
+    #[arg(required = true, num_args = 1..=2)]
+    pub(crate) target: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DeleteArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// KIND NAME..., or KIND/NAME.
+    pub(crate) target: Vec<String>,
+    /// Delete what these manifests name.
+    #[arg(short = 'f', long = "filename")]
+    pub(crate) files: Vec<String>,
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    pub(crate) recursive: bool,
+    /// background, foreground or orphan.
+    #[arg(long, default_value = "background")]
+    pub(crate) cascade: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ScaleArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// KIND NAME or KIND/NAME.
+    #[arg(required = true, num_args = 1..=2)]
+    pub(crate) target: Vec<String>,
+    /// The new number of replicas.
+    #[arg(long)]
+    pub(crate) replicas: i32,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RolloutArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// status, history, undo, pause or resume.
+    #[arg(value_parser = ["status", "history", "undo", "pause", "resume"])]
+    pub(crate) action: String,
+    /// deployment/NAME (or deployment NAME).
+    #[arg(required = true, num_args = 1..=2)]
+    pub(crate) target: Vec<String>,
+    /// undo: the revision to go back to (default: the previous one).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) to_revision: i64,
+    /// status: how long to wait, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) timeout: u64,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct TopArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// `nodes` (`node`, `no`) or `pods` (`pod`, `po`).
+    #[arg(value_parser = ["nodes", "node", "no", "pods", "pod", "po"])]
+    pub(crate) what: String,
+    /// Only this node or pod.
+    pub(crate) name: Option<String>,
+    /// Pods of every namespace.
+    #[arg(short = 'A', long)]
+    pub(crate) all_namespaces: bool,
+    /// Label selector (`app=web,tier!=db`).
+    #[arg(short = 'l', long, default_value = "")]
+    pub(crate) selector: String,
+    /// One line per container (pods).
+    #[arg(long)]
+    pub(crate) containers: bool,
+    /// Biggest first by `cpu` or `memory`.
+    #[arg(long)]
+    pub(crate) sort_by: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct LogsArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The pod.
+    pub(crate) pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long, default_value = "")]
+    pub(crate) container: String,
+    /// Keep streaming new output.
+    #[arg(short = 'f', long)]
+    pub(crate) follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub(crate) tail: Option<i64>,
+    /// The previous, terminated instance of the container.
+    #[arg(short = 'p', long)]
+    pub(crate) previous: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The pod.
+    pub(crate) pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long, default_value = "")]
+    pub(crate) container: String,
+    /// Pass stdin to the command.
+    #[arg(short = 'i', long)]
+    pub(crate) stdin: bool,
+    /// Give the command a terminal (with -i: an interactive shell).
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct MetadataArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// KIND NAME (or KIND/NAME), then key=value or key- pairs.
+    #[arg(required = true, num_args = 2..)]
+    pub(crate) args: Vec<String>,
+    /// Replace existing values.
+    #[arg(long)]
+    pub(crate) overwrite: bool,
+}
+
+pub(crate) fn dry_run(flag: &str) -> skiff_ctl::apply::DryRun {
+    match flag {
+        "client" => skiff_ctl::apply::DryRun::Client,
+        "server" => skiff_ctl::apply::DryRun::Server,
+        _ => skiff_ctl::apply::DryRun::None,
+    }
+}
+
+/// The deployment a rollout command names.
+pub(crate) fn deployment_name(target: &[String]) -> anyhow::Result<String> {
+    let name = match target {
+        [one] => one
+            .split_once('/')
+            .map(|(kind, name)| (kind, name.to_string())),
+        [kind, name] => Some((kind.as_str(), name.clone())),
+        _ => None,
+    };
+    match name {
+        Some((kind, name))
+            if skiff_ctl::kinds::find(kind).is_some_and(|k| k.info().kind == "Deployment") =>
+        {
+            Ok(name)
+        }
+        _ => anyhow::bail!("error: rollout works on deployments: deployment/NAME"),
+    }
+}
+
+/// Runs a client command; its exit code.
+pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
+    match command {
+        ClientCommand::Apply(args) => {
+            let ctl = args.client.ctl()?.recursive(args.recursive);
+            ctl.apply(&args.files, dry_run(&args.dry_run), false)
+                .await?;
+        }
+        ClientCommand::Create(args) => {
+            let ctl = args.client.ctl()?.recursive(args.recursive);
+            ctl.apply(&args.files, dry_run(&args.dry_run), true).await?;
+        }
+        ClientCommand::Get(args) => {
+            let output: skiff_ctl::Output = args
+                .output
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("error: {e}"))?;
+            let ctl = args.client.ctl()?;
+            let kinds: Vec<&str> = args.kind.split(',').filter(|k| !k.is_empty()).collect();
+            for (i, kind) in kinds.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                ctl.get(
+                    kind,
+                    &args.names,
+                    args.all_namespaces,
+                    &args.selector,
+                    &args.field_selector,
+                    output,
+                    args.watch && kinds.len() == 1,
+                )
+                .await?;
+            }
+        }
+        ClientCommand::Describe(args) => args.client.ctl()?.describe(&args.target).await?,
+        ClientCommand::Delete(args) => {
+            let ctl = args.client.ctl()?.recursive(args.recursive);
+            ctl.delete(&args.target, &args.files, &args.cascade).await?;
+        }
+        ClientCommand::Scale(args) => {
+            args.client
+                .ctl()?
+                .scale(&args.target, args.replicas)
+                .await?
+        }
+        ClientCommand::Rollout(args) => {
+            let ctl = args.client.ctl()?;
+            let name = deployment_name(&args.target)?;
+            match args.action.as_str() {
+                "status" => {
+                    ctl.rollout_status(&name, std::time::Duration::from_secs(args.timeout))
+                        .await?
+                }
+                "history" => ctl.rollout_history(&name).await?,
+                "undo" => ctl.rollout_undo(&name, args.to_revision).await?,
+                "pause" => ctl.rollout_pause(&name, true).await?,
+                _ => ctl.rollout_pause(&name, false).await?,
+            }
+        }
+        ClientCommand::Logs(args) => {
+            let ctl = args.client.ctl()?;
+            ctl.logs(
+                &args.pod,
+                &args.container,
+                args.follow,
+                args.tail,
+                args.previous,
+            )
+            .await?;
+        }
+        ClientCommand::Top(args) => {
+            let ctl = args.client.ctl()?;
+            let table = if matches!(args.what.as_str(), "nodes" | "node" | "no") {
+                ctl.top_nodes(
+                    args.name.as_deref(),
+                    &args.selector,
+                    args.sort_by.as_deref(),
+                )
+                .await?
+            } else {
+                ctl.top_pods(&skiff_ctl::top::TopPods {
+                    name: args.name,
+                    all_namespaces: args.all_namespaces,
+                    selector: args.selector,
+                    containers: args.containers,
+                    sort_by: args.sort_by,
+                })
+                .await?
+            };
+            print!("{table}");
+        }
+        ClientCommand::Exec(args) => {
+            let ctl = args.client.ctl()?;
+            let code = if args.stdin || args.tty {
+                ctl.exec_attached(
+                    &args.pod,
+                    &args.container,
+                    &args.command,
+                    args.stdin,
+                    args.tty,
+                )
+                .await?
+            } else {
+                ctl.exec(&args.pod, &args.container, &args.command).await?
+            };
+            return Ok(code);
+        }
+        ClientCommand::Label(args) => {
+            args.client
+                .ctl()?
+                .set_metadata("labels", &args.args, args.overwrite)
+                .await?
+        }
+        ClientCommand::Annotate(args) => {
+            args.client
+                .ctl()?
+                .set_metadata("annotations", &args.args, args.overwrite)
+                .await?;
+        }
+        ClientCommand::Token(args) => {
+            let ctl = args.client.ctl()?;
+            match args.action {
+                TokenAction::Create { ttl, description } => {
+                    let ttl = if ttl == "0" {
+                        None
+                    } else {
+                        Some(
+                            humantime::parse_duration(&ttl)
+                                .map_err(|e| anyhow::anyhow!("error: --ttl {ttl:?}: {e}"))?,
+                        )
+                    };
+                    let (_, _, config) =
+                        connection(args.client.server.as_deref(), args.client.config.as_deref())?;
+                    let ca_hash = config
+                        .ca_hash()
+                        .map_err(|e| anyhow::anyhow!("error: {e}"))?;
+                    ctl.token_create(ttl, &description, &ca_hash).await?;
+                }
+                TokenAction::List => ctl.token_list().await?,
+                TokenAction::Delete { tokens } => ctl.token_delete(&tokens).await?,
+            }
+        }
+        ClientCommand::Auth(args) => {
+            let ctl = args.client.ctl()?;
+            match args.action {
+                AuthAction::Whoami => ctl.whoami().await?,
+                AuthAction::CanI {
+                    verb,
+                    resource,
+                    name,
+                } => {
+                    let allowed = ctl
+                        .can_i(&verb, &resource, name.as_deref().unwrap_or(""))
+                        .await?;
+                    return Ok(if allowed { 0 } else { 1 });
+                }
+            }
+        }
+        ClientCommand::ApiResources => print!("{}", skiff_ctl::api_resources()),
+        ClientCommand::ClusterInfo(client) => client.ctl()?.cluster_info().await?,
+        ClientCommand::Version(client) => {
+            println!("Client Version: skiff {}", env!("CARGO_PKG_VERSION"));
+            let config = skiff_ctl::config::load().unwrap_or_default();
+            println!("Server: {}", client.server.unwrap_or(config.server));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,186 @@
+//! `skiff up`: an all-in-one cluster in the foreground (the API server,
+//! the scheduler, the controller manager and a local agent in one
+//! process, each reaching the API over a loopback connection).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::common::{host_name, lb_pool, shutdown_signal};
+use crate::security;
+use crate::server::{ApiArgs, api_config, local_url};
+
+#[derive(clap::Args)]
+pub(crate) struct UpArgs {
+    /// Directory for the cluster's state.
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// Where LoadBalancer Services' addresses come from: a CIDR or a
+    /// range FIRST-LAST ("" leaves them pending). The default is on
+    /// loopback: the addresses answer on this machine only.
+    #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
+    pub(crate) lb_pool: String,
+    /// The service proxy: auto (kernel NAT rules when root beside
+    /// Docker, else a userspace relay), iptables, userspace or none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
+    pub(crate) proxy_mode: String,
+}
+
+/// Runs the cluster until a signal, then stops its parts in order.
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".skiff")
+            .join("data"),
+    };
+    let config = api_config(&args.api, &data_dir)?;
+    let security = config.security.clone();
+    let server = skiff_apiserver::ApiServer::start(config)
+        .await
+        .context("starting the API server")?;
+    let url = local_url(server.addr, security.is_some());
+    let configs = security
+        .as_ref()
+        .map(|s| security::write_configs(s, &data_dir, &url))
+        .transpose()?;
+    let component_tls = |pick: fn(&security::Configs) -> &std::path::Path| {
+        configs
+            .as_ref()
+            .map(|c| security::component_tls(pick(c)))
+            .transpose()
+            .map(Option::flatten)
+    };
+    let mut scheduler_config = skiff_scheduler::Config::new(&url);
+    scheduler_config.tls = component_tls(|c| &c.scheduler)?;
+    let (stop_controllers, controllers_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut controllers_config = skiff_controllers::Config::new(&url);
+    controllers_config.tls = component_tls(|c| &c.controller_manager)?;
+    controllers_config.root_ca = security.as_ref().map(|s| s.ca.cert_pem.clone());
+    controllers_config.lb_pool = lb_pool(&args.lb_pool)?;
+    let controllers = tokio::spawn(async move {
+        let stopped = async {
+            let _ = controllers_stopped.await;
+        };
+        if let Err(e) = skiff_controllers::run(controllers_config, stopped).await {
+            tracing::error!(error = %e, "controller manager stopped");
+        }
+    });
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(async move {
+        let stopped = async {
+            let _ = scheduler_stopped.await;
+        };
+        if let Err(e) = skiff_scheduler::run_supervised(scheduler_config, stopped).await {
+            tracing::error!(error = %e, "scheduler stopped");
+        }
+    });
+    let node = host_name();
+    let agent_dir = data_dir.join("agent");
+    if let Some(security) = &security {
+        // The local agent is on the server's machine: it gets its
+        // certificate from the CA directly, no join needed.
+        skiff_agent::credentials::Credentials::provision(
+            &security.ca,
+            &agent_dir,
+            &node,
+            security.node_cert_validity,
+        )
+        .context("issuing the local agent's certificate")?;
+    }
+    let mut agent_config = skiff_agent::Config::new(&url, &node, agent_dir);
+    agent_config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    agent_config.runtime = skiff_agent::RuntimeKind::Auto;
+    agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
+    agent_config.service_cidr = Some(args.api.service_cidr.clone());
+    agent_config.lb_pool = (!args.lb_pool.is_empty()).then(|| args.lb_pool.clone());
+    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(async move {
+        let stopped = async {
+            let _ = agent_stopped.await;
+        };
+        if let Err(e) = skiff_agent::run(agent_config, stopped).await {
+            tracing::error!(error = %e, "the local agent is not running: pods will stay Pending");
+        }
+    });
+    let client_config = match &configs {
+        Some(c) => c.admin_config.clone(),
+        None => skiff_ctl::config::ClientConfig {
+            server: url.clone(),
+            ..Default::default()
+        },
+    };
+    let config_path = skiff_ctl::config::save(&client_config)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| format!("(not written: {e})"));
+    println!("Skiff is up.");
+    println!(
+        "  API server:  {url} (gRPC; reflection and health on; {})",
+        if security.is_some() {
+            "TLS, client certificates or tokens"
+        } else {
+            "PLAINTEXT, no authentication: --insecure"
+        }
+    );
+    println!("  scheduler:   running (binds pending pods to Ready nodes)");
+    println!(
+        "  controllers: replicasets, replicationcontrollers, deployments, daemonsets, jobs, horizontal pod autoscalers, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts, root CA publisher",
+        if args.lb_pool.is_empty() {
+            "none"
+        } else {
+            &args.lb_pool
+        }
+    );
+    println!(
+        "  pods:        Pod Security {:?} enforced where a namespace has no pod-security.kubernetes.io/enforce label{}",
+        args.api.pod_security_default.as_str(),
+        match args.api.pod_security_exempt_namespaces.join(",") {
+            exempt if exempt.is_empty() => String::new(),
+            exempt => format!(" ({exempt} exempt)"),
+        }
+    );
+    println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
+    if args.api.etcd.is_empty() {
+        println!("  state:       {} (embedded store)", data_dir.display());
+    } else {
+        println!("  state:       etcd at {}", args.api.etcd.join(","));
+    }
+    println!("  client:      {config_path} (skiff get, apply, logs ... use it; you are admin)");
+    let grpcurl = match &configs {
+        Some(c) => format!(
+            "grpcurl -cacert {} -cert {} -key {}",
+            c.admin_files.2.display(),
+            c.admin_files.0.display(),
+            c.admin_files.1.display()
+        ),
+        None => "grpcurl -plaintext".to_string(),
+    };
+    let target = url.split_once("://").map_or(url.as_str(), |(_, t)| t);
+    println!("Try:");
+    println!("  skiff get nodes");
+    println!("  {grpcurl} {target} list");
+    if security.is_some() {
+        println!(
+            "  skiff token create      # a token for another machine to join: skiff agent --token ..."
+        );
+    }
+    println!(
+        "  scripts/busybox-image   # an image to run, built from scratch (no registry needed)"
+    );
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_agent.send(());
+    let _ = agent.await;
+    let _ = stop_scheduler.send(());
+    let _ = stop_controllers.send(());
+    let _ = scheduler.await;
+    let _ = controllers.await;
+    server.stop().await.context("stopping the API server")?;
+    Ok(())
+}
