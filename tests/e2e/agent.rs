@@ -13,7 +13,7 @@ use skiff::pb::core::v1::pod_logs_client::PodLogsClient;
 use skiff::pb::core::v1::{ConfigMap, ContainerStatus, Pod, PodLogsRequest, Secret};
 use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
-use skiff_e2e::{AgentNode, wait_until};
+use skiff_testkit::{AgentNode, wait_until};
 
 pub(crate) struct Env {
     server: skiff_apiserver::ApiServer,
@@ -29,7 +29,7 @@ pub(crate) async fn env(prefix: &str) -> Env {
 
 async fn env_on(prefix: &str, runtime: &'static str) -> Env {
     let image = if runtime == "docker" {
-        skiff_e2e::test_image()
+        skiff_testkit::test_image()
             .await
             .expect("building the test image")
     } else {
@@ -37,10 +37,10 @@ async fn env_on(prefix: &str, runtime: &'static str) -> Env {
         "host"
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     let node =
         AgentNode::start_with_runtime(&format!("http://{}", server.addr), prefix, runtime).unwrap();
     let nodes = Api::<skiff::pb::core::v1::Node>::new(channel.clone());
@@ -84,7 +84,7 @@ impl Env {
     /// pods use hostPath or host ports, which the default (baseline)
     /// refuses.
     pub(crate) async fn allow_privileged(&self) {
-        skiff_e2e::label_privileged(&self.channel, "default").await;
+        skiff_testkit::label_privileged(&self.channel, "default").await;
     }
 
     pub(crate) async fn get(&self, name: &str) -> Pod {
@@ -730,10 +730,10 @@ async fn containers_that_cannot_start_wait_with_a_reason_while_the_others_run() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_rides_out_an_api_server_restart() {
-    let image = skiff_e2e::test_image().await.unwrap();
+    let image = skiff_testkit::test_image().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
-    let mut server = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let mut server = skiff_testkit::ServerProcess::start(&args).unwrap();
     let addr = server.addr;
     let node = AgentNode::start(&server.url(), "apirestart").unwrap();
     let channel = skiff_client::connect_lazy(&server.url()).unwrap();
@@ -760,7 +760,7 @@ async fn the_agent_rides_out_an_api_server_restart() {
 
     server.process.kill9();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _restarted = skiff_e2e::ServerProcess::start_at(addr, &args).unwrap();
+    let _restarted = skiff_testkit::ServerProcess::start_at(addr, &args).unwrap();
     pods.create(pod("after")).await.unwrap();
     wait_until(
         "a pod created after the restart runs",
@@ -795,7 +795,7 @@ async fn host_ports_reach_the_pod_and_logs_tail_and_follow() {
     let env = env("ports").await;
     env.allow_privileged().await;
     let image = env.image;
-    let port = skiff_e2e::free_port().unwrap();
+    let port = skiff_testkit::free_port().unwrap();
     env.create(json!({
         "metadata": {"name": "served"},
         "spec": {"containers": [
@@ -872,8 +872,8 @@ mod process_runtime {
     use super::*;
 
     fn kill9(env: &Env, pod: &Pod, name: &str) {
-        let pid =
-            skiff_e2e::process_pid(&env.node, &process_id(pod, name)).expect("the container's pid");
+        let pid = skiff_testkit::process_pid(&env.node, &process_id(pod, name))
+            .expect("the container's pid");
         let status = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()
@@ -930,7 +930,7 @@ mod process_runtime {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn localhost_probes_and_deletion_work_with_host_processes() {
         let env = env_on("proc-probes", "process").await;
-        let port = skiff_e2e::free_port().unwrap();
+        let port = skiff_testkit::free_port().unwrap();
         let ctl = tempfile::tempdir().unwrap();
         let ctl_path = ctl.path().to_str().unwrap().to_string();
         std::fs::write(ctl.path().join("alive"), "1").unwrap();
@@ -1012,7 +1012,7 @@ mod process_runtime {
             })
             .await;
         let before = env.node.container_ids();
-        let pid = skiff_e2e::process_pid(&env.node, &process_id(&pod, "main")).unwrap();
+        let pid = skiff_testkit::process_pid(&env.node, &process_id(&pod, "main")).unwrap();
         env.node.kill9();
         env.node.start_agent().unwrap();
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -1025,7 +1025,7 @@ mod process_runtime {
         assert_eq!(process_id(&again, "main"), process_id(&pod, "main"));
         assert_eq!(container(&again, "main").unwrap().restart_count, 1);
         assert_eq!(
-            skiff_e2e::process_pid(&env.node, &process_id(&again, "main")),
+            skiff_testkit::process_pid(&env.node, &process_id(&again, "main")),
             Some(pid),
             "the same process"
         );

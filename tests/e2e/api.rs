@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 struct Cluster {
     _server: skiff_apiserver::ApiServer,
     channel: Channel,
-    _etcd: Option<skiff_e2e::Etcd>,
+    _etcd: Option<skiff_testkit::Etcd>,
     _dir: tempfile::TempDir,
 }
 
@@ -33,18 +33,18 @@ impl Cluster {
     }
 
     async fn etcd() -> Self {
-        let etcd = skiff_e2e::Etcd::start().unwrap();
+        let etcd = skiff_testkit::Etcd::start().unwrap();
         let store = StoreConfig::Etcd(vec![etcd.endpoint.clone()]);
         Self::start(store, Some(etcd), tempfile::tempdir().unwrap()).await
     }
 
     async fn start(
         store: StoreConfig,
-        etcd: Option<skiff_e2e::Etcd>,
+        etcd: Option<skiff_testkit::Etcd>,
         dir: tempfile::TempDir,
     ) -> Self {
-        let server = skiff_e2e::api_server(store).await.unwrap();
-        let channel = skiff_e2e::channel(server.addr).await.unwrap();
+        let server = skiff_testkit::api_server(store).await.unwrap();
+        let channel = skiff_testkit::channel(server.addr).await.unwrap();
         Self {
             _server: server,
             channel,
@@ -682,17 +682,17 @@ async fn a_watch_from_a_future_version_is_refused() {
 async fn a_stopped_server_releases_its_store_for_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let first = skiff_e2e::api_server(StoreConfig::Embedded(path.clone()))
+    let first = skiff_testkit::api_server(StoreConfig::Embedded(path.clone()))
         .await
         .unwrap();
-    let mut client = PodsClient::new(skiff_e2e::channel(first.addr).await.unwrap());
+    let mut client = PodsClient::new(skiff_testkit::channel(first.addr).await.unwrap());
     client.create(pod("kept", &[])).await.unwrap();
     let _watch = client.watch(WatchRequest::default()).await.unwrap();
     first.stop().await.unwrap();
     // Background tasks let go of the file shortly after the stop.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let second = loop {
-        match skiff_e2e::api_server(StoreConfig::Embedded(path.clone())).await {
+        match skiff_testkit::api_server(StoreConfig::Embedded(path.clone())).await {
             Ok(server) => break server,
             Err(e) => {
                 assert!(
@@ -703,7 +703,7 @@ async fn a_stopped_server_releases_its_store_for_the_next_one() {
             }
         }
     };
-    let mut client = PodsClient::new(skiff_e2e::channel(second.addr).await.unwrap());
+    let mut client = PodsClient::new(skiff_testkit::channel(second.addr).await.unwrap());
     client.get(get("kept")).await.unwrap();
     second.stop().await.unwrap();
 }

@@ -30,10 +30,10 @@ async fn api() -> (
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     (server, channel, dir)
 }
 
@@ -321,9 +321,9 @@ async fn host_access_is_refused_by_default_in_kubernetes_words() {
     // Its ReplicaSet's pods are refused, which the ReplicaSet's Events say
     // in Kubernetes' words.
     let _controllers =
-        skiff_e2e::controller_manager(&format!("http://{}", server.addr), &[]).unwrap();
+        skiff_testkit::controller_manager(&format!("http://{}", server.addr), &[]).unwrap();
     let events = Api::<Event>::new(channel.clone());
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "a FailedCreate event naming the policy",
         Duration::from_secs(30),
         async || {
@@ -365,7 +365,7 @@ const PARTIAL_HELLO: &[u8] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_half_open_tls_connections_do_not_stall_the_api() {
-    skiff_e2e::raise_open_file_limit();
+    skiff_testkit::raise_open_file_limit();
     let c = Secure::start(&[]);
     let addr = c.server.addr;
     // 3,000 connections from one client that never finish a handshake:

@@ -6,12 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use skiff_apiserver::StoreConfig;
-use skiff_e2e::{AgentNode, wait_until};
+use skiff_testkit::{AgentNode, wait_until};
 
 struct Cluster {
     server: skiff_apiserver::ApiServer,
     node: AgentNode,
-    _processes: Vec<skiff_e2e::ChildGuard>,
+    _processes: Vec<skiff_testkit::ChildGuard>,
     dir: tempfile::TempDir,
     image: &'static str,
 }
@@ -37,7 +37,7 @@ struct Proxied {
 }
 
 async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
-    let image = skiff_e2e::test_image().await.unwrap();
+    let image = skiff_testkit::test_image().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = skiff_apiserver::Config::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -60,10 +60,10 @@ async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
     let node = AgentNode::start_with(&url, prefix, "docker", &agent_args).unwrap();
     let manager_args: Vec<&str> = manager_args.iter().map(String::as_str).collect();
     let processes = vec![
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager_with(&url, &[], &manager_args).unwrap(),
+        skiff_testkit::controller_manager_with(&url, &[], &manager_args).unwrap(),
     ];
     Cluster {
         server,
@@ -78,7 +78,7 @@ impl Cluster {
     /// Runs `skiff ARGS` against this cluster (its own client config, so
     /// the user's ~/.skiff is never touched).
     fn skiff(&self, args: &[&str]) -> Run {
-        let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+        let out = Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(args)
             .env("SKIFF_CONFIG", self.dir.path().join("config"))
             .env("SKIFF_SERVER", format!("http://{}", self.server.addr))
@@ -96,7 +96,7 @@ impl Cluster {
     /// Runs `skiff ARGS` with `input` on its stdin.
     fn skiff_with_stdin(&self, args: &[&str], input: &str) -> Run {
         use std::io::Write as _;
-        let mut child = Command::new(skiff_e2e::skiff_binary().unwrap())
+        let mut child = Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(args)
             .env("SKIFF_CONFIG", self.dir.path().join("config"))
             .env("SKIFF_SERVER", format!("http://{}", self.server.addr))
@@ -360,7 +360,7 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
     assert_eq!(env, "hello-one", "undo restored the first template");
 
     // Scale, watching the pods go (get -w prints each change as a row).
-    let mut watcher = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let mut watcher = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(["get", "pods", "-w"])
         .env("SKIFF_CONFIG", c.dir.path().join("config"))
         .env("SKIFF_SERVER", format!("http://{}", c.server.addr))
@@ -541,8 +541,8 @@ async fn bad_manifests_name_the_file_document_and_field_and_apply_nothing_of_the
 fn log_format_json_writes_one_json_object_per_line_to_stderr() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
-    let port = skiff_e2e::free_port().unwrap();
-    let mut child = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let port = skiff_testkit::free_port().unwrap();
+    let mut child = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(["--log-format", "json", "server", "--insecure", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
@@ -553,7 +553,7 @@ fn log_format_json_writes_one_json_object_per_line_to_stderr() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let _guard = skiff_e2e::ChildGuard::new(child);
+    let _guard = skiff_testkit::ChildGuard::new(child);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
@@ -584,9 +584,9 @@ fn log_format_json_writes_one_json_object_per_line_to_stderr() {
 
 #[test]
 fn an_unreachable_server_is_named_with_what_to_check() {
-    let port = skiff_e2e::free_port().unwrap();
+    let port = skiff_testkit::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let out = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(["get", "pods", "--server", &format!("127.0.0.1:{port}")])
         .env("SKIFF_CONFIG", dir.path().join("config"))
         .env_remove("SKIFF_SERVER")
@@ -606,7 +606,7 @@ fn validates(c: &Cluster, kind: &str, name: &str, namespace: &str) -> Result<(),
     let yaml = c.ok(&["get", kind, name, "-n", namespace, "-o", "yaml"]);
     let file = c.dir.path().join(format!("{kind}-{name}.yaml"));
     std::fs::write(&file, &yaml).unwrap();
-    let validator = skiff_e2e::find_program("kubernetes-validate", &[])
+    let validator = skiff_testkit::find_program("kubernetes-validate", &[])
         .expect("kubernetes-validate (scripts/deps installs it)");
     let out = Command::new(validator)
         .args(["--strict", "--quiet"])

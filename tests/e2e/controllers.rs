@@ -17,13 +17,13 @@ use skiff_client::Api;
 struct Env {
     _server: skiff_apiserver::ApiServer,
     channel: tonic::transport::Channel,
-    _processes: Vec<skiff_e2e::ChildGuard>,
+    _processes: Vec<skiff_testkit::ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
 async fn env(panic_hook: Option<&str>) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
@@ -31,11 +31,11 @@ async fn env(panic_hook: Option<&str>) -> Env {
         .map(|c| vec![("SKIFF_TEST_PANIC_CONTROLLER", c)])
         .unwrap_or_default();
     let processes = vec![
-        skiff_e2e::hollow_nodes(&url, 5).unwrap(),
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::hollow_nodes(&url, 5).unwrap(),
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager(&url, &hook).unwrap(),
+        skiff_testkit::controller_manager(&url, &hook).unwrap(),
     ];
     Env {
         channel: skiff_client::connect_lazy(&url).unwrap(),
@@ -86,7 +86,7 @@ fn replicaset(name: &str, replicas: i32) -> ReplicaSet {
 
 /// Running (not terminating) pods labelled app=`app`.
 async fn running(env: &Env, app: &str) -> Vec<Pod> {
-    skiff_e2e::live_pods(&env.channel, "default", &format!("app={app}")).await
+    skiff_testkit::live_pods(&env.channel, "default", &format!("app={app}")).await
 }
 
 async fn wait_running(env: &Env, app: &str, n: usize) -> Vec<Pod> {
@@ -289,7 +289,7 @@ async fn every_namespace_gets_a_default_service_account() {
         .await
         .unwrap();
     let accounts = Api::<ServiceAccount>::new(env.channel.clone());
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "no default service account in team-a",
         Duration::from_secs(20),
         async || accounts.get("team-a", "default").await.is_ok(),
@@ -304,7 +304,7 @@ async fn every_namespace_gets_a_default_service_account() {
         })
         .await
         .unwrap();
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "default service account not recreated",
         Duration::from_secs(20),
         async || accounts.get("team-a", "default").await.is_ok(),
@@ -425,7 +425,7 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
         })
         .await
         .unwrap();
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "endpoints outlived their service",
         Duration::from_secs(20),
         async || endpoints.get("default", "web").await.is_err(),
@@ -437,14 +437,14 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
 async fn pods_of_a_silent_node_are_recreated_elsewhere() {
     use skiff::pb::core::v1::Node;
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
     let channel = skiff_client::connect_lazy(&url).unwrap();
-    let mut doomed = skiff_e2e::hollow_nodes_named(&url, 2, "doomed-").unwrap();
-    let _scheduler = skiff_e2e::SchedulerProcess::start(&url, "s1", 2).unwrap();
-    let _cm = skiff_e2e::controller_manager_with(
+    let mut doomed = skiff_testkit::hollow_nodes_named(&url, 2, "doomed-").unwrap();
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&url, "s1", 2).unwrap();
+    let _cm = skiff_testkit::controller_manager_with(
         &url,
         &[],
         &[
@@ -469,7 +469,7 @@ async fn pods_of_a_silent_node_are_recreated_elsewhere() {
             .all(|p| p.spec.as_ref().unwrap().node_name.starts_with("doomed-"))
     );
     // Healthy nodes arrive, then the first ones fall silent.
-    let _healthy = skiff_e2e::hollow_nodes_named(&url, 2, "healthy-").unwrap();
+    let _healthy = skiff_testkit::hollow_nodes_named(&url, 2, "healthy-").unwrap();
     doomed.kill9();
     let nodes = Api::<Node>::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -568,7 +568,7 @@ async fn deleting_a_namespace_removes_everything_in_it() {
         namespace: "doomed".into(),
         ..Default::default()
     };
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the ReplicaSet's pods never appeared",
         Duration::from_secs(30),
         async || pods.list(in_ns()).await.unwrap().items.len() >= 2,
@@ -598,7 +598,7 @@ async fn deleting_a_namespace_removes_everything_in_it() {
 }
 
 async fn pods_of(env: &Env, app: &str) -> Vec<Pod> {
-    skiff_e2e::list(&env.channel, "default", &format!("app={app}")).await
+    skiff_testkit::list(&env.channel, "default", &format!("app={app}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,7 +755,7 @@ fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Deployment {
 }
 
 async fn sets_of(env: &Env, app: &str) -> Vec<ReplicaSet> {
-    skiff_e2e::list(&env.channel, "default", &format!("app={app}")).await
+    skiff_testkit::list(&env.channel, "default", &format!("app={app}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -927,7 +927,7 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     let env = env(None).await;
     let nodes = Api::<skiff::pb::core::v1::Node>::new(env.channel.clone());
     let mut all = Vec::new();
-    skiff_e2e::wait_until("5 hollow nodes", Duration::from_secs(30), async || {
+    skiff_testkit::wait_until("5 hollow nodes", Duration::from_secs(30), async || {
         all = nodes
             .list(ListRequest::default())
             .await
@@ -944,13 +944,13 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     let sets = Api::<skiff::pb::apps::v1::DaemonSet>::new(env.channel.clone());
     sets.create(daemonset("agent", &[])).await.unwrap();
     let mut placed = Vec::new();
-    skiff_e2e::wait_until("a pod on every node", Duration::from_secs(30), async || {
+    skiff_testkit::wait_until("a pod on every node", Duration::from_secs(30), async || {
         placed = nodes_of(&env, "agent").await;
         placed == names
     })
     .await;
     let mut status = Default::default();
-    skiff_e2e::wait_until("the status counts 5", Duration::from_secs(30), async || {
+    skiff_testkit::wait_until("the status counts 5", Duration::from_secs(30), async || {
         status = sets
             .get("default", "agent")
             .await
@@ -996,7 +996,7 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
         }
     }
     let ssd: Vec<String> = names[..2].to_vec();
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "pods on the ssd nodes only, of the new template",
         Duration::from_secs(30),
         async || {
@@ -1033,7 +1033,7 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     })
     .await;
     let want = vec![names[1].clone(), names[4].clone()];
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the taint and the new label are followed",
         Duration::from_secs(30),
         async || nodes_of(&env, "agent").await == want,
@@ -1052,7 +1052,7 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     })
     .await
     .unwrap();
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the deleted pod is replaced",
         Duration::from_secs(30),
         async || {
@@ -1071,11 +1071,11 @@ async fn a_daemonset_runs_one_pod_per_matching_node_and_follows_nodes_and_its_te
     })
     .await
     .unwrap();
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "its pods are collected",
         Duration::from_secs(30),
         async || {
-            skiff_e2e::list::<Pod>(&env.channel, "default", "app=agent")
+            skiff_testkit::list::<Pod>(&env.channel, "default", "app=agent")
                 .await
                 .is_empty()
         },
@@ -1122,16 +1122,16 @@ fn finished_with(status: &skiff::pb::batch::v1::JobStatus, kind: &str, reason: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
-    let _node = skiff_e2e::AgentNode::start_with_runtime(&url, "jobs", "process").unwrap();
+    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "jobs", "process").unwrap();
     let _processes = [
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager(&url, &[]).unwrap(),
+        skiff_testkit::controller_manager(&url, &[]).unwrap(),
     ];
     let channel = skiff_client::connect_lazy(&url).unwrap();
     let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
@@ -1165,7 +1165,7 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
     .unwrap();
 
     let mut status = Default::default();
-    skiff_e2e::wait_until("three completions", Duration::from_secs(60), async || {
+    skiff_testkit::wait_until("three completions", Duration::from_secs(60), async || {
         status = job_status(&jobs, "three").await;
         finished_with(&status, "Complete", "Completed")
     })
@@ -1173,14 +1173,14 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
     assert_eq!((status.succeeded, status.active), (3, 0));
     assert!(status.completion_time.is_some() && status.start_time.is_some());
     // The pods stay (their logs can be read), labelled with the job.
-    let pods = skiff_e2e::list::<Pod>(&channel, "default", "job-name=three").await;
+    let pods = skiff_testkit::list::<Pod>(&channel, "default", "job-name=three").await;
     assert_eq!(pods.len(), 3);
     assert!(
         pods.iter()
             .all(|p| p.status.as_ref().unwrap().phase == "Succeeded")
     );
 
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the failing job fails",
         Duration::from_secs(60),
         async || {
@@ -1192,7 +1192,7 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
         },
     )
     .await;
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the slow job passes its deadline",
         Duration::from_secs(60),
         async || {
@@ -1204,17 +1204,17 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
         },
     )
     .await;
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the slow job's pod is stopped",
         Duration::from_secs(30),
         async || {
-            skiff_e2e::live_pods(&channel, "default", "job-name=slow")
+            skiff_testkit::live_pods(&channel, "default", "job-name=slow")
                 .await
                 .is_empty()
         },
     )
     .await;
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the brief job is deleted after its ttl",
         Duration::from_secs(60),
         async || {
@@ -1224,8 +1224,8 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
         },
     )
     .await;
-    skiff_e2e::wait_until("and its pod with it", Duration::from_secs(30), async || {
-        skiff_e2e::list::<Pod>(&channel, "default", "job-name=brief")
+    skiff_testkit::wait_until("and its pod with it", Duration::from_secs(30), async || {
+        skiff_testkit::list::<Pod>(&channel, "default", "job-name=brief")
             .await
             .is_empty()
     })
@@ -1236,16 +1236,16 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autoscaler_follows_cpu_use_up_and_down() {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
-    let _node = skiff_e2e::AgentNode::start_with_runtime(&url, "hpa", "process").unwrap();
+    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "hpa", "process").unwrap();
     let _processes = [
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager_with(
+        skiff_testkit::controller_manager_with(
             &url,
             &[],
             &["--horizontal-pod-autoscaler-sync-period-secs=1"],
@@ -1300,7 +1300,7 @@ async fn an_autoscaler_follows_cpu_use_up_and_down() {
             .unwrap_or(0)
     };
     // A busy loop uses a whole core: ~1000 % of its 100m request.
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "scaled up to the maximum",
         Duration::from_secs(60),
         async || replicas().await == 3,
@@ -1308,7 +1308,7 @@ async fn an_autoscaler_follows_cpu_use_up_and_down() {
     .await;
     // The status says why (a sync right after a scale may find no
     // metrics for the new pods yet: wait for one that measured).
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "the status shows the use measured",
         Duration::from_secs(30),
         async || {
@@ -1340,7 +1340,7 @@ async fn an_autoscaler_follows_cpu_use_up_and_down() {
             Err(s) => panic!("{s}"),
         }
     }
-    skiff_e2e::wait_until(
+    skiff_testkit::wait_until(
         "scaled down to the minimum",
         Duration::from_secs(90),
         async || replicas().await == 1,

@@ -12,7 +12,7 @@ const WRITERS: usize = 8;
 
 /// Runs a create load against `url` until the server dies; returns the
 /// names whose creates were acknowledged.
-async fn load_until_killed(url: String, server: &mut skiff_e2e::ServerProcess) -> Vec<String> {
+async fn load_until_killed(url: String, server: &mut skiff_testkit::ServerProcess) -> Vec<String> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
@@ -58,9 +58,9 @@ async fn load_until_killed(url: String, server: &mut skiff_e2e::ServerProcess) -
 }
 
 async fn check(store_args: Vec<String>) {
-    let mut server = skiff_e2e::ServerProcess::start(&store_args).unwrap();
+    let mut server = skiff_testkit::ServerProcess::start(&store_args).unwrap();
     let acked = load_until_killed(server.url(), &mut server).await;
-    let restarted = skiff_e2e::ServerProcess::start(&store_args).unwrap();
+    let restarted = skiff_testkit::ServerProcess::start(&store_args).unwrap();
     let mut client = ConfigMapsClient::connect(restarted.url()).await.unwrap();
     let list = client
         .list(ListRequest::default())
@@ -95,7 +95,7 @@ async fn acknowledged_writes_survive_kill_9_on_the_embedded_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_on_etcd() {
-    let etcd = skiff_e2e::Etcd::start().unwrap();
+    let etcd = skiff_testkit::Etcd::start().unwrap();
     check(vec!["--etcd".into(), etcd.endpoint.clone()]).await;
 }
 
@@ -103,7 +103,7 @@ async fn acknowledged_writes_survive_kill_9_on_etcd() {
 async fn sigterm_stops_the_server_cleanly_and_a_restart_resumes_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let args = vec!["--data-dir".to_string(), dir.path().display().to_string()];
-    let mut server = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let mut server = skiff_testkit::ServerProcess::start(&args).unwrap();
     let mut client = ConfigMapsClient::connect(server.url()).await.unwrap();
     client
         .create(ConfigMap {
@@ -128,7 +128,7 @@ async fn sigterm_stops_the_server_cleanly_and_a_restart_resumes_its_state() {
     .unwrap();
     let exit = status.0.expect("exits after SIGTERM");
     assert!(exit.success(), "exit status {exit:?}");
-    let restarted = skiff_e2e::ServerProcess::start(&args).unwrap();
+    let restarted = skiff_testkit::ServerProcess::start(&args).unwrap();
     let mut client = ConfigMapsClient::connect(restarted.url()).await.unwrap();
     let kept = client
         .get(skiff::pb::api::v1::GetRequest {

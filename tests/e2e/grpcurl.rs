@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use skiff_apiserver::StoreConfig;
 
 fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let bin = skiff_e2e::grpcurl_binary().unwrap();
+    let bin = skiff_testkit::grpcurl_binary().unwrap();
     let out = Command::new(bin)
         .arg("-plaintext")
         .args(args.iter().take(args.len().saturating_sub(1)))
@@ -43,7 +43,7 @@ const POD_MANIFEST: &str = r#"{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_creates_watches_and_checks_health() {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let addr = server.addr.to_string();
@@ -68,7 +68,7 @@ fn scenario(addr: &str) {
     }
 
     // A watch running in the background while we change things.
-    let mut watcher = Command::new(skiff_e2e::grpcurl_binary().unwrap())
+    let mut watcher = Command::new(skiff_testkit::grpcurl_binary().unwrap())
         .args([
             "-plaintext",
             "-d",
@@ -89,7 +89,7 @@ fn scenario(addr: &str) {
             sink.lock().unwrap().push('\n');
         }
     });
-    let mut watcher = skiff_e2e::ChildGuard::new(watcher);
+    let mut watcher = skiff_testkit::ChildGuard::new(watcher);
 
     let (ok, out, err) = grpcurl(addr, &["-d", POD_MANIFEST, "skiff.core.v1.Pods/Create"]);
     assert!(ok, "create failed: {err}");

@@ -49,17 +49,17 @@ fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_counts_calls_by_kind_method_and_code() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = skiff_e2e::free_port().unwrap();
+    let metrics_port = skiff_testkit::free_port().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
-    let server = skiff_e2e::ServerProcess::start(&[
+    let server = skiff_testkit::ServerProcess::start(&[
         "--data-dir".to_string(),
         dir.path().display().to_string(),
         format!("--metrics-addr={metrics}"),
     ])
     .unwrap();
-    let pods = Api::<Pod>::new(skiff_e2e::channel(server.addr).await.unwrap());
+    let pods = Api::<Pod>::new(skiff_testkit::channel(server.addr).await.unwrap());
     // The metrics page may open a moment after the gRPC port.
-    skiff_e2e::wait_for_port(metrics, Duration::from_secs(20)).unwrap();
+    skiff_testkit::wait_for_port(metrics, Duration::from_secs(20)).unwrap();
     let before = scrape(metrics);
     let created = |s: &prometheus_parse::Scrape| {
         value(
@@ -138,7 +138,7 @@ async fn wait_for_metric(
     ok: impl Fn(&prometheus_parse::Scrape) -> bool,
 ) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    skiff_e2e::wait_for_port(addr, Duration::from_secs(60)).unwrap();
+    skiff_testkit::wait_for_port(addr, Duration::from_secs(60)).unwrap();
     loop {
         let scraped = tokio::task::spawn_blocking(move || scrape(addr))
             .await
@@ -161,24 +161,24 @@ async fn wait_for_metric(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_component_serves_metrics_that_move_with_the_work() {
-    let image = skiff_e2e::test_image().await.unwrap();
+    let image = skiff_testkit::test_image().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let addr = || -> SocketAddr {
-        format!("127.0.0.1:{}", skiff_e2e::free_port().unwrap())
+        format!("127.0.0.1:{}", skiff_testkit::free_port().unwrap())
             .parse()
             .unwrap()
     };
     let (api_metrics, scheduler_metrics, manager_metrics, agent_metrics) =
         (addr(), addr(), addr(), addr());
-    let server = skiff_e2e::ServerProcess::start(&[
+    let server = skiff_testkit::ServerProcess::start(&[
         "--data-dir".to_string(),
         dir.path().display().to_string(),
         format!("--metrics-addr={api_metrics}"),
     ])
     .unwrap();
     let url = server.url();
-    let _scheduler = skiff_e2e::ChildGuard::new(
-        std::process::Command::new(skiff_e2e::skiff_binary().unwrap())
+    let _scheduler = skiff_testkit::ChildGuard::new(
+        std::process::Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(["scheduler", "--server", &url, "--lease-duration-secs=2"])
             .arg(format!("--metrics-addr={scheduler_metrics}"))
             .env("RUST_LOG", "warn")
@@ -186,13 +186,13 @@ async fn every_component_serves_metrics_that_move_with_the_work() {
             .spawn()
             .unwrap(),
     );
-    let _manager = skiff_e2e::controller_manager_with(
+    let _manager = skiff_testkit::controller_manager_with(
         &url,
         &[],
         &[&format!("--metrics-addr={manager_metrics}")],
     )
     .unwrap();
-    let _node = skiff_e2e::AgentNode::start_with(
+    let _node = skiff_testkit::AgentNode::start_with(
         &url,
         "metrics",
         "docker",
@@ -214,7 +214,7 @@ async fn every_component_serves_metrics_that_move_with_the_work() {
         }
     }))
     .unwrap();
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     Api::<skiff::pb::apps::v1::ReplicaSet>::new(channel.clone())
         .create(rs)
         .await

@@ -18,7 +18,7 @@ use skiff::pb::apps::v1::Deployment;
 use skiff::pb::core::v1::{Endpoints, Pod, Service};
 use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
-use skiff_e2e::{AgentNode, wait_until};
+use skiff_testkit::{AgentNode, wait_until};
 
 /// One test's cluster: API server in process, scheduler, controller
 /// manager and agent as processes.
@@ -27,7 +27,7 @@ struct Cluster {
     channel: tonic::transport::Channel,
     node: AgentNode,
     image: &'static str,
-    _processes: Vec<skiff_e2e::ChildGuard>,
+    _processes: Vec<skiff_testkit::ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
@@ -39,7 +39,7 @@ struct Ranges {
 }
 
 async fn cluster(prefix: &str, runtime: &'static str, proxy: &str, ranges: &Ranges) -> Cluster {
-    let image = skiff_e2e::test_image()
+    let image = skiff_testkit::test_image()
         .await
         .expect("building the test image");
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +52,7 @@ async fn cluster(prefix: &str, runtime: &'static str, proxy: &str, ranges: &Rang
     config.node_ports = ranges.node_ports.clone();
     let server = skiff_apiserver::ApiServer::start(config).await.unwrap();
     let url = format!("http://{}", server.addr);
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     let node = AgentNode::start_with(
         &url,
         prefix,
@@ -65,11 +65,15 @@ async fn cluster(prefix: &str, runtime: &'static str, proxy: &str, ranges: &Rang
     )
     .unwrap();
     let processes = vec![
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager_with(&url, &[], &[&format!("--lb-pool={}", ranges.lb_pool)])
-            .unwrap(),
+        skiff_testkit::controller_manager_with(
+            &url,
+            &[],
+            &[&format!("--lb-pool={}", ranges.lb_pool)],
+        )
+        .unwrap(),
     ];
     Cluster {
         _server: server,
@@ -216,7 +220,7 @@ impl Cluster {
     }
 
     async fn pod_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = skiff_e2e::live_pods(&self.channel, "default", "app=who")
+        let mut names: Vec<String> = skiff_testkit::live_pods(&self.channel, "default", "app=who")
             .await
             .iter()
             .map(|p| p.metadata.as_ref().unwrap().name.clone())
@@ -323,7 +327,7 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
     }))
     .unwrap();
     c.api::<Service>().create(headless).await.unwrap();
-    let pod_ips: Vec<String> = skiff_e2e::live_pods(&c.channel, "default", "app=who")
+    let pod_ips: Vec<String> = skiff_testkit::live_pods(&c.channel, "default", "app=who")
         .await
         .iter()
         .map(|p| p.status.as_ref().unwrap().pod_ip.clone())
@@ -385,7 +389,7 @@ async fn a_service_name_balances_over_ready_pods_and_follows_readiness_and_scale
     assert_eq!(seen.len(), 2, "{seen:?}");
 
     // Scaled to one: only that one answers.
-    skiff_e2e::modify(&c.api::<Deployment>(), "default", "who", |d| {
+    skiff_testkit::modify(&c.api::<Deployment>(), "default", "who", |d| {
         d.spec.as_mut().unwrap().replicas = Some(1);
     })
     .await;
@@ -576,7 +580,7 @@ async fn the_userspace_proxy_relays_node_ports_and_load_balancer_addresses_to_re
     for (name, dir) in ["a", "b"].iter().zip(&dirs) {
         std::fs::write(dir.path().join("index.html"), name).unwrap();
         std::fs::write(dir.path().join("ready"), "1").unwrap();
-        let port = skiff_e2e::free_port().unwrap();
+        let port = skiff_testkit::free_port().unwrap();
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default", "labels": {"app": "who"}},
             "spec": {"terminationGracePeriodSeconds": 2, "containers": [{

@@ -23,7 +23,7 @@ struct Env {
 
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
@@ -145,7 +145,7 @@ async fn pods_land_only_on_nodes_where_they_fit() {
     let env = env().await;
     add_node(&env, "big", "4", &[]).await;
     add_node(&env, "small", "1", &[]).await;
-    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
     env.pods.create(pod("p3", "3")).await.unwrap();
     assert_eq!(wait_bound(&env, "p3", Duration::from_secs(20)).await, "big");
     env.pods.create(pod("p1", "1")).await.unwrap();
@@ -190,7 +190,7 @@ async fn pods_land_only_on_nodes_where_they_fit() {
 async fn a_node_selector_waits_for_a_matching_node() {
     let env = env().await;
     add_node(&env, "hdd-1", "4", &[("disk", "hdd")]).await;
-    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
     let mut p = pod("db", "100m");
     p.spec
         .as_mut()
@@ -217,8 +217,8 @@ async fn a_node_selector_waits_for_a_matching_node() {
 async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
     let env = env().await;
     add_node(&env, "n1", "8", &[]).await;
-    let mut a = skiff_e2e::SchedulerProcess::start(&env.url, "sched-a", 2).unwrap();
-    let mut b = skiff_e2e::SchedulerProcess::start(&env.url, "sched-b", 2).unwrap();
+    let mut a = skiff_testkit::SchedulerProcess::start(&env.url, "sched-a", 2).unwrap();
+    let mut b = skiff_testkit::SchedulerProcess::start(&env.url, "sched-b", 2).unwrap();
     env.pods.create(pod("first", "100m")).await.unwrap();
     wait_bound(&env, "first", Duration::from_secs(20)).await;
     let leases = Api::<Lease>::new(skiff_client::connect_lazy(&env.url).unwrap());
@@ -253,8 +253,8 @@ async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hollow_nodes_register_renew_and_run_their_pods() {
     let env = env().await;
-    let _hollow = skiff_e2e::hollow_nodes(&env.url, 20).unwrap();
-    let _scheduler = skiff_e2e::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    let _hollow = skiff_testkit::hollow_nodes(&env.url, 20).unwrap();
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
     for i in 0..50 {
         env.pods
             .create(pod(&format!("w{i}"), "100m"))

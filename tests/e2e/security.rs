@@ -14,7 +14,7 @@ use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenReq
 use skiff::pb::core::v1::{Node, Pod, PodSpec, Secret, ServiceAccount};
 use skiff::pb::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use skiff_client::Api;
-use skiff_e2e::{AgentNode, ServerProcess, wait_until};
+use skiff_testkit::{AgentNode, ServerProcess, wait_until};
 use tonic::Code;
 
 /// A TLS `skiff server` and what tests need to act as anyone.
@@ -70,7 +70,7 @@ impl Secure {
 
     /// `skiff ARGS` as the admin: (success, stdout, stderr).
     pub(crate) fn skiff(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+        let out = Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(args)
             .env("SKIFF_CONFIG", self.server.config("admin"))
             .env_remove("SKIFF_SERVER")
@@ -85,9 +85,9 @@ impl Secure {
     }
 
     /// `skiff controller-manager` with its own identity.
-    fn controllers(&self) -> skiff_e2e::ChildGuard {
+    fn controllers(&self) -> skiff_testkit::ChildGuard {
         let config = self.server.config("controller-manager");
-        skiff_e2e::controller_manager_with(
+        skiff_testkit::controller_manager_with(
             &self.server.url(),
             &[],
             &["--config", config.to_str().unwrap(), "--leader-elect=false"],
@@ -99,7 +99,7 @@ impl Secure {
     fn token(&self, ttl: &str) -> (String, String) {
         let (ok, out, err) = self.skiff(&["token", "create", "--ttl", ttl]);
         assert!(ok, "token create: {err}");
-        skiff_e2e::printed_token(&out, &err)
+        skiff_testkit::printed_token(&out, &err)
     }
 }
 
@@ -112,7 +112,7 @@ fn grpcurl(
     identity: Option<(&Path, &Path)>,
     call: &[&str],
 ) -> (bool, String) {
-    let mut command = Command::new(skiff_e2e::grpcurl_binary().unwrap());
+    let mut command = Command::new(skiff_testkit::grpcurl_binary().unwrap());
     command.arg("-cacert").arg(ca);
     if let Some((cert, key)) = identity {
         command.arg("-cert").arg(cert).arg("-key").arg(key);
@@ -248,7 +248,7 @@ async fn only_certificates_of_the_cluster_ca_get_in() {
 /// `skiff agent` with the given join flags, expected to fail: its stderr.
 fn failed_join(c: &Secure, name: &str, token: &str, hash: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let out = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(["agent", "--server", &c.server.url(), "--node-name", name])
         .arg("--data-dir")
         .arg(dir.path())
@@ -974,14 +974,14 @@ async fn log_shows(c: &Secure, name: &str, wanted: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_calls_the_api_with_its_service_account_token() {
-    let image = skiff_e2e::test_image().await.unwrap();
+    let image = skiff_testkit::test_image().await.unwrap();
     let c = Secure::start(&[]);
     let _controllers = c.controllers();
     let (token, hash) = c.token("1h");
     let join = ["--token", token.as_str(), "--ca-hash", hash.as_str()];
     let host = AgentNode::start_with(&c.server.url(), "sa-host", "process", &join).unwrap();
     let docker = AgentNode::start_with(&c.server.url(), "sa-docker", "docker", &join).unwrap();
-    let grpcurl = skiff_e2e::grpcurl_binary().unwrap();
+    let grpcurl = skiff_testkit::grpcurl_binary().unwrap();
     // A host process (the process runtime gives volume paths as
     // SKIFF_VOLUME_<PATH>) that lists its namespace's pods with grpcurl
     // and its token until it may.

@@ -43,7 +43,7 @@ async fn start_server(
         started = skiff_apiserver::ApiServer::start(config.clone()).await;
     }
     let server = started.expect("the API server starts");
-    let api = Api::new(skiff_e2e::channel(server.addr).await.unwrap());
+    let api = Api::new(skiff_testkit::channel(server.addr).await.unwrap());
     (server, api)
 }
 

@@ -11,7 +11,7 @@ use skiff_store::{Error, EventKind, ListOptions, Store, WatchStream};
 /// A store under test and whatever keeps it alive.
 struct Backend {
     store: Arc<dyn Store>,
-    _etcd: Option<skiff_e2e::Etcd>,
+    _etcd: Option<skiff_testkit::Etcd>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -26,7 +26,7 @@ async fn embedded() -> Backend {
 }
 
 async fn etcd() -> Backend {
-    let etcd = skiff_e2e::Etcd::start().unwrap();
+    let etcd = skiff_testkit::Etcd::start().unwrap();
     let store = skiff_store::EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
         .await
         .unwrap();

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use skiff::pb::core::v1::Pod;
 use skiff_client::Api;
-use skiff_e2e::{AgentNode, ChildGuard, wait_until};
+use skiff_testkit::{AgentNode, ChildGuard, wait_until};
 
 /// One received span.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ fn component(args: &[&str], endpoint: &str) -> ChildGuard {
 
 /// As [`component`], logging at debug into `log` when given.
 fn logged_component(args: &[&str], endpoint: &str, log: Option<&std::path::Path>) -> ChildGuard {
-    let mut command = Command::new(skiff_e2e::skiff_binary().unwrap());
+    let mut command = Command::new(skiff_testkit::skiff_binary().unwrap());
     command
         .args(args)
         .arg(format!("--otlp-endpoint={endpoint}"))
@@ -125,7 +125,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
     let (receiver, endpoint, collector) = collector().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = skiff_e2e::free_port().unwrap();
+    let port = skiff_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let url = format!("http://{addr}");
     let data_dir = dir.path().join("server").display().to_string();
@@ -140,7 +140,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
         ],
         &endpoint,
     );
-    skiff_e2e::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();
+    skiff_testkit::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();
     let _scheduler = component(
         &["scheduler", "--server", &url, "--leader-elect=false"],
         &endpoint,
@@ -164,7 +164,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
          apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: traced-app\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: traced\n  template:\n    metadata:\n      labels:\n        app: traced\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: host\n        command: [\"sleep\", \"300\"]\n",
     )
     .unwrap();
-    let applied = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let applied = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(["apply", "-f", manifest.to_str().unwrap(), &otlp])
         .env("SKIFF_CONFIG", dir.path().join("config"))
         .env("SKIFF_SERVER", &url)
@@ -176,7 +176,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
         String::from_utf8_lossy(&applied.stderr)
     );
 
-    let channel = skiff_e2e::channel(addr.parse().unwrap()).await.unwrap();
+    let channel = skiff_testkit::channel(addr.parse().unwrap()).await.unwrap();
     let pods = Api::<Pod>::new(channel.clone());
     wait_until("the pod runs", Duration::from_secs(60), async || {
         pods.get("default", "traced")
@@ -209,7 +209,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
         "the deployment's pod",
         Duration::from_secs(60),
         async || {
-            deployed = skiff_e2e::list::<Pod>(&channel, "default", "app=traced").await;
+            deployed = skiff_testkit::list::<Pod>(&channel, "default", "app=traced").await;
             !deployed.is_empty()
         },
     )
@@ -277,7 +277,7 @@ async fn one_apply_is_one_trace_through_api_server_controllers_scheduler_and_age
 /// `skiff ARGS` with the client config `config`, logging at debug:
 /// whether it succeeded, its stdout and stderr.
 fn try_skiff(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(skiff_e2e::skiff_binary().unwrap())
+    let out = Command::new(skiff_testkit::skiff_binary().unwrap())
         .args(args)
         .env("SKIFF_CONFIG", config)
         .env_remove("SKIFF_SERVER")
@@ -309,7 +309,7 @@ async fn secret_data_never_appears_in_logs_traces_or_events() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let port = skiff_e2e::free_port().unwrap();
+    let port = skiff_testkit::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let url = format!("https://{addr}");
     let data = dir.path().join("server");
@@ -319,7 +319,7 @@ async fn secret_data_never_appears_in_logs_traces_or_events() {
         &endpoint,
         Some(&logs.join("server.log")),
     );
-    skiff_e2e::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();
+    skiff_testkit::wait_for_port(addr.parse().unwrap(), Duration::from_secs(20)).unwrap();
     let admin = data.join("admin.config");
     wait_until("the admin config", Duration::from_secs(20), async || {
         std::fs::read_to_string(&admin).is_ok_and(|t| t.contains(&addr))
@@ -348,7 +348,7 @@ async fn secret_data_never_appears_in_logs_traces_or_events() {
         Some(&logs.join("controllers.log")),
     );
     let (out, err) = skiff_with(&admin, &["token", "create"]);
-    let (token, hash) = skiff_e2e::printed_token(&out, &err);
+    let (token, hash) = skiff_testkit::printed_token(&out, &err);
     let agent_dir = tempfile::tempdir().unwrap();
     let node = format!("secretive-{}", std::process::id());
     let agent_data = agent_dir.path().display().to_string();

@@ -9,33 +9,33 @@ use skiff::pb::api::v1::{DeleteRequest, ListRequest};
 use skiff::pb::core::v1::{Namespace, Pod, ReplicationController};
 use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
-use skiff_e2e::{AgentNode, wait_until};
+use skiff_testkit::{AgentNode, wait_until};
 
 struct Env {
     _server: skiff_apiserver::ApiServer,
     channel: tonic::transport::Channel,
     node: AgentNode,
     image: &'static str,
-    _processes: Vec<skiff_e2e::ChildGuard>,
+    _processes: Vec<skiff_testkit::ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
 async fn env(prefix: &str) -> Env {
-    let image = skiff_e2e::test_image()
+    let image = skiff_testkit::test_image()
         .await
         .expect("building the test image");
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     let node = AgentNode::start(&url, prefix).unwrap();
     let processes = vec![
-        skiff_e2e::SchedulerProcess::start(&url, "s1", 2)
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
             .unwrap()
             .process,
-        skiff_e2e::controller_manager(&url, &[]).unwrap(),
+        skiff_testkit::controller_manager(&url, &[]).unwrap(),
     ];
     Env {
         _server: server,
@@ -68,7 +68,7 @@ impl Env {
 
     /// Pods of `app` in `namespace` that run (not terminating), on Docker.
     async fn running(&self, namespace: &str, app: &str) -> Vec<Pod> {
-        skiff_e2e::live_pods(&self.channel, namespace, &format!("app={app}")).await
+        skiff_testkit::live_pods(&self.channel, namespace, &format!("app={app}")).await
     }
 
     async fn wait_running(&self, namespace: &str, app: &str, n: usize) -> Vec<Pod> {
@@ -132,7 +132,7 @@ async fn a_replication_controller_keeps_its_pods_running_on_docker_and_scales() 
     .await;
 
     for replicas in [5, 1] {
-        skiff_e2e::modify(&rcs, "default", "web", |rc| {
+        skiff_testkit::modify(&rcs, "default", "web", |rc| {
             rc.spec.as_mut().unwrap().replicas = Some(replicas);
         })
         .await;
@@ -302,7 +302,7 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
     );
 
     // Roll to a new template, sampling all along.
-    skiff_e2e::modify(&deployments, "default", "web", |d| {
+    skiff_testkit::modify(&deployments, "default", "web", |d| {
         d.spec.as_mut().unwrap().template = manifest("two").spec.unwrap().template;
     })
     .await;
@@ -316,7 +316,7 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         seen.fewest_ready >= 2,
         "never fewer than replicas - maxUnavailable ready: {seen:?}"
     );
-    let all_sets = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "").await;
+    let all_sets = skiff_testkit::list::<ReplicaSet>(&env.channel, "default", "").await;
     assert_eq!(all_sets.len(), 2, "one set per template");
     let events = Api::<skiff::pb::core::v1::Event>::new(env.channel.clone())
         .list(ListRequest {
@@ -335,7 +335,7 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
     );
 
     // Roll back to revision 1: the first template, in its old set.
-    skiff_e2e::modify(&deployments, "default", "web", |d| {
+    skiff_testkit::modify(&deployments, "default", "web", |d| {
         d.metadata
             .as_mut()
             .unwrap()
@@ -353,7 +353,7 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         Some("3")
     );
     assert!(!annotations.contains_key("skiff.dev/rollback-to-revision"));
-    let count = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "")
+    let count = skiff_testkit::list::<ReplicaSet>(&env.channel, "default", "")
         .await
         .len();
     assert_eq!(count, 2, "the first template's set is used again");
@@ -371,10 +371,10 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
         "its sets and pods are gone",
         Duration::from_secs(60),
         async || {
-            let sets_left = skiff_e2e::list::<ReplicaSet>(&env.channel, "default", "")
+            let sets_left = skiff_testkit::list::<ReplicaSet>(&env.channel, "default", "")
                 .await
                 .len();
-            let pods_left = skiff_e2e::list::<Pod>(&env.channel, "default", "")
+            let pods_left = skiff_testkit::list::<Pod>(&env.channel, "default", "")
                 .await
                 .len();
             sets_left == 0 && pods_left == 0
@@ -391,17 +391,17 @@ async fn a_deployment_rolls_within_its_bounds_rolls_back_and_is_deleted_with_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_of_a_stopped_agent_are_recreated_on_the_other_node() {
-    let image = skiff_e2e::test_image().await.unwrap();
+    let image = skiff_testkit::test_image().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = skiff_e2e::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
         .unwrap();
     let url = format!("http://{}", server.addr);
-    let channel = skiff_e2e::channel(server.addr).await.unwrap();
+    let channel = skiff_testkit::channel(server.addr).await.unwrap();
     let mut doomed = AgentNode::start(&url, "doomed").unwrap();
     let survivor = AgentNode::start(&url, "survivor").unwrap();
-    let _scheduler = skiff_e2e::SchedulerProcess::start(&url, "s1", 2).unwrap();
-    let _cm = skiff_e2e::controller_manager_with(
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&url, "s1", 2).unwrap();
+    let _cm = skiff_testkit::controller_manager_with(
         &url,
         &[],
         &[

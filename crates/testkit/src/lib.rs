@@ -1,4 +1,5 @@
-//! The end-to-end test harness: starts the real things tests need — etcd
+//! What Skiff's end-to-end tests (tests/) and benchmarks (skiff-bench)
+//! start: the real things they need — etcd
 //! on a free loopback port with a temp data dir, the API server in-process
 //! or as the real `skiff` binary — and cleans each up when dropped (by
 //! PID, never by name).

@@ -226,7 +226,7 @@ fn connections(concurrency: usize) -> usize {
 async fn channels(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(skiff_e2e::channel(addr).await?);
+        out.push(skiff_testkit::channel(addr).await?);
     }
     Ok(out)
 }
@@ -309,7 +309,7 @@ async fn raw_etcd(
 }
 
 async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> anyhow::Result<()> {
-    let etcd = skiff_e2e::Etcd::start()?;
+    let etcd = skiff_testkit::Etcd::start()?;
     let dir = tempfile::tempdir()?;
     println!(
         "{:<12} {:>15} {:>8} {:>10} {:>9} {:>9} {:>8}",
@@ -384,7 +384,7 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
 async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
-    let mut cm = ConfigMapsClient::new(skiff_e2e::channel(server.addr).await?);
+    let mut cm = ConfigMapsClient::new(skiff_testkit::channel(server.addr).await?);
     let created = cm
         .create(ConfigMap {
             metadata: Some(ObjectMeta {
@@ -559,8 +559,10 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
     // Each part as its own process, as deployed, so that each one's
     // memory can be read.
     let dir = tempfile::tempdir()?;
-    let server =
-        skiff_e2e::ServerProcess::start(&["--data-dir".into(), dir.path().display().to_string()])?;
+    let server = skiff_testkit::ServerProcess::start(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ])?;
     let url = server.url();
     let channel = skiff_client::connect_lazy(&url)?;
     let pod_api = skiff_client::Api::<Pod>::new(channel.clone());
@@ -573,7 +575,7 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
 
     eprintln!("registering {nodes} hollow nodes...");
     let started = Instant::now();
-    let hollow = skiff_e2e::hollow_nodes(&url, nodes)?;
+    let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
     let node_api = skiff_client::Api::<Node>::new(channel.clone());
     loop {
         let list = node_api.list(Default::default()).await?;
@@ -593,7 +595,7 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
         create_pods(&pod_api, "bench-raw", "bench-none", pods, concurrency).await?;
     let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
 
-    let scheduler = skiff_e2e::SchedulerProcess::start_with(&url, "bench", 15, false)?;
+    let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
     // Bound pods of the measured namespace, as they are seen.
     let mut bound_watch = pod_api
         .watch(WatchRequest {
@@ -640,7 +642,8 @@ async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow
     latencies.sort();
     let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
     collector.abort();
-    let mib = |pid: u32| skiff_e2e::rss_bytes(pid).map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
+    let mib =
+        |pid: u32| skiff_testkit::rss_bytes(pid).map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
     let (server_rss, scheduler_rss, hollow_rss) = (
         mib(server.process.pid()),
         mib(scheduler.process.pid()),
@@ -706,11 +709,13 @@ async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
     use skiff::pb::core::v1::{Node, PodTemplateSpec};
     use skiff::pb::meta::v1::LabelSelector;
     let dir = tempfile::tempdir()?;
-    let server =
-        skiff_e2e::ServerProcess::start(&["--data-dir".into(), dir.path().display().to_string()])?;
+    let server = skiff_testkit::ServerProcess::start(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ])?;
     let url = server.url();
     let channel = skiff_client::connect_lazy(&url)?;
-    let hollow = skiff_e2e::hollow_nodes(&url, nodes)?;
+    let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
     let node_api = skiff_client::Api::<Node>::new(channel.clone());
     let started = Instant::now();
     while node_api.list(Default::default()).await?.items.len() < nodes {
@@ -720,8 +725,8 @@ async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let scheduler = skiff_e2e::SchedulerProcess::start_with(&url, "bench", 15, false)?;
-    let controllers = skiff_e2e::controller_manager(&url, &[])?;
+    let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
+    let controllers = skiff_testkit::controller_manager(&url, &[])?;
     let labels: std::collections::BTreeMap<String, String> =
         [("app".to_string(), "scale".to_string())]
             .into_iter()
@@ -940,12 +945,12 @@ async fn raw_docker_starts(
 
 async fn bench_podstart(n: usize) -> anyhow::Result<()> {
     use skiff::pb::api::v1::DeleteRequest;
-    let image = skiff_e2e::test_image().await?;
+    let image = skiff_testkit::test_image().await?;
     let dir = tempfile::tempdir()?;
     let server = start_server(StoreConfig::Embedded(dir.path().join("podstart.redb"))).await?;
     let url = format!("http://{}", server.addr);
-    let node = skiff_e2e::AgentNode::start(&url, "bench-podstart")?;
-    let channel = skiff_e2e::channel(server.addr).await?;
+    let node = skiff_testkit::AgentNode::start(&url, "bench-podstart")?;
+    let channel = skiff_testkit::channel(server.addr).await?;
     let pods = skiff_client::Api::<Pod>::new(channel.clone());
     let nodes = skiff_client::Api::<skiff::pb::core::v1::Node>::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1110,7 +1115,7 @@ async fn http_get(addr: std::net::SocketAddr) -> anyhow::Result<()> {
 const PROXY_BENCH_CIDR: &str = "10.209.0.0/24";
 
 async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Result<()> {
-    let image = skiff_e2e::test_image().await?;
+    let image = skiff_testkit::test_image().await?;
     let dir = tempfile::tempdir()?;
     let mut config = skiff_apiserver::Config::new(
         "127.0.0.1:0".parse()?,
@@ -1120,7 +1125,7 @@ async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Result<()> {
     config.node_ports = 31290..=31299;
     let server = skiff_apiserver::ApiServer::start(config).await?;
     let url = format!("http://{}", server.addr);
-    let node = skiff_e2e::AgentNode::start_with(
+    let node = skiff_testkit::AgentNode::start_with(
         &url,
         "bench-proxy",
         "docker",
@@ -1129,8 +1134,8 @@ async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Result<()> {
             &format!("--service-cidr={PROXY_BENCH_CIDR}"),
         ],
     )?;
-    let _controllers = skiff_e2e::controller_manager(&url, &[])?;
-    let channel = skiff_e2e::channel(server.addr).await?;
+    let _controllers = skiff_testkit::controller_manager(&url, &[])?;
+    let channel = skiff_testkit::channel(server.addr).await?;
     let pods = skiff_client::Api::<Pod>::new(channel.clone());
     let services = skiff_client::Api::<skiff::pb::core::v1::Service>::new(channel.clone());
     let pod: Pod = serde_json::from_value(json!({
