@@ -12,6 +12,7 @@
 //! - [`keys`]: where objects live in the store.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
+//! - [`schedule`]: CronJob schedules.
 //! - [`validation`]: names, labels and the field errors they produce.
 //! - [`time`]: timestamps; [`pods`]: shared facts about pods and
 //!   Services; [`nodes`]: which nodes a pod may run on (selectors,
@@ -25,6 +26,7 @@ pub mod pods;
 pub mod podsecurity;
 pub mod quantity;
 mod resource;
+pub mod schedule;
 pub mod selector;
 pub mod time;
 pub mod validation;

@@ -37,6 +37,25 @@ async fn api() -> (
     (server, channel, dir)
 }
 
+/// Polls `pod` until `container` waits on its subPath; that pod (the
+/// waiting reason alternates with the crash backoff's: a later read may
+/// show `CrashLoopBackOff`).
+async fn refused_sub_path(env: &crate::agent::Env, pod: &str, container: &str) -> Pod {
+    let mut seen = None;
+    skiff_testkit::wait_until(
+        "the container waits on its subPath",
+        Duration::from_secs(90),
+        async || {
+            let p = env.get(pod).await;
+            let refused = waits_on_sub_path(&p, container);
+            seen = Some(p);
+            refused
+        },
+    )
+    .await;
+    seen.expect("polled at least once")
+}
+
 fn waits_on_sub_path(p: &Pod, container: &str) -> bool {
     waiting_of(p, container)
         .is_some_and(|w| w.reason == "CreateContainerConfigError" && w.message.contains("subPath"))
@@ -66,14 +85,11 @@ async fn a_symlink_planted_in_an_empty_dir_does_not_give_a_sub_path_the_host() {
         }
     }))
     .await;
-    let pod = env
-        .wait_for(
-            "escape",
-            "app refused, inside running",
-            Duration::from_secs(60),
-            |p| waits_on_sub_path(p, "app") && crate::agent::running(p, "inside"),
-        )
-        .await;
+    env.wait_for("escape", "inside running", Duration::from_secs(60), |p| {
+        crate::agent::running(p, "inside")
+    })
+    .await;
+    let pod = refused_sub_path(&env, "escape", "app").await;
     let waiting = waiting_of(&pod, "app").unwrap();
     assert!(
         waiting
@@ -83,7 +99,8 @@ async fn a_symlink_planted_in_an_empty_dir_does_not_give_a_sub_path_the_host() {
     );
     // It stays refused: the agent does not give in on a retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(waits_on_sub_path(&env.get("escape").await, "app"));
+    refused_sub_path(&env, "escape", "app").await;
+    assert!(!crate::agent::running(&env.get("escape").await, "app"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +126,7 @@ async fn a_sub_path_swapped_for_a_symlink_while_running_is_refused_at_the_restar
         }
     }))
     .await;
-    let pod = env
-        .wait_for(
-            "swap",
-            "the victim's restart refused",
-            Duration::from_secs(90),
-            |p| waits_on_sub_path(p, "victim"),
-        )
-        .await;
+    let pod = refused_sub_path(&env, "swap", "victim").await;
     let waiting = waiting_of(&pod, "victim").unwrap();
     assert!(
         waiting.message.contains("leads outside the volume"),

@@ -709,6 +709,18 @@ spec:
       terminationGracePeriodSeconds: 1
       containers: [{{name: main, image: {image}, command: ["true"]}}]
 ---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: nightly, namespace: shop}}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{{name: main, image: {image}, command: ["true"]}}]
+---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata: {{name: dep, namespace: shop}}
@@ -815,6 +827,7 @@ roleRef:
         ("event".into(), first("events"), "shop".into()),
         ("daemonset".into(), "logs".into(), "shop".into()),
         ("job".into(), "once".into(), "shop".into()),
+        ("cronjob".into(), "nightly".into(), "shop".into()),
         ("hpa".into(), "dep".into(), "shop".into()),
         ("role".into(), "pod-reader".into(), "shop".into()),
         ("rolebinding".into(), "read-pods".into(), "shop".into()),

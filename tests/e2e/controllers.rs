@@ -1348,3 +1348,187 @@ async fn an_autoscaler_follows_cpu_use_up_and_down() {
     .await;
     server.stop().await.unwrap();
 }
+
+fn cronjob(name: &str, schedule: &str, spec: serde_json::Value) -> skiff::pb::batch::v1::CronJob {
+    let mut value = serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "schedule": schedule,
+            "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": "host", "command": ["sh", "-c", "true"]}]
+            }}}}
+        }
+    });
+    if let (Some(base), Some(more)) = (value["spec"].as_object_mut(), spec.as_object()) {
+        base.extend(more.clone());
+    }
+    serde_json::from_value(value).unwrap()
+}
+
+/// The Jobs a CronJob owns.
+async fn jobs_of(
+    jobs: &Api<skiff::pb::batch::v1::Job>,
+    cron: &str,
+) -> Vec<skiff::pb::batch::v1::Job> {
+    jobs.list(ListRequest {
+        namespace: "default".into(),
+        ..Default::default()
+    })
+    .await
+    .map(|l| l.items)
+    .unwrap_or_default()
+    .into_iter()
+    .filter(|j| {
+        j.metadata.as_ref().is_some_and(|m| {
+            m.owner_references
+                .iter()
+                .any(|o| o.kind == "CronJob" && o.name == cron)
+        })
+    })
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjobs_run_jobs_on_their_schedule_unless_suspended_and_take_them_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.addr);
+    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "cron", "process").unwrap();
+    let _processes = [
+        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
+            .unwrap()
+            .process,
+        skiff_testkit::controller_manager(&url, &[]).unwrap(),
+    ];
+    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let crons = Api::<skiff::pb::batch::v1::CronJob>::new(channel.clone());
+    let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
+    let err = crons
+        .create(cronjob("bad", "61 * * * *", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("spec.schedule"), "{err}");
+    // A template that could never make a Job is refused at once.
+    let mut empty = cronjob("empty", "* * * * *", serde_json::json!({}));
+    if let Some(pod) = empty
+        .spec
+        .as_mut()
+        .and_then(|s| s.job_template.as_mut())
+        .and_then(|t| t.spec.as_mut())
+        .and_then(|s| s.template.as_mut())
+        .and_then(|t| t.spec.as_mut())
+    {
+        pod.containers.clear();
+    }
+    let err = crons.create(empty).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .contains("spec.jobTemplate.spec.template.spec.containers"),
+        "{err}"
+    );
+    let created = crons
+        .create(cronjob(
+            "every",
+            "* * * * *",
+            serde_json::json!({"concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1}),
+        ))
+        .await
+        .unwrap();
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.failed_jobs_history_limit, Some(1), "defaulted");
+    crons
+        .create(cronjob(
+            "paused",
+            "* * * * *",
+            serde_json::json!({"suspend": true}),
+        ))
+        .await
+        .unwrap();
+
+    // The next minute's run: a Job named after its scheduled minute, run
+    // to completion, recorded on the CronJob.
+    let mut made = Vec::new();
+    skiff_testkit::wait_until(
+        "a scheduled run completes",
+        Duration::from_secs(100),
+        async || {
+            made = jobs_of(&jobs, "every").await;
+            made.iter().any(|j| {
+                j.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "Complete" && c.status == "True")
+                })
+            })
+        },
+    )
+    .await;
+    let completed = |j: &&skiff::pb::batch::v1::Job| {
+        j.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Complete" && c.status == "True")
+        })
+    };
+    let job = made.iter().find(completed).expect("a completed run");
+    let meta = job.metadata.as_ref().unwrap();
+    let minute: i64 = meta.name.trim_start_matches("every-").parse().unwrap();
+    assert_eq!(
+        meta.annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"],
+        skiff::time::rfc3339(minute * 60)
+    );
+    // Recorded on the CronJob (a later minute's run may have started
+    // meanwhile on a slow machine).
+    skiff_testkit::wait_until(
+        "the CronJob records the run",
+        Duration::from_secs(30),
+        async || {
+            crons
+                .get("default", "every")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| {
+                    s.last_schedule_time
+                        .is_some_and(|t| t.seconds >= minute * 60)
+                        && s.last_successful_time.is_some()
+                })
+        },
+    )
+    .await;
+    // One Job per scheduled minute, never two.
+    let mut names: Vec<String> = jobs_of(&jobs, "every")
+        .await
+        .iter()
+        .map(|j| j.metadata.as_ref().unwrap().name.clone())
+        .collect();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count);
+    assert!(
+        jobs_of(&jobs, "paused").await.is_empty(),
+        "a suspended CronJob runs nothing"
+    );
+
+    // Deleting the CronJob takes its Jobs along (the garbage collector).
+    crons
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            namespace: "default".into(),
+            name: "every".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    skiff_testkit::wait_until(
+        "its Jobs are collected",
+        Duration::from_secs(30),
+        async || jobs_of(&jobs, "every").await.is_empty(),
+    )
+    .await;
+}

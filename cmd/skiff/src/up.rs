@@ -129,7 +129,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  scheduler:   running (binds pending pods to Ready nodes)");
     println!(
-        "  controllers: replicasets, replicationcontrollers, deployments, daemonsets, jobs, horizontal pod autoscalers, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts, root CA publisher",
+        "  controllers: replicasets, replicationcontrollers, deployments, daemonsets, jobs, cronjobs, horizontal pod autoscalers, endpoints, services (load balancer pool {}), namespaces, nodes, garbage collector, serviceaccounts, root CA publisher",
         if args.lb_pool.is_empty() {
             "none"
         } else {

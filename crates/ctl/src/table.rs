@@ -127,6 +127,15 @@ pub fn rows(
         "Event" => vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
         "RoleBinding" | "ClusterRoleBinding" => vec!["NAME", "ROLE", "AGE"],
         "Job" => vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
+        "CronJob" => vec![
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE",
+        ],
         "HorizontalPodAutoscaler" => vec![
             "NAME",
             "REFERENCE",
@@ -413,6 +422,33 @@ pub fn rows(
                     None => "<none>".into(),
                 };
                 vec![name, status.into(), completions, duration, created]
+            }
+            "CronJob" => {
+                let last = &item["status"]["lastScheduleTime"];
+                vec![
+                    name,
+                    str_at(item, "/spec/schedule").to_string(),
+                    item.pointer("/spec/timeZone")
+                        .and_then(Value::as_str)
+                        .unwrap_or("<none>")
+                        .to_string(),
+                    item.pointer("/spec/suspend")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                        .to_string()
+                        .replace("false", "False")
+                        .replace("true", "True"),
+                    item["status"]["active"]
+                        .as_array()
+                        .map_or(0, Vec::len)
+                        .to_string(),
+                    if last.is_string() {
+                        age(last, now)
+                    } else {
+                        "<none>".into()
+                    },
+                    created,
+                ]
             }
             "DaemonSet" => {
                 let selector: Vec<String> = item

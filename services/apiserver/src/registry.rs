@@ -44,6 +44,7 @@ pub const OWNER_KINDS: &[&str] = &[
     "Deployment",
     "DaemonSet",
     "Job",
+    "CronJob",
 ];
 /// The finalizer of a Foreground deletion.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";

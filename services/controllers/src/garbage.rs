@@ -1,8 +1,9 @@
 //! The garbage collector (background propagation): a dependent whose
 //! every owner is gone is deleted. One collector runs per dependent kind
 //! (pods, whose owners are ReplicaSets, ReplicationControllers,
-//! DaemonSets and Jobs;
-//! ReplicaSets, whose owners are Deployments).
+//! DaemonSets and Jobs; ReplicaSets, whose owners are Deployments; Jobs,
+//! whose owners are CronJobs). Foreground and Orphan deletions are carried
+//! out for every owner kind ([`Propagation`]).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
 //! owner is confirmed gone with a live read (a cache may not have seen a
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
 use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use skiff::pb::batch::v1::Job;
+use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::ReplicationController;
 use skiff::pb::meta::v1::OwnerReference;
 use skiff::{ObjectRef, Resource};
@@ -40,6 +41,8 @@ pub struct Owners {
     pub daemonsets: (Api<DaemonSet>, Store<DaemonSet>),
     /// Jobs (own pods).
     pub jobs: (Api<Job>, Store<Job>),
+    /// CronJobs (own Jobs).
+    pub cronjobs: (Api<CronJob>, Store<CronJob>),
 }
 
 /// Whether `owner` (in `namespace`) still exists with its uid: first the
@@ -97,6 +100,10 @@ impl<K: Resource> GarbageCollector<K> {
             }
             "Job" => {
                 let (api, store) = &self.owners.jobs;
+                exists(api, store, namespace, owner).await
+            }
+            "CronJob" => {
+                let (api, store) = &self.owners.cronjobs;
                 exists(api, store, namespace, owner).await
             }
             _ => Ok(true),
@@ -335,8 +342,8 @@ fn dependents_in<K: skiff::Resource>(store: &Store<K>, uid: &str) -> Vec<ObjectR
 // === wiring ===
 
 /// Starts the garbage collector: collectors of pods (owned by ReplicaSets,
-/// ReplicationControllers, DaemonSets and Jobs) and of ReplicaSets (owned
-/// by Deployments), each woken by its dependents' changes and its owners'
+/// ReplicationControllers, DaemonSets and Jobs), of ReplicaSets (owned by
+/// Deployments) and of Jobs (owned by CronJobs), each woken by its dependents' changes and its owners'
 /// deletions; and Foreground/Orphan propagation for every owner kind.
 pub fn start(
     shared: Arc<crate::Shared>,
@@ -354,6 +361,7 @@ pub fn start(
         replicasets: (api(s), s.replicasets.store.clone()),
         replicationcontrollers: (api(s), s.replicationcontrollers.store.clone()),
         deployments: (api(s), s.deployments.store.clone()),
+        cronjobs: (api(s), s.cronjobs.store.clone()),
     };
     let pod_gc = GarbageCollector::new(api(s), s.pods.store.clone(), owners.clone());
     let pods = collect(pod_gc, &s.pods)
@@ -362,17 +370,26 @@ pub fn start(
         .watches(&s.daemonsets, deletions(&s.pods))
         .watches(&s.jobs, deletions(&s.pods))
         .reads(&s.deployments.store);
-    let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners);
+    let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners.clone());
+    let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
+    let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
-    let (pod_store, rs_store) = (s.pods.store.clone(), s.replicasets.store.clone());
+    let (pod_store, rs_store, job_store) = (
+        s.pods.store.clone(),
+        s.replicasets.store.clone(),
+        s.jobs.store.clone(),
+    );
     futures::future::join_all([
         pods.run(move || keys_of(&pod_store), workers).boxed(),
         replicasets.run(move || keys_of(&rs_store), workers).boxed(),
+        jobs.run(move || keys_of(&job_store), workers).boxed(),
         propagate(s, &s.replicasets, &s.pods, workers),
         propagate(s, &s.replicationcontrollers, &s.pods, workers),
         propagate(s, &s.deployments, &s.replicasets, workers),
         propagate(s, &s.daemonsets, &s.pods, workers),
+        propagate(s, &s.jobs, &s.pods, workers),
+        propagate(s, &s.cronjobs, &s.jobs, workers),
     ])
     .map(|_| ())
     .boxed()

@@ -14,6 +14,7 @@
 //! - [`daemonset`]: one pod of a template per matching node.
 //! - [`job`]: pods run to completion, with parallelism, retries and
 //!   deadlines.
+//! - [`cronjob`]: Jobs on a schedule.
 //! - [`rootca`]: the cluster CA's `kube-root-ca.crt` ConfigMap per
 //!   namespace.
 //! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
@@ -41,7 +42,7 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
-use skiff::pb::batch::v1::Job;
+use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
@@ -50,6 +51,7 @@ use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Informer};
 
 pub mod autoscaler;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -92,6 +94,8 @@ pub struct Shared {
     pub daemonsets: Informer<DaemonSet>,
     /// All Jobs.
     pub jobs: Informer<Job>,
+    /// All CronJobs.
+    pub cronjobs: Informer<CronJob>,
     /// All HorizontalPodAutoscalers.
     pub autoscalers: Informer<HorizontalPodAutoscaler>,
     /// How often each autoscaler looks at its metrics.
@@ -162,6 +166,7 @@ impl Shared {
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
             jobs: Informer::start(Api::new(channel.clone()), Default::default()),
+            cronjobs: Informer::start(Api::new(channel.clone()), Default::default()),
             autoscalers: Informer::start(Api::new(channel.clone()), Default::default()),
 
             namespaces: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -212,6 +217,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "job",
             start: job::start,
+        },
+        Descriptor {
+            name: "cronjob",
+            start: cronjob::start,
         },
         Descriptor {
             name: "horizontalpodautoscaling",

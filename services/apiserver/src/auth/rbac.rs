@@ -344,7 +344,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["apps"],
                     &["deployments", "replicasets", "daemonsets"],
                 ),
-                rule(&[READ, WRITE].concat(), &["batch"], &["jobs"]),
+                rule(&[READ, WRITE].concat(), &["batch"], &["jobs", "cronjobs"]),
                 rule(
                     &[READ, WRITE].concat(),
                     &["autoscaling"],
@@ -361,7 +361,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["apps"],
                     &["deployments", "replicasets", "daemonsets"],
                 ),
-                rule(READ, &["batch"], &["jobs"]),
+                rule(READ, &["batch"], &["jobs", "cronjobs"]),
                 rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],

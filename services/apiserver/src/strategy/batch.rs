@@ -1,6 +1,6 @@
-//! Jobs (batch/v1).
+//! Jobs and CronJobs (batch/v1).
 
-use skiff::pb::batch::v1::Job;
+use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::{PodSpec, PodTemplateSpec};
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff::validation::FieldErrors;
@@ -103,6 +103,108 @@ impl Strategy for Job {
                 &spec.completion_mode,
                 "supported values: \"NonIndexed\" (Indexed jobs are not supported)",
             );
+        }
+    }
+}
+
+impl Strategy for CronJob {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self
+            .spec
+            .as_ref()?
+            .job_template
+            .as_ref()?
+            .spec
+            .as_ref()?
+            .template
+            .as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        if spec.concurrency_policy.is_empty() {
+            spec.concurrency_policy = "Allow".into();
+        }
+        spec.suspend.get_or_insert(false);
+        spec.successful_jobs_history_limit.get_or_insert(3);
+        spec.failed_jobs_history_limit.get_or_insert(1);
+        if let Some(job) = spec.job_template.as_mut().and_then(|t| t.spec.as_mut()) {
+            default_template(&mut job.template);
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        if spec.schedule.is_empty() {
+            errors.required("spec.schedule");
+        } else if let Err(why) = skiff::schedule::parse(&spec.schedule) {
+            errors.invalid("spec.schedule", &spec.schedule, &why);
+        }
+        if let Some(zone) = spec
+            .time_zone
+            .as_deref()
+            .filter(|z| !matches!(*z, "UTC" | "Etc/UTC"))
+        {
+            errors.invalid("spec.timeZone", zone, "only \"UTC\" is supported");
+        }
+        if !matches!(
+            spec.concurrency_policy.as_str(),
+            "Allow" | "Forbid" | "Replace"
+        ) {
+            errors.invalid(
+                "spec.concurrencyPolicy",
+                &spec.concurrency_policy,
+                "supported values: \"Allow\", \"Forbid\", \"Replace\"",
+            );
+        }
+        // The Job it makes, checked as one (its selector is generated
+        // when it is made), so a bad template is refused now, not at each
+        // run.
+        let template = spec.job_template.clone().unwrap_or_default();
+        let job = Job {
+            metadata: template.metadata,
+            spec: template.spec,
+            ..Default::default()
+        };
+        let mut job_errors = FieldErrors::new();
+        match &job.spec {
+            Some(_) => job.validate(&mut job_errors),
+            None => job_errors.required("spec"),
+        }
+        // Its selector is given when the Job is made.
+        for e in job_errors
+            .errors()
+            .iter()
+            .filter(|e| !e.path.starts_with("spec.selector"))
+        {
+            errors.push(format!("spec.jobTemplate.{}", e.path), e.message.clone());
+        }
+        for (field, value) in [
+            (
+                "spec.startingDeadlineSeconds",
+                spec.starting_deadline_seconds,
+            ),
+            (
+                "spec.successfulJobsHistoryLimit",
+                spec.successful_jobs_history_limit.map(i64::from),
+            ),
+            (
+                "spec.failedJobsHistoryLimit",
+                spec.failed_jobs_history_limit.map(i64::from),
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| *v < 0) {
+                errors.invalid(field, v.to_string(), "must be greater than or equal to 0");
+            }
+        }
+        // Its Jobs are named NAME-<minute> (11 more characters) and carry
+        // the name in a label: Kubernetes' limit.
+        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        if name.len() > 52 {
+            errors.invalid("metadata.name", name, "must be no more than 52 characters");
         }
     }
 }

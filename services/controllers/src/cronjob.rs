@@ -1,0 +1,514 @@
+//! The CronJob controller: at each time the schedule names (UTC), a Job of
+//! the template, named `CRONJOB-<scheduled minute>` so that a run is made
+//! once however often the controller looks; a run missed by more than
+//! `startingDeadlineSeconds` is skipped; `concurrencyPolicy` Forbid skips
+//! a run while one is active and Replace stops the active ones; `suspend`
+//! makes none; finished Jobs beyond the history limits are deleted (with
+//! their pods). After a long outage only the latest missed run is made, as
+//! Kubernetes does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::batch::v1::{CronJob, Job};
+use skiff::pb::core::v1::ObjectReference;
+use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::{ObjectRef, Resource};
+use skiff_client::events::{EventType, Recorder};
+use skiff_client::{Api, Store};
+
+use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+
+/// Missed runs counted before giving up counting (Kubernetes: 100).
+const MISSED_CAP: usize = 100;
+
+fn finished(job: &Job) -> Option<bool> {
+    let conditions = job.status.as_ref().map(|s| s.conditions.as_slice())?;
+    let holds = |kind: &str| {
+        conditions
+            .iter()
+            .any(|c| c.r#type == kind && c.status == "True")
+    };
+    if holds("Complete") {
+        Some(true)
+    } else if holds("Failed") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn created_at<K: Resource>(obj: &K) -> i64 {
+    obj.metadata()
+        .and_then(|m| m.creation_timestamp.as_ref())
+        .map_or(0, |t| t.seconds)
+}
+
+/// Records `schedule` as `uid`'s; whether it differs from the one before
+/// (none before: no change).
+fn schedule_changed_in(
+    seen: &mut std::collections::HashMap<String, String>,
+    uid: &str,
+    schedule: &str,
+) -> bool {
+    seen.insert(uid.to_string(), schedule.to_string())
+        .is_some_and(|before| before != schedule)
+}
+
+/// Where a Job records the time its run was scheduled for.
+const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+/// When the run a Job was made for was scheduled: its annotation, else
+/// the minute its name ends in.
+fn scheduled_at(job: &Job) -> Option<i64> {
+    let meta = job.metadata.as_ref()?;
+    if let Some(at) = meta
+        .annotations
+        .get(SCHEDULED_ANNOTATION)
+        .and_then(|at| skiff::time::parse_rfc3339(at))
+    {
+        return Some(at);
+    }
+    let minute: i64 = meta.name.rsplit('-').next()?.parse().ok()?;
+    Some(minute * 60)
+}
+
+/// The Job a CronJob makes for the run scheduled at `at`.
+pub fn job_for(cron: &CronJob, at: i64) -> Job {
+    let meta = cron.metadata.clone().unwrap_or_default();
+    let template = cron
+        .spec
+        .as_ref()
+        .and_then(|s| s.job_template.clone())
+        .unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    let mut annotations = tmeta.annotations;
+    annotations.insert(SCHEDULED_ANNOTATION.into(), humanize(at));
+    Job {
+        metadata: Some(ObjectMeta {
+            name: format!("{}-{}", meta.name, at / 60),
+            namespace: meta.namespace,
+            labels: tmeta.labels,
+            annotations,
+            owner_references: vec![OwnerReference {
+                api_version: CronJob::API_VERSION.into(),
+                kind: CronJob::KIND.into(),
+                name: meta.name,
+                uid: meta.uid,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..Default::default()
+        }),
+        spec: template.spec,
+        ..Default::default()
+    }
+}
+
+/// RFC 3339, UTC.
+fn humanize(at: i64) -> String {
+    skiff::time::rfc3339(at)
+}
+
+/// See the module doc.
+pub struct CronJobController {
+    /// The schedule each CronJob (by key) had at its last look: a changed
+    /// one counts runs from now, as Kubernetes does (no run of the new
+    /// schedule "missed" in the past).
+    schedules: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    recorder: Arc<Recorder>,
+    cronjobs: Api<CronJob>,
+    cron_store: Store<CronJob>,
+    jobs: Api<Job>,
+    job_store: Store<Job>,
+}
+
+impl CronJobController {
+    /// A controller over the shared caches.
+    pub fn new(
+        recorder: Arc<Recorder>,
+        cronjobs: (Api<CronJob>, Store<CronJob>),
+        jobs: (Api<Job>, Store<Job>),
+    ) -> Self {
+        Self {
+            schedules: Default::default(),
+            recorder,
+            cronjobs: cronjobs.0,
+            cron_store: cronjobs.1,
+            jobs: jobs.0,
+            job_store: jobs.1,
+        }
+    }
+
+    /// The CronJob a Job belongs to, if any.
+    pub fn owner_of(job: &Job) -> Option<ObjectRef> {
+        job.metadata
+            .as_ref()?
+            .owner_references
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == CronJob::KIND)
+            .map(|o| ObjectRef::new(job.namespace(), o.name.clone()))
+    }
+
+    /// Whether `key`'s schedule differs from the one seen last (a first
+    /// look is no change: a restarted controller resumes as it was).
+    fn schedule_changed(&self, key: &str, schedule: &str) -> bool {
+        self.schedules
+            .lock()
+            .is_ok_and(|mut seen| schedule_changed_in(&mut seen, key, schedule))
+    }
+
+    fn event(&self, cron: &CronJob, kind: EventType, reason: &'static str, message: String) {
+        let (recorder, cron) = (Arc::clone(&self.recorder), cron.clone());
+        tokio::spawn(async move {
+            recorder.record(&cron, kind, reason, &message).await;
+        });
+    }
+
+    async fn delete_job(&self, job: &Job) -> Result<(), Error> {
+        let meta = job.metadata.clone().unwrap_or_default();
+        match self
+            .jobs
+            .delete(DeleteRequest {
+                namespace: meta.namespace,
+                name: meta.name,
+                propagation_policy: "Background".into(),
+                preconditions: Some(Preconditions {
+                    uid: meta.uid,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let Some(cron) = self.cron_store.get(&key.namespace, &key.name) else {
+            if let Ok(mut seen) = self.schedules.lock() {
+                seen.remove(&key.to_string());
+            }
+            return Ok(Action::AwaitChange);
+        };
+        if cron
+            .metadata()
+            .is_some_and(|m| m.deletion_timestamp.is_some())
+        {
+            return Ok(Action::AwaitChange);
+        }
+        let spec = cron.spec.clone().unwrap_or_default();
+        let uid = cron.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+        let mut owned: Vec<Arc<Job>> = self
+            .job_store
+            .list()
+            .into_iter()
+            .filter(|j| j.namespace() == key.namespace)
+            .filter(|j| {
+                j.metadata
+                    .as_ref()
+                    .and_then(|m| {
+                        m.owner_references
+                            .iter()
+                            .find(|o| o.controller == Some(true))
+                    })
+                    .is_some_and(|o| o.uid == uid)
+            })
+            .collect();
+        owned.sort_by_key(|j| std::cmp::Reverse(created_at(j.as_ref())));
+        // History: the newest finished Jobs within the limits stay. A
+        // failed deletion is retried at the next look, not a skipped run.
+        let keep_ok = spec.successful_jobs_history_limit.unwrap_or(3).max(0) as usize;
+        let keep_failed = spec.failed_jobs_history_limit.unwrap_or(1).max(0) as usize;
+        let (mut ok, mut failed) = (0, 0);
+        for job in &owned {
+            let over = match finished(job) {
+                Some(true) => {
+                    ok += 1;
+                    ok > keep_ok
+                }
+                Some(false) => {
+                    failed += 1;
+                    failed > keep_failed
+                }
+                None => false,
+            };
+            if over {
+                match self.delete_job(job).await {
+                    Ok(()) => self.event(
+                        &cron,
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        format!("Deleted job {}", job.name()),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(cronjob = %key, job = job.name(), error = %e, "deleting an old job")
+                    }
+                }
+            }
+        }
+        // Jobs being deleted are on their way out: neither active for
+        // Forbid nor stopped again by Replace.
+        let mut active: Vec<Arc<Job>> = owned
+            .iter()
+            .filter(|j| finished(j).is_none())
+            .filter(|j| {
+                j.metadata
+                    .as_ref()
+                    .is_none_or(|m| m.deletion_timestamp.is_none())
+            })
+            .cloned()
+            .collect();
+        let schedule = skiff::schedule::parse(&spec.schedule).map_err(Error::Other)?;
+        let now = now_secs();
+        let mut status = cron.status.clone().unwrap_or_default();
+        // Where to count runs from: the last recorded run, or a newer one
+        // whose Job exists (its status write may not have landed, or this
+        // cache not have seen it yet), or now when the schedule changed.
+        let mut since = status
+            .last_schedule_time
+            .as_ref()
+            .map_or_else(|| created_at(cron.as_ref()), |t| t.seconds);
+        if let Some(made) = owned.iter().filter_map(|j| scheduled_at(j)).max() {
+            since = since.max(made);
+        }
+        if self.schedule_changed(&key.to_string(), &spec.schedule) {
+            since = since.max(now);
+        }
+        if let Some(deadline) = spec.starting_deadline_seconds {
+            // Runs older than the deadline could not start anyway.
+            since = since.max(now - deadline - 1);
+        }
+        if spec.suspend != Some(true) {
+            let (latest, missed) = schedule.latest_between(since, now, MISSED_CAP);
+            if missed >= MISSED_CAP {
+                self.event(
+                    &cron,
+                    EventType::Warning,
+                    "TooManyMissedTimes",
+                    "too many missed start times: set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
+                );
+            }
+            if let Some(at) = latest {
+                let late = spec.starting_deadline_seconds.is_some_and(|d| now - at > d);
+                let forbidden = spec.concurrency_policy == "Forbid" && !active.is_empty();
+                if late {
+                    self.event(
+                        &cron,
+                        EventType::Warning,
+                        "MissSchedule",
+                        format!("Missed scheduled time to start a job: {}", humanize(at)),
+                    );
+                    status.last_schedule_time = Some(skiff::wkt::Timestamp {
+                        seconds: at,
+                        nanos: 0,
+                    });
+                } else if forbidden {
+                    // As Kubernetes: not recorded as scheduled, so the run
+                    // starts once the active one ends (within the starting
+                    // deadline); its end wakes this CronJob.
+                    self.event(
+                        &cron,
+                        EventType::Normal,
+                        "JobAlreadyActive",
+                        "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
+                    );
+                } else {
+                    if spec.concurrency_policy == "Replace" {
+                        for job in active.drain(..) {
+                            self.delete_job(&job).await?;
+                            self.event(
+                                &cron,
+                                EventType::Normal,
+                                "SuccessfulDelete",
+                                format!("Deleted job {}", job.name()),
+                            );
+                        }
+                    }
+                    match self.jobs.create(job_for(&cron, at)).await {
+                        Ok(job) => {
+                            self.event(
+                                &cron,
+                                EventType::Normal,
+                                "SuccessfulCreate",
+                                format!("Created job {}", job.name()),
+                            );
+                            active.push(Arc::new(job));
+                        }
+                        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                            // Ours (made by a look whose status write has
+                            // not landed) or someone else's: either way not
+                            // made twice.
+                            tracing::info!(cronjob = %key, at, "the run's Job exists already");
+                        }
+                        Err(s) => {
+                            self.event(
+                                &cron,
+                                EventType::Warning,
+                                "FailedCreate",
+                                format!("Error creating job: {}", s.message()),
+                            );
+                            return Err(s.into());
+                        }
+                    }
+                    status.last_schedule_time = Some(skiff::wkt::Timestamp {
+                        seconds: at,
+                        nanos: 0,
+                    });
+                }
+            }
+        }
+        status.active = active
+            .iter()
+            .map(|j| ObjectReference {
+                kind: Job::KIND.into(),
+                api_version: Job::API_VERSION.into(),
+                namespace: j.namespace().to_string(),
+                name: j.name().to_string(),
+                uid: j
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.uid.clone())
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        status.active.sort_by(|a, b| a.name.cmp(&b.name));
+        let succeeded = owned
+            .iter()
+            .filter(|j| finished(j) == Some(true))
+            .filter_map(|j| j.status.as_ref().and_then(|s| s.completion_time))
+            .max_by_key(|t| t.seconds);
+        if let Some(t) = succeeded
+            && status
+                .last_successful_time
+                .is_none_or(|last| last.seconds < t.seconds)
+        {
+            status.last_successful_time = Some(t);
+        }
+        if cron.status.as_ref() != Some(&status) {
+            let mut updated = (*cron).clone();
+            updated.status = Some(status);
+            match self.cronjobs.update_status(updated).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::Aborted || s.code() == tonic::Code::NotFound => {
+                    return Ok(Action::Requeue(Duration::from_secs(1)));
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        // Wake for the next run (a second past it: the clock's time must
+        // have reached it).
+        let next = schedule.next_after(now).unwrap_or(now + 60);
+        Ok(Action::Requeue(Duration::from_secs(
+            (next - now + 1).max(1).unsigned_abs(),
+        )))
+    }
+}
+
+impl Reconciler for CronJobController {
+    fn name(&self) -> &'static str {
+        "cronjob"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+
+    fn traceparent(&self, key: &ObjectRef) -> Option<String> {
+        crate::runtime::traceparent_in(&self.cron_store, key)
+    }
+}
+
+// === wiring ===
+
+/// Starts the CronJob controller: woken by CronJobs and their Jobs; each
+/// CronJob requeues itself for its next run.
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed, keys_of};
+    use futures::FutureExt as _;
+    let controller = Arc::new(CronJobController::new(
+        Arc::clone(&shared.recorder),
+        (
+            Api::new(shared.channel.clone()),
+            shared.cronjobs.store.clone(),
+        ),
+        (Api::new(shared.channel.clone()), shared.jobs.store.clone()),
+    ));
+    let store = shared.cronjobs.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.cronjobs)
+        .watches(&shared.jobs, |change| {
+            CronJobController::owner_of(changed(change))
+                .into_iter()
+                .collect()
+        })
+        .run(move || keys_of(&store), workers)
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_has_one_name_per_scheduled_minute() {
+        let cron = CronJob {
+            metadata: Some(ObjectMeta {
+                name: "nightly".into(),
+                namespace: "default".into(),
+                uid: "u".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let job = job_for(&cron, 1_796_083_200);
+        let meta = job.metadata.unwrap();
+        assert_eq!(meta.name, "nightly-29934720");
+        assert_eq!(meta.owner_references[0].kind, "CronJob");
+        assert!(meta.annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"].ends_with('Z'));
+        assert_eq!(
+            job_for(&cron, 1_796_083_259).metadata.unwrap().name,
+            "nightly-29934720"
+        );
+    }
+
+    #[test]
+    fn a_job_tells_the_run_it_was_made_for() {
+        let cron = CronJob {
+            metadata: Some(ObjectMeta {
+                name: "nightly".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let at = 1_796_083_200;
+        assert_eq!(scheduled_at(&job_for(&cron, at)), Some(at));
+        // Without the annotation, by the minute in its name.
+        let mut job = job_for(&cron, at);
+        job.metadata.as_mut().unwrap().annotations.clear();
+        assert_eq!(scheduled_at(&job), Some(at));
+    }
+
+    #[test]
+    fn a_changed_schedule_is_noticed_but_a_first_look_is_not() {
+        let mut seen = std::collections::HashMap::new();
+        assert!(!schedule_changed_in(&mut seen, "u", "0 3 * * *"));
+        assert!(!schedule_changed_in(&mut seen, "u", "0 3 * * *"));
+        assert!(schedule_changed_in(&mut seen, "u", "0 4 * * *"));
+        assert!(!schedule_changed_in(&mut seen, "u", "0 4 * * *"));
+    }
+}

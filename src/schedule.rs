@@ -1,0 +1,102 @@
+//! CronJob schedules: the five cron fields (minute hour day-of-month month
+//! day-of-week, with lists, ranges, steps and names) or `@hourly`,
+//! `@daily` and the like, in UTC, as the API validates them and the
+//! CronJob controller reads them.
+
+use std::str::FromStr as _;
+
+use chrono::TimeZone as _;
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule(croner::Cron);
+
+/// Parses a schedule. `@midnight` is `@daily`, as in Kubernetes.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse(schedule: &str) -> Result<Schedule, String> {
+    if schedule.split_whitespace().count() > 5 {
+        return Err(
+            "a schedule has five fields (minute hour day-of-month month day-of-week)".into(),
+        );
+    }
+    let schedule = match schedule.trim() {
+        "@midnight" => "@daily",
+        other => other,
+    };
+    croner::Cron::from_str(schedule)
+        .map(Schedule)
+        .map_err(|e| e.to_string())
+}
+
+impl Schedule {
+    /// The first time after `after` (seconds since the epoch) it fires.
+    pub fn next_after(&self, after: i64) -> Option<i64> {
+        let at = chrono::Utc.timestamp_opt(after, 0).single()?;
+        self.0
+            .find_next_occurrence(&at, false)
+            .ok()
+            .map(|t| t.timestamp())
+    }
+
+    /// The latest time in `(after, now]` it fired, and how many times it
+    /// did (counted up to `cap`: past it, only the latest matters).
+    pub fn latest_between(&self, after: i64, now: i64, cap: usize) -> (Option<i64>, usize) {
+        let latest = chrono::Utc
+            .timestamp_opt(now, 0)
+            .single()
+            .and_then(|at| self.0.find_previous_occurrence(&at, true).ok())
+            .map(|t| t.timestamp())
+            .filter(|&t| t > after);
+        let Some(latest) = latest else {
+            return (None, 0);
+        };
+        let (mut count, mut from) = (0, after);
+        while count < cap {
+            match self.next_after(from) {
+                Some(t) if t <= latest => {
+                    count += 1;
+                    from = t;
+                }
+                _ => break,
+            }
+        }
+        (Some(latest), count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_field_schedules_fire_on_their_minutes() {
+        let every_five = parse("*/5 * * * *").unwrap();
+        // 2026-12-01T00:01:00Z → 00:05.
+        let start = 1_796_083_260;
+        assert_eq!(every_five.next_after(start), Some(start - 60 + 300));
+        let (latest, count) = every_five.latest_between(start, start + 3600, 100);
+        assert_eq!(count, 12);
+        assert_eq!(latest, Some(start - 60 + 3600));
+        assert!(parse("@hourly").is_ok());
+        assert!(parse("0 0 * * MON").is_ok());
+        assert!(parse("* * * * * *").is_err(), "no seconds field");
+        assert!(parse("61 * * * *").is_err());
+        assert!(parse("nonsense").is_err());
+        assert!(parse("@midnight").is_ok());
+    }
+
+    #[test]
+    fn past_the_count_cap_the_latest_run_is_still_the_latest() {
+        let every_minute = parse("* * * * *").unwrap();
+        let start = 1_796_083_200;
+        // Two days missed: 2,880 runs; the count stops at 100, the latest
+        // is the last minute, not the 100th.
+        let now = start + 2 * 86_400 + 30;
+        let (latest, count) = every_minute.latest_between(start, now, 100);
+        assert_eq!(count, 100);
+        assert_eq!(latest, Some(start + 2 * 86_400));
+        assert_eq!(every_minute.latest_between(now, now, 100), (None, 0));
+    }
+}
