@@ -1,0 +1,115 @@
+//! Admission on create: the namespace must exist and not be terminating
+//! (NamespaceLifecycle), Pod Security, and the ServiceAccount a pod runs as.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use skiff::keys;
+use skiff::pb::core::v1::{Namespace, ServiceAccount};
+
+use crate::error::{ApiError, Result};
+use crate::strategy::Strategy;
+
+use super::*;
+
+impl Registry {
+    pub(super) async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        let terminating = |namespace: &str| {
+            ApiError::Forbidden(format!(
+                "unable to create new content in namespace {namespace} because it is being terminated"
+            ))
+        };
+        let terminating_now = self.namespaces.get("", namespace).map(|ns| {
+            ns.metadata()
+                .is_some_and(|m| m.deletion_timestamp.is_some())
+        });
+        match terminating_now {
+            Some(false) => return Ok(()),
+            Some(true) => return Err(terminating(namespace)),
+            None => {}
+        }
+        let key = keys::object::<Namespace>("", namespace);
+        match self.read::<Namespace>(&key).await? {
+            None => Err(ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: namespace.to_string(),
+            }),
+            Some((ns, _))
+                if ns
+                    .metadata()
+                    .is_some_and(|m| m.deletion_timestamp.is_some()) =>
+            {
+                Err(terminating(namespace))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Pod Security admission (see [`crate::podsecurity`]) by the
+    /// namespace's labels as the index has them; a refusal is judged again
+    /// against the stored namespace, which a label just written may be
+    /// ahead of the index with.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED with Kubernetes' words.
+    pub(super) async fn admit_pod_security<K: Strategy>(&self, obj: &K) -> Result<()> {
+        let Some(judged) = obj.pod_security() else {
+            return Ok(());
+        };
+        let namespace = obj.namespace();
+        let name = obj.name();
+        let labels_of = |ns: &Namespace| {
+            ns.metadata
+                .as_ref()
+                .map(|m| m.labels.clone())
+                .unwrap_or_default()
+        };
+        let cached = self.namespaces.get("", namespace).map(|ns| labels_of(&ns));
+        let judge = |labels: &BTreeMap<String, String>| {
+            self.pod_security
+                .admit(namespace, labels, (K::PLURAL, name), judged)
+        };
+        match judge(&cached.clone().unwrap_or_default()) {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let key = keys::object::<Namespace>("", namespace);
+                match self.read::<Namespace>(&key).await? {
+                    Some((ns, _)) if Some(labels_of(&ns)) != cached => judge(&labels_of(&ns)),
+                    _ => Err(refused),
+                }
+            }
+        }
+    }
+
+    /// The service account `namespace/name` an object will run as.
+    /// `default` may be moments from existing in a new namespace (its
+    /// controller makes it): it is waited for, up to two seconds, as
+    /// Kubernetes' admission does.
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION when it does not exist.
+    pub(super) async fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ServiceAccount> {
+        let namespace = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let key = keys::object::<ServiceAccount>(namespace, name);
+        let tries = if name == "default" { 20 } else { 1 };
+        for i in 0..tries {
+            if let Some((account, _)) = self.read::<ServiceAccount>(&key).await? {
+                return Ok(account);
+            }
+            if i + 1 < tries {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Err(ApiError::Forbidden(format!(
+            "error looking up service account {namespace}/{name}: serviceaccount {name:?} not found"
+        )))
+    }
+}

@@ -1,0 +1,308 @@
+//! The generic registry: Create / Get / List / Update / UpdateStatus /
+//! Delete / Watch for every kind, with Kubernetes' semantics.
+//!
+//! Every write is a conditional store write on the revision the registry
+//! read, so a concurrent writer can never be overwritten silently: a client
+//! that sent a resourceVersion gets ABORTED, one that did not is retried
+//! against the new state (last write wins).
+//!
+//! The registry's own state and shared checks are here; each operation
+//! sits in a file of its own beside it: `create`, `read` (get, list),
+//! `write` (update, update status), `delete`, `watch`, and the
+//! subresources and admission steps they use: `binding`, `admission`
+//! (namespace lifecycle, Pod Security, service accounts), `claims`
+//! (Service addresses and node ports).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use skiff::Resource as _;
+use skiff::pb::api::v1::ListRequest;
+use skiff::pb::core::v1::{Namespace, Service};
+use skiff::validation::FieldErrors;
+use skiff::wkt::Timestamp;
+use skiff_store::Store;
+
+use crate::allocator::{Allocator, Cidr};
+use crate::cache::decode;
+use crate::error::{ApiError, Result};
+use crate::index::Index;
+use crate::podsecurity::PodSecurity;
+use crate::strategy::{self, Strategy};
+
+mod claims;
+use claims::node_ports_of;
+
+mod admission;
+mod binding;
+mod create;
+mod delete;
+mod read;
+mod watch;
+mod write;
+
+/// The largest object the API stores (etcd's default request limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// Keys read per store call while listing with a limit.
+const LIST_CHUNK: usize = 500;
+/// Attempts of an unconditional update that keeps losing races.
+const MAX_RETRIES: usize = 16;
+/// Kinds whose deletion may wait for their dependents (Foreground) or
+/// release them (Orphan): the owners the garbage collector knows.
+pub const OWNER_KINDS: &[&str] = &[
+    "ReplicaSet",
+    "ReplicationController",
+    "Deployment",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+];
+/// The finalizer of a Foreground deletion.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of an Orphan deletion.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// Events buffered per watch response stream.
+const WATCH_STREAM_BUFFER: usize = 256;
+/// Where nodes' heartbeat Leases live.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Namespaces that exist from the start and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// A watch response stream of kind `K`.
+pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
+    Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,
+>;
+
+/// The registry shared by the API actors.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    /// Which namespaces exist, for admission without a store read
+    /// (Kubernetes' NamespaceLifecycle admission does the same with an
+    /// informer). A name the index does not know yet is looked up in the
+    /// store.
+    namespaces: Arc<Index<Namespace>>,
+    /// The index's watch loop; stopped by [`Registry::close`].
+    index_task: tokio::task::JoinHandle<()>,
+    /// One watch cache per kind, created on first watch.
+    caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// How often watchers that asked for them get BOOKMARK events.
+    bookmark_interval: Duration,
+    /// Services' cluster IPs.
+    allocator: Allocator,
+    /// Whether pods get their service account's token mounted (a cluster
+    /// that issues tokens: TLS).
+    service_account_tokens: bool,
+    /// Pod Security admission's settings.
+    pod_security: PodSecurity,
+}
+
+/// Whether a failed write surely did not happen (so its claims may go).
+fn definite(e: &skiff_store::Error) -> bool {
+    matches!(
+        e,
+        skiff_store::Error::Conflict { .. }
+            | skiff_store::Error::NotFound { .. }
+            | skiff_store::Error::AlreadyExists { .. }
+    )
+}
+
+/// The Kubernetes name of a kind in messages: `pods`.
+fn kind_name<K: Strategy>() -> String {
+    K::PLURAL.to_string()
+}
+
+fn object_name(namespace: &str, name: &str) -> String {
+    skiff::ObjectRef::new(namespace, name).to_string()
+}
+
+fn not_found<K: Strategy>(namespace: &str, name: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: kind_name::<K>(),
+        name: object_name(namespace, name),
+    }
+}
+
+/// Now, at Kubernetes' timestamp precision (seconds).
+pub fn now() -> Timestamp {
+    skiff::time::now_seconds()
+}
+
+/// Parses a resourceVersion the client sent; "" means none.
+fn parse_rv(rv: &str, field: &str) -> Result<Option<i64>> {
+    if rv.is_empty() {
+        return Ok(None);
+    }
+    rv.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "{field}: Invalid value: {rv:?}: must be a resourceVersion returned by the server"
+            ))
+        })
+}
+
+/// apiVersion and kind, if the client sent them, must be this kind's.
+fn check_type_meta<K: Strategy>(obj: &K) -> Result<()> {
+    let (api_version, kind) = obj.type_meta();
+    if !kind.is_empty() && kind != K::KIND {
+        return Err(ApiError::Invalid(format!(
+            "kind: Invalid value: {kind:?}: this is the {} service, which takes kind {:?}; send {kind} objects to its own service",
+            K::SERVICE,
+            K::KIND
+        )));
+    }
+    if !api_version.is_empty() && api_version != K::API_VERSION {
+        return Err(ApiError::Invalid(format!(
+            "apiVersion: Invalid value: {api_version:?}: {} is served as {:?}",
+            K::KIND,
+            K::API_VERSION
+        )));
+    }
+    Ok(())
+}
+
+/// Sets the namespace a request addresses: "default" when a namespaced
+/// object names none; nothing for cluster-scoped kinds.
+fn effective_namespace<K: Strategy>(namespace: &str) -> String {
+    match (K::NAMESPACED, namespace.is_empty()) {
+        (true, true) => "default".to_string(),
+        (true, false) => namespace.to_string(),
+        (false, _) => String::new(),
+    }
+}
+
+/// Checks an object before it is written; returns its encoded form.
+fn admit<K: Strategy>(obj: &K) -> Result<Bytes> {
+    let mut errors = FieldErrors::default();
+    match obj.metadata() {
+        Some(meta) => strategy::validate_metadata::<K>(meta, &mut errors),
+        None => errors.required("metadata"),
+    }
+    obj.validate(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "{} {:?} is invalid: {errors}",
+            K::KIND,
+            obj.name()
+        )));
+    }
+    let mut stored = obj.clone();
+    stored.clear_type_meta();
+    stored.metadata_mut().resource_version.clear();
+    let bytes = stored.encode_to_vec();
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "{} {:?} is invalid: object is {} bytes, more than the limit of {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
+            K::KIND,
+            obj.name(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes.into())
+}
+
+fn random_suffix() -> String {
+    // Kubernetes' alphabet: no vowels (no words), no look-alikes.
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// A registry over `store`. Must be called inside a tokio runtime: it
+    /// starts the namespace index.
+    pub fn new(
+        store: Arc<dyn Store>,
+        bookmark_interval: Duration,
+        service_cidr: Cidr,
+        node_ports: std::ops::RangeInclusive<u16>,
+    ) -> Self {
+        let (namespaces, index_task) = Index::start(Arc::clone(&store));
+        Self {
+            allocator: Allocator::new(Arc::clone(&store), service_cidr, node_ports),
+            namespaces,
+            index_task,
+            store,
+            caches: tokio::sync::Mutex::new(HashMap::new()),
+            bookmark_interval,
+            service_account_tokens: false,
+            pod_security: PodSecurity::default(),
+        }
+    }
+
+    /// The registry, judging pods by `settings` (Pod Security admission;
+    /// by default `baseline` is enforced everywhere but `kube-system`).
+    pub fn with_pod_security(mut self, settings: PodSecurity) -> Self {
+        self.pod_security = settings;
+        self
+    }
+
+    /// The registry, mounting service-account tokens into the pods it
+    /// creates (Kubernetes' ServiceAccount admission) when `on`.
+    pub fn with_service_account_tokens(mut self, on: bool) -> Self {
+        self.service_account_tokens = on;
+        self
+    }
+
+    /// Stops the registry's own background work (the namespace index), so
+    /// that the store can be released once the last call is gone.
+    pub fn close(&self) {
+        self.index_task.abort();
+    }
+
+    /// Creates the namespaces that always exist.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn bootstrap(&self) -> Result<()> {
+        for name in SYSTEM_NAMESPACES {
+            let mut ns = Namespace::default();
+            ns.metadata_mut().name = (*name).to_string();
+            match self.create(ns).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Claims no Service holds (a crash between claim and write) go.
+        let services = self.list::<Service>(ListRequest::default()).await?;
+        let as_of: i64 = services
+            .metadata
+            .as_ref()
+            .and_then(|m| m.resource_version.parse().ok())
+            .unwrap_or(0);
+        let held: std::collections::HashSet<String> = services
+            .items
+            .iter()
+            .flat_map(|s| {
+                let ports = node_ports_of(s).into_iter().map(|p| p.to_string());
+                std::iter::once(s.cluster_ip()).chain(ports)
+            })
+            .filter(|claim| !claim.is_empty())
+            .collect();
+        let released = self.allocator.repair(&held, as_of).await?;
+        if released > 0 {
+            tracing::info!(released, "released cluster IPs no service holds");
+        }
+        Ok(())
+    }
+
+    async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
+        let Some(kv) = self.store.get(key).await? else {
+            return Ok(None);
+        };
+        let obj = decode::<K>(&kv.value, kv.mod_revision)
+            .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
+        Ok(Some((obj, kv.mod_revision)))
+    }
+}

@@ -1,0 +1,274 @@
+//! Update and UpdateStatus: optimistic concurrency on resourceVersion,
+//! merges of what a client may not change, generation, finalizers.
+
+use skiff::keys;
+use skiff::validation::FieldErrors;
+
+use crate::cache::decode;
+use crate::error::{ApiError, Result};
+use crate::strategy::Strategy;
+
+use super::claims::{keep_cluster_ip, node_ports_of};
+use super::*;
+
+impl Registry {
+    /// Replaces an object's spec and metadata (not its status).
+    ///
+    /// # Errors
+    /// NotFound, a stale resourceVersion (Conflict), invalid objects.
+    pub async fn update<K: Strategy>(&self, obj: K) -> Result<K> {
+        self.write(obj, false, false).await
+    }
+
+    /// Update without writing (`dry_run`): the object as it would be.
+    ///
+    /// # Errors
+    /// As [`Registry::update`].
+    pub async fn update_dry_run<K: Strategy>(&self, obj: K) -> Result<K> {
+        self.write(obj, false, true).await
+    }
+
+    /// Replaces an object's status only.
+    ///
+    /// # Errors
+    /// As [`Registry::update`]; Unsupported for kinds without status.
+    pub async fn update_status<K: Strategy>(&self, obj: K) -> Result<K> {
+        if !K::HAS_STATUS {
+            return Err(ApiError::Unsupported(format!("{} has no status", K::KIND)));
+        }
+        self.write(obj, true, false).await
+    }
+
+    async fn write<K: Strategy>(&self, mut obj: K, status_only: bool, dry_run: bool) -> Result<K> {
+        check_type_meta(&obj)?;
+        let namespace = effective_namespace::<K>(obj.namespace());
+        obj.metadata_mut().namespace = namespace.clone();
+        let name = obj.name().to_string();
+        if name.is_empty() {
+            return Err(ApiError::Invalid("metadata.name: Required value".into()));
+        }
+        let requested = parse_rv(obj.resource_version(), "metadata.resourceVersion")?;
+        let key = keys::object::<K>(&namespace, &name);
+        for _ in 0..MAX_RETRIES {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(not_found::<K>(&namespace, &name));
+            };
+            let conflict = || ApiError::Conflict {
+                kind: kind_name::<K>(),
+                name: object_name(&namespace, &name),
+                requested: obj.resource_version().to_string(),
+                current: kv.mod_revision,
+            };
+            if requested.is_some_and(|rv| rv != kv.mod_revision) {
+                return Err(conflict());
+            }
+            let current = decode::<K>(&kv.value, kv.mod_revision)
+                .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
+            let next = if status_only {
+                let sent_uid = obj.metadata().map_or("", |m| m.uid.as_str());
+                let cur_uid = current.metadata().map_or("", |m| m.uid.as_str());
+                if !sent_uid.is_empty() && sent_uid != cur_uid {
+                    return Err(ApiError::Precondition(format!(
+                        "metadata.uid: Invalid value: {sent_uid:?}: the object's uid is {cur_uid:?} (it was deleted and re-created?)"
+                    )));
+                }
+                let mut next = current.clone();
+                next.copy_status_from(&obj);
+                next
+            } else {
+                let mut next = self.merge_update(&current, &obj)?;
+                keep_cluster_ip(&current, &mut next)?;
+                next
+            };
+            let cur_meta = current.metadata().cloned().unwrap_or_default();
+            let next_meta = next.metadata().cloned().unwrap_or_default();
+            // The last finalizer is gone from an object whose deletion is
+            // not waiting out a grace period: it goes.
+            if dry_run {
+                // Checked and admitted; nothing is written (not even a
+                // finalizer's last removal). An unchanged object comes back
+                // as it is; a changed one without a resourceVersion, since it
+                // has none yet.
+                if admit(&next)? == kv.value {
+                    return Ok(current);
+                }
+                let mut next = next;
+                next.metadata_mut().resource_version.clear();
+                next.set_type_meta();
+                return Ok(next);
+            }
+            let mut next = next;
+            let deleting = cur_meta.deletion_timestamp.is_some()
+                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && next_meta.finalizers.is_empty();
+            // An object about to go claims nothing new.
+            let newly = if status_only || deleting {
+                Vec::new()
+            } else {
+                if !next.node_port_requests().is_empty() {
+                    admit(&next)?;
+                }
+                self.claim_node_ports(Some(&current), &mut next).await?
+            };
+            let owner = object_name(&namespace, &name);
+            let result = if deleting {
+                // The last finalizer is gone: the object goes.
+                admit(&next)?;
+                let deleted = self
+                    .store
+                    .delete(&key, Some(kv.mod_revision))
+                    .await
+                    .map(|(rev, _)| rev);
+                if let Ok(rev) = deleted {
+                    self.release_claims(&current).await;
+                    next.metadata_mut().resource_version = rev.to_string();
+                    next.set_type_meta();
+                    return Ok(next);
+                }
+                deleted
+            } else {
+                let bytes = match admit(&next) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.release_ports(&newly, &owner).await;
+                        return Err(e);
+                    }
+                };
+                if bytes == kv.value {
+                    // Nothing changed: no write, no new resourceVersion.
+                    return Ok(current);
+                }
+
+                self.store.update(&key, bytes, Some(kv.mod_revision)).await
+            };
+            // Release only when the write surely did not happen (a timeout
+            // may have committed it; the startup repair settles that case).
+            if let Err(e) = &result
+                && definite(e)
+            {
+                self.release_ports(&newly, &owner).await;
+            }
+            match result {
+                Ok(rev) => {
+                    // Ports the update no longer uses go back to the range.
+                    let kept: Vec<u16> = node_ports_of(&next);
+                    let stale: Vec<u16> = node_ports_of(&current)
+                        .into_iter()
+                        .filter(|p| !kept.contains(p))
+                        .collect();
+                    self.release_ports(&stale, &owner).await;
+                    next.metadata_mut().resource_version = rev.to_string();
+                    next.set_type_meta();
+                    return Ok(next);
+                }
+                Err(skiff_store::Error::Conflict { .. }) if requested.is_none() => continue,
+                Err(skiff_store::Error::Conflict { current, .. }) => {
+                    return Err(ApiError::Conflict {
+                        kind: kind_name::<K>(),
+                        name: object_name(&namespace, &name),
+                        requested: obj.resource_version().to_string(),
+                        current,
+                    });
+                }
+                Err(skiff_store::Error::NotFound { .. }) => {
+                    return Err(not_found::<K>(&namespace, &name));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "{} {:?} is changing too fast to update; try again",
+            K::KIND,
+            object_name(&namespace, &name)
+        )))
+    }
+
+    /// The object an Update produces: the client's spec and metadata, with
+    /// the fields only the server sets kept from `current`.
+    fn merge_update<K: Strategy>(&self, current: &K, obj: &K) -> Result<K> {
+        let cur = current.metadata().cloned().unwrap_or_default();
+        if obj.status_set() && !obj.same_status(current) {
+            return Err(ApiError::Invalid(format!(
+                "status: Forbidden: the status of {} {:?} can only be changed through UpdateStatus; send the status you read, or none",
+                K::KIND,
+                obj.name()
+            )));
+        }
+        let mut next = obj.clone();
+        next.copy_status_from(current);
+        next.default_fields();
+        let mut errors = FieldErrors::default();
+        next.validate_update(current, &mut errors);
+        if !errors.is_empty() {
+            return Err(ApiError::Invalid(format!(
+                "{} {:?} is invalid: {errors}",
+                K::KIND,
+                obj.name()
+            )));
+        }
+        let meta = next.metadata_mut();
+        if !meta.uid.is_empty() && meta.uid != cur.uid {
+            return Err(ApiError::Precondition(format!(
+                "metadata.uid: Invalid value: {:?}: the object's uid is {:?} (it was deleted and re-created?)",
+                meta.uid, cur.uid
+            )));
+        }
+        meta.uid = cur.uid.clone();
+        meta.creation_timestamp = cur.creation_timestamp;
+        meta.deletion_timestamp = cur.deletion_timestamp;
+        meta.deletion_grace_period_seconds = cur.deletion_grace_period_seconds;
+        meta.generate_name = if meta.generate_name.is_empty() {
+            cur.generate_name.clone()
+        } else {
+            meta.generate_name.clone()
+        };
+        meta.generation = cur.generation;
+        if cur.deletion_timestamp.is_some() {
+            let added: Vec<&String> = meta
+                .finalizers
+                .iter()
+                .filter(|f| !cur.finalizers.contains(f))
+                .collect();
+            if !added.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+                )));
+            }
+        }
+        if next.spec_fingerprint() != current.spec_fingerprint() {
+            let meta = next.metadata_mut();
+            meta.generation = cur.generation + 1;
+            // A new spec is new work: its trace is this request's.
+            skiff_telemetry::annotate(&mut meta.annotations);
+        }
+        // Kept when a writer leaves it out (it is the server's to set).
+        let trace = skiff_telemetry::TRACE_ANNOTATION;
+        if let Some(value) = cur.annotations.get(trace) {
+            next.metadata_mut()
+                .annotations
+                .entry(trace.to_string())
+                .or_insert_with(|| value.clone());
+        }
+        Ok(next)
+    }
+
+    pub(super) fn write_error<K: Strategy>(
+        &self,
+        e: skiff_store::Error,
+        namespace: &str,
+        name: &str,
+    ) -> ApiError {
+        match e {
+            skiff_store::Error::NotFound { .. } => not_found::<K>(namespace, name),
+            skiff_store::Error::Conflict {
+                expected, current, ..
+            } => ApiError::Conflict {
+                kind: kind_name::<K>(),
+                name: object_name(namespace, name),
+                requested: expected.to_string(),
+                current,
+            },
+            other => other.into(),
+        }
+    }
+}
