@@ -9,7 +9,8 @@
 //!   their proto3 JSON (serde) forms; [`codec`]: their gRPC codec.
 //! - [`Resource`]: what the API knows about each kind (generated from
 //!   `proto/kinds.tsv`), and [`for_each_kind!`] to act on every kind.
-//! - [`keys`]: where objects live in the store.
+//! - [`keys`]: where objects live in the store; [`names`]: well-known
+//!   names (namespaces, finalizers, label keys, default addresses).
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: resource quantities such as `500m` and `128Mi`.
 //! - [`schedule`]: CronJob schedules.
@@ -21,6 +22,7 @@
 
 pub mod codec;
 pub mod keys;
+pub mod names;
 pub mod nodes;
 pub mod pods;
 pub mod podsecurity;

@@ -36,7 +36,7 @@ use skiff::pb::core::v1::{Endpoints, Service};
 use skiff_client::Store;
 
 /// The cluster domain, as Kubernetes' default.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
+pub use skiff::names::CLUSTER_DOMAIN;
 
 /// Seconds answers may be cached (short: Services change).
 const TTL: u32 = 5;

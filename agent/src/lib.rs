@@ -56,11 +56,7 @@ use skiff_client::watcher::Params;
 use skiff_client::{Api, Informer};
 use skiff_runtime::{DockerRuntime, FakeRuntime, ProcessRuntime, Runtime};
 
-/// The service CIDR of a cluster started with the defaults (k3s's).
-pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
-
-/// Namespace of node leases, as Kubernetes'.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+pub use skiff::names::{DEFAULT_SERVICE_CIDR, NODE_LEASE_NAMESPACE};
 
 /// Which runtime runs the pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -89,8 +89,7 @@ pub struct Config {
     pub pod_security: podsecurity::PodSecurity,
 }
 
-/// The default service range (k3s's).
-pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
+pub use skiff::names::DEFAULT_SERVICE_CIDR;
 
 impl Config {
     /// Defaults: one actor per core, bookmarks every 10 s.

@@ -11,9 +11,7 @@ use crate::actor::{ActorHandle, Op, Reply};
 use crate::registry::WatchStream;
 use crate::strategy::Strategy;
 
-/// The metadata key of a server-side dry run (Kubernetes' `dryRun=All`):
-/// Create and Update check and return the object but write nothing.
-pub const DRY_RUN_HEADER: &str = "x-skiff-dry-run";
+pub use skiff::names::DRY_RUN_HEADER;
 
 /// Whether the request asks for a dry run.
 fn dry_run<T>(req: &Request<T>) -> Result<bool, Status> {

@@ -163,10 +163,7 @@ impl<K: Resource> Reconciler for GarbageCollector<K> {
     }
 }
 
-/// The finalizer of a Foreground deletion (the API server's).
-pub const FOREGROUND: &str = "foregroundDeletion";
-/// The finalizer of an Orphan deletion.
-pub const ORPHAN: &str = "orphan";
+pub use skiff::names::{FOREGROUND_FINALIZER as FOREGROUND, ORPHAN_FINALIZER as ORPHAN};
 
 /// Foreground and Orphan deletions of owners of kind `O` with dependents
 /// of kind `D`. An owner deleted with the `foregroundDeletion` finalizer

@@ -9,8 +9,7 @@ use skiff_client::{Api, Store};
 
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
-/// The finalizer the API puts on every namespace.
-pub const FINALIZER: &str = "kubernetes";
+pub use skiff::names::NAMESPACE_FINALIZER as FINALIZER;
 
 /// See the module doc. Keys are namespaces.
 pub struct NamespaceController {

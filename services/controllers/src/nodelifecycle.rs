@@ -24,8 +24,7 @@ use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// The taint an unreachable node gets.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
-/// Namespace of node leases.
-pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub use skiff::names::NODE_LEASE_NAMESPACE as LEASE_NAMESPACE;
 
 /// The controller's timings.
 #[derive(Debug, Clone, Copy)]

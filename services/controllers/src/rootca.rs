@@ -11,8 +11,7 @@ use skiff_client::{Api, Store};
 
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
-/// The ConfigMap's name.
-pub const NAME: &str = "kube-root-ca.crt";
+pub use skiff::names::ROOT_CA_CONFIGMAP as NAME;
 /// Its key.
 pub const KEY: &str = "ca.crt";
 

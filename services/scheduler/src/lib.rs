@@ -26,8 +26,7 @@ pub mod scheduler;
 
 pub use framework::{Profile, ProfileConfig};
 
-/// Skiff's scheduler name (pods' spec.schedulerName), as Kubernetes'.
-pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+pub use skiff::names::DEFAULT_SCHEDULER;
 
 /// How to run the scheduler.
 #[derive(Debug, Clone)]

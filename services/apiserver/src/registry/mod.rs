@@ -60,18 +60,11 @@ pub const OWNER_KINDS: &[&str] = &[
     "Job",
     "CronJob",
 ];
-/// The finalizer of a Foreground deletion.
-pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
-/// The finalizer of an Orphan deletion.
-pub const ORPHAN_FINALIZER: &str = "orphan";
+pub use skiff::names::{
+    FOREGROUND_FINALIZER, NODE_LEASE_NAMESPACE, ORPHAN_FINALIZER, SYSTEM_NAMESPACES,
+};
 /// Events buffered per watch response stream.
 const WATCH_STREAM_BUFFER: usize = 256;
-/// Where nodes' heartbeat Leases live.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-/// Namespaces that exist from the start and cannot be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] =
-    &["default", "kube-system", "kube-public", "kube-node-lease"];
-
 /// A watch response stream of kind `K`.
 pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
     Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,

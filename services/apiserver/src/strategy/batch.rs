@@ -8,10 +8,7 @@ use skiff::validation::FieldErrors;
 use super::workloads::{default_template, meta_selector, validate_template};
 use super::*;
 
-/// The label a Job's pods and selector carry: its uid.
-pub const JOB_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
-/// The label naming a pod's Job.
-pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+pub use skiff::names::{JOB_NAME_LABEL, JOB_UID_LABEL};
 
 impl Strategy for Job {
     fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {

@@ -26,8 +26,7 @@ pub use rbac::RBAC_GROUP;
 /// Where pods find their service account's token, CA and namespace.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// The finalizer that keeps a deleted namespace until its content is gone.
-pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+pub use skiff::names::NAMESPACE_FINALIZER;
 
 /// The shape names of a kind must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

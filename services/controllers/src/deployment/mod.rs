@@ -42,7 +42,7 @@ use skiff_client::{Api, Store};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// The label that ties a ReplicaSet and its pods to one template.
-pub const HASH_LABEL: &str = "pod-template-hash";
+pub use skiff::names::POD_TEMPLATE_HASH_LABEL as HASH_LABEL;
 /// A ReplicaSet's revision (and the Deployment's current one).
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 /// The Deployment's replicas a ReplicaSet was last sized for.
