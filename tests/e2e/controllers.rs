@@ -1119,21 +1119,52 @@ fn finished_with(status: &skiff::pb::batch::v1::JobStatus, kind: &str, reason: &
         .any(|c| c.r#type == kind && c.status == "True" && c.reason == reason)
 }
 
+/// An in-process API server, an agent on the process runtime, the
+/// scheduler and the controller manager: what batch workloads need.
+struct ProcessCluster {
+    /// A channel to the API server.
+    channel: tonic::transport::Channel,
+    _processes: [skiff_testkit::ChildGuard; 2],
+    _node: skiff_testkit::AgentNode,
+    /// The API server (stopped explicitly by tests that check a clean stop).
+    server: skiff_apiserver::ApiServer,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    async fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, &[]).await
+    }
+
+    /// With these controller manager flags.
+    async fn start_with(prefix: &str, controller_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
+                .await
+                .unwrap();
+        let url = format!("http://{}", server.addr);
+        let node = skiff_testkit::AgentNode::start_with_runtime(&url, prefix, "process").unwrap();
+        let processes = [
+            skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
+                .unwrap()
+                .process,
+            skiff_testkit::controller_manager_with(&url, &[], controller_args).unwrap(),
+        ];
+        Self {
+            channel: skiff_client::connect_lazy(&url).unwrap(),
+            _processes: processes,
+            _node: node,
+            server,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.addr);
-    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "jobs", "process").unwrap();
-    let _processes = [
-        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
-            .unwrap()
-            .process,
-        skiff_testkit::controller_manager(&url, &[]).unwrap(),
-    ];
-    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let cluster = ProcessCluster::start("jobs").await;
+    let channel = cluster.channel.clone();
     let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
     jobs.create(job(
         "three",
@@ -1230,29 +1261,15 @@ async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
             .is_empty()
     })
     .await;
-    server.stop().await.unwrap();
+    cluster.server.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autoscaler_follows_cpu_use_up_and_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.addr);
-    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "hpa", "process").unwrap();
-    let _processes = [
-        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
-            .unwrap()
-            .process,
-        skiff_testkit::controller_manager_with(
-            &url,
-            &[],
-            &["--horizontal-pod-autoscaler-sync-period-secs=1"],
-        )
-        .unwrap(),
-    ];
-    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let cluster =
+        ProcessCluster::start_with("hpa", &["--horizontal-pod-autoscaler-sync-period-secs=1"])
+            .await;
+    let channel = cluster.channel.clone();
     let deployment = |command: &str| -> skiff::pb::apps::v1::Deployment {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "burn", "namespace": "default"},
@@ -1346,7 +1363,7 @@ async fn an_autoscaler_follows_cpu_use_up_and_down() {
         async || replicas().await == 1,
     )
     .await;
-    server.stop().await.unwrap();
+    cluster.server.stop().await.unwrap();
 }
 
 fn cronjob(name: &str, schedule: &str, spec: serde_json::Value) -> skiff::pb::batch::v1::CronJob {
@@ -1392,19 +1409,8 @@ async fn jobs_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cronjobs_run_jobs_on_their_schedule_unless_suspended_and_take_them_along() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
-        .await
-        .unwrap();
-    let url = format!("http://{}", server.addr);
-    let _node = skiff_testkit::AgentNode::start_with_runtime(&url, "cron", "process").unwrap();
-    let _processes = [
-        skiff_testkit::SchedulerProcess::start(&url, "s1", 2)
-            .unwrap()
-            .process,
-        skiff_testkit::controller_manager(&url, &[]).unwrap(),
-    ];
-    let channel = skiff_client::connect_lazy(&url).unwrap();
+    let cluster = ProcessCluster::start("cron").await;
+    let channel = cluster.channel.clone();
     let crons = Api::<skiff::pb::batch::v1::CronJob>::new(channel.clone());
     let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
     let err = crons
