@@ -741,13 +741,24 @@ impl Drop for AgentNode {
                 .status();
         }
         if self.runtime == "process" {
-            for id in self.container_ids() {
-                if let Some(pid) = process_pid(self, &id) {
+            let ids = self.container_ids();
+            for id in &ids {
+                if let Some(pid) = process_pid(self, id) {
                     let _ = Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
                         .stderr(Stdio::null())
                         .status();
                 }
+            }
+            // Each shim writes its container's exit code once the process
+            // is gone: the data dir is removed after, not while they write
+            // (which would leave it behind).
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let process = self.data_dir.path().join("process");
+            while Instant::now() < deadline
+                && !ids.iter().all(|id| process.join(id).join("exit").exists())
+            {
+                std::thread::sleep(Duration::from_millis(20));
             }
             return;
         }
