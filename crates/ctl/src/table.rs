@@ -90,7 +90,9 @@ pub fn pod_status(pod: &Value) -> String {
             let terminated = str_at(c, "/state/terminated/reason");
             if !waiting.is_empty() {
                 reason = waiting.to_string();
-            } else if !terminated.is_empty() && reason != "Succeeded" && reason != "Failed" {
+            } else if !terminated.is_empty() {
+                // As kubectl: a finished pod shows how its containers
+                // ended (`Completed`, `Error`, `OOMKilled`), not its phase.
                 reason = terminated.to_string();
             }
         }
@@ -699,5 +701,11 @@ mod tests {
             "initContainerStatuses": [{"state": {"terminated": {"reason": "Completed"}}}],
             "containerStatuses": [{"state": {"waiting": {"reason": "CreateContainerConfigError"}}}]}});
         assert_eq!(pod_status(&config_error), "CreateContainerConfigError");
+        let done = json!({"status": {"phase": "Succeeded",
+            "containerStatuses": [{"state": {"terminated": {"reason": "Completed"}}}]}});
+        assert_eq!(pod_status(&done), "Completed");
+        let failed = json!({"status": {"phase": "Failed",
+            "containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 3}}}]}});
+        assert_eq!(pod_status(&failed), "Error");
     }
 }
