@@ -18,37 +18,22 @@ use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
+use crate::job::condition;
+use crate::replicaset::created_at;
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// Missed runs counted before giving up counting (Kubernetes: 100).
 const MISSED_CAP: usize = 100;
 
+/// How a Job ended: Some(true) complete, Some(false) failed, None not yet.
 fn finished(job: &Job) -> Option<bool> {
-    let conditions = job.status.as_ref().map(|s| s.conditions.as_slice())?;
-    let holds = |kind: &str| {
-        conditions
-            .iter()
-            .any(|c| c.r#type == kind && c.status == "True")
-    };
-    if holds("Complete") {
+    if condition(job, "Complete") {
         Some(true)
-    } else if holds("Failed") {
+    } else if condition(job, "Failed") {
         Some(false)
     } else {
         None
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-fn created_at<K: Resource>(obj: &K) -> i64 {
-    obj.metadata()
-        .and_then(|m| m.creation_timestamp.as_ref())
-        .map_or(0, |t| t.seconds)
 }
 
 /// Records `schedule` as `uid`'s; whether it differs from the one before
@@ -90,7 +75,7 @@ pub fn job_for(cron: &CronJob, at: i64) -> Job {
         .unwrap_or_default();
     let tmeta = template.metadata.unwrap_or_default();
     let mut annotations = tmeta.annotations;
-    annotations.insert(SCHEDULED_ANNOTATION.into(), humanize(at));
+    annotations.insert(SCHEDULED_ANNOTATION.into(), skiff::time::rfc3339(at));
     Job {
         metadata: Some(ObjectMeta {
             name: format!("{}-{}", meta.name, at / 60),
@@ -110,11 +95,6 @@ pub fn job_for(cron: &CronJob, at: i64) -> Job {
         spec: template.spec,
         ..Default::default()
     }
-}
-
-/// RFC 3339, UTC.
-fn humanize(at: i64) -> String {
-    skiff::time::rfc3339(at)
 }
 
 /// See the module doc.
@@ -270,7 +250,7 @@ impl CronJobController {
             .cloned()
             .collect();
         let schedule = skiff::schedule::parse(&spec.schedule).map_err(Error::Other)?;
-        let now = now_secs();
+        let now = skiff::time::now_seconds().seconds;
         let mut status = cron.status.clone().unwrap_or_default();
         // Where to count runs from: the last recorded run, or a newer one
         // whose Job exists (its status write may not have landed, or this
@@ -307,7 +287,10 @@ impl CronJobController {
                         &cron,
                         EventType::Warning,
                         "MissSchedule",
-                        format!("Missed scheduled time to start a job: {}", humanize(at)),
+                        format!(
+                            "Missed scheduled time to start a job: {}",
+                            skiff::time::rfc3339(at)
+                        ),
                     );
                     status.last_schedule_time = Some(skiff::wkt::Timestamp {
                         seconds: at,

@@ -28,7 +28,7 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::{rolling, template_hash};
-use crate::replicaset::{controller_of, is_active, is_available};
+use crate::replicaset::{controller_of, created_at, is_active, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// The label naming the template revision a daemon pod runs.
@@ -112,13 +112,6 @@ fn revision_of(pod: &Pod) -> &str {
         .map_or("", String::as_str)
 }
 
-fn created_at(pod: &Pod) -> i64 {
-    pod.metadata
-        .as_ref()
-        .and_then(|m| m.creation_timestamp.as_ref())
-        .map_or(0, |t| t.seconds)
-}
-
 /// Plans a reconcile of `ds` over `nodes` and the pods it owns (`owned`,
 /// including terminating and finished ones), for the template `hash`.
 /// Nodes with a create already in flight are in `creating`.
@@ -183,7 +176,7 @@ pub fn plan(
         }
         status.current_number_scheduled += 1;
         // One pod per node: the oldest stays (an updated one first).
-        active.sort_by_key(|p| (revision_of(p) != hash, created_at(p)));
+        active.sort_by_key(|p| (revision_of(p) != hash, created_at::<Pod>(p)));
         plan.delete
             .extend(active[1..].iter().map(|p| p.name().to_string()));
         let pod = active[0];
@@ -224,7 +217,7 @@ pub fn plan(
         let mut budget = max_unavailable - status.number_unavailable;
         let mut old: Vec<&&Arc<Pod>> = running.iter().filter(|p| revision_of(p) != hash).collect();
         // Unavailable old pods cost no availability: they go first.
-        old.sort_by_key(|p| (is_available(p, min_ready), created_at(p)));
+        old.sort_by_key(|p| (is_available(p, min_ready), created_at::<Pod>(p)));
         for pod in old {
             if !is_available(pod, min_ready) {
                 plan.delete.push(pod.name().to_string());

@@ -22,7 +22,7 @@ use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
-use crate::replicaset::{controller_of, is_active};
+use crate::replicaset::{controller_of, created_at, is_active};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// Creates not observed within this long are forgotten.
@@ -62,14 +62,8 @@ fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().map_or("", |s| s.phase.as_str())
 }
 
-fn created_at(pod: &Pod) -> i64 {
-    pod.metadata
-        .as_ref()
-        .and_then(|m| m.creation_timestamp.as_ref())
-        .map_or(0, |t| t.seconds)
-}
-
-fn condition(job: &Job, kind: &str) -> bool {
+/// Whether the Job holds condition `kind` (`Complete`, `Failed`, ...).
+pub(crate) fn condition(job: &Job, kind: &str) -> bool {
     job.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
@@ -195,7 +189,11 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
         // failure.
         let exponent = (failed - 1).clamp(0, 16) as u32;
         let delay = (BACKOFF_BASE_SECS << exponent).min(BACKOFF_MAX_SECS);
-        let last = failed_pods.iter().map(|p| created_at(p)).max().unwrap_or(0);
+        let last = failed_pods
+            .iter()
+            .map(|p| created_at::<Pod>(p))
+            .max()
+            .unwrap_or(0);
         if now < last + delay {
             plan.retry_after = Some(Duration::from_secs((last + delay - now).unsigned_abs()));
             return plan;
@@ -221,9 +219,7 @@ pub struct JobController {
 }
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    skiff::time::now_seconds().seconds
 }
 
 impl JobController {

@@ -155,6 +155,13 @@ pub struct ReplicaController<K> {
 }
 
 /// The owner reference with `controller: true`, if any.
+/// When an object was created, in seconds (0: unknown).
+pub(crate) fn created_at<K: Resource>(obj: &K) -> i64 {
+    obj.metadata()
+        .and_then(|m| m.creation_timestamp.as_ref())
+        .map_or(0, |t| t.seconds)
+}
+
 pub(crate) fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
     pod.metadata
         .as_ref()?

@@ -237,10 +237,13 @@ impl<R: Reconciler> Controller<R> {
                 }
             })
         };
-        // Dropped with this future too (a sibling controller joined with it
-        // panicked): no feeder outlives its controller.
+        // The feeder and queue stop however this future ends: the workers
+        // return, a reconcile panics (re-raised through here for the
+        // supervisor), or the future is dropped (a sibling controller joined
+        // with it panicked).
         let _stop = Stop(feeder.abort_handle(), queue.clone());
-        work(self.reconciler, queue, workers, feeder).await;
+        let reconciler = with_test_hook(self.reconciler as Arc<dyn Reconciler>);
+        run_workers(reconciler, queue, workers).await;
     }
 }
 
@@ -330,24 +333,5 @@ fn with_test_hook(reconciler: Arc<dyn Reconciler>) -> Arc<dyn Reconciler> {
     match std::env::var("SKIFF_TEST_PANIC_CONTROLLER") {
         Ok(name) if name == reconciler.name() => Arc::new(PanicOnce { inner: reconciler }),
         _ => reconciler,
-    }
-}
-
-/// Runs a controller's workers until one panics (then re-raises it for
-/// the supervisor), stopping its feeder and queue on the way out.
-async fn work<R: Reconciler>(
-    reconciler: Arc<R>,
-    queue: WorkQueue<ObjectRef>,
-    workers: usize,
-    feeder: tokio::task::JoinHandle<()>,
-) {
-    let reconciler = with_test_hook(reconciler as Arc<dyn Reconciler>);
-    let result = std::panic::AssertUnwindSafe(run_workers(reconciler, queue.clone(), workers))
-        .catch_unwind()
-        .await;
-    feeder.abort();
-    queue.shut_down();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
     }
 }
