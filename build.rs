@@ -336,6 +336,88 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(["."])
         .build(&[".skiff"])?;
 
+    for entry in std::fs::read_dir(&out)? {
+        let path = entry?.path();
+        if path.to_string_lossy().ends_with(".serde.rs") {
+            let text = std::fs::read_to_string(&path)?;
+            std::fs::write(&path, kubernetes_json(&text, &path))?;
+        }
+    }
+
     std::fs::write(out.join("kinds.rs"), kinds_rs(&kinds))?;
     Ok(())
+}
+
+/// Fields Kubernetes always writes (its Go types have no `omitempty` on
+/// them), which proto3 JSON would leave out at their zero value: clients
+/// that check required fields (the Python client) refuse an object
+/// without them. `(message, Rust field)`.
+const ALWAYS_WRITTEN: &[(&str, &str)] = &[
+    ("ContainerStatus", "name"),
+    ("ContainerStatus", "ready"),
+    ("ContainerStatus", "restart_count"),
+    ("ContainerStatus", "image"),
+    ("ContainerStatus", "image_id"),
+    ("ContainerStateTerminated", "exit_code"),
+    ("ReplicaSetStatus", "replicas"),
+    ("ReplicationControllerStatus", "replicas"),
+    ("DaemonSetStatus", "current_number_scheduled"),
+    ("DaemonSetStatus", "desired_number_scheduled"),
+    ("DaemonSetStatus", "number_misscheduled"),
+    ("DaemonSetStatus", "number_ready"),
+    ("NodeSystemInfo", "machine_id"),
+    ("NodeSystemInfo", "system_uuid"),
+    ("NodeSystemInfo", "boot_id"),
+    ("NodeSystemInfo", "kernel_version"),
+    ("NodeSystemInfo", "os_image"),
+    ("NodeSystemInfo", "container_runtime_version"),
+    ("NodeSystemInfo", "kubelet_version"),
+    ("NodeSystemInfo", "kube_proxy_version"),
+    ("NodeSystemInfo", "operating_system"),
+    ("NodeSystemInfo", "architecture"),
+    ("HorizontalPodAutoscalerStatus", "desired_replicas"),
+];
+
+/// Makes pbjson's proto3 JSON read like Kubernetes' JSON: 64-bit integers
+/// as numbers (proto3 JSON quotes them; Go clients refuse a quoted
+/// `generation`), and the [`ALWAYS_WRITTEN`] fields written even when
+/// zero. Reading still accepts both forms.
+fn kubernetes_json(text: &str, path: &Path) -> String {
+    let mut text = text
+        .replace("ToString::to_string(&v).as_str()", "v")
+        .replace(".iter().map(ToString::to_string).collect::<Vec<_>>()", "");
+    const QUOTED: &str = "ToString::to_string(&self.";
+    while let Some(start) = text.find(QUOTED) {
+        let field_end = start
+            + text[start..]
+                .find(").as_str()")
+                .expect("a quoted integer field");
+        let field = text[start + QUOTED.len()..field_end].to_string();
+        text.replace_range(
+            start..field_end + ").as_str()".len(),
+            &format!("&self.{field}"),
+        );
+    }
+    for (message, field) in ALWAYS_WRITTEN {
+        let head = format!("impl serde::Serialize for {message} {{");
+        let Some(start) = text.find(&head) else {
+            continue;
+        };
+        let end = start + text[start..].find("\nimpl ").unwrap_or(text.len() - start);
+        let block = &text[start..end];
+        let guards = [
+            format!("if self.{field} != 0 {{"),
+            format!("if self.{field} {{"),
+            format!("if !self.{field}.is_empty() {{"),
+        ];
+        let Some(guard) = guards.iter().find(|g| block.contains(g.as_str())) else {
+            panic!(
+                "{}: no zero-value guard for {message}.{field}",
+                path.display()
+            );
+        };
+        let block = block.replace(guard.as_str(), "{");
+        text.replace_range(start..end, &block);
+    }
+    text
 }

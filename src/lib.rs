@@ -9,6 +9,8 @@
 //!   their proto3 JSON (serde) forms; [`codec`]: their gRPC codec.
 //! - [`Resource`]: what the API knows about each kind (generated from
 //!   `proto/kinds.tsv`), and [`for_each_kind!`] to act on every kind.
+//! - [`json`]: objects as Kubernetes' JSON (one conversion for every
+//!   door).
 //! - [`keys`]: where objects live in the store; [`names`]: well-known
 //!   names (namespaces, finalizers, label keys, default addresses).
 //! - [`selector`]: label and field selectors.
@@ -19,8 +21,11 @@
 //!   Services; [`nodes`]: which nodes a pod may run on (selectors,
 //!   affinity, taints), for the scheduler and the DaemonSet controller.
 //! - [`podsecurity`]: Pod Security Standards checks, for the API server's admission.
+//! - [`table`]: kubectl's columns per kind, shared by the CLI and the API
+//!   server's Tables (`kubectl get`).
 
 pub mod codec;
+pub mod json;
 pub mod keys;
 pub mod names;
 pub mod nodes;
@@ -30,6 +35,7 @@ pub mod quantity;
 mod resource;
 pub mod schedule;
 pub mod selector;
+pub mod table;
 pub mod time;
 pub mod validation;
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 use skiff_apiserver::StoreConfig;
 use skiff_testkit::{AgentNode, wait_until};
 
-struct Cluster {
-    server: skiff_apiserver::ApiServer,
-    node: AgentNode,
+pub(crate) struct Cluster {
+    pub(crate) server: skiff_apiserver::ApiServer,
+    pub(crate) node: AgentNode,
     _processes: Vec<skiff_testkit::ChildGuard>,
-    dir: tempfile::TempDir,
-    image: &'static str,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) image: &'static str,
 }
 
 /// What a command printed and how it ended.
@@ -24,7 +24,7 @@ struct Run {
     code: Option<i32>,
 }
 
-async fn cluster(prefix: &str) -> Cluster {
+pub(crate) async fn cluster(prefix: &str) -> Cluster {
     cluster_with(prefix, None).await
 }
 
@@ -142,7 +142,7 @@ impl Cluster {
 }
 
 /// An app as the Kubernetes documentation writes one.
-fn app(image: &str, greeting: &str) -> String {
+pub(crate) fn app(image: &str, greeting: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: ConfigMap

@@ -10,6 +10,7 @@ mod cli;
 mod controllers;
 mod crash;
 mod grpcurl;
+mod kubectl;
 mod metrics;
 mod proxy;
 mod scheduler;

@@ -137,6 +137,9 @@ pub fn write_configs(security: &Security, data_dir: &Path, url: &str) -> anyhow:
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     };
+    let kubeconfig = data_dir.join("admin.kubeconfig");
+    skiff_ctl::config::save_kubeconfig(&admin_config, "admin", &kubeconfig, "skiff server")
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
     Ok(Configs {
         admin: write("admin.config", &admin_config)?,
         admin_files: (

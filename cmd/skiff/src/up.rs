@@ -118,9 +118,19 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config_path = skiff_ctl::config::save(&client_config)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|e| format!("(not written: {e})"));
+    let kubeconfig_path = skiff_ctl::config::kubeconfig_path();
+    let kubeconfig = match skiff_ctl::config::save_kubeconfig(
+        &client_config,
+        "admin",
+        &kubeconfig_path,
+        "skiff up",
+    ) {
+        Ok(()) => kubeconfig_path.display().to_string(),
+        Err(e) => format!("(not written: {e})"),
+    };
     println!("Skiff is up.");
     println!(
-        "  API server:  {url} (gRPC; reflection and health on; {})",
+        "  API server:  {url} (gRPC and the Kubernetes HTTP API; reflection and health on; {})",
         if security.is_some() {
             "TLS, client certificates or tokens"
         } else {
@@ -151,6 +161,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("  state:       etcd at {}", args.api.etcd.join(","));
     }
     println!("  client:      {config_path} (skiff get, apply, logs ... use it; you are admin)");
+    println!("  kubeconfig:  {kubeconfig} (kubectl, helm and Kubernetes clients; you are admin)");
     let grpcurl = match &configs {
         Some(c) => format!(
             "grpcurl -cacert {} -cert {} -key {}",
@@ -163,6 +174,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let target = url.split_once("://").map_or(url.as_str(), |(_, t)| t);
     println!("Try:");
     println!("  skiff get nodes");
+    println!("  KUBECONFIG={kubeconfig} kubectl get nodes");
     println!("  {grpcurl} {target} list");
     if security.is_some() {
         println!(

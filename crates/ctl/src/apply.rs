@@ -77,7 +77,7 @@ fn metadata_mut(value: &mut Value) -> &mut Map<String, Value> {
 /// last-applied annotation recording it.
 fn prepared(doc: &Document, namespace: &str) -> Value {
     let mut value = doc.value.clone();
-    crate::kinds::numbers(&mut value);
+    skiff::json::kubernetes_forms(&mut value);
     if let Some(map) = value.as_object_mut() {
         map.remove("status");
     }

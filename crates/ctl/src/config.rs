@@ -163,9 +163,94 @@ pub fn save(config: &ClientConfig) -> std::io::Result<PathBuf> {
     Ok(p)
 }
 
+/// The config as a kubeconfig, for kubectl, helm and every Kubernetes
+/// client (`KUBECONFIG=~/.skiff/kubeconfig kubectl get nodes`): cluster
+/// `skiff`, user `user`, context `skiff`, credentials inline.
+pub fn kubeconfig(config: &ClientConfig, user: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let mut cluster = serde_json::json!({"server": config.server});
+    if !config.certificate_authority.is_empty() {
+        cluster["certificate-authority-data"] = b64(&config.certificate_authority).into();
+    }
+    let mut credentials = serde_json::json!({});
+    if !config.client_certificate.is_empty() {
+        credentials["client-certificate-data"] = b64(&config.client_certificate).into();
+        credentials["client-key-data"] = b64(&config.client_key).into();
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "skiff", "cluster": cluster}],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": "skiff", "context": {
+            "cluster": "skiff", "user": user, "namespace": config.namespace,
+        }}],
+        "current-context": "skiff",
+        "preferences": {},
+    });
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// Writes the kubeconfig of `config` (owner only).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn save_kubeconfig(
+    config: &ClientConfig,
+    user: &str,
+    p: &Path,
+    written_by: &str,
+) -> std::io::Result<()> {
+    skiff_pki::ca::write_atomic(
+        p,
+        &format!(
+            "# Written by `{written_by}`: for kubectl, helm and other Kubernetes clients.\n{}",
+            kubeconfig(config, user)
+        ),
+        0o600,
+    )
+    .map_err(std::io::Error::other)
+}
+
+/// Where `skiff up` writes the admin's kubeconfig: `kubeconfig` beside
+/// the client config (`~/.skiff/kubeconfig`).
+pub fn kubeconfig_path() -> PathBuf {
+    path().with_file_name("kubeconfig")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubeconfigs_carry_the_server_ca_and_credentials_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = skiff_pki::Ca::load_or_create(&dir.path().join("pki")).unwrap();
+        let admin = ca.issue_client("admin", &["system:masters"]).unwrap();
+        let config = ClientConfig::with_identity("https://127.0.0.1:6443", &ca.cert_pem, &admin);
+        let path = dir.path().join("kubeconfig");
+        save_kubeconfig(&config, "admin", &path, "test").unwrap();
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(doc["current-context"], "skiff");
+        assert_eq!(
+            doc["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        use base64::Engine as _;
+        let ca_data = doc["clusters"][0]["cluster"]["certificate-authority-data"]
+            .as_str()
+            .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(ca_data)
+            .unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), ca.cert_pem);
+        assert!(doc["users"][0]["user"]["client-key-data"].is_string());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn a_config_round_trips_and_its_file_is_private() {

@@ -20,7 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod kinds;
 pub mod manifest;
-pub mod table;
+pub use skiff::table;
 pub mod top;
 
 use std::io::Write as _;

@@ -401,7 +401,18 @@ where
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let mut call = Call::start(Arc::clone(&self.metrics), request.uri().path());
+        // Kubernetes HTTP API calls share the port: counted by HTTP method
+        // (their paths hold object names, unbounded as labels).
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let path = if grpc {
+            request.uri().path().to_string()
+        } else {
+            format!("/http/{}", request.method())
+        };
+        let mut call = Call::start(Arc::clone(&self.metrics), &path);
         Box::pin(async move {
             let response = inner.call(request).await;
             let response = match response {
@@ -411,7 +422,11 @@ where
                     return Err(e);
                 }
             };
-            call.code = response.headers().get("grpc-status").map(code_name);
+            call.code = if grpc {
+                response.headers().get("grpc-status").map(code_name)
+            } else {
+                Some(response.status().as_u16().to_string())
+            };
             Ok(response.map(|body| TrackedBody {
                 inner: Box::pin(body),
                 call,
@@ -463,6 +478,7 @@ mod tests {
         for path in ["/skiff.core.v1.Pods/Get", "/skiff.core.v1.Pods/Delete"] {
             let request = http::Request::builder()
                 .uri(path)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
                 .body(String::new())
                 .unwrap();
             let response = service.ready().await.unwrap().call(request).await.unwrap();
@@ -472,6 +488,18 @@ mod tests {
                 .is_some()
             {}
         }
+        // A Kubernetes HTTP API call on the same port: by HTTP method and
+        // status (its path holds object names).
+        let request = http::Request::builder()
+            .uri("/api/v1/namespaces/default/pods/web-1")
+            .body(String::new())
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        let mut body = response.into_body();
+        while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .is_some()
+        {}
         let scrape = render();
         let lines: Vec<std::io::Result<String>> =
             scrape.lines().map(|l| Ok(l.to_string())).collect();
@@ -492,6 +520,8 @@ mod tests {
         };
         assert_eq!(count("Get", "Ok"), 1.0, "{scrape}");
         assert_eq!(count("Delete", "NotFound"), 1.0, "{scrape}");
+        assert_eq!(count("GET", "200"), 1.0, "{scrape}");
+        assert!(!scrape.contains("web-1"), "{scrape}");
         assert!(
             scrape.contains("skiff_test_requests_in_flight{kind=\"Pods\",method=\"Get\"} 0"),
             "{scrape}"

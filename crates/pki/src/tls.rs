@@ -517,7 +517,9 @@ impl ServerTls {
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(identity.clone()));
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/1.1 too: the API server's Kubernetes HTTP API takes it
+        // (WebSocket upgrades, clients without HTTP/2).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // Every connection authenticates afresh (see the client's).
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;

