@@ -529,3 +529,68 @@ async fn undecodable_and_oversized_messages_are_the_callers_error() {
         "nothing was stored"
     );
 }
+
+/// A gRPC call dressed as something else: a caller without rights sends
+/// a well-formed gRPC Create of a ClusterRoleBinding (itself as
+/// cluster-admin) with a content-type that is not gRPC's, hoping the
+/// Kubernetes HTTP API's checks (authentication only, authorization done
+/// by the HTTP handlers) are applied instead of the gRPC method's. Which
+/// checks apply follows the path, never a header the caller chooses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_with_a_foreign_content_type_is_still_authorized_as_grpc() {
+    use prost::Message as _;
+    use skiff::pb::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    use tower::ServiceExt as _;
+    let c = Secure::start(&[]);
+    let mallory = c.as_user("mallory", &[]);
+    let mut binding = ClusterRoleBinding {
+        role_ref: Some(RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "cluster-admin".into(),
+        }),
+        subjects: vec![Subject {
+            kind: "User".into(),
+            name: "mallory".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    skiff::Resource::metadata_mut(&mut binding).name = "mallory-admin".into();
+    let message = binding.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    for content_type in ["application/octet-stream", "application/json", ""] {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "{}/skiff.rbac.v1.ClusterRoleBindings/Create",
+                c.server.url()
+            ))
+            .header("te", "trailers");
+        if !content_type.is_empty() {
+            request = request.header("content-type", content_type);
+        }
+        let request = request
+            .body(tonic::body::Body::new(http_body_util::Full::new(
+                bytes::Bytes::from(frame.clone()),
+            )))
+            .unwrap();
+        let response = mallory.clone().oneshot(request).await.unwrap();
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            status.as_deref(),
+            Some("7"),
+            "{content_type:?}: not refused as PERMISSION_DENIED: {response:?}"
+        );
+    }
+    let err = Api::<ClusterRoleBinding>::new(c.admin())
+        .get("", "mallory-admin")
+        .await
+        .expect_err("no binding was made");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}

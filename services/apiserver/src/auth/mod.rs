@@ -299,12 +299,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let checker = Arc::clone(&self.checker);
-        let grpc = request
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // By path, never by a header the caller chooses: a gRPC method's
+        // path always gets the gRPC checks, whatever its content-type says.
+        let kubernetes = crate::http::is_api_path(request.uri().path());
         Box::pin(async move {
-            if !grpc {
+            if kubernetes {
                 return match checker.check_http(request).await {
                     Ok(request) => inner.call(request).await,
                     Err(response) => Ok(response),

@@ -178,6 +178,12 @@ pub fn is_public(path: &str) -> bool {
     matches!(path::route(path), Route::Version | Route::Health)
 }
 
+/// Whether `path` is one the Kubernetes HTTP API serves (every other path
+/// is a gRPC method's, and is checked as one).
+pub fn is_api_path(path: &str) -> bool {
+    path::route(path) != Route::Unknown
+}
+
 /// A request to a kind, read.
 pub struct Request {
     /// What it addresses.

@@ -26,6 +26,9 @@ use crate::error::ApiError;
 /// Attempts of a patch or scale that keeps losing races with other
 /// writers (each is read, changed and written again).
 const MAX_ATTEMPTS: usize = 8;
+/// Unknown fields dropped from one body before it is refused (each is
+/// found by a decode of the whole body).
+const MAX_UNKNOWN_FIELDS: usize = 32;
 
 /// Serves one request to kind `K`.
 ///
@@ -185,8 +188,9 @@ fn decode_as<M: serde::de::DeserializeOwned>(
             "{kind} in version {version:?} cannot be handled as a {kind}: {why}"
         ))
     };
-    // Each unknown field is found, reported or dropped, one at a time.
-    for _ in 0..256 {
+    // Each unknown field is found, reported or dropped, one at a time (a
+    // few: each costs a decode).
+    for _ in 0..MAX_UNKNOWN_FIELDS {
         let message = match skiff::json::from_value::<M>(value.clone()) {
             Ok(obj) => return Ok(obj),
             Err(message) => message,
@@ -516,6 +520,8 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     }
     let dry = dry_run(&req)?;
     let validation = validation(&req)?;
+    // (Authorized once the object is read: the node rules need its name.
+    // The read is bounded: MAX_BODY, MAX_UNKNOWN_FIELDS.)
     let mut warnings = Vec::new();
     let mut obj: K = decode(body_json(&req)?, validation, &mut warnings)?;
     place(&mut obj, &req)?;
@@ -539,11 +545,12 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
 async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let dry = dry_run(&req)?;
     let validation = validation(&req)?;
+    let t = &req.target;
+    ctx.authorize("update", t, &t.name, None).await?;
     let mut warnings = Vec::new();
     let mut obj: K = decode(body_json(&req)?, validation, &mut warnings)?;
     place(&mut obj, &req)?;
     same_name(&mut obj, &req)?;
-    let t = &req.target;
     ctx.authorize("update", t, &t.name, Some(obj.encode_to_vec().into()))
         .await?;
     let op = match (t.subresource.as_str(), dry) {
@@ -606,7 +613,12 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         ctx.no_escalation(t, &t.name, obj.encode_to_vec().into())
             .await?;
         let op = match (t.subresource.as_str(), dry) {
-            ("status", _) => Op::UpdateStatus(obj),
+            ("status", true) => {
+                return Err(Failure::bad_request(
+                    "dryRun: a dry run of a status update is not supported",
+                ));
+            }
+            ("status", false) => Op::UpdateStatus(obj),
             (_, true) => Op::UpdateDryRun(obj),
             (_, false) => Op::Update(obj),
         };
@@ -714,6 +726,9 @@ async fn delete_collection<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
             "dryRun: a dry run of deletecollection is not supported",
         ));
     }
+    if K::NAMESPACED && t.namespace.is_empty() {
+        return Err(Failure::not_allowed("deletecollection", &t.resource));
+    }
     ctx.authorize("deletecollection", t, "", None).await?;
     let options = delete_options(&req)?;
     let mut page = list_request(&req)?;
@@ -737,6 +752,13 @@ async fn delete_collection<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
 }
 
 async fn bind<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
+    if dry_run(&req)? {
+        return Err(Failure::bad_request(
+            "dryRun: a dry run of a binding is not supported",
+        ));
+    }
+    let t = &req.target;
+    ctx.authorize("create", t, &t.name, None).await?;
     let mut warnings = Vec::new();
     let mut binding: skiff::pb::core::v1::Binding = decode_as(
         body_json(&req)?,
@@ -756,7 +778,6 @@ async fn bind<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         )));
     }
     meta.namespace = req.target.namespace.clone();
-    let t = &req.target;
     ctx.authorize("create", t, &t.name, Some(binding.encode_to_vec().into()))
         .await?;
     object::<K>(ctx.actor.call(Op::<K>::Bind(Box::new(binding))).await)?;

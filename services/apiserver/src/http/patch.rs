@@ -42,6 +42,12 @@ impl PatchType {
     }
 }
 
+/// The most operations a JSON patch may have (Kubernetes' limit).
+const MAX_JSON_PATCH_OPS: usize = 10_000;
+/// The most bytes a JSON patch's `copy` operations may copy in all (the
+/// object limit: more could only make an object the API refuses).
+const MAX_COPIED_BYTES: usize = crate::registry::MAX_OBJECT_BYTES;
+
 /// Applies `patch` of type `kind` (not Apply) to `original`.
 ///
 /// # Errors
@@ -51,8 +57,31 @@ pub fn apply(kind: PatchType, original: &Value, patch: &[u8]) -> Result<Value, S
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_slice(patch)
                 .map_err(|e| format!("the JSON patch does not parse: {e}"))?;
+            if ops.len() > MAX_JSON_PATCH_OPS {
+                return Err(format!(
+                    "the JSON patch has {} operations, more than the {MAX_JSON_PATCH_OPS} allowed",
+                    ops.len()
+                ));
+            }
+            // `copy` can double the object at every step: the copied bytes
+            // are counted (Kubernetes' accumulated copy size limit).
+            let mut copied = 0usize;
             let mut doc = original.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| e.to_string())?;
+            for op in ops.iter() {
+                if let json_patch::PatchOperation::Copy(copy) = op {
+                    copied += doc
+                        .pointer(copy.from.as_str())
+                        .map_or(0, |v| v.to_string().len());
+                    if copied > MAX_COPIED_BYTES {
+                        return Err(format!(
+                            "the JSON patch copies more than {MAX_COPIED_BYTES} bytes"
+                        ));
+                    }
+                }
+                // One at a time, to count what each copy copies; a failed
+                // operation fails the whole patch (the copy is dropped).
+                json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+            }
             Ok(doc)
         }
         PatchType::Merge => {
@@ -68,51 +97,61 @@ pub fn apply(kind: PatchType, original: &Value, patch: &[u8]) -> Result<Value, S
             if !patch.is_object() {
                 return Err("a strategic merge patch must be a JSON object".into());
             }
-            Ok(strategic(original, &patch))
+            Ok(strategic(original, &patch, ""))
         }
         PatchType::Apply => Err("server-side apply is not a merge".into()),
     }
 }
 
-/// The merge key of the list at field `field` whose items look like
-/// `sample` (Kubernetes' `patchMergeKey`); None: the list is replaced.
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "schedulingGates"
-        | "resourceClaims" => "name",
-        "ports" => {
-            // A container's ports merge by number, a Service's by port.
-            let has = |key| sample.and_then(|s| s.get(key)).is_some();
-            if has("containerPort") || !has("port") {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "conditions" | "addresses" => "type",
-        "ownerReferences" => "uid",
-        "topologySpreadConstraints" => "topologyKey",
-        "hostAliases" => "ip",
+/// The merge key of the list at `path` (its field names from the root,
+/// list indices left out: `spec.template.spec.containers`) whose items
+/// look like `sample`, as Kubernetes' types declare it (`patchMergeKey`);
+/// None: the list is replaced whole.
+fn merge_key(path: &str, sample: Option<&Value>) -> Option<&'static str> {
+    let mut fields = path.rsplit('.');
+    let field = fields.next().unwrap_or("");
+    let parent = fields.next().unwrap_or("");
+    Some(match (parent, field) {
+        (_, "containers" | "initContainers" | "ephemeralContainers") => "name",
+        ("containers" | "initContainers" | "ephemeralContainers", "env") => "name",
+        ("containers" | "initContainers" | "ephemeralContainers", "ports") => "containerPort",
+        ("containers" | "initContainers" | "ephemeralContainers", "volumeMounts") => "mountPath",
+        ("containers" | "initContainers" | "ephemeralContainers", "volumeDevices") => "devicePath",
+        ("containers" | "initContainers" | "ephemeralContainers", "resizePolicy") => "resourceName",
+        // A pod spec's (a ServiceAccount's own imagePullSecrets, at the
+        // root, are replaced).
+        ("spec", "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims") => "name",
+        ("spec", "topologySpreadConstraints") => "topologyKey",
+        ("spec", "hostAliases") => "ip",
+        // A Service's ports.
+        ("spec", "ports") if sample.is_some_and(|s| s.get("port").is_some()) => "port",
+        ("status", "conditions") => "type",
+        ("status", "addresses") => "type",
+        ("status", "podIPs" | "hostIPs") => "ip",
+        ("metadata", "ownerReferences") => "uid",
+        // A ServiceAccount's secrets.
+        ("", "secrets") => "name",
         _ => return None,
     })
 }
 
 /// Lists of plain values merged as sets (Kubernetes' `merge` strategy on
 /// primitives).
-fn primitive_merge(field: &str) -> bool {
-    field == "finalizers"
+fn primitive_merge(path: &str) -> bool {
+    matches!(path, "metadata.finalizers" | "spec.podCIDRs")
 }
 
-/// A strategic merge of `patch` into `original`.
-fn strategic(original: &Value, patch: &Value) -> Value {
+/// `path.field`, or `field` at the root.
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// A strategic merge of `patch` into `original`, the value at `path`.
+fn strategic(original: &Value, patch: &Value, path: &str) -> Value {
     let Some(patch_map) = patch.as_object() else {
         return patch.clone();
     };
@@ -147,12 +186,21 @@ fn strategic(original: &Value, patch: &Value) -> Value {
             Value::Null => {
                 out.remove(key);
             }
+            Value::Object(inner)
+                if inner.get("$patch").and_then(Value::as_str) == Some("delete") =>
+            {
+                out.remove(key);
+            }
             Value::Object(_) => {
-                let merged = strategic(out.get(key).unwrap_or(&Value::Null), value);
+                let merged = strategic(
+                    out.get(key).unwrap_or(&Value::Null),
+                    value,
+                    &join(path, key),
+                );
                 out.insert(key.clone(), merged);
             }
             Value::Array(items) => {
-                let merged = merge_list(out.get(key), items, key);
+                let merged = merge_list(out.get(key), items, &join(path, key));
                 out.insert(key.clone(), merged);
             }
             other => {
@@ -162,19 +210,19 @@ fn strategic(original: &Value, patch: &Value) -> Value {
     }
     for (list, order) in orders {
         if let Some(Value::Array(items)) = out.get_mut(&list) {
-            reorder(items, &order, merge_key(&list, order.first()));
+            reorder(items, &order, merge_key(&join(path, &list), order.first()));
         }
     }
     Value::Object(out)
 }
 
-/// Merges the patch's items of the list at `field` into the original's.
-fn merge_list(original: Option<&Value>, patch: &[Value], field: &str) -> Value {
+/// Merges the patch's items of the list at `path` into the original's.
+fn merge_list(original: Option<&Value>, patch: &[Value], path: &str) -> Value {
     let mut items: Vec<Value> = original
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if primitive_merge(field) && patch.iter().all(|v| !v.is_object()) {
+    if primitive_merge(path) && patch.iter().all(|v| !v.is_object()) {
         for item in patch {
             if !items.contains(item) {
                 items.push(item.clone());
@@ -182,7 +230,7 @@ fn merge_list(original: Option<&Value>, patch: &[Value], field: &str) -> Value {
         }
         return Value::Array(items);
     }
-    let Some(key) = merge_key(field, patch.iter().find(|p| p.is_object())) else {
+    let Some(key) = merge_key(path, patch.iter().find(|p| p.is_object())) else {
         return Value::Array(patch.to_vec());
     };
     // `[{"$patch": "replace"}, ...]` replaces the whole list.
@@ -210,8 +258,8 @@ fn merge_list(original: Option<&Value>, patch: &[Value], field: &str) -> Value {
                 items.remove(i);
             }
             (None, true) => {}
-            (Some(i), false) => items[i] = strategic(&items[i], item),
-            (None, false) => items.push(strategic(&Value::Null, item)),
+            (Some(i), false) => items[i] = strategic(&items[i], item, path),
+            (None, false) => items.push(strategic(&Value::Null, item, path)),
         }
     }
     Value::Array(items)
@@ -300,6 +348,54 @@ mod tests {
             json!({"spec": {"selector": {"$patch": "replace", "b": "2"}}}),
         );
         assert_eq!(replaced["spec"]["selector"], json!({"b": "2"}));
+    }
+
+    #[test]
+    fn lists_merge_by_the_key_their_place_declares() {
+        // A ServiceAccount's secrets merge by name, its imagePullSecrets
+        // are replaced; a pod spec's imagePullSecrets merge.
+        let patched = smp(
+            json!({"secrets": [{"name": "s1"}, {"name": "s2"}], "imagePullSecrets": [{"name": "a"}]}),
+            json!({"secrets": [{"name": "s1", "$patch": "delete"}], "imagePullSecrets": [{"name": "b"}]}),
+        );
+        assert_eq!(patched["secrets"], json!([{"name": "s2"}]));
+        assert_eq!(patched["imagePullSecrets"], json!([{"name": "b"}]));
+        let pod = smp(
+            json!({"spec": {"imagePullSecrets": [{"name": "a"}]}, "status": {"podIPs": [{"ip": "10.0.0.1"}]}}),
+            json!({"spec": {"imagePullSecrets": [{"name": "b"}]}, "status": {"podIPs": [{"ip": "fd00::1"}]}}),
+        );
+        assert_eq!(
+            pod["spec"]["imagePullSecrets"],
+            json!([{"name": "a"}, {"name": "b"}])
+        );
+        assert_eq!(pod["status"]["podIPs"].as_array().unwrap().len(), 2);
+        // Endpoints' subsets ports and addresses are replaced.
+        let endpoints = smp(
+            json!({"subsets": [{"addresses": [{"ip": "1.1.1.1"}], "ports": [{"port": 80}]}]}),
+            json!({"subsets": [{"addresses": [{"ip": "2.2.2.2"}], "ports": [{"port": 81}]}]}),
+        );
+        assert_eq!(endpoints["subsets"][0]["ports"], json!([{"port": 81}]));
+        // A map is deleted with `$patch: delete`.
+        let gone = smp(
+            json!({"spec": {"selector": {"a": "1"}, "x": 1}}),
+            json!({"spec": {"selector": {"$patch": "delete"}}}),
+        );
+        assert_eq!(gone, json!({"spec": {"x": 1}}));
+    }
+
+    #[test]
+    fn json_patches_cannot_blow_an_object_up() {
+        let doc = json!({"data": {"k": "x".repeat(1024)}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")}))
+            .collect();
+        let err = apply(
+            PatchType::Json,
+            &doc,
+            Value::Array(ops).to_string().as_bytes(),
+        )
+        .unwrap_err();
+        assert!(err.contains("copies more than"), "{err}");
     }
 
     #[test]
