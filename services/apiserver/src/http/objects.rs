@@ -553,7 +553,15 @@ async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     same_name(&mut obj, &req)?;
     ctx.authorize("update", t, &t.name, Some(obj.encode_to_vec().into()))
         .await?;
-    let op = match (t.subresource.as_str(), dry) {
+    let updated = object(ctx.actor.call(write_op(t, dry, obj)?).await)?;
+    Ok(reply(StatusCode::OK, &encode(updated)?, &warnings))
+}
+
+/// The write an update or patch of `t` makes: of the status for the
+/// `status` subresource (never a dry run: gRPC's UpdateStatus has none),
+/// else of the object.
+fn write_op<K: JsonKind>(t: &super::Target, dry: bool, obj: K) -> Result<Op<K>, Failure> {
+    Ok(match (t.subresource.as_str(), dry) {
         ("status", true) => {
             return Err(Failure::bad_request(
                 "dryRun: a dry run of a status update is not supported",
@@ -562,9 +570,7 @@ async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         ("status", false) => Op::UpdateStatus(obj),
         (_, true) => Op::UpdateDryRun(obj),
         (_, false) => Op::Update(obj),
-    };
-    let updated = object(ctx.actor.call(op).await)?;
-    Ok(reply(StatusCode::OK, &encode(updated)?, &warnings))
+    })
 }
 
 async fn read<K: JsonKind>(ctx: &Ctx, req: &Request) -> Result<K, Failure> {
@@ -612,17 +618,7 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         let pinned = obj.resource_version() != current_rv;
         ctx.no_escalation(t, &t.name, obj.encode_to_vec().into())
             .await?;
-        let op = match (t.subresource.as_str(), dry) {
-            ("status", true) => {
-                return Err(Failure::bad_request(
-                    "dryRun: a dry run of a status update is not supported",
-                ));
-            }
-            ("status", false) => Op::UpdateStatus(obj),
-            (_, true) => Op::UpdateDryRun(obj),
-            (_, false) => Op::Update(obj),
-        };
-        match ctx.actor.call(op).await {
+        match ctx.actor.call(write_op(t, dry, obj)?).await {
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             result => {
                 let updated = object(result)?;
