@@ -24,6 +24,7 @@ struct Run {
     stdout: String,
     stderr: String,
     ok: bool,
+    code: Option<i32>,
 }
 
 impl Kubectl {
@@ -42,18 +43,40 @@ impl Kubectl {
         Self { kubeconfig, home }
     }
 
-    fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(skiff_testkit::kubectl_binary().unwrap())
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(skiff_testkit::kubectl_binary().unwrap());
+        command
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.home.path())
-            .env("KUBECACHEDIR", self.home.path().join("cache"))
-            .output()
+            .env("KUBECACHEDIR", self.home.path().join("cache"));
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        Self::ran(self.command(args).output().unwrap())
+    }
+
+    /// Runs with `input` on its standard input.
+    fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write as _;
+        let mut child = self
+            .command(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Self::ran(child.wait_with_output().unwrap())
+    }
+
+    fn ran(out: std::process::Output) -> Run {
         Run {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             ok: out.status.success(),
+            code: out.status.code(),
         }
     }
 
@@ -283,6 +306,65 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     k.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
     let described = k.ok(&["describe", "deployment", "web"]);
     assert!(described.contains("ScalingReplicaSet"), "{described}");
+
+    // logs, exec (exit codes, piped stdin) and cp, over the agents, once
+    // the old pods are gone.
+    wait_until(
+        "only the rolled-back pods are left",
+        Duration::from_secs(60),
+        async || {
+            let pods = k.ok(&["get", "pods", "-l", "app=web", "--no-headers"]);
+            pods.lines().count() == 2 && !pods.contains("Terminating")
+        },
+    )
+    .await;
+    let pod = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let log = k.ok(&["logs", &pod, "-c", "web"]);
+    assert!(log.contains("hello"), "{log}");
+    assert_eq!(k.ok(&["logs", &pod, "--tail=1"]).lines().count(), 1);
+    assert_eq!(
+        k.ok(&["exec", &pod, "--", "cat", "/www/index.html"]),
+        "hello from skiff\n"
+    );
+    let failed = k.run(&[
+        "exec",
+        &pod,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(failed.code, Some(3), "{}", failed.stderr);
+    assert_eq!(failed.stdout, "out\n");
+    assert!(failed.stderr.contains("err\n"), "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("command terminated with exit code 3"),
+        "{}",
+        failed.stderr
+    );
+    let counted = k.run_with_stdin(&["exec", "-i", &pod, "--", "wc", "-c"], b"piped data\n");
+    assert!(counted.ok, "{}", counted.stderr);
+    assert_eq!(counted.stdout.trim(), "11");
+    let copy = k.home.path().join("index.html");
+    k.ok(&[
+        "cp",
+        &format!("default/{pod}:/www/index.html"),
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&copy).unwrap(),
+        "hello from skiff\n"
+    );
 
     // Errors read as kubectl prints them for Kubernetes.
     assert_eq!(

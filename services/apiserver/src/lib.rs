@@ -8,6 +8,8 @@
 //! # Layout
 //!
 //! - [`service`]: the tonic services, generated for every kind.
+//! - [`serve`]: the connections: HTTP/2 and HTTP/1.1 (with upgrades) on
+//!   one listener.
 //! - [`actor`]: the API actors the services forward every call to.
 //! - [`registry`]: the generic object semantics (versions, generation,
 //!   finalizers, selectors, paging, watch).
@@ -44,6 +46,7 @@ pub mod index;
 pub mod logs;
 pub mod podsecurity;
 pub mod registry;
+pub mod serve;
 pub mod service;
 pub mod strategy;
 pub mod usage;
@@ -359,14 +362,14 @@ impl ApiServer {
             let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::from_arc(
                 std::sync::Arc::clone(&proxy),
             );
+            let http_api = http::HttpApi::new(
+                actor.clone(),
+                Arc::clone(&checker),
+                std::sync::Arc::clone(&proxy),
+            );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
             let usage = usage::server(actor.clone(), agent_tls.clone());
-            // Whatever is not gRPC goes to the Kubernetes HTTP API.
-            let http_api = http::HttpApi::new(actor.clone(), Arc::clone(&checker));
-            let routes: tonic::service::Routes = service::routes(&actor)
-                .into_axum_router()
-                .fallback_service(http_api)
-                .into();
+            let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -382,7 +385,7 @@ impl ApiServer {
             let handshake_limits = handshake_limits.clone();
             let auth_layer = auth::AuthLayer(Arc::clone(&checker));
             let identity = identity.clone();
-            let mut stop = shutdown.subscribe();
+            let stop = shutdown.subscribe();
             let ended_tx = ended_tx.clone();
             arbiter.spawn(async move {
                 let sockets = tokio_stream::StreamExt::filter_map(
@@ -390,16 +393,10 @@ impl ApiServer {
                     |socket| tokio::net::TcpStream::from_std(socket).ok(),
                 );
                 let incoming = skiff_pki::tls::handshakes(sockets, server_tls, handshake_limits);
-                let mut builder = tonic::transport::Server::builder()
-                    // kubectl's WebSocket upgrades and HTTP/1.1 clients.
-                    .accept_http1(true)
-                    .layer(skiff_telemetry::GrpcTraceLayer)
-                    .layer(grpc_metrics)
-                    .layer(auth_layer)
-                    .add_routes(routes);
+                let mut routes = routes;
                 if let Some(identity) = identity {
                     use skiff::pb::authentication::v1 as authentication;
-                    builder = builder
+                    routes = routes
                         .add_service(
                             authentication::certificates_server::CertificatesServer::from_arc(
                                 Arc::clone(&identity),
@@ -414,18 +411,26 @@ impl ApiServer {
                             authentication::identity_server::IdentityServer::from_arc(identity),
                         );
                 }
-                let result = builder
+                let routes = routes
                     .add_service(logs)
                     .add_service(exec)
                     .add_service(usage)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)
-                    .add_service(health_service)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = stop.wait_for(|stopping| *stopping).await;
-                    })
-                    .await;
-                let _ = ended_tx.send(result.map_err(ServeError::from));
+                    .add_service(health_service);
+                // Whatever no gRPC service takes goes to the Kubernetes
+                // HTTP API.
+                let routes = tonic::service::Routes::from(
+                    routes.into_axum_router().fallback_service(http_api),
+                )
+                .prepare();
+                let service = tower::ServiceBuilder::new()
+                    .layer(skiff_telemetry::GrpcTraceLayer)
+                    .layer(grpc_metrics)
+                    .layer(auth_layer)
+                    .service(routes);
+                serve::connections(incoming, service, stop).await;
+                let _ = ended_tx.send(Ok(()));
             });
         }
         let mut background = vec![

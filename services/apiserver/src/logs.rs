@@ -205,15 +205,63 @@ fn default_namespace(namespace: &mut String) {
     }
 }
 
+impl PodLogsService {
+    /// A pod's log from its node's agent (both doors call this).
+    ///
+    /// # Errors
+    /// The pod or its node cannot be read, or the agent refuses.
+    pub async fn log(&self, mut req: PodLogsRequest) -> Result<Response<LogStream>, Status> {
+        default_namespace(&mut req.namespace);
+        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
+        client.logs(req).await.map_err(|s| unreachable(&agent, s))
+    }
+
+    /// Runs a command in a pod's container to its end (both doors).
+    ///
+    /// # Errors
+    /// As [`PodLogsService::log`].
+    pub async fn exec_once(&self, mut req: PodExecRequest) -> Result<PodExecResponse, Status> {
+        default_namespace(&mut req.namespace);
+        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
+        client
+            .exec(req)
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| unreachable(&agent, s))
+    }
+
+    /// Runs `start` attached: `rest` (input, resizes, stdin's end) goes on
+    /// to the agent as it comes; the output comes back as a stream (both
+    /// doors call this).
+    ///
+    /// # Errors
+    /// As [`PodLogsService::log`].
+    pub async fn attach_with(
+        &self,
+        mut start: PodExecRequest,
+        rest: impl futures::Stream<Item = PodExecInput> + Send + 'static,
+    ) -> Result<tonic::Streaming<PodExecOutput>, Status> {
+        use futures::StreamExt as _;
+        default_namespace(&mut start.namespace);
+        let (mut client, agent) = self.agent(&start.namespace, &start.name).await?;
+        let first = PodExecInput {
+            input: Some(Input::Start(start)),
+        };
+        let forwarded = futures::stream::once(std::future::ready(first)).chain(rest);
+        client
+            .attach(forwarded)
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| unreachable(&agent, s))
+    }
+}
+
 #[tonic::async_trait]
 impl PodLogs for PodLogsService {
     type LogsStream = LogStream;
 
     async fn logs(&self, request: Request<PodLogsRequest>) -> Result<Response<LogStream>, Status> {
-        let mut req = request.into_inner();
-        default_namespace(&mut req.namespace);
-        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
-        client.logs(req).await.map_err(|s| unreachable(&agent, s))
+        self.log(request.into_inner()).await
     }
 }
 
@@ -223,10 +271,9 @@ impl PodExec for PodLogsService {
         &self,
         request: Request<PodExecRequest>,
     ) -> Result<Response<PodExecResponse>, Status> {
-        let mut req = request.into_inner();
-        default_namespace(&mut req.namespace);
-        let (mut client, agent) = self.agent(&req.namespace, &req.name).await?;
-        client.exec(req).await.map_err(|s| unreachable(&agent, s))
+        self.exec_once(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type AttachStream = tonic::Streaming<PodExecOutput>;
@@ -237,25 +284,15 @@ impl PodExec for PodLogsService {
     ) -> Result<Response<Self::AttachStream>, Status> {
         use futures::StreamExt as _;
         let mut inputs = request.into_inner();
-        let Some(Input::Start(mut start)) = inputs.message().await?.and_then(|m| m.input) else {
+        let Some(Input::Start(start)) = inputs.message().await?.and_then(|m| m.input) else {
             return Err(Status::invalid_argument(
                 "the first message must be `start`: what to run and where",
             ));
         };
-        default_namespace(&mut start.namespace);
-        let (mut client, agent) = self.agent(&start.namespace, &start.name).await?;
-        // The client's messages go on to the agent as they come, the
-        // start first.
-        let first = PodExecInput {
-            input: Some(Input::Start(start)),
-        };
+        // The client's messages go on to the agent as they come.
         let rest = inputs
             .take_while(|m| std::future::ready(m.is_ok()))
             .filter_map(|m| std::future::ready(m.ok()));
-        let forwarded = futures::stream::once(std::future::ready(first)).chain(rest);
-        client
-            .attach(forwarded)
-            .await
-            .map_err(|s| unreachable(&agent, s))
+        self.attach_with(start, rest).await.map(Response::new)
     }
 }

@@ -23,6 +23,8 @@
 //!   `binding` subresources.
 //! - `patch`: JSON patch, merge patch and strategic merge patch.
 //! - `table`: server-side Tables (`kubectl get`'s columns).
+//! - `pods`: `pods/log` and `pods/exec` (WebSocket channel protocols),
+//!   proxied from the agents like their gRPC twins.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -45,6 +47,7 @@ mod discovery;
 mod objects;
 mod patch;
 pub mod path;
+mod pods;
 mod status;
 mod table;
 
@@ -196,6 +199,8 @@ pub struct Request {
     pub headers: HeaderMap,
     /// Its body.
     pub body: Bytes,
+    /// The connection's upgrade, if the client asked for one (WebSocket).
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// What serving a request needs besides the request.
@@ -277,12 +282,23 @@ impl Ctx {
 pub struct HttpApi {
     actor: ActorHandle,
     checker: Arc<Checker>,
+    /// Reaches the agents for logs and exec.
+    logs: Arc<crate::logs::PodLogsService>,
 }
 
 impl HttpApi {
-    /// The API, calling `actor` and authorizing with `checker`.
-    pub fn new(actor: ActorHandle, checker: Arc<Checker>) -> Self {
-        Self { actor, checker }
+    /// The API, calling `actor`, authorizing with `checker` and reaching
+    /// agents through `logs`.
+    pub fn new(
+        actor: ActorHandle,
+        checker: Arc<Checker>,
+        logs: Arc<crate::logs::PodLogsService>,
+    ) -> Self {
+        Self {
+            actor,
+            checker,
+            logs,
+        }
     }
 
     async fn serve<B>(self, request: http::Request<B>) -> Reply
@@ -290,7 +306,7 @@ impl HttpApi {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         if parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -323,23 +339,26 @@ impl HttpApi {
                         ));
                     }
                 };
-                match kind_at(&target.group, &target.version, &target.resource) {
+                let ctx = Ctx {
+                    actor: self.actor.clone(),
+                    checker: Arc::clone(&self.checker),
+                    user,
+                };
+                let entry = kind_at(&target.group, &target.version, &target.resource);
+                let request = Request {
+                    target,
+                    method: parts.method,
+                    query,
+                    headers: parts.headers,
+                    body,
+                    upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                };
+                match entry {
                     None => Err(Failure::no_route()),
-                    Some(entry) => {
-                        let ctx = Ctx {
-                            actor: self.actor.clone(),
-                            checker: Arc::clone(&self.checker),
-                            user,
-                        };
-                        let request = Request {
-                            target,
-                            method: parts.method,
-                            query,
-                            headers: parts.headers,
-                            body,
-                        };
-                        (entry.serve)(ctx, request).await
+                    Some(_) if pods::handles(&request) => {
+                        pods::serve(ctx, Arc::clone(&self.logs), request).await
                     }
+                    Some(entry) => (entry.serve)(ctx, request).await,
                 }
             }
             (route, Some(_)) => discovery::serve(&route, &parts.headers),
