@@ -430,6 +430,73 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     let _ = watcher.wait();
     assert!(seen.starts_with("ADDED"), "{seen:?}");
 
+    // kubectl's generators send protobuf (client-go's typed clients).
+    assert!(
+        k.ok(&["create", "configmap", "gen", "--from-literal=a=b"])
+            .contains("configmap/gen created")
+    );
+    assert_eq!(k.ok(&["get", "cm", "gen", "-o", "jsonpath={.data.a}"]), "b");
+    k.ok(&["create", "secret", "generic", "gen", "--from-literal=pw=x"]);
+    assert_eq!(
+        k.ok(&["get", "secret", "gen", "-o", "jsonpath={.data.pw}"]),
+        "eA=="
+    );
+    k.ok(&[
+        "create",
+        "deployment",
+        "gen",
+        &format!("--image={}", c.image),
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert!(
+        k.ok(&[
+            "expose",
+            "deployment",
+            "gen",
+            "--port=80",
+            "--target-port=8080"
+        ])
+        .contains("service/gen exposed")
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "svc",
+            "gen",
+            "-o",
+            "jsonpath={.spec.ports[0].targetPort}"
+        ]),
+        "8080"
+    );
+    k.ok(&["rollout", "status", "deployment/gen", "--timeout=120s"]);
+    k.ok(&["create", "namespace", "gen"]);
+    k.ok(&["create", "serviceaccount", "gen"]);
+    k.ok(&["create", "role", "gen", "--verb=get", "--resource=pods"]);
+    // cordon, taint (patches) and drain (protobuf DeleteOptions).
+    let node = &c.node.name;
+    k.ok(&["cordon", node]);
+    k.ok(&["taint", "node", node, "gen=x:NoSchedule"]);
+    assert_eq!(
+        k.ok(&["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"]),
+        "true"
+    );
+    let drained = k.ok(&[
+        "drain",
+        node,
+        "--ignore-daemonsets",
+        "--force",
+        "--timeout=120s",
+    ]);
+    assert!(drained.contains("drained"), "{drained}");
+    k.ok(&["taint", "node", node, "gen=x:NoSchedule-"]);
+    k.ok(&["uncordon", node]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    k.ok(&["delete", "deployment", "gen"]);
+
     // delete, foreground: the ReplicaSets go before the Deployment.
     assert!(
         k.ok(&["delete", "deployment", "web", "--cascade=foreground"])

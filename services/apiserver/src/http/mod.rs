@@ -23,6 +23,8 @@
 //!   `binding` subresources.
 //! - `patch`: JSON patch, merge patch and strategic merge patch.
 //! - `table`: server-side Tables (`kubectl get`'s columns).
+//! - `protobuf`: request bodies in Kubernetes' protobuf (client-go's typed
+//!   clients), read into the same JSON.
 //! - `pods`: `pods/log` and `pods/exec` (WebSocket channel protocols),
 //!   proxied from the agents like their gRPC twins.
 
@@ -48,6 +50,7 @@ mod objects;
 mod patch;
 pub mod path;
 mod pods;
+mod protobuf;
 mod status;
 mod table;
 

@@ -155,10 +155,13 @@ fn body_json(req: &Request) -> Result<Value, Failure> {
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json");
     let base = content_type.split(';').next().unwrap_or("").trim();
+    if base == super::protobuf::MEDIA_TYPE {
+        return super::protobuf::to_json(&req.body).map_err(Failure::bad_request);
+    }
     if !(base == "application/json" || base.is_empty() || base == "*/*") {
         return Err(Failure::unsupported_media(
             content_type,
-            &["application/json"],
+            &["application/json", super::protobuf::MEDIA_TYPE],
         ));
     }
     serde_json::from_slice(&req.body)
@@ -636,28 +639,31 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     ))
 }
 
-/// Kubernetes' DeleteOptions, from the body and the query.
-fn delete_options(req: &Request) -> Result<DeleteRequest, Failure> {
+/// Kubernetes' DeleteOptions, from the body (JSON or protobuf: its fields
+/// by their JSON or proto names) and the query; and whether they ask for
+/// a dry run.
+fn delete_options(req: &Request) -> Result<(DeleteRequest, bool), Failure> {
     let body: Value = if req.body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&req.body)
-            .map_err(|e| Failure::bad_request(format!("the DeleteOptions do not parse: {e}")))?
+        body_json(req).map_err(|f| {
+            Failure::bad_request(format!("the DeleteOptions do not parse: {}", f.message))
+        })?
     };
-    let grace = match body.get("gracePeriodSeconds").and_then(Value::as_i64) {
+    let field = |camel: &str, snake: &str| body.get(camel).or_else(|| body.get(snake)).cloned();
+    let grace = match field("gracePeriodSeconds", "grace_period_seconds").and_then(|g| g.as_i64()) {
         Some(g) => Some(g),
         None => req
             .query
             .int("gracePeriodSeconds")
             .map_err(Failure::bad_request)?,
     };
-    let orphan = body.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+    let orphan = field("orphanDependents", "orphan_dependents").and_then(|o| o.as_bool())
+        == Some(true)
         || req.query.flag("orphanDependents");
-    let propagation = body
-        .get("propagationPolicy")
-        .and_then(Value::as_str)
-        .or(req.query.get("propagationPolicy"))
-        .map(str::to_string)
+    let propagation = field("propagationPolicy", "propagation_policy")
+        .and_then(|p| p.as_str().map(str::to_string))
+        .or(req.query.get("propagationPolicy").map(str::to_string))
         .unwrap_or_else(|| {
             if orphan {
                 "Orphan".into()
@@ -665,21 +671,33 @@ fn delete_options(req: &Request) -> Result<DeleteRequest, Failure> {
                 String::new()
             }
         });
-    let preconditions = body.get("preconditions").map(|p| Preconditions {
-        uid: p.get("uid").and_then(Value::as_str).unwrap_or("").into(),
-        resource_version: p
-            .get("resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .into(),
+    let preconditions = field("preconditions", "preconditions").map(|p| {
+        let text = |camel: &str, snake: &str| {
+            p.get(camel)
+                .or_else(|| p.get(snake))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Preconditions {
+            uid: text("uid", "uid"),
+            resource_version: text("resourceVersion", "resource_version"),
+        }
     });
-    Ok(DeleteRequest {
-        namespace: req.target.namespace.clone(),
-        name: req.target.name.clone(),
-        propagation_policy: propagation,
-        preconditions,
-        grace_period_seconds: grace,
-    })
+    let dry = dry_run(req)?
+        || field("dryRun", "dry_run")
+            .and_then(|d| d.as_array().cloned())
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    Ok((
+        DeleteRequest {
+            namespace: req.target.namespace.clone(),
+            name: req.target.name.clone(),
+            propagation_policy: propagation,
+            preconditions,
+            grace_period_seconds: grace,
+        },
+        dry,
+    ))
 }
 
 /// Kubernetes' answer to a delete that left nothing behind.
@@ -695,8 +713,7 @@ fn deleted(name: &str, resource: &str, uid: &str) -> Value {
 
 async fn delete<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let t = &req.target;
-    let options = delete_options(&req)?;
-    let dry = dry_run(&req)?;
+    let (options, dry) = delete_options(&req)?;
     ctx.authorize("delete", t, &t.name, None).await?;
     if dry {
         // Nothing changes: the answer is the object as it is.
@@ -726,7 +743,7 @@ async fn delete_collection<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
         return Err(Failure::not_allowed("deletecollection", &t.resource));
     }
     ctx.authorize("deletecollection", t, "", None).await?;
-    let options = delete_options(&req)?;
+    let (options, _) = delete_options(&req)?;
     let mut page = list_request(&req)?;
     page.limit = 0;
     let (_, items) = list_page::<K>(&ctx, page).await?;
