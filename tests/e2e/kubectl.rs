@@ -545,7 +545,10 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
         .create(robot)
         .await
         .unwrap();
-    let token = token_for(&channel, "robot").await;
+    // `kubectl create token` (a TokenRequest over HTTP, in protobuf).
+    let token = admin.ok(&["create", "token", "robot", "--duration=10m"]);
+    let token = token.trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
     let robot_dir = tempfile::tempdir().unwrap();
     let robot = Kubectl::new(write_token_kubeconfig(
         &admin_config,
@@ -557,6 +560,19 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
         err.trim(),
         "Error from server (Forbidden): pods is forbidden: User \"system:serviceaccount:default:robot\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
     );
+    // kubectl auth: who am I, and may I.
+    let whoami = robot.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("system:serviceaccount:default:robot"),
+        "{whoami}"
+    );
+    assert!(admin.ok(&["auth", "whoami"]).contains("admin"));
+    let no = robot.run(&["auth", "can-i", "list", "pods"]);
+    assert_eq!((no.ok, no.stdout.trim()), (false, "no"), "{}", no.stderr);
+    assert_eq!(
+        admin.ok(&["auth", "can-i", "delete", "nodes"]).trim(),
+        "yes"
+    );
     // Granted, it may (RBAC is the same over both doors).
     admin.ok(&["create", "-f", &admin.write("rbac.yaml", RBAC)]);
     wait_until(
@@ -567,6 +583,10 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
     .await;
     let err = robot.fails(&["get", "secrets"]);
     assert!(err.contains("(Forbidden)"), "{err}");
+    assert_eq!(robot.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    // gRPC issues them the same way.
+    let grpc_token = token_for(&channel, "robot").await;
+    assert_eq!(grpc_token.split('.').count(), 3);
 }
 
 const RBAC: &str = r#"apiVersion: rbac.authorization.k8s.io/v1

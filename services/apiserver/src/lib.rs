@@ -366,6 +366,7 @@ impl ApiServer {
                 actor.clone(),
                 Arc::clone(&checker),
                 std::sync::Arc::clone(&proxy),
+                identity.clone(),
             );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
             let usage = usage::server(actor.clone(), agent_tls.clone());

@@ -117,10 +117,12 @@ pub fn serve(route: &Route, headers: &HeaderMap) -> Result<Reply, Failure> {
         },
         Route::Resources { group, version } => {
             let kinds = kinds_of(group, version);
-            if kinds.is_empty() {
+            let mut resources: Vec<Value> =
+                kinds.iter().flat_map(|k| legacy_resources(k)).collect();
+            resources.extend(legacy_reviews(group, version));
+            if resources.is_empty() {
                 return Err(Failure::no_route());
             }
-            let resources: Vec<Value> = kinds.iter().flat_map(|k| legacy_resources(k)).collect();
             Ok(json(
                 StatusCode::OK,
                 &json!({
@@ -172,16 +174,67 @@ fn group_version(group: &str, version: &str) -> String {
     }
 }
 
+/// Resources that are no stored kind: the reviews (create only).
+/// (group, version, resource, kind)
+const REVIEWS: &[(&str, &str, &str, &str)] = &[
+    (
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+    ),
+];
+
 /// Every group and its versions (one each today; the first is preferred).
 fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for k in KINDS {
-        let versions = groups.entry(k.group).or_default();
-        if !versions.contains(&k.version) {
-            versions.push(k.version);
+    let all = KINDS
+        .iter()
+        .map(|k| (k.group, k.version))
+        .chain(REVIEWS.iter().map(|(g, v, _, _)| (*g, *v)));
+    for (group, version) in all {
+        let versions = groups.entry(group).or_default();
+        if !versions.contains(&version) {
+            versions.push(version);
         }
     }
     groups
+}
+
+/// The reviews of a group version, as legacy `APIResource`s.
+fn legacy_reviews(group: &str, version: &str) -> Vec<Value> {
+    REVIEWS
+        .iter()
+        .filter(|(g, v, _, _)| *g == group && *v == version)
+        .map(|(_, _, resource, kind)| {
+            json!({
+                "name": resource, "singularName": kind.to_lowercase(), "namespaced": false,
+                "kind": kind, "verbs": ["create"],
+            })
+        })
+        .collect()
+}
+
+/// The reviews of a group version, as aggregated resources.
+fn aggregated_reviews(group: &str, version: &str) -> Vec<Value> {
+    REVIEWS
+        .iter()
+        .filter(|(g, v, _, _)| *g == group && *v == version)
+        .map(|(g, v, resource, kind)| {
+            json!({
+                "resource": resource, "singularResource": kind.to_lowercase(),
+                "scope": "Cluster",
+                "responseKind": {"group": g, "version": v, "kind": kind},
+                "verbs": ["create"],
+            })
+        })
+        .collect()
 }
 
 fn kinds_of(group: &str, version: &str) -> Vec<&'static KindEntry> {
@@ -243,6 +296,19 @@ fn subresources(
     if kind.binding {
         subs.push(("binding", "", "v1", "Binding", &["create"][..]));
     }
+    if kind.kind == "Pod" {
+        subs.push(("log", "", "v1", "Pod", &["get"][..]));
+        subs.push(("exec", "", "v1", "PodExecOptions", &["create", "get"][..]));
+    }
+    if kind.kind == "ServiceAccount" {
+        subs.push((
+            "token",
+            "authentication.k8s.io",
+            "v1",
+            "TokenRequest",
+            &["create"][..],
+        ));
+    }
     subs
 }
 
@@ -289,7 +355,7 @@ fn aggregated_reply(groups: &[&str]) -> Reply {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|version| {
-                    let resources: Vec<Value> = kinds_of(group, version)
+                    let mut resources: Vec<Value> = kinds_of(group, version)
                         .into_iter()
                         .map(|k| {
                             let subresources: Vec<Value> = subresources(k)
@@ -314,6 +380,7 @@ fn aggregated_reply(groups: &[&str]) -> Reply {
                             })
                         })
                         .collect();
+                    resources.extend(aggregated_reviews(group, version));
                     json!({"version": version, "freshness": "Current", "resources": resources})
                 })
                 .collect();
@@ -433,7 +500,16 @@ mod tests {
     fn every_kind_is_discovered_with_its_subresources() {
         let pods: Vec<Value> = legacy_resources(super::super::kind_at("", "v1", "pods").unwrap());
         let names: Vec<&str> = pods.iter().map(|r| r["name"].as_str().unwrap()).collect();
-        assert_eq!(names, ["pods", "pods/status", "pods/binding"]);
+        assert_eq!(
+            names,
+            [
+                "pods",
+                "pods/status",
+                "pods/binding",
+                "pods/log",
+                "pods/exec"
+            ]
+        );
         assert_eq!(pods[0]["shortNames"], json!(["po"]));
         assert_eq!(pods[0]["categories"], json!(["all"]));
         let deployments =

@@ -23,6 +23,7 @@
 //!   `binding` subresources.
 //! - `patch`: JSON patch, merge patch and strategic merge patch.
 //! - `table`: server-side Tables (`kubectl get`'s columns).
+//! - `reviews`: `auth can-i`, `auth whoami` and `create token`.
 //! - `protobuf`: request bodies in Kubernetes' protobuf (client-go's typed
 //!   clients), read into the same JSON.
 //! - `pods`: `pods/log` and `pods/exec` (WebSocket channel protocols),
@@ -51,6 +52,7 @@ mod patch;
 pub mod path;
 mod pods;
 mod protobuf;
+mod reviews;
 mod status;
 mod table;
 
@@ -287,6 +289,8 @@ pub struct HttpApi {
     checker: Arc<Checker>,
     /// Reaches the agents for logs and exec.
     logs: Arc<crate::logs::PodLogsService>,
+    /// Issues service-account tokens (None: a plaintext cluster).
+    identity: Option<Arc<crate::auth::services::IdentityServices>>,
 }
 
 impl HttpApi {
@@ -296,11 +300,13 @@ impl HttpApi {
         actor: ActorHandle,
         checker: Arc<Checker>,
         logs: Arc<crate::logs::PodLogsService>,
+        identity: Option<Arc<crate::auth::services::IdentityServices>>,
     ) -> Self {
         Self {
             actor,
             checker,
             logs,
+            identity,
         }
     }
 
@@ -357,6 +363,9 @@ impl HttpApi {
                     upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
                 };
                 match entry {
+                    _ if reviews::handles(&request) => {
+                        reviews::serve(ctx, self.identity.clone(), request).await
+                    }
                     None => Err(Failure::no_route()),
                     Some(_) if pods::handles(&request) => {
                         pods::serve(ctx, Arc::clone(&self.logs), request).await

@@ -127,7 +127,7 @@ fn dry_run(req: &Request) -> Result<bool, Failure> {
 
 /// What happens to fields the kind does not have (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Validation {
+pub(super) enum Validation {
     /// Refused: 400.
     Strict,
     /// Dropped, with a `Warning` header (Kubernetes' default).
@@ -136,7 +136,7 @@ enum Validation {
     Ignore,
 }
 
-fn validation(req: &Request) -> Result<Validation, Failure> {
+pub(super) fn validation(req: &Request) -> Result<Validation, Failure> {
     match req.query.get("fieldValidation") {
         None | Some("" | "Warn") => Ok(Validation::Warn),
         Some("Strict") => Ok(Validation::Strict),
@@ -148,7 +148,7 @@ fn validation(req: &Request) -> Result<Validation, Failure> {
 }
 
 /// The request body as JSON (create, update, bind).
-fn body_json(req: &Request) -> Result<Value, Failure> {
+pub(super) fn body_json(req: &Request) -> Result<Value, Failure> {
     let content_type = req
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -179,7 +179,7 @@ fn decode<K: JsonKind>(
 }
 
 /// Reads a message of `kind` in `version` (a kind, or a Binding).
-fn decode_as<M: serde::de::DeserializeOwned>(
+pub(super) fn decode_as<M: serde::de::DeserializeOwned>(
     mut value: Value,
     kind: &str,
     version: &str,

@@ -4,7 +4,7 @@
 //! `k8s\0` envelope, Kubernetes' own messages (k8s-pb), turned into the
 //! JSON that [`skiff::json`] reads. Kubernetes' field names are the
 //! proto field names Skiff's messages use, which their serde forms accept
-//! beside the JSON names; the three Kubernetes spells differently are
+//! beside the JSON names; the few Kubernetes spells differently are
 //! renamed. Replies stay JSON, which those clients accept too.
 
 use std::collections::BTreeMap;
@@ -117,6 +117,7 @@ fn put(map: &mut Map<String, Value>, field: &str, value: Value) {
         "non_resource_ur_ls" => "non_resource_urls",
         "pod_cid_rs" => "pod_cidrs",
         "target_ww_ns" => "target_wwns",
+        "u_id" => "uid",
         other => other,
     };
     map.insert(field.to_string(), value);
@@ -520,6 +521,34 @@ mod messages {
     k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelector { match_labels, match_expressions };
     k8s_pb::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement { key, operator, values };
     k8s_pb::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry { manager, operation, api_version, time, fields_type, fields_v1, subresource };
+    k8s_pb::api::authorization::v1::ExtraValue { items };
+    k8s_pb::api::authorization::v1::FieldSelectorAttributes { raw_selector, requirements };
+    k8s_pb::api::authorization::v1::LabelSelectorAttributes { raw_selector, requirements };
+    k8s_pb::api::authorization::v1::LocalSubjectAccessReview { metadata, spec, status };
+    k8s_pb::api::authorization::v1::NonResourceAttributes { path, verb };
+    k8s_pb::api::authorization::v1::NonResourceRule { verbs, non_resource_ur_ls };
+    k8s_pb::api::authorization::v1::ResourceAttributes { namespace, verb, group, version, resource, subresource, name, field_selector, label_selector };
+    k8s_pb::api::authorization::v1::ResourceRule { verbs, api_groups, resources, resource_names };
+    k8s_pb::api::authorization::v1::SelfSubjectAccessReview { metadata, spec, status };
+    k8s_pb::api::authorization::v1::SelfSubjectAccessReviewSpec { resource_attributes, non_resource_attributes };
+    k8s_pb::api::authorization::v1::SelfSubjectRulesReview { metadata, spec, status };
+    k8s_pb::api::authorization::v1::SelfSubjectRulesReviewSpec { namespace };
+    k8s_pb::api::authorization::v1::SubjectAccessReview { metadata, spec, status };
+    k8s_pb::api::authorization::v1::SubjectAccessReviewSpec { resource_attributes, non_resource_attributes, user, groups, extra, uid };
+    k8s_pb::api::authorization::v1::SubjectAccessReviewStatus { allowed, denied, reason, evaluation_error };
+    k8s_pb::api::authorization::v1::SubjectRulesReviewStatus { resource_rules, non_resource_rules, incomplete, evaluation_error };
+    k8s_pb::api::authentication::v1::BoundObjectReference { kind, api_version, name, u_id };
+    k8s_pb::api::authentication::v1::ExtraValue { items };
+    k8s_pb::api::authentication::v1::SelfSubjectReview { metadata, status };
+    k8s_pb::api::authentication::v1::SelfSubjectReviewStatus { user_info };
+    k8s_pb::api::authentication::v1::TokenRequest { metadata, spec, status };
+    k8s_pb::api::authentication::v1::TokenRequestSpec { audiences, expiration_seconds, bound_object_ref };
+    k8s_pb::api::authentication::v1::TokenRequestStatus { token, expiration_timestamp };
+    k8s_pb::api::authentication::v1::TokenReview { metadata, spec, status };
+    k8s_pb::api::authentication::v1::TokenReviewSpec { token, audiences };
+    k8s_pb::api::authentication::v1::TokenReviewStatus { authenticated, user, audiences, error };
+    k8s_pb::api::authentication::v1::UserInfo { username, uid, groups, extra };
+    k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement { key, operator, values };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
     k8s_pb::apimachinery::pkg::apis::meta::v1::Preconditions { uid, resource_version };
     k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta { name, generate_name, namespace, self_link, uid, resource_version, generation, creation_timestamp, deletion_timestamp, deletion_grace_period_seconds, labels, annotations, owner_references, finalizers, managed_fields };
@@ -580,6 +609,10 @@ kinds! {
     "batch/v1" "Job" => k8s_pb::api::batch::v1::Job,
     "batch/v1" "CronJob" => k8s_pb::api::batch::v1::CronJob,
     "autoscaling/v2" "HorizontalPodAutoscaler" => k8s_pb::api::autoscaling::v2::HorizontalPodAutoscaler,
+    "authorization.k8s.io/v1" "SelfSubjectAccessReview" => k8s_pb::api::authorization::v1::SelfSubjectAccessReview,
+    "authorization.k8s.io/v1" "SelfSubjectRulesReview" => k8s_pb::api::authorization::v1::SelfSubjectRulesReview,
+    "authentication.k8s.io/v1" "SelfSubjectReview" => k8s_pb::api::authentication::v1::SelfSubjectReview,
+    "authentication.k8s.io/v1" "TokenRequest" => k8s_pb::api::authentication::v1::TokenRequest,
 }
 
 /// A protobuf request body (`k8s\0` + runtime.Unknown) as JSON.
