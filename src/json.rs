@@ -55,7 +55,7 @@ pub fn with_type<K: Resource>(mut value: Value) -> Value {
 fn is_time_key(key: &str) -> bool {
     key.ends_with("Timestamp")
         || key.ends_with("Time")
-        || matches!(key, "startedAt" | "finishedAt" | "timeAdded")
+        || matches!(key, "startedAt" | "finishedAt" | "timeAdded" | "time")
 }
 
 /// Quantities written as numbers (`cpu: 1`, `memory: 1000`), which

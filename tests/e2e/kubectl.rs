@@ -187,6 +187,63 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         "--timeout=60s",
     ]);
 
+    // Server-side apply: field owners, conflicts, --force-conflicts.
+    let ssa = k.write(
+        "ssa.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: one\n  gone: soon\n",
+    );
+    assert!(
+        k.ok(&["apply", "--server-side", "-f", &ssa])
+            .contains("configmap/ssa serverside-applied")
+    );
+    let ssa = k.write(
+        "ssa.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: one\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &ssa]);
+    // A field its only manager stopped applying is gone.
+    assert_eq!(
+        k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data}"]),
+        r#"{"k":"one"}"#
+    );
+    let other = k.write(
+        "other.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  k: two\n",
+    );
+    let err = k.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &other,
+    ]);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.k"),
+        "{err}"
+    );
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        &other,
+    ]);
+    assert_eq!(
+        k.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.k}"]),
+        "two"
+    );
+    let owners = k.ok(&[
+        "get",
+        "cm",
+        "ssa",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    // kubectl's only field went to "other": kubectl owns nothing now.
+    assert_eq!(owners, "other");
+
     // get, in kubectl's forms.
     let pods = k.ok(&["get", "pods", "-l", "app=web"]);
     assert_eq!(
@@ -778,3 +835,143 @@ async fn the_python_client_resumes_watches_and_relists_after_410() {
     .await;
     server.stop().await.unwrap();
 }
+
+/// helm v4 (server-side apply by default, release Secrets in protobuf,
+/// `--wait` on its status watchers): install, list, upgrade, rollback,
+/// uninstall of a small chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_upgrades_rolls_back_and_uninstalls_a_chart() {
+    let c = crate::cli::cluster("helm").await;
+    let k = Kubectl::for_config(&ClientConfig {
+        server: format!("http://{}", c.server.addr),
+        ..Default::default()
+    });
+    let chart = k.home.path().join("chart");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        chart.join("values.yaml"),
+        format!("replicas: 1\nimage: {}\n", c.image),
+    )
+    .unwrap();
+    std::fs::write(chart.join("templates/all.yaml"), CHART).unwrap();
+    let helm = |args: &[&str]| {
+        let out = Command::new(skiff_testkit::helm_binary().unwrap())
+            .args(args)
+            .env("KUBECONFIG", &k.kubeconfig)
+            .env("HOME", k.home.path())
+            .env("HELM_CACHE_HOME", k.home.path().join("helm-cache"))
+            .env("HELM_CONFIG_HOME", k.home.path().join("helm-config"))
+            .env("HELM_DATA_HOME", k.home.path().join("helm-data"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let chart = chart.to_str().unwrap();
+    let installed = helm(&["install", "h1", chart, "--wait", "--timeout", "120s"]);
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    assert!(helm(&["list"]).contains("deployed"));
+    // The release is stored as Kubernetes stores it: one Secret a revision.
+    let secrets = k.ok(&[
+        "get",
+        "secrets",
+        "-l",
+        "owner=helm,name=h1",
+        "-o",
+        "jsonpath={.items[*].type}",
+    ]);
+    assert_eq!(secrets, "helm.sh/release.v1");
+    assert_eq!(
+        k.ok(&["get", "cm", "h1-content", "-o", "jsonpath={.data.greeting}"]),
+        "hi"
+    );
+    let upgraded = helm(&[
+        "upgrade",
+        "h1",
+        chart,
+        "--set",
+        "replicas=2",
+        "--set",
+        "greeting=hello",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(upgraded.contains("REVISION: 2"), "{upgraded}");
+    assert_eq!(
+        k.ok(&["get", "deploy", "h1", "-o", "jsonpath={.spec.replicas}"]),
+        "2"
+    );
+    assert_eq!(
+        k.ok(&["get", "cm", "h1-content", "-o", "jsonpath={.data.greeting}"]),
+        "hello"
+    );
+    helm(&["rollback", "h1", "1", "--wait", "--timeout", "120s"]);
+    assert_eq!(
+        k.ok(&["get", "deploy", "h1", "-o", "jsonpath={.spec.replicas}"]),
+        "1"
+    );
+    let history = helm(&["history", "h1"]);
+    assert!(history.contains("Rollback to 1"), "{history}");
+    helm(&["uninstall", "h1", "--wait", "--timeout", "120s"]);
+    let left = k.ok(&["get", "deploy,cm,secret,svc", "-o", "name"]);
+    assert!(!left.contains("h1"), "{left}");
+}
+
+const CHART: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-content
+data:
+  greeting: {{ .Values.greeting | default "hi" | quote }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ .Release.Name }}-secret
+stringData:
+  token: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  replicas: {{ .Values.replicas }}
+  selector:
+    matchLabels: {app: {{ .Release.Name }}}
+  template:
+    metadata:
+      labels: {app: {{ .Release.Name }}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: {{ .Values.image }}
+        command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+        volumeMounts:
+        - {name: content, mountPath: /www}
+      volumes:
+      - name: content
+        configMap: {name: {{ .Release.Name }}-content}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .Release.Name }}
+spec:
+  selector: {app: {{ .Release.Name }}}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;

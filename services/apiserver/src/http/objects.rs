@@ -594,10 +594,15 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         .and_then(|c| c.to_str().ok())
         .unwrap_or("");
     let kind = match PatchType::of(content_type) {
-        Some(PatchType::Apply) | None => {
-            return Err(Failure::unsupported_media(
-                content_type,
-                &patch::MEDIA_TYPES[..3],
+        None => {
+            return Err(Failure::unsupported_media(content_type, patch::MEDIA_TYPES));
+        }
+        Some(PatchType::Apply) if req.target.subresource.is_empty() => {
+            return server_side_apply::<K>(ctx, req).await;
+        }
+        Some(PatchType::Apply) => {
+            return Err(Failure::bad_request(
+                "server-side apply of a subresource is not supported by Skiff yet",
             ));
         }
         Some(kind) => kind,
@@ -637,6 +642,123 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             t.resource, t.name
         ),
     ))
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): the body is the
+/// manager's whole intent for the object, merged in by [`crate::apply`];
+/// a missing object is created.
+async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
+    let t = &req.target;
+    let manager = req.query.str("fieldManager").to_string();
+    if manager.is_empty() {
+        return Err(Failure::bad_request(
+            "fieldManager: Required value: is required for apply requests",
+        ));
+    }
+    let force = req.query.flag("force");
+    let dry = dry_run(&req)?;
+    let validation = validation(&req)?;
+    let config: Value = serde_yaml::from_slice(&req.body).map_err(|e| {
+        Failure::bad_request(format!("the applied configuration does not parse: {e}"))
+    })?;
+    let (api_version, kind) = (
+        config
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        config.get("kind").and_then(Value::as_str).unwrap_or(""),
+    );
+    if api_version != K::API_VERSION || kind != K::KIND {
+        return Err(Failure::bad_request(format!(
+            "the applied configuration is a {kind} of {api_version:?}, not a {} of {:?}",
+            K::KIND,
+            K::API_VERSION
+        )));
+    }
+    ctx.authorize("patch", t, &t.name, None).await?;
+    let now = skiff::time::rfc3339(skiff::time::now_seconds().seconds);
+    for _ in 0..MAX_ATTEMPTS {
+        let current = match read::<K>(&ctx, &req).await {
+            Ok(current) => Some(current),
+            Err(f) if f.code == 404 => None,
+            Err(f) => return Err(f),
+        };
+        let current_rv = current
+            .as_ref()
+            .map(|c| c.resource_version().to_string())
+            .unwrap_or_default();
+        let live = current.map(encode).transpose()?;
+        let merged = crate::apply::apply(
+            live.as_ref(),
+            &config,
+            &manager,
+            K::API_VERSION,
+            force,
+            &now,
+        )
+        .map_err(|e| conflict(&e, t))?;
+        let mut warnings = Vec::new();
+        let mut obj: K = decode(merged, validation, &mut warnings)?;
+        place(&mut obj, &req)?;
+        same_name(&mut obj, &req)?;
+        let encoded = obj.encode_to_vec();
+        if live.is_none() {
+            // Applying what does not exist creates it.
+            ctx.authorize("create", t, &t.name, Some(encoded.into()))
+                .await?;
+            obj.metadata_mut().resource_version.clear();
+            let op = if dry {
+                Op::CreateDryRun(obj)
+            } else {
+                Op::Create(obj)
+            };
+            match ctx.actor.call(op).await {
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                result => {
+                    let created = object(result)?;
+                    return Ok(reply(StatusCode::CREATED, &encode(created)?, &warnings));
+                }
+            }
+        }
+        let pinned = config
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|rv| !rv.is_empty() && rv != current_rv);
+        ctx.no_escalation(t, &t.name, encoded.into()).await?;
+        match ctx.actor.call(write_op(t, dry, obj)?).await {
+            Err(ApiError::Conflict { .. }) if !pinned => continue,
+            result => {
+                let updated = object(result)?;
+                return Ok(reply(StatusCode::OK, &encode(updated)?, &warnings));
+            }
+        }
+    }
+    Err(Failure::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} {:?}: the object kept changing while it was applied; try again",
+            t.resource, t.name
+        ),
+    ))
+}
+
+/// Apply's conflicts as Kubernetes answers them: 409, one cause per field.
+fn conflict(e: &crate::apply::Error, t: &super::Target) -> Failure {
+    let crate::apply::Error::Conflicts(conflicts) = e;
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|(manager, field)| {
+            json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with {manager:?}"),
+                "field": field,
+            })
+        })
+        .collect();
+    let mut failure = Failure::new(409, "Conflict", e.message());
+    failure.details = Some(json!({"name": t.name, "kind": t.resource, "causes": causes}));
+    failure
 }
 
 /// Kubernetes' DeleteOptions, from the body (JSON or protobuf: its fields

@@ -107,7 +107,7 @@ pub fn apply(kind: PatchType, original: &Value, patch: &[u8]) -> Result<Value, S
 /// list indices left out: `spec.template.spec.containers`) whose items
 /// look like `sample`, as Kubernetes' types declare it (`patchMergeKey`);
 /// None: the list is replaced whole.
-fn merge_key(path: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub(crate) fn merge_key(path: &str, sample: Option<&Value>) -> Option<&'static str> {
     let mut fields = path.rsplit('.');
     let field = fields.next().unwrap_or("");
     let parent = fields.next().unwrap_or("");

@@ -223,6 +223,10 @@ impl Registry {
             meta.generate_name.clone()
         };
         meta.generation = cur.generation;
+        // Kept when a writer leaves them out (server-side apply's record).
+        if meta.managed_fields.is_empty() {
+            meta.managed_fields = cur.managed_fields.clone();
+        }
         if cur.deletion_timestamp.is_some() {
             let added: Vec<&String> = meta
                 .finalizers
