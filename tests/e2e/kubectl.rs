@@ -423,6 +423,23 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         "hello from skiff\n"
     );
 
+    // kubectl top reads metrics.k8s.io (the agents' samples, once two are in).
+    wait_until(
+        "kubectl top shows the node",
+        Duration::from_secs(60),
+        async || {
+            let run = k.run(&["top", "nodes"]);
+            run.ok && run.stdout.contains(&c.node.name)
+        },
+    )
+    .await;
+    let top = k.ok(&["top", "pods", "-l", "app=web"]);
+    assert!(
+        header(&top).starts_with(&["NAME".to_string(), "CPU(cores)".to_string()]),
+        "{top}"
+    );
+    assert!(top.contains(&pod), "{top}");
+
     // Errors read as kubectl prints them for Kubernetes.
     assert_eq!(
         k.fails(&["get", "pod", "nope"]).trim(),
@@ -549,6 +566,8 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         "--timeout=120s",
     ]);
     assert!(drained.contains("drained"), "{drained}");
+    // Through the eviction subresource, not plain deletes.
+    assert!(drained.contains("evicting pod"), "{drained}");
     k.ok(&["taint", "node", node, "gen=x:NoSchedule-"]);
     k.ok(&["uncordon", node]);
     k.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);

@@ -365,14 +365,17 @@ impl ApiServer {
             let logs = skiff::pb::core::v1::pod_logs_server::PodLogsServer::from_arc(
                 std::sync::Arc::clone(&proxy),
             );
+            let usage_service =
+                Arc::new(usage::UsageService::new(actor.clone(), agent_tls.clone()));
+            let usage = usage::server(Arc::clone(&usage_service));
             let http_api = http::HttpApi::new(
                 actor.clone(),
                 Arc::clone(&checker),
                 std::sync::Arc::clone(&proxy),
                 identity.clone(),
+                usage_service,
             );
             let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
-            let usage = usage::server(actor.clone(), agent_tls.clone());
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)

@@ -49,7 +49,7 @@ pub async fn connections<S, B>(
     // A header read timeout of hyper's (30 s) needs the timer.
     builder.http1().timer(TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut incoming = std::pin::pin!(incoming);
+    let mut incoming = Box::pin(incoming);
     loop {
         let conn = tokio::select! {
             conn = incoming.next() => conn,
@@ -82,5 +82,7 @@ pub async fn connections<S, B>(
             }
         });
     }
+    // Accepted but not yet served: closed now, not after the drain.
+    drop(incoming);
     graceful.shutdown().await;
 }

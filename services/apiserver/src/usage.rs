@@ -171,10 +171,7 @@ impl Metrics for UsageService {
 
 /// The service as a tonic server.
 pub fn server(
-    actor: ActorHandle,
-    tls: Option<crate::logs::AgentTls>,
+    usage: Arc<UsageService>,
 ) -> skiff::pb::metrics::v1::metrics_server::MetricsServer<UsageService> {
-    skiff::pb::metrics::v1::metrics_server::MetricsServer::from_arc(Arc::new(UsageService::new(
-        actor, tls,
-    )))
+    skiff::pb::metrics::v1::metrics_server::MetricsServer::from_arc(usage)
 }

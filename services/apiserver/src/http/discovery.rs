@@ -174,21 +174,49 @@ fn group_version(group: &str, version: &str) -> String {
     }
 }
 
-/// Resources that are no stored kind: the reviews (create only).
-/// (group, version, resource, kind)
-const REVIEWS: &[(&str, &str, &str, &str)] = &[
-    (
-        "authorization.k8s.io",
-        "v1",
-        "selfsubjectaccessreviews",
-        "SelfSubjectAccessReview",
-    ),
-    (
-        "authentication.k8s.io",
-        "v1",
-        "selfsubjectreviews",
-        "SelfSubjectReview",
-    ),
+/// Resources that are no stored kind: the reviews and the metrics.
+struct Extra {
+    group: &'static str,
+    version: &'static str,
+    resource: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+}
+
+const EXTRAS: &[Extra] = &[
+    Extra {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "selfsubjectaccessreviews",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Extra {
+        group: "authentication.k8s.io",
+        version: "v1",
+        resource: "selfsubjectreviews",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Extra {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        resource: "nodes",
+        kind: "NodeMetrics",
+        namespaced: false,
+        verbs: &["get", "list"],
+    },
+    Extra {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        resource: "pods",
+        kind: "PodMetrics",
+        namespaced: true,
+        verbs: &["get", "list"],
+    },
 ];
 
 /// Every group and its versions (one each today; the first is preferred).
@@ -197,7 +225,7 @@ fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
     let all = KINDS
         .iter()
         .map(|k| (k.group, k.version))
-        .chain(REVIEWS.iter().map(|(g, v, _, _)| (*g, *v)));
+        .chain(EXTRAS.iter().map(|e| (e.group, e.version)));
     for (group, version) in all {
         let versions = groups.entry(group).or_default();
         if !versions.contains(&version) {
@@ -207,31 +235,31 @@ fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
     groups
 }
 
-/// The reviews of a group version, as legacy `APIResource`s.
+/// The extras of a group version, as legacy `APIResource`s.
 fn legacy_reviews(group: &str, version: &str) -> Vec<Value> {
-    REVIEWS
+    EXTRAS
         .iter()
-        .filter(|(g, v, _, _)| *g == group && *v == version)
-        .map(|(_, _, resource, kind)| {
+        .filter(|e| e.group == group && e.version == version)
+        .map(|e| {
             json!({
-                "name": resource, "singularName": kind.to_lowercase(), "namespaced": false,
-                "kind": kind, "verbs": ["create"],
+                "name": e.resource, "singularName": e.kind.to_lowercase(),
+                "namespaced": e.namespaced, "kind": e.kind, "verbs": e.verbs,
             })
         })
         .collect()
 }
 
-/// The reviews of a group version, as aggregated resources.
+/// The extras of a group version, as aggregated resources.
 fn aggregated_reviews(group: &str, version: &str) -> Vec<Value> {
-    REVIEWS
+    EXTRAS
         .iter()
-        .filter(|(g, v, _, _)| *g == group && *v == version)
-        .map(|(g, v, resource, kind)| {
+        .filter(|e| e.group == group && e.version == version)
+        .map(|e| {
             json!({
-                "resource": resource, "singularResource": kind.to_lowercase(),
-                "scope": "Cluster",
-                "responseKind": {"group": g, "version": v, "kind": kind},
-                "verbs": ["create"],
+                "resource": e.resource, "singularResource": e.kind.to_lowercase(),
+                "scope": if e.namespaced { "Namespaced" } else { "Cluster" },
+                "responseKind": {"group": e.group, "version": e.version, "kind": e.kind},
+                "verbs": e.verbs,
             })
         })
         .collect()
@@ -297,6 +325,7 @@ fn subresources(
         subs.push(("binding", "", "v1", "Binding", &["create"][..]));
     }
     if kind.kind == "Pod" {
+        subs.push(("eviction", "policy", "v1", "Eviction", &["create"][..]));
         subs.push(("log", "", "v1", "Pod", &["get"][..]));
         subs.push(("exec", "", "v1", "PodExecOptions", &["create", "get"][..]));
     }
@@ -506,6 +535,7 @@ mod tests {
                 "pods",
                 "pods/status",
                 "pods/binding",
+                "pods/eviction",
                 "pods/log",
                 "pods/exec"
             ]

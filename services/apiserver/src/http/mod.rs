@@ -24,6 +24,7 @@
 //! - `patch`: JSON patch, merge patch and strategic merge patch.
 //! - `table`: server-side Tables (`kubectl get`'s columns).
 //! - `reviews`: `auth can-i`, `auth whoami` and `create token`.
+//! - `metrics`: metrics.k8s.io (`kubectl top`).
 //! - `protobuf`: request bodies in Kubernetes' protobuf (client-go's typed
 //!   clients), read into the same JSON.
 //! - `pods`: `pods/log` and `pods/exec` (WebSocket channel protocols),
@@ -47,6 +48,7 @@ use crate::auth::attributes::Attributes;
 use crate::strategy::Strategy;
 
 mod discovery;
+mod metrics;
 mod objects;
 mod patch;
 pub mod path;
@@ -292,22 +294,26 @@ pub struct HttpApi {
     logs: Arc<crate::logs::PodLogsService>,
     /// Issues service-account tokens (None: a plaintext cluster).
     identity: Option<Arc<crate::auth::services::IdentityServices>>,
+    /// Resource usage from the agents (metrics.k8s.io).
+    usage: Arc<crate::usage::UsageService>,
 }
 
 impl HttpApi {
-    /// The API, calling `actor`, authorizing with `checker` and reaching
-    /// agents through `logs`.
+    /// The API, calling `actor`, authorizing with `checker`, reaching
+    /// agents through `logs` and `usage`, issuing tokens with `identity`.
     pub fn new(
         actor: ActorHandle,
         checker: Arc<Checker>,
         logs: Arc<crate::logs::PodLogsService>,
         identity: Option<Arc<crate::auth::services::IdentityServices>>,
+        usage: Arc<crate::usage::UsageService>,
     ) -> Self {
         Self {
             actor,
             checker,
             logs,
             identity,
+            usage,
         }
     }
 
@@ -366,6 +372,9 @@ impl HttpApi {
                 match entry {
                     _ if reviews::handles(&request) => {
                         reviews::serve(ctx, self.identity.clone(), request).await
+                    }
+                    _ if metrics::handles(&request) => {
+                        metrics::serve(ctx, Arc::clone(&self.usage), request).await
                     }
                     None => Err(Failure::no_route()),
                     Some(_) if pods::handles(&request) => {

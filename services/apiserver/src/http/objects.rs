@@ -772,6 +772,15 @@ fn delete_options(req: &Request) -> Result<(DeleteRequest, bool), Failure> {
             Failure::bad_request(format!("the DeleteOptions do not parse: {}", f.message))
         })?
     };
+    delete_options_in(&body, req)
+}
+
+/// DeleteOptions as JSON (`body`, or an Eviction's `deleteOptions`), and
+/// the request's query.
+pub(super) fn delete_options_in(
+    body: &Value,
+    req: &Request,
+) -> Result<(DeleteRequest, bool), Failure> {
     let field = |camel: &str, snake: &str| body.get(camel).or_else(|| body.get(snake)).cloned();
     let grace = match field("gracePeriodSeconds", "grace_period_seconds").and_then(|g| g.as_i64()) {
         Some(g) => Some(g),

@@ -16,7 +16,9 @@ use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_output::Output;
 use skiff::pb::core::v1::{PodExecInput, PodExecRequest, PodLogsRequest, TerminalSize};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
+};
 use tonic::body::Body;
 
 use super::{Ctx, Failure, Reply, Request};
@@ -32,6 +34,8 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 /// v5: the client closes a channel (`[255, channel]`).
 const CLOSE: u8 = 255;
+/// The largest WebSocket message or frame read from a client.
+const MAX_MESSAGE: usize = 1024 * 1024;
 
 /// Whether this module serves the request.
 pub fn handles(req: &Request) -> bool {
@@ -54,6 +58,7 @@ pub async fn serve(ctx: Ctx, logs: Arc<PodLogsService>, req: Request) -> Result<
     match (&req.method, req.target.subresource.as_str()) {
         (&Method::GET, "log") => log(ctx, &logs, req).await,
         (&Method::GET | &Method::POST, "exec") => exec(ctx, logs, req).await,
+        (&Method::POST, "eviction") => evict(ctx, req).await,
         (_, "attach" | "portforward") => Err(Failure::bad_request(format!(
             "pods/{} is not supported by Skiff yet: use exec",
             req.target.subresource
@@ -140,6 +145,51 @@ async fn log(ctx: Ctx, logs: &PodLogsService, req: Request) -> Result<Reply, Fai
     Ok(reply)
 }
 
+/// `pods/eviction` (`kubectl drain`): the pod is deleted with the
+/// Eviction's DeleteOptions. Skiff has no PodDisruptionBudgets, so no
+/// eviction is refused for one (429).
+async fn evict(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
+    use crate::actor::{Op, Reply as ActorReply};
+    let t = &req.target;
+    ctx.authorize("create", t, &t.name, None).await?;
+    let eviction = super::objects::body_json(&req)?;
+    let name = eviction
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or(&t.name);
+    if name != t.name {
+        return Err(Failure::bad_request(format!(
+            "name in URL does not match name in Eviction object: {:?} != {name:?}",
+            t.name
+        )));
+    }
+    let options = eviction
+        .get("deleteOptions")
+        .or_else(|| eviction.get("delete_options"))
+        .cloned()
+        .unwrap_or(json!({}));
+    let (mut delete, dry) = super::objects::delete_options_in(&options, &req)?;
+    delete.name = t.name.clone();
+    delete.namespace = t.namespace.clone();
+    if dry {
+        return Err(Failure::bad_request(
+            "dryRun: a dry run of an eviction is not supported",
+        ));
+    }
+    match ctx
+        .actor
+        .call(Op::<skiff::pb::core::v1::Pod>::Delete(delete))
+        .await
+    {
+        Ok(ActorReply::Object(_)) => Ok(super::json(
+            StatusCode::CREATED,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )),
+        Ok(_) => Err(Failure::new(500, "InternalError", "unexpected reply")),
+        Err(e) => Err(Failure::from_api(&e, "Pod")),
+    }
+}
+
 /// The command's end as the channel protocols carry it (client-go reads
 /// the exit code from the first cause).
 fn exit_status(code: i32, command: &[String]) -> Value {
@@ -211,18 +261,28 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
     // The command starts before the upgrade is accepted, so that a wrong
     // pod or container is an ordinary error.
     let (input, inputs) = tokio::sync::mpsc::channel::<PodExecInput>(16);
+    // Attached, so output streams as it comes (`kubectl cp`, `tail -f`);
+    // a runtime that cannot attach (host processes) runs a command
+    // without stdin or a terminal to its end instead.
     let interactive = start.stdin || start.tty;
-    let attached = if interactive {
-        Some(
-            logs.attach_with(
-                start.clone(),
-                tokio_stream::wrappers::ReceiverStream::new(inputs),
-            )
-            .await
-            .map_err(|s| failure(&s))?,
+    let attached = match logs
+        .attach_with(
+            start.clone(),
+            tokio_stream::wrappers::ReceiverStream::new(inputs),
         )
-    } else {
-        None
+        .await
+    {
+        Ok(outputs) => Some(outputs),
+        Err(e)
+            if !interactive
+                && matches!(
+                    e.code(),
+                    tonic::Code::Unimplemented | tonic::Code::FailedPrecondition
+                ) =>
+        {
+            None
+        }
+        Err(e) => return Err(failure(&e)),
     };
     let v5 = *protocol == PROTOCOLS[0];
     tokio::spawn(async move {
@@ -233,10 +293,14 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
                 return;
             }
         };
+        // client-go sends stdin in 32 KiB pieces: nothing needs more.
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
         let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             Role::Server,
-            None,
+            Some(config),
         )
         .await;
         let (mut sink, mut source) = socket.split();
@@ -289,10 +353,23 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
                 .await;
             let _ = sink.close().await;
         });
+        let mut reader = reader;
         let status = match attached {
             Some(mut outputs) => {
-                let mut status = None;
-                while let Some(next) = outputs.next().await {
+                let mut status = Some(json!({
+                    "metadata": {}, "status": "Failure", "reason": "InternalError",
+                    "message": "the command's output ended without its exit status",
+                }));
+                loop {
+                    // The client gone (closed, or its socket failed): the
+                    // command's stream is dropped, which ends it.
+                    let next = tokio::select! {
+                        next = outputs.next() => next,
+                        _ = &mut reader => break,
+                    };
+                    let Some(next) = next else {
+                        break;
+                    };
                     let message = match next {
                         Ok(out) => match out.output {
                             Some(Output::Stdout(data)) => framed(STDOUT, &data),

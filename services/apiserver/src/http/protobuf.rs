@@ -549,6 +549,7 @@ mod messages {
     k8s_pb::api::authentication::v1::TokenReviewStatus { authenticated, user, audiences, error };
     k8s_pb::api::authentication::v1::UserInfo { username, uid, groups, extra };
     k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement { key, operator, values };
+    k8s_pb::api::policy::v1::Eviction { metadata, delete_options };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
     k8s_pb::apimachinery::pkg::apis::meta::v1::Preconditions { uid, resource_version };
     k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta { name, generate_name, namespace, self_link, uid, resource_version, generation, creation_timestamp, deletion_timestamp, deletion_grace_period_seconds, labels, annotations, owner_references, finalizers, managed_fields };
@@ -596,6 +597,7 @@ kinds! {
     "v1" "ConfigMap" => k8s_pb::api::core::v1::ConfigMap,
     "v1" "ServiceAccount" => k8s_pb::api::core::v1::ServiceAccount,
     "v1" "Binding" => k8s_pb::api::core::v1::Binding,
+    "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,

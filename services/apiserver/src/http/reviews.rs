@@ -96,7 +96,7 @@ async fn access_review(ctx: &Ctx, req: &Request) -> Result<Reply, Failure> {
     // every authenticated caller's (Kubernetes' system:discovery). A
     // refusal gives no reason, as RBAC's (kubectl prints "no").
     let allowed = if attrs.resource.is_empty() {
-        super::is_api_path(&attrs.path) || attrs.path.is_empty()
+        super::is_api_path(&attrs.path)
     } else {
         ctx.checker.authorize(&ctx.user, &attrs).await.is_ok()
     };
