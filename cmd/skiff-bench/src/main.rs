@@ -82,6 +82,10 @@ enum Command {
         /// Skip the API-on-etcd measurement (raw etcd is always measured).
         #[arg(long)]
         no_etcd_api: bool,
+        /// Also create over the Kubernetes HTTP API (JSON, HTTP/2) on the
+        /// embedded store, beside gRPC in the same run.
+        #[arg(long)]
+        http: bool,
     },
     /// Scheduling throughput and latency on hollow nodes.
     Schedule {
@@ -255,6 +259,49 @@ async fn api_creates(
     result
 }
 
+/// Creates over the Kubernetes HTTP API: the same Pod as JSON, POSTed
+/// over HTTP/2 (a few multiplexed connections, as for gRPC).
+async fn api_http_creates(
+    store: StoreConfig,
+    concurrency: usize,
+    seconds: f64,
+) -> anyhow::Result<Figures> {
+    let server = start_server(store).await?;
+    let url = format!("http://{}/api/v1/namespaces/default/pods", server.addr);
+    let clients: Vec<_> = (0..connections(concurrency))
+        .map(|_| {
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<http_body_util::Full<bytes::Bytes>>()
+        })
+        .collect();
+    let clients = Arc::new(clients);
+    let result = drive(concurrency, seconds, move |w, i| {
+        let client = clients[w % clients.len()].clone();
+        let pod = bench_pod(format!("http-c{concurrency}-w{w}-{i}"));
+        let url = url.clone();
+        async move {
+            let body = serde_json::to_vec(&pod)?;
+            let request = http::Request::post(url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+            let response = client.request(request).await.context("HTTP create")?;
+            let status = response.status();
+            use http_body_util::BodyExt as _;
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::ensure!(
+                status == http::StatusCode::CREATED,
+                "HTTP create: {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            Ok(())
+        }
+    })
+    .await;
+    server.stop().await?;
+    result
+}
+
 /// What a raw etcd baseline writes per op.
 #[derive(Clone, Copy)]
 enum RawOp {
@@ -308,7 +355,12 @@ async fn raw_etcd(
     .await
 }
 
-async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> anyhow::Result<()> {
+async fn bench_api(
+    seconds: f64,
+    levels: Vec<usize>,
+    with_etcd_api: bool,
+    with_http: bool,
+) -> anyhow::Result<()> {
     let etcd = skiff_testkit::Etcd::start()?;
     let dir = tempfile::tempdir()?;
     println!(
@@ -338,12 +390,26 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
             seconds,
         )
         .await?;
+        let http = if with_http {
+            api_http_creates(
+                StoreConfig::Embedded(dir.path().join(format!("bench-http-{c}.redb"))),
+                c,
+                seconds,
+            )
+            .await?
+        } else {
+            Figures::default()
+        };
         for (name, f) in [
             ("raw etcd put", raw),
             ("raw etcd txn", raw_txn),
             ("api (etcd)", on_etcd),
             ("api (embedded)", embedded),
+            ("http (embedded)", http),
         ] {
+            if f.ops == 0 {
+                continue;
+            }
             println!(
                 "{:<12} {:>15} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7.2}x",
                 c,
@@ -372,6 +438,10 @@ async fn bench_api(seconds: f64, levels: Vec<usize>, with_etcd_api: bool) -> any
             "api_embedded_p99_ms": embedded.p99_ms,
             "ratio_api_etcd_vs_raw": on_etcd.per_sec / raw.per_sec,
             "ratio_api_embedded_vs_raw": embedded.per_sec / raw.per_sec,
+            "http_embedded_creates_per_sec": http.per_sec,
+            "http_embedded_p50_ms": http.p50_ms,
+            "http_embedded_p99_ms": http.p99_ms,
+            "ratio_http_vs_grpc_embedded": http.per_sec / embedded.per_sec,
         }));
     }
     println!(
@@ -1241,7 +1311,8 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             concurrency,
             no_etcd_api,
-        } => bench_api(seconds, concurrency, !no_etcd_api).await,
+            http,
+        } => bench_api(seconds, concurrency, !no_etcd_api, http).await,
         Command::Watch { watchers, changes } => bench_watch(watchers, changes).await,
         Command::Schedule {
             nodes,
