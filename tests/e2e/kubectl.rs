@@ -243,6 +243,27 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     ]);
     // kubectl's only field went to "other": kubectl owns nothing now.
     assert_eq!(owners, "other");
+    // A write other than apply takes the field it changes: the applier
+    // that sets it otherwise now conflicts with it, as on Kubernetes.
+    k.ok(&[
+        "patch",
+        "cm",
+        "ssa",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"k":"three"}}"#,
+    ]);
+    let err = k.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &other,
+    ]);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\": .data.k"),
+        "{err}"
+    );
 
     // get, in kubectl's forms.
     let pods = k.ok(&["get", "pods", "-l", "app=web"]);
@@ -433,12 +454,22 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         },
     )
     .await;
-    let top = k.ok(&["top", "pods", "-l", "app=web"]);
+    // (A pod's usage needs two samples of it.)
+    let mut top = String::new();
+    wait_until(
+        "kubectl top shows the pod",
+        Duration::from_secs(60),
+        async || {
+            let run = k.run(&["top", "pods", "-l", "app=web"]);
+            top = run.stdout;
+            run.ok && top.contains(&pod)
+        },
+    )
+    .await;
     assert!(
         header(&top).starts_with(&["NAME".to_string(), "CPU(cores)".to_string()]),
         "{top}"
     );
-    assert!(top.contains(&pod), "{top}");
 
     // Errors read as kubectl prints them for Kubernetes.
     assert_eq!(

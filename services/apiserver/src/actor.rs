@@ -61,6 +61,9 @@ pub struct Call<K: Strategy> {
     pub op: Op<K>,
     /// The gRPC request's span.
     pub span: tracing::Span,
+    /// Who writes, for field ownership (task-locals do not follow
+    /// `Addr::send` either).
+    pub writer: Option<crate::apply::Writer>,
 }
 
 impl<K: Strategy> Message for Call<K> {
@@ -88,6 +91,7 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
     fn handle(&mut self, call: Call<K>, _ctx: &mut Self::Context) -> Self::Result {
         let registry = Arc::clone(&self.registry);
         let span = call.span;
+        let writer = call.writer;
         let work = async move {
             match call.op {
                 Op::Create(obj) => registry.create(obj).await.map(Reply::Object),
@@ -102,6 +106,7 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
                 Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::Object),
             }
         };
+        let work = crate::apply::as_writer(writer, work);
         Box::pin(
             AssertUnwindSafe(work.instrument(span))
                 .catch_unwind()
@@ -189,6 +194,7 @@ impl ActorHandle {
         let call = Call {
             op,
             span: tracing::Span::current(),
+            writer: crate::apply::writer(),
         };
         self.addr
             .send(call)

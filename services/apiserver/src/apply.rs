@@ -12,8 +12,12 @@
 //! - A field the manager applied before and applies no longer is removed,
 //!   unless another manager owns it too.
 //!
-//! What is not tracked (yet): the fields other writes (create, update,
-//! patch) change, so only appliers conflict with each other.
+//! - Other writes record their fields too (`operation: Update`, see
+//!   [`record_update`]): a field changed by `kubectl scale` or a
+//!   controller is theirs, so an applier that sets it otherwise conflicts,
+//!   as on Kubernetes. Tracked when the writer names itself
+//!   (`fieldManager`) on create, and on every update of an object that has
+//!   managed fields.
 
 use std::collections::BTreeSet;
 
@@ -37,6 +41,122 @@ const UNMANAGED_META: &[&str] = &[
     "managedFields",
     "selfLink",
 ];
+
+/// Who writes, for field ownership: the request's `fieldManager`, or a
+/// name for the client (its user), and whether the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    /// The manager's name.
+    pub manager: String,
+    /// Whether the client named it (creates are tracked only then).
+    pub explicit: bool,
+}
+
+tokio::task_local! {
+    /// The writer of the call being served (set by the door, carried to
+    /// the API actor with the call).
+    static WRITER: Writer;
+}
+
+/// Runs `work` as written by `writer` (None: nobody in particular).
+pub async fn as_writer<F: std::future::Future>(writer: Option<Writer>, work: F) -> F::Output {
+    match writer {
+        Some(writer) => WRITER.scope(writer, work).await,
+        None => work.await,
+    }
+}
+
+/// The writer of the call being served, if the door named one.
+pub fn writer() -> Option<Writer> {
+    WRITER.try_with(Clone::clone).ok()
+}
+
+/// The managed fields of a new object written by `manager` (every field
+/// it set is its own).
+pub fn record_create(object: &Value, manager: &str, api_version: &str, now: &str) -> Vec<Value> {
+    let set = fields(object);
+    if set.is_empty() {
+        return Vec::new();
+    }
+    vec![entry(manager, "Update", api_version, now, &set)]
+}
+
+fn entry(
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+    now: &str,
+    set: &BTreeSet<Path>,
+) -> Value {
+    json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": api_version,
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_trie(set),
+    })
+}
+
+/// The managed fields after `manager` changed `old` into `new` by a write
+/// other than apply: the fields it changed become its own (`Update`) and
+/// nobody else's; fields that are gone are nobody's.
+pub fn record_update(
+    old: &Value,
+    new: &Value,
+    manager: &str,
+    api_version: &str,
+    now: &str,
+) -> Vec<Value> {
+    let mut entries: Vec<Value> = new
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let all: BTreeSet<Path> = fields(old).union(&fields(new)).cloned().collect();
+    let changed: BTreeSet<Path> = all
+        .into_iter()
+        .filter(|p| {
+            if p.last().is_some_and(|l| l == ".") {
+                at(old, p).is_none() != at(new, p).is_none()
+            } else {
+                at(old, p) != at(new, p)
+            }
+        })
+        .collect();
+    if changed.is_empty() {
+        return entries;
+    }
+    let is_mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+    };
+    let mut mine: BTreeSet<Path> = entries
+        .iter()
+        .find(|e| is_mine(e))
+        .map(|e| from_trie(e.get("fieldsV1").unwrap_or(&Value::Null)))
+        .unwrap_or_default();
+    for entry in entries.iter_mut().filter(|e| !is_mine(e)) {
+        let mut theirs = from_trie(entry.get("fieldsV1").unwrap_or(&Value::Null));
+        let before = theirs.len();
+        theirs.retain(|p| !changed.contains(p));
+        if theirs.len() != before {
+            entry["fieldsV1"] = to_trie(&theirs);
+        }
+    }
+    mine.extend(changed.iter().filter(|p| at(new, p).is_some()).cloned());
+    mine.retain(|p| at(new, p).is_some());
+    entries.retain(|e| !is_mine(e));
+    if !mine.is_empty() {
+        entries.push(entry(manager, "Update", api_version, now, &mine));
+    }
+    entries.retain(|e| {
+        e.get("fieldsV1")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+    });
+    entries
+}
 
 /// Why an apply was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,14 +277,7 @@ pub fn apply(
             .and_then(Value::as_object)
             .is_some_and(|m| !m.is_empty())
     });
-    entries.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": api_version,
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": to_trie(&wanted),
-    }));
+    entries.push(entry(manager, "Apply", api_version, now, &wanted));
     if let Some(meta) = merged
         .as_object_mut()
         .map(|m| m.entry("metadata").or_insert_with(|| json!({})))
@@ -576,6 +689,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(third["metadata"]["annotations"]["note"], "hi");
+    }
+
+    #[test]
+    fn a_write_other_than_apply_takes_the_fields_it_changes() {
+        let applied = apply(None, &deployment(2, "a"), "helm", "apps/v1", false, "t1").unwrap();
+        // kubectl scale: replicas become kubectl's.
+        let mut scaled = applied.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        let entries = record_update(&applied, &scaled, "kubectl", "apps/v1", "t2");
+        scaled["metadata"]["managedFields"] = Value::Array(entries);
+        assert_eq!(managers(&scaled), ["helm/Apply", "kubectl/Update"]);
+        assert_eq!(
+            scaled["metadata"]["managedFields"][1]["fieldsV1"],
+            json!({"f:spec": {"f:replicas": {}}})
+        );
+        // helm applying replicas 2 again now conflicts, as on Kubernetes.
+        let err = apply(
+            Some(&scaled),
+            &deployment(2, "a"),
+            "helm",
+            "apps/v1",
+            false,
+            "t3",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message(),
+            "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas"
+        );
+        // An unchanged write changes nobody's fields.
+        assert_eq!(
+            record_update(&scaled, &scaled, "other", "apps/v1", "t4").len(),
+            2
+        );
+        let created = record_create(&deployment(1, "x"), "kubectl-create", "apps/v1", "t0");
+        assert_eq!(created[0]["operation"], "Update");
+        assert_eq!(created[0]["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
     }
 
     #[test]

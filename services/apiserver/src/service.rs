@@ -13,6 +13,10 @@ use crate::strategy::Strategy;
 
 pub use skiff::names::DRY_RUN_HEADER;
 
+/// The gRPC metadata naming a write's field manager (Kubernetes'
+/// `fieldManager`): its fields are recorded as that manager's.
+pub const FIELD_MANAGER_HEADER: &str = "x-skiff-field-manager";
+
 /// Whether the request asks for a dry run.
 fn dry_run<T>(req: &Request<T>) -> Result<bool, Status> {
     match req.metadata().get(DRY_RUN_HEADER).map(|v| v.to_str()) {
@@ -57,11 +61,35 @@ impl<K: Strategy> KindService<K> {
         }
     }
 
+    /// A write as the caller: the `x-skiff-field-manager` it names, else
+    /// its user name (then its creates are not tracked: controllers create
+    /// much and apply nothing).
+    async fn written<T>(&self, req: &Request<T>, op: Op<K>) -> Result<Response<K>, Status> {
+        let named = req
+            .metadata()
+            .get(FIELD_MANAGER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|m| !m.is_empty())
+            .map(|m| crate::apply::Writer {
+                manager: m.chars().take(128).collect(),
+                explicit: true,
+            });
+        let writer = named.or_else(|| {
+            crate::auth::caller(req.extensions()).map(|user| crate::apply::Writer {
+                manager: user.username.clone(),
+                explicit: false,
+            })
+        });
+        crate::apply::as_writer(writer, self.object(op)).await
+    }
+
     async fn create(&self, req: Request<K>) -> Result<Response<K>, Status> {
         if dry_run(&req)? {
             return self.object(Op::CreateDryRun(req.into_inner())).await;
         }
-        self.object(Op::Create(req.into_inner())).await
+        let (metadata, extensions, obj) = req.into_parts();
+        let head = Request::from_parts(metadata, extensions, ());
+        self.written(&head, Op::Create(obj)).await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<K>, Status> {
@@ -72,7 +100,9 @@ impl<K: Strategy> KindService<K> {
         if dry_run(&req)? {
             return self.object(Op::UpdateDryRun(req.into_inner())).await;
         }
-        self.object(Op::Update(req.into_inner())).await
+        let (metadata, extensions, obj) = req.into_parts();
+        let head = Request::from_parts(metadata, extensions, ());
+        self.written(&head, Op::Update(obj)).await
     }
 
     async fn update_status(&self, req: Request<K>) -> Result<Response<K>, Status> {

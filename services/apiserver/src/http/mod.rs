@@ -183,6 +183,26 @@ pub fn kind_at(group: &str, version: &str, resource: &str) -> Option<&'static Ki
         .find(|k| k.group == group && k.version == version && k.plural == resource)
 }
 
+/// The writer a request names: `fieldManager`, else the first word of its
+/// User-Agent (`kubectl/v1.35.2 (linux/amd64) ...` → `kubectl`), as
+/// Kubernetes names managers.
+fn writer_of(query: &Query, headers: &HeaderMap) -> Option<crate::apply::Writer> {
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(manager) => manager.to_string(),
+        None => headers
+            .get(http::header::USER_AGENT)
+            .and_then(|ua| ua.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .map(str::trim)
+            .filter(|m| !m.is_empty())?
+            .to_string(),
+    };
+    Some(crate::apply::Writer {
+        manager: manager.chars().take(128).collect(),
+        explicit: true,
+    })
+}
+
 /// Whether anyone, even a caller with no credentials, may ask (as
 /// Kubernetes' `system:public-info-viewer`: health and version).
 pub fn is_public(path: &str) -> bool {
@@ -220,9 +240,24 @@ pub struct Ctx {
     checker: Arc<Checker>,
     /// The caller.
     pub user: UserInfo,
+    /// Who writes, for field ownership: `fieldManager`, else the client's
+    /// name from its User-Agent (Kubernetes' default).
+    pub writer: Option<crate::apply::Writer>,
 }
 
 impl Ctx {
+    /// A write through the API actor, as [`Ctx::writer`] (its fields are
+    /// recorded as its own).
+    ///
+    /// # Errors
+    /// The operation's.
+    pub async fn write<K: Strategy>(
+        &self,
+        op: crate::actor::Op<K>,
+    ) -> crate::error::Result<crate::actor::Reply<K>> {
+        crate::apply::as_writer(self.writer.clone(), self.actor.call(op)).await
+    }
+
     /// Whether the caller may `verb` the target (with `object`, for the
     /// rules that read it); 403 with Kubernetes' wording if not.
     ///
@@ -359,6 +394,7 @@ impl HttpApi {
                     actor: self.actor.clone(),
                     checker: Arc::clone(&self.checker),
                     user,
+                    writer: writer_of(&query, &parts.headers),
                 };
                 let entry = kind_at(&target.group, &target.version, &target.resource);
                 let request = Request {

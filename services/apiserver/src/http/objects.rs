@@ -541,7 +541,7 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     } else {
         Op::Create(obj)
     };
-    let created = object(ctx.actor.call(op).await)?;
+    let created = object(ctx.write(op).await)?;
     Ok(reply(StatusCode::CREATED, &encode(created)?, &warnings))
 }
 
@@ -556,7 +556,7 @@ async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     same_name(&mut obj, &req)?;
     ctx.authorize("update", t, &t.name, Some(obj.encode_to_vec().into()))
         .await?;
-    let updated = object(ctx.actor.call(write_op(t, dry, obj)?).await)?;
+    let updated = object(ctx.write(write_op(t, dry, obj)?).await)?;
     Ok(reply(StatusCode::OK, &encode(updated)?, &warnings))
 }
 
@@ -626,7 +626,7 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         let pinned = obj.resource_version() != current_rv;
         ctx.no_escalation(t, &t.name, obj.encode_to_vec().into())
             .await?;
-        match ctx.actor.call(write_op(t, dry, obj)?).await {
+        match ctx.write(write_op(t, dry, obj)?).await {
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             result => {
                 let updated = object(result)?;
@@ -1054,7 +1054,7 @@ async fn scale<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         } else {
             Op::Update(obj)
         };
-        match ctx.actor.call(op).await {
+        match ctx.write(op).await {
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             result => {
                 let updated = object(result)?;

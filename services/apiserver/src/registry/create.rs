@@ -47,6 +47,23 @@ impl Registry {
         skiff_telemetry::annotate(&mut meta.annotations);
         obj.default_fields();
         obj.prepare_create();
+        // A writer that names itself owns what it created (managed fields,
+        // for server-side apply's conflicts).
+        if let Some(writer) = crate::apply::writer().filter(|w| w.explicit)
+            && obj.metadata().is_some_and(|m| m.managed_fields.is_empty())
+        {
+            let value = skiff::json::to_value(&obj)
+                .map_err(|e| ApiError::Internal(format!("{} as JSON: {e}", K::KIND)))?;
+            let entries = crate::apply::record_create(
+                &value,
+                &writer.manager,
+                K::API_VERSION,
+                &skiff::time::rfc3339(now().seconds),
+            );
+            obj.metadata_mut().managed_fields =
+                skiff::json::from_value(serde_json::Value::Array(entries))
+                    .map_err(|e| ApiError::Internal(format!("managed fields: {e}")))?;
+        }
         if self.service_account_tokens
             && let Some(account) = obj.service_account()
         {

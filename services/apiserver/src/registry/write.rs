@@ -78,6 +78,7 @@ impl Registry {
             } else {
                 let mut next = self.merge_update(&current, &obj)?;
                 keep_cluster_ip(&current, &mut next)?;
+                track_update(&current, &mut next)?;
                 next
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();
@@ -275,4 +276,33 @@ impl Registry {
             other => other.into(),
         }
     }
+}
+
+/// Field ownership of an update (server-side apply's record): the fields
+/// the writer changed become its own, on objects that have managed fields
+/// (others are never applied to, and pay nothing).
+fn track_update<K: Strategy>(current: &K, next: &mut K) -> Result<()> {
+    let Some(writer) = crate::apply::writer() else {
+        return Ok(());
+    };
+    if current
+        .metadata()
+        .is_none_or(|m| m.managed_fields.is_empty())
+    {
+        return Ok(());
+    }
+    let json = |obj: &K| {
+        skiff::json::to_value(obj)
+            .map_err(|e| ApiError::Internal(format!("{} as JSON: {e}", K::KIND)))
+    };
+    let entries = crate::apply::record_update(
+        &json(current)?,
+        &json(next)?,
+        &writer.manager,
+        K::API_VERSION,
+        &skiff::time::rfc3339(super::now().seconds),
+    );
+    next.metadata_mut().managed_fields = skiff::json::from_value(serde_json::Value::Array(entries))
+        .map_err(|e| ApiError::Internal(format!("managed fields: {e}")))?;
+    Ok(())
 }

@@ -42,7 +42,7 @@ pub enum NameRule {
 
 /// What the API does differently per kind. Every method has the common
 /// behaviour as its default, so most kinds need only a line.
-pub trait Strategy: Resource {
+pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
     /// What a name must look like.
     const NAME_RULE: NameRule = NameRule::Subdomain;
     /// Fields a field selector may name besides metadata.name and
