@@ -691,6 +691,41 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
     let err = robot.fails(&["get", "secrets"]);
     assert!(err.contains("(Forbidden)"), "{err}");
     assert_eq!(robot.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    // `skiff kubeconfig`: the client config as a kubeconfig, and one for
+    // a new user signed by the cluster CA.
+    let skiff_kubeconfig = |extra: &[&str]| {
+        let out = Command::new(skiff_testkit::skiff_binary().unwrap())
+            .arg("kubeconfig")
+            .args(["--config", c.server.config("admin").to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let home = tempfile::tempdir().unwrap();
+        let path = home.path().join("kubeconfig");
+        std::fs::write(&path, &out.stdout).unwrap();
+        (Kubectl::new(path), home)
+    };
+    let (mine, _home) = skiff_kubeconfig(&[]);
+    assert!(mine.ok(&["auth", "whoami"]).contains("admin"));
+    let (alice, _alice_home) = skiff_kubeconfig(&[
+        "--user",
+        "alice",
+        "--group",
+        "devs",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let whoami = alice.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("alice") && whoami.contains("devs"),
+        "{whoami}"
+    );
+    assert!(alice.fails(&["get", "pods"]).contains("(Forbidden)"));
     // gRPC issues them the same way.
     let grpc_token = token_for(&channel, "robot").await;
     assert_eq!(grpc_token.split('.').count(), 3);

@@ -49,6 +49,10 @@ pub(crate) enum ClientCommand {
     /// Who the server takes you for (`whoami`), and what you may do
     /// (`can-i VERB RESOURCE [NAME]`).
     Auth(AuthArgs),
+    /// Print a kubeconfig for kubectl, helm and other Kubernetes clients:
+    /// yours (from the client config), or with `--user` a new identity
+    /// signed by the cluster CA in `--data-dir` (on the server's machine).
+    Kubeconfig(KubeconfigArgs),
 }
 
 impl ClientCommand {
@@ -71,9 +75,26 @@ impl ClientCommand {
             Self::ClusterInfo(_) => "cluster-info",
             Self::Token(_) => "token",
             Self::Auth(_) => "auth",
-            Self::Version(_) | Self::ApiResources => return None,
+            Self::Version(_) | Self::ApiResources | Self::Kubeconfig(_) => return None,
         })
     }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct KubeconfigArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// A user to issue a client certificate for (its common name),
+    /// instead of yours.
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// The new user's groups (its organizations); repeat for several.
+    #[arg(long = "group")]
+    pub(crate) groups: Vec<String>,
+    /// The server's data dir, whose `pki/` holds the cluster CA (for
+    /// `--user`).
+    #[arg(long, env = "SKIFF_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -512,6 +533,7 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
             }
         }
         ClientCommand::ApiResources => print!("{}", skiff_ctl::api_resources()),
+        ClientCommand::Kubeconfig(args) => print!("{}", kubeconfig(&args)?),
         ClientCommand::ClusterInfo(client) => client.ctl()?.cluster_info().await?,
         ClientCommand::Version(client) => {
             println!("Client Version: skiff {}", env!("CARGO_PKG_VERSION"));
@@ -520,4 +542,37 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `skiff kubeconfig`: the client config as a kubeconfig, or a new user's.
+fn kubeconfig(args: &KubeconfigArgs) -> anyhow::Result<String> {
+    let (server, _, mut config) =
+        crate::common::connection(args.client.server.as_deref(), args.client.config.as_deref())?;
+    config.server = server;
+    if let Some(namespace) = &args.client.namespace {
+        config.namespace = namespace.clone();
+    }
+    let Some(user) = &args.user else {
+        let name = skiff_pki::Parsed::from_pem(&config.client_certificate)
+            .map_or_else(|| "skiff".to_string(), |p| p.common_name);
+        return Ok(skiff_ctl::config::kubeconfig(&config, &name));
+    };
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => crate::common::default_data_dir(),
+    };
+    let pki = data_dir.join("pki");
+    if !pki.join("ca.key").is_file() {
+        anyhow::bail!(
+            "error: no cluster CA in {} (ca.key): run this on the server's machine, with --data-dir set to its data dir",
+            pki.display()
+        );
+    }
+    let ca = skiff_pki::Ca::load_or_create(&pki)?;
+    let groups: Vec<&str> = args.groups.iter().map(String::as_str).collect();
+    let identity = ca.issue_client(user, &groups)?;
+    let mut issued =
+        skiff_ctl::config::ClientConfig::with_identity(&config.server, &ca.cert_pem, &identity);
+    issued.namespace = config.namespace;
+    Ok(skiff_ctl::config::kubeconfig(&issued, user))
 }

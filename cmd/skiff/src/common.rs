@@ -65,6 +65,15 @@ pub(crate) fn connection(
     Ok((server, tls, loaded))
 }
 
+/// Where `skiff up` keeps its state by default: `~/.skiff/data`.
+pub(crate) fn default_data_dir() -> std::path::PathBuf {
+    std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("."))
+        .join(".skiff")
+        .join("data")
+}
+
 /// The host's name, as a node name.
 pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

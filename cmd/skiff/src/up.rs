@@ -31,14 +31,9 @@ pub(crate) struct UpArgs {
 
 /// Runs the cluster until a signal, then stops its parts in order.
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let data_dir = match args.data_dir {
-        Some(dir) => dir,
-        None => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".skiff")
-            .join("data"),
-    };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(crate::common::default_data_dir);
     let config = api_config(&args.api, &data_dir)?;
     let security = config.security.clone();
     let server = skiff_apiserver::ApiServer::start(config)
