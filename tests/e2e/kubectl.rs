@@ -1060,3 +1060,86 @@ spec:
   - port: 80
     targetPort: 8080
 "#;
+
+/// The Kubernetes docs' nginx-app.yaml (a LoadBalancer Service and a
+/// Deployment) applied again reads `unchanged`, with `skiff apply` and
+/// with kubectl: what the server keeps (node ports, cluster IP, defaults)
+/// is no change (#14; `skiff apply` used to say `configured`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapplying_an_unchanged_manifest_is_unchanged_with_skiff_and_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = skiff_testkit::api_server(skiff_apiserver::StoreConfig::Embedded(
+        dir.path().join("state.redb"),
+    ))
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.addr);
+    let manifest = dir.path().join("nginx-app.yaml");
+    std::fs::write(&manifest, NGINX_APP).unwrap();
+    let skiff = |args: &[&str]| {
+        let out = Command::new(skiff_testkit::skiff_binary().unwrap())
+            .args(args)
+            .env("SKIFF_CONFIG", dir.path().join("config"))
+            .env("SKIFF_SERVER", &url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let file = manifest.to_str().unwrap();
+    assert!(skiff(&["apply", "-f", file]).contains("service/my-nginx-svc created"));
+    let again = skiff(&["apply", "-f", file]);
+    assert_eq!(
+        again,
+        "service/my-nginx-svc unchanged\ndeployment.apps/my-nginx unchanged\n"
+    );
+    let k = Kubectl::for_config(&ClientConfig {
+        server: url.clone(),
+        ..Default::default()
+    });
+    // kubectl records its own last-applied form first, then is unchanged.
+    k.ok(&["apply", "-f", file]);
+    let again = k.ok(&["apply", "-f", file]);
+    assert_eq!(again.matches("unchanged").count(), 2, "{again}");
+    server.stop().await.unwrap();
+}
+
+const NGINX_APP: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: my-nginx-svc
+  labels:
+    app: nginx
+spec:
+  type: LoadBalancer
+  ports:
+  - port: 80
+  selector:
+    app: nginx
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: my-nginx
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+"#;

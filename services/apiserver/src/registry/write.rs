@@ -109,7 +109,12 @@ impl Registry {
                 if !next.node_port_requests().is_empty() {
                     admit(&next)?;
                 }
-                self.claim_node_ports(Some(&current), &mut next).await?
+                let newly = self.claim_node_ports(Some(&current), &mut next).await?;
+                // The spec is judged as it will be stored: an update that
+                // left out what the server keeps (node ports) changed
+                // nothing, and is no new generation.
+                same_spec_same_generation(&current, &mut next);
+                newly
             };
             let owner = object_name(&namespace, &name);
             let result = if deleting {
@@ -305,4 +310,27 @@ fn track_update<K: Strategy>(current: &K, next: &mut K) -> Result<()> {
     next.metadata_mut().managed_fields = skiff::json::from_value(serde_json::Value::Array(entries))
         .map_err(|e| ApiError::Internal(format!("managed fields: {e}")))?;
     Ok(())
+}
+
+/// Undoes the generation bump (and its new trace) of an update whose spec,
+/// once the server kept what it keeps, is the current one.
+fn same_spec_same_generation<K: Strategy>(current: &K, next: &mut K) {
+    if next.spec_fingerprint() != current.spec_fingerprint() {
+        return;
+    }
+    let cur = current.metadata().cloned().unwrap_or_default();
+    let meta = next.metadata_mut();
+    if meta.generation == cur.generation {
+        return;
+    }
+    meta.generation = cur.generation;
+    let trace = skiff_telemetry::TRACE_ANNOTATION;
+    match cur.annotations.get(trace) {
+        Some(value) => {
+            meta.annotations.insert(trace.to_string(), value.clone());
+        }
+        None => {
+            meta.annotations.remove(trace);
+        }
+    }
 }
