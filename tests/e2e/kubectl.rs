@@ -1105,6 +1105,15 @@ async fn reapplying_an_unchanged_manifest_is_unchanged_with_skiff_and_kubectl() 
     k.ok(&["apply", "-f", file]);
     let again = k.ok(&["apply", "-f", file]);
     assert_eq!(again.matches("unchanged").count(), 2, "{again}");
+    // Objects whose fields are owned (made by kubectl create): the same.
+    k.ok(&["delete", "-f", file]);
+    k.ok(&["create", "-f", file]);
+    skiff(&["apply", "-f", file]);
+    let again = skiff(&["apply", "-f", file]);
+    assert_eq!(
+        again,
+        "service/my-nginx-svc unchanged\ndeployment.apps/my-nginx unchanged\n"
+    );
     server.stop().await.unwrap();
 }
 

@@ -552,6 +552,12 @@ fn kubeconfig(args: &KubeconfigArgs) -> anyhow::Result<String> {
     if let Some(namespace) = &args.client.namespace {
         config.namespace = namespace.clone();
     }
+    if args.user.is_none() && (!args.groups.is_empty() || args.data_dir.is_some()) {
+        anyhow::bail!("error: --group and --data-dir are for a new user: give --user too");
+    }
+    if args.user.as_deref() == Some("") {
+        anyhow::bail!("error: --user: a user name is needed");
+    }
     let Some(user) = &args.user else {
         let name = skiff_pki::Parsed::from_pem(&config.client_certificate)
             .map_or_else(|| "skiff".to_string(), |p| p.common_name);
@@ -562,9 +568,10 @@ fn kubeconfig(args: &KubeconfigArgs) -> anyhow::Result<String> {
         None => crate::common::default_data_dir(),
     };
     let pki = data_dir.join("pki");
-    if !pki.join("ca.key").is_file() {
+    // Both, or Ca::load_or_create would make a new CA over the cluster's.
+    if !pki.join("ca.key").is_file() || !pki.join("ca.crt").is_file() {
         anyhow::bail!(
-            "error: no cluster CA in {} (ca.key): run this on the server's machine, with --data-dir set to its data dir",
+            "error: no cluster CA in {} (ca.crt and ca.key): run this on the server's machine, with --data-dir set to its data dir",
             pki.display()
         );
     }

@@ -71,16 +71,6 @@ pub fn writer() -> Option<Writer> {
     WRITER.try_with(Clone::clone).ok()
 }
 
-/// The managed fields of a new object written by `manager` (every field
-/// it set is its own).
-pub fn record_create(object: &Value, manager: &str, api_version: &str, now: &str) -> Vec<Value> {
-    let set = fields(object);
-    if set.is_empty() {
-        return Vec::new();
-    }
-    vec![entry(manager, "Update", api_version, now, &set)]
-}
-
 fn entry(
     manager: &str,
     operation: &str,
@@ -124,6 +114,11 @@ pub fn record_update(
             }
         })
         .collect();
+    entries.retain(|e| {
+        e.get("fieldsV1")
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+    });
     if changed.is_empty() {
         return entries;
     }
@@ -314,6 +309,22 @@ fn fields(config: &Value) -> BTreeSet<Path> {
             if key == "metadata" {
                 if let Some(meta) = value.as_object() {
                     for (k, v) in meta {
+                        if k == "annotations" {
+                            // The server's trace annotation is nobody's.
+                            let mut own = v.clone();
+                            if let Some(map) = own.as_object_mut() {
+                                map.remove(skiff_telemetry::TRACE_ANNOTATION);
+                            }
+                            if own.as_object().is_some_and(|m| !m.is_empty()) {
+                                walk(
+                                    &own,
+                                    &mut vec!["f:metadata".into(), "f:annotations".into()],
+                                    "metadata.annotations",
+                                    &mut out,
+                                );
+                            }
+                            continue;
+                        }
                         if !UNMANAGED_META.contains(&k.as_str()) {
                             walk(
                                 v,
@@ -723,7 +734,13 @@ mod tests {
             record_update(&scaled, &scaled, "other", "apps/v1", "t4").len(),
             2
         );
-        let created = record_create(&deployment(1, "x"), "kubectl-create", "apps/v1", "t0");
+        let created = record_update(
+            &json!({}),
+            &deployment(1, "x"),
+            "kubectl-create",
+            "apps/v1",
+            "t0",
+        );
         assert_eq!(created[0]["operation"], "Update");
         assert_eq!(created[0]["fieldsV1"]["f:spec"]["f:replicas"], json!({}));
     }

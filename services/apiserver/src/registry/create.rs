@@ -49,12 +49,12 @@ impl Registry {
         obj.prepare_create();
         // A writer that names itself owns what it created (managed fields,
         // for server-side apply's conflicts).
-        if let Some(writer) = crate::apply::writer().filter(|w| w.explicit)
-            && obj.metadata().is_some_and(|m| m.managed_fields.is_empty())
-        {
+        if let Some(writer) = crate::apply::writer().filter(|w| w.explicit) {
             let value = skiff::json::to_value(&obj)
                 .map_err(|e| ApiError::Internal(format!("{} as JSON: {e}", K::KIND)))?;
-            let entries = crate::apply::record_create(
+            // Everything is the creator's, whatever entries the client sent.
+            let entries = crate::apply::record_update(
+                &serde_json::json!({}),
                 &value,
                 &writer.manager,
                 K::API_VERSION,

@@ -78,7 +78,7 @@ impl Registry {
             } else {
                 let mut next = self.merge_update(&current, &obj)?;
                 keep_cluster_ip(&current, &mut next)?;
-                track_update(&current, &mut next)?;
+                same_spec_same_generation(&current, &mut next);
                 next
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();
@@ -114,6 +114,12 @@ impl Registry {
                 // left out what the server keeps (node ports) changed
                 // nothing, and is no new generation.
                 same_spec_same_generation(&current, &mut next);
+                // Field ownership, of the object as it will be stored.
+                if let Err(e) = track_update(&current, &mut next) {
+                    self.release_ports(&newly, &object_name(&namespace, &name))
+                        .await;
+                    return Err(e);
+                }
                 newly
             };
             let owner = object_name(&namespace, &name);
@@ -140,7 +146,7 @@ impl Registry {
                         return Err(e);
                     }
                 };
-                if bytes == kv.value {
+                if bytes == kv.value || same_object(&current, &next) {
                     // Nothing changed: no write, no new resourceVersion.
                     return Ok(current);
                 }
@@ -333,4 +339,23 @@ fn same_spec_same_generation<K: Strategy>(current: &K, next: &mut K) {
             meta.annotations.remove(trace);
         }
     }
+}
+
+/// Whether two versions of an object are the same though their encodings
+/// differ: managed fields' FieldsV1 tries are protobuf Structs, whose maps
+/// encode in no fixed order.
+fn same_object<K: Strategy>(current: &K, next: &K) -> bool {
+    if current
+        .metadata()
+        .is_none_or(|m| m.managed_fields.is_empty())
+    {
+        return false;
+    }
+    let normal = |obj: &K| {
+        let mut obj = obj.clone();
+        obj.clear_type_meta();
+        obj.metadata_mut().resource_version.clear();
+        obj
+    };
+    normal(current) == normal(next)
 }
