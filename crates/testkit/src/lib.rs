@@ -786,20 +786,38 @@ impl Drop for AgentNode {
             }
             return;
         }
-        let ids = self.container_ids();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
+        // A container the killed agent had asked for may still appear
+        // (dockerd finishes a create in flight): its network goes only
+        // once it is gone too, so both are tried again a few times.
+        for _ in 0..10 {
+            let ids = self.container_ids();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let removed = Command::new("docker")
+                .args(["network", "rm", &self.network])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            let gone = || {
+                Command::new("docker")
+                    .args(["network", "inspect", &self.network])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| !s.success())
+            };
+            if removed || gone() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = Command::new("docker")
-            .args(["network", "rm", &self.network])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
