@@ -634,14 +634,19 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             }
         }
     }
-    Err(Failure::new(
+    Err(kept_changing(t, "patched"))
+}
+
+/// A read-change-write that lost every race it ran (409).
+fn kept_changing(t: &super::Target, doing: &str) -> Failure {
+    Failure::new(
         409,
         "Conflict",
         format!(
-            "Operation cannot be fulfilled on {} {:?}: the object kept changing while it was patched; try again",
+            "Operation cannot be fulfilled on {} {:?}: the object kept changing while it was {doing}; try again",
             t.resource, t.name
         ),
-    ))
+    )
 }
 
 /// Server-side apply (`application/apply-patch+yaml`): the body is the
@@ -733,14 +738,7 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
             }
         }
     }
-    Err(Failure::new(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {} {:?}: the object kept changing while it was applied; try again",
-            t.resource, t.name
-        ),
-    ))
+    Err(kept_changing(t, "applied"))
 }
 
 /// Apply's conflicts as Kubernetes answers them: 409, one cause per field.
@@ -1062,14 +1060,7 @@ async fn scale<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             }
         }
     }
-    Err(Failure::new(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {} {:?}: the object kept changing while it was scaled; try again",
-            t.resource, t.name
-        ),
-    ))
+    Err(kept_changing(t, "scaled"))
 }
 
 #[cfg(test)]
