@@ -31,6 +31,16 @@ pub fn to_value<T: Serialize>(obj: &T) -> serde_json::Result<Value> {
 /// The field and what is wrong with it.
 pub fn from_value<K: DeserializeOwned>(mut value: Value) -> Result<K, String> {
     quantities_as_strings(&mut value);
+    read(&value)
+}
+
+/// Reads an object from JSON already through [`quantities_as_strings`],
+/// without taking (or copying) it: a caller that retries after fixing the
+/// JSON keeps it.
+///
+/// # Errors
+/// The field and what is wrong with it.
+pub fn read<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

@@ -191,10 +191,11 @@ pub(super) fn decode_as<M: serde::de::DeserializeOwned>(
             "{kind} in version {version:?} cannot be handled as a {kind}: {why}"
         ))
     };
+    skiff::json::quantities_as_strings(&mut value);
     // Each unknown field is found, reported or dropped, one at a time (a
     // few: each costs a decode).
     for _ in 0..MAX_UNKNOWN_FIELDS {
-        let message = match skiff::json::from_value::<M>(value.clone()) {
+        let message = match skiff::json::read::<M>(&value) {
             Ok(obj) => return Ok(obj),
             Err(message) => message,
         };
