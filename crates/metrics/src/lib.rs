@@ -475,12 +475,19 @@ mod tests {
             Ok::<_, std::convert::Infallible>(response)
         });
         let mut service = layer.layer(inner);
-        for path in ["/skiff.core.v1.Pods/Get", "/skiff.core.v1.Pods/Delete"] {
-            let request = http::Request::builder()
-                .uri(path)
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(String::new())
-                .unwrap();
+        // Two gRPC calls, then a Kubernetes HTTP API call on the same port:
+        // by HTTP method and status (its path holds object names).
+        let calls = [
+            ("/skiff.core.v1.Pods/Get", Some("application/grpc")),
+            ("/skiff.core.v1.Pods/Delete", Some("application/grpc")),
+            ("/api/v1/namespaces/default/pods/web-1", None),
+        ];
+        for (path, content_type) in calls {
+            let mut request = http::Request::builder().uri(path);
+            if let Some(content_type) = content_type {
+                request = request.header(http::header::CONTENT_TYPE, content_type);
+            }
+            let request = request.body(String::new()).unwrap();
             let response = service.ready().await.unwrap().call(request).await.unwrap();
             let mut body = response.into_body();
             while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
@@ -488,18 +495,6 @@ mod tests {
                 .is_some()
             {}
         }
-        // A Kubernetes HTTP API call on the same port: by HTTP method and
-        // status (its path holds object names).
-        let request = http::Request::builder()
-            .uri("/api/v1/namespaces/default/pods/web-1")
-            .body(String::new())
-            .unwrap();
-        let response = service.ready().await.unwrap().call(request).await.unwrap();
-        let mut body = response.into_body();
-        while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
-            .await
-            .is_some()
-        {}
         let scrape = render();
         let lines: Vec<std::io::Result<String>> =
             scrape.lines().map(|l| Ok(l.to_string())).collect();

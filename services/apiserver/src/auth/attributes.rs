@@ -133,29 +133,12 @@ macro_rules! kind_infos {
         const KINDS: &[KindInfo] = &[$(
             KindInfo {
                 service: <$ty as skiff::Resource>::SERVICE,
-                group: group_of(<$ty as skiff::Resource>::API_VERSION),
+                group: crate::http::split_version(<$ty as skiff::Resource>::API_VERSION).0,
                 plural: <$ty as skiff::Resource>::PLURAL,
                 namespaced: <$ty as skiff::Resource>::NAMESPACED,
             },
         )*];
     };
-}
-
-/// `apps/v1` → `apps`; `v1` → "".
-const fn group_of(api_version: &'static str) -> &'static str {
-    let bytes = api_version.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'/' {
-            let (group, _) = bytes.split_at(i);
-            return match std::str::from_utf8(group) {
-                Ok(g) => g,
-                Err(_) => "",
-            };
-        }
-        i += 1;
-    }
-    ""
 }
 
 skiff::for_each_kind!(kind_infos);

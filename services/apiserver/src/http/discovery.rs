@@ -119,7 +119,7 @@ pub fn serve(route: &Route, headers: &HeaderMap) -> Result<Reply, Failure> {
             let kinds = kinds_of(group, version);
             let mut resources: Vec<Value> =
                 kinds.iter().flat_map(|k| legacy_resources(k)).collect();
-            resources.extend(legacy_reviews(group, version));
+            resources.extend(legacy_extras(group, version));
             if resources.is_empty() {
                 return Err(Failure::no_route());
             }
@@ -236,7 +236,7 @@ fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
 }
 
 /// The extras of a group version, as legacy `APIResource`s.
-fn legacy_reviews(group: &str, version: &str) -> Vec<Value> {
+fn legacy_extras(group: &str, version: &str) -> Vec<Value> {
     EXTRAS
         .iter()
         .filter(|e| e.group == group && e.version == version)
@@ -250,7 +250,7 @@ fn legacy_reviews(group: &str, version: &str) -> Vec<Value> {
 }
 
 /// The extras of a group version, as aggregated resources.
-fn aggregated_reviews(group: &str, version: &str) -> Vec<Value> {
+fn aggregated_extras(group: &str, version: &str) -> Vec<Value> {
     EXTRAS
         .iter()
         .filter(|e| e.group == group && e.version == version)
@@ -409,7 +409,7 @@ fn aggregated_reply(groups: &[&str]) -> Reply {
                             })
                         })
                         .collect();
-                    resources.extend(aggregated_reviews(group, version));
+                    resources.extend(aggregated_extras(group, version));
                     json!({"version": version, "freshness": "Current", "resources": resources})
                 })
                 .collect();

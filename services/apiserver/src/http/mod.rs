@@ -39,6 +39,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use skiff::pb::authentication::v1::UserInfo;
 use tonic::body::Body;
 
@@ -123,7 +124,8 @@ const fn same(a: &str, b: &str) -> bool {
     true
 }
 
-const fn split_version(api_version: &'static str) -> (&'static str, &'static str) {
+/// `apps/v1` → (`apps`, `v1`); `v1` → ("", `v1`).
+pub const fn split_version(api_version: &'static str) -> (&'static str, &'static str) {
     let bytes = api_version.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
@@ -480,6 +482,27 @@ fn with_type(code: StatusCode, content_type: &'static str, body: Bytes) -> Reply
         HeaderValue::from_static(content_type),
     );
     reply
+}
+
+/// A streamed response of `content_type` (a watch, a log).
+pub fn streamed(
+    content_type: &'static str,
+    chunks: impl futures::Stream<Item = Bytes> + Send + 'static,
+) -> Reply {
+    use futures::StreamExt as _;
+    let frames = chunks.map(|chunk| Ok::<_, Infallible>(http_body::Frame::data(chunk)));
+    let mut reply = http::Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    reply
+}
+
+/// A field of a body read as JSON, by its JSON name or its proto name
+/// (protobuf bodies are read into proto names).
+pub fn field<'a>(value: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
+    value.get(camel).or_else(|| value.get(snake))
 }
 
 /// A failure as a Status response.

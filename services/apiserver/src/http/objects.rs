@@ -3,19 +3,16 @@
 //! `binding` subresources. Bodies are Kubernetes' JSON
 //! ([`skiff::json`]); what a write means is the registry's, as for gRPC.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::{HeaderValue, Method, StatusCode};
-use http_body::Frame;
 use prost::Message as _;
 use serde_json::{Value, json};
 use skiff::pb::api::v1::{
     DeleteRequest, EventType, GetRequest, ListRequest, Preconditions, WatchRequest,
 };
-use tonic::body::Body;
 
 use super::patch::{self, PatchType};
 use super::table::{self, Include};
@@ -509,13 +506,7 @@ async fn watch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
 }
 
 fn stream_reply(lines: impl futures::Stream<Item = Bytes> + Send + 'static) -> Reply {
-    let frames = lines.map(|line| Ok::<_, Infallible>(Frame::data(line)));
-    let mut reply = http::Response::new(Body::new(http_body_util::StreamBody::new(frames)));
-    reply.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    reply
+    super::streamed("application/json", lines)
 }
 
 async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
@@ -780,7 +771,7 @@ pub(super) fn delete_options_in(
     body: &Value,
     req: &Request,
 ) -> Result<(DeleteRequest, bool), Failure> {
-    let field = |camel: &str, snake: &str| body.get(camel).or_else(|| body.get(snake)).cloned();
+    let field = |camel: &str, snake: &str| super::field(body, camel, snake).cloned();
     let grace = match field("gracePeriodSeconds", "grace_period_seconds").and_then(|g| g.as_i64()) {
         Some(g) => Some(g),
         None => req

@@ -4,13 +4,11 @@
 //! `kubectl exec [-it]`, `kubectl cp`). Both are proxied from the pod's
 //! node agent by the same code as the gRPC `PodLogs` and `PodExec`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use http::{HeaderValue, Method, StatusCode};
-use http_body::Frame;
 use serde_json::{Value, json};
 use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_output::Output;
@@ -136,13 +134,7 @@ async fn log(ctx: Ctx, logs: &PodLogsService, req: Request) -> Result<Reply, Fai
             data
         })
         .take_while(|data| std::future::ready(!data.is_empty()));
-    let frames = bytes.map(|data| Ok::<_, Infallible>(Frame::data(data)));
-    let mut reply = http::Response::new(Body::new(http_body_util::StreamBody::new(frames)));
-    reply.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
-    Ok(reply)
+    Ok(super::streamed("text/plain", bytes))
 }
 
 /// `pods/eviction` (`kubectl drain`): the pod is deleted with the
@@ -163,9 +155,7 @@ async fn evict(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             t.name
         )));
     }
-    let options = eviction
-        .get("deleteOptions")
-        .or_else(|| eviction.get("delete_options"))
+    let options = super::field(&eviction, "deleteOptions", "delete_options")
         .cloned()
         .unwrap_or(json!({}));
     let (mut delete, dry) = super::objects::delete_options_in(&options, &req)?;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use skiff::pb::authentication::v1::TokenRequest;
 use skiff::pb::authentication::v1::service_account_tokens_server::ServiceAccountTokens as _;
 
-use super::{Ctx, Failure, Reply, Request, json};
+use super::{Ctx, Failure, Reply, Request, field, json};
 use crate::auth::attributes::Attributes;
 use crate::auth::services::IdentityServices;
 
@@ -51,11 +51,6 @@ pub async fn serve(
         "selfsubjectreviews" => Ok(who_am_i(&ctx)),
         _ => token(&ctx, identity, &req).await,
     }
-}
-
-/// A field by its JSON or proto name.
-fn field<'a>(value: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
-    value.get(camel).or_else(|| value.get(snake))
 }
 
 fn text(value: &Value, key: &str) -> String {
