@@ -1,5 +1,5 @@
 //! The agent's gRPC service (`skiff.agent.v1.Agent`): container logs,
-//! exec and resource usage.
+//! exec, port forwarding and resource usage.
 //!
 //! Users never call it directly: `skiff.core.v1.PodLogs/Logs` on the API
 //! server looks up the pod's node and proxies to the node's agent (its
@@ -17,8 +17,10 @@ use futures::{Stream, StreamExt as _};
 use skiff::pb::agent::v1::agent_server::Agent;
 use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_output::Output;
+use skiff::pb::core::v1::port_forward_input::Input as ForwardInput;
 use skiff::pb::core::v1::{
     LogChunk, Pod, PodExecInput, PodExecOutput, PodExecRequest, PodExecResponse, PodLogsRequest,
+    PortForwardInput, PortForwardOutput,
 };
 use skiff_client::Store;
 use skiff_runtime::{Container, LogOptions, Runtime, State};
@@ -117,6 +119,55 @@ impl AgentService {
                 ))
             })
     }
+}
+
+/// A stream of what a forwarded port sends back.
+pub type ForwardStream = Pin<Box<dyn Stream<Item = Result<PortForwardOutput, Status>> + Send>>;
+
+/// The largest piece of a forwarded connection read at once.
+const FORWARD_CHUNK: usize = 32 * 1024;
+
+/// Copies a forwarded connection both ways: the client's messages into
+/// the socket (a `close_write` or the client's end shuts its writing
+/// half), the socket's bytes out until the pod's side closes.
+fn forward(
+    socket: tokio::net::TcpStream,
+    mut messages: tonic::Streaming<PortForwardInput>,
+) -> ForwardStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (reader, mut writer) = socket.into_split();
+    let feeder = tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let written = match message.input {
+                Some(ForwardInput::Data(bytes)) => writer.write_all(&bytes).await,
+                Some(ForwardInput::CloseWrite(true)) => break,
+                _ => Ok(()),
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let output = futures::stream::unfold(
+        (reader, vec![0u8; FORWARD_CHUNK], Some(feeder)),
+        |(mut reader, mut buf, mut feeder)| async move {
+            match reader.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    let data = buf[..n].to_vec();
+                    Some((Ok(PortForwardOutput { data }), (reader, buf, feeder)))
+                }
+                // The pod's side closed (or failed): the connection ends.
+                _ => {
+                    if let Some(feeder) = feeder.take() {
+                        feeder.abort();
+                    }
+                    None
+                }
+            }
+        },
+    );
+    Box::pin(output)
 }
 
 /// A stream of an attached command's output.
@@ -222,6 +273,75 @@ impl Agent for AgentService {
             })
         });
         Ok(Response::new(Box::pin(output.chain(exit))))
+    }
+
+    type PortForwardStream = ForwardStream;
+
+    async fn port_forward(
+        &self,
+        request: Request<tonic::Streaming<PortForwardInput>>,
+    ) -> Result<Response<ForwardStream>, Status> {
+        let mut messages = request.into_inner();
+        let Some(ForwardInput::Start(start)) = messages.message().await?.and_then(|m| m.input)
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: which pod and port",
+            ));
+        };
+        let port = u16::try_from(start.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "port: Invalid value: {}: must be between 1 and 65535, inclusive",
+                    start.port
+                ))
+            })?;
+        let pod = self
+            .pods
+            .get(&start.namespace, &start.name)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "pod {:?} in namespace {:?} is not on this node",
+                    start.name, start.namespace
+                ))
+            })?;
+        let uid = pod
+            .metadata
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default();
+        let containers = self
+            .runtime
+            .list(Some(&uid))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let sandbox = containers
+            .into_iter()
+            .filter(|c| {
+                c.label(skiff_runtime::labels::CONTAINER_NAME) == skiff_runtime::labels::SANDBOX
+            })
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .max_by_key(|c| c.created)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "pod {:?} has no running sandbox: it is not running",
+                    start.name
+                ))
+            })?;
+        // Nothing accepting on the port is the pod's state, not the
+        // agent's: FAILED_PRECONDITION, the runtime's words.
+        let socket = self.runtime.dial(&sandbox, port).await.map_err(|e| {
+            let why = match e {
+                skiff_runtime::Error::Runtime(why) => why,
+                other => other.to_string(),
+            };
+            Status::failed_precondition(format!(
+                "error forwarding port {port} to pod {}, uid {uid}: {why}",
+                start.name
+            ))
+        })?;
+        Ok(Response::new(forward(socket, messages)))
     }
 
     async fn exec(

@@ -77,6 +77,42 @@ async fn cluster_with(prefix: &str, proxied: Option<Proxied>) -> Cluster {
 impl Cluster {
     /// Runs `skiff ARGS` against this cluster (its own client config, so
     /// the user's ~/.skiff is never touched).
+    /// `skiff port-forward POD :REMOTE`, one HTTP GET through it, the
+    /// response; then the command is stopped.
+    fn port_forward_get(&self, pod: &str, remote: &str) -> String {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let mut child = Command::new(skiff_testkit::skiff_binary().unwrap())
+            .args(["port-forward", pod, &format!(":{remote}")])
+            .env("SKIFF_CONFIG", self.dir.path().join("config"))
+            .env("SKIFF_SERVER", format!("http://{}", self.server.addr))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // (Kept open while the command runs: it prints per connection.)
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let local = line
+            .strip_prefix("Forwarding from 127.0.0.1:")
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
+        let mut response = String::new();
+        if let Some(local) = local {
+            let mut socket = std::net::TcpStream::connect(format!("127.0.0.1:{local}")).unwrap();
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            socket
+                .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+                .unwrap();
+            let _ = socket.read_to_string(&mut response);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!line.is_empty(), "skiff port-forward printed nothing");
+        response
+    }
+
     fn skiff(&self, args: &[&str]) -> Run {
         let out = Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(args)
@@ -338,6 +374,10 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
         shell.stderr
     );
     assert_eq!(shell.code, Some(5));
+
+    // port-forward over the gRPC door: a local port leads to the pod's.
+    let forwarded = c.port_forward_get(&pod, "8080");
+    assert!(forwarded.contains("hello from skiff"), "{forwarded}");
 
     // A changed template rolls out; history and undo.
     std::fs::write(&manifest, app(c.image, "hello-two")).unwrap();

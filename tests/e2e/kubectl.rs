@@ -105,6 +105,69 @@ impl Kubectl {
 }
 
 /// The columns of a table's header line.
+/// Runs `kubectl port-forward pod/NAME :REMOTE` (with `env`), makes
+/// `gets` HTTP requests through it, one connection each, and returns the
+/// last response (empty when the connection carried nothing back) and
+/// what kubectl printed on stderr; then stops kubectl.
+fn port_forward_get(
+    k: &Kubectl,
+    pod: &str,
+    remote: &str,
+    env: &[(&str, &str)],
+    gets: usize,
+) -> (String, String) {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let mut command = k.command(&["port-forward", &format!("pod/{pod}"), &format!(":{remote}")]);
+    command.envs(env.iter().copied());
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("kubectl port-forward starts");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let mut child = Stop(child);
+    // "Forwarding from 127.0.0.1:PORT -> REMOTE"
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+        let mut err = String::new();
+        if let Some(e) = child.0.stderr.as_mut() {
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("kubectl port-forward printed nothing: {err}")
+    });
+    let local = line
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    let mut last = String::new();
+    for _ in 0..gets {
+        let mut socket =
+            std::net::TcpStream::connect(format!("127.0.0.1:{local}")).expect("connects");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        socket
+            .write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        last.clear();
+        let _ = socket.read_to_string(&mut last);
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let mut err = String::new();
+    if let Some(e) = child.0.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (last, err)
+}
+
 fn header(table: &str) -> Vec<String> {
     table
         .lines()
@@ -443,6 +506,47 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         std::fs::read_to_string(&copy).unwrap(),
         "hello from skiff\n"
     );
+    // cp into the pod (tar through exec -i), and back.
+    let upload = k.write("upload.txt", "uploaded by kubectl\n");
+    k.ok(&["cp", &upload, &format!("default/{pod}:/upload.txt")]);
+    assert_eq!(
+        k.ok(&["exec", &pod, "--", "cat", "/upload.txt"]),
+        "uploaded by kubectl\n"
+    );
+
+    // port-forward: over the WebSocket tunnel kubectl tries first, and
+    // over plain SPDY (its fallback); to the pod's port, and to a server
+    // listening only on the pod's own localhost (the pod's network
+    // namespace is entered, as the kubelet does).
+    let (served, _) = port_forward_get(&k, &pod, "8080", &[], 2);
+    assert!(served.contains("hello from skiff"), "{served}");
+    let (spdy, _) = port_forward_get(
+        &k,
+        &pod,
+        "8080",
+        &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+        1,
+    );
+    assert!(spdy.contains("hello from skiff"), "{spdy}");
+    k.ok(&[
+        "exec",
+        &pod,
+        "--",
+        "httpd",
+        "-p",
+        "127.0.0.1:9090",
+        "-h",
+        "/www",
+    ]);
+    let (local, _) = port_forward_get(&k, &pod, "9090", &[], 1);
+    assert!(local.contains("hello from skiff"), "{local}");
+    // Nothing listening: kubectl says why, as for Kubernetes.
+    let (refused, why) = port_forward_get(&k, &pod, "9191", &[], 1);
+    assert!(refused.is_empty(), "{refused}");
+    assert!(
+        why.contains("an error occurred forwarding") && why.contains("9191"),
+        "{why}"
+    );
 
     // kubectl top reads metrics.k8s.io (the agents' samples, once two are in).
     wait_until(
@@ -691,6 +795,58 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
     let err = robot.fails(&["get", "secrets"]);
     assert!(err.contains("(Forbidden)"), "{err}");
     assert_eq!(robot.ok(&["auth", "can-i", "list", "pods"]).trim(), "yes");
+    // can-i --list (a SelfSubjectRulesReview): the rules of its
+    // bindings and what every caller may do, in kubectl's table.
+    let listed = robot.ok(&["auth", "can-i", "--list"]);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "Resources",
+            "Non-Resource",
+            "URLs",
+            "Resource",
+            "Names",
+            "Verbs"
+        ]
+    );
+    assert!(
+        rows.contains(&vec!["pods", "[]", "[]", "[get", "list", "watch]"]),
+        "{listed}"
+    );
+    assert!(
+        rows.contains(&vec!["[/version]", "[]", "[get]"]),
+        "{listed}"
+    );
+    assert!(!listed.contains("secrets"), "{listed}");
+    let everything = admin.ok(&["auth", "can-i", "--list"]);
+    assert!(
+        everything
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["*.*", "[]", "[]", "[*]"]),
+        "{everything}"
+    );
+    // The same review over gRPC (`skiff auth can-i --list`).
+    let out = Command::new(skiff_testkit::skiff_binary().unwrap())
+        .args(["auth", "can-i", "--list"])
+        .args(["--config", c.server.config("admin").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let grpc_listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        grpc_listed
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["*.*", "[]", "[]", "[*]"]),
+        "{grpc_listed}"
+    );
     // `skiff kubeconfig`: the client config as a kubeconfig, and one for
     // a new user signed by the cluster CA.
     let skiff_kubeconfig = |extra: &[&str]| {

@@ -31,6 +31,9 @@ pub(crate) enum ClientCommand {
     Logs(LogsArgs),
     /// Run a command in a container (`skiff exec POD -- CMD ARGS`).
     Exec(ExecArgs),
+    /// Forward local ports to a pod's ports (`skiff port-forward POD
+    /// [LOCAL:]REMOTE...`), until interrupted.
+    PortForward(PortForwardArgs),
     /// Show the CPU and memory use of nodes or pods (sampled by the
     /// agents every few seconds).
     Top(TopArgs),
@@ -69,6 +72,7 @@ impl ClientCommand {
             Self::Rollout(_) => "rollout",
             Self::Logs(_) => "logs",
             Self::Exec(_) => "exec",
+            Self::PortForward(_) => "port-forward",
             Self::Top(_) => "top",
             Self::Label(_) => "label",
             Self::Annotate(_) => "annotate",
@@ -141,13 +145,19 @@ pub(crate) enum AuthAction {
     Whoami,
     /// Whether you may VERB RESOURCE (`pods`, `pods/log`,
     /// `deployments.apps`) [NAME]; prints yes or no (exit code 0 or 1).
+    /// With `--list`: everything you may do in the namespace.
     CanI {
         /// get, list, watch, create, update, delete, ...
-        verb: String,
+        #[arg(required_unless_present = "list")]
+        verb: Option<String>,
         /// `pods`, `pods/log`, `deployments.apps`, `nodes` ...
-        resource: String,
+        #[arg(required_unless_present = "list")]
+        resource: Option<String>,
         /// One object.
         name: Option<String>,
+        /// List what you may do instead, as kubectl's table.
+        #[arg(long, conflicts_with_all = ["verb", "resource", "name"])]
+        list: bool,
     },
 }
 
@@ -335,6 +345,21 @@ pub(crate) struct ExecArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct PortForwardArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The pod (NAME or pod/NAME).
+    pub(crate) pod: String,
+    /// `[LOCAL:]REMOTE`: LOCAL alone is also the remote port; `:REMOTE`
+    /// picks a free local port.
+    #[arg(required = true)]
+    pub(crate) ports: Vec<String>,
+    /// The local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) address: String,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct MetadataArgs {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
@@ -481,6 +506,17 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
             };
             return Ok(code);
         }
+        ClientCommand::PortForward(args) => {
+            let ports = args
+                .ports
+                .iter()
+                .map(|p| skiff_ctl::portforward::parse_ports(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            args.client
+                .ctl()?
+                .port_forward(&args.pod, &ports, &args.address)
+                .await?;
+        }
         ClientCommand::Label(args) => {
             args.client
                 .ctl()?
@@ -520,13 +556,19 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
             let ctl = args.client.ctl()?;
             match args.action {
                 AuthAction::Whoami => ctl.whoami().await?,
+                AuthAction::CanI { list: true, .. } => ctl.can_i_list().await?,
                 AuthAction::CanI {
                     verb,
                     resource,
                     name,
+                    ..
                 } => {
                     let allowed = ctl
-                        .can_i(&verb, &resource, name.as_deref().unwrap_or(""))
+                        .can_i(
+                            verb.as_deref().unwrap_or(""),
+                            resource.as_deref().unwrap_or(""),
+                            name.as_deref().unwrap_or(""),
+                        )
                         .await?;
                     return Ok(if allowed { 0 } else { 1 });
                 }

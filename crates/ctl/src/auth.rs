@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use skiff::pb::api::v1::{DeleteRequest, ListRequest};
 use skiff::pb::authentication::v1::identity_client::IdentityClient;
-use skiff::pb::authentication::v1::{AccessReview, WhoAmIRequest};
+use skiff::pb::authentication::v1::{
+    AccessReview, RulesReviewRequest, RulesReviewStatus, WhoAmIRequest,
+};
 use skiff::pb::core::v1::Secret;
 use skiff_client::Api;
 
@@ -253,6 +255,98 @@ impl Ctl {
         println!("{}", if status.allowed { "yes" } else { "no" });
         Ok(status.allowed)
     }
+
+    /// Prints everything the caller may do in the command's namespace,
+    /// as `kubectl auth can-i --list` does: one row per resource (with
+    /// its group) or path, the verbs of rules on the same thing merged.
+    ///
+    /// # Errors
+    /// The server refused or cannot be reached.
+    pub async fn can_i_list(&self) -> Result<()> {
+        let status = IdentityClient::new(self.channel.clone())
+            .rules_review(RulesReviewRequest {
+                namespace: self.namespace.clone(),
+            })
+            .await
+            .map_err(|s| self.server_error(s, "", ""))?
+            .into_inner();
+        print!("{}", table::render(&access_rows(&status)));
+        if status.incomplete {
+            eprintln!(
+                "warning: the list may be incomplete: some of what you may do is decided by more than rules{}",
+                if status.evaluation_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", status.evaluation_error)
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+/// kubectl's `auth can-i --list` rows (header first): each rule broken
+/// down to one resource and group, rules on the same resource and names
+/// merged, sorted.
+fn access_rows(status: &RulesReviewStatus) -> Vec<Vec<String>> {
+    use std::collections::BTreeMap;
+    let list = |items: &[String]| format!("[{}]", items.join(" "));
+    // (resource cell, names) → verbs, and path rows.
+    let mut resources: BTreeMap<(String, Vec<String>), Vec<String>> = BTreeMap::new();
+    for rule in &status.resource_rules {
+        for group in &rule.api_groups {
+            for resource in &rule.resources {
+                let (name, sub) = match resource.split_once('/') {
+                    Some((n, s)) => (n, Some(s)),
+                    None => (resource.as_str(), None),
+                };
+                let mut cell = name.to_string();
+                if !group.is_empty() {
+                    cell = format!("{cell}.{group}");
+                }
+                if let Some(sub) = sub {
+                    cell = format!("{cell}/{sub}");
+                }
+                let verbs = resources
+                    .entry((cell, rule.resource_names.clone()))
+                    .or_default();
+                for verb in &rule.verbs {
+                    if !verbs.contains(verb) {
+                        verbs.push(verb.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rule in &status.non_resource_rules {
+        for path in &rule.non_resource_urls {
+            let verbs = paths.entry(path.clone()).or_default();
+            for verb in &rule.verbs {
+                if !verbs.contains(verb) {
+                    verbs.push(verb.clone());
+                }
+            }
+        }
+    }
+    let mut rows = vec![vec![
+        "Resources".to_string(),
+        "Non-Resource URLs".into(),
+        "Resource Names".into(),
+        "Verbs".into(),
+    ]];
+    for ((cell, names), verbs) in resources {
+        rows.push(vec![cell, "[]".into(), list(&names), list(&verbs)]);
+    }
+    for (path, verbs) in paths {
+        rows.push(vec![
+            String::new(),
+            list(&[path]),
+            "[]".into(),
+            list(&verbs),
+        ]);
+    }
+    rows
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod kinds;
 pub mod manifest;
+pub mod portforward;
 pub use skiff::table;
 pub mod top;
 

@@ -724,6 +724,42 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    async fn dial(&self, sandbox: &Container, port: u16) -> Result<tokio::net::TcpStream> {
+        let found = self
+            .docker
+            .inspect_container(&sandbox.id, None)
+            .await
+            .map_err(docker_error)?;
+        let pid = found.state.and_then(|s| s.pid).filter(|pid| *pid > 0);
+        let Some(pid) = pid else {
+            return Err(Error::Runtime(format!(
+                "sandbox {} is not running",
+                sandbox.name
+            )));
+        };
+        match connect_in_network_of(pid, port).await {
+            Ok(stream) => Ok(stream),
+            // An agent that may not enter namespaces (not root) reaches
+            // the pod's address instead: servers on the pod's loopback
+            // only are out of its reach.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::debug!(error = %e, "port-forward: cannot enter the pod's network namespace");
+                let by_address = Container {
+                    ip: found
+                        .network_settings
+                        .and_then(|n| n.networks)
+                        .and_then(|n| n.into_values().find_map(|e| e.ip_address))
+                        .filter(|ip| !ip.is_empty()),
+                    ..sandbox.clone()
+                };
+                crate::default_dial(&by_address, port).await
+            }
+            Err(e) => Err(Error::Runtime(format!(
+                "failed to connect to localhost:{port} inside the pod's network namespace: {e}"
+            ))),
+        }
+    }
+
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
         // Fail now (NotFound) rather than as the stream's first item.
         self.docker
@@ -748,6 +784,35 @@ impl Runtime for DockerRuntime {
             .map_err(docker_error);
         Ok(stream.boxed())
     }
+}
+
+/// Connects to `port` on the loopback of the network namespace of process
+/// `pid` (a sandbox's), like the kubelet does for port forwarding: from a
+/// thread of its own that enters the namespace and ends after the connect,
+/// so that nothing else ever runs in the pod's namespace. The socket stays
+/// in the namespace it was made in.
+async fn connect_in_network_of(pid: i64, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("skiff-port-forward".into())
+        .spawn(move || {
+            let connected = rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&namespace),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|()| {
+                let to = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            });
+            let _ = tx.send(connected);
+        })?;
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the connecting thread ended without an answer"))??;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
 }
 
 #[cfg(test)]

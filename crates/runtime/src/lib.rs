@@ -360,6 +360,17 @@ pub trait Runtime: Send + Sync + 'static {
     /// NotFound; the runtime could not read them.
     async fn stats(&self, id: &str) -> Result<ContainerStats>;
 
+    /// A TCP connection to `port` of a pod, from within its network (what
+    /// `kubectl port-forward` reaches). This default connects to the
+    /// sandbox's IP, or to the host's loopback when pods share the host's
+    /// network.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`] naming the address when nothing accepts.
+    async fn dial(&self, sandbox: &Container, port: u16) -> Result<tokio::net::TcpStream> {
+        default_dial(sandbox, port).await
+    }
+
     /// The exit code of an attached command that ended.
     ///
     /// # Errors
@@ -368,6 +379,23 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = exec;
         Err(Error::Runtime("no attached command".into()))
     }
+}
+
+/// [`Runtime::dial`]'s default: the sandbox's IP, or the host's loopback
+/// when it has none (pods on the host's network).
+///
+/// # Errors
+/// [`Error::Runtime`] naming the address when nothing accepts.
+pub async fn default_dial(sandbox: &Container, port: u16) -> Result<tokio::net::TcpStream> {
+    let ip = match sandbox.ip.as_deref() {
+        Some(ip) if !ip.is_empty() => ip.parse().map_err(|_| {
+            Error::Runtime(format!("sandbox {} has no valid IP: {ip:?}", sandbox.name))
+        })?,
+        _ => std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+    };
+    tokio::net::TcpStream::connect((ip, port))
+        .await
+        .map_err(|e| Error::Runtime(format!("failed to connect to {ip}:{port}: {e}")))
 }
 
 /// Output of an attached command: `(true, bytes)` for stderr.

@@ -375,7 +375,11 @@ impl ApiServer {
                 identity.clone(),
                 usage_service,
             );
-            let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(proxy);
+            let exec = skiff::pb::core::v1::pod_exec_server::PodExecServer::from_arc(
+                std::sync::Arc::clone(&proxy),
+            );
+            let port_forward =
+                skiff::pb::core::v1::pod_port_forward_server::PodPortForwardServer::from_arc(proxy);
             let routes = service::routes(&actor);
             let reflection_v1 = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(skiff::pb::FILE_DESCRIPTOR_SET)
@@ -421,6 +425,7 @@ impl ApiServer {
                 let routes = routes
                     .add_service(logs)
                     .add_service(exec)
+                    .add_service(port_forward)
                     .add_service(usage)
                     .add_service(reflection_v1)
                     .add_service(reflection_v1alpha)

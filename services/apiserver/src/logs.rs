@@ -1,5 +1,5 @@
-//! `skiff.core.v1.PodLogs` and `PodExec`: the pods/log and pods/exec
-//! subresources. The API server finds
+//! `skiff.core.v1.PodLogs`, `PodExec` and `PodPortForward`: the pods/log,
+//! pods/exec and pods/portforward subresources. The API server finds
 //! the pod's node and proxies the stream from that node's agent
 //! (`skiff.agent.v1.Agent/Logs` at the Node's InternalIP and
 //! `daemonEndpoints.kubeletEndpoint` port), like the Kubernetes API server
@@ -14,9 +14,11 @@ use skiff::pb::api::v1::GetRequest;
 use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_server::PodExec;
 use skiff::pb::core::v1::pod_logs_server::PodLogs;
+use skiff::pb::core::v1::pod_port_forward_server::PodPortForward;
+use skiff::pb::core::v1::port_forward_input::Input as ForwardInput;
 use skiff::pb::core::v1::{
     LogChunk, Node, Pod, PodExecInput, PodExecOutput, PodExecRequest, PodExecResponse,
-    PodLogsRequest,
+    PodLogsRequest, PortForwardInput, PortForwardOutput, PortForwardStart,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -253,6 +255,57 @@ impl PodLogsService {
             .await
             .map(Response::into_inner)
             .map_err(|s| unreachable(&agent, s))
+    }
+}
+
+impl PodLogsService {
+    /// Connects to `start`'s port of its pod through the pod's agent:
+    /// `rest` (data, the client's half-close) goes on as it comes; what the
+    /// pod sends comes back as a stream that ends when the pod's side
+    /// closes (both doors call this).
+    ///
+    /// # Errors
+    /// As [`PodLogsService::log`]; UNAVAILABLE when nothing accepts on
+    /// the port.
+    pub async fn port_forward_with(
+        &self,
+        mut start: PortForwardStart,
+        rest: impl futures::Stream<Item = PortForwardInput> + Send + 'static,
+    ) -> Result<tonic::Streaming<PortForwardOutput>, Status> {
+        use futures::StreamExt as _;
+        default_namespace(&mut start.namespace);
+        let (mut client, agent) = self.agent(&start.namespace, &start.name).await?;
+        let first = PortForwardInput {
+            input: Some(ForwardInput::Start(start)),
+        };
+        let forwarded = futures::stream::once(std::future::ready(first)).chain(rest);
+        client
+            .port_forward(forwarded)
+            .await
+            .map(Response::into_inner)
+            .map_err(|s| unreachable(&agent, s))
+    }
+}
+
+#[tonic::async_trait]
+impl PodPortForward for PodLogsService {
+    type PortForwardStream = tonic::Streaming<PortForwardOutput>;
+
+    async fn port_forward(
+        &self,
+        request: Request<tonic::Streaming<PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        use futures::StreamExt as _;
+        let mut inputs = request.into_inner();
+        let Some(ForwardInput::Start(start)) = inputs.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: which pod and port",
+            ));
+        };
+        let rest = inputs
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()));
+        self.port_forward_with(start, rest).await.map(Response::new)
     }
 }
 

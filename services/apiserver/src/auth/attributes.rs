@@ -94,6 +94,8 @@ enum Shape {
     Object,
     /// Attach's first input: `start = 1`, a `NamespaceName`.
     AttachStart,
+    /// PortForward's first input: `start = 1`, a `NamespaceName`.
+    ForwardStart,
     /// A TokenRequest: an object, and its bound pod.
     TokenRequest,
 }
@@ -185,6 +187,11 @@ fn classify(path: &str) -> Option<(Attributes, Shape, bool)> {
         ("skiff.core.v1.PodExec", "Attach") => (
             attrs("create", "", "pods", "exec"),
             Shape::AttachStart,
+            true,
+        ),
+        ("skiff.core.v1.PodPortForward", "PortForward") => (
+            attrs("create", "", "pods", "portforward"),
+            Shape::ForwardStart,
             true,
         ),
         ("skiff.metrics.v1.Metrics", "ListNodeMetrics") => (
@@ -312,6 +319,15 @@ fn decode(message: &[u8], shape: Shape, attrs: &mut Attributes) -> Result<(), St
             let first = de::<skiff::pb::core::v1::PodExecInput>(message)?;
             let Some(Input::Start(start)) = first.input else {
                 return Err("the first message of Attach must be `start`".into());
+            };
+            attrs.namespace = start.namespace;
+            attrs.name = start.name;
+        }
+        Shape::ForwardStart => {
+            use skiff::pb::core::v1::port_forward_input::Input;
+            let first = de::<skiff::pb::core::v1::PortForwardInput>(message)?;
+            let Some(Input::Start(start)) = first.input else {
+                return Err("the first message of PortForward must be `start`".into());
             };
             attrs.namespace = start.namespace;
             attrs.name = start.name;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use skiff::pb::api::v1::GetRequest;
-use skiff::pb::authentication::v1::UserInfo;
+use skiff::pb::authentication::v1::{NonResourceRule, ResourceRule, RulesReviewStatus, UserInfo};
 use skiff::pb::core::v1::{Node, Pod};
 
 use super::attributes::Attributes;
@@ -126,6 +126,80 @@ impl Authorizer {
             Ok(why) => Decision::Allow(why),
             Err(why) => Decision::Deny(why),
         }
+    }
+
+    /// Everything `user` may do in `namespace`, as rules (Kubernetes'
+    /// SelfSubjectRulesReview): everything for `system:masters`; the rules
+    /// of its RBAC bindings otherwise, with what every authenticated
+    /// caller may do (read discovery and health, review itself). A node's
+    /// list is incomplete: the node rules decide by its pods, not by rules.
+    pub fn rules_review(&self, user: &UserInfo, namespace: &str) -> RulesReviewStatus {
+        let all = |verbs: &[&str]| verbs.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        if user.groups.iter().any(|g| g == MASTERS) {
+            return RulesReviewStatus {
+                resource_rules: vec![ResourceRule {
+                    verbs: all(&["*"]),
+                    api_groups: all(&["*"]),
+                    resources: all(&["*"]),
+                    resource_names: Vec::new(),
+                }],
+                non_resource_rules: vec![NonResourceRule {
+                    verbs: all(&["*"]),
+                    non_resource_urls: all(&["*"]),
+                }],
+                incomplete: false,
+                evaluation_error: String::new(),
+            };
+        }
+        let mut status = RulesReviewStatus {
+            incomplete: node_name(user).is_some(),
+            ..Default::default()
+        };
+        // Kubernetes' system:basic-user and system:discovery.
+        status.resource_rules.push(ResourceRule {
+            verbs: all(&["create"]),
+            api_groups: all(&["authorization.k8s.io"]),
+            resources: all(&["selfsubjectaccessreviews", "selfsubjectrulesreviews"]),
+            resource_names: Vec::new(),
+        });
+        status.resource_rules.push(ResourceRule {
+            verbs: all(&["create"]),
+            api_groups: all(&["authentication.k8s.io"]),
+            resources: all(&["selfsubjectreviews"]),
+            resource_names: Vec::new(),
+        });
+        status.non_resource_rules.push(NonResourceRule {
+            verbs: all(&["get"]),
+            non_resource_urls: all(&[
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+                "/healthz",
+                "/livez",
+                "/openapi",
+                "/openapi/*",
+                "/readyz",
+                "/version",
+                "/version/",
+            ]),
+        });
+        for rule in self.rbac.rules_for(user, namespace) {
+            if rule.non_resource_urls.is_empty() {
+                status.resource_rules.push(ResourceRule {
+                    verbs: rule.verbs,
+                    api_groups: rule.api_groups,
+                    resources: rule.resources,
+                    resource_names: rule.resource_names,
+                });
+            } else {
+                status.non_resource_rules.push(NonResourceRule {
+                    verbs: rule.verbs,
+                    non_resource_urls: rule.non_resource_urls,
+                });
+            }
+        }
+        status
     }
 
     /// Kubernetes' escalation rule for RBAC writes: a Role or ClusterRole

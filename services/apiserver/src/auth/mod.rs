@@ -182,6 +182,16 @@ impl Checker {
         }
     }
 
+    /// Everything `user` may do in `namespace` (see
+    /// [`Authorizer::rules_review`]).
+    pub fn rules_review(
+        &self,
+        user: &UserInfo,
+        namespace: &str,
+    ) -> skiff::pb::authentication::v1::RulesReviewStatus {
+        self.authz.rules_review(user, namespace)
+    }
+
     /// RBAC's escalation check alone (for a write authorized before its
     /// object was known).
     ///

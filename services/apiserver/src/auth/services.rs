@@ -12,8 +12,9 @@ use skiff::pb::authentication::v1::certificates_server::Certificates;
 use skiff::pb::authentication::v1::identity_server::Identity;
 use skiff::pb::authentication::v1::service_account_tokens_server::ServiceAccountTokens;
 use skiff::pb::authentication::v1::{
-    AccessReview, AccessReviewStatus, IssuedCertificate, JoinRequest, RenewRequest, TokenRequest,
-    TokenRequestStatus, UserInfo, WhoAmIRequest,
+    AccessReview, AccessReviewStatus, IssuedCertificate, JoinRequest, RenewRequest,
+    RulesReviewRequest, RulesReviewStatus, TokenRequest, TokenRequestStatus, UserInfo,
+    WhoAmIRequest,
 };
 use skiff::pb::core::v1::{Pod, ServiceAccount};
 use skiff_pki::jwt::{Claims, KubernetesClaims, Ref};
@@ -306,5 +307,16 @@ impl Identity for IdentityServices {
             Decision::Deny(why) => (false, why),
         };
         Ok(Response::new(AccessReviewStatus { allowed, reason }))
+    }
+
+    async fn rules_review(
+        &self,
+        request: Request<RulesReviewRequest>,
+    ) -> Result<Response<RulesReviewStatus>, Status> {
+        let who = caller(&request)?;
+        let namespace = request.into_inner().namespace;
+        Ok(Response::new(
+            self.authorizer.rules_review(&who, &namespace),
+        ))
     }
 }

@@ -194,6 +194,14 @@ const EXTRAS: &[Extra] = &[
         verbs: &["create"],
     },
     Extra {
+        group: "authorization.k8s.io",
+        version: "v1",
+        resource: "selfsubjectrulesreviews",
+        kind: "SelfSubjectRulesReview",
+        namespaced: false,
+        verbs: &["create"],
+    },
+    Extra {
         group: "authentication.k8s.io",
         version: "v1",
         resource: "selfsubjectreviews",

@@ -54,8 +54,10 @@ mod objects;
 mod patch;
 pub mod path;
 mod pods;
+mod portforward;
 mod protobuf;
 mod reviews;
+mod spdy;
 mod status;
 mod table;
 

@@ -1,7 +1,8 @@
 //! The pods' streaming subresources over HTTP: `log` (a plain-text
 //! stream, `kubectl logs [-f]`) and `exec` (a WebSocket speaking
 //! Kubernetes' `v5.channel.k8s.io` / `v4.channel.k8s.io` protocols:
-//! `kubectl exec [-it]`, `kubectl cp`). Both are proxied from the pod's
+//! `kubectl exec [-it]`, `kubectl cp`); `portforward` has a module of its
+//! own. Both are proxied from the pod's
 //! node agent by the same code as the gRPC `PodLogs` and `PodExec`.
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ pub fn handles(req: &Request) -> bool {
         )
 }
 
-/// Serves `log` and `exec`.
+/// Serves `log`, `exec`, `eviction` and `portforward`.
 ///
 /// # Errors
 /// What to answer instead, as a Status.
@@ -57,10 +58,12 @@ pub async fn serve(ctx: Ctx, logs: Arc<PodLogsService>, req: Request) -> Result<
         (&Method::GET, "log") => log(ctx, &logs, req).await,
         (&Method::GET | &Method::POST, "exec") => exec(ctx, logs, req).await,
         (&Method::POST, "eviction") => evict(ctx, req).await,
-        (_, "attach" | "portforward") => Err(Failure::bad_request(format!(
-            "pods/{} is not supported by Skiff yet: use exec",
-            req.target.subresource
-        ))),
+        (&Method::GET | &Method::POST, "portforward") => {
+            super::portforward::serve(ctx, logs, req).await
+        }
+        (_, "attach") => Err(Failure::bad_request(
+            "pods/attach is not supported by Skiff yet: use exec",
+        )),
         (method, sub) => Err(Failure::not_allowed(
             &method.to_string().to_lowercase(),
             &format!("pods/{sub}"),
@@ -283,14 +286,10 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
                 return;
             }
         };
-        // client-go sends stdin in 32 KiB pieces: nothing needs more.
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
         let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
             hyper_util::rt::TokioIo::new(upgraded),
             Role::Server,
-            Some(config),
+            Some(websocket_config()),
         )
         .await;
         let (mut sink, mut source) = socket.split();
@@ -403,6 +402,20 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
         let _ = writer.await;
         reader.abort();
     });
+    Ok(switching_to_websocket(&key, protocol))
+}
+
+/// How WebSockets are read: client-go sends stdin and tunnelled SPDY in
+/// 32 KiB pieces, so nothing needs more than [`MAX_MESSAGE`].
+pub(super) fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// The 101 answer accepting a WebSocket with the client's `key` and the
+/// chosen `protocol`.
+pub(super) fn switching_to_websocket(key: &str, protocol: &'static str) -> Reply {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut reply = http::Response::new(Body::empty());
     *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -419,7 +432,7 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
         http::header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(protocol),
     );
-    Ok(reply)
+    reply
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What kubectl asks about the caller: `auth can-i`
-//! (SelfSubjectAccessReview), `auth whoami` (SelfSubjectReview), and
+//! (SelfSubjectAccessReview), `auth can-i --list`
+//! (SelfSubjectRulesReview), `auth whoami` (SelfSubjectReview), and
 //! `create token` (the `serviceaccounts/token` subresource, a
 //! TokenRequest). The answers come from the same authorizer and token
 //! issuer as gRPC's `Identity` and `ServiceAccountTokens`.
@@ -19,6 +20,7 @@ use crate::auth::services::IdentityServices;
 /// subresource).
 pub const SERVED: &[(&str, &str, &str, &str)] = &[
     ("authorization.k8s.io", "v1", "selfsubjectaccessreviews", ""),
+    ("authorization.k8s.io", "v1", "selfsubjectrulesreviews", ""),
     ("authentication.k8s.io", "v1", "selfsubjectreviews", ""),
     ("", "v1", "serviceaccounts", "token"),
 ];
@@ -48,6 +50,7 @@ pub async fn serve(
     }
     match req.target.resource.as_str() {
         "selfsubjectaccessreviews" => access_review(&ctx, &req).await,
+        "selfsubjectrulesreviews" => rules_review(&ctx, &req),
         "selfsubjectreviews" => Ok(who_am_i(&ctx)),
         _ => token(&ctx, identity, &req).await,
     }
@@ -100,6 +103,36 @@ async fn access_review(ctx: &Ctx, req: &Request) -> Result<Reply, Failure> {
         StatusCode::CREATED,
         &json!({
             "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {},
+            "spec": spec,
+            "status": status,
+        }),
+    ))
+}
+
+fn rules_review(ctx: &Ctx, req: &Request) -> Result<Reply, Failure> {
+    let review = super::objects::body_json(req)?;
+    let spec = review.get("spec").cloned().unwrap_or(json!({}));
+    let namespace = text(&spec, "namespace");
+    let status = ctx.checker.rules_review(&ctx.user, &namespace);
+    let mut status = skiff::json::to_value(&status)
+        .map_err(|e| Failure::new(500, "InternalError", e.to_string()))?;
+    // Required in Kubernetes' SubjectRulesReviewStatus, even when empty
+    // or false (the Python client refuses a status without them).
+    if let Some(fields) = status.as_object_mut() {
+        for (key, empty) in [
+            ("resourceRules", json!([])),
+            ("nonResourceRules", json!([])),
+            ("incomplete", json!(false)),
+        ] {
+            fields.entry(key).or_insert(empty);
+        }
+    }
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "SelfSubjectRulesReview",
             "apiVersion": "authorization.k8s.io/v1",
             "metadata": {},
             "spec": spec,
