@@ -149,25 +149,33 @@ fn forward(
         }
         let _ = writer.shutdown().await;
     });
+    // The feeder ends with the output: when the pod's side closes, and
+    // when the API server drops the stream (a feeder blocked writing to a
+    // pod that does not read would otherwise live on).
+    let feeder = AbortOnDrop(feeder);
     let output = futures::stream::unfold(
-        (reader, vec![0u8; FORWARD_CHUNK], Some(feeder)),
-        |(mut reader, mut buf, mut feeder)| async move {
+        (reader, vec![0u8; FORWARD_CHUNK], feeder),
+        |(mut reader, mut buf, feeder)| async move {
             match reader.read(&mut buf).await {
                 Ok(n) if n > 0 => {
                     let data = buf[..n].to_vec();
                     Some((Ok(PortForwardOutput { data }), (reader, buf, feeder)))
                 }
                 // The pod's side closed (or failed): the connection ends.
-                _ => {
-                    if let Some(feeder) = feeder.take() {
-                        feeder.abort();
-                    }
-                    None
-                }
+                _ => None,
             }
         },
     );
     Box::pin(output)
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A stream of an attached command's output.

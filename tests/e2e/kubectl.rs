@@ -447,6 +447,49 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     k.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
     let described = k.ok(&["describe", "deployment", "web"]);
     assert!(described.contains("ScalingReplicaSet"), "{described}");
+    // kubectl events (core/v1 Events, as kubectl 1.35 reads them).
+    let events = k.ok(&["events", "--for", "deployment/web"]);
+    assert!(events.contains("ScalingReplicaSet"), "{events}");
+    // explain: the OpenAPI v3 schemas, with the protos' comments.
+    let explained = k.ok(&["explain", "deployment.spec.strategy"]);
+    assert!(
+        explained.contains("FIELD: strategy <DeploymentStrategy>")
+            && explained.contains("rollingUpdate\t<RollingUpdateDeployment>"),
+        "{explained}"
+    );
+    let missing = k.fails(&["explain", "deployment.spec.nope"]);
+    assert!(
+        missing.contains("field \"nope\" does not exist"),
+        "{missing}"
+    );
+    // edit, with EDITOR a script changing the replicas (the first
+    // `replicas:` of the YAML is the spec's).
+    let editor = k.write(
+        "editor.sh",
+        "#!/bin/sh\nsed -i '0,/^  replicas: .*/s//  replicas: 3/' \"$1\"\n",
+    );
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let edited = k
+        .command(&["edit", "deployment", "web"])
+        .env("EDITOR", &editor)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&edited.stdout).contains("deployment.apps/web edited"),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "3"
+    );
+    k.ok(&["scale", "deployment", "web", "--replicas=2"]);
 
     // logs, exec (exit codes, piped stdin) and cp, over the agents, once
     // the old pods are gone.

@@ -730,29 +730,27 @@ impl Runtime for DockerRuntime {
             .inspect_container(&sandbox.id, None)
             .await
             .map_err(docker_error)?;
-        let pid = found.state.and_then(|s| s.pid).filter(|pid| *pid > 0);
-        let Some(pid) = pid else {
-            return Err(Error::Runtime(format!(
-                "sandbox {} is not running",
-                sandbox.name
-            )));
-        };
-        match connect_in_network_of(pid, port).await {
+        // The engine's handle on the sandbox's network namespace (a path
+        // it bind-mounted), not /proc/PID: a PID means another process
+        // once the sandbox is gone, or in another PID namespace.
+        let namespace = found
+            .network_settings
+            .and_then(|n| n.sandbox_key)
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| {
+                Error::Runtime(format!(
+                    "sandbox {} has no network namespace: it is not running",
+                    sandbox.name
+                ))
+            })?;
+        match connect_in_namespace(&namespace, port).await {
             Ok(stream) => Ok(stream),
             // An agent that may not enter namespaces (not root) reaches
-            // the pod's address instead: servers on the pod's loopback
-            // only are out of its reach.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // the pod's address on the pod network instead: servers on
+            // the pod's loopback only are out of its reach.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && sandbox.ip.is_some() => {
                 tracing::debug!(error = %e, "port-forward: cannot enter the pod's network namespace");
-                let by_address = Container {
-                    ip: found
-                        .network_settings
-                        .and_then(|n| n.networks)
-                        .and_then(|n| n.into_values().find_map(|e| e.ip_address))
-                        .filter(|ip| !ip.is_empty()),
-                    ..sandbox.clone()
-                };
-                crate::default_dial(&by_address, port).await
+                crate::default_dial(sandbox, port).await
             }
             Err(e) => Err(Error::Runtime(format!(
                 "failed to connect to localhost:{port} inside the pod's network namespace: {e}"
@@ -786,13 +784,16 @@ impl Runtime for DockerRuntime {
     }
 }
 
-/// Connects to `port` on the loopback of the network namespace of process
-/// `pid` (a sandbox's), like the kubelet does for port forwarding: from a
-/// thread of its own that enters the namespace and ends after the connect,
-/// so that nothing else ever runs in the pod's namespace. The socket stays
-/// in the namespace it was made in.
-async fn connect_in_network_of(pid: i64, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+/// Connects to `port` on the loopback of the network namespace at
+/// `namespace` (a sandbox's), like the kubelet does for port forwarding:
+/// from a thread of its own that enters the namespace and ends after the
+/// connect, so that nothing else ever runs in the pod's namespace. The
+/// socket stays in the namespace it was made in.
+async fn connect_in_namespace(
+    namespace: &str,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let namespace = std::fs::File::open(namespace)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("skiff-port-forward".into())

@@ -382,7 +382,8 @@ pub trait Runtime: Send + Sync + 'static {
 }
 
 /// [`Runtime::dial`]'s default: the sandbox's IP, or the host's loopback
-/// when it has none (pods on the host's network).
+/// when it has none (the host-process runtime: its pods are on the host's
+/// network).
 ///
 /// # Errors
 /// [`Error::Runtime`] naming the address when nothing accepts.
@@ -393,9 +394,15 @@ pub async fn default_dial(sandbox: &Container, port: u16) -> Result<tokio::net::
         })?,
         _ => std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
     };
-    tokio::net::TcpStream::connect((ip, port))
-        .await
-        .map_err(|e| Error::Runtime(format!("failed to connect to {ip}:{port}: {e}")))
+    let connecting = tokio::net::TcpStream::connect((ip, port));
+    match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(connected) => {
+            connected.map_err(|e| Error::Runtime(format!("failed to connect to {ip}:{port}: {e}")))
+        }
+        Err(_) => Err(Error::Runtime(format!(
+            "failed to connect to {ip}:{port}: no answer within 5s"
+        ))),
+    }
 }
 
 /// Output of an attached command: `(true, bytes)` for stderr.

@@ -265,8 +265,8 @@ impl PodLogsService {
     /// closes (both doors call this).
     ///
     /// # Errors
-    /// As [`PodLogsService::log`]; UNAVAILABLE when nothing accepts on
-    /// the port.
+    /// As [`PodLogsService::log`]; FAILED_PRECONDITION when nothing
+    /// accepts on the port.
     pub async fn port_forward_with(
         &self,
         mut start: PortForwardStart,

@@ -184,7 +184,13 @@ impl Authorizer {
                 "/version/",
             ]),
         });
-        for rule in self.rbac.rules_for(user, namespace) {
+        // A node is judged by the node rules alone, never by RBAC.
+        let rbac_rules = if status.incomplete {
+            Vec::new()
+        } else {
+            self.rbac.rules_for(user, namespace)
+        };
+        for rule in rbac_rules {
             if rule.non_resource_urls.is_empty() {
                 status.resource_rules.push(ResourceRule {
                     verbs: rule.verbs,

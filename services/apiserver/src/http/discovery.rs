@@ -459,9 +459,9 @@ fn openapi_index() -> Value {
     json!({"paths": paths})
 }
 
-/// A group version's OpenAPI v3 document: each kind's PATCH operation with
-/// its group-version-kind, the `fieldValidation` parameter and the patch
-/// types it takes. That is what kubectl reads to learn that the server
+/// A group version's OpenAPI v3 document: each kind's schema (see
+/// `openapi`), and its PATCH operation with its group-version-kind, the
+/// `fieldValidation` parameter and the patch types it takes. That is what kubectl reads to learn that the server
 /// validates fields itself (so it sends `fieldValidation=Strict` rather
 /// than validating against a schema). Without strategic merge patch in
 /// the list, kubectl computes its apply patches from its own compiled
@@ -506,7 +506,10 @@ fn openapi_document(group: &str, version: &str, kinds: &[&KindEntry]) -> Value {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v{major}.{minor}.0")},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": super::openapi::components(&kinds
+            .iter()
+            .map(|k| (k.kind, k.group, k.version))
+            .collect::<Vec<_>>())},
     })
 }
 

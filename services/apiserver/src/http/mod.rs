@@ -51,6 +51,7 @@ use crate::strategy::Strategy;
 mod discovery;
 mod metrics;
 mod objects;
+mod openapi;
 mod patch;
 pub mod path;
 mod pods;

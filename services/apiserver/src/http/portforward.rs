@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt as _, Stream, StreamExt as _};
@@ -30,9 +31,16 @@ const PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket subprotocol tunnelling SPDY.
 const TUNNELLED: &str = "SPDY/3.1+portforward.k8s.io";
 /// The most connections forwarded at once on one port-forward session.
-const MAX_PAIRS: usize = 1024;
+const MAX_PAIRS: usize = 256;
 /// The most bytes buffered for a data stream whose pair is not complete.
-const MAX_EARLY: usize = 1024 * 1024;
+const MAX_EARLY: usize = 256 * 1024;
+/// How long a pair may wait for its second stream (the kubelet's stream
+/// creation timeout).
+const PAIRING: Duration = Duration::from_secs(30);
+/// How long the client's bytes may wait for a pod that does not read them
+/// before its connection is reset: the session reads every connection's
+/// frames in one loop, which must not stall for one of them.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Serves `pods/NAME/portforward`.
 ///
@@ -172,13 +180,15 @@ struct Session {
 }
 
 /// A forwarded connection's two streams.
-#[derive(Default)]
 struct Pair {
     port: String,
     error: Option<u32>,
     data: Option<u32>,
-    /// Data the client sent before the pair was complete.
+    /// When its first stream came.
+    opened: Instant,
+    /// Data the client sent before the pair was complete, and its size.
     early: Vec<Bytes>,
+    early_bytes: usize,
     /// The client ended its side of the data stream early.
     early_fin: bool,
     /// Where the client's bytes go once forwarding started.
@@ -186,8 +196,25 @@ struct Pair {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// How a forwarded connection ended: its request id, and why it failed.
-type Ended = (String, Option<String>);
+impl Pair {
+    fn new() -> Self {
+        Self {
+            port: String::new(),
+            error: None,
+            data: None,
+            opened: Instant::now(),
+            early: Vec::new(),
+            early_bytes: 0,
+            early_fin: false,
+            to_pod: None,
+            task: None,
+        }
+    }
+}
+
+/// How a forwarded connection ended: its request id and data stream, and
+/// why it failed.
+type Ended = (String, u32, Option<String>);
 
 impl Session {
     /// Reads the client's frames until it goes away, forwarding each
@@ -207,8 +234,11 @@ impl Session {
                     Some(bytes) => bytes,
                     None => break,
                 },
-                Some((request, error)) = ended_rx.recv() => {
-                    if let Some(pair) = pairs.remove(&request) {
+                Some((request, data, error)) = ended_rx.recv() => {
+                    // (Not a later pair that reused the request id.)
+                    if pairs.get(&request).is_some_and(|p| p.data == Some(data))
+                        && let Some(pair) = pairs.remove(&request)
+                    {
                         finish(&out, &mut streams, &pair, error).await;
                     }
                     continue;
@@ -248,11 +278,23 @@ impl Session {
                             _ => id.to_string(),
                         });
                         let known = kind == "error" || kind == "data";
+                        // Pairs whose second stream never came are given up.
+                        let stale: Vec<String> = pairs
+                            .iter()
+                            .filter(|(_, p)| p.task.is_none() && p.opened.elapsed() > PAIRING)
+                            .map(|(r, _)| r.clone())
+                            .collect();
+                        for request in stale {
+                            if let Some(pair) = pairs.remove(&request) {
+                                let error = "timed out waiting for the other stream of the pair";
+                                finish(&out, &mut streams, &pair, Some(error.into())).await;
+                            }
+                        }
                         if !known || (!pairs.contains_key(&request) && pairs.len() >= MAX_PAIRS) {
                             let _ = out.send(spdy::rst_stream(id, spdy::REFUSED_STREAM)).await;
                             continue;
                         }
-                        let pair = pairs.entry(request.clone()).or_default();
+                        let pair = pairs.entry(request.clone()).or_insert_with(Pair::new);
                         let slot = if kind == "error" {
                             &mut pair.error
                         } else {
@@ -270,38 +312,59 @@ impl Session {
                         }
                     }
                     Frame::Data { id, fin, data } => {
-                        let Some(pair) = streams.get(&id).and_then(|r| pairs.get_mut(r)) else {
+                        let Some(request) = streams.get(&id).cloned() else {
+                            continue;
+                        };
+                        let Some(pair) = pairs.get_mut(&request) else {
                             continue;
                         };
                         if pair.data != Some(id) {
                             // The error stream is the server's to write.
                             continue;
                         }
-                        match &pair.to_pod {
+                        let stuck = match pair.to_pod.clone() {
                             Some(to_pod) => {
-                                if !data.is_empty() {
-                                    let input = Input::Data(data.to_vec());
-                                    let _ =
-                                        to_pod.send(PortForwardInput { input: Some(input) }).await;
-                                }
                                 if fin {
-                                    let input = Input::CloseWrite(true);
-                                    let _ =
-                                        to_pod.send(PortForwardInput { input: Some(input) }).await;
                                     pair.to_pod = None;
                                 }
+                                let mut inputs = Vec::with_capacity(2);
+                                if !data.is_empty() {
+                                    inputs.push(Input::Data(data.to_vec()));
+                                }
+                                if fin {
+                                    inputs.push(Input::CloseWrite(true));
+                                }
+                                !deliver(&to_pod, inputs).await
                             }
                             None if pair.task.is_none() => {
-                                let buffered: usize = pair.early.iter().map(Bytes::len).sum();
-                                if buffered + data.len() > MAX_EARLY {
+                                if pair.early_bytes + data.len() > MAX_EARLY {
                                     let _ =
                                         out.send(spdy::rst_stream(id, spdy::PROTOCOL_ERROR)).await;
                                     continue;
                                 }
-                                pair.early.push(data);
+                                if !data.is_empty() {
+                                    pair.early_bytes += data.len();
+                                    pair.early.push(data);
+                                }
                                 pair.early_fin |= fin;
+                                false
                             }
-                            None => {}
+                            None => false,
+                        };
+                        if stuck {
+                            // A pod that does not read must not stall the
+                            // session's other connections: this one is reset.
+                            if let Some(pair) = pairs.remove(&request) {
+                                if let Some(task) = &pair.task {
+                                    task.abort();
+                                }
+                                let _ = out.send(spdy::rst_stream(id, spdy::CANCEL)).await;
+                                let error = format!(
+                                    "the pod did not read what was sent to its port {} for {PATIENCE:?}",
+                                    pair.port
+                                );
+                                finish(&out, &mut streams, &pair, Some(error)).await;
+                            }
                         }
                     }
                     Frame::RstStream { id } => {
@@ -345,7 +408,9 @@ impl Session {
         out: &mpsc::Sender<Bytes>,
         ended: mpsc::Sender<Ended>,
     ) {
-        let (to_pod, from_client) = mpsc::channel::<PortForwardInput>(64);
+        // Room for what came early, so none of it is dropped.
+        let (to_pod, from_client) = mpsc::channel::<PortForwardInput>(64 + pair.early.len() + 1);
+        pair.early_bytes = 0;
         for data in pair.early.drain(..) {
             let _ = to_pod.try_send(PortForwardInput {
                 input: Some(Input::Data(data.to_vec())),
@@ -367,7 +432,7 @@ impl Session {
                 .forward(&port_text, data_stream, from_client, &out)
                 .await
                 .err();
-            let _ = ended.send((request, error)).await;
+            let _ = ended.send((request, data_stream, error)).await;
         }));
     }
 
@@ -410,6 +475,27 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Hands the client's `inputs` to a connection's task, waiting at most
+/// [`PATIENCE`] for room; false when the pod did not take them in time (a
+/// connection already over takes anything).
+async fn deliver(to_pod: &mpsc::Sender<PortForwardInput>, inputs: Vec<Input>) -> bool {
+    for input in inputs {
+        let input = PortForwardInput { input: Some(input) };
+        match to_pod.try_send(input) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(input)) => {
+                if tokio::time::timeout(PATIENCE, to_pod.send(input))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Ends a pair: the data stream's server side, then the error stream with

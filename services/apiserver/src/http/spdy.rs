@@ -28,6 +28,10 @@ const FLAG_FIN: u8 = 0x01;
 /// RST_STREAM status: PROTOCOL_ERROR, REFUSED_STREAM, CANCEL.
 pub const PROTOCOL_ERROR: u32 = 1;
 pub const REFUSED_STREAM: u32 = 3;
+pub const CANCEL: u32 = 5;
+/// The largest control frame accepted (header blocks of the streaming
+/// protocols are a few dozen bytes).
+const MAX_CONTROL: usize = 64 * 1024;
 /// The largest header block accepted, decompressed.
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
@@ -194,6 +198,11 @@ impl Reader {
         let length = usize::from(self.buf[5]) << 16
             | usize::from(self.buf[6]) << 8
             | usize::from(self.buf[7]);
+        if first & 0x8000_0000 != 0 && length > MAX_CONTROL {
+            return Err(Error(format!(
+                "a control frame of {length} bytes (at most {MAX_CONTROL} are accepted)"
+            )));
+        }
         if self.buf.len() < 8 + length {
             return Ok(None);
         }
@@ -256,7 +265,7 @@ impl Reader {
     /// Decompresses and parses one header block.
     fn header_block(&mut self, compressed: &[u8]) -> Result<Vec<(String, String)>, Error> {
         let bad = |what: &str| Error(format!("a header block {what}"));
-        let mut plain = Vec::with_capacity(compressed.len() * 4 + 64);
+        let mut plain = Vec::with_capacity((compressed.len() * 4 + 64).min(MAX_HEADER_BLOCK));
         let mut at = 0;
         loop {
             if plain.len() == plain.capacity() {

@@ -71,7 +71,12 @@ impl Strategy for Event {
         "involvedObject.namespace",
         "involvedObject.name",
         "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
         "reason",
+        "reportingComponent",
+        "source",
         "type",
     ];
 
@@ -85,7 +90,17 @@ impl Strategy for Event {
             "involvedObject.namespace" => Some(from(|o| &o.namespace)),
             "involvedObject.name" => Some(from(|o| &o.name)),
             "involvedObject.uid" => Some(from(|o| &o.uid)),
+            "involvedObject.apiVersion" => Some(from(|o| &o.api_version)),
+            "involvedObject.resourceVersion" => Some(from(|o| &o.resource_version)),
+            "involvedObject.fieldPath" => Some(from(|o| &o.field_path)),
             "reason" => Some(self.reason.clone()),
+            "reportingComponent" => Some(self.reporting_component.clone()),
+            // Kubernetes' `source` selector is the source's component.
+            "source" => Some(
+                self.source
+                    .as_ref()
+                    .map_or(String::new(), |s| s.component.clone()),
+            ),
             "type" => Some(self.r#type.clone()),
             _ => None,
         }
