@@ -135,3 +135,62 @@ pub mod pb {
 pub use pbjson_types as wkt;
 
 include!(concat!(env!("OUT_DIR"), "/kinds.rs"));
+
+/// The generated protos checked in under `proto/generated/` are what the
+/// build generates (see its README).
+#[cfg(test)]
+mod generated_protos {
+    use std::path::{Path, PathBuf};
+
+    fn protos(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "proto") {
+                    found.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn generated_protos_in_the_repository_are_current() {
+        let built = Path::new(env!("OUT_DIR")).join("proto");
+        let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/generated");
+        let bless = std::env::var_os("SKIFF_BLESS").is_some();
+        let wanted = protos(&built);
+        assert!(!wanted.is_empty(), "the build generated no protos");
+        let mut stale = Vec::new();
+        for file in &wanted {
+            let text = std::fs::read_to_string(built.join(file)).unwrap();
+            let old = std::fs::read_to_string(kept.join(file)).unwrap_or_default();
+            if old != text {
+                if bless {
+                    std::fs::create_dir_all(kept.join(file).parent().unwrap()).unwrap();
+                    std::fs::write(kept.join(file), &text).unwrap();
+                } else {
+                    stale.push(file.display().to_string());
+                }
+            }
+        }
+        for file in protos(&kept) {
+            if !wanted.contains(&file) {
+                if bless {
+                    std::fs::remove_file(kept.join(&file)).unwrap();
+                } else {
+                    stale.push(format!("{} (no longer generated)", file.display()));
+                }
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "proto/generated is not what build.rs generates: {stale:?}; run `SKIFF_BLESS=1 cargo test -p skiff generated_protos`"
+        );
+    }
+}

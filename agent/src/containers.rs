@@ -194,6 +194,9 @@ pub async fn container_spec(
         memory_limit,
         nano_cpus,
         cpu_shares,
+        stdin: container.stdin,
+        stdin_once: container.stdin_once,
+        tty: container.tty,
     })
 }
 

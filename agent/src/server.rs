@@ -99,13 +99,19 @@ impl AgentService {
         Ok((name, found))
     }
 
-    /// The running instance of the container a request names.
+    /// The running instance of the container a request names, to run
+    /// its command in.
     async fn running(&self, req: &PodExecRequest) -> Result<Container, Status> {
         if req.command.is_empty() {
             return Err(Status::invalid_argument(
                 "command: Required value: what to run",
             ));
         }
+        self.running_container(req).await
+    }
+
+    /// The running instance of the container a request names.
+    async fn running_container(&self, req: &PodExecRequest) -> Result<Container, Status> {
         let (name, found) = self
             .instances(&req.namespace, &req.name, &req.container)
             .await?;
@@ -181,11 +187,21 @@ impl Drop for AbortOnDrop {
 /// A stream of an attached command's output.
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<PodExecOutput, Status>> + Send>>;
 
-/// Feeds an attached command from the client's messages: stdin bytes,
-/// terminal resizes, and the end of stdin (which closes the command's).
+/// What an attached stream is attached to, for its terminal's resizes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attachee {
+    /// A command run in a container (exec).
+    Command,
+    /// A container's own process (attach).
+    Container,
+}
+
+/// Feeds an attached command or container from the client's messages:
+/// stdin bytes, terminal resizes, and the end of stdin (which closes the
+/// process's).
 async fn feed_attached(
     runtime: Arc<dyn Runtime>,
-    exec: String,
+    (attachee, id): (Attachee, String),
     mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     mut messages: tonic::Streaming<PodExecInput>,
     stdin: bool,
@@ -201,9 +217,11 @@ async fn feed_attached(
             }
             Some(Input::Resize(size)) => {
                 let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-                let _ = runtime
-                    .exec_resize(&exec, clamp(size.width), clamp(size.height))
-                    .await;
+                let (width, height) = (clamp(size.width), clamp(size.height));
+                let _ = match attachee {
+                    Attachee::Command => runtime.exec_resize(&id, width, height).await,
+                    Attachee::Container => runtime.resize(&id, width, height).await,
+                };
             }
             Some(Input::CloseStdin(true)) => break,
             _ => {}
@@ -252,7 +270,7 @@ impl Agent for AgentService {
         let exec = attached.exec.clone();
         let feeder = tokio::spawn(feed_attached(
             Arc::clone(&runtime),
-            exec.clone(),
+            (Attachee::Command, exec.clone()),
             attached.input,
             messages,
             req.stdin,
@@ -281,6 +299,53 @@ impl Agent for AgentService {
             })
         });
         Ok(Response::new(Box::pin(output.chain(exit))))
+    }
+
+    type AttachContainerStream = AttachStream;
+
+    async fn attach_container(
+        &self,
+        request: Request<tonic::Streaming<PodExecInput>>,
+    ) -> Result<Response<AttachStream>, Status> {
+        let mut messages = request.into_inner();
+        let Some(Input::Start(req)) = messages.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: which pod and container",
+            ));
+        };
+        if !req.command.is_empty() {
+            return Err(Status::invalid_argument(
+                "command: Forbidden: attach runs nothing: it joins the container's own process (use exec to run a command)",
+            ));
+        }
+        let running = self.running_container(&req).await?;
+        let attached = self
+            .runtime
+            .attach(&running.id, req.stdin)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let feeder = AbortOnDrop(tokio::spawn(feed_attached(
+            Arc::clone(&self.runtime),
+            (Attachee::Container, running.id.clone()),
+            attached.input,
+            messages,
+            req.stdin,
+        )));
+        // The output ends with the process (or the client): no exit code
+        // (Kubernetes' attach reports none).
+        let output = attached.output.map(move |chunk| {
+            let _ = &feeder;
+            chunk
+                .map(|(stderr, bytes)| PodExecOutput {
+                    output: Some(if stderr {
+                        Output::Stderr(bytes.to_vec())
+                    } else {
+                        Output::Stdout(bytes.to_vec())
+                    }),
+                })
+                .map_err(|e| Status::unavailable(e.to_string()))
+        });
+        Ok(Response::new(Box::pin(output)))
     }
 
     type PortForwardStream = ForwardStream;

@@ -379,6 +379,26 @@ async fn apply_get_rollout_scale_label_logs_and_delete_read_like_kubectl() {
     let forwarded = c.port_forward_get(&pod, "8080");
     assert!(forwarded.contains("hello from skiff"), "{forwarded}");
 
+    // attach -i: a pod keeping its stdin open reads it from the client.
+    let reader = c.write(
+        "reader/reader.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: reader\nspec:\n  restartPolicy: Never\n  containers:\n  - name: reader\n    image: {}\n    imagePullPolicy: Never\n    stdin: true\n    stdinOnce: true\n    command: [\"sh\", \"-c\", \"read line; echo got $line\"]\n",
+            c.image
+        ),
+    );
+    c.ok(&["apply", "-f", &reader]);
+    wait_until("the reader pod runs", Duration::from_secs(60), async || {
+        let pod: serde_json::Value =
+            serde_json::from_str(&c.ok(&["get", "pod", "reader", "-o", "json"])).unwrap();
+        pod["status"]["phase"] == "Running"
+    })
+    .await;
+    let attached = c.skiff_with_stdin(&["attach", "-i", "reader"], "abc\n");
+    assert!(attached.ok, "{}", attached.stderr);
+    assert_eq!(attached.stdout, "got abc\n");
+    c.ok(&["delete", "pod", "reader"]);
+
     // A changed template rolls out; history and undo.
     std::fs::write(&manifest, app(c.image, "hello-two")).unwrap();
     let configured = c.ok(&["apply", "-f", &manifest]);

@@ -583,6 +583,32 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     ]);
     let (local, _) = port_forward_get(&k, &pod, "9090", &[], 1);
     assert!(local.contains("hello from skiff"), "{local}");
+    // attach: `kubectl run -i --rm` creates a pod keeping its stdin
+    // open, joins its process (stdin in, output out) and deletes it.
+    let image = format!("--image={}", c.image);
+    let ran = k.run_with_stdin(
+        &[
+            "run",
+            "reader",
+            "-i",
+            "--rm",
+            "--restart=Never",
+            &image,
+            "--image-pull-policy=Never",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got $line",
+        ],
+        b"abc\n",
+    );
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.stdout.contains("got abc"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("pod \"reader\" deleted"),
+        "{}",
+        ran.stdout
+    );
     // Nothing listening: kubectl says why, as for Kubernetes.
     let (refused, why) = port_forward_get(&k, &pod, "9191", &[], 1);
     assert!(refused.is_empty(), "{refused}");

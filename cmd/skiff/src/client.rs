@@ -31,6 +31,10 @@ pub(crate) enum ClientCommand {
     Logs(LogsArgs),
     /// Run a command in a container (`skiff exec POD -- CMD ARGS`).
     Exec(ExecArgs),
+    /// Attach to a container's own process (`skiff attach POD [-c C] [-i]
+    /// [-t]`): its output, and with -i your stdin when the container keeps
+    /// it open (`stdin: true`).
+    Attach(AttachArgs),
     /// Forward local ports to a pod's ports (`skiff port-forward POD
     /// [LOCAL:]REMOTE...`), until interrupted.
     PortForward(PortForwardArgs),
@@ -73,6 +77,7 @@ impl ClientCommand {
             Self::Logs(_) => "logs",
             Self::Exec(_) => "exec",
             Self::PortForward(_) => "port-forward",
+            Self::Attach(_) => "attach",
             Self::Top(_) => "top",
             Self::Label(_) => "label",
             Self::Annotate(_) => "annotate",
@@ -345,6 +350,23 @@ pub(crate) struct ExecArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct AttachArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The pod.
+    pub(crate) pod: String,
+    /// The container (needed when the pod has several).
+    #[arg(short = 'c', long, default_value = "")]
+    pub(crate) container: String,
+    /// Pass stdin to the container.
+    #[arg(short = 'i', long)]
+    pub(crate) stdin: bool,
+    /// The container has a terminal: use it (with -i: interactive).
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct PortForwardArgs {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
@@ -504,6 +526,14 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
             } else {
                 ctl.exec(&args.pod, &args.container, &args.command).await?
             };
+            return Ok(code);
+        }
+        ClientCommand::Attach(args) => {
+            let code = args
+                .client
+                .ctl()?
+                .attach(&args.pod, &args.container, args.stdin, args.tty)
+                .await?;
             return Ok(code);
         }
         ClientCommand::PortForward(args) => {

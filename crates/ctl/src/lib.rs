@@ -724,6 +724,30 @@ impl Ctl {
         stdin: bool,
         tty: bool,
     ) -> Result<i32> {
+        self.attached(pod, container, command, stdin, tty).await
+    }
+
+    /// `attach POD [-c C] [-i] [-t]`: joins the container's own process,
+    /// as [`Ctl::exec_attached`] does a command's (its stdin only when the
+    /// container keeps it open, `stdin: true`). Returns 0 when the process
+    /// or the stream ends.
+    ///
+    /// # Errors
+    /// As [`Ctl::exec`].
+    pub async fn attach(&self, pod: &str, container: &str, stdin: bool, tty: bool) -> Result<i32> {
+        self.attached(pod, container, &[], stdin, tty).await
+    }
+
+    /// A command (`command` not empty) or the container's own process,
+    /// attached.
+    async fn attached(
+        &self,
+        pod: &str,
+        container: &str,
+        command: &[String],
+        stdin: bool,
+        tty: bool,
+    ) -> Result<i32> {
         use skiff::pb::core::v1::pod_exec_input::Input;
         use skiff::pb::core::v1::pod_exec_output::Output;
         use skiff::pb::core::v1::{PodExecInput, TerminalSize};
@@ -818,12 +842,18 @@ impl Ctl {
         // Without stdin, the request stays open (the sender lives here)
         // until the command ends.
         let mut client = PodExecClient::new(self.channel.clone());
-        let mut output = client
-            .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
+        let inputs = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let container_itself = command.is_empty();
+        let output = if container_itself {
+            client.attach_container(inputs).await
+        } else {
+            client.attach(inputs).await
+        };
+        let mut output = output
             .map_err(|s| self.server_error(s, "Pod", pod))?
             .into_inner();
-        let mut code = -1;
+        // A container's process reports no exit code: its end is 0.
+        let mut code = if container_itself { 0 } else { -1 };
         while let Some(message) = output.next().await {
             let message = message.map_err(|s| self.server_error(s, "Pod", pod))?;
             match message.output {

@@ -461,6 +461,10 @@ impl Runtime for DockerRuntime {
             working_dir: spec.working_dir.clone(),
             labels: Some(self.node_labels(spec.labels.clone())),
             host_config: Some(host_config),
+            open_stdin: Some(spec.stdin),
+            attach_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin_once),
+            tty: Some(spec.tty),
             ..Default::default()
         };
         self.create_named(&spec.name, body).await
@@ -665,6 +669,44 @@ impl Runtime for DockerRuntime {
             input,
             output: Box::pin(output),
         })
+    }
+
+    async fn attach(&self, id: &str, stdin: bool) -> Result<crate::Attached> {
+        let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+            .stdin(stdin)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(docker_error)?;
+        let output = attached
+            .output
+            .map_ok(|chunk| match chunk {
+                bollard::container::LogOutput::StdErr { message } => (true, message),
+                other => (false, other.into_bytes()),
+            })
+            .map_err(docker_error);
+        Ok(crate::Attached {
+            exec: id.to_string(),
+            input: attached.input,
+            output: Box::pin(output),
+        })
+    }
+
+    async fn resize(&self, id: &str, width: u16, height: u16) -> Result<()> {
+        let options = bollard::query_parameters::ResizeContainerTTYOptionsBuilder::new()
+            .w(i32::from(width))
+            .h(i32::from(height))
+            .build();
+        self.docker
+            .resize_container_tty(id, options)
+            .await
+            .map_err(docker_error)
     }
 
     async fn exec_resize(&self, exec: &str, width: u16, height: u16) -> Result<()> {

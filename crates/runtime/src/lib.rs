@@ -164,6 +164,13 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     /// Relative CPU weight (from the CPU request).
     pub cpu_shares: Option<i64>,
+    /// Keep its standard input open for `attach` (Kubernetes `stdin`).
+    pub stdin: bool,
+    /// Close its standard input after the first attach ends
+    /// (`stdinOnce`).
+    pub stdin_once: bool,
+    /// Give its process a terminal (`tty`).
+    pub tty: bool,
 }
 
 /// Where a container is in its life.
@@ -343,6 +350,29 @@ pub trait Runtime: Send + Sync + 'static {
             "the {} runtime cannot attach to commands (exec -i/-t); run them without",
             self.scheme()
         )))
+    }
+
+    /// Attaches to a running container's own process (`kubectl attach`):
+    /// its output as it comes, and its standard input when `stdin` (the
+    /// container must keep it open, Kubernetes' `stdin: true`).
+    ///
+    /// # Errors
+    /// The container is not running, or the runtime cannot attach.
+    async fn attach(&self, id: &str, stdin: bool) -> Result<Attached> {
+        let _ = (id, stdin);
+        Err(Error::Runtime(format!(
+            "the {} runtime cannot attach to containers; read their logs",
+            self.scheme()
+        )))
+    }
+
+    /// Resizes the terminal of a container (see [`Runtime::attach`]).
+    ///
+    /// # Errors
+    /// The container is gone.
+    async fn resize(&self, id: &str, width: u16, height: u16) -> Result<()> {
+        let _ = (id, width, height);
+        Ok(())
     }
 
     /// Resizes the terminal of an attached command.

@@ -192,6 +192,15 @@ impl PodLogsService {
     }
 }
 
+/// What an attached stream joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A command it runs in a container (`exec -i/-t`).
+    Command,
+    /// The container's own process (`attach`).
+    Container,
+}
+
 /// An agent's UNAVAILABLE, naming the agent.
 fn unreachable(agent: &str, status: Status) -> Status {
     if status.code() == tonic::Code::Unavailable {
@@ -242,6 +251,7 @@ impl PodLogsService {
         &self,
         mut start: PodExecRequest,
         rest: impl futures::Stream<Item = PodExecInput> + Send + 'static,
+        to: Attach,
     ) -> Result<tonic::Streaming<PodExecOutput>, Status> {
         use futures::StreamExt as _;
         default_namespace(&mut start.namespace);
@@ -250,9 +260,11 @@ impl PodLogsService {
             input: Some(Input::Start(start)),
         };
         let forwarded = futures::stream::once(std::future::ready(first)).chain(rest);
-        client
-            .attach(forwarded)
-            .await
+        let attached = match to {
+            Attach::Command => client.attach(forwarded).await,
+            Attach::Container => client.attach_container(forwarded).await,
+        };
+        attached
             .map(Response::into_inner)
             .map_err(|s| unreachable(&agent, s))
     }
@@ -346,6 +358,29 @@ impl PodExec for PodLogsService {
         let rest = inputs
             .take_while(|m| std::future::ready(m.is_ok()))
             .filter_map(|m| std::future::ready(m.ok()));
-        self.attach_with(start, rest).await.map(Response::new)
+        self.attach_with(start, rest, Attach::Command)
+            .await
+            .map(Response::new)
+    }
+
+    type AttachContainerStream = tonic::Streaming<PodExecOutput>;
+
+    async fn attach_container(
+        &self,
+        request: Request<tonic::Streaming<PodExecInput>>,
+    ) -> Result<Response<Self::AttachContainerStream>, Status> {
+        use futures::StreamExt as _;
+        let mut inputs = request.into_inner();
+        let Some(Input::Start(start)) = inputs.message().await?.and_then(|m| m.input) else {
+            return Err(Status::invalid_argument(
+                "the first message must be `start`: which pod and container",
+            ));
+        };
+        let rest = inputs
+            .take_while(|m| std::future::ready(m.is_ok()))
+            .filter_map(|m| std::future::ready(m.ok()));
+        self.attach_with(start, rest, Attach::Container)
+            .await
+            .map(Response::new)
     }
 }

@@ -189,6 +189,11 @@ fn classify(path: &str) -> Option<(Attributes, Shape, bool)> {
             Shape::AttachStart,
             true,
         ),
+        ("skiff.core.v1.PodExec", "AttachContainer") => (
+            attrs("create", "", "pods", "attach"),
+            Shape::AttachStart,
+            true,
+        ),
         ("skiff.core.v1.PodPortForward", "PortForward") => (
             attrs("create", "", "pods", "portforward"),
             Shape::ForwardStart,

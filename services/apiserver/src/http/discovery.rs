@@ -336,6 +336,20 @@ fn subresources(
         subs.push(("eviction", "policy", "v1", "Eviction", &["create"][..]));
         subs.push(("log", "", "v1", "Pod", &["get"][..]));
         subs.push(("exec", "", "v1", "PodExecOptions", &["create", "get"][..]));
+        subs.push((
+            "attach",
+            "",
+            "v1",
+            "PodAttachOptions",
+            &["create", "get"][..],
+        ));
+        subs.push((
+            "portforward",
+            "",
+            "v1",
+            "PodPortForwardOptions",
+            &["create", "get"][..],
+        ));
     }
     if kind.kind == "ServiceAccount" {
         subs.push((

@@ -56,14 +56,11 @@ pub async fn serve(ctx: Ctx, logs: Arc<PodLogsService>, req: Request) -> Result<
     }
     match (&req.method, req.target.subresource.as_str()) {
         (&Method::GET, "log") => log(ctx, &logs, req).await,
-        (&Method::GET | &Method::POST, "exec") => exec(ctx, logs, req).await,
+        (&Method::GET | &Method::POST, "exec" | "attach") => exec(ctx, logs, req).await,
         (&Method::POST, "eviction") => evict(ctx, req).await,
         (&Method::GET | &Method::POST, "portforward") => {
             super::portforward::serve(ctx, logs, req).await
         }
-        (_, "attach") => Err(Failure::bad_request(
-            "pods/attach is not supported by Skiff yet: use exec",
-        )),
         (method, sub) => Err(Failure::not_allowed(
             &method.to_string().to_lowercase(),
             &format!("pods/{sub}"),
@@ -206,13 +203,22 @@ fn framed(channel: u8, data: &[u8]) -> Message {
     Message::Binary(frame.into())
 }
 
+/// `exec` runs a command in a container; `attach` joins the container's
+/// own process (no command; its output, stdin if the container keeps it
+/// open, resizes if it has a terminal). The same WebSocket protocols.
 async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<Reply, Failure> {
     let t = req.target.clone();
     ctx.authorize("create", &t, &t.name, None).await?;
+    let attach = t.subresource == "attach";
     let q = &req.query;
     let command: Vec<String> = q.all("command").into_iter().map(str::to_string).collect();
-    if command.is_empty() {
+    if command.is_empty() && !attach {
         return Err(Failure::bad_request("you must specify at least 1 command"));
+    }
+    if !command.is_empty() && attach {
+        return Err(Failure::bad_request(
+            "attach runs no command: it joins the container's own process (use exec)",
+        ));
     }
     let start = PodExecRequest {
         namespace: t.namespace.clone(),
@@ -258,16 +264,23 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
     // a runtime that cannot attach (host processes) runs a command
     // without stdin or a terminal to its end instead.
     let interactive = start.stdin || start.tty;
+    let to = if attach {
+        crate::logs::Attach::Container
+    } else {
+        crate::logs::Attach::Command
+    };
     let attached = match logs
         .attach_with(
             start.clone(),
             tokio_stream::wrappers::ReceiverStream::new(inputs),
+            to,
         )
         .await
     {
         Ok(outputs) => Some(outputs),
         Err(e)
             if !interactive
+                && !attach
                 && matches!(
                     e.code(),
                     tonic::Code::Unimplemented | tonic::Code::FailedPrecondition
@@ -345,10 +358,16 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
         let mut reader = reader;
         let status = match attached {
             Some(mut outputs) => {
-                let mut status = Some(json!({
-                    "metadata": {}, "status": "Failure", "reason": "InternalError",
-                    "message": "the command's output ended without its exit status",
-                }));
+                // An attached container's process reports no exit status:
+                // its output's end is the end.
+                let mut status = Some(if attach {
+                    json!({"metadata": {}, "status": "Success"})
+                } else {
+                    json!({
+                        "metadata": {}, "status": "Failure", "reason": "InternalError",
+                        "message": "the command's output ended without its exit status",
+                    })
+                });
                 loop {
                     // The client gone (closed, or its socket failed): the
                     // command's stream is dropped, which ends it.
