@@ -462,6 +462,65 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         missing.contains("field \"nope\" does not exist"),
         "{missing}"
     );
+    // A kind in two versions, stored once: an autoscaling/v1 manifest
+    // reads back in v2 and in v1, reapplies unchanged (kubectl patches
+    // it in v1), and events read as events.k8s.io/v1 too.
+    let hpa = k.write(
+        "hpa.yaml",
+        "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: v1-hpa\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: absent\n  minReplicas: 1\n  maxReplicas: 3\n  targetCPUUtilizationPercentage: 50\n",
+    );
+    assert!(k.ok(&["apply", "-f", &hpa]).contains("created"));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "horizontalpodautoscalers.v2.autoscaling",
+            "v1-hpa",
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "50"
+    );
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "v1-hpa",
+            "-o",
+            "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage}"
+        ]),
+        "autoscaling/v1 50"
+    );
+    assert!(
+        k.ok(&["apply", "-f", &hpa]).contains("unchanged"),
+        "reapplied"
+    );
+    let raised = k.write(
+        "hpa2.yaml",
+        &std::fs::read_to_string(&hpa)
+            .unwrap()
+            .replace(": 50", ": 70"),
+    );
+    assert!(k.ok(&["apply", "-f", &raised]).contains("configured"));
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "hpa",
+            "v1-hpa",
+            "-o",
+            "jsonpath={.spec.metrics[0].resource.target.averageUtilization}"
+        ]),
+        "70"
+    );
+    k.ok(&["delete", "hpa", "v1-hpa"]);
+    let new_events = k.ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "--field-selector=regarding.name=web",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(new_events.contains("ScalingReplicaSet"), "{new_events}");
+
     // edit, with EDITOR a script changing the replicas (the first
     // `replicas:` of the YAML is the spec's).
     let editor = k.write(

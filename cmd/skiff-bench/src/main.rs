@@ -99,6 +99,18 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Lists of many pods from the API server's own process: over HTTP
+    /// as JSON (client-go, Python), as a Table (`kubectl get pods`), and
+    /// over gRPC; time, and the server's resident memory before and at
+    /// its peak while listing.
+    List {
+        /// Pods in the namespace listed.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Lists of each kind (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// A ReplicaSet scaled from 0 on hollow nodes: time until every pod
     /// runs, and the API write rate that took.
     Scale {
@@ -622,6 +634,136 @@ async fn create_pods(
         all.extend(t.await??);
     }
     Ok((all, start.elapsed()))
+}
+
+/// A process's peak resident memory since its peak was last reset
+/// (VmHWM), in bytes.
+fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    let dir = tempfile::tempdir()?;
+    let server = skiff_testkit::ServerProcess::start(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ])?;
+    let url = server.url();
+    let channel = skiff_client::connect_lazy(&url)?;
+    let api = skiff_client::Api::<Pod>::new(channel.clone());
+    eprintln!("creating {pods} pods...");
+    let started = Instant::now();
+    let mut created = futures::stream::iter(0..pods)
+        .map(|i| {
+            let api = api.clone();
+            async move { api.create(bench_pod(format!("list-{i}"))).await }
+        })
+        .buffer_unordered(32);
+    let mut done = 0;
+    while let Some(result) = created.next().await {
+        result.context("create")?;
+        done += 1;
+        if done % 1000 == 0 {
+            eprintln!("  {done}/{pods} ({:.1}s)", started.elapsed().as_secs_f64());
+        }
+    }
+    drop(created);
+    let pid = server.process.pid();
+    let mib = |bytes: Option<u64>| bytes.map_or(0.0, |b| b as f64 / (1024.0 * 1024.0));
+    let idle = mib(skiff_testkit::rss_bytes(pid));
+    // The peak from here on (Linux: 5 resets VmHWM to the current RSS).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .context("resetting the server's peak RSS")?;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let list_url = format!("{url}/api/v1/namespaces/default/pods");
+    let get = async |accept: &str| -> anyhow::Result<(Duration, usize)> {
+        let request = http::Request::get(&list_url)
+            .header(http::header::ACCEPT, accept)
+            .body(http_body_util::Empty::new())?;
+        let at = Instant::now();
+        let response = client.request(request).await.context("HTTP list")?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "HTTP list: {}",
+            response.status()
+        );
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((at.elapsed(), body.len()))
+    };
+    let median = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (mut json_times, mut table_times, mut grpc_times) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut json_bytes, mut table_bytes) = (0, 0);
+    for _ in 0..rounds.max(1) {
+        let (took, bytes) = get("application/json").await?;
+        json_times.push(took);
+        json_bytes = bytes;
+        let (took, bytes) = get("application/json;as=Table;v=v1;g=meta.k8s.io").await?;
+        table_times.push(took);
+        table_bytes = bytes;
+        let at = Instant::now();
+        let list = api
+            .list(skiff::pb::api::v1::ListRequest {
+                namespace: "default".into(),
+                ..Default::default()
+            })
+            .await?;
+        grpc_times.push(at.elapsed());
+        anyhow::ensure!(
+            list.items.len() == pods,
+            "gRPC listed {} pods",
+            list.items.len()
+        );
+    }
+    let peak = mib(peak_rss_bytes(pid));
+    drop(server);
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("{:<48} {:>12}", "measure", "value");
+    println!("{:<48} {:>12}", "pods", pods);
+    println!(
+        "{:<48} {:>12.1}",
+        "HTTP list, JSON: median ms",
+        ms(median(json_times))
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "HTTP list, JSON: MiB",
+        json_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "HTTP list, Table (kubectl get): median ms",
+        ms(median(table_times))
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "HTTP list, Table: MiB",
+        table_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "gRPC list (protobuf): median ms",
+        ms(median(grpc_times))
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "API server RSS before listing (MiB)", idle
+    );
+    println!(
+        "{:<48} {:>12.1}",
+        "API server peak RSS while listing (MiB)", peak
+    );
+    Ok(())
 }
 
 async fn bench_schedule(nodes: usize, pods: usize, concurrency: usize) -> anyhow::Result<()> {
@@ -1320,6 +1462,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
         } => bench_schedule(nodes, pods, concurrency).await,
         Command::Scale { nodes, replicas } => bench_scale(nodes, replicas).await,
+        Command::List { pods, rounds } => bench_list(pods, rounds).await,
         Command::Podstart { pods } => bench_podstart(pods).await,
         Command::Proxy {
             seconds,

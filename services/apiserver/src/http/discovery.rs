@@ -4,7 +4,7 @@
 //! and older clients read), `/version`, and the OpenAPI v3 documents
 //! kubectl reads to learn that the server validates fields itself.
 //!
-//! Everything comes from [`super::KINDS`]: a kind added to
+//! Everything comes from [`super::all_kinds`]: a kind added to
 //! `proto/kinds.tsv` is discovered with no other change.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 use super::path::Route;
-use super::{Failure, KINDS, KUBERNETES_VERSION, KindEntry, Reply, json};
+use super::{Failure, KUBERNETES_VERSION, KindEntry, Reply, json};
 
 /// The verbs every kind serves.
 const VERBS: &[&str] = &[
@@ -227,11 +227,10 @@ const EXTRAS: &[Extra] = &[
     },
 ];
 
-/// Every group and its versions (one each today; the first is preferred).
+/// Every group and its versions (the stored version first: preferred).
 fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
     let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let all = KINDS
-        .iter()
+    let all = super::all_kinds()
         .map(|k| (k.group, k.version))
         .chain(EXTRAS.iter().map(|e| (e.group, e.version)));
     for (group, version) in all {
@@ -274,8 +273,7 @@ fn aggregated_extras(group: &str, version: &str) -> Vec<Value> {
 }
 
 fn kinds_of(group: &str, version: &str) -> Vec<&'static KindEntry> {
-    KINDS
-        .iter()
+    super::all_kinds()
         .filter(|k| k.group == group && k.version == version)
         .collect()
 }
@@ -562,9 +560,15 @@ mod tests {
                 "pods/binding",
                 "pods/eviction",
                 "pods/log",
-                "pods/exec"
+                "pods/exec",
+                "pods/attach",
+                "pods/portforward"
             ]
         );
+        // A kind in two versions: the stored one preferred.
+        assert_eq!(groups()["autoscaling"], ["v2", "v1"]);
+        assert_eq!(groups()["events.k8s.io"], ["v1"]);
+        assert!(super::super::kind_at("autoscaling", "v1", "horizontalpodautoscalers").is_some());
         assert_eq!(pods[0]["shortNames"], json!(["po"]));
         assert_eq!(pods[0]["categories"], json!(["all"]));
         let deployments =

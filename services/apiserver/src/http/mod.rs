@@ -61,6 +61,7 @@ mod reviews;
 mod spdy;
 mod status;
 mod table;
+mod versions;
 
 pub(crate) use patch::merge_key;
 pub use status::Failure;
@@ -81,6 +82,7 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 pub const KUBERNETES_VERSION: (&str, &str) = ("1", "35");
 
 /// A kind as the HTTP API serves it.
+#[derive(Clone, Copy)]
 pub struct KindEntry {
     /// `Pod`.
     pub kind: &'static str,
@@ -181,11 +183,34 @@ macro_rules! kind_entries {
 
 skiff::for_each_kind!(kind_entries);
 
+/// The kinds served in a second version (see `versions`), as entries of
+/// that version serving the stored kind.
+static VIEW_KINDS: std::sync::LazyLock<Vec<KindEntry>> = std::sync::LazyLock::new(|| {
+    versions::VIEWS
+        .iter()
+        .filter_map(|view| {
+            let stored = KINDS.iter().find(|k| {
+                k.group == view.stored_group
+                    && k.version == view.stored_version
+                    && k.plural == view.plural
+            })?;
+            Some(KindEntry {
+                group: view.group,
+                version: view.version,
+                ..*stored
+            })
+        })
+        .collect()
+});
+
+/// Every kind in every version served: the stored versions first.
+pub fn all_kinds() -> impl Iterator<Item = &'static KindEntry> {
+    KINDS.iter().chain(VIEW_KINDS.iter())
+}
+
 /// The kind served at `group/version/resource`.
 pub fn kind_at(group: &str, version: &str, resource: &str) -> Option<&'static KindEntry> {
-    KINDS
-        .iter()
-        .find(|k| k.group == group && k.version == version && k.plural == resource)
+    all_kinds().find(|k| k.group == group && k.version == version && k.plural == resource)
 }
 
 /// The writer a request names: `fieldManager`, else the first word of its
@@ -234,6 +259,9 @@ pub struct Request {
     pub body: Bytes,
     /// The connection's upgrade, if the client asked for one (WebSocket).
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The version it addresses, when that is not the stored one: bodies
+    /// are converted on the way in and out.
+    pub view: Option<&'static versions::View>,
 }
 
 /// What serving a request needs besides the request.
@@ -402,6 +430,7 @@ impl HttpApi {
                     writer: writer_of(&query, &parts.headers),
                 };
                 let entry = kind_at(&target.group, &target.version, &target.resource);
+                let view = versions::view_at(&target.group, &target.version, &target.resource);
                 let request = Request {
                     target,
                     method: parts.method,
@@ -409,6 +438,7 @@ impl HttpApi {
                     headers: parts.headers,
                     body,
                     upgrade: parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                    view,
                 };
                 match entry {
                     _ if reviews::handles(&request) => {

@@ -89,6 +89,40 @@ fn encode<K: JsonKind>(mut obj: K) -> Result<Value, Failure> {
     skiff::json::to_value(&obj).map_err(internal)
 }
 
+/// An object (stored form) as the request's version shows it.
+fn shown(value: Value, req: &Request) -> Value {
+    match req.view {
+        Some(view) => view.shown(value),
+        None => value,
+    }
+}
+
+/// A body in the request's version, in the stored form.
+fn stored(value: Value, req: &Request) -> Value {
+    match req.view {
+        Some(view) => view.stored(value),
+        None => value,
+    }
+}
+
+/// The `apiVersion` the request addresses (of lists).
+fn api_version_of<K: JsonKind>(req: &Request) -> String {
+    match req.view {
+        Some(_) if req.target.group.is_empty() => req.target.version.clone(),
+        Some(_) => format!("{}/{}", req.target.group, req.target.version),
+        None => K::API_VERSION.to_string(),
+    }
+}
+
+/// A field selector in the stored kind's field names.
+fn field_selector(req: &Request) -> String {
+    let selector = req.query.str("fieldSelector");
+    match req.view {
+        Some(view) => view.stored_selector(selector),
+        None => selector.to_string(),
+    }
+}
+
 /// One object from an actor reply.
 fn object<K: JsonKind>(reply: Result<ActorReply<K>, ApiError>) -> Result<K, Failure> {
     match reply.map_err(api::<K>)? {
@@ -307,6 +341,7 @@ async fn get<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     )?;
     let rv = obj.resource_version().to_string();
     let value = encode(obj)?;
+    // (A Table's cells are read from the stored form, whatever the version.)
     if table::wanted(&req.headers) {
         let include = Include::parse(req.query.get("includeObject"));
         return Ok(json(
@@ -314,14 +349,14 @@ async fn get<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             &table::of(K::KIND, &[value], &rv, include),
         ));
     }
-    Ok(json(StatusCode::OK, &value))
+    Ok(json(StatusCode::OK, &shown(value, &req)))
 }
 
 fn list_request(req: &Request) -> Result<ListRequest, Failure> {
     Ok(ListRequest {
         namespace: req.target.namespace.clone(),
         label_selector: req.query.str("labelSelector").to_string(),
-        field_selector: req.query.str("fieldSelector").to_string(),
+        field_selector: field_selector(req),
         limit: req
             .query
             .int("limit")
@@ -358,7 +393,9 @@ async fn list<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             if include_type {
                 encode(item)
             } else {
-                skiff::json::to_value(&item).map_err(internal)
+                skiff::json::to_value(&item)
+                    .map(|v| shown(v, &req))
+                    .map_err(internal)
             }
         })
         .collect::<Result<Vec<Value>, Failure>>()?;
@@ -380,7 +417,7 @@ async fn list<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", K::KIND),
-            "apiVersion": K::API_VERSION,
+            "apiVersion": api_version_of::<K>(&req),
             "metadata": metadata,
             "items": items,
         }),
@@ -445,7 +482,13 @@ async fn watch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         loop {
             let (meta, items) = list_page::<K>(&ctx, page.clone()).await?;
             for item in items {
-                initial.push(event_line("ADDED", &encode(item)?, table));
+                let value = encode(item)?;
+                let value = if table.is_some() {
+                    value
+                } else {
+                    shown(value, &req)
+                };
+                initial.push(event_line("ADDED", &value, table));
             }
             from = meta.resource_version.clone();
             if meta.r#continue.is_empty() {
@@ -459,12 +502,12 @@ async fn watch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         meta.resource_version = from.clone();
         meta.annotations
             .insert("k8s.io/initial-events-end".into(), "true".into());
-        initial.push(event_line("BOOKMARK", &encode(end)?, None));
+        initial.push(event_line("BOOKMARK", &shown(encode(end)?, &req), None));
     }
     let request = WatchRequest {
         namespace: t.namespace.clone(),
         label_selector: req.query.str("labelSelector").to_string(),
-        field_selector: req.query.str("fieldSelector").to_string(),
+        field_selector: field_selector(&req),
         resource_version: from,
         allow_bookmarks: req.query.flag("allowWatchBookmarks"),
     };
@@ -479,11 +522,16 @@ async fn watch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         }
         Err(e) => return Err(api::<K>(e)),
     };
+    let view = req.view.filter(|_| table.is_none());
     let lines = changes
         .map(move |event| match event {
             Ok(event) => {
                 let (kind, obj) = K::event_parts(event);
-                match obj.map(encode) {
+                let show = |value: Value| match view {
+                    Some(view) => view.shown(value),
+                    None => value,
+                };
+                match obj.map(|o| encode(o).map(show)) {
                     Some(Ok(value)) => (false, event_line(event_name(kind), &value, table)),
                     Some(Err(f)) => (true, error_line(&f)),
                     None => (true, error_line(&internal("an event without its object"))),
@@ -518,7 +566,7 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     // (Authorized once the object is read: the node rules need its name.
     // The read is bounded: MAX_BODY, MAX_UNKNOWN_FIELDS.)
     let mut warnings = Vec::new();
-    let mut obj: K = decode(body_json(&req)?, validation, &mut warnings)?;
+    let mut obj: K = decode(stored(body_json(&req)?, &req), validation, &mut warnings)?;
     place(&mut obj, &req)?;
     let name = obj.name().to_string();
     ctx.authorize(
@@ -534,7 +582,11 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         Op::Create(obj)
     };
     let created = object(ctx.write(op).await)?;
-    Ok(reply(StatusCode::CREATED, &encode(created)?, &warnings))
+    Ok(reply(
+        StatusCode::CREATED,
+        &shown(encode(created)?, &req),
+        &warnings,
+    ))
 }
 
 async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
@@ -543,13 +595,17 @@ async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let t = &req.target;
     ctx.authorize("update", t, &t.name, None).await?;
     let mut warnings = Vec::new();
-    let mut obj: K = decode(body_json(&req)?, validation, &mut warnings)?;
+    let mut obj: K = decode(stored(body_json(&req)?, &req), validation, &mut warnings)?;
     place(&mut obj, &req)?;
     same_name(&mut obj, &req)?;
     ctx.authorize("update", t, &t.name, Some(obj.encode_to_vec().into()))
         .await?;
     let updated = object(ctx.write(write_op(t, dry, obj)?).await)?;
-    Ok(reply(StatusCode::OK, &encode(updated)?, &warnings))
+    Ok(reply(
+        StatusCode::OK,
+        &shown(encode(updated)?, &req),
+        &warnings,
+    ))
 }
 
 /// The write an update or patch of `t` makes: of the status for the
@@ -607,9 +663,10 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         let mut warnings = Vec::new();
         let current: K = read(&ctx, &req).await?;
         let current_rv = current.resource_version().to_string();
-        let patched = patch::apply(kind, &encode(current)?, &req.body)
+        // Patched in the request's version.
+        let patched = patch::apply(kind, &shown(encode(current)?, &req), &req.body)
             .map_err(|e| Failure::new(422, "Invalid", e))?;
-        let mut obj: K = decode(patched, validation, &mut warnings)?;
+        let mut obj: K = decode(stored(patched, &req), validation, &mut warnings)?;
         place(&mut obj, &req)?;
         same_name(&mut obj, &req)?;
         // A patch that names a resourceVersion is conditional on it; one
@@ -622,7 +679,11 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             result => {
                 let updated = object(result)?;
-                return Ok(reply(StatusCode::OK, &encode(updated)?, &warnings));
+                return Ok(reply(
+                    StatusCode::OK,
+                    &shown(encode(updated)?, &req),
+                    &warnings,
+                ));
             }
         }
     }
@@ -658,6 +719,8 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
     let config: Value = serde_yaml::from_slice(&req.body).map_err(|e| {
         Failure::bad_request(format!("the applied configuration does not parse: {e}"))
     })?;
+    // Applied in the stored version (and its field owners recorded so).
+    let config = stored(config, &req);
     let (api_version, kind) = (
         config
             .get("apiVersion")
@@ -713,7 +776,11 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
                 Err(ApiError::AlreadyExists { .. }) => continue,
                 result => {
                     let created = object(result)?;
-                    return Ok(reply(StatusCode::CREATED, &encode(created)?, &warnings));
+                    return Ok(reply(
+                        StatusCode::CREATED,
+                        &shown(encode(created)?, &req),
+                        &warnings,
+                    ));
                 }
             }
         }
@@ -726,7 +793,11 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
             Err(ApiError::Conflict { .. }) if !pinned => continue,
             result => {
                 let updated = object(result)?;
-                return Ok(reply(StatusCode::OK, &encode(updated)?, &warnings));
+                return Ok(reply(
+                    StatusCode::OK,
+                    &shown(encode(updated)?, &req),
+                    &warnings,
+                ));
             }
         }
     }
@@ -839,13 +910,13 @@ async fn delete<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     if dry {
         // Nothing changes: the answer is the object as it is.
         let current: K = read(&ctx, &req).await?;
-        return Ok(json(StatusCode::OK, &encode(current)?));
+        return Ok(json(StatusCode::OK, &shown(encode(current)?, &req)));
     }
     let gone: K = object(ctx.actor.call(Op::<K>::Delete(options)).await)?;
     let meta = gone.metadata().cloned().unwrap_or_default();
     if meta.deletion_timestamp.is_some() {
         // Still there (finalizers, a grace period): the object says when.
-        return Ok(json(StatusCode::OK, &encode(gone)?));
+        return Ok(json(StatusCode::OK, &shown(encode(gone)?, &req)));
     }
     Ok(json(
         StatusCode::OK,
