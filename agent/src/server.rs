@@ -197,16 +197,19 @@ enum Attachee {
 }
 
 /// Feeds an attached command or container from the client's messages:
-/// stdin bytes, terminal resizes, and the end of stdin (which closes the
-/// process's).
+/// stdin bytes, terminal resizes, and the end of stdin, which closes the
+/// process's when `close` (else later input is ignored, and the process's
+/// stdin stays open for the next client: a container attached without
+/// `stdinOnce`).
 async fn feed_attached(
     runtime: Arc<dyn Runtime>,
     (attachee, id): (Attachee, String),
     mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     mut messages: tonic::Streaming<PodExecInput>,
-    stdin: bool,
+    (stdin, close): (bool, bool),
 ) {
     use tokio::io::AsyncWriteExt as _;
+    let mut stdin = stdin;
     while let Some(Ok(message)) = messages.next().await {
         match message.input {
             Some(Input::Stdin(bytes)) if stdin => {
@@ -223,13 +226,14 @@ async fn feed_attached(
                     Attachee::Container => runtime.resize(&id, width, height).await,
                 };
             }
-            Some(Input::CloseStdin(true)) => break,
+            Some(Input::CloseStdin(true)) if close => break,
+            Some(Input::CloseStdin(true)) => stdin = false,
             _ => {}
         }
     }
-    // The end of stdin, or of the client: the command sees EOF (without
+    // The end of stdin, or of the client: the process sees EOF (without
     // stdin, the runtime did not attach one: nothing to close).
-    if stdin {
+    if stdin && close {
         let _ = input.shutdown().await;
     }
 }
@@ -273,7 +277,7 @@ impl Agent for AgentService {
             (Attachee::Command, exec.clone()),
             attached.input,
             messages,
-            req.stdin,
+            (req.stdin, true),
         ));
         let output = attached.output.map(|chunk| {
             chunk
@@ -319,6 +323,24 @@ impl Agent for AgentService {
             ));
         }
         let running = self.running_container(&req).await?;
+        // What the container was made with: stdin only if it keeps one
+        // open, and closed when the client's ends only if it is to be
+        // read once (else the next attach reads on).
+        let name = running
+            .label(skiff_runtime::labels::CONTAINER_NAME)
+            .to_string();
+        let spec = self
+            .pods
+            .get(&req.namespace, &req.name)
+            .and_then(|p| p.spec.clone())
+            .and_then(|s| s.containers.into_iter().find(|c| c.name == name))
+            .unwrap_or_default();
+        if req.stdin && !spec.stdin {
+            return Err(Status::failed_precondition(format!(
+                "container {name:?} in pod {:?} does not keep its stdin open (stdin: true): attach without stdin",
+                req.name
+            )));
+        }
         let attached = self
             .runtime
             .attach(&running.id, req.stdin)
@@ -329,7 +351,7 @@ impl Agent for AgentService {
             (Attachee::Container, running.id.clone()),
             attached.input,
             messages,
-            req.stdin,
+            (req.stdin, spec.stdin_once),
         )));
         // The output ends with the process (or the client): no exit code
         // (Kubernetes' attach reports none).

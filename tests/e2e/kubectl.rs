@@ -494,6 +494,31 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         k.ok(&["apply", "-f", &hpa]).contains("unchanged"),
         "reapplied"
     );
+    // A status sent through v1 (a conversion of the stored one) is not
+    // the writer's to change: a replace carrying another one is taken,
+    // its status left as the server has it.
+    let mut read: serde_json::Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "horizontalpodautoscalers.v1.autoscaling",
+        "v1-hpa",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    read["spec"]["maxReplicas"] = serde_json::json!(4);
+    read["status"]["currentCPUUtilizationPercentage"] = serde_json::json!(99);
+    let replaced = k.write("hpa-replace.json", &read.to_string());
+    k.ok(&["replace", "-f", &replaced]);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "horizontalpodautoscalers.v1.autoscaling",
+            "v1-hpa",
+            "-o",
+            "jsonpath={.spec.maxReplicas} {.status.currentCPUUtilizationPercentage}"
+        ]),
+        "4 "
+    );
     let raised = k.write(
         "hpa2.yaml",
         &std::fs::read_to_string(&hpa)

@@ -337,7 +337,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     &[READ, WRITE].concat(),
                     &[""],
-                    &[&workloads_and_config[..], &["secrets", "pods/exec"]].concat(),
+                    &[
+                        &workloads_and_config[..],
+                        &["secrets", "pods/exec", "pods/attach", "pods/portforward"],
+                    ]
+                    .concat(),
                 ),
                 rule(
                     &[READ, WRITE].concat(),

@@ -105,6 +105,16 @@ fn stored(value: Value, req: &Request) -> Value {
     }
 }
 
+/// An object decoded from a body in another version than the stored
+/// one: its status, a conversion of the stored status, is not the
+/// client's to write here (only through `status`), so the stored status
+/// stays.
+fn from_view<K: JsonKind>(obj: &mut K, req: &Request) {
+    if req.view.is_some() && req.target.subresource != "status" {
+        obj.clear_status();
+    }
+}
+
 /// The `apiVersion` the request addresses (of lists).
 fn api_version_of<K: JsonKind>(req: &Request) -> String {
     match req.view {
@@ -386,24 +396,11 @@ async fn list<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let t = &req.target;
     ctx.authorize("list", t, "", None).await?;
     let (meta, items) = list_page::<K>(&ctx, list_request(&req)?).await?;
-    let include_type = table::wanted(&req.headers);
-    let items = items
-        .into_iter()
-        .map(|item| {
-            if include_type {
-                encode(item)
-            } else {
-                skiff::json::to_value(&item)
-                    .map(|v| shown(v, &req))
-                    .map_err(internal)
-            }
-        })
-        .collect::<Result<Vec<Value>, Failure>>()?;
-    if include_type {
+    if table::wanted(&req.headers) {
         let include = Include::parse(req.query.get("includeObject"));
         return Ok(json(
             StatusCode::OK,
-            &table::of(K::KIND, &items, &meta.resource_version, include),
+            &table::of_all(K::KIND, items, encode, &meta.resource_version, include)?,
         ));
     }
     let mut metadata = json!({"resourceVersion": meta.resource_version});
@@ -413,15 +410,25 @@ async fn list<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     if let Some(left) = meta.remaining_item_count {
         metadata["remainingItemCount"] = json!(left);
     }
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", K::KIND),
-            "apiVersion": api_version_of::<K>(&req),
-            "metadata": metadata,
-            "items": items,
-        }),
-    ))
+    // Written item by item: a long list is never all in memory twice
+    // (as objects and as a JSON tree), only as objects and as the text.
+    let head = json!({
+        "kind": format!("{}List", K::KIND),
+        "apiVersion": api_version_of::<K>(&req),
+        "metadata": metadata,
+    });
+    let mut out = serde_json::to_vec(&head).map_err(internal)?;
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let value = shown(skiff::json::to_value(&item).map_err(internal)?, &req);
+        serde_json::to_writer(&mut out, &value).map_err(internal)?;
+    }
+    out.extend_from_slice(b"]}");
+    Ok(super::json_bytes(StatusCode::OK, out))
 }
 
 /// One watch event as a line: `{"type":"ADDED","object":{...}}\n`, the
@@ -567,6 +574,7 @@ async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     // The read is bounded: MAX_BODY, MAX_UNKNOWN_FIELDS.)
     let mut warnings = Vec::new();
     let mut obj: K = decode(stored(body_json(&req)?, &req), validation, &mut warnings)?;
+    from_view(&mut obj, &req);
     place(&mut obj, &req)?;
     let name = obj.name().to_string();
     ctx.authorize(
@@ -596,6 +604,7 @@ async fn update<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     ctx.authorize("update", t, &t.name, None).await?;
     let mut warnings = Vec::new();
     let mut obj: K = decode(stored(body_json(&req)?, &req), validation, &mut warnings)?;
+    from_view(&mut obj, &req);
     place(&mut obj, &req)?;
     same_name(&mut obj, &req)?;
     ctx.authorize("update", t, &t.name, Some(obj.encode_to_vec().into()))
@@ -667,6 +676,7 @@ async fn patch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
         let patched = patch::apply(kind, &shown(encode(current)?, &req), &req.body)
             .map_err(|e| Failure::new(422, "Invalid", e))?;
         let mut obj: K = decode(stored(patched, &req), validation, &mut warnings)?;
+        from_view(&mut obj, &req);
         place(&mut obj, &req)?;
         same_name(&mut obj, &req)?;
         // A patch that names a resourceVersion is conditional on it; one
@@ -719,8 +729,6 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
     let config: Value = serde_yaml::from_slice(&req.body).map_err(|e| {
         Failure::bad_request(format!("the applied configuration does not parse: {e}"))
     })?;
-    // Applied in the stored version (and its field owners recorded so).
-    let config = stored(config, &req);
     let (api_version, kind) = (
         config
             .get("apiVersion")
@@ -728,13 +736,15 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
             .unwrap_or(""),
         config.get("kind").and_then(Value::as_str).unwrap_or(""),
     );
-    if api_version != K::API_VERSION || kind != K::KIND {
+    let wanted = api_version_of::<K>(&req);
+    if api_version != wanted || kind != K::KIND {
         return Err(Failure::bad_request(format!(
-            "the applied configuration is a {kind} of {api_version:?}, not a {} of {:?}",
+            "the applied configuration is a {kind} of {api_version:?}, not a {} of {wanted:?}",
             K::KIND,
-            K::API_VERSION
         )));
     }
+    // Applied in the stored version (and its field owners recorded so).
+    let config = stored(config, &req);
     ctx.authorize("patch", t, &t.name, None).await?;
     let now = skiff::time::rfc3339(skiff::time::now_seconds().seconds);
     for _ in 0..MAX_ATTEMPTS {
@@ -759,6 +769,7 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
         .map_err(|e| conflict(&e, t))?;
         let mut warnings = Vec::new();
         let mut obj: K = decode(merged, validation, &mut warnings)?;
+        from_view(&mut obj, &req);
         place(&mut obj, &req)?;
         same_name(&mut obj, &req)?;
         let encoded = obj.encode_to_vec();

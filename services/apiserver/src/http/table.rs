@@ -90,6 +90,38 @@ pub fn of(kind: &str, items: &[Value], resource_version: &str, include: Include)
     })
 }
 
+/// The Table of `items` (a list's), each encoded by `encode` only when
+/// its row is made, a few hundred at a time: a long list is never all in
+/// memory as JSON at once.
+///
+/// # Errors
+/// What `encode` fails with.
+pub fn of_all<K, E>(
+    kind: &str,
+    items: Vec<K>,
+    encode: impl Fn(K) -> Result<Value, E>,
+    resource_version: &str,
+    include: Include,
+) -> Result<Value, E> {
+    const BATCH: usize = 256;
+    let mut table = of(kind, &[], resource_version, include);
+    let mut rows = Vec::with_capacity(items.len());
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let batch = items
+            .by_ref()
+            .take(BATCH)
+            .map(&encode)
+            .collect::<Result<Vec<Value>, E>>()?;
+        let mut part = of(kind, &batch, resource_version, include);
+        if let Some(Value::Array(more)) = part.as_object_mut().and_then(|p| p.remove("rows")) {
+            rows.extend(more);
+        }
+    }
+    table["rows"] = Value::Array(rows);
+    Ok(table)
+}
+
 /// `CLUSTER-IP` → `Cluster-IP`, `NAME` → `Name`: Kubernetes' column names
 /// (kubectl upper-cases them again).
 fn title(header: &str) -> String {
