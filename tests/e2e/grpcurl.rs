@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use skiff_apiserver::StoreConfig;
 
-fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn grpcurl(addr: &str, args: &[&str]) -> (bool, String, String) {
     let bin = skiff_testkit::grpcurl_binary().unwrap();
     let out = Command::new(bin)
         .arg("-plaintext")
