@@ -737,13 +737,14 @@ async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
     drop(server);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (json_ms, table_ms, grpc_ms) = (
+        ms(median(json_times)),
+        ms(median(table_times)),
+        ms(median(grpc_times)),
+    );
     println!("{:<48} {:>12}", "measure", "value");
     println!("{:<48} {:>12}", "pods", pods);
-    println!(
-        "{:<48} {:>12.1}",
-        "HTTP list, JSON: median ms",
-        ms(median(json_times))
-    );
+    println!("{:<48} {:>12.1}", "HTTP list, JSON: median ms", json_ms);
     println!(
         "{:<48} {:>12.1}",
         "HTTP list, JSON: MiB",
@@ -751,8 +752,7 @@ async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
     );
     println!(
         "{:<48} {:>12.1}",
-        "HTTP list, Table (kubectl get): median ms",
-        ms(median(table_times))
+        "HTTP list, Table (kubectl get): median ms", table_ms
     );
     println!(
         "{:<48} {:>12.1}",
@@ -761,8 +761,7 @@ async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
     );
     println!(
         "{:<48} {:>12.1}",
-        "gRPC list (protobuf): median ms",
-        ms(median(grpc_times))
+        "gRPC list (protobuf): median ms", grpc_ms
     );
     println!(
         "{:<48} {:>12.1}",
@@ -771,6 +770,19 @@ async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
     println!(
         "{:<48} {:>12.1}",
         "API server peak RSS while listing (MiB)", peak
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "list",
+            "pods": pods,
+            "http_json_ms": json_ms,
+            "http_table_ms": table_ms,
+            "grpc_ms": grpc_ms,
+            "http_json_bytes": json_bytes,
+            "server_rss_mib": idle,
+            "server_peak_rss_mib": peak,
+        })
     );
     Ok(())
 }
