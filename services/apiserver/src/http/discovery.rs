@@ -133,6 +133,28 @@ pub fn serve(route: &Route, headers: &HeaderMap) -> Result<Reply, Failure> {
                 }),
             ))
         }
+        Route::OpenApiV2 => {
+            // JSON only: a client that takes only the protobuf form
+            // (client-go) is told so, and does without, as when there is
+            // no document.
+            let accept = headers
+                .get(http::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or("");
+            let json_ok = accept.is_empty()
+                || accept.split(',').any(|choice| {
+                    let media = choice.split(';').next().unwrap_or("").trim();
+                    matches!(media, "application/json" | "*/*" | "application/*")
+                });
+            if !json_ok {
+                return Err(Failure::new(
+                    406,
+                    "NotAcceptable",
+                    format!("only application/json is served at /openapi/v2, not {accept:?}"),
+                ));
+            }
+            Ok(json(StatusCode::OK, &openapi_v2()))
+        }
         Route::OpenApiIndex => Ok(json(StatusCode::OK, &openapi_index())),
         Route::OpenApi { group, version } => {
             let kinds = kinds_of(group, version);
@@ -525,6 +547,53 @@ fn openapi_document(group: &str, version: &str, kinds: &[&KindEntry]) -> Value {
     })
 }
 
+/// `/openapi/v2`: every kind's schema as a Swagger 2.0 definition and its
+/// PATCH operation, as in the v3 documents.
+fn openapi_v2() -> Value {
+    let kinds: Vec<&KindEntry> = super::all_kinds().collect();
+    let mut paths = serde_json::Map::new();
+    for k in &kinds {
+        let prefix = if k.group.is_empty() {
+            format!("/api/{}", k.version)
+        } else {
+            format!("/apis/{}/{}", k.group, k.version)
+        };
+        let item = if k.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", k.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", k.plural)
+        };
+        let query = |name: &str| json!({"name": name, "in": "query", "type": "string", "uniqueItems": true});
+        paths.insert(
+            item,
+            json!({
+                "patch": {
+                    "operationId": format!("patch{}{}", k.kind, k.version),
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
+                    "consumes": ["application/json-patch+json", "application/merge-patch+json"],
+                    "produces": ["application/json"],
+                    "parameters": [query("dryRun"), query("fieldManager"), query("fieldValidation")],
+                    "responses": {"200": {"description": "OK"}},
+                },
+            }),
+        );
+    }
+    let stored: Vec<(&str, &str, &str)> = super::KINDS
+        .iter()
+        .map(|k| (k.kind, k.group, k.version))
+        .collect();
+    let mut definitions = Value::Object(super::openapi::components(&stored));
+    super::openapi::refer_to(&mut definitions, "#/definitions/");
+    let (major, minor) = KUBERNETES_VERSION;
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("v{major}.{minor}.0")},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +649,34 @@ mod tests {
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
         assert!(groups().contains_key("rbac.authorization.k8s.io"));
+    }
+
+    #[test]
+    fn openapi_v2_is_one_swagger_document_in_json_only() {
+        let reply = serve(&Route::OpenApiV2, &accept("application/json")).unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        let doc = openapi_v2();
+        assert_eq!(doc["swagger"], "2.0");
+        let deployment = &doc["definitions"]["skiff.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let strategy =
+            &doc["definitions"]["skiff.apps.v1.DeploymentSpec"]["properties"]["strategy"];
+        assert_eq!(
+            strategy["allOf"][0]["$ref"],
+            "#/definitions/skiff.apps.v1.DeploymentStrategy"
+        );
+        assert!(
+            doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]
+                .is_object()
+        );
+        let protobuf_only = serve(
+            &Route::OpenApiV2,
+            &accept("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+        );
+        assert_eq!(protobuf_only.unwrap_err().code, 406);
     }
 
     #[test]

@@ -199,6 +199,27 @@ fn common_description(json_name: &str) -> &str {
     }
 }
 
+/// Points every `$ref` of `schemas` at `prefix` (`#/definitions/` for
+/// OpenAPI v2) instead of v3's `#/components/schemas/`.
+pub fn refer_to(schemas: &mut Value, prefix: &str) {
+    match schemas {
+        Value::Object(fields) => {
+            for (key, value) in fields.iter_mut() {
+                match value {
+                    Value::String(target) if key == "$ref" => {
+                        if let Some(name) = target.strip_prefix("#/components/schemas/") {
+                            *target = format!("{prefix}{name}");
+                        }
+                    }
+                    other => refer_to(other, prefix),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| refer_to(i, prefix)),
+        _ => {}
+    }
+}
+
 fn is_map(field: &FieldDescriptorProto) -> bool {
     field.r#type() == Type::Message
         && messages()

@@ -24,6 +24,8 @@ pub enum Route {
         /// `v1`.
         version: String,
     },
+    /// `/openapi/v2`: one Swagger 2.0 document of every kind.
+    OpenApiV2,
     /// `/openapi/v3`: the index of the group versions' documents.
     OpenApiIndex,
     /// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`.
@@ -81,6 +83,7 @@ pub fn route(path: &str) -> Route {
             group: (*group).to_string(),
             version: (*version).to_string(),
         },
+        ["openapi", "v2"] => Route::OpenApiV2,
         ["openapi", "v3"] => Route::OpenApiIndex,
         ["openapi", "v3", "api", version] => Route::OpenApi {
             group: String::new(),
