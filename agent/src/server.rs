@@ -187,6 +187,23 @@ impl Drop for AbortOnDrop {
 /// A stream of an attached command's output.
 pub type AttachStream = Pin<Box<dyn Stream<Item = Result<PodExecOutput, Status>> + Send>>;
 
+/// An attached process's output as messages: stdout and stderr apart.
+fn output_messages(
+    output: skiff_runtime::AttachedOutput,
+) -> impl Stream<Item = Result<PodExecOutput, Status>> + Send {
+    output.map(|chunk| {
+        chunk
+            .map(|(stderr, bytes)| PodExecOutput {
+                output: Some(if stderr {
+                    Output::Stderr(bytes.to_vec())
+                } else {
+                    Output::Stdout(bytes.to_vec())
+                }),
+            })
+            .map_err(|e| Status::unavailable(e.to_string()))
+    })
+}
+
 /// What an attached stream is attached to, for its terminal's resizes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Attachee {
@@ -279,17 +296,7 @@ impl Agent for AgentService {
             messages,
             (req.stdin, true),
         ));
-        let output = attached.output.map(|chunk| {
-            chunk
-                .map(|(stderr, bytes)| PodExecOutput {
-                    output: Some(if stderr {
-                        Output::Stderr(bytes.to_vec())
-                    } else {
-                        Output::Stdout(bytes.to_vec())
-                    }),
-                })
-                .map_err(|e| Status::unavailable(e.to_string()))
-        });
+        let output = output_messages(attached.output);
         // When the output ends, the command has: its exit code closes the
         // stream.
         let exit = futures::stream::once(async move {
@@ -355,17 +362,9 @@ impl Agent for AgentService {
         )));
         // The output ends with the process (or the client): no exit code
         // (Kubernetes' attach reports none).
-        let output = attached.output.map(move |chunk| {
+        let output = output_messages(attached.output).map(move |message| {
             let _ = &feeder;
-            chunk
-                .map(|(stderr, bytes)| PodExecOutput {
-                    output: Some(if stderr {
-                        Output::Stderr(bytes.to_vec())
-                    } else {
-                        Output::Stdout(bytes.to_vec())
-                    }),
-                })
-                .map_err(|e| Status::unavailable(e.to_string()))
+            message
         });
         Ok(Response::new(Box::pin(output)))
     }

@@ -645,15 +645,6 @@ async fn create_pods(
     Ok((all, start.elapsed()))
 }
 
-/// A process's peak resident memory since its peak was last reset
-/// (VmHWM), in bytes.
-fn peak_rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
     use http_body_util::BodyExt as _;
     let dir = tempfile::tempdir()?;
@@ -733,7 +724,7 @@ async fn bench_list(pods: usize, rounds: usize) -> anyhow::Result<()> {
             list.items.len()
         );
     }
-    let peak = mib(peak_rss_bytes(pid));
+    let peak = mib(skiff_testkit::peak_rss_bytes(pid));
     drop(server);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -34,7 +34,7 @@ pub(crate) enum ClientCommand {
     /// Attach to a container's own process (`skiff attach POD [-c C] [-i]
     /// [-t]`): its output, and with -i your stdin when the container keeps
     /// it open (`stdin: true`).
-    Attach(AttachArgs),
+    Attach(Attachment),
     /// Forward local ports to a pod's ports (`skiff port-forward POD
     /// [LOCAL:]REMOTE...`), until interrupted.
     PortForward(PortForwardArgs),
@@ -329,8 +329,10 @@ pub(crate) struct LogsArgs {
     pub(crate) previous: bool,
 }
 
+/// What `exec` and `attach` join: a pod's container, with stdin and a
+/// terminal or not.
 #[derive(clap::Args)]
-pub(crate) struct ExecArgs {
+pub(crate) struct Attachment {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     /// The pod.
@@ -338,32 +340,21 @@ pub(crate) struct ExecArgs {
     /// The container (needed when the pod has several).
     #[arg(short = 'c', long, default_value = "")]
     pub(crate) container: String,
-    /// Pass stdin to the command.
+    /// Pass stdin on.
     #[arg(short = 'i', long)]
     pub(crate) stdin: bool,
-    /// Give the command a terminal (with -i: an interactive shell).
+    /// Use a terminal (with -i: interactive).
     #[arg(short = 't', long)]
     pub(crate) tty: bool,
-    /// The command and its arguments, after `--`.
-    #[arg(last = true, required = true)]
-    pub(crate) command: Vec<String>,
 }
 
 #[derive(clap::Args)]
-pub(crate) struct AttachArgs {
+pub(crate) struct ExecArgs {
     #[command(flatten)]
-    pub(crate) client: ClientArgs,
-    /// The pod.
-    pub(crate) pod: String,
-    /// The container (needed when the pod has several).
-    #[arg(short = 'c', long, default_value = "")]
-    pub(crate) container: String,
-    /// Pass stdin to the container.
-    #[arg(short = 'i', long)]
-    pub(crate) stdin: bool,
-    /// The container has a terminal: use it (with -i: interactive).
-    #[arg(short = 't', long)]
-    pub(crate) tty: bool,
+    pub(crate) on: Attachment,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -513,18 +504,13 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
             print!("{table}");
         }
         ClientCommand::Exec(args) => {
-            let ctl = args.client.ctl()?;
-            let code = if args.stdin || args.tty {
-                ctl.exec_attached(
-                    &args.pod,
-                    &args.container,
-                    &args.command,
-                    args.stdin,
-                    args.tty,
-                )
-                .await?
+            let on = &args.on;
+            let ctl = on.client.ctl()?;
+            let code = if on.stdin || on.tty {
+                ctl.exec_attached(&on.pod, &on.container, &args.command, on.stdin, on.tty)
+                    .await?
             } else {
-                ctl.exec(&args.pod, &args.container, &args.command).await?
+                ctl.exec(&on.pod, &on.container, &args.command).await?
             };
             return Ok(code);
         }

@@ -428,8 +428,19 @@ pub fn helm_binary() -> anyhow::Result<PathBuf> {
 
 /// Resident memory of a process, in bytes (Linux `VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A process's peak resident memory (`VmHWM`), in bytes: since it
+/// started, or since `/proc/PID/clear_refs` was last written `5`.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A size line of `/proc/PID/status` (kB), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
