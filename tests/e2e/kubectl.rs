@@ -667,6 +667,21 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     ]);
     let (local, _) = port_forward_get(&k, &pod, "9090", &[], 1);
     assert!(local.contains("hello from skiff"), "{local}");
+    // The Python client's port forwarding (WebSocket channels,
+    // `?ports=`).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/python/port_forward.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&k.kubeconfig)
+        .args(["default", &pod, "8080"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("hello from skiff") && !printed.contains("ERROR"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // attach: `kubectl run -i --rm` creates a pod keeping its stdin
     // open, joins its process (stdin in, output out) and deletes it.
     let image = format!("--image={}", c.image);

@@ -299,12 +299,7 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
                 return;
             }
         };
-        let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            Some(websocket_config()),
-        )
-        .await;
+        let socket = websocket(hyper_util::rt::TokioIo::new(upgraded)).await;
         let (mut sink, mut source) = socket.split();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(64);
         // What the client sends: stdin, resizes, stdin's end. Pings are
@@ -424,9 +419,18 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
     Ok(switching_to_websocket(&key, protocol))
 }
 
+/// The server's side of a WebSocket on an upgraded connection.
+pub(super) async fn websocket<S>(io: S) -> tokio_tungstenite::WebSocketStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config()))
+        .await
+}
+
 /// How WebSockets are read: client-go sends stdin and tunnelled SPDY in
 /// 32 KiB pieces, so nothing needs more than [`MAX_MESSAGE`].
-pub(super) fn websocket_config() -> WebSocketConfig {
+fn websocket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))

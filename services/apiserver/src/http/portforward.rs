@@ -30,6 +30,9 @@ use crate::logs::PodLogsService;
 const PROTOCOL: &str = "portforward.k8s.io";
 /// The WebSocket subprotocol tunnelling SPDY.
 const TUNNELLED: &str = "SPDY/3.1+portforward.k8s.io";
+/// The WebSocket subprotocol of channels: per port, data on channel 2i
+/// and errors on 2i+1, each opened by a frame of the port number.
+const CHANNELS: &str = "v4.channel.k8s.io";
 /// The most connections forwarded at once on one port-forward session.
 const MAX_PAIRS: usize = 256;
 /// The most bytes buffered for a data stream whose pair is not complete.
@@ -61,17 +64,21 @@ pub async fn serve(
             .to_string()
     };
     let upgrade = header("upgrade");
-    let websocket = upgrade.eq_ignore_ascii_case("websocket");
-    if websocket {
-        let offered = header("sec-websocket-protocol");
-        if !offered.split(',').any(|o| o.trim() == TUNNELLED) {
+    let offered = header("sec-websocket-protocol");
+    let offers = |protocol: &str| offered.split(',').any(|o| o.trim() == protocol);
+    let transport = if upgrade.eq_ignore_ascii_case("websocket") {
+        if offers(TUNNELLED) {
+            Transport::Tunnelled
+        } else if offers(CHANNELS) {
+            Transport::Channels(ports_of(&req)?)
+        } else {
             return Err(Failure::bad_request(format!(
-                "no protocol Skiff speaks among {offered:?}: port forwarding offers {TUNNELLED:?} over a WebSocket"
+                "no protocol Skiff speaks among {offered:?}: port forwarding offers {TUNNELLED:?} and {CHANNELS:?} over a WebSocket"
             )));
         }
     } else if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         return Err(Failure::bad_request(
-            "Upgrade request required: port forwarding is served over SPDY/3.1, tunnelled in a WebSocket or not",
+            "Upgrade request required: port forwarding is served over SPDY/3.1, tunnelled in a WebSocket or not, or over WebSocket channels",
         ));
     } else if !header("x-stream-protocol-version")
         .split(',')
@@ -80,7 +87,9 @@ pub async fn serve(
         return Err(Failure::bad_request(format!(
             "unable to upgrade: no protocol Skiff speaks was offered: port forwarding speaks {PROTOCOL:?}"
         )));
-    }
+    } else {
+        Transport::Spdy
+    };
     let Some(on_upgrade) = req.upgrade.take() else {
         return Err(Failure::bad_request(
             "this connection cannot be upgraded (HTTP/1.1 is needed for port forwarding)",
@@ -92,6 +101,28 @@ pub async fn serve(
         namespace: t.namespace.clone(),
         name: t.name.clone(),
     };
+    let reply = match &transport {
+        Transport::Tunnelled => super::pods::switching_to_websocket(&key, TUNNELLED),
+        Transport::Channels(_) => super::pods::switching_to_websocket(&key, CHANNELS),
+        Transport::Spdy => {
+            let mut reply = http::Response::new(tonic::body::Body::empty());
+            *reply.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            let headers = reply.headers_mut();
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("Upgrade"),
+            );
+            headers.insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("SPDY/3.1"),
+            );
+            headers.insert(
+                "x-stream-protocol-version",
+                http::HeaderValue::from_static(PROTOCOL),
+            );
+            reply
+        }
+    };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
@@ -100,76 +131,105 @@ pub async fn serve(
                 return;
             }
         };
-        let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
-        if websocket {
-            let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                upgraded,
-                tokio_tungstenite::tungstenite::protocol::Role::Server,
-                Some(super::pods::websocket_config()),
-            )
-            .await;
-            let (mut sink, source) = socket.split();
-            let incoming = source
-                .take_while(|m| {
-                    std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
-                })
-                .filter_map(|m| {
-                    std::future::ready(match m {
-                        Ok(Message::Binary(data)) => Some(data),
-                        _ => None,
+        match transport {
+            Transport::Channels(ports) => {
+                session
+                    .channels(super::pods::websocket(upgraded).await, ports)
+                    .await
+            }
+            Transport::Tunnelled => {
+                let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+                let (mut sink, source) = super::pods::websocket(upgraded).await.split();
+                let incoming = source
+                    .take_while(|m| {
+                        std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
                     })
+                    .filter_map(|m| {
+                        std::future::ready(match m {
+                            Ok(Message::Binary(data)) => Some(data),
+                            _ => None,
+                        })
+                    });
+                let writer = tokio::spawn(async move {
+                    let mut out_rx = out_rx;
+                    while let Some(bytes) = out_rx.recv().await {
+                        if sink.send(Message::Binary(bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = sink.close().await;
                 });
-            let writer = tokio::spawn(async move {
-                let mut out_rx = out_rx;
-                while let Some(bytes) = out_rx.recv().await {
-                    if sink.send(Message::Binary(bytes)).await.is_err() {
-                        return;
+                session.run(incoming, out_tx).await;
+                let _ = writer.await;
+            }
+            Transport::Spdy => {
+                let (out_tx, out_rx) = mpsc::channel::<Bytes>(64);
+                let (reader, mut writer) = tokio::io::split(upgraded);
+                let incoming = tokio_util::io::ReaderStream::new(reader)
+                    .take_while(|r| std::future::ready(r.is_ok()))
+                    .filter_map(|r| std::future::ready(r.ok()));
+                let writer = tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    let mut out_rx = out_rx;
+                    while let Some(bytes) = out_rx.recv().await {
+                        if writer.write_all(&bytes).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                let _ = sink.close().await;
-            });
-            session.run(incoming, out_tx).await;
-            let _ = writer.await;
-        } else {
-            let (reader, mut writer) = tokio::io::split(upgraded);
-            let incoming = tokio_util::io::ReaderStream::new(reader)
-                .take_while(|r| std::future::ready(r.is_ok()))
-                .filter_map(|r| std::future::ready(r.ok()));
-            let writer = tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt as _;
-                let mut out_rx = out_rx;
-                while let Some(bytes) = out_rx.recv().await {
-                    if writer.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                }
-                let _ = writer.shutdown().await;
-            });
-            session.run(incoming, out_tx).await;
-            let _ = writer.await;
+                    let _ = writer.shutdown().await;
+                });
+                session.run(incoming, out_tx).await;
+                let _ = writer.await;
+            }
         }
     });
-    let reply = if websocket {
-        super::pods::switching_to_websocket(&key, TUNNELLED)
-    } else {
-        let mut reply = http::Response::new(tonic::body::Body::empty());
-        *reply.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-        let headers = reply.headers_mut();
-        headers.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("Upgrade"),
-        );
-        headers.insert(
-            http::header::UPGRADE,
-            http::HeaderValue::from_static("SPDY/3.1"),
-        );
-        headers.insert(
-            "x-stream-protocol-version",
-            http::HeaderValue::from_static(PROTOCOL),
-        );
-        reply
-    };
     Ok(reply)
+}
+
+/// How a port-forward session travels.
+enum Transport {
+    /// SPDY in WebSocket binary messages (kubectl).
+    Tunnelled,
+    /// SPDY on the upgraded connection (kubectl's fallback).
+    Spdy,
+    /// WebSocket channels, one pair per port of `?ports=` (the Python
+    /// client).
+    Channels(Vec<u16>),
+}
+
+/// The `ports` of a WebSocket channel session (`?ports=80,8080` or
+/// repeated).
+fn ports_of(req: &Request) -> Result<Vec<u16>, Failure> {
+    let mut ports = Vec::new();
+    for text in req
+        .query
+        .all("ports")
+        .into_iter()
+        .flat_map(|p| p.split(','))
+    {
+        let port = text
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Failure::bad_request(format!(
+                    "ports: Invalid value: {text:?}: must be a port from 1 to 65535"
+                ))
+            })?;
+        if ports.contains(&port) {
+            return Err(Failure::bad_request(format!(
+                "ports: Duplicate value: {port}"
+            )));
+        }
+        ports.push(port);
+    }
+    if ports.is_empty() {
+        return Err(Failure::bad_request(
+            "ports: Required value: at least one port to forward (?ports=8080)",
+        ));
+    }
+    Ok(ports)
 }
 
 /// One port-forward session: the pod, and how to reach its agent.
@@ -396,6 +456,111 @@ impl Session {
                 task.abort();
             }
         }
+    }
+
+    /// A WebSocket channel session: one connection to each of `ports`,
+    /// its bytes on channel 2i both ways, why it failed on 2i+1; each
+    /// channel opened by a frame of its port number (little-endian). The
+    /// socket closes when every connection has, or when the client goes.
+    async fn channels<S>(self, socket: tokio_tungstenite::WebSocketStream<S>, ports: Vec<u16>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sink, mut source) = socket.split();
+        for (i, port) in ports.iter().enumerate() {
+            let [low, high] = port.to_le_bytes();
+            for channel in [2 * i, 2 * i + 1] {
+                let opening = vec![channel as u8, low, high];
+                if sink.send(Message::Binary(opening.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = out_rx.recv().await {
+                if sink.send(message).await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let session = Arc::new(self);
+        let mut to_pods = Vec::with_capacity(ports.len());
+        let mut connections = tokio::task::JoinSet::new();
+        for (i, port) in ports.iter().enumerate() {
+            let (to_pod, from_client) = mpsc::channel::<PortForwardInput>(64);
+            to_pods.push(Some(to_pod));
+            let (session, out, port) = (Arc::clone(&session), out_tx.clone(), *port);
+            connections.spawn(async move {
+                let framed = |channel: usize, data: &[u8]| {
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(channel as u8);
+                    frame.extend_from_slice(data);
+                    Message::Binary(frame.into())
+                };
+                let start = PortForwardStart {
+                    namespace: session.namespace.clone(),
+                    name: session.name.clone(),
+                    port: i32::from(port),
+                };
+                let inputs = tokio_stream::wrappers::ReceiverStream::new(from_client);
+                let error = match session.logs.port_forward_with(start, inputs).await {
+                    Ok(mut outputs) => loop {
+                        match outputs.next().await {
+                            Some(Ok(output)) => {
+                                if out.send(framed(2 * i, &output.data)).await.is_err() {
+                                    break None;
+                                }
+                            }
+                            Some(Err(status)) => break Some(status.message().to_string()),
+                            None => break None,
+                        }
+                    },
+                    Err(status) => Some(status.message().to_string()),
+                };
+                if let Some(error) = error {
+                    let _ = out.send(framed(2 * i + 1, error.as_bytes())).await;
+                }
+            });
+        }
+        drop(out_tx);
+        loop {
+            tokio::select! {
+                message = source.next() => match message {
+                    Some(Ok(Message::Binary(data))) => {
+                        let Some((&channel, rest)) = data.split_first() else {
+                            continue;
+                        };
+                        let channel = usize::from(channel);
+                        // Only data channels are the client's to write.
+                        let Some(slot) = to_pods.get_mut(channel / 2).filter(|_| channel % 2 == 0) else {
+                            continue;
+                        };
+                        if let Some(to_pod) = slot.clone()
+                            && !rest.is_empty()
+                            && !deliver(&to_pod, vec![Input::Data(rest.to_vec())]).await
+                        {
+                            // A pod that does not read: its connection is
+                            // given up (the others go on).
+                            *slot = None;
+                        }
+                    }
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                done = connections.join_next() => {
+                    if done.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        // The client gone, or every connection over: what is left ends.
+        drop(to_pods);
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        let _ = writer.await;
     }
 
     /// Starts forwarding a complete pair: a connection to the pod's port
