@@ -95,9 +95,26 @@ pub fn quantities_as_strings(value: &mut Value) {
     }
 }
 
+/// Whole-number doubles as integers, everywhere in `value`.
+fn integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => map.values_mut().for_each(integers),
+        Value::Array(items) => items.iter_mut().for_each(integers),
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Timestamps as Kubernetes writes them (`Z`, not `+00:00`) and
 /// IntOrString numbers as integers (`8080`, not `8080.0`). Maps of user
-/// data (labels, annotations, data) are left alone.
+/// data (labels, annotations, data) are left alone but for their numbers.
 pub fn kubernetes_forms(value: &mut Value) {
     match value {
         Value::Object(map) => {
@@ -111,6 +128,10 @@ pub fn kubernetes_forms(value: &mut Value) {
                         | "binaryData"
                         | "nodeSelector"
                 ) {
+                    // User data: left as written, but for numbers that
+                    // travelled as protobuf doubles (a ControllerRevision's
+                    // `data` holds a whole template).
+                    integers(v);
                     continue;
                 }
                 if is_time_key(key) {
@@ -129,14 +150,7 @@ pub fn kubernetes_forms(value: &mut Value) {
         }
         Value::Array(items) => items.iter_mut().for_each(kubernetes_forms),
         // IntOrString values travel as protobuf doubles.
-        Value::Number(n) => {
-            if let Some(f) = n
-                .as_f64()
-                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15)
-            {
-                *value = Value::from(f as i64);
-            }
-        }
+        Value::Number(_) => integers(value),
         _ => {}
     }
 }

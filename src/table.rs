@@ -158,6 +158,7 @@ pub fn rows(
             "AGE",
         ],
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
+        "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -486,6 +487,31 @@ pub fn rows(
                 name,
                 str_at(item, "/metadata/creationTimestamp").to_string(),
             ],
+            "ControllerRevision" => {
+                // kubectl's: the controlling owner as `daemonset.apps/NAME`.
+                let owner = item["metadata"]["ownerReferences"]
+                    .as_array()
+                    .and_then(|owners| owners.iter().find(|o| o["controller"] == true))
+                    .map(|o| {
+                        let group = o["apiVersion"]
+                            .as_str()
+                            .and_then(|v| v.split_once('/'))
+                            .map_or("", |(g, _)| g);
+                        let kind = o["kind"].as_str().unwrap_or("").to_lowercase();
+                        let name = o["name"].as_str().unwrap_or("");
+                        if group.is_empty() {
+                            format!("{kind}/{name}")
+                        } else {
+                            format!("{kind}.{group}/{name}")
+                        }
+                    });
+                vec![
+                    name,
+                    owner.unwrap_or_else(|| "<none>".into()),
+                    int_at(item, "/revision").to_string(),
+                    created,
+                ]
+            }
             _ => vec![name, created],
         };
         if wide {

@@ -876,6 +876,66 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     k.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
     k.ok(&["delete", "deployment", "gen"]);
 
+    // A DaemonSet's history (ControllerRevisions): rollout history lists
+    // a revision per template, undo puts the previous one back and
+    // renumbers it.
+    let daemon = |greeting: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agentd\nspec:\n  selector:\n    matchLabels:\n      app: agentd\n  template:\n    metadata:\n      labels:\n        app: agentd\n    spec:\n      containers:\n      - name: agentd\n        image: {}\n        imagePullPolicy: Never\n        command: [\"sh\", \"-c\", \"echo {greeting}; exec sleep 3600\"]\n",
+            c.image
+        )
+    };
+    k.ok(&["apply", "-f", &k.write("ds.yaml", &daemon("one"))]);
+    k.ok(&["rollout", "status", "daemonset/agentd", "--timeout=120s"]);
+    k.ok(&["apply", "-f", &k.write("ds.yaml", &daemon("two"))]);
+    k.ok(&["rollout", "status", "daemonset/agentd", "--timeout=120s"]);
+    let history = k.ok(&["rollout", "history", "daemonset/agentd"]);
+    let revisions = |history: &str| -> Vec<String> {
+        history
+            .lines()
+            .skip_while(|l| !l.starts_with("REVISION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(revisions(&history), ["1", "2"], "{history}");
+    let listed = k.ok(&["get", "controllerrevisions", "-l", "app=agentd"]);
+    assert_eq!(header(&listed), ["NAME", "CONTROLLER", "REVISION", "AGE"]);
+    assert!(listed.contains("daemonset.apps/agentd"), "{listed}");
+    assert!(
+        k.ok(&["rollout", "undo", "daemonset/agentd"])
+            .contains("rolled back")
+    );
+    k.ok(&["rollout", "status", "daemonset/agentd", "--timeout=120s"]);
+    let command = k.ok(&[
+        "get",
+        "daemonset",
+        "agentd",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].command[2]}",
+    ]);
+    assert!(command.contains("echo one"), "{command}");
+    let history = k.ok(&["rollout", "history", "daemonset/agentd"]);
+    assert_eq!(revisions(&history), ["2", "3"], "{history}");
+    k.ok(&["delete", "daemonset", "agentd"]);
+    wait_until(
+        "the daemon set's revisions are collected",
+        Duration::from_secs(60),
+        async || {
+            k.ok(&[
+                "get",
+                "controllerrevisions",
+                "-l",
+                "app=agentd",
+                "-o",
+                "name",
+            ])
+            .trim()
+            .is_empty()
+        },
+    )
+    .await;
+
     // delete, foreground: the ReplicaSets go before the Deployment.
     assert!(
         k.ok(&["delete", "deployment", "web", "--cascade=foreground"])

@@ -14,13 +14,21 @@
 //! `controller-revision-hash` label. Creates and deletes the cache has not
 //! shown yet are remembered (expectations), as in the ReplicaSet
 //! controller.
+//!
+//! Its history is kept as Kubernetes keeps it ([`revision`]): one
+//! ControllerRevision per template it ran, named `NAME-HASH`, holding the
+//! strategic merge patch that puts that template back, numbered in the
+//! order the templates were last used (a rollback renumbers the revision
+//! it returns to), at most `revisionHistoryLimit` old ones kept besides
+//! those a pod still runs. `kubectl rollout history|undo daemonset` reads
+//! and applies them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
-use skiff::pb::apps::v1::{DaemonSet, DaemonSetStatus};
+use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use skiff::pb::core::v1::{Node, Pod, Toleration};
 use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
 use skiff::{ObjectRef, Resource};
@@ -92,6 +100,57 @@ pub fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
         spec: Some(spec),
         ..Default::default()
     }
+}
+
+/// The revision of `ds`'s current template (its `hash`), numbered
+/// `number`: its data is the strategic merge patch that puts the template
+/// back (`{"spec":{"template":{..., "$patch":"replace"}}}`, what `kubectl
+/// rollout undo` sends), its labels the template's and the hash.
+///
+/// # Errors
+/// The template does not encode as JSON.
+pub fn revision(ds: &DaemonSet, hash: &str, number: i64) -> Result<ControllerRevision, Error> {
+    let meta = ds.metadata.clone().unwrap_or_default();
+    let template = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(REVISION_LABEL.into(), hash.into());
+    let mut template = skiff::json::to_value(&template).map_err(|e| Error::Other(e.to_string()))?;
+    template["$patch"] = serde_json::json!("replace");
+    let data = serde_json::from_value(serde_json::json!({"spec": {"template": template}}))
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let annotations = meta
+        .annotations
+        .get("kubernetes.io/change-cause")
+        .map(|cause| [("kubernetes.io/change-cause".to_string(), cause.clone())].into())
+        .unwrap_or_default();
+    Ok(ControllerRevision {
+        metadata: Some(ObjectMeta {
+            name: format!("{}-{hash}", meta.name),
+            namespace: meta.namespace,
+            labels,
+            annotations,
+            owner_references: vec![OwnerReference {
+                api_version: DaemonSet::API_VERSION.into(),
+                kind: DaemonSet::KIND.into(),
+                name: meta.name,
+                uid: meta.uid,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..Default::default()
+        }),
+        data: Some(data),
+        revision: number,
+        ..Default::default()
+    })
 }
 
 /// What one reconcile does and reports.
@@ -245,6 +304,8 @@ pub struct DaemonSetController {
     recorder: Arc<Recorder>,
     daemonsets: Api<DaemonSet>,
     ds_store: Store<DaemonSet>,
+    revisions: Api<ControllerRevision>,
+    revision_store: Store<ControllerRevision>,
     pods: Api<Pod>,
     pod_store: Store<Pod>,
     node_store: Store<Node>,
@@ -256,6 +317,7 @@ impl DaemonSetController {
     pub fn new(
         recorder: Arc<Recorder>,
         daemonsets: (Api<DaemonSet>, Store<DaemonSet>),
+        revisions: (Api<ControllerRevision>, Store<ControllerRevision>),
         pods: (Api<Pod>, Store<Pod>),
         node_store: Store<Node>,
     ) -> Self {
@@ -263,6 +325,8 @@ impl DaemonSetController {
             recorder,
             daemonsets: daemonsets.0,
             ds_store: daemonsets.1,
+            revisions: revisions.0,
+            revision_store: revisions.1,
             pods: pods.0,
             pod_store: pods.1,
             node_store,
@@ -298,6 +362,87 @@ impl DaemonSetController {
         });
     }
 
+    /// Keeps the history (see the module doc): the current template's
+    /// revision is the newest, old ones beyond the limit that no pod runs
+    /// are deleted.
+    async fn record_history(
+        &self,
+        ds: &DaemonSet,
+        hash: &str,
+        pods: &[Arc<Pod>],
+    ) -> Result<(), Error> {
+        let uid = ds.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+        let owned: Vec<Arc<ControllerRevision>> = self
+            .revision_store
+            .list()
+            .into_iter()
+            .filter(|r| r.namespace() == ds.namespace())
+            .filter(|r| controller_of(r.as_ref()).is_some_and(|o| o.uid == uid))
+            .collect();
+        let hash_of = |r: &ControllerRevision| {
+            r.metadata()
+                .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
+                .unwrap_or_default()
+        };
+        let newest = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+        match owned.iter().find(|r| hash_of(r) == hash) {
+            Some(current) if current.revision == newest => {}
+            Some(current) => {
+                // Back to an older template: it is the newest again.
+                let mut renumbered = (**current).clone();
+                renumbered.revision = newest + 1;
+                match self.revisions.update(renumbered).await {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            None => match self.revisions.create(revision(ds, hash, newest + 1)?).await {
+                Ok(_) => {}
+                // The cache had not shown it yet.
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => return Err(s.into()),
+            },
+        }
+        let limit = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10)
+            .max(0) as usize;
+        let running: Vec<&str> = pods.iter().map(|p| revision_of(p)).collect();
+        let mut old: Vec<&Arc<ControllerRevision>> = owned
+            .iter()
+            .filter(|r| {
+                let h = hash_of(r);
+                h != hash && !running.contains(&h.as_str())
+            })
+            .collect();
+        old.sort_by_key(|r| r.revision);
+        let excess = old.len().saturating_sub(limit);
+        for gone in old.into_iter().take(excess) {
+            let meta = gone.metadata.clone().unwrap_or_default();
+            match self
+                .revisions
+                .delete(DeleteRequest {
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    preconditions: Some(Preconditions {
+                        uid: meta.uid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(ds) = self.ds_store.get(&key.namespace, &key.name) else {
             if let Ok(mut all) = self.expectations.lock() {
@@ -317,9 +462,10 @@ impl DaemonSetController {
             .list()
             .into_iter()
             .filter(|p| p.namespace() == key.namespace)
-            .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid))
+            .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == uid))
             .collect();
         let hash = template_hash(ds.spec.as_ref().and_then(|s| s.template.as_ref()), 0);
+        self.record_history(&ds, &hash, &owned).await?;
         let nodes = self.node_store.list();
         let (creating, deleting) = {
             let mut all = self
@@ -459,6 +605,10 @@ pub fn start(
             Api::new(shared.channel.clone()),
             shared.daemonsets.store.clone(),
         ),
+        (
+            Api::new(shared.channel.clone()),
+            shared.controllerrevisions.store.clone(),
+        ),
         (Api::new(shared.channel.clone()), shared.pods.store.clone()),
         shared.nodes.store.clone(),
     ));
@@ -471,6 +621,14 @@ pub fn start(
                 .collect()
         })
         .watches(&shared.nodes, move |_| by_node.all())
+        .watches(&shared.controllerrevisions, |change| {
+            let revision = crate::runtime::changed(change);
+            controller_of(revision.as_ref())
+                .filter(|o| o.kind == DaemonSet::KIND)
+                .map(|o| ObjectRef::new(revision.namespace(), o.name.clone()))
+                .into_iter()
+                .collect()
+        })
         .run(move || all.all(), workers)
         .boxed()
 }

@@ -2,7 +2,8 @@
 //! every owner is gone is deleted. One collector runs per dependent kind
 //! (pods, whose owners are ReplicaSets, ReplicationControllers,
 //! DaemonSets and Jobs; ReplicaSets, whose owners are Deployments; Jobs,
-//! whose owners are CronJobs). Foreground and Orphan deletions are carried
+//! whose owners are CronJobs; ControllerRevisions, whose owners are
+//! DaemonSets). Foreground and Orphan deletions are carried
 //! out for every owner kind ([`Propagation`]).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
@@ -368,19 +369,27 @@ pub fn start(
         .watches(&s.jobs, deletions(&s.pods))
         .reads(&s.deployments.store);
     let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners.clone());
+    let revision_gc =
+        GarbageCollector::new(api(s), s.controllerrevisions.store.clone(), owners.clone());
+    let revisions = collect(revision_gc, &s.controllerrevisions)
+        .watches(&s.daemonsets, deletions(&s.controllerrevisions));
     let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
     let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
-    let (pod_store, rs_store, job_store) = (
+    let (pod_store, rs_store, job_store, revision_store) = (
         s.pods.store.clone(),
         s.replicasets.store.clone(),
         s.jobs.store.clone(),
+        s.controllerrevisions.store.clone(),
     );
     futures::future::join_all([
         pods.run(move || keys_of(&pod_store), workers).boxed(),
         replicasets.run(move || keys_of(&rs_store), workers).boxed(),
         jobs.run(move || keys_of(&job_store), workers).boxed(),
+        revisions
+            .run(move || keys_of(&revision_store), workers)
+            .boxed(),
         propagate(s, &s.replicasets, &s.pods, workers),
         propagate(s, &s.replicationcontrollers, &s.pods, workers),
         propagate(s, &s.deployments, &s.replicasets, workers),

@@ -347,7 +347,7 @@ impl JobController {
             .list()
             .into_iter()
             .filter(|p| p.namespace() == key.namespace)
-            .filter(|p| controller_of(p).is_some_and(|o| o.uid == uid))
+            .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == uid))
             .collect();
         // Creates in flight: made, not yet in the cache.
         let creating = {

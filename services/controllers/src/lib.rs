@@ -40,7 +40,7 @@ use actix::{
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::coordination::v1::Lease;
@@ -92,6 +92,8 @@ pub struct Shared {
     pub deployments: Informer<Deployment>,
     /// All DaemonSets.
     pub daemonsets: Informer<DaemonSet>,
+    /// All ControllerRevisions (DaemonSets' history).
+    pub controllerrevisions: Informer<ControllerRevision>,
     /// All Jobs.
     pub jobs: Informer<Job>,
     /// All CronJobs.
@@ -165,6 +167,7 @@ impl Shared {
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
+            controllerrevisions: Informer::start(Api::new(channel.clone()), Default::default()),
             jobs: Informer::start(Api::new(channel.clone()), Default::default()),
             cronjobs: Informer::start(Api::new(channel.clone()), Default::default()),
             autoscalers: Informer::start(Api::new(channel.clone()), Default::default()),

@@ -162,9 +162,8 @@ pub(crate) fn created_at<K: Resource>(obj: &K) -> i64 {
         .map_or(0, |t| t.seconds)
 }
 
-pub(crate) fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
-        .as_ref()?
+pub(crate) fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
+    obj.metadata()?
         .owner_references
         .iter()
         .find(|o| o.controller == Some(true))
@@ -432,7 +431,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 .map(|m| m.labels.clone())
                 .unwrap_or_default();
             let matches = selector.matches(&labels);
-            match controller_of(pod) {
+            match controller_of(pod.as_ref()) {
                 Some(c) if c.uid == uid => {
                     if matches {
                         owned.push(Arc::clone(pod));

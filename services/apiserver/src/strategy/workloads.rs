@@ -1,9 +1,10 @@
 //! Workloads: ReplicationControllers, ReplicaSets, Deployments and
-//! DaemonSets (templates, selectors, update strategies).
+//! DaemonSets (templates, selectors, update strategies), and the
+//! ControllerRevisions of their history.
 
 use skiff::pb::apps::v1::{
-    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
-    RollingUpdateDaemonSet, RollingUpdateDeployment,
+    ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
+    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment,
 };
 use skiff::pb::core::v1::{PodSpec, PodTemplateSpec, ReplicationController};
 use skiff::pb::meta::v1::ObjectMeta;
@@ -253,6 +254,27 @@ impl Strategy for Deployment {
                     ),
                 ),
             }
+        }
+    }
+}
+
+/// A ControllerRevision is a snapshot: its data never changes (as in
+/// Kubernetes); its revision number may (a rollback renumbers the
+/// revision it returns to).
+impl Strategy for ControllerRevision {
+    fn validate(&self, errors: &mut FieldErrors) {
+        if self.revision < 0 {
+            errors.invalid(
+                "revision",
+                self.revision,
+                "must be greater than or equal to 0",
+            );
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        if self.data != old.data {
+            errors.invalid("data", "", "field is immutable");
         }
     }
 }
