@@ -1110,6 +1110,53 @@ async fn kubectl_is_authenticated_and_authorized_like_a_grpc_client() {
         "{whoami}"
     );
     assert!(alice.fails(&["get", "pods"]).contains("(Forbidden)"));
+    // A node's certificate may do over HTTP what it may over gRPC: read
+    // nodes, not list secrets, not change another node.
+    {
+        use skiff::pb::core::v1::{Node, Secret};
+        let mut other = Node::default();
+        skiff::Resource::metadata_mut(&mut other).name = "other".into();
+        Api::<Node>::new(channel.clone())
+            .create(other)
+            .await
+            .unwrap();
+        let (node, _node_home) = skiff_kubeconfig(&[
+            "--user",
+            "system:node:n1",
+            "--group",
+            "system:nodes",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let as_node = c.as_user("system:node:n1", &["system:nodes"]);
+        assert!(node.ok(&["get", "nodes"]).contains("other"));
+        let nodes = Api::<Node>::new(as_node.clone())
+            .list(ListRequest::default())
+            .await
+            .unwrap();
+        assert!(
+            nodes
+                .items
+                .iter()
+                .any(|n| skiff::Resource::name(n) == "other")
+        );
+        let err = node.fails(&["get", "secrets", "-A"]);
+        assert!(err.contains("(Forbidden)"), "{err}");
+        let denied = Api::<Secret>::new(as_node.clone())
+            .list(ListRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let err = node.fails(&["label", "node", "other", "taken=yes"]);
+        assert!(err.contains("(Forbidden)"), "{err}");
+        let nodes_api = Api::<Node>::new(as_node);
+        let mut theirs = nodes_api.get("", "other").await.unwrap();
+        skiff::Resource::metadata_mut(&mut theirs)
+            .labels
+            .insert("taken".into(), "yes".into());
+        let denied = nodes_api.update(theirs).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    }
     // gRPC issues them the same way.
     let grpc_token = token_for(&channel, "robot").await;
     assert_eq!(grpc_token.split('.').count(), 3);
