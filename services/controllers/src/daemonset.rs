@@ -133,7 +133,9 @@ pub fn revision(ds: &DaemonSet, hash: &str, number: i64) -> Result<ControllerRev
         .unwrap_or_default();
     Ok(ControllerRevision {
         metadata: Some(ObjectMeta {
-            name: format!("{}-{hash}", meta.name),
+            // (The name's prefix cut as Kubernetes cuts it: names are at
+            // most 253 characters.)
+            name: format!("{}-{hash}", meta.name.chars().take(223).collect::<String>()),
             namespace: meta.namespace,
             labels,
             annotations,
@@ -306,6 +308,10 @@ pub struct DaemonSetController {
     ds_store: Store<DaemonSet>,
     revisions: Api<ControllerRevision>,
     revision_store: Store<ControllerRevision>,
+    /// The last revision number written per DaemonSet (by uid), and the
+    /// template hash it was given to: the cache may not show it yet, and
+    /// two revisions must not share a number.
+    numbered: Mutex<HashMap<String, (i64, String)>>,
     pods: Api<Pod>,
     pod_store: Store<Pod>,
     node_store: Store<Node>,
@@ -327,6 +333,7 @@ impl DaemonSetController {
             ds_store: daemonsets.1,
             revisions: revisions.0,
             revision_store: revisions.1,
+            numbered: Mutex::new(HashMap::new()),
             pods: pods.0,
             pod_store: pods.1,
             node_store,
@@ -384,21 +391,35 @@ impl DaemonSetController {
                 .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
                 .unwrap_or_default()
         };
-        let newest = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+        let cached = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+        let (written, written_hash) = self
+            .numbered
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&uid).cloned())
+            .unwrap_or_default();
+        let newest = cached.max(written);
+        let remember = |number: i64| {
+            if let Ok(mut numbered) = self.numbered.lock() {
+                numbered.insert(uid.clone(), (number, hash.to_string()));
+            }
+        };
         match owned.iter().find(|r| hash_of(r) == hash) {
             Some(current) if current.revision == newest => {}
+            // Given the newest number already; the cache is behind.
+            Some(_) if written == newest && written_hash == hash => {}
             Some(current) => {
                 // Back to an older template: it is the newest again.
                 let mut renumbered = (**current).clone();
                 renumbered.revision = newest + 1;
                 match self.revisions.update(renumbered).await {
-                    Ok(_) => {}
+                    Ok(_) => remember(newest + 1),
                     Err(s) if s.code() == tonic::Code::NotFound => {}
                     Err(s) => return Err(s.into()),
                 }
             }
             None => match self.revisions.create(revision(ds, hash, newest + 1)?).await {
-                Ok(_) => {}
+                Ok(_) => remember(newest + 1),
                 // The cache had not shown it yet.
                 Err(s) if s.code() == tonic::Code::AlreadyExists => {}
                 Err(s) => return Err(s.into()),

@@ -564,11 +564,20 @@ fn openapi_v2() -> Value {
             format!("{prefix}/{}/{{name}}", k.plural)
         };
         let query = |name: &str| json!({"name": name, "in": "query", "type": "string", "uniqueItems": true});
+        let path =
+            |name: &str| json!({"name": name, "in": "path", "required": true, "type": "string"});
+        let mut in_path = vec![path("name")];
+        if k.namespaced {
+            in_path.push(path("namespace"));
+        }
+        // (Unique across groups: Event is served in two.)
+        let group = k.group.replace(['.', '-'], "_");
         paths.insert(
             item,
             json!({
+                "parameters": in_path,
                 "patch": {
-                    "operationId": format!("patch{}{}", k.kind, k.version),
+                    "operationId": format!("patch{group}{}{}", k.kind, k.version),
                     "x-kubernetes-action": "patch",
                     "x-kubernetes-group-version-kind": {"group": k.group, "version": k.version, "kind": k.kind},
                     "consumes": ["application/json-patch+json", "application/merge-patch+json"],

@@ -33,8 +33,9 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 /// v5: the client closes a channel (`[255, channel]`).
 const CLOSE: u8 = 255;
-/// The largest WebSocket message or frame read from a client.
-const MAX_MESSAGE: usize = 1024 * 1024;
+/// The largest WebSocket message or frame read from a client (the Python
+/// client sends port-forward data in 1 MiB pieces behind a channel byte).
+const MAX_MESSAGE: usize = 1024 * 1024 + 1024;
 
 /// Whether this module serves the request.
 pub fn handles(req: &Request) -> bool {

@@ -35,6 +35,9 @@ const TUNNELLED: &str = "SPDY/3.1+portforward.k8s.io";
 const CHANNELS: &str = "v4.channel.k8s.io";
 /// The most connections forwarded at once on one port-forward session.
 const MAX_PAIRS: usize = 256;
+/// The most ports of one WebSocket channel session (two channels each,
+/// numbered in a byte).
+const MAX_CHANNEL_PORTS: usize = 64;
 /// The most bytes buffered for a data stream whose pair is not complete.
 const MAX_EARLY: usize = 256 * 1024;
 /// How long a pair may wait for its second stream (the kubelet's stream
@@ -228,6 +231,12 @@ fn ports_of(req: &Request) -> Result<Vec<u16>, Failure> {
         return Err(Failure::bad_request(
             "ports: Required value: at least one port to forward (?ports=8080)",
         ));
+    }
+    if ports.len() > MAX_CHANNEL_PORTS {
+        return Err(Failure::bad_request(format!(
+            "ports: Too many: {} ports, at most {MAX_CHANNEL_PORTS} in one session",
+            ports.len()
+        )));
     }
     Ok(ports)
 }
@@ -487,18 +496,19 @@ impl Session {
         });
         let session = Arc::new(self);
         let mut to_pods = Vec::with_capacity(ports.len());
+        let mut stops = Vec::with_capacity(ports.len());
         let mut connections = tokio::task::JoinSet::new();
+        fn framed(channel: usize, data: &[u8]) -> Message {
+            let mut frame = Vec::with_capacity(data.len() + 1);
+            frame.push(channel as u8);
+            frame.extend_from_slice(data);
+            Message::Binary(frame.into())
+        }
         for (i, port) in ports.iter().enumerate() {
             let (to_pod, from_client) = mpsc::channel::<PortForwardInput>(64);
             to_pods.push(Some(to_pod));
             let (session, out, port) = (Arc::clone(&session), out_tx.clone(), *port);
-            connections.spawn(async move {
-                let framed = |channel: usize, data: &[u8]| {
-                    let mut frame = Vec::with_capacity(data.len() + 1);
-                    frame.push(channel as u8);
-                    frame.extend_from_slice(data);
-                    Message::Binary(frame.into())
-                };
+            stops.push(connections.spawn(async move {
                 let start = PortForwardStart {
                     namespace: session.namespace.clone(),
                     name: session.name.clone(),
@@ -522,9 +532,8 @@ impl Session {
                 if let Some(error) = error {
                     let _ = out.send(framed(2 * i + 1, error.as_bytes())).await;
                 }
-            });
+            }));
         }
-        drop(out_tx);
         loop {
             tokio::select! {
                 message = source.next() => match message {
@@ -542,8 +551,16 @@ impl Session {
                             && !deliver(&to_pod, vec![Input::Data(rest.to_vec())]).await
                         {
                             // A pod that does not read: its connection is
-                            // given up (the others go on).
+                            // given up, and the client told why (the
+                            // others go on).
                             *slot = None;
+                            let port = channel / 2;
+                            stops[port].abort();
+                            let why = format!(
+                                "the pod did not read what was sent to its port {} for {PATIENCE:?}",
+                                ports[port]
+                            );
+                            let _ = out_tx.send(framed(channel + 1, why.as_bytes())).await;
                         }
                     }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => break,
@@ -557,6 +574,7 @@ impl Session {
             }
         }
         // The client gone, or every connection over: what is left ends.
+        drop(out_tx);
         drop(to_pods);
         connections.abort_all();
         while connections.join_next().await.is_some() {}
