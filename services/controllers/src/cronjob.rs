@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::ObjectReference;
 use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
@@ -153,21 +153,11 @@ impl CronJobController {
     }
 
     async fn delete_job(&self, job: &Job) -> Result<(), Error> {
-        let meta = job.metadata.clone().unwrap_or_default();
-        match self
-            .jobs
-            .delete(DeleteRequest {
-                namespace: meta.namespace,
-                name: meta.name,
-                propagation_policy: "Background".into(),
-                preconditions: Some(Preconditions {
-                    uid: meta.uid,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-        {
+        let request = DeleteRequest {
+            propagation_policy: "Background".into(),
+            ..crate::replicaset::delete_exactly(job)
+        };
+        match self.jobs.delete(request).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(s.into()),

@@ -27,7 +27,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skiff::pb::api::v1::{DeleteRequest, Preconditions};
 use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use skiff::pb::core::v1::{Node, Pod, Toleration};
 use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
@@ -36,7 +35,7 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::{rolling, template_hash};
-use crate::replicaset::{controller_of, created_at, is_active, is_available};
+use crate::replicaset::{controller_of, created_at, delete_exactly, is_active, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// The label naming the template revision a daemon pod runs.
@@ -442,20 +441,7 @@ impl DaemonSetController {
         old.sort_by_key(|r| r.revision);
         let excess = old.len().saturating_sub(limit);
         for gone in old.into_iter().take(excess) {
-            let meta = gone.metadata.clone().unwrap_or_default();
-            match self
-                .revisions
-                .delete(DeleteRequest {
-                    namespace: meta.namespace,
-                    name: meta.name,
-                    preconditions: Some(Preconditions {
-                        uid: meta.uid,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-            {
+            match self.revisions.delete(delete_exactly(gone.as_ref())).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(s.into()),
@@ -545,20 +531,7 @@ impl DaemonSetController {
             let Some(pod) = owned.iter().find(|p| p.name() == name) else {
                 continue;
             };
-            let meta = pod.metadata.clone().unwrap_or_default();
-            match self
-                .pods
-                .delete(DeleteRequest {
-                    namespace: meta.namespace,
-                    name: meta.name,
-                    preconditions: Some(Preconditions {
-                        uid: meta.uid,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-            {
+            match self.pods.delete(delete_exactly(pod.as_ref())).await {
                 Ok(_) => {
                     self.event(&ds, "SuccessfulDelete", format!("Deleted pod: {name}"));
                     if let Ok(mut all) = self.expectations.lock() {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::batch::v1::{Job, JobCondition, JobStatus};
 use skiff::pb::core::v1::Pod;
 use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
@@ -22,7 +22,7 @@ use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
-use crate::replicaset::{controller_of, created_at, is_active};
+use crate::replicaset::{controller_of, created_at, delete_exactly, is_active};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// Creates not observed within this long are forgotten.
@@ -304,23 +304,13 @@ impl JobController {
         if left > 0 {
             return Ok(Some(Duration::from_secs(left.unsigned_abs())));
         }
-        let meta = job.metadata.clone().unwrap_or_default();
-        match self
-            .jobs
-            .delete(DeleteRequest {
-                namespace: meta.namespace,
-                name: meta.name.clone(),
-                propagation_policy: "Background".into(),
-                preconditions: Some(Preconditions {
-                    uid: meta.uid,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-        {
+        let request = DeleteRequest {
+            propagation_policy: "Background".into(),
+            ..delete_exactly(job)
+        };
+        match self.jobs.delete(request).await {
             Ok(_) => {
-                tracing::info!(job = %meta.name, "deleted: its time to live after finishing is up");
+                tracing::info!(job = %job.name(), "deleted: its time to live after finishing is up");
                 Ok(None)
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
@@ -392,20 +382,7 @@ impl JobController {
             let Some(pod) = owned.iter().find(|p| p.name() == name) else {
                 continue;
             };
-            let meta = pod.metadata.clone().unwrap_or_default();
-            match self
-                .pods
-                .delete(DeleteRequest {
-                    namespace: meta.namespace,
-                    name: meta.name,
-                    preconditions: Some(Preconditions {
-                        uid: meta.uid,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await
-            {
+            match self.pods.delete(delete_exactly(pod.as_ref())).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
                 Err(s) => return Err(s.into()),

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use skiff::ObjectRef;
-use skiff::pb::api::v1::{DeleteRequest, Preconditions};
+use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{Node, NodeCondition, NodeStatus, Pod, Taint};
 use skiff_client::events::{EventType, Recorder};
@@ -187,21 +187,11 @@ impl NodeLifecycleController {
             })
             .collect();
         for pod in &victims {
-            let meta = pod.metadata.clone().unwrap_or_default();
-            match self
-                .pods
-                .delete(DeleteRequest {
-                    namespace: meta.namespace,
-                    name: meta.name,
-                    preconditions: Some(Preconditions {
-                        uid: meta.uid,
-                        ..Default::default()
-                    }),
-                    grace_period_seconds: grace,
-                    ..Default::default()
-                })
-                .await
-            {
+            let request = DeleteRequest {
+                grace_period_seconds: grace,
+                ..crate::replicaset::delete_exactly(pod.as_ref())
+            };
+            match self.pods.delete(request).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound || s.code() == tonic::Code::Aborted => {
                 }

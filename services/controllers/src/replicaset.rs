@@ -162,6 +162,21 @@ pub(crate) fn created_at<K: Resource>(obj: &K) -> i64 {
         .map_or(0, |t| t.seconds)
 }
 
+/// A delete of exactly `obj`: its uid is the precondition, so a newer
+/// object of the same name is never deleted in its place.
+pub(crate) fn delete_exactly<K: Resource>(obj: &K) -> DeleteRequest {
+    let meta = obj.metadata().cloned().unwrap_or_default();
+    DeleteRequest {
+        namespace: meta.namespace,
+        name: meta.name,
+        preconditions: Some(Preconditions {
+            uid: meta.uid,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub(crate) fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
     obj.metadata()?
         .owner_references
@@ -375,18 +390,11 @@ impl<K: ReplicaOwner> ReplicaController<K> {
     }
 
     async fn delete_pods(&self, key: &ObjectRef, victims: Vec<Arc<Pod>>) -> Result<(), Error> {
-        let results = futures::future::join_all(victims.iter().map(|pod| {
-            let meta = pod.metadata.clone().unwrap_or_default();
-            self.pods.delete(DeleteRequest {
-                namespace: meta.namespace,
-                name: meta.name,
-                preconditions: Some(Preconditions {
-                    uid: meta.uid,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-        }))
+        let results = futures::future::join_all(
+            victims
+                .iter()
+                .map(|pod| self.pods.delete(delete_exactly(pod.as_ref()))),
+        )
         .await;
         let mut first_error = None;
         for (pod, result) in victims.iter().zip(results) {
