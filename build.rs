@@ -36,6 +36,7 @@ impl Kind {
             "core" => version.to_string(),
             "coordination" => format!("coordination.k8s.io/{version}"),
             "rbac" => format!("rbac.authorization.k8s.io/{version}"),
+            "storage" => format!("storage.k8s.io/{version}"),
             _ => format!("{group}/{version}"),
         }
     }

@@ -38,6 +38,7 @@ pub mod selector;
 pub mod table;
 pub mod time;
 pub mod validation;
+pub mod volumes;
 
 pub use resource::{ObjectRef, Resource};
 
@@ -105,6 +106,13 @@ pub mod pb {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/skiff.batch.v1.rs"));
             include!(concat!(env!("OUT_DIR"), "/skiff.batch.v1.serde.rs"));
+        }
+    }
+    /// Kubernetes storage.k8s.io/v1 (`skiff.storage.v1`).
+    pub mod storage {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.serde.rs"));
         }
     }
     /// Kubernetes rbac.authorization.k8s.io/v1 (`skiff.rbac.v1`).

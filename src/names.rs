@@ -41,3 +41,40 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
 /// The cluster's DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The annotation that makes a StorageClass the default of claims that
+/// name none (set to "true").
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+/// It and its beta spelling, still honoured.
+pub const DEFAULT_CLASS_ANNOTATIONS: [&str; 2] = [
+    DEFAULT_CLASS_ANNOTATION,
+    "storageclass.beta.kubernetes.io/is-default-class",
+];
+/// The finalizer that keeps a claim while a pod uses it.
+pub const PVC_PROTECTION_FINALIZER: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that keeps a volume while a claim is bound to it.
+pub const PV_PROTECTION_FINALIZER: &str = "kubernetes.io/pv-protection";
+/// Set by the scheduler on a WaitForFirstConsumer claim: the node of its
+/// first pod, where its volume is to be made.
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+/// Set on a claim whose volume a provisioner is to make: which one.
+pub const STORAGE_PROVISIONER_ANNOTATION: &str = "volume.kubernetes.io/storage-provisioner";
+/// Set on a volume a provisioner made: which one.
+pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
+/// Set on a claim once the binder has bound it.
+pub const BIND_COMPLETED_ANNOTATION: &str = "pv.kubernetes.io/bind-completed";
+/// Set on a claim or volume the binder (not its author) tied together.
+pub const BOUND_BY_CONTROLLER_ANNOTATION: &str = "pv.kubernetes.io/bound-by-controller";
+/// Skiff's provisioner: a directory under the agent's data dir on the
+/// pod's node (the role of k3s's local-path-provisioner).
+pub const LOCAL_PATH_PROVISIONER: &str = "skiff.io/local-path";
+/// The StorageClass Skiff creates for it, the default class.
+pub const LOCAL_PATH_CLASS: &str = "local-path";
+/// The finalizer of a local-path volume: its directory is still on its
+/// node, removed by that node's agent.
+pub const LOCAL_PATH_FINALIZER: &str = "skiff.io/local-path";
+/// The annotation by which an agent tells where on its node local-path
+/// volumes are made (absent: the node cannot hold them).
+pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "skiff.io/local-path-root";
+/// The node label every agent sets to its node's name.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";

@@ -43,6 +43,15 @@ fn requirement_matches(r: &NodeSelectorRequirement, node: &Node, field: bool) ->
     }
 }
 
+/// Whether the node's Ready condition is True.
+pub fn is_ready(node: &Node) -> bool {
+    node.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.r#type == "Ready" && c.status == "True")
+    })
+}
+
 /// Whether a node selector term matches the node: all its requirements
 /// hold (an empty term matches nothing, as in Kubernetes).
 pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {

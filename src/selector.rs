@@ -342,6 +342,19 @@ impl LabelSelector {
         Ok(Self::sorted(requirements))
     }
 
+    /// The selector of an object's `matchLabels`/`matchExpressions`.
+    ///
+    /// # Errors
+    /// As [`LabelSelector::from_parts`].
+    pub fn from_meta(selector: &crate::pb::meta::v1::LabelSelector) -> Result<Self> {
+        let expressions: Vec<(String, String, Vec<String>)> = selector
+            .match_expressions
+            .iter()
+            .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
+            .collect();
+        Self::from_parts(&selector.match_labels, &expressions)
+    }
+
     /// Returns whether the selector has no requirements and so matches
     /// everything.
     pub fn is_empty(&self) -> bool {

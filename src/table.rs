@@ -100,6 +100,46 @@ pub fn pod_status(pod: &Value) -> String {
     none_if_empty(&reason)
 }
 
+/// A volume's or claim's STATUS: its phase, or `Terminating` once deleted
+/// (kubectl's).
+fn volume_phase(item: &Value) -> String {
+    if item
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        "Terminating".into()
+    } else {
+        str_at(item, "/status/phase").to_string()
+    }
+}
+
+/// Access modes as kubectl abbreviates them, in its order: `RWO,ROX`.
+fn access_modes(modes: &Value) -> String {
+    let modes: Vec<&str> = modes
+        .as_array()
+        .map(|m| m.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(mode, _)| modes.contains(mode))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// Whether a StorageClass's annotations make it the cluster's default
+/// (the beta annotation counts too, as in Kubernetes).
+fn is_default_class(annotations: &Value) -> bool {
+    crate::names::DEFAULT_CLASS_ANNOTATIONS
+        .iter()
+        .any(|key| annotations[*key] == "true")
+}
+
 /// The header and rows for `kind`.
 pub fn rows(
     kind: &str,
@@ -159,6 +199,36 @@ pub fn rows(
         ],
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
+        "PersistentVolume" => vec![
+            "NAME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "RECLAIM POLICY",
+            "STATUS",
+            "CLAIM",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "REASON",
+            "AGE",
+        ],
+        "PersistentVolumeClaim" => vec![
+            "NAME",
+            "STATUS",
+            "VOLUME",
+            "CAPACITY",
+            "ACCESS MODES",
+            "STORAGECLASS",
+            "VOLUMEATTRIBUTESCLASS",
+            "AGE",
+        ],
+        "StorageClass" => vec![
+            "NAME",
+            "PROVISIONER",
+            "RECLAIMPOLICY",
+            "VOLUMEBINDINGMODE",
+            "ALLOWVOLUMEEXPANSION",
+            "AGE",
+        ],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -176,6 +246,7 @@ pub fn rows(
             "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" => {
                 header.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
             }
+            "PersistentVolume" | "PersistentVolumeClaim" => header.push("VOLUMEMODE"),
             _ => {}
         }
     }
@@ -512,6 +583,60 @@ pub fn rows(
                     created,
                 ]
             }
+            "PersistentVolume" => {
+                let claim = match str_at(item, "/spec/claimRef/name") {
+                    "" => String::new(),
+                    claim => format!("{}/{claim}", str_at(item, "/spec/claimRef/namespace")),
+                };
+                vec![
+                    name,
+                    str_at(item, "/spec/capacity/storage").to_string(),
+                    access_modes(&item["spec"]["accessModes"]),
+                    str_at(item, "/spec/persistentVolumeReclaimPolicy").to_string(),
+                    volume_phase(item),
+                    claim,
+                    str_at(item, "/spec/storageClassName").to_string(),
+                    "<unset>".into(),
+                    str_at(item, "/status/reason").to_string(),
+                    created,
+                ]
+            }
+            "PersistentVolumeClaim" => vec![
+                name,
+                volume_phase(item),
+                str_at(item, "/spec/volumeName").to_string(),
+                str_at(item, "/status/capacity/storage").to_string(),
+                access_modes(&item["status"]["accessModes"]),
+                str_at(item, "/spec/storageClassName").to_string(),
+                "<unset>".into(),
+                created,
+            ],
+            "StorageClass" => {
+                let default = item
+                    .pointer("/metadata/annotations")
+                    .is_some_and(is_default_class);
+                vec![
+                    if default {
+                        format!("{name} (default)")
+                    } else {
+                        name
+                    },
+                    str_at(item, "/provisioner").to_string(),
+                    item.pointer("/reclaimPolicy")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Delete")
+                        .to_string(),
+                    item.pointer("/volumeBindingMode")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Immediate")
+                        .to_string(),
+                    item.pointer("/allowVolumeExpansion")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                        .to_string(),
+                    created,
+                ]
+            }
             _ => vec![name, created],
         };
         if wide {
@@ -583,6 +708,12 @@ pub fn rows(
                         .unwrap_or_default();
                     row.extend([names.join(","), images.join(","), none_if_empty(&selector)]);
                 }
+                "PersistentVolume" | "PersistentVolumeClaim" => row.push(
+                    item.pointer("/spec/volumeMode")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Filesystem")
+                        .to_string(),
+                ),
                 _ => {}
             }
         }
@@ -733,5 +864,41 @@ mod tests {
         let failed = json!({"status": {"phase": "Failed",
             "containerStatuses": [{"state": {"terminated": {"reason": "Error", "exitCode": 3}}}]}});
         assert_eq!(pod_status(&failed), "Error");
+    }
+
+    #[test]
+    fn claims_and_volumes_read_like_kubectl() {
+        let now = SystemTime::now();
+        let claim = json!({"metadata": {"name": "data", "deletionTimestamp": "2026-11-26T10:00:00Z"},
+            "spec": {"volumeName": "pv1", "storageClassName": "local-path"},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteMany", "ReadWriteOnce"], "capacity": {"storage": "1Gi"}}});
+        let claims = rows("PersistentVolumeClaim", &[claim], true, false, now);
+        assert_eq!(
+            claims[1][..7],
+            [
+                "data",
+                "Terminating",
+                "pv1",
+                "1Gi",
+                "RWO,RWX",
+                "local-path",
+                "<unset>"
+            ]
+        );
+        assert_eq!(claims[1][8], "Filesystem");
+        let class = json!({"metadata": {"name": "local-path",
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "skiff.io/local-path"});
+        let classes = rows("StorageClass", &[class], false, false, now);
+        assert_eq!(
+            classes[1][..5],
+            [
+                "local-path (default)",
+                "skiff.io/local-path",
+                "Delete",
+                "Immediate",
+                "false"
+            ]
+        );
     }
 }

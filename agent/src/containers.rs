@@ -116,6 +116,8 @@ pub struct Placement {
     pub host_ip: String,
     /// The node's name.
     pub node_name: String,
+    /// Where its claims' volumes are on the node.
+    pub claim_dirs: volumes::ClaimDirs,
 }
 
 /// The runtime spec of one of the pod's containers.
@@ -146,7 +148,8 @@ pub async fn container_spec(
                 container.name, m.name
             )));
         };
-        let mut host_path = volumes::volume_path(data_dir, &meta.uid, volume);
+        let mut host_path =
+            volumes::volume_path(data_dir, &meta.uid, volume, &placement.claim_dirs);
         if !m.sub_path.is_empty() {
             let pin = subpath::pin_path(
                 &volumes::pod_dir(data_dir, &meta.uid),
@@ -515,6 +518,7 @@ mod tests {
             pod_ip: "10.0.0.2".into(),
             host_ip: "127.0.0.1".into(),
             node_name: "n1".into(),
+            claim_dirs: Default::default(),
         };
         assert_eq!(
             field_value(&pod, "metadata.name", &placement).unwrap(),

@@ -100,7 +100,7 @@ async fn register(api: &Api<Node>, config: &Config, name: &str) -> Result<(), to
             metadata: Some(ObjectMeta {
                 name: name.to_string(),
                 labels: [
-                    ("kubernetes.io/hostname".to_string(), name.to_string()),
+                    (skiff::names::HOSTNAME_LABEL.to_string(), name.to_string()),
                     ("skiff.dev/hollow".to_string(), "true".to_string()),
                 ]
                 .into_iter()

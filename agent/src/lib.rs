@@ -11,7 +11,10 @@
 //! - [`worker`]: the pod worker actor: sandbox, volumes, init containers,
 //!   containers, restarts with crash backoff, graceful stop, status.
 //! - [`containers`]: pod container → runtime spec (env, mounts, limits).
-//! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
+//! - [`volumes`]: emptyDir, hostPath, configMap, secret and projected
+//!   volumes, and the directories of persistentVolumeClaims' volumes.
+//! - [`storage`]: where local-path volumes are made on this node, and
+//!   their removal once deleted.
 //! - [`subpath`]: paths under a volume a pod cannot redirect (subPath
 //!   mounts pinned by bind mounts, projected files written beneath).
 //! - [`status`]: the pod status from what the runtime shows.
@@ -38,6 +41,7 @@ pub mod proxy;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod storage;
 pub mod subpath;
 pub mod volumes;
 pub mod worker;
@@ -208,6 +212,9 @@ pub async fn run(
         move |source| Error::Io { what, source }
     };
     std::fs::create_dir_all(config.data_dir.join("pods")).map_err(io("creating the data dir"))?;
+    let storage_root = std::path::absolute(storage::root(&config.data_dir))
+        .map_err(io("resolving the local-path storage dir"))?;
+    std::fs::create_dir_all(&storage_root).map_err(io("creating the local-path storage dir"))?;
     let credentials = if config.server.starts_with("https://") {
         Some(
             credentials::Credentials::obtain(
@@ -311,6 +318,11 @@ pub async fn run(
     let facts = Arc::new(node::NodeFacts {
         name: config.node_name.clone(),
         labels: config.labels.clone(),
+        annotations: [(
+            skiff::names::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
+            storage_root.display().to_string(),
+        )]
+        .into(),
         ip: node_ip.clone(),
         port: bound.port(),
         runtime: runtime.info().await?,
@@ -324,6 +336,7 @@ pub async fn run(
         config.status_every,
     ));
 
+    let local_volumes = storage::start(channel.clone(), config.node_name.clone(), storage_root);
     let shared = Arc::new(worker::Shared {
         runtime: Arc::clone(&runtime),
         pods,
@@ -332,6 +345,8 @@ pub async fn run(
             secrets: Api::<Secret>::new(channel.clone()),
             services: Api::new(channel.clone()),
             tokens: volumes::Tokens::new(channel.clone()),
+            claims: Api::new(channel.clone()),
+            volumes: Api::new(channel.clone()),
         },
         recorder: skiff_client::events::Recorder::new(channel, "kubelet"),
         node_name: config.node_name.clone(),
@@ -380,7 +395,7 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!(node = %config.node_name, "agent stopping; pods keep running");
-    for task in [feed, relist, sampler] {
+    for task in [feed, relist, sampler, local_volumes] {
         task.abort();
     }
     heartbeat.abort();

@@ -24,6 +24,9 @@ pub struct NodeFacts {
     pub name: String,
     /// Labels given on the command line (added to the defaults).
     pub labels: BTreeMap<String, String>,
+    /// Annotations the agent keeps on its Node (where local-path volumes
+    /// are made).
+    pub annotations: BTreeMap<String, String>,
     /// The address the API server reaches the agent at.
     pub ip: String,
     /// The agent's gRPC port (logs).
@@ -105,7 +108,7 @@ impl NodeFacts {
 /// What the API said.
 pub async fn register(api: &Api<Node>, facts: &NodeFacts) -> Result<(), tonic::Status> {
     let mut labels = BTreeMap::from([
-        ("kubernetes.io/hostname".to_string(), facts.name.clone()),
+        (skiff::names::HOSTNAME_LABEL.to_string(), facts.name.clone()),
         (
             "kubernetes.io/os".to_string(),
             std::env::consts::OS.to_string(),
@@ -125,6 +128,7 @@ pub async fn register(api: &Api<Node>, facts: &NodeFacts) -> Result<(), tonic::S
             metadata: Some(ObjectMeta {
                 name: facts.name.clone(),
                 labels: labels.clone(),
+                annotations: facts.annotations.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -135,9 +139,10 @@ pub async fn register(api: &Api<Node>, facts: &NodeFacts) -> Result<(), tonic::S
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             let mut node = api.get("", &facts.name).await?;
             let meta = node.metadata.get_or_insert_with(Default::default);
-            let before = meta.labels.clone();
+            let before = (meta.labels.clone(), meta.annotations.clone());
             meta.labels.extend(labels);
-            if meta.labels != before {
+            meta.annotations.extend(facts.annotations.clone());
+            if (&meta.labels, &meta.annotations) != (&before.0, &before.1) {
                 node = api.update(node).await?;
             }
             node

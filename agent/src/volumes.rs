@@ -1,5 +1,6 @@
 //! A pod's volumes on the node: emptyDir directories under the agent's
-//! data dir (removed with the pod), hostPath as given, and configMap,
+//! data dir (removed with the pod), hostPath as given, a
+//! persistentVolumeClaim's bound volume (its directory on this node), and configMap,
 //! secret, downwardAPI and projected volumes as files, rewritten
 //! atomically (write, then rename) when their source changes, so a running
 //! container sees updates. A projected service-account token is requested
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use skiff::pb::authentication::v1::service_account_tokens_client::ServiceAccountTokensClient;
 use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use skiff::pb::core::v1::{
-    ConfigMap, DownwardApiVolumeFile, KeyToPath, Pod, Secret, ServiceAccountTokenProjection, Volume,
+    ConfigMap, DownwardApiVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Secret, ServiceAccountTokenProjection, Volume,
 };
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff_client::Api;
@@ -35,6 +37,22 @@ pub enum Error {
         name: String,
         /// Its type.
         kind: &'static str,
+    },
+    /// A claim has no volume yet: the pod waits.
+    #[error("volume {name:?}: persistentvolumeclaim {claim:?} is not bound yet")]
+    Unbound {
+        /// The volume.
+        name: String,
+        /// The claim.
+        claim: String,
+    },
+    /// A claim's volume cannot be used from this node.
+    #[error("volume {name:?}: {problem}")]
+    Claim {
+        /// The volume.
+        name: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A hostPath did not pass its type check.
     #[error("volume {name:?}: hostPath {path:?}: {problem}")]
@@ -76,7 +94,15 @@ pub struct Sources {
     pub services: Api<skiff::pb::core::v1::Service>,
     /// Service-account tokens for projected volumes.
     pub tokens: Tokens,
+    /// Claims, for persistentVolumeClaim volumes.
+    pub claims: Api<PersistentVolumeClaim>,
+    /// The volumes they are bound to.
+    pub volumes: Api<PersistentVolume>,
 }
+
+/// Where each persistentVolumeClaim volume of a pod is on this node, by
+/// volume name.
+pub type ClaimDirs = BTreeMap<String, PathBuf>;
 
 /// Service-account tokens the pods' volumes hold, kept until due for
 /// renewal.
@@ -250,6 +276,85 @@ impl Sources {
             }),
         }
     }
+
+    /// The directory on node `node` of the volume claim `ns/claim` is bound
+    /// to, made if its type says so (a local-path volume's, on first use,
+    /// writable by any user as k3s's local-path makes them).
+    ///
+    /// # Errors
+    /// The claim is missing or unbound, its volume is missing, of another
+    /// node, or of a type the agent cannot mount.
+    pub async fn claim_dir(
+        &self,
+        ns: &str,
+        volume: &str,
+        claim: &str,
+        node: &str,
+    ) -> Result<PathBuf, Error> {
+        let problem = |problem: String| Error::Claim {
+            name: volume.to_string(),
+            problem,
+        };
+        let pvc = match self.claims.get(ns, claim).await {
+            Ok(pvc) => pvc,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(Error::Missing(format!(
+                    "persistentvolumeclaim {claim:?} not found"
+                )));
+            }
+            Err(status) => {
+                return Err(Error::Api {
+                    what: format!("persistentvolumeclaim {ns}/{claim}"),
+                    status,
+                });
+            }
+        };
+        let bound = pvc.status.as_ref().is_some_and(|s| s.phase == "Bound");
+        let pv_name = skiff::volumes::claim_volume(&pvc);
+        if !bound || pv_name.is_empty() {
+            return Err(Error::Unbound {
+                name: volume.to_string(),
+                claim: claim.to_string(),
+            });
+        }
+        let pv = self.volumes.get("", pv_name).await.map_err(|status| {
+            if status.code() == tonic::Code::NotFound {
+                problem(format!("persistentvolume {pv_name:?} not found"))
+            } else {
+                Error::Api {
+                    what: format!("persistentvolume {pv_name}"),
+                    status,
+                }
+            }
+        })?;
+        if let Some(home) = skiff::volumes::pinned_node(&pv).filter(|home| *home != node) {
+            return Err(problem(format!(
+                "persistentvolume {pv_name:?} is on node {home:?}, not on this node ({node:?})"
+            )));
+        }
+        let spec = pv.spec.clone().unwrap_or_default();
+        let (path, kind) = match (&spec.host_path, &spec.local) {
+            (Some(host), _) => (host.path.clone(), host.r#type.clone().unwrap_or_default()),
+            (None, Some(local)) => (local.path.clone(), "Directory".to_string()),
+            (None, None) => {
+                return Err(problem(format!(
+                    "persistentvolume {pv_name:?} is neither hostPath nor local: the skiff agent cannot mount it"
+                )));
+            }
+        };
+        let made = kind == "DirectoryOrCreate" && !Path::new(&path).exists();
+        check_host_path(volume, &path, &kind)?;
+        if made {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(
+                |source| Error::Io {
+                    name: volume.to_string(),
+                    source,
+                },
+            )?;
+        }
+        Ok(PathBuf::from(path))
+    }
 }
 
 /// Where a pod's files live on the node.
@@ -257,8 +362,12 @@ pub fn pod_dir(data_dir: &Path, uid: &str) -> PathBuf {
     data_dir.join("pods").join(uid)
 }
 
-/// Where one volume lives on the node (hostPath: the host path itself).
-pub fn volume_path(data_dir: &Path, uid: &str, volume: &Volume) -> PathBuf {
+/// Where one volume lives on the node (hostPath: the host path itself; a
+/// claim: its volume's directory, as [`prepare`] found it).
+pub fn volume_path(data_dir: &Path, uid: &str, volume: &Volume, claims: &ClaimDirs) -> PathBuf {
+    if let Some(dir) = claims.get(&volume.name) {
+        return dir.clone();
+    }
     match &volume.host_path {
         Some(host) => PathBuf::from(&host.path),
         None => pod_dir(data_dir, uid).join("volumes").join(&volume.name),
@@ -272,6 +381,10 @@ pub fn forced_read_only(volume: &Volume) -> bool {
         || volume.secret.is_some()
         || volume.downward_api.is_some()
         || volume.projected.is_some()
+        || volume
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.read_only)
 }
 
 /// A downward API file's content: the pod's name, namespace, uid, labels
@@ -380,11 +493,17 @@ async fn projected(
 ///
 /// # Errors
 /// The first volume that cannot be prepared.
-pub async fn prepare(data_dir: &Path, pod: &Pod, sources: &Sources) -> Result<(), Error> {
+pub async fn prepare(
+    data_dir: &Path,
+    node: &str,
+    pod: &Pod,
+    sources: &Sources,
+) -> Result<ClaimDirs, Error> {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
+    let mut claims = ClaimDirs::new();
     for volume in &spec.volumes {
-        let path = volume_path(data_dir, &meta.uid, volume);
+        let path = volume_path(data_dir, &meta.uid, volume, &claims);
         let io = |source| Error::Io {
             name: volume.name.clone(),
             source,
@@ -437,19 +556,19 @@ pub async fn prepare(data_dir: &Path, pod: &Pod, sources: &Sources) -> Result<()
         } else if let Some(source) = &volume.projected {
             let files = projected(pod, volume, source, sources).await?;
             project(&path, &files, source.default_mode.unwrap_or(0o644)).map_err(io)?;
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            let dir = sources
+                .claim_dir(&meta.namespace, &volume.name, &claim.claim_name, node)
+                .await?;
+            claims.insert(volume.name.clone(), dir);
         } else {
-            let kind = if volume.persistent_volume_claim.is_some() {
-                "persistentVolumeClaim"
-            } else {
-                "untyped"
-            };
             return Err(Error::Unsupported {
                 name: volume.name.clone(),
-                kind,
+                kind: "untyped",
             });
         }
     }
-    Ok(())
+    Ok(claims)
 }
 
 /// Removes everything the pod had on the node's disk (emptyDirs and

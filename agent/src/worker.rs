@@ -513,10 +513,11 @@ async fn sync(
         }
     };
     let sandbox_attempt = status::attempt(&sandbox).to_string();
-    let placement = Placement {
+    let mut placement = Placement {
         pod_ip: sandbox.ip.clone().unwrap_or_default(),
         host_ip: shared.node_ip.clone(),
         node_name: shared.node_name.clone(),
+        claim_dirs: Default::default(),
     };
     let containers: Vec<Container> = containers
         .into_iter()
@@ -526,8 +527,13 @@ async fn sync(
     state.waiting.clear();
     // A volume that cannot be prepared blocks only the containers that
     // must start; running ones carry on.
-    let config_error = match volumes::prepare(&shared.data_dir, &pod, &shared.sources).await {
-        Ok(()) => None,
+    let prepared =
+        volumes::prepare(&shared.data_dir, &shared.node_name, &pod, &shared.sources).await;
+    let config_error = match prepared {
+        Ok(claim_dirs) => {
+            placement.claim_dirs = claim_dirs;
+            None
+        }
         Err(e) => {
             shared
                 .recorder

@@ -479,6 +479,95 @@ async fn a_node_writes_events_but_cannot_read_any() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
 }
 
+/// A node may read volumes, and get a claim only when a pod bound to it
+/// uses it; it may update a volume only to finish removing a deleted
+/// local-path volume of its own node — never another node's volume, a
+/// volume still in use, or one made by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_touches_only_its_own_deleted_local_volumes_and_its_pods_claims() {
+    use skiff::pb::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    let c = Secure::start(&[]);
+    let admin = c.admin();
+    let local_volume = |name: &str, node: &str| -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": "skiff.io/local-path"},
+                         "finalizers": ["skiff.io/local-path"]},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": format!("/var/lib/skiff/storage/{name}")},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}
+        }))
+        .unwrap()
+    };
+    let volumes = Api::<PersistentVolume>::new(admin.clone());
+    for (name, node) in [("mine", "n1"), ("theirs", "n2"), ("mine-live", "n1")] {
+        volumes.create(local_volume(name, node)).await.unwrap();
+    }
+    for name in ["mine", "theirs"] {
+        volumes
+            .delete(skiff::pb::api::v1::DeleteRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let node = Api::<PersistentVolume>::new(c.as_user("system:node:n1", &["system:nodes"]));
+    assert!(
+        node.list(ListRequest::default()).await.is_ok(),
+        "volumes are readable"
+    );
+    let release = async |name: &str| {
+        let mut pv = node.get("", name).await.unwrap();
+        pv.metadata.as_mut().unwrap().finalizers.clear();
+        pv.status = None;
+        node.update(pv).await
+    };
+    release("mine").await.expect("its own deleted local volume");
+    for name in ["theirs", "mine-live"] {
+        let err = release(name).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{name}: {err}");
+        assert!(
+            err.message()
+                .contains("deleted local-path volumes of its own node"),
+            "{err}"
+        );
+    }
+    // Claims: only those its pods use.
+    let claims = Api::<PersistentVolumeClaim>::new(admin.clone());
+    for name in ["used", "other"] {
+        claims
+            .create(serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            })).unwrap())
+            .await
+            .unwrap();
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}],
+                 "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "used"}}]}
+    }))
+    .unwrap();
+    // No controller manager here: the account pods run as is made by hand.
+    let account: skiff::pb::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default", "namespace": "default"}}))
+            .unwrap();
+    let _ = Api::new(admin.clone()).create(account).await;
+    Api::<Pod>::new(admin).create(pod).await.unwrap();
+    let node_claims =
+        Api::<PersistentVolumeClaim>::new(c.as_user("system:node:n1", &["system:nodes"]));
+    node_claims
+        .get("default", "used")
+        .await
+        .expect("its pod's claim");
+    let err = node_claims.get("default", "other").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = node_claims.list(ListRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}
+
 // === what the API decodes ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -835,8 +835,26 @@ roleRef:
   kind: ClusterRole
   name: secret-reader
   apiGroup: rbac.authorization.k8s.io
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: manual-{suffix}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  hostPath: {{path: /tmp/skiff-validate-{suffix}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: store, namespace: shop}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  resources: {{requests: {{storage: 500Mi}}}}
 "#,
-        image = c.image
+        image = c.image,
+        suffix = std::process::id()
     );
     let file = c.write("every.yaml", &every_kind);
     c.ok(&["apply", "-f", &file]);
@@ -906,6 +924,18 @@ roleRef:
     )
     .await;
     checks.push(("endpoints".into(), "svc".into(), "shop".into()));
+    // The claim binds to the volume made for it.
+    wait_until("the claim is bound", Duration::from_secs(30), async || {
+        c.ok(&["get", "pvc", "store", "-n", "shop"])
+            .contains("Bound")
+    })
+    .await;
+    let volume = format!("manual-{}", std::process::id());
+    checks.extend([
+        ("pvc".into(), "store".into(), "shop".into()),
+        ("pv".into(), volume, "".into()),
+        ("storageclass".into(), "local-path".into(), "".into()),
+    ]);
     assert!(pods.contains("pod/solo"));
     let failures: Vec<String> = checks
         .iter()

@@ -1121,18 +1121,19 @@ fn finished_with(status: &skiff::pb::batch::v1::JobStatus, kind: &str, reason: &
 
 /// An in-process API server, an agent on the process runtime, the
 /// scheduler and the controller manager: what batch workloads need.
-struct ProcessCluster {
+pub(crate) struct ProcessCluster {
     /// A channel to the API server.
-    channel: tonic::transport::Channel,
+    pub(crate) channel: tonic::transport::Channel,
     _processes: [skiff_testkit::ChildGuard; 2],
-    _node: skiff_testkit::AgentNode,
+    /// The node.
+    pub(crate) node: skiff_testkit::AgentNode,
     /// The API server (stopped explicitly by tests that check a clean stop).
     server: skiff_apiserver::ApiServer,
     _dir: tempfile::TempDir,
 }
 
 impl ProcessCluster {
-    async fn start(prefix: &str) -> Self {
+    pub(crate) async fn start(prefix: &str) -> Self {
         Self::start_with(prefix, &[]).await
     }
 
@@ -1154,7 +1155,7 @@ impl ProcessCluster {
         Self {
             channel: skiff_client::connect_lazy(&url).unwrap(),
             _processes: processes,
-            _node: node,
+            node,
             server,
             _dir: dir,
         }

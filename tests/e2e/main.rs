@@ -16,6 +16,7 @@ mod proxy;
 mod scheduler;
 mod security;
 mod services;
+mod storage;
 mod store_conformance;
 mod traces;
 mod workloads;

@@ -111,8 +111,9 @@ fn target(args: &[String]) -> Result<(Box<dyn Ops>, String)> {
     }
 }
 
-/// YAML as kubectl prints it. Timestamps are quoted: YAML 1.1 readers
-/// (PyYAML, and so most validators) would read them as dates otherwise.
+/// YAML as kubectl prints it. Timestamps, and strings YAML 1.1 reads as
+/// booleans (`yes`, `off` ...), are quoted: YAML 1.1 readers (PyYAML, and
+/// so most validators) would read them as dates and booleans otherwise.
 pub fn to_yaml(value: &Value) -> String {
     let text = serde_yaml::to_string(value).unwrap_or_default();
     let mut out = String::with_capacity(text.len() + 64);
@@ -138,9 +139,17 @@ pub fn to_yaml(value: &Value) -> String {
             out.push('\n');
             continue;
         }
+        let item = line.trim_start().strip_prefix("- ");
         match line.rsplit_once(": ") {
-            Some((key, v)) if looks_like_timestamp(v) => {
+            Some((key, v)) if looks_like_timestamp(v) || yaml11_boolean(v) => {
                 out.push_str(&format!("{key}: '{v}'\n"));
+            }
+            None if item.is_some_and(yaml11_boolean) => {
+                out.push_str(&format!(
+                    "{}- '{}'\n",
+                    &line[..indent],
+                    item.unwrap_or_default()
+                ));
             }
             _ => {
                 out.push_str(line);
@@ -149,6 +158,28 @@ pub fn to_yaml(value: &Value) -> String {
         }
     }
     out
+}
+
+/// A plain scalar YAML 1.2 reads as a string and YAML 1.1 as a boolean.
+fn yaml11_boolean(v: &str) -> bool {
+    matches!(
+        v,
+        "y" | "Y"
+            | "yes"
+            | "Yes"
+            | "YES"
+            | "n"
+            | "N"
+            | "no"
+            | "No"
+            | "NO"
+            | "on"
+            | "On"
+            | "ON"
+            | "off"
+            | "Off"
+            | "OFF"
+    )
 }
 
 fn looks_like_timestamp(v: &str) -> bool {
@@ -1224,6 +1255,30 @@ pub fn api_resources() -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn yaml_quotes_strings_yaml_1_1_reads_as_booleans() {
+        let value = json!({
+            "metadata": {"annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "args": ["on", "yes-really", "no"],
+            "enabled": true
+        });
+        let yaml = to_yaml(&value);
+        assert!(
+            yaml.contains("pv.kubernetes.io/bind-completed: 'yes'"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("- 'on'\n") && yaml.contains("- 'no'\n"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("- yes-really\n") && yaml.contains("enabled: true"),
+            "{yaml}"
+        );
+        let back: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back, value, "round-trips");
+    }
 
     #[test]
     fn yaml_quotes_timestamps_but_not_block_scalar_data() {

@@ -22,6 +22,8 @@
 //! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
+//! - [`volume`]: PersistentVolumes and claims: binding, the local
+//!   provisioner, reclaiming, and the protection finalizers.
 //! - [`ControllerActor`]: runs one controller; a controller that panics or
 //!   fails stops the actor, and its supervisor starts it again (with a
 //!   growing pause), resuming from the shared caches.
@@ -45,8 +47,10 @@ use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, Service, ServiceAccount,
 };
+use skiff::pb::storage::v1::StorageClass;
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Informer};
 
@@ -64,6 +68,7 @@ pub mod rootca;
 pub mod runtime;
 pub mod service;
 pub mod serviceaccount;
+pub mod volume;
 
 /// How the controllers are tuned (from the manager's config).
 #[derive(Debug, Clone)]
@@ -110,6 +115,12 @@ pub struct Shared {
     pub services: Informer<Service>,
     /// All endpoints.
     pub endpoints: Informer<Endpoints>,
+    /// All PersistentVolumes.
+    pub persistentvolumes: Informer<PersistentVolume>,
+    /// All PersistentVolumeClaims.
+    pub persistentvolumeclaims: Informer<PersistentVolumeClaim>,
+    /// All StorageClasses.
+    pub storageclasses: Informer<StorageClass>,
     /// All nodes.
     pub nodes: Informer<Node>,
     /// Node leases (`kube-node-lease`).
@@ -176,6 +187,9 @@ impl Shared {
             serviceaccounts: Informer::start(Api::new(channel.clone()), Default::default()),
             services: Informer::start(Api::new(channel.clone()), Default::default()),
             endpoints: Informer::start(Api::new(channel.clone()), Default::default()),
+            persistentvolumes: Informer::start(Api::new(channel.clone()), Default::default()),
+            persistentvolumeclaims: Informer::start(Api::new(channel.clone()), Default::default()),
+            storageclasses: Informer::start(Api::new(channel.clone()), Default::default()),
             channel,
         }
     }
@@ -256,6 +270,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "namespace",
             start: namespace::start,
+        },
+        Descriptor {
+            name: "persistentvolume-binder",
+            start: volume::start,
         },
     ]
 }

@@ -5,21 +5,32 @@
 //! that the next decision sees it before the API confirms it. A pod that
 //! fits nowhere gets a FailedScheduling event counting the reasons, the
 //! PodScheduled=False condition, and a retry with backoff — sooner when a
-//! node or pod changes.
+//! node, pod, claim, volume or storage class changes.
+//!
+//! Pods with PersistentVolumeClaims also pass
+//! [`VolumeBinding`](crate::plugins::volume_binding): their claims are
+//! checked before the nodes, their volumes' nodes per node, and claims
+//! that wait for their first pod are given the chosen node and bound
+//! before the pod is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use skiff::pb::core::v1::{Binding, Node, ObjectReference, Pod, PodCondition, PodStatus};
+use skiff::pb::core::v1::{
+    Binding, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition,
+    PodStatus,
+};
 use skiff::pb::meta::v1::ObjectMeta;
+use skiff::pb::storage::v1::StorageClass;
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 use tokio::sync::mpsc;
 
 use crate::framework::{NodeInfo, Profile};
+use crate::plugins::volume_binding::{self, PodVolumes, Waiting};
 
 /// First retry of an unschedulable pod, doubling to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -30,6 +41,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const MIN_FEASIBLE: usize = 100;
 /// ... or this share of the nodes, if larger.
 const FEASIBLE_PERCENT: usize = 10;
+/// How long a pod's binding waits for its claims to be bound on the
+/// chosen node (Kubernetes waits up to 10 minutes; a local volume is made
+/// in a moment).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the loop needs to know about one decision's outcome.
 enum Outcome {
@@ -152,6 +167,11 @@ pub struct Scheduler {
     pods: Api<Pod>,
     pod_informer: Informer<Pod>,
     node_informer: Informer<Node>,
+    claim_informer: Informer<PersistentVolumeClaim>,
+    volume_informer: Informer<PersistentVolume>,
+    class_informer: Informer<StorageClass>,
+    /// Claims, to give them their pod's node.
+    claims: Api<PersistentVolumeClaim>,
     cache: Cache,
     queue: WorkQueue<ObjectRef>,
     /// Pods that fit nowhere at their last attempt.
@@ -172,6 +192,8 @@ pub struct Scheduler {
 enum Step {
     Pod(Result<Change<Pod>, tokio::sync::broadcast::error::RecvError>),
     Node(Result<Change<Node>, tokio::sync::broadcast::error::RecvError>),
+    /// A claim, volume or class changed.
+    Storage(Result<(), tokio::sync::broadcast::error::RecvError>),
     Outcome(Outcome),
     Next(ObjectRef),
     Stop,
@@ -191,6 +213,10 @@ impl Scheduler {
             profile,
             pod_informer: Informer::start(pods.clone(), Default::default()),
             node_informer: Informer::start(nodes, Default::default()),
+            claim_informer: Informer::start(Api::new(channel.clone()), Default::default()),
+            volume_informer: Informer::start(Api::new(channel.clone()), Default::default()),
+            class_informer: Informer::start(Api::new(channel.clone()), Default::default()),
+            claims: Api::new(channel.clone()),
             pods,
             cache: Cache::default(),
             queue: WorkQueue::new(),
@@ -262,10 +288,16 @@ impl Scheduler {
         tokio::pin!(shutdown);
         let mut pod_changes = self.pod_informer.subscribe();
         let mut node_changes = self.node_informer.subscribe();
+        let mut claim_changes = self.claim_informer.subscribe();
+        let mut volume_changes = self.volume_informer.subscribe();
+        let mut class_changes = self.class_informer.subscribe();
         tokio::select! {
             () = async {
                 self.pod_informer.store.wait_synced().await;
                 self.node_informer.store.wait_synced().await;
+                self.claim_informer.store.wait_synced().await;
+                self.volume_informer.store.wait_synced().await;
+                self.class_informer.store.wait_synced().await;
             } => {}
             () = &mut shutdown => return,
         }
@@ -285,6 +317,9 @@ impl Scheduler {
                 () = &mut shutdown => Step::Stop,
                 change = pod_changes.recv() => Step::Pod(change),
                 change = node_changes.recv() => Step::Node(change),
+                change = claim_changes.recv() => Step::Storage(change.map(drop)),
+                change = volume_changes.recv() => Step::Storage(change.map(drop)),
+                change = class_changes.recv() => Step::Storage(change.map(drop)),
                 Some(outcome) = outcomes.recv() => Step::Outcome(outcome),
                 Some(key) = queue.next() => Step::Next(key),
             };
@@ -292,12 +327,14 @@ impl Scheduler {
             match step {
                 Step::Stop
                 | Step::Pod(Err(RecvError::Closed))
-                | Step::Node(Err(RecvError::Closed)) => return,
+                | Step::Node(Err(RecvError::Closed))
+                | Step::Storage(Err(RecvError::Closed)) => return,
                 Step::Pod(Err(RecvError::Lagged(_))) | Step::Node(Err(RecvError::Lagged(_))) => {
                     self.resync();
                 }
                 Step::Pod(Ok(change)) => self.on_pod(change),
                 Step::Node(Ok(change)) => self.on_node(change),
+                Step::Storage(_) => self.retry_unschedulable(),
                 Step::Outcome(outcome) => self.on_outcome(outcome),
                 Step::Next(key) => {
                     self.schedule_one(&key).await;
@@ -362,7 +399,7 @@ impl Scheduler {
         let picked = span.in_scope(|| self.pick(&pod));
         timer.observe_duration();
         match picked {
-            Ok(node) => {
+            Ok((node, volumes)) => {
                 span.record("node", node.as_str());
                 metrics::attempts("scheduled").inc();
                 self.unschedulable.remove(key);
@@ -387,11 +424,21 @@ impl Scheduler {
                     ..Default::default()
                 };
                 let api = self.pods.clone();
+                let claims = self.claims.clone();
                 let outcomes = self.outcomes_tx.clone();
                 let key = key.clone();
                 tokio::spawn(
                     async move {
-                        if let Err(status) = api.bind(binding).await {
+                        let node = binding
+                            .target
+                            .as_ref()
+                            .map(|t| t.name.clone())
+                            .unwrap_or_default();
+                        let bound = async {
+                            bind_claims(&claims, &volumes.waiting, &node).await?;
+                            api.bind(binding).await
+                        };
+                        if let Err(status) = bound.await {
                             let _ = outcomes.send(Outcome::BindFailed(key, status));
                         }
                     }
@@ -410,12 +457,25 @@ impl Scheduler {
         }
     }
 
-    /// The best node for `pod`, or the FailedScheduling message.
-    fn pick(&mut self, pod: &Pod) -> Result<String, String> {
+    /// The best node for `pod` and what its claims need there, or the
+    /// FailedScheduling message.
+    fn pick(&mut self, pod: &Pod) -> Result<(String, PodVolumes), String> {
         let total = self.cache.nodes.len();
         if total == 0 {
             return Err("0/0 nodes are available: no nodes registered.".into());
         }
+        let stores = volume_binding::Stores {
+            claims: self.claim_informer.store.clone(),
+            volumes: self.volume_informer.store.clone(),
+            classes: self.class_informer.store.clone(),
+        };
+        let volumes = PodVolumes::of(pod, &stores)
+            .map_err(|reason| format!("0/{total} nodes are available: {reason}."))?;
+        let all_volumes = if volumes.is_empty() {
+            Vec::new()
+        } else {
+            stores.volumes.list()
+        };
         let enough = MIN_FEASIBLE.max(total * FEASIBLE_PERCENT / 100);
         let mut names: Vec<&String> = self.cache.nodes.keys().collect();
         names.sort_unstable();
@@ -426,7 +486,11 @@ impl Scheduler {
         for i in 0..total {
             let info = &self.cache.nodes[names[(start + i) % total]];
             examined += 1;
-            match self.profile.filter(pod, info) {
+            let fits = self
+                .profile
+                .filter(pod, info)
+                .and_then(|()| volumes.filter(&info.node, &all_volumes));
+            match fits {
                 Ok(()) => {
                     feasible.push(info);
                     if feasible.len() >= enough {
@@ -453,7 +517,7 @@ impl Scheduler {
             .enumerate()
             .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
             .map_or(0, |(i, _)| i);
-        Ok(feasible[best].name().to_string())
+        Ok((feasible[best].name().to_string(), volumes))
     }
 
     /// Records why a pod waits: the PodScheduled=False condition (if it
@@ -488,6 +552,64 @@ impl Scheduler {
             .record(pod, EventType::Warning, "FailedScheduling", message)
             .await;
     }
+}
+
+/// Gives each claim waiting for its first pod the node chosen for it
+/// (the binder makes or binds its volume there), and returns once all are
+/// bound (Kubernetes' PreBind).
+///
+/// # Errors
+/// A claim could not be written, or was not bound in time.
+async fn bind_claims(
+    api: &Api<PersistentVolumeClaim>,
+    waiting: &[Waiting],
+    node: &str,
+) -> Result<(), tonic::Status> {
+    use skiff::names::SELECTED_NODE_ANNOTATION;
+    for w in waiting {
+        let (namespace, name) = (w.claim.namespace(), w.claim.name());
+        let mut attempts = 0;
+        loop {
+            let mut claim = api.get(namespace, name).await?;
+            let selected = claim
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.get(SELECTED_NODE_ANNOTATION));
+            if !skiff::volumes::claim_volume(&claim).is_empty()
+                || selected.is_some_and(|s| s == node)
+            {
+                break;
+            }
+            claim
+                .metadata_mut()
+                .annotations
+                .insert(SELECTED_NODE_ANNOTATION.into(), node.into());
+            claim.status = None;
+            match api.update(claim).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
+                Err(s) => return Err(s),
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
+    for w in waiting {
+        let (namespace, name) = (w.claim.namespace(), w.claim.name());
+        loop {
+            let claim = api.get(namespace, name).await?;
+            if claim.status.as_ref().is_some_and(|s| s.phase == "Bound") {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "persistentvolumeclaim {name:?} was not bound on node {node:?} within {}s",
+                    VOLUME_BIND_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The scheduler's Prometheus metrics (found once: the registry's lookup

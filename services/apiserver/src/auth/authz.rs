@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use skiff::pb::api::v1::GetRequest;
 use skiff::pb::authentication::v1::{NonResourceRule, ResourceRule, RulesReviewStatus, UserInfo};
-use skiff::pb::core::v1::{Node, Pod};
+use skiff::pb::core::v1::{Node, PersistentVolume, Pod};
 
 use super::attributes::Attributes;
 use super::authn::{MASTERS, NODES};
@@ -46,6 +46,8 @@ pub struct PodRefs {
     pub secrets: Vec<String>,
     /// The ConfigMaps it uses.
     pub configmaps: Vec<String>,
+    /// The PersistentVolumeClaims it uses.
+    pub claims: Vec<String>,
 }
 
 impl PodRefs {
@@ -62,6 +64,9 @@ impl PodRefs {
             }
             if let Some(c) = &volume.config_map {
                 refs.configmaps.push(c.name.clone());
+            }
+            if let Some(c) = &volume.persistent_volume_claim {
+                refs.claims.push(c.claim_name.clone());
             }
             for part in volume.projected.iter().flat_map(|p| &p.sources) {
                 if let Some(s) = &part.secret {
@@ -96,10 +101,10 @@ impl PodRefs {
     }
 
     fn uses(&self, resource: &str, name: &str) -> bool {
-        let names = if resource == "secrets" {
-            &self.secrets
-        } else {
-            &self.configmaps
+        let names = match resource {
+            "secrets" => &self.secrets,
+            "persistentvolumeclaims" => &self.claims,
+            _ => &self.configmaps,
         };
         names.iter().any(|n| n == name)
     }
@@ -361,7 +366,14 @@ impl Authorizer {
                 }
             }
             ("", "services" | "endpoints", _) if read => allow("services are readable"),
-            ("", "configmaps" | "secrets", "get") => self.referenced(node, attrs).await,
+            ("", "configmaps" | "secrets" | "persistentvolumeclaims", "get") => {
+                self.referenced(node, attrs).await
+            }
+            // Which volume a claim is bound to, and where it is: the agent
+            // mounts it, and removes the directories of its node's
+            // local-path volumes once they are deleted.
+            ("", "persistentvolumes", _) if read => allow("persistent volumes are readable"),
+            ("", "persistentvolumes", "update") => self.own_local_volume(node, attrs).await,
             // Kubernetes' system:node role: write Events, never read them
             // (they tell of every namespace's objects).
             ("", "events", "create" | "update" | "patch") => allow("writing events"),
@@ -370,7 +382,7 @@ impl Authorizer {
                 allow("renewing its own certificate")
             }
             _ => deny(format!(
-                "node {node:?} may not; nodes may read pods, nodes, services and endpoints, get configmaps and secrets, and write their own Node, Lease, their pods' status and events"
+                "node {node:?} may not; nodes may read pods, nodes, services, endpoints and persistent volumes, get the configmaps, secrets and claims their pods use, and write their own Node, Lease, their pods' status, their deleted local volumes and events"
             )),
         }
     }
@@ -410,6 +422,40 @@ impl Authorizer {
             Decision::Deny(format!(
                 "no pod bound to node {node:?} uses this {}",
                 resource.trim_end_matches('s')
+            ))
+        }
+    }
+
+    /// A node may update a PersistentVolume only to say it has removed
+    /// its directory (the local-path finalizer): a local-path volume of
+    /// that node, being deleted.
+    async fn own_local_volume(&self, node: &str, attrs: &Attributes) -> Decision {
+        let stored = self
+            .registry
+            .get::<PersistentVolume>(GetRequest {
+                namespace: String::new(),
+                name: attrs.name.clone(),
+            })
+            .await;
+        let Ok(pv) = stored else {
+            // Not there: the call fails on its own (NotFound).
+            return Decision::Allow(format!("node {node:?}: no such volume"));
+        };
+        let meta = pv.metadata.clone().unwrap_or_default();
+        let local_path = meta
+            .annotations
+            .get(skiff::names::PROVISIONED_BY_ANNOTATION)
+            .is_some_and(|p| p == skiff::names::LOCAL_PATH_PROVISIONER);
+        if local_path
+            && meta.deletion_timestamp.is_some()
+            && skiff::volumes::pinned_node(&pv) == Some(node)
+        {
+            Decision::Allow(format!(
+                "node {node:?}: a deleted local-path volume of its own"
+            ))
+        } else {
+            Decision::Deny(format!(
+                "node {node:?} may only update the deleted local-path volumes of its own node"
             ))
         }
     }

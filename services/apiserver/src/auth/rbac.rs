@@ -311,6 +311,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         "configmaps",
         "serviceaccounts",
         "events",
+        "persistentvolumeclaims",
     ];
     let roles = vec![
         role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])]),
@@ -373,7 +374,19 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         role(
             "system:kube-scheduler",
             vec![
-                rule(READ, &[""], &["pods", "nodes"]),
+                rule(
+                    READ,
+                    &[""],
+                    &[
+                        "pods",
+                        "nodes",
+                        "persistentvolumes",
+                        "persistentvolumeclaims",
+                    ],
+                ),
+                rule(READ, &["storage.k8s.io"], &["storageclasses"]),
+                // The node a WaitForFirstConsumer claim's volume goes to.
+                rule(&["update", "patch"], &[""], &["persistentvolumeclaims"]),
                 rule(&["create"], &[""], &["pods/binding"]),
                 rule(&["update"], &[""], &["pods/status"]),
                 rule(&["create", "update", "get", "list"], &[""], &["events"]),
@@ -397,6 +410,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["*"],
                 ),
                 rule(&["list"], &["metrics.k8s.io"], &["pods"]),
+                rule(READ, &["storage.k8s.io"], &["storageclasses"]),
                 rule(
                     &["get", "list", "watch", "delete", "deletecollection"],
                     &["rbac.authorization.k8s.io"],

@@ -112,6 +112,12 @@ fn put(map: &mut Map<String, Value>, field: &str, value: Value) {
     if empty {
         return;
     }
+    // Kubernetes' inlined sources (`hostPath` beside `name`).
+    if let ("volume_source" | "persistent_volume_source", Value::Object(inlined)) = (field, &value)
+    {
+        map.extend(inlined.clone());
+        return;
+    }
     let field = field.trim_start_matches("r#");
     let field = match field {
         "non_resource_ur_ls" => "non_resource_urls",
@@ -469,6 +475,7 @@ mod messages {
     k8s_pb::api::apps::v1::StatefulSetSpec { replicas, selector, template, volume_claim_templates, service_name, pod_management_policy, update_strategy, revision_history_limit, min_ready_seconds, persistent_volume_claim_retention_policy, ordinals };
     k8s_pb::api::apps::v1::StatefulSetStatus { observed_generation, replicas, ready_replicas, current_replicas, updated_replicas, current_revision, update_revision, collision_count, conditions, available_replicas };
     k8s_pb::api::apps::v1::StatefulSetUpdateStrategy { r#type, rolling_update };
+    k8s_pb::api::storage::v1::StorageClass { metadata, provisioner, parameters, reclaim_policy, mount_options, allow_volume_expansion, volume_binding_mode, allowed_topologies };
     k8s_pb::api::batch::v1::CronJob { metadata, spec, status };
     k8s_pb::api::batch::v1::CronJobSpec { schedule, time_zone, starting_deadline_seconds, concurrency_policy, suspend, job_template, successful_jobs_history_limit, failed_jobs_history_limit };
     k8s_pb::api::batch::v1::CronJobStatus { active, last_schedule_time, last_successful_time };
@@ -597,6 +604,9 @@ kinds! {
     "v1" "ConfigMap" => k8s_pb::api::core::v1::ConfigMap,
     "v1" "ServiceAccount" => k8s_pb::api::core::v1::ServiceAccount,
     "v1" "Binding" => k8s_pb::api::core::v1::Binding,
+    "v1" "PersistentVolume" => k8s_pb::api::core::v1::PersistentVolume,
+    "v1" "PersistentVolumeClaim" => k8s_pb::api::core::v1::PersistentVolumeClaim,
+    "storage.k8s.io/v1" "StorageClass" => k8s_pb::api::storage::v1::StorageClass,
     "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,

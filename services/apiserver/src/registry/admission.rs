@@ -1,11 +1,14 @@
 //! Admission on create: the namespace must exist and not be terminating
-//! (NamespaceLifecycle), Pod Security, and the ServiceAccount a pod runs as.
+//! (NamespaceLifecycle), Pod Security, the ServiceAccount a pod runs as,
+//! and the default StorageClass of a claim that names none
+//! (DefaultStorageClass).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use skiff::keys;
 use skiff::pb::core::v1::{Namespace, ServiceAccount};
+use skiff::pb::storage::v1::StorageClass;
 
 use crate::error::{ApiError, Result};
 use crate::strategy::Strategy;
@@ -111,5 +114,31 @@ impl Registry {
         Err(ApiError::Forbidden(format!(
             "error looking up service account {namespace}/{name}: serviceaccount {name:?} not found"
         )))
+    }
+
+    /// The cluster's default StorageClass: of the classes annotated as
+    /// default, the newest (as Kubernetes picks since 1.26); None when no
+    /// class is.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub(super) async fn default_storage_class(&self) -> Result<Option<String>> {
+        let classes = self.list::<StorageClass>(ListRequest::default()).await?;
+        let newest = classes
+            .items
+            .iter()
+            .filter_map(|class| class.metadata.as_ref())
+            .filter(|meta| {
+                skiff::names::DEFAULT_CLASS_ANNOTATIONS
+                    .iter()
+                    .any(|key| meta.annotations.get(*key).is_some_and(|v| v == "true"))
+            })
+            .max_by_key(|meta| {
+                (
+                    meta.creation_timestamp.as_ref().map_or(0, |t| t.seconds),
+                    meta.name.clone(),
+                )
+            });
+        Ok(newest.map(|meta| meta.name.clone()))
     }
 }

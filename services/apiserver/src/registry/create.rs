@@ -70,6 +70,11 @@ impl Registry {
             let found = self.service_account(obj.namespace(), &account).await?;
             obj.admit_service_account(&found);
         }
+        if obj.wants_default_storage_class()
+            && let Some(class) = self.default_storage_class().await?
+        {
+            obj.set_storage_class(&class);
+        }
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
             self.admit_pod_security(&obj).await?;

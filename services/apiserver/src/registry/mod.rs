@@ -254,7 +254,9 @@ impl Registry {
         self.index_task.abort();
     }
 
-    /// Creates the namespaces that always exist.
+    /// Creates the namespaces that always exist and the default
+    /// StorageClass (`local-path`) when it is missing (changes an
+    /// administrator made to it are kept).
     ///
     /// # Errors
     /// When the store cannot be written.
@@ -266,6 +268,22 @@ impl Registry {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // The local provisioner's class, the default one (as k3s ships
+        // local-path): made once, then the administrator's to change.
+        let mut local_path = skiff::pb::storage::v1::StorageClass {
+            provisioner: skiff::names::LOCAL_PATH_PROVISIONER.into(),
+            reclaim_policy: Some("Delete".into()),
+            volume_binding_mode: Some("WaitForFirstConsumer".into()),
+            ..Default::default()
+        };
+        let meta = local_path.metadata_mut();
+        meta.name = skiff::names::LOCAL_PATH_CLASS.into();
+        meta.annotations
+            .insert(skiff::names::DEFAULT_CLASS_ANNOTATION.into(), "true".into());
+        match self.create(local_path).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
         }
         // Claims no Service holds (a crash between claim and write) go.
         let services = self.list::<Service>(ListRequest::default()).await?;

@@ -5,7 +5,8 @@
 //! kind family's rules sit in a file of their own: `pod`, `workloads`
 //! (ReplicationController, ReplicaSet, Deployment, DaemonSet), `service`,
 //! `cluster` (namespaces, nodes, events, secrets, configmaps, service
-//! accounts, leases), `autoscaling`, `batch`, `rbac`.
+//! accounts, leases), `autoscaling`, `batch`, `rbac`, `storage`
+//! (persistent volumes and claims, storage classes).
 
 use skiff::Resource;
 use skiff::pb::core::v1::{PodSpec, ServiceAccount};
@@ -18,6 +19,7 @@ mod cluster;
 mod pod;
 mod rbac;
 mod service;
+mod storage;
 mod workloads;
 
 pub use batch::{JOB_NAME_LABEL, JOB_UID_LABEL};
@@ -128,6 +130,18 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
     /// Kubernetes does: its pods are refused when they are created).
     fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
         None
+    }
+
+    /// Whether the object asks for the cluster's default StorageClass
+    /// (a claim that names no class: Kubernetes' DefaultStorageClass
+    /// admission gives it one).
+    fn wants_default_storage_class(&self) -> bool {
+        false
+    }
+
+    /// Gives the object the StorageClass `class`.
+    fn set_storage_class(&mut self, class: &str) {
+        let _ = class;
     }
 
     /// Binds the object to `node` (the binding subresource).

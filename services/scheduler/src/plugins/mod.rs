@@ -8,6 +8,7 @@ pub mod node_unschedulable;
 pub mod resources_fit;
 pub mod spread;
 pub mod taint_toleration;
+pub mod volume_binding;
 
 #[cfg(test)]
 pub(crate) mod testing {

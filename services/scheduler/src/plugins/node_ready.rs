@@ -16,12 +16,7 @@ impl FilterPlugin for NodeReady {
     }
 
     fn filter(&self, _pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        let ready = node.node.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.r#type == "Ready" && c.status == "True")
-        });
-        if ready {
+        if skiff::nodes::is_ready(&node.node) {
             Ok(())
         } else {
             Err("node(s) were not ready".into())
