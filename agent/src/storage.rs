@@ -2,9 +2,11 @@
 //! (`<data dir>/storage`, published on the Node as the
 //! `skiff.io/local-path-root` annotation, where the controller manager's
 //! provisioner reads it), and their removal. A local-path volume of this
-//! node that is deleted (its claim gone, reclaim policy Delete) keeps the
-//! `skiff.io/local-path` finalizer until this agent has removed its
-//! directory; then the agent removes the finalizer and the volume goes.
+//! node that is deleted keeps the `skiff.io/local-path` finalizer until
+//! this agent has acted, once it is the volume's last finalizer (no claim
+//! holds the volume: `kubernetes.io/pv-protection` is gone): under reclaim
+//! policy `Delete` the directory is removed, under `Retain` it is kept;
+//! then the agent removes the finalizer and the volume goes.
 //!
 //! Only a directory exactly `<root>/<volume name>` is ever removed: a
 //! volume whose path says anything else (made by hand, or edited to point
@@ -29,18 +31,23 @@ pub fn root(data_dir: &Path) -> PathBuf {
     data_dir.join("storage")
 }
 
-/// The directory this node's agent must remove for `pv`: Some for a
-/// deleted local-path volume of node `node` that still holds its
-/// finalizer; None for every other volume.
+/// What this node's agent does for a deleted local-path volume.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Remove its directory (reclaim policy Delete), then the finalizer.
+    RemoveDir(PathBuf),
+    /// Only remove the finalizer: the data stays (Retain).
+    KeepDir,
+}
+
+/// What this node's agent must do for `pv`: Some for a deleted local-path
+/// volume of node `node` whose last finalizer is `skiff.io/local-path`;
+/// None for every other volume (and while a claim still holds it).
 ///
 /// # Errors
-/// A volume of this node whose path is not `<root>/<its name>`: it is not
-/// removed.
-pub fn doomed_dir(
-    pv: &PersistentVolume,
-    node: &str,
-    root: &Path,
-) -> Result<Option<PathBuf>, String> {
+/// A volume of this node whose path is not `<root>/<its name>`: its
+/// directory is not removed.
+pub fn doomed(pv: &PersistentVolume, node: &str, root: &Path) -> Result<Option<Cleanup>, String> {
     let Some(meta) = pv.metadata.as_ref() else {
         return Ok(None);
     };
@@ -48,16 +55,22 @@ pub fn doomed_dir(
         .annotations
         .get(PROVISIONED_BY_ANNOTATION)
         .is_some_and(|p| p == LOCAL_PATH_PROVISIONER);
-    let due = meta.deletion_timestamp.is_some()
-        && meta.finalizers.iter().any(|f| f == LOCAL_PATH_FINALIZER);
+    let due = meta.deletion_timestamp.is_some() && meta.finalizers == [LOCAL_PATH_FINALIZER];
     if !ours || !due || skiff::volumes::pinned_node(pv) != Some(node) {
         return Ok(None);
+    }
+    let policy = pv
+        .spec
+        .as_ref()
+        .map_or("", |s| s.persistent_volume_reclaim_policy.as_str());
+    if policy != "Delete" {
+        return Ok(Some(Cleanup::KeepDir));
     }
     let expected = root.join(&meta.name);
     let path = skiff::volumes::path(pv).unwrap_or("");
     let plain_name = !meta.name.is_empty() && !meta.name.contains('/') && meta.name != "..";
     if plain_name && Path::new(path) == expected {
-        Ok(Some(expected))
+        Ok(Some(Cleanup::RemoveDir(expected)))
     } else {
         Err(format!(
             "volume {:?}: its path {path:?} is not {} — not removed",
@@ -67,17 +80,23 @@ pub fn doomed_dir(
     }
 }
 
-/// Removes `dir` (not following symbolic links inside it) and then the
-/// volume's finalizer.
-async fn remove(api: &Api<PersistentVolume>, name: &str, dir: PathBuf) -> Result<(), String> {
-    let shown = dir.display().to_string();
-    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-        _ => Ok(()),
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("removing {shown}: {e}"))?;
+/// Carries out `cleanup` (removing a directory does not follow symbolic
+/// links inside it) and then removes the volume's finalizer.
+async fn remove(api: &Api<PersistentVolume>, name: &str, cleanup: Cleanup) -> Result<(), String> {
+    let shown = match cleanup {
+        Cleanup::RemoveDir(dir) => {
+            let shown = dir.display().to_string();
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("removing {shown}: {e}"))?;
+            shown
+        }
+        Cleanup::KeepDir => "(kept: reclaim policy Retain)".to_string(),
+    };
     let mut fresh = match api.get("", name).await {
         Ok(pv) => pv,
         Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
@@ -123,10 +142,10 @@ pub fn start(
                 _ = rescan.tick() => informer.store.list(),
             };
             for pv in due {
-                match doomed_dir(&pv, &node, &root) {
+                match doomed(&pv, &node, &root) {
                     Ok(None) => {}
-                    Ok(Some(dir)) => {
-                        if let Err(e) = remove(&api, pv.name(), dir).await {
+                    Ok(Some(cleanup)) => {
+                        if let Err(e) = remove(&api, pv.name(), cleanup).await {
                             tracing::warn!(volume = %pv.name(), error = %e, "removing a local-path volume; retrying");
                         }
                     }
@@ -164,6 +183,7 @@ mod tests {
                 ..Default::default()
             }),
             spec: Some(PersistentVolumeSpec {
+                persistent_volume_reclaim_policy: "Delete".into(),
                 host_path: Some(HostPathVolumeSource {
                     path: path.into(),
                     r#type: None,
@@ -190,17 +210,39 @@ mod tests {
     fn only_this_nodes_deleted_volumes_under_its_root_are_removed() {
         let root = Path::new("/var/lib/skiff/storage");
         let pv = deleted_volume("pvc-1", "/var/lib/skiff/storage/pvc-1", "a");
-        assert_eq!(doomed_dir(&pv, "a", root), Ok(Some(root.join("pvc-1"))));
+        assert_eq!(
+            doomed(&pv, "a", root),
+            Ok(Some(Cleanup::RemoveDir(root.join("pvc-1"))))
+        );
         // Another node's: its agent removes it.
-        assert_eq!(doomed_dir(&pv, "b", root), Ok(None));
+        assert_eq!(doomed(&pv, "b", root), Ok(None));
         // Not deleted yet.
         let mut live = pv.clone();
         live.metadata.as_mut().unwrap().deletion_timestamp = None;
-        assert_eq!(doomed_dir(&live, "a", root), Ok(None));
+        assert_eq!(doomed(&live, "a", root), Ok(None));
         // Made by hand: never removed.
         let mut manual = pv.clone();
         manual.metadata.as_mut().unwrap().annotations.clear();
-        assert_eq!(doomed_dir(&manual, "a", root), Ok(None));
+        assert_eq!(doomed(&manual, "a", root), Ok(None));
+    }
+
+    #[test]
+    fn a_deleted_volume_a_claim_still_holds_or_that_is_retained_keeps_its_data() {
+        let root = Path::new("/var/lib/skiff/storage");
+        let mut held = deleted_volume("pvc-1", "/var/lib/skiff/storage/pvc-1", "a");
+        held.metadata
+            .as_mut()
+            .unwrap()
+            .finalizers
+            .insert(0, skiff::names::PV_PROTECTION_FINALIZER.into());
+        assert_eq!(doomed(&held, "a", root), Ok(None));
+        let mut retained = deleted_volume("pvc-1", "/var/lib/skiff/storage/pvc-1", "a");
+        retained
+            .spec
+            .as_mut()
+            .unwrap()
+            .persistent_volume_reclaim_policy = "Retain".into();
+        assert_eq!(doomed(&retained, "a", root), Ok(Some(Cleanup::KeepDir)));
     }
 
     #[test]
@@ -213,9 +255,9 @@ mod tests {
             "/var/lib/skiff/storage/other",
         ] {
             let pv = deleted_volume("pvc-1", path, "a");
-            assert!(doomed_dir(&pv, "a", root).is_err(), "{path}");
+            assert!(doomed(&pv, "a", root).is_err(), "{path}");
         }
         let sneaky = deleted_volume("..", "/var/lib/skiff/storage/..", "a");
-        assert!(doomed_dir(&sneaky, "a", root).is_err());
+        assert!(doomed(&sneaky, "a", root).is_err());
     }
 }

@@ -309,6 +309,15 @@ impl Sources {
                 });
             }
         };
+        if pvc
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_timestamp.is_some())
+        {
+            return Err(problem(format!(
+                "persistentvolumeclaim {claim:?} is being deleted"
+            )));
+        }
         let bound = pvc.status.as_ref().is_some_and(|s| s.phase == "Bound");
         let pv_name = skiff::volumes::claim_volume(&pvc);
         if !bound || pv_name.is_empty() {
@@ -327,6 +336,19 @@ impl Sources {
                 }
             }
         })?;
+        // The volume must name the claim back (its uid too): a claim that
+        // only says it is bound to a volume gets nothing.
+        let claim_uid = pvc.metadata.as_ref().map_or("", |m| m.uid.as_str());
+        let names_it = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some_and(|r| r.namespace == ns && r.name == claim && r.uid == claim_uid);
+        if !names_it {
+            return Err(problem(format!(
+                "persistentvolume {pv_name:?} is not bound to persistentvolumeclaim {claim:?}"
+            )));
+        }
         if let Some(home) = skiff::volumes::pinned_node(&pv).filter(|home| *home != node) {
             return Err(problem(format!(
                 "persistentvolume {pv_name:?} is on node {home:?}, not on this node ({node:?})"
@@ -342,7 +364,14 @@ impl Sources {
                 )));
             }
         };
-        let made = kind == "DirectoryOrCreate" && !Path::new(&path).exists();
+        // A local-path volume's directory is made writable by any user,
+        // as k3s's local-path makes them; other hostPaths as hostPath does.
+        let local_path = pv
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.get(skiff::names::PROVISIONED_BY_ANNOTATION))
+            .is_some_and(|p| p == skiff::names::LOCAL_PATH_PROVISIONER);
+        let made = local_path && kind == "DirectoryOrCreate" && !Path::new(&path).exists();
         check_host_path(volume, &path, &kind)?;
         if made {
             use std::os::unix::fs::PermissionsExt as _;

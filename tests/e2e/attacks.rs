@@ -517,15 +517,26 @@ async fn a_node_touches_only_its_own_deleted_local_volumes_and_its_pods_claims()
         node.list(ListRequest::default()).await.is_ok(),
         "volumes are readable"
     );
-    let release = async |name: &str| {
+    let release = async |name: &str, finalizer: &str| {
         let mut pv = node.get("", name).await.unwrap();
-        pv.metadata.as_mut().unwrap().finalizers.clear();
+        pv.metadata
+            .as_mut()
+            .unwrap()
+            .finalizers
+            .retain(|f| f != finalizer);
         pv.status = None;
         node.update(pv).await
     };
-    release("mine").await.expect("its own deleted local volume");
-    for name in ["theirs", "mine-live"] {
-        let err = release(name).await.unwrap_err();
+    release("mine", "skiff.io/local-path")
+        .await
+        .expect("its own deleted local volume");
+    for (name, finalizer) in [
+        ("theirs", "skiff.io/local-path"),
+        ("mine-live", "skiff.io/local-path"),
+        // The claim's protection is the binder's to lift.
+        ("mine", "kubernetes.io/pv-protection"),
+    ] {
+        let err = release(name, finalizer).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{name}: {err}");
         assert!(
             err.message()

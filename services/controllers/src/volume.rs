@@ -303,6 +303,14 @@ impl VolumeController {
             return Ok(Action::Requeue(RETRY));
         }
         let all = self.volumes.1.list();
+        // A volume made for (or reserved to) this claim is its volume,
+        // wherever it is.
+        if let Some(pv) = all
+            .iter()
+            .find(|v| !is_deleting(v.as_ref()) && volumes::reserved_for(v, pvc))
+        {
+            return self.bind(pv, pvc).await;
+        }
         if let Some(pv) =
             volumes::best_match(pvc, all.iter().map(|v| v.as_ref()), node.as_deref(), wait)
         {
@@ -681,26 +689,57 @@ impl VolumeController {
     // --- volumes ---
 
     async fn sync_volume(&self, pv: &PersistentVolume) -> Result<Action, Error> {
-        if is_deleting(pv) {
-            return self.release_volume(pv).await;
-        }
-        let Some(claim_ref) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
+        let deleting = is_deleting(pv);
+        let claim_ref = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.clone())
+            .filter(|r| !r.uid.is_empty());
+        let Some(claim_ref) = claim_ref else {
+            // Free, or reserved for a claim by its author (waiting for it).
+            if deleting {
+                return self.release_volume(pv, false).await;
+            }
             self.set_volume_phase(pv, "Available", "", "").await?;
             return Ok(Action::AwaitChange);
         };
-        if claim_ref.uid.is_empty() {
-            // Reserved for a claim by its author: waits for that claim.
-            self.set_volume_phase(pv, "Available", "", "").await?;
-            return Ok(Action::AwaitChange);
-        }
         let cached = self
             .claims
             .1
             .get(&claim_ref.namespace, &claim_ref.name)
             .filter(|c| uid_of(c.as_ref()) == claim_ref.uid);
-        if cached.is_some() {
+        if let Some(claim) = cached {
+            let elsewhere = volumes::claim_volume(&claim);
+            let by_us = pv
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.annotations.contains_key(BOUND_BY_CONTROLLER_ANNOTATION));
+            if !elsewhere.is_empty() && elsewhere != pv.name() && by_us && !deleting {
+                // A binding that went to another volume: this one is free
+                // again (Kubernetes' binder does the same).
+                let mut freed = pv.clone();
+                if let Some(spec) = freed.spec.as_mut() {
+                    spec.claim_ref = None;
+                }
+                freed
+                    .metadata_mut()
+                    .annotations
+                    .remove(BOUND_BY_CONTROLLER_ANNOTATION);
+                freed.status = None;
+                return match self.volumes.0.update(freed).await {
+                    Ok(_) => Ok(Action::AwaitChange),
+                    Err(s) if s.code() == tonic::Code::Aborted => {
+                        Ok(Action::Requeue(Duration::from_millis(100)))
+                    }
+                    Err(s) => Err(s.into()),
+                };
+            }
             // The claim's own sync finishes a binding in progress.
-            return Ok(Action::AwaitChange);
+            return if deleting {
+                self.release_volume(pv, true).await
+            } else {
+                Ok(Action::AwaitChange)
+            };
         }
         // Gone from the cache: confirmed before anything is released.
         match self
@@ -710,7 +749,11 @@ impl VolumeController {
             .await
         {
             Ok(live) if uid_of(&live) == claim_ref.uid => {
-                return Ok(Action::Requeue(Duration::from_millis(500)));
+                return if deleting {
+                    self.release_volume(pv, true).await
+                } else {
+                    Ok(Action::Requeue(Duration::from_millis(500)))
+                };
             }
             Ok(_) => {}
             Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -721,6 +764,9 @@ impl VolumeController {
         } else {
             self.set_volume_phase(pv, "Released", "", "").await?
         };
+        if deleting {
+            return self.release_volume(&released, false).await;
+        }
         self.reclaim(&released).await
     }
 
@@ -748,17 +794,25 @@ impl VolumeController {
             }
             return Ok(Action::AwaitChange);
         }
-        match self
-            .volumes
-            .0
-            .delete(crate::replicaset::delete_exactly(pv))
-            .await
-        {
+        // Exactly the volume judged released: a change since (a new
+        // claim, another policy) stops the delete.
+        let mut request = crate::replicaset::delete_exactly(pv);
+        if let Some(preconditions) = request.preconditions.as_mut() {
+            preconditions.resource_version = pv
+                .metadata
+                .as_ref()
+                .map(|m| m.resource_version.clone())
+                .unwrap_or_default();
+        }
+        match self.volumes.0.delete(request).await {
             Ok(_) => {
                 tracing::info!(volume = %pv.name(), "released local-path volume deleted");
                 Ok(Action::AwaitChange)
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(Action::AwaitChange),
+            Err(s) if s.code() == tonic::Code::Aborted => {
+                Ok(Action::Requeue(Duration::from_millis(100)))
+            }
             Err(s) => {
                 self.event(pv, EventType::Warning, "VolumeFailedDelete", s.message())
                     .await;
@@ -767,24 +821,10 @@ impl VolumeController {
         }
     }
 
-    /// A deleted volume goes once no claim is bound to it.
-    async fn release_volume(&self, pv: &PersistentVolume) -> Result<Action, Error> {
-        if !has_finalizer(pv, PV_PROTECTION_FINALIZER) {
-            return Ok(Action::AwaitChange);
-        }
-        let held = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.claim_ref.as_ref())
-            .filter(|r| !r.uid.is_empty())
-            .and_then(|r| {
-                self.claims
-                    .1
-                    .get(&r.namespace, &r.name)
-                    .filter(|c| uid_of(c.as_ref()) == r.uid)
-            })
-            .is_some_and(|c| volumes::claim_volume(&c) == pv.name());
-        if held {
+    /// A deleted volume goes once no claim holds it (`held`: the claim its
+    /// claimRef names still exists, as the cache or a live read shows).
+    async fn release_volume(&self, pv: &PersistentVolume, held: bool) -> Result<Action, Error> {
+        if held || !has_finalizer(pv, PV_PROTECTION_FINALIZER) {
             return Ok(Action::AwaitChange);
         }
         let mut done = pv.clone();

@@ -48,8 +48,9 @@ const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the loop needs to know about one decision's outcome.
 enum Outcome {
-    /// The binding failed: forget the assumption and retry the pod.
-    BindFailed(ObjectRef, tonic::Status),
+    /// The binding of the pod with this uid failed: forget the
+    /// assumption and retry the pod.
+    BindFailed(ObjectRef, String, tonic::Status),
 }
 
 /// The scheduler's view of the cluster.
@@ -172,6 +173,8 @@ pub struct Scheduler {
     class_informer: Informer<StorageClass>,
     /// Claims, to give them their pod's node.
     claims: Api<PersistentVolumeClaim>,
+    /// Volumes, to check where a claim's volume was made.
+    volumes: Api<PersistentVolume>,
     cache: Cache,
     queue: WorkQueue<ObjectRef>,
     /// Pods that fit nowhere at their last attempt.
@@ -217,6 +220,7 @@ impl Scheduler {
             volume_informer: Informer::start(Api::new(channel.clone()), Default::default()),
             class_informer: Informer::start(Api::new(channel.clone()), Default::default()),
             claims: Api::new(channel.clone()),
+            volumes: Api::new(channel.clone()),
             pods,
             cache: Cache::default(),
             queue: WorkQueue::new(),
@@ -359,7 +363,16 @@ impl Scheduler {
 
     fn on_outcome(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::BindFailed(key, status) => {
+            Outcome::BindFailed(key, uid, status) => {
+                // A newer pod of the same name has its own assumption.
+                let same = self
+                    .pod_informer
+                    .store
+                    .get(&key.namespace, &key.name)
+                    .is_none_or(|p| p.metadata.as_ref().is_some_and(|m| m.uid == uid));
+                if !same {
+                    return;
+                }
                 metrics::attempts("error").inc();
                 tracing::warn!(pod = %key, %status, "binding failed; retrying");
                 self.cache.unplace(&key);
@@ -425,6 +438,12 @@ impl Scheduler {
                 };
                 let api = self.pods.clone();
                 let claims = self.claims.clone();
+                let volumes_api = self.volumes.clone();
+                let uid = pod
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.uid.clone())
+                    .unwrap_or_default();
                 let outcomes = self.outcomes_tx.clone();
                 let key = key.clone();
                 tokio::spawn(
@@ -435,11 +454,11 @@ impl Scheduler {
                             .map(|t| t.name.clone())
                             .unwrap_or_default();
                         let bound = async {
-                            bind_claims(&claims, &volumes.waiting, &node).await?;
+                            bind_claims(&claims, &volumes_api, &volumes.waiting, &node).await?;
                             api.bind(binding).await
                         };
                         if let Err(status) = bound.await {
-                            let _ = outcomes.send(Outcome::BindFailed(key, status));
+                            let _ = outcomes.send(Outcome::BindFailed(key, uid, status));
                         }
                     }
                     .instrument(span),
@@ -556,12 +575,14 @@ impl Scheduler {
 
 /// Gives each claim waiting for its first pod the node chosen for it
 /// (the binder makes or binds its volume there), and returns once all are
-/// bound (Kubernetes' PreBind).
+/// bound, each to a volume usable on that node (Kubernetes' PreBind).
 ///
 /// # Errors
-/// A claim could not be written, or was not bound in time.
+/// A claim could not be written, was given another node meanwhile, was
+/// not bound in time, or was bound to a volume of another node.
 async fn bind_claims(
     api: &Api<PersistentVolumeClaim>,
+    volumes: &Api<PersistentVolume>,
     waiting: &[Waiting],
     node: &str,
 ) -> Result<(), tonic::Status> {
@@ -579,6 +600,11 @@ async fn bind_claims(
                 || selected.is_some_and(|s| s == node)
             {
                 break;
+            }
+            if let Some(other) = selected {
+                return Err(tonic::Status::aborted(format!(
+                    "persistentvolumeclaim {name:?} was given node {other:?} for another pod"
+                )));
             }
             claim
                 .metadata_mut()
@@ -598,6 +624,14 @@ async fn bind_claims(
         loop {
             let claim = api.get(namespace, name).await?;
             if claim.status.as_ref().is_some_and(|s| s.phase == "Bound") {
+                let volume = volumes
+                    .get("", skiff::volumes::claim_volume(&claim))
+                    .await?;
+                if let Some(home) = skiff::volumes::pinned_node(&volume).filter(|h| *h != node) {
+                    return Err(tonic::Status::aborted(format!(
+                        "persistentvolumeclaim {name:?} was bound to a volume on node {home:?}"
+                    )));
+                }
                 break;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -427,8 +427,8 @@ impl Authorizer {
     }
 
     /// A node may update a PersistentVolume only to say it has removed
-    /// its directory (the local-path finalizer): a local-path volume of
-    /// that node, being deleted.
+    /// its directory: a local-path volume of that node, being deleted,
+    /// whose update only takes the `skiff.io/local-path` finalizer off.
     async fn own_local_volume(&self, node: &str, attrs: &Attributes) -> Decision {
         let stored = self
             .registry
@@ -446,16 +446,35 @@ impl Authorizer {
             .annotations
             .get(skiff::names::PROVISIONED_BY_ANNOTATION)
             .is_some_and(|p| p == skiff::names::LOCAL_PATH_PROVISIONER);
+        let only_released = || {
+            use prost::Message as _;
+            let Some(next) = attrs
+                .message
+                .as_deref()
+                .and_then(|m| PersistentVolume::decode(m).ok())
+            else {
+                return false;
+            };
+            let next_meta = next.metadata.clone().unwrap_or_default();
+            let mut remaining = meta.finalizers.clone();
+            remaining.retain(|f| f != skiff::names::LOCAL_PATH_FINALIZER);
+            next.spec == pv.spec
+                && next_meta.finalizers == remaining
+                && next_meta.labels == meta.labels
+                && next_meta.annotations == meta.annotations
+                && next_meta.owner_references == meta.owner_references
+        };
         if local_path
             && meta.deletion_timestamp.is_some()
             && skiff::volumes::pinned_node(&pv) == Some(node)
+            && only_released()
         {
             Decision::Allow(format!(
                 "node {node:?}: a deleted local-path volume of its own"
             ))
         } else {
             Decision::Deny(format!(
-                "node {node:?} may only update the deleted local-path volumes of its own node"
+                "node {node:?} may only update the deleted local-path volumes of its own node, to remove their skiff.io/local-path finalizer"
             ))
         }
     }

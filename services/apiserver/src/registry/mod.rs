@@ -57,6 +57,7 @@ pub const OWNER_KINDS: &[&str] = &[
     "ReplicationController",
     "Deployment",
     "DaemonSet",
+    "StatefulSet",
     "Job",
     "CronJob",
 ];
@@ -254,36 +255,25 @@ impl Registry {
         self.index_task.abort();
     }
 
-    /// Creates the namespaces that always exist and the default
-    /// StorageClass (`local-path`) when it is missing (changes an
-    /// administrator made to it are kept).
+    /// Creates the namespaces that always exist and, in a new cluster, the
+    /// default StorageClass (`local-path`; once: an administrator may
+    /// change or delete it).
     ///
     /// # Errors
     /// When the store cannot be written.
     pub async fn bootstrap(&self) -> Result<()> {
+        let mut fresh = false;
         for name in SYSTEM_NAMESPACES {
             let mut ns = Namespace::default();
             ns.metadata_mut().name = (*name).to_string();
             match self.create(ns).await {
-                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Ok(_) => fresh |= *name == "default",
+                Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        // The local provisioner's class, the default one (as k3s ships
-        // local-path): made once, then the administrator's to change.
-        let mut local_path = skiff::pb::storage::v1::StorageClass {
-            provisioner: skiff::names::LOCAL_PATH_PROVISIONER.into(),
-            reclaim_policy: Some("Delete".into()),
-            volume_binding_mode: Some("WaitForFirstConsumer".into()),
-            ..Default::default()
-        };
-        let meta = local_path.metadata_mut();
-        meta.name = skiff::names::LOCAL_PATH_CLASS.into();
-        meta.annotations
-            .insert(skiff::names::DEFAULT_CLASS_ANNOTATION.into(), "true".into());
-        match self.create(local_path).await {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
+        if fresh {
+            self.create_default_storage_class().await?;
         }
         // Claims no Service holds (a crash between claim and write) go.
         let services = self.list::<Service>(ListRequest::default()).await?;
@@ -306,6 +296,25 @@ impl Registry {
             tracing::info!(released, "released cluster IPs no service holds");
         }
         Ok(())
+    }
+
+    /// Adds the class of Skiff's local provisioner, as the default one (as
+    /// k3s ships local-path).
+    async fn create_default_storage_class(&self) -> Result<()> {
+        let mut local_path = skiff::pb::storage::v1::StorageClass {
+            provisioner: skiff::names::LOCAL_PATH_PROVISIONER.into(),
+            reclaim_policy: Some("Delete".into()),
+            volume_binding_mode: Some("WaitForFirstConsumer".into()),
+            ..Default::default()
+        };
+        let meta = local_path.metadata_mut();
+        meta.name = skiff::names::LOCAL_PATH_CLASS.into();
+        meta.annotations
+            .insert(skiff::names::DEFAULT_CLASS_ANNOTATION.into(), "true".into());
+        match self.create(local_path).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {

@@ -30,7 +30,7 @@ fn add_finalizer(meta: &mut ObjectMeta, finalizer: &str) {
 
 fn validate_access_modes(path: &str, modes: &[String], errors: &mut FieldErrors) {
     if modes.is_empty() {
-        return errors.required(path);
+        return errors.push(path, "Required value: at least 1 access mode is required");
     }
     for mode in modes {
         if !ACCESS_MODES.contains(&mode.as_str()) {
@@ -295,11 +295,25 @@ impl Strategy for PersistentVolumeClaim {
         if before.volume_name.is_empty() {
             before.volume_name.clear();
         }
-        if comparable.resources != before.resources {
-            errors.forbidden(
-                "spec.resources.requests.storage",
-                "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize (no Skiff provisioner does)",
-            );
+        let bound = !before.volume_name.is_empty();
+        if bound && comparable.resources != before.resources {
+            let size = |s: &skiff::pb::core::v1::PersistentVolumeClaimSpec| {
+                skiff::volumes::requested(&PersistentVolumeClaim {
+                    spec: Some(s.clone()),
+                    ..Default::default()
+                })
+            };
+            if size(&comparable) < size(&before) {
+                errors.forbidden(
+                    "spec.resources.requests.storage",
+                    "field can not be less than previous value",
+                );
+            } else {
+                errors.forbidden(
+                    "spec.resources.requests.storage",
+                    "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize (no Skiff provisioner does)",
+                );
+            }
             comparable.resources = before.resources.clone();
         }
         if comparable != before {
@@ -347,13 +361,6 @@ impl Strategy for StorageClass {
                 other,
                 &["Immediate", "WaitForFirstConsumer"],
             ),
-        }
-        if self.allow_volume_expansion == Some(true) {
-            errors.invalid(
-                "allowVolumeExpansion",
-                true,
-                "volume expansion is not supported by Skiff's provisioners",
-            );
         }
         for (i, term) in self.allowed_topologies.iter().enumerate() {
             if term.match_label_expressions.is_empty() {
@@ -496,7 +503,7 @@ mod tests {
         rebound.spec.as_mut().unwrap().volume_name = "pv-2".into();
         rebound.validate_update(&bound, &mut errors);
         assert!(errors.to_string().contains("spec: Forbidden"), "{errors}");
-        let mut grown = old.clone();
+        let mut grown = bound.clone();
         grown
             .spec
             .as_mut()
@@ -507,7 +514,7 @@ mod tests {
             .requests
             .insert("storage".into(), "2Gi".into());
         let mut errors = FieldErrors::default();
-        grown.validate_update(&old, &mut errors);
+        grown.validate_update(&bound, &mut errors);
         assert!(
             errors
                 .to_string()

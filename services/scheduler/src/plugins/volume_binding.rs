@@ -7,7 +7,9 @@
 //! `Immediate` class is the binder's to bind first). Per node
 //! ([`PodVolumes::filter`]): each bound volume's node affinity must allow
 //! the node; each waiting claim must find a free volume usable there, or
-//! be one the local provisioner can make there (the node publishes where).
+//! be one the local provisioner can make there (the node publishes where)
+//! — unless a volume is already reserved for it (then its node) or an
+//! earlier pod's node was written on it (then that node).
 //! Once a node is chosen, the scheduler writes it on each waiting claim
 //! (`volume.kubernetes.io/selected-node`) and binds the pod only when the
 //! claims are bound (Kubernetes' PreBind).
@@ -17,7 +19,8 @@
 
 use std::sync::Arc;
 
-use skiff::names::{LOCAL_PATH_PROVISIONER, LOCAL_PATH_ROOT_ANNOTATION};
+use skiff::Resource as _;
+use skiff::names::{LOCAL_PATH_PROVISIONER, LOCAL_PATH_ROOT_ANNOTATION, SELECTED_NODE_ANNOTATION};
 use skiff::pb::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use skiff::pb::storage::v1::StorageClass;
 use skiff::volumes;
@@ -51,6 +54,11 @@ pub struct Waiting {
     pub claim: Arc<PersistentVolumeClaim>,
     /// Whether Skiff's local provisioner makes its volumes.
     pub local_provisioner: bool,
+    /// A volume already reserved for it (made for it, or named by it):
+    /// only its nodes fit.
+    pub reserved: Option<Arc<PersistentVolume>>,
+    /// The node an earlier pod was placed on for it: only that node fits.
+    pub selected: Option<String>,
 }
 
 /// What a pod's claims ask of a node.
@@ -90,9 +98,15 @@ impl PodVolumes {
                 return Err(format!("persistentvolumeclaim {name:?} is being deleted"));
             }
             let volume = volumes::claim_volume(&claim);
-            if !volume.is_empty() {
+            let bound = claim.status.as_ref().is_some_and(|s| s.phase == "Bound");
+            if !volume.is_empty() && bound {
                 match stores.volumes.get("", volume) {
-                    Some(pv) => found.bound.push(pv),
+                    Some(pv) if volumes::reserved_for(&pv, &claim) => found.bound.push(pv),
+                    Some(_) => {
+                        return Err(format!(
+                            "persistentvolumeclaim {name:?} names volume {volume:?}, which is bound to another claim"
+                        ));
+                    }
                     None => {
                         return Err(format!(
                             "persistentvolumeclaim {name:?} is bound to volume {volume:?}, which does not exist"
@@ -108,9 +122,21 @@ impl PodVolumes {
             if !waits {
                 return Err("pod has unbound immediate PersistentVolumeClaims".into());
             }
+            let reserved = stores
+                .volumes
+                .list()
+                .into_iter()
+                .find(|pv| volumes::reserved_for(pv, &claim) || pv.name() == volume);
+            let selected = claim
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.get(SELECTED_NODE_ANNOTATION))
+                .cloned();
             found.waiting.push(Waiting {
                 local_provisioner: class.is_some_and(|c| c.provisioner == LOCAL_PATH_PROVISIONER),
                 claim,
+                reserved,
+                selected,
             });
         }
         Ok(found)
@@ -129,7 +155,17 @@ impl PodVolumes {
         if self.bound.iter().any(|pv| !volumes::node_allows(pv, node)) {
             return Err(NODE_CONFLICT.into());
         }
+        let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
         for waiting in &self.waiting {
+            if waiting.selected.as_deref().is_some_and(|s| s != name) {
+                return Err(BIND_CONFLICT.into());
+            }
+            if let Some(reserved) = &waiting.reserved {
+                if !volumes::node_allows(reserved, node) {
+                    return Err(NODE_CONFLICT.into());
+                }
+                continue;
+            }
             let free = volumes::best_match(
                 &waiting.claim,
                 all.iter().map(|v| v.as_ref()),
@@ -243,6 +279,8 @@ mod tests {
             waiting: vec![Waiting {
                 claim: claim("local"),
                 local_provisioner: false,
+                reserved: None,
+                selected: None,
             }],
         };
         assert_eq!(static_only.filter(&node("a", false), &all), Ok(()));
@@ -255,12 +293,47 @@ mod tests {
             waiting: vec![Waiting {
                 claim: claim("local-path"),
                 local_provisioner: true,
+                reserved: None,
+                selected: None,
             }],
         };
         assert_eq!(provisioned.filter(&node("b", true), &all), Ok(()));
         assert_eq!(
             provisioned.filter(&node("hollow", false), &all),
             Err(BIND_CONFLICT.to_string())
+        );
+    }
+
+    #[test]
+    fn a_claim_given_a_node_or_a_volume_keeps_to_it() {
+        let all = vec![local_volume("a")];
+        let selected = PodVolumes {
+            bound: Vec::new(),
+            waiting: vec![Waiting {
+                claim: claim("local-path"),
+                local_provisioner: true,
+                reserved: None,
+                selected: Some("b".into()),
+            }],
+        };
+        assert_eq!(selected.filter(&node("b", true), &all), Ok(()));
+        assert_eq!(
+            selected.filter(&node("c", true), &all),
+            Err(BIND_CONFLICT.to_string())
+        );
+        let reserved = PodVolumes {
+            bound: Vec::new(),
+            waiting: vec![Waiting {
+                claim: claim("local-path"),
+                local_provisioner: true,
+                reserved: Some(local_volume("a")),
+                selected: None,
+            }],
+        };
+        assert_eq!(reserved.filter(&node("a", false), &all), Ok(()));
+        assert_eq!(
+            reserved.filter(&node("c", true), &all),
+            Err(NODE_CONFLICT.to_string())
         );
     }
 }
