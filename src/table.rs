@@ -199,6 +199,7 @@ pub fn rows(
         ],
         "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
         "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
+        "StatefulSet" => vec!["NAME", "READY", "AGE"],
         "PersistentVolume" => vec![
             "NAME",
             "CAPACITY",
@@ -246,6 +247,7 @@ pub fn rows(
             "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" => {
                 header.extend(["CONTAINERS", "IMAGES", "SELECTOR"])
             }
+            "StatefulSet" => header.extend(["CONTAINERS", "IMAGES"]),
             "PersistentVolume" | "PersistentVolumeClaim" => header.push("VOLUMEMODE"),
             _ => {}
         }
@@ -583,6 +585,17 @@ pub fn rows(
                     created,
                 ]
             }
+            "StatefulSet" => vec![
+                name,
+                format!(
+                    "{}/{}",
+                    int_at(item, "/status/readyReplicas"),
+                    item.pointer("/spec/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                ),
+                created,
+            ],
             "PersistentVolume" => {
                 let claim = match str_at(item, "/spec/claimRef/name") {
                     "" => String::new(),
@@ -681,7 +694,11 @@ pub fn rows(
                         "/status/nodeInfo/containerRuntimeVersion",
                     )));
                 }
-                "Deployment" | "ReplicaSet" | "ReplicationController" | "DaemonSet" => {
+                "Deployment"
+                | "ReplicaSet"
+                | "ReplicationController"
+                | "DaemonSet"
+                | "StatefulSet" => {
                     let containers = item
                         .pointer("/spec/template/spec/containers")
                         .and_then(Value::as_array)
@@ -706,7 +723,10 @@ pub fn rows(
                                 .join(",")
                         })
                         .unwrap_or_default();
-                    row.extend([names.join(","), images.join(","), none_if_empty(&selector)]);
+                    row.extend([names.join(","), images.join(",")]);
+                    if kind != "StatefulSet" {
+                        row.push(none_if_empty(&selector));
+                    }
                 }
                 "PersistentVolume" | "PersistentVolumeClaim" => row.push(
                     item.pointer("/spec/volumeMode")

@@ -836,6 +836,20 @@ roleRef:
   name: secret-reader
   apiGroup: rbac.authorization.k8s.io
 ---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: cache, namespace: shop}}
+spec:
+  serviceName: cache
+  replicas: 1
+  selector: {{matchLabels: {{app: cache}}}}
+  template:
+    metadata: {{labels: {{app: cache}}}}
+    spec: {{terminationGracePeriodSeconds: 1, containers: [{{name: main, image: {image}, command: [sleep, "3600"], volumeMounts: [{{name: data, mountPath: /data}}]}}]}}
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Mi}}}}}}
+---
 apiVersion: v1
 kind: PersistentVolume
 metadata: {{name: manual-{suffix}}}
@@ -935,6 +949,8 @@ spec:
         ("pvc".into(), "store".into(), "shop".into()),
         ("pv".into(), volume, "".into()),
         ("storageclass".into(), "local-path".into(), "".into()),
+        ("statefulset".into(), "cache".into(), "shop".into()),
+        ("controllerrevision".into(), first("controllerrevisions"), "shop".into()),
     ]);
     assert!(pods.contains("pod/solo"));
     let failures: Vec<String> = checks

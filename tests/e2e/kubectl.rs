@@ -1742,3 +1742,201 @@ async fn both_doors_see_the_same_changes_and_objects() {
     assert_eq!(via_http["metadata"]["labels"]["door"], "grpc");
     server.stop().await.unwrap();
 }
+
+/// A StatefulSet as its users run one (the issue's acceptance): stable
+/// names, each pod's own volume surviving its pod and a scale down, DNS
+/// names through the headless Service, a partitioned rolling update,
+/// history and undo — through the real kubectl, on Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_runs_a_statefulset_with_stable_names_volumes_and_dns() {
+    let c = crate::cli::cluster("sts").await;
+    let k = Kubectl::for_config(&ClientConfig {
+        server: format!("http://{}", c.server.addr),
+        ..Default::default()
+    });
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: db}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{port: 80}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {image}
+        imagePullPolicy: Never
+        command: [sh, -c, 'if [ ! -f /data/first ]; then hostname > /data/first; fi; echo started >> /data/log; exec sleep 3600']
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: 16Mi}}}}
+"#,
+        image = c.image
+    );
+    let file = k.write("sts.yaml", &manifest);
+    k.ok(&["apply", "-f", &file]);
+    let status = k.ok(&["rollout", "status", "sts/db", "--timeout=120s"]);
+    assert!(status.contains("3 new pods have been updated"), "{status}");
+    let sets = k.ok(&["get", "sts"]);
+    assert_eq!(header(&sets), ["NAME", "READY", "AGE"]);
+    assert!(sets.contains("3/3"), "{sets}");
+    let claims = k.ok(&["get", "pvc", "-o", "name"]);
+    for n in 0..3 {
+        assert!(
+            claims.contains(&format!("persistentvolumeclaim/data-db-{n}")),
+            "{claims}"
+        );
+    }
+    let read = |pod: &str| {
+        k.ok(&[
+            "exec",
+            pod,
+            "--",
+            "sh",
+            "-c",
+            "cat /data/first; wc -l < /data/log",
+        ])
+    };
+    assert_eq!(
+        read("db-1").split_whitespace().collect::<Vec<_>>(),
+        ["db-1", "1"]
+    );
+
+    // A deleted pod comes back under its name, to its own data.
+    let uid = |pod: &str| k.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+    let before = uid("db-1");
+    k.ok(&["delete", "pod", "db-1"]);
+    wait_until(
+        "db-1 is back and ready",
+        Duration::from_secs(60),
+        async || {
+            let run = k.run(&[
+                "get",
+                "pod",
+                "db-1",
+                "-o",
+                "jsonpath={.metadata.uid} {.status.containerStatuses[0].ready}",
+            ]);
+            run.ok && !run.stdout.contains(&before) && run.stdout.ends_with("true")
+        },
+    )
+    .await;
+    assert_eq!(
+        read("db-1").split_whitespace().collect::<Vec<_>>(),
+        ["db-1", "2"]
+    );
+
+    // Scaled down and up: the claims stayed, the data with them.
+    k.ok(&["scale", "sts", "db", "--replicas=1"]);
+    wait_until(
+        "db-1 and db-2 are gone",
+        Duration::from_secs(60),
+        async || k.ok(&["get", "pods", "-l", "app=db", "-o", "name"]).trim() == "pod/db-0",
+    )
+    .await;
+    assert!(k.ok(&["get", "pvc", "data-db-2"]).contains("Bound"));
+    k.ok(&["scale", "sts", "db", "--replicas=3"]);
+    k.ok(&["rollout", "status", "sts/db", "--timeout=120s"]);
+    assert_eq!(
+        read("db-2").split_whitespace().collect::<Vec<_>>(),
+        ["db-2", "2"]
+    );
+
+    // Each pod is NAME-N.SERVICE in the cluster DNS.
+    let ip = k.ok(&["get", "pod", "db-2", "-o", "jsonpath={.status.podIP}"]);
+    let ping = k.ok(&["exec", "db-0", "--", "ping", "-c1", "-W2", "db-2.db"]);
+    assert!(ping.contains(&format!("({ip})")), "{ping}");
+    let fqdn = k.ok(&[
+        "exec",
+        "db-0",
+        "--",
+        "nslookup",
+        "db-1.db.default.svc.cluster.local",
+    ]);
+    let ip1 = k.ok(&["get", "pod", "db-1", "-o", "jsonpath={.status.podIP}"]);
+    assert!(fqdn.contains(&ip1), "{fqdn}");
+
+    // A rolling update with partition 2 changes ordinal 2 only.
+    let uids: Vec<String> = (0..3).map(|n| uid(&format!("db-{n}"))).collect();
+    k.ok(&[
+        "patch", "sts", "db", "--type=merge", "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}},"template":{"metadata":{"annotations":{"v":"2"}}}}}"#,
+    ]);
+    let update = || {
+        k.ok(&[
+            "get",
+            "sts",
+            "db",
+            "-o",
+            "jsonpath={.status.updateRevision}",
+        ])
+    };
+    wait_until(
+        "db-2 runs the new revision",
+        Duration::from_secs(60),
+        async || {
+            let revision = k.run(&[
+                "get",
+                "pod",
+                "db-2",
+                "-o",
+                "jsonpath={.metadata.labels.controller-revision-hash}",
+            ]);
+            revision.ok
+                && revision.stdout == update()
+                && k.ok(&["get", "sts", "db", "-o", "jsonpath={.status.readyReplicas}"]) == "3"
+        },
+    )
+    .await;
+    assert_eq!(uid("db-0"), uids[0]);
+    assert_eq!(uid("db-1"), uids[1]);
+    assert_ne!(uid("db-2"), uids[2]);
+    let history = k.ok(&["rollout", "history", "sts/db"]);
+    assert!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    // The partition lifted, all of them; then undone.
+    k.ok(&[
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ]);
+    k.ok(&["rollout", "status", "sts/db", "--timeout=120s"]);
+    assert_ne!(uid("db-0"), uids[0]);
+    k.ok(&["rollout", "undo", "sts/db"]);
+    k.ok(&["rollout", "status", "sts/db", "--timeout=120s"]);
+    let history = k.ok(&["rollout", "history", "sts/db"]);
+    assert!(
+        history.contains("\n2 ") && history.contains("\n3 "),
+        "{history}"
+    );
+
+    // Deleted: its pods go, its claims stay (whenDeleted: Retain).
+    k.ok(&["delete", "sts", "db"]);
+    wait_until("the pods are gone", Duration::from_secs(60), async || {
+        k.ok(&["get", "pods", "-l", "app=db", "-o", "name"])
+            .trim()
+            .is_empty()
+    })
+    .await;
+    assert_eq!(k.ok(&["get", "pvc", "-o", "name"]).lines().count(), 3);
+}

@@ -15,13 +15,9 @@
 //! shown yet are remembered (expectations), as in the ReplicaSet
 //! controller.
 //!
-//! Its history is kept as Kubernetes keeps it ([`revision`]): one
-//! ControllerRevision per template it ran, named `NAME-HASH`, holding the
-//! strategic merge patch that puts that template back, numbered in the
-//! order the templates were last used (a rollback renumbers the revision
-//! it returns to), at most `revisionHistoryLimit` old ones kept besides
-//! those a pod still runs. `kubectl rollout history|undo daemonset` reads
-//! and applies them.
+//! Its history is kept as Kubernetes keeps it ([`crate::history`]): one
+//! ControllerRevision per template it ran, so `kubectl rollout
+//! history|undo daemonset` work.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,17 +25,17 @@ use std::time::{Duration, Instant};
 
 use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use skiff::pb::core::v1::{Node, Pod, Toleration};
-use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::{rolling, template_hash};
+use crate::history::{History, owner_reference, revision_of};
 use crate::replicaset::{controller_of, created_at, delete_exactly, is_active, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
-/// The label naming the template revision a daemon pod runs.
-pub const REVISION_LABEL: &str = "controller-revision-hash";
+pub use crate::history::REVISION_LABEL;
 /// Creates/deletes not observed within this long are forgotten.
 const EXPECTATION_TTL: Duration = Duration::from_secs(60);
 
@@ -86,72 +82,12 @@ pub fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
             namespace: meta.namespace.clone(),
             labels,
             annotations: tmeta.annotations,
-            owner_references: vec![OwnerReference {
-                api_version: DaemonSet::API_VERSION.into(),
-                kind: DaemonSet::KIND.into(),
-                name: meta.name,
-                uid: meta.uid,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }],
+            owner_references: vec![owner_reference(ds)],
             ..Default::default()
         }),
         spec: Some(spec),
         ..Default::default()
     }
-}
-
-/// The revision of `ds`'s current template (its `hash`), numbered
-/// `number`: its data is the strategic merge patch that puts the template
-/// back (`{"spec":{"template":{..., "$patch":"replace"}}}`, what `kubectl
-/// rollout undo` sends), its labels the template's and the hash.
-///
-/// # Errors
-/// The template does not encode as JSON.
-pub fn revision(ds: &DaemonSet, hash: &str, number: i64) -> Result<ControllerRevision, Error> {
-    let meta = ds.metadata.clone().unwrap_or_default();
-    let template = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let mut labels = template
-        .metadata
-        .as_ref()
-        .map(|m| m.labels.clone())
-        .unwrap_or_default();
-    labels.insert(REVISION_LABEL.into(), hash.into());
-    let mut template = skiff::json::to_value(&template).map_err(|e| Error::Other(e.to_string()))?;
-    template["$patch"] = serde_json::json!("replace");
-    let data = serde_json::from_value(serde_json::json!({"spec": {"template": template}}))
-        .map_err(|e| Error::Other(e.to_string()))?;
-    let annotations = meta
-        .annotations
-        .get("kubernetes.io/change-cause")
-        .map(|cause| [("kubernetes.io/change-cause".to_string(), cause.clone())].into())
-        .unwrap_or_default();
-    Ok(ControllerRevision {
-        metadata: Some(ObjectMeta {
-            // (The name's prefix cut as Kubernetes cuts it: names are at
-            // most 253 characters.)
-            name: format!("{}-{hash}", meta.name.chars().take(223).collect::<String>()),
-            namespace: meta.namespace,
-            labels,
-            annotations,
-            owner_references: vec![OwnerReference {
-                api_version: DaemonSet::API_VERSION.into(),
-                kind: DaemonSet::KIND.into(),
-                name: meta.name,
-                uid: meta.uid,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }],
-            ..Default::default()
-        }),
-        data: Some(data),
-        revision: number,
-        ..Default::default()
-    })
 }
 
 /// What one reconcile does and reports.
@@ -163,13 +99,6 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// The status to report.
     pub status: DaemonSetStatus,
-}
-
-fn revision_of(pod: &Pod) -> &str {
-    pod.metadata
-        .as_ref()
-        .and_then(|m| m.labels.get(REVISION_LABEL))
-        .map_or("", String::as_str)
 }
 
 /// Plans a reconcile of `ds` over `nodes` and the pods it owns (`owned`,
@@ -305,12 +234,7 @@ pub struct DaemonSetController {
     recorder: Arc<Recorder>,
     daemonsets: Api<DaemonSet>,
     ds_store: Store<DaemonSet>,
-    revisions: Api<ControllerRevision>,
-    revision_store: Store<ControllerRevision>,
-    /// The last revision number written per DaemonSet (by uid), and the
-    /// template hash it was given to: the cache may not show it yet, and
-    /// two revisions must not share a number.
-    numbered: Mutex<HashMap<String, (i64, String)>>,
+    history: History,
     pods: Api<Pod>,
     pod_store: Store<Pod>,
     node_store: Store<Node>,
@@ -330,9 +254,7 @@ impl DaemonSetController {
             recorder,
             daemonsets: daemonsets.0,
             ds_store: daemonsets.1,
-            revisions: revisions.0,
-            revision_store: revisions.1,
-            numbered: Mutex::new(HashMap::new()),
+            history: History::new(revisions.0, revisions.1),
             pods: pods.0,
             pod_store: pods.1,
             node_store,
@@ -368,88 +290,6 @@ impl DaemonSetController {
         });
     }
 
-    /// Keeps the history (see the module doc): the current template's
-    /// revision is the newest, old ones beyond the limit that no pod runs
-    /// are deleted.
-    async fn record_history(
-        &self,
-        ds: &DaemonSet,
-        hash: &str,
-        pods: &[Arc<Pod>],
-    ) -> Result<(), Error> {
-        let uid = ds.metadata().map(|m| m.uid.clone()).unwrap_or_default();
-        let owned: Vec<Arc<ControllerRevision>> = self
-            .revision_store
-            .list()
-            .into_iter()
-            .filter(|r| r.namespace() == ds.namespace())
-            .filter(|r| controller_of(r.as_ref()).is_some_and(|o| o.uid == uid))
-            .collect();
-        let hash_of = |r: &ControllerRevision| {
-            r.metadata()
-                .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
-                .unwrap_or_default()
-        };
-        let cached = owned.iter().map(|r| r.revision).max().unwrap_or(0);
-        let (written, written_hash) = self
-            .numbered
-            .lock()
-            .ok()
-            .and_then(|n| n.get(&uid).cloned())
-            .unwrap_or_default();
-        let newest = cached.max(written);
-        let remember = |number: i64| {
-            if let Ok(mut numbered) = self.numbered.lock() {
-                numbered.insert(uid.clone(), (number, hash.to_string()));
-            }
-        };
-        match owned.iter().find(|r| hash_of(r) == hash) {
-            Some(current) if current.revision == newest => {}
-            // Given the newest number already; the cache is behind.
-            Some(_) if written == newest && written_hash == hash => {}
-            Some(current) => {
-                // Back to an older template: it is the newest again.
-                let mut renumbered = (**current).clone();
-                renumbered.revision = newest + 1;
-                match self.revisions.update(renumbered).await {
-                    Ok(_) => remember(newest + 1),
-                    Err(s) if s.code() == tonic::Code::NotFound => {}
-                    Err(s) => return Err(s.into()),
-                }
-            }
-            None => match self.revisions.create(revision(ds, hash, newest + 1)?).await {
-                Ok(_) => remember(newest + 1),
-                // The cache had not shown it yet.
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-                Err(s) => return Err(s.into()),
-            },
-        }
-        let limit = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.revision_history_limit)
-            .unwrap_or(10)
-            .max(0) as usize;
-        let running: Vec<&str> = pods.iter().map(|p| revision_of(p)).collect();
-        let mut old: Vec<&Arc<ControllerRevision>> = owned
-            .iter()
-            .filter(|r| {
-                let h = hash_of(r);
-                h != hash && !running.contains(&h.as_str())
-            })
-            .collect();
-        old.sort_by_key(|r| r.revision);
-        let excess = old.len().saturating_sub(limit);
-        for gone in old.into_iter().take(excess) {
-            match self.revisions.delete(delete_exactly(gone.as_ref())).await {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(s.into()),
-            }
-        }
-        Ok(())
-    }
-
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(ds) = self.ds_store.get(&key.namespace, &key.name) else {
             if let Ok(mut all) = self.expectations.lock() {
@@ -472,7 +312,8 @@ impl DaemonSetController {
             .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == uid))
             .collect();
         let hash = template_hash(ds.spec.as_ref().and_then(|s| s.template.as_ref()), 0);
-        self.record_history(&ds, &hash, &owned).await?;
+        let running: Vec<&str> = owned.iter().map(|p| revision_of(p)).collect();
+        self.history.record(ds.as_ref(), &hash, &running).await?;
         let nodes = self.node_store.list();
         let (creating, deleting) = {
             let mut all = self

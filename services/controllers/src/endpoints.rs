@@ -68,8 +68,17 @@ pub fn subsets(service: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
             .collect();
         let Some(ports) = ports else { continue };
         let meta = pod.metadata.clone().unwrap_or_default();
+        // A pod named in the Service's domain (`hostname` + `subdomain`,
+        // as a StatefulSet's pods are) answers as HOST.SERVICE.NS.svc.
+        let hostname = pod
+            .spec
+            .as_ref()
+            .filter(|s| !s.hostname.is_empty() && s.subdomain == service.name())
+            .map(|s| s.hostname.clone())
+            .unwrap_or_default();
         let address = EndpointAddress {
             ip,
+            hostname,
             node_name: pod
                 .spec
                 .as_ref()
@@ -82,7 +91,6 @@ pub fn subsets(service: &Service, pods: &[&Pod]) -> Vec<EndpointSubset> {
                 uid: meta.uid,
                 ..Default::default()
             }),
-            ..Default::default()
         };
         let subset = by_ports
             .entry(ports.clone())

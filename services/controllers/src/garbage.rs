@@ -1,9 +1,11 @@
 //! The garbage collector (background propagation): a dependent whose
 //! every owner is gone is deleted. One collector runs per dependent kind
 //! (pods, whose owners are ReplicaSets, ReplicationControllers,
-//! DaemonSets and Jobs; ReplicaSets, whose owners are Deployments; Jobs,
-//! whose owners are CronJobs; ControllerRevisions, whose owners are
-//! DaemonSets). Foreground and Orphan deletions are carried
+//! DaemonSets, StatefulSets and Jobs; ReplicaSets, whose owners are
+//! Deployments; Jobs, whose owners are CronJobs; ControllerRevisions,
+//! whose owners are DaemonSets and StatefulSets; PersistentVolumeClaims,
+//! whose owners are StatefulSets that delete them with themselves).
+//! Foreground and Orphan deletions are carried
 //! out for every owner kind ([`Propagation`]).
 //!
 //! Owners are looked up by uid in the shared caches; before deleting, the
@@ -13,7 +15,7 @@
 use std::sync::Arc;
 
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
-use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::ReplicationController;
 use skiff::pb::meta::v1::OwnerReference;
@@ -40,6 +42,8 @@ pub struct Owners {
     pub deployments: (Api<Deployment>, Store<Deployment>),
     /// DaemonSets (own pods).
     pub daemonsets: (Api<DaemonSet>, Store<DaemonSet>),
+    /// StatefulSets (own pods, and claims when they delete them).
+    pub statefulsets: (Api<StatefulSet>, Store<StatefulSet>),
     /// Jobs (own pods).
     pub jobs: (Api<Job>, Store<Job>),
     /// CronJobs (own Jobs).
@@ -97,6 +101,10 @@ impl<K: Resource> GarbageCollector<K> {
             }
             "DaemonSet" => {
                 let (api, store) = &self.owners.daemonsets;
+                exists(api, store, namespace, owner).await
+            }
+            "StatefulSet" => {
+                let (api, store) = &self.owners.statefulsets;
                 exists(api, store, namespace, owner).await
             }
             "Job" => {
@@ -356,6 +364,7 @@ pub fn start(
     let owners = Owners {
         jobs: (api(s), s.jobs.store.clone()),
         daemonsets: (api(s), s.daemonsets.store.clone()),
+        statefulsets: (api(s), s.statefulsets.store.clone()),
         replicasets: (api(s), s.replicasets.store.clone()),
         replicationcontrollers: (api(s), s.replicationcontrollers.store.clone()),
         deployments: (api(s), s.deployments.store.clone()),
@@ -366,22 +375,32 @@ pub fn start(
         .watches(&s.replicasets, deletions(&s.pods))
         .watches(&s.replicationcontrollers, deletions(&s.pods))
         .watches(&s.daemonsets, deletions(&s.pods))
+        .watches(&s.statefulsets, deletions(&s.pods))
         .watches(&s.jobs, deletions(&s.pods))
         .reads(&s.deployments.store);
     let rs_gc = GarbageCollector::new(api(s), s.replicasets.store.clone(), owners.clone());
     let revision_gc =
         GarbageCollector::new(api(s), s.controllerrevisions.store.clone(), owners.clone());
     let revisions = collect(revision_gc, &s.controllerrevisions)
-        .watches(&s.daemonsets, deletions(&s.controllerrevisions));
+        .watches(&s.daemonsets, deletions(&s.controllerrevisions))
+        .watches(&s.statefulsets, deletions(&s.controllerrevisions));
+    let claim_gc = GarbageCollector::new(
+        api(s),
+        s.persistentvolumeclaims.store.clone(),
+        owners.clone(),
+    );
+    let claims = collect(claim_gc, &s.persistentvolumeclaims)
+        .watches(&s.statefulsets, deletions(&s.persistentvolumeclaims));
     let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
     let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
-    let (pod_store, rs_store, job_store, revision_store) = (
+    let (pod_store, rs_store, job_store, revision_store, claim_store) = (
         s.pods.store.clone(),
         s.replicasets.store.clone(),
         s.jobs.store.clone(),
         s.controllerrevisions.store.clone(),
+        s.persistentvolumeclaims.store.clone(),
     );
     futures::future::join_all([
         pods.run(move || keys_of(&pod_store), workers).boxed(),
@@ -390,10 +409,12 @@ pub fn start(
         revisions
             .run(move || keys_of(&revision_store), workers)
             .boxed(),
+        claims.run(move || keys_of(&claim_store), workers).boxed(),
         propagate(s, &s.replicasets, &s.pods, workers),
         propagate(s, &s.replicationcontrollers, &s.pods, workers),
         propagate(s, &s.deployments, &s.replicasets, workers),
         propagate(s, &s.daemonsets, &s.pods, workers),
+        propagate(s, &s.statefulsets, &s.pods, workers),
         propagate(s, &s.jobs, &s.pods, workers),
         propagate(s, &s.cronjobs, &s.jobs, workers),
     ])

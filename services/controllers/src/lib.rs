@@ -12,6 +12,8 @@
 //! - [`serviceaccount`]: a `default` service account per namespace.
 //! - [`autoscaler`]: replicas that follow the pods' resource use.
 //! - [`daemonset`]: one pod of a template per matching node.
+//! - [`statefulset`]: pods with stable names, DNS names and claims.
+//! - [`history`]: the ControllerRevisions of DaemonSets and StatefulSets.
 //! - [`job`]: pods run to completion, with parallelism, retries and
 //!   deadlines.
 //! - [`cronjob`]: Jobs on a schedule.
@@ -42,7 +44,7 @@ use actix::{
 };
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
+use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::coordination::v1::Lease;
@@ -60,6 +62,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbage;
+pub mod history;
 pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -68,6 +71,7 @@ pub mod rootca;
 pub mod runtime;
 pub mod service;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod volume;
 
 /// How the controllers are tuned (from the manager's config).
@@ -97,7 +101,9 @@ pub struct Shared {
     pub deployments: Informer<Deployment>,
     /// All DaemonSets.
     pub daemonsets: Informer<DaemonSet>,
-    /// All ControllerRevisions (DaemonSets' history).
+    /// All StatefulSets.
+    pub statefulsets: Informer<StatefulSet>,
+    /// All ControllerRevisions (DaemonSets' and StatefulSets' history).
     pub controllerrevisions: Informer<ControllerRevision>,
     /// All Jobs.
     pub jobs: Informer<Job>,
@@ -178,6 +184,7 @@ impl Shared {
             replicationcontrollers: Informer::start(Api::new(channel.clone()), Default::default()),
             deployments: Informer::start(Api::new(channel.clone()), Default::default()),
             daemonsets: Informer::start(Api::new(channel.clone()), Default::default()),
+            statefulsets: Informer::start(Api::new(channel.clone()), Default::default()),
             controllerrevisions: Informer::start(Api::new(channel.clone()), Default::default()),
             jobs: Informer::start(Api::new(channel.clone()), Default::default()),
             cronjobs: Informer::start(Api::new(channel.clone()), Default::default()),
@@ -230,6 +237,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "daemonset",
             start: daemonset::start,
+        },
+        Descriptor {
+            name: "statefulset",
+            start: statefulset::start,
         },
         Descriptor {
             name: "job",

@@ -347,7 +347,15 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     &[READ, WRITE].concat(),
                     &["apps"],
-                    &["deployments", "replicasets", "daemonsets"],
+                    &[
+                        "deployments",
+                        "deployments/scale",
+                        "replicasets",
+                        "replicasets/scale",
+                        "daemonsets",
+                        "statefulsets",
+                        "statefulsets/scale",
+                    ],
                 ),
                 rule(&[READ, WRITE].concat(), &["batch"], &["jobs", "cronjobs"]),
                 rule(
@@ -364,7 +372,13 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     READ,
                     &["apps"],
-                    &["deployments", "replicasets", "daemonsets"],
+                    &[
+                        "deployments",
+                        "replicasets",
+                        "daemonsets",
+                        "statefulsets",
+                        "controllerrevisions",
+                    ],
                 ),
                 rule(READ, &["batch"], &["jobs", "cronjobs"]),
                 rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),

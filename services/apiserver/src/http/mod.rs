@@ -148,7 +148,12 @@ pub const fn split_version(api_version: &'static str) -> (&'static str, &'static
 }
 
 /// The kinds whose replicas the `scale` subresource sets.
-const SCALABLE: &[&str] = &["Deployment", "ReplicaSet", "ReplicationController"];
+const SCALABLE: &[&str] = &[
+    "Deployment",
+    "ReplicaSet",
+    "ReplicationController",
+    "StatefulSet",
+];
 
 const fn scalable(kind: &str) -> bool {
     let mut i = 0;

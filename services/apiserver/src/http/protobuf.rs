@@ -613,6 +613,7 @@ kinds! {
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,
     "apps/v1" "Deployment" => k8s_pb::api::apps::v1::Deployment,
     "apps/v1" "DaemonSet" => k8s_pb::api::apps::v1::DaemonSet,
+    "apps/v1" "StatefulSet" => k8s_pb::api::apps::v1::StatefulSet,
     "coordination.k8s.io/v1" "Lease" => k8s_pb::api::coordination::v1::Lease,
     "rbac.authorization.k8s.io/v1" "Role" => k8s_pb::api::rbac::v1::Role,
     "rbac.authorization.k8s.io/v1" "ClusterRole" => k8s_pb::api::rbac::v1::ClusterRole,

@@ -1,10 +1,11 @@
-//! Workloads: ReplicationControllers, ReplicaSets, Deployments and
-//! DaemonSets (templates, selectors, update strategies), and the
-//! ControllerRevisions of their history.
+//! Workloads: ReplicationControllers, ReplicaSets, Deployments,
+//! DaemonSets and StatefulSets (templates, selectors, update strategies),
+//! and the ControllerRevisions of their history.
 
 use skiff::pb::apps::v1::{
     ControllerRevision, DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy,
-    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment,
+    ReplicaSet, RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy,
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
 use skiff::pb::core::v1::{PodSpec, PodTemplateSpec, ReplicationController};
 use skiff::pb::meta::v1::ObjectMeta;
@@ -352,6 +353,203 @@ impl Strategy for DaemonSet {
                     ),
                 ),
             }
+        }
+    }
+}
+
+impl Strategy for StatefulSet {
+    fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
+        let template = self.spec.as_ref()?.template.as_ref()?;
+        Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
+    }
+
+    fn default_fields(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        spec.replicas.get_or_insert(1);
+        spec.revision_history_limit.get_or_insert(10);
+        if spec.pod_management_policy.is_empty() {
+            spec.pod_management_policy = "OrderedReady".into();
+        }
+        let strategy = spec
+            .update_strategy
+            .get_or_insert_with(StatefulSetUpdateStrategy::default);
+        if strategy.r#type.is_empty() {
+            strategy.r#type = "RollingUpdate".into();
+        }
+        if strategy.r#type == "RollingUpdate" {
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateStatefulSetStrategy::default);
+            ru.partition.get_or_insert(0);
+        }
+        let policy = spec
+            .persistent_volume_claim_retention_policy
+            .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+        for field in [&mut policy.when_deleted, &mut policy.when_scaled] {
+            if field.is_empty() {
+                *field = "Retain".into();
+            }
+        }
+        for claim in &mut spec.volume_claim_templates {
+            claim.default_fields();
+            claim.status = Some(skiff::pb::core::v1::PersistentVolumeClaimStatus {
+                phase: "Pending".into(),
+                ..Default::default()
+            });
+        }
+        default_template(&mut spec.template);
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        validate_replicas(spec.replicas, errors);
+        // The template's mounts may name the claim templates: each is a
+        // volume of the pods.
+        let mut template = spec.template.clone();
+        if let Some(pod) = template.as_mut().and_then(|t| t.spec.as_mut()) {
+            for claim in &spec.volume_claim_templates {
+                let name = claim.name();
+                if !pod.volumes.iter().any(|v| v.name == name) {
+                    pod.volumes.push(skiff::pb::core::v1::Volume {
+                        name: name.to_string(),
+                        persistent_volume_claim: Some(
+                            skiff::pb::core::v1::PersistentVolumeClaimVolumeSource {
+                                claim_name: name.to_string(),
+                                read_only: false,
+                            },
+                        ),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        validate_template(
+            template.as_ref(),
+            meta_selector(spec.selector.as_ref()),
+            errors,
+        );
+        let restart = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map_or("Always", |s| s.restart_policy.as_str());
+        if restart != "Always" {
+            errors.not_supported("spec.template.spec.restartPolicy", restart, &["Always"]);
+        }
+        if !matches!(
+            spec.pod_management_policy.as_str(),
+            "OrderedReady" | "Parallel"
+        ) {
+            errors.not_supported(
+                "spec.podManagementPolicy",
+                &spec.pod_management_policy,
+                &["OrderedReady", "Parallel"],
+            );
+        }
+        if let Some(strategy) = &spec.update_strategy {
+            match strategy.r#type.as_str() {
+                "RollingUpdate" => {
+                    let ru = strategy.rolling_update.clone().unwrap_or_default();
+                    if let Some(p) = ru.partition.filter(|p| *p < 0) {
+                        errors.invalid(
+                            "spec.updateStrategy.rollingUpdate.partition",
+                            p,
+                            "must be greater than or equal to 0",
+                        );
+                    }
+                    let one = ru.max_unavailable.as_ref().is_none_or(
+                        |v| matches!(v.kind, Some(ValueKind::NumberValue(n)) if n == 1.0),
+                    );
+                    if !one {
+                        errors.invalid(
+                            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                            "…",
+                            "only 1 is supported by Skiff (pods are replaced one at a time)",
+                        );
+                    }
+                }
+                "OnDelete" => {
+                    if strategy.rolling_update.is_some() {
+                        errors.forbidden(
+                            "spec.updateStrategy.rollingUpdate",
+                            "only allowed for updateStrategy 'RollingUpdate'",
+                        );
+                    }
+                }
+                other => errors.not_supported(
+                    "spec.updateStrategy.type",
+                    other,
+                    &["OnDelete", "RollingUpdate"],
+                ),
+            }
+        }
+        if let Some(policy) = &spec.persistent_volume_claim_retention_policy {
+            for (field, value) in [
+                ("whenDeleted", &policy.when_deleted),
+                ("whenScaled", &policy.when_scaled),
+            ] {
+                if !matches!(value.as_str(), "" | "Retain" | "Delete") {
+                    errors.not_supported(
+                        format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                        value,
+                        &["Retain", "Delete"],
+                    );
+                }
+            }
+        }
+        if spec.ordinals.as_ref().is_some_and(|o| o.start < 0) {
+            errors.invalid(
+                "spec.ordinals.start",
+                "…",
+                "must be greater than or equal to 0",
+            );
+        }
+        for (i, claim) in spec.volume_claim_templates.iter().enumerate() {
+            let path = format!("spec.volumeClaimTemplates[{i}]");
+            if let Err(reason) = validation::is_dns1123_label(claim.name()) {
+                errors.invalid(format!("{path}.metadata.name"), claim.name(), reason);
+            }
+            let mut claim_errors = FieldErrors::new();
+            claim.validate(&mut claim_errors);
+            for e in claim_errors.errors() {
+                errors.push(format!("{path}.{}", e.path), e.message.clone());
+            }
+        }
+        // Pods are named NAME-ORDINAL and carry the name in a label
+        // (`controller-revision-hash` is NAME-HASH): Kubernetes' limit.
+        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        if name.len() > 52 {
+            errors.invalid("metadata.name", name, "must be no more than 52 characters");
+        }
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else {
+            return;
+        };
+        let mut comparable = new.clone();
+        for (field, before) in [
+            (&mut comparable.replicas, old.replicas),
+            (
+                &mut comparable.revision_history_limit,
+                old.revision_history_limit,
+            ),
+        ] {
+            *field = before;
+        }
+        comparable.template = old.template.clone();
+        comparable.update_strategy = old.update_strategy.clone();
+        comparable.persistent_volume_claim_retention_policy =
+            old.persistent_volume_claim_retention_policy.clone();
+        comparable.min_ready_seconds = old.min_ready_seconds;
+        comparable.ordinals = old.ordinals;
+        if comparable != *old {
+            errors.forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            );
         }
     }
 }

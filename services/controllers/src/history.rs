@@ -1,0 +1,235 @@
+//! The history of a controller's pod templates, as Kubernetes keeps it for
+//! DaemonSets and StatefulSets: one ControllerRevision per template it ran,
+//! named `NAME-HASH`, holding the strategic merge patch that puts that
+//! template back, numbered in the order the templates were last used (a
+//! rollback renumbers the revision it returns to), at most
+//! `revisionHistoryLimit` old ones kept besides those a pod still runs.
+//! `kubectl rollout history|undo` reads and applies them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use skiff::Resource;
+use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
+use skiff::pb::core::v1::{Pod, PodTemplateSpec};
+use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff_client::{Api, Store};
+
+use crate::replicaset::{controller_of, delete_exactly};
+use crate::runtime::Error;
+
+/// The label naming the template revision a pod runs (and its revision
+/// is labelled with).
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// A kind whose templates have a history.
+pub trait Versioned: Resource {
+    /// Its pod template.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// How many old revisions it keeps (Kubernetes' default: 10).
+    fn history_limit(&self) -> usize;
+}
+
+impl Versioned for DaemonSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref()?.template.as_ref()
+    }
+
+    fn history_limit(&self) -> usize {
+        let limit = self.spec.as_ref().and_then(|s| s.revision_history_limit);
+        usize::try_from(limit.unwrap_or(10)).unwrap_or(0)
+    }
+}
+
+impl Versioned for StatefulSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref()?.template.as_ref()
+    }
+
+    fn history_limit(&self) -> usize {
+        let limit = self.spec.as_ref().and_then(|s| s.revision_history_limit);
+        usize::try_from(limit.unwrap_or(10)).unwrap_or(0)
+    }
+}
+
+/// The template revision a pod runs ("" for none).
+pub fn revision_of(pod: &Pod) -> &str {
+    pod.metadata
+        .as_ref()
+        .and_then(|m| m.labels.get(REVISION_LABEL))
+        .map_or("", String::as_str)
+}
+
+/// The owner reference its pods and revisions carry.
+pub fn owner_reference<K: Resource>(owner: &K) -> OwnerReference {
+    let meta = owner.metadata().cloned().unwrap_or_default();
+    OwnerReference {
+        api_version: K::API_VERSION.into(),
+        kind: K::KIND.into(),
+        name: meta.name,
+        uid: meta.uid,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The revision of `owner`'s current template (its `hash`), numbered
+/// `number`: its data is the strategic merge patch that puts the template
+/// back (`{"spec":{"template":{..., "$patch":"replace"}}}`, what `kubectl
+/// rollout undo` sends), its labels the template's and the hash.
+///
+/// # Errors
+/// The template does not encode as JSON.
+pub fn revision<K: Versioned>(
+    owner: &K,
+    hash: &str,
+    number: i64,
+) -> Result<ControllerRevision, Error> {
+    let meta = owner.metadata().cloned().unwrap_or_default();
+    let template = owner.template().cloned().unwrap_or_default();
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(REVISION_LABEL.into(), hash.into());
+    let mut template = skiff::json::to_value(&template).map_err(|e| Error::Other(e.to_string()))?;
+    template["$patch"] = serde_json::json!("replace");
+    let data = serde_json::from_value(serde_json::json!({"spec": {"template": template}}))
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let annotations = meta
+        .annotations
+        .get("kubernetes.io/change-cause")
+        .map(|cause| [("kubernetes.io/change-cause".to_string(), cause.clone())].into())
+        .unwrap_or_default();
+    Ok(ControllerRevision {
+        metadata: Some(ObjectMeta {
+            // (The name's prefix cut as Kubernetes cuts it: names are at
+            // most 253 characters.)
+            name: format!("{}-{hash}", meta.name.chars().take(223).collect::<String>()),
+            namespace: meta.namespace.clone(),
+            labels,
+            annotations,
+            owner_references: vec![owner_reference(owner)],
+            ..Default::default()
+        }),
+        data: Some(data),
+        revision: number,
+        ..Default::default()
+    })
+}
+
+/// Writes the revisions of one controller's objects.
+pub struct History {
+    revisions: Api<ControllerRevision>,
+    store: Store<ControllerRevision>,
+    /// The last revision number written per owner (by uid), and the
+    /// template hash it was given to: the cache may not show it yet, and
+    /// two revisions must not share a number.
+    numbered: Mutex<HashMap<String, (i64, String)>>,
+}
+
+impl History {
+    /// History through `revisions`, read from `store`.
+    pub fn new(revisions: Api<ControllerRevision>, store: Store<ControllerRevision>) -> Self {
+        Self {
+            revisions,
+            store,
+            numbered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The revisions `owner` controls, as the cache has them.
+    pub fn owned<K: Resource>(&self, owner: &K) -> Vec<Arc<ControllerRevision>> {
+        let uid = owner.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+        self.store
+            .list()
+            .into_iter()
+            .filter(|r| r.namespace() == owner.namespace())
+            .filter(|r| controller_of(r.as_ref()).is_some_and(|o| o.uid == uid))
+            .collect()
+    }
+
+    /// Keeps the history (see the module doc): the current template's
+    /// revision (`hash`) is the newest; old ones beyond the limit that no
+    /// pod runs (`running`: the revisions its pods run) are deleted.
+    ///
+    /// # Errors
+    /// What the API said.
+    pub async fn record<K: Versioned>(
+        &self,
+        owner: &K,
+        hash: &str,
+        running: &[&str],
+    ) -> Result<(), Error> {
+        let uid = owner.metadata().map(|m| m.uid.clone()).unwrap_or_default();
+        let owned = self.owned(owner);
+        let hash_of = |r: &ControllerRevision| {
+            r.metadata()
+                .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
+                .unwrap_or_default()
+        };
+        let cached = owned.iter().map(|r| r.revision).max().unwrap_or(0);
+        let (written, written_hash) = self
+            .numbered
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&uid).cloned())
+            .unwrap_or_default();
+        let newest = cached.max(written);
+        let remember = |number: i64| {
+            if let Ok(mut numbered) = self.numbered.lock() {
+                numbered.insert(uid.clone(), (number, hash.to_string()));
+            }
+        };
+        match owned.iter().find(|r| hash_of(r) == hash) {
+            Some(current) if current.revision == newest => {}
+            // Given the newest number already; the cache is behind.
+            Some(_) if written == newest && written_hash == hash => {}
+            Some(current) => {
+                // Back to an older template: it is the newest again.
+                let mut renumbered = (**current).clone();
+                renumbered.revision = newest + 1;
+                match self.revisions.update(renumbered).await {
+                    Ok(_) => remember(newest + 1),
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(s.into()),
+                }
+            }
+            None => match self
+                .revisions
+                .create(revision(owner, hash, newest + 1)?)
+                .await
+            {
+                Ok(_) => remember(newest + 1),
+                // The cache had not shown it yet.
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => return Err(s.into()),
+            },
+        }
+        let mut old: Vec<&Arc<ControllerRevision>> = owned
+            .iter()
+            .filter(|r| {
+                let h = hash_of(r);
+                h != hash && !running.contains(&h.as_str())
+            })
+            .collect();
+        old.sort_by_key(|r| r.revision);
+        let excess = old.len().saturating_sub(owner.history_limit());
+        for gone in old.into_iter().take(excess) {
+            match self.revisions.delete(delete_exactly(gone.as_ref())).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets an owner that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut numbered) = self.numbered.lock() {
+            numbered.remove(uid);
+        }
+    }
+}
