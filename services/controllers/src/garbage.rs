@@ -3,8 +3,7 @@
 //! (pods, whose owners are ReplicaSets, ReplicationControllers,
 //! DaemonSets, StatefulSets and Jobs; ReplicaSets, whose owners are
 //! Deployments; Jobs, whose owners are CronJobs; ControllerRevisions,
-//! whose owners are DaemonSets and StatefulSets; PersistentVolumeClaims,
-//! whose owners are StatefulSets that delete them with themselves).
+//! whose owners are DaemonSets and StatefulSets).
 //! Foreground and Orphan deletions are carried
 //! out for every owner kind ([`Propagation`]).
 //!
@@ -384,23 +383,16 @@ pub fn start(
     let revisions = collect(revision_gc, &s.controllerrevisions)
         .watches(&s.daemonsets, deletions(&s.controllerrevisions))
         .watches(&s.statefulsets, deletions(&s.controllerrevisions));
-    let claim_gc = GarbageCollector::new(
-        api(s),
-        s.persistentvolumeclaims.store.clone(),
-        owners.clone(),
-    );
-    let claims = collect(claim_gc, &s.persistentvolumeclaims)
-        .watches(&s.statefulsets, deletions(&s.persistentvolumeclaims));
+
     let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
     let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
-    let (pod_store, rs_store, job_store, revision_store, claim_store) = (
+    let (pod_store, rs_store, job_store, revision_store) = (
         s.pods.store.clone(),
         s.replicasets.store.clone(),
         s.jobs.store.clone(),
         s.controllerrevisions.store.clone(),
-        s.persistentvolumeclaims.store.clone(),
     );
     futures::future::join_all([
         pods.run(move || keys_of(&pod_store), workers).boxed(),
@@ -409,7 +401,6 @@ pub fn start(
         revisions
             .run(move || keys_of(&revision_store), workers)
             .boxed(),
-        claims.run(move || keys_of(&claim_store), workers).boxed(),
         propagate(s, &s.replicasets, &s.pods, workers),
         propagate(s, &s.replicationcontrollers, &s.pods, workers),
         propagate(s, &s.deployments, &s.replicasets, workers),

@@ -17,9 +17,9 @@
 //!   again from the new template), one at a time; ordinals below the
 //!   partition keep the current revision, also when they are recreated.
 //!   `OnDelete`: only pods deleted by hand take the new template.
-//! - Claims of removed ordinals are deleted when
-//!   `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`; with
-//!   `whenDeleted: Delete` they carry the set as owner and go with it.
+//! - Claims the set made for ordinals it no longer has are deleted when
+//!   `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`; claims
+//!   outlive the set itself (`whenDeleted: Delete` is refused for now).
 //!
 //! Templates are told apart by ControllerRevisions ([`crate::history`]),
 //! whose names are the pods' `controller-revision-hash` label, so
@@ -72,6 +72,15 @@ fn start_of(set: &StatefulSet) -> i32 {
         .as_ref()
         .and_then(|s| s.ordinals.as_ref())
         .map_or(0, |o| o.start)
+}
+
+fn partition_of(set: &StatefulSet) -> i32 {
+    set.spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.rolling_update.as_ref())
+        .and_then(|r| r.partition)
+        .unwrap_or(0)
 }
 
 fn replicas_of(set: &StatefulSet) -> i32 {
@@ -127,15 +136,20 @@ pub fn pod_for(set: &StatefulSet, ordinal: i32, template: &PodTemplateSpec, revi
     }
 }
 
+/// The label a claim made by a set carries: the set's uid (only such
+/// claims are deleted when the set scales down under `whenScaled:
+/// Delete`; claims kept from an earlier set of the same name are not).
+pub const SET_UID_LABEL: &str = "statefulset.skiff.io/uid";
+
 /// The claims ordinal `ordinal` needs, from the claim templates: labelled
-/// with the set's selector, owned by the set when `whenDeleted` is
-/// `Delete`.
+/// with the set's selector and uid.
 pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim> {
     let spec = set.spec.clone().unwrap_or_default();
-    let owned = spec
-        .persistent_volume_claim_retention_policy
+    let uid = set
+        .metadata
         .as_ref()
-        .is_some_and(|p| p.when_deleted == "Delete");
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
     let selector_labels = spec
         .selector
         .as_ref()
@@ -147,15 +161,13 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
             let tmeta = template.metadata.clone().unwrap_or_default();
             let mut labels = tmeta.labels;
             labels.extend(selector_labels.clone());
-            let mut owner = owner_reference(set);
-            owner.controller = None;
+            labels.insert(SET_UID_LABEL.into(), uid.clone());
             PersistentVolumeClaim {
                 metadata: Some(ObjectMeta {
                     name: claim_name(&tmeta.name, set, ordinal),
                     namespace: set.namespace().to_string(),
                     labels,
                     annotations: tmeta.annotations,
-                    owner_references: if owned { vec![owner] } else { Vec::new() },
                     ..Default::default()
                 }),
                 spec: template.spec.clone(),
@@ -188,8 +200,9 @@ fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().map_or("", |s| s.phase.as_str())
 }
 
-fn healthy(pod: &Pod) -> bool {
-    !is_terminating(pod) && phase(pod) == "Running" && skiff::pods::is_ready(pod)
+/// Running, Ready, and (with `minReadySeconds`) available.
+fn healthy(pod: &Pod, min_ready: i32) -> bool {
+    !is_terminating(pod) && phase(pod) == "Running" && is_available(pod, min_ready)
 }
 
 /// Plans a reconcile of `set` over the pods it owns, for the template
@@ -271,7 +284,7 @@ pub fn plan(
                     break;
                 }
             }
-            Some(pod) if !healthy(pod) && !parallel => {
+            Some(pod) if !healthy(pod, min_ready) && !parallel => {
                 waiting = true;
                 break;
             }
@@ -314,25 +327,26 @@ pub fn plan(
         .as_ref()
         .is_none_or(|s| s.r#type != "OnDelete");
     if rolling && !waiting && plan.create.is_empty() && plan.delete.is_empty() {
-        let partition = spec
-            .update_strategy
-            .as_ref()
-            .and_then(|s| s.rolling_update.as_ref())
-            .and_then(|r| r.partition)
-            .unwrap_or(0);
-        let all_healthy = in_range.iter().all(|(_, p)| healthy(p));
-        if all_healthy {
-            let old = in_range
-                .iter()
-                .rev()
-                .find(|(o, p)| *o >= partition && revision(p) != update);
-            if let Some((_, pod)) = old {
+        // Kubernetes' walk: from the top down to the partition (counted
+        // from the first ordinal), the first old pod goes; a pod passed on
+        // the way that is not available holds the update back.
+        let floor = start + partition_of(set);
+        for (ordinal, pod) in in_range.iter().rev() {
+            if *ordinal < floor {
+                break;
+            }
+            if revision(pod) != update && !is_terminating(pod) {
                 plan.delete.push(pod.name().to_string());
+                break;
+            }
+            if !healthy(pod, min_ready) {
+                break;
             }
         }
     }
-    // The update is complete once every ordinal runs it.
+    // The update is complete once every ordinal runs it and is Ready.
     if status.updated_replicas == replicas
+        && status.ready_replicas == replicas
         && in_range.len() == usize::try_from(replicas).unwrap_or(0)
         && condemned.is_empty()
     {
@@ -394,17 +408,22 @@ impl StatefulSetController {
 
     /// Makes the claims of `ordinal` that do not exist yet; false when one
     /// is being deleted (the pod waits for it to go, then for a new one).
+    /// Each is read live: the cache may not show a deletion just made.
     async fn ensure_claims(&self, set: &StatefulSet, ordinal: i32) -> Result<bool, Error> {
         for claim in claims_for(set, ordinal) {
-            if let Some(existing) = self.claims.1.get(claim.namespace(), claim.name()) {
-                if existing
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.deletion_timestamp.is_some())
-                {
-                    return Ok(false);
+            match self.claims.0.get(claim.namespace(), claim.name()).await {
+                Ok(existing) => {
+                    if existing
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|m| m.deletion_timestamp.is_some())
+                    {
+                        return Ok(false);
+                    }
+                    continue;
                 }
-                continue;
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s.into()),
             }
             let name = claim.name().to_string();
             match self.claims.0.create(claim).await {
@@ -421,7 +440,8 @@ impl StatefulSetController {
                     )
                     .await;
                 }
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                // Made meanwhile: looked at again on the next pass.
+                Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(false),
                 Err(s) => {
                     self.event(
                         set,
@@ -439,6 +459,61 @@ impl StatefulSetController {
             }
         }
         Ok(true)
+    }
+
+    /// A pod named as one of `set`'s exists and is not its own: adopted
+    /// when it has no controller and the selector picks it (Kubernetes'
+    /// adoption, so a set recreated after `--cascade=orphan` takes its
+    /// pods back), else reported.
+    async fn adopt_or_report(&self, set: &StatefulSet, name: &str) -> Result<(), Error> {
+        let pod = match self.pods.0.get(set.namespace(), name).await {
+            Ok(pod) => pod,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+            Err(s) => return Err(s.into()),
+        };
+        let uid = set.metadata.as_ref().map_or("", |m| m.uid.as_str());
+        let owner = controller_of(&pod);
+        if owner.is_some_and(|o| o.uid == uid) {
+            return Ok(());
+        }
+        let selected = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| skiff::selector::LabelSelector::from_meta(s).ok())
+            .is_some_and(|s| {
+                !s.is_empty() && pod.metadata.as_ref().is_some_and(|m| s.matches(&m.labels))
+            });
+        let terminating = pod
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.deletion_timestamp.is_some());
+        if owner.is_none() && selected && !terminating {
+            let mut adopted = pod.clone();
+            adopted
+                .metadata_mut()
+                .owner_references
+                .push(owner_reference(set));
+            adopted.status = None;
+            match self.pods.0.update(adopted).await {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::Aborted => return Ok(()),
+                Err(s) => return Err(s.into()),
+            }
+        }
+        if !terminating {
+            self.event(
+                set,
+                EventType::Warning,
+                "FailedCreate",
+                &format!(
+                    "create Pod {name} in StatefulSet {} failed: a pod of that name exists and is not the set's",
+                    set.name()
+                ),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
@@ -467,14 +542,18 @@ impl StatefulSetController {
             .filter_map(|p| p.metadata.as_ref()?.labels.get(REVISION_LABEL))
             .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
             .collect();
-        let running: Vec<&str> = running.iter().map(String::as_str).collect();
-        self.history.record(set.as_ref(), &hash, &running).await?;
         let current = set
             .status
             .as_ref()
             .map(|s| s.current_revision.clone())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| update.clone());
+        // The current revision is kept whatever the limit: pods below the
+        // partition are made from it.
+        let mut running = running;
+        running.extend(current.strip_prefix(&prefix).map(str::to_string));
+        let running: Vec<&str> = running.iter().map(String::as_str).collect();
+        self.history.record(set.as_ref(), &hash, &running).await?;
         let templates: Vec<&str> = spec
             .volume_claim_templates
             .iter()
@@ -502,12 +581,7 @@ impl StatefulSetController {
             .filter(|o| *o >= end)
             .collect();
         let plan = plan(&set, &owned, &current, &update, &gone_ordinals);
-        let partition = spec
-            .update_strategy
-            .as_ref()
-            .and_then(|s| s.rolling_update.as_ref())
-            .and_then(|r| r.partition)
-            .unwrap_or(0);
+        let floor = start_of(&set) + partition_of(&set);
         let mut requeue = false;
         for &ordinal in &plan.create {
             if !self.ensure_claims(&set, ordinal).await? {
@@ -516,14 +590,28 @@ impl StatefulSetController {
             }
             // Below the partition, a recreated pod keeps the current
             // revision's template.
-            let (template, revision) = if ordinal < partition && current != update {
+            let (template, revision) = if ordinal < floor && current != update {
                 match self
                     .revision_store
                     .get(&key.namespace, &current)
                     .and_then(|r| template_of(&r))
                 {
                     Some(t) => (t, current.clone()),
-                    None => (spec.template.clone().unwrap_or_default(), update.clone()),
+                    None => {
+                        self.event(
+                            &set,
+                            EventType::Warning,
+                            "FailedCreate",
+                            &format!(
+                                "create Pod {} in StatefulSet {}: its current revision {current} is not found yet",
+                                pod_name(&set, ordinal),
+                                set.name()
+                            ),
+                        )
+                        .await;
+                        requeue = true;
+                        continue;
+                    }
                 }
             } else {
                 (spec.template.clone().unwrap_or_default(), update.clone())
@@ -540,8 +628,13 @@ impl StatefulSetController {
                     )
                     .await;
                 }
-                // The old pod of that name is still going.
-                Err(s) if s.code() == tonic::Code::AlreadyExists => requeue = true,
+                // The old pod of that name is still going, or a pod of that
+                // name is someone else's: adopted when it is an orphan the
+                // selector picks (as Kubernetes does), else reported.
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                    requeue = true;
+                    self.adopt_or_report(&set, &name).await?;
+                }
                 Err(s) => {
                     self.event(
                         &set,
@@ -578,7 +671,18 @@ impl StatefulSetController {
         }
         for &ordinal in &plan.release_claims {
             for claim in claims_for(&set, ordinal) {
-                let Some(existing) = self.claims.1.get(claim.namespace(), claim.name()) else {
+                // Only the claims this set made.
+                let Some(existing) =
+                    self.claims
+                        .1
+                        .get(claim.namespace(), claim.name())
+                        .filter(|c| {
+                            c.metadata
+                                .as_ref()
+                                .and_then(|m| m.labels.get(SET_UID_LABEL))
+                                .is_some_and(|u| *u == meta.uid)
+                        })
+                else {
                     continue;
                 };
                 match self
@@ -593,18 +697,18 @@ impl StatefulSetController {
                 }
             }
         }
-        if set.status.as_ref() != Some(&plan.status) {
-            let mut updated = (*set).clone();
-            let conditions = set
+        let status = StatefulSetStatus {
+            conditions: set
                 .status
                 .as_ref()
                 .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            updated.status = Some(StatefulSetStatus {
-                conditions,
-                collision_count: set.status.as_ref().and_then(|s| s.collision_count),
-                ..plan.status.clone()
-            });
+                .unwrap_or_default(),
+            collision_count: set.status.as_ref().and_then(|s| s.collision_count),
+            ..plan.status.clone()
+        };
+        if set.status.as_ref() != Some(&status) {
+            let mut updated = (*set).clone();
+            updated.status = Some(status);
             match self.sets.0.update_status(updated).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -612,8 +716,16 @@ impl StatefulSetController {
                 Err(s) => return Err(s.into()),
             }
         }
+        // Pods Ready but not yet available: looked at again when they are.
+        let min_ready = spec.min_ready_seconds;
+        let maturing = min_ready > 0
+            && owned
+                .iter()
+                .any(|p| skiff::pods::is_ready(p) && !is_available(p, min_ready));
         Ok(if requeue {
             Action::Requeue(Duration::from_millis(500))
+        } else if maturing {
+            Action::Requeue(Duration::from_secs(1))
         } else {
             Action::AwaitChange
         })
@@ -859,5 +971,25 @@ mod tests {
             &[1, 2],
         );
         assert_eq!(p.release_claims, [1], "web-2 still runs");
+    }
+
+    #[test]
+    fn the_partition_counts_from_the_first_ordinal_and_an_unhealthy_pod_is_updated() {
+        let mut s = set(3, "Parallel", 1);
+        s.spec.as_mut().unwrap().ordinals =
+            Some(skiff::pb::apps::v1::StatefulSetOrdinals { start: 5 });
+        let pods = [pod(5, "r1", true), pod(6, "r1", false), pod(7, "r1", true)];
+        let p = plan(&s, &pods, "r1", "r2", &[]);
+        assert_eq!(
+            p.delete,
+            ["web-7"],
+            "a crash-looping pod does not hold the update back"
+        );
+        let pods = [pod(5, "r1", true), pod(6, "r1", false), pod(7, "r2", true)];
+        let p = plan(&s, &pods, "r1", "r2", &[]);
+        assert_eq!(p.delete, ["web-6"]);
+        let pods = [pod(5, "r1", true), pod(6, "r2", true), pod(7, "r2", true)];
+        let p = plan(&s, &pods, "r1", "r2", &[]);
+        assert!(p.delete.is_empty(), "ordinal 5 is below start + partition");
     }
 }

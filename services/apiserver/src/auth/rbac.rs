@@ -357,6 +357,8 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                         "statefulsets/scale",
                     ],
                 ),
+                // What kubectl rollout history|undo reads.
+                rule(READ, &["apps"], &["controllerrevisions"]),
                 rule(&[READ, WRITE].concat(), &["batch"], &["jobs", "cronjobs"]),
                 rule(
                     &[READ, WRITE].concat(),

@@ -358,6 +358,9 @@ impl Strategy for DaemonSet {
 }
 
 impl Strategy for StatefulSet {
+    /// Its name is its pods' hostnames' prefix: a DNS label.
+    const NAME_RULE: NameRule = NameRule::Label;
+
     fn pod_security(&self) -> Option<(Option<&ObjectMeta>, &PodSpec, bool)> {
         let template = self.spec.as_ref()?.template.as_ref()?;
         Some((template.metadata.as_ref(), template.spec.as_ref()?, false))
@@ -498,6 +501,38 @@ impl Strategy for StatefulSet {
                     );
                 }
             }
+            if policy.when_deleted == "Delete" {
+                errors.invalid(
+                    "spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
+                    "Delete",
+                    "not supported by Skiff yet: a StatefulSet's claims outlive it (\"Retain\"); delete them after it",
+                );
+            }
+        }
+        if spec.min_ready_seconds < 0 {
+            errors.invalid(
+                "spec.minReadySeconds",
+                spec.min_ready_seconds,
+                "must be greater than or equal to 0",
+            );
+        }
+        if let Some(limit) = spec.revision_history_limit.filter(|l| *l < 0) {
+            errors.invalid(
+                "spec.revisionHistoryLimit",
+                limit,
+                "must be greater than or equal to 0",
+            );
+        }
+        if spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .is_some_and(|s| s.active_deadline_seconds.is_some())
+        {
+            errors.forbidden(
+                "spec.template.spec.activeDeadlineSeconds",
+                "activeDeadlineSeconds in StatefulSet is not Supported",
+            );
         }
         if spec.ordinals.as_ref().is_some_and(|o| o.start < 0) {
             errors.invalid(
