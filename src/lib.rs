@@ -25,6 +25,7 @@
 //!   server's Tables (`kubectl get`).
 
 pub mod codec;
+pub mod indexes;
 pub mod json;
 pub mod keys;
 pub mod names;

@@ -78,3 +78,9 @@ pub const LOCAL_PATH_FINALIZER: &str = "skiff.io/local-path";
 pub const LOCAL_PATH_ROOT_ANNOTATION: &str = "skiff.io/local-path-root";
 /// The node label every agent sets to its node's name.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// The annotation (and label) carrying an Indexed Job pod's completion
+/// index.
+pub const JOB_COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
+/// The annotation carrying how often an Indexed Job pod's index failed
+/// before it.
+pub const JOB_INDEX_FAILURE_COUNT_ANNOTATION: &str = "batch.kubernetes.io/job-index-failure-count";

@@ -398,6 +398,14 @@ impl FieldErrors {
         );
     }
 
+    /// Adds a `Too many` error for a list limited to `max` items.
+    pub fn too_many(&mut self, path: impl Into<String>, have: usize, max: usize) {
+        self.push(
+            path,
+            format!("Too many: {have}: must have at most {max} items"),
+        );
+    }
+
     /// Adds a `Duplicate value` error.
     pub fn duplicate(&mut self, path: impl Into<String>, value: impl fmt::Debug) {
         self.push(path, format!("Duplicate value: {}", echo_value(&value)));

@@ -950,7 +950,11 @@ spec:
         ("pv".into(), volume, "".into()),
         ("storageclass".into(), "local-path".into(), "".into()),
         ("statefulset".into(), "cache".into(), "shop".into()),
-        ("controllerrevision".into(), first("controllerrevisions"), "shop".into()),
+        (
+            "controllerrevision".into(),
+            first("controllerrevisions"),
+            "shop".into(),
+        ),
     ]);
     assert!(pods.contains("pod/solo"));
     let failures: Vec<String> = checks

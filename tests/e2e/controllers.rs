@@ -1162,6 +1162,161 @@ impl ProcessCluster {
     }
 }
 
+/// The Kubernetes docs' examples of Indexed jobs, per-index backoff,
+/// pod failure policies and success policies (their commands in `sh`), as
+/// Kubernetes 1.35 runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexed_jobs_and_failure_and_success_policies_run_as_kubernetes_runs_them() {
+    let cluster = ProcessCluster::start("indexed").await;
+    let channel = cluster.channel.clone();
+    let jobs = Api::<skiff::pb::batch::v1::Job>::new(channel.clone());
+    // Indexed: each index once, told its index.
+    jobs.create(job(
+        "indexed",
+        "echo index=$JOB_COMPLETION_INDEX host=$(hostname)",
+        serde_json::json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed"}),
+    ))
+    .await
+    .unwrap();
+    // backoffLimitPerIndex: even indexes fail (once more each), odd succeed.
+    jobs.create(job(
+        "per-index",
+        "if [ $((JOB_COMPLETION_INDEX % 2)) -eq 0 ]; then exit 1; fi",
+        serde_json::json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+                           "backoffLimitPerIndex": 1, "maxFailedIndexes": 3}),
+    ))
+    .await
+    .unwrap();
+    // podFailurePolicy: exit code 42 fails the job at once.
+    jobs.create(job(
+        "pod-failure-policy",
+        "exit 42",
+        serde_json::json!({"completions": 4, "parallelism": 2, "backoffLimit": 6,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+            ]}}),
+    ))
+    .await
+    .unwrap();
+    // successPolicy: index 2 succeeding is enough.
+    jobs.create(job(
+        "success-policy",
+        "if [ \"$JOB_COMPLETION_INDEX\" = 2 ]; then exit 0; fi; sleep 300",
+        serde_json::json!({"completions": 4, "parallelism": 4, "completionMode": "Indexed",
+            "successPolicy": {"rules": [{"succeededIndexes": "0,2-3", "succeededCount": 1}]}}),
+    ))
+    .await
+    .unwrap();
+
+    skiff_testkit::wait_until(
+        "the indexed job completes",
+        Duration::from_secs(60),
+        async || finished_with(&job_status(&jobs, "indexed").await, "Complete", "Completed"),
+    )
+    .await;
+    let status = job_status(&jobs, "indexed").await;
+    assert_eq!(
+        (status.completed_indexes.as_str(), status.succeeded),
+        ("0-2", 3)
+    );
+    let owned =
+        skiff_testkit::list::<Pod>(&channel, "default", "batch.kubernetes.io/job-name=indexed")
+            .await;
+    let mut seen: Vec<String> = owned
+        .iter()
+        .map(|p| {
+            let meta = p.metadata.as_ref().unwrap();
+            format!(
+                "{} {}",
+                meta.annotations["batch.kubernetes.io/job-completion-index"],
+                p.spec.as_ref().unwrap().hostname
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, ["0 indexed-0", "1 indexed-1", "2 indexed-2"]);
+
+    skiff_testkit::wait_until(
+        "the per-index job fails its even indexes",
+        Duration::from_secs(90),
+        async || {
+            finished_with(
+                &job_status(&jobs, "per-index").await,
+                "Failed",
+                "FailedIndexes",
+            )
+        },
+    )
+    .await;
+    let status = job_status(&jobs, "per-index").await;
+    assert_eq!(status.completed_indexes, "1,3");
+    assert_eq!(status.failed_indexes.as_deref(), Some("0,2"));
+    assert_eq!(status.failed, 4, "each even index ran twice");
+
+    skiff_testkit::wait_until(
+        "the pod failure policy fails its job",
+        Duration::from_secs(60),
+        async || {
+            finished_with(
+                &job_status(&jobs, "pod-failure-policy").await,
+                "Failed",
+                "PodFailurePolicy",
+            )
+        },
+    )
+    .await;
+    let status = job_status(&jobs, "pod-failure-policy").await;
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.r#type == "Failed")
+        .unwrap();
+    assert!(
+        failed
+            .message
+            .contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{}",
+        failed.message
+    );
+
+    skiff_testkit::wait_until(
+        "the success policy completes its job",
+        Duration::from_secs(60),
+        async || {
+            finished_with(
+                &job_status(&jobs, "success-policy").await,
+                "Complete",
+                "SuccessPolicy",
+            )
+        },
+    )
+    .await;
+    let status = job_status(&jobs, "success-policy").await;
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "SuccessCriteriaMet")
+    );
+    // Its other indexes were stopped.
+    skiff_testkit::wait_until(
+        "the rest of its pods stop",
+        Duration::from_secs(30),
+        async || {
+            skiff_testkit::list::<Pod>(
+                &channel,
+                "default",
+                "batch.kubernetes.io/job-name=success-policy",
+            )
+            .await
+            .iter()
+            .all(|p| p.status.as_ref().is_some_and(|s| s.phase != "Running"))
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_to_completion_fail_past_their_limits_and_expire() {
     let cluster = ProcessCluster::start("jobs").await;

@@ -10,7 +10,7 @@
 //! Each reconcile plans from the caches ([`plan`], a pure function), with
 //! expectations for creates the cache has not shown yet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use skiff_client::{Api, Store};
 
 use crate::replicaset::{controller_of, created_at, delete_exactly, is_active};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+pub use skiff::names::{JOB_COMPLETION_INDEX_ANNOTATION, JOB_INDEX_FAILURE_COUNT_ANNOTATION};
 
 /// Creates not observed within this long are forgotten.
 const EXPECTATION_TTL: Duration = Duration::from_secs(60);
@@ -46,8 +47,11 @@ pub struct Finish {
 /// What one reconcile does and reports.
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Pods to create.
+    /// Pods to create (a NonIndexed job).
     pub create: usize,
+    /// Indexes to create a pod for (an Indexed job), each with the
+    /// failures of that index so far.
+    pub create_indexes: Vec<(i32, i32)>,
     /// Active pods to delete, by name (the job finished or is suspended).
     pub delete: Vec<String>,
     /// The job finishes now.
@@ -75,19 +79,132 @@ fn timestamp(seconds: i64) -> skiff::wkt::Timestamp {
     skiff::wkt::Timestamp { seconds, nanos: 0 }
 }
 
-/// Plans a reconcile of `job` over the pods it owns, with `creating`
-/// creates in flight, at `now` (seconds since the epoch).
-pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
+/// The completion index of a pod of an Indexed job.
+pub fn index_of(pod: &Pod) -> Option<i32> {
+    pod.metadata
+        .as_ref()?
+        .annotations
+        .get(JOB_COMPLETION_INDEX_ANNOTATION)?
+        .parse()
+        .ok()
+        .filter(|i: &i32| *i >= 0)
+}
+
+/// The first rule of the job's pod failure policy a failed pod matches:
+/// its action and Kubernetes' words for the match.
+pub fn failure_rule(job: &Job, pod: &Pod) -> Option<(String, String)> {
+    let policy = job.spec.as_ref()?.pod_failure_policy.as_ref()?;
+    let status = pod.status.as_ref()?;
+    let who = format!("{}/{}", pod.namespace(), pod.name());
+    for (i, rule) in policy.rules.iter().enumerate() {
+        if let Some(codes) = &rule.on_exit_codes {
+            let matched = status
+                .init_container_statuses
+                .iter()
+                .chain(&status.container_statuses)
+                .filter(|c| codes.container_name.as_ref().is_none_or(|n| *n == c.name))
+                .find_map(|c| {
+                    let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+                    let hit = match codes.operator.as_str() {
+                        "In" => codes.values.contains(&code),
+                        "NotIn" => code != 0 && !codes.values.contains(&code),
+                        _ => false,
+                    };
+                    hit.then(|| (c.name.clone(), code))
+                });
+            if let Some((container, code)) = matched {
+                return Some((
+                    rule.action.clone(),
+                    format!(
+                        "Container {container} for pod {who} failed with exit code {code} matching {} rule at index {i}",
+                        rule.action
+                    ),
+                ));
+            }
+        }
+        for pattern in &rule.on_pod_conditions {
+            let wanted = if pattern.status.is_empty() {
+                "True"
+            } else {
+                pattern.status.as_str()
+            };
+            if status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == pattern.r#type && c.status == wanted)
+            {
+                return Some((
+                    rule.action.clone(),
+                    format!(
+                        "Pod {who} has condition {} matching {} rule at index {i}",
+                        pattern.r#type, rule.action
+                    ),
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn failed_condition(reason: &'static str, message: impl Into<String>) -> Finish {
+    Finish {
+        kind: "Failed",
+        reason,
+        message: message.into(),
+    }
+}
+
+/// A failed pod, and the failure policy rule it matches (its action and
+/// what to say).
+type FailedPod<'a> = (&'a Arc<Pod>, Option<(String, String)>);
+
+/// Creates not yet seen of one job: pod name → when it was made and its
+/// index (Indexed jobs).
+type Creating = HashMap<String, (Instant, Option<i32>)>;
+
+/// Plans a reconcile of `job` over the pods it owns, with creates in
+/// flight (`creating`: the index of each, None for a NonIndexed job), at
+/// `now` (seconds since the epoch).
+pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -> Plan {
     let spec = job.spec.clone().unwrap_or_default();
     let previous = job.status.clone().unwrap_or_default();
+    let indexed = spec.completion_mode == "Indexed";
+    let completions = spec.completions.unwrap_or(0);
     let on_failure = spec
         .template
         .as_ref()
         .and_then(|t| t.spec.as_ref())
         .is_some_and(|s| s.restart_policy == "OnFailure");
+    // With podReplacementPolicy Failed, a pod being deleted holds its
+    // place until it has stopped.
+    let wait_for_terminating = spec.pod_replacement_policy.as_deref() == Some("Failed");
+    let terminating = owned
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .as_ref()
+                .is_some_and(|m| m.deletion_timestamp.is_some())
+                && !matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .count() as i32;
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
-    let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as i32;
-    let failed_pods: Vec<&Arc<Pod>> = owned.iter().filter(|p| phase(p) == "Failed").collect();
+    let holding = |p: &&Arc<Pod>| {
+        is_active(p)
+            || (wait_for_terminating
+                && p.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.deletion_timestamp.is_some())
+                && !matches!(phase(p), "Succeeded" | "Failed"))
+    };
+    let held: Vec<&Arc<Pod>> = owned.iter().filter(holding).collect();
+    // Failed pods, with the rule each matches.
+    let failures: Vec<FailedPod<'_>> = owned
+        .iter()
+        .filter(|p| phase(p) == "Failed")
+        .map(|p| (p, failure_rule(job, p)))
+        .collect();
+    let counted =
+        |(_, rule): &&FailedPod<'_>| rule.as_ref().is_none_or(|(action, _)| action != "Ignore");
     let restarts: i32 = if on_failure {
         owned
             .iter()
@@ -98,7 +215,43 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
     } else {
         0
     };
-    let failed = failed_pods.len() as i32 + restarts;
+    let failed = failures.iter().filter(counted).count() as i32 + restarts;
+
+    // Indexed: what each index has done.
+    let in_range = |i: &i32| *i < completions;
+    let completed: BTreeSet<i32> = owned
+        .iter()
+        .filter(|p| phase(p) == "Succeeded")
+        .filter_map(|p| index_of(p))
+        .filter(in_range)
+        .collect();
+    let mut index_failures: BTreeMap<i32, i32> = BTreeMap::new();
+    let mut failed_indexes: BTreeSet<i32> = BTreeSet::new();
+    for (pod, rule) in failures.iter().filter(counted) {
+        let Some(i) = index_of(pod).filter(in_range) else {
+            continue;
+        };
+        *index_failures.entry(i).or_default() += 1;
+        if rule
+            .as_ref()
+            .is_some_and(|(action, _)| action == "FailIndex")
+        {
+            failed_indexes.insert(i);
+        }
+    }
+    if let Some(limit) = spec.backoff_limit_per_index {
+        for (i, n) in &index_failures {
+            if *n > limit {
+                failed_indexes.insert(*i);
+            }
+        }
+    }
+    failed_indexes.retain(|i| !completed.contains(i));
+    let succeeded = if indexed {
+        completed.len() as i32
+    } else {
+        owned.iter().filter(|p| phase(p) == "Succeeded").count() as i32
+    };
     let mut plan = Plan {
         status: JobStatus {
             conditions: previous.conditions.clone(),
@@ -108,6 +261,15 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
             succeeded,
             failed,
             ready: Some(active.iter().filter(|p| skiff::pods::is_ready(p)).count() as i32),
+            completed_indexes: if indexed {
+                skiff::indexes::format(&completed)
+            } else {
+                String::new()
+            },
+            failed_indexes: spec
+                .backoff_limit_per_index
+                .map(|_| skiff::indexes::format(&failed_indexes)),
+            terminating: Some(terminating),
         },
         ..Default::default()
     };
@@ -135,21 +297,69 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
     plan.status.conditions.retain(|c| c.r#type != "Suspended");
     let started = plan.status.start_time.as_ref().map_or(now, |t| t.seconds);
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
-    let finish = if failed > backoff_limit {
-        Some(Finish {
-            kind: "Failed",
-            reason: "BackoffLimitExceeded",
-            message: "Job has reached the specified backoff limit".into(),
-        })
+    let fail_job = failures
+        .iter()
+        .find_map(|(_, rule)| rule.as_ref().filter(|(action, _)| action == "FailJob"));
+    // A success policy's first rule that holds.
+    let success_rule = spec
+        .success_policy
+        .as_ref()
+        .filter(|_| indexed)
+        .and_then(|policy| {
+            policy.rules.iter().position(|rule| {
+                let named = rule
+                    .succeeded_indexes
+                    .as_deref()
+                    .and_then(|set| skiff::indexes::parse(set, completions).ok());
+                let done = match &named {
+                    Some(set) => set.iter().filter(|i| completed.contains(i)).count(),
+                    None => completed.len(),
+                } as i32;
+                match (&named, rule.succeeded_count) {
+                    (_, Some(count)) => done >= count,
+                    (Some(set), None) => done == set.len() as i32,
+                    (None, None) => false,
+                }
+            })
+        });
+    let max_failed = spec.max_failed_indexes;
+    let finish = if let Some((_, message)) = fail_job {
+        Some(failed_condition("PodFailurePolicy", message.clone()))
+    } else if failed > backoff_limit {
+        Some(failed_condition(
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        ))
+    } else if max_failed.is_some_and(|m| failed_indexes.len() as i32 > m) {
+        Some(failed_condition(
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes",
+        ))
     } else if spec
         .active_deadline_seconds
         .is_some_and(|d| now >= started + d)
     {
+        Some(failed_condition(
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+        ))
+    } else if let Some(rule) = success_rule {
         Some(Finish {
-            kind: "Failed",
-            reason: "DeadlineExceeded",
-            message: "Job was active longer than specified deadline".into(),
+            kind: "Complete",
+            reason: "SuccessPolicy",
+            message: format!("Matched rules at index {rule}"),
         })
+    } else if indexed {
+        let finished = completed.len() + failed_indexes.len() >= completions.max(0) as usize;
+        match (finished, failed_indexes.is_empty()) {
+            (true, true) => Some(Finish {
+                kind: "Complete",
+                reason: "Completed",
+                message: "Job completed".into(),
+            }),
+            (true, false) => Some(failed_condition("FailedIndexes", "Job has failed indexes")),
+            (false, _) => None,
+        }
     } else {
         let done = match spec.completions {
             Some(c) => succeeded >= c,
@@ -165,6 +375,16 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
         stop_active(&mut plan);
         if finish.kind == "Complete" {
             plan.status.completion_time = Some(timestamp(now));
+            if finish.reason == "SuccessPolicy" {
+                plan.status.conditions.push(JobCondition {
+                    r#type: "SuccessCriteriaMet".into(),
+                    status: "True".into(),
+                    last_probe_time: Some(timestamp(now)),
+                    last_transition_time: Some(timestamp(now)),
+                    reason: finish.reason.into(),
+                    message: finish.message.clone(),
+                });
+            }
         }
         plan.status.conditions.push(JobCondition {
             r#type: finish.kind.into(),
@@ -178,31 +398,72 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: usize, now: i64) -> Plan {
         return plan;
     }
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let wanted = match spec.completions {
-        Some(c) => parallelism.min((c - succeeded).max(0)),
-        None if succeeded > 0 => 0,
-        None => parallelism,
-    };
-    let missing = (wanted as usize).saturating_sub(active.len() + creating);
-    if missing > 0 && !failed_pods.is_empty() {
+    let backoff = |failures: i32, last: i64| -> Option<i64> {
         // Failed pods are replaced after a backoff that doubles with each
         // failure.
-        let exponent = (failed - 1).clamp(0, 16) as u32;
+        let exponent = (failures - 1).clamp(0, 16) as u32;
         let delay = (BACKOFF_BASE_SECS << exponent).min(BACKOFF_MAX_SECS);
-        let last = failed_pods
+        (now < last + delay).then_some(last + delay - now)
+    };
+    let last_failure = |index: Option<i32>| {
+        failures
             .iter()
-            .map(|p| created_at::<Pod>(p))
+            .filter(counted)
+            .filter(|(p, _)| index.is_none() || index_of(p) == index)
+            .map(|(p, _)| created_at::<Pod>(p))
             .max()
-            .unwrap_or(0);
-        if now < last + delay {
-            plan.retry_after = Some(Duration::from_secs((last + delay - now).unsigned_abs()));
-            return plan;
+            .unwrap_or(0)
+    };
+    if indexed {
+        let busy: BTreeSet<i32> = held
+            .iter()
+            .filter_map(|p| index_of(p))
+            .chain(creating.iter().flatten().copied())
+            .collect();
+        let mut slots = (parallelism as usize).saturating_sub(held.len() + creating.len());
+        let mut soonest: Option<i64> = None;
+        for i in 0..completions {
+            if slots == 0 {
+                break;
+            }
+            if completed.contains(&i) || failed_indexes.contains(&i) || busy.contains(&i) {
+                continue;
+            }
+            let failures = index_failures.get(&i).copied().unwrap_or(0);
+            if failures > 0
+                && let Some(wait) = backoff(failures, last_failure(Some(i)))
+            {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                continue;
+            }
+            plan.create_indexes.push((i, failures));
+            slots -= 1;
         }
+        if let Some(wait) = soonest {
+            plan.retry_after = Some(Duration::from_secs(wait.unsigned_abs()));
+        }
+    } else {
+        let wanted = match spec.completions {
+            Some(c) => parallelism.min((c - succeeded).max(0)),
+            None if succeeded > 0 => 0,
+            None => parallelism,
+        };
+        let missing = (wanted as usize).saturating_sub(held.len() + creating.len());
+        if missing > 0 && failed > 0 {
+            let counted_failures = failures.iter().filter(counted).count() as i32;
+            if counted_failures > 0
+                && let Some(wait) = backoff(failed, last_failure(None))
+            {
+                plan.retry_after = Some(Duration::from_secs(wait.unsigned_abs()));
+                return plan;
+            }
+        }
+        plan.create = missing;
     }
-    plan.create = missing;
     if let Some(deadline) = spec.active_deadline_seconds {
         let left = (started + deadline - now).max(1).unsigned_abs();
-        plan.retry_after = Some(Duration::from_secs(left));
+        let left = Duration::from_secs(left);
+        plan.retry_after = Some(plan.retry_after.map_or(left, |r| r.min(left)));
     }
     plan
 }
@@ -214,8 +475,9 @@ pub struct JobController {
     job_store: Store<Job>,
     pods: Api<Pod>,
     pod_store: Store<Pod>,
-    /// Creates not yet seen, per job: pod name → when it was made.
-    creating: Mutex<HashMap<ObjectRef, HashMap<String, Instant>>>,
+    /// Creates not yet seen, per job: pod name → when it was made and its
+    /// index (Indexed jobs).
+    creating: Mutex<HashMap<ObjectRef, Creating>>,
 }
 
 fn now_secs() -> i64 {
@@ -253,7 +515,10 @@ impl JobController {
         });
     }
 
-    fn pod_for(job: &Job) -> Pod {
+    /// A pod of the job; of an Indexed job, the pod of `index` (with the
+    /// failures of that index so far): its index in an annotation, a
+    /// label, `JOB_COMPLETION_INDEX` and its hostname, as Kubernetes does.
+    pub fn pod_for(job: &Job, index: Option<(i32, i32)>) -> Pod {
         let meta = job.metadata.clone().unwrap_or_default();
         let template = job
             .spec
@@ -261,12 +526,53 @@ impl JobController {
             .and_then(|s| s.template.clone())
             .unwrap_or_default();
         let tmeta = template.metadata.unwrap_or_default();
+        let (mut labels, mut annotations) = (tmeta.labels, tmeta.annotations);
+        let mut spec = template.spec;
+        let mut generate_name = format!("{}-", meta.name);
+        if let Some((index, failures)) = index {
+            let value = index.to_string();
+            labels.insert(JOB_COMPLETION_INDEX_ANNOTATION.into(), value.clone());
+            annotations.insert(JOB_COMPLETION_INDEX_ANNOTATION.into(), value.clone());
+            if job
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.backoff_limit_per_index.is_some())
+            {
+                annotations.insert(
+                    JOB_INDEX_FAILURE_COUNT_ANNOTATION.into(),
+                    failures.to_string(),
+                );
+            }
+            generate_name = format!("{}-{index}-", meta.name);
+            if let Some(spec) = spec.as_mut() {
+                if spec.hostname.is_empty() {
+                    spec.hostname = format!("{}-{index}", meta.name)
+                        .chars()
+                        .take(63)
+                        .collect::<String>()
+                        .trim_end_matches('-')
+                        .to_string();
+                }
+                for c in spec
+                    .containers
+                    .iter_mut()
+                    .chain(spec.init_containers.iter_mut())
+                {
+                    c.env.retain(|e| e.name != "JOB_COMPLETION_INDEX");
+                    c.env.push(skiff::pb::core::v1::EnvVar {
+                        name: "JOB_COMPLETION_INDEX".into(),
+                        value: value.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
         Pod {
             metadata: Some(ObjectMeta {
-                generate_name: format!("{}-", meta.name),
+                generate_name,
                 namespace: meta.namespace,
-                labels: tmeta.labels,
-                annotations: tmeta.annotations,
+                labels,
+                annotations,
                 owner_references: vec![OwnerReference {
                     api_version: Job::API_VERSION.into(),
                     kind: Job::KIND.into(),
@@ -277,7 +583,7 @@ impl JobController {
                 }],
                 ..Default::default()
             }),
-            spec: template.spec,
+            spec,
             ..Default::default()
         }
     }
@@ -346,14 +652,16 @@ impl JobController {
                 .lock()
                 .map_err(|_| Error::Other("poisoned".into()))?;
             let made = all.entry(key.clone()).or_default();
-            made.retain(|name, at| {
+            made.retain(|name, (at, _)| {
                 at.elapsed() < EXPECTATION_TTL && !owned.iter().any(|p| p.name() == name)
             });
-            made.len()
+            made.values().map(|(_, index)| *index).collect::<Vec<_>>()
         };
-        let plan = plan(&job, &owned, creating, now_secs());
-        for _ in 0..plan.create {
-            match self.pods.create(Self::pod_for(&job)).await {
+        let plan = plan(&job, &owned, &creating, now_secs());
+        let creates = std::iter::repeat_n(None, plan.create)
+            .chain(plan.create_indexes.iter().map(|i| Some(*i)));
+        for index in creates {
+            match self.pods.create(Self::pod_for(&job, index)).await {
                 Ok(pod) => {
                     self.event(
                         &job,
@@ -362,9 +670,10 @@ impl JobController {
                         format!("Created pod: {}", pod.name()),
                     );
                     if let Ok(mut all) = self.creating.lock() {
-                        all.entry(key.clone())
-                            .or_default()
-                            .insert(pod.name().to_string(), Instant::now());
+                        all.entry(key.clone()).or_default().insert(
+                            pod.name().to_string(),
+                            (Instant::now(), index.map(|(i, _)| i)),
+                        );
                     }
                 }
                 Err(s) => {
@@ -410,7 +719,7 @@ impl JobController {
         if let Some(left) = self.expire(&job).await? {
             return Ok(Action::Requeue(left));
         }
-        if plan.create > 0 || creating > 0 {
+        if plan.create > 0 || !plan.create_indexes.is_empty() || !creating.is_empty() {
             return Ok(Action::Requeue(Duration::from_secs(1)));
         }
         Ok(plan
@@ -507,17 +816,17 @@ mod tests {
     #[test]
     fn pods_run_in_parallel_up_to_what_remains() {
         let j = job(Some(5), 2, 6);
-        assert_eq!(plan(&j, &[], 0, 100).create, 2);
+        assert_eq!(plan(&j, &[], &[], 100).create, 2);
         let owned = [
             pod("a", "Succeeded", 1),
             pod("b", "Succeeded", 2),
             pod("c", "Succeeded", 3),
             pod("d", "Running", 4),
         ];
-        let p = plan(&j, &owned, 0, 100);
+        let p = plan(&j, &owned, &[], 100);
         assert_eq!((p.create, p.status.succeeded, p.status.active), (1, 3, 1));
         // A create in flight counts.
-        assert_eq!(plan(&j, &owned, 1, 100).create, 0);
+        assert_eq!(plan(&j, &owned, &[None], 100).create, 0);
     }
 
     #[test]
@@ -528,7 +837,7 @@ mod tests {
             pod("b", "Succeeded", 2),
             pod("c", "Running", 3),
         ];
-        let p = plan(&j, &owned, 0, 100);
+        let p = plan(&j, &owned, &[], 100);
         assert_eq!(p.finish.as_ref().map(|f| f.kind), Some("Complete"));
         assert_eq!(p.delete, ["c"]);
         assert!(p.status.completion_time.is_some());
@@ -544,7 +853,7 @@ mod tests {
             plan(
                 &any,
                 &[pod("a", "Succeeded", 1), pod("b", "Running", 2)],
-                0,
+                &[],
                 100
             )
             .finish
@@ -554,7 +863,7 @@ mod tests {
             plan(
                 &any,
                 &[pod("a", "Succeeded", 1), pod("b", "Failed", 2)],
-                0,
+                &[],
                 100
             )
             .finish
@@ -566,21 +875,21 @@ mod tests {
     fn failures_back_off_then_exhaust_the_limit() {
         let j = job(Some(1), 1, 2);
         // One failure at 100: the replacement waits 10 s.
-        let p = plan(&j, &[pod("a", "Failed", 100)], 0, 105);
+        let p = plan(&j, &[pod("a", "Failed", 100)], &[], 105);
         assert_eq!(p.create, 0);
         assert_eq!(p.retry_after, Some(Duration::from_secs(5)));
-        assert_eq!(plan(&j, &[pod("a", "Failed", 100)], 0, 111).create, 1);
+        assert_eq!(plan(&j, &[pod("a", "Failed", 100)], &[], 111).create, 1);
         // Two failures: 20 s after the last.
         let two = [pod("a", "Failed", 100), pod("b", "Failed", 120)];
-        assert_eq!(plan(&j, &two, 0, 130).create, 0);
-        assert_eq!(plan(&j, &two, 0, 141).create, 1);
+        assert_eq!(plan(&j, &two, &[], 130).create, 0);
+        assert_eq!(plan(&j, &two, &[], 141).create, 1);
         // A third exceeds backoffLimit 2.
         let three = [
             pod("a", "Failed", 100),
             pod("b", "Failed", 120),
             pod("c", "Failed", 150),
         ];
-        let p = plan(&j, &three, 0, 200);
+        let p = plan(&j, &three, &[], 200);
         assert_eq!(p.finish.map(|f| f.reason), Some("BackoffLimitExceeded"));
     }
 
@@ -602,7 +911,7 @@ mod tests {
             restart_count: 2,
             ..Default::default()
         }];
-        let p = plan(&j, &[Arc::new(running)], 0, 100);
+        let p = plan(&j, &[Arc::new(running)], &[], 100);
         assert_eq!(p.status.failed, 2);
         assert_eq!(p.finish.map(|f| f.reason), Some("BackoffLimitExceeded"));
     }
@@ -616,16 +925,209 @@ mod tests {
             ..Default::default()
         });
         let running = [pod("a", "Running", 100)];
-        let early = plan(&j, &running, 0, 110);
+        let early = plan(&j, &running, &[], 110);
         assert!(early.finish.is_none());
         assert_eq!(early.retry_after, Some(Duration::from_secs(20)));
-        let late = plan(&j, &running, 0, 131);
+        let late = plan(&j, &running, &[], 131);
         assert_eq!(late.finish.map(|f| f.reason), Some("DeadlineExceeded"));
         assert_eq!(late.delete, ["a"]);
         let mut suspended = job(Some(1), 1, 6);
         suspended.spec.as_mut().unwrap().suspend = Some(true);
-        let p = plan(&suspended, &running, 0, 110);
+        let p = plan(&suspended, &running, &[], 110);
         assert_eq!((p.create, p.delete.clone()), (0, vec!["a".to_string()]));
         assert!(p.status.conditions.iter().any(|c| c.r#type == "Suspended"));
+    }
+
+    fn indexed(completions: i32, parallelism: i32) -> Job {
+        let mut j = job(Some(completions), parallelism, 6);
+        j.spec.as_mut().unwrap().completion_mode = "Indexed".into();
+        j
+    }
+
+    fn indexed_pod(name: &str, index: i32, phase: &str, exit: i32, created: i64) -> Arc<Pod> {
+        let mut pod = (*pod(name, phase, created)).clone();
+        pod.metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .insert(JOB_COMPLETION_INDEX_ANNOTATION.into(), index.to_string());
+        pod.status.as_mut().unwrap().container_statuses = vec![ContainerStatus {
+            name: "main".into(),
+            state: Some(skiff::pb::core::v1::ContainerState {
+                terminated: (phase == "Failed" || phase == "Succeeded").then(|| {
+                    skiff::pb::core::v1::ContainerStateTerminated {
+                        exit_code: exit,
+                        ..Default::default()
+                    }
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        Arc::new(pod)
+    }
+
+    #[test]
+    fn an_indexed_job_runs_each_index_until_it_succeeds_once() {
+        let j = indexed(3, 2);
+        assert_eq!(plan(&j, &[], &[], 100).create_indexes, [(0, 0), (1, 0)]);
+        let owned = [
+            indexed_pod("a", 0, "Succeeded", 0, 1),
+            indexed_pod("b", 1, "Running", 0, 2),
+        ];
+        let p = plan(&j, &owned, &[], 100);
+        assert_eq!(p.create_indexes, [(2, 0)]);
+        assert_eq!(
+            (p.status.completed_indexes.as_str(), p.status.succeeded),
+            ("0", 1)
+        );
+        // An index being made is not made twice.
+        assert!(plan(&j, &owned, &[Some(2)], 100).create_indexes.is_empty());
+        let done = [
+            indexed_pod("a", 0, "Succeeded", 0, 1),
+            indexed_pod("b", 1, "Succeeded", 0, 2),
+            indexed_pod("c", 2, "Succeeded", 0, 3),
+        ];
+        let p = plan(&j, &done, &[], 100);
+        assert_eq!(p.finish.map(|f| f.reason), Some("Completed"));
+        assert_eq!(p.status.completed_indexes, "0-2");
+    }
+
+    #[test]
+    fn an_index_past_its_own_backoff_limit_fails_alone() {
+        let mut j = indexed(3, 3);
+        j.spec.as_mut().unwrap().backoff_limit_per_index = Some(1);
+        let owned = [
+            indexed_pod("a", 0, "Succeeded", 0, 1),
+            indexed_pod("b1", 1, "Failed", 1, 2),
+            indexed_pod("b2", 1, "Failed", 1, 30),
+            indexed_pod("c", 2, "Running", 0, 3),
+        ];
+        let p = plan(&j, &owned, &[], 100);
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1"));
+        assert!(p.create_indexes.is_empty(), "index 1 is not retried");
+        assert!(p.finish.is_none(), "index 2 still runs");
+        let mut ended = owned.to_vec();
+        ended[3] = indexed_pod("c", 2, "Succeeded", 0, 3);
+        let p = plan(&j, &ended, &[], 100);
+        assert_eq!(p.finish.map(|f| f.reason), Some("FailedIndexes"));
+        j.spec.as_mut().unwrap().max_failed_indexes = Some(0);
+        let p = plan(&j, &owned, &[], 100);
+        assert_eq!(p.finish.map(|f| f.reason), Some("MaxFailedIndexesExceeded"));
+        // One failure: the index is retried, with its count.
+        let once = [indexed_pod("b1", 1, "Failed", 1, 2)];
+        let j = indexed(3, 3);
+        let mut per_index = j.clone();
+        per_index.spec.as_mut().unwrap().backoff_limit_per_index = Some(1);
+        let p = plan(&per_index, &once, &[], 100);
+        assert!(p.create_indexes.contains(&(1, 1)), "{:?}", p.create_indexes);
+    }
+
+    #[test]
+    fn a_pod_failure_policy_fails_the_job_or_ignores_the_failure() {
+        use skiff::pb::batch::v1::{
+            PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+            PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+        };
+        let mut j = job(Some(2), 2, 0);
+        j.spec.as_mut().unwrap().pod_failure_policy = Some(PodFailurePolicy {
+            rules: vec![
+                PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some("main".into()),
+                        operator: "In".into(),
+                        values: vec![42],
+                    }),
+                    ..Default::default()
+                },
+                PodFailurePolicyRule {
+                    action: "Ignore".into(),
+                    on_pod_conditions: vec![PodFailurePolicyOnPodConditionsPattern {
+                        r#type: "DisruptionTarget".into(),
+                        status: "True".into(),
+                    }],
+                    ..Default::default()
+                },
+            ],
+        });
+        let p = plan(&j, &[indexed_pod("a", 0, "Failed", 42, 1)], &[], 100);
+        let finish = p.finish.unwrap();
+        assert_eq!(finish.reason, "PodFailurePolicy");
+        assert!(
+            finish
+                .message
+                .contains("failed with exit code 42 matching FailJob rule at index 0"),
+            "{}",
+            finish.message
+        );
+        let mut disrupted = (*indexed_pod("b", 0, "Failed", 1, 1)).clone();
+        disrupted.status.as_mut().unwrap().conditions = vec![skiff::pb::core::v1::PodCondition {
+            r#type: "DisruptionTarget".into(),
+            status: "True".into(),
+            ..Default::default()
+        }];
+        let p = plan(&j, &[Arc::new(disrupted)], &[], 100);
+        assert!(
+            p.finish.is_none(),
+            "backoffLimit 0, but the failure is ignored"
+        );
+        assert_eq!((p.status.failed, p.create), (0, 2));
+    }
+
+    #[test]
+    fn a_success_policy_completes_an_indexed_job_early() {
+        use skiff::pb::batch::v1::{SuccessPolicy, SuccessPolicyRule};
+        let mut j = indexed(3, 3);
+        j.spec.as_mut().unwrap().success_policy = Some(SuccessPolicy {
+            rules: vec![SuccessPolicyRule {
+                succeeded_indexes: Some("0".into()),
+                succeeded_count: None,
+            }],
+        });
+        let owned = [
+            indexed_pod("a", 0, "Succeeded", 0, 1),
+            indexed_pod("b", 1, "Running", 0, 2),
+        ];
+        let p = plan(&j, &owned, &[], 100);
+        assert_eq!(p.finish.map(|f| f.reason), Some("SuccessPolicy"));
+        assert_eq!(p.delete, ["b"]);
+        assert!(
+            p.status
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "SuccessCriteriaMet")
+        );
+    }
+
+    #[test]
+    fn an_indexed_pod_carries_its_index() {
+        let mut j = indexed(3, 1);
+        j.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers = vec![skiff::pb::core::v1::Container {
+            name: "main".into(),
+            ..Default::default()
+        }];
+        let pod = JobController::pod_for(&j, Some((2, 0)));
+        let meta = pod.metadata.as_ref().unwrap();
+        assert_eq!(meta.generate_name, "batch-2-");
+        assert_eq!(meta.annotations[JOB_COMPLETION_INDEX_ANNOTATION], "2");
+        assert_eq!(meta.labels[JOB_COMPLETION_INDEX_ANNOTATION], "2");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.hostname, "batch-2");
+        assert!(
+            spec.containers[0]
+                .env
+                .iter()
+                .any(|e| e.name == "JOB_COMPLETION_INDEX" && e.value == "2")
+        );
     }
 }

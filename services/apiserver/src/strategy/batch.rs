@@ -27,7 +27,32 @@ impl Strategy for Job {
             spec.completions = Some(1);
         }
         spec.parallelism.get_or_insert(1);
-        spec.backoff_limit.get_or_insert(6);
+        // With a limit per index, the job-wide one is off unless given.
+        let job_wide = if spec.backoff_limit_per_index.is_some() {
+            i32::MAX
+        } else {
+            6
+        };
+        spec.backoff_limit.get_or_insert(job_wide);
+        if spec.pod_replacement_policy.is_none() {
+            let policy = if spec.pod_failure_policy.is_some() {
+                "Failed"
+            } else {
+                "TerminatingOrFailed"
+            };
+            spec.pod_replacement_policy = Some(policy.into());
+        }
+        for rule in spec
+            .pod_failure_policy
+            .iter_mut()
+            .flat_map(|p| p.rules.iter_mut())
+        {
+            for pattern in &mut rule.on_pod_conditions {
+                if pattern.status.is_empty() {
+                    pattern.status = "True".into();
+                }
+            }
+        }
         spec.suspend.get_or_insert(false);
         spec.manual_selector.get_or_insert(false);
         if spec.completion_mode.is_empty() {
@@ -94,12 +119,37 @@ impl Strategy for Job {
                 "Invalid value: must be greater than 0",
             );
         }
-        if !matches!(spec.completion_mode.as_str(), "" | "NonIndexed") {
-            errors.invalid(
+        validate_indexed(spec, restart, errors);
+    }
+
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        let (Some(new), Some(old)) = (&self.spec, &old.spec) else {
+            return;
+        };
+        for (field, same) in [
+            (
                 "spec.completionMode",
-                &spec.completion_mode,
-                "supported values: \"NonIndexed\" (Indexed jobs are not supported)",
-            );
+                new.completion_mode == old.completion_mode,
+            ),
+            ("spec.completions", new.completions == old.completions),
+            (
+                "spec.podFailurePolicy",
+                new.pod_failure_policy == old.pod_failure_policy,
+            ),
+            (
+                "spec.backoffLimitPerIndex",
+                new.backoff_limit_per_index == old.backoff_limit_per_index,
+            ),
+            (
+                "spec.successPolicy",
+                new.success_policy == old.success_policy,
+            ),
+            ("spec.selector", new.selector == old.selector),
+            ("spec.managedBy", new.managed_by == old.managed_by),
+        ] {
+            if !same {
+                errors.invalid(field, "…", "field is immutable");
+            }
         }
     }
 }
@@ -202,6 +252,217 @@ impl Strategy for CronJob {
         let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
         if name.len() > 52 {
             errors.invalid("metadata.name", name, "must be no more than 52 characters");
+        }
+    }
+}
+
+/// The Job fields of Kubernetes 1.35's Indexed jobs and failure and
+/// success policies.
+fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors: &mut FieldErrors) {
+    let indexed = match spec.completion_mode.as_str() {
+        "" | "NonIndexed" => false,
+        "Indexed" => true,
+        other => {
+            errors.not_supported("spec.completionMode", other, &["Indexed", "NonIndexed"]);
+            false
+        }
+    };
+    let completions = spec.completions.unwrap_or(0);
+    if indexed {
+        if spec.completions.is_none() {
+            errors.push(
+                "spec.completions",
+                "Required value: when completion mode is Indexed",
+            );
+        } else if completions > 100_000 {
+            errors.invalid(
+                "spec.completions",
+                completions,
+                "must be less than or equal to 100000 when completion mode is Indexed",
+            );
+        }
+    }
+    if let Some(limit) = spec.backoff_limit_per_index {
+        if !indexed {
+            errors.forbidden(
+                "spec.backoffLimitPerIndex",
+                "requires indexed completion mode",
+            );
+        }
+        if limit < 0 {
+            errors.invalid(
+                "spec.backoffLimitPerIndex",
+                limit,
+                "must be greater than or equal to 0",
+            );
+        }
+    }
+    if let Some(max) = spec.max_failed_indexes {
+        if spec.backoff_limit_per_index.is_none() {
+            errors.push(
+                "spec.maxFailedIndexes",
+                "Required value: when maxFailedIndexes is specified, backoffLimitPerIndex must also be specified",
+            );
+        }
+        if max < 0 || (indexed && max > completions) {
+            errors.invalid(
+                "spec.maxFailedIndexes",
+                max,
+                "must be greater than or equal to 0 and less than or equal to completions",
+            );
+        }
+    }
+    match spec.pod_replacement_policy.as_deref() {
+        None | Some("TerminatingOrFailed" | "Failed") => {}
+        Some(other) => errors.not_supported(
+            "spec.podReplacementPolicy",
+            other,
+            &["Failed", "TerminatingOrFailed"],
+        ),
+    }
+    if let Some(by) = spec
+        .managed_by
+        .as_deref()
+        .filter(|m| *m != "kubernetes.io/job-controller")
+    {
+        errors.invalid(
+            "spec.managedBy",
+            by,
+            "only \"kubernetes.io/job-controller\" is supported by Skiff",
+        );
+    }
+    if let Some(policy) = &spec.pod_failure_policy {
+        if restart != "Never" {
+            errors.invalid(
+                "spec.template.spec.restartPolicy",
+                restart,
+                "only \"Never\" is supported when podFailurePolicy is specified",
+            );
+        }
+        if spec.pod_replacement_policy.as_deref() == Some("TerminatingOrFailed") {
+            errors.not_supported(
+                "spec.podReplacementPolicy",
+                "TerminatingOrFailed",
+                &["Failed"],
+            );
+        }
+        if policy.rules.len() > 20 {
+            errors.too_many("spec.podFailurePolicy.rules", policy.rules.len(), 20);
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let path = format!("spec.podFailurePolicy.rules[{i}]");
+            match rule.action.as_str() {
+                "FailJob" | "Ignore" | "Count" => {}
+                "FailIndex" if spec.backoff_limit_per_index.is_some() => {}
+                "FailIndex" => errors.forbidden(
+                    format!("{path}.action"),
+                    "the 'FailIndex' action can only be used when backoffLimitPerIndex is set",
+                ),
+                other => errors.not_supported(
+                    format!("{path}.action"),
+                    other,
+                    &["Count", "FailIndex", "FailJob", "Ignore"],
+                ),
+            }
+            match (&rule.on_exit_codes, rule.on_pod_conditions.is_empty()) {
+                (Some(_), false) => errors.invalid(
+                    &path,
+                    "…",
+                    "specifying both OnExitCodes and OnPodConditions is not supported",
+                ),
+                (None, true) => errors.invalid(
+                    &path,
+                    "…",
+                    "specifying one of OnExitCodes and OnPodConditions is required",
+                ),
+                _ => {}
+            }
+            if let Some(codes) = &rule.on_exit_codes {
+                let at = format!("{path}.onExitCodes");
+                if !matches!(codes.operator.as_str(), "In" | "NotIn") {
+                    errors.not_supported(
+                        format!("{at}.operator"),
+                        &codes.operator,
+                        &["In", "NotIn"],
+                    );
+                }
+                if codes.values.is_empty() {
+                    errors.push(
+                        format!("{at}.values"),
+                        "Invalid value: []: at least one value is required",
+                    );
+                }
+                if codes.values.len() > 255 {
+                    errors.too_many(format!("{at}.values"), codes.values.len(), 255);
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for (j, value) in codes.values.iter().enumerate() {
+                    if !seen.insert(*value) {
+                        errors.duplicate(format!("{at}.values[{j}]"), *value);
+                    }
+                    if codes.operator == "In" && *value == 0 {
+                        errors.invalid(
+                            format!("{at}.values[{j}]"),
+                            0,
+                            "must not be 0 for the In operator",
+                        );
+                    }
+                }
+            }
+            for (j, pattern) in rule.on_pod_conditions.iter().enumerate() {
+                let at = format!("{path}.onPodConditions[{j}]");
+                if pattern.r#type.is_empty() {
+                    errors.required(format!("{at}.type"));
+                }
+                if !matches!(pattern.status.as_str(), "" | "True" | "False" | "Unknown") {
+                    errors.not_supported(
+                        format!("{at}.status"),
+                        &pattern.status,
+                        &["False", "True", "Unknown"],
+                    );
+                }
+            }
+        }
+    }
+    if let Some(policy) = &spec.success_policy {
+        if !indexed {
+            errors.invalid(
+                "spec.completionMode",
+                &spec.completion_mode,
+                "requires indexed completion mode when successPolicy is specified",
+            );
+        }
+        if policy.rules.is_empty() || policy.rules.len() > 20 {
+            errors.invalid(
+                "spec.successPolicy.rules",
+                policy.rules.len(),
+                "must have between 1 and 20 rules",
+            );
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let path = format!("spec.successPolicy.rules[{i}]");
+            if rule.succeeded_indexes.is_none() && rule.succeeded_count.is_none() {
+                errors.push(
+                    &path,
+                    "Required value: at least one of succeededCount or succeededIndexes must be specified",
+                );
+            }
+            let mut size = completions;
+            if let Some(set) = &rule.succeeded_indexes {
+                match skiff::indexes::parse(set, completions) {
+                    Ok(indexes) => size = i32::try_from(indexes.len()).unwrap_or(i32::MAX),
+                    Err(why) => errors.invalid(format!("{path}.succeededIndexes"), set, why),
+                }
+            }
+            if let Some(count) = rule.succeeded_count
+                && (count < 0 || count > size)
+            {
+                errors.invalid(
+                    format!("{path}.succeededCount"),
+                    count,
+                    "must be greater than or equal to 0 and at most the number of indexes it names",
+                );
+            }
         }
     }
 }
