@@ -24,7 +24,7 @@ pub fn parse(text: &str, limit: i32) -> Result<BTreeSet<i32>, String> {
                 .map_err(|_| format!("{part:?} is not an index or an interval of indexes"))
         };
         let (from, to) = (number(from)?, number(to)?);
-        if from < 0 || to < from {
+        if from < 0 || to < from || (part.contains('-') && to == from) {
             return Err(format!("{part:?} is not an interval of indexes"));
         }
         if to >= limit {
@@ -59,11 +59,12 @@ pub fn format(set: &BTreeSet<i32>) -> String {
     parts.join(",")
 }
 
+/// One run as Kubernetes writes it: `3`, `3,4`, `3-5`.
 fn interval(from: i32, to: i32) -> String {
-    if from == to {
-        from.to_string()
-    } else {
-        format!("{from}-{to}")
+    match to - from {
+        0 => from.to_string(),
+        1 => format!("{from},{to}"),
+        _ => format!("{from}-{to}"),
     }
 }
 
@@ -77,6 +78,8 @@ mod tests {
         assert_eq!(set.iter().copied().collect::<Vec<_>>(), [0, 2, 3, 4, 7]);
         assert_eq!(format(&set), "0,2-4,7");
         assert_eq!(format(&BTreeSet::new()), "");
+        assert_eq!(format(&[0, 1, 3, 4, 5].into()), "0,1,3-5");
+        assert!(parse("3-3", 10).is_err());
         assert!(parse("3-1", 10).is_err());
         assert!(parse("2,1", 10).is_err());
         assert!(parse("9-10", 10).is_err());

@@ -1,21 +1,43 @@
 //! CronJob schedules: the five cron fields (minute hour day-of-month month
 //! day-of-week, with lists, ranges, steps and names) or `@hourly`,
-//! `@daily` and the like, in UTC, as the API validates them and the
-//! CronJob controller reads them.
+//! `@daily` and the like, in UTC or a CronJob's `timeZone` (an IANA name,
+//! `Europe/Berlin`; the database is built in, as Kubernetes' is), as the
+//! API validates them and the CronJob controller reads them.
 
 use std::str::FromStr as _;
 
 use chrono::TimeZone as _;
 
-/// A parsed schedule.
+/// A parsed schedule, and the time zone it is read in.
 #[derive(Debug, Clone)]
-pub struct Schedule(croner::Cron);
+pub struct Schedule(croner::Cron, chrono_tz::Tz);
 
-/// Parses a schedule. `@midnight` is `@daily`, as in Kubernetes.
+/// Reads a time zone name (`UTC`, `Europe/Berlin`).
+///
+/// # Errors
+/// A name the time zone database does not know.
+pub fn time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    name.parse::<chrono_tz::Tz>()
+        .map_err(|_| format!("unknown time zone {name:?}"))
+}
+
+/// Parses a schedule in time zone `zone` (None: UTC).
+///
+/// # Errors
+/// What is wrong with either.
+pub fn parse_in(schedule: &str, zone: Option<&str>) -> Result<Schedule, String> {
+    let tz = zone.map_or(Ok(chrono_tz::UTC), time_zone)?;
+    parse(schedule).map(|s| Schedule(s.0, tz))
+}
+
+/// Parses a schedule (in UTC). `@midnight` is `@daily`, as in Kubernetes.
 ///
 /// # Errors
 /// What is wrong with it.
 pub fn parse(schedule: &str) -> Result<Schedule, String> {
+    if schedule.contains("TZ=") {
+        return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
+    }
     if schedule.split_whitespace().count() > 5 {
         return Err(
             "a schedule has five fields (minute hour day-of-month month day-of-week)".into(),
@@ -26,14 +48,14 @@ pub fn parse(schedule: &str) -> Result<Schedule, String> {
         other => other,
     };
     croner::Cron::from_str(schedule)
-        .map(Schedule)
+        .map(|cron| Schedule(cron, chrono_tz::UTC))
         .map_err(|e| e.to_string())
 }
 
 impl Schedule {
     /// The first time after `after` (seconds since the epoch) it fires.
     pub fn next_after(&self, after: i64) -> Option<i64> {
-        let at = chrono::Utc.timestamp_opt(after, 0).single()?;
+        let at = self.1.timestamp_opt(after, 0).single()?;
         self.0
             .find_next_occurrence(&at, false)
             .ok()
@@ -43,7 +65,8 @@ impl Schedule {
     /// The latest time in `(after, now]` it fired, and how many times it
     /// did (counted up to `cap`: past it, only the latest matters).
     pub fn latest_between(&self, after: i64, now: i64, cap: usize) -> (Option<i64>, usize) {
-        let latest = chrono::Utc
+        let latest = self
+            .1
             .timestamp_opt(now, 0)
             .single()
             .and_then(|at| self.0.find_previous_occurrence(&at, true).ok())
@@ -85,6 +108,19 @@ mod tests {
         assert!(parse("61 * * * *").is_err());
         assert!(parse("nonsense").is_err());
         assert!(parse("@midnight").is_ok());
+    }
+
+    #[test]
+    fn a_time_zone_moves_the_runs_to_its_clock() {
+        // 2026-12-01T00:01:00Z; 03:00 in Berlin (UTC+1 in December) is
+        // 02:00 UTC.
+        let start = 1_796_083_260;
+        let berlin = parse_in("0 3 * * *", Some("Europe/Berlin")).unwrap();
+        assert_eq!(berlin.next_after(start), Some(start - 60 + 2 * 3600));
+        let utc = parse_in("0 3 * * *", None).unwrap();
+        assert_eq!(utc.next_after(start), Some(start - 60 + 3 * 3600));
+        assert!(parse_in("0 3 * * *", Some("Mars/Olympus")).is_err());
+        assert!(parse("CRON_TZ=UTC 0 3 * * *").is_err());
     }
 
     #[test]

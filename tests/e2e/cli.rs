@@ -957,6 +957,26 @@ spec:
         ),
     ]);
     assert!(pods.contains("pod/solo"));
+    // A Job of the CronJob's template, now (kubectl's create job --from).
+    let made = c.ok(&[
+        "create",
+        "job",
+        "by-hand",
+        "--from=cronjob/nightly",
+        "-n",
+        "shop",
+    ]);
+    assert_eq!(made.trim(), "job.batch/by-hand created");
+    let job = c.ok(&["get", "job", "by-hand", "-n", "shop", "-o", "json"]);
+    let job: serde_json::Value = serde_json::from_str(&job).unwrap();
+    assert_eq!(
+        job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["name"], "nightly");
+    let refused = c.skiff(&["create", "job", "x", "--from=deployment/dep", "-n", "shop"]);
+    assert!(!refused.ok && refused.stderr.contains("from must be an existing cronjob"));
+    checks.push(("job".into(), "by-hand".into(), "shop".into()));
     let failures: Vec<String> = checks
         .iter()
         .filter_map(|(kind, name, ns)| {

@@ -1304,14 +1304,15 @@ async fn indexed_jobs_and_failure_and_success_policies_run_as_kubernetes_runs_th
         "the rest of its pods stop",
         Duration::from_secs(30),
         async || {
-            skiff_testkit::list::<Pod>(
-                &channel,
-                "default",
-                "batch.kubernetes.io/job-name=success-policy",
-            )
-            .await
-            .iter()
-            .all(|p| p.status.as_ref().is_some_and(|s| s.phase != "Running"))
+            job_status(&jobs, "success-policy").await.active == 0
+                && skiff_testkit::list::<Pod>(
+                    &channel,
+                    "default",
+                    "batch.kubernetes.io/job-name=success-policy",
+                )
+                .await
+                .iter()
+                .all(|p| p.status.as_ref().is_some_and(|s| s.phase != "Running"))
         },
     )
     .await;

@@ -16,7 +16,7 @@ pub(crate) enum ClientCommand {
     /// directories, `-` for stdin).
     Apply(ApplyArgs),
     /// Create objects from manifests (existing ones are an error).
-    Create(ApplyArgs),
+    Create(CreateArgs),
     /// List objects as a table (or -o yaml|json|name|wide).
     Get(GetArgs),
     /// Show an object's fields, conditions and Events.
@@ -203,6 +203,28 @@ pub(crate) struct ApplyArgs {
     /// the server checks and admits everything, and writes nothing.
     #[arg(long, value_parser = ["none", "client", "server"], default_value = "none")]
     pub(crate) dry_run: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct CreateArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Manifest files or directories (`-` for stdin).
+    #[arg(short = 'f', long = "filename", required_unless_present = "from")]
+    pub(crate) files: Vec<String>,
+    /// Read the directories' subdirectories too.
+    #[arg(short = 'R', long)]
+    pub(crate) recursive: bool,
+    /// `client`: check the manifests, send nothing; `server`: the server
+    /// checks and admits everything, and writes nothing.
+    #[arg(long, value_parser = ["none", "client", "server"], default_value = "none")]
+    pub(crate) dry_run: String,
+    /// Without -f: what to make, `job NAME` (with --from).
+    pub(crate) what: Vec<String>,
+    /// The object to make it from: `cronjob/NAME` (a Job of its template,
+    /// now).
+    #[arg(long, conflicts_with = "files")]
+    pub(crate) from: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -421,7 +443,13 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
         }
         ClientCommand::Create(args) => {
             let ctl = args.client.ctl()?.recursive(args.recursive);
-            ctl.apply(&args.files, dry_run(&args.dry_run), true).await?;
+            match &args.from {
+                Some(from) => {
+                    ctl.create_job_from(&args.what, from, args.dry_run == "server")
+                        .await?;
+                }
+                None => ctl.apply(&args.files, dry_run(&args.dry_run), true).await?,
+            }
         }
         ClientCommand::Get(args) => {
             let output: skiff_ctl::Output = args

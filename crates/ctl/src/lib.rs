@@ -605,7 +605,7 @@ impl Ctl {
         let (ops, name) = target(args)?;
         if !matches!(
             ops.info().kind,
-            "Deployment" | "ReplicaSet" | "ReplicationController"
+            "Deployment" | "ReplicaSet" | "ReplicationController" | "StatefulSet"
         ) {
             return Err(CtlError(format!(
                 "error: {} cannot be scaled",
@@ -618,6 +618,74 @@ impl Ctl {
         })
         .await?;
         println!("{} scaled", apply::object_name(&*ops, &name));
+        Ok(())
+    }
+
+    /// `create job NAME --from=cronjob/CRONJOB`: a Job of the CronJob's
+    /// template now, as kubectl makes it (owned by the CronJob, annotated
+    /// `cronjob.kubernetes.io/instantiate: manual`).
+    ///
+    /// # Errors
+    /// Anything but a job from a cronjob; the CronJob missing; the create
+    /// refused.
+    pub async fn create_job_from(&self, what: &[String], from: &str, dry_run: bool) -> Result<()> {
+        let [kind, name] = what else {
+            return Err(CtlError(
+                "error: name what to create: `create job NAME --from=cronjob/NAME`".into(),
+            ));
+        };
+        if !matches!(kind.as_str(), "job" | "jobs") {
+            return Err(CtlError(format!(
+                "error: --from makes a job (`create job NAME --from=cronjob/NAME`), not a {kind}"
+            )));
+        }
+        let Some(("cronjob" | "cronjobs" | "cj" | "cronjob.batch", source)) = from.split_once('/')
+        else {
+            return Err(CtlError(format!(
+                "error: from must be an existing cronjob: {from}"
+            )));
+        };
+        use skiff::Resource as _;
+        use skiff::pb::batch::v1::{CronJob, Job};
+        let cronjob = skiff_client::Api::<CronJob>::new(self.channel.clone())
+            .get(&self.namespace, source)
+            .await
+            .map_err(|s| self.server_error(s, "cronjob", source))?;
+        let template = cronjob
+            .spec
+            .as_ref()
+            .and_then(|s| s.job_template.clone())
+            .unwrap_or_default();
+        let tmeta = template.metadata.unwrap_or_default();
+        let mut annotations = tmeta.annotations;
+        annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
+        let meta = cronjob.metadata.clone().unwrap_or_default();
+        let job = Job {
+            metadata: Some(skiff::pb::meta::v1::ObjectMeta {
+                name: name.clone(),
+                namespace: self.namespace.clone(),
+                labels: tmeta.labels,
+                annotations,
+                owner_references: vec![skiff::pb::meta::v1::OwnerReference {
+                    api_version: CronJob::API_VERSION.into(),
+                    kind: CronJob::KIND.into(),
+                    name: meta.name,
+                    uid: meta.uid,
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }],
+                ..Default::default()
+            }),
+            spec: template.spec,
+            ..Default::default()
+        };
+        let api = skiff_client::Api::<Job>::new(self.channel.clone());
+        let api = if dry_run { api.dry_run() } else { api };
+        api.create(job)
+            .await
+            .map_err(|s| self.server_error(s, "job", name))?;
+        let suffix = if dry_run { " (server dry run)" } else { "" };
+        println!("job.batch/{name} created{suffix}");
         Ok(())
     }
 

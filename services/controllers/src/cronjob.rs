@@ -1,6 +1,7 @@
-//! The CronJob controller: at each time the schedule names (UTC), a Job of
-//! the template, named `CRONJOB-<scheduled minute>` so that a run is made
-//! once however often the controller looks; a run missed by more than
+//! The CronJob controller: at each time the schedule names (in UTC or
+//! the CronJob's `timeZone`), a Job of the template, named
+//! `CRONJOB-<scheduled minute>` so that a run is made once however often
+//! the controller looks; a run missed by more than
 //! `startingDeadlineSeconds` is skipped; `concurrencyPolicy` Forbid skips
 //! a run while one is active and Replace stops the active ones; `suspend`
 //! makes none; finished Jobs beyond the history limits are deleted (with
@@ -239,7 +240,8 @@ impl CronJobController {
             })
             .cloned()
             .collect();
-        let schedule = skiff::schedule::parse(&spec.schedule).map_err(Error::Other)?;
+        let schedule = skiff::schedule::parse_in(&spec.schedule, spec.time_zone.as_deref())
+            .map_err(Error::Other)?;
         let now = skiff::time::now_seconds().seconds;
         let mut status = cron.status.clone().unwrap_or_default();
         // Where to count runs from: the last recorded run, or a newer one

@@ -162,6 +162,21 @@ type FailedPod<'a> = (&'a Arc<Pod>, Option<(String, String)>);
 /// index (Indexed jobs).
 type Creating = HashMap<String, (Instant, Option<i32>)>;
 
+/// When a pod's containers ended (the latest), else when it was made.
+fn finished_at(pod: &Pod) -> i64 {
+    pod.status
+        .iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .chain(&s.init_container_statuses)
+        })
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.seconds)
+        .max()
+        .unwrap_or_else(|| created_at::<Pod>(pod))
+}
+
 /// Plans a reconcile of `job` over the pods it owns, with creates in
 /// flight (`creating`: the index of each, None for a NonIndexed job), at
 /// `now` (seconds since the epoch).
@@ -216,22 +231,59 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         0
     };
     let failed = failures.iter().filter(counted).count() as i32 + restarts;
+    // Every failed pod, its failure counted or not.
+    let failures_all: Vec<&Arc<Pod>> = failures.iter().map(|(p, _)| *p).collect();
 
     // Indexed: what each index has done.
     let in_range = |i: &i32| *i < completions;
-    let completed: BTreeSet<i32> = owned
+    // What the status already says stays true when the pods that showed
+    // it are gone (deleted by hand, or with their node).
+    let before = |set: Option<&str>| {
+        set.and_then(|s| skiff::indexes::parse(s, completions).ok())
+            .unwrap_or_default()
+    };
+    let mut completed: BTreeSet<i32> = owned
         .iter()
         .filter(|p| phase(p) == "Succeeded")
         .filter_map(|p| index_of(p))
         .filter(in_range)
         .collect();
+    completed.extend(before(Some(previous.completed_indexes.as_str())));
     let mut index_failures: BTreeMap<i32, i32> = BTreeMap::new();
-    let mut failed_indexes: BTreeSet<i32> = BTreeSet::new();
+    let mut failed_indexes: BTreeSet<i32> = before(previous.failed_indexes.as_deref());
+    // An index's failures: those of its pods present, or as its newest
+    // pod was told (the failure count it was made with, and its own).
+    for pod in owned {
+        let Some(i) = index_of(pod).filter(in_range) else {
+            continue;
+        };
+        let told = pod
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.get(JOB_INDEX_FAILURE_COUNT_ANNOTATION))
+            .and_then(|n| n.parse::<i32>().ok())
+            .unwrap_or(0);
+        let own = i32::from(
+            phase(pod) == "Failed"
+                && failures
+                    .iter()
+                    .filter(counted)
+                    .any(|(p, _)| p.name() == pod.name()),
+        );
+        let known = index_failures.entry(i).or_default();
+        *known = (*known).max(told + own);
+    }
     for (pod, rule) in failures.iter().filter(counted) {
         let Some(i) = index_of(pod).filter(in_range) else {
             continue;
         };
-        *index_failures.entry(i).or_default() += 1;
+        let present = failures
+            .iter()
+            .filter(counted)
+            .filter(|(p, _)| index_of(p) == Some(i))
+            .count() as i32;
+        let known = index_failures.entry(i).or_default();
+        *known = (*known).max(present);
         if rule
             .as_ref()
             .is_some_and(|(action, _)| action == "FailIndex")
@@ -305,18 +357,23 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         .success_policy
         .as_ref()
         .filter(|_| indexed)
+        .filter(|_| !completed.is_empty())
         .and_then(|policy| {
             policy.rules.iter().position(|rule| {
-                let named = rule
-                    .succeeded_indexes
-                    .as_deref()
-                    .and_then(|set| skiff::indexes::parse(set, completions).ok());
+                let named = match rule.succeeded_indexes.as_deref() {
+                    Some(set) => match skiff::indexes::parse(set, completions) {
+                        Ok(set) if !set.is_empty() => Some(set),
+                        // Names nothing (or nothing readable): never holds.
+                        _ => return false,
+                    },
+                    None => None,
+                };
                 let done = match &named {
                     Some(set) => set.iter().filter(|i| completed.contains(i)).count(),
                     None => completed.len(),
                 } as i32;
                 match (&named, rule.succeeded_count) {
-                    (_, Some(count)) => done >= count,
+                    (_, Some(count)) => done >= count.max(1),
                     (Some(set), None) => done == set.len() as i32,
                     (None, None) => false,
                 }
@@ -330,11 +387,6 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
             "BackoffLimitExceeded",
             "Job has reached the specified backoff limit",
         ))
-    } else if max_failed.is_some_and(|m| failed_indexes.len() as i32 > m) {
-        Some(failed_condition(
-            "MaxFailedIndexesExceeded",
-            "Job has exceeded the specified maximal number of failed indexes",
-        ))
     } else if spec
         .active_deadline_seconds
         .is_some_and(|d| now >= started + d)
@@ -343,6 +395,16 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
             "DeadlineExceeded",
             "Job was active longer than specified deadline",
         ))
+    } else if max_failed.is_some_and(|m| failed_indexes.len() as i32 > m) {
+        Some(failed_condition(
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes",
+        ))
+    } else if indexed
+        && !failed_indexes.is_empty()
+        && completed.len() + failed_indexes.len() >= completions.max(0) as usize
+    {
+        Some(failed_condition("FailedIndexes", "Job has failed indexes"))
     } else if let Some(rule) = success_rule {
         Some(Finish {
             kind: "Complete",
@@ -350,16 +412,11 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
             message: format!("Matched rules at index {rule}"),
         })
     } else if indexed {
-        let finished = completed.len() + failed_indexes.len() >= completions.max(0) as usize;
-        match (finished, failed_indexes.is_empty()) {
-            (true, true) => Some(Finish {
-                kind: "Complete",
-                reason: "Completed",
-                message: "Job completed".into(),
-            }),
-            (true, false) => Some(failed_condition("FailedIndexes", "Job has failed indexes")),
-            (false, _) => None,
-        }
+        (completed.len() >= completions.max(0) as usize).then(|| Finish {
+            kind: "Complete",
+            reason: "Completed",
+            message: "Job completed".into(),
+        })
     } else {
         let done = match spec.completions {
             Some(c) => succeeded >= c,
@@ -375,17 +432,21 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         stop_active(&mut plan);
         if finish.kind == "Complete" {
             plan.status.completion_time = Some(timestamp(now));
-            if finish.reason == "SuccessPolicy" {
-                plan.status.conditions.push(JobCondition {
-                    r#type: "SuccessCriteriaMet".into(),
-                    status: "True".into(),
-                    last_probe_time: Some(timestamp(now)),
-                    last_transition_time: Some(timestamp(now)),
-                    reason: finish.reason.into(),
-                    message: finish.message.clone(),
-                });
-            }
         }
+        // Kubernetes 1.35 says first that the outcome is decided.
+        let decided = if finish.kind == "Complete" {
+            "SuccessCriteriaMet"
+        } else {
+            "FailureTarget"
+        };
+        plan.status.conditions.push(JobCondition {
+            r#type: decided.into(),
+            status: "True".into(),
+            last_probe_time: Some(timestamp(now)),
+            last_transition_time: Some(timestamp(now)),
+            reason: finish.reason.into(),
+            message: finish.message.clone(),
+        });
         plan.status.conditions.push(JobCondition {
             r#type: finish.kind.into(),
             status: "True".into(),
@@ -405,16 +466,34 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         let delay = (BACKOFF_BASE_SECS << exponent).min(BACKOFF_MAX_SECS);
         (now < last + delay).then_some(last + delay - now)
     };
+    // When the latest failure of `index` (or of the job) happened: its
+    // containers' end, else the pod's creation. Ignored failures count
+    // here too: a pod that keeps failing is not replaced at once forever.
     let last_failure = |index: Option<i32>| {
         failures
             .iter()
-            .filter(counted)
             .filter(|(p, _)| index.is_none() || index_of(p) == index)
-            .map(|(p, _)| created_at::<Pod>(p))
+            .map(|(p, _)| finished_at(p))
             .max()
             .unwrap_or(0)
     };
     if indexed {
+        // Pods that should not run: of no index or one out of range, of an
+        // index that is done, or a second one of an index (the newer go).
+        let mut seen: BTreeSet<i32> = BTreeSet::new();
+        let mut by_age: Vec<&&Arc<Pod>> = active.iter().collect();
+        by_age.sort_by_key(|p| created_at::<Pod>(p));
+        for pod in by_age {
+            let extra = match index_of(pod).filter(in_range) {
+                None => true,
+                Some(i) if completed.contains(&i) || failed_indexes.contains(&i) => true,
+                // The oldest of an index stays.
+                Some(i) => !seen.insert(i),
+            };
+            if extra {
+                plan.delete.push(pod.name().to_string());
+            }
+        }
         let busy: BTreeSet<i32> = held
             .iter()
             .filter_map(|p| index_of(p))
@@ -430,8 +509,13 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
                 continue;
             }
             let failures = index_failures.get(&i).copied().unwrap_or(0);
-            if failures > 0
-                && let Some(wait) = backoff(failures, last_failure(Some(i)))
+            let ignored = failures_all
+                .iter()
+                .filter(|p| index_of(p) == Some(i))
+                .count() as i32;
+            let tries = failures.max(ignored);
+            if tries > 0
+                && let Some(wait) = backoff(tries, last_failure(Some(i)))
             {
                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
                 continue;
@@ -449,14 +533,13 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
             None => parallelism,
         };
         let missing = (wanted as usize).saturating_sub(held.len() + creating.len());
-        if missing > 0 && failed > 0 {
-            let counted_failures = failures.iter().filter(counted).count() as i32;
-            if counted_failures > 0
-                && let Some(wait) = backoff(failed, last_failure(None))
-            {
-                plan.retry_after = Some(Duration::from_secs(wait.unsigned_abs()));
-                return plan;
-            }
+        let tries = failures_all.len() as i32 + restarts;
+        if missing > 0
+            && tries > 0
+            && let Some(wait) = backoff(tries, last_failure(None))
+        {
+            plan.retry_after = Some(Duration::from_secs(wait.unsigned_abs()));
+            return plan;
         }
         plan.create = missing;
     }
@@ -545,20 +628,16 @@ impl JobController {
             }
             generate_name = format!("{}-{index}-", meta.name);
             if let Some(spec) = spec.as_mut() {
-                if spec.hostname.is_empty() {
-                    spec.hostname = format!("{}-{index}", meta.name)
-                        .chars()
-                        .take(63)
-                        .collect::<String>()
-                        .trim_end_matches('-')
-                        .to_string();
-                }
+                // (The API refuses jobs whose NAME-INDEX is no DNS label.)
+                spec.hostname = format!("{}-{index}", meta.name);
                 for c in spec
                     .containers
                     .iter_mut()
                     .chain(spec.init_containers.iter_mut())
                 {
-                    c.env.retain(|e| e.name != "JOB_COMPLETION_INDEX");
+                    if c.env.iter().any(|e| e.name == "JOB_COMPLETION_INDEX") {
+                        continue;
+                    }
                     c.env.push(skiff::pb::core::v1::EnvVar {
                         name: "JOB_COMPLETION_INDEX".into(),
                         value: value.clone(),
@@ -1129,5 +1208,67 @@ mod tests {
                 .iter()
                 .any(|e| e.name == "JOB_COMPLETION_INDEX" && e.value == "2")
         );
+    }
+
+    #[test]
+    fn what_the_status_says_outlives_the_pods_that_showed_it() {
+        let mut j = indexed(3, 3);
+        j.spec.as_mut().unwrap().backoff_limit_per_index = Some(0);
+        j.status = Some(JobStatus {
+            completed_indexes: "0".into(),
+            failed_indexes: Some("1".into()),
+            ..Default::default()
+        });
+        // Their pods are gone: index 0 stays done, index 1 failed.
+        let p = plan(&j, &[], &[], 100);
+        assert_eq!(p.create_indexes, [(2, 0)]);
+        assert_eq!(p.status.completed_indexes, "0");
+        assert_eq!(p.status.failed_indexes.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn ignored_failures_still_wait_and_extra_pods_go() {
+        use skiff::pb::batch::v1::{
+            PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+        };
+        let mut j = job(Some(1), 1, 0);
+        j.spec.as_mut().unwrap().pod_failure_policy = Some(PodFailurePolicy {
+            rules: vec![PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: None,
+                    operator: "In".into(),
+                    values: vec![137],
+                }),
+                ..Default::default()
+            }],
+        });
+        let p = plan(&j, &[indexed_pod("a", 0, "Failed", 137, 95)], &[], 100);
+        assert!(p.finish.is_none());
+        assert_eq!(p.create, 0, "replaced after the backoff, not at once");
+        assert!(p.retry_after.is_some());
+        // An index run twice keeps its oldest pod; a pod of no index goes.
+        let j = indexed(2, 2);
+        let owned = [
+            indexed_pod("old", 0, "Running", 0, 1),
+            indexed_pod("new", 0, "Running", 0, 2),
+            pod("stray", "Running", 3),
+        ];
+        let mut deleted = plan(&j, &owned, &[], 100).delete;
+        deleted.sort();
+        assert_eq!(deleted, ["new", "stray"]);
+    }
+
+    #[test]
+    fn a_success_policy_never_holds_before_anything_succeeded() {
+        use skiff::pb::batch::v1::{SuccessPolicy, SuccessPolicyRule};
+        let mut j = indexed(3, 3);
+        j.spec.as_mut().unwrap().success_policy = Some(SuccessPolicy {
+            rules: vec![SuccessPolicyRule {
+                succeeded_indexes: None,
+                succeeded_count: Some(0),
+            }],
+        });
+        assert!(plan(&j, &[], &[], 100).finish.is_none());
     }
 }

@@ -120,18 +120,50 @@ impl Strategy for Job {
             );
         }
         validate_indexed(spec, restart, errors);
+        // Each index's pod is named NAME-INDEX in its hostname.
+        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        if spec.completion_mode == "Indexed"
+            && !name.is_empty()
+            && let Some(last) = spec.completions.filter(|c| *c > 0)
+        {
+            let host = format!("{name}-{}", last - 1);
+            if validation::is_dns1123_label(&host).is_err() {
+                errors.invalid(
+                    "metadata.name",
+                    name,
+                    format!("will not able to create pod with invalid DNS label: {host}"),
+                );
+            }
+        }
     }
 
     fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
         let (Some(new), Some(old)) = (&self.spec, &old.spec) else {
             return;
         };
+        // An Indexed job's completions change only with its parallelism
+        // (Kubernetes' elastic Indexed jobs).
+        let elastic = new.completion_mode == "Indexed" && new.completions == new.parallelism;
+        // The template is fixed once the job has started; a suspended job
+        // that never ran may still be changed (Kubernetes allows its
+        // scheduling fields).
+        let unstarted = new.suspend == Some(true)
+            && self.status.as_ref().is_none_or(|s| s.start_time.is_none());
+        if new.template != old.template && !unstarted {
+            errors.forbidden(
+                "spec.template",
+                "field is immutable once the job has started (suspend a job that never ran to change it)",
+            );
+        }
         for (field, same) in [
             (
                 "spec.completionMode",
                 new.completion_mode == old.completion_mode,
             ),
-            ("spec.completions", new.completions == old.completions),
+            (
+                "spec.completions",
+                new.completions == old.completions || elastic,
+            ),
             (
                 "spec.podFailurePolicy",
                 new.pod_failure_policy == old.pod_failure_policy,
@@ -190,12 +222,10 @@ impl Strategy for CronJob {
         } else if let Err(why) = skiff::schedule::parse(&spec.schedule) {
             errors.invalid("spec.schedule", &spec.schedule, &why);
         }
-        if let Some(zone) = spec
-            .time_zone
-            .as_deref()
-            .filter(|z| !matches!(*z, "UTC" | "Etc/UTC"))
+        if let Some(zone) = spec.time_zone.as_deref()
+            && let Err(why) = skiff::schedule::time_zone(zone)
         {
-            errors.invalid("spec.timeZone", zone, "only \"UTC\" is supported");
+            errors.invalid("spec.timeZone", zone, why);
         }
         if !matches!(
             spec.concurrency_policy.as_str(),
@@ -274,18 +304,20 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
                 "spec.completions",
                 "Required value: when completion mode is Indexed",
             );
-        } else if completions > 100_000 {
+        }
+        if let Some(p) = spec.parallelism.filter(|p| *p > 100_000) {
             errors.invalid(
-                "spec.completions",
-                completions,
+                "spec.parallelism",
+                p,
                 "must be less than or equal to 100000 when completion mode is Indexed",
             );
         }
     }
     if let Some(limit) = spec.backoff_limit_per_index {
         if !indexed {
-            errors.forbidden(
+            errors.invalid(
                 "spec.backoffLimitPerIndex",
+                limit,
                 "requires indexed completion mode",
             );
         }
@@ -300,8 +332,8 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
     if let Some(max) = spec.max_failed_indexes {
         if spec.backoff_limit_per_index.is_none() {
             errors.push(
-                "spec.maxFailedIndexes",
-                "Required value: when maxFailedIndexes is specified, backoffLimitPerIndex must also be specified",
+                "spec.backoffLimitPerIndex",
+                "Required value: when maxFailedIndexes is specified",
             );
         }
         if max < 0 || (indexed && max > completions) {
@@ -354,9 +386,10 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
             match rule.action.as_str() {
                 "FailJob" | "Ignore" | "Count" => {}
                 "FailIndex" if spec.backoff_limit_per_index.is_some() => {}
-                "FailIndex" => errors.forbidden(
+                "FailIndex" => errors.invalid(
                     format!("{path}.action"),
-                    "the 'FailIndex' action can only be used when backoffLimitPerIndex is set",
+                    "FailIndex",
+                    "requires the backoffLimitPerIndex to be set",
                 ),
                 other => errors.not_supported(
                     format!("{path}.action"),
@@ -379,6 +412,22 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
             }
             if let Some(codes) = &rule.on_exit_codes {
                 let at = format!("{path}.onExitCodes");
+                if let Some(name) = &codes.container_name {
+                    let pod = spec.template.as_ref().and_then(|t| t.spec.as_ref());
+                    let known = pod.is_some_and(|p| {
+                        p.containers
+                            .iter()
+                            .chain(&p.init_containers)
+                            .any(|c| c.name == *name)
+                    });
+                    if !known {
+                        errors.invalid(
+                            format!("{at}.containerName"),
+                            name,
+                            "must be one of the container or initContainer names in the pod template",
+                        );
+                    }
+                }
                 if !matches!(codes.operator.as_str(), "In" | "NotIn") {
                     errors.not_supported(
                         format!("{at}.operator"),
@@ -426,10 +475,9 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
     }
     if let Some(policy) = &spec.success_policy {
         if !indexed {
-            errors.invalid(
-                "spec.completionMode",
-                &spec.completion_mode,
-                "requires indexed completion mode when successPolicy is specified",
+            errors.push(
+                "spec.successPolicy",
+                "Invalid value: requires indexed completion mode",
             );
         }
         if policy.rules.is_empty() || policy.rules.len() > 20 {
