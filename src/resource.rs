@@ -81,6 +81,20 @@ pub trait Resource:
         copy.encode_to_vec()
     }
 
+    /// The reference by which the objects this one controls name it as
+    /// their controller (and block its foreground deletion).
+    fn controller_reference(&self) -> crate::pb::meta::v1::OwnerReference {
+        let meta = self.metadata().cloned().unwrap_or_default();
+        crate::pb::meta::v1::OwnerReference {
+            api_version: Self::API_VERSION.into(),
+            kind: Self::KIND.into(),
+            name: meta.name,
+            uid: meta.uid,
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
     /// `namespace/name` (or `name`) for messages.
     fn object_ref(&self) -> ObjectRef {
         ObjectRef {

@@ -659,21 +659,13 @@ impl Ctl {
         let tmeta = template.metadata.unwrap_or_default();
         let mut annotations = tmeta.annotations;
         annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
-        let meta = cronjob.metadata.clone().unwrap_or_default();
         let job = Job {
             metadata: Some(skiff::pb::meta::v1::ObjectMeta {
                 name: name.clone(),
                 namespace: self.namespace.clone(),
                 labels: tmeta.labels,
                 annotations,
-                owner_references: vec![skiff::pb::meta::v1::OwnerReference {
-                    api_version: CronJob::API_VERSION.into(),
-                    kind: CronJob::KIND.into(),
-                    name: meta.name,
-                    uid: meta.uid,
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }],
+                owner_references: vec![cronjob.controller_reference()],
                 ..Default::default()
             }),
             spec: template.spec,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::ObjectReference;
-use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -83,14 +83,7 @@ pub fn job_for(cron: &CronJob, at: i64) -> Job {
             namespace: meta.namespace,
             labels: tmeta.labels,
             annotations,
-            owner_references: vec![OwnerReference {
-                api_version: CronJob::API_VERSION.into(),
-                kind: CronJob::KIND.into(),
-                name: meta.name,
-                uid: meta.uid,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }],
+            owner_references: vec![cron.controller_reference()],
             ..Default::default()
         }),
         spec: template.spec,

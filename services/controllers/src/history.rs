@@ -62,15 +62,7 @@ pub fn revision_of(pod: &Pod) -> &str {
 
 /// The owner reference its pods and revisions carry.
 pub fn owner_reference<K: Resource>(owner: &K) -> OwnerReference {
-    let meta = owner.metadata().cloned().unwrap_or_default();
-    OwnerReference {
-        api_version: K::API_VERSION.into(),
-        kind: K::KIND.into(),
-        name: meta.name,
-        uid: meta.uid,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    owner.controller_reference()
 }
 
 /// The revision of `owner`'s current template (its `hash`), numbered

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::batch::v1::{Job, JobCondition, JobStatus};
 use skiff::pb::core::v1::Pod;
-use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -652,14 +652,7 @@ impl JobController {
                 namespace: meta.namespace,
                 labels,
                 annotations,
-                owner_references: vec![OwnerReference {
-                    api_version: Job::API_VERSION.into(),
-                    kind: Job::KIND.into(),
-                    name: meta.name,
-                    uid: meta.uid,
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }],
+                owner_references: vec![job.controller_reference()],
                 ..Default::default()
             }),
             spec,

@@ -298,15 +298,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
     }
 
     fn owner_ref(owner: &K) -> OwnerReference {
-        let meta = owner.metadata().cloned().unwrap_or_default();
-        OwnerReference {
-            api_version: K::API_VERSION.into(),
-            kind: K::KIND.into(),
-            name: meta.name,
-            uid: meta.uid,
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }
+        owner.controller_reference()
     }
 
     async fn create_pods(&self, owner: &K, key: &ObjectRef, count: usize) -> Result<(), Error> {

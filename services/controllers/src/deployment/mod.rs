@@ -551,15 +551,7 @@ impl DeploymentController {
 }
 
 fn owner_reference(d: &Deployment) -> OwnerReference {
-    let meta = d.metadata.clone().unwrap_or_default();
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: meta.name,
-        uid: meta.uid,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
+    d.controller_reference()
 }
 
 impl Reconciler for DeploymentController {
