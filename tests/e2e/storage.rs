@@ -482,3 +482,90 @@ async fn a_pod_goes_where_its_local_volume_is() {
     .await;
     drop(server);
 }
+
+fn stateful_set(name: &str, replicas: i32, when_deleted: &str) -> skiff::pb::apps::v1::StatefulSet {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "main", "image": "host", "command": ["sleep", "300"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]
+                }]}
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// `whenDeleted: Delete`: a StatefulSet's claims go with it — but not when
+/// it is deleted with `--cascade=orphan`, which leaves its pods, claims
+/// and revisions, released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulsets_claims_go_with_it_unless_it_is_orphaned() {
+    use skiff::pb::apps::v1::{ControllerRevision, StatefulSet};
+    let cluster = ProcessCluster::start("sts-claims").await;
+    let channel = cluster.channel.clone();
+    let sets = Api::<StatefulSet>::new(channel.clone());
+    let claims = Api::<PersistentVolumeClaim>::new(channel.clone());
+    let pods = Api::<Pod>::new(channel.clone());
+    let revisions = Api::<ControllerRevision>::new(channel.clone());
+    sets.create(stateful_set("kept", 2, "Delete"))
+        .await
+        .unwrap();
+    sets.create(stateful_set("gone", 1, "Delete"))
+        .await
+        .unwrap();
+    for claim in ["data-kept-0", "data-kept-1", "data-gone-0"] {
+        wait_for_claim(&claims, claim, "Bound").await;
+    }
+    let owned = claims.get("default", "data-gone-0").await.unwrap();
+    assert_eq!(owned.metadata.unwrap().owner_references[0].name, "gone");
+
+    // Orphaned: everything stays, owned by nothing.
+    sets.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "kept".into(),
+        propagation_policy: "Orphan".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    wait_gone(&sets, "default", "kept").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for claim in ["data-kept-0", "data-kept-1"] {
+        let c = claims.get("default", claim).await.unwrap();
+        let meta = c.metadata.unwrap();
+        assert!(meta.owner_references.is_empty(), "{claim}: {meta:?}");
+        assert!(meta.deletion_timestamp.is_none(), "{claim}");
+    }
+    let pod = pods.get("default", "kept-0").await.unwrap();
+    assert!(pod.metadata.unwrap().owner_references.is_empty());
+    let left = revisions
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        left.items.iter().any(|r| r
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.starts_with("kept-"))),
+        "its revisions stay too"
+    );
+
+    // Deleted: its claim goes after it.
+    delete(&sets, "default", "gone").await;
+    wait_gone(&claims, "default", "data-gone-0").await;
+}

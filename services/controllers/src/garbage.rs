@@ -3,7 +3,8 @@
 //! (pods, whose owners are ReplicaSets, ReplicationControllers,
 //! DaemonSets, StatefulSets and Jobs; ReplicaSets, whose owners are
 //! Deployments; Jobs, whose owners are CronJobs; ControllerRevisions,
-//! whose owners are DaemonSets and StatefulSets).
+//! whose owners are DaemonSets and StatefulSets; PersistentVolumeClaims,
+//! whose owner is a StatefulSet that deletes them with itself).
 //! Foreground and Orphan deletions are carried
 //! out for every owner kind ([`Propagation`]).
 //!
@@ -173,26 +174,146 @@ impl<K: Resource> Reconciler for GarbageCollector<K> {
 
 pub use skiff::names::{FOREGROUND_FINALIZER as FOREGROUND, ORPHAN_FINALIZER as ORPHAN};
 
-/// Foreground and Orphan deletions of owners of kind `O` with dependents
-/// of kind `D`. An owner deleted with the `foregroundDeletion` finalizer
-/// has its dependents deleted first (themselves in the foreground, so a
-/// Deployment waits for its ReplicaSets' pods too) and goes once none is
-/// left; with `orphan`, its dependents lose their ownerReference to it
-/// and stay. Then the finalizer is removed, and the API server deletes the
-/// owner.
-pub struct Propagation<O, D> {
+/// Foreground and Orphan deletions of owners of kind `O` with their
+/// dependents (of one or more kinds). An owner deleted with the
+/// `foregroundDeletion` finalizer has its dependents deleted first
+/// (themselves in the foreground, so a Deployment waits for its
+/// ReplicaSets' pods too) and goes once none is left; with `orphan`, its
+/// dependents lose their ownerReference to it and stay. Then the
+/// finalizer is removed, and the API server deletes the owner. One
+/// propagation per owner kind handles all its dependent kinds, so the
+/// finalizer goes only once every one of them is done.
+pub struct Propagation<O> {
     owners: (Api<O>, Store<O>),
-    dependents: (Api<D>, Store<D>),
+    dependents: Vec<Box<dyn DependentKind>>,
 }
 
-impl<O: Resource, D: Resource> Propagation<O, D> {
-    /// Propagation over the shared caches.
-    pub fn new(owners: (Api<O>, Store<O>), dependents: (Api<D>, Store<D>)) -> Self {
-        Self { owners, dependents }
+/// One dependent the propagation acts on.
+struct Dependent {
+    name: String,
+    uid: String,
+    /// It is being deleted already.
+    deleting: bool,
+    /// It names other owners too (it is released, never deleted).
+    shared: bool,
+}
+
+/// A kind of dependent, seen through its cache and written through the
+/// API.
+trait DependentKind: Send + Sync {
+    /// The dependents in `namespace` that name `uid` as an owner.
+    fn of(&self, namespace: &str, uid: &str) -> Vec<Dependent>;
+    /// Removes its ownerReference to `uid`.
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>>;
+    /// Deletes it in the foreground (exactly it: `uid`).
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>>;
+}
+
+/// Dependents of kind `D`.
+struct Kind<D>(Api<D>, Store<D>);
+
+impl<D: Resource> DependentKind for Kind<D> {
+    fn of(&self, namespace: &str, uid: &str) -> Vec<Dependent> {
+        self.1
+            .list()
+            .into_iter()
+            .filter(|d| d.namespace() == namespace)
+            .filter_map(|d| {
+                let meta = d.metadata()?;
+                meta.owner_references
+                    .iter()
+                    .any(|o| o.uid == uid)
+                    .then(|| Dependent {
+                        name: meta.name.clone(),
+                        uid: meta.uid.clone(),
+                        deleting: meta.deletion_timestamp.is_some(),
+                        shared: meta.owner_references.iter().any(|o| o.uid != uid),
+                    })
+            })
+            .collect()
+    }
+
+    fn release<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let mut fresh = match self.0.get(namespace, name).await {
+                Ok(d) => d,
+                Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+                Err(s) => return Err(s.into()),
+            };
+            fresh
+                .metadata_mut()
+                .owner_references
+                .retain(|o| o.uid != uid);
+            fresh.clear_status();
+            match self.0.update(fresh).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(s.into()),
+            }
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let request = DeleteRequest {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                propagation_policy: "Foreground".into(),
+                preconditions: Some(Preconditions {
+                    uid: uid.to_string(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match self.0.delete(request).await {
+                Ok(_) => Ok(()),
+                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {
+                    Ok(())
+                }
+                Err(s) => Err(s.into()),
+            }
+        })
+    }
+}
+
+impl<O: Resource> Propagation<O> {
+    /// Propagation over the shared caches, with no dependent kind yet.
+    pub fn new(owners: (Api<O>, Store<O>)) -> Self {
+        Self {
+            owners,
+            dependents: Vec::new(),
+        }
+    }
+
+    /// Adds a kind of dependent.
+    pub fn with<D: Resource>(mut self, dependents: (Api<D>, Store<D>)) -> Self {
+        self.dependents
+            .push(Box::new(Kind(dependents.0, dependents.1)));
+        self
     }
 
     /// The owners of kind `O` a dependent names (to look at when it goes).
-    pub fn owners_of(dependent: &D) -> Vec<ObjectRef> {
+    pub fn owners_of<D: Resource>(dependent: &D) -> Vec<ObjectRef> {
         let Some(meta) = dependent.metadata() else {
             return Vec::new();
         };
@@ -200,19 +321,6 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
             .iter()
             .filter(|o| o.kind == O::KIND)
             .map(|o| ObjectRef::new(meta.namespace.clone(), o.name.clone()))
-            .collect()
-    }
-
-    fn dependents_of(&self, namespace: &str, uid: &str) -> Vec<Arc<D>> {
-        self.dependents
-            .1
-            .list()
-            .into_iter()
-            .filter(|d| d.namespace() == namespace)
-            .filter(|d| {
-                d.metadata()
-                    .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
-            })
             .collect()
     }
 
@@ -237,25 +345,6 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
         }
     }
 
-    /// Removes a dependent's ownerReference to `uid`.
-    async fn release(&self, namespace: &str, name: &str, uid: &str) -> Result<(), Error> {
-        let mut fresh = match self.dependents.0.get(namespace, name).await {
-            Ok(d) => d,
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-            Err(s) => return Err(s.into()),
-        };
-        fresh
-            .metadata_mut()
-            .owner_references
-            .retain(|o| o.uid != uid);
-        fresh.clear_status();
-        match self.dependents.0.update(fresh).await {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(s.into()),
-        }
-    }
-
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(owner) = self.owners.1.get(&key.namespace, &key.name) else {
             return Ok(Action::AwaitChange);
@@ -266,51 +355,36 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
         if meta.deletion_timestamp.is_none() {
             return Ok(Action::AwaitChange);
         }
-        let dependents = self.dependents_of(&key.namespace, &meta.uid);
+        let ns = key.namespace.as_str();
         if meta.finalizers.iter().any(|f| f == ORPHAN) {
-            for dependent in &dependents {
-                self.release(&key.namespace, dependent.name(), &meta.uid)
-                    .await?;
+            let mut released = 0;
+            for kind in &self.dependents {
+                for dependent in kind.of(ns, &meta.uid) {
+                    kind.release(ns, &dependent.name, &meta.uid).await?;
+                    released += 1;
+                }
             }
-            tracing::info!(kind = O::KIND, owner = %key, released = dependents.len(), "orphaned the dependents");
+            tracing::info!(kind = O::KIND, owner = %key, released, "orphaned the dependents");
             self.finish(&key, &meta.uid, ORPHAN).await?;
             return Ok(Action::AwaitChange);
         }
         if meta.finalizers.iter().any(|f| f == FOREGROUND) {
-            // A dependent with other owners is only released from this one.
-            let (shared, dependents): (Vec<Arc<D>>, Vec<Arc<D>>) =
-                dependents.into_iter().partition(|d| {
-                    d.metadata()
-                        .is_some_and(|m| m.owner_references.iter().any(|o| o.uid != meta.uid))
-                });
-            for dependent in &shared {
-                self.release(&key.namespace, dependent.name(), &meta.uid)
-                    .await?;
-            }
-            for dependent in dependents
-                .iter()
-                .filter(|d| d.metadata().is_some_and(|m| m.deletion_timestamp.is_none()))
-            {
-                let request = DeleteRequest {
-                    namespace: key.namespace.clone(),
-                    name: dependent.name().to_string(),
-                    propagation_policy: "Foreground".into(),
-                    preconditions: Some(Preconditions {
-                        uid: dependent
-                            .metadata()
-                            .map(|m| m.uid.clone())
-                            .unwrap_or_default(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                match self.dependents.0.delete(request).await {
-                    Ok(_) => {}
-                    Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {}
-                    Err(s) => return Err(s.into()),
+            let mut left = 0;
+            for kind in &self.dependents {
+                for dependent in kind.of(ns, &meta.uid) {
+                    // A dependent with other owners is only released from
+                    // this one.
+                    if dependent.shared {
+                        kind.release(ns, &dependent.name, &meta.uid).await?;
+                        continue;
+                    }
+                    left += 1;
+                    if !dependent.deleting {
+                        kind.delete(ns, &dependent.name, &dependent.uid).await?;
+                    }
                 }
             }
-            if !dependents.is_empty() {
+            if left > 0 {
                 // Their deletions bring this owner back; the requeue is a
                 // safety net.
                 return Ok(Action::Requeue(std::time::Duration::from_secs(2)));
@@ -321,7 +395,7 @@ impl<O: Resource, D: Resource> Propagation<O, D> {
     }
 }
 
-impl<O: Resource, D: Resource> Reconciler for Propagation<O, D> {
+impl<O: Resource> Reconciler for Propagation<O> {
     fn name(&self) -> &'static str {
         "garbagecollector"
     }
@@ -347,9 +421,12 @@ fn dependents_in<K: skiff::Resource>(store: &Store<K>, uid: &str) -> Vec<ObjectR
 // === wiring ===
 
 /// Starts the garbage collector: collectors of pods (owned by ReplicaSets,
-/// ReplicationControllers, DaemonSets and Jobs), of ReplicaSets (owned by
-/// Deployments) and of Jobs (owned by CronJobs), each woken by its dependents' changes and its owners'
-/// deletions; and Foreground/Orphan propagation for every owner kind.
+/// ReplicationControllers, DaemonSets, StatefulSets and Jobs), of
+/// ReplicaSets (owned by Deployments), of Jobs (owned by CronJobs), of
+/// ControllerRevisions (owned by DaemonSets and StatefulSets) and of claims
+/// (owned by StatefulSets), each woken by its dependents' changes and its
+/// owners' deletions; and Foreground/Orphan propagation for every owner
+/// kind over all its dependent kinds.
 pub fn start(
     shared: Arc<crate::Shared>,
     workers: usize,
@@ -383,16 +460,25 @@ pub fn start(
     let revisions = collect(revision_gc, &s.controllerrevisions)
         .watches(&s.daemonsets, deletions(&s.controllerrevisions))
         .watches(&s.statefulsets, deletions(&s.controllerrevisions));
+    // Claims a StatefulSet made under `whenDeleted: Delete` name it.
+    let claim_gc = GarbageCollector::new(
+        api(s),
+        s.persistentvolumeclaims.store.clone(),
+        owners.clone(),
+    );
+    let claims = collect(claim_gc, &s.persistentvolumeclaims)
+        .watches(&s.statefulsets, deletions(&s.persistentvolumeclaims));
 
     let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
     let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));
     let replicasets =
         collect(rs_gc, &s.replicasets).watches(&s.deployments, deletions(&s.replicasets));
-    let (pod_store, rs_store, job_store, revision_store) = (
+    let (pod_store, rs_store, job_store, revision_store, claim_store) = (
         s.pods.store.clone(),
         s.replicasets.store.clone(),
         s.jobs.store.clone(),
         s.controllerrevisions.store.clone(),
+        s.persistentvolumeclaims.store.clone(),
     );
     futures::future::join_all([
         pods.run(move || keys_of(&pod_store), workers).boxed(),
@@ -401,13 +487,20 @@ pub fn start(
         revisions
             .run(move || keys_of(&revision_store), workers)
             .boxed(),
-        propagate(s, &s.replicasets, &s.pods, workers),
-        propagate(s, &s.replicationcontrollers, &s.pods, workers),
-        propagate(s, &s.deployments, &s.replicasets, workers),
-        propagate(s, &s.daemonsets, &s.pods, workers),
-        propagate(s, &s.statefulsets, &s.pods, workers),
-        propagate(s, &s.jobs, &s.pods, workers),
-        propagate(s, &s.cronjobs, &s.jobs, workers),
+        claims.run(move || keys_of(&claim_store), workers).boxed(),
+        propagate(s, &s.replicasets, workers, |p| p.on(s, &s.pods)),
+        propagate(s, &s.replicationcontrollers, workers, |p| p.on(s, &s.pods)),
+        propagate(s, &s.deployments, workers, |p| p.on(s, &s.replicasets)),
+        propagate(s, &s.daemonsets, workers, |p| {
+            p.on(s, &s.pods).on(s, &s.controllerrevisions)
+        }),
+        propagate(s, &s.statefulsets, workers, |p| {
+            p.on(s, &s.pods)
+                .on(s, &s.controllerrevisions)
+                .on(s, &s.persistentvolumeclaims)
+        }),
+        propagate(s, &s.jobs, workers, |p| p.on(s, &s.pods)),
+        propagate(s, &s.cronjobs, workers, |p| p.on(s, &s.jobs)),
     ])
     .map(|_| ())
     .boxed()
@@ -440,29 +533,67 @@ fn deletions<O: skiff::Resource, K: skiff::Resource>(
     }
 }
 
-/// Foreground/Orphan propagation for owners of kind `O`: an owner that
-/// changes, and the owners of every dependent that changes, are looked at;
-/// at the start (and after a lag), every owner being deleted.
-fn propagate<O: skiff::Resource, D: skiff::Resource>(
+/// A propagation being declared: its dependent kinds, and what wakes it.
+struct Declared<'a, O: Resource> {
+    propagation: Propagation<O>,
+    /// Each dependent kind's changes, declared as the controller's
+    /// triggers once it exists.
+    wakes: Vec<Wake<'a, O>>,
+}
+
+/// The controller running a propagation.
+type PropagationController<O> = crate::runtime::Controller<Propagation<O>>;
+
+/// Adds one dependent kind's changes to a propagation's triggers.
+type Wake<'a, O> = Box<dyn FnOnce(PropagationController<O>) -> PropagationController<O> + 'a>;
+
+impl<'a, O: Resource> Declared<'a, O> {
+    /// Adds dependents of `informer`'s kind: acted on, and their changes
+    /// wake their owners.
+    fn on<D: Resource>(
+        mut self,
+        shared: &crate::Shared,
+        informer: &'a skiff_client::Informer<D>,
+    ) -> Self {
+        self.propagation = self
+            .propagation
+            .with((Api::new(shared.channel.clone()), informer.store.clone()));
+        self.wakes.push(Box::new(move |controller| {
+            controller.watches(informer, |change| {
+                Propagation::<O>::owners_of(crate::runtime::changed(change).as_ref())
+            })
+        }));
+        self
+    }
+}
+
+/// Foreground/Orphan propagation for owners of kind `O` and the dependent
+/// kinds `declare` adds: an owner that changes, and the owners of every
+/// dependent that changes, are looked at; at the start (and after a lag),
+/// every owner being deleted.
+fn propagate<'a, O: skiff::Resource>(
     shared: &crate::Shared,
     owners: &skiff_client::Informer<O>,
-    dependents: &skiff_client::Informer<D>,
     workers: usize,
+    declare: impl FnOnce(Declared<'a, O>) -> Declared<'a, O>,
 ) -> futures::future::BoxFuture<'static, ()> {
     use futures::FutureExt as _;
-    let propagation = Propagation::new(
-        (Api::new(shared.channel.clone()), owners.store.clone()),
-        (Api::new(shared.channel.clone()), dependents.store.clone()),
-    );
+    let declared = declare(Declared {
+        propagation: Propagation::new((Api::new(shared.channel.clone()), owners.store.clone())),
+        wakes: Vec::new(),
+    });
     let store = owners.store.clone();
-    crate::runtime::Controller::new(Arc::new(propagation))
-        .watches(owners, |change| match change {
-            skiff_client::Change::Applied(o) => vec![o.object_ref()],
-            skiff_client::Change::Deleted(_) => Vec::new(),
-        })
-        .watches(dependents, |change| {
-            Propagation::<O, D>::owners_of(crate::runtime::changed(change))
-        })
+    let mut controller =
+        crate::runtime::Controller::new(Arc::new(declared.propagation)).watches(owners, |change| {
+            match change {
+                skiff_client::Change::Applied(o) => vec![o.object_ref()],
+                skiff_client::Change::Deleted(_) => Vec::new(),
+            }
+        });
+    for wake in declared.wakes {
+        controller = wake(controller);
+    }
+    controller
         .run(
             move || {
                 store

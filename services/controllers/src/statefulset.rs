@@ -18,8 +18,10 @@
 //!   partition keep the current revision, also when they are recreated.
 //!   `OnDelete`: only pods deleted by hand take the new template.
 //! - Claims the set made for ordinals it no longer has are deleted when
-//!   `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`; claims
-//!   outlive the set itself (`whenDeleted: Delete` is refused for now).
+//!   `persistentVolumeClaimRetentionPolicy.whenScaled` is `Delete`; with
+//!   `whenDeleted: Delete` its claims name it as their owner and the
+//!   garbage collector deletes them after it (a `--cascade=orphan` delete
+//!   releases them with its pods).
 //!
 //! Templates are told apart by ControllerRevisions ([`crate::history`]),
 //! whose names are the pods' `controller-revision-hash` label, so
@@ -141,8 +143,27 @@ pub fn pod_for(set: &StatefulSet, ordinal: i32, template: &PodTemplateSpec, revi
 /// Delete`; claims kept from an earlier set of the same name are not).
 pub const SET_UID_LABEL: &str = "statefulset.skiff.io/uid";
 
+/// Whether the set's claims go with it (`whenDeleted: Delete`): they name
+/// it as an owner, and the garbage collector deletes them after it.
+fn claims_go_with(set: &StatefulSet) -> bool {
+    set.spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim_retention_policy.as_ref())
+        .is_some_and(|p| p.when_deleted == "Delete")
+}
+
+/// The owner reference a claim of a `whenDeleted: Delete` set carries (not
+/// a controller: the claim is not the set's to run).
+fn claim_owner(set: &StatefulSet) -> skiff::pb::meta::v1::OwnerReference {
+    skiff::pb::meta::v1::OwnerReference {
+        controller: None,
+        ..set.controller_reference()
+    }
+}
+
 /// The claims ordinal `ordinal` needs, from the claim templates: labelled
-/// with the set's selector and uid.
+/// with the set's selector and uid, owned by the set when its claims go
+/// with it.
 pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim> {
     let spec = set.spec.clone().unwrap_or_default();
     let uid = set
@@ -168,6 +189,11 @@ pub fn claims_for(set: &StatefulSet, ordinal: i32) -> Vec<PersistentVolumeClaim>
                     namespace: set.namespace().to_string(),
                     labels,
                     annotations: tmeta.annotations,
+                    owner_references: if claims_go_with(set) {
+                        vec![claim_owner(set)]
+                    } else {
+                        Vec::new()
+                    },
                     ..Default::default()
                 }),
                 spec: template.spec.clone(),
@@ -419,6 +445,31 @@ impl StatefulSetController {
                         .is_some_and(|m| m.deletion_timestamp.is_some())
                     {
                         return Ok(false);
+                    }
+                    // A claim it uses is this set's: its uid label, and an
+                    // owner reference exactly when the policy says its
+                    // claims go with it (the policy may have changed, or
+                    // the set been made again).
+                    let mut adopted = existing.clone();
+                    let meta = adopted.metadata_mut();
+                    let uid = set
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.uid.clone())
+                        .unwrap_or_default();
+                    meta.labels.insert(SET_UID_LABEL.into(), uid.clone());
+                    meta.owner_references
+                        .retain(|o| !(o.kind == StatefulSet::KIND && o.name == set.name()));
+                    if claims_go_with(set) {
+                        meta.owner_references.push(claim_owner(set));
+                    }
+                    if adopted.metadata != existing.metadata {
+                        adopted.status = None;
+                        match self.claims.0.update(adopted).await {
+                            Ok(_) => {}
+                            Err(s) if s.code() == tonic::Code::Aborted => return Ok(false),
+                            Err(s) => return Err(s.into()),
+                        }
                     }
                     continue;
                 }

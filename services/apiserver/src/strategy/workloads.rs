@@ -501,13 +501,6 @@ impl Strategy for StatefulSet {
                     );
                 }
             }
-            if policy.when_deleted == "Delete" {
-                errors.invalid(
-                    "spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
-                    "Delete",
-                    "not supported by Skiff yet: a StatefulSet's claims outlive it (\"Retain\"); delete them after it",
-                );
-            }
         }
         if spec.min_ready_seconds < 0 {
             errors.invalid(
