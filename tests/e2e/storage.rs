@@ -565,6 +565,39 @@ async fn a_statefulsets_claims_go_with_it_unless_it_is_orphaned() {
         "its revisions stay too"
     );
 
+    // Made again: it takes its pods, claims and revision back.
+    let again = sets
+        .create(stateful_set("kept", 2, "Delete"))
+        .await
+        .unwrap();
+    let uid = again.metadata.unwrap().uid;
+    let owned_by_it =
+        |refs: &[skiff::pb::meta::v1::OwnerReference]| refs.iter().any(|o| o.uid == uid);
+    wait_until(
+        "the new set adopts what the old one left",
+        Duration::from_secs(60),
+        async || {
+            let pod = pods.get("default", "kept-0").await;
+            let claim = claims.get("default", "data-kept-1").await;
+            let revisions = revisions
+                .list(ListRequest {
+                    namespace: "default".into(),
+                    ..Default::default()
+                })
+                .await;
+            pod.is_ok_and(|p| owned_by_it(&p.metadata.unwrap().owner_references))
+                && claim.is_ok_and(|c| owned_by_it(&c.metadata.unwrap().owner_references))
+                && revisions.is_ok_and(|l| {
+                    l.items.iter().any(|r| {
+                        r.metadata.as_ref().is_some_and(|m| {
+                            m.name.starts_with("kept-") && owned_by_it(&m.owner_references)
+                        })
+                    })
+                })
+        },
+    )
+    .await;
+
     // Deleted: its claim goes after it.
     delete(&sets, "default", "gone").await;
     wait_gone(&claims, "default", "data-gone-0").await;

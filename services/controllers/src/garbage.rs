@@ -203,6 +203,13 @@ struct Dependent {
 trait DependentKind: Send + Sync {
     /// The dependents in `namespace` that name `uid` as an owner.
     fn of(&self, namespace: &str, uid: &str) -> Vec<Dependent>;
+    /// The same, read live (the cache may not show a dependent that came
+    /// to name the owner a moment ago).
+    fn of_live<'a>(
+        &'a self,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, Error>>;
     /// Removes its ownerReference to `uid`.
     fn release<'a>(
         &'a self,
@@ -223,6 +230,31 @@ trait DependentKind: Send + Sync {
 struct Kind<D>(Api<D>, Store<D>);
 
 impl<D: Resource> DependentKind for Kind<D> {
+    fn of_live<'a>(
+        &'a self,
+        namespace: &'a str,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, Error>> {
+        Box::pin(async move {
+            let list = self
+                .0
+                .list(skiff::pb::api::v1::ListRequest {
+                    namespace: namespace.to_string(),
+                    ..Default::default()
+                })
+                .await?;
+            let (_, items) = D::list_parts(list);
+            Ok(items
+                .into_iter()
+                .filter(|d| {
+                    d.metadata()
+                        .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == uid))
+                })
+                .map(|d| d.name().to_string())
+                .collect())
+        })
+    }
+
     fn of(&self, namespace: &str, uid: &str) -> Vec<Dependent> {
         self.1
             .list()
@@ -357,10 +389,13 @@ impl<O: Resource> Propagation<O> {
         }
         let ns = key.namespace.as_str();
         if meta.finalizers.iter().any(|f| f == ORPHAN) {
+            // Read live: a dependent the caches do not show yet must not
+            // be left naming an owner about to go (its collector would
+            // delete it).
             let mut released = 0;
             for kind in &self.dependents {
-                for dependent in kind.of(ns, &meta.uid) {
-                    kind.release(ns, &dependent.name, &meta.uid).await?;
+                for name in kind.of_live(ns, &meta.uid).await? {
+                    kind.release(ns, &name, &meta.uid).await?;
                     released += 1;
                 }
             }
@@ -460,14 +495,24 @@ pub fn start(
     let revisions = collect(revision_gc, &s.controllerrevisions)
         .watches(&s.daemonsets, deletions(&s.controllerrevisions))
         .watches(&s.statefulsets, deletions(&s.controllerrevisions));
-    // Claims a StatefulSet made under `whenDeleted: Delete` name it.
+    // Claims a StatefulSet made under `whenDeleted: Delete` name it (and
+    // users may give claims owners of any kind).
     let claim_gc = GarbageCollector::new(
         api(s),
         s.persistentvolumeclaims.store.clone(),
         owners.clone(),
     );
     let claims = collect(claim_gc, &s.persistentvolumeclaims)
-        .watches(&s.statefulsets, deletions(&s.persistentvolumeclaims));
+        .watches(&s.statefulsets, deletions(&s.persistentvolumeclaims))
+        .watches(&s.replicasets, deletions(&s.persistentvolumeclaims))
+        .watches(
+            &s.replicationcontrollers,
+            deletions(&s.persistentvolumeclaims),
+        )
+        .watches(&s.deployments, deletions(&s.persistentvolumeclaims))
+        .watches(&s.daemonsets, deletions(&s.persistentvolumeclaims))
+        .watches(&s.jobs, deletions(&s.persistentvolumeclaims))
+        .watches(&s.cronjobs, deletions(&s.persistentvolumeclaims));
 
     let job_gc = GarbageCollector::new(api(s), s.jobs.store.clone(), owners);
     let jobs = collect(job_gc, &s.jobs).watches(&s.cronjobs, deletions(&s.jobs));

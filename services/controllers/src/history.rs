@@ -188,16 +188,21 @@ impl History {
                     Err(s) => return Err(s.into()),
                 }
             }
-            None => match self
-                .revisions
-                .create(revision(owner, hash, newest + 1)?)
-                .await
-            {
-                Ok(_) => remember(newest + 1),
-                // The cache had not shown it yet.
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-                Err(s) => return Err(s.into()),
-            },
+            None => {
+                let made = revision(owner, hash, newest + 1)?;
+                match self.revisions.create(made.clone()).await {
+                    Ok(_) => remember(newest + 1),
+                    // The cache had not shown it yet, or it was left by a
+                    // set of this name deleted with --cascade=orphan: an
+                    // unowned revision of this template is adopted.
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                        if self.adopt(owner, &made, newest + 1).await? {
+                            remember(newest + 1);
+                        }
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+            }
         }
         let mut old: Vec<&Arc<ControllerRevision>> = owned
             .iter()
@@ -216,6 +221,36 @@ impl History {
             }
         }
         Ok(())
+    }
+
+    /// Takes over the existing revision named as `made` when no controller
+    /// owns it and it holds the same template; true when it did.
+    async fn adopt<K: Versioned>(
+        &self,
+        owner: &K,
+        made: &ControllerRevision,
+        number: i64,
+    ) -> Result<bool, Error> {
+        let mut existing = match self.revisions.get(made.namespace(), made.name()).await {
+            Ok(r) => r,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(false),
+            Err(s) => return Err(s.into()),
+        };
+        if controller_of(&existing).is_some() || existing.data != made.data {
+            return Ok(false);
+        }
+        existing
+            .metadata_mut()
+            .owner_references
+            .push(owner_reference(owner));
+        existing.revision = number;
+        match self.revisions.update(existing).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::Aborted || s.code() == tonic::Code::NotFound => {
+                Ok(false)
+            }
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// Forgets an owner that is gone.

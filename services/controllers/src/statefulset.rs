@@ -138,9 +138,10 @@ pub fn pod_for(set: &StatefulSet, ordinal: i32, template: &PodTemplateSpec, revi
     }
 }
 
-/// The label a claim made by a set carries: the set's uid (only such
-/// claims are deleted when the set scales down under `whenScaled:
-/// Delete`; claims kept from an earlier set of the same name are not).
+/// The label a claim a set uses carries: the set's uid (only such claims
+/// are deleted when the set scales down under `whenScaled: Delete`; a
+/// claim kept from an earlier set of the same name becomes the new set's
+/// once it uses it, as on Kubernetes).
 pub const SET_UID_LABEL: &str = "statefulset.skiff.io/uid";
 
 /// Whether the set's claims go with it (`whenDeleted: Delete`): they name
@@ -446,30 +447,8 @@ impl StatefulSetController {
                     {
                         return Ok(false);
                     }
-                    // A claim it uses is this set's: its uid label, and an
-                    // owner reference exactly when the policy says its
-                    // claims go with it (the policy may have changed, or
-                    // the set been made again).
-                    let mut adopted = existing.clone();
-                    let meta = adopted.metadata_mut();
-                    let uid = set
-                        .metadata
-                        .as_ref()
-                        .map(|m| m.uid.clone())
-                        .unwrap_or_default();
-                    meta.labels.insert(SET_UID_LABEL.into(), uid.clone());
-                    meta.owner_references
-                        .retain(|o| !(o.kind == StatefulSet::KIND && o.name == set.name()));
-                    if claims_go_with(set) {
-                        meta.owner_references.push(claim_owner(set));
-                    }
-                    if adopted.metadata != existing.metadata {
-                        adopted.status = None;
-                        match self.claims.0.update(adopted).await {
-                            Ok(_) => {}
-                            Err(s) if s.code() == tonic::Code::Aborted => return Ok(false),
-                            Err(s) => return Err(s.into()),
-                        }
+                    if !self.own_claim(set, &existing).await? {
+                        return Ok(false);
                     }
                     continue;
                 }
@@ -510,6 +489,60 @@ impl StatefulSetController {
             }
         }
         Ok(true)
+    }
+
+    /// Makes a claim the set uses its own: its uid label, and an owner
+    /// reference exactly when the policy says its claims go with it (the
+    /// policy may have changed, or the set been made again). A claim
+    /// another StatefulSet owns is left alone; before a claim is tied to
+    /// the set, the set is read live (a set being deleted must not gain a
+    /// dependent its deletion has not seen: Kubernetes' recheck). False
+    /// when it must be looked at again.
+    async fn own_claim(
+        &self,
+        set: &StatefulSet,
+        existing: &PersistentVolumeClaim,
+    ) -> Result<bool, Error> {
+        let uid = set
+            .metadata
+            .as_ref()
+            .map(|m| m.uid.clone())
+            .unwrap_or_default();
+        let theirs = existing.metadata.as_ref().is_some_and(|m| {
+            m.owner_references
+                .iter()
+                .any(|o| o.kind == StatefulSet::KIND && o.uid != uid)
+        });
+        if theirs {
+            return Ok(true);
+        }
+        let mut adopted = existing.clone();
+        let meta = adopted.metadata_mut();
+        meta.labels.insert(SET_UID_LABEL.into(), uid.clone());
+        meta.owner_references
+            .retain(|o| !(o.kind == StatefulSet::KIND && o.uid == uid));
+        if claims_go_with(set) {
+            meta.owner_references.push(claim_owner(set));
+        }
+        if adopted.metadata == existing.metadata {
+            return Ok(true);
+        }
+        match self.sets.0.get(set.namespace(), set.name()).await {
+            Ok(live)
+                if live
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.uid == uid && m.deletion_timestamp.is_none()) => {}
+            Ok(_) => return Ok(false),
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(false),
+            Err(s) => return Err(s.into()),
+        }
+        adopted.status = None;
+        match self.claims.0.update(adopted).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::Aborted => Ok(false),
+            Err(s) => Err(s.into()),
+        }
     }
 
     /// A pod named as one of `set`'s exists and is not its own: adopted
@@ -632,6 +665,31 @@ impl StatefulSetController {
             .filter(|o| *o >= end)
             .collect();
         let plan = plan(&set, &owned, &current, &update, &gone_ordinals);
+        // The claims of the ordinals it has follow its policy (which may
+        // have changed since they were made).
+        for ordinal in start_of(&set)..end {
+            for claim in claims_for(&set, ordinal) {
+                let Some(existing) = self.claims.1.get(claim.namespace(), claim.name()) else {
+                    continue;
+                };
+                let go_with = existing
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.owner_references.iter().any(|o| o.uid == meta.uid));
+                let labelled = existing
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.get(SET_UID_LABEL))
+                    .is_some_and(|u| *u == meta.uid);
+                let deleting = existing
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.deletion_timestamp.is_some());
+                if !deleting && (go_with != claims_go_with(&set) || !labelled) {
+                    self.own_claim(&set, &existing).await?;
+                }
+            }
+        }
         let floor = start_of(&set) + partition_of(&set);
         let mut requeue = false;
         for &ordinal in &plan.create {
