@@ -332,9 +332,38 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         stop_active(&mut plan);
         return plan;
     }
+    // Decided already: the job ends once its pods have stopped (Kubernetes
+    // 1.31+ writes Complete or Failed only then).
+    let decided = previous.conditions.iter().find(|c| {
+        matches!(c.r#type.as_str(), "SuccessCriteriaMet" | "FailureTarget") && c.status == "True"
+    });
+    if let Some(decided) = decided {
+        stop_active(&mut plan);
+        if active.is_empty() && terminating == 0 {
+            let kind = if decided.r#type == "SuccessCriteriaMet" {
+                plan.status.completion_time = Some(timestamp(now));
+                "Complete"
+            } else {
+                "Failed"
+            };
+            plan.status.conditions.push(JobCondition {
+                r#type: kind.into(),
+                status: "True".into(),
+                last_probe_time: Some(timestamp(now)),
+                last_transition_time: Some(timestamp(now)),
+                reason: decided.reason.clone(),
+                message: decided.message.clone(),
+            });
+        }
+        return plan;
+    }
     if spec.suspend == Some(true) {
         stop_active(&mut plan);
+        // A suspended job has not started (its deadline counts from when
+        // it runs).
         if !condition(job, "Suspended") {
+            plan.status.start_time = None;
+            plan.status.conditions.retain(|c| c.r#type != "Suspended");
             plan.status.conditions.push(JobCondition {
                 r#type: "Suspended".into(),
                 status: "True".into(),
@@ -343,10 +372,26 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
                 message: "Job suspended".into(),
                 ..Default::default()
             });
+        } else {
+            plan.status.start_time = previous.start_time;
         }
         return plan;
     }
-    plan.status.conditions.retain(|c| c.r#type != "Suspended");
+    if condition(job, "Suspended") {
+        // Resumed: it starts now, and says so.
+        plan.status.start_time = Some(timestamp(now));
+        for c in plan
+            .status
+            .conditions
+            .iter_mut()
+            .filter(|c| c.r#type == "Suspended")
+        {
+            c.status = "False".into();
+            c.reason = "JobResumed".into();
+            c.message = "Job resumed".into();
+            c.last_transition_time = Some(timestamp(now));
+        }
+    }
     let started = plan.status.start_time.as_ref().map_or(now, |t| t.seconds);
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
     let fail_job = failures
@@ -430,10 +475,8 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
     };
     if let Some(finish) = finish {
         stop_active(&mut plan);
-        if finish.kind == "Complete" {
-            plan.status.completion_time = Some(timestamp(now));
-        }
-        // Kubernetes 1.35 says first that the outcome is decided.
+        // Kubernetes 1.35 says first that the outcome is decided, and ends
+        // the job once its pods have stopped.
         let decided = if finish.kind == "Complete" {
             "SuccessCriteriaMet"
         } else {
@@ -447,14 +490,19 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
             reason: finish.reason.into(),
             message: finish.message.clone(),
         });
-        plan.status.conditions.push(JobCondition {
-            r#type: finish.kind.into(),
-            status: "True".into(),
-            last_probe_time: Some(timestamp(now)),
-            last_transition_time: Some(timestamp(now)),
-            reason: finish.reason.into(),
-            message: finish.message.clone(),
-        });
+        if active.is_empty() && terminating == 0 {
+            if finish.kind == "Complete" {
+                plan.status.completion_time = Some(timestamp(now));
+            }
+            plan.status.conditions.push(JobCondition {
+                r#type: finish.kind.into(),
+                status: "True".into(),
+                last_probe_time: Some(timestamp(now)),
+                last_transition_time: Some(timestamp(now)),
+                reason: finish.reason.into(),
+                message: finish.message.clone(),
+            });
+        }
         plan.finish = Some(finish);
         return plan;
     }
@@ -912,13 +960,20 @@ mod tests {
         let p = plan(&j, &owned, &[], 100);
         assert_eq!(p.finish.as_ref().map(|f| f.kind), Some("Complete"));
         assert_eq!(p.delete, ["c"]);
-        assert!(p.status.completion_time.is_some());
-        assert!(
+        // Decided; complete once "c" has stopped.
+        let holds = |p: &Plan, kind: &str| {
             p.status
                 .conditions
                 .iter()
-                .any(|c| c.r#type == "Complete" && c.status == "True")
-        );
+                .any(|c| c.r#type == kind && c.status == "True")
+        };
+        assert!(holds(&p, "SuccessCriteriaMet") && !holds(&p, "Complete"));
+        assert!(p.status.completion_time.is_none());
+        let mut decided = j.clone();
+        decided.status = Some(p.status.clone());
+        let p = plan(&decided, &owned[..2], &[], 101);
+        assert!(holds(&p, "Complete"));
+        assert!(p.status.completion_time.is_some());
         // Without completions, one success completes once the others end.
         let any = job(None, 2, 6);
         assert!(
@@ -1263,5 +1318,31 @@ mod tests {
             }],
         });
         assert!(plan(&j, &[], &[], 100).finish.is_none());
+    }
+
+    #[test]
+    fn a_suspended_job_starts_when_resumed() {
+        let mut j = job(Some(1), 1, 6);
+        j.spec.as_mut().unwrap().suspend = Some(true);
+        j.spec.as_mut().unwrap().active_deadline_seconds = Some(30);
+        let p = plan(&j, &[], &[], 100);
+        assert!(p.status.start_time.is_none());
+        j.status = Some(p.status);
+        j.spec.as_mut().unwrap().suspend = Some(false);
+        // Resumed long after: its deadline counts from now.
+        let p = plan(&j, &[], &[], 1000);
+        assert!(p.finish.is_none());
+        assert_eq!(p.status.start_time.map(|t| t.seconds), Some(1000));
+        let suspended = p
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Suspended")
+            .unwrap();
+        assert_eq!(
+            (suspended.status.as_str(), suspended.reason.as_str()),
+            ("False", "JobResumed")
+        );
+        assert_eq!(p.create, 1);
     }
 }
