@@ -342,19 +342,6 @@ impl LabelSelector {
         Ok(Self::sorted(requirements))
     }
 
-    /// The selector of an object's `matchLabels`/`matchExpressions`.
-    ///
-    /// # Errors
-    /// As [`LabelSelector::from_parts`].
-    pub fn from_meta(selector: &crate::pb::meta::v1::LabelSelector) -> Result<Self> {
-        let expressions: Vec<(String, String, Vec<String>)> = selector
-            .match_expressions
-            .iter()
-            .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
-            .collect();
-        Self::from_parts(&selector.match_labels, &expressions)
-    }
-
     /// Returns whether the selector has no requirements and so matches
     /// everything.
     pub fn is_empty(&self) -> bool {
@@ -388,6 +375,20 @@ fn write_joined<T: fmt::Display>(f: &mut fmt::Formatter<'_>, items: &[T]) -> fmt
         write!(f, "{item}")?;
     }
     Ok(())
+}
+
+/// The selector of an object's `matchLabels`/`matchExpressions`.
+impl TryFrom<&crate::pb::meta::v1::LabelSelector> for LabelSelector {
+    type Error = Error;
+
+    fn try_from(selector: &crate::pb::meta::v1::LabelSelector) -> Result<Self> {
+        let expressions: Vec<(String, String, Vec<String>)> = selector
+            .match_expressions
+            .iter()
+            .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
+            .collect();
+        Self::from_parts(&selector.match_labels, &expressions)
+    }
 }
 
 impl FromStr for LabelSelector {

@@ -138,7 +138,7 @@ pub fn best_match<'a>(
 ) -> Option<&'a PersistentVolume> {
     let wanted = requested(pvc)?;
     let selector = match pvc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
-        Some(s) => Some(LabelSelector::from_meta(s).ok()?),
+        Some(s) => Some(LabelSelector::try_from(s).ok()?),
         None => None,
     };
     let class = claim_class(pvc);

@@ -142,13 +142,7 @@ trait Scalable: Resource {
 }
 
 fn meta_selector(s: Option<&skiff::pb::meta::v1::LabelSelector>) -> Option<LabelSelector> {
-    let s = s?;
-    let expressions: Vec<(String, String, Vec<String>)> = s
-        .match_expressions
-        .iter()
-        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
-        .collect();
-    LabelSelector::from_parts(&s.match_labels, &expressions).ok()
+    LabelSelector::try_from(s?).ok()
 }
 
 impl Scalable for Deployment {

@@ -71,12 +71,7 @@ impl ReplicaOwner for ReplicaSet {
         let Some(sel) = self.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
             return Err("no selector".into());
         };
-        let expressions: Vec<(String, String, Vec<String>)> = sel
-            .match_expressions
-            .iter()
-            .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
-            .collect();
-        LabelSelector::from_parts(&sel.match_labels, &expressions).map_err(|e| e.to_string())
+        LabelSelector::try_from(sel).map_err(|e| e.to_string())
     }
 
     fn template(&self) -> Option<&PodTemplateSpec> {

@@ -263,7 +263,7 @@ impl Strategy for PersistentVolumeClaim {
             errors,
         );
         if let Some(selector) = &spec.selector
-            && let Err(e) = LabelSelector::from_meta(selector)
+            && let Err(e) = LabelSelector::try_from(selector)
         {
             errors.invalid("spec.selector", "…", e);
         }

@@ -71,12 +71,7 @@ pub(super) fn meta_selector(
     selector: Option<&skiff::pb::meta::v1::LabelSelector>,
 ) -> Result<Option<LabelSelector>, String> {
     let Some(s) = selector else { return Ok(None) };
-    let expressions: Vec<(String, String, Vec<String>)> = s
-        .match_expressions
-        .iter()
-        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
-        .collect();
-    LabelSelector::from_parts(&s.match_labels, &expressions)
+    LabelSelector::try_from(s)
         .map(Some)
         .map_err(|e| e.to_string())
 }

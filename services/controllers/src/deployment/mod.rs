@@ -89,13 +89,7 @@ fn selector(sel: Option<&WireSelector>) -> Result<LabelSelector, Error> {
     let Some(sel) = sel else {
         return Err(Error::Other("deployment has no selector".into()));
     };
-    let expressions: Vec<(String, String, Vec<String>)> = sel
-        .match_expressions
-        .iter()
-        .map(|e| (e.key.clone(), e.operator.clone(), e.values.clone()))
-        .collect();
-    LabelSelector::from_parts(&sel.match_labels, &expressions)
-        .map_err(|e| Error::Other(e.to_string()))
+    LabelSelector::try_from(sel).map_err(|e| Error::Other(e.to_string()))
 }
 
 fn now_seconds() -> i64 {

@@ -231,7 +231,7 @@ impl StatefulSetController {
             .spec
             .as_ref()
             .and_then(|s| s.selector.as_ref())
-            .and_then(|s| skiff::selector::LabelSelector::from_meta(s).ok())
+            .and_then(|s| skiff::selector::LabelSelector::try_from(s).ok())
             .is_some_and(|s| {
                 !s.is_empty() && pod.metadata.as_ref().is_some_and(|m| s.matches(&m.labels))
             });
