@@ -6,9 +6,10 @@
 //!
 //! # Layout
 //!
-//! - [`framework`]: the Filter and Score plugin traits, the registry of
-//!   plugins by name, and profiles (which plugins, what weights).
-//! - [`plugins`]: one module per plugin.
+//! - [`framework`]: the Filter and Score plugin traits and the node view.
+//! - [`plugins`]: one module per plugin, and the registry of plugins by
+//!   name.
+//! - [`profile`]: which plugins run, what weights.
 //! - [`scheduler`]: the loop, the cache of assumed pods, the retry queue.
 //! - [`SchedulerActor`]: the supervised actor that runs it all.
 
@@ -22,9 +23,10 @@ use skiff_client::leader::{self, LeaderConfig};
 
 pub mod framework;
 pub mod plugins;
+pub mod profile;
 pub mod scheduler;
 
-pub use framework::{Profile, ProfileConfig};
+pub use profile::{Profile, ProfileConfig};
 
 pub use skiff::names::DEFAULT_SCHEDULER;
 
@@ -74,7 +76,7 @@ impl Config {
 pub enum Error {
     /// The profile names unknown or misplaced plugins.
     #[error(transparent)]
-    Profile(#[from] framework::ProfileError),
+    Profile(#[from] profile::ProfileError),
     /// The server address is malformed.
     #[error(transparent)]
     Address(#[from] skiff_client::AddressError),

@@ -29,8 +29,9 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Change, Informer, WorkQueue};
 use tokio::sync::mpsc;
 
-use crate::framework::{NodeInfo, Profile};
-use crate::plugins::volume_binding::{self, PodVolumes, Waiting};
+use crate::framework::NodeInfo;
+use crate::plugins::volume_binding::{self, PodVolumes};
+use crate::profile::Profile;
 
 /// First retry of an unschedulable pod, doubling to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -41,10 +42,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const MIN_FEASIBLE: usize = 100;
 /// ... or this share of the nodes, if larger.
 const FEASIBLE_PERCENT: usize = 10;
-/// How long a pod's binding waits for its claims to be bound on the
-/// chosen node (Kubernetes waits up to 10 minutes; a local volume is made
-/// in a moment).
-const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the loop needs to know about one decision's outcome.
 enum Outcome {
@@ -454,7 +451,13 @@ impl Scheduler {
                             .map(|t| t.name.clone())
                             .unwrap_or_default();
                         let bound = async {
-                            bind_claims(&claims, &volumes_api, &volumes.waiting, &node).await?;
+                            volume_binding::bind_claims(
+                                &claims,
+                                &volumes_api,
+                                &volumes.waiting,
+                                &node,
+                            )
+                            .await?;
                             api.bind(binding).await
                         };
                         if let Err(status) = bound.await {
@@ -571,79 +574,6 @@ impl Scheduler {
             .record(pod, EventType::Warning, "FailedScheduling", message)
             .await;
     }
-}
-
-/// Gives each claim waiting for its first pod the node chosen for it
-/// (the binder makes or binds its volume there), and returns once all are
-/// bound, each to a volume usable on that node (Kubernetes' PreBind).
-///
-/// # Errors
-/// A claim could not be written, was given another node meanwhile, was
-/// not bound in time, or was bound to a volume of another node.
-async fn bind_claims(
-    api: &Api<PersistentVolumeClaim>,
-    volumes: &Api<PersistentVolume>,
-    waiting: &[Waiting],
-    node: &str,
-) -> Result<(), tonic::Status> {
-    use skiff::names::SELECTED_NODE_ANNOTATION;
-    for w in waiting {
-        let (namespace, name) = (w.claim.namespace(), w.claim.name());
-        let mut attempts = 0;
-        loop {
-            let mut claim = api.get(namespace, name).await?;
-            let selected = claim
-                .metadata
-                .as_ref()
-                .and_then(|m| m.annotations.get(SELECTED_NODE_ANNOTATION));
-            if !skiff::volumes::claim_volume(&claim).is_empty()
-                || selected.is_some_and(|s| s == node)
-            {
-                break;
-            }
-            if let Some(other) = selected {
-                return Err(tonic::Status::aborted(format!(
-                    "persistentvolumeclaim {name:?} was given node {other:?} for another pod"
-                )));
-            }
-            claim
-                .metadata_mut()
-                .annotations
-                .insert(SELECTED_NODE_ANNOTATION.into(), node.into());
-            claim.status = None;
-            match api.update(claim).await {
-                Ok(_) => break,
-                Err(s) if s.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
-                Err(s) => return Err(s),
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
-    for w in waiting {
-        let (namespace, name) = (w.claim.namespace(), w.claim.name());
-        loop {
-            let claim = api.get(namespace, name).await?;
-            if claim.status.as_ref().is_some_and(|s| s.phase == "Bound") {
-                let volume = volumes
-                    .get("", skiff::volumes::claim_volume(&claim))
-                    .await?;
-                if let Some(home) = skiff::volumes::pinned_node(&volume).filter(|h| *h != node) {
-                    return Err(tonic::Status::aborted(format!(
-                        "persistentvolumeclaim {name:?} was bound to a volume on node {home:?}"
-                    )));
-                }
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(tonic::Status::deadline_exceeded(format!(
-                    "persistentvolumeclaim {name:?} was not bound on node {node:?} within {}s",
-                    VOLUME_BIND_TIMEOUT.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
 }
 
 /// The scheduler's Prometheus metrics (found once: the registry's lookup

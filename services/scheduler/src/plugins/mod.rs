@@ -1,4 +1,5 @@
-//! The scheduler's plugins, one module each, with `NAME` as registered.
+//! The scheduler's plugins, one module each, with `NAME` as registered,
+//! and their [`registry`] by name.
 
 pub mod node_affinity;
 pub mod node_name;
@@ -9,6 +10,52 @@ pub mod resources_fit;
 pub mod spread;
 pub mod taint_toleration;
 pub mod volume_binding;
+
+use std::collections::BTreeMap;
+
+use crate::framework::{Factory, Plugin};
+
+/// Every plugin Skiff knows, by name.
+pub fn registry() -> BTreeMap<&'static str, Factory> {
+    let mut r: BTreeMap<&'static str, Factory> = BTreeMap::new();
+    r.insert(node_name::NAME, || {
+        Plugin::Filter(Box::new(node_name::NodeName))
+    });
+    r.insert(node_unschedulable::NAME, || {
+        Plugin::Filter(Box::new(node_unschedulable::NodeUnschedulable))
+    });
+    r.insert(node_ready::NAME, || {
+        Plugin::Filter(Box::new(node_ready::NodeReady))
+    });
+    r.insert(resources_fit::NAME, || {
+        Plugin::Filter(Box::new(resources_fit::NodeResourcesFit))
+    });
+    r.insert(node_affinity::NAME, || {
+        Plugin::Filter(Box::new(node_affinity::NodeAffinity))
+    });
+    r.insert(taint_toleration::NAME, || {
+        Plugin::Filter(Box::new(taint_toleration::TaintToleration))
+    });
+    r.insert(node_ports::NAME, || {
+        Plugin::Filter(Box::new(node_ports::NodePorts))
+    });
+    r.insert(resources_fit::LEAST_ALLOCATED, || {
+        Plugin::Score(Box::new(resources_fit::LeastAllocated))
+    });
+    r.insert(resources_fit::BALANCED_ALLOCATION, || {
+        Plugin::Score(Box::new(resources_fit::BalancedAllocation))
+    });
+    r.insert(spread::NAME, || {
+        Plugin::Score(Box::new(spread::OwnerSpread))
+    });
+    r.insert(node_affinity::PREFERRED, || {
+        Plugin::Score(Box::new(node_affinity::PreferredNodeAffinity))
+    });
+    r.insert(taint_toleration::PREFER_NO_SCHEDULE, || {
+        Plugin::Score(Box::new(taint_toleration::PreferNoSchedule))
+    });
+    r
+}
 
 #[cfg(test)]
 pub(crate) mod testing {

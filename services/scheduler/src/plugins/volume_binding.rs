@@ -18,13 +18,14 @@
 //! it runs cannot run, whatever the profile.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use skiff::Resource as _;
 use skiff::names::{LOCAL_PATH_PROVISIONER, LOCAL_PATH_ROOT_ANNOTATION, SELECTED_NODE_ANNOTATION};
 use skiff::pb::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use skiff::pb::storage::v1::StorageClass;
 use skiff::volumes;
-use skiff_client::Store;
+use skiff_client::{Api, Store};
 
 use crate::framework::Reason;
 
@@ -183,6 +184,84 @@ impl PodVolumes {
         }
         Ok(())
     }
+}
+
+/// How long a pod's binding waits for its claims to be bound on the
+/// chosen node (Kubernetes waits up to 10 minutes; a local volume is made
+/// in a moment).
+pub const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Gives each claim waiting for its first pod the node chosen for it
+/// (the binder makes or binds its volume there), and returns once all are
+/// bound, each to a volume usable on that node (Kubernetes' PreBind).
+///
+/// # Errors
+/// A claim could not be written, was given another node meanwhile, was
+/// not bound in time, or was bound to a volume of another node.
+pub async fn bind_claims(
+    api: &Api<PersistentVolumeClaim>,
+    volumes: &Api<PersistentVolume>,
+    waiting: &[Waiting],
+    node: &str,
+) -> Result<(), tonic::Status> {
+    use skiff::names::SELECTED_NODE_ANNOTATION;
+    for w in waiting {
+        let (namespace, name) = (w.claim.namespace(), w.claim.name());
+        let mut attempts = 0;
+        loop {
+            let mut claim = api.get(namespace, name).await?;
+            let selected = claim
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.get(SELECTED_NODE_ANNOTATION));
+            if !skiff::volumes::claim_volume(&claim).is_empty()
+                || selected.is_some_and(|s| s == node)
+            {
+                break;
+            }
+            if let Some(other) = selected {
+                return Err(tonic::Status::aborted(format!(
+                    "persistentvolumeclaim {name:?} was given node {other:?} for another pod"
+                )));
+            }
+            claim
+                .metadata_mut()
+                .annotations
+                .insert(SELECTED_NODE_ANNOTATION.into(), node.into());
+            claim.status = None;
+            match api.update(claim).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::Aborted && attempts < 5 => attempts += 1,
+                Err(s) => return Err(s),
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + VOLUME_BIND_TIMEOUT;
+    for w in waiting {
+        let (namespace, name) = (w.claim.namespace(), w.claim.name());
+        loop {
+            let claim = api.get(namespace, name).await?;
+            if claim.status.as_ref().is_some_and(|s| s.phase == "Bound") {
+                let volume = volumes
+                    .get("", skiff::volumes::claim_volume(&claim))
+                    .await?;
+                if let Some(home) = skiff::volumes::pinned_node(&volume).filter(|h| *h != node) {
+                    return Err(tonic::Status::aborted(format!(
+                        "persistentvolumeclaim {name:?} was bound to a volume on node {home:?}"
+                    )));
+                }
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "persistentvolumeclaim {name:?} was not bound on node {node:?} within {}s",
+                    VOLUME_BIND_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
