@@ -158,13 +158,21 @@ async fn a_default_class_claim_is_made_on_its_pods_node_and_removed_with_it() {
     );
 
     // Its first pod takes it to its node, where the volume is made.
-    pods.create(pod_with_claim(
+    let mut writer = pod_with_claim(
         "writer",
         "data",
-        "echo hello > \"$SKIFF_VOLUME_DATA/greeting\"; sleep 300",
-    ))
-    .await
-    .unwrap();
+        "echo hello > \"$SKIFF_VOLUME_DATA/greeting\"; echo deep > \"$SKIFF_VOLUME_SUB/file\"; sleep 300",
+    );
+    // The claim again, at a subPath of it.
+    writer.spec.as_mut().unwrap().containers[0]
+        .volume_mounts
+        .push(
+            serde_json::from_value(
+                json!({"name": "data", "mountPath": "/sub", "subPath": "inner"}),
+            )
+            .unwrap(),
+        );
+    pods.create(writer).await.unwrap();
     let bound = wait_for_claim(&claims, "data", "Bound").await;
     let volume_name = bound.spec.as_ref().unwrap().volume_name.clone();
     let uid = bound.metadata.as_ref().unwrap().uid.clone();
@@ -187,7 +195,10 @@ async fn a_default_class_claim_is_made_on_its_pods_node_and_removed_with_it() {
     wait_until(
         "the pod writes to its volume",
         Duration::from_secs(30),
-        async || std::fs::read_to_string(dir.join("greeting")).is_ok_and(|s| s == "hello\n"),
+        async || {
+            std::fs::read_to_string(dir.join("greeting")).is_ok_and(|s| s == "hello\n")
+                && std::fs::read_to_string(dir.join("inner/file")).is_ok_and(|s| s == "deep\n")
+        },
     )
     .await;
     let placed = pods.get("default", "writer").await.unwrap();
