@@ -576,24 +576,9 @@ fn start_system(
     pods: skiff_client::Store<Pod>,
     resync: Duration,
 ) -> Result<(actix::System, actix::Addr<manager::PodManager>), Error> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("skiff-pods".into())
-        .spawn(move || {
-            let system = actix::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("building the pod worker runtime")
-            });
-            system.block_on(async move {
-                let addr = manager::PodManager::new(shared, pods, resync).start();
-                let _ = tx.send((actix::System::current(), addr));
-            });
-            let _ = system.run();
-        })
-        .map_err(|e| Error::Thread(e.to_string()))?;
-    rx.recv()
-        .map_err(|_| Error::Thread("the actor system did not start".into()))
+    let spawned = skiff_client::system::spawn("skiff-pods", Some(2), move || {
+        manager::PodManager::new(shared, pods, resync).start()
+    })
+    .map_err(|e| Error::Thread(e.to_string()))?;
+    Ok((spawned.system, spawned.started))
 }

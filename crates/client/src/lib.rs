@@ -20,6 +20,7 @@ pub mod informer;
 pub mod leader;
 pub mod queue;
 pub mod store;
+pub mod system;
 pub mod watcher;
 
 pub use api::Api;

@@ -482,36 +482,24 @@ fn start_system(
     workers: usize,
     options: Options,
 ) -> Result<Running, Error> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("skiff-controllers".into())
-        .spawn(move || {
-            let system = actix::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .expect("building the controller runtime")
-            });
-            system.block_on(async move {
-                let shared = Arc::new(Shared::start(channel, options));
-                let mut addrs = Vec::new();
-                for descriptor in descriptors() {
-                    let shared = Arc::clone(&shared);
-                    let restarts = Arc::new(AtomicU64::new(0));
-                    addrs.push(actix::Supervisor::start(move |_| ControllerActor {
-                        descriptor,
-                        shared,
-                        workers,
-                        restarts,
-                    }));
-                }
-                // A supervisor restarts its actor only while someone holds
-                // its address: the manager holds them until it stops.
-                let _ = tx.send((actix::System::current(), addrs));
-            });
-            let _ = system.run();
-        })
-        .map_err(|e| Error::Thread(e.to_string()))?;
-    rx.recv()
-        .map_err(|_| Error::Thread("the actor system did not start".into()))
+    let spawned = skiff_client::system::spawn("skiff-controllers", None, move || {
+        let shared = Arc::new(Shared::start(channel, options));
+        // A supervisor restarts its actor only while someone holds its
+        // address: the manager holds them until it stops.
+        descriptors()
+            .into_iter()
+            .map(|descriptor| {
+                let shared = Arc::clone(&shared);
+                let restarts = Arc::new(AtomicU64::new(0));
+                actix::Supervisor::start(move |_| ControllerActor {
+                    descriptor,
+                    shared,
+                    workers,
+                    restarts,
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .map_err(|e| Error::Thread(e.to_string()))?;
+    Ok((spawned.system, spawned.started))
 }

@@ -182,30 +182,21 @@ pub async fn run_supervised(
 ) -> Result<(), Error> {
     Profile::build(&config.profile)?;
     skiff_client::connect_lazy_with(&config.server, config.tls.as_ref())?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let thread = std::thread::Builder::new()
-        .name("skiff-scheduler".into())
-        .spawn(move || {
-            // The actor lives on the system's thread; what it spawns (informers,
-            // bindings) runs on a multi-threaded runtime.
-            let system = actix::System::with_tokio_rt(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .expect("building the scheduler runtime")
-            });
-            system.block_on(async move {
-                // A supervisor restarts its actor only while someone holds
-                // its address: we hold it until shutdown.
-                let addr = actix::Supervisor::start(move |_| SchedulerActor::new(config));
-                let _ = tx.send((actix::System::current(), addr));
-            });
-            let _ = system.run();
+    // The actor lives on the system's thread; what it spawns (informers,
+    // bindings) runs on its multi-threaded runtime. A supervisor restarts
+    // its actor only while someone holds its address: held until shutdown.
+    let skiff_client::system::Spawned {
+        system,
+        started: addr,
+        thread,
+    } = tokio::task::spawn_blocking(move || {
+        skiff_client::system::spawn("skiff-scheduler", None, move || {
+            actix::Supervisor::start(move |_| SchedulerActor::new(config))
         })
-        .map_err(|e| Error::Thread(e.to_string()))?;
-    let (system, addr) = rx
-        .await
-        .map_err(|_| Error::Thread("the actor system did not start".into()))?;
+    })
+    .await
+    .map_err(|e| Error::Thread(e.to_string()))?
+    .map_err(|e| Error::Thread(e.to_string()))?;
     shutdown.await;
     drop(addr);
     system.stop();
