@@ -309,15 +309,6 @@ impl Sources {
                 });
             }
         };
-        if pvc
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.deletion_timestamp.is_some())
-        {
-            return Err(problem(format!(
-                "persistentvolumeclaim {claim:?} is being deleted"
-            )));
-        }
         let bound = pvc.status.as_ref().is_some_and(|s| s.phase == "Bound");
         let pv_name = skiff::volumes::claim_volume(&pvc);
         if !bound || pv_name.is_empty() {

@@ -491,8 +491,9 @@ impl Scheduler {
             volumes: self.volume_informer.store.clone(),
             classes: self.class_informer.store.clone(),
         };
-        let volumes = PodVolumes::of(pod, &stores)
+        let mut volumes = PodVolumes::of(pod, &stores)
             .map_err(|reason| format!("0/{total} nodes are available: {reason}."))?;
+        volumes.forget_gone_nodes(|n| self.cache.nodes.contains_key(n));
         let all_volumes = if volumes.is_empty() {
             Vec::new()
         } else {

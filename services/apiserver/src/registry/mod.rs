@@ -262,18 +262,19 @@ impl Registry {
     /// # Errors
     /// When the store cannot be written.
     pub async fn bootstrap(&self) -> Result<()> {
-        let mut fresh = false;
+        // A new cluster (no `default` namespace yet) gets its default class
+        // first: a crash after it still leaves a cluster with both.
+        let default_ns = skiff::keys::object::<Namespace>("", "default");
+        if self.read::<Namespace>(&default_ns).await?.is_none() {
+            self.create_default_storage_class().await?;
+        }
         for name in SYSTEM_NAMESPACES {
             let mut ns = Namespace::default();
             ns.metadata_mut().name = (*name).to_string();
             match self.create(ns).await {
-                Ok(_) => fresh |= *name == "default",
-                Err(ApiError::AlreadyExists { .. }) => {}
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
-        }
-        if fresh {
-            self.create_default_storage_class().await?;
         }
         // Claims no Service holds (a crash between claim and write) go.
         let services = self.list::<Service>(ListRequest::default()).await?;

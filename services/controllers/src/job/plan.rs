@@ -219,9 +219,13 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
     let in_range = |i: &i32| *i < completions;
     // What the status already says stays true when the pods that showed
     // it are gone (deleted by hand, or with their node).
+    // (Read whatever their range: completions may have been lowered.)
     let before = |set: Option<&str>| {
-        set.and_then(|s| skiff::indexes::parse(s, completions).ok())
-            .unwrap_or_default()
+        let mut indexes = set
+            .and_then(|s| skiff::indexes::parse(s, i32::MAX).ok())
+            .unwrap_or_default();
+        indexes.retain(in_range);
+        indexes
     };
     let mut completed: BTreeSet<i32> = owned
         .iter()
@@ -288,7 +292,10 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
     let mut plan = Plan {
         status: JobStatus {
             conditions: previous.conditions.clone(),
-            start_time: previous.start_time.or(Some(timestamp(now))),
+            // A suspended job has not started.
+            start_time: previous
+                .start_time
+                .or((spec.suspend != Some(true)).then(|| timestamp(now))),
             completion_time: previous.completion_time,
             active: active.len() as i32,
             succeeded,
@@ -340,10 +347,9 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
     }
     if spec.suspend == Some(true) {
         stop_active(&mut plan);
-        // A suspended job has not started (its deadline counts from when
-        // it runs).
+        // (Its start time stays until it resumes: then it starts again,
+        // and its deadline counts from then.)
         if !condition(job, "Suspended") {
-            plan.status.start_time = None;
             plan.status.conditions.retain(|c| c.r#type != "Suspended");
             plan.status.conditions.push(JobCondition {
                 r#type: "Suspended".into(),
@@ -353,8 +359,6 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
                 message: "Job suspended".into(),
                 ..Default::default()
             });
-        } else {
-            plan.status.start_time = previous.start_time;
         }
         return plan;
     }
@@ -511,7 +515,7 @@ pub fn plan(job: &Job, owned: &[Arc<Pod>], creating: &[Option<i32>], now: i64) -
         // index that is done, or a second one of an index (the newer go).
         let mut seen: BTreeSet<i32> = BTreeSet::new();
         let mut by_age: Vec<&&Arc<Pod>> = active.iter().collect();
-        by_age.sort_by_key(|p| created_at::<Pod>(p));
+        by_age.sort_by_key(|p| (created_at::<Pod>(p), p.name().to_string()));
         for pod in by_age {
             let extra = match index_of(pod).filter(in_range) {
                 None => true,

@@ -175,13 +175,18 @@ impl StatefulSetController {
             .as_ref()
             .map(|m| m.uid.clone())
             .unwrap_or_default();
-        let theirs = existing.metadata.as_ref().is_some_and(|m| {
+        let other = existing.metadata.as_ref().and_then(|m| {
             m.owner_references
                 .iter()
-                .any(|o| o.kind == StatefulSet::KIND && o.uid != uid)
+                .find(|o| o.kind == StatefulSet::KIND && o.uid != uid)
         });
-        if theirs {
-            return Ok(true);
+        match other {
+            // An earlier set of this name owns it, and its collector is
+            // about to delete it: wait for that (Kubernetes' stale claim).
+            Some(o) if o.name == set.name() => return Ok(false),
+            // Another set's: left alone.
+            Some(_) => return Ok(true),
+            None => {}
         }
         let mut adopted = existing.clone();
         let meta = adopted.metadata_mut();

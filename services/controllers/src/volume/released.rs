@@ -50,9 +50,12 @@ impl VolumeController {
                     Err(s) => Err(s.into()),
                 };
             }
-            // The claim's own sync finishes a binding in progress.
+            // The claim's own sync finishes a binding in progress. A
+            // deleted volume is held only by a claim bound to it (or still
+            // binding).
+            let held = elsewhere.is_empty() || elsewhere == pv.name();
             return if deleting {
-                self.release_volume(pv, true).await
+                self.release_volume(pv, held).await
             } else {
                 Ok(Action::AwaitChange)
             };
@@ -65,8 +68,10 @@ impl VolumeController {
             .await
         {
             Ok(live) if uid_of(&live) == claim_ref.uid => {
+                let elsewhere = volumes::claim_volume(&live);
+                let held = elsewhere.is_empty() || elsewhere == pv.name();
                 return if deleting {
-                    self.release_volume(pv, true).await
+                    self.release_volume(pv, held).await
                 } else {
                     Ok(Action::Requeue(Duration::from_millis(500)))
                 };

@@ -58,8 +58,11 @@ pub struct Waiting {
     /// A volume already reserved for it (made for it, or named by it):
     /// only its nodes fit.
     pub reserved: Option<Arc<PersistentVolume>>,
-    /// The node an earlier pod was placed on for it: only that node fits.
+    /// The node an earlier pod was placed on for it: only that node fits
+    /// (while it exists: see `forget_gone_nodes`).
     pub selected: Option<String>,
+    /// Its selected node is gone: the one chosen now replaces it.
+    pub reselect: bool,
 }
 
 /// What a pod's claims ask of a node.
@@ -128,6 +131,19 @@ impl PodVolumes {
                 .list()
                 .into_iter()
                 .find(|pv| volumes::reserved_for(pv, &claim) || pv.name() == volume);
+            if let Some(pv) = reserved.as_ref().filter(|pv| {
+                !volumes::reserved_for(pv, &claim)
+                    && pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .is_some_and(|r| !r.uid.is_empty())
+            }) {
+                return Err(format!(
+                    "persistentvolumeclaim {name:?} names volume {:?}, which is bound to another claim",
+                    pv.name()
+                ));
+            }
             let selected = claim
                 .metadata
                 .as_ref()
@@ -138,9 +154,22 @@ impl PodVolumes {
                 claim,
                 reserved,
                 selected,
+                reselect: false,
             });
         }
         Ok(found)
+    }
+
+    /// Forgets selected nodes that no longer exist (`exists` says which
+    /// do): such a claim may go anywhere again, and its annotation is
+    /// written anew.
+    pub fn forget_gone_nodes(&mut self, exists: impl Fn(&str) -> bool) {
+        for w in &mut self.waiting {
+            if w.selected.as_deref().is_some_and(|n| !exists(n)) {
+                w.selected = None;
+                w.reselect = true;
+            }
+        }
     }
 
     /// Whether the pod has no claims to consider.
@@ -219,7 +248,7 @@ pub async fn bind_claims(
             {
                 break;
             }
-            if let Some(other) = selected {
+            if let Some(other) = selected.filter(|_| !w.reselect) {
                 return Err(tonic::Status::aborted(format!(
                     "persistentvolumeclaim {name:?} was given node {other:?} for another pod"
                 )));
@@ -253,6 +282,7 @@ pub async fn bind_claims(
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
+                unreserve(api, waiting, node).await;
                 return Err(tonic::Status::deadline_exceeded(format!(
                     "persistentvolumeclaim {name:?} was not bound on node {node:?} within {}s",
                     VOLUME_BIND_TIMEOUT.as_secs()
@@ -262,6 +292,34 @@ pub async fn bind_claims(
         }
     }
     Ok(())
+}
+
+/// Takes this node off the claims that were given it and are still
+/// unbound, so that a pod that could not be placed there may go elsewhere
+/// (Kubernetes' Unreserve).
+async fn unreserve(api: &Api<PersistentVolumeClaim>, waiting: &[Waiting], node: &str) {
+    use skiff::names::SELECTED_NODE_ANNOTATION;
+    for w in waiting {
+        let Ok(mut claim) = api.get(w.claim.namespace(), w.claim.name()).await else {
+            continue;
+        };
+        let ours = claim
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.get(SELECTED_NODE_ANNOTATION))
+            .is_some_and(|n| n == node);
+        if !ours || !volumes::claim_volume(&claim).is_empty() {
+            continue;
+        }
+        claim
+            .metadata_mut()
+            .annotations
+            .remove(SELECTED_NODE_ANNOTATION);
+        claim.status = None;
+        if let Err(status) = api.update(claim).await {
+            tracing::debug!(%status, "taking a node off a claim");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +418,7 @@ mod tests {
                 local_provisioner: false,
                 reserved: None,
                 selected: None,
+                reselect: false,
             }],
         };
         assert_eq!(static_only.filter(&node("a", false), &all), Ok(()));
@@ -374,6 +433,7 @@ mod tests {
                 local_provisioner: true,
                 reserved: None,
                 selected: None,
+                reselect: false,
             }],
         };
         assert_eq!(provisioned.filter(&node("b", true), &all), Ok(()));
@@ -393,6 +453,7 @@ mod tests {
                 local_provisioner: true,
                 reserved: None,
                 selected: Some("b".into()),
+                reselect: false,
             }],
         };
         assert_eq!(selected.filter(&node("b", true), &all), Ok(()));
@@ -407,6 +468,7 @@ mod tests {
                 local_provisioner: true,
                 reserved: Some(local_volume("a")),
                 selected: None,
+                reselect: false,
             }],
         };
         assert_eq!(reserved.filter(&node("a", false), &all), Ok(()));
