@@ -31,7 +31,7 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::{rolling, template_hash};
-use crate::history::{History, owner_reference, revision_of};
+use crate::history::{History, revision_of};
 use crate::replicaset::{controller_of, created_at, delete_exactly, is_active, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
@@ -82,7 +82,7 @@ pub fn daemon_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
             namespace: meta.namespace.clone(),
             labels,
             annotations: tmeta.annotations,
-            owner_references: vec![owner_reference(ds)],
+            owner_references: vec![ds.controller_reference()],
             ..Default::default()
         }),
         spec: Some(spec),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use skiff::Resource;
 use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
 use skiff::pb::core::v1::{Pod, PodTemplateSpec};
-use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff_client::{Api, Store};
 
 use crate::replicaset::{controller_of, delete_exactly};
@@ -60,11 +60,6 @@ pub fn revision_of(pod: &Pod) -> &str {
         .map_or("", String::as_str)
 }
 
-/// The owner reference its pods and revisions carry.
-pub fn owner_reference<K: Resource>(owner: &K) -> OwnerReference {
-    owner.controller_reference()
-}
-
 /// The revision of `owner`'s current template (its `hash`), numbered
 /// `number`: its data is the strategic merge patch that puts the template
 /// back (`{"spec":{"template":{..., "$patch":"replace"}}}`, what `kubectl
@@ -102,7 +97,7 @@ pub fn revision<K: Versioned>(
             namespace: meta.namespace.clone(),
             labels,
             annotations,
-            owner_references: vec![owner_reference(owner)],
+            owner_references: vec![owner.controller_reference()],
             ..Default::default()
         }),
         data: Some(data),
@@ -242,7 +237,7 @@ impl History {
         existing
             .metadata_mut()
             .owner_references
-            .push(owner_reference(owner));
+            .push(owner.controller_reference());
         existing.revision = number;
         match self.revisions.update(existing).await {
             Ok(_) => Ok(true),

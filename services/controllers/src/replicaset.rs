@@ -292,10 +292,6 @@ impl<K: ReplicaOwner> ReplicaController<K> {
         }
     }
 
-    fn owner_ref(owner: &K) -> OwnerReference {
-        owner.controller_reference()
-    }
-
     async fn create_pods(&self, owner: &K, key: &ObjectRef, count: usize) -> Result<(), Error> {
         let Some(template) = owner.template() else {
             return Err(Error::Other(format!(
@@ -310,7 +306,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 namespace: key.namespace.clone(),
                 labels: tmeta.labels,
                 annotations: tmeta.annotations,
-                owner_references: vec![Self::owner_ref(owner)],
+                owner_references: vec![owner.controller_reference()],
                 ..Default::default()
             }),
             spec: template.spec.clone(),
@@ -444,7 +440,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                         .metadata
                         .get_or_insert_with(Default::default)
                         .owner_references
-                        .push(Self::owner_ref(owner));
+                        .push(owner.controller_reference());
                     match self.pods.update(adopted).await {
                         Ok(pod) => owned.push(Arc::new(pod)),
                         // Changed meanwhile: the next reconcile sees it.

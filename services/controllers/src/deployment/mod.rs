@@ -33,7 +33,7 @@ use std::time::Duration;
 use skiff::pb::api::v1::{DeleteRequest, Preconditions};
 use skiff::pb::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use skiff::pb::core::v1::{Pod, PodTemplateSpec};
-use skiff::pb::meta::v1::{LabelSelector as WireSelector, ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::{LabelSelector as WireSelector, ObjectMeta};
 use skiff::selector::LabelSelector;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
@@ -174,7 +174,7 @@ impl DeploymentController {
                             .metadata
                             .get_or_insert_with(Default::default)
                             .owner_references
-                            .push(owner_reference(d));
+                            .push(d.controller_reference());
                         match self.replicasets.update(adopted).await {
                             Ok(rs) => owned.push(rs),
                             Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -248,7 +248,7 @@ impl DeploymentController {
                         spec.replicas.unwrap_or(1).to_string(),
                     ),
                 ]),
-                owner_references: vec![owner_reference(d)],
+                owner_references: vec![d.controller_reference()],
                 ..Default::default()
             }),
             spec: Some(ReplicaSetSpec {
@@ -542,10 +542,6 @@ impl DeploymentController {
         olds.retain(|rs| !doomed.iter().any(|(n, _)| n == rs.name()));
         Ok(())
     }
-}
-
-fn owner_reference(d: &Deployment) -> OwnerReference {
-    d.controller_reference()
 }
 
 impl Reconciler for DeploymentController {

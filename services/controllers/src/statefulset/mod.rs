@@ -40,7 +40,7 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::template_hash;
-use crate::history::{History, REVISION_LABEL, owner_reference};
+use crate::history::{History, REVISION_LABEL};
 use crate::replicaset::{controller_of, delete_exactly, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
@@ -249,7 +249,7 @@ impl StatefulSetController {
             adopted
                 .metadata_mut()
                 .owner_references
-                .push(owner_reference(set));
+                .push(set.controller_reference());
             adopted.status = None;
             match self.pods.0.update(adopted).await {
                 Ok(_) => return Ok(()),

@@ -10,7 +10,7 @@ use skiff::pb::core::v1::{
 };
 use skiff::pb::meta::v1::ObjectMeta;
 
-use crate::history::{REVISION_LABEL, owner_reference};
+use crate::history::REVISION_LABEL;
 use crate::replicaset::is_available;
 
 /// The label naming a pod's stable name.
@@ -99,7 +99,7 @@ pub fn pod_for(set: &StatefulSet, ordinal: i32, template: &PodTemplateSpec, revi
             namespace: meta.namespace,
             labels,
             annotations: tmeta.annotations,
-            owner_references: vec![owner_reference(set)],
+            owner_references: vec![set.controller_reference()],
             ..Default::default()
         }),
         spec: Some(pod_spec),
