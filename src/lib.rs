@@ -24,6 +24,7 @@
 //! - [`table`]: kubectl's columns per kind, shared by the CLI and the API
 //!   server's Tables (`kubectl get`).
 
+pub mod cidr;
 pub mod codec;
 pub mod indexes;
 pub mod json;

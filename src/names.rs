@@ -39,6 +39,9 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 /// The service range of a cluster started with the defaults (k3s's).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
+/// The pod addresses of a cluster started with the defaults (k3s'), one
+/// block of it per node.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.42.0.0/16";
 /// The cluster's DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 

@@ -22,6 +22,8 @@
 //! - [`server`]: the agent's gRPC service (logs, exec, stats), which the
 //!   API server proxies to.
 //! - [`stats`]: container and node resource usage sampling.
+//! - [`network`]: the pod network under CNI: the node's podCIDR on a
+//!   bridge, routes to other nodes' pods (host-gw, VXLAN), masquerade.
 //! - [`hollow`]: simulated nodes for scale tests.
 //!
 //! Restart safety: the agent keeps nothing on disk about its pods; every
@@ -35,6 +37,7 @@ pub mod dns;
 pub mod hollow;
 pub mod manager;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod prober;
 pub mod proxy;
@@ -58,6 +61,7 @@ use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{ConfigMap, Endpoints, Node, Pod, Secret, Service};
 use skiff_client::watcher::Params;
 use skiff_client::{Api, Informer};
+use skiff_runtime::docker::PodNetwork;
 use skiff_runtime::{DockerRuntime, FakeRuntime, ProcessRuntime, Runtime};
 
 pub use skiff::names::{DEFAULT_SERVICE_CIDR, NODE_LEASE_NAMESPACE};
@@ -134,6 +138,9 @@ pub struct Config {
     /// How often container and node resource usage is sampled (usage is
     /// the rate between two samples).
     pub stats_every: Duration,
+    /// The pod network: Docker's bridge network, or CNI routed between
+    /// nodes.
+    pub pod_network: network::Options,
 }
 
 impl Config {
@@ -163,6 +170,7 @@ impl Config {
             dns_port: 53,
             proxy_resync: Duration::from_secs(30),
             stats_every: Duration::from_secs(10),
+            pod_network: network::Options::default(),
         }
     }
 }
@@ -194,6 +202,9 @@ pub enum Error {
     /// The node has no certificate and cannot get one.
     #[error(transparent)]
     Credentials(#[from] credentials::Error),
+    /// The pod network cannot be set up.
+    #[error("pod network: {0}")]
+    Network(String),
 }
 
 /// Runs the agent until `shutdown` resolves. Pods keep running when the
@@ -206,7 +217,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let runtime = open_runtime(&config).await?;
+    let (runtime, cni) = open_runtime(&config).await?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| Error::Io { what, source }
@@ -256,8 +267,6 @@ pub async fn run(
     service_tasks
         .0
         .extend(start_proxy(&config, runtime.scheme(), services.as_ref()).await?);
-    let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
-    service_tasks.0.extend(dns);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -272,6 +281,31 @@ pub async fn run(
             bound.ip().to_string()
         }
     });
+    // Under CNI with VXLAN, the device exists before the Node is
+    // registered: its MAC goes on the Node for the other nodes.
+    let uplink = match &cni {
+        Some(_) => Some(pod_uplink(&config, &node_ip).await?),
+        None => None,
+    };
+    let mut annotations = BTreeMap::from([(
+        skiff::names::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
+        storage_root.display().to_string(),
+    )]);
+    if let Some((uplink, Some(ip))) = &uplink
+        && config.pod_network.backend == network::Backend::Vxlan
+    {
+        let mac = network::ip::ensure_vxlan(
+            network::VXLAN_DEVICE,
+            network::VNI,
+            *ip,
+            &uplink.name,
+            network::VXLAN_PORT,
+            network::pod_mtu(uplink, network::Backend::Vxlan),
+        )
+        .await
+        .map_err(Error::Network)?;
+        annotations.insert(network::VTEP_MAC_ANNOTATION.to_string(), mac);
+    }
     let usage = stats::Latest::default();
     let sampler = tokio::spawn(
         stats::Sampler::new(Arc::clone(&runtime), &config.node_name, usage.clone())
@@ -318,11 +352,7 @@ pub async fn run(
     let facts = Arc::new(node::NodeFacts {
         name: config.node_name.clone(),
         labels: config.labels.clone(),
-        annotations: [(
-            skiff::names::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
-            storage_root.display().to_string(),
-        )]
-        .into(),
+        annotations,
         ip: node_ip.clone(),
         port: bound.port(),
         runtime: runtime.info().await?,
@@ -335,6 +365,16 @@ pub async fn run(
         facts,
         config.status_every,
     ));
+
+    // Under CNI, pods wait for the node's block: then the bridge, the
+    // CNI network, what a crash left half-made undone, and the routes.
+    if let (Some(docker), Some((uplink, ip))) = (&cni, &uplink) {
+        service_tasks
+            .0
+            .push(start_pod_network(&config, &channel, docker, uplink, ip.is_some()).await?);
+    }
+    let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
+    service_tasks.0.extend(dns);
 
     let local_volumes = storage::start(channel.clone(), config.node_name.clone(), storage_root);
     let shared = Arc::new(worker::Shared {
@@ -524,8 +564,81 @@ async fn start_proxy(
     ))))
 }
 
-/// The runtime the config names; `Auto` says in the log which it chose.
-async fn open_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
+/// The interface of the node's address, and the address when it is one
+/// other nodes can route to (not loopback: a one-machine cluster).
+async fn pod_uplink(
+    config: &Config,
+    node_ip: &str,
+) -> Result<(network::Uplink, Option<std::net::Ipv4Addr>), Error> {
+    let ip: std::net::Ipv4Addr = node_ip.parse().map_err(|_| {
+        Error::Network(format!(
+            "the node address {node_ip:?} is not an IPv4 address (give --node-ip)"
+        ))
+    })?;
+    let uplink = network::ip::uplink_of(ip).await.map_err(Error::Network)?;
+    if ip.is_loopback() {
+        if config.pod_network.backend != network::Backend::None {
+            tracing::warn!(%ip, "the node address is a loopback address: no routes to other nodes' pods (give --node-ip)");
+        }
+        return Ok((uplink, None));
+    }
+    Ok((uplink, Some(ip)))
+}
+
+/// Waits for the node's podCIDR, prepares the node for CNI pods on it and
+/// starts keeping the routes to other nodes (`routable`: the node has an
+/// address they can reach) and the masquerade rules.
+async fn start_pod_network(
+    config: &Config,
+    channel: &tonic::transport::Channel,
+    docker: &Arc<DockerRuntime>,
+    uplink: &network::Uplink,
+    routable: bool,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let Some(cni) = docker.cni() else {
+        return Err(Error::Network("the runtime has no CNI network".into()));
+    };
+    let nodes = Api::<Node>::new(channel.clone());
+    let pod_cidr = network::wait_for_pod_cidr(&nodes, &config.node_name).await;
+    let prepared = network::prepare(&config.pod_network, cni, pod_cidr, uplink, &config.data_dir)
+        .await
+        .map_err(Error::Network)?;
+    let (freed, removed) = docker.reconcile_network().await?;
+    tracing::info!(
+        %pod_cidr,
+        bridge = %prepared.bridge,
+        mtu = prepared.mtu,
+        backend = ?config.pod_network.backend,
+        freed,
+        removed,
+        "pod network ready (CNI)"
+    );
+    let informer = Informer::start(nodes, Params::default());
+    let changes = informer.subscribe();
+    let local = network::routes::Local {
+        node: config.node_name.clone(),
+        backend: if routable {
+            config.pod_network.backend
+        } else {
+            network::Backend::None
+        },
+        uplink: uplink.name.clone(),
+        cluster: config.pod_network.cluster_cidr,
+        pod_cidr,
+    };
+    Ok(tokio::spawn(async move {
+        // The informer lives as long as the task.
+        let store = informer.store.clone();
+        network::routes::run(local, store, changes).await;
+        drop(informer);
+    }))
+}
+
+/// The runtime the config names (and the Docker runtime again when its
+/// pods are on a CNI network); `Auto` says in the log which it chose.
+async fn open_runtime(
+    config: &Config,
+) -> Result<(Arc<dyn Runtime>, Option<Arc<DockerRuntime>>), Error> {
     let process = || -> Result<Arc<dyn Runtime>, Error> {
         let shim = config.shim.clone().ok_or_else(|| {
             skiff_runtime::Error::Runtime(
@@ -548,23 +661,38 @@ async fn open_runtime(config: &Config) -> Result<Arc<dyn Runtime>, Error> {
             &ip,
         )?))
     };
+    let pod_network = || -> Result<PodNetwork, Error> {
+        Ok(match config.pod_network.mode {
+            network::Mode::Docker => PodNetwork::Docker(config.network.clone()),
+            network::Mode::Cni => PodNetwork::Cni(Arc::new(skiff_runtime::cni::Cni::new(
+                config.pod_network.cni_bin_dirs.clone(),
+                &config.data_dir.join("cni"),
+            )?)),
+        })
+    };
+    let docker = |docker: DockerRuntime| {
+        let docker = Arc::new(docker);
+        let cni = docker.cni().is_some().then(|| Arc::clone(&docker));
+        (docker as Arc<dyn Runtime>, cni)
+    };
     Ok(match config.runtime {
         RuntimeKind::Docker => {
-            Arc::new(DockerRuntime::connect(&config.node_name, &config.network).await?)
+            docker(DockerRuntime::connect(&config.node_name, pod_network()?).await?)
         }
-        RuntimeKind::Fake => Arc::new(FakeRuntime::default()),
-        RuntimeKind::Process => process()?,
-        RuntimeKind::Auto => match DockerRuntime::connect(&config.node_name, &config.network).await
-        {
-            Ok(docker) => {
-                tracing::info!(network = %config.network, "runtime: Docker");
-                Arc::new(docker)
+        RuntimeKind::Fake => (Arc::new(FakeRuntime::default()), None),
+        RuntimeKind::Process => (process()?, None),
+        RuntimeKind::Auto => {
+            match DockerRuntime::connect(&config.node_name, pod_network()?).await {
+                Ok(runtime) => {
+                    tracing::info!(network = %config.network, "runtime: Docker");
+                    docker(runtime)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Docker engine answers: pods run as host processes (no isolation, no images)");
+                    (process()?, None)
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no Docker engine answers: pods run as host processes (no isolation, no images)");
-                process()?
-            }
-        },
+        }
     })
 }
 

@@ -12,6 +12,7 @@ mod crash;
 mod grpcurl;
 mod kubectl;
 mod metrics;
+mod multihost;
 mod proxy;
 mod scheduler;
 mod security;

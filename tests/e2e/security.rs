@@ -480,6 +480,95 @@ fn pod_on(name: &str, node: &str) -> Pod {
     .unwrap()
 }
 
+/// A node holding its certificate could take the traffic of another
+/// node's pods by claiming that node's pod range: the range is the
+/// controller manager's to give, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_node_claims_another_nodes_pod_range() {
+    let c = Secure::start(&[]);
+    let _controllers = c.controllers();
+    let nodes_a = Api::<Node>::new(c.as_user("system:node:node-a", &["system:nodes"]));
+    let admin = Api::<Node>::new(c.admin());
+    let named = |name: &str| {
+        let mut node = Node::default();
+        skiff::Resource::metadata_mut(&mut node).name = name.into();
+        node
+    };
+    admin.create(named("node-b")).await.unwrap();
+    let mut block_b = String::new();
+    wait_until(
+        "node-b gets its podCIDR",
+        Duration::from_secs(20),
+        async || {
+            block_b = admin
+                .get("", "node-b")
+                .await
+                .ok()
+                .and_then(|n| n.spec)
+                .map(|s| s.pod_cidr)
+                .unwrap_or_default();
+            !block_b.is_empty()
+        },
+    )
+    .await;
+    // Registering with B's range: refused, nothing written.
+    let mut claiming = named("node-a");
+    claiming.spec.get_or_insert_with(Default::default).pod_cidr = block_b.clone();
+    let err = nodes_a
+        .create(claiming)
+        .await
+        .expect_err("choosing a range");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("podCIDR"), "{err:?}");
+    assert_eq!(
+        admin.get("", "node-a").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    // Registered plainly, it gets a range of its own...
+    nodes_a.create(named("node-a")).await.expect("its own Node");
+    let mut own = Node::default();
+    wait_until(
+        "node-a gets its podCIDR",
+        Duration::from_secs(20),
+        async || {
+            own = admin.get("", "node-a").await.unwrap();
+            own.spec.as_ref().is_some_and(|s| !s.pod_cidr.is_empty())
+        },
+    )
+    .await;
+    let block_a = own.spec.as_ref().unwrap().pod_cidr.clone();
+    assert_ne!(block_a, block_b);
+    // ...which it may not change to B's.
+    let mut moved = own.clone();
+    let spec = moved.spec.get_or_insert_with(Default::default);
+    spec.pod_cidr = block_b.clone();
+    spec.pod_cidrs = vec![block_b.clone()];
+    let err = nodes_a
+        .update(moved.clone())
+        .await
+        .expect_err("moving its range");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Nor may anyone once it is set (its pods hold addresses from it).
+    let err = admin
+        .update(moved)
+        .await
+        .expect_err("the range is set once");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("spec.podCIDRs"), "{err:?}");
+    // Registering again (an agent restarting) is an AlreadyExists, not a
+    // refusal: the Node it finds carries a range it did not send.
+    let err = nodes_a.create(named("node-a")).await.expect_err("exists");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    // And a range is a CIDR.
+    let mut bad = named("node-c");
+    bad.spec.get_or_insert_with(Default::default).pod_cidr = "10.42.7.1/24".into();
+    let err = admin.create(bad).await.expect_err("host bits set");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("host bits set"), "{err:?}");
+    let stored = admin.get("", "node-a").await.unwrap();
+    assert_eq!(stored.spec.unwrap().pod_cidr, block_a);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_may_only_write_what_is_its_own() {
     let c = Secure::start(&[]);

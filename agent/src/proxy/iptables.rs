@@ -106,7 +106,7 @@ fn jumps(prefix: &str) -> [(&'static str, &'static str, String); 7] {
 }
 
 /// The rule line of a jump, as `iptables-save` prints it.
-fn jump_rule(prefix: &str, builtin: &str, target: &str) -> String {
+pub fn jump_rule(prefix: &str, builtin: &str, target: &str) -> String {
     format!("-A {builtin} -m comment --comment \"skiff {prefix}\" -j {target}")
 }
 
@@ -362,7 +362,11 @@ pub async fn available() -> bool {
     save().await.is_ok()
 }
 
-async fn save() -> Result<String, String> {
+/// The nat and filter tables as `iptables-save` prints them.
+///
+/// # Errors
+/// iptables is missing or may not be read.
+pub async fn save() -> Result<String, String> {
     let mut out = String::new();
     for table in ["nat", "filter"] {
         let output = tokio::process::Command::new("iptables-save")
@@ -381,7 +385,11 @@ async fn save() -> Result<String, String> {
     Ok(out)
 }
 
-async fn restore(input: &str) -> Result<(), String> {
+/// Feeds `input` to `iptables-restore --noflush`.
+///
+/// # Errors
+/// iptables refused the rules.
+pub async fn restore(input: &str) -> Result<(), String> {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new("iptables-restore")
         .args(["-w", "5", "--noflush"])

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::common::{host_name, lb_pool, serve_metrics, shutdown_signal};
+use crate::common::{PodNetworkArgs, host_name, lb_pool, serve_metrics, shutdown_signal};
 
 #[derive(clap::Args)]
 pub(crate) struct AgentArgs {
@@ -88,6 +88,12 @@ pub(crate) struct AgentArgs {
     /// out of service.
     #[arg(long)]
     pub(crate) cleanup_proxy: bool,
+    #[command(flatten)]
+    pub(crate) pod_network: PodNetworkArgs,
+    /// The pod addresses of the whole cluster (as the controller
+    /// manager's): traffic leaving it is masqueraded.
+    #[arg(long, default_value = skiff::names::DEFAULT_CLUSTER_CIDR)]
+    pub(crate) cluster_cidr: String,
     /// Serve Prometheus metrics (`/metrics`) on this address.
     #[arg(long)]
     pub(crate) metrics_addr: Option<SocketAddr>,
@@ -136,6 +142,7 @@ pub(crate) fn agent_config(args: AgentArgs) -> anyhow::Result<skiff_agent::Confi
         }
     };
     config.cluster_dns = args.cluster_dns;
+    config.pod_network = args.pod_network.options(&args.cluster_cidr)?;
     Ok(config)
 }
 

@@ -105,6 +105,80 @@ pub(crate) fn lb_pool(pool: &str) -> anyhow::Result<Option<skiff_controllers::se
         .map_err(|e: String| anyhow::anyhow!("--lb-pool: {e}"))
 }
 
+/// How the controller manager gives nodes their pod address blocks.
+#[derive(clap::Args, Clone)]
+pub(crate) struct NodeCidrArgs {
+    /// Give every node a block of `--cluster-cidr` as its `spec.podCIDR`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) allocate_node_cidrs: bool,
+    /// The pod addresses of the whole cluster.
+    #[arg(long, default_value = skiff_controllers::nodeipam::DEFAULT_CLUSTER_CIDR)]
+    pub(crate) cluster_cidr: String,
+    /// The prefix length of each node's block (/24: 254 pods a node).
+    #[arg(long, default_value_t = skiff_controllers::nodeipam::DEFAULT_NODE_MASK)]
+    pub(crate) node_cidr_mask_size: u8,
+}
+
+impl NodeCidrArgs {
+    /// The allocator's ranges (None when allocation is off); blocks in
+    /// `service_cidr` are never given.
+    pub(crate) fn ranges(
+        &self,
+        service_cidr: &str,
+    ) -> anyhow::Result<Option<skiff_controllers::nodeipam::Ranges>> {
+        if !self.allocate_node_cidrs {
+            return Ok(None);
+        }
+        let cluster = self
+            .cluster_cidr
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+        let service = service_cidr.parse().ok();
+        skiff_controllers::nodeipam::Ranges::new(cluster, self.node_cidr_mask_size, service)
+            .map(Some)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// How an agent gives its pods their network.
+#[derive(clap::Args, Clone)]
+pub(crate) struct PodNetworkArgs {
+    /// Where pods' addresses come from: docker (Skiff's Docker bridge
+    /// network; pods of one machine only) or cni (the node's podCIDR,
+    /// plumbed by the CNI plugins and routed between nodes).
+    #[arg(long, default_value = "docker", value_parser = ["docker", "cni"])]
+    pub(crate) pod_network: String,
+    /// How pods reach other nodes' pods under CNI: vxlan (nodes need only
+    /// reach each other, UDP 8472), host-gw (a route per node: nodes share
+    /// a link) or none.
+    #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "none"])]
+    pub(crate) flannel_backend: String,
+    /// Where the CNI plugins are (default: /usr/lib/cni, /opt/cni/bin).
+    #[arg(long)]
+    pub(crate) cni_bin_dir: Vec<PathBuf>,
+}
+
+impl PodNetworkArgs {
+    /// The agent's network options, in cluster CIDR `cluster_cidr`.
+    pub(crate) fn options(
+        &self,
+        cluster_cidr: &str,
+    ) -> anyhow::Result<skiff_agent::network::Options> {
+        let mut options = skiff_agent::network::Options {
+            mode: self.pod_network.parse().map_err(anyhow::Error::msg)?,
+            backend: self.flannel_backend.parse().map_err(anyhow::Error::msg)?,
+            cluster_cidr: cluster_cidr
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+            ..Default::default()
+        };
+        if !self.cni_bin_dir.is_empty() {
+            options.cni_bin_dirs.clone_from(&self.cni_bin_dir);
+        }
+        Ok(options)
+    }
+}
+
 /// Resolves when SIGINT or SIGTERM arrives.
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

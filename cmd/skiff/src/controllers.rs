@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 
-use crate::common::{ConnectArgs, connection, lb_pool, serve_metrics, shutdown_signal};
+use crate::common::{
+    ConnectArgs, NodeCidrArgs, connection, lb_pool, serve_metrics, shutdown_signal,
+};
 
 #[derive(clap::Args)]
 pub(crate) struct ControllerArgs {
@@ -35,6 +37,12 @@ pub(crate) struct ControllerArgs {
     /// loopback: the addresses answer on this machine only.
     #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
     pub(crate) lb_pool: String,
+    #[command(flatten)]
+    pub(crate) node_cidrs: NodeCidrArgs,
+    /// The cluster's service range (as the API server's): never given to
+    /// nodes as pod addresses.
+    #[arg(long, default_value = skiff_apiserver::DEFAULT_SERVICE_CIDR)]
+    pub(crate) service_cluster_ip_range: String,
     /// Serve Prometheus metrics (`/metrics`) on this address.
     #[arg(long)]
     pub(crate) metrics_addr: Option<SocketAddr>,
@@ -59,6 +67,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         eviction: std::time::Duration::from_secs(args.pod_eviction_timeout_secs),
     };
     config.lb_pool = lb_pool(&args.lb_pool)?;
+    config.node_cidrs = args.node_cidrs.ranges(&args.service_cluster_ip_range)?;
     config.autoscaler_sync =
         std::time::Duration::from_secs(args.horizontal_pod_autoscaler_sync_period_secs.max(1));
     skiff_controllers::run(config, shutdown_signal())

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::common::{host_name, lb_pool, shutdown_signal};
+use crate::common::{NodeCidrArgs, PodNetworkArgs, host_name, lb_pool, shutdown_signal};
 use crate::security;
 use crate::server::{ApiArgs, api_config, local_url};
 
@@ -27,6 +27,13 @@ pub(crate) struct UpArgs {
     /// Docker, else a userspace relay), iptables, userspace or none.
     #[arg(long, default_value = "auto", value_parser = ["auto", "iptables", "userspace", "none"])]
     pub(crate) proxy_mode: String,
+    #[command(flatten)]
+    pub(crate) node_cidrs: NodeCidrArgs,
+    #[command(flatten)]
+    pub(crate) pod_network: PodNetworkArgs,
+    /// The local agent's node name (default: the host name).
+    #[arg(long)]
+    pub(crate) node_name: Option<String>,
 }
 
 /// Runs the cluster until a signal, then stops its parts in order.
@@ -58,6 +65,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     controllers_config.tls = component_tls(|c| &c.controller_manager)?;
     controllers_config.root_ca = security.as_ref().map(|s| s.ca.cert_pem.clone());
     controllers_config.lb_pool = lb_pool(&args.lb_pool)?;
+    controllers_config.node_cidrs = args.node_cidrs.ranges(&args.api.service_cidr)?;
     let controllers = tokio::spawn(async move {
         let stopped = async {
             let _ = controllers_stopped.await;
@@ -75,7 +83,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             tracing::error!(error = %e, "scheduler stopped");
         }
     });
-    let node = host_name();
+    let node = args.node_name.clone().unwrap_or_else(host_name);
     let agent_dir = data_dir.join("agent");
     if let Some(security) = &security {
         // The local agent is on the server's machine: it gets its
@@ -94,6 +102,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
     agent_config.service_cidr = Some(args.api.service_cidr.clone());
     agent_config.lb_pool = (!args.lb_pool.is_empty()).then(|| args.lb_pool.clone());
+    agent_config.pod_network = args.pod_network.options(&args.node_cidrs.cluster_cidr)?;
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(async move {
         let stopped = async {
@@ -149,7 +158,14 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             exempt => format!(" ({exempt} exempt)"),
         }
     );
-    println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
+    if args.pod_network.pod_network == "cni" {
+        println!(
+            "  agent:       node {node:?} (Docker; pods on CNI from the node's block of {}, {} between nodes)",
+            args.node_cidrs.cluster_cidr, args.pod_network.flannel_backend
+        );
+    } else {
+        println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
+    }
     if args.api.etcd.is_empty() {
         println!("  state:       {} (embedded store)", data_dir.display());
     } else {

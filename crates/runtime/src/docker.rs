@@ -2,8 +2,11 @@
 //!
 //! A pod sandbox is a container of Skiff's own `pause` image (built here
 //! from `FROM scratch` plus a freestanding static binary, since no
-//! registry is assumed) attached to Skiff's bridge network; it owns the
-//! pod's IP and its IPC namespace (`shareable`). App containers join it
+//! registry is assumed); it owns the pod's IP and its IPC namespace
+//! (`shareable`). Its network is either Skiff's Docker bridge network
+//! (one machine) or none, plumbed afterwards by the CNI plugins
+//! ([`crate::cni`]; pods get addresses from the node's podCIDR and reach
+//! other nodes' pods). App containers join it
 //! with `network_mode`/`ipc_mode` `container:<sandbox>`, so they share one
 //! IP, localhost and System V IPC.
 //!
@@ -13,7 +16,7 @@
 //! restart is a new container), so polling every second stays cheap.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bollard::Docker;
@@ -40,14 +43,23 @@ const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
 /// How long one image pull may take before the pod is told it failed.
 const PULL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Which network pod sandboxes are on.
+#[derive(Debug, Clone)]
+pub enum PodNetwork {
+    /// A Docker bridge network of this name (made if missing).
+    Docker(String),
+    /// No Docker network: the CNI plugins plumb each sandbox.
+    Cni(Arc<crate::cni::Cni>),
+}
+
 /// A Docker Engine, as one node's runtime.
 pub struct DockerRuntime {
     /// The engine's API, at the version negotiated with it.
     docker: Docker,
     /// The node whose containers these are ([`labels::NODE`]).
     node: String,
-    /// The bridge network sandboxes attach to.
-    network: String,
+    /// The network sandboxes are on.
+    network: PodNetwork,
     /// The sandbox image's tag (content-addressed: one per pause build).
     pause_image: String,
     /// Inspected containers by id, with the summary state they were
@@ -189,12 +201,12 @@ impl DockerRuntime {
     ///
     /// # Errors
     /// The engine does not answer, or refuses to create either.
-    pub async fn connect(node: &str, network: &str) -> Result<Self> {
+    pub async fn connect(node: &str, network: PodNetwork) -> Result<Self> {
         let docker = engine().await?;
         let runtime = Self {
             docker,
             node: node.to_string(),
-            network: network.to_string(),
+            network,
             pause_image: pause_image(),
             inspected: Mutex::default(),
         };
@@ -214,14 +226,115 @@ impl DockerRuntime {
         &self.docker
     }
 
+    /// The Docker network's name, when sandboxes are on one.
+    fn docker_network(&self) -> Option<&str> {
+        match &self.network {
+            PodNetwork::Docker(name) => Some(name),
+            PodNetwork::Cni(_) => None,
+        }
+    }
+
+    /// The CNI runtime, when sandboxes are plumbed by it.
+    pub fn cni(&self) -> Option<&Arc<crate::cni::Cni>> {
+        match &self.network {
+            PodNetwork::Cni(cni) => Some(cni),
+            PodNetwork::Docker(_) => None,
+        }
+    }
+
+    /// The network namespace of a running container, `/proc/PID/ns/net`
+    /// (not the engine's bind mount of it, which an agent in a mount
+    /// namespace of its own, as `ip netns exec` makes, does not see).
+    async fn netns_of(&self, id: &str) -> Result<Option<String>> {
+        let found = match self.docker.inspect_container(id, None).await {
+            Ok(found) => found,
+            Err(e) if is_status(&e, 404) => return Ok(None),
+            Err(e) => return Err(docker_error(e)),
+        };
+        let running = found
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(None);
+        }
+        let pid = found.state.and_then(|s| s.pid).filter(|p| *p > 0);
+        Ok(pid.map(|p| format!("/proc/{p}/ns/net")))
+    }
+
+    /// Takes a sandbox off the CNI network (before it stops: the plugins
+    /// still find its side of the veth). Not a CNI sandbox: nothing.
+    async fn detach(&self, id: &str) -> Result<()> {
+        let Some(cni) = self.cni() else { return Ok(()) };
+        if cni.attachment(id).is_none() {
+            return Ok(());
+        }
+        let netns = self.netns_of(id).await?;
+        match cni.del(id, netns.as_deref()).await {
+            Err(e) if netns.is_some() => {
+                // The namespace is unusable: free what the host holds.
+                tracing::warn!(sandbox = %id, error = %e, "CNI DEL inside the sandbox failed; deleting its host side only");
+                cni.del(id, None).await
+            }
+            other => other,
+        }
+    }
+
+    /// After a restart: what a crash left half-made is undone. Attachments
+    /// of sandboxes no longer running are deleted (their addresses freed),
+    /// and running sandboxes with no complete attachment (the agent died
+    /// between starting one and plumbing it) are removed, so their pods
+    /// get a new sandbox. Returns how many of each.
+    ///
+    /// # Errors
+    /// The engine or a plugin failed.
+    pub async fn reconcile_network(&self) -> Result<(usize, usize)> {
+        let Some(cni) = self.cni() else {
+            return Ok((0, 0));
+        };
+        let sandboxes: HashMap<String, bool> = self
+            .list(None)
+            .await?
+            .into_iter()
+            .filter(|c| {
+                c.labels.get(labels::CONTAINER_NAME).map(String::as_str) == Some(labels::SANDBOX)
+            })
+            .map(|c| (c.id.clone(), matches!(c.state, State::Running { .. })))
+            .collect();
+        let mut freed = 0;
+        for attachment in cni.attachments() {
+            let running = sandboxes
+                .get(&attachment.container_id)
+                .copied()
+                .unwrap_or(false);
+            if !running || attachment.result.is_none() {
+                self.detach(&attachment.container_id).await?;
+                freed += 1;
+            }
+        }
+        let mut removed = 0;
+        for (id, running) in &sandboxes {
+            if *running && cni.attachment(id).is_none() {
+                tracing::warn!(sandbox = %id, "a sandbox with no pod network (the agent stopped while making it): removed");
+                self.remove(id).await?;
+                removed += 1;
+            }
+        }
+        Ok((freed, removed))
+    }
+
     async fn ensure_network(&self) -> Result<()> {
-        match self.docker.inspect_network(&self.network, None).await {
+        let Some(network) = self.docker_network() else {
+            return Ok(());
+        };
+        match self.docker.inspect_network(network, None).await {
             Ok(_) => return Ok(()),
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(docker_error(e)),
         }
         let request = NetworkCreateRequest {
-            name: self.network.clone(),
+            name: network.to_string(),
             driver: Some("bridge".into()),
             labels: Some(HashMap::from([(
                 labels::MANAGED.to_string(),
@@ -362,9 +475,15 @@ impl Runtime for DockerRuntime {
     }
 
     async fn pod_gateway(&self) -> Result<Option<std::net::IpAddr>> {
+        let name = match &self.network {
+            PodNetwork::Docker(name) => name,
+            PodNetwork::Cni(cni) => {
+                return Ok(cni.network().map(|n| n.gateway().into()));
+            }
+        };
         let network = self
             .docker
-            .inspect_network(&self.network, None)
+            .inspect_network(name, None)
             .await
             .map_err(docker_error)?;
         Ok(network
@@ -405,18 +524,24 @@ impl Runtime for DockerRuntime {
     }
 
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        let cni = self.cni();
+        // Docker publishes host ports on its own network; under CNI,
+        // portmap does.
+        let docker_ports = cni.is_none() && !spec.port_mappings.is_empty();
         let host_config = HostConfig {
-            network_mode: Some(self.network.clone()),
+            network_mode: Some(
+                self.docker_network()
+                    .map_or_else(|| "none".to_string(), str::to_string),
+            ),
             ipc_mode: Some("shareable".into()),
             dns: (!spec.dns_servers.is_empty()).then(|| spec.dns_servers.clone()),
             dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
             dns_options: (!spec.dns_options.is_empty()).then(|| spec.dns_options.clone()),
-            port_bindings: (!spec.port_mappings.is_empty())
-                .then(|| port_bindings(&spec.port_mappings)),
+            port_bindings: docker_ports.then(|| port_bindings(&spec.port_mappings)),
             ..Default::default()
         };
         let body = ContainerCreateBody {
-            exposed_ports: (!spec.port_mappings.is_empty()).then(|| {
+            exposed_ports: docker_ports.then(|| {
                 spec.port_mappings
                     .iter()
                     .map(|m| format!("{}/{}", m.container_port, m.protocol))
@@ -430,7 +555,34 @@ impl Runtime for DockerRuntime {
         };
         let id = self.create_named(&spec.name, body).await?;
         self.start(&id).await?;
-        Ok(id)
+        let Some(cni) = cni else { return Ok(id) };
+        let plumbed = async {
+            let netns = self.netns_of(&id).await?.ok_or_else(|| {
+                Error::Runtime(format!("sandbox {} stopped as it started", spec.name))
+            })?;
+            let label = |k: &str| spec.labels.get(k).map_or("", String::as_str);
+            let args = format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID={}",
+                label(labels::POD_NAMESPACE),
+                label(labels::POD_NAME),
+                label(labels::POD_UID),
+            );
+            cni.add(&id, &netns, &args, &spec.port_mappings).await
+        }
+        .await;
+        match plumbed {
+            Ok(ip) => {
+                tracing::debug!(sandbox = %spec.name, %ip, "sandbox on the pod network");
+                Ok(id)
+            }
+            Err(e) => {
+                // No half-made sandbox stays: the next sync makes a new one.
+                if let Err(rm) = self.remove(&id).await {
+                    tracing::warn!(sandbox = %spec.name, error = %rm, "removing a sandbox whose network failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
@@ -478,6 +630,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        // A stopped sandbox gives its address back (as the kubelet's
+        // StopPodSandbox tears down its network).
+        self.detach(id).await?;
         let options = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
@@ -496,6 +651,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
+        self.detach(id).await?;
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -541,12 +697,18 @@ impl Runtime for DockerRuntime {
                 .state
                 .unwrap_or(ContainerSummaryStateEnum::EMPTY)
                 .to_string();
-            let ip = summary
-                .network_settings
-                .and_then(|n| n.networks)
-                .and_then(|mut n| n.remove(&self.network))
-                .and_then(|e| e.ip_address)
-                .filter(|ip| !ip.is_empty());
+            let ip = match &self.network {
+                PodNetwork::Docker(name) => summary
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(name))
+                    .and_then(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty()),
+                PodNetwork::Cni(cni) => (state == "running")
+                    .then(|| cni.attachment(&id).and_then(|a| a.ip()))
+                    .flatten()
+                    .map(|ip| ip.to_string()),
+            };
             let cached = self
                 .inspected
                 .lock()

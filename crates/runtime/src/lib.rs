@@ -9,6 +9,8 @@
 //! - [`docker`]: the Docker Engine implementation (bollard). A pod's
 //!   sandbox is a `pause` container that owns the network and IPC
 //!   namespaces; the pod's containers join it.
+//! - [`cni`]: the pod network through CNI plugins (Docker sandboxes made
+//!   without a network, plumbed by bridge + host-local + portmap).
 //! - [`process`]: host processes, for machines with no Docker engine (a
 //!   shim per container keeps its pid, log and exit code on disk).
 //! - [`fake`]: in memory, recording calls; for unit tests and simulated
@@ -16,6 +18,7 @@
 //! - [`labels`]: the labels every object the agent creates carries, which
 //!   is how a restarted agent finds its containers again.
 
+pub mod cni;
 pub mod docker;
 pub mod fake;
 pub mod labels;
@@ -56,6 +59,9 @@ pub enum Error {
     /// An exec did not finish in time.
     #[error("command timed out after {0:?}")]
     Timeout(Duration),
+    /// The pod network (CNI) could not be set up or torn down.
+    #[error("pod network: {0}")]
+    Network(String),
 }
 
 /// Results of runtime calls.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod hosts;
+
 /// A free loopback port (bound then released; good enough for tests).
 ///
 /// # Errors

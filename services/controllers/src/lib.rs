@@ -23,6 +23,7 @@
 //!   are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
+//! - [`nodeipam`]: each node's block of the cluster CIDR (`podCIDR`).
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
 //! - [`volume`]: PersistentVolumes and claims: binding, the local
 //!   provisioner, reclaiming, and the protection finalizers.
@@ -65,6 +66,7 @@ pub mod garbage;
 pub mod history;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod rootca;
@@ -85,6 +87,9 @@ pub struct Options {
     pub root_ca: Option<String>,
     /// How often each autoscaler looks at its metrics.
     pub autoscaler_sync: Duration,
+    /// The blocks nodes get their pod addresses from (None: no
+    /// allocation).
+    pub node_cidrs: Option<nodeipam::Ranges>,
 }
 
 /// Informers shared by every controller of the manager.
@@ -135,6 +140,9 @@ pub struct Shared {
     pub timing: nodelifecycle::Timing,
     /// The LoadBalancer address pool.
     pub lb_pool: Option<service::Pool>,
+    /// The blocks nodes get their pod addresses from (None: no
+    /// allocation).
+    pub node_cidrs: Option<nodeipam::Ranges>,
     /// Events of every controller (deduplicated with a count).
     pub recorder: Arc<skiff_client::events::Recorder>,
     /// The cluster CA's certificate to publish in every namespace (a TLS
@@ -152,8 +160,10 @@ impl Shared {
             lb_pool,
             root_ca,
             autoscaler_sync,
+            node_cidrs,
         } = options;
         Self {
+            node_cidrs,
             autoscaler_sync,
             lb_pool,
             root_ca_configmaps: root_ca.as_ref().map(|_| {
@@ -279,6 +289,10 @@ pub fn descriptors() -> Vec<Descriptor> {
             start: nodelifecycle::start,
         },
         Descriptor {
+            name: "nodeipam",
+            start: nodeipam::start,
+        },
+        Descriptor {
             name: "namespace",
             start: namespace::start,
         },
@@ -393,6 +407,9 @@ pub struct Config {
     /// How often each HorizontalPodAutoscaler looks at its metrics
     /// (Kubernetes: 15 s).
     pub autoscaler_sync: Duration,
+    /// Give each node a block of the cluster CIDR (None: nodes get none,
+    /// `--allocate-node-cidrs=false`).
+    pub node_cidrs: Option<nodeipam::Ranges>,
 }
 
 impl Config {
@@ -409,6 +426,7 @@ impl Config {
             lb_pool: DEFAULT_LB_POOL.parse().ok(),
             root_ca: None,
             autoscaler_sync: Duration::from_secs(15),
+            node_cidrs: Some(nodeipam::Ranges::default()),
         }
     }
 }
@@ -457,6 +475,7 @@ pub async fn run(
             lb_pool: config.lb_pool,
             root_ca: config.root_ca.clone(),
             autoscaler_sync: config.autoscaler_sync,
+            node_cidrs: config.node_cidrs,
         };
         let (system, addrs) = start_system(channel.clone(), config.workers, options)?;
         let mut lost = leading.clone();

@@ -496,7 +496,10 @@ impl Authorizer {
                 name: attrs.name.clone(),
             })
             .await
-            .ok();
+            .ok()
+            // A create is judged against no Node: one that exists already
+            // is refused as AlreadyExists after this, not as a change.
+            .filter(|_| attrs.verb != "create");
         let restricted = |n: Option<&Node>| -> Vec<(String, String)> {
             n.and_then(|n| n.metadata.as_ref())
                 .map(|m| {
@@ -512,6 +515,18 @@ impl Authorizer {
             return Err(format!(
                 "may not set or change {RESTRICTED_LABELS}* labels (they are for the cluster's administrators)"
             ));
+        }
+        // Its pod range is the controller manager's to give: a node that
+        // chose its own could take another node's pods' traffic.
+        let cidrs = |n: Option<&Node>| {
+            n.and_then(|n| n.spec.as_ref())
+                .map(|s| (s.pod_cidr.clone(), s.pod_cidrs.clone()))
+                .unwrap_or_default()
+        };
+        if cidrs(Some(&next)) != cidrs(stored.as_ref()) {
+            return Err(
+                "may not set or change its podCIDR (the controller manager assigns it)".into(),
+            );
         }
         if let Some(stored) = &stored {
             let taints = |n: &Node| {

@@ -63,6 +63,60 @@ impl Strategy for Node {
                 .to_string()
         })
     }
+
+    /// `podCIDR` and `podCIDRs[0]` say the same, whichever was written.
+    fn default_fields(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        if spec.pod_cidrs.is_empty() && !spec.pod_cidr.is_empty() {
+            spec.pod_cidrs = vec![spec.pod_cidr.clone()];
+        } else if spec.pod_cidr.is_empty() && !spec.pod_cidrs.is_empty() {
+            spec.pod_cidr = spec.pod_cidrs[0].clone();
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else { return };
+        if spec.pod_cidrs.len() > 1 {
+            errors.too_many("spec.podCIDRs", spec.pod_cidrs.len(), 1);
+        }
+        for (i, cidr) in spec.pod_cidrs.iter().enumerate() {
+            if let Err(e) = cidr.parse::<skiff::cidr::Ipv4Cidr>() {
+                let reason = if cidr.contains(':') {
+                    "IPv6 pod ranges are not supported by Skiff".to_string()
+                } else {
+                    e
+                };
+                errors.invalid(format!("spec.podCIDRs[{i}]"), cidr, reason);
+            }
+        }
+        if spec.pod_cidrs.first().is_some_and(|c| *c != spec.pod_cidr) {
+            errors.invalid(
+                "spec.podCIDR",
+                &spec.pod_cidr,
+                "must equal the first entry of spec.podCIDRs",
+            );
+        }
+    }
+
+    /// A node's pod range is set once: its pods hold addresses from it.
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        let cidrs = |n: &Self| {
+            n.spec
+                .as_ref()
+                .map(|s| s.pod_cidrs.clone())
+                .unwrap_or_default()
+        };
+        let (before, after) = (cidrs(old), cidrs(self));
+        if !before.is_empty() && before != after {
+            errors.forbidden(
+                "spec.podCIDRs",
+                format!(
+                    "node updates may not change podCIDR except from \"\" to valid (it is {})",
+                    before.join(",")
+                ),
+            );
+        }
+    }
 }
 
 impl Strategy for Event {

@@ -1,0 +1,404 @@
+//! A cluster of several hosts on one machine: hosts are network
+//! namespaces the test makes (one L2 segment for host-gw; a router
+//! between subnets of their own for VXLAN), the control plane on one, an
+//! agent on each of the others with a CNI pod network. Pods reach pods
+//! of every host by IP, a Service balances over pods of every host from
+//! every host, a NodePort on one host reaches a pod on another; a
+//! restarted agent keeps its pods' addresses, and deleting pods leaves no
+//! CNI leftover (address files, veths).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_testkit::hosts::{Hosts, Link};
+
+/// A pod named `name` on `node` serving its own name on port 8080.
+fn pod(image: &str, name: &str, node: &str, app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo {name} > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    volumeMounts: [{{name: www, mountPath: /www}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+  volumes: [{{name: www, emptyDir: {{}}}}]
+---
+"#
+    )
+}
+
+/// A Service `name` over the pods labelled `app: name`, port 80.
+fn service(name: &str, kind: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  type: {kind}
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+"#
+    )
+}
+
+fn get(hosts: &Hosts, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&hosts.skiff(&all).expect("skiff get")).expect("JSON")
+}
+
+fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn text<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Builds the hosts, starts the control plane and an agent on each of
+/// `agents` hosts with `backend`; waits for every node to be Ready with
+/// its podCIDR. Returns them and the nodes' blocks by node name.
+async fn cluster(
+    prefix: &str,
+    link: Link,
+    backend: &str,
+    agents: usize,
+) -> (Hosts, BTreeMap<String, String>) {
+    skiff_testkit::test_image()
+        .await
+        .expect("building the test image");
+    let prefix = format!("{prefix}{}", std::process::id());
+    let mut hosts = Hosts::build(&prefix, link, agents).expect("making the hosts");
+    hosts.start_control_plane(&[]).expect("the control plane");
+    for i in 1..=agents {
+        hosts.start_agent(i, backend).expect("an agent");
+    }
+    let mut blocks = BTreeMap::new();
+    wait_for(
+        "every node Ready with a podCIDR",
+        Duration::from_secs(60),
+        || {
+            blocks = items(&get(&hosts, &["get", "nodes"]))
+                .iter()
+                .filter(|n| {
+                    n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .filter(|n| !text(n, "/spec/podCIDR").is_empty())
+                .map(|n| {
+                    (
+                        text(n, "/metadata/name").to_string(),
+                        text(n, "/spec/podCIDR").to_string(),
+                    )
+                })
+                .collect();
+            blocks.len() == agents
+        },
+    )
+    .await;
+    (hosts, blocks)
+}
+
+fn apply(hosts: &Hosts, name: &str, yaml: &str) {
+    let path = hosts.dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    hosts
+        .skiff(&["apply", "-f", &path.display().to_string()])
+        .expect("apply");
+}
+
+/// Ready pods: name → (IP, node).
+fn ready_pods(hosts: &Hosts) -> BTreeMap<String, (String, String)> {
+    items(&get(hosts, &["get", "pods"]))
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|p| {
+            (
+                text(p, "/metadata/name").to_string(),
+                (
+                    text(p, "/status/podIP").to_string(),
+                    text(p, "/spec/nodeName").to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+async fn wait_ready(hosts: &Hosts, names: &[&str]) -> BTreeMap<String, (String, String)> {
+    let mut pods = BTreeMap::new();
+    wait_for(
+        &format!("pods {names:?} Ready"),
+        Duration::from_secs(60),
+        || {
+            pods = ready_pods(hosts);
+            names.iter().all(|n| pods.contains_key(*n))
+        },
+    )
+    .await;
+    pods
+}
+
+/// What `url` answers from inside pod `pod`. Routes to a new node are
+/// programmed as its Node appears: a few tries are allowed.
+fn from_pod(hosts: &Hosts, pod: &str, url: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..10 {
+        // (busybox's own `wget -T` crashes: `timeout` bounds it instead.)
+        match hosts.skiff(&["exec", pod, "--", "timeout", "3", "wget", "-qO-", url]) {
+            Ok(out) => return out.trim().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let routes: Vec<String> = (0..hosts.hosts.len())
+        .map(|i| hosts.run(i, "ip", &["route"]).unwrap_or_default())
+        .collect();
+    panic!("{url} from pod {pod}: {last}\nroutes: {routes:#?}")
+}
+
+/// What `url` answers from host `i` itself (busybox's wget, run there).
+fn from_host(hosts: &Hosts, i: usize, url: &str) -> String {
+    hosts
+        .run(
+            i,
+            "busybox",
+            &["timeout", "5", "busybox", "wget", "-qO-", url],
+        )
+        .unwrap_or_else(|e| panic!("{url} from host {i}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// The names a Service's address answers with from host `i`, over up to
+/// 60 requests (stopping once `all` answered).
+fn balanced_from_host(
+    hosts: &Hosts,
+    i: usize,
+    url: &str,
+    all: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(from_host(hosts, i, url));
+        if &seen == all {
+            break;
+        }
+    }
+    seen
+}
+
+/// Address files host-local holds on host `i` (one per pod address).
+fn address_files(hosts: &Hosts, i: usize) -> Vec<String> {
+    std::fs::read_dir(hosts.hosts[i].data_dir.join("cni/ipam/skiff"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+        .collect()
+}
+
+/// Pod veths left on host `i`'s bridge.
+fn bridge_ports(hosts: &Hosts, i: usize) -> String {
+    hosts
+        .run(i, "ip", &["-o", "link", "show", "master", "skiff0"])
+        .unwrap_or_default()
+}
+
+fn in_block(ip: &str, block: &str) -> bool {
+    let block: skiff::cidr::Ipv4Cidr = block.parse().unwrap();
+    ip.parse().is_ok_and(|ip| block.contains(ip))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_agent_restarts() {
+    let (mut hosts, blocks) = cluster("skg", Link::Lan, "host-gw", 3).await;
+    let distinct: BTreeSet<&String> = blocks.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "each node has a block of its own: {blocks:?}"
+    );
+    for block in blocks.values() {
+        assert!(
+            in_block(block.trim_end_matches("/24"), "10.42.0.0/16"),
+            "{block}"
+        );
+    }
+    let image = skiff_testkit::TEST_IMAGE;
+    let nodes: Vec<String> = hosts.hosts.iter().map(|h| h.node.clone()).collect();
+    let node = |i: usize| nodes[i].clone();
+    let mut yaml = String::new();
+    for i in 1..=3 {
+        yaml += &pod(image, &format!("web-{i}"), &node(i), "web");
+    }
+    yaml += &pod(image, "solo", &node(3), "solo");
+    yaml += &service("web", "ClusterIP");
+    yaml += &service("solo", "NodePort");
+    apply(&hosts, "pods.yaml", &yaml);
+    let pods = wait_ready(&hosts, &["web-1", "web-2", "web-3", "solo"]).await;
+    for (name, (ip, node)) in &pods {
+        assert!(
+            in_block(ip, &blocks[node]),
+            "{name} at {ip} is in its node's block {}",
+            blocks[node]
+        );
+    }
+    let ip_of = |name: &str| pods[name].0.clone();
+
+    // Pod to pod by IP, across hosts, both ways.
+    for (from, to) in [
+        ("web-1", "web-2"),
+        ("web-1", "web-3"),
+        ("web-3", "web-1"),
+        ("web-2", "solo"),
+    ] {
+        assert_eq!(
+            from_pod(&hosts, from, &format!("http://{}:8080/", ip_of(to))),
+            to,
+            "{from} → {to}"
+        );
+    }
+    // The Service by name from a pod (cluster DNS of its node), and its
+    // ClusterIP from every host reaching the pods of every host.
+    let all: BTreeSet<String> = (1..=3).map(|i| format!("web-{i}")).collect();
+    assert!(all.contains(&from_pod(
+        &hosts,
+        "web-2",
+        "http://web.default.svc.cluster.local/"
+    )));
+    let cluster_ip = text(&get(&hosts, &["get", "service", "web"]), "/spec/clusterIP").to_string();
+    for i in 1..=3 {
+        let seen = balanced_from_host(&hosts, i, &format!("http://{cluster_ip}/"), &all);
+        assert_eq!(
+            seen, all,
+            "the ClusterIP from host {i} reaches the pods of all three hosts"
+        );
+    }
+    // A NodePort of host 1 reaches the pod that runs only on host 3, from
+    // the control plane's host.
+    let node_port = get(&hosts, &["get", "service", "solo"])["spec"]["ports"][0]["nodePort"]
+        .as_i64()
+        .unwrap();
+    let host1 = hosts.hosts[1].ip;
+    assert_eq!(
+        from_host(&hosts, 0, &format!("http://{host1}:{node_port}/")),
+        "solo"
+    );
+
+    // An agent killed and started again: its pod keeps its address and
+    // stays reachable; a new pod gets another address.
+    let before = address_files(&hosts, 1);
+    assert_eq!(before, vec![ip_of("web-1")]);
+    hosts.kill(1, "agent");
+    hosts.start_agent(1, "host-gw").unwrap();
+    apply(&hosts, "late.yaml", &pod(image, "late", &node(1), "late"));
+    let after = wait_ready(&hosts, &["web-1", "late"]).await;
+    assert_eq!(after["web-1"].0, ip_of("web-1"), "web-1 kept its address");
+    assert_ne!(after["late"].0, ip_of("web-1"), "no address given twice");
+    assert_eq!(
+        from_pod(&hosts, "web-2", &format!("http://{}:8080/", ip_of("web-1"))),
+        "web-1"
+    );
+    assert_eq!(
+        from_pod(&hosts, "late", &format!("http://{}:8080/", ip_of("web-3"))),
+        "web-3"
+    );
+
+    // A deleted pod's address is freed; with every pod gone, no address
+    // file and no veth is left on any host.
+    hosts.skiff(&["delete", "pod", "web-1"]).unwrap();
+    wait_for("web-1's address freed", Duration::from_secs(30), || {
+        !address_files(&hosts, 1).contains(&ip_of("web-1"))
+    })
+    .await;
+    hosts
+        .skiff(&["delete", "pod", "web-2", "web-3", "solo", "late"])
+        .unwrap();
+    wait_for("no pod left", Duration::from_secs(60), || {
+        items(&get(&hosts, &["get", "pods"])).is_empty()
+    })
+    .await;
+    for i in 1..=3 {
+        wait_for(&format!("host {i} clean"), Duration::from_secs(30), || {
+            address_files(&hosts, i).is_empty() && bridge_ports(&hosts, i).trim().is_empty()
+        })
+        .await;
+        let attachments = std::fs::read_dir(hosts.hosts[i].data_dir.join("cni/attachments"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(attachments, 0, "host {i} keeps no attachment record");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_carries_pod_traffic_between_hosts_on_different_subnets() {
+    let (hosts, _blocks) = cluster("skv", Link::Routed, "vxlan", 3).await;
+    let image = skiff_testkit::TEST_IMAGE;
+    let mut yaml = String::new();
+    for i in 1..=3 {
+        yaml += &pod(image, &format!("web-{i}"), &hosts.hosts[i].node, "web");
+    }
+    yaml += &service("web", "ClusterIP");
+    apply(&hosts, "pods.yaml", &yaml);
+    let pods = wait_ready(&hosts, &["web-1", "web-2", "web-3"]).await;
+    for (from, to) in [
+        ("web-1", "web-2"),
+        ("web-1", "web-3"),
+        ("web-2", "web-3"),
+        ("web-3", "web-1"),
+    ] {
+        assert_eq!(
+            from_pod(&hosts, from, &format!("http://{}:8080/", pods[to].0)),
+            to,
+            "{from} → {to}"
+        );
+    }
+    // The tunnel's overhead comes off the pods' MTU.
+    let device = hosts
+        .run(1, "ip", &["-d", "link", "show", "skiff.1"])
+        .unwrap();
+    assert!(
+        device.contains("vxlan id 1") && device.contains("mtu 1450"),
+        "{device}"
+    );
+    let mtu = hosts
+        .skiff(&["exec", "web-1", "--", "cat", "/sys/class/net/eth0/mtu"])
+        .unwrap();
+    assert_eq!(mtu.trim(), "1450");
+    let all: BTreeSet<String> = (1..=3).map(|i| format!("web-{i}")).collect();
+    let cluster_ip = text(&get(&hosts, &["get", "service", "web"]), "/spec/clusterIP").to_string();
+    for i in [1, 3] {
+        let seen = balanced_from_host(&hosts, i, &format!("http://{cluster_ip}/"), &all);
+        assert_eq!(
+            seen, all,
+            "the ClusterIP from host {i} reaches the pods of all three hosts"
+        );
+    }
+}
