@@ -217,6 +217,7 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
+    tokio::pin!(shutdown);
     let (runtime, cni) = open_runtime(&config).await?;
     let io = |what: &str| {
         let what = what.to_string();
@@ -282,17 +283,23 @@ pub async fn run(
         }
     });
     // Under CNI with VXLAN, the device exists before the Node is
-    // registered: its MAC goes on the Node for the other nodes.
+    // registered: its MAC goes on the Node for the other nodes. A node
+    // with no address other nodes can reach (loopback) routes nothing.
     let uplink = match &cni {
         Some(_) => Some(pod_uplink(&config, &node_ip).await?),
         None => None,
+    };
+    let backend = match &uplink {
+        Some((_, Some(_))) => config.pod_network.backend,
+        _ => network::Backend::None,
     };
     let mut annotations = BTreeMap::from([(
         skiff::names::LOCAL_PATH_ROOT_ANNOTATION.to_string(),
         storage_root.display().to_string(),
     )]);
+    let mut vtep_mac = None;
     if let Some((uplink, Some(ip))) = &uplink
-        && config.pod_network.backend == network::Backend::Vxlan
+        && backend == network::Backend::Vxlan
     {
         let mac = network::ip::ensure_vxlan(
             network::VXLAN_DEVICE,
@@ -304,13 +311,16 @@ pub async fn run(
         )
         .await
         .map_err(Error::Network)?;
-        annotations.insert(network::VTEP_MAC_ANNOTATION.to_string(), mac);
+        annotations.insert(network::VTEP_MAC_ANNOTATION.to_string(), mac.clone());
+        vtep_mac = Some(mac);
     }
+    // Tasks of the node, stopped however `run` ends (an error below too).
+    let mut node_tasks = AbortOnDrop(Vec::new());
     let usage = stats::Latest::default();
-    let sampler = tokio::spawn(
+    node_tasks.0.push(tokio::spawn(
         stats::Sampler::new(Arc::clone(&runtime), &config.node_name, usage.clone())
             .run(config.stats_every),
-    );
+    ));
     let service = server::AgentService {
         pods: informer.store.clone(),
         runtime: Arc::clone(&runtime),
@@ -347,6 +357,9 @@ pub async fn run(
                 skiff_pki::tls::HandshakeLimits::default(),
             )),
     );
+    node_tasks.0.push(tokio::spawn(async move {
+        let _ = grpc.await;
+    }));
     tracing::info!(node = %config.node_name, address = %bound, "agent service listening");
 
     let facts = Arc::new(node::NodeFacts {
@@ -359,19 +372,32 @@ pub async fn run(
         max_pods: config.max_pods,
         lease_renew: config.lease_renew,
     });
-    let heartbeat = tokio::spawn(node::run(
+    node_tasks.0.push(tokio::spawn(node::run(
         Api::<Node>::new(channel.clone()),
         Api::<Lease>::new(channel.clone()),
         facts,
         config.status_every,
-    ));
+    )));
 
     // Under CNI, pods wait for the node's block: then the bridge, the
     // CNI network, what a crash left half-made undone, and the routes.
+    let mut network_task = None;
     if let (Some(docker), Some((uplink, ip))) = (&cni, &uplink) {
-        service_tasks
-            .0
-            .push(start_pod_network(&config, &channel, docker, uplink, ip.is_some()).await?);
+        let local = network::routes::Local {
+            node: config.node_name.clone(),
+            backend,
+            uplink: uplink.name.clone(),
+            cluster: config.pod_network.cluster_cidr,
+            pod_cidr: config.pod_network.cluster_cidr,
+            ip: ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            vtep_mac,
+        };
+        tokio::select! {
+            started = start_pod_network(&config, &channel, docker, uplink, local) => {
+                network_task = Some(started?);
+            }
+            () = &mut shutdown => return Ok(()),
+        }
     }
     let (dns, cluster_dns) = start_dns(&config, runtime.as_ref(), services.as_ref()).await?;
     service_tasks.0.extend(dns);
@@ -433,13 +459,22 @@ pub async fn run(
         }
     });
 
-    shutdown.await;
+    // Until asked to stop, or the pod network can no longer go on.
+    let failed = match network_task.as_mut() {
+        Some(task) => tokio::select! {
+            () = &mut shutdown => None,
+            ended = task => Some(ended.unwrap_or_else(|e| e.to_string())),
+        },
+        None => {
+            (&mut shutdown).await;
+            None
+        }
+    };
     tracing::info!(node = %config.node_name, "agent stopping; pods keep running");
-    for task in [feed, relist, sampler, local_volumes] {
+    for task in [feed, relist, local_volumes] {
         task.abort();
     }
-    heartbeat.abort();
-    grpc.abort();
+    drop(node_tasks);
     drop(rotation);
     // The proxy's rules stay: connections through Services outlive the
     // agent, and the next agent takes the rules over.
@@ -448,7 +483,10 @@ pub async fn run(
     drop(manager);
     system.stop();
     drop(informer);
-    Ok(())
+    match failed {
+        Some(why) => Err(Error::Network(why)),
+        None => Ok(()),
+    }
 }
 
 /// Tasks aborted when dropped.
@@ -586,51 +624,65 @@ async fn pod_uplink(
 }
 
 /// Waits for the node's podCIDR, prepares the node for CNI pods on it and
-/// starts keeping the routes to other nodes (`routable`: the node has an
-/// address they can reach) and the masquerade rules.
+/// starts keeping the routes to other nodes and the masquerade rules (and
+/// freeing the addresses of sandboxes gone behind its back). The task
+/// ends, saying why, when the node's block is no longer its pods'.
 async fn start_pod_network(
     config: &Config,
     channel: &tonic::transport::Channel,
     docker: &Arc<DockerRuntime>,
     uplink: &network::Uplink,
-    routable: bool,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+    mut local: network::routes::Local,
+) -> Result<tokio::task::JoinHandle<String>, Error> {
     let Some(cni) = docker.cni() else {
         return Err(Error::Network("the runtime has no CNI network".into()));
     };
     let nodes = Api::<Node>::new(channel.clone());
     let pod_cidr = network::wait_for_pod_cidr(&nodes, &config.node_name).await;
-    let prepared = network::prepare(&config.pod_network, cni, pod_cidr, uplink, &config.data_dir)
-        .await
-        .map_err(Error::Network)?;
-    let (freed, removed) = docker.reconcile_network().await?;
+    local.pod_cidr = pod_cidr;
+    let prepared = network::prepare(
+        &config.pod_network,
+        local.backend,
+        cni,
+        pod_cidr,
+        uplink,
+        &config.data_dir,
+    )
+    .await
+    .map_err(Error::Network)?;
+    let freed = docker.reconcile_network().await?;
     tracing::info!(
         %pod_cidr,
         bridge = %prepared.bridge,
         mtu = prepared.mtu,
-        backend = ?config.pod_network.backend,
+        backend = ?local.backend,
         freed,
-        removed,
         "pod network ready (CNI)"
     );
     let informer = Informer::start(nodes, Params::default());
     let changes = informer.subscribe();
-    let local = network::routes::Local {
-        node: config.node_name.clone(),
-        backend: if routable {
-            config.pod_network.backend
-        } else {
-            network::Backend::None
-        },
-        uplink: uplink.name.clone(),
-        cluster: config.pod_network.cluster_cidr,
-        pod_cidr,
-    };
+    let reconciler = Arc::clone(docker);
     Ok(tokio::spawn(async move {
+        let sweep = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match reconciler.reconcile_network().await {
+                    Ok(0) => {}
+                    Ok(freed) => tracing::info!(freed, "freed the addresses of sandboxes gone"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping pod addresses"),
+                }
+            }
+        };
         // The informer lives as long as the task.
         let store = informer.store.clone();
-        network::routes::run(local, store, changes).await;
+        let why = tokio::select! {
+            why = network::routes::run(local, store, changes) => why,
+            () = sweep => String::new(),
+        };
         drop(informer);
+        why
     }))
 }
 
@@ -661,6 +713,12 @@ async fn open_runtime(
             &ip,
         )?))
     };
+    if config.pod_network.mode == network::Mode::Cni && config.runtime == RuntimeKind::Process {
+        return Err(Error::Network(
+            "--pod-network cni needs the Docker runtime (host processes share the host's network)"
+                .into(),
+        ));
+    }
     let pod_network = || -> Result<PodNetwork, Error> {
         Ok(match config.pod_network.mode {
             network::Mode::Docker => PodNetwork::Docker(config.network.clone()),
@@ -686,6 +744,11 @@ async fn open_runtime(
                 Ok(runtime) => {
                     tracing::info!(network = %config.network, "runtime: Docker");
                     docker(runtime)
+                }
+                Err(e) if config.pod_network.mode == network::Mode::Cni => {
+                    return Err(Error::Network(format!(
+                        "--pod-network cni needs the Docker runtime, which does not answer: {e}"
+                    )));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "no Docker engine answers: pods run as host processes (no isolation, no images)");

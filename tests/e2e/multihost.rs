@@ -84,8 +84,7 @@ async fn cluster(
     skiff_testkit::test_image()
         .await
         .expect("building the test image");
-    let prefix = format!("{prefix}{}", std::process::id());
-    let mut hosts = Hosts::build(&prefix, link, agents).expect("making the hosts");
+    let mut hosts = Hosts::build(prefix, link, agents).expect("making the hosts");
     hosts.start_control_plane(&[]).expect("the control plane");
     for i in 1..=agents {
         hosts.start_agent(i, backend).expect("an agent");
@@ -182,17 +181,20 @@ fn from_pod(hosts: &Hosts, pod: &str, url: &str) -> String {
     panic!("{url} from pod {pod}: {last}\nroutes: {routes:#?}")
 }
 
-/// What `url` answers from host `i` itself (busybox's wget, run there).
+/// What `url` answers from host `i` itself (busybox's wget, run there),
+/// with a few tries as [`from_pod`] (a proxy may not have the endpoints
+/// of pods that just became ready yet).
 fn from_host(hosts: &Hosts, i: usize, url: &str) -> String {
-    hosts
-        .run(
-            i,
-            "busybox",
-            &["timeout", "5", "busybox", "wget", "-qO-", url],
-        )
-        .unwrap_or_else(|e| panic!("{url} from host {i}: {e}"))
-        .trim()
-        .to_string()
+    let mut last = String::new();
+    for _ in 0..10 {
+        let args = ["timeout", "3", "busybox", "wget", "-qO-", url];
+        match hosts.run(i, "busybox", &args) {
+            Ok(out) => return out.trim().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{url} from host {i}: {last}")
 }
 
 /// The names a Service's address answers with from host `i`, over up to
@@ -359,7 +361,7 @@ async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vxlan_carries_pod_traffic_between_hosts_on_different_subnets() {
-    let (hosts, _blocks) = cluster("skv", Link::Routed, "vxlan", 3).await;
+    let (mut hosts, _blocks) = cluster("skv", Link::Routed, "vxlan", 3).await;
     let image = skiff_testkit::TEST_IMAGE;
     let mut yaml = String::new();
     for i in 1..=3 {
@@ -399,6 +401,33 @@ async fn vxlan_carries_pod_traffic_between_hosts_on_different_subnets() {
         assert_eq!(
             seen, all,
             "the ClusterIP from host {i} reaches the pods of all three hosts"
+        );
+    }
+    // A restarted agent keeps its tunnel device (and so the MAC the other
+    // nodes send to): traffic keeps flowing both ways.
+    let mac = |hosts: &Hosts| {
+        let shown = hosts
+            .run(2, "ip", &["-o", "link", "show", "skiff.1"])
+            .unwrap();
+        let after = shown.split("link/ether ").nth(1).unwrap_or_default();
+        after.split(' ').next().unwrap_or_default().to_string()
+    };
+    let before = mac(&hosts);
+    assert!(!before.is_empty());
+    hosts.kill(2, "agent");
+    hosts.start_agent(2, "vxlan").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mac(&hosts),
+        before,
+        "the VXLAN device survives an agent restart"
+    );
+    for (from, to) in [("web-1", "web-2"), ("web-2", "web-3")] {
+        let url = format!("http://{}:8080/", pods[to].0);
+        assert_eq!(
+            from_pod(&hosts, from, &url),
+            to,
+            "{from} → {to} after a restart"
         );
     }
 }

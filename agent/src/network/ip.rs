@@ -113,7 +113,7 @@ pub async fn ensure_vxlan(
         data.get("id").and_then(Value::as_u64) == Some(u64::from(vni))
             && text(data, "local") == local.to_string()
             && data.get("port").and_then(Value::as_u64) == Some(u64::from(port))
-            && text(l, "link") == uplink
+            && text(data, "link") == uplink
     });
     if existing.is_some() && !fits {
         run(&["link", "del", name]).await?;

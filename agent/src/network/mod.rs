@@ -168,13 +168,15 @@ pub fn pod_mtu(uplink: &Uplink, backend: Backend) -> u32 {
 
 /// Makes the node ready for CNI pods on `pod_cidr`: forwarding on, the
 /// bridge with the gateway address (the cluster DNS listens there), the
-/// CNI network configured, the VXLAN device's address. Returns the
-/// network configured.
+/// CNI network configured, the VXLAN device's address (`backend`: the
+/// one in effect, none on a node with only a loopback address). Returns
+/// the network configured.
 ///
 /// # Errors
 /// A command the node refused.
 pub async fn prepare(
     options: &Options,
+    backend: Backend,
     cni: &skiff_runtime::cni::Cni,
     pod_cidr: Ipv4Cidr,
     uplink: &Uplink,
@@ -186,12 +188,12 @@ pub async fn prepare(
         name: "skiff".into(),
         bridge: options.bridge.clone(),
         pod_cidr,
-        mtu: pod_mtu(uplink, options.backend),
+        mtu: pod_mtu(uplink, backend),
         ipam_dir: data_dir.join("cni").join("ipam"),
     };
     let gateway = format!("{}/{}", network.gateway(), pod_cidr.bits());
     ip::ensure_bridge(&options.bridge, &gateway, network.mtu).await?;
-    if options.backend == Backend::Vxlan {
+    if backend == Backend::Vxlan {
         ip::run(&[
             "addr",
             "replace",

@@ -43,33 +43,97 @@ pub struct Peer {
     pub vtep_mac: Option<String>,
 }
 
-/// The other nodes with an address and a block.
-pub fn peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, me: &str) -> Vec<Peer> {
-    nodes
-        .into_iter()
-        .filter_map(|node| {
-            let meta = node.metadata.as_ref()?;
-            if meta.name == me {
-                return None;
-            }
-            let pod_cidr = node.spec.as_ref()?.pod_cidr.parse().ok()?;
-            let ip = node
-                .status
-                .as_ref()?
-                .addresses
-                .iter()
-                .find(|a| a.r#type == "InternalIP")?
-                .address
-                .parse()
-                .ok()?;
-            Some(Peer {
-                name: meta.name.clone(),
-                ip,
-                pod_cidr,
-                vtep_mac: meta.annotations.get(VTEP_MAC_ANNOTATION).cloned(),
-            })
-        })
-        .collect()
+/// Whether `mac` is a unicast Ethernet address written `aa:bb:cc:dd:ee:ff`.
+pub fn is_unicast_mac(mac: &str) -> bool {
+    let octets: Vec<&str> = mac.split(':').collect();
+    octets.len() == 6
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()))
+        && u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0)
+        && mac != "00:00:00:00:00:00"
+}
+
+/// This node, as [`peers`] judges the others against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    /// Its name.
+    pub name: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its block.
+    pub pod_cidr: Ipv4Cidr,
+    /// Its VXLAN device's MAC.
+    pub vtep_mac: Option<String>,
+}
+
+/// The other nodes with an address and a block, oldest Node first.
+///
+/// Each node writes its own address and VXLAN MAC, so a node could claim
+/// another's: a claim that collides with this node's or an older node's
+/// block, address or MAC is left out (the older holder keeps it), and a
+/// MAC that is not a unicast address is ignored. A node can only ever
+/// misroute traffic for its own block, never receive another's.
+pub fn peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, me: &Me) -> Vec<Peer> {
+    let mut nodes: Vec<&Node> = nodes.into_iter().collect();
+    nodes.sort_by_key(|n| {
+        let meta = n.metadata.as_ref();
+        let created = meta
+            .and_then(|m| m.creation_timestamp.as_ref())
+            .map(|t| (t.seconds, t.nanos));
+        (created, meta.map(|m| m.name.clone()))
+    });
+    let mut blocks = vec![me.pod_cidr];
+    let mut addresses = BTreeSet::from([me.ip]);
+    let mut macs: BTreeSet<String> = me.vtep_mac.iter().map(|m| m.to_lowercase()).collect();
+    let mut out = Vec::new();
+    for node in nodes {
+        let Some(meta) = node.metadata.as_ref() else {
+            continue;
+        };
+        if meta.name == me.name {
+            continue;
+        }
+        let Some(pod_cidr) = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.parse::<Ipv4Cidr>().ok())
+        else {
+            continue;
+        };
+        let Some(ip) = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.iter().find(|a| a.r#type == "InternalIP"))
+            .and_then(|a| a.address.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        if blocks.iter().any(|b| b.overlaps(&pod_cidr)) || !addresses.insert(ip) {
+            tracing::warn!(node = %meta.name, %ip, %pod_cidr, "a node claims a block or an address another node holds: not routed to");
+            continue;
+        }
+        blocks.push(pod_cidr);
+        let vtep_mac = meta
+            .annotations
+            .get(VTEP_MAC_ANNOTATION)
+            .map(|m| m.to_lowercase())
+            .filter(|m| is_unicast_mac(m))
+            .filter(|m| {
+                let fresh = macs.insert(m.clone());
+                if !fresh {
+                    tracing::warn!(node = %meta.name, mac = %m, "a node claims a VXLAN MAC another node holds: not tunnelled to");
+                }
+                fresh
+            });
+        out.push(Peer {
+            name: meta.name.clone(),
+            ip,
+            pod_cidr,
+            vtep_mac,
+        });
+    }
+    out
 }
 
 /// What the kernel should hold for `peers`.
@@ -134,13 +198,12 @@ pub fn masquerade_rules(
     let mut out = String::new();
     let post = format!("{prefix}-POSTRTG");
     let fwd = format!("{prefix}-FORWARD");
+    // Appended: the service proxy's rules (which refuse addresses no
+    // Service holds) come first.
     let jump = |out: &mut String, table: &str, builtin: &str, target: &str| {
         let line = crate::proxy::iptables::jump_rule(prefix, builtin, target);
         if !existing.jumps.contains(&format!("{table}:{line}")) {
-            let _ = writeln!(
-                out,
-                "-I {builtin} 1 -m comment --comment \"skiff {prefix}\" -j {target}"
-            );
+            let _ = writeln!(out, "{line}");
         }
     };
     let _ = writeln!(out, "*nat\n:{post} - [0:0]");
@@ -168,20 +231,30 @@ pub fn masquerade_rules(
 
 /// Brings the kernel's entries to `plan`: stale ones removed, missing or
 /// different ones (re)made — neighbours, then forwarding entries, then
-/// routes.
+/// routes. Each entry on its own: one the kernel refuses (a peer's
+/// gateway off the link) does not keep the others from being made.
 ///
 /// # Errors
-/// The first command the kernel refused (the rest are still tried on the
-/// next sync).
+/// Every refusal, one per line (tried again on the next sync).
 pub async fn apply(backend: Backend, plan: &Plan) -> Result<(), String> {
+    let mut errors = Vec::new();
+    let mut note = |r: Result<(), String>| {
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    };
     if backend == Backend::Vxlan {
         let current: BTreeSet<(String, String)> =
             ip::neighbours(VXLAN_DEVICE).await?.into_iter().collect();
         for (addr, _) in current.difference(&plan.neighbours) {
-            ip::run(&["neigh", "del", addr, "dev", VXLAN_DEVICE]).await?;
+            note(
+                ip::run(&["neigh", "del", addr, "dev", VXLAN_DEVICE])
+                    .await
+                    .map(drop),
+            );
         }
         for (addr, mac) in plan.neighbours.difference(&current) {
-            ip::run(&[
+            let args = [
                 "neigh",
                 "replace",
                 addr,
@@ -191,18 +264,20 @@ pub async fn apply(backend: Backend, plan: &Plan) -> Result<(), String> {
                 VXLAN_DEVICE,
                 "nud",
                 "permanent",
-            ])
-            .await?;
+            ];
+            note(ip::run(&args).await.map(drop));
         }
         let current: BTreeSet<(String, String)> =
             ip::fdb(VXLAN_DEVICE).await?.into_iter().collect();
         for (mac, dst) in current.difference(&plan.fdb) {
-            ip::bridge(&["fdb", "del", mac, "dev", VXLAN_DEVICE, "dst", dst, "self"]).await?;
+            let args = ["fdb", "del", mac, "dev", VXLAN_DEVICE, "dst", dst, "self"];
+            note(ip::bridge(&args).await.map(drop));
         }
+        // `replace`: one destination per MAC, never a copy to a second.
         for (mac, dst) in plan.fdb.difference(&current) {
-            ip::bridge(&[
+            let args = [
                 "fdb",
-                "append",
+                "replace",
                 mac,
                 "dev",
                 VXLAN_DEVICE,
@@ -210,21 +285,25 @@ pub async fn apply(backend: Backend, plan: &Plan) -> Result<(), String> {
                 dst,
                 "self",
                 "permanent",
-            ])
-            .await?;
+            ];
+            note(ip::bridge(&args).await.map(drop));
         }
     }
     let current: BTreeSet<Route> = ip::routes().await?.into_iter().collect();
     let wanted: BTreeSet<&str> = plan.routes.iter().map(|r| r.dst.as_str()).collect();
     for route in &current {
         if !wanted.contains(route.dst.as_str()) {
-            ip::delete_route(&route.dst).await?;
+            note(ip::delete_route(&route.dst).await);
         }
     }
     for route in plan.routes.difference(&current) {
-        ip::replace_route(route).await?;
+        note(ip::replace_route(route).await);
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
 }
 
 /// What the route keeper needs to know of this node.
@@ -240,56 +319,88 @@ pub struct Local {
     pub cluster: Ipv4Cidr,
     /// This node's block.
     pub pod_cidr: Ipv4Cidr,
+    /// This node's address.
+    pub ip: Ipv4Addr,
+    /// This node's VXLAN MAC.
+    pub vtep_mac: Option<String>,
 }
 
-/// Keeps routes and rules in step with the Nodes until dropped: on every
-/// change of a Node, and every 10 s (repairing what someone removed).
+/// Keeps routes and rules in step with the Nodes: on a Node change that
+/// changes what is wanted, and every 10 s (repairing what someone
+/// removed). Returns why it stopped: this node's own block is no longer
+/// the one its pods are on (its Node was deleted and registered again
+/// with another), so the agent must start over.
 pub async fn run(
     local: Local,
     nodes: Store<Node>,
     mut changes: tokio::sync::broadcast::Receiver<Change<Node>>,
-) {
+) -> String {
     nodes.wait_synced().await;
     let prefix = chain_prefix(&local.node);
+    let me = Me {
+        name: local.node.clone(),
+        ip: local.ip,
+        pod_cidr: local.pod_cidr,
+        vtep_mac: local.vtep_mac.clone(),
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error = String::new();
+    let mut applied: Option<Plan> = None;
+    let mut forced = true;
     loop {
-        let listed = nodes.list();
-        let peers = peers(listed.iter().map(|n| &**n), &local.node);
-        let plan = plan(local.backend, &local.uplink, &peers);
-        let result = async {
-            apply(local.backend, &plan).await?;
-            let existing = crate::proxy::iptables::parse_existing(
-                &prefix,
-                &crate::proxy::iptables::save().await?,
+        let own = nodes
+            .get("", &local.node)
+            .and_then(|n| n.spec.as_ref().map(|s| s.pod_cidr.clone()))
+            .and_then(|b| b.parse::<Ipv4Cidr>().ok());
+        if let Some(own) = own.filter(|b| *b != local.pod_cidr) {
+            return format!(
+                "this node's podCIDR is now {own}, not the {} its pods are on (its Node was deleted and registered again): restart the agent",
+                local.pod_cidr
             );
-            crate::proxy::iptables::restore(&masquerade_rules(
-                &prefix,
-                local.cluster,
-                local.pod_cidr,
-                &existing,
-            ))
-            .await
         }
-        .await;
-        match result {
-            Ok(()) if !last_error.is_empty() => {
-                tracing::info!("pod routes in step again");
-                last_error.clear();
+        let listed = nodes.list();
+        let peers = peers(listed.iter().map(|n| &**n), &me);
+        let plan = plan(local.backend, &local.uplink, &peers);
+        if forced || applied.as_ref() != Some(&plan) {
+            let result = async {
+                apply(local.backend, &plan).await?;
+                let existing = crate::proxy::iptables::parse_existing(
+                    &prefix,
+                    &crate::proxy::iptables::save().await?,
+                );
+                crate::proxy::iptables::restore(&masquerade_rules(
+                    &prefix,
+                    local.cluster,
+                    local.pod_cidr,
+                    &existing,
+                ))
+                .await
             }
-            Ok(()) => {}
-            Err(e) if e != last_error => {
-                tracing::warn!(error = %e, "programming the routes to other nodes' pods");
-                last_error = e;
+            .await;
+            match result {
+                Ok(()) => {
+                    if !last_error.is_empty() {
+                        tracing::info!("pod routes in step again");
+                        last_error.clear();
+                    }
+                    applied = Some(plan);
+                }
+                Err(e) => {
+                    if e != last_error {
+                        tracing::warn!(error = %e, "programming the routes to other nodes' pods");
+                        last_error = e;
+                    }
+                    applied = None;
+                }
             }
-            Err(_) => {}
         }
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => forced = true,
             changed = changes.recv() => {
+                forced = false;
                 if matches!(changed, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
+                    return "the Node watch ended".into();
                 }
             }
         }
@@ -298,10 +409,21 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use skiff::pb::core::v1::{NodeAddress, NodeSpec, NodeStatus};
     use skiff::pb::meta::v1::ObjectMeta;
 
     use super::*;
+
+    fn me(name: &str) -> Me {
+        Me {
+            name: name.into(),
+            ip: "192.168.250.11".parse().unwrap(),
+            pod_cidr: "10.42.0.0/24".parse().unwrap(),
+            vtep_mac: Some("aa:bb:cc:dd:ee:00".into()),
+        }
+    }
 
     fn node(name: &str, ip: &str, cidr: &str, mac: Option<&str>) -> Node {
         Node {
@@ -340,7 +462,7 @@ mod tests {
             ),
             node("c", "192.168.250.13", "", None),
         ];
-        let peers = peers(&nodes, "a");
+        let peers = peers(&nodes, &me("a"));
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].name, "b");
         assert_eq!(peers[0].vtep_mac.as_deref(), Some("aa:bb:cc:dd:ee:01"));
@@ -352,7 +474,7 @@ mod tests {
             node("b", "192.168.250.12", "10.42.1.0/24", None),
             node("c", "192.168.250.13", "10.42.2.0/24", None),
         ];
-        let plan = plan(Backend::HostGw, "eth0", &peers(&nodes, "a"));
+        let plan = plan(Backend::HostGw, "eth0", &peers(&nodes, &me("a")));
         let routes: Vec<String> = plan
             .routes
             .iter()
@@ -374,7 +496,7 @@ mod tests {
             node("b", "10.99.2.2", "10.42.1.0/24", Some("aa:bb:cc:dd:ee:01")),
             node("c", "10.99.3.2", "10.42.2.0/24", None),
         ];
-        let plan = plan(Backend::Vxlan, "eth0", &peers(&nodes, "a"));
+        let plan = plan(Backend::Vxlan, "eth0", &peers(&nodes, &me("a")));
         assert_eq!(plan.routes.len(), 1, "c has no MAC yet");
         let route = plan.routes.first().unwrap();
         assert_eq!(
@@ -395,7 +517,7 @@ mod tests {
                 .contains(&("aa:bb:cc:dd:ee:01".into(), "10.99.2.2".into()))
         );
         assert_eq!(
-            super::plan(Backend::None, "eth0", &peers(&nodes, "a")),
+            super::plan(Backend::None, "eth0", &peers(&nodes, &me("a"))),
             Plan::default()
         );
     }
@@ -419,7 +541,7 @@ mod tests {
         assert!(post[1].contains("! -d 224.0.0.0/4") && post[1].contains("MASQUERADE"));
         assert!(post[2].contains("! -s 10.42.0.0/16 -d 10.42.1.0/24"));
         assert!(rules.contains(&format!(
-            "-I POSTROUTING 1 -m comment --comment \"skiff {prefix}\" -j {prefix}-POSTRTG"
+            "-A POSTROUTING -m comment --comment \"skiff {prefix}\" -j {prefix}-POSTRTG"
         )));
         assert!(rules.contains(&format!("-A {prefix}-FORWARD -d 10.42.0.0/16 -j ACCEPT")));
         // Jumps already there are not added again.
@@ -441,7 +563,92 @@ mod tests {
             "10.42.1.0/24".parse().unwrap(),
             &existing,
         );
-        assert!(!again.contains("-I POSTROUTING"), "{again}");
-        assert!(!again.contains("-I FORWARD"), "{again}");
+        assert!(!again.contains("-A POSTROUTING"), "{again}");
+        assert!(!again.contains("-A FORWARD"), "{again}");
+    }
+
+    fn created(mut node: Node, seconds: i64) -> Node {
+        node.metadata
+            .get_or_insert_with(Default::default)
+            .creation_timestamp = Some(skiff::wkt::Timestamp { seconds, nanos: 0 });
+        node
+    }
+
+    /// A node holding its own certificate writes its own annotations and
+    /// addresses: claiming another node's VXLAN MAC would have every node
+    /// send it a copy of that node's pods' traffic, and claiming its
+    /// address or block would pull that traffic its way.
+    #[test]
+    fn attack_a_node_claims_another_nodes_vtep_mac_address_or_block() {
+        let nodes = [
+            created(
+                node("b", "10.99.2.2", "10.42.1.0/24", Some("AA:BB:CC:DD:EE:01")),
+                1,
+            ),
+            // Later, claiming b's MAC: tunnelled to with no MAC at all.
+            created(
+                node(
+                    "evil",
+                    "10.99.9.2",
+                    "10.42.9.0/24",
+                    Some("aa:bb:cc:dd:ee:01"),
+                ),
+                5,
+            ),
+            // Claiming this node's own MAC, or a multicast one.
+            created(
+                node(
+                    "evil2",
+                    "10.99.8.2",
+                    "10.42.8.0/24",
+                    Some("aa:bb:cc:dd:ee:00"),
+                ),
+                6,
+            ),
+            created(
+                node(
+                    "evil3",
+                    "10.99.7.2",
+                    "10.42.7.0/24",
+                    Some("01:00:5e:00:00:01"),
+                ),
+                7,
+            ),
+            // Claiming b's address, or this node's block.
+            created(
+                node(
+                    "evil4",
+                    "10.99.2.2",
+                    "10.42.6.0/24",
+                    Some("aa:bb:cc:dd:ee:06"),
+                ),
+                8,
+            ),
+            created(
+                node(
+                    "evil5",
+                    "10.99.5.2",
+                    "10.42.0.0/24",
+                    Some("aa:bb:cc:dd:ee:05"),
+                ),
+                9,
+            ),
+        ];
+        let peers = peers(&nodes, &me("a"));
+        let by_name: BTreeMap<&str, &Peer> = peers.iter().map(|p| (p.name.as_str(), p)).collect();
+        assert_eq!(by_name["b"].vtep_mac.as_deref(), Some("aa:bb:cc:dd:ee:01"));
+        for name in ["evil", "evil2", "evil3"] {
+            assert_eq!(by_name[name].vtep_mac, None, "{name}");
+        }
+        assert!(!by_name.contains_key("evil4") && !by_name.contains_key("evil5"));
+        let plan = plan(Backend::Vxlan, "eth0", &peers);
+        let macs: Vec<&String> = plan.fdb.iter().map(|(mac, _)| mac).collect();
+        assert_eq!(
+            macs,
+            [&"aa:bb:cc:dd:ee:01".to_string()],
+            "one destination per MAC"
+        );
+        assert!(is_unicast_mac("02:42:ac:11:00:02"));
+        assert!(!is_unicast_mac("02:42:ac:11:00") && !is_unicast_mac("zz:42:ac:11:00:02"));
     }
 }

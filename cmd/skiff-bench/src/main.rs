@@ -950,7 +950,9 @@ async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
-    let controllers = skiff_testkit::controller_manager(&url, &[])?;
+    // Hollow nodes run no pod network: no blocks to give them.
+    let controllers =
+        skiff_testkit::controller_manager_with(&url, &[], &["--allocate-node-cidrs=false"])?;
     let labels: std::collections::BTreeMap<String, String> =
         [("app".to_string(), "scale".to_string())]
             .into_iter()

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -163,6 +163,9 @@ pub struct Cni {
     network: RwLock<Option<BridgeNetwork>>,
     /// The attachments, as on disk.
     attachments: Mutex<BTreeMap<String, Attachment>>,
+    /// One operation at a time per sandbox (the spec's rule): a pod
+    /// worker's, or the reconciler's, which skips a busy one.
+    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Cni {
@@ -212,6 +215,7 @@ impl Cni {
             state: dir,
             network: RwLock::new(None),
             attachments: Mutex::new(attachments),
+            locks: Mutex::default(),
         })
     }
 
@@ -266,7 +270,17 @@ impl Cni {
         Ok(())
     }
 
+    fn lock_of(&self, container_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .map(|mut l| Arc::clone(l.entry(container_id.to_string()).or_default()))
+            .unwrap_or_default()
+    }
+
     fn forget(&self, container_id: &str) {
+        if let Ok(mut l) = self.locks.lock() {
+            l.remove(container_id);
+        }
         let _ = std::fs::remove_file(self.state.join(format!("{container_id}.json")));
         if let Ok(mut a) = self.attachments.lock() {
             a.remove(container_id);
@@ -289,6 +303,8 @@ impl Cni {
         let network = self.network().ok_or_else(|| {
             Error::Network("the node has no pod network yet (waiting for its podCIDR)".into())
         })?;
+        let lock = self.lock_of(container_id);
+        let _busy = lock.lock().await;
         let mut attachment = Attachment {
             container_id: container_id.to_string(),
             netns: netns.to_string(),
@@ -324,13 +340,13 @@ impl Cni {
             Ok((result, ip)) => {
                 attachment.result = Some(result);
                 if let Err(e) = self.record(&attachment) {
-                    let _ = self.del(container_id, Some(netns)).await;
+                    let _ = self.del_locked(container_id, Some(netns)).await;
                     return Err(e);
                 }
                 Ok(ip)
             }
             Err(e) => {
-                if let Err(del) = self.del(container_id, Some(netns)).await {
+                if let Err(del) = self.del_locked(container_id, Some(netns)).await {
                     tracing::warn!(container = container_id, error = %del, "deleting a failed CNI ADD");
                 }
                 Err(e)
@@ -346,6 +362,25 @@ impl Cni {
     /// # Errors
     /// A plugin failed; the record stays, so the DEL is tried again.
     pub async fn del(&self, container_id: &str, netns: Option<&str>) -> Result<()> {
+        let lock = self.lock_of(container_id);
+        let _busy = lock.lock().await;
+        self.del_locked(container_id, netns).await
+    }
+
+    /// As [`Cni::del`], unless another operation on the sandbox is under
+    /// way: then nothing, and false.
+    ///
+    /// # Errors
+    /// As [`Cni::del`].
+    pub async fn del_if_idle(&self, container_id: &str, netns: Option<&str>) -> Result<bool> {
+        let lock = self.lock_of(container_id);
+        let Ok(_busy) = lock.try_lock() else {
+            return Ok(false);
+        };
+        self.del_locked(container_id, netns).await.map(|()| true)
+    }
+
+    async fn del_locked(&self, container_id: &str, netns: Option<&str>) -> Result<()> {
         let Some(mut attachment) = self.attachment(container_id) else {
             return Ok(());
         };

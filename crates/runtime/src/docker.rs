@@ -281,47 +281,72 @@ impl DockerRuntime {
         }
     }
 
-    /// After a restart: what a crash left half-made is undone. Attachments
-    /// of sandboxes no longer running are deleted (their addresses freed),
-    /// and running sandboxes with no complete attachment (the agent died
-    /// between starting one and plumbing it) are removed, so their pods
-    /// get a new sandbox. Returns how many of each.
+    /// Frees the addresses of sandboxes that are not running (gone,
+    /// stopped, or never plumbed: the agent died between starting one
+    /// and recording its address), on start and then now and then:
+    /// nothing a crash or a container removed behind the agent's back
+    /// left holds an address for long. A sandbox some pod worker is
+    /// plumbing or unplumbing right now is left to it. A DEL that fails is
+    /// said in the log and tried again next time. Returns how many were
+    /// freed.
     ///
     /// # Errors
-    /// The engine or a plugin failed.
-    pub async fn reconcile_network(&self) -> Result<(usize, usize)> {
+    /// The engine did not answer.
+    pub async fn reconcile_network(&self) -> Result<usize> {
         let Some(cni) = self.cni() else {
-            return Ok((0, 0));
+            return Ok(0);
         };
-        let sandboxes: HashMap<String, bool> = self
+        let running: std::collections::HashSet<String> = self
             .list(None)
             .await?
             .into_iter()
-            .filter(|c| {
-                c.labels.get(labels::CONTAINER_NAME).map(String::as_str) == Some(labels::SANDBOX)
-            })
-            .map(|c| (c.id.clone(), matches!(c.state, State::Running { .. })))
+            .filter(|c| matches!(c.state, State::Running { .. }))
+            .map(|c| c.id)
             .collect();
         let mut freed = 0;
         for attachment in cni.attachments() {
-            let running = sandboxes
-                .get(&attachment.container_id)
-                .copied()
-                .unwrap_or(false);
-            if !running || attachment.result.is_none() {
-                self.detach(&attachment.container_id).await?;
-                freed += 1;
+            let id = &attachment.container_id;
+            if running.contains(id) {
+                continue;
+            }
+            let netns = self.netns_of(id).await.ok().flatten();
+            let result = match cni.del_if_idle(id, netns.as_deref()).await {
+                Err(e) if netns.is_some() => {
+                    tracing::warn!(sandbox = %id, error = %e, "CNI DEL inside the sandbox failed; deleting its host side only");
+                    cni.del_if_idle(id, None).await
+                }
+                other => other,
+            };
+            match result {
+                Ok(true) => freed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "freeing a pod address; tried again later")
+                }
             }
         }
-        let mut removed = 0;
-        for (id, running) in &sandboxes {
-            if *running && cni.attachment(id).is_none() {
-                tracing::warn!(sandbox = %id, "a sandbox with no pod network (the agent stopped while making it): removed");
-                self.remove(id).await?;
-                removed += 1;
-            }
+        Ok(freed)
+    }
+
+    /// Under CNI, a running sandbox whose address is not recorded (its
+    /// plumbing failed, or the agent died in the middle) has no network:
+    /// it is shown as not running, so its pod gets a new one.
+    fn without_network_is_dead(&self, mut container: Container) -> Container {
+        let Some(cni) = self.cni() else {
+            return container;
+        };
+        let sandbox = container
+            .labels
+            .get(labels::CONTAINER_NAME)
+            .map(String::as_str)
+            == Some(labels::SANDBOX);
+        let plumbed = cni
+            .attachment(&container.id)
+            .is_some_and(|a| a.result.is_some());
+        if sandbox && !plumbed && matches!(container.state, State::Running { .. }) {
+            container.state = State::Unknown("running without a pod network".into());
         }
-        Ok((freed, removed))
+        container
     }
 
     async fn ensure_network(&self) -> Result<()> {
@@ -631,8 +656,11 @@ impl Runtime for DockerRuntime {
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         // A stopped sandbox gives its address back (as the kubelet's
-        // StopPodSandbox tears down its network).
-        self.detach(id).await?;
+        // StopPodSandbox tears down its network); a DEL that fails is
+        // retried by `reconcile_network`, and the sandbox stops anyway.
+        if let Err(e) = self.detach(id).await {
+            tracing::warn!(sandbox = %id, error = %e, "freeing a pod address; tried again later");
+        }
         let options = StopContainerOptionsBuilder::default()
             .t(grace.as_secs().min(i32::MAX as u64) as i32)
             .build();
@@ -651,7 +679,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
-        self.detach(id).await?;
+        if let Err(e) = self.detach(id).await {
+            tracing::warn!(sandbox = %id, error = %e, "freeing a pod address; tried again later");
+        }
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -725,7 +755,7 @@ impl Runtime for DockerRuntime {
                 },
             };
             seen.insert(id, (state, container.clone()));
-            out.push(container);
+            out.push(self.without_network_is_dead(container));
         }
         if let Ok(mut cache) = self.inspected.lock() {
             if pod_uid.is_none() {

@@ -73,11 +73,16 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 impl Hosts {
-    /// Makes `agents` + 1 hosts named `PREFIX-hN` linked by `link`.
+    /// Makes `agents` + 1 hosts named `BASE<pid>-hN` linked by `link`,
+    /// after removing what an earlier run of `BASE` killed before it could
+    /// clean up left (namespaces and containers of a process that no
+    /// longer exists).
     ///
     /// # Errors
     /// `ip` refused (not root, no iproute2).
-    pub fn build(prefix: &str, link: Link, agents: usize) -> anyhow::Result<Self> {
+    pub fn build(base: &str, link: Link, agents: usize) -> anyhow::Result<Self> {
+        sweep(base);
+        let prefix = &format!("{base}{}", std::process::id());
         let dir = tempfile::tempdir()?;
         let mut me = Self {
             hosts: Vec::new(),
@@ -350,6 +355,58 @@ impl Hosts {
     }
 }
 
+/// Removes the namespaces and containers of runs of `base` whose process
+/// is gone.
+fn sweep(base: &str) {
+    let listed = Command::new("ip").args(["netns", "list"]).output();
+    let names: Vec<String> = listed
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    for name in names {
+        let Some((run, _)) = name.split_once('-') else {
+            continue;
+        };
+        let Some(pid) = run.strip_prefix(base).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        remove_containers(&name);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Removes the containers of node `node` (by its label).
+fn remove_containers(node: &str) {
+    let listed = Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=io.skiff.node={node}"))
+        .output();
+    let ids: Vec<String> = listed
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for Hosts {
     fn drop(&mut self) {
         // Agents first (they would recreate what is removed), then the
@@ -360,26 +417,7 @@ impl Drop for Hosts {
             child.kill9();
         }
         for host in &self.hosts {
-            let listed = Command::new("docker")
-                .args(["ps", "-aq", "--filter"])
-                .arg(format!("label=io.skiff.node={}", host.node))
-                .output();
-            let ids: Vec<String> = listed
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .lines()
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            remove_containers(&host.node);
         }
         for netns in self.namespaces.iter().rev() {
             let _ = Command::new("ip")

@@ -91,9 +91,19 @@ pub struct NodeIpamController {
     node_store: Store<Node>,
     recorder: Arc<Recorder>,
     ranges: Ranges,
-    /// Blocks given out, by node, until the cache shows them: also the
-    /// lock that serialises allocation.
-    given: tokio::sync::Mutex<BTreeMap<String, Ipv4Cidr>>,
+    /// Blocks given out (or being given), by node, until the cache shows
+    /// them; and the nodes told there is none left. Also the lock that
+    /// serialises allocation.
+    given: tokio::sync::Mutex<Given>,
+}
+
+/// See [`NodeIpamController::given`].
+#[derive(Debug, Default)]
+struct Given {
+    blocks: BTreeMap<String, Ipv4Cidr>,
+    /// Nodes that got a `CIDRNotAvailable` event (once each, until a
+    /// node goes and blocks may be free).
+    told: std::collections::BTreeSet<String>,
 }
 
 impl NodeIpamController {
@@ -108,14 +118,16 @@ impl NodeIpamController {
             node_store,
             recorder,
             ranges,
-            given: tokio::sync::Mutex::default(),
+            given: tokio::sync::Mutex::new(Given::default()),
         }
     }
 
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let mut given = self.given.lock().await;
         let Some(node) = self.node_store.get("", &key.name) else {
-            given.remove(&key.name);
+            given.blocks.remove(&key.name);
+            // Its block (if any) is free: everyone may be told again.
+            given.told.clear();
             return Ok(Action::AwaitChange);
         };
         let has_block = node
@@ -123,7 +135,8 @@ impl NodeIpamController {
             .as_ref()
             .is_some_and(|s| !s.pod_cidr.is_empty() || !s.pod_cidrs.is_empty());
         if has_block {
-            given.remove(&key.name);
+            given.blocks.remove(&key.name);
+            given.told.remove(&key.name);
             return Ok(Action::AwaitChange);
         }
         if node
@@ -133,12 +146,12 @@ impl NodeIpamController {
             return Ok(Action::AwaitChange);
         }
         // Forget blocks of nodes the cache shows gone or with their block.
-        given.retain(|name, _| {
+        given.blocks.retain(|name, _| {
             self.node_store
                 .get("", name)
                 .is_some_and(|n| pod_cidr(&n).is_none())
         });
-        let block = match given.get(&key.name) {
+        let block = match given.blocks.get(&key.name) {
             Some(block) => *block,
             None => {
                 let used = self
@@ -146,9 +159,12 @@ impl NodeIpamController {
                     .list()
                     .iter()
                     .filter_map(|n| pod_cidr(n))
-                    .chain(given.values().copied())
+                    .chain(given.blocks.values().copied())
                     .collect();
                 let Some(block) = self.ranges.first_free(&used) else {
+                    if !given.told.insert(key.name.clone()) {
+                        return Ok(Action::AwaitChange);
+                    }
                     let message = format!(
                         "Node {} status is now: CIDRNotAvailable (no block of /{} left in {})",
                         key.name, self.ranges.node_mask, self.ranges.cluster
@@ -167,16 +183,26 @@ impl NodeIpamController {
         let spec = next.spec.get_or_insert_with(Default::default);
         spec.pod_cidr = block.to_string();
         spec.pod_cidrs = vec![block.to_string()];
+        // Held before the write: an update whose answer is lost may still
+        // have committed, and no other node may get the block meanwhile.
+        given.blocks.insert(key.name.clone(), block);
         match self.nodes.update(next).await {
             Ok(_) => {
-                given.insert(key.name.clone(), block);
                 tracing::info!(node = %key.name, pod_cidr = %block, "gave the node its pod CIDR");
                 Ok(Action::AwaitChange)
             }
-            // Stale cache, or the node went: the next change wakes it.
-            Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::NotFound) => {
+            // Surely not written: stale cache, the node went, or refused.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Aborted | tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                given.blocks.remove(&key.name);
                 Ok(Action::AwaitChange)
             }
+            // Perhaps written: the block stays held for this node (and is
+            // offered to it again) until the cache tells.
             Err(s) => Err(s.into()),
         }
     }
