@@ -218,7 +218,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     tokio::pin!(shutdown);
-    let (runtime, cni) = open_runtime(&config).await?;
     let io = |what: &str| {
         let what = what.to_string();
         move |source| Error::Io { what, source }
@@ -241,6 +240,13 @@ pub async fn run(
         tracing::warn!(server = %config.server, "plaintext: the agent neither proves who it is nor checks the server (--insecure cluster)");
         None
     };
+    // Who the cluster is, for the labels of the node's containers: its
+    // CA, or (plaintext) its server.
+    let cluster = match &credentials {
+        Some(c) => skiff_pki::spki_hash(&c.ca_pem).map_err(credentials::Error::from)?,
+        None => format!("plaintext {}", config.server),
+    };
+    let (runtime, cni) = open_runtime(&config, &cluster).await?;
     let client_tls = credentials
         .as_ref()
         .map(credentials::Credentials::client)
@@ -687,9 +693,11 @@ async fn start_pod_network(
 }
 
 /// The runtime the config names (and the Docker runtime again when its
-/// pods are on a CNI network); `Auto` says in the log which it chose.
+/// pods are on a CNI network), for a node of cluster `cluster`; `Auto`
+/// says in the log which it chose.
 async fn open_runtime(
     config: &Config,
+    cluster: &str,
 ) -> Result<(Arc<dyn Runtime>, Option<Arc<DockerRuntime>>), Error> {
     let process = || -> Result<Arc<dyn Runtime>, Error> {
         let shim = config.shim.clone().ok_or_else(|| {
@@ -735,14 +743,17 @@ async fn open_runtime(
     };
     Ok(match config.runtime {
         RuntimeKind::Docker => {
-            docker(DockerRuntime::connect(&config.node_name, pod_network()?).await?)
+            let mut runtime = DockerRuntime::connect(&config.node_name, pod_network()?).await?;
+            runtime.join_cluster(cluster).await?;
+            docker(runtime)
         }
         RuntimeKind::Fake => (Arc::new(FakeRuntime::default()), None),
         RuntimeKind::Process => (process()?, None),
         RuntimeKind::Auto => {
             match DockerRuntime::connect(&config.node_name, pod_network()?).await {
-                Ok(runtime) => {
+                Ok(mut runtime) => {
                     tracing::info!(network = %config.network, "runtime: Docker");
+                    runtime.join_cluster(cluster).await?;
                     docker(runtime)
                 }
                 Err(e) if config.pod_network.mode == network::Mode::Cni => {

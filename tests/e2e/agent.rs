@@ -1070,3 +1070,56 @@ async fn pods_see_the_services_that_exist_when_they_start() {
     }
     assert_eq!(log.trim(), want);
 }
+
+/// Two clusters on one machine (two `skiff up`s, say) whose agents take
+/// the same node name share one Docker engine: the second agent refuses
+/// to start, saying why, instead of removing the first one's pods as
+/// belonging to pods its own cluster does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_name_taken_by_another_clusters_agent_on_this_engine_is_refused() {
+    let env = env("twin").await;
+    env.create(json!({
+        "metadata": {"name": "first"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": env.image, "command": ["sleep", "3600"]}]}
+    }))
+    .await;
+    let pod = env
+        .wait_for("first", "running", Duration::from_secs(60), |p| {
+            running(p, "main")
+        })
+        .await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other =
+        skiff_testkit::api_server(StoreConfig::Embedded(other_dir.path().join("state.redb")))
+            .await
+            .unwrap();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(skiff_testkit::skiff_binary().unwrap())
+        .args(["agent", "--server", &format!("http://{}", other.addr)])
+        .args([
+            "--node-name",
+            &env.node.name,
+            "--network",
+            &env.node.network,
+        ])
+        .arg("--data-dir")
+        .arg(agent_dir.path())
+        .args(["--listen", "127.0.0.1:0", "--proxy-mode", "none"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for part in [
+        "another cluster",
+        &format!("plaintext http://{}", env.server.addr),
+        "--node-name",
+    ] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+    // The first cluster's pod was left alone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = env.get("first").await;
+    assert_eq!(docker_id(&again, "main"), docker_id(&pod, "main"));
+    assert!(running(&again, "main"));
+}

@@ -10,6 +10,7 @@ mod cli;
 mod controllers;
 mod crash;
 mod grpcurl;
+mod ha;
 mod kubectl;
 mod metrics;
 mod multihost;

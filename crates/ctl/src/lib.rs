@@ -246,6 +246,12 @@ impl Ctl {
                     config::path().display()
                 ));
             }
+            // The server answered: its store is what it could not reach.
+            Code::Unavailable | Code::DeadlineExceeded
+                if status.message().contains("could not reach its store") =>
+            {
+                "ServiceUnavailable"
+            }
             Code::Unavailable
                 if status.message().contains("API server unavailable")
                     || status.message().contains("connect") =>
@@ -258,6 +264,7 @@ impl Ctl {
                 ));
             }
             Code::Unavailable => "ServiceUnavailable",
+            Code::DeadlineExceeded => "Timeout",
             Code::AlreadyExists => "AlreadyExists",
             Code::InvalidArgument => "Invalid",
             Code::Aborted => "Conflict",

@@ -58,6 +58,8 @@ pub struct DockerRuntime {
     docker: Docker,
     /// The node whose containers these are ([`labels::NODE`]).
     node: String,
+    /// Its cluster ([`labels::CLUSTER`]; empty: not said).
+    cluster: String,
     /// The network sandboxes are on.
     network: PodNetwork,
     /// The sandbox image's tag (content-addressed: one per pause build).
@@ -206,6 +208,7 @@ impl DockerRuntime {
         let runtime = Self {
             docker,
             node: node.to_string(),
+            cluster: String::new(),
             network,
             pause_image: pause_image(),
             inspected: Mutex::default(),
@@ -219,6 +222,51 @@ impl DockerRuntime {
             build_image(&runtime.docker, &pause, &files).await?;
         }
         Ok(runtime)
+    }
+
+    /// Makes this the runtime of node `node` of cluster `cluster`: its
+    /// containers are labelled with it, and containers of another cluster's
+    /// node of the same name (another agent on this engine) are never
+    /// taken for its own. Containers with no cluster label (made before
+    /// it was recorded) are adopted.
+    ///
+    /// # Errors
+    /// Another cluster's node of this name has containers on this engine:
+    /// two agents would each remove the other's pods.
+    pub async fn join_cluster(&mut self, cluster: &str) -> Result<()> {
+        self.cluster = cluster.to_string();
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", labels::MANAGED),
+                format!("{}={}", labels::NODE, self.node),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error)?;
+        let other = summaries.iter().find_map(|c| {
+            c.labels
+                .as_ref()?
+                .get(labels::CLUSTER)
+                .filter(|other| !other.is_empty() && *other != cluster)
+                .cloned()
+        });
+        match other {
+            Some(other) => Err(Error::Runtime(format!(
+                "this Docker engine runs containers of a node named {:?} of another cluster ({other}): two agents of one node name would remove each other's pods. Give this node another name (--node-name), or stop that cluster's agent and remove its containers (docker rm -f $(docker ps -aq --filter label={}={}))",
+                self.node,
+                labels::NODE,
+                self.node
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The engine's client, for what the trait does not cover.
@@ -425,6 +473,9 @@ impl DockerRuntime {
     fn node_labels(&self, mut labels: BTreeMap<String, String>) -> HashMap<String, String> {
         labels.insert(labels::MANAGED.into(), "true".into());
         labels.insert(labels::NODE.into(), self.node.clone());
+        if !self.cluster.is_empty() {
+            labels.insert(labels::CLUSTER.into(), self.cluster.clone());
+        }
         labels.into_iter().collect()
     }
 
@@ -723,6 +774,14 @@ impl Runtime for DockerRuntime {
             let Some(id) = summary.id.clone() else {
                 continue;
             };
+            let theirs = summary
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::CLUSTER))
+                .is_some_and(|c| !c.is_empty() && !self.cluster.is_empty() && *c != self.cluster);
+            if theirs {
+                continue;
+            }
             let state = summary
                 .state
                 .unwrap_or(ContainerSummaryStateEnum::EMPTY)

@@ -7,6 +7,10 @@
 pub const MANAGED: &str = "io.skiff.managed";
 /// The node whose agent created it (several agents may share one engine).
 pub const NODE: &str = "io.skiff.node";
+/// The cluster of that node (its CA's public-key pin, or the server of a
+/// plaintext cluster): two clusters' nodes of one name on one engine never
+/// take each other's containers for their own.
+pub const CLUSTER: &str = "io.skiff.cluster";
 /// The pod's uid.
 pub const POD_UID: &str = "io.skiff.pod.uid";
 /// The pod's namespace.

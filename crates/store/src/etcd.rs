@@ -6,9 +6,11 @@
 //! writers racing on a key have exactly one winner.
 
 use bytes::Bytes;
+use std::time::Duration;
+
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -20,6 +22,29 @@ use crate::{
 
 /// Events buffered per watch stream.
 const WATCH_BUFFER: usize = 1024;
+
+/// How long one etcd call may take (to its answer's headers: a watch's
+/// stream is not cut): a member that hangs (stopped, or its link black-
+/// holed) turns into an error the API server answers with, not a request
+/// that never returns.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 pings on every connection, idle or not, and how long one may go
+/// unanswered: a watch on a hung member is found dead and moved.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(3));
+
+/// The options every client connects with: the timeouts above, and
+/// requests refused at once by a member that has lost its leader (the
+/// client moves on to another member).
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(KEEPALIVE.0, KEEPALIVE.1)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true)
+}
 
 /// Every store's id, to key the per-thread client cache.
 static NEXT_STORE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -62,7 +87,7 @@ impl EtcdStore {
         if let Some(client) = CLIENTS.with(|c| c.borrow().get(&self.id).cloned()) {
             return Ok(client);
         }
-        let client = Client::connect(&*self.endpoints, None)
+        let client = Client::connect(&*self.endpoints, Some(connect_options()))
             .await
             .map_err(Error::Etcd)?;
         CLIENTS.with(|c| c.borrow_mut().insert(self.id, client.clone()));

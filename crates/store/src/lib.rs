@@ -86,6 +86,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether this is an etcd call that ran out of time (the client's
+    /// deadline, or the server's).
+    pub fn is_timeout(&self) -> bool {
+        let Self::Etcd(e) = self else { return false };
+        match e {
+            etcd_client::Error::GRpcStatus(status) => {
+                matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) || status.message().contains("Timeout expired")
+            }
+            other => other.to_string().to_lowercase().contains("timed out"),
+        }
+    }
+}
+
 /// Store results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

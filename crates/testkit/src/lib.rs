@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod etcd;
 pub mod hosts;
 
 /// A free loopback port (bound then released; good enough for tests).

@@ -61,6 +61,10 @@ pub enum ApiError {
     /// UNAVAILABLE.
     #[error("{0}")]
     Unavailable(String),
+    /// The request, or a call it made, ran out of time:
+    /// DEADLINE_EXCEEDED (HTTP 504 Timeout).
+    #[error("{0}")]
+    Timeout(String),
     /// A bug or a corrupt store: INTERNAL.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +85,7 @@ impl From<ApiError> for Status {
             ApiError::Denied(_) => Code::PermissionDenied,
             ApiError::Unsupported(_) => Code::Unimplemented,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Timeout(_) => Code::DeadlineExceeded,
             ApiError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -99,7 +104,15 @@ impl From<skiff_store::Error> for ApiError {
             S::FutureRevision { .. } => {
                 ApiError::Invalid(format!("{e}: resourceVersion is ahead of the server"))
             }
-            S::Closed | S::Etcd(_) => ApiError::Unavailable(format!("store unavailable: {e}")),
+            S::Etcd(_) if e.is_timeout() => ApiError::Timeout(
+                format!(
+                    "the API server could not reach its store in time ({}): {e}",
+                    skiff_store::etcd::REQUEST_TIMEOUT.as_secs()
+                ) + "s; is etcd up and does it have a leader?",
+            ),
+            S::Closed | S::Etcd(_) => {
+                ApiError::Unavailable(format!("the API server could not reach its store: {e}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

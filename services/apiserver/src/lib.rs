@@ -19,6 +19,8 @@
 //! - [`podsecurity`]: Pod Security admission (namespace labels, the
 //!   cluster default, exemptions).
 //! - [`cache`]: the watch cache (one store watch per kind).
+//! - [`deadline`]: every request's deadline (60 s, 30 s for reads; none
+//!   for watches and streams).
 //! - [`auth`]: who is calling and may it (a tower layer), and the
 //!   identity services (join, renew, service-account tokens, who am I).
 //! - [`http`]: the Kubernetes HTTP API (kubectl, helm, client libraries)
@@ -43,6 +45,7 @@ pub mod allocator;
 pub mod apply;
 pub mod auth;
 pub mod cache;
+pub mod deadline;
 pub mod error;
 pub mod http;
 pub mod index;
@@ -440,6 +443,7 @@ impl ApiServer {
                     .layer(skiff_telemetry::GrpcTraceLayer)
                     .layer(grpc_metrics)
                     .layer(auth_layer)
+                    .layer(deadline::DeadlineLayer)
                     .service(routes);
                 serve::connections(incoming, service, stop).await;
                 let _ = ended_tx.send(Ok(()));

@@ -123,6 +123,7 @@ impl Failure {
             }
             ApiError::Unsupported(message) => Self::bad_request(message.clone()),
             ApiError::Unavailable(message) => Self::new(503, "ServiceUnavailable", message.clone()),
+            ApiError::Timeout(message) => Self::new(504, "Timeout", message.clone()),
             ApiError::Internal(_) => Self::new(500, "InternalError", e.to_string()),
         }
     }
