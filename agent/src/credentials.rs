@@ -164,10 +164,28 @@ impl Credentials {
             server: server.to_string(),
             message,
         };
-        let uri: http::Uri = server.parse().map_err(|e| refused(format!("{e}")))?;
-        let host = uri.host().unwrap_or("127.0.0.1").to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let ca_pem = skiff_pki::tls::fetch_pinned_ca(&host, port, &join.ca_hash).await?;
+        // The CA from the first of the servers that proves it holds it.
+        let mut ca_pem = None;
+        let mut failures = Vec::new();
+        for uri in skiff_client::servers(server).map_err(|e| refused(e.to_string()))? {
+            let host = uri.host().unwrap_or("127.0.0.1").to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            match skiff_pki::tls::fetch_pinned_ca(&host, port, &join.ca_hash).await {
+                Ok(pem) => {
+                    ca_pem = Some(pem);
+                    break;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        let ca_pem = match ca_pem {
+            Some(pem) => pem,
+            None => {
+                return Err(failures
+                    .pop()
+                    .map_or_else(|| refused("no server".into()), Error::from));
+            }
+        };
         let (key_pem, csr) = skiff_pki::new_key_and_csr(&user)?;
         let tls = ClientTls::new(&ca_pem, None, ServerCheck::Name)?;
         let channel = skiff_client::connect_lazy_with(server, Some(&tls))

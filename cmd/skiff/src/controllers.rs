@@ -18,6 +18,9 @@ pub(crate) struct ControllerArgs {
     /// Take part in leader election (so several managers can run).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) leader_elect: bool,
+    /// This manager's identity in the election (default: random).
+    #[arg(long)]
+    pub(crate) identity: Option<String>,
     /// Seconds a leader's lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
     pub(crate) lease_duration_secs: u64,
@@ -61,6 +64,9 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .then_some(client.certificate_authority);
     config.workers = args.workers;
     config.leader_elect = args.leader_elect;
+    if let Some(identity) = args.identity {
+        config.identity = identity;
+    }
     config.lease_duration = std::time::Duration::from_secs(args.lease_duration_secs.max(1));
     config.node_timing = skiff_controllers::nodelifecycle::Timing {
         grace: std::time::Duration::from_secs(args.node_monitor_grace_period_secs),

@@ -12,10 +12,12 @@
 //! - [`Backoff`]: exponential backoff with jitter.
 //! - [`leader`]: leader election through a Lease.
 //! - [`events`]: recording deduplicated Events.
+//! - [`failover`]: one channel over several API servers.
 
 pub mod api;
 pub mod backoff;
 pub mod events;
+pub mod failover;
 pub mod informer;
 pub mod leader;
 pub mod queue;
@@ -41,9 +43,59 @@ pub struct AddressError {
 
 pub use skiff_pki::tls::ClientTls;
 
+/// The servers `url` names: one URL, or several separated by commas
+/// (`https://a:6443,https://b:6443`; a part without a scheme takes the
+/// first part's).
+///
+/// # Errors
+/// A part that is not a URL with a host.
+pub fn servers(url: &str) -> Result<Vec<http::Uri>, AddressError> {
+    let error = |reason: String| AddressError {
+        address: url.to_string(),
+        reason,
+    };
+    let mut scheme = None;
+    let mut out = Vec::new();
+    for part in url.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let full = match (part.contains("://"), scheme) {
+            (true, _) => part.to_string(),
+            (false, Some(s)) => format!("{s}://{part}"),
+            (false, None) => return Err(error("the scheme must be https:// or http://".into())),
+        };
+        let uri: http::Uri = full.parse().map_err(|e| error(format!("{part:?}: {e}")))?;
+        if uri.host().is_none() {
+            return Err(error(format!("{part:?}: no host")));
+        }
+        let this = match uri.scheme_str() {
+            Some("https") => "https",
+            Some("http") => "http",
+            _ => return Err(error("the scheme must be https:// or http://".into())),
+        };
+        if scheme.is_some_and(|s| s != this) {
+            return Err(error("every server must have the same scheme".into()));
+        }
+        scheme = Some(this);
+        out.push(uri);
+    }
+    if out.is_empty() {
+        return Err(error("no server".into()));
+    }
+    Ok(out)
+}
+
+/// HTTP/2 pings on every connection, idle or not: a server that stops
+/// answering (hung, or its link cut) is found within seconds and the
+/// connection moved to another.
+const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(10),
+);
+
 /// Connects a channel to the API server at `url`: `https://HOST:PORT`
 /// over TLS with `tls` (the CA to trust and the client's certificate), or
-/// `http://HOST:PORT` in plaintext (a server started `--insecure`).
+/// `http://HOST:PORT` in plaintext (a server started `--insecure`). With
+/// several servers (`https://a:6443,https://b:6443`) the channel uses one
+/// at a time and moves to another when it dies ([`failover`]).
 ///
 /// # Errors
 /// A malformed address, or a scheme that does not match `tls`. The
@@ -57,28 +109,46 @@ pub fn connect_lazy_with(
         address: url.to_string(),
         reason,
     };
-    let uri: http::Uri = url.parse().map_err(|e| error(format!("{e}")))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| error("no host".into()))?
-        .to_string();
-    match (uri.scheme_str(), tls) {
+    let servers = servers(url)?;
+    let start = failover::start_index(servers.len());
+    let first = &servers[0];
+    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        first.authority().map_or("", |a| a.as_str())
+    ))
+    .map_err(|e| error(e.to_string()))?
+    .tcp_nodelay(true)
+    .http2_keep_alive_interval(KEEPALIVE.0)
+    .keep_alive_timeout(KEEPALIVE.1)
+    .keep_alive_while_idle(true);
+    match (first.scheme_str(), tls) {
         (Some("https"), Some(tls)) => {
-            let port = uri.port_u16().unwrap_or(443);
             // TLS is ours (the connector), so tonic sees plain http.
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))
-                .map_err(|e| error(e.to_string()))?;
-            let connector = tls.connector(&host).map_err(|e| error(e.to_string()))?;
-            Ok(endpoint.connect_with_connector_lazy(connector))
+            let targets = servers
+                .iter()
+                .map(|uri| {
+                    let host = uri.host().unwrap_or_default();
+                    let connector = tls.connector(host).map_err(|e| error(e.to_string()))?;
+                    let port = uri.port_u16().unwrap_or(443);
+                    let dial: http::Uri =
+                        format!("http://{}:{port}", uri.host().unwrap_or_default())
+                            .parse()
+                            .map_err(|e| error(format!("{e}")))?;
+                    Ok((dial, connector))
+                })
+                .collect::<Result<Vec<_>, AddressError>>()?;
+            Ok(endpoint.connect_with_connector_lazy(failover::Failover::new(targets, start)))
         }
         (Some("https"), None) => Err(error(
             "https needs credentials (a client config with the cluster CA and a certificate)"
                 .into(),
         )),
         (Some("http"), None) => {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-                .map_err(|e| error(e.to_string()))?;
-            Ok(endpoint.tcp_nodelay(true).connect_lazy())
+            let targets = servers
+                .into_iter()
+                .map(|uri| (uri, failover::Tcp))
+                .collect();
+            Ok(endpoint.connect_with_connector_lazy(failover::Failover::new(targets, start)))
         }
         (Some("http"), Some(_)) => Err(error(
             "credentials are for https://; http:// is for a server started with --insecure".into(),

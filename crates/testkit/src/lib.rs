@@ -712,6 +712,11 @@ impl AgentNode {
         }
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(ChildGuard::pid)
+    }
+
     /// Kills the agent with SIGKILL (its containers keep running).
     pub fn kill9(&mut self) {
         if let Some(mut agent) = self.agent.take() {
