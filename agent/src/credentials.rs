@@ -69,6 +69,9 @@ pub enum Error {
     },
 }
 
+/// How long one server may take to show its CA when joining.
+const JOIN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The agent's CA and (rotating) certificate.
 #[derive(Clone, Debug)]
 pub struct Credentials {
@@ -170,7 +173,17 @@ impl Credentials {
         for uri in skiff_client::servers(server).map_err(|e| refused(e.to_string()))? {
             let host = uri.host().unwrap_or("127.0.0.1").to_string();
             let port = uri.port_u16().unwrap_or(443);
-            match skiff_pki::tls::fetch_pinned_ca(&host, port, &join.ca_hash).await {
+            let fetched = tokio::time::timeout(
+                JOIN_CONNECT_TIMEOUT,
+                skiff_pki::tls::fetch_pinned_ca(&host, port, &join.ca_hash),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(skiff_pki::Error::Invalid(format!(
+                    "reaching {host}:{port}: no answer in {JOIN_CONNECT_TIMEOUT:?}"
+                )))
+            });
+            match fetched {
                 Ok(pem) => {
                     ca_pem = Some(pem);
                     break;

@@ -110,11 +110,25 @@ async fn register(api: &Api<Node>, config: &Config, name: &str) -> Result<(), to
             ..Default::default()
         })
         .await;
-    let mut node = match created {
+    let node = match created {
         Ok(node) => node,
         Err(s) if s.code() == tonic::Code::AlreadyExists => api.get("", name).await?,
         Err(s) => return Err(s),
     };
+    // Another writer (the controller manager giving it a podCIDR) may
+    // change the Node meanwhile: read it again and retry.
+    let mut node = node;
+    for _ in 0..10 {
+        match post_ready(api, config, node.clone()).await {
+            Err(s) if s.code() == tonic::Code::Aborted => node = api.get("", name).await?,
+            other => return other,
+        }
+    }
+    post_ready(api, config, node).await
+}
+
+/// Posts a hollow node's Ready status on `node`.
+async fn post_ready(api: &Api<Node>, config: &Config, mut node: Node) -> Result<(), tonic::Status> {
     let at = skiff::time::now();
     node.status = Some(NodeStatus {
         capacity: quantities(config),

@@ -241,10 +241,23 @@ pub async fn run(
         None
     };
     // Who the cluster is, for the labels of the node's containers: its
-    // CA, or (plaintext) its server.
-    let cluster = match &credentials {
-        Some(c) => skiff_pki::spki_hash(&c.ca_pem).map_err(credentials::Error::from)?,
-        None => format!("plaintext {}", config.server),
+    // CA, or (plaintext) its server, as first seen: kept in the data dir,
+    // so a restart with the servers listed otherwise (or a new CA) is the
+    // same cluster.
+    let cluster_file = config.data_dir.join("cluster-id");
+    let cluster = match std::fs::read_to_string(&cluster_file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = match &credentials {
+                Some(c) => skiff_pki::spki_hash(&c.ca_pem).map_err(credentials::Error::from)?,
+                None => format!("plaintext {}", config.server),
+            };
+            skiff_pki::ca::write_atomic(&cluster_file, &id, 0o644).map_err(|e| Error::Io {
+                what: format!("writing {}", cluster_file.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            id
+        }
     };
     let (runtime, cni) = open_runtime(&config, &cluster).await?;
     let client_tls = credentials

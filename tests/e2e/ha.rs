@@ -215,7 +215,6 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
 
     let deployments = Api::<Deployment>::new(channel.clone());
     let pods = Api::<Pod>::new(channel.clone());
-    let nodes = Api::<Node>::new(channel.clone());
     let leases = Api::<Lease>::new(channel.clone());
     let configmaps = Api::<ConfigMap>::new(channel.clone());
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
@@ -310,6 +309,7 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
                 }
                 if n % 3 == 2 {
                     let gone = format!("load-{}", n - 1);
+                    let mut tried = false;
                     loop {
                         let request = skiff::pb::api::v1::DeleteRequest {
                             namespace: "default".into(),
@@ -321,8 +321,16 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
                                 acked.lock().unwrap().1.insert(gone.clone());
                                 break;
                             }
+                            // An earlier try whose answer was lost did it.
+                            Err(e) if e.code() == Code::NotFound && tried => {
+                                acked.lock().unwrap().1.insert(gone.clone());
+                                break;
+                            }
                             Err(e) if e.code() == Code::NotFound => break,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                            Err(_) => {
+                                tried = true;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
                         }
                     }
                 }
@@ -364,31 +372,55 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
         started.elapsed()
     };
     let leader = async |lease: &str| -> String {
-        leases
-            .get("kube-system", lease)
-            .await
-            .ok()
-            .and_then(|l| l.spec?.holder_identity)
-            .unwrap_or_default()
+        for _ in 0..100 {
+            let holder = leases
+                .get("kube-system", lease)
+                .await
+                .ok()
+                .and_then(|l| l.spec?.holder_identity)
+                .unwrap_or_default();
+            if !holder.is_empty() {
+                return holder;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no holder of the Lease {lease}")
     };
-    let mut report = Vec::new();
-
-    // 1. The API server the agent talks to.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let agent_pid = agent.pid().unwrap().to_string();
-    let ss = Command::new("ss").args(["-Htnp"]).output().unwrap();
-    let ss = String::from_utf8_lossy(&ss.stdout);
-    let victim = ports
-        .iter()
-        .position(|p| {
+    let etcd_leader = async |etcd: &EtcdCluster| -> usize {
+        for _ in 0..200 {
+            if let Some(lead) = etcd.leader() {
+                return lead;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the etcd cluster has no leader")
+    };
+    // The API server process `pid` is connected to (as `ss` shows it).
+    let server_of = |pid: u32| -> Option<usize> {
+        let ss = Command::new("ss").args(["-Htnp"]).output().ok()?;
+        let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+        ports.iter().position(|p| {
             ss.lines().any(|l| {
-                l.contains(&format!("pid={agent_pid},"))
+                l.contains(&format!("pid={pid},"))
                     && l.split_whitespace()
                         .nth(4)
                         .is_some_and(|peer| peer.ends_with(&format!(":{p}")))
             })
         })
-        .expect("the agent is connected to one of the servers");
+    };
+    let renewed = async || -> i64 {
+        leases
+            .get("kube-node-lease", &node_name)
+            .await
+            .ok()
+            .and_then(|l| l.spec?.renew_time)
+            .map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+    };
+    let mut report = Vec::new();
+
+    // 1. The API server the agent talks to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = server_of(agent.pid().unwrap()).expect("the agent is connected to a server");
     let started = Instant::now();
     servers[victim].take().unwrap().kill9();
     report.push(("API server (the agent's)", probe("server", started).await));
@@ -397,21 +429,26 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
         "  a replica added meanwhile",
         scale(replicas, "scaled after the server loss", Instant::now()).await,
     ));
+    // The agent renews its lease through another server.
+    let before = renewed().await;
     skiff_testkit::wait_until(
-        "the node stays Ready",
+        "the agent renews its lease",
         Duration::from_secs(30),
-        async || {
-            nodes.get("", &node_name).await.is_ok_and(|n| {
-                n.status.is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.r#type == "Ready" && c.status == "True")
-                })
-            })
-        },
+        async || renewed().await > before,
     )
     .await;
     servers[victim] = Some(start_server(victim));
+
+    // 1b. The API server this test's client (load, watcher) talks to: the
+    // watch resumes on another, from its last resourceVersion.
+    let mine = server_of(std::process::id()).expect("the test is connected to a server");
+    let started = Instant::now();
+    servers[mine].take().unwrap().kill9();
+    report.push((
+        "API server (the client's)",
+        probe("client-server", started).await,
+    ));
+    servers[mine] = Some(start_server(mine));
 
     // 2. The leading controller manager, then 3. the leading scheduler:
     // recovered when a scale-up is done by the survivors.
@@ -432,21 +469,21 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
 
     // 4. An etcd member (not the leader), 5. a hung member for 30 s,
     // 6. the etcd leader.
-    let lead = etcd.leader().unwrap();
+    let lead = etcd_leader(&etcd).await;
     let follower = (lead + 1) % 3;
     let started = Instant::now();
     etcd.kill(follower);
     report.push(("etcd member", probe("member", started).await));
     etcd.start_member(follower).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let hung = (etcd.leader().unwrap() + 1) % 3;
+    let hung = (etcd_leader(&etcd).await + 1) % 3;
     let started = Instant::now();
     etcd.freeze(hung);
     report.push(("etcd member hung (SIGSTOP)", probe("hung", started).await));
     tokio::time::sleep(Duration::from_secs(30)).await;
     etcd.thaw(hung);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let lead = etcd.leader().unwrap();
+    let lead = etcd_leader(&etcd).await;
     let started = Instant::now();
     etcd.kill(lead);
     report.push(("etcd leader", probe("leader", started).await));

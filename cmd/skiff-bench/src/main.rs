@@ -52,8 +52,21 @@ struct Cli {
     command: Command,
 }
 
+mod netperf;
+
 #[derive(Subcommand)]
 enum Command {
+    /// Pod-to-pod request/response on one host and across hosts (host-gw,
+    /// VXLAN) vs host to host over the same links, on hosts simulated
+    /// with network namespaces.
+    Netperf {
+        /// Seconds per measurement (each path is measured twice).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+    },
     /// Pod start latency on a Docker node vs plain `docker create+start`.
     Podstart {
         /// Pods (and raw containers) started at once.
@@ -1482,5 +1495,9 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             concurrency,
         } => bench_proxy(seconds, concurrency).await,
+        Command::Netperf {
+            seconds,
+            connections,
+        } => netperf::bench_netperf(seconds, connections).await,
     }
 }

@@ -1,9 +1,12 @@
 //! Several API servers behind one channel: the channel's connector dials
 //! them in turn, starting from one picked per process (so a fleet of
-//! clients spreads over the servers) and sticking to the one that
-//! answered; when its connection dies (the server killed, or silent past
-//! the keepalive), the next connection goes to the next server that
-//! answers. Requests in flight on the dead connection fail UNAVAILABLE;
+//! clients spreads over the servers). A channel reconnects only when its
+//! connection died (the server killed, or silent past the keepalive), so
+//! a reconnect tries the servers after the last one first and that one
+//! last: a server that still accepts connections but answers nothing
+//! (hung) is not chosen again while another answers. Each server gets a
+//! few seconds to accept; when none does, they get a longer second try
+//! (a loaded machine). Requests in flight on the dead connection fail UNAVAILABLE;
 //! watchers resume from their last resourceVersion on the new one.
 
 use std::pin::Pin;
@@ -24,8 +27,10 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 /// `C` (plain TCP, or TLS checking that server's name).
 pub struct Failover<C> {
     targets: Arc<[(http::Uri, C)]>,
-    /// The server to try first: the last one that answered.
+    /// The last server that answered.
     current: Arc<AtomicUsize>,
+    /// Whether a connection was made before (a call now is a reconnect).
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<C> Clone for Failover<C> {
@@ -33,6 +38,7 @@ impl<C> Clone for Failover<C> {
         Self {
             targets: Arc::clone(&self.targets),
             current: Arc::clone(&self.current),
+            reconnect: Arc::clone(&self.reconnect),
         }
     }
 }
@@ -48,6 +54,7 @@ impl<C> Failover<C> {
         Self {
             targets: targets.into(),
             current: Arc::new(AtomicUsize::new(start)),
+            reconnect: Arc::default(),
         }
     }
 }
@@ -70,35 +77,46 @@ where
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let targets = Arc::clone(&self.targets);
         let current = Arc::clone(&self.current);
+        let reconnect = Arc::clone(&self.reconnect);
         Box::pin(async move {
             let n = targets.len();
-            let limit = if n > 1 {
-                CONNECT_TIMEOUT
+            let last = current.load(Ordering::Relaxed);
+            // A reconnect: the last server's connection died; it goes last.
+            let first = if reconnect.load(Ordering::Relaxed) && n > 1 {
+                last + 1
             } else {
-                ONLY_SERVER_TIMEOUT
+                last
             };
-            let first = current.load(Ordering::Relaxed);
+            let passes: &[Duration] = if n > 1 {
+                &[CONNECT_TIMEOUT, ONLY_SERVER_TIMEOUT]
+            } else {
+                &[ONLY_SERVER_TIMEOUT]
+            };
             let mut failures = Vec::new();
-            for k in 0..n {
-                let i = (first + k) % n;
-                let (uri, connector) = &targets[i];
-                let mut connector = connector.clone();
-                let attempt = async {
-                    futures::future::poll_fn(|cx| connector.poll_ready(cx))
-                        .await
-                        .map_err(Into::into)?;
-                    connector.call(uri.clone()).await.map_err(Into::into)
-                };
-                match tokio::time::timeout(limit, attempt).await {
-                    Ok(Ok(stream)) => {
-                        if i != first {
-                            tracing::info!(server = %uri, "API server connection moved to another server");
+            for limit in passes {
+                failures.clear();
+                for k in 0..n {
+                    let i = (first + k) % n;
+                    let (uri, connector) = &targets[i];
+                    let mut connector = connector.clone();
+                    let attempt = async {
+                        futures::future::poll_fn(|cx| connector.poll_ready(cx))
+                            .await
+                            .map_err(Into::into)?;
+                        connector.call(uri.clone()).await.map_err(Into::into)
+                    };
+                    match tokio::time::timeout(*limit, attempt).await {
+                        Ok(Ok(stream)) => {
+                            if i != last {
+                                tracing::info!(server = %uri, "API server connection moved to another server");
+                            }
+                            current.store(i, Ordering::Relaxed);
+                            reconnect.store(true, Ordering::Relaxed);
+                            return Ok(stream);
                         }
-                        current.store(i, Ordering::Relaxed);
-                        return Ok(stream);
+                        Ok(Err(e)) => failures.push(format!("{uri}: {e}")),
+                        Err(_) => failures.push(format!("{uri}: no answer in {limit:?}")),
                     }
-                    Ok(Err(e)) => failures.push(format!("{uri}: {e}")),
-                    Err(_) => failures.push(format!("{uri}: no answer in {limit:?}")),
                 }
             }
             Err(std::io::Error::new(
@@ -164,11 +182,11 @@ mod tests {
         let failover = Failover::new(vec![(uri(dead_addr), Tcp), (uri(live_addr), Tcp)], 0);
         let stream = failover.clone().oneshot(uri(dead_addr)).await.unwrap();
         assert_eq!(stream.inner().peer_addr().unwrap(), live_addr);
-        assert_eq!(
-            failover.current.load(Ordering::Relaxed),
-            1,
-            "sticks to the live one"
-        );
+        assert_eq!(failover.current.load(Ordering::Relaxed), 1, "the live one");
+        // Its connection died: a reconnect tries the others first, and
+        // comes back to it when they do not answer.
+        let stream = failover.clone().oneshot(uri(dead_addr)).await.unwrap();
+        assert_eq!(stream.inner().peer_addr().unwrap(), live_addr);
         drop(live);
         let err = failover.oneshot(uri(dead_addr)).await.unwrap_err();
         assert!(err.to_string().contains("no API server answers"), "{err}");

@@ -254,6 +254,7 @@ impl Ctl {
             }
             Code::Unavailable
                 if status.message().contains("API server unavailable")
+                    || status.message().contains("no API server answers")
                     || status.message().contains("connect") =>
             {
                 return CtlError(format!(

@@ -24,25 +24,30 @@ use crate::{
 const WATCH_BUFFER: usize = 1024;
 
 /// How long one etcd call may take (to its answer's headers: a watch's
-/// stream is not cut): a member that hangs (stopped, or its link black-
-/// holed) turns into an error the API server answers with, not a request
-/// that never returns.
+/// stream is not cut; a unary call, its whole answer): a member that hangs
+/// (stopped, or its link black-holed) turns into an error the API server
+/// answers with, not a request that never returns. Lists are paged
+/// (`ListOptions::limit`), so each call is small.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Objects per etcd range call when a list asks for all.
+const RANGE_PAGE: usize = 2000;
 /// How long a connection to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// HTTP/2 pings on every connection, idle or not, and how long one may go
-/// unanswered: a watch on a hung member is found dead and moved.
-const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(3));
+/// HTTP/2 pings on connections with calls open (a watch, always), and
+/// how long one may go unanswered: a watch on a hung member is found dead
+/// and resumed elsewhere. Not while idle: etcd counts pings on a
+/// connection without calls as abuse (`too_many_pings`) and closes it.
+const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(10));
 
 /// The options every client connects with: the timeouts above, and
-/// requests refused at once by a member that has lost its leader (the
-/// client moves on to another member).
+/// requests refused at once (UNAVAILABLE, "no leader") by a member that
+/// has lost its leader, instead of waiting for one.
 fn connect_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(KEEPALIVE.0, KEEPALIVE.1)
-        .with_keep_alive_while_idle(true)
+        .with_keep_alive_while_idle(false)
         .with_require_leader(true)
 }
 
@@ -189,9 +194,12 @@ impl Store for EtcdStore {
         Ok(resp.kvs().first().map(to_kv))
     }
 
+    /// An unlimited list is read in pages of [`RANGE_PAGE`] at one
+    /// revision (etcd keeps it): each call stays well inside
+    /// [`REQUEST_TIMEOUT`] however many objects there are.
     async fn list(&self, options: ListOptions) -> Result<ListResult> {
         let mut kv = self.client().await?.kv_client();
-        let start = match &options.start_after {
+        let mut start = match &options.start_after {
             // The smallest key after `after`.
             Some(after) if after.as_str() >= options.prefix.as_str() => {
                 let mut k = after.as_bytes().to_vec();
@@ -200,27 +208,46 @@ impl Store for EtcdStore {
             }
             _ => options.prefix.as_bytes().to_vec(),
         };
-        let mut get = GetOptions::new().with_range(prefix_end(&options.prefix));
-        if options.limit > 0 {
-            get = get.with_limit(options.limit as i64);
+        let mut revision = options.revision;
+        let mut kvs = Vec::new();
+        loop {
+            let want = if options.limit > 0 {
+                options.limit - kvs.len()
+            } else {
+                RANGE_PAGE
+            };
+            let mut get = GetOptions::new()
+                .with_range(prefix_end(&options.prefix))
+                .with_limit(want as i64);
+            if revision > 0 {
+                get = get.with_revision(revision);
+            }
+            let resp = kv
+                .get(start.clone(), Some(get))
+                .await
+                .map_err(|e| map_revision_error(e, revision))?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            kvs.extend(resp.kvs().iter().map(to_kv));
+            let full = options.limit > 0 && kvs.len() >= options.limit;
+            if !resp.more() || full {
+                return Ok(ListResult {
+                    kvs,
+                    revision,
+                    more: resp.more(),
+                });
+            }
+            let Some(last) = resp.kvs().last() else {
+                return Ok(ListResult {
+                    kvs,
+                    revision,
+                    more: false,
+                });
+            };
+            start = last.key().to_vec();
+            start.push(0);
         }
-        if options.revision > 0 {
-            get = get.with_revision(options.revision);
-        }
-        let resp = kv
-            .get(start, Some(get))
-            .await
-            .map_err(|e| map_revision_error(e, options.revision))?;
-        let revision = if options.revision > 0 {
-            options.revision
-        } else {
-            resp.header().map_or(0, |h| h.revision())
-        };
-        Ok(ListResult {
-            kvs: resp.kvs().iter().map(to_kv).collect(),
-            revision,
-            more: resp.more(),
-        })
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<i64> {

@@ -57,10 +57,13 @@ pub fn deadline_of<B>(request: &http::Request<B>) -> Option<Duration> {
         return None;
     }
     let query = request.uri().query().unwrap_or("");
-    let streaming = query
-        .split('&')
-        .any(|pair| matches!(pair, "watch=true" | "watch=1" | "follow=true" | "follow=1"))
-        || path.contains("/watch/");
+    // The flags as the HTTP door reads them (Go's strconv.ParseBool).
+    let streaming = query.split('&').any(|pair| {
+        pair.split_once('=').is_some_and(|(key, value)| {
+            matches!(key, "watch" | "follow")
+                && matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
+        })
+    }) || path.contains("/watch/");
     if streaming {
         return None;
     }
@@ -189,6 +192,10 @@ mod tests {
         );
         assert_eq!(
             deadline_of(&rest("GET", "/api/v1/pods?watch=true&resourceVersion=5")),
+            None
+        );
+        assert_eq!(
+            deadline_of(&rest("GET", "/api/v1/pods?resourceVersion=5&watch=True")),
             None
         );
         assert_eq!(

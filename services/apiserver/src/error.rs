@@ -104,12 +104,10 @@ impl From<skiff_store::Error> for ApiError {
             S::FutureRevision { .. } => {
                 ApiError::Invalid(format!("{e}: resourceVersion is ahead of the server"))
             }
-            S::Etcd(_) if e.is_timeout() => ApiError::Timeout(
-                format!(
-                    "the API server could not reach its store in time ({}): {e}",
-                    skiff_store::etcd::REQUEST_TIMEOUT.as_secs()
-                ) + "s; is etcd up and does it have a leader?",
-            ),
+            S::Etcd(_) if e.is_timeout() => ApiError::Timeout(format!(
+                "the API server could not reach its store in time ({}s): {e}; is etcd up, and does it have a leader?",
+                skiff_store::etcd::REQUEST_TIMEOUT.as_secs()
+            )),
             S::Closed | S::Etcd(_) => {
                 ApiError::Unavailable(format!("the API server could not reach its store: {e}"))
             }

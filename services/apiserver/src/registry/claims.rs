@@ -33,7 +33,11 @@ pub(super) fn keep_cluster_ip<K: Strategy>(current: &K, next: &mut K) -> Result<
 
 /// As [`definite`], for the API's errors.
 pub(super) fn definite_api(e: &ApiError) -> bool {
-    !matches!(e, ApiError::Unavailable(_) | ApiError::Internal(_))
+    // A timed-out store call may still have been committed.
+    !matches!(
+        e,
+        ApiError::Unavailable(_) | ApiError::Internal(_) | ApiError::Timeout(_)
+    )
 }
 
 /// The node ports an object holds.
