@@ -303,6 +303,9 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
         "{:<30} {:>10} {:>9} {:>9} {:>22}",
         "PATH", "REQ/S", "P50 MS", "P99 MS", "VS HOST TO HOST"
     );
+    let mut json = serde_json::Map::new();
+    json.insert("bench".into(), "netperf".into());
+    json.insert("connections".into(), connections.into());
     for (name, f, baseline) in &rows {
         let base = rows
             .iter()
@@ -313,6 +316,16 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             "{name:<30} {:>10.0} {:>9.3} {:>9.3} {:>21.2}x",
             f.per_sec, f.p50_ms, f.p99_ms, ratio
         );
+        let key: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        json.insert(
+            key,
+            serde_json::json!({"per_sec": f.per_sec, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "ratio": ratio}),
+        );
     }
+    println!("targets: host-gw >= 0.9x, vxlan >= 0.7x of host to host");
+    println!("{}", serde_json::Value::Object(json));
     Ok(())
 }
