@@ -431,3 +431,191 @@ async fn vxlan_carries_pod_traffic_between_hosts_on_different_subnets() {
         );
     }
 }
+
+/// `skiff up --pod-network cni --etcd-managed`, the one-machine cluster
+/// with the multi-host pieces: inside a network namespace of the test's
+/// (so its bridge and rules are the test's), pods get addresses from the
+/// node's block, reach a Service by name, and the state is in the etcd
+/// `skiff up` started, which stops with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    let image = skiff_testkit::test_image().await.unwrap();
+    let netns = format!("skup{}", std::process::id());
+    let node = format!("skup-{}", std::process::id());
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let ids = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=io.skiff.node={}", self.1),
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let ids: Vec<&str> = ids.lines().collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", "-v"])
+                    .args(&ids)
+                    .output();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _cleanup = Cleanup(netns.clone(), node.clone());
+    Command::new("ip")
+        .args(["-n", &netns, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    let skiff = skiff_testkit::skiff_binary().unwrap();
+    let mut up = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(&skiff)
+        .args(["up", "--listen", "127.0.0.1:6443", "--pod-network", "cni"])
+        .args([
+            "--etcd-managed",
+            "--node-name",
+            &node,
+            "--proxy-mode",
+            "iptables",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("HOME", home.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (said_tx, said_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with("Press Ctrl-C") {
+                let _ = said_tx.send(said.clone());
+            }
+        }
+    });
+    let said = said_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("skiff up says it is up");
+    assert!(
+        said.contains("pods on CNI from the node's block of 10.42.0.0/16"),
+        "{said}"
+    );
+    assert!(said.contains("(started by skiff up, data in"), "{said}");
+    let cli = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &netns])
+            .arg(&skiff)
+            .args(args)
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    };
+    let manifests = home.path().join("web.yaml");
+    std::fs::write(
+        &manifests,
+        pod(image, "web", &node, "web")
+            + &service("web", "ClusterIP")
+            + &pod(image, "client", &node, "client"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = cli(&["apply", "-f", &manifests.display().to_string()]) {
+        assert!(Instant::now() < deadline, "apply: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut ips = BTreeMap::new();
+    wait_for("both pods Ready", Duration::from_secs(60), || {
+        let Ok(out) = cli(&["get", "pods", "-o", "json"]) else {
+            return false;
+        };
+        let list: Value = serde_json::from_str(&out).unwrap();
+        ips = items(&list)
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .map(|p| {
+                (
+                    text(p, "/metadata/name").to_string(),
+                    text(p, "/status/podIP").to_string(),
+                )
+            })
+            .collect();
+        ips.len() == 2
+    })
+    .await;
+    let nodes: Value =
+        serde_json::from_str(&cli(&["get", "nodes", "-o", "json"]).unwrap()).unwrap();
+    let block = text(&items(&nodes)[0], "/spec/podCIDR").to_string();
+    for ip in ips.values() {
+        assert!(in_block(ip, &block), "{ip} in {block}");
+    }
+    let mut answer = String::new();
+    for _ in 0..20 {
+        if let Ok(out) = cli(&[
+            "exec",
+            "client",
+            "--",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            "http://web.default.svc.cluster.local/",
+        ]) {
+            answer = out;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(answer.trim(), "web");
+    assert!(
+        data.join("etcd").join("skiff-0").is_dir(),
+        "the state is in the managed etcd"
+    );
+
+    // Stopped, it takes its etcd with it.
+    let _ = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status();
+    let _ = up.wait();
+    let etcd_left = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmd| String::from_utf8_lossy(&cmd).contains(&*data.join("etcd").to_string_lossy()));
+    assert!(!etcd_left, "the managed etcd stopped with skiff up");
+}

@@ -36,15 +36,17 @@ impl Drop for ManagedEtcd {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The members of `dir` (made on the first start).
 fn members(dir: &Path, count: usize) -> anyhow::Result<Vec<Member>> {
     let file = dir.join("members.json");
     if let Ok(text) = std::fs::read_to_string(&file) {
-        let members: Vec<Member> = serde_json::from_str(&text)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let members: Vec<Member> =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", file.display()))?;
         anyhow::ensure!(
             members.len() == count,
             "{} holds a store of {} members, not {count}: start with --etcd-managed={} (or another --data-dir)",
@@ -74,7 +76,9 @@ fn etcd_binary() -> anyhow::Result<PathBuf> {
         .map(|d| d.join("etcd"))
         .chain([PathBuf::from("/usr/bin/etcd")])
         .find(|p| p.is_file())
-        .context("--etcd-managed needs etcd: install Debian's etcd-server (apt-get install etcd-server)")
+        .context(
+            "--etcd-managed needs etcd: install Debian's etcd-server (apt-get install etcd-server)",
+        )
 }
 
 /// Starts `count` members under `dir` and waits until every client port
@@ -109,7 +113,12 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
             "--log-level=warn".to_string(),
         ];
         let log = dir.join(format!("{}.log", member.name));
-        tasks.push(tokio::spawn(supervise(binary.clone(), args, log, member.name.clone())));
+        tasks.push(tokio::spawn(supervise(
+            binary.clone(),
+            args,
+            log,
+            member.name.clone(),
+        )));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for member in &members {
@@ -138,13 +147,19 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
 /// Runs one member, starting it again a second after it exits.
 async fn supervise(binary: PathBuf, args: Vec<String>, log: PathBuf, name: String) {
     loop {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log);
         let mut command = tokio::process::Command::new(&binary);
-        command.args(&args).kill_on_drop(true).stdin(std::process::Stdio::null());
-        if let Ok(out) = out {
-            if let Ok(err) = out.try_clone() {
-                command.stdout(out).stderr(err);
-            }
+        command
+            .args(&args)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        if let Ok(out) = out
+            && let Ok(err) = out.try_clone()
+        {
+            command.stdout(out).stderr(err);
         }
         match command.spawn() {
             Ok(mut child) => {

@@ -22,6 +22,7 @@ mod agent;
 mod client;
 mod common;
 mod controllers;
+mod etcd;
 mod hollow;
 mod scheduler;
 mod security;

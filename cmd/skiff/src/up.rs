@@ -34,6 +34,11 @@ pub(crate) struct UpArgs {
     /// The local agent's node name (default: the host name).
     #[arg(long)]
     pub(crate) node_name: Option<String>,
+    /// Keep the state in etcd that `skiff up` starts and supervises
+    /// itself (Debian's etcd-server), under DATA_DIR/etcd: one member, or
+    /// `=3` for three on this machine (to try a highly available store).
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "MEMBERS")]
+    pub(crate) etcd_managed: Option<usize>,
 }
 
 /// Runs the cluster until a signal, then stops its parts in order.
@@ -41,7 +46,20 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(crate::common::default_data_dir);
-    let config = api_config(&args.api, &data_dir)?;
+    let mut config = api_config(&args.api, &data_dir)?;
+    let managed_etcd = match args.etcd_managed {
+        Some(_) if !args.api.etcd.is_empty() => {
+            anyhow::bail!("--etcd-managed starts its own etcd: give it or --etcd, not both")
+        }
+        Some(members) => {
+            let etcd = crate::etcd::start(&data_dir.join("etcd"), members)
+                .await
+                .context("starting the managed etcd")?;
+            config.store = skiff_apiserver::StoreConfig::Etcd(etcd.endpoints.clone());
+            Some(etcd)
+        }
+        None => None,
+    };
     let security = config.security.clone();
     let server = skiff_apiserver::ApiServer::start(config)
         .await
@@ -166,7 +184,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     } else {
         println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
     }
-    if args.api.etcd.is_empty() {
+    if let Some(etcd) = &managed_etcd {
+        println!(
+            "  state:       etcd at {} (started by skiff up, data in {})",
+            etcd.endpoints.join(","),
+            data_dir.join("etcd").display()
+        );
+    } else if args.api.etcd.is_empty() {
         println!("  state:       {} (embedded store)", data_dir.display());
     } else {
         println!("  state:       etcd at {}", args.api.etcd.join(","));
@@ -205,5 +229,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = scheduler.await;
     let _ = controllers.await;
     server.stop().await.context("stopping the API server")?;
+    drop(managed_etcd);
     Ok(())
 }
