@@ -128,7 +128,12 @@ fn apply(hosts: &Hosts, name: &str, yaml: &str) {
 
 /// Ready pods: name → (IP, node).
 fn ready_pods(hosts: &Hosts) -> BTreeMap<String, (String, String)> {
-    items(&get(hosts, &["get", "pods"]))
+    ready_in(&get(hosts, &["get", "pods"]))
+}
+
+/// The Ready pods of a pod list: name → (IP, node).
+fn ready_in(list: &Value) -> BTreeMap<String, (String, String)> {
+    items(list)
         .iter()
         .filter(|p| {
             p["status"]["conditions"]
@@ -558,30 +563,14 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
         let Ok(out) = cli(&["get", "pods", "-o", "json"]) else {
             return false;
         };
-        let list: Value = serde_json::from_str(&out).unwrap();
-        ips = items(&list)
-            .iter()
-            .filter(|p| {
-                p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            .map(|p| {
-                (
-                    text(p, "/metadata/name").to_string(),
-                    text(p, "/status/podIP").to_string(),
-                )
-            })
-            .collect();
+        ips = ready_in(&serde_json::from_str(&out).unwrap());
         ips.len() == 2
     })
     .await;
     let nodes: Value =
         serde_json::from_str(&cli(&["get", "nodes", "-o", "json"]).unwrap()).unwrap();
     let block = text(&items(&nodes)[0], "/spec/podCIDR").to_string();
-    for ip in ips.values() {
+    for (ip, _) in ips.values() {
         assert!(in_block(ip, &block), "{ip} in {block}");
     }
     let mut answer = String::new();

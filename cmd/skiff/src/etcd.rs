@@ -4,7 +4,9 @@
 //! its data under `DATA_DIR/etcd`, its client and peer ports on loopback,
 //! chosen on the first start and kept (`DATA_DIR/etcd/members.json`), so a
 //! restarted `skiff up` finds the same members. A member that exits is
-//! started again after a second; all stop with `skiff up`.
+//! started again after a second; all stop with `skiff up` (and members a
+//! `skiff up` killed with -9 left behind, found by the pid files beside
+//! their logs, are stopped when it starts again).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,11 +26,23 @@ pub(crate) struct ManagedEtcd {
     /// Their client URLs.
     pub(crate) endpoints: Vec<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the supervisors to stop their members.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl ManagedEtcd {
+    /// Stops every member and waits until they are gone (killed and
+    /// reaped).
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for ManagedEtcd {
     fn drop(&mut self) {
-        // Aborting a task drops its child, which is killed (kill_on_drop).
         for task in &self.tasks {
             task.abort();
         }
@@ -95,6 +109,7 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
         .collect::<Vec<_>>()
         .join(",");
     let mut tasks = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     for member in &members {
         let data = dir.join(&member.name);
         let state = if data.exists() { "existing" } else { "new" };
@@ -116,8 +131,8 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
         tasks.push(tokio::spawn(supervise(
             binary.clone(),
             args,
-            log,
-            member.name.clone(),
+            (log, member.name.clone(), data),
+            stopped.clone(),
         )));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -141,11 +156,58 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
             .map(|m| format!("http://127.0.0.1:{}", m.client))
             .collect(),
         tasks,
+        stop,
     })
 }
 
+/// Kills the member a `skiff up` killed with -9 left running (its
+/// children outlive it): the process in `pid_file`, if it is still an
+/// etcd of this data dir.
+fn stop_orphan(pid_file: &Path, data: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*data.to_string_lossy()));
+    if ours && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        tracing::warn!(
+            pid = pid.as_raw_nonzero().get(),
+            "stopping an etcd member an earlier skiff up left running"
+        );
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn until_stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs one member, starting it again a second after it exits.
-async fn supervise(binary: PathBuf, args: Vec<String>, log: PathBuf, name: String) {
+async fn supervise(
+    binary: PathBuf,
+    args: Vec<String>,
+    (log, name, data): (PathBuf, String, PathBuf),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let pid_file = log.with_extension("pid");
+    stop_orphan(&pid_file, &data);
     loop {
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -163,11 +225,25 @@ async fn supervise(binary: PathBuf, args: Vec<String>, log: PathBuf, name: Strin
         }
         match command.spawn() {
             Ok(mut child) => {
-                let status = child.wait().await;
-                tracing::warn!(member = %name, ?status, log = %log.display(), "etcd member exited; starting it again");
+                if let Some(pid) = child.id() {
+                    let _ = std::fs::write(&pid_file, pid.to_string());
+                }
+                tokio::select! {
+                    status = child.wait() => {
+                        tracing::warn!(member = %name, ?status, log = %log.display(), "etcd member exited; starting it again");
+                    }
+                    () = until_stopped(&mut stop) => {
+                        let _ = child.kill().await;
+                        let _ = std::fs::remove_file(&pid_file);
+                        return;
+                    }
+                }
             }
             Err(e) => tracing::error!(member = %name, error = %e, "starting etcd"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = until_stopped(&mut stop) => return,
+        }
     }
 }

@@ -229,6 +229,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = scheduler.await;
     let _ = controllers.await;
     server.stop().await.context("stopping the API server")?;
-    drop(managed_etcd);
+    if let Some(etcd) = managed_etcd {
+        etcd.stop().await;
+    }
     Ok(())
 }

@@ -235,22 +235,7 @@ impl DockerRuntime {
     /// two agents would each remove the other's pods.
     pub async fn join_cluster(&mut self, cluster: &str) -> Result<()> {
         self.cluster = cluster.to_string();
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![
-                format!("{}=true", labels::MANAGED),
-                format!("{}={}", labels::NODE, self.node),
-            ],
-        )]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(docker_error)?;
+        let summaries = self.summaries(None).await?;
         let other = summaries.iter().find_map(|c| {
             c.labels
                 .as_ref()?
@@ -267,6 +252,30 @@ impl DockerRuntime {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Every container of this node (of one pod, with `pod_uid`), running
+    /// or not, as the engine lists them.
+    async fn summaries(
+        &self,
+        pod_uid: Option<&str>,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let mut wanted = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::NODE, self.node),
+        ];
+        if let Some(uid) = pod_uid {
+            wanted.push(format!("{}={uid}", labels::POD_UID));
+        }
+        let filters = HashMap::from([("label".to_string(), wanted)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_error)
     }
 
     /// The engine's client, for what the trait does not cover.
@@ -751,23 +760,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>> {
-        let mut wanted = vec![
-            format!("{}=true", labels::MANAGED),
-            format!("{}={}", labels::NODE, self.node),
-        ];
-        if let Some(uid) = pod_uid {
-            wanted.push(format!("{}={uid}", labels::POD_UID));
-        }
-        let filters = HashMap::from([("label".to_string(), wanted)]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(docker_error)?;
+        let summaries = self.summaries(pod_uid).await?;
         let mut out = Vec::with_capacity(summaries.len());
         let mut seen = HashMap::new();
         for summary in summaries {

@@ -385,18 +385,7 @@ fn sweep(base: &str) {
 
 /// Removes the containers of node `node` (by its label).
 fn remove_containers(node: &str) {
-    let listed = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label=io.skiff.node={node}"))
-        .output();
-    let ids: Vec<String> = listed
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids = crate::docker_containers_of(node);
     if !ids.is_empty() {
         let _ = Command::new("docker")
             .args(["rm", "-f", "-v"])

@@ -103,12 +103,12 @@ impl Drop for ChildGuard {
     }
 }
 
-/// An etcd server of our own: loopback ports, temp data dir.
+/// An etcd server of our own: loopback ports, temp data dir (a cluster
+/// of one member, [`etcd::EtcdCluster`]).
 pub struct Etcd {
     /// Client URL, `http://127.0.0.1:PORT`.
     pub endpoint: String,
-    _process: ChildGuard,
-    _dir: tempfile::TempDir,
+    _cluster: etcd::EtcdCluster,
 }
 
 impl Etcd {
@@ -117,39 +117,10 @@ impl Etcd {
     /// # Errors
     /// When etcd is not installed or does not come up.
     pub fn start() -> anyhow::Result<Self> {
-        let bin = find_program("etcd", &["/usr/bin/etcd"]).context(
-            "etcd is not installed: run scripts/test (it installs Debian's etcd-server), or apt-get install etcd-server",
-        )?;
-        let dir = tempfile::tempdir()?;
-        let client = free_port()?;
-        let peer = free_port()?;
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-        let child = Command::new(bin)
-            .arg("--name=skiff-test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={endpoint}"))
-            .arg(format!("--advertise-client-urls={endpoint}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=skiff-test={peer_url}"))
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd")?;
-        let guard = ChildGuard::new(child);
-        wait_for_port(
-            format!("127.0.0.1:{client}").parse()?,
-            Duration::from_secs(20),
-        )
-        .context("etcd did not start")?;
+        let cluster = etcd::EtcdCluster::start(1)?;
         Ok(Self {
-            endpoint,
-            _process: guard,
-            _dir: dir,
+            endpoint: cluster.endpoints().remove(0),
+            _cluster: cluster,
         })
     }
 }
@@ -737,21 +708,26 @@ impl AgentNode {
             ids.sort();
             return ids;
         }
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--no-trunc", "--filter"])
-            .arg(format!("label=io.skiff.node={}", self.name))
-            .output();
-        let mut ids: Vec<String> = out
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut ids = docker_containers_of(&self.name);
         ids.sort();
         ids
     }
+}
+
+/// The ids of every Docker container of node `node` (by its label),
+/// running or not.
+pub fn docker_containers_of(node: &str) -> Vec<String> {
+    Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=io.skiff.node={node}"))
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The host PID of a process-runtime container.
