@@ -90,7 +90,8 @@ async fn a_hung_store_is_an_error_within_seconds_not_a_request_that_never_return
 /// (ConfigMaps created and deleted, a Deployment scaled), one after the
 /// other: the API server the agent is connected to, the leading controller
 /// manager, the leading scheduler and an etcd member are killed (-9); an
-/// etcd member hangs (SIGSTOP) for 30 s; the etcd leader is killed. The
+/// etcd member hangs (SIGSTOP) for 30 s; the etcd leader is killed, and
+/// the next one hangs for 15 s. The
 /// cluster keeps serving: every acknowledged write is there at the end,
 /// the watcher saw each change exactly once in resourceVersion order and
 /// never had to relist, and the Deployment has its replicas. The time
@@ -488,6 +489,17 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
     etcd.kill(lead);
     report.push(("etcd leader", probe("leader", started).await));
     etcd.start_member(lead).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // 7. The (new) leader hangs: the others elect another.
+    let lead = etcd_leader(&etcd).await;
+    let started = Instant::now();
+    etcd.freeze(lead);
+    report.push((
+        "etcd leader hung (SIGSTOP)",
+        probe("hung-leader", started).await,
+    ));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    etcd.thaw(lead);
     replicas += 1;
     report.push((
         "  a replica added after all that",
