@@ -294,13 +294,16 @@ pub async fn run(
     let bound = listener
         .local_addr()
         .map_err(io("reading the listen address"))?;
-    let node_ip = config.node_ip.clone().unwrap_or_else(|| {
-        if bound.ip().is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            bound.ip().to_string()
-        }
-    });
+    // The node's address: --node-ip, else the one it listens on, else
+    // (listening on all) the address of the interface of its default
+    // route, as the kubelet finds it; loopback when there is none.
+    let node_ip = match (&config.node_ip, bound.ip().is_unspecified()) {
+        (Some(ip), _) => ip.clone(),
+        (None, false) => bound.ip().to_string(),
+        (None, true) => network::ip::default_route_address()
+            .await
+            .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string()),
+    };
     // Under CNI with VXLAN, the device exists before the Node is
     // registered: its MAC goes on the Node for the other nodes. A node
     // with no address other nodes can reach (loopback) routes nothing.

@@ -86,8 +86,11 @@ async fn cluster(
         .expect("building the test image");
     let mut hosts = Hosts::build(prefix, link, agents).expect("making the hosts");
     hosts.start_control_plane(&[]).expect("the control plane");
+    // The last host's agent finds its own address (its default route's).
     for i in 1..=agents {
-        hosts.start_agent(i, backend).expect("an agent");
+        hosts
+            .start_agent_with(i, backend, i != agents)
+            .expect("an agent");
     }
     let mut blocks = BTreeMap::new();
     wait_for(
@@ -115,6 +118,17 @@ async fn cluster(
         },
     )
     .await;
+    let last = &hosts.hosts[agents];
+    let node = get(&hosts, &["get", "node", &last.node]);
+    let internal = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(internal, last.ip.to_string(), "the agent found its address");
     (hosts, blocks)
 }
 

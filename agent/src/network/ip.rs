@@ -78,6 +78,29 @@ pub async fn uplink_of(address: Ipv4Addr) -> Result<Uplink, String> {
         })
 }
 
+/// The address this host's default route leaves from (its source
+/// address, else the first IPv4 address of its interface); None without a
+/// default route or iproute2. Reads the routing table only.
+pub async fn default_route_address() -> Option<Ipv4Addr> {
+    let routes = json("ip", &["-j", "-4", "route", "show", "default"])
+        .await
+        .ok()?;
+    let route = routes.first()?;
+    if let Ok(source) = text(route, "prefsrc").parse() {
+        return Some(source);
+    }
+    let dev = text(route, "dev");
+    let links = json("ip", &["-j", "-4", "addr", "show", "dev", dev])
+        .await
+        .ok()?;
+    links
+        .first()?
+        .get("addr_info")?
+        .as_array()?
+        .iter()
+        .find_map(|a| text(a, "local").parse().ok())
+}
+
 /// The bridge `name` exists, is up, has `mtu` and holds `address` (a
 /// CIDR).
 ///

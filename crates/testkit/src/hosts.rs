@@ -267,9 +267,24 @@ impl Hosts {
     /// # Errors
     /// The binary is missing, or no control plane yet.
     pub fn start_agent(&mut self, i: usize, backend: &str) -> anyhow::Result<()> {
+        self.start_agent_with(i, backend, true)
+    }
+
+    /// As [`Hosts::start_agent`]; without `node_ip` the agent is told
+    /// neither its address nor where to listen (it listens on all and
+    /// finds its address from its default route).
+    ///
+    /// # Errors
+    /// The binary is missing, or no control plane yet.
+    pub fn start_agent_with(
+        &mut self,
+        i: usize,
+        backend: &str,
+        node_ip: bool,
+    ) -> anyhow::Result<()> {
         let (token, hash) = self.join.clone().context("start the control plane first")?;
         let host = self.hosts[i].clone();
-        let args = [
+        let mut args = [
             "agent",
             "--server",
             &self.server_url(),
@@ -297,7 +312,12 @@ impl Hosts {
             "--crash-backoff-secs=1",
             "--crash-backoff-max-secs=4",
         ]
-        .map(String::from);
+        .map(String::from)
+        .to_vec();
+        if !node_ip {
+            let at = args.iter().position(|a| a == "--node-ip").unwrap_or(0);
+            args.drain(at..at + 4);
+        }
         self.spawn(i, "agent", &args)
     }
 
