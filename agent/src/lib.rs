@@ -300,9 +300,15 @@ pub async fn run(
     let node_ip = match (&config.node_ip, bound.ip().is_unspecified()) {
         (Some(ip), _) => ip.clone(),
         (None, false) => bound.ip().to_string(),
-        (None, true) => network::ip::default_route_address()
-            .await
-            .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string()),
+        (None, true) => match network::ip::default_route_address().await {
+            Some(ip) => ip.to_string(),
+            None => {
+                tracing::warn!(
+                    "no IPv4 default route to find this node's address by: using 127.0.0.1 (give --node-ip)"
+                );
+                "127.0.0.1".to_string()
+            }
+        },
     };
     // Under CNI with VXLAN, the device exists before the Node is
     // registered: its MAC goes on the Node for the other nodes. A node

@@ -466,29 +466,6 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
     let node = format!("skup-{}", std::process::id());
     let home = tempfile::tempdir().unwrap();
     let data = home.path().join("data");
-    struct Cleanup(String, String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let ids = Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=io.skiff.node={}", self.1),
-                ])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            let ids: Vec<&str> = ids.lines().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f", "-v"])
-                    .args(&ids)
-                    .output();
-            }
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
     assert!(
         Command::new("ip")
             .args(["netns", "add", &netns])
@@ -496,13 +473,18 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
             .unwrap()
             .success()
     );
-    let _cleanup = Cleanup(netns.clone(), node.clone());
+    let mut up = Up {
+        child: None,
+        etcd: data.join("etcd"),
+        netns: netns.clone(),
+        node: node.clone(),
+    };
     Command::new("ip")
         .args(["-n", &netns, "link", "set", "lo", "up"])
         .status()
         .unwrap();
     let skiff = skiff_testkit::skiff_binary().unwrap();
-    let mut up = Command::new("ip")
+    let child = Command::new("ip")
         .args(["netns", "exec", &netns])
         .arg(&skiff)
         .args(["up", "--listen", "127.0.0.1:6443", "--pod-network", "cni"])
@@ -516,13 +498,15 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
         .arg("--data-dir")
         .arg(&data)
         .env("HOME", home.path())
+        .env_remove("SKIFF_CONFIG")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = up.stdout.take().unwrap();
+    up.child = Some(child);
+    let stdout = up.child.as_mut().unwrap().stdout.take().unwrap();
     let (said_tx, said_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut said = String::new();
@@ -611,14 +595,80 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
     );
 
     // Stopped, it takes its etcd with it.
-    let _ = Command::new("kill")
-        .args(["-TERM", &up.id().to_string()])
-        .status();
-    let _ = up.wait();
-    let etcd_left = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|cmd| String::from_utf8_lossy(&cmd).contains(&*data.join("etcd").to_string_lossy()));
-    assert!(!etcd_left, "the managed etcd stopped with skiff up");
+    let status = up.stop();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "skiff up exits cleanly: {status:?}"
+    );
+    assert!(
+        up.members().is_empty(),
+        "the managed etcd stopped with skiff up"
+    );
+}
+
+/// A `skiff up` of a test, in network namespace `netns`: on drop it is
+/// stopped (SIGTERM, SIGKILL after 20 s), then whatever it left — etcd
+/// members by the pid files beside their logs, the node's containers by
+/// its label — and the namespace are removed.
+struct Up {
+    child: Option<std::process::Child>,
+    etcd: std::path::PathBuf,
+    netns: String,
+    node: String,
+}
+
+impl Up {
+    /// Stops `skiff up`; its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// The pids of etcd members of this `skiff up` still running.
+    fn members(&self) -> Vec<u32> {
+        std::fs::read_dir(&self.etcd)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .filter(|pid: &u32| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(&*self.etcd.to_string_lossy())
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+        for pid in self.members() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let ids = skiff_testkit::docker_containers_of(&self.node);
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .output();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
 }

@@ -78,9 +78,10 @@ pub async fn uplink_of(address: Ipv4Addr) -> Result<Uplink, String> {
         })
 }
 
-/// The address this host's default route leaves from (its source
-/// address, else the first IPv4 address of its interface); None without a
-/// default route or iproute2. Reads the routing table only.
+/// The address this host's default route leaves from: its source
+/// address, else the primary IPv4 address of its interface (the first
+/// next hop's, for a multipath route); None without a default route or
+/// iproute2. Reads the routing table only.
 pub async fn default_route_address() -> Option<Ipv4Addr> {
     let routes = json("ip", &["-j", "-4", "route", "show", "default"])
         .await
@@ -89,8 +90,15 @@ pub async fn default_route_address() -> Option<Ipv4Addr> {
     if let Ok(source) = text(route, "prefsrc").parse() {
         return Some(source);
     }
-    let dev = text(route, "dev");
-    let links = json("ip", &["-j", "-4", "addr", "show", "dev", dev])
+    let dev = match text(route, "dev") {
+        "" => route
+            .get("nexthops")?
+            .as_array()?
+            .first()
+            .map(|hop| text(hop, "dev").to_string())?,
+        dev => dev.to_string(),
+    };
+    let links = json("ip", &["-j", "-4", "addr", "show", "dev", &dev])
         .await
         .ok()?;
     links
@@ -98,6 +106,7 @@ pub async fn default_route_address() -> Option<Ipv4Addr> {
         .get("addr_info")?
         .as_array()?
         .iter()
+        .filter(|a| a.get("secondary").and_then(Value::as_bool) != Some(true))
         .find_map(|a| text(a, "local").parse().ok())
 }
 

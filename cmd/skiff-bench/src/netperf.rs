@@ -125,11 +125,12 @@ fn load(
     Ok(figures(all, started.elapsed()))
 }
 
-/// The network namespace of pod `pod`'s sandbox.
-fn pod_netns(pod: &str) -> anyhow::Result<PathBuf> {
+/// The network namespace of the sandbox of pod `pod` on `node`.
+fn pod_netns(pod: &str, node: &str) -> anyhow::Result<PathBuf> {
     let out = std::process::Command::new("docker")
         .args(["ps", "-q", "--filter"])
         .arg(format!("label=io.skiff.pod.name={pod}"))
+        .args(["--filter", &format!("label=io.skiff.node={node}")])
         .args(["--filter", "label=io.skiff.container.name=POD"])
         .output()?;
     let id = String::from_utf8_lossy(&out.stdout)
@@ -215,10 +216,16 @@ fn host_netns(hosts: &Hosts, i: usize) -> PathBuf {
 
 /// Measures `paths` twice each, interleaved; the better run of each.
 fn measure(paths: &[Path_], connections: usize, seconds: f64) -> anyhow::Result<Vec<Figures>> {
-    let stop = Arc::new(AtomicBool::new(false));
+    /// Stops the servers however the measurement ends.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Stop(Arc::new(AtomicBool::new(false)));
     for path in paths {
-        // One server per namespace (a second bind would fail).
-        let _ = serve(path.server.clone(), Arc::clone(&stop));
+        serve(path.server.clone(), Arc::clone(&stop.0))?;
     }
     let mut best = vec![Figures::default(); paths.len()];
     for _ in 0..2 {
@@ -234,7 +241,7 @@ fn measure(paths: &[Path_], connections: usize, seconds: f64) -> anyhow::Result<
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stop);
     Ok(best)
 }
 
@@ -261,14 +268,14 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             },
             Path_ {
                 name: "pod to pod, one host",
-                client: pod_netns("client")?,
-                server: pod_netns("near")?,
+                client: pod_netns("client", &hosts.hosts[1].node)?,
+                server: pod_netns("near", &hosts.hosts[1].node)?,
                 target: ips["near"],
             },
             Path_ {
                 name: "pod to pod, host-gw",
-                client: pod_netns("client")?,
-                server: pod_netns("far")?,
+                client: pod_netns("client", &hosts.hosts[1].node)?,
+                server: pod_netns("far", &hosts.hosts[2].node)?,
                 target: ips["far"],
             },
         ];
@@ -289,8 +296,8 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             },
             Path_ {
                 name: "pod to pod, vxlan",
-                client: pod_netns("client")?,
-                server: pod_netns("far")?,
+                client: pod_netns("client", &hosts.hosts[1].node)?,
+                server: pod_netns("far", &hosts.hosts[2].node)?,
                 target: ips["far"],
             },
         ];

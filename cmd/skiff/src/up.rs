@@ -45,6 +45,7 @@ pub(crate) struct UpArgs {
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
+        .clone()
         .unwrap_or_else(crate::common::default_data_dir);
     let mut config = api_config(&args.api, &data_dir)?;
     let managed_etcd = match args.etcd_managed {
@@ -60,6 +61,23 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // However the cluster ends (an error too), the managed etcd stops and
+    // is reaped before this process exits.
+    let endpoints = managed_etcd.as_ref().map(|e| e.endpoints.clone());
+    let result = run_cluster(args, config, data_dir, endpoints).await;
+    if let Some(etcd) = managed_etcd {
+        etcd.stop().await;
+    }
+    result
+}
+
+/// The cluster of `skiff up`, its state where `config` says.
+async fn run_cluster(
+    args: UpArgs,
+    config: skiff_apiserver::Config,
+    data_dir: PathBuf,
+    managed_endpoints: Option<Vec<String>>,
+) -> anyhow::Result<()> {
     let security = config.security.clone();
     let server = skiff_apiserver::ApiServer::start(config)
         .await
@@ -184,10 +202,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     } else {
         println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
     }
-    if let Some(etcd) = &managed_etcd {
+    if let Some(endpoints) = &managed_endpoints {
         println!(
             "  state:       etcd at {} (started by skiff up, data in {})",
-            etcd.endpoints.join(","),
+            endpoints.join(","),
             data_dir.join("etcd").display()
         );
     } else if args.api.etcd.is_empty() {
@@ -229,8 +247,5 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _ = scheduler.await;
     let _ = controllers.await;
     server.stop().await.context("stopping the API server")?;
-    if let Some(etcd) = managed_etcd {
-        etcd.stop().await;
-    }
     Ok(())
 }

@@ -315,7 +315,10 @@ impl Hosts {
         .map(String::from)
         .to_vec();
         if !node_ip {
-            let at = args.iter().position(|a| a == "--node-ip").unwrap_or(0);
+            let at = args
+                .iter()
+                .position(|a| a == "--node-ip")
+                .expect("the agent's arguments name its address");
             args.drain(at..at + 4);
         }
         self.spawn(i, "agent", &args)
