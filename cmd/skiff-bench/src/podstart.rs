@@ -1,0 +1,252 @@
+//! `skiff-bench podstart`: pod create→Running on a Docker node beside
+//! plain `docker create+start`.
+
+// The shared helpers and imports of the bench binary.
+use super::*;
+
+/// Plain Docker, `n` at once, each timed from its first create call to
+/// its last start returning: one container of `image` per unit, or (with
+/// `pod_shaped`) what a pod is made of, a pause sandbox plus a container
+/// joining its network and IPC namespaces. Everything is removed after.
+async fn raw_docker_starts(
+    image: &str,
+    n: usize,
+    pod_shaped: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    use skiff_runtime::bollard::models::{ContainerCreateBody, HostConfig};
+    use skiff_runtime::bollard::query_parameters::{
+        CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    };
+    let docker = skiff_runtime::docker::engine().await?;
+    let run = std::process::id();
+    let pause = skiff_runtime::docker::pause_image();
+    let labels: std::collections::HashMap<String, String> = [
+        ("io.skiff.managed".to_string(), "true".to_string()),
+        ("io.skiff.bench".to_string(), run.to_string()),
+    ]
+    .into();
+    let starts = (0..n).map(|i| {
+        let docker = docker.clone();
+        let (image, pause, labels) = (image.to_string(), pause.clone(), labels.clone());
+        async move {
+            let began = Instant::now();
+            let mut ids = Vec::new();
+            let mut host_config = None;
+            if pod_shaped {
+                let body = ContainerCreateBody {
+                    image: Some(pause),
+                    labels: Some(labels.clone()),
+                    host_config: Some(HostConfig {
+                        ipc_mode: Some("shareable".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let options = CreateContainerOptionsBuilder::default()
+                    .name(&format!("skiff-bench-raw-{run}-{i}-pause"))
+                    .build();
+                let id = docker.create_container(Some(options), body).await?.id;
+                docker.start_container(&id, None).await?;
+                let joined = format!("container:{id}");
+                host_config = Some(HostConfig {
+                    network_mode: Some(joined.clone()),
+                    ipc_mode: Some(joined),
+                    ..Default::default()
+                });
+                ids.push(id);
+            }
+            let body = ContainerCreateBody {
+                image: Some(image),
+                cmd: Some(vec!["sleep".into(), "3600".into()]),
+                labels: Some(labels),
+                host_config,
+                ..Default::default()
+            };
+            let options = CreateContainerOptionsBuilder::default()
+                .name(&format!("skiff-bench-raw-{run}-{i}"))
+                .build();
+            let id = docker.create_container(Some(options), body).await?.id;
+            docker.start_container(&id, None).await?;
+            ids.push(id);
+            anyhow::Ok((began.elapsed(), ids))
+        }
+    });
+    let results = futures::future::join_all(starts).await;
+    let mut latencies = Vec::new();
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok((latency, ids)) => {
+                latencies.push(latency);
+                for id in ids.iter().rev() {
+                    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                    let _ = docker.remove_container(id, Some(options)).await;
+                }
+            }
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.context("plain docker create+start")),
+        None => {
+            latencies.sort();
+            Ok(latencies)
+        }
+    }
+}
+
+pub(crate) async fn bench_podstart(n: usize) -> anyhow::Result<()> {
+    use skiff::pb::api::v1::DeleteRequest;
+    let image = skiff_testkit::test_image().await?;
+    let dir = tempfile::tempdir()?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("podstart.redb"))).await?;
+    let url = format!("http://{}", server.addr);
+    let node = skiff_testkit::AgentNode::start(&url, "bench-podstart")?;
+    let channel = skiff_testkit::channel(server.addr).await?;
+    let pods = skiff_client::Api::<Pod>::new(channel.clone());
+    let nodes = skiff_client::Api::<skiff::pb::core::v1::Node>::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.get("", &node.name).await.is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent did not register its node"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The baselines first, so every side finds the images cached (the
+    // agent has built the pause image by now).
+    let raw = raw_docker_starts(image, n, false).await?;
+    let pairs = raw_docker_starts(image, n, true).await?;
+
+    let list = pods.list(Default::default()).await?;
+    let rv = list
+        .metadata
+        .map(|m| m.resource_version)
+        .unwrap_or_default();
+    let mut events = pods
+        .watch(WatchRequest {
+            namespace: "default".into(),
+            resource_version: rv,
+            ..Default::default()
+        })
+        .await?;
+    let began = Instant::now();
+    let mut created = std::collections::HashMap::new();
+    let creates = (0..n).map(|i| {
+        let pods = pods.clone();
+        let node = node.name.clone();
+        async move {
+            let pod = Pod {
+                metadata: Some(ObjectMeta {
+                    name: format!("start-{i}"),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    node_name: node,
+                    termination_grace_period_seconds: Some(0),
+                    containers: vec![Container {
+                        name: "main".into(),
+                        image: image.into(),
+                        command: vec!["sleep".into(), "3600".into()],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let at = Instant::now();
+            pods.create(pod).await.map(|_| (format!("start-{i}"), at))
+        }
+    });
+    for result in futures::future::join_all(creates).await {
+        let (name, at) = result?;
+        created.insert(name, at);
+    }
+    let mut running: std::collections::HashMap<String, Duration> = Default::default();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while running.len() < n {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .context("pods not Running within 120 s")?
+            .context("the watch ended")??;
+        let Some(pod) = event.object else { continue };
+        let name = pod
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
+        if phase == "Running"
+            && let Some(at) = created.get(&name)
+        {
+            running.entry(name).or_insert_with(|| at.elapsed());
+        }
+    }
+    let total = began.elapsed();
+    let mut skiff: Vec<Duration> = running.into_values().collect();
+    skiff.sort();
+    for i in 0..n {
+        let _ = pods
+            .delete(DeleteRequest {
+                namespace: "default".into(),
+                name: format!("start-{i}"),
+                ..Default::default()
+            })
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node.container_ids().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (s50, s99) = (percentile(&skiff, 0.5), percentile(&skiff, 0.99));
+    let (r50, r99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
+    let (q50, q99) = (percentile(&pairs, 0.5), percentile(&pairs, 0.99));
+    println!("{n} at once on one node, image {image}");
+    println!("{:<44} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+    println!(
+        "{:<44} {:>10.0} {:>10.0}",
+        "docker create+start (raw, same run)", r50, r99
+    );
+    println!(
+        "{:<44} {:>10.0} {:>10.0}",
+        "docker pause + container (pod-shaped, raw)", q50, q99
+    );
+    println!(
+        "{:<44} {:>10.0} {:>10.0}",
+        "skiff pod create -> Running", s50, s99
+    );
+    println!(
+        "{:<44} {:>10.2} {:>10.2}",
+        "ratio skiff / raw (target <= 1.5)",
+        s50 / r50,
+        s99 / r99
+    );
+    println!(
+        "{:<44} {:>10.2} {:>10.2}",
+        "ratio skiff / pod-shaped raw",
+        s50 / q50,
+        s99 / q99
+    );
+    println!(
+        "{:<44} {:>10.2}",
+        "seconds until all Running",
+        total.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "podstart",
+            "pods": n,
+            "raw_p50_ms": r50, "raw_p99_ms": r99,
+            "skiff_p50_ms": s50, "skiff_p99_ms": s99,
+            "ratio_p50": s50 / r50, "ratio_p99": s99 / r99,
+            "pod_shaped_p50_ms": q50, "pod_shaped_p99_ms": q99,
+            "ratio_pod_shaped_p50": s50 / q50, "ratio_pod_shaped_p99": s99 / q99,
+        })
+    );
+    drop(node);
+    Ok(())
+}

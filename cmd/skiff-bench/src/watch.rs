@@ -1,0 +1,129 @@
+//! `skiff-bench watch`: delivery latency of a change to many watchers.
+
+// The shared helpers and imports of the bench binary.
+use super::*;
+
+pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
+    let mut cm = ConfigMapsClient::new(skiff_testkit::channel(server.addr).await?);
+    let created = cm
+        .create(ConfigMap {
+            metadata: Some(ObjectMeta {
+                name: "watched".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let rv = created
+        .metadata
+        .as_ref()
+        .map(|m| m.resource_version.clone())
+        .unwrap_or_default();
+
+    // Watchers spread over connections (HTTP/2 caps streams per connection).
+    let per_conn = 100;
+    let chans = channels(server.addr, watchers.div_ceil(per_conn)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
+    for w in 0..watchers {
+        let mut client = ConfigMapsClient::new(chans[w / per_conn].clone());
+        let tx = tx.clone();
+        let rv = rv.clone();
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client
+                .watch(WatchRequest {
+                    resource_version: rv,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            ready.send(()).await.ok();
+            let mut seen = 0;
+            while seen < changes {
+                let Some(event) = stream.next().await else {
+                    break;
+                };
+                let event = event?;
+                if event.r#type == EventType::Modified as i32 {
+                    let n: usize = event
+                        .object
+                        .as_ref()
+                        .and_then(|o| o.data.get("n"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let _ = tx.send((n, Instant::now()));
+                    seen += 1;
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(tx);
+    for _ in 0..watchers {
+        ready_rx.recv().await.context("watcher failed to start")?;
+    }
+    eprintln!("{watchers} watchers ready; making {changes} changes...");
+    let mut sent_at = Vec::new();
+    let mut current = created;
+    for n in 0..changes {
+        current.data = [("n".to_string(), n.to_string())].into_iter().collect();
+        let t = Instant::now();
+        current = cm.update(current.clone()).await?.into_inner();
+        sent_at.push(t);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut latencies = Vec::new();
+    let mut to_all = vec![Duration::ZERO; changes];
+    let collect = async {
+        while let Some((n, at)) = rx.recv().await {
+            if let Some(sent) = sent_at.get(n) {
+                let d = at.saturating_duration_since(*sent);
+                latencies.push(d);
+                to_all[n] = to_all[n].max(d);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .context("watchers did not receive every change within 60 s")?;
+    for t in tasks {
+        t.await??;
+    }
+    server.stop().await?;
+    let delivered = latencies.len();
+    latencies.sort();
+    to_all.sort();
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (all50, all99) = (percentile(&to_all, 0.5), percentile(&to_all, 0.99));
+    println!(
+        "{:<40} {:>10} {:>10}",
+        "watch delivery latency", "p50 ms", "p99 ms"
+    );
+    println!(
+        "{:<40} {:>10.2} {:>10.2}",
+        "per watcher and change", p50, p99
+    );
+    println!(
+        "{:<40} {:>10.2} {:>10.2}",
+        "change reaching all watchers", all50, all99
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "watch",
+            "watchers": watchers,
+            "changes": changes,
+            "deliveries": delivered,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "to_all_p50_ms": all50,
+            "to_all_p99_ms": all99,
+        })
+    );
+    Ok(())
+}
