@@ -127,6 +127,7 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
             .arg(data(i))
             .args(["--etcd", &etcd.endpoints().join(",")])
             .args(["--pod-security-default", "privileged"])
+            .env("SKIFF_CLUSTER_TOKEN", "ha-test-token")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -141,9 +142,9 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
         .unwrap();
         guard
     };
-    // The first server makes the cluster CA and token key; the others
-    // share them (copied, as kubeadm's manual HA does), each with its own
-    // serving certificate.
+    // The first server makes the cluster CA and token key and publishes
+    // them in etcd, sealed with the cluster token; the others take them
+    // from there, each with its own serving certificate.
     let mut servers = vec![Some(start_server(0))];
     let admin = data(0).join("admin.config");
     for _ in 0..100 {
@@ -153,13 +154,34 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for i in 1..3 {
-        let pki = data(i).join("pki");
-        std::fs::create_dir_all(&pki).unwrap();
-        for file in ["ca.crt", "ca.key", "sa.key"] {
-            std::fs::copy(data(0).join("pki").join(file), pki.join(file)).unwrap();
-        }
         servers.push(Some(start_server(i)));
     }
+    let ca = |i: usize| std::fs::read_to_string(data(i).join("pki").join("ca.crt")).unwrap();
+    assert!(ca(1) == ca(0) && ca(2) == ca(0), "one CA for the cluster");
+    // A server given another token cannot open them, and says so.
+    let out = Command::new(skiff_binary().unwrap())
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &etcd.endpoints().join(","),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("intruder"))
+        .env("SKIFF_CLUSTER_TOKEN", "a-guess")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--cluster-token"), "{stderr}");
+    assert!(
+        !dir.path()
+            .join("intruder")
+            .join("pki")
+            .join("ca.key")
+            .exists()
+    );
     let tls = skiff_testkit::client_tls(&admin).unwrap();
     let channel = skiff_client::connect_lazy_with(&list, Some(&tls)).unwrap();
     // Each server, alone, answers with a certificate the CA signed for it.

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod bootstrap;
 mod client;
 mod common;
 mod controllers;

@@ -59,6 +59,11 @@ pub(crate) struct ServerArgs {
     /// API actor threads; 0 means one per core.
     #[arg(long, default_value_t = 0)]
     pub(crate) actors: usize,
+    /// With --etcd: a secret every API server of the cluster is given; the
+    /// first one publishes the cluster CA and token key in etcd sealed
+    /// with it, the others take them from there.
+    #[arg(long, env = "SKIFF_CLUSTER_TOKEN", hide_env_values = true)]
+    pub(crate) cluster_token: Option<String>,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
 }
@@ -136,7 +141,28 @@ pub(crate) fn local_url(addr: SocketAddr, tls: bool) -> String {
 /// Runs the API server until a signal, writing the components' client
 /// configs into the data dir.
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let mut config = api_config(&args.api, &args.data_dir)?;
+    let mut config = match &args.cluster_token {
+        None => api_config(&args.api, &args.data_dir)?,
+        Some(_) if args.api.etcd.is_empty() || args.api.insecure => anyhow::bail!(
+            "--cluster-token shares the cluster's keys through etcd: it needs --etcd, and TLS (not --insecure)"
+        ),
+        Some(token) => {
+            let store = skiff_store::EtcdStore::connect(&args.api.etcd)
+                .await
+                .context("reaching etcd")?;
+            let pki = args.data_dir.join("pki");
+            let published = crate::bootstrap::fetch(&store, token, &pki).await?;
+            let config = api_config(&args.api, &args.data_dir)?;
+            if published || crate::bootstrap::publish(&store, token, &pki).await? {
+                config
+            } else {
+                // Another server published first: its keys, not ours.
+                crate::bootstrap::forget(&pki)?;
+                crate::bootstrap::fetch(&store, token, &pki).await?;
+                api_config(&args.api, &args.data_dir)?
+            }
+        }
+    };
     config.actors = args.actors;
     let security = config.security.clone();
     let server = skiff_apiserver::ApiServer::start(config)

@@ -22,6 +22,7 @@
 
 pub mod ca;
 pub mod jwt;
+pub mod sealed;
 pub mod tls;
 
 pub use ca::{
