@@ -127,7 +127,7 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
             .arg(data(i))
             .args(["--etcd", &etcd.endpoints().join(",")])
             .args(["--pod-security-default", "privileged"])
-            .env("SKIFF_CLUSTER_TOKEN", "ha-test-token")
+            .env("SKIFF_CLUSTER_TOKEN", "ha-test-cluster-token-1")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -169,7 +169,7 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
         ])
         .arg("--data-dir")
         .arg(dir.path().join("intruder"))
-        .env("SKIFF_CLUSTER_TOKEN", "a-guess")
+        .env("SKIFF_CLUSTER_TOKEN", "a-guess-that-is-long-enough")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -305,6 +305,12 @@ async fn the_control_plane_rides_out_the_loss_of_any_one_server_component_or_sto
             seen.0.push((kind.to_string(), meta.name, rv));
         }
     });
+    // The load starts once the watcher has listed: every write after is
+    // one of its events.
+    skiff_testkit::wait_until("the watcher listed", Duration::from_secs(30), async || {
+        seen.lock().unwrap().1 >= 1
+    })
+    .await;
 
     // The load: ConfigMaps created, every third one deleted again; an
     // operation whose answer is lost is retried (AlreadyExists/NotFound

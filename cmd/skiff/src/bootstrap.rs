@@ -36,7 +36,7 @@ pub(crate) async fn fetch(
     else {
         return Ok(false);
     };
-    let plain = skiff_pki::sealed::open(token, &kv.value).context(
+    let plain = skiff_pki::sealed::open(token, KEY, &kv.value).context(
         "opening the cluster's keys: is --cluster-token the one the first server was given?",
     )?;
     let bundle: BTreeMap<String, String> =
@@ -46,6 +46,9 @@ pub(crate) async fn fetch(
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(pki, std::fs::Permissions::from_mode(0o700))?;
     }
+    // Every file checked before any is written: never a certificate
+    // beside another CA's key.
+    let mut missing = Vec::new();
     for (file, mode) in FILES {
         let want = bundle
             .get(file)
@@ -58,12 +61,13 @@ pub(crate) async fn fetch(
                 path.display(),
                 pki.display()
             ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                skiff_pki::ca::write_atomic(&path, want, mode)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push((path, want, mode)),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+    for (path, want, mode) in missing {
+        skiff_pki::ca::write_atomic(&path, want, mode)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(pki = %pki.display(), "took the cluster's CA and token key from etcd");
     Ok(true)
@@ -87,7 +91,7 @@ pub(crate) async fn publish(
             .with_context(|| format!("reading {}", path.display()))?;
         bundle.insert(file.to_string(), text);
     }
-    let sealed = skiff_pki::sealed::seal(token, &serde_json::to_vec(&bundle)?)?;
+    let sealed = skiff_pki::sealed::seal(token, KEY, &serde_json::to_vec(&bundle)?)?;
     match store.create(KEY, sealed.into()).await {
         Ok(_) => {
             tracing::info!(
@@ -100,16 +104,20 @@ pub(crate) async fn publish(
     }
 }
 
-/// Removes this server's keys and certificates (a server that lost the
-/// race to publish takes the winner's, and certificates from them).
-///
-/// # Errors
-/// The directory cannot be removed.
-pub(crate) fn forget(pki: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_dir_all(pki) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", pki.display()))
-        }
-        _ => Ok(()),
+/// Whether `pki` holds keys of its own already (a server that had them
+/// before the cluster published any must not lose them).
+pub(crate) fn has_keys(pki: &Path) -> bool {
+    FILES.iter().any(|(file, _)| pki.join(file).exists())
+}
+
+/// Removes the keys this run made (a server that lost the race to publish
+/// takes the winner's; its certificates are issued again from them).
+pub(crate) fn forget(pki: &Path) {
+    for (file, _) in FILES {
+        let _ = std::fs::remove_file(pki.join(file));
     }
 }
+
+/// The shortest token accepted: the bundle can be copied out of etcd and
+/// guessed at offline.
+pub(crate) const MIN_TOKEN_LEN: usize = 16;

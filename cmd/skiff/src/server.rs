@@ -146,18 +146,30 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(_) if args.api.etcd.is_empty() || args.api.insecure => anyhow::bail!(
             "--cluster-token shares the cluster's keys through etcd: it needs --etcd, and TLS (not --insecure)"
         ),
+        Some(token) if token.len() < crate::bootstrap::MIN_TOKEN_LEN => anyhow::bail!(
+            "--cluster-token must be at least {} characters (it seals the cluster CA's key in etcd)",
+            crate::bootstrap::MIN_TOKEN_LEN
+        ),
         Some(token) => {
             let store = skiff_store::EtcdStore::connect(&args.api.etcd)
                 .await
                 .context("reaching etcd")?;
             let pki = args.data_dir.join("pki");
             let published = crate::bootstrap::fetch(&store, token, &pki).await?;
+            let had_keys = crate::bootstrap::has_keys(&pki);
             let config = api_config(&args.api, &args.data_dir)?;
             if published || crate::bootstrap::publish(&store, token, &pki).await? {
                 config
+            } else if had_keys {
+                anyhow::bail!(
+                    "another server published the cluster's CA first, and {} holds another: move it away to take the cluster's",
+                    pki.display()
+                )
             } else {
-                // Another server published first: its keys, not ours.
-                crate::bootstrap::forget(&pki)?;
+                // Another server published first: its keys, not the ones
+                // this run just made.
+                drop(config);
+                crate::bootstrap::forget(&pki);
                 crate::bootstrap::fetch(&store, token, &pki).await?;
                 api_config(&args.api, &args.data_dir)?
             }

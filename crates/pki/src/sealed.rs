@@ -29,11 +29,12 @@ fn key(passphrase: &str, salt: &[u8]) -> Result<LessSafeKey> {
         .map_err(|_| Error::Invalid("sealing key".into()))
 }
 
-/// Seals `plain` with `passphrase`.
+/// Seals `plain` with `passphrase`, bound to `context` (where it is kept:
+/// a value moved elsewhere does not open).
 ///
 /// # Errors
 /// No randomness.
-pub fn seal(passphrase: &str, plain: &[u8]) -> Result<Vec<u8>> {
+pub fn seal(passphrase: &str, context: &str, plain: &[u8]) -> Result<Vec<u8>> {
     let rng = ring::rand::SystemRandom::new();
     let mut salt = [0u8; SALT];
     let mut nonce = [0u8; NONCE];
@@ -44,18 +45,19 @@ pub fn seal(passphrase: &str, plain: &[u8]) -> Result<Vec<u8>> {
     key(passphrase, &salt)?
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(MAGIC),
+            Aad::from([MAGIC, context.as_bytes()].concat()),
             &mut sealed,
         )
         .map_err(|_| Error::Invalid("sealing".into()))?;
     Ok([MAGIC, &salt, &nonce, &sealed].concat())
 }
 
-/// Opens what [`seal`] sealed with `passphrase`.
+/// Opens what [`seal`] sealed with `passphrase` for `context`.
 ///
 /// # Errors
-/// Another passphrase, or bytes that are not a sealed value (altered).
-pub fn open(passphrase: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+/// Another passphrase or context, or bytes that are not a sealed value
+/// (altered).
+pub fn open(passphrase: &str, context: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let rest = sealed
         .strip_prefix(MAGIC)
         .filter(|r| r.len() > SALT + NONCE)
@@ -66,7 +68,11 @@ pub fn open(passphrase: &str, sealed: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| Error::Invalid("not a sealed value".into()))?;
     let mut body = body.to_vec();
     let plain = key(passphrase, salt)?
-        .open_in_place(nonce, Aad::from(MAGIC), &mut body)
+        .open_in_place(
+            nonce,
+            Aad::from([MAGIC, context.as_bytes()].concat()),
+            &mut body,
+        )
         .map_err(|_| {
             Error::Invalid(
                 "the value does not open with this passphrase (another one, or altered)".into(),
@@ -81,18 +87,22 @@ mod tests {
 
     #[test]
     fn sealed_values_open_with_their_passphrase_only() {
-        let sealed = seal("s3cret", b"the CA key").unwrap();
+        let sealed = seal("s3cret", "here", b"the CA key").unwrap();
         assert!(!sealed.windows(10).any(|w| w == b"the CA key"));
-        assert_eq!(open("s3cret", &sealed).unwrap(), b"the CA key");
-        assert!(open("other", &sealed).is_err());
+        assert_eq!(open("s3cret", "here", &sealed).unwrap(), b"the CA key");
+        assert!(open("other", "here", &sealed).is_err());
+        assert!(
+            open("s3cret", "elsewhere", &sealed).is_err(),
+            "bound to its place"
+        );
         let mut altered = sealed.clone();
         let last = altered.len() - 1;
         altered[last] ^= 1;
-        assert!(open("s3cret", &altered).is_err());
-        assert!(open("s3cret", b"plain text").is_err());
+        assert!(open("s3cret", "here", &altered).is_err());
+        assert!(open("s3cret", "here", b"plain text").is_err());
         assert_ne!(
-            seal("s3cret", b"x").unwrap(),
-            seal("s3cret", b"x").unwrap(),
+            seal("s3cret", "here", b"x").unwrap(),
+            seal("s3cret", "here", b"x").unwrap(),
             "fresh salt and nonce"
         );
     }
