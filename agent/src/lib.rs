@@ -314,7 +314,7 @@ pub async fn run(
     // registered: its MAC goes on the Node for the other nodes. A node
     // with no address other nodes can reach (loopback) routes nothing.
     let uplink = match &cni {
-        Some(_) => Some(pod_uplink(&config, &node_ip).await?),
+        Some(_) => Some(network::uplink(&config, &node_ip).await?),
         None => None,
     };
     let backend = match &uplink {
@@ -421,7 +421,7 @@ pub async fn run(
             vtep_mac,
         };
         tokio::select! {
-            started = start_pod_network(&config, &channel, docker, uplink, local) => {
+            started = network::start(&config, &channel, docker, uplink, local) => {
                 network_task = Some(started?);
             }
             () = &mut shutdown => return Ok(()),
@@ -628,90 +628,6 @@ async fn start_proxy(
         backend,
         config.proxy_resync,
     ))))
-}
-
-/// The interface of the node's address, and the address when it is one
-/// other nodes can route to (not loopback: a one-machine cluster).
-async fn pod_uplink(
-    config: &Config,
-    node_ip: &str,
-) -> Result<(network::Uplink, Option<std::net::Ipv4Addr>), Error> {
-    let ip: std::net::Ipv4Addr = node_ip.parse().map_err(|_| {
-        Error::Network(format!(
-            "the node address {node_ip:?} is not an IPv4 address (give --node-ip)"
-        ))
-    })?;
-    let uplink = network::ip::uplink_of(ip).await.map_err(Error::Network)?;
-    if ip.is_loopback() {
-        if config.pod_network.backend != network::Backend::None {
-            tracing::warn!(%ip, "the node address is a loopback address: no routes to other nodes' pods (give --node-ip)");
-        }
-        return Ok((uplink, None));
-    }
-    Ok((uplink, Some(ip)))
-}
-
-/// Waits for the node's podCIDR, prepares the node for CNI pods on it and
-/// starts keeping the routes to other nodes and the masquerade rules (and
-/// freeing the addresses of sandboxes gone behind its back). The task
-/// ends, saying why, when the node's block is no longer its pods'.
-async fn start_pod_network(
-    config: &Config,
-    channel: &tonic::transport::Channel,
-    docker: &Arc<DockerRuntime>,
-    uplink: &network::Uplink,
-    mut local: network::routes::Local,
-) -> Result<tokio::task::JoinHandle<String>, Error> {
-    let Some(cni) = docker.cni() else {
-        return Err(Error::Network("the runtime has no CNI network".into()));
-    };
-    let nodes = Api::<Node>::new(channel.clone());
-    let pod_cidr = network::wait_for_pod_cidr(&nodes, &config.node_name).await;
-    local.pod_cidr = pod_cidr;
-    let prepared = network::prepare(
-        &config.pod_network,
-        local.backend,
-        cni,
-        pod_cidr,
-        uplink,
-        &config.data_dir,
-    )
-    .await
-    .map_err(Error::Network)?;
-    let freed = docker.reconcile_network().await?;
-    tracing::info!(
-        %pod_cidr,
-        bridge = %prepared.bridge,
-        mtu = prepared.mtu,
-        backend = ?local.backend,
-        freed,
-        "pod network ready (CNI)"
-    );
-    let informer = Informer::start(nodes, Params::default());
-    let changes = informer.subscribe();
-    let reconciler = Arc::clone(docker);
-    Ok(tokio::spawn(async move {
-        let sweep = async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match reconciler.reconcile_network().await {
-                    Ok(0) => {}
-                    Ok(freed) => tracing::info!(freed, "freed the addresses of sandboxes gone"),
-                    Err(e) => tracing::warn!(error = %e, "sweeping pod addresses"),
-                }
-            }
-        };
-        // The informer lives as long as the task.
-        let store = informer.store.clone();
-        let why = tokio::select! {
-            why = network::routes::run(local, store, changes) => why,
-            () = sweep => String::new(),
-        };
-        drop(informer);
-        why
-    }))
 }
 
 /// The runtime the config names (and the Docker runtime again when its

@@ -6,6 +6,9 @@
 //! - [`Options`]: the mode (`docker`: Skiff's Docker bridge network, one
 //!   machine; `cni`) and the backend between nodes (`vxlan`, `host-gw`,
 //!   `none`), as k3s' `--flannel-backend`.
+//! - [`start`]: what the agent runs under CNI: waits for the node's
+//!   block, [`prepare`]s the node, keeps the [`routes`] and sweeps the
+//!   addresses of sandboxes gone.
 //! - [`prepare`]: before pods run — the bridge with the block's gateway
 //!   address, the VXLAN device, the CNI network configured, and what a
 //!   crash left half-made undone.
@@ -205,4 +208,90 @@ pub async fn prepare(
     }
     cni.configure(network.clone());
     Ok(network)
+}
+
+/// The interface of the node's address, and the address when it is one
+/// other nodes can route to (not loopback: a one-machine cluster).
+pub(crate) async fn uplink(
+    config: &crate::Config,
+    node_ip: &str,
+) -> Result<(Uplink, Option<std::net::Ipv4Addr>), crate::Error> {
+    let ip: std::net::Ipv4Addr = node_ip.parse().map_err(|_| {
+        crate::Error::Network(format!(
+            "the node address {node_ip:?} is not an IPv4 address (give --node-ip)"
+        ))
+    })?;
+    let uplink = ip::uplink_of(ip).await.map_err(crate::Error::Network)?;
+    if ip.is_loopback() {
+        if config.pod_network.backend != Backend::None {
+            tracing::warn!(%ip, "the node address is a loopback address: no routes to other nodes' pods (give --node-ip)");
+        }
+        return Ok((uplink, None));
+    }
+    Ok((uplink, Some(ip)))
+}
+
+/// Waits for the node's podCIDR, prepares the node for CNI pods on it and
+/// starts keeping the routes to other nodes and the masquerade rules (and
+/// freeing the addresses of sandboxes gone behind its back). The task
+/// ends, saying why, when the node's block is no longer its pods'.
+pub(crate) async fn start(
+    config: &crate::Config,
+    channel: &tonic::transport::Channel,
+    docker: &std::sync::Arc<skiff_runtime::DockerRuntime>,
+    uplink: &Uplink,
+    mut local: routes::Local,
+) -> Result<tokio::task::JoinHandle<String>, crate::Error> {
+    let Some(cni) = docker.cni() else {
+        return Err(crate::Error::Network(
+            "the runtime has no CNI network".into(),
+        ));
+    };
+    let nodes = Api::<Node>::new(channel.clone());
+    let pod_cidr = wait_for_pod_cidr(&nodes, &config.node_name).await;
+    local.pod_cidr = pod_cidr;
+    let prepared = prepare(
+        &config.pod_network,
+        local.backend,
+        cni,
+        pod_cidr,
+        uplink,
+        &config.data_dir,
+    )
+    .await
+    .map_err(crate::Error::Network)?;
+    let freed = docker.reconcile_network().await?;
+    tracing::info!(
+        %pod_cidr,
+        bridge = %prepared.bridge,
+        mtu = prepared.mtu,
+        backend = ?local.backend,
+        freed,
+        "pod network ready (CNI)"
+    );
+    let informer = skiff_client::Informer::start(nodes, skiff_client::watcher::Params::default());
+    let changes = informer.subscribe();
+    let reconciler = std::sync::Arc::clone(docker);
+    Ok(tokio::spawn(async move {
+        let sweep = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match reconciler.reconcile_network().await {
+                    Ok(0) => {}
+                    Ok(freed) => tracing::info!(freed, "freed the addresses of sandboxes gone"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping pod addresses"),
+                }
+            }
+        };
+        // The informer lives as long as the task.
+        let store = informer.store.clone();
+        let why = tokio::select! {
+            why = routes::run(local, store, changes) => why,
+            () = sweep => String::new(),
+        };
+        drop(informer);
+        why
+    }))
 }
