@@ -203,7 +203,7 @@ async fn cluster(
 }
 
 /// One measured path.
-struct Path_ {
+struct NetPath {
     name: &'static str,
     client: PathBuf,
     server: PathBuf,
@@ -215,7 +215,7 @@ fn host_netns(hosts: &Hosts, i: usize) -> PathBuf {
 }
 
 /// Measures `paths` twice each, interleaved; the better run of each.
-fn measure(paths: &[Path_], connections: usize, seconds: f64) -> anyhow::Result<Vec<Figures>> {
+fn measure(paths: &[NetPath], connections: usize, seconds: f64) -> anyhow::Result<Vec<Figures>> {
     /// Stops the servers however the measurement ends.
     struct Stop(Arc<AtomicBool>);
     impl Drop for Stop {
@@ -260,19 +260,19 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
         )
         .await?;
         let paths = [
-            Path_ {
+            NetPath {
                 name: "host to host (one L2 link)",
                 client: host_netns(&hosts, 1),
                 server: host_netns(&hosts, 2),
                 target: hosts.hosts[2].ip,
             },
-            Path_ {
+            NetPath {
                 name: "pod to pod, one host",
                 client: pod_netns("client", &hosts.hosts[1].node)?,
                 server: pod_netns("near", &hosts.hosts[1].node)?,
                 target: ips["near"],
             },
-            Path_ {
+            NetPath {
                 name: "pod to pod, host-gw",
                 client: pod_netns("client", &hosts.hosts[1].node)?,
                 server: pod_netns("far", &hosts.hosts[2].node)?,
@@ -288,13 +288,13 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
         let (hosts, ips) =
             cluster("sknv", Link::Routed, "vxlan", &[("client", 1), ("far", 2)]).await?;
         let paths = [
-            Path_ {
+            NetPath {
                 name: "host to host (routed)",
                 client: host_netns(&hosts, 1),
                 server: host_netns(&hosts, 2),
                 target: hosts.hosts[2].ip,
             },
-            Path_ {
+            NetPath {
                 name: "pod to pod, vxlan",
                 client: pod_netns("client", &hosts.hosts[1].node)?,
                 server: pod_netns("far", &hosts.hosts[2].node)?,
