@@ -356,7 +356,7 @@ const BASELINE_CAPABILITIES: &[&str] = &[
 ];
 
 /// Sysctls a baseline pod may set (Kubernetes' safe set, latest version).
-const SAFE_SYSCTLS: &[&str] = &[
+pub const SAFE_SYSCTLS: &[&str] = &[
     "kernel.shm_rmid_forced",
     "net.ipv4.ip_local_port_range",
     "net.ipv4.tcp_syncookies",

@@ -9,8 +9,8 @@ use skiff::pb::core::v1::{Container, EnvVar, Pod};
 use skiff::quantity::Quantity;
 use skiff_runtime::{ContainerSpec, Mount, PortMapping, SandboxSpec, labels};
 
-use crate::subpath;
 use crate::volumes::{self, Error, Sources};
+use crate::{security, subpath};
 
 /// `init`, `app` or `sandbox` (the [`labels::ROLE`] label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub fn sandbox_spec(
     let hostname = if spec.hostname.is_empty() {
         meta.name.clone()
     } else {
-        spec.hostname
+        spec.hostname.clone()
     };
     SandboxSpec {
         name: runtime_name(pod, labels::SANDBOX, attempt),
@@ -104,7 +104,52 @@ pub fn sandbox_spec(
                 })
             })
             .collect(),
+        host_network: spec.host_network,
+        host_pid: spec.host_pid,
+        host_ipc: spec.host_ipc,
+        sysctls: security::sysctls(&spec),
     }
+}
+
+/// A host-network pod's resolv.conf (the runtime gives it the host's
+/// own): written in the pod's directory when its DNS policy asks for
+/// more than the host's, for [`container_spec`] to mount.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn host_network_resolv_conf(
+    data_dir: &Path,
+    pod: &Pod,
+    cluster_dns: Option<std::net::IpAddr>,
+    upstream_dns: &[String],
+) -> std::io::Result<Option<std::path::PathBuf>> {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    if !spec.host_network {
+        return Ok(None);
+    }
+    let (servers, search, options) =
+        crate::dns::pod_resolv_conf(&spec, &meta.namespace, cluster_dns, upstream_dns);
+    if servers.is_empty() && search.is_empty() && options.is_empty() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        text.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    let dir = volumes::pod_dir(data_dir, &meta.uid);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("resolv.conf");
+    let tmp = dir.join(".resolv.conf.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(Some(path))
 }
 
 /// What the agent knows about the pod's place, for fieldRef env.
@@ -118,6 +163,9 @@ pub struct Placement {
     pub node_name: String,
     /// Where its claims' volumes are on the node.
     pub claim_dirs: volumes::ClaimDirs,
+    /// The resolv.conf its containers mount, for a host-network pod
+    /// whose DNS is not the host's.
+    pub resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// The runtime spec of one of the pod's containers.
@@ -172,6 +220,19 @@ pub async fn container_spec(
             read_only: m.read_only || volumes::forced_read_only(volume),
         });
     }
+    if let Some(resolv_conf) = &placement.resolv_conf {
+        mounts.push(Mount {
+            host_path: resolv_conf.clone(),
+            container_path: "/etc/resolv.conf".into(),
+            read_only: true,
+        });
+    }
+    let security = security::container_security(&spec, container, data_dir).map_err(|e| {
+        Error::Missing(format!(
+            "container {:?}: securityContext: {e}",
+            container.name
+        ))
+    })?;
     let resources = container.resources.clone().unwrap_or_default();
     let quantity = |map: &BTreeMap<String, String>, key: &str| {
         map.get(key).and_then(|q| q.parse::<Quantity>().ok())
@@ -194,6 +255,9 @@ pub async fn container_spec(
         labels: pod_labels(pod, &container.name, role.as_str(), attempt),
         sandbox_id: sandbox_id.to_string(),
         share_pid: spec.share_process_namespace.unwrap_or(false),
+        host_pid: spec.host_pid,
+        host_ipc: spec.host_ipc,
+        security,
         memory_limit,
         nano_cpus,
         cpu_shares,
@@ -519,6 +583,7 @@ mod tests {
             host_ip: "127.0.0.1".into(),
             node_name: "n1".into(),
             claim_dirs: Default::default(),
+            resolv_conf: None,
         };
         assert_eq!(
             field_value(&pod, "metadata.name", &placement).unwrap(),

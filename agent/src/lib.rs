@@ -41,6 +41,7 @@ pub mod network;
 pub mod node;
 pub mod prober;
 pub mod proxy;
+pub mod security;
 pub mod server;
 pub mod stats;
 pub mod status;

@@ -522,6 +522,9 @@ pub async fn prepare(
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let mut claims = ClaimDirs::new();
+    let pod_sc = spec.security_context.clone().unwrap_or_default();
+    let fs_group = pod_sc.fs_group.and_then(|g| u32::try_from(g).ok());
+    let fs_group_policy = pod_sc.fs_group_change_policy.unwrap_or_default();
     for volume in &spec.volumes {
         let path = volume_path(data_dir, &meta.uid, volume, &claims);
         let io = |source| Error::Io {
@@ -529,7 +532,14 @@ pub async fn prepare(
             source,
         };
         if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&path).map_err(io)?;
+            if !path.is_dir() {
+                std::fs::create_dir_all(&path).map_err(io)?;
+                // Kubernetes' emptyDir: writable by whatever user the
+                // containers run as.
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                    .map_err(io)?;
+            }
         } else if let Some(host) = &volume.host_path {
             check_host_path(
                 &volume.name,
@@ -587,8 +597,46 @@ pub async fn prepare(
                 kind: "untyped",
             });
         }
+        if let Some(gid) = fs_group {
+            own_volume(data_dir, &meta.uid, volume, &claims, gid, &fs_group_policy).map_err(io)?;
+        }
     }
     Ok(claims)
+}
+
+/// `fsGroup` on one volume (never a hostPath: Kubernetes leaves the
+/// host's files alone). Files the agent projects (configMap, secret,
+/// downward API, projected) are rewritten on updates, so they are owned
+/// on every preparation; an emptyDir or a claim once per pod, when it
+/// is first prepared for it (the kubelet's mount), or only when its top
+/// directory differs with `fsGroupChangePolicy: OnRootMismatch`.
+fn own_volume(
+    data_dir: &Path,
+    uid: &str,
+    volume: &Volume,
+    claims: &ClaimDirs,
+    gid: u32,
+    policy: &str,
+) -> std::io::Result<()> {
+    if volume.host_path.is_some() {
+        return Ok(());
+    }
+    let path = volume_path(data_dir, uid, volume, claims);
+    let read_only = forced_read_only(volume);
+    let projected = volume.empty_dir.is_none() && volume.persistent_volume_claim.is_none();
+    if projected {
+        return crate::security::set_group_ownership(&path, gid, read_only);
+    }
+    if policy == "OnRootMismatch" && crate::security::group_ownership_matches(&path, gid) {
+        return Ok(());
+    }
+    let marker = pod_dir(data_dir, uid).join("fsgroup").join(&volume.name);
+    if marker.exists() {
+        return Ok(());
+    }
+    crate::security::set_group_ownership(&path, gid, read_only)?;
+    std::fs::create_dir_all(marker.parent().expect("a marker has a parent"))?;
+    std::fs::write(&marker, gid.to_string())
 }
 
 /// Removes everything the pod had on the node's disk (emptyDirs and

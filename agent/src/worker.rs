@@ -25,9 +25,9 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_runtime::{Container, Error as RuntimeError, PullPolicy, Runtime, State, labels};
 
 use crate::containers::{self, Placement, Role};
-use crate::prober;
 use crate::status::{self, Observed, ProbeState};
 use crate::volumes::{self, Sources};
+use crate::{prober, security};
 
 /// What every worker of the node shares.
 pub struct Shared {
@@ -513,11 +513,25 @@ async fn sync(
         }
     };
     let sandbox_attempt = status::attempt(&sandbox).to_string();
+    // A host-network pod has the node's address.
+    let pod_ip = if spec.host_network {
+        shared.node_ip.clone()
+    } else {
+        sandbox.ip.clone().unwrap_or_default()
+    };
+    let resolv_conf = containers::host_network_resolv_conf(
+        &shared.data_dir,
+        &pod,
+        shared.cluster_dns,
+        &shared.upstream_dns,
+    )
+    .map_err(|e| RuntimeError::Runtime(format!("writing the pod's resolv.conf: {e}")))?;
     let mut placement = Placement {
-        pod_ip: sandbox.ip.clone().unwrap_or_default(),
+        pod_ip,
         host_ip: shared.node_ip.clone(),
         node_name: shared.node_name.clone(),
         claim_dirs: Default::default(),
+        resolv_conf,
     };
     let containers: Vec<Container> = containers
         .into_iter()
@@ -903,6 +917,27 @@ impl Starter<'_> {
                 return Ok(());
             }
         };
+        // The kubelet's runAsNonRoot check, against the image's user.
+        let verdict = if security::needs_image_user(pod, c) {
+            match shared.runtime.image_user(&c.image).await {
+                Ok(user) => security::verify_run_as_non_root(pod, c, &user),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            security::verify_run_as_non_root(pod, c, "")
+        };
+        if let Err(message) = verdict {
+            shared
+                .recorder
+                .record(&**pod, EventType::Warning, "Failed", &message)
+                .await;
+            state.waiting.insert(
+                c.name.clone(),
+                ("CreateContainerConfigError".into(), message),
+            );
+            soonest(shared.backoff.0);
+            return Ok(());
+        }
         spec.labels.insert(
             labels::SANDBOX_ATTEMPT.into(),
             status::attempt(self.sandbox).to_string(),
@@ -957,8 +992,12 @@ async fn report(
         containers,
         probes,
         waiting: &state.waiting,
-        pod_ip: sandbox
-            .and_then(|s| s.ip.as_deref())
+        pod_ip: pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.host_network)
+            .then_some(shared.node_ip.as_str())
+            .or(sandbox.and_then(|s| s.ip.as_deref()))
             .or(pod.status.as_ref().map(|s| s.pod_ip.as_str()))
             .filter(|ip| !ip.is_empty()),
         host_ip: &shared.node_ip,

@@ -109,7 +109,7 @@ impl Env {
         self.get(name).await
     }
 
-    async fn logs(
+    pub(crate) async fn logs(
         &self,
         pod: &str,
         container: &str,

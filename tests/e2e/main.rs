@@ -17,6 +17,7 @@ mod multihost;
 mod proxy;
 mod scheduler;
 mod security;
+mod securitycontext;
 mod services;
 mod storage;
 mod store_conformance;

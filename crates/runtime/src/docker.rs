@@ -118,6 +118,26 @@ fn port_bindings(mappings: &[crate::PortMapping]) -> bollard::models::PortMap {
 }
 
 /// A tar archive of `files` (path, mode, content), for a build context.
+/// Docker's `--security-opt` values for a container's confinement.
+fn security_options(security: &crate::Security) -> Vec<String> {
+    use crate::Profile;
+    let mut options = Vec::new();
+    if security.no_new_privileges {
+        options.push("no-new-privileges".to_string());
+    }
+    match &security.seccomp {
+        Profile::RuntimeDefault => {}
+        Profile::Unconfined => options.push("seccomp=unconfined".into()),
+        Profile::Localhost(json) => options.push(format!("seccomp={json}")),
+    }
+    match &security.apparmor {
+        Profile::RuntimeDefault => {}
+        Profile::Unconfined => options.push("apparmor=unconfined".into()),
+        Profile::Localhost(name) => options.push(format!("apparmor={name}")),
+    }
+    options
+}
+
 fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, mode, content) in files {
@@ -400,7 +420,13 @@ impl DockerRuntime {
         let plumbed = cni
             .attachment(&container.id)
             .is_some_and(|a| a.result.is_some());
-        if sandbox && !plumbed && matches!(container.state, State::Running { .. }) {
+        let host_network = container
+            .labels
+            .get(labels::HOST_NETWORK)
+            .map(String::as_str)
+            == Some("true");
+        if sandbox && !host_network && !plumbed && matches!(container.state, State::Running { .. })
+        {
             container.state = State::Unknown("running without a pod network".into());
         }
         container
@@ -608,23 +634,47 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn image_user(&self, image: &str) -> Result<String> {
+        match self.docker.inspect_image(image).await {
+            Ok(found) => Ok(found.config.and_then(|c| c.user).unwrap_or_default()),
+            Err(e) if is_status(&e, 404) => Err(Error::NotFound(format!("image {image:?}"))),
+            Err(e) => Err(docker_error(e)),
+        }
+    }
+
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
-        let cni = self.cni();
+        // A host-network pod has the host's addresses, resolver, name and
+        // ports: Docker refuses its own for it, and there is nothing to
+        // plumb.
+        let own_network = !spec.host_network;
+        let cni = self.cni().filter(|_| own_network);
         // Docker publishes host ports on its own network; under CNI,
         // portmap does.
-        let docker_ports = cni.is_none() && !spec.port_mappings.is_empty();
+        let docker_ports = cni.is_none() && own_network && !spec.port_mappings.is_empty();
+        let listed = |v: &Vec<String>| (own_network && !v.is_empty()).then(|| v.clone());
         let host_config = HostConfig {
-            network_mode: Some(
+            network_mode: Some(if spec.host_network {
+                "host".to_string()
+            } else {
                 self.docker_network()
-                    .map_or_else(|| "none".to_string(), str::to_string),
-            ),
-            ipc_mode: Some("shareable".into()),
-            dns: (!spec.dns_servers.is_empty()).then(|| spec.dns_servers.clone()),
-            dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
-            dns_options: (!spec.dns_options.is_empty()).then(|| spec.dns_options.clone()),
+                    .map_or_else(|| "none".to_string(), str::to_string)
+            }),
+            ipc_mode: Some(if spec.host_ipc { "host" } else { "shareable" }.into()),
+            pid_mode: spec.host_pid.then(|| "host".into()),
+            dns: listed(&spec.dns_servers),
+            dns_search: listed(&spec.dns_search),
+            dns_options: listed(&spec.dns_options),
             port_bindings: docker_ports.then(|| port_bindings(&spec.port_mappings)),
+            sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.iter().cloned().collect()),
+            // The pause process needs nothing.
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
             ..Default::default()
         };
+        let mut labels = spec.labels.clone();
+        if spec.host_network {
+            labels.insert(labels::HOST_NETWORK.into(), "true".into());
+        }
         let body = ContainerCreateBody {
             exposed_ports: docker_ports.then(|| {
                 spec.port_mappings
@@ -633,8 +683,8 @@ impl Runtime for DockerRuntime {
                     .collect()
             }),
             image: Some(self.pause_image.clone()),
-            hostname: (!spec.hostname.is_empty()).then(|| spec.hostname.clone()),
-            labels: Some(self.node_labels(spec.labels.clone())),
+            hostname: (own_network && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
+            labels: Some(self.node_labels(labels)),
             host_config: Some(host_config),
             ..Default::default()
         };
@@ -680,18 +730,59 @@ impl Runtime for DockerRuntime {
                 format!("{}:{}{mode}", m.host_path.display(), m.container_path)
             })
             .collect();
+        let security = &spec.security;
+        let pid_mode = if spec.host_pid {
+            Some("host".to_string())
+        } else {
+            spec.share_pid.then(|| sandbox.clone())
+        };
         let host_config = HostConfig {
             network_mode: Some(sandbox.clone()),
-            ipc_mode: Some(sandbox.clone()),
-            pid_mode: spec.share_pid.then_some(sandbox),
+            ipc_mode: Some(if spec.host_ipc {
+                "host".to_string()
+            } else {
+                sandbox
+            }),
+            pid_mode,
             binds: Some(binds),
             memory: spec.memory_limit,
             nano_cpus: spec.nano_cpus,
             cpu_shares: spec.cpu_shares,
+            group_add: (!security.supplemental_groups.is_empty()).then(|| {
+                security
+                    .supplemental_groups
+                    .iter()
+                    .map(i64::to_string)
+                    .collect()
+            }),
+            cap_add: (!security.cap_add.is_empty()).then(|| security.cap_add.clone()),
+            cap_drop: (!security.cap_drop.is_empty()).then(|| security.cap_drop.clone()),
+            privileged: security.privileged.then_some(true),
+            readonly_rootfs: security.read_only_root_filesystem.then_some(true),
+            security_opt: Some(security_options(security)),
             ..Default::default()
+        };
+        let user = match (security.user, security.group) {
+            (None, None) => None,
+            (Some(uid), None) => Some(uid.to_string()),
+            (uid, Some(gid)) => {
+                // A group alone keeps the image's user.
+                let uid = match uid {
+                    Some(uid) => uid.to_string(),
+                    None => {
+                        let user = self.image_user(&spec.image).await?;
+                        match user.split_once(':').map_or(user.as_str(), |(u, _)| u) {
+                            "" => "0".to_string(),
+                            u => u.to_string(),
+                        }
+                    }
+                };
+                Some(format!("{uid}:{gid}"))
+            }
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
+            user,
             entrypoint: spec.command.clone(),
             cmd: spec.args.clone(),
             env: Some(spec.env.clone()),
@@ -1105,6 +1196,26 @@ async fn connect_in_namespace(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confinement_becomes_security_options() {
+        use crate::{Profile, Security};
+        assert!(security_options(&Security::default()).is_empty());
+        let asked = Security {
+            no_new_privileges: true,
+            seccomp: Profile::Localhost(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into()),
+            apparmor: Profile::Unconfined,
+            ..Default::default()
+        };
+        assert_eq!(
+            security_options(&asked),
+            [
+                "no-new-privileges",
+                r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#,
+                "apparmor=unconfined"
+            ]
+        );
+    }
 
     #[test]
     fn docker_times_parse_and_the_zero_time_is_none() {

@@ -158,6 +158,14 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    async fn image_user(&self, image: &str) -> Result<String> {
+        if self.lock().images.contains(image) {
+            Ok(String::new())
+        } else {
+            Err(Error::NotFound(format!("image {image:?}")))
+        }
+    }
+
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
         self.record(format!("run_sandbox {}", spec.name));
         let state = State::Running {

@@ -33,3 +33,6 @@ pub const SANDBOX_ATTEMPT: &str = "io.skiff.sandbox.attempt";
 pub const ROLE: &str = "io.skiff.container.role";
 /// The container's value of [`CONTAINER_NAME`] for a pod sandbox.
 pub const SANDBOX: &str = "POD";
+/// `true` on a sandbox in the host's network namespace (`hostNetwork`):
+/// it has no pod network of its own to lose.
+pub const HOST_NETWORK: &str = "io.skiff.host-network";

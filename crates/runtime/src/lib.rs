@@ -59,6 +59,10 @@ pub enum Error {
     /// An exec did not finish in time.
     #[error("command timed out after {0:?}")]
     Timeout(Duration),
+    /// The runtime cannot do what the spec asks (a security setting the
+    /// process runtime has no means for).
+    #[error("{0}")]
+    Unsupported(String),
     /// The pod network (CNI) could not be set up or torn down.
     #[error("pod network: {0}")]
     Network(String),
@@ -126,6 +130,64 @@ pub struct SandboxSpec {
     pub dns_options: Vec<String>,
     /// Host ports forwarded to the pod (containers' `hostPort`s).
     pub port_mappings: Vec<PortMapping>,
+    /// Use the host's network namespace (`hostNetwork`): no address, DNS,
+    /// hostname or ports of its own.
+    pub host_network: bool,
+    /// Use the host's PID namespace (`hostPID`).
+    pub host_pid: bool,
+    /// Use the host's IPC namespace (`hostIPC`).
+    pub host_ipc: bool,
+    /// Namespaced kernel parameters set in the pod's namespaces
+    /// (`securityContext.sysctls`), name and value.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// A seccomp or AppArmor profile, as Kubernetes names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// The runtime's default profile (Docker's `default` seccomp filter,
+    /// `docker-default` AppArmor).
+    #[default]
+    RuntimeDefault,
+    /// No profile.
+    Unconfined,
+    /// A profile of the node: for seccomp its JSON text (read by the
+    /// agent from its seccomp directory), for AppArmor its loaded name.
+    Localhost(String),
+}
+
+/// The Linux security settings of one container: Kubernetes'
+/// `securityContext`, the container's fields over the pod's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// The process's uid (`runAsUser`); none: the image's user.
+    pub user: Option<i64>,
+    /// The process's gid (`runAsGroup`); none: the image's (or the
+    /// user's) group.
+    pub group: Option<i64>,
+    /// Extra groups (`supplementalGroups` and `fsGroup`).
+    pub supplemental_groups: Vec<i64>,
+    /// Capabilities added to the runtime's default set.
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (`ALL` for every one).
+    pub cap_drop: Vec<String>,
+    /// Every capability and device of the host (`privileged`).
+    pub privileged: bool,
+    /// The image's filesystem mounted read-only.
+    pub read_only_root_filesystem: bool,
+    /// `no_new_privs` (`allowPrivilegeEscalation: false`).
+    pub no_new_privileges: bool,
+    /// The seccomp profile.
+    pub seccomp: Profile,
+    /// The AppArmor profile.
+    pub apparmor: Profile,
+}
+
+impl Security {
+    /// Whether nothing is asked beyond the runtime's defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A host port forwarded to a pod port.
@@ -164,6 +226,12 @@ pub struct ContainerSpec {
     pub sandbox_id: String,
     /// Share the sandbox's PID namespace too (`shareProcessNamespace`).
     pub share_pid: bool,
+    /// Use the host's PID namespace (`hostPID`).
+    pub host_pid: bool,
+    /// Use the host's IPC namespace (`hostIPC`) instead of the sandbox's.
+    pub host_ipc: bool,
+    /// Its user, groups, capabilities and confinement.
+    pub security: Security,
     /// Memory limit in bytes.
     pub memory_limit: Option<i64>,
     /// CPU limit in billionths of a CPU.
@@ -309,6 +377,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// [`Error::ImagePull`] or [`Error::ImageNeverPull`] when it is absent
     /// and cannot be had.
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<String>;
+
+    /// The user an image runs as when no uid is given (its `USER`:
+    /// `"1000"`, `"nobody"`, `"1000:100"`; empty for root); for a
+    /// runtime without images, the user its processes run as.
+    async fn image_user(&self, image: &str) -> Result<String>;
 
     /// Creates and starts a pod sandbox; returns its id.
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String>;

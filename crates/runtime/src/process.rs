@@ -294,7 +294,30 @@ impl Runtime for ProcessRuntime {
         Ok(format!("process://{image}"))
     }
 
+    async fn image_user(&self, _image: &str) -> Result<String> {
+        // Processes run as the agent does.
+        let status = std::fs::read_to_string("/proc/self/status")
+            .map_err(|e| Error::Runtime(format!("reading /proc/self/status: {e}")))?;
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0");
+        Ok(if uid == "0" {
+            String::new()
+        } else {
+            uid.into()
+        })
+    }
+
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        if !spec.sysctls.is_empty() {
+            // They would be set on the host itself.
+            return Err(Error::Unsupported(format!(
+                "pod sandbox {}: sysctls need a pod network namespace; the process runtime runs pods in the host's",
+                spec.name
+            )));
+        }
         self.add(&Record {
             name: spec.name.clone(),
             image: String::new(),
@@ -309,6 +332,12 @@ impl Runtime for ProcessRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
         self.dir(&spec.sandbox_id)?;
+        if !spec.security.is_default() {
+            return Err(Error::Unsupported(format!(
+                "container {}: the process runtime runs containers as host processes of the agent's user and cannot apply a securityContext (user, groups, capabilities, privileged, read-only root, no_new_privs, seccomp, AppArmor); use the Docker runtime",
+                spec.name
+            )));
+        }
         let mut argv: Vec<String> = spec.command.clone().unwrap_or_default();
         argv.extend(spec.args.clone().unwrap_or_default());
         if argv.is_empty() {
@@ -631,6 +660,52 @@ pub fn shim(dir: &Path, argv: &[String]) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn security_settings_and_sysctls_it_cannot_apply_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime =
+            ProcessRuntime::new(dir.path().join("c"), "n1", "/bin/true".into(), "127.0.0.1")
+                .unwrap();
+        let refused = runtime
+            .run_sandbox(&SandboxSpec {
+                name: "pod-a".into(),
+                sysctls: vec![("net.ipv4.ip_local_port_range".into(), "2000 3000".into())],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Error::Unsupported(_)), "{refused}");
+        let sandbox = runtime
+            .run_sandbox(&SandboxSpec {
+                name: "pod-b".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let container = |security| ContainerSpec {
+            name: "app".into(),
+            command: Some(vec!["sleep".into(), "1".into()]),
+            sandbox_id: sandbox.clone(),
+            security,
+            ..Default::default()
+        };
+        let dropped = crate::Security {
+            cap_drop: vec!["NET_RAW".into()],
+            ..Default::default()
+        };
+        let refused = runtime.create(&container(dropped)).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("cannot apply a securityContext"),
+            "{refused}"
+        );
+        runtime
+            .create(&container(Default::default()))
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn tail_finds_the_last_lines() {

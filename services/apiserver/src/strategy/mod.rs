@@ -18,6 +18,7 @@ mod batch;
 mod cluster;
 mod pod;
 mod rbac;
+mod securitycontext;
 mod service;
 mod storage;
 mod workloads;

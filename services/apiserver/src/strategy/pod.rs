@@ -23,6 +23,20 @@ pub(super) fn default_pod_spec(spec: &mut PodSpec) {
         spec.scheduler_name = "default-scheduler".into();
     }
     spec.termination_grace_period_seconds.get_or_insert(30);
+    if spec.host_network {
+        // Kubernetes: a host-network pod's ports are the host's.
+        for c in spec
+            .init_containers
+            .iter_mut()
+            .chain(spec.containers.iter_mut())
+        {
+            for p in &mut c.ports {
+                if p.host_port == 0 {
+                    p.host_port = p.container_port;
+                }
+            }
+        }
+    }
     for c in spec
         .init_containers
         .iter_mut()
@@ -79,6 +93,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         for (i, c) in containers.iter().enumerate() {
             let cpath = format!("{path}.{list}[{i}]");
             validate_container(&cpath, c, &volumes, errors);
+            securitycontext::validate_container(&cpath, c, errors);
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
                 errors.push(
                     format!("{cpath}.name"),
@@ -105,6 +120,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
             "Invalid value: must be >= 0",
         );
     }
+    securitycontext::validate_pod(path, spec, errors);
     validation::validate_labels(&format!("{path}.nodeSelector"), &spec.node_selector, errors);
     if !spec.node_name.is_empty()
         && let Err(reason) = validation::is_dns1123_subdomain(&spec.node_name)
