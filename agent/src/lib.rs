@@ -224,6 +224,17 @@ pub async fn run(
         move |source| Error::Io { what, source }
     };
     std::fs::create_dir_all(config.data_dir.join("pods")).map_err(io("creating the data dir"))?;
+    // Pods' emptyDirs are open to any uid a container runs as, and their
+    // secrets readable: the host's other users stay out (as the kubelet's
+    // pods directory does).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            config.data_dir.join("pods"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .map_err(io("restricting the pods dir"))?;
+    }
     let storage_root = std::path::absolute(storage::root(&config.data_dir))
         .map_err(io("resolving the local-path storage dir"))?;
     std::fs::create_dir_all(&storage_root).map_err(io("creating the local-path storage dir"))?;

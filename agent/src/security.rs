@@ -158,99 +158,147 @@ pub fn verify_run_as_non_root(
     }
 }
 
-/// The pod's sysctls, name and value.
+/// The pod's sysctls, name and value, names in dotted form (Kubernetes
+/// accepts `net/ipv4/ip_local_port_range`, `/` then separating and `.`
+/// belonging to a name such as an interface's, and the kubelet swaps
+/// the two before handing them to the runtime).
 pub fn sysctls(spec: &PodSpec) -> Vec<(String, String)> {
     spec.security_context
         .as_ref()
         .map(|sc| {
             sc.sysctls
                 .iter()
-                .map(|s| (s.name.clone(), s.value.clone()))
+                .map(|s| (dotted(&s.name), s.value.clone()))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-/// The deepest directory [`set_group_ownership`] descends into.
+/// A sysctl name with `/` separators in the dotted form.
+fn dotted(name: &str) -> String {
+    if !name.contains('/') {
+        return name.to_string();
+    }
+    name.chars()
+        .map(|c| match c {
+            '/' => '.',
+            '.' => '/',
+            c => c,
+        })
+        .collect()
+}
+
+/// The deepest directory [`set_group_ownership`] descends into; a
+/// volume nested deeper is an error (its pod waits, nothing is left half
+/// owned and taken for done).
 const MAX_DEPTH: usize = 128;
 
 /// Kubernetes' `fsGroup` ownership of a volume: every file gets group
 /// `gid` and group read and write (read only, for a read-only volume),
 /// every directory also group search and the setgid bit, so that files
-/// made later inherit the group. Symbolic links are never followed (a
-/// pod may plant them in its volumes); only their own group changes.
+/// made later inherit the group. What a pod may have planted is never
+/// followed or opened: symbolic links, devices, FIFOs and sockets only
+/// get their own group changed, and a file swapped for something else
+/// between its look-up and its opening is left alone.
+///
+/// It walks the whole volume: call it off the async runtime.
 ///
 /// # Errors
-/// The volume's directory cannot be opened or changed.
+/// The volume cannot be opened or changed, or is nested deeper than 128
+/// directories.
 pub fn set_group_ownership(root: &Path, gid: u32, read_only: bool) -> std::io::Result<()> {
     let fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    own(&fd, gid, read_only, 0)?;
-    Ok(())
+    own(&fd, gid, read_only, 0)
 }
 
-/// Whether the volume's directory already has group `gid` and the setgid
-/// bit (`fsGroupChangePolicy: OnRootMismatch` then skips it).
-pub fn group_ownership_matches(root: &Path, gid: u32) -> bool {
-    rustix::fs::lstat(root)
-        .is_ok_and(|st| st.st_gid == gid && Mode::from_raw_mode(st.st_mode).contains(Mode::SGID))
+/// The mode bits `fsGroup` gives: group read and write (read only for a
+/// read-only volume), and for directories group search and setgid.
+fn group_bits(read_only: bool, dir: bool) -> u32 {
+    let mut mask = if read_only { 0o440 } else { 0o660 };
+    if dir {
+        mask |= 0o110 | Mode::SGID.bits();
+    }
+    mask
+}
+
+/// Whether the volume's directory already has group `gid` and the bits
+/// [`set_group_ownership`] gives (`fsGroupChangePolicy: OnRootMismatch`
+/// then skips the volume, as the kubelet does).
+pub fn group_ownership_matches(root: &Path, gid: u32, read_only: bool) -> bool {
+    rustix::fs::lstat(root).is_ok_and(|st| {
+        let wanted = group_bits(read_only, true);
+        st.st_gid == gid && st.st_mode & wanted == wanted
+    })
 }
 
 /// Changes one opened file or directory, then (for a directory) what is
 /// in it.
 fn own(fd: &OwnedFd, gid: u32, read_only: bool, depth: usize) -> std::io::Result<()> {
     let stat = rustix::fs::fstat(fd)?;
-    let kind = FileType::from_raw_mode(stat.st_mode);
+    let dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
     rustix::fs::fchown(fd, None, Some(rustix::fs::Gid::from_raw(gid)))?;
-    let mut mask = if read_only { 0o440 } else { 0o660 };
-    if kind == FileType::Directory {
-        mask |= 0o110 | Mode::SGID.bits();
-    }
     // Chown clears setgid on executables: set the mode after it.
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(stat.st_mode & 0o7777 | mask))?;
-    if kind != FileType::Directory {
+    let mode = stat.st_mode & 0o7777 | group_bits(read_only, dir);
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    if !dir {
         return Ok(());
     }
     if depth >= MAX_DEPTH {
-        tracing::warn!(depth, "fsGroup: not descending further into a volume");
-        return Ok(());
+        return Err(std::io::Error::other(format!(
+            "fsGroup: the volume nests directories deeper than {MAX_DEPTH}"
+        )));
     }
-    let mut dir = rustix::fs::Dir::read_from(fd)?;
-    while let Some(entry) = dir.next() {
+    let mut entries = rustix::fs::Dir::read_from(fd)?;
+    while let Some(entry) = entries.next() {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
-        let child = rustix::fs::openat(
+        let found = rustix::fs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)?;
+        let kind = FileType::from_raw_mode(found.st_mode);
+        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+            // Never opened: its own group only, not what it points at.
+            rustix::fs::chownat(
+                fd.as_fd(),
+                name,
+                None,
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+            continue;
+        }
+        let flags = if kind == FileType::Directory {
+            OFlags::DIRECTORY
+        } else {
+            OFlags::NONBLOCK | OFlags::NOCTTY
+        };
+        let child = match rustix::fs::openat(
             fd.as_fd(),
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | flags,
             Mode::empty(),
-        );
-        match child {
-            Ok(child) => {
-                let kind = FileType::from_raw_mode(rustix::fs::fstat(&child)?.st_mode);
-                if matches!(kind, FileType::RegularFile | FileType::Directory) {
-                    own(&child, gid, read_only, depth + 1)?;
-                }
-            }
-            // A symbolic link (or something that cannot be opened): its
-            // own group only.
-            Err(_) => {
-                rustix::fs::chownat(
-                    fd.as_fd(),
-                    name,
-                    None,
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .ok();
-            }
+        ) {
+            Ok(child) => child,
+            // Swapped for a link or something else since the look-up, or
+            // gone: not the file that was looked at, left alone.
+            Err(
+                rustix::io::Errno::LOOP
+                | rustix::io::Errno::NOTDIR
+                | rustix::io::Errno::NOENT
+                | rustix::io::Errno::NXIO,
+            ) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let opened = rustix::fs::fstat(&child)?;
+        if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino) {
+            continue;
         }
+        own(&child, gid, read_only, depth + 1)?;
     }
     Ok(())
 }
@@ -407,6 +455,38 @@ mod tests {
     }
 
     #[test]
+    fn slashed_sysctl_names_become_dotted() {
+        assert_eq!(
+            dotted("net/ipv4/ip_local_port_range"),
+            "net.ipv4.ip_local_port_range"
+        );
+        assert_eq!(
+            dotted("net/ipv4/conf/eno2.100/rp_filter"),
+            "net.ipv4.conf.eno2/100.rp_filter"
+        );
+        assert_eq!(dotted("kernel.shm_rmid_forced"), "kernel.shm_rmid_forced");
+    }
+
+    #[test]
+    fn special_files_get_the_group_through_their_own_entry() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Opening a FIFO for reading would block with nobody writing; the
+        // walk changes its group without opening it.
+        set_group_ownership(dir.path(), 4321, false).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&fifo).unwrap().gid(), 4321);
+    }
+
+    #[test]
     fn fs_group_ownership_reaches_every_file_and_follows_no_link() {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         let dir = tempfile::tempdir().unwrap();
@@ -422,9 +502,9 @@ mod tests {
         std::os::unix::fs::symlink(&outside, vol.join("sub/link")).unwrap();
         let before = std::fs::metadata(&outside).unwrap();
 
-        assert!(!group_ownership_matches(&vol, 4321));
+        assert!(!group_ownership_matches(&vol, 4321, false));
         set_group_ownership(&vol, 4321, false).unwrap();
-        assert!(group_ownership_matches(&vol, 4321));
+        assert!(group_ownership_matches(&vol, 4321, false));
         let data = std::fs::metadata(vol.join("sub/data")).unwrap();
         assert_eq!(data.gid(), 4321);
         assert_eq!(data.mode() & 0o7777, 0o660);

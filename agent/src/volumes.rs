@@ -290,7 +290,7 @@ impl Sources {
         volume: &str,
         claim: &str,
         node: &str,
-    ) -> Result<PathBuf, Error> {
+    ) -> Result<(PathBuf, bool), Error> {
         let problem = |problem: String| Error::Claim {
             name: volume.to_string(),
             problem,
@@ -373,7 +373,9 @@ impl Sources {
                 },
             )?;
         }
-        Ok(PathBuf::from(path))
+        // Kubernetes changes ownership (fsGroup) of `local` volumes only,
+        // never of a hostPath one.
+        Ok((PathBuf::from(path), spec.local.is_some()))
     }
 }
 
@@ -522,6 +524,7 @@ pub async fn prepare(
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let mut claims = ClaimDirs::new();
+    let mut local_claims = std::collections::HashSet::new();
     let pod_sc = spec.security_context.clone().unwrap_or_default();
     let fs_group = pod_sc.fs_group.and_then(|g| u32::try_from(g).ok());
     let fs_group_policy = pod_sc.fs_group_change_policy.unwrap_or_default();
@@ -587,9 +590,12 @@ pub async fn prepare(
             let files = projected(pod, volume, source, sources).await?;
             project(&path, &files, source.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let dir = sources
+            let (dir, local) = sources
                 .claim_dir(&meta.namespace, &volume.name, &claim.claim_name, node)
                 .await?;
+            if local {
+                local_claims.insert(volume.name.clone());
+            }
             claims.insert(volume.name.clone(), dir);
         } else {
             return Err(Error::Unsupported {
@@ -598,14 +604,32 @@ pub async fn prepare(
             });
         }
         if let Some(gid) = fs_group {
-            own_volume(data_dir, &meta.uid, volume, &claims, gid, &fs_group_policy).map_err(io)?;
+            let owned = volume.host_path.is_none()
+                && (volume.persistent_volume_claim.is_none()
+                    || local_claims.contains(&volume.name));
+            if owned {
+                let (data_dir, uid, volume, claims) = (
+                    data_dir.to_path_buf(),
+                    meta.uid.clone(),
+                    volume.clone(),
+                    claims.clone(),
+                );
+                let policy = fs_group_policy.clone();
+                tokio::task::spawn_blocking(move || {
+                    own_volume(&data_dir, &uid, &volume, &claims, gid, &policy)
+                })
+                .await
+                .map_err(|e| io(std::io::Error::other(e.to_string())))?
+                .map_err(io)?;
+            }
         }
     }
     Ok(claims)
 }
 
-/// `fsGroup` on one volume (never a hostPath: Kubernetes leaves the
-/// host's files alone). Files the agent projects (configMap, secret,
+/// `fsGroup` on one volume (an emptyDir, projected files or a `local`
+/// claim; never a hostPath: Kubernetes leaves the host's files alone,
+/// nor a read-only claim). Files the agent projects (configMap, secret,
 /// downward API, projected) are rewritten on updates, so they are owned
 /// on every preparation; an emptyDir or a claim once per pod, when it
 /// is first prepared for it (the kubelet's mount), or only when its top
@@ -618,16 +642,18 @@ fn own_volume(
     gid: u32,
     policy: &str,
 ) -> std::io::Result<()> {
-    if volume.host_path.is_some() {
-        return Ok(());
-    }
     let path = volume_path(data_dir, uid, volume, claims);
     let read_only = forced_read_only(volume);
-    let projected = volume.empty_dir.is_none() && volume.persistent_volume_claim.is_none();
+    let claim = volume.persistent_volume_claim.is_some();
+    if volume.host_path.is_some() || claim && read_only {
+        return Ok(());
+    }
+    let projected = volume.empty_dir.is_none() && !claim;
     if projected {
         return crate::security::set_group_ownership(&path, gid, read_only);
     }
-    if policy == "OnRootMismatch" && crate::security::group_ownership_matches(&path, gid) {
+    if policy == "OnRootMismatch" && crate::security::group_ownership_matches(&path, gid, read_only)
+    {
         return Ok(());
     }
     let marker = pod_dir(data_dir, uid).join("fsgroup").join(&volume.name);

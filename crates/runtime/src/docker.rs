@@ -117,7 +117,6 @@ fn port_bindings(mappings: &[crate::PortMapping]) -> bollard::models::PortMap {
     map
 }
 
-/// A tar archive of `files` (path, mode, content), for a build context.
 /// Docker's `--security-opt` values for a container's confinement.
 fn security_options(security: &crate::Security) -> Vec<String> {
     use crate::Profile;
@@ -138,6 +137,7 @@ fn security_options(security: &crate::Security) -> Vec<String> {
     options
 }
 
+/// A tar archive of `files` (path, mode, content), for a build context.
 fn tar_of(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     for (path, mode, content) in files {

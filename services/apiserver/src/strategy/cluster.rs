@@ -223,7 +223,11 @@ impl Strategy for ConfigMap {
     }
 }
 
-impl Strategy for ServiceAccount {}
+impl Strategy for ServiceAccount {
+    fn validate(&self, errors: &mut FieldErrors) {
+        unsupported::service_account(self, errors);
+    }
+}
 
 impl Strategy for Lease {
     fn validate(&self, errors: &mut FieldErrors) {

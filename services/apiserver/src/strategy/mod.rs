@@ -21,6 +21,7 @@ mod rbac;
 mod securitycontext;
 mod service;
 mod storage;
+mod unsupported;
 mod workloads;
 
 pub use batch::{JOB_NAME_LABEL, JOB_UID_LABEL};

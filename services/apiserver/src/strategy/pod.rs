@@ -94,6 +94,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
             let cpath = format!("{path}.{list}[{i}]");
             validate_container(&cpath, c, &volumes, errors);
             securitycontext::validate_container(&cpath, c, errors);
+            unsupported::container(&cpath, c, errors);
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
                 errors.push(
                     format!("{cpath}.name"),
@@ -121,6 +122,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         );
     }
     securitycontext::validate_pod(path, spec, errors);
+    unsupported::pod_spec(path, spec, errors);
     validation::validate_labels(&format!("{path}.nodeSelector"), &spec.node_selector, errors);
     if !spec.node_name.is_empty()
         && let Err(reason) = validation::is_dns1123_subdomain(&spec.node_name)

@@ -1,12 +1,15 @@
 //! Pods' security contexts and host namespaces: Kubernetes' validation
-//! of them, and Skiff's refusals of what its nodes cannot do (SELinux
-//! labels, user namespaces, unmasked /proc, sysctls outside Kubernetes'
-//! safe set), each naming the field and saying so, so that nothing is
-//! accepted and then silently not done.
+//! of them, and Skiff's refusals of what its nodes cannot do (user
+//! namespaces, unmasked /proc, sysctls outside Kubernetes' safe set),
+//! each naming the field and saying so, so that nothing is accepted and
+//! then silently not done. SELinux options are accepted and, as on a
+//! Kubernetes node without SELinux, change nothing: Skiff's nodes run no
+//! SELinux policy. Unsafe sysctls are refused here, where the kubelet
+//! would accept the object and fail its pods (SysctlForbidden): no Skiff
+//! node allows any.
 
 use skiff::pb::core::v1::{
-    AppArmorProfile, Container, PodSecurityContext, PodSpec, SeLinuxOptions, SeccompProfile,
-    SecurityContext,
+    AppArmorProfile, Container, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext,
 };
 use skiff::podsecurity::SAFE_SYSCTLS;
 use skiff::validation::FieldErrors;
@@ -25,17 +28,6 @@ fn validate_id(errors: &mut FieldErrors, path: String, id: Option<i64>) {
         && !(0..=MAX_ID).contains(&id)
     {
         errors.invalid(path, id, "must be between 0 and 2147483647, inclusive");
-    }
-}
-
-fn validate_selinux(errors: &mut FieldErrors, path: String, options: Option<&SeLinuxOptions>) {
-    if options.is_some_and(|o| *o != SeLinuxOptions::default()) {
-        unsupported(
-            errors,
-            path,
-            "SELinux labels are",
-            "its nodes run no SELinux policy",
-        );
     }
 }
 
@@ -70,7 +62,7 @@ fn validate_apparmor(errors: &mut FieldErrors, path: &str, profile: Option<&AppA
         path,
         &profile.r#type,
         profile.localhost_profile.as_deref(),
-        "apparmor",
+        "AppArmor",
     );
 }
 
@@ -98,7 +90,10 @@ fn validate_profile(
                 format!("Required value: must be set when {what} type is Localhost"),
             );
         }
-        ("Localhost", Some(name)) => validate_local_path(errors, lpath, name),
+        // A seccomp profile is a file below the node's seccomp directory;
+        // an AppArmor one a loaded profile's name (often a path).
+        ("Localhost", Some(name)) if what == "seccomp" => validate_local_path(errors, lpath, name),
+        ("Localhost", Some(_)) => {}
         (_, Some(name)) => errors.invalid(
             lpath,
             name,
@@ -120,7 +115,7 @@ pub(super) fn validate_pod(path: &str, spec: &PodSpec, errors: &mut FieldErrors)
     }
     if spec.host_pid && spec.share_process_namespace == Some(true) {
         errors.invalid(
-            format!("{path}.shareProcessNamespace"),
+            format!("{path}.securityContext.shareProcessNamespace"),
             true,
             "ShareProcessNamespace and HostPID cannot both be enabled",
         );
@@ -134,9 +129,9 @@ pub(super) fn validate_pod(path: &str, spec: &PodSpec, errors: &mut FieldErrors)
                 for (j, p) in c.ports.iter().enumerate() {
                     if p.host_port != 0 && p.host_port != p.container_port {
                         errors.invalid(
-                            format!("{path}.{list}[{i}].ports[{j}].hostPort"),
-                            p.host_port,
-                            "must match `containerPort` when `hostNetwork` is true",
+                            format!("{path}.{list}[{i}].ports[{j}].containerPort"),
+                            p.container_port,
+                            "must match `hostPort` when `hostNetwork` is true",
                         );
                     }
                 }
@@ -189,11 +184,6 @@ fn validate_pod_context(
             &["Always", "OnRootMismatch"],
         );
     }
-    validate_selinux(
-        errors,
-        format!("{scpath}.seLinuxOptions"),
-        sc.se_linux_options.as_ref(),
-    );
     if let Some(policy) = sc.se_linux_change_policy.as_deref()
         && !matches!(policy, "MountOption" | "Recursive")
     {
@@ -264,11 +254,6 @@ pub(super) fn validate_container(path: &str, c: &Container, errors: &mut FieldEr
 fn validate_container_context(scpath: &str, sc: &SecurityContext, errors: &mut FieldErrors) {
     validate_id(errors, format!("{scpath}.runAsUser"), sc.run_as_user);
     validate_id(errors, format!("{scpath}.runAsGroup"), sc.run_as_group);
-    validate_selinux(
-        errors,
-        format!("{scpath}.seLinuxOptions"),
-        sc.se_linux_options.as_ref(),
-    );
     validate_seccomp(
         errors,
         &format!("{scpath}.seccompProfile"),
@@ -301,11 +286,10 @@ fn validate_container_context(scpath: &str, sc: &SecurityContext, errors: &mut F
                 "cannot set `allowPrivilegeEscalation` to false and `privileged` to true",
             );
         }
-        let adds_sys_admin = sc.capabilities.as_ref().is_some_and(|c| {
-            c.add
-                .iter()
-                .any(|cap| cap.trim_start_matches("CAP_") == "SYS_ADMIN")
-        });
+        let adds_sys_admin = sc
+            .capabilities
+            .as_ref()
+            .is_some_and(|c| c.add.iter().any(|cap| cap == "CAP_SYS_ADMIN"));
         if adds_sys_admin {
             errors.invalid(
                 scpath,
@@ -324,7 +308,7 @@ fn sc_echo(sc: &SecurityContext) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff::pb::core::v1::{Capabilities, ContainerPort, Sysctl};
+    use skiff::pb::core::v1::{Capabilities, ContainerPort, SeLinuxOptions, Sysctl};
 
     fn errors_of(spec: &PodSpec) -> String {
         let mut errors = FieldErrors::new();
@@ -352,7 +336,8 @@ mod tests {
             host_users: Some(false),
             security_context: Some(PodSecurityContext {
                 se_linux_options: Some(SeLinuxOptions {
-                    level: "s0:c123,c456".into(),
+                    level: "s0".into(),
+                    r#type: "spc_t".into(),
                     ..Default::default()
                 }),
                 sysctls: vec![Sysctl {
@@ -370,7 +355,6 @@ mod tests {
         let errors = errors_of(&spec);
         for field in [
             "spec.hostUsers",
-            "spec.securityContext.seLinuxOptions",
             "spec.securityContext.sysctls[0].name",
             "spec.securityContext.supplementalGroupsPolicy",
             "spec.containers[0].securityContext.procMount",
@@ -380,7 +364,8 @@ mod tests {
                 "{field} in {errors}"
             );
         }
-        assert_eq!(errors.matches("not supported by Skiff").count(), 5);
+        assert_eq!(errors.matches("not supported by Skiff").count(), 4);
+        assert!(!errors.contains("seLinuxOptions"), "{errors}");
     }
 
     #[test]
@@ -390,7 +375,7 @@ mod tests {
             allow_privilege_escalation: Some(false),
             run_as_user: Some(-1),
             capabilities: Some(Capabilities {
-                add: vec!["SYS_ADMIN".into()],
+                add: vec!["CAP_SYS_ADMIN".into()],
                 drop: vec![],
             }),
             seccomp_profile: Some(SeccompProfile {
@@ -443,7 +428,7 @@ mod tests {
             "{errors}"
         );
         assert!(
-            errors.contains("must match `containerPort` when `hostNetwork` is true"),
+            errors.contains("spec.containers[0].ports[0].containerPort: Invalid value: 80: must match `hostPort` when `hostNetwork` is true"),
             "{errors}"
         );
         assert!(

@@ -88,6 +88,7 @@ impl Strategy for Service {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
+        unsupported::service(spec, errors);
         let supported = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
         if !supported.contains(&spec.r#type.as_str()) {
             errors.push(

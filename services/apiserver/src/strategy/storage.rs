@@ -137,6 +137,7 @@ impl Strategy for PersistentVolume {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
+        unsupported::persistent_volume(spec, errors);
         if spec.capacity.is_empty() {
             errors.required("spec.capacity");
         } else {
@@ -345,6 +346,7 @@ impl Strategy for StorageClass {
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
+        unsupported::storage_class(self, errors);
         if self.provisioner.is_empty() {
             errors.required("provisioner");
         } else if let Err(reason) = validation::is_qualified_name(&self.provisioner) {

@@ -1,0 +1,452 @@
+//! Fields Skiff stores no behaviour for yet, refused when set: a user
+//! who asks for a pod spread over zones, a preStop hook or a Service
+//! that keeps client addresses gets a precise "not supported by Skiff"
+//! naming the field, never an object that is accepted and then silently
+//! not done. `docs/FIELDS.md` lists every field and what acts on it;
+//! a field leaves this file when something does.
+
+use skiff::pb::core::v1::{
+    Container, PersistentVolumeSpec, PodSpec, ServiceAccount, ServiceSpec, Toleration,
+};
+use skiff::pb::storage::v1::StorageClass;
+use skiff::validation::FieldErrors;
+
+/// Refuses `path`: `what` is "not supported by Skiff".
+fn refuse(errors: &mut FieldErrors, path: String, what: &str) {
+    errors.forbidden(path, format!("{what} not supported by Skiff"));
+}
+
+/// The pod-level fields nothing on a Skiff node or in its scheduler acts
+/// on yet.
+pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
+    if !spec.image_pull_secrets.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.imagePullSecrets"),
+            "pulling images with registry credentials is",
+        );
+    }
+    if let Some(affinity) = &spec.affinity {
+        if affinity.pod_affinity.is_some() {
+            refuse(
+                errors,
+                format!("{path}.affinity.podAffinity"),
+                "inter-pod affinity is",
+            );
+        }
+        if affinity.pod_anti_affinity.is_some() {
+            refuse(
+                errors,
+                format!("{path}.affinity.podAntiAffinity"),
+                "inter-pod anti-affinity is",
+            );
+        }
+    }
+    if !spec.topology_spread_constraints.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.topologySpreadConstraints"),
+            "topology spread constraints are",
+        );
+    }
+    if !spec.priority_class_name.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.priorityClassName"),
+            "priority classes are",
+        );
+    }
+    if spec.priority.is_some_and(|p| p != 0) {
+        refuse(errors, format!("{path}.priority"), "pod priority is");
+    }
+    if spec
+        .preemption_policy
+        .as_deref()
+        .is_some_and(|p| p != "PreemptLowerPriority")
+    {
+        refuse(errors, format!("{path}.preemptionPolicy"), "preemption is");
+    }
+    if !spec.readiness_gates.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.readinessGates"),
+            "readiness gates are",
+        );
+    }
+    if spec
+        .runtime_class_name
+        .as_deref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        refuse(
+            errors,
+            format!("{path}.runtimeClassName"),
+            "runtime classes are",
+        );
+    }
+    if !spec.overhead.is_empty() {
+        refuse(errors, format!("{path}.overhead"), "pod overhead is");
+    }
+    if !spec.scheduling_gates.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.schedulingGates"),
+            "scheduling gates are",
+        );
+    }
+    if !spec.host_aliases.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.hostAliases"),
+            "extra /etc/hosts entries are",
+        );
+    }
+    if spec.set_hostname_as_fqdn == Some(true) {
+        refuse(
+            errors,
+            format!("{path}.setHostnameAsFQDN"),
+            "the FQDN as hostname is",
+        );
+    }
+    if spec.active_deadline_seconds.is_some() {
+        refuse(
+            errors,
+            format!("{path}.activeDeadlineSeconds"),
+            "a pod deadline is",
+        );
+    }
+    if let Some(os) = &spec.os
+        && os.name != "linux"
+    {
+        errors.not_supported(format!("{path}.os.name"), &os.name, &["linux"]);
+    }
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        toleration(&format!("{path}.tolerations[{i}]"), t, errors);
+    }
+    for (i, v) in spec.volumes.iter().enumerate() {
+        if let Some(dir) = &v.empty_dir {
+            let vpath = format!("{path}.volumes[{i}].emptyDir");
+            if !dir.medium.is_empty() {
+                refuse(
+                    errors,
+                    format!("{vpath}.medium"),
+                    "an emptyDir medium other than the node's disk is",
+                );
+            }
+            if !dir.size_limit.is_empty() {
+                refuse(
+                    errors,
+                    format!("{vpath}.sizeLimit"),
+                    "an emptyDir size limit is",
+                );
+            }
+        }
+    }
+}
+
+fn toleration(path: &str, t: &Toleration, errors: &mut FieldErrors) {
+    if t.toleration_seconds.is_some() {
+        refuse(
+            errors,
+            format!("{path}.tolerationSeconds"),
+            "evicting after a toleration's seconds is",
+        );
+    }
+}
+
+/// A container's fields nothing acts on yet.
+pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
+    if c.lifecycle.is_some() {
+        refuse(
+            errors,
+            format!("{path}.lifecycle"),
+            "lifecycle hooks (postStart, preStop) are",
+        );
+    }
+    if !c.volume_devices.is_empty() {
+        refuse(
+            errors,
+            format!("{path}.volumeDevices"),
+            "raw block devices are",
+        );
+    }
+    if !matches!(
+        c.termination_message_path.as_str(),
+        "" | "/dev/termination-log"
+    ) {
+        refuse(
+            errors,
+            format!("{path}.terminationMessagePath"),
+            "a termination message is",
+        );
+    }
+    if !matches!(c.termination_message_policy.as_str(), "" | "File") {
+        refuse(
+            errors,
+            format!("{path}.terminationMessagePolicy"),
+            "a termination message is",
+        );
+    }
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let mpath = format!("{path}.volumeMounts[{i}]");
+        if m.mount_propagation
+            .as_deref()
+            .is_some_and(|p| !p.is_empty() && p != "None")
+        {
+            refuse(
+                errors,
+                format!("{mpath}.mountPropagation"),
+                "mount propagation is",
+            );
+        }
+        if !m.sub_path_expr.is_empty() {
+            refuse(errors, format!("{mpath}.subPathExpr"), "subPathExpr is");
+        }
+    }
+}
+
+/// A Service's fields no part of Skiff acts on yet.
+pub(super) fn service(spec: &ServiceSpec, errors: &mut FieldErrors) {
+    if !spec.load_balancer_source_ranges.is_empty() {
+        refuse(
+            errors,
+            "spec.loadBalancerSourceRanges".into(),
+            "limiting load balancer clients by source range is",
+        );
+    }
+    if spec.external_traffic_policy == "Local" {
+        refuse(
+            errors,
+            "spec.externalTrafficPolicy".into(),
+            "\"Local\" (keeping client addresses) is",
+        );
+    }
+    if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        refuse(
+            errors,
+            "spec.internalTrafficPolicy".into(),
+            "\"Local\" (node-local endpoints only) is",
+        );
+    }
+    if spec.allocate_load_balancer_node_ports == Some(false) {
+        refuse(
+            errors,
+            "spec.allocateLoadBalancerNodePorts".into(),
+            "a load balancer without node ports is",
+        );
+    }
+    if spec
+        .load_balancer_class
+        .as_deref()
+        .is_some_and(|c| !c.is_empty())
+    {
+        refuse(
+            errors,
+            "spec.loadBalancerClass".into(),
+            "load balancer classes are",
+        );
+    }
+    if spec
+        .traffic_distribution
+        .as_deref()
+        .is_some_and(|t| !t.is_empty())
+    {
+        refuse(
+            errors,
+            "spec.trafficDistribution".into(),
+            "topology-aware traffic distribution is",
+        );
+    }
+}
+
+/// A ServiceAccount's image pull secrets (added to its pods in
+/// Kubernetes).
+pub(super) fn service_account(account: &ServiceAccount, errors: &mut FieldErrors) {
+    if !account.image_pull_secrets.is_empty() {
+        refuse(
+            errors,
+            "imagePullSecrets".into(),
+            "pulling images with registry credentials is",
+        );
+    }
+}
+
+/// Mount options (Skiff's volumes are bind mounts of node directories).
+pub(super) fn persistent_volume(spec: &PersistentVolumeSpec, errors: &mut FieldErrors) {
+    if !spec.mount_options.is_empty() {
+        refuse(
+            errors,
+            "spec.mountOptions".into(),
+            "mount options (Skiff's volumes are bind mounts of node directories) are",
+        );
+    }
+}
+
+/// Mount options and volume expansion.
+pub(super) fn storage_class(class: &StorageClass, errors: &mut FieldErrors) {
+    if !class.mount_options.is_empty() {
+        refuse(
+            errors,
+            "mountOptions".into(),
+            "mount options (Skiff's volumes are bind mounts of node directories) are",
+        );
+    }
+    if class.allow_volume_expansion == Some(true) {
+        refuse(
+            errors,
+            "allowVolumeExpansion".into(),
+            "expanding volumes is",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The errors of a value built from JSON, as the API would say them.
+    fn refusals<T: serde::de::DeserializeOwned>(
+        value: serde_json::Value,
+        check: impl Fn(&T, &mut FieldErrors),
+    ) -> String {
+        let parsed: T = serde_json::from_value(value).expect("a valid manifest");
+        let mut errors = FieldErrors::new();
+        check(&parsed, &mut errors);
+        errors.to_string()
+    }
+
+    fn assert_refused(errors: &str, paths: &[&str]) {
+        for path in paths {
+            assert!(
+                errors.contains(&format!("{path}: Forbidden:")),
+                "{path} is refused in: {errors}"
+            );
+        }
+        assert_eq!(
+            errors.matches("not supported by Skiff").count(),
+            paths.len(),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn pod_fields_nothing_acts_on_are_refused_by_path() {
+        let spec = json!({
+            "imagePullSecrets": [{"name": "regcred"}],
+            "affinity": {"podAffinity": {}, "podAntiAffinity": {}},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+            "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
+            "readinessGates": [{"conditionType": "x.example/ready"}],
+            "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
+            "schedulingGates": [{"name": "wait"}],
+            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}],
+            "setHostnameAsFQDN": true, "activeDeadlineSeconds": 30,
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
+            "volumes": [{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            "containers": [{
+                "name": "app", "image": "busybox",
+                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+                "volumeDevices": [{"name": "m", "devicePath": "/dev/xvda"}],
+                "terminationMessagePath": "/tmp/msg",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "Bidirectional", "subPathExpr": "$(POD)"}]
+            }]
+        });
+        let errors = refusals::<PodSpec>(spec, |spec, errors| {
+            pod_spec("spec", spec, errors);
+            container("spec.containers[0]", &spec.containers[0], errors);
+        });
+        assert_refused(
+            &errors,
+            &[
+                "spec.imagePullSecrets",
+                "spec.affinity.podAffinity",
+                "spec.affinity.podAntiAffinity",
+                "spec.topologySpreadConstraints",
+                "spec.priorityClassName",
+                "spec.priority",
+                "spec.preemptionPolicy",
+                "spec.readinessGates",
+                "spec.runtimeClassName",
+                "spec.overhead",
+                "spec.schedulingGates",
+                "spec.hostAliases",
+                "spec.setHostnameAsFQDN",
+                "spec.activeDeadlineSeconds",
+                "spec.tolerations[0].tolerationSeconds",
+                "spec.volumes[0].emptyDir.medium",
+                "spec.volumes[0].emptyDir.sizeLimit",
+                "spec.containers[0].lifecycle",
+                "spec.containers[0].volumeDevices",
+                "spec.containers[0].terminationMessagePath",
+                "spec.containers[0].terminationMessagePolicy",
+                "spec.containers[0].volumeMounts[0].mountPropagation",
+                "spec.containers[0].volumeMounts[0].subPathExpr",
+            ],
+        );
+        // Their defaults (what Kubernetes and its clients fill in) pass.
+        let defaults = json!({
+            "imagePullSecrets": [], "affinity": {"nodeAffinity": {}},
+            "preemptionPolicy": "PreemptLowerPriority", "priority": 0,
+            "os": {"name": "linux"}, "setHostnameAsFQDN": false,
+            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "volumes": [{"name": "m", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": "busybox",
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "None"}]}]
+        });
+        let errors = refusals::<PodSpec>(defaults, |spec, errors| {
+            pod_spec("spec", spec, errors);
+            container("spec.containers[0]", &spec.containers[0], errors);
+        });
+        assert_eq!(errors, "");
+        let windows = refusals::<PodSpec>(json!({"os": {"name": "windows"}}), |spec, errors| {
+            pod_spec("spec", spec, errors)
+        });
+        assert!(windows.contains("spec.os.name: Unsupported value: \"windows\""));
+    }
+
+    #[test]
+    fn service_and_storage_fields_nothing_acts_on_are_refused_by_path() {
+        let errors = refusals::<ServiceSpec>(
+            json!({
+                "loadBalancerSourceRanges": ["10.0.0.0/8"], "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local", "allocateLoadBalancerNodePorts": false,
+                "loadBalancerClass": "example.com/lb", "trafficDistribution": "PreferClose"
+            }),
+            service,
+        );
+        assert_refused(
+            &errors,
+            &[
+                "spec.loadBalancerSourceRanges",
+                "spec.externalTrafficPolicy",
+                "spec.internalTrafficPolicy",
+                "spec.allocateLoadBalancerNodePorts",
+                "spec.loadBalancerClass",
+                "spec.trafficDistribution",
+            ],
+        );
+        let defaults = refusals::<ServiceSpec>(
+            json!({"externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Cluster",
+                   "allocateLoadBalancerNodePorts": true}),
+            service,
+        );
+        assert_eq!(defaults, "");
+        let errors = refusals::<ServiceAccount>(
+            json!({"imagePullSecrets": [{"name": "regcred"}]}),
+            service_account,
+        );
+        assert_refused(&errors, &["imagePullSecrets"]);
+        let errors =
+            refusals::<PersistentVolumeSpec>(json!({"mountOptions": ["ro"]}), persistent_volume);
+        assert_refused(&errors, &["spec.mountOptions"]);
+        let errors = refusals::<StorageClass>(
+            json!({"provisioner": "skiff.io/local-path", "mountOptions": ["ro"], "allowVolumeExpansion": true}),
+            storage_class,
+        );
+        assert_refused(&errors, &["mountOptions", "allowVolumeExpansion"]);
+    }
+}
