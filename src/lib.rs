@@ -26,6 +26,8 @@
 
 pub mod cidr;
 pub mod codec;
+#[cfg(test)]
+mod fields;
 pub mod indexes;
 pub mod json;
 pub mod keys;

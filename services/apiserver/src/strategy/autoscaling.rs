@@ -31,6 +31,7 @@ impl Strategy for HorizontalPodAutoscaler {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
+        unsupported::autoscaler_behavior(spec.behavior.as_ref(), errors);
         match &spec.scale_target_ref {
             None => errors.required("spec.scaleTargetRef"),
             Some(target) => {

@@ -206,9 +206,48 @@ impl Strategy for Secret {
     fn validate(&self, errors: &mut FieldErrors) {
         validate_data_keys("data", &self.data, errors);
     }
+
+    /// Kubernetes: the type never changes, and an immutable Secret's data
+    /// (and immutability) are fixed.
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        if self.r#type != old.r#type {
+            errors.invalid("type", &self.r#type, "field is immutable");
+        }
+        if old.immutable == Some(true) {
+            immutable_data(self.immutable, [self.data == old.data], errors);
+        }
+    }
+}
+
+/// Kubernetes' rule for an object marked `immutable: true`: it stays so,
+/// and its data (`data`, then `binaryData` for a ConfigMap) never change.
+fn immutable_data<const N: usize>(
+    now: Option<bool>,
+    unchanged: [bool; N],
+    errors: &mut FieldErrors,
+) {
+    const WHY: &str = "field is immutable when `immutable` is set";
+    if now != Some(true) {
+        errors.forbidden("immutable", WHY);
+    }
+    for (field, same) in ["data", "binaryData"].iter().zip(unchanged) {
+        if !same {
+            errors.forbidden(*field, WHY);
+        }
+    }
 }
 
 impl Strategy for ConfigMap {
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        if old.immutable == Some(true) {
+            immutable_data(
+                self.immutable,
+                [self.data == old.data, self.binary_data == old.binary_data],
+                errors,
+            );
+        }
+    }
+
     fn validate(&self, errors: &mut FieldErrors) {
         validate_data_keys("data", &self.data, errors);
         validate_data_keys("binaryData", &self.binary_data, errors);

@@ -244,6 +244,91 @@ mod tests {
         errors.to_string()
     }
 
+    fn update_errors_of<K: Strategy>(new: &K, old: &K) -> String {
+        let mut errors = FieldErrors::default();
+        new.validate_update(old, &mut errors);
+        errors.to_string()
+    }
+
+    #[test]
+    fn immutable_configmaps_and_secrets_refuse_data_changes() {
+        use skiff::pb::core::v1::{ConfigMap, Secret};
+        let old = ConfigMap {
+            data: BTreeMap::from([("a".to_string(), "1".to_string())]),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        let mut changed = old.clone();
+        changed.data.insert("a".into(), "2".into());
+        assert_eq!(
+            update_errors_of(&changed, &old),
+            "data: Forbidden: field is immutable when `immutable` is set"
+        );
+        let mut unmarked = old.clone();
+        unmarked.immutable = Some(false);
+        assert!(update_errors_of(&unmarked, &old).starts_with("immutable: Forbidden"));
+        // Labels may still change, and a mutable map's data too.
+        assert_eq!(update_errors_of(&old.clone(), &old), "");
+        let mutable = ConfigMap {
+            immutable: None,
+            ..old.clone()
+        };
+        let mut edited = mutable.clone();
+        edited.data.insert("b".into(), "2".into());
+        assert_eq!(update_errors_of(&edited, &mutable), "");
+
+        let secret = Secret {
+            data: BTreeMap::from([("k".to_string(), b"v".to_vec())]),
+            immutable: Some(true),
+            r#type: "Opaque".into(),
+            ..Default::default()
+        };
+        let mut changed = secret.clone();
+        changed.data.clear();
+        changed.r#type = "kubernetes.io/tls".into();
+        let errors = update_errors_of(&changed, &secret);
+        assert!(
+            errors.contains("type: Invalid value: \"kubernetes.io/tls\": field is immutable"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("data: Forbidden: field is immutable when `immutable` is set"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn services_are_ipv4_single_stack() {
+        use skiff::pb::core::v1::{Service, ServiceSpec};
+        let service = |families: &[&str], policy: &str| {
+            let mut s = Service {
+                spec: Some(ServiceSpec {
+                    r#type: "ClusterIP".into(),
+                    ports: vec![skiff::pb::core::v1::ServicePort {
+                        port: 80,
+                        ..Default::default()
+                    }],
+                    ip_families: families.iter().map(|f| f.to_string()).collect(),
+                    ip_family_policy: Some(policy.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            s.default_fields();
+            s
+        };
+        assert_eq!(errors_of(&service(&["IPv4"], "SingleStack")), "");
+        assert_eq!(errors_of(&service(&["IPv4"], "PreferDualStack")), "");
+        let errors = errors_of(&service(&["IPv6"], "RequireDualStack"));
+        assert!(
+            errors.contains(
+                "spec.ipFamilies[0]: Invalid value: \"IPv6\": not configured on this cluster"
+            ),
+            "{errors}"
+        );
+        assert!(errors.contains("spec.ipFamilyPolicy: Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services"), "{errors}");
+    }
+
     #[test]
     fn pod_defaults_follow_kubernetes() {
         let p = pod(PodSpec {

@@ -89,6 +89,31 @@ impl Strategy for Service {
             return errors.required("spec");
         };
         unsupported::service(spec, errors);
+        // Skiff's service network is IPv4 only.
+        for (i, family) in spec.ip_families.iter().enumerate() {
+            if family == "IPv6" {
+                errors.invalid(
+                    format!("spec.ipFamilies[{i}]"),
+                    family,
+                    "not configured on this cluster",
+                );
+            } else if family != "IPv4" {
+                errors.not_supported(format!("spec.ipFamilies[{i}]"), family, &["IPv4", "IPv6"]);
+            }
+        }
+        match spec.ip_family_policy.as_deref() {
+            None | Some("SingleStack" | "PreferDualStack") => {}
+            Some("RequireDualStack") => errors.invalid(
+                "spec.ipFamilyPolicy",
+                "RequireDualStack",
+                "this cluster is not configured for dual-stack services",
+            ),
+            Some(other) => errors.not_supported(
+                "spec.ipFamilyPolicy",
+                other,
+                &["PreferDualStack", "RequireDualStack", "SingleStack"],
+            ),
+        }
         let supported = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
         if !supported.contains(&spec.r#type.as_str()) {
             errors.push(

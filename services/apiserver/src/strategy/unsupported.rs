@@ -259,6 +259,35 @@ pub(super) fn service(spec: &ServiceSpec, errors: &mut FieldErrors) {
     }
 }
 
+/// Scaling policies (rates) and the choice between them: Skiff's
+/// autoscaler applies the stabilization windows only.
+pub(super) fn autoscaler_behavior(
+    behavior: Option<&skiff::pb::autoscaling::v2::HorizontalPodAutoscalerBehavior>,
+    errors: &mut FieldErrors,
+) {
+    let Some(behavior) = behavior else { return };
+    for (direction, rules) in [
+        ("scaleUp", &behavior.scale_up),
+        ("scaleDown", &behavior.scale_down),
+    ] {
+        let Some(rules) = rules else { continue };
+        if !rules.policies.is_empty() {
+            refuse(
+                errors,
+                format!("spec.behavior.{direction}.policies"),
+                "scaling policies (rate limits) are",
+            );
+        }
+        if !matches!(rules.select_policy.as_str(), "" | "Max") {
+            refuse(
+                errors,
+                format!("spec.behavior.{direction}.selectPolicy"),
+                "a select policy other than \"Max\" is",
+            );
+        }
+    }
+}
+
 /// A ServiceAccount's image pull secrets (added to its pods in
 /// Kubernetes).
 pub(super) fn service_account(account: &ServiceAccount, errors: &mut FieldErrors) {
@@ -406,6 +435,23 @@ mod tests {
             pod_spec("spec", spec, errors)
         });
         assert!(windows.contains("spec.os.name: Unsupported value: \"windows\""));
+    }
+
+    #[test]
+    fn hpa_scaling_policies_are_refused() {
+        use skiff::pb::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+        let errors = refusals::<HorizontalPodAutoscalerBehavior>(
+            json!({"scaleUp": {"policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}], "selectPolicy": "Disabled"},
+                   "scaleDown": {"stabilizationWindowSeconds": 60}}),
+            |b, errors| autoscaler_behavior(Some(b), errors),
+        );
+        assert_refused(
+            &errors,
+            &[
+                "spec.behavior.scaleUp.policies",
+                "spec.behavior.scaleUp.selectPolicy",
+            ],
+        );
     }
 
     #[test]
