@@ -66,9 +66,11 @@ fn audit_rows() -> BTreeMap<String, (String, String)> {
     rows
 }
 
-/// Every test function name in the repository's Rust and Python sources.
-fn test_names() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// Every test in the repository's Rust and Python sources, by name, with
+/// the file it is in: Rust functions under `#[test]` or `#[tokio::test]`,
+/// Python `def test_*`.
+fn tests() -> BTreeMap<String, PathBuf> {
+    let mut tests = BTreeMap::new();
     let mut dirs: Vec<PathBuf> = ["src", "services", "agent", "crates", "cmd", "tests"]
         .iter()
         .map(|d| repo().join(d))
@@ -82,30 +84,53 @@ fn test_names() -> BTreeSet<String> {
                 }
                 continue;
             }
-            let (prefix, ext) = match path.extension().and_then(|e| e.to_str()) {
-                Some("rs") => ("fn ", "("),
-                Some("py") => ("def ", "("),
+            let rust = match path.extension().and_then(|e| e.to_str()) {
+                Some("rs") => true,
+                Some("py") => false,
                 _ => continue,
             };
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            collect_names(&text, prefix, ext, &mut names);
+            for name in test_names(&text, rust) {
+                tests.insert(name, path.clone());
+            }
+        }
+    }
+    tests
+}
+
+/// The tests a source file defines.
+fn test_names(text: &str, rust: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut attributed = false;
+    for line in text.lines() {
+        let line = line.trim_start();
+        if rust && (line.starts_with("#[test]") || line.starts_with("#[tokio::test")) {
+            attributed = true;
+            continue;
+        }
+        let line = line.strip_prefix("async ").unwrap_or(line);
+        let (prefix, wanted) = if rust {
+            ("fn ", attributed)
+        } else {
+            ("def test_", true)
+        };
+        if let Some(rest) = line.strip_prefix(prefix)
+            && let Some((name, _)) = rest.split_once('(')
+        {
+            if wanted {
+                let name = if rust {
+                    name.to_string()
+                } else {
+                    format!("test_{name}")
+                };
+                names.push(name);
+            }
+            attributed = false;
         }
     }
     names
-}
-
-fn collect_names(text: &str, prefix: &str, end: &str, names: &mut BTreeSet<String>) {
-    for line in text.lines() {
-        let line = line.trim_start();
-        let line = line.strip_prefix("async ").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(prefix)
-            && let Some((name, _)) = rest.split_once(end)
-        {
-            names.insert(name.to_string());
-        }
-    }
 }
 
 #[test]
@@ -127,32 +152,29 @@ fn every_proto_field_has_an_audit_entry() {
         gone.is_empty(),
         "rows for fields no longer in proto/: {gone:?}"
     );
-    let names = test_names();
+    let tests = tests();
+    let strategy = repo().join("services/apiserver/src/strategy");
     for (field, (status, test)) in &rows {
         assert!(
             STATUSES.contains(&status.as_str()),
             "{field}: status {status:?} is not one of {STATUSES:?}"
         );
-        assert!(names.contains(test), "{field}: no test named {test:?}");
+        let Some(file) = tests.get(test) else {
+            panic!("{field}: no test named {test:?}");
+        };
+        // A refusal is the API server's: shown by a test of its rules.
+        assert!(
+            status != "refused" || file.starts_with(&strategy),
+            "{field}: refused, but {test:?} is not a test of the API server's rules"
+        );
     }
 }
 
 #[test]
-fn test_names_are_found_in_rust_and_python() {
-    let mut names = BTreeSet::new();
-    collect_names(
-        "    #[tokio::test]\n    async fn one_thing() {}\nfn two(\n",
-        "fn ",
-        "(",
-        &mut names,
-    );
-    collect_names("def test_three(client):\n", "def ", "(", &mut names);
-    assert_eq!(
-        names,
-        ["one_thing", "test_three", "two"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    );
+fn only_tests_count_as_tests() {
+    let rust = "fn helper() {}\n    #[tokio::test(flavor = \"multi_thread\")]\n    async fn one_thing() {}\n#[test]\nfn two() {}\nfn env(\n";
+    assert_eq!(test_names(rust, true), ["one_thing", "two"]);
+    let python = "def helper(x):\n    pass\ndef test_three(client):\n";
+    assert_eq!(test_names(python, false), ["test_three"]);
     assert!(Path::new(&repo().join("docs/FIELDS.md")).exists());
 }

@@ -338,6 +338,14 @@ pub struct FieldErrors {
 }
 
 impl FieldErrors {
+    /// Keeps only the errors `before` does not have: an update is not
+    /// refused for what the stored object already had (Kubernetes'
+    /// ratcheting), so an object stored before a rule existed can still
+    /// change its status, lose its finalizers and be deleted.
+    pub fn retain_new(&mut self, before: &FieldErrors) {
+        self.errors.retain(|e| !before.errors.contains(e));
+    }
+
     /// Creates an empty accumulator.
     pub fn new() -> Self {
         Self::default()

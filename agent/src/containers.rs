@@ -108,6 +108,16 @@ pub fn sandbox_spec(
         host_pid: spec.host_pid,
         host_ipc: spec.host_ipc,
         sysctls: security::sysctls(&spec),
+        extra_hosts: spec
+            .host_aliases
+            .iter()
+            .flat_map(|alias| {
+                alias
+                    .hostnames
+                    .iter()
+                    .map(|name| (name.clone(), alias.ip.clone()))
+            })
+            .collect(),
     }
 }
 

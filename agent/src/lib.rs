@@ -35,6 +35,7 @@ pub mod containers;
 pub mod credentials;
 pub mod dns;
 pub mod hollow;
+pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod network;

@@ -158,7 +158,7 @@ fn steady_runners(spec: &PodContainer, from: Instant) -> Vec<Runner> {
 }
 
 /// A probe's port: a number, or the name of one of the container's ports.
-fn port(spec: &PodContainer, value: Option<&skiff::wkt::Value>) -> Option<u16> {
+pub(crate) fn port(spec: &PodContainer, value: Option<&skiff::wkt::Value>) -> Option<u16> {
     match value?.kind.as_ref()? {
         ValueKind::NumberValue(n) => u16::try_from(*n as i64).ok(),
         ValueKind::StringValue(s) => match s.parse::<u16>() {
@@ -244,7 +244,7 @@ async fn within(timeout: Duration, check: impl std::future::Future<Output = bool
 }
 
 /// An HTTP/1.1 GET whose status line says 2xx or 3xx (the kubelet's rule).
-async fn http_get(host: String, port: u16, path: String, headers: String) -> bool {
+pub(crate) async fn http_get(host: String, port: u16, path: String, headers: String) -> bool {
     let Ok(mut stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
         return false;
     };

@@ -27,7 +27,7 @@ use skiff_runtime::{Container, Error as RuntimeError, PullPolicy, Runtime, State
 use crate::containers::{self, Placement, Role};
 use crate::status::{self, Observed, ProbeState};
 use crate::volumes::{self, Sources};
-use crate::{prober, security};
+use crate::{lifecycle, prober, security};
 
 /// What every worker of the node shares.
 pub struct Shared {
@@ -87,6 +87,8 @@ pub struct SyncState {
     start_errors: HashMap<String, (String, String)>,
     /// The pod reached Succeeded or Failed: nothing starts again.
     terminal: bool,
+    /// The pod outlived its `activeDeadlineSeconds`: it is Failed.
+    deadline_exceeded: bool,
 }
 
 impl SyncState {
@@ -448,6 +450,40 @@ async fn sync(
     let mut requeue: Option<Duration> = None;
     let mut soonest = |d: Duration| requeue = Some(requeue.map_or(d, |r: Duration| r.min(d)));
 
+    // activeDeadlineSeconds, counted from the pod's startTime: past it,
+    // the pod fails and what runs is stopped (the kubelet's rule). A pod
+    // already failed for it stays so after an agent restart.
+    state.deadline_exceeded |= pod
+        .status
+        .as_ref()
+        .is_some_and(|s| s.reason == "DeadlineExceeded");
+    if let Some(deadline) = spec.active_deadline_seconds
+        && !state.terminal
+    {
+        let started = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time)
+            .or(state.start_time)
+            .map_or(0, |t| t.seconds);
+        let active = skiff::time::now_seconds().seconds - started;
+        if active >= deadline {
+            state.deadline_exceeded = true;
+            state.terminal = true;
+            shared
+                .recorder
+                .record(
+                    &*pod,
+                    EventType::Warning,
+                    "DeadlineExceeded",
+                    DEADLINE_MESSAGE,
+                )
+                .await;
+        } else {
+            soonest(Duration::from_secs((deadline - active).max(1) as u64));
+        }
+    }
+
     if state.terminal {
         // Kubernetes stops what is left of a finished pod, sandbox included,
         // and keeps the containers for their logs.
@@ -457,7 +493,7 @@ async fn sync(
             } else {
                 grace_period(&pod)
             };
-            shared.runtime.stop(&c.id, grace).await?;
+            stop_container(shared, &pod, c, grace).await?;
         }
         let containers = shared.runtime.list(Some(uid)).await?;
         report(shared, &pod, &containers, &inputs.probes, state, None).await?;
@@ -483,7 +519,7 @@ async fn sync(
             // is stopped and everything (init containers included) starts
             // again in a new one.
             for c in containers.iter().filter(|c| is_running(c)) {
-                shared.runtime.stop(&c.id, grace_period(&pod)).await?;
+                stop_container(shared, &pod, c, grace_period(&pod)).await?;
             }
             for c in &sandboxes {
                 shared.runtime.remove(&c.id).await?;
@@ -630,7 +666,7 @@ async fn sync(
                     if latest.label(labels::SANDBOX_ATTEMPT) != sandbox_attempt =>
                 {
                     // Still in a sandbox that is gone: it has no network.
-                    shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
+                    stop_container(shared, &pod, latest, grace_period(&pod)).await?;
                     soonest(Duration::ZERO);
                 }
                 State::Running { .. } => {
@@ -643,7 +679,10 @@ async fn sync(
                             .recorder
                             .record(&*pod, EventType::Normal, "Killing", &why)
                             .await;
-                        shared.runtime.stop(&latest.id, grace_period(&pod)).await?;
+                        // A probe's own grace period, when it has one, is
+                        // the kill's (Kubernetes' probe-level grace).
+                        let grace = probe_kill_grace(c, &pod);
+                        stop_container(shared, &pod, latest, grace).await?;
                         soonest(Duration::ZERO);
                     } else if prober::has_probes(c) {
                         probe_targets.push((
@@ -960,6 +999,28 @@ impl Starter<'_> {
                 .await;
             return Ok(());
         }
+        // postStart, before the pod's next container starts; a failure
+        // kills this one, which then restarts by the pod's policy.
+        if let Some(post_start) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let target = lifecycle::Target {
+                runtime: &shared.runtime,
+                container_id: &id,
+                spec: c,
+                pod,
+                pod_ip: &self.placement.pod_ip,
+            };
+            if let Err(message) =
+                lifecycle::run(post_start, &target, lifecycle::POST_START_LIMIT).await
+            {
+                shared
+                    .recorder
+                    .record(&**pod, EventType::Warning, "FailedPostStartHook", &message)
+                    .await;
+                shared.runtime.stop(&id, grace_period(pod)).await?;
+                soonest(Duration::ZERO);
+                return Ok(());
+            }
+        }
         state.backoff.remove(&format!("start/{}", c.name));
         state.start_errors.remove(&c.name);
         let first_of_pod = role == Role::App
@@ -978,6 +1039,68 @@ impl Starter<'_> {
     }
 }
 
+/// The grace period of a kill for a failed liveness or startup probe:
+/// the probe's own `terminationGracePeriodSeconds` when it has one, else
+/// the pod's.
+fn probe_kill_grace(c: &PodContainer, pod: &Pod) -> Duration {
+    [&c.liveness_probe, &c.startup_probe]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.termination_grace_period_seconds)
+        .map_or_else(
+            || grace_period(pod),
+            |s| Duration::from_secs(s.max(0) as u64),
+        )
+}
+
+/// The kubelet's words for a pod past its activeDeadlineSeconds.
+const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+
+/// The pod's declared container a runtime container is an instance of.
+fn declared<'a>(pod: &'a Pod, c: &Container) -> Option<&'a PodContainer> {
+    let spec = pod.spec.as_ref()?;
+    let name = c.label(labels::CONTAINER_NAME);
+    spec.init_containers
+        .iter()
+        .chain(&spec.containers)
+        .find(|d| d.name == name)
+}
+
+/// Stops a running container as the kubelet kills one: its preStop hook
+/// first (when it has one and there is time), within the grace period,
+/// then SIGTERM with what is left (at least 2 s after a hook) and SIGKILL.
+async fn stop_container(
+    shared: &Shared,
+    pod: &Pod,
+    c: &Container,
+    grace: Duration,
+) -> Result<(), RuntimeError> {
+    let hook = declared(pod, c).and_then(|d| {
+        let pre_stop = d.lifecycle.as_ref()?.pre_stop.as_ref()?;
+        Some((d, pre_stop))
+    });
+    let Some((spec, pre_stop)) = hook.filter(|_| !grace.is_zero()) else {
+        return shared.runtime.stop(&c.id, grace).await;
+    };
+    let started = std::time::Instant::now();
+    let pod_ip = pod.status.as_ref().map_or("", |s| s.pod_ip.as_str());
+    let target = lifecycle::Target {
+        runtime: &shared.runtime,
+        container_id: &c.id,
+        spec,
+        pod,
+        pod_ip,
+    };
+    if let Err(message) = lifecycle::run(pre_stop, &target, grace).await {
+        shared
+            .recorder
+            .record(pod, EventType::Warning, "FailedPreStopHook", &message)
+            .await;
+    }
+    let left = lifecycle::grace_after_hook(grace, started.elapsed());
+    shared.runtime.stop(&c.id, left).await
+}
+
 /// Writes the pod's status when it differs from what the API has.
 async fn report(
     shared: &Shared,
@@ -987,7 +1110,7 @@ async fn report(
     state: &mut SyncState,
     sandbox: Option<&Container>,
 ) -> Result<(), SyncError> {
-    let status = status::compute(&Observed {
+    let mut status = status::compute(&Observed {
         pod,
         containers,
         probes,
@@ -1004,6 +1127,11 @@ async fn report(
         start_time: state.start_time.unwrap_or_else(skiff::time::now_seconds),
         scheme: shared.runtime.scheme(),
     });
+    if state.deadline_exceeded {
+        status.phase = "Failed".into();
+        status.reason = "DeadlineExceeded".into();
+        status.message = DEADLINE_MESSAGE.into();
+    }
     if status.phase == "Succeeded" || status.phase == "Failed" {
         state.terminal = true;
     }
@@ -1067,7 +1195,9 @@ async fn teardown(
             .record(&**pod, EventType::Normal, "Killing", &message)
             .await;
     }
-    let stops = running.iter().map(|c| shared.runtime.stop(&c.id, grace));
+    let stops = running
+        .iter()
+        .map(|c| stop_container(shared, pod, c, grace));
     for result in futures::future::join_all(stops).await {
         result?;
     }
@@ -1097,4 +1227,31 @@ async fn teardown(
     }
     tracing::info!(pod = %format!("{}/{}", meta(pod).namespace, meta(pod).name), %uid, "pod torn down");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::core::v1::{PodSpec, Probe};
+
+    #[test]
+    fn a_probes_own_grace_period_wins_over_the_pods() {
+        let pod = Pod {
+            spec: Some(PodSpec {
+                termination_grace_period_seconds: Some(30),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut c = PodContainer {
+            liveness_probe: Some(Probe::default()),
+            ..Default::default()
+        };
+        assert_eq!(probe_kill_grace(&c, &pod), Duration::from_secs(30));
+        c.liveness_probe = Some(Probe {
+            termination_grace_period_seconds: Some(5),
+            ..Default::default()
+        });
+        assert_eq!(probe_kill_grace(&c, &pod), Duration::from_secs(5));
+    }
 }

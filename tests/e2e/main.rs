@@ -12,6 +12,7 @@ mod crash;
 mod grpcurl;
 mod ha;
 mod kubectl;
+mod lifecycle;
 mod metrics;
 mod multihost;
 mod proxy;

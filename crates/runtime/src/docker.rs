@@ -666,6 +666,13 @@ impl Runtime for DockerRuntime {
             dns_options: listed(&spec.dns_options),
             port_bindings: docker_ports.then(|| port_bindings(&spec.port_mappings)),
             sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.iter().cloned().collect()),
+            // The pod's containers share the sandbox's /etc/hosts.
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| {
+                spec.extra_hosts
+                    .iter()
+                    .map(|(name, ip)| format!("{name}:{ip}"))
+                    .collect()
+            }),
             // The pause process needs nothing.
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),

@@ -140,6 +140,8 @@ pub struct SandboxSpec {
     /// Namespaced kernel parameters set in the pod's namespaces
     /// (`securityContext.sysctls`), name and value.
     pub sysctls: Vec<(String, String)>,
+    /// Extra `/etc/hosts` entries (`hostAliases`): hostname and address.
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 /// A seccomp or AppArmor profile, as Kubernetes names them.

@@ -311,6 +311,13 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
+        if !spec.extra_hosts.is_empty() {
+            // They would go into the host's own /etc/hosts.
+            return Err(Error::Unsupported(format!(
+                "pod sandbox {}: hostAliases need a pod /etc/hosts; the process runtime runs pods on the host's",
+                spec.name
+            )));
+        }
         if !spec.sysctls.is_empty() {
             // They would be set on the host itself.
             return Err(Error::Unsupported(format!(

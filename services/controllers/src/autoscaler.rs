@@ -454,7 +454,11 @@ impl Autoscaler {
                 .iter()
                 .map(|(at, r)| (now.duration_since(*at), *r))
                 .collect();
-            stabilize(current, &aged, up_window, down_window).clamp(min, max)
+            // Kubernetes' default scale-up policies (4 pods or 100% per
+            // 15 s, the larger): one sync adds at most that many.
+            stabilize(current, &aged, up_window, down_window)
+                .min(scale_up_limit(current))
+                .clamp(min, max)
         };
         let mut scaled = false;
         if desired != current {
@@ -602,9 +606,24 @@ pub fn start(
         .boxed()
 }
 
+/// The most replicas one step may reach from `current` under Kubernetes'
+/// default scale-up policies: 4 pods or 100% per period, whichever is
+/// more (a period is one sync).
+fn scale_up_limit(current: i32) -> i32 {
+    current.saturating_add(4).max(current.saturating_mul(2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaling_up_goes_by_four_pods_or_double_whichever_is_more() {
+        assert_eq!(scale_up_limit(1), 5);
+        assert_eq!(scale_up_limit(4), 8);
+        assert_eq!(scale_up_limit(10), 20);
+        assert_eq!(scale_up_limit(i32::MAX), i32::MAX);
+    }
 
     fn utilization(percent: i32) -> MetricTarget {
         MetricTarget {

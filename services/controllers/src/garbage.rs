@@ -196,6 +196,9 @@ struct Dependent {
     deleting: bool,
     /// It names other owners too (it is released, never deleted).
     shared: bool,
+    /// Its reference says `blockOwnerDeletion`: the owner waits for it
+    /// to be gone (the others are deleted without being waited for).
+    blocks: bool,
 }
 
 /// A kind of dependent, seen through its cache and written through the
@@ -270,6 +273,10 @@ impl<D: Resource> DependentKind for Kind<D> {
                         uid: meta.uid.clone(),
                         deleting: meta.deletion_timestamp.is_some(),
                         shared: meta.owner_references.iter().any(|o| o.uid != uid),
+                        blocks: meta
+                            .owner_references
+                            .iter()
+                            .any(|o| o.uid == uid && o.block_owner_deletion == Some(true)),
                     })
             })
             .collect()
@@ -413,7 +420,9 @@ impl<O: Resource> Propagation<O> {
                         kind.release(ns, &dependent.name, &meta.uid).await?;
                         continue;
                     }
-                    left += 1;
+                    if dependent.blocks {
+                        left += 1;
+                    }
                     if !dependent.deleting {
                         kind.delete(ns, &dependent.name, &dependent.uid).await?;
                     }

@@ -75,6 +75,24 @@ fn ready_status(node: &Node) -> &str {
         .map_or("", |c| c.status.as_str())
 }
 
+/// The taint an unreachable node carries.
+fn unreachable_taint() -> Taint {
+    Taint {
+        key: UNREACHABLE_TAINT.into(),
+        effect: "NoExecute".into(),
+        ..Default::default()
+    }
+}
+
+/// Whether the pod tolerates `taint` with no time limit.
+fn tolerates_for_good(pod: &Pod, taint: &Taint) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.tolerations
+            .iter()
+            .any(|t| t.toleration_seconds.is_none() && skiff::nodes::tolerates(t, taint))
+    })
+}
+
 fn has_unreachable_taint(node: &Node) -> bool {
     node.spec
         .as_ref()
@@ -174,12 +192,18 @@ impl NodeLifecycleController {
     /// Deletes the pods bound to `node`: gracefully (they show as
     /// terminating until their agent, if it comes back, finishes them; their
     /// controllers replace them meanwhile), or with `grace` 0, at once.
-    async fn evict(&self, node: &str, grace: Option<i64>) -> Result<usize, Error> {
+    async fn evict(
+        &self,
+        node: &str,
+        grace: Option<i64>,
+        spared: impl Fn(&Pod) -> bool,
+    ) -> Result<usize, Error> {
         let victims: Vec<_> = self
             .pod_store
             .list()
             .into_iter()
             .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name == node))
+            .filter(|p| !spared(p))
             .filter(|p| {
                 p.metadata
                     .as_ref()
@@ -209,7 +233,7 @@ impl NodeLifecycleController {
             }
             // Kubernetes' pod GC: pods bound to a node that no longer
             // exists have no agent to finish them; they go at once.
-            let n = self.evict(&key.name, Some(0)).await?;
+            let n = self.evict(&key.name, Some(0), |_| false).await?;
             if n > 0 {
                 tracing::warn!(node = %key.name, pods = n, "deleted the pods of a deleted node");
             }
@@ -229,7 +253,14 @@ impl NodeLifecycleController {
                 // Marked, but the taint did not land: add it now.
                 self.set_taint((*node).clone(), true).await?;
             } else if unreachable_for.is_some_and(|d| d > self.timing.eviction) {
-                let n = self.evict(&key.name, None).await?;
+                // A pod that tolerates the taint for good stays (DaemonSet
+                // pods do); the others have waited out the eviction time
+                // (Kubernetes' default tolerationSeconds, 300).
+                let n = self
+                    .evict(&key.name, None, |p| {
+                        tolerates_for_good(p, &unreachable_taint())
+                    })
+                    .await?;
                 if n > 0 {
                     tracing::warn!(node = %key.name, pods = n, "evicted the pods of an unreachable node");
                 }
@@ -237,6 +268,29 @@ impl NodeLifecycleController {
         } else if has_unreachable_taint(&node) && ready_status(&node) == "True" {
             // Back: the agent reported Ready again.
             self.set_taint((*node).clone(), false).await?;
+        }
+        // Other NoExecute taints (an admin's `kubectl taint ... :NoExecute`)
+        // evict at once the pods that do not tolerate them all.
+        let no_execute: Vec<Taint> = node
+            .spec
+            .as_ref()
+            .map(|s| {
+                s.taints
+                    .iter()
+                    .filter(|t| t.effect == "NoExecute" && t.key != UNREACHABLE_TAINT)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !no_execute.is_empty() {
+            let n = self
+                .evict(&key.name, None, |p| {
+                    no_execute.iter().all(|t| tolerates_for_good(p, t))
+                })
+                .await?;
+            if n > 0 {
+                tracing::warn!(node = %key.name, pods = n, "evicted pods not tolerating the node's NoExecute taints");
+            }
         }
         Ok(Action::Requeue(period))
     }
@@ -276,4 +330,50 @@ pub fn start(
         .reads(&shared.pods.store)
         .run(move || keys_of(&store), workers)
         .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::core::v1::{PodSpec, Toleration};
+
+    fn pod(tolerations: Vec<Toleration>) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                tolerations,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_toleration_without_seconds_spares_a_pod_for_good() {
+        let taint = unreachable_taint();
+        let daemon = pod(vec![Toleration {
+            key: UNREACHABLE_TAINT.into(),
+            operator: "Exists".into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        }]);
+        assert!(tolerates_for_good(&daemon, &taint));
+        let timed = pod(vec![Toleration {
+            toleration_seconds: Some(300),
+            ..daemon.spec.clone().unwrap().tolerations[0].clone()
+        }]);
+        assert!(!tolerates_for_good(&timed, &taint));
+        assert!(!tolerates_for_good(&pod(vec![]), &taint));
+        let admin = Taint {
+            key: "maintenance".into(),
+            value: "yes".into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        };
+        assert!(!tolerates_for_good(&daemon, &admin));
+        let everything = pod(vec![Toleration {
+            operator: "Exists".into(),
+            ..Default::default()
+        }]);
+        assert!(tolerates_for_good(&everything, &admin));
+    }
 }

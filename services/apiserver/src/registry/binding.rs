@@ -43,8 +43,9 @@ impl Registry {
                     meta.uid
                 )));
             }
+            let before = obj.clone();
             obj.bind(&node.1).map_err(ApiError::Precondition)?;
-            let bytes = admit(&obj)?;
+            let bytes = admit(&obj, Some(&before))?;
             match self.store.update(&key, bytes, Some(mod_rev)).await {
                 Ok(rev) => {
                     obj.metadata_mut().resource_version = rev.to_string();

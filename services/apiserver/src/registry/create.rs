@@ -83,7 +83,7 @@ impl Registry {
         // An object that claims addresses or ports is checked first: nothing
         // is claimed for one that will be refused.
         if obj.cluster_ip_request().is_some() || !obj.node_port_requests().is_empty() {
-            admit(&obj)?;
+            admit(&obj, None)?;
         }
         let claimed = if dry_run {
             None
@@ -125,7 +125,7 @@ impl Registry {
                 let meta = obj.metadata_mut();
                 meta.name = format!("{}{}", meta.generate_name, random_suffix());
             }
-            let bytes = admit(&obj)?;
+            let bytes = admit(&obj, None)?;
             let key = keys::object::<K>(obj.namespace(), obj.name());
             if dry_run {
                 if !generated && self.read::<K>(&key).await?.is_some() {

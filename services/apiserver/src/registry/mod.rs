@@ -171,14 +171,23 @@ fn effective_namespace<K: Strategy>(namespace: &str) -> String {
     }
 }
 
-/// Checks an object before it is written; returns its encoded form.
-fn admit<K: Strategy>(obj: &K) -> Result<Bytes> {
+/// Checks an object before it is written; returns its encoded form. An
+/// update (`before`: the stored object) is not refused for errors the
+/// stored object already had.
+fn admit<K: Strategy>(obj: &K, before: Option<&K>) -> Result<Bytes> {
     let mut errors = FieldErrors::default();
     match obj.metadata() {
         Some(meta) => strategy::validate_metadata::<K>(meta, &mut errors),
         None => errors.required("metadata"),
     }
     obj.validate(&mut errors);
+    if let Some(before) = before
+        && !errors.is_empty()
+    {
+        let mut had = FieldErrors::default();
+        before.validate(&mut had);
+        errors.retain_new(&had);
+    }
     if !errors.is_empty() {
         return Err(ApiError::Invalid(format!(
             "{} {:?} is invalid: {errors}",

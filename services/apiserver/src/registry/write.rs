@@ -90,7 +90,7 @@ impl Registry {
                 // finalizer's last removal). An unchanged object comes back
                 // as it is; a changed one without a resourceVersion, since it
                 // has none yet.
-                if admit(&next)? == kv.value {
+                if admit(&next, Some(&current))? == kv.value {
                     return Ok(current);
                 }
                 let mut next = next;
@@ -107,7 +107,7 @@ impl Registry {
                 Vec::new()
             } else {
                 if !next.node_port_requests().is_empty() {
-                    admit(&next)?;
+                    admit(&next, Some(&current))?;
                 }
                 let newly = self.claim_node_ports(Some(&current), &mut next).await?;
                 // The spec is judged as it will be stored: an update that
@@ -125,7 +125,7 @@ impl Registry {
             let owner = object_name(&namespace, &name);
             let result = if deleting {
                 // The last finalizer is gone: the object goes.
-                admit(&next)?;
+                admit(&next, Some(&current))?;
                 let deleted = self
                     .store
                     .delete(&key, Some(kv.mod_revision))
@@ -139,7 +139,7 @@ impl Registry {
                 }
                 deleted
             } else {
-                let bytes = match admit(&next) {
+                let bytes = match admit(&next, Some(&current)) {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         self.release_ports(&newly, &owner).await;

@@ -357,10 +357,11 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
         .as_deref()
         .filter(|m| *m != "kubernetes.io/job-controller")
     {
-        errors.invalid(
+        errors.forbidden(
             "spec.managedBy",
-            by,
-            "only \"kubernetes.io/job-controller\" is supported by Skiff",
+            format!(
+                "{by:?}: Jobs managed by another controller are not supported by Skiff (only \"kubernetes.io/job-controller\")"
+            ),
         );
     }
     if let Some(policy) = &spec.pod_failure_policy {

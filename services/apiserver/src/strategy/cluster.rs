@@ -76,6 +76,23 @@ impl Strategy for Node {
 
     fn validate(&self, errors: &mut FieldErrors) {
         let Some(spec) = &self.spec else { return };
+        for (i, taint) in spec.taints.iter().enumerate() {
+            let tpath = format!("spec.taints[{i}]");
+            if taint.key.is_empty() {
+                errors.required(format!("{tpath}.key"));
+            } else if let Err(reason) = validation::is_qualified_name(&taint.key) {
+                errors.invalid(format!("{tpath}.key"), &taint.key, &reason);
+            }
+            match taint.effect.as_str() {
+                "NoSchedule" | "PreferNoSchedule" | "NoExecute" => {}
+                "" => errors.required(format!("{tpath}.effect")),
+                other => errors.not_supported(
+                    format!("{tpath}.effect"),
+                    other,
+                    &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+                ),
+            }
+        }
         if spec.pod_cidrs.len() > 1 {
             errors.too_many("spec.podCIDRs", spec.pod_cidrs.len(), 1);
         }
@@ -205,6 +222,29 @@ impl Strategy for Secret {
 
     fn validate(&self, errors: &mut FieldErrors) {
         validate_data_keys("data", &self.data, errors);
+        unsupported::secret(self, errors);
+        // Kubernetes' per-type keys.
+        let required: &[&str] = match self.r#type.as_str() {
+            "kubernetes.io/tls" => &["tls.crt", "tls.key"],
+            "kubernetes.io/dockerconfigjson" => &[".dockerconfigjson"],
+            "kubernetes.io/dockercfg" => &[".dockercfg"],
+            "kubernetes.io/ssh-auth" => &["ssh-privatekey"],
+            _ => &[],
+        };
+        for key in required {
+            if !self.data.contains_key(*key) {
+                errors.required(format!("data[{key}]"));
+            }
+        }
+        if self.r#type == "kubernetes.io/basic-auth"
+            && !self.data.contains_key("username")
+            && !self.data.contains_key("password")
+        {
+            errors.push(
+                "data[username]",
+                "Required value: either username or password is required",
+            );
+        }
     }
 
     /// Kubernetes: the type never changes, and an immutable Secret's data

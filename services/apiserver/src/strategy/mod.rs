@@ -330,6 +330,117 @@ mod tests {
     }
 
     #[test]
+    fn jobs_managed_by_another_controller_are_refused() {
+        use skiff::pb::batch::v1::{Job, JobSpec};
+        let job = Job {
+            spec: Some(JobSpec {
+                managed_by: Some("example.com/queue".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(errors_of(&job).contains(
+            "spec.managedBy: Forbidden: \"example.com/queue\": Jobs managed by another controller are not supported by Skiff"
+        ));
+    }
+
+    #[test]
+    fn secret_types_require_their_keys() {
+        use skiff::pb::core::v1::Secret;
+        let secret = |kind: &str, keys: &[&str]| Secret {
+            r#type: kind.into(),
+            data: keys
+                .iter()
+                .map(|k| (k.to_string(), b"x".to_vec()))
+                .collect(),
+            ..Default::default()
+        };
+        let errors = errors_of(&secret("kubernetes.io/tls", &["tls.crt"]));
+        assert_eq!(errors, "data[tls.key]: Required value");
+        assert_eq!(
+            errors_of(&secret("kubernetes.io/tls", &["tls.crt", "tls.key"])),
+            ""
+        );
+        assert!(
+            errors_of(&secret("kubernetes.io/dockerconfigjson", &[]))
+                .contains("data[.dockerconfigjson]")
+        );
+        assert!(
+            errors_of(&secret("kubernetes.io/basic-auth", &[]))
+                .contains("either username or password")
+        );
+        assert_eq!(
+            errors_of(&secret("kubernetes.io/basic-auth", &["username"])),
+            ""
+        );
+        assert!(
+            errors_of(&secret("kubernetes.io/service-account-token", &[]))
+                .contains("not supported by Skiff")
+        );
+        assert_eq!(errors_of(&secret("example.com/anything", &[])), "");
+    }
+
+    #[test]
+    fn taints_and_tolerations_name_their_effects_and_operators() {
+        use skiff::pb::core::v1::{Node, NodeSpec, Taint, Toleration};
+        let node = Node {
+            spec: Some(NodeSpec {
+                taints: vec![Taint {
+                    key: "k".into(),
+                    effect: "NoExcute".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            errors_of(&node).contains("spec.taints[0].effect: Unsupported value: \"NoExcute\"")
+        );
+        let p = pod(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                image: "busybox:1.36".into(),
+                ..Default::default()
+            }],
+            tolerations: vec![
+                Toleration {
+                    key: "k".into(),
+                    operator: "Equals".into(),
+                    ..Default::default()
+                },
+                Toleration {
+                    key: "k".into(),
+                    operator: "Exists".into(),
+                    value: "v".into(),
+                    ..Default::default()
+                },
+                Toleration {
+                    key: "k".into(),
+                    operator: "Exists".into(),
+                    effect: "NoSchedule".into(),
+                    toleration_seconds: Some(10),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        let errors = errors_of(&p);
+        assert!(
+            errors.contains("spec.tolerations[0].operator: Unsupported value: \"Equals\""),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("value must be empty when `operator` is 'Exists'"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("effect must be 'NoExecute' when `tolerationSeconds` is set"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn pod_defaults_follow_kubernetes() {
         let p = pod(PodSpec {
             containers: vec![Container {

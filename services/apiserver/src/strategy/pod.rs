@@ -122,6 +122,69 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         );
     }
     securitycontext::validate_pod(path, spec, errors);
+    if let Some(deadline) = spec.active_deadline_seconds
+        && !(1..=i64::from(i32::MAX)).contains(&deadline)
+    {
+        errors.invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            deadline,
+            "must be between 1 and 2147483647, inclusive",
+        );
+    }
+    for (i, t) in spec.tolerations.iter().enumerate() {
+        let tpath = format!("{path}.tolerations[{i}]");
+        match t.operator.as_str() {
+            "" | "Equal" => {
+                if t.key.is_empty() {
+                    errors.invalid(
+                        format!("{tpath}.operator"),
+                        &t.operator,
+                        "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+                    );
+                }
+            }
+            "Exists" => {
+                if !t.value.is_empty() {
+                    errors.invalid(
+                        format!("{tpath}.operator"),
+                        &t.value,
+                        "value must be empty when `operator` is 'Exists'",
+                    );
+                }
+            }
+            other => errors.not_supported(format!("{tpath}.operator"), other, &["Equal", "Exists"]),
+        }
+        match t.effect.as_str() {
+            "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute" => {}
+            other => errors.not_supported(
+                format!("{tpath}.effect"),
+                other,
+                &["NoSchedule", "PreferNoSchedule", "NoExecute"],
+            ),
+        }
+        if t.toleration_seconds.is_some() && t.effect != "NoExecute" {
+            errors.invalid(
+                format!("{tpath}.effect"),
+                &t.effect,
+                "effect must be 'NoExecute' when `tolerationSeconds` is set",
+            );
+        }
+    }
+    for (i, alias) in spec.host_aliases.iter().enumerate() {
+        let apath = format!("{path}.hostAliases[{i}]");
+        if alias.ip.parse::<std::net::IpAddr>().is_err() {
+            errors.invalid(
+                format!("{apath}.ip"),
+                &alias.ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            );
+        }
+        for (j, name) in alias.hostnames.iter().enumerate() {
+            if let Err(reason) = validation::is_dns1123_subdomain(name) {
+                errors.invalid(format!("{apath}.hostnames[{j}]"), name, &reason);
+            }
+        }
+    }
     unsupported::pod_spec(path, spec, errors);
     validation::validate_labels(&format!("{path}.nodeSelector"), &spec.node_selector, errors);
     if !spec.node_name.is_empty()

@@ -27,14 +27,25 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
         );
     }
     if let Some(affinity) = &spec.affinity {
-        if affinity.pod_affinity.is_some() {
+        let terms = |required: usize, preferred: usize| required + preferred > 0;
+        if affinity.pod_affinity.as_ref().is_some_and(|a| {
+            terms(
+                a.required_during_scheduling_ignored_during_execution.len(),
+                a.preferred_during_scheduling_ignored_during_execution.len(),
+            )
+        }) {
             refuse(
                 errors,
                 format!("{path}.affinity.podAffinity"),
                 "inter-pod affinity is",
             );
         }
-        if affinity.pod_anti_affinity.is_some() {
+        if affinity.pod_anti_affinity.as_ref().is_some_and(|a| {
+            terms(
+                a.required_during_scheduling_ignored_during_execution.len(),
+                a.preferred_during_scheduling_ignored_during_execution.len(),
+            )
+        }) {
             refuse(
                 errors,
                 format!("{path}.affinity.podAntiAffinity"),
@@ -94,25 +105,11 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
             "scheduling gates are",
         );
     }
-    if !spec.host_aliases.is_empty() {
-        refuse(
-            errors,
-            format!("{path}.hostAliases"),
-            "extra /etc/hosts entries are",
-        );
-    }
     if spec.set_hostname_as_fqdn == Some(true) {
         refuse(
             errors,
             format!("{path}.setHostnameAsFQDN"),
             "the FQDN as hostname is",
-        );
-    }
-    if spec.active_deadline_seconds.is_some() {
-        refuse(
-            errors,
-            format!("{path}.activeDeadlineSeconds"),
-            "a pod deadline is",
         );
     }
     if let Some(os) = &spec.os
@@ -144,8 +141,20 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
     }
 }
 
+/// Kubernetes' DefaultTolerationSeconds admission gives every pod these
+/// two: what Skiff's node lifecycle does anyway (an unreachable node's
+/// pods go after 300 s), so exported pods carrying them are accepted.
+fn default_toleration(t: &Toleration) -> bool {
+    matches!(
+        t.key.as_str(),
+        "node.kubernetes.io/not-ready" | "node.kubernetes.io/unreachable"
+    ) && t.operator == "Exists"
+        && t.effect == "NoExecute"
+        && t.toleration_seconds == Some(300)
+}
+
 fn toleration(path: &str, t: &Toleration, errors: &mut FieldErrors) {
-    if t.toleration_seconds.is_some() {
+    if t.toleration_seconds.is_some() && !default_toleration(t) {
         refuse(
             errors,
             format!("{path}.tolerationSeconds"),
@@ -156,11 +165,45 @@ fn toleration(path: &str, t: &Toleration, errors: &mut FieldErrors) {
 
 /// A container's fields nothing acts on yet.
 pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
-    if c.lifecycle.is_some() {
+    if let Some(lifecycle) = &c.lifecycle {
+        for (name, handler) in [
+            ("postStart", &lifecycle.post_start),
+            ("preStop", &lifecycle.pre_stop),
+        ] {
+            let Some(handler) = handler else { continue };
+            let hpath = format!("{path}.lifecycle.{name}");
+            if handler.tcp_socket.is_some() {
+                refuse(
+                    errors,
+                    format!("{hpath}.tcpSocket"),
+                    "a tcpSocket lifecycle handler (deprecated; the kubelet never runs one) is",
+                );
+            }
+            https(
+                &format!("{hpath}.httpGet"),
+                handler.http_get.as_ref(),
+                errors,
+            );
+        }
+    }
+    for (name, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        if let Some(probe) = probe {
+            https(
+                &format!("{path}.{name}.httpGet"),
+                probe.http_get.as_ref(),
+                errors,
+            );
+        }
+    }
+    if c.restart_policy.as_deref().is_some_and(|p| !p.is_empty()) {
         refuse(
             errors,
-            format!("{path}.lifecycle"),
-            "lifecycle hooks (postStart, preStop) are",
+            format!("{path}.restartPolicy"),
+            "sidecar containers (an init container's restartPolicy) are",
         );
     }
     if !c.volume_devices.is_empty() {
@@ -202,6 +245,22 @@ pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
         if !m.sub_path_expr.is_empty() {
             refuse(errors, format!("{mpath}.subPathExpr"), "subPathExpr is");
         }
+    }
+}
+
+/// An httpGet action over HTTPS (the agent's prober and hooks speak
+/// plain HTTP).
+fn https(
+    path: &str,
+    action: Option<&skiff::pb::core::v1::HttpGetAction>,
+    errors: &mut FieldErrors,
+) {
+    if action.is_some_and(|a| a.scheme == "HTTPS") {
+        refuse(
+            errors,
+            format!("{path}.scheme"),
+            "\"HTTPS\" (the node's prober and hooks speak plain HTTP) is",
+        );
     }
 }
 
@@ -271,7 +330,7 @@ pub(super) fn autoscaler_behavior(
         ("scaleDown", &behavior.scale_down),
     ] {
         let Some(rules) = rules else { continue };
-        if !rules.policies.is_empty() {
+        if !rules.policies.is_empty() && !default_policies(direction, &rules.policies) {
             refuse(
                 errors,
                 format!("spec.behavior.{direction}.policies"),
@@ -285,6 +344,58 @@ pub(super) fn autoscaler_behavior(
                 "a select policy other than \"Max\" is",
             );
         }
+    }
+}
+
+/// A DaemonSet's surge (Skiff's rolling update replaces within
+/// maxUnavailable only).
+pub(super) fn daemon_set(spec: &skiff::pb::apps::v1::DaemonSetSpec, errors: &mut FieldErrors) {
+    let surge = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.as_ref());
+    let zero = surge.is_none_or(|v| match &v.kind {
+        Some(skiff::wkt::value::Kind::NumberValue(n)) => *n == 0.0,
+        Some(skiff::wkt::value::Kind::StringValue(s)) => s == "0" || s == "0%",
+        _ => true,
+    });
+    if !zero {
+        refuse(
+            errors,
+            "spec.updateStrategy.rollingUpdate.maxSurge".into(),
+            "surging a DaemonSet's rolling update is",
+        );
+    }
+}
+
+/// Legacy service account token Secrets (Kubernetes' token controller
+/// fills them; Skiff issues tokens through TokenRequest only).
+pub(super) fn secret(secret: &skiff::pb::core::v1::Secret, errors: &mut FieldErrors) {
+    if secret.r#type == "kubernetes.io/service-account-token" {
+        refuse(
+            errors,
+            "type".into(),
+            "\"kubernetes.io/service-account-token\" (long-lived tokens filled in by a controller; use `kubectl create token`) is",
+        );
+    }
+}
+
+/// Whether `policies` are Kubernetes' defaults for the direction (which
+/// it writes into every HPA with a `behavior`, and Skiff's autoscaler
+/// applies): up, 4 pods or 100% per 15 s; down, 100% per 15 s.
+fn default_policies(
+    direction: &str,
+    policies: &[skiff::pb::autoscaling::v2::HpaScalingPolicy],
+) -> bool {
+    let mut have: Vec<(&str, i32, i32)> = policies
+        .iter()
+        .map(|p| (p.r#type.as_str(), p.value, p.period_seconds))
+        .collect();
+    have.sort_unstable();
+    match direction {
+        "scaleUp" => have == [("Percent", 100, 15), ("Pods", 4, 15)],
+        _ => have == [("Percent", 100, 15)],
     }
 }
 
@@ -311,8 +422,23 @@ pub(super) fn persistent_volume(spec: &PersistentVolumeSpec, errors: &mut FieldE
     }
 }
 
-/// Mount options and volume expansion.
+/// Mount options, volume expansion, provisioner parameters and allowed
+/// topologies (the local-path provisioner takes none).
 pub(super) fn storage_class(class: &StorageClass, errors: &mut FieldErrors) {
+    if !class.parameters.is_empty() {
+        refuse(
+            errors,
+            "parameters".into(),
+            "provisioner parameters (the local-path provisioner takes none) are",
+        );
+    }
+    if !class.allowed_topologies.is_empty() {
+        refuse(
+            errors,
+            "allowedTopologies".into(),
+            "restricting provisioning to topologies is",
+        );
+    }
     if !class.mount_options.is_empty() {
         refuse(
             errors,
@@ -364,20 +490,24 @@ mod tests {
     fn pod_fields_nothing_acts_on_are_refused_by_path() {
         let spec = json!({
             "imagePullSecrets": [{"name": "regcred"}],
-            "affinity": {"podAffinity": {}, "podAntiAffinity": {}},
+            "affinity": {
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]},
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone"}}]}
+            },
             "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
             "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
             "readinessGates": [{"conditionType": "x.example/ready"}],
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
             "schedulingGates": [{"name": "wait"}],
-            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}],
-            "setHostnameAsFQDN": true, "activeDeadlineSeconds": 30,
+            "setHostnameAsFQDN": true,
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
             "volumes": [{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
             "containers": [{
                 "name": "app", "image": "busybox",
-                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+                "lifecycle": {"preStop": {"tcpSocket": {"port": 80}}, "postStart": {"httpGet": {"port": 80, "scheme": "HTTPS"}}},
+                "livenessProbe": {"httpGet": {"port": 80, "scheme": "HTTPS"}},
                 "volumeDevices": [{"name": "m", "devicePath": "/dev/xvda"}],
+                "restartPolicy": "Always",
                 "terminationMessagePath": "/tmp/msg",
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "Bidirectional", "subPathExpr": "$(POD)"}]
@@ -401,14 +531,15 @@ mod tests {
                 "spec.runtimeClassName",
                 "spec.overhead",
                 "spec.schedulingGates",
-                "spec.hostAliases",
                 "spec.setHostnameAsFQDN",
-                "spec.activeDeadlineSeconds",
                 "spec.tolerations[0].tolerationSeconds",
                 "spec.volumes[0].emptyDir.medium",
                 "spec.volumes[0].emptyDir.sizeLimit",
-                "spec.containers[0].lifecycle",
+                "spec.containers[0].lifecycle.postStart.httpGet.scheme",
+                "spec.containers[0].lifecycle.preStop.tcpSocket",
+                "spec.containers[0].livenessProbe.httpGet.scheme",
                 "spec.containers[0].volumeDevices",
+                "spec.containers[0].restartPolicy",
                 "spec.containers[0].terminationMessagePath",
                 "spec.containers[0].terminationMessagePolicy",
                 "spec.containers[0].volumeMounts[0].mountPropagation",
@@ -417,12 +548,16 @@ mod tests {
         );
         // Their defaults (what Kubernetes and its clients fill in) pass.
         let defaults = json!({
-            "imagePullSecrets": [], "affinity": {"nodeAffinity": {}},
+            "imagePullSecrets": [], "affinity": {"nodeAffinity": {}, "podAffinity": {}, "podAntiAffinity": {}},
             "preemptionPolicy": "PreemptLowerPriority", "priority": 0,
             "os": {"name": "linux"}, "setHostnameAsFQDN": false,
-            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "tolerations": [{"key": "k", "operator": "Exists"},
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
             "volumes": [{"name": "m", "emptyDir": {}}],
             "containers": [{"name": "app", "image": "busybox",
+                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}, "postStart": {"httpGet": {"port": 80, "scheme": "HTTP"}}},
+                "restartPolicy": "",
                 "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
                 "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "None"}]}]
         });
@@ -452,6 +587,16 @@ mod tests {
                 "spec.behavior.scaleUp.selectPolicy",
             ],
         );
+        // What Kubernetes writes into an HPA with a behavior passes.
+        let defaults = refusals::<HorizontalPodAutoscalerBehavior>(
+            json!({"scaleUp": {"selectPolicy": "Max", "stabilizationWindowSeconds": 0, "policies": [
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                        {"type": "Percent", "value": 100, "periodSeconds": 15}]},
+                   "scaleDown": {"selectPolicy": "Max", "stabilizationWindowSeconds": 300, "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15}]}}),
+            |b, errors| autoscaler_behavior(Some(b), errors),
+        );
+        assert_eq!(defaults, "");
     }
 
     #[test]
@@ -490,9 +635,34 @@ mod tests {
             refusals::<PersistentVolumeSpec>(json!({"mountOptions": ["ro"]}), persistent_volume);
         assert_refused(&errors, &["spec.mountOptions"]);
         let errors = refusals::<StorageClass>(
-            json!({"provisioner": "skiff.io/local-path", "mountOptions": ["ro"], "allowVolumeExpansion": true}),
+            json!({"provisioner": "skiff.io/local-path", "mountOptions": ["ro"], "allowVolumeExpansion": true,
+                   "parameters": {"fsType": "ext4"},
+                   "allowedTopologies": [{"matchLabelExpressions": [{"key": "zone", "values": ["a"]}]}]}),
             storage_class,
         );
-        assert_refused(&errors, &["mountOptions", "allowVolumeExpansion"]);
+        assert_refused(
+            &errors,
+            &[
+                "mountOptions",
+                "allowVolumeExpansion",
+                "parameters",
+                "allowedTopologies",
+            ],
+        );
+        let errors = refusals::<skiff::pb::apps::v1::DaemonSetSpec>(
+            json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}}}),
+            daemon_set,
+        );
+        assert_refused(&errors, &["spec.updateStrategy.rollingUpdate.maxSurge"]);
+        let errors = refusals::<skiff::pb::apps::v1::DaemonSetSpec>(
+            json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}),
+            daemon_set,
+        );
+        assert_eq!(errors, "");
+        let errors = refusals::<skiff::pb::core::v1::Secret>(
+            json!({"type": "kubernetes.io/service-account-token"}),
+            secret,
+        );
+        assert_refused(&errors, &["type"]);
     }
 }

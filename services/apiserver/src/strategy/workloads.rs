@@ -308,6 +308,7 @@ impl Strategy for DaemonSet {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
         };
+        unsupported::daemon_set(spec, errors);
         validate_template(
             spec.template.as_ref(),
             meta_selector(spec.selector.as_ref()),

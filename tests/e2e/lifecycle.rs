@@ -1,0 +1,186 @@
+//! A pod's life on real Docker: postStart runs before the pod's next
+//! container starts and a failing one restarts its container, preStop
+//! runs before the container gets SIGTERM, a pod past its
+//! activeDeadlineSeconds fails, hostAliases reach /etc/hosts.
+
+use std::time::Duration;
+
+use serde_json::json;
+use skiff::pb::core::v1::Event;
+
+use crate::agent::{container, env};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_start_runs_before_the_next_container_and_pre_stop_before_sigterm() {
+    let env = env("hooks").await;
+    // The test reads what the hooks wrote through a hostPath.
+    env.allow_privileged().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "hooks"},
+        "spec": {
+            "terminationGracePeriodSeconds": 20,
+            "volumes": [{"name": "data", "hostPath": {"path": data, "type": "Directory"}}],
+            "containers": [
+                {"name": "first", "image": image, "imagePullPolicy": "Never",
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                 "lifecycle": {
+                     "postStart": {"exec": {"command": ["sh", "-c", "sleep 1; echo hook > /data/poststart"]}},
+                     "preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /data/prestop"]}}
+                 },
+                 "command": ["sh", "-c",
+                    "trap 'if [ -f /data/prestop ]; then echo after-prestop; else echo before-prestop; fi > /data/term; exit 0' TERM; \
+                     while true; do sleep 0.1; done"]},
+                {"name": "second", "image": image, "imagePullPolicy": "Never",
+                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                 "command": ["sh", "-c",
+                    "if [ -f /data/poststart ]; then echo second-after-hook; else echo second-before-hook; fi; exec sleep 3600"]}
+            ]
+        }
+    }))
+    .await;
+    let mut said = String::new();
+    skiff_testkit::wait_until(
+        "the second container says",
+        Duration::from_secs(60),
+        async || {
+            said = env.logs("hooks", "second", false).await.unwrap_or_default();
+            said.contains("second-")
+        },
+    )
+    .await;
+    assert!(
+        said.contains("second-after-hook"),
+        "postStart ran first: {said}"
+    );
+
+    env.delete("hooks").await;
+    let term = dir.path().join("term");
+    skiff_testkit::wait_until(
+        "the first container handles SIGTERM",
+        Duration::from_secs(30),
+        async || term.exists(),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&term).unwrap().trim(),
+        "after-prestop",
+        "preStop ran before SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_post_start_hook_is_an_event_and_restarts_its_container() {
+    let env = env("badhook").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "badhook"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never",
+            "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo no >&2; exit 3"]}}},
+            "command": ["sleep", "3600"]}]}
+    }))
+    .await;
+    env.wait_for(
+        "badhook",
+        "a restart after the failed hook",
+        Duration::from_secs(60),
+        |p| container(p, "app").is_some_and(|c| c.restart_count >= 1),
+    )
+    .await;
+    let mut found = None;
+    skiff_testkit::wait_until(
+        "the FailedPostStartHook event",
+        Duration::from_secs(30),
+        async || {
+            found = skiff_testkit::list::<Event>(&env.channel, "default", "")
+                .await
+                .into_iter()
+                .find(|e| e.reason == "FailedPostStartHook");
+            found.is_some()
+        },
+    )
+    .await;
+    let message = found.unwrap().message;
+    assert!(
+        message.starts_with("Exec lifecycle hook ([\"sh\", \"-c\", \"echo no >&2; exit 3\"]) for Container \"app\" in Pod \"badhook_default(")
+            && message.contains("exited with 3"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_aliases_reach_every_containers_etc_hosts() {
+    let env = env("aliases").await;
+    let image = env.image;
+    let show = "grep -E 'db.internal|cache' /etc/hosts; echo done; exec sleep 3600";
+    env.create(json!({
+        "metadata": {"name": "aliases"},
+        "spec": {
+            "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["db.internal", "cache"]}],
+            "containers": [
+                {"name": "a", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", show]},
+                {"name": "b", "image": image, "imagePullPolicy": "Never", "command": ["sh", "-c", show]}
+            ]
+        }
+    }))
+    .await;
+    for name in ["a", "b"] {
+        let mut out = String::new();
+        skiff_testkit::wait_until(
+            &format!("{name} prints its hosts"),
+            Duration::from_secs(60),
+            async || {
+                out = env.logs("aliases", name, false).await.unwrap_or_default();
+                out.contains("done")
+            },
+        )
+        .await;
+        for host in ["db.internal", "cache"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with("10.1.2.3") && l.split_whitespace().any(|w| w == host)),
+                "{name}: {host} in {out}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_past_its_active_deadline_fails_and_stops() {
+    let env = env("deadline").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "deadline"},
+        "spec": {"activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]}
+    }))
+    .await;
+    let pod = env
+        .wait_for(
+            "deadline",
+            "the pod fails past its deadline",
+            Duration::from_secs(60),
+            |p| p.status.as_ref().is_some_and(|s| s.phase == "Failed"),
+        )
+        .await;
+    let status = pod.status.as_ref().unwrap();
+    assert_eq!(status.reason, "DeadlineExceeded");
+    assert_eq!(
+        status.message,
+        "Pod was active on the node longer than the specified deadline"
+    );
+    env.wait_for(
+        "deadline",
+        "its container stopped",
+        Duration::from_secs(30),
+        |p| {
+            container(p, "app")
+                .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+        },
+    )
+    .await;
+}
