@@ -252,8 +252,8 @@ fn own(fd: &OwnedFd, gid: u32, read_only: bool, depth: usize) -> std::io::Result
             "fsGroup: the volume nests directories deeper than {MAX_DEPTH}"
         )));
     }
-    let mut entries = rustix::fs::Dir::read_from(fd)?;
-    while let Some(entry) = entries.next() {
+    let entries = rustix::fs::Dir::read_from(fd)?;
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {

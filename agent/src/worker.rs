@@ -487,14 +487,7 @@ async fn sync(
     if state.terminal {
         // Kubernetes stops what is left of a finished pod, sandbox included,
         // and keeps the containers for their logs.
-        for c in containers.iter().filter(|c| is_running(c)) {
-            let grace = if c.label(labels::CONTAINER_NAME) == labels::SANDBOX {
-                Duration::ZERO
-            } else {
-                grace_period(&pod)
-            };
-            stop_container(shared, &pod, c, grace).await?;
-        }
+        stop_pod(shared, &pod, &containers, grace_period(&pod)).await?;
         let containers = shared.runtime.list(Some(uid)).await?;
         report(shared, &pod, &containers, &inputs.probes, state, None).await?;
         return Ok(Outcome::default());
@@ -518,9 +511,7 @@ async fn sync(
             // A dead sandbox takes the pod's network with it: what ran in it
             // is stopped and everything (init containers included) starts
             // again in a new one.
-            for c in containers.iter().filter(|c| is_running(c)) {
-                stop_container(shared, &pod, c, grace_period(&pod)).await?;
-            }
+            stop_pod(shared, &pod, &containers, grace_period(&pod)).await?;
             for c in &sandboxes {
                 shared.runtime.remove(&c.id).await?;
             }
@@ -681,7 +672,8 @@ async fn sync(
                             .await;
                         // A probe's own grace period, when it has one, is
                         // the kill's (Kubernetes' probe-level grace).
-                        let grace = probe_kill_grace(c, &pod);
+                        let started = inputs.probes.get(&latest.id).is_none_or(|p| p.started);
+                        let grace = probe_kill_grace(c, &pod, started);
                         stop_container(shared, &pod, latest, grace).await?;
                         soonest(Duration::ZERO);
                     } else if prober::has_probes(c) {
@@ -1039,14 +1031,42 @@ impl Starter<'_> {
     }
 }
 
+/// Stops what runs of a pod as the kubelet kills a pod: its containers
+/// together (each with its preStop hook and `grace`), then the sandbox,
+/// so that hooks still have the pod's network.
+async fn stop_pod(
+    shared: &Shared,
+    pod: &Pod,
+    containers: &[Container],
+    grace: Duration,
+) -> Result<(), RuntimeError> {
+    let (sandboxes, apps): (Vec<&Container>, Vec<&Container>) = containers
+        .iter()
+        .filter(|c| is_running(c))
+        .partition(|c| c.label(labels::CONTAINER_NAME) == labels::SANDBOX);
+    let stops = apps.iter().map(|c| stop_container(shared, pod, c, grace));
+    for result in futures::future::join_all(stops).await {
+        result?;
+    }
+    for sandbox in sandboxes {
+        shared.runtime.stop(&sandbox.id, Duration::ZERO).await?;
+    }
+    Ok(())
+}
+
 /// The grace period of a kill for a failed liveness or startup probe:
 /// the probe's own `terminationGracePeriodSeconds` when it has one, else
 /// the pod's.
-fn probe_kill_grace(c: &PodContainer, pod: &Pod) -> Duration {
-    [&c.liveness_probe, &c.startup_probe]
-        .into_iter()
-        .flatten()
-        .find_map(|p| p.termination_grace_period_seconds)
+fn probe_kill_grace(c: &PodContainer, pod: &Pod, started: bool) -> Duration {
+    // The failed probe's own: the startup probe's until it passed.
+    let failed = if started {
+        &c.liveness_probe
+    } else {
+        &c.startup_probe
+    };
+    failed
+        .as_ref()
+        .and_then(|p| p.termination_grace_period_seconds)
         .map_or_else(
             || grace_period(pod),
             |s| Duration::from_secs(s.max(0) as u64),
@@ -1247,11 +1267,17 @@ mod tests {
             liveness_probe: Some(Probe::default()),
             ..Default::default()
         };
-        assert_eq!(probe_kill_grace(&c, &pod), Duration::from_secs(30));
+        assert_eq!(probe_kill_grace(&c, &pod, true), Duration::from_secs(30));
         c.liveness_probe = Some(Probe {
             termination_grace_period_seconds: Some(5),
             ..Default::default()
         });
-        assert_eq!(probe_kill_grace(&c, &pod), Duration::from_secs(5));
+        c.startup_probe = Some(Probe {
+            termination_grace_period_seconds: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(probe_kill_grace(&c, &pod, true), Duration::from_secs(5));
+        // Before it started, the startup probe failed: its own.
+        assert_eq!(probe_kill_grace(&c, &pod, false), Duration::from_secs(7));
     }
 }

@@ -301,3 +301,109 @@ async fn hollow_nodes_register_renew_and_run_their_pods() {
         .unwrap();
     assert_eq!(list.items.len(), 20, "one lease per node");
 }
+
+/// A pod labelled `app=<app>`, with its placement rules from JSON.
+fn placed(name: &str, app: &str, rules: serde_json::Value) -> Pod {
+    let mut p = pod(name, "100m");
+    p.metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .insert("app".into(), app.into());
+    let mut spec = serde_json::to_value(p.spec.take().unwrap()).unwrap();
+    for (k, v) in rules.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    p.spec = Some(serde_json::from_value(spec).unwrap());
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_spread_and_gather_by_affinity_and_topology_on_zoned_nodes() {
+    let env = env().await;
+    // Six nodes in three zones; four of them in pool "a".
+    for (i, zone) in ["z1", "z1", "z2", "z2", "z3", "z3"].iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let pool = if i < 4 { "a" } else { "b" };
+        let labels = [
+            ("kubernetes.io/hostname", name.as_str()),
+            ("topology.kubernetes.io/zone", zone),
+            ("pool", pool),
+        ];
+        add_node(&env, &name, "8", &labels).await;
+    }
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+
+    // Required anti-affinity on the hostname over the four pool-a nodes:
+    // four run, one per node, and the other two wait with Kubernetes'
+    // reason.
+    let anti = serde_json::json!({
+        "nodeSelector": {"pool": "a"},
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {"app": "anti"}},
+            "topologyKey": "kubernetes.io/hostname"}]}}
+    });
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 1..=4 {
+        let name = format!("anti-{i}");
+        env.pods
+            .create(placed(&name, "anti", anti.clone()))
+            .await
+            .unwrap();
+        hosts.insert(wait_bound(&env, &name, Duration::from_secs(20)).await);
+    }
+    assert_eq!(hosts.len(), 4, "one per node: {hosts:?}");
+    for i in 5..=6 {
+        let name = format!("anti-{i}");
+        env.pods
+            .create(placed(&name, "anti", anti.clone()))
+            .await
+            .unwrap();
+        let event = wait_failed_scheduling(&env, &name).await;
+        assert!(
+            event
+                .message
+                .contains("4 node(s) didn't match pod anti-affinity rules"),
+            "{}",
+            event.message
+        );
+        assert_eq!(node_of(&env, &name).await, "");
+    }
+
+    // maxSkew 1 over the zones: six pods go two to a zone.
+    let spread = serde_json::json!({
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]
+    });
+    let zone_of = |node: &str| match node {
+        "n1" | "n2" => "z1",
+        "n3" | "n4" => "z2",
+        _ => "z3",
+    };
+    let mut per_zone = std::collections::BTreeMap::<&str, usize>::new();
+    for i in 1..=6 {
+        let name = format!("spread-{i}");
+        env.pods
+            .create(placed(&name, "spread", spread.clone()))
+            .await
+            .unwrap();
+        let node = wait_bound(&env, &name, Duration::from_secs(20)).await;
+        *per_zone.entry(zone_of(&node)).or_default() += 1;
+    }
+    assert_eq!(
+        per_zone.into_iter().collect::<Vec<_>>(),
+        [("z1", 2), ("z2", 2), ("z3", 2)]
+    );
+
+    // Preferred affinity: beside its target, which fits.
+    let mut target = placed("cache", "cache", serde_json::json!({}));
+    target.spec.as_mut().unwrap().node_name = "n6".into();
+    env.pods.create(target).await.unwrap();
+    let near = serde_json::json!({
+        "affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100,
+            "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "cache"}},
+                "topologyKey": "kubernetes.io/hostname"}}]}}
+    });
+    env.pods.create(placed("web", "web", near)).await.unwrap();
+    assert_eq!(wait_bound(&env, "web", Duration::from_secs(20)).await, "n6");
+}

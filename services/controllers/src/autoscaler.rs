@@ -226,6 +226,10 @@ pub struct Autoscaler {
     sync: Duration,
     /// Recommendations per autoscaler: (when, replicas).
     history: Mutex<HashMap<ObjectRef, Vec<(Instant, i32)>>>,
+    /// The current scale-up period per autoscaler: when it began and the
+    /// replicas then (the rate limit counts from them, however often the
+    /// autoscaler syncs within the period).
+    periods: Mutex<HashMap<ObjectRef, (Instant, i32)>>,
 }
 
 impl Autoscaler {
@@ -249,6 +253,7 @@ impl Autoscaler {
             controllers: Api::new(channel),
             sync,
             history: Mutex::new(HashMap::new()),
+            periods: Mutex::new(HashMap::new()),
         }
     }
 
@@ -454,11 +459,19 @@ impl Autoscaler {
                 .iter()
                 .map(|(at, r)| (now.duration_since(*at), *r))
                 .collect();
-            // Kubernetes' default scale-up policies (4 pods or 100% per
-            // 15 s, the larger): one sync adds at most that many.
-            stabilize(current, &aged, up_window, down_window)
-                .min(scale_up_limit(current))
-                .clamp(min, max)
+            let stable = stabilize(current, &aged, up_window, down_window);
+            // Kubernetes' scale-up rate, counted from the replicas at the
+            // start of the current 15 s period.
+            let mut periods = self
+                .periods
+                .lock()
+                .map_err(|_| Error::Other("poisoned".into()))?;
+            let period = periods.entry(key.clone()).or_insert((now, current));
+            if now.duration_since(period.0) >= SCALE_UP_PERIOD {
+                *period = (now, current);
+            }
+            let limit = scale_up_limit(period.1, spec.behavior.is_some());
+            stable.min(limit.max(current)).clamp(min, max)
         };
         let mut scaled = false;
         if desired != current {
@@ -606,11 +619,19 @@ pub fn start(
         .boxed()
 }
 
-/// The most replicas one step may reach from `current` under Kubernetes'
-/// default scale-up policies: 4 pods or 100% per period, whichever is
-/// more (a period is one sync).
-fn scale_up_limit(current: i32) -> i32 {
-    current.saturating_add(4).max(current.saturating_mul(2))
+/// The period Kubernetes' scale-up rate is counted over.
+const SCALE_UP_PERIOD: Duration = Duration::from_secs(15);
+
+/// The most replicas a scale-up period may reach from `start`, the
+/// replicas when it began: with a `behavior`, Kubernetes' default
+/// policies (4 pods or 100%, the larger); without one, its older rule
+/// (twice as many, at least 4).
+fn scale_up_limit(start: i32, behavior: bool) -> i32 {
+    if behavior {
+        start.saturating_add(4).max(start.saturating_mul(2))
+    } else {
+        start.saturating_mul(2).max(4)
+    }
 }
 
 #[cfg(test)]
@@ -619,10 +640,13 @@ mod tests {
 
     #[test]
     fn scaling_up_goes_by_four_pods_or_double_whichever_is_more() {
-        assert_eq!(scale_up_limit(1), 5);
-        assert_eq!(scale_up_limit(4), 8);
-        assert_eq!(scale_up_limit(10), 20);
-        assert_eq!(scale_up_limit(i32::MAX), i32::MAX);
+        assert_eq!(scale_up_limit(1, true), 5);
+        assert_eq!(scale_up_limit(4, true), 8);
+        assert_eq!(scale_up_limit(10, true), 20);
+        assert_eq!(scale_up_limit(i32::MAX, true), i32::MAX);
+        // Without a behavior: double, at least 4.
+        assert_eq!(scale_up_limit(1, false), 4);
+        assert_eq!(scale_up_limit(10, false), 20);
     }
 
     fn utilization(percent: i32) -> MetricTarget {

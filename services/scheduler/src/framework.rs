@@ -90,6 +90,10 @@ pub struct NodeInfo {
     pub requested: Resources,
     /// Its allocatable resources.
     pub allocatable: Resources,
+    /// How many of its pods have pod affinity or anti-affinity terms (the
+    /// inter-pod affinity plugin looks at the cluster's pods only when
+    /// some have, or the pod being placed has).
+    pub with_affinity: usize,
 }
 
 impl NodeInfo {
@@ -111,12 +115,16 @@ impl NodeInfo {
             pods: Vec::new(),
             requested: Resources::default(),
             allocatable,
+            with_affinity: 0,
         }
     }
 
     /// Counts a pod against the node.
     pub fn add_pod(&mut self, pod: Arc<Pod>) {
         self.requested = self.requested.plus(Resources::of_pod(&pod));
+        if has_pod_affinity(&pod) {
+            self.with_affinity += 1;
+        }
         self.pods.push(pod);
     }
 
@@ -126,9 +134,35 @@ impl NodeInfo {
     }
 }
 
+/// Whether the pod has any pod affinity or anti-affinity term.
+pub fn has_pod_affinity(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.affinity.as_ref())
+        .is_some_and(|a| {
+            a.pod_affinity.as_ref().is_some_and(|p| {
+                !p.required_during_scheduling_ignored_during_execution
+                    .is_empty()
+                    || !p
+                        .preferred_during_scheduling_ignored_during_execution
+                        .is_empty()
+            }) || a.pod_anti_affinity.as_ref().is_some_and(|p| {
+                !p.required_during_scheduling_ignored_during_execution
+                    .is_empty()
+                    || !p
+                        .preferred_during_scheduling_ignored_during_execution
+                        .is_empty()
+            })
+        })
+}
+
 /// Why a node does not fit a pod: a short reason, counted per reason in
 /// FailedScheduling events ("2 Insufficient cpu").
 pub type Reason = String;
+
+/// What a filter plugin prepared for one pod from the whole cluster
+/// (Kubernetes' PreFilter state).
+pub type Prepared = Box<dyn std::any::Any + Send + Sync>;
 
 /// Decides whether a pod may run on a node.
 pub trait FilterPlugin: Send + Sync {
@@ -139,6 +173,24 @@ pub trait FilterPlugin: Send + Sync {
     /// # Errors
     /// The reason the node does not fit.
     fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Reason>;
+    /// Prepares, once per pod, what [`Self::filter_prepared`] needs from
+    /// every node of the cluster (pods across topology domains); `None`
+    /// when the plugin has nothing to check for this pod.
+    fn pre_filter(&self, _pod: &Pod, _all: &[&NodeInfo]) -> Option<Prepared> {
+        None
+    }
+    /// [`Self::filter`] with what [`Self::pre_filter`] prepared.
+    ///
+    /// # Errors
+    /// The reason the node does not fit.
+    fn filter_prepared(
+        &self,
+        pod: &Pod,
+        node: &NodeInfo,
+        _prepared: &Prepared,
+    ) -> Result<(), Reason> {
+        self.filter(pod, node)
+    }
 }
 
 /// Ranks the nodes that fit, each from 0 to [`MAX_SCORE`].
@@ -149,6 +201,11 @@ pub trait ScorePlugin: Send + Sync {
     /// `pod`, in order. All at once, so that plugins comparing nodes (such
     /// as spreading) prepare once per pod.
     fn score(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64>;
+    /// [`Self::score`] knowing every node of the cluster (`all`), for
+    /// plugins that count pods across topology domains.
+    fn score_among(&self, pod: &Pod, nodes: &[&NodeInfo], _all: &[&NodeInfo]) -> Vec<i64> {
+        self.score(pod, nodes)
+    }
 }
 
 /// Scores each node on its own, for plugins that need no comparison.

@@ -4,7 +4,7 @@
 
 use skiff::pb::core::v1::Pod;
 
-use crate::framework::{FilterPlugin, MAX_SCORE, NodeInfo, Plugin, Reason, ScorePlugin};
+use crate::framework::{FilterPlugin, MAX_SCORE, NodeInfo, Plugin, Prepared, Reason, ScorePlugin};
 use crate::plugins;
 
 /// Which plugins run, and each scorer's weight. Loaded from a JSON file:
@@ -42,6 +42,8 @@ impl Default for ProfileConfig {
             plugins::taint_toleration::NAME,
             plugins::node_ports::NAME,
             plugins::resources_fit::NAME,
+            plugins::topology_spread::NAME,
+            plugins::inter_pod_affinity::NAME,
         ];
         let scores = [
             (plugins::resources_fit::LEAST_ALLOCATED, 1),
@@ -49,6 +51,8 @@ impl Default for ProfileConfig {
             (plugins::spread::NAME, 2),
             (plugins::node_affinity::PREFERRED, 2),
             (plugins::taint_toleration::PREFER_NO_SCHEDULE, 3),
+            (plugins::topology_spread::SCORE, 2),
+            (plugins::inter_pod_affinity::PREFERRED, 2),
         ];
         Self {
             filters: filters.iter().map(|s| s.to_string()).collect(),
@@ -142,19 +146,50 @@ impl Profile {
         serde_json::from_str(&text).map_err(|e| err(e.to_string()))
     }
 
-    /// Runs the filters; the first failing one's reason.
+    /// Runs the filters' PreFilter over the whole cluster, once per pod.
+    pub fn prepare(&self, pod: &Pod, all: &[&NodeInfo]) -> Vec<Option<Prepared>> {
+        self.filters
+            .iter()
+            .map(|f| f.pre_filter(pod, all))
+            .collect()
+    }
+
+    /// Runs the filters with what [`Self::prepare`] made; the first
+    /// failing one's reason.
+    ///
+    /// # Errors
+    /// Why the node does not fit.
+    pub fn filter_with(
+        &self,
+        pod: &Pod,
+        node: &NodeInfo,
+        prepared: &[Option<Prepared>],
+    ) -> Result<(), Reason> {
+        self.filters
+            .iter()
+            .zip(prepared)
+            .try_for_each(|(f, state)| match state {
+                Some(state) => f.filter_prepared(pod, node, state),
+                None => f.filter(pod, node),
+            })
+    }
+
+    /// Runs the filters for a node on its own (the node is the whole
+    /// cluster they see); the first failing one's reason.
     ///
     /// # Errors
     /// Why the node does not fit.
     pub fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        self.filters.iter().try_for_each(|f| f.filter(pod, node))
+        let prepared = self.prepare(pod, &[node]);
+        self.filter_with(pod, node, &prepared)
     }
 
-    /// The weighted total score of each of `nodes`, in order.
-    pub fn score(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+    /// The weighted total score of each of `nodes` (those that fit, out
+    /// of `all`), in order.
+    pub fn score(&self, pod: &Pod, nodes: &[&NodeInfo], all: &[&NodeInfo]) -> Vec<i64> {
         let mut totals = vec![0; nodes.len()];
         for (plugin, weight) in &self.scores {
-            for (total, score) in totals.iter_mut().zip(plugin.score(pod, nodes)) {
+            for (total, score) in totals.iter_mut().zip(plugin.score_among(pod, nodes, all)) {
                 *total += score.clamp(0, MAX_SCORE) * weight;
             }
         }

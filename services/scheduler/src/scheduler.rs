@@ -503,15 +503,17 @@ impl Scheduler {
         let mut names: Vec<&String> = self.cache.nodes.keys().collect();
         names.sort_unstable();
         let start = self.next_start % total;
+        let all: Vec<&NodeInfo> = names.iter().map(|n| &self.cache.nodes[*n]).collect();
+        let prepared = self.profile.prepare(pod, &all);
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut examined = 0;
         for i in 0..total {
-            let info = &self.cache.nodes[names[(start + i) % total]];
+            let info = all[(start + i) % total];
             examined += 1;
             let fits = self
                 .profile
-                .filter(pod, info)
+                .filter_with(pod, info, &prepared)
                 .and_then(|()| volumes.filter(&info.node, &all_volumes));
             match fits {
                 Ok(()) => {
@@ -534,7 +536,7 @@ impl Scheduler {
                 detail.join(", ")
             ));
         }
-        let scores = self.profile.score(pod, &feasible);
+        let scores = self.profile.score(pod, &feasible, &all);
         let best = scores
             .iter()
             .enumerate()

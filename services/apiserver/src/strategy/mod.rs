@@ -330,6 +330,59 @@ mod tests {
     }
 
     #[test]
+    fn hooks_and_probes_need_one_handler_and_stay_off_init_containers() {
+        let json = serde_json::json!({
+            "initContainers": [{"name": "init", "image": "busybox",
+                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+                "readinessProbe": {"exec": {"command": ["true"]}}}],
+            "containers": [{"name": "app", "image": "busybox",
+                "lifecycle": {"postStart": {}, "preStop": {"exec": {"command": []}, "sleep": {"seconds": 1}}},
+                "livenessProbe": {"httpGet": {"port": 0, "scheme": "http"}, "terminationGracePeriodSeconds": 0},
+                "readinessProbe": {"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": 5}}]
+        });
+        let p = pod(serde_json::from_value(json).unwrap());
+        let errors = errors_of(&p);
+        for expected in [
+            "spec.initContainers[0].lifecycle: Forbidden: may not be set for init containers without restartPolicy=Always",
+            "spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers",
+            "spec.containers[0].lifecycle.postStart: Required value: must specify a handler type",
+            "spec.containers[0].lifecycle.preStop: Forbidden: may not specify more than 1 handler type",
+            "spec.containers[0].lifecycle.preStop.exec.command: Required value",
+            "spec.containers[0].livenessProbe.httpGet.port: Invalid value",
+            "spec.containers[0].livenessProbe.httpGet.scheme: Unsupported value: \"http\"",
+            "spec.containers[0].livenessProbe.terminationGracePeriodSeconds: Invalid value: 0: must be greater than 0",
+            "spec.containers[0].readinessProbe.terminationGracePeriodSeconds: Invalid value: 5: must not be set for readinessProbes",
+        ] {
+            assert!(errors.contains(expected), "{expected} in {errors}");
+        }
+    }
+
+    #[test]
+    fn a_pods_deadline_may_be_set_or_lowered_only() {
+        let with = |deadline: Option<i64>| {
+            pod(PodSpec {
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: "busybox:1.36".into(),
+                    ..Default::default()
+                }],
+                active_deadline_seconds: deadline,
+                ..Default::default()
+            })
+        };
+        assert_eq!(update_errors_of(&with(Some(60)), &with(None)), "");
+        assert_eq!(update_errors_of(&with(Some(30)), &with(Some(60))), "");
+        assert!(
+            update_errors_of(&with(Some(90)), &with(Some(60)))
+                .contains("must be less than or equal to previous value")
+        );
+        assert!(
+            update_errors_of(&with(None), &with(Some(60)))
+                .contains("must not update from a positive integer to nil value")
+        );
+    }
+
+    #[test]
     fn jobs_managed_by_another_controller_are_refused() {
         use skiff::pb::batch::v1::{Job, JobSpec};
         let job = Job {

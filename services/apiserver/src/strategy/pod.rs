@@ -93,6 +93,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         for (i, c) in containers.iter().enumerate() {
             let cpath = format!("{path}.{list}[{i}]");
             validate_container(&cpath, c, &volumes, errors);
+            validate_hooks_and_probes(&cpath, c, list == "initContainers", errors);
             securitycontext::validate_container(&cpath, c, errors);
             unsupported::container(&cpath, c, errors);
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
@@ -122,6 +123,7 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         );
     }
     securitycontext::validate_pod(path, spec, errors);
+    validate_placement(path, spec, errors);
     if let Some(deadline) = spec.active_deadline_seconds
         && !(1..=i64::from(i32::MAX)).contains(&deadline)
     {
@@ -191,6 +193,248 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
         && let Err(reason) = validation::is_dns1123_subdomain(&spec.node_name)
     {
         errors.invalid(format!("{path}.nodeName"), &spec.node_name, &reason);
+    }
+}
+
+/// A container's lifecycle handlers and probes, as Kubernetes validates
+/// them: exactly one handler each, a command to run, a port, a known
+/// scheme; none of them on an init container (Skiff has no sidecars); a
+/// probe's own grace period positive, and never on a readiness probe.
+fn validate_hooks_and_probes(path: &str, c: &Container, init: bool, errors: &mut FieldErrors) {
+    use skiff::pb::core::v1::{ExecAction, HttpGetAction};
+    let handler = |hpath: String,
+                   exec: Option<&ExecAction>,
+                   http: Option<&HttpGetAction>,
+                   others: usize,
+                   errors: &mut FieldErrors| {
+        let count = usize::from(exec.is_some()) + usize::from(http.is_some()) + others;
+        if count == 0 {
+            errors.push(hpath.clone(), "Required value: must specify a handler type");
+        } else if count > 1 {
+            errors.forbidden(hpath.clone(), "may not specify more than 1 handler type");
+        }
+        if exec.is_some_and(|e| e.command.is_empty()) {
+            errors.required(format!("{hpath}.exec.command"));
+        }
+        if let Some(http) = http {
+            match http.port.as_ref().and_then(|p| p.kind.as_ref()) {
+                Some(skiff::wkt::value::Kind::NumberValue(n))
+                    if validation::is_valid_port_num(*n as i32).is_ok() && n.fract() == 0.0 => {}
+                Some(skiff::wkt::value::Kind::StringValue(name))
+                    if validation::is_port_name(name).is_ok() => {}
+                _ => errors.push(
+                    format!("{hpath}.httpGet.port"),
+                    "Invalid value: must be a port number between 1 and 65535 or a port name",
+                ),
+            }
+            if !matches!(http.scheme.as_str(), "" | "HTTP" | "HTTPS") {
+                errors.not_supported(
+                    format!("{hpath}.httpGet.scheme"),
+                    &http.scheme,
+                    &["HTTP", "HTTPS"],
+                );
+            }
+        }
+    };
+    if let Some(lifecycle) = &c.lifecycle {
+        if init && (lifecycle.post_start.is_some() || lifecycle.pre_stop.is_some()) {
+            errors.forbidden(
+                format!("{path}.lifecycle"),
+                "may not be set for init containers without restartPolicy=Always",
+            );
+        }
+        for (name, h) in [
+            ("postStart", &lifecycle.post_start),
+            ("preStop", &lifecycle.pre_stop),
+        ] {
+            let Some(h) = h else { continue };
+            let others = usize::from(h.tcp_socket.is_some()) + usize::from(h.sleep.is_some());
+            handler(
+                format!("{path}.lifecycle.{name}"),
+                h.exec.as_ref(),
+                h.http_get.as_ref(),
+                others,
+                errors,
+            );
+            if h.sleep.as_ref().is_some_and(|s| s.seconds < 0) {
+                errors.invalid(
+                    format!("{path}.lifecycle.{name}.sleep.seconds"),
+                    h.sleep.as_ref().map_or(0, |s| s.seconds),
+                    "must be greater than or equal to 0",
+                );
+            }
+        }
+    }
+    for (name, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        let Some(probe) = probe else { continue };
+        let ppath = format!("{path}.{name}");
+        if init {
+            errors.forbidden(
+                ppath.clone(),
+                "may not be set for init containers without restartPolicy=Always",
+            );
+        }
+        let others = usize::from(probe.tcp_socket.is_some()) + usize::from(probe.grpc.is_some());
+        handler(
+            ppath.clone(),
+            probe.exec.as_ref(),
+            probe.http_get.as_ref(),
+            others,
+            errors,
+        );
+        if let Some(grace) = probe.termination_grace_period_seconds {
+            if name == "readinessProbe" {
+                errors.invalid(
+                    format!("{ppath}.terminationGracePeriodSeconds"),
+                    grace,
+                    "must not be set for readinessProbes",
+                );
+            } else if grace <= 0 {
+                errors.invalid(
+                    format!("{ppath}.terminationGracePeriodSeconds"),
+                    grace,
+                    "must be greater than 0",
+                );
+            }
+        }
+    }
+}
+
+/// Pod (anti-)affinity terms and topology spread constraints, as
+/// Kubernetes validates them.
+fn validate_placement(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
+    let term =
+        |tpath: String, t: &skiff::pb::core::v1::PodAffinityTerm, errors: &mut FieldErrors| {
+            if t.topology_key.is_empty() {
+                errors.push(
+                    format!("{tpath}.topologyKey"),
+                    "Required value: can not be empty",
+                );
+            } else if let Err(reason) = validation::is_qualified_name(&t.topology_key) {
+                errors.invalid(format!("{tpath}.topologyKey"), &t.topology_key, &reason);
+            }
+            if let Some(selector) = &t.label_selector
+                && let Err(e) = skiff::selector::LabelSelector::try_from(selector)
+            {
+                errors.invalid(format!("{tpath}.labelSelector"), "…", e.to_string());
+            }
+        };
+    if let Some(affinity) = &spec.affinity {
+        for (which, required, preferred) in [
+            (
+                "podAffinity",
+                affinity
+                    .pod_affinity
+                    .as_ref()
+                    .map(|a| &a.required_during_scheduling_ignored_during_execution),
+                affinity
+                    .pod_affinity
+                    .as_ref()
+                    .map(|a| &a.preferred_during_scheduling_ignored_during_execution),
+            ),
+            (
+                "podAntiAffinity",
+                affinity
+                    .pod_anti_affinity
+                    .as_ref()
+                    .map(|a| &a.required_during_scheduling_ignored_during_execution),
+                affinity
+                    .pod_anti_affinity
+                    .as_ref()
+                    .map(|a| &a.preferred_during_scheduling_ignored_during_execution),
+            ),
+        ] {
+            let base = format!("{path}.affinity.{which}");
+            for (i, t) in required.into_iter().flatten().enumerate() {
+                term(
+                    format!("{base}.requiredDuringSchedulingIgnoredDuringExecution[{i}]"),
+                    t,
+                    errors,
+                );
+            }
+            for (i, w) in preferred.into_iter().flatten().enumerate() {
+                let wpath = format!("{base}.preferredDuringSchedulingIgnoredDuringExecution[{i}]");
+                if !(1..=100).contains(&w.weight) {
+                    errors.invalid(
+                        format!("{wpath}.weight"),
+                        w.weight,
+                        "must be in the range 1-100",
+                    );
+                }
+                match &w.pod_affinity_term {
+                    Some(t) => term(format!("{wpath}.podAffinityTerm"), t, errors),
+                    None => errors.required(format!("{wpath}.podAffinityTerm")),
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in spec.topology_spread_constraints.iter().enumerate() {
+        let cpath = format!("{path}.topologySpreadConstraints[{i}]");
+        if c.max_skew <= 0 {
+            errors.invalid(
+                format!("{cpath}.maxSkew"),
+                c.max_skew,
+                "must be greater than zero",
+            );
+        }
+        if c.topology_key.is_empty() {
+            errors.push(
+                format!("{cpath}.topologyKey"),
+                "Required value: can not be empty",
+            );
+        } else if let Err(reason) = validation::is_qualified_name(&c.topology_key) {
+            errors.invalid(format!("{cpath}.topologyKey"), &c.topology_key, &reason);
+        }
+        match c.when_unsatisfiable.as_str() {
+            "DoNotSchedule" | "ScheduleAnyway" => {
+                if !seen.insert((c.topology_key.clone(), c.when_unsatisfiable.clone())) {
+                    errors.push(
+                        format!("{cpath}.{{topologyKey, whenUnsatisfiable}}"),
+                        format!(
+                            "Duplicate value: \"{}, {}\"",
+                            c.topology_key, c.when_unsatisfiable
+                        ),
+                    );
+                }
+            }
+            other => errors.not_supported(
+                format!("{cpath}.whenUnsatisfiable"),
+                other,
+                &["DoNotSchedule", "ScheduleAnyway"],
+            ),
+        }
+        if let Some(min) = c.min_domains {
+            if min <= 0 {
+                errors.invalid(format!("{cpath}.minDomains"), min, "must be greater than 0");
+            } else if c.when_unsatisfiable != "DoNotSchedule" {
+                errors.invalid(
+                    format!("{cpath}.minDomains"),
+                    min,
+                    "can only use minDomains if whenUnsatisfiable=DoNotSchedule, not ScheduleAnyway",
+                );
+            }
+        }
+        for (field, value) in [
+            ("nodeAffinityPolicy", &c.node_affinity_policy),
+            ("nodeTaintsPolicy", &c.node_taints_policy),
+        ] {
+            if let Some(v) = value
+                .as_deref()
+                .filter(|v| !matches!(*v, "Honor" | "Ignore"))
+            {
+                errors.not_supported(format!("{cpath}.{field}"), v, &["Honor", "Ignore"]);
+            }
+        }
+        if let Some(selector) = &c.label_selector
+            && let Err(e) = skiff::selector::LabelSelector::try_from(selector)
+        {
+            errors.invalid(format!("{cpath}.labelSelector"), "…", e.to_string());
+        }
     }
 }
 
@@ -416,6 +660,22 @@ impl Strategy for Pod {
             spec.active_deadline_seconds = None;
             spec
         };
+        // Kubernetes: a deadline may be set, or lowered, never raised or
+        // removed.
+        let deadline = |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        match (deadline(old), deadline(self)) {
+            (Some(_), None) => errors.invalid(
+                "spec.activeDeadlineSeconds",
+                "null",
+                "must not update from a positive integer to nil value",
+            ),
+            (Some(before), Some(now)) if now > before => errors.invalid(
+                "spec.activeDeadlineSeconds",
+                now,
+                "must be less than or equal to previous value",
+            ),
+            _ => {}
+        }
         let (mut next, prev) = (mutable_cleared(self), mutable_cleared(old));
         let added_only = prev
             .tolerations

@@ -27,38 +27,42 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
         );
     }
     if let Some(affinity) = &spec.affinity {
-        let terms = |required: usize, preferred: usize| required + preferred > 0;
-        if affinity.pod_affinity.as_ref().is_some_and(|a| {
-            terms(
-                a.required_during_scheduling_ignored_during_execution.len(),
-                a.preferred_during_scheduling_ignored_during_execution.len(),
-            )
-        }) {
-            refuse(
-                errors,
-                format!("{path}.affinity.podAffinity"),
-                "inter-pod affinity is",
-            );
+        let terms = affinity
+            .pod_affinity
+            .iter()
+            .flat_map(|a| {
+                let preferred = a
+                    .preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .filter_map(|w| w.pod_affinity_term.as_ref());
+                a.required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .map(|t| ("podAffinity", t))
+                    .chain(preferred.map(|t| ("podAffinity", t)))
+            })
+            .chain(affinity.pod_anti_affinity.iter().flat_map(|a| {
+                let preferred = a
+                    .preferred_during_scheduling_ignored_during_execution
+                    .iter()
+                    .filter_map(|w| w.pod_affinity_term.as_ref());
+                a.required_during_scheduling_ignored_during_execution
+                    .iter()
+                    .map(|t| ("podAntiAffinity", t))
+                    .chain(preferred.map(|t| ("podAntiAffinity", t)))
+            }));
+        for (which, term) in terms {
+            let labelled = term
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| !s.match_labels.is_empty() || !s.match_expressions.is_empty());
+            if labelled {
+                refuse(
+                    errors,
+                    format!("{path}.affinity.{which}.namespaceSelector"),
+                    "selecting namespaces by label (the scheduler does not read namespaces; list them in `namespaces`, or use {} for all) is",
+                );
+            }
         }
-        if affinity.pod_anti_affinity.as_ref().is_some_and(|a| {
-            terms(
-                a.required_during_scheduling_ignored_during_execution.len(),
-                a.preferred_during_scheduling_ignored_during_execution.len(),
-            )
-        }) {
-            refuse(
-                errors,
-                format!("{path}.affinity.podAntiAffinity"),
-                "inter-pod anti-affinity is",
-            );
-        }
-    }
-    if !spec.topology_spread_constraints.is_empty() {
-        refuse(
-            errors,
-            format!("{path}.topologySpreadConstraints"),
-            "topology spread constraints are",
-        );
     }
     if !spec.priority_class_name.is_empty() {
         refuse(
@@ -491,10 +495,9 @@ mod tests {
         let spec = json!({
             "imagePullSecrets": [{"name": "regcred"}],
             "affinity": {
-                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]},
-                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone"}}]}
+                "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone", "namespaceSelector": {"matchLabels": {"team": "a"}}}]},
+                "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone", "namespaceSelector": {}}}]}
             },
-            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
             "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
             "readinessGates": [{"conditionType": "x.example/ready"}],
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
@@ -521,9 +524,7 @@ mod tests {
             &errors,
             &[
                 "spec.imagePullSecrets",
-                "spec.affinity.podAffinity",
-                "spec.affinity.podAntiAffinity",
-                "spec.topologySpreadConstraints",
+                "spec.affinity.podAffinity.namespaceSelector",
                 "spec.priorityClassName",
                 "spec.priority",
                 "spec.preemptionPolicy",

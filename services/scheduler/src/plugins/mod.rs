@@ -1,6 +1,7 @@
 //! The scheduler's plugins, one module each, with `NAME` as registered,
 //! and their [`registry`] by name.
 
+pub mod inter_pod_affinity;
 pub mod node_affinity;
 pub mod node_name;
 pub mod node_ports;
@@ -9,6 +10,7 @@ pub mod node_unschedulable;
 pub mod resources_fit;
 pub mod spread;
 pub mod taint_toleration;
+pub mod topology_spread;
 pub mod volume_binding;
 
 use std::collections::BTreeMap;
@@ -38,6 +40,18 @@ pub fn registry() -> BTreeMap<&'static str, Factory> {
     });
     r.insert(node_ports::NAME, || {
         Plugin::Filter(Box::new(node_ports::NodePorts))
+    });
+    r.insert(inter_pod_affinity::NAME, || {
+        Plugin::Filter(Box::new(inter_pod_affinity::InterPodAffinity))
+    });
+    r.insert(topology_spread::NAME, || {
+        Plugin::Filter(Box::new(topology_spread::PodTopologySpread))
+    });
+    r.insert(inter_pod_affinity::PREFERRED, || {
+        Plugin::Score(Box::new(inter_pod_affinity::PreferredInterPodAffinity))
+    });
+    r.insert(topology_spread::SCORE, || {
+        Plugin::Score(Box::new(topology_spread::PodTopologySpreadScore))
     });
     r.insert(resources_fit::LEAST_ALLOCATED, || {
         Plugin::Score(Box::new(resources_fit::LeastAllocated))
