@@ -16,9 +16,10 @@ use skiff::pb::authentication::v1::service_account_tokens_client::ServiceAccount
 use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use skiff::pb::core::v1::{
     ConfigMap, DownwardApiVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
-    Secret, ServiceAccountTokenProjection, Volume,
+    PodSpec, Secret, ServiceAccountTokenProjection, Volume,
 };
 use skiff::pb::meta::v1::ObjectMeta;
+use skiff::quantity::Quantity;
 use skiff_client::Api;
 
 use crate::subpath;
@@ -534,7 +535,9 @@ pub async fn prepare(
             name: volume.name.clone(),
             source,
         };
-        if volume.empty_dir.is_some() {
+        if let Some(dir) = volume.empty_dir.as_ref().filter(|d| d.medium == "Memory") {
+            memory_empty_dir(&path, memory_size(dir, &spec)).map_err(io)?;
+        } else if volume.empty_dir.is_some() {
             if !path.is_dir() {
                 std::fs::create_dir_all(&path).map_err(io)?;
                 // Kubernetes' emptyDir: writable by whatever user the
@@ -625,6 +628,53 @@ pub async fn prepare(
         }
     }
     Ok(claims)
+}
+
+/// A `medium: Memory` emptyDir's size: its `sizeLimit`, else the sum of
+/// the pod's memory limits when every container has one (Kubernetes'
+/// rule), else the kernel's default for a tmpfs (half the memory).
+fn memory_size(dir: &skiff::pb::core::v1::EmptyDirVolumeSource, spec: &PodSpec) -> Option<i64> {
+    if let Ok(limit) = dir.size_limit.parse::<Quantity>() {
+        return Some(limit.value());
+    }
+    spec.containers
+        .iter()
+        .map(|c| {
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.get("memory"))
+                .and_then(|q| q.parse::<Quantity>().ok())
+                .map(|q| q.value())
+        })
+        .sum()
+}
+
+/// A `medium: Memory` emptyDir: a tmpfs mounted at the volume's
+/// directory (once; the pod's directory unmounts it on removal), open to
+/// every uid as a disk emptyDir is, of `size` bytes.
+fn memory_empty_dir(path: &Path, size: Option<i64>) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    let parent = path.parent().unwrap_or(path);
+    let on_its_own = rustix::fs::stat(path)?.st_dev != rustix::fs::stat(parent)?.st_dev;
+    if on_its_own {
+        return Ok(());
+    }
+    let mut options = "mode=0777".to_string();
+    if let Some(size) = size.filter(|s| *s > 0) {
+        options.push_str(&format!(",size={size}"));
+    }
+    rustix::mount::mount(
+        "tmpfs",
+        path,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        Some(
+            std::ffi::CString::new(options)
+                .map_err(std::io::Error::other)?
+                .as_c_str(),
+        ),
+    )?;
+    Ok(())
 }
 
 /// `fsGroup` on one volume (an emptyDir, projected files or a `local`

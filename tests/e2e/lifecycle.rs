@@ -184,3 +184,43 @@ async fn a_pod_past_its_active_deadline_fails_and_stops() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_empty_dir_is_one_tmpfs_of_its_size_shared_by_the_pods_containers() {
+    let env = env("shm").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "shm"},
+        "spec": {
+            "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
+            "containers": [
+                {"name": "writer", "image": image, "imagePullPolicy": "Never",
+                 "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+                 "command": ["sh", "-c", "echo from-writer > /dev/shm/note; exec sleep 3600"]},
+                {"name": "reader", "image": image, "imagePullPolicy": "Never",
+                 "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+                 "command": ["sh", "-c",
+                    "until [ -f /dev/shm/note ]; do sleep 0.1; done; cat /dev/shm/note; \
+                     grep ' /dev/shm ' /proc/mounts; df -k /dev/shm | tail -1; echo done; exec sleep 3600"]}
+            ]
+        }
+    }))
+    .await;
+    let mut out = String::new();
+    skiff_testkit::wait_until("the reader reports", Duration::from_secs(60), async || {
+        out = env.logs("shm", "reader", false).await.unwrap_or_default();
+        out.contains("done")
+    })
+    .await;
+    assert!(out.contains("from-writer"), "shared: {out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("tmpfs /dev/shm tmpfs")),
+        "a tmpfs: {out}"
+    );
+    // 64 MiB = 65536 KiB.
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("65536")),
+        "of its size: {out}"
+    );
+}

@@ -127,18 +127,18 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
     for (i, v) in spec.volumes.iter().enumerate() {
         if let Some(dir) = &v.empty_dir {
             let vpath = format!("{path}.volumes[{i}].emptyDir");
-            if !dir.medium.is_empty() {
+            if !matches!(dir.medium.as_str(), "" | "Memory") {
                 refuse(
                     errors,
                     format!("{vpath}.medium"),
-                    "an emptyDir medium other than the node's disk is",
+                    "an emptyDir medium other than the node's disk or memory is",
                 );
             }
-            if !dir.size_limit.is_empty() {
+            if !dir.size_limit.is_empty() && dir.medium != "Memory" {
                 refuse(
                     errors,
                     format!("{vpath}.sizeLimit"),
-                    "an emptyDir size limit is",
+                    "a size limit on a disk emptyDir (the kubelet evicts a pod past it) is",
                 );
             }
         }
@@ -504,7 +504,7 @@ mod tests {
             "schedulingGates": [{"name": "wait"}],
             "setHostnameAsFQDN": true,
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
-            "volumes": [{"name": "m", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            "volumes": [{"name": "m", "emptyDir": {"medium": "HugePages", "sizeLimit": "1Gi"}}],
             "containers": [{
                 "name": "app", "image": "busybox",
                 "lifecycle": {"preStop": {"tcpSocket": {"port": 80}}, "postStart": {"httpGet": {"port": 80, "scheme": "HTTPS"}}},
@@ -555,7 +555,7 @@ mod tests {
             "tolerations": [{"key": "k", "operator": "Exists"},
                 {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
                 {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}],
-            "volumes": [{"name": "m", "emptyDir": {}}],
+            "volumes": [{"name": "m", "emptyDir": {}}, {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
             "containers": [{"name": "app", "image": "busybox",
                 "lifecycle": {"preStop": {"exec": {"command": ["true"]}}, "postStart": {"httpGet": {"port": 80, "scheme": "HTTP"}}},
                 "restartPolicy": "",
