@@ -321,8 +321,9 @@ fn placed(name: &str, app: &str, rules: serde_json::Value) -> Pod {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_spread_and_gather_by_affinity_and_topology_on_zoned_nodes() {
     let env = env().await;
-    // Six nodes in three zones; four of them in pool "a".
-    for (i, zone) in ["z1", "z1", "z2", "z2", "z3", "z3"].iter().enumerate() {
+    // Six nodes in three zones, four of them in z1 (and pool "a"): left to
+    // the other plugins, pods would crowd into z1.
+    for (i, zone) in ["z1", "z1", "z1", "z1", "z2", "z3"].iter().enumerate() {
         let name = format!("n{}", i + 1);
         let pool = if i < 4 { "a" } else { "b" };
         let labels = [
@@ -343,14 +344,17 @@ async fn pods_spread_and_gather_by_affinity_and_topology_on_zoned_nodes() {
             "labelSelector": {"matchLabels": {"app": "anti"}},
             "topologyKey": "kubernetes.io/hostname"}]}}
     });
-    let mut hosts = std::collections::BTreeSet::new();
+    // All at once: the scheduler sees the replicas it has just placed.
     for i in 1..=4 {
         let name = format!("anti-{i}");
         env.pods
             .create(placed(&name, "anti", anti.clone()))
             .await
             .unwrap();
-        hosts.insert(wait_bound(&env, &name, Duration::from_secs(20)).await);
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for i in 1..=4 {
+        hosts.insert(wait_bound(&env, &format!("anti-{i}"), Duration::from_secs(20)).await);
     }
     assert_eq!(hosts.len(), 4, "one per node: {hosts:?}");
     for i in 5..=6 {
@@ -376,9 +380,9 @@ async fn pods_spread_and_gather_by_affinity_and_topology_on_zoned_nodes() {
             "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "spread"}}}]
     });
     let zone_of = |node: &str| match node {
-        "n1" | "n2" => "z1",
-        "n3" | "n4" => "z2",
-        _ => "z3",
+        "n5" => "z2",
+        "n6" => "z3",
+        _ => "z1",
     };
     let mut per_zone = std::collections::BTreeMap::<&str, usize>::new();
     for i in 1..=6 {

@@ -336,6 +336,9 @@ impl Autoscaler {
             if let Ok(mut h) = self.history.lock() {
                 h.remove(&key);
             }
+            if let Ok(mut p) = self.periods.lock() {
+                p.remove(&key);
+            }
             return Ok(Action::AwaitChange);
         };
         let spec = hpa.spec.clone().unwrap_or_default();

@@ -94,6 +94,9 @@ pub struct NodeInfo {
     /// inter-pod affinity plugin looks at the cluster's pods only when
     /// some have, or the pod being placed has).
     pub with_affinity: usize,
+    /// How many of its pods have required anti-affinity terms (which
+    /// every incoming pod is checked against).
+    pub with_required_anti: usize,
 }
 
 impl NodeInfo {
@@ -116,6 +119,7 @@ impl NodeInfo {
             requested: Resources::default(),
             allocatable,
             with_affinity: 0,
+            with_required_anti: 0,
         }
     }
 
@@ -124,6 +128,18 @@ impl NodeInfo {
         self.requested = self.requested.plus(Resources::of_pod(&pod));
         if has_pod_affinity(&pod) {
             self.with_affinity += 1;
+        }
+        let required_anti = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .is_some_and(|a| {
+                !a.required_during_scheduling_ignored_during_execution
+                    .is_empty()
+            });
+        if required_anti {
+            self.with_required_anti += 1;
         }
         self.pods.push(pod);
     }

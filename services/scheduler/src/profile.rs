@@ -175,7 +175,9 @@ impl Profile {
     }
 
     /// Runs the filters for a node on its own (the node is the whole
-    /// cluster they see); the first failing one's reason.
+    /// cluster they see: plugins counting pods across nodes see only its
+    /// pods); the first failing one's reason. The scheduler itself uses
+    /// [`Self::prepare`] and [`Self::filter_with`].
     ///
     /// # Errors
     /// Why the node does not fit.

@@ -59,12 +59,12 @@ pub(crate) struct Term {
 
 impl Term {
     pub(crate) fn of(term: &PodAffinityTerm, owner: &Pod) -> Self {
-        let namespaces = if !term.namespaces.is_empty() {
-            Some(term.namespaces.iter().cloned().collect())
-        } else if term.namespace_selector.is_some() {
-            // An empty namespace selector: every namespace (the API
-            // refuses selectors with labels).
+        let namespaces = if term.namespace_selector.is_some() {
+            // An empty namespace selector: every namespace, whatever
+            // `namespaces` lists (the API refuses selectors with labels).
             None
+        } else if !term.namespaces.is_empty() {
+            Some(term.namespaces.iter().cloned().collect())
         } else {
             Some(HashSet::from([namespace(owner).to_string()]))
         };
@@ -182,11 +182,13 @@ struct State {
     /// Domains (key, value) where an existing pod's required
     /// anti-affinity matches the incoming pod.
     forbidden: HashSet<(String, String)>,
-    /// The pod's required affinity terms and, for each, the domain values
-    /// holding a pod it matches.
-    affinity: Vec<(Term, HashSet<String>)>,
-    /// No existing pod matches any affinity term, and the pod matches all
-    /// of them itself: the first of its group may go anywhere.
+    /// The pod's required affinity terms.
+    affinity: Vec<Term>,
+    /// Domains (key, value) holding a pod that matches *all* of them
+    /// (Kubernetes counts such pods only).
+    affinity_domains: HashSet<(String, String)>,
+    /// No existing pod matches them all, and the pod itself does: the
+    /// first of its group may go wherever the topology keys exist.
     first_of_group: bool,
     /// The pod's required anti-affinity terms and the domain values
     /// holding a pod they match.
@@ -205,23 +207,29 @@ impl FilterPlugin for InterPodAffinity {
 
     fn pre_filter(&self, pod: &Pod, all: &[&NodeInfo]) -> Option<Prepared> {
         let (affinity, anti_affinity) = required(pod);
-        let others_have = all.iter().any(|n| n.with_affinity > 0);
-        if affinity.is_empty() && anti_affinity.is_empty() && !others_have {
+        let own_terms = !affinity.is_empty() || !anti_affinity.is_empty();
+        let others_have = all.iter().any(|n| n.with_required_anti > 0);
+        if !own_terms && !others_have {
             return None;
         }
         let mut state = State {
             forbidden: HashSet::new(),
-            affinity: affinity.into_iter().map(|t| (t, HashSet::new())).collect(),
+            affinity,
+            affinity_domains: HashSet::new(),
             first_of_group: false,
             anti_affinity: anti_affinity
                 .into_iter()
                 .map(|t| (t, HashSet::new()))
                 .collect(),
         };
-        let mut any_affinity_match = false;
         for node in all {
+            // Without terms of its own, only the pods with required
+            // anti-affinity matter.
+            if !own_terms && node.with_required_anti == 0 {
+                continue;
+            }
             for existing in &node.pods {
-                if node.with_affinity > 0 {
+                if node.with_required_anti > 0 {
                     for term in required(existing).1 {
                         if term.matches(pod)
                             && let Some(value) = node_label(node, &term.key)
@@ -232,11 +240,13 @@ impl FilterPlugin for InterPodAffinity {
                         }
                     }
                 }
-                for (term, domains) in &mut state.affinity {
-                    if term.matches(existing) {
-                        any_affinity_match = true;
+                if !state.affinity.is_empty() && state.affinity.iter().all(|t| t.matches(existing))
+                {
+                    for term in &state.affinity {
                         if let Some(value) = node_label(node, &term.key) {
-                            domains.insert(value.to_string());
+                            state
+                                .affinity_domains
+                                .insert((term.key.clone(), value.to_string()));
                         }
                     }
                 }
@@ -250,7 +260,7 @@ impl FilterPlugin for InterPodAffinity {
             }
         }
         state.first_of_group =
-            !any_affinity_match && state.affinity.iter().all(|(t, _)| t.matches(pod));
+            state.affinity_domains.is_empty() && state.affinity.iter().all(|t| t.matches(pod));
         Some(Box::new(state))
     }
 
@@ -263,24 +273,30 @@ impl FilterPlugin for InterPodAffinity {
         let Some(state) = prepared.downcast_ref::<State>() else {
             return Ok(());
         };
-        for (term, domains) in &state.affinity {
-            let fits = node_label(node, &term.key)
-                .is_some_and(|v| domains.contains(v) || state.first_of_group);
-            if !fits {
+        let mut pods_exist = true;
+        for term in &state.affinity {
+            let Some(value) = node_label(node, &term.key) else {
+                // Every topology key must exist on the node.
                 return Err(AFFINITY.into());
-            }
+            };
+            pods_exist &= state
+                .affinity_domains
+                .contains(&(term.key.clone(), value.to_string()));
+        }
+        if !pods_exist && !state.first_of_group {
+            return Err(AFFINITY.into());
         }
         for (term, domains) in &state.anti_affinity {
             if node_label(node, &term.key).is_some_and(|v| domains.contains(v)) {
                 return Err(ANTI_AFFINITY.into());
             }
         }
-        let labels = node.node.metadata.as_ref().map(|m| &m.labels);
-        let forbidden = labels.is_some_and(|labels| {
-            labels
-                .iter()
-                .any(|(k, v)| state.forbidden.contains(&(k.clone(), v.clone())))
-        });
+        let forbidden = !state.forbidden.is_empty()
+            && node.node.metadata.as_ref().is_some_and(|m| {
+                m.labels
+                    .iter()
+                    .any(|(k, v)| state.forbidden.contains(&(k.clone(), v.clone())))
+            });
         if forbidden {
             return Err(EXISTING_ANTI_AFFINITY.into());
         }
@@ -319,6 +335,9 @@ impl ScorePlugin for PreferredInterPodAffinity {
             }
         };
         for node in all {
+            if own.is_empty() && node.with_affinity == 0 {
+                continue;
+            }
             for existing in &node.pods {
                 for (weight, term) in &own {
                     if term.matches(existing) {

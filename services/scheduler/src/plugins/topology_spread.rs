@@ -65,23 +65,26 @@ fn node_label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Whether `node` counts for `pod`'s constraints (see the module doc).
-fn eligible(pod: &Pod, node: &NodeInfo, all: &[&TopologySpreadConstraint]) -> bool {
+/// Whether `node` counts for constraint `c` of `pod` (see the module
+/// doc): it carries every constraint's key, and passes `c`'s own node
+/// affinity and taint policies.
+fn eligible(
+    pod: &Pod,
+    node: &NodeInfo,
+    c: &TopologySpreadConstraint,
+    all: &[&TopologySpreadConstraint],
+) -> bool {
     if all
         .iter()
         .any(|c| node_label(node, &c.topology_key).is_none())
     {
         return false;
     }
-    let honor_affinity = all
-        .iter()
-        .all(|c| c.node_affinity_policy.as_deref().unwrap_or("Honor") == "Honor");
+    let honor_affinity = c.node_affinity_policy.as_deref().unwrap_or("Honor") == "Honor";
     if honor_affinity && !skiff::nodes::affinity_allows(pod, &node.node) {
         return false;
     }
-    let honor_taints = all
-        .iter()
-        .any(|c| c.node_taints_policy.as_deref() == Some("Honor"));
+    let honor_taints = c.node_taints_policy.as_deref() == Some("Honor");
     !(honor_taints && skiff::nodes::untolerated_taint(pod, &node.node).is_some())
 }
 
@@ -97,14 +100,16 @@ fn count(pod: &Pod, hard: bool, all: &[&NodeInfo]) -> Vec<Counted> {
         .as_ref()
         .map(|m| m.labels.clone())
         .unwrap_or_default();
-    let nodes: Vec<&&NodeInfo> = all.iter().filter(|n| eligible(pod, n, &chosen)).collect();
     chosen
         .iter()
         .map(|c| {
+            // An empty selector counts nothing (Kubernetes' rule for
+            // spreading), as does none.
             let selector: Option<LabelSelector> =
-                selector_with_keys(c.label_selector.as_ref(), &c.match_label_keys, &[], pod);
+                selector_with_keys(c.label_selector.as_ref(), &c.match_label_keys, &[], pod)
+                    .filter(|s| !s.is_empty());
             let mut counts: HashMap<String, i64> = HashMap::new();
-            for node in &nodes {
+            for node in all.iter().filter(|n| eligible(pod, n, c, &chosen)) {
                 let Some(value) = node_label(node, &c.topology_key) else {
                     continue;
                 };
