@@ -3,7 +3,7 @@
 //! envFrom), command and args, mounts and resource limits.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use skiff::pb::core::v1::{Container, EnvVar, Pod};
 use skiff::quantity::Quantity;
@@ -162,6 +162,28 @@ pub fn host_network_resolv_conf(
     Ok(Some(path))
 }
 
+/// Where a container start's termination message file is on the node.
+pub fn termination_log(data_dir: &Path, uid: &str, container: &str, attempt: u32) -> PathBuf {
+    volumes::pod_dir(data_dir, uid)
+        .join("termination")
+        .join(format!("{container}-{attempt}"))
+}
+
+/// The most of a termination message Kubernetes keeps (bytes).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// The most of a log that stands for a missing termination message
+/// (`FallbackToLogsOnError`): 80 lines, 2048 bytes.
+pub const MAX_LOG_MESSAGE: (u64, usize) = (80, 2048);
+
+/// A termination message as Kubernetes keeps it: the last `limit` bytes,
+/// cut on a character boundary.
+pub fn tail_message(bytes: &[u8], limit: usize) -> String {
+    let start = bytes.len().saturating_sub(limit);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    text.trim_start_matches('\u{fffd}').to_string()
+}
+
 /// What the agent knows about the pod's place, for fieldRef env.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
@@ -228,6 +250,29 @@ pub async fn container_spec(
             host_path,
             container_path: m.mount_path.clone(),
             read_only: m.read_only || volumes::forced_read_only(volume),
+        });
+    }
+    // The termination message file, the kubelet's way: a file of the
+    // pod's directory per container start, mounted at
+    // terminationMessagePath, read when the container ends.
+    if !container.termination_message_path.is_empty() {
+        let file = termination_log(data_dir, &meta.uid, &container.name, attempt);
+        let made = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&file, b""))
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+            });
+        made.map_err(|source| Error::Io {
+            name: "termination-log".into(),
+            source,
+        })?;
+        mounts.push(Mount {
+            host_path: file,
+            container_path: container.termination_message_path.clone(),
+            read_only: false,
         });
     }
     if let Some(resolv_conf) = &placement.resolv_conf {

@@ -62,7 +62,7 @@ fn terminated_reason(exit_code: i64, oom_killed: bool) -> &'static str {
     }
 }
 
-fn state_of(c: &Container, scheme: &str) -> ContainerState {
+fn state_of(c: &Container, scheme: &str, messages: &HashMap<String, String>) -> ContainerState {
     match &c.state {
         State::Running { started_at } => ContainerState {
             running: Some(ContainerStateRunning {
@@ -87,7 +87,7 @@ fn state_of(c: &Container, scheme: &str) -> ContainerState {
                 started_at: timestamp(*started_at),
                 finished_at: timestamp(*finished_at),
                 container_id: format!("{scheme}://{}", c.id),
-                ..Default::default()
+                message: messages.get(&c.id).cloned().unwrap_or_default(),
             }),
             ..Default::default()
         },
@@ -130,6 +130,8 @@ pub struct Observed<'a> {
     pub start_time: Timestamp,
     /// The runtime's scheme for container ids (`docker`).
     pub scheme: &'a str,
+    /// Termination messages of exited containers, by container id.
+    pub messages: &'a HashMap<String, String>,
 }
 
 /// One container's status.
@@ -149,7 +151,7 @@ fn container_status(o: &Observed<'_>, spec: &PodContainer, role: Role) -> Contai
         ..Default::default()
     };
     if let Some(c) = latest {
-        status.state = Some(state_of(c, o.scheme));
+        status.state = Some(state_of(c, o.scheme, o.messages));
         status.restart_count = attempt(c) as i32;
         status.image_id = c.image_id.clone();
         status.container_id = format!("{}://{}", o.scheme, c.id);
@@ -167,7 +169,7 @@ fn container_status(o: &Observed<'_>, spec: &PodContainer, role: Role) -> Contai
                 found.get(1).copied()
             };
         if let Some(p) = previous.filter(|p| matches!(p.state, State::Exited { .. })) {
-            status.last_state = Some(state_of(p, o.scheme));
+            status.last_state = Some(state_of(p, o.scheme, o.messages));
         }
     }
     if let Some((reason, message)) = o.waiting.get(&spec.name) {
@@ -378,6 +380,7 @@ mod tests {
             host_ip: "127.0.0.1",
             start_time: skiff::time::now_seconds(),
             scheme: "docker",
+            messages: &HashMap::new(),
         })
     }
 

@@ -89,6 +89,9 @@ pub struct SyncState {
     terminal: bool,
     /// The pod outlived its `activeDeadlineSeconds`: it is Failed.
     deadline_exceeded: bool,
+    /// Termination messages of exited containers, by container id (read
+    /// once: an exited container's message does not change).
+    messages: HashMap<String, String>,
 }
 
 impl SyncState {
@@ -1073,6 +1076,52 @@ fn probe_kill_grace(c: &PodContainer, pod: &Pod, started: bool) -> Duration {
         )
 }
 
+/// Reads the termination message of each exited container not read yet:
+/// its terminationMessagePath file, or with `FallbackToLogsOnError` and a
+/// failure and no file content, the end of its log.
+async fn read_messages(
+    shared: &Shared,
+    pod: &Pod,
+    containers: &[Container],
+    messages: &mut HashMap<String, String>,
+) {
+    let uid = meta(pod).uid;
+    for c in containers {
+        let State::Exited { exit_code, .. } = c.state else {
+            continue;
+        };
+        if messages.contains_key(&c.id) {
+            continue;
+        }
+        let Some(spec) = declared(pod, c) else {
+            continue;
+        };
+        let attempt = c.label(labels::ATTEMPT).parse::<u32>().unwrap_or(0);
+        let file = containers::termination_log(&shared.data_dir, &uid, &spec.name, attempt);
+        let mut message = std::fs::read(&file)
+            .map(|bytes| containers::tail_message(&bytes, containers::MAX_MESSAGE))
+            .unwrap_or_default();
+        if message.is_empty()
+            && exit_code != 0
+            && spec.termination_message_policy == "FallbackToLogsOnError"
+        {
+            let (lines, bytes) = containers::MAX_LOG_MESSAGE;
+            let options = skiff_runtime::LogOptions {
+                tail: Some(lines),
+                ..Default::default()
+            };
+            if let Ok(mut stream) = shared.runtime.logs(&c.id, &options).await {
+                let mut log = Vec::new();
+                while let Some(Ok(chunk)) = futures::StreamExt::next(&mut stream).await {
+                    log.extend_from_slice(&chunk);
+                }
+                message = containers::tail_message(&log, bytes);
+            }
+        }
+        messages.insert(c.id.clone(), message);
+    }
+}
+
 /// The kubelet's words for a pod past its activeDeadlineSeconds.
 const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
 
@@ -1130,6 +1179,7 @@ async fn report(
     state: &mut SyncState,
     sandbox: Option<&Container>,
 ) -> Result<(), SyncError> {
+    read_messages(shared, pod, containers, &mut state.messages).await;
     let mut status = status::compute(&Observed {
         pod,
         containers,
@@ -1146,6 +1196,7 @@ async fn report(
         host_ip: &shared.node_ip,
         start_time: state.start_time.unwrap_or_else(skiff::time::now_seconds),
         scheme: shared.runtime.scheme(),
+        messages: &state.messages,
     });
     if state.deadline_exceeded {
         status.phase = "Failed".into();

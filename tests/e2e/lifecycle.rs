@@ -224,3 +224,46 @@ async fn a_memory_empty_dir_is_one_tmpfs_of_its_size_shared_by_the_pods_containe
         "of its size: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_messages_come_from_the_file_or_the_log_on_error() {
+    let env = env("termmsg").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "termmsg"},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "file", "image": image, "imagePullPolicy": "Never",
+             "command": ["sh", "-c", "echo 'all done: 42 rows' > /dev/termination-log; exit 0"]},
+            {"name": "custom", "image": image, "imagePullPolicy": "Never",
+             "terminationMessagePath": "/tmp/why",
+             "command": ["sh", "-c", "mkdir -p /tmp; echo 'custom path' > /tmp/why; exit 1"]},
+            {"name": "logs", "image": image, "imagePullPolicy": "Never",
+             "terminationMessagePolicy": "FallbackToLogsOnError",
+             "command": ["sh", "-c", "echo 'panic: out of cheese'; exit 2"]}
+        ]}
+    }))
+    .await;
+    let pod = env
+        .wait_for(
+            "termmsg",
+            "every container ends",
+            Duration::from_secs(60),
+            |p| {
+                ["file", "custom", "logs"].iter().all(|c| {
+                    container(p, c)
+                        .is_some_and(|s| s.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+                })
+            },
+        )
+        .await;
+    let message = |name: &str| {
+        container(&pod, name)
+            .and_then(|c| c.state.clone())
+            .and_then(|s| s.terminated)
+            .map(|t| t.message)
+            .unwrap_or_default()
+    };
+    assert_eq!(message("file").trim(), "all done: 42 rows");
+    assert_eq!(message("custom").trim(), "custom path");
+    assert_eq!(message("logs").trim(), "panic: out of cheese");
+}

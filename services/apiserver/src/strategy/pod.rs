@@ -524,6 +524,23 @@ fn validate_container(
     if c.image.trim().is_empty() {
         errors.required(format!("{path}.image"));
     }
+    if !matches!(
+        c.termination_message_policy.as_str(),
+        "" | "File" | "FallbackToLogsOnError"
+    ) {
+        errors.not_supported(
+            format!("{path}.terminationMessagePolicy"),
+            &c.termination_message_policy,
+            &["File", "FallbackToLogsOnError"],
+        );
+    }
+    if !c.termination_message_path.is_empty() && !c.termination_message_path.starts_with('/') {
+        errors.invalid(
+            format!("{path}.terminationMessagePath"),
+            &c.termination_message_path,
+            "must be an absolute path",
+        );
+    }
     for (i, p) in c.ports.iter().enumerate() {
         let ppath = format!("{path}.ports[{i}]");
         if validation::is_valid_port_num(p.container_port).is_err() {

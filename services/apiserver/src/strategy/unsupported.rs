@@ -217,23 +217,6 @@ pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
             "raw block devices are",
         );
     }
-    if !matches!(
-        c.termination_message_path.as_str(),
-        "" | "/dev/termination-log"
-    ) {
-        refuse(
-            errors,
-            format!("{path}.terminationMessagePath"),
-            "a termination message is",
-        );
-    }
-    if !matches!(c.termination_message_policy.as_str(), "" | "File") {
-        refuse(
-            errors,
-            format!("{path}.terminationMessagePolicy"),
-            "a termination message is",
-        );
-    }
     for (i, m) in c.volume_mounts.iter().enumerate() {
         let mpath = format!("{path}.volumeMounts[{i}]");
         if m.mount_propagation
@@ -511,8 +494,6 @@ mod tests {
                 "livenessProbe": {"httpGet": {"port": 80, "scheme": "HTTPS"}},
                 "volumeDevices": [{"name": "m", "devicePath": "/dev/xvda"}],
                 "restartPolicy": "Always",
-                "terminationMessagePath": "/tmp/msg",
-                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "Bidirectional", "subPathExpr": "$(POD)"}]
             }]
         });
@@ -541,8 +522,6 @@ mod tests {
                 "spec.containers[0].livenessProbe.httpGet.scheme",
                 "spec.containers[0].volumeDevices",
                 "spec.containers[0].restartPolicy",
-                "spec.containers[0].terminationMessagePath",
-                "spec.containers[0].terminationMessagePolicy",
                 "spec.containers[0].volumeMounts[0].mountPropagation",
                 "spec.containers[0].volumeMounts[0].subPathExpr",
             ],
