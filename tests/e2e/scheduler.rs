@@ -411,3 +411,65 @@ async fn pods_spread_and_gather_by_affinity_and_topology_on_zoned_nodes() {
     env.pods.create(placed("web", "web", near)).await.unwrap();
     assert_eq!(wait_bound(&env, "web", Duration::from_secs(20)).await, "n6");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_pod_waits_until_its_last_gate_is_removed() {
+    let env = env().await;
+    add_node(&env, "n1", "4", &[]).await;
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    let mut p = pod("gated", "100m");
+    p.spec.as_mut().unwrap().scheduling_gates = vec![
+        skiff::pb::core::v1::PodSchedulingGate {
+            name: "example.com/quota".into(),
+        },
+        skiff::pb::core::v1::PodSchedulingGate {
+            name: "example.com/approval".into(),
+        },
+    ];
+    env.pods.create(p).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod = env.pods.get("default", "gated").await.unwrap();
+        let gated = pod.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "PodScheduled" && c.reason == "SchedulingGated")
+        });
+        if gated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SchedulingGated condition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A gate may not be added back, only removed.
+    let pods = env.pods.clone();
+    let ungate = async |keep: usize| {
+        let mut pod = pods.get("default", "gated").await.unwrap();
+        pod.spec.as_mut().unwrap().scheduling_gates.truncate(keep);
+        pods.update(pod).await
+    };
+    ungate(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(node_of(&env, "gated").await, "", "one gate is left");
+    let mut pod = env.pods.get("default", "gated").await.unwrap();
+    pod.spec
+        .as_mut()
+        .unwrap()
+        .scheduling_gates
+        .push(skiff::pb::core::v1::PodSchedulingGate {
+            name: "example.com/new".into(),
+        });
+    let refused = env.pods.update(pod).await.unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("only deletion is allowed, but found new scheduling gate"),
+        "{}",
+        refused.message()
+    );
+    ungate(0).await.unwrap();
+    assert_eq!(
+        wait_bound(&env, "gated", Duration::from_secs(20)).await,
+        "n1"
+    );
+}

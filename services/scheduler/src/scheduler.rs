@@ -396,6 +396,16 @@ impl Scheduler {
         if !self.is_ours(&pod) || self.cache.assumed.contains(key) {
             return;
         }
+        // Scheduling gates hold the pod back until all are removed (an
+        // update of the pod brings it back to the queue).
+        if pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| !s.scheduling_gates.is_empty())
+        {
+            self.report_gated(&pod).await;
+            return;
+        }
         // The scheduling cycle joins the trace of whoever created the pod.
         let span = tracing::info_span!(
             "schedule",
@@ -570,6 +580,31 @@ impl Scheduler {
             }
         }
         self.record_event(pod, message).await;
+    }
+
+    /// Kubernetes' condition for a pod held back by scheduling gates.
+    async fn report_gated(&mut self, pod: &Pod) {
+        let current = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "PodScheduled"));
+        if current.is_some_and(|c| c.reason == "SchedulingGated") {
+            return;
+        }
+        let mut updated = pod.clone();
+        let status = updated.status.get_or_insert_with(PodStatus::default);
+        status.conditions.retain(|c| c.r#type != "PodScheduled");
+        status.conditions.push(PodCondition {
+            r#type: "PodScheduled".into(),
+            status: "False".into(),
+            reason: "SchedulingGated".into(),
+            message: "Scheduling is blocked due to non-empty scheduling gates".into(),
+            last_transition_time: Some(skiff::time::now_seconds()),
+            ..Default::default()
+        });
+        if let Err(status) = self.pods.update_status(updated).await {
+            tracing::debug!(pod = %pod.object_ref(), %status, "recording SchedulingGated");
+        }
     }
 
     async fn record_event(&mut self, pod: &Pod, message: &str) {

@@ -124,6 +124,15 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
     }
     securitycontext::validate_pod(path, spec, errors);
     validate_placement(path, spec, errors);
+    let mut gates = std::collections::HashSet::new();
+    for (i, gate) in spec.scheduling_gates.iter().enumerate() {
+        let gpath = format!("{path}.schedulingGates[{i}].name");
+        if let Err(reason) = validation::is_qualified_name(&gate.name) {
+            errors.invalid(&gpath, &gate.name, &reason);
+        } else if !gates.insert(gate.name.as_str()) {
+            errors.duplicate(gpath, &gate.name);
+        }
+    }
     if let Some(deadline) = spec.active_deadline_seconds
         && !(1..=i64::from(i32::MAX)).contains(&deadline)
     {
@@ -675,8 +684,30 @@ impl Strategy for Pod {
                 c.image.clear();
             }
             spec.active_deadline_seconds = None;
+            // Scheduling gates may be removed (checked below).
+            spec.scheduling_gates.clear();
             spec
         };
+        let gates = |p: &Pod| {
+            p.spec
+                .as_ref()
+                .map(|s| s.scheduling_gates.clone())
+                .unwrap_or_default()
+        };
+        let (before, now) = (gates(old), gates(self));
+        if now.iter().any(|g| !before.contains(g)) {
+            errors.forbidden(
+                "spec.schedulingGates",
+                "only deletion is allowed, but found new scheduling gate",
+            );
+        }
+        let bound = old.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
+        if bound && !now.is_empty() {
+            errors.forbidden(
+                "spec.schedulingGates",
+                "scheduling gates may not be set on a pod bound to a node",
+            );
+        }
         // Kubernetes: a deadline may be set, or lowered, never raised or
         // removed.
         let deadline = |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);

@@ -102,13 +102,6 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
     if !spec.overhead.is_empty() {
         refuse(errors, format!("{path}.overhead"), "pod overhead is");
     }
-    if !spec.scheduling_gates.is_empty() {
-        refuse(
-            errors,
-            format!("{path}.schedulingGates"),
-            "scheduling gates are",
-        );
-    }
     if spec.set_hostname_as_fqdn == Some(true) {
         refuse(
             errors,
@@ -484,7 +477,6 @@ mod tests {
             "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
             "readinessGates": [{"conditionType": "x.example/ready"}],
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
-            "schedulingGates": [{"name": "wait"}],
             "setHostnameAsFQDN": true,
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
             "volumes": [{"name": "m", "emptyDir": {"medium": "HugePages", "sizeLimit": "1Gi"}}],
@@ -512,7 +504,6 @@ mod tests {
                 "spec.readinessGates",
                 "spec.runtimeClassName",
                 "spec.overhead",
-                "spec.schedulingGates",
                 "spec.setHostnameAsFQDN",
                 "spec.tolerations[0].tolerationSeconds",
                 "spec.volumes[0].emptyDir.medium",
