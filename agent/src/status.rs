@@ -281,12 +281,52 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
     } else {
         "ContainersNotReady"
     };
-    let conditions = vec![
+    // Readiness gates: conditions other writers set; Ready waits for all
+    // of them to be True (the kubelet's words when one is not).
+    let gates: Vec<&str> = o
+        .pod
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.readiness_gates
+                .iter()
+                .map(|g| g.condition_type.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let gate_problem = gates.iter().find_map(|gate| {
+        match previous.conditions.iter().find(|c| c.r#type == *gate) {
+            None => Some(format!(
+                "corresponding condition of pod readiness gate \"{gate}\" does not exist."
+            )),
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate \"{gate}\" is not \"True\", but {}",
+                c.status
+            )),
+            Some(_) => None,
+        }
+    });
+    let mut ready = condition("Ready", containers_ready, not_ready_reason);
+    if containers_ready && let Some(message) = &gate_problem {
+        ready = condition("Ready", false, "ReadinessGatesNotReady");
+        ready.message = message.clone();
+    }
+    let mut conditions = vec![
         scheduled,
         condition("Initialized", initialized, "ContainersNotInitialized"),
         condition("ContainersReady", containers_ready, not_ready_reason),
-        condition("Ready", containers_ready, not_ready_reason),
+        ready,
     ];
+    // Conditions others wrote (readiness gates, DisruptionTarget, ...)
+    // stay as they are.
+    const OWN: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];
+    conditions.extend(
+        previous
+            .conditions
+            .iter()
+            .filter(|c| !OWN.contains(&c.r#type.as_str()))
+            .cloned(),
+    );
     let pod_ip = o.pod_ip.map(str::to_string).unwrap_or_default();
     PodStatus {
         phase: phase.into(),
@@ -507,6 +547,48 @@ mod tests {
                 .conditions
                 .iter()
                 .all(|c| c.last_transition_time.unwrap().seconds == 5)
+        );
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_conditions_are_true() {
+        let mut p = pod("Always", &["a"]);
+        p.spec.as_mut().unwrap().readiness_gates = vec![skiff::pb::core::v1::PodReadinessGate {
+            condition_type: "example.com/lb-ready".into(),
+        }];
+        let cs = [container("a", 0, running())];
+        let ready = |s: &PodStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.r#type == "Ready")
+                .cloned()
+                .unwrap()
+        };
+        let first = compute_for(&p, &cs, &HashMap::new());
+        let r = ready(&first);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "ReadinessGatesNotReady")
+        );
+        assert_eq!(
+            r.message,
+            "corresponding condition of pod readiness gate \"example.com/lb-ready\" does not exist."
+        );
+        // The load balancer says so: Ready, and its condition is kept.
+        let mut status = first.clone();
+        status.conditions.push(PodCondition {
+            r#type: "example.com/lb-ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        p.status = Some(status);
+        let second = compute_for(&p, &cs, &HashMap::new());
+        assert_eq!(ready(&second).status, "True");
+        assert!(
+            second
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "example.com/lb-ready" && c.status == "True")
         );
     }
 }

@@ -124,6 +124,15 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
     }
     securitycontext::validate_pod(path, spec, errors);
     validate_placement(path, spec, errors);
+    for (i, gate) in spec.readiness_gates.iter().enumerate() {
+        if let Err(reason) = validation::is_qualified_name(&gate.condition_type) {
+            errors.invalid(
+                format!("{path}.readinessGates[{i}].conditionType"),
+                &gate.condition_type,
+                &reason,
+            );
+        }
+    }
     let mut gates = std::collections::HashSet::new();
     for (i, gate) in spec.scheduling_gates.iter().enumerate() {
         let gpath = format!("{path}.schedulingGates[{i}].name");

@@ -81,13 +81,6 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
     {
         refuse(errors, format!("{path}.preemptionPolicy"), "preemption is");
     }
-    if !spec.readiness_gates.is_empty() {
-        refuse(
-            errors,
-            format!("{path}.readinessGates"),
-            "readiness gates are",
-        );
-    }
     if spec
         .runtime_class_name
         .as_deref()
@@ -475,7 +468,6 @@ mod tests {
                 "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone", "namespaceSelector": {}}}]}
             },
             "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
-            "readinessGates": [{"conditionType": "x.example/ready"}],
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
             "setHostnameAsFQDN": true,
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
@@ -501,7 +493,6 @@ mod tests {
                 "spec.priorityClassName",
                 "spec.priority",
                 "spec.preemptionPolicy",
-                "spec.readinessGates",
                 "spec.runtimeClassName",
                 "spec.overhead",
                 "spec.setHostnameAsFQDN",
