@@ -72,15 +72,16 @@ pub fn sandbox_spec(
     let spec = pod.spec.clone().unwrap_or_default();
     let (dns_servers, dns_search, dns_options) =
         crate::dns::pod_resolv_conf(&spec, &meta.namespace, cluster_dns, upstream_dns);
-    let hostname = if spec.hostname.is_empty() {
-        meta.name.clone()
-    } else {
-        spec.hostname.clone()
-    };
+    let hostname = pod_hostname(pod);
     SandboxSpec {
         name: runtime_name(pod, labels::SANDBOX, attempt),
-        // A hostname is a DNS label: at most 63 characters.
-        hostname: hostname.chars().take(63).collect(),
+        // A hostname is a DNS label: at most 63 characters (an FQDN, at
+        // most 64: the kernel's limit, checked before).
+        hostname: if hostname.contains('.') {
+            hostname
+        } else {
+            hostname.chars().take(63).collect()
+        },
         labels: pod_labels(pod, labels::SANDBOX, "sandbox", attempt),
         dns_servers,
         dns_search,
@@ -119,6 +120,44 @@ pub fn sandbox_spec(
             })
             .collect(),
     }
+}
+
+/// The pod's hostname: `spec.hostname` or its name; with
+/// `setHostnameAsFQDN` and a subdomain, its fully qualified name.
+pub fn pod_hostname(pod: &Pod) -> String {
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let host = if spec.hostname.is_empty() {
+        meta.name.clone()
+    } else {
+        spec.hostname.clone()
+    };
+    if spec.set_hostname_as_fqdn == Some(true) && !spec.subdomain.is_empty() {
+        format!(
+            "{host}.{}.{}.svc.{}",
+            spec.subdomain,
+            meta.namespace,
+            crate::dns::CLUSTER_DOMAIN
+        )
+    } else {
+        host
+    }
+}
+
+/// The kubelet's refusal of a hostname the kernel cannot hold (64
+/// characters), for a pod whose FQDN is its hostname.
+pub fn hostname_problem(pod: &Pod) -> Option<String> {
+    let fqdn = pod
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.set_hostname_as_fqdn == Some(true) && !s.subdomain.is_empty());
+    let hostname = pod_hostname(pod);
+    (fqdn && hostname.len() > 64).then(|| {
+        format!(
+            "Failed to construct FQDN from pod hostname and cluster domain, FQDN {hostname} is too long (64 characters is the max, {} characters requested)",
+            hostname.len()
+        )
+    })
 }
 
 /// A host-network pod's resolv.conf (the runtime gives it the host's
@@ -620,6 +659,37 @@ mod tests {
         assert_eq!(expand("$(B)", &env), "$(B)");
         assert_eq!(expand("$$(A)", &env), "$(A)");
         assert_eq!(expand("cost $5", &env), "cost $5");
+    }
+
+    #[test]
+    fn an_fqdn_hostname_is_the_pods_name_in_its_subdomain_if_it_fits() {
+        use skiff::pb::core::v1::PodSpec;
+        use skiff::pb::meta::v1::ObjectMeta;
+        let pod = |name: &str, fqdn: bool| Pod {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "shop".into(),
+                ..Default::default()
+            }),
+            spec: Some(PodSpec {
+                subdomain: "db".into(),
+                set_hostname_as_fqdn: Some(fqdn),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pod_hostname(&pod("pg-0", false)), "pg-0");
+        assert_eq!(
+            pod_hostname(&pod("pg-0", true)),
+            "pg-0.db.shop.svc.cluster.local"
+        );
+        assert_eq!(hostname_problem(&pod("pg-0", true)), None);
+        let long = "x".repeat(40);
+        assert!(
+            hostname_problem(&pod(&long, true))
+                .unwrap()
+                .contains("is too long (64 characters is the max, 66 characters requested)")
+        );
     }
 
     #[test]

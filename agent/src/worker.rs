@@ -523,6 +523,18 @@ async fn sync(
                 .map(|c| status::attempt(c) + 1)
                 .max()
                 .unwrap_or(0);
+            if let Some(problem) = containers::hostname_problem(&pod) {
+                shared
+                    .recorder
+                    .record(
+                        &*pod,
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &problem,
+                    )
+                    .await;
+                return Err(RuntimeError::Runtime(problem).into());
+            }
             shared
                 .runtime
                 .run_sandbox(&containers::sandbox_spec(

@@ -136,6 +136,12 @@ impl ServiceController {
             .as_ref()
             .is_some_and(|m| m.deletion_timestamp.is_some());
         let current = skiff::pods::load_balancer_ips(&service);
+        // A Service naming a load balancer class is another
+        // implementation's (Kubernetes' built-in controller leaves it
+        // alone too); the class never changes, so nothing of ours is held.
+        if !ours(&spec) {
+            return Ok(Action::AwaitChange);
+        }
         if spec.r#type != "LoadBalancer" || deleting {
             if !current.is_empty() {
                 self.write(&service, Vec::new()).await?;
@@ -273,9 +279,28 @@ pub fn start(
         .boxed()
 }
 
+/// Whether a Service's load balancer is this controller's: it names no
+/// `loadBalancerClass` (one naming a class is another implementation's).
+fn ours(spec: &skiff::pb::core::v1::ServiceSpec) -> bool {
+    spec.load_balancer_class
+        .as_deref()
+        .is_none_or(str::is_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_of_another_load_balancer_class_is_left_alone() {
+        let mut spec = skiff::pb::core::v1::ServiceSpec {
+            r#type: "LoadBalancer".into(),
+            ..Default::default()
+        };
+        assert!(ours(&spec));
+        spec.load_balancer_class = Some("example.com/metal".into());
+        assert!(!ours(&spec));
+    }
 
     #[test]
     fn pools_parse_as_cidr_range_or_one_address() {

@@ -89,6 +89,17 @@ impl Strategy for Service {
             return errors.required("spec");
         };
         unsupported::service(spec, errors);
+        if spec
+            .load_balancer_class
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+            && spec.r#type != "LoadBalancer"
+        {
+            errors.forbidden(
+                "spec.loadBalancerClass",
+                "may only be used when `type` is 'LoadBalancer'",
+            );
+        }
         // Skiff's service network is IPv4 only.
         for (i, family) in spec.ip_families.iter().enumerate() {
             if family == "IPv6" {

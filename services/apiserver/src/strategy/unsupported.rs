@@ -95,13 +95,6 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
     if !spec.overhead.is_empty() {
         refuse(errors, format!("{path}.overhead"), "pod overhead is");
     }
-    if spec.set_hostname_as_fqdn == Some(true) {
-        refuse(
-            errors,
-            format!("{path}.setHostnameAsFQDN"),
-            "the FQDN as hostname is",
-        );
-    }
     if let Some(os) = &spec.os
         && os.name != "linux"
     {
@@ -265,17 +258,6 @@ pub(super) fn service(spec: &ServiceSpec, errors: &mut FieldErrors) {
             errors,
             "spec.allocateLoadBalancerNodePorts".into(),
             "a load balancer without node ports is",
-        );
-    }
-    if spec
-        .load_balancer_class
-        .as_deref()
-        .is_some_and(|c| !c.is_empty())
-    {
-        refuse(
-            errors,
-            "spec.loadBalancerClass".into(),
-            "load balancer classes are",
         );
     }
     if spec
@@ -469,7 +451,6 @@ mod tests {
             },
             "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
-            "setHostnameAsFQDN": true,
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
             "volumes": [{"name": "m", "emptyDir": {"medium": "HugePages", "sizeLimit": "1Gi"}}],
             "containers": [{
@@ -495,7 +476,6 @@ mod tests {
                 "spec.preemptionPolicy",
                 "spec.runtimeClassName",
                 "spec.overhead",
-                "spec.setHostnameAsFQDN",
                 "spec.tolerations[0].tolerationSeconds",
                 "spec.volumes[0].emptyDir.medium",
                 "spec.volumes[0].emptyDir.sizeLimit",
@@ -567,7 +547,7 @@ mod tests {
             json!({
                 "loadBalancerSourceRanges": ["10.0.0.0/8"], "externalTrafficPolicy": "Local",
                 "internalTrafficPolicy": "Local", "allocateLoadBalancerNodePorts": false,
-                "loadBalancerClass": "example.com/lb", "trafficDistribution": "PreferClose"
+                "trafficDistribution": "PreferClose"
             }),
             service,
         );
@@ -578,7 +558,6 @@ mod tests {
                 "spec.externalTrafficPolicy",
                 "spec.internalTrafficPolicy",
                 "spec.allocateLoadBalancerNodePorts",
-                "spec.loadBalancerClass",
                 "spec.trafficDistribution",
             ],
         );
