@@ -144,6 +144,15 @@ impl NodeInfo {
         self.pods.push(pod);
     }
 
+    /// The node's value of label `key` (a topology domain).
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.get(key))
+            .map(String::as_str)
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         self.node.metadata.as_ref().map_or("", |m| m.name.as_str())

@@ -558,37 +558,30 @@ impl Scheduler {
     /// Records why a pod waits: the PodScheduled=False condition (if it
     /// changed) and a FailedScheduling event (counted, not duplicated).
     async fn report_unschedulable(&mut self, pod: &Pod, message: &str) {
-        let key = pod.object_ref();
-        let current = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.r#type == "PodScheduled"));
-        if current.is_none_or(|c| c.status != "False" || c.message != message) {
-            let mut updated = pod.clone();
-            let status = updated.status.get_or_insert_with(PodStatus::default);
-            status.conditions.retain(|c| c.r#type != "PodScheduled");
-            status.conditions.push(PodCondition {
-                r#type: "PodScheduled".into(),
-                status: "False".into(),
-                reason: "Unschedulable".into(),
-                message: message.to_string(),
-                last_transition_time: Some(skiff::time::now_seconds()),
-                ..Default::default()
-            });
-            if let Err(status) = self.pods.update_status(updated).await {
-                tracing::debug!(pod = %key, %status, "recording PodScheduled=False");
-            }
-        }
+        self.not_scheduled(pod, "Unschedulable", message).await;
         self.record_event(pod, message).await;
     }
 
     /// Kubernetes' condition for a pod held back by scheduling gates.
     async fn report_gated(&mut self, pod: &Pod) {
+        self.not_scheduled(
+            pod,
+            "SchedulingGated",
+            "Scheduling is blocked due to non-empty scheduling gates",
+        )
+        .await;
+    }
+
+    /// Writes PodScheduled=False with `reason` and `message`, unless the
+    /// pod says so already.
+    async fn not_scheduled(&mut self, pod: &Pod, reason: &str, message: &str) {
         let current = pod
             .status
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.r#type == "PodScheduled"));
-        if current.is_some_and(|c| c.reason == "SchedulingGated") {
+        if current
+            .is_some_and(|c| c.status == "False" && c.reason == reason && c.message == message)
+        {
             return;
         }
         let mut updated = pod.clone();
@@ -597,13 +590,13 @@ impl Scheduler {
         status.conditions.push(PodCondition {
             r#type: "PodScheduled".into(),
             status: "False".into(),
-            reason: "SchedulingGated".into(),
-            message: "Scheduling is blocked due to non-empty scheduling gates".into(),
+            reason: reason.into(),
+            message: message.to_string(),
             last_transition_time: Some(skiff::time::now_seconds()),
             ..Default::default()
         });
         if let Err(status) = self.pods.update_status(updated).await {
-            tracing::debug!(pod = %pod.object_ref(), %status, "recording SchedulingGated");
+            tracing::debug!(pod = %pod.object_ref(), %status, reason, "recording PodScheduled=False");
         }
     }
 

@@ -169,14 +169,6 @@ fn preferred(pod: &Pod) -> Vec<(i64, Term)> {
     out
 }
 
-fn node_label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.get(key))
-        .map(String::as_str)
-}
-
 /// What the filter needs, from every node, for one pod.
 struct State {
     /// Domains (key, value) where an existing pod's required
@@ -232,7 +224,7 @@ impl FilterPlugin for InterPodAffinity {
                 if node.with_required_anti > 0 {
                     for term in required(existing).1 {
                         if term.matches(pod)
-                            && let Some(value) = node_label(node, &term.key)
+                            && let Some(value) = node.label(&term.key)
                         {
                             state
                                 .forbidden
@@ -243,7 +235,7 @@ impl FilterPlugin for InterPodAffinity {
                 if !state.affinity.is_empty() && state.affinity.iter().all(|t| t.matches(existing))
                 {
                     for term in &state.affinity {
-                        if let Some(value) = node_label(node, &term.key) {
+                        if let Some(value) = node.label(&term.key) {
                             state
                                 .affinity_domains
                                 .insert((term.key.clone(), value.to_string()));
@@ -252,7 +244,7 @@ impl FilterPlugin for InterPodAffinity {
                 }
                 for (term, domains) in &mut state.anti_affinity {
                     if term.matches(existing)
-                        && let Some(value) = node_label(node, &term.key)
+                        && let Some(value) = node.label(&term.key)
                     {
                         domains.insert(value.to_string());
                     }
@@ -275,7 +267,7 @@ impl FilterPlugin for InterPodAffinity {
         };
         let mut pods_exist = true;
         for term in &state.affinity {
-            let Some(value) = node_label(node, &term.key) else {
+            let Some(value) = node.label(&term.key) else {
                 // Every topology key must exist on the node.
                 return Err(AFFINITY.into());
             };
@@ -287,7 +279,7 @@ impl FilterPlugin for InterPodAffinity {
             return Err(AFFINITY.into());
         }
         for (term, domains) in &state.anti_affinity {
-            if node_label(node, &term.key).is_some_and(|v| domains.contains(v)) {
+            if node.label(&term.key).is_some_and(|v| domains.contains(v)) {
                 return Err(ANTI_AFFINITY.into());
             }
         }
@@ -328,7 +320,7 @@ impl ScorePlugin for PreferredInterPodAffinity {
         // Weight per domain (key, value).
         let mut domains: HashMap<(String, String), i64> = HashMap::new();
         let mut add = |node: &NodeInfo, key: &str, weight: i64| {
-            if let Some(value) = node_label(node, key) {
+            if let Some(value) = node.label(key) {
                 *domains
                     .entry((key.to_string(), value.to_string()))
                     .or_default() += weight;

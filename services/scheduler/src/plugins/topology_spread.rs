@@ -57,14 +57,6 @@ fn constraints<'a>(
         .filter(move |c| (c.when_unsatisfiable == "DoNotSchedule") == hard)
 }
 
-fn node_label<'a>(node: &'a NodeInfo, key: &str) -> Option<&'a str> {
-    node.node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.get(key))
-        .map(String::as_str)
-}
-
 /// Whether `node` counts for constraint `c` of `pod` (see the module
 /// doc): it carries every constraint's key, and passes `c`'s own node
 /// affinity and taint policies.
@@ -74,10 +66,7 @@ fn eligible(
     c: &TopologySpreadConstraint,
     all: &[&TopologySpreadConstraint],
 ) -> bool {
-    if all
-        .iter()
-        .any(|c| node_label(node, &c.topology_key).is_none())
-    {
+    if all.iter().any(|c| node.label(&c.topology_key).is_none()) {
         return false;
     }
     let honor_affinity = c.node_affinity_policy.as_deref().unwrap_or("Honor") == "Honor";
@@ -110,7 +99,7 @@ fn count(pod: &Pod, hard: bool, all: &[&NodeInfo]) -> Vec<Counted> {
                     .filter(|s| !s.is_empty());
             let mut counts: HashMap<String, i64> = HashMap::new();
             for node in all.iter().filter(|n| eligible(pod, n, c, &chosen)) {
-                let Some(value) = node_label(node, &c.topology_key) else {
+                let Some(value) = node.label(&c.topology_key) else {
                     continue;
                 };
                 let matching = node
@@ -168,7 +157,7 @@ impl FilterPlugin for PodTopologySpread {
             return Ok(());
         };
         for c in counted {
-            let Some(value) = node_label(node, &c.key) else {
+            let Some(value) = node.label(&c.key) else {
                 return Err(MISSING_LABEL.into());
             };
             let here = c.counts.get(value).copied().unwrap_or(0);
@@ -204,7 +193,7 @@ impl ScorePlugin for PodTopologySpreadScore {
             .iter()
             .map(|n| {
                 counted.iter().try_fold(0.0, |sum, c| {
-                    let value = node_label(n, &c.key)?;
+                    let value = n.label(&c.key)?;
                     let weight = ((c.counts.len() + 2) as f64).ln();
                     Some(sum + c.counts.get(value).copied().unwrap_or(0) as f64 * weight)
                 })
