@@ -77,7 +77,7 @@ pub fn sandbox_spec(
         name: runtime_name(pod, labels::SANDBOX, attempt),
         // A hostname is a DNS label: at most 63 characters (an FQDN, at
         // most 64: the kernel's limit, checked before).
-        hostname: if hostname.contains('.') {
+        hostname: if fqdn_hostname(&spec) {
             hostname
         } else {
             hostname.chars().take(63).collect()
@@ -132,7 +132,7 @@ pub fn pod_hostname(pod: &Pod) -> String {
     } else {
         spec.hostname.clone()
     };
-    if spec.set_hostname_as_fqdn == Some(true) && !spec.subdomain.is_empty() {
+    if fqdn_hostname(&spec) {
         format!(
             "{host}.{}.{}.svc.{}",
             spec.subdomain,
@@ -144,17 +144,20 @@ pub fn pod_hostname(pod: &Pod) -> String {
     }
 }
 
+/// Whether the pod's hostname is its FQDN (`setHostnameAsFQDN` with a
+/// subdomain, and a network of its own).
+fn fqdn_hostname(spec: &skiff::pb::core::v1::PodSpec) -> bool {
+    spec.set_hostname_as_fqdn == Some(true) && !spec.subdomain.is_empty() && !spec.host_network
+}
+
 /// The kubelet's refusal of a hostname the kernel cannot hold (64
 /// characters), for a pod whose FQDN is its hostname.
 pub fn hostname_problem(pod: &Pod) -> Option<String> {
-    let fqdn = pod
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.set_hostname_as_fqdn == Some(true) && !s.subdomain.is_empty());
+    let fqdn = pod.spec.as_ref().is_some_and(fqdn_hostname);
     let hostname = pod_hostname(pod);
     (fqdn && hostname.len() > 64).then(|| {
         format!(
-            "Failed to construct FQDN from pod hostname and cluster domain, FQDN {hostname} is too long (64 characters is the max, {} characters requested)",
+            "Failed to create pod sandbox: failed to construct FQDN from pod hostname and cluster domain, FQDN {hostname} is too long (64 characters is the max, {} characters requested)",
             hostname.len()
         )
     })
@@ -214,6 +217,21 @@ pub const MAX_MESSAGE: usize = 4096;
 /// The most of a log that stands for a missing termination message
 /// (`FallbackToLogsOnError`): 80 lines, 2048 bytes.
 pub const MAX_LOG_MESSAGE: (u64, usize) = (80, 2048);
+
+/// The last `limit` bytes of a file a container wrote (however much it
+/// wrote: only those are read).
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn read_tail(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(std::io::SeekFrom::Start(len.saturating_sub(limit as u64)))?;
+    let mut bytes = Vec::with_capacity(limit);
+    file.take(limit as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// A termination message as Kubernetes keeps it: the last `limit` bytes,
 /// cut on a character boundary.
@@ -659,6 +677,20 @@ mod tests {
         assert_eq!(expand("$(B)", &env), "$(B)");
         assert_eq!(expand("$$(A)", &env), "$(A)");
         assert_eq!(expand("cost $5", &env), "cost $5");
+    }
+
+    #[test]
+    fn only_the_end_of_a_termination_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("termination-log");
+        let mut big = vec![b'x'; 1 << 20];
+        big.extend_from_slice(b"the end");
+        std::fs::write(&file, &big).unwrap();
+        let tail = read_tail(&file, MAX_MESSAGE).unwrap();
+        assert_eq!(tail.len(), MAX_MESSAGE);
+        assert!(tail.ends_with(b"the end"));
+        std::fs::write(&file, b"short").unwrap();
+        assert_eq!(read_tail(&file, MAX_MESSAGE).unwrap(), b"short");
     }
 
     #[test]

@@ -536,7 +536,19 @@ pub async fn prepare(
             source,
         };
         if let Some(dir) = volume.empty_dir.as_ref().filter(|d| d.medium == "Memory") {
-            memory_empty_dir(&path, memory_size(dir, &spec)).map_err(io)?;
+            // Only ever inside the pod's own directory.
+            if !path.starts_with(pod_dir(data_dir, &meta.uid)) {
+                return Err(io(std::io::Error::other(
+                    "a Memory emptyDir outside the pod's directory",
+                )));
+            }
+            if memory_empty_dir(&path, memory_size(dir, &spec)).map_err(io)? {
+                // A fresh tmpfs (after a reboot): fsGroup owns it anew.
+                let marker = pod_dir(data_dir, &meta.uid)
+                    .join("fsgroup")
+                    .join(&volume.name);
+                let _ = std::fs::remove_file(marker);
+            }
         } else if volume.empty_dir.is_some() {
             if !path.is_dir() {
                 std::fs::create_dir_all(&path).map_err(io)?;
@@ -634,10 +646,14 @@ pub async fn prepare(
 /// the pod's memory limits when every container has one (Kubernetes'
 /// rule), else the kernel's default for a tmpfs (half the memory).
 fn memory_size(dir: &skiff::pb::core::v1::EmptyDirVolumeSource, spec: &PodSpec) -> Option<i64> {
-    if let Ok(limit) = dir.size_limit.parse::<Quantity>() {
-        return Some(limit.value());
-    }
-    spec.containers
+    let asked = dir
+        .size_limit
+        .parse::<Quantity>()
+        .ok()
+        .map(|q| q.value())
+        .filter(|v| *v > 0);
+    let pod_limit: Option<i64> = spec
+        .containers
         .iter()
         .map(|c| {
             c.resources
@@ -646,18 +662,23 @@ fn memory_size(dir: &skiff::pb::core::v1::EmptyDirVolumeSource, spec: &PodSpec) 
                 .and_then(|q| q.parse::<Quantity>().ok())
                 .map(|q| q.value())
         })
-        .sum()
+        .sum();
+    match (asked, pod_limit) {
+        (Some(a), Some(p)) => Some(a.min(p)),
+        (a, p) => a.or(p),
+    }
 }
 
 /// A `medium: Memory` emptyDir: a tmpfs mounted at the volume's
 /// directory (once; the pod's directory unmounts it on removal), open to
-/// every uid as a disk emptyDir is, of `size` bytes.
-fn memory_empty_dir(path: &Path, size: Option<i64>) -> std::io::Result<()> {
+/// every uid as a disk emptyDir is, of `size` bytes. True when it was
+/// mounted now.
+fn memory_empty_dir(path: &Path, size: Option<i64>) -> std::io::Result<bool> {
     std::fs::create_dir_all(path)?;
     let parent = path.parent().unwrap_or(path);
     let on_its_own = rustix::fs::stat(path)?.st_dev != rustix::fs::stat(parent)?.st_dev;
     if on_its_own {
-        return Ok(());
+        return Ok(false);
     }
     let mut options = "mode=0777".to_string();
     if let Some(size) = size.filter(|s| *s > 0) {
@@ -674,7 +695,7 @@ fn memory_empty_dir(path: &Path, size: Option<i64>) -> std::io::Result<()> {
                 .as_c_str(),
         ),
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// `fsGroup` on one volume (an emptyDir, projected files or a `local`

@@ -1110,7 +1110,7 @@ async fn read_messages(
         };
         let attempt = c.label(labels::ATTEMPT).parse::<u32>().unwrap_or(0);
         let file = containers::termination_log(&shared.data_dir, &uid, &spec.name, attempt);
-        let mut message = std::fs::read(&file)
+        let mut message = containers::read_tail(&file, containers::MAX_MESSAGE)
             .map(|bytes| containers::tail_message(&bytes, containers::MAX_MESSAGE))
             .unwrap_or_default();
         if message.is_empty()

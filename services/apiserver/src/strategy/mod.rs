@@ -383,6 +383,41 @@ mod tests {
     }
 
     #[test]
+    fn volume_names_are_unique_and_gated_pods_unbound() {
+        let json = serde_json::json!({
+            "nodeName": "n1",
+            "schedulingGates": [{"name": "example.com/wait"}],
+            "volumes": [{"name": "x", "emptyDir": {}}, {"name": "x", "emptyDir": {"medium": "Memory"}}],
+            "containers": [{"name": "app", "image": "busybox"}]
+        });
+        let errors = errors_of(&pod(serde_json::from_value(json).unwrap()));
+        assert!(
+            errors.contains("spec.volumes[1].name: Duplicate value: \"x\""),
+            "{errors}"
+        );
+        assert!(errors.contains("spec.nodeName: Forbidden: cannot be set until all schedulingGates have been removed"), "{errors}");
+    }
+
+    #[test]
+    fn a_load_balancers_class_never_changes() {
+        use skiff::pb::core::v1::{Service, ServiceSpec};
+        let lb = |class: Option<&str>| Service {
+            spec: Some(ServiceSpec {
+                r#type: "LoadBalancer".into(),
+                load_balancer_class: class.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(
+            update_errors_of(&lb(Some("example.com/metal")), &lb(None)).contains(
+                "spec.loadBalancerClass: Invalid value: \"example.com/metal\": field is immutable"
+            )
+        );
+        assert_eq!(update_errors_of(&lb(None), &lb(None)), "");
+    }
+
+    #[test]
     fn jobs_managed_by_another_controller_are_refused() {
         use skiff::pb::batch::v1::{Job, JobSpec};
         let job = Job {

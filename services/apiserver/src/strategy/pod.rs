@@ -80,9 +80,12 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
     let mut names = std::collections::HashSet::new();
     let volumes: std::collections::HashSet<&str> =
         spec.volumes.iter().map(|v| v.name.as_str()).collect();
+    let mut volume_names = std::collections::HashSet::new();
     for (i, v) in spec.volumes.iter().enumerate() {
         if let Err(reason) = validation::is_dns1123_label(&v.name) {
             errors.invalid(format!("{path}.volumes[{i}].name"), &v.name, &reason);
+        } else if !volume_names.insert(v.name.as_str()) {
+            errors.duplicate(format!("{path}.volumes[{i}].name"), &v.name);
         }
         validate_volume_paths(&format!("{path}.volumes[{i}]"), v, errors);
     }
@@ -710,13 +713,6 @@ impl Strategy for Pod {
                 "only deletion is allowed, but found new scheduling gate",
             );
         }
-        let bound = old.spec.as_ref().is_some_and(|s| !s.node_name.is_empty());
-        if bound && !now.is_empty() {
-            errors.forbidden(
-                "spec.schedulingGates",
-                "scheduling gates may not be set on a pod bound to a node",
-            );
-        }
         // Kubernetes: a deadline may be set, or lowered, never raised or
         // removed.
         let deadline = |p: &Pod| p.spec.as_ref().and_then(|s| s.active_deadline_seconds);
@@ -833,7 +829,16 @@ impl Strategy for Pod {
 
     fn validate(&self, errors: &mut FieldErrors) {
         match &self.spec {
-            Some(spec) => validate_pod_spec("spec", spec, errors),
+            Some(spec) => {
+                validate_pod_spec("spec", spec, errors);
+                // A gated pod is neither created bound nor bound.
+                if !spec.scheduling_gates.is_empty() && !spec.node_name.is_empty() {
+                    errors.forbidden(
+                        "spec.nodeName",
+                        "cannot be set until all schedulingGates have been removed",
+                    );
+                }
+            }
             None => errors.required("spec"),
         }
     }

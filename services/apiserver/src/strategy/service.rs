@@ -84,6 +84,21 @@ impl Strategy for Service {
         }
     }
 
+    /// Kubernetes: a LoadBalancer Service's class never changes.
+    fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
+        let class = |s: &Self| {
+            s.spec
+                .as_ref()
+                .filter(|s| s.r#type == "LoadBalancer")
+                .map(|s| s.load_balancer_class.clone().unwrap_or_default())
+        };
+        if let (Some(before), Some(now)) = (class(old), class(self))
+            && before != now
+        {
+            errors.invalid("spec.loadBalancerClass", &now, "field is immutable");
+        }
+    }
+
     fn validate(&self, errors: &mut FieldErrors) {
         let Some(spec) = &self.spec else {
             return errors.required("spec");
