@@ -69,6 +69,16 @@ async fn env_on(prefix: &str, runtime: &'static str) -> Env {
 }
 
 impl Env {
+    /// The API server's address, for the `skiff` CLI's `--server`.
+    pub(crate) fn server_url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    /// The node the env's agent runs.
+    pub(crate) fn node_name(&self) -> &str {
+        &self.node.name
+    }
+
     pub(crate) fn pods(&self) -> Api<Pod> {
         Api::new(self.channel.clone())
     }

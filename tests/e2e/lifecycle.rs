@@ -267,3 +267,75 @@ async fn termination_messages_come_from_the_file_or_the_log_on_error() {
     assert_eq!(message("custom").trim(), "custom path");
     assert_eq!(message("logs").trim(), "panic: out of cheese");
 }
+
+/// Runs the `skiff` CLI against the env's server: (success, stdout + stderr).
+fn skiff_cli(env: &crate::agent::Env, args: &[&str]) -> (bool, String) {
+    let url = env.server_url();
+    let out = std::process::Command::new(skiff_testkit::skiff_binary().unwrap())
+        .args(args)
+        .args(["--server", url.as_str()])
+        .output()
+        .expect("running skiff");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cordons_refuses_unmanaged_pods_and_with_force_removes_them() {
+    let env = env("drain").await;
+    let image = env.image;
+    env.create(json!({
+        "metadata": {"name": "solo"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]}
+    }))
+    .await;
+    env.wait_for("solo", "the pod runs", Duration::from_secs(60), |p| {
+        crate::agent::running(p, "app")
+    })
+    .await;
+    let node = env.node_name().to_string();
+    let (ok, out) = skiff_cli(&env, &["drain", &node]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("node/{node} cordoned")), "{out}");
+    assert!(
+        out.contains(
+            "cannot delete Pods that declare no controller (use --force to override): default/solo"
+        ),
+        "{out}"
+    );
+    let nodes = skiff_client::Api::<skiff::pb::core::v1::Node>::new(env.channel.clone());
+    let cordoned = |n: &skiff::pb::core::v1::Node| n.spec.as_ref().is_some_and(|s| s.unschedulable);
+    assert!(cordoned(&nodes.get("", &node).await.unwrap()));
+    assert!(
+        crate::agent::running(&env.get("solo").await, "app"),
+        "nothing was removed"
+    );
+
+    let (ok, out) = skiff_cli(&env, &["drain", &node, "--force", "--timeout", "60"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("node/{node} already cordoned")),
+        "{out}"
+    );
+    assert!(
+        out.contains("pod/solo deleted") && out.contains(&format!("node/{node} drained")),
+        "{out}"
+    );
+    assert!(
+        env.pods().get("default", "solo").await.is_err(),
+        "the pod is gone"
+    );
+
+    let (ok, out) = skiff_cli(&env, &["uncordon", &node]);
+    assert!(
+        ok && out.contains(&format!("node/{node} uncordoned")),
+        "{out}"
+    );
+    assert!(!cordoned(&nodes.get("", &node).await.unwrap()));
+}

@@ -25,6 +25,13 @@ pub(crate) enum ClientCommand {
     Delete(DeleteArgs),
     /// Set the replicas of a Deployment, ReplicaSet or ReplicationController.
     Scale(ScaleArgs),
+    /// Mark a node unschedulable: it takes no new pods.
+    Cordon(NodeArgs),
+    /// Mark a node schedulable again.
+    Uncordon(NodeArgs),
+    /// Cordon a node and remove its pods (kubectl's checks and flags),
+    /// waiting for them to be gone.
+    Drain(DrainArgs),
     /// Watch, list, undo, pause or resume a Deployment's rollouts.
     Rollout(RolloutArgs),
     /// Print a container's log.
@@ -73,6 +80,9 @@ impl ClientCommand {
             Self::Describe(_) => "describe",
             Self::Delete(_) => "delete",
             Self::Scale(_) => "scale",
+            Self::Cordon(_) => "cordon",
+            Self::Uncordon(_) => "uncordon",
+            Self::Drain(_) => "drain",
             Self::Rollout(_) => "rollout",
             Self::Logs(_) => "logs",
             Self::Exec(_) => "exec",
@@ -291,6 +301,37 @@ pub(crate) struct ScaleArgs {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The node.
+    pub(crate) node: String,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DrainArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The node.
+    pub(crate) node: String,
+    /// Leave DaemonSet-managed pods where they are.
+    #[arg(long)]
+    pub(crate) ignore_daemonsets: bool,
+    /// Remove pods with emptyDir volumes (their data is lost).
+    #[arg(long)]
+    pub(crate) delete_emptydir_data: bool,
+    /// Remove pods that no controller replaces.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Seconds each pod gets to stop (-1: its own grace period).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub(crate) grace_period: i64,
+    /// Seconds to wait for the pods to be gone.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) timeout: u64,
+}
+
+#[derive(clap::Args)]
 pub(crate) struct RolloutArgs {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
@@ -478,6 +519,18 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
         ClientCommand::Delete(args) => {
             let ctl = args.client.ctl()?.recursive(args.recursive);
             ctl.delete(&args.target, &args.files, &args.cascade).await?;
+        }
+        ClientCommand::Cordon(args) => args.client.ctl()?.cordon(&args.node, true).await?,
+        ClientCommand::Uncordon(args) => args.client.ctl()?.cordon(&args.node, false).await?,
+        ClientCommand::Drain(args) => {
+            let options = skiff_ctl::drain::DrainOptions {
+                ignore_daemonsets: args.ignore_daemonsets,
+                delete_emptydir_data: args.delete_emptydir_data,
+                force: args.force,
+                grace_period: (args.grace_period >= 0).then_some(args.grace_period),
+                timeout: std::time::Duration::from_secs(args.timeout),
+            };
+            args.client.ctl()?.drain(&args.node, &options).await?
         }
         ClientCommand::Scale(args) => {
             args.client

@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod auth;
 pub mod config;
+pub mod drain;
 pub mod kinds;
 pub mod manifest;
 pub mod portforward;
