@@ -80,7 +80,13 @@ pub fn sandbox_spec(
         hostname: if fqdn_hostname(&spec) {
             hostname
         } else {
-            hostname.chars().take(63).collect()
+            // The kubelet's cut: 63 characters, then no trailing `-` or `.`.
+            hostname
+                .chars()
+                .take(63)
+                .collect::<String>()
+                .trim_end_matches(['-', '.'])
+                .to_string()
         },
         labels: pod_labels(pod, labels::SANDBOX, "sandbox", attempt),
         dns_servers,

@@ -317,7 +317,7 @@ async fn drain_cordons_refuses_unmanaged_pods_and_with_force_removes_them() {
         "nothing was removed"
     );
 
-    let (ok, out) = skiff_cli(&env, &["drain", &node, "--force", "--timeout", "60"]);
+    let (ok, out) = skiff_cli(&env, &["drain", &node, "--force", "--timeout", "60s"]);
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("node/{node} already cordoned")),

@@ -326,9 +326,10 @@ pub(crate) struct DrainArgs {
     /// Seconds each pod gets to stop (-1: its own grace period).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub(crate) grace_period: i64,
-    /// Seconds to wait for the pods to be gone.
-    #[arg(long, default_value_t = 300)]
-    pub(crate) timeout: u64,
+    /// How long to wait for the pods to be gone (`90s`, `5m`; a number is
+    /// seconds; 0: as long as it takes, kubectl's default).
+    #[arg(long, default_value = "0", value_parser = parse_timeout)]
+    pub(crate) timeout: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -528,7 +529,7 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
                 delete_emptydir_data: args.delete_emptydir_data,
                 force: args.force,
                 grace_period: (args.grace_period >= 0).then_some(args.grace_period),
-                timeout: std::time::Duration::from_secs(args.timeout),
+                timeout: args.timeout,
             };
             args.client.ctl()?.drain(&args.node, &options).await?
         }
@@ -721,4 +722,12 @@ fn kubeconfig(args: &KubeconfigArgs) -> anyhow::Result<String> {
         skiff_ctl::config::ClientConfig::with_identity(&config.server, &ca.cert_pem, &identity);
     issued.namespace = config.namespace;
     Ok(skiff_ctl::config::kubeconfig(&issued, user))
+}
+
+/// A drain timeout: `90s`, `5m`, or seconds.
+fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
+    match value.parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(value).map_err(|e| e.to_string()),
+    }
 }

@@ -27,7 +27,7 @@ pub struct DrainOptions {
     pub force: bool,
     /// Each pod's grace period instead of its own (seconds).
     pub grace_period: Option<i64>,
-    /// How long to wait for the pods to go.
+    /// How long to wait for the pods to go (zero: as long as it takes).
     pub timeout: Duration,
 }
 
@@ -71,14 +71,18 @@ fn judge(pod: &Pod, options: &DrainOptions) -> Verdict {
     if finished(pod) {
         return Verdict::Remove;
     }
+    // kubectl's order: DaemonSet pods, local storage, then pods no
+    // controller replaces.
     match controller_kind(pod) {
         Some("DaemonSet") if options.ignore_daemonsets => return Verdict::Leave,
         Some("DaemonSet") => return Verdict::Refuse(DAEMONSET),
-        None if !options.force => return Verdict::Refuse(UNMANAGED),
         _ => {}
     }
     if has_empty_dir(pod) && !options.delete_emptydir_data {
         return Verdict::Refuse(LOCAL_STORAGE);
+    }
+    if controller_kind(pod).is_none() && !options.force {
+        return Verdict::Refuse(UNMANAGED);
     }
     Verdict::Remove
 }
@@ -142,40 +146,47 @@ impl Ctl {
             .await
             .map_err(|s| self.server_error(s, "Pod", ""))?
             .items;
-        let mut refusals: Vec<String> = Vec::new();
+        // Refusals grouped by reason, as kubectl prints them.
+        let mut refusals: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         let mut left = Vec::new();
         let mut remove = Vec::new();
         for pod in &on_node {
             match judge(pod, options) {
                 Verdict::Remove => remove.push(pod),
                 Verdict::Leave => left.push(pod_name(pod)),
-                Verdict::Refuse(why) => refusals.push(format!("{why}: {}", pod_name(pod))),
+                Verdict::Refuse(why) => refusals.entry(why).or_default().push(pod_name(pod)),
             }
         }
         if !refusals.is_empty() {
+            let reasons: Vec<String> = refusals
+                .iter()
+                .map(|(why, pods)| format!("{why}: {}", pods.join(", ")))
+                .collect();
             return Err(CtlError(format!(
                 "error: unable to drain node {node:?} due to error: {}",
-                refusals.join(", ")
+                reasons.join("; ")
             )));
         }
+        let mut warnings = Vec::new();
         if !left.is_empty() {
-            eprintln!(
-                "Warning: ignoring DaemonSet-managed Pods: {}",
+            warnings.push(format!(
+                "ignoring DaemonSet-managed Pods: {}",
                 left.join(", ")
-            );
+            ));
         }
-        if options.force {
-            let unmanaged: Vec<String> = remove
-                .iter()
-                .filter(|p| controller_kind(p).is_none())
-                .map(|p| pod_name(p))
-                .collect();
-            if !unmanaged.is_empty() {
-                eprintln!(
-                    "Warning: deleting Pods that declare no controller: {}",
-                    unmanaged.join(", ")
-                );
-            }
+        let unmanaged: Vec<String> = remove
+            .iter()
+            .filter(|p| !finished(p) && controller_kind(p).is_none())
+            .map(|p| pod_name(p))
+            .collect();
+        if !unmanaged.is_empty() {
+            warnings.push(format!(
+                "deleting Pods that declare no controller: {}",
+                unmanaged.join(", ")
+            ));
+        }
+        if !warnings.is_empty() {
+            eprintln!("Warning: {}", warnings.join("; "));
         }
         for pod in &remove {
             let request = DeleteRequest {
@@ -190,14 +201,17 @@ impl Ctl {
                 Err(s) => return Err(self.server_error(s, "Pod", pod.name())),
             }
         }
-        let deadline = Instant::now() + options.timeout;
+        // Zero (or too far to say): no deadline.
+        let deadline = Some(options.timeout)
+            .filter(|t| !t.is_zero())
+            .and_then(|t| Instant::now().checked_add(t));
         for pod in &remove {
             loop {
                 match pods.get(pod.namespace(), pod.name()).await {
                     Err(s) if s.code() == tonic::Code::NotFound => break,
                     // A new pod of the same name is not this one.
                     Ok(now) if uid(&now) != uid(pod) => break,
-                    _ if Instant::now() >= deadline => {
+                    _ if deadline.is_some_and(|d| Instant::now() >= d) => {
                         return Err(CtlError(format!(
                             "error: drain did not complete within {:?}: pod {} is still there",
                             options.timeout,

@@ -411,7 +411,7 @@ mod tests {
         };
         assert!(
             update_errors_of(&lb(Some("example.com/metal")), &lb(None)).contains(
-                "spec.loadBalancerClass: Invalid value: \"example.com/metal\": field is immutable"
+                "spec.loadBalancerClass: Invalid value: \"example.com/metal\": may not change once set"
             )
         );
         assert_eq!(update_errors_of(&lb(None), &lb(None)), "");

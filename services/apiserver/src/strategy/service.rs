@@ -95,7 +95,7 @@ impl Strategy for Service {
         if let (Some(before), Some(now)) = (class(old), class(self))
             && before != now
         {
-            errors.invalid("spec.loadBalancerClass", &now, "field is immutable");
+            errors.invalid("spec.loadBalancerClass", &now, "may not change once set");
         }
     }
 
