@@ -1023,7 +1023,18 @@ impl Starter<'_> {
                     .recorder
                     .record(&**pod, EventType::Warning, "FailedPostStartHook", &message)
                     .await;
-                shared.runtime.stop(&id, grace_period(pod)).await?;
+                // Killed as the kubelet kills it: its preStop hook first.
+                let started = Container {
+                    id: id.clone(),
+                    name: spec.name.clone(),
+                    image: spec.image.clone(),
+                    image_id: String::new(),
+                    labels: spec.labels.clone(),
+                    state: State::Running { started_at: None },
+                    ip: None,
+                    created: 0,
+                };
+                stop_container(shared, pod, &started, grace_period(pod)).await?;
                 soonest(Duration::ZERO);
                 return Ok(());
             }
