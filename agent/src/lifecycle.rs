@@ -5,7 +5,8 @@
 //! against the grace period; the container then gets what is left, at
 //! least 2 s).
 //!
-//! Handlers: `exec` in the container, `httpGet` to the pod (or `host`),
+//! Handlers: `exec` in the container, `httpGet` to the pod (or `host`;
+//! HTTPS without checking the pod's certificate, as the kubelet),
 //! `sleep`. `tcpSocket` is refused by the API, as the kubelet never runs
 //! it. A postStart hook may run for at most [`POST_START_LIMIT`] (the
 //! kubelet has no bound; a hook that never ends would hold the pod's
@@ -97,12 +98,11 @@ pub async fn run(
         let Some(port) = crate::prober::port(target.spec, http.port.as_ref()) else {
             return Err(failed("the port names none of the container's ports"));
         };
-        if !matches!(http.scheme.as_str(), "" | "HTTP") {
-            return Err(failed(&format!(
-                "scheme {:?} is not supported",
-                http.scheme
-            )));
-        }
+        let tls = match http.scheme.as_str() {
+            "" | "HTTP" => false,
+            "HTTPS" => true,
+            other => return Err(failed(&format!("scheme {other:?} is not supported"))),
+        };
         let headers: String = http
             .http_headers
             .iter()
@@ -110,7 +110,7 @@ pub async fn run(
             .collect();
         let ok = tokio::time::timeout(
             limit,
-            crate::prober::http_get(host, port, path.clone(), headers),
+            crate::prober::http_get(host, port, path.clone(), headers, tls),
         )
         .await
         .unwrap_or(false);

@@ -201,7 +201,8 @@ async fn check(target: &Target, probe: &Probe) -> bool {
             .iter()
             .map(|h| format!("{}: {}\r\n", h.name, h.value))
             .collect();
-        return within(timeout, http_get(host, port, path, headers)).await;
+        let tls = http.scheme == "HTTPS";
+        return within(timeout, http_get(host, port, path, headers, tls)).await;
     }
     if let Some(tcp) = &probe.tcp_socket {
         let host = if tcp.host.is_empty() {
@@ -243,11 +244,33 @@ async fn within(timeout: Duration, check: impl std::future::Future<Output = bool
     tokio::time::timeout(timeout, check).await.unwrap_or(false)
 }
 
-/// An HTTP/1.1 GET whose status line says 2xx or 3xx (the kubelet's rule).
-pub(crate) async fn http_get(host: String, port: u16, path: String, headers: String) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
+/// An HTTP/1.1 GET whose status line says 2xx or 3xx (the kubelet's
+/// rule), over TLS with `tls` (the server's certificate unchecked, as the
+/// kubelet's HTTPS probes).
+pub(crate) async fn http_get(
+    host: String,
+    port: u16,
+    path: String,
+    headers: String,
+    tls: bool,
+) -> bool {
+    let Ok(stream) = tokio::net::TcpStream::connect((host.as_str(), port)).await else {
         return false;
     };
+    if !tls {
+        return exchange(stream, &host, port, &path, &headers).await;
+    }
+    match skiff_pki::tls::probe_tls(stream, &host).await {
+        Ok(stream) => exchange(stream, &host, port, &path, &headers).await,
+        Err(_) => false,
+    }
+}
+
+/// Sends the GET on `stream` and judges the status line.
+async fn exchange<S>(mut stream: S, host: &str, port: u16, path: &str, headers: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: skiff-probe/{}\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
@@ -327,7 +350,7 @@ mod tests {
                     .await;
             }
         });
-        assert!(http_get("127.0.0.1".into(), port, "/".into(), String::new()).await);
-        assert!(!http_get("127.0.0.1".into(), port, "/".into(), String::new()).await);
+        assert!(http_get("127.0.0.1".into(), port, "/".into(), String::new(), false).await);
+        assert!(!http_get("127.0.0.1".into(), port, "/".into(), String::new(), false).await);
     }
 }

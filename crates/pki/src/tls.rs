@@ -407,6 +407,54 @@ impl ServerCertVerifier for PinVerifier {
     handshake_signatures!();
 }
 
+/// Accepts whatever certificate a server shows (its handshake signatures
+/// are still checked): the kubelet's HTTPS probes and hooks skip
+/// verification, as the pods' certificates are nobody's the node trusts.
+#[derive(Debug)]
+struct UncheckedVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for UncheckedVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    handshake_signatures!();
+}
+
+/// Wraps a connection to a pod in TLS without checking the pod's
+/// certificate (HTTPS probes and lifecycle hooks, as the kubelet does).
+///
+/// # Errors
+/// The handshake failed.
+pub async fn probe_tls(
+    tcp: TcpStream,
+    host: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let verifier = Arc::new(UncheckedVerifier {
+        provider: provider(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier as Arc<dyn ServerCertVerifier>)
+        .with_no_client_auth();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(std::io::Error::other)?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
 /// Connects to `host:port` and returns the cluster CA's certificate (PEM)
 /// if the server proves it holds a certificate for `host` signed by a CA
 /// whose public key has the pin `pin` (`sha256:` + hex, as
@@ -929,6 +977,27 @@ mod tests {
         stream.read_exact(&mut buf).await?;
         assert_eq!(&buf, b"hello");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_probe_speaks_tls_to_a_server_of_any_ca() {
+        // A CA the client knows nothing of, as a pod's own.
+        let c = cluster(ClientCerts::Optional).await;
+        let tcp = TcpStream::connect(c.addr).await.unwrap();
+        let mut stream = probe_tls(tcp, "127.0.0.1").await.unwrap();
+        stream.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        // Plain TCP to it is no TLS server's answer.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = plain.accept().await.unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        assert!(probe_tls(tcp, "127.0.0.1").await.is_err());
     }
 
     #[tokio::test]

@@ -162,24 +162,6 @@ pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
                     "a tcpSocket lifecycle handler (deprecated; the kubelet never runs one) is",
                 );
             }
-            https(
-                &format!("{hpath}.httpGet"),
-                handler.http_get.as_ref(),
-                errors,
-            );
-        }
-    }
-    for (name, probe) in [
-        ("livenessProbe", &c.liveness_probe),
-        ("readinessProbe", &c.readiness_probe),
-        ("startupProbe", &c.startup_probe),
-    ] {
-        if let Some(probe) = probe {
-            https(
-                &format!("{path}.{name}.httpGet"),
-                probe.http_get.as_ref(),
-                errors,
-            );
         }
     }
     if c.restart_policy.as_deref().is_some_and(|p| !p.is_empty()) {
@@ -211,22 +193,6 @@ pub(super) fn container(path: &str, c: &Container, errors: &mut FieldErrors) {
         if !m.sub_path_expr.is_empty() {
             refuse(errors, format!("{mpath}.subPathExpr"), "subPathExpr is");
         }
-    }
-}
-
-/// An httpGet action over HTTPS (the agent's prober and hooks speak
-/// plain HTTP).
-fn https(
-    path: &str,
-    action: Option<&skiff::pb::core::v1::HttpGetAction>,
-    errors: &mut FieldErrors,
-) {
-    if action.is_some_and(|a| a.scheme == "HTTPS") {
-        refuse(
-            errors,
-            format!("{path}.scheme"),
-            "\"HTTPS\" (the node's prober and hooks speak plain HTTP) is",
-        );
     }
 }
 
@@ -455,8 +421,7 @@ mod tests {
             "volumes": [{"name": "m", "emptyDir": {"medium": "HugePages", "sizeLimit": "1Gi"}}],
             "containers": [{
                 "name": "app", "image": "busybox",
-                "lifecycle": {"preStop": {"tcpSocket": {"port": 80}}, "postStart": {"httpGet": {"port": 80, "scheme": "HTTPS"}}},
-                "livenessProbe": {"httpGet": {"port": 80, "scheme": "HTTPS"}},
+                "lifecycle": {"preStop": {"tcpSocket": {"port": 80}}},
                 "volumeDevices": [{"name": "m", "devicePath": "/dev/xvda"}],
                 "restartPolicy": "Always",
                 "volumeMounts": [{"name": "m", "mountPath": "/m", "mountPropagation": "Bidirectional", "subPathExpr": "$(POD)"}]
@@ -479,9 +444,7 @@ mod tests {
                 "spec.tolerations[0].tolerationSeconds",
                 "spec.volumes[0].emptyDir.medium",
                 "spec.volumes[0].emptyDir.sizeLimit",
-                "spec.containers[0].lifecycle.postStart.httpGet.scheme",
                 "spec.containers[0].lifecycle.preStop.tcpSocket",
-                "spec.containers[0].livenessProbe.httpGet.scheme",
                 "spec.containers[0].volumeDevices",
                 "spec.containers[0].restartPolicy",
                 "spec.containers[0].volumeMounts[0].mountPropagation",
