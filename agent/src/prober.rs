@@ -336,6 +336,86 @@ mod tests {
         assert_eq!(port(&spec, Some(&number)), Some(80));
     }
 
+    fn target(spec: PodContainer) -> Target {
+        Target {
+            runtime: Arc::new(skiff_runtime::FakeRuntime::default()),
+            container_id: "c1".into(),
+            spec,
+            pod_ip: "127.0.0.1".into(),
+        }
+    }
+
+    fn port_value(port: u16) -> Option<skiff::wkt::Value> {
+        Some(skiff::wkt::Value {
+            kind: Some(ValueKind::NumberValue(f64::from(port))),
+        })
+    }
+
+    #[tokio::test]
+    async fn http_probes_send_their_path_and_headers_to_their_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let ok = request.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n")
+                    && request.contains("\r\nX-Probe: deep\r\n");
+                let status = if ok {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+            }
+        });
+        let probe = |path: &str, header: &str| Probe {
+            http_get: Some(skiff::pb::core::v1::HttpGetAction {
+                path: path.into(),
+                host: "127.0.0.1".into(),
+                port: port_value(port),
+                http_headers: vec![skiff::pb::core::v1::HttpHeader {
+                    name: "X-Probe".into(),
+                    value: header.into(),
+                }],
+                ..Default::default()
+            }),
+            timeout_seconds: 2,
+            ..Default::default()
+        };
+        let t = target(PodContainer::default());
+        assert!(check(&t, &probe("/healthz?deep=1", "deep")).await);
+        assert!(!check(&t, &probe("/", "deep")).await, "the path is sent");
+        assert!(
+            !check(&t, &probe("/healthz?deep=1", "shallow")).await,
+            "the header is sent"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_probes_pass_while_something_listens() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let probe = Probe {
+            tcp_socket: Some(skiff::pb::core::v1::TcpSocketAction {
+                port: port_value(port),
+                host: "127.0.0.1".into(),
+            }),
+            timeout_seconds: 2,
+            ..Default::default()
+        };
+        let t = target(PodContainer::default());
+        assert!(check(&t, &probe).await);
+        drop(listener);
+        assert!(!check(&t, &probe).await);
+    }
+
     #[tokio::test]
     async fn http_probes_judge_by_the_status_line() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
