@@ -27,30 +27,21 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
         );
     }
     if let Some(affinity) = &spec.affinity {
-        let terms = affinity
-            .pod_affinity
-            .iter()
-            .flat_map(|a| {
-                let preferred = a
-                    .preferred_during_scheduling_ignored_during_execution
-                    .iter()
-                    .filter_map(|w| w.pod_affinity_term.as_ref());
-                a.required_during_scheduling_ignored_during_execution
-                    .iter()
-                    .map(|t| ("podAffinity", t))
-                    .chain(preferred.map(|t| ("podAffinity", t)))
-            })
-            .chain(affinity.pod_anti_affinity.iter().flat_map(|a| {
-                let preferred = a
-                    .preferred_during_scheduling_ignored_during_execution
-                    .iter()
-                    .filter_map(|w| w.pod_affinity_term.as_ref());
-                a.required_during_scheduling_ignored_during_execution
-                    .iter()
-                    .map(|t| ("podAntiAffinity", t))
-                    .chain(preferred.map(|t| ("podAntiAffinity", t)))
-            }));
-        for (which, term) in terms {
+        let pod_affinity = affinity.pod_affinity.iter().flat_map(|a| {
+            affinity_terms(
+                &a.required_during_scheduling_ignored_during_execution,
+                &a.preferred_during_scheduling_ignored_during_execution,
+            )
+            .map(|t| ("podAffinity", t))
+        });
+        let pod_anti_affinity = affinity.pod_anti_affinity.iter().flat_map(|a| {
+            affinity_terms(
+                &a.required_during_scheduling_ignored_during_execution,
+                &a.preferred_during_scheduling_ignored_during_execution,
+            )
+            .map(|t| ("podAntiAffinity", t))
+        });
+        for (which, term) in pod_affinity.chain(pod_anti_affinity) {
             let labelled = term
                 .namespace_selector
                 .as_ref()
@@ -122,6 +113,18 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
             }
         }
     }
+}
+
+/// A pod (anti-)affinity's terms, required and preferred.
+fn affinity_terms<'a>(
+    required: &'a [skiff::pb::core::v1::PodAffinityTerm],
+    preferred: &'a [skiff::pb::core::v1::WeightedPodAffinityTerm],
+) -> impl Iterator<Item = &'a skiff::pb::core::v1::PodAffinityTerm> {
+    required.iter().chain(
+        preferred
+            .iter()
+            .filter_map(|w| w.pod_affinity_term.as_ref()),
+    )
 }
 
 /// Kubernetes' DefaultTolerationSeconds admission gives every pod these
