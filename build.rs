@@ -22,6 +22,8 @@ struct Kind {
     status: bool,
     /// Has the binding subresource (Pods): a `Bind` RPC.
     binding: bool,
+    /// Has the eviction subresource (Pods): an `Evict` RPC.
+    eviction: bool,
     short_names: Vec<String>,
 }
 
@@ -85,12 +87,21 @@ fn read_kinds(path: &Path) -> Vec<Kind> {
             },
             status: cols[5].split(',').any(|s| s == "status"),
             binding: cols[5].split(',').any(|s| s == "binding"),
+            eviction: cols[5].split(',').any(|s| s == "eviction"),
             short_names: if cols[6] == "-" {
                 Vec::new()
             } else {
                 cols[6].split(',').map(str::to_string).collect()
             },
         });
+    }
+    for k in &kinds {
+        // `for_each_kind!` has one shape for both (pods').
+        assert_eq!(
+            k.binding, k.eviction,
+            "{}: the binding and eviction subresources go together",
+            k.kind
+        );
     }
     kinds
 }
@@ -107,7 +118,11 @@ fn package_proto(package: &str, kinds: &[&Kind]) -> String {
     writeln!(p, "syntax = \"proto3\";\npackage skiff.{package};\n").unwrap();
     writeln!(p, "import \"skiff/meta/v1/meta.proto\";").unwrap();
     writeln!(p, "import \"skiff/api/v1/api.proto\";").unwrap();
-    writeln!(p, "import \"skiff/{group}/{version}/{group}.proto\";\n").unwrap();
+    writeln!(p, "import \"skiff/{group}/{version}/{group}.proto\";").unwrap();
+    if kinds.iter().any(|k| k.eviction) {
+        writeln!(p, "import \"skiff/policy/v1/policy.proto\";").unwrap();
+    }
+    writeln!(p).unwrap();
     for k in kinds {
         let (kind, svc) = (&k.kind, &k.service);
         writeln!(
@@ -160,6 +175,15 @@ fn package_proto(package: &str, kinds: &[&Kind]) -> String {
             )
             .unwrap();
             writeln!(p, "  rpc Bind(Binding) returns ({kind});").unwrap();
+        }
+        if k.eviction {
+            writeln!(
+                p,
+                "  // Deletes the object unless a disruption budget forbids it (the eviction\n  \
+                 // subresource): RESOURCE_EXHAUSTED while it does."
+            )
+            .unwrap();
+            writeln!(p, "  rpc Evict(skiff.policy.v1.Eviction) returns ({kind});").unwrap();
         }
         writeln!(
             p,
@@ -266,7 +290,8 @@ fn kinds_rs(kinds: &[Kind]) -> String {
     writeln!(
         r,
         "/// Calls `$m!` with every kind the API serves, as\n\
-         /// `binding|status|plain Kind, path::to::Kind, path::to::ServiceTrait, path::to::ServiceServer;`.\n\
+         /// `pod|status|plain Kind, path::to::Kind, path::to::ServiceTrait, path::to::ServiceServer;`\n\
+         /// (`pod`: status, binding and eviction subresources).\n\
          #[macro_export]\nmacro_rules! for_each_kind {{\n    ($m:ident) => {{\n        $m! {{"
     )
     .unwrap();
@@ -276,7 +301,7 @@ fn kinds_rs(kinds: &[Kind]) -> String {
             r,
             "            {st} {kind}, $crate::pb::{m}::{kind}, $crate::pb::{m}::{sm}::{svc}, $crate::pb::{m}::{sm}::{svc}Server<_>;",
             st = if k.binding {
-                "binding"
+                "pod"
             } else if k.status {
                 "status"
             } else {
@@ -377,6 +402,13 @@ const ALWAYS_WRITTEN: &[(&str, &str)] = &[
     ("NodeSystemInfo", "operating_system"),
     ("NodeSystemInfo", "architecture"),
     ("HorizontalPodAutoscalerStatus", "desired_replicas"),
+    // meta/v1 Condition: every field but observedGeneration.
+    ("Condition", "reason"),
+    ("Condition", "message"),
+    ("PodDisruptionBudgetStatus", "disruptions_allowed"),
+    ("PodDisruptionBudgetStatus", "current_healthy"),
+    ("PodDisruptionBudgetStatus", "desired_healthy"),
+    ("PodDisruptionBudgetStatus", "expected_pods"),
 ];
 
 /// Makes pbjson's proto3 JSON read like Kubernetes' JSON: 64-bit integers

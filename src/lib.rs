@@ -20,12 +20,15 @@
 //! - [`time`]: timestamps; [`pods`]: shared facts about pods and
 //!   Services; [`nodes`]: which nodes a pod may run on (selectors,
 //!   affinity, taints), for the scheduler and the DaemonSet controller.
+//! - [`disruption`]: which pods a PodDisruptionBudget covers and its
+//!   condition, for evictions and the disruption controller.
 //! - [`podsecurity`]: Pod Security Standards checks, for the API server's admission.
 //! - [`table`]: kubectl's columns per kind, shared by the CLI and the API
 //!   server's Tables (`kubectl get`).
 
 pub mod cidr;
 pub mod codec;
+pub mod disruption;
 #[cfg(test)]
 mod fields;
 pub mod indexes;
@@ -117,6 +120,13 @@ pub mod pb {
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.rs"));
             include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.serde.rs"));
+        }
+    }
+    /// Kubernetes policy/v1 (`skiff.policy.v1`).
+    pub mod policy {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.policy.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.policy.v1.serde.rs"));
         }
     }
     /// Kubernetes rbac.authorization.k8s.io/v1 (`skiff.rbac.v1`).

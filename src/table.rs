@@ -230,6 +230,13 @@ pub fn rows(
             "ALLOWVOLUMEEXPANSION",
             "AGE",
         ],
+        "PodDisruptionBudget" => vec![
+            "NAME",
+            "MIN AVAILABLE",
+            "MAX UNAVAILABLE",
+            "ALLOWED DISRUPTIONS",
+            "AGE",
+        ],
         _ => vec!["NAME", "AGE"],
     };
     if wide {
@@ -646,6 +653,24 @@ pub fn rows(
                     item.pointer("/allowVolumeExpansion")
                         .and_then(Value::as_bool)
                         .unwrap_or(false)
+                        .to_string(),
+                    created,
+                ]
+            }
+            "PodDisruptionBudget" => {
+                // IntOrString: a count or a percentage; "N/A" when unset.
+                let bound = |path: &str| match item.pointer(path) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    _ => "N/A".into(),
+                };
+                vec![
+                    name,
+                    bound("/spec/minAvailable"),
+                    bound("/spec/maxUnavailable"),
+                    item.pointer("/status/disruptionsAllowed")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
                         .to_string(),
                     created,
                 ]

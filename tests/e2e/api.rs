@@ -752,3 +752,291 @@ async fn binding_assigns_a_pod_to_a_node_once() {
     let read = c.pods().get(get("web")).await.unwrap().into_inner();
     assert_eq!(read.spec.unwrap().node_name, "n1");
 }
+
+/// The eviction subresource's rules, with the pods' and the budget's
+/// status written by hand (no controller runs here): a budget that
+/// allows nothing refuses; a pod that is not ready may go while the
+/// budget is met (IfHealthyBudget) or always (AlwaysAllow); pods that are
+/// not running ignore budgets; a budget whose status is behind its spec
+/// refuses; two budgets over one pod are an error; a dry run writes
+/// nothing; preconditions hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_follow_the_budget_covering_the_pod() {
+    use skiff::pb::core::v1::PodCondition;
+    use skiff::pb::policy::v1::{
+        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetSpec,
+        PodDisruptionBudgetStatus,
+    };
+    use skiff_client::Api;
+    let c = Cluster::embedded().await;
+    let pods = Api::<Pod>::new(c.channel.clone());
+    let budgets = Api::<PodDisruptionBudget>::new(c.channel.clone());
+    let make = async |name: &str, phase: &str, ready: bool| {
+        let created = pods.create(pod(name, &[("app", "web")])).await.unwrap();
+        let mut with_status = created;
+        with_status.status = Some(PodStatus {
+            phase: phase.into(),
+            conditions: vec![PodCondition {
+                r#type: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        pods.update_status(with_status).await.unwrap()
+    };
+    let evict = async |name: &str, options: DeleteOptions| {
+        pods.evict(Eviction {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            delete_options: Some(options),
+            ..Default::default()
+        })
+        .await
+    };
+    let gone = async |name: &str| pods.get("default", name).await.is_err();
+    make("ready", "Running", true).await;
+    make("sick", "Running", false).await;
+    make("sicker", "Running", false).await;
+    make("waiting", "Pending", false).await;
+    let created = budgets
+        .create(PodDisruptionBudget {
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(skiff::wkt::Value {
+                    kind: Some(skiff::wkt::value::Kind::NumberValue(1.0)),
+                }),
+                selector: Some(skiff::pb::meta::v1::LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let generation = created.metadata.as_ref().unwrap().generation;
+    let set_status = async |healthy: i32, allowed: i32, observed: i64| {
+        let mut b = budgets.get("default", "web").await.unwrap();
+        b.status = Some(PodDisruptionBudgetStatus {
+            observed_generation: observed,
+            current_healthy: healthy,
+            desired_healthy: 1,
+            expected_pods: 4,
+            disruptions_allowed: allowed,
+            ..Default::default()
+        });
+        budgets.update_status(b).await.unwrap()
+    };
+
+    // The status has not caught up with the spec: wait.
+    let refused = evict("ready", DeleteOptions::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("The disruption budget web is still being processed by the server."),
+        "{}",
+        refused.message()
+    );
+    // Nothing allowed: refused, naming what the budget needs.
+    set_status(1, 0, generation).await;
+    let refused = evict("ready", DeleteOptions::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("needs 1 healthy pods and has 1 currently"),
+        "{}",
+        refused.message()
+    );
+    // A pod that is not running yet ignores budgets.
+    evict("waiting", DeleteOptions::default()).await.unwrap();
+    assert!(gone("waiting").await);
+    // Not ready, budget met (IfHealthyBudget): may go; a dry run only
+    // says so.
+    evict(
+        "sick",
+        DeleteOptions {
+            dry_run: vec!["All".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!gone("sick").await, "a dry run deletes nothing");
+    // A precondition on another uid: refused, the pod stays.
+    let wrong = evict(
+        "sick",
+        DeleteOptions {
+            preconditions: Some(Preconditions {
+                uid: "not-its-uid".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(wrong.code(), Code::Aborted);
+    // The delete's options are the eviction's: a propagation policy is
+    // judged as a Delete's.
+    let odd = evict(
+        "sick",
+        DeleteOptions {
+            propagation_policy: "Sideways".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(odd.code(), Code::InvalidArgument);
+    assert!(
+        odd.message()
+            .contains("propagationPolicy: Unsupported value: \"Sideways\"")
+    );
+    assert!(!gone("sick").await);
+    evict("sick", DeleteOptions::default()).await.unwrap();
+    assert!(gone("sick").await);
+    // Not ready, budget unmet: refused under IfHealthyBudget ...
+    set_status(0, 0, generation).await;
+    let refused = evict("sicker", DeleteOptions::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    // ... allowed under AlwaysAllow.
+    let mut b = budgets.get("default", "web").await.unwrap();
+    b.spec.as_mut().unwrap().unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
+    b.status = None;
+    let b = budgets.update(b).await.unwrap();
+    set_status(0, 0, b.metadata.as_ref().unwrap().generation).await;
+    evict("sicker", DeleteOptions::default()).await.unwrap();
+    assert!(gone("sicker").await);
+    // One disruption allowed: spent by the eviction, recorded in the
+    // budget's status.
+    set_status(1, 1, b.metadata.as_ref().unwrap().generation).await;
+    evict("ready", DeleteOptions::default()).await.unwrap();
+    assert!(gone("ready").await);
+    let status = budgets.get("default", "web").await.unwrap().status.unwrap();
+    assert_eq!(status.disruptions_allowed, 0);
+    assert!(status.disrupted_pods.contains_key("ready"), "{status:?}");
+    // Two budgets over one pod: Kubernetes refuses to choose.
+    make("twice", "Running", true).await;
+    let mut second = budgets.get("default", "web").await.unwrap();
+    second.metadata = Some(ObjectMeta {
+        name: "web-too".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    });
+    second.status = None;
+    budgets.create(second).await.unwrap();
+    let error = evict("twice", DeleteOptions::default()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Internal);
+    assert!(
+        error
+            .message()
+            .contains("more than one PodDisruptionBudget"),
+        "{}",
+        error.message()
+    );
+    assert!(!gone("twice").await);
+}
+
+/// Evictions racing for a budget's last disruption: exactly one gets it,
+/// the others are refused (the budget's status write is conditional); a
+/// dry run before them spends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_evictions_spend_the_last_disruption_once() {
+    use skiff::pb::core::v1::PodCondition;
+    use skiff::pb::policy::v1::{
+        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetSpec,
+        PodDisruptionBudgetStatus,
+    };
+    use skiff_client::Api;
+    let c = Cluster::embedded().await;
+    let pods = Api::<Pod>::new(c.channel.clone());
+    let budgets = Api::<PodDisruptionBudget>::new(c.channel.clone());
+    let names: Vec<String> = (0..6).map(|i| format!("web-{i}")).collect();
+    for name in &names {
+        let mut p = pods.create(pod(name, &[("app", "web")])).await.unwrap();
+        p.status = Some(PodStatus {
+            phase: "Running".into(),
+            conditions: vec![PodCondition {
+                r#type: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        pods.update_status(p).await.unwrap();
+    }
+    let mut b = budgets
+        .create(PodDisruptionBudget {
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                ..Default::default()
+            }),
+            spec: Some(PodDisruptionBudgetSpec {
+                min_available: Some(skiff::wkt::Value {
+                    kind: Some(skiff::wkt::value::Kind::NumberValue(5.0)),
+                }),
+                selector: Some(skiff::pb::meta::v1::LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    b.status = Some(PodDisruptionBudgetStatus {
+        observed_generation: b.metadata.as_ref().unwrap().generation,
+        current_healthy: 6,
+        desired_healthy: 5,
+        expected_pods: 6,
+        disruptions_allowed: 1,
+        ..Default::default()
+    });
+    let before = budgets.update_status(b).await.unwrap();
+    let eviction = |name: &str, dry_run: bool| Eviction {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        delete_options: Some(DeleteOptions {
+            dry_run: if dry_run { vec!["All".into()] } else { vec![] },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pods.evict(eviction("web-0", true)).await.unwrap();
+    let after = budgets.get("default", "web").await.unwrap();
+    assert_eq!(
+        after.metadata.as_ref().unwrap().resource_version,
+        before.metadata.as_ref().unwrap().resource_version,
+        "a dry run writes nothing"
+    );
+    let results =
+        futures::future::join_all(names.iter().map(|n| pods.evict(eviction(n, false)))).await;
+    let evicted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_err_and(|s| s.code() == Code::ResourceExhausted)
+        })
+        .count();
+    assert_eq!((evicted, refused), (1, 5), "{results:?}");
+    let status = budgets.get("default", "web").await.unwrap().status.unwrap();
+    assert_eq!(status.disruptions_allowed, 0);
+    assert_eq!(status.disrupted_pods.len(), 1);
+}

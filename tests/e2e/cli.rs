@@ -866,6 +866,13 @@ spec:
   accessModes: [ReadWriteOnce]
   storageClassName: ""
   resources: {{requests: {{storage: 500Mi}}}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {{name: dep, namespace: shop}}
+spec:
+  maxUnavailable: 1
+  selector: {{matchLabels: {{app: dep}}}}
 "#,
         image = c.image,
         suffix = std::process::id()
@@ -949,6 +956,7 @@ spec:
         ("pvc".into(), "store".into(), "shop".into()),
         ("pv".into(), volume, "".into()),
         ("storageclass".into(), "local-path".into(), "".into()),
+        ("pdb".into(), "dep".into(), "shop".into()),
         ("statefulset".into(), "cache".into(), "shop".into()),
         (
             "controllerrevision".into(),

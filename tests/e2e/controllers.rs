@@ -14,14 +14,14 @@ use skiff::pb::meta::v1::{LabelSelector, ObjectMeta};
 use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
 
-struct Env {
-    _server: skiff_apiserver::ApiServer,
-    channel: tonic::transport::Channel,
+pub(crate) struct Env {
+    pub(crate) server: skiff_apiserver::ApiServer,
+    pub(crate) channel: tonic::transport::Channel,
     _processes: Vec<skiff_testkit::ChildGuard>,
     _dir: tempfile::TempDir,
 }
 
-async fn env(panic_hook: Option<&str>) -> Env {
+pub(crate) async fn env(panic_hook: Option<&str>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let server = skiff_testkit::api_server(StoreConfig::Embedded(dir.path().join("state.redb")))
         .await
@@ -39,7 +39,7 @@ async fn env(panic_hook: Option<&str>) -> Env {
     ];
     Env {
         channel: skiff_client::connect_lazy(&url).unwrap(),
-        _server: server,
+        server,
         _processes: processes,
         _dir: dir,
     }
@@ -85,11 +85,11 @@ fn replicaset(name: &str, replicas: i32) -> ReplicaSet {
 }
 
 /// Running (not terminating) pods labelled app=`app`.
-async fn running(env: &Env, app: &str) -> Vec<Pod> {
+pub(crate) async fn running(env: &Env, app: &str) -> Vec<Pod> {
     skiff_testkit::live_pods(&env.channel, "default", &format!("app={app}")).await
 }
 
-async fn wait_running(env: &Env, app: &str, n: usize) -> Vec<Pod> {
+pub(crate) async fn wait_running(env: &Env, app: &str, n: usize) -> Vec<Pod> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let pods = running(env, app).await;
@@ -454,7 +454,7 @@ async fn pods_of_a_silent_node_are_recreated_elsewhere() {
     )
     .unwrap();
     let env = Env {
-        _server: server,
+        server,
         channel: channel.clone(),
         _processes: Vec::new(),
         _dir: dir,
@@ -733,7 +733,7 @@ async fn a_deployment_deleted_in_the_foreground_goes_after_its_sets_and_pods() {
     }
 }
 
-fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Deployment {
+pub(crate) fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Deployment {
     use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
     Deployment {
         metadata: Some(ObjectMeta {
@@ -897,7 +897,11 @@ fn daemonset(name: &str, node_selector: &[(&str, &str)]) -> skiff::pb::apps::v1:
 }
 
 /// Read-modify-write of a Node, retried on stale versions.
-async fn edit_node(env: &Env, name: &str, change: impl Fn(&mut skiff::pb::core::v1::Node)) {
+pub(crate) async fn edit_node(
+    env: &Env,
+    name: &str,
+    change: impl Fn(&mut skiff::pb::core::v1::Node),
+) {
     let api = Api::<skiff::pb::core::v1::Node>::new(env.channel.clone());
     for _ in 0..10 {
         let mut node = api.get("", name).await.unwrap();
@@ -912,7 +916,7 @@ async fn edit_node(env: &Env, name: &str, change: impl Fn(&mut skiff::pb::core::
 }
 
 /// The nodes the Running pods of `app` are on, sorted (one entry a pod).
-async fn nodes_of(env: &Env, app: &str) -> Vec<String> {
+pub(crate) async fn nodes_of(env: &Env, app: &str) -> Vec<String> {
     let mut nodes: Vec<String> = running(env, app)
         .await
         .into_iter()

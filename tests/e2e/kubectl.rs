@@ -853,8 +853,54 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     k.ok(&["create", "namespace", "gen"]);
     k.ok(&["create", "serviceaccount", "gen"]);
     k.ok(&["create", "role", "gen", "--verb=get", "--resource=pods"]);
-    // cordon, taint (patches) and drain (protobuf DeleteOptions).
     let node = &c.node.name;
+    // A disruption budget (protobuf, from `create pdb`) that lets no pod
+    // of gen go: drain's evictions of it are refused (429) and retried
+    // every 5 s until drain's timeout.
+    k.ok(&[
+        "create",
+        "pdb",
+        "gen",
+        "--selector=app=gen",
+        "--min-available=1",
+    ]);
+    wait_until(
+        "gen's budget counts its pod",
+        Duration::from_secs(30),
+        async || k.ok(&["get", "pdb", "gen", "-o", "jsonpath={.status.expectedPods}"]) == "1",
+    )
+    .await;
+    let table = k.ok(&["get", "pdb", "gen"]);
+    assert_eq!(
+        header(&table),
+        [
+            "NAME",
+            "MIN",
+            "AVAILABLE",
+            "MAX",
+            "UNAVAILABLE",
+            "ALLOWED",
+            "DISRUPTIONS",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["gen", "1", "N/A", "0"], "{table}");
+    let held = k.run(&["drain", node, "--pod-selector=app=gen", "--timeout=12s"]);
+    assert!(!held.ok, "{}{}", held.stdout, held.stderr);
+    assert!(
+        held.stderr.contains("(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."),
+        "{}",
+        held.stderr
+    );
+    assert!(
+        held.stderr.contains("global timeout reached"),
+        "{}",
+        held.stderr
+    );
+    k.ok(&["delete", "pdb", "gen"]);
+    // cordon, taint (patches) and drain (protobuf DeleteOptions).
     k.ok(&["cordon", node]);
     k.ok(&["taint", "node", node, "gen=x:NoSchedule"]);
     assert_eq!(

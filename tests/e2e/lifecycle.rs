@@ -290,7 +290,7 @@ async fn drain_cordons_refuses_unmanaged_pods_and_with_force_removes_them() {
     let image = env.image;
     env.create(json!({
         "metadata": {"name": "solo"},
-        "spec": {"terminationGracePeriodSeconds": 1,
+        "spec": {"terminationGracePeriodSeconds": 60,
             "containers": [{"name": "app", "image": image, "imagePullPolicy": "Never",
                 "command": ["sleep", "3600"]}]}
     }))
@@ -317,14 +317,29 @@ async fn drain_cordons_refuses_unmanaged_pods_and_with_force_removes_them() {
         "nothing was removed"
     );
 
-    let (ok, out) = skiff_cli(&env, &["drain", &node, "--force", "--timeout", "60s"]);
+    // Its own grace (60 s: sleep ignores SIGTERM) would outlast the
+    // timeout; the eviction's grace period does not.
+    let (ok, out) = skiff_cli(
+        &env,
+        &[
+            "drain",
+            &node,
+            "--force",
+            "--grace-period",
+            "1",
+            "--timeout",
+            "30s",
+        ],
+    );
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("node/{node} already cordoned")),
         "{out}"
     );
     assert!(
-        out.contains("pod/solo deleted") && out.contains(&format!("node/{node} drained")),
+        out.contains("evicting pod default/solo")
+            && out.contains("pod/solo evicted")
+            && out.contains(&format!("node/{node} drained")),
         "{out}"
     );
     assert!(

@@ -9,6 +9,7 @@ mod attacks;
 mod cli;
 mod controllers;
 mod crash;
+mod disruption;
 mod grpcurl;
 mod ha;
 mod kubectl;

@@ -330,6 +330,10 @@ pub(crate) struct DrainArgs {
     /// seconds; 0: as long as it takes, kubectl's default).
     #[arg(long, default_value = "0", value_parser = parse_timeout)]
     pub(crate) timeout: std::time::Duration,
+    /// Delete the pods instead of evicting them: PodDisruptionBudgets are
+    /// not asked (use with care).
+    #[arg(long)]
+    pub(crate) disable_eviction: bool,
 }
 
 #[derive(clap::Args)]
@@ -530,6 +534,7 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
                 force: args.force,
                 grace_period: (args.grace_period >= 0).then_some(args.grace_period),
                 timeout: args.timeout,
+                disable_eviction: args.disable_eviction,
             };
             args.client.ctl()?.drain(&args.node, &options).await?
         }

@@ -166,6 +166,20 @@ impl<K: Resource> Api<K> {
         self.unary("Bind", binding).await
     }
 
+    /// Evicts an object (a pod): deletes it unless a disruption budget
+    /// covering it allows no disruption now.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED while a budget refuses (retry later, as kubectl
+    /// does every 5 s); NOT_FOUND; UNIMPLEMENTED for kinds without an
+    /// eviction subresource.
+    pub async fn evict(
+        &self,
+        eviction: skiff::pb::policy::v1::Eviction,
+    ) -> Result<K, tonic::Status> {
+        self.unary("Evict", eviction).await
+    }
+
     /// Opens a watch stream.
     ///
     /// # Errors

@@ -1,16 +1,19 @@
 //! `cordon`, `uncordon` and `drain`, as kubectl does them: a cordoned
-//! node takes no new pods; draining cordons it, then removes its pods —
+//! node takes no new pods; draining cordons it, then evicts its pods —
 //! refusing, unless told, DaemonSet pods (their controller would put them
 //! back), pods no controller would replace, and pods whose emptyDir data
-//! would be lost — and waits for them to be gone. Skiff has no
-//! PodDisruptionBudgets yet, so pods are deleted (kubectl's path when a
-//! server has no Eviction API), each within its grace period.
+//! would be lost — and waits for them to be gone. Evictions honour
+//! PodDisruptionBudgets: one a budget refuses is tried again every 5 s
+//! (kubectl's pace) until the budget allows it or the timeout passes, so
+//! a budgeted set moves as fast as its replacements become ready.
 
 use std::time::{Duration, Instant};
 
 use skiff::Resource as _;
-use skiff::pb::api::v1::{DeleteRequest, ListRequest};
+use skiff::pb::api::v1::{DeleteRequest, ListRequest, Preconditions};
 use skiff::pb::core::v1::{Node, Pod};
+use skiff::pb::meta::v1::ObjectMeta;
+use skiff::pb::policy::v1::{DeleteOptions, Eviction};
 use skiff_client::Api;
 
 use crate::{Ctl, CtlError, Result};
@@ -29,7 +32,13 @@ pub struct DrainOptions {
     pub grace_period: Option<i64>,
     /// How long to wait for the pods to go (zero: as long as it takes).
     pub timeout: Duration,
+    /// Delete instead of evicting: no budget is asked (kubectl's
+    /// `--disable-eviction`).
+    pub disable_eviction: bool,
 }
+
+/// How long to wait before asking a budget again (kubectl's).
+const EVICTION_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a pod is not removed without a flag, in kubectl's words.
 const DAEMONSET: &str = "cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore)";
@@ -188,42 +197,123 @@ impl Ctl {
         if !warnings.is_empty() {
             eprintln!("Warning: {}", warnings.join("; "));
         }
-        for pod in &remove {
-            let request = DeleteRequest {
-                namespace: pod.namespace().to_string(),
-                name: pod.name().to_string(),
-                grace_period_seconds: options.grace_period,
-                ..Default::default()
-            };
-            match pods.delete(request).await {
-                Ok(_) => println!("deleting pod {}", pod_name(pod)),
-                Err(s) if s.code() == tonic::Code::NotFound => {}
-                Err(s) => return Err(self.server_error(s, "Pod", pod.name())),
-            }
-        }
         // Zero (or too far to say): no deadline.
         let deadline = Some(options.timeout)
             .filter(|t| !t.is_zero())
             .and_then(|t| Instant::now().checked_add(t));
-        for pod in &remove {
-            loop {
-                match pods.get(pod.namespace(), pod.name()).await {
-                    Err(s) if s.code() == tonic::Code::NotFound => break,
-                    // A new pod of the same name is not this one.
-                    Ok(now) if uid(&now) != uid(pod) => break,
-                    _ if deadline.is_some_and(|d| Instant::now() >= d) => {
-                        return Err(CtlError(format!(
-                            "error: drain did not complete within {:?}: pod {} is still there",
-                            options.timeout,
-                            pod_name(pod)
-                        )));
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            }
-            println!("pod/{} deleted", pod.name());
+        // Every pod at once, as kubectl: each waits for its own budget,
+        // and every failure is told.
+        let failures: Vec<String> = futures::future::join_all(
+            remove
+                .iter()
+                .map(|pod| self.remove_pod(&pods, pod, options, deadline)),
+        )
+        .await
+        .into_iter()
+        .filter_map(|result| result.err().map(|e| e.0))
+        .collect();
+        if !failures.is_empty() {
+            return Err(CtlError(failures.join("\n")));
         }
         println!("node/{node} drained");
+        Ok(())
+    }
+
+    /// Evicts (or deletes) one pod, asking again while its budget
+    /// refuses, then waits for it to be gone.
+    async fn remove_pod(
+        &self,
+        pods: &Api<Pod>,
+        pod: &Pod,
+        options: &DrainOptions,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let (namespace, name) = (pod.namespace().to_string(), pod.name().to_string());
+        let too_late = |why: &str| {
+            CtlError(format!(
+                "error: drain did not complete within {:?}: pod {} {why}",
+                options.timeout,
+                pod_name(pod)
+            ))
+        };
+        // Only this pod: a new one of the same name is not evicted.
+        let preconditions = Some(Preconditions {
+            uid: uid(pod).to_string(),
+            ..Default::default()
+        });
+        let verb = if options.disable_eviction {
+            "deleting"
+        } else {
+            "evicting"
+        };
+        println!("{verb} pod {}", pod_name(pod));
+        loop {
+            let result = if options.disable_eviction {
+                pods.delete(DeleteRequest {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    grace_period_seconds: options.grace_period,
+                    preconditions: preconditions.clone(),
+                    ..Default::default()
+                })
+                .await
+            } else {
+                pods.evict(Eviction {
+                    metadata: Some(ObjectMeta {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                        ..Default::default()
+                    }),
+                    delete_options: Some(DeleteOptions {
+                        grace_period_seconds: options.grace_period,
+                        preconditions: preconditions.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+            };
+            match result {
+                Ok(_) => break,
+                // Gone already, or replaced by another of its name.
+                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Aborted) => {
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    eprintln!(
+                        "error when evicting pods/{name:?} -n {namespace:?} (will retry after 5s): {}",
+                        s.message()
+                    );
+                    // Asked once more at the deadline, then given up.
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(too_late(
+                            "could not be evicted: its disruption budget allows no disruption",
+                        ));
+                    }
+                    tokio::time::sleep(left.map_or(EVICTION_RETRY, |l| l.min(EVICTION_RETRY)))
+                        .await;
+                }
+                Err(s) => return Err(self.server_error(s, "Pod", &name)),
+            }
+        }
+        loop {
+            match pods.get(&namespace, &name).await {
+                Err(s) if s.code() == tonic::Code::NotFound => break,
+                // A new pod of the same name is not this one.
+                Ok(now) if uid(&now) != uid(pod) => break,
+                _ if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(too_late("is still there"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        let done = if options.disable_eviction {
+            "deleted"
+        } else {
+            "evicted"
+        };
+        println!("pod/{name} {done}");
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture, Supervised, 
 use futures::FutureExt as _;
 use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
 use skiff::pb::core::v1::Binding;
+use skiff::pb::policy::v1::Eviction;
 use tracing::Instrument as _;
 
 use crate::error::{ApiError, Result};
@@ -42,6 +43,9 @@ pub enum Op<K: Strategy> {
     Watch(WatchRequest),
     /// Bind an object to a node (pods).
     Bind(Box<Binding>),
+    /// Evict an object (pods): delete it unless a disruption budget
+    /// forbids it; with `true`, only check.
+    Evict(Box<Eviction>, bool),
 }
 
 /// What an operation returns.
@@ -104,6 +108,10 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
                 Op::Delete(req) => registry.delete(req).await.map(Reply::Object),
                 Op::Watch(req) => registry.watch::<K>(req).await.map(Reply::Watch),
                 Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::Object),
+                Op::Evict(eviction, dry_run) => registry
+                    .evict::<K>(*eviction, dry_run)
+                    .await
+                    .map(Reply::Object),
             }
         };
         let work = crate::apply::as_writer(writer, work);

@@ -54,6 +54,16 @@ pub enum ApiError {
     /// PERMISSION_DENIED, as Kubernetes' 403.
     #[error("{0}")]
     Denied(String),
+    /// A budget forbids the operation now, though it may allow it later
+    /// (an eviction a disruption budget refuses): RESOURCE_EXHAUSTED, as
+    /// Kubernetes' 429 TooManyRequests.
+    #[error("{message} ({cause})")]
+    TooManyRequests {
+        /// What was refused, in Kubernetes' words.
+        message: String,
+        /// Why: Kubernetes' `DisruptionBudget` cause.
+        cause: String,
+    },
     /// A feature the server does not offer: UNIMPLEMENTED.
     #[error("{0}")]
     Unsupported(String),
@@ -83,6 +93,7 @@ impl From<ApiError> for Status {
             ApiError::Expired(_) => Code::OutOfRange,
             ApiError::Forbidden(_) => Code::FailedPrecondition,
             ApiError::Denied(_) => Code::PermissionDenied,
+            ApiError::TooManyRequests { .. } => Code::ResourceExhausted,
             ApiError::Unsupported(_) => Code::Unimplemented,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Timeout(_) => Code::DeadlineExceeded,

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use skiff::pb::api::v1::{DeleteRequest, GetRequest, ListRequest, WatchRequest};
 use skiff::pb::core::v1::Binding;
+use skiff::pb::policy::v1::Eviction;
 use tonic::{Request, Response, Status};
 
 use crate::actor::{ActorHandle, Op, Reply};
@@ -120,6 +121,24 @@ impl<K: Strategy> KindService<K> {
         self.object(Op::Bind(Box::new(req.into_inner()))).await
     }
 
+    async fn evict(&self, req: Request<Eviction>) -> Result<Response<K>, Status> {
+        let eviction = req.into_inner();
+        let dry_run = match eviction
+            .delete_options
+            .as_ref()
+            .map(|o| o.dry_run.as_slice())
+        {
+            None | Some([]) => false,
+            Some([all]) if all == "All" => true,
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "deleteOptions.dryRun: Unsupported value: {other:?}: supported values: \"All\""
+                )));
+            }
+        };
+        self.object(Op::Evict(Box::new(eviction), dry_run)).await
+    }
+
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<K::List>, Status> {
         match self.actor.call(Op::<K>::List(req.into_inner())).await? {
             Reply::List(list) => Ok(Response::new(list)),
@@ -136,15 +155,19 @@ impl<K: Strategy> KindService<K> {
 }
 
 /// Implements a kind's generated service trait by delegating to
-/// [`KindService`]; `status` kinds also get UpdateStatus.
+/// [`KindService`]; `status` kinds also get UpdateStatus, `pod` kinds
+/// UpdateStatus, Bind and Evict.
 macro_rules! kind_service {
-    (binding $ty:path, $tr:path) => {
+    (pod $ty:path, $tr:path) => {
         kind_service!(@impl $ty, $tr, {
             async fn update_status(&self, req: Request<$ty>) -> Result<Response<$ty>, Status> {
                 KindService::update_status(self, req).await
             }
             async fn bind(&self, req: Request<Binding>) -> Result<Response<$ty>, Status> {
                 KindService::bind(self, req).await
+            }
+            async fn evict(&self, req: Request<Eviction>) -> Result<Response<$ty>, Status> {
+                KindService::evict(self, req).await
             }
         });
     };

@@ -22,6 +22,8 @@
 //! - [`garbage`]: the garbage collector (pods and ReplicaSets whose owners
 //!   are gone).
 //! - [`endpoints`]: Endpoints for every Service with a selector.
+//! - [`disruption`]: PodDisruptionBudgets' status: how many pods may be
+//!   evicted now.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
 //! - [`nodeipam`]: each node's block of the cluster CIDR (`podCIDR`).
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
@@ -53,6 +55,7 @@ use skiff::pb::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
     ReplicationController, Service, ServiceAccount,
 };
+use skiff::pb::policy::v1::PodDisruptionBudget;
 use skiff::pb::storage::v1::StorageClass;
 use skiff_client::leader::{self, LeaderConfig};
 use skiff_client::{Api, Informer};
@@ -61,6 +64,7 @@ pub mod autoscaler;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod garbage;
 pub mod history;
@@ -132,6 +136,8 @@ pub struct Shared {
     pub persistentvolumeclaims: Informer<PersistentVolumeClaim>,
     /// All StorageClasses.
     pub storageclasses: Informer<StorageClass>,
+    /// All PodDisruptionBudgets.
+    pub poddisruptionbudgets: Informer<PodDisruptionBudget>,
     /// All nodes.
     pub nodes: Informer<Node>,
     /// Node leases (`kube-node-lease`).
@@ -207,6 +213,7 @@ impl Shared {
             persistentvolumes: Informer::start(Api::new(channel.clone()), Default::default()),
             persistentvolumeclaims: Informer::start(Api::new(channel.clone()), Default::default()),
             storageclasses: Informer::start(Api::new(channel.clone()), Default::default()),
+            poddisruptionbudgets: Informer::start(Api::new(channel.clone()), Default::default()),
             channel,
         }
     }
@@ -299,6 +306,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "persistentvolume-binder",
             start: volume::start,
+        },
+        Descriptor {
+            name: "disruption",
+            start: disruption::start,
         },
     ]
 }

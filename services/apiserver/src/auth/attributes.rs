@@ -167,6 +167,7 @@ fn classify(path: &str) -> Option<(Attributes, Shape, bool)> {
             "UpdateStatus" => ("update", "status", Shape::Object),
             "Delete" => ("delete", "", Shape::NamespaceName),
             "Bind" => ("create", "binding", Shape::Object),
+            "Evict" => ("create", "eviction", Shape::Object),
             _ => return Some((attrs("", "", "", ""), Shape::Nothing, false)),
         };
         return Some((

@@ -323,6 +323,13 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["", "apps", "batch", "autoscaling", "coordination.k8s.io"],
                     &["*"],
                 ),
+                // Budgets, not their status: the eviction ledger is the
+                // disruption controller's and the API server's.
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["policy"],
+                    &["poddisruptionbudgets"],
+                ),
                 // Not `*`: that would include `escalate` and `bind`, and
                 // so the right to grant what it does not hold.
                 rule(
@@ -340,7 +347,13 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &[""],
                     &[
                         &workloads_and_config[..],
-                        &["secrets", "pods/exec", "pods/attach", "pods/portforward"],
+                        &[
+                            "secrets",
+                            "pods/exec",
+                            "pods/attach",
+                            "pods/portforward",
+                            "pods/eviction",
+                        ],
                     ]
                     .concat(),
                 ),
@@ -365,6 +378,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["autoscaling"],
                     &["horizontalpodautoscalers"],
                 ),
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["policy"],
+                    &["poddisruptionbudgets"],
+                ),
             ],
         ),
         role(
@@ -384,6 +402,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
                 rule(READ, &["batch"], &["jobs", "cronjobs"]),
                 rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
+                rule(READ, &["policy"], &["poddisruptionbudgets"]),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],
         ),
@@ -401,6 +420,8 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     ],
                 ),
                 rule(READ, &["storage.k8s.io"], &["storageclasses"]),
+                // Preemption passes over budget-protected pods.
+                rule(READ, &["policy"], &["poddisruptionbudgets"]),
                 // The node a WaitForFirstConsumer claim's volume goes to.
                 rule(&["update", "patch"], &[""], &["persistentvolumeclaims"]),
                 rule(&["create"], &[""], &["pods/binding"]),
@@ -422,7 +443,14 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             vec![
                 rule(
                     &["*"],
-                    &["", "apps", "batch", "autoscaling", "coordination.k8s.io"],
+                    &[
+                        "",
+                        "apps",
+                        "batch",
+                        "autoscaling",
+                        "coordination.k8s.io",
+                        "policy",
+                    ],
                     &["*"],
                 ),
                 rule(&["list"], &["metrics.k8s.io"], &["pods"]),

@@ -178,7 +178,7 @@ macro_rules! kind_entries {
                 short_names: <$ty as skiff::Resource>::SHORT_NAMES,
                 namespaced: <$ty as skiff::Resource>::NAMESPACED,
                 status: <$ty as skiff::Resource>::HAS_STATUS,
-                binding: same(stringify!($st), "binding"),
+                binding: same(stringify!($st), "pod"),
                 scale: scalable(<$ty as skiff::Resource>::KIND),
                 serve: serve_kind::<$ty>,
             },

@@ -43,7 +43,7 @@ pub fn handles(req: &Request) -> bool {
         && req.target.resource == "pods"
         && matches!(
             req.target.subresource.as_str(),
-            "log" | "exec" | "attach" | "portforward"
+            "log" | "exec" | "attach" | "portforward" | "eviction"
         )
 }
 
@@ -138,9 +138,9 @@ async fn log(ctx: Ctx, logs: &PodLogsService, req: Request) -> Result<Reply, Fai
     Ok(super::streamed("text/plain", bytes))
 }
 
-/// `pods/eviction` (`kubectl drain`): the pod is deleted with the
-/// Eviction's DeleteOptions. Skiff has no PodDisruptionBudgets, so no
-/// eviction is refused for one (429).
+/// `pods/eviction` (`kubectl drain`): the registry's eviction, which
+/// deletes the pod with the Eviction's DeleteOptions unless its
+/// PodDisruptionBudget allows no disruption now (429).
 async fn evict(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     use crate::actor::{Op, Reply as ActorReply};
     let t = &req.target;
@@ -159,17 +159,28 @@ async fn evict(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let options = super::field(&eviction, "deleteOptions", "delete_options")
         .cloned()
         .unwrap_or(json!({}));
-    let (mut delete, dry) = super::objects::delete_options_in(&options, &req)?;
-    delete.name = t.name.clone();
-    delete.namespace = t.namespace.clone();
-    if dry {
-        return Err(Failure::bad_request(
-            "dryRun: a dry run of an eviction is not supported",
-        ));
-    }
+    let (delete, dry) = super::objects::delete_options_in(&options, &req)?;
+    // The Eviction as the gRPC door receives it.
+    let eviction = skiff::pb::policy::v1::Eviction {
+        metadata: Some(skiff::pb::meta::v1::ObjectMeta {
+            name: t.name.clone(),
+            namespace: t.namespace.clone(),
+            ..Default::default()
+        }),
+        delete_options: Some(skiff::pb::policy::v1::DeleteOptions {
+            grace_period_seconds: delete.grace_period_seconds,
+            preconditions: delete.preconditions,
+            dry_run: Vec::new(),
+            propagation_policy: delete.propagation_policy,
+        }),
+        ..Default::default()
+    };
     match ctx
         .actor
-        .call(Op::<skiff::pb::core::v1::Pod>::Delete(delete))
+        .call(Op::<skiff::pb::core::v1::Pod>::Evict(
+            Box::new(eviction),
+            dry,
+        ))
         .await
     {
         Ok(ActorReply::Object(_)) => Ok(super::json(

@@ -557,6 +557,9 @@ mod messages {
     k8s_pb::api::authentication::v1::UserInfo { username, uid, groups, extra };
     k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement { key, operator, values };
     k8s_pb::api::policy::v1::Eviction { metadata, delete_options };
+    k8s_pb::api::policy::v1::PodDisruptionBudget { metadata, spec, status };
+    k8s_pb::api::policy::v1::PodDisruptionBudgetSpec { min_available, selector, max_unavailable, unhealthy_pod_eviction_policy };
+    k8s_pb::api::policy::v1::PodDisruptionBudgetStatus { observed_generation, disrupted_pods, disruptions_allowed, current_healthy, desired_healthy, expected_pods, conditions };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
     k8s_pb::apimachinery::pkg::apis::meta::v1::Preconditions { uid, resource_version };
     k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta { name, generate_name, namespace, self_link, uid, resource_version, generation, creation_timestamp, deletion_timestamp, deletion_grace_period_seconds, labels, annotations, owner_references, finalizers, managed_fields };
@@ -608,6 +611,7 @@ kinds! {
     "v1" "PersistentVolumeClaim" => k8s_pb::api::core::v1::PersistentVolumeClaim,
     "storage.k8s.io/v1" "StorageClass" => k8s_pb::api::storage::v1::StorageClass,
     "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
+    "policy/v1" "PodDisruptionBudget" => k8s_pb::api::policy::v1::PodDisruptionBudget,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,

@@ -121,6 +121,14 @@ impl Failure {
             ApiError::Forbidden(message) | ApiError::Denied(message) => {
                 Self::new(403, "Forbidden", message.clone())
             }
+            ApiError::TooManyRequests { message, cause } => Self {
+                code: 429,
+                reason: "TooManyRequests",
+                message: message.clone(),
+                details: Some(
+                    json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]}),
+                ),
+            },
             ApiError::Unsupported(message) => Self::bad_request(message.clone()),
             ApiError::Unavailable(message) => Self::new(503, "ServiceUnavailable", message.clone()),
             ApiError::Timeout(message) => Self::new(504, "Timeout", message.clone()),

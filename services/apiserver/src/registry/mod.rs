@@ -9,7 +9,8 @@
 //! The registry's own state and shared checks are here; each operation
 //! sits in a file of its own beside it: `create`, `read` (get, list),
 //! `write` (update, update status), `delete`, `watch`, and the
-//! subresources and admission steps they use: `binding`, `admission`
+//! subresources and admission steps they use: `binding`, `eviction`
+//! (deletes that honour disruption budgets), `admission`
 //! (namespace lifecycle, Pod Security, service accounts), `claims`
 //! (Service addresses and node ports).
 
@@ -40,6 +41,7 @@ mod admission;
 mod binding;
 mod create;
 mod delete;
+mod eviction;
 mod read;
 mod watch;
 mod write;

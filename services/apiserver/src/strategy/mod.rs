@@ -6,7 +6,8 @@
 //! (ReplicationController, ReplicaSet, Deployment, DaemonSet), `service`,
 //! `cluster` (namespaces, nodes, events, secrets, configmaps, service
 //! accounts, leases), `autoscaling`, `batch`, `rbac`, `storage`
-//! (persistent volumes and claims, storage classes).
+//! (persistent volumes and claims, storage classes), `policy`
+//! (disruption budgets).
 
 use skiff::Resource;
 use skiff::pb::core::v1::{PodSpec, ServiceAccount};
@@ -17,6 +18,7 @@ mod autoscaling;
 mod batch;
 mod cluster;
 mod pod;
+mod policy;
 mod rbac;
 mod securitycontext;
 mod service;

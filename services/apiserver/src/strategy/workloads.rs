@@ -163,7 +163,7 @@ impl Strategy for ReplicaSet {
 }
 
 /// An int-or-string that is a count or a percentage ("25%").
-fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
+pub(super) fn validate_int_or_percent(path: &str, value: Option<&Value>, errors: &mut FieldErrors) {
     match value.and_then(|v| v.kind.as_ref()) {
         None => {}
         Some(ValueKind::NumberValue(n)) if *n >= 0.0 && n.fract() == 0.0 => {}
