@@ -39,6 +39,7 @@ impl Kind {
             "coordination" => format!("coordination.k8s.io/{version}"),
             "rbac" => format!("rbac.authorization.k8s.io/{version}"),
             "storage" => format!("storage.k8s.io/{version}"),
+            "scheduling" => format!("scheduling.k8s.io/{version}"),
             _ => format!("{group}/{version}"),
         }
     }

@@ -122,6 +122,13 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.serde.rs"));
         }
     }
+    /// Kubernetes scheduling.k8s.io/v1 (`skiff.scheduling.v1`).
+    pub mod scheduling {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.scheduling.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.scheduling.v1.serde.rs"));
+        }
+    }
     /// Kubernetes policy/v1 (`skiff.policy.v1`).
     pub mod policy {
         pub mod v1 {

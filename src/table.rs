@@ -230,6 +230,7 @@ pub fn rows(
             "ALLOWVOLUMEEXPANSION",
             "AGE",
         ],
+        "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         "PodDisruptionBudget" => vec![
             "NAME",
             "MIN AVAILABLE",
@@ -657,6 +658,19 @@ pub fn rows(
                     created,
                 ]
             }
+            "PriorityClass" => vec![
+                name,
+                item.pointer("/value")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    .to_string(),
+                item.pointer("/globalDefault")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                    .to_string(),
+                created,
+                str_at(item, "/preemptionPolicy").to_string(),
+            ],
             "PodDisruptionBudget" => {
                 // IntOrString: a count or a percentage; "N/A" when unset.
                 let bound = |path: &str| match item.pointer(path) {

@@ -753,6 +753,44 @@ async fn binding_assigns_a_pod_to_a_node_once() {
     assert_eq!(read.spec.unwrap().node_name, "n1");
 }
 
+/// A budget over the pods labelled app=web keeping `min_available`.
+fn web_budget(min_available: f64) -> skiff::pb::policy::v1::PodDisruptionBudget {
+    skiff::pb::policy::v1::PodDisruptionBudget {
+        metadata: Some(ObjectMeta {
+            name: "web".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(skiff::pb::policy::v1::PodDisruptionBudgetSpec {
+            min_available: Some(skiff::wkt::Value {
+                kind: Some(skiff::wkt::value::Kind::NumberValue(min_available)),
+            }),
+            selector: Some(skiff::pb::meta::v1::LabelSelector {
+                match_labels: labels(&[("app", "web")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates pod `name` labelled app=web and gives it `phase` and a Ready
+/// condition (no agent runs here).
+async fn web_pod_in(pods: &skiff_client::Api<Pod>, name: &str, phase: &str, ready: bool) {
+    let mut p = pods.create(pod(name, &[("app", "web")])).await.unwrap();
+    p.status = Some(PodStatus {
+        phase: phase.into(),
+        conditions: vec![skiff::pb::core::v1::PodCondition {
+            r#type: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    pods.update_status(p).await.unwrap();
+}
+
 /// The eviction subresource's rules, with the pods' and the budget's
 /// status written by hand (no controller runs here): a budget that
 /// allows nothing refuses; a pod that is not ready may go while the
@@ -762,29 +800,15 @@ async fn binding_assigns_a_pod_to_a_node_once() {
 /// nothing; preconditions hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evictions_follow_the_budget_covering_the_pod() {
-    use skiff::pb::core::v1::PodCondition;
     use skiff::pb::policy::v1::{
-        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetSpec,
-        PodDisruptionBudgetStatus,
+        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetStatus,
     };
     use skiff_client::Api;
     let c = Cluster::embedded().await;
     let pods = Api::<Pod>::new(c.channel.clone());
     let budgets = Api::<PodDisruptionBudget>::new(c.channel.clone());
-    let make = async |name: &str, phase: &str, ready: bool| {
-        let created = pods.create(pod(name, &[("app", "web")])).await.unwrap();
-        let mut with_status = created;
-        with_status.status = Some(PodStatus {
-            phase: phase.into(),
-            conditions: vec![PodCondition {
-                r#type: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        pods.update_status(with_status).await.unwrap()
-    };
+    let make =
+        async |name: &str, phase: &str, ready: bool| web_pod_in(&pods, name, phase, ready).await;
     let evict = async |name: &str, options: DeleteOptions| {
         pods.evict(Eviction {
             metadata: Some(ObjectMeta {
@@ -802,27 +826,7 @@ async fn evictions_follow_the_budget_covering_the_pod() {
     make("sick", "Running", false).await;
     make("sicker", "Running", false).await;
     make("waiting", "Pending", false).await;
-    let created = budgets
-        .create(PodDisruptionBudget {
-            metadata: Some(ObjectMeta {
-                name: "web".into(),
-                namespace: "default".into(),
-                ..Default::default()
-            }),
-            spec: Some(PodDisruptionBudgetSpec {
-                min_available: Some(skiff::wkt::Value {
-                    kind: Some(skiff::wkt::value::Kind::NumberValue(1.0)),
-                }),
-                selector: Some(skiff::pb::meta::v1::LabelSelector {
-                    match_labels: labels(&[("app", "web")]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let created = budgets.create(web_budget(1.0)).await.unwrap();
     let generation = created.metadata.as_ref().unwrap().generation;
     let set_status = async |healthy: i32, allowed: i32, observed: i64| {
         let mut b = budgets.get("default", "web").await.unwrap();
@@ -953,10 +957,8 @@ async fn evictions_follow_the_budget_covering_the_pod() {
 /// dry run before them spends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_evictions_spend_the_last_disruption_once() {
-    use skiff::pb::core::v1::PodCondition;
     use skiff::pb::policy::v1::{
-        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetSpec,
-        PodDisruptionBudgetStatus,
+        DeleteOptions, Eviction, PodDisruptionBudget, PodDisruptionBudgetStatus,
     };
     use skiff_client::Api;
     let c = Cluster::embedded().await;
@@ -964,39 +966,9 @@ async fn racing_evictions_spend_the_last_disruption_once() {
     let budgets = Api::<PodDisruptionBudget>::new(c.channel.clone());
     let names: Vec<String> = (0..6).map(|i| format!("web-{i}")).collect();
     for name in &names {
-        let mut p = pods.create(pod(name, &[("app", "web")])).await.unwrap();
-        p.status = Some(PodStatus {
-            phase: "Running".into(),
-            conditions: vec![PodCondition {
-                r#type: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        pods.update_status(p).await.unwrap();
+        web_pod_in(&pods, name, "Running", true).await;
     }
-    let mut b = budgets
-        .create(PodDisruptionBudget {
-            metadata: Some(ObjectMeta {
-                name: "web".into(),
-                namespace: "default".into(),
-                ..Default::default()
-            }),
-            spec: Some(PodDisruptionBudgetSpec {
-                min_available: Some(skiff::wkt::Value {
-                    kind: Some(skiff::wkt::value::Kind::NumberValue(5.0)),
-                }),
-                selector: Some(skiff::pb::meta::v1::LabelSelector {
-                    match_labels: labels(&[("app", "web")]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mut b = budgets.create(web_budget(5.0)).await.unwrap();
     b.status = Some(PodDisruptionBudgetStatus {
         observed_generation: b.metadata.as_ref().unwrap().generation,
         current_healthy: 6,
@@ -1039,4 +1011,142 @@ async fn racing_evictions_spend_the_last_disruption_once() {
     let status = budgets.get("default", "web").await.unwrap().status.unwrap();
     assert_eq!(status.disruptions_allowed, 0);
     assert_eq!(status.disrupted_pods.len(), 1);
+}
+
+/// Priority admission: a pod gets its class's value and preemption
+/// policy, the global default class's without one, 0 without either; an
+/// unknown class, or a value that is not the class's, is forbidden; one
+/// global default at most; the system classes exist and stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_take_their_priority_from_their_class() {
+    use skiff::pb::scheduling::v1::PriorityClass;
+    use skiff_client::Api;
+    let c = Cluster::embedded().await;
+    let pods = Api::<Pod>::new(c.channel.clone());
+    let classes = Api::<PriorityClass>::new(c.channel.clone());
+    let class = |name: &str, value: i32, default: bool, policy: Option<&str>| PriorityClass {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }),
+        value,
+        global_default: default,
+        preemption_policy: policy.map(str::to_string),
+        ..Default::default()
+    };
+    let system = classes.get("", "system-node-critical").await.unwrap();
+    assert_eq!(system.value, 2_000_001_000);
+    assert_eq!(
+        classes
+            .get("", "system-cluster-critical")
+            .await
+            .unwrap()
+            .value,
+        2_000_000_000
+    );
+    let kept = classes
+        .delete(DeleteRequest {
+            name: "system-node-critical".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(kept.code(), Code::FailedPrecondition, "{kept:?}");
+
+    let plain = pods.create(pod("plain", &[])).await.unwrap().spec.unwrap();
+    assert_eq!(
+        (
+            plain.priority,
+            plain.preemption_policy.as_deref(),
+            plain.priority_class_name.as_str()
+        ),
+        (Some(0), Some("PreemptLowerPriority"), "")
+    );
+    // A replace from the manifest (no priority in it) keeps what
+    // admission gave.
+    let mut replaced = pods.get("default", "plain").await.unwrap();
+    let spec = replaced.spec.as_mut().unwrap();
+    spec.priority = None;
+    spec.preemption_policy = None;
+    replaced.status = None;
+    let replaced = pods.update(replaced).await.unwrap().spec.unwrap();
+    assert_eq!(
+        (replaced.priority, replaced.preemption_policy.as_deref()),
+        (Some(0), Some("PreemptLowerPriority"))
+    );
+    classes
+        .create(class("batch", 10, false, Some("Never")))
+        .await
+        .unwrap();
+    let mut named = pod("named", &[]);
+    named.spec.as_mut().unwrap().priority_class_name = "batch".into();
+    let named = pods.create(named).await.unwrap().spec.unwrap();
+    assert_eq!(
+        (named.priority, named.preemption_policy.as_deref()),
+        (Some(10), Some("Never"))
+    );
+    let mut unknown = pod("unknown", &[]);
+    unknown.spec.as_mut().unwrap().priority_class_name = "vip".into();
+    let refused = pods.create(unknown).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        "pods \"unknown\" is forbidden: no PriorityClass with name vip was found"
+    );
+    let mut forged = pod("forged", &[]);
+    let spec = forged.spec.as_mut().unwrap();
+    spec.priority_class_name = "batch".into();
+    spec.priority = Some(2_000_000_000);
+    let refused = pods.create(forged).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains(
+            "the integer value of priority (2000000000) must not be provided in pod spec; priority admission controller computed 10 from the given PriorityClass name"
+        ),
+        "{}",
+        refused.message()
+    );
+    // A pod may not give itself a priority without a class either.
+    let mut sneaky = pod("sneaky", &[]);
+    sneaky.spec.as_mut().unwrap().priority = Some(5);
+    assert_eq!(
+        pods.create(sneaky).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    classes
+        .create(class("standard", 100, true, None))
+        .await
+        .unwrap();
+    let second = classes
+        .create(class("another", 200, true, None))
+        .await
+        .unwrap_err();
+    assert_eq!(second.code(), Code::PermissionDenied);
+    assert!(
+        second.message().contains(
+            "PriorityClass standard is already marked as default. Only one default can exist"
+        ),
+        "{}",
+        second.message()
+    );
+    let defaulted = pods.create(pod("defaulted", &[])).await;
+    // The index that admission reads follows the store within moments.
+    let defaulted = match defaulted {
+        Ok(p) if p.spec.as_ref().unwrap().priority == Some(100) => p,
+        _ => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pods.create(pod("defaulted-2", &[])).await.unwrap()
+        }
+    };
+    let spec = defaulted.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.priority_class_name.as_str()),
+        (Some(100), "standard")
+    );
+    let reserved = classes
+        .create(class("system-mine", 1, false, None))
+        .await
+        .unwrap_err();
+    assert_eq!(reserved.code(), Code::InvalidArgument);
 }

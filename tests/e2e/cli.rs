@@ -957,6 +957,11 @@ spec:
         ("pv".into(), volume, "".into()),
         ("storageclass".into(), "local-path".into(), "".into()),
         ("pdb".into(), "dep".into(), "shop".into()),
+        (
+            "priorityclass".into(),
+            "system-node-critical".into(),
+            "".into(),
+        ),
         ("statefulset".into(), "cache".into(), "shop".into()),
         (
             "controllerrevision".into(),

@@ -473,3 +473,64 @@ async fn a_gated_pod_waits_until_its_last_gate_is_removed() {
         "n1"
     );
 }
+
+/// Pods get their priority from their PriorityClass when created, and
+/// the scheduler takes the higher first: of two pods waiting for the
+/// same room, the high-priority one gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_higher_priority_pod_takes_the_room_first() {
+    use skiff::pb::scheduling::v1::PriorityClass;
+    let env = env().await;
+    let classes = Api::<PriorityClass>::new(skiff_client::connect_lazy(&env.url).unwrap());
+    let mut high = PriorityClass {
+        value: 1000,
+        ..Default::default()
+    };
+    high.metadata = Some(ObjectMeta {
+        name: "high".into(),
+        ..Default::default()
+    });
+    classes.create(high).await.unwrap();
+    // The low ones are older; four of them, so that a queue without
+    // priorities would pick the urgent one by chance once in five.
+    for name in ["low", "low-2", "low-3", "low-4"] {
+        env.pods.create(pod(name, "1")).await.unwrap();
+    }
+    let mut urgent = pod("urgent", "1");
+    urgent.spec.as_mut().unwrap().priority_class_name = "high".into();
+    let urgent = env.pods.create(urgent).await.unwrap();
+    let spec = urgent.spec.unwrap();
+    assert_eq!(
+        (spec.priority, spec.preemption_policy.as_deref()),
+        (Some(1000), Some("PreemptLowerPriority"))
+    );
+    assert_eq!(
+        env.pods
+            .get("default", "low")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .priority,
+        Some(0)
+    );
+    let _scheduler = skiff_testkit::SchedulerProcess::start(&env.url, "s1", 3).unwrap();
+    // No node yet: both wait, then both try again when room appears.
+    for name in ["low", "low-2", "low-3", "low-4", "urgent"] {
+        wait_failed_scheduling(&env, name).await;
+    }
+    add_node(&env, "solo", "1", &[]).await;
+    assert_eq!(
+        wait_bound(&env, "urgent", Duration::from_secs(20)).await,
+        "solo"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for name in ["low", "low-2", "low-3", "low-4"] {
+        assert_eq!(
+            node_of(&env, name).await,
+            "",
+            "the room was the urgent pod's"
+        );
+    }
+    drop(env.server);
+}

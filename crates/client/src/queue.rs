@@ -4,8 +4,12 @@
 //! the earlier deadline, and a key is never handed to two workers at once
 //! (an add while it is being processed is replayed when it is done).
 //! Failures requeue with per-key exponential backoff, reset by `forget`.
+//! Ready keys go out highest priority first (every key's is 0 unless
+//! [`WorkQueue::set_priority`] says otherwise: the scheduler's pods), then
+//! oldest first.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,8 +23,11 @@ const BASE_DELAY: Duration = Duration::from_millis(5);
 const MAX_DELAY: Duration = Duration::from_secs(300);
 
 struct Inner<T> {
-    /// Keys ready to process, oldest first.
-    ready: VecDeque<T>,
+    /// Keys ready to process, by priority (highest first), then oldest
+    /// first.
+    ready: BTreeMap<(Reverse<i32>, u64), T>,
+    /// Keys whose priority is not 0.
+    priorities: HashMap<T, i32>,
     /// The keys in `ready`.
     queued: HashSet<T>,
     /// Keys a worker holds now.
@@ -67,7 +74,9 @@ impl<T: Hash + Eq + Clone> Inner<T> {
             self.dirty.insert(key);
             false
         } else if self.queued.insert(key.clone()) {
-            self.ready.push_back(key);
+            let priority = self.priorities.get(&key).copied().unwrap_or(0);
+            self.seq += 1;
+            self.ready.insert((Reverse(priority), self.seq), key);
             true
         } else {
             false
@@ -96,7 +105,8 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                ready: VecDeque::new(),
+                ready: BTreeMap::new(),
+                priorities: HashMap::new(),
                 queued: HashSet::new(),
                 processing: HashSet::new(),
                 dirty: HashSet::new(),
@@ -163,6 +173,17 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
         self.add_after(key, delay);
     }
 
+    /// Sets the priority `key` is queued with from its next add on
+    /// (higher goes first; 0, the default, also forgets it).
+    pub fn set_priority(&self, key: &T, priority: i32) {
+        let mut inner = self.lock();
+        if priority == 0 {
+            inner.priorities.remove(key);
+        } else {
+            inner.priorities.insert(key.clone(), priority);
+        }
+    }
+
     /// Clears `key`'s failure count (after a success).
     pub fn forget(&self, key: &T) {
         self.lock().failures.remove(key);
@@ -181,7 +202,7 @@ impl<T: Hash + Eq + Clone> WorkQueue<T> {
             let next_deadline = {
                 let mut inner = self.lock();
                 let next_deadline = inner.promote(Instant::now());
-                if let Some(key) = inner.ready.pop_front() {
+                if let Some((_, key)) = inner.ready.pop_first() {
                     inner.queued.remove(&key);
                     inner.processing.insert(key.clone());
                     if !inner.ready.is_empty() {
@@ -248,6 +269,36 @@ mod tests {
         assert_eq!(q.next().await, Some("a"));
         assert_eq!(q.next().await, Some("b"));
         assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn higher_priorities_go_first_then_the_oldest() {
+        let q = WorkQueue::new();
+        q.set_priority(&"urgent", 1000);
+        q.set_priority(&"later", -5);
+        q.add("later");
+        q.add("first");
+        q.add("second");
+        q.add("urgent");
+        // A delayed key keeps its priority when it becomes ready.
+        q.set_priority(&"retried", 10);
+        q.add_after("retried", Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut order = Vec::new();
+        while let Some(k) = tokio::time::timeout(Duration::from_millis(1), q.next())
+            .await
+            .ok()
+            .flatten()
+        {
+            order.push(k);
+            q.done(&k);
+        }
+        assert_eq!(order, ["urgent", "retried", "first", "second", "later"]);
+        // Back to 0: forgotten.
+        q.set_priority(&"urgent", 0);
+        q.add("plain");
+        q.add("urgent");
+        assert_eq!(q.next().await, Some("plain"));
     }
 
     #[tokio::test]

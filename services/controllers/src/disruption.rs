@@ -441,63 +441,69 @@ mod tests {
         Timestamp { seconds, nanos: 0 }
     }
 
-    /// Stores holding a Deployment `web` of `replicas` over ReplicaSet
+    /// Caches holding a Deployment `web` of `replicas` over ReplicaSet
     /// `web-1`.
-    fn stores(
-        replicas: i32,
-    ) -> (
-        Store<ReplicaSet>,
-        Store<Deployment>,
-        Store<ReplicationController>,
-        Store<StatefulSet>,
-    ) {
-        let (rs_writer, rs) = skiff_client::store::store::<ReplicaSet>();
-        rs_writer.insert(Arc::new(ReplicaSet {
-            metadata: Some(ObjectMeta {
-                name: "web-1".into(),
-                namespace: "default".into(),
-                uid: "uid-web-1".into(),
-                owner_references: vec![owner("Deployment", "web")],
+    struct Stores {
+        rs: Store<ReplicaSet>,
+        d: Store<Deployment>,
+        rc: Store<ReplicationController>,
+        sts: Store<StatefulSet>,
+    }
+
+    impl Stores {
+        fn new(replicas: i32) -> Self {
+            let (rs_writer, rs) = skiff_client::store::store::<ReplicaSet>();
+            rs_writer.insert(Arc::new(ReplicaSet {
+                metadata: Some(ObjectMeta {
+                    name: "web-1".into(),
+                    namespace: "default".into(),
+                    uid: "uid-web-1".into(),
+                    owner_references: vec![owner("Deployment", "web")],
+                    ..Default::default()
+                }),
+                spec: Some(ReplicaSetSpec {
+                    replicas: Some(2),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            spec: Some(ReplicaSetSpec {
-                replicas: Some(2),
+            }));
+            let (d_writer, d) = skiff_client::store::store::<Deployment>();
+            d_writer.insert(Arc::new(Deployment {
+                metadata: Some(ObjectMeta {
+                    name: "web".into(),
+                    namespace: "default".into(),
+                    uid: "uid-web".into(),
+                    ..Default::default()
+                }),
+                spec: Some(DeploymentSpec {
+                    replicas: Some(replicas),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }));
-        let (d_writer, d) = skiff_client::store::store::<Deployment>();
-        d_writer.insert(Arc::new(Deployment {
-            metadata: Some(ObjectMeta {
-                name: "web".into(),
-                namespace: "default".into(),
-                uid: "uid-web".into(),
-                ..Default::default()
-            }),
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }));
-        // The writers may go: the stores keep what was inserted.
-        (
-            rs,
-            d,
-            skiff_client::store::store::<ReplicationController>().1,
-            skiff_client::store::store::<StatefulSet>().1,
-        )
+            }));
+            // The writers may go: the stores keep what was inserted.
+            Self {
+                rs,
+                d,
+                rc: skiff_client::store::store::<ReplicationController>().1,
+                sts: skiff_client::store::store::<StatefulSet>().1,
+            }
+        }
+
+        fn scales(&self) -> Scales<'_> {
+            Scales {
+                replicasets: &self.rs,
+                deployments: &self.d,
+                replicationcontrollers: &self.rc,
+                statefulsets: &self.sts,
+            }
+        }
     }
 
     #[test]
     fn a_count_budget_counts_the_pods_and_their_readiness() {
-        let (rs, d, rc, sts) = stores(4);
-        let scales = Scales {
-            replicasets: &rs,
-            deployments: &d,
-            replicationcontrollers: &rc,
-            statefulsets: &sts,
-        };
+        let stores = Stores::new(4);
+        let scales = stores.scales();
         let pods = vec![
             pod("a", true, None),
             pod("b", true, None),
@@ -529,13 +535,8 @@ mod tests {
 
     #[test]
     fn percentages_and_max_unavailable_count_the_controllers_replicas() {
-        let (rs, d, rc, sts) = stores(10);
-        let scales = Scales {
-            replicasets: &rs,
-            deployments: &d,
-            replicationcontrollers: &rc,
-            statefulsets: &sts,
-        };
+        let stores = Stores::new(10);
+        let scales = stores.scales();
         let mine = || Some(owner("ReplicaSet", "web-1"));
         // 4 of the Deployment's 10 exist and are ready.
         let pods: Vec<_> = ["a", "b", "c", "d"]
@@ -566,13 +567,8 @@ mod tests {
 
     #[test]
     fn evictions_count_until_their_pod_goes_or_two_minutes_pass() {
-        let (rs, d, rc, sts) = stores(3);
-        let scales = Scales {
-            replicasets: &rs,
-            deployments: &d,
-            replicationcontrollers: &rc,
-            statefulsets: &sts,
-        };
+        let stores = Stores::new(3);
+        let scales = stores.scales();
         let pods = vec![
             pod("a", true, None),
             pod("b", true, None),

@@ -1,6 +1,7 @@
 //! The scheduling loop: pending pods in, bindings out.
 //!
-//! Informers mirror nodes and pods. The cache counts every bound pod, and
+//! Informers mirror nodes and pods; pending pods queue by priority
+//! (highest first), then by age. The cache counts every bound pod, and
 //! every *assumed* pod (chosen, binding in flight) against its node, so
 //! that the next decision sees it before the API confirms it. A pod that
 //! fits nowhere gets a FailedScheduling event counting the reasons, the
@@ -145,6 +146,12 @@ fn bound_node(pod: &Pod) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
+/// The pod's priority (its class's, resolved when it was created): the
+/// queue takes higher ones first, as kube-scheduler's PrioritySort.
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
 fn finished(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -262,12 +269,15 @@ impl Scheduler {
                         self.cache.place(pod, &node);
                     }
                     self.attempts.remove(&key);
+                    self.queue.set_priority(&key, 0);
                 } else if self.is_ours(&pod) && !self.unschedulable.contains(&key) {
+                    self.queue.set_priority(&key, priority(&pod));
                     self.queue.add(key);
                 }
             }
             Change::Deleted(pod) => {
                 let key = pod.object_ref();
+                self.queue.set_priority(&key, 0);
                 self.cache.unplace(&key);
                 self.unschedulable.remove(&key);
                 self.attempts.remove(&key);
@@ -353,6 +363,7 @@ impl Scheduler {
         self.cache.rebuild(&nodes, &pods);
         for pod in &pods {
             if self.is_ours(pod) && !self.cache.assumed.contains(&pod.object_ref()) {
+                self.queue.set_priority(&pod.object_ref(), priority(pod));
                 self.queue.add(pod.object_ref());
             }
         }
@@ -391,9 +402,16 @@ impl Scheduler {
     /// background.
     async fn schedule_one(&mut self, key: &ObjectRef) {
         let Some(pod) = self.pod_informer.store.get(&key.namespace, &key.name) else {
+            // Gone (its deletion may have been missed in a lag): so is
+            // its priority.
+            self.queue.set_priority(key, 0);
             return;
         };
-        if !self.is_ours(&pod) || self.cache.assumed.contains(key) {
+        if !self.is_ours(&pod) {
+            self.queue.set_priority(key, 0);
+            return;
+        }
+        if self.cache.assumed.contains(key) {
             return;
         }
         // Scheduling gates hold the pod back until all are removed (an

@@ -558,6 +558,7 @@ mod messages {
     k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement { key, operator, values };
     k8s_pb::api::policy::v1::Eviction { metadata, delete_options };
     k8s_pb::api::policy::v1::PodDisruptionBudget { metadata, spec, status };
+    k8s_pb::api::scheduling::v1::PriorityClass { metadata, value, global_default, description, preemption_policy };
     k8s_pb::api::policy::v1::PodDisruptionBudgetSpec { min_available, selector, max_unavailable, unhealthy_pod_eviction_policy };
     k8s_pb::api::policy::v1::PodDisruptionBudgetStatus { observed_generation, disrupted_pods, disruptions_allowed, current_healthy, desired_healthy, expected_pods, conditions };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
@@ -612,6 +613,7 @@ kinds! {
     "storage.k8s.io/v1" "StorageClass" => k8s_pb::api::storage::v1::StorageClass,
     "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
     "policy/v1" "PodDisruptionBudget" => k8s_pb::api::policy::v1::PodDisruptionBudget,
+    "scheduling.k8s.io/v1" "PriorityClass" => k8s_pb::api::scheduling::v1::PriorityClass,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,

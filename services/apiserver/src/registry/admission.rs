@@ -1,7 +1,8 @@
 //! Admission on create: the namespace must exist and not be terminating
 //! (NamespaceLifecycle), Pod Security, the ServiceAccount a pod runs as,
-//! and the default StorageClass of a claim that names none
-//! (DefaultStorageClass).
+//! the default StorageClass of a claim that names none
+//! (DefaultStorageClass), a pod's priority from its PriorityClass and one
+//! default class at most (Priority).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,5 +141,117 @@ impl Registry {
                 )
             });
         Ok(newest.map(|meta| meta.name.clone()))
+    }
+}
+
+impl Registry {
+    /// A PriorityClass by name: from the index, else (just created) from
+    /// the store.
+    async fn priority_class(&self, name: &str) -> Result<Option<PriorityClass>> {
+        if let Some(class) = self.priority_classes.get("", name) {
+            return Ok(Some((*class).clone()));
+        }
+        let key = skiff::keys::object::<PriorityClass>("", name);
+        Ok(self.read::<PriorityClass>(&key).await?.map(|(c, _)| c))
+    }
+
+    /// Kubernetes' Priority admission, on create: a pod gets the priority
+    /// and preemption policy of the class it names, or of the cluster's
+    /// global default class, or 0; a value it set itself must be that.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (Kubernetes' 403) for an unknown class or a
+    /// priority or policy that is not the class's.
+    pub(super) async fn admit_priority<K: Strategy>(&self, obj: &mut K) -> Result<()> {
+        let Some(request) = obj.priority_request() else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            ApiError::Denied(format!(
+                "{} {:?} is forbidden: {why}",
+                kind_name::<K>(),
+                obj.name()
+            ))
+        };
+        let (class, value, policy) = if request.class.is_empty() {
+            // The index until it has listed (just started), the store.
+            let classes: Vec<Arc<PriorityClass>> =
+                if self.priority_classes.wait_synced(Duration::ZERO).await {
+                    self.priority_classes.list(None)
+                } else {
+                    let list = self.list::<PriorityClass>(ListRequest::default()).await?;
+                    PriorityClass::list_parts(list)
+                        .1
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect()
+                };
+            let default = classes
+                .into_iter()
+                .filter(|c| c.global_default)
+                // The highest, should two have slipped in (Kubernetes).
+                .max_by_key(|c| c.value);
+            match default {
+                Some(c) => (
+                    c.name().to_string(),
+                    c.value,
+                    c.preemption_policy.clone().unwrap_or_default(),
+                ),
+                None => (String::new(), 0, strategy::PREEMPT_LOWER_PRIORITY.into()),
+            }
+        } else {
+            let Some(c) = self.priority_class(&request.class).await? else {
+                return Err(refused(format!(
+                    "no PriorityClass with name {} was found",
+                    request.class
+                )));
+            };
+            (
+                request.class.clone(),
+                c.value,
+                c.preemption_policy.clone().unwrap_or_default(),
+            )
+        };
+        if let Some(given) = request.priority
+            && given != value
+        {
+            return Err(refused(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+        if let Some(given) = request.preemption_policy.as_deref()
+            && given != policy
+        {
+            return Err(refused(format!(
+                "the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
+            )));
+        }
+        obj.set_priority(&class, value, &policy);
+        Ok(())
+    }
+
+    /// Only one PriorityClass may be the global default (Kubernetes'
+    /// Priority admission of classes). Two writes at once may both pass
+    /// (Kubernetes reads a cache, the same race); pods then get the
+    /// higher class.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED when another class is the default already.
+    pub(super) async fn admit_global_default<K: Strategy>(&self, obj: &K) -> Result<()> {
+        let Some(name) = obj.global_default_class() else {
+            return Ok(());
+        };
+        let classes = self.list::<PriorityClass>(ListRequest::default()).await?;
+        if let Some(other) = classes
+            .items
+            .iter()
+            .find(|c| c.global_default && c.name() != name)
+        {
+            return Err(ApiError::Denied(format!(
+                "priorityclasses.scheduling.k8s.io {name:?} is forbidden: PriorityClass {} is already marked as default. Only one default can exist",
+                other.name()
+            )));
+        }
+        Ok(())
     }
 }

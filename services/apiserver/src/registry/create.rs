@@ -70,6 +70,8 @@ impl Registry {
             let found = self.service_account(obj.namespace(), &account).await?;
             obj.admit_service_account(&found);
         }
+        self.admit_priority(&mut obj).await?;
+        self.admit_global_default(&obj).await?;
         if obj.wants_default_storage_class()
             && let Some(class) = self.default_storage_class().await?
         {

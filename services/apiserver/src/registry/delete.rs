@@ -36,6 +36,15 @@ impl Registry {
                 "namespace {name:?} may not be deleted: it is a system namespace"
             )));
         }
+        if K::KIND == "PriorityClass"
+            && crate::strategy::SYSTEM_CLASSES
+                .iter()
+                .any(|(n, _)| *n == name)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "priorityclasses.scheduling.k8s.io {name:?} is forbidden: this is a system priority class and cannot be deleted"
+            )));
+        }
         let expected_rv = match &req.preconditions {
             Some(p) => parse_rv(&p.resource_version, "preconditions.resourceVersion")?,
             None => None,

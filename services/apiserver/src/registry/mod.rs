@@ -23,6 +23,7 @@ use bytes::Bytes;
 use skiff::Resource as _;
 use skiff::pb::api::v1::ListRequest;
 use skiff::pb::core::v1::{Namespace, Service};
+use skiff::pb::scheduling::v1::PriorityClass;
 use skiff::validation::FieldErrors;
 use skiff::wkt::Timestamp;
 use skiff_store::Store;
@@ -81,8 +82,11 @@ pub struct Registry {
     /// informer). A name the index does not know yet is looked up in the
     /// store.
     namespaces: Arc<Index<Namespace>>,
-    /// The index's watch loop; stopped by [`Registry::close`].
-    index_task: tokio::task::JoinHandle<()>,
+    /// The PriorityClasses, for Priority admission without a store read
+    /// per pod (Kubernetes' admission reads a lister too).
+    priority_classes: Arc<Index<PriorityClass>>,
+    /// The indexes' watch loops; stopped by [`Registry::close`].
+    index_tasks: [tokio::task::JoinHandle<()>; 2],
     /// One watch cache per kind, created on first watch.
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
@@ -233,11 +237,13 @@ impl Registry {
         service_cidr: Cidr,
         node_ports: std::ops::RangeInclusive<u16>,
     ) -> Self {
-        let (namespaces, index_task) = Index::start(Arc::clone(&store));
+        let (namespaces, namespace_task) = Index::start(Arc::clone(&store));
+        let (priority_classes, class_task) = Index::start(Arc::clone(&store));
         Self {
             allocator: Allocator::new(Arc::clone(&store), service_cidr, node_ports),
             namespaces,
-            index_task,
+            priority_classes,
+            index_tasks: [namespace_task, class_task],
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,
@@ -263,11 +269,13 @@ impl Registry {
     /// Stops the registry's own background work (the namespace index), so
     /// that the store can be released once the last call is gone.
     pub fn close(&self) {
-        self.index_task.abort();
+        for task in &self.index_tasks {
+            task.abort();
+        }
     }
 
-    /// Creates the namespaces that always exist and, in a new cluster, the
-    /// default StorageClass (`local-path`; once: an administrator may
+    /// Creates the namespaces and priority classes that always exist and,
+    /// in a new cluster, the default StorageClass (`local-path`; once: an administrator may
     /// change or delete it).
     ///
     /// # Errors
@@ -278,6 +286,25 @@ impl Registry {
         let default_ns = skiff::keys::object::<Namespace>("", "default");
         if self.read::<Namespace>(&default_ns).await?.is_none() {
             self.create_default_storage_class().await?;
+        }
+        // Kubernetes' two system priority classes, always there (a
+        // deleted one comes back at the next start).
+        for (name, value) in strategy::SYSTEM_CLASSES {
+            let mut class = PriorityClass {
+                value: *value,
+                description: if name.contains("node") {
+                    "Used for system critical pods that must not be moved from their current node."
+                } else {
+                    "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."
+                }
+                .into(),
+                ..Default::default()
+            };
+            class.metadata_mut().name = (*name).to_string();
+            match self.create(class).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         for name in SYSTEM_NAMESPACES {
             let mut ns = Namespace::default();

@@ -77,6 +77,7 @@ impl Registry {
                 next
             } else {
                 let mut next = self.merge_update(&current, &obj)?;
+                self.admit_global_default(&next).await?;
                 keep_cluster_ip(&current, &mut next)?;
                 same_spec_same_generation(&current, &mut next);
                 next
@@ -209,6 +210,7 @@ impl Registry {
         let mut next = obj.clone();
         next.copy_status_from(current);
         next.default_fields();
+        next.keep_admitted(current);
         let mut errors = FieldErrors::default();
         next.validate_update(current, &mut errors);
         if !errors.is_empty() {

@@ -7,7 +7,7 @@
 //! `cluster` (namespaces, nodes, events, secrets, configmaps, service
 //! accounts, leases), `autoscaling`, `batch`, `rbac`, `storage`
 //! (persistent volumes and claims, storage classes), `policy`
-//! (disruption budgets).
+//! (disruption budgets), `scheduling` (priority classes).
 
 use skiff::Resource;
 use skiff::pb::core::v1::{PodSpec, ServiceAccount};
@@ -20,6 +20,7 @@ mod cluster;
 mod pod;
 mod policy;
 mod rbac;
+mod scheduling;
 mod securitycontext;
 mod service;
 mod storage;
@@ -28,6 +29,7 @@ mod workloads;
 
 pub use batch::{JOB_NAME_LABEL, JOB_UID_LABEL};
 pub use rbac::RBAC_GROUP;
+pub use scheduling::{PREEMPT_LOWER_PRIORITY, SYSTEM_CLASSES, SYSTEM_PREFIX};
 
 /// Where pods find their service account's token, CA and namespace.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -148,6 +150,32 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
         let _ = class;
     }
 
+    /// Kubernetes' Priority admission, on create: the PriorityClass the
+    /// object names ("" for the cluster's default) and the priority and
+    /// preemption policy it set itself; None for kinds without a
+    /// priority (everything but pods).
+    fn priority_request(&self) -> Option<PriorityRequest> {
+        None
+    }
+
+    /// On update, keeps what admission gave the object at create when the
+    /// update leaves it out (a pod's priority and preemption policy: a
+    /// `replace` of its manifest changes nothing there).
+    fn keep_admitted(&mut self, current: &Self) {
+        let _ = current;
+    }
+
+    /// Gives the object its class's name, value and preemption policy.
+    fn set_priority(&mut self, class: &str, value: i32, policy: &str) {
+        let _ = (class, value, policy);
+    }
+
+    /// The name of this object if it is a PriorityClass marked
+    /// `globalDefault` (only one may be).
+    fn global_default_class(&self) -> Option<&str> {
+        None
+    }
+
     /// Binds the object to `node` (the binding subresource).
     ///
     /// # Errors
@@ -157,6 +185,17 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
         let _ = node;
         Err(format!("{} has no binding subresource", Self::KIND))
     }
+}
+
+/// What a pod asks of Priority admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriorityRequest {
+    /// The class it names; "" for the cluster's default.
+    pub class: String,
+    /// The priority it set itself (must match the class's).
+    pub priority: Option<i32>,
+    /// The preemption policy it set itself (must match the class's).
+    pub preemption_policy: Option<String>,
 }
 
 /// The value of any selectable field of `obj`, or None if it is not one.

@@ -641,6 +641,34 @@ impl Strategy for Pod {
         Some((self.metadata.as_ref(), self.spec.as_ref()?, true))
     }
 
+    fn priority_request(&self) -> Option<super::PriorityRequest> {
+        let spec = self.spec.as_ref()?;
+        Some(super::PriorityRequest {
+            class: spec.priority_class_name.clone(),
+            priority: spec.priority,
+            preemption_policy: spec.preemption_policy.clone(),
+        })
+    }
+
+    fn keep_admitted(&mut self, current: &Self) {
+        let (Some(spec), Some(old)) = (self.spec.as_mut(), current.spec.as_ref()) else {
+            return;
+        };
+        if spec.priority.is_none() {
+            spec.priority = old.priority;
+        }
+        if spec.preemption_policy.is_none() {
+            spec.preemption_policy.clone_from(&old.preemption_policy);
+        }
+    }
+
+    fn set_priority(&mut self, class: &str, value: i32, policy: &str) {
+        let spec = self.spec.get_or_insert_with(PodSpec::default);
+        class.clone_into(&mut spec.priority_class_name);
+        spec.priority = Some(value);
+        spec.preemption_policy = Some(policy.to_string());
+    }
+
     const FIELDS: &'static [&'static str] = &["spec.nodeName", "status.phase"];
 
     fn field(&self, path: &str) -> Option<String> {

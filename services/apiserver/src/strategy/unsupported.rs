@@ -55,22 +55,14 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
             }
         }
     }
-    if !spec.priority_class_name.is_empty() {
-        refuse(
-            errors,
-            format!("{path}.priorityClassName"),
-            "priority classes are",
-        );
-    }
-    if spec.priority.is_some_and(|p| p != 0) {
-        refuse(errors, format!("{path}.priority"), "pod priority is");
-    }
-    if spec
-        .preemption_policy
-        .as_deref()
-        .is_some_and(|p| p != "PreemptLowerPriority")
+    if let Some(policy) = spec.preemption_policy.as_deref()
+        && !super::scheduling::PREEMPTION_POLICIES.contains(&policy)
     {
-        refuse(errors, format!("{path}.preemptionPolicy"), "preemption is");
+        errors.not_supported(
+            format!("{path}.preemptionPolicy"),
+            policy,
+            super::scheduling::PREEMPTION_POLICIES,
+        );
     }
     if spec
         .runtime_class_name
@@ -418,7 +410,6 @@ mod tests {
                 "podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone", "namespaceSelector": {"matchLabels": {"team": "a"}}}]},
                 "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone", "namespaceSelector": {}}}]}
             },
-            "priorityClassName": "high", "priority": 1000, "preemptionPolicy": "Never",
             "runtimeClassName": "gvisor", "overhead": {"cpu": "100m"},
             "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}],
             "volumes": [{"name": "m", "emptyDir": {"medium": "HugePages", "sizeLimit": "1Gi"}}],
@@ -439,9 +430,6 @@ mod tests {
             &[
                 "spec.imagePullSecrets",
                 "spec.affinity.podAffinity.namespaceSelector",
-                "spec.priorityClassName",
-                "spec.priority",
-                "spec.preemptionPolicy",
                 "spec.runtimeClassName",
                 "spec.overhead",
                 "spec.tolerations[0].tolerationSeconds",
