@@ -1,7 +1,8 @@
-//! Disruption budgets end to end, on hollow nodes: the disruption
-//! controller's status, the eviction subresource refusing what would
-//! break a budget (RESOURCE_EXHAUSTED over gRPC, 429 over HTTP), and
-//! `skiff drain` moving a budgeted Deployment without ever breaking it.
+//! Disruptions end to end, on hollow nodes: the disruption controller's
+//! status, the eviction subresource refusing what would break a budget
+//! (RESOURCE_EXHAUSTED over gRPC, 429 over HTTP), `skiff drain` moving a
+//! budgeted Deployment without ever breaking it, and preemption sparing
+//! budgeted pods.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -232,4 +233,116 @@ async fn drain_moves_a_budgeted_deployment_one_pod_at_a_time_and_never_breaks_it
         lowest >= 3,
         "the budget was broken: {lowest} ready pods at one point"
     );
+}
+
+/// A Deployment whose pods ask for `cpu` and have priority class `class`.
+fn prioritized(name: &str, replicas: i32, class: &str, cpu: &str) -> Deployment {
+    let mut d = deployment(name, replicas);
+    let spec = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.as_mut())
+        .and_then(|t| t.spec.as_mut())
+        .unwrap();
+    spec.priority_class_name = class.into();
+    spec.containers[0].resources = Some(skiff::pb::core::v1::ResourceRequirements {
+        requests: [("cpu".to_string(), cpu.to_string())].into(),
+        ..Default::default()
+    });
+    d
+}
+
+/// Preemption on a full cluster: a high-priority pod removes one
+/// low-priority pod and runs, passing over the pods a budget protects
+/// when another choice exists; the victim gets Kubernetes' event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_priority_pod_preempts_the_fewest_unprotected_low_priority_pods() {
+    use skiff::pb::scheduling::v1::PriorityClass;
+    let env = env(None).await;
+    let classes = Api::<PriorityClass>::new(env.channel.clone());
+    for (name, value) in [("low", 10), ("high", 1000)] {
+        classes
+            .create(PriorityClass {
+                metadata: Some(ObjectMeta {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                value,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // 5 nodes of 4 CPUs, 10 pods of 2: full.
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    deployments
+        .create(prioritized("db", 5, "low", "2"))
+        .await
+        .unwrap();
+    deployments
+        .create(prioritized("batch", 5, "low", "2"))
+        .await
+        .unwrap();
+    wait_running(&env, "db", 5).await;
+    wait_running(&env, "batch", 5).await;
+    let budgets = Api::<PodDisruptionBudget>::new(env.channel.clone());
+    budgets.create(budget("db", 5.0)).await.unwrap();
+    wait_budget(&env, "db", 5, 0).await;
+    let db_before: Vec<String> = running(&env, "db")
+        .await
+        .iter()
+        .map(|p| p.metadata.as_ref().unwrap().uid.clone())
+        .collect();
+
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let mut urgent = Pod {
+        metadata: Some(ObjectMeta {
+            name: "urgent".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: prioritized("urgent", 1, "high", "2")
+            .spec
+            .and_then(|s| s.template)
+            .and_then(|t| t.spec),
+        ..Default::default()
+    };
+    urgent.spec.as_mut().unwrap().priority_class_name = "high".into();
+    pods.create(urgent).await.unwrap();
+    let mut node = String::new();
+    skiff_testkit::wait_until("the urgent pod runs", Duration::from_secs(60), async || {
+        let p = pods.get("default", "urgent").await.unwrap();
+        node = p.spec.clone().unwrap_or_default().node_name;
+        p.status.is_some_and(|s| s.phase == "Running")
+    })
+    .await;
+    let p = pods.get("default", "urgent").await.unwrap();
+    assert_eq!(p.status.unwrap().nominated_node_name, node);
+    // Exactly one batch pod went; every db pod is the one it was.
+    let db_after: Vec<String> = running(&env, "db")
+        .await
+        .iter()
+        .map(|p| p.metadata.as_ref().unwrap().uid.clone())
+        .collect();
+    assert_eq!(db_after, db_before, "the budgeted pods stay");
+    let events = Api::<skiff::pb::core::v1::Event>::new(env.channel.clone())
+        .list(skiff::pb::api::v1::ListRequest {
+            namespace: "default".into(),
+            field_selector: "reason=Preempted".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let victim = events[0].involved_object.clone().unwrap_or_default().name;
+    assert!(victim.starts_with("batch-"), "{victim}");
+    assert!(
+        events[0].message.contains(&format!("on node {node}")),
+        "{}",
+        events[0].message
+    );
+    // Its replacement waits: the cluster is full of pods as important.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running(&env, "batch").await.len(), 4);
 }

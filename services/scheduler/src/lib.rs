@@ -10,6 +10,8 @@
 //! - [`plugins`]: one module per plugin, and the registry of plugins by
 //!   name.
 //! - [`profile`]: which plugins run, what weights.
+//! - [`preemption`]: which lower-priority pods to remove for a pod that
+//!   fits nowhere.
 //! - [`scheduler`]: the loop, the cache of assumed pods, the retry queue.
 //! - [`SchedulerActor`]: the supervised actor that runs it all.
 
@@ -23,6 +25,7 @@ use skiff_client::leader::{self, LeaderConfig};
 
 pub mod framework;
 pub mod plugins;
+pub mod preemption;
 pub mod profile;
 pub mod scheduler;
 

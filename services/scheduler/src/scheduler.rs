@@ -24,6 +24,7 @@ use skiff::pb::core::v1::{
     PodStatus,
 };
 use skiff::pb::meta::v1::ObjectMeta;
+use skiff::pb::policy::v1::PodDisruptionBudget;
 use skiff::pb::storage::v1::StorageClass;
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::events::{EventType, Recorder};
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 
 use crate::framework::NodeInfo;
 use crate::plugins::volume_binding::{self, PodVolumes};
+use crate::preemption;
 use crate::profile::Profile;
 
 /// First retry of an unschedulable pod, doubling to [`MAX_BACKOFF`].
@@ -146,10 +148,38 @@ fn bound_node(pod: &Pod) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// The pod's priority (its class's, resolved when it was created): the
-/// queue takes higher ones first, as kube-scheduler's PrioritySort.
-fn priority(pod: &Pod) -> i32 {
-    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+/// The nodes that pods nominated by preemption are headed for, with
+/// those of them that come before `pod` (no lower priority, not `pod`
+/// itself) counted on them.
+fn with_nominated<'a>(
+    nodes: &'a HashMap<String, NodeInfo>,
+    nominated: &'a HashMap<String, HashMap<ObjectRef, Arc<Pod>>>,
+    pod: &Pod,
+) -> HashMap<&'a str, NodeInfo> {
+    if nominated.is_empty() {
+        return HashMap::new();
+    }
+    let key = pod.object_ref();
+    let wanted = preemption::priority(pod);
+    nominated
+        .iter()
+        .filter_map(|(node, pods)| {
+            let info = nodes.get(node)?;
+            let ahead: Vec<Arc<Pod>> = pods
+                .iter()
+                .filter(|(k, p)| **k != key && preemption::priority(p) >= wanted)
+                .map(|(_, p)| Arc::clone(p))
+                .collect();
+            if ahead.is_empty() {
+                return None;
+            }
+            let mut info = info.clone();
+            for p in ahead {
+                info.add_pod(p);
+            }
+            Some((node.as_str(), info))
+        })
+        .collect()
 }
 
 fn finished(pod: &Pod) -> bool {
@@ -175,6 +205,12 @@ pub struct Scheduler {
     claim_informer: Informer<PersistentVolumeClaim>,
     volume_informer: Informer<PersistentVolume>,
     class_informer: Informer<StorageClass>,
+    /// Disruption budgets, which preemption spares where it can.
+    budget_informer: Informer<PodDisruptionBudget>,
+    /// Pending pods nominated to a node by preemption, by node: they
+    /// count on it for pods of no higher priority, so the room made for
+    /// them is not taken meanwhile.
+    nominated: HashMap<String, HashMap<ObjectRef, Arc<Pod>>>,
     /// Claims, to give them their pod's node.
     claims: Api<PersistentVolumeClaim>,
     /// Volumes, to check where a claim's volume was made.
@@ -223,6 +259,8 @@ impl Scheduler {
             claim_informer: Informer::start(Api::new(channel.clone()), Default::default()),
             volume_informer: Informer::start(Api::new(channel.clone()), Default::default()),
             class_informer: Informer::start(Api::new(channel.clone()), Default::default()),
+            budget_informer: Informer::start(Api::new(channel.clone()), Default::default()),
+            nominated: HashMap::new(),
             claims: Api::new(channel.clone()),
             volumes: Api::new(channel.clone()),
             pods,
@@ -255,10 +293,40 @@ impl Scheduler {
         }
     }
 
+    /// Keeps [`Self::nominated`]: a pending pod of ours with a nominated
+    /// node is there, anything else is not.
+    fn track_nomination(&mut self, key: &ObjectRef, pod: Option<&Arc<Pod>>) {
+        for pods in self.nominated.values_mut() {
+            pods.remove(key);
+        }
+        self.nominated.retain(|_, pods| !pods.is_empty());
+        let Some(pod) = pod.filter(|p| self.is_ours(p)) else {
+            return;
+        };
+        let node = pod
+            .status
+            .as_ref()
+            .map_or("", |s| s.nominated_node_name.as_str());
+        if !node.is_empty() {
+            self.nominated
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.clone(), Arc::clone(pod));
+        }
+    }
+
     fn on_pod(&mut self, change: Change<Pod>) {
         match change {
             Change::Applied(pod) => {
                 let key = pod.object_ref();
+                if !self.nominated.is_empty()
+                    || pod
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| !s.nominated_node_name.is_empty())
+                {
+                    self.track_nomination(&key, Some(&pod));
+                }
                 if let Some(node) = bound_node(&pod) {
                     let node = node.to_string();
                     self.cache.assumed.remove(&key);
@@ -271,12 +339,15 @@ impl Scheduler {
                     self.attempts.remove(&key);
                     self.queue.set_priority(&key, 0);
                 } else if self.is_ours(&pod) && !self.unschedulable.contains(&key) {
-                    self.queue.set_priority(&key, priority(&pod));
+                    self.queue.set_priority(&key, preemption::priority(&pod));
                     self.queue.add(key);
                 }
             }
             Change::Deleted(pod) => {
                 let key = pod.object_ref();
+                if !self.nominated.is_empty() {
+                    self.track_nomination(&key, None);
+                }
                 self.queue.set_priority(&key, 0);
                 self.cache.unplace(&key);
                 self.unschedulable.remove(&key);
@@ -309,6 +380,7 @@ impl Scheduler {
                 self.claim_informer.store.wait_synced().await;
                 self.volume_informer.store.wait_synced().await;
                 self.class_informer.store.wait_synced().await;
+                self.budget_informer.store.wait_synced().await;
             } => {}
             () = &mut shutdown => return,
         }
@@ -361,9 +433,21 @@ impl Scheduler {
         let nodes = self.node_informer.store.list();
         let pods = self.pod_informer.store.list();
         self.cache.rebuild(&nodes, &pods);
+        // Nominations too: changes missed in a lag are in the store.
+        self.nominated.clear();
+        for pod in &pods {
+            if pod
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.nominated_node_name.is_empty())
+            {
+                self.track_nomination(&pod.object_ref(), Some(pod));
+            }
+        }
         for pod in &pods {
             if self.is_ours(pod) && !self.cache.assumed.contains(&pod.object_ref()) {
-                self.queue.set_priority(&pod.object_ref(), priority(pod));
+                self.queue
+                    .set_priority(&pod.object_ref(), preemption::priority(pod));
                 self.queue.add(pod.object_ref());
             }
         }
@@ -443,6 +527,11 @@ impl Scheduler {
                 self.unschedulable.remove(key);
                 self.cache.place(Arc::clone(&pod), &node);
                 self.cache.assumed.insert(key.clone());
+                // Placed: it counts on its node as a pod now, not as a
+                // nomination.
+                if !self.nominated.is_empty() {
+                    self.track_nomination(key, None);
+                }
                 let binding = Binding {
                     metadata: Some(ObjectMeta {
                         name: key.name.clone(),
@@ -501,8 +590,9 @@ impl Scheduler {
                 self.unschedulable.insert(key.clone());
                 self.backoff(key);
                 self.report_unschedulable(&pod, &message)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await;
+                self.preempt(&pod).instrument(span).await;
             }
         }
     }
@@ -531,7 +621,11 @@ impl Scheduler {
         let mut names: Vec<&String> = self.cache.nodes.keys().collect();
         names.sort_unstable();
         let start = self.next_start % total;
-        let all: Vec<&NodeInfo> = names.iter().map(|n| &self.cache.nodes[*n]).collect();
+        let ahead = with_nominated(&self.cache.nodes, &self.nominated, pod);
+        let all: Vec<&NodeInfo> = names
+            .iter()
+            .map(|n| ahead.get(n.as_str()).unwrap_or(&self.cache.nodes[*n]))
+            .collect();
         let prepared = self.profile.prepare(pod, &all);
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -571,6 +665,156 @@ impl Scheduler {
             .max_by_key(|(i, s)| (**s, std::cmp::Reverse(*i)))
             .map_or(0, |(i, _)| i);
         Ok((feasible[best].name().to_string(), volumes))
+    }
+
+    /// Kubernetes' DefaultPreemption, for a pod that fits nowhere: picks
+    /// the node whose lower-priority pods are fewest and least important
+    /// to remove (see [`preemption`]), nominates the pod there, and
+    /// deletes the victims gracefully with an Event each. Once they are
+    /// gone the pod is tried again, the room kept for it meanwhile.
+    async fn preempt(&mut self, pod: &Pod) {
+        if !preemption::may_preempt(pod) {
+            return;
+        }
+        let wanted = preemption::priority(pod);
+        // Already nominated where lower pods are still going: wait for
+        // them rather than remove more (Kubernetes' eligibility check).
+        let nominated = pod
+            .status
+            .as_ref()
+            .map_or("", |s| s.nominated_node_name.as_str());
+        if let Some(info) = self.cache.nodes.get(nominated)
+            && info.pods.iter().any(|p| {
+                preemption::priority(p) < wanted
+                    && p.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.deletion_timestamp.is_some())
+            })
+        {
+            return;
+        }
+        let mut names: Vec<&String> = self.cache.nodes.keys().collect();
+        names.sort_unstable();
+        let ahead = with_nominated(&self.cache.nodes, &self.nominated, pod);
+        let all: Vec<&NodeInfo> = names
+            .iter()
+            .map(|n| ahead.get(n.as_str()).unwrap_or(&self.cache.nodes[*n]))
+            .collect();
+        let budgets = self.budget_informer.store.list();
+        // The pod's volumes judge nodes too (as in `pick`): room on a node
+        // its volume cannot reach is no room.
+        let stores = volume_binding::Stores {
+            claims: self.claim_informer.store.clone(),
+            volumes: self.volume_informer.store.clone(),
+            classes: self.class_informer.store.clone(),
+        };
+        let Ok(volumes) = PodVolumes::of(pod, &stores) else {
+            return;
+        };
+        let all_volumes = if volumes.is_empty() {
+            Vec::new()
+        } else {
+            stores.volumes.list()
+        };
+        let extra = |info: &NodeInfo| volumes.filter(&info.node, &all_volumes).is_ok();
+        let fit = preemption::Fit {
+            profile: &self.profile,
+            extra: &extra,
+        };
+        let Some(chosen) = preemption::select(&fit, pod, &all, &budgets) else {
+            // No room to make: a nomination made earlier holds nothing.
+            if !nominated.is_empty() {
+                let key = pod.object_ref();
+                if let Ok(updated) = self
+                    .edit_status(&key, |status| status.nominated_node_name.clear())
+                    .await
+                {
+                    self.track_nomination(&key, Some(&Arc::new(updated)));
+                }
+            }
+            return;
+        };
+        let key = pod.object_ref();
+        tracing::info!(pod = %key, node = %chosen.node, victims = chosen.victims.len(), "preempting");
+        let node = chosen.node.clone();
+        let nominated = self
+            .edit_status(&key, |status| status.nominated_node_name.clone_from(&node))
+            .await;
+        match nominated {
+            Ok(updated) => self.track_nomination(&key, Some(&Arc::new(updated))),
+            Err(status) => {
+                tracing::debug!(pod = %key, %status, "nominating");
+                return;
+            }
+        }
+        let uid = pod.metadata.as_ref().map_or("", |m| m.uid.as_str());
+        for victim in &chosen.victims {
+            self.recorder
+                .record(
+                    victim.as_ref(),
+                    EventType::Normal,
+                    "Preempted",
+                    &format!("Preempted by pod {uid} on node {}", chosen.node),
+                )
+                .await;
+            let condition = PodCondition {
+                r#type: "DisruptionTarget".into(),
+                status: "True".into(),
+                reason: "PreemptionByScheduler".into(),
+                message: format!(
+                    "{}: preempting to accommodate a higher priority pod",
+                    self.settings.scheduler_name
+                ),
+                last_transition_time: Some(skiff::time::now_seconds()),
+                ..Default::default()
+            };
+            let marked = self
+                .edit_status(&victim.object_ref(), |status| {
+                    status.conditions.retain(|c| c.r#type != "DisruptionTarget");
+                    status.conditions.push(condition.clone());
+                })
+                .await;
+            if let Err(status) = marked {
+                tracing::debug!(victim = %victim.object_ref(), %status, "marking the victim");
+            }
+            let meta = victim.metadata.clone().unwrap_or_default();
+            let deleted = self
+                .pods
+                .delete(skiff::pb::api::v1::DeleteRequest {
+                    namespace: meta.namespace,
+                    name: meta.name,
+                    preconditions: Some(skiff::pb::api::v1::Preconditions {
+                        uid: meta.uid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await;
+            if let Err(status) = deleted
+                && status.code() != tonic::Code::NotFound
+            {
+                tracing::warn!(victim = %victim.object_ref(), %status, "deleting the victim");
+            }
+        }
+    }
+
+    /// Reads pod `key` afresh, changes its status with `change` and writes
+    /// it back, again while another writer got there first.
+    async fn edit_status(
+        &self,
+        key: &ObjectRef,
+        change: impl Fn(&mut PodStatus),
+    ) -> Result<Pod, tonic::Status> {
+        let mut last = tonic::Status::aborted("the pod kept changing");
+        for _ in 0..5 {
+            let mut pod = self.pods.get(&key.namespace, &key.name).await?;
+            change(pod.status.get_or_insert_with(PodStatus::default));
+            match self.pods.update_status(pod).await {
+                Err(status) if status.code() == tonic::Code::Aborted => last = status,
+                result => return result,
+            }
+        }
+        Err(last)
     }
 
     /// Records why a pod waits: the PodScheduled=False condition (if it

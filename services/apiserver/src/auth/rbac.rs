@@ -425,6 +425,8 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 // The node a WaitForFirstConsumer claim's volume goes to.
                 rule(&["update", "patch"], &[""], &["persistentvolumeclaims"]),
                 rule(&["create"], &[""], &["pods/binding"]),
+                // Preemption's victims.
+                rule(&["delete"], &[""], &["pods"]),
                 rule(&["update"], &[""], &["pods/status"]),
                 rule(&["create", "update", "get", "list"], &[""], &["events"]),
                 rule(

@@ -74,6 +74,7 @@ impl Registry {
                 }
                 let mut next = current.clone();
                 next.copy_status_from(&obj);
+                next.keep_admitted(&current);
                 next
             } else {
                 let mut next = self.merge_update(&current, &obj)?;

@@ -160,7 +160,8 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
 
     /// On update, keeps what admission gave the object at create when the
     /// update leaves it out (a pod's priority and preemption policy: a
-    /// `replace` of its manifest changes nothing there).
+    /// `replace` of its manifest changes nothing there); on a status
+    /// update, what only another writer sets (a pod's nominated node).
     fn keep_admitted(&mut self, current: &Self) {
         let _ = current;
     }

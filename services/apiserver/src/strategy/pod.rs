@@ -651,6 +651,21 @@ impl Strategy for Pod {
     }
 
     fn keep_admitted(&mut self, current: &Self) {
+        // A bound pod's nomination (how it got its room) outlives status
+        // writes that do not know it, an agent's (kubelet's status patches
+        // leave it too); a pending pod's is the scheduler's to clear.
+        let bound = current
+            .spec
+            .as_ref()
+            .is_some_and(|s| !s.node_name.is_empty());
+        if let (true, Some(status), Some(old)) =
+            (bound, self.status.as_mut(), current.status.as_ref())
+            && status.nominated_node_name.is_empty()
+        {
+            status
+                .nominated_node_name
+                .clone_from(&old.nominated_node_name);
+        }
         let (Some(spec), Some(old)) = (self.spec.as_mut(), current.spec.as_ref()) else {
             return;
         };
