@@ -233,63 +233,29 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff::pb::core::v1::{
-        Container, Node, NodeCondition, NodeStatus, PodSpec, PodStatus, ResourceRequirements,
-    };
+    use skiff::pb::core::v1::PodStatus;
     use skiff::pb::meta::v1::{LabelSelector, ObjectMeta};
+
+    use crate::plugins::testing;
     use skiff::pb::policy::v1::{PodDisruptionBudgetSpec, PodDisruptionBudgetStatus};
 
     fn node(name: &str, cpu: &str) -> NodeInfo {
-        NodeInfo::new(Arc::new(Node {
-            metadata: Some(ObjectMeta {
-                name: name.into(),
-                ..Default::default()
-            }),
-            status: Some(NodeStatus {
-                allocatable: [("cpu", cpu), ("memory", "8Gi"), ("pods", "110")]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                conditions: vec![NodeCondition {
-                    r#type: "Ready".into(),
-                    status: "True".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        testing::info(testing::node(name, cpu, "8Gi"))
     }
 
     fn pod(name: &str, app: &str, cpu: &str, priority: i32, started: i64) -> Arc<Pod> {
-        Arc::new(Pod {
-            metadata: Some(ObjectMeta {
-                name: name.into(),
-                namespace: "default".into(),
-                labels: [("app".to_string(), app.to_string())].into(),
-                ..Default::default()
-            }),
-            spec: Some(PodSpec {
-                priority: Some(priority),
-                containers: vec![Container {
-                    name: "c".into(),
-                    resources: Some(ResourceRequirements {
-                        requests: [("cpu".to_string(), cpu.to_string())].into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                start_time: Some(skiff::wkt::Timestamp {
-                    seconds: started,
-                    nanos: 0,
-                }),
-                ..Default::default()
+        let mut pod = testing::pod(name, cpu, "");
+        let meta = pod.metadata.get_or_insert_with(Default::default);
+        meta.labels = [("app".to_string(), app.to_string())].into();
+        pod.spec.get_or_insert_with(Default::default).priority = Some(priority);
+        pod.status = Some(PodStatus {
+            start_time: Some(skiff::wkt::Timestamp {
+                seconds: started,
+                nanos: 0,
             }),
             ..Default::default()
-        })
+        });
+        Arc::new(pod)
     }
 
     fn names(c: &Candidate) -> Vec<&str> {
