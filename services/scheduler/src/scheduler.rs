@@ -627,6 +627,23 @@ impl Scheduler {
             .map(|n| ahead.get(n.as_str()).unwrap_or(&self.cache.nodes[*n]))
             .collect();
         let prepared = self.profile.prepare(pod, &all);
+        // A pod preemption made room for goes there if it still fits
+        // (kube-scheduler tries the nominated node first).
+        let nominated = pod
+            .status
+            .as_ref()
+            .map_or("", |s| s.nominated_node_name.as_str());
+        if let Some(info) = all
+            .iter()
+            .find(|n| !nominated.is_empty() && n.name() == nominated)
+            && self
+                .profile
+                .filter_with(pod, info, &prepared)
+                .and_then(|()| volumes.filter(&info.node, &all_volumes))
+                .is_ok()
+        {
+            return Ok((nominated.to_string(), volumes));
+        }
         let mut feasible: Vec<&NodeInfo> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut examined = 0;

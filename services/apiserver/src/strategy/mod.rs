@@ -400,6 +400,24 @@ mod tests {
     }
 
     #[test]
+    fn a_priority_class_name_is_a_subdomain_and_the_policy_a_known_one() {
+        let json = serde_json::json!({
+            "priorityClassName": "Not_A_Name",
+            "preemptionPolicy": "Sometimes",
+            "containers": [{"name": "app", "image": "busybox"}]
+        });
+        let errors = errors_of(&pod(serde_json::from_value(json).unwrap()));
+        assert!(
+            errors.contains("spec.priorityClassName: Invalid value: \"Not_A_Name\""),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("spec.preemptionPolicy: Unsupported value: \"Sometimes\""),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn a_pods_deadline_may_be_set_or_lowered_only() {
         let with = |deadline: Option<i64>| {
             pod(PodSpec {

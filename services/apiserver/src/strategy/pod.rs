@@ -77,6 +77,26 @@ pub(super) fn validate_pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldEr
     if spec.containers.is_empty() {
         errors.required(format!("{path}.containers"));
     }
+    // A class's name is a subdomain: a template naming a malformed one
+    // is refused itself, not each pod made from it.
+    if !spec.priority_class_name.is_empty()
+        && let Err(reason) = validation::is_dns1123_subdomain(&spec.priority_class_name)
+    {
+        errors.invalid(
+            format!("{path}.priorityClassName"),
+            &spec.priority_class_name,
+            reason,
+        );
+    }
+    if let Some(policy) = spec.preemption_policy.as_deref()
+        && !super::scheduling::PREEMPTION_POLICIES.contains(&policy)
+    {
+        errors.not_supported(
+            format!("{path}.preemptionPolicy"),
+            policy,
+            super::scheduling::PREEMPTION_POLICIES,
+        );
+    }
     let mut names = std::collections::HashSet::new();
     let volumes: std::collections::HashSet<&str> =
         spec.volumes.iter().map(|v| v.name.as_str()).collect();

@@ -55,15 +55,6 @@ pub(super) fn pod_spec(path: &str, spec: &PodSpec, errors: &mut FieldErrors) {
             }
         }
     }
-    if let Some(policy) = spec.preemption_policy.as_deref()
-        && !super::scheduling::PREEMPTION_POLICIES.contains(&policy)
-    {
-        errors.not_supported(
-            format!("{path}.preemptionPolicy"),
-            policy,
-            super::scheduling::PREEMPTION_POLICIES,
-        );
-    }
     if spec
         .runtime_class_name
         .as_deref()
