@@ -482,5 +482,14 @@ spec:
     // The logs were written at debug (so the check means something).
     let server_log = std::fs::read_to_string(logs.join("server.log")).unwrap();
     assert!(server_log.contains("DEBUG"), "{server_log}");
+    // The process runtime's shims outlive their agent (a restarted agent
+    // adopts them): the pod goes before the agent does.
+    try_skiff(&admin, &["delete", "pod", "consumer"]);
+    wait_until(
+        "the consumer pod is gone",
+        Duration::from_secs(30),
+        async || !try_skiff(&admin, &["get", "pod", "consumer"]).0,
+    )
+    .await;
     collector.abort();
 }
