@@ -65,6 +65,11 @@ impl<K: Strategy, V: Send + Sync + 'static> Index<K, V> {
             .collect()
     }
 
+    /// Whether the first list is in.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
     /// Waits until the first list is in, at most `within`; whether it is.
     pub async fn wait_synced(&self, within: Duration) -> bool {
         let mut synced = self.synced.subscribe();
