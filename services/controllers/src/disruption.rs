@@ -23,7 +23,7 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::rolling::int_or_percent;
-use crate::replicaset::controller_of;
+use crate::replicaset::{controller_of, uid_of};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// See the module doc. Keys are budgets.
@@ -100,11 +100,6 @@ impl Scales<'_> {
             _ => Err(no_controller()),
         }
     }
-}
-
-/// An object's uid ("" without metadata).
-fn uid_of<K: skiff::Resource>(obj: &K) -> &str {
-    obj.metadata().map_or("", |m| m.uid.as_str())
 }
 
 /// Seconds of `ts`.

@@ -179,6 +179,11 @@ pub(crate) fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
+/// An object's uid ("" without metadata).
+pub(crate) fn uid_of<K: Resource>(obj: &K) -> &str {
+    obj.metadata().map_or("", |m| m.uid.as_str())
+}
+
 /// Neither finished nor being deleted.
 pub(crate) fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());

@@ -53,6 +53,7 @@ use skiff::{ObjectRef, Resource as _, volumes};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
+use crate::replicaset::uid_of;
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 mod claims;
@@ -92,10 +93,6 @@ fn is_deleting<K: skiff::Resource>(obj: &K) -> bool {
 fn has_finalizer<K: skiff::Resource>(obj: &K, finalizer: &str) -> bool {
     obj.metadata()
         .is_some_and(|m| m.finalizers.iter().any(|f| f == finalizer))
-}
-
-fn uid_of<K: skiff::Resource>(obj: &K) -> String {
-    obj.metadata().map(|m| m.uid.clone()).unwrap_or_default()
 }
 
 fn volume_phase(pv: &PersistentVolume) -> &str {
