@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use skiff::Resource;
 use skiff::pb::api::v1::{DeleteRequest, ListRequest};
 use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use skiff::pb::core::v1::{
@@ -248,6 +249,8 @@ async fn a_replication_controller_adopts_orphans_and_fills_up() {
         .create(orphan)
         .await
         .unwrap();
+    // Running: long enough for every informer to have seen it.
+    wait_running(&env, "legacy", 1).await;
     let rc = ReplicationController {
         metadata: Some(ObjectMeta {
             name: "legacy".into(),
@@ -268,15 +271,32 @@ async fn a_replication_controller_adopts_orphans_and_fills_up() {
         .create(rc)
         .await
         .unwrap();
-    let pods = wait_running(&env, "legacy", 3).await;
-    let adopted = pods
-        .iter()
-        .find(|p| p.metadata.as_ref().unwrap().name == "orphan")
-        .expect("orphan kept");
-    assert_eq!(
-        adopted.metadata.as_ref().unwrap().owner_references[0].kind,
-        "ReplicationController"
+    // The controller may act before it has seen the orphan (an informer
+    // lags, in Kubernetes too): it then makes a fourth pod and removes the
+    // surplus once it adopts. What must hold in the end: three pods, all
+    // the controller's, the orphan among them.
+    let owned_by_rc = |p: &Pod| {
+        p.metadata.as_ref().is_some_and(|m| {
+            m.owner_references
+                .iter()
+                .any(|o| o.kind == "ReplicationController" && o.controller == Some(true))
+        })
+    };
+    let mut last = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        last = running(&env, "legacy").await;
+        if last.len() == 3 && last.iter().all(owned_by_rc) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let names: Vec<&str> = last.iter().map(|p| p.name()).collect();
+    assert!(
+        last.len() == 3 && last.iter().all(owned_by_rc),
+        "want 3 running pods owned by the controller, have {names:?}"
     );
+    assert!(names.contains(&"orphan"), "orphan not kept: {names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
