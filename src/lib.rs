@@ -39,6 +39,7 @@ pub mod nodes;
 pub mod pods;
 pub mod podsecurity;
 pub mod quantity;
+pub mod quota;
 mod resource;
 pub mod schedule;
 pub mod selector;

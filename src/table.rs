@@ -197,7 +197,8 @@ pub fn rows(
             "NODE SELECTOR",
             "AGE",
         ],
-        "Role" | "ClusterRole" => vec!["NAME", "CREATED AT"],
+        "Role" | "ClusterRole" | "LimitRange" => vec!["NAME", "CREATED AT"],
+        "ResourceQuota" => vec!["NAME", "AGE", "REQUEST", "LIMIT"],
         "ControllerRevision" => vec!["NAME", "CONTROLLER", "REVISION", "AGE"],
         "StatefulSet" => vec!["NAME", "READY", "AGE"],
         "PersistentVolume" => vec![
@@ -564,10 +565,30 @@ pub fn rows(
                 ),
                 created,
             ],
-            "Role" | "ClusterRole" => vec![
+            "Role" | "ClusterRole" | "LimitRange" => vec![
                 name,
                 str_at(item, "/metadata/creationTimestamp").to_string(),
             ],
+            "ResourceQuota" => {
+                // kubectl's: `used/hard` of each capped resource, limits.*
+                // in their own column.
+                let hard = item.pointer("/status/hard").and_then(Value::as_object);
+                let (mut request, mut limit) = (Vec::new(), Vec::new());
+                for (resource, cap) in hard.into_iter().flatten() {
+                    let used = item
+                        .pointer("/status/used")
+                        .and_then(|u| u.get(resource))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    let cell = format!("{resource}: {used}/{}", cap.as_str().unwrap_or(""));
+                    if resource.starts_with("limits.") {
+                        limit.push(cell);
+                    } else {
+                        request.push(cell);
+                    }
+                }
+                vec![name, created, request.join(", "), limit.join(", ")]
+            }
             "ControllerRevision" => {
                 // kubectl's: the controlling owner as `daemonset.apps/NAME`.
                 let owner = item["metadata"]["ownerReferences"]

@@ -873,6 +873,20 @@ metadata: {{name: dep, namespace: shop}}
 spec:
   maxUnavailable: 1
   selector: {{matchLabels: {{app: dep}}}}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {{name: caps, namespace: shop}}
+spec:
+  hard: {{pods: "50", count/deployments.apps: "5", requests.storage: 10Gi}}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {{name: bounds, namespace: shop}}
+spec:
+  limits:
+  - type: PersistentVolumeClaim
+    max: {{storage: 5Gi}}
 "#,
         image = c.image,
         suffix = std::process::id()
@@ -957,6 +971,8 @@ spec:
         ("pv".into(), volume, "".into()),
         ("storageclass".into(), "local-path".into(), "".into()),
         ("pdb".into(), "dep".into(), "shop".into()),
+        ("resourcequota".into(), "caps".into(), "shop".into()),
+        ("limitrange".into(), "bounds".into(), "shop".into()),
         (
             "priorityclass".into(),
             "system-node-critical".into(),

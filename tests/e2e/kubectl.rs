@@ -851,6 +851,127 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     );
     k.ok(&["rollout", "status", "deployment/gen", "--timeout=120s"]);
     k.ok(&["create", "namespace", "gen"]);
+    // A quota (protobuf, from `create quota`), once its controller has
+    // counted it, refuses what would pass it with Kubernetes' 403.
+    k.ok(&[
+        "create",
+        "quota",
+        "gen",
+        "-n",
+        "gen",
+        "--hard=pods=1,services.nodeports=0",
+    ]);
+    wait_until(
+        "gen's quota is counted",
+        Duration::from_secs(30),
+        async || {
+            k.ok(&[
+                "get",
+                "quota",
+                "gen",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.status.used.pods}",
+            ]) == "0"
+        },
+    )
+    .await;
+    let run_pod = |name: &str| {
+        k.run(&[
+            "run",
+            name,
+            "-n",
+            "gen",
+            &format!("--image={}", c.image),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "3600",
+        ])
+    };
+    assert!(run_pod("one").ok);
+    let refused = run_pod("two");
+    assert!(
+        refused.stderr.contains("Error from server (Forbidden): pods \"two\" is forbidden: exceeded quota: gen, requested: pods=1, used: pods=1, limited: pods=1"),
+        "{}",
+        refused.stderr
+    );
+    let refused = k.fails(&[
+        "create", "service", "nodeport", "np", "-n", "gen", "--tcp=80",
+    ]);
+    assert!(
+        refused.contains("exceeded quota: gen, requested: services.nodeports=1, used: services.nodeports=0, limited: services.nodeports=0"),
+        "{refused}"
+    );
+    let table = k.ok(&["get", "quota", "-n", "gen"]);
+    assert_eq!(
+        header(&table),
+        ["NAME", "AGE", "REQUEST", "LIMIT"],
+        "{table}"
+    );
+    assert!(
+        table.contains("pods: 1/1, services.nodeports: 0/0"),
+        "{table}"
+    );
+    let described = k.ok(&["describe", "quota", "gen", "-n", "gen"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pods", "1", "1"]),
+        "{described}"
+    );
+    // A LimitRange gives pods that set nothing its defaults.
+    let limits = k.write(
+        "limits.yaml",
+        "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: gen\n  namespace: gen\nspec:\n  limits:\n  - type: Container\n    default: {memory: 128Mi}\n    defaultRequest: {memory: 64Mi}\n",
+    );
+    k.ok(&["apply", "-f", &limits]);
+    assert_eq!(
+        header(&k.ok(&["get", "limits", "-n", "gen"])),
+        ["NAME", "CREATED", "AT"]
+    );
+    k.ok(&[
+        "delete",
+        "pod",
+        "one",
+        "-n",
+        "gen",
+        "--grace-period=0",
+        "--force",
+    ]);
+    wait_until(
+        "one's share is given back",
+        Duration::from_secs(30),
+        async || {
+            k.ok(&[
+                "get",
+                "quota",
+                "gen",
+                "-n",
+                "gen",
+                "-o",
+                "jsonpath={.status.used.pods}",
+            ]) == "0"
+        },
+    )
+    .await;
+    let dry = k.ok(&[
+        "run",
+        "three",
+        "-n",
+        "gen",
+        &format!("--image={}", c.image),
+        "--restart=Never",
+        "--dry-run=server",
+        "-o",
+        "jsonpath={.spec.containers[0].resources}",
+    ]);
+    assert_eq!(
+        dry,
+        r#"{"limits":{"memory":"128Mi"},"requests":{"memory":"64Mi"}}"#
+    );
     k.ok(&["create", "serviceaccount", "gen"]);
     k.ok(&["create", "role", "gen", "--verb=get", "--resource=pods"]);
     let node = &c.node.name;

@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod multihost;
 mod proxy;
+mod quota;
 mod scheduler;
 mod security;
 mod securitycontext;

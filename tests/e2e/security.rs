@@ -692,36 +692,7 @@ async fn a_node_may_only_write_what_is_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_writers_cannot_grant_more_than_they_hold() {
     let c = Secure::start(&[]);
-    let admin = c.admin();
-    let mut ns = skiff::pb::core::v1::Namespace::default();
-    skiff::Resource::metadata_mut(&mut ns).name = "team".into();
-    Api::<skiff::pb::core::v1::Namespace>::new(admin.clone())
-        .create(ns)
-        .await
-        .unwrap();
-    // Jane administers namespace team (the default `admin` role).
-    let mut binding = RoleBinding {
-        subjects: vec![Subject {
-            kind: "User".into(),
-            name: "jane".into(),
-            api_group: "rbac.authorization.k8s.io".into(),
-            namespace: String::new(),
-        }],
-        role_ref: Some(RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: "admin".into(),
-        }),
-        ..Default::default()
-    };
-    let meta = skiff::Resource::metadata_mut(&mut binding);
-    meta.name = "jane-admin".into();
-    meta.namespace = "team".into();
-    Api::<RoleBinding>::new(admin)
-        .create(binding)
-        .await
-        .unwrap();
-    let jane = c.as_user("jane", &[]);
+    let jane = namespace_admin(&c, "team", "jane").await;
     let roles = Api::<Role>::new(jane.clone());
     let role = |name: &str, rule: PolicyRule| {
         let mut role = Role {
@@ -792,6 +763,121 @@ async fn rbac_writers_cannot_grant_more_than_they_hold() {
         .create(bind("read", "Role", "reader"))
         .await
         .expect("binding what she holds");
+}
+
+/// A channel as `user`, whom the default `admin` role binds in a new
+/// namespace `namespace`.
+async fn namespace_admin(c: &Secure, namespace: &str, user: &str) -> tonic::transport::Channel {
+    let admin = c.admin();
+    let mut ns = skiff::pb::core::v1::Namespace::default();
+    skiff::Resource::metadata_mut(&mut ns).name = namespace.into();
+    Api::<skiff::pb::core::v1::Namespace>::new(admin.clone())
+        .create(ns)
+        .await
+        .unwrap();
+    let mut binding = RoleBinding {
+        subjects: vec![Subject {
+            kind: "User".into(),
+            name: user.into(),
+            api_group: "rbac.authorization.k8s.io".into(),
+            namespace: String::new(),
+        }],
+        role_ref: Some(RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "admin".into(),
+        }),
+        ..Default::default()
+    };
+    let meta = skiff::Resource::metadata_mut(&mut binding);
+    meta.name = format!("{user}-admin");
+    meta.namespace = namespace.into();
+    Api::<RoleBinding>::new(admin)
+        .create(binding)
+        .await
+        .unwrap();
+    c.as_user(user, &[])
+}
+
+/// A namespace's admin may read its quota and limit ranges but not
+/// raise, remove or re-count them (Kubernetes' `admin` role): else a
+/// tenant would lift its own caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admin_cannot_raise_its_own_quota() {
+    use skiff::pb::core::v1::{LimitRange, ResourceQuota, ResourceQuotaSpec};
+    let c = Secure::start(&[]);
+    let jane = namespace_admin(&c, "team", "jane").await;
+    let caps = |pods: &str| ResourceQuota {
+        metadata: Some(skiff::pb::meta::v1::ObjectMeta {
+            name: "caps".into(),
+            namespace: "team".into(),
+            ..Default::default()
+        }),
+        spec: Some(ResourceQuotaSpec {
+            hard: [("pods".to_string(), pods.to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<ResourceQuota>::new(c.admin())
+        .create(caps("2"))
+        .await
+        .unwrap();
+    let quotas = Api::<ResourceQuota>::new(jane.clone());
+    let mut mine = None;
+    wait_until(
+        "jane's binding takes effect",
+        Duration::from_secs(10),
+        async || {
+            mine = quotas.get("team", "caps").await.ok();
+            mine.is_some()
+        },
+    )
+    .await;
+    let mut raised = mine.unwrap();
+    raised
+        .spec
+        .as_mut()
+        .unwrap()
+        .hard
+        .insert("pods".into(), "1000".into());
+    let denied = |r: Result<_, tonic::Status>, what: &str| {
+        let err = r.map(|_: ResourceQuota| ()).expect_err(what);
+        assert_eq!(err.code(), Code::PermissionDenied, "{what}: {err:?}");
+    };
+    denied(quotas.update(raised.clone()).await, "raising the quota");
+    denied(quotas.update_status(raised).await, "rewriting its usage");
+    denied(quotas.create(caps("1000")).await, "a second quota");
+    let err = quotas
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            namespace: "team".into(),
+            name: "caps".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("deleting the quota");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = Api::<LimitRange>::new(jane.clone())
+        .create(LimitRange {
+            metadata: Some(skiff::pb::meta::v1::ObjectMeta {
+                name: "loose".into(),
+                namespace: "team".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a limit range");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // What the role is for still works.
+    let mut config = skiff::pb::core::v1::ConfigMap::default();
+    let meta = skiff::Resource::metadata_mut(&mut config);
+    meta.name = "settings".into();
+    meta.namespace = "team".into();
+    Api::<skiff::pb::core::v1::ConfigMap>::new(jane)
+        .create(config)
+        .await
+        .expect("a ConfigMap in her namespace");
 }
 
 fn robot_meta() -> skiff::pb::meta::v1::ObjectMeta {

@@ -24,6 +24,8 @@
 //! - [`endpoints`]: Endpoints for every Service with a selector.
 //! - [`disruption`]: PodDisruptionBudgets' status: how many pods may be
 //!   evicted now.
+//! - [`quota`]: ResourceQuotas' status: the caps in force and what the
+//!   namespace uses of them.
 //! - [`nodelifecycle`]: silent nodes go NotReady, then lose their pods.
 //! - [`nodeipam`]: each node's block of the cluster CIDR (`podCIDR`).
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
@@ -53,7 +55,7 @@ use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::coordination::v1::Lease;
 use skiff::pb::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    ReplicationController, Service, ServiceAccount,
+    ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
 use skiff::pb::policy::v1::PodDisruptionBudget;
 use skiff::pb::storage::v1::StorageClass;
@@ -72,6 +74,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod quota;
 pub mod replicaset;
 pub mod rootca;
 pub mod runtime;
@@ -138,6 +141,8 @@ pub struct Shared {
     pub storageclasses: Informer<StorageClass>,
     /// All PodDisruptionBudgets.
     pub poddisruptionbudgets: Informer<PodDisruptionBudget>,
+    /// All ResourceQuotas.
+    pub resourcequotas: Informer<ResourceQuota>,
     /// All nodes.
     pub nodes: Informer<Node>,
     /// Node leases (`kube-node-lease`).
@@ -214,6 +219,7 @@ impl Shared {
             persistentvolumeclaims: Informer::start(Api::new(channel.clone()), Default::default()),
             storageclasses: Informer::start(Api::new(channel.clone()), Default::default()),
             poddisruptionbudgets: Informer::start(Api::new(channel.clone()), Default::default()),
+            resourcequotas: Informer::start(Api::new(channel.clone()), Default::default()),
             channel,
         }
     }
@@ -310,6 +316,10 @@ pub fn descriptors() -> Vec<Descriptor> {
         Descriptor {
             name: "disruption",
             start: disruption::start,
+        },
+        Descriptor {
+            name: "resourcequota",
+            start: quota::start,
         },
     ]
 }

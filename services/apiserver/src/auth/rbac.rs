@@ -313,6 +313,20 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         "events",
         "persistentvolumeclaims",
     ];
+    // What a namespace's users may read but only the cluster's
+    // administrators write: its quotas and limit ranges (else a tenant
+    // would raise its own), and the status the controllers keep.
+    let namespace_policy = [
+        "resourcequotas",
+        "resourcequotas/status",
+        "limitranges",
+        "namespaces",
+        "namespaces/status",
+        "pods/status",
+        "replicationcontrollers/status",
+        "services/status",
+        "persistentvolumeclaims/status",
+    ];
     let roles = vec![
         role("cluster-admin", vec![rule(&["*"], &["*"], &["*"])]),
         role(
@@ -320,9 +334,29 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             vec![
                 rule(
                     &["*"],
-                    &["", "apps", "batch", "autoscaling", "coordination.k8s.io"],
+                    &["apps", "batch", "autoscaling", "coordination.k8s.io"],
                     &["*"],
                 ),
+                rule(
+                    &["*"],
+                    &[""],
+                    &[
+                        &workloads_and_config[..],
+                        &[
+                            "secrets",
+                            "pods/exec",
+                            "pods/attach",
+                            "pods/portforward",
+                            "pods/eviction",
+                            "pods/proxy",
+                            "services/proxy",
+                            "serviceaccounts/token",
+                            "replicationcontrollers/scale",
+                        ],
+                    ]
+                    .concat(),
+                ),
+                rule(READ, &[""], &namespace_policy),
                 // Budgets, not their status: the eviction ledger is the
                 // disruption controller's and the API server's.
                 rule(
@@ -370,6 +404,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                         "statefulsets/scale",
                     ],
                 ),
+                rule(READ, &[""], &namespace_policy),
                 // What kubectl rollout history|undo reads.
                 rule(READ, &["apps"], &["controllerrevisions"]),
                 rule(&[READ, WRITE].concat(), &["batch"], &["jobs", "cronjobs"]),
@@ -389,6 +424,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "view",
             vec![
                 rule(READ, &[""], &workloads_and_config),
+                rule(READ, &[""], &namespace_policy),
                 rule(
                     READ,
                     &["apps"],

@@ -610,6 +610,8 @@ kinds! {
     "v1" "Binding" => k8s_pb::api::core::v1::Binding,
     "v1" "PersistentVolume" => k8s_pb::api::core::v1::PersistentVolume,
     "v1" "PersistentVolumeClaim" => k8s_pb::api::core::v1::PersistentVolumeClaim,
+    "v1" "ResourceQuota" => k8s_pb::api::core::v1::ResourceQuota,
+    "v1" "LimitRange" => k8s_pb::api::core::v1::LimitRange,
     "storage.k8s.io/v1" "StorageClass" => k8s_pb::api::storage::v1::StorageClass,
     "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
     "policy/v1" "PodDisruptionBudget" => k8s_pb::api::policy::v1::PodDisruptionBudget,

@@ -79,9 +79,21 @@ impl Registry {
         }
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
+            self.admit_limit_ranges(&mut obj).await?;
             self.admit_pod_security(&obj).await?;
         }
         let owner = object_name(obj.namespace(), obj.name());
+        // Quotas last, on a valid object (Kubernetes' order): what is
+        // charged is what will be written.
+        if K::NAMESPACED
+            && !self
+                .indexed(&self.quotas, obj.namespace())
+                .await?
+                .is_empty()
+        {
+            admit(&obj, None)?;
+            self.charge_quotas(&obj, dry_run).await?;
+        }
         // An object that claims addresses or ports is checked first: nothing
         // is claimed for one that will be refused.
         if obj.cluster_ip_request().is_some() || !obj.node_port_requests().is_empty() {

@@ -11,7 +11,8 @@
 //! `write` (update, update status), `delete`, `watch`, and the
 //! subresources and admission steps they use: `binding`, `eviction`
 //! (deletes that honour disruption budgets), `admission`
-//! (namespace lifecycle, Pod Security, service accounts), `claims`
+//! (namespace lifecycle, Pod Security, service accounts), `limits`
+//! (LimitRanger), `quota` (ResourceQuota charges), `claims`
 //! (Service addresses and node ports).
 
 use std::any::{Any, TypeId};
@@ -22,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use skiff::Resource as _;
 use skiff::pb::api::v1::ListRequest;
-use skiff::pb::core::v1::{Namespace, Service};
+use skiff::pb::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
 use skiff::pb::scheduling::v1::PriorityClass;
 use skiff::validation::FieldErrors;
 use skiff::wkt::Timestamp;
@@ -43,6 +44,8 @@ mod binding;
 mod create;
 mod delete;
 mod eviction;
+mod limits;
+mod quota;
 mod read;
 mod watch;
 mod write;
@@ -85,8 +88,13 @@ pub struct Registry {
     /// The PriorityClasses, for Priority admission without a store read
     /// per pod (Kubernetes' admission reads a lister too).
     priority_classes: Arc<Index<PriorityClass>>,
+    /// The ResourceQuotas: a create in a namespace without any is not
+    /// charged (and reads no quota).
+    quotas: Arc<Index<ResourceQuota>>,
+    /// The LimitRanges, for LimitRanger admission of pods and claims.
+    limit_ranges: Arc<Index<LimitRange>>,
     /// The indexes' watch loops; stopped by [`Registry::close`].
-    index_tasks: [tokio::task::JoinHandle<()>; 2],
+    index_tasks: [tokio::task::JoinHandle<()>; 4],
     /// One watch cache per kind, created on first watch.
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
@@ -239,11 +247,15 @@ impl Registry {
     ) -> Self {
         let (namespaces, namespace_task) = Index::start(Arc::clone(&store));
         let (priority_classes, class_task) = Index::start(Arc::clone(&store));
+        let (quotas, quota_task) = Index::start(Arc::clone(&store));
+        let (limit_ranges, range_task) = Index::start(Arc::clone(&store));
         Self {
             allocator: Allocator::new(Arc::clone(&store), service_cidr, node_ports),
             namespaces,
             priority_classes,
-            index_tasks: [namespace_task, class_task],
+            quotas,
+            limit_ranges,
+            index_tasks: [namespace_task, class_task, quota_task, range_task],
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
             bookmark_interval,

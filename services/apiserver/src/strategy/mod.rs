@@ -7,7 +7,8 @@
 //! `cluster` (namespaces, nodes, events, secrets, configmaps, service
 //! accounts, leases), `autoscaling`, `batch`, `rbac`, `storage`
 //! (persistent volumes and claims, storage classes), `policy`
-//! (disruption budgets), `scheduling` (priority classes).
+//! (disruption budgets), `scheduling` (priority classes), `quota`
+//! (resource quotas and limit ranges).
 
 use skiff::Resource;
 use skiff::pb::core::v1::{PodSpec, ServiceAccount};
@@ -19,6 +20,7 @@ mod batch;
 mod cluster;
 mod pod;
 mod policy;
+mod quota;
 mod rbac;
 mod scheduling;
 mod securitycontext;

@@ -642,6 +642,30 @@ fn validate_container(
                 }
             }
         }
+        for (name, request) in &r.requests {
+            let (Some(limit), Ok(asked)) = (r.limits.get(name), request.parse::<Quantity>()) else {
+                continue;
+            };
+            if limit.parse::<Quantity>().is_ok_and(|l| asked > l) {
+                errors.invalid(
+                    format!("{path}.resources.requests"),
+                    request,
+                    format!("must be less than or equal to {name} limit of {limit}"),
+                );
+            }
+        }
+    }
+}
+
+/// A container with a limit and no request for a resource requests its
+/// limit.
+fn requests_from_limits(c: &mut Container) {
+    if let Some(r) = &mut c.resources {
+        for (name, limit) in &r.limits {
+            r.requests
+                .entry(name.clone())
+                .or_insert_with(|| limit.clone());
+        }
     }
 }
 
@@ -717,6 +741,10 @@ impl Strategy for Pod {
     fn default_fields(&mut self) {
         if let Some(spec) = &mut self.spec {
             default_pod_spec(spec);
+            // Kubernetes' pod defaulting (templates keep theirs).
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                requests_from_limits(c);
+            }
         }
     }
 
@@ -757,6 +785,9 @@ impl Strategy for Pod {
                 .chain(spec.init_containers.iter_mut())
             {
                 c.image.clear();
+                // Pods stored before requests were defaulted from limits
+                // compare as if they had been.
+                requests_from_limits(c);
             }
             spec.active_deadline_seconds = None;
             // Scheduling gates may be removed (checked below).

@@ -1,0 +1,169 @@
+//! ResourceQuota admission, on create: every quota of the namespace that
+//! counts the object and caps something it uses is charged before the
+//! object is written — its `status.used` raised by a write conditional on
+//! the version read, so two creates racing for the last of a quota cannot
+//! both have it — and a create that would pass a cap is refused with
+//! Kubernetes' message. A charge whose object then is not written stays
+//! until the quota controller's next count, as in Kubernetes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use skiff::pb::core::v1::{Pod, ResourceQuota};
+use skiff::quantity::Quantity;
+use skiff::quota::{self, ResourceList};
+
+use crate::error::{ApiError, Result};
+use crate::strategy::Strategy;
+
+use super::*;
+
+impl Registry {
+    /// The objects of an index in `namespace`: from the index once it has
+    /// listed, else from the store.
+    pub(super) async fn indexed<K: Strategy>(
+        &self,
+        index: &Index<K>,
+        namespace: &str,
+    ) -> Result<Vec<Arc<K>>> {
+        if index.is_synced() {
+            return Ok(index.list(Some(namespace)));
+        }
+        self.listed(namespace).await
+    }
+
+    /// The objects of kind `K` in `namespace`, from the store.
+    pub(super) async fn listed<K: Strategy>(&self, namespace: &str) -> Result<Vec<Arc<K>>> {
+        let list = self
+            .list::<K>(ListRequest {
+                namespace: namespace.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(K::list_parts(list).1.into_iter().map(Arc::new).collect())
+    }
+
+    /// Charges the namespace's quotas for `obj` (on a dry run, only
+    /// checks).
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED (Kubernetes' 403) when a cap would be passed or
+    /// a pod lacks a request a quota needs; ABORTED when the quotas kept
+    /// changing.
+    pub(super) async fn charge_quotas<K: Strategy>(&self, obj: &K, dry_run: bool) -> Result<()> {
+        if !K::NAMESPACED {
+            return Ok(());
+        }
+        let namespace = obj.namespace();
+        if self.indexed(&self.quotas, namespace).await?.is_empty() {
+            return Ok(());
+        }
+        let usage = quota::usage(obj);
+        let refused = |why: String| {
+            ApiError::Denied(format!(
+                "{} {:?} is forbidden: {why}",
+                K::PLURAL,
+                obj.name()
+            ))
+        };
+        for _ in 0..MAX_RETRIES {
+            // The quotas as stored now: their versions make the charge
+            // conditional.
+            let list = self
+                .list::<ResourceQuota>(ListRequest {
+                    namespace: namespace.to_string(),
+                    ..Default::default()
+                })
+                .await?;
+            let (_, quotas) = ResourceQuota::list_parts(list);
+            let mut charges = Vec::new();
+            for mut q in quotas {
+                let status = q.status.clone().unwrap_or_default();
+                // A quota counts once its controller has said what it
+                // caps (Kubernetes matches on status.hard).
+                let capped: BTreeSet<String> = status
+                    .hard
+                    .keys()
+                    .filter(|k| usage.contains_key(*k))
+                    .cloned()
+                    .collect();
+                if capped.is_empty() || !quota::quota_counts(&q, obj) {
+                    continue;
+                }
+                if let Some(pod) = (obj as &dyn std::any::Any).downcast_ref::<Pod>()
+                    && let Some(why) =
+                        quota::missing_requirements(pod, &status.hard.keys().cloned().collect())
+                {
+                    return Err(refused(format!("failed quota: {}: {why}", q.name())));
+                }
+                if capped.iter().any(|k| !status.used.contains_key(k)) {
+                    return Err(refused(format!(
+                        "status unknown for quota: {}, resource: {}",
+                        q.name(),
+                        capped.iter().cloned().collect::<Vec<_>>().join(",")
+                    )));
+                }
+                let hard = quota::parse(&status.hard);
+                let used = quota::parse(&status.used);
+                let requested: ResourceList = quota::mask(&usage, &capped)
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_zero())
+                    .collect();
+                if requested.is_empty() {
+                    continue;
+                }
+                let mut after = used.clone();
+                quota::add(&mut after, &requested);
+                let exceeded: Vec<&String> = requested
+                    .keys()
+                    .filter(|k| after.get(*k) > hard.get(*k))
+                    .collect();
+                if !exceeded.is_empty() {
+                    let zero = Quantity::default();
+                    let at = |list: &ResourceList| -> ResourceList {
+                        exceeded
+                            .iter()
+                            .map(|k| ((*k).clone(), *list.get(*k).unwrap_or(&zero)))
+                            .collect()
+                    };
+                    return Err(refused(format!(
+                        "exceeded quota: {}, requested: {}, used: {}, limited: {}",
+                        q.name(),
+                        quota::pretty(&at(&requested)),
+                        quota::pretty(&at(&used)),
+                        quota::pretty(&at(&hard)),
+                    )));
+                }
+                let status = q.status.get_or_insert_with(Default::default);
+                for (k, v) in quota::mask(&after, requested.keys()) {
+                    status.used.insert(k, v.to_string());
+                }
+                charges.push(q);
+            }
+            if dry_run {
+                return Ok(());
+            }
+            let mut raced = false;
+            for q in charges {
+                match self.update_status(q).await {
+                    Ok(_) => {}
+                    // Changed since read (another charge, the controller):
+                    // judge again on the new count.
+                    Err(ApiError::Conflict { .. }) => {
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !raced {
+                return Ok(());
+            }
+        }
+        Err(ApiError::Precondition(format!(
+            "{} {:?} was not created: the quotas of namespace {namespace} kept changing; try again",
+            K::PLURAL,
+            obj.name()
+        )))
+    }
+}

@@ -1,0 +1,377 @@
+//! The resource quota controller: each ResourceQuota's status — the caps
+//! in force (`status.hard`, what admission enforces) and what the
+//! namespace uses of them (`status.used`), counted from the objects
+//! (Kubernetes' resourcequota controller).
+//!
+//! Pods, Services and claims are counted from the shared informers, and
+//! any change of theirs recounts their namespace's quotas (so a deleted
+//! or finished pod frees its share at once); other kinds (`configmaps`,
+//! `count/deployments.apps`...) are listed. A count that differs from the
+//! status is made again from the API before it is written, and the write
+//! is conditional on the quota's version: an informer behind a create
+//! that admission has just charged does not give that charge back. Every quota is also recounted
+//! every [`RESYNC`], which returns a charge admission made for an object
+//! that was then not written, and counts kinds without an informer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff::pb::api::v1::ListRequest;
+use skiff::pb::core::v1::{
+    PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Service,
+};
+use skiff::quota::{self, ResourceList};
+use skiff::{ObjectRef, Resource};
+use skiff_client::{Api, Store};
+
+use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
+
+/// How often every quota is recounted in full.
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// See the module doc. Keys are quotas.
+pub struct QuotaController {
+    api: Api<ResourceQuota>,
+    channel: tonic::transport::Channel,
+    quotas: Store<ResourceQuota>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    claims: Store<PersistentVolumeClaim>,
+}
+
+/// Counts the objects of the namespaced kind whose count `resource`
+/// names (`configmaps`, `count/jobs.batch`); None for a name no kind
+/// counts by.
+macro_rules! count_every_kind {
+    ($($st:ident $kind:ident, $ty:path, $tr:path, $srv:ty;)*) => {
+        async fn count_of(
+            channel: &tonic::transport::Channel,
+            namespace: &str,
+            resource: &str,
+        ) -> Result<Option<usize>, Error> {
+            $(
+                if <$ty as Resource>::NAMESPACED
+                    && quota::usage(&<$ty>::default()).contains_key(resource)
+                {
+                    let list = Api::<$ty>::new(channel.clone())
+                        .list(ListRequest {
+                            namespace: namespace.to_string(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    return Ok(Some(<$ty as Resource>::list_parts(list).1.len()));
+                }
+            )*
+            Ok(None)
+        }
+    };
+}
+
+skiff::for_each_kind!(count_every_kind);
+
+/// Whether the informers' kinds account for `resource` (else it is a
+/// count of another kind).
+fn from_informers(resource: &str) -> bool {
+    let pod = quota::pod_usage(&Pod::default());
+    let service = quota::service_usage(&Service {
+        spec: Some(skiff::pb::core::v1::ServiceSpec {
+            r#type: "LoadBalancer".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    pod.contains_key(resource)
+        || service.contains_key(resource)
+        || resource.starts_with("requests.")
+        || resource.starts_with("limits.")
+        || matches!(resource, "cpu" | "memory" | "ephemeral-storage")
+        || resource == "persistentvolumeclaims"
+        || resource == "count/persistentvolumeclaims"
+        || resource.contains(".storageclass.storage.k8s.io/")
+}
+
+/// What the quota's namespace uses of what it caps, counting the objects
+/// of the informers' kinds at `now` (Unix seconds).
+pub fn used_by(
+    q: &ResourceQuota,
+    pods: &[Arc<Pod>],
+    services: &[Arc<Service>],
+    claims: &[Arc<PersistentVolumeClaim>],
+    now: i64,
+) -> ResourceList {
+    let hard = q.spec.clone().unwrap_or_default().hard;
+    let mut usages: Vec<ResourceList> = Vec::new();
+    usages.extend(
+        pods.iter()
+            .filter(|p| quota::pod_counts(p, now) && quota::quota_counts(q, p.as_ref()))
+            .map(|p| quota::pod_usage(p)),
+    );
+    usages.extend(
+        services
+            .iter()
+            .filter(|s| quota::quota_counts(q, s.as_ref()))
+            .map(|s| quota::service_usage(s)),
+    );
+    usages.extend(
+        claims
+            .iter()
+            .filter(|c| quota::quota_counts(q, c.as_ref()))
+            .map(|c| quota::claim_usage(c)),
+    );
+    quota::used_of(&hard, &usages)
+}
+
+impl QuotaController {
+    fn quotas_in(&self, namespace: &str) -> Vec<ObjectRef> {
+        self.quotas
+            .list()
+            .into_iter()
+            .filter(|q| q.namespace() == namespace)
+            .map(|q| q.object_ref())
+            .collect()
+    }
+
+    /// The status `q` should have, counting the given objects of its
+    /// namespace and listing the kinds without an informer.
+    async fn count(
+        &self,
+        q: &ResourceQuota,
+        pods: &[Arc<Pod>],
+        services: &[Arc<Service>],
+        claims: &[Arc<PersistentVolumeClaim>],
+    ) -> Result<ResourceQuotaStatus, Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut used = used_by(q, pods, services, claims, now);
+        let spec = q.spec.clone().unwrap_or_default();
+        // Scoped quotas count pods only (validation keeps them to that).
+        let scoped = !quota::scope_requirements(&spec).is_empty();
+        for resource in spec.hard.keys().filter(|r| !scoped && !from_informers(r)) {
+            if let Some(n) = count_of(&self.channel, q.namespace(), resource).await? {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                used.insert(
+                    resource.clone(),
+                    skiff::quantity::Quantity::from_milli(n.saturating_mul(1000)),
+                );
+            }
+        }
+        Ok(ResourceQuotaStatus {
+            hard: spec.hard,
+            used: quota::to_strings(&used),
+        })
+    }
+
+    async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
+        let Some(cached) = self.quotas.get(&key.namespace, &key.name) else {
+            return Ok(Action::AwaitChange);
+        };
+        let in_ns = |ns: &str| ns == key.namespace;
+        let pods: Vec<Arc<Pod>> = self
+            .pods
+            .list()
+            .into_iter()
+            .filter(|p| in_ns(p.namespace()))
+            .collect();
+        let services: Vec<Arc<Service>> = self
+            .services
+            .list()
+            .into_iter()
+            .filter(|s| in_ns(s.namespace()))
+            .collect();
+        let claims: Vec<Arc<PersistentVolumeClaim>> = self
+            .claims
+            .list()
+            .into_iter()
+            .filter(|c| in_ns(c.namespace()))
+            .collect();
+        let quick = self.count(&cached, &pods, &services, &claims).await?;
+        if same_status(cached.status.as_ref(), &quick) {
+            return Ok(Action::Requeue(RESYNC));
+        }
+        // A change: count again from the API itself. The informers may be
+        // behind a create that admission charged a moment ago; counting
+        // from them would hand its share back to the next create.
+        let q = match self.api.get(&key.namespace, &key.name).await {
+            Ok(q) => q,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(Action::AwaitChange),
+            Err(s) => return Err(s.into()),
+        };
+        let listed = ListRequest {
+            namespace: key.namespace.clone(),
+            ..Default::default()
+        };
+        let pods = arcs(Pod::list_parts(
+            Api::<Pod>::new(self.channel.clone())
+                .list(listed.clone())
+                .await?,
+        ));
+        let services = arcs(Service::list_parts(
+            Api::<Service>::new(self.channel.clone())
+                .list(listed.clone())
+                .await?,
+        ));
+        let claims = arcs(PersistentVolumeClaim::list_parts(
+            Api::<PersistentVolumeClaim>::new(self.channel.clone())
+                .list(listed)
+                .await?,
+        ));
+        let status = self.count(&q, &pods, &services, &claims).await?;
+        if same_status(q.status.as_ref(), &status) {
+            return Ok(Action::Requeue(RESYNC));
+        }
+        let mut updated = q;
+        updated.status = Some(status);
+        match self.api.update_status(updated).await {
+            Ok(_) => tracing::debug!(quota = %key, "quota usage counted"),
+            // Charged or changed meanwhile: count again.
+            Err(s) if s.code() == tonic::Code::Aborted => {
+                return Ok(Action::Requeue(Duration::from_millis(100)));
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(Action::AwaitChange),
+            Err(s) => return Err(s.into()),
+        }
+        Ok(Action::Requeue(RESYNC))
+    }
+}
+
+/// A listed page's objects, shared.
+fn arcs<L, K>((_, items): (L, Vec<K>)) -> Vec<Arc<K>> {
+    items.into_iter().map(Arc::new).collect()
+}
+
+/// Whether two statuses say the same amounts (`1000m` is `1`).
+fn same_status(old: Option<&ResourceQuotaStatus>, new: &ResourceQuotaStatus) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    let same = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+        a.len() == b.len() && quota::parse(a) == quota::parse(b) && a.keys().eq(b.keys())
+    };
+    same(&old.hard, &new.hard) && same(&old.used, &new.used)
+}
+
+impl Reconciler for QuotaController {
+    fn name(&self) -> &'static str {
+        "resourcequota"
+    }
+
+    fn reconcile(&self, key: ObjectRef) -> ReconcileFuture<'_> {
+        Box::pin(self.sync(key))
+    }
+}
+
+// === wiring ===
+
+/// Starts the quota controller: keys are quotas, woken by quotas and by
+/// the pods, Services and claims of their namespace.
+pub fn start(
+    shared: Arc<crate::Shared>,
+    workers: usize,
+) -> futures::future::BoxFuture<'static, ()> {
+    use crate::runtime::{Controller, changed, keys_of};
+    use futures::FutureExt as _;
+    let controller = Arc::new(QuotaController {
+        api: Api::new(shared.channel.clone()),
+        channel: shared.channel.clone(),
+        quotas: shared.resourcequotas.store.clone(),
+        pods: shared.pods.store.clone(),
+        services: shared.services.store.clone(),
+        claims: shared.persistentvolumeclaims.store.clone(),
+    });
+    let (by_pod, by_service, by_claim) = (
+        Arc::clone(&controller),
+        Arc::clone(&controller),
+        Arc::clone(&controller),
+    );
+    let quotas = shared.resourcequotas.store.clone();
+    Controller::new(controller)
+        .for_kind(&shared.resourcequotas)
+        .watches(&shared.pods, move |change| {
+            by_pod.quotas_in(changed(change).namespace())
+        })
+        .watches(&shared.services, move |change| {
+            by_service.quotas_in(changed(change).namespace())
+        })
+        .watches(&shared.persistentvolumeclaims, move |change| {
+            by_claim.quotas_in(changed(change).namespace())
+        })
+        .run(move || keys_of(&quotas), workers)
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::core::v1::{
+        Container, PodSpec, PodStatus, ResourceQuotaSpec, ResourceRequirements,
+    };
+
+    fn pod(cpu: &str, phase: &str) -> Arc<Pod> {
+        Arc::new(Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    resources: Some(ResourceRequirements {
+                        requests: [("cpu".to_string(), cpu.to_string())].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: phase.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn used_counts_live_pods_services_and_zero_for_the_rest() {
+        let q = ResourceQuota {
+            spec: Some(ResourceQuotaSpec {
+                hard: [
+                    ("pods", "5"),
+                    ("requests.cpu", "2"),
+                    ("services.nodeports", "4"),
+                    ("persistentvolumeclaims", "1"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = vec![
+            pod("500m", "Running"),
+            pod("1", "Pending"),
+            pod("1", "Succeeded"),
+        ];
+        let services = vec![Arc::new(Service {
+            spec: Some(skiff::pb::core::v1::ServiceSpec {
+                r#type: "NodePort".into(),
+                ports: vec![Default::default()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })];
+        let used = quota::to_strings(&used_by(&q, &pods, &services, &[], 0));
+        let want: BTreeMap<String, String> = [
+            ("persistentvolumeclaims", "0"),
+            ("pods", "2"),
+            ("requests.cpu", "1500m"),
+            ("services.nodeports", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(used, want);
+        assert!(from_informers("requests.cpu"));
+        assert!(!from_informers("configmaps"));
+        assert!(!from_informers("count/deployments.apps"));
+    }
+}
