@@ -9,7 +9,7 @@
 //! `<class>.storageclass.storage.k8s.io/requests.storage`,
 //! `services.loadbalancers`, `services.nodeports`.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Resource;
@@ -80,7 +80,11 @@ pub fn add(a: &mut ResourceList, b: &ResourceList) {
     for (k, v) in b {
         let sum = match a.get(k) {
             Some(have) if have.is_zero() => *v,
-            Some(have) => have.checked_add(v).unwrap_or(*have),
+            // Past the largest quantity: the largest, which passes any cap
+            // (never the old total, which a huge request would slip under).
+            Some(have) => have
+                .checked_add(v)
+                .unwrap_or_else(|| Quantity::from_milli(i64::MAX)),
             None => *v,
         };
         a.insert(k.clone(), sum);
@@ -92,6 +96,21 @@ pub fn mask<'a>(list: &ResourceList, names: impl IntoIterator<Item = &'a String>
     names
         .into_iter()
         .filter_map(|k| Some((k.clone(), *list.get(k)?)))
+        .collect()
+}
+
+/// What `after` uses beyond `before`: the increases only (an update is
+/// charged for what it adds, as Kubernetes' quota admission does).
+pub fn increase(after: &ResourceList, before: &ResourceList) -> ResourceList {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let grown = match before.get(k) {
+                Some(was) => v.checked_sub(was)?,
+                None => *v,
+            };
+            (grown > Quantity::default()).then_some((k.clone(), grown))
+        })
         .collect()
 }
 
@@ -201,6 +220,16 @@ pub fn pod_usage(pod: &Pod) -> ResourceList {
     usage
 }
 
+/// What one pod uses at `now`: all of [`pod_usage`] while it counts
+/// ([`pod_counts`]), else only its object count (`count/pods`), as in
+/// Kubernetes.
+pub fn pod_usage_at(pod: &Pod, now: i64) -> ResourceList {
+    if pod_counts(pod, now) {
+        return pod_usage(pod);
+    }
+    [("count/pods".to_string(), Quantity::from_milli(1000))].into()
+}
+
 /// What one Service uses: itself, and its node ports and load balancer.
 pub fn service_usage(service: &Service) -> ResourceList {
     let mut usage = ResourceList::new();
@@ -304,7 +333,14 @@ pub fn scope_requirements(spec: &ResourceQuotaSpec) -> Vec<ScopedResourceSelecto
     all
 }
 
+/// No container requests or limits any CPU or memory (a zero is none, as
+/// in Kubernetes' QoS classes).
 fn is_best_effort(spec: &PodSpec) -> bool {
+    let positive = |map: &BTreeMap<String, String>, k: &str| {
+        map.get(k)
+            .and_then(|v| v.parse::<Quantity>().ok())
+            .is_some_and(|q| q > Quantity::default())
+    };
     spec.containers
         .iter()
         .chain(&spec.init_containers)
@@ -312,7 +348,7 @@ fn is_best_effort(spec: &PodSpec) -> bool {
             c.resources.as_ref().is_none_or(|r| {
                 ["cpu", "memory"]
                     .iter()
-                    .all(|k| !r.requests.contains_key(*k) && !r.limits.contains_key(*k))
+                    .all(|k| !positive(&r.requests, k) && !positive(&r.limits, k))
             })
         })
 }
@@ -347,8 +383,7 @@ fn uses_cross_namespace_affinity(spec: &PodSpec) -> bool {
 
 /// Whether a pod is in one scope requirement, as Kubernetes judges it (a
 /// PriorityClass requirement is a label selector over the one label
-/// `PriorityClass: <class>`, which every pod has, so DoesNotExist matches
-/// none).
+/// `PriorityClass: <class>`, which a pod without a class does not have).
 pub fn pod_in_scope(pod: &Pod, requirement: &ScopedResourceSelectorRequirement) -> bool {
     let spec = pod.spec.clone().unwrap_or_default();
     let terminating = spec.active_deadline_seconds.is_some_and(|s| s >= 0);
@@ -360,10 +395,12 @@ pub fn pod_in_scope(pod: &Pod, requirement: &ScopedResourceSelectorRequirement) 
         SCOPE_CROSS_NAMESPACE_POD_AFFINITY => uses_cross_namespace_affinity(&spec),
         SCOPE_PRIORITY_CLASS => {
             let class = &spec.priority_class_name;
+            let has = !class.is_empty();
             match requirement.operator.as_str() {
-                "Exists" => !class.is_empty(),
-                "In" => requirement.values.contains(class),
-                "NotIn" => !requirement.values.contains(class),
+                "Exists" => has,
+                "DoesNotExist" => !has,
+                "In" => has && requirement.values.contains(class),
+                "NotIn" => !has || !requirement.values.contains(class),
                 _ => false,
             }
         }
@@ -389,15 +426,78 @@ pub fn quota_counts<K: Resource>(quota: &ResourceQuota, obj: &K) -> bool {
     }
 }
 
-/// The resources a scope may cap: what pods use.
+/// Kubernetes' standard quota names (others are `count/...`, qualified
+/// or extended names).
+pub const STANDARD_NAMES: &[&str] = &[
+    "pods",
+    "services",
+    "replicationcontrollers",
+    "resourcequotas",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "services.nodeports",
+    "services.loadbalancers",
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.storage",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+];
+
+/// Whether a scoped quota may cap `resource` (Kubernetes: a standard
+/// name must be `pods`, or for scopes other than BestEffort one of the
+/// CPU and memory names; other names are not checked).
 pub fn scope_allows(scope: &str, resource: &str) -> bool {
-    let counts = matches!(resource, "pods" | "count/pods");
-    let compute = STANDARD.contains(&resource)
-        || resource.starts_with("requests.")
-        || resource.starts_with("limits.");
+    if !STANDARD_NAMES.contains(&resource) {
+        return true;
+    }
+    let compute = matches!(
+        resource,
+        "cpu" | "memory" | "requests.cpu" | "requests.memory" | "limits.cpu" | "limits.memory"
+    );
     match scope {
-        SCOPE_BEST_EFFORT | SCOPE_CROSS_NAMESPACE_POD_AFFINITY => counts,
-        _ => counts || compute,
+        SCOPE_BEST_EFFORT => resource == "pods",
+        _ => resource == "pods" || compute,
+    }
+}
+
+/// Whether kind `K`'s usage is measured in `resource` (Kubernetes'
+/// evaluator's matching resources): a quota capping it counts objects of
+/// `K`, even ones that use none of it.
+pub fn covers<K: Resource>(resource: &str) -> bool {
+    let kind = TypeId::of::<K>();
+    if kind == TypeId::of::<Pod>() {
+        matches!(resource, "pods" | "count/pods")
+            || STANDARD.contains(&resource)
+            || resource.strip_prefix("requests.").is_some_and(|r| {
+                STANDARD.contains(&r) || r.contains('/') || r.starts_with("hugepages-")
+            })
+            || resource
+                .strip_prefix("limits.")
+                .is_some_and(|r| STANDARD.contains(&r))
+    } else if kind == TypeId::of::<Service>() {
+        matches!(
+            resource,
+            "services" | "count/services" | "services.loadbalancers" | "services.nodeports"
+        )
+    } else if kind == TypeId::of::<PersistentVolumeClaim>() {
+        matches!(
+            resource,
+            "persistentvolumeclaims" | "count/persistentvolumeclaims" | "requests.storage"
+        ) || resource
+            .split_once(".storageclass.storage.k8s.io/")
+            .is_some_and(|(_, r)| r == "requests.storage" || r == "persistentvolumeclaims")
+    } else {
+        resource == count_name::<K>()
+            || (!K::API_VERSION.contains('/')
+                && LEGACY_COUNTS.contains(&K::PLURAL)
+                && resource == K::PLURAL)
     }
 }
 
@@ -654,8 +754,17 @@ mod tests {
             &quota(&[], vec![class("NotIn", &["high"])]),
             &best_effort
         ));
+        // A pod without a class has no PriorityClass label at all.
+        assert!(quota_counts(
+            &quota(&[], vec![class("DoesNotExist", &[])]),
+            &best_effort
+        ));
         assert!(!quota_counts(
             &quota(&[], vec![class("DoesNotExist", &[])]),
+            &burstable
+        ));
+        assert!(!quota_counts(
+            &quota(&[], vec![class("In", &[""])]),
             &best_effort
         ));
         // Scoped quotas count pods only.
@@ -685,6 +794,42 @@ mod tests {
         );
         let only_pods: BTreeSet<String> = ["pods".to_string()].into();
         assert_eq!(missing_requirements(&p, &only_pods), None);
+    }
+
+    #[test]
+    fn kinds_are_measured_in_their_own_resources_and_sums_saturate() {
+        assert!(covers::<Pod>("limits.memory") && covers::<Pod>("count/pods"));
+        assert!(!covers::<Pod>("requests.storage") && !covers::<Pod>("services"));
+        assert!(covers::<Service>("services.nodeports"));
+        assert!(covers::<PersistentVolumeClaim>(
+            "gold.storageclass.storage.k8s.io/requests.storage"
+        ));
+        assert!(covers::<ConfigMap>("configmaps") && covers::<ConfigMap>("count/configmaps"));
+        assert!(!covers::<ConfigMap>("secrets"));
+        let mut used: ResourceList = [("limits.cpu".to_string(), Quantity::from_milli(1))].into();
+        add(
+            &mut used,
+            &[("limits.cpu".to_string(), Quantity::from_milli(i64::MAX))].into(),
+        );
+        assert_eq!(used["limits.cpu"], Quantity::from_milli(i64::MAX));
+    }
+
+    #[test]
+    fn an_update_is_charged_for_what_it_adds() {
+        let cluster_ip = service_usage(&Service::default());
+        let balanced = service_usage(&Service {
+            spec: Some(ServiceSpec {
+                r#type: "LoadBalancer".into(),
+                ports: vec![ServicePort::default()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            strings(&increase(&balanced, &cluster_ip)),
+            ["services.loadbalancers=1", "services.nodeports=1"]
+        );
+        assert!(increase(&cluster_ip, &balanced).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
 use skiff::pb::core::v1::{
     Container, LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, Pod, PodSpec, ResourceQuota, ResourceQuotaSpec,
-    ResourceRequirements, VolumeResourceRequirements,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use skiff::pb::meta::v1::{LabelSelector, ObjectMeta};
 use skiff_client::Api;
@@ -117,6 +117,7 @@ async fn a_quota_refuses_what_would_pass_its_caps_and_frees_what_pods_give_back(
             ("pods", "2"),
             ("requests.cpu", "1"),
             ("count/deployments.apps", "1"),
+            ("services.loadbalancers", "0"),
         ],
     )
     .await;
@@ -131,6 +132,13 @@ async fn a_quota_refuses_what_would_pass_its_caps_and_frees_what_pods_give_back(
     );
 
     pods.create(pod("team", "a", Some("500m"))).await.unwrap();
+    // A request so large the sum overflows is still past the cap.
+    let err = pods
+        .create(pod("team", "huge", Some("9223372036854775807m")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("exceeded quota: compute"), "{err:?}");
     // Charged at admission: the next create sees it at once.
     let err = pods
         .create(pod("team", "b", Some("600m")))
@@ -184,6 +192,32 @@ async fn a_quota_refuses_what_would_pass_its_caps_and_frees_what_pods_give_back(
         "{err:?}"
     );
 
+    // An update is charged for what it adds: a Service made a
+    // LoadBalancer.
+    let services = Api::<Service>::new(env.channel.clone());
+    let mut svc = services
+        .create(Service {
+            metadata: meta("team", "web"),
+            spec: Some(ServiceSpec {
+                ports: vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    svc.spec.as_mut().unwrap().r#type = "LoadBalancer".into();
+    let err = services.update(svc).await.unwrap_err();
+    assert!(
+        err.message().ends_with(
+            "exceeded quota: compute, requested: services.loadbalancers=1, used: services.loadbalancers=0, limited: services.loadbalancers=0"
+        ),
+        "{err:?}"
+    );
+
     // A pod that goes gives its share back: the controller recounts.
     pods.delete(DeleteRequest {
         namespace: "team".into(),
@@ -207,6 +241,17 @@ async fn a_quota_refuses_what_would_pass_its_caps_and_frees_what_pods_give_back(
     pods.create(pod("team", "c", Some("500m"))).await.unwrap();
     // Other namespaces are not this quota's.
     pods.create(pod("default", "free", None)).await.unwrap();
+
+    // A quota of CPU alone still counts every pod: one without a request
+    // is refused, though it uses nothing the quota caps.
+    namespace(&env.channel, "cpu").await;
+    quota(&env.channel, "cpu", &[("requests.cpu", "1")]).await;
+    let err = pods.create(pod("cpu", "bare", None)).await.unwrap_err();
+    assert_eq!(
+        err.message(),
+        "pods \"bare\" is forbidden: failed quota: compute: must specify requests.cpu for: app"
+    );
+    pods.create(pod("cpu", "fine", Some("1"))).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -847,7 +847,9 @@ async fn a_namespace_admin_cannot_raise_its_own_quota() {
     };
     denied(quotas.update(raised.clone()).await, "raising the quota");
     denied(quotas.update_status(raised).await, "rewriting its usage");
-    denied(quotas.create(caps("1000")).await, "a second quota");
+    let mut more = caps("1000");
+    more.metadata.as_mut().unwrap().name = "more".into();
+    denied(quotas.create(more).await, "a second quota");
     let err = quotas
         .delete(skiff::pb::api::v1::DeleteRequest {
             namespace: "team".into(),
@@ -868,6 +870,17 @@ async fn a_namespace_admin_cannot_raise_its_own_quota() {
         })
         .await
         .expect_err("a limit range");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Nor hand-written Endpoints, which would send a Service's traffic
+    // anywhere (CVE-2021-25740).
+    let mut endpoints = skiff::pb::core::v1::Endpoints::default();
+    let meta = skiff::Resource::metadata_mut(&mut endpoints);
+    meta.name = "web".into();
+    meta.namespace = "team".into();
+    let err = Api::<skiff::pb::core::v1::Endpoints>::new(jane.clone())
+        .create(endpoints)
+        .await
+        .expect_err("hand-written endpoints");
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     // What the role is for still works.
     let mut config = skiff::pb::core::v1::ConfigMap::default();

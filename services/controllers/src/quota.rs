@@ -5,13 +5,16 @@
 //!
 //! Pods, Services and claims are counted from the shared informers, and
 //! any change of theirs recounts their namespace's quotas (so a deleted
-//! or finished pod frees its share at once); other kinds (`configmaps`,
+//! or finished pod frees its share soon); other kinds (`configmaps`,
 //! `count/deployments.apps`...) are listed. A count that differs from the
 //! status is made again from the API before it is written, and the write
-//! is conditional on the quota's version: an informer behind a create
-//! that admission has just charged does not give that charge back. Every quota is also recounted
-//! every [`RESYNC`], which returns a charge admission made for an object
-//! that was then not written, and counts kinds without an informer.
+//! is conditional on the quota's version. A count lower than the status
+//! is written only once it has held for [`SETTLE`] on an unchanged quota:
+//! a create charges its quota before it writes its object, and counted in
+//! between, the object is missing — its charge must not go to the next
+//! create. Every quota is also recounted every [`RESYNC`], which returns
+//! a charge admission made for an object that was then not written, and
+//! counts kinds without an informer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +32,10 @@ use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// How often every quota is recounted in full.
 pub const RESYNC: Duration = Duration::from_secs(15);
+/// How long a count lower than the status must hold, on an unchanged
+/// quota, before it is written: far longer than a create takes between
+/// its charge and its write.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// See the module doc. Keys are quotas.
 pub struct QuotaController {
@@ -38,6 +45,9 @@ pub struct QuotaController {
     pods: Store<Pod>,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
+    /// Quotas whose count came out lower than their status: the version
+    /// seen and since when.
+    lower: std::sync::Mutex<std::collections::HashMap<ObjectRef, (String, std::time::Instant)>>,
 }
 
 /// Counts the objects of the namespaced kind whose count `resource`
@@ -123,6 +133,12 @@ pub fn used_by(
 }
 
 impl QuotaController {
+    fn forget(&self, key: &ObjectRef) {
+        if let Ok(mut lower) = self.lower.lock() {
+            lower.remove(key);
+        }
+    }
+
     fn quotas_in(&self, namespace: &str) -> Vec<ObjectRef> {
         self.quotas
             .list()
@@ -219,8 +235,34 @@ impl QuotaController {
         ));
         let status = self.count(&q, &pods, &services, &claims).await?;
         if same_status(q.status.as_ref(), &status) {
+            self.forget(&key);
             return Ok(Action::Requeue(RESYNC));
         }
+        // Lower than the status: objects went, or a create has charged
+        // its quota and is about to write its object. Only a lower count
+        // that holds for SETTLE on the same quota version is written.
+        if lowers(q.status.as_ref(), &status) {
+            let version = q.resource_version().to_string();
+            let now = std::time::Instant::now();
+            let since = {
+                let mut lower = self
+                    .lower
+                    .lock()
+                    .map_err(|_| Error::Other("poisoned".into()))?;
+                match lower.get(&key) {
+                    Some((seen, at)) if *seen == version => *at,
+                    _ => {
+                        lower.insert(key.clone(), (version, now));
+                        now
+                    }
+                }
+            };
+            let held = now.duration_since(since);
+            if held < SETTLE {
+                return Ok(Action::Requeue(SETTLE - held));
+            }
+        }
+        self.forget(&key);
         let mut updated = q;
         updated.status = Some(status);
         match self.api.update_status(updated).await {
@@ -234,6 +276,17 @@ impl QuotaController {
         }
         Ok(Action::Requeue(RESYNC))
     }
+}
+
+/// Whether `new` says less than `old` of any resource.
+fn lowers(old: Option<&ResourceQuotaStatus>, new: &ResourceQuotaStatus) -> bool {
+    let Some(old) = old else {
+        return false;
+    };
+    let (before, after) = (quota::parse(&old.used), quota::parse(&new.used));
+    after
+        .iter()
+        .any(|(k, v)| before.get(k).is_some_and(|was| v < was))
 }
 
 /// A listed page's objects, shared.
@@ -279,6 +332,7 @@ pub fn start(
         pods: shared.pods.store.clone(),
         services: shared.services.store.clone(),
         claims: shared.persistentvolumeclaims.store.clone(),
+        lower: Default::default(),
     });
     let (by_pod, by_service, by_claim) = (
         Arc::clone(&controller),

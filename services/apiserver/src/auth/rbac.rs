@@ -307,7 +307,6 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
         "pods/log",
         "replicationcontrollers",
         "services",
-        "endpoints",
         "configmaps",
         "serviceaccounts",
         "events",
@@ -315,8 +314,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
     ];
     // What a namespace's users may read but only the cluster's
     // administrators write: its quotas and limit ranges (else a tenant
-    // would raise its own), and the status the controllers keep.
+    // would raise its own), the status the controllers keep, and
+    // Endpoints (written by hand they steer a Service's traffic anywhere,
+    // CVE-2021-25740; Kubernetes took them from admin and edit in 1.22).
     let namespace_policy = [
+        "endpoints",
         "resourcequotas",
         "resourcequotas/status",
         "limitranges",

@@ -85,14 +85,10 @@ impl Registry {
         let owner = object_name(obj.namespace(), obj.name());
         // Quotas last, on a valid object (Kubernetes' order): what is
         // charged is what will be written.
-        if K::NAMESPACED
-            && !self
-                .indexed(&self.quotas, obj.namespace())
-                .await?
-                .is_empty()
-        {
+        if K::NAMESPACED && self.has_quotas(obj.namespace()).await? {
             admit(&obj, None)?;
-            self.charge_quotas(&obj, dry_run).await?;
+            self.charge_quotas(&obj, &skiff::quota::usage(&obj), dry_run)
+                .await?;
         }
         // An object that claims addresses or ports is checked first: nothing
         // is claimed for one that will be refused.

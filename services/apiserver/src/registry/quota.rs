@@ -1,6 +1,7 @@
-//! ResourceQuota admission, on create: every quota of the namespace that
-//! counts the object and caps something it uses is charged before the
-//! object is written — its `status.used` raised by a write conditional on
+//! ResourceQuota admission, on create (and on an update, for what it
+//! adds: a Service made a LoadBalancer): every quota of the namespace
+//! that counts the object and caps something it uses is charged before
+//! the object is written — its `status.used` raised by a write conditional on
 //! the version read, so two creates racing for the last of a quota cannot
 //! both have it — and a create that would pass a cap is refused with
 //! Kubernetes' message. A charge whose object then is not written stays
@@ -32,6 +33,11 @@ impl Registry {
         self.listed(namespace).await
     }
 
+    /// Whether `namespace` has a ResourceQuota (as the index knows).
+    pub(super) async fn has_quotas(&self, namespace: &str) -> Result<bool> {
+        Ok(!self.indexed(&self.quotas, namespace).await?.is_empty())
+    }
+
     /// The objects of kind `K` in `namespace`, from the store.
     pub(super) async fn listed<K: Strategy>(&self, namespace: &str) -> Result<Vec<Arc<K>>> {
         let list = self
@@ -43,22 +49,24 @@ impl Registry {
         Ok(K::list_parts(list).1.into_iter().map(Arc::new).collect())
     }
 
-    /// Charges the namespace's quotas for `obj` (on a dry run, only
+    /// Charges the namespace's quotas for `obj` using `usage` (all it
+    /// uses on a create, what it adds on an update; on a dry run, only
     /// checks).
     ///
     /// # Errors
     /// PERMISSION_DENIED (Kubernetes' 403) when a cap would be passed or
     /// a pod lacks a request a quota needs; ABORTED when the quotas kept
     /// changing.
-    pub(super) async fn charge_quotas<K: Strategy>(&self, obj: &K, dry_run: bool) -> Result<()> {
-        if !K::NAMESPACED {
-            return Ok(());
-        }
+    pub(super) async fn charge_quotas<K: Strategy>(
+        &self,
+        obj: &K,
+        usage: &ResourceList,
+        dry_run: bool,
+    ) -> Result<()> {
         let namespace = obj.namespace();
-        if self.indexed(&self.quotas, namespace).await?.is_empty() {
+        if !K::NAMESPACED || usage.is_empty() || !self.has_quotas(namespace).await? {
             return Ok(());
         }
-        let usage = quota::usage(obj);
         let refused = |why: String| {
             ApiError::Denied(format!(
                 "{} {:?} is forbidden: {why}",
@@ -66,6 +74,8 @@ impl Registry {
                 obj.name()
             ))
         };
+        // Quotas charged already by an earlier try (not charged twice).
+        let mut charged: BTreeSet<String> = BTreeSet::new();
         for _ in 0..MAX_RETRIES {
             // The quotas as stored now: their versions make the charge
             // conditional.
@@ -78,34 +88,38 @@ impl Registry {
             let (_, quotas) = ResourceQuota::list_parts(list);
             let mut charges = Vec::new();
             for mut q in quotas {
+                if charged.contains(q.name()) {
+                    continue;
+                }
                 let status = q.status.clone().unwrap_or_default();
                 // A quota counts once its controller has said what it
-                // caps (Kubernetes matches on status.hard).
+                // caps (Kubernetes matches on status.hard): what it caps
+                // of what the kind uses, whether this object uses it or
+                // not (a pod without requests under a CPU quota).
                 let capped: BTreeSet<String> = status
                     .hard
                     .keys()
-                    .filter(|k| usage.contains_key(*k))
+                    .filter(|k| quota::covers::<K>(k))
                     .cloned()
                     .collect();
                 if capped.is_empty() || !quota::quota_counts(&q, obj) {
                     continue;
                 }
                 if let Some(pod) = (obj as &dyn std::any::Any).downcast_ref::<Pod>()
-                    && let Some(why) =
-                        quota::missing_requirements(pod, &status.hard.keys().cloned().collect())
+                    && let Some(why) = quota::missing_requirements(pod, &capped)
                 {
                     return Err(refused(format!("failed quota: {}: {why}", q.name())));
                 }
                 if capped.iter().any(|k| !status.used.contains_key(k)) {
                     return Err(refused(format!(
-                        "status unknown for quota: {}, resource: {}",
+                        "status unknown for quota: {}, resources: {}",
                         q.name(),
                         capped.iter().cloned().collect::<Vec<_>>().join(",")
                     )));
                 }
                 let hard = quota::parse(&status.hard);
                 let used = quota::parse(&status.used);
-                let requested: ResourceList = quota::mask(&usage, &capped)
+                let requested: ResourceList = quota::mask(usage, &capped)
                     .into_iter()
                     .filter(|(_, v)| !v.is_zero())
                     .collect();
@@ -145,8 +159,12 @@ impl Registry {
             }
             let mut raced = false;
             for q in charges {
-                match self.update_status(q).await {
-                    Ok(_) => {}
+                let name = q.name().to_string();
+                // Boxed: an update charges quotas, and this is an update.
+                match Box::pin(self.update_status(q)).await {
+                    Ok(_) => {
+                        charged.insert(name);
+                    }
                     // Changed since read (another charge, the controller):
                     // judge again on the new count.
                     Err(ApiError::Conflict { .. }) => {

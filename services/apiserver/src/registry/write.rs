@@ -81,6 +81,16 @@ impl Registry {
                 self.admit_global_default(&next).await?;
                 keep_cluster_ip(&current, &mut next)?;
                 same_spec_same_generation(&current, &mut next);
+                // What the update adds is charged to the quotas (a
+                // Service made a LoadBalancer, a claim grown).
+                let added = skiff::quota::increase(
+                    &skiff::quota::usage(&next),
+                    &skiff::quota::usage(&current),
+                );
+                if !added.is_empty() && self.has_quotas(&namespace).await? {
+                    admit(&next, Some(&current))?;
+                    self.charge_quotas(&next, &added, dry_run).await?;
+                }
                 next
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();

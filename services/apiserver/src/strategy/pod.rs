@@ -648,7 +648,7 @@ fn validate_container(
             };
             if limit.parse::<Quantity>().is_ok_and(|l| asked > l) {
                 errors.invalid(
-                    format!("{path}.resources.requests"),
+                    format!("{path}.resources.requests[{name}]"),
                     request,
                     format!("must be less than or equal to {name} limit of {limit}"),
                 );

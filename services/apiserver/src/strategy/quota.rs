@@ -13,35 +13,14 @@ use std::collections::BTreeMap;
 
 use skiff::pb::core::v1::{LimitRange, LimitRangeItem, ResourceQuota};
 use skiff::quantity::Quantity;
-use skiff::quota::{SCOPE_PRIORITY_CLASS, SCOPES, scope_allows, scope_requirements};
+use skiff::quota::{
+    SCOPE_PRIORITY_CLASS, SCOPES, STANDARD_NAMES, scope_allows, scope_requirements,
+};
 
 use super::*;
 
 /// LimitRange item types.
 pub const LIMIT_TYPES: &[&str] = &["Container", "Pod", "PersistentVolumeClaim"];
-
-/// Resource names a quota may cap without a qualifying `/` or prefix.
-const STANDARD_QUOTA_NAMES: &[&str] = &[
-    "pods",
-    "services",
-    "replicationcontrollers",
-    "resourcequotas",
-    "secrets",
-    "configmaps",
-    "persistentvolumeclaims",
-    "services.nodeports",
-    "services.loadbalancers",
-    "cpu",
-    "memory",
-    "ephemeral-storage",
-    "requests.cpu",
-    "requests.memory",
-    "requests.storage",
-    "requests.ephemeral-storage",
-    "limits.cpu",
-    "limits.memory",
-    "limits.ephemeral-storage",
-];
 
 /// Whether a capped resource is a count of objects (whole numbers only).
 fn is_count(name: &str) -> bool {
@@ -87,10 +66,12 @@ fn validate_quota_name(path: &str, name: &str, errors: &mut FieldErrors) {
         && name
             .split_once('/')
             .is_some_and(|(prefix, rest)| !prefix.is_empty() && !rest.is_empty());
-    if STANDARD_QUOTA_NAMES.contains(&name)
-        || qualified
-        || name.starts_with("requests.") && name.len() > "requests.".len()
-    {
+    // Extended resources (`requests.example.com/gpu`) and huge pages
+    // may be capped by their requests.
+    let extended = name
+        .strip_prefix("requests.")
+        .is_some_and(|r| r.contains('/') || r.starts_with("hugepages-"));
+    if STANDARD_NAMES.contains(&name) || qualified || extended {
         return;
     }
     errors.invalid(
@@ -231,8 +212,41 @@ impl Strategy for LimitRange {
                     "Required value: either minimum or maximum storage value is required, but neither was provided",
                 );
             }
+            for (field, map) in [
+                ("max", &item.max),
+                ("min", &item.min),
+                ("default", &item.default),
+                ("defaultRequest", &item.default_request),
+                ("maxLimitRequestRatio", &item.max_limit_request_ratio),
+            ] {
+                for name in map.keys() {
+                    validate_limit_name(&format!("{path}.{field}"), &item.r#type, name, errors);
+                }
+            }
             validate_bounds(&path, item, errors);
         }
+    }
+}
+
+/// A LimitRange bounds what containers and pods use (CPU, memory,
+/// ephemeral storage, huge pages, extended resources) or a claim's
+/// storage.
+fn validate_limit_name(path: &str, kind: &str, name: &str, errors: &mut FieldErrors) {
+    let container = ["cpu", "memory", "ephemeral-storage"].contains(&name)
+        || name.starts_with("hugepages-")
+        || name.contains('/');
+    match kind {
+        "Container" | "Pod" if !container => errors.invalid(
+            format!("{path}[{name}]"),
+            name,
+            "must be a standard resource for containers",
+        ),
+        "PersistentVolumeClaim" if name != "storage" && !name.contains('/') => errors.invalid(
+            format!("{path}[{name}]"),
+            name,
+            "must be a standard resource type or fully qualified",
+        ),
+        _ => {}
     }
 }
 
