@@ -8,11 +8,11 @@
 //! or finished pod frees its share soon); other kinds (`configmaps`,
 //! `count/deployments.apps`...) are listed. A count that differs from the
 //! status is made again from the API before it is written, and the write
-//! is conditional on the quota's version. A count lower than the status
-//! is written only once it has held for [`SETTLE`] on an unchanged quota:
-//! a create charges its quota before it writes its object, and counted in
-//! between, the object is missing — its charge must not go to the next
-//! create. Every quota is also recounted every [`RESYNC`], which returns
+//! is conditional on the quota's version. A resource counted lower than
+//! its status is written only once the lower count has held for
+//! [`SETTLE`] with the status value unchanged: a create charges its quota
+//! before it writes its object, and counted in between, the object is
+//! missing — its charge must not go to the next create. Every quota is also recounted every [`RESYNC`], which returns
 //! a charge admission made for an object that was then not written, and
 //! counts kinds without an informer.
 
@@ -37,6 +37,10 @@ pub const RESYNC: Duration = Duration::from_secs(15);
 /// its charge and its write.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// Resources counted lower than their status: the status value then, and
+/// since when the count has been lower with that value.
+type Lowered = BTreeMap<String, (String, std::time::Instant)>;
+
 /// See the module doc. Keys are quotas.
 pub struct QuotaController {
     api: Api<ResourceQuota>,
@@ -45,9 +49,8 @@ pub struct QuotaController {
     pods: Store<Pod>,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
-    /// Quotas whose count came out lower than their status: the version
-    /// seen and since when.
-    lower: std::sync::Mutex<std::collections::HashMap<ObjectRef, (String, std::time::Instant)>>,
+    /// Per quota, the resources counted lower than their status.
+    lower: std::sync::Mutex<std::collections::HashMap<ObjectRef, Lowered>>,
 }
 
 /// Counts the objects of the namespaced kind whose count `resource`
@@ -114,8 +117,8 @@ pub fn used_by(
     let mut usages: Vec<ResourceList> = Vec::new();
     usages.extend(
         pods.iter()
-            .filter(|p| quota::pod_counts(p, now) && quota::quota_counts(q, p.as_ref()))
-            .map(|p| quota::pod_usage(p)),
+            .filter(|p| quota::quota_counts(q, p.as_ref()))
+            .map(|p| quota::pod_usage_at(p, now)),
     );
     usages.extend(
         services
@@ -179,8 +182,54 @@ impl QuotaController {
         })
     }
 
+    /// The status to write for a count: the count, but a resource counted
+    /// lower than its status keeps its status value until the lower count
+    /// has held for [`SETTLE`] with that value unchanged; and when the
+    /// next held-back resource settles.
+    fn settle(
+        &self,
+        key: &ObjectRef,
+        status: Option<&ResourceQuotaStatus>,
+        counted: &ResourceQuotaStatus,
+        now: std::time::Instant,
+    ) -> Result<(ResourceQuotaStatus, Option<Duration>), Error> {
+        let was = status.map(|s| s.used.clone()).unwrap_or_default();
+        let before = quota::parse(&was);
+        let mut out = counted.clone();
+        let mut wait: Option<Duration> = None;
+        let mut lower = self
+            .lower
+            .lock()
+            .map_err(|_| Error::Other("poisoned".into()))?;
+        let seen = lower.remove(key).unwrap_or_default();
+        let mut still = Lowered::new();
+        for (k, v) in quota::parse(&counted.used) {
+            let (Some(old), Some(old_text)) = (before.get(&k), was.get(&k)) else {
+                continue;
+            };
+            if v >= *old {
+                continue;
+            }
+            let since = match seen.get(&k) {
+                Some((value, at)) if value == old_text => *at,
+                _ => now,
+            };
+            let held = now.duration_since(since);
+            if held < SETTLE {
+                out.used.insert(k.clone(), old_text.clone());
+                wait = Some(wait.map_or(SETTLE - held, |w| w.min(SETTLE - held)));
+            }
+            still.insert(k, (old_text.clone(), since));
+        }
+        if !still.is_empty() {
+            lower.insert(key.clone(), still);
+        }
+        Ok((out, wait))
+    }
+
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(cached) = self.quotas.get(&key.namespace, &key.name) else {
+            self.forget(&key);
             return Ok(Action::AwaitChange);
         };
         let in_ns = |ns: &str| ns == key.namespace;
@@ -203,15 +252,25 @@ impl QuotaController {
             .filter(|c| in_ns(c.namespace()))
             .collect();
         let quick = self.count(&cached, &pods, &services, &claims).await?;
+        let (quick, wait) = self.settle(
+            &key,
+            cached.status.as_ref(),
+            &quick,
+            std::time::Instant::now(),
+        )?;
+        let again = Action::Requeue(wait.unwrap_or(RESYNC));
         if same_status(cached.status.as_ref(), &quick) {
-            return Ok(Action::Requeue(RESYNC));
+            return Ok(again);
         }
-        // A change: count again from the API itself. The informers may be
-        // behind a create that admission charged a moment ago; counting
-        // from them would hand its share back to the next create.
+        // A change to write: count again from the API itself. The
+        // informers may be behind a create that admission charged a moment
+        // ago; counting from them would hand its share to the next create.
         let q = match self.api.get(&key.namespace, &key.name).await {
             Ok(q) => q,
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(Action::AwaitChange),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                self.forget(&key);
+                return Ok(Action::AwaitChange);
+            }
             Err(s) => return Err(s.into()),
         };
         let listed = ListRequest {
@@ -233,36 +292,13 @@ impl QuotaController {
                 .list(listed)
                 .await?,
         ));
-        let status = self.count(&q, &pods, &services, &claims).await?;
+        let counted = self.count(&q, &pods, &services, &claims).await?;
+        let (status, wait) =
+            self.settle(&key, q.status.as_ref(), &counted, std::time::Instant::now())?;
+        let again = Action::Requeue(wait.unwrap_or(RESYNC));
         if same_status(q.status.as_ref(), &status) {
-            self.forget(&key);
-            return Ok(Action::Requeue(RESYNC));
+            return Ok(again);
         }
-        // Lower than the status: objects went, or a create has charged
-        // its quota and is about to write its object. Only a lower count
-        // that holds for SETTLE on the same quota version is written.
-        if lowers(q.status.as_ref(), &status) {
-            let version = q.resource_version().to_string();
-            let now = std::time::Instant::now();
-            let since = {
-                let mut lower = self
-                    .lower
-                    .lock()
-                    .map_err(|_| Error::Other("poisoned".into()))?;
-                match lower.get(&key) {
-                    Some((seen, at)) if *seen == version => *at,
-                    _ => {
-                        lower.insert(key.clone(), (version, now));
-                        now
-                    }
-                }
-            };
-            let held = now.duration_since(since);
-            if held < SETTLE {
-                return Ok(Action::Requeue(SETTLE - held));
-            }
-        }
-        self.forget(&key);
         let mut updated = q;
         updated.status = Some(status);
         match self.api.update_status(updated).await {
@@ -271,22 +307,14 @@ impl QuotaController {
             Err(s) if s.code() == tonic::Code::Aborted => {
                 return Ok(Action::Requeue(Duration::from_millis(100)));
             }
-            Err(s) if s.code() == tonic::Code::NotFound => return Ok(Action::AwaitChange),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                self.forget(&key);
+                return Ok(Action::AwaitChange);
+            }
             Err(s) => return Err(s.into()),
         }
-        Ok(Action::Requeue(RESYNC))
+        Ok(again)
     }
-}
-
-/// Whether `new` says less than `old` of any resource.
-fn lowers(old: Option<&ResourceQuotaStatus>, new: &ResourceQuotaStatus) -> bool {
-    let Some(old) = old else {
-        return false;
-    };
-    let (before, after) = (quota::parse(&old.used), quota::parse(&new.used));
-    after
-        .iter()
-        .any(|(k, v)| before.get(k).is_some_and(|was| v < was))
 }
 
 /// A listed page's objects, shared.
@@ -381,6 +409,60 @@ mod tests {
             }),
             ..Default::default()
         })
+    }
+
+    fn status(used: &[(&str, &str)]) -> ResourceQuotaStatus {
+        ResourceQuotaStatus {
+            used: used
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lower_count_is_written_only_once_it_has_held() {
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:9").connect_lazy();
+        let controller = QuotaController {
+            api: Api::new(channel.clone()),
+            channel,
+            quotas: skiff_client::store::store::<ResourceQuota>().1,
+            pods: skiff_client::store::store::<Pod>().1,
+            services: skiff_client::store::store::<Service>().1,
+            claims: skiff_client::store::store::<PersistentVolumeClaim>().1,
+            lower: Default::default(),
+        };
+        let key = ObjectRef::new("team", "compute");
+        let t0 = std::time::Instant::now();
+        let stored = status(&[("pods", "3"), ("secrets", "1")]);
+        // Pods went down, secrets up: the rise is written at once, the
+        // fall held back.
+        let counted = status(&[("pods", "2"), ("secrets", "2")]);
+        let (out, wait) = controller
+            .settle(&key, Some(&stored), &counted, t0)
+            .unwrap();
+        assert_eq!(out, status(&[("pods", "3"), ("secrets", "2")]));
+        assert_eq!(wait, Some(SETTLE));
+        let half = t0 + SETTLE / 2;
+        let (out, wait) = controller
+            .settle(&key, Some(&stored), &counted, half)
+            .unwrap();
+        assert_eq!(out.used["pods"], "3");
+        assert_eq!(wait, Some(SETTLE / 2));
+        // A charge meanwhile (the status value changed): the clock starts
+        // again.
+        let charged = status(&[("pods", "4"), ("secrets", "2")]);
+        let (out, _) = controller
+            .settle(&key, Some(&charged), &counted, t0 + SETTLE)
+            .unwrap();
+        assert_eq!(out.used["pods"], "4");
+        let (out, wait) = controller
+            .settle(&key, Some(&charged), &counted, t0 + SETTLE * 2)
+            .unwrap();
+        assert_eq!((out.used["pods"].as_str(), wait), ("2", None));
+        controller.forget(&key);
+        assert!(controller.lower.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -179,7 +179,7 @@ impl Registry {
             }
         }
         Err(ApiError::Precondition(format!(
-            "{} {:?} was not created: the quotas of namespace {namespace} kept changing; try again",
+            "{} {:?} was not written: the quotas of namespace {namespace} kept changing; try again",
             K::PLURAL,
             obj.name()
         )))

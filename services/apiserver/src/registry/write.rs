@@ -49,6 +49,8 @@ impl Registry {
         }
         let requested = parse_rv(obj.resource_version(), "metadata.resourceVersion")?;
         let key = keys::object::<K>(&namespace, &name);
+        // What earlier tries charged to quotas.
+        let mut charged = skiff::quota::ResourceList::new();
         for _ in 0..MAX_RETRIES {
             let Some(kv) = self.store.get(&key).await? else {
                 return Err(not_found::<K>(&namespace, &name));
@@ -81,22 +83,31 @@ impl Registry {
                 self.admit_global_default(&next).await?;
                 keep_cluster_ip(&current, &mut next)?;
                 same_spec_same_generation(&current, &mut next);
-                // What the update adds is charged to the quotas (a
-                // Service made a LoadBalancer, a claim grown).
-                let added = skiff::quota::increase(
-                    &skiff::quota::usage(&next),
-                    &skiff::quota::usage(&current),
-                );
-                if !added.is_empty() && self.has_quotas(&namespace).await? {
-                    admit(&next, Some(&current))?;
-                    self.charge_quotas(&next, &added, dry_run).await?;
-                }
                 next
             };
             let cur_meta = current.metadata().cloned().unwrap_or_default();
             let next_meta = next.metadata().cloned().unwrap_or_default();
             // The last finalizer is gone from an object whose deletion is
             // not waiting out a grace period: it goes.
+            let deleting = cur_meta.deletion_timestamp.is_some()
+                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
+                && next_meta.finalizers.is_empty();
+            // What an update adds is charged to the quotas (a Service made
+            // a LoadBalancer), once however often the write is retried.
+            if !status_only && !deleting {
+                let added = skiff::quota::increase(
+                    &skiff::quota::increase(
+                        &skiff::quota::usage(&next),
+                        &skiff::quota::usage(&current),
+                    ),
+                    &charged,
+                );
+                if !added.is_empty() && self.has_quotas(&namespace).await? {
+                    admit(&next, Some(&current))?;
+                    self.charge_quotas(&next, &added, dry_run).await?;
+                    skiff::quota::add(&mut charged, &added);
+                }
+            }
             if dry_run {
                 // Checked and admitted; nothing is written (not even a
                 // finalizer's last removal). An unchanged object comes back
@@ -111,9 +122,6 @@ impl Registry {
                 return Ok(next);
             }
             let mut next = next;
-            let deleting = cur_meta.deletion_timestamp.is_some()
-                && cur_meta.deletion_grace_period_seconds.unwrap_or(0) == 0
-                && next_meta.finalizers.is_empty();
             // An object about to go claims nothing new.
             let newly = if status_only || deleting {
                 Vec::new()

@@ -68,9 +68,10 @@ fn validate_quota_name(path: &str, name: &str, errors: &mut FieldErrors) {
             .is_some_and(|(prefix, rest)| !prefix.is_empty() && !rest.is_empty());
     // Extended resources (`requests.example.com/gpu`) and huge pages
     // may be capped by their requests.
-    let extended = name
-        .strip_prefix("requests.")
-        .is_some_and(|r| r.contains('/') || r.starts_with("hugepages-"));
+    let extended = name.starts_with("hugepages-")
+        || name
+            .strip_prefix("requests.")
+            .is_some_and(|r| r.contains('/') || r.starts_with("hugepages-"));
     if STANDARD_NAMES.contains(&name) || qualified || extended {
         return;
     }
@@ -229,24 +230,18 @@ impl Strategy for LimitRange {
 }
 
 /// A LimitRange bounds what containers and pods use (CPU, memory,
-/// ephemeral storage, huge pages, extended resources) or a claim's
-/// storage.
+/// ephemeral storage, huge pages, extended resources); a claim item is
+/// about `storage` (checked above).
 fn validate_limit_name(path: &str, kind: &str, name: &str, errors: &mut FieldErrors) {
     let container = ["cpu", "memory", "ephemeral-storage"].contains(&name)
         || name.starts_with("hugepages-")
         || name.contains('/');
-    match kind {
-        "Container" | "Pod" if !container => errors.invalid(
+    if matches!(kind, "Container" | "Pod") && !container {
+        errors.invalid(
             format!("{path}[{name}]"),
             name,
             "must be a standard resource for containers",
-        ),
-        "PersistentVolumeClaim" if name != "storage" && !name.contains('/') => errors.invalid(
-            format!("{path}[{name}]"),
-            name,
-            "must be a standard resource type or fully qualified",
-        ),
-        _ => {}
+        );
     }
 }
 
