@@ -417,6 +417,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_probes_ask_the_health_service_for_their_service() {
+        use tonic_health::ServingStatus;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("db", ServingStatus::NotServing)
+            .await;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let probe = |service: Option<&str>| Probe {
+            grpc: Some(skiff::pb::core::v1::GrpcAction {
+                port: i32::from(port),
+                service: service.map(str::to_string),
+            }),
+            timeout_seconds: 2,
+            ..Default::default()
+        };
+        let t = target(PodContainer::default());
+        assert!(
+            check(&t, &probe(None)).await,
+            "the server as a whole serves"
+        );
+        assert!(!check(&t, &probe(Some("db"))).await, "db is not serving");
+        assert!(!check(&t, &probe(Some("unknown"))).await, "no such service");
+        reporter
+            .set_service_status("db", ServingStatus::Serving)
+            .await;
+        assert!(check(&t, &probe(Some("db"))).await, "db serves now");
+        server.abort();
+        let _ = server.await;
+        assert!(!check(&t, &probe(None)).await, "nothing listens");
+    }
+
+    #[tokio::test]
     async fn http_probes_judge_by_the_status_line() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

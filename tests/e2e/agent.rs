@@ -1069,16 +1069,34 @@ async fn pods_see_the_services_that_exist_when_they_start() {
         running(p, "main")
     })
     .await;
-    let want = format!("{ip} 5432 5432 tcp://{ip}:5432");
-    let mut log = String::new();
-    for _ in 0..50 {
-        log = env.logs("client", "main", false).await.unwrap();
-        if !log.is_empty() {
-            break;
+    // A pod with enableServiceLinks: false gets none of them.
+    env.create(json!({
+        "metadata": {"name": "unlinked"},
+        "spec": {"enableServiceLinks": false,
+            "containers": [{"name": "main", "image": image,
+            "command": ["sh", "-c", "echo \"[$DB_MAIN_SERVICE_HOST$DB_MAIN_PORT]\"; exec sleep 3600"]}]}
+    }))
+    .await;
+    env.wait_for("unlinked", "running", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
+    let first_line = async |pod: &str| {
+        let mut log = String::new();
+        for _ in 0..50 {
+            log = env.logs(pod, "main", false).await.unwrap();
+            if !log.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(log.trim(), want);
+        log.trim().to_string()
+    };
+    assert_eq!(
+        first_line("client").await,
+        format!("{ip} 5432 5432 tcp://{ip}:5432")
+    );
+    assert_eq!(first_line("unlinked").await, "[]");
 }
 
 /// Two clusters on one machine (two `skiff up`s, say) whose agents take

@@ -641,6 +641,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_ready_for_less_than_min_ready_seconds_is_not_yet_available() {
+        let nodes: Vec<Arc<Node>> = ["a", "b", "c"].iter().map(|n| node(n, &[], &[])).collect();
+        // The new pod on c turned ready just now; the old ones long ago.
+        let mut fresh = (*pod("pc", "c", "new", true, 3)).clone();
+        fresh.status.as_mut().unwrap().conditions[0].last_transition_time =
+            Some(skiff::time::now_seconds());
+        let owned = [
+            pod("pa", "a", "old", true, 1),
+            pod("pb", "b", "old", true, 2),
+            Arc::new(fresh),
+        ];
+        let mut patient = ds(&[], Some(1.0));
+        patient.spec.as_mut().unwrap().min_ready_seconds = 3600;
+        // maxUnavailable 1 is spent on the new pod: no old one goes yet.
+        let p = plan(&patient, &nodes, &owned, "new", &[]);
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
+        assert_eq!(p.status.number_available, 2);
+        assert_eq!(p.status.number_unavailable, 1);
+        // Without minReadySeconds the new pod counts at once.
+        let p = plan(&ds(&[], Some(1.0)), &nodes, &owned, "new", &[]);
+        assert_eq!(p.delete, ["pa"]);
+        assert_eq!(p.status.number_available, 3);
+    }
+
+    #[test]
     fn daemon_pods_are_bound_owned_labelled_and_tolerant() {
         let p = daemon_pod(&ds(&[], None), "n1", "abc");
         let spec = p.spec.unwrap();

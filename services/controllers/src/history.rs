@@ -52,6 +52,35 @@ impl Versioned for StatefulSet {
     }
 }
 
+/// The template hash a ControllerRevision is of (its label).
+fn hash_of(r: &ControllerRevision) -> String {
+    r.metadata()
+        .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
+        .unwrap_or_default()
+}
+
+/// The revisions to delete, oldest first: old ones (neither the current
+/// template's, `hash`, nor one a pod runs) beyond `limit`
+/// (revisionHistoryLimit).
+fn prunable<'a>(
+    owned: &'a [Arc<ControllerRevision>],
+    hash: &str,
+    running: &[&str],
+    limit: usize,
+) -> Vec<&'a Arc<ControllerRevision>> {
+    let mut old: Vec<&Arc<ControllerRevision>> = owned
+        .iter()
+        .filter(|r| {
+            let h = hash_of(r);
+            h != hash && !running.contains(&h.as_str())
+        })
+        .collect();
+    old.sort_by_key(|r| r.revision);
+    let excess = old.len().saturating_sub(limit);
+    old.truncate(excess);
+    old
+}
+
 /// The template revision a pod runs ("" for none).
 pub fn revision_of(pod: &Pod) -> &str {
     pod.metadata
@@ -151,11 +180,6 @@ impl History {
     ) -> Result<(), Error> {
         let uid = owner.metadata().map(|m| m.uid.clone()).unwrap_or_default();
         let owned = self.owned(owner);
-        let hash_of = |r: &ControllerRevision| {
-            r.metadata()
-                .and_then(|m| m.labels.get(REVISION_LABEL).cloned())
-                .unwrap_or_default()
-        };
         let cached = owned.iter().map(|r| r.revision).max().unwrap_or(0);
         let (written, written_hash) = self
             .numbered
@@ -199,16 +223,7 @@ impl History {
                 }
             }
         }
-        let mut old: Vec<&Arc<ControllerRevision>> = owned
-            .iter()
-            .filter(|r| {
-                let h = hash_of(r);
-                h != hash && !running.contains(&h.as_str())
-            })
-            .collect();
-        old.sort_by_key(|r| r.revision);
-        let excess = old.len().saturating_sub(owner.history_limit());
-        for gone in old.into_iter().take(excess) {
+        for gone in prunable(&owned, hash, running, owner.history_limit()) {
             match self.revisions.delete(delete_exactly(gone.as_ref())).await {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => {}
@@ -253,5 +268,40 @@ impl History {
         if let Ok(mut numbered) = self.numbered.lock() {
             numbered.remove(uid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn made(hash: &str, number: i64) -> Arc<ControllerRevision> {
+        let mut r = ControllerRevision {
+            revision: number,
+            ..Default::default()
+        };
+        let meta = skiff::Resource::metadata_mut(&mut r);
+        meta.name = format!("ds-{hash}");
+        meta.labels.insert(REVISION_LABEL.into(), hash.into());
+        Arc::new(r)
+    }
+
+    #[test]
+    fn old_revisions_beyond_the_limit_go_oldest_first_unless_a_pod_runs_them() {
+        let owned: Vec<_> = ["h1", "h2", "h3", "h4", "h5"]
+            .iter()
+            .zip(1..)
+            .map(|(h, n)| made(h, n))
+            .collect();
+        let names = |gone: Vec<&Arc<ControllerRevision>>| -> Vec<String> {
+            gone.iter().map(|r| hash_of(r)).collect()
+        };
+        // h5 is current and a pod still runs h2: of h1, h3, h4 one stays.
+        assert_eq!(names(prunable(&owned, "h5", &["h2"], 1)), ["h1", "h3"]);
+        assert!(prunable(&owned, "h5", &[], 10).is_empty());
+        assert_eq!(
+            names(prunable(&owned, "h5", &[], 0)),
+            ["h1", "h2", "h3", "h4"]
+        );
     }
 }
