@@ -119,3 +119,61 @@ pub fn untolerated_taint<'a>(pod: &Pod, node: &'a Node) -> Option<&'a Taint> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::meta::v1::ObjectMeta;
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn requirement(key: &str, operator: &str, values: &[&str]) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn match_fields_name_the_node_and_and_with_expressions() {
+        let by_name = NodeSelectorTerm {
+            match_fields: vec![requirement("metadata.name", "In", &["n1"])],
+            ..Default::default()
+        };
+        assert!(term_matches(&by_name, &node("n1", &[])));
+        assert!(!term_matches(&by_name, &node("n2", &[])));
+        // Only metadata.name is a field: a label key there matches nothing.
+        let label_as_field = NodeSelectorTerm {
+            match_fields: vec![requirement("zone", "In", &["a"])],
+            ..Default::default()
+        };
+        assert!(!term_matches(
+            &label_as_field,
+            &node("n1", &[("zone", "a")])
+        ));
+        let both = NodeSelectorTerm {
+            match_expressions: vec![requirement("zone", "In", &["a"])],
+            match_fields: vec![requirement("metadata.name", "NotIn", &["n2"])],
+        };
+        assert!(term_matches(&both, &node("n1", &[("zone", "a")])));
+        assert!(!term_matches(&both, &node("n2", &[("zone", "a")])));
+        assert!(!term_matches(&both, &node("n1", &[("zone", "b")])));
+        assert!(!term_matches(
+            &NodeSelectorTerm::default(),
+            &node("n1", &[])
+        ));
+    }
+}

@@ -861,20 +861,21 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
         "gen",
         "--hard=pods=1,services.nodeports=0",
     ]);
+    let used_pods = || {
+        k.ok(&[
+            "get",
+            "quota",
+            "gen",
+            "-n",
+            "gen",
+            "-o",
+            "jsonpath={.status.used.pods}",
+        ])
+    };
     wait_until(
         "gen's quota is counted",
         Duration::from_secs(30),
-        async || {
-            k.ok(&[
-                "get",
-                "quota",
-                "gen",
-                "-n",
-                "gen",
-                "-o",
-                "jsonpath={.status.used.pods}",
-            ]) == "0"
-        },
+        async || used_pods() == "0",
     )
     .await;
     let run_pod = |name: &str| {
@@ -944,17 +945,7 @@ async fn kubectl_manages_a_deployment_on_skiff_as_on_kubernetes() {
     wait_until(
         "one's share is given back",
         Duration::from_secs(30),
-        async || {
-            k.ok(&[
-                "get",
-                "quota",
-                "gen",
-                "-n",
-                "gen",
-                "-o",
-                "jsonpath={.status.used.pods}",
-            ]) == "0"
-        },
+        async || used_pods() == "0",
     )
     .await;
     let dry = k.ok(&[

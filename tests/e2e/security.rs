@@ -979,6 +979,49 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         .token;
     let as_robot = c.with_token::<Pod>(&token);
 
+    // A token for another audience is not the API server's to accept; its
+    // lifetime is what was asked, within Kubernetes' bounds.
+    let for_vault = |seconds: i64| TokenRequest {
+        metadata: Some(robot_meta()),
+        spec: Some(TokenRequestSpec {
+            audiences: vec!["vault".into()],
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let issued = ServiceAccountTokensClient::new(admin.clone())
+        .create(for_vault(7200))
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let expires = issued.expiration_timestamp.unwrap().seconds;
+    assert!(
+        (expires - now - 7200).abs() < 60,
+        "expires at {expires}, now {now}"
+    );
+    let refused = c
+        .with_token::<Pod>(&issued.token)
+        .list(ListRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a token for vault");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let err = ServiceAccountTokensClient::new(admin.clone())
+        .create(for_vault(60))
+        .await
+        .expect_err("a one-minute token");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("spec.expirationSeconds"), "{err:?}");
+
     // Before any binding: denied, naming the account and the action.
     let denied = as_robot
         .list(ListRequest {

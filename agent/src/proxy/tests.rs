@@ -19,6 +19,7 @@ fn web() -> (Service, Endpoints) {
         service(json!({
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"clusterIP": "10.43.0.10", "type": "NodePort",
+                     "externalIPs": ["10.45.0.7"],
                      "ports": [{"name": "http", "port": 80, "nodePort": 30080},
                                {"name": "dns", "port": 53, "protocol": "UDP"}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "10.44.0.1"}]}}
@@ -45,7 +46,11 @@ fn ports_keep_ready_endpoints_matched_by_name_and_protocol() {
     assert_eq!(http.node_port, Some(30080));
     assert_eq!(
         http.external_ips,
-        vec!["10.44.0.1".parse::<std::net::Ipv4Addr>().unwrap()]
+        vec![
+            "10.44.0.1".parse::<std::net::Ipv4Addr>().unwrap(),
+            "10.45.0.7".parse().unwrap()
+        ],
+        "the load balancer's address and spec.externalIPs"
     );
     assert_eq!(
         http.endpoints,
@@ -108,6 +113,10 @@ fn rules_balance_over_endpoints_and_reject_the_rest() {
     assert!(
         rules.contains("-d 10.44.0.1/32 -p tcp -m tcp --dport 80"),
         "{rules}"
+    );
+    assert!(
+        rules.contains("-d 10.45.0.7/32 -p tcp -m tcp --dport 80"),
+        "spec.externalIPs answer too: {rules}"
     );
     assert!(rules.contains("--dport 30080"), "{rules}");
     assert!(

@@ -640,6 +640,37 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_is_available_once_ready_for_min_ready_seconds() {
+        let mut fresh = pod("n1", "Running", true, 1);
+        fresh.status.as_mut().unwrap().conditions[0].last_transition_time =
+            Some(skiff::time::now_seconds());
+        let long_ago = pod("n1", "Running", true, 1);
+        assert!(
+            is_available(&fresh, 0),
+            "no minReadySeconds: ready is available"
+        );
+        assert!(!is_available(&fresh, 3600), "ready a moment, not an hour");
+        assert!(is_available(&long_ago, 3600));
+        assert!(!is_available(&pod("n1", "Running", false, 1), 0));
+        // Both kinds of set read the field.
+        let rs = ReplicaSet {
+            spec: Some(skiff::pb::apps::v1::ReplicaSetSpec {
+                min_ready_seconds: 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let rc = ReplicationController {
+            spec: Some(skiff::pb::core::v1::ReplicationControllerSpec {
+                min_ready_seconds: 40,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!((rs.min_ready_seconds(), rc.min_ready_seconds()), (30, 40));
+    }
+
+    #[test]
     fn deletion_prefers_unscheduled_then_pending_then_unready_then_newest() {
         let mut pods = [
             pod("n", "Running", true, 1),

@@ -77,6 +77,28 @@ fn revision(rs: &ReplicaSet) -> i64 {
         .unwrap_or(0)
 }
 
+/// The old sets (oldest first in `olds`) to delete: those at 0 replicas
+/// beyond revisionHistoryLimit (default 10), oldest first, as (name, uid).
+fn beyond_history(d: &Deployment, olds: &[ReplicaSet]) -> Vec<(String, String)> {
+    let limit = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.revision_history_limit)
+        .unwrap_or(10)
+        .max(0) as usize;
+    let idle: Vec<&ReplicaSet> = olds
+        .iter()
+        .filter(|rs| replicas(rs) == 0 && status(rs).replicas == 0)
+        .collect();
+    idle[..idle.len().saturating_sub(limit)]
+        .iter()
+        .map(|rs| {
+            let m = rs.metadata.clone().unwrap_or_default();
+            (m.name, m.uid)
+        })
+        .collect()
+}
+
 fn replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
@@ -503,26 +525,10 @@ impl DeploymentController {
         d: &Deployment,
         olds: &mut Vec<ReplicaSet>,
     ) -> Result<(), Error> {
-        let limit = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.revision_history_limit)
-            .unwrap_or(10)
-            .max(0) as usize;
-        let idle: Vec<&ReplicaSet> = olds
-            .iter()
-            .filter(|rs| replicas(rs) == 0 && status(rs).replicas == 0)
-            .collect();
-        if idle.len() <= limit {
+        let doomed = beyond_history(d, olds);
+        if doomed.is_empty() {
             return Ok(());
         }
-        let doomed: Vec<(String, String)> = idle[..idle.len() - limit]
-            .iter()
-            .map(|rs| {
-                let m = rs.metadata.clone().unwrap_or_default();
-                (m.name, m.uid)
-            })
-            .collect();
         for (name, uid) in &doomed {
             let request = DeleteRequest {
                 namespace: d.namespace().to_string(),
@@ -624,6 +630,40 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn idle_old_sets_beyond_the_history_limit_go_oldest_first() {
+        let set = |name: &str, replicas: i32| ReplicaSet {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                ..Default::default()
+            }),
+            spec: Some(skiff::pb::apps::v1::ReplicaSetSpec {
+                replicas: Some(replicas),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Oldest first; r3 still runs pods (a rollout in progress).
+        let olds = [set("r1", 0), set("r2", 0), set("r3", 2), set("r4", 0)];
+        let limited = |limit: Option<i32>| Deployment {
+            spec: Some(skiff::pb::apps::v1::DeploymentSpec {
+                revision_history_limit: limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let names = |d: &Deployment| -> Vec<String> {
+            beyond_history(d, &olds)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect()
+        };
+        assert_eq!(names(&limited(Some(1))), ["r1", "r2"]);
+        assert_eq!(names(&limited(Some(0))), ["r1", "r2", "r4"]);
+        assert!(names(&limited(None)).is_empty(), "10 by default");
     }
 
     #[test]

@@ -456,3 +456,17 @@ fn a_suspended_job_starts_when_resumed() {
     );
     assert_eq!(p.create, 1);
 }
+
+#[test]
+fn with_pod_replacement_policy_failed_a_terminating_pod_keeps_its_place() {
+    // One pod of two is being deleted but still running.
+    let mut going = (*pod("going", "Running", 1)).clone();
+    going.metadata.as_mut().unwrap().deletion_timestamp = Some(timestamp(90));
+    let owned = [Arc::new(going), pod("staying", "Running", 2)];
+    let mut j = job(Some(4), 2, 6);
+    // The default (TerminatingOrFailed): replaced at once.
+    assert_eq!(plan(&j, &owned, &[], 100).create, 1);
+    // Failed: not until it has stopped.
+    j.spec.as_mut().unwrap().pod_replacement_policy = Some("Failed".into());
+    assert_eq!(plan(&j, &owned, &[], 100).create, 0);
+}

@@ -105,6 +105,25 @@ fn ordered_ready_makes_one_pod_at_a_time_and_waits_for_it() {
 }
 
 #[test]
+fn ordered_ready_waits_min_ready_seconds_before_the_next_ordinal() {
+    let mut patient = set(3, "OrderedReady", 0);
+    patient.spec.as_mut().unwrap().min_ready_seconds = 3600;
+    let mut fresh = (*pod(0, "r1", true)).clone();
+    fresh.status.as_mut().unwrap().conditions[0].last_transition_time =
+        Some(skiff::time::now_seconds());
+    let p = plan(&patient, &[Arc::new(fresh)], "r1", "r1", &[]);
+    assert!(
+        p.create.is_empty(),
+        "web-0 is ready but not yet for an hour"
+    );
+    assert_eq!(p.status.available_replicas, 0);
+    // Ready long ago: available, and web-1 follows.
+    let p = plan(&patient, &[pod(0, "r1", true)], "r1", "r1", &[]);
+    assert_eq!(p.create, [1]);
+    assert_eq!(p.status.available_replicas, 1);
+}
+
+#[test]
 fn scaling_down_removes_the_highest_ordinal_first() {
     let set = set(1, "OrderedReady", 0);
     let pods = [pod(0, "r1", true), pod(1, "r1", true), pod(2, "r1", true)];
