@@ -175,16 +175,7 @@ impl Registry {
         };
         let (class, value, policy) = if request.class.is_empty() {
             // The index until it has listed (just started), the store.
-            let classes: Vec<Arc<PriorityClass>> = if self.priority_classes.is_synced() {
-                self.priority_classes.list(None)
-            } else {
-                let list = self.list::<PriorityClass>(ListRequest::default()).await?;
-                PriorityClass::list_parts(list)
-                    .1
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect()
-            };
+            let classes = self.indexed(&self.priority_classes, "").await?;
             let default = classes
                 .into_iter()
                 .filter(|c| c.global_default)

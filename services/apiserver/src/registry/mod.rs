@@ -368,6 +368,30 @@ impl Registry {
         }
     }
 
+    /// The objects of an index in `namespace`: from the index once it has
+    /// listed, else from the store.
+    pub(super) async fn indexed<K: Strategy>(
+        &self,
+        index: &Index<K>,
+        namespace: &str,
+    ) -> Result<Vec<Arc<K>>> {
+        if index.is_synced() {
+            return Ok(index.list(Some(namespace)));
+        }
+        self.listed(namespace).await
+    }
+
+    /// The objects of kind `K` in `namespace`, from the store.
+    pub(super) async fn listed<K: Strategy>(&self, namespace: &str) -> Result<Vec<Arc<K>>> {
+        let list = self
+            .list::<K>(ListRequest {
+                namespace: namespace.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(K::list_parts(list).1.into_iter().map(Arc::new).collect())
+    }
+
     async fn read<K: Strategy>(&self, key: &str) -> Result<Option<(K, i64)>> {
         let Some(kv) = self.store.get(key).await? else {
             return Ok(None);

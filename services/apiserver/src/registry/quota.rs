@@ -8,7 +8,6 @@
 //! until the quota controller's next count, as in Kubernetes.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use skiff::pb::core::v1::{Pod, ResourceQuota};
 use skiff::quantity::Quantity;
@@ -20,33 +19,9 @@ use crate::strategy::Strategy;
 use super::*;
 
 impl Registry {
-    /// The objects of an index in `namespace`: from the index once it has
-    /// listed, else from the store.
-    pub(super) async fn indexed<K: Strategy>(
-        &self,
-        index: &Index<K>,
-        namespace: &str,
-    ) -> Result<Vec<Arc<K>>> {
-        if index.is_synced() {
-            return Ok(index.list(Some(namespace)));
-        }
-        self.listed(namespace).await
-    }
-
     /// Whether `namespace` has a ResourceQuota (as the index knows).
     pub(super) async fn has_quotas(&self, namespace: &str) -> Result<bool> {
         Ok(!self.indexed(&self.quotas, namespace).await?.is_empty())
-    }
-
-    /// The objects of kind `K` in `namespace`, from the store.
-    pub(super) async fn listed<K: Strategy>(&self, namespace: &str) -> Result<Vec<Arc<K>>> {
-        let list = self
-            .list::<K>(ListRequest {
-                namespace: namespace.to_string(),
-                ..Default::default()
-            })
-            .await?;
-        Ok(K::list_parts(list).1.into_iter().map(Arc::new).collect())
     }
 
     /// Charges the namespace's quotas for `obj` using `usage` (all it
