@@ -65,7 +65,7 @@ macro_rules! count_every_kind {
         ) -> Result<Option<usize>, Error> {
             $(
                 if <$ty as Resource>::NAMESPACED
-                    && quota::usage(&<$ty>::default()).contains_key(resource)
+                    && quota::covers::<$ty>(resource)
                 {
                     let list = Api::<$ty>::new(channel.clone())
                         .list(ListRequest {
@@ -86,22 +86,9 @@ skiff::for_each_kind!(count_every_kind);
 /// Whether the informers' kinds account for `resource` (else it is a
 /// count of another kind).
 fn from_informers(resource: &str) -> bool {
-    let pod = quota::pod_usage(&Pod::default());
-    let service = quota::service_usage(&Service {
-        spec: Some(skiff::pb::core::v1::ServiceSpec {
-            r#type: "LoadBalancer".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    pod.contains_key(resource)
-        || service.contains_key(resource)
-        || resource.starts_with("requests.")
-        || resource.starts_with("limits.")
-        || matches!(resource, "cpu" | "memory" | "ephemeral-storage")
-        || resource == "persistentvolumeclaims"
-        || resource == "count/persistentvolumeclaims"
-        || resource.contains(".storageclass.storage.k8s.io/")
+    quota::covers::<Pod>(resource)
+        || quota::covers::<Service>(resource)
+        || quota::covers::<PersistentVolumeClaim>(resource)
 }
 
 /// What the quota's namespace uses of what it caps, counting the objects
