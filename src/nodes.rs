@@ -4,6 +4,7 @@
 //! `matchFields`), and the node's NoSchedule/NoExecute taints against the
 //! pod's tolerations.
 
+use crate::Resource as _;
 use crate::pb::core::v1::{
     Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
 };
@@ -71,11 +72,11 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
 /// ORed) accept the node.
 pub fn affinity_allows(pod: &Pod, node: &Node) -> bool {
     let Some(spec) = &pod.spec else { return true };
-    let labels = node.metadata.as_ref().map(|m| &m.labels);
+    let labels = node.labels();
     let selector_ok = spec
         .node_selector
         .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+        .all(|(k, v)| labels.get(k) == Some(v));
     let required_ok = spec
         .affinity
         .as_ref()

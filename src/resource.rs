@@ -1,7 +1,12 @@
 //! What the API knows about each kind.
 
 use crate::pb::api::v1::EventType;
-use crate::pb::meta::v1::{ListMeta, ObjectMeta};
+use std::collections::BTreeMap;
+
+use crate::pb::meta::v1::{ListMeta, ObjectMeta, OwnerReference};
+
+/// What `labels()` and `annotations()` return for an object without metadata.
+static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
 /// A kind the API serves. Implemented for every line of `proto/kinds.tsv`
 /// by build.rs, so generic code (the API server's registry, informers, the
@@ -70,6 +75,39 @@ pub trait Resource:
         self.metadata().map_or("", |m| m.resource_version.as_str())
     }
 
+    /// `metadata.uid`, or "" when unset.
+    fn uid(&self) -> &str {
+        self.metadata().map_or("", |m| m.uid.as_str())
+    }
+
+    /// `metadata.generation`, or 0 when unset.
+    fn generation(&self) -> i64 {
+        self.metadata().map_or(0, |m| m.generation)
+    }
+
+    /// `metadata.labels` (empty when unset).
+    fn labels(&self) -> &BTreeMap<String, String> {
+        self.metadata().map_or(&EMPTY, |m| &m.labels)
+    }
+
+    /// `metadata.annotations` (empty when unset).
+    fn annotations(&self) -> &BTreeMap<String, String> {
+        self.metadata().map_or(&EMPTY, |m| &m.annotations)
+    }
+
+    /// `metadata.ownerReferences` (empty when unset).
+    fn owner_references(&self) -> &[OwnerReference] {
+        self.metadata()
+            .map_or(&[], |m| m.owner_references.as_slice())
+    }
+
+    /// The owner reference marked as controller, if any.
+    fn controlled_by(&self) -> Option<&OwnerReference> {
+        self.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+    }
+
     /// Everything a client may change through Update, encoded: the object
     /// without metadata, type meta and status. Generation moves when this
     /// changes. Maps are BTreeMaps, so the encoding is deterministic.
@@ -83,9 +121,9 @@ pub trait Resource:
 
     /// The reference by which the objects this one controls name it as
     /// their controller (and block its foreground deletion).
-    fn controller_reference(&self) -> crate::pb::meta::v1::OwnerReference {
+    fn controller_reference(&self) -> OwnerReference {
         let meta = self.metadata().cloned().unwrap_or_default();
-        crate::pb::meta::v1::OwnerReference {
+        OwnerReference {
             api_version: Self::API_VERSION.into(),
             kind: Self::KIND.into(),
             name: meta.name,

@@ -162,10 +162,7 @@ pub fn best_match<'a>(
             continue;
         }
         let free = pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_none());
-        let labels = pv.metadata.as_ref().map(|m| &m.labels);
-        let selected = selector
-            .as_ref()
-            .is_none_or(|s| labels.is_some_and(|l| s.matches(l)));
+        let selected = selector.as_ref().is_none_or(|s| s.matches(pv.labels()));
         if !free || !selected || volume_class(pv) != class || !usable_here || !modes_cover(pv, pvc)
         {
             continue;

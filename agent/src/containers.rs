@@ -2,6 +2,7 @@
 //! labels, env (values, `$(VAR)` references, configMap/secret/field refs,
 //! envFrom), command and args, mounts and resource limits.
 
+use skiff::Resource as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -393,7 +394,7 @@ async fn resolve_env(
     placement: &Placement,
     sources: &Sources,
 ) -> Result<Vec<(String, String)>, Error> {
-    let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+    let ns = pod.namespace();
     // Kubernetes' service links come first: the pod's own env wins.
     let links = pod
         .spec
@@ -459,7 +460,7 @@ async fn env_value(
     sources: &Sources,
     earlier: &[(String, String)],
 ) -> Result<Option<String>, Error> {
-    let ns = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+    let ns = pod.namespace();
     let Some(from) = &var.value_from else {
         return Ok(Some(expand(&var.value, earlier)));
     };
@@ -526,7 +527,7 @@ pub fn service_env(services: &[skiff::pb::core::v1::Service]) -> Vec<(String, St
             .unwrap_or_default()
     });
     for svc in sorted {
-        let name = svc.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = svc.name();
         let Some(spec) = svc.spec.as_ref() else {
             continue;
         };

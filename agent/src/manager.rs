@@ -6,6 +6,7 @@
 //! which tears them down: that is how a restarted agent cleans up pods
 //! deleted while it was away.
 
+use skiff::Resource as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -144,7 +145,7 @@ impl Handler<Relisted> for PodManager {
             self.pods
                 .list()
                 .iter()
-                .filter_map(|p| p.metadata.as_ref().map(|m| m.uid.clone()))
+                .map(|p| p.uid().to_string())
                 .collect()
         } else {
             Default::default()

@@ -3,6 +3,7 @@
 //! on the node), the probes' results and the worker's waiting reasons.
 //! Pure functions, so every rule is unit-tested.
 
+use skiff::Resource as _;
 use std::collections::HashMap;
 use std::time::SystemTime;
 
@@ -346,7 +347,7 @@ pub fn compute(o: &Observed<'_>) -> PodStatus {
         container_statuses: statuses,
         qos_class: previous.qos_class.clone(),
         nominated_node_name: previous.nominated_node_name.clone(),
-        observed_generation: o.pod.metadata.as_ref().map_or(0, |m| m.generation),
+        observed_generation: o.pod.generation(),
         ..Default::default()
     }
 }

@@ -7,6 +7,7 @@
 //! from the API (bound to the pod) and renewed once 80 % of its life is
 //! gone, as the kubelet does.
 
+use skiff::Resource as _;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -330,7 +331,7 @@ impl Sources {
         })?;
         // The volume must name the claim back (its uid too): a claim that
         // only says it is bound to a volume gets nothing.
-        let claim_uid = pvc.metadata.as_ref().map_or("", |m| m.uid.as_str());
+        let claim_uid = pvc.uid();
         let names_it = pv
             .spec
             .as_ref()

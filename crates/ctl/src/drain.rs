@@ -96,10 +96,6 @@ fn judge(pod: &Pod, options: &DrainOptions) -> Verdict {
     Verdict::Remove
 }
 
-fn uid(pod: &Pod) -> &str {
-    pod.metadata.as_ref().map_or("", |m| m.uid.as_str())
-}
-
 fn pod_name(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace(), pod.name())
 }
@@ -238,7 +234,7 @@ impl Ctl {
         };
         // Only this pod: a new one of the same name is not evicted.
         let preconditions = Some(Preconditions {
-            uid: uid(pod).to_string(),
+            uid: pod.uid().to_string(),
             ..Default::default()
         });
         let verb = if options.disable_eviction {
@@ -301,7 +297,7 @@ impl Ctl {
             match pods.get(&namespace, &name).await {
                 Err(s) if s.code() == tonic::Code::NotFound => break,
                 // A new pod of the same name is not this one.
-                Ok(now) if uid(&now) != uid(pod) => break,
+                Ok(now) if now.uid() != pod.uid() => break,
                 _ if deadline.is_some_and(|d| Instant::now() >= d) => {
                     return Err(too_late("is still there"));
                 }

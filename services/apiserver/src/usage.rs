@@ -4,7 +4,7 @@
 //! not answer is left out, as metrics-server leaves out what it could not
 //! scrape, and said in the log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,10 +83,6 @@ fn all_nodes() -> ListRequest {
     ListRequest::default()
 }
 
-fn labels_of(meta: Option<&skiff::pb::meta::v1::ObjectMeta>) -> BTreeMap<String, String> {
-    meta.map(|m| m.labels.clone()).unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl Metrics for UsageService {
     async fn list_node_metrics(
@@ -106,7 +102,7 @@ impl Metrics for UsageService {
                 let mut usage = summaries.remove(&meta.name)?.node?;
                 let m = usage.metadata.get_or_insert_with(Default::default);
                 m.name = meta.name.clone();
-                m.labels = labels_of(Some(meta));
+                m.labels = meta.labels.clone();
                 Some(usage)
             })
             .collect();
@@ -157,7 +153,7 @@ impl Metrics for UsageService {
                 let m = usage.metadata.get_or_insert_with(Default::default);
                 m.name = meta.name.clone();
                 m.namespace = meta.namespace.clone();
-                m.labels = labels_of(Some(meta));
+                m.labels = meta.labels.clone();
                 Some(usage)
             })
             .collect();

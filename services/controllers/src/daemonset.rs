@@ -32,7 +32,7 @@ use skiff_client::{Api, Store};
 
 use crate::deployment::{rolling, template_hash};
 use crate::history::{History, revision_of};
-use crate::replicaset::{controller_of, created_at, delete_exactly, is_active, is_available};
+use crate::replicaset::{created_at, delete_exactly, is_active, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 pub use crate::history::REVISION_LABEL;
@@ -121,18 +121,15 @@ pub fn plan(
     }
     let mut plan = Plan::default();
     let mut status = DaemonSetStatus {
-        observed_generation: ds.metadata.as_ref().map_or(0, |m| m.generation),
+        observed_generation: ds.generation(),
         ..Default::default()
     };
     // (node, its one active pod) for the rolling update below.
     let mut running: Vec<&Arc<Pod>> = Vec::new();
-    let mut names: Vec<&str> = nodes
-        .iter()
-        .filter_map(|n| n.metadata.as_ref().map(|m| m.name.as_str()))
-        .collect();
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.name()).collect();
     names.sort_unstable();
     for node in nodes {
-        let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = node.name();
         let should_run = skiff::nodes::affinity_allows(&probe, node)
             && skiff::nodes::untolerated_taint(&probe, node).is_none();
         let pods = by_node.remove(name).unwrap_or_default();
@@ -264,7 +261,7 @@ impl DaemonSetController {
 
     /// The daemon set a pod belongs to, if any.
     pub fn owner_of(pod: &Pod) -> Option<ObjectRef> {
-        controller_of(pod)
+        pod.controlled_by()
             .filter(|o| o.kind == DaemonSet::KIND)
             .map(|o| ObjectRef::new(pod.namespace(), o.name.clone()))
     }
@@ -309,7 +306,7 @@ impl DaemonSetController {
             .list()
             .into_iter()
             .filter(|p| p.namespace() == key.namespace)
-            .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == uid))
+            .filter(|p| p.controlled_by().is_some_and(|o| o.uid == uid))
             .collect();
         let hash = template_hash(ds.spec.as_ref().and_then(|s| s.template.as_ref()), 0);
         let running: Vec<&str> = owned.iter().map(|p| revision_of(p)).collect();
@@ -458,7 +455,8 @@ pub fn start(
         .watches(&shared.nodes, move |_| by_node.all())
         .watches(&shared.controllerrevisions, |change| {
             let revision = crate::runtime::changed(change);
-            controller_of(revision.as_ref())
+            revision
+                .controlled_by()
                 .filter(|o| o.kind == DaemonSet::KIND)
                 .map(|o| ObjectRef::new(revision.namespace(), o.name.clone()))
                 .into_iter()

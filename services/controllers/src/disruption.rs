@@ -23,7 +23,6 @@ use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
 use crate::deployment::rolling::int_or_percent;
-use crate::replicaset::{controller_of, uid_of};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 /// See the module doc. Keys are budgets.
@@ -57,21 +56,20 @@ impl Scales<'_> {
     fn of(&self, pod: &Pod) -> Result<(String, i32), String> {
         let namespace = pod.namespace();
         let no_controller = || format!("found no controllers for pod {:?}", pod.name());
-        let owner = controller_of(pod).ok_or_else(no_controller)?;
+        let owner = pod.controlled_by().ok_or_else(no_controller)?;
         let same = |uid: &str| uid == owner.uid;
         match owner.kind.as_str() {
             "ReplicaSet" => {
                 let rs = self
                     .replicasets
                     .get(namespace, &owner.name)
-                    .filter(|rs| same(uid_of(rs.as_ref())))
+                    .filter(|rs| same(rs.uid()))
                     .ok_or_else(no_controller)?;
-                if let Some(deploy) = controller_of(rs.as_ref()).filter(|o| o.kind == "Deployment")
-                {
+                if let Some(deploy) = rs.controlled_by().filter(|o| o.kind == "Deployment") {
                     let d = self
                         .deployments
                         .get(namespace, &deploy.name)
-                        .filter(|d| uid_of(d.as_ref()) == deploy.uid)
+                        .filter(|d| d.uid() == deploy.uid)
                         .ok_or_else(no_controller)?;
                     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                     return Ok((deploy.uid.clone(), replicas));
@@ -83,7 +81,7 @@ impl Scales<'_> {
                 let rc = self
                     .replicationcontrollers
                     .get(namespace, &owner.name)
-                    .filter(|rc| same(uid_of(rc.as_ref())))
+                    .filter(|rc| same(rc.uid()))
                     .ok_or_else(no_controller)?;
                 let replicas = rc.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 Ok((owner.uid.clone(), replicas))
@@ -92,7 +90,7 @@ impl Scales<'_> {
                 let sts = self
                     .statefulsets
                     .get(namespace, &owner.name)
-                    .filter(|s| same(uid_of(s.as_ref())))
+                    .filter(|s| same(s.uid()))
                     .ok_or_else(no_controller)?;
                 let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
                 Ok((owner.uid.clone(), replicas))
@@ -201,7 +199,7 @@ pub fn compute(
         (healthy - desired).max(0)
     };
     let mut status = PodDisruptionBudgetStatus {
-        observed_generation: budget.metadata.as_ref().map_or(0, |m| m.generation),
+        observed_generation: budget.generation(),
         disrupted_pods: disrupted,
         disruptions_allowed: allowed,
         current_healthy: healthy,

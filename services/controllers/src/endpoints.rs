@@ -188,10 +188,8 @@ impl EndpointsController {
                     .is_some_and(|m| m.deletion_timestamp.is_none())
             })
             .filter(|p| {
-                let labels = p.metadata.as_ref().map(|m| &m.labels);
-                selector
-                    .iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                let labels = p.labels();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
             .collect();
         let subsets = subsets(&service, &matching);

@@ -15,7 +15,7 @@ use skiff::pb::core::v1::{Pod, PodTemplateSpec};
 use skiff::pb::meta::v1::ObjectMeta;
 use skiff_client::{Api, Store};
 
-use crate::replicaset::{controller_of, delete_exactly};
+use crate::replicaset::delete_exactly;
 use crate::runtime::Error;
 
 /// The label naming the template revision a pod runs (and its revision
@@ -162,7 +162,7 @@ impl History {
             .list()
             .into_iter()
             .filter(|r| r.namespace() == owner.namespace())
-            .filter(|r| controller_of(r.as_ref()).is_some_and(|o| o.uid == uid))
+            .filter(|r| r.controlled_by().is_some_and(|o| o.uid == uid))
             .collect()
     }
 
@@ -246,7 +246,7 @@ impl History {
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(false),
             Err(s) => return Err(s.into()),
         };
-        if controller_of(&existing).is_some() || existing.data != made.data {
+        if existing.controlled_by().is_some() || existing.data != made.data {
             return Ok(false);
         }
         existing

@@ -16,7 +16,7 @@ use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use skiff::pb::core::v1::{
     Pod, PodTemplateSpec, ReplicationController, ReplicationControllerStatus,
 };
-use skiff::pb::meta::v1::{ObjectMeta, OwnerReference};
+use skiff::pb::meta::v1::ObjectMeta;
 use skiff::selector::LabelSelector;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
@@ -172,18 +172,6 @@ pub(crate) fn delete_exactly<K: Resource>(obj: &K) -> DeleteRequest {
     }
 }
 
-pub(crate) fn controller_of<K: Resource>(obj: &K) -> Option<&OwnerReference> {
-    obj.metadata()?
-        .owner_references
-        .iter()
-        .find(|o| o.controller == Some(true))
-}
-
-/// An object's uid ("" without metadata).
-pub(crate) fn uid_of<K: Resource>(obj: &K) -> &str {
-    obj.metadata().map_or("", |m| m.uid.as_str())
-}
-
 /// Neither finished nor being deleted.
 pub(crate) fn is_active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().map_or("", |s| s.phase.as_str());
@@ -263,7 +251,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
     /// it (a candidate for adoption).
     pub fn owners_of(&self, pod: &Pod) -> Vec<ObjectRef> {
         let namespace = pod.namespace();
-        if let Some(owner) = controller_of(pod) {
+        if let Some(owner) = pod.controlled_by() {
             return if owner.kind == K::KIND {
                 vec![ObjectRef::new(namespace, owner.name.clone())]
             } else {
@@ -427,7 +415,7 @@ impl<K: ReplicaOwner> ReplicaController<K> {
                 .map(|m| m.labels.clone())
                 .unwrap_or_default();
             let matches = selector.matches(&labels);
-            match controller_of(pod.as_ref()) {
+            match pod.controlled_by() {
                 Some(c) if c.uid == uid => {
                     if matches {
                         owned.push(Arc::clone(pod));
@@ -529,10 +517,8 @@ impl<K: ReplicaOwner> ReplicaController<K> {
             fully_labeled: active
                 .iter()
                 .filter(|p| {
-                    let l = p.metadata.as_ref().map(|m| &m.labels);
-                    labels
-                        .iter()
-                        .all(|(k, v)| l.and_then(|l| l.get(k)) == Some(v))
+                    let l = p.labels();
+                    labels.iter().all(|(k, v)| l.get(k) == Some(v))
                 })
                 .count() as i32,
             ready: active.iter().filter(|p| skiff::pods::is_ready(p)).count() as i32,

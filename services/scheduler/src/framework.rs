@@ -4,6 +4,7 @@
 //! [`crate::plugins`]; which of them run, and with what weights, is a
 //! [`crate::profile::Profile`].
 
+use skiff::Resource as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -155,7 +156,7 @@ impl NodeInfo {
 
     /// The node's name.
     pub fn name(&self) -> &str {
-        self.node.metadata.as_ref().map_or("", |m| m.name.as_str())
+        self.node.name()
     }
 }
 

@@ -12,6 +12,7 @@
 //! lowest highest victim priority, the lowest sum of victim priorities,
 //! the fewest victims, and the latest-started most important victim.
 
+use skiff::Resource as _;
 use std::cmp::Reverse;
 use std::sync::Arc;
 
@@ -92,11 +93,7 @@ impl Fit<'_> {
 /// Whether a DaemonSet runs `pod`: its controller binds its pods to their
 /// nodes itself, past any nomination, so removing one makes no room.
 fn daemon(pod: &Pod) -> bool {
-    pod.metadata.as_ref().is_some_and(|m| {
-        m.owner_references
-            .iter()
-            .any(|o| o.controller == Some(true) && o.kind == "DaemonSet")
-    })
+    pod.controlled_by().is_some_and(|o| o.kind == "DaemonSet")
 }
 
 /// `info` with only `pods` on it.
@@ -125,10 +122,10 @@ fn split_by_budgets(
         for (budget, left) in budgets.iter().zip(allowed.iter_mut()) {
             // An eviction already counted against the budget is not
             // counted twice.
-            let counted = budget.status.as_ref().is_some_and(|s| {
-                s.disrupted_pods
-                    .contains_key(pod.metadata.as_ref().map_or("", |m| m.name.as_str()))
-            });
+            let counted = budget
+                .status
+                .as_ref()
+                .is_some_and(|s| s.disrupted_pods.contains_key(pod.name()));
             if skiff::disruption::covers(budget, &pod) && !counted {
                 *left -= 1;
                 if *left < 0 {

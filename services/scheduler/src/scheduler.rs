@@ -461,7 +461,7 @@ impl Scheduler {
                     .pod_informer
                     .store
                     .get(&key.namespace, &key.name)
-                    .is_none_or(|p| p.metadata.as_ref().is_some_and(|m| m.uid == uid));
+                    .is_none_or(|p| p.uid() == uid);
                 if !same {
                     return;
                 }
@@ -764,7 +764,7 @@ impl Scheduler {
                 return;
             }
         }
-        let uid = pod.metadata.as_ref().map_or("", |m| m.uid.as_str());
+        let uid = pod.uid();
         for victim in &chosen.victims {
             self.recorder
                 .record(

@@ -67,12 +67,12 @@ impl Registry {
             };
             if let Some(p) = &options.preconditions
                 && !p.uid.is_empty()
-                && p.uid != pod.metadata.as_ref().map_or("", |m| m.uid.as_str())
+                && p.uid != pod.uid()
             {
                 return Err(ApiError::Precondition(format!(
                     "precondition failed: uid in precondition is {:?}, the pod's uid is {:?}",
                     p.uid,
-                    pod.metadata.as_ref().map_or("", |m| m.uid.as_str())
+                    pod.uid()
                 )));
             }
             let verdict = if disruption::ignores_budgets(pod) {
@@ -129,7 +129,7 @@ impl Registry {
     /// What the budget covering `pod` says, taking one disruption from it
     /// when it allows one (but on a dry run).
     async fn ask_budget(&self, pod: &Pod, dry_run: bool) -> Result<Verdict> {
-        let namespace = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+        let namespace = pod.namespace();
         let list = self
             .list::<PodDisruptionBudget>(ListRequest {
                 namespace: namespace.to_string(),
@@ -147,7 +147,7 @@ impl Registry {
             ));
         }
         let budget_name = budget.name().to_string();
-        let generation = budget.metadata.as_ref().map_or(0, |m| m.generation);
+        let generation = budget.generation();
         let spec = budget.spec.clone().unwrap_or_default();
         let status = budget.status.get_or_insert_with(Default::default);
         if !skiff::pods::is_ready(pod) {
@@ -192,7 +192,7 @@ impl Registry {
         if dry_run {
             return Ok(Verdict::Delete);
         }
-        let pod_name = pod.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let pod_name = pod.name();
         status.disrupted_pods.insert(pod_name.to_string(), now());
         match self.update_status(budget).await {
             Ok(_) => Ok(Verdict::Delete),

@@ -121,7 +121,7 @@ impl Strategy for Job {
         }
         validate_indexed(spec, restart, errors);
         // Each index's pod is named NAME-INDEX in its hostname.
-        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = self.name();
         if spec.completion_mode == "Indexed"
             && !name.is_empty()
             && let Some(last) = spec.completions.filter(|c| *c > 0)
@@ -279,7 +279,7 @@ impl Strategy for CronJob {
         }
         // Its Jobs are named NAME-<minute> (11 more characters) and carry
         // the name in a label: Kubernetes' limit.
-        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = self.name();
         if name.len() > 52 {
             errors.invalid("metadata.name", name, "must be no more than 52 characters");
         }

@@ -543,7 +543,7 @@ impl Strategy for StatefulSet {
         }
         // Pods are named NAME-ORDINAL and carry the name in a label
         // (`controller-revision-hash` is NAME-HASH): Kubernetes' limit.
-        let name = self.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = self.name();
         if name.len() > 52 {
             errors.invalid("metadata.name", name, "must be no more than 52 characters");
         }

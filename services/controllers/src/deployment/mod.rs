@@ -286,11 +286,7 @@ impl DeploymentController {
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
                 let name = format!("{}-{hash}", meta.name);
                 let existing = self.replicasets.get(&meta.namespace, &name).await?;
-                let ours = existing.metadata.as_ref().is_some_and(|m| {
-                    m.owner_references
-                        .iter()
-                        .any(|o| o.controller == Some(true) && o.uid == meta.uid)
-                });
+                let ours = existing.controlled_by().is_some_and(|o| o.uid == meta.uid);
                 if ours {
                     return Ok(existing);
                 }
@@ -319,10 +315,7 @@ impl DeploymentController {
 
     /// Pods still alive of the given ReplicaSets (Recreate waits for none).
     fn live_pods_of(&self, sets: &[ReplicaSet]) -> usize {
-        let uids: Vec<&str> = sets
-            .iter()
-            .filter_map(|rs| rs.metadata.as_ref().map(|m| m.uid.as_str()))
-            .collect();
+        let uids: Vec<&str> = sets.iter().map(|rs| rs.uid()).collect();
         self.pod_store
             .list()
             .iter()
@@ -330,11 +323,9 @@ impl DeploymentController {
                 let phase = p.status.as_ref().map_or("", |s| s.phase.as_str());
                 phase != "Succeeded"
                     && phase != "Failed"
-                    && p.metadata.as_ref().is_some_and(|m| {
-                        m.owner_references
-                            .iter()
-                            .any(|o| uids.contains(&o.uid.as_str()))
-                    })
+                    && p.owner_references()
+                        .iter()
+                        .any(|o| uids.contains(&o.uid.as_str()))
             })
             .count()
     }
@@ -367,9 +358,9 @@ impl DeploymentController {
         let max_revision = owned.iter().map(revision).max().unwrap_or(0);
         let mut step = Step::default();
 
-        let position = owned.iter().position(|rs| {
-            rs.metadata.as_ref().and_then(|m| m.labels.get(HASH_LABEL)) == Some(&hash)
-        });
+        let position = owned
+            .iter()
+            .position(|rs| rs.labels().get(HASH_LABEL) == Some(&hash));
         let mut new = match position {
             Some(i) => Some(owned.remove(i)),
             None if spec.paused => None,

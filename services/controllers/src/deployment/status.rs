@@ -173,7 +173,7 @@ impl DeploymentController {
             }
         };
         let next = DeploymentStatus {
-            observed_generation: d.metadata.as_ref().map_or(0, |m| m.generation),
+            observed_generation: d.generation(),
             replicas: sum(|s| s.replicas),
             updated_replicas: updated,
             ready_replicas: sum(|s| s.ready_replicas),

@@ -25,7 +25,7 @@ use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
-use crate::replicaset::{controller_of, delete_exactly};
+use crate::replicaset::delete_exactly;
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 pub use skiff::names::{JOB_COMPLETION_INDEX_ANNOTATION, JOB_INDEX_FAILURE_COUNT_ANNOTATION};
 
@@ -75,7 +75,7 @@ impl JobController {
 
     /// The job a pod belongs to, if any.
     pub fn owner_of(pod: &Pod) -> Option<ObjectRef> {
-        controller_of(pod)
+        pod.controlled_by()
             .filter(|o| o.kind == Job::KIND)
             .map(|o| ObjectRef::new(pod.namespace(), o.name.clone()))
     }
@@ -204,7 +204,7 @@ impl JobController {
             .list()
             .into_iter()
             .filter(|p| p.namespace() == key.namespace)
-            .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == uid))
+            .filter(|p| p.controlled_by().is_some_and(|o| o.uid == uid))
             .collect();
         // Creates in flight: made, not yet in the cache.
         let creating = {

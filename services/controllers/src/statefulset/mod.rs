@@ -41,7 +41,7 @@ use skiff_client::{Api, Store};
 
 use crate::deployment::template_hash;
 use crate::history::{History, REVISION_LABEL};
-use crate::replicaset::{controller_of, delete_exactly, is_available};
+use crate::replicaset::{delete_exactly, is_available};
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 mod plan;
@@ -91,7 +91,7 @@ impl StatefulSetController {
 
     /// The set a pod belongs to, if any.
     pub fn owner_of<K: Resource>(obj: &K) -> Option<ObjectRef> {
-        controller_of(obj)
+        obj.controlled_by()
             .filter(|o| o.kind == StatefulSet::KIND)
             .map(|o| ObjectRef::new(obj.namespace(), o.name.clone()))
     }
@@ -227,8 +227,8 @@ impl StatefulSetController {
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
             Err(s) => return Err(s.into()),
         };
-        let uid = set.metadata.as_ref().map_or("", |m| m.uid.as_str());
-        let owner = controller_of(&pod);
+        let uid = set.uid();
+        let owner = pod.controlled_by();
         if owner.is_some_and(|o| o.uid == uid) {
             return Ok(());
         }
@@ -237,9 +237,7 @@ impl StatefulSetController {
             .as_ref()
             .and_then(|s| s.selector.as_ref())
             .and_then(|s| skiff::selector::LabelSelector::try_from(s).ok())
-            .is_some_and(|s| {
-                !s.is_empty() && pod.metadata.as_ref().is_some_and(|m| s.matches(&m.labels))
-            });
+            .is_some_and(|s| !s.is_empty() && s.matches(pod.labels()));
         let terminating = pod
             .metadata
             .as_ref()
@@ -287,7 +285,7 @@ impl StatefulSetController {
             .list()
             .into_iter()
             .filter(|p| p.namespace() == key.namespace)
-            .filter(|p| controller_of(p.as_ref()).is_some_and(|o| o.uid == meta.uid))
+            .filter(|p| p.controlled_by().is_some_and(|o| o.uid == meta.uid))
             .collect();
         let spec = set.spec.clone().unwrap_or_default();
         let hash = template_hash(spec.template.as_ref(), 0);
@@ -295,7 +293,7 @@ impl StatefulSetController {
         let prefix = format!("{}-", set.name());
         let running: Vec<String> = owned
             .iter()
-            .filter_map(|p| p.metadata.as_ref()?.labels.get(REVISION_LABEL))
+            .filter_map(|p| p.labels().get(REVISION_LABEL))
             .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
             .collect();
         let current = set

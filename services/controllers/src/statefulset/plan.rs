@@ -225,7 +225,7 @@ pub fn plan(
     };
     let mut plan = Plan::default();
     let mut status = StatefulSetStatus {
-        observed_generation: set.metadata.as_ref().map_or(0, |m| m.generation),
+        observed_generation: set.generation(),
         current_revision: current.to_string(),
         update_revision: update.to_string(),
         ..Default::default()

@@ -159,7 +159,7 @@ impl VolumeController {
                 able.sort();
                 // Spread by the claim's uid, so claims do not all land on
                 // the first node.
-                let pick = uid_of(pvc).bytes().map(usize::from).sum::<usize>();
+                let pick = pvc.uid().bytes().map(usize::from).sum::<usize>();
                 match able.get(pick % able.len().max(1)) {
                     Some(t) => t.clone(),
                     None => {

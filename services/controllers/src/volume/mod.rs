@@ -53,7 +53,6 @@ use skiff::{ObjectRef, Resource as _, volumes};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
 
-use crate::replicaset::uid_of;
 use crate::runtime::{Action, Error, ReconcileFuture, Reconciler};
 
 mod claims;
@@ -132,7 +131,7 @@ pub fn claims_of(pod: &Pod) -> Vec<ObjectRef> {
 /// The name of the volume the local provisioner makes for a claim
 /// (Kubernetes' `pvc-<uid>`).
 pub fn provisioned_name(pvc: &PersistentVolumeClaim) -> String {
-    format!("pvc-{}", uid_of(pvc))
+    format!("pvc-{}", pvc.uid())
 }
 
 /// The local-path volume for `pvc` on `node`, under `root` there.

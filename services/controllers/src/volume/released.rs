@@ -23,7 +23,7 @@ impl VolumeController {
             .claims
             .1
             .get(&claim_ref.namespace, &claim_ref.name)
-            .filter(|c| uid_of(c.as_ref()) == claim_ref.uid);
+            .filter(|c| c.uid() == claim_ref.uid);
         if let Some(claim) = cached {
             let elsewhere = volumes::claim_volume(&claim);
             let by_us = pv
@@ -67,7 +67,7 @@ impl VolumeController {
             .get(&claim_ref.namespace, &claim_ref.name)
             .await
         {
-            Ok(live) if uid_of(&live) == claim_ref.uid => {
+            Ok(live) if live.uid() == claim_ref.uid => {
                 let elsewhere = volumes::claim_volume(&live);
                 let held = elsewhere.is_empty() || elsewhere == pv.name();
                 return if deleting {

@@ -11,7 +11,8 @@
 //! label values. A term without a `labelSelector` matches no pod.
 //! Namespace selectors with labels are refused by the API.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use skiff::Resource as _;
+use std::collections::{HashMap, HashSet};
 
 use skiff::pb::core::v1::{Pod, PodAffinityTerm};
 use skiff::selector::LabelSelector;
@@ -35,17 +36,6 @@ const HARD_AFFINITY_WEIGHT: i64 = 1;
 /// See the module doc.
 pub struct InterPodAffinity;
 
-fn labels(pod: &Pod) -> BTreeMap<String, String> {
-    pod.metadata
-        .as_ref()
-        .map(|m| m.labels.clone())
-        .unwrap_or_default()
-}
-
-fn namespace(pod: &Pod) -> &str {
-    pod.metadata.as_ref().map_or("", |m| m.namespace.as_str())
-}
-
 /// A term, resolved against the pod that carries it.
 #[derive(Debug, Clone)]
 pub(crate) struct Term {
@@ -66,7 +56,7 @@ impl Term {
         } else if !term.namespaces.is_empty() {
             Some(term.namespaces.iter().cloned().collect())
         } else {
-            Some(HashSet::from([namespace(owner).to_string()]))
+            Some(HashSet::from([owner.namespace().to_string()]))
         };
         Self {
             namespaces,
@@ -85,7 +75,7 @@ impl Term {
         let in_namespace = self
             .namespaces
             .as_ref()
-            .is_none_or(|ns| ns.contains(namespace(pod)));
+            .is_none_or(|ns| ns.contains(pod.namespace()));
         in_namespace
             && pod
                 .metadata
@@ -104,7 +94,7 @@ pub(crate) fn selector_with_keys(
     owner: &Pod,
 ) -> Option<LabelSelector> {
     let selector = selector?;
-    let own = labels(owner);
+    let own = owner.labels().clone();
     let mut expressions: Vec<(String, String, Vec<String>)> = selector
         .match_expressions
         .iter()

@@ -13,6 +13,7 @@
 //! `minDomains`, the emptiest counts as 0. Skiff applies no cluster-wide
 //! default constraints: pods without any are spread by OwnerSpread.
 
+use skiff::Resource as _;
 use std::collections::{BTreeMap, HashMap};
 
 use skiff::pb::core::v1::{Pod, TopologySpreadConstraint};
@@ -83,7 +84,7 @@ fn count(pod: &Pod, hard: bool, all: &[&NodeInfo]) -> Vec<Counted> {
     if chosen.is_empty() {
         return Vec::new();
     }
-    let namespace = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+    let namespace = pod.namespace();
     let own_labels: BTreeMap<String, String> = pod
         .metadata
         .as_ref()

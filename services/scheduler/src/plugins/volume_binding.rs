@@ -83,7 +83,7 @@ impl PodVolumes {
     /// `Immediate` class.
     pub fn of(pod: &Pod, stores: &Stores) -> Result<Self, Reason> {
         let mut found = Self::default();
-        let namespace = pod.metadata.as_ref().map_or("", |m| m.namespace.as_str());
+        let namespace = pod.namespace();
         let claims = pod
             .spec
             .iter()
@@ -185,7 +185,7 @@ impl PodVolumes {
         if self.bound.iter().any(|pv| !volumes::node_allows(pv, node)) {
             return Err(NODE_CONFLICT.into());
         }
-        let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
+        let name = node.name();
         for waiting in &self.waiting {
             if waiting.selected.as_deref().is_some_and(|s| s != name) {
                 return Err(BIND_CONFLICT.into());
