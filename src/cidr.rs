@@ -4,6 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::validation::Invalid;
+
 /// An IPv4 range: a network address and a prefix length (host bits zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Cidr {
@@ -16,9 +18,9 @@ impl Ipv4Cidr {
     ///
     /// # Errors
     /// `bits` over 32.
-    pub fn new(base: Ipv4Addr, bits: u8) -> Result<Self, String> {
+    pub fn new(base: Ipv4Addr, bits: u8) -> Result<Self, Invalid> {
         if bits > 32 {
-            return Err(format!("/{bits}: an IPv4 prefix is at most /32"));
+            return Err(format!("/{bits}: an IPv4 prefix is at most /32").into());
         }
         Ok(Self {
             base: Ipv4Addr::from(u32::from(base) & Self::mask_of(bits)),
@@ -96,23 +98,27 @@ impl Ipv4Cidr {
 }
 
 impl std::str::FromStr for Ipv4Cidr {
-    type Err = String;
+    type Err = Invalid;
 
     /// Parses `10.42.0.0/16`; host bits must be zero, as Kubernetes asks
     /// of `podCIDR` and `--cluster-cidr`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         let (ip, bits) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (like 10.42.0.0/16)"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR: {ip:?} is not an IPv4 address"))?;
-        let bits: u8 = bits
-            .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR: {bits:?} is not a prefix length"))?;
-        let cidr = Self::new(ip, bits).map_err(|e| format!("{s:?}: {e}"))?;
+            .ok_or_else(|| Invalid::from(format!("{s:?} is not a CIDR (like 10.42.0.0/16)")))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| {
+            Invalid(format!(
+                "{s:?} is not a CIDR: {ip:?} is not an IPv4 address"
+            ))
+        })?;
+        let bits: u8 = bits.parse().map_err(|_| {
+            Invalid(format!(
+                "{s:?} is not a CIDR: {bits:?} is not a prefix length"
+            ))
+        })?;
+        let cidr = Self::new(ip, bits).map_err(|e| Invalid(format!("{s:?}: {e}")))?;
         if cidr.base != ip {
-            return Err(format!("{s:?} has host bits set: the network is {cidr}"));
+            return Err(format!("{s:?} has host bits set: the network is {cidr}").into());
         }
         Ok(cidr)
     }
@@ -135,7 +141,7 @@ mod tests {
         assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 0, 0));
         let err = "10.42.1.0/16".parse::<Ipv4Cidr>().unwrap_err();
         assert!(
-            err.contains("host bits set: the network is 10.42.0.0/16"),
+            err.0.contains("host bits set: the network is 10.42.0.0/16"),
             "{err}"
         );
         assert!("10.42.0.0".parse::<Ipv4Cidr>().is_err());

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeSet;
 
+use crate::validation::Invalid;
+
 /// Parses `"0,2-4"`; every index must be below `limit`.
 ///
 /// # Errors
 /// A malformed part, an index out of range, or intervals out of order.
-pub fn parse(text: &str, limit: i32) -> Result<BTreeSet<i32>, String> {
+pub fn parse(text: &str, limit: i32) -> Result<BTreeSet<i32>, Invalid> {
     let mut set = BTreeSet::new();
     let mut last: Option<i32> = None;
     if text.is_empty() {
@@ -20,15 +22,18 @@ pub fn parse(text: &str, limit: i32) -> Result<BTreeSet<i32>, String> {
             None => (part, part),
         };
         let number = |s: &str| {
-            s.parse::<i32>()
-                .map_err(|_| format!("{part:?} is not an index or an interval of indexes"))
+            s.parse::<i32>().map_err(|_| {
+                Invalid(format!(
+                    "{part:?} is not an index or an interval of indexes"
+                ))
+            })
         };
         let (from, to) = (number(from)?, number(to)?);
         if from < 0 || to < from || (part.contains('-') && to == from) {
-            return Err(format!("{part:?} is not an interval of indexes"));
+            return Err(format!("{part:?} is not an interval of indexes").into());
         }
         if to >= limit {
-            return Err(format!("index {to} is not below the completions ({limit})"));
+            return Err(format!("index {to} is not below the completions ({limit})").into());
         }
         if last.is_some_and(|l| from <= l) {
             return Err("the intervals must be increasing and must not overlap".into());

@@ -29,7 +29,7 @@ pub fn to_value<T: Serialize>(obj: &T) -> serde_json::Result<Value> {
 ///
 /// # Errors
 /// The field and what is wrong with it.
-pub fn from_value<K: DeserializeOwned>(mut value: Value) -> Result<K, String> {
+pub fn from_value<K: DeserializeOwned>(mut value: Value) -> Result<K, Error> {
     quantities_as_strings(&mut value);
     read(&value)
 }
@@ -40,16 +40,43 @@ pub fn from_value<K: DeserializeOwned>(mut value: Value) -> Result<K, String> {
 ///
 /// # Errors
 /// The field and what is wrong with it.
-pub fn read<K: DeserializeOwned>(value: &Value) -> Result<K, String> {
+pub fn read<K: DeserializeOwned>(value: &Value) -> Result<K, Error> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." || path.is_empty() {
-            inner
-        } else {
-            format!("{path}: {inner}")
+        Error {
+            path: if path == "." { String::new() } else { path },
+            message: e.into_inner().to_string(),
         }
     })
+}
+
+/// Why JSON does not read as an object: where (`spec.containers[0]`, empty
+/// for the top) and what is wrong (``unknown field `imag` ``); shown as
+/// `PATH: MESSAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The field, dot-separated with indexes; empty for the whole object.
+    pub path: String,
+    /// What serde said.
+    pub message: String,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for String {
+    fn from(e: Error) -> Self {
+        e.to_string()
+    }
 }
 
 /// Sets `apiVersion` and `kind` (list items come without them).
@@ -208,10 +235,10 @@ mod tests {
         });
         let err = from_value::<Pod>(bad).unwrap_err();
         assert!(
-            err.contains("spec.containers[0]") && err.contains("imag"),
+            err.to_string().contains("spec.containers[0]") && err.message.contains("imag"),
             "{err}"
         );
         let err = from_value::<Pod>(serde_json::json!({"metadata": {"name": 5}})).unwrap_err();
-        assert!(err.contains("metadata.name"), "{err}");
+        assert!(err.to_string().contains("metadata.name"), "{err}");
     }
 }

@@ -25,6 +25,12 @@
 //! - [`podsecurity`]: Pod Security Standards checks, for the API server's admission.
 //! - [`table`]: kubectl's columns per kind, shared by the CLI and the API
 //!   server's Tables (`kubectl get`).
+//! - [`quota`]: what objects count against a ResourceQuota; [`volumes`]:
+//!   claims and volumes; [`cidr`]: IPv4 ranges for node IPAM.
+//!
+//! Errors: each module returns its own type ([`validation::Invalid`] for a
+//! value Kubernetes' rules refuse, [`json::Error`] for JSON that does not
+//! read as an object, [`selector::Error`]), never a bare `String`.
 
 pub mod cidr;
 pub mod codec;

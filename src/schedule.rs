@@ -8,6 +8,8 @@ use std::str::FromStr as _;
 
 use chrono::TimeZone as _;
 
+use crate::validation::Invalid;
+
 /// A parsed schedule, and the time zone it is read in.
 #[derive(Debug, Clone)]
 pub struct Schedule(croner::Cron, chrono_tz::Tz);
@@ -16,16 +18,16 @@ pub struct Schedule(croner::Cron, chrono_tz::Tz);
 ///
 /// # Errors
 /// A name the time zone database does not know.
-pub fn time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+pub fn time_zone(name: &str) -> Result<chrono_tz::Tz, Invalid> {
     name.parse::<chrono_tz::Tz>()
-        .map_err(|_| format!("unknown time zone {name:?}"))
+        .map_err(|_| Invalid(format!("unknown time zone {name:?}")))
 }
 
 /// Parses a schedule in time zone `zone` (None: UTC).
 ///
 /// # Errors
 /// What is wrong with either.
-pub fn parse_in(schedule: &str, zone: Option<&str>) -> Result<Schedule, String> {
+pub fn parse_in(schedule: &str, zone: Option<&str>) -> Result<Schedule, Invalid> {
     let tz = zone.map_or(Ok(chrono_tz::UTC), time_zone)?;
     parse(schedule).map(|s| Schedule(s.0, tz))
 }
@@ -34,7 +36,7 @@ pub fn parse_in(schedule: &str, zone: Option<&str>) -> Result<Schedule, String> 
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn parse(schedule: &str) -> Result<Schedule, String> {
+pub fn parse(schedule: &str) -> Result<Schedule, Invalid> {
     if schedule.contains("TZ=") {
         return Err("cannot use TZ or CRON_TZ in schedule, use timeZone field instead".into());
     }
@@ -49,7 +51,7 @@ pub fn parse(schedule: &str) -> Result<Schedule, String> {
     };
     croner::Cron::from_str(schedule)
         .map(|cron| Schedule(cron, chrono_tz::UTC))
-        .map_err(|e| e.to_string())
+        .map_err(|e| Invalid(e.to_string()))
 }
 
 impl Schedule {

@@ -1,10 +1,22 @@
 //! kubectl's tables: columns per kind read from the objects' JSON, aligned
 //! with three spaces between columns; `wide` adds columns; `-A` adds
 //! NAMESPACE first.
+//!
+//! [`rows`] holds every kind's header and dispatches each row to the file
+//! of its kind's family: `table/workloads.rs` (pods and their controllers,
+//! jobs, autoscalers, disruption budgets), `table/services.rs` (Services,
+//! Endpoints, ConfigMaps, Secrets, Events), `table/cluster.rs` (Nodes,
+//! Namespaces, quotas, PriorityClasses, RBAC) and `table/storage.rs`
+//! (volumes, claims, StorageClasses).
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
+
+mod cluster;
+mod services;
+mod storage;
+mod workloads;
 
 /// kubectl's age: `45s`, `3m12s`, `5h`, `2d3h`, `12d`.
 pub fn age(timestamp: &Value, now: SystemTime) -> String {
@@ -98,46 +110,6 @@ pub fn pod_status(pod: &Value) -> String {
         }
     }
     none_if_empty(&reason)
-}
-
-/// A volume's or claim's STATUS: its phase, or `Terminating` once deleted
-/// (kubectl's).
-fn volume_phase(item: &Value) -> String {
-    if item
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|t| !t.is_null())
-    {
-        "Terminating".into()
-    } else {
-        str_at(item, "/status/phase").to_string()
-    }
-}
-
-/// Access modes as kubectl abbreviates them, in its order: `RWO,ROX`.
-fn access_modes(modes: &Value) -> String {
-    let modes: Vec<&str> = modes
-        .as_array()
-        .map(|m| m.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    [
-        ("ReadWriteOnce", "RWO"),
-        ("ReadOnlyMany", "ROX"),
-        ("ReadWriteMany", "RWX"),
-        ("ReadWriteOncePod", "RWOP"),
-    ]
-    .iter()
-    .filter(|(mode, _)| modes.contains(mode))
-    .map(|(_, short)| *short)
-    .collect::<Vec<_>>()
-    .join(",")
-}
-
-/// Whether a StorageClass's annotations make it the cluster's default
-/// (the beta annotation counts too, as in Kubernetes).
-fn is_default_class(annotations: &Value) -> bool {
-    crate::names::DEFAULT_CLASS_ANNOTATIONS
-        .iter()
-        .any(|key| annotations[*key] == "true")
 }
 
 /// The header and rows for `kind`.
@@ -271,529 +243,44 @@ pub fn rows(
         let name = str_at(item, "/metadata/name").to_string();
         let created = age(&item["metadata"]["creationTimestamp"], now);
         let mut row: Vec<String> = match kind {
-            "Pod" => {
-                let statuses = item["status"]["containerStatuses"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let total = item["spec"]["containers"].as_array().map_or(0, Vec::len);
-                let ready = statuses
-                    .iter()
-                    .filter(|c| c["ready"].as_bool() == Some(true))
-                    .count();
-                let restarts: i64 = statuses.iter().map(|c| int_at(c, "/restartCount")).sum();
-                vec![
-                    name,
-                    format!("{ready}/{total}"),
-                    pod_status(item),
-                    restarts.to_string(),
-                    created,
-                ]
-            }
-            "Deployment" => {
-                let want = item
-                    .pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1);
-                vec![
-                    name,
-                    format!("{}/{want}", int_at(item, "/status/readyReplicas")),
-                    int_at(item, "/status/updatedReplicas").to_string(),
-                    int_at(item, "/status/availableReplicas").to_string(),
-                    created,
-                ]
-            }
-            "ReplicaSet" | "ReplicationController" => vec![
-                name,
-                item.pointer("/spec/replicas")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1)
-                    .to_string(),
-                int_at(item, "/status/replicas").to_string(),
-                int_at(item, "/status/readyReplicas").to_string(),
-                created,
-            ],
-            "Service" => {
-                let ports: Vec<String> = item["spec"]["ports"]
-                    .as_array()
-                    .map(|ps| {
-                        ps.iter()
-                            .map(|p| {
-                                let port = int_at(p, "/port");
-                                let node = int_at(p, "/nodePort");
-                                let proto = p["protocol"].as_str().unwrap_or("TCP");
-                                if node > 0 {
-                                    format!("{port}:{node}/{proto}")
-                                } else {
-                                    format!("{port}/{proto}")
-                                }
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let external: Vec<&str> = item["status"]["loadBalancer"]["ingress"]
-                    .as_array()
-                    .map(|i| i.iter().filter_map(|x| x["ip"].as_str()).collect())
-                    .unwrap_or_default();
-                vec![
-                    name,
-                    none_if_empty(str_at(item, "/spec/type")).replace("<none>", "ClusterIP"),
-                    none_if_empty(str_at(item, "/spec/clusterIP")),
-                    none_if_empty(&external.join(",")),
-                    none_if_empty(&ports.join(",")),
-                    created,
-                ]
-            }
-            "Node" => {
-                let ready = item["status"]["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                    .map(|c| c["status"].as_str().unwrap_or("").to_string());
-                let mut status = match ready.as_deref() {
-                    Some("True") => "Ready".to_string(),
-                    _ => "NotReady".to_string(),
-                };
-                if item.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
-                    status.push_str(",SchedulingDisabled");
-                }
-                let roles: Vec<String> = item["metadata"]["labels"]
-                    .as_object()
-                    .map(|l| {
-                        l.keys()
-                            .filter_map(|k| {
-                                k.strip_prefix("node-role.kubernetes.io/")
-                                    .map(str::to_string)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                vec![
-                    name,
-                    status,
-                    none_if_empty(&roles.join(",")),
-                    created,
-                    none_if_empty(str_at(item, "/status/nodeInfo/kubeletVersion")),
-                ]
-            }
-            "Namespace" => vec![name, none_if_empty(str_at(item, "/status/phase")), created],
-            "Endpoints" => {
-                let mut eps = Vec::new();
-                for subset in item["subsets"].as_array().cloned().unwrap_or_default() {
-                    let ports: Vec<i64> = subset["ports"]
-                        .as_array()
-                        .map(|p| p.iter().map(|x| int_at(x, "/port")).collect())
-                        .unwrap_or_default();
-                    for a in subset["addresses"].as_array().cloned().unwrap_or_default() {
-                        let ip = a["ip"].as_str().unwrap_or("");
-                        if ports.is_empty() {
-                            eps.push(ip.to_string());
-                        }
-                        for p in &ports {
-                            eps.push(format!("{ip}:{p}"));
-                        }
-                    }
-                }
-                vec![name, none_if_empty(&eps.join(",")), created]
-            }
-            "ConfigMap" | "Secret" => {
-                let n = item["data"].as_object().map_or(0, |d| d.len())
-                    + item["binaryData"].as_object().map_or(0, |d| d.len());
-                vec![name, n.to_string(), created]
-            }
-            "Event" => {
-                let last = if item["lastTimestamp"].is_null() {
-                    &item["metadata"]["creationTimestamp"]
-                } else {
-                    &item["lastTimestamp"]
-                };
-                let object = format!(
-                    "{}/{}",
-                    str_at(item, "/involvedObject/kind").to_lowercase(),
-                    str_at(item, "/involvedObject/name")
-                );
-                vec![
-                    age(last, now),
-                    str_at(item, "/type").to_string(),
-                    str_at(item, "/reason").to_string(),
-                    object,
-                    str_at(item, "/message").to_string(),
-                ]
-            }
-            "HorizontalPodAutoscaler" => {
-                let reference = format!(
-                    "{}/{}",
-                    str_at(item, "/spec/scaleTargetRef/kind"),
-                    str_at(item, "/spec/scaleTargetRef/name")
-                );
-                let current = item["status"]["currentMetrics"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                let targets: Vec<String> = item["spec"]["metrics"]
-                    .as_array()
-                    .map(|ms| {
-                        ms.iter()
-                            .map(|m| {
-                                let name = str_at(m, "/resource/name");
-                                let now = current
-                                    .iter()
-                                    .find(|c| str_at(c, "/resource/name") == name)
-                                    .map(|c| &c["resource"]["current"]);
-                                match m.pointer("/resource/target/averageUtilization") {
-                                    Some(want) => format!(
-                                        "{name}: {}/{want}%",
-                                        now.and_then(|n| n["averageUtilization"].as_i64())
-                                            .map_or("<unknown>".to_string(), |n| format!("{n}%"))
-                                    ),
-                                    None => format!(
-                                        "{name}: {}/{}",
-                                        now.and_then(|n| n["averageValue"].as_str())
-                                            .unwrap_or("<unknown>"),
-                                        str_at(m, "/resource/target/averageValue")
-                                    ),
-                                }
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                vec![
-                    name,
-                    reference,
-                    none_if_empty(&targets.join(", ")),
-                    item.pointer("/spec/minReplicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                        .to_string(),
-                    int_at(item, "/spec/maxReplicas").to_string(),
-                    int_at(item, "/status/currentReplicas").to_string(),
-                    created,
-                ]
-            }
-            "Job" => {
-                let holds = |kind: &str| {
-                    item["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == kind && c["status"] == "True")
-                    })
-                };
-                let status = if holds("Failed") {
-                    "Failed"
-                } else if holds("Complete") {
-                    "Complete"
-                } else if holds("Suspended") {
-                    "Suspended"
-                } else {
-                    "Running"
-                };
-                let succeeded = int_at(item, "/status/succeeded");
-                let completions = match item.pointer("/spec/completions").and_then(Value::as_i64) {
-                    Some(c) => format!("{succeeded}/{c}"),
-                    None => format!(
-                        "{succeeded}/1 of {}",
-                        item.pointer("/spec/parallelism")
-                            .and_then(Value::as_i64)
-                            .unwrap_or(1)
-                    ),
-                };
-                let at = |v: &Value| {
-                    v.as_str()
-                        .and_then(|s| humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok())
-                };
-                let duration = match at(&item["status"]["startTime"]) {
-                    Some(start) => {
-                        let end = at(&item["status"]["completionTime"]).unwrap_or(now);
-                        human(end.duration_since(start).unwrap_or(Duration::ZERO))
-                    }
-                    None => "<none>".into(),
-                };
-                vec![name, status.into(), completions, duration, created]
-            }
-            "CronJob" => {
-                let last = &item["status"]["lastScheduleTime"];
-                vec![
-                    name,
-                    str_at(item, "/spec/schedule").to_string(),
-                    item.pointer("/spec/timeZone")
-                        .and_then(Value::as_str)
-                        .unwrap_or("<none>")
-                        .to_string(),
-                    item.pointer("/spec/suspend")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string()
-                        .replace("false", "False")
-                        .replace("true", "True"),
-                    item["status"]["active"]
-                        .as_array()
-                        .map_or(0, Vec::len)
-                        .to_string(),
-                    if last.is_string() {
-                        age(last, now)
-                    } else {
-                        "<none>".into()
-                    },
-                    created,
-                ]
-            }
-            "DaemonSet" => {
-                let selector: Vec<String> = item
-                    .pointer("/spec/template/spec/nodeSelector")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                vec![
-                    name,
-                    int_at(item, "/status/desiredNumberScheduled").to_string(),
-                    int_at(item, "/status/currentNumberScheduled").to_string(),
-                    int_at(item, "/status/numberReady").to_string(),
-                    int_at(item, "/status/updatedNumberScheduled").to_string(),
-                    int_at(item, "/status/numberAvailable").to_string(),
-                    none_if_empty(&selector.join(",")),
-                    created,
-                ]
-            }
-            "RoleBinding" | "ClusterRoleBinding" => vec![
-                name,
-                format!(
-                    "{}/{}",
-                    str_at(item, "/roleRef/kind"),
-                    str_at(item, "/roleRef/name")
-                ),
-                created,
-            ],
-            "Role" | "ClusterRole" | "LimitRange" => vec![
-                name,
-                str_at(item, "/metadata/creationTimestamp").to_string(),
-            ],
-            "ResourceQuota" => {
-                // kubectl's: `used/hard` of each capped resource, limits.*
-                // in their own column.
-                let hard = item.pointer("/status/hard").and_then(Value::as_object);
-                let (mut request, mut limit) = (Vec::new(), Vec::new());
-                for (resource, cap) in hard.into_iter().flatten() {
-                    let used = item
-                        .pointer("/status/used")
-                        .and_then(|u| u.get(resource))
-                        .and_then(Value::as_str)
-                        .unwrap_or("0");
-                    let cell = format!("{resource}: {used}/{}", cap.as_str().unwrap_or(""));
-                    if resource.starts_with("limits.") {
-                        limit.push(cell);
-                    } else {
-                        request.push(cell);
-                    }
-                }
-                vec![name, created, request.join(", "), limit.join(", ")]
-            }
-            "ControllerRevision" => {
-                // kubectl's: the controlling owner as `daemonset.apps/NAME`.
-                let owner = item["metadata"]["ownerReferences"]
-                    .as_array()
-                    .and_then(|owners| owners.iter().find(|o| o["controller"] == true))
-                    .map(|o| {
-                        let group = o["apiVersion"]
-                            .as_str()
-                            .and_then(|v| v.split_once('/'))
-                            .map_or("", |(g, _)| g);
-                        let kind = o["kind"].as_str().unwrap_or("").to_lowercase();
-                        let name = o["name"].as_str().unwrap_or("");
-                        if group.is_empty() {
-                            format!("{kind}/{name}")
-                        } else {
-                            format!("{kind}.{group}/{name}")
-                        }
-                    });
-                vec![
-                    name,
-                    owner.unwrap_or_else(|| "<none>".into()),
-                    int_at(item, "/revision").to_string(),
-                    created,
-                ]
-            }
-            "StatefulSet" => vec![
-                name,
-                format!(
-                    "{}/{}",
-                    int_at(item, "/status/readyReplicas"),
-                    item.pointer("/spec/replicas")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(1)
-                ),
-                created,
-            ],
-            "PersistentVolume" => {
-                let claim = match str_at(item, "/spec/claimRef/name") {
-                    "" => String::new(),
-                    claim => format!("{}/{claim}", str_at(item, "/spec/claimRef/namespace")),
-                };
-                vec![
-                    name,
-                    str_at(item, "/spec/capacity/storage").to_string(),
-                    access_modes(&item["spec"]["accessModes"]),
-                    str_at(item, "/spec/persistentVolumeReclaimPolicy").to_string(),
-                    volume_phase(item),
-                    claim,
-                    str_at(item, "/spec/storageClassName").to_string(),
-                    "<unset>".into(),
-                    str_at(item, "/status/reason").to_string(),
-                    created,
-                ]
-            }
-            "PersistentVolumeClaim" => vec![
-                name,
-                volume_phase(item),
-                str_at(item, "/spec/volumeName").to_string(),
-                str_at(item, "/status/capacity/storage").to_string(),
-                access_modes(&item["status"]["accessModes"]),
-                str_at(item, "/spec/storageClassName").to_string(),
-                "<unset>".into(),
-                created,
-            ],
-            "StorageClass" => {
-                let default = item
-                    .pointer("/metadata/annotations")
-                    .is_some_and(is_default_class);
-                vec![
-                    if default {
-                        format!("{name} (default)")
-                    } else {
-                        name
-                    },
-                    str_at(item, "/provisioner").to_string(),
-                    item.pointer("/reclaimPolicy")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Delete")
-                        .to_string(),
-                    item.pointer("/volumeBindingMode")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Immediate")
-                        .to_string(),
-                    item.pointer("/allowVolumeExpansion")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string(),
-                    created,
-                ]
-            }
-            "PriorityClass" => vec![
-                name,
-                item.pointer("/value")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    .to_string(),
-                item.pointer("/globalDefault")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-                    .to_string(),
-                created,
-                str_at(item, "/preemptionPolicy").to_string(),
-            ],
-            "PodDisruptionBudget" => {
-                // IntOrString: a count or a percentage; "N/A" when unset.
-                let bound = |path: &str| match item.pointer(path) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Number(n)) => n.to_string(),
-                    _ => "N/A".into(),
-                };
-                vec![
-                    name,
-                    bound("/spec/minAvailable"),
-                    bound("/spec/maxUnavailable"),
-                    item.pointer("/status/disruptionsAllowed")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(0)
-                        .to_string(),
-                    created,
-                ]
-            }
+            "Pod" => workloads::pod(item, name, created),
+            "Deployment" => workloads::deployment(item, name, created),
+            "ReplicaSet" | "ReplicationController" => workloads::replica_set(item, name, created),
+            "Service" => services::service(item, name, created),
+            "Node" => cluster::node(item, name, created),
+            "Namespace" => cluster::namespace(item, name, created),
+            "Endpoints" => services::endpoints(item, name, created),
+            "ConfigMap" | "Secret" => services::data(item, name, created),
+            "Event" => services::event(item, now),
+            "HorizontalPodAutoscaler" => workloads::horizontal_pod_autoscaler(item, name, created),
+            "Job" => workloads::job(item, name, created, now),
+            "CronJob" => workloads::cron_job(item, name, created, now),
+            "DaemonSet" => workloads::daemon_set(item, name, created),
+            "RoleBinding" | "ClusterRoleBinding" => cluster::role_binding(item, name, created),
+            "Role" | "ClusterRole" | "LimitRange" => cluster::created_at(item, name),
+            "ResourceQuota" => cluster::resource_quota(item, name, created),
+            "ControllerRevision" => workloads::controller_revision(item, name, created),
+            "StatefulSet" => workloads::stateful_set(item, name, created),
+            "PersistentVolume" => storage::persistent_volume(item, name, created),
+            "PersistentVolumeClaim" => storage::persistent_volume_claim(item, name, created),
+            "StorageClass" => storage::storage_class(item, name, created),
+            "PriorityClass" => cluster::priority_class(item, name, created),
+            "PodDisruptionBudget" => workloads::pod_disruption_budget(item, name, created),
             _ => vec![name, created],
         };
         if wide {
             match kind {
-                "RoleBinding" | "ClusterRoleBinding" => {
-                    let subjects = item["subjects"].as_array().cloned().unwrap_or_default();
-                    let of = |kind: &str| -> String {
-                        subjects
-                            .iter()
-                            .filter(|s| s["kind"] == kind)
-                            .map(|s| match s["namespace"].as_str() {
-                                Some(ns) if kind == "ServiceAccount" => {
-                                    format!("{ns}/{}", str_at(s, "/name"))
-                                }
-                                _ => str_at(s, "/name").to_string(),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    row.push(of("User"));
-                    row.push(of("Group"));
-                    row.push(of("ServiceAccount"));
-                }
-                "Pod" => {
-                    row.push(none_if_empty(str_at(item, "/status/podIP")));
-                    row.push(none_if_empty(str_at(item, "/spec/nodeName")));
-                }
-                "Node" => {
-                    let ip = item["status"]["addresses"]
-                        .as_array()
-                        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-                        .and_then(|x| x["address"].as_str())
-                        .unwrap_or("");
-                    row.push(none_if_empty(ip));
-                    row.push(none_if_empty(str_at(item, "/status/nodeInfo/osImage")));
-                    row.push(none_if_empty(str_at(
-                        item,
-                        "/status/nodeInfo/kernelVersion",
-                    )));
-                    row.push(none_if_empty(str_at(
-                        item,
-                        "/status/nodeInfo/containerRuntimeVersion",
-                    )));
-                }
+                "RoleBinding" | "ClusterRoleBinding" => cluster::role_binding_wide(item, &mut row),
+                "Pod" => workloads::pod_wide(item, &mut row),
+                "Node" => cluster::node_wide(item, &mut row),
                 "Deployment"
                 | "ReplicaSet"
                 | "ReplicationController"
                 | "DaemonSet"
-                | "StatefulSet" => {
-                    let containers = item
-                        .pointer("/spec/template/spec/containers")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    let names: Vec<&str> = containers
-                        .iter()
-                        .filter_map(|c| c["name"].as_str())
-                        .collect();
-                    let images: Vec<&str> = containers
-                        .iter()
-                        .filter_map(|c| c["image"].as_str())
-                        .collect();
-                    let selector = item["spec"]["selector"]
-                        .get("matchLabels")
-                        .unwrap_or(&item["spec"]["selector"])
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
-                    row.extend([names.join(","), images.join(",")]);
-                    if kind != "StatefulSet" {
-                        row.push(none_if_empty(&selector));
-                    }
+                | "StatefulSet" => workloads::controller_wide(kind, item, &mut row),
+                "PersistentVolume" | "PersistentVolumeClaim" => {
+                    row.push(storage::volume_mode(item))
                 }
-                "PersistentVolume" | "PersistentVolumeClaim" => row.push(
-                    item.pointer("/spec/volumeMode")
-                        .and_then(Value::as_str)
-                        .unwrap_or("Filesystem")
-                        .to_string(),
-                ),
                 _ => {}
             }
         }

@@ -15,6 +15,10 @@ use std::fmt;
 
 use thiserror::Error;
 
+mod errors;
+
+pub use errors::{FieldError, FieldErrors};
+
 /// Result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -60,6 +64,38 @@ const ENV_VAR_NAME_FMT: &str = "[-._a-zA-Z][-._a-zA-Z0-9]*";
 const ENV_VAR_NAME_ERR: &str = "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit";
 const EMPTY_ERROR: &str = "must be non-empty";
 
+/// Why a value is not valid, worded as Kubernetes words it: the detail of
+/// a field error (`metadata.name: Invalid value: "A": <this>`), and what
+/// the API answers with INVALID_ARGUMENT / 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> Self {
+        e.0
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Self(message.to_string())
+    }
+}
+
 /// Values longer than this are cut in messages: errors travel in gRPC status
 /// messages, whose headers have size limits, and a 256 KiB echo helps nobody.
 const MAX_ECHOED_VALUE_BYTES: usize = 1024;
@@ -71,7 +107,7 @@ const MAX_ECHOED_VALUE_BYTES: usize = 1024;
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_dns1123_label(value: &str) -> Result<(), String> {
+pub fn is_dns1123_label(value: &str) -> Result<(), Invalid> {
     join(&dns1123_label_problems(value))
 }
 
@@ -82,7 +118,7 @@ pub fn is_dns1123_label(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_dns1123_subdomain(value: &str) -> Result<(), String> {
+pub fn is_dns1123_subdomain(value: &str) -> Result<(), Invalid> {
     join(&dns1123_subdomain_problems(value))
 }
 
@@ -92,16 +128,16 @@ pub fn is_dns1123_subdomain(value: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn is_path_segment_name(value: &str) -> Result<(), String> {
+pub fn is_path_segment_name(value: &str) -> Result<(), Invalid> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
     if value == "." || value == ".." {
-        return Err(format!("may not be '{value}'"));
+        return Err(format!("may not be '{value}'").into());
     }
     for bad in ['/', '%'] {
         if value.contains(bad) {
-            return Err(format!("may not contain '{bad}'"));
+            return Err(format!("may not contain '{bad}'").into());
         }
     }
     if value.len() > 253 {
@@ -118,7 +154,7 @@ pub fn is_path_segment_name(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_dns1035_label(value: &str) -> Result<(), String> {
+pub fn is_dns1035_label(value: &str) -> Result<(), Invalid> {
     let mut problems = Vec::new();
     if value.len() > DNS1035_LABEL_MAX_LENGTH {
         problems.push(max_len_error(DNS1035_LABEL_MAX_LENGTH));
@@ -141,7 +177,7 @@ pub fn is_dns1035_label(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_qualified_name(value: &str) -> Result<(), String> {
+pub fn is_qualified_name(value: &str) -> Result<(), Invalid> {
     join(&qualified_name_problems(value))
 }
 
@@ -152,7 +188,7 @@ pub fn is_qualified_name(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_label_value(value: &str) -> Result<(), String> {
+pub fn is_label_value(value: &str) -> Result<(), Invalid> {
     join(&label_value_problems(value))
 }
 
@@ -161,7 +197,7 @@ pub fn is_label_value(value: &str) -> Result<(), String> {
 /// # Errors
 ///
 /// Returns the problem, worded as Kubernetes does.
-pub fn is_c_identifier(value: &str) -> Result<(), String> {
+pub fn is_c_identifier(value: &str) -> Result<(), Invalid> {
     let bytes = value.as_bytes();
     let valid = bytes
         .first()
@@ -172,11 +208,11 @@ pub fn is_c_identifier(value: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(regex_error(
+        Err(Invalid(regex_error(
             C_IDENTIFIER_ERR,
             C_IDENTIFIER_FMT,
             &["my_name", "MY_NAME", "MyName"],
-        ))
+        )))
     }
 }
 
@@ -187,7 +223,7 @@ pub fn is_c_identifier(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_env_var_name(value: &str) -> Result<(), String> {
+pub fn is_env_var_name(value: &str) -> Result<(), Invalid> {
     let mut problems = Vec::new();
     let is_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     let bytes = value.as_bytes();
@@ -220,7 +256,7 @@ pub fn is_env_var_name(value: &str) -> Result<(), String> {
 ///
 /// Returns every problem found, joined with `"; "`, worded as Kubernetes
 /// does.
-pub fn is_port_name(value: &str) -> Result<(), String> {
+pub fn is_port_name(value: &str) -> Result<(), Invalid> {
     let mut problems = Vec::new();
     let bytes = value.as_bytes();
     if value.len() > PORT_NAME_MAX_LENGTH {
@@ -248,11 +284,11 @@ pub fn is_port_name(value: &str) -> Result<(), String> {
 /// # Errors
 ///
 /// Returns the problem, worded as Kubernetes does.
-pub fn is_valid_port_num(port: i32) -> Result<(), String> {
+pub fn is_valid_port_num(port: i32) -> Result<(), Invalid> {
     if (1..=65535).contains(&port) {
         Ok(())
     } else {
-        Err("must be between 1 and 65535, inclusive".to_owned())
+        Err("must be between 1 and 65535, inclusive".into())
     }
 }
 
@@ -307,192 +343,6 @@ where
                 "Too long: may not be more than {TOTAL_ANNOTATION_SIZE_LIMIT} bytes (annotations total {total} bytes)"
             ),
         );
-    }
-}
-
-/// One invalid field: where it is and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the field, e.g. `metadata.name` or `spec.containers[0].image`.
-    pub path: String,
-    /// What is wrong, starting with the Kubernetes error type, e.g.
-    /// `Required value` or `Invalid value: "Foo": ...`.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Accumulates field errors while validating an object, so the user learns
-/// about every problem at once.
-///
-/// Displays like Kubernetes' field errors, joined with `"; "`:
-/// `metadata.name: Invalid value: "Foo": a lowercase RFC 1123 subdomain ...;
-/// spec.containers: Required value`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldErrors {
-    errors: Vec<FieldError>,
-}
-
-impl FieldErrors {
-    /// Keeps only the errors `before` does not have: an update is not
-    /// refused for what the stored object already had (Kubernetes'
-    /// ratcheting), so an object stored before a rule existed can still
-    /// change its status, lose its finalizers and be deleted.
-    pub fn retain_new(&mut self, before: &FieldErrors) {
-        self.errors.retain(|e| !before.errors.contains(e));
-    }
-
-    /// Creates an empty accumulator.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds an error with a free-form message.
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Adds a `Required value` error: the field is missing or empty.
-    pub fn required(&mut self, path: impl Into<String>) {
-        self.push(path, "Required value");
-    }
-
-    /// Adds an `Invalid value` error.
-    ///
-    /// `value` is shown with `Debug`, so strings are quoted and numbers are
-    /// not, as in Kubernetes; very long values are cut.
-    pub fn invalid(
-        &mut self,
-        path: impl Into<String>,
-        value: impl fmt::Debug,
-        reason: impl fmt::Display,
-    ) {
-        self.push(
-            path,
-            format!("Invalid value: {}: {reason}", echo_value(&value)),
-        );
-    }
-
-    /// Adds a `Forbidden` error: the field may not be set here.
-    pub fn forbidden(&mut self, path: impl Into<String>, reason: impl fmt::Display) {
-        self.push(path, format!("Forbidden: {reason}"));
-    }
-
-    /// Adds an `Unsupported value` error listing the supported values.
-    pub fn not_supported(
-        &mut self,
-        path: impl Into<String>,
-        value: impl fmt::Debug,
-        supported: &[&str],
-    ) {
-        let supported = supported
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.push(
-            path,
-            format!(
-                "Unsupported value: {}: supported values: {supported}",
-                echo_value(&value)
-            ),
-        );
-    }
-
-    /// Adds a `Too many` error for a list limited to `max` items.
-    pub fn too_many(&mut self, path: impl Into<String>, have: usize, max: usize) {
-        self.push(
-            path,
-            format!("Too many: {have}: must have at most {max} items"),
-        );
-    }
-
-    /// Adds a `Duplicate value` error.
-    pub fn duplicate(&mut self, path: impl Into<String>, value: impl fmt::Debug) {
-        self.push(path, format!("Duplicate value: {}", echo_value(&value)));
-    }
-
-    /// Adds a `Too long` error for a field limited to `max_bytes`.
-    pub fn too_long(&mut self, path: impl Into<String>, max_bytes: usize) {
-        let unit = if max_bytes == 1 { "byte" } else { "bytes" };
-        self.push(
-            path,
-            format!("Too long: may not be more than {max_bytes} {unit}"),
-        );
-    }
-
-    /// Returns whether no error was added.
-    pub fn is_empty(&self) -> bool {
-        self.errors.is_empty()
-    }
-
-    /// Returns the number of errors.
-    pub fn len(&self) -> usize {
-        self.errors.len()
-    }
-
-    /// Returns the errors in the order they were added.
-    pub fn errors(&self) -> &[FieldError] {
-        &self.errors
-    }
-
-    /// Iterates over the errors in the order they were added.
-    pub fn iter(&self) -> std::slice::Iter<'_, FieldError> {
-        self.errors.iter()
-    }
-
-    /// Turns the accumulator into a result: `Ok` when it is empty.
-    ///
-    /// # Errors
-    ///
-    /// Returns `self` when any error was added.
-    pub fn into_result(self) -> Result<(), FieldErrors> {
-        if self.is_empty() { Ok(()) } else { Err(self) }
-    }
-}
-
-impl fmt::Display for FieldErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.errors.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for FieldErrors {}
-
-impl Extend<FieldError> for FieldErrors {
-    fn extend<T: IntoIterator<Item = FieldError>>(&mut self, iter: T) {
-        self.errors.extend(iter);
-    }
-}
-
-impl IntoIterator for FieldErrors {
-    type Item = FieldError;
-    type IntoIter = std::vec::IntoIter<FieldError>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.errors.into_iter()
-    }
-}
-
-impl<'a> IntoIterator for &'a FieldErrors {
-    type Item = &'a FieldError;
-    type IntoIter = std::slice::Iter<'a, FieldError>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.errors.iter()
     }
 }
 
@@ -663,11 +513,11 @@ fn regex_error(message: &str, regex: &str, examples: &[&str]) -> String {
     out
 }
 
-fn join(problems: &[String]) -> Result<(), String> {
+fn join(problems: &[String]) -> Result<(), Invalid> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(Invalid(problems.join("; ")))
     }
 }
 
@@ -697,383 +547,4 @@ fn echo_value(value: &impl fmt::Debug) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::{BTreeMap, HashMap};
-
-    use super::*;
-
-    const SUBDOMAIN_MESSAGE: &str = r"a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-
-    #[test]
-    fn dns1123_label_accepts_lowercase_alphanumerics_and_inner_hyphens() {
-        for ok in ["a", "0", "abc", "a-b", "a--b", "123-abc", &"a".repeat(63)] {
-            assert_eq!(is_dns1123_label(ok), Ok(()), "{ok}");
-        }
-    }
-
-    #[test]
-    fn dns1123_label_rejects_bad_shapes() {
-        for bad in ["", "A", "-a", "a-", "a_b", "a b", "é", &"a".repeat(64)] {
-            assert!(is_dns1123_label(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn dns1123_label_with_dots_says_dots_are_the_problem() {
-        assert_eq!(
-            is_dns1123_label("a.b"),
-            Err("must not contain dots".to_owned())
-        );
-    }
-
-    #[test]
-    fn dns1123_label_reports_length_and_charset_together() {
-        let err = is_dns1123_label(&"A".repeat(64)).unwrap_err();
-        assert!(err.starts_with("must be no more than 63 characters; a lowercase RFC 1123 label"));
-    }
-
-    #[test]
-    fn dns1123_subdomain_accepts_dotted_labels() {
-        for ok in ["a", "example.com", "a-b.c-d.e", "1.2.3.4", &"a".repeat(253)] {
-            assert_eq!(is_dns1123_subdomain(ok), Ok(()), "{ok}");
-        }
-    }
-
-    #[test]
-    fn dns1123_subdomain_rejects_empty_labels_uppercase_and_length() {
-        for bad in [
-            "",
-            ".",
-            "a.",
-            ".a",
-            "a..b",
-            "Foo",
-            "a_b.c",
-            "a.-b",
-            &"a".repeat(254),
-        ] {
-            assert!(is_dns1123_subdomain(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn dns1123_subdomain_message_matches_kubernetes() {
-        assert_eq!(
-            is_dns1123_subdomain("Foo"),
-            Err(SUBDOMAIN_MESSAGE.to_owned())
-        );
-    }
-
-    #[test]
-    fn dns1035_label_requires_a_leading_letter() {
-        assert_eq!(is_dns1035_label("my-service"), Ok(()));
-        assert!(
-            is_dns1035_label("1abc")
-                .unwrap_err()
-                .contains("start with an alphabetic character")
-        );
-        assert!(is_dns1035_label("").is_err());
-    }
-
-    #[test]
-    fn qualified_name_accepts_names_and_prefixed_names() {
-        for ok in [
-            "a",
-            "MyName",
-            "my.name",
-            "123-abc",
-            "a_b",
-            "example.com/MyName",
-            "k8s.io/app",
-            &"a".repeat(63),
-        ] {
-            assert_eq!(is_qualified_name(ok), Ok(()), "{ok}");
-        }
-    }
-
-    #[test]
-    fn qualified_name_rejects_bad_names() {
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a b",
-            "a/b/c",
-            "/a",
-            "a/",
-            "Example.com/a",
-            &"a".repeat(64),
-        ] {
-            assert!(is_qualified_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn qualified_name_messages_name_the_part_at_fault() {
-        assert_eq!(
-            is_qualified_name("/a"),
-            Err("prefix part must be non-empty".to_owned())
-        );
-        let err = is_qualified_name("Bad_Prefix/a").unwrap_err();
-        assert!(
-            err.starts_with("prefix part a lowercase RFC 1123 subdomain"),
-            "{err}"
-        );
-        let err = is_qualified_name("a/").unwrap_err();
-        assert!(
-            err.starts_with("name part must be non-empty; name part must consist of"),
-            "{err}"
-        );
-        let err = is_qualified_name("a b").unwrap_err();
-        assert_eq!(
-            err,
-            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
-        );
-        let err = is_qualified_name("a/b/c").unwrap_err();
-        assert!(err.starts_with("a qualified name must consist of"), "{err}");
-        assert!(
-            err.ends_with(
-                "with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn label_value_allows_empty_and_rejects_bad_edges() {
-        for ok in [
-            "",
-            "a",
-            "MyValue",
-            "my_value",
-            "12345",
-            "a.b-c_d",
-            &"a".repeat(63),
-        ] {
-            assert_eq!(is_label_value(ok), Ok(()), "{ok}");
-        }
-        for bad in ["-a", "a-", "_a", "a b", "a/b", "a=b", &"a".repeat(64)] {
-            assert!(is_label_value(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            is_label_value(&"a".repeat(64)),
-            Err("must be no more than 63 characters".to_owned())
-        );
-    }
-
-    #[test]
-    fn c_identifier_rejects_leading_digit_and_punctuation() {
-        assert_eq!(is_c_identifier("_my_NAME1"), Ok(()));
-        for bad in ["", "1a", "a-b", "a.b"] {
-            assert!(is_c_identifier(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn env_var_name_allows_dots_and_dashes_but_not_leading_digits() {
-        for ok in ["MY_ENV.NAME", "my.env-name", "MyEnvName1", "-a", ".a", "_"] {
-            assert_eq!(is_env_var_name(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "1A", "A=B", "A B", "é"] {
-            assert!(is_env_var_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn env_var_name_rejects_relative_path_lookalikes() {
-        assert_eq!(is_env_var_name("."), Err("must not be '.'".to_owned()));
-        assert_eq!(is_env_var_name(".."), Err("must not be '..'".to_owned()));
-        assert_eq!(
-            is_env_var_name("..a"),
-            Err("must not start with '..'".to_owned())
-        );
-    }
-
-    #[test]
-    fn port_name_follows_iana_service_name_rules() {
-        for ok in ["http", "h2c", "web-8080", "a", &"a".repeat(15)] {
-            assert_eq!(is_port_name(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "",
-            "80",
-            "-http",
-            "http-",
-            "ht--tp",
-            "HTTP",
-            "http_2",
-            &"a".repeat(16),
-        ] {
-            assert!(is_port_name(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            is_port_name("a--"),
-            Err(
-                "must not contain consecutive hyphens; must not begin or end with a hyphen"
-                    .to_owned()
-            )
-        );
-    }
-
-    #[test]
-    fn port_number_must_be_between_1_and_65535() {
-        assert_eq!(is_valid_port_num(1), Ok(()));
-        assert_eq!(is_valid_port_num(65535), Ok(()));
-        for bad in [0, -1, 65536, i32::MIN, i32::MAX] {
-            assert_eq!(
-                is_valid_port_num(bad),
-                Err("must be between 1 and 65535, inclusive".to_owned())
-            );
-        }
-    }
-
-    #[test]
-    fn field_errors_display_like_kubernetes() {
-        let mut errors = FieldErrors::new();
-        errors.invalid(
-            "metadata.name",
-            "Foo",
-            is_dns1123_subdomain("Foo").unwrap_err(),
-        );
-        errors.required("spec.containers");
-        assert_eq!(
-            errors.to_string(),
-            format!(
-                "metadata.name: Invalid value: \"Foo\": {SUBDOMAIN_MESSAGE}; spec.containers: Required value"
-            )
-        );
-    }
-
-    #[test]
-    fn field_errors_show_numbers_unquoted() {
-        let mut errors = FieldErrors::new();
-        errors.invalid("spec.ports[0].port", 0, is_valid_port_num(0).unwrap_err());
-        assert_eq!(
-            errors.to_string(),
-            "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"
-        );
-    }
-
-    #[test]
-    fn field_errors_helpers_use_kubernetes_error_types() {
-        let mut errors = FieldErrors::new();
-        errors.forbidden("spec.nodeName", "may not be set on create");
-        errors.not_supported(
-            "spec.restartPolicy",
-            "Sometimes",
-            &["Always", "OnFailure", "Never"],
-        );
-        errors.duplicate("spec.containers[1].name", "app");
-        errors.too_long("metadata.name", 253);
-        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            messages,
-            [
-                "spec.nodeName: Forbidden: may not be set on create",
-                "spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"",
-                "spec.containers[1].name: Duplicate value: \"app\"",
-                "metadata.name: Too long: may not be more than 253 bytes",
-            ]
-        );
-    }
-
-    #[test]
-    fn field_errors_into_result_is_ok_only_when_empty() {
-        assert_eq!(FieldErrors::new().into_result(), Ok(()));
-        let mut errors = FieldErrors::new();
-        errors.push("a", "b");
-        assert_eq!(errors.len(), 1);
-        let err = errors.clone().into_result().unwrap_err();
-        assert_eq!(err, errors);
-        let module_error: Error = err.into();
-        assert_eq!(module_error.to_string(), "a: b");
-    }
-
-    #[test]
-    fn invalid_value_echo_is_truncated_on_a_char_boundary() {
-        let mut errors = FieldErrors::new();
-        let huge = "é".repeat(100_000);
-        errors.invalid("x", &huge, "too odd");
-        let message = &errors.errors()[0].message;
-        assert!(
-            message.len() < 2 * MAX_ECHOED_VALUE_BYTES,
-            "{}",
-            message.len()
-        );
-        assert!(message.contains("truncated"));
-        assert!(message.ends_with(": too odd"));
-    }
-
-    #[test]
-    fn validate_labels_reports_bad_keys_and_values_in_key_order() {
-        let labels: HashMap<String, String> = [("z", "-bad"), ("app", "web"), ("bad key", "ok")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let mut errors = FieldErrors::new();
-        validate_labels("metadata.labels", &labels, &mut errors);
-        assert_eq!(errors.len(), 2);
-        assert!(
-            errors.errors()[0]
-                .message
-                .starts_with("Invalid value: \"bad key\": name part must consist of")
-        );
-        assert!(
-            errors.errors()[1]
-                .message
-                .starts_with("Invalid value: \"-bad\": a valid label must be an empty string")
-        );
-        assert!(errors.iter().all(|e| e.path == "metadata.labels"));
-    }
-
-    #[test]
-    fn validate_labels_accepts_btreemaps_of_valid_labels() {
-        let labels = BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "web".to_owned()),
-            ("tier".to_owned(), String::new()),
-        ]);
-        let mut errors = FieldErrors::new();
-        validate_labels("metadata.labels", &labels, &mut errors);
-        assert!(errors.is_empty(), "{errors}");
-    }
-
-    #[test]
-    fn validate_annotations_ignores_key_case() {
-        let annotations = HashMap::from([(
-            "Example.com/Some-Key".to_owned(),
-            "any value at all, even {json}".to_owned(),
-        )]);
-        let mut errors = FieldErrors::new();
-        validate_annotations("metadata.annotations", &annotations, &mut errors);
-        assert!(errors.is_empty(), "{errors}");
-    }
-
-    #[test]
-    fn validate_annotations_rejects_bad_keys() {
-        let annotations = HashMap::from([("a/b/c".to_owned(), String::new())]);
-        let mut errors = FieldErrors::new();
-        validate_annotations("metadata.annotations", &annotations, &mut errors);
-        assert_eq!(errors.len(), 1);
-        assert!(
-            errors
-                .to_string()
-                .starts_with("metadata.annotations: Invalid value: \"a/b/c\": a qualified name")
-        );
-    }
-
-    #[test]
-    fn validate_annotations_limits_total_size_to_256_kib() {
-        let at_limit =
-            HashMap::from([("k".to_owned(), "v".repeat(TOTAL_ANNOTATION_SIZE_LIMIT - 1))]);
-        let mut errors = FieldErrors::new();
-        validate_annotations("metadata.annotations", &at_limit, &mut errors);
-        assert!(errors.is_empty());
-
-        let over = HashMap::from([("k".to_owned(), "v".repeat(TOTAL_ANNOTATION_SIZE_LIMIT))]);
-        validate_annotations("metadata.annotations", &over, &mut errors);
-        assert_eq!(
-            errors.to_string(),
-            "metadata.annotations: Too long: may not be more than 262144 bytes (annotations total 262145 bytes)"
-        );
-    }
-}
+mod tests;

@@ -10,7 +10,9 @@ use skiff::pb::core::v1::{Container, EnvVar, Pod};
 use skiff::quantity::Quantity;
 use skiff_runtime::{ContainerSpec, Mount, PortMapping, SandboxSpec, labels};
 
-use crate::volumes::{self, Error, Sources};
+use crate::fieldpath;
+use crate::sources::{Error, Sources};
+use crate::volumes;
 use crate::{security, subpath};
 
 /// `init`, `app` or `sandbox` (the [`labels::ROLE`] label).
@@ -496,12 +498,17 @@ async fn env_value(
         };
     }
     if let Some(f) = &from.field_ref {
-        return field_value(pod, &f.field_path, placement)
+        let node = fieldpath::NodeFields {
+            node_name: &placement.node_name,
+            pod_ip: &placement.pod_ip,
+            host_ip: &placement.host_ip,
+        };
+        return fieldpath::env_value(pod, &f.field_path, &node)
             .map(Some)
             .ok_or_else(|| missing(format!("unsupported fieldRef fieldPath {:?}", f.field_path)));
     }
     if let Some(r) = &from.resource_field_ref {
-        return resource_value(container, &r.resource, &r.divisor)
+        return fieldpath::resource_value(container, &r.resource, &r.divisor)
             .map(Some)
             .ok_or_else(|| {
                 missing(format!(
@@ -576,51 +583,6 @@ pub fn service_env(services: &[skiff::pb::core::v1::Service]) -> Vec<(String, St
     env
 }
 
-/// The downward API's fields.
-fn field_value(pod: &Pod, path: &str, placement: &Placement) -> Option<String> {
-    let meta = pod.metadata.clone().unwrap_or_default();
-    let spec = pod.spec.clone().unwrap_or_default();
-    let keyed = |prefix: &str, map: &BTreeMap<String, String>| {
-        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.get(key).cloned().unwrap_or_default())
-    };
-    Some(match path {
-        "metadata.name" => meta.name,
-        "metadata.namespace" => meta.namespace,
-        "metadata.uid" => meta.uid,
-        "spec.nodeName" => placement.node_name.clone(),
-        "spec.serviceAccountName" => spec.service_account_name,
-        "status.podIP" | "status.podIPs" => placement.pod_ip.clone(),
-        "status.hostIP" | "status.hostIPs" => placement.host_ip.clone(),
-        _ => {
-            return keyed("metadata.labels['", &meta.labels)
-                .or_else(|| keyed("metadata.annotations['", &meta.annotations));
-        }
-    })
-}
-
-/// `limits.cpu`, `requests.memory`, ... divided by the divisor (rounded
-/// up, as Kubernetes does); an unset limit is the node's (unknown here:
-/// 0 is never right, so the request or "0" is reported).
-pub(crate) fn resource_value(
-    container: &Container,
-    resource: &str,
-    divisor: &str,
-) -> Option<String> {
-    let resources = container.resources.clone().unwrap_or_default();
-    let (map, key) = match resource.split_once('.')? {
-        ("limits", key) => (&resources.limits, key),
-        ("requests", key) => (&resources.requests, key),
-        _ => return None,
-    };
-    let value: Quantity = map.get(key).map_or("0", String::as_str).parse().ok()?;
-    let divisor: Quantity = if divisor.is_empty() { "1" } else { divisor }
-        .parse()
-        .ok()?;
-    let (v, d) = (value.milli_value(), divisor.milli_value().max(1));
-    Some(((v + d - 1) / d).to_string())
-}
-
 /// Kubernetes' `$(VAR)` expansion: references to defined variables are
 /// replaced, `$$` is a literal `$`, anything else stays as written.
 pub fn expand(input: &str, env: &[(String, String)]) -> String {
@@ -650,7 +612,6 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff::pb::meta::v1::ObjectMeta;
 
     #[test]
     fn services_become_kubernetes_environment_variables() {
@@ -728,71 +689,6 @@ mod tests {
             hostname_problem(&pod(&long, true))
                 .unwrap()
                 .contains("is too long (64 characters is the max, 66 characters requested)")
-        );
-    }
-
-    #[test]
-    fn field_refs_read_the_pod_and_its_placement() {
-        let pod = Pod {
-            metadata: Some(ObjectMeta {
-                name: "web".into(),
-                namespace: "prod".into(),
-                labels: [("app".to_string(), "w".to_string())].into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let placement = Placement {
-            pod_ip: "10.0.0.2".into(),
-            host_ip: "127.0.0.1".into(),
-            node_name: "n1".into(),
-            claim_dirs: Default::default(),
-            resolv_conf: None,
-        };
-        assert_eq!(
-            field_value(&pod, "metadata.name", &placement).unwrap(),
-            "web"
-        );
-        assert_eq!(
-            field_value(&pod, "metadata.namespace", &placement).unwrap(),
-            "prod"
-        );
-        assert_eq!(
-            field_value(&pod, "status.podIP", &placement).unwrap(),
-            "10.0.0.2"
-        );
-        assert_eq!(
-            field_value(&pod, "spec.nodeName", &placement).unwrap(),
-            "n1"
-        );
-        assert_eq!(
-            field_value(&pod, "metadata.labels['app']", &placement).unwrap(),
-            "w"
-        );
-        assert_eq!(field_value(&pod, "status.phase", &placement), None);
-    }
-
-    #[test]
-    fn resource_refs_round_up_by_the_divisor() {
-        let container = Container {
-            resources: Some(skiff::pb::core::v1::ResourceRequirements {
-                limits: [
-                    ("cpu".to_string(), "1500m".to_string()),
-                    ("memory".to_string(), "64Mi".to_string()),
-                ]
-                .into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(resource_value(&container, "limits.cpu", "").unwrap(), "2");
-        assert_eq!(
-            resource_value(&container, "limits.cpu", "1m").unwrap(),
-            "1500"
-        );
-        assert_eq!(
-            resource_value(&container, "limits.memory", "1Mi").unwrap(),
-            "64"
         );
     }
 }

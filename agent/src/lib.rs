@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - `config`: the agent's [`Config`] and why it could not start ([`Error`]).
 //! - [`credentials`]: the node's certificate: joining with a bootstrap
 //!   token, keeping it, rotating it.
 //! - [`node`]: registers the Node, renews its Lease, posts its status.
@@ -13,6 +14,10 @@
 //! - [`containers`]: pod container → runtime spec (env, mounts, limits).
 //! - [`volumes`]: emptyDir, hostPath, configMap, secret and projected
 //!   volumes, and the directories of persistentVolumeClaims' volumes.
+//! - [`sources`]: what pods read from the API for their volumes and env
+//!   (ConfigMaps, Secrets, Services, projected tokens).
+//! - [`fieldpath`]: the downward API's field paths and resource fields,
+//!   for env and volumes alike.
 //! - [`storage`]: where local-path volumes are made on this node, and
 //!   their removal once deleted.
 //! - [`subpath`]: paths under a volume a pod cannot redirect (subPath
@@ -31,9 +36,11 @@
 //! restarted agent adopts what runs (same ids, same restart counts) and
 //! removes what belongs to pods deleted meanwhile.
 
+mod config;
 pub mod containers;
 pub mod credentials;
 pub mod dns;
+pub mod fieldpath;
 pub mod hollow;
 pub mod lifecycle;
 pub mod manager;
@@ -44,6 +51,7 @@ pub mod prober;
 pub mod proxy;
 pub mod security;
 pub mod server;
+pub mod sources;
 pub mod stats;
 pub mod status;
 pub mod storage;
@@ -53,7 +61,6 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,148 +73,8 @@ use skiff_client::{Api, Informer};
 use skiff_runtime::docker::PodNetwork;
 use skiff_runtime::{DockerRuntime, FakeRuntime, ProcessRuntime, Runtime};
 
+pub use config::{Config, Error, RuntimeKind};
 pub use skiff::names::{DEFAULT_SERVICE_CIDR, NODE_LEASE_NAMESPACE};
-
-/// Which runtime runs the pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
-    /// The Docker Engine on this machine.
-    Docker,
-    /// Host processes, for machines with no Docker engine.
-    Process,
-    /// Docker when an engine answers, else host processes (`skiff up`).
-    Auto,
-    /// Nothing runs: containers are records (a simulated node).
-    Fake,
-}
-
-/// How to run the agent.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The API server, `https://127.0.0.1:6443` (`http://` when it runs
-    /// `--insecure`).
-    pub server: String,
-    /// A bootstrap token and the CA's pin, to join when no certificate is
-    /// stored in the data dir yet.
-    pub join: Option<credentials::JoinToken>,
-    /// This node's name.
-    pub node_name: String,
-    /// Where pod volumes live.
-    pub data_dir: PathBuf,
-    /// Which runtime.
-    pub runtime: RuntimeKind,
-    /// Extra node labels.
-    pub labels: BTreeMap<String, String>,
-    /// Where the agent's gRPC service listens (port 0: any free port).
-    pub listen: SocketAddr,
-    /// The address the API server reaches this node at (default: the
-    /// listen address, or 127.0.0.1 when that is unspecified).
-    pub node_ip: Option<String>,
-    /// How often the lease is renewed (Kubernetes: 10 s).
-    pub lease_renew: Duration,
-    /// How often the node status is posted.
-    pub status_every: Duration,
-    /// How often the runtime is relisted to notice containers that died.
-    pub relist_every: Duration,
-    /// How often every pod is synced anyway (configMap and secret
-    /// volumes follow their sources at this pace).
-    pub resync_every: Duration,
-    /// Crash backoff: first delay and cap (Kubernetes: 10 s, 5 min).
-    pub backoff: (Duration, Duration),
-    /// The Docker network pods attach to.
-    pub network: String,
-    /// How many pods the node takes.
-    pub max_pods: u32,
-    /// The program the process runtime starts its shims with (the `skiff`
-    /// binary, run as `skiff shim DIR -- ARGV`).
-    pub shim: Option<PathBuf>,
-    /// How the service proxy programs this node.
-    pub proxy: proxy::Mode,
-    /// The service CIDR: its addresses no Service claims are refused by
-    /// the proxy, so they never leave the machine.
-    pub service_cidr: Option<String>,
-    /// The LoadBalancer pool (CIDR or FIRST-LAST), refused alike where no
-    /// Service holds the address (none: the pool is not known here).
-    pub lb_pool: Option<String>,
-    /// Whether the agent serves the cluster DNS to its pods (on the pod
-    /// network's gateway, port [`Config::dns_port`]).
-    pub cluster_dns: bool,
-    /// The cluster DNS port (53; pods' resolv.conf cannot name another).
-    pub dns_port: u16,
-    /// How often the proxy rewrites its rules even with nothing changed
-    /// (repairing drift).
-    pub proxy_resync: Duration,
-    /// How often container and node resource usage is sampled (usage is
-    /// the rate between two samples).
-    pub stats_every: Duration,
-    /// The pod network: Docker's bridge network, or CNI routed between
-    /// nodes.
-    pub pod_network: network::Options,
-}
-
-impl Config {
-    /// Defaults as the kubelet's, for node `node_name`.
-    pub fn new(server: &str, node_name: &str, data_dir: PathBuf) -> Self {
-        Self {
-            server: server.to_string(),
-            join: None,
-            node_name: node_name.to_string(),
-            data_dir,
-            runtime: RuntimeKind::Docker,
-            labels: BTreeMap::new(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
-            node_ip: None,
-            lease_renew: Duration::from_secs(10),
-            status_every: Duration::from_secs(10),
-            relist_every: Duration::from_secs(1),
-            resync_every: Duration::from_secs(10),
-            backoff: (Duration::from_secs(10), Duration::from_secs(300)),
-            network: "skiff".into(),
-            max_pods: 110,
-            shim: std::env::current_exe().ok(),
-            proxy: proxy::Mode::Auto,
-            service_cidr: Some(DEFAULT_SERVICE_CIDR.to_string()),
-            lb_pool: None,
-            cluster_dns: true,
-            dns_port: 53,
-            proxy_resync: Duration::from_secs(30),
-            stats_every: Duration::from_secs(10),
-            pod_network: network::Options::default(),
-        }
-    }
-}
-
-/// Why the agent could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The server address is malformed.
-    #[error(transparent)]
-    Address(#[from] skiff_client::AddressError),
-    /// The container runtime did not answer or refused to set up.
-    #[error("container runtime: {0}")]
-    Runtime(#[from] skiff_runtime::Error),
-    /// The data dir or the listen address is unusable.
-    #[error("{what}: {source}")]
-    Io {
-        /// What the agent was doing.
-        what: String,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The actor system did not start.
-    #[error("starting the pod workers: {0}")]
-    Thread(String),
-    /// The service proxy cannot run in the mode asked.
-    #[error("service proxy: {0}")]
-    Proxy(String),
-    /// The node has no certificate and cannot get one.
-    #[error(transparent)]
-    Credentials(#[from] credentials::Error),
-    /// The pod network cannot be set up.
-    #[error("pod network: {0}")]
-    Network(String),
-}
 
 /// Runs the agent until `shutdown` resolves. Pods keep running when the
 /// agent stops (as with the kubelet); a restarted agent adopts them.
@@ -447,11 +314,11 @@ pub async fn run(
     let shared = Arc::new(worker::Shared {
         runtime: Arc::clone(&runtime),
         pods,
-        sources: volumes::Sources {
+        sources: sources::Sources {
             configmaps: Api::<ConfigMap>::new(channel.clone()),
             secrets: Api::<Secret>::new(channel.clone()),
             services: Api::new(channel.clone()),
-            tokens: volumes::Tokens::new(channel.clone()),
+            tokens: sources::Tokens::new(channel.clone()),
             claims: Api::new(channel.clone()),
             volumes: Api::new(channel.clone()),
         },

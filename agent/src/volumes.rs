@@ -3,382 +3,123 @@
 //! persistentVolumeClaim's bound volume (its directory on this node), and configMap,
 //! secret, downwardAPI and projected volumes as files, rewritten
 //! atomically (write, then rename) when their source changes, so a running
-//! container sees updates. A projected service-account token is requested
-//! from the API (bound to the pod) and renewed once 80 % of its life is
-//! gone, as the kubelet does.
+//! container sees updates. What they read from the API (ConfigMaps,
+//! Secrets, projected tokens) comes through [`crate::sources`].
 
 use skiff::Resource as _;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use skiff::pb::authentication::v1::service_account_tokens_client::ServiceAccountTokensClient;
-use skiff::pb::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use skiff::pb::core::v1::{
-    ConfigMap, DownwardApiVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
-    PodSpec, Secret, ServiceAccountTokenProjection, Volume,
-};
-use skiff::pb::meta::v1::ObjectMeta;
+use skiff::pb::core::v1::{DownwardApiVolumeFile, KeyToPath, Pod, PodSpec, Volume};
 use skiff::quantity::Quantity;
-use skiff_client::Api;
 
+use crate::fieldpath;
+use crate::sources::{Error, Sources};
 use crate::subpath;
-
-/// Why a pod's volumes could not be prepared: shown to the user as the
-/// waiting reason `CreateContainerConfigError`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A referenced ConfigMap or Secret (or key) is missing.
-    #[error("{0}")]
-    Missing(String),
-    /// The volume type is not one this agent provides.
-    #[error("volume {name:?}: {kind} volumes are not supported by the skiff agent")]
-    Unsupported {
-        /// The volume.
-        name: String,
-        /// Its type.
-        kind: &'static str,
-    },
-    /// A claim has no volume yet: the pod waits.
-    #[error("volume {name:?}: persistentvolumeclaim {claim:?} is not bound yet")]
-    Unbound {
-        /// The volume.
-        name: String,
-        /// The claim.
-        claim: String,
-    },
-    /// A claim's volume cannot be used from this node.
-    #[error("volume {name:?}: {problem}")]
-    Claim {
-        /// The volume.
-        name: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A hostPath did not pass its type check.
-    #[error("volume {name:?}: hostPath {path:?}: {problem}")]
-    HostPath {
-        /// The volume.
-        name: String,
-        /// The path.
-        path: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// The API could not be asked.
-    #[error("reading {what}: {status}")]
-    Api {
-        /// What was being read.
-        what: String,
-        /// What the API said.
-        status: tonic::Status,
-    },
-    /// Writing to the node's disk failed.
-    #[error("volume {name:?}: {source}")]
-    Io {
-        /// The volume.
-        name: String,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Reads ConfigMaps and Secrets for volumes and env.
-#[derive(Clone)]
-pub struct Sources {
-    /// ConfigMaps.
-    pub configmaps: Api<ConfigMap>,
-    /// Secrets.
-    pub secrets: Api<Secret>,
-    /// Services, for the service environment variables.
-    pub services: Api<skiff::pb::core::v1::Service>,
-    /// Service-account tokens for projected volumes.
-    pub tokens: Tokens,
-    /// Claims, for persistentVolumeClaim volumes.
-    pub claims: Api<PersistentVolumeClaim>,
-    /// The volumes they are bound to.
-    pub volumes: Api<PersistentVolume>,
-}
 
 /// Where each persistentVolumeClaim volume of a pod is on this node, by
 /// volume name.
 pub type ClaimDirs = BTreeMap<String, PathBuf>;
 
-/// Service-account tokens the pods' volumes hold, kept until due for
-/// renewal.
-#[derive(Clone)]
-pub struct Tokens {
-    client: ServiceAccountTokensClient<tonic::transport::Channel>,
-    cache: Arc<Mutex<HashMap<TokenKey, Issued>>>,
-}
-
-/// Which token: (pod uid, audience, lifetime in seconds).
-type TokenKey = (String, String, i64);
-/// A token, when it was issued and its lifetime.
-type Issued = (String, Instant, Duration);
-
-/// Kubernetes' default lifetime of a projected token.
-const TOKEN_SECS: i64 = 3600;
-/// A token older than this is renewed whatever its lifetime.
-const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-
-impl Tokens {
-    /// Tokens asked of the API over `channel`.
-    pub fn new(channel: tonic::transport::Channel) -> Self {
-        Self {
-            client: ServiceAccountTokensClient::new(channel),
-            cache: Arc::default(),
+/// The directory on node `node` of the volume claim `ns/claim` is bound
+/// to, made if its type says so (a local-path volume's, on first use,
+/// writable by any user as k3s's local-path makes them).
+///
+/// # Errors
+/// The claim is missing or unbound, its volume is missing, of another
+/// node, or of a type the agent cannot mount.
+pub async fn claim_dir(
+    sources: &Sources,
+    ns: &str,
+    volume: &str,
+    claim: &str,
+    node: &str,
+) -> Result<(PathBuf, bool), Error> {
+    let problem = |problem: String| Error::Claim {
+        name: volume.to_string(),
+        problem,
+    };
+    let pvc = match sources.claims.get(ns, claim).await {
+        Ok(pvc) => pvc,
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            return Err(Error::Missing(format!(
+                "persistentvolumeclaim {claim:?} not found"
+            )));
         }
-    }
-
-    /// The token `projection` asks for, for `pod`: the cached one while
-    /// under 80 % of its life (and a day), else a new one bound to the pod.
-    ///
-    /// # Errors
-    /// The API refused (no such service account, or tokens are not issued:
-    /// a plaintext cluster).
-    pub async fn get(
-        &self,
-        pod: &Pod,
-        projection: &ServiceAccountTokenProjection,
-    ) -> Result<String, Error> {
-        let meta = pod.metadata.clone().unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
-        let lifetime = projection.expiration_seconds.unwrap_or(TOKEN_SECS);
-        let key = (meta.uid.clone(), projection.audience.clone(), lifetime);
-        if let Ok(cache) = self.cache.lock()
-            && let Some((token, issued, ttl)) = cache.get(&key)
-            && issued.elapsed() < ttl.mul_f64(0.8).min(TOKEN_MAX_AGE)
-        {
-            return Ok(token.clone());
-        }
-        let account = if spec.service_account_name.is_empty() {
-            "default".to_string()
-        } else {
-            spec.service_account_name.clone()
-        };
-        let request = TokenRequest {
-            metadata: Some(ObjectMeta {
-                name: account.clone(),
-                namespace: meta.namespace.clone(),
-                ..Default::default()
-            }),
-            spec: Some(TokenRequestSpec {
-                audiences: if projection.audience.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![projection.audience.clone()]
-                },
-                expiration_seconds: Some(lifetime),
-                bound_object_ref: Some(BoundObjectReference {
-                    kind: "Pod".into(),
-                    api_version: "v1".into(),
-                    name: meta.name.clone(),
-                    uid: meta.uid.clone(),
-                }),
-            }),
-            ..Default::default()
-        };
-        let issued = Instant::now();
-        let token = self
-            .client
-            .clone()
-            .create(request)
-            .await
-            .map_err(|status| Error::Api {
-                what: format!("a token of service account {}/{account}", meta.namespace),
+        Err(status) => {
+            return Err(Error::Api {
+                what: format!("persistentvolumeclaim {ns}/{claim}"),
                 status,
-            })?
-            .into_inner()
-            .status
-            .map(|s| s.token)
-            .unwrap_or_default();
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(
-                key,
-                (
-                    token.clone(),
-                    issued,
-                    Duration::from_secs(lifetime.unsigned_abs()),
-                ),
-            );
-        }
-        Ok(token)
-    }
-
-    /// Drops the tokens of a pod that is gone.
-    pub fn forget(&self, uid: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|(pod, _, _), _| pod != uid);
-        }
-    }
-}
-
-impl Sources {
-    /// The Services of a namespace.
-    ///
-    /// # Errors
-    /// The API could not be asked.
-    pub async fn services(&self, ns: &str) -> Result<Vec<skiff::pb::core::v1::Service>, Error> {
-        let list = self
-            .services
-            .list(skiff::pb::api::v1::ListRequest {
-                namespace: ns.to_string(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|status| Error::Api {
-                what: format!("services in {ns}"),
-                status,
-            })?;
-        Ok(list.items)
-    }
-
-    /// A ConfigMap's data (binaryData included), or None when it does not
-    /// exist.
-    pub async fn configmap(
-        &self,
-        ns: &str,
-        name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
-        match self.configmaps.get(ns, name).await {
-            Ok(cm) => {
-                let mut data: BTreeMap<String, Vec<u8>> = cm
-                    .data
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes()))
-                    .collect();
-                data.extend(cm.binary_data.into_iter().map(|(k, v)| (k, v.to_vec())));
-                Ok(Some(data))
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(Error::Api {
-                what: format!("configmap {ns}/{name}"),
-                status,
-            }),
-        }
-    }
-
-    /// A Secret's data, or None when it does not exist.
-    pub async fn secret(
-        &self,
-        ns: &str,
-        name: &str,
-    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
-        match self.secrets.get(ns, name).await {
-            Ok(s) => Ok(Some(
-                s.data.into_iter().map(|(k, v)| (k, v.to_vec())).collect(),
-            )),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(Error::Api {
-                what: format!("secret {ns}/{name}"),
-                status,
-            }),
-        }
-    }
-
-    /// The directory on node `node` of the volume claim `ns/claim` is bound
-    /// to, made if its type says so (a local-path volume's, on first use,
-    /// writable by any user as k3s's local-path makes them).
-    ///
-    /// # Errors
-    /// The claim is missing or unbound, its volume is missing, of another
-    /// node, or of a type the agent cannot mount.
-    pub async fn claim_dir(
-        &self,
-        ns: &str,
-        volume: &str,
-        claim: &str,
-        node: &str,
-    ) -> Result<(PathBuf, bool), Error> {
-        let problem = |problem: String| Error::Claim {
-            name: volume.to_string(),
-            problem,
-        };
-        let pvc = match self.claims.get(ns, claim).await {
-            Ok(pvc) => pvc,
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                return Err(Error::Missing(format!(
-                    "persistentvolumeclaim {claim:?} not found"
-                )));
-            }
-            Err(status) => {
-                return Err(Error::Api {
-                    what: format!("persistentvolumeclaim {ns}/{claim}"),
-                    status,
-                });
-            }
-        };
-        let bound = pvc.status.as_ref().is_some_and(|s| s.phase == "Bound");
-        let pv_name = skiff::volumes::claim_volume(&pvc);
-        if !bound || pv_name.is_empty() {
-            return Err(Error::Unbound {
-                name: volume.to_string(),
-                claim: claim.to_string(),
             });
         }
-        let pv = self.volumes.get("", pv_name).await.map_err(|status| {
-            if status.code() == tonic::Code::NotFound {
-                problem(format!("persistentvolume {pv_name:?} not found"))
-            } else {
-                Error::Api {
-                    what: format!("persistentvolume {pv_name}"),
-                    status,
-                }
-            }
-        })?;
-        // The volume must name the claim back (its uid too): a claim that
-        // only says it is bound to a volume gets nothing.
-        let claim_uid = pvc.uid();
-        let names_it = pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.claim_ref.as_ref())
-            .is_some_and(|r| r.namespace == ns && r.name == claim && r.uid == claim_uid);
-        if !names_it {
-            return Err(problem(format!(
-                "persistentvolume {pv_name:?} is not bound to persistentvolumeclaim {claim:?}"
-            )));
-        }
-        if let Some(home) = skiff::volumes::pinned_node(&pv).filter(|home| *home != node) {
-            return Err(problem(format!(
-                "persistentvolume {pv_name:?} is on node {home:?}, not on this node ({node:?})"
-            )));
-        }
-        let spec = pv.spec.clone().unwrap_or_default();
-        let (path, kind) = match (&spec.host_path, &spec.local) {
-            (Some(host), _) => (host.path.clone(), host.r#type.clone().unwrap_or_default()),
-            (None, Some(local)) => (local.path.clone(), "Directory".to_string()),
-            (None, None) => {
-                return Err(problem(format!(
-                    "persistentvolume {pv_name:?} is neither hostPath nor local: the skiff agent cannot mount it"
-                )));
-            }
-        };
-        // A local-path volume's directory is made writable by any user,
-        // as k3s's local-path makes them; other hostPaths as hostPath does.
-        let local_path = pv
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.get(skiff::names::PROVISIONED_BY_ANNOTATION))
-            .is_some_and(|p| p == skiff::names::LOCAL_PATH_PROVISIONER);
-        let made = local_path && kind == "DirectoryOrCreate" && !Path::new(&path).exists();
-        check_host_path(volume, &path, &kind)?;
-        if made {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(
-                |source| Error::Io {
-                    name: volume.to_string(),
-                    source,
-                },
-            )?;
-        }
-        // Kubernetes changes ownership (fsGroup) of `local` volumes only,
-        // never of a hostPath one.
-        Ok((PathBuf::from(path), spec.local.is_some()))
+    };
+    let bound = pvc.status.as_ref().is_some_and(|s| s.phase == "Bound");
+    let pv_name = skiff::volumes::claim_volume(&pvc);
+    if !bound || pv_name.is_empty() {
+        return Err(Error::Unbound {
+            name: volume.to_string(),
+            claim: claim.to_string(),
+        });
     }
+    let pv = sources.volumes.get("", pv_name).await.map_err(|status| {
+        if status.code() == tonic::Code::NotFound {
+            problem(format!("persistentvolume {pv_name:?} not found"))
+        } else {
+            Error::Api {
+                what: format!("persistentvolume {pv_name}"),
+                status,
+            }
+        }
+    })?;
+    // The volume must name the claim back (its uid too): a claim that
+    // only says it is bound to a volume gets nothing.
+    let claim_uid = pvc.uid();
+    let names_it = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .is_some_and(|r| r.namespace == ns && r.name == claim && r.uid == claim_uid);
+    if !names_it {
+        return Err(problem(format!(
+            "persistentvolume {pv_name:?} is not bound to persistentvolumeclaim {claim:?}"
+        )));
+    }
+    if let Some(home) = skiff::volumes::pinned_node(&pv).filter(|home| *home != node) {
+        return Err(problem(format!(
+            "persistentvolume {pv_name:?} is on node {home:?}, not on this node ({node:?})"
+        )));
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    let (path, kind) = match (&spec.host_path, &spec.local) {
+        (Some(host), _) => (host.path.clone(), host.r#type.clone().unwrap_or_default()),
+        (None, Some(local)) => (local.path.clone(), "Directory".to_string()),
+        (None, None) => {
+            return Err(problem(format!(
+                "persistentvolume {pv_name:?} is neither hostPath nor local: the skiff agent cannot mount it"
+            )));
+        }
+    };
+    // A local-path volume's directory is made writable by any user,
+    // as k3s's local-path makes them; other hostPaths as hostPath does.
+    let local_path = pv
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.get(skiff::names::PROVISIONED_BY_ANNOTATION))
+        .is_some_and(|p| p == skiff::names::LOCAL_PATH_PROVISIONER);
+    let made = local_path && kind == "DirectoryOrCreate" && !Path::new(&path).exists();
+    check_host_path(volume, &path, &kind)?;
+    if made {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(
+            |source| Error::Io {
+                name: volume.to_string(),
+                source,
+            },
+        )?;
+    }
+    // Kubernetes changes ownership (fsGroup) of `local` volumes only,
+    // never of a hostPath one.
+    Ok((PathBuf::from(path), spec.local.is_some()))
 }
 
 /// Where a pod's files live on the node.
@@ -415,35 +156,16 @@ pub fn forced_read_only(volume: &Volume) -> bool {
 /// or annotations (all, as `key="value"` lines, or one), or a container's
 /// resource.
 fn downward(pod: &Pod, item: &DownwardApiVolumeFile, volume: &str) -> Result<Vec<u8>, Error> {
-    let meta = pod.metadata.clone().unwrap_or_default();
     let unsupported = |what: &str| {
         Error::Missing(format!(
             "volume {volume:?}: downward API item {:?}: unsupported {what}",
             item.path
         ))
     };
-    let lines = |map: &BTreeMap<String, String>| {
-        map.iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let keyed = |path: &str, prefix: &str, map: &BTreeMap<String, String>| {
-        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.get(key).cloned().unwrap_or_default())
-    };
     if let Some(field) = &item.field_ref {
         let path = field.field_path.as_str();
-        let value = match path {
-            "metadata.name" => meta.name,
-            "metadata.namespace" => meta.namespace,
-            "metadata.uid" => meta.uid,
-            "metadata.labels" => lines(&meta.labels),
-            "metadata.annotations" => lines(&meta.annotations),
-            _ => keyed(path, "metadata.labels['", &meta.labels)
-                .or_else(|| keyed(path, "metadata.annotations['", &meta.annotations))
-                .ok_or_else(|| unsupported(&format!("fieldRef {path:?}")))?,
-        };
+        let value = fieldpath::volume_value(pod, path)
+            .ok_or_else(|| unsupported(&format!("fieldRef {path:?}")))?;
         return Ok(value.into_bytes());
     }
     if let Some(resource) = &item.resource_field_ref {
@@ -453,9 +175,8 @@ fn downward(pod: &Pod, item: &DownwardApiVolumeFile, volume: &str) -> Result<Vec
             .iter()
             .find(|c| c.name == resource.container_name)
             .ok_or_else(|| unsupported(&format!("container {:?}", resource.container_name)))?;
-        let value =
-            crate::containers::resource_value(container, &resource.resource, &resource.divisor)
-                .ok_or_else(|| unsupported(&format!("resource {:?}", resource.resource)))?;
+        let value = fieldpath::resource_value(container, &resource.resource, &resource.divisor)
+            .ok_or_else(|| unsupported(&format!("resource {:?}", resource.resource)))?;
         return Ok(value.into_bytes());
     }
     Err(unsupported("item without fieldRef or resourceFieldRef"))
@@ -606,9 +327,14 @@ pub async fn prepare(
             let files = projected(pod, volume, source, sources).await?;
             project(&path, &files, source.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let (dir, local) = sources
-                .claim_dir(&meta.namespace, &volume.name, &claim.claim_name, node)
-                .await?;
+            let (dir, local) = claim_dir(
+                sources,
+                &meta.namespace,
+                &volume.name,
+                &claim.claim_name,
+                node,
+            )
+            .await?;
             if local {
                 local_claims.insert(volume.name.clone());
             }

@@ -375,7 +375,8 @@ pub async fn run(
                     local.pod_cidr,
                     &existing,
                 ))
-                .await
+                .await?;
+                Ok::<_, String>(())
             }
             .await;
             match result {

@@ -362,23 +362,54 @@ pub async fn available() -> bool {
     save().await.is_ok()
 }
 
+/// Why iptables could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command could not be run (missing, or its pipes failed).
+    #[error("{what}: {source}")]
+    Run {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command ran and failed.
+    #[error("{what}: {stderr}")]
+    Refused {
+        /// The command, or what it refused.
+        what: String,
+        /// What it printed.
+        stderr: String,
+    },
+}
+
+impl From<Error> for String {
+    fn from(e: Error) -> Self {
+        e.to_string()
+    }
+}
+
 /// The nat and filter tables as `iptables-save` prints them.
 ///
 /// # Errors
 /// iptables is missing or may not be read.
-pub async fn save() -> Result<String, String> {
+pub async fn save() -> Result<String, Error> {
     let mut out = String::new();
     for table in ["nat", "filter"] {
         let output = tokio::process::Command::new("iptables-save")
             .args(["-t", table])
             .output()
             .await
-            .map_err(|e| format!("running iptables-save: {e}"))?;
+            .map_err(|source| Error::Run {
+                what: "running iptables-save",
+                source,
+            })?;
         if !output.status.success() {
-            return Err(format!(
-                "iptables-save -t {table}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            return Err(Error::Refused {
+                what: format!("iptables-save -t {table}"),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
         }
         out.push_str(&String::from_utf8_lossy(&output.stdout));
     }
@@ -389,7 +420,7 @@ pub async fn save() -> Result<String, String> {
 ///
 /// # Errors
 /// iptables refused the rules.
-pub async fn restore(input: &str) -> Result<(), String> {
+pub async fn restore(input: &str) -> Result<(), Error> {
     use tokio::io::AsyncWriteExt as _;
     let mut child = tokio::process::Command::new("iptables-restore")
         .args(["-w", "5", "--noflush"])
@@ -397,24 +428,33 @@ pub async fn restore(input: &str) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running iptables-restore: {e}"))?;
+        .map_err(|source| Error::Run {
+            what: "running iptables-restore",
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(input.as_bytes())
             .await
-            .map_err(|e| format!("writing to iptables-restore: {e}"))?;
+            .map_err(|source| Error::Run {
+                what: "writing to iptables-restore",
+                source,
+            })?;
     }
     let output = child
         .wait_with_output()
         .await
-        .map_err(|e| format!("waiting for iptables-restore: {e}"))?;
+        .map_err(|source| Error::Run {
+            what: "waiting for iptables-restore",
+            source,
+        })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "iptables-restore refused the rules: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        Err(Error::Refused {
+            what: "iptables-restore refused the rules".into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -423,7 +463,7 @@ pub async fn restore(input: &str) -> Result<(), String> {
 ///
 /// # Errors
 /// iptables is not usable or refuses.
-pub async fn cleanup(node: &str) -> Result<(), String> {
+pub async fn cleanup(node: &str) -> Result<(), Error> {
     let prefix = prefix(node);
     let existing = parse_existing(&prefix, &save().await?);
     if existing == Existing::default() {
@@ -457,6 +497,6 @@ impl Iptables {
 impl Backend for Iptables {
     async fn sync(&mut self, ports: &[ServicePort]) -> Result<(), String> {
         let existing = parse_existing(&self.prefix, &save().await?);
-        restore(&render(&self.prefix, ports, &self.ranges, &existing)).await
+        Ok(restore(&render(&self.prefix, ports, &self.ranges, &existing)).await?)
     }
 }

@@ -132,7 +132,7 @@ impl NodeCidrArgs {
         let cluster = self
             .cluster_cidr
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            .map_err(|e: skiff::validation::Invalid| anyhow::anyhow!("--cluster-cidr: {e}"))?;
         let service = service_cidr.parse().ok();
         skiff_controllers::nodeipam::Ranges::new(cluster, self.node_cidr_mask_size, service)
             .map(Some)
@@ -169,7 +169,7 @@ impl PodNetworkArgs {
             backend: self.flannel_backend.parse().map_err(anyhow::Error::msg)?,
             cluster_cidr: cluster_cidr
                 .parse()
-                .map_err(|e: String| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+                .map_err(|e: skiff::validation::Invalid| anyhow::anyhow!("--cluster-cidr: {e}"))?,
             ..Default::default()
         };
         if !self.cni_bin_dir.is_empty() {

@@ -57,6 +57,38 @@ impl Default for ClientConfig {
     }
 }
 
+/// Why the client config cannot be read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file exists but cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a client config.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// Where and why.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// An `https://` server without a CA to check it by.
+    #[error("{0} is https but the config has no certificateAuthority")]
+    NoCa(String),
+    /// The CA or the client's certificate and key do not parse.
+    #[error(transparent)]
+    Tls(skiff_pki::Error),
+    /// The CA does not parse.
+    #[error("the client config's certificateAuthority: {0}")]
+    Ca(#[source] skiff_pki::Error),
+}
+
 impl ClientConfig {
     /// A config for `server` with a CA and a client identity.
     pub fn with_identity(server: &str, ca_pem: &str, identity: &skiff_pki::Identity) -> Self {
@@ -73,15 +105,12 @@ impl ClientConfig {
     ///
     /// # Errors
     /// `https://` without a CA, or PEM that does not parse.
-    pub fn tls(&self) -> Result<Option<ClientTls>, String> {
+    pub fn tls(&self) -> Result<Option<ClientTls>, Error> {
         if !self.server.starts_with("https://") {
             return Ok(None);
         }
         if self.certificate_authority.is_empty() {
-            return Err(format!(
-                "{} is https but the config has no certificateAuthority",
-                self.server
-            ));
+            return Err(Error::NoCa(self.server.clone()));
         }
         let identity = (!self.client_certificate.is_empty()).then(|| skiff_pki::Identity {
             cert_pem: self.client_certificate.clone(),
@@ -93,16 +122,15 @@ impl ClientConfig {
             skiff_pki::tls::ServerCheck::Name,
         )
         .map(Some)
-        .map_err(|e| e.to_string())
+        .map_err(Error::Tls)
     }
 
     /// The CA's public-key pin (`sha256:...`), for `skiff agent --ca-hash`.
     ///
     /// # Errors
     /// No CA in the config.
-    pub fn ca_hash(&self) -> Result<String, String> {
-        skiff_pki::spki_hash(&self.certificate_authority)
-            .map_err(|e| format!("the client config's certificateAuthority: {e}"))
+    pub fn ca_hash(&self) -> Result<String, Error> {
+        skiff_pki::spki_hash(&self.certificate_authority).map_err(Error::Ca)
     }
 }
 
@@ -122,11 +150,17 @@ pub fn path() -> PathBuf {
 ///
 /// # Errors
 /// A config file that exists but does not parse (named in the message).
-pub fn load_from(p: &Path) -> Result<ClientConfig, String> {
+pub fn load_from(p: &Path) -> Result<ClientConfig, Error> {
     match std::fs::read_to_string(p) {
-        Ok(text) => serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", p.display())),
+        Ok(text) => serde_yaml::from_str(&text).map_err(|source| Error::Parse {
+            path: p.to_path_buf(),
+            source,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientConfig::default()),
-        Err(e) => Err(format!("{}: {e}", p.display())),
+        Err(source) => Err(Error::Read {
+            path: p.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -134,7 +168,7 @@ pub fn load_from(p: &Path) -> Result<ClientConfig, String> {
 ///
 /// # Errors
 /// A config file that exists but does not parse (named in the message).
-pub fn load() -> Result<ClientConfig, String> {
+pub fn load() -> Result<ClientConfig, Error> {
     load_from(&path())
 }
 
@@ -273,6 +307,12 @@ mod tests {
         };
         assert!(insecure.tls().unwrap().is_none());
         let broken = ClientConfig::default();
-        assert!(broken.tls().unwrap_err().contains("certificateAuthority"));
+        assert!(
+            broken
+                .tls()
+                .unwrap_err()
+                .to_string()
+                .contains("certificateAuthority")
+        );
     }
 }

@@ -14,34 +14,49 @@
 //! labels, plus an inspect only for containers whose state changed since
 //! the last call (containers move created → running → exited once; a
 //! restart is a new container), so polling every second stays cheap.
+//!
+//! # Layout
+//!
+//! The runtime's state, the engine's errors, the sandbox image and the
+//! [`Runtime`] implementation are here; the rest sits in files of its own
+//! under `docker/`:
+//!
+//! - `images`: finding and pulling images.
+//! - `sandbox`: the pause container of a pod, and its CNI plumbing.
+//! - `create`: a container's creation: mounts, namespaces, resources,
+//!   user and security options.
+//! - `inspect`: listing and inspecting containers (the relist).
+//! - `exec`: commands in containers, and attaching to them.
+//! - `network`: the pod network: the Docker network, CNI attachments and
+//!   their clean-up, and connecting inside a sandbox.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, NetworkCreateRequest,
-};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 
 use crate::{
     Container, ContainerSpec, Error, ExecOutput, LogOptions, LogStream, PullPolicy, Result,
-    Runtime, RuntimeInfo, SandboxSpec, State, labels,
+    Runtime, RuntimeInfo, SandboxSpec, labels,
 };
 
 /// The sandbox program, compiled by build.rs.
 const PAUSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pause"));
 
-/// How long one image pull may take before the pod is told it failed.
-const PULL_TIMEOUT: Duration = Duration::from_secs(120);
+mod create;
+mod exec;
+mod images;
+mod inspect;
+mod network;
+mod sandbox;
 
 /// Which network pod sandboxes are on.
 #[derive(Debug, Clone)]
@@ -90,51 +105,6 @@ fn docker_error(e: DockerError) -> Error {
 
 fn is_status(e: &DockerError, code: u16) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
-}
-
-/// The Docker time format (RFC 3339 with nanoseconds); the zero time
-/// (`0001-01-01T00:00:00Z`, "never") is `None`.
-fn parse_time(s: Option<&str>) -> Option<SystemTime> {
-    let s = s?;
-    if s.starts_with("0001-") {
-        return None;
-    }
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok()
-}
-
-/// Docker's port bindings for a sandbox's host ports.
-fn port_bindings(mappings: &[crate::PortMapping]) -> bollard::models::PortMap {
-    let mut map = bollard::models::PortMap::new();
-    for m in mappings {
-        map.entry(format!("{}/{}", m.container_port, m.protocol))
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(bollard::models::PortBinding {
-                host_ip: (!m.host_ip.is_empty()).then(|| m.host_ip.clone()),
-                host_port: Some(m.host_port.to_string()),
-            });
-    }
-    map
-}
-
-/// Docker's `--security-opt` values for a container's confinement.
-fn security_options(security: &crate::Security) -> Vec<String> {
-    use crate::Profile;
-    let mut options = Vec::new();
-    if security.no_new_privileges {
-        options.push("no-new-privileges".to_string());
-    }
-    match &security.seccomp {
-        Profile::RuntimeDefault => {}
-        Profile::Unconfined => options.push("seccomp=unconfined".into()),
-        Profile::Localhost(json) => options.push(format!("seccomp={json}")),
-    }
-    match &security.apparmor {
-        Profile::RuntimeDefault => {}
-        Profile::Unconfined => options.push("apparmor=unconfined".into()),
-        Profile::Localhost(name) => options.push(format!("apparmor={name}")),
-    }
-    options
 }
 
 /// A tar archive of `files` (path, mode, content), for a build context.
@@ -274,235 +244,9 @@ impl DockerRuntime {
         }
     }
 
-    /// Every container of this node (of one pod, with `pod_uid`), running
-    /// or not, as the engine lists them.
-    async fn summaries(
-        &self,
-        pod_uid: Option<&str>,
-    ) -> Result<Vec<bollard::models::ContainerSummary>> {
-        let mut wanted = vec![
-            format!("{}=true", labels::MANAGED),
-            format!("{}={}", labels::NODE, self.node),
-        ];
-        if let Some(uid) = pod_uid {
-            wanted.push(format!("{}={uid}", labels::POD_UID));
-        }
-        let filters = HashMap::from([("label".to_string(), wanted)]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        self.docker
-            .list_containers(Some(options))
-            .await
-            .map_err(docker_error)
-    }
-
     /// The engine's client, for what the trait does not cover.
     pub fn docker(&self) -> &Docker {
         &self.docker
-    }
-
-    /// The Docker network's name, when sandboxes are on one.
-    fn docker_network(&self) -> Option<&str> {
-        match &self.network {
-            PodNetwork::Docker(name) => Some(name),
-            PodNetwork::Cni(_) => None,
-        }
-    }
-
-    /// The CNI runtime, when sandboxes are plumbed by it.
-    pub fn cni(&self) -> Option<&Arc<crate::cni::Cni>> {
-        match &self.network {
-            PodNetwork::Cni(cni) => Some(cni),
-            PodNetwork::Docker(_) => None,
-        }
-    }
-
-    /// The network namespace of a running container, `/proc/PID/ns/net`
-    /// (not the engine's bind mount of it, which an agent in a mount
-    /// namespace of its own, as `ip netns exec` makes, does not see).
-    async fn netns_of(&self, id: &str) -> Result<Option<String>> {
-        let found = match self.docker.inspect_container(id, None).await {
-            Ok(found) => found,
-            Err(e) if is_status(&e, 404) => return Ok(None),
-            Err(e) => return Err(docker_error(e)),
-        };
-        let running = found
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
-        if !running {
-            return Ok(None);
-        }
-        let pid = found.state.and_then(|s| s.pid).filter(|p| *p > 0);
-        Ok(pid.map(|p| format!("/proc/{p}/ns/net")))
-    }
-
-    /// Takes a sandbox off the CNI network (before it stops: the plugins
-    /// still find its side of the veth). Not a CNI sandbox: nothing.
-    async fn detach(&self, id: &str) -> Result<()> {
-        let Some(cni) = self.cni() else { return Ok(()) };
-        if cni.attachment(id).is_none() {
-            return Ok(());
-        }
-        let netns = self.netns_of(id).await?;
-        match cni.del(id, netns.as_deref()).await {
-            Err(e) if netns.is_some() => {
-                // The namespace is unusable: free what the host holds.
-                tracing::warn!(sandbox = %id, error = %e, "CNI DEL inside the sandbox failed; deleting its host side only");
-                cni.del(id, None).await
-            }
-            other => other,
-        }
-    }
-
-    /// Frees the addresses of sandboxes that are not running (gone,
-    /// stopped, or never plumbed: the agent died between starting one
-    /// and recording its address), on start and then now and then:
-    /// nothing a crash or a container removed behind the agent's back
-    /// left holds an address for long. A sandbox some pod worker is
-    /// plumbing or unplumbing right now is left to it. A DEL that fails is
-    /// said in the log and tried again next time. Returns how many were
-    /// freed.
-    ///
-    /// # Errors
-    /// The engine did not answer.
-    pub async fn reconcile_network(&self) -> Result<usize> {
-        let Some(cni) = self.cni() else {
-            return Ok(0);
-        };
-        let running: std::collections::HashSet<String> = self
-            .list(None)
-            .await?
-            .into_iter()
-            .filter(|c| matches!(c.state, State::Running { .. }))
-            .map(|c| c.id)
-            .collect();
-        let mut freed = 0;
-        for attachment in cni.attachments() {
-            let id = &attachment.container_id;
-            if running.contains(id) {
-                continue;
-            }
-            let netns = self.netns_of(id).await.ok().flatten();
-            let result = match cni.del_if_idle(id, netns.as_deref()).await {
-                Err(e) if netns.is_some() => {
-                    tracing::warn!(sandbox = %id, error = %e, "CNI DEL inside the sandbox failed; deleting its host side only");
-                    cni.del_if_idle(id, None).await
-                }
-                other => other,
-            };
-            match result {
-                Ok(true) => freed += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "freeing a pod address; tried again later")
-                }
-            }
-        }
-        Ok(freed)
-    }
-
-    /// Under CNI, a running sandbox whose address is not recorded (its
-    /// plumbing failed, or the agent died in the middle) has no network:
-    /// it is shown as not running, so its pod gets a new one.
-    fn without_network_is_dead(&self, mut container: Container) -> Container {
-        let Some(cni) = self.cni() else {
-            return container;
-        };
-        let sandbox = container
-            .labels
-            .get(labels::CONTAINER_NAME)
-            .map(String::as_str)
-            == Some(labels::SANDBOX);
-        let plumbed = cni
-            .attachment(&container.id)
-            .is_some_and(|a| a.result.is_some());
-        let host_network = container
-            .labels
-            .get(labels::HOST_NETWORK)
-            .map(String::as_str)
-            == Some("true");
-        if sandbox && !host_network && !plumbed && matches!(container.state, State::Running { .. })
-        {
-            container.state = State::Unknown("running without a pod network".into());
-        }
-        container
-    }
-
-    async fn ensure_network(&self) -> Result<()> {
-        let Some(network) = self.docker_network() else {
-            return Ok(());
-        };
-        match self.docker.inspect_network(network, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(docker_error(e)),
-        }
-        let request = NetworkCreateRequest {
-            name: network.to_string(),
-            driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(
-                labels::MANAGED.to_string(),
-                "true".to_string(),
-            )])),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Another agent on this engine created it meanwhile.
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(docker_error(e)),
-        }
-    }
-
-    async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        match self.docker.inspect_image(image).await {
-            Ok(found) => Ok(Some(found.id.unwrap_or_default())),
-            Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(docker_error(e)),
-        }
-    }
-
-    async fn pull(&self, image: &str) -> Result<()> {
-        // A digest names the image whole; else repository and tag.
-        let options = if image.contains('@') {
-            CreateImageOptionsBuilder::default()
-                .from_image(image)
-                .build()
-        } else {
-            let (repo, tag) = match image.rsplit_once(':') {
-                Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-                _ => (image, "latest"),
-            };
-            CreateImageOptionsBuilder::default()
-                .from_image(repo)
-                .tag(tag)
-                .build()
-        };
-        let pull = async {
-            let mut stream = self.docker.create_image(Some(options), None, None);
-            while let Some(step) = stream.next().await {
-                let step = step.map_err(|e| e.to_string())?;
-                if let Some(detail) = step.error_detail {
-                    return Err(detail.message.unwrap_or_default());
-                }
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Error::ImagePull {
-                image: image.to_string(),
-                message,
-            }),
-            Err(_) => Err(Error::ImagePull {
-                image: image.to_string(),
-                message: format!("no answer from the registry in {PULL_TIMEOUT:?}"),
-            }),
-        }
     }
 
     fn node_labels(&self, mut labels: BTreeMap<String, String>) -> HashMap<String, String> {
@@ -523,47 +267,6 @@ impl DockerRuntime {
             .await
             .map_err(docker_error)?;
         Ok(created.id)
-    }
-
-    async fn inspect(&self, id: &str, ip: Option<String>) -> Result<Container> {
-        let found = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(docker_error)?;
-        let config = found.config.unwrap_or_default();
-        let state = found.state.unwrap_or_default();
-        let started_at = parse_time(state.started_at.as_deref());
-        let status = state.status.map(|s| s.to_string()).unwrap_or_default();
-        let state = match status.as_str() {
-            "created" => State::Created,
-            "running" => State::Running { started_at },
-            "exited" => State::Exited {
-                exit_code: state.exit_code.unwrap_or_default(),
-                started_at,
-                finished_at: parse_time(state.finished_at.as_deref()),
-                oom_killed: state.oom_killed.unwrap_or_default(),
-            },
-            other => State::Unknown(other.to_string()),
-        };
-        Ok(Container {
-            id: found.id.unwrap_or_default(),
-            name: found
-                .name
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-            image: config.image.unwrap_or_default(),
-            image_id: found.image.unwrap_or_default(),
-            labels: config.labels.unwrap_or_default().into_iter().collect(),
-            state,
-            ip,
-            created: found
-                .created
-                .and_then(|c| parse_time(Some(&c.to_string())))
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64),
-        })
     }
 }
 
@@ -643,166 +346,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<String> {
-        // A host-network pod has the host's addresses, resolver, name and
-        // ports: Docker refuses its own for it, and there is nothing to
-        // plumb.
-        let own_network = !spec.host_network;
-        let cni = self.cni().filter(|_| own_network);
-        // Docker publishes host ports on its own network; under CNI,
-        // portmap does.
-        let docker_ports = cni.is_none() && own_network && !spec.port_mappings.is_empty();
-        let listed = |v: &Vec<String>| (own_network && !v.is_empty()).then(|| v.clone());
-        let host_config = HostConfig {
-            network_mode: Some(if spec.host_network {
-                "host".to_string()
-            } else {
-                self.docker_network()
-                    .map_or_else(|| "none".to_string(), str::to_string)
-            }),
-            ipc_mode: Some(if spec.host_ipc { "host" } else { "shareable" }.into()),
-            pid_mode: spec.host_pid.then(|| "host".into()),
-            dns: listed(&spec.dns_servers),
-            dns_search: listed(&spec.dns_search),
-            dns_options: listed(&spec.dns_options),
-            port_bindings: docker_ports.then(|| port_bindings(&spec.port_mappings)),
-            sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.iter().cloned().collect()),
-            // The pod's containers share the sandbox's /etc/hosts.
-            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| {
-                spec.extra_hosts
-                    .iter()
-                    .map(|(name, ip)| format!("{name}:{ip}"))
-                    .collect()
-            }),
-            // The pause process needs nothing.
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            ..Default::default()
-        };
-        let mut labels = spec.labels.clone();
-        if spec.host_network {
-            labels.insert(labels::HOST_NETWORK.into(), "true".into());
-        }
-        let body = ContainerCreateBody {
-            exposed_ports: docker_ports.then(|| {
-                spec.port_mappings
-                    .iter()
-                    .map(|m| format!("{}/{}", m.container_port, m.protocol))
-                    .collect()
-            }),
-            image: Some(self.pause_image.clone()),
-            hostname: (own_network && !spec.hostname.is_empty()).then(|| spec.hostname.clone()),
-            labels: Some(self.node_labels(labels)),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let id = self.create_named(&spec.name, body).await?;
-        self.start(&id).await?;
-        let Some(cni) = cni else { return Ok(id) };
-        let plumbed = async {
-            let netns = self.netns_of(&id).await?.ok_or_else(|| {
-                Error::Runtime(format!("sandbox {} stopped as it started", spec.name))
-            })?;
-            let label = |k: &str| spec.labels.get(k).map_or("", String::as_str);
-            let args = format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID={}",
-                label(labels::POD_NAMESPACE),
-                label(labels::POD_NAME),
-                label(labels::POD_UID),
-            );
-            cni.add(&id, &netns, &args, &spec.port_mappings).await
-        }
-        .await;
-        match plumbed {
-            Ok(ip) => {
-                tracing::debug!(sandbox = %spec.name, %ip, "sandbox on the pod network");
-                Ok(id)
-            }
-            Err(e) => {
-                // No half-made sandbox stays: the next sync makes a new one.
-                if let Err(rm) = self.remove(&id).await {
-                    tracing::warn!(sandbox = %spec.name, error = %rm, "removing a sandbox whose network failed");
-                }
-                Err(e)
-            }
-        }
+        self.create_sandbox(spec).await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String> {
-        let sandbox = format!("container:{}", spec.sandbox_id);
-        let binds = spec
-            .mounts
-            .iter()
-            .map(|m| {
-                let mode = if m.read_only { ":ro" } else { "" };
-                format!("{}:{}{mode}", m.host_path.display(), m.container_path)
-            })
-            .collect();
-        let security = &spec.security;
-        let pid_mode = if spec.host_pid {
-            Some("host".to_string())
-        } else {
-            spec.share_pid.then(|| sandbox.clone())
-        };
-        let host_config = HostConfig {
-            network_mode: Some(sandbox.clone()),
-            ipc_mode: Some(if spec.host_ipc {
-                "host".to_string()
-            } else {
-                sandbox
-            }),
-            pid_mode,
-            binds: Some(binds),
-            memory: spec.memory_limit,
-            nano_cpus: spec.nano_cpus,
-            cpu_shares: spec.cpu_shares,
-            group_add: (!security.supplemental_groups.is_empty()).then(|| {
-                security
-                    .supplemental_groups
-                    .iter()
-                    .map(i64::to_string)
-                    .collect()
-            }),
-            cap_add: (!security.cap_add.is_empty()).then(|| security.cap_add.clone()),
-            cap_drop: (!security.cap_drop.is_empty()).then(|| security.cap_drop.clone()),
-            privileged: security.privileged.then_some(true),
-            readonly_rootfs: security.read_only_root_filesystem.then_some(true),
-            security_opt: Some(security_options(security)),
-            ..Default::default()
-        };
-        let user = match (security.user, security.group) {
-            (None, None) => None,
-            (Some(uid), None) => Some(uid.to_string()),
-            (uid, Some(gid)) => {
-                // A group alone keeps the image's user.
-                let uid = match uid {
-                    Some(uid) => uid.to_string(),
-                    None => {
-                        let user = self.image_user(&spec.image).await?;
-                        match user.split_once(':').map_or(user.as_str(), |(u, _)| u) {
-                            "" => "0".to_string(),
-                            u => u.to_string(),
-                        }
-                    }
-                };
-                Some(format!("{uid}:{gid}"))
-            }
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            user,
-            entrypoint: spec.command.clone(),
-            cmd: spec.args.clone(),
-            env: Some(spec.env.clone()),
-            working_dir: spec.working_dir.clone(),
-            labels: Some(self.node_labels(spec.labels.clone())),
-            host_config: Some(host_config),
-            open_stdin: Some(spec.stdin),
-            attach_stdin: Some(spec.stdin),
-            stdin_once: Some(spec.stdin_once),
-            tty: Some(spec.tty),
-            ..Default::default()
-        };
-        self.create_named(&spec.name, body).await
+        self.create_container(spec).await
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -858,108 +406,11 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self, pod_uid: Option<&str>) -> Result<Vec<Container>> {
-        let summaries = self.summaries(pod_uid).await?;
-        let mut out = Vec::with_capacity(summaries.len());
-        let mut seen = HashMap::new();
-        for summary in summaries {
-            let Some(id) = summary.id.clone() else {
-                continue;
-            };
-            let theirs = summary
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(labels::CLUSTER))
-                .is_some_and(|c| !c.is_empty() && !self.cluster.is_empty() && *c != self.cluster);
-            if theirs {
-                continue;
-            }
-            let state = summary
-                .state
-                .unwrap_or(ContainerSummaryStateEnum::EMPTY)
-                .to_string();
-            let ip = match &self.network {
-                PodNetwork::Docker(name) => summary
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .and_then(|mut n| n.remove(name))
-                    .and_then(|e| e.ip_address)
-                    .filter(|ip| !ip.is_empty()),
-                PodNetwork::Cni(cni) => (state == "running")
-                    .then(|| cni.attachment(&id).and_then(|a| a.ip()))
-                    .flatten()
-                    .map(|ip| ip.to_string()),
-            };
-            let cached = self
-                .inspected
-                .lock()
-                .ok()
-                .and_then(|c| c.get(&id).cloned())
-                .filter(|(s, c)| *s == state && c.ip == ip);
-            let container = match cached {
-                Some((_, c)) => c,
-                None => match self.inspect(&id, ip).await {
-                    Ok(c) => c,
-                    // Removed between the list and the inspect.
-                    Err(Error::NotFound(_)) => continue,
-                    Err(e) => return Err(e),
-                },
-            };
-            seen.insert(id, (state, container.clone()));
-            out.push(self.without_network_is_dead(container));
-        }
-        if let Ok(mut cache) = self.inspected.lock() {
-            if pod_uid.is_none() {
-                // A full list: forget containers that are gone.
-                *cache = seen;
-            } else {
-                cache.extend(seen);
-            }
-        }
-        Ok(out)
+        self.list_containers(pod_uid).await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
-        let run = async {
-            let created = self
-                .docker
-                .create_exec(
-                    id,
-                    CreateExecOptions {
-                        cmd: Some(command.to_vec()),
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(docker_error)?;
-            let mut out = ExecOutput::default();
-            let started = self
-                .docker
-                .start_exec(&created.id, Some(StartExecOptions::default()))
-                .await
-                .map_err(docker_error)?;
-            if let StartExecResults::Attached { mut output, .. } = started {
-                while let Some(chunk) = output.next().await {
-                    match chunk.map_err(docker_error)? {
-                        bollard::container::LogOutput::StdErr { message } => {
-                            out.stderr.extend_from_slice(&message)
-                        }
-                        other => out.stdout.extend_from_slice(&other.into_bytes()),
-                    }
-                }
-            }
-            let inspected = self
-                .docker
-                .inspect_exec(&created.id)
-                .await
-                .map_err(docker_error)?;
-            out.exit_code = inspected.exit_code.unwrap_or(-1);
-            Ok(out)
-        };
-        tokio::time::timeout(timeout, run)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        self.exec_output(id, command, timeout).await
     }
 
     async fn exec_attach(
@@ -969,75 +420,11 @@ impl Runtime for DockerRuntime {
         tty: bool,
         stdin: bool,
     ) -> Result<crate::Attached> {
-        let created = self
-            .docker
-            .create_exec(
-                id,
-                CreateExecOptions {
-                    cmd: Some(command.to_vec()),
-                    attach_stdin: Some(stdin),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    tty: Some(tty),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(docker_error)?;
-        let started = self
-            .docker
-            .start_exec(
-                &created.id,
-                Some(StartExecOptions {
-                    tty,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(docker_error)?;
-        let StartExecResults::Attached { output, input } = started else {
-            return Err(Error::Runtime(
-                "the engine did not attach the command".into(),
-            ));
-        };
-        let output = output
-            .map_ok(|chunk| match chunk {
-                bollard::container::LogOutput::StdErr { message } => (true, message),
-                other => (false, other.into_bytes()),
-            })
-            .map_err(docker_error);
-        Ok(crate::Attached {
-            exec: created.id,
-            input,
-            output: Box::pin(output),
-        })
+        self.exec_attached(id, command, tty, stdin).await
     }
 
     async fn attach(&self, id: &str, stdin: bool) -> Result<crate::Attached> {
-        let options = bollard::query_parameters::AttachContainerOptionsBuilder::new()
-            .stdin(stdin)
-            .stdout(true)
-            .stderr(true)
-            .stream(true)
-            .logs(false)
-            .build();
-        let attached = self
-            .docker
-            .attach_container(id, Some(options))
-            .await
-            .map_err(docker_error)?;
-        let output = attached
-            .output
-            .map_ok(|chunk| match chunk {
-                bollard::container::LogOutput::StdErr { message } => (true, message),
-                other => (false, other.into_bytes()),
-            })
-            .map_err(docker_error);
-        Ok(crate::Attached {
-            exec: id.to_string(),
-            input: attached.input,
-            output: Box::pin(output),
-        })
+        self.attach_container(id, stdin).await
     }
 
     async fn resize(&self, id: &str, width: u16, height: u16) -> Result<()> {
@@ -1109,37 +496,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn dial(&self, sandbox: &Container, port: u16) -> Result<tokio::net::TcpStream> {
-        let found = self
-            .docker
-            .inspect_container(&sandbox.id, None)
-            .await
-            .map_err(docker_error)?;
-        // The engine's handle on the sandbox's network namespace (a path
-        // it bind-mounted), not /proc/PID: a PID means another process
-        // once the sandbox is gone, or in another PID namespace.
-        let namespace = found
-            .network_settings
-            .and_then(|n| n.sandbox_key)
-            .filter(|key| !key.is_empty())
-            .ok_or_else(|| {
-                Error::Runtime(format!(
-                    "sandbox {} has no network namespace: it is not running",
-                    sandbox.name
-                ))
-            })?;
-        match connect_in_namespace(&namespace, port).await {
-            Ok(stream) => Ok(stream),
-            // An agent that may not enter namespaces (not root) reaches
-            // the pod's address on the pod network instead: servers on
-            // the pod's loopback only are out of its reach.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && sandbox.ip.is_some() => {
-                tracing::debug!(error = %e, "port-forward: cannot enter the pod's network namespace");
-                crate::default_dial(sandbox, port).await
-            }
-            Err(e) => Err(Error::Runtime(format!(
-                "failed to connect to localhost:{port} inside the pod's network namespace: {e}"
-            ))),
-        }
+        self.dial_in_sandbox(sandbox, port).await
     }
 
     async fn logs(&self, id: &str, options: &LogOptions) -> Result<LogStream> {
@@ -1168,98 +525,5 @@ impl Runtime for DockerRuntime {
     }
 }
 
-/// Connects to `port` on the loopback of the network namespace at
-/// `namespace` (a sandbox's), like the kubelet does for port forwarding:
-/// from a thread of its own that enters the namespace and ends after the
-/// connect, so that nothing else ever runs in the pod's namespace. The
-/// socket stays in the namespace it was made in.
-async fn connect_in_namespace(
-    namespace: &str,
-    port: u16,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let namespace = std::fs::File::open(namespace)?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("skiff-port-forward".into())
-        .spawn(move || {
-            let connected = rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&namespace),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .map_err(std::io::Error::from)
-            .and_then(|()| {
-                let to = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
-                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            });
-            let _ = tx.send(connected);
-        })?;
-    let stream = rx
-        .await
-        .map_err(|_| std::io::Error::other("the connecting thread ended without an answer"))??;
-    stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(stream)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn confinement_becomes_security_options() {
-        use crate::{Profile, Security};
-        assert!(security_options(&Security::default()).is_empty());
-        let asked = Security {
-            no_new_privileges: true,
-            seccomp: Profile::Localhost(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#.into()),
-            apparmor: Profile::Unconfined,
-            ..Default::default()
-        };
-        assert_eq!(
-            security_options(&asked),
-            [
-                "no-new-privileges",
-                r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#,
-                "apparmor=unconfined"
-            ]
-        );
-    }
-
-    #[test]
-    fn docker_times_parse_and_the_zero_time_is_none() {
-        let t = parse_time(Some("2026-11-26T14:12:00.123456789Z")).expect("parses");
-        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-        assert_eq!(secs, 1_795_702_320);
-        assert_eq!(parse_time(Some("0001-01-01T00:00:00Z")), None);
-        assert_eq!(parse_time(None), None);
-    }
-
-    #[test]
-    fn build_contexts_are_tar_archives_with_modes() {
-        let bytes = tar_of(&[
-            ("Dockerfile", 0o644, b"FROM scratch\n"),
-            ("pause", 0o755, PAUSE),
-        ])
-        .unwrap();
-        let mut archive = tar::Archive::new(&bytes[..]);
-        let entries: Vec<(String, u32)> = archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                (
-                    e.path().unwrap().display().to_string(),
-                    e.header().mode().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            entries,
-            [("Dockerfile".into(), 0o644), ("pause".into(), 0o755)]
-        );
-    }
-
-    #[test]
-    fn the_pause_program_is_a_static_executable() {
-        assert_eq!(&PAUSE[..4], b"\x7fELF");
-    }
-}
+mod tests;

@@ -8,7 +8,8 @@
 //!   [`Container`], [`State`], ...).
 //! - [`docker`]: the Docker Engine implementation (bollard). A pod's
 //!   sandbox is a `pause` container that owns the network and IPC
-//!   namespaces; the pod's containers join it.
+//!   namespaces; the pod's containers join it. Its parts are in `docker/`
+//!   (`images`, `sandbox`, `create`, `inspect`, `exec`, `network`).
 //! - [`cni`]: the pod network through CNI plugins (Docker sandboxes made
 //!   without a network, plumbed by bridge + host-local + portmap).
 //! - [`process`]: host processes, for machines with no Docker engine (a

@@ -234,7 +234,7 @@ impl CronJobController {
             .cloned()
             .collect();
         let schedule = skiff::schedule::parse_in(&spec.schedule, spec.time_zone.as_deref())
-            .map_err(Error::Other)?;
+            .map_err(|e| Error::Other(e.into()))?;
         let now = skiff::time::now_seconds().seconds;
         let mut status = cron.status.clone().unwrap_or_default();
         // Where to count runs from: the last recorded run, or a newer one

@@ -31,23 +31,17 @@
 //! - [`namespace`]: a deleted namespace is emptied, then goes.
 //! - [`volume`]: PersistentVolumes and claims: binding, the local
 //!   provisioner, reclaiming, and the protection finalizers.
-//! - [`ControllerActor`]: runs one controller; a controller that panics or
-//!   fails stops the actor, and its supervisor starts it again (with a
-//!   growing pause), resuming from the shared caches.
+//! - Each controller runs as a supervised
+//!   [`Restarting`](skiff_client::system::Restarting) actor: a controller
+//!   that panics or stops stops the actor, and its supervisor starts it
+//!   again (with a growing pause), resuming from the shared caches.
 //!
 //! Controllers are registered by descriptor ([`descriptors`]): a name and
 //! the module's `start`, receiving the shared informers.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, Context, Supervised,
-    WrapFuture as _,
-};
-use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use skiff::pb::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use skiff::pb::autoscaling::v2::HorizontalPodAutoscaler;
@@ -60,6 +54,7 @@ use skiff::pb::core::v1::{
 use skiff::pb::policy::v1::PodDisruptionBudget;
 use skiff::pb::storage::v1::StorageClass;
 use skiff_client::leader::{self, LeaderConfig};
+use skiff_client::system::Restarting;
 use skiff_client::{Api, Informer};
 
 pub mod autoscaler;
@@ -324,78 +319,6 @@ pub fn descriptors() -> Vec<Descriptor> {
     ]
 }
 
-/// One controller as a supervised actor.
-pub struct ControllerActor {
-    descriptor: Descriptor,
-    shared: Arc<Shared>,
-    workers: usize,
-    /// Restarts of this controller so far (shared with the manager).
-    restarts: Arc<AtomicU64>,
-}
-
-impl Actor for ControllerActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let (start, shared, workers) = (
-            self.descriptor.start,
-            Arc::clone(&self.shared),
-            self.workers,
-        );
-        let restarts = self.restarts.load(Ordering::Relaxed);
-        // Backoff between restarts: 0, 1, 2, 4 ... 30 s.
-        let pause = if restarts == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs((1u64 << (restarts - 1).min(5)).min(30))
-        };
-        let name = self.descriptor.name;
-        ctx.spawn(
-            async move {
-                tokio::time::sleep(pause).await;
-                // Started after the pause and inside the catch: a panic
-                // while declaring the controller restarts it too.
-                AssertUnwindSafe(async move { start(shared, workers).await })
-                    .catch_unwind()
-                    .await
-            }
-            .into_actor(self)
-            .map(move |result, _actor, ctx| {
-                match result {
-                    Ok(()) => tracing::warn!(controller = name, "controller stopped"),
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        tracing::error!(controller = name, panic = %what, "controller panicked");
-                    }
-                }
-                ctx.stop();
-            }),
-        );
-    }
-}
-
-impl Supervised for ControllerActor {
-    fn restarting(&mut self, _ctx: &mut Self::Context) {
-        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-        skiff_metrics::counter_vec(
-            "skiff_controller_restarts_total",
-            "times a controller's supervisor restarted it after a panic",
-            &["controller"],
-        )
-        .with_label_values(&[self.descriptor.name])
-        .inc();
-        tracing::warn!(
-            controller = self.descriptor.name,
-            restarts = n,
-            "restarting controller"
-        );
-    }
-}
-
 /// The LoadBalancer pool of a cluster started with the defaults: on
 /// loopback, so load balancer addresses answer on this machine only.
 pub const DEFAULT_LB_POOL: &str = "127.0.100.1-127.0.100.254";
@@ -514,7 +437,7 @@ pub async fn run(
 }
 
 /// The running controllers: their actor system and their addresses.
-type Running = (actix::System, Vec<actix::Addr<ControllerActor>>);
+type Running = (actix::System, Vec<actix::Addr<Restarting>>);
 
 /// Starts an actor system running every controller.
 fn start_system(
@@ -530,12 +453,22 @@ fn start_system(
             .into_iter()
             .map(|descriptor| {
                 let shared = Arc::clone(&shared);
-                let restarts = Arc::new(AtomicU64::new(0));
-                actix::Supervisor::start(move |_| ControllerActor {
-                    descriptor,
-                    shared,
-                    workers,
-                    restarts,
+                let start = descriptor.start;
+                let run: skiff_client::system::Run =
+                    Arc::new(move || -> futures::future::LocalBoxFuture<'static, ()> {
+                        start(Arc::clone(&shared), workers)
+                    });
+                let name = descriptor.name;
+                actix::Supervisor::start(move |_| {
+                    Restarting::new(name, run).on_restart(move |_| {
+                        skiff_metrics::counter_vec(
+                            "skiff_controller_restarts_total",
+                            "times a controller's supervisor restarted it after a panic",
+                            &["controller"],
+                        )
+                        .with_label_values(&[name])
+                        .inc();
+                    })
                 })
             })
             .collect::<Vec<_>>()

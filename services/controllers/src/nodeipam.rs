@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use skiff::cidr::Ipv4Cidr;
 use skiff::pb::core::v1::Node;
+use skiff::validation::Invalid;
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Change, Store};
@@ -45,12 +46,12 @@ impl Ranges {
         cluster: Ipv4Cidr,
         node_mask: u8,
         service: Option<Ipv4Cidr>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Invalid> {
         if node_mask < cluster.bits() || node_mask > 30 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "--node-cidr-mask-size {node_mask} must lie between the cluster CIDR's prefix (/{}) and /30",
                 cluster.bits()
-            ));
+            )));
         }
         Ok(Self {
             cluster,
@@ -292,7 +293,7 @@ mod tests {
     #[test]
     fn a_mask_outside_the_cluster_cidr_is_refused() {
         let cluster = "10.42.0.0/16".parse().unwrap();
-        assert!(Ranges::new(cluster, 8, None).unwrap_err().contains("/16"));
+        assert!(Ranges::new(cluster, 8, None).unwrap_err().0.contains("/16"));
         assert!(Ranges::new(cluster, 31, None).is_err());
         assert_eq!(Ranges::default().cluster, cluster);
     }

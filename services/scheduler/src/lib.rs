@@ -12,15 +12,15 @@
 //! - [`profile`]: which plugins run, what weights.
 //! - [`preemption`]: which lower-priority pods to remove for a pod that
 //!   fits nowhere.
-//! - [`scheduler`]: the loop, the cache of assumed pods, the retry queue.
-//! - [`SchedulerActor`]: the supervised actor that runs it all.
+//! - [`scheduler`]: the loop, the cache of assumed pods, the retry queue
+//!   (in `scheduler/`: `cache`, `queue`, `cycle`, `preempt`, `report`,
+//!   `metrics`).
+//! - [`run_supervised`]: all of it as a supervised
+//!   [`Restarting`](skiff_client::system::Restarting) actor (restarted,
+//!   after a growing pause, when it fails or panics).
 
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorContext as _, ActorFutureExt as _, AsyncContext as _, Context, Supervised,
-    WrapFuture as _,
-};
 use skiff_client::leader::{self, LeaderConfig};
 
 pub mod framework;
@@ -133,47 +133,6 @@ pub async fn run(
     }
 }
 
-/// The scheduler as a supervised actor: it runs [`run`] in its context;
-/// if that ends in an error the actor stops and its supervisor starts it
-/// again after a pause.
-pub struct SchedulerActor {
-    config: Config,
-    /// Restarts so far (in the log, and a pause that grows with them).
-    pub restarts: u32,
-}
-
-impl SchedulerActor {
-    /// An actor that will run `config`.
-    pub fn new(config: Config) -> Self {
-        Self {
-            config,
-            restarts: 0,
-        }
-    }
-}
-
-impl Actor for SchedulerActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let config = self.config.clone();
-        let pause = Duration::from_secs(u64::from(self.restarts.min(30)));
-        ctx.spawn(
-            async move {
-                tokio::time::sleep(pause).await;
-                run(config, std::future::pending()).await
-            }
-            .into_actor(self)
-            .map(|result, _actor, ctx| {
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "scheduler failed");
-                }
-                ctx.stop();
-            }),
-        );
-    }
-}
-
 /// Runs the scheduler as a supervised actor in its own actor system until
 /// `shutdown` resolves (the `skiff scheduler` command).
 ///
@@ -194,7 +153,17 @@ pub async fn run_supervised(
         thread,
     } = tokio::task::spawn_blocking(move || {
         skiff_client::system::spawn("skiff-scheduler", None, move || {
-            actix::Supervisor::start(move |_| SchedulerActor::new(config))
+            let run: skiff_client::system::Run = std::sync::Arc::new(move || {
+                let config = config.clone();
+                Box::pin(async move {
+                    if let Err(e) = run(config, std::future::pending()).await {
+                        tracing::error!(error = %e, "scheduler failed");
+                    }
+                })
+            });
+            actix::Supervisor::start(move |_| {
+                skiff_client::system::Restarting::new("scheduler", run)
+            })
         })
     })
     .await
@@ -205,11 +174,4 @@ pub async fn run_supervised(
     system.stop();
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     Ok(())
-}
-
-impl Supervised for SchedulerActor {
-    fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.restarts += 1;
-        tracing::warn!(restarts = self.restarts, "restarting the scheduler");
-    }
 }

@@ -135,7 +135,7 @@ macro_rules! kind_infos {
         const KINDS: &[KindInfo] = &[$(
             KindInfo {
                 service: <$ty as skiff::Resource>::SERVICE,
-                group: crate::http::split_version(<$ty as skiff::Resource>::API_VERSION).0,
+                group: crate::http::path::split_version(<$ty as skiff::Resource>::API_VERSION).0,
                 plural: <$ty as skiff::Resource>::PLURAL,
                 namespaced: <$ty as skiff::Resource>::NAMESPACED,
             },

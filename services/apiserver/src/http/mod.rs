@@ -20,7 +20,8 @@
 //!   PATCH operations kubectl looks for.
 //! - `objects`: get, list, watch, create, update, patch, delete and
 //!   deletecollection for every kind, and the `status`, `scale` and
-//!   `binding` subresources.
+//!   `binding` subresources; the verbs in `objects/` (`common`, `read`,
+//!   `write`, `delete`, `subresources`).
 //! - `patch`: JSON patch, merge patch and strategic merge patch.
 //! - `table`: server-side Tables (`kubectl get`'s columns).
 //! - `reviews`: `auth can-i`, `auth whoami` and `create token`.
@@ -29,6 +30,12 @@
 //!   clients), read into the same JSON.
 //! - `pods`: `pods/log` and `pods/exec` (WebSocket channel protocols),
 //!   proxied from the agents like their gRPC twins.
+//! - `portforward`: `pods/portforward` over SPDY/3.1 (`spdy`), tunnelled
+//!   in a WebSocket or on WebSocket channels (`portforward/channels`).
+//! - `websocket`: the 101 answer and the server's side of a WebSocket,
+//!   for `pods` and `portforward`.
+//! - `versions`: kinds also served in a second version; `openapi`: the
+//!   kinds' OpenAPI v3 schemas.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -52,7 +59,7 @@ mod discovery;
 mod metrics;
 mod objects;
 mod openapi;
-mod patch;
+pub(crate) mod patch;
 pub mod path;
 mod pods;
 mod portforward;
@@ -62,11 +69,11 @@ mod spdy;
 mod status;
 mod table;
 mod versions;
+mod websocket;
 
-pub(crate) use patch::merge_key;
 pub use status::Failure;
 
-use path::{Query, Route, Target};
+use path::{Query, Route, Target, split_version};
 
 /// An HTTP response.
 pub type Reply = http::Response<Body>;
@@ -127,24 +134,6 @@ const fn same(a: &str, b: &str) -> bool {
         i += 1;
     }
     true
-}
-
-/// `apps/v1` → (`apps`, `v1`); `v1` → ("", `v1`).
-pub const fn split_version(api_version: &'static str) -> (&'static str, &'static str) {
-    let bytes = api_version.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'/' {
-            let (group, version) = bytes.split_at(i);
-            let version = version.split_at(1).1;
-            return match (std::str::from_utf8(group), std::str::from_utf8(version)) {
-                (Ok(g), Ok(v)) => (g, v),
-                _ => ("", api_version),
-            };
-        }
-        i += 1;
-    }
-    ("", api_version)
 }
 
 /// The kinds whose replicas the `scale` subresource sets.

@@ -205,6 +205,24 @@ impl Query {
     }
 }
 
+/// `apps/v1` → (`apps`, `v1`); `v1` → ("", `v1`).
+pub const fn split_version(api_version: &'static str) -> (&'static str, &'static str) {
+    let bytes = api_version.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'/' {
+            let (group, version) = bytes.split_at(i);
+            let version = version.split_at(1).1;
+            return match (std::str::from_utf8(group), std::str::from_utf8(version)) {
+                (Ok(g), Ok(v)) => (g, v),
+                _ => ("", api_version),
+            };
+        }
+        i += 1;
+    }
+    ("", api_version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

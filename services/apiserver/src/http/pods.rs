@@ -9,18 +9,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use http::{HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use skiff::pb::core::v1::pod_exec_input::Input;
 use skiff::pb::core::v1::pod_exec_output::Output;
 use skiff::pb::core::v1::{PodExecInput, PodExecRequest, PodLogsRequest, TerminalSize};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{
-    CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode,
-};
-use tonic::body::Body;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 
-use super::{Ctx, Failure, Reply, Request};
+use super::{Ctx, Failure, Reply, Request, websocket};
 use crate::logs::PodLogsService;
 
 /// The channel protocols offered, preferred first.
@@ -33,10 +30,6 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 /// v5: the client closes a channel (`[255, channel]`).
 const CLOSE: u8 = 255;
-/// The largest WebSocket message or frame read from a client (the Python
-/// client sends port-forward data in 1 MiB pieces behind a channel byte).
-const MAX_MESSAGE: usize = 1024 * 1024 + 1024;
-
 /// Whether this module serves the request.
 pub fn handles(req: &Request) -> bool {
     req.target.group.is_empty()
@@ -311,7 +304,7 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
                 return;
             }
         };
-        let socket = websocket(hyper_util::rt::TokioIo::new(upgraded)).await;
+        let socket = websocket::server(hyper_util::rt::TokioIo::new(upgraded)).await;
         let (mut sink, mut source) = socket.split();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Message>(64);
         // What the client sends: stdin, resizes, stdin's end. Pings are
@@ -428,46 +421,7 @@ async fn exec(ctx: Ctx, logs: Arc<PodLogsService>, mut req: Request) -> Result<R
         let _ = writer.await;
         reader.abort();
     });
-    Ok(switching_to_websocket(&key, protocol))
-}
-
-/// The server's side of a WebSocket on an upgraded connection.
-pub(super) async fn websocket<S>(io: S) -> tokio_tungstenite::WebSocketStream<S>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(websocket_config()))
-        .await
-}
-
-/// How WebSockets are read: client-go sends stdin and tunnelled SPDY in
-/// 32 KiB pieces, so nothing needs more than [`MAX_MESSAGE`].
-fn websocket_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE))
-}
-
-/// The 101 answer accepting a WebSocket with the client's `key` and the
-/// chosen `protocol`.
-pub(super) fn switching_to_websocket(key: &str, protocol: &'static str) -> Reply {
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut reply = http::Response::new(Body::empty());
-    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = reply.headers_mut();
-    headers.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        http::header::CONNECTION,
-        HeaderValue::from_static("Upgrade"),
-    );
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    headers.insert(
-        http::header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    reply
+    Ok(websocket::switching_protocols(&key, protocol))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ impl Registry {
     pub(super) async fn admit_limit_ranges<K: Strategy>(&self, obj: &mut K) -> Result<()> {
         let namespace = obj.namespace().to_string();
         let name = obj.name().to_string();
-        let any: &mut dyn Any = obj;
+        let any: &mut (dyn Any + Send) = obj;
         if !any.is::<Pod>() && !any.is::<PersistentVolumeClaim>() {
             return Ok(());
         }

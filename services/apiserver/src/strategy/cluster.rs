@@ -101,7 +101,7 @@ impl Strategy for Node {
                 let reason = if cidr.contains(':') {
                     "IPv6 pod ranges are not supported by Skiff".to_string()
                 } else {
-                    e
+                    e.0
                 };
                 errors.invalid(format!("spec.podCIDRs[{i}]"), cidr, reason);
             }

@@ -1,6 +1,7 @@
 //! The arithmetic of a rolling update, as Kubernetes' deployment
 //! controller does it: pure functions over replica counts, unit-tested.
 
+use skiff::validation::Invalid;
 use skiff::wkt::Value;
 use skiff::wkt::value::Kind;
 
@@ -9,7 +10,11 @@ use skiff::wkt::value::Kind;
 ///
 /// # Errors
 /// A value that is neither (the API validates, so only a bug gets here).
-pub fn int_or_percent(value: Option<&Value>, replicas: i32, round_up: bool) -> Result<i32, String> {
+pub fn int_or_percent(
+    value: Option<&Value>,
+    replicas: i32,
+    round_up: bool,
+) -> Result<i32, Invalid> {
     let Some(kind) = value.and_then(|v| v.kind.as_ref()) else {
         return Ok(0);
     };
@@ -20,11 +25,11 @@ pub fn int_or_percent(value: Option<&Value>, replicas: i32, round_up: bool) -> R
             let Some(p) = s.strip_suffix('%') else {
                 return s
                     .parse()
-                    .map_err(|_| format!("{s:?} is neither a number nor a percentage"));
+                    .map_err(|_| Invalid(format!("{s:?} is neither a number nor a percentage")));
             };
             let p: i64 = p
                 .parse()
-                .map_err(|_| format!("{s:?} is not a percentage"))?;
+                .map_err(|_| Invalid(format!("{s:?} is not a percentage")))?;
             let scaled = p * i64::from(replicas);
             let count = if round_up {
                 (scaled + 99) / 100
