@@ -13,6 +13,9 @@
 //! - [`leader`]: leader election through a Lease.
 //! - [`events`]: recording deduplicated Events.
 //! - [`failover`]: one channel over several API servers.
+//! - [`system`]: an actix System on a thread of its own, and
+//!   [`Restarting`](system::Restarting), the supervised actor every
+//!   controller and the scheduler run in (one backoff).
 
 pub mod api;
 pub mod backoff;
