@@ -2,7 +2,9 @@
 //! day-of-week, with lists, ranges, steps and names) or `@hourly`,
 //! `@daily` and the like, in UTC or a CronJob's `timeZone` (an IANA name,
 //! `Europe/Berlin`; the database is built in, as Kubernetes' is), as the
-//! API validates them and the CronJob controller reads them.
+//! API validates them and the CronJob controller reads them; and
+//! [`job_for`], the Job a CronJob makes (a scheduled run, or
+//! `create job --from=cronjob/NAME`).
 
 use std::str::FromStr as _;
 
@@ -88,6 +90,38 @@ impl Schedule {
             }
         }
         (Some(latest), count)
+    }
+}
+
+/// The Job named `name` that `cron` makes from its job template: the
+/// template's labels, annotations and spec, the `annotation` the caller
+/// marks the run with (the scheduled time, or `instantiate: manual`), and
+/// the CronJob as its controller.
+pub fn job_for(
+    cron: &crate::pb::batch::v1::CronJob,
+    name: String,
+    annotation: (&str, String),
+) -> crate::pb::batch::v1::Job {
+    use crate::Resource as _;
+    let template = cron
+        .spec
+        .as_ref()
+        .and_then(|s| s.job_template.clone())
+        .unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    let mut annotations = tmeta.annotations;
+    annotations.insert(annotation.0.to_string(), annotation.1);
+    crate::pb::batch::v1::Job {
+        metadata: Some(crate::pb::meta::v1::ObjectMeta {
+            name,
+            namespace: cron.namespace().to_string(),
+            labels: tmeta.labels,
+            annotations,
+            owner_references: vec![cron.controller_reference()],
+            ..Default::default()
+        }),
+        spec: template.spec,
+        ..Default::default()
     }
 }
 

@@ -170,32 +170,16 @@ impl Ctl {
                 "error: from must be an existing cronjob: {from}"
             )));
         };
-        use skiff::Resource as _;
         use skiff::pb::batch::v1::{CronJob, Job};
         let cronjob = skiff_client::Api::<CronJob>::new(self.channel.clone())
             .get(&self.namespace, source)
             .await
             .map_err(|s| self.server_error(s, "cronjob", source))?;
-        let template = cronjob
-            .spec
-            .as_ref()
-            .and_then(|s| s.job_template.clone())
-            .unwrap_or_default();
-        let tmeta = template.metadata.unwrap_or_default();
-        let mut annotations = tmeta.annotations;
-        annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
-        let job = Job {
-            metadata: Some(skiff::pb::meta::v1::ObjectMeta {
-                name: name.clone(),
-                namespace: self.namespace.clone(),
-                labels: tmeta.labels,
-                annotations,
-                owner_references: vec![cronjob.controller_reference()],
-                ..Default::default()
-            }),
-            spec: template.spec,
-            ..Default::default()
-        };
+        let job = skiff::schedule::job_for(
+            &cronjob,
+            name.clone(),
+            ("cronjob.kubernetes.io/instantiate", "manual".to_string()),
+        );
         let api = skiff_client::Api::<Job>::new(self.channel.clone());
         let api = if dry_run { api.dry_run() } else { api };
         api.create(job)

@@ -14,7 +14,6 @@ use std::time::Duration;
 use skiff::pb::api::v1::DeleteRequest;
 use skiff::pb::batch::v1::{CronJob, Job};
 use skiff::pb::core::v1::ObjectReference;
-use skiff::pb::meta::v1::ObjectMeta;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -68,27 +67,11 @@ fn scheduled_at(job: &Job) -> Option<i64> {
 
 /// The Job a CronJob makes for the run scheduled at `at`.
 pub fn job_for(cron: &CronJob, at: i64) -> Job {
-    let meta = cron.metadata.clone().unwrap_or_default();
-    let template = cron
-        .spec
-        .as_ref()
-        .and_then(|s| s.job_template.clone())
-        .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    let mut annotations = tmeta.annotations;
-    annotations.insert(SCHEDULED_ANNOTATION.into(), skiff::time::rfc3339(at));
-    Job {
-        metadata: Some(ObjectMeta {
-            name: format!("{}-{}", meta.name, at / 60),
-            namespace: meta.namespace,
-            labels: tmeta.labels,
-            annotations,
-            owner_references: vec![cron.controller_reference()],
-            ..Default::default()
-        }),
-        spec: template.spec,
-        ..Default::default()
-    }
+    skiff::schedule::job_for(
+        cron,
+        format!("{}-{}", cron.name(), at / 60),
+        (SCHEDULED_ANNOTATION, skiff::time::rfc3339(at)),
+    )
 }
 
 /// See the module doc.
@@ -431,6 +414,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff::pb::meta::v1::ObjectMeta;
 
     #[test]
     fn a_run_has_one_name_per_scheduled_minute() {
