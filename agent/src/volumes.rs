@@ -574,6 +574,55 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
+    fn on_root_mismatch_leaves_a_volume_whose_top_already_has_the_group() {
+        use std::os::unix::fs::MetadataExt as _;
+        let data = tempfile::tempdir().unwrap();
+        let scratch = Volume {
+            name: "scratch".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        };
+        let claims = ClaimDirs::new();
+        // The same files in two pods' emptyDirs: the top already owned by
+        // the group, a file inside not.
+        let prepare = |uid: &str| {
+            let path = volume_path(data.path(), uid, &scratch, &claims);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("inner"), b"x").unwrap();
+            crate::security::set_group_ownership(&path, 4321, false).unwrap();
+            std::os::unix::fs::chown(path.join("inner"), None, Some(0)).unwrap();
+            path
+        };
+        let gid_of = |path: &Path| std::fs::metadata(path.join("inner")).unwrap().gid();
+        let skipped = prepare("pod-a");
+        own_volume(
+            data.path(),
+            "pod-a",
+            &scratch,
+            &claims,
+            4321,
+            "OnRootMismatch",
+        )
+        .unwrap();
+        assert_eq!(gid_of(&skipped), 0, "OnRootMismatch looks only at the top");
+        let walked = prepare("pod-b");
+        own_volume(data.path(), "pod-b", &scratch, &claims, 4321, "Always").unwrap();
+        assert_eq!(gid_of(&walked), 4321, "Always walks the whole volume");
+        // A top that does not match is walked under OnRootMismatch too.
+        std::os::unix::fs::chown(&skipped, None, Some(0)).unwrap();
+        own_volume(
+            data.path(),
+            "pod-a",
+            &scratch,
+            &claims,
+            4321,
+            "OnRootMismatch",
+        )
+        .unwrap();
+        assert_eq!(gid_of(&skipped), 4321);
+    }
+
+    #[test]
     fn projection_rewrites_changed_files_and_drops_removed_keys() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![

@@ -874,6 +874,33 @@ async fn host_ports_reach_the_pod_and_logs_tail_and_follow() {
     })
     .await;
     assert!(followed.is_ok(), "followed only {seen:?}");
+
+    // sinceSeconds: the first lines, written more than 2 s ago, are left
+    // out; timestamps: each line after the time it was written.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut stream = client
+        .logs(PodLogsRequest {
+            since_seconds: Some(2),
+            timestamps: true,
+            ..request(None, false)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut recent = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        recent.extend_from_slice(&chunk.unwrap().data);
+    }
+    let recent = String::from_utf8_lossy(&recent).into_owned();
+    assert!(!recent.contains("line-"), "{recent:?}");
+    let cutoff = skiff::time::now_seconds().seconds - 4;
+    assert!(recent.lines().count() >= 2, "{recent:?}");
+    for line in recent.lines() {
+        let (time, text) = line.split_once(' ').expect("a time before each line");
+        assert_eq!(text, "tick", "{recent:?}");
+        let at = skiff::time::parse_rfc3339(time).expect("an RFC 3339 time");
+        assert!(at >= cutoff, "{line:?} is older than asked for");
+    }
 }
 
 /// The same pod semantics on the process runtime, where the host allows

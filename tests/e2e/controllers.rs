@@ -774,6 +774,70 @@ pub(crate) fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Depl
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_pods_count_as_available_only_after_min_ready_seconds() {
+    use skiff::pb::apps::v1::Deployment;
+    let env = env(None).await;
+    let deployments = Api::<Deployment>::new(env.channel.clone());
+    let mut patient = deployment("patient", 2);
+    patient.spec.as_mut().unwrap().min_ready_seconds = 4;
+    deployments.create(patient).await.unwrap();
+    wait_running(&env, "patient", 2).await;
+    let sets = sets_of(&env, "patient").await;
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].spec.as_ref().unwrap().min_ready_seconds, 4);
+    skiff_testkit::wait_until("both pods available", Duration::from_secs(60), async || {
+        deployments
+            .get("default", "patient")
+            .await
+            .unwrap()
+            .status
+            .is_some_and(|s| s.available_replicas == 2)
+    })
+    .await;
+    // Available no sooner than 4 s after the last pod became Ready.
+    let seen = skiff::time::now_seconds().seconds;
+    let ready_at = running(&env, "patient")
+        .await
+        .iter()
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.r#type == "Ready" && c.status == "True")?
+                .last_transition_time
+                .map(|t| t.seconds)
+        })
+        .max()
+        .expect("the pods are Ready");
+    assert!(
+        seen - ready_at >= 4,
+        "available {}s after the last pod was Ready",
+        seen - ready_at
+    );
+    // A changed minReadySeconds reaches the set without a new revision.
+    for _ in 0..10 {
+        let mut d = deployments.get("default", "patient").await.unwrap();
+        d.spec.as_mut().unwrap().min_ready_seconds = 0;
+        d.status = None;
+        match deployments.update(d).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::Aborted => continue,
+            Err(s) => panic!("{s}"),
+        }
+    }
+    skiff_testkit::wait_until(
+        "the set follows minReadySeconds",
+        Duration::from_secs(30),
+        async || {
+            let sets = sets_of(&env, "patient").await;
+            sets.len() == 1 && sets[0].spec.as_ref().unwrap().min_ready_seconds == 0
+        },
+    )
+    .await;
+}
+
 async fn sets_of(env: &Env, app: &str) -> Vec<ReplicaSet> {
     skiff_testkit::list(&env.channel, "default", &format!("app={app}")).await
 }

@@ -250,6 +250,110 @@ async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
     );
 }
 
+/// Waits until the candidate's channel says `leading`.
+async fn until_leading(rx: &mut tokio::sync::watch::Receiver<bool>, leading: bool) {
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| *l == leading))
+        .await
+        .expect("the election settles within 30 s")
+        .expect("the candidate runs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_taken_over_only_after_its_duration_and_records_each_holder() {
+    use skiff::pb::coordination::v1::LeaseSpec;
+    use skiff_client::leader::{LeaderConfig, elect};
+    let env = env().await;
+    let leases = Api::<Lease>::new(skiff_client::connect_lazy(&env.url).unwrap());
+    // A holder gone quiet, whose lease lasts 5 s, taken over 4 times.
+    let then = skiff::time::now();
+    leases
+        .create(Lease {
+            metadata: Some(ObjectMeta {
+                name: "quiet".into(),
+                namespace: "kube-system".into(),
+                ..Default::default()
+            }),
+            spec: Some(LeaseSpec {
+                holder_identity: Some("ghost".into()),
+                lease_duration_seconds: Some(5),
+                acquire_time: Some(then),
+                renew_time: Some(then),
+                lease_transitions: Some(4),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let candidate = |identity: &str| LeaderConfig {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(500),
+        ..LeaderConfig::new("kube-system", "quiet", identity)
+    };
+    let lease = async || {
+        leases
+            .get("kube-system", "quiet")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+    };
+
+    // The ghost's own duration (5 s, not the candidate's 3 s) must pass
+    // on the candidate's clock before it takes over.
+    let started = Instant::now();
+    let mut a = elect(leases.clone(), candidate("a"));
+    until_leading(&mut a, true).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5),
+        "took over after {waited:?}"
+    );
+    let held = lease().await;
+    assert_eq!(held.holder_identity.as_deref(), Some("a"));
+    assert_eq!(
+        held.lease_transitions,
+        Some(5),
+        "a new holder is a transition"
+    );
+    assert_eq!(
+        held.lease_duration_seconds,
+        Some(3),
+        "the holder's own duration"
+    );
+    let acquired = held.acquire_time.unwrap();
+    assert!(acquired.seconds >= then.seconds && acquired != then);
+    // The holder renews: renewTime moves, acquireTime and the count stay.
+    let first_renewal = held.renew_time.unwrap();
+    skiff_testkit::wait_until("the holder renews", Duration::from_secs(10), async || {
+        let now = lease().await;
+        now.renew_time.is_some_and(|t| t != first_renewal)
+            && now.acquire_time == Some(acquired)
+            && now.lease_transitions == Some(5)
+    })
+    .await;
+    // A second candidate waits while the holder renews...
+    let mut b = elect(leases.clone(), candidate("b"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!*b.borrow(), "b took a lease that was being renewed");
+    // ...and takes over once the holder stops and its 3 s have passed
+    // (counted from its last renewal, at most one retry period, 0.5 s,
+    // before it was stopped).
+    drop(a);
+    let stopped = Instant::now();
+    until_leading(&mut b, true).await;
+    let waited = stopped.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2400),
+        "took over after {waited:?}"
+    );
+    let held = lease().await;
+    assert_eq!(held.holder_identity.as_deref(), Some("b"));
+    assert_eq!(held.lease_transitions, Some(6));
+    assert!(held.acquire_time.unwrap() != acquired);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hollow_nodes_register_renew_and_run_their_pods() {
     let env = env().await;

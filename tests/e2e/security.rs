@@ -949,6 +949,45 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
     let spec = quiet.spec.unwrap();
     assert_eq!(spec.service_account_name, "default");
     assert!(spec.volumes.is_empty(), "{:?}", spec.volumes);
+    // An account may opt its pods out; a pod's own choice wins over it.
+    let mut shy = ServiceAccount {
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    };
+    let meta = skiff::Resource::metadata_mut(&mut shy);
+    meta.name = "shy".into();
+    meta.namespace = "default".into();
+    Api::<ServiceAccount>::new(admin.clone())
+        .create(shy)
+        .await
+        .unwrap();
+    let as_shy = |name: &str, automount: Option<bool>| {
+        let mut pod = pod_on(name, "somewhere");
+        let spec = pod.spec.get_or_insert_with(PodSpec::default);
+        spec.service_account_name = "shy".into();
+        spec.automount_service_account_token = automount;
+        pod
+    };
+    let spec = pods
+        .create(as_shy("shy-1", None))
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert!(spec.volumes.is_empty(), "{:?}", spec.volumes);
+    let spec = pods
+        .create(as_shy("shy-2", Some(true)))
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert!(
+        spec.volumes
+            .iter()
+            .any(|v| v.name.starts_with("kube-api-access-")),
+        "{:?}",
+        spec.volumes
+    );
     // Once created, a pod cannot be pointed at another account (its spec
     // is fixed but for images and the like).
     let mut swapped = pods.get("default", "p1").await.unwrap();
@@ -1088,7 +1127,7 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         },
     )
     .await;
-    assert_eq!(listed.len(), 2, "p1 and quiet");
+    assert_eq!(listed.len(), 4, "p1, quiet and the two of shy");
     // Still nothing else: other verbs, namespaces, kinds.
     let err = as_robot
         .delete(delete("p1"))

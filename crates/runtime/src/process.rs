@@ -536,9 +536,10 @@ impl Runtime for ProcessRuntime {
         file.seek(std::io::SeekFrom::Start(start))
             .map_err(|e| io_error("reading the log", e))?;
         let follow = options.follow;
+        let reader = logs::LogReader::new(options);
         let stream = futures::stream::unfold(
-            (file, dir, false),
-            move |(mut file, dir, done)| async move {
+            (file, dir, reader, false),
+            move |(mut file, dir, mut reader, done)| async move {
                 if done {
                     return None;
                 }
@@ -551,17 +552,24 @@ impl Runtime for ProcessRuntime {
                                 // One more read: output written before the exit.
                                 let mut rest = Vec::new();
                                 let _ = file.read_to_end(&mut rest);
-                                return (!rest.is_empty())
-                                    .then(|| (Ok(bytes::Bytes::from(rest)), (file, dir, true)));
+                                let mut out = reader.feed(&rest);
+                                out.extend(reader.finish());
+                                return (!out.is_empty()).then(|| {
+                                    (Ok(bytes::Bytes::from(out)), (file, dir, reader, true))
+                                });
                             }
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         Ok(n) => {
-                            buf.truncate(n);
-                            return Some((Ok(bytes::Bytes::from(buf)), (file, dir, false)));
+                            let out = reader.feed(&buf[..n]);
+                            if !out.is_empty() {
+                                let state = (file, dir, reader, false);
+                                return Some((Ok(bytes::Bytes::from(out)), state));
+                            }
                         }
                         Err(e) => {
-                            return Some((Err(io_error("reading the log", e)), (file, dir, true)));
+                            let state = (file, dir, reader, true);
+                            return Some((Err(io_error("reading the log", e)), state));
                         }
                     }
                 }
@@ -589,80 +597,10 @@ fn tail_offset(log: &[u8], lines: u64) -> usize {
     0
 }
 
-/// The shim: `skiff shim DIR -- ARGV`. Runs ARGV with stdout and stderr
-/// appended to DIR/log, writes DIR/pid, waits, writes DIR/exit. Returns
-/// the process's exit code.
-///
-/// # Errors
-/// The log cannot be opened or the program not started (written to the
-/// log as well, and recorded as exit code 127, as a shell does).
-pub fn shim(dir: &Path, argv: &[String]) -> Result<i32> {
-    use std::os::unix::process::ExitStatusExt as _;
-    let started_at = secs(SystemTime::now());
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))
-        .map_err(|e| io_error("opening the log", e))?;
-    let record_exit = |code: i64| {
-        let exit = Exit {
-            code,
-            started_at,
-            finished_at: secs(SystemTime::now()),
-        };
-        let json = serde_json::to_vec(&exit).unwrap_or_default();
-        write_atomic(&dir.join("exit"), &json).map_err(|e| io_error("writing the exit", e))
-    };
-    let Some((program, args)) = argv.split_first() else {
-        record_exit(127)?;
-        return Err(Error::Runtime("shim: no command".into()));
-    };
-    let stderr = log
-        .try_clone()
-        .map_err(|e| io_error("opening the log", e))?;
-    use std::os::unix::process::CommandExt as _;
-    let child = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(stderr)
-        // Its own process group: stopping the container signals the group,
-        // so whatever it started stops too.
-        .process_group(0)
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => {
-            let mut log = std::fs::OpenOptions::new()
-                .append(true)
-                .open(dir.join("log"))
-                .ok();
-            if let Some(log) = log.as_mut() {
-                use std::io::Write as _;
-                let _ = writeln!(log, "skiff shim: starting {program:?}: {e}");
-            }
-            record_exit(127)?;
-            return Ok(127);
-        }
-    };
-    let pid = child.id();
-    let record = match start_time(pid) {
-        Some(t) => format!("{pid} {t}"),
-        None => pid.to_string(),
-    };
-    write_atomic(&dir.join("pid"), record.as_bytes())
-        .map_err(|e| io_error("writing the pid", e))?;
-    let status = child
-        .wait()
-        .map_err(|e| io_error("waiting for the process", e))?;
-    let code = match (status.code(), status.signal()) {
-        (Some(code), _) => i64::from(code),
-        (None, Some(sig)) => 128 + i64::from(sig),
-        _ => 255,
-    };
-    record_exit(code)?;
-    Ok(code as i32)
-}
+mod logs;
+mod shim;
+
+pub use shim::shim;
 
 #[cfg(test)]
 mod tests;

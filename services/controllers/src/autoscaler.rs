@@ -434,19 +434,7 @@ impl Autoscaler {
         let min = spec.min_replicas.unwrap_or(1).max(1);
         let max = spec.max_replicas.max(min);
         let bounded = recommendation.clamp(min, max);
-        let window = |rules: Option<&skiff::pb::autoscaling::v2::HpaScalingRules>, default: i32| {
-            Duration::from_secs(
-                rules
-                    .and_then(|r| r.stabilization_window_seconds)
-                    .unwrap_or(default)
-                    .max(0)
-                    .unsigned_abs()
-                    .into(),
-            )
-        };
-        let behavior = spec.behavior.clone().unwrap_or_default();
-        let up_window = window(behavior.scale_up.as_ref(), 0);
-        let down_window = window(behavior.scale_down.as_ref(), DOWN_WINDOW_SECS);
+        let (up_window, down_window) = windows(spec.behavior.as_ref());
         let desired = {
             let mut all = self
                 .history
@@ -624,6 +612,29 @@ pub fn start(
 
 /// The period Kubernetes' scale-up rate is counted over.
 const SCALE_UP_PERIOD: Duration = Duration::from_secs(15);
+
+/// The stabilization windows, up and down: `behavior.scaleUp` and
+/// `behavior.scaleDown`'s `stabilizationWindowSeconds`, or Kubernetes'
+/// defaults (none up, 300 s down).
+fn windows(
+    behavior: Option<&skiff::pb::autoscaling::v2::HorizontalPodAutoscalerBehavior>,
+) -> (Duration, Duration) {
+    let window = |rules: Option<&skiff::pb::autoscaling::v2::HpaScalingRules>, default: i32| {
+        Duration::from_secs(
+            rules
+                .and_then(|r| r.stabilization_window_seconds)
+                .unwrap_or(default)
+                .max(0)
+                .unsigned_abs()
+                .into(),
+        )
+    };
+    let behavior = behavior.cloned().unwrap_or_default();
+    (
+        window(behavior.scale_up.as_ref(), 0),
+        window(behavior.scale_down.as_ref(), DOWN_WINDOW_SECS),
+    )
+}
 
 /// The most replicas a scale-up period may reach from `start`, the
 /// replicas when it began: with a `behavior`, Kubernetes' default

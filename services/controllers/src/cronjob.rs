@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff::pb::api::v1::DeleteRequest;
-use skiff::pb::batch::v1::{CronJob, Job};
+use skiff::pb::batch::v1::{CronJob, CronJobSpec, Job};
 use skiff::pb::core::v1::ObjectReference;
+use skiff::schedule::Schedule;
 use skiff::{ObjectRef, Resource};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -72,6 +73,98 @@ pub fn job_for(cron: &CronJob, at: i64) -> Job {
         format!("{}-{}", cron.name(), at / 60),
         (SCHEDULED_ANNOTATION, skiff::time::rfc3339(at)),
     )
+}
+
+/// The finished Jobs beyond the CronJob's history limits, oldest last
+/// kept: of `owned` (newest first), the complete ones past
+/// `successfulJobsHistoryLimit` (default 3) and the failed ones past
+/// `failedJobsHistoryLimit` (default 1). Running Jobs are never history.
+fn beyond_history<'a>(spec: &CronJobSpec, owned: &'a [Arc<Job>]) -> Vec<&'a Arc<Job>> {
+    let keep_ok = spec.successful_jobs_history_limit.unwrap_or(3).max(0) as usize;
+    let keep_failed = spec.failed_jobs_history_limit.unwrap_or(1).max(0) as usize;
+    let (mut ok, mut failed) = (0, 0);
+    owned
+        .iter()
+        .filter(|job| match finished(job) {
+            Some(true) => {
+                ok += 1;
+                ok > keep_ok
+            }
+            Some(false) => {
+                failed += 1;
+                failed > keep_failed
+            }
+            None => false,
+        })
+        .collect()
+}
+
+/// The time runs are counted from: the last recorded run, or the newest
+/// made one if later, or `now` when the schedule changed; never further
+/// back than `startingDeadlineSeconds` (runs older than that could not
+/// start anyway, and are not counted as missed).
+fn count_from(
+    recorded: i64,
+    made: Option<i64>,
+    schedule_changed: bool,
+    starting_deadline: Option<i64>,
+    now: i64,
+) -> i64 {
+    let mut since = recorded.max(made.unwrap_or(i64::MIN));
+    if schedule_changed {
+        since = since.max(now);
+    }
+    if let Some(deadline) = starting_deadline {
+        since = since.max(now - deadline - 1);
+    }
+    since
+}
+
+/// What a look at a CronJob does about its runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Run {
+    /// No run is due (or the CronJob is suspended).
+    Nothing,
+    /// The run scheduled at this time is past `startingDeadlineSeconds`:
+    /// skipped, and recorded as the last scheduled.
+    Missed(i64),
+    /// The run scheduled at this time waits: one is active and
+    /// `concurrencyPolicy` is Forbid.
+    Held(i64),
+    /// Start the run scheduled at `at`; with `replace` (Replace), the
+    /// active Jobs are deleted first. Allow starts it beside them.
+    Start { at: i64, replace: bool },
+}
+
+/// The latest run due between `since` and `now`, and what to do about it
+/// with `active` Jobs running; and whether too many runs were missed to
+/// count (Kubernetes' TooManyMissedTimes).
+fn plan(
+    spec: &CronJobSpec,
+    schedule: &Schedule,
+    since: i64,
+    now: i64,
+    active: usize,
+) -> (Run, bool) {
+    if spec.suspend == Some(true) {
+        return (Run::Nothing, false);
+    }
+    let (latest, missed) = schedule.latest_between(since, now, MISSED_CAP);
+    let too_many = missed >= MISSED_CAP;
+    let Some(at) = latest else {
+        return (Run::Nothing, too_many);
+    };
+    let run = if spec.starting_deadline_seconds.is_some_and(|d| now - at > d) {
+        Run::Missed(at)
+    } else if active > 0 && spec.concurrency_policy == "Forbid" {
+        Run::Held(at)
+    } else {
+        Run::Start {
+            at,
+            replace: active > 0 && spec.concurrency_policy == "Replace",
+        }
+    };
+    (run, too_many)
 }
 
 /// See the module doc.
@@ -175,32 +268,16 @@ impl CronJobController {
         owned.sort_by_key(|j| std::cmp::Reverse(created_at(j.as_ref())));
         // History: the newest finished Jobs within the limits stay. A
         // failed deletion is retried at the next look, not a skipped run.
-        let keep_ok = spec.successful_jobs_history_limit.unwrap_or(3).max(0) as usize;
-        let keep_failed = spec.failed_jobs_history_limit.unwrap_or(1).max(0) as usize;
-        let (mut ok, mut failed) = (0, 0);
-        for job in &owned {
-            let over = match finished(job) {
-                Some(true) => {
-                    ok += 1;
-                    ok > keep_ok
-                }
-                Some(false) => {
-                    failed += 1;
-                    failed > keep_failed
-                }
-                None => false,
-            };
-            if over {
-                match self.delete_job(job).await {
-                    Ok(()) => self.event(
-                        &cron,
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        format!("Deleted job {}", job.name()),
-                    ),
-                    Err(e) => {
-                        tracing::warn!(cronjob = %key, job = job.name(), error = %e, "deleting an old job")
-                    }
+        for job in beyond_history(&spec, &owned) {
+            match self.delete_job(job).await {
+                Ok(()) => self.event(
+                    &cron,
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted job {}", job.name()),
+                ),
+                Err(e) => {
+                    tracing::warn!(cronjob = %key, job = job.name(), error = %e, "deleting an old job")
                 }
             }
         }
@@ -223,100 +300,96 @@ impl CronJobController {
         // Where to count runs from: the last recorded run, or a newer one
         // whose Job exists (its status write may not have landed, or this
         // cache not have seen it yet), or now when the schedule changed.
-        let mut since = status
+        let recorded = status
             .last_schedule_time
             .as_ref()
             .map_or_else(|| created_at(cron.as_ref()), |t| t.seconds);
-        if let Some(made) = owned.iter().filter_map(|j| scheduled_at(j)).max() {
-            since = since.max(made);
+        let since = count_from(
+            recorded,
+            owned.iter().filter_map(|j| scheduled_at(j)).max(),
+            self.schedule_changed(&key.to_string(), &spec.schedule),
+            spec.starting_deadline_seconds,
+            now,
+        );
+        let (run, too_many) = plan(&spec, &schedule, since, now, active.len());
+        if too_many {
+            self.event(
+                &cron,
+                EventType::Warning,
+                "TooManyMissedTimes",
+                "too many missed start times: set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
+            );
         }
-        if self.schedule_changed(&key.to_string(), &spec.schedule) {
-            since = since.max(now);
-        }
-        if let Some(deadline) = spec.starting_deadline_seconds {
-            // Runs older than the deadline could not start anyway.
-            since = since.max(now - deadline - 1);
-        }
-        if spec.suspend != Some(true) {
-            let (latest, missed) = schedule.latest_between(since, now, MISSED_CAP);
-            if missed >= MISSED_CAP {
+        match run {
+            Run::Nothing => {}
+            Run::Missed(at) => {
                 self.event(
                     &cron,
                     EventType::Warning,
-                    "TooManyMissedTimes",
-                    "too many missed start times: set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
+                    "MissSchedule",
+                    format!(
+                        "Missed scheduled time to start a job: {}",
+                        skiff::time::rfc3339(at)
+                    ),
+                );
+                status.last_schedule_time = Some(skiff::wkt::Timestamp {
+                    seconds: at,
+                    nanos: 0,
+                });
+            }
+            Run::Held(_) => {
+                // As Kubernetes: not recorded as scheduled, so the run
+                // starts once the active one ends (within the starting
+                // deadline); its end wakes this CronJob.
+                self.event(
+                    &cron,
+                    EventType::Normal,
+                    "JobAlreadyActive",
+                    "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
                 );
             }
-            if let Some(at) = latest {
-                let late = spec.starting_deadline_seconds.is_some_and(|d| now - at > d);
-                let forbidden = spec.concurrency_policy == "Forbid" && !active.is_empty();
-                if late {
-                    self.event(
-                        &cron,
-                        EventType::Warning,
-                        "MissSchedule",
-                        format!(
-                            "Missed scheduled time to start a job: {}",
-                            skiff::time::rfc3339(at)
-                        ),
-                    );
-                    status.last_schedule_time = Some(skiff::wkt::Timestamp {
-                        seconds: at,
-                        nanos: 0,
-                    });
-                } else if forbidden {
-                    // As Kubernetes: not recorded as scheduled, so the run
-                    // starts once the active one ends (within the starting
-                    // deadline); its end wakes this CronJob.
-                    self.event(
-                        &cron,
-                        EventType::Normal,
-                        "JobAlreadyActive",
-                        "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
-                    );
-                } else {
-                    if spec.concurrency_policy == "Replace" {
-                        for job in active.drain(..) {
-                            self.delete_job(&job).await?;
-                            self.event(
-                                &cron,
-                                EventType::Normal,
-                                "SuccessfulDelete",
-                                format!("Deleted job {}", job.name()),
-                            );
-                        }
+            Run::Start { at, replace } => {
+                if replace {
+                    for job in active.drain(..) {
+                        self.delete_job(&job).await?;
+                        self.event(
+                            &cron,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            format!("Deleted job {}", job.name()),
+                        );
                     }
-                    match self.jobs.create(job_for(&cron, at)).await {
-                        Ok(job) => {
-                            self.event(
-                                &cron,
-                                EventType::Normal,
-                                "SuccessfulCreate",
-                                format!("Created job {}", job.name()),
-                            );
-                            active.push(Arc::new(job));
-                        }
-                        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                            // Ours (made by a look whose status write has
-                            // not landed) or someone else's: either way not
-                            // made twice.
-                            tracing::info!(cronjob = %key, at, "the run's Job exists already");
-                        }
-                        Err(s) => {
-                            self.event(
-                                &cron,
-                                EventType::Warning,
-                                "FailedCreate",
-                                format!("Error creating job: {}", s.message()),
-                            );
-                            return Err(s.into());
-                        }
-                    }
-                    status.last_schedule_time = Some(skiff::wkt::Timestamp {
-                        seconds: at,
-                        nanos: 0,
-                    });
                 }
+                match self.jobs.create(job_for(&cron, at)).await {
+                    Ok(job) => {
+                        self.event(
+                            &cron,
+                            EventType::Normal,
+                            "SuccessfulCreate",
+                            format!("Created job {}", job.name()),
+                        );
+                        active.push(Arc::new(job));
+                    }
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                        // Ours (made by a look whose status write has
+                        // not landed) or someone else's: either way not
+                        // made twice.
+                        tracing::info!(cronjob = %key, at, "the run's Job exists already");
+                    }
+                    Err(s) => {
+                        self.event(
+                            &cron,
+                            EventType::Warning,
+                            "FailedCreate",
+                            format!("Error creating job: {}", s.message()),
+                        );
+                        return Err(s.into());
+                    }
+                }
+                status.last_schedule_time = Some(skiff::wkt::Timestamp {
+                    seconds: at,
+                    nanos: 0,
+                });
             }
         }
         status.active = active
@@ -412,55 +485,4 @@ pub fn start(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use skiff::pb::meta::v1::ObjectMeta;
-
-    #[test]
-    fn a_run_has_one_name_per_scheduled_minute() {
-        let cron = CronJob {
-            metadata: Some(ObjectMeta {
-                name: "nightly".into(),
-                namespace: "default".into(),
-                uid: "u".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let job = job_for(&cron, 1_796_083_200);
-        let meta = job.metadata.unwrap();
-        assert_eq!(meta.name, "nightly-29934720");
-        assert_eq!(meta.owner_references[0].kind, "CronJob");
-        assert!(meta.annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"].ends_with('Z'));
-        assert_eq!(
-            job_for(&cron, 1_796_083_259).metadata.unwrap().name,
-            "nightly-29934720"
-        );
-    }
-
-    #[test]
-    fn a_job_tells_the_run_it_was_made_for() {
-        let cron = CronJob {
-            metadata: Some(ObjectMeta {
-                name: "nightly".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let at = 1_796_083_200;
-        assert_eq!(scheduled_at(&job_for(&cron, at)), Some(at));
-        // Without the annotation, by the minute in its name.
-        let mut job = job_for(&cron, at);
-        job.metadata.as_mut().unwrap().annotations.clear();
-        assert_eq!(scheduled_at(&job), Some(at));
-    }
-
-    #[test]
-    fn a_changed_schedule_is_noticed_but_a_first_look_is_not() {
-        let mut seen = std::collections::HashMap::new();
-        assert!(!schedule_changed_in(&mut seen, "u", "0 3 * * *"));
-        assert!(!schedule_changed_in(&mut seen, "u", "0 3 * * *"));
-        assert!(schedule_changed_in(&mut seen, "u", "0 4 * * *"));
-        assert!(!schedule_changed_in(&mut seen, "u", "0 4 * * *"));
-    }
-}
+mod tests;

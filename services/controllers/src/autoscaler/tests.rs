@@ -69,3 +69,28 @@ fn scaling_down_waits_out_its_window_and_up_does_not() {
     // Scaling up is at once with a zero window.
     assert_eq!(stabilize(1, &[(s(10), 1), (s(0), 4)], s(0), s(300)), 4);
 }
+
+#[test]
+fn behavior_sets_each_directions_window() {
+    let s = Duration::from_secs;
+    assert_eq!(windows(None), (s(0), s(300)), "Kubernetes' defaults");
+    let behavior: skiff::pb::autoscaling::v2::HorizontalPodAutoscalerBehavior =
+        skiff::json::from_value(serde_json::json!({
+            "scaleUp": {"stabilizationWindowSeconds": 60},
+            "scaleDown": {"stabilizationWindowSeconds": 10},
+        }))
+        .unwrap();
+    let (up, down) = windows(Some(&behavior));
+    assert_eq!((up, down), (s(60), s(10)));
+    // With these windows, a dip 20 s ago no longer holds a scale-down,
+    // and a peak 30 s ago holds a scale-up back to it.
+    assert_eq!(stabilize(5, &[(s(20), 5), (s(0), 2)], up, down), 2);
+    assert_eq!(stabilize(2, &[(s(30), 2), (s(0), 6)], up, down), 2);
+    // One direction set leaves the other at its default.
+    let behavior: skiff::pb::autoscaling::v2::HorizontalPodAutoscalerBehavior =
+        skiff::json::from_value(
+            serde_json::json!({"scaleDown": {"stabilizationWindowSeconds": 0}}),
+        )
+        .unwrap();
+    assert_eq!(windows(Some(&behavior)), (s(0), s(0)));
+}
