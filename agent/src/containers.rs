@@ -264,6 +264,8 @@ pub struct Placement {
     /// The resolv.conf its containers mount, for a host-network pod
     /// whose DNS is not the host's.
     pub resolv_conf: Option<std::path::PathBuf>,
+    /// The node's allocatable resources (what an unset limit is).
+    pub allocatable: fieldpath::Allocatable,
 }
 
 /// The runtime spec of one of the pod's containers.
@@ -418,7 +420,7 @@ async fn resolve_env(
     for from in &container.env_from {
         let (data, what, optional) = if let Some(cm) = &from.config_map_ref {
             (
-                sources.configmap(ns, &cm.name).await?,
+                sources.configmap(ns, &cm.name, false).await?,
                 format!("configmap {:?}", cm.name),
                 cm.optional.unwrap_or(false),
             )
@@ -469,7 +471,7 @@ async fn env_value(
     let missing = |what: String| Error::Missing(format!("env {:?}: {what}", var.name));
     if let Some(r) = &from.config_map_key_ref {
         let optional = r.optional.unwrap_or(false);
-        return match sources.configmap(ns, &r.name).await? {
+        return match sources.configmap(ns, &r.name, false).await? {
             Some(data) => match data.get(&r.key) {
                 Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
                 None if optional => Ok(None),
@@ -508,14 +510,26 @@ async fn env_value(
             .ok_or_else(|| missing(format!("unsupported fieldRef fieldPath {:?}", f.field_path)));
     }
     if let Some(r) = &from.resource_field_ref {
-        return fieldpath::resource_value(container, &r.resource, &r.divisor)
-            .map(Some)
-            .ok_or_else(|| {
-                missing(format!(
-                    "unsupported resourceFieldRef resource {:?}",
-                    r.resource
-                ))
-            });
+        // Another container's, when it names one.
+        let container = if r.container_name.is_empty() {
+            container
+        } else {
+            fieldpath::named_container(pod, &r.container_name)
+                .ok_or_else(|| missing(format!("no container {:?}", r.container_name)))?
+        };
+        return fieldpath::resource_value(
+            container,
+            &r.resource,
+            &r.divisor,
+            &placement.allocatable,
+        )
+        .map(Some)
+        .ok_or_else(|| {
+            missing(format!(
+                "unsupported resourceFieldRef resource {:?}",
+                r.resource
+            ))
+        });
     }
     Ok(Some(String::new()))
 }
@@ -610,85 +624,4 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn services_become_kubernetes_environment_variables() {
-        let svc: skiff::pb::core::v1::Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "db-main"},
-            "spec": {"clusterIP": "10.43.0.9", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}
-        }))
-        .unwrap();
-        let headless: skiff::pb::core::v1::Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "peers"},
-            "spec": {"clusterIP": "None", "ports": [{"port": 1}]}
-        }))
-        .unwrap();
-        let env: std::collections::BTreeMap<String, String> =
-            service_env(&[svc, headless]).into_iter().collect();
-        assert_eq!(env["DB_MAIN_SERVICE_HOST"], "10.43.0.9");
-        assert_eq!(env["DB_MAIN_SERVICE_PORT"], "5432");
-        assert_eq!(env["DB_MAIN_SERVICE_PORT_PG"], "5432");
-        assert_eq!(env["DB_MAIN_PORT"], "tcp://10.43.0.9:5432");
-        assert_eq!(env["DB_MAIN_PORT_5432_TCP_ADDR"], "10.43.0.9");
-        assert!(
-            !env.keys().any(|k| k.starts_with("PEERS_")),
-            "headless services have no address"
-        );
-    }
-
-    #[test]
-    fn expansion_replaces_known_references_only() {
-        let env = vec![("A".to_string(), "1".to_string())];
-        assert_eq!(expand("x$(A)y", &env), "x1y");
-        assert_eq!(expand("$(B)", &env), "$(B)");
-        assert_eq!(expand("$$(A)", &env), "$(A)");
-        assert_eq!(expand("cost $5", &env), "cost $5");
-    }
-
-    #[test]
-    fn only_the_end_of_a_termination_file_is_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("termination-log");
-        let mut big = vec![b'x'; 1 << 20];
-        big.extend_from_slice(b"the end");
-        std::fs::write(&file, &big).unwrap();
-        let tail = read_tail(&file, MAX_MESSAGE).unwrap();
-        assert_eq!(tail.len(), MAX_MESSAGE);
-        assert!(tail.ends_with(b"the end"));
-        std::fs::write(&file, b"short").unwrap();
-        assert_eq!(read_tail(&file, MAX_MESSAGE).unwrap(), b"short");
-    }
-
-    #[test]
-    fn an_fqdn_hostname_is_the_pods_name_in_its_subdomain_if_it_fits() {
-        use skiff::pb::core::v1::PodSpec;
-        use skiff::pb::meta::v1::ObjectMeta;
-        let pod = |name: &str, fqdn: bool| Pod {
-            metadata: Some(ObjectMeta {
-                name: name.into(),
-                namespace: "shop".into(),
-                ..Default::default()
-            }),
-            spec: Some(PodSpec {
-                subdomain: "db".into(),
-                set_hostname_as_fqdn: Some(fqdn),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(pod_hostname(&pod("pg-0", false)), "pg-0");
-        assert_eq!(
-            pod_hostname(&pod("pg-0", true)),
-            "pg-0.db.shop.svc.cluster.local"
-        );
-        assert_eq!(hostname_problem(&pod("pg-0", true)), None);
-        let long = "x".repeat(40);
-        assert!(
-            hostname_problem(&pod(&long, true))
-                .unwrap()
-                .contains("is too long (64 characters is the max, 66 characters requested)")
-        );
-    }
-}
+mod tests;

@@ -72,17 +72,39 @@ pub fn volume_value(pod: &Pod, path: &str) -> Option<String> {
     }
 }
 
+/// The node's allocatable resources (`cpu`, `memory`, ...): what a
+/// container's unset limit is, as the downward API shows it.
+pub type Allocatable = std::collections::BTreeMap<String, String>;
+
+/// The container of the pod named `name` (an init container too), as a
+/// `resourceFieldRef`'s `containerName` names it.
+pub fn named_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(&spec.init_containers)
+        .find(|c| c.name == name)
+}
+
 /// `limits.cpu`, `requests.memory`, ... divided by the divisor (rounded
-/// up, as Kubernetes does); an unset limit is the node's (unknown here:
-/// 0 is never right, so the request or "0" is reported).
-pub fn resource_value(container: &Container, resource: &str, divisor: &str) -> Option<String> {
+/// up, as Kubernetes does); an unset limit is the node's allocatable
+/// amount, an unset request 0, as the kubelet reports them.
+pub fn resource_value(
+    container: &Container,
+    resource: &str,
+    divisor: &str,
+    allocatable: &Allocatable,
+) -> Option<String> {
     let resources = container.resources.clone().unwrap_or_default();
-    let (map, key) = match resource.split_once('.')? {
-        ("limits", key) => (&resources.limits, key),
-        ("requests", key) => (&resources.requests, key),
+    let (map, key, limit) = match resource.split_once('.')? {
+        ("limits", key) => (&resources.limits, key, true),
+        ("requests", key) => (&resources.requests, key, false),
         _ => return None,
     };
-    let value: Quantity = map.get(key).map_or("0", String::as_str).parse().ok()?;
+    let set = map
+        .get(key)
+        .or_else(|| allocatable.get(key).filter(|_| limit));
+    let value: Quantity = set.map_or("0", String::as_str).parse().ok()?;
     let divisor: Quantity = if divisor.is_empty() { "1" } else { divisor }
         .parse()
         .ok()?;
@@ -138,15 +160,31 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(resource_value(&container, "limits.cpu", "").unwrap(), "2");
+        let node: Allocatable = [
+            ("cpu".to_string(), "4".to_string()),
+            ("memory".to_string(), "8Gi".to_string()),
+        ]
+        .into();
+        let value =
+            |resource: &str, divisor: &str| resource_value(&container, resource, divisor, &node);
+        assert_eq!(value("limits.cpu", "").unwrap(), "2");
+        assert_eq!(value("limits.cpu", "1m").unwrap(), "1500");
+        assert_eq!(value("limits.memory", "1Mi").unwrap(), "64");
+        // Unset: a limit is the node's, a request none.
+        let open = Container::default();
         assert_eq!(
-            resource_value(&container, "limits.cpu", "1m").unwrap(),
-            "1500"
+            resource_value(&open, "limits.memory", "1Gi", &node).unwrap(),
+            "8"
         );
         assert_eq!(
-            resource_value(&container, "limits.memory", "1Mi").unwrap(),
-            "64"
+            resource_value(&open, "limits.cpu", "1m", &node).unwrap(),
+            "4000"
         );
+        assert_eq!(
+            resource_value(&open, "requests.cpu", "", &node).unwrap(),
+            "0"
+        );
+        assert_eq!(resource_value(&open, "limits.gpu", "", &node).unwrap(), "0");
     }
 
     #[test]

@@ -280,6 +280,7 @@ pub async fn run(
         max_pods: config.max_pods,
         lease_renew: config.lease_renew,
     });
+    let allocatable = facts.resources();
     node_tasks.0.push(tokio::spawn(node::run(
         Api::<Node>::new(channel.clone()),
         Api::<Lease>::new(channel.clone()),
@@ -325,6 +326,7 @@ pub async fn run(
         recorder: skiff_client::events::Recorder::new(channel, "kubelet"),
         node_name: config.node_name.clone(),
         node_ip,
+        allocatable,
         data_dir: config.data_dir.clone(),
         backoff: config.backoff,
         cluster_dns,

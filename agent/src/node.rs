@@ -41,7 +41,8 @@ pub struct NodeFacts {
 }
 
 impl NodeFacts {
-    fn resources(&self) -> BTreeMap<String, String> {
+    /// What the node offers pods (its capacity and allocatable alike).
+    pub fn resources(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("cpu".to_string(), self.runtime.cpus.max(1).to_string()),
             (

@@ -223,12 +223,14 @@ impl Sources {
         Ok(list.items)
     }
 
-    /// A ConfigMap's data (binaryData included), or None when it does not
-    /// exist.
+    /// A ConfigMap's data, its binaryData too with `binary` (files have
+    /// both; environment variables, as in Kubernetes, only `data`), or
+    /// None when it does not exist.
     pub async fn configmap(
         &self,
         ns: &str,
         name: &str,
+        binary: bool,
     ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
         match self.configmaps.get(ns, name).await {
             Ok(cm) => {
@@ -237,7 +239,9 @@ impl Sources {
                     .into_iter()
                     .map(|(k, v)| (k, v.into_bytes()))
                     .collect();
-                data.extend(cm.binary_data.into_iter().map(|(k, v)| (k, v.to_vec())));
+                if binary {
+                    data.extend(cm.binary_data.into_iter().map(|(k, v)| (k, v.to_vec())));
+                }
                 Ok(Some(data))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),

@@ -155,7 +155,12 @@ pub fn forced_read_only(volume: &Volume) -> bool {
 /// A downward API file's content: the pod's name, namespace, uid, labels
 /// or annotations (all, as `key="value"` lines, or one), or a container's
 /// resource.
-fn downward(pod: &Pod, item: &DownwardApiVolumeFile, volume: &str) -> Result<Vec<u8>, Error> {
+fn downward(
+    pod: &Pod,
+    item: &DownwardApiVolumeFile,
+    volume: &str,
+    allocatable: &fieldpath::Allocatable,
+) -> Result<Vec<u8>, Error> {
     let unsupported = |what: &str| {
         Error::Missing(format!(
             "volume {volume:?}: downward API item {:?}: unsupported {what}",
@@ -169,14 +174,15 @@ fn downward(pod: &Pod, item: &DownwardApiVolumeFile, volume: &str) -> Result<Vec
         return Ok(value.into_bytes());
     }
     if let Some(resource) = &item.resource_field_ref {
-        let spec = pod.spec.clone().unwrap_or_default();
-        let container = spec
-            .containers
-            .iter()
-            .find(|c| c.name == resource.container_name)
+        let container = fieldpath::named_container(pod, &resource.container_name)
             .ok_or_else(|| unsupported(&format!("container {:?}", resource.container_name)))?;
-        let value = fieldpath::resource_value(container, &resource.resource, &resource.divisor)
-            .ok_or_else(|| unsupported(&format!("resource {:?}", resource.resource)))?;
+        let value = fieldpath::resource_value(
+            container,
+            &resource.resource,
+            &resource.divisor,
+            allocatable,
+        )
+        .ok_or_else(|| unsupported(&format!("resource {:?}", resource.resource)))?;
         return Ok(value.into_bytes());
     }
     Err(unsupported("item without fieldRef or resourceFieldRef"))
@@ -188,6 +194,7 @@ async fn projected(
     volume: &Volume,
     source: &skiff::pb::core::v1::ProjectedVolumeSource,
     sources: &Sources,
+    allocatable: &fieldpath::Allocatable,
 ) -> Result<Vec<Projected>, Error> {
     let namespace = pod
         .metadata
@@ -198,7 +205,7 @@ async fn projected(
     for part in &source.sources {
         if let Some(cm) = &part.config_map {
             let optional = cm.optional.unwrap_or(false);
-            match sources.configmap(&namespace, &cm.name).await? {
+            match sources.configmap(&namespace, &cm.name, true).await? {
                 Some(data) => files.extend(select(&volume.name, &data, &cm.items, optional)?),
                 None if optional => {}
                 None => {
@@ -221,7 +228,7 @@ async fn projected(
             for item in &api.items {
                 files.push((
                     item.path.clone(),
-                    downward(pod, item, &volume.name)?,
+                    downward(pod, item, &volume.name, allocatable)?,
                     item.mode,
                 ));
             }
@@ -243,6 +250,7 @@ pub async fn prepare(
     node: &str,
     pod: &Pod,
     sources: &Sources,
+    allocatable: &fieldpath::Allocatable,
 ) -> Result<ClaimDirs, Error> {
     let meta = pod.metadata.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -287,7 +295,7 @@ pub async fn prepare(
                 host.r#type.as_deref().unwrap_or(""),
             )?;
         } else if let Some(cm) = &volume.config_map {
-            let data = sources.configmap(&meta.namespace, &cm.name).await?;
+            let data = sources.configmap(&meta.namespace, &cm.name, true).await?;
             let Some(data) = data.or_else(|| cm.optional.unwrap_or(false).then(BTreeMap::new))
             else {
                 return Err(Error::Missing(format!("configmap {:?} not found", cm.name)));
@@ -317,14 +325,14 @@ pub async fn prepare(
                 .map(|item| {
                     Ok((
                         item.path.clone(),
-                        downward(pod, item, &volume.name)?,
+                        downward(pod, item, &volume.name, allocatable)?,
                         item.mode,
                     ))
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
             project(&path, &files, api.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else if let Some(source) = &volume.projected {
-            let files = projected(pod, volume, source, sources).await?;
+            let files = projected(pod, volume, source, sources, allocatable).await?;
             project(&path, &files, source.default_mode.unwrap_or(0o644)).map_err(io)?;
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let (dir, local) = claim_dir(

@@ -659,6 +659,115 @@ async fn configmaps_and_secrets_reach_env_and_files_and_files_follow_updates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the_container() {
+    let env = env("details").await;
+    let image = env.image;
+    Api::<ConfigMap>::new(env.channel.clone())
+        .create(
+            serde_json::from_value(json!({
+                "metadata": {"name": "settings", "namespace": "default"},
+                "data": {"greeting": "hello"},
+                // 00 01 02 ff
+                "binaryData": {"blob": "AAEC/w=="}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Secret>::new(env.channel.clone())
+        .create(
+            serde_json::from_value(json!({
+                "metadata": {"name": "creds", "namespace": "default"},
+                "stringData": {"password": "s3cret"}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let script = [
+        "echo pwd=$(pwd)",
+        "echo cm=$CM_greeting blob=${CM_blob-unset}",
+        "echo nokey=${NO_KEY-unset} nosecret=${NO_SECRET-unset} sidemem=$SIDE_MEM",
+        "echo modes=$(stat -Lc %a /config/greeting /secret/password /info/tier /bundle/g)",
+        "echo blob=$(wc -c < /config/blob.bin)$(od -An -tx1 /config/blob.bin)",
+        "echo tier=$(cat /info/tier) side=$(cat /info/side-mem)",
+        "if touch /scratch/x 2>/dev/null; then echo scratch=written; else echo scratch=refused; fi",
+        "echo done",
+        "sleep 3600",
+    ]
+    .join("; ");
+    env.create(json!({
+        "metadata": {"name": "details", "labels": {"tier": "back"}},
+        "spec": {
+            "containers": [{
+                "name": "main", "image": image, "workingDir": "/tmp",
+                "command": ["sh", "-c", script],
+                "envFrom": [
+                    {"configMapRef": {"name": "settings"}, "prefix": "CM_"},
+                    {"configMapRef": {"name": "absent", "optional": true}},
+                    {"secretRef": {"name": "absent", "optional": true}}
+                ],
+                "env": [
+                    {"name": "NO_KEY", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": true}}},
+                    {"name": "NO_SECRET", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": true}}},
+                    {"name": "SIDE_MEM", "valueFrom": {"resourceFieldRef": {"containerName": "side", "resource": "limits.memory", "divisor": "1Mi"}}}
+                ],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/config"},
+                    {"name": "secret", "mountPath": "/secret"},
+                    {"name": "info", "mountPath": "/info"},
+                    {"name": "bundle", "mountPath": "/bundle"},
+                    {"name": "scratch", "mountPath": "/scratch", "readOnly": true}
+                ]
+            }, {
+                "name": "side", "image": image, "command": ["sleep", "3600"],
+                "resources": {"limits": {"memory": "32Mi"}},
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]
+            }],
+            "volumes": [
+                {"name": "config", "configMap": {"name": "settings", "defaultMode": 0o400,
+                    "items": [{"key": "greeting", "path": "greeting"}, {"key": "blob", "path": "blob.bin"}]}},
+                {"name": "secret", "secret": {"secretName": "creds", "defaultMode": 0o440}},
+                {"name": "info", "downwardAPI": {"defaultMode": 0o444, "items": [
+                    {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+                    {"path": "side-mem", "resourceFieldRef": {"containerName": "side", "resource": "limits.memory", "divisor": "1Mi"}}
+                ]}},
+                {"name": "bundle", "projected": {"defaultMode": 0o404, "sources": [
+                    {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "g"}]}}
+                ]}},
+                {"name": "scratch", "emptyDir": {}}
+            ]
+        }
+    }))
+    .await;
+    env.wait_for("details", "running", Duration::from_secs(60), |p| {
+        running(p, "main")
+    })
+    .await;
+    let mut log = String::new();
+    wait_until("the script ran", Duration::from_secs(30), async || {
+        log = env.logs("details", "main", false).await.unwrap_or_default();
+        log.contains("done")
+    })
+    .await;
+    for line in [
+        "pwd=/tmp",
+        // binaryData is for files: as in Kubernetes, not for variables.
+        "cm=hello blob=unset",
+        "nokey=unset nosecret=unset sidemem=32",
+        "modes=400 440 444 404",
+        "blob=4 00 01 02 ff",
+        "tier=back side=32",
+        "scratch=refused",
+    ] {
+        assert!(
+            log.lines().any(|l| l.trim() == line),
+            "{line:?} not in {log:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_configmap_is_a_config_error_shown_on_the_pod() {
     let env = env("cfgerr").await;
     let image = env.image;

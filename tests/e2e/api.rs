@@ -350,6 +350,29 @@ async fn finalizers_hold_deletion_until_removed(c: Cluster) {
         .await
         .expect_err("uid precondition");
     assert_eq!(wrong.code(), Code::Aborted);
+    // A version the pod has moved past: refused, the pod stays.
+    let mut touched = p.clone();
+    touched
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .insert("touched".into(), "yes".into());
+    let p = c.pods().update(touched).await.unwrap().into_inner();
+    let stale = c
+        .pods()
+        .delete(DeleteRequest {
+            namespace: "default".into(),
+            name: "pre".into(),
+            preconditions: Some(Preconditions {
+                resource_version: "1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("resourceVersion precondition");
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    c.pods().get(get("pre")).await.expect("still there");
     c.pods()
         .delete(DeleteRequest {
             namespace: "default".into(),

@@ -31,6 +31,9 @@ pub struct Shared {
     pub node_name: String,
     /// This node's IP (the pods' hostIP).
     pub node_ip: String,
+    /// This node's allocatable resources (the downward API's value of an
+    /// unset limit).
+    pub allocatable: crate::fieldpath::Allocatable,
     /// Where pod volumes live.
     pub data_dir: PathBuf,
     /// Crash backoff: first delay and cap (Kubernetes: 10 s, 5 min).

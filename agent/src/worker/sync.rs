@@ -171,6 +171,7 @@ pub(super) async fn sync(
         node_name: shared.node_name.clone(),
         claim_dirs: Default::default(),
         resolv_conf,
+        allocatable: shared.allocatable.clone(),
     };
     let containers: Vec<Container> = containers
         .into_iter()
@@ -180,8 +181,14 @@ pub(super) async fn sync(
     state.waiting.clear();
     // A volume that cannot be prepared blocks only the containers that
     // must start; running ones carry on.
-    let prepared =
-        volumes::prepare(&shared.data_dir, &shared.node_name, &pod, &shared.sources).await;
+    let prepared = volumes::prepare(
+        &shared.data_dir,
+        &shared.node_name,
+        &pod,
+        &shared.sources,
+        &shared.allocatable,
+    )
+    .await;
     let config_error = match prepared {
         Ok(claim_dirs) => {
             placement.claim_dirs = claim_dirs;
