@@ -18,12 +18,13 @@ fn repo() -> PathBuf {
 }
 
 /// `package.Message.jsonName` of every field, packages without `skiff.`,
-/// nested messages joined with dots, map entries left out.
-fn proto_fields() -> BTreeSet<String> {
+/// nested messages joined with dots, map entries left out; each with the
+/// field's name in the proto (as Rust spells it).
+fn proto_fields() -> BTreeMap<String, String> {
     let set =
         FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("the descriptor set");
-    let mut fields = BTreeSet::new();
-    fn walk(prefix: &str, message: &DescriptorProto, fields: &mut BTreeSet<String>) {
+    let mut fields = BTreeMap::new();
+    fn walk(prefix: &str, message: &DescriptorProto, fields: &mut BTreeMap<String, String>) {
         if message.options.as_ref().is_some_and(|o| o.map_entry()) {
             return;
         }
@@ -34,7 +35,7 @@ fn proto_fields() -> BTreeSet<String> {
             } else {
                 field.json_name().to_string()
             };
-            fields.insert(format!("{name}.{json}"));
+            fields.insert(format!("{name}.{json}"), field.name().to_string());
         }
         for nested in &message.nested_type {
             walk(&name, nested, fields);
@@ -100,12 +101,26 @@ fn tests() -> BTreeMap<String, PathBuf> {
     tests
 }
 
-/// The tests a source file defines.
+/// The tests a source file defines (with, in Rust, the checks
+/// `on_both_stores!` makes a test of on each store).
 fn test_names(text: &str, rust: bool) -> Vec<String> {
     let mut names = Vec::new();
     let mut attributed = false;
+    let mut in_macro = false;
     for line in text.lines() {
         let line = line.trim_start();
+        if rust && line.starts_with("on_both_stores!(") {
+            in_macro = true;
+            continue;
+        }
+        if in_macro {
+            let name = line.trim_end_matches([',', ')', ';', ' ']);
+            if !name.is_empty() {
+                names.push(name.to_string());
+            }
+            in_macro = !line.contains(')');
+            continue;
+        }
         if rust && (line.starts_with("#[test]") || line.starts_with("#[tokio::test")) {
             attributed = true;
             continue;
@@ -133,21 +148,92 @@ fn test_names(text: &str, rust: bool) -> Vec<String> {
     names
 }
 
+/// The functions a source file defines, by name: each one's text, from
+/// its `fn`/`def` line to the next function at its indentation or less
+/// (functions of the same name, as in different test modules, joined).
+fn functions(text: &str) -> BTreeMap<String, String> {
+    let starts: Vec<(usize, usize, String)> = text
+        .lines()
+        .scan(0, |offset, line| {
+            let at = *offset;
+            *offset += line.len() + 1;
+            Some((at, line))
+        })
+        .filter_map(|(at, line)| {
+            let indent = line.len() - line.trim_start().len();
+            let mut rest = line.trim_start();
+            for prefix in ["pub(crate) ", "pub(super) ", "pub ", "async "] {
+                rest = rest.strip_prefix(prefix).unwrap_or(rest);
+            }
+            let rest = rest
+                .strip_prefix("fn ")
+                .or_else(|| rest.strip_prefix("def "))?;
+            let (name, _) = rest.split_once(['(', '<'])?;
+            Some((at, indent, name.trim().to_string()))
+        })
+        .collect();
+    let mut functions: BTreeMap<String, String> = BTreeMap::new();
+    for (i, (at, indent, name)) in starts.iter().enumerate() {
+        let end = starts[i + 1..]
+            .iter()
+            .find(|(_, other, _)| other <= indent)
+            .map_or(text.len(), |(next, _, _)| *next);
+        functions
+            .entry(name.clone())
+            .or_default()
+            .push_str(&text[*at..end]);
+    }
+    functions
+}
+
+/// The text a test reads as: its own, that of the functions of its file
+/// it calls (and they call), and the files it `include_str!`s.
+fn test_text(test: &str, file: &Path) -> String {
+    let source = std::fs::read_to_string(file).unwrap_or_default();
+    let functions = functions(&source);
+    let Some(own) = functions.get(test) else {
+        return String::new();
+    };
+    let mut text = own.clone();
+    let mut seen = BTreeSet::from([test.to_string()]);
+    let mut todo = vec![own.clone()];
+    while let Some(body) = todo.pop() {
+        let words = body.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+        for word in words {
+            if let Some(called) = functions.get(word)
+                && seen.insert(word.to_string())
+            {
+                text.push_str(called);
+                todo.push(called.clone());
+            }
+        }
+    }
+    for included in text.clone().split("include_str!(\"").skip(1) {
+        if let Some((path, _)) = included.split_once('"')
+            && let Some(dir) = file.parent()
+            && let Ok(content) = std::fs::read_to_string(dir.join(path))
+        {
+            text.push_str(&content);
+        }
+    }
+    text
+}
+
 #[test]
 fn every_proto_field_has_an_audit_entry() {
     let fields = proto_fields();
     assert!(fields.len() > 900, "the descriptor set lists the fields");
     assert!(
-        fields.contains("core.v1.PodSpec.hostPID"),
+        fields.contains_key("core.v1.PodSpec.hostPID"),
         "JSON names are used"
     );
     let rows = audit_rows();
-    let missing: Vec<_> = fields.iter().filter(|f| !rows.contains_key(*f)).collect();
+    let missing: Vec<_> = fields.keys().filter(|f| !rows.contains_key(*f)).collect();
     assert!(
         missing.is_empty(),
         "fields in proto/ without a row in docs/FIELDS.md (say what acts on each, or refuse it): {missing:?}"
     );
-    let gone: Vec<_> = rows.keys().filter(|f| !fields.contains(*f)).collect();
+    let gone: Vec<_> = rows.keys().filter(|f| !fields.contains_key(*f)).collect();
     assert!(
         gone.is_empty(),
         "rows for fields no longer in proto/: {gone:?}"
@@ -174,7 +260,77 @@ fn every_proto_field_has_an_audit_entry() {
 fn only_tests_count_as_tests() {
     let rust = "fn helper() {}\n    #[tokio::test(flavor = \"multi_thread\")]\n    async fn one_thing() {}\n#[test]\nfn two() {}\nfn env(\n";
     assert_eq!(test_names(rust, true), ["one_thing", "two"]);
+    let checks = "async fn three(c: Cluster) {}\non_both_stores!(\n    three,\n    four,\n);\nfn five() {}\n";
+    assert_eq!(test_names(checks, true), ["three", "four"]);
     let python = "def helper(x):\n    pass\ndef test_three(client):\n";
     assert_eq!(test_names(python, false), ["test_three"]);
     assert!(Path::new(&repo().join("docs/FIELDS.md")).exists());
+}
+
+/// Rows whose test acts on the field without spelling it: a real client
+/// (kubectl, the Python client, grpcurl) or Skiff's own components send
+/// it, or a shared path handles it, and the test shows the effect. Each
+/// says how. A row whose test comes to name its field must leave this
+/// list (the test below says so).
+const UNNAMED: &[(&str, &str)] = &[];
+
+#[test]
+fn every_acting_field_is_named_by_its_test() {
+    let names = proto_fields();
+    let tests = tests();
+    let (mut unnamed, mut stale) = (Vec::new(), Vec::new());
+    for (field, (status, test)) in audit_rows() {
+        let (Some(proto), Some(file)) = (names.get(&field), tests.get(&test)) else {
+            continue; // the test above reports it
+        };
+        if status != "acts" {
+            continue;
+        }
+        let text = test_text(&test, file);
+        let json = field.rsplit('.').next().unwrap_or_default();
+        // As JSON and the proto spell it, or as a oneof's variant
+        // (`closeStdin` → `CloseStdin`).
+        let variant: String = json
+            .chars()
+            .take(1)
+            .flat_map(char::to_uppercase)
+            .chain(json.chars().skip(1))
+            .collect();
+        let named = [json, proto.as_str(), variant.as_str()]
+            .iter()
+            .any(|name| text.contains(name));
+        let excused = UNNAMED.iter().any(|(f, _)| *f == field);
+        if named && excused {
+            stale.push(field);
+        } else if !named && !excused {
+            unnamed.push(format!("{field} ({test})"));
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "{} rows of docs/FIELDS.md name a test that never mentions the field (point each at a test that acts on it, or say in UNNAMED how its test does without naming it):\n{}",
+        unnamed.len(),
+        unnamed.join("\n")
+    );
+    assert!(
+        stale.is_empty(),
+        "UNNAMED entries whose test now names the field: remove them: {stale:?}"
+    );
+}
+
+#[test]
+fn a_test_reads_with_the_helpers_it_calls() {
+    let rust = "fn helper() {\n    inner(1)\n}\n\nfn inner(x: u8) {\n    let depth = x;\n}\n\nfn unrelated() {\n    let width = 2;\n}\n\n#[test]\nfn the_test() {\n    helper();\n}\n";
+    let functions = functions(rust);
+    assert_eq!(functions.len(), 4);
+    assert!(functions["helper"].contains("inner(1)"));
+    assert!(!functions["helper"].contains("depth"));
+    let dir = std::env::temp_dir().join(format!("skiff-fields-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.rs");
+    std::fs::write(&file, rust).unwrap();
+    let text = test_text("the_test", &file);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(text.contains("depth"), "through helper to inner");
+    assert!(!text.contains("width"), "not what it does not call");
 }

@@ -317,6 +317,63 @@ mod tests {
     }
 
     #[test]
+    fn probes_run_every_period_seconds() {
+        let every = |period_seconds| {
+            let probe = Probe {
+                period_seconds,
+                ..Default::default()
+            };
+            Runner::new(Kind::Liveness, probe, Instant::now()).period()
+        };
+        assert_eq!(every(3), Duration::from_secs(3));
+        assert_eq!(every(0), Duration::from_secs(10), "Kubernetes' default");
+    }
+
+    #[tokio::test]
+    async fn the_scheme_chooses_tls_and_a_silent_server_fails_at_the_timeout() {
+        // A plain HTTP server: HTTP passes, HTTPS finds no TLS there.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_port = plain.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = plain.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        // A server that accepts and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let probe = |port: u16, scheme: &str| Probe {
+            http_get: Some(skiff::pb::core::v1::HttpGetAction {
+                host: "127.0.0.1".into(),
+                port: port_value(port),
+                scheme: scheme.into(),
+                ..Default::default()
+            }),
+            timeout_seconds: 1,
+            ..Default::default()
+        };
+        let t = target(PodContainer::default());
+        assert!(check(&t, &probe(plain_port, "HTTP")).await);
+        assert!(!check(&t, &probe(plain_port, "HTTPS")).await);
+        let started = Instant::now();
+        assert!(!check(&t, &probe(silent_port, "HTTP")).await);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "gave up before timeoutSeconds"
+        );
+    }
+
+    #[test]
     fn named_ports_resolve_through_the_container() {
         let spec = PodContainer {
             ports: vec![ContainerPort {

@@ -371,6 +371,44 @@ mod tests {
     }
 
     #[test]
+    fn app_armor_profiles_come_from_the_container_else_its_pod() {
+        let profile = |kind: &str, name: Option<&str>| {
+            Some(skiff::pb::core::v1::AppArmorProfile {
+                r#type: kind.into(),
+                localhost_profile: name.map(Into::into),
+            })
+        };
+        let apparmor = |pod_sc: PodSecurityContext, own: SecurityContext| {
+            let (pod, c) = make_pod(pod_sc, own);
+            container_security(pod.spec.as_ref().unwrap(), &c, Path::new("/x"))
+                .unwrap()
+                .apparmor
+        };
+        let pods = PodSecurityContext {
+            app_armor_profile: profile("Localhost", Some("k8s-nginx")),
+            ..Default::default()
+        };
+        assert_eq!(
+            apparmor(pods.clone(), Default::default()),
+            Profile::Localhost("k8s-nginx".into()),
+            "the pod's profile, by its localhostProfile name"
+        );
+        let own = SecurityContext {
+            app_armor_profile: profile("Unconfined", None),
+            ..Default::default()
+        };
+        assert_eq!(
+            apparmor(pods, own),
+            Profile::Unconfined,
+            "the container's wins"
+        );
+        assert_eq!(
+            apparmor(Default::default(), Default::default()),
+            Profile::RuntimeDefault
+        );
+    }
+
+    #[test]
     fn localhost_seccomp_profiles_come_from_the_agents_directory_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(SECCOMP_DIR)).unwrap();

@@ -579,6 +579,29 @@ async fn an_absent_image_is_a_pull_error_and_other_pods_run_on() {
         running(p, "main")
     })
     .await;
+    // imagePullPolicy Never: not pulled, a reason saying so.
+    env.create(json!({
+        "metadata": {"name": "unpulled"},
+        "spec": {"containers": [{"name": "main", "image": "skiff-test/absent:2", "imagePullPolicy": "Never"}]}
+    }))
+    .await;
+    let pod = env
+        .wait_for(
+            "unpulled",
+            "ErrImageNeverPull",
+            Duration::from_secs(60),
+            |p| {
+                container(p, "main")
+                    .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+                    .is_some_and(|w| w.reason == "ErrImageNeverPull")
+            },
+        )
+        .await;
+    let waiting = waiting_of(&pod, "main").unwrap();
+    assert!(
+        waiting.message.contains("skiff-test/absent:2"),
+        "{waiting:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,7 +709,7 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
         .unwrap();
     let script = [
         "echo pwd=$(pwd)",
-        "echo cm=$CM_greeting blob=${CM_blob-unset}",
+        "echo cm=$CM_greeting blob=${CM_blob-unset} secret=$S_password",
         "echo nokey=${NO_KEY-unset} nosecret=${NO_SECRET-unset} sidemem=$SIDE_MEM",
         "echo modes=$(stat -Lc %a /config/greeting /secret/password /info/tier /bundle/g)",
         "echo blob=$(wc -c < /config/blob.bin)$(od -An -tx1 /config/blob.bin)",
@@ -704,6 +727,7 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
                 "command": ["sh", "-c", script],
                 "envFrom": [
                     {"configMapRef": {"name": "settings"}, "prefix": "CM_"},
+                    {"secretRef": {"name": "creds"}, "prefix": "S_"},
                     {"configMapRef": {"name": "absent", "optional": true}},
                     {"secretRef": {"name": "absent", "optional": true}}
                 ],
@@ -753,7 +777,7 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
     for line in [
         "pwd=/tmp",
         // binaryData is for files: as in Kubernetes, not for variables.
-        "cm=hello blob=unset",
+        "cm=hello blob=unset secret=s3cret",
         "nokey=unset nosecret=unset sidemem=32",
         "modes=400 440 444 404",
         "blob=4 00 01 02 ff",
@@ -765,6 +789,223 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
             "{line:?} not in {log:?}"
         );
     }
+}
+
+/// Sends `inputs` on an attach stream (kept open until the output ends)
+/// and gathers its stdout and exit code.
+async fn attach(
+    env: &Env,
+    container: bool,
+    inputs: Vec<skiff::pb::core::v1::pod_exec_input::Input>,
+) -> (String, Option<i32>) {
+    use skiff::pb::core::v1::PodExecInput;
+    use skiff::pb::core::v1::pod_exec_client::PodExecClient;
+    use skiff::pb::core::v1::pod_exec_output::Output;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for input in inputs {
+        tx.send(PodExecInput { input: Some(input) }).await.unwrap();
+    }
+    let mut client = PodExecClient::new(env.channel.clone());
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut output = if container {
+        client.attach_container(requests).await
+    } else {
+        client.attach(requests).await
+    }
+    .unwrap()
+    .into_inner();
+    let (mut stdout, mut code) = (String::new(), None);
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(message) = output.next().await {
+            match message.unwrap().output {
+                Some(Output::Stdout(bytes)) => stdout.push_str(&String::from_utf8_lossy(&bytes)),
+                Some(Output::ExitCode(c)) => code = Some(c),
+                _ => {}
+            }
+        }
+    });
+    // A container attach lasts as long as its process: two seconds are
+    // enough to have sent the input.
+    if container {
+        let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    } else {
+        read.await.expect("the command ended");
+    }
+    drop(tx);
+    (stdout, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_terminal_sizes_the_end_of_stdin_and_half_closes() {
+    use skiff::pb::core::v1::pod_exec_input::Input;
+    use skiff::pb::core::v1::{PodExecRequest, TerminalSize};
+    let env = env("term").await;
+    let image = env.image;
+    let reads_stdin = "cat > /dev/null; echo stdin-ended; sleep 3600";
+    env.create(json!({
+        "metadata": {"name": "term"},
+        "spec": {"shareProcessNamespace": true, "containers": [
+            {"name": "shell", "image": image, "tty": true,
+             "command": ["sh", "-c", "if [ -t 1 ]; then echo has-tty; fi; sleep 3600"]},
+            {"name": "once", "image": image, "stdin": true, "stdinOnce": true,
+             "command": ["sh", "-c", reads_stdin]},
+            {"name": "kept", "image": image, "stdin": true,
+             "command": ["sh", "-c", reads_stdin]},
+            {"name": "counter", "image": image,
+             "command": ["nc", "-ll", "-p", "9000", "-e", "wc", "-c"]}
+        ]}
+    }))
+    .await;
+    env.wait_for("term", "running", Duration::from_secs(60), |p| {
+        ["shell", "once", "kept", "counter"]
+            .iter()
+            .all(|c| running(p, c))
+    })
+    .await;
+    // tty: the container's output is a terminal.
+    wait_until(
+        "the shell saw a terminal",
+        Duration::from_secs(20),
+        async || {
+            env.logs("term", "shell", false)
+                .await
+                .is_ok_and(|l| l.contains("has-tty"))
+        },
+    )
+    .await;
+
+    // An exec with a terminal, resized by the client: stty sees the size.
+    let start = |container: &str, command: &[&str], tty: bool| {
+        Input::Start(PodExecRequest {
+            namespace: "default".into(),
+            name: "term".into(),
+            container: container.into(),
+            command: command.iter().map(|c| c.to_string()).collect(),
+            tty,
+            stdin: !command.is_empty(),
+            ..Default::default()
+        })
+    };
+    let (out, code) = attach(
+        &env,
+        false,
+        vec![
+            start("shell", &["sh", "-c", "sleep 1; stty size"], true),
+            Input::Resize(TerminalSize {
+                width: 100,
+                height: 40,
+            }),
+        ],
+    )
+    .await;
+    assert_eq!((out.trim(), code), ("40 100", Some(0)), "{out:?}");
+
+    // stdinOnce: the first attach's end of input is the container's.
+    for container in ["once", "kept"] {
+        let mut start = start(container, &[], false);
+        if let Input::Start(request) = &mut start {
+            request.stdin = true;
+        }
+        attach(
+            &env,
+            true,
+            vec![
+                start,
+                Input::Stdin(b"hello\n".to_vec()),
+                Input::CloseStdin(true),
+            ],
+        )
+        .await;
+    }
+    wait_until(
+        "stdin ended for once",
+        Duration::from_secs(20),
+        async || {
+            env.logs("term", "once", false)
+                .await
+                .is_ok_and(|l| l.contains("stdin-ended"))
+        },
+    )
+    .await;
+    let kept = env.logs("term", "kept", false).await.unwrap();
+    assert!(
+        !kept.contains("stdin-ended"),
+        "without stdinOnce the container's stdin stays open: {kept:?}"
+    );
+
+    // A forwarded connection's half-close reaches the pod: wc counts
+    // what came before it and answers on the same connection.
+    {
+        use skiff::pb::core::v1::pod_port_forward_client::PodPortForwardClient;
+        use skiff::pb::core::v1::port_forward_input::Input as Forward;
+        use skiff::pb::core::v1::{PortForwardInput, PortForwardStart};
+        let inputs = [
+            Forward::Start(PortForwardStart {
+                namespace: "default".into(),
+                name: "term".into(),
+                port: 9000,
+            }),
+            Forward::Data(b"hello".to_vec()),
+            Forward::CloseWrite(true),
+        ];
+        let mut answer = String::new();
+        wait_until("wc answers", Duration::from_secs(30), async || {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            for input in inputs.clone() {
+                tx.send(PortForwardInput { input: Some(input) })
+                    .await
+                    .unwrap();
+            }
+            let Ok(response) = PodPortForwardClient::new(env.channel.clone())
+                .port_forward(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            else {
+                return false;
+            };
+            let mut output = response.into_inner();
+            answer.clear();
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(Ok(chunk)) = output.next().await {
+                    answer.push_str(&String::from_utf8_lossy(&chunk.data));
+                }
+            })
+            .await;
+            drop(tx);
+            read.is_ok() && answer.trim() == "5"
+        })
+        .await;
+    }
+
+    // shareProcessNamespace: one container sees another's processes.
+    let ps = skiff::pb::core::v1::pod_exec_client::PodExecClient::new(env.channel.clone())
+        .exec(PodExecRequest {
+            namespace: "default".into(),
+            name: "term".into(),
+            container: "shell".into(),
+            command: vec!["ps".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.contains("nc -ll -p 9000"), "{ps}");
+
+    // timeoutSeconds: an exec that runs longer is cut off.
+    let started = std::time::Instant::now();
+    let err = skiff::pb::core::v1::pod_exec_client::PodExecClient::new(env.channel.clone())
+        .exec(PodExecRequest {
+            namespace: "default".into(),
+            name: "term".into(),
+            container: "shell".into(),
+            command: vec!["sleep".into(), "30".into()],
+            timeout_seconds: Some(1),
+            ..Default::default()
+        })
+        .await
+        .expect_err("cut off");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(25), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -501,12 +501,26 @@ async fn watch_streams_changes_from_a_version(c: Cluster) {
         .pods()
         .watch(WatchRequest {
             label_selector: "app=a".into(),
+            resource_version: rv.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // By field, in every namespace: only the pod of that name.
+    let mut by_name = c
+        .pods()
+        .watch(WatchRequest {
+            field_selector: "metadata.name=w1".into(),
             resource_version: rv,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
+    let mut elsewhere = pod("w1-twin", &[("app", "z")]);
+    elsewhere.metadata.as_mut().unwrap().namespace = "kube-system".into();
+    c.pods().create(elsewhere).await.unwrap();
     let mut relabel = created.clone();
     relabel.metadata.as_mut().unwrap().labels = labels(&[("app", "b")]);
     c.pods().update(relabel).await.unwrap();
@@ -524,6 +538,20 @@ async fn watch_streams_changes_from_a_version(c: Cluster) {
         (e1.r#type, e2.r#type),
         (EventType::Modified as i32, EventType::Deleted as i32)
     );
+    let f1 = next_event(&mut by_name).await;
+    assert_eq!(
+        (f1.r#type, meta(f1.object.as_ref().unwrap()).name.as_str()),
+        (EventType::Modified as i32, "w1"),
+        "the twin in kube-system is not w1"
+    );
+    c.pods()
+        .delete(DeleteRequest {
+            namespace: "kube-system".into(),
+            name: "w1-twin".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     // For the app=a watcher the relabel is the object leaving: DELETED.
     let s1 = next_event(&mut selected).await;
     assert_eq!(s1.r#type, EventType::Deleted as i32);
@@ -973,6 +1001,28 @@ async fn evictions_follow_the_budget_covering_the_pod() {
         error.message()
     );
     assert!(!gone("twice").await);
+    // The delete's grace period is the eviction's: a pod on a node is
+    // given the grace asked for.
+    let mut bound = pod("bound", &[("app", "other")]);
+    bound.spec.as_mut().unwrap().node_name = "somewhere".into();
+    pods.create(bound).await.unwrap();
+    evict(
+        "bound",
+        DeleteOptions {
+            grace_period_seconds: Some(45),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let meta = pods
+        .get("default", "bound")
+        .await
+        .unwrap()
+        .metadata
+        .unwrap();
+    assert!(meta.deletion_timestamp.is_some(), "{meta:?}");
+    assert_eq!(meta.deletion_grace_period_seconds, Some(45));
 }
 
 /// Evictions racing for a budget's last disruption: exactly one gets it,

@@ -753,6 +753,82 @@ async fn a_deployment_deleted_in_the_foreground_goes_after_its_sets_and_pods() {
     }
 }
 
+/// Foreground deletion waits for the dependents that block their owner's
+/// deletion (`blockOwnerDeletion: true`), not for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_deletion_waits_only_for_dependents_that_block_it() {
+    let env = env(None).await;
+    let sets = Api::<ReplicaSet>::new(env.channel.clone());
+    let pods = Api::<Pod>::new(env.channel.clone());
+    let holder = sets.create(replicaset("holder", 0)).await.unwrap();
+    let uid = holder.metadata.unwrap().uid;
+    // Two pods it owns (not as their controller), each held by a
+    // finalizer of ours so that they linger once deleted.
+    for (name, blocks) in [("blocker", true), ("bystander", false)] {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "default",
+                "labels": {"app": "loose"},
+                "finalizers": ["example.com/hold"],
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "holder",
+                    "uid": uid, "blockOwnerDeletion": blocks
+                }]
+            },
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}
+        }))
+        .unwrap();
+        pods.create(pod).await.unwrap();
+    }
+    sets.delete(DeleteRequest {
+        namespace: "default".into(),
+        name: "holder".into(),
+        propagation_policy: "Foreground".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deleting = async |name: &str| {
+        pods.get("default", name)
+            .await
+            .is_ok_and(|p| p.metadata.is_some_and(|m| m.deletion_timestamp.is_some()))
+    };
+    skiff_testkit::wait_until(
+        "the collector deletes both",
+        Duration::from_secs(30),
+        async || deleting("blocker").await && deleting("bystander").await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        sets.get("default", "holder").await.is_ok(),
+        "the owner went while a blocking dependent was left"
+    );
+    let release = async |name: &str| {
+        for _ in 0..10 {
+            let mut pod = pods.get("default", name).await.unwrap();
+            pod.metadata.as_mut().unwrap().finalizers.clear();
+            match pods.update(pod).await {
+                Ok(_) => return,
+                Err(s) if s.code() == tonic::Code::Aborted => continue,
+                Err(s) => panic!("{s}"),
+            }
+        }
+    };
+    release("blocker").await;
+    skiff_testkit::wait_until(
+        "the owner goes once its blocking dependent has",
+        Duration::from_secs(30),
+        async || sets.get("default", "holder").await.is_err(),
+    )
+    .await;
+    assert!(
+        deleting("bystander").await,
+        "the owner waited for nothing but its blocking dependent"
+    );
+    release("bystander").await;
+}
+
 pub(crate) fn deployment(name: &str, replicas: i32) -> skiff::pb::apps::v1::Deployment {
     use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
     Deployment {

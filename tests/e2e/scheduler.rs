@@ -219,6 +219,10 @@ async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
     add_node(&env, "n1", "8", &[]).await;
     let mut a = skiff_testkit::SchedulerProcess::start(&env.url, "sched-a", 2).unwrap();
     let mut b = skiff_testkit::SchedulerProcess::start(&env.url, "sched-b", 2).unwrap();
+    // A pod for another scheduler is left to it.
+    let mut foreign = pod("foreign", "100m");
+    foreign.spec.as_mut().unwrap().scheduler_name = "someone-else".into();
+    env.pods.create(foreign).await.unwrap();
     env.pods.create(pod("first", "100m")).await.unwrap();
     wait_bound(&env, "first", Duration::from_secs(20)).await;
     let leases = Api::<Lease>::new(skiff_client::connect_lazy(&env.url).unwrap());
@@ -240,6 +244,12 @@ async fn of_two_schedulers_one_leads_and_the_other_takes_over() {
     env.pods.create(pod("second", "100m")).await.unwrap();
     // The lease (2 s) must expire before the other takes over.
     wait_bound(&env, "second", Duration::from_secs(20)).await;
+    let foreign = env.pods.get("default", "foreign").await.unwrap();
+    assert_eq!(
+        foreign.spec.unwrap().node_name,
+        "",
+        "bound by a scheduler it did not name"
+    );
     let lease = leases
         .get("kube-system", "default-scheduler")
         .await

@@ -60,12 +60,16 @@ impl Secure {
     /// A client of kind `K` sending `token` as its bearer token (no
     /// certificate).
     fn with_token<K: skiff::Resource>(&self, token: &str) -> Api<K> {
+        Api::<K>::new(self.without_certificate()).with_bearer_token(token)
+    }
+
+    /// A channel that trusts the cluster's CA and presents no certificate.
+    fn without_certificate(&self) -> tonic::transport::Channel {
         let ca = self.ca();
         let tls =
             skiff_client::ClientTls::new(&ca.cert_pem, None, skiff_pki::tls::ServerCheck::Name)
                 .unwrap();
-        let channel = skiff_client::connect_lazy_with(&self.server.url(), Some(&tls)).unwrap();
-        Api::<K>::new(channel).with_bearer_token(token)
+        skiff_client::connect_lazy_with(&self.server.url(), Some(&tls)).unwrap()
     }
 
     /// `skiff ARGS` as the admin: (success, stdout, stderr).
@@ -893,6 +897,235 @@ async fn a_namespace_admin_cannot_raise_its_own_quota() {
         .expect("a ConfigMap in her namespace");
 }
 
+/// Who a binding grants to and what: a ClusterRoleBinding's role
+/// everywhere, a RoleBinding's only in its namespace, to the users and
+/// groups its subjects name (an apiGroup left out is RBAC's); a roleRef
+/// or subject of another API group is refused; deleting the binding takes
+/// the right away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_grant_their_role_to_their_subjects_where_they_reach() {
+    use skiff::pb::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let c = Secure::start(&[]);
+    let admin = c.admin();
+    let named = |name: &str, namespace: &str| skiff::pb::meta::v1::ObjectMeta {
+        name: name.into(),
+        namespace: namespace.into(),
+        ..Default::default()
+    };
+    let reader = |name: &str, resource: &str| ClusterRole {
+        metadata: Some(named(name, "")),
+        rules: vec![PolicyRule {
+            verbs: vec!["get".into(), "list".into()],
+            api_groups: vec![String::new()],
+            resources: vec![resource.into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let roles = Api::<ClusterRole>::new(admin.clone());
+    roles.create(reader("pod-reader", "pods")).await.unwrap();
+    let mut config_reader = reader("config-reader", "configmaps");
+    // And one Secret, by name.
+    config_reader.rules.push(PolicyRule {
+        verbs: vec!["get".into()],
+        api_groups: vec![String::new()],
+        resources: vec!["secrets".into()],
+        resource_names: vec!["app-token".into()],
+        ..Default::default()
+    });
+    roles.create(config_reader).await.unwrap();
+    let role_ref = |group: &str, kind: &str, name: &str| {
+        Some(RoleRef {
+            api_group: group.into(),
+            kind: kind.into(),
+            name: name.into(),
+        })
+    };
+    let rbac = "rbac.authorization.k8s.io";
+    let cluster_bindings = Api::<ClusterRoleBinding>::new(admin.clone());
+    let stored = cluster_bindings
+        .create(ClusterRoleBinding {
+            metadata: Some(named("alice-reads-pods", "")),
+            role_ref: role_ref(rbac, "ClusterRole", "pod-reader"),
+            subjects: vec![Subject {
+                kind: "User".into(),
+                name: "alice".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.subjects[0].api_group, rbac, "defaulted");
+    Api::<RoleBinding>::new(admin.clone())
+        .create(RoleBinding {
+            metadata: Some(named("team-reads-config", "default")),
+            role_ref: role_ref(rbac, "ClusterRole", "config-reader"),
+            subjects: vec![Subject {
+                kind: "Group".into(),
+                name: "team".into(),
+                api_group: rbac.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Another API group's role or subject is refused.
+    let err = cluster_bindings
+        .create(ClusterRoleBinding {
+            metadata: Some(named("elsewhere", "")),
+            role_ref: role_ref("example.com", "ClusterRole", "pod-reader"),
+            subjects: vec![],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a roleRef of another group");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("roleRef.apiGroup"), "{err:?}");
+    let err = cluster_bindings
+        .create(ClusterRoleBinding {
+            metadata: Some(named("robots", "")),
+            role_ref: role_ref(rbac, "ClusterRole", "pod-reader"),
+            subjects: vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "robot".into(),
+                namespace: "default".into(),
+                api_group: rbac.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a service account subject in RBAC's group");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("subjects[0].apiGroup"), "{err:?}");
+
+    let list = |ns: &str| ListRequest {
+        namespace: ns.into(),
+        ..Default::default()
+    };
+    let alice = c.as_user("alice", &[]);
+    let bob = c.as_user("bob", &["team"]);
+    for ns in ["default", "kube-system"] {
+        Api::<Pod>::new(alice.clone())
+            .list(list(ns))
+            .await
+            .unwrap_or_else(|e| panic!("alice lists pods in {ns}: {e:?}"));
+    }
+    fn denied<T>(r: Result<T, tonic::Status>) -> bool {
+        r.is_err_and(|e| e.code() == Code::PermissionDenied)
+    }
+    let configmaps =
+        |who: &tonic::transport::Channel| Api::<skiff::pb::core::v1::ConfigMap>::new(who.clone());
+    assert!(denied(configmaps(&alice).list(list("default")).await));
+    configmaps(&bob)
+        .list(list("default"))
+        .await
+        .expect("bob's group reads configmaps in default");
+    assert!(denied(configmaps(&bob).list(list("kube-system")).await));
+    assert!(denied(
+        Api::<Pod>::new(bob.clone()).list(list("default")).await
+    ));
+
+    // The reviews say the same: can-i with the binding that allows it,
+    // and the rules each holds.
+    use skiff::pb::authentication::v1::identity_client::IdentityClient;
+    use skiff::pb::authentication::v1::{AccessReview, RulesReviewRequest};
+    let review = |verb: &str, resource: &str, ns: &str, name: &str| AccessReview {
+        verb: verb.into(),
+        resource: resource.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let answer = IdentityClient::new(alice.clone())
+        .can_i(review("list", "pods", "kube-system", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed, "{answer:?}");
+    assert!(
+        answer
+            .reason
+            .contains("ClusterRoleBinding \"alice-reads-pods\""),
+        "{answer:?}"
+    );
+    let mut as_bob = IdentityClient::new(bob.clone());
+    let named = as_bob
+        .can_i(review("get", "secrets", "default", "app-token"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(named.allowed, "{named:?}");
+    let other = as_bob
+        .can_i(review("get", "secrets", "default", "db-password"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.allowed, "{other:?}");
+    let rules = as_bob
+        .rules_review(RulesReviewRequest {
+            namespace: "default".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !rules.incomplete && rules.evaluation_error.is_empty(),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .resource_rules
+            .iter()
+            .any(|r| r.resources == ["secrets"] && r.resource_names == ["app-token"]),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .resource_rules
+            .iter()
+            .any(|r| r.resources == ["configmaps"] && r.verbs == ["get", "list"]),
+        "{rules:?}"
+    );
+    assert!(
+        rules
+            .non_resource_rules
+            .iter()
+            .any(|r| r.non_resource_urls.iter().any(|u| u == "/healthz")),
+        "{rules:?}"
+    );
+    // In another namespace the RoleBinding gives nothing.
+    let elsewhere = as_bob
+        .rules_review(RulesReviewRequest {
+            namespace: "kube-system".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !elsewhere
+            .resource_rules
+            .iter()
+            .any(|r| r.resources == ["configmaps"]),
+        "{elsewhere:?}"
+    );
+
+    cluster_bindings
+        .delete(skiff::pb::api::v1::DeleteRequest {
+            name: "alice-reads-pods".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until(
+        "alice's right is gone",
+        Duration::from_secs(10),
+        async || denied(Api::<Pod>::new(alice.clone()).list(list("default")).await),
+    )
+    .await;
+}
+
 fn robot_meta() -> skiff::pb::meta::v1::ObjectMeta {
     skiff::pb::meta::v1::ObjectMeta {
         name: "robot".into(),
@@ -1017,6 +1250,60 @@ async fn a_service_account_token_has_exactly_its_rbac_rights() {
         .unwrap()
         .token;
     let as_robot = c.with_token::<Pod>(&token);
+    // The token's user: the account, with its uid.
+    let account_uid = Api::<ServiceAccount>::new(admin.clone())
+        .get("default", "robot")
+        .await
+        .unwrap()
+        .metadata
+        .unwrap()
+        .uid;
+    let mut who = tonic::Request::new(skiff::pb::authentication::v1::WhoAmIRequest::default());
+    who.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let me = skiff::pb::authentication::v1::identity_client::IdentityClient::new(
+        c.without_certificate(),
+    )
+    .who_am_i(who)
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(me.username, "system:serviceaccount:default:robot");
+    assert_eq!(me.uid, account_uid);
+    // A token bound to a pod names the pod's uid: another is refused.
+    let p1_uid = pods
+        .get("default", "p1")
+        .await
+        .unwrap()
+        .metadata
+        .unwrap()
+        .uid;
+    let bound_to = |uid: &str| TokenRequest {
+        metadata: Some(skiff::pb::meta::v1::ObjectMeta {
+            name: "default".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        spec: Some(TokenRequestSpec {
+            bound_object_ref: Some(BoundObjectReference {
+                kind: "Pod".into(),
+                name: "p1".into(),
+                uid: uid.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = ServiceAccountTokensClient::new(admin.clone())
+        .create(bound_to("not-its-uid"))
+        .await
+        .expect_err("another pod's uid");
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    ServiceAccountTokensClient::new(admin.clone())
+        .create(bound_to(&p1_uid))
+        .await
+        .expect("a token bound to p1 as it is");
 
     // A token for another audience is not the API server's to accept; its
     // lifetime is what was asked, within Kubernetes' bounds.
@@ -1287,6 +1574,24 @@ spec:
   - name: main
     image: {image}
     command: ["sh", "-c", "cd /var/run/secrets/kubernetes.io/serviceaccount && ls && cat namespace && echo && head -c 7 token && echo && exec sleep 300"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: vaulted}}
+spec:
+  nodeName: {docker}
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "echo VAULT=$(cat /vault/vault-token) && exec sleep 300"]
+    volumeMounts: [{{name: vault, mountPath: /vault}}]
+  volumes:
+  - name: vault
+    projected:
+      sources:
+      - serviceAccountToken: {{audience: vault, expirationSeconds: 3600, path: vault-token}}
 "#,
             host = host.name,
             docker = docker.name,
@@ -1327,4 +1632,30 @@ spec:
     let log = log_shows(&c, "caller", "LISTED").await;
     let listed = log.rsplit("LISTED").next().unwrap();
     assert!(listed.contains("\"name\": \"reader\""), "{log}");
+
+    // A projected token for another audience, for as long as asked: its
+    // claims say so, and the API server does not take it.
+    let log = log_shows(&c, "vaulted", "VAULT=eyJ").await;
+    let token = log
+        .lines()
+        .find_map(|l| l.strip_prefix("VAULT="))
+        .unwrap()
+        .trim();
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], serde_json::json!(["vault"]), "{claims}");
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 3600, "{claims}");
+    let err = c
+        .with_token::<Pod>(token)
+        .list(ListRequest::default())
+        .await
+        .expect_err("a token for vault");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }

@@ -282,6 +282,31 @@ async fn retained_volumes_stay_released_and_static_volumes_bind_by_size_and_clas
         std::fs::read_to_string(dir.join("file")).unwrap(),
         "precious\n"
     );
+    // A new claim of the same name is another claim (another uid): the
+    // released volume keeps the old one's reference and is not reused.
+    let old_uid = volumes
+        .get("", &volume_name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .claim_ref
+        .unwrap()
+        .uid;
+    claims
+        .create(claim("kept", "16Mi", Some("keep")))
+        .await
+        .unwrap();
+    let again = wait_for_claim(&claims, "kept", "Bound").await;
+    assert_ne!(again.metadata.as_ref().unwrap().uid, old_uid);
+    assert_ne!(again.spec.unwrap().volume_name, volume_name);
+    let released = volumes.get("", &volume_name).await.unwrap();
+    assert_eq!(phase_of_volume(&released), "Released");
+    let claim_ref = released.spec.unwrap().claim_ref.unwrap();
+    assert_eq!(
+        (claim_ref.name.as_str(), claim_ref.uid.as_str()),
+        ("kept", old_uid.as_str())
+    );
 
     // Static volumes: the smallest that fits, of the claim's class.
     let scratch = tempfile::tempdir().unwrap();

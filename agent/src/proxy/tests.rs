@@ -246,3 +246,21 @@ fn affinity_sends_a_client_back_to_its_endpoint() {
     );
     assert!(rules.contains("--rsource --set -m tcp -j DNAT"), "{rules}");
 }
+
+#[test]
+fn a_session_affinity_timeout_sets_how_long_a_client_sticks() {
+    let (mut svc, eps) = web();
+    let spec = svc.spec.as_mut().unwrap();
+    spec.session_affinity = "ClientIP".into();
+    spec.session_affinity_config = Some(skiff::pb::core::v1::SessionAffinityConfig {
+        client_ip: Some(skiff::pb::core::v1::ClientIpConfig {
+            timeout_seconds: Some(60),
+        }),
+    });
+    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    assert!(rules.contains("--rcheck --seconds 60 --reap"), "{rules}");
+    assert!(
+        !rules.contains(&format!("--seconds {DEFAULT_AFFINITY_SECONDS} ")),
+        "{rules}"
+    );
+}

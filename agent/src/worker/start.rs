@@ -116,12 +116,25 @@ impl Starter<'_> {
                 state.backoff.remove(&pull_key);
                 state.pull_errors.remove(&c.name);
             }
-            Err(e @ (RuntimeError::ImagePull { .. } | RuntimeError::ImageNeverPull(_))) => {
-                let reason = if matches!(e, RuntimeError::ImageNeverPull(_)) {
-                    "ErrImageNeverPull"
-                } else {
-                    "ErrImagePull"
-                };
+            Err(e @ RuntimeError::ImageNeverPull(_)) => {
+                // As the kubelet: no pull to back off from; the image is
+                // looked for again at the next sync.
+                shared
+                    .recorder
+                    .record(
+                        &**pod,
+                        EventType::Warning,
+                        "ErrImageNeverPull",
+                        &e.to_string(),
+                    )
+                    .await;
+                state
+                    .waiting
+                    .insert(c.name.clone(), ("ErrImageNeverPull".into(), e.to_string()));
+                soonest(shared.backoff.0);
+                return Ok(());
+            }
+            Err(e @ RuntimeError::ImagePull { .. }) => {
                 let delay = state.open_window(pull_key, shared.backoff);
                 shared
                     .recorder
@@ -129,7 +142,7 @@ impl Starter<'_> {
                     .await;
                 state
                     .waiting
-                    .insert(c.name.clone(), (reason.into(), e.to_string()));
+                    .insert(c.name.clone(), ("ErrImagePull".into(), e.to_string()));
                 state.pull_errors.insert(c.name.clone(), e.to_string());
                 soonest(delay);
                 return Ok(());

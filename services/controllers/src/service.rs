@@ -67,6 +67,40 @@ impl std::str::FromStr for Pool {
     }
 }
 
+/// Why a LoadBalancer Service gets no address.
+#[derive(Debug, PartialEq, Eq)]
+enum NoAddress {
+    /// Its `loadBalancerIP` is outside the pool.
+    NotInPool(Ipv4Addr),
+    /// Its `loadBalancerIP` is another Service's.
+    InUse(Ipv4Addr, ObjectRef),
+    /// Every address of the pool is taken.
+    Exhausted,
+}
+
+/// The address a LoadBalancer Service gets from `pool`, `used` being
+/// every other Service's: the one its `loadBalancerIP` asks for, when in
+/// the pool and free; without one, the address it has while that stays
+/// in the pool and free, else the pool's first free one.
+fn choose(
+    pool: &Pool,
+    requested: Option<Ipv4Addr>,
+    current: Option<Ipv4Addr>,
+    used: &BTreeMap<Ipv4Addr, ObjectRef>,
+) -> Result<Ipv4Addr, NoAddress> {
+    match requested {
+        Some(ip) if !pool.contains(ip) => Err(NoAddress::NotInPool(ip)),
+        Some(ip) => match used.get(&ip) {
+            Some(owner) => Err(NoAddress::InUse(ip, owner.clone())),
+            None => Ok(ip),
+        },
+        None => current
+            .filter(|ip| pool.contains(*ip) && !used.contains_key(ip))
+            .or_else(|| pool.first_free(used))
+            .ok_or(NoAddress::Exhausted),
+    }
+}
+
 impl Pool {
     /// Whether `ip` is in the pool.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
@@ -167,57 +201,35 @@ impl ServiceController {
                     .map(|ip| (ip, s.object_ref()))
             })
             .collect();
-        let keep = current
-            .first()
-            .copied()
-            .filter(|ip| pool.contains(*ip) && !used.contains_key(ip))
-            .filter(|ip| requested.is_none_or(|r| r == *ip));
-        if keep.is_some() && current.len() == 1 {
+        let chosen = choose(&pool, requested, current.first().copied(), &used);
+        if current.len() == 1 && chosen.as_ref().ok() == current.first() {
             return Ok(Action::AwaitChange);
         }
-        let chosen = match requested {
-            Some(ip) if !pool.contains(ip) => {
-                self.recorder
-                    .record(
-                        &*service,
-                        EventType::Warning,
+        let ip = match chosen {
+            Ok(ip) => ip,
+            Err(why) => {
+                let (reason, message) = match why {
+                    NoAddress::NotInPool(ip) => (
                         "LoadBalancerIPNotInPool",
-                        &format!("loadBalancerIP {ip} is not in the load balancer pool"),
-                    )
-                    .await;
-                None
-            }
-            Some(ip) => match used.get(&ip) {
-                Some(owner) => {
-                    self.recorder
-                        .record(
-                            &*service,
-                            EventType::Warning,
-                            "LoadBalancerIPInUse",
-                            &format!("loadBalancerIP {ip} is used by service {owner}"),
-                        )
-                        .await;
-                    None
-                }
-                None => Some(ip),
-            },
-            None => keep.or_else(|| pool.first_free(&used)),
-        };
-        let Some(ip) = chosen else {
-            if requested.is_none() {
-                self.recorder
-                    .record(
-                        &*service,
-                        EventType::Warning,
+                        format!("loadBalancerIP {ip} is not in the load balancer pool"),
+                    ),
+                    NoAddress::InUse(ip, owner) => (
+                        "LoadBalancerIPInUse",
+                        format!("loadBalancerIP {ip} is used by service {owner}"),
+                    ),
+                    NoAddress::Exhausted => (
                         "AllocationFailed",
-                        "the load balancer pool is exhausted",
-                    )
+                        "the load balancer pool is exhausted".to_string(),
+                    ),
+                };
+                self.recorder
+                    .record(&*service, EventType::Warning, reason, &message)
                     .await;
+                if !current.is_empty() {
+                    self.write(&service, Vec::new()).await?;
+                }
+                return Ok(Action::AwaitChange);
             }
-            if !current.is_empty() {
-                self.write(&service, Vec::new()).await?;
-            }
-            return Ok(Action::AwaitChange);
         };
         self.write(&service, vec![ip]).await?;
         // Until the cache shows it, later allocations must not reuse it.
@@ -300,6 +312,35 @@ mod tests {
         assert!(ours(&spec));
         spec.load_balancer_class = Some("example.com/metal".into());
         assert!(!ours(&spec));
+    }
+
+    #[test]
+    fn a_load_balancer_ip_is_granted_only_from_the_pool_and_only_once() {
+        let pool: Pool = "192.0.2.10-192.0.2.12".parse().unwrap();
+        let ip = |last: u8| Ipv4Addr::new(192, 0, 2, last);
+        let other = ObjectRef::new("default", "other");
+        let used = BTreeMap::from([(ip(10), other.clone())]);
+        // Asked for: granted when free, refused when taken or outside.
+        assert_eq!(choose(&pool, Some(ip(12)), None, &used), Ok(ip(12)));
+        assert_eq!(
+            choose(&pool, Some(ip(10)), None, &used),
+            Err(NoAddress::InUse(ip(10), other))
+        );
+        assert_eq!(
+            choose(&pool, Some(ip(99)), Some(ip(11)), &used),
+            Err(NoAddress::NotInPool(ip(99)))
+        );
+        // A changed loadBalancerIP moves the Service to it.
+        assert_eq!(choose(&pool, Some(ip(12)), Some(ip(11)), &used), Ok(ip(12)));
+        // Not asked for: what it has, else the first free.
+        assert_eq!(choose(&pool, None, Some(ip(12)), &used), Ok(ip(12)));
+        assert_eq!(choose(&pool, None, None, &used), Ok(ip(11)));
+        let full = BTreeMap::from([
+            (ip(10), ObjectRef::new("a", "1")),
+            (ip(11), ObjectRef::new("a", "2")),
+            (ip(12), ObjectRef::new("a", "3")),
+        ]);
+        assert_eq!(choose(&pool, None, None, &full), Err(NoAddress::Exhausted));
     }
 
     #[test]

@@ -59,25 +59,24 @@ impl Strategy for Job {
             spec.completion_mode = "NonIndexed".into();
         }
         // Kubernetes' generated selector: the job's uid, on the selector
-        // and the template (and the legacy labels beside it).
-        if spec.manual_selector != Some(true) && spec.selector.is_none() && !uid.is_empty() {
-            spec.selector = Some(skiff::pb::meta::v1::LabelSelector {
-                match_labels: [(JOB_UID_LABEL.to_string(), uid.clone())].into(),
-                ..Default::default()
-            });
+        // and the template (and the legacy labels beside it); labels the
+        // user set are kept, and refused below if they conflict.
+        if spec.manual_selector != Some(true) && !uid.is_empty() {
             let meta = spec
                 .template
                 .get_or_insert_with(PodTemplateSpec::default)
                 .metadata
                 .get_or_insert_with(ObjectMeta::default);
-            for (key, value) in [
-                (JOB_UID_LABEL, &uid),
-                ("controller-uid", &uid),
-                (JOB_NAME_LABEL, &name),
-                ("job-name", &name),
-            ] {
-                meta.labels.insert(key.into(), value.clone());
+            for (key, value) in generated_labels(&uid, &name) {
+                meta.labels
+                    .entry(key.into())
+                    .or_insert_with(|| value.to_string());
             }
+            spec.selector
+                .get_or_insert_with(Default::default)
+                .match_labels
+                .entry(JOB_UID_LABEL.into())
+                .or_insert(uid);
         }
         default_template(&mut spec.template);
     }
@@ -120,6 +119,7 @@ impl Strategy for Job {
             );
         }
         validate_indexed(spec, restart, errors);
+        validate_generated_selector(self, errors);
         // Each index's pod is named NAME-INDEX in its hostname.
         let name = self.name();
         if spec.completion_mode == "Indexed"
@@ -183,6 +183,53 @@ impl Strategy for Job {
                 errors.invalid(field, "…", "field is immutable");
             }
         }
+    }
+}
+
+/// The labels a Job's pods carry unless its selector is manual.
+fn generated_labels<'a>(uid: &'a str, name: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        (JOB_UID_LABEL, uid),
+        ("controller-uid", uid),
+        (JOB_NAME_LABEL, name),
+        ("job-name", name),
+    ]
+}
+
+/// Without `manualSelector`, the selector and the template's labels must
+/// be the generated ones (Kubernetes' ValidateGeneratedSelector): labels
+/// the user set in their place, or a selector of their own that the
+/// job's pods would not match, are refused.
+fn validate_generated_selector(job: &Job, errors: &mut FieldErrors) {
+    let Some(spec) = &job.spec else { return };
+    let uid = job.uid();
+    if spec.manual_selector == Some(true) || uid.is_empty() {
+        return;
+    }
+    let labels = spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .map(|m| m.labels.clone())
+        .unwrap_or_default();
+    for (key, want) in generated_labels(uid, job.name()) {
+        let path = format!("spec.template.metadata.labels[{key}]");
+        match labels.get(key) {
+            None => errors.required(path),
+            Some(value) if value != want => {
+                errors.invalid(path, value.as_str(), format!("must be '{want}'"));
+            }
+            Some(_) => {}
+        }
+    }
+    let generated =
+        std::collections::BTreeMap::from([(JOB_UID_LABEL.to_string(), uid.to_string())]);
+    let matches = meta_selector(spec.selector.as_ref())
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.matches(&generated));
+    if !matches {
+        errors.invalid("spec.selector", "…", "`selector` not auto-generated");
     }
 }
 
@@ -513,5 +560,115 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff::pb::batch::v1::JobSpec;
+    use skiff::pb::meta::v1::LabelSelector;
+
+    fn job(selector: Option<LabelSelector>, manual: Option<bool>) -> Job {
+        let mut job = Job {
+            metadata: Some(ObjectMeta {
+                name: "pi".into(),
+                uid: "u-1".into(),
+                ..Default::default()
+            }),
+            spec: Some(JobSpec {
+                selector,
+                manual_selector: manual,
+                template: Some(PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: [("app".to_string(), "pi".to_string())].into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        job.default_fields();
+        job
+    }
+
+    fn selector_errors(job: &Job) -> String {
+        let mut errors = FieldErrors::default();
+        validate_generated_selector(job, &mut errors);
+        errors.to_string()
+    }
+
+    fn app(value: &str) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: [("app".to_string(), value.to_string())].into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_jobs_selector_is_generated_unless_it_is_manual() {
+        // Generated: the job's uid on the selector and its pods.
+        let generated = job(None, None);
+        let spec = generated.spec.as_ref().unwrap();
+        assert_eq!(spec.manual_selector, Some(false));
+        let selector = &spec.selector.as_ref().unwrap().match_labels;
+        assert_eq!(selector[JOB_UID_LABEL], "u-1");
+        let labels = &spec
+            .template
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels;
+        assert_eq!(labels[JOB_NAME_LABEL], "pi");
+        assert_eq!(labels["controller-uid"], "u-1");
+        assert_eq!(labels["app"], "pi", "the user's labels stay");
+        assert_eq!(selector_errors(&generated), "");
+        // A selector of one's own without manualSelector: refused, as the
+        // job's pods alone would not match it.
+        assert!(
+            selector_errors(&job(app("pi"), None))
+                .contains("spec.selector: Invalid value: \"…\": `selector` not auto-generated"),
+            "{}",
+            selector_errors(&job(app("pi"), None))
+        );
+        // manualSelector: the selector is the user's, nothing generated.
+        let manual = job(app("pi"), Some(true));
+        let spec = manual.spec.as_ref().unwrap();
+        assert_eq!(spec.selector, app("pi"));
+        let labels = &spec
+            .template
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels;
+        assert!(!labels.contains_key(JOB_UID_LABEL));
+        assert_eq!(selector_errors(&manual), "");
+        // A generated label the user set to something else: refused.
+        let mut conflicting = job(None, None);
+        conflicting
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .as_mut()
+            .unwrap()
+            .metadata
+            .as_mut()
+            .unwrap()
+            .labels
+            .insert("job-name".into(), "other".into());
+        assert!(
+            selector_errors(&conflicting).contains(
+                "spec.template.metadata.labels[job-name]: Invalid value: \"other\": must be 'pi'"
+            ),
+            "{}",
+            selector_errors(&conflicting)
+        );
     }
 }

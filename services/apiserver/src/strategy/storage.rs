@@ -526,6 +526,30 @@ mod tests {
     }
 
     #[test]
+    fn raw_block_volumes_and_claims_are_refused() {
+        let filesystem = claim("1Gi");
+        assert_eq!(
+            filesystem.spec.as_ref().unwrap().volume_mode.as_deref(),
+            Some("Filesystem")
+        );
+        let mut block = claim("1Gi");
+        block.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        assert!(
+            errors_of(&block).contains(
+                "spec.volumeMode: Invalid value: \"Block\": raw block volumes are not supported by Skiff"
+            ),
+            "{}",
+            errors_of(&block)
+        );
+        let mut other = claim("1Gi");
+        other.spec.as_mut().unwrap().volume_mode = Some("Tape".into());
+        assert!(errors_of(&other).contains("spec.volumeMode: Unsupported value: \"Tape\""));
+        let mut raw = volume("1Gi");
+        raw.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        assert!(errors_of(&raw).contains("raw block volumes are not supported by Skiff"));
+    }
+
+    #[test]
     fn storage_classes_default_and_keep_their_provisioner() {
         let mut class = StorageClass {
             provisioner: "skiff.io/local-path".into(),

@@ -59,6 +59,34 @@ fn rules_match_verbs_groups_resources_subresources_and_names() {
 }
 
 #[test]
+fn non_resource_urls_match_their_path_or_a_prefix_ending_in_a_star() {
+    let r = PolicyRule {
+        verbs: vec!["get".into()],
+        non_resource_urls: vec!["/healthz".into(), "/metrics/*".into()],
+        ..Default::default()
+    };
+    let path = |verb: &str, path: &str| Attributes {
+        verb: verb.into(),
+        path: path.into(),
+        ..Default::default()
+    };
+    assert!(rule_allows(&r, &path("get", "/healthz")));
+    assert!(rule_allows(&r, &path("get", "/metrics/cadvisor")));
+    assert!(
+        !rule_allows(&r, &path("get", "/healthz/etcd")),
+        "not a prefix"
+    );
+    assert!(!rule_allows(&r, &path("get", "/version")));
+    assert!(
+        !rule_allows(&r, &path("post", "/healthz")),
+        "its verbs only"
+    );
+    // A rule for resources allows no path.
+    let pods = rule(&["get"], &[""], &["pods"]);
+    assert!(!rule_allows(&pods, &path("get", "/healthz")));
+}
+
+#[test]
 fn subjects_name_users_groups_and_service_accounts() {
     let user = UserInfo {
         username: "system:serviceaccount:shop:robot".into(),
