@@ -602,6 +602,16 @@ async fn an_absent_image_is_a_pull_error_and_other_pods_run_on() {
         waiting.message.contains("skiff-test/absent:2"),
         "{waiting:?}"
     );
+    // No pull to back off from: still ErrImageNeverPull past the backoff
+    // (1 s here), never ImagePullBackOff.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pod = env.get("unpulled").await;
+    assert_eq!(
+        waiting_of(&pod, "main")
+            .map(|w| w.reason.clone())
+            .as_deref(),
+        Some("ErrImageNeverPull")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,7 +721,7 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
         "echo pwd=$(pwd)",
         "echo cm=$CM_greeting blob=${CM_blob-unset} secret=$S_password",
         "echo nokey=${NO_KEY-unset} nosecret=${NO_SECRET-unset} sidemem=$SIDE_MEM",
-        "echo modes=$(stat -Lc %a /config/greeting /secret/password /info/tier /bundle/g)",
+        "echo modes=$(stat -Lc %a /config/greeting /config/blob.bin /secret/password /info/tier /info/side-mem /bundle/g)",
         "echo blob=$(wc -c < /config/blob.bin)$(od -An -tx1 /config/blob.bin)",
         "echo tier=$(cat /info/tier) side=$(cat /info/side-mem)",
         "if touch /scratch/x 2>/dev/null; then echo scratch=written; else echo scratch=refused; fi",
@@ -745,16 +755,16 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
                 ]
             }, {
                 "name": "side", "image": image, "command": ["sleep", "3600"],
-                "resources": {"limits": {"memory": "32Mi"}},
+                "resources": {"limits": {"memory": "32Mi", "cpu": "250m"}},
                 "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]
             }],
             "volumes": [
                 {"name": "config", "configMap": {"name": "settings", "defaultMode": 0o400,
-                    "items": [{"key": "greeting", "path": "greeting"}, {"key": "blob", "path": "blob.bin"}]}},
+                    "items": [{"key": "greeting", "path": "greeting", "mode": 0o600}, {"key": "blob", "path": "blob.bin"}]}},
                 {"name": "secret", "secret": {"secretName": "creds", "defaultMode": 0o440}},
                 {"name": "info", "downwardAPI": {"defaultMode": 0o444, "items": [
                     {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
-                    {"path": "side-mem", "resourceFieldRef": {"containerName": "side", "resource": "limits.memory", "divisor": "1Mi"}}
+                    {"path": "side-mem", "mode": 0o640, "resourceFieldRef": {"containerName": "side", "resource": "limits.memory", "divisor": "1Mi"}}
                 ]}},
                 {"name": "bundle", "projected": {"defaultMode": 0o404, "sources": [
                     {"configMap": {"name": "settings", "items": [{"key": "greeting", "path": "g"}]}}
@@ -779,7 +789,8 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
         // binaryData is for files: as in Kubernetes, not for variables.
         "cm=hello blob=unset secret=s3cret",
         "nokey=unset nosecret=unset sidemem=32",
-        "modes=400 440 444 404",
+        // An item's own mode wins over its volume's defaultMode.
+        "modes=600 400 440 444 640 404",
         "blob=4 00 01 02 ff",
         "tier=back side=32",
         "scratch=refused",
@@ -789,6 +800,28 @@ async fn optional_sources_file_modes_working_dirs_and_read_only_mounts_reach_the
             "{line:?} not in {log:?}"
         );
     }
+    // The limits are the container's cgroup's (v2, else v1).
+    let limits = skiff::pb::core::v1::pod_exec_client::PodExecClient::new(env.channel.clone())
+        .exec(skiff::pb::core::v1::PodExecRequest {
+            namespace: "default".into(),
+            name: "details".into(),
+            container: "side".into(),
+            command: ["sh", "-c", "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let limits: Vec<String> = String::from_utf8_lossy(&limits.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(limits[0], (32 * 1024 * 1024).to_string(), "{limits:?}");
+    let (quota, period): (f64, f64) = (limits[1].parse().unwrap(), limits[2].parse().unwrap());
+    assert!((quota / period - 0.25).abs() < 0.01, "{limits:?}");
 }
 
 /// Sends `inputs` on an attach stream (kept open until the output ends)
@@ -927,6 +960,8 @@ async fn streams_carry_terminal_sizes_the_end_of_stdin_and_half_closes() {
         },
     )
     .await;
+    // Its stdin would have ended by now, had the attach closed it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let kept = env.logs("term", "kept", false).await.unwrap();
     assert!(
         !kept.contains("stdin-ended"),

@@ -1006,6 +1006,22 @@ async fn bindings_grant_their_role_to_their_subjects_where_they_reach() {
     };
     let alice = c.as_user("alice", &[]);
     let bob = c.as_user("bob", &["team"]);
+    // The authorizer follows the bindings through a watch.
+    wait_until(
+        "the bindings take effect",
+        Duration::from_secs(10),
+        async || {
+            Api::<Pod>::new(alice.clone())
+                .list(list("default"))
+                .await
+                .is_ok()
+                && Api::<skiff::pb::core::v1::ConfigMap>::new(bob.clone())
+                    .list(list("default"))
+                    .await
+                    .is_ok()
+        },
+    )
+    .await;
     for ns in ["default", "kube-system"] {
         Api::<Pod>::new(alice.clone())
             .list(list(ns))

@@ -4,20 +4,39 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt as _;
 
-#[test]
-fn on_root_mismatch_leaves_a_volume_whose_top_already_has_the_group() {
+/// Sources that are never asked (the volumes here need no API).
+fn offline_sources() -> Sources {
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    Sources {
+        configmaps: skiff_client::Api::new(channel.clone()),
+        secrets: skiff_client::Api::new(channel.clone()),
+        services: skiff_client::Api::new(channel.clone()),
+        tokens: crate::sources::Tokens::new(channel.clone()),
+        claims: skiff_client::Api::new(channel.clone()),
+        volumes: skiff_client::Api::new(channel),
+    }
+}
+
+#[tokio::test]
+async fn on_root_mismatch_leaves_a_volume_whose_top_already_has_the_group() {
     use std::os::unix::fs::MetadataExt as _;
     let data = tempfile::tempdir().unwrap();
-    let scratch = Volume {
-        name: "scratch".into(),
-        empty_dir: Some(Default::default()),
-        ..Default::default()
+    // A pod with fsGroup 4321 and an emptyDir, under a given policy.
+    let pod = |uid: &str, policy: Option<&str>| -> Pod {
+        skiff::json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": uid},
+            "spec": {
+                "securityContext": {"fsGroup": 4321, "fsGroupChangePolicy": policy},
+                "containers": [{"name": "c", "image": "x"}],
+                "volumes": [{"name": "scratch", "emptyDir": {}}]
+            }
+        }))
+        .unwrap()
     };
-    let claims = ClaimDirs::new();
-    // The same files in two pods' emptyDirs: the top already owned by
-    // the group, a file inside not.
-    let prepare = |uid: &str| {
-        let path = volume_path(data.path(), uid, &scratch, &claims);
+    // Its emptyDir as a restarted agent finds it: the top already of the
+    // group, a file inside not.
+    let existing = |uid: &str| {
+        let path = pod_dir(data.path(), uid).join("volumes/scratch");
         std::fs::create_dir_all(&path).unwrap();
         std::fs::write(path.join("inner"), b"x").unwrap();
         crate::security::set_group_ownership(&path, 4321, false).unwrap();
@@ -25,32 +44,40 @@ fn on_root_mismatch_leaves_a_volume_whose_top_already_has_the_group() {
         path
     };
     let gid_of = |path: &Path| std::fs::metadata(path.join("inner")).unwrap().gid();
-    let skipped = prepare("pod-a");
-    own_volume(
+    let (sources, node) = (offline_sources(), Default::default());
+    let skipped = existing("pod-a");
+    prepare(
         data.path(),
-        "pod-a",
-        &scratch,
-        &claims,
-        4321,
-        "OnRootMismatch",
+        "n1",
+        &pod("pod-a", Some("OnRootMismatch")),
+        &sources,
+        &node,
     )
+    .await
     .unwrap();
     assert_eq!(gid_of(&skipped), 0, "OnRootMismatch looks only at the top");
-    let walked = prepare("pod-b");
-    own_volume(data.path(), "pod-b", &scratch, &claims, 4321, "Always").unwrap();
-    assert_eq!(gid_of(&walked), 4321, "Always walks the whole volume");
-    // A top that does not match is walked under OnRootMismatch too.
-    std::os::unix::fs::chown(&skipped, None, Some(0)).unwrap();
-    own_volume(
-        data.path(),
-        "pod-a",
-        &scratch,
-        &claims,
+    let walked = existing("pod-b");
+    prepare(data.path(), "n1", &pod("pod-b", None), &sources, &node)
+        .await
+        .unwrap();
+    assert_eq!(
+        gid_of(&walked),
         4321,
-        "OnRootMismatch",
+        "Always (the default) walks the whole volume"
+    );
+    // A top that does not match is walked under OnRootMismatch too.
+    let changed = existing("pod-c");
+    std::os::unix::fs::chown(&changed, None, Some(0)).unwrap();
+    prepare(
+        data.path(),
+        "n1",
+        &pod("pod-c", Some("OnRootMismatch")),
+        &sources,
+        &node,
     )
+    .await
     .unwrap();
-    assert_eq!(gid_of(&skipped), 4321);
+    assert_eq!(gid_of(&changed), 4321);
 }
 
 #[test]

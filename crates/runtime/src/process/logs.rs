@@ -22,16 +22,34 @@ pub(super) fn write_record(
     content: &[u8],
 ) -> std::io::Result<()> {
     let tag = if full { "F" } else { "P" };
-    let mut record =
-        format!("{} {stream} {tag} ", humantime::format_rfc3339_nanos(at)).into_bytes();
+    let mut record = format!("{} {stream} {tag} ", rfc3339_nano(at)).into_bytes();
     record.extend_from_slice(content);
     record.push(b'\n');
     // One write per record: records of stdout and stderr never interleave.
     out.write_all(&record)
 }
 
+/// `at` as Go's RFC3339Nano writes it (the CRI's and Docker's form):
+/// nanoseconds without their trailing zeros.
+fn rfc3339_nano(at: SystemTime) -> String {
+    let full = humantime::format_rfc3339_nanos(at).to_string();
+    match full.strip_suffix('Z').and_then(|t| t.split_once('.')) {
+        Some((seconds, fraction)) => {
+            let fraction = fraction.trim_end_matches('0');
+            if fraction.is_empty() {
+                format!("{seconds}Z")
+            } else {
+                format!("{seconds}.{fraction}Z")
+            }
+        }
+        None => full,
+    }
+}
+
 /// Copies `from` (a container's stdout or stderr) into `log` as records
-/// until it ends.
+/// until it ends. A record that cannot be written (a full disk) is lost,
+/// but the stream is still read: the container is never stopped by its
+/// log.
 pub(super) fn pump(from: impl std::io::Read, stream: &str, log: &std::sync::Mutex<std::fs::File>) {
     use std::io::BufRead as _;
     let mut from = std::io::BufReader::new(from);
@@ -46,9 +64,8 @@ pub(super) fn pump(from: impl std::io::Read, stream: &str, log: &std::sync::Mute
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
         // A last line without its newline is whole all the same.
         let whole = full || (line.len() as u64) < MAX_RECORD;
-        let Ok(mut log) = log.lock() else { return };
-        if write_record(&mut *log, SystemTime::now(), stream, whole, content).is_err() {
-            return;
+        if let Ok(mut log) = log.lock() {
+            let _ = write_record(&mut *log, SystemTime::now(), stream, whole, content);
         }
     }
 }

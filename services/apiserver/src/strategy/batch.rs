@@ -17,11 +17,6 @@ impl Strategy for Job {
     }
 
     fn default_fields(&mut self) {
-        let (uid, name) = self
-            .metadata
-            .as_ref()
-            .map(|m| (m.uid.clone(), m.name.clone()))
-            .unwrap_or_default();
         let Some(spec) = &mut self.spec else { return };
         if spec.parallelism.is_none() && spec.completions.is_none() {
             spec.completions = Some(1);
@@ -58,27 +53,35 @@ impl Strategy for Job {
         if spec.completion_mode.is_empty() {
             spec.completion_mode = "NonIndexed".into();
         }
-        // Kubernetes' generated selector: the job's uid, on the selector
-        // and the template (and the legacy labels beside it); labels the
-        // user set are kept, and refused below if they conflict.
-        if spec.manual_selector != Some(true) && !uid.is_empty() {
-            let meta = spec
-                .template
-                .get_or_insert_with(PodTemplateSpec::default)
-                .metadata
-                .get_or_insert_with(ObjectMeta::default);
-            for (key, value) in generated_labels(&uid, &name) {
-                meta.labels
-                    .entry(key.into())
-                    .or_insert_with(|| value.to_string());
-            }
-            spec.selector
-                .get_or_insert_with(Default::default)
-                .match_labels
-                .entry(JOB_UID_LABEL.into())
-                .or_insert(uid);
-        }
         default_template(&mut spec.template);
+    }
+
+    /// Kubernetes' generated selector, on create only: the job's uid on
+    /// its selector and its labels on the template (the legacy ones beside
+    /// them); labels the user set are kept, and refused by validation if
+    /// they conflict.
+    fn prepare_create(&mut self) {
+        self.clear_status();
+        let (uid, name) = (self.uid().to_string(), self.name().to_string());
+        let Some(spec) = &mut self.spec else { return };
+        if spec.manual_selector == Some(true) || uid.is_empty() {
+            return;
+        }
+        let meta = spec
+            .template
+            .get_or_insert_with(PodTemplateSpec::default)
+            .metadata
+            .get_or_insert_with(ObjectMeta::default);
+        for (key, value) in generated_labels(&uid, &name) {
+            meta.labels
+                .entry(key.into())
+                .or_insert_with(|| value.to_string());
+        }
+        spec.selector
+            .get_or_insert_with(Default::default)
+            .match_labels
+            .entry(JOB_UID_LABEL.into())
+            .or_insert(uid);
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
@@ -212,18 +215,19 @@ fn validate_generated_selector(job: &Job, errors: &mut FieldErrors) {
         .and_then(|t| t.metadata.as_ref())
         .map(|m| m.labels.clone())
         .unwrap_or_default();
+    let mut generated = std::collections::BTreeMap::new();
     for (key, want) in generated_labels(uid, job.name()) {
         let path = format!("spec.template.metadata.labels[{key}]");
         match labels.get(key) {
-            None => errors.required(path),
+            None => errors.push(path, format!("Required value: must be '{want}'")),
             Some(value) if value != want => {
                 errors.invalid(path, value.as_str(), format!("must be '{want}'"));
             }
             Some(_) => {}
         }
+        generated.insert(key.to_string(), want.to_string());
     }
-    let generated =
-        std::collections::BTreeMap::from([(JOB_UID_LABEL.to_string(), uid.to_string())]);
+    // The selector must select the pods the job makes, by what they carry.
     let matches = meta_selector(spec.selector.as_ref())
         .ok()
         .flatten()
@@ -305,6 +309,22 @@ impl Strategy for CronJob {
             .filter(|e| !e.path.starts_with("spec.selector"))
         {
             errors.push(format!("spec.jobTemplate.{}", e.path), e.message.clone());
+        }
+        if let Some(job) = &job.spec {
+            if job.selector.is_some() {
+                errors.invalid(
+                    "spec.jobTemplate.spec.selector",
+                    "…",
+                    "`selector` will be auto-generated",
+                );
+            }
+            if job.manual_selector == Some(true) {
+                errors.not_supported(
+                    "spec.jobTemplate.spec.manualSelector",
+                    true,
+                    &["nil", "false"],
+                );
+            }
         }
         for (field, value) in [
             (
@@ -564,111 +584,4 @@ fn validate_indexed(spec: &skiff::pb::batch::v1::JobSpec, restart: &str, errors:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use skiff::pb::batch::v1::JobSpec;
-    use skiff::pb::meta::v1::LabelSelector;
-
-    fn job(selector: Option<LabelSelector>, manual: Option<bool>) -> Job {
-        let mut job = Job {
-            metadata: Some(ObjectMeta {
-                name: "pi".into(),
-                uid: "u-1".into(),
-                ..Default::default()
-            }),
-            spec: Some(JobSpec {
-                selector,
-                manual_selector: manual,
-                template: Some(PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: [("app".to_string(), "pi".to_string())].into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        job.default_fields();
-        job
-    }
-
-    fn selector_errors(job: &Job) -> String {
-        let mut errors = FieldErrors::default();
-        validate_generated_selector(job, &mut errors);
-        errors.to_string()
-    }
-
-    fn app(value: &str) -> Option<LabelSelector> {
-        Some(LabelSelector {
-            match_labels: [("app".to_string(), value.to_string())].into(),
-            ..Default::default()
-        })
-    }
-
-    #[test]
-    fn a_jobs_selector_is_generated_unless_it_is_manual() {
-        // Generated: the job's uid on the selector and its pods.
-        let generated = job(None, None);
-        let spec = generated.spec.as_ref().unwrap();
-        assert_eq!(spec.manual_selector, Some(false));
-        let selector = &spec.selector.as_ref().unwrap().match_labels;
-        assert_eq!(selector[JOB_UID_LABEL], "u-1");
-        let labels = &spec
-            .template
-            .as_ref()
-            .unwrap()
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels;
-        assert_eq!(labels[JOB_NAME_LABEL], "pi");
-        assert_eq!(labels["controller-uid"], "u-1");
-        assert_eq!(labels["app"], "pi", "the user's labels stay");
-        assert_eq!(selector_errors(&generated), "");
-        // A selector of one's own without manualSelector: refused, as the
-        // job's pods alone would not match it.
-        assert!(
-            selector_errors(&job(app("pi"), None))
-                .contains("spec.selector: Invalid value: \"…\": `selector` not auto-generated"),
-            "{}",
-            selector_errors(&job(app("pi"), None))
-        );
-        // manualSelector: the selector is the user's, nothing generated.
-        let manual = job(app("pi"), Some(true));
-        let spec = manual.spec.as_ref().unwrap();
-        assert_eq!(spec.selector, app("pi"));
-        let labels = &spec
-            .template
-            .as_ref()
-            .unwrap()
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels;
-        assert!(!labels.contains_key(JOB_UID_LABEL));
-        assert_eq!(selector_errors(&manual), "");
-        // A generated label the user set to something else: refused.
-        let mut conflicting = job(None, None);
-        conflicting
-            .spec
-            .as_mut()
-            .unwrap()
-            .template
-            .as_mut()
-            .unwrap()
-            .metadata
-            .as_mut()
-            .unwrap()
-            .labels
-            .insert("job-name".into(), "other".into());
-        assert!(
-            selector_errors(&conflicting).contains(
-                "spec.template.metadata.labels[job-name]: Invalid value: \"other\": must be 'pi'"
-            ),
-            "{}",
-            selector_errors(&conflicting)
-        );
-    }
-}
+mod tests;
