@@ -805,15 +805,10 @@ async fn foreground_deletion_waits_only_for_dependents_that_block_it() {
         "the owner went while a blocking dependent was left"
     );
     let release = async |name: &str| {
-        for _ in 0..10 {
-            let mut pod = pods.get("default", name).await.unwrap();
+        skiff_testkit::modify(&pods, "default", name, |pod| {
             pod.metadata.as_mut().unwrap().finalizers.clear();
-            match pods.update(pod).await {
-                Ok(_) => return,
-                Err(s) if s.code() == tonic::Code::Aborted => continue,
-                Err(s) => panic!("{s}"),
-            }
-        }
+        })
+        .await;
     };
     release("blocker").await;
     // It goes although the bystander, held by our finalizer, is still
@@ -895,16 +890,10 @@ async fn a_deployments_pods_count_as_available_only_after_min_ready_seconds() {
         "available {waited}s after the last pod was Ready"
     );
     // A changed minReadySeconds reaches the set without a new revision.
-    for _ in 0..10 {
-        let mut d = deployments.get("default", "patient").await.unwrap();
+    skiff_testkit::modify(&deployments, "default", "patient", |d| {
         d.spec.as_mut().unwrap().min_ready_seconds = 0;
-        d.status = None;
-        match deployments.update(d).await {
-            Ok(_) => break,
-            Err(s) if s.code() == tonic::Code::Aborted => continue,
-            Err(s) => panic!("{s}"),
-        }
-    }
+    })
+    .await;
     skiff_testkit::wait_until(
         "the set follows minReadySeconds",
         Duration::from_secs(30),

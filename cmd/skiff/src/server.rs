@@ -49,6 +49,11 @@ pub(crate) struct ApiArgs {
     /// Namespaces Pod Security admission does not judge, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "kube-system")]
     pub(crate) pod_security_exempt_namespaces: Vec<String>,
+    /// How often the store's history is compacted (`5m`, `90s`): history
+    /// older than one interval is dropped, and with it the memory and disk
+    /// it holds; watchers and paged lists resume within one interval.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub(crate) compaction_interval: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +104,12 @@ pub(crate) fn api_config(
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
     config.node_ports = port_range(&args.service_node_port_range)?;
     config.metrics_addr = args.metrics_addr;
+    anyhow::ensure!(
+        args.compaction_interval >= std::time::Duration::from_secs(1),
+        "--compaction-interval: {:?} is shorter than a second",
+        args.compaction_interval
+    );
+    config.compaction_interval = args.compaction_interval;
     config.pod_security = skiff_apiserver::podsecurity::PodSecurity {
         default: args.pod_security_default,
         exempt_namespaces: args

@@ -3,7 +3,8 @@
 //!
 //! An explicit state machine (initial list → watching → relist on
 //! expiry). Every error is retried: the stream never ends while the
-//! receiver lives, and backoff (0.8 s → 30 s) resets once a watch works.
+//! receiver lives, and backoff (0.8 s → 30 s from a server that refuses,
+//! 0.4 s → 1.6 s to one that cannot be reached) resets once a watch works.
 
 use futures::StreamExt as _;
 use skiff::Resource;
@@ -79,9 +80,22 @@ async fn list_all<K: Resource>(
     }
 }
 
+/// Whether `status` says the server could not be reached (down or
+/// restarting) rather than refused the call.
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown
+    )
+}
+
 async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>>) {
     let mut state = State::Empty;
+    // A server that refuses is backed off from up to half a minute; one
+    // that cannot be reached is tried again within two seconds, so the
+    // watch resumes as soon as it is back.
     let mut backoff = Backoff::watcher();
+    let mut reconnect = Backoff::reconnect();
     loop {
         if tx.is_closed() {
             return;
@@ -96,7 +110,12 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                 }
                 Err(status) => {
                     tracing::debug!(kind = K::KIND, %status, "list failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    let delay = if unreachable(&status) {
+                        reconnect.next_delay()
+                    } else {
+                        backoff.next_delay()
+                    };
+                    tokio::time::sleep(delay).await;
                     State::Empty
                 }
             },
@@ -117,7 +136,12 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                     }
                     Err(status) => {
                         tracing::debug!(kind = K::KIND, %status, "watch failed; retrying");
-                        tokio::time::sleep(backoff.next_delay()).await;
+                        let delay = if unreachable(&status) {
+                            reconnect.next_delay()
+                        } else {
+                            backoff.next_delay()
+                        };
+                        tokio::time::sleep(delay).await;
                         state = State::Watching(rv);
                         continue;
                     }
@@ -139,6 +163,7 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                         None => break,
                     };
                     backoff.reset();
+                    reconnect.reset();
                     let (kind, object) = K::event_parts(event);
                     let Some(object) = object else { continue };
                     if !object.resource_version().is_empty() {
@@ -156,7 +181,8 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                 if expired {
                     State::Empty
                 } else {
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    // The stream ended: the server went away or closed it.
+                    tokio::time::sleep(reconnect.next_delay()).await;
                     State::Watching(rv)
                 }
             }

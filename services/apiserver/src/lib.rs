@@ -49,6 +49,7 @@ pub mod allocator;
 pub mod apply;
 pub mod auth;
 pub mod cache;
+pub mod compaction;
 pub mod deadline;
 pub mod error;
 pub mod http;
@@ -88,8 +89,9 @@ pub struct Config {
     /// Period of BOOKMARK events on watches that ask for them.
     pub bookmark_interval: Duration,
     /// How often the store's history is compacted. Each compaction drops
-    /// the history older than the revision seen at the previous one, so
-    /// watchers can resume from versions up to two intervals old.
+    /// the history older than the revision sampled one interval before
+    /// (the sample is kept in the store: a restart does not delay it), so
+    /// watchers can resume from versions at least one interval old.
     pub compaction_interval: Duration,
     /// Where Services' cluster IPs come from.
     pub service_cidr: allocator::Cidr,
@@ -456,7 +458,7 @@ impl ApiServer {
         let mut background = vec![
             tokio::spawn(accept_loop(listener, inboxes)),
             tokio::spawn(report_health(health, Arc::clone(&pool))),
-            tokio::spawn(compact_periodically(store, config.compaction_interval)),
+            tokio::spawn(compaction::run(store, config.compaction_interval)),
         ];
         background.extend(pod_refs_task);
         if let Some(security) = config.security.clone() {
@@ -556,28 +558,6 @@ async fn report_health(health: tonic_health::server::HealthReporter, pool: Arc<a
             serving = Some(now);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Compacts the store's history every `interval`, keeping one interval.
-async fn compact_periodically(store: Arc<dyn Store>, interval: Duration) {
-    let mut previous: Option<i64> = None;
-    loop {
-        tokio::time::sleep(interval).await;
-        let now = match store.current_revision().await {
-            Ok(rev) => rev,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the store revision for compaction");
-                continue;
-            }
-        };
-        if let Some(rev) = previous.filter(|rev| *rev > 0) {
-            match store.compact(rev).await {
-                Ok(()) => tracing::debug!(revision = rev, "compacted the store"),
-                Err(e) => tracing::warn!(error = %e, revision = rev, "compacting the store"),
-            }
-        }
-        previous = Some(now);
     }
 }
 

@@ -91,8 +91,12 @@ impl NamespaceController {
         let found = delete_everything(&self.channel, &key.name).await?;
         if found > 0 {
             tracing::info!(namespace = %key.name, objects = found, "deleting the content of a terminating namespace");
-            // Objects with finalizers of their own may take a while.
-            return Ok(Action::Requeue(std::time::Duration::from_millis(500)));
+            // Most objects go at once: look again now rather than after a
+            // fixed wait. What is left has finalizers or a grace period of
+            // its own, and may take a while.
+            if delete_everything(&self.channel, &key.name).await? > 0 {
+                return Ok(Action::Requeue(std::time::Duration::from_millis(250)));
+            }
         }
         let mut done = (*ns).clone();
         if let Some(m) = done.metadata.as_mut() {

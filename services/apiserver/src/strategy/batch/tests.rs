@@ -43,6 +43,15 @@ fn app(value: &str) -> Option<LabelSelector> {
     })
 }
 
+fn template_labels(spec: &JobSpec) -> &std::collections::BTreeMap<String, String> {
+    &spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .expect("a template with labels")
+        .labels
+}
+
 #[test]
 fn a_jobs_selector_is_generated_unless_it_is_manual() {
     // Generated: the job's uid on the selector and its pods.
@@ -51,14 +60,7 @@ fn a_jobs_selector_is_generated_unless_it_is_manual() {
     assert_eq!(spec.manual_selector, Some(false));
     let selector = &spec.selector.as_ref().unwrap().match_labels;
     assert_eq!(selector[JOB_UID_LABEL], "u-1");
-    let labels = &spec
-        .template
-        .as_ref()
-        .unwrap()
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels;
+    let labels = template_labels(spec);
     assert_eq!(labels[JOB_NAME_LABEL], "pi");
     assert_eq!(labels["controller-uid"], "u-1");
     assert_eq!(labels["app"], "pi", "the user's labels stay");
@@ -81,14 +83,7 @@ fn a_jobs_selector_is_generated_unless_it_is_manual() {
     let manual = job(app("pi"), Some(true));
     let spec = manual.spec.as_ref().unwrap();
     assert_eq!(spec.selector, app("pi"));
-    let labels = &spec
-        .template
-        .as_ref()
-        .unwrap()
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels;
+    let labels = template_labels(spec);
     assert!(!labels.contains_key(JOB_UID_LABEL));
     assert_eq!(selector_errors(&manual), "");
     // A generated label the user set to something else: refused.
