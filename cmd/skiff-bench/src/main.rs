@@ -20,7 +20,7 @@
 //!   create→Running p50/p99, beside plain Docker create+start of the same
 //!   image, N at once, in the same run; and the ratio.
 //!
-//! - `list`, `proxy`, `netperf`: see their modules.
+//! - `list`, `proxy`, `netperf`, `idle`: see their modules.
 //!
 //! One module per bench; this file holds the command line and the helpers
 //! they share (figures, the load driver, the pod they create).
@@ -58,6 +58,7 @@ struct Cli {
 }
 
 mod api;
+mod idle;
 mod list;
 mod netperf;
 mod podstart;
@@ -145,6 +146,16 @@ enum Command {
         /// Replicas to scale to.
         #[arg(long, default_value_t = 1000)]
         replicas: i32,
+    },
+    /// The footprint at rest: resident memory of an idle `skiff up` and
+    /// of an idle agent joined to it.
+    Idle {
+        /// Seconds left idle before sampling.
+        #[arg(long, default_value_t = 20)]
+        settle: u64,
+        /// Samples, a second apart.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
     },
     /// Watch fan-out: delivery latency of changes to many watchers.
     Watch {
@@ -283,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
             http,
         } => api::bench_api(seconds, concurrency, !no_etcd_api, http).await,
         Command::Watch { watchers, changes } => watch::bench_watch(watchers, changes).await,
+        Command::Idle { settle, samples } => idle::bench_idle(settle, samples).await,
         Command::Schedule {
             nodes,
             pods,

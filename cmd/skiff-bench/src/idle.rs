@@ -1,0 +1,197 @@
+//! `skiff-bench idle`: the footprint at rest. A real `skiff up` (API
+//! server, controller manager, scheduler and a Docker agent in one
+//! process, TLS on) and a second agent joined to it with a bootstrap
+//! token (the process runtime), both left idle; their resident memory
+//! (VmRSS) sampled every second, median and peak printed per process.
+//!
+//! It uses the `skiff` Docker network, as `skiff up` does, so it refuses
+//! to run while that network exists (another `skiff up`). Everything it
+//! starts is stopped and removed when it ends, the network too. Figures
+//! are for the binary it runs: build `--release` for the ones to quote.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use skiff_testkit::ChildGuard;
+
+// The shared helpers and imports of the bench binary.
+use super::*;
+
+/// Resident memory of `pid`, in KiB (None once it is gone).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `skiff ARGS` as the cluster's admin (its HOME holds the admin config):
+/// (success, stdout, stderr).
+fn skiff(home: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(skiff_testkit::skiff_binary()?)
+        .args(args)
+        .env("HOME", home)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Waits until `skiff get nodes` lists `node` Ready.
+async fn wait_ready(home: &Path, node: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let (ok, out, _) = skiff(home, &["get", "nodes"])?;
+        let ready = ok
+            && out.lines().any(|l| {
+                let mut cells = l.split_whitespace();
+                cells.next() == Some(node) && cells.next() == Some("Ready")
+            });
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "node {node} was not Ready within two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Median and peak of `samples` (KiB) in MiB.
+fn summary(samples: &mut [u64]) -> (f64, f64) {
+    samples.sort_unstable();
+    let mib = |k: u64| k as f64 / 1024.0;
+    (
+        mib(samples[samples.len() / 2]),
+        mib(*samples.last().unwrap_or(&0)),
+    )
+}
+
+/// Whether Docker has a network of that name.
+fn network_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["network", "inspect", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub(crate) async fn bench_idle(settle: u64, samples: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !network_exists("skiff"),
+        "the Docker network `skiff` exists: another `skiff up` may be running; stop it first"
+    );
+    let dir = tempfile::tempdir()?;
+    let home = dir.path();
+    let port = skiff_testkit::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let data = home.join("data");
+    let log = std::fs::File::create(home.join("up.log"))?;
+    let mut up = ChildGuard::new(
+        Command::new(skiff_testkit::skiff_binary()?)
+            .args(["up", "--listen", &listen, "--proxy-mode", "none"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("HOME", home)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    );
+    let result = measure(home, port, &mut up, settle, samples).await;
+    // Stopped as a user stops it (its network and mounts go with it).
+    let _ = up.terminate(Duration::from_secs(30));
+    for mount in std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| Path::new(m).starts_with(home))
+    {
+        let _ = Command::new("umount").arg(mount).status();
+    }
+    // The network `skiff up` made (it keeps it for its next start).
+    let _ = Command::new("docker")
+        .args(["network", "rm", "skiff"])
+        .stdout(Stdio::null())
+        .status();
+    result
+}
+
+async fn measure(
+    home: &Path,
+    port: u16,
+    up: &mut ChildGuard,
+    settle: u64,
+    samples: usize,
+) -> anyhow::Result<()> {
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    println!("waiting for `skiff up` (node {node}) ...");
+    wait_ready(home, &node).await?;
+    let (ok, out, err) = skiff(home, &["token", "create", "--ttl", "1h"])?;
+    anyhow::ensure!(ok, "skiff token create: {err}");
+    let (token, hash) = skiff_testkit::printed_token(&out, &err);
+    let agent_dir = home.join("agent");
+    let agent_name = "idle-agent";
+    let agent = ChildGuard::new(
+        Command::new(skiff_testkit::skiff_binary()?)
+            .arg("agent")
+            .args(["--server", &format!("https://127.0.0.1:{port}")])
+            .args(["--token", &token, "--ca-hash", &hash])
+            .args(["--node-name", agent_name, "--runtime", "process"])
+            .args(["--listen", "127.0.0.1:0", "--proxy-mode", "none"])
+            .arg("--data-dir")
+            .arg(&agent_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_ready(home, agent_name).await?;
+    println!("both up; idle for {settle} s, then {samples} samples a second apart ...");
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let (mut cluster, mut joined) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        cluster.push(rss_kib(up.pid()).context("skiff up exited")?);
+        joined.push(rss_kib(agent.pid()).context("the agent exited")?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (up_median, up_peak) = summary(&mut cluster);
+    let (agent_median, agent_peak) = summary(&mut joined);
+    println!();
+    println!(
+        "{:<50} {:>12} {:>10}",
+        "PROCESS (idle)", "RSS MEDIAN", "RSS PEAK"
+    );
+    println!(
+        "{:<50} {:>8.1} MiB {:>6.1} MiB",
+        "skiff up (server, controllers, scheduler, agent)", up_median, up_peak
+    );
+    println!(
+        "{:<50} {:>8.1} MiB {:>6.1} MiB",
+        "skiff agent (joined, process runtime)", agent_median, agent_peak
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "idle",
+            "settle_s": settle,
+            "samples": samples,
+            "skiff_up_rss_mib": {"median": up_median, "peak": up_peak},
+            "joined_agent_rss_mib": {"median": agent_median, "peak": agent_peak},
+        })
+    );
+    Ok(())
+}
