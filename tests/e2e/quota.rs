@@ -362,3 +362,79 @@ async fn limit_ranges_default_containers_and_refuse_what_is_out_of_bounds() {
     // Nothing of a refused pod was written.
     assert!(pods.get("limited", "greedy").await.is_err());
 }
+
+/// Store lists the in-process API server has made so far.
+fn store_lists() -> f64 {
+    skiff_metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "skiff_store_operation_duration_seconds")
+        .flat_map(|family| family.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "operation" && l.value() == "list")
+        })
+        .map(|m| m.get_histogram().get_sample_count() as f64)
+        .sum()
+}
+
+/// LimitRanger trusts a lookup that found no range for a while, as
+/// Kubernetes' does: pod creates in a namespace without ranges do not list
+/// the store each; a range created there is still applied at once (the
+/// index, read first, has it within moments).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_ranger_does_not_list_the_store_per_pod_and_sees_a_new_range_at_once() {
+    let env = env(None).await;
+    namespace(&env.channel, "open").await;
+    let pods = Api::<Pod>::new(env.channel.clone());
+    pods.create(pod("open", "first", None)).await.unwrap();
+    // Other clients (the controller manager's informers starting up) list
+    // too: the fewest lists of a few rounds counts. Without the trusted
+    // lookup, every round would list at least once per create.
+    let mut fewest = f64::MAX;
+    for round in 0..5 {
+        let before = store_lists();
+        for i in 0..20 {
+            let name = format!("p{round}-{i}");
+            pods.create(pod("open", &name, None)).await.unwrap();
+        }
+        fewest = fewest.min(store_lists() - before);
+        if fewest < 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(fewest < 5.0, "{fewest} store lists for 20 creates");
+    Api::<LimitRange>::new(env.channel.clone())
+        .create(LimitRange {
+            metadata: meta("open", "defaults"),
+            spec: Some(LimitRangeSpec {
+                limits: vec![LimitRangeItem {
+                    r#type: "Container".into(),
+                    default_request: map(&[("cpu", "100m")]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut n = 0;
+    skiff_testkit::wait_until(
+        "a pod gets the new range's default",
+        Duration::from_secs(5),
+        async || {
+            n += 1;
+            let created = pods
+                .create(pod("open", &format!("late-{n}"), None))
+                .await
+                .unwrap();
+            created.spec.unwrap().containers[0]
+                .resources
+                .as_ref()
+                .is_some_and(|r| r.requests.get("cpu").map(String::as_str) == Some("100m"))
+        },
+    )
+    .await;
+}

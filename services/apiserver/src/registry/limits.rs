@@ -16,6 +16,12 @@ use crate::strategy::Strategy;
 
 use super::*;
 
+/// How long a lookup that found no LimitRange in a namespace is trusted
+/// while the index has none there either (Kubernetes' LimitRanger: 30 s).
+/// A range created meanwhile is in the index within milliseconds, and the
+/// index is always read first.
+pub(super) const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The annotation naming what LimitRanger defaulted.
 pub const LIMIT_RANGER_ANNOTATION: &str = "kubernetes.io/limit-ranger";
 
@@ -34,9 +40,28 @@ impl Registry {
         }
         let mut ranges = self.indexed(&self.limit_ranges, &namespace).await?;
         if ranges.is_empty() {
-            // One just created may not be in the index yet (Kubernetes'
-            // LimitRanger looks up the store too when its cache has none).
+            // One just created may not be in the index yet: Kubernetes'
+            // LimitRanger looks up the store too when its cache has none,
+            // and trusts that lookup for a while.
+            let fresh_miss = self
+                .limit_range_misses
+                .lock()
+                .ok()
+                .and_then(|misses| misses.get(&namespace).copied())
+                .is_some_and(|at| at.elapsed() < MISS_TTL);
+            if fresh_miss {
+                return Ok(());
+            }
+            let read_at = std::time::Instant::now();
             ranges = self.listed(&namespace).await?;
+            if let Ok(mut misses) = self.limit_range_misses.lock() {
+                if ranges.is_empty() {
+                    misses.retain(|_, at| at.elapsed() < MISS_TTL);
+                    misses.insert(namespace.clone(), read_at);
+                } else {
+                    misses.remove(&namespace);
+                }
+            }
         }
         if ranges.is_empty() {
             return Ok(());

@@ -93,6 +93,11 @@ pub struct Registry {
     quotas: Arc<Index<ResourceQuota>>,
     /// The LimitRanges, for LimitRanger admission of pods and claims.
     limit_ranges: Arc<Index<LimitRange>>,
+    /// Namespaces the store had no LimitRange in when the index had none
+    /// either, and when that was read: trusted for [`limits::MISS_TTL`],
+    /// as Kubernetes' LimitRanger trusts its live lookups, so that pod
+    /// creates in namespaces without ranges do not list the store each.
+    limit_range_misses: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The indexes' watch loops; stopped by [`Registry::close`].
     index_tasks: [tokio::task::JoinHandle<()>; 4],
     /// One watch cache per kind, created on first watch.
@@ -255,6 +260,7 @@ impl Registry {
             priority_classes,
             quotas,
             limit_ranges,
+            limit_range_misses: Default::default(),
             index_tasks: [namespace_task, class_task, quota_task, range_task],
             store,
             caches: tokio::sync::Mutex::new(HashMap::new()),
