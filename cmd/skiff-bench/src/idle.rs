@@ -17,6 +17,9 @@ use skiff_testkit::ChildGuard;
 // The shared helpers and imports of the bench binary.
 use super::*;
 
+/// The node `skiff up` registers.
+const UP_NODE: &str = "idle-up";
+
 /// Resident memory of `pid`, in KiB (None once it is gone).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -86,6 +89,7 @@ fn network_exists(name: &str) -> bool {
 }
 
 pub(crate) async fn bench_idle(settle: u64, samples: usize) -> anyhow::Result<()> {
+    let samples = samples.max(1);
     anyhow::ensure!(
         !network_exists("skiff"),
         "the Docker network `skiff` exists: another `skiff up` may be running; stop it first"
@@ -99,6 +103,7 @@ pub(crate) async fn bench_idle(settle: u64, samples: usize) -> anyhow::Result<()
     let mut up = ChildGuard::new(
         Command::new(skiff_testkit::skiff_binary()?)
             .args(["up", "--listen", &listen, "--proxy-mode", "none"])
+            .args(["--node-name", UP_NODE])
             .arg("--data-dir")
             .arg(&data)
             .env("HOME", home)
@@ -109,17 +114,20 @@ pub(crate) async fn bench_idle(settle: u64, samples: usize) -> anyhow::Result<()
             .spawn()?,
     );
     let result = measure(home, port, &mut up, settle, samples).await;
-    // Stopped as a user stops it (its network and mounts go with it).
+    // Stopped as a user stops it; then what it leaves for its next start
+    // (mounts under its data dir, its network) is removed.
     let _ = up.terminate(Duration::from_secs(30));
-    for mount in std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|m| Path::new(m).starts_with(home))
-    {
-        let _ = Command::new("umount").arg(mount).status();
+        .collect();
+    // Innermost first.
+    ours.reverse();
+    for mount in ours {
+        let _ = Command::new("umount").args(["-l", mount]).status();
     }
-    // The network `skiff up` made (it keeps it for its next start).
     let _ = Command::new("docker")
         .args(["network", "rm", "skiff"])
         .stdout(Stdio::null())
@@ -134,11 +142,8 @@ async fn measure(
     settle: u64,
     samples: usize,
 ) -> anyhow::Result<()> {
-    let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    println!("waiting for `skiff up` (node {node}) ...");
-    wait_ready(home, &node).await?;
+    println!("waiting for `skiff up` (node {UP_NODE}) ...");
+    wait_ready(home, UP_NODE).await?;
     let (ok, out, err) = skiff(home, &["token", "create", "--ttl", "1h"])?;
     anyhow::ensure!(ok, "skiff token create: {err}");
     let (token, hash) = skiff_testkit::printed_token(&out, &err);

@@ -3,8 +3,9 @@
 //!
 //! An explicit state machine (initial list → watching → relist on
 //! expiry). Every error is retried: the stream never ends while the
-//! receiver lives, and backoff (0.8 s → 30 s from a server that refuses,
-//! 0.4 s → 1.6 s to one that cannot be reached) resets once a watch works.
+//! receiver lives, and backoff (0.8 s → 30 s after an error the server
+//! sent, 0.4 s → 1.6 s when it cannot be reached or closed the stream)
+//! resets once a watch works.
 
 use futures::StreamExt as _;
 use skiff::Resource;
@@ -80,20 +81,20 @@ async fn list_all<K: Resource>(
     }
 }
 
-/// Whether `status` says the server could not be reached (down or
-/// restarting) rather than refused the call.
+/// Whether `status` says no connection to the server could be made (it
+/// is down or restarting) rather than that it answered and refused: only
+/// then is it tried again within seconds.
 fn unreachable(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown
-    )
+    status.code() == tonic::Code::Unavailable
+        && status.message().to_ascii_lowercase().contains("connect")
 }
 
 async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>>) {
     let mut state = State::Empty;
-    // A server that refuses is backed off from up to half a minute; one
-    // that cannot be reached is tried again within two seconds, so the
-    // watch resumes as soon as it is back.
+    // A server that answers with an error is backed off from up to half
+    // a minute; one that cannot be reached, or that closed the stream, is
+    // tried again within two seconds, so the watch resumes as soon as it
+    // is back.
     let mut backoff = Backoff::watcher();
     let mut reconnect = Backoff::reconnect();
     loop {
@@ -148,6 +149,8 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                 };
                 let mut rv = rv;
                 let mut expired = false;
+                // Why the stream ended: None when the server closed it.
+                let mut ended_with = None;
                 loop {
                     let item = tokio::select! {
                         item = stream.next() => item,
@@ -158,6 +161,7 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                         Some(Err(status)) => {
                             expired = status.code() == tonic::Code::OutOfRange;
                             tracing::debug!(kind = K::KIND, %status, "watch ended");
+                            ended_with = Some(status);
                             break;
                         }
                         None => break,
@@ -181,11 +185,43 @@ async fn run<K: Resource>(api: Api<K>, params: Params, tx: mpsc::Sender<Event<K>
                 if expired {
                     State::Empty
                 } else {
-                    // The stream ended: the server went away or closed it.
-                    tokio::time::sleep(reconnect.next_delay()).await;
+                    // Closed by the server (going away) or cut off: back at
+                    // once; ended with an error the server sent: backed off.
+                    let delay = match &ended_with {
+                        Some(status) if !unreachable(status) => backoff.next_delay(),
+                        _ => reconnect.next_delay(),
+                    };
+                    tokio::time::sleep(delay).await;
                     State::Watching(rv)
                 }
             }
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_server_that_cannot_be_reached_counts_as_unreachable() {
+        // A port nothing listens on any more.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = crate::connect_lazy(&format!("http://127.0.0.1:{port}")).unwrap();
+        let api = Api::<skiff::pb::core::v1::ConfigMap>::new(channel);
+        let refused = api.list(Default::default()).await.unwrap_err();
+        assert!(unreachable(&refused), "{refused:?}");
+        // Answers the server sent are not.
+        for answered in [
+            tonic::Status::unavailable("the API server could not reach its store"),
+            tonic::Status::permission_denied("no"),
+            tonic::Status::internal("watch failed"),
+        ] {
+            assert!(!unreachable(&answered), "{answered:?}");
+        }
     }
 }

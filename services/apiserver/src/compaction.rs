@@ -22,21 +22,28 @@ pub const SAMPLE_KEY: &str = "/registry/compaction/sample";
 pub struct Sample {
     /// The store's revision then.
     pub revision: i64,
-    /// When (seconds since the epoch).
-    pub at: i64,
+    /// When (milliseconds since the epoch).
+    pub at_ms: i64,
 }
 
-/// How long from `now` until `sample` is one `interval` old (zero when it
-/// is already).
-pub fn until_due(sample: &Sample, interval: Duration, now: i64) -> Duration {
-    let due = sample
-        .at
-        .saturating_add(i64::try_from(interval.as_secs()).unwrap_or(i64::MAX));
-    Duration::from_secs(due.saturating_sub(now).max(0).unsigned_abs())
+/// How long from `now_ms` until `sample` is one `interval` old: zero when
+/// it is already, never more than `interval` (a sample stamped in the
+/// future — a clock stepped back, a peer's clock ahead — waits one
+/// interval, not the skew).
+pub fn until_due(sample: &Sample, interval: Duration, now_ms: i64) -> Duration {
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    let left = sample
+        .at_ms
+        .saturating_add(interval_ms)
+        .saturating_sub(now_ms)
+        .clamp(0, interval_ms);
+    Duration::from_millis(left.unsigned_abs())
 }
 
 fn now() -> i64 {
-    skiff::time::now_seconds().seconds
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The sample kept in `store`, if any.
@@ -56,7 +63,7 @@ async fn take(store: &dyn Store) -> Option<Sample> {
     };
     let sample = Sample {
         revision,
-        at: now(),
+        at_ms: now(),
     };
     let value = bytes::Bytes::from(serde_json::to_vec(&sample).unwrap_or_default());
     let written = match store.update(SAMPLE_KEY, value.clone(), None).await {
@@ -76,6 +83,8 @@ pub async fn run(store: Arc<dyn Store>, interval: Duration) {
         Some(sample) => Some(sample),
         None => take(store.as_ref()).await,
     };
+    // Never a busy loop, whatever the configuration says.
+    let interval = interval.max(Duration::from_millis(100));
     loop {
         let wait = sample.map_or(interval, |s| until_due(&s, interval, now()));
         tokio::time::sleep(wait).await;
@@ -97,12 +106,29 @@ mod tests {
     fn a_sample_falls_due_one_interval_after_it_was_taken() {
         let sample = Sample {
             revision: 10,
-            at: 1_000,
+            at_ms: 1_000_000,
         };
         let five = Duration::from_secs(300);
-        assert_eq!(until_due(&sample, five, 1_000), five);
-        assert_eq!(until_due(&sample, five, 1_200), Duration::from_secs(100));
-        assert_eq!(until_due(&sample, five, 5_000), Duration::ZERO, "overdue");
+        assert_eq!(until_due(&sample, five, 1_000_000), five);
+        assert_eq!(
+            until_due(&sample, five, 1_200_000),
+            Duration::from_secs(100)
+        );
+        assert_eq!(
+            until_due(&sample, five, 5_000_000),
+            Duration::ZERO,
+            "overdue"
+        );
+        assert_eq!(
+            until_due(&sample, five, 1_000_000 - 3_600_000),
+            five,
+            "stamped an hour ahead of this clock: one interval, not the skew"
+        );
+        let sub_second = Duration::from_millis(500);
+        assert_eq!(
+            until_due(&sample, sub_second, 1_000_200),
+            Duration::from_millis(300)
+        );
     }
 
     #[tokio::test]
@@ -120,7 +146,7 @@ mod tests {
         // A sample a previous run took ten minutes ago, at revision `last`.
         let old = Sample {
             revision: last,
-            at: now() - 600,
+            at_ms: now() - 600_000,
         };
         store
             .create(SAMPLE_KEY, serde_json::to_vec(&old).unwrap().into())
@@ -149,7 +175,10 @@ mod tests {
         .await
         .expect("a new sample");
         let new = kept(store.as_ref()).await.unwrap();
-        assert!(new.revision >= last && new.at >= old.at + 600, "{new:?}");
+        assert!(
+            new.revision >= last && new.at_ms >= old.at_ms + 600_000,
+            "{new:?}"
+        );
         compactor.abort();
     }
 }

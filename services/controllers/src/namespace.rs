@@ -13,6 +13,9 @@ pub use skiff::names::NAMESPACE_FINALIZER as FINALIZER;
 
 /// See the module doc. Keys are namespaces.
 pub struct NamespaceController {
+    /// Terminating namespaces swept at least once: later looks sweep once,
+    /// not twice.
+    swept: std::sync::Mutex<std::collections::HashSet<String>>,
     channel: tonic::transport::Channel,
     namespaces: Api<Namespace>,
     namespace_store: Store<Namespace>,
@@ -74,6 +77,7 @@ impl NamespaceController {
     /// A controller over the shared namespace cache.
     pub fn new(channel: tonic::transport::Channel, namespace_store: Store<Namespace>) -> Self {
         Self {
+            swept: Default::default(),
             namespaces: Api::new(channel.clone()),
             channel,
             namespace_store,
@@ -82,6 +86,9 @@ impl NamespaceController {
 
     async fn sync(&self, key: ObjectRef) -> Result<Action, Error> {
         let Some(ns) = self.namespace_store.get("", &key.name) else {
+            if let Ok(mut swept) = self.swept.lock() {
+                swept.remove(&key.name);
+            }
             return Ok(Action::AwaitChange);
         };
         let meta = ns.metadata.clone().unwrap_or_default();
@@ -91,12 +98,19 @@ impl NamespaceController {
         let found = delete_everything(&self.channel, &key.name).await?;
         if found > 0 {
             tracing::info!(namespace = %key.name, objects = found, "deleting the content of a terminating namespace");
-            // Most objects go at once: look again now rather than after a
-            // fixed wait. What is left has finalizers or a grace period of
-            // its own, and may take a while.
-            if delete_everything(&self.channel, &key.name).await? > 0 {
-                return Ok(Action::Requeue(std::time::Duration::from_millis(250)));
+            // Most objects go at once: at the first look, look again now
+            // rather than after a wait. What is left has finalizers or a
+            // grace period of its own, and may take a while.
+            let first = self
+                .swept
+                .lock()
+                .is_ok_and(|mut swept| swept.insert(key.name.clone()));
+            if !first || delete_everything(&self.channel, &key.name).await? > 0 {
+                return Ok(Action::Requeue(std::time::Duration::from_millis(500)));
             }
+        }
+        if let Ok(mut swept) = self.swept.lock() {
+            swept.remove(&key.name);
         }
         let mut done = (*ns).clone();
         if let Some(m) = done.metadata.as_mut() {
