@@ -264,15 +264,16 @@ fn kinds_rs(kinds: &[Kind]) -> String {
         }}
     }}
     fn into_event(kind: crate::pb::api::v1::EventType, object: Self) -> Self::WatchEvent {{
-        crate::pb::{m}::{kind}WatchEvent {{ r#type: kind as i32, object: Some(object) }}
+        crate::watch::WatchEvent::new(kind, object)
+    }}
+    fn encoded_event(kind: crate::pb::api::v1::EventType, object: bytes::Bytes) -> Self::WatchEvent {{
+        crate::watch::WatchEvent::encoded(kind, object)
     }}
     fn list_parts(list: Self::List) -> (crate::pb::meta::v1::ListMeta, Vec<Self>) {{
         (list.metadata.unwrap_or_default(), list.items)
     }}
     fn event_parts(event: Self::WatchEvent) -> (crate::pb::api::v1::EventType, Option<Self>) {{
-        let kind = crate::pb::api::v1::EventType::try_from(event.r#type)
-            .unwrap_or(crate::pb::api::v1::EventType::Unspecified);
-        (kind, event.object)
+        (event.r#type(), event.object)
     }}
 }}\n",
             av = k.api_version(),
@@ -351,6 +352,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.prost_types_path("::pbjson_types");
     config.btree_map(["."]);
+    // The watch events are `crate::watch::WatchEvent<Kind>`, written by
+    // hand so a server can send an object it encoded once to many
+    // watchers; the wire form is the message declared above. Each
+    // package's file gets `pub type KindWatchEvent = ...` below.
+    let events: Vec<String> = kinds
+        .iter()
+        .map(|k| format!(".skiff.{}.{}WatchEvent", k.package, k.kind))
+        .collect();
+    for (k, event) in kinds.iter().zip(&events) {
+        config.extern_path(
+            event,
+            format!("crate::pb::{}::{}WatchEvent", k.module(), k.kind),
+        );
+    }
     tonic_prost_build::configure()
         // Prost's codec but for decode errors (see src/codec.rs).
         .codec_path("crate::codec::Codec")
@@ -361,7 +376,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&fds_bytes)?
         .btree_map(["."])
+        .exclude(events)
         .build(&[".skiff"])?;
+    let distinct: std::collections::BTreeSet<&str> = packages.iter().copied().collect();
+    for package in distinct {
+        let path = out.join(format!("skiff.{package}.rs"));
+        let mut text = std::fs::read_to_string(&path)?;
+        for k in kinds.iter().filter(|k| k.package == package) {
+            writeln!(
+                text,
+                "/// One change to a {kind} as streamed by Watch.\n\
+                 pub type {kind}WatchEvent = crate::watch::WatchEvent<{kind}>;",
+                kind = k.kind
+            )?;
+        }
+        std::fs::write(&path, text)?;
+    }
 
     for entry in std::fs::read_dir(&out)? {
         let path = entry?.path();

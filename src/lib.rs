@@ -53,6 +53,7 @@ pub mod table;
 pub mod time;
 pub mod validation;
 pub mod volumes;
+pub mod watch;
 
 pub use resource::{ObjectRef, Resource};
 

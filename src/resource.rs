@@ -55,6 +55,9 @@ pub trait Resource:
     fn into_list(metadata: ListMeta, items: Vec<Self>) -> Self::List;
     /// Wraps one watch event.
     fn into_event(kind: EventType, object: Self) -> Self::WatchEvent;
+    /// Wraps one watch event whose object is already encoded (the
+    /// protobuf of a `Self`): sent as is, decoded as the object.
+    fn encoded_event(kind: EventType, object: bytes::Bytes) -> Self::WatchEvent;
     /// Unwraps a page of objects.
     fn list_parts(list: Self::List) -> (ListMeta, Vec<Self>);
     /// Unwraps one watch event (an unknown type reads as unspecified).

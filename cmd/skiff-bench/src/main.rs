@@ -165,6 +165,10 @@ enum Command {
         /// Number of changes to time.
         #[arg(long, default_value_t = 100)]
         changes: usize,
+        /// Watch over the Kubernetes HTTP API (JSON lines over HTTP/2, as
+        /// client-go) instead of gRPC.
+        #[arg(long)]
+        http: bool,
     },
 }
 
@@ -293,7 +297,11 @@ async fn main() -> anyhow::Result<()> {
             no_etcd_api,
             http,
         } => api::bench_api(seconds, concurrency, !no_etcd_api, http).await,
-        Command::Watch { watchers, changes } => watch::bench_watch(watchers, changes).await,
+        Command::Watch {
+            watchers,
+            changes,
+            http,
+        } => watch::bench_watch(watchers, changes, http).await,
         Command::Idle { settle, samples } => idle::bench_idle(settle, samples).await,
         Command::Schedule {
             nodes,

@@ -3,7 +3,7 @@
 // The shared helpers and imports of the bench binary.
 use super::*;
 
-pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Result<()> {
+pub(crate) async fn bench_watch(watchers: usize, changes: usize, http: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
     let mut cm = ConfigMapsClient::new(skiff_testkit::channel(server.addr).await?);
@@ -25,15 +25,38 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Resu
 
     // Watchers spread over connections (HTTP/2 caps streams per connection).
     let per_conn = 100;
-    let chans = channels(server.addr, watchers.div_ceil(per_conn)).await?;
+    let conns = watchers.div_ceil(per_conn);
+    let chans = if http {
+        Vec::new()
+    } else {
+        channels(server.addr, conns).await?
+    };
+    let http_clients: Vec<_> = (0..if http { conns } else { 0 })
+        .map(|_| {
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build::<_, http_body_util::Empty<bytes::Bytes>>(api::http_connector())
+        })
+        .collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers);
     for w in 0..watchers {
-        let mut client = ConfigMapsClient::new(chans[w / per_conn].clone());
         let tx = tx.clone();
         let rv = rv.clone();
         let ready = ready_tx.clone();
+        if http {
+            let client = http_clients[w / per_conn].clone();
+            let url = format!(
+                "http://{}/api/v1/configmaps?watch=true&resourceVersion={rv}",
+                server.addr
+            );
+            tasks.push(tokio::spawn(async move {
+                http_watcher(client, url, changes, ready, tx).await
+            }));
+            continue;
+        }
+        let mut client = ConfigMapsClient::new(chans[w / per_conn].clone());
         tasks.push(tokio::spawn(async move {
             let mut stream = client
                 .watch(WatchRequest {
@@ -102,7 +125,13 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Resu
     let (all50, all99) = (percentile(&to_all, 0.5), percentile(&to_all, 0.99));
     println!(
         "{:<40} {:>10} {:>10}",
-        "watch delivery latency", "p50 ms", "p99 ms"
+        if http {
+            "watch delivery latency (HTTP, JSON)"
+        } else {
+            "watch delivery latency (gRPC)"
+        },
+        "p50 ms",
+        "p99 ms"
     );
     println!(
         "{:<40} {:>10.2} {:>10.2}",
@@ -116,6 +145,7 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Resu
         "{}",
         json!({
             "bench": "watch",
+            "door": if http { "http" } else { "grpc" },
             "watchers": watchers,
             "changes": changes,
             "deliveries": delivered,
@@ -125,5 +155,52 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize) -> anyhow::Resu
             "to_all_p99_ms": all99,
         })
     );
+    Ok(())
+}
+
+/// One watcher over the Kubernetes HTTP API: reads JSON lines and reports
+/// each MODIFIED event's `data.n` with the time it arrived.
+async fn http_watcher(
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    url: String,
+    changes: usize,
+    ready: tokio::sync::mpsc::Sender<()>,
+    tx: tokio::sync::mpsc::UnboundedSender<(usize, Instant)>,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt as _;
+    let response = client.get(url.parse()?).await?;
+    anyhow::ensure!(
+        response.status() == http::StatusCode::OK,
+        "watch answered {}",
+        response.status()
+    );
+    ready.send(()).await.ok();
+    let mut body = response.into_body();
+    let mut buf = Vec::new();
+    let mut seen = 0;
+    while seen < changes {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let event: serde_json::Value = serde_json::from_slice(&line)?;
+            if event["type"] == "MODIFIED" {
+                let n = event["object"]["data"]["n"]
+                    .as_str()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let _ = tx.send((n, Instant::now()));
+                seen += 1;
+            }
+        }
+    }
     Ok(())
 }

@@ -9,9 +9,10 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use skiff_store::{EventKind, Store};
 use tokio::sync::broadcast;
@@ -37,6 +38,10 @@ pub struct Change<K> {
     pub prev: Option<Arc<K>>,
     /// The store key (namespace filtering without decoding).
     pub key: String,
+    /// `object` in protobuf, encoded by the first watcher that sends it.
+    protobuf: OnceLock<Bytes>,
+    /// `object` in JSON, encoded by the first HTTP watcher that sends it.
+    json: OnceLock<Bytes>,
 }
 
 impl<K: Strategy> Change<K> {
@@ -82,7 +87,26 @@ impl<K: Strategy> Change<K> {
             object,
             prev,
             key: event.kv.key,
+            protobuf: OnceLock::new(),
+            json: OnceLock::new(),
         })
+    }
+
+    /// The object's protobuf encoding, made once for every watcher.
+    pub fn protobuf(&self) -> Bytes {
+        self.protobuf
+            .get_or_init(|| Bytes::from(self.object.encode_to_vec()))
+            .clone()
+    }
+
+    /// The object's JSON (as `encode` writes it), made once for every
+    /// watcher that shows the object as stored; None if `encode` fails.
+    pub fn json(&self, encode: impl FnOnce(&K) -> Option<Bytes>) -> Option<Bytes> {
+        if let Some(json) = self.json.get() {
+            return Some(json.clone());
+        }
+        let json = encode(&self.object)?;
+        Some(self.json.get_or_init(|| json).clone())
     }
 }
 
@@ -105,6 +129,10 @@ struct State<K> {
 /// The watch cache of one kind.
 pub struct WatchCache<K> {
     state: Mutex<State<K>>,
+    /// Changes kept ([`WINDOW`] but in tests).
+    window: usize,
+    /// Changes a live watcher may fall behind ([`FANOUT_BUFFER`] but in tests).
+    fanout: usize,
     _kind: PhantomData<K>,
 }
 
@@ -134,8 +162,18 @@ impl<K: Strategy> WatchCache<K> {
     /// # Errors
     /// When the store cannot be read.
     pub async fn start(store: Arc<dyn Store>) -> skiff_store::Result<Arc<Self>> {
+        Self::start_sized(store, WINDOW, FANOUT_BUFFER).await
+    }
+
+    /// [`Self::start`] keeping `window` changes, with live watchers
+    /// `fanout` changes of slack.
+    pub(crate) async fn start_sized(
+        store: Arc<dyn Store>,
+        window: usize,
+        fanout: usize,
+    ) -> skiff_store::Result<Arc<Self>> {
         let from = store.current_revision().await?;
-        let (tx, _) = broadcast::channel(FANOUT_BUFFER);
+        let (tx, _) = broadcast::channel(fanout);
         let cache = Arc::new(Self {
             state: Mutex::new(State {
                 window: VecDeque::new(),
@@ -144,6 +182,8 @@ impl<K: Strategy> WatchCache<K> {
                 tx,
                 generation: 0,
             }),
+            window,
+            fanout,
             _kind: PhantomData,
         });
         tokio::spawn(Arc::clone(&cache).follow(store, from));
@@ -197,7 +237,7 @@ impl<K: Strategy> WatchCache<K> {
         state.latest = now;
         // Dropping the sender ends every live watcher; they resume from
         // their last revision and, if it is gone, are told to relist.
-        state.tx = broadcast::channel(FANOUT_BUFFER).0;
+        state.tx = broadcast::channel(self.fanout).0;
         state.generation += 1;
         now
     }
@@ -209,7 +249,7 @@ impl<K: Strategy> WatchCache<K> {
         let change = Arc::new(change);
         let revision = change.revision;
         let mut state = self.state.lock().expect("watch cache lock");
-        if state.window.len() == WINDOW
+        if state.window.len() == self.window
             && let Some(old) = state.window.pop_front()
         {
             state.window_start = old.revision;
@@ -237,6 +277,12 @@ impl<K: Strategy> WatchCache<K> {
             live: state.tx.subscribe(),
             generation: state.generation,
         })
+    }
+
+    /// The latest revision the cache has seen.
+    #[cfg(test)]
+    pub(crate) fn latest(&self) -> i64 {
+        self.state.lock().expect("watch cache lock").latest
     }
 
     /// The latest revision the cache has seen, if `live` (of cache

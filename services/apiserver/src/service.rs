@@ -9,7 +9,7 @@ use skiff::pb::policy::v1::Eviction;
 use tonic::{Request, Response, Status};
 
 use crate::actor::{ActorHandle, Op, Reply};
-use crate::registry::WatchStream;
+use crate::registry::{Delivery, WatchStream};
 use crate::strategy::Strategy;
 
 pub use skiff::names::DRY_RUN_HEADER;
@@ -17,6 +17,18 @@ pub use skiff::names::DRY_RUN_HEADER;
 /// The gRPC metadata naming a write's field manager (Kubernetes'
 /// `fieldManager`): its fields are recorded as that manager's.
 pub const FIELD_MANAGER_HEADER: &str = "x-skiff-field-manager";
+
+/// A watch as gRPC sends it: each change's shared encoding, copied.
+pub type GrpcWatch<K> = futures::stream::Map<
+    WatchStream<K>,
+    fn(crate::error::Result<Delivery<K>>) -> Result<<K as skiff::Resource>::WatchEvent, Status>,
+>;
+
+fn grpc_event<K: Strategy>(
+    event: crate::error::Result<Delivery<K>>,
+) -> Result<K::WatchEvent, Status> {
+    event.map(Delivery::into_event).map_err(Status::from)
+}
 
 /// Whether the request asks for a dry run.
 fn dry_run<T>(req: &Request<T>) -> Result<bool, Status> {
@@ -146,9 +158,10 @@ impl<K: Strategy> KindService<K> {
         }
     }
 
-    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream<K>>, Status> {
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<GrpcWatch<K>>, Status> {
+        use futures::StreamExt as _;
         match self.actor.call(Op::<K>::Watch(req.into_inner())).await? {
-            Reply::Watch(stream) => Ok(Response::new(stream)),
+            Reply::Watch(stream) => Ok(Response::new(stream.map(grpc_event::<K> as fn(_) -> _))),
             _ => Err(Status::internal("unexpected reply kind")),
         }
     }
@@ -202,7 +215,7 @@ macro_rules! kind_service {
             async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<$ty>, Status> {
                 KindService::delete(self, req).await
             }
-            type WatchStream = WatchStream<$ty>;
+            type WatchStream = GrpcWatch<$ty>;
             async fn watch(
                 &self,
                 req: Request<WatchRequest>,

@@ -48,6 +48,7 @@ mod limits;
 mod quota;
 mod read;
 mod watch;
+pub use watch::Delivery;
 mod write;
 
 /// The largest object the API stores (etcd's default request limit).
@@ -70,12 +71,9 @@ pub const OWNER_KINDS: &[&str] = &[
 pub use skiff::names::{
     FOREGROUND_FINALIZER, NODE_LEASE_NAMESPACE, ORPHAN_FINALIZER, SYSTEM_NAMESPACES,
 };
-/// Events buffered per watch response stream.
-const WATCH_STREAM_BUFFER: usize = 256;
-/// A watch response stream of kind `K`.
-pub type WatchStream<K> = tokio_stream::wrappers::ReceiverStream<
-    Result<<K as skiff::Resource>::WatchEvent, tonic::Status>,
->;
+/// A watch of kind `K`: its events until an error, the last item.
+pub type WatchStream<K> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<watch::Delivery<K>>> + Send>>;
 
 /// The registry shared by the API actors.
 pub struct Registry {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use skiff::pb::api::v1::{EventType, WatchRequest};
 use skiff_store::ListOptions;
-use tokio::sync::mpsc;
 
 use crate::cache::{Change, WatchCache, decode};
 use crate::error::{ApiError, Result};
@@ -20,6 +19,28 @@ fn expired(rv: i64) -> ApiError {
     ApiError::Expired(format!(
         "resourceVersion {rv} is too old: the history after it has been compacted; list again and watch from the list's resourceVersion"
     ))
+}
+
+/// What a watch sends.
+pub enum Delivery<K> {
+    /// A change from the kind's watch cache or the store, shared by every
+    /// watcher it reaches (encode it once: [`Change::protobuf`]), as
+    /// `EventType` (a change reads as ADDED or DELETED to a watcher whose
+    /// selector it enters or leaves).
+    Change(EventType, Arc<Change<K>>),
+    /// An object for this watcher only: the current state at the start
+    /// (ADDED) or a bookmark.
+    Object(EventType, K),
+}
+
+impl<K: Strategy> Delivery<K> {
+    /// The gRPC event: a change's shared encoding, copied, not encoded.
+    pub fn into_event(self) -> K::WatchEvent {
+        match self {
+            Self::Change(kind, change) => K::encoded_event(kind, change.protobuf()),
+            Self::Object(kind, object) => K::into_event(kind, object),
+        }
+    }
 }
 
 /// Where a watcher's changes come from.
@@ -35,57 +56,49 @@ enum Source<K> {
     Store(skiff_store::WatchStream),
 }
 
-/// One client's watch: filters changes and sends them down its stream.
+/// One client's watch: filters changes as its stream is polled. No task
+/// and no channel of its own: the connection that sends the events polls
+/// it, so a change costs each watcher a filter and a copy of shared bytes.
 struct Watcher<K: Strategy> {
     filter: Filter,
     source: Source<K>,
-    tx: mpsc::Sender<Result<K::WatchEvent, tonic::Status>>,
+    /// The current objects to send first (a watch without a version).
+    initial: std::vec::IntoIter<K>,
     /// The last revision sent (or the watch's starting revision).
     sent: i64,
-    /// Bookmark period, if the client asked for bookmarks.
-    bookmarks: Option<Duration>,
+    /// Bookmark ticks, if the client asked for bookmarks.
+    bookmarks: Option<tokio::time::Interval>,
+    /// Set once an error has been sent: the stream ends after it.
+    ended: bool,
+    sent_events: prometheus::IntCounter,
 }
 
 impl<K: Strategy> Watcher<K> {
-    async fn run(mut self, initial: Vec<K>) {
-        let sent_events = skiff_metrics::counter_vec(
-            "skiff_apiserver_watch_events_sent_total",
-            "watch events sent to watchers, by kind",
-            &["kind"],
-        )
-        .with_label_values(&[K::KIND]);
-        for obj in initial {
-            if self
-                .tx
-                .send(Ok(K::into_event(EventType::Added, obj)))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            sent_events.inc();
+    /// The next event, None once the watch has ended.
+    async fn next(&mut self) -> Option<Result<Delivery<K>>> {
+        if self.ended {
+            return None;
         }
-        let period = self
-            .bookmarks
-            .unwrap_or(Duration::from_secs(3600))
-            .max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let bookmarks = self.bookmarks.is_some();
+        if let Some(object) = self.initial.next() {
+            self.sent_events.inc();
+            return Some(Ok(Delivery::Object(EventType::Added, object)));
+        }
         loop {
-            let step = tokio::select! {
-                () = self.tx.closed() => return,
-                _ = tick.tick(), if bookmarks => None,
-                next = next_change(&mut self.source, self.sent) => Some(next),
+            let next = match &mut self.bookmarks {
+                Some(tick) => tokio::select! {
+                    _ = tick.tick() => None,
+                    next = next_change(&mut self.source, self.sent) => Some(next),
+                },
+                None => Some(next_change(&mut self.source, self.sent).await),
             };
-            let Some(next) = step else {
-                self.bookmark().await;
-                continue;
+            let Some(next) = next else {
+                return Some(Ok(self.bookmark()));
             };
             let change = match next {
                 Ok(change) => change,
                 Err(e) => {
-                    let _ = self.tx.send(Err(e.into())).await;
-                    return;
+                    self.ended = true;
+                    return Some(Err(e));
                 }
             };
             if change.revision <= self.sent {
@@ -93,16 +106,13 @@ impl<K: Strategy> Watcher<K> {
             }
             self.sent = change.revision;
             if let Some(kind) = self.filter.classify(&change) {
-                let event = K::into_event(kind, (*change.object).clone());
-                if self.tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-                sent_events.inc();
+                self.sent_events.inc();
+                return Some(Ok(Delivery::Change(kind, change)));
             }
         }
     }
 
-    async fn bookmark(&mut self) {
+    fn bookmark(&mut self) -> Delivery<K> {
         let progress = match &self.source {
             Source::Cache {
                 backlog,
@@ -117,34 +127,41 @@ impl<K: Strategy> Watcher<K> {
         let mut obj = K::default();
         obj.set_type_meta();
         obj.metadata_mut().resource_version = rv.to_string();
-        let _ = self
-            .tx
-            .send(Ok(K::into_event(EventType::Bookmark, obj)))
-            .await;
+        Delivery::Object(EventType::Bookmark, obj)
     }
 }
 
-/// The next change from a watcher's source.
+/// The next change from a watcher's source. A watcher that fell behind
+/// the live channel (or whose cache restarted) picks up again from the
+/// cache's window when its next change is still there; when it is not,
+/// the watch ends as expired ("too old resource version": the client
+/// lists again), as Kubernetes' watch cache ends a watcher it cannot feed.
 async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<Arc<Change<K>>> {
     match source {
-        Source::Cache { backlog, live, .. } => {
+        Source::Cache {
+            backlog,
+            live,
+            generation,
+            cache,
+        } => loop {
             if let Some(change) = backlog.pop_front() {
                 return Ok(change);
             }
             match live.recv().await {
-                Ok(change) => Ok(change),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    Err(ApiError::Unavailable(format!(
-                        "watch fell too far behind; resume from resourceVersion {sent}"
-                    )))
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    Err(ApiError::Unavailable(format!(
-                        "watch cache restarted; resume from resourceVersion {sent}"
-                    )))
+                Ok(change) => return Ok(change),
+                Err(
+                    tokio::sync::broadcast::error::RecvError::Lagged(_)
+                    | tokio::sync::broadcast::error::RecvError::Closed,
+                ) => {
+                    let Some(sub) = cache.subscribe(sent) else {
+                        return Err(expired(sent));
+                    };
+                    *backlog = sub.backlog.into();
+                    *live = sub.live;
+                    *generation = sub.generation;
                 }
             }
-        }
+        },
         Source::Store(stream) => {
             use futures::StreamExt as _;
             loop {
@@ -190,7 +207,6 @@ impl Registry {
     /// Bad selectors or versions; OUT_OF_RANGE when the version is gone.
     pub async fn watch<K: Strategy>(&self, req: WatchRequest) -> Result<WatchStream<K>> {
         let filter = Filter::new::<K>(&req.namespace, &req.label_selector, &req.field_selector)?;
-        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER);
         let requested = parse_rv(&req.resource_version, "resourceVersion")?.unwrap_or(0);
         if requested > 0 {
             let current = self.store.current_revision().await?;
@@ -242,14 +258,30 @@ impl Registry {
                 Source::Store(stream)
             }
         };
+        let bookmarks = req.allow_bookmarks.then(|| {
+            let period = self.bookmark_interval.max(Duration::from_millis(10));
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+        });
         let watcher = Watcher::<K> {
             filter,
             source,
-            tx,
+            initial: initial.into_iter(),
             sent: start,
-            bookmarks: req.allow_bookmarks.then_some(self.bookmark_interval),
+            bookmarks,
+            ended: false,
+            sent_events: skiff_metrics::counter_vec(
+                "skiff_apiserver_watch_events_sent_total",
+                "watch events sent to watchers, by kind",
+                &["kind"],
+            )
+            .with_label_values(&[K::KIND]),
         };
-        tokio::spawn(watcher.run(initial));
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+        Ok(Box::pin(futures::stream::unfold(
+            watcher,
+            |mut watcher| async move { watcher.next().await.map(|event| (event, watcher)) },
+        )))
     }
 }
+
+#[cfg(test)]
+mod tests;

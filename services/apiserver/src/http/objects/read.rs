@@ -15,6 +15,7 @@ use crate::actor::{Op, Reply as ActorReply};
 use crate::error::ApiError;
 use crate::http::table::{self, Include};
 use crate::http::{Ctx, Failure, JsonKind, Reply, Request, json};
+use crate::registry::Delivery;
 
 pub(super) async fn get<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure> {
     let t = &req.target;
@@ -130,6 +131,17 @@ fn event_line(kind: &str, object: &Value, table: Option<Include>) -> Bytes {
     Bytes::from(line)
 }
 
+/// An event line around an object already in JSON.
+fn shared_event_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + kind.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
 fn error_line(failure: &Failure) -> Bytes {
     event_line("ERROR", &failure.to_json(), None)
 }
@@ -209,20 +221,31 @@ pub(super) async fn watch<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, 
     };
     let view = req.view.filter(|_| table.is_none());
     let lines = changes
-        .map(move |event| match event {
-            Ok(event) => {
-                let (kind, obj) = K::event_parts(event);
-                let show = |value: Value| match view {
-                    Some(view) => view.shown(value),
-                    None => value,
-                };
-                match obj.map(|o| encode(o).map(show)) {
-                    Some(Ok(value)) => (false, event_line(event_name(kind), &value, table)),
-                    Some(Err(f)) => (true, error_line(&f)),
-                    None => (true, error_line(&internal("an event without its object"))),
+        .map(move |event| {
+            let (kind, obj) = match event {
+                // As stored: the change's JSON, encoded once for every
+                // watcher it reaches.
+                Ok(Delivery::Change(kind, change)) if view.is_none() && table.is_none() => {
+                    if let Some(object) = change.json(|obj| {
+                        let value = encode(obj.clone()).ok()?;
+                        serde_json::to_vec(&value).ok().map(Bytes::from)
+                    }) {
+                        return (false, shared_event_line(event_name(kind), &object));
+                    }
+                    (kind, (*change.object).clone())
                 }
+                Ok(Delivery::Change(kind, change)) => (kind, (*change.object).clone()),
+                Ok(Delivery::Object(kind, obj)) => (kind, obj),
+                Err(e) => return (true, error_line(&Failure::from_api(&e, K::KIND))),
+            };
+            let show = |value: Value| match view {
+                Some(view) => view.shown(value),
+                None => value,
+            };
+            match encode(obj).map(show) {
+                Ok(value) => (false, event_line(event_name(kind), &value, table)),
+                Err(f) => (true, error_line(&f)),
             }
-            Err(status) => (true, error_line(&Failure::from_grpc(&status))),
         })
         .scan(false, |ended, (last, line)| {
             if *ended {
