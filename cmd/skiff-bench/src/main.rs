@@ -65,6 +65,7 @@ mod podstart;
 mod proxy;
 mod scale;
 mod schedule;
+mod soak;
 mod watch;
 
 #[derive(Subcommand)]
@@ -156,6 +157,27 @@ enum Command {
         /// Samples, a second apart.
         #[arg(long, default_value_t = 10)]
         samples: usize,
+    },
+    /// Churn for N minutes (namespaces with a Deployment, Service and
+    /// ConfigMap on hollow nodes, scaled, rolled and deleted) and print
+    /// each component's RSS, fds and threads, the store's size and cycle
+    /// times over time, with their slopes.
+    Soak {
+        /// How long to churn.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 50)]
+        nodes: usize,
+        /// Churn loops running at once.
+        #[arg(long, default_value_t = 2)]
+        loops: usize,
+        /// Replicas of each cycle's Deployment (then half of them).
+        #[arg(long, default_value_t = 20)]
+        replicas: i32,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 30)]
+        sample_secs: u64,
     },
     /// Watch fan-out: delivery latency of changes to many watchers.
     Watch {
@@ -297,6 +319,22 @@ async fn main() -> anyhow::Result<()> {
             no_etcd_api,
             http,
         } => api::bench_api(seconds, concurrency, !no_etcd_api, http).await,
+        Command::Soak {
+            minutes,
+            nodes,
+            loops,
+            replicas,
+            sample_secs,
+        } => {
+            soak::bench_soak(soak::Soak {
+                minutes,
+                nodes,
+                loops,
+                replicas,
+                sample_secs,
+            })
+            .await
+        }
         Command::Watch {
             watchers,
             changes,
