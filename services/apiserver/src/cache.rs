@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,6 +23,11 @@ use crate::strategy::Strategy;
 const WINDOW: usize = 4 * 1024;
 /// Changes buffered per live watcher before it is cut off as too slow.
 const FANOUT_BUFFER: usize = 1024;
+/// How long a change stays in the window (Kubernetes' watch cache keeps
+/// events for its `eventFreshDuration`, 75 s): a server at rest lets go of
+/// its history, and a client resuming from an older version is served by
+/// the store instead.
+const FRESH: Duration = Duration::from_secs(75);
 
 /// One change to an object of kind `K`, decoded once for every watcher.
 #[derive(Debug)]
@@ -113,8 +118,8 @@ impl<K: Strategy> Change<K> {
 /// What the cache knows, behind one lock so that reading the window and
 /// subscribing happen together.
 struct State<K> {
-    /// Recent changes, oldest first.
-    window: VecDeque<Arc<Change<K>>>,
+    /// Recent changes, oldest first, with when they arrived.
+    window: VecDeque<(Instant, Arc<Change<K>>)>,
     /// Every change after this revision is in `window` (or still coming).
     window_start: i64,
     /// The latest revision the cache has seen for this kind.
@@ -133,6 +138,8 @@ pub struct WatchCache<K> {
     window: usize,
     /// Changes a live watcher may fall behind ([`FANOUT_BUFFER`] but in tests).
     fanout: usize,
+    /// How long changes are kept ([`FRESH`] but in tests).
+    fresh: Duration,
     _kind: PhantomData<K>,
 }
 
@@ -162,15 +169,16 @@ impl<K: Strategy> WatchCache<K> {
     /// # Errors
     /// When the store cannot be read.
     pub async fn start(store: Arc<dyn Store>) -> skiff_store::Result<Arc<Self>> {
-        Self::start_sized(store, WINDOW, FANOUT_BUFFER).await
+        Self::start_sized(store, WINDOW, FANOUT_BUFFER, FRESH).await
     }
 
-    /// [`Self::start`] keeping `window` changes, with live watchers
-    /// `fanout` changes of slack.
+    /// [`Self::start`] keeping `window` changes for `fresh` at most, with
+    /// live watchers `fanout` changes of slack.
     pub(crate) async fn start_sized(
         store: Arc<dyn Store>,
         window: usize,
         fanout: usize,
+        fresh: Duration,
     ) -> skiff_store::Result<Arc<Self>> {
         let from = store.current_revision().await?;
         let (tx, _) = broadcast::channel(fanout);
@@ -184,10 +192,38 @@ impl<K: Strategy> WatchCache<K> {
             }),
             window,
             fanout,
+            fresh,
             _kind: PhantomData,
         });
         tokio::spawn(Arc::clone(&cache).follow(store, from));
+        tokio::spawn(Self::expire(Arc::downgrade(&cache)));
         Ok(cache)
+    }
+
+    /// Lets go of stale changes while nothing new arrives (a push trims
+    /// too); ends with the cache.
+    async fn expire(cache: std::sync::Weak<Self>) {
+        loop {
+            let Some(period) = cache.upgrade().map(|c| c.fresh / 3) else {
+                return;
+            };
+            tokio::time::sleep(period).await;
+            let Some(cache) = cache.upgrade() else {
+                return;
+            };
+            cache.trim(&mut cache.state.lock().expect("watch cache lock"));
+        }
+    }
+
+    /// Drops the changes older than `fresh` from the front of the window.
+    fn trim(&self, state: &mut State<K>) {
+        let now = Instant::now();
+        while let Some((at, _)) = state.window.front()
+            && now.duration_since(*at) > self.fresh
+            && let Some((_, old)) = state.window.pop_front()
+        {
+            state.window_start = old.revision;
+        }
     }
 
     /// Follows the store forever, reconnecting on errors. If the store lost
@@ -250,12 +286,15 @@ impl<K: Strategy> WatchCache<K> {
         let revision = change.revision;
         let mut state = self.state.lock().expect("watch cache lock");
         if state.window.len() == self.window
-            && let Some(old) = state.window.pop_front()
+            && let Some((_, old)) = state.window.pop_front()
         {
             state.window_start = old.revision;
         }
+        self.trim(&mut state);
         state.latest = revision;
-        state.window.push_back(Arc::clone(&change));
+        state
+            .window
+            .push_back((Instant::now(), Arc::clone(&change)));
         let _ = state.tx.send(change);
     }
 
@@ -269,8 +308,8 @@ impl<K: Strategy> WatchCache<K> {
         let backlog = state
             .window
             .iter()
-            .filter(|c| c.revision > revision)
-            .cloned()
+            .filter(|(_, c)| c.revision > revision)
+            .map(|(_, c)| Arc::clone(c))
             .collect();
         Some(Subscription {
             backlog,

@@ -9,8 +9,11 @@ use skiff_store::{EmbeddedStore, Store};
 
 use super::*;
 
+/// How long the tests' caches keep changes.
+const FRESH: Duration = Duration::from_secs(600);
+
 /// A store in `dir` and a ConfigMap watch cache over it keeping `window`
-/// changes with `fanout` of slack per live watcher.
+/// changes (for [`FRESH`]) with `fanout` of slack per live watcher.
 async fn cache(
     dir: &tempfile::TempDir,
     window: usize,
@@ -18,7 +21,7 @@ async fn cache(
 ) -> (Arc<dyn Store>, Arc<WatchCache<ConfigMap>>) {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
-    let cache = WatchCache::start_sized(Arc::clone(&store), window, fanout)
+    let cache = WatchCache::start_sized(Arc::clone(&store), window, fanout, FRESH)
         .await
         .unwrap();
     (store, cache)
@@ -137,4 +140,40 @@ async fn a_watcher_behind_the_window_is_told_to_relist() {
     let mut current = source(&cache, now);
     let last = write(&*store, &cache, "later", 1).await;
     assert_eq!(next_change(&mut current, now).await.unwrap().revision, last);
+}
+
+#[tokio::test]
+async fn a_cache_at_rest_lets_go_of_changes_older_than_its_fresh_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
+    let fresh = Duration::from_millis(300);
+    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 16, fresh)
+        .await
+        .unwrap();
+    let from = store.current_revision().await.unwrap();
+    let last = write(&*store, &cache, "cm", 5).await;
+    assert_eq!(
+        cache.subscribe(from).unwrap().backlog.len(),
+        5,
+        "kept while fresh"
+    );
+    // Nothing is written meanwhile: the cache's own timer lets them go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cache.subscribe(from).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "changes kept past their time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A watcher at the present is still served from memory, with nothing
+    // to replay; one from before is left to the store (which still has it).
+    assert!(cache.subscribe(last).unwrap().backlog.is_empty());
+    let mut older = store
+        .watch(&skiff::keys::kind::<ConfigMap>(), from + 1)
+        .await
+        .unwrap();
+    use futures::StreamExt as _;
+    assert_eq!(older.next().await.unwrap().unwrap().revision(), from + 1);
 }
