@@ -53,12 +53,24 @@ impl<U> Decoder<U> {
         if status.code() != tonic::Code::Internal {
             return status;
         }
-        let name = std::any::type_name::<U>();
         Status::invalid_argument(format!(
             "the message does not decode as {}: {}",
-            name.rsplit("::").next().unwrap_or(name),
+            short_name(std::any::type_name::<U>()),
             status.message()
         ))
+    }
+}
+
+/// A type's name without its paths: `WatchEvent<Pod>` for
+/// `skiff::watch::WatchEvent<skiff::pb::core::v1::Pod>`.
+fn short_name(name: &str) -> String {
+    match name.split_once('<') {
+        Some((outer, inner)) => format!(
+            "{}<{}>",
+            short_name(outer),
+            short_name(inner.strip_suffix('>').unwrap_or(inner))
+        ),
+        None => name.rsplit("::").next().unwrap_or(name).to_string(),
     }
 }
 
@@ -102,6 +114,15 @@ mod tests {
             mapped.message().contains("recursion"),
             "{}",
             mapped.message()
+        );
+    }
+
+    #[test]
+    fn a_message_is_named_without_its_paths() {
+        assert_eq!(short_name("skiff::pb::core::v1::Pod"), "Pod");
+        assert_eq!(
+            short_name(std::any::type_name::<crate::pb::core::v1::PodWatchEvent>()),
+            "WatchEvent<Pod>"
         );
     }
 

@@ -14,7 +14,9 @@ use prost::encoding::{self, DecodeContext, WireType};
 
 use crate::pb::api::v1::EventType;
 
-/// One change as streamed by a kind's Watch.
+/// One change as streamed by a kind's Watch. (Equality compares the
+/// fields as they are: an event built with [`Self::encoded`] equals only
+/// another built from the same bytes, not the event decoded from them.)
 #[derive(Clone, PartialEq, Default)]
 pub struct WatchEvent<K> {
     /// The [`EventType`], as its number (an unknown number stays as sent).
@@ -73,12 +75,16 @@ impl<K: prost::Message + Default> prost::Message for WatchEvent<K> {
     ) -> Result<(), prost::DecodeError> {
         match tag {
             1 => encoding::int32::merge(wire_type, &mut self.r#type, buf, ctx),
-            2 => encoding::message::merge(
-                wire_type,
-                self.object.get_or_insert_with(K::default),
-                buf,
-                ctx,
-            ),
+            2 => {
+                // Bytes sent in place of the object would now be stale.
+                self.encoded = None;
+                encoding::message::merge(
+                    wire_type,
+                    self.object.get_or_insert_with(K::default),
+                    buf,
+                    ctx,
+                )
+            }
             _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }

@@ -122,12 +122,12 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
     // After the last cycle, and after compaction has had its turn.
     tokio::time::sleep(Duration::from_secs(compaction + 5)).await;
     let done = cycles.lock().expect("cycles").len();
-    samples.push(sample(&components, dir.path(), t0, done));
-    print_sample(samples.last().expect("just pushed"), false);
+    let rest = sample(&components, dir.path(), t0, done);
+    print_sample(&rest, false);
     let left = leftovers(&channel).await?;
     drop((controllers, scheduler, hollow, server));
 
-    report(&samples, &cycles.lock().expect("cycles"), &left);
+    report(&samples, &rest, &cycles.lock().expect("cycles"), &left);
     Ok(())
 }
 
@@ -373,9 +373,12 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn report(samples: &[Sample], cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
+/// Slopes over the churn after its first third; `rest` is the reading
+/// after the churn stopped and compaction ran.
+fn report(samples: &[Sample], rest: &Sample, cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
     // Warm-up: the first third of the run.
     let end = samples.last().map_or(0.0, |s| s.at_s);
+    let total = rest.at_s;
     let steady: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= end / 3.0).collect();
     let slope = |f: &dyn Fn(&Sample) -> f64| {
         slope_per_hour(&steady.iter().map(|s| (s.at_s, f(s))).collect::<Vec<_>>())
@@ -401,21 +404,23 @@ fn report(samples: &[Sample], cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
         for (i, (name, ..)) in s.components.iter().enumerate() {
             let rss = slope(&|s| s.components[i].1);
             let fds = slope(&|s| s.components[i].2 as f64);
-            let last_rss = samples.last().map_or(0.0, |s| s.components[i].1);
+            let churn_rss = samples.last().map_or(0.0, |s| s.components[i].1);
+            let rest_rss = rest.components[i].1;
             println!("{:<44} {:>12.1}", format!("{name} RSS slope, MiB/h"), rss);
             println!("{:<44} {:>12.1}", format!("{name} fds slope, per h"), fds);
             println!(
-                "{:<44} {:>12.1}",
-                format!("{name} RSS at the end, MiB"),
-                last_rss
+                "{:<44} {:>12}",
+                format!("{name} RSS churning / at rest, MiB"),
+                format!("{churn_rss:.1} / {rest_rss:.1}")
             );
             figures.insert(format!("{name}_rss_slope_mib_per_h"), json!(round(rss)));
             figures.insert(format!("{name}_fds_slope_per_h"), json!(round(fds)));
-            figures.insert(format!("{name}_rss_end_mib"), json!(round(last_rss)));
+            figures.insert(format!("{name}_rss_churn_mib"), json!(round(churn_rss)));
+            figures.insert(format!("{name}_rss_rest_mib"), json!(round(rest_rss)));
         }
     }
     let store = slope(&|s| s.store_mib);
-    let store_end = samples.last().map_or(0.0, |s| s.store_mib);
+    let store_end = rest.store_mib;
     println!("{:<44} {:>12.1}", "store size slope, MiB/h", store);
     println!("{:<44} {:>12.1}", "store size at the end, MiB", store_end);
     println!(
@@ -441,7 +446,7 @@ fn report(samples: &[Sample], cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
         }
     );
     figures.insert("bench".into(), json!("soak"));
-    figures.insert("minutes".into(), json!(round(end / 60.0)));
+    figures.insert("minutes".into(), json!(round(total / 60.0)));
     figures.insert("cycles".into(), json!(cycles.len()));
     figures.insert("failed_cycles".into(), json!(failed));
     figures.insert("cycle_first_s".into(), json!(round(first)));

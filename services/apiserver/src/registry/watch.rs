@@ -154,7 +154,9 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
                     | tokio::sync::broadcast::error::RecvError::Closed,
                 ) => {
                     let Some(sub) = cache.subscribe(sent) else {
-                        return Err(expired(sent));
+                        return Err(ApiError::Expired(format!(
+                            "too old resource version: {sent}: the watch fell behind the changes kept for it; list again and watch from the list's resourceVersion"
+                        )));
                     };
                     *backlog = sub.backlog.into();
                     *live = sub.live;
@@ -260,7 +262,11 @@ impl Registry {
         };
         let bookmarks = req.allow_bookmarks.then(|| {
             let period = self.bookmark_interval.max(Duration::from_millis(10));
-            tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            // A slow start (many initial objects) is not made up for with
+            // a burst of bookmarks.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
         });
         let watcher = Watcher::<K> {
             filter,

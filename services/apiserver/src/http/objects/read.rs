@@ -113,6 +113,7 @@ pub(super) async fn list<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, F
 /// One watch event as a line: `{"type":"ADDED","object":{...}}\n`, the
 /// object a one-row Table when the client asked for Tables.
 fn event_line(kind: &str, object: &Value, table: Option<Include>) -> Bytes {
+    let row;
     let object = match table {
         Some(include) if kind != "BOOKMARK" && kind != "ERROR" => {
             let rv = object
@@ -121,17 +122,19 @@ fn event_line(kind: &str, object: &Value, table: Option<Include>) -> Bytes {
                 .unwrap_or("")
                 .to_string();
             let kind_name = object.get("kind").and_then(Value::as_str).unwrap_or("");
-            table::of(kind_name, std::slice::from_ref(object), &rv, include)
+            row = table::of(kind_name, std::slice::from_ref(object), &rv, include);
+            &row
         }
-        _ => object.clone(),
+        _ => object,
     };
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object}))
-        .unwrap_or_else(|_| b"{}".to_vec());
-    line.push(b'\n');
-    Bytes::from(line)
+    shared_event_line(
+        kind,
+        &serde_json::to_vec(object).unwrap_or_else(|_| b"{}".to_vec()),
+    )
 }
 
-/// An event line around an object already in JSON.
+/// An event line around an object already in JSON, `type` first as
+/// Kubernetes writes it.
 fn shared_event_line(kind: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + kind.len() + 24);
     line.extend_from_slice(b"{\"type\":\"");
