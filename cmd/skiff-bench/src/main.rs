@@ -254,6 +254,32 @@ where
 }
 
 /// The Pod every create benchmark writes: a typical small manifest.
+/// A selector for `labels` and a template of pods carrying them: the
+/// bench pod without resources (hollow nodes account for nothing).
+fn bench_template(
+    labels: std::collections::BTreeMap<String, String>,
+) -> (
+    skiff::pb::meta::v1::LabelSelector,
+    skiff::pb::core::v1::PodTemplateSpec,
+) {
+    let mut pod = bench_pod("template".into());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].resources = None;
+    }
+    let selector = skiff::pb::meta::v1::LabelSelector {
+        match_labels: labels.clone(),
+        ..Default::default()
+    };
+    let template = skiff::pb::core::v1::PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels,
+            ..Default::default()
+        }),
+        spec: pod.spec,
+    };
+    (selector, template)
+}
+
 fn bench_pod(name: String) -> Pod {
     Pod {
         metadata: Some(ObjectMeta {

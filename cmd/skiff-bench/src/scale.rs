@@ -5,8 +5,7 @@ use super::*;
 
 pub(crate) async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
     use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetSpec};
-    use skiff::pb::core::v1::{Node, PodTemplateSpec};
-    use skiff::pb::meta::v1::LabelSelector;
+    use skiff::pb::core::v1::Node;
     let dir = tempfile::tempdir()?;
     let server = skiff_testkit::ServerProcess::start(&[
         "--data-dir".into(),
@@ -32,10 +31,7 @@ pub(crate) async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<(
         [("app".to_string(), "scale".to_string())]
             .into_iter()
             .collect();
-    let mut template_pod = bench_pod("template".into());
-    if let Some(spec) = template_pod.spec.as_mut() {
-        spec.containers[0].resources = None;
-    }
+    let (selector, template) = bench_template(labels);
     let rs = ReplicaSet {
         metadata: Some(ObjectMeta {
             name: "scale".into(),
@@ -44,17 +40,8 @@ pub(crate) async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<(
         }),
         spec: Some(ReplicaSetSpec {
             replicas: Some(0),
-            selector: Some(LabelSelector {
-                match_labels: labels.clone(),
-                ..Default::default()
-            }),
-            template: Some(PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels,
-                    ..Default::default()
-                }),
-                spec: template_pod.spec,
-            }),
+            selector: Some(selector),
+            template: Some(template),
             ..Default::default()
         }),
         ..Default::default()

@@ -12,8 +12,7 @@
 use super::*;
 
 use skiff::pb::apps::v1::{Deployment, DeploymentSpec};
-use skiff::pb::core::v1::{Namespace, PodTemplateSpec, Service, ServicePort, ServiceSpec};
-use skiff::pb::meta::v1::LabelSelector;
+use skiff::pb::core::v1::{Namespace, Service, ServicePort, ServiceSpec};
 
 /// What the bench was asked for.
 pub(crate) struct Soak {
@@ -170,27 +169,15 @@ async fn cycle(channel: &Channel, namespace: &str, replicas: i32) -> anyhow::Res
             ..Default::default()
         })
         .await?;
-    let mut pod = bench_pod("template".into());
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].resources = None;
-    }
+    let (selector, template) = bench_template(labels.clone());
     let deployments = skiff_client::Api::<Deployment>::new(channel.clone());
     deployments
         .create(Deployment {
             metadata: Some(meta("web")),
             spec: Some(DeploymentSpec {
                 replicas: Some(replicas),
-                selector: Some(LabelSelector {
-                    match_labels: labels.clone(),
-                    ..Default::default()
-                }),
-                template: Some(PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels,
-                        ..Default::default()
-                    }),
-                    spec: pod.spec,
-                }),
+                selector: Some(selector),
+                template: Some(template),
                 ..Default::default()
             }),
             ..Default::default()
