@@ -254,6 +254,52 @@ where
 }
 
 /// The Pod every create benchmark writes: a typical small manifest.
+/// `skiff server` (its state in `dir`, with `server_args`), `nodes`
+/// hollow nodes registered, the scheduler and the controller manager, all
+/// as processes; dropped in that order, the controllers first.
+struct HollowCluster {
+    controllers: skiff_testkit::ChildGuard,
+    scheduler: skiff_testkit::SchedulerProcess,
+    hollow: skiff_testkit::ChildGuard,
+    server: skiff_testkit::ServerProcess,
+    channel: Channel,
+}
+
+impl HollowCluster {
+    async fn start(
+        dir: &std::path::Path,
+        server_args: &[String],
+        nodes: usize,
+    ) -> anyhow::Result<Self> {
+        let mut args = vec!["--data-dir".to_string(), dir.display().to_string()];
+        args.extend_from_slice(server_args);
+        let server = skiff_testkit::ServerProcess::start(&args)?;
+        let url = server.url();
+        let channel = skiff_client::connect_lazy(&url)?;
+        let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
+        let node_api = skiff_client::Api::<skiff::pb::core::v1::Node>::new(channel.clone());
+        let started = Instant::now();
+        while node_api.list(Default::default()).await?.items.len() < nodes {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "hollow nodes did not register"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
+        // Hollow nodes run no pod network: no blocks to give them.
+        let controllers =
+            skiff_testkit::controller_manager_with(&url, &[], &["--allocate-node-cidrs=false"])?;
+        Ok(Self {
+            controllers,
+            scheduler,
+            hollow,
+            server,
+            channel,
+        })
+    }
+}
+
 /// A selector for `labels` and a template of pods carrying them: the
 /// bench pod without resources (hollow nodes account for nothing).
 fn bench_template(

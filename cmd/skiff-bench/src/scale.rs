@@ -5,28 +5,9 @@ use super::*;
 
 pub(crate) async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<()> {
     use skiff::pb::apps::v1::{ReplicaSet, ReplicaSetSpec};
-    use skiff::pb::core::v1::Node;
     let dir = tempfile::tempdir()?;
-    let server = skiff_testkit::ServerProcess::start(&[
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-    ])?;
-    let url = server.url();
-    let channel = skiff_client::connect_lazy(&url)?;
-    let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
-    let node_api = skiff_client::Api::<Node>::new(channel.clone());
-    let started = Instant::now();
-    while node_api.list(Default::default()).await?.items.len() < nodes {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "hollow nodes did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
-    // Hollow nodes run no pod network: no blocks to give them.
-    let controllers =
-        skiff_testkit::controller_manager_with(&url, &[], &["--allocate-node-cidrs=false"])?;
+    let cluster = HollowCluster::start(dir.path(), &[], nodes).await?;
+    let channel = cluster.channel.clone();
     let labels: std::collections::BTreeMap<String, String> =
         [("app".to_string(), "scale".to_string())]
             .into_iter()
@@ -108,7 +89,7 @@ pub(crate) async fn bench_scale(nodes: usize, replicas: i32) -> anyhow::Result<(
             .await?,
     );
     let writes = after - before;
-    drop((controllers, scheduler, hollow, server));
+    drop(cluster);
     println!("{:<44} {:>12}", "measure", "value");
     println!(
         "{:<44} {:>12.2}",

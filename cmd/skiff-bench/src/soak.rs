@@ -40,31 +40,18 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // Compaction often enough that a short soak sees several.
     let compaction = ((soak.minutes * 60.0 / 6.0) as u64).clamp(10, 300);
-    let server = skiff_testkit::ServerProcess::start(&[
-        "--data-dir".into(),
-        dir.path().display().to_string(),
-        format!("--compaction-interval={compaction}s"),
-    ])?;
-    let url = server.url();
-    let channel = skiff_client::connect_lazy(&url)?;
-    let hollow = skiff_testkit::hollow_nodes(&url, soak.nodes)?;
-    let node_api = skiff_client::Api::<skiff::pb::core::v1::Node>::new(channel.clone());
-    let started = Instant::now();
-    while node_api.list(Default::default()).await?.items.len() < soak.nodes {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "hollow nodes did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "soak", 15, false)?;
-    let controllers =
-        skiff_testkit::controller_manager_with(&url, &[], &["--allocate-node-cidrs=false"])?;
+    let cluster = HollowCluster::start(
+        dir.path(),
+        &[format!("--compaction-interval={compaction}s")],
+        soak.nodes,
+    )
+    .await?;
+    let channel = cluster.channel.clone();
     let components = [
-        ("server", server.process.pid()),
-        ("scheduler", scheduler.process.pid()),
-        ("controller-manager", controllers.pid()),
-        ("hollow-nodes", hollow.pid()),
+        ("server", cluster.server.process.pid()),
+        ("scheduler", cluster.scheduler.process.pid()),
+        ("controller-manager", cluster.controllers.pid()),
+        ("hollow-nodes", cluster.hollow.pid()),
     ];
     eprintln!(
         "soak: {} loops for {} min on {} hollow nodes, compaction every {compaction} s",
@@ -124,7 +111,7 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
     let rest = sample(&components, dir.path(), t0, done);
     print_sample(&rest, false);
     let left = leftovers(&channel).await?;
-    drop((controllers, scheduler, hollow, server));
+    drop(cluster);
 
     report(&samples, &rest, &cycles.lock().expect("cycles"), &left);
     Ok(())
