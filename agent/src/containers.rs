@@ -405,11 +405,21 @@ async fn resolve_env(
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
-    let mut env: Vec<(String, String)> = if links {
-        service_env(&sources.services(ns).await?)
+    let mut services = if links {
+        sources.services(ns).await?
     } else {
         Vec::new()
     };
+    // The API server's Service (`default/kubernetes`) is always there,
+    // links or not, as the kubelet does: in-cluster clients find the API
+    // by KUBERNETES_SERVICE_HOST/PORT. A Service of that name in the pod's
+    // own namespace wins.
+    if !services.iter().any(|s| s.name() == MASTER_NAME)
+        && let Some(master) = sources.service(MASTER_NAMESPACE, MASTER_NAME).await?
+    {
+        services.push(master);
+    }
+    let mut env: Vec<(String, String)> = service_env(&services);
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
         .iter_mut()
         .find(|(name, _)| *name == k)
@@ -533,6 +543,11 @@ async fn env_value(
     }
     Ok(Some(String::new()))
 }
+
+/// Where the API server's Service is (`default/kubernetes`).
+const MASTER_NAMESPACE: &str = "default";
+/// See [`MASTER_NAMESPACE`].
+const MASTER_NAME: &str = "kubernetes";
 
 /// Kubernetes' environment variables for the Services of the pod's
 /// namespace (those with a cluster IP): `WEB_SERVICE_HOST`,

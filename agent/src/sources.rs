@@ -223,6 +223,25 @@ impl Sources {
         Ok(list.items)
     }
 
+    /// One Service, None when there is none.
+    ///
+    /// # Errors
+    /// The API could not be asked.
+    pub async fn service(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<skiff::pb::core::v1::Service>, Error> {
+        match self.services.get(ns, name).await {
+            Ok(service) => Ok(Some(service)),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(Error::Api {
+                what: format!("service {ns}/{name}"),
+                status,
+            }),
+        }
+    }
+
     /// A ConfigMap's data, its binaryData too with `binary` (files have
     /// both; environment variables, as in Kubernetes, only `data`), or
     /// None when it does not exist.

@@ -6,6 +6,7 @@
 mod agent;
 mod api;
 mod attacks;
+mod chart;
 mod cli;
 mod controllers;
 mod crash;

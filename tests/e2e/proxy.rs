@@ -20,6 +20,8 @@ use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
 use skiff_testkit::{AgentNode, wait_until};
 
+mod master;
+
 /// One test's cluster: API server in process, scheduler, controller
 /// manager and agent as processes.
 struct Cluster {

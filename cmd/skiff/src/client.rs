@@ -170,9 +170,14 @@ pub(crate) struct GetArgs {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     /// The kind (`pods`, `po`, `deployment`, ...).
+    #[arg(required_unless_present = "raw", default_value = "")]
     pub(crate) kind: String,
     /// Names (default: all).
     pub(crate) names: Vec<String>,
+    /// GET this path of the server's HTTP API and print the reply
+    /// (`/readyz`, `/api/v1/namespaces`), as `kubectl get --raw`.
+    #[arg(long, conflicts_with_all = ["names", "watch"])]
+    pub(crate) raw: Option<String>,
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub(crate) all_namespaces: bool,
@@ -425,6 +430,10 @@ pub(crate) async fn run(command: ClientCommand) -> anyhow::Result<i32> {
                 None => ctl.apply(&args.files, dry_run(&args.dry_run), true).await?,
             }
         }
+        ClientCommand::Get(args) if args.raw.is_some() => {
+            let path = args.raw.as_deref().unwrap_or("/");
+            get_raw(&args.client, path).await?;
+        }
         ClientCommand::Get(args) => {
             let output: skiff_ctl::Output = args
                 .output
@@ -580,4 +589,33 @@ fn parse_timeout(value: &str) -> Result<std::time::Duration, String> {
         Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
         Err(_) => humantime::parse_duration(value).map_err(|e| e.to_string()),
     }
+}
+
+/// `skiff get --raw PATH`: the server's HTTP reply to `GET PATH`, as
+/// yourself (the config's certificate); a refusal is an error.
+async fn get_raw(client: &ClientArgs, path: &str) -> anyhow::Result<()> {
+    let (server, tls, _) = connection(client.server.as_deref(), client.config.as_deref())?;
+    let tls = tls.ok_or_else(|| anyhow::anyhow!("error: --raw needs an https:// server"))?;
+    anyhow::ensure!(
+        path.starts_with('/'),
+        "error: --raw {path:?}: a path starts with /"
+    );
+    let target = crate::https::Target {
+        base: server.trim_end_matches('/').to_string(),
+        tls,
+        token: None,
+    };
+    let reply = target
+        .request(http::Method::GET, path, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("error: {e:#}"))?;
+    let text = reply.text();
+    if !reply.status.is_success() {
+        anyhow::bail!("Error from server ({}): {}", reply.status, text.trim());
+    }
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
 }

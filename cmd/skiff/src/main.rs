@@ -25,6 +25,8 @@ mod common;
 mod controllers;
 mod etcd;
 mod hollow;
+mod https;
+mod publish;
 mod scheduler;
 mod security;
 mod server;

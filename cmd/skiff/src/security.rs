@@ -74,6 +74,50 @@ pub fn load(
     Ok(Arc::new(security))
 }
 
+/// Puts the CA of `dir` (`ca.crt` and `ca.key`, or cert-manager's
+/// `tls.crt` and `tls.key`) into `pki` where it has none; the same CA
+/// there already is fine.
+///
+/// # Errors
+/// Unreadable files, a certificate that does not parse, or `pki` holding
+/// another CA.
+pub fn adopt_ca(dir: &Path, pki: &Path) -> anyhow::Result<()> {
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .with_context(|| format!("--ca-dir: reading {}", dir.join(file).display()))
+    };
+    let (cert_file, key_file) = if dir.join("ca.key").exists() || !dir.join("tls.key").exists() {
+        ("ca.crt", "ca.key")
+    } else {
+        ("tls.crt", "tls.key")
+    };
+    let (cert, key) = (read(cert_file)?, read(key_file)?);
+    anyhow::ensure!(
+        skiff_pki::Parsed::from_pem(&cert).is_some(),
+        "--ca-dir: {} is not a PEM certificate",
+        dir.join(cert_file).display()
+    );
+    std::fs::create_dir_all(pki).with_context(|| format!("creating {}", pki.display()))?;
+    for (file, text, mode) in [("ca.crt", &cert, 0o644), ("ca.key", &key, 0o600)] {
+        let path = pki.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(have) if have == *text => {}
+            Ok(_) => anyhow::bail!(
+                "--ca-dir: {} holds another CA than {}: move {} away to take the given one",
+                path.display(),
+                dir.display(),
+                pki.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                skiff_pki::ca::write_atomic(&path, text, mode)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 /// What [`write_configs`] wrote.
 pub struct Configs {
     /// The admin's client config (`system:masters`).

@@ -36,6 +36,11 @@ pub(crate) struct ApiArgs {
     /// certificate), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub(crate) tls_san: Vec<String>,
+    /// The address pods reach this server at (the `kubernetes` Service's
+    /// endpoint, what in-cluster clients dial); default: the --listen
+    /// address, or this host's when listening on all.
+    #[arg(long)]
+    pub(crate) advertise_address: Option<std::net::IpAddr>,
     /// How long certificates issued to nodes are valid, in seconds
     /// (agents renew theirs at 80 % of that).
     #[arg(long, default_value_t = 365 * 24 * 3600)]
@@ -69,6 +74,22 @@ pub(crate) struct ServerArgs {
     /// with it, the others take them from there.
     #[arg(long, env = "SKIFF_CLUSTER_TOKEN", hide_env_values = true)]
     pub(crate) cluster_token: Option<String>,
+    /// Run as a pod of another Kubernetes cluster (the Helm chart): write
+    /// the CA, the components' client configs, the admin's kubeconfig and
+    /// an agents' join token into this Secret of the pod's namespace there,
+    /// through that cluster's API as the pod's service account.
+    #[arg(long, value_name = "SECRET")]
+    pub(crate) publish_credentials: Option<String>,
+    /// A directory with `ca.crt` and `ca.key`: the cluster CA to use (a
+    /// mounted Secret), instead of one made on first start. A data dir
+    /// that already holds another CA is refused.
+    #[arg(long)]
+    pub(crate) ca_dir: Option<PathBuf>,
+    /// The URL the published configs name the server by (default: the
+    /// local one), e.g. `https://skiff.NAMESPACE.svc:6443`; give its host
+    /// to --tls-san too.
+    #[arg(long, requires = "publish_credentials")]
+    pub(crate) publish_url: Option<String>,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
 }
@@ -104,6 +125,7 @@ pub(crate) fn api_config(
         .map_err(|e: String| anyhow::anyhow!("--service-cidr: {e}"))?;
     config.node_ports = port_range(&args.service_node_port_range)?;
     config.metrics_addr = args.metrics_addr;
+    config.advertise_address = args.advertise_address;
     anyhow::ensure!(
         args.compaction_interval >= std::time::Duration::from_secs(1),
         "--compaction-interval: {:?} is shorter than a second",
@@ -152,6 +174,13 @@ pub(crate) fn local_url(addr: SocketAddr, tls: bool) -> String {
 /// Runs the API server until a signal, writing the components' client
 /// configs into the data dir.
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.publish_credentials.is_none() || !args.api.insecure,
+        "--publish-credentials: a server started --insecure has no credentials to publish"
+    );
+    if let Some(dir) = &args.ca_dir {
+        security::adopt_ca(dir, &args.data_dir.join("pki"))?;
+    }
     let mut config = match &args.cluster_token {
         None => api_config(&args.api, &args.data_dir)?,
         Some(_) if args.api.etcd.is_empty() || args.api.insecure => anyhow::bail!(
@@ -200,6 +229,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             controller_manager = %configs.controller_manager.display(),
             "client configs written (use --config FILE, or SKIFF_CONFIG=FILE for skiff commands)"
         );
+        if let Some(secret) = args.publish_credentials {
+            let url = args.publish_url.unwrap_or(url);
+            crate::publish::spawn(crate::publish::Publish { secret, url }, configs);
+        }
     }
     skiff_apiserver::serve_until(server, shutdown_signal())
         .await

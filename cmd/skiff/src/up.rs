@@ -34,6 +34,10 @@ pub(crate) struct UpArgs {
     /// The local agent's node name (default: the host name).
     #[arg(long)]
     pub(crate) node_name: Option<String>,
+    /// The Docker network the local agent's pods attach to (created if
+    /// missing; with the docker pod network).
+    #[arg(long, default_value = "skiff")]
+    pub(crate) network: String,
     /// Keep the state in etcd that `skiff up` starts and supervises
     /// itself (Debian's etcd-server), under DATA_DIR/etcd: one member, or
     /// `=3` for three on this machine (to try a highly available store).
@@ -137,6 +141,7 @@ async fn run_cluster(
     agent_config.runtime = skiff_agent::RuntimeKind::Auto;
     agent_config.proxy = args.proxy_mode.parse().map_err(anyhow::Error::msg)?;
     agent_config.service_cidr = Some(args.api.service_cidr.clone());
+    agent_config.network.clone_from(&args.network);
     agent_config.lb_pool = (!args.lb_pool.is_empty()).then(|| args.lb_pool.clone());
     agent_config.pod_network = args.pod_network.options(&args.node_cidrs.cluster_cidr)?;
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -200,7 +205,10 @@ async fn run_cluster(
             args.node_cidrs.cluster_cidr, args.pod_network.flannel_backend
         );
     } else {
-        println!("  agent:       node {node:?} (Docker; pods in the `skiff` network)");
+        println!(
+            "  agent:       node {node:?} (Docker; pods in the `{}` network)",
+            args.network
+        );
     }
     if let Some(endpoints) = &managed_endpoints {
         println!(

@@ -178,13 +178,14 @@ pub fn load() -> Result<ClientConfig, Error> {
 /// # Errors
 /// The file cannot be written.
 pub fn save_to(config: &ClientConfig, p: &Path, written_by: &str) -> std::io::Result<()> {
-    let text = serde_yaml::to_string(config).map_err(std::io::Error::other)?;
-    skiff_pki::ca::write_atomic(
-        p,
-        &format!("# Written by `{written_by}`: where the cluster is and who you are.\n{text}"),
-        0o600,
-    )
-    .map_err(std::io::Error::other)
+    skiff_pki::ca::write_atomic(p, &to_text(config, written_by), 0o600)
+        .map_err(std::io::Error::other)
+}
+
+/// The config as its file holds it, saying who wrote it.
+pub fn to_text(config: &ClientConfig, written_by: &str) -> String {
+    let text = serde_yaml::to_string(config).unwrap_or_default();
+    format!("# Written by `{written_by}`: where the cluster is and who you are.\n{text}")
 }
 
 /// Writes the config to [`path`].

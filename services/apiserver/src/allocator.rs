@@ -69,6 +69,11 @@ impl Cidr {
         (1u32 << (32 - self.bits)) - 2
     }
 
+    /// The first address: the `kubernetes` Service's.
+    pub fn first(&self) -> Ipv4Addr {
+        self.nth(0)
+    }
+
     fn nth(&self, i: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.base) + 1 + i)
     }
@@ -212,11 +217,15 @@ impl Allocator {
                 Err(e) => Err(e.into()),
             };
         }
+        // The range's first address is the `kubernetes` Service's (which
+        // asks for it): never handed out at random, as in Kubernetes.
         let size = self.range.usable();
-        let start = uuid::Uuid::new_v4().as_u128() as u32 % size;
+        let reserved = u32::from(size > 1);
+        let free = size - reserved;
+        let start = uuid::Uuid::new_v4().as_u128() as u32 % free;
         let candidates = (0..RANDOM_TRIES as u32)
-            .map(|_| uuid::Uuid::new_v4().as_u128() as u32 % size)
-            .chain((0..size).map(|i| (start + i) % size));
+            .map(|_| uuid::Uuid::new_v4().as_u128() as u32 % free + reserved)
+            .chain((0..free).map(|i| (start + i) % free + reserved));
         for i in candidates {
             let ip = self.range.nth(i);
             match self.store.create(&key(ip), value.clone()).await {

@@ -105,6 +105,10 @@ pub struct Config {
     pub security: Option<Arc<auth::Security>>,
     /// Pod Security admission: the default level and exempt namespaces.
     pub pod_security: podsecurity::PodSecurity,
+    /// The address pods reach this server at (the `kubernetes` Service's
+    /// endpoint); None: the listen address, or when listening on all
+    /// addresses, this host's (by its name).
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 pub use skiff::names::DEFAULT_SERVICE_CIDR;
@@ -123,8 +127,46 @@ impl Config {
             metrics_addr: None,
             security: None,
             pod_security: podsecurity::PodSecurity::default(),
+            advertise_address: None,
         }
     }
+}
+
+/// The address pods reach a server bound to `bound` at: `configured`,
+/// else the bound address, else (bound to all) the source address of this
+/// host's default route (as kube-apiserver picks it), else its first
+/// non-loopback IPv4 address by its name, else loopback.
+async fn advertise_address(configured: Option<std::net::IpAddr>, bound: SocketAddr) -> SocketAddr {
+    if let Some(ip) = configured {
+        return SocketAddr::new(ip, bound.port());
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    // A UDP socket "connected" to a documentation address (TEST-NET-1) is
+    // a route lookup: nothing is sent.
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("192.0.2.1:9")?;
+            socket.local_addr()
+        })
+        .map(|local| local.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback());
+    if let Some(ip) = routed {
+        return SocketAddr::new(ip, bound.port());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let found = match tokio::net::lookup_host((host.trim(), bound.port())).await {
+        Ok(addrs) => addrs.filter(|a| a.is_ipv4() && !a.ip().is_loopback()).min(),
+        Err(_) => None,
+    };
+    found.unwrap_or_else(|| {
+        tracing::warn!(
+            "no address of this host's name to advertise: pods are told 127.0.0.1 (give --advertise-address)"
+        );
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bound.port())
+    })
 }
 
 /// Why the server could not start or stopped.
@@ -175,6 +217,8 @@ pub struct ApiServer {
     registry: Arc<Registry>,
     /// The accept loop, health reporting and compaction; aborted on stop.
     background: Vec<JoinHandle<()>>,
+    /// This server's address in the `kubernetes` Service's Endpoints.
+    advertise: SocketAddr,
 }
 
 /// Opens the configured store.
@@ -297,6 +341,12 @@ impl ApiServer {
             .with_pod_security(config.pod_security.clone()),
         );
         registry.bootstrap().await?;
+        // The `kubernetes` Service leads here before the first call is
+        // served; trouble with it is logged and tried again, never fatal.
+        let advertise = advertise_address(config.advertise_address, addr).await;
+        if let Err(e) = registry.reconcile_master(advertise).await {
+            tracing::warn!(error = %e, "keeping the kubernetes Service's endpoints");
+        }
         let actors = if config.actors == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -461,6 +511,10 @@ impl ApiServer {
             tokio::spawn(compaction::run(store, config.compaction_interval)),
         ];
         background.extend(pod_refs_task);
+        background.push(registry::master::spawn_reconciler(
+            Arc::clone(&registry),
+            advertise,
+        ));
         if let Some(security) = config.security.clone() {
             background.push(tokio::spawn(async move {
                 loop {
@@ -486,6 +540,7 @@ impl ApiServer {
             actor_thread: Some(actor_thread),
             registry,
             background,
+            advertise,
         })
     }
 
@@ -515,6 +570,18 @@ impl ApiServer {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain).await;
         for task in &self.background {
             task.abort();
+        }
+        // Out of the `kubernetes` Service's Endpoints (its lease would
+        // expire anyway).
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            self.registry.release_master(self.advertise),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the kubernetes Service's endpoints"),
+            Err(_) => tracing::warn!("leaving the kubernetes Service's endpoints took too long"),
         }
         self.registry.close();
         self.system.stop();

@@ -45,6 +45,7 @@ mod create;
 mod delete;
 mod eviction;
 mod limits;
+pub mod master;
 mod quota;
 mod read;
 mod watch;
