@@ -205,6 +205,14 @@ pub fn helm_binary() -> anyhow::Result<PathBuf> {
     installed_tool("helm")
 }
 
+/// Helm 3 (installed as `helm3`).
+///
+/// # Errors
+/// When it is not installed.
+pub fn helm3_binary() -> anyhow::Result<PathBuf> {
+    installed_tool("helm3")
+}
+
 /// Resident memory of a process, in bytes (Linux `VmRSS`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmRSS:")
