@@ -3,7 +3,6 @@
 //! Helm installs the chart into a running `skiff up`, where the Skiff inside
 //! answers — then upgrades and uninstalls it.
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -184,21 +183,11 @@ impl Up {
             .spawn()
             .unwrap();
         up.child = Some(child);
-        let stdout = up.child.as_mut().unwrap().stdout.take().unwrap();
-        let (said_tx, said_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.starts_with("Press Ctrl-C") {
-                    let _ = said_tx.send(());
-                }
-            }
-        });
-        said_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("skiff up says it is up");
+        skiff_testkit::stdout_until(
+            up.child.as_mut().unwrap(),
+            "Press Ctrl-C",
+            Duration::from_secs(60),
+        );
         up
     }
 
@@ -345,25 +334,14 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
         format!("image.tag={image_tag}"),
     ];
     let chart = chart();
-    let installed = up
-        .tool(
-            &helm,
-            &[
-                "install",
-                "inner",
-                &chart,
-                "-n",
-                "inner",
-                "--wait",
-                "--timeout",
-                "180s",
-                "--set",
-                &image[0],
-                "--set",
-                &image[1],
-            ],
-        )
-        .unwrap();
+    // `helm VERB inner CHART -n inner --wait ... --set IMAGE` and `extra`.
+    let release = |verb: &str, extra: &[&str]| -> Result<String, String> {
+        let mut args = vec![verb, "inner", chart.as_str(), "-n", "inner", "--wait"];
+        args.extend(["--timeout", "180s", "--set", &image[0], "--set", &image[1]]);
+        args.extend_from_slice(extra);
+        up.tool(&helm, &args)
+    };
+    let installed = release("install", &[]).unwrap();
     assert!(installed.contains("STATUS: deployed"), "{installed}");
     let ready = up
         .tool(
@@ -432,24 +410,9 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
     let before = up
         .tool(&kubectl, &["-n", "inner", "get", "rs", "-o", "name"])
         .unwrap();
-    up.tool(
-        &helm,
-        &[
-            "upgrade",
-            "inner",
-            &chart,
-            "-n",
-            "inner",
-            "--wait",
-            "--timeout",
-            "180s",
-            "--set",
-            &image[0],
-            "--set",
-            &image[1],
-            "--set",
-            "scheduler.extraArgs={--lease-duration-secs=20}",
-        ],
+    release(
+        "upgrade",
+        &["--set", "scheduler.extraArgs={--lease-duration-secs=20}"],
     )
     .unwrap();
     let after = up

@@ -458,7 +458,6 @@ async fn vxlan_carries_pod_traffic_between_hosts_on_different_subnets() {
 /// `skiff up` started, which stops with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
-    use std::io::BufRead as _;
     use std::process::{Command, Stdio};
 
     let image = skiff_testkit::test_image().await.unwrap();
@@ -506,24 +505,11 @@ async fn skiff_up_with_a_cni_network_and_its_own_etcd() {
         .spawn()
         .unwrap();
     up.child = Some(child);
-    let stdout = up.child.as_mut().unwrap().stdout.take().unwrap();
-    let (said_tx, said_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut said = String::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            said.push_str(&line);
-            said.push('\n');
-            if line.starts_with("Press Ctrl-C") {
-                let _ = said_tx.send(said.clone());
-            }
-        }
-    });
-    let said = said_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("skiff up says it is up");
+    let said = skiff_testkit::stdout_until(
+        up.child.as_mut().unwrap(),
+        "Press Ctrl-C",
+        Duration::from_secs(60),
+    );
     assert!(
         said.contains("pods on CNI from the node's block of 10.42.0.0/16"),
         "{said}"

@@ -232,6 +232,32 @@ fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// What `child` printed on stdout up to and including its first line
+/// starting with `prefix` (e.g. `skiff up`'s "Press Ctrl-C"); panics
+/// after `within`. The rest of its output is read and dropped.
+pub fn stdout_until(child: &mut std::process::Child, prefix: &str, within: Duration) -> String {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (said_tx, said_rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        let mut said = String::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            said.push_str(&line);
+            said.push('\n');
+            if line.starts_with(&wanted) {
+                let _ = said_tx.send(said.clone());
+            }
+        }
+    });
+    said_rx
+        .recv_timeout(within)
+        .unwrap_or_else(|_| panic!("no line starting {prefix:?} within {within:?}"))
+}
+
 /// Polls `check` every 100 ms until it is true; panics naming `what`
 /// after `within`.
 pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
