@@ -211,3 +211,6 @@ pub fn component_tls(path: &Path) -> anyhow::Result<Option<skiff_client::ClientT
     let config = skiff_ctl::config::load_from(path).map_err(anyhow::Error::msg)?;
     config.tls().map_err(anyhow::Error::msg)
 }
+
+#[cfg(test)]
+mod tests;
