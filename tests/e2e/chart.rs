@@ -151,8 +151,15 @@ struct Up {
     home: tempfile::TempDir,
 }
 
+/// A test's own address ranges for its `skiff up`.
+struct Ranges {
+    service_cidr: &'static str,
+    node_ports: &'static str,
+    lb_pool: &'static str,
+}
+
 impl Up {
-    fn start(node: &str) -> Self {
+    fn start(node: &str, ranges: &Ranges) -> Self {
         let home = tempfile::tempdir().unwrap();
         let port = skiff_testkit::free_port().unwrap();
         let mut up = Up {
@@ -164,14 +171,10 @@ impl Up {
         let child = Command::new(skiff_testkit::skiff_binary().unwrap())
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-name", node, "--network", &up.network])
-            .args([
-                "--proxy-mode",
-                "iptables",
-                "--service-cidr",
-                "10.206.0.0/24",
-            ])
-            .args(["--service-node-port-range", "31261-31270"])
-            .args(["--lb-pool", "127.0.206.1-127.0.206.9"])
+            .args(["--proxy-mode", "iptables"])
+            .args(["--service-cidr", ranges.service_cidr])
+            .args(["--service-node-port-range", ranges.node_ports])
+            .args(["--lb-pool", ranges.lb_pool])
             .arg("--data-dir")
             .arg(up.home.path().join("data"))
             .env("HOME", up.home.path())
@@ -292,9 +295,8 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> Result<(), 
     }
 }
 
-#[test]
-fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
-    // The image, from the binary under test.
+/// `scripts/image` with the binary under test: the image's name.
+fn image() -> &'static str {
     let tag = "skiff-test/skiff:chart";
     let binary = skiff_testkit::skiff_binary().unwrap();
     let built = run(
@@ -304,6 +306,12 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
     )
     .unwrap();
     assert!(built.starts_with(tag) && built.contains(" MiB"), "{built}");
+    tag
+}
+
+#[test]
+fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
+    let tag = image();
     let version = run(
         Path::new("docker"),
         &[
@@ -323,7 +331,14 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
     );
 
     let node = format!("chart-{}", std::process::id());
-    let up = Up::start(&node);
+    let up = Up::start(
+        &node,
+        &Ranges {
+            service_cidr: "10.206.0.0/24",
+            node_ports: "31261-31270",
+            lb_pool: "127.0.206.1-127.0.206.9",
+        },
+    );
     let helm = skiff_testkit::helm_binary().unwrap();
     let kubectl = skiff_testkit::kubectl_binary().unwrap();
     up.tool(&kubectl, &["create", "namespace", "inner"])
@@ -470,4 +485,170 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
             Err(format!("{left:?}"))
         }
     });
+}
+
+/// The HA values live: three API servers on one etcd (the test's, on
+/// loopback, reached by the pods through a Service without a selector)
+/// serve one cluster; one of them deleted, the others go on answering
+/// through the chart's Service, and it comes back into the same cluster.
+#[test]
+fn three_api_servers_on_etcd_serve_one_cluster_and_ride_out_the_loss_of_one() {
+    let tag = image();
+    let etcd = skiff_testkit::etcd::EtcdCluster::start(1).unwrap();
+    let etcd_port = etcd.endpoints()[0].rsplit(':').next().unwrap().to_string();
+    let node = format!("chart-ha-{}", std::process::id());
+    let up = Up::start(
+        &node,
+        &Ranges {
+            service_cidr: "10.207.0.0/24",
+            node_ports: "31271-31280",
+            lb_pool: "127.0.207.1-127.0.207.9",
+        },
+    );
+    let helm = skiff_testkit::helm_binary().unwrap();
+    let kubectl = skiff_testkit::kubectl_binary().unwrap();
+    up.tool(&kubectl, &["create", "namespace", "inner"])
+        .unwrap();
+    let etcd_service = up.home.path().join("etcd.yaml");
+    std::fs::write(
+        &etcd_service,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: etcd, namespace: inner}}\n\
+             spec: {{ports: [{{name: client, port: 2379}}]}}\n---\n\
+             apiVersion: v1\nkind: Endpoints\nmetadata: {{name: etcd, namespace: inner}}\n\
+             subsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: client, port: {etcd_port}}}]}}]\n"
+        ),
+    )
+    .unwrap();
+    up.tool(
+        &kubectl,
+        &["apply", "-f", &etcd_service.display().to_string()],
+    )
+    .unwrap();
+    let (repository, image_tag) = tag.split_once(':').unwrap();
+    let chart = chart();
+    up.tool(
+        &helm,
+        &[
+            "install",
+            "inner",
+            &chart,
+            "-n",
+            "inner",
+            "--wait",
+            "--timeout",
+            "180s",
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={image_tag}"),
+            "--set",
+            "apiServer.replicas=3",
+            "--set",
+            "etcd.endpoints={http://etcd.inner.svc:2379}",
+        ],
+    )
+    .unwrap();
+    let tested = up.tool(&helm, &["test", "inner", "-n", "inner"]).unwrap();
+    assert!(tested.contains("Phase:          Succeeded"), "{tested}");
+
+    // The admin's kubeconfig, through the Service's cluster IP.
+    up.shell(
+        "kubectl -n inner get secret inner-skiff-credentials -o jsonpath='{.data.admin\\.kubeconfig}' | base64 -d > skiff.kubeconfig",
+    )
+    .unwrap();
+    let inner = |args: &str| {
+        up.shell(&format!(
+            "kubectl --kubeconfig skiff.kubeconfig --server https://$(kubectl -n inner get svc inner-skiff -o jsonpath='{{.spec.clusterIP}}'):6443 --tls-server-name inner-skiff.inner.svc {args}"
+        ))
+    };
+    inner("create configmap shared --from-literal=k=v").unwrap();
+    // The inner `kubernetes` Service leads to the three servers alive.
+    wait_for(
+        "three servers in the inner Endpoints",
+        Duration::from_secs(30),
+        || {
+            let ips = inner(
+                "-n default get endpoints kubernetes -o jsonpath={.subsets[*].addresses[*].ip}",
+            )?;
+            (ips.split_whitespace().count() == 3)
+                .then_some(())
+                .ok_or(ips)
+        },
+    );
+
+    // One server goes: every request still answers (the Service leads to
+    // the others), and the cluster it rejoins is the same.
+    up.tool(
+        &kubectl,
+        &[
+            "-n",
+            "inner",
+            "delete",
+            "pod",
+            "inner-skiff-apiserver-1",
+            "--wait=false",
+        ],
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let value = inner("get configmap shared -o jsonpath={.data.k}").unwrap();
+        assert_eq!(value, "v");
+    }
+    wait_for(
+        "the server is back and Ready",
+        Duration::from_secs(90),
+        || {
+            let ready = up.tool(
+                &kubectl,
+                &[
+                    "-n",
+                    "inner",
+                    "get",
+                    "statefulset",
+                    "inner-skiff-apiserver",
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                ],
+            )?;
+            (ready == "3").then_some(()).ok_or(ready)
+        },
+    );
+    inner("get configmap shared").unwrap();
+
+    // Uninstalled, what is left is the token that opens the CA sealed in
+    // etcd (kept by design: a new install resumes the cluster).
+    up.tool(
+        &helm,
+        &[
+            "uninstall",
+            "inner",
+            "-n",
+            "inner",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .unwrap();
+    wait_for(
+        "only the cluster token is left",
+        Duration::from_secs(60),
+        || {
+            let left = up.tool(
+                &kubectl,
+                &[
+                    "-n",
+                    "inner",
+                    "get",
+                    "pods,statefulsets,deployments,secrets,roles",
+                    "-o",
+                    "name",
+                ],
+            )?;
+            (left.trim() == "secret/inner-skiff-cluster-token")
+                .then_some(())
+                .ok_or(left)
+        },
+    );
 }
