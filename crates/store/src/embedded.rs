@@ -13,8 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -25,6 +25,9 @@ use crate::{
     Error, Event, EventKind, KeyValue, ListOptions, ListResult, Result, Store, WatchStream,
     prefix_end,
 };
+
+mod writer;
+use writer::Writer;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -42,6 +45,11 @@ const MAX_BATCH: usize = 1024;
 const BROADCAST_CAPACITY: usize = 1024;
 /// Events buffered per watch stream.
 const WATCH_BUFFER: usize = 1024;
+/// After a compaction of history, the file is rewritten to give its free
+/// pages back (redb's compact: reads and writes wait meanwhile) when they
+/// are at least this many bytes and half the file: the file then follows
+/// the live state instead of its largest history.
+const SHRINK_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A key's current state, as stored in `kv`.
 #[derive(Clone, PartialEq, Message)]
@@ -153,7 +161,9 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    /// Read-locked for every transaction, write-locked (by the writer)
+    /// only to compact the file.
+    db: Arc<RwLock<Database>>,
     /// The writer thread's inbox.
     writes: mpsc::UnboundedSender<Pending>,
     /// Committed batches of events, in revision order.
@@ -180,7 +190,7 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(emb)?;
         }
         txn.commit().map_err(emb)?;
-        let db = Arc::new(db);
+        let db = Arc::new(RwLock::new(db));
         let (writes, inbox) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let writer = Writer {
@@ -206,9 +216,16 @@ impl EmbeddedStore {
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// The database, for one transaction (held while it lives, so that
+    /// a compaction of the file never meets it).
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>> {
+        read_lock(&self.inner.db)
+    }
+
     /// (current revision, compacted revision) as committed.
     fn revisions(&self) -> Result<(i64, i64)> {
-        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         read_revisions(&meta)
     }
@@ -216,7 +233,8 @@ impl EmbeddedStore {
     /// Log entries with revision in `from..=to` whose key starts with
     /// `prefix`, as events.
     fn read_log(&self, prefix: &str, from: i64, to: i64) -> Result<Vec<Event>> {
-        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (_, compacted) = read_revisions(&meta)?;
         if from < compacted {
@@ -241,6 +259,11 @@ impl EmbeddedStore {
     }
 }
 
+fn read_lock(db: &RwLock<Database>) -> Result<RwLockReadGuard<'_, Database>> {
+    db.read()
+        .map_err(|_| Error::Embedded("the store's lock was poisoned by a panic".into()))
+}
+
 fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, i64)> {
     let get =
         |k: &str| -> Result<i64> { Ok(meta.get(k).map_err(emb)?.map_or(0, |v| v.value() as i64)) };
@@ -250,7 +273,8 @@ fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(emb)?;
         let kv = txn.open_table(KV).map_err(emb)?;
         match kv.get(key).map_err(emb)? {
             Some(bytes) => {
@@ -262,7 +286,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResult> {
-        let txn = self.inner.db.begin_read().map_err(emb)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (current, compacted) = read_revisions(&meta)?;
         let at = if options.revision == 0 {
@@ -485,184 +510,5 @@ impl Store for EmbeddedStore {
     }
 }
 
-/// The writer thread: owns every write transaction.
-struct Writer {
-    db: Arc<Database>,
-    inbox: mpsc::UnboundedReceiver<Pending>,
-    events: broadcast::Sender<Arc<[Event]>>,
-}
-
-// === impl Writer ===
-
-impl Writer {
-    fn run(mut self) {
-        while let Some(first) = self.inbox.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.inbox.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-        }
-    }
-
-    /// Applies a batch in one transaction. Each write's outcome is decided
-    /// in order against the state left by the writes before it; nobody is
-    /// answered until the transaction is durable.
-    fn commit(&self, batch: Vec<Pending>) {
-        let mut outcomes: Vec<OpResult> = Vec::with_capacity(batch.len());
-        let mut events = Vec::new();
-        let result = (|| -> Result<()> {
-            let txn = self.db.begin_write().map_err(emb)?;
-            {
-                let mut kv = txn.open_table(KV).map_err(emb)?;
-                let mut log = txn.open_table(LOG).map_err(emb)?;
-                let mut meta = txn.open_table(META).map_err(emb)?;
-                let (mut revision, mut compacted) = read_revisions(&meta)?;
-                for pending in &batch {
-                    let outcome = apply(
-                        &pending.op,
-                        &mut kv,
-                        &mut log,
-                        &mut revision,
-                        &mut compacted,
-                        &mut events,
-                    );
-                    // A storage failure may have left this write half
-                    // applied: abort the whole transaction (everyone in the
-                    // batch gets the error; nothing is committed).
-                    if let Err(e @ (Error::Embedded(_) | Error::Corrupt { .. })) = outcome {
-                        return Err(e);
-                    }
-                    outcomes.push(outcome);
-                }
-                meta.insert(META_REVISION, revision as u64).map_err(emb)?;
-                meta.insert(META_COMPACTED, compacted as u64).map_err(emb)?;
-            }
-            txn.commit().map_err(emb)?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                if !events.is_empty() {
-                    // No receivers is fine: nobody is watching.
-                    let _ = self.events.send(events.into());
-                }
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = pending.reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "embedded store commit failed");
-                let message = e.to_string();
-                for pending in batch {
-                    let _ = pending
-                        .reply
-                        .send(Err(Error::Embedded(message.clone().into())));
-                }
-                // Give a failing disk a moment instead of spinning.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-/// Applies one write inside the writer's transaction.
-fn apply(
-    op: &Op,
-    kv: &mut redb::Table<&str, &[u8]>,
-    log: &mut redb::Table<u64, &[u8]>,
-    revision: &mut i64,
-    compacted: &mut i64,
-    events: &mut Vec<Event>,
-) -> OpResult {
-    let current = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<Record>> {
-        match kv.get(key).map_err(emb)? {
-            Some(v) => Ok(Some(decode(key, v.value())?)),
-            None => Ok(None),
-        }
-    };
-    let check = |key: &str, prev: &Option<Record>, expected: Option<i64>| -> Result<()> {
-        let Some(prev) = prev else {
-            return Err(Error::NotFound {
-                key: key.to_string(),
-            });
-        };
-        match expected {
-            Some(expected) if expected != prev.mod_revision => Err(Error::Conflict {
-                key: key.to_string(),
-                expected,
-                current: prev.mod_revision,
-            }),
-            _ => Ok(()),
-        }
-    };
-    let (key, entry) = match op {
-        Op::Create { key, value } | Op::Update { key, value, .. } => {
-            let prev = current(kv, key)?;
-            match op {
-                Op::Create { .. } if prev.is_some() => {
-                    return Err(Error::AlreadyExists { key: key.clone() });
-                }
-                Op::Update { expected, .. } => check(key, &prev, *expected)?,
-                _ => {}
-            }
-            let rev = *revision + 1;
-            let record = Record {
-                create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
-                mod_revision: rev,
-                value: value.clone(),
-            };
-            (
-                key,
-                LogEntry {
-                    key: key.clone(),
-                    delete: false,
-                    record: Some(record),
-                    prev,
-                },
-            )
-        }
-        Op::Delete { key, expected } => {
-            let prev = current(kv, key)?;
-            check(key, &prev, *expected)?;
-            (
-                key,
-                LogEntry {
-                    key: key.clone(),
-                    delete: true,
-                    record: None,
-                    prev,
-                },
-            )
-        }
-        Op::Compact { revision: to } => {
-            if *to > *revision {
-                return Err(Error::FutureRevision {
-                    requested: *to,
-                    current: *revision,
-                });
-            }
-            if *to > *compacted {
-                log.retain_in(0..(*to as u64), |_, _| false).map_err(emb)?;
-                *compacted = *to;
-            }
-            return Ok((*revision, None));
-        }
-    };
-    *revision += 1;
-    let rev = *revision;
-    match &entry.record {
-        Some(record) => kv
-            .insert(key.as_str(), record.encode_to_vec().as_slice())
-            .map_err(emb)?,
-        None => kv.remove(key.as_str()).map_err(emb)?,
-    };
-    log.insert(rev as u64, entry.encode_to_vec().as_slice())
-        .map_err(emb)?;
-    let prev_kv = entry.prev.clone().map(|p| p.into_kv(key.clone()));
-    events.push(entry.into_event(rev));
-    Ok((rev, prev_kv))
-}
+#[cfg(test)]
+mod tests;
