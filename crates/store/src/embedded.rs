@@ -13,13 +13,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{RwLock, RwLockReadGuard, broadcast, mpsc, oneshot};
 
 use crate::{
     Error, Event, EventKind, KeyValue, ListOptions, ListResult, Result, Store, WatchStream,
@@ -46,9 +46,10 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// Events buffered per watch stream.
 const WATCH_BUFFER: usize = 1024;
 /// After a compaction of history, the file is rewritten to give its free
-/// pages back (redb's compact: reads and writes wait meanwhile) when they
-/// are at least this many bytes and half the file: the file then follows
-/// the live state instead of its largest history.
+/// pages back (redb's compact: reads and writes wait meanwhile, as tasks,
+/// not threads) once they are at least this many bytes and half the
+/// file: the file then follows the live state instead of its largest
+/// history.
 const SHRINK_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A key's current state, as stored in `kv`.
@@ -161,8 +162,9 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    /// Read-locked for every transaction, write-locked (by the writer)
-    /// only to compact the file.
+    /// Read-locked for every transaction's life, write-locked (by the
+    /// writer) only to compact the file. A tokio lock: a read waiting for
+    /// a compaction waits as a task, not a worker thread.
     db: Arc<RwLock<Database>>,
     /// The writer thread's inbox.
     writes: mpsc::UnboundedSender<Pending>,
@@ -195,6 +197,7 @@ impl EmbeddedStore {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let writer = Writer {
             db: db.clone(),
+            path: path.as_ref().to_path_buf(),
             inbox,
             events: events.clone(),
         };
@@ -218,13 +221,13 @@ impl EmbeddedStore {
 
     /// The database, for one transaction (held while it lives, so that
     /// a compaction of the file never meets it).
-    fn db(&self) -> Result<RwLockReadGuard<'_, Database>> {
-        read_lock(&self.inner.db)
+    async fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.inner.db.read().await
     }
 
     /// (current revision, compacted revision) as committed.
-    fn revisions(&self) -> Result<(i64, i64)> {
-        let db = self.db()?;
+    async fn revisions(&self) -> Result<(i64, i64)> {
+        let db = self.db().await;
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         read_revisions(&meta)
@@ -232,8 +235,8 @@ impl EmbeddedStore {
 
     /// Log entries with revision in `from..=to` whose key starts with
     /// `prefix`, as events.
-    fn read_log(&self, prefix: &str, from: i64, to: i64) -> Result<Vec<Event>> {
-        let db = self.db()?;
+    async fn read_log(&self, prefix: &str, from: i64, to: i64) -> Result<Vec<Event>> {
+        let db = self.db().await;
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (_, compacted) = read_revisions(&meta)?;
@@ -259,11 +262,6 @@ impl EmbeddedStore {
     }
 }
 
-fn read_lock(db: &RwLock<Database>) -> Result<RwLockReadGuard<'_, Database>> {
-    db.read()
-        .map_err(|_| Error::Embedded("the store's lock was poisoned by a panic".into()))
-}
-
 fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, i64)> {
     let get =
         |k: &str| -> Result<i64> { Ok(meta.get(k).map_err(emb)?.map_or(0, |v| v.value() as i64)) };
@@ -273,7 +271,7 @@ fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let db = self.db()?;
+        let db = self.db().await;
         let txn = db.begin_read().map_err(emb)?;
         let kv = txn.open_table(KV).map_err(emb)?;
         match kv.get(key).map_err(emb)? {
@@ -286,7 +284,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResult> {
-        let db = self.db()?;
+        let db = self.db().await;
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (current, compacted) = read_revisions(&meta)?;
@@ -415,7 +413,7 @@ impl Store for EmbeddedStore {
         // Subscribe before reading the log: every batch committed after the
         // read is then in the channel, so nothing falls between the two.
         let mut live = self.inner.events.subscribe();
-        let (current, compacted) = self.revisions()?;
+        let (current, compacted) = self.revisions().await?;
         let start = if start_revision == 0 {
             current + 1
         } else {
@@ -433,7 +431,7 @@ impl Store for EmbeddedStore {
                 current,
             });
         }
-        let backlog = self.read_log(prefix, start, current)?;
+        let backlog = self.read_log(prefix, start, current).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.clone();
         let prefix = prefix.to_string();
@@ -460,14 +458,14 @@ impl Store for EmbeddedStore {
                         .collect(),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind the channel: catch up from the log.
-                        let now = match store.revisions() {
+                        let now = match store.revisions().await {
                             Ok((now, _)) => now,
                             Err(e) => {
                                 let _ = tx.send(Err(e)).await;
                                 return;
                             }
                         };
-                        match store.read_log(&prefix, sent + 1, now) {
+                        match store.read_log(&prefix, sent + 1, now).await {
                             Ok(events) => {
                                 sent = sent.max(now);
                                 for event in events {
@@ -502,7 +500,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn current_revision(&self) -> Result<i64> {
-        Ok(self.revisions()?.0)
+        Ok(self.revisions().await?.0)
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {

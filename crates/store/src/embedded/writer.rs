@@ -4,17 +4,32 @@
 
 use super::*;
 
+/// How many times a compaction's freed pages are looked for (a read
+/// alive at the compaction keeps them pending until it ends), and how far
+/// apart.
+const SHRINK_CHECKS: u32 = 3;
+const SHRINK_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// The writer thread: owns every write transaction.
 pub(super) struct Writer {
     pub(super) db: Arc<RwLock<Database>>,
+    /// The store file (its length is what a shrink gives back).
+    pub(super) path: std::path::PathBuf,
     pub(super) inbox: mpsc::UnboundedReceiver<Pending>,
     pub(super) events: broadcast::Sender<Arc<[Event]>>,
+}
+
+/// Checks still due after a compaction of history, and when the next is.
+struct ShrinkDue {
+    left: u32,
+    next: Instant,
 }
 
 // === impl Writer ===
 
 impl Writer {
     pub(super) fn run(mut self) {
+        let mut due: Option<ShrinkDue> = None;
         while let Some(first) = self.inbox.blocking_recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -24,54 +39,73 @@ impl Writer {
                 }
             }
             let compacts = batch.iter().any(|p| matches!(p.op, Op::Compact { .. }));
-            if self.commit(batch) && compacts {
-                self.shrink();
+            if !self.commit(batch) {
+                continue;
+            }
+            if compacts {
+                due = Some(ShrinkDue {
+                    left: SHRINK_CHECKS,
+                    next: Instant::now(),
+                });
+            }
+            if let Some(check) = &mut due
+                && check.next <= Instant::now()
+            {
+                check.left -= 1;
+                check.next = Instant::now() + SHRINK_CHECK_EVERY;
+                if self.shrink() || check.left == 0 {
+                    due = None;
+                }
             }
         }
     }
 
     /// Rewrites the file without its free pages when they are many (see
-    /// [`SHRINK_MIN_BYTES`]); a read in progress puts it off to the next
-    /// compaction.
-    fn shrink(&self) {
-        let stats = (|| -> Result<redb::DatabaseStats> {
-            let db = read_lock(&self.db)?;
+    /// [`SHRINK_MIN_BYTES`]): reads and writes wait meanwhile. Whether
+    /// there is nothing more to do (shrunk, too small, or failed).
+    fn shrink(&self) -> bool {
+        let len = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta.len(),
+            Err(_) => return true,
+        };
+        if len < 2 * SHRINK_MIN_BYTES {
+            return true;
+        }
+        // Pages in use (a walk of every table: only when the file is big).
+        let used = (|| -> Result<u64> {
+            let db = self.db.blocking_read();
             let txn = db.begin_write().map_err(emb)?;
             let stats = txn.stats().map_err(emb)?;
             txn.abort().map_err(emb)?;
-            Ok(stats)
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
         })();
-        let stats = match stats {
-            Ok(stats) => stats,
+        let used = match used {
+            Ok(used) => used,
             Err(e) => {
-                tracing::warn!(error = %e, "reading the store file's fragmentation");
-                return;
+                tracing::warn!(error = %e, "reading the store file's use");
+                return true;
             }
         };
-        let file = stats.allocated_pages() * stats.page_size() as u64;
-        let free = stats.fragmented_bytes();
-        if free < SHRINK_MIN_BYTES || free * 2 < file {
-            return;
+        let free = len.saturating_sub(used);
+        if free < SHRINK_MIN_BYTES || free * 2 < len {
+            // Pages a read kept pending may be freed by the next check.
+            return false;
         }
         let started = Instant::now();
-        let Ok(mut db) = self.db.write() else {
-            return;
-        };
-        match db.compact() {
-            Ok(_) => {
-                drop(db);
-                tracing::info!(
-                    before_mib = file >> 20,
-                    free_mib = free >> 20,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "store file compacted"
-                );
-            }
-            Err(redb::CompactionError::TransactionInProgress) => {
-                tracing::debug!("store file compaction put off: a read is in progress");
-            }
+        let mut db = self.db.blocking_write();
+        let result = db.compact();
+        drop(db);
+        let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        match result {
+            Ok(_) => tracing::info!(
+                before_mib = len >> 20,
+                after_mib = after >> 20,
+                took_ms = started.elapsed().as_millis() as u64,
+                "store file compacted"
+            ),
             Err(e) => tracing::warn!(error = %e, "compacting the store file"),
         }
+        true
     }
 
     /// Applies a batch in one transaction. Each write's outcome is decided
@@ -82,7 +116,7 @@ impl Writer {
         let mut outcomes: Vec<OpResult> = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let result = (|| -> Result<()> {
-            let db = read_lock(&self.db)?;
+            let db = self.db.blocking_read();
             let txn = db.begin_write().map_err(emb)?;
             {
                 let mut kv = txn.open_table(KV).map_err(emb)?;
