@@ -51,6 +51,12 @@ const WATCH_BUFFER: usize = 1024;
 /// file: the file then follows the live state instead of its largest
 /// history.
 const SHRINK_MIN_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and only while the pages in use are at most this many bytes: the
+/// rewrite copies them with everything waiting, so it is done when it is
+/// short (a store at rest after churn), never in the middle of churn. A
+/// soak that rewrote ~200 MiB in use every 80 s stalled the store long
+/// enough for the controller manager to lose its lease at each one.
+const SHRINK_MAX_USED_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A key's current state, as stored in `kv`.
 #[derive(Clone, PartialEq, Message)]

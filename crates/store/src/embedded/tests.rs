@@ -93,3 +93,34 @@ async fn compacting_history_gives_the_file_back_and_keeps_the_state() {
             .is_some()
     );
 }
+
+/// A rewrite copies what is in use while everything waits: with more than
+/// 16 MiB live it is not done (the file keeps its free pages for later
+/// writes instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_live_state_is_not_rewritten_while_everything_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    // 24 MiB live, written three times.
+    for round in 0..3 {
+        put_all(&store, 300, 80 * 1024, round).await;
+    }
+    let grown = std::fs::metadata(&path).unwrap().len();
+    let revision = store.current_revision().await.unwrap();
+    store.compact(revision).await.unwrap();
+    store
+        .create("/registry/small/after", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(after, grown, "not rewritten");
+    let live = store
+        .list(ListOptions {
+            prefix: "/registry/big/".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(live.kvs.len(), 300);
+}

@@ -87,8 +87,9 @@ impl Writer {
             }
         };
         let free = len.saturating_sub(used);
-        if free < SHRINK_MIN_BYTES || free * 2 < len {
-            // Pages a read kept pending may be freed by the next check.
+        if used > SHRINK_MAX_USED_BYTES || free < SHRINK_MIN_BYTES || free * 2 < len {
+            // Pages a read kept pending may be freed by the next check,
+            // and history the next compaction drops.
             return false;
         }
         let started = Instant::now();
