@@ -1762,13 +1762,17 @@ async fn both_doors_see_the_same_changes_and_objects() {
     });
     let cms = Api::<ConfigMap>::new(skiff_testkit::channel(server.addr).await.unwrap());
 
-    // Both watches from the same resourceVersion.
-    let from = k.ok(&[
-        "get",
-        "configmaps",
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ]);
+    // Both watches from the same resourceVersion: the list's, read raw
+    // (`get -o jsonpath` prints nothing for a list with no items yet, and
+    // a watch from no version starts with the current state).
+    let list: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
+            .unwrap();
+    let from = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!from.is_empty(), "{list}");
     let mut grpc_watch = cms
         .watch(WatchRequest {
             namespace: "default".into(),
