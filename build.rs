@@ -40,6 +40,7 @@ impl Kind {
             "rbac" => format!("rbac.authorization.k8s.io/{version}"),
             "storage" => format!("storage.k8s.io/{version}"),
             "scheduling" => format!("scheduling.k8s.io/{version}"),
+            "networking" => format!("networking.k8s.io/{version}"),
             _ => format!("{group}/{version}"),
         }
     }

@@ -130,6 +130,13 @@ pub mod pb {
             include!(concat!(env!("OUT_DIR"), "/skiff.storage.v1.serde.rs"));
         }
     }
+    /// Kubernetes networking.k8s.io/v1 (`skiff.networking.v1`).
+    pub mod networking {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/skiff.networking.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/skiff.networking.v1.serde.rs"));
+        }
+    }
     /// Kubernetes scheduling.k8s.io/v1 (`skiff.scheduling.v1`).
     pub mod scheduling {
         pub mod v1 {

@@ -6,14 +6,16 @@
 //! of its kind's family: `table/workloads.rs` (pods and their controllers,
 //! jobs, autoscalers, disruption budgets), `table/services.rs` (Services,
 //! Endpoints, ConfigMaps, Secrets, Events), `table/cluster.rs` (Nodes,
-//! Namespaces, quotas, PriorityClasses, RBAC) and `table/storage.rs`
-//! (volumes, claims, StorageClasses).
+//! Namespaces, quotas, PriorityClasses, RBAC), `table/storage.rs`
+//! (volumes, claims, StorageClasses) and `table/networking.rs`
+//! (Ingresses, IngressClasses).
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
 mod cluster;
+mod networking;
 mod services;
 mod storage;
 mod workloads;
@@ -204,6 +206,8 @@ pub fn rows(
             "AGE",
         ],
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
+        "Ingress" => vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+        "IngressClass" => vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
         "PodDisruptionBudget" => vec![
             "NAME",
             "MIN AVAILABLE",
@@ -265,6 +269,8 @@ pub fn rows(
             "PersistentVolumeClaim" => storage::persistent_volume_claim(item, name, created),
             "StorageClass" => storage::storage_class(item, name, created),
             "PriorityClass" => cluster::priority_class(item, name, created),
+            "Ingress" => networking::ingress(item, name, created, wide),
+            "IngressClass" => networking::ingress_class(item, name, created),
             "PodDisruptionBudget" => workloads::pod_disruption_budget(item, name, created),
             _ => vec![name, created],
         };

@@ -887,6 +887,37 @@ spec:
   limits:
   - type: PersistentVolumeClaim
     max: {{storage: 5Gi}}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: external-lb-{suffix}
+spec:
+  controller: example.com/ingress-controller
+  parameters:
+    apiGroup: k8s.example.com
+    kind: IngressParameters
+    name: external-lb
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: minimal-ingress
+  namespace: shop
+  annotations:
+    nginx.ingress.kubernetes.io/rewrite-target: /
+spec:
+  ingressClassName: nginx-example
+  rules:
+  - http:
+      paths:
+      - path: /testpath
+        pathType: Prefix
+        backend:
+          service:
+            name: test
+            port:
+              number: 80
 "#,
         image = c.image,
         suffix = std::process::id()
@@ -950,6 +981,12 @@ spec:
             "read-secrets-global".into(),
             "".into(),
         ),
+        (
+            "ingressclass".into(),
+            format!("external-lb-{}", std::process::id()),
+            "".into(),
+        ),
+        ("ing".into(), "minimal-ingress".into(), "shop".into()),
     ];
     // Endpoints come from the controller once the service exists.
     wait_until(

@@ -20,12 +20,13 @@ use skiff_apiserver::StoreConfig;
 use skiff_client::Api;
 use skiff_testkit::{AgentNode, wait_until};
 
+mod ingress;
 mod master;
 
 /// One test's cluster: API server in process, scheduler, controller
 /// manager and agent as processes.
 struct Cluster {
-    _server: skiff_apiserver::ApiServer,
+    server: skiff_apiserver::ApiServer,
     channel: tonic::transport::Channel,
     node: AgentNode,
     image: &'static str,
@@ -78,7 +79,7 @@ async fn cluster(prefix: &str, runtime: &'static str, proxy: &str, ranges: &Rang
         .unwrap(),
     ];
     Cluster {
-        _server: server,
+        server,
         channel,
         node,
         image,

@@ -26,6 +26,7 @@ mod controllers;
 mod etcd;
 mod hollow;
 mod https;
+mod ingress;
 mod publish;
 mod scheduler;
 mod security;
@@ -66,6 +67,9 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run the controller manager in the foreground.
     ControllerManager(controllers::ControllerArgs),
+    /// Run the ingress controller in the foreground: HTTP and HTTPS
+    /// routed by Ingresses to Services.
+    Ingress(ingress::IngressArgs),
     /// The process runtime's per-container shim (started by the agent).
     #[command(hide = true)]
     Shim {
@@ -97,6 +101,7 @@ impl Command {
             Self::Up(_) => "skiff-up",
             Self::Scheduler(_) => "skiff-scheduler",
             Self::ControllerManager(_) => "skiff-controller-manager",
+            Self::Ingress(_) => "skiff-ingress",
             Self::Agent(_) | Self::HollowNodes(_) | Self::Shim { .. } => "skiff-agent",
             Self::Client(_) => "skiff",
         }
@@ -150,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::HollowNodes(args) => hollow::run(args).await?,
         Command::Agent(args) => agent::run(args).await?,
         Command::ControllerManager(args) => controllers::run(args).await?,
+        Command::Ingress(args) => ingress::run(args).await?,
         Command::Shim { dir, argv } => {
             return skiff_runtime::process::shim(&dir, &argv).context("running the shim");
         }

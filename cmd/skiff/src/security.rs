@@ -130,6 +130,8 @@ pub struct Configs {
     pub scheduler: PathBuf,
     /// The controller manager's.
     pub controller_manager: PathBuf,
+    /// The ingress controller's.
+    pub ingress: PathBuf,
 }
 
 /// `name`'s identity from `dir`, reused while it is valid for a while
@@ -156,8 +158,8 @@ fn identity(
     Ok(id)
 }
 
-/// Writes the client configs of the admin, the scheduler and the
-/// controller manager into `data_dir` (owner only), for the server at
+/// Writes the client configs of the admin, the scheduler, the
+/// controller manager and the ingress controller into `data_dir` (owner only), for the server at
 /// `url`.
 ///
 /// # Errors
@@ -173,6 +175,13 @@ pub fn write_configs(security: &Security, data_dir: &Path, url: &str) -> anyhow:
         &pki,
         "controller-manager",
         "system:kube-controller-manager",
+        &[],
+    )?;
+    let ingress = identity(
+        security,
+        &pki,
+        "ingress",
+        skiff_apiserver::auth::rbac::INGRESS_USER,
         &[],
     )?;
     let write = |name: &str, config: &ClientConfig| -> anyhow::Result<PathBuf> {
@@ -198,6 +207,10 @@ pub fn write_configs(security: &Security, data_dir: &Path, url: &str) -> anyhow:
         controller_manager: write(
             "controller-manager.config",
             &ClientConfig::with_identity(url, ca, &controllers),
+        )?,
+        ingress: write(
+            "ingress.config",
+            &ClientConfig::with_identity(url, ca, &ingress),
         )?,
         admin_config,
     })

@@ -43,6 +43,13 @@ pub(crate) struct UpArgs {
     /// `=3` for three on this machine (to try a highly available store).
     #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "MEMBERS")]
     pub(crate) etcd_managed: Option<usize>,
+    /// The ingress controller's HTTP address ("" runs no ingress
+    /// controller).
+    #[arg(long, default_value = "0.0.0.0:80")]
+    pub(crate) ingress_http_listen: String,
+    /// The ingress controller's HTTPS address ("" for none).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    pub(crate) ingress_https_listen: String,
 }
 
 /// Runs the cluster until a signal, then stops its parts in order.
@@ -153,6 +160,7 @@ async fn run_cluster(
             tracing::error!(error = %e, "the local agent is not running: pods will stay Pending");
         }
     });
+    let ingress = start_ingress(&args, &url, component_tls(|c| &c.ingress)?).await;
     let client_config = match &configs {
         Some(c) => c.admin_config.clone(),
         None => skiff_ctl::config::ClientConfig {
@@ -199,6 +207,19 @@ async fn run_cluster(
             exempt => format!(" ({exempt} exempt)"),
         }
     );
+    match &ingress {
+        Ok(None) => println!("  ingress:     off (--ingress-http-listen \"\")"),
+        Ok(Some(c)) => println!(
+            "  ingress:     HTTP on {}{} (IngressClass {:?}, the default: Ingresses route to Services)",
+            c.http.map_or_else(|| "-".into(), |a| a.to_string()),
+            c.https
+                .map_or_else(String::new, |a| format!(", HTTPS on {a}")),
+            skiff_ingress::DEFAULT_CLASS
+        ),
+        Err(e) => println!(
+            "  ingress:     NOT RUNNING: {e:#} (free the port or give --ingress-http-listen/--ingress-https-listen)"
+        ),
+    }
     if args.pod_network.pod_network == "cni" {
         println!(
             "  agent:       node {node:?} (Docker; pods on CNI from the node's block of {}, {} between nodes)",
@@ -248,6 +269,9 @@ async fn run_cluster(
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Ok(Some(ingress)) = ingress {
+        ingress.stop();
+    }
     let _ = stop_agent.send(());
     let _ = agent.await;
     let _ = stop_scheduler.send(());
@@ -256,4 +280,25 @@ async fn run_cluster(
     let _ = controllers.await;
     server.stop().await.context("stopping the API server")?;
     Ok(())
+}
+
+/// Starts the ingress controller beside the cluster; None when told not
+/// to. A port it cannot have does not stop the cluster: it is said.
+async fn start_ingress(
+    args: &UpArgs,
+    url: &str,
+    tls: Option<skiff_client::ClientTls>,
+) -> anyhow::Result<Option<skiff_ingress::IngressController>> {
+    if args.ingress_http_listen.is_empty() && args.ingress_https_listen.is_empty() {
+        return Ok(None);
+    }
+    let listen = crate::ingress::ListenArgs {
+        http: args.ingress_http_listen.clone(),
+        https: args.ingress_https_listen.clone(),
+        ingress_class: skiff_ingress::DEFAULT_CLASS.into(),
+        publish_address: Vec::new(),
+    };
+    let mut config = listen.config(url).await?;
+    config.tls = tls;
+    Ok(Some(skiff_ingress::start(config).await?))
 }

@@ -66,7 +66,11 @@ fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
     Ok(Arc::new(roots))
 }
 
-fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>> {
+/// A certificate chain and its key, ready for a rustls resolver.
+///
+/// # Errors
+/// PEM text that holds no certificate or no usable key.
+pub fn certified(identity: &Identity) -> Result<Arc<CertifiedKey>> {
     let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
         .map_err(|e| Error::Invalid(format!("reading the private key: {e}")))?;
     let key = provider().key_provider.load_private_key(key)?;

@@ -136,7 +136,10 @@ impl Config {
 /// else the bound address, else (bound to all) the source address of this
 /// host's default route (as kube-apiserver picks it), else its first
 /// non-loopback IPv4 address by its name, else loopback.
-async fn advertise_address(configured: Option<std::net::IpAddr>, bound: SocketAddr) -> SocketAddr {
+pub async fn advertise_address(
+    configured: Option<std::net::IpAddr>,
+    bound: SocketAddr,
+) -> SocketAddr {
     if let Some(ip) = configured {
         return SocketAddr::new(ip, bound.port());
     }

@@ -284,6 +284,9 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
     }
 }
 
+/// The user Skiff's ingress controller authenticates as (its bootstrap
+/// ClusterRole and binding have this name too).
+pub const INGRESS_USER: &str = "system:skiff-ingress";
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
 
@@ -366,6 +369,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["policy"],
                     &["poddisruptionbudgets"],
                 ),
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["networking.k8s.io"],
+                    &["ingresses"],
+                ),
                 // Not `*`: that would include `escalate` and `bind`, and
                 // so the right to grant what it does not hold.
                 rule(
@@ -420,6 +428,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                     &["policy"],
                     &["poddisruptionbudgets"],
                 ),
+                rule(
+                    &[READ, WRITE].concat(),
+                    &["networking.k8s.io"],
+                    &["ingresses"],
+                ),
             ],
         ),
         role(
@@ -441,6 +454,11 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(READ, &["batch"], &["jobs", "cronjobs"]),
                 rule(READ, &["autoscaling"], &["horizontalpodautoscalers"]),
                 rule(READ, &["policy"], &["poddisruptionbudgets"]),
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingresses/status"],
+                ),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],
         ),
@@ -502,6 +520,27 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 ),
             ],
         ),
+        // Skiff's ingress controller: reads what it routes (and the TLS
+        // Secrets its Ingresses name), writes only where its Ingresses are
+        // served, and makes its own class.
+        role(
+            INGRESS_USER,
+            vec![
+                rule(READ, &[""], &["services", "endpoints", "secrets"]),
+                rule(
+                    READ,
+                    &["networking.k8s.io"],
+                    &["ingresses", "ingressclasses"],
+                ),
+                rule(
+                    &["update", "patch"],
+                    &["networking.k8s.io"],
+                    &["ingresses/status"],
+                ),
+                rule(&["create"], &["networking.k8s.io"], &["ingressclasses"]),
+                rule(&["create", "update", "patch"], &[""], &["events"]),
+            ],
+        ),
         role(
             "system:node-bootstrapper",
             vec![rule(
@@ -549,6 +588,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
             "system:kube-controller-manager",
         ),
         binding("system:node-bootstrapper", "Group", "system:bootstrappers"),
+        binding(INGRESS_USER, "User", INGRESS_USER),
     ];
     (roles, bindings)
 }

@@ -113,7 +113,10 @@ fn put(map: &mut Map<String, Value>, field: &str, value: Value) {
         return;
     }
     // Kubernetes' inlined sources (`hostPath` beside `name`).
-    if let ("volume_source" | "persistent_volume_source", Value::Object(inlined)) = (field, &value)
+    if let (
+        "volume_source" | "persistent_volume_source" | "ingress_rule_value",
+        Value::Object(inlined),
+    ) = (field, &value)
     {
         map.extend(inlined.clone());
         return;
@@ -124,6 +127,7 @@ fn put(map: &mut Map<String, Value>, field: &str, value: Value) {
         "pod_cid_rs" => "pod_cidrs",
         "target_ww_ns" => "target_wwns",
         "u_id" => "uid",
+        "a_pi_group" => "api_group",
         other => other,
     };
     map.insert(field.to_string(), value);
@@ -559,6 +563,23 @@ mod messages {
     k8s_pb::api::policy::v1::Eviction { metadata, delete_options };
     k8s_pb::api::policy::v1::PodDisruptionBudget { metadata, spec, status };
     k8s_pb::api::scheduling::v1::PriorityClass { metadata, value, global_default, description, preemption_policy };
+    k8s_pb::api::networking::v1::Ingress { metadata, spec, status };
+    k8s_pb::api::networking::v1::IngressSpec { ingress_class_name, default_backend, tls, rules };
+    k8s_pb::api::networking::v1::IngressBackend { service, resource };
+    k8s_pb::api::networking::v1::IngressServiceBackend { name, port };
+    k8s_pb::api::networking::v1::ServiceBackendPort { name, number };
+    k8s_pb::api::networking::v1::IngressTls { hosts, secret_name };
+    k8s_pb::api::networking::v1::IngressRule { host, ingress_rule_value };
+    k8s_pb::api::networking::v1::IngressRuleValue { http };
+    k8s_pb::api::networking::v1::HttpIngressRuleValue { paths };
+    k8s_pb::api::networking::v1::HttpIngressPath { path, path_type, backend };
+    k8s_pb::api::networking::v1::IngressStatus { load_balancer };
+    k8s_pb::api::networking::v1::IngressLoadBalancerStatus { ingress };
+    k8s_pb::api::networking::v1::IngressLoadBalancerIngress { ip, hostname, ports };
+    k8s_pb::api::networking::v1::IngressPortStatus { port, protocol, error };
+    k8s_pb::api::networking::v1::IngressClass { metadata, spec };
+    k8s_pb::api::networking::v1::IngressClassSpec { controller, parameters };
+    k8s_pb::api::networking::v1::IngressClassParametersReference { a_pi_group, kind, name, scope, namespace };
     k8s_pb::api::policy::v1::PodDisruptionBudgetSpec { min_available, selector, max_unavailable, unhealthy_pod_eviction_policy };
     k8s_pb::api::policy::v1::PodDisruptionBudgetStatus { observed_generation, disrupted_pods, disruptions_allowed, current_healthy, desired_healthy, expected_pods, conditions };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
@@ -616,6 +637,8 @@ kinds! {
     "policy/v1" "Eviction" => k8s_pb::api::policy::v1::Eviction,
     "policy/v1" "PodDisruptionBudget" => k8s_pb::api::policy::v1::PodDisruptionBudget,
     "scheduling.k8s.io/v1" "PriorityClass" => k8s_pb::api::scheduling::v1::PriorityClass,
+    "networking.k8s.io/v1" "Ingress" => k8s_pb::api::networking::v1::Ingress,
+    "networking.k8s.io/v1" "IngressClass" => k8s_pb::api::networking::v1::IngressClass,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use skiff::keys;
 use skiff::pb::core::v1::{Namespace, ServiceAccount};
+use skiff::pb::networking::v1::IngressClass;
 use skiff::pb::storage::v1::StorageClass;
 
 use crate::error::{ApiError, Result};
-use crate::strategy::Strategy;
+use crate::strategy::{self, Strategy};
 
 use super::*;
 
@@ -125,22 +126,25 @@ impl Registry {
     /// The store could not be read.
     pub(super) async fn default_storage_class(&self) -> Result<Option<String>> {
         let classes = self.list::<StorageClass>(ListRequest::default()).await?;
-        let newest = classes
-            .items
-            .iter()
-            .filter_map(|class| class.metadata.as_ref())
-            .filter(|meta| {
-                skiff::names::DEFAULT_CLASS_ANNOTATIONS
-                    .iter()
-                    .any(|key| meta.annotations.get(*key).is_some_and(|v| v == "true"))
-            })
-            .max_by_key(|meta| {
-                (
-                    meta.creation_timestamp.as_ref().map_or(0, |t| t.seconds),
-                    meta.name.clone(),
-                )
-            });
-        Ok(newest.map(|meta| meta.name.clone()))
+        Ok(newest_default(
+            classes.items.iter().filter_map(|c| c.metadata.as_ref()),
+            &skiff::names::DEFAULT_CLASS_ANNOTATIONS,
+        ))
+    }
+
+    /// The cluster's default IngressClass: of the classes annotated
+    /// `ingressclass.kubernetes.io/is-default-class: "true"`, the newest
+    /// (Kubernetes' DefaultIngressClass admission since 1.30); None when
+    /// no class is.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub(super) async fn default_ingress_class(&self) -> Result<Option<String>> {
+        let classes = self.list::<IngressClass>(ListRequest::default()).await?;
+        Ok(newest_default(
+            classes.items.iter().filter_map(|c| c.metadata.as_ref()),
+            &[strategy::DEFAULT_INGRESS_CLASS_ANNOTATION],
+        ))
     }
 }
 
@@ -244,4 +248,25 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The name of the newest of `classes` annotated `"true"` under one of
+/// `annotations` (ties: the greater name).
+fn newest_default<'a>(
+    classes: impl Iterator<Item = &'a skiff::pb::meta::v1::ObjectMeta>,
+    annotations: &[&str],
+) -> Option<String> {
+    classes
+        .filter(|meta| {
+            annotations
+                .iter()
+                .any(|key| meta.annotations.get(*key).is_some_and(|v| v == "true"))
+        })
+        .max_by_key(|meta| {
+            (
+                meta.creation_timestamp.as_ref().map_or(0, |t| t.seconds),
+                meta.name.clone(),
+            )
+        })
+        .map(|meta| meta.name.clone())
 }

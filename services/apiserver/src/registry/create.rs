@@ -77,6 +77,11 @@ impl Registry {
         {
             obj.set_storage_class(&class);
         }
+        if obj.wants_default_ingress_class()
+            && let Some(class) = self.default_ingress_class().await?
+        {
+            obj.set_ingress_class(&class);
+        }
         if K::NAMESPACED {
             self.ensure_namespace(obj.namespace()).await?;
             self.admit_limit_ranges(&mut obj).await?;

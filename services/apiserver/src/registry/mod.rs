@@ -199,6 +199,9 @@ fn admit<K: Strategy>(obj: &K, before: Option<&K>) -> Result<Bytes> {
         None => errors.required("metadata"),
     }
     obj.validate(&mut errors);
+    if before.is_none() {
+        obj.validate_create(&mut errors);
+    }
     if let Some(before) = before
         && !errors.is_empty()
     {

@@ -7,7 +7,8 @@
 //! `cluster` (namespaces, nodes, events, secrets, configmaps, service
 //! accounts, leases), `autoscaling`, `batch`, `rbac`, `storage`
 //! (persistent volumes and claims, storage classes), `policy`
-//! (disruption budgets), `scheduling` (priority classes), `quota`
+//! (disruption budgets), `scheduling` (priority classes), `networking`
+//! (ingresses and ingress classes), `quota`
 //! (resource quotas and limit ranges).
 
 use skiff::Resource;
@@ -18,6 +19,7 @@ use skiff::validation::{self, FieldErrors};
 mod autoscaling;
 mod batch;
 mod cluster;
+mod networking;
 mod pod;
 mod policy;
 mod quota;
@@ -30,6 +32,7 @@ mod unsupported;
 mod workloads;
 
 pub use batch::{JOB_NAME_LABEL, JOB_UID_LABEL};
+pub use networking::DEFAULT_INGRESS_CLASS_ANNOTATION;
 pub use rbac::RBAC_GROUP;
 pub use scheduling::{PREEMPT_LOWER_PRIORITY, SYSTEM_CLASSES, SYSTEM_PREFIX};
 
@@ -74,6 +77,10 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
 
     /// Checks the kind's own fields (metadata is checked for every kind).
     fn validate(&self, _errors: &mut FieldErrors) {}
+
+    /// Checks only a create makes (what an update of an object that
+    /// already has it may keep).
+    fn validate_create(&self, _errors: &mut FieldErrors) {}
 
     /// Checks an update against the stored object (fields that may not
     /// change once set).
@@ -145,6 +152,18 @@ pub trait Strategy: Resource + serde::Serialize + serde::de::DeserializeOwned {
     /// admission gives it one).
     fn wants_default_storage_class(&self) -> bool {
         false
+    }
+
+    /// Whether the object asks for the cluster's default IngressClass (an
+    /// Ingress that names no class: Kubernetes' DefaultIngressClass
+    /// admission gives it one).
+    fn wants_default_ingress_class(&self) -> bool {
+        false
+    }
+
+    /// Gives the object the IngressClass `class`.
+    fn set_ingress_class(&mut self, class: &str) {
+        let _ = class;
     }
 
     /// Gives the object the StorageClass `class`.

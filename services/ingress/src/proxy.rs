@@ -1,0 +1,299 @@
+//! The reverse proxy: HTTP/1.1 and HTTP/2 (h2c on the plain port, ALPN on
+//! the TLS one) in, HTTP/1.1 to the endpoints over pooled keep-alive
+//! connections; `X-Forwarded-*` headers; WebSocket and other upgrades
+//! passed through; streamed bodies both ways. Answers of its own: 404 when
+//! nothing routes, 503 when the Service has no ready endpoint, 502 when
+//! the endpoint does not answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::State;
+use crate::routes::Backend;
+
+/// A response body: the endpoint's, streamed, or one of our own.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that belong to one connection, never forwarded (RFC 9110
+/// 7.6.1), except `Connection`/`Upgrade` on an upgrade.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The pooled client to the endpoints.
+pub type Upstream = Client<HttpConnector, Body>;
+
+/// How many endpoints a request without a body tries when one refuses
+/// the connection (one going away during a rollout, before its Endpoints
+/// say so; as NGINX's `proxy_next_upstream error`).
+const TRIES: usize = 3;
+
+/// A client with keep-alive pools to the endpoints.
+pub fn upstream() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build(connector)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves one request from `client` that came in over `scheme`.
+pub async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    scheme: &'static str,
+    port: u16,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let routes = state.routes();
+    let Some(backend) = routes.route(&host, &path).cloned() else {
+        let response = text(
+            StatusCode::NOT_FOUND,
+            "404 page not found: no Ingress rule matches\n".into(),
+        );
+        state.record(
+            None,
+            req.method().as_str(),
+            &path,
+            &host,
+            response.status(),
+            started,
+            client,
+        );
+        return Ok(response);
+    };
+    drop(routes);
+    let endpoints = state.endpoints(&backend);
+    if endpoints.is_empty() {
+        let response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "503 service unavailable: service {}/{} has no ready endpoint\n",
+                backend.namespace, backend.service
+            ),
+        );
+        state.record(
+            Some(&backend),
+            req.method().as_str(),
+            &path,
+            &host,
+            response.status(),
+            started,
+            client,
+        );
+        return Ok(response);
+    }
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .filter(|_| req.version() == http::Version::HTTP_11);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let bodiless = !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && upgrade.is_none();
+    let method = req.method().clone();
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body.boxed());
+    let mut target = endpoints[backend.pick(endpoints.len())];
+    let mut answer = None;
+    for attempt in 0..TRIES {
+        let again = bodiless && attempt + 1 < TRIES.min(endpoints.len());
+        let this_body = body.take().unwrap_or_else(empty);
+        let forwarded = match forward_request(
+            Request::from_parts(parts.clone(), this_body),
+            target,
+            &host,
+            client,
+            scheme,
+            port,
+            upgrade.as_ref(),
+        ) {
+            Ok(forwarded) => forwarded,
+            Err(why) => {
+                return Ok(text(
+                    StatusCode::BAD_REQUEST,
+                    format!("400 bad request: {why}\n"),
+                ));
+            }
+        };
+        match state.upstream.request(forwarded).await {
+            Err(e) if again && e.is_connect() => {
+                tracing::debug!(%target, error = %e, "endpoint refused; trying the next");
+                target = endpoints[backend.pick(endpoints.len())];
+            }
+            result => {
+                answer = Some(result);
+                break;
+            }
+        }
+    }
+    let Some(answer) = answer else {
+        unreachable!("the last try always answers");
+    };
+    let uri = &parts.uri;
+    let response = match answer {
+        Ok(mut response) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_upgrade) = client_upgrade
+            {
+                let server_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    if let (Ok(a), Ok(b)) = (client_upgrade.await, server_upgrade.await) {
+                        let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            } else {
+                strip_hop_by_hop(response.headers_mut(), false);
+            }
+            response.map(BodyExt::boxed)
+        }
+        Err(e) => {
+            tracing::debug!(%method, %uri, error = %e, "endpoint did not answer");
+            text(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "502 bad gateway: endpoint {target} of service {}/{}: {e}\n",
+                    backend.namespace, backend.service
+                ),
+            )
+        }
+    };
+    state.record(
+        Some(&backend),
+        method.as_str(),
+        &path,
+        &host,
+        response.status(),
+        started,
+        client,
+    );
+    Ok(response)
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// `req` readdressed to `target`, with the proxy headers.
+fn forward_request(
+    req: Request<Body>,
+    target: SocketAddr,
+    host: &str,
+    client: SocketAddr,
+    scheme: &str,
+    port: u16,
+    upgrade: Option<&HeaderValue>,
+) -> Result<Request<Body>, String> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("http://{target}{path}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    parts.version = http::Version::HTTP_11;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrade.is_some());
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade.clone());
+    }
+    if !headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, value);
+    }
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip.clone(),
+    };
+    let set = |headers: &mut http::HeaderMap, name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set(headers, "x-forwarded-for", &forwarded_for);
+    set(headers, "x-real-ip", &ip);
+    set(headers, "x-forwarded-host", host);
+    set(headers, "x-forwarded-proto", scheme);
+    set(headers, "x-forwarded-port", &port.to_string());
+    Ok(Request::from_parts(parts, body))
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, upgrading: bool) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if upgrading && (*name == "connection" || *name == "upgrade") {
+            continue;
+        }
+        headers.remove(*name);
+    }
+}
+
+/// The state's view of a backend's endpoints.
+pub(crate) type Endpoints = Vec<SocketAddr>;
+
+impl State {
+    /// The ready endpoints of `backend`'s Service port.
+    pub(crate) fn endpoints(&self, backend: &Backend) -> Endpoints {
+        crate::resolve::endpoints(&self.services, &self.endpoints, backend)
+    }
+}

@@ -1,0 +1,86 @@
+//! The columns of Ingresses and IngressClasses, as kubectl prints them.
+
+use serde_json::Value;
+
+use super::str_at;
+
+/// The most hosts kubectl names before "+ N more...".
+const MAX_HOSTS: usize = 4;
+/// The widest ADDRESS kubectl shows without `-o wide`.
+const ADDRESS_WIDTH: usize = 16;
+
+/// An Ingress' row: class, hosts, addresses, ports.
+pub(super) fn ingress(item: &Value, name: String, created: String, wide: bool) -> Vec<String> {
+    let class = match item
+        .pointer("/spec/ingressClassName")
+        .and_then(Value::as_str)
+    {
+        Some(class) => class.to_string(),
+        None => "<none>".into(),
+    };
+    let rules = item["spec"]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let hosts: Vec<&str> = rules
+        .iter()
+        .take(MAX_HOSTS)
+        .map(|r| str_at(r, "/host"))
+        .filter(|h| !h.is_empty())
+        .collect();
+    let mut hosts = if hosts.is_empty() {
+        "*".to_string()
+    } else {
+        hosts.join(",")
+    };
+    if rules.len() > MAX_HOSTS {
+        hosts = format!("{hosts} + {} more...", rules.len() - MAX_HOSTS);
+    }
+    let addresses: Vec<&str> = item["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .map(|i| {
+            i.iter()
+                .filter_map(|x| {
+                    [str_at(x, "/ip"), str_at(x, "/hostname")]
+                        .into_iter()
+                        .find(|a| !a.is_empty())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut address = addresses.join(",");
+    if !wide && address.len() > ADDRESS_WIDTH {
+        address = format!("{}...", &address[..ADDRESS_WIDTH - 3]);
+    }
+    let tls = item["spec"]["tls"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty());
+    vec![
+        name,
+        class,
+        hosts,
+        address,
+        if tls { "80, 443" } else { "80" }.into(),
+        created,
+    ]
+}
+
+/// An IngressClass' row: its controller and parameters.
+pub(super) fn ingress_class(item: &Value, name: String, created: String) -> Vec<String> {
+    let parameters = match item.pointer("/spec/parameters").filter(|p| p.is_object()) {
+        None => "<none>".to_string(),
+        Some(p) => {
+            let mut text = str_at(p, "/kind").to_string();
+            if let Some(group) = p.get("apiGroup").and_then(Value::as_str) {
+                text = format!("{text}.{group}");
+            }
+            format!("{text}/{}", str_at(p, "/name"))
+        }
+    };
+    vec![
+        name,
+        str_at(item, "/spec/controller").to_string(),
+        parameters,
+        created,
+    ]
+}
