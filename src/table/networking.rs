@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::str_at;
 
 /// The most hosts kubectl names before "+ N more...".
-const MAX_HOSTS: usize = 4;
+const MAX_HOSTS: usize = 3;
 /// The widest ADDRESS kubectl shows without `-o wide`.
 const ADDRESS_WIDTH: usize = 16;
 
@@ -18,25 +18,31 @@ pub(super) fn ingress(item: &Value, name: String, created: String, wide: bool) -
         Some(class) => class.to_string(),
         None => "<none>".into(),
     };
+    // kubectl's formatHosts: up to three names, then "+ N more...".
     let rules = item["spec"]["rules"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let hosts: Vec<&str> = rules
-        .iter()
-        .take(MAX_HOSTS)
-        .map(|r| str_at(r, "/host"))
-        .filter(|h| !h.is_empty())
-        .collect();
-    let mut hosts = if hosts.is_empty() {
+    let mut names: Vec<&str> = Vec::new();
+    let mut more = false;
+    for rule in &rules {
+        if names.len() == MAX_HOSTS {
+            more = true;
+        }
+        let host = str_at(rule, "/host");
+        if !more && !host.is_empty() {
+            names.push(host);
+        }
+    }
+    let mut hosts = if names.is_empty() {
         "*".to_string()
     } else {
-        hosts.join(",")
+        names.join(",")
     };
-    if rules.len() > MAX_HOSTS {
+    if more {
         hosts = format!("{hosts} + {} more...", rules.len() - MAX_HOSTS);
     }
-    let addresses: Vec<&str> = item["status"]["loadBalancer"]["ingress"]
+    let addresses: std::collections::BTreeSet<&str> = item["status"]["loadBalancer"]["ingress"]
         .as_array()
         .map(|i| {
             i.iter()
@@ -48,7 +54,7 @@ pub(super) fn ingress(item: &Value, name: String, created: String, wide: bool) -
                 .collect()
         })
         .unwrap_or_default();
-    let mut address = addresses.join(",");
+    let mut address = addresses.into_iter().collect::<Vec<_>>().join(",");
     if !wide && address.len() > ADDRESS_WIDTH {
         address = format!("{}...", &address[..ADDRESS_WIDTH - 3]);
     }

@@ -387,28 +387,36 @@ async fn rebuild(
     }
 }
 
-/// Writes `addresses` as the Ingress' load balancer status when it says
-/// otherwise (a conflict is retried by the rebuild its own change causes).
+/// Adds `addresses` to the Ingress' load balancer status when one is
+/// missing. Several controllers (one per node) each add theirs and none
+/// removes another's, so they agree instead of rewriting each other (a
+/// conflict is retried by the rebuild its own change causes).
 async fn report_status(api: &Api<Ingress>, ingress: &Ingress, addresses: &[String]) {
-    let desired = IngressLoadBalancerStatus {
-        ingress: addresses
-            .iter()
-            .map(|a| IngressLoadBalancerIngress {
-                ip: a.clone(),
-                ..Default::default()
-            })
-            .collect(),
-    };
-    let current = ingress
+    let current: BTreeSet<String> = ingress
         .status
         .as_ref()
-        .and_then(|s| s.load_balancer.as_ref());
-    if current == Some(&desired) {
+        .and_then(|s| s.load_balancer.as_ref())
+        .map(|lb| lb.ingress.iter().map(|a| a.ip.clone()).collect())
+        .unwrap_or_default();
+    if addresses.iter().all(|a| current.contains(a)) {
         return;
     }
+    let all: BTreeSet<String> = current
+        .into_iter()
+        .chain(addresses.iter().cloned())
+        .collect();
     let mut next = ingress.clone();
     next.status = Some(IngressStatus {
-        load_balancer: Some(desired),
+        load_balancer: Some(IngressLoadBalancerStatus {
+            ingress: all
+                .into_iter()
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| IngressLoadBalancerIngress {
+                    ip,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
     });
     if let Err(e) = api.update_status(next).await {
         tracing::debug!(ingress = %format!("{}/{}", ingress.namespace(), ingress.name()), error = %e, "status not written");
@@ -457,7 +465,13 @@ async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, st
             let service = hyper::service::service_fn(move |req| {
                 proxy::handle(Arc::clone(&state), req, client, scheme, port)
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Clients that never finish their headers are cut off.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
             let result = match tls {
                 None => {
                     builder

@@ -90,6 +90,19 @@ pub async fn handle(
         })
         .unwrap_or_default();
     let path = req.uri().path().to_string();
+    if let Some(why) = unsafe_path(&path) {
+        let response = text(StatusCode::BAD_REQUEST, format!("400 bad request: {why}\n"));
+        state.record(
+            None,
+            req.method().as_str(),
+            &path,
+            &host,
+            response.status(),
+            started,
+            client,
+        );
+        return Ok(response);
+    }
     let routes = state.routes();
     let Some(backend) = routes.route(&host, &path).cloned() else {
         let response = text(
@@ -128,15 +141,13 @@ pub async fn handle(
         );
         return Ok(response);
     }
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .cloned()
-        .filter(|_| req.version() == http::Version::HTTP_11);
+    let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|u| {
+        req.version() == http::Version::HTTP_11
+            && u.to_str()
+                .is_ok_and(|u| u.eq_ignore_ascii_case("websocket"))
+    });
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let bodiless = !req.headers().contains_key(header::CONTENT_LENGTH)
-        && !req.headers().contains_key(header::TRANSFER_ENCODING)
-        && upgrade.is_none();
+    let bodiless = hyper::body::Body::is_end_stream(req.body()) && upgrade.is_none();
     let method = req.method().clone();
     let (parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
@@ -245,16 +256,18 @@ fn forward_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade.clone());
     }
-    if !headers.contains_key(header::HOST)
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        headers.insert(header::HOST, value);
+    // The backend sees the host the request was routed by, whatever
+    // else the client sent.
+    match HeaderValue::from_str(host) {
+        Ok(value) => {
+            headers.insert(header::HOST, value);
+        }
+        Err(e) => return Err(format!("host {host:?}: {e}")),
     }
+    headers.remove("forwarded");
     let ip = client.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(before) => format!("{before}, {ip}"),
-        None => ip.clone(),
-    };
+    // The controller is the edge: what clients claim is not kept.
+    let forwarded_for = ip.clone();
     let set = |headers: &mut http::HeaderMap, name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
@@ -296,4 +309,24 @@ impl State {
     pub(crate) fn endpoints(&self, backend: &Backend) -> Endpoints {
         crate::resolve::endpoints(&self.services, &self.endpoints, backend)
     }
+}
+
+/// Why a request path is refused before routing: dot segments, empty
+/// segments and encoded dots or slashes could match one rule here and
+/// mean another path to the backend.
+fn unsafe_path(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
+        return Some("encoded dots, slashes and backslashes are not accepted in paths");
+    }
+    if path.contains("//") || path.contains('\\') {
+        return Some("empty path segments are not accepted");
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("dot segments are not accepted in paths");
+    }
+    None
 }

@@ -3,12 +3,14 @@
 //! in at once (requests in flight keep the table they started with).
 //!
 //! Matching follows the Ingress specification: a host rule's exact name
-//! beats a wildcard (`*.example.com` matches one label), which beats the
-//! rules without a host; within them the longest matching path wins, an
-//! Exact path before a Prefix of the same length; a Prefix matches whole
-//! path elements (`/api` matches `/api` and `/api/v1`, not `/apis`);
-//! ImplementationSpecific is a Prefix. What matches nothing goes to a
-//! default backend, if an Ingress names one (the oldest Ingress' wins).
+//! beats a wildcard (`*.example.com` matches one label); a host with rules
+//! is served by those alone, as NGINX's server blocks do (so no other
+//! Ingress' host-less rule or default backend sees its traffic); other
+//! hosts go to the rules without a host, then to a default backend if an
+//! Ingress names one (the oldest Ingress' wins). Within the rules the
+//! longest matching path wins, an Exact path before a Prefix of the same
+//! length; a Prefix matches whole path elements (`/api` matches `/api`
+//! and `/api/v1`, not `/apis`); ImplementationSpecific is a Prefix.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -275,19 +277,25 @@ impl Routes {
     /// The backend for a request to `host` (a port after `:` ignored) and
     /// `path`; None when nothing matches and there is no default backend.
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
         let path = if path.is_empty() { "/" } else { path };
         let wildcard = host
             .split_once('.')
             .and_then(|(_, rest)| self.wildcard.get(rest));
-        let found = match (self.exact.get(&host), wildcard) {
-            (Some(routes), _) | (None, Some(routes)) => routes.iter().find(|r| r.matches(path)),
-            (None, None) => None,
-        };
-        found
-            .or_else(|| self.any.iter().find(|r| r.matches(path)))
-            .map(|r| &r.backend)
-            .or(self.default_backend.as_ref())
+        // A host that has rules is served by them alone (as NGINX's
+        // server blocks): another namespace's rules without a host, or its
+        // default backend, never see that host's traffic.
+        match (self.exact.get(&host), wildcard) {
+            (Some(routes), _) | (None, Some(routes)) => {
+                routes.iter().find(|r| r.matches(path)).map(|r| &r.backend)
+            }
+            (None, None) => self
+                .any
+                .iter()
+                .find(|r| r.matches(path))
+                .map(|r| &r.backend)
+                .or(self.default_backend.as_ref()),
+        }
     }
 
     /// The certificate for SNI name `name`: its own, else its wildcard's.

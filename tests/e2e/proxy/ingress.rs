@@ -192,6 +192,17 @@ async fn ingresses_route_hosts_paths_and_tls_to_services_through_scaling_and_rol
     );
     assert_eq!(get("b.example", "/"), "200 back");
     assert_eq!(get("b.example", "/api/"), "200 back-api");
+    // Paths that could mean another path to the backend are refused.
+    let dotted = curl(&[
+        "--path-as-is",
+        "-H",
+        "Host: a.example",
+        &format!("{base}/api/../x"),
+    ]);
+    assert!(
+        dotted.starts_with("400 400 bad request: dot segments"),
+        "{dotted}"
+    );
     let unknown = get("c.example", "/");
     assert!(unknown.starts_with("404 404 page not found"), "{unknown}");
     // HTTP/2 in cleartext too (prior knowledge).

@@ -74,8 +74,13 @@ fn hosts_and_paths_route_as_the_ingress_specification_says() {
     );
     assert_eq!(
         routed(&routes, "x.b.example", "/any"),
-        "anyhost",
-        "then the rules without a host"
+        "-",
+        "a host with rules is served by them alone"
+    );
+    assert_eq!(
+        routed(&routes, "a.example.", "/api"),
+        "api",
+        "a trailing dot is the same host"
     );
     assert_eq!(
         routed(&routes, "other", "/any/thing"),
@@ -113,6 +118,11 @@ fn the_oldest_ingress_wins_a_path_and_the_default_backend() {
         "the longer path is the newer's"
     );
     assert_eq!(routed(&routes, "elsewhere", "/"), "fallback-old");
+    assert_eq!(
+        routed(&routes, "a.example", "/"),
+        "old",
+        "a host with rules never reaches the default backend"
+    );
     let fallback = routes.route("elsewhere", "/").unwrap();
     assert_eq!(fallback.port, ServicePort::Name("http".into()));
     assert_eq!(fallback.ingress, "shop/older");
