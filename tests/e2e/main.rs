@@ -13,6 +13,7 @@ mod crash;
 mod disruption;
 mod grpcurl;
 mod ha;
+mod ingress;
 mod kubectl;
 mod lifecycle;
 mod metrics;

@@ -3,7 +3,8 @@
 //! between subnets of their own for VXLAN), the control plane on one, an
 //! agent on each of the others with a CNI pod network. Pods reach pods
 //! of every host by IP, a Service balances over pods of every host from
-//! every host, a NodePort on one host reaches a pod on another; a
+//! every host, a NodePort on one host reaches a pod on another, a
+//! LoadBalancer without a pool answers on every node's address; a
 //! restarted agent keeps its pods' addresses, and deleting pods leaves no
 //! CNI leftover (address files, veths).
 
@@ -85,7 +86,11 @@ async fn cluster(
         .await
         .expect("building the test image");
     let mut hosts = Hosts::build(prefix, link, agents).expect("making the hosts");
-    hosts.start_control_plane(&[]).expect("the control plane");
+    // No load balancer pool: LoadBalancer Services get the nodes'
+    // addresses (k3s's ServiceLB).
+    hosts
+        .start_control_plane(&["--lb-pool="])
+        .expect("the control plane");
     // The last host's agent finds its own address (its default route's).
     for i in 1..=agents {
         hosts
@@ -281,7 +286,7 @@ async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_a
     }
     yaml += &pod(image, "solo", &node(3), "solo");
     yaml += &service("web", "ClusterIP");
-    yaml += &service("solo", "NodePort");
+    yaml += &service("solo", "LoadBalancer");
     apply(&hosts, "pods.yaml", &yaml);
     let pods = wait_ready(&hosts, &["web-1", "web-2", "web-3", "solo"]).await;
     for (name, (ip, node)) in &pods {
@@ -332,6 +337,31 @@ async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_a
         from_host(&hosts, 0, &format!("http://{host1}:{node_port}/")),
         "solo"
     );
+    // Without a pool, the LoadBalancer's addresses are the nodes' own, and
+    // every host answers its port there, also those without its pod.
+    let node_ips: BTreeSet<String> = (1..=3).map(|i| hosts.hosts[i].ip.to_string()).collect();
+    let mut lb_ips = BTreeSet::new();
+    wait_for(
+        "the LoadBalancer on the nodes' addresses",
+        Duration::from_secs(30),
+        || {
+            lb_ips = get(&hosts, &["get", "service", "solo"])["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                .collect();
+            lb_ips == node_ips
+        },
+    )
+    .await;
+    for ip in &lb_ips {
+        assert_eq!(
+            from_host(&hosts, 0, &format!("http://{ip}/")),
+            "solo",
+            "the LoadBalancer at {ip}"
+        );
+    }
 
     // An agent killed and started again: its pod keeps its address and
     // stays reachable; a new pod gets another address.

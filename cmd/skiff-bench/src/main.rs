@@ -59,6 +59,7 @@ struct Cli {
 
 mod api;
 mod idle;
+mod ingress;
 mod list;
 mod netperf;
 mod podstart;
@@ -96,6 +97,17 @@ enum Command {
         seconds: f64,
         /// Concurrent clients.
         #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// HTTP requests through the ingress controller vs straight to the
+    /// backend, same run.
+    Ingress {
+        /// Seconds per measurement (each path is measured twice,
+        /// interleaved).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
         concurrency: usize,
     },
     /// API create throughput and latency vs raw etcd puts.
@@ -425,6 +437,10 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             concurrency,
         } => proxy::bench_proxy(seconds, concurrency).await,
+        Command::Ingress {
+            seconds,
+            concurrency,
+        } => ingress::bench_ingress(seconds, concurrency).await,
         Command::Netperf {
             seconds,
             connections,

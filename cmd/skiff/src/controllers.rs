@@ -36,8 +36,9 @@ pub(crate) struct ControllerArgs {
     #[arg(long, default_value_t = 15)]
     pub(crate) horizontal_pod_autoscaler_sync_period_secs: u64,
     /// Where LoadBalancer Services' addresses come from: a CIDR or a
-    /// range FIRST-LAST ("" leaves them pending). The default is on
-    /// loopback: the addresses answer on this machine only.
+    /// range FIRST-LAST, or "" for the Ready nodes' own addresses (k3s's
+    /// ServiceLB). The default is on loopback: the addresses answer on
+    /// this machine only.
     #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
     pub(crate) lb_pool: String,
     #[command(flatten)]

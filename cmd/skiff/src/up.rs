@@ -19,8 +19,9 @@ pub(crate) struct UpArgs {
     #[command(flatten)]
     pub(crate) api: ApiArgs,
     /// Where LoadBalancer Services' addresses come from: a CIDR or a
-    /// range FIRST-LAST ("" leaves them pending). The default is on
-    /// loopback: the addresses answer on this machine only.
+    /// range FIRST-LAST, or "" for the Ready nodes' own addresses (k3s's
+    /// ServiceLB). The default is on loopback: the addresses answer on
+    /// this machine only.
     #[arg(long, default_value = skiff_controllers::DEFAULT_LB_POOL)]
     pub(crate) lb_pool: String,
     /// The service proxy: auto (kernel NAT rules when root beside

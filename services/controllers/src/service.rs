@@ -3,6 +3,11 @@
 //! Service of type LoadBalancer gets an address from the configured pool
 //! in `status.loadBalancer.ingress`; the agents' proxies serve it.
 //!
+//! Without a pool (`--lb-pool ""`) it is k3s's ServiceLB: a LoadBalancer
+//! Service's addresses are the InternalIPs of the Ready nodes, kept as
+//! nodes come, go and change readiness, and every agent's proxy answers
+//! the Service's ports on its node's address.
+//!
 //! The addresses in use are those in the Services' status, so nothing
 //! else needs keeping: a restarted controller reads them back, and an
 //! address is free again once its Service is deleted or changes type (the
@@ -15,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use skiff::pb::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service};
+use skiff::pb::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -120,24 +125,28 @@ pub struct ServiceController {
     services: Api<Service>,
     store: Store<Service>,
     pool: Option<Pool>,
+    /// The nodes, whose addresses serve LoadBalancers without a pool.
+    nodes: Store<Node>,
     recorder: std::sync::Arc<Recorder>,
     /// Held across choosing an address and writing it.
     allocating: tokio::sync::Mutex<()>,
 }
 
 impl ServiceController {
-    /// A controller handing out addresses from `pool` (none: LoadBalancer
-    /// Services stay pending, as on a cluster without a load balancer).
+    /// A controller handing out addresses from `pool` (none: the Ready
+    /// `nodes`' addresses).
     pub fn new(
         services: Api<Service>,
         store: Store<Service>,
         pool: Option<Pool>,
+        nodes: Store<Node>,
         recorder: std::sync::Arc<Recorder>,
     ) -> Self {
         Self {
             services,
             store,
             pool,
+            nodes,
             recorder,
             allocating: tokio::sync::Mutex::new(()),
         }
@@ -184,6 +193,13 @@ impl ServiceController {
             return Ok(Action::AwaitChange);
         }
         let Some(pool) = self.pool else {
+            let nodes = node_addresses(&self.nodes.list());
+            let mut sorted = current.clone();
+            sorted.sort();
+            if sorted != nodes {
+                self.write(&service, nodes.clone()).await?;
+                tracing::info!(service = %key, addresses = ?nodes, "load balancer on the nodes' addresses");
+            }
             return Ok(Action::AwaitChange);
         };
         let requested = spec.load_balancer_ip.parse::<Ipv4Addr>().ok();
@@ -282,13 +298,48 @@ pub fn start(
         Api::new(shared.channel.clone()),
         shared.services.store.clone(),
         shared.lb_pool,
+        shared.nodes.store.clone(),
         std::sync::Arc::clone(&shared.recorder),
     ));
     let store = shared.services.store.clone();
-    Controller::new(controller)
-        .for_kind(&shared.services)
-        .run(move || keys_of(&store), workers)
-        .boxed()
+    let mut running = Controller::new(controller).for_kind(&shared.services);
+    if shared.lb_pool.is_none() {
+        // Without a pool the nodes are the load balancer: a node that
+        // comes, goes or changes readiness moves every LoadBalancer.
+        let services = shared.services.store.clone();
+        running = running.watches(&shared.nodes, move |_| {
+            services
+                .list()
+                .iter()
+                .filter(|s| s.spec.as_ref().is_some_and(|s| s.r#type == "LoadBalancer"))
+                .map(|s| s.object_ref())
+                .collect()
+        });
+    }
+    running.run(move || keys_of(&store), workers).boxed()
+}
+
+/// The IPv4 InternalIPs of the Ready nodes, sorted: where a LoadBalancer
+/// Service answers without a pool.
+fn node_addresses(nodes: &[std::sync::Arc<Node>]) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref())
+        .filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == "True")
+        })
+        .flat_map(|s| {
+            s.addresses
+                .iter()
+                .filter(|a| a.r#type == "InternalIP")
+                .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Whether a Service's load balancer is this controller's: it names no
@@ -302,6 +353,32 @@ fn ours(spec: &skiff::pb::core::v1::ServiceSpec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_a_pool_the_ready_nodes_internal_ips_are_the_addresses() {
+        let node = |name: &str, ready: &str, ip: &str| {
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": ready}],
+                    "addresses": [{"type": "Hostname", "address": name},
+                                  {"type": "InternalIP", "address": ip}],
+                },
+            }))
+            .unwrap();
+            std::sync::Arc::new(node)
+        };
+        let nodes = [
+            node("c", "True", "10.0.0.3"),
+            node("a", "True", "10.0.0.1"),
+            node("b", "False", "10.0.0.2"),
+            node("d", "True", "fd00::4"),
+        ];
+        assert_eq!(
+            node_addresses(&nodes),
+            [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+    }
 
     #[test]
     fn a_service_of_another_load_balancer_class_is_left_alone() {
