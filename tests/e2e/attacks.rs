@@ -694,3 +694,100 @@ async fn a_grpc_call_with_a_foreign_content_type_is_still_authorized_as_grpc() {
         .expect_err("no binding was made");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
+
+/// A tenant who may create Ingresses in its own namespace tries to take
+/// another tenant's traffic through the ingress controller: a catch-all
+/// rule without a host, a default backend, a rule for the victim's host
+/// under a path the victim does not route, a Host header that names one
+/// host while the request line names another, and paths that climb out of
+/// the victim's rule. None of it reaches the attacker's backend, and the
+/// victim's backend only ever sees the victim's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_take_another_tenants_host_through_the_ingress() {
+    let local = crate::ingress::Local::start().await;
+    for ns in ["victim", "attacker"] {
+        let mut namespace = Namespace::default();
+        skiff::Resource::metadata_mut(&mut namespace).name = ns.into();
+        Api::<Namespace>::new(local.channel.clone())
+            .create(namespace)
+            .await
+            .unwrap();
+    }
+    local.backend("victim", "shop").await;
+    local.backend("attacker", "trap").await;
+    let route = |host: Option<&str>, path: &str, service: &str| {
+        let mut rule = json!({"http": {"paths": [{"path": path, "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"number": 80}}}}]}});
+        if let Some(host) = host {
+            rule["host"] = json!(host);
+        }
+        rule
+    };
+    local
+        .ingress(
+            "victim",
+            "shop",
+            json!({"rules": [route(Some("shop.example"), "/app", "shop")]}),
+        )
+        .await;
+    skiff_testkit::wait_until("the victim's route", Duration::from_secs(20), async || {
+        local
+            .get("shop.example", "/app")
+            .await
+            .contains("backend: shop")
+    })
+    .await;
+    // The attacker's catch-all, default backend and a path under the
+    // victim's host.
+    local
+        .ingress(
+            "attacker",
+            "catch-all",
+            json!({
+                "defaultBackend": {"service": {"name": "trap", "port": {"number": 80}}},
+                "rules": [route(None, "/", "trap"), route(Some("other.example"), "/", "trap")],
+            }),
+        )
+        .await;
+    skiff_testkit::wait_until(
+        "the attacker's route",
+        Duration::from_secs(20),
+        async || {
+            local
+                .get("other.example", "/")
+                .await
+                .contains("backend: trap")
+        },
+    )
+    .await;
+    for (host, path) in [
+        ("shop.example", "/elsewhere"),
+        ("shop.example.", "/elsewhere"),
+        ("SHOP.example:80", "/"),
+    ] {
+        let answer = local.get(host, path).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{host}{path}: {answer}");
+        assert!(!answer.contains("backend: trap"), "{host}{path}: {answer}");
+    }
+    // Paths that would climb out of /app at the backend are refused.
+    for path in [
+        "/app/../admin",
+        "/app/%2e%2e/admin",
+        "/app/..%2fadmin",
+        "/app//../admin",
+    ] {
+        let answer = local.get("shop.example", path).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    // A request line naming the victim with a Host of the attacker's
+    // (or the other way round) reaches the backend with the routed host.
+    let forged = crate::ingress::raw(
+        local.http,
+        "GET http://shop.example/app HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(forged.contains("backend: shop"), "{forged}");
+    assert!(forged.contains("host: shop.example"), "{forged}");
+    assert!(!forged.contains("other.example"), "{forged}");
+    local.stop().await;
+}

@@ -21,9 +21,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// The backend: `/headers` answers the request's headers, `/stream`
-/// three chunks 300 ms apart, `/ws` a WebSocket echo.
+/// The backend `name`: `/stream` answers three chunks 300 ms apart, `/ws`
+/// a WebSocket echo, anything else its name, the path and the request's
+/// headers.
 async fn backend(
+    name: &'static str,
     mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Body>, Infallible> {
     match req.uri().path() {
@@ -82,6 +84,7 @@ async fn backend(
                 .collect();
             lines.sort();
             lines.insert(0, format!("path: {}", req.uri()));
+            lines.insert(0, format!("backend: {name}"));
             Ok(hyper::Response::new(
                 Full::new(Bytes::from(lines.join("\n"))).boxed(),
             ))
@@ -89,7 +92,7 @@ async fn backend(
     }
 }
 
-async fn serve_backend() -> SocketAddr {
+async fn serve_backend(name: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -101,7 +104,7 @@ async fn serve_backend() -> SocketAddr {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(stream),
-                        hyper::service::service_fn(backend),
+                        hyper::service::service_fn(move |req| backend(name, req)),
                     )
                     .with_upgrades()
                     .await;
@@ -112,7 +115,7 @@ async fn serve_backend() -> SocketAddr {
 }
 
 /// A raw HTTP/1.1 exchange (what curl would not send: a forged Host).
-async fn raw(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -121,52 +124,106 @@ async fn raw(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).to_string()
 }
 
+/// An API server and an ingress controller (plain HTTP) in this process,
+/// with backends that are servers of this process too.
+pub(crate) struct Local {
+    server: skiff_apiserver::ApiServer,
+    pub(crate) channel: tonic::transport::Channel,
+    controller: skiff_ingress::IngressController,
+    /// Where the controller serves HTTP.
+    pub(crate) http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Local {
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = skiff_apiserver::Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            StoreConfig::Embedded(dir.path().join("state.redb")),
+        );
+        let server = skiff_apiserver::ApiServer::start(config).await.unwrap();
+        let channel = skiff_testkit::channel(server.addr).await.unwrap();
+        let mut config = skiff_ingress::Config::new(&format!("http://{}", server.addr));
+        config.http = Some("127.0.0.1:0".parse().unwrap());
+        config.https = None;
+        let controller = skiff_ingress::start(config).await.unwrap();
+        let http = controller.http.unwrap();
+        Self {
+            server,
+            channel,
+            controller,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// A backend server answering `name`, behind Service `name` (port 80,
+    /// `http`) of `namespace`, whose Endpoints name it.
+    pub(crate) async fn backend(&self, namespace: &str, name: &'static str) {
+        let target = serve_backend(name).await;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }))
+        .unwrap();
+        Api::<Service>::new(self.channel.clone())
+            .create(service)
+            .await
+            .unwrap();
+        let endpoints: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": target.port()}]}],
+        }))
+        .unwrap();
+        Api::<Endpoints>::new(self.channel.clone())
+            .create(endpoints)
+            .await
+            .unwrap();
+    }
+
+    /// Ingress `name` of `namespace` with `spec`.
+    pub(crate) async fn ingress(&self, namespace: &str, name: &str, spec: serde_json::Value) {
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }))
+        .unwrap();
+        Api::<Ingress>::new(self.channel.clone())
+            .create(ingress)
+            .await
+            .unwrap();
+    }
+
+    /// `GET path` for `host`, on a connection of its own.
+    pub(crate) async fn get(&self, host: &str, path: &str) -> String {
+        raw(
+            self.http,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+    }
+
+    pub(crate) async fn stop(self) {
+        self.controller.stop();
+        self.server.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_passes_websockets_and_streams_and_sets_the_forwarded_headers() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = skiff_apiserver::Config::new(
-        "127.0.0.1:0".parse().unwrap(),
-        StoreConfig::Embedded(dir.path().join("state.redb")),
-    );
-    let server = skiff_apiserver::ApiServer::start(config).await.unwrap();
-    let channel = skiff_testkit::channel(server.addr).await.unwrap();
-    let target = serve_backend().await;
-
-    let service: Service = serde_json::from_value(json!({
-        "metadata": {"name": "local", "namespace": "default"},
-        "spec": {"ports": [{"name": "http", "port": 80}]},
-    }))
-    .unwrap();
-    Api::<Service>::new(channel.clone())
-        .create(service)
-        .await
-        .unwrap();
-    let endpoints: Endpoints = serde_json::from_value(json!({
-        "metadata": {"name": "local", "namespace": "default"},
-        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": target.port()}]}],
-    }))
-    .unwrap();
-    Api::<Endpoints>::new(channel.clone())
-        .create(endpoints)
-        .await
-        .unwrap();
-    let ingress: Ingress = serde_json::from_value(json!({
-        "metadata": {"name": "local", "namespace": "default"},
-        "spec": {"ingressClassName": "skiff", "rules": [{"host": "local.example", "http": {"paths": [
-            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "local", "port": {"name": "http"}}}},
-        ]}}]},
-    }))
-    .unwrap();
-    Api::<Ingress>::new(channel.clone())
-        .create(ingress)
-        .await
-        .unwrap();
-
-    let mut config = skiff_ingress::Config::new(&format!("http://{}", server.addr));
-    config.http = Some("127.0.0.1:0".parse().unwrap());
-    config.https = None;
-    let controller = skiff_ingress::start(config).await.unwrap();
-    let http = controller.http.unwrap();
+    let local = Local::start().await;
+    local.backend("default", "local").await;
+    local
+        .ingress(
+            "default",
+            "local",
+            json!({"ingressClassName": "skiff", "rules": [{"host": "local.example", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "local", "port": {"name": "http"}}}},
+            ]}}]}),
+        )
+        .await;
+    let http = local.http;
     wait_until("the route is served", Duration::from_secs(20), async || {
         raw(
             http,
@@ -294,6 +351,5 @@ async fn the_ingress_passes_websockets_and_streams_and_sets_the_forwarded_header
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
-    controller.stop();
-    server.stop().await.unwrap();
+    local.stop().await;
 }
