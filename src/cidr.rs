@@ -97,6 +97,45 @@ impl Ipv4Cidr {
     }
 }
 
+impl Ipv4Cidr {
+    /// The range of `text` (`10.0.0.0/8`), its host bits cleared (as
+    /// Kubernetes reads a NetworkPolicy's `ipBlock.cidr`).
+    ///
+    /// # Errors
+    /// Not an IPv4 address with a prefix length.
+    pub fn parse_loose(text: &str) -> Result<Self, Invalid> {
+        let (ip, bits) = text
+            .split_once('/')
+            .ok_or_else(|| Invalid::from(format!("{text:?} is not a CIDR (like 10.0.0.0/8)")))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| Invalid(format!("{text:?} is not an IPv4 CIDR")))?;
+        let bits: u8 = bits
+            .parse()
+            .map_err(|_| Invalid(format!("{text:?} has no valid prefix length")))?;
+        Self::new(ip, bits)
+    }
+
+    /// The range without the parts `except` names, as the fewest ranges
+    /// that cover exactly what is left.
+    pub fn without(&self, except: &[Self]) -> Vec<Self> {
+        if except
+            .iter()
+            .any(|e| e.bits <= self.bits && e.contains(self.base))
+        {
+            return Vec::new();
+        }
+        if !except.iter().any(|e| self.overlaps(e)) {
+            return vec![*self];
+        }
+        let half = self.bits + 1;
+        (0..2)
+            .filter_map(|n| self.subnet(half, n))
+            .flat_map(|part| part.without(except))
+            .collect()
+    }
+}
+
 impl std::str::FromStr for Ipv4Cidr {
     type Err = Invalid;
 
@@ -133,6 +172,39 @@ impl std::fmt::Display for Ipv4Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_without_its_exceptions_covers_exactly_the_rest() {
+        let c = |t: &str| t.parse::<Ipv4Cidr>().unwrap();
+        let rest = c("172.17.0.0/16").without(&[c("172.17.1.0/24")]);
+        let text: Vec<String> = rest.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "172.17.0.0/24",
+                "172.17.2.0/23",
+                "172.17.4.0/22",
+                "172.17.8.0/21",
+                "172.17.16.0/20",
+                "172.17.32.0/19",
+                "172.17.64.0/18",
+                "172.17.128.0/17"
+            ]
+        );
+        let covered = |ip: &str| rest.iter().any(|r| r.contains(ip.parse().unwrap()));
+        assert!(covered("172.17.0.9") && covered("172.17.255.1"));
+        assert!(!covered("172.17.1.7") && !covered("172.18.0.1"));
+        assert_eq!(c("10.0.0.0/8").without(&[c("10.0.0.0/8")]), []);
+        assert_eq!(
+            c("10.0.0.0/8").without(&[c("192.168.0.0/16")]),
+            [c("10.0.0.0/8")]
+        );
+        assert_eq!(
+            Ipv4Cidr::parse_loose("10.1.2.3/16").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert!(Ipv4Cidr::parse_loose("fd00::/8").is_err());
+    }
 
     #[test]
     fn parses_and_prints_a_network() {

@@ -14,6 +14,8 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 /// The finalizer the API puts on every namespace, removed by the
 /// namespace controller once its content is gone.
 pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The finalizer of a Foreground deletion.
 pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 /// The finalizer of an Orphan deletion.

@@ -8,7 +8,7 @@
 //! Endpoints, ConfigMaps, Secrets, Events), `table/cluster.rs` (Nodes,
 //! Namespaces, quotas, PriorityClasses, RBAC), `table/storage.rs`
 //! (volumes, claims, StorageClasses) and `table/networking.rs`
-//! (Ingresses, IngressClasses).
+//! (Ingresses, IngressClasses, NetworkPolicies).
 
 use std::time::{Duration, SystemTime};
 
@@ -208,6 +208,7 @@ pub fn rows(
         "PriorityClass" => vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"],
         "Ingress" => vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
         "IngressClass" => vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+        "NetworkPolicy" => vec!["NAME", "POD-SELECTOR", "AGE"],
         "PodDisruptionBudget" => vec![
             "NAME",
             "MIN AVAILABLE",
@@ -271,6 +272,7 @@ pub fn rows(
             "PriorityClass" => cluster::priority_class(item, name, created),
             "Ingress" => networking::ingress(item, name, created, wide),
             "IngressClass" => networking::ingress_class(item, name, created),
+            "NetworkPolicy" => networking::network_policy(item, name, created),
             "PodDisruptionBudget" => workloads::pod_disruption_budget(item, name, created),
             _ => vec![name, created],
         };

@@ -45,6 +45,7 @@ pub mod hollow;
 pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
+pub mod netpol;
 pub mod network;
 pub mod node;
 pub mod prober;
@@ -166,7 +167,7 @@ pub async fn run(
     let mut service_tasks = AbortOnDrop(Vec::new());
     service_tasks
         .0
-        .extend(start_proxy(&config, runtime.scheme(), services.as_ref()).await?);
+        .extend(start_proxy(&config, runtime.scheme(), services.as_ref(), &channel).await?);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -468,14 +469,17 @@ async fn start_dns(
 
 /// Starts the service proxy in the mode the config asks (`Auto`: kernel
 /// rules when iptables answers and pods have a network of their own, else
-/// the userspace relay), said in the log.
+/// the userspace relay), said in the log; with kernel rules, NetworkPolicy
+/// enforcement beside it.
 async fn start_proxy(
     config: &Config,
     scheme: &str,
     feeds: Option<&ServiceFeeds>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    channel: &tonic::transport::Channel,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
     let Some(feeds) = feeds.filter(|_| config.proxy != proxy::Mode::None) else {
-        return Ok(None);
+        tracing::warn!("no service proxy: NetworkPolicies are not enforced on this node");
+        return Ok(Vec::new());
     };
     let mode = match config.proxy {
         proxy::Mode::Auto if scheme == "docker" && proxy::iptables::available().await => {
@@ -489,8 +493,13 @@ async fn start_proxy(
         }
         other => other,
     };
+    let mut tasks = Vec::new();
     let backend: Box<dyn proxy::Backend> = if mode == proxy::Mode::Iptables {
         tracing::info!(chains = %proxy::iptables::prefix(&config.node_name), "service proxy: iptables");
+        tasks.push(tokio::spawn(netpol::run(
+            config.node_name.clone(),
+            channel.clone(),
+        )));
         Box::new(proxy::iptables::Iptables::new(
             &config.node_name,
             proxy::iptables::Ranges {
@@ -500,16 +509,17 @@ async fn start_proxy(
         ))
     } else {
         tracing::info!(
-            "service proxy: userspace (NodePorts and local LoadBalancer addresses; ClusterIPs need the iptables mode)"
+            "service proxy: userspace (NodePorts and local LoadBalancer addresses; ClusterIPs and NetworkPolicies need the iptables mode)"
         );
         Box::new(proxy::userspace::Userspace::new())
     };
-    Ok(Some(tokio::spawn(proxy::run(
+    tasks.push(tokio::spawn(proxy::run(
         (feeds.services.store.clone(), feeds.services.subscribe()),
         (feeds.endpoints.store.clone(), feeds.endpoints.subscribe()),
         backend,
         config.proxy_resync,
-    ))))
+    )));
+    Ok(tasks)
 }
 
 /// The runtime the config names (and the Docker runtime again when its

@@ -90,3 +90,44 @@ pub(super) fn ingress_class(item: &Value, name: String, created: String) -> Vec<
         created,
     ]
 }
+
+/// A NetworkPolicy's row: the pods it selects.
+pub(super) fn network_policy(item: &Value, name: String, created: String) -> Vec<String> {
+    vec![name, label_selector(&item["spec"]["podSelector"]), created]
+}
+
+/// A label selector as kubectl writes one (`app=web,tier in (a,b)`), or
+/// `<none>` when it selects everything.
+fn label_selector(selector: &Value) -> String {
+    let mut parts: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    for expression in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let key = str_at(expression, "/key");
+        let values: Vec<&str> = expression["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        parts.push(match str_at(expression, "/operator") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}

@@ -918,6 +918,41 @@ spec:
             name: test
             port:
               number: 80
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: test-network-policy
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels:
+      role: db
+  policyTypes:
+  - Ingress
+  - Egress
+  ingress:
+  - from:
+    - ipBlock:
+        cidr: 172.17.0.0/16
+        except:
+        - 172.17.1.0/24
+    - namespaceSelector:
+        matchLabels:
+          project: myproject
+    - podSelector:
+        matchLabels:
+          role: frontend
+    ports:
+    - protocol: TCP
+      port: 6379
+  egress:
+  - to:
+    - ipBlock:
+        cidr: 10.0.0.0/24
+    ports:
+    - protocol: TCP
+      port: 5978
 "#,
         image = c.image,
         suffix = std::process::id()
@@ -987,6 +1022,7 @@ spec:
             "".into(),
         ),
         ("ing".into(), "minimal-ingress".into(), "shop".into()),
+        ("netpol".into(), "test-network-policy".into(), "shop".into()),
     ];
     // Endpoints come from the controller once the service exists.
     wait_until(

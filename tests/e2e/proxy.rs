@@ -22,6 +22,7 @@ use skiff_testkit::{AgentNode, wait_until};
 
 mod ingress;
 mod master;
+mod netpol;
 
 /// One test's cluster: API server in process, scheduler, controller
 /// manager and agent as processes.

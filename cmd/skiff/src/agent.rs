@@ -155,9 +155,14 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)
             .context("removing the service proxy rules")?;
+        skiff_agent::netpol::cleanup(&node)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("removing the network policy rules")?;
         println!(
-            "removed the service proxy rules of node {node:?} (chains {}-*)",
-            skiff_agent::proxy::iptables::prefix(&node)
+            "removed the service proxy and network policy rules of node {node:?} (chains {}-*, {}-*)",
+            skiff_agent::proxy::iptables::prefix(&node),
+            skiff_agent::netpol::rules::prefix(&node)
         );
         return Ok(());
     }

@@ -366,6 +366,11 @@ impl Authorizer {
                 }
             }
             ("", "services" | "endpoints", _) if read => allow("services are readable"),
+            // The agent enforces NetworkPolicies: which pods they select
+            // and allow depends on every namespace's labels.
+            ("", "namespaces", _) | ("networking.k8s.io", "networkpolicies", _) if read => {
+                allow("network policies and the namespaces they select are readable")
+            }
             ("", "configmaps" | "secrets" | "persistentvolumeclaims", "get") => {
                 self.referenced(node, attrs).await
             }
@@ -382,7 +387,7 @@ impl Authorizer {
                 allow("renewing its own certificate")
             }
             _ => deny(format!(
-                "node {node:?} may not; nodes may read pods, nodes, services, endpoints and persistent volumes, get the configmaps, secrets and claims their pods use, and write their own Node, Lease, their pods' status, their deleted local volumes and events"
+                "node {node:?} may not; nodes may read pods, nodes, services, endpoints, namespaces, network policies and persistent volumes, get the configmaps, secrets and claims their pods use, and write their own Node, Lease, their pods' status, their deleted local volumes and events"
             )),
         }
     }

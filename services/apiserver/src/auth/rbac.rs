@@ -372,7 +372,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     &[READ, WRITE].concat(),
                     &["networking.k8s.io"],
-                    &["ingresses"],
+                    &["ingresses", "networkpolicies"],
                 ),
                 // Not `*`: that would include `escalate` and `bind`, and
                 // so the right to grant what it does not hold.
@@ -431,7 +431,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     &[READ, WRITE].concat(),
                     &["networking.k8s.io"],
-                    &["ingresses"],
+                    &["ingresses", "networkpolicies"],
                 ),
             ],
         ),
@@ -457,7 +457,7 @@ pub fn default_policy() -> (Vec<ClusterRole>, Vec<ClusterRoleBinding>) {
                 rule(
                     READ,
                     &["networking.k8s.io"],
-                    &["ingresses", "ingresses/status"],
+                    &["ingresses", "ingresses/status", "networkpolicies"],
                 ),
                 rule(READ, &["metrics.k8s.io"], &["pods"]),
             ],

@@ -580,6 +580,13 @@ mod messages {
     k8s_pb::api::networking::v1::IngressClass { metadata, spec };
     k8s_pb::api::networking::v1::IngressClassSpec { controller, parameters };
     k8s_pb::api::networking::v1::IngressClassParametersReference { a_pi_group, kind, name, scope, namespace };
+    k8s_pb::api::networking::v1::NetworkPolicy { metadata, spec };
+    k8s_pb::api::networking::v1::NetworkPolicySpec { pod_selector, ingress, egress, policy_types };
+    k8s_pb::api::networking::v1::NetworkPolicyIngressRule { ports, from };
+    k8s_pb::api::networking::v1::NetworkPolicyEgressRule { ports, to };
+    k8s_pb::api::networking::v1::NetworkPolicyPeer { pod_selector, namespace_selector, ip_block };
+    k8s_pb::api::networking::v1::IpBlock { cidr, except };
+    k8s_pb::api::networking::v1::NetworkPolicyPort { protocol, port, end_port };
     k8s_pb::api::policy::v1::PodDisruptionBudgetSpec { min_available, selector, max_unavailable, unhealthy_pod_eviction_policy };
     k8s_pb::api::policy::v1::PodDisruptionBudgetStatus { observed_generation, disrupted_pods, disruptions_allowed, current_healthy, desired_healthy, expected_pods, conditions };
     k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions { grace_period_seconds, preconditions, orphan_dependents, propagation_policy, dry_run };
@@ -639,6 +646,7 @@ kinds! {
     "scheduling.k8s.io/v1" "PriorityClass" => k8s_pb::api::scheduling::v1::PriorityClass,
     "networking.k8s.io/v1" "Ingress" => k8s_pb::api::networking::v1::Ingress,
     "networking.k8s.io/v1" "IngressClass" => k8s_pb::api::networking::v1::IngressClass,
+    "networking.k8s.io/v1" "NetworkPolicy" => k8s_pb::api::networking::v1::NetworkPolicy,
     "v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "meta.k8s.io/v1" "DeleteOptions" => k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
     "apps/v1" "ReplicaSet" => k8s_pb::api::apps::v1::ReplicaSet,

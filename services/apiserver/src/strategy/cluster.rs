@@ -30,6 +30,13 @@ impl Strategy for Namespace {
         {
             meta.finalizers.push(NAMESPACE_FINALIZER.into());
         }
+        // Kubernetes labels every namespace with its name (1.21+), so
+        // NetworkPolicies can select one by it.
+        if !meta.name.is_empty() {
+            let name = meta.name.clone();
+            meta.labels
+                .insert(skiff::names::NAMESPACE_NAME_LABEL.into(), name);
+        }
     }
 
     fn validate(&self, errors: &mut FieldErrors) {

@@ -9,7 +9,10 @@
 
 use skiff::pb::networking::v1::{
     Ingress, IngressBackend, IngressClass, IngressClassParametersReference, IngressSpec,
+    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
 };
+use skiff::selector::LabelSelector;
+use skiff::wkt::value::Kind as ValueKind;
 
 use super::*;
 
@@ -326,6 +329,177 @@ fn domain_prefixed_path(value: &str) -> Result<(), String> {
         return Err("Invalid path: must match the regex [A-Za-z0-9/\\-._~%!$&'()*+,;=:]+".into());
     }
     Ok(())
+}
+
+/// The policy types.
+const POLICY_TYPES: &[&str] = &["Ingress", "Egress"];
+/// The protocols a policy port may name.
+const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+
+impl Strategy for NetworkPolicy {
+    fn default_fields(&mut self) {
+        let Some(spec) = &mut self.spec else { return };
+        if spec.policy_types.is_empty() {
+            spec.policy_types.push("Ingress".into());
+            if !spec.egress.is_empty() {
+                spec.policy_types.push("Egress".into());
+            }
+        }
+        let ports = spec
+            .ingress
+            .iter_mut()
+            .flat_map(|r| r.ports.iter_mut())
+            .chain(spec.egress.iter_mut().flat_map(|r| r.ports.iter_mut()));
+        for port in ports {
+            port.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let Some(spec) = &self.spec else {
+            return errors.required("spec");
+        };
+        match &spec.pod_selector {
+            None => errors.required("spec.podSelector"),
+            Some(selector) => {
+                if let Err(reason) = LabelSelector::try_from(selector) {
+                    errors.push("spec.podSelector", format!("Invalid value: {reason}"));
+                }
+            }
+        }
+        for (i, rule) in spec.ingress.iter().enumerate() {
+            let path = format!("spec.ingress[{i}]");
+            validate_ports(&path, &rule.ports, errors);
+            for (j, peer) in rule.from.iter().enumerate() {
+                validate_peer(&format!("{path}.from[{j}]"), peer, errors);
+            }
+        }
+        for (i, rule) in spec.egress.iter().enumerate() {
+            let path = format!("spec.egress[{i}]");
+            validate_ports(&path, &rule.ports, errors);
+            for (j, peer) in rule.to.iter().enumerate() {
+                validate_peer(&format!("{path}.to[{j}]"), peer, errors);
+            }
+        }
+        if spec.policy_types.len() > POLICY_TYPES.len() {
+            errors.invalid(
+                "spec.policyTypes",
+                spec.policy_types.join(","),
+                "may not specify more than two policyTypes",
+            );
+        }
+        for (i, kind) in spec.policy_types.iter().enumerate() {
+            if !POLICY_TYPES.contains(&kind.as_str()) {
+                errors.not_supported(format!("spec.policyTypes[{i}]"), kind, POLICY_TYPES);
+            }
+        }
+    }
+}
+
+fn validate_ports(path: &str, ports: &[NetworkPolicyPort], errors: &mut FieldErrors) {
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("{path}.ports[{i}]");
+        if let Some(protocol) = &port.protocol
+            && !PROTOCOLS.contains(&protocol.as_str())
+        {
+            errors.not_supported(format!("{at}.protocol"), protocol, PROTOCOLS);
+        }
+        let number = match port.port.as_ref().and_then(|v| v.kind.as_ref()) {
+            None => None,
+            Some(ValueKind::NumberValue(n)) => {
+                let n = *n as i32;
+                if let Err(reason) = validation::is_valid_port_num(n) {
+                    errors.invalid(format!("{at}.port"), n, reason);
+                }
+                Some(n)
+            }
+            Some(ValueKind::StringValue(name)) => {
+                if let Err(reason) = validation::is_port_name(name) {
+                    errors.invalid(format!("{at}.port"), name, reason);
+                }
+                if port.end_port.is_some() {
+                    errors.forbidden(
+                        format!("{at}.endPort"),
+                        "may not be specified when `port` is non-numeric",
+                    );
+                }
+                None
+            }
+            Some(_) => {
+                errors.invalid(format!("{at}.port"), "", "must be a number or a port name");
+                None
+            }
+        };
+        if let Some(end) = port.end_port {
+            match (port.port.is_some(), number) {
+                (false, _) => errors.push(
+                    format!("{at}.port"),
+                    "Required value: must be specified when `endPort` is specified",
+                ),
+                (true, Some(start)) if end < start => errors.invalid(
+                    format!("{at}.endPort"),
+                    end,
+                    "must be greater than or equal to `port`",
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn validate_peer(path: &str, peer: &NetworkPolicyPeer, errors: &mut FieldErrors) {
+    let set = [
+        peer.pod_selector.is_some(),
+        peer.namespace_selector.is_some(),
+        peer.ip_block.is_some(),
+    ]
+    .into_iter()
+    .filter(|s| *s)
+    .count();
+    if set == 0 {
+        errors.push(path, "Required value: must specify a peer");
+    } else if set > 1 && peer.ip_block.is_some() {
+        errors.forbidden(path, "may not specify both ipBlock and another peer");
+    }
+    for (field, selector) in [
+        ("podSelector", &peer.pod_selector),
+        ("namespaceSelector", &peer.namespace_selector),
+    ] {
+        if let Some(selector) = selector
+            && let Err(reason) = LabelSelector::try_from(selector)
+        {
+            errors.push(
+                format!("{path}.{field}"),
+                format!("Invalid value: {reason}"),
+            );
+        }
+    }
+    let Some(block) = &peer.ip_block else { return };
+    let at = format!("{path}.ipBlock");
+    if block.cidr.is_empty() {
+        return errors.required(format!("{at}.cidr"));
+    }
+    if block.cidr.contains(':') {
+        return errors.forbidden(
+            format!("{at}.cidr"),
+            "IPv6 blocks (Skiff's pod network is IPv4) not supported by Skiff",
+        );
+    }
+    let cidr = match skiff::cidr::Ipv4Cidr::parse_loose(&block.cidr) {
+        Ok(cidr) => cidr,
+        Err(reason) => return errors.invalid(format!("{at}.cidr"), &block.cidr, reason),
+    };
+    for (i, except) in block.except.iter().enumerate() {
+        match skiff::cidr::Ipv4Cidr::parse_loose(except) {
+            Err(reason) => errors.invalid(format!("{at}.except[{i}]"), except, reason),
+            Ok(e) if e.bits() <= cidr.bits() || !cidr.contains(e.network()) => errors.invalid(
+                format!("{at}.except[{i}]"),
+                except,
+                "must be a strict subset of `cidr`",
+            ),
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -201,3 +201,74 @@ fn ingress_classes_name_a_controller_that_never_changes() {
         "{errors}"
     );
 }
+
+fn network_policy(spec: serde_json::Value) -> NetworkPolicy {
+    let mut policy: NetworkPolicy = skiff::json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": spec,
+    }))
+    .expect("a NetworkPolicy");
+    policy.default_fields();
+    policy
+}
+
+#[test]
+fn the_docs_network_policy_is_valid_and_gets_its_policy_types() {
+    let policy = network_policy(json!({
+        "podSelector": {"matchLabels": {"role": "db"}},
+        "ingress": [{"from": [
+            {"ipBlock": {"cidr": "172.17.0.0/16", "except": ["172.17.1.0/24"]}},
+            {"namespaceSelector": {"matchLabels": {"project": "myproject"}}},
+            {"podSelector": {"matchLabels": {"role": "frontend"}}},
+        ], "ports": [{"protocol": "TCP", "port": 6379}]}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}], "ports": [{"port": 32000, "endPort": 32768}]}],
+    }));
+    assert_eq!(errors_of(&policy), "");
+    let spec = policy.spec.unwrap();
+    assert_eq!(spec.policy_types, ["Ingress", "Egress"]);
+    assert_eq!(spec.egress[0].ports[0].protocol.as_deref(), Some("TCP"));
+    let ingress_only = network_policy(json!({"podSelector": {}}));
+    assert_eq!(ingress_only.spec.unwrap().policy_types, ["Ingress"]);
+}
+
+#[test]
+fn bad_peers_ports_and_types_are_refused_with_kubernetes_messages() {
+    let policy = network_policy(json!({
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress", "Sideways"],
+        "ingress": [{"from": [
+            {},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}},
+            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16", "10.0.0.0/8"]}},
+            {"ipBlock": {"cidr": "fd00::/8"}},
+            {"ipBlock": {"cidr": "ten"}},
+        ], "ports": [
+            {"protocol": "ICMP", "port": 80},
+            {"port": 70000},
+            {"port": "http", "endPort": 90},
+            {"endPort": 90},
+            {"port": 100, "endPort": 90},
+        ]}],
+    }));
+    let errors = errors_of(&policy);
+    for expected in [
+        "spec.policyTypes: Invalid value: \"Ingress,Egress,Sideways\": may not specify more than two policyTypes",
+        "spec.policyTypes[2]: Unsupported value: \"Sideways\"",
+        "spec.ingress[0].from[0]: Required value: must specify a peer",
+        "spec.ingress[0].from[1]: Forbidden: may not specify both ipBlock and another peer",
+        "spec.ingress[0].from[2].ipBlock.except[0]: Invalid value: \"192.168.0.0/16\": must be a strict subset of `cidr`",
+        "spec.ingress[0].from[2].ipBlock.except[1]: Invalid value: \"10.0.0.0/8\": must be a strict subset of `cidr`",
+        "spec.ingress[0].from[3].ipBlock.cidr: Forbidden: IPv6 blocks",
+        "spec.ingress[0].from[4].ipBlock.cidr: Invalid value: \"ten\"",
+        "spec.ingress[0].ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+        "spec.ingress[0].ports[1].port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        "spec.ingress[0].ports[2].endPort: Forbidden: may not be specified when `port` is non-numeric",
+        "spec.ingress[0].ports[3].port: Required value: must be specified when `endPort` is specified",
+        "spec.ingress[0].ports[4].endPort: Invalid value: 90: must be greater than or equal to `port`",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in {errors}"
+        );
+    }
+}

@@ -1,0 +1,130 @@
+//! NetworkPolicy enforcement on this node, as kube-router's and Calico's
+//! iptables engines do it: the rules ([`rules`]) for the pods bound here,
+//! from every pod, namespace and policy of the cluster, rewritten whole
+//! (one `iptables-restore`) whenever one of them changes and every 30 s,
+//! so rules changed behind the agent's back are repaired. Runs beside the
+//! iptables service proxy (root, kernel rules); the rules stay when the
+//! agent stops, as the proxy's do, so isolation does not lapse across a
+//! restart; `skiff agent --cleanup-proxy` removes them with the proxy's.
+
+use std::time::Duration;
+
+use skiff::pb::core::v1::{Namespace, Pod};
+use skiff::pb::networking::v1::NetworkPolicy;
+use skiff_client::{Api, Informer};
+
+use crate::proxy::iptables::{self, Error};
+
+pub mod rules;
+
+/// How often the rules are rewritten without a change.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Enforces the policies for node `node` until dropped (the caller aborts
+/// the task).
+pub async fn run(node: String, channel: tonic::transport::Channel) {
+    // Pods on one bridge reach each other without routing: only with
+    // br_netfilter's hook do their packets meet FORWARD.
+    if let Err(e) = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1") {
+        tracing::warn!(error = %e, "cannot set bridge-nf-call-iptables: policies may not hold between pods of one bridge");
+    }
+    let pods: Informer<Pod> = Informer::start(Api::new(channel.clone()), Default::default());
+    let namespaces: Informer<Namespace> =
+        Informer::start(Api::new(channel.clone()), Default::default());
+    let policies: Informer<NetworkPolicy> = Informer::start(Api::new(channel), Default::default());
+    let (mut pod_changes, mut ns_changes, mut policy_changes) = (
+        pods.subscribe(),
+        namespaces.subscribe(),
+        policies.subscribe(),
+    );
+    pods.store.wait_synced().await;
+    namespaces.store.wait_synced().await;
+    policies.store.wait_synced().await;
+    let prefix = rules::prefix(&node);
+    tracing::info!(chains = %prefix, "network policies: iptables");
+    let mut last = String::new();
+    loop {
+        let cluster = rules::Cluster::new(
+            &pods.store.list(),
+            &namespaces.store.list(),
+            &policies.store.list(),
+        );
+        let chains = rules::chains(&cluster, &node);
+        match sync(&prefix, &chains, &mut last).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "writing the network policy rules (retried)"),
+        }
+        tokio::select! {
+            _ = pod_changes.recv() => {}
+            _ = ns_changes.recv() => {}
+            _ = policy_changes.recv() => {}
+            () = tokio::time::sleep(RESYNC) => { last.clear(); }
+        }
+        // Changes that come together make one rewrite.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while pod_changes.try_recv().is_ok() {}
+        while ns_changes.try_recv().is_ok() {}
+        while policy_changes.try_recv().is_ok() {}
+    }
+}
+
+/// Makes the node's chains `chains` unless they are what was last written
+/// (`last`, cleared to force a rewrite).
+async fn sync(
+    prefix: &str,
+    chains: &std::collections::BTreeMap<String, Vec<String>>,
+    last: &mut String,
+) -> Result<(), Error> {
+    let wanted = format!("{chains:?}");
+    if *last == wanted {
+        return Ok(());
+    }
+    let save = filter_save().await?;
+    let (existing, has_jump) = rules::existing(prefix, &save);
+    iptables::restore(&rules::render(prefix, chains, &existing, has_jump)).await?;
+    *last = wanted;
+    Ok(())
+}
+
+async fn filter_save() -> Result<String, Error> {
+    let output = tokio::process::Command::new("iptables-save")
+        .args(["-t", "filter"])
+        .output()
+        .await
+        .map_err(|source| Error::Run {
+            what: "running iptables-save",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Refused {
+            what: "iptables-save -t filter".into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Removes node `node`'s policy chains and their jump.
+///
+/// # Errors
+/// iptables is not usable or refuses.
+pub async fn cleanup(node: &str) -> Result<(), Error> {
+    let prefix = rules::prefix(node);
+    let (existing, has_jump) = rules::existing(&prefix, &filter_save().await?);
+    if existing.is_empty() && !has_jump {
+        return Ok(());
+    }
+    let mut input = String::from("*filter\n");
+    if has_jump {
+        input.push_str(&rules::jump(&prefix).replacen("-A ", "-D ", 1));
+        input.push('\n');
+    }
+    for chain in &existing {
+        input.push_str(&format!("-F {chain}\n"));
+    }
+    for chain in &existing {
+        input.push_str(&format!("-X {chain}\n"));
+    }
+    input.push_str("COMMIT\n");
+    iptables::restore(&input).await
+}

@@ -1,0 +1,444 @@
+//! The NetworkPolicy rules of one node, rendered from the cluster's pods,
+//! namespaces and policies (pure: the tests read what it writes).
+//!
+//! In the filter table, in chains of the node's own (`SKN-<node tag>-…`):
+//!
+//! ```text
+//! FORWARD (first) ─► FWD ─ established/related: RETURN
+//!                        ─ -s local pod (egress-isolated) ─► OUT-h
+//!                        ─ -d local pod (ingress-isolated) ─► IN-h
+//! IN-h:  one rule per allowed (source, port): RETURN; then REJECT
+//! OUT-h: one rule per allowed (destination, port): RETURN; then REJECT
+//! ```
+//!
+//! A pod is isolated in a direction once a policy of its namespace selects
+//! it with that policy type; what any of them allows passes (a union).
+//! Replies and connections open before a policy came keep flowing
+//! (conntrack), as Kubernetes asks. Traffic from the node itself (probes)
+//! is not forwarded and so never filtered. A Service's traffic is judged
+//! after its DNAT, by the pod it reaches. Peers: pods by labels (of the
+//! policy's namespace, or of the namespaces a namespaceSelector picks),
+//! address blocks less their exceptions; ports by number, range
+//! (`endPort`) or a pod's named port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use skiff::Resource as _;
+use skiff::cidr::Ipv4Cidr;
+use skiff::pb::core::v1::{Namespace, Pod};
+use skiff::pb::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use skiff::selector::LabelSelector;
+use skiff::wkt::value::Kind as ValueKind;
+
+use crate::proxy::iptables::chain;
+
+/// A pod as the rules see it.
+#[derive(Debug, Clone)]
+struct Member {
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    ip: Ipv4Addr,
+    node: String,
+    /// Named container ports: name → (protocol, number).
+    ports: BTreeMap<String, (String, u16)>,
+}
+
+impl Member {
+    fn of(pod: &Pod) -> Option<Self> {
+        let spec = pod.spec.as_ref()?;
+        let status = pod.status.as_ref()?;
+        if spec.host_network || matches!(status.phase.as_str(), "Succeeded" | "Failed") {
+            return None;
+        }
+        let ip = status.pod_ip.parse().ok()?;
+        let meta = pod.metadata.as_ref()?;
+        let ports = spec
+            .containers
+            .iter()
+            .chain(&spec.init_containers)
+            .flat_map(|c| &c.ports)
+            .filter(|p| !p.name.is_empty())
+            .filter_map(|p| {
+                let number = u16::try_from(p.container_port).ok()?;
+                let protocol = if p.protocol.is_empty() {
+                    "TCP"
+                } else {
+                    &p.protocol
+                };
+                Some((p.name.clone(), (protocol.to_string(), number)))
+            })
+            .collect();
+        Some(Self {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            labels: meta.labels.clone().into_iter().collect(),
+            ip,
+            node: spec.node_name.clone(),
+            ports,
+        })
+    }
+}
+
+/// Where traffic may come from or go to: an address block, or a pod (whose
+/// named ports then mean something).
+#[derive(Debug, Clone)]
+enum Peer<'a> {
+    Block(Ipv4Cidr),
+    Pod(&'a Member),
+}
+
+impl Peer<'_> {
+    fn cidr(&self) -> String {
+        match self {
+            Self::Block(cidr) => cidr.to_string(),
+            Self::Pod(member) => format!("{}/32", member.ip),
+        }
+    }
+}
+
+/// What the rules are made from.
+pub struct Cluster {
+    members: Vec<Member>,
+    /// Namespace name → its labels (with `kubernetes.io/metadata.name`).
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    policies: Vec<Arc<NetworkPolicy>>,
+}
+
+impl Cluster {
+    /// The cluster as the caches show it.
+    pub fn new(
+        pods: &[Arc<Pod>],
+        namespaces: &[Arc<Namespace>],
+        policies: &[Arc<NetworkPolicy>],
+    ) -> Self {
+        let namespaces = namespaces
+            .iter()
+            .map(|ns| {
+                let mut labels: BTreeMap<String, String> = ns
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.labels.clone().into_iter().collect())
+                    .unwrap_or_default();
+                labels.insert(
+                    skiff::names::NAMESPACE_NAME_LABEL.into(),
+                    ns.name().to_string(),
+                );
+                (ns.name().to_string(), labels)
+            })
+            .collect();
+        Self {
+            members: pods.iter().filter_map(|p| Member::of(p)).collect(),
+            namespaces,
+            policies: policies.to_vec(),
+        }
+    }
+}
+
+/// One direction of a pod's isolation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+fn selector(s: Option<&skiff::pb::meta::v1::LabelSelector>) -> Option<LabelSelector> {
+    // Validation refused bad selectors; an unreadable one selects nothing.
+    s.map_or(Some(LabelSelector::everything()), |s| {
+        LabelSelector::try_from(s).ok()
+    })
+}
+
+/// The peers a rule's list names (None: any).
+fn peers<'a>(
+    cluster: &'a Cluster,
+    list: &[NetworkPolicyPeer],
+    namespace: &str,
+) -> Option<Vec<Peer<'a>>> {
+    if list.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for peer in list {
+        if let Some(block) = &peer.ip_block {
+            let Ok(cidr) = Ipv4Cidr::parse_loose(&block.cidr) else {
+                continue;
+            };
+            let except: Vec<Ipv4Cidr> = block
+                .except
+                .iter()
+                .filter_map(|e| Ipv4Cidr::parse_loose(e).ok())
+                .collect();
+            out.extend(cidr.without(&except).into_iter().map(Peer::Block));
+            continue;
+        }
+        let pods = match &peer.pod_selector {
+            Some(s) => LabelSelector::try_from(s).ok(),
+            None => Some(LabelSelector::everything()),
+        };
+        let Some(pods) = pods else { continue };
+        let in_namespace = |ns: &str| match &peer.namespace_selector {
+            None => ns == namespace,
+            Some(s) => LabelSelector::try_from(s)
+                .ok()
+                .zip(cluster.namespaces.get(ns))
+                .is_some_and(|(s, labels)| s.matches(labels)),
+        };
+        out.extend(
+            cluster
+                .members
+                .iter()
+                .filter(|m| in_namespace(&m.namespace) && pods.matches(&m.labels))
+                .map(Peer::Pod),
+        );
+    }
+    Some(out)
+}
+
+/// `-p proto [--dport N[:M]]` for each port of a rule against a pod that
+/// has `named` ports (None: every port); empty when none resolves.
+fn port_matches(
+    ports: &[NetworkPolicyPort],
+    named: Option<&BTreeMap<String, (String, u16)>>,
+) -> Option<Vec<String>> {
+    if ports.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for port in ports {
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        match port.port.as_ref().and_then(|v| v.kind.as_ref()) {
+            None => out.push(format!("-p {}", protocol.to_lowercase())),
+            Some(ValueKind::NumberValue(n)) => {
+                let start = *n as u32;
+                match port.end_port {
+                    Some(end) if end as u32 > start => out.push(format!(
+                        "-p {} --dport {start}:{end}",
+                        protocol.to_lowercase()
+                    )),
+                    _ => out.push(format!("-p {} --dport {start}", protocol.to_lowercase())),
+                }
+            }
+            Some(ValueKind::StringValue(name)) => {
+                if let Some((proto, number)) = named.and_then(|n| n.get(name))
+                    && proto.eq_ignore_ascii_case(protocol)
+                {
+                    out.push(format!("-p {} --dport {number}", protocol.to_lowercase()));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// The rules of chain `name` for `pod` isolated in `direction` by
+/// `policies` (those of its namespace selecting it with that type).
+fn isolation_chain(
+    cluster: &Cluster,
+    pod: &Member,
+    direction: Direction,
+    policies: &[&NetworkPolicy],
+) -> Vec<String> {
+    let (flag, mut lines) = match direction {
+        Direction::Ingress => ("-s", Vec::new()),
+        Direction::Egress => ("-d", Vec::new()),
+    };
+    let mut seen = BTreeSet::new();
+    let mut push = |line: String, lines: &mut Vec<String>| {
+        if seen.insert(line.clone()) {
+            lines.push(line);
+        }
+    };
+    for policy in policies {
+        let spec = policy.spec.clone().unwrap_or_default();
+        let rules: Vec<(&[NetworkPolicyPort], &[NetworkPolicyPeer])> = match direction {
+            Direction::Ingress => spec
+                .ingress
+                .iter()
+                .map(|r| (r.ports.as_slice(), r.from.as_slice()))
+                .collect(),
+            Direction::Egress => spec
+                .egress
+                .iter()
+                .map(|r| (r.ports.as_slice(), r.to.as_slice()))
+                .collect(),
+        };
+        for (ports, list) in rules {
+            let peers = peers(cluster, list, policy.namespace());
+            match (direction, peers) {
+                // Ingress: named ports are the isolated pod's own.
+                (Direction::Ingress, peers) => {
+                    let matches = port_matches(ports, Some(&pod.ports));
+                    let sources: Vec<Option<String>> = match &peers {
+                        None => vec![None],
+                        Some(peers) => peers.iter().map(|p| Some(p.cidr())).collect(),
+                    };
+                    for source in sources {
+                        let from = source.map(|s| format!(" {flag} {s}")).unwrap_or_default();
+                        match &matches {
+                            None => push(format!("{from} -j RETURN"), &mut lines),
+                            Some(ms) => ms
+                                .iter()
+                                .for_each(|m| push(format!("{from} {m} -j RETURN"), &mut lines)),
+                        }
+                    }
+                }
+                // Egress: named ports are the destination pod's.
+                (Direction::Egress, peers) => {
+                    let destinations: Vec<Option<Peer<'_>>> = match peers {
+                        None if ports.iter().any(is_named) => {
+                            cluster.members.iter().map(|m| Some(Peer::Pod(m))).collect()
+                        }
+                        None => vec![None],
+                        Some(peers) => peers.into_iter().map(Some).collect(),
+                    };
+                    for destination in destinations {
+                        let named = match &destination {
+                            Some(Peer::Pod(m)) => Some(&m.ports),
+                            _ => None,
+                        };
+                        let to = destination
+                            .as_ref()
+                            .map(|d| format!(" {flag} {}", d.cidr()))
+                            .unwrap_or_default();
+                        match port_matches(ports, named) {
+                            None => push(format!("{to} -j RETURN"), &mut lines),
+                            Some(ms) => ms
+                                .iter()
+                                .for_each(|m| push(format!("{to} {m} -j RETURN"), &mut lines)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    lines.push(" -p tcp -j REJECT --reject-with tcp-reset".into());
+    lines.push(" -j REJECT --reject-with icmp-port-unreachable".into());
+    lines
+}
+
+fn is_named(port: &NetworkPolicyPort) -> bool {
+    matches!(
+        port.port.as_ref().and_then(|v| v.kind.as_ref()),
+        Some(ValueKind::StringValue(_))
+    )
+}
+
+/// The chain prefix of node `node`'s policy rules (`SKN-` and the tag
+/// its proxy chains carry).
+pub fn prefix(node: &str) -> String {
+    let proxy = crate::proxy::iptables::prefix(node);
+    format!("SKN-{}", proxy.trim_start_matches("SKF-"))
+}
+
+/// The jump from FORWARD, as `iptables-save` prints it.
+pub fn jump(prefix: &str) -> String {
+    format!("-A FORWARD -m comment --comment \"skiff {prefix}\" -j {prefix}-FWD")
+}
+
+/// The chains and rules of node `node` (chain name → its rule lines,
+/// each starting with a space or empty), in order.
+pub fn chains(cluster: &Cluster, node: &str) -> BTreeMap<String, Vec<String>> {
+    let prefix = prefix(node);
+    let forward = format!("{prefix}-FWD");
+    let mut out = BTreeMap::new();
+    let mut jumps = vec![" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN".to_string()];
+    let mut ingress_jumps = Vec::new();
+    for pod in cluster.members.iter().filter(|m| m.node == node) {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let kind = if direction == Direction::Ingress {
+                "Ingress"
+            } else {
+                "Egress"
+            };
+            let selecting: Vec<&NetworkPolicy> = cluster
+                .policies
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|p| p.namespace() == pod.namespace)
+                .filter(|p| {
+                    let spec = p.spec.as_ref();
+                    spec.is_some_and(|s| s.policy_types.iter().any(|t| t == kind))
+                        && selector(spec.and_then(|s| s.pod_selector.as_ref()))
+                            .is_some_and(|s| s.matches(&pod.labels))
+                })
+                .collect();
+            if selecting.is_empty() {
+                continue;
+            }
+            let key = format!("{}/{}", pod.namespace, pod.name);
+            let (short, flag) = if direction == Direction::Ingress {
+                ("IN", "-d")
+            } else {
+                ("OUT", "-s")
+            };
+            let name = chain(&prefix, short, &key);
+            let jump = format!(" {flag} {}/32 -j {name}", pod.ip);
+            if direction == Direction::Ingress {
+                ingress_jumps.push(jump);
+            } else {
+                jumps.push(jump);
+            }
+            out.insert(name, isolation_chain(cluster, pod, direction, &selecting));
+        }
+    }
+    // Egress checks first, then ingress: traffic between two isolated
+    // pods of this node passes both.
+    jumps.extend(ingress_jumps);
+    out.insert(forward, jumps);
+    out
+}
+
+/// The `iptables-restore --noflush` input that makes the node's chains
+/// exactly `chains`, deletes `existing` chains no longer wanted, and adds
+/// the jump from FORWARD (first) when `has_jump` is false.
+pub fn render(
+    prefix: &str,
+    chains: &BTreeMap<String, Vec<String>>,
+    existing: &BTreeSet<String>,
+    has_jump: bool,
+) -> String {
+    let mut out = String::from("*filter\n");
+    for name in chains.keys() {
+        let _ = writeln!(out, ":{name} - [0:0]");
+    }
+    for (name, rules) in chains {
+        for rule in rules {
+            let _ = writeln!(out, "-A {name}{rule}");
+        }
+    }
+    for stale in existing.iter().filter(|c| !chains.contains_key(*c)) {
+        let _ = writeln!(out, "-F {stale}");
+    }
+    for stale in existing.iter().filter(|c| !chains.contains_key(*c)) {
+        let _ = writeln!(out, "-X {stale}");
+    }
+    if !has_jump {
+        let _ = writeln!(
+            out,
+            "-I FORWARD 1 -m comment --comment \"skiff {prefix}\" -j {prefix}-FWD"
+        );
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Our chains and whether the jump exists, from `iptables-save -t filter`.
+pub fn existing(prefix: &str, save: &str) -> (BTreeSet<String>, bool) {
+    let ours = format!(":{prefix}-");
+    let chains = save
+        .lines()
+        .filter(|l| l.starts_with(&ours))
+        .filter_map(|l| l[1..].split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    let jump = jump(prefix);
+    (chains, save.lines().any(|l| l == jump))
+}
+
+#[cfg(test)]
+mod tests;
