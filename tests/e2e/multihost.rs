@@ -4,7 +4,8 @@
 //! agent on each of the others with a CNI pod network. Pods reach pods
 //! of every host by IP, a Service balances over pods of every host from
 //! every host, a NodePort on one host reaches a pod on another, a
-//! LoadBalancer without a pool answers on every node's address; a
+//! LoadBalancer without a pool answers on every node's address, a
+//! NetworkPolicy admits one pod of another host and refuses another; a
 //! restarted agent keeps its pods' addresses, and deleting pods leaves no
 //! CNI leftover (address files, veths).
 
@@ -205,6 +206,13 @@ fn from_pod(hosts: &Hosts, pod: &str, url: &str) -> String {
     panic!("{url} from pod {pod}: {last}\nroutes: {routes:#?}")
 }
 
+/// Whether pod `pod` gets an answer from `url` (one try).
+fn reaches(hosts: &Hosts, pod: &str, url: &str) -> bool {
+    hosts
+        .skiff(&["exec", pod, "--", "timeout", "3", "wget", "-qO-", url])
+        .is_ok_and(|out| !out.trim().is_empty())
+}
+
 /// What `url` answers from host `i` itself (busybox's wget, run there),
 /// with a few tries as [`from_pod`] (a proxy may not have the endpoints
 /// of pods that just became ready yet).
@@ -362,6 +370,34 @@ async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_a
             "the LoadBalancer at {ip}"
         );
     }
+
+    // A NetworkPolicy holds across hosts: solo (host 3) admits web-1
+    // (host 1) by its address and refuses web-2 (host 2); removed, both
+    // reach it again.
+    let policy = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: solo-from-web-1}}\nspec:\n  podSelector: {{matchLabels: {{app: solo}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: {}/32}}}}]\n    ports: [{{port: 8080}}]\n",
+        ip_of("web-1")
+    );
+    apply(&hosts, "policy.yaml", &policy);
+    let solo_url = format!("http://{}:8080/", ip_of("solo"));
+    wait_for(
+        "web-2 refused by solo's policy",
+        Duration::from_secs(30),
+        || !reaches(&hosts, "web-2", &solo_url),
+    )
+    .await;
+    assert_eq!(
+        from_pod(&hosts, "web-1", &solo_url),
+        "solo",
+        "web-1 is allowed"
+    );
+    hosts
+        .skiff(&["delete", "networkpolicy", "solo-from-web-1"])
+        .unwrap();
+    wait_for("web-2 reaches solo again", Duration::from_secs(30), || {
+        reaches(&hosts, "web-2", &solo_url)
+    })
+    .await;
 
     // An agent killed and started again: its pod keeps its address and
     // stays reachable; a new pod gets another address.

@@ -1,7 +1,7 @@
 //! The NetworkPolicy rules of one node, rendered from the cluster's pods,
 //! namespaces and policies (pure: the tests read what it writes).
 //!
-//! In the filter table, in chains of the node's own (`SKN-<node tag>-…`):
+//! In the filter table, in chains of the node's own (`SKP-<node tag>-…`):
 //!
 //! ```text
 //! FORWARD (first) ─► FWD ─ established/related: RETURN
@@ -328,11 +328,11 @@ fn is_named(port: &NetworkPolicyPort) -> bool {
     )
 }
 
-/// The chain prefix of node `node`'s policy rules (`SKN-` and the tag
+/// The chain prefix of node `node`'s policy rules (`SKP-` and the tag
 /// its proxy chains carry).
 pub fn prefix(node: &str) -> String {
     let proxy = crate::proxy::iptables::prefix(node);
-    format!("SKN-{}", proxy.trim_start_matches("SKF-"))
+    proxy.replacen("SKF-", "SKP-", 1)
 }
 
 /// The jump from FORWARD, as `iptables-save` prints it.
