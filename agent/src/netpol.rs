@@ -1,7 +1,7 @@
 //! NetworkPolicy enforcement on this node, as kube-router's and Calico's
 //! iptables engines do it: the rules ([`rules`]) for the pods bound here,
 //! from every pod, namespace and policy of the cluster, rewritten whole
-//! (one `iptables-restore`) whenever one of them changes and every 30 s,
+//! (one `iptables-restore`) whenever one of them changes and every 10 s,
 //! so rules changed behind the agent's back are repaired. Runs beside the
 //! iptables service proxy (root, kernel rules); the rules stay when the
 //! agent stops, as the proxy's do, so isolation does not lapse across a
@@ -17,17 +17,16 @@ use crate::proxy::iptables::{self, Error};
 
 pub mod rules;
 
-/// How often the rules are rewritten without a change.
-const RESYNC: Duration = Duration::from_secs(30);
+/// How often the rules are rewritten without a change (repairing rules
+/// changed behind the agent's back, and the jump's place).
+const RESYNC: Duration = Duration::from_secs(10);
 
 /// Enforces the policies for node `node` until dropped (the caller aborts
 /// the task).
 pub async fn run(node: String, channel: tonic::transport::Channel) {
     // Pods on one bridge reach each other without routing: only with
     // br_netfilter's hook do their packets meet FORWARD.
-    if let Err(e) = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1") {
-        tracing::warn!(error = %e, "cannot set bridge-nf-call-iptables: policies may not hold between pods of one bridge");
-    }
+    bridge_netfilter().await;
     let pods: Informer<Pod> = Informer::start(Api::new(channel.clone()), Default::default());
     let namespaces: Informer<Namespace> =
         Informer::start(Api::new(channel.clone()), Default::default());
@@ -43,6 +42,8 @@ pub async fn run(node: String, channel: tonic::transport::Channel) {
     let prefix = rules::prefix(&node);
     tracing::info!(chains = %prefix, "network policies: iptables");
     let mut last = String::new();
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
     loop {
         let cluster = rules::Cluster::new(
             &pods.store.list(),
@@ -58,7 +59,7 @@ pub async fn run(node: String, channel: tonic::transport::Channel) {
             _ = pod_changes.recv() => {}
             _ = ns_changes.recv() => {}
             _ = policy_changes.recv() => {}
-            () = tokio::time::sleep(RESYNC) => { last.clear(); }
+            _ = resync.tick() => { last.clear(); }
         }
         // Changes that come together make one rewrite.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -80,8 +81,11 @@ async fn sync(
         return Ok(());
     }
     let save = filter_save().await?;
-    let (existing, has_jump) = rules::existing(prefix, &save);
-    iptables::restore(&rules::render(prefix, chains, &existing, has_jump)).await?;
+    let (existing, jump) = rules::existing(prefix, &save);
+    if jump == rules::Jump::Behind {
+        tracing::info!("network policy jump put back first in FORWARD");
+    }
+    iptables::restore(&rules::render(prefix, chains, &existing, jump)).await?;
     *last = wanted;
     Ok(())
 }
@@ -110,12 +114,12 @@ async fn filter_save() -> Result<String, Error> {
 /// iptables is not usable or refuses.
 pub async fn cleanup(node: &str) -> Result<(), Error> {
     let prefix = rules::prefix(node);
-    let (existing, has_jump) = rules::existing(&prefix, &filter_save().await?);
-    if existing.is_empty() && !has_jump {
+    let (existing, jump) = rules::existing(&prefix, &filter_save().await?);
+    if existing.is_empty() && jump == rules::Jump::Missing {
         return Ok(());
     }
     let mut input = String::from("*filter\n");
-    if has_jump {
+    if jump != rules::Jump::Missing {
         input.push_str(&rules::jump(&prefix).replacen("-A ", "-D ", 1));
         input.push('\n');
     }
@@ -127,4 +131,24 @@ pub async fn cleanup(node: &str) -> Result<(), Error> {
     }
     input.push_str("COMMIT\n");
     iptables::restore(&input).await
+}
+
+/// Turns on br_netfilter's hook (loading the module when needed): without
+/// it, pods on one bridge reach each other without meeting FORWARD, and
+/// policies between them do not hold.
+async fn bridge_netfilter() {
+    const SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if !std::path::Path::new(SYSCTL).exists() {
+        let _ = tokio::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+            .await;
+    }
+    let set = std::fs::write(SYSCTL, "1").is_ok()
+        && std::fs::read_to_string(SYSCTL).is_ok_and(|v| v.trim() == "1");
+    if !set {
+        tracing::error!(
+            "br_netfilter is not available ({SYSCTL}): NetworkPolicies do not hold between pods of one bridge"
+        );
+    }
 }

@@ -33,18 +33,18 @@ use skiff::pb::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyP
 use skiff::selector::LabelSelector;
 use skiff::wkt::value::Kind as ValueKind;
 
-use crate::proxy::iptables::chain;
-
 /// A pod as the rules see it.
 #[derive(Debug, Clone)]
 struct Member {
     namespace: String,
-    name: String,
     labels: BTreeMap<String, String>,
     ip: Ipv4Addr,
     node: String,
     /// Named container ports: name → (protocol, number).
     ports: BTreeMap<String, (String, u16)>,
+    /// Being deleted: still isolated, never a peer (its address may soon
+    /// be another pod's).
+    terminating: bool,
 }
 
 impl Member {
@@ -56,6 +56,7 @@ impl Member {
         }
         let ip = status.pod_ip.parse().ok()?;
         let meta = pod.metadata.as_ref()?;
+        let terminating = meta.deletion_timestamp.is_some();
         let ports = spec
             .containers
             .iter()
@@ -74,11 +75,11 @@ impl Member {
             .collect();
         Some(Self {
             namespace: meta.namespace.clone(),
-            name: meta.name.clone(),
             labels: meta.labels.clone().into_iter().collect(),
             ip,
             node: spec.node_name.clone(),
             ports,
+            terminating,
         })
     }
 }
@@ -191,7 +192,7 @@ fn peers<'a>(
             cluster
                 .members
                 .iter()
-                .filter(|m| in_namespace(&m.namespace) && pods.matches(&m.labels))
+                .filter(|m| !m.terminating && in_namespace(&m.namespace) && pods.matches(&m.labels))
                 .map(Peer::Pod),
         );
     }
@@ -213,6 +214,13 @@ fn port_matches(
         match port.port.as_ref().and_then(|v| v.kind.as_ref()) {
             None => out.push(format!("-p {}", protocol.to_lowercase())),
             Some(ValueKind::NumberValue(n)) => {
+                // Validation keeps these in 1-65535; anything else would
+                // make iptables refuse every rule of the node.
+                if !(1.0..=65535.0).contains(n)
+                    || port.end_port.is_some_and(|e| !(1..=65535).contains(&e))
+                {
+                    continue;
+                }
                 let start = *n as u32;
                 match port.end_port {
                     Some(end) if end as u32 > start => out.push(format!(
@@ -289,10 +297,24 @@ fn isolation_chain(
                 }
                 // Egress: named ports are the destination pod's.
                 (Direction::Egress, peers) => {
-                    let destinations: Vec<Option<Peer<'_>>> = match peers {
-                        None if ports.iter().any(is_named) => {
-                            cluster.members.iter().map(|m| Some(Peer::Pod(m))).collect()
+                    // To anywhere: numbered ports to any address, named
+                    // ones to every pod that has them.
+                    if peers.is_none() && ports.iter().any(is_named) {
+                        let (named, numbered): (Vec<_>, Vec<_>) =
+                            ports.iter().cloned().partition(is_named);
+                        if let Some(ms) = port_matches(&numbered, None) {
+                            ms.iter()
+                                .for_each(|m| push(format!(" {m} -j RETURN"), &mut lines));
                         }
+                        for member in cluster.members.iter().filter(|m| !m.terminating) {
+                            let to = format!(" {flag} {}/32", member.ip);
+                            for m in port_matches(&named, Some(&member.ports)).unwrap_or_default() {
+                                push(format!("{to} {m} -j RETURN"), &mut lines);
+                            }
+                        }
+                        continue;
+                    }
+                    let destinations: Vec<Option<Peer<'_>>> = match peers {
                         None => vec![None],
                         Some(peers) => peers.into_iter().map(Some).collect(),
                     };
@@ -319,6 +341,18 @@ fn isolation_chain(
     lines.push(" -p tcp -j REJECT --reject-with tcp-reset".into());
     lines.push(" -j REJECT --reject-with icmp-port-unreachable".into());
     lines
+}
+
+/// The chain of a local pod's isolation in one direction, named after
+/// its address (unique among the node's live pods, so no two pods ever
+/// share a chain): `SKP-<tag>-I-0A2A0005`.
+fn pod_chain(prefix: &str, direction: Direction, ip: Ipv4Addr) -> String {
+    let short = if direction == Direction::Ingress {
+        "I"
+    } else {
+        "O"
+    };
+    format!("{prefix}-{short}-{:08X}", u32::from(ip))
 }
 
 fn is_named(port: &NetworkPolicyPort) -> bool {
@@ -370,13 +404,12 @@ pub fn chains(cluster: &Cluster, node: &str) -> BTreeMap<String, Vec<String>> {
             if selecting.is_empty() {
                 continue;
             }
-            let key = format!("{}/{}", pod.namespace, pod.name);
-            let (short, flag) = if direction == Direction::Ingress {
-                ("IN", "-d")
+            let flag = if direction == Direction::Ingress {
+                "-d"
             } else {
-                ("OUT", "-s")
+                "-s"
             };
-            let name = chain(&prefix, short, &key);
+            let name = pod_chain(&prefix, direction, pod.ip);
             let jump = format!(" {flag} {}/32 -j {name}", pod.ip);
             if direction == Direction::Ingress {
                 ingress_jumps.push(jump);
@@ -393,14 +426,27 @@ pub fn chains(cluster: &Cluster, node: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+/// Where our jump from FORWARD is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jump {
+    /// Not there.
+    Missing,
+    /// First (only other nodes' policy jumps before it: their chains judge
+    /// only their own pods).
+    First,
+    /// Behind rules that could accept what a policy refuses (Docker's, a
+    /// service proxy's, put first after ours).
+    Behind,
+}
+
 /// The `iptables-restore --noflush` input that makes the node's chains
-/// exactly `chains`, deletes `existing` chains no longer wanted, and adds
-/// the jump from FORWARD (first) when `has_jump` is false.
+/// exactly `chains`, deletes `existing` chains no longer wanted, and puts
+/// the jump from FORWARD first when it is not.
 pub fn render(
     prefix: &str,
     chains: &BTreeMap<String, Vec<String>>,
     existing: &BTreeSet<String>,
-    has_jump: bool,
+    jump_now: Jump,
 ) -> String {
     let mut out = String::from("*filter\n");
     for name in chains.keys() {
@@ -417,18 +463,19 @@ pub fn render(
     for stale in existing.iter().filter(|c| !chains.contains_key(*c)) {
         let _ = writeln!(out, "-X {stale}");
     }
-    if !has_jump {
-        let _ = writeln!(
-            out,
-            "-I FORWARD 1 -m comment --comment \"skiff {prefix}\" -j {prefix}-FWD"
-        );
+    let rule = jump(prefix);
+    if jump_now == Jump::Behind {
+        let _ = writeln!(out, "{}", rule.replacen("-A ", "-D ", 1));
+    }
+    if jump_now != Jump::First {
+        let _ = writeln!(out, "{}", rule.replacen("-A FORWARD", "-I FORWARD 1", 1));
     }
     out.push_str("COMMIT\n");
     out
 }
 
-/// Our chains and whether the jump exists, from `iptables-save -t filter`.
-pub fn existing(prefix: &str, save: &str) -> (BTreeSet<String>, bool) {
+/// Our chains and where our jump is, from `iptables-save -t filter`.
+pub fn existing(prefix: &str, save: &str) -> (BTreeSet<String>, Jump) {
     let ours = format!(":{prefix}-");
     let chains = save
         .lines()
@@ -437,7 +484,20 @@ pub fn existing(prefix: &str, save: &str) -> (BTreeSet<String>, bool) {
         .map(str::to_string)
         .collect();
     let jump = jump(prefix);
-    (chains, save.lines().any(|l| l == jump))
+    let mut state = Jump::Missing;
+    let mut others_first = true;
+    for line in save.lines().filter(|l| l.starts_with("-A FORWARD ")) {
+        if line == jump {
+            state = if others_first {
+                Jump::First
+            } else {
+                Jump::Behind
+            };
+            break;
+        }
+        others_first &= line.contains(" -j SKP-");
+    }
+    (chains, state)
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Chain names fit iptables' limit (28 characters): prefix (10) + `-SVC-`
 /// + 12 hex digits.
-pub(crate) fn chain(prefix: &str, kind: &str, key: &str) -> String {
+fn chain(prefix: &str, kind: &str, key: &str) -> String {
     format!(
         "{prefix}-{kind}-{:012X}",
         fnv1a(key.as_bytes()) & 0xffff_ffff_ffff

@@ -160,6 +160,25 @@ async fn network_policies_allow_exactly_what_they_say_and_their_removal_restores
         }
         ip
     };
+    let service: skiff::pb::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    let cluster_ip = c
+        .api::<skiff::pb::core::v1::Service>()
+        .create(service)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .cluster_ip;
+    wait_until(
+        "the ClusterIP answers",
+        Duration::from_secs(30),
+        async || c.reaches("other", &cluster_ip, 80),
+    )
+    .await;
     let all: Vec<&str> = vec![
         "front:8080",
         "front:9090",
@@ -217,6 +236,16 @@ async fn network_policies_allow_exactly_what_they_say_and_their_removal_restores
         &["visitor:8080", "visitor:9090"],
     )
     .await;
+    // Through the Service's ClusterIP the same: judged after the DNAT, by
+    // the pod reached and the real client.
+    assert!(
+        c.reaches("visitor", &cluster_ip, 80),
+        "the visitor through the ClusterIP"
+    );
+    assert!(
+        !c.reaches("other", &cluster_ip, 80),
+        "other through the ClusterIP"
+    );
     // And from pods with a label, on one (named) port: the union.
     c.policy(
         "shop",

@@ -61,12 +61,14 @@ fn world(policies: &[Arc<NetworkPolicy>]) -> Cluster {
     Cluster::new(&pods, &namespaces, policies)
 }
 
-fn chain_of(chains: &BTreeMap<String, Vec<String>>, direction: &str, key: &str) -> Vec<String> {
-    let name = chain(&prefix("n1"), direction, key);
+/// The chain of the pod at `ip` in `direction` ("I" or "O").
+fn chain_of(chains: &BTreeMap<String, Vec<String>>, direction: &str, ip: &str) -> Vec<String> {
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    let name = format!("{}-{direction}-{:08X}", prefix("n1"), u32::from(ip));
     chains
         .get(&name)
         .cloned()
-        .unwrap_or_else(|| panic!("no {direction} chain for {key}: {chains:#?}"))
+        .unwrap_or_else(|| panic!("no {direction} chain for {ip}: {chains:#?}"))
 }
 
 #[test]
@@ -87,9 +89,9 @@ fn default_deny_ingress_isolates_every_local_pod_of_the_namespace() {
         json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
     );
     let chains = chains(&world(&[deny]), "n1");
-    for pod in ["shop/web", "shop/front"] {
+    for pod in ["10.42.0.2", "10.42.0.3"] {
         assert_eq!(
-            chain_of(&chains, "IN", pod),
+            chain_of(&chains, "I", pod),
             [
                 " -p tcp -j REJECT --reject-with tcp-reset",
                 " -j REJECT --reject-with icmp-port-unreachable"
@@ -97,10 +99,7 @@ fn default_deny_ingress_isolates_every_local_pod_of_the_namespace() {
         );
     }
     let forward = &chains[&format!("{}-FWD", prefix("n1"))];
-    assert!(forward.contains(&format!(
-        " -d 10.42.0.2/32 -j {}",
-        chain(&prefix("n1"), "IN", "shop/web")
-    )));
+    assert!(forward.contains(&format!(" -d 10.42.0.2/32 -j {}-I-0A2A0002", prefix("n1"))));
     // Pods of other nodes are their nodes' business.
     assert_eq!(chains.len(), 3, "{chains:#?}");
 }
@@ -122,8 +121,8 @@ fn allow_from_a_namespace_and_from_labelled_pods_on_a_port() {
     );
     let web = chain_of(
         &chains(&world(&[from_guests, frontends]), "n1"),
-        "IN",
-        "shop/web",
+        "I",
+        "10.42.0.2",
     );
     assert_eq!(
         web,
@@ -144,7 +143,7 @@ fn allow_from_a_namespace_and_from_labelled_pods_on_a_port() {
                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "guest"}},
                                       "podSelector": {"matchLabels": {"role": "frontend"}}}]}]}),
     );
-    let web = chain_of(&chains(&world(&[both]), "n1"), "IN", "shop/web");
+    let web = chain_of(&chains(&world(&[both]), "n1"), "I", "10.42.0.2");
     assert_eq!(web[0], " -s 10.42.1.3/32 -j RETURN", "{web:#?}");
     assert_eq!(web.len(), 3);
 }
@@ -161,7 +160,7 @@ fn egress_to_an_address_block_and_to_named_ports_of_pods() {
         ]}),
     );
     let chains = chains(&world(&[egress]), "n1");
-    let front = chain_of(&chains, "OUT", "shop/front");
+    let front = chain_of(&chains, "O", "10.42.0.3");
     assert!(
         front.contains(&" -d 10.42.0.0/24 -p tcp --dport 8080 -j RETURN".to_string()),
         "{front:#?}"
@@ -180,38 +179,69 @@ fn egress_to_an_address_block_and_to_named_ports_of_pods() {
         "{front:#?}"
     );
     // Not isolated for ingress: no IN chain.
-    assert!(!chains.contains_key(&chain(&prefix("n1"), "IN", "shop/front")));
+    assert!(!chains.contains_key(&format!("{}-I-0A2A0003", prefix("n1"))));
     let forward = &chains[&format!("{}-FWD", prefix("n1"))];
     assert_eq!(
         forward[1],
-        format!(
-            " -s 10.42.0.3/32 -j {}",
-            chain(&prefix("n1"), "OUT", "shop/front")
-        )
+        format!(" -s 10.42.0.3/32 -j {}-O-0A2A0003", prefix("n1"))
     );
 }
 
 #[test]
-fn the_restore_input_replaces_our_chains_and_jumps_once() {
+fn egress_anywhere_on_a_numbered_and_a_named_port() {
+    let egress = policy(
+        "shop",
+        "front-egress",
+        json!({"podSelector": {"matchLabels": {"role": "frontend"}}, "policyTypes": ["Egress"],
+               "egress": [{"ports": [{"protocol": "UDP", "port": 53}, {"port": "http"}]}]}),
+    );
+    let front = chain_of(&chains(&world(&[egress]), "n1"), "O", "10.42.0.3");
+    // DNS to anywhere (not only to pods); http to the pods that name it.
+    assert_eq!(front[0], " -p udp --dport 53 -j RETURN", "{front:#?}");
+    assert!(front.contains(&" -d 10.42.0.2/32 -p tcp --dport 8080 -j RETURN".to_string()));
+}
+
+#[test]
+fn the_restore_input_replaces_our_chains_and_keeps_the_jump_first() {
     let deny = policy("shop", "deny", json!({"podSelector": {}}));
     let chains = chains(&world(&[deny]), "n1");
     let p = prefix("n1");
-    let stale = format!("{p}-IN-000000000000");
+    assert!(
+        p.starts_with("SKP-"),
+        "not the CNI network's SKN- chains: {p}"
+    );
+    let stale = format!("{p}-I-0A2A0063");
     let existing = BTreeSet::from([format!("{p}-FWD"), stale.clone()]);
-    let text = render(&p, &chains, &existing, false);
+    let text = render(&p, &chains, &existing, Jump::Missing);
     assert!(text.starts_with("*filter\n"));
     assert!(text.contains(&format!(":{p}-FWD - [0:0]\n")));
     assert!(text.contains(&format!("-F {stale}\n-X {stale}\n")));
     assert!(text.contains(&format!(
         "-I FORWARD 1 -m comment --comment \"skiff {p}\" -j {p}-FWD\n"
     )));
+    assert!(!text.contains("-D FORWARD"));
     assert!(text.ends_with("COMMIT\n"));
+    // First, or behind only other nodes' policy jumps: left alone.
+    let other = jump("SKP-aaaaaa");
     let save = format!(
-        "*filter\n:FORWARD ACCEPT [0:0]\n:{p}-FWD - [0:0]\n{}\nCOMMIT\n",
+        "*filter\n:FORWARD ACCEPT [0:0]\n:{p}-FWD - [0:0]\n:SKN-123456-FORWARD - [0:0]\n{other}\n{}\n-A FORWARD -j DOCKER-USER\nCOMMIT\n",
         jump(&p)
     );
-    let (found, has_jump) = super::existing(&p, &save);
+    let (found, state) = super::existing(&p, &save);
     assert_eq!(found, BTreeSet::from([format!("{p}-FWD")]));
-    assert!(has_jump);
-    assert!(!render(&p, &chains, &found, true).contains("-I FORWARD"));
+    assert_eq!(state, Jump::First);
+    assert!(!render(&p, &chains, &found, state).contains("FORWARD"));
+    // Behind Docker's or the proxy's rules: moved back to the front.
+    let save = format!(
+        "*filter\n-A FORWARD -m comment --comment \"skiff SKF-x\" -j SKF-x-FORWARD\n{}\nCOMMIT\n",
+        jump(&p)
+    );
+    let (_, state) = super::existing(&p, &save);
+    assert_eq!(state, Jump::Behind);
+    let text = render(&p, &chains, &found, state);
+    let delete = text
+        .find(&format!("-D FORWARD -m comment --comment \"skiff {p}\""))
+        .unwrap();
+    let insert = text.find("-I FORWARD 1").unwrap();
+    assert!(delete < insert, "{text}");
 }

@@ -431,6 +431,9 @@ fn validate_ports(path: &str, ports: &[NetworkPolicyPort], errors: &mut FieldErr
             }
         };
         if let Some(end) = port.end_port {
+            if let Err(reason) = validation::is_valid_port_num(end) {
+                errors.invalid(format!("{at}.endPort"), end, reason);
+            }
             match (port.port.is_some(), number) {
                 (false, _) => errors.push(
                     format!("{at}.port"),

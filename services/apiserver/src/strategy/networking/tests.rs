@@ -248,6 +248,7 @@ fn bad_peers_ports_and_types_are_refused_with_kubernetes_messages() {
             {"port": "http", "endPort": 90},
             {"endPort": 90},
             {"port": 100, "endPort": 90},
+            {"port": 80, "endPort": 70000},
         ]}],
     }));
     let errors = errors_of(&policy);
@@ -265,6 +266,7 @@ fn bad_peers_ports_and_types_are_refused_with_kubernetes_messages() {
         "spec.ingress[0].ports[2].endPort: Forbidden: may not be specified when `port` is non-numeric",
         "spec.ingress[0].ports[3].port: Required value: must be specified when `endPort` is specified",
         "spec.ingress[0].ports[4].endPort: Invalid value: 90: must be greater than or equal to `port`",
+        "spec.ingress[0].ports[5].endPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
     ] {
         assert!(
             errors.contains(expected),
