@@ -518,6 +518,7 @@ async fn start_proxy(
         (feeds.endpoints.store.clone(), feeds.endpoints.subscribe()),
         backend,
         config.proxy_resync,
+        config.node_name.clone(),
     )));
     Ok(tasks)
 }

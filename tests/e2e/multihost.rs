@@ -28,7 +28,7 @@ spec:
   - name: web
     image: {image}
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo {name} > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    command: ["sh", "-c", "echo {name} > /www/index.html; mkdir -p /www/cgi-bin; printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip; chmod +x /www/cgi-bin/ip; exec httpd -f -p 8080 -h /www"]
     volumeMounts: [{{name: www, mountPath: /www}}]
     readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
   volumes: [{{name: www, emptyDir: {{}}}}]
@@ -370,6 +370,61 @@ async fn host_gw_pods_services_and_node_ports_span_hosts_and_addresses_survive_a
             "the LoadBalancer at {ip}"
         );
     }
+
+    // externalTrafficPolicy Local: only host 3 (solo's) is the load
+    // balancer, solo sees the client's own address there, and the other
+    // hosts do not take its traffic in; Cluster masquerades.
+    apply(
+        &hosts,
+        "local.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: solo-local}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {app: solo}\n  ports: [{port: 81, targetPort: 8080}]\n",
+    );
+    let host3 = hosts.hosts[3].ip.to_string();
+    wait_for("solo-local on host 3 only", Duration::from_secs(30), || {
+        let ips: Vec<String> =
+            get(&hosts, &["get", "service", "solo-local"])["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["ip"].as_str().map(str::to_string))
+                .collect();
+        ips == [host3.clone()]
+    })
+    .await;
+    let client = hosts.hosts[0].ip.to_string();
+    // (busybox httpd writes IPv4 clients as [::ffff:a.b.c.d].)
+    let remote = |text: String| {
+        text.trim_start_matches("[::ffff:")
+            .trim_end_matches(']')
+            .to_string()
+    };
+    assert_eq!(
+        remote(from_host(
+            &hosts,
+            0,
+            &format!("http://{host3}:81/cgi-bin/ip")
+        )),
+        client,
+        "Local keeps the client's address"
+    );
+    let masqueraded = remote(from_host(&hosts, 0, &format!("http://{host3}/cgi-bin/ip")));
+    assert_ne!(masqueraded, client, "Cluster masquerades");
+    let local_node_port =
+        get(&hosts, &["get", "service", "solo-local"])["spec"]["ports"][0]["nodePort"]
+            .as_i64()
+            .unwrap();
+    let args = [
+        "timeout",
+        "3",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{host1}:{local_node_port}/"),
+    ];
+    assert!(
+        hosts.run(0, "busybox", &args).is_err(),
+        "host 1 has no solo pod: it does not take Local traffic in"
+    );
 
     // A NetworkPolicy holds across hosts: solo (host 3) admits web-1
     // (host 1) by its address and refuses web-2 (host 2); removed, both

@@ -29,8 +29,10 @@
 //! host's connections to a ClusterIP cost one DNAT only (masquerading them
 //! too halved the request rate in `skiff-bench proxy`, through port reuse
 //! against the pod's TIME_WAIT sockets). NodePort and LoadBalancer
-//! traffic is always masqueraded, as kube-proxy does for
-//! `externalTrafficPolicy: Cluster`.
+//! traffic is masqueraded, as kube-proxy does for
+//! `externalTrafficPolicy: Cluster`; with `Local` it goes only to this
+//! node's endpoints, unmasqueraded (marked to pass FORWARD), so pods see
+//! their clients, and a node without one does not take it in.
 //!
 //! In the filter table, a service port with no ready endpoint is rejected
 //! (connection refused at once, as kube-proxy does), and so is anything
@@ -48,6 +50,9 @@ use super::{Backend, ServicePort};
 
 /// The mark of connections to masquerade (a bit Docker does not use).
 pub const MASQ_MARK: &str = "0x40000/0x40000";
+/// The mark of outside connections to pass FORWARD without masquerading
+/// (`externalTrafficPolicy: Local`: the pod sees its client).
+pub const LOCAL_MARK: &str = "0x80000/0x80000";
 
 /// The chain prefix of a node: `SKF-` and 6 hex digits of its name's hash.
 pub fn prefix(node: &str) -> String {
@@ -178,6 +183,7 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         .cloned()
         .collect();
     let _ = writeln!(filter, "-A {forward} -m mark --mark {MASQ_MARK} -j ACCEPT");
+    let _ = writeln!(filter, "-A {forward} -m mark --mark {LOCAL_MARK} -j ACCEPT");
     let _ = writeln!(
         filter,
         "-A {external} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment \"loopback is for this host\" -j DROP"
@@ -226,22 +232,51 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
                 port.port
             );
         }
-        if !port.external_ips.is_empty() || port.node_port.is_some() {
+        // With externalTrafficPolicy Local and no endpoint here, outside
+        // traffic is not taken in at all (refused, as kube-proxy does).
+        let takes_outside = !port.external_endpoints().is_empty();
+        if takes_outside && (!port.external_ips.is_empty() || port.node_port.is_some()) {
             nat_chains.insert(ext.clone());
-            // As kube-proxy with externalTrafficPolicy Cluster: traffic
-            // from outside is masqueraded (its reply must come back
-            // through this node), and the mark lets it pass FORWARD.
-            let _ = writeln!(nat, "-A {ext} -j {masq}");
-            let _ = writeln!(nat, "-A {ext} -j {svc}");
+            match &port.local {
+                // As kube-proxy with externalTrafficPolicy Cluster: traffic
+                // from outside is masqueraded (its reply must come back
+                // through this node), and the mark lets it pass FORWARD.
+                None => {
+                    let _ = writeln!(nat, "-A {ext} -j {masq}");
+                    let _ = writeln!(nat, "-A {ext} -j {svc}");
+                }
+                // Local: to this node's endpoints only, its client address
+                // kept (the reply leaves through this node anyway).
+                Some(local) => {
+                    let lcl = chain(prefix, "LCL", &key);
+                    nat_chains.insert(lcl.clone());
+                    let _ = writeln!(nat, "-A {ext} -j MARK --set-xmark {LOCAL_MARK}");
+                    let _ = writeln!(nat, "-A {ext} -j {lcl}");
+                    let n = local.len();
+                    for (i, ep) in local.iter().enumerate() {
+                        let sep = chain(prefix, "SEP", &format!("{key}@{ep}"));
+                        if i + 1 < n {
+                            #[allow(clippy::cast_precision_loss)]
+                            let probability = 1.0 / (n - i) as f64;
+                            let _ = writeln!(
+                                nat,
+                                "-A {lcl} -m statistic --mode random --probability {probability:.10} -j {sep}"
+                            );
+                        } else {
+                            let _ = writeln!(nat, "-A {lcl} -j {sep}");
+                        }
+                    }
+                }
+            }
         }
-        for ip in &port.external_ips {
+        for ip in port.external_ips.iter().filter(|_| takes_outside) {
             let _ = writeln!(
                 nat,
                 "-A {services} -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {ext}",
                 port.port
             );
         }
-        if let Some(node_port) = port.node_port {
+        if let Some(node_port) = port.node_port.filter(|_| takes_outside) {
             let _ = writeln!(
                 nat,
                 "-A {nodeports} -p {proto} -m {proto} --dport {node_port} {comment} -j {ext}"

@@ -88,6 +88,17 @@ pub struct ServicePort {
     pub affinity: Option<u32>,
     /// Ready endpoints, sorted.
     pub endpoints: Vec<SocketAddrV4>,
+    /// With `externalTrafficPolicy: Local`: the ready endpoints on this
+    /// node, the only ones traffic from outside (NodePort, LoadBalancer,
+    /// externalIPs) goes to, keeping its client address.
+    pub local: Option<Vec<SocketAddrV4>>,
+}
+
+impl ServicePort {
+    /// The endpoints traffic from outside the cluster goes to.
+    pub fn external_endpoints(&self) -> &[SocketAddrV4] {
+        self.local.as_deref().unwrap_or(&self.endpoints)
+    }
 }
 
 impl ServicePort {
@@ -108,6 +119,7 @@ impl ServicePort {
 pub fn service_ports(
     services: &[impl Borrow<Service>],
     endpoints: &[impl Borrow<Endpoints>],
+    node: &str,
 ) -> Vec<ServicePort> {
     let endpoints: BTreeMap<(&str, &str), &Endpoints> = endpoints
         .iter()
@@ -160,23 +172,33 @@ pub fn service_ports(
             if cluster_ip.is_none() && node_port.is_none() && external_ips.is_empty() {
                 continue;
             }
-            let mut ready: Vec<SocketAddrV4> = subsets
-                .iter()
-                .flat_map(|subset| {
-                    let target = subset.ports.iter().find(|p| {
-                        p.name == port.name
-                            && (p.protocol.is_empty() && protocol == "tcp"
-                                || p.protocol.eq_ignore_ascii_case(&protocol))
-                    });
-                    let target = target.and_then(|p| u16::try_from(p.port).ok());
-                    subset
-                        .addresses
-                        .iter()
-                        .filter_map(move |a| Some(SocketAddrV4::new(a.ip.parse().ok()?, target?)))
-                })
-                .collect();
-            ready.sort();
-            ready.dedup();
+            let addresses = |only_here: bool| {
+                let mut ready: Vec<SocketAddrV4> = subsets
+                    .iter()
+                    .flat_map(|subset| {
+                        let target = subset.ports.iter().find(|p| {
+                            p.name == port.name
+                                && (p.protocol.is_empty() && protocol == "tcp"
+                                    || p.protocol.eq_ignore_ascii_case(&protocol))
+                        });
+                        let target = target.and_then(|p| u16::try_from(p.port).ok());
+                        subset
+                            .addresses
+                            .iter()
+                            .filter(move |a| !only_here || a.node_name.as_deref() == Some(node))
+                            .filter_map(move |a| {
+                                Some(SocketAddrV4::new(a.ip.parse().ok()?, target?))
+                            })
+                    })
+                    .collect();
+                ready.sort();
+                ready.dedup();
+                ready
+            };
+            let ready = addresses(false);
+            let local = (spec.external_traffic_policy == "Local"
+                && (node_port.is_some() || !external_ips.is_empty()))
+            .then(|| addresses(true));
             out.push(ServicePort {
                 namespace: meta.namespace.clone(),
                 name: meta.name.clone(),
@@ -188,6 +210,7 @@ pub fn service_ports(
                 external_ips: external_ips.clone(),
                 affinity,
                 endpoints: ready,
+                local,
             });
         }
     }
@@ -216,6 +239,7 @@ pub async fn run(
     ),
     mut backend: Box<dyn Backend>,
     resync: Duration,
+    node: String,
 ) {
     const SETTLE: Duration = Duration::from_millis(50);
     let (service_store, mut service_changes) = services;
@@ -243,7 +267,7 @@ pub async fn run(
         };
         tokio::time::sleep(SETTLE).await;
         while service_changes.try_recv().is_ok() || endpoint_changes.try_recv().is_ok() {}
-        let ports = service_ports(&service_store.list(), &endpoint_store.list());
+        let ports = service_ports(&service_store.list(), &endpoint_store.list(), &node);
         if !forced && last.as_ref() == Some(&ports) {
             continue;
         }

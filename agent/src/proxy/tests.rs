@@ -39,7 +39,7 @@ fn web() -> (Service, Endpoints) {
 #[test]
 fn ports_keep_ready_endpoints_matched_by_name_and_protocol() {
     let (svc, eps) = web();
-    let ports = service_ports(&[svc], &[eps]);
+    let ports = service_ports(&[svc], &[eps], "n1");
     assert_eq!(ports.len(), 2);
     let http = ports.iter().find(|p| p.port_name == "http").expect("http");
     assert_eq!(http.protocol, "tcp");
@@ -80,7 +80,7 @@ fn headless_external_name_and_missing_endpoints() {
         "spec": {"clusterIP": "10.43.0.20", "ports": [{"port": 80}],
                  "sessionAffinity": "ClientIP"}
     }));
-    let ports = service_ports(&[headless, external, lonely], &[] as &[Endpoints]);
+    let ports = service_ports(&[headless, external, lonely], &[] as &[Endpoints], "n1");
     assert_eq!(ports.len(), 1, "{ports:?}");
     assert_eq!(ports[0].name, "lonely");
     assert!(ports[0].endpoints.is_empty());
@@ -98,7 +98,7 @@ fn render(ports: &[ServicePort], existing: &Existing) -> String {
 #[test]
 fn rules_balance_over_endpoints_and_reject_the_rest() {
     let (svc, eps) = web();
-    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    let rules = render(&service_ports(&[svc], &[eps], "n1"), &Existing::default());
     let prefix = iptables::prefix("node-a");
     assert!(prefix.starts_with("SKF-") && prefix.len() == 10, "{prefix}");
     // Every chain name fits iptables' 28 characters.
@@ -191,7 +191,7 @@ fn a_port_without_endpoints_is_refused_not_natted() {
                  "ports": [{"port": 80, "nodePort": 30001}]}
     }));
     let rules = render(
-        &service_ports(&[lonely], &[] as &[Endpoints]),
+        &service_ports(&[lonely], &[] as &[Endpoints], "n1"),
         &Existing::default(),
     );
     assert!(!rules.contains("-j DNAT"), "{rules}");
@@ -237,7 +237,7 @@ fn stale_chains_are_deleted_and_present_jumps_not_repeated() {
 fn affinity_sends_a_client_back_to_its_endpoint() {
     let (mut svc, eps) = web();
     svc.spec.as_mut().unwrap().session_affinity = "ClientIP".into();
-    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    let rules = render(&service_ports(&[svc], &[eps], "n1"), &Existing::default());
     assert!(
         rules.contains(&format!(
             "--rcheck --seconds {DEFAULT_AFFINITY_SECONDS} --reap"
@@ -257,10 +257,83 @@ fn a_session_affinity_timeout_sets_how_long_a_client_sticks() {
             timeout_seconds: Some(60),
         }),
     });
-    let rules = render(&service_ports(&[svc], &[eps]), &Existing::default());
+    let rules = render(&service_ports(&[svc], &[eps], "n1"), &Existing::default());
     assert!(rules.contains("--rcheck --seconds 60 --reap"), "{rules}");
     assert!(
         !rules.contains(&format!("--seconds {DEFAULT_AFFINITY_SECONDS} ")),
         "{rules}"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_goes_to_this_nodes_endpoints_unmasqueraded() {
+    let svc = service(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.43.0.10", "type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "10.44.0.1"}]}}
+    }));
+    let eps = endpoints(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "subsets": [{
+            "addresses": [{"ip": "172.28.0.2", "nodeName": "n1"}, {"ip": "172.28.0.3", "nodeName": "n2"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }]
+    }));
+    let ports = service_ports(&[svc.clone()], &[eps.clone()], "n1");
+    assert_eq!(
+        ports[0].endpoints.len(),
+        2,
+        "the ClusterIP still balances over all"
+    );
+    assert_eq!(
+        ports[0].local,
+        Some(vec!["172.28.0.2:8080".parse().unwrap()]),
+        "outside traffic: this node's only"
+    );
+    let rules = render(&ports, &Existing::default());
+    let lines: Vec<&str> = rules.lines().collect();
+    let ext: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.contains("-EXT-")
+                && l.starts_with("-A ")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| c.contains("-EXT-"))
+        })
+        .collect();
+    assert!(
+        ext.iter()
+            .any(|l| l.contains(&format!("--set-xmark {}", iptables::LOCAL_MARK))),
+        "{ext:#?}"
+    );
+    assert!(
+        !ext.iter().any(|l| l.contains("MARK-MASQ")),
+        "not masqueraded: {ext:#?}"
+    );
+    let lcl: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.starts_with("-A ")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|c| c.contains("-LCL-"))
+        })
+        .collect();
+    assert_eq!(lcl.len(), 1, "one local endpoint: {lcl:#?}");
+    assert!(rules.contains(&format!(
+        "-m mark --mark {} -j ACCEPT",
+        iptables::LOCAL_MARK
+    )));
+    // A node without an endpoint of it does not take outside traffic in.
+    let elsewhere = render(&service_ports(&[svc], &[eps], "n3"), &Existing::default());
+    assert!(!elsewhere.contains("--dport 30080"), "{elsewhere}");
+    assert!(!elsewhere.contains("-d 10.44.0.1/32"), "{elsewhere}");
+    assert!(
+        elsewhere.contains("-d 10.43.0.10/32"),
+        "the ClusterIP still answers"
     );
 }

@@ -82,7 +82,7 @@ impl Userspace {
 
 /// The listen addresses of a service port.
 fn addresses(port: &ServicePort) -> Vec<SocketAddr> {
-    if port.protocol != "tcp" || port.endpoints.is_empty() {
+    if port.protocol != "tcp" || port.external_endpoints().is_empty() {
         return Vec::new();
     }
     let mut out: Vec<SocketAddr> = port
@@ -137,14 +137,14 @@ impl Backend for Userspace {
             let affinity = port.affinity.map(|s| Duration::from_secs(u64::from(s)));
             if let Some(relay) = self.relays.get(&address) {
                 let mut targets = relay.targets.lock().expect("relay targets");
-                targets.endpoints.clone_from(&port.endpoints);
+                targets.endpoints = port.external_endpoints().to_vec();
                 targets.affinity = affinity;
                 continue;
             }
             match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => {
                     let targets = Arc::new(Mutex::new(Targets {
-                        endpoints: port.endpoints.clone(),
+                        endpoints: port.external_endpoints().to_vec(),
                         affinity,
                         ..Targets::default()
                     }));

@@ -6,7 +6,9 @@
 //! Without a pool (`--lb-pool ""`) it is k3s's ServiceLB: a LoadBalancer
 //! Service's addresses are the InternalIPs of the Ready nodes, kept as
 //! nodes come, go and change readiness, and every agent's proxy answers
-//! the Service's ports on its node's address.
+//! the Service's ports on its node's address; with
+//! `externalTrafficPolicy: Local`, only the nodes that have one of its
+//! ready endpoints (the only ones whose proxy takes its traffic in).
 //!
 //! The addresses in use are those in the Services' status, so nothing
 //! else needs keeping: a restarted controller reads them back, and an
@@ -17,10 +19,10 @@
 //! a Warning event says why. Allocations are serialized (one at a time),
 //! so two Services never get the same address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use skiff::pb::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
+use skiff::pb::core::v1::{Endpoints, LoadBalancerIngress, LoadBalancerStatus, Node, Service};
 use skiff::{ObjectRef, Resource as _};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::{Api, Store};
@@ -127,6 +129,9 @@ pub struct ServiceController {
     pool: Option<Pool>,
     /// The nodes, whose addresses serve LoadBalancers without a pool.
     nodes: Store<Node>,
+    /// Which nodes have a Service's ready endpoints (for
+    /// `externalTrafficPolicy: Local` without a pool).
+    endpoints: Store<Endpoints>,
     recorder: std::sync::Arc<Recorder>,
     /// Held across choosing an address and writing it.
     allocating: tokio::sync::Mutex<()>,
@@ -140,6 +145,7 @@ impl ServiceController {
         store: Store<Service>,
         pool: Option<Pool>,
         nodes: Store<Node>,
+        endpoints: Store<Endpoints>,
         recorder: std::sync::Arc<Recorder>,
     ) -> Self {
         Self {
@@ -147,6 +153,7 @@ impl ServiceController {
             store,
             pool,
             nodes,
+            endpoints,
             recorder,
             allocating: tokio::sync::Mutex::new(()),
         }
@@ -193,7 +200,22 @@ impl ServiceController {
             return Ok(Action::AwaitChange);
         }
         let Some(pool) = self.pool else {
-            let nodes = node_addresses(&self.nodes.list());
+            // Local: only the nodes with a ready endpoint take outside
+            // traffic in, so only theirs are the load balancer's.
+            let serving: Option<BTreeSet<String>> =
+                (spec.external_traffic_policy == "Local").then(|| {
+                    self.endpoints
+                        .get(&key.namespace, &key.name)
+                        .map(|e| {
+                            e.subsets
+                                .iter()
+                                .flat_map(|s| &s.addresses)
+                                .filter_map(|a| a.node_name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                });
+            let nodes = node_addresses(&self.nodes.list(), serving.as_ref());
             let mut sorted = current.clone();
             sorted.sort();
             if sorted != nodes {
@@ -299,6 +321,7 @@ pub fn start(
         shared.services.store.clone(),
         shared.lb_pool,
         shared.nodes.store.clone(),
+        shared.endpoints.store.clone(),
         std::sync::Arc::clone(&shared.recorder),
     ));
     let store = shared.services.store.clone();
@@ -315,15 +338,23 @@ pub fn start(
                 .map(|s| s.object_ref())
                 .collect()
         });
+        // And a Local one follows the nodes of its endpoints.
+        running = running.watches(&shared.endpoints, |change| {
+            vec![crate::runtime::changed(change).object_ref()]
+        });
     }
     running.run(move || keys_of(&store), workers).boxed()
 }
 
 /// The IPv4 InternalIPs of the Ready nodes, sorted: where a LoadBalancer
 /// Service answers without a pool.
-fn node_addresses(nodes: &[std::sync::Arc<Node>]) -> Vec<Ipv4Addr> {
+fn node_addresses(
+    nodes: &[std::sync::Arc<Node>],
+    only: Option<&BTreeSet<String>>,
+) -> Vec<Ipv4Addr> {
     let mut out: Vec<Ipv4Addr> = nodes
         .iter()
+        .filter(|n| only.is_none_or(|only| only.contains(n.name())))
         .filter_map(|n| n.status.as_ref())
         .filter(|s| {
             s.conditions
@@ -375,8 +406,14 @@ mod tests {
             node("d", "True", "fd00::4"),
         ];
         assert_eq!(
-            node_addresses(&nodes),
+            node_addresses(&nodes, None),
             [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        // externalTrafficPolicy Local: only the nodes with its endpoints.
+        let serving = BTreeSet::from(["c".to_string(), "b".to_string()]);
+        assert_eq!(
+            node_addresses(&nodes, Some(&serving)),
+            [Ipv4Addr::new(10, 0, 0, 3)]
         );
     }
 

@@ -191,13 +191,6 @@ pub(super) fn service(spec: &ServiceSpec, errors: &mut FieldErrors) {
             "limiting load balancer clients by source range is",
         );
     }
-    if spec.external_traffic_policy == "Local" {
-        refuse(
-            errors,
-            "spec.externalTrafficPolicy".into(),
-            "\"Local\" (keeping client addresses) is",
-        );
-    }
     if spec.internal_traffic_policy.as_deref() == Some("Local") {
         refuse(
             errors,
@@ -490,7 +483,7 @@ mod tests {
     fn service_and_storage_fields_nothing_acts_on_are_refused_by_path() {
         let errors = refusals::<ServiceSpec>(
             json!({
-                "loadBalancerSourceRanges": ["10.0.0.0/8"], "externalTrafficPolicy": "Local",
+                "loadBalancerSourceRanges": ["10.0.0.0/8"],
                 "internalTrafficPolicy": "Local", "allocateLoadBalancerNodePorts": false,
                 "trafficDistribution": "PreferClose"
             }),
@@ -500,14 +493,13 @@ mod tests {
             &errors,
             &[
                 "spec.loadBalancerSourceRanges",
-                "spec.externalTrafficPolicy",
                 "spec.internalTrafficPolicy",
                 "spec.allocateLoadBalancerNodePorts",
                 "spec.trafficDistribution",
             ],
         );
         let defaults = refusals::<ServiceSpec>(
-            json!({"externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Cluster",
+            json!({"externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
                    "allocateLoadBalancerNodePorts": true}),
             service,
         );
