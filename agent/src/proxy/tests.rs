@@ -280,7 +280,7 @@ fn external_traffic_policy_local_goes_to_this_nodes_endpoints_unmasqueraded() {
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
         }]
     }));
-    let ports = service_ports(&[svc.clone()], &[eps.clone()], "n1");
+    let ports = service_ports(std::slice::from_ref(&svc), std::slice::from_ref(&eps), "n1");
     assert_eq!(
         ports[0].endpoints.len(),
         2,
