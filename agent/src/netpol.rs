@@ -80,7 +80,7 @@ async fn sync(
     if *last == wanted {
         return Ok(());
     }
-    let save = filter_save().await?;
+    let save = iptables::save_table("filter").await?;
     let (existing, jump) = rules::existing(prefix, &save);
     if jump == rules::Jump::Behind {
         tracing::info!("network policy jump put back first in FORWARD");
@@ -90,31 +90,13 @@ async fn sync(
     Ok(())
 }
 
-async fn filter_save() -> Result<String, Error> {
-    let output = tokio::process::Command::new("iptables-save")
-        .args(["-t", "filter"])
-        .output()
-        .await
-        .map_err(|source| Error::Run {
-            what: "running iptables-save",
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(Error::Refused {
-            what: "iptables-save -t filter".into(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// Removes node `node`'s policy chains and their jump.
 ///
 /// # Errors
 /// iptables is not usable or refuses.
 pub async fn cleanup(node: &str) -> Result<(), Error> {
     let prefix = rules::prefix(node);
-    let (existing, jump) = rules::existing(&prefix, &filter_save().await?);
+    let (existing, jump) = rules::existing(&prefix, &iptables::save_table("filter").await?);
     if existing.is_empty() && jump == rules::Jump::Missing {
         return Ok(());
     }

@@ -430,25 +430,29 @@ impl From<Error> for String {
 /// # Errors
 /// iptables is missing or may not be read.
 pub async fn save() -> Result<String, Error> {
-    let mut out = String::new();
-    for table in ["nat", "filter"] {
-        let output = tokio::process::Command::new("iptables-save")
-            .args(["-t", table])
-            .output()
-            .await
-            .map_err(|source| Error::Run {
-                what: "running iptables-save",
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(Error::Refused {
-                what: format!("iptables-save -t {table}"),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        out.push_str(&String::from_utf8_lossy(&output.stdout));
+    Ok(save_table("nat").await? + &save_table("filter").await?)
+}
+
+/// One table as `iptables-save` prints it.
+///
+/// # Errors
+/// iptables is missing or may not be read.
+pub async fn save_table(table: &str) -> Result<String, Error> {
+    let output = tokio::process::Command::new("iptables-save")
+        .args(["-t", table])
+        .output()
+        .await
+        .map_err(|source| Error::Run {
+            what: "running iptables-save",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(Error::Refused {
+            what: format!("iptables-save -t {table}"),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
     }
-    Ok(out)
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Feeds `input` to `iptables-restore --noflush`.

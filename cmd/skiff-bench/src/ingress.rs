@@ -114,16 +114,7 @@ pub(crate) async fn bench_ingress(seconds: f64, concurrency: usize) -> anyhow::R
             runs[i].push(measure(addr).await?);
         }
     }
-    let combine = |figures: &[Figures]| {
-        let n = figures.len() as f64;
-        Figures {
-            ops: figures.iter().map(|f| f.ops).sum(),
-            per_sec: figures.iter().map(|f| f.per_sec).sum::<f64>() / n,
-            p50_ms: figures.iter().map(|f| f.p50_ms).sum::<f64>() / n,
-            p99_ms: figures.iter().map(|f| f.p99_ms).sum::<f64>() / n,
-        }
-    };
-    let [d, i] = [combine(&runs[0]), combine(&runs[1])];
+    let [d, i] = [Figures::mean(&runs[0]), Figures::mean(&runs[1])];
     println!(
         "HTTP/1.1 GET on kept connections, {concurrency} clients, {seconds} s x 2 per path; the backend, the ingress and the clients share this machine's cores"
     );

@@ -215,6 +215,20 @@ struct Figures {
     p99_ms: f64,
 }
 
+impl Figures {
+    /// The mean of several runs of one measurement (their ops summed).
+    fn mean(runs: &[Figures]) -> Figures {
+        #[allow(clippy::cast_precision_loss)]
+        let n = runs.len().max(1) as f64;
+        Figures {
+            ops: runs.iter().map(|f| f.ops).sum(),
+            per_sec: runs.iter().map(|f| f.per_sec).sum::<f64>() / n,
+            p50_ms: runs.iter().map(|f| f.p50_ms).sum::<f64>() / n,
+            p99_ms: runs.iter().map(|f| f.p99_ms).sum::<f64>() / n,
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

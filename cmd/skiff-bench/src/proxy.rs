@@ -90,16 +90,11 @@ pub(crate) async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Res
             runs[i].push(measure(addr).await?);
         }
     }
-    let combine = |figures: &[Figures]| {
-        let n = figures.len() as f64;
-        Figures {
-            ops: figures.iter().map(|f| f.ops).sum(),
-            per_sec: figures.iter().map(|f| f.per_sec).sum::<f64>() / n,
-            p50_ms: figures.iter().map(|f| f.p50_ms).sum::<f64>() / n,
-            p99_ms: figures.iter().map(|f| f.p99_ms).sum::<f64>() / n,
-        }
-    };
-    let [d, c, p] = [combine(&runs[0]), combine(&runs[1]), combine(&runs[2])];
+    let [d, c, p] = [
+        Figures::mean(&runs[0]),
+        Figures::mean(&runs[1]),
+        Figures::mean(&runs[2]),
+    ];
     println!(
         "HTTP GET on a new connection each, {concurrency} clients, {seconds} s x 2 per path, busybox httpd"
     );
