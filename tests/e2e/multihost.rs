@@ -779,3 +779,160 @@ impl Drop for Up {
             .status();
     }
 }
+
+/// The Kubernetes docs' NetworkPolicy examples between hosts: a server on
+/// host 2 with two ports, clients on host 1 in two namespaces; each
+/// policy's ingress rules are applied on host 2, its egress rules on
+/// host 1, and every client probes every port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_hold_between_hosts() {
+    let (hosts, _blocks) = cluster("snp", Link::Lan, "host-gw", 2).await;
+    let image = skiff_testkit::TEST_IMAGE;
+    let (client_node, server_node) = (hosts.hosts[1].node.clone(), hosts.hosts[2].node.clone());
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: guest, labels: {team: guest}}\n---\n",
+    );
+    let pod = |ns: &str, name: &str, node: &str, labels: &str, command: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"{command}\"]\n    ports: [{{name: http, containerPort: 8080}}, {{name: alt, containerPort: 9090}}]\n---\n"
+        )
+    };
+    yaml += &pod(
+        "shop",
+        "web",
+        &server_node,
+        "{app: web}",
+        "mkdir -p /www && echo web > /www/index.html && httpd -p 9090 -h /www && exec httpd -f -p 8080 -h /www",
+    );
+    for (ns, name, labels) in [
+        ("shop", "front", "{role: frontend}"),
+        ("shop", "other", "{}"),
+        ("guest", "visitor", "{role: frontend}"),
+    ] {
+        yaml += &pod(ns, name, &client_node, labels, "exec sleep 3600");
+    }
+    apply(&hosts, "world.yaml", &yaml);
+    let mut web = String::new();
+    wait_for("every pod Ready", Duration::from_secs(60), || {
+        let pods = ready_in(&get(&hosts, &["get", "pods", "-A"]));
+        web = pods
+            .get("web")
+            .map(|(ip, _)| ip.clone())
+            .unwrap_or_default();
+        ["web", "front", "other", "visitor"]
+            .iter()
+            .all(|n| pods.contains_key(*n))
+    })
+    .await;
+    let clients = [("shop", "front"), ("shop", "other"), ("guest", "visitor")];
+    let matrix = |hosts: &Hosts| -> BTreeSet<String> {
+        let mut allowed = BTreeSet::new();
+        for (ns, client) in clients {
+            for port in [8080, 9090] {
+                let url = format!("http://{web}:{port}/");
+                let out = hosts.skiff(&[
+                    "exec", "-n", ns, client, "--", "timeout", "3", "wget", "-qO-", &url,
+                ]);
+                if out.is_ok_and(|o| o.contains("web")) {
+                    allowed.insert(format!("{client}:{port}"));
+                }
+            }
+        }
+        allowed
+    };
+    let expect = async |what: &str, allowed: &[&str]| {
+        let want: BTreeSet<String> = allowed.iter().map(|s| (*s).to_string()).collect();
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            seen = matrix(&hosts);
+            if seen == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("{what}: allowed {seen:?}, expected {want:?}");
+    };
+    let all = [
+        "front:8080",
+        "front:9090",
+        "other:8080",
+        "other:9090",
+        "visitor:8080",
+        "visitor:9090",
+    ];
+    expect("no policy", &all).await;
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n"
+        )
+    };
+    let delete = |name: &str| {
+        hosts
+            .skiff(&["delete", "networkpolicy", name, "-n", "shop"])
+            .expect("deleting a policy");
+    };
+    apply(
+        &hosts,
+        "deny.yaml",
+        &policy(
+            "default-deny-ingress",
+            "{podSelector: {}, policyTypes: [Ingress]}",
+        ),
+    );
+    expect("default deny", &[]).await;
+    delete("default-deny-ingress");
+    expect("deny removed", &all).await;
+    apply(
+        &hosts,
+        "guests.yaml",
+        &policy(
+            "from-guests",
+            "{podSelector: {matchLabels: {app: web}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: guest}}}]}]}",
+        ),
+    );
+    expect(
+        "from the guest namespace",
+        &["visitor:8080", "visitor:9090"],
+    )
+    .await;
+    apply(
+        &hosts,
+        "frontends.yaml",
+        &policy(
+            "frontends-on-http",
+            "{podSelector: {matchLabels: {app: web}}, ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: http}]}]}",
+        ),
+    );
+    expect(
+        "plus shop's frontends on http",
+        &["front:8080", "visitor:8080", "visitor:9090"],
+    )
+    .await;
+    delete("from-guests");
+    delete("frontends-on-http");
+    expect("both removed", &all).await;
+    apply(
+        &hosts,
+        "egress.yaml",
+        &policy(
+            "front-egress",
+            &format!(
+                "{{podSelector: {{matchLabels: {{role: frontend}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: {web}/32}}}}], ports: [{{port: 8080}}]}}]}}"
+            ),
+        ),
+    );
+    expect(
+        "the frontends' egress to web on 8080 only (the visitor is another namespace's)",
+        &[
+            "front:8080",
+            "other:8080",
+            "other:9090",
+            "visitor:8080",
+            "visitor:9090",
+        ],
+    )
+    .await;
+    delete("front-egress");
+    expect("all removed", &all).await;
+}
