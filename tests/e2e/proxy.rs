@@ -21,6 +21,7 @@ use skiff_client::Api;
 use skiff_testkit::{AgentNode, wait_until};
 
 mod ingress;
+mod local;
 mod master;
 mod netpol;
 

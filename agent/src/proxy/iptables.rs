@@ -149,6 +149,33 @@ pub fn parse_existing(prefix: &str, save: &str) -> Existing {
     existing
 }
 
+/// Rules of `chain` sending each connection to one of `seps` at random
+/// with equal odds, and (with ClientIP affinity of `affinity` seconds) a
+/// returning client to the one it had.
+fn balance(nat: &mut String, chain: &str, seps: &[String], affinity: Option<u32>) {
+    if let Some(seconds) = affinity {
+        for sep in seps {
+            let _ = writeln!(
+                nat,
+                "-A {chain} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {seconds} --reap -j {sep}"
+            );
+        }
+    }
+    let n = seps.len();
+    for (i, sep) in seps.iter().enumerate() {
+        if i + 1 < n {
+            #[allow(clippy::cast_precision_loss)]
+            let probability = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                nat,
+                "-A {chain} -m statistic --mode random --probability {probability:.10} -j {sep}"
+            );
+        } else {
+            let _ = writeln!(nat, "-A {chain} -j {sep}");
+        }
+    }
+}
+
 /// The `iptables-restore --noflush` input that makes the node serve
 /// exactly `ports`.
 pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &Existing) -> String {
@@ -232,10 +259,7 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
                 port.port
             );
         }
-        // With externalTrafficPolicy Local and no endpoint here, outside
-        // traffic is not taken in at all (refused, as kube-proxy does).
-        let takes_outside = !port.external_endpoints().is_empty();
-        if takes_outside && (!port.external_ips.is_empty() || port.node_port.is_some()) {
+        if !port.external_ips.is_empty() || port.node_port.is_some() {
             nat_chains.insert(ext.clone());
             match &port.local {
                 // As kube-proxy with externalTrafficPolicy Cluster: traffic
@@ -245,38 +269,51 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
                     let _ = writeln!(nat, "-A {ext} -j {masq}");
                     let _ = writeln!(nat, "-A {ext} -j {svc}");
                 }
-                // Local: to this node's endpoints only, its client address
-                // kept (the reply leaves through this node anyway).
+                // Local: this node's own connections (localhost, the
+                // loopback pool) go to any endpoint, masqueraded (a pod
+                // cannot answer 127.0.0.1), as kube-proxy does; the rest to
+                // this node's endpoints only, its client address kept (the
+                // reply leaves through this node anyway), and with none
+                // here it is not taken in (refused in filter, below).
                 Some(local) => {
-                    let lcl = chain(prefix, "LCL", &key);
-                    nat_chains.insert(lcl.clone());
-                    let _ = writeln!(nat, "-A {ext} -j MARK --set-xmark {LOCAL_MARK}");
-                    let _ = writeln!(nat, "-A {ext} -j {lcl}");
-                    let n = local.len();
-                    for (i, ep) in local.iter().enumerate() {
-                        let sep = chain(prefix, "SEP", &format!("{key}@{ep}"));
-                        if i + 1 < n {
-                            #[allow(clippy::cast_precision_loss)]
-                            let probability = 1.0 / (n - i) as f64;
+                    let _ = writeln!(nat, "-A {ext} -m addrtype --src-type LOCAL -j {masq}");
+                    let _ = writeln!(nat, "-A {ext} -m addrtype --src-type LOCAL -j {svc}");
+                    if local.is_empty() {
+                        for ip in &port.external_ips {
                             let _ = writeln!(
-                                nat,
-                                "-A {lcl} -m statistic --mode random --probability {probability:.10} -j {sep}"
+                                filter,
+                                "-A {external} -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j REJECT",
+                                port.port
                             );
-                        } else {
-                            let _ = writeln!(nat, "-A {lcl} -j {sep}");
                         }
+                        if let Some(node_port) = port.node_port {
+                            let _ = writeln!(
+                                filter,
+                                "-A {external} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {node_port} {comment} -j REJECT"
+                            );
+                        }
+                    } else {
+                        let lcl = chain(prefix, "LCL", &key);
+                        nat_chains.insert(lcl.clone());
+                        let _ = writeln!(nat, "-A {ext} -j MARK --set-xmark {LOCAL_MARK}");
+                        let _ = writeln!(nat, "-A {ext} -j {lcl}");
+                        let seps: Vec<String> = local
+                            .iter()
+                            .map(|ep| chain(prefix, "SEP", &format!("{key}@{ep}")))
+                            .collect();
+                        balance(&mut nat, &lcl, &seps, port.affinity);
                     }
                 }
             }
         }
-        for ip in port.external_ips.iter().filter(|_| takes_outside) {
+        for ip in &port.external_ips {
             let _ = writeln!(
                 nat,
                 "-A {services} -d {ip}/32 -p {proto} -m {proto} --dport {} {comment} -j {ext}",
                 port.port
             );
         }
-        if let Some(node_port) = port.node_port.filter(|_| takes_outside) {
+        if let Some(node_port) = port.node_port {
             let _ = writeln!(
                 nat,
                 "-A {nodeports} -p {proto} -m {proto} --dport {node_port} {comment} -j {ext}"
@@ -288,27 +325,9 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
             .iter()
             .map(|ep| chain(prefix, "SEP", &format!("{key}@{ep}")))
             .collect();
-        if let Some(seconds) = port.affinity {
-            for sep in &seps {
-                let _ = writeln!(
-                    nat,
-                    "-A {svc} -m recent --name {sep} --mask 255.255.255.255 --rsource --rcheck --seconds {seconds} --reap -j {sep}"
-                );
-            }
-        }
-        let n = seps.len();
-        for (i, (sep, ep)) in seps.iter().zip(&port.endpoints).enumerate() {
+        balance(&mut nat, &svc, &seps, port.affinity);
+        for (sep, ep) in seps.iter().zip(&port.endpoints) {
             nat_chains.insert(sep.clone());
-            if i + 1 < n {
-                #[allow(clippy::cast_precision_loss)]
-                let probability = 1.0 / (n - i) as f64;
-                let _ = writeln!(
-                    nat,
-                    "-A {svc} -m statistic --mode random --probability {probability:.10} -j {sep}"
-                );
-            } else {
-                let _ = writeln!(nat, "-A {svc} -j {sep}");
-            }
             let _ = writeln!(nat, "-A {sep} -s {}/32 -j {masq}", ep.ip());
             let recent = if port.affinity.is_some() {
                 format!("-m recent --name {sep} --mask 255.255.255.255 --rsource --set ")

@@ -292,46 +292,68 @@ fn external_traffic_policy_local_goes_to_this_nodes_endpoints_unmasqueraded() {
         "outside traffic: this node's only"
     );
     let rules = render(&ports, &Existing::default());
-    let lines: Vec<&str> = rules.lines().collect();
-    let ext: Vec<&str> = lines
-        .iter()
-        .copied()
-        .filter(|l| {
-            l.contains("-EXT-")
-                && l.starts_with("-A ")
-                && l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| c.contains("-EXT-"))
-        })
-        .collect();
+    let chain_lines = |rules: &str, kind: &str| -> Vec<String> {
+        rules
+            .lines()
+            .filter(|l| {
+                l.starts_with("-A ")
+                    && l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|c| c.contains(kind))
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let ext = chain_lines(&rules, "-EXT-");
     assert!(
         ext.iter()
             .any(|l| l.contains(&format!("--set-xmark {}", iptables::LOCAL_MARK))),
         "{ext:#?}"
     );
-    assert!(
-        !ext.iter().any(|l| l.contains("MARK-MASQ")),
-        "not masqueraded: {ext:#?}"
-    );
-    let lcl: Vec<&str> = lines
+    // Only the node's own connections (localhost, the loopback pool) are
+    // masqueraded, and they may go to any endpoint.
+    for l in ext
         .iter()
-        .copied()
-        .filter(|l| {
-            l.starts_with("-A ")
-                && l.split_whitespace()
-                    .nth(1)
-                    .is_some_and(|c| c.contains("-LCL-"))
-        })
-        .collect();
+        .filter(|l| l.contains("MARK-MASQ") || l.contains("-SVC-"))
+    {
+        assert!(l.contains("--src-type LOCAL"), "{l}");
+    }
+    assert_eq!(
+        ext.iter()
+            .filter(|l| l.contains("--src-type LOCAL"))
+            .count(),
+        2,
+        "{ext:#?}"
+    );
+    let lcl = chain_lines(&rules, "-LCL-");
     assert_eq!(lcl.len(), 1, "one local endpoint: {lcl:#?}");
     assert!(rules.contains(&format!(
         "-m mark --mark {} -j ACCEPT",
         iptables::LOCAL_MARK
     )));
-    // A node without an endpoint of it does not take outside traffic in.
+    // A node without an endpoint of it refuses outside traffic, keeps its
+    // own connections going to the other nodes' endpoints, and the
+    // ClusterIP answers as ever.
     let elsewhere = render(&service_ports(&[svc], &[eps], "n3"), &Existing::default());
-    assert!(!elsewhere.contains("--dport 30080"), "{elsewhere}");
-    assert!(!elsewhere.contains("-d 10.44.0.1/32"), "{elsewhere}");
+    assert!(chain_lines(&elsewhere, "-LCL-").is_empty(), "{elsewhere}");
+    let ext = chain_lines(&elsewhere, "-EXT-");
+    assert!(
+        ext.iter().all(|l| l.contains("--src-type LOCAL")),
+        "{ext:#?}"
+    );
+    let external = chain_lines(&elsewhere, "-EXTERNAL");
+    assert!(
+        external.iter().any(|l| l.contains("--dst-type LOCAL")
+            && l.contains("--dport 30080")
+            && l.ends_with("-j REJECT")),
+        "{external:#?}"
+    );
+    assert!(
+        external
+            .iter()
+            .any(|l| l.contains("-d 10.44.0.1/32") && l.ends_with("-j REJECT")),
+        "{external:#?}"
+    );
     assert!(
         elsewhere.contains("-d 10.43.0.10/32"),
         "the ClusterIP still answers"
