@@ -143,6 +143,26 @@ impl Cluster {
         ips
     }
 
+    /// The first load balancer address Service `who` gets.
+    async fn load_balancer_address(&self) -> String {
+        let mut lb = String::new();
+        wait_until(
+            "a load balancer address",
+            Duration::from_secs(30),
+            async || {
+                let s = self.api::<Service>().get("default", "who").await.unwrap();
+                lb = s
+                    .status
+                    .and_then(|s| s.load_balancer)
+                    .and_then(|l| l.ingress.first().map(|i| i.ip.clone()))
+                    .unwrap_or_default();
+                !lb.is_empty()
+            },
+        )
+        .await;
+        lb
+    }
+
     async fn delete_service(&self, name: &str) {
         self.api::<Service>()
             .delete(DeleteRequest {
@@ -448,21 +468,7 @@ async fn node_ports_and_load_balancer_addresses_answer_until_deleted_and_survive
     let node_port = u16::try_from(created.spec.as_ref().unwrap().ports[0].node_port).unwrap();
     assert!(ranges.node_ports.contains(&node_port), "{node_port}");
     c.wait_ready(2).await;
-    let mut lb = String::new();
-    wait_until(
-        "a load balancer address",
-        Duration::from_secs(30),
-        async || {
-            let s = c.api::<Service>().get("default", "who").await.unwrap();
-            lb = s
-                .status
-                .and_then(|s| s.load_balancer)
-                .and_then(|l| l.ingress.first().map(|i| i.ip.clone()))
-                .unwrap_or_default();
-            !lb.is_empty()
-        },
-    )
-    .await;
+    let lb = c.load_balancer_address().await;
     assert_eq!(lb, "127.0.202.1", "the first address of the pool");
     assert!(
         !c.rules("--dst-range 127.0.202.1-127.0.202.9 -m comment --comment \"no service at this address\" -j REJECT").is_empty(),

@@ -90,56 +90,43 @@ pub async fn handle(
         })
         .unwrap_or_default();
     let path = req.uri().path().to_string();
-    if let Some(why) = unsafe_path(&path) {
-        let response = text(StatusCode::BAD_REQUEST, format!("400 bad request: {why}\n"));
+    let method = req.method().clone();
+    // An answer of the controller's own, logged and counted.
+    let own = |backend: Option<&Backend>, status: StatusCode, body: String| {
         state.record(
-            None,
-            req.method().as_str(),
+            backend,
+            method.as_str(),
             &path,
             &host,
-            response.status(),
+            status,
             started,
             client,
         );
-        return Ok(response);
+        text(status, body)
+    };
+    if let Some(why) = unsafe_path(&path) {
+        return Ok(own(
+            None,
+            StatusCode::BAD_REQUEST,
+            format!("400 bad request: {why}\n"),
+        ));
     }
     let routes = state.routes();
     let Some(backend) = routes.route(&host, &path).cloned() else {
-        let response = text(
+        return Ok(own(
+            None,
             StatusCode::NOT_FOUND,
             "404 page not found: no Ingress rule matches\n".into(),
-        );
-        state.record(
-            None,
-            req.method().as_str(),
-            &path,
-            &host,
-            response.status(),
-            started,
-            client,
-        );
-        return Ok(response);
+        ));
     };
     drop(routes);
     let endpoints = state.endpoints(&backend);
     if endpoints.is_empty() {
-        let response = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "503 service unavailable: service {}/{} has no ready endpoint\n",
-                backend.namespace, backend.service
-            ),
+        let why = format!(
+            "503 service unavailable: service {}/{} has no ready endpoint\n",
+            backend.namespace, backend.service
         );
-        state.record(
-            Some(&backend),
-            req.method().as_str(),
-            &path,
-            &host,
-            response.status(),
-            started,
-            client,
-        );
-        return Ok(response);
+        return Ok(own(Some(&backend), StatusCode::SERVICE_UNAVAILABLE, why));
     }
     let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|u| {
         req.version() == http::Version::HTTP_11
@@ -148,7 +135,6 @@ pub async fn handle(
     });
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let bodiless = hyper::body::Body::is_end_stream(req.body()) && upgrade.is_none();
-    let method = req.method().clone();
     let (parts, body) = req.into_parts();
     let mut body = Some(body.boxed());
     let mut target = endpoints[backend.pick(endpoints.len())];
@@ -167,7 +153,8 @@ pub async fn handle(
         ) {
             Ok(forwarded) => forwarded,
             Err(why) => {
-                return Ok(text(
+                return Ok(own(
+                    Some(&backend),
                     StatusCode::BAD_REQUEST,
                     format!("400 bad request: {why}\n"),
                 ));

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use serde_json::json;
-use skiff::pb::core::v1::Service;
 use skiff_testkit::wait_until;
 
 use super::{Ranges, cluster, http_get};
@@ -29,21 +28,7 @@ async fn a_local_load_balancer_answers_this_hosts_own_connections() {
         .await;
     let node_port = u16::try_from(created.spec.unwrap().ports[0].node_port).unwrap();
     c.wait_ready(1).await;
-    let mut lb = String::new();
-    wait_until(
-        "a load balancer address",
-        Duration::from_secs(30),
-        async || {
-            let s = c.api::<Service>().get("default", "who").await.unwrap();
-            lb = s
-                .status
-                .and_then(|s| s.load_balancer)
-                .and_then(|l| l.ingress.first().map(|i| i.ip.clone()))
-                .unwrap_or_default();
-            !lb.is_empty()
-        },
-    )
-    .await;
+    let lb = c.load_balancer_address().await;
     let pods = c.pod_names().await;
     for addr in [format!("{lb}:80"), format!("127.0.0.1:{node_port}")] {
         let addr: std::net::SocketAddr = addr.parse().unwrap();
