@@ -251,10 +251,11 @@ fn isolation_chain(
     direction: Direction,
     policies: &[&NetworkPolicy],
 ) -> Vec<String> {
-    let (flag, mut lines) = match direction {
-        Direction::Ingress => ("-s", Vec::new()),
-        Direction::Egress => ("-d", Vec::new()),
+    let flag = match direction {
+        Direction::Ingress => "-s",
+        Direction::Egress => "-d",
     };
+    let mut lines = Vec::new();
     let mut seen = BTreeSet::new();
     let mut push = |line: String, lines: &mut Vec<String>| {
         if seen.insert(line.clone()) {

@@ -379,9 +379,7 @@ async fn rebuild(
             _ = secret_changes.recv() => {}
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        for rx in [&mut ingress_changes] {
-            while rx.try_recv().is_ok() {}
-        }
+        while ingress_changes.try_recv().is_ok() {}
         while class_changes.try_recv().is_ok() {}
         while secret_changes.try_recv().is_ok() {}
     }
