@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message as _;
 use serde_json::json;
 use skiff::pb::api::v1::{EventType, WatchRequest};
@@ -302,7 +302,12 @@ impl HollowCluster {
         let server = skiff_testkit::ServerProcess::start(&args)?;
         let url = server.url();
         let channel = skiff_client::connect_lazy(&url)?;
-        let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
+        let hollow = skiff_testkit::hollow_nodes_renewing(
+            &url,
+            nodes,
+            "hollow-node-",
+            skiff_testkit::KUBELET_LEASE_RENEW_SECS,
+        )?;
         let node_api = skiff_client::Api::<skiff::pb::core::v1::Node>::new(channel.clone());
         let started = Instant::now();
         while node_api.list(Default::default()).await?.items.len() < nodes {

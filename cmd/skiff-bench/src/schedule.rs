@@ -29,7 +29,12 @@ pub(crate) async fn bench_schedule(
 
     eprintln!("registering {nodes} hollow nodes...");
     let started = Instant::now();
-    let hollow = skiff_testkit::hollow_nodes(&url, nodes)?;
+    let hollow = skiff_testkit::hollow_nodes_renewing(
+        &url,
+        nodes,
+        "hollow-node-",
+        skiff_testkit::KUBELET_LEASE_RENEW_SECS,
+    )?;
     let node_api = skiff_client::Api::<Node>::new(channel.clone());
     loop {
         let list = node_api.list(Default::default()).await?;
@@ -48,6 +53,25 @@ pub(crate) async fn bench_schedule(
     let (_, raw_elapsed) =
         crate::list::create_pods(&pod_api, "bench-raw", "bench-none", pods, concurrency).await?;
     let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
+    // Gone before the scheduler starts: the cluster it is measured on
+    // holds the nodes and the pods it schedules, no others.
+    eprintln!("deleting the raw pods...");
+    futures::stream::iter(0..pods)
+        .map(|i| {
+            let api = pod_api.clone();
+            async move {
+                api.delete(skiff::pb::api::v1::DeleteRequest {
+                    namespace: "bench-raw".into(),
+                    name: format!("pod-{i}"),
+                    ..Default::default()
+                })
+                .await
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .context("deleting the raw pods")?;
 
     let scheduler = skiff_testkit::SchedulerProcess::start_with(&url, "bench", 15, false)?;
     // Bound pods of the measured namespace, as they are seen.

@@ -29,8 +29,9 @@ mod process;
 
 pub use node::{AgentNode, TEST_IMAGE, docker_containers_of, process_pid, test_image};
 pub use process::{
-    ChildGuard, Etcd, SchedulerProcess, ServerProcess, controller_manager, controller_manager_with,
-    hollow_nodes, hollow_nodes_named, printed_token,
+    ChildGuard, Etcd, KUBELET_LEASE_RENEW_SECS, SchedulerProcess, ServerProcess,
+    controller_manager, controller_manager_with, hollow_nodes, hollow_nodes_named,
+    hollow_nodes_renewing, printed_token,
 };
 
 /// A free loopback port (bound then released; good enough for tests).

@@ -287,12 +287,30 @@ pub fn hollow_nodes_named(
     count: usize,
     prefix: &str,
 ) -> anyhow::Result<ChildGuard> {
+    // Renew often: tests shorten the node grace period to seconds.
+    hollow_nodes_renewing(server_url, count, prefix, 1)
+}
+
+/// The kubelet's lease renewal interval (a quarter of its 40 s lease):
+/// benchmarks' hollow nodes renew as real nodes do, so that thousands of
+/// them load the API server as a real cluster's would.
+pub const KUBELET_LEASE_RENEW_SECS: u64 = 10;
+
+/// `skiff hollow-nodes` renewing each node's lease every `renew_secs`.
+///
+/// # Errors
+/// When the binary is missing.
+pub fn hollow_nodes_renewing(
+    server_url: &str,
+    count: usize,
+    prefix: &str,
+    renew_secs: u64,
+) -> anyhow::Result<ChildGuard> {
     let child = Command::new(skiff_binary()?)
         .arg("hollow-nodes")
         .args(["--server", server_url, "--prefix", prefix])
         .arg(format!("--count={count}"))
-        // Renew often: tests shorten the node grace period to seconds.
-        .arg("--lease-renew-secs=1")
+        .arg(format!("--lease-renew-secs={renew_secs}"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -50,10 +50,21 @@ impl Resources {
             };
         };
         let container = |c: &skiff::pb::core::v1::Container| {
-            let r = c.resources.clone().unwrap_or_default();
-            let mut merged = r.limits.clone();
-            merged.extend(r.requests);
-            Self::from_map(&merged)
+            let Some(r) = &c.resources else {
+                return Self::default();
+            };
+            // A request, else the limit that stands for it.
+            let q = |k: &str| {
+                r.requests
+                    .get(k)
+                    .or_else(|| r.limits.get(k))
+                    .and_then(|v| v.parse::<Quantity>().ok())
+            };
+            Self {
+                milli_cpu: q("cpu").map_or(0, |q| q.milli_value()),
+                memory: q("memory").map_or(0, |q| q.value()),
+                pods: 0,
+            }
         };
         let mut total = Self::default();
         for c in &spec.containers {
@@ -98,12 +109,30 @@ pub struct NodeInfo {
     /// How many of its pods have required anti-affinity terms (which
     /// every incoming pod is checked against).
     pub with_required_anti: usize,
+    /// Whether its Ready condition is True (read once per change of the
+    /// node, not once per pod scheduled).
+    pub ready: bool,
 }
 
 impl NodeInfo {
     /// A node with nothing on it yet.
     pub fn new(node: Arc<Node>) -> Self {
-        let allocatable = node
+        let mut info = Self {
+            node: Arc::clone(&node),
+            pods: Vec::new(),
+            requested: Resources::default(),
+            allocatable: Resources::default(),
+            with_affinity: 0,
+            with_required_anti: 0,
+            ready: false,
+        };
+        info.set_node(node);
+        info
+    }
+
+    /// Replaces the node (a newer version of it), keeping its pods.
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable = node
             .status
             .as_ref()
             .map(|s| {
@@ -114,14 +143,8 @@ impl NodeInfo {
                 }
             })
             .unwrap_or_default();
-        Self {
-            node,
-            pods: Vec::new(),
-            requested: Resources::default(),
-            allocatable,
-            with_affinity: 0,
-            with_required_anti: 0,
-        }
+        self.ready = skiff::nodes::is_ready(&node);
+        self.node = node;
     }
 
     /// Counts a pod against the node.

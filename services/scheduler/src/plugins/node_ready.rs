@@ -16,7 +16,7 @@ impl FilterPlugin for NodeReady {
     }
 
     fn filter(&self, _pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        if skiff::nodes::is_ready(&node.node) {
+        if node.ready {
             Ok(())
         } else {
             Err("node(s) were not ready".into())

@@ -6,7 +6,7 @@
 use skiff::pb::core::v1::Pod;
 
 use crate::framework::{
-    FilterPlugin, MAX_SCORE, NodeInfo, Reason, Resources, ScorePlugin, per_node,
+    FilterPlugin, MAX_SCORE, NodeInfo, Prepared, Reason, Resources, ScorePlugin, per_node,
 };
 
 /// The filter's name.
@@ -25,25 +25,47 @@ impl FilterPlugin for NodeResourcesFit {
     }
 
     fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), Reason> {
-        let want = Resources::of_pod(pod);
-        let used = node.requested;
-        let free = node.allocatable;
-        if used.pods + 1 > free.pods {
-            return Err("Too many pods".into());
+        fits(Resources::of_pod(pod), node)
+    }
+
+    /// The pod's requests, read once per pod rather than once per node.
+    fn pre_filter(&self, pod: &Pod, _all: &[&NodeInfo]) -> Option<Prepared> {
+        Some(Box::new(Resources::of_pod(pod)))
+    }
+
+    fn filter_prepared(
+        &self,
+        pod: &Pod,
+        node: &NodeInfo,
+        prepared: &Prepared,
+    ) -> Result<(), Reason> {
+        match prepared.downcast_ref::<Resources>() {
+            Some(want) => fits(*want, node),
+            None => self.filter(pod, node),
         }
-        if want.milli_cpu > 0 && used.milli_cpu + want.milli_cpu > free.milli_cpu {
-            return Err("Insufficient cpu".into());
-        }
-        if want.memory > 0 && used.memory + want.memory > free.memory {
-            return Err("Insufficient memory".into());
-        }
-        Ok(())
     }
 }
 
-/// Fractions of CPU and memory used once the pod is placed.
-fn fractions(pod: &Pod, node: &NodeInfo) -> (f64, f64) {
-    let after = node.requested.plus(Resources::of_pod(pod));
+/// Whether requests `want` fit in what is left of the node.
+fn fits(want: Resources, node: &NodeInfo) -> Result<(), Reason> {
+    let used = node.requested;
+    let free = node.allocatable;
+    if used.pods + 1 > free.pods {
+        return Err("Too many pods".into());
+    }
+    if want.milli_cpu > 0 && used.milli_cpu + want.milli_cpu > free.milli_cpu {
+        return Err("Insufficient cpu".into());
+    }
+    if want.memory > 0 && used.memory + want.memory > free.memory {
+        return Err("Insufficient memory".into());
+    }
+    Ok(())
+}
+
+/// Fractions of CPU and memory used once a pod requesting `want` is
+/// placed.
+fn fractions(want: Resources, node: &NodeInfo) -> (f64, f64) {
+    let after = node.requested.plus(want);
     let frac = |used: i64, cap: i64| {
         if cap <= 0 {
             1.0
@@ -66,8 +88,9 @@ impl ScorePlugin for LeastAllocated {
     }
 
     fn score(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let want = Resources::of_pod(pod);
         per_node(nodes, |node| {
-            let (cpu, mem) = fractions(pod, node);
+            let (cpu, mem) = fractions(want, node);
             (((1.0 - cpu) + (1.0 - mem)) / 2.0 * MAX_SCORE as f64).round() as i64
         })
     }
@@ -82,8 +105,9 @@ impl ScorePlugin for BalancedAllocation {
     }
 
     fn score(&self, pod: &Pod, nodes: &[&NodeInfo]) -> Vec<i64> {
+        let want = Resources::of_pod(pod);
         per_node(nodes, |node| {
-            let (cpu, mem) = fractions(pod, node);
+            let (cpu, mem) = fractions(want, node);
             ((1.0 - (cpu - mem).abs()) * MAX_SCORE as f64).round() as i64
         })
     }

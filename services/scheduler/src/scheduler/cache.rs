@@ -3,7 +3,7 @@
 //! decision sees a pod before the API confirms it; and the nodes as pods
 //! nominated by preemption see them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use skiff::pb::core::v1::{Node, Pod};
@@ -15,8 +15,9 @@ use crate::preemption;
 /// The scheduler's view of the cluster.
 #[derive(Default)]
 pub(super) struct Cache {
-    /// Every node, with the pods counted against it.
-    pub(super) nodes: HashMap<String, NodeInfo>,
+    /// Every node, with the pods counted against it, in name order (the
+    /// order each cycle walks them in: no sort per pod).
+    pub(super) nodes: BTreeMap<String, NodeInfo>,
     /// Where each counted pod is (bound or assumed), even on a node the
     /// cache does not know yet (it is counted when the node arrives).
     placed: HashMap<ObjectRef, (String, Arc<Pod>)>,
@@ -27,6 +28,11 @@ pub(super) struct Cache {
 impl Cache {
     pub(super) fn set_node(&mut self, node: Arc<Node>) {
         let name = node.name().to_string();
+        if let Some(info) = self.nodes.get_mut(&name) {
+            // A known node changed: its pods stay as counted.
+            info.set_node(node);
+            return;
+        }
         let mut info = NodeInfo::new(node);
         for (node_name, pod) in self.placed.values() {
             if *node_name == name {
@@ -34,6 +40,21 @@ impl Cache {
             }
         }
         self.nodes.insert(name, info);
+    }
+
+    /// Every node in name order, with those nominated pods are headed for
+    /// as `ahead` has them.
+    pub(super) fn ordered<'a>(&'a self, ahead: &'a HashMap<&str, NodeInfo>) -> Vec<&'a NodeInfo> {
+        self.nodes
+            .iter()
+            .map(|(name, info)| {
+                if ahead.is_empty() {
+                    info
+                } else {
+                    ahead.get(name.as_str()).unwrap_or(info)
+                }
+            })
+            .collect()
     }
 
     pub(super) fn remove_node(&mut self, name: &str) {
@@ -111,7 +132,7 @@ pub(super) fn bound_node(pod: &Pod) -> Option<&str> {
 /// those of them that come before `pod` (no lower priority, not `pod`
 /// itself) counted on them.
 pub(super) fn with_nominated<'a>(
-    nodes: &'a HashMap<String, NodeInfo>,
+    nodes: &'a BTreeMap<String, NodeInfo>,
     nominated: &'a HashMap<String, HashMap<ObjectRef, Arc<Pod>>>,
     pod: &Pod,
 ) -> HashMap<&'a str, NodeInfo> {

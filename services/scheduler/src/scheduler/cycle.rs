@@ -158,14 +158,9 @@ impl Scheduler {
             stores.volumes.list()
         };
         let enough = MIN_FEASIBLE.max(total * FEASIBLE_PERCENT / 100);
-        let mut names: Vec<&String> = self.cache.nodes.keys().collect();
-        names.sort_unstable();
         let start = self.next_start % total;
         let ahead = with_nominated(&self.cache.nodes, &self.nominated, pod);
-        let all: Vec<&NodeInfo> = names
-            .iter()
-            .map(|n| ahead.get(n.as_str()).unwrap_or(&self.cache.nodes[*n]))
-            .collect();
+        let all = self.cache.ordered(&ahead);
         let prepared = self.profile.prepare(pod, &all);
         // A pod preemption made room for goes there if it still fits
         // (kube-scheduler tries the nominated node first).

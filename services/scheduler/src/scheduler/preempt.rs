@@ -41,13 +41,8 @@ impl Scheduler {
         {
             return;
         }
-        let mut names: Vec<&String> = self.cache.nodes.keys().collect();
-        names.sort_unstable();
         let ahead = with_nominated(&self.cache.nodes, &self.nominated, pod);
-        let all: Vec<&NodeInfo> = names
-            .iter()
-            .map(|n| ahead.get(n.as_str()).unwrap_or(&self.cache.nodes[*n]))
-            .collect();
+        let all = self.cache.ordered(&ahead);
         let budgets = self.budget_informer.store.list();
         // The pod's volumes judge nodes too (as in `pick`): room on a node
         // its volume cannot reach is no room.
