@@ -197,6 +197,17 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         "-A {services} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"loopback is for this host\" -j RETURN"
     );
     let _ = writeln!(nat, "-A {masq} -j MARK --set-xmark {MASQ_MARK}");
+    // This host's own connections from loopback keep their source port
+    // when it is free: a client reusing a port then reuses the same
+    // translated tuple, whose old TIME_WAIT entry the new SYN replaces.
+    // A random port would be a fresh tuple each time, and conntrack keeps
+    // a closed one for 120 s: ~64k ports / 120 s ≈ 530 connections/s
+    // per endpoint once the space is spent. Random ports are for sources
+    // many clients share (pods, other hosts) so translations do not race.
+    let _ = writeln!(
+        nat,
+        "-A {postrouting} -s 127.0.0.0/8 -m mark --mark {MASQ_MARK} -j MASQUERADE"
+    );
     let _ = writeln!(
         nat,
         "-A {postrouting} -m mark --mark {MASQ_MARK} -j MASQUERADE --random-fully"
