@@ -361,23 +361,23 @@ fn external_traffic_policy_local_goes_to_this_nodes_endpoints_unmasqueraded() {
 }
 
 #[test]
-fn loopback_clients_keep_their_ports_when_masqueraded_and_others_get_random_ones() {
+fn the_hosts_own_clients_keep_their_ports_when_masqueraded_and_others_get_random_ones() {
     let (svc, eps) = web();
     let rules = render(&service_ports(&[svc], &[eps], "n1"), &Existing::default());
     let masquerades: Vec<&str> = rules
         .lines()
         .filter(|l| l.ends_with("-j MASQUERADE") || l.contains("-j MASQUERADE "))
         .collect();
-    // A random port per loopback connection would be a fresh translated
-    // tuple each time: 64k of them in TIME_WAIT and localhost:NODEPORT
-    // fell to a fifth of its rate (`skiff-bench proxy --seconds 15`).
+    // A random port per connection of the host's own meets the pod's
+    // TIME_WAIT sockets of other tuples: localhost:NODEPORT fell to a fifth
+    // of its rate (`skiff-bench proxy --seconds 15`).
     assert_eq!(masquerades.len(), 2, "{rules}");
     assert!(
-        masquerades[0].contains("-s 127.0.0.0/8") && masquerades[0].ends_with("-j MASQUERADE"),
+        masquerades[0].contains("--src-type LOCAL") && masquerades[0].ends_with("-j MASQUERADE"),
         "{rules}"
     );
     assert!(
-        !masquerades[1].contains("-s 127.0.0.0/8")
+        !masquerades[1].contains("--src-type")
             && masquerades[1].ends_with("-j MASQUERADE --random-fully"),
         "{rules}"
     );

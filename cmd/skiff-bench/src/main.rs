@@ -137,6 +137,13 @@ enum Command {
         /// Concurrent creating clients.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// How often each hollow node renews its lease (a kubelet: 10 s).
+        #[arg(long, default_value_t = skiff_testkit::KUBELET_LEASE_RENEW_SECS)]
+        lease_renew_secs: u64,
+        /// Leave the raw-create phase's pods in place while scheduling
+        /// (the scheduler then also holds them).
+        #[arg(long)]
+        keep_raw_pods: bool,
     },
     /// Lists of many pods from the API server's own process: over HTTP
     /// as JSON (client-go, Python), as a Table (`kubectl get pods`), and
@@ -448,7 +455,15 @@ async fn main() -> anyhow::Result<()> {
             nodes,
             pods,
             concurrency,
-        } => schedule::bench_schedule(nodes, pods, concurrency).await,
+            lease_renew_secs,
+            keep_raw_pods,
+        } => {
+            let harness = schedule::Harness {
+                lease_renew_secs,
+                keep_raw_pods,
+            };
+            schedule::bench_schedule(nodes, pods, concurrency, harness).await
+        }
         Command::Scale { nodes, replicas } => scale::bench_scale(nodes, replicas).await,
         Command::List { pods, rounds } => list::bench_list(pods, rounds).await,
         Command::Podstart { pods } => podstart::bench_podstart(pods).await,

@@ -23,6 +23,10 @@ use skiff_testkit::hosts::{Hosts, Link};
 
 use crate::{Figures, figures};
 
+/// The path of namespaces plumbed by hand with a pod's hops on two
+/// hosts (`Hosts::raw_pod`): what the host-gw pod path costs here without
+/// Skiff.
+const RAW_HOST_GW: &str = "same hops by hand, host-gw";
 /// The port the bench's server listens on in every namespace.
 const PORT: u16 = 9000;
 /// Bytes each way per request.
@@ -252,13 +256,17 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
     );
     let mut rows = Vec::new();
     {
-        let (hosts, ips) = cluster(
+        let (mut hosts, ips) = cluster(
             "sknp",
             Link::Lan,
             "host-gw",
             &[("client", 1), ("near", 1), ("far", 2)],
         )
         .await?;
+        // The floor of the pod path on these simulated hosts: the same
+        // veths, bridges and routed hops, plumbed by hand.
+        let (raw_client, _) = hosts.raw_pod(1)?;
+        let (raw_server, raw_ip) = hosts.raw_pod(2)?;
         let paths = [
             NetPath {
                 name: "host to host (one L2 link)",
@@ -277,6 +285,12 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
                 client: pod_netns("client", &hosts.hosts[1].node)?,
                 server: pod_netns("far", &hosts.hosts[2].node)?,
                 target: ips["far"],
+            },
+            NetPath {
+                name: RAW_HOST_GW,
+                client: raw_client,
+                server: raw_server,
+                target: raw_ip,
             },
         ];
         let figures = measure(&paths, connections, seconds)?;
@@ -332,6 +346,14 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             serde_json::json!({"per_sec": f.per_sec, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "ratio": ratio}),
         );
     }
+    let per_sec = |name: &str| {
+        rows.iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or(0.0, |(_, f, _)| f.per_sec)
+    };
+    let floor = per_sec("pod to pod, host-gw") / per_sec(RAW_HOST_GW).max(1.0);
+    println!("pod to pod, host-gw vs the same hops by hand: {floor:.2}x");
+    json.insert("host_gw_vs_same_hops_by_hand".into(), floor.into());
     println!("targets: host-gw >= 0.9x, vxlan >= 0.7x of host to host");
     println!("{}", serde_json::Value::Object(json));
     Ok(())

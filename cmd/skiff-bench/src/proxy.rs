@@ -117,7 +117,7 @@ pub(crate) async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Res
     for (label, f) in [
         ("pod IP directly (raw, same run)", d),
         ("ClusterIP (iptables DNAT)", c),
-        ("NodePort on 127.0.0.1 (DNAT+SNAT; own pod)", p),
+        ("NodePort 127.0.0.1 (DNAT+SNAT, own pod)", p),
     ] {
         println!(
             "{label:<40} {:>10.0} {:>10.2} {:>10.2}",

@@ -4,10 +4,19 @@
 // The shared helpers and imports of the bench binary.
 use super::*;
 
+/// How the cluster around the scheduler is loaded.
+pub(crate) struct Harness {
+    /// Each hollow node's lease renewal interval.
+    pub(crate) lease_renew_secs: u64,
+    /// Whether the raw phase's pods stay while scheduling.
+    pub(crate) keep_raw_pods: bool,
+}
+
 pub(crate) async fn bench_schedule(
     nodes: usize,
     pods: usize,
     concurrency: usize,
+    harness: Harness,
 ) -> anyhow::Result<()> {
     use skiff::pb::core::v1::{Namespace, Node};
     // Each part as its own process, as deployed, so that each one's
@@ -33,7 +42,7 @@ pub(crate) async fn bench_schedule(
         &url,
         nodes,
         "hollow-node-",
-        skiff_testkit::KUBELET_LEASE_RENEW_SECS,
+        harness.lease_renew_secs,
     )?;
     let node_api = skiff_client::Api::<Node>::new(channel.clone());
     loop {
@@ -55,8 +64,11 @@ pub(crate) async fn bench_schedule(
     let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
     // Gone before the scheduler starts: the cluster it is measured on
     // holds the nodes and the pods it schedules, no others.
-    eprintln!("deleting the raw pods...");
-    futures::stream::iter(0..pods)
+    let raw_to_delete = if harness.keep_raw_pods { 0 } else { pods };
+    if raw_to_delete > 0 {
+        eprintln!("deleting the raw pods...");
+    }
+    futures::stream::iter(0..raw_to_delete)
         .map(|i| {
             let api = pod_api.clone();
             async move {
@@ -169,6 +181,8 @@ pub(crate) async fn bench_schedule(
             "nodes": nodes,
             "pods": pods,
             "concurrency": concurrency,
+            "lease_renew_secs": harness.lease_renew_secs,
+            "raw_pods_kept": harness.keep_raw_pods,
             "registration_secs": registration.as_secs_f64(),
             "raw_creates_per_sec": raw_rate,
             "pods_bound_per_sec": bind_rate,

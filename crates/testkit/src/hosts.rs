@@ -165,6 +165,85 @@ impl Hosts {
         Ok(me)
     }
 
+    /// A network namespace plumbed by hand the way the CNI bridge plugin
+    /// plumbs a pod on host `i` (a veth pair to a bridge of the host's,
+    /// the bridge its gateway), in `10.250.<i>.0/24`, and a route to that
+    /// subnet through host `i` on every other agent host (host-gw's
+    /// shape; the hosts must share a link). The same hops as a pod's
+    /// path without any of Skiff: a benchmark's raw baseline. Its path
+    /// (for `setns`) and address; removed with the hosts.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn raw_pod(&mut self, i: usize) -> anyhow::Result<(PathBuf, Ipv4Addr)> {
+        let host = self.hosts[i].netns.clone();
+        let netns = format!("{host}-raw");
+        ip(&["netns", "add", &netns])?;
+        self.namespaces.push(netns.clone());
+        let octet = u8::try_from(i).context("host index")?;
+        let gateway = Ipv4Addr::new(10, 250, octet, 1);
+        let address = Ipv4Addr::new(10, 250, octet, 2);
+        ip(&["-n", &host, "link", "add", "rawbr", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            "rawbr",
+        ])?;
+        ip(&["-n", &host, "link", "set", "rawbr", "up"])?;
+        ip(&[
+            "-n", &host, "link", "add", "rawv", "type", "veth", "peer", "name", "eth0", "netns",
+            &netns,
+        ])?;
+        ip(&["-n", &host, "link", "set", "rawv", "master", "rawbr"])?;
+        ip(&["-n", &host, "link", "set", "rawv", "up"])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ])?;
+        ip(&[
+            "netns",
+            "exec",
+            &host,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        let via = self.hosts[i].ip.to_string();
+        for other in (1..self.hosts.len()).filter(|j| *j != i) {
+            let subnet = format!("10.250.{octet}.0/24");
+            ip(&[
+                "-n",
+                &self.hosts[other].netns,
+                "route",
+                "add",
+                &subnet,
+                "via",
+                &via,
+            ])?;
+        }
+        Ok((PathBuf::from(format!("/run/netns/{netns}")), address))
+    }
+
     /// `program args` inside host `i`.
     pub fn command(&self, i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");

@@ -94,7 +94,8 @@ impl Resources {
 /// A node and what is already placed on it (bound and assumed pods).
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
-    /// The node.
+    /// The node. Replace it through [`NodeInfo::set_node`] only: what is
+    /// read from it (`allocatable`, `ready`) is kept beside it.
     pub node: Arc<Node>,
     /// Pods on it (bound, or assumed while their binding is in flight).
     pub pods: Vec<Arc<Pod>>,
