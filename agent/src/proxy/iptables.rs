@@ -198,15 +198,14 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
     );
     let _ = writeln!(nat, "-A {masq} -j MARK --set-xmark {MASQ_MARK}");
     // This host's own connections keep their source port when it is free
-    // (one kernel hands out those ports, so translations cannot race as
-    // many sources' can): a client port reused toward the same NodePort
-    // is then the same translated 4-tuple as its last use, whose
-    // TIME_WAIT socket in the pod takes the new SYN (the sequence number
-    // of one 4-tuple only grows). A random port lands on the pod's
-    // TIME_WAIT sockets of other tuples instead, and about half of those
-    // answer with an old ACK: a reset and a SYN retried after 1 s.
-    // localhost:NODEPORT fell from 4,883 to 975 requests/s after ~15 s of
-    // churn that way (`skiff-bench proxy --seconds 15`).
+    // (one kernel hands out those ports, so their translations rarely
+    // race as many sources' do): a client port reused toward the same
+    // NodePort and endpoint is then the translated 4-tuple of its last
+    // use, whose old conntrack entry the new SYN replaces. With a random
+    // port per connection, localhost:NODEPORT to one pod fell from 4,883
+    // to 975 requests/s after ~15 s of churn (`skiff-bench proxy --seconds
+    // 15`; p99 0.5 s, the client resetting connections: SYNs answered by
+    // stale state of other tuples, the exact path not pinned down).
     let _ = writeln!(
         nat,
         "-A {postrouting} -m addrtype --src-type LOCAL -m mark --mark {MASQ_MARK} -j MASQUERADE"

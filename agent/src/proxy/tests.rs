@@ -368,10 +368,18 @@ fn the_hosts_own_clients_keep_their_ports_when_masqueraded_and_others_get_random
         .lines()
         .filter(|l| l.ends_with("-j MASQUERADE") || l.contains("-j MASQUERADE "))
         .collect();
-    // A random port per connection of the host's own meets the pod's
-    // TIME_WAIT sockets of other tuples: localhost:NODEPORT fell to a fifth
-    // of its rate (`skiff-bench proxy --seconds 15`).
+    // With a random port per connection of the host's own,
+    // localhost:NODEPORT fell to a fifth of its rate
+    // (`skiff-bench proxy --seconds 15`).
     assert_eq!(masquerades.len(), 2, "{rules}");
+    let prefix = iptables::prefix("node-a");
+    for rule in &masquerades {
+        assert!(
+            rule.starts_with(&format!("-A {prefix}-POSTROUTING "))
+                && rule.contains(&format!("--mark {}", iptables::MASQ_MARK)),
+            "only marked connections are masqueraded: {rules}"
+        );
+    }
     assert!(
         masquerades[0].contains("--src-type LOCAL") && masquerades[0].ends_with("-j MASQUERADE"),
         "{rules}"

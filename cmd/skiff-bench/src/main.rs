@@ -138,7 +138,8 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
         /// How often each hollow node renews its lease (a kubelet: 10 s).
-        #[arg(long, default_value_t = skiff_testkit::KUBELET_LEASE_RENEW_SECS)]
+        #[arg(long, default_value_t = skiff_testkit::KUBELET_LEASE_RENEW_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
         lease_renew_secs: u64,
         /// Leave the raw-create phase's pods in place while scheduling
         /// (the scheduler then also holds them).

@@ -124,20 +124,17 @@ pub(crate) async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Res
             f.per_sec, f.p50_ms, f.p99_ms
         );
     }
-    println!(
-        "{:<40} {:>10.2} {:>10.2} {:>10.2}",
-        "ratio ClusterIP / direct (target >= 0.9)",
-        c.per_sec / d.per_sec,
-        c.p50_ms / d.p50_ms,
-        c.p99_ms / d.p99_ms
-    );
-    println!(
-        "{:<40} {:>10.2} {:>10.2} {:>10.2}",
-        "ratio NodePort / direct (target >= 0.8)",
-        p.per_sec / d.per_sec,
-        p.p50_ms / d.p50_ms,
-        p.p99_ms / d.p99_ms
-    );
+    for (label, f) in [
+        ("ratio ClusterIP / direct (target >= 0.9)", c),
+        ("ratio NodePort / direct (target >= 0.8)", p),
+    ] {
+        println!(
+            "{label:<40} {:>10.2} {:>10.2} {:>10.2}",
+            f.per_sec / d.per_sec,
+            f.p50_ms / d.p50_ms,
+            f.p99_ms / d.p99_ms
+        );
+    }
     println!(
         "{}",
         json!({

@@ -62,8 +62,8 @@ pub(crate) async fn bench_schedule(
     let (_, raw_elapsed) =
         crate::list::create_pods(&pod_api, "bench-raw", "bench-none", pods, concurrency).await?;
     let raw_rate = pods as f64 / raw_elapsed.as_secs_f64();
-    // Gone before the scheduler starts: the cluster it is measured on
-    // holds the nodes and the pods it schedules, no others.
+    // Unless kept, gone before the scheduler starts: the cluster it is
+    // measured on holds the nodes and the pods it schedules, no others.
     let raw_to_delete = if harness.keep_raw_pods { 0 } else { pods };
     if raw_to_delete > 0 {
         eprintln!("deleting the raw pods...");

@@ -140,16 +140,7 @@ impl Hosts {
                 }
             };
             ip(&["-n", &hub, "link", "set", &port, "up"])?;
-            ip(&[
-                "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+            eth0_up(&netns, address)?;
             if let Some(gateway) = gateway {
                 ip(&["-n", &netns, "route", "add", "default", "via", &gateway])?;
             }
@@ -201,16 +192,7 @@ impl Hosts {
         ip(&["-n", &host, "link", "set", "rawv", "master", "rawbr"])?;
         ip(&["-n", &host, "link", "set", "rawv", "up"])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
+        eth0_up(&netns, address)?;
         ip(&[
             "-n",
             &netns,
@@ -459,6 +441,21 @@ impl Hosts {
 
 /// Removes the namespaces and containers of runs of `base` whose process
 /// is gone.
+/// Gives `eth0` of namespace `netns` its `address` (a /24) and brings
+/// it up.
+fn eth0_up(netns: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+    ip(&[
+        "-n",
+        netns,
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", netns, "link", "set", "eth0", "up"])
+}
+
 fn sweep(base: &str) {
     let listed = Command::new("ip").args(["netns", "list"]).output();
     let names: Vec<String> = listed
