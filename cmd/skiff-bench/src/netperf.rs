@@ -24,9 +24,11 @@ use skiff_testkit::hosts::{Hosts, Link};
 use crate::{Figures, figures};
 
 /// The path of namespaces plumbed by hand with a pod's hops on two
-/// hosts (`Hosts::raw_pod`): what the host-gw pod path costs here without
+/// hosts (`Hosts::raw_pods`): what the host-gw pod path costs here without
 /// Skiff.
 const RAW_HOST_GW: &str = "same hops by hand, host-gw";
+/// ... and with a VXLAN device between hosts that share no link.
+const RAW_VXLAN: &str = "same hops by hand, vxlan";
 /// The port the bench's server listens on in every namespace.
 const PORT: u16 = 9000;
 /// Bytes each way per request.
@@ -265,8 +267,10 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
         .await?;
         // The floor of the pod path on these simulated hosts: the same
         // veths, bridges and routed hops, plumbed by hand.
-        let (raw_client, _) = hosts.raw_pod(1)?;
-        let (raw_server, raw_ip) = hosts.raw_pod(2)?;
+        let raw = hosts.raw_pods(&[1, 2])?;
+        let [(raw_client, _), (raw_server, raw_ip)] = &raw[..] else {
+            unreachable!("two hosts")
+        };
         let paths = [
             NetPath {
                 name: "host to host (one L2 link)",
@@ -288,9 +292,9 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             },
             NetPath {
                 name: RAW_HOST_GW,
-                client: raw_client,
-                server: raw_server,
-                target: raw_ip,
+                client: raw_client.clone(),
+                server: raw_server.clone(),
+                target: *raw_ip,
             },
         ];
         let figures = measure(&paths, connections, seconds)?;
@@ -299,8 +303,12 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
         }
     }
     {
-        let (hosts, ips) =
+        let (mut hosts, ips) =
             cluster("sknv", Link::Routed, "vxlan", &[("client", 1), ("far", 2)]).await?;
+        let raw = hosts.raw_pods(&[1, 2])?;
+        let [(raw_client, _), (raw_server, raw_ip)] = &raw[..] else {
+            unreachable!("two hosts")
+        };
         let paths = [
             NetPath {
                 name: "host to host (routed)",
@@ -313,6 +321,12 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
                 client: pod_netns("client", &hosts.hosts[1].node)?,
                 server: pod_netns("far", &hosts.hosts[2].node)?,
                 target: ips["far"],
+            },
+            NetPath {
+                name: RAW_VXLAN,
+                client: raw_client.clone(),
+                server: raw_server.clone(),
+                target: *raw_ip,
             },
         ];
         let figures = measure(&paths, connections, seconds)?;
@@ -351,14 +365,23 @@ pub async fn bench_netperf(seconds: f64, connections: usize) -> anyhow::Result<(
             .find(|(n, _, _)| *n == name)
             .map_or(0.0, |(_, f, _)| f.per_sec)
     };
-    let by_hand = per_sec(RAW_HOST_GW);
-    let floor = if by_hand > 0.0 {
-        per_sec("pod to pod, host-gw") / by_hand
-    } else {
-        0.0
-    };
-    println!("pod to pod, host-gw vs the same hops by hand: {floor:.2}x");
-    json.insert("host_gw_vs_same_hops_by_hand".into(), floor.into());
+    for (pods, by_hand, key) in [
+        (
+            "pod to pod, host-gw",
+            RAW_HOST_GW,
+            "host_gw_vs_same_hops_by_hand",
+        ),
+        ("pod to pod, vxlan", RAW_VXLAN, "vxlan_vs_same_hops_by_hand"),
+    ] {
+        let floor = per_sec(by_hand);
+        let ratio = if floor > 0.0 {
+            per_sec(pods) / floor
+        } else {
+            0.0
+        };
+        println!("{pods} vs the same hops by hand: {ratio:.2}x");
+        json.insert(key.into(), ratio.into());
+    }
     println!("targets: host-gw >= 0.9x, vxlan >= 0.7x of host to host");
     println!("{}", serde_json::Value::Object(json));
     Ok(())

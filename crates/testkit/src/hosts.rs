@@ -54,6 +54,8 @@ pub struct Hosts {
     pub dir: tempfile::TempDir,
     /// The bootstrap token and CA hash agents join with.
     join: Option<(String, String)>,
+    /// How the hosts are linked.
+    link: Link,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -90,6 +92,7 @@ impl Hosts {
             processes: Vec::new(),
             dir,
             join: None,
+            link,
         };
         let hub = format!("{prefix}-hub");
         ip(&["netns", "add", &hub])?;
@@ -156,74 +159,153 @@ impl Hosts {
         Ok(me)
     }
 
-    /// A network namespace plumbed by hand the way the CNI bridge plugin
-    /// plumbs a pod on host `i` (a veth pair to a bridge of the host's,
-    /// the bridge its gateway), in `10.250.<i>.0/24`, and a route to that
-    /// subnet through host `i` on every other agent host (host-gw's
-    /// shape; the hosts must share a link). The same hops as a pod's
-    /// path without any of Skiff: a benchmark's raw baseline. Its path
-    /// (for `setns`) and address; removed with the hosts.
+    /// A network namespace on each of hosts `on`, plumbed by hand the way
+    /// the CNI bridge plugin plumbs a pod (a veth pair to a bridge of the
+    /// host's, the bridge its gateway) in `10.250.<i>.0/24`, and routes
+    /// between them the way the agent's backend for this link does: on a
+    /// LAN a route per host via its address (host-gw); routed, a kernel
+    /// VXLAN device per host (VNI 99, port 4799, its own address
+    /// `10.251.<i>.0`) with an on-link route, a neighbour and a forwarding
+    /// entry per peer (flannel's VXLAN scheme, as the agent's). The same
+    /// hops as a pod's path, none of Skiff's rules on them: a benchmark's
+    /// floor. Each namespace's path (for `setns`) and address, in the
+    /// order of `on`; removed with the hosts. Once per host.
     ///
     /// # Errors
-    /// When `ip` fails.
-    pub fn raw_pod(&mut self, i: usize) -> anyhow::Result<(PathBuf, Ipv4Addr)> {
-        let host = self.hosts[i].netns.clone();
-        let netns = format!("{host}-raw");
-        ip(&["netns", "add", &netns])?;
-        self.namespaces.push(netns.clone());
-        let octet = u8::try_from(i).context("host index")?;
-        let gateway = Ipv4Addr::new(10, 250, octet, 1);
-        let address = Ipv4Addr::new(10, 250, octet, 2);
-        ip(&["-n", &host, "link", "add", "rawbr", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{gateway}/24"),
-            "dev",
-            "rawbr",
-        ])?;
-        ip(&["-n", &host, "link", "set", "rawbr", "up"])?;
-        ip(&[
-            "-n", &host, "link", "add", "rawv", "type", "veth", "peer", "name", "eth0", "netns",
-            &netns,
-        ])?;
-        ip(&["-n", &host, "link", "set", "rawv", "master", "rawbr"])?;
-        ip(&["-n", &host, "link", "set", "rawv", "up"])?;
-        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        eth0_up(&netns, address)?;
-        ip(&[
-            "-n",
-            &netns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gateway.to_string(),
-        ])?;
-        ip(&[
-            "netns",
-            "exec",
-            &host,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
-        let via = self.hosts[i].ip.to_string();
-        for other in (1..self.hosts.len()).filter(|j| *j != i) {
-            let subnet = format!("10.250.{octet}.0/24");
+    /// When `ip` or `bridge` fails.
+    pub fn raw_pods(&mut self, on: &[usize]) -> anyhow::Result<Vec<(PathBuf, Ipv4Addr)>> {
+        let octet = |i: usize| u8::try_from(i).context("host index");
+        let vtep_mac = |i: u8| format!("02:00:00:fa:00:{i:02x}");
+        let mtu = match self.link {
+            Link::Lan => "1500",
+            Link::Routed => "1450",
+        };
+        let mut made = Vec::new();
+        for &i in on {
+            let host = self.hosts[i].netns.clone();
+            let netns = format!("{host}-raw");
+            ip(&["netns", "add", &netns])?;
+            self.namespaces.push(netns.clone());
+            let n = octet(i)?;
+            let gateway = Ipv4Addr::new(10, 250, n, 1);
+            let address = Ipv4Addr::new(10, 250, n, 2);
+            ip(&["-n", &host, "link", "add", "rawbr", "type", "bridge"])?;
             ip(&[
                 "-n",
-                &self.hosts[other].netns,
+                &host,
+                "addr",
+                "add",
+                &format!("{gateway}/24"),
+                "dev",
+                "rawbr",
+            ])?;
+            ip(&["-n", &host, "link", "set", "rawbr", "up"])?;
+            ip(&[
+                "-n", &host, "link", "add", "rawv", "mtu", mtu, "type", "veth", "peer", "name",
+                "eth0", "mtu", mtu, "netns", &netns,
+            ])?;
+            ip(&["-n", &host, "link", "set", "rawv", "master", "rawbr"])?;
+            ip(&["-n", &host, "link", "set", "rawv", "up"])?;
+            ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+            eth0_up(&netns, address)?;
+            ip(&[
+                "-n",
+                &netns,
                 "route",
                 "add",
-                &subnet,
+                "default",
                 "via",
-                &via,
+                &gateway.to_string(),
             ])?;
+            ip(&[
+                "netns",
+                "exec",
+                &host,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])?;
+            if self.link == Link::Routed {
+                let local = self.hosts[i].ip.to_string();
+                ip(&[
+                    "-n",
+                    &host,
+                    "link",
+                    "add",
+                    "rawvx",
+                    "address",
+                    &vtep_mac(n),
+                    "mtu",
+                    mtu,
+                    "type",
+                    "vxlan",
+                    "id",
+                    "99",
+                    "local",
+                    &local,
+                    "dev",
+                    "eth0",
+                    "dstport",
+                    "4799",
+                    "nolearning",
+                ])?;
+                ip(&[
+                    "-n",
+                    &host,
+                    "addr",
+                    "add",
+                    &format!("10.251.{n}.0/32"),
+                    "dev",
+                    "rawvx",
+                ])?;
+                ip(&["-n", &host, "link", "set", "rawvx", "up"])?;
+            }
+            made.push((PathBuf::from(format!("/run/netns/{netns}")), address));
         }
-        Ok((PathBuf::from(format!("/run/netns/{netns}")), address))
+        for &i in on {
+            let n = octet(i)?;
+            let subnet = format!("10.250.{n}.0/24");
+            let via = self.hosts[i].ip.to_string();
+            for &j in on.iter().filter(|j| **j != i) {
+                let peer = &self.hosts[j].netns;
+                match self.link {
+                    Link::Lan => ip(&["-n", peer, "route", "add", &subnet, "via", &via])?,
+                    Link::Routed => {
+                        let vtep = format!("10.251.{n}.0");
+                        ip(&[
+                            "-n",
+                            peer,
+                            "neigh",
+                            "add",
+                            &vtep,
+                            "lladdr",
+                            &vtep_mac(n),
+                            "dev",
+                            "rawvx",
+                            "nud",
+                            "permanent",
+                        ])?;
+                        let fdb = Command::new("bridge")
+                            .args(["-n", peer, "fdb", "append", &vtep_mac(n), "dev", "rawvx"])
+                            .args(["dst", &via])
+                            .stdin(Stdio::null())
+                            .output()
+                            .context("running bridge")?;
+                        if !fdb.status.success() {
+                            bail!(
+                                "bridge fdb append: {}",
+                                String::from_utf8_lossy(&fdb.stderr)
+                            );
+                        }
+                        ip(&[
+                            "-n", peer, "route", "add", &subnet, "via", &vtep, "dev", "rawvx",
+                            "onlink",
+                        ])?;
+                    }
+                }
+            }
+        }
+        Ok(made)
     }
 
     /// `program args` inside host `i`.
