@@ -167,8 +167,8 @@ impl Hosts {
     /// VXLAN device per host (VNI 99, port 4799, its own address
     /// `10.251.<i>.0`) with an on-link route, a neighbour and a forwarding
     /// entry per peer (flannel's VXLAN scheme, as the agent's). The same
-    /// hops as a pod's path, none of Skiff's rules on them: a benchmark's
-    /// floor. Each namespace's path (for `setns`) and address, in the
+    /// hops as a pod's path, matched by none of Skiff's rules (they still
+    /// pass its chains in the host's namespace): a benchmark's floor. Each namespace's path (for `setns`) and address, in the
     /// order of `on`; removed with the hosts. Once per host.
     ///
     /// # Errors
