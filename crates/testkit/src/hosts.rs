@@ -59,14 +59,19 @@ pub struct Hosts {
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
+    iproute2("ip", args)
+}
+
+/// Runs `program` (`ip`, `bridge`) with `args`; its error output on failure.
+fn iproute2(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .context("running ip")?;
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -272,6 +277,7 @@ impl Hosts {
                     Link::Lan => ip(&["-n", peer, "route", "add", &subnet, "via", &via])?,
                     Link::Routed => {
                         let vtep = format!("10.251.{n}.0");
+                        let mac = vtep_mac(n);
                         ip(&[
                             "-n",
                             peer,
@@ -279,24 +285,18 @@ impl Hosts {
                             "add",
                             &vtep,
                             "lladdr",
-                            &vtep_mac(n),
+                            &mac,
                             "dev",
                             "rawvx",
                             "nud",
                             "permanent",
                         ])?;
-                        let fdb = Command::new("bridge")
-                            .args(["-n", peer, "fdb", "append", &vtep_mac(n), "dev", "rawvx"])
-                            .args(["dst", &via])
-                            .stdin(Stdio::null())
-                            .output()
-                            .context("running bridge")?;
-                        if !fdb.status.success() {
-                            bail!(
-                                "bridge fdb append: {}",
-                                String::from_utf8_lossy(&fdb.stderr)
-                            );
-                        }
+                        iproute2(
+                            "bridge",
+                            &[
+                                "-n", peer, "fdb", "append", &mac, "dev", "rawvx", "dst", &via,
+                            ],
+                        )?;
                         ip(&[
                             "-n", peer, "route", "add", &subnet, "via", &vtep, "dev", "rawvx",
                             "onlink",
