@@ -19,7 +19,7 @@
 //! SVC-h: from 127.0.0.0/8 → MARK-MASQ; ClientIP affinity (recent);
 //!        one SEP per endpoint, chosen at random with equal odds
 //! SEP-h: from itself (hairpin) → MARK-MASQ; DNAT to ip:port
-//! POSTROUTING ─► POSTROUTING: marked → MASQUERADE
+//! POSTROUTING ─► POSTROUTING: marked → mark cleared, MASQUERADE
 //! ```
 //!
 //! Connections to a ClusterIP are masqueraded only when they could not come
@@ -208,12 +208,19 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
     // stale state of other tuples, the exact path not pinned down).
     let _ = writeln!(
         nat,
-        "-A {postrouting} -m addrtype --src-type LOCAL -m mark --mark {MASQ_MARK} -j MASQUERADE"
+        "-A {postrouting} -m mark ! --mark {MASQ_MARK} -j RETURN"
     );
+    // The mark is cleared before the masquerade, as kube-proxy does: a
+    // packet that comes through this chain again (the outer packet of a
+    // VXLAN-encapsulated one keeps its inner packet's mark) is not taken
+    // for one to masquerade.
+    let bit = MASQ_MARK.split_once('/').map_or(MASQ_MARK, |(bit, _)| bit);
+    let _ = writeln!(nat, "-A {postrouting} -j MARK --xor-mark {bit}");
     let _ = writeln!(
         nat,
-        "-A {postrouting} -m mark --mark {MASQ_MARK} -j MASQUERADE --random-fully"
+        "-A {postrouting} -m addrtype --src-type LOCAL -j MASQUERADE"
     );
+    let _ = writeln!(nat, "-A {postrouting} -j MASQUERADE --random-fully");
 
     let filter_services = format!("{prefix}-SERVICES");
     let external = format!("{prefix}-EXTERNAL");
