@@ -20,16 +20,22 @@ use super::*;
 /// The node `skiff up` registers.
 const UP_NODE: &str = "idle-up";
 
-/// Resident memory of `pid`, in KiB (None once it is gone).
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+/// One sample of a process's resident memory, in bytes: total (`VmRSS`),
+/// anonymous and file-backed (see `skiff_testkit::rss_split_bytes`).
+#[derive(Clone, Copy)]
+struct Rss {
+    total: u64,
+    anon: u64,
+    file: u64,
+}
+
+impl Rss {
+    /// None once the process is gone.
+    fn of(pid: u32) -> Option<Rss> {
+        let total = skiff_testkit::rss_bytes(pid)?;
+        let (anon, file) = skiff_testkit::rss_split_bytes(pid)?;
+        Some(Rss { total, anon, file })
+    }
 }
 
 /// `skiff ARGS` as the cluster's admin (its HOME holds the admin config):
@@ -68,14 +74,23 @@ async fn wait_ready(home: &Path, node: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Median and peak of `samples` (KiB) in MiB.
-fn summary(samples: &mut [u64]) -> (f64, f64) {
+/// Median and peak of `samples` (bytes) in MiB.
+fn summary(mut samples: Vec<u64>) -> (f64, f64) {
     samples.sort_unstable();
-    let mib = |k: u64| k as f64 / 1024.0;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     (
         mib(samples[samples.len() / 2]),
         mib(*samples.last().unwrap_or(&0)),
     )
+}
+
+/// The printed row and JSON of one process's samples.
+fn report(label: &str, samples: &[Rss]) -> serde_json::Value {
+    let (median, peak) = summary(samples.iter().map(|s| s.total).collect());
+    let (anon, _) = summary(samples.iter().map(|s| s.anon).collect());
+    let (file, _) = summary(samples.iter().map(|s| s.file).collect());
+    println!("{label:<50} {median:>8.1} MiB {peak:>6.1} MiB {anon:>6.1} MiB {file:>6.1} MiB");
+    json!({"median": median, "peak": peak, "anon_median": anon, "file_median": file})
 }
 
 /// Whether Docker has a network of that name.
@@ -169,24 +184,20 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(settle)).await;
     let (mut cluster, mut joined) = (Vec::new(), Vec::new());
     for _ in 0..samples {
-        cluster.push(rss_kib(up.pid()).context("skiff up exited")?);
-        joined.push(rss_kib(agent.pid()).context("the agent exited")?);
+        cluster.push(Rss::of(up.pid()).context("skiff up exited")?);
+        joined.push(Rss::of(agent.pid()).context("the agent exited")?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (up_median, up_peak) = summary(&mut cluster);
-    let (agent_median, agent_peak) = summary(&mut joined);
     println!();
     println!(
-        "{:<50} {:>12} {:>10}",
-        "PROCESS (idle)", "RSS MEDIAN", "RSS PEAK"
+        "{:<50} {:>12} {:>10} {:>10} {:>10}",
+        "PROCESS (idle)", "RSS MEDIAN", "RSS PEAK", "ANON", "FILE"
     );
+    let up_json = report("skiff up (server, controllers, scheduler, agent)", &cluster);
+    let agent_json = report("skiff agent (joined, process runtime)", &joined);
     println!(
-        "{:<50} {:>8.1} MiB {:>6.1} MiB",
-        "skiff up (server, controllers, scheduler, agent)", up_median, up_peak
-    );
-    println!(
-        "{:<50} {:>8.1} MiB {:>6.1} MiB",
-        "skiff agent (joined, process runtime)", agent_median, agent_peak
+        "(ANON: the process's own memory; FILE: the binary's code paged in, \
+         shared and reclaimable; medians)"
     );
     println!(
         "{}",
@@ -194,8 +205,8 @@ async fn measure(
             "bench": "idle",
             "settle_s": settle,
             "samples": samples,
-            "skiff_up_rss_mib": {"median": up_median, "peak": up_peak},
-            "joined_agent_rss_mib": {"median": agent_median, "peak": agent_peak},
+            "skiff_up_rss_mib": up_json,
+            "joined_agent_rss_mib": agent_json,
         })
     );
     Ok(())

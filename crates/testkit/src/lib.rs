@@ -225,6 +225,19 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmHWM:")
 }
 
+/// A process's resident memory split as the kernel counts it, in bytes:
+/// `(anonymous, file-backed)` (`RssAnon`, `RssFile`; their sum plus
+/// `RssShmem` is `VmRSS`). File-backed pages are mostly the binary's code
+/// as it was paged in: clean, shared by every process of that binary, and
+/// given back by the kernel under memory pressure; anonymous memory is
+/// the process's own (heap, stacks).
+pub fn rss_split_bytes(pid: u32) -> Option<(u64, u64)> {
+    Some((
+        status_bytes(pid, "RssAnon:")?,
+        status_bytes(pid, "RssFile:")?,
+    ))
+}
+
 /// A size line of `/proc/PID/status` (kB), in bytes.
 fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
