@@ -106,7 +106,7 @@ pub async fn run(target: Target, report: impl Fn(ProbeState)) {
     let start = Instant::now();
     let mut runners: Vec<Runner> = Vec::new();
     if let Some(p) = &target.spec.startup_probe {
-        runners.push(Runner::new(Kind::Startup, p.clone(), start));
+        runners.push(Runner::new(Kind::Startup, (**p).clone(), start));
     } else {
         runners.extend(steady_runners(&target.spec, start));
     }
@@ -149,10 +149,10 @@ pub async fn run(target: Target, report: impl Fn(ProbeState)) {
 fn steady_runners(spec: &PodContainer, from: Instant) -> Vec<Runner> {
     let mut runners = Vec::new();
     if let Some(p) = &spec.liveness_probe {
-        runners.push(Runner::new(Kind::Liveness, p.clone(), from));
+        runners.push(Runner::new(Kind::Liveness, (**p).clone(), from));
     }
     if let Some(p) = &spec.readiness_probe {
-        runners.push(Runner::new(Kind::Readiness, p.clone(), from));
+        runners.push(Runner::new(Kind::Readiness, (**p).clone(), from));
     }
     runners
 }

@@ -312,7 +312,7 @@ mod tests {
     fn make_pod(pod_sc: PodSecurityContext, own: SecurityContext) -> (Pod, Container) {
         let container = Container {
             name: "app".into(),
-            security_context: Some(own),
+            security_context: Some(Box::new(own)),
             ..Default::default()
         };
         let pod = Pod {
@@ -323,7 +323,7 @@ mod tests {
                 ..Default::default()
             }),
             spec: Some(PodSpec {
-                security_context: Some(pod_sc),
+                security_context: Some(Box::new(pod_sc)),
                 containers: vec![container.clone()],
                 ..Default::default()
             }),

@@ -45,7 +45,7 @@ impl<'a> PodView<'a> {
     }
 
     fn pod_context(&self) -> Option<&'a PodSecurityContext> {
-        self.spec.security_context.as_ref()
+        self.spec.security_context.as_deref()
     }
 
     /// `spec.os.name` is `windows`: Kubernetes skips the Linux-only
@@ -62,7 +62,7 @@ impl<'a> PodView<'a> {
 }
 
 fn context(c: &Container) -> Option<&SecurityContext> {
-    c.security_context.as_ref()
+    c.security_context.as_deref()
 }
 
 /// A failed check: Kubernetes' `ForbiddenReason` and `ForbiddenDetail`.
@@ -335,11 +335,11 @@ fn host_probes_and_lifecycle(pod: &PodView<'_>) -> Option<Violation> {
     let mut containers = BTreeSet::new();
     let mut bad_hosts = BTreeSet::new();
     for c in pod.containers() {
-        let lifecycle = c.lifecycle.as_ref();
+        let lifecycle = c.lifecycle.as_deref();
         let actions = [
-            probe(c.liveness_probe.as_ref()),
-            probe(c.readiness_probe.as_ref()),
-            probe(c.startup_probe.as_ref()),
+            probe(c.liveness_probe.as_deref()),
+            probe(c.readiness_probe.as_deref()),
+            probe(c.startup_probe.as_deref()),
             handler(lifecycle.and_then(|l| l.post_start.as_ref())),
             handler(lifecycle.and_then(|l| l.pre_stop.as_ref())),
         ];

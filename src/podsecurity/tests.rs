@@ -39,14 +39,14 @@ fn hardened(name: &str) -> Container {
 fn hardened_spec() -> PodSpec {
     PodSpec {
         containers: vec![hardened("app")],
-        security_context: Some(PodSecurityContext {
+        security_context: Some(Box::new(PodSecurityContext {
             run_as_non_root: Some(true),
             seccomp_profile: Some(SeccompProfile {
                 r#type: "RuntimeDefault".into(),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -196,7 +196,7 @@ fn a_pod_with_several_violations_lists_them_in_kubernetes_order() {
             ..Default::default()
         });
     })];
-    s.security_context = Some(PodSecurityContext {
+    s.security_context = Some(Box::new(PodSecurityContext {
         sysctls: vec![
             Sysctl {
                 name: "kernel.msgmax".into(),
@@ -208,7 +208,7 @@ fn a_pod_with_several_violations_lists_them_in_kubernetes_order() {
             },
         ],
         ..Default::default()
-    });
+    }));
     assert_eq!(
         baseline(&s),
         [
@@ -265,13 +265,13 @@ fn baseline_refuses_unconfined_apparmor_annotations() {
 #[test]
 fn baseline_refuses_probe_hosts_but_a_user_namespace_may_unmask_proc() {
     let mut c = container("app");
-    c.liveness_probe = Some(Probe {
+    c.liveness_probe = Some(Box::new(Probe {
         http_get: Some(HttpGetAction {
             host: "169.254.169.254".into(),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let mut s = spec(&[]);
     s.containers = vec![with_context(c, |s| s.proc_mount = Some("Unmasked".into()))];
     s.host_users = Some(false);

@@ -220,7 +220,7 @@ impl Starter<'_> {
         }
         // postStart, before the pod's next container starts; a failure
         // kills this one, which then restarts by the pod's policy.
-        if let Some(post_start) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        if let Some(post_start) = c.lifecycle.as_deref().and_then(|l| l.post_start.as_ref()) {
             let target = lifecycle::Target {
                 runtime: &shared.runtime,
                 container_id: &id,

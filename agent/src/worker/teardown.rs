@@ -74,7 +74,7 @@ pub(super) async fn stop_container(
     grace: Duration,
 ) -> Result<(), RuntimeError> {
     let hook = declared(pod, c).and_then(|d| {
-        let pre_stop = d.lifecycle.as_ref()?.pre_stop.as_ref()?;
+        let pre_stop = d.lifecycle.as_deref()?.pre_stop.as_ref()?;
         Some((d, pre_stop))
     });
     let Some((spec, pre_stop)) = hook.filter(|_| !grace.is_zero()) else {
@@ -186,18 +186,18 @@ mod tests {
             ..Default::default()
         };
         let mut c = PodContainer {
-            liveness_probe: Some(Probe::default()),
+            liveness_probe: Some(Box::new(Probe::default())),
             ..Default::default()
         };
         assert_eq!(probe_kill_grace(&c, &pod, true), Duration::from_secs(30));
-        c.liveness_probe = Some(Probe {
+        c.liveness_probe = Some(Box::new(Probe {
             termination_grace_period_seconds: Some(5),
             ..Default::default()
-        });
-        c.startup_probe = Some(Probe {
+        }));
+        c.startup_probe = Some(Box::new(Probe {
             termination_grace_period_seconds: Some(7),
             ..Default::default()
-        });
+        }));
         assert_eq!(probe_kill_grace(&c, &pod, true), Duration::from_secs(5));
         // Before it started, the startup probe failed: its own.
         assert_eq!(probe_kill_grace(&c, &pod, false), Duration::from_secs(7));

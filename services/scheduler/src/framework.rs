@@ -157,7 +157,7 @@ impl NodeInfo {
         let required_anti = pod
             .spec
             .as_ref()
-            .and_then(|s| s.affinity.as_ref())
+            .and_then(|s| s.affinity.as_deref())
             .and_then(|a| a.pod_anti_affinity.as_ref())
             .is_some_and(|a| {
                 !a.required_during_scheduling_ignored_during_execution
@@ -188,7 +188,7 @@ impl NodeInfo {
 pub fn has_pod_affinity(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
-        .and_then(|s| s.affinity.as_ref())
+        .and_then(|s| s.affinity.as_deref())
         .is_some_and(|a| {
             a.pod_affinity.as_ref().is_some_and(|p| {
                 !p.required_during_scheduling_ignored_during_execution

@@ -323,7 +323,7 @@ mod tests {
         PodSpec {
             containers: vec![Container {
                 name: "app".into(),
-                security_context: Some(sc),
+                security_context: Some(Box::new(sc)),
                 ..Default::default()
             }],
             ..Default::default()
@@ -334,7 +334,7 @@ mod tests {
     fn what_skiff_cannot_do_is_refused_by_field() {
         let spec = PodSpec {
             host_users: Some(false),
-            security_context: Some(PodSecurityContext {
+            security_context: Some(Box::new(PodSecurityContext {
                 se_linux_options: Some(SeLinuxOptions {
                     level: "s0".into(),
                     r#type: "spc_t".into(),
@@ -346,7 +346,7 @@ mod tests {
                 }],
                 supplemental_groups_policy: Some("Strict".into()),
                 ..Default::default()
-            }),
+            })),
             ..with_context(SecurityContext {
                 proc_mount: Some("Unmasked".into()),
                 ..Default::default()
@@ -415,13 +415,13 @@ mod tests {
             host_port: 8080,
             ..Default::default()
         }];
-        host.security_context = Some(PodSecurityContext {
+        host.security_context = Some(Box::new(PodSecurityContext {
             sysctls: vec![Sysctl {
                 name: "net.ipv4.ip_local_port_range".into(),
                 value: "1024 65000".into(),
             }],
             ..Default::default()
-        });
+        }));
         let errors = errors_of(&host);
         assert!(
             errors.contains("ShareProcessNamespace and HostPID cannot both be enabled"),
@@ -438,7 +438,7 @@ mod tests {
 
         // A compliant restricted pod passes.
         let fine = PodSpec {
-            security_context: Some(PodSecurityContext {
+            security_context: Some(Box::new(PodSecurityContext {
                 run_as_user: Some(1000),
                 fs_group: Some(2000),
                 sysctls: vec![Sysctl {
@@ -450,7 +450,7 @@ mod tests {
                     localhost_profile: None,
                 }),
                 ..Default::default()
-            }),
+            })),
             ..with_context(SecurityContext {
                 allow_privilege_escalation: Some(false),
                 run_as_non_root: Some(true),

@@ -111,7 +111,7 @@ pub(crate) fn selector_with_keys(
 }
 
 fn required(pod: &Pod) -> (Vec<Term>, Vec<Term>) {
-    let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+    let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_deref()) else {
         return (Vec::new(), Vec::new());
     };
     let terms = |list: &[PodAffinityTerm]| list.iter().map(|t| Term::of(t, pod)).collect();
@@ -130,7 +130,7 @@ fn required(pod: &Pod) -> (Vec<Term>, Vec<Term>) {
 
 /// Weighted preferred terms: affinity positive, anti-affinity negative.
 fn preferred(pod: &Pod) -> Vec<(i64, Term)> {
-    let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_ref()) else {
+    let Some(affinity) = pod.spec.as_ref().and_then(|s| s.affinity.as_deref()) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -403,7 +403,7 @@ mod tests {
     }
 
     fn with_affinity(mut p: Pod, affinity: Affinity) -> Pod {
-        p.spec.as_mut().unwrap().affinity = Some(affinity);
+        p.spec.as_mut().unwrap().affinity = Some(Box::new(affinity));
         p
     }
 

@@ -41,7 +41,7 @@ impl ScorePlugin for PreferredNodeAffinity {
         let Some(preferred) = pod
             .spec
             .as_ref()
-            .and_then(|s| s.affinity.as_ref())
+            .and_then(|s| s.affinity.as_deref())
             .and_then(|a| a.node_affinity.as_ref())
             .map(|na| &na.preferred_during_scheduling_ignored_during_execution)
         else {
@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn required_terms_are_ored_and_expressions_anded() {
         let mut p = pod("p", "", "");
-        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+        p.spec.as_mut().unwrap().affinity = Some(Box::new(Affinity {
             node_affinity: Some(Na {
                 required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                     node_selector_terms: vec![
@@ -128,7 +128,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        });
+        }));
         assert!(
             NodeAffinity
                 .filter(&p, &info(labeled("n1", &[("zone", "b")])))
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn preferred_terms_score_by_weight() {
         let mut p = pod("p", "", "");
-        p.spec.as_mut().unwrap().affinity = Some(Affinity {
+        p.spec.as_mut().unwrap().affinity = Some(Box::new(Affinity {
             node_affinity: Some(Na {
                 preferred_during_scheduling_ignored_during_execution: vec![
                     PreferredSchedulingTerm {
@@ -164,7 +164,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        });
+        }));
         let a = info(labeled("a", &[("zone", "a")]));
         let fast = info(labeled("b", &[("fast", "1")]));
         let none = info(labeled("c", &[]));
