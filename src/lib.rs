@@ -242,13 +242,34 @@ mod generated_protos {
 /// Caches hold every pod of a cluster decoded; the optional messages a pod
 /// rarely sets are boxed (build.rs `BOXED`) so they cost a pointer when
 /// unset (a Container went from 2,232 bytes to 440, a PodSpec from 1,184
-/// to 624). Un-boxing one of them shows here.
+/// to 624).
 #[cfg(test)]
 mod layout {
     use crate::pb::core::v1::{Container, Pod, PodSpec};
 
     #[test]
     fn a_pods_rarely_set_parts_are_not_laid_inline() {
+        let (c, s) = (Container::default(), PodSpec::default());
+        let fields = [
+            ("Container.liveness_probe", size_of_val(&c.liveness_probe)),
+            ("Container.readiness_probe", size_of_val(&c.readiness_probe)),
+            ("Container.startup_probe", size_of_val(&c.startup_probe)),
+            ("Container.lifecycle", size_of_val(&c.lifecycle)),
+            (
+                "Container.security_context",
+                size_of_val(&c.security_context),
+            ),
+            ("PodSpec.security_context", size_of_val(&s.security_context)),
+            ("PodSpec.affinity", size_of_val(&s.affinity)),
+            ("PodSpec.dns_config", size_of_val(&s.dns_config)),
+        ];
+        for (name, size) in fields {
+            assert_eq!(
+                size,
+                size_of::<usize>(),
+                "{name} is laid inline ({size} bytes): it should be boxed (build.rs BOXED)"
+            );
+        }
         let sizes = [
             ("Container", size_of::<Container>(), 512),
             ("PodSpec", size_of::<PodSpec>(), 768),
@@ -257,7 +278,7 @@ mod layout {
         for (name, size, bound) in sizes {
             assert!(
                 size <= bound,
-                "{name} is {size} bytes inline (bound {bound}): is a large optional message no longer boxed?"
+                "{name} is {size} bytes inline (bound {bound}): did a large optional message join it unboxed?"
             );
         }
     }

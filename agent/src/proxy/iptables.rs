@@ -197,15 +197,6 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
         "-A {services} -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m comment --comment \"loopback is for this host\" -j RETURN"
     );
     let _ = writeln!(nat, "-A {masq} -j MARK --set-xmark {MASQ_MARK}");
-    // This host's own connections keep their source port when it is free
-    // (one kernel hands out those ports, so their translations rarely
-    // race as many sources' do): a client port reused toward the same
-    // NodePort and endpoint is then the translated 4-tuple of its last
-    // use, whose old conntrack entry the new SYN replaces. With a random
-    // port per connection, localhost:NODEPORT to one pod fell from 4,883
-    // to 975 requests/s after ~15 s of churn (`skiff-bench proxy --seconds
-    // 15`; p99 0.5 s, the client resetting connections: SYNs answered by
-    // stale state of other tuples, the exact path not pinned down).
     let _ = writeln!(
         nat,
         "-A {postrouting} -m mark ! --mark {MASQ_MARK} -j RETURN"
@@ -216,6 +207,15 @@ pub fn render(prefix: &str, ports: &[ServicePort], ranges: &Ranges, existing: &E
     // for one to masquerade.
     let bit = MASQ_MARK.split_once('/').map_or(MASQ_MARK, |(bit, _)| bit);
     let _ = writeln!(nat, "-A {postrouting} -j MARK --xor-mark {bit}");
+    // This host's own connections keep their source port when it is free
+    // (one kernel hands out those ports, so their translations rarely
+    // race as many sources' do): a client port reused toward the same
+    // NodePort and endpoint is then the translated 4-tuple of its last
+    // use, whose old conntrack entry the new SYN replaces. With a random
+    // port per connection, localhost:NODEPORT to one pod fell from 4,883
+    // to 975 requests/s after ~15 s of churn (`skiff-bench proxy --seconds
+    // 15`; p99 0.5 s, the client resetting connections: SYNs answered by
+    // stale state of other tuples, the exact path not pinned down).
     let _ = writeln!(
         nat,
         "-A {postrouting} -m addrtype --src-type LOCAL -j MASQUERADE"

@@ -2,7 +2,8 @@
 //! server, controller manager, scheduler and a Docker agent in one
 //! process, TLS on) and a second agent joined to it with a bootstrap
 //! token (the process runtime), both left idle; their resident memory
-//! (VmRSS) sampled every second, median and peak printed per process.
+//! (VmRSS) sampled every second, median and peak printed per process,
+//! with the medians of its anonymous and file-backed parts.
 //!
 //! It uses the `skiff` Docker network, as `skiff up` does, so it refuses
 //! to run while that network exists (another `skiff up`). Everything it
@@ -196,7 +197,7 @@ async fn measure(
     let up_json = report("skiff up (server, controllers, scheduler, agent)", &cluster);
     let agent_json = report("skiff agent (joined, process runtime)", &joined);
     println!(
-        "(ANON: the process's own memory; FILE: the binary's code paged in, \
+        "(ANON: the process's own memory; FILE: code paged in, the binary's and libc's, \
          shared and reclaimable; medians)"
     );
     println!(
