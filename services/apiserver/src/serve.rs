@@ -18,8 +18,6 @@ use tonic::body::Body;
 use tonic::transport::server::Connected as _;
 use tower::ServiceExt as _;
 
-mod coalesce;
-
 /// How long an HTTP/2 connection may stay silent before a ping, and how
 /// long the ping may take: dead peers (a crashed agent's watches) are
 /// found and their streams freed.
@@ -75,10 +73,7 @@ pub async fn connections<S, B>(
                     request
                 });
         let served = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(coalesce::Coalesce::new(conn)),
-                TowerToHyperService::new(service),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(conn), TowerToHyperService::new(service))
             .into_owned();
         let served = graceful.watch(served);
         tokio::spawn(async move {
