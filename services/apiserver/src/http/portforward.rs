@@ -183,6 +183,11 @@ pub async fn serve(
                         if writer.write_all(&bytes).await.is_err() {
                             return;
                         }
+                        // Written is not sent until flushed (a buffered
+                        // transport holds it): kubectl waits for each reply.
+                        if out_rx.is_empty() && writer.flush().await.is_err() {
+                            return;
+                        }
                     }
                     let _ = writer.shutdown().await;
                 });
