@@ -211,6 +211,11 @@ enum Command {
         /// client-go) instead of gRPC.
         #[arg(long)]
         http: bool,
+        /// Bytes of padding in the watched object, so its events are the
+        /// size of real objects' (a Pod's are 1-3 KB; HTTP/2 sends a data
+        /// frame of 256 bytes or more by itself, not copied into a batch).
+        #[arg(long, default_value_t = 0)]
+        object_bytes: usize,
     },
 }
 
@@ -450,7 +455,8 @@ async fn main() -> anyhow::Result<()> {
             watchers,
             changes,
             http,
-        } => watch::bench_watch(watchers, changes, http).await,
+            object_bytes,
+        } => watch::bench_watch(watchers, changes, http, object_bytes).await,
         Command::Idle { settle, samples } => idle::bench_idle(settle, samples).await,
         Command::Schedule {
             nodes,

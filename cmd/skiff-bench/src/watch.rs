@@ -3,7 +3,13 @@
 // The shared helpers and imports of the bench binary.
 use super::*;
 
-pub(crate) async fn bench_watch(watchers: usize, changes: usize, http: bool) -> anyhow::Result<()> {
+pub(crate) async fn bench_watch(
+    watchers: usize,
+    changes: usize,
+    http: bool,
+    object_bytes: usize,
+) -> anyhow::Result<()> {
+    let pad = "x".repeat(object_bytes);
     let dir = tempfile::tempdir()?;
     let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
     let mut cm = ConfigMapsClient::new(skiff_testkit::channel(server.addr).await?);
@@ -95,6 +101,9 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize, http: bool) -> 
     let mut current = created;
     for n in 0..changes {
         current.data = [("n".to_string(), n.to_string())].into_iter().collect();
+        if !pad.is_empty() {
+            current.data.insert("pad".into(), pad.clone());
+        }
         let t = Instant::now();
         current = cm.update(current.clone()).await?.into_inner();
         sent_at.push(t);
@@ -148,6 +157,7 @@ pub(crate) async fn bench_watch(watchers: usize, changes: usize, http: bool) -> 
             "door": if http { "http" } else { "grpc" },
             "watchers": watchers,
             "changes": changes,
+            "object_bytes": object_bytes,
             "deliveries": delivered,
             "p50_ms": p50,
             "p99_ms": p99,
