@@ -33,8 +33,7 @@ struct Rss {
 impl Rss {
     /// None once the process is gone.
     fn of(pid: u32) -> Option<Rss> {
-        let total = skiff_testkit::rss_bytes(pid)?;
-        let (anon, file) = skiff_testkit::rss_split_bytes(pid)?;
+        let (total, anon, file) = skiff_testkit::rss_split_bytes(pid)?;
         Some(Rss { total, anon, file })
     }
 }

@@ -216,6 +216,12 @@ enum Command {
         /// frame of 256 bytes or more by itself, not copied into a batch).
         #[arg(long, default_value_t = 0)]
         object_bytes: usize,
+        /// Milliseconds from one change's answer to the next change. Raise
+        /// it for many large watchers: at 20, 10,000 watchers of a
+        /// Pod-sized object are more than two cores can feed, and the
+        /// latency measures the queue, not the fan-out.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
     },
 }
 
@@ -456,7 +462,11 @@ async fn main() -> anyhow::Result<()> {
             changes,
             http,
             object_bytes,
-        } => watch::bench_watch(watchers, changes, http, object_bytes).await,
+            interval_ms,
+        } => {
+            let interval = Duration::from_millis(interval_ms);
+            watch::bench_watch(watchers, changes, http, object_bytes, interval).await
+        }
         Command::Idle { settle, samples } => idle::bench_idle(settle, samples).await,
         Command::Schedule {
             nodes,

@@ -8,6 +8,7 @@ pub(crate) async fn bench_watch(
     changes: usize,
     http: bool,
     object_bytes: usize,
+    interval: Duration,
 ) -> anyhow::Result<()> {
     let pad = "x".repeat(object_bytes);
     let dir = tempfile::tempdir()?;
@@ -107,7 +108,7 @@ pub(crate) async fn bench_watch(
         let t = Instant::now();
         current = cm.update(current.clone()).await?.into_inner();
         sent_at.push(t);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(interval).await;
     }
     let mut latencies = Vec::new();
     let mut to_all = vec![Duration::ZERO; changes];
@@ -158,6 +159,7 @@ pub(crate) async fn bench_watch(
             "watchers": watchers,
             "changes": changes,
             "object_bytes": object_bytes,
+            "interval_ms": interval.as_millis(),
             "deliveries": delivered,
             "p50_ms": p50,
             "p99_ms": p99,

@@ -225,22 +225,32 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     status_bytes(pid, "VmHWM:")
 }
 
-/// A process's resident memory split as the kernel counts it, in bytes:
-/// `(anonymous, file-backed)` (`RssAnon`, `RssFile`; their sum plus
-/// `RssShmem` is `VmRSS`). File-backed pages are mostly the binary's code
-/// as it was paged in: clean, shared by every process of that binary, and
-/// given back by the kernel under memory pressure; anonymous memory is
-/// the process's own (heap, stacks).
-pub fn rss_split_bytes(pid: u32) -> Option<(u64, u64)> {
+/// A process's resident memory and its split as the kernel counts it, in
+/// bytes, from one reading: `(total, anonymous, file-backed)` (`VmRSS`,
+/// `RssAnon`, `RssFile`; the last two plus `RssShmem` make the first).
+/// File-backed pages are mostly the binary's code as it was paged in:
+/// clean, shared by every process of that binary, and given back by the
+/// kernel under memory pressure; anonymous memory is the process's own
+/// (heap, stacks).
+pub fn rss_split_bytes(pid: u32) -> Option<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     Some((
-        status_bytes(pid, "RssAnon:")?,
-        status_bytes(pid, "RssFile:")?,
+        status_field(&status, "VmRSS:")?,
+        status_field(&status, "RssAnon:")?,
+        status_field(&status, "RssFile:")?,
     ))
 }
 
 /// A size line of `/proc/PID/status` (kB), in bytes.
 fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        field,
+    )
+}
+
+/// The size line `field` of a `/proc/PID/status` text (kB), in bytes.
+fn status_field(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

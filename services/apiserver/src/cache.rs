@@ -19,6 +19,9 @@ use tokio::sync::broadcast;
 
 use crate::strategy::Strategy;
 
+mod live;
+pub use live::Live;
+
 /// Changes kept per kind for watchers that resume from a recent revision.
 const WINDOW: usize = 4 * 1024;
 /// Changes buffered per live watcher before it is cut off as too slow.
@@ -126,9 +129,11 @@ struct State<K> {
     latest: i64,
     /// Live fan-out.
     tx: broadcast::Sender<Arc<Change<K>>>,
-    /// Bumped whenever the cache restarts (and replaces `tx`): a receiver
-    /// of an older generation has missed changes.
-    generation: u64,
+    /// `tx`'s number, unique in the process (a thread's watchers of it
+    /// share a relay: see [`Live`]). A new one whenever the cache restarts
+    /// (and replaces `tx`): a receiver of an older channel has missed
+    /// changes.
+    channel: u64,
 }
 
 /// The watch cache of one kind.
@@ -148,9 +153,7 @@ pub struct Subscription<K> {
     /// Changes after the requested revision already in the window.
     pub backlog: Vec<Arc<Change<K>>>,
     /// Changes still to come.
-    pub live: broadcast::Receiver<Arc<Change<K>>>,
-    /// The cache generation `live` belongs to.
-    pub generation: u64,
+    pub live: Live<Arc<Change<K>>>,
 }
 
 /// Decodes a stored object and stamps its resourceVersion.
@@ -188,7 +191,7 @@ impl<K: Strategy> WatchCache<K> {
                 window_start: from,
                 latest: from,
                 tx,
-                generation: 0,
+                channel: live::channel_id(),
             }),
             window,
             fanout,
@@ -274,7 +277,7 @@ impl<K: Strategy> WatchCache<K> {
         // Dropping the sender ends every live watcher; they resume from
         // their last revision and, if it is gone, are told to relist.
         state.tx = broadcast::channel(self.fanout).0;
-        state.generation += 1;
+        state.channel = live::channel_id();
         now
     }
 
@@ -313,8 +316,7 @@ impl<K: Strategy> WatchCache<K> {
             .collect();
         Some(Subscription {
             backlog,
-            live: state.tx.subscribe(),
-            generation: state.generation,
+            live: Live::new(state.tx.subscribe(), state.channel),
         })
     }
 
@@ -324,16 +326,12 @@ impl<K: Strategy> WatchCache<K> {
         self.state.lock().expect("watch cache lock").latest
     }
 
-    /// The latest revision the cache has seen, if `live` (of cache
-    /// generation `generation`) has nothing pending, so that a bookmark at
-    /// that revision skips nothing. None for a receiver of a restarted
-    /// cache: it has missed changes and must not claim progress.
-    pub fn progress(
-        &self,
-        live: &broadcast::Receiver<Arc<Change<K>>>,
-        generation: u64,
-    ) -> Option<i64> {
+    /// The latest revision the cache has seen, if `live` has nothing
+    /// pending, so that a bookmark at that revision skips nothing. None for
+    /// a receiver of a restarted cache's old channel: it has missed changes
+    /// and must not claim progress.
+    pub fn progress(&self, live: &Live<Arc<Change<K>>>) -> Option<i64> {
         let state = self.state.lock().expect("watch cache lock");
-        (state.generation == generation && live.is_empty()).then_some(state.latest)
+        (state.channel == live.channel() && live.is_empty()).then_some(state.latest)
     }
 }

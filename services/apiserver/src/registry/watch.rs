@@ -48,8 +48,7 @@ enum Source<K> {
     /// The kind's watch cache: its backlog, then its live channel.
     Cache {
         backlog: std::collections::VecDeque<Arc<Change<K>>>,
-        live: tokio::sync::broadcast::Receiver<Arc<Change<K>>>,
-        generation: u64,
+        live: crate::cache::Live<Arc<Change<K>>>,
         cache: Arc<WatchCache<K>>,
     },
     /// A store watch of its own (the version predates the cache window).
@@ -117,9 +116,8 @@ impl<K: Strategy> Watcher<K> {
             Source::Cache {
                 backlog,
                 live,
-                generation,
                 cache,
-            } if backlog.is_empty() => cache.progress(live, *generation),
+            } if backlog.is_empty() => cache.progress(live),
             _ => None,
         };
         let rv = progress.unwrap_or(self.sent).max(self.sent);
@@ -141,7 +139,6 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
         Source::Cache {
             backlog,
             live,
-            generation,
             cache,
         } => loop {
             if let Some(change) = backlog.pop_front() {
@@ -160,7 +157,6 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
                     };
                     *backlog = sub.backlog.into();
                     *live = sub.live;
-                    *generation = sub.generation;
                 }
             }
         },
@@ -245,7 +241,6 @@ impl Registry {
             Some(sub) => Source::Cache {
                 backlog: sub.backlog.into(),
                 live: sub.live,
-                generation: sub.generation,
                 cache,
             },
             None => {

@@ -62,7 +62,6 @@ fn source(cache: &Arc<WatchCache<ConfigMap>>, from: i64) -> Source<ConfigMap> {
     Source::Cache {
         backlog: sub.backlog.into(),
         live: sub.live,
-        generation: sub.generation,
         cache: Arc::clone(cache),
     }
 }

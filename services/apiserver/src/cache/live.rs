@@ -1,0 +1,164 @@
+//! A live watcher's receiver, woken by a relay on its own thread.
+//!
+//! A change reaches its watchers through the kind's broadcast channel. If
+//! every watcher waited on the channel itself, the cache's task would wake
+//! each of them from its own thread: with thousands of watchers spread
+//! over the server's arbiters, one cross-thread wake-up (a push to the
+//! arbiter's queue and an eventfd write) per watcher per change, and each
+//! arbiter would run the woken watchers one by one with its connections'
+//! tasks between them (a task woken on its own thread runs first), so a
+//! connection wrote to its socket once per watcher instead of once per
+//! change.
+//!
+//! Instead, one relay task per thread and channel waits on the channel and
+//! wakes that thread's watchers, which wait on its [`Notify`]: a change
+//! costs one cross-thread wake-up per thread, the watchers are woken
+//! locally all at once, and each connection task runs once after them and
+//! sends their events together. Watchers still read their changes from
+//! their own receivers (lag and closing are theirs), the relay only says
+//! when to look.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use tokio::sync::{Notify, oneshot};
+
+/// Numbers the channels made in this process: a relay serves one channel.
+static CHANNELS: AtomicU64 = AtomicU64::new(0);
+
+/// A new number for a channel.
+pub(super) fn channel_id() -> u64 {
+    CHANNELS.fetch_add(1, Ordering::Relaxed)
+}
+
+thread_local! {
+    /// This thread's relays, by channel.
+    static RELAYS: RefCell<HashMap<u64, Weak<Relay>>> = RefCell::new(HashMap::new());
+}
+
+/// What a thread's watchers of one channel wait on.
+struct Relay {
+    /// Notified by the relay's task after each change it receives.
+    changed: Notify,
+    /// Dropped with the relay (when its last watcher goes): its task ends
+    /// then, not only at the channel's next change (a quiet kind whose
+    /// watches are renewed would otherwise gather relays).
+    _gone: oneshot::Sender<()>,
+}
+
+/// A watcher's end of a kind's live channel (of `Arc<Change<K>>`).
+pub struct Live<T> {
+    /// This watcher's own place in the channel: the changes it has not
+    /// read, its lag, the channel's closing.
+    rx: broadcast::Receiver<T>,
+    /// The channel `rx` belongs to.
+    channel: u64,
+    /// The relay of the thread this watcher first waited on.
+    relay: Option<Arc<Relay>>,
+}
+
+impl<T: Clone + Send + 'static> Live<T> {
+    pub(super) fn new(rx: broadcast::Receiver<T>, channel: u64) -> Self {
+        Self {
+            rx,
+            channel,
+            relay: None,
+        }
+    }
+
+    /// The next change, as [`broadcast::Receiver::recv`] (cancel safe).
+    ///
+    /// # Errors
+    /// Lagged when the watcher fell more than the channel's capacity
+    /// behind; Closed when the cache restarted.
+    pub async fn recv(&mut self) -> Result<T, RecvError> {
+        let relay = match &self.relay {
+            Some(relay) => Arc::clone(relay),
+            None => {
+                let relay = self.relay_of_this_thread();
+                self.relay = Some(Arc::clone(&relay));
+                relay
+            }
+        };
+        // Counted against the task's budget as the channel's own `recv`
+        // is, so a watcher with changes waiting yields now and then.
+        tokio::task::coop::cooperative(async {
+            loop {
+                // Registered before looking, so a change the relay
+                // announces after the look wakes this watcher; one it
+                // announced before is found by the look.
+                let mut changed = pin!(relay.changed.notified());
+                changed.as_mut().enable();
+                match self.rx.try_recv() {
+                    Ok(change) => return Ok(change),
+                    Err(TryRecvError::Empty) => changed.await,
+                    Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The number of the channel this receiver belongs to.
+    pub fn channel(&self) -> u64 {
+        self.channel
+    }
+
+    /// Whether no change is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// The relay of this thread for this channel, started if there is none.
+    /// Its receiver starts at the channel's tail: a change sent before it
+    /// is found by the watcher's look after registering (see `recv`).
+    fn relay_of_this_thread(&self) -> Arc<Relay> {
+        RELAYS.with(|relays| {
+            let mut relays = relays.borrow_mut();
+            if let Some(relay) = relays.get(&self.channel).and_then(Weak::upgrade) {
+                return relay;
+            }
+            relays.retain(|_, relay| relay.strong_count() > 0);
+            let (gone_tx, gone) = oneshot::channel();
+            let relay = Arc::new(Relay {
+                changed: Notify::new(),
+                _gone: gone_tx,
+            });
+            relays.insert(self.channel, Arc::downgrade(&relay));
+            let task = relay_changes(self.rx.resubscribe(), Arc::downgrade(&relay), gone);
+            tokio::spawn(task);
+            relay
+        })
+    }
+}
+
+/// Wakes the waiting watchers of `relay` after each change until the
+/// channel closes (waking them to see it closed) or the relay is dropped
+/// with its last watcher (`gone`).
+async fn relay_changes<T: Clone + Send + 'static>(
+    mut rx: broadcast::Receiver<T>,
+    relay: Weak<Relay>,
+    mut gone: oneshot::Receiver<()>,
+) {
+    loop {
+        let received = tokio::select! {
+            received = rx.recv() => received,
+            _ = &mut gone => return,
+        };
+        let Some(relay) = relay.upgrade() else {
+            return;
+        };
+        relay.changed.notify_waiters();
+        if matches!(received, Err(RecvError::Closed)) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

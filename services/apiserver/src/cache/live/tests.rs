@@ -1,0 +1,160 @@
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// How long a test waits for what must happen at once.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits (up to [`LIMIT`]) until `done` holds, sleeping between looks.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits (up to [`LIMIT`]) until `done` holds, spinning: the next step
+/// follows at once, while the watchers are still between steps of theirs.
+fn spin_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// The watchers' results, failing the test if they do not all end in time.
+fn ended(runtime: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<u64>>) -> Vec<u64> {
+    let all = async { tokio::time::timeout(LIMIT, futures::future::join_all(tasks)).await };
+    let results = runtime
+        .block_on(all)
+        .expect("the watchers see the channel closed");
+    results.into_iter().map(|r| r.unwrap()).collect()
+}
+
+/// Spawns `count` watcher tasks on `runtime`, each receiving until its channel
+/// closes, checking it sees 0, 1, 2, ... in order and counting in `seen`.
+fn watchers(
+    runtime: &tokio::runtime::Runtime,
+    tx: &broadcast::Sender<u64>,
+    channel: u64,
+    count: usize,
+    seen: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..count)
+        .map(|_| {
+            let mut live = Live::new(tx.subscribe(), channel);
+            let seen = Arc::clone(seen);
+            runtime.spawn(async move {
+                let mut next = 0;
+                loop {
+                    match live.recv().await {
+                        Ok(value) => {
+                            assert_eq!(value, next, "every change, in order");
+                            next += 1;
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(RecvError::Closed) => return next,
+                        Err(RecvError::Lagged(n)) => panic!("lagged {n}"),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_threads_watchers_wait_through_one_relay_and_each_sees_every_change() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, _) = broadcast::channel(16);
+    let channel = channel_id();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let tasks = watchers(&runtime, &tx, channel, 1000, &seen);
+    // The runtime runs on a thread of its own; changes come from this one.
+    let runtime = Arc::new(runtime);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = {
+        let runtime = Arc::clone(&runtime);
+        std::thread::spawn(move || runtime.block_on(stopped))
+    };
+    // All waiting: the 1,000 receivers and one relay's.
+    wait_for("the relay", || tx.receiver_count() == 1001);
+    for round in 0..50 {
+        tx.send(round).unwrap();
+        // Every waiting watcher is woken by each change: none is lost.
+        wait_for("every watcher to see the change", || {
+            seen.load(Ordering::SeqCst) == 1000 * (round as usize + 1)
+        });
+        assert_eq!(tx.receiver_count(), 1001, "still one relay");
+    }
+    // A closed channel (the cache restarted) wakes them to see it.
+    drop(tx);
+    assert!(ended(&runtime, tasks).iter().all(|&seen| seen == 50));
+    stop.send(()).unwrap();
+    driver.join().unwrap().unwrap();
+}
+
+#[test]
+fn watchers_spread_over_threads_miss_no_change() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, _) = broadcast::channel(4);
+    let channel = channel_id();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let tasks = watchers(&runtime, &tx, channel, 64, &seen);
+    // Changes as fast as they are taken: each lands while watchers are
+    // between their look and their wait, or waiting, or woken.
+    for round in 0..2000u64 {
+        tx.send(round).unwrap();
+        spin_until("every watcher to see the change", || {
+            seen.load(Ordering::SeqCst) == 64 * (round as usize + 1)
+        });
+    }
+    drop(tx);
+    assert!(ended(&runtime, tasks).iter().all(|&seen| seen == 2000));
+}
+
+#[test]
+fn a_relay_ends_once_its_watchers_are_gone() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, _) = broadcast::channel(16);
+    let channel = channel_id();
+    let receivers = |n: usize, what: &'static str| {
+        let tx = tx.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + LIMIT;
+            while tx.receiver_count() != n {
+                assert!(tokio::time::Instant::now() < deadline, "{what}");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    runtime.block_on(async {
+        let mut live = Live::new(tx.subscribe(), channel);
+        let waiting = tokio::spawn(async move { live.recv().await });
+        receivers(2, "the watcher and its relay").await;
+        waiting.abort();
+        let _ = waiting.await;
+        // The watcher is gone and the channel quiet: the relay ends now,
+        // not at the next change.
+        receivers(0, "the relay outlived its watchers").await;
+        // A watcher of the same channel later gets a relay of its own.
+        let mut live = Live::new(tx.subscribe(), channel);
+        let waiting = tokio::spawn(async move { live.recv().await });
+        receivers(2, "a new relay").await;
+        tx.send(2).unwrap();
+        let got = tokio::time::timeout(LIMIT, waiting).await.expect("woken");
+        assert_eq!(got.unwrap().unwrap(), 2);
+    });
+}
