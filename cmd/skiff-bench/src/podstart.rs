@@ -220,7 +220,7 @@ pub(crate) async fn bench_podstart(n: usize) -> anyhow::Result<()> {
     );
     println!(
         "{:<44} {:>10.2} {:>10.2}",
-        "ratio skiff / raw (target <= 1.5)",
+        "ratio skiff / raw (target <= 1.3)",
         s50 / r50,
         s99 / r99
     );

@@ -17,15 +17,23 @@
 //! sends their events together. Watchers still read their changes from
 //! their own receivers (lag and closing are theirs), the relay only says
 //! when to look.
+//!
+//! The relay is one more task to run per change and thread, which pays
+//! only for many watchers: below [`RELAY_FROM`] watchers of a channel on a
+//! thread (a scheduler's or controller's few watches), they wait on the
+//! channel themselves.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::{Notify, oneshot};
+
+/// Watchers of one channel on one thread from which a relay wakes them.
+const RELAY_FROM: usize = 8;
 
 /// Numbers the channels made in this process: a relay serves one channel.
 static CHANNELS: AtomicU64 = AtomicU64::new(0);
@@ -40,14 +48,30 @@ thread_local! {
     static RELAYS: RefCell<HashMap<u64, Weak<Relay>>> = RefCell::new(HashMap::new());
 }
 
-/// What a thread's watchers of one channel wait on.
+/// What a thread's watchers of one channel share: they count themselves
+/// by holding it, and wait on it once its task has started.
 struct Relay {
     /// Notified by the relay's task after each change it receives.
     changed: Notify,
-    /// Dropped with the relay (when its last watcher goes): its task ends
-    /// then, not only at the channel's next change (a quiet kind whose
-    /// watches are renewed would otherwise gather relays).
-    _gone: oneshot::Sender<()>,
+    /// Set when the task starts; dropped with the relay (when its last
+    /// watcher goes), which ends the task then, not only at the channel's
+    /// next change (a quiet kind whose watches are renewed would otherwise
+    /// gather relays).
+    started: OnceLock<oneshot::Sender<()>>,
+}
+
+impl Relay {
+    /// Starts the task that notifies `changed` after each change of `rx`'s
+    /// channel, if it has not started. Its receiver starts at the
+    /// channel's tail: a change sent before it is found by the watcher's
+    /// look after registering (see [`Live::recv`]).
+    fn start<T: Clone + Send + 'static>(self: &Arc<Self>, rx: &broadcast::Receiver<T>) {
+        self.started.get_or_init(|| {
+            let (started, gone) = oneshot::channel();
+            tokio::spawn(relay_changes(rx.resubscribe(), Arc::downgrade(self), gone));
+            started
+        });
+    }
 }
 
 /// A watcher's end of a kind's live channel (of `Arc<Change<K>>`).
@@ -57,7 +81,8 @@ pub struct Live<T> {
     rx: broadcast::Receiver<T>,
     /// The channel `rx` belongs to.
     channel: u64,
-    /// The relay of the thread this watcher first waited on.
+    /// The relay of the thread this watcher first waited on (held from
+    /// then on, so it counts this watcher).
     relay: Option<Arc<Relay>>,
 }
 
@@ -76,14 +101,17 @@ impl<T: Clone + Send + 'static> Live<T> {
     /// Lagged when the watcher fell more than the channel's capacity
     /// behind; Closed when the cache restarted.
     pub async fn recv(&mut self) -> Result<T, RecvError> {
-        let relay = match &self.relay {
-            Some(relay) => Arc::clone(relay),
-            None => {
-                let relay = self.relay_of_this_thread();
-                self.relay = Some(Arc::clone(&relay));
-                relay
-            }
-        };
+        let channel = self.channel;
+        let relay = self
+            .relay
+            .get_or_insert_with(|| relay_of_this_thread(channel));
+        // Held by each of its watchers (and nothing else while the relay's
+        // task has not started).
+        if relay.started.get().is_none() && Arc::strong_count(relay) < RELAY_FROM {
+            return self.rx.recv().await;
+        }
+        relay.start(&self.rx);
+        let relay = Arc::clone(relay);
         // Counted against the task's budget as the channel's own `recv`
         // is, so a watcher with changes waiting yields now and then.
         tokio::task::coop::cooperative(async {
@@ -113,28 +141,24 @@ impl<T: Clone + Send + 'static> Live<T> {
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
     }
+}
 
-    /// The relay of this thread for this channel, started if there is none.
-    /// Its receiver starts at the channel's tail: a change sent before it
-    /// is found by the watcher's look after registering (see `recv`).
-    fn relay_of_this_thread(&self) -> Arc<Relay> {
-        RELAYS.with(|relays| {
-            let mut relays = relays.borrow_mut();
-            if let Some(relay) = relays.get(&self.channel).and_then(Weak::upgrade) {
-                return relay;
-            }
-            relays.retain(|_, relay| relay.strong_count() > 0);
-            let (gone_tx, gone) = oneshot::channel();
-            let relay = Arc::new(Relay {
-                changed: Notify::new(),
-                _gone: gone_tx,
-            });
-            relays.insert(self.channel, Arc::downgrade(&relay));
-            let task = relay_changes(self.rx.resubscribe(), Arc::downgrade(&relay), gone);
-            tokio::spawn(task);
-            relay
-        })
-    }
+/// The relay of this thread for `channel`, made (not started) if there is
+/// none.
+fn relay_of_this_thread(channel: u64) -> Arc<Relay> {
+    RELAYS.with(|relays| {
+        let mut relays = relays.borrow_mut();
+        if let Some(relay) = relays.get(&channel).and_then(Weak::upgrade) {
+            return relay;
+        }
+        relays.retain(|_, relay| relay.strong_count() > 0);
+        let relay = Arc::new(Relay {
+            changed: Notify::new(),
+            started: OnceLock::new(),
+        });
+        relays.insert(channel, Arc::downgrade(&relay));
+        relay
+    })
 }
 
 /// Wakes the waiting watchers of `relay` after each change until the

@@ -122,6 +122,58 @@ fn watchers_spread_over_threads_miss_no_change() {
     assert!(ended(&runtime, tasks).iter().all(|&seen| seen == 2000));
 }
 
+/// Waits (up to [`LIMIT`], yielding) until `tx`'s channel has `n`
+/// receivers.
+async fn receivers(tx: &broadcast::Sender<u64>, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while tx.receiver_count() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {} receivers",
+            tx.receiver_count()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `count` watchers of `tx` waiting on this runtime, each for one change.
+async fn waiting(
+    tx: &broadcast::Sender<u64>,
+    channel: u64,
+    count: usize,
+) -> Vec<tokio::task::JoinHandle<Result<u64, RecvError>>> {
+    let tasks = (0..count)
+        .map(|_| {
+            let mut live = Live::new(tx.subscribe(), channel);
+            tokio::spawn(async move { live.recv().await })
+        })
+        .collect();
+    // Every one has waited once (and so counted itself).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    tasks
+}
+
+#[test]
+fn a_few_watchers_wait_on_the_channel_itself() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, _) = broadcast::channel(16);
+    let channel = channel_id();
+    runtime.block_on(async {
+        let few = waiting(&tx, channel, RELAY_FROM - 1).await;
+        receivers(&tx, RELAY_FROM - 1, "no relay for a few watchers").await;
+        tx.send(7).unwrap();
+        for task in few {
+            let got = tokio::time::timeout(LIMIT, task).await.expect("woken");
+            assert_eq!(got.unwrap().unwrap(), 7);
+        }
+    });
+}
+
 #[test]
 fn a_relay_ends_once_its_watchers_are_gone() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,31 +182,23 @@ fn a_relay_ends_once_its_watchers_are_gone() {
         .unwrap();
     let (tx, _) = broadcast::channel(16);
     let channel = channel_id();
-    let receivers = |n: usize, what: &'static str| {
-        let tx = tx.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + LIMIT;
-            while tx.receiver_count() != n {
-                assert!(tokio::time::Instant::now() < deadline, "{what}");
-                tokio::task::yield_now().await;
-            }
-        }
-    };
     runtime.block_on(async {
-        let mut live = Live::new(tx.subscribe(), channel);
-        let waiting = tokio::spawn(async move { live.recv().await });
-        receivers(2, "the watcher and its relay").await;
-        waiting.abort();
-        let _ = waiting.await;
-        // The watcher is gone and the channel quiet: the relay ends now,
+        let many = waiting(&tx, channel, RELAY_FROM).await;
+        receivers(&tx, RELAY_FROM + 1, "the watchers and their relay").await;
+        for task in many {
+            task.abort();
+            let _ = task.await;
+        }
+        // The watchers are gone and the channel quiet: the relay ends now,
         // not at the next change.
-        receivers(0, "the relay outlived its watchers").await;
-        // A watcher of the same channel later gets a relay of its own.
-        let mut live = Live::new(tx.subscribe(), channel);
-        let waiting = tokio::spawn(async move { live.recv().await });
-        receivers(2, "a new relay").await;
+        receivers(&tx, 0, "the relay outlived its watchers").await;
+        // Watchers of the same channel later get a relay of their own.
+        let many = waiting(&tx, channel, RELAY_FROM).await;
+        receivers(&tx, RELAY_FROM + 1, "a new relay").await;
         tx.send(2).unwrap();
-        let got = tokio::time::timeout(LIMIT, waiting).await.expect("woken");
-        assert_eq!(got.unwrap().unwrap(), 2);
+        for task in many {
+            let got = tokio::time::timeout(LIMIT, task).await.expect("woken");
+            assert_eq!(got.unwrap().unwrap(), 2);
+        }
     });
 }
