@@ -10,8 +10,8 @@
 //! connection wrote to its socket once per watcher instead of once per
 //! change.
 //!
-//! Instead, one relay task per thread and channel waits on the channel and
-//! wakes that thread's watchers, which wait on its [`Notify`]: a change
+//! Instead, at most one relay task per thread and channel waits on the
+//! channel and wakes that thread's watchers, which wait on its [`Notify`]: a change
 //! costs one cross-thread wake-up per thread, the watchers are woken
 //! locally all at once, and each connection task runs once after them and
 //! sends their events together. Watchers still read their changes from
@@ -19,9 +19,11 @@
 //! when to look.
 //!
 //! The relay is one more task to run per change and thread, which pays
-//! only for many watchers: below [`RELAY_FROM`] watchers of a channel on a
-//! thread (a scheduler's or controller's few watches), they wait on the
-//! channel themselves.
+//! only for many watchers: a thread's watchers of a channel wait on it
+//! themselves (a scheduler's or controller's few watches) until
+//! [`RELAY_FROM`] of them have waited there; from then on, until the last
+//! of them goes, through the relay (a wait already begun on the channel
+//! finishes there).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,7 +34,8 @@ use std::sync::{Arc, OnceLock, Weak};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::{Notify, oneshot};
 
-/// Watchers of one channel on one thread from which a relay wakes them.
+/// Watchers of one channel that have waited on one thread and are still
+/// there, from which a relay wakes them.
 const RELAY_FROM: usize = 8;
 
 /// Numbers the channels made in this process: a relay serves one channel.
@@ -101,17 +104,14 @@ impl<T: Clone + Send + 'static> Live<T> {
     /// Lagged when the watcher fell more than the channel's capacity
     /// behind; Closed when the cache restarted.
     pub async fn recv(&mut self) -> Result<T, RecvError> {
-        let channel = self.channel;
-        let relay = self
-            .relay
-            .get_or_insert_with(|| relay_of_this_thread(channel));
+        let Self { rx, channel, relay } = self;
+        let relay: &Arc<Relay> = relay.get_or_insert_with(|| relay_of_this_thread(*channel));
         // Held by each of its watchers (and nothing else while the relay's
         // task has not started).
         if relay.started.get().is_none() && Arc::strong_count(relay) < RELAY_FROM {
-            return self.rx.recv().await;
+            return rx.recv().await;
         }
-        relay.start(&self.rx);
-        let relay = Arc::clone(relay);
+        relay.start(rx);
         // Counted against the task's budget as the channel's own `recv`
         // is, so a watcher with changes waiting yields now and then.
         tokio::task::coop::cooperative(async {
@@ -121,7 +121,7 @@ impl<T: Clone + Send + 'static> Live<T> {
                 // announced before is found by the look.
                 let mut changed = pin!(relay.changed.notified());
                 changed.as_mut().enable();
-                match self.rx.try_recv() {
+                match rx.try_recv() {
                     Ok(change) => return Ok(change),
                     Err(TryRecvError::Empty) => changed.await,
                     Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),

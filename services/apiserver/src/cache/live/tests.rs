@@ -34,6 +34,14 @@ fn ended(runtime: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<u
     results.into_iter().map(|r| r.unwrap()).collect()
 }
 
+/// A runtime on the test's thread (or the one that drives it).
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Spawns `count` watcher tasks on `runtime`, each receiving until its channel
 /// closes, checking it sees 0, 1, 2, ... in order and counting in `seen`.
 fn watchers(
@@ -67,10 +75,7 @@ fn watchers(
 
 #[test]
 fn a_threads_watchers_wait_through_one_relay_and_each_sees_every_change() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let (tx, _) = broadcast::channel(16);
     let channel = channel_id();
     let seen = Arc::new(AtomicUsize::new(0));
@@ -82,7 +87,8 @@ fn a_threads_watchers_wait_through_one_relay_and_each_sees_every_change() {
         let runtime = Arc::clone(&runtime);
         std::thread::spawn(move || runtime.block_on(stopped))
     };
-    // All waiting: the 1,000 receivers and one relay's.
+    // The relay has started (the 8th watcher to wait started it); later
+    // ones wait on it, or find the first change when they first look.
     wait_for("the relay", || tx.receiver_count() == 1001);
     for round in 0..50 {
         tx.send(round).unwrap();
@@ -118,6 +124,8 @@ fn watchers_spread_over_threads_miss_no_change() {
             seen.load(Ordering::SeqCst) == 64 * (round as usize + 1)
         });
     }
+    // 64 watchers on 4 threads: at least 8 waited on one of them.
+    assert!(tx.receiver_count() > 64, "a relay on some worker");
     drop(tx);
     assert!(ended(&runtime, tasks).iter().all(|&seen| seen == 2000));
 }
@@ -148,38 +156,49 @@ async fn waiting(
             tokio::spawn(async move { live.recv().await })
         })
         .collect();
-    // Every one has waited once (and so counted itself).
-    for _ in 0..10 {
+    // Until every one has waited once (and so counted itself).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while counted(channel) != count {
+        assert!(tokio::time::Instant::now() < deadline, "watchers waiting");
         tokio::task::yield_now().await;
     }
     tasks
 }
 
+/// The watchers of `channel` on this thread that hold its relay (those
+/// that have waited here).
+fn counted(channel: u64) -> usize {
+    RELAYS.with(|relays| {
+        let relays = relays.borrow();
+        let relay = relays.get(&channel).and_then(Weak::upgrade);
+        relay.map_or(0, |relay| Arc::strong_count(&relay) - 1)
+    })
+}
+
+/// Each of `tasks` gets `value` (within [`LIMIT`]).
+async fn each_gets(tasks: Vec<tokio::task::JoinHandle<Result<u64, RecvError>>>, value: u64) {
+    for task in tasks {
+        let got = tokio::time::timeout(LIMIT, task).await.expect("woken");
+        assert_eq!(got.unwrap().unwrap(), value);
+    }
+}
+
 #[test]
 fn a_few_watchers_wait_on_the_channel_itself() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let (tx, _) = broadcast::channel(16);
     let channel = channel_id();
     runtime.block_on(async {
         let few = waiting(&tx, channel, RELAY_FROM - 1).await;
-        receivers(&tx, RELAY_FROM - 1, "no relay for a few watchers").await;
+        assert_eq!(tx.receiver_count(), RELAY_FROM - 1, "no relay for a few");
         tx.send(7).unwrap();
-        for task in few {
-            let got = tokio::time::timeout(LIMIT, task).await.expect("woken");
-            assert_eq!(got.unwrap().unwrap(), 7);
-        }
+        each_gets(few, 7).await;
     });
 }
 
 #[test]
 fn a_relay_ends_once_its_watchers_are_gone() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let (tx, _) = broadcast::channel(16);
     let channel = channel_id();
     runtime.block_on(async {
@@ -196,9 +215,6 @@ fn a_relay_ends_once_its_watchers_are_gone() {
         let many = waiting(&tx, channel, RELAY_FROM).await;
         receivers(&tx, RELAY_FROM + 1, "a new relay").await;
         tx.send(2).unwrap();
-        for task in many {
-            let got = tokio::time::timeout(LIMIT, task).await.expect("woken");
-            assert_eq!(got.unwrap().unwrap(), 2);
-        }
+        each_gets(many, 2).await;
     });
 }
