@@ -37,6 +37,16 @@ pub async fn test_image() -> anyhow::Result<&'static str> {
     Ok(TEST_IMAGE)
 }
 
+/// The periods tests shorten to seconds (a flag of the caller's own wins).
+const TEST_PERIODS: [&str; 6] = [
+    "--crash-backoff-secs=1",
+    "--crash-backoff-max-secs=4",
+    "--lease-renew-secs=1",
+    "--status-every-secs=1",
+    "--resync-secs=1",
+    "--stats-interval-secs=1",
+];
+
 /// A node of the test cluster: a `skiff agent` process on the Docker
 /// engine (or the process runtime), with its own name, data dir and pod
 /// network. Dropping it kills the agent and removes every container it
@@ -82,7 +92,8 @@ impl AgentNode {
     }
 
     /// Starts an agent on `runtime` with extra flags (`--proxy-mode`
-    /// turns the service proxy on; its rules are removed on drop).
+    /// turns the service proxy on; its rules are removed on drop; a period
+    /// flag, as `--resync-secs=10`, replaces the tests' 1 s).
     ///
     /// # Errors
     /// When the binary is missing.
@@ -122,14 +133,12 @@ impl AgentNode {
             .arg(self.data_dir.path())
             .args(["--listen", "127.0.0.1:0", "--network", &self.network])
             .args(["--runtime", self.runtime])
-            // Tests shorten every period to seconds.
-            .args(["--crash-backoff-secs=1", "--crash-backoff-max-secs=4"])
-            .args([
-                "--lease-renew-secs=1",
-                "--status-every-secs=1",
-                "--resync-secs=1",
-                "--stats-interval-secs=1",
-            ])
+            // Tests shorten every period to seconds, unless their own
+            // flags say otherwise (a bench runs the agent's defaults).
+            .args(TEST_PERIODS.iter().filter(|period| {
+                let flag = period.split('=').next().unwrap_or(period);
+                !self.args.iter().any(|a| a.split('=').next() == Some(flag))
+            }))
             .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
