@@ -1397,7 +1397,7 @@ async fn the_python_client_resumes_watches_and_relists_after_410() {
     let mut ns = Namespace::default();
     skiff::Resource::metadata_mut(&mut ns).name = "py".into();
     // A version from before the ConfigMap watch cache started (it starts
-    // at the current version with the first watch): once the store
+    // with the first watch, from that watch's version): once the store
     // compacts it, only the store could serve it, and cannot.
     let created: i64 = Api::<Namespace>::new(channel.clone())
         .create(ns)

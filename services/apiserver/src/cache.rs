@@ -1,7 +1,8 @@
 //! The watch cache: one store watch per kind, fanned out to every client.
 //!
 //! A background task follows the store from the revision the cache was
-//! created at, decodes each change once, keeps the most recent changes in
+//! created at (the version of the kind's first watch, when the window can
+//! keep every change since; else the present), decodes each change once, keeps the most recent changes in
 //! a window, and broadcasts them. A client watching from a revision inside
 //! the window is served from memory; N watchers of a kind cost one store
 //! watch. A client asking for an older revision is answered by the store
@@ -167,23 +168,43 @@ pub fn decode<K: Strategy>(bytes: &[u8], revision: i64) -> Option<K> {
 // === impl WatchCache ===
 
 impl<K: Strategy> WatchCache<K> {
-    /// Starts following the store from its current revision.
+    /// Starts following the store from revision `since`, or from its
+    /// current revision without one. From `since`, the kind's changes
+    /// after it are read back from the store's history into the window:
+    /// the watch that starts the cache, from the version its client listed
+    /// at, is served from memory even when other kinds were written since
+    /// (revisions are global), and so is every watch from a later version.
+    /// Only when the window can keep every change since (there is at most
+    /// one per revision) and `since` is not ahead of the store: a longer
+    /// replay would push out the changes its first watchers still need.
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn start(store: Arc<dyn Store>) -> skiff_store::Result<Arc<Self>> {
-        Self::start_sized(store, WINDOW, FANOUT_BUFFER, FRESH).await
+    pub async fn start(
+        store: Arc<dyn Store>,
+        since: Option<i64>,
+    ) -> skiff_store::Result<Arc<Self>> {
+        Self::start_sized(store, since, WINDOW, FANOUT_BUFFER, FRESH).await
     }
 
     /// [`Self::start`] keeping `window` changes for `fresh` at most, with
     /// live watchers `fanout` changes of slack.
     pub(crate) async fn start_sized(
         store: Arc<dyn Store>,
+        since: Option<i64>,
         window: usize,
         fanout: usize,
         fresh: Duration,
     ) -> skiff_store::Result<Arc<Self>> {
-        let from = store.current_revision().await?;
+        // A history the store no longer has (compacted) is found by the
+        // first read of it, in `follow`: the cache then starts again from
+        // the present and its watchers are told to relist.
+        let current = store.current_revision().await?;
+        let kept = i64::try_from(window).unwrap_or(i64::MAX);
+        let from = match since {
+            Some(since) if since <= current && current - since <= kept => since,
+            _ => current,
+        };
         let (tx, _) = broadcast::channel(fanout);
         let cache = Arc::new(Self {
             state: Mutex::new(State {

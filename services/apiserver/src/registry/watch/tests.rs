@@ -21,7 +21,7 @@ async fn cache(
 ) -> (Arc<dyn Store>, Arc<WatchCache<ConfigMap>>) {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
-    let cache = WatchCache::start_sized(Arc::clone(&store), window, fanout, FRESH)
+    let cache = WatchCache::start_sized(Arc::clone(&store), None, window, fanout, FRESH)
         .await
         .unwrap();
     (store, cache)
@@ -147,7 +147,7 @@ async fn a_cache_at_rest_lets_go_of_changes_older_than_its_fresh_time() {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
     let fresh = Duration::from_millis(300);
-    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 16, fresh)
+    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), None, 64, 16, fresh)
         .await
         .unwrap();
     let from = store.current_revision().await.unwrap();
@@ -175,4 +175,160 @@ async fn a_cache_at_rest_lets_go_of_changes_older_than_its_fresh_time() {
         .unwrap();
     use futures::StreamExt as _;
     assert_eq!(older.next().await.unwrap().unwrap().revision(), from + 1);
+}
+
+/// A registry over a new store in `dir`.
+async fn registry(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Registry) {
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
+    let registry = Registry::new(
+        Arc::clone(&store),
+        Duration::from_secs(10),
+        "10.96.0.0/24".parse().unwrap(),
+        30000..=30010,
+    );
+    (store, registry)
+}
+
+/// Writes ConfigMap `name` (a new one, or over `expected`); its revision.
+async fn put(store: &dyn Store, name: &str, n: &str, expected: Option<i64>) -> i64 {
+    let object = ConfigMap {
+        metadata: Some(ObjectMeta {
+            name: name.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        data: [("n".to_string(), n.to_string())].into(),
+        ..Default::default()
+    };
+    let key = skiff::keys::object::<ConfigMap>("default", name);
+    let value = object.encode_to_vec().into();
+    match expected {
+        None => store.create(&key, value).await.unwrap(),
+        Some(rev) => store.update(&key, value, Some(rev)).await.unwrap(),
+    }
+}
+
+/// Writes a Secret: the store's revision moves, ConfigMaps' do not.
+async fn other_kind(store: &dyn Store) {
+    let key = skiff::keys::object::<skiff::pb::core::v1::Secret>("default", "other");
+    store.create(&key, Vec::new().into()).await.unwrap();
+}
+
+fn from(rv: i64) -> WatchRequest {
+    WatchRequest {
+        namespace: "default".into(),
+        resource_version: rv.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The next change's revision and `n`.
+async fn next_n(watch: &mut super::WatchStream<ConfigMap>) -> (i64, String) {
+    use futures::StreamExt as _;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a change within 10 s")
+        .expect("the watch goes on")
+        .unwrap();
+    let Delivery::Change(_, change) = delivery else {
+        panic!("a change, not a bookmark or an initial object");
+    };
+    (change.revision, change.object.data["n"].clone())
+}
+
+#[tokio::test]
+async fn the_first_watch_of_a_kind_from_a_listed_version_is_served_from_memory() {
+    // A client lists ConfigMaps at `listed`; then a ConfigMap changes and
+    // another kind is written (revisions are global) before the kind's
+    // first watch starts its cache.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, registry) = registry(&dir).await;
+    let listed = put(&*store, "cm", "0", None).await;
+    let changed = put(&*store, "cm", "1", Some(listed)).await;
+    other_kind(&*store).await;
+    let mut watch = registry.watch::<ConfigMap>(from(listed)).await.unwrap();
+    let cache = registry.cache::<ConfigMap>(None).await.unwrap();
+    assert!(
+        cache.subscribe(listed).is_some(),
+        "the cache reaches back to the version the first watch asked for"
+    );
+    // The change made before the watch comes from the store's history,
+    // the next one live; every watcher from that version shares them.
+    let mut second = registry.watch::<ConfigMap>(from(listed)).await.unwrap();
+    assert_eq!(next_n(&mut watch).await, (changed, "1".into()));
+    let last = put(&*store, "cm", "2", Some(changed)).await;
+    assert_eq!(next_n(&mut watch).await, (last, "2".into()));
+    assert_eq!(next_n(&mut second).await, (changed, "1".into()));
+    assert_eq!(next_n(&mut second).await, (last, "2".into()));
+}
+
+#[tokio::test]
+async fn the_first_watch_of_a_kind_from_a_compacted_version_is_told_to_relist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, registry) = registry(&dir).await;
+    let listed = put(&*store, "cm", "0", None).await;
+    let changed = put(&*store, "cm", "1", Some(listed)).await;
+    other_kind(&*store).await;
+    store
+        .compact(store.current_revision().await.unwrap())
+        .await
+        .unwrap();
+    // Expired ("too old resource version": the client lists again), as
+    // the watch starts or as its first event.
+    let err = match registry.watch::<ConfigMap>(from(listed)).await {
+        Err(e) => e,
+        Ok(mut watch) => {
+            use futures::StreamExt as _;
+            let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .expect("an answer within 10 s")
+                .expect("an error before the end");
+            first.err().expect("no change from a compacted history")
+        }
+    };
+    assert!(matches!(err, ApiError::Expired(_)), "{err:?}");
+    // A watch from the present is served.
+    let now = store.current_revision().await.unwrap();
+    let mut current = registry.watch::<ConfigMap>(from(now)).await.unwrap();
+    let last = put(&*store, "cm", "2", Some(changed)).await;
+    assert_eq!(next_n(&mut current).await, (last, "2".into()));
+}
+
+#[tokio::test]
+async fn a_cache_starts_at_the_present_when_its_window_cannot_keep_the_changes_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
+    let since = store.current_revision().await.unwrap();
+    for i in 0..20 {
+        put(&*store, &format!("cm-{i}"), "0", None).await;
+    }
+    let now = store.current_revision().await.unwrap();
+    // 20 changes since, 8 kept: the first watchers would lose some.
+    let small = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 8, 4, FRESH)
+        .await
+        .unwrap();
+    assert!(small.subscribe(since).is_none(), "left to the store");
+    assert_eq!(small.latest(), now);
+    // 64 kept: from `since`, all 20 read back from the store's history.
+    let large =
+        WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 64, 16, FRESH)
+            .await
+            .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while large.latest() < now {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history not read back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(large.subscribe(since).unwrap().backlog.len(), 20);
+    // A version the store has not reached: from the present.
+    let ahead =
+        WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(now + 5), 64, 16, FRESH)
+            .await
+            .unwrap();
+    assert_eq!(ahead.latest(), now);
 }
