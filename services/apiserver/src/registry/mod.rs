@@ -52,6 +52,24 @@ mod watch;
 pub use watch::Delivery;
 mod write;
 
+/// A bootstrapped registry over a new embedded store in `dir`, for tests.
+#[cfg(test)]
+pub(crate) async fn test_registry(
+    dir: &tempfile::TempDir,
+) -> (Arc<dyn skiff_store::Store>, Registry) {
+    let store: Arc<dyn skiff_store::Store> = Arc::new(
+        skiff_store::EmbeddedStore::open(dir.path().join("state.redb")).expect("a new store"),
+    );
+    let registry = Registry::new(
+        Arc::clone(&store),
+        Duration::from_secs(10),
+        "10.96.0.0/24".parse().expect("a CIDR"),
+        30000..=30010,
+    );
+    registry.bootstrap().await.expect("bootstrap");
+    (store, registry)
+}
+
 /// The largest object the API stores (etcd's default request limit).
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 /// Keys read per store call while listing with a limit.

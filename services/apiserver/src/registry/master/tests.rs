@@ -5,19 +5,6 @@ use skiff_store::{EmbeddedStore, Store};
 
 use super::*;
 
-async fn registry(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Registry) {
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
-    let registry = Registry::new(
-        Arc::clone(&store),
-        Duration::from_secs(10),
-        "10.96.0.0/24".parse().unwrap(),
-        30000..=30010,
-    );
-    registry.bootstrap().await.unwrap();
-    (store, registry)
-}
-
 /// The Endpoints' addresses, by port.
 async fn endpoints(registry: &Registry) -> Vec<(i32, Vec<String>)> {
     let endpoints: Endpoints = registry
@@ -50,7 +37,7 @@ async fn lease(store: &dyn Store, server: &str, age_secs: i64) {
 #[tokio::test]
 async fn the_kubernetes_service_leads_to_the_servers_alive_and_comes_back_when_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, registry) = registry(&dir).await;
+    let (store, registry) = crate::registry::test_registry(&dir).await;
     let me: SocketAddr = "192.168.1.10:6443".parse().unwrap();
     registry.reconcile_master(me).await.unwrap();
     let service: Service = registry

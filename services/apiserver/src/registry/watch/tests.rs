@@ -177,19 +177,6 @@ async fn a_cache_at_rest_lets_go_of_changes_older_than_its_fresh_time() {
     assert_eq!(older.next().await.unwrap().unwrap().revision(), from + 1);
 }
 
-/// A registry over a new store in `dir`.
-async fn registry(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Registry) {
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
-    let registry = Registry::new(
-        Arc::clone(&store),
-        Duration::from_secs(10),
-        "10.96.0.0/24".parse().unwrap(),
-        30000..=30010,
-    );
-    (store, registry)
-}
-
 /// Writes ConfigMap `name` (a new one, or over `expected`); its revision.
 async fn put(store: &dyn Store, name: &str, n: &str, expected: Option<i64>) -> i64 {
     let object = ConfigMap {
@@ -243,7 +230,7 @@ async fn the_first_watch_of_a_kind_from_a_listed_version_is_served_from_memory()
     // another kind is written (revisions are global) before the kind's
     // first watch starts its cache.
     let dir = tempfile::tempdir().unwrap();
-    let (store, registry) = registry(&dir).await;
+    let (store, registry) = crate::registry::test_registry(&dir).await;
     let listed = put(&*store, "cm", "0", None).await;
     let changed = put(&*store, "cm", "1", Some(listed)).await;
     other_kind(&*store).await;
@@ -266,7 +253,7 @@ async fn the_first_watch_of_a_kind_from_a_listed_version_is_served_from_memory()
 #[tokio::test]
 async fn the_first_watch_of_a_kind_from_a_compacted_version_is_told_to_relist() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, registry) = registry(&dir).await;
+    let (store, registry) = crate::registry::test_registry(&dir).await;
     let listed = put(&*store, "cm", "0", None).await;
     let changed = put(&*store, "cm", "1", Some(listed)).await;
     other_kind(&*store).await;
