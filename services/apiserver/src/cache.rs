@@ -1,12 +1,13 @@
 //! The watch cache: one store watch per kind, fanned out to every client.
 //!
 //! A background task follows the store from the revision the cache was
-//! created at (the version of the kind's first watch, when the window can
-//! keep every change since; else the present), decodes each change once, keeps the most recent changes in
-//! a window, and broadcasts them. A client watching from a revision inside
-//! the window is served from memory; N watchers of a kind cost one store
-//! watch. A client asking for an older revision is answered by the store
-//! directly (or told the revision has expired).
+//! created at (the version of the kind's first watch, when half the window
+//! can keep every change since; else the present), decodes each change
+//! once, keeps the most recent changes in a window, and broadcasts them. A
+//! client watching from a revision inside the window is served from
+//! memory; N watchers of a kind cost one store watch. A client asking for
+//! an older revision is answered by the store directly (or told the
+//! revision has expired).
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -174,9 +175,10 @@ impl<K: Strategy> WatchCache<K> {
     /// the watch that starts the cache, from the version its client listed
     /// at, is served from memory even when other kinds were written since
     /// (revisions are global), and so is every watch from a later version.
-    /// Only when the window can keep every change since (there is at most
-    /// one per revision) and `since` is not ahead of the store: a longer
-    /// replay would push out the changes its first watchers still need.
+    /// Only when every change since (there is at most one per revision)
+    /// takes no more than half the window, the rest left for the changes
+    /// made while they are read, and `since` is not ahead of the store: a
+    /// longer replay would push out changes its first watchers still need.
     ///
     /// # Errors
     /// When the store cannot be read.
@@ -202,7 +204,7 @@ impl<K: Strategy> WatchCache<K> {
         let current = store.current_revision().await?;
         let kept = i64::try_from(window).unwrap_or(i64::MAX);
         let from = match since {
-            Some(since) if since <= current && current - since <= kept => since,
+            Some(since) if since <= current && current - since <= kept / 2 => since,
             _ => current,
         };
         let (tx, _) = broadcast::channel(fanout);

@@ -293,11 +293,17 @@ async fn a_cache_starts_at_the_present_when_its_window_cannot_keep_the_changes_s
     }
     let now = store.current_revision().await.unwrap();
     // 20 changes since, 8 kept: the first watchers would lose some.
+    // (With 32 kept, 20 would leave too little room for what comes
+    // meanwhile: half the window is the limit.)
     let small = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 8, 4, FRESH)
         .await
         .unwrap();
     assert!(small.subscribe(since).is_none(), "left to the store");
     assert_eq!(small.latest(), now);
+    let half = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 32, 16, FRESH)
+        .await
+        .unwrap();
+    assert_eq!(half.latest(), now, "20 changes take more than half of 32");
     // 64 kept: from `since`, all 20 read back from the store's history.
     let large =
         WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 64, 16, FRESH)
