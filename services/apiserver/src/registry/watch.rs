@@ -146,14 +146,17 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
             }
             match live.recv().await {
                 Ok(change) => return Ok(change),
-                Err(
-                    tokio::sync::broadcast::error::RecvError::Lagged(_)
-                    | tokio::sync::broadcast::error::RecvError::Closed,
-                ) => {
+                Err(lost) => {
+                    use tokio::sync::broadcast::error::RecvError;
                     let Some(sub) = cache.subscribe(sent) else {
-                        return Err(ApiError::Expired(format!(
-                            "too old resource version: {sent}: the watch fell behind the changes kept for it; list again and watch from the list's resourceVersion"
-                        )));
+                        return Err(match lost {
+                            // The cache started again: the store compacted
+                            // the history it was reading.
+                            RecvError::Closed => expired(sent),
+                            RecvError::Lagged(_) => ApiError::Expired(format!(
+                                "too old resource version: {sent}: the watch fell behind the changes kept for it; list again and watch from the list's resourceVersion"
+                            )),
+                        });
                     };
                     *backlog = sub.backlog.into();
                     *live = sub.live;

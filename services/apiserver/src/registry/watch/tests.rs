@@ -275,6 +275,7 @@ async fn the_first_watch_of_a_kind_from_a_compacted_version_is_told_to_relist() 
         }
     };
     assert!(matches!(err, ApiError::Expired(_)), "{err:?}");
+    assert!(err.to_string().contains("compacted"), "{err}");
     // A watch from the present is served.
     let now = store.current_revision().await.unwrap();
     let mut current = registry.watch::<ConfigMap>(from(now)).await.unwrap();
