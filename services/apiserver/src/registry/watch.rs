@@ -51,8 +51,41 @@ enum Source<K> {
         live: crate::cache::Live<Arc<Change<K>>>,
         cache: Arc<WatchCache<K>>,
     },
-    /// A store watch of its own (the version predates the cache window).
-    Store(skiff_store::WatchStream),
+    /// A store watch of its own (the version predates the cache window),
+    /// counted while open.
+    Store {
+        stream: skiff_store::WatchStream,
+        _open: OpenStoreWatch,
+    },
+}
+
+/// One open store watch of a watcher's own, counted by kind in
+/// `skiff_apiserver_store_watches` (each decodes every change itself: many
+/// of them mean clients watching from versions the cache does not keep).
+struct OpenStoreWatch(prometheus::IntGauge);
+
+/// The kind's `skiff_apiserver_store_watches`.
+fn store_watches<K: Strategy>() -> prometheus::IntGauge {
+    skiff_metrics::gauge_vec(
+        "skiff_apiserver_store_watches",
+        "watches served by a store watch of their own, not the kind's watch cache (their version predates it), by kind",
+        &["kind"],
+    )
+    .with_label_values(&[K::KIND])
+}
+
+impl OpenStoreWatch {
+    fn of<K: Strategy>() -> Self {
+        let gauge = store_watches::<K>();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenStoreWatch {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// One client's watch: filters changes as its stream is polled. No task
@@ -163,7 +196,7 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
                 }
             }
         },
-        Source::Store(stream) => {
+        Source::Store { stream, .. } => {
             use futures::StreamExt as _;
             loop {
                 match stream.next().await {
@@ -259,7 +292,10 @@ impl Registry {
                             skiff_store::Error::Compacted { .. } => expired(start),
                             other => other.into(),
                         })?;
-                Source::Store(stream)
+                Source::Store {
+                    stream,
+                    _open: OpenStoreWatch::of::<K>(),
+                }
             }
         };
         let bookmarks = req.allow_bookmarks.then(|| {

@@ -326,3 +326,20 @@ async fn a_cache_starts_at_the_present_when_its_window_cannot_keep_the_changes_s
             .unwrap();
     assert_eq!(ahead.latest(), now);
 }
+
+#[tokio::test]
+async fn watches_the_cache_cannot_serve_are_counted_while_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, registry) = crate::registry::test_registry(&dir).await;
+    let old = put(&*store, "cm", "0", None).await;
+    let now = put(&*store, "cm", "1", Some(old)).await;
+    let open = || store_watches::<ConfigMap>().get();
+    // The kind's cache starts with a watch from the present.
+    let _present = registry.watch::<ConfigMap>(from(now)).await.unwrap();
+    assert_eq!(open(), 0, "served by the cache");
+    let mut older = registry.watch::<ConfigMap>(from(old)).await.unwrap();
+    assert_eq!(open(), 1, "from before the cache: the store's");
+    assert_eq!(next_n(&mut older).await, (now, "1".into()));
+    drop(older);
+    assert_eq!(open(), 0, "no longer open");
+}
