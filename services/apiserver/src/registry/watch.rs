@@ -68,7 +68,7 @@ struct OpenStoreWatch(prometheus::IntGauge);
 fn store_watches<K: Strategy>() -> prometheus::IntGauge {
     skiff_metrics::gauge_vec(
         "skiff_apiserver_store_watches",
-        "watches served by a store watch of their own, not the kind's watch cache (their version predates it), by kind",
+        "open watches (gRPC and HTTP) served by a store watch of their own, not the kind's watch cache (their version is older than its window), by kind",
         &["kind"],
     )
     .with_label_values(&[K::KIND])

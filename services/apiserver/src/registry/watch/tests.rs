@@ -333,6 +333,8 @@ async fn watches_the_cache_cannot_serve_are_counted_while_open() {
     let (store, registry) = crate::registry::test_registry(&dir).await;
     let old = put(&*store, "cm", "0", None).await;
     let now = put(&*store, "cm", "1", Some(old)).await;
+    // The gauge is the process's: exact under nextest (a process per
+    // test); no other test here makes a ConfigMap watch read the store.
     let open = || store_watches::<ConfigMap>().get();
     // The kind's cache starts with a watch from the present.
     let _present = registry.watch::<ConfigMap>(from(now)).await.unwrap();
