@@ -400,6 +400,53 @@ async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
     assert!(!out.contains(token.split('.').nth(1).unwrap()), "{out}");
 }
 
+/// `skiff-agent` (the agent alone, in its own binary) joins as `skiff
+/// agent` does and runs pods, their shims included (the process runtime
+/// starts each container through the agent's own binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_skiff_agent_binary_joins_with_a_token_and_runs_pods() {
+    let c = Secure::start(&[]);
+    let _controllers = c.controllers();
+    let (token, hash) = c.token("1h");
+    let node = AgentNode::start_skiff_agent_with(
+        &c.server.url(),
+        "lean",
+        "process",
+        &["--token", &token, "--ca-hash", &hash],
+    )
+    .unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", node.pid().unwrap())).unwrap();
+    assert_eq!(exe.file_name().unwrap(), "skiff-agent", "{exe:?}");
+    let nodes = Api::<Node>::new(c.admin());
+    let name = node.name.clone();
+    wait_until(
+        "the node joined by skiff-agent is Ready",
+        Duration::from_secs(30),
+        async || nodes.get("", &name).await.is_ok_and(|n| node_ready(&n)),
+    )
+    .await;
+    let pods = Api::<Pod>::new(c.admin());
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "lean"},
+        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": "host",
+                                 "command": ["sh", "-c", "echo hello from skiff-agent; exec sleep 300"]}]}
+    }))
+    .unwrap();
+    pods.create(pod).await.unwrap();
+    let mut logs = String::new();
+    wait_until(
+        "the pod's log through the API server",
+        Duration::from_secs(30),
+        async || {
+            let (ok, out, _) = c.skiff(&["logs", "lean"]);
+            logs = out;
+            ok && logs.contains("hello from skiff-agent")
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_certificates_are_rotated_before_they_expire() {
     let c = Secure::start(&["--node-cert-validity-secs", "20"]);

@@ -1,7 +1,8 @@
 //! `skiff-bench idle`: the footprint at rest. A real `skiff up` (API
 //! server, controller manager, scheduler and a Docker agent in one
-//! process, TLS on) and a second agent joined to it with a bootstrap
-//! token (the process runtime), both left idle; their resident memory
+//! process, TLS on) and two more agents joined to it with a bootstrap
+//! token (the process runtime), one run as `skiff agent`, the other by
+//! the `skiff-agent` binary (the agent alone), all left idle; their resident memory
 //! (VmRSS) sampled every second, median and peak printed per process,
 //! with the medians of its anonymous and file-backed parts.
 //!
@@ -162,30 +163,42 @@ async fn measure(
     let (ok, out, err) = skiff(home, &["token", "create", "--ttl", "1h"])?;
     anyhow::ensure!(ok, "skiff token create: {err}");
     let (token, hash) = skiff_testkit::printed_token(&out, &err);
-    let agent_dir = home.join("agent");
-    let agent_name = "idle-agent";
-    let agent = ChildGuard::new(
-        Command::new(skiff_testkit::skiff_binary()?)
-            .arg("agent")
-            .args(["--server", &format!("https://127.0.0.1:{port}")])
-            .args(["--token", &token, "--ca-hash", &hash])
-            .args(["--node-name", agent_name, "--runtime", "process"])
-            .args(["--listen", "127.0.0.1:0", "--proxy-mode", "none"])
-            .arg("--data-dir")
-            .arg(&agent_dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_ready(home, agent_name).await?;
-    println!("both up; idle for {settle} s, then {samples} samples a second apart ...");
+    // The same agent from each binary: `skiff agent` and `skiff-agent`.
+    let mut agents = Vec::new();
+    for (name, binary, subcommand) in [
+        ("idle-agent", skiff_testkit::skiff_binary()?, Some("agent")),
+        (
+            "idle-skiff-agent",
+            skiff_testkit::skiff_agent_binary()?,
+            None,
+        ),
+    ] {
+        let mut command = Command::new(binary);
+        command.args(subcommand);
+        let agent = ChildGuard::new(
+            command
+                .args(["--server", &format!("https://127.0.0.1:{port}")])
+                .args(["--token", &token, "--ca-hash", &hash])
+                .args(["--node-name", name, "--runtime", "process"])
+                .args(["--listen", "127.0.0.1:0", "--proxy-mode", "none"])
+                .arg("--data-dir")
+                .arg(home.join(name))
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        wait_ready(home, name).await?;
+        agents.push(agent);
+    }
+    println!("all up; idle for {settle} s, then {samples} samples a second apart ...");
     tokio::time::sleep(Duration::from_secs(settle)).await;
-    let (mut cluster, mut joined) = (Vec::new(), Vec::new());
+    let (mut cluster, mut joined, mut lean) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..samples {
         cluster.push(Rss::of(up.pid()).context("skiff up exited")?);
-        joined.push(Rss::of(agent.pid()).context("the agent exited")?);
+        joined.push(Rss::of(agents[0].pid()).context("the agent exited")?);
+        lean.push(Rss::of(agents[1].pid()).context("skiff-agent exited")?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     println!();
@@ -195,6 +208,7 @@ async fn measure(
     );
     let up_json = report("skiff up (server, controllers, scheduler, agent)", &cluster);
     let agent_json = report("skiff agent (joined, process runtime)", &joined);
+    let lean_json = report("skiff-agent (joined, process runtime)", &lean);
     println!(
         "(ANON: the process's own memory; FILE: code paged in, the binary's and libc's, \
          shared and reclaimable; medians)"
@@ -207,6 +221,7 @@ async fn measure(
             "samples": samples,
             "skiff_up_rss_mib": up_json,
             "joined_agent_rss_mib": agent_json,
+            "joined_skiff_agent_rss_mib": lean_json,
         })
     );
     Ok(())

@@ -169,7 +169,7 @@ enum Command {
         replicas: i32,
     },
     /// The footprint at rest: resident memory of an idle `skiff up` and
-    /// of an idle agent joined to it.
+    /// of idle agents joined to it (`skiff agent` and `skiff-agent`).
     Idle {
         /// Seconds left idle before sampling.
         #[arg(long, default_value_t = 20)]

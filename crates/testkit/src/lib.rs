@@ -84,13 +84,26 @@ pub fn target_dir() -> PathBuf {
 /// When it has not been built (`cargo build --bins` first; `scripts/test`
 /// does).
 pub fn skiff_binary() -> anyhow::Result<PathBuf> {
+    built_binary("skiff")
+}
+
+/// The `skiff-agent` binary (the node agent alone) built beside the tests.
+///
+/// # Errors
+/// When it has not been built.
+pub fn skiff_agent_binary() -> anyhow::Result<PathBuf> {
+    built_binary("skiff-agent")
+}
+
+/// The workspace binary `name`.
+fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
     // Beside a binary (skiff-bench), or one level up from a test binary.
     let exe = std::env::current_exe().unwrap_or_default();
-    let beside = exe.parent().map(|d| d.join("skiff")).unwrap_or_default();
+    let beside = exe.parent().map(|d| d.join(name)).unwrap_or_default();
     if beside.is_file() {
         return Ok(beside);
     }
-    let bin = target_dir().join("skiff");
+    let bin = target_dir().join(name);
     if bin.is_file() {
         Ok(bin)
     } else {

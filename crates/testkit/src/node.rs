@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::process::ChildGuard;
-use crate::skiff_binary;
+use crate::{skiff_agent_binary, skiff_binary};
 
 /// The busybox test image: `FROM scratch` plus Debian's busybox-static
 /// (sh, httpd, wget, nc, sleep ...), built through the Docker API once per
@@ -68,6 +68,8 @@ pub struct AgentNode {
     /// Extra `skiff agent` flags. Without `--proxy-mode`, the agent runs
     /// no service proxy (tests share the host's iptables).
     args: Vec<String>,
+    /// Run by the `skiff-agent` binary rather than `skiff agent`.
+    lean: bool,
 }
 
 impl AgentNode {
@@ -103,6 +105,30 @@ impl AgentNode {
         runtime: &'static str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_by(false, server_url, prefix, runtime, args)
+    }
+
+    /// As [`AgentNode::start_with`], run by the `skiff-agent` binary (the
+    /// agent alone) instead of `skiff agent`.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn start_skiff_agent_with(
+        server_url: &str,
+        prefix: &str,
+        runtime: &'static str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_by(true, server_url, prefix, runtime, args)
+    }
+
+    fn start_by(
+        lean: bool,
+        server_url: &str,
+        prefix: &str,
+        runtime: &'static str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--proxy-mode")) {
             args.push("--proxy-mode=none".into());
@@ -116,6 +142,7 @@ impl AgentNode {
             agent: None,
             runtime,
             args,
+            lean,
         };
         node.start_agent()?;
         Ok(node)
@@ -126,8 +153,14 @@ impl AgentNode {
     /// # Errors
     /// When the binary is missing.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(skiff_binary()?)
-            .arg("agent")
+        let mut command = if self.lean {
+            Command::new(skiff_agent_binary()?)
+        } else {
+            let mut command = Command::new(skiff_binary()?);
+            command.arg("agent");
+            command
+        };
+        let child = command
             .args(["--server", &self.server_url, "--node-name", &self.name])
             .arg("--data-dir")
             .arg(self.data_dir.path())
@@ -145,7 +178,7 @@ impl AgentNode {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting skiff agent")?;
+            .context("starting the agent")?;
         self.agent = Some(ChildGuard::new(child));
         Ok(())
     }
