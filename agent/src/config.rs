@@ -59,8 +59,8 @@ pub struct Config {
     pub network: String,
     /// How many pods the node takes.
     pub max_pods: u32,
-    /// The program the process runtime starts its shims with (the `skiff`
-    /// binary, run as `skiff shim DIR -- ARGV`).
+    /// The program the process runtime starts its shims with (the agent's
+    /// own binary, `skiff` or `skiff-agent`, run as `… shim DIR -- ARGV`).
     pub shim: Option<PathBuf>,
     /// How the service proxy programs this node.
     pub proxy: proxy::Mode,

@@ -533,7 +533,7 @@ async fn open_runtime(
     let process = || -> Result<Arc<dyn Runtime>, Error> {
         let shim = config.shim.clone().ok_or_else(|| {
             skiff_runtime::Error::Runtime(
-                "the process runtime needs the skiff binary to run its shims".into(),
+                "the process runtime needs the agent's own binary (skiff or skiff-agent) to run its shims".into(),
             )
         })?;
         // Pods share the host network: their IP is the node's.

@@ -597,20 +597,12 @@ async fn watch_from_a_compacted_version_is_out_of_range(c: Cluster) {
         .unwrap()
         .into_inner();
     let old = first.metadata.unwrap().resource_version;
-    // The test server compacts every 2 s, keeping one interval.
-    for i in 1..4 {
-        cm.create(ConfigMap {
-            metadata: Some(ObjectMeta {
-                name: format!("c{i}"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
-    // The kind's watch cache starts with its first watch, here from the
-    // present: a version before it is the store's alone to serve.
+    // The test server compacts every 2 s, keeping one interval. The
+    // kind's watch cache, started by its first watch (here from the
+    // present), reads back half its window (4,096 changes) of history:
+    // a version more revisions back than that is the store's alone to
+    // serve.
+    skiff_testkit::write_secrets(&c.channel, "default", "later", 2_100).await;
     drop(cm.watch(WatchRequest::default()).await.unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

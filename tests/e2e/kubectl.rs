@@ -1396,9 +1396,10 @@ async fn the_python_client_resumes_watches_and_relists_after_410() {
     let channel = skiff_client::connect_lazy(&url).unwrap();
     let mut ns = Namespace::default();
     skiff::Resource::metadata_mut(&mut ns).name = "py".into();
-    // A version from before the ConfigMap watch cache started (it starts
-    // with the first watch, from that watch's version): once the store
-    // compacts it, only the store could serve it, and cannot.
+    // A version more than half a window of changes before the ConfigMap
+    // watch cache started (it reads back that much history when the
+    // kind's first watch starts it): once the store compacts it, only the
+    // store could serve it, and cannot.
     let created: i64 = Api::<Namespace>::new(channel.clone())
         .create(ns)
         .await
@@ -1409,6 +1410,7 @@ async fn the_python_client_resumes_watches_and_relists_after_410() {
         .parse()
         .unwrap();
     let old = (created - 1).to_string();
+    skiff_testkit::write_secrets(&channel, "py", "later", 2_100).await;
     let maps = Api::<ConfigMap>::new(channel.clone());
     let start = maps
         .list(ListRequest {

@@ -415,8 +415,6 @@ async fn the_skiff_agent_binary_joins_with_a_token_and_runs_pods() {
         &["--token", &token, "--ca-hash", &hash],
     )
     .unwrap();
-    let exe = std::fs::read_link(format!("/proc/{}/exe", node.pid().unwrap())).unwrap();
-    assert_eq!(exe.file_name().unwrap(), "skiff-agent", "{exe:?}");
     let nodes = Api::<Node>::new(c.admin());
     let name = node.name.clone();
     wait_until(
@@ -445,6 +443,24 @@ async fn the_skiff_agent_binary_joins_with_a_token_and_runs_pods() {
         },
     )
     .await;
+    // The container's parent is its shim: skiff-agent's own binary.
+    let pid = node
+        .container_ids()
+        .iter()
+        .find_map(|id| skiff_testkit::process_pid(&node, id))
+        .expect("the pod's container runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let parent = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let shim = std::fs::read_link(format!("/proc/{parent}/exe")).unwrap();
+    assert!(
+        shim.to_string_lossy().contains("skiff-agent"),
+        "the shim is {shim:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

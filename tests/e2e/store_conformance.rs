@@ -280,6 +280,44 @@ async fn compaction_makes_old_revisions_unavailable(s: Arc<dyn Store>) {
     assert_eq!(take(&mut w, 1).await[0].revision(), current);
 }
 
+/// Where the history starts: the embedded store records it, etcd is
+/// asked with reads at past revisions (the trait's own answer).
+async fn the_oldest_kept_revision_is_where_the_history_starts(s: Arc<dyn Store>) {
+    let first = s.create("/o/0", b("v")).await.unwrap();
+    for i in 1..40 {
+        s.create(&format!("/o/{i}"), b("v")).await.unwrap();
+    }
+    let now = s.current_revision().await.unwrap();
+    for from in [0, first, first + 17, now] {
+        assert_eq!(s.oldest_kept(from).await.unwrap(), from, "from {from}");
+    }
+    let compacted = first + 23;
+    s.compact(compacted).await.unwrap();
+    for (from, oldest) in [
+        (0, compacted),
+        (first, compacted),
+        (compacted - 1, compacted),
+        (compacted, compacted),
+        (compacted + 7, compacted + 7),
+        (now, now),
+    ] {
+        assert_eq!(s.oldest_kept(from).await.unwrap(), oldest, "from {from}");
+    }
+    // What it answers is readable; the revision before it is not.
+    let at = |revision| {
+        s.list(ListOptions {
+            prefix: "/o/".into(),
+            revision,
+            ..Default::default()
+        })
+    };
+    assert_eq!(at(compacted).await.unwrap().kvs.len(), 24);
+    assert!(matches!(
+        at(compacted - 1).await,
+        Err(Error::Compacted { .. })
+    ));
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded_store {
@@ -312,6 +350,7 @@ conformance!(
     watch_resumed_after_disconnect_misses_nothing_and_repeats_nothing,
     concurrent_updates_have_exactly_one_winner,
     compaction_makes_old_revisions_unavailable,
+    the_oldest_kept_revision_is_where_the_history_starts,
 );
 
 #[tokio::test]

@@ -2,9 +2,9 @@
 //! server, controller manager, scheduler and a Docker agent in one
 //! process, TLS on) and two more agents joined to it with a bootstrap
 //! token (the process runtime), one run as `skiff agent`, the other by
-//! the `skiff-agent` binary (the agent alone), all left idle; their resident memory
-//! (VmRSS) sampled every second, median and peak printed per process,
-//! with the medians of its anonymous and file-backed parts.
+//! the `skiff-agent` binary (the agent alone), all left idle; their
+//! resident memory (VmRSS) sampled every second, median and peak printed
+//! per process, with the medians of its anonymous and file-backed parts.
 //!
 //! It uses the `skiff` Docker network, as `skiff up` does, so it refuses
 //! to run while that network exists (another `skiff up`). Everything it

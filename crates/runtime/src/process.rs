@@ -4,7 +4,8 @@
 //! Each container is a directory under the runtime's root holding its
 //! record (`record.json`: name, image, labels, argv, env, cwd), its log
 //! (`log`), and, once started, the `pid` of its process and, once ended,
-//! its `exit` (code and time). A small shim (`skiff shim DIR -- ARGV`)
+//! its `exit` (code and time). A small shim (`skiff shim DIR -- ARGV`, or
+//! `skiff-agent shim …`)
 //! starts the process in its own process group, writes `pid`, waits for
 //! it and writes `exit`; shims outlive the agent, so a restarted agent
 //! finds every container's state on disk and adopts it.
@@ -133,7 +134,7 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
 
 impl ProcessRuntime {
     /// A runtime keeping its containers under `root`, started through
-    /// `shim` (the `skiff` binary), giving pods the address `ip`.
+    /// `shim` (the agent's own binary), giving pods the address `ip`.
     ///
     /// # Errors
     /// The root cannot be created.

@@ -509,6 +509,11 @@ impl Store for EmbeddedStore {
         Ok(self.revisions().await?.0)
     }
 
+    async fn oldest_kept(&self, from: i64) -> Result<i64> {
+        let (current, compacted) = self.revisions().await?;
+        Ok(from.max(compacted).min(current))
+    }
+
     async fn compact(&self, revision: i64) -> Result<()> {
         self.write(Op::Compact { revision }).await.map(|_| ())
     }

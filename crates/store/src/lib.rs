@@ -232,6 +232,50 @@ pub trait Store: Send + Sync + 'static {
     /// Backend failures.
     async fn current_revision(&self) -> Result<i64>;
 
+    /// The oldest revision, `from` or later, whose state the store still
+    /// keeps: a read at it is served, and a watch from the next one. For
+    /// `from` at most the current revision.
+    ///
+    /// This default asks with reads at past revisions of a prefix no key
+    /// has (a binary search between `from` and the current revision, at
+    /// most ~log2 of their distance reads); a store that records where its
+    /// history starts answers at once.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn oldest_kept(&self, from: i64) -> Result<i64> {
+        let current = self.current_revision().await?;
+        let kept = async |revision: i64| {
+            let probe = ListOptions {
+                prefix: NO_KEYS.to_string(),
+                limit: 1,
+                revision,
+                ..ListOptions::default()
+            };
+            match self.list(probe).await {
+                Ok(_) => Ok(true),
+                Err(Error::Compacted { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        // Revision 0 in a read means the current one: revision 1 kept is
+        // all history kept.
+        if from >= current || kept(from.max(1)).await? {
+            return Ok(from.min(current));
+        }
+        // `low` compacted, `high` kept (the current revision always is).
+        let (mut low, mut high) = (from.max(1), current);
+        while high - low > 1 {
+            let mid = low + (high - low) / 2;
+            if kept(mid).await? {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        Ok(high)
+    }
+
     /// Discards history before `revision`: later watches and lists from an
     /// older revision get [`Error::Compacted`].
     ///
@@ -239,6 +283,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::FutureRevision`] when `revision` is ahead of the store.
     async fn compact(&self, revision: i64) -> Result<()>;
 }
+
+/// A prefix no key of Skiff's has (they start with `/`): a read of it at a
+/// past revision only asks whether the store still has that revision.
+const NO_KEYS: &str = "\u{1}";
 
 /// The smallest key greater than every key starting with `prefix` (etcd's
 /// range end for a prefix).

@@ -74,6 +74,11 @@ impl Store for Metered {
         self.timed("delete", self.inner.delete(key, expected)).await
     }
 
+    async fn oldest_kept(&self, from: i64) -> Result<i64> {
+        self.timed("oldest_kept", self.inner.oldest_kept(from))
+            .await
+    }
+
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream> {
         self.timed("watch", self.inner.watch(prefix, start_revision))
             .await

@@ -343,6 +343,40 @@ pub async fn list<K: skiff::Resource>(
     items
 }
 
+/// Creates `n` Secrets named `prefix-i` in `namespace`, eight at a time:
+/// the store's revision moves on by `n` (more than half the watch cache's
+/// window of 4,096 changes puts earlier versions out of its reach: they
+/// are the store's alone to serve).
+///
+/// # Panics
+/// When a create fails.
+pub async fn write_secrets(
+    channel: &tonic::transport::Channel,
+    namespace: &str,
+    prefix: &str,
+    n: usize,
+) {
+    let secrets = skiff_client::Api::<skiff::pb::core::v1::Secret>::new(channel.clone());
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (secrets, namespace, prefix) =
+                (secrets.clone(), namespace.to_string(), prefix.to_string());
+            tokio::spawn(async move {
+                for i in (w..n).step_by(8) {
+                    let mut secret = skiff::pb::core::v1::Secret::default();
+                    let meta = skiff::Resource::metadata_mut(&mut secret);
+                    meta.name = format!("{prefix}-{i}");
+                    meta.namespace.clone_from(&namespace);
+                    secrets.create(secret).await.expect("creating a secret");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("a writer");
+    }
+}
+
 /// The pods `selector` picks that run and are not terminating (what
 /// kubectl shows as Running).
 pub async fn live_pods(

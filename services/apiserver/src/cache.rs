@@ -1,9 +1,8 @@
 //! The watch cache: one store watch per kind, fanned out to every client.
 //!
-//! A background task follows the store from the revision the cache was
-//! created at (the version of the kind's first watch, when half the window
-//! can keep every change since; else the present), decodes each change
-//! once, keeps the most recent changes in a window, and broadcasts them. A
+//! A background task follows the store from half a window of revisions
+//! before the cache was created (or from where the store's history
+//! starts, if later), decodes each change once, keeps the most recent changes in a window, and broadcasts them. A
 //! client watching from a revision inside the window is served from
 //! memory; N watchers of a kind cost one store watch. A client asking for
 //! an older revision is answered by the store directly (or told the
@@ -25,7 +24,7 @@ mod live;
 pub use live::Live;
 
 /// Changes kept per kind for watchers that resume from a recent revision.
-const WINDOW: usize = 4 * 1024;
+pub(crate) const WINDOW: usize = 4 * 1024;
 /// Changes buffered per live watcher before it is cut off as too slow.
 const FANOUT_BUFFER: usize = 1024;
 /// How long a change stays in the window (Kubernetes' watch cache keeps
@@ -169,44 +168,38 @@ pub fn decode<K: Strategy>(bytes: &[u8], revision: i64) -> Option<K> {
 // === impl WatchCache ===
 
 impl<K: Strategy> WatchCache<K> {
-    /// Starts following the store from revision `since`, or from its
-    /// current revision without one. From `since`, the kind's changes
-    /// after it are read back from the store's history into the window:
-    /// the watch that starts the cache, from the version its client listed
-    /// at, is served from memory even when other kinds were written since
-    /// (revisions are global), and so is every watch from a later version.
-    /// Only when every change since (there is at most one per revision)
-    /// takes no more than half the window, the rest left for the changes
-    /// made while they are read, and `since` is not ahead of the store: a
-    /// longer replay would push out changes its first watchers still need.
+    /// Starts following the store from half a window of revisions back,
+    /// or from the oldest revision the store still keeps if that is later:
+    /// the kind's changes since are read back from the store's history
+    /// into the window, so that every watch from a version since is served
+    /// from memory — the first one, from the version its client listed at
+    /// (revisions are global: other kinds' writes move them too), and
+    /// clients resuming from older versions after it (informers
+    /// reconnecting to a restarted server). Half the window: there is at
+    /// most one change per revision, and the other half is left for the
+    /// changes made while they are read (a longer replay would push out
+    /// changes its first watchers still need).
     ///
     /// # Errors
     /// When the store cannot be read.
-    pub async fn start(
-        store: Arc<dyn Store>,
-        since: Option<i64>,
-    ) -> skiff_store::Result<Arc<Self>> {
-        Self::start_sized(store, since, WINDOW, FANOUT_BUFFER, FRESH).await
+    pub async fn start(store: Arc<dyn Store>) -> skiff_store::Result<Arc<Self>> {
+        Self::start_sized(store, WINDOW, FANOUT_BUFFER, FRESH).await
     }
 
     /// [`Self::start`] keeping `window` changes for `fresh` at most, with
     /// live watchers `fanout` changes of slack.
     pub(crate) async fn start_sized(
         store: Arc<dyn Store>,
-        since: Option<i64>,
         window: usize,
         fanout: usize,
         fresh: Duration,
     ) -> skiff_store::Result<Arc<Self>> {
-        // A history the store no longer has (compacted) is found by the
-        // first read of it, in `follow`: the cache then starts again from
-        // the present and its watchers are told to relist.
         let current = store.current_revision().await?;
         let kept = i64::try_from(window).unwrap_or(i64::MAX);
-        let from = match since {
-            Some(since) if since <= current && current - since <= kept / 2 => since,
-            _ => current,
-        };
+        // A compaction between this and the first read of the history is
+        // found by that read, in `follow`: the cache then starts again from
+        // the present and its watchers are told to relist.
+        let from = store.oldest_kept((current - kept / 2).max(0)).await?;
         let (tx, _) = broadcast::channel(fanout);
         let cache = Arc::new(Self {
             state: Mutex::new(State {

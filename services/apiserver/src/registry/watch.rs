@@ -219,16 +219,15 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
 }
 
 impl Registry {
-    /// The kind's watch cache; the first watch of a kind starts it from
-    /// `since`, the version it watches from (None: the present).
-    async fn cache<K: Strategy>(&self, since: Option<i64>) -> Result<Arc<WatchCache<K>>> {
+    /// The kind's watch cache, started by the kind's first watch.
+    async fn cache<K: Strategy>(&self) -> Result<Arc<WatchCache<K>>> {
         let mut caches = self.caches.lock().await;
         if let Some(cache) = caches.get(&TypeId::of::<K>())
             && let Ok(cache) = Arc::clone(cache).downcast::<WatchCache<K>>()
         {
             return Ok(cache);
         }
-        let cache = WatchCache::<K>::start(Arc::clone(&self.store), since).await?;
+        let cache = WatchCache::<K>::start(Arc::clone(&self.store)).await?;
         caches.insert(
             TypeId::of::<K>(),
             cache.clone() as Arc<dyn Any + Send + Sync>,
@@ -253,9 +252,7 @@ impl Registry {
             }
         }
         // The cache first: a list read after it starts is inside its window.
-        let cache = self
-            .cache::<K>((requested > 0).then_some(requested))
-            .await?;
+        let cache = self.cache::<K>().await?;
         // Without a version: the current state as ADDED events, then changes.
         let mut initial = Vec::new();
         let start = if requested == 0 {

@@ -21,7 +21,7 @@ async fn cache(
 ) -> (Arc<dyn Store>, Arc<WatchCache<ConfigMap>>) {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
-    let cache = WatchCache::start_sized(Arc::clone(&store), None, window, fanout, FRESH)
+    let cache = WatchCache::start_sized(Arc::clone(&store), window, fanout, FRESH)
         .await
         .unwrap();
     (store, cache)
@@ -46,14 +46,7 @@ async fn write(store: &dyn Store, cache: &WatchCache<ConfigMap>, prefix: &str, n
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while cache.latest() < last {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cache never saw {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    caught_up(cache, last).await;
     last
 }
 
@@ -147,7 +140,7 @@ async fn a_cache_at_rest_lets_go_of_changes_older_than_its_fresh_time() {
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
     let fresh = Duration::from_millis(300);
-    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), None, 64, 16, fresh)
+    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 16, fresh)
         .await
         .unwrap();
     let from = store.current_revision().await.unwrap();
@@ -235,7 +228,7 @@ async fn the_first_watch_of_a_kind_from_a_listed_version_is_served_from_memory()
     let changed = put(&*store, "cm", "1", Some(listed)).await;
     other_kind(&*store).await;
     let mut watch = registry.watch::<ConfigMap>(from(listed)).await.unwrap();
-    let cache = registry.cache::<ConfigMap>(None).await.unwrap();
+    let cache = registry.cache::<ConfigMap>().await.unwrap();
     assert!(
         cache.subscribe(listed).is_some(),
         "the cache reaches back to the version the first watch asked for"
@@ -283,8 +276,20 @@ async fn the_first_watch_of_a_kind_from_a_compacted_version_is_told_to_relist() 
     assert_eq!(next_n(&mut current).await, (last, "2".into()));
 }
 
+/// Waits until `cache` has read the store up to `revision`.
+async fn caught_up(cache: &WatchCache<ConfigMap>, revision: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cache.latest() < revision {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cache never saw {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
-async fn a_cache_starts_at_the_present_when_its_window_cannot_keep_the_changes_since() {
+async fn a_cache_reaches_back_half_its_window_or_to_where_the_history_starts() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(dir.path().join("state.redb")).unwrap());
@@ -293,55 +298,69 @@ async fn a_cache_starts_at_the_present_when_its_window_cannot_keep_the_changes_s
         put(&*store, &format!("cm-{i}"), "0", None).await;
     }
     let now = store.current_revision().await.unwrap();
-    // 20 changes since, 8 kept: the first watchers would lose some.
-    // (With 32 kept, 20 would leave too little room for what comes
-    // meanwhile: half the window is the limit.)
-    let small = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 8, 4, FRESH)
+    // 8 kept: the last 4 changes read back (half the window), earlier
+    // versions left to the store.
+    let small = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 8, 4, FRESH)
         .await
         .unwrap();
-    assert!(small.subscribe(since).is_none(), "left to the store");
-    assert_eq!(small.latest(), now);
-    let half = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 32, 16, FRESH)
+    caught_up(&small, now).await;
+    assert_eq!(small.subscribe(now - 4).unwrap().backlog.len(), 4);
+    assert!(small.subscribe(now - 5).is_none(), "left to the store");
+    // 64 kept: all 20 read back from the store's history.
+    let large = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 16, FRESH)
         .await
         .unwrap();
-    assert_eq!(half.latest(), now, "20 changes take more than half of 32");
-    // 64 kept: from `since`, all 20 read back from the store's history.
-    let large =
-        WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(since), 64, 16, FRESH)
-            .await
-            .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while large.latest() < now {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "history not read back"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    caught_up(&large, now).await;
     assert_eq!(large.subscribe(since).unwrap().backlog.len(), 20);
-    // A version the store has not reached: from the present.
-    let ahead =
-        WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), Some(now + 5), 64, 16, FRESH)
-            .await
-            .unwrap();
-    assert_eq!(ahead.latest(), now);
+    // Compacted: from where the history starts, not before.
+    let compacted = now - 6;
+    store.compact(compacted).await.unwrap();
+    let after = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 16, FRESH)
+        .await
+        .unwrap();
+    caught_up(&after, now).await;
+    assert_eq!(after.subscribe(compacted).unwrap().backlog.len(), 6);
+    assert!(after.subscribe(compacted - 1).is_none(), "compacted");
+}
+
+/// `n` writes of Secrets at once: the store's revision moves `n` on,
+/// ConfigMaps' do not.
+async fn other_kinds(store: &dyn Store, n: usize) {
+    let writes = (0..n).map(|i| {
+        let key = skiff::keys::object::<skiff::pb::core::v1::Secret>("default", &format!("s{i}"));
+        async move { store.create(&key, Vec::new().into()).await }
+    });
+    futures::future::try_join_all(writes).await.unwrap();
 }
 
 #[tokio::test]
-async fn watches_the_cache_cannot_serve_are_counted_while_open() {
+async fn watches_from_before_the_first_are_served_from_memory_and_older_ones_counted() {
     let dir = tempfile::tempdir().unwrap();
     let (store, registry) = crate::registry::test_registry(&dir).await;
     let old = put(&*store, "cm", "0", None).await;
-    let now = put(&*store, "cm", "1", Some(old)).await;
+    let changed = put(&*store, "cm", "1", Some(old)).await;
+    // More than half a window of revisions: `changed` is out of reach.
+    other_kinds(&*store, crate::cache::WINDOW / 2 + 100).await;
+    let between = store.current_revision().await.unwrap();
+    let recent = put(&*store, "cm", "2", Some(changed)).await;
+    other_kind(&*store).await;
+    let now = store.current_revision().await.unwrap();
     // The gauge is the process's: exact under nextest (a process per
     // test); no other test here makes a ConfigMap watch read the store.
     let open = || store_watches::<ConfigMap>().get();
     // The kind's cache starts with a watch from the present.
     let _present = registry.watch::<ConfigMap>(from(now)).await.unwrap();
     assert_eq!(open(), 0, "served by the cache");
-    let mut older = registry.watch::<ConfigMap>(from(old)).await.unwrap();
-    assert_eq!(open(), 1, "from before the cache: the store's");
-    assert_eq!(next_n(&mut older).await, (now, "1".into()));
+    // A client resuming from an older version (an informer reconnecting
+    // to a restarted server) is served from memory too: the cache read
+    // the history back.
+    let mut resumed = registry.watch::<ConfigMap>(from(between)).await.unwrap();
+    assert_eq!(open(), 0, "read back into the cache");
+    assert_eq!(next_n(&mut resumed).await, (recent, "2".into()));
+    // Older than half a window: the store's, counted while open.
+    let mut older = registry.watch::<ConfigMap>(from(changed)).await.unwrap();
+    assert_eq!(open(), 1, "from before the cache's reach: the store's");
+    assert_eq!(next_n(&mut older).await, (recent, "2".into()));
     drop(older);
     assert_eq!(open(), 0, "no longer open");
 }
