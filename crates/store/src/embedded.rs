@@ -84,6 +84,15 @@ struct LogEntry {
     prev: Option<Record>,
 }
 
+/// A [`LogEntry`]'s key alone: decoding it skips the records without
+/// copying them, so reading the history of one prefix does not decode
+/// every other key's changes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LogKey {
+    #[prost(string, tag = "1")]
+    key: String,
+}
+
 impl LogEntry {
     fn into_event(self, revision: i64) -> Event {
         let kind = if self.delete {
@@ -259,8 +268,9 @@ impl EmbeddedStore {
         }
         for item in log.range(from as u64..=to as u64).map_err(emb)? {
             let (rev, bytes) = item.map_err(emb)?;
-            let entry: LogEntry = decode("log", bytes.value())?;
-            if entry.key.starts_with(prefix) {
+            let key: LogKey = decode("log", bytes.value())?;
+            if key.key.starts_with(prefix) {
+                let entry: LogEntry = decode("log", bytes.value())?;
                 out.push(entry.into_event(rev.value() as i64));
             }
         }
@@ -364,11 +374,12 @@ impl Store for EmbeddedStore {
         let mut undone = std::collections::HashSet::new();
         for item in log.range((at + 1) as u64..=current as u64).map_err(emb)? {
             let (_, bytes) = item.map_err(emb)?;
-            let entry: LogEntry = decode("log", bytes.value())?;
-            let in_range = entry.key.starts_with(&options.prefix) && !skip(&entry.key);
+            let key: LogKey = decode("log", bytes.value())?;
+            let in_range = key.key.starts_with(&options.prefix) && !skip(&key.key);
             // The earliest change after `at` holds the state at `at`.
-            if in_range && undone.insert(entry.key.clone()) {
-                state.insert(entry.key, entry.prev);
+            if in_range && undone.insert(key.key.clone()) {
+                let entry: LogEntry = decode("log", bytes.value())?;
+                state.insert(key.key, entry.prev);
             }
         }
         for (k, record) in state {

@@ -233,8 +233,8 @@ pub trait Store: Send + Sync + 'static {
     async fn current_revision(&self) -> Result<i64>;
 
     /// The oldest revision, `from` or later, whose state the store still
-    /// keeps: a read at it is served, and a watch from the next one. For
-    /// `from` at most the current revision.
+    /// keeps: a read at it is served, and a watch from the next one. Never
+    /// more than the current revision.
     ///
     /// This default asks with reads at past revisions of a prefix no key
     /// has (a binary search between `from` and the current revision, at

@@ -2,8 +2,8 @@
 //!
 //! A background task follows the store from half a window of revisions
 //! before the cache was created (or from where the store's history
-//! starts, if later), decodes each change once, keeps the most recent changes in a window, and broadcasts them. A
-//! client watching from a revision inside the window is served from
+//! starts, if later), decodes each change once, keeps the most recent
+//! changes in a window, and broadcasts them. A client watching from a revision inside the window is served from
 //! memory; N watchers of a kind cost one store watch. A client asking for
 //! an older revision is answered by the store directly (or told the
 //! revision has expired).
@@ -199,7 +199,13 @@ impl<K: Strategy> WatchCache<K> {
         // A compaction between this and the first read of the history is
         // found by that read, in `follow`: the cache then starts again from
         // the present and its watchers are told to relist.
-        let from = store.oldest_kept((current - kept / 2).max(0)).await?;
+        let from = match store.oldest_kept((current - kept / 2).max(0)).await {
+            Ok(from) => from,
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, error = %e, "watch cache: where the store's history starts is unknown; starting at the present");
+                current
+            }
+        };
         let (tx, _) = broadcast::channel(fanout);
         let cache = Arc::new(Self {
             state: Mutex::new(State {

@@ -117,7 +117,8 @@ pub struct Registry {
     limit_range_misses: std::sync::Mutex<HashMap<String, std::time::Instant>>,
     /// The indexes' watch loops; stopped by [`Registry::close`].
     index_tasks: [tokio::task::JoinHandle<()>; 4],
-    /// One watch cache per kind, created on first watch.
+    /// One watch cache per kind (in a cell the kind's watches wait on
+    /// while it starts), created on first watch.
     caches: tokio::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// How often watchers that asked for them get BOOKMARK events.
     bookmark_interval: Duration,

@@ -1,7 +1,7 @@
 //! Watch: from the kind's watch cache (or a store watch of its own for an
 //! older version), filtered per client, with bookmarks.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,20 +219,29 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
 }
 
 impl Registry {
-    /// The kind's watch cache, started by the kind's first watch.
+    /// The kind's watch cache, started by the kind's first watch. Only
+    /// the kind's own watches wait for its start (it reads history back).
     async fn cache<K: Strategy>(&self) -> Result<Arc<WatchCache<K>>> {
-        let mut caches = self.caches.lock().await;
-        if let Some(cache) = caches.get(&TypeId::of::<K>())
-            && let Ok(cache) = Arc::clone(cache).downcast::<WatchCache<K>>()
-        {
-            return Ok(cache);
-        }
-        let cache = WatchCache::<K>::start(Arc::clone(&self.store)).await?;
-        caches.insert(
-            TypeId::of::<K>(),
-            cache.clone() as Arc<dyn Any + Send + Sync>,
-        );
-        Ok(cache)
+        type Cell<K> = tokio::sync::OnceCell<Arc<WatchCache<K>>>;
+        let cell = {
+            let mut caches = self.caches.lock().await;
+            let entry = caches
+                .entry(TypeId::of::<K>())
+                .or_insert_with(|| Arc::new(Cell::<K>::new()));
+            match Arc::clone(entry).downcast::<Cell<K>>() {
+                Ok(cell) => cell,
+                // Keyed by the kind's type: cannot happen.
+                Err(_) => {
+                    let cell = Arc::new(Cell::<K>::new());
+                    *entry = cell.clone();
+                    cell
+                }
+            }
+        };
+        let cache = cell
+            .get_or_try_init(|| WatchCache::<K>::start(Arc::clone(&self.store)))
+            .await?;
+        Ok(Arc::clone(cache))
     }
 
     /// Starts a watch. Changes come from the kind's watch cache when the
