@@ -278,19 +278,23 @@ fn node_ready(node: &Node) -> bool {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
-    let c = Secure::start(&[]);
-    // Pods run as their namespace's `default` service account, made by
-    // the controller manager (with the CA ConfigMap their tokens need).
-    let _controllers = c.controllers();
+/// Joins a node to `c` with a fresh token (as `skiff agent`, or by the
+/// `skiff-agent` binary when `lean`) on the process runtime, waits for it
+/// to be Ready, and runs pod `pod` on it until its log, read through the
+/// API server, shows `line`. The node, the token and the CA hash.
+async fn join_and_run(
+    c: &Secure,
+    lean: bool,
+    pod: &str,
+    line: &str,
+) -> (AgentNode, String, String) {
     let (token, hash) = c.token("1h");
-    let node = AgentNode::start_with(
-        &c.server.url(),
-        "joined",
-        "process",
-        &["--token", &token, "--ca-hash", &hash],
-    )
+    let join = ["--token", &token, "--ca-hash", &hash];
+    let node = if lean {
+        AgentNode::start_skiff_agent_with(&c.server.url(), "lean", "process", &join)
+    } else {
+        AgentNode::start_with(&c.server.url(), "joined", "process", &join)
+    }
     .unwrap();
     let nodes = Api::<Node>::new(c.admin());
     let name = node.name.clone();
@@ -300,32 +304,41 @@ async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
         async || nodes.get("", &name).await.is_ok_and(|n| node_ready(&n)),
     )
     .await;
-    let cert = std::fs::read_to_string(node.data_dir.path().join("pki").join("node.crt")).unwrap();
-    let parsed = skiff_pki::Parsed::from_pem(&cert).unwrap();
-    assert_eq!(parsed.common_name, format!("system:node:{name}"));
-    assert_eq!(parsed.organizations, ["system:nodes"]);
-
-    // The API server reaches the agent over TLS (logs of a pod on it).
     let pods = Api::<Pod>::new(c.admin());
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "hello"},
+    let spec: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": pod},
         "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "main", "image": "host",
-                                 "command": ["sh", "-c", "echo hello from the node; exec sleep 300"]}]}
+                                 "command": ["sh", "-c", format!("echo {line}; exec sleep 300")]}]}
     }))
     .unwrap();
-    pods.create(pod).await.unwrap();
-    let mut logs = String::new();
+    pods.create(spec).await.unwrap();
     wait_until(
         "the pod's log through the API server",
         Duration::from_secs(30),
         async || {
-            let (ok, out, _) = c.skiff(&["logs", "hello"]);
-            logs = out;
-            ok && logs.contains("hello from the node")
+            let (ok, out, _) = c.skiff(&["logs", pod]);
+            ok && out.contains(line)
         },
     )
     .await;
+    (node, token, hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
+    let c = Secure::start(&[]);
+    // Pods run as their namespace's `default` service account, made by
+    // the controller manager (with the CA ConfigMap their tokens need).
+    let _controllers = c.controllers();
+    // The API server reaches the agent over TLS (logs of a pod on it).
+    let (node, token, hash) = join_and_run(&c, false, "hello", "hello from the node").await;
+    let nodes = Api::<Node>::new(c.admin());
+    let name = node.name.clone();
+    let cert = std::fs::read_to_string(node.data_dir.path().join("pki").join("node.crt")).unwrap();
+    let parsed = skiff_pki::Parsed::from_pem(&cert).unwrap();
+    assert_eq!(parsed.common_name, format!("system:node:{name}"));
+    assert_eq!(parsed.organizations, ["system:nodes"]);
 
     // Only the API server may call the agent: another node's certificate
     // gets PERMISSION_DENIED from it, in the API server's stead.
@@ -407,42 +420,7 @@ async fn an_agent_joins_with_a_token_and_a_bad_token_or_pin_is_refused() {
 async fn the_skiff_agent_binary_joins_with_a_token_and_runs_pods() {
     let c = Secure::start(&[]);
     let _controllers = c.controllers();
-    let (token, hash) = c.token("1h");
-    let node = AgentNode::start_skiff_agent_with(
-        &c.server.url(),
-        "lean",
-        "process",
-        &["--token", &token, "--ca-hash", &hash],
-    )
-    .unwrap();
-    let nodes = Api::<Node>::new(c.admin());
-    let name = node.name.clone();
-    wait_until(
-        "the node joined by skiff-agent is Ready",
-        Duration::from_secs(30),
-        async || nodes.get("", &name).await.is_ok_and(|n| node_ready(&n)),
-    )
-    .await;
-    let pods = Api::<Pod>::new(c.admin());
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "lean"},
-        "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
-                 "containers": [{"name": "main", "image": "host",
-                                 "command": ["sh", "-c", "echo hello from skiff-agent; exec sleep 300"]}]}
-    }))
-    .unwrap();
-    pods.create(pod).await.unwrap();
-    let mut logs = String::new();
-    wait_until(
-        "the pod's log through the API server",
-        Duration::from_secs(30),
-        async || {
-            let (ok, out, _) = c.skiff(&["logs", "lean"]);
-            logs = out;
-            ok && logs.contains("hello from skiff-agent")
-        },
-    )
-    .await;
+    let (node, _, _) = join_and_run(&c, true, "lean", "hello from skiff-agent").await;
     // The container's parent is its shim: skiff-agent's own binary.
     let pid = node
         .container_ids()
