@@ -282,6 +282,11 @@ fn node_ready(node: &Node) -> bool {
 /// `skiff-agent` binary when `lean`) on the process runtime, waits for it
 /// to be Ready, and runs pod `pod` on it until its log, read through the
 /// API server, shows `line`. The node, the token and the CA hash.
+///
+/// The pod sets the variables `skiff` reads its log format and trace
+/// collector from: they are the container's, and its shim (the agent's own
+/// binary, started in the container's environment) must not follow them
+/// (a bad log format once kept the container from starting).
 async fn join_and_run(
     c: &Secure,
     lean: bool,
@@ -309,7 +314,9 @@ async fn join_and_run(
         "metadata": {"name": pod},
         "spec": {"nodeName": name, "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "main", "image": "host",
-                                 "command": ["sh", "-c", format!("echo {line}; exec sleep 300")]}]}
+                                 "env": [{"name": "SKIFF_LOG_FORMAT", "value": "bogus"},
+                                         {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://127.0.0.1:9"}],
+                                 "command": ["sh", "-c", format!("echo {line} $SKIFF_LOG_FORMAT; exec sleep 300")]}]}
     }))
     .unwrap();
     pods.create(spec).await.unwrap();
@@ -318,7 +325,7 @@ async fn join_and_run(
         Duration::from_secs(30),
         async || {
             let (ok, out, _) = c.skiff(&["logs", pod]);
-            ok && out.contains(line)
+            ok && out.contains(&format!("{line} bogus"))
         },
     )
     .await;

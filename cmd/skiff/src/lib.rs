@@ -66,8 +66,9 @@ struct Cli {
 
 /// The process runtime's per-container shim: the agent starts its own
 /// binary with `shim DIR -- ARGV` for each container.
-#[derive(clap::Args)]
-struct ShimArgs {
+#[derive(Parser)]
+#[command(name = "shim")]
+struct Shim {
     /// The container's directory.
     dir: PathBuf,
     /// The command and its arguments.
@@ -75,10 +76,22 @@ struct ShimArgs {
     argv: Vec<String>,
 }
 
-impl ShimArgs {
-    fn run(&self) -> anyhow::Result<i32> {
-        skiff_runtime::process::shim(&self.dir, &self.argv).context("running the shim")
+/// Runs `… shim DIR -- ARGV` when that is the command, before anything
+/// reads flags from the environment or starts logging: the shim's
+/// environment is its container's, and a pod's `SKIFF_LOG_FORMAT` or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is not the shim's to follow. Its exit
+/// code; None for every other command.
+fn shim() -> Option<i32> {
+    if std::env::args_os().nth(1).is_none_or(|arg| arg != "shim") {
+        return None;
     }
+    // "shim" stands for the program's name: DIR -- ARGV follow.
+    let shim = Shim::parse_from(std::env::args_os().skip(1));
+    let ran = skiff_runtime::process::shim(&shim.dir, &shim.argv).context("running the shim");
+    Some(ran.unwrap_or_else(|e| {
+        eprintln!("{e:#}");
+        1
+    }))
 }
 
 #[derive(Subcommand)]
@@ -99,9 +112,6 @@ enum Command {
     /// Run the ingress controller in the foreground: HTTP and HTTPS
     /// routed by Ingresses to Services.
     Ingress(ingress::IngressArgs),
-    /// The process runtime's per-container shim (started by the agent).
-    #[command(hide = true)]
-    Shim(ShimArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -125,65 +135,61 @@ impl Command {
             Self::Scheduler(_) => "skiff-scheduler",
             Self::ControllerManager(_) => "skiff-controller-manager",
             Self::Ingress(_) => "skiff-ingress",
-            Self::Agent(_) | Self::HollowNodes(_) | Self::Shim(_) => "skiff-agent",
+            Self::Agent(_) | Self::HollowNodes(_) => "skiff-agent",
             Self::Client(_) => "skiff",
         }
     }
 }
 
 /// `skiff`: runs the command its arguments name and exits with its code.
-#[tokio::main]
-pub async fn skiff() {
+pub fn skiff() {
     common::raise_open_file_limit();
+    if let Some(code) = shim() {
+        std::process::exit(code);
+    }
+    skiff_command();
+}
+
+#[tokio::main]
+async fn skiff_command() {
     let cli = Cli::parse();
     let (service, client) = (cli.command.service_name(), cli.command.client_name());
     let exit = finish(service, &cli.output, client, run(cli.command)).await;
     std::process::exit(exit)
 }
 
-/// `skiff-agent`'s command line: `skiff agent`'s flags, or the process
-/// runtime's shim.
+/// `skiff-agent`'s command line: `skiff agent`'s flags.
 #[derive(Parser)]
 #[command(
     name = "skiff-agent",
     version,
-    about = "Skiff's node agent: the pods bound to this node, on Docker (as `skiff agent`, in a smaller binary)",
-    args_conflicts_with_subcommands = true
+    about = "Skiff's node agent: the pods bound to this node, on Docker (as `skiff agent`, in a smaller binary)"
 )]
 struct AgentCli {
     #[command(flatten)]
     output: Output,
     #[command(flatten)]
     agent: agent::AgentArgs,
-    #[command(subcommand)]
-    shim: Option<AgentOnly>,
-}
-
-#[derive(Subcommand)]
-enum AgentOnly {
-    /// The process runtime's per-container shim (started by the agent).
-    #[command(hide = true)]
-    Shim(ShimArgs),
 }
 
 /// `skiff-agent`: runs the node agent (or a container's shim) and exits
 /// with its code.
-#[tokio::main]
-pub async fn skiff_agent() {
+pub fn skiff_agent() {
     common::raise_open_file_limit();
+    if let Some(code) = shim() {
+        std::process::exit(code);
+    }
+    skiff_agent_command();
+}
+
+#[tokio::main]
+async fn skiff_agent_command() {
     let cli = AgentCli::parse();
-    let exit = match cli.shim {
-        Some(AgentOnly::Shim(shim)) => {
-            finish("skiff-agent", &cli.output, None, async move { shim.run() }).await
-        }
-        None => {
-            let agent = cli.agent;
-            finish("skiff-agent", &cli.output, None, async move {
-                agent::run(agent).await.map(|()| 0)
-            })
-            .await
-        }
-    };
+    let agent = cli.agent;
+    let exit = finish("skiff-agent", &cli.output, None, async move {
+        agent::run(agent).await.map(|()| 0)
+    })
+    .await;
     std::process::exit(exit)
 }
 
@@ -236,7 +242,6 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Agent(args) => agent::run(args).await?,
         Command::ControllerManager(args) => controllers::run(args).await?,
         Command::Ingress(args) => ingress::run(args).await?,
-        Command::Shim(shim) => return shim.run(),
         Command::Client(command) => return client::run(command).await,
     }
     Ok(0)
