@@ -285,8 +285,9 @@ fn node_ready(node: &Node) -> bool {
 ///
 /// The pod sets the variables `skiff` reads its log format and trace
 /// collector from: they are the container's, and its shim (the agent's own
-/// binary, started in the container's environment) must not follow them
-/// (a bad log format once kept the container from starting).
+/// binary, started in the container's environment) must not follow them.
+/// A bad log format once kept the container from starting (the check
+/// here); the collector only steered the shim's own tracing.
 async fn join_and_run(
     c: &Secure,
     lean: bool,
