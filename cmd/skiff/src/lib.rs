@@ -141,12 +141,18 @@ impl Command {
     }
 }
 
-/// `skiff`: runs the command its arguments name and exits with its code.
-pub fn skiff() {
+/// What both binaries do first: raise the open-file limit and, when the
+/// command is the shim, run it and exit.
+fn prelude() {
     common::raise_open_file_limit();
     if let Some(code) = shim() {
         std::process::exit(code);
     }
+}
+
+/// `skiff`: runs the command its arguments name and exits with its code.
+pub fn skiff() {
+    prelude();
     skiff_command();
 }
 
@@ -175,10 +181,7 @@ struct AgentCli {
 /// `skiff-agent`: runs the node agent (or a container's shim) and exits
 /// with its code.
 pub fn skiff_agent() {
-    common::raise_open_file_limit();
-    if let Some(code) = shim() {
-        std::process::exit(code);
-    }
+    prelude();
     skiff_agent_command();
 }
 

@@ -3,10 +3,10 @@
 //! A background task follows the store from half a window of revisions
 //! before the cache was created (or from where the store's history
 //! starts, if later), decodes each change once, keeps the most recent
-//! changes in a window, and broadcasts them. A client watching from a revision inside the window is served from
-//! memory; N watchers of a kind cost one store watch. A client asking for
-//! an older revision is answered by the store directly (or told the
-//! revision has expired).
+//! changes in a window, and broadcasts them. A client watching from a
+//! revision inside the window is served from memory; N watchers of a kind
+//! cost one store watch. A client asking for an older revision is
+//! answered by the store directly (or told the revision has expired).
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;

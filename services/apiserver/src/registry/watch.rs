@@ -220,7 +220,8 @@ async fn next_change<K: Strategy>(source: &mut Source<K>, sent: i64) -> Result<A
 
 impl Registry {
     /// The kind's watch cache, started by the kind's first watch. Only
-    /// the kind's own watches wait for its start (it reads history back).
+    /// the kind's own watches wait for its start (finding where the
+    /// store's history starts may take etcd a few reads).
     async fn cache<K: Strategy>(&self) -> Result<Arc<WatchCache<K>>> {
         type Cell<K> = tokio::sync::OnceCell<Arc<WatchCache<K>>>;
         let cell = {
