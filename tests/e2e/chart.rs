@@ -88,7 +88,12 @@ fn lint_render_and_refuse(helm: &Path) {
         (
             "agents",
             &["--set", "agent.enabled=true"],
-            &["DaemonSet", "privileged: true", "node-token"],
+            &[
+                "DaemonSet",
+                "privileged: true",
+                "node-token",
+                "command: [\"/usr/bin/skiff-agent\"]",
+            ],
         ),
     ];
     for (what, set, expect) in cases {
@@ -328,6 +333,26 @@ fn helm_installs_the_chart_into_skiff_and_the_skiff_inside_answers() {
     assert!(
         version.contains(&format!("skiff {}", env!("CARGO_PKG_VERSION"))),
         "{version}"
+    );
+    // The agent alone, which the chart's DaemonSet runs.
+    let agent = run(
+        Path::new("docker"),
+        &[
+            "run",
+            "--rm",
+            "--label",
+            "io.skiff.managed=true",
+            "--entrypoint",
+            "/usr/bin/skiff-agent",
+            tag,
+            "--version",
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        agent.trim(),
+        format!("skiff-agent {}", env!("CARGO_PKG_VERSION"))
     );
 
     let node = format!("chart-{}", std::process::id());

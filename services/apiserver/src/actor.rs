@@ -111,15 +111,22 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
         let registry = Arc::clone(&self.registry);
         let span = call.span;
         let writer = call.writer;
+        // One call each for the creates and for the updates: a kind's
+        // create and write are then compiled into this once, not once per
+        // operation that makes them.
+        let dry_run = matches!(call.op, Op::CreateDryRun(_) | Op::UpdateDryRun(_));
+        let status_only = matches!(call.op, Op::UpdateStatus(_));
         let work = async move {
             match call.op {
-                Op::Create(obj) => registry.create(obj).await.map(Reply::Object),
-                Op::CreateDryRun(obj) => registry.create_with(obj, true).await.map(Reply::Object),
-                Op::UpdateDryRun(obj) => registry.update_dry_run(obj).await.map(Reply::Object),
+                Op::Create(obj) | Op::CreateDryRun(obj) => {
+                    registry.create_with(obj, dry_run).await.map(Reply::Object)
+                }
+                Op::Update(obj) | Op::UpdateDryRun(obj) | Op::UpdateStatus(obj) => registry
+                    .update_with(obj, status_only, dry_run)
+                    .await
+                    .map(Reply::Object),
                 Op::Get(req) => registry.get(req).await.map(Reply::Object),
                 Op::List(req) => registry.list::<K>(req).await.map(Reply::List),
-                Op::Update(obj) => registry.update(obj).await.map(Reply::Object),
-                Op::UpdateStatus(obj) => registry.update_status(obj).await.map(Reply::Object),
                 Op::Delete(req) => registry.delete(req).await.map(Reply::Object),
                 Op::Watch(req) => registry.watch::<K>(req).await.map(Reply::Watch),
                 Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::Object),

@@ -48,16 +48,16 @@ pub async fn serve<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure
         })
     };
     let sub = t.subresource.as_str();
+    // The object itself or its status: one arm each, so that a verb's
+    // code is in this once per kind.
+    let object_or_status = sub.is_empty() || (sub == "status" && has("status"));
     match (&req.method, item, sub) {
         (&Method::GET, false, "") if req.query.flag("watch") => read::watch::<K>(ctx, req).await,
         (&Method::GET, false, "") => read::list::<K>(ctx, req).await,
-        (&Method::GET, true, "") => read::get::<K>(ctx, req).await,
-        (&Method::GET, true, "status") if has("status") => read::get::<K>(ctx, req).await,
+        (&Method::GET, true, _) if object_or_status => read::get::<K>(ctx, req).await,
         (&Method::POST, false, "") => write::create::<K>(ctx, req).await,
-        (&Method::PUT, true, "") => write::update::<K>(ctx, req).await,
-        (&Method::PUT, true, "status") if has("status") => write::update::<K>(ctx, req).await,
-        (&Method::PATCH, true, "") => write::patch::<K>(ctx, req).await,
-        (&Method::PATCH, true, "status") if has("status") => write::patch::<K>(ctx, req).await,
+        (&Method::PUT, true, _) if object_or_status => write::update::<K>(ctx, req).await,
+        (&Method::PATCH, true, _) if object_or_status => write::patch::<K>(ctx, req).await,
         (&Method::DELETE, true, "") => delete::delete::<K>(ctx, req).await,
         (&Method::DELETE, false, "") => delete::delete_collection::<K>(ctx, req).await,
         (&Method::POST, true, "binding") if has("binding") => {

@@ -81,6 +81,10 @@ impl Registry {
         current: Option<&K>,
         obj: &mut K,
     ) -> Result<Vec<u16>> {
+        let requests = obj.node_port_requests();
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
         let held: Vec<(i32, String, u16)> = current
             .map(|c| {
                 c.node_port_requests()
@@ -90,7 +94,21 @@ impl Registry {
             })
             .unwrap_or_default();
         let owner = object_name(obj.namespace(), obj.name());
-        let requests = obj.node_port_requests();
+        let (given, newly) = self.assign_node_ports(&owner, requests, &held).await?;
+        for (i, np) in given {
+            obj.set_node_port(i, np);
+        }
+        Ok(newly)
+    }
+
+    /// [`Self::claim_node_ports`] once for every kind: the node port of
+    /// each of `owner`'s ports (by index), and those newly claimed.
+    async fn assign_node_ports(
+        &self,
+        owner: &str,
+        requests: Vec<(usize, Option<u16>, i32, String)>,
+        held: &[(i32, String, u16)],
+    ) -> Result<(Vec<(usize, u16)>, Vec<u16>)> {
         // The same node port asked for twice is refused before anything is
         // claimed.
         for (i, wanted, _, _) in &requests {
@@ -103,13 +121,14 @@ impl Registry {
             }
         }
         let mut newly = Vec::new();
+        let mut given = Vec::new();
         let mut used: Vec<u16> = Vec::new();
         for (i, wanted, port, proto) in requests {
             let field = format!("spec.ports[{i}].nodePort");
             if let Some(np) = wanted
                 && used.contains(&np)
             {
-                self.release_ports(&newly, &owner).await;
+                self.release_ports(&newly, owner).await;
                 return Err(ApiError::Invalid(format!("{field}: Duplicate value: {np}")));
             }
             let wanted = wanted.or_else(|| {
@@ -117,34 +136,34 @@ impl Registry {
                     .find(|(p, pr, np)| *p == port && *pr == proto && !used.contains(np))
                     .map(|(_, _, np)| *np)
             });
-            let given = match wanted {
+            let assigned = match wanted {
                 Some(np) if held.iter().any(|(_, _, h)| *h == np) => Ok(np),
                 Some(np) => self
                     .allocator
-                    .claim_port(Some(np), &owner, &field)
+                    .claim_port(Some(np), owner, &field)
                     .await
                     .inspect(|p| newly.push(*p)),
                 None => match held.iter().find(|(p, pr, _)| *p == port && *pr == proto) {
                     Some((_, _, np)) => Ok(*np),
                     None => self
                         .allocator
-                        .claim_port(None, &owner, &field)
+                        .claim_port(None, owner, &field)
                         .await
                         .inspect(|p| newly.push(*p)),
                 },
             };
-            match given {
+            match assigned {
                 Ok(np) => {
                     used.push(np);
-                    obj.set_node_port(i, np);
+                    given.push((i, np));
                 }
                 Err(e) => {
-                    self.release_ports(&newly, &owner).await;
+                    self.release_ports(&newly, owner).await;
                     return Err(e);
                 }
             }
         }
-        Ok(newly)
+        Ok((given, newly))
     }
 
     pub(super) async fn release_ports(&self, ports: &[u16], owner: &str) {
@@ -155,11 +174,19 @@ impl Registry {
 
     /// Releases what a deleted object held (a Service's address and ports).
     pub(super) async fn release_claims<K: Strategy>(&self, gone: &K) {
-        let owner = object_name(gone.namespace(), gone.name());
-        let ip = gone.cluster_ip();
-        if !ip.is_empty() {
-            self.allocator.release(&ip, &owner).await;
+        let (ip, ports) = (gone.cluster_ip(), node_ports_of(gone));
+        if ip.is_empty() && ports.is_empty() {
+            return;
         }
-        self.release_ports(&node_ports_of(gone), &owner).await;
+        let owner = object_name(gone.namespace(), gone.name());
+        self.release_held(&owner, &ip, &ports).await;
+    }
+
+    /// [`Self::release_claims`] once for every kind.
+    async fn release_held(&self, owner: &str, ip: &str, ports: &[u16]) {
+        if !ip.is_empty() {
+            self.allocator.release(ip, owner).await;
+        }
+        self.release_ports(ports, owner).await;
     }
 }

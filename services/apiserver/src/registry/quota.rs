@@ -38,18 +38,28 @@ impl Registry {
         usage: &ResourceList,
         dry_run: bool,
     ) -> Result<()> {
-        let namespace = obj.namespace();
         // Callers ask has_quotas first (a namespace without any is the
         // common case and reads nothing more).
         if !K::NAMESPACED || usage.is_empty() {
             return Ok(());
         }
+        let subject = Charged {
+            plural: K::PLURAL,
+            namespace: obj.namespace(),
+            name: obj.name(),
+            covers: &quota::covers::<K>,
+            counted_by: &|q| quota::quota_counts(q, obj),
+            pod: (obj as &dyn std::any::Any).downcast_ref::<Pod>(),
+        };
+        self.charge(&subject, usage, dry_run).await
+    }
+
+    /// [`Self::charge_quotas`] once for every kind: what it needs of the
+    /// object is in `obj`.
+    async fn charge(&self, obj: &Charged<'_>, usage: &ResourceList, dry_run: bool) -> Result<()> {
+        let namespace = obj.namespace;
         let refused = |why: String| {
-            ApiError::Denied(format!(
-                "{} {:?} is forbidden: {why}",
-                K::PLURAL,
-                obj.name()
-            ))
+            ApiError::Denied(format!("{} {:?} is forbidden: {why}", obj.plural, obj.name))
         };
         // Quotas charged already by an earlier try (not charged twice).
         let mut charged: BTreeSet<String> = BTreeSet::new();
@@ -76,13 +86,13 @@ impl Registry {
                 let capped: BTreeSet<String> = status
                     .hard
                     .keys()
-                    .filter(|k| quota::covers::<K>(k))
+                    .filter(|k| (obj.covers)(k))
                     .cloned()
                     .collect();
-                if capped.is_empty() || !quota::quota_counts(&q, obj) {
+                if capped.is_empty() || !(obj.counted_by)(&q) {
                     continue;
                 }
-                if let Some(pod) = (obj as &dyn std::any::Any).downcast_ref::<Pod>()
+                if let Some(pod) = obj.pod
                     && let Some(why) = quota::missing_requirements(pod, &capped)
                 {
                     return Err(refused(format!("failed quota: {}: {why}", q.name())));
@@ -157,8 +167,21 @@ impl Registry {
         }
         Err(ApiError::Precondition(format!(
             "{} {:?} was not written: the quotas of namespace {namespace} kept changing; try again",
-            K::PLURAL,
-            obj.name()
+            obj.plural, obj.name
         )))
     }
+}
+
+/// What charging quotas needs of the object charged, whatever its kind:
+/// the charge itself is compiled once, not once per kind.
+struct Charged<'a> {
+    plural: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+    /// Whether the kind's usage is measured in a resource (`quota::covers`).
+    covers: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Whether a quota counts the object (its scopes).
+    counted_by: &'a (dyn Fn(&ResourceQuota) -> bool + Sync),
+    /// The object, if it is a pod (quotas may need its requests).
+    pod: Option<&'a Pod>,
 }

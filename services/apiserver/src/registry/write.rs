@@ -20,23 +20,31 @@ impl Registry {
         self.write(obj, false, false).await
     }
 
-    /// Update without writing (`dry_run`): the object as it would be.
-    ///
-    /// # Errors
-    /// As [`Registry::update`].
-    pub async fn update_dry_run<K: Strategy>(&self, obj: K) -> Result<K> {
-        self.write(obj, false, true).await
-    }
-
     /// Replaces an object's status only.
     ///
     /// # Errors
     /// As [`Registry::update`]; Unsupported for kinds without status.
     pub async fn update_status<K: Strategy>(&self, obj: K) -> Result<K> {
-        if !K::HAS_STATUS {
+        self.update_with(obj, true, false).await
+    }
+
+    /// Update (`status_only`: of the status alone), or with `dry_run`
+    /// everything but the write (the object as it would be): the three in
+    /// one call, for a caller that serves them all (one copy of the write
+    /// per kind in its code, not three).
+    ///
+    /// # Errors
+    /// As [`Registry::update`] and [`Registry::update_status`].
+    pub async fn update_with<K: Strategy>(
+        &self,
+        obj: K,
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<K> {
+        if status_only && !K::HAS_STATUS {
             return Err(ApiError::Unsupported(format!("{} has no status", K::KIND)));
         }
-        self.write(obj, true, false).await
+        self.write(obj, status_only, dry_run).await
     }
 
     async fn write<K: Strategy>(&self, mut obj: K, status_only: bool, dry_run: bool) -> Result<K> {
