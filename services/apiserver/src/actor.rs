@@ -111,9 +111,8 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
         let registry = Arc::clone(&self.registry);
         let span = call.span;
         let writer = call.writer;
-        // One call each for the creates and for the updates: a kind's
-        // create and write are then compiled into this once, not once per
-        // operation that makes them.
+        // One call each for the creates and for the updates (dry run,
+        // status only: flags of the same call).
         let dry_run = matches!(call.op, Op::CreateDryRun(_) | Op::UpdateDryRun(_));
         let status_only = matches!(call.op, Op::UpdateStatus(_));
         // Boxed here, once: the operation's future is large (a Pod's

@@ -48,8 +48,7 @@ pub async fn serve<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, Failure
         })
     };
     let sub = t.subresource.as_str();
-    // The object itself or its status: one arm each, so that a verb's
-    // code is in this once per kind.
+    // The object itself or its status: one arm each.
     let object_or_status = sub.is_empty() || (sub == "status" && has("status"));
     match (&req.method, item, sub) {
         (&Method::GET, false, "") if req.query.flag("watch") => read::watch::<K>(ctx, req).await,
