@@ -18,7 +18,8 @@
 //!
 //! - `podstart`: N pods created at once on one Docker node (a real agent):
 //!   create→Running p50/p99, beside plain Docker create+start of the same
-//!   image, N at once, in the same run; and the ratio.
+//!   image, N at once, in the same run; and the ratio. The node's pods
+//!   are on its Docker network, or (`--pod-network cni`) plumbed by CNI.
 //!
 //! - `list`, `proxy`, `netperf`, `idle`: see their modules.
 //!
@@ -87,6 +88,11 @@ enum Command {
         /// Pods (and raw containers) started at once.
         #[arg(long, default_value_t = 20)]
         pods: usize,
+        /// The agent's pod network: docker (its Docker network, the
+        /// default), or cni (a `--pod-network cni` node on a host the
+        /// bench simulates with a network namespace; needs root).
+        #[arg(long, default_value = "docker", value_parser = ["docker", "cni"])]
+        pod_network: String,
     },
     /// HTTP requests through a Service's ClusterIP and NodePort (the
     /// agent's iptables proxy) vs straight to the pod's IP, same run.
@@ -483,7 +489,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Scale { nodes, replicas } => scale::bench_scale(nodes, replicas).await,
         Command::List { pods, rounds } => list::bench_list(pods, rounds).await,
-        Command::Podstart { pods } => podstart::bench_podstart(pods).await,
+        Command::Podstart { pods, pod_network } => {
+            podstart::bench_podstart(pods, &pod_network).await
+        }
         Command::Proxy {
             seconds,
             concurrency,

@@ -1,5 +1,6 @@
 //! `skiff-bench podstart`: pod create→Running on a Docker node beside
-//! plain `docker create+start`.
+//! plain `docker create+start`, the node's pods on its Docker network (the
+//! default) or on a CNI network (`--pod-network cni`).
 
 // The shared helpers and imports of the bench binary.
 use super::*;
@@ -109,9 +110,90 @@ const AGENT_DEFAULTS: [&str; 4] = [
     "--stats-interval-secs=10",
 ];
 
-pub(crate) async fn bench_podstart(n: usize) -> anyhow::Result<()> {
-    use skiff::pb::api::v1::DeleteRequest;
+/// One run's figures, each list sorted.
+struct Measured {
+    /// One container, `docker create+start`.
+    raw: Vec<Duration>,
+    /// A pause plus a container, the pause on Docker's default bridge.
+    pairs: Vec<Duration>,
+    /// The same with the pause on the network the agent's sandboxes are
+    /// made on (its Docker network, or none for CNI to plumb).
+    networked: Vec<Duration>,
+    /// What that network is, for the table.
+    network: &'static str,
+    /// Skiff's pods, create → Running.
+    skiff: Vec<Duration>,
+    /// From the first create until every pod ran.
+    total: Duration,
+}
+
+pub(crate) async fn bench_podstart(n: usize, pod_network: &str) -> anyhow::Result<()> {
     let image = skiff_testkit::test_image().await?;
+    let m = match pod_network {
+        "docker" => on_docker_network(image, n).await?,
+        "cni" => on_cni(image, n).await?,
+        other => anyhow::bail!("--pod-network is docker or cni, not {other:?}"),
+    };
+    let (s50, s99) = (percentile(&m.skiff, 0.5), percentile(&m.skiff, 0.99));
+    let (r50, r99) = (percentile(&m.raw, 0.5), percentile(&m.raw, 0.99));
+    let (q50, q99) = (percentile(&m.pairs, 0.5), percentile(&m.pairs, 0.99));
+    let (w50, w99) = (
+        percentile(&m.networked, 0.5),
+        percentile(&m.networked, 0.99),
+    );
+    println!("{n} at once on one node ({pod_network} pod network), image {image}");
+    println!("{:<44} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+    let rows = [
+        ("docker create+start (raw, same run)", r50, r99),
+        ("docker pause + container (pod-shaped, raw)", q50, q99),
+        (m.network, w50, w99),
+        ("skiff pod create -> Running", s50, s99),
+    ];
+    for (label, p50, p99) in rows {
+        println!("{label:<44} {p50:>10.0} {p99:>10.0}");
+    }
+    let ratios = [
+        ("ratio skiff / raw (target <= 1.3)", s50 / r50, s99 / r99),
+        ("ratio skiff / pod-shaped raw", s50 / q50, s99 / q99),
+        (
+            "ratio skiff / pod-shaped raw, same network",
+            s50 / w50,
+            s99 / w99,
+        ),
+    ];
+    for (label, p50, p99) in ratios {
+        println!("{label:<44} {p50:>10.2} {p99:>10.2}");
+    }
+    println!(
+        "{:<44} {:>10.2}",
+        "seconds until all Running",
+        m.total.as_secs_f64()
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "podstart",
+            "pods": n,
+            "pod_network": pod_network,
+            "raw_p50_ms": r50, "raw_p99_ms": r99,
+            "skiff_p50_ms": s50, "skiff_p99_ms": s99,
+            "ratio_p50": s50 / r50, "ratio_p99": s99 / r99,
+            "pod_shaped_p50_ms": q50, "pod_shaped_p99_ms": q99,
+            "ratio_pod_shaped_p50": s50 / q50, "ratio_pod_shaped_p99": s99 / q99,
+            "pod_shaped_network_p50_ms": w50, "pod_shaped_network_p99_ms": w99,
+            "ratio_pod_shaped_network_p50": s50 / w50, "ratio_pod_shaped_network_p99": s99 / w99,
+            "all_running_s": m.total.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// The agent on this machine's network namespace with its Docker network
+/// (the default pod network): the API server in this process, pods
+/// created over gRPC, each timed from its create to the watch event that
+/// shows it Running.
+async fn on_docker_network(image: &'static str, n: usize) -> anyhow::Result<Measured> {
+    use skiff::pb::api::v1::DeleteRequest;
     let dir = tempfile::tempdir()?;
     let server = start_server(StoreConfig::Embedded(dir.path().join("podstart.redb"))).await?;
     let url = format!("http://{}", server.addr);
@@ -217,66 +299,115 @@ pub(crate) async fn bench_podstart(n: usize) -> anyhow::Result<()> {
     while !node.container_ids().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-
-    let (s50, s99) = (percentile(&skiff, 0.5), percentile(&skiff, 0.99));
-    let (r50, r99) = (percentile(&raw, 0.5), percentile(&raw, 0.99));
-    let (q50, q99) = (percentile(&pairs, 0.5), percentile(&pairs, 0.99));
-    let (w50, w99) = (percentile(&networked, 0.5), percentile(&networked, 0.99));
-    println!("{n} at once on one node, image {image}");
-    println!("{:<44} {:>10} {:>10}", "", "p50 ms", "p99 ms");
-    println!(
-        "{:<44} {:>10.0} {:>10.0}",
-        "docker create+start (raw, same run)", r50, r99
-    );
-    println!(
-        "{:<44} {:>10.0} {:>10.0}",
-        "docker pause + container (pod-shaped, raw)", q50, q99
-    );
-    println!(
-        "{:<44} {:>10.0} {:>10.0}",
-        "  the same on the agent's Docker network", w50, w99
-    );
-    println!(
-        "{:<44} {:>10.0} {:>10.0}",
-        "skiff pod create -> Running", s50, s99
-    );
-    println!(
-        "{:<44} {:>10.2} {:>10.2}",
-        "ratio skiff / raw (target <= 1.3)",
-        s50 / r50,
-        s99 / r99
-    );
-    println!(
-        "{:<44} {:>10.2} {:>10.2}",
-        "ratio skiff / pod-shaped raw",
-        s50 / q50,
-        s99 / q99
-    );
-    println!(
-        "{:<44} {:>10.2} {:>10.2}",
-        "ratio skiff / pod-shaped raw, same network",
-        s50 / w50,
-        s99 / w99
-    );
-    println!(
-        "{:<44} {:>10.2}",
-        "seconds until all Running",
-        total.as_secs_f64()
-    );
-    println!(
-        "{}",
-        json!({
-            "bench": "podstart",
-            "pods": n,
-            "raw_p50_ms": r50, "raw_p99_ms": r99,
-            "skiff_p50_ms": s50, "skiff_p99_ms": s99,
-            "ratio_p50": s50 / r50, "ratio_p99": s99 / r99,
-            "pod_shaped_p50_ms": q50, "pod_shaped_p99_ms": q99,
-            "ratio_pod_shaped_p50": s50 / q50, "ratio_pod_shaped_p99": s99 / q99,
-            "pod_shaped_network_p50_ms": w50, "pod_shaped_network_p99_ms": w99,
-            "ratio_pod_shaped_network_p50": s50 / w50, "ratio_pod_shaped_network_p99": s99 / w99,
-        })
-    );
     drop(node);
-    Ok(())
+    Ok(Measured {
+        raw,
+        pairs,
+        networked,
+        network: "  the same on the agent's Docker network",
+        skiff,
+        total,
+    })
+}
+
+/// The agent of a `--pod-network cni` node: a host simulated by a network
+/// namespace the bench makes (its bridge, routes and rules are the
+/// bench's), the control plane on another, the agent with its default
+/// periods. Pods are created by one `skiff apply` and followed by `skiff
+/// get pods -w -o json`; each is timed from the start of the apply to the
+/// event that shows it Running (so the apply's own time counts against
+/// Skiff). Dropping the hosts removes everything.
+async fn on_cni(image: &'static str, n: usize) -> anyhow::Result<Measured> {
+    use std::process::Stdio;
+    use tokio::time::{Instant as Deadline, timeout_at};
+    let mut hosts = skiff_testkit::hosts::Hosts::build("psb", skiff_testkit::hosts::Link::Lan, 1)?;
+    hosts.start_control_plane(&[])?;
+    hosts.start_agent_periods(1, "host-gw", true, &AGENT_DEFAULTS)?;
+    let node = hosts.hosts[1].node.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !node_ready(&hosts, &node) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent's node was not Ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let raw = raw_docker_starts(image, n, false, None).await?;
+    let pairs = raw_docker_starts(image, n, true, None).await?;
+    let networked = raw_docker_starts(image, n, true, Some("none")).await?;
+
+    let mut watch = hosts.skiff_command(&["get", "pods", "-w", "-o", "json"])?;
+    let mut child = watch.stdout(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().context("the watch's output")?;
+    let _watch = skiff_testkit::ChildGuard::new(child);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let reader = std::io::BufReader::new(stdout);
+        for value in serde_json::Deserializer::from_reader(reader).into_iter::<serde_json::Value>()
+        {
+            let Ok(value) = value else { break };
+            if tx.send((Instant::now(), value)).is_err() {
+                break;
+            }
+        }
+    });
+    // The list comes first; the watch follows from its version.
+    timeout_at(Deadline::now() + Duration::from_secs(30), rx.recv())
+        .await
+        .context("`skiff get pods -w` printed no list within 30 s")?
+        .context("`skiff get pods -w` ended")?;
+
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: start-{i}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 0\n  containers:\n  - {{name: main, image: {image}, command: [sleep, \"3600\"]}}\n---\n"
+        ));
+    }
+    let path = hosts.dir.path().join("podstart.yaml");
+    std::fs::write(&path, yaml)?;
+    let began = Instant::now();
+    hosts.skiff(&["apply", "-f", &path.display().to_string()])?;
+    let mut running: std::collections::HashMap<String, Duration> = Default::default();
+    let deadline = Deadline::now() + Duration::from_secs(120);
+    while running.len() < n {
+        let (at, pod) = timeout_at(deadline, rx.recv())
+            .await
+            .context("pods not Running within 120 s")?
+            .context("`skiff get pods -w` ended")?;
+        if pod["status"]["phase"] == "Running"
+            && let Some(name) = pod["metadata"]["name"].as_str()
+        {
+            running.entry(name.to_string()).or_insert(at - began);
+        }
+    }
+    let total = began.elapsed();
+    let mut skiff: Vec<Duration> = running.into_values().collect();
+    skiff.sort();
+    let _ = hosts.skiff(&["delete", "-f", &path.display().to_string()]);
+    Ok(Measured {
+        raw,
+        pairs,
+        networked,
+        network: "  the same with no network (CNI plumbs it)",
+        skiff,
+        total,
+    })
+}
+
+/// Whether `skiff get nodes` on the hosts shows `node` Ready.
+fn node_ready(hosts: &skiff_testkit::hosts::Hosts, node: &str) -> bool {
+    let Ok(out) = hosts.skiff(&["get", "nodes", "-o", "json"]) else {
+        return false;
+    };
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(&out) else {
+        return false;
+    };
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["metadata"]["name"] == node)
+        .flat_map(|n| n["status"]["conditions"].as_array().into_iter().flatten())
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }

@@ -29,6 +29,15 @@ pub enum Link {
     Routed,
 }
 
+/// The agents' periods in tests: 1 s, so a test sees changes quickly.
+const TEST_PERIODS: [&str; 5] = [
+    "--lease-renew-secs=1",
+    "--status-every-secs=1",
+    "--resync-secs=1",
+    "--crash-backoff-secs=1",
+    "--crash-backoff-max-secs=4",
+];
+
 /// One simulated host.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -425,6 +434,22 @@ impl Hosts {
         backend: &str,
         node_ip: bool,
     ) -> anyhow::Result<()> {
+        self.start_agent_periods(i, backend, node_ip, &TEST_PERIODS)
+    }
+
+    /// As [`Hosts::start_agent_with`], with `periods` (the agent's flags
+    /// for its lease, status, resync and back-off periods) in place of the
+    /// tests' 1 s ones: none at all runs the agent as users run it.
+    ///
+    /// # Errors
+    /// The binary is missing, or no control plane yet.
+    pub fn start_agent_periods(
+        &mut self,
+        i: usize,
+        backend: &str,
+        node_ip: bool,
+        periods: &[&str],
+    ) -> anyhow::Result<()> {
         let (token, hash) = self.join.clone().context("start the control plane first")?;
         let host = self.hosts[i].clone();
         let mut args = [
@@ -449,14 +474,10 @@ impl Hosts {
             backend,
             "--proxy-mode",
             "iptables",
-            "--lease-renew-secs=1",
-            "--status-every-secs=1",
-            "--resync-secs=1",
-            "--crash-backoff-secs=1",
-            "--crash-backoff-max-secs=4",
         ]
         .map(String::from)
         .to_vec();
+        args.extend(periods.iter().map(|p| (*p).to_string()));
         if !node_ip {
             let at = args
                 .iter()
@@ -479,12 +500,19 @@ impl Hosts {
         });
     }
 
+    /// `skiff ARGS` as the admin on host 0, to be run (a long-lived
+    /// command such as `get -w`).
+    ///
+    /// # Errors
+    /// No `skiff` binary.
+    pub fn skiff_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = self.command(0, skiff_binary()?);
+        cmd.args(args).env("SKIFF_CONFIG", self.config("admin"));
+        Ok(cmd)
+    }
+
     fn skiff_output(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.command(0, skiff_binary()?)
-            .args(args)
-            .env("SKIFF_CONFIG", self.config("admin"))
-            .output()
-            .context("running skiff")
+        self.skiff_command(args)?.output().context("running skiff")
     }
 
     /// `skiff ARGS` as the admin on host 0: its stdout, or its stderr as
