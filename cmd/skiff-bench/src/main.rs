@@ -19,7 +19,8 @@
 //! - `podstart`: N pods created at once on one Docker node (a real agent):
 //!   create→Running p50/p99, beside plain Docker create+start of the same
 //!   image, N at once, in the same run; and the ratio. The node's pods
-//!   are on its Docker network, or (`--pod-network cni`) plumbed by CNI.
+//!   are on its Docker network, or (`--pod-network cni`) plumbed by CNI
+//!   on a simulated host, created there by one `skiff apply`.
 //!
 //! - `list`, `proxy`, `netperf`, `idle`: see their modules.
 //!

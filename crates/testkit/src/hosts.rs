@@ -437,9 +437,10 @@ impl Hosts {
         self.start_agent_periods(i, backend, node_ip, &TEST_PERIODS)
     }
 
-    /// As [`Hosts::start_agent_with`], with `periods` (the agent's flags
-    /// for its lease, status, resync and back-off periods) in place of the
-    /// tests' 1 s ones: none at all runs the agent as users run it.
+    /// As [`Hosts::start_agent_with`], with `periods` in place of the
+    /// tests' 1 s periods (their flags: lease, status, resync, back-off):
+    /// flags appended to the agent's own, so any the agent takes once and
+    /// is not already given (none at all runs it with its defaults).
     ///
     /// # Errors
     /// The binary is missing, or no control plane yet.
@@ -501,7 +502,8 @@ impl Hosts {
     }
 
     /// `skiff ARGS` as the admin on host 0, to be run (a long-lived
-    /// command such as `get -w`).
+    /// command such as `get -w`). The caller owns the process: the hosts
+    /// neither track nor kill it (guard it with a [`ChildGuard`]).
     ///
     /// # Errors
     /// No `skiff` binary.
