@@ -438,9 +438,9 @@ impl Hosts {
     }
 
     /// As [`Hosts::start_agent_with`], with `periods` in place of the
-    /// tests' 1 s periods (their flags: lease, status, resync, back-off):
-    /// flags appended to the agent's own, so any the agent takes once and
-    /// is not already given (none at all runs it with its defaults).
+    /// tests' 1 s lease, status, resync and back-off flags: appended to
+    /// the agent's own flags, so any it takes that are not given already
+    /// (an empty list runs it with its default periods).
     ///
     /// # Errors
     /// The binary is missing, or no control plane yet.
