@@ -8,6 +8,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use skiff_store::{Error, EventKind, ListOptions, Store, WatchStream};
 
+/// How often the embedded store under test reports a watch's progress
+/// (the test etcd: every 200 ms): often, so that every check below also
+/// sees reports between its changes.
+const PROGRESS: Duration = Duration::from_millis(100);
+
 /// A store under test and whatever keeps it alive.
 struct Backend {
     store: Arc<dyn Store>,
@@ -17,7 +22,9 @@ struct Backend {
 
 async fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let store = skiff_store::EmbeddedStore::open(dir.path().join("state.redb")).unwrap();
+    let store = skiff_store::EmbeddedStore::open(dir.path().join("state.redb"))
+        .unwrap()
+        .with_progress_every(PROGRESS);
     Backend {
         store: Arc::new(store),
         _etcd: None,
@@ -41,15 +48,29 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-/// Takes `n` events from a watch, failing after a generous timeout.
+/// Takes `n` changes from a watch, failing after a generous timeout.
+/// Progress reports between them are checked (never ahead of a change
+/// still to come, never backwards) and skipped.
 async fn take(stream: &mut WatchStream, n: usize) -> Vec<skiff_store::Event> {
     let mut out = Vec::new();
+    let mut reported = 0;
     while out.len() < n {
         let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("watch stalled")
-            .expect("watch ended");
-        out.push(next.expect("watch error"));
+            .expect("watch ended")
+            .expect("watch error");
+        if next.is_progress() {
+            assert!(next.revision() >= reported, "progress went back: {next:?}");
+            reported = next.revision();
+        } else {
+            assert!(
+                next.revision() > reported,
+                "a change at {} after a report of {reported}",
+                next.revision()
+            );
+            out.push(next);
+        }
     }
     out
 }
@@ -318,6 +339,42 @@ async fn the_oldest_kept_revision_is_where_the_history_starts(s: Arc<dyn Store>)
     ));
 }
 
+/// A watch of a prefix nobody writes learns how far the store has moved
+/// on; resumed after that, it still misses nothing, even once the history
+/// before it is compacted.
+async fn a_quiet_watch_reports_progress_past_other_writes(s: Arc<dyn Store>) {
+    let mut w = s.watch("/quiet/", 0).await.unwrap();
+    let mut busy = 0;
+    for i in 0..5 {
+        busy = s.create(&format!("/busy/{i}"), b("v")).await.unwrap();
+    }
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = w.next().await.expect("watch ended").expect("watch error");
+            assert!(
+                event.is_progress(),
+                "a change under a quiet prefix: {event:?}"
+            );
+            assert!(event.kv.key.is_empty() && event.prev.is_none());
+            if event.revision() >= busy {
+                return event.revision();
+            }
+        }
+    })
+    .await
+    .expect("no progress report past the other writes");
+    assert!(reached <= s.current_revision().await.unwrap());
+    // Reports do not run ahead of changes (`take` checks): a change comes
+    // next.
+    let change = s.create("/quiet/a", b("q")).await.unwrap();
+    assert_eq!(take(&mut w, 1).await[0].revision(), change);
+    // The history before the report compacted, a watch resumed after it
+    // is served, from the change on.
+    s.compact(reached).await.unwrap();
+    let mut resumed = s.watch("/quiet/", reached + 1).await.unwrap();
+    assert_eq!(take(&mut resumed, 1).await[0].revision(), change);
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded_store {
@@ -351,6 +408,7 @@ conformance!(
     concurrent_updates_have_exactly_one_winner,
     compaction_makes_old_revisions_unavailable,
     the_oldest_kept_revision_is_where_the_history_starts,
+    a_quiet_watch_reports_progress_past_other_writes,
 );
 
 #[tokio::test]

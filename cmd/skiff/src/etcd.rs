@@ -187,6 +187,7 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
             format!("--initial-cluster-state={state}"),
             "--initial-cluster-token=skiff".to_string(),
             "--log-level=warn".to_string(),
+            skiff_store::ETCD_PROGRESS_FLAG.to_string(),
         ];
         let log = dir.join(format!("{}.log", member.name));
         managed.tasks.push(tokio::spawn(supervise(

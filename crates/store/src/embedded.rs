@@ -174,6 +174,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// How often a watch reports progress (see [`crate::PROGRESS_EVERY`]).
+    progress_every: Duration,
 }
 
 struct Inner {
@@ -222,7 +224,16 @@ impl EmbeddedStore {
             .map_err(|e| Error::Embedded(Box::new(e)))?;
         Ok(Self {
             inner: Arc::new(Inner { db, writes, events }),
+            progress_every: crate::PROGRESS_EVERY,
         })
+    }
+
+    /// Reports watches' progress this often instead (tests; at least
+    /// every millisecond).
+    #[must_use]
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every.max(Duration::from_millis(1));
+        self
     }
 
     async fn write(&self, op: Op) -> OpResult {
@@ -452,27 +463,45 @@ impl Store for EmbeddedStore {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.clone();
         let prefix = prefix.to_string();
+        let every = self.progress_every;
         tokio::spawn(async move {
-            // The last revision delivered (or known to be before `start`).
-            let mut sent = start - 1;
+            // The last revision delivered or reported (or known to be
+            // before `start`).
+            let mut reported = start - 1;
             for event in backlog {
-                sent = event.revision();
+                reported = event.revision();
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
             }
-            sent = sent.max(current);
+            // Every change up to here has been delivered if it was under
+            // the prefix: a batch's changes at or below it are repeats.
+            let mut done = reported.max(current);
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let batch = tokio::select! {
                     batch = live.recv() => batch,
+                    _ = progress.tick() => {
+                        if done > reported {
+                            reported = done;
+                            if tx.send(Ok(Event::progress(done))).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     () = tx.closed() => return,
                 };
-                let events: Vec<Event> = match batch {
-                    Ok(batch) => batch
-                        .iter()
-                        .filter(|e| e.revision() > sent && e.kv.key.starts_with(&prefix))
-                        .cloned()
-                        .collect(),
+                let (events, last): (Vec<Event>, i64) = match batch {
+                    Ok(batch) => {
+                        let events = batch
+                            .iter()
+                            .filter(|e| e.revision() > done && e.kv.key.starts_with(&prefix))
+                            .cloned()
+                            .collect();
+                        (events, batch.last().map_or(done, Event::revision))
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind the channel: catch up from the log.
                         let now = match store.revisions().await {
@@ -482,16 +511,8 @@ impl Store for EmbeddedStore {
                                 return;
                             }
                         };
-                        match store.read_log(&prefix, sent + 1, now).await {
-                            Ok(events) => {
-                                sent = sent.max(now);
-                                for event in events {
-                                    if tx.send(Ok(event)).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                continue;
-                            }
+                        match store.read_log(&prefix, done + 1, now).await {
+                            Ok(events) => (events, now),
                             Err(e) => {
                                 let _ = tx.send(Err(e)).await;
                                 return;
@@ -503,10 +524,9 @@ impl Store for EmbeddedStore {
                         return;
                     }
                 };
-                if let Some(last) = events.last() {
-                    sent = sent.max(last.revision());
-                }
+                done = done.max(last);
                 for event in events {
+                    reported = event.revision();
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }

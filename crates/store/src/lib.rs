@@ -10,9 +10,10 @@
 //! - [`etcd`]: etcd through etcd-client, for real clusters and HA masters.
 //! - [`metered`]: a wrapper timing every operation for Prometheus.
 //!
-//! Both pass the same conformance suite (`tests/store_conformance.rs`).
+//! Both pass the same conformance suite (`tests/e2e/store_conformance.rs`).
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -150,26 +151,66 @@ pub enum EventKind {
     Put,
     /// Deleted.
     Delete,
+    /// No change: every change under the watched prefix up to the event's
+    /// revision (`kv.mod_revision`) has been delivered (etcd's progress
+    /// notification). Its key and value are empty and it has no `prev`.
+    /// A watch of a prefix nobody writes thus learns how far the store has
+    /// moved on, and one that must be resumed (a lost connection) resumes
+    /// after it, not from a revision compaction may have dropped since.
+    Progress,
 }
 
-/// One change, as delivered by a watch.
+/// One change (or progress report), as delivered by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// Put or delete.
+    /// Put, delete, or a progress report.
     pub kind: EventKind,
-    /// The key after the change; `mod_revision` is the change's revision.
-    /// For a delete, `value` is empty.
+    /// The key after the change; `mod_revision` is the change's revision
+    /// (a report's: the revision reached). For a delete, `value` is empty.
     pub kv: KeyValue,
     /// The key before the change, if it existed.
     pub prev: Option<KeyValue>,
 }
 
 impl Event {
-    /// The revision of the change.
+    /// The revision of the change (of a progress report: the revision
+    /// reached).
     pub fn revision(&self) -> i64 {
         self.kv.mod_revision
     }
+
+    /// A progress report: every change up to `revision` delivered.
+    pub fn progress(revision: i64) -> Self {
+        Self {
+            kind: EventKind::Progress,
+            kv: KeyValue {
+                key: String::new(),
+                value: Bytes::new(),
+                create_revision: 0,
+                mod_revision: revision,
+            },
+            prev: None,
+        }
+    }
+
+    /// Whether this is a progress report, not a change.
+    pub fn is_progress(&self) -> bool {
+        self.kind == EventKind::Progress
+    }
 }
+
+/// How often the embedded store's watches report progress
+/// ([`EventKind::Progress`]) while the store moves on without a change
+/// under their prefix: well within the history the API server keeps (one
+/// compaction interval, five minutes by default), so a watch resumed after
+/// its last report finds its revision still kept. etcd reports at its own
+/// `--experimental-watch-progress-notify-interval` (ten minutes unless
+/// set; the etcd Skiff starts runs it at [`ETCD_PROGRESS_FLAG`]'s value).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// The etcd flag Skiff starts etcd with so that its watches report
+/// progress as often as the embedded store's.
+pub const ETCD_PROGRESS_FLAG: &str = "--experimental-watch-progress-notify-interval=30s";
 
 /// An ordered stream of changes, ending with an error if the store can no
 /// longer deliver (e.g. [`Error::Compacted`]).
@@ -219,7 +260,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Streams every change under `prefix` with revision ≥ `start_revision`,
     /// in order, with no gaps and no repeats. `start_revision` 0 means
-    /// changes after the current revision.
+    /// changes after the current revision. Between changes, while the
+    /// store's revision moves on without one under `prefix`, progress
+    /// reports ([`EventKind::Progress`]) say how far the watch has got
+    /// (see [`PROGRESS_EVERY`]): a report at R comes after every change up
+    /// to R and before every later one.
     ///
     /// # Errors
     /// [`Error::Compacted`] (now or later in the stream) when the history

@@ -54,8 +54,9 @@ pub struct Change<K> {
 }
 
 impl<K: Strategy> Change<K> {
-    /// Decodes a store event; None (logged) if the stored bytes are not a
-    /// `K`, which only a corrupt store or a foreign writer can cause.
+    /// Decodes a store event; None for a progress report, and (logged) if
+    /// the stored bytes are not a `K`, which only a corrupt store or a
+    /// foreign writer can cause.
     pub fn from_event(event: skiff_store::Event) -> Option<Self> {
         let revision = event.revision();
         let prev = event
@@ -65,6 +66,7 @@ impl<K: Strategy> Change<K> {
             .map(Arc::new);
         let object = match event.kind {
             EventKind::Put => decode::<K>(&event.kv.value, revision).map(Arc::new),
+            EventKind::Progress => return None,
             EventKind::Delete => Some(Arc::new(match prev.as_ref() {
                 Some(p) => {
                     let mut last = (**p).clone();
@@ -126,7 +128,8 @@ struct State<K> {
     window: VecDeque<(Instant, Arc<Change<K>>)>,
     /// Every change after this revision is in `window` (or still coming).
     window_start: i64,
-    /// The latest revision the cache has seen for this kind.
+    /// The latest revision up to which every change of the kind has been
+    /// pushed (a change's, or a store's progress report's).
     latest: i64,
     /// Live fan-out.
     tx: broadcast::Sender<Arc<Change<K>>>,
@@ -271,7 +274,7 @@ impl<K: Strategy> WatchCache<K> {
                 match item {
                     Ok(event) => {
                         delay = Duration::from_millis(100);
-                        from = event.revision();
+                        from = from.max(event.revision());
                         self.push(event);
                     }
                     Err(e) => {
@@ -304,6 +307,12 @@ impl<K: Strategy> WatchCache<K> {
     }
 
     fn push(&self, event: skiff_store::Event) {
+        if event.is_progress() {
+            // Nothing changed up to it: bookmarks may say so.
+            let mut state = self.state.lock().expect("watch cache lock");
+            state.latest = state.latest.max(event.revision());
+            return;
+        }
         let Some(change) = Change::from_event(event) else {
             return;
         };

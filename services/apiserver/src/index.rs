@@ -130,6 +130,7 @@ impl<K: Strategy, V: Send + Sync + 'static> Index<K, V> {
                         let obj = match event.kind {
                             EventKind::Put => decode::<K>(&event.kv.value, event.revision()),
                             EventKind::Delete => None,
+                            EventKind::Progress => continue,
                         };
                         if let Ok(mut objects) = self.objects.write() {
                             self.apply(&mut objects, &event.kv.key, obj);

@@ -364,3 +364,29 @@ async fn watches_from_before_the_first_are_served_from_memory_and_older_ones_cou
     drop(older);
     assert_eq!(open(), 0, "no longer open");
 }
+
+/// A kind nobody writes follows the store's progress: its cache's latest
+/// revision (where its store watch resumes, and what bookmarks carry)
+/// moves past other kinds' writes, so neither falls behind the history a
+/// compaction keeps.
+#[tokio::test]
+async fn a_quiet_kinds_cache_follows_the_stores_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(dir.path().join("state.redb"))
+            .unwrap()
+            .with_progress_every(Duration::from_millis(50)),
+    );
+    let cache = WatchCache::<ConfigMap>::start_sized(Arc::clone(&store), 64, 64, FRESH)
+        .await
+        .unwrap();
+    let before = cache.latest();
+    let watcher = cache.subscribe(before).expect("inside the window");
+    other_kinds(&*store, 5).await;
+    let now = store.current_revision().await.unwrap();
+    assert!(now > before);
+    caught_up(&cache, now).await;
+    // A bookmark now says so; the watcher was sent nothing.
+    assert_eq!(cache.progress(&watcher.live), Some(now));
+    assert!(watcher.backlog.is_empty());
+}
