@@ -9,8 +9,8 @@ use futures::StreamExt;
 use skiff_store::{Error, EventKind, ListOptions, Store, WatchStream};
 
 /// How often the embedded store under test reports a watch's progress
-/// (the test etcd: every 200 ms): often, so that every check below also
-/// sees reports between its changes.
+/// (the test etcd: every 200 ms): often, so that the checks below see
+/// reports within their time.
 const PROGRESS: Duration = Duration::from_millis(100);
 
 /// A store under test and whatever keeps it alive.
@@ -375,6 +375,55 @@ async fn a_quiet_watch_reports_progress_past_other_writes(s: Arc<dyn Store>) {
     assert_eq!(take(&mut resumed, 1).await[0].revision(), change);
 }
 
+/// Changes under a prefix interleaved with changes elsewhere, pausing
+/// between them for longer than the stores' report interval: the watch
+/// delivers every change once, in order, with reports between them that
+/// never go back and never claim a revision a change still to come has.
+async fn progress_between_changes_never_runs_ahead_of_them(s: Arc<dyn Store>) {
+    let start = s.current_revision().await.unwrap() + 1;
+    let mut written = Vec::new();
+    for i in 0..3 {
+        written.push(s.create(&format!("/m/in/{i}"), b("v")).await.unwrap());
+        s.create(&format!("/m/out/{i}"), b("v")).await.unwrap();
+    }
+    let mut w = s.watch("/m/in/", start).await.unwrap();
+    let writer = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 3..8 {
+                revs.push(s.create(&format!("/m/in/{i}"), b("v")).await.unwrap());
+                s.create(&format!("/m/out/{i}"), b("v")).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            revs
+        })
+    };
+    let (mut changes, mut reports, mut reported) = (Vec::new(), 0, 0);
+    while changes.len() < 8 {
+        let next = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("watch stalled")
+            .expect("watch ended")
+            .expect("watch error");
+        if next.is_progress() {
+            assert!(next.revision() >= reported, "progress went back: {next:?}");
+            reported = next.revision();
+            reports += 1;
+        } else {
+            assert!(
+                next.revision() > reported,
+                "a change at {} after a report of {reported}",
+                next.revision()
+            );
+            changes.push(next.revision());
+        }
+    }
+    written.extend(writer.await.unwrap());
+    assert_eq!(changes, written, "every change once, in order");
+    assert!(reports > 0, "no progress report in the pauses");
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded_store {
@@ -409,6 +458,7 @@ conformance!(
     compaction_makes_old_revisions_unavailable,
     the_oldest_kept_revision_is_where_the_history_starts,
     a_quiet_watch_reports_progress_past_other_writes,
+    progress_between_changes_never_runs_ahead_of_them,
 );
 
 #[tokio::test]

@@ -187,7 +187,6 @@ pub(crate) async fn start(dir: &Path, count: usize) -> anyhow::Result<ManagedEtc
             format!("--initial-cluster-state={state}"),
             "--initial-cluster-token=skiff".to_string(),
             "--log-level=warn".to_string(),
-            skiff_store::ETCD_PROGRESS_FLAG.to_string(),
         ];
         let log = dir.join(format!("{}.log", member.name));
         managed.tasks.push(tokio::spawn(supervise(
@@ -325,6 +324,7 @@ async fn supervise(
         let mut command = tokio::process::Command::new(&binary);
         command
             .args(&args)
+            .envs(skiff_store::ETCD_PROGRESS_ENV)
             .kill_on_drop(true)
             // Its own process group: a terminal's Ctrl-C is for skiff up.
             .process_group(0)

@@ -307,7 +307,7 @@ impl Store for EtcdStore {
             // The watch's id, from etcd's answer to its creation.
             let mut id = None;
             // The last revision delivered or reported.
-            let mut sent = start_revision.saturating_sub(1);
+            let mut sent = (start_revision - 1).max(0);
             loop {
                 let next = tokio::select! {
                     next = responses.next() => next,
@@ -347,9 +347,10 @@ impl Store for EtcdStore {
                 // creation (whose revision is the store's, not the
                 // watch's): etcd's periodic progress report, which it sends
                 // in order with the watch's events and only once the watch
-                // has caught up. (Not asked for: etcd before 3.4.31 and
-                // 3.5.13 answers a progress request at once, out of order
-                // with events not yet sent, or, in some versions, never.)
+                // has caught up. (Not asked for: etcd before 3.4.25 and
+                // 3.5.8 answers a progress request at once, out of order
+                // with events not yet sent; later ones hold it back or drop
+                // it while a watch catches up.)
                 if resp.events().is_empty() && !resp.created() {
                     let revision = resp.header().map_or(0, |h| h.revision());
                     if id == Some(resp.watch_id()) && revision > sent {

@@ -202,15 +202,23 @@ impl Event {
 /// How often the embedded store's watches report progress
 /// ([`EventKind::Progress`]) while the store moves on without a change
 /// under their prefix: well within the history the API server keeps (one
-/// compaction interval, five minutes by default), so a watch resumed after
-/// its last report finds its revision still kept. etcd reports at its own
-/// `--experimental-watch-progress-notify-interval` (ten minutes unless
-/// set; the etcd Skiff starts runs it at [`ETCD_PROGRESS_FLAG`]'s value).
+/// compaction interval, five minutes by default; with an interval under
+/// about a minute a quiet kind may still resume from a compacted revision,
+/// and then lists again as before), so a watch resumed after its last
+/// report finds its revision still kept. etcd reports at its own
+/// `--watch-progress-notify-interval` (`--experimental-...` before 3.6;
+/// ten minutes unless set); the etcd Skiff starts has [`ETCD_PROGRESS_ENV`].
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
-/// The etcd flag Skiff starts etcd with so that its watches report
-/// progress as often as the embedded store's.
-pub const ETCD_PROGRESS_FLAG: &str = "--experimental-watch-progress-notify-interval=30s";
+/// The environment Skiff starts etcd with so that its watches report
+/// progress as often as the embedded store's: both spellings of the
+/// setting, since etcd before 3.6 knows only the experimental one and
+/// after 3.6 only the other, and an environment variable it does not know
+/// is only warned about (an unknown flag would stop it).
+pub const ETCD_PROGRESS_ENV: [(&str, &str); 2] = [
+    ("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "30s"),
+    ("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "30s"),
+];
 
 /// An ordered stream of changes, ending with an error if the store can no
 /// longer deliver (e.g. [`Error::Compacted`]).

@@ -98,8 +98,11 @@ impl EtcdCluster {
             .args(["--heartbeat-interval=100", "--election-timeout=1000"])
             .arg("--log-level=error")
             // Watches report progress often (the store's conformance
-            // suite waits for a report; Skiff's own etcd: every 30 s).
-            .arg("--experimental-watch-progress-notify-interval=200ms")
+            // suite waits for reports; Skiff's own etcd: every 30 s), in
+            // both spellings of the setting (see skiff-store's
+            // `ETCD_PROGRESS_ENV`).
+            .env("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "200ms")
+            .env("ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", "200ms")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
