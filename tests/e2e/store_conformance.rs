@@ -48,27 +48,36 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-/// Takes `n` changes from a watch, failing after a generous timeout.
-/// Progress reports between them are checked (never ahead of a change
-/// still to come, never backwards) and skipped.
+/// The next item of a watch, failing after a generous timeout. A progress
+/// report is checked against the last one, `reported` (never backwards),
+/// and a change too (never at or below a report already made).
+async fn next_checked(stream: &mut WatchStream, reported: &mut i64) -> skiff_store::Event {
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("watch stalled")
+        .expect("watch ended")
+        .expect("watch error");
+    if next.is_progress() {
+        assert!(next.revision() >= *reported, "progress went back: {next:?}");
+        *reported = next.revision();
+    } else {
+        assert!(
+            next.revision() > *reported,
+            "a change at {} after a report of {reported}",
+            next.revision()
+        );
+    }
+    next
+}
+
+/// Takes `n` changes from a watch, the progress reports between them
+/// checked ([`next_checked`]) and skipped.
 async fn take(stream: &mut WatchStream, n: usize) -> Vec<skiff_store::Event> {
     let mut out = Vec::new();
     let mut reported = 0;
     while out.len() < n {
-        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("watch stalled")
-            .expect("watch ended")
-            .expect("watch error");
-        if next.is_progress() {
-            assert!(next.revision() >= reported, "progress went back: {next:?}");
-            reported = next.revision();
-        } else {
-            assert!(
-                next.revision() > reported,
-                "a change at {} after a report of {reported}",
-                next.revision()
-            );
+        let next = next_checked(stream, &mut reported).await;
+        if !next.is_progress() {
             out.push(next);
         }
     }
@@ -401,21 +410,10 @@ async fn progress_between_changes_never_runs_ahead_of_them(s: Arc<dyn Store>) {
     };
     let (mut changes, mut reports, mut reported) = (Vec::new(), 0, 0);
     while changes.len() < 8 {
-        let next = tokio::time::timeout(Duration::from_secs(10), w.next())
-            .await
-            .expect("watch stalled")
-            .expect("watch ended")
-            .expect("watch error");
+        let next = next_checked(&mut w, &mut reported).await;
         if next.is_progress() {
-            assert!(next.revision() >= reported, "progress went back: {next:?}");
-            reported = next.revision();
             reports += 1;
         } else {
-            assert!(
-                next.revision() > reported,
-                "a change at {} after a report of {reported}",
-                next.revision()
-            );
             changes.push(next.revision());
         }
     }
