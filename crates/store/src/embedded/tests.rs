@@ -124,3 +124,47 @@ async fn a_big_live_state_is_not_rewritten_while_everything_waits() {
         .unwrap();
     assert_eq!(live.kvs.len(), 300);
 }
+
+/// A watcher that stops reading while thousands of commits go by falls
+/// behind the live channel and catches up from the log: every change once,
+/// in order, and the progress reports (frequent here) never past a change
+/// still to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_catches_up_from_the_log_in_order() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path().join("state.redb"))
+        .unwrap()
+        .with_progress_every(Duration::from_millis(1));
+    let mut watch = store.watch("/lag/in/", 0).await.unwrap();
+    // More commits (one each) than the watch's buffer and the live
+    // channel hold together, some outside the prefix.
+    let mut written = Vec::new();
+    for i in 0..(super::WATCH_BUFFER + super::BROADCAST_CAPACITY + 200) {
+        let key = format!("/lag/in/{i:05}");
+        written.push(store.create(&key, Bytes::new()).await.unwrap());
+        if i % 100 == 0 {
+            let other = format!("/lag/out/{i:05}");
+            store.create(&other, Bytes::new()).await.unwrap();
+        }
+    }
+    let (mut changes, mut reported) = (Vec::new(), 0);
+    while changes.len() < written.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("watch stalled")
+            .expect("watch ended")
+            .expect("watch error");
+        if event.is_progress() {
+            assert!(event.revision() >= reported, "progress went back");
+            reported = event.revision();
+        } else {
+            assert!(
+                event.revision() > reported,
+                "a change after a report past it"
+            );
+            changes.push(event.revision());
+        }
+    }
+    assert_eq!(changes, written, "every change once, in order");
+}
