@@ -59,7 +59,12 @@ pub fn find_program(name: &str, extra: &[&str]) -> Option<PathBuf> {
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            // Linux may connect a socket to its own address when nothing
+            // listens on a port of the ephemeral range (the one `free_port`
+            // hands out): a connection to itself is not a listener.
+            && stream.local_addr().ok() != Some(addr)
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
