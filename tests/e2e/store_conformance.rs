@@ -1,5 +1,6 @@
-//! The Store conformance suite: every check runs against both backends —
-//! the embedded store and a real etcd started for the test.
+//! The Store conformance suite: every check runs against every backend —
+//! the embedded store (its journal, and a redb file as stores created
+//! before the journal have) and a real etcd started for the test.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,19 @@ struct Backend {
 
 async fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let store = skiff_store::EmbeddedStore::open(dir.path().join("state.redb"))
+    let store = skiff_store::EmbeddedStore::open(dir.path().join("state"))
+        .unwrap()
+        .with_progress_every(PROGRESS);
+    Backend {
+        store: Arc::new(store),
+        _etcd: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn redb() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let store = skiff_store::EmbeddedStore::open_redb(dir.path().join("state.redb"))
         .unwrap()
         .with_progress_every(PROGRESS);
     Backend {
@@ -422,6 +435,34 @@ async fn progress_between_changes_never_runs_ahead_of_them(s: Arc<dyn Store>) {
     assert!(reports > 0, "no progress report in the pauses");
 }
 
+/// A page asked for after the end of the prefix (a continue token from a
+/// list of another prefix) is empty, not an error.
+async fn a_page_after_the_prefix_is_empty(store: Arc<dyn Store>) {
+    store.create("/p/a/1", b("1")).await.unwrap();
+    store.create("/p/z/1", b("1")).await.unwrap();
+    let page = store
+        .list(ListOptions {
+            prefix: "/p/a/".into(),
+            start_after: Some("/p/z/1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.kvs.is_empty() && !page.more, "{page:?}");
+    // The same at a past revision.
+    let page = store
+        .list(ListOptions {
+            prefix: "/p/a/".into(),
+            start_after: Some("/p/z/1".into()),
+            revision: page.revision - 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.kvs.is_empty() && !page.more, "{page:?}");
+}
+
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod embedded_store {
@@ -429,6 +470,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let backend = super::embedded().await;
+                    super::$check(backend.store.clone()).await;
+                }
+            )*
+        }
+        mod redb_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let backend = super::redb().await;
                     super::$check(backend.store.clone()).await;
                 }
             )*
@@ -457,20 +507,25 @@ conformance!(
     the_oldest_kept_revision_is_where_the_history_starts,
     a_quiet_watch_reports_progress_past_other_writes,
     progress_between_changes_never_runs_ahead_of_them,
+    a_page_after_the_prefix_is_empty,
 );
 
-#[tokio::test]
-async fn embedded_store_keeps_its_state_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.redb");
+/// A store reopened by `open` at `path` has what it had.
+async fn keeps_its_state_across_reopen(
+    open: fn(&std::path::Path) -> skiff_store::Result<skiff_store::EmbeddedStore>,
+    path: &std::path::Path,
+) {
     let rev = {
-        let s = skiff_store::EmbeddedStore::open(&path).unwrap();
-        s.create("/d/a", b("kept")).await.unwrap()
+        let s = open(path).unwrap();
+        s.create("/d/a", b("kept")).await.unwrap();
+        s.create("/d/b", b("gone")).await.unwrap();
+        s.update("/d/a", b("kept, changed"), None).await.unwrap();
+        s.delete("/d/b", None).await.unwrap().0
     };
-    // The writer thread lets go of the file once the last handle drops.
+    // The writer thread lets go of the store once the last handle drops.
     let mut reopened = None;
     for _ in 0..50 {
-        match skiff_store::EmbeddedStore::open(&path) {
+        match open(path) {
             Ok(s) => {
                 reopened = Some(s);
                 break;
@@ -480,6 +535,59 @@ async fn embedded_store_keeps_its_state_across_reopen() {
     }
     let s = reopened.expect("reopen");
     let kv = s.get("/d/a").await.unwrap().unwrap();
-    assert_eq!((kv.value, kv.mod_revision), (b("kept"), rev));
+    assert_eq!((kv.value, kv.mod_revision), (b("kept, changed"), rev - 1));
+    assert!(s.get("/d/b").await.unwrap().is_none());
     assert_eq!(s.current_revision().await.unwrap(), rev);
+    // The history came back too: a list in the past, a watch from the start.
+    let past = s
+        .list(ListOptions {
+            prefix: "/d/".into(),
+            revision: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let values: Vec<_> = past.kvs.iter().map(|kv| kv.value.clone()).collect();
+    assert_eq!(values, [b("kept"), b("gone")]);
+    let mut watch = s.watch("/d/", 1).await.unwrap();
+    let mut reported = 0;
+    for revision in 1..=rev {
+        let event = loop {
+            let event = next_checked(&mut watch, &mut reported).await;
+            if !event.is_progress() {
+                break event;
+            }
+        };
+        assert_eq!(event.revision(), revision);
+    }
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_its_state_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    keeps_its_state_across_reopen(
+        |p| skiff_store::EmbeddedStore::open(p),
+        &dir.path().join("state"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_redb_store_keeps_its_state_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    keeps_its_state_across_reopen(|p| skiff_store::EmbeddedStore::open_redb(p), &path).await;
+    // A redb file is opened as one from then on.
+    assert!(path.is_file());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let s = loop {
+        match skiff_store::EmbeddedStore::open(&path) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() > deadline => panic!("reopen: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let kv = s.get("/d/a").await.unwrap().unwrap();
+    assert_eq!(kv.value, b("kept, changed"));
+    assert!(path.is_file(), "still one redb file");
 }

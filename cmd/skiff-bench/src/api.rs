@@ -83,7 +83,7 @@ async fn api_http_creates(
 
 /// What a raw etcd baseline writes per op.
 #[derive(Clone, Copy)]
-enum RawOp {
+pub(crate) enum RawOp {
     /// A plain put.
     Put,
     /// A create-if-absent transaction (compare create_revision = 0, then
@@ -91,7 +91,7 @@ enum RawOp {
     Txn,
 }
 
-async fn raw_etcd(
+pub(crate) async fn raw_etcd(
     endpoint: &str,
     op: RawOp,
     concurrency: usize,
@@ -134,18 +134,53 @@ async fn raw_etcd(
     .await
 }
 
+/// The table's header: one row per target and concurrency.
+pub(crate) fn print_header() {
+    println!(
+        "{:<12} {:>15} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "concurrency", "target", "ops", "ops/s", "p50 ms", "p99 ms", "vs raw"
+    );
+}
+
+/// The rows of concurrency `c`, each beside `raw`; targets not measured
+/// (no ops) are left out.
+pub(crate) fn print_rows(c: usize, raw: &Figures, targets: &[(&str, Figures)]) {
+    for (name, f) in targets {
+        if f.ops == 0 {
+            continue;
+        }
+        println!(
+            "{:<12} {:>15} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7.2}x",
+            c,
+            name,
+            f.ops,
+            f.per_sec,
+            f.p50_ms,
+            f.p99_ms,
+            f.per_sec / raw.per_sec
+        );
+    }
+}
+
+/// A new, empty redb store file at `path` (the embedded store as it was
+/// kept before the journal): a server given its path opens it as one.
+fn redb_file(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    drop(skiff_store::EmbeddedStore::open_redb(path)?);
+    // Its writer thread lets the file go once it sees the handle gone.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(path.to_path_buf())
+}
+
 pub(crate) async fn bench_api(
     seconds: f64,
     levels: Vec<usize>,
     with_etcd_api: bool,
     with_http: bool,
+    with_redb: bool,
 ) -> anyhow::Result<()> {
     let etcd = skiff_testkit::Etcd::start()?;
     let dir = tempfile::tempdir()?;
-    println!(
-        "{:<12} {:>15} {:>8} {:>10} {:>9} {:>9} {:>8}",
-        "concurrency", "target", "ops", "ops/s", "p50 ms", "p99 ms", "vs raw"
-    );
+    print_header();
     let mut rows = Vec::new();
     for &c in &levels {
         eprintln!("measuring concurrency {c} ({seconds}s each)...");
@@ -163,15 +198,16 @@ pub(crate) async fn bench_api(
             Figures::default()
         };
         let embedded = api_creates(
-            StoreConfig::Embedded(dir.path().join(format!("bench-{c}.redb"))),
+            StoreConfig::Embedded(dir.path().join(format!("bench-{c}"))),
             "emb",
             c,
             seconds,
         )
         .await?;
-        let http = if with_http {
-            api_http_creates(
-                StoreConfig::Embedded(dir.path().join(format!("bench-http-{c}.redb"))),
+        let redb = if with_redb {
+            api_creates(
+                StoreConfig::Embedded(redb_file(&dir.path().join(format!("bench-{c}.redb")))?),
+                "redb",
                 c,
                 seconds,
             )
@@ -179,27 +215,28 @@ pub(crate) async fn bench_api(
         } else {
             Figures::default()
         };
-        for (name, f) in [
-            ("raw etcd put", raw),
-            ("raw etcd txn", raw_txn),
-            ("api (etcd)", on_etcd),
-            ("api (embedded)", embedded),
-            ("http (embedded)", http),
-        ] {
-            if f.ops == 0 {
-                continue;
-            }
-            println!(
-                "{:<12} {:>15} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7.2}x",
+        let http = if with_http {
+            api_http_creates(
+                StoreConfig::Embedded(dir.path().join(format!("bench-http-{c}"))),
                 c,
-                name,
-                f.ops,
-                f.per_sec,
-                f.p50_ms,
-                f.p99_ms,
-                f.per_sec / raw.per_sec
-            );
-        }
+                seconds,
+            )
+            .await?
+        } else {
+            Figures::default()
+        };
+        print_rows(
+            c,
+            &raw,
+            &[
+                ("raw etcd put", raw),
+                ("raw etcd txn", raw_txn),
+                ("api (etcd)", on_etcd),
+                ("api (embedded)", embedded),
+                ("api (redb)", redb),
+                ("http (embedded)", http),
+            ],
+        );
         rows.push(json!({
             "concurrency": c,
             "raw_etcd_puts_per_sec": raw.per_sec,
@@ -217,6 +254,10 @@ pub(crate) async fn bench_api(
             "api_embedded_p99_ms": embedded.p99_ms,
             "ratio_api_etcd_vs_raw": on_etcd.per_sec / raw.per_sec,
             "ratio_api_embedded_vs_raw": embedded.per_sec / raw.per_sec,
+            "api_redb_creates_per_sec": redb.per_sec,
+            "api_redb_p50_ms": redb.p50_ms,
+            "api_redb_p99_ms": redb.p99_ms,
+            "ratio_api_redb_vs_raw": redb.per_sec / raw.per_sec,
             "http_embedded_creates_per_sec": http.per_sec,
             "http_embedded_p50_ms": http.p50_ms,
             "http_embedded_p99_ms": http.p99_ms,

@@ -54,7 +54,7 @@ pub(crate) async fn bench_ingress(seconds: f64, concurrency: usize) -> anyhow::R
     let dir = tempfile::tempdir()?;
     let config = skiff_apiserver::Config::new(
         "127.0.0.1:0".parse()?,
-        StoreConfig::Embedded(dir.path().join("ingress.redb")),
+        StoreConfig::Embedded(dir.path().join("ingress")),
     );
     let server = skiff_apiserver::ApiServer::start(config).await?;
     let channel = skiff_testkit::channel(server.addr).await?;

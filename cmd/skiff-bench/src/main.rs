@@ -22,7 +22,7 @@
 //!   are on its Docker network, or (`--pod-network cni`) plumbed by CNI
 //!   on a simulated host, created there by one `skiff apply`.
 //!
-//! - `list`, `proxy`, `netperf`, `idle`: see their modules.
+//! - `store`, `list`, `proxy`, `netperf`, `idle`: see their modules.
 //!
 //! One module per bench; this file holds the command line and the helpers
 //! they share (figures, the load driver, the pod they create).
@@ -69,6 +69,7 @@ mod proxy;
 mod scale;
 mod schedule;
 mod soak;
+mod store;
 mod watch;
 
 #[derive(Subcommand)]
@@ -132,6 +133,24 @@ enum Command {
         /// embedded store, beside gRPC in the same run.
         #[arg(long)]
         http: bool,
+        /// Also create on an embedded store kept in a redb file (as
+        /// stores made before the journal are), beside the journal.
+        #[arg(long)]
+        redb: bool,
+    },
+    /// The embedded store alone: creates/s on the journal and on a redb
+    /// file vs raw etcd puts, and the journal's recovery time for N MiB of
+    /// history.
+    Store {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrency levels.
+        #[arg(long, value_delimiter = ',', default_value = "16,128")]
+        concurrency: Vec<usize>,
+        /// MiB of history to recover.
+        #[arg(long, default_value_t = 1024)]
+        history_mib: u64,
     },
     /// Scheduling throughput and latency on hollow nodes.
     Schedule {
@@ -447,7 +466,13 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             no_etcd_api,
             http,
-        } => api::bench_api(seconds, concurrency, !no_etcd_api, http).await,
+            redb,
+        } => api::bench_api(seconds, concurrency, !no_etcd_api, http, redb).await,
+        Command::Store {
+            seconds,
+            concurrency,
+            history_mib,
+        } => store::bench_store(seconds, concurrency, history_mib).await,
         Command::Soak {
             minutes,
             nodes,

@@ -192,7 +192,7 @@ pub(crate) async fn bench_podstart(n: usize, pod_network: &str) -> anyhow::Resul
 async fn on_docker_network(image: &'static str, n: usize) -> anyhow::Result<Measured> {
     use skiff::pb::api::v1::DeleteRequest;
     let dir = tempfile::tempdir()?;
-    let server = start_server(StoreConfig::Embedded(dir.path().join("podstart.redb"))).await?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("podstart"))).await?;
     let url = format!("http://{}", server.addr);
     // The agent as users run it: its own periods, not the tests' 1 s.
     let node =

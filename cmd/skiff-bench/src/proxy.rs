@@ -24,7 +24,7 @@ pub(crate) async fn bench_proxy(seconds: f64, concurrency: usize) -> anyhow::Res
     let dir = tempfile::tempdir()?;
     let mut config = skiff_apiserver::Config::new(
         "127.0.0.1:0".parse()?,
-        StoreConfig::Embedded(dir.path().join("proxy.redb")),
+        StoreConfig::Embedded(dir.path().join("proxy")),
     );
     config.service_cidr = PROXY_BENCH_CIDR.parse().map_err(anyhow::Error::msg)?;
     config.node_ports = 31290..=31299;

@@ -12,7 +12,7 @@ pub(crate) async fn bench_watch(
 ) -> anyhow::Result<()> {
     let pad = "x".repeat(object_bytes);
     let dir = tempfile::tempdir()?;
-    let server = start_server(StoreConfig::Embedded(dir.path().join("watch.redb"))).await?;
+    let server = start_server(StoreConfig::Embedded(dir.path().join("watch"))).await?;
     let mut cm = ConfigMapsClient::new(skiff_testkit::channel(server.addr).await?);
     let created = cm
         .create(ConfigMap {

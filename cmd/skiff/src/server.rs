@@ -114,7 +114,14 @@ pub(crate) fn api_config(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<skiff_apiserver::Config> {
     let store = if args.etcd.is_empty() {
-        skiff_apiserver::StoreConfig::Embedded(data_dir.join("state.redb"))
+        // A data directory from before the journal keeps its redb file.
+        let redb = data_dir.join("state.redb");
+        let path = if redb.is_file() {
+            redb
+        } else {
+            data_dir.join("state")
+        };
+        skiff_apiserver::StoreConfig::Embedded(path)
     } else {
         skiff_apiserver::StoreConfig::Etcd(args.etcd.clone())
     };

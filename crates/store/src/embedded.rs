@@ -1,15 +1,20 @@
-//! The embedded store: one redb file, durable on every acknowledged write.
+//! The embedded store: durable on every acknowledged write, kept in a
+//! journal (a log of changes and snapshots, see [`journal`]) or, for a
+//! store created before it, one redb file.
 //!
-//! Three tables: `kv` (key → current record), `log` (revision → the change
-//! made at that revision, with the previous record, for watches and reads
-//! at a past revision) and `meta` (current and compacted revisions).
+//! A redb file has three tables: `kv` (key → current record), `log`
+//! (revision → the change made at that revision, with the previous
+//! record, for watches and reads at a past revision) and `meta` (current
+//! and compacted revisions). The journal keeps the same records: `kv` in
+//! memory, `log` as its log on disk.
 //!
-//! All writes go through one writer thread that commits them in groups:
-//! every request waiting when a commit starts joins the same transaction,
-//! so one fsync acknowledges many writes (etcd's batching, without a
-//! network hop). A write is acknowledged only after its transaction has
-//! committed with `Durability::Immediate`, so it survives kill -9.
-//! Committed changes are then published to live watchers.
+//! With either, all writes go through one writer thread that commits them
+//! in groups: every request waiting when a commit starts joins the same
+//! batch, so one fsync acknowledges many writes (etcd's batching, without
+//! a network hop). A write is acknowledged only after its batch is durable
+//! (the journal's append synced; redb's transaction committed with
+//! `Durability::Immediate`), so it survives kill -9. Committed changes are
+//! then published to live watchers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,14 +24,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{RwLock, RwLockReadGuard, broadcast, mpsc, oneshot};
+use tokio::sync::{RwLock, broadcast, mpsc, oneshot};
 
 use crate::{
     Error, Event, EventKind, KeyValue, ListOptions, ListResult, Result, Store, WatchStream,
     prefix_end,
 };
 
+mod journal;
 mod writer;
+use journal::{Journal, JournalWriter};
 use writer::Writer;
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -161,6 +168,16 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The bytes of the value it writes.
+    fn value_len(&self) -> usize {
+        match self {
+            Op::Create { value, .. } | Op::Update { value, .. } => value.len(),
+            Op::Delete { .. } | Op::Compact { .. } => 0,
+        }
+    }
+}
+
 /// What a write did: the revision it got and, for deletes, the old value.
 type OpResult = Result<(i64, Option<KeyValue>)>;
 
@@ -179,25 +196,71 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    /// Read-locked for every transaction's life, write-locked (by the
-    /// writer) only to compact the file. A tokio lock: a read waiting for
-    /// a compaction waits as a task, not a worker thread.
-    db: Arc<RwLock<Database>>,
+    /// Where the state is kept.
+    engine: Engine,
     /// The writer thread's inbox.
     writes: mpsc::UnboundedSender<Pending>,
     /// Committed batches of events, in revision order.
     events: broadcast::Sender<Arc<[Event]>>,
 }
 
+/// The two ways the embedded store keeps its state.
+enum Engine {
+    /// A directory with a log of changes and snapshots, the state in
+    /// memory (see [`journal`]): every new store.
+    Journal(Arc<Journal>),
+    /// One redb file: stores created before the journal, opened as they
+    /// are. Read-locked for every transaction's life, write-locked (by
+    /// the writer) only to compact the file. A tokio lock: a read waiting
+    /// for a compaction waits as a task, not a worker thread.
+    Redb(Arc<RwLock<Database>>),
+}
+
 // === impl EmbeddedStore ===
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file at `path`.
+    /// Opens the store at `path`: a redb file if one is there (a store
+    /// from before the journal), else the journal directory at `path`,
+    /// created if it does not exist.
     ///
     /// # Errors
-    /// When the file cannot be opened or is not a Skiff store (for instance
-    /// because another process holds it).
+    /// When the store cannot be opened or is not a Skiff store (for
+    /// instance because another process holds it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_file() {
+            Self::open_redb(path)
+        } else {
+            Self::open_journal(path)
+        }
+    }
+
+    /// Opens (or creates) a journal store in directory `dir`.
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open`].
+    pub fn open_journal(dir: impl AsRef<Path>) -> Result<Self> {
+        let (journal, segment) = Journal::open(dir.as_ref())?;
+        let (writes, inbox) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let writer = JournalWriter {
+            journal: Arc::clone(&journal),
+            segment,
+            inbox,
+            events: events.clone(),
+            snapshotting: None,
+            failed: None,
+        };
+        Self::start(Engine::Journal(journal), writes, events, move || {
+            writer.run()
+        })
+    }
+
+    /// Opens (or creates) a redb store file at `path`.
+    ///
+    /// # Errors
+    /// As [`EmbeddedStore::open`].
+    pub fn open_redb(path: impl AsRef<Path>) -> Result<Self> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path.as_ref())
@@ -218,12 +281,26 @@ impl EmbeddedStore {
             inbox,
             events: events.clone(),
         };
+        Self::start(Engine::Redb(db), writes, events, move || writer.run())
+    }
+
+    /// Starts the writer thread.
+    fn start(
+        engine: Engine,
+        writes: mpsc::UnboundedSender<Pending>,
+        events: broadcast::Sender<Arc<[Event]>>,
+        writer: impl FnOnce() + Send + 'static,
+    ) -> Result<Self> {
         std::thread::Builder::new()
             .name("skiff-store-writer".into())
-            .spawn(move || writer.run())
+            .spawn(writer)
             .map_err(|e| Error::Embedded(Box::new(e)))?;
         Ok(Self {
-            inner: Arc::new(Inner { db, writes, events }),
+            inner: Arc::new(Inner {
+                engine,
+                writes,
+                events,
+            }),
             progress_every: crate::PROGRESS_EVERY,
         })
     }
@@ -245,15 +322,12 @@ impl EmbeddedStore {
         rx.await.map_err(|_| Error::Closed)?
     }
 
-    /// The database, for one transaction (held while it lives, so that
-    /// a compaction of the file never meets it).
-    async fn db(&self) -> RwLockReadGuard<'_, Database> {
-        self.inner.db.read().await
-    }
-
     /// (current revision, compacted revision) as committed.
     async fn revisions(&self) -> Result<(i64, i64)> {
-        let db = self.db().await;
+        let db = match &self.inner.engine {
+            Engine::Journal(journal) => return Ok(journal.revisions()),
+            Engine::Redb(db) => db.read().await,
+        };
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         read_revisions(&meta)
@@ -262,7 +336,10 @@ impl EmbeddedStore {
     /// Log entries with revision in `from..=to` whose key starts with
     /// `prefix`, as events.
     async fn read_log(&self, prefix: &str, from: i64, to: i64) -> Result<Vec<Event>> {
-        let db = self.db().await;
+        let db = match &self.inner.engine {
+            Engine::Journal(journal) => return journal.read_log(prefix, from, to),
+            Engine::Redb(db) => db.read().await,
+        };
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (_, compacted) = read_revisions(&meta)?;
@@ -289,6 +366,38 @@ impl EmbeddedStore {
     }
 }
 
+/// Where a list's keys start (inclusive: the prefix, or the key after
+/// which the page starts if that is later) and end (exclusive; `None`:
+/// no end).
+fn key_range(options: &ListOptions) -> (&str, Option<String>) {
+    let end = String::from_utf8(prefix_end(&options.prefix)).ok();
+    let start = options
+        .start_after
+        .as_deref()
+        .filter(|s| *s >= options.prefix.as_str())
+        .unwrap_or(&options.prefix);
+    (start, end)
+}
+
+/// The revision a read asked for (0: the current one), if the store can
+/// serve it.
+fn read_revision(requested: i64, current: i64, compacted: i64) -> Result<i64> {
+    let at = if requested == 0 { current } else { requested };
+    if at > current {
+        return Err(Error::FutureRevision {
+            requested: at,
+            current,
+        });
+    }
+    if at < compacted {
+        return Err(Error::Compacted {
+            requested: at,
+            compacted,
+        });
+    }
+    Ok(at)
+}
+
 fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, i64)> {
     let get =
         |k: &str| -> Result<i64> { Ok(meta.get(k).map_err(emb)?.map_or(0, |v| v.value() as i64)) };
@@ -298,7 +407,10 @@ fn read_revisions(meta: &impl ReadableTable<&'static str, u64>) -> Result<(i64, 
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let db = self.db().await;
+        let db = match &self.inner.engine {
+            Engine::Journal(journal) => return Ok(journal.get(key)),
+            Engine::Redb(db) => db.read().await,
+        };
         let txn = db.begin_read().map_err(emb)?;
         let kv = txn.open_table(KV).map_err(emb)?;
         match kv.get(key).map_err(emb)? {
@@ -311,34 +423,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn list(&self, options: ListOptions) -> Result<ListResult> {
-        let db = self.db().await;
+        let db = match &self.inner.engine {
+            Engine::Journal(journal) => return journal.list(&options),
+            Engine::Redb(db) => db.read().await,
+        };
         let txn = db.begin_read().map_err(emb)?;
         let meta = txn.open_table(META).map_err(emb)?;
         let (current, compacted) = read_revisions(&meta)?;
-        let at = if options.revision == 0 {
-            current
-        } else {
-            options.revision
-        };
-        if at > current {
-            return Err(Error::FutureRevision {
-                requested: at,
-                current,
-            });
-        }
-        if at < compacted {
-            return Err(Error::Compacted {
-                requested: at,
-                compacted,
-            });
-        }
+        let at = read_revision(options.revision, current, compacted)?;
         let kv = txn.open_table(KV).map_err(emb)?;
-        let end = String::from_utf8(prefix_end(&options.prefix)).ok();
-        let start = options
-            .start_after
-            .as_deref()
-            .filter(|s| *s >= options.prefix.as_str())
-            .unwrap_or(&options.prefix);
+        let (start, end) = key_range(&options);
         let range = match &end {
             Some(end) => kv.range::<&str>(start..end.as_str()).map_err(emb)?,
             None => kv.range::<&str>(start..).map_err(emb)?,

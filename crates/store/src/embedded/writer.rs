@@ -183,12 +183,47 @@ fn apply(
     compacted: &mut i64,
     events: &mut Vec<Event>,
 ) -> OpResult {
-    let current = |kv: &redb::Table<&str, &[u8]>, key: &str| -> Result<Option<Record>> {
-        match kv.get(key).map_err(emb)? {
-            Some(v) => Ok(Some(decode(key, v.value())?)),
-            None => Ok(None),
+    let key = match op {
+        Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+        Op::Compact { revision: to } => {
+            if *to > *revision {
+                return Err(Error::FutureRevision {
+                    requested: *to,
+                    current: *revision,
+                });
+            }
+            if *to > *compacted {
+                log.retain_in(0..(*to as u64), |_, _| false).map_err(emb)?;
+                *compacted = *to;
+            }
+            return Ok((*revision, None));
         }
     };
+    let prev = match kv.get(key.as_str()).map_err(emb)? {
+        Some(v) => Some(decode(key, v.value())?),
+        None => None,
+    };
+    let entry = change(op, prev, *revision)?;
+    *revision += 1;
+    let rev = *revision;
+    match &entry.record {
+        Some(record) => kv
+            .insert(key.as_str(), record.encode_to_vec().as_slice())
+            .map_err(emb)?,
+        None => kv.remove(key.as_str()).map_err(emb)?,
+    };
+    log.insert(rev as u64, entry.encode_to_vec().as_slice())
+        .map_err(emb)?;
+    let prev_kv = entry.prev.clone().map(|p| p.into_kv(key.clone()));
+    events.push(entry.into_event(rev));
+    Ok((rev, prev_kv))
+}
+
+/// The change a create, update or delete makes to its key, decided
+/// against the key's record (`prev`) with the store at `revision`: what
+/// to log at the next revision, or why the write is refused. Both
+/// engines decide with it.
+pub(super) fn change(op: &Op, prev: Option<Record>, revision: i64) -> Result<LogEntry> {
     let check = |key: &str, prev: &Option<Record>, expected: Option<i64>| -> Result<()> {
         let Some(prev) = prev else {
             return Err(Error::NotFound {
@@ -204,9 +239,8 @@ fn apply(
             _ => Ok(()),
         }
     };
-    let (key, entry) = match op {
+    match op {
         Op::Create { key, value } | Op::Update { key, value, .. } => {
-            let prev = current(kv, key)?;
             match op {
                 Op::Create { .. } if prev.is_some() => {
                     return Err(Error::AlreadyExists { key: key.clone() });
@@ -214,60 +248,28 @@ fn apply(
                 Op::Update { expected, .. } => check(key, &prev, *expected)?,
                 _ => {}
             }
-            let rev = *revision + 1;
+            let rev = revision + 1;
             let record = Record {
                 create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
                 mod_revision: rev,
                 value: value.clone(),
             };
-            (
-                key,
-                LogEntry {
-                    key: key.clone(),
-                    delete: false,
-                    record: Some(record),
-                    prev,
-                },
-            )
+            Ok(LogEntry {
+                key: key.clone(),
+                delete: false,
+                record: Some(record),
+                prev,
+            })
         }
         Op::Delete { key, expected } => {
-            let prev = current(kv, key)?;
             check(key, &prev, *expected)?;
-            (
-                key,
-                LogEntry {
-                    key: key.clone(),
-                    delete: true,
-                    record: None,
-                    prev,
-                },
-            )
+            Ok(LogEntry {
+                key: key.clone(),
+                delete: true,
+                record: None,
+                prev,
+            })
         }
-        Op::Compact { revision: to } => {
-            if *to > *revision {
-                return Err(Error::FutureRevision {
-                    requested: *to,
-                    current: *revision,
-                });
-            }
-            if *to > *compacted {
-                log.retain_in(0..(*to as u64), |_, _| false).map_err(emb)?;
-                *compacted = *to;
-            }
-            return Ok((*revision, None));
-        }
-    };
-    *revision += 1;
-    let rev = *revision;
-    match &entry.record {
-        Some(record) => kv
-            .insert(key.as_str(), record.encode_to_vec().as_slice())
-            .map_err(emb)?,
-        None => kv.remove(key.as_str()).map_err(emb)?,
-    };
-    log.insert(rev as u64, entry.encode_to_vec().as_slice())
-        .map_err(emb)?;
-    let prev_kv = entry.prev.clone().map(|p| p.into_kv(key.clone()));
-    events.push(entry.into_event(rev));
-    Ok((rev, prev_kv))
+        Op::Compact { .. } => unreachable!("a compaction changes no key"),
+    }
 }
