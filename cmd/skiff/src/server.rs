@@ -115,11 +115,14 @@ pub(crate) fn api_config(
 ) -> anyhow::Result<skiff_apiserver::Config> {
     let store = if args.etcd.is_empty() {
         // A data directory from before the journal keeps its redb file.
+        // (One that cannot be looked at is an error, not a new store.)
         let redb = data_dir.join("state.redb");
-        let path = if redb.is_file() {
-            redb
-        } else {
-            data_dir.join("state")
+        let path = match std::fs::metadata(&redb) {
+            Ok(meta) if meta.is_file() => redb,
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("{}: {e}", redb.display())
+            }
+            _ => data_dir.join("state"),
         };
         skiff_apiserver::StoreConfig::Embedded(path)
     } else {

@@ -169,6 +169,14 @@ enum Op {
 }
 
 impl Op {
+    /// The bytes of the key it writes.
+    fn key_len(&self) -> usize {
+        match self {
+            Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.len(),
+            Op::Compact { .. } => 0,
+        }
+    }
+
     /// The bytes of the value it writes.
     fn value_len(&self) -> usize {
         match self {
@@ -186,7 +194,7 @@ struct Pending {
     reply: oneshot::Sender<OpResult>,
 }
 
-/// The single-file embedded store. Cheap to clone; the writer thread stops
+/// The embedded store. Cheap to clone; the writer thread stops
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub struct EmbeddedStore {

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - [`Store`]: the trait every backend implements, with its semantics.
-//! - [`embedded`]: a single-file store (redb), the default for one machine.
+//! - [`embedded`]: the store in one process's directory (a journal; a
+//!   redb file for stores made before it), the default for one machine.
 //! - [`etcd`]: etcd through etcd-client, for real clusters and HA masters.
 //! - [`metered`]: a wrapper timing every operation for Prometheus.
 //!

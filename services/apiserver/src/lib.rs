@@ -71,7 +71,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Where the state lives.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    /// The embedded single-file store at this path.
+    /// The embedded store at this path (its directory; a redb file if
+    /// one is there).
     Embedded(PathBuf),
     /// An etcd cluster at these endpoints.
     Etcd(Vec<String>),

@@ -156,6 +156,24 @@ async fn reopen(path: &std::path::Path) -> EmbeddedStore {
     }
 }
 
+/// Why opening the store at `path` fails, once a dropped one's writer
+/// has let it go.
+async fn refused(path: &std::path::Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match EmbeddedStore::open(path) {
+            Ok(_) => panic!("{} opened", path.display()),
+            Err(e)
+                if e.to_string().contains("open in another process")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
 /// The journal's compactions delete the log segments before them (each
 /// compaction starts a segment and snapshots the state, so the log up to
 /// the one before is no longer needed): the directory follows the state,
@@ -224,25 +242,43 @@ async fn journal_drops_a_write_cut_short_and_refuses_damage() {
             .await
             .unwrap();
     }
-    drop(store);
     let segment = std::fs::read_dir(&path)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "log"))
         .unwrap();
     let whole = std::fs::metadata(&segment).unwrap().len();
-    // Half a record: a length and a checksum, and too few bytes after.
+    // One more batch, then only its first bytes on disk: a crash in the
+    // middle of its write (it was never acknowledged: not synced).
+    store
+        .create("/k/cut", Bytes::from(vec![b'c'; 1000]))
+        .await
+        .unwrap();
+    drop(store);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.set_len(whole + 40).unwrap();
+    drop(file);
+    let store = reopen(&path).await;
+    assert_eq!(store.current_revision().await.unwrap(), last);
+    assert!(store.get("/k/cut").await.unwrap().is_none());
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), whole);
+    last = store.create("/k/next", Bytes::new()).await.unwrap();
+    assert_eq!(last, 11);
+    let whole = std::fs::metadata(&segment).unwrap().len();
+    drop(store);
+    // A crash may also leave the file longer, its last pages zeros.
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&segment)
         .unwrap();
-    file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap();
+    file.write_all(&[0; 4096]).unwrap();
     drop(file);
     let store = reopen(&path).await;
     assert_eq!(store.current_revision().await.unwrap(), last);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), whole);
-    let next = store.create("/k/next", Bytes::new()).await.unwrap();
-    assert_eq!(next, last + 1);
     drop(store);
 
     // A flipped byte inside a record: its checksum fails, and records
@@ -250,10 +286,8 @@ async fn journal_drops_a_write_cut_short_and_refuses_damage() {
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[20] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
-    // Wait for the dropped store's writer to let the directory go.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let err = EmbeddedStore::open(&path).err().expect("damage refused");
-    assert!(err.to_string().contains("damaged"), "{err}");
+    let err = refused(&path).await;
+    assert!(err.contains("damaged"), "{err}");
 }
 
 /// A log that skips revisions (a segment lost between two others) would
@@ -285,9 +319,43 @@ async fn journal_refuses_a_log_with_a_segment_missing() {
     // The newest snapshot has the state: the segments are read for the
     // history alone, which the hole would shift.
     std::fs::remove_file(&segments[1]).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let err = EmbeddedStore::open(&path).err().expect("a hole refused");
-    assert!(err.to_string().contains("damaged"), "{err}");
+    let err = refused(&path).await;
+    assert!(err.contains("damaged"), "{err}");
+}
+
+/// A log that lost its start (the history from the compacted revision)
+/// would serve watches from there without their first changes: refused,
+/// though the snapshot has the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_refuses_a_log_without_the_history_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let store = EmbeddedStore::open(&path).unwrap();
+    for i in 0..3 {
+        store
+            .create(&format!("/k/{i}"), Bytes::new())
+            .await
+            .unwrap();
+    }
+    // A snapshot at 3, a new segment after it.
+    store.compact(3).await.unwrap();
+    drop(store);
+    drop(reopen(&path).await);
+    let first = path.join(format!("wal-{:020}.log", 1));
+    assert!(first.exists());
+    assert!(
+        std::fs::read_dir(&path).unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|e| e == "snap"))
+    );
+    std::fs::remove_file(&first).unwrap();
+    let err = refused(&path).await;
+    assert!(
+        err.contains("damaged") && err.contains("after the oldest kept"),
+        "{err}"
+    );
 }
 
 /// A value larger than the journal takes is refused, and the store goes
