@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -105,7 +105,11 @@ impl Journal {
     /// the writer's open segment.
     pub(super) fn open(dir: &Path) -> Result<(Arc<Self>, Segment)> {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR)
+                .create(dir)
+                .map_err(|e| io(dir, e))?;
             // The new directory's own entry, so that a store whose writes
             // were acknowledged does not vanish with it.
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -113,7 +117,7 @@ impl Journal {
             }
         }
         let lock_path = dir.join("LOCK");
-        let lock = File::create(&lock_path).map_err(|e| io(&lock_path, e))?;
+        let lock = private_file(&lock_path, false)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

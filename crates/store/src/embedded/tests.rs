@@ -370,6 +370,34 @@ async fn journal_refuses_a_value_too_large() {
     assert_eq!(store.create("/k/small", Bytes::new()).await.unwrap(), 1);
 }
 
+/// The store holds Secrets: its directory and files are its owner's
+/// alone.
+#[tokio::test]
+async fn journal_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("state");
+    let store = EmbeddedStore::open(&path).unwrap();
+    store.create("/k/secret", Bytes::new()).await.unwrap();
+    store.compact(1).await.unwrap();
+    drop(store);
+    drop(reopen(&path).await);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.extension().is_some_and(|e| e == "snap"))
+    );
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
 /// Two servers on one store would each believe they own its revisions:
 /// the second open is refused while the first holds it.
 #[tokio::test]

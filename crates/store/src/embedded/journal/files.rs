@@ -143,6 +143,21 @@ pub(super) fn snapshot_path(dir: &Path, revision: i64) -> PathBuf {
     dir.join(format!("snap-{revision:020}.snap"))
 }
 
+/// The store's directory and files are its owner's alone (they hold
+/// Secrets), as etcd keeps its data directory.
+pub(super) const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates (or, without `truncate`, opens) a file only its owner may read.
+pub(super) fn private_file(path: &Path, truncate: bool) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io(path, e))
+}
+
 /// Makes the directory's entries (a created or renamed file) durable.
 pub(super) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -183,7 +198,7 @@ pub(super) fn write_snapshot(
     kv: &[(Arc<str>, Record)],
 ) -> Result<()> {
     let tmp = dir.join(format!("snap-{revision:020}.tmp"));
-    let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let file = private_file(&tmp, true)?;
     let mut out = BufWriter::new(file);
     let mut buf = Vec::new();
     let header = SnapshotHeader {

@@ -14,6 +14,7 @@ impl Segment {
     pub(super) fn create(dir: &Path, first: i64) -> Result<Self> {
         let path = segment_path(dir, first);
         let file = OpenOptions::new()
+            .mode(0o600)
             .read(true)
             .write(true)
             .create_new(true)
