@@ -264,7 +264,7 @@ fn sample(
 }
 
 /// The bytes of every file under `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -11,6 +11,8 @@ use super::*;
 
 use skiff_store::{EmbeddedStore, Store as _};
 
+use crate::soak::dir_bytes;
+
 /// Creates of `value` under fresh keys at `concurrency`.
 async fn store_creates(
     store: EmbeddedStore,
@@ -29,17 +31,6 @@ async fn store_creates(
         }
     })
     .await
-}
-
-/// Bytes in the files of `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    })
 }
 
 /// Writes dirty pages out and empties the kernel's page cache.
