@@ -330,20 +330,46 @@ fn parse(input: &str) -> Result<Quantity> {
     // shifting by 9 turns it into nano units.
     let frac_len = i64::try_from(frac_digits.len()).unwrap_or(i64::MAX);
     let exponent = decimal_exponent.saturating_add(9).saturating_sub(frac_len);
-    let digits: Vec<u8> = int_digits
+    let out_of_range = || Error::OutOfRange { input: owned() };
+    let magnitude = small_magnitude(int_digits, frac_digits, multiplier, exponent)
+        .or_else(|| digit_magnitude(int_digits, frac_digits, multiplier, exponent))
+        .ok_or_else(out_of_range)?;
+    let nanos = if negative { -magnitude } else { magnitude };
+    Quantity::from_nanos(nanos, format).ok_or_else(out_of_range)
+}
+
+/// The amount in nano units of the ASCII digits `int` and `frac` × `multiplier`
+/// × 10^`exponent`, in plain arithmetic: for the common spellings (a few
+/// digits, nothing below a nano unit, in range). None for anything else,
+/// which [`digit_magnitude`] then works out. Every pod's create parses its
+/// containers' quantities several times over.
+fn small_magnitude(int: &[u8], frac: &[u8], multiplier: u128, exponent: i64) -> Option<i128> {
+    if int.len() + frac.len() > 18 {
+        return None;
+    }
+    let digits = int
         .iter()
-        .chain(frac_digits)
+        .chain(frac)
+        .fold(0_u128, |acc, b| acc * 10 + u128::from(b - b'0'));
+    let scale = 10_u128.checked_pow(u32::try_from(exponent).ok()?)?;
+    let value = i128::try_from(digits.checked_mul(multiplier)?.checked_mul(scale)?).ok()?;
+    (value <= MAX_NANOS).then_some(value)
+}
+
+/// [`small_magnitude`] for any number of digits and any exponent, on the
+/// decimal digit string: rounded away from zero to a nano unit; None when
+/// it cannot be in range.
+fn digit_magnitude(int: &[u8], frac: &[u8], multiplier: u128, exponent: i64) -> Option<i128> {
+    let digits: Vec<u8> = int
+        .iter()
+        .chain(frac)
         .map(|b| b - b'0')
         .skip_while(|&d| d == 0)
         .collect();
-    let out_of_range = || Error::OutOfRange { input: owned() };
-    let magnitude = if digits.is_empty() {
-        0
-    } else {
-        scaled_magnitude(&multiply(&digits, multiplier), exponent).ok_or_else(out_of_range)?
-    };
-    let nanos = if negative { -magnitude } else { magnitude };
-    Quantity::from_nanos(nanos, format).ok_or_else(out_of_range)
+    if digits.is_empty() {
+        return Some(0);
+    }
+    scaled_magnitude(&multiply(&digits, multiplier), exponent)
 }
 
 fn interpret_suffix(input: &str, suffix: &str) -> Result<(Scale, Format)> {

@@ -241,3 +241,39 @@ fn malformed_inputs_never_parse() {
         assert!(bad.parse::<Quantity>().is_err(), "{bad:?} parsed");
     }
 }
+
+/// The plain-arithmetic parse of common spellings gives what the digit
+/// string gives, wherever it gives anything.
+#[test]
+fn the_quick_parse_agrees_with_the_digit_parse() {
+    let numbers: [&[u8]; 8] = [
+        b"",
+        b"0",
+        b"1",
+        b"5",
+        b"000250",
+        b"999999999",
+        b"123456789012345678",
+        b"9223372036854775807",
+    ];
+    let mut agreed = 0;
+    for int in numbers {
+        for frac in numbers {
+            for multiplier in [1, 1024, 1 << 20, 1 << 30, 1 << 40, 1 << 50, 1 << 60] {
+                for exponent in [-12, -1, 0, 1, 3, 6, 8, 9, 12, 15, 18, 21, 27, 28, 40] {
+                    let quick = super::small_magnitude(int, frac, multiplier, exponent);
+                    if let Some(value) = quick {
+                        agreed += 1;
+                        assert_eq!(
+                            Some(value),
+                            super::digit_magnitude(int, frac, multiplier, exponent),
+                            "{int:?}.{frac:?} × {multiplier} × 10^{exponent}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // The sweep reaches the quick path often, not only its refusals.
+    assert!(agreed > 1_000, "{agreed}");
+}

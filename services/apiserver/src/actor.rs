@@ -36,22 +36,25 @@ use crate::error::{ApiError, Result};
 use crate::registry::{Registry, WatchStream};
 use crate::strategy::Strategy;
 
-/// One API operation on kind `K`.
+/// One API operation on kind `K`. Objects travel boxed: a Pod is 1.3 KB,
+/// and every future between the connection and the registry would hold a
+/// copy of it (moved again at each step; memmove was ~12 % of the API
+/// threads' time on creates).
 pub enum Op<K: Strategy> {
     /// Create an object.
-    Create(K),
+    Create(Box<K>),
     /// Read an object.
     Get(GetRequest),
     /// List objects.
     List(ListRequest),
     /// Replace an object's spec and metadata.
-    Update(K),
+    Update(Box<K>),
     /// Everything Create does but the write (`x-skiff-dry-run: All`).
-    CreateDryRun(K),
+    CreateDryRun(Box<K>),
     /// Everything Update does but the write.
-    UpdateDryRun(K),
+    UpdateDryRun(Box<K>),
     /// Replace an object's status.
-    UpdateStatus(K),
+    UpdateStatus(Box<K>),
     /// Delete an object.
     Delete(DeleteRequest),
     /// Watch objects.
@@ -63,14 +66,20 @@ pub enum Op<K: Strategy> {
     Evict(Box<Eviction>, bool),
 }
 
-/// What an operation returns.
+/// What an operation returns (the object boxed, as in [`Op`]).
 pub enum Reply<K: Strategy> {
     /// One object.
-    Object(K),
+    Object(Box<K>),
     /// A page of objects.
     List(K::List),
     /// A stream of changes.
     Watch(WatchStream<K>),
+}
+
+impl<K: Strategy> Reply<K> {
+    fn boxed(obj: K) -> Self {
+        Self::Object(Box::new(obj))
+    }
 }
 
 /// A message to the API actor: an operation and the caller's tracing span
@@ -122,21 +131,21 @@ impl<K: Strategy> Handler<Call<K>> for ApiActor {
         let work: futures::future::BoxFuture<'static, Result<Reply<K>>> = Box::pin(async move {
             match call.op {
                 Op::Create(obj) | Op::CreateDryRun(obj) => {
-                    registry.create_with(obj, dry_run).await.map(Reply::Object)
+                    registry.create_with(*obj, dry_run).await.map(Reply::boxed)
                 }
                 Op::Update(obj) | Op::UpdateDryRun(obj) | Op::UpdateStatus(obj) => registry
-                    .update_with(obj, status_only, dry_run)
+                    .update_with(*obj, status_only, dry_run)
                     .await
-                    .map(Reply::Object),
-                Op::Get(req) => registry.get(req).await.map(Reply::Object),
+                    .map(Reply::boxed),
+                Op::Get(req) => registry.get(req).await.map(Reply::boxed),
                 Op::List(req) => registry.list::<K>(req).await.map(Reply::List),
-                Op::Delete(req) => registry.delete(req).await.map(Reply::Object),
+                Op::Delete(req) => registry.delete(req).await.map(Reply::boxed),
                 Op::Watch(req) => registry.watch::<K>(req).await.map(Reply::Watch),
-                Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::Object),
+                Op::Bind(binding) => registry.bind::<K>(*binding).await.map(Reply::boxed),
                 Op::Evict(eviction, dry_run) => registry
                     .evict::<K>(*eviction, dry_run)
                     .await
-                    .map(Reply::Object),
+                    .map(Reply::boxed),
             }
         });
         let work = crate::apply::as_writer(writer, work);

@@ -144,7 +144,7 @@ pub(crate) async fn get<K: crate::strategy::Strategy>(
         name: name.to_string(),
     });
     match actor.call(op).await? {
-        Reply::Object(obj) => Ok(obj),
+        Reply::Object(obj) => Ok(*obj),
         _ => Err(Status::internal("unexpected reply kind")),
     }
 }

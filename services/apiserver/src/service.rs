@@ -69,7 +69,7 @@ impl<K: Strategy> KindService<K> {
 
     async fn object(&self, op: Op<K>) -> Result<Response<K>, Status> {
         match self.actor.call(op).await? {
-            Reply::Object(obj) => Ok(Response::new(obj)),
+            Reply::Object(obj) => Ok(Response::new(*obj)),
             _ => Err(Status::internal("unexpected reply kind")),
         }
     }
@@ -98,11 +98,13 @@ impl<K: Strategy> KindService<K> {
 
     async fn create(&self, req: Request<K>) -> Result<Response<K>, Status> {
         if dry_run(&req)? {
-            return self.object(Op::CreateDryRun(req.into_inner())).await;
+            return self
+                .object(Op::CreateDryRun(Box::new(req.into_inner())))
+                .await;
         }
         let (metadata, extensions, obj) = req.into_parts();
         let head = Request::from_parts(metadata, extensions, ());
-        self.written(&head, Op::Create(obj)).await
+        self.written(&head, Op::Create(Box::new(obj))).await
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<K>, Status> {
@@ -111,16 +113,19 @@ impl<K: Strategy> KindService<K> {
 
     async fn update(&self, req: Request<K>) -> Result<Response<K>, Status> {
         if dry_run(&req)? {
-            return self.object(Op::UpdateDryRun(req.into_inner())).await;
+            return self
+                .object(Op::UpdateDryRun(Box::new(req.into_inner())))
+                .await;
         }
         let (metadata, extensions, obj) = req.into_parts();
         let head = Request::from_parts(metadata, extensions, ());
-        self.written(&head, Op::Update(obj)).await
+        self.written(&head, Op::Update(Box::new(obj))).await
     }
 
     async fn update_status(&self, req: Request<K>) -> Result<Response<K>, Status> {
         refuse_dry_run(&req, "UpdateStatus")?;
-        self.object(Op::UpdateStatus(req.into_inner())).await
+        self.object(Op::UpdateStatus(Box::new(req.into_inner())))
+            .await
     }
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<K>, Status> {

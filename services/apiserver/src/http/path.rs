@@ -62,8 +62,20 @@ pub struct Target {
 /// there is a namespaced resource.
 const NAMESPACE_SUBRESOURCES: &[&str] = &["status", "finalize"];
 
+/// The first segment of every path [`route`] knows: a route starting with
+/// another word must be added here too.
+const FIRST_SEGMENTS: &[&str] = &[
+    "version", "healthz", "livez", "readyz", "api", "apis", "openapi",
+];
+
 /// Reads a request path.
 pub fn route(path: &str) -> Route {
+    // Every gRPC call passes here (`is_api_path`): its path, which starts
+    // with its service's name, is told apart without the parse.
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    if !FIRST_SEGMENTS.contains(&first) {
+        return Route::Unknown;
+    }
     let parts: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -293,6 +305,34 @@ mod tests {
             }
         );
         assert_eq!(route("/metrics/x"), Route::Unknown);
+    }
+
+    /// Which paths are the HTTP API's and which a gRPC method's (checked
+    /// as one), with the first-word shortcut in front of the parse.
+    #[test]
+    fn api_paths_are_told_from_grpc_methods() {
+        for (path, api) in [
+            ("/version", true),
+            ("/healthz", true),
+            ("/healthz/etcd", true),
+            ("/livez/ping", true),
+            ("/readyz", true),
+            ("//api//v1/pods", true),
+            ("/api", true),
+            ("/apis/", true),
+            ("/apis/apps/v1/namespaces/a/deployments/b/scale", true),
+            ("/openapi/v2", true),
+            ("/openapi/v3/apis/apps/v1", true),
+            ("/openapi/v4", false),
+            ("/api/v1/namespaces/a/pods/b/c/d", false),
+            ("/skiff.core.v1.Pods/Create", false),
+            ("/grpc.health.v1.Health/Check", false),
+            ("/metrics", false),
+            ("/", false),
+            ("", false),
+        ] {
+            assert_eq!(super::super::is_api_path(path), api, "{path}");
+        }
     }
 
     #[test]

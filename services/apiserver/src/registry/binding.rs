@@ -45,7 +45,7 @@ impl Registry {
             }
             let before = obj.clone();
             obj.bind(&node.1).map_err(ApiError::Precondition)?;
-            let bytes = admit(&obj, Some(&before))?;
+            let bytes = admit(&mut obj, Some(&before))?;
             match self.store.update(&key, bytes, Some(mod_rev)).await {
                 Ok(rev) => {
                     obj.metadata_mut().resource_version = rev.to_string();

@@ -91,14 +91,14 @@ impl Registry {
         // Quotas last, on a valid object (Kubernetes' order): what is
         // charged is what will be written.
         if K::NAMESPACED && self.has_quotas(obj.namespace()).await? {
-            admit(&obj, None)?;
+            admit(&mut obj, None)?;
             self.charge_quotas(&obj, &skiff::quota::usage(&obj), dry_run)
                 .await?;
         }
         // An object that claims addresses or ports is checked first: nothing
         // is claimed for one that will be refused.
         if obj.cluster_ip_request().is_some() || !obj.node_port_requests().is_empty() {
-            admit(&obj, None)?;
+            admit(&mut obj, None)?;
         }
         let claimed = if dry_run {
             None
@@ -140,7 +140,7 @@ impl Registry {
                 let meta = obj.metadata_mut();
                 meta.name = format!("{}{}", meta.generate_name, random_suffix());
             }
-            let bytes = admit(&obj, None)?;
+            let bytes = admit(&mut obj, None)?;
             let key = keys::object::<K>(obj.namespace(), obj.name());
             if dry_run {
                 if !generated && self.read::<K>(&key).await?.is_some() {

@@ -150,7 +150,7 @@ impl Registry {
         m.deletion_timestamp = Some(at);
         m.deletion_grace_period_seconds = Some(grace);
         marked.mark_deleting();
-        let bytes = match admit(&marked, Some(current)) {
+        let bytes = match admit(&mut marked, Some(current)) {
             Ok(bytes) => bytes,
             Err(e) => return Ok(Err(e)),
         };

@@ -211,7 +211,7 @@ fn effective_namespace<K: Strategy>(namespace: &str) -> String {
 /// Checks an object before it is written; returns its encoded form. An
 /// update (`before`: the stored object) is not refused for errors the
 /// stored object already had.
-fn admit<K: Strategy>(obj: &K, before: Option<&K>) -> Result<Bytes> {
+fn admit<K: Strategy>(obj: &mut K, before: Option<&K>) -> Result<Bytes> {
     let mut errors = FieldErrors::default();
     match obj.metadata() {
         Some(meta) => strategy::validate_metadata::<K>(meta, &mut errors),
@@ -235,10 +235,7 @@ fn admit<K: Strategy>(obj: &K, before: Option<&K>) -> Result<Bytes> {
             obj.name()
         )));
     }
-    let mut stored = obj.clone();
-    stored.clear_type_meta();
-    stored.metadata_mut().resource_version.clear();
-    let bytes = stored.encode_to_vec();
+    let bytes = encode_stored(obj);
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::Invalid(format!(
             "{} {:?} is invalid: object is {} bytes, more than the limit of {MAX_OBJECT_BYTES} bytes (1.5 MiB)",
@@ -248,6 +245,30 @@ fn admit<K: Strategy>(obj: &K, before: Option<&K>) -> Result<Bytes> {
         )));
     }
     Ok(bytes.into())
+}
+
+/// The object as the store keeps it: without apiVersion, kind and
+/// resourceVersion. Those are taken off `obj` for the encoding and put
+/// back (a copy of the whole object cost a create ~3 % of its time).
+fn encode_stored<K: Strategy>(obj: &mut K) -> Vec<u8> {
+    let type_meta = obj.type_meta();
+    if type_meta != ("", "") && type_meta != (K::API_VERSION, K::KIND) {
+        // Half a type (only apiVersion, or only kind: `check_type_meta`
+        // lets those by) is not what `set_type_meta` would put back.
+        let mut stored = obj.clone();
+        stored.clear_type_meta();
+        stored.metadata_mut().resource_version.clear();
+        return stored.encode_to_vec();
+    }
+    let typed = type_meta != ("", "");
+    obj.clear_type_meta();
+    let version = std::mem::take(&mut obj.metadata_mut().resource_version);
+    let bytes = obj.encode_to_vec();
+    obj.metadata_mut().resource_version = version;
+    if typed {
+        obj.set_type_meta();
+    }
+    bytes
 }
 
 fn random_suffix() -> String {
@@ -426,5 +447,48 @@ impl Registry {
         let obj = decode::<K>(&kv.value, kv.mod_revision)
             .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
         Ok(Some((obj, kv.mod_revision)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use skiff::Resource as _;
+    use skiff::pb::core::v1::Pod;
+    use skiff::pb::meta::v1::ObjectMeta;
+
+    use super::encode_stored;
+
+    fn pod(api_version: &str, kind: &str) -> Pod {
+        Pod {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                resource_version: "42".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// What is stored has no apiVersion, kind or resourceVersion, and the
+    /// object the caller goes on with is as it was, however the client
+    /// sent its type (both, none, or one of the two).
+    #[test]
+    fn the_stored_encoding_leaves_out_type_and_version_and_the_object_as_it_was() {
+        for (api_version, kind) in [("v1", "Pod"), ("", ""), ("", "Pod"), ("v1", "")] {
+            let sent = pod(api_version, kind);
+            let mut obj = sent.clone();
+            let stored = Pod::decode(encode_stored(&mut obj).as_slice()).unwrap();
+            assert_eq!(obj, sent, "sent as ({api_version:?}, {kind:?})");
+            assert_eq!(stored.type_meta(), ("", ""));
+            let meta = stored.metadata.unwrap();
+            assert_eq!(
+                (meta.name.as_str(), meta.resource_version.as_str()),
+                ("web", "")
+            );
+        }
     }
 }

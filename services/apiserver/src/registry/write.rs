@@ -74,7 +74,7 @@ impl Registry {
             }
             let current = decode::<K>(&kv.value, kv.mod_revision)
                 .ok_or_else(|| ApiError::Internal(format!("undecodable {} at {key}", K::KIND)))?;
-            let next = if status_only {
+            let mut next = if status_only {
                 let sent_uid = obj.metadata().map_or("", |m| m.uid.as_str());
                 let cur_uid = current.metadata().map_or("", |m| m.uid.as_str());
                 if !sent_uid.is_empty() && sent_uid != cur_uid {
@@ -111,7 +111,7 @@ impl Registry {
                     &charged,
                 );
                 if !added.is_empty() && self.has_quotas(&namespace).await? {
-                    admit(&next, Some(&current))?;
+                    admit(&mut next, Some(&current))?;
                     self.charge_quotas(&next, &added, dry_run).await?;
                     skiff::quota::add(&mut charged, &added);
                 }
@@ -121,21 +121,19 @@ impl Registry {
                 // finalizer's last removal). An unchanged object comes back
                 // as it is; a changed one without a resourceVersion, since it
                 // has none yet.
-                if admit(&next, Some(&current))? == kv.value {
+                if admit(&mut next, Some(&current))? == kv.value {
                     return Ok(current);
                 }
-                let mut next = next;
                 next.metadata_mut().resource_version.clear();
                 next.set_type_meta();
                 return Ok(next);
             }
-            let mut next = next;
             // An object about to go claims nothing new.
             let newly = if status_only || deleting {
                 Vec::new()
             } else {
                 if !next.node_port_requests().is_empty() {
-                    admit(&next, Some(&current))?;
+                    admit(&mut next, Some(&current))?;
                 }
                 let newly = self.claim_node_ports(Some(&current), &mut next).await?;
                 // The spec is judged as it will be stored: an update that
@@ -153,7 +151,7 @@ impl Registry {
             let owner = object_name(&namespace, &name);
             let result = if deleting {
                 // The last finalizer is gone: the object goes.
-                admit(&next, Some(&current))?;
+                admit(&mut next, Some(&current))?;
                 let deleted = self
                     .store
                     .delete(&key, Some(kv.mod_revision))
@@ -167,7 +165,7 @@ impl Registry {
                 }
                 deleted
             } else {
-                let bytes = match admit(&next, Some(&current)) {
+                let bytes = match admit(&mut next, Some(&current)) {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         self.release_ports(&newly, &owner).await;

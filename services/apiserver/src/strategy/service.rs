@@ -183,7 +183,7 @@ impl Strategy for Service {
                     "must be between 1 and 65535, inclusive",
                 );
             }
-            validate_protocol(&format!("{path}.protocol"), &p.protocol, errors);
+            validate_protocol(|| format!("{path}.protocol"), &p.protocol, errors);
             match p.target_port.as_ref().and_then(|v| v.kind.as_ref()) {
                 Some(ValueKind::NumberValue(n))
                     if n.fract() == 0.0 && (1.0..=65535.0).contains(n) => {}

@@ -80,7 +80,7 @@ pub(super) fn field_selector(req: &Request) -> String {
 /// One object from an actor reply.
 pub(super) fn object<K: JsonKind>(reply: Result<ActorReply<K>, ApiError>) -> Result<K, Failure> {
     match reply.map_err(api::<K>)? {
-        ActorReply::Object(obj) => Ok(obj),
+        ActorReply::Object(obj) => Ok(*obj),
         _ => Err(internal("the API actor answered with something else")),
     }
 }

@@ -169,9 +169,9 @@ pub(super) async fn scale<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply, 
         }
         let obj: K = decode(value, Validation::Ignore, &mut Vec::new())?;
         let op = if dry {
-            Op::UpdateDryRun(obj)
+            Op::UpdateDryRun(Box::new(obj))
         } else {
-            Op::Update(obj)
+            Op::Update(Box::new(obj))
         };
         match ctx.write(op).await {
             Err(ApiError::Conflict { .. }) if !pinned => continue,

@@ -34,9 +34,9 @@ pub(super) async fn create<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
     )
     .await?;
     let op = if dry {
-        Op::CreateDryRun(obj)
+        Op::CreateDryRun(Box::new(obj))
     } else {
-        Op::Create(obj)
+        Op::Create(Box::new(obj))
     };
     let created = object(ctx.write(op).await)?;
     Ok(reply(
@@ -76,9 +76,9 @@ fn write_op<K: JsonKind>(t: &crate::http::Target, dry: bool, obj: K) -> Result<O
                 "dryRun: a dry run of a status update is not supported",
             ));
         }
-        ("status", false) => Op::UpdateStatus(obj),
-        (_, true) => Op::UpdateDryRun(obj),
-        (_, false) => Op::Update(obj),
+        ("status", false) => Op::UpdateStatus(Box::new(obj)),
+        (_, true) => Op::UpdateDryRun(Box::new(obj)),
+        (_, false) => Op::Update(Box::new(obj)),
     })
 }
 
@@ -205,9 +205,9 @@ async fn server_side_apply<K: JsonKind>(ctx: Ctx, req: Request) -> Result<Reply,
                 .await?;
             obj.metadata_mut().resource_version.clear();
             let op = if dry {
-                Op::CreateDryRun(obj)
+                Op::CreateDryRun(Box::new(obj))
             } else {
-                Op::Create(obj)
+                Op::Create(Box::new(obj))
             };
             match ctx.actor.call(op).await {
                 Err(ApiError::AlreadyExists { .. }) => continue,

@@ -153,17 +153,17 @@ pub(super) fn validate_container(
         );
     }
     for (i, p) in c.ports.iter().enumerate() {
-        let ppath = format!("{path}.ports[{i}]");
+        let ppath = || format!("{path}.ports[{i}]");
         if validation::is_valid_port_num(p.container_port).is_err() {
             errors.invalid(
-                format!("{ppath}.containerPort"),
+                format!("{}.containerPort", ppath()),
                 p.container_port.to_string(),
                 "must be between 1 and 65535, inclusive",
             );
         }
         if p.host_port != 0 && validation::is_valid_port_num(p.host_port).is_err() {
             errors.invalid(
-                format!("{ppath}.hostPort"),
+                format!("{}.hostPort", ppath()),
                 p.host_port.to_string(),
                 "must be between 1 and 65535, inclusive",
             );
@@ -171,9 +171,9 @@ pub(super) fn validate_container(
         if !p.name.is_empty()
             && let Err(reason) = validation::is_port_name(&p.name)
         {
-            errors.invalid(format!("{ppath}.name"), &p.name, &reason);
+            errors.invalid(format!("{}.name", ppath()), &p.name, &reason);
         }
-        validate_protocol(&format!("{ppath}.protocol"), &p.protocol, errors);
+        validate_protocol(|| format!("{}.protocol", ppath()), &p.protocol, errors);
     }
     for (i, e) in c.env.iter().enumerate() {
         if let Err(reason) = validation::is_env_var_name(&e.name) {
@@ -200,15 +200,19 @@ pub(super) fn validate_container(
         }
     }
     if let Some(r) = &c.resources {
+        // The path is written only for an error (every pod's create
+        // passes here).
+        let qpath = |which: &str, name: &str| format!("{path}.resources.{which}[{name}]");
         for (which, map) in [("limits", &r.limits), ("requests", &r.requests)] {
             for (name, value) in map {
-                let qpath = format!("{path}.resources.{which}[{name}]");
                 match value.parse::<Quantity>() {
-                    Ok(q) if q.milli_value() < 0 => {
-                        errors.invalid(&qpath, value, "must be greater than or equal to 0")
-                    }
+                    Ok(q) if q.milli_value() < 0 => errors.invalid(
+                        qpath(which, name),
+                        value,
+                        "must be greater than or equal to 0",
+                    ),
                     Ok(_) => {}
-                    Err(e) => errors.invalid(&qpath, value, e.to_string()),
+                    Err(e) => errors.invalid(qpath(which, name), value, e.to_string()),
                 }
             }
         }
@@ -218,7 +222,7 @@ pub(super) fn validate_container(
             };
             if limit.parse::<Quantity>().is_ok_and(|l| asked > l) {
                 errors.invalid(
-                    format!("{path}.resources.requests[{name}]"),
+                    qpath("requests", name),
                     request,
                     format!("must be less than or equal to {name} limit of {limit}"),
                 );
@@ -227,10 +231,15 @@ pub(super) fn validate_container(
     }
 }
 
-pub(in crate::strategy) fn validate_protocol(path: &str, protocol: &str, errors: &mut FieldErrors) {
+/// `path` is called only for an error.
+pub(in crate::strategy) fn validate_protocol(
+    path: impl FnOnce() -> String,
+    protocol: &str,
+    errors: &mut FieldErrors,
+) {
     if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
         errors.push(
-            path,
+            path(),
             format!(
                 "Unsupported value: {protocol:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
             ),

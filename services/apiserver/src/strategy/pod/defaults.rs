@@ -71,9 +71,10 @@ fn default_container(c: &mut Container) {
 pub(super) fn requests_from_limits(c: &mut Container) {
     if let Some(r) = &mut c.resources {
         for (name, limit) in &r.limits {
-            r.requests
-                .entry(name.clone())
-                .or_insert_with(|| limit.clone());
+            // No copy of the name for one already there (most).
+            if !r.requests.contains_key(name) {
+                r.requests.insert(name.clone(), limit.clone());
+            }
         }
     }
 }
