@@ -27,10 +27,21 @@ pub(crate) struct Soak {
 #[derive(Clone, serde::Serialize)]
 struct Sample {
     at_s: f64,
-    /// (component, RSS MiB, open fds, threads).
-    components: Vec<(String, f64, usize, usize)>,
+    components: Vec<Reading>,
     store_mib: f64,
     cycles: usize,
+}
+
+/// One component's reading.
+#[derive(Clone, serde::Serialize)]
+struct Reading {
+    name: String,
+    /// Resident memory, MiB...
+    rss: f64,
+    /// ...of it anonymous (heap, stacks; the rest is mostly code).
+    anon: f64,
+    fds: usize,
+    threads: usize,
 }
 
 /// A cycle's outcome: how long it took, or why it failed.
@@ -58,9 +69,15 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
         soak.loops, soak.minutes, soak.nodes
     );
 
+    // Every component up (the scheduler and controller manager past their
+    // start: they were only just spawned) and nothing churning yet.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let t0 = Instant::now();
+    let before = sample(&components, dir.path(), t0, 0);
+    print_sample(&before, true);
+
     let until = Instant::now() + Duration::from_secs_f64(soak.minutes * 60.0);
     let cycles = Arc::new(std::sync::Mutex::new(Vec::<(f64, Cycle)>::new()));
-    let t0 = Instant::now();
     let mut loops = Vec::new();
     for l in 0..soak.loops {
         let channel = channel.clone();
@@ -93,11 +110,13 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
 
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(soak.sample_secs.max(1)));
+    // The first tick is now: `before` is that reading.
+    tick.tick().await;
     loop {
         tick.tick().await;
         let done = cycles.lock().expect("cycles").len();
         samples.push(sample(&components, dir.path(), t0, done));
-        print_sample(samples.last().expect("just pushed"), samples.len() == 1);
+        print_sample(samples.last().expect("just pushed"), false);
         if Instant::now() >= until {
             break;
         }
@@ -105,15 +124,32 @@ pub(crate) async fn bench_soak(soak: Soak) -> anyhow::Result<()> {
     for l in loops {
         l.await?;
     }
-    // After the last cycle, and after compaction has had its turn.
-    tokio::time::sleep(Duration::from_secs(compaction + 5)).await;
+    // After the last cycle, once compaction has had its turn, and once
+    // more after the next: the first keeps the last interval of the
+    // churn's history (as kube-apiserver's does), the second lets go of
+    // it, so that only the live state is left.
     let done = cycles.lock().expect("cycles").len();
-    let rest = sample(&components, dir.path(), t0, done);
-    print_sample(&rest, false);
+    let mut rest = Vec::new();
+    // (The second is at least 100 s on: the watch caches keep changes for
+    // 75 s, trimmed every 25 s, whatever the compaction interval.)
+    for wait in [compaction + 5, compaction.max(100)] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        rest.push(sample(&components, dir.path(), t0, done));
+        print_sample(rest.last().expect("just pushed"), false);
+    }
     let left = leftovers(&channel).await?;
     drop(cluster);
 
-    report(&samples, &rest, &cycles.lock().expect("cycles"), &left);
+    report(
+        &samples,
+        &Rest {
+            before,
+            first: rest.remove(0),
+            second: rest.remove(0),
+        },
+        &cycles.lock().expect("cycles"),
+        &left,
+    );
     Ok(())
 }
 
@@ -249,10 +285,14 @@ fn sample(
     let components = components
         .iter()
         .map(|(name, pid)| {
-            let rss = skiff_testkit::rss_bytes(*pid).unwrap_or(0) as f64 / 1048576.0;
-            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
-            let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
-            ((*name).to_string(), rss, fds, threads)
+            let (rss, anon, _) = skiff_testkit::rss_split_bytes(*pid).unwrap_or_default();
+            Reading {
+                name: (*name).to_string(),
+                rss: rss as f64 / 1048576.0,
+                anon: anon as f64 / 1048576.0,
+                fds: std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count),
+                threads: std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count),
+            }
         })
         .collect();
     Sample {
@@ -281,8 +321,8 @@ pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
 fn print_sample(s: &Sample, header: bool) {
     if header {
         let mut line = format!("{:>7} {:>7} {:>9}", "min", "cycles", "store MiB");
-        for (name, ..) in &s.components {
-            line += &format!(" {:>26}", format!("{name} MiB/fds/thr"));
+        for c in &s.components {
+            line += &format!(" {:>32}", format!("{} MiB(anon)/fds/thr", c.name));
         }
         println!("{line}");
     }
@@ -292,8 +332,11 @@ fn print_sample(s: &Sample, header: bool) {
         s.cycles,
         s.store_mib
     );
-    for (_, rss, fds, threads) in &s.components {
-        line += &format!(" {:>26}", format!("{rss:.1}/{fds}/{threads}"));
+    for c in &s.components {
+        line += &format!(
+            " {:>32}",
+            format!("{:.1}({:.1})/{}/{}", c.rss, c.anon, c.fds, c.threads)
+        );
     }
     println!("{line}");
 }
@@ -347,12 +390,20 @@ fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// Slopes over the churn after its first third; `rest` is the reading
-/// after the churn stopped and compaction ran.
-fn report(samples: &[Sample], rest: &Sample, cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
+/// The readings outside the churn.
+struct Rest {
+    /// Before it started (the hollow nodes up).
+    before: Sample,
+    /// After it stopped and compaction ran once...
+    first: Sample,
+    /// ...and twice.
+    second: Sample,
+}
+
+/// Slopes over the churn after its first third, and the readings at rest.
+fn report(samples: &[Sample], rest: &Rest, cycles: &[(f64, Cycle)], left: &[(&str, usize)]) {
     // Warm-up: the first third of the run.
     let end = samples.last().map_or(0.0, |s| s.at_s);
-    let total = rest.at_s;
     let steady: Vec<&Sample> = samples.iter().filter(|s| s.at_s >= end / 3.0).collect();
     let slope = |f: &dyn Fn(&Sample) -> f64| {
         slope_per_hour(&steady.iter().map(|s| (s.at_s, f(s))).collect::<Vec<_>>())
@@ -372,38 +423,57 @@ fn report(samples: &[Sample], rest: &Sample, cycles: &[(f64, Cycle)], left: &[(&
     };
     let (first, last) = (mean(&times[..k]), mean(&times[times.len() - k..]));
     println!();
-    println!("{:<44} {:>12}", "measure (after the first third)", "value");
+    println!("{:<56} {:>12}", "measure (after the first third)", "value");
     let mut figures = serde_json::Map::new();
     if let Some(s) = samples.first() {
-        for (i, (name, ..)) in s.components.iter().enumerate() {
-            let rss = slope(&|s| s.components[i].1);
-            let fds = slope(&|s| s.components[i].2 as f64);
-            let churn_rss = samples.last().map_or(0.0, |s| s.components[i].1);
-            let rest_rss = rest.components[i].1;
-            println!("{:<44} {:>12.1}", format!("{name} RSS slope, MiB/h"), rss);
-            println!("{:<44} {:>12.1}", format!("{name} fds slope, per h"), fds);
+        for (i, c) in s.components.iter().enumerate() {
+            let name = &c.name;
+            let rss = slope(&|s| s.components[i].rss);
+            let fds = slope(&|s| s.components[i].fds as f64);
+            let before_rss = rest.before.components[i].rss;
+            let churn_rss = samples.last().map_or(0.0, |s| s.components[i].rss);
+            let (rest_rss, rest2_rss) =
+                (rest.first.components[i].rss, rest.second.components[i].rss);
+            let anon = |s: &Sample| s.components[i].anon;
+            let (before_anon, rest2_anon) = (anon(&rest.before), anon(&rest.second));
+            println!("{:<56} {:>12.1}", format!("{name} RSS slope, MiB/h"), rss);
+            println!("{:<56} {:>12.1}", format!("{name} fds slope, per h"), fds);
             println!(
-                "{:<44} {:>12}",
-                format!("{name} RSS churning / at rest, MiB"),
-                format!("{churn_rss:.1} / {rest_rss:.1}")
+                "{:<56} {:>24}",
+                format!("{name} RSS before / churning / at rest ×1 ×2"),
+                format!("{before_rss:.1} / {churn_rss:.1} / {rest_rss:.1} {rest2_rss:.1}")
             );
             figures.insert(format!("{name}_rss_slope_mib_per_h"), json!(round(rss)));
             figures.insert(format!("{name}_fds_slope_per_h"), json!(round(fds)));
+            figures.insert(format!("{name}_rss_before_mib"), json!(round(before_rss)));
             figures.insert(format!("{name}_rss_churn_mib"), json!(round(churn_rss)));
             figures.insert(format!("{name}_rss_rest_mib"), json!(round(rest_rss)));
+            figures.insert(format!("{name}_rss_rest2_mib"), json!(round(rest2_rss)));
+            println!(
+                "{:<56} {:>24}",
+                format!("{name} anon before / at rest ×2, MiB"),
+                format!("{before_anon:.1} / {rest2_anon:.1}")
+            );
+            figures.insert(format!("{name}_anon_before_mib"), json!(round(before_anon)));
+            figures.insert(format!("{name}_anon_rest2_mib"), json!(round(rest2_anon)));
         }
     }
     let store = slope(&|s| s.store_mib);
-    let store_end = rest.store_mib;
-    println!("{:<44} {:>12.1}", "store size slope, MiB/h", store);
-    println!("{:<44} {:>12.1}", "store size at the end, MiB", store_end);
+    let store_end = rest.first.store_mib;
+    let store_live = rest.second.store_mib;
+    println!("{:<56} {:>12.1}", "store size slope, MiB/h", store);
     println!(
-        "{:<44} {:>12}",
+        "{:<56} {:>12}",
+        "store size at rest ×1 / ×2 (the live state), MiB",
+        format!("{store_end:.1} / {store_live:.1}")
+    );
+    println!(
+        "{:<56} {:>12}",
         "cycles done / failed",
         format!("{} / {failed}", cycles.len())
     );
-    println!("{:<44} {:>12.2}", "cycle seconds, first 5 (mean)", first);
-    println!("{:<44} {:>12.2}", "cycle seconds, last 5 (mean)", last);
+    println!("{:<56} {:>12.2}", "cycle seconds, first 5 (mean)", first);
+    println!("{:<56} {:>12.2}", "cycle seconds, last 5 (mean)", last);
     let leftover: usize = left.iter().map(|(_, n)| n).sum();
     let detail: Vec<String> = left
         .iter()
@@ -411,7 +481,7 @@ fn report(samples: &[Sample], rest: &Sample, cycles: &[(f64, Cycle)], left: &[(&
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     println!(
-        "{:<44} {:>12}",
+        "{:<56} {:>12}",
         "objects left behind",
         if detail.is_empty() {
             "0".to_string()
@@ -420,13 +490,14 @@ fn report(samples: &[Sample], rest: &Sample, cycles: &[(f64, Cycle)], left: &[(&
         }
     );
     figures.insert("bench".into(), json!("soak"));
-    figures.insert("minutes".into(), json!(round(total / 60.0)));
+    figures.insert("minutes".into(), json!(round(end / 60.0)));
     figures.insert("cycles".into(), json!(cycles.len()));
     figures.insert("failed_cycles".into(), json!(failed));
     figures.insert("cycle_first_s".into(), json!(round(first)));
     figures.insert("cycle_last_s".into(), json!(round(last)));
     figures.insert("store_slope_mib_per_h".into(), json!(round(store)));
     figures.insert("store_end_mib".into(), json!(round(store_end)));
+    figures.insert("store_live_mib".into(), json!(round(store_live)));
     figures.insert("objects_left".into(), json!(leftover));
     println!("{}", serde_json::Value::Object(figures));
 }

@@ -8,7 +8,7 @@
 //! cost one store watch. A client asking for an older revision is
 //! answered by the store directly (or told the revision has expired).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -58,12 +58,19 @@ impl<K: Strategy> Change<K> {
     /// the stored bytes are not a `K`, which only a corrupt store or a
     /// foreign writer can cause.
     pub fn from_event(event: skiff_store::Event) -> Option<Self> {
+        Self::from_event_after(event, None)
+    }
+
+    /// [`Self::from_event`], where `known` may be the object as the
+    /// previous change of its key left it (with that change's revision):
+    /// if it is the one the event replaced, it is shared as `prev` rather
+    /// than decoded again.
+    fn from_event_after(event: skiff_store::Event, known: Option<(i64, Arc<K>)>) -> Option<Self> {
         let revision = event.revision();
-        let prev = event
-            .prev
-            .as_ref()
-            .and_then(|p| decode::<K>(&p.value, p.mod_revision))
-            .map(Arc::new);
+        let prev = event.prev.as_ref().and_then(|p| match known {
+            Some((at, object)) if at == p.mod_revision => Some(object),
+            _ => decode::<K>(&p.value, p.mod_revision).map(Arc::new),
+        });
         let object = match event.kind {
             EventKind::Put => decode::<K>(&event.kv.value, revision).map(Arc::new),
             EventKind::Progress => return None,
@@ -126,6 +133,10 @@ impl<K: Strategy> Change<K> {
 struct State<K> {
     /// Recent changes, oldest first, with when they arrived.
     window: VecDeque<(Instant, Arc<Change<K>>)>,
+    /// Each key's object as its latest change in `window` left it (not
+    /// for a delete), with that change's revision: the next change of the
+    /// key shares it as its `prev` instead of decoding a second copy.
+    last: HashMap<String, (i64, Arc<K>)>,
     /// Every change after this revision is in `window` (or still coming).
     window_start: i64,
     /// The latest revision up to which every change of the kind has been
@@ -138,6 +149,24 @@ struct State<K> {
     /// (and replaces `tx`): a receiver of an older channel has missed
     /// changes.
     channel: u64,
+}
+
+impl<K> State<K> {
+    /// Drops the oldest change of the window (and its key's object from
+    /// `last`, if no later change of the key replaced it there).
+    fn pop_front(&mut self) {
+        let Some((_, old)) = self.window.pop_front() else {
+            return;
+        };
+        self.window_start = old.revision;
+        if self
+            .last
+            .get(&old.key)
+            .is_some_and(|(at, _)| *at == old.revision)
+        {
+            self.last.remove(&old.key);
+        }
+    }
 }
 
 /// The watch cache of one kind.
@@ -213,6 +242,7 @@ impl<K: Strategy> WatchCache<K> {
         let cache = Arc::new(Self {
             state: Mutex::new(State {
                 window: VecDeque::new(),
+                last: HashMap::new(),
                 window_start: from,
                 latest: from,
                 tx,
@@ -248,9 +278,12 @@ impl<K: Strategy> WatchCache<K> {
         let now = Instant::now();
         while let Some((at, _)) = state.window.front()
             && now.duration_since(*at) > self.fresh
-            && let Some((_, old)) = state.window.pop_front()
         {
-            state.window_start = old.revision;
+            state.pop_front();
+        }
+        if state.window.is_empty() {
+            // At rest: the room a burst of keys took goes too.
+            state.last.shrink_to_fit();
         }
     }
 
@@ -297,6 +330,7 @@ impl<K: Strategy> WatchCache<K> {
         };
         let mut state = self.state.lock().expect("watch cache lock");
         state.window.clear();
+        state.last.clear();
         state.window_start = now;
         state.latest = now;
         // Dropping the sender ends every live watcher; they resume from
@@ -313,18 +347,28 @@ impl<K: Strategy> WatchCache<K> {
             state.latest = state.latest.max(event.revision());
             return;
         }
-        let Some(change) = Change::from_event(event) else {
+        // Decoded outside the lock; `last` is only a candidate, taken as
+        // `prev` if its revision is the one the event replaced.
+        let known = event.prev.as_ref().and_then(|_| {
+            let state = self.state.lock().expect("watch cache lock");
+            state.last.get(&event.kv.key).cloned()
+        });
+        let Some(change) = Change::from_event_after(event, known) else {
             return;
         };
         let change = Arc::new(change);
         let revision = change.revision;
         let mut state = self.state.lock().expect("watch cache lock");
-        if state.window.len() == self.window
-            && let Some((_, old)) = state.window.pop_front()
-        {
-            state.window_start = old.revision;
+        if state.window.len() == self.window {
+            state.pop_front();
         }
         self.trim(&mut state);
+        if matches!(change.kind, EventKind::Delete) {
+            state.last.remove(&change.key);
+        } else {
+            let last = (revision, Arc::clone(&change.object));
+            state.last.insert(change.key.clone(), last);
+        }
         state.latest = revision;
         state
             .window

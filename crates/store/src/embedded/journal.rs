@@ -70,6 +70,9 @@ pub(super) const MAX_BATCH_VALUE_BYTES: usize = 64 * 1024 * 1024;
 /// lengths back: objects are at most 1.5 MiB, a change holds two).
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 
+/// Changes the history's index keeps room for however few it holds.
+const HISTORY_ROOM_KEPT: usize = 4096;
+
 /// Where a change since the compacted revision is on disk.
 #[derive(Clone)]
 struct Loc {
@@ -457,11 +460,64 @@ impl State {
             .collect()
     }
 
-    /// Forgets where the changes before `revision` are.
+    /// Forgets where the changes before `revision` are, and gives back
+    /// the room they took once what is kept fills less than a quarter of
+    /// it: an interval of churn otherwise leaves the index its size for
+    /// good.
     fn drop_before(&mut self, revision: i64) {
+        let before = self.history.len();
         while self.first < revision && self.history.pop_front().is_some() {
             self.first += 1;
         }
         self.first = self.first.max(revision.min(self.revision + 1));
+        let (len, capacity) = (self.history.len(), self.history.capacity());
+        if len < before && capacity > HISTORY_ROOM_KEPT && len < capacity / 4 {
+            self.history.shrink_to((len * 2).max(HISTORY_ROOM_KEPT));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of changes, then a compaction of all but the last few: the
+    /// index gives back the room the burst took and still finds the
+    /// changes kept where they are.
+    #[test]
+    fn the_history_index_gives_back_its_room_after_a_compaction() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segment = Arc::new(File::create(dir.path().join("segment")).expect("file"));
+        let key: Arc<str> = Arc::from("/registry/k");
+        let burst: i64 = 100_000;
+        let mut state = State {
+            kv: BTreeMap::new(),
+            history: VecDeque::new(),
+            first: 1,
+            revision: burst,
+            compacted: 0,
+        };
+        for offset in 0..burst as u64 {
+            state.history.push_back(Loc {
+                segment: Arc::clone(&segment),
+                offset,
+                len: 1,
+                key: Arc::clone(&key),
+            });
+        }
+        state.drop_before(burst - 9);
+        assert_eq!((state.first, state.history.len()), (burst - 9, 10));
+        assert!(
+            state.history.capacity() <= 2 * HISTORY_ROOM_KEPT,
+            "room for {} changes kept for 10",
+            state.history.capacity()
+        );
+        let kept: Vec<(i64, u64)> = state
+            .changes(1, burst, |_| true)
+            .iter()
+            .map(|(revision, loc)| (*revision, loc.offset))
+            .collect();
+        let expected: Vec<(i64, u64)> = (burst - 9..=burst).map(|r| (r, r as u64 - 1)).collect();
+        assert_eq!(kept, expected);
     }
 }

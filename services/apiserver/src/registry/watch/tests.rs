@@ -390,3 +390,56 @@ async fn a_quiet_kinds_cache_follows_the_stores_progress() {
     assert_eq!(cache.progress(&watcher.live), Some(now));
     assert!(watcher.backlog.is_empty());
 }
+
+/// A change's `prev` is the object its key's change before it left, held
+/// once for both while that change is in the window (the window then
+/// holds each version of an object once, not twice), and decoded from the
+/// store's event when that change has left it.
+#[tokio::test]
+async fn a_change_shares_the_object_its_keys_last_change_left_as_prev() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, cache) = cache(&dir, 4, 16).await;
+    let from = store.current_revision().await.unwrap();
+    let first = put(&*store, "a", "1", None).await;
+    let second = put(&*store, "a", "2", Some(first)).await;
+    let key = skiff::keys::object::<ConfigMap>("default", "a");
+    let (deleted, _) = store.delete(&key, None).await.unwrap();
+    caught_up(&cache, deleted).await;
+    let changes = cache.subscribe(from).unwrap().backlog;
+    let [created, updated, gone] = &changes[..] else {
+        panic!("three changes, not {}", changes.len());
+    };
+    assert_eq!((created.revision, updated.revision), (first, second));
+    let prev = updated.prev.as_ref().expect("the update's prev");
+    assert!(
+        Arc::ptr_eq(prev, &created.object),
+        "the created object, shared"
+    );
+    assert_eq!(prev.data["n"], "1");
+    assert_eq!(prev.resource_version(), first.to_string());
+    let prev = gone.prev.as_ref().expect("the delete's prev");
+    assert!(Arc::ptr_eq(prev, &updated.object));
+    assert_eq!(gone.object.data["n"], "2");
+    assert_eq!(gone.object.resource_version(), deleted.to_string());
+
+    // Its last change pushed out of the window (four changes kept), a
+    // key's next change decodes its prev from the store's event.
+    let b1 = put(&*store, "b", "1", None).await;
+    caught_up(&cache, b1).await;
+    let b1_object = Arc::clone(&cache.subscribe(b1 - 1).unwrap().backlog[0].object);
+    for i in 0..4 {
+        put(&*store, &format!("c{i}"), "x", None).await;
+    }
+    let b2 = put(&*store, "b", "2", Some(b1)).await;
+    caught_up(&cache, b2).await;
+    let changes = cache.subscribe(b2 - 1).unwrap().backlog;
+    let prev = changes[0].prev.as_ref().expect("b's prev");
+    assert!(
+        !Arc::ptr_eq(prev, &b1_object),
+        "decoded, not kept past its change"
+    );
+    assert_eq!(
+        (prev.data["n"].as_str(), prev.resource_version().to_string()),
+        ("1", b1.to_string())
+    );
+}
